@@ -1,0 +1,64 @@
+"""The ``gptlab`` command. User mistakes print one line and exit 2, never a stack trace."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gptlab.config.model import PRESETS, get_preset_config
+from gptlab.config.overrides import parse_overrides
+from gptlab.errors import CheckpointError, ConfigError
+
+
+def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
+    from gptlab.model.gpt import ConfigurableGPT
+
+    config = get_preset_config(args.preset, **parse_overrides(extra))
+    print(config.get_architecture_summary())
+    if not args.no_params:
+        import torch
+
+        with torch.device("meta"):  # counts parameters without allocating them
+            model = ConfigurableGPT(config)
+        total, non_emb = model.get_num_params(non_embedding=False), model.get_num_params()
+        print(f"  parameters:  {total / 1e6:.2f}M total, {non_emb / 1e6:.2f}M excluding embedding lookups")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise ConfigError(f"'gptlab presets' takes no arguments, got {' '.join(extra)}")
+    for name in PRESETS:
+        print(f"{name:8s} {get_preset_config(name).get_architecture_name()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gptlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    arch = sub.add_parser(
+        "arch", help="describe a preset architecture with --key=value overrides",
+        description="Print the architecture summary and parameter count of PRESET with overrides, "
+        "e.g. gptlab arch llama --n_layer=6 --n_kv_head=4",
+    )
+    arch.add_argument("preset", nargs="?", default="gpt2", help=f"one of {', '.join(PRESETS)} (default gpt2)")
+    arch.add_argument("--no-params", action="store_true", help="skip counting parameters")
+    arch.set_defaults(func=_cmd_arch)
+    presets = sub.add_parser("presets", help="list the preset architectures")
+    presets.set_defaults(func=_cmd_presets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return args.func(args, extra)
+    except (ConfigError, CheckpointError) as e:
+        print(f"gptlab: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""ModelArchitectureConfig: every architecture choice as one validated dataclass, plus presets.
+
+Presets are data (a dict of field values), in the manner of litgpt's named configs. Derived
+sizes (head size, KV groups, FFN width) are properties, so overriding ``n_embd`` on a preset
+recomputes them instead of carrying stale values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from gptlab.errors import ConfigError, did_you_mean, unknown_choice
+
+NORM_POSITIONS = ("pre", "post")
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+@dataclass
+class ModelArchitectureConfig:
+    """The architecture of a GPT: sizes, component choices and their options."""
+
+    # Model size
+    n_layer: int = 12
+    n_embd: int = 768
+    n_head: int = 12
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64, as nanoGPT does
+    n_kv_head: int | None = None  # grouped-query attention; None means n_head (plain MHA)
+
+    # Architecture choices (names from the component registries)
+    normalization: str = "layernorm"
+    activation: str = "gelu"
+    position_encoding: str = "learned_absolute"
+    norm_position: str = "pre"
+    ffn_type: str = "standard"
+    attention_backend: str = "sdpa"
+
+    # Component options
+    bias: bool = False  # biases in every Linear (norm biases follow ``normalization``)
+    weight_tying: bool = True
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    gelu_approximate: str = "none"  # 'tanh' is GPT-2's gelu_new
+    # FFN width: d_ff if given, else 4*n_embd (x 2/3 for gated FFNs), x ffn_dim_multiplier,
+    # rounded up to multiple_of, exactly as LLaMA computes its hidden size.
+    d_ff: int | None = None
+    ffn_dim_multiplier: float | None = None
+    multiple_of: int = 1
+    # Initialisation: N(0, init_std); residual projections N(0, init_std / sqrt(2 n_layer))
+    init_std: float = 0.02
+    scaled_residual_init: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads actually used."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def n_kv_groups(self) -> int:
+        """Query heads per key/value head (1 for plain multi-head attention)."""
+        return self.n_head // self.kv_heads
+
+    @property
+    def ffn_gated(self) -> bool:
+        from gptlab.model.registry import FFN_REGISTRY
+
+        return bool(getattr(FFN_REGISTRY.get_component(self.ffn_type), "gated", False))
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        hidden = 4 * self.n_embd
+        if self.ffn_gated:
+            hidden = int(2 * hidden / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+
+    @property
+    def final_norm(self) -> bool:
+        """Pre-norm stacks end with a norm; in post-norm every block's output is normalized."""
+        return self.norm_position == "pre"
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError (one line naming the key) for the first invalid value."""
+        _check_types(self)
+        _check_choices(self)
+        for key in ("n_layer", "n_embd", "n_head", "block_size", "vocab_size", "multiple_of"):
+            _require(key, getattr(self, key), getattr(self, key) > 0, "a positive integer")
+        for key in ("n_kv_head", "d_ff"):
+            value = getattr(self, key)
+            _require(key, value, value is None or value > 0, "a positive integer or None")
+        _require("dropout", self.dropout, 0.0 <= self.dropout < 1.0, "a float in [0, 1)")
+        for key in ("norm_eps", "rope_theta", "init_std"):
+            value = getattr(self, key)
+            _require(key, value, math.isfinite(value) and value > 0, "a finite float > 0")
+        mult = self.ffn_dim_multiplier
+        _require(
+            "ffn_dim_multiplier", mult, mult is None or (math.isfinite(mult) and mult > 0),
+            "a finite float > 0 or None",
+        )
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
+                "the head size n_embd / n_head must be an integer"
+            )
+        if self.n_head % self.kv_heads:
+            raise ConfigError(
+                f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} "
+                "(each key/value head serves a whole group of query heads)"
+            )
+        if self.position_encoding == "rope" and self.head_dim % 2:
+            raise ConfigError(
+                f"position_encoding='rope' needs an even head size, but n_embd / n_head = "
+                f"{self.n_embd} / {self.n_head} = {self.head_dim}"
+            )
+        if self.ffn_hidden_dim <= 0:
+            raise ConfigError(f"ffn_dim_multiplier={mult} gives an FFN width of {self.ffn_hidden_dim}")
+
+    # ------------------------------------------------------------------ descriptions
+    def get_architecture_name(self) -> str:
+        """A short descriptive name such as ``pre-rmsnorm_rope_swiglu_untied``."""
+        ffn = self.ffn_type if self.ffn_gated else f"{self.activation}-{self.ffn_type}"
+        parts = [f"{self.norm_position}-{self.normalization}", self.position_encoding, ffn]
+        if self.kv_heads != self.n_head:
+            parts.append(f"gqa{self.kv_heads}")
+        parts.append("tied" if self.weight_tying else "untied")
+        if self.bias:
+            parts.append("bias")
+        return "_".join(parts)
+
+    def get_architecture_summary(self) -> str:
+        """A few human-readable lines: sizes and each component choice."""
+        if self.ffn_gated:
+            gate = getattr(_ffn_class(self.ffn_type), "gate_activation", "?")
+            ffn = f"{self.ffn_type} ({gate} gate), d_ff={self.ffn_hidden_dim}"
+        else:
+            act = self.activation + (" (tanh approx.)" if self.activation == "gelu" and self.gelu_approximate == "tanh" else "")
+            ffn = f"{self.ffn_type} ({act}), d_ff={self.ffn_hidden_dim}"
+        attn = f"{self.n_head} heads x {self.head_dim}"
+        if self.kv_heads != self.n_head:
+            attn += f", {self.kv_heads} KV heads (GQA, {self.n_kv_groups} per group)"
+        pos = self.position_encoding + (f" (theta={self.rope_theta:g})" if self.position_encoding == "rope" else "")
+        lines = [
+            f"Architecture: {self.get_architecture_name()}",
+            f"  size:        {self.n_layer} layers, n_embd={self.n_embd}, block_size={self.block_size}, vocab={self.vocab_size}",
+            f"  attention:   {attn}, backend={self.attention_backend}",
+            f"  positions:   {pos}",
+            f"  norm:        {self.normalization} (eps={self.norm_eps:g}), {self.norm_position}-norm"
+            + (", final norm" if self.final_norm else ""),
+            f"  ffn:         {ffn}",
+            f"  options:     bias={self.bias}, weight_tying={self.weight_tying}, dropout={self.dropout}",
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelArchitectureConfig:
+        """Build from a dict (e.g. a checkpoint's), rejecting unknown keys with a suggestion."""
+        _reject_unknown_keys(values)
+        return cls(**values)
+
+
+def _ffn_class(name: str) -> Any:
+    from gptlab.model.registry import FFN_REGISTRY
+
+    return FFN_REGISTRY.get_component(name)
+
+
+ARCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelArchitectureConfig))
+
+
+def _reject_unknown_keys(values: dict[str, Any]) -> None:
+    for key in values:
+        if key not in ARCH_FIELDS:
+            raise ConfigError(
+                f"unknown architecture key {key!r}{did_you_mean(key, ARCH_FIELDS)}; "
+                f"valid keys: {', '.join(ARCH_FIELDS)}"
+            )
+
+
+def _require(key: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {allowed}")
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return tuple(t for arg in typing.get_args(annotation) for t in _allowed_types(arg))
+    return (type(None),) if annotation is type(None) else (annotation,)
+
+
+def _type_ok(value: Any, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass; only bool fields take it
+        return bool in allowed
+    if float in allowed and isinstance(value, int):
+        return True
+    return isinstance(value, allowed)
+
+
+def check_field_types(obj: Any) -> None:
+    """Check every dataclass field of ``obj`` against its annotation (int, float, bool, str, None)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        allowed = _allowed_types(hints[f.name])
+        value = getattr(obj, f.name)
+        if not _type_ok(value, allowed):
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"{f.name}={value!r} has type {type(value).__name__}, expected {names}")
+
+
+_check_types = check_field_types
+
+
+def _check_choices(cfg: ModelArchitectureConfig) -> None:
+    from gptlab.model import components  # noqa: F401  (registers the built-in components)
+    from gptlab.model import attention  # noqa: F401
+    from gptlab.model.registry import (
+        ACTIVATION_REGISTRY,
+        ATTENTION_BACKEND_REGISTRY,
+        FFN_REGISTRY,
+        NORM_REGISTRY,
+        POSITION_ENCODING_REGISTRY,
+    )
+
+    for registry in (NORM_REGISTRY, ACTIVATION_REGISTRY, FFN_REGISTRY, POSITION_ENCODING_REGISTRY, ATTENTION_BACKEND_REGISTRY):
+        registry.get_component(getattr(cfg, registry.kind))
+    if cfg.norm_position not in NORM_POSITIONS:
+        raise unknown_choice("norm_position", cfg.norm_position, NORM_POSITIONS)
+    if cfg.gelu_approximate not in GELU_APPROXIMATIONS:
+        raise unknown_choice("gelu_approximate", cfg.gelu_approximate, GELU_APPROXIMATIONS)
+
+
+# ---------------------------------------------------------------------- presets
+# Each preset is data: the field values that differ from the dataclass defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Real GPT-2 (Radford et al. 2019): pre-norm with a final LayerNorm, biased LayerNorm and
+    # Linear layers, tanh-approximated GELU, learned positions, tied embeddings.
+    "gpt2": dict(
+        normalization="layernorm", activation="gelu", gelu_approximate="tanh",
+        position_encoding="learned_absolute", norm_position="pre", ffn_type="standard",
+        bias=True, weight_tying=True, norm_eps=1e-5,
+    ),
+    # Real LLaMA (Touvron et al. 2023): RMSNorm, RoPE, SwiGLU of width 8H/3 rounded up to a
+    # multiple of 256, no biases, untied embeddings. Set n_kv_head for grouped-query attention.
+    "llama": dict(
+        normalization="rmsnorm", activation="silu", position_encoding="rope", rope_theta=10000.0,
+        norm_position="pre", ffn_type="swiglu", multiple_of=256, bias=False, weight_tying=False,
+        norm_eps=1e-5,
+    ),
+    # Hybrid: LLaMA's attention side (RoPE, RMSNorm, no biases) with GPT-2's GELU MLP of width
+    # 4H and tied embeddings, so that comparing it with `llama` isolates the FFN choice and
+    # comparing it with `gpt2` isolates positions and norms.
+    "hybrid": dict(
+        normalization="rmsnorm", activation="gelu", gelu_approximate="tanh", position_encoding="rope",
+        norm_position="pre", ffn_type="standard", bias=False, weight_tying=True, norm_eps=1e-5,
+    ),
+    # The team's model_v1: the same architecture as LLaMA.
+    "team": dict(
+        normalization="rmsnorm", activation="silu", position_encoding="rope", rope_theta=10000.0,
+        norm_position="pre", ffn_type="swiglu", multiple_of=256, bias=False, weight_tying=False,
+        norm_eps=1e-5,
+    ),
+    # Custom: the dataclass defaults (nanoGPT with bias=False); set any field you like.
+    "custom": dict(),
+}
+
+# Few layers, small width: what tests and CI train on the CPU in seconds.
+DEBUG_OVERRIDES: dict[str, Any] = dict(n_layer=2, n_embd=64, n_head=4, block_size=64, vocab_size=256)
+
+
+def get_preset_config(name: str, **overrides: Any) -> ModelArchitectureConfig:
+    """The preset ``name`` ('gpt2', 'llama', 'hybrid', 'team', 'custom') with field overrides."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise unknown_choice("arch_preset", name, PRESETS)
+    _reject_unknown_keys(overrides)
+    return ModelArchitectureConfig(**{**PRESETS[name], **overrides})
+
+
+def get_debug_config(name: str, **overrides: Any) -> ModelArchitectureConfig:
+    """The small "debug" flavour of a preset, for tests and quick CPU runs."""
+    return get_preset_config(name, **{**DEBUG_OVERRIDES, **overrides})
+
+
+__all__ = [
+    "ARCH_FIELDS",
+    "DEBUG_OVERRIDES",
+    "ModelArchitectureConfig",
+    "PRESETS",
+    "get_debug_config",
+    "get_preset_config",
+    "check_field_types",
+]

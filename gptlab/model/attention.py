@@ -1,0 +1,84 @@
+"""Causal self-attention with grouped-query heads and pluggable backends.
+
+A backend is any callable ``(q, k, v, *, bias, dropout_p) -> y`` registered in
+``ATTENTION_BACKEND_REGISTRY``; q is (B, n_head, T, hd), k and v are (B, n_kv_head, T, hd).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gptlab.model.components import PositionContext
+from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY
+
+
+@ATTENTION_BACKEND_REGISTRY.register("sdpa")
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, dropout_p: float) -> Tensor:
+    """PyTorch's fused kernels (flash / memory-efficient / cuDNN where the inputs allow)."""
+    gqa = k.shape[1] != q.shape[1]
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, enable_gqa=gqa
+    )
+
+
+@ATTENTION_BACKEND_REGISTRY.register("manual")
+def manual_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, dropout_p: float) -> Tensor:
+    """The explicit softmax(QK^T / sqrt(d)) V, materialising the (T, T) scores; for reference."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:  # each KV head serves n_rep query heads
+        k = k.repeat_interleave(n_rep, dim=1)  # (B, n_head, T, hd)
+        v = v.repeat_interleave(n_rep, dim=1)
+    T = q.shape[-2]
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, n_head, T, T)
+    if bias is None:
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        att = att.masked_fill(~causal, float("-inf"))
+    else:
+        att = att + bias.to(att.dtype)
+    att = F.softmax(att, dim=-1)
+    if dropout_p > 0.0:
+        att = F.dropout(att, p=dropout_p)
+    return att @ v  # (B, n_head, T, hd)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) causal self-attention with one fused QKV projection."""
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        n_kv_head: int,
+        bias: bool,
+        dropout: float,
+        backend: str,
+    ) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = n_embd // n_head
+        self.q_size, self.kv_size = n_head * self.head_dim, n_kv_head * self.head_dim
+        self.qkv = nn.Linear(n_embd, self.q_size + 2 * self.kv_size, bias=bias)
+        self.out_proj = nn.Linear(self.q_size, n_embd, bias=bias)
+        self.out_proj.is_residual_projection = True  # type: ignore[attr-defined]
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.backend = ATTENTION_BACKEND_REGISTRY.get_component(backend)
+
+    def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
+        if pos.rotate is not None:
+            q, k = pos.rotate(q), pos.rotate(k)
+        dropout_p = self.dropout if self.training else 0.0
+        y = self.backend(q, k, v, bias=pos.bias, dropout_p=dropout_p)  # (B, n_head, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.q_size)  # (B, T, n_head * hd)
+        return self.resid_dropout(self.out_proj(y))

@@ -1,0 +1,354 @@
+"""Weights in and out: Hugging Face GPT-2 / LLaMA and nanoGPT checkpoints.
+
+This module plays the design document's "legacy GPT-2 model.py" role: nanoGPT checkpoints
+load into the ``gpt2`` preset here instead of through a second model implementation.
+Each format is a mapping between its parameter names and ours; tensors are copied, never
+re-derived, so logits match the reference implementation to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gptlab.config.model import ModelArchitectureConfig, get_preset_config
+from gptlab.errors import CheckpointError, ConfigError
+from gptlab.model.gpt import ConfigurableGPT
+
+COMPILED_PREFIX = "_orig_mod."  # what torch.compile puts in front of every state-dict key
+SUPPORTED_HF = ("gpt2", "llama")
+EXPECTED = (
+    "a Hugging Face GPT-2 or LLaMA model directory (config.json + *.safetensors or "
+    "pytorch_model.bin), a nanoGPT ckpt.pt (or a directory holding one), or an in-memory "
+    "transformers GPT2LMHeadModel / LlamaForCausalLM"
+)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
+    """Dispatch on what ``src`` is; see ``ConfigurableGPT.from_pretrained``."""
+    if hasattr(src, "config") and hasattr(src, "state_dict") and not isinstance(src, ConfigurableGPT):
+        hf_config = src.config.to_dict()
+        return _from_hf(hf_config, src.state_dict(), overrides)
+    if not isinstance(src, (str, Path)):
+        raise CheckpointError(f"cannot load weights from a {type(src).__name__}: expected {EXPECTED}")
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{str(src)!r} does not exist (nothing is downloaded): expected {EXPECTED}")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            hf_config = _read_json(path / "config.json")
+            return _from_hf(hf_config, _read_hf_weights(path), overrides)
+        if (path / "ckpt.pt").is_file():
+            return _from_nanogpt(_torch_load(path / "ckpt.pt"), overrides)
+        raise CheckpointError(f"{str(path)!r} holds neither config.json nor ckpt.pt: expected {EXPECTED}")
+    return _from_nanogpt(_torch_load(path), overrides)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON ({e}): expected a Hugging Face config.json") from None
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or not a torch file at all
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{str(path)!r} could not be read as a checkpoint ({reason}): expected {EXPECTED}") from None
+
+
+def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
+    """Read every weight file of a Hugging Face model directory (sharded or not)."""
+    safetensor_files = sorted(directory.glob("*.safetensors"))
+    if safetensor_files:
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointError("reading .safetensors needs the 'safetensors' package: pip install 'gptlab[hf]'") from None
+        state: dict[str, Tensor] = {}
+        for file in safetensor_files:
+            try:
+                state.update(load_file(file))
+            except Exception as e:
+                raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({e})") from None
+        return state
+    bin_files = sorted(directory.glob("pytorch_model*.bin"))
+    if bin_files:
+        state = {}
+        for file in bin_files:
+            state.update(_torch_load(file))
+        return state
+    raise CheckpointError(f"{str(directory)!r} has config.json but no *.safetensors or pytorch_model*.bin weights")
+
+
+def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: str) -> ConfigurableGPT:
+    """Instantiate and load ``state`` strictly: every tensor must land, with its shape."""
+    model = ConfigurableGPT(config)
+    own = model.state_dict()
+    if config.weight_tying:
+        state.setdefault("lm_head.weight", state.get("wte.weight"))
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not fit the architecture (missing {missing[:4]}, unexpected {unexpected[:4]})"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected {tuple(own[key].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return model.eval()  # as transformers' from_pretrained does; training code calls .train()
+
+
+def _apply(base: dict[str, Any], overrides: dict[str, Any]) -> ModelArchitectureConfig:
+    fixed = {"n_layer", "n_embd", "n_head", "n_kv_head", "vocab_size", "d_ff", "bias", "weight_tying"}
+    clash = sorted(fixed & set(overrides))
+    if clash:
+        raise ConfigError(f"{clash[0]} cannot be overridden when loading pretrained weights (it is fixed by them)")
+    return get_preset_config(base.pop("preset"), **{**base, **overrides})
+
+
+# ---------------------------------------------------------------------------- nanoGPT
+
+
+def _from_nanogpt(ckpt: Any, overrides: dict[str, Any]) -> ConfigurableGPT:
+    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
+        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"not a nanoGPT checkpoint (found {keys}; expected keys 'model_args' and 'model'): expected {EXPECTED}")
+    args = ckpt["model_args"]
+    bias = bool(args.get("bias", True))
+    # nanoGPT is GPT-2 with exact GELU; bias=False also removes the LayerNorm biases.
+    base = dict(
+        preset="gpt2", n_layer=args["n_layer"], n_head=args["n_head"], n_embd=args["n_embd"],
+        block_size=args["block_size"], vocab_size=args["vocab_size"], bias=bias,
+        normalization="layernorm" if bias else "layernorm_nobias", gelu_approximate="none",
+        dropout=float(args.get("dropout", 0.0)),
+    )
+    state = _strip_prefix(ckpt["model"], COMPILED_PREFIX)
+    state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    return _build(_apply(base, overrides), _rename(state, _NANOGPT_NAMES), "nanoGPT checkpoint")
+
+
+_NANOGPT_NAMES: list[tuple[str, str]] = [
+    ("transformer.wte.", "wte."),
+    ("transformer.wpe.", "pos_encoding.wpe."),
+    ("transformer.ln_f.", "norm_f."),
+    ("transformer.h.", "blocks."),
+    (".ln_1.", ".norm_1."),
+    (".ln_2.", ".norm_2."),
+    (".attn.c_attn.", ".attn.qkv."),
+    (".attn.c_proj.", ".attn.out_proj."),
+    (".mlp.c_fc.", ".ffn.w_in."),
+    (".mlp.c_proj.", ".ffn.w_out."),
+]
+
+
+def _rename(state: dict[str, Tensor], table: list[tuple[str, str]]) -> dict[str, Tensor]:
+    """Rename keys by (old, new) pairs: a pattern starting with '.' is replaced anywhere, any
+    other pattern only as the key's prefix."""
+    out = {}
+    for key, value in state.items():
+        for old, new in table:
+            if old.startswith("."):
+                key = key.replace(old, new)
+            elif key.startswith(old):
+                key = new + key[len(old):]
+        out[key] = value
+    return out
+
+
+def _inverse(table: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(new, old) for old, new in table]
+
+
+# ---------------------------------------------------------------------------- Hugging Face
+
+
+def _from_hf(hf: dict[str, Any], state: dict[str, Tensor], overrides: dict[str, Any]) -> ConfigurableGPT:
+    model_type = hf.get("model_type")
+    if model_type == "gpt2":
+        base, state = _gpt2_in(hf, state)
+    elif model_type == "llama":
+        base, state = _llama_in(hf, state)
+    else:
+        raise CheckpointError(f"model_type={model_type!r} is not supported: expected one of {SUPPORTED_HF}")
+    return _build(_apply(base, overrides), state, f"Hugging Face {model_type} model")
+
+
+def _unsupported(key: str, value: Any, why: str) -> CheckpointError:
+    return CheckpointError(f"config.json {key}={value!r} is not supported: {why}")
+
+
+def _gpt2_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    act = hf.get("activation_function", "gelu_new")
+    gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
+    if act not in gelu:
+        raise _unsupported("activation_function", act, f"expected one of {sorted(gelu)}")
+    for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False), ("scale_attn_weights", True)):
+        if hf.get(key, ok) != ok:
+            raise _unsupported(key, hf[key], f"gptlab's GPT-2 uses {key}={ok}")
+    n_embd = hf["n_embd"]
+    base = dict(
+        preset="gpt2", n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=n_embd,
+        block_size=hf["n_positions"], vocab_size=hf["vocab_size"], d_ff=hf.get("n_inner") or 4 * n_embd,
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), gelu_approximate=gelu[act],
+        weight_tying=bool(hf.get("tie_word_embeddings", True)),
+        dropout=float(hf.get("resid_pdrop", 0.0)),
+    )
+    state = _strip_prefix(state, COMPILED_PREFIX)
+    state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    renamed = _rename(state, _NANOGPT_NAMES)
+    return base, {k: (v.t().contiguous() if k.endswith(_CONV1D) else v) for k, v in renamed.items()}
+
+
+# HF GPT-2 uses Conv1D, which stores (in, out): these transpose to and from nn.Linear's (out, in).
+_CONV1D = (".attn.qkv.weight", ".attn.out_proj.weight", ".ffn.w_in.weight", ".ffn.w_out.weight")
+
+
+def _rope_theta(hf: dict[str, Any]) -> float:
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise _unsupported("rope_type", rope_type, "only the default (unscaled) RoPE is implemented")
+    return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+_LLAMA_NAMES: list[tuple[str, str]] = [
+    ("model.embed_tokens.", "wte."),
+    ("model.norm.", "norm_f."),
+    ("model.layers.", "blocks."),
+    (".input_layernorm.", ".norm_1."),
+    (".post_attention_layernorm.", ".norm_2."),
+    (".self_attn.o_proj.", ".attn.out_proj."),
+    (".mlp.gate_proj.", ".ffn.w_gate."),
+    (".mlp.up_proj.", ".ffn.w_value."),
+    (".mlp.down_proj.", ".ffn.w_out."),
+]
+
+
+def _llama_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    if hf.get("hidden_act", "silu") != "silu":
+        raise _unsupported("hidden_act", hf["hidden_act"], "LLaMA's MLP is SwiGLU (silu)")
+    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, n_embd // n_head):
+        raise _unsupported("head_dim", hf["head_dim"], f"gptlab uses hidden_size / num_attention_heads = {n_embd // n_head}")
+    if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
+        raise _unsupported("attention_bias", hf.get("attention_bias"), "gptlab's bias setting covers attention and MLP together")
+    base = dict(
+        preset="llama", n_layer=hf["num_hidden_layers"], n_head=n_head, n_embd=n_embd,
+        n_kv_head=hf.get("num_key_value_heads") or n_head, block_size=hf["max_position_embeddings"],
+        vocab_size=hf["vocab_size"], d_ff=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=_rope_theta(hf), bias=bool(hf.get("attention_bias", False)),
+        weight_tying=bool(hf.get("tie_word_embeddings", False)), dropout=float(hf.get("attention_dropout", 0.0)),
+    )
+    state = _strip_prefix(state, COMPILED_PREFIX)
+    out: dict[str, Tensor] = {}
+    for i in range(base["n_layer"]):
+        p = f"model.layers.{i}."
+        for suffix in ("weight", "bias"):
+            parts = [state.pop(f"{p}self_attn.{n}_proj.{suffix}", None) for n in "qkv"]
+            if all(t is not None for t in parts):
+                out[f"blocks.{i}.attn.qkv.{suffix}"] = torch.cat(parts, dim=0)  # (q + 2 kv, C)
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    out.update(_rename(state, _LLAMA_NAMES))
+    return base, out
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def hf_model_type(config: ModelArchitectureConfig) -> str:
+    """Which ``transformers`` architecture represents ``config`` exactly; ConfigError if none."""
+    common = config.norm_position == "pre"
+    if (
+        common and config.position_encoding == "learned_absolute" and config.normalization == "layernorm"
+        and config.ffn_type == "standard" and config.activation == "gelu" and config.bias
+        and config.kv_heads == config.n_head
+    ):
+        return "gpt2"
+    if common and config.position_encoding == "rope" and config.normalization == "rmsnorm" and config.ffn_type == "swiglu":
+        return "llama"
+    raise ConfigError(
+        f"architecture {config.get_architecture_name()!r} has no exact Hugging Face equivalent: "
+        "save_pretrained supports GPT-2 (pre-norm, biased layernorm, learned positions, GELU MLP, bias=True) "
+        "and LLaMA (pre-norm, rmsnorm, rope, swiglu)"
+    )
+
+
+def _gpt2_out(model: ConfigurableGPT) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    c = model.config
+    hf = dict(
+        model_type="gpt2", architectures=["GPT2LMHeadModel"], n_layer=c.n_layer, n_head=c.n_head,
+        n_embd=c.n_embd, n_positions=c.block_size, n_ctx=c.block_size, vocab_size=c.vocab_size,
+        n_inner=c.ffn_hidden_dim, layer_norm_epsilon=c.norm_eps,
+        activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
+        resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
+        tie_word_embeddings=c.weight_tying, scale_attn_weights=True,
+    )
+    state = {k: (v.t() if k.endswith(_CONV1D) else v) for k, v in model.state_dict().items()}
+    return hf, _rename(state, _inverse(_NANOGPT_NAMES))
+
+
+def _llama_out(model: ConfigurableGPT) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    c = model.config
+    hf = dict(
+        model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=c.n_embd,
+        intermediate_size=c.ffn_hidden_dim, num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
+        num_key_value_heads=c.kv_heads, head_dim=c.head_dim, max_position_embeddings=c.block_size,
+        vocab_size=c.vocab_size, rms_norm_eps=c.norm_eps, hidden_act="silu",
+        rope_theta=c.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        tie_word_embeddings=c.weight_tying, attention_bias=c.bias, mlp_bias=c.bias,
+        attention_dropout=c.dropout,
+    )
+    q, kv = c.n_head * c.head_dim, c.kv_heads * c.head_dim
+    state: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        if ".attn.qkv." in key:
+            prefix, suffix = key.split(".attn.qkv.")
+            for name, part in zip("qkv", value.split([q, kv, kv], dim=0)):
+                state[f"{prefix}.self_attn.{name}_proj.{suffix}"] = part
+        else:
+            state[key] = value
+    return hf, _rename(state, _inverse(_LLAMA_NAMES))
+
+
+_EXPORTERS: dict[str, Callable[[ConfigurableGPT], tuple[dict[str, Any], dict[str, Tensor]]]] = {
+    "gpt2": _gpt2_out,
+    "llama": _llama_out,
+}
+
+
+def save_pretrained(model: ConfigurableGPT, directory: str | Path) -> Path:
+    """Export in Hugging Face layout: ``config.json`` + ``model.safetensors``."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise CheckpointError("save_pretrained needs the 'safetensors' package: pip install 'gptlab[hf]'") from None
+    model_type = hf_model_type(model.config)
+    hf_config, state = _EXPORTERS[model_type](model)
+    if model.config.weight_tying:
+        state.pop("lm_head.weight", None)  # safetensors refuses shared storage; HF re-ties on load
+    hf_config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / "model.safetensors")  # atomic: a crash never leaves a half-written file
+    (out / "config.json.tmp").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
+    (out / "config.json.tmp").replace(out / "config.json")
+    return out

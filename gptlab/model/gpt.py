@@ -1,0 +1,178 @@
+"""ConfigurableGPT: a GPT assembled from a ModelArchitectureConfig.
+
+Read top to bottom like nanoGPT's ``model.py``: a block, then the model. Every component
+comes from a registry, so the model knows no concrete norm, FFN or position encoding.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gptlab.config.model import ModelArchitectureConfig
+from gptlab.model.attention import CausalSelfAttention
+from gptlab.model.components import (
+    PositionContext,
+    build_activation,
+    build_ffn,
+    build_norm,
+    build_position_encoding,
+)
+
+
+class TransformerBlock(nn.Module):
+    """One transformer layer, pre-norm or post-norm::
+
+        pre-norm (GPT-2, LLaMA)            post-norm (Vaswani et al. 2017)
+        x = x + attn(norm_1(x))            x = norm_1(x + attn(x))
+        x = x + ffn(norm_2(x))             x = norm_2(x + ffn(x))
+    """
+
+    def __init__(self, config: ModelArchitectureConfig) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.norm_1 = build_norm(config.normalization, config.n_embd, config.norm_eps)
+        self.attn = CausalSelfAttention(
+            config.n_embd, config.n_head, config.kv_heads, config.bias, config.dropout, config.attention_backend
+        )
+        self.norm_2 = build_norm(config.normalization, config.n_embd, config.norm_eps)
+        activation = build_activation(config.activation, approximate=config.gelu_approximate)
+        self.ffn = build_ffn(
+            config.ffn_type, config.n_embd, config.ffn_hidden_dim, config.bias, config.dropout, activation
+        )
+
+    def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.norm_1(x), pos)
+            return x + self.ffn(self.norm_2(x))
+        x = self.norm_1(x + self.attn(x, pos))
+        return self.norm_2(x + self.ffn(x))
+
+
+class ConfigurableGPT(nn.Module):
+    """A decoder-only language model; ``forward(idx, targets) -> (logits, loss)`` as in nanoGPT."""
+
+    def __init__(self, config: ModelArchitectureConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_encoding = build_position_encoding(
+            config.position_encoding,
+            config.block_size,
+            n_embd=config.n_embd,
+            n_head=config.n_head,
+            head_dim=config.head_dim,
+            rope_theta=config.rope_theta,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
+        self.norm_f = build_norm(config.normalization, config.n_embd, config.norm_eps) if config.final_norm else None
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.weight_tying:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+
+    # ------------------------------------------------------------------ init
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, std) weights, zero biases, residual projections scaled by 1/sqrt(2L)."""
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            if self.config.scaled_residual_init and getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits for every position and the mean cross-entropy when ``targets`` is given
+        (-1 targets are ignored); otherwise logits for the last position only and ``None``."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
+        x = self.drop(self.pos_encoding.embed(self.wte(idx)))  # (B, T, n_embd)
+        pos = self.pos_encoding.context(T, idx.device)
+        for block in self.blocks:
+            x = block(x, pos)
+        if self.norm_f is not None:
+            x = self.norm_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab): all that sampling needs
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    # ------------------------------------------------------------------ utilities
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; ``non_embedding`` leaves out lookup tables that do no matmul
+        (position embeddings, and token embeddings unless they double as the LM head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= sum(p.numel() for p in self.pos_encoding.parameters())
+            if not self.config.weight_tying:
+                n -= self.wte.weight.numel()
+        return n
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context length, e.g. to fine-tune a pretrained model on shorter blocks."""
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(f"block_size={block_size} must be in [1, {self.config.block_size}]")
+        self.config = ModelArchitectureConfig(**{**self.config.to_dict(), "block_size": block_size})
+        self.pos_encoding.crop(block_size)
+
+    def configure_optimizers(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+    ) -> torch.optim.AdamW:
+        """AdamW that decays matrices (dim >= 2: linears, embeddings) but not biases or norms;
+        fused on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]  # parameters() deduplicates tied weights
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    @torch.no_grad()
+    def generate(
+        self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+    ) -> Tensor:
+        """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); temperature 0 is greedy."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :]
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+    # ------------------------------------------------------------------ weights in and out
+    @classmethod
+    def from_pretrained(cls, src: Any, **overrides: Any) -> ConfigurableGPT:
+        """Load a Hugging Face GPT-2 / LLaMA model (local directory or in-memory ``transformers``
+        model) or a nanoGPT ``ckpt.pt``. ``overrides`` may change e.g. ``dropout``."""
+        from gptlab.model.convert import load_pretrained
+
+        return load_pretrained(src, **overrides)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` that ``transformers`` loads."""
+        from gptlab.model.convert import save_pretrained
+
+        return save_pretrained(self, directory)
