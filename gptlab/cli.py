@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     arch = sub.add_parser(
-        "arch", help="describe a preset architecture with --key=value overrides",
+        "arch",
+        help="describe a preset architecture with --key=value overrides",
         description="Print the architecture summary and parameter count of PRESET with overrides, "
         "e.g. gptlab arch llama --n_layer=6 --n_kv_head=4",
     )

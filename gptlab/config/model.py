@@ -112,7 +112,9 @@ class ModelArchitectureConfig:
             _require(key, value, math.isfinite(value) and value > 0, "a finite float > 0")
         mult = self.ffn_dim_multiplier
         _require(
-            "ffn_dim_multiplier", mult, mult is None or (math.isfinite(mult) and mult > 0),
+            "ffn_dim_multiplier",
+            mult,
+            mult is None or (math.isfinite(mult) and mult > 0),
             "a finite float > 0 or None",
         )
         if self.n_embd % self.n_head:
@@ -151,7 +153,9 @@ class ModelArchitectureConfig:
             gate = getattr(_ffn_class(self.ffn_type), "gate_activation", "?")
             ffn = f"{self.ffn_type} ({gate} gate), d_ff={self.ffn_hidden_dim}"
         else:
-            act = self.activation + (" (tanh approx.)" if self.activation == "gelu" and self.gelu_approximate == "tanh" else "")
+            act = self.activation + (
+                " (tanh approx.)" if self.activation == "gelu" and self.gelu_approximate == "tanh" else ""
+            )
             ffn = f"{self.ffn_type} ({act}), d_ff={self.ffn_hidden_dim}"
         attn = f"{self.n_head} heads x {self.head_dim}"
         if self.kv_heads != self.n_head:
@@ -159,7 +163,8 @@ class ModelArchitectureConfig:
         pos = self.position_encoding + (f" (theta={self.rope_theta:g})" if self.position_encoding == "rope" else "")
         lines = [
             f"Architecture: {self.get_architecture_name()}",
-            f"  size:        {self.n_layer} layers, n_embd={self.n_embd}, block_size={self.block_size}, vocab={self.vocab_size}",
+            f"  size:        {self.n_layer} layers, n_embd={self.n_embd}, "
+            f"block_size={self.block_size}, vocab={self.vocab_size}",
             f"  attention:   {attn}, backend={self.attention_backend}",
             f"  positions:   {pos}",
             f"  norm:        {self.normalization} (eps={self.norm_eps:g}), {self.norm_position}-norm"
@@ -231,8 +236,10 @@ _check_types = check_field_types
 
 
 def _check_choices(cfg: ModelArchitectureConfig) -> None:
-    from gptlab.model import components  # noqa: F401  (registers the built-in components)
-    from gptlab.model import attention  # noqa: F401
+    from gptlab.model import (
+        attention,  # noqa: F401
+        components,  # noqa: F401  (registers the built-in components)
+    )
     from gptlab.model.registry import (
         ACTIVATION_REGISTRY,
         ATTENTION_BACKEND_REGISTRY,
@@ -241,7 +248,13 @@ def _check_choices(cfg: ModelArchitectureConfig) -> None:
         POSITION_ENCODING_REGISTRY,
     )
 
-    for registry in (NORM_REGISTRY, ACTIVATION_REGISTRY, FFN_REGISTRY, POSITION_ENCODING_REGISTRY, ATTENTION_BACKEND_REGISTRY):
+    for registry in (
+        NORM_REGISTRY,
+        ACTIVATION_REGISTRY,
+        FFN_REGISTRY,
+        POSITION_ENCODING_REGISTRY,
+        ATTENTION_BACKEND_REGISTRY,
+    ):
         registry.get_component(getattr(cfg, registry.kind))
     if cfg.norm_position not in NORM_POSITIONS:
         raise unknown_choice("norm_position", cfg.norm_position, NORM_POSITIONS)
@@ -255,28 +268,55 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Real GPT-2 (Radford et al. 2019): pre-norm with a final LayerNorm, biased LayerNorm and
     # Linear layers, tanh-approximated GELU, learned positions, tied embeddings.
     "gpt2": dict(
-        normalization="layernorm", activation="gelu", gelu_approximate="tanh",
-        position_encoding="learned_absolute", norm_position="pre", ffn_type="standard",
-        bias=True, weight_tying=True, norm_eps=1e-5,
+        normalization="layernorm",
+        activation="gelu",
+        gelu_approximate="tanh",
+        position_encoding="learned_absolute",
+        norm_position="pre",
+        ffn_type="standard",
+        bias=True,
+        weight_tying=True,
+        norm_eps=1e-5,
     ),
     # Real LLaMA (Touvron et al. 2023): RMSNorm, RoPE, SwiGLU of width 8H/3 rounded up to a
     # multiple of 256, no biases, untied embeddings. Set n_kv_head for grouped-query attention.
     "llama": dict(
-        normalization="rmsnorm", activation="silu", position_encoding="rope", rope_theta=10000.0,
-        norm_position="pre", ffn_type="swiglu", multiple_of=256, bias=False, weight_tying=False,
+        normalization="rmsnorm",
+        activation="silu",
+        position_encoding="rope",
+        rope_theta=10000.0,
+        norm_position="pre",
+        ffn_type="swiglu",
+        multiple_of=256,
+        bias=False,
+        weight_tying=False,
         norm_eps=1e-5,
     ),
     # Hybrid: LLaMA's attention side (RoPE, RMSNorm, no biases) with GPT-2's GELU MLP of width
     # 4H and tied embeddings, so that comparing it with `llama` isolates the FFN choice and
     # comparing it with `gpt2` isolates positions and norms.
     "hybrid": dict(
-        normalization="rmsnorm", activation="gelu", gelu_approximate="tanh", position_encoding="rope",
-        norm_position="pre", ffn_type="standard", bias=False, weight_tying=True, norm_eps=1e-5,
+        normalization="rmsnorm",
+        activation="gelu",
+        gelu_approximate="tanh",
+        position_encoding="rope",
+        norm_position="pre",
+        ffn_type="standard",
+        bias=False,
+        weight_tying=True,
+        norm_eps=1e-5,
     ),
     # The team's model_v1: the same architecture as LLaMA.
     "team": dict(
-        normalization="rmsnorm", activation="silu", position_encoding="rope", rope_theta=10000.0,
-        norm_position="pre", ffn_type="swiglu", multiple_of=256, bias=False, weight_tying=False,
+        normalization="rmsnorm",
+        activation="silu",
+        position_encoding="rope",
+        rope_theta=10000.0,
+        norm_position="pre",
+        ffn_type="swiglu",
+        multiple_of=256,
+        bias=False,
+        weight_tying=False,
         norm_eps=1e-5,
     ),
     # Custom: the dataclass defaults (nanoGPT with bias=False); set any field you like.
@@ -303,9 +343,9 @@ def get_debug_config(name: str, **overrides: Any) -> ModelArchitectureConfig:
 __all__ = [
     "ARCH_FIELDS",
     "DEBUG_OVERRIDES",
-    "ModelArchitectureConfig",
     "PRESETS",
+    "ModelArchitectureConfig",
+    "check_field_types",
     "get_debug_config",
     "get_preset_config",
-    "check_field_types",
 ]

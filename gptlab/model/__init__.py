@@ -15,11 +15,11 @@ from gptlab.model.registry import (
 __all__ = [
     "ACTIVATION_REGISTRY",
     "ATTENTION_BACKEND_REGISTRY",
-    "CausalSelfAttention",
-    "ConfigurableGPT",
     "FFN_REGISTRY",
     "NORM_REGISTRY",
     "POSITION_ENCODING_REGISTRY",
+    "CausalSelfAttention",
+    "ConfigurableGPT",
     "Registry",
     "TransformerBlock",
     "build_activation",

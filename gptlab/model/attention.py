@@ -22,9 +22,7 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, drop
     gqa = k.shape[1] != q.shape[1]
     if bias is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, enable_gqa=gqa
-    )
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, enable_gqa=gqa)
 
 
 @ATTENTION_BACKEND_REGISTRY.register("manual")

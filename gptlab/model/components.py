@@ -7,8 +7,9 @@ component registered from outside the package is usable from a config with no ot
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,9 +115,7 @@ class StandardFFN(nn.Module):
 
     gated = False
 
-    def __init__(
-        self, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module
-    ) -> None:
+    def __init__(self, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module) -> None:
         super().__init__()
         self.w_in = nn.Linear(d_model, d_ff, bias=bias)
         self.act = activation
@@ -169,9 +168,7 @@ class GeGLUFFN(GatedFFN):
         return F.gelu(x)
 
 
-def build_ffn(
-    ffn_type: str, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module
-) -> nn.Module:
+def build_ffn(ffn_type: str, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module) -> nn.Module:
     """Build the feed-forward network registered as ``ffn_type``."""
     cls = FFN_REGISTRY.get_component(ffn_type)
     return cls(d_model=d_model, d_ff=d_ff, bias=bias, dropout=dropout, activation=activation)

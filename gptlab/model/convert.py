@@ -35,8 +35,7 @@ EXPECTED = (
 def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     """Dispatch on what ``src`` is; see ``ConfigurableGPT.from_pretrained``."""
     if hasattr(src, "config") and hasattr(src, "state_dict") and not isinstance(src, ConfigurableGPT):
-        hf_config = src.config.to_dict()
-        return _from_hf(hf_config, src.state_dict(), overrides)
+        return _from_hf(src.config.to_dict(), src.state_dict, overrides)
     if not isinstance(src, (str, Path)):
         raise CheckpointError(f"cannot load weights from a {type(src).__name__}: expected {EXPECTED}")
     path = Path(src).expanduser()
@@ -44,8 +43,7 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
         raise CheckpointError(f"{str(src)!r} does not exist (nothing is downloaded): expected {EXPECTED}")
     if path.is_dir():
         if (path / "config.json").is_file():
-            hf_config = _read_json(path / "config.json")
-            return _from_hf(hf_config, _read_hf_weights(path), overrides)
+            return _from_hf(_read_json(path / "config.json"), lambda: _read_hf_weights(path), overrides)
         if (path / "ckpt.pt").is_file():
             return _from_nanogpt(_torch_load(path / "ckpt.pt"), overrides)
         raise CheckpointError(f"{str(path)!r} holds neither config.json nor ckpt.pt: expected {EXPECTED}")
@@ -64,7 +62,9 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a torch file at all
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{str(path)!r} could not be read as a checkpoint ({reason}): expected {EXPECTED}") from None
+        raise CheckpointError(
+            f"{str(path)!r} could not be read as a checkpoint ({reason}): expected {EXPECTED}"
+        ) from None
 
 
 def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
@@ -74,7 +74,9 @@ def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise CheckpointError("reading .safetensors needs the 'safetensors' package: pip install 'gptlab[hf]'") from None
+            raise CheckpointError(
+                "reading .safetensors needs the 'safetensors' package: pip install 'gptlab[hf]'"
+            ) from None
         state: dict[str, Tensor] = {}
         for file in safetensor_files:
             try:
@@ -88,11 +90,13 @@ def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
         for file in bin_files:
             state.update(_torch_load(file))
         return state
-    raise CheckpointError(f"{str(directory)!r} has config.json but no *.safetensors or pytorch_model*.bin weights")
+    raise CheckpointError(
+        f"{str(directory)!r} has config.json but no weights: expected *.safetensors or pytorch_model*.bin beside it"
+    )
 
 
 def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
 def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: str) -> ConfigurableGPT:
@@ -128,14 +132,22 @@ def _apply(base: dict[str, Any], overrides: dict[str, Any]) -> ModelArchitecture
 def _from_nanogpt(ckpt: Any, overrides: dict[str, Any]) -> ConfigurableGPT:
     if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"not a nanoGPT checkpoint (found {keys}; expected keys 'model_args' and 'model'): expected {EXPECTED}")
+        raise CheckpointError(
+            f"not a nanoGPT checkpoint (found {keys}; expected keys 'model_args' and 'model'): expected {EXPECTED}"
+        )
     args = ckpt["model_args"]
     bias = bool(args.get("bias", True))
     # nanoGPT is GPT-2 with exact GELU; bias=False also removes the LayerNorm biases.
     base = dict(
-        preset="gpt2", n_layer=args["n_layer"], n_head=args["n_head"], n_embd=args["n_embd"],
-        block_size=args["block_size"], vocab_size=args["vocab_size"], bias=bias,
-        normalization="layernorm" if bias else "layernorm_nobias", gelu_approximate="none",
+        preset="gpt2",
+        n_layer=args["n_layer"],
+        n_head=args["n_head"],
+        n_embd=args["n_embd"],
+        block_size=args["block_size"],
+        vocab_size=args["vocab_size"],
+        bias=bias,
+        normalization="layernorm" if bias else "layernorm_nobias",
+        gelu_approximate="none",
         dropout=float(args.get("dropout", 0.0)),
     )
     state = _strip_prefix(ckpt["model"], COMPILED_PREFIX)
@@ -166,7 +178,7 @@ def _rename(state: dict[str, Tensor], table: list[tuple[str, str]]) -> dict[str,
             if old.startswith("."):
                 key = key.replace(old, new)
             elif key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
         out[key] = value
     return out
 
@@ -178,14 +190,16 @@ def _inverse(table: list[tuple[str, str]]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------- Hugging Face
 
 
-def _from_hf(hf: dict[str, Any], state: dict[str, Tensor], overrides: dict[str, Any]) -> ConfigurableGPT:
+def _from_hf(
+    hf: dict[str, Any], read_state: Callable[[], dict[str, Tensor]], overrides: dict[str, Any]
+) -> ConfigurableGPT:
+    """Convert a Hugging Face config and its weights; the weights are read only once the
+    config is known to be supported."""
+    importers = {"gpt2": _gpt2_in, "llama": _llama_in}
     model_type = hf.get("model_type")
-    if model_type == "gpt2":
-        base, state = _gpt2_in(hf, state)
-    elif model_type == "llama":
-        base, state = _llama_in(hf, state)
-    else:
-        raise CheckpointError(f"model_type={model_type!r} is not supported: expected one of {SUPPORTED_HF}")
+    if model_type not in importers:
+        raise CheckpointError(f"config.json model_type={model_type!r} is not supported: expected one of {SUPPORTED_HF}")
+    base, state = importers[model_type](hf, dict(read_state()))
     return _build(_apply(base, overrides), state, f"Hugging Face {model_type} model")
 
 
@@ -198,14 +212,24 @@ def _gpt2_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, An
     gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
     if act not in gelu:
         raise _unsupported("activation_function", act, f"expected one of {sorted(gelu)}")
-    for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False), ("scale_attn_weights", True)):
+    for key, ok in (
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("reorder_and_upcast_attn", False),
+        ("scale_attn_weights", True),
+    ):
         if hf.get(key, ok) != ok:
             raise _unsupported(key, hf[key], f"gptlab's GPT-2 uses {key}={ok}")
     n_embd = hf["n_embd"]
     base = dict(
-        preset="gpt2", n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=n_embd,
-        block_size=hf["n_positions"], vocab_size=hf["vocab_size"], d_ff=hf.get("n_inner") or 4 * n_embd,
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5), gelu_approximate=gelu[act],
+        preset="gpt2",
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=n_embd,
+        block_size=hf["n_positions"],
+        vocab_size=hf["vocab_size"],
+        d_ff=hf.get("n_inner") or 4 * n_embd,
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        gelu_approximate=gelu[act],
         weight_tying=bool(hf.get("tie_word_embeddings", True)),
         dropout=float(hf.get("resid_pdrop", 0.0)),
     )
@@ -245,15 +269,27 @@ def _llama_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, A
         raise _unsupported("hidden_act", hf["hidden_act"], "LLaMA's MLP is SwiGLU (silu)")
     n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, n_embd // n_head):
-        raise _unsupported("head_dim", hf["head_dim"], f"gptlab uses hidden_size / num_attention_heads = {n_embd // n_head}")
+        raise _unsupported(
+            "head_dim", hf["head_dim"], f"gptlab uses hidden_size / num_attention_heads = {n_embd // n_head}"
+        )
     if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
-        raise _unsupported("attention_bias", hf.get("attention_bias"), "gptlab's bias setting covers attention and MLP together")
+        raise _unsupported(
+            "attention_bias", hf.get("attention_bias"), "gptlab's bias setting covers attention and MLP together"
+        )
     base = dict(
-        preset="llama", n_layer=hf["num_hidden_layers"], n_head=n_head, n_embd=n_embd,
-        n_kv_head=hf.get("num_key_value_heads") or n_head, block_size=hf["max_position_embeddings"],
-        vocab_size=hf["vocab_size"], d_ff=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=_rope_theta(hf), bias=bool(hf.get("attention_bias", False)),
-        weight_tying=bool(hf.get("tie_word_embeddings", False)), dropout=float(hf.get("attention_dropout", 0.0)),
+        preset="llama",
+        n_layer=hf["num_hidden_layers"],
+        n_head=n_head,
+        n_embd=n_embd,
+        n_kv_head=hf.get("num_key_value_heads") or n_head,
+        block_size=hf["max_position_embeddings"],
+        vocab_size=hf["vocab_size"],
+        d_ff=hf["intermediate_size"],
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=_rope_theta(hf),
+        bias=bool(hf.get("attention_bias", False)),
+        weight_tying=bool(hf.get("tie_word_embeddings", False)),
+        dropout=float(hf.get("attention_dropout", 0.0)),
     )
     state = _strip_prefix(state, COMPILED_PREFIX)
     out: dict[str, Tensor] = {}
@@ -275,16 +311,26 @@ def hf_model_type(config: ModelArchitectureConfig) -> str:
     """Which ``transformers`` architecture represents ``config`` exactly; ConfigError if none."""
     common = config.norm_position == "pre"
     if (
-        common and config.position_encoding == "learned_absolute" and config.normalization == "layernorm"
-        and config.ffn_type == "standard" and config.activation == "gelu" and config.bias
+        common
+        and config.position_encoding == "learned_absolute"
+        and config.normalization == "layernorm"
+        and config.ffn_type == "standard"
+        and config.activation == "gelu"
+        and config.bias
         and config.kv_heads == config.n_head
     ):
         return "gpt2"
-    if common and config.position_encoding == "rope" and config.normalization == "rmsnorm" and config.ffn_type == "swiglu":
+    if (
+        common
+        and config.position_encoding == "rope"
+        and config.normalization == "rmsnorm"
+        and config.ffn_type == "swiglu"
+    ):
         return "llama"
     raise ConfigError(
         f"architecture {config.get_architecture_name()!r} has no exact Hugging Face equivalent: "
-        "save_pretrained supports GPT-2 (pre-norm, biased layernorm, learned positions, GELU MLP, bias=True) "
+        "save_pretrained supports GPT-2 (pre-norm, biased layernorm, learned positions, GELU MLP, bias=True, "
+        "no GQA) "
         "and LLaMA (pre-norm, rmsnorm, rope, swiglu)"
     )
 
@@ -292,12 +338,22 @@ def hf_model_type(config: ModelArchitectureConfig) -> str:
 def _gpt2_out(model: ConfigurableGPT) -> tuple[dict[str, Any], dict[str, Tensor]]:
     c = model.config
     hf = dict(
-        model_type="gpt2", architectures=["GPT2LMHeadModel"], n_layer=c.n_layer, n_head=c.n_head,
-        n_embd=c.n_embd, n_positions=c.block_size, n_ctx=c.block_size, vocab_size=c.vocab_size,
-        n_inner=c.ffn_hidden_dim, layer_norm_epsilon=c.norm_eps,
+        model_type="gpt2",
+        architectures=["GPT2LMHeadModel"],
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        n_positions=c.block_size,
+        n_ctx=c.block_size,
+        vocab_size=c.vocab_size,
+        n_inner=c.ffn_hidden_dim,
+        layer_norm_epsilon=c.norm_eps,
         activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
-        resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
-        tie_word_embeddings=c.weight_tying, scale_attn_weights=True,
+        resid_pdrop=c.dropout,
+        embd_pdrop=c.dropout,
+        attn_pdrop=c.dropout,
+        tie_word_embeddings=c.weight_tying,
+        scale_attn_weights=True,
     )
     state = {k: (v.t() if k.endswith(_CONV1D) else v) for k, v in model.state_dict().items()}
     return hf, _rename(state, _inverse(_NANOGPT_NAMES))
@@ -306,12 +362,23 @@ def _gpt2_out(model: ConfigurableGPT) -> tuple[dict[str, Any], dict[str, Tensor]
 def _llama_out(model: ConfigurableGPT) -> tuple[dict[str, Any], dict[str, Tensor]]:
     c = model.config
     hf = dict(
-        model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=c.n_embd,
-        intermediate_size=c.ffn_hidden_dim, num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
-        num_key_value_heads=c.kv_heads, head_dim=c.head_dim, max_position_embeddings=c.block_size,
-        vocab_size=c.vocab_size, rms_norm_eps=c.norm_eps, hidden_act="silu",
-        rope_theta=c.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        tie_word_embeddings=c.weight_tying, attention_bias=c.bias, mlp_bias=c.bias,
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        hidden_size=c.n_embd,
+        intermediate_size=c.ffn_hidden_dim,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.kv_heads,
+        head_dim=c.head_dim,
+        max_position_embeddings=c.block_size,
+        vocab_size=c.vocab_size,
+        rms_norm_eps=c.norm_eps,
+        hidden_act="silu",
+        rope_theta=c.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        tie_word_embeddings=c.weight_tying,
+        attention_bias=c.bias,
+        mlp_bias=c.bias,
         attention_dropout=c.dropout,
     )
     q, kv = c.n_head * c.head_dim, c.kv_heads * c.head_dim

@@ -29,9 +29,9 @@ from gptlab.model.components import (
 class TransformerBlock(nn.Module):
     """One transformer layer, pre-norm or post-norm::
 
-        pre-norm (GPT-2, LLaMA)            post-norm (Vaswani et al. 2017)
-        x = x + attn(norm_1(x))            x = norm_1(x + attn(x))
-        x = x + ffn(norm_2(x))             x = norm_2(x + ffn(x))
+    pre-norm (GPT-2, LLaMA)            post-norm (Vaswani et al. 2017)
+    x = x + attn(norm_1(x))            x = norm_1(x + attn(x))
+    x = x + ffn(norm_2(x))             x = norm_2(x + ffn(x))
     """
 
     def __init__(self, config: ModelArchitectureConfig) -> None:
@@ -96,8 +96,8 @@ class ConfigurableGPT(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Logits for every position and the mean cross-entropy when ``targets`` is given
         (-1 targets are ignored); otherwise logits for the last position only and ``None``."""
-        B, T = idx.shape
-        if T > self.config.block_size:
+        T = idx.shape[1]
+        if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
         x = self.drop(self.pos_encoding.embed(self.wte(idx)))  # (B, T, n_embd)
         pos = self.pos_encoding.context(T, idx.device)
@@ -143,9 +143,7 @@ class ConfigurableGPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     @torch.no_grad()
-    def generate(
-        self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
-    ) -> Tensor:
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
         """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); temperature 0 is greedy."""
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]

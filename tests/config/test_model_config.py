@@ -1,0 +1,175 @@
+"""ModelArchitectureConfig: presets are the real models, and every bad value fails fast."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gptlab import ConfigError, ModelArchitectureConfig, get_preset_config
+from gptlab.config.model import ARCH_FIELDS, PRESETS, get_debug_config
+
+
+def test_presets_exist_and_build() -> None:
+    assert set(PRESETS) == {"gpt2", "llama", "hybrid", "team", "custom"}
+    for name in PRESETS:
+        cfg = get_preset_config(name)
+        assert cfg.get_architecture_name()
+        assert cfg.get_architecture_name() in cfg.get_architecture_summary()
+
+
+def test_gpt2_preset_is_real_gpt2() -> None:
+    c = get_preset_config("gpt2")
+    assert (c.n_layer, c.n_embd, c.n_head, c.block_size) == (12, 768, 12, 1024)
+    assert c.norm_position == "pre" and c.final_norm
+    assert c.normalization == "layernorm" and c.bias  # biased LayerNorm and Linear layers
+    assert c.activation == "gelu" and c.gelu_approximate == "tanh"
+    assert c.position_encoding == "learned_absolute" and c.weight_tying
+    assert c.ffn_type == "standard" and c.ffn_hidden_dim == 4 * 768
+
+
+def test_llama_preset_is_real_llama() -> None:
+    c = get_preset_config("llama")
+    assert c.normalization == "rmsnorm" and c.position_encoding == "rope" and c.ffn_type == "swiglu"
+    assert not c.bias and not c.weight_tying and c.norm_position == "pre"
+    assert c.rope_theta == 10000.0 and c.norm_eps in (1e-5, 1e-6)
+    assert c.ffn_hidden_dim == 2048  # 8 * 768 / 3 = 2048, already a multiple of 256
+    # LLaMA-7B's width: 4096 -> int(2 * 4 * 4096 / 3) = 10922 -> rounded up to 11008
+    assert get_preset_config("llama", n_embd=4096, n_head=32).ffn_hidden_dim == 11008
+    assert get_preset_config("team").to_dict() == c.to_dict()
+
+
+def test_derived_sizes_follow_overrides() -> None:
+    c = get_preset_config("llama", n_embd=512, n_head=8, n_kv_head=2)
+    assert c.head_dim == 64 and c.kv_heads == 2 and c.n_kv_groups == 4
+    assert c.ffn_hidden_dim == 1536  # int(2 * 2048 / 3) = 1365 -> 1536
+    assert get_preset_config("gpt2", d_ff=1000).ffn_hidden_dim == 1000
+    assert get_preset_config("gpt2", ffn_dim_multiplier=2.0).ffn_hidden_dim == 2 * 4 * 768
+    assert get_preset_config("gpt2").kv_heads == 12
+
+
+def test_name_and_summary_describe_the_choices() -> None:
+    c = get_preset_config("llama", n_kv_head=4)
+    assert c.get_architecture_name() == "pre-rmsnorm_rope_swiglu_gqa4_untied"
+    s = c.get_architecture_summary()
+    assert "4 KV heads" in s and "swiglu (silu gate)" in s and "theta=10000" in s
+
+
+def test_round_trip_through_dict() -> None:
+    c = get_preset_config("hybrid", n_layer=3)
+    assert ModelArchitectureConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"normalization": "batchnorm"}, "normalization"),
+        ({"activation": "gelu2"}, "activation"),
+        ({"position_encoding": "rotary"}, "position_encoding"),
+        ({"ffn_type": "moe"}, "ffn_type"),
+        ({"attention_backend": "flash"}, "attention_backend"),
+        ({"norm_position": "sandwich"}, "norm_position"),
+        ({"gelu_approximate": "fast"}, "gelu_approximate"),
+        ({"n_layer": 0}, "n_layer"),
+        ({"n_layer": -2}, "n_layer"),
+        ({"n_layer": 2.5}, "n_layer"),
+        ({"n_layer": True}, "n_layer"),
+        ({"n_embd": "768"}, "n_embd"),
+        ({"n_head": 0}, "n_head"),
+        ({"n_head": 5}, "n_embd"),  # 768 % 5
+        ({"n_kv_head": 5}, "n_kv_head"),  # 12 % 5
+        ({"n_kv_head": 0}, "n_kv_head"),
+        ({"block_size": 0}, "block_size"),
+        ({"vocab_size": -1}, "vocab_size"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"dropout": float("nan")}, "dropout"),
+        ({"dropout": "0.1"}, "dropout"),
+        ({"bias": 1}, "bias"),
+        ({"weight_tying": "yes"}, "weight_tying"),
+        ({"norm_eps": 0.0}, "norm_eps"),
+        ({"norm_eps": float("inf")}, "norm_eps"),
+        ({"rope_theta": -1.0}, "rope_theta"),
+        ({"init_std": 0}, "init_std"),
+        ({"d_ff": 0}, "d_ff"),
+        ({"multiple_of": 0}, "multiple_of"),
+        ({"ffn_dim_multiplier": 0.0}, "ffn_dim_multiplier"),
+        ({"ffn_dim_multiplier": 1e-9}, "ffn_dim_multiplier"),
+        ({"position_encoding": "rope", "n_embd": 36, "n_head": 4}, "rope"),  # head size 9
+    ],
+)
+def test_invalid_values_name_the_key(overrides: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key) as info:
+        get_preset_config("custom", **overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_choice_lists_and_suggests() -> None:
+    with pytest.raises(ConfigError) as info:
+        get_preset_config("custom", normalization="rmsnrom")
+    msg = str(info.value)
+    assert "'layernorm', 'layernorm_nobias', 'rmsnorm'" in msg and "did you mean 'rmsnorm'" in msg
+
+
+def test_unknown_preset_and_key_suggest() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'llama'"):
+        get_preset_config("lama")
+    with pytest.raises(ConfigError, match="did you mean 'n_layer'"):
+        get_preset_config("gpt2", n_layers=4)
+    with pytest.raises(ConfigError, match="unknown architecture key"):
+        ModelArchitectureConfig.from_dict({"n_layer": 2, "colour": "red"})
+
+
+def test_config_errors_are_value_errors() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# ----------------------------------------------------------------------- property-based
+_FIELDS = {f.name: f for f in dataclasses.fields(ModelArchitectureConfig)}
+_any_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["layernorm", "rmsnorm", "rope", "alibi", "swiglu", "pre", "post", "tanh", "sdpa", "manual"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(ARCH_FIELDS), _any_value, max_size=6))
+def test_validator_only_ever_raises_config_error(values: dict) -> None:
+    """Random configs either build or raise ConfigError naming one of the fields or a preset key."""
+    try:
+        cfg = ModelArchitectureConfig(**values)
+    except ConfigError as e:
+        msg = str(e)
+        assert "\n" not in msg
+        assert any(name in msg for name in ARCH_FIELDS), msg
+        return
+    # Whatever was accepted is self-consistent.
+    assert cfg.n_embd % cfg.n_head == 0 and cfg.n_head % cfg.kv_heads == 0
+    assert 0 <= cfg.dropout < 1 and cfg.ffn_hidden_dim > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_layer=st.integers(1, 3),
+    n_head=st.integers(1, 4),
+    head_dim=st.sampled_from([2, 4, 8]),
+    kv_div=st.integers(1, 4),
+    preset=st.sampled_from(sorted(PRESETS)),
+)
+def test_valid_sizes_build_a_model(n_layer: int, n_head: int, head_dim: int, kv_div: int, preset: str) -> None:
+    import torch
+
+    from gptlab import ConfigurableGPT
+
+    n_kv = n_head // kv_div if n_head % kv_div == 0 else n_head
+    cfg = get_debug_config(preset, n_layer=n_layer, n_head=n_head, n_embd=n_head * head_dim, n_kv_head=n_kv)
+    logits, loss = ConfigurableGPT(cfg)(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+    assert logits.shape == (1, 4, cfg.vocab_size) and torch.isfinite(loss)

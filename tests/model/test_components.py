@@ -1,0 +1,168 @@
+"""Components and registries: built-ins behave as their references, and a component registered
+from outside the package is usable from a config with no other change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptlab import ConfigError, ConfigurableGPT, get_debug_config
+from gptlab.model import (
+    ACTIVATION_REGISTRY,
+    ATTENTION_BACKEND_REGISTRY,
+    FFN_REGISTRY,
+    NORM_REGISTRY,
+    POSITION_ENCODING_REGISTRY,
+    build_ffn,
+    build_norm,
+    build_position_encoding,
+)
+from gptlab.model.components import PositionContext, PositionEncoding, alibi_slopes
+
+
+def test_registries_hold_the_documented_names() -> None:
+    assert set(NORM_REGISTRY) >= {"layernorm", "layernorm_nobias", "rmsnorm"}
+    assert set(ACTIVATION_REGISTRY) >= {"gelu", "silu", "relu", "leaky_relu"}
+    assert set(FFN_REGISTRY) >= {"standard", "swiglu", "geglu"}
+    assert set(POSITION_ENCODING_REGISTRY) >= {"learned_absolute", "rope", "alibi", "none"}
+    assert set(ATTENTION_BACKEND_REGISTRY) >= {"sdpa", "manual"}
+
+
+def test_factory_miss_lists_names_and_suggests() -> None:
+    with pytest.raises(ConfigError, match=r"normalization='rms_norm'.*did you mean 'rmsnorm'"):
+        build_norm("rms_norm", 8)
+
+
+def test_rmsnorm_matches_definition() -> None:
+    x = torch.randn(3, 5, 16)
+    norm = build_norm("rmsnorm", 16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_()
+    ref = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    torch.testing.assert_close(norm(x), ref)
+
+
+def test_layernorm_bias_follows_name() -> None:
+    assert build_norm("layernorm", 8).bias is not None
+    assert build_norm("layernorm_nobias", 8).bias is None
+
+
+def test_swiglu_and_geglu_compute_their_definitions() -> None:
+    x = torch.randn(2, 3, 8)
+    for name, gate in (("swiglu", F.silu), ("geglu", F.gelu)):
+        ffn = build_ffn(name, 8, 12, bias=False, dropout=0.0, activation=nn.Identity())
+        ref = ffn.w_out(gate(ffn.w_gate(x)) * ffn.w_value(x))
+        torch.testing.assert_close(ffn(x), ref)
+
+
+def test_rope_preserves_norms_and_encodes_relative_position() -> None:
+    rope = build_position_encoding("rope", 16, head_dim=8, rope_theta=10000.0)
+    ctx = rope.context(16, torch.device("cpu"))
+    q, k = torch.randn(1, 1, 1, 8).expand(1, 1, 16, 8), torch.randn(1, 1, 1, 8).expand(1, 1, 16, 8)
+    rq, rk = ctx.rotate(q), ctx.rotate(k)
+    torch.testing.assert_close(rq.norm(dim=-1), q.norm(dim=-1))
+    # <R_m q, R_n k> depends only on m - n
+    scores = rq[0, 0] @ rk[0, 0].T
+    torch.testing.assert_close(scores[3, 1], scores[10, 8])
+
+
+def test_alibi_slopes_match_the_paper() -> None:
+    torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    assert alibi_slopes(12).shape == (12,) and (alibi_slopes(12) > 0).all()
+    bias = build_position_encoding("alibi", 8, n_head=4).context(5, torch.device("cpu")).bias
+    assert bias.shape == (1, 4, 5, 5)
+    assert torch.isinf(bias[0, :, 0, 1:]).all() and bias[0, 0, 4, 0] == -4 * alibi_slopes(4)[0]
+
+
+# ------------------------------------------------------------------ extension from outside
+class ScaledNorm(nn.Module):
+    """Nguyen & Salazar's ScaleNorm: one learned scale over the L2-normalised vector."""
+
+    def __init__(self, ndim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.g = nn.Parameter(torch.tensor(float(ndim) ** 0.5))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g * x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
+
+
+class SquaredReLUFFN(nn.Module):
+    gated = False
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(d_model, d_ff, bias=bias), nn.Linear(d_ff, d_model, bias=bias)
+        self.down.is_residual_projection = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.relu(self.up(x)).square())
+
+
+class SinusoidalPositions(PositionEncoding):
+    def __init__(self, max_seq_len: int, n_embd: int, **_: object) -> None:
+        super().__init__()
+        pos = torch.arange(max_seq_len)[:, None]
+        freq = torch.exp(-torch.arange(0, n_embd, 2) * (9.21 / n_embd))
+        table = torch.zeros(max_seq_len, n_embd)
+        table[:, 0::2], table[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+        self.register_buffer("table", table, persistent=False)
+
+    def embed(self, tok_emb: torch.Tensor) -> torch.Tensor:
+        return tok_emb + self.table[: tok_emb.shape[1]]
+
+
+def talking_backend(q, k, v, *, bias, dropout_p):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+
+
+@pytest.fixture
+def registered():
+    NORM_REGISTRY.register("scalenorm")(ScaledNorm)
+    FFN_REGISTRY["sqrelu"] = SquaredReLUFFN  # the design document's plain-dict form works too
+    POSITION_ENCODING_REGISTRY.register("sinusoidal")(SinusoidalPositions)
+    ATTENTION_BACKEND_REGISTRY.register("mine")(talking_backend)
+    ACTIVATION_REGISTRY.register("tanh")(lambda **_: nn.Tanh())
+    yield
+    for reg, name in (
+        (NORM_REGISTRY, "scalenorm"),
+        (FFN_REGISTRY, "sqrelu"),
+        (POSITION_ENCODING_REGISTRY, "sinusoidal"),
+        (ATTENTION_BACKEND_REGISTRY, "mine"),
+        (ACTIVATION_REGISTRY, "tanh"),
+    ):
+        del reg[name]
+
+
+def test_component_registered_outside_trains_a_step(registered: None) -> None:
+    cfg = get_debug_config(
+        "custom",
+        normalization="scalenorm",
+        ffn_type="sqrelu",
+        position_encoding="sinusoidal",
+        attention_backend="mine",
+    )
+    model = ConfigurableGPT(cfg)
+    assert isinstance(model.blocks[0].norm_1, ScaledNorm) and isinstance(model.blocks[0].ffn, SquaredReLUFFN)
+    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
+    x = torch.randint(0, cfg.vocab_size, (4, 32))
+    _, loss0 = model(x, x)
+    loss0.backward()
+    opt.step()
+    _, loss1 = model(x, x)
+    assert loss1 < loss0
+    # and the registered activation is a valid config choice for the standard FFN
+    act_model = ConfigurableGPT(get_debug_config("custom", activation="tanh"))
+    assert isinstance(act_model.blocks[0].ffn.act, nn.Tanh)
+
+
+def test_unregistered_names_are_rejected_again_after_removal() -> None:
+    with pytest.raises(ConfigError, match="normalization='scalenorm'"):
+        get_debug_config("custom", normalization="scalenorm")
+
+
+def test_position_context_defaults_are_noops() -> None:
+    ctx = PositionContext()
+    assert ctx.rotate is None and ctx.bias is None

@@ -1,0 +1,242 @@
+"""Weights in and out: parity with transformers' GPT-2 and LLaMA and with nanoGPT checkpoints.
+
+The references are randomly initialised ``transformers`` models built from configs, so
+nothing is downloaded. Logits must match to 1e-4 in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab import CheckpointError, ConfigError, ConfigurableGPT, get_debug_config
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+TOL = 1e-4
+
+
+def _logits(model: ConfigurableGPT, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x, x)[0]
+
+
+def _hf_logits(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).logits
+
+
+def _gpt2(**kw) -> transformers.GPT2LMHeadModel:
+    cfg = dict(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=97, bos_token_id=0, eos_token_id=0)
+    cfg.update(kw)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg)).eval()
+    with torch.no_grad():  # random biases and norm parameters, so that a mix-up cannot hide
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.normal_(0.0 if name.endswith("bias") else 1.0, 0.1)
+    return model
+
+
+def _llama(**kw) -> transformers.LlamaForCausalLM:
+    cfg = dict(
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        vocab_size=97,
+        rms_norm_eps=1e-6,
+        rope_theta=5000.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=None,
+    )
+    cfg.update(kw)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.normal_(1.0 if "norm" in name else 0.0, 0.1)
+    return model
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 97, (2, 24))
+
+
+@pytest.mark.parametrize("kw", [{}, {"activation_function": "gelu"}, {"tie_word_embeddings": False}, {"n_inner": 96}])
+def test_gpt2_import_matches_transformers(kw: dict, tokens: torch.Tensor) -> None:
+    hf = _gpt2(**kw)
+    ours = ConfigurableGPT.from_pretrained(hf)
+    assert ours.config.position_encoding == "learned_absolute" and ours.config.bias
+    assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"num_key_value_heads": 4},
+        {"num_key_value_heads": 1},
+        {"tie_word_embeddings": True},
+        {"attention_bias": True, "mlp_bias": True},
+    ],
+)
+def test_llama_import_matches_transformers(kw: dict, tokens: torch.Tensor) -> None:
+    hf = _llama(**kw)
+    ours = ConfigurableGPT.from_pretrained(hf)
+    assert ours.config.kv_heads == hf.config.num_key_value_heads and ours.config.rope_theta == 5000.0
+    assert ours.config.norm_eps == 1e-6 and ours.config.ffn_hidden_dim == 176
+    assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("make", [_gpt2, _llama])
+def test_export_round_trips_through_transformers(make, tokens: torch.Tensor, tmp_path: Path) -> None:
+    hf = make()
+    ours = ConfigurableGPT.from_pretrained(hf)
+    ours.save_pretrained(tmp_path / "export")
+    assert {p.name for p in (tmp_path / "export").iterdir()} == {"config.json", "model.safetensors"}
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    assert type(back) is type(hf)
+    assert (_hf_logits(back, tokens) - _logits(ours, tokens)).abs().max() <= TOL
+    # and a local directory loads back into gptlab unchanged
+    again = ConfigurableGPT.from_pretrained(tmp_path / "export")
+    assert again.config == ours.config
+    assert torch.equal(_logits(again, tokens), _logits(ours, tokens))
+
+
+def test_transformers_save_pretrained_directory_loads(tokens: torch.Tensor, tmp_path: Path) -> None:
+    hf = _llama()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = ConfigurableGPT.from_pretrained(str(tmp_path / "hf"))
+    assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize(("preset", "n_kv_head"), [("gpt2", None), ("llama", None), ("llama", 2)])
+def test_fresh_gptlab_model_exports(preset: str, n_kv_head: int | None, tokens: torch.Tensor, tmp_path: Path) -> None:
+    ours = ConfigurableGPT(get_debug_config(preset, vocab_size=97, n_kv_head=n_kv_head)).eval()
+    ours.save_pretrained(tmp_path)
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert (_hf_logits(back, tokens) - _logits(ours, tokens)).abs().max() <= TOL
+
+
+def test_export_of_architecture_without_hf_equivalent_fails_clearly(tmp_path: Path) -> None:
+    for overrides in ({"position_encoding": "alibi"}, {"norm_position": "post"}, {"n_kv_head": 2}):
+        model = ConfigurableGPT(get_debug_config("gpt2", **overrides))
+        with pytest.raises(ConfigError, match="no exact Hugging Face equivalent"):
+            model.save_pretrained(tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------- nanoGPT
+def _nanogpt_checkpoint(hf: transformers.GPT2LMHeadModel, bias: bool = True, compiled: bool = False) -> dict:
+    """What nanoGPT's train.py saves: nn.Linear weights (out, in), its causal-mask buffers,
+    model_args, and with compile=True the ``_orig_mod.`` prefix on every key."""
+    c = hf.config
+    state = {}
+    for key, value in hf.state_dict().items():
+        if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            value = value.t().contiguous()  # HF Conv1D (in, out) -> nanoGPT Linear (out, in)
+        if not bias and key.endswith("bias"):
+            continue
+        state[key] = value
+    for i in range(c.n_layer):
+        state[f"transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(c.n_positions, c.n_positions)).view(
+            1, 1, c.n_positions, c.n_positions
+        )
+    if compiled:
+        state = {"_orig_mod." + k: v for k, v in state.items()}
+    model_args = dict(
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        block_size=c.n_positions,
+        bias=bias,
+        vocab_size=c.vocab_size,
+        dropout=0.0,
+    )
+    return {
+        "model": state,
+        "optimizer": {"state": {}, "param_groups": []},
+        "model_args": model_args,
+        "iter_num": 100,
+        "best_val_loss": torch.tensor(2.5),
+        "config": {"dataset": "shakespeare_char"},
+    }
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_nanogpt_checkpoint_matches(bias: bool, compiled: bool, tokens: torch.Tensor, tmp_path: Path) -> None:
+    hf = _gpt2(activation_function="gelu")  # nanoGPT's MLP uses exact GELU
+    if not bias:
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if name.endswith("bias"):
+                    p.zero_()
+    path = tmp_path / "ckpt.pt"
+    torch.save(_nanogpt_checkpoint(hf, bias=bias, compiled=compiled), path)
+    for src in (path, tmp_path, str(path)):
+        ours = ConfigurableGPT.from_pretrained(src)
+        assert ours.config.normalization == ("layernorm" if bias else "layernorm_nobias")
+        assert ours.config.gelu_approximate == "none"
+        assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
+
+
+def test_from_pretrained_overrides(tmp_path: Path) -> None:
+    hf = _gpt2()
+    ours = ConfigurableGPT.from_pretrained(hf, dropout=0.0, attention_backend="manual")
+    assert ours.config.dropout == 0.0 and ours.config.attention_backend == "manual"
+    with pytest.raises(ConfigError, match="n_layer cannot be overridden"):
+        ConfigurableGPT.from_pretrained(hf, n_layer=3)
+
+
+# ---------------------------------------------------------------------- errors
+def test_not_a_checkpoint_gives_one_line_errors(tmp_path: Path) -> None:
+    cases = []
+    cases.append(tmp_path / "missing.pt")
+    (tmp_path / "empty").mkdir()
+    cases.append(tmp_path / "empty")
+    (tmp_path / "text.pt").write_text("hello")
+    cases.append(tmp_path / "text.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    cases.append(tmp_path / "other.pt")
+    hf = _gpt2()
+    torch.save(_nanogpt_checkpoint(hf), tmp_path / "full.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "full.pt").read_bytes()[:5000])
+    cases.append(tmp_path / "truncated.pt")
+    bad_json = tmp_path / "badjson"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{not json")
+    cases.append(bad_json)
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    cases.append(bert)
+    for src in [*cases, "gpt2", 42]:
+        with pytest.raises(CheckpointError) as info:
+            ConfigurableGPT.from_pretrained(src)
+        msg = str(info.value)
+        assert "\n" not in msg and ("expected" in msg or "supported" in msg), msg
+
+
+def test_unsupported_hf_options_are_named() -> None:
+    with pytest.raises(CheckpointError, match="rope_type"):
+        ConfigurableGPT.from_pretrained(_llama(rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    with pytest.raises(CheckpointError, match="scale_attn_by_inverse_layer_idx"):
+        ConfigurableGPT.from_pretrained(_gpt2(scale_attn_by_inverse_layer_idx=True))
+
+
+def test_mismatched_weights_are_reported(tmp_path: Path) -> None:
+    ckpt = _nanogpt_checkpoint(_gpt2())
+    ckpt["model_args"]["n_embd"] = 32
+    ckpt["model_args"]["n_head"] = 2
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match="shape"):
+        ConfigurableGPT.from_pretrained(tmp_path / "ckpt.pt")

@@ -1,0 +1,224 @@
+"""ConfigurableGPT: every architecture combination trains, backends agree, nanoGPT's API holds."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+from gptlab import ConfigurableGPT, get_debug_config, get_preset_config
+from gptlab.config.model import PRESETS
+
+GRID: dict[str, list] = {
+    "normalization": ["layernorm", "layernorm_nobias", "rmsnorm"],
+    "activation": ["gelu", "silu", "relu", "leaky_relu"],
+    "position_encoding": ["learned_absolute", "rope", "alibi", "none"],
+    "ffn_type": ["standard", "swiglu", "geglu"],
+    "norm_position": ["pre", "post"],
+    "bias": [False, True],
+    "weight_tying": [False, True],
+    "attention_backend": ["sdpa", "manual"],
+    "n_kv_head": [None, 2],  # plain multi-head vs grouped-query (4 query heads, 2 KV heads)
+}
+
+
+def pairwise_cover(grid: dict[str, list], candidates: int = 60, seed: int = 0) -> list[dict]:
+    """A small set of combinations in which every pair of values of any two keys appears (AETG greedy)."""
+    keys = list(grid)
+    uncovered = {
+        (a, va, b, vb)
+        for a, b in itertools.combinations(keys, 2)
+        for va in range(len(grid[a]))
+        for vb in range(len(grid[b]))
+    }
+    rng = random.Random(seed)
+    rows: list[dict[str, int]] = []
+    while uncovered:
+        # seed each candidate with an uncovered pair so that every row makes progress
+        best, best_gain = None, -1
+        for _ in range(candidates):
+            a, va, b, vb = rng.choice(sorted(uncovered))
+            row = {k: rng.randrange(len(grid[k])) for k in keys}
+            row[a], row[b] = va, vb
+            gain = sum((x, row[x], y, row[y]) in uncovered for x, y in itertools.combinations(keys, 2))
+            if gain > best_gain:
+                best, best_gain = row, gain
+        rows.append(best)
+        uncovered -= {(x, best[x], y, best[y]) for x, y in itertools.combinations(keys, 2)}
+    return [{k: grid[k][i] for k, i in row.items()} for row in rows]
+
+
+def _grid_cases(config: pytest.Config) -> list[dict]:
+    if config.getoption("--full-grid"):
+        return [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
+    return pairwise_cover(GRID)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "combo" in metafunc.fixturenames:
+        cases = _grid_cases(metafunc.config)
+        ids = ["-".join(str(v) for v in case.values()) for case in cases]
+        metafunc.parametrize("combo", cases, ids=ids)
+
+
+def test_pairwise_cover_covers_every_pair() -> None:
+    rows = pairwise_cover(GRID)
+    for a, b in itertools.combinations(GRID, 2):
+        seen = {(r[a], r[b]) for r in rows}
+        assert len(seen) == len(GRID[a]) * len(GRID[b]), (a, b)
+    assert len(rows) < 40  # far fewer than the 4608 full combinations
+
+
+def test_combination_trains(combo: dict) -> None:
+    """Builds, runs forward and backward, and lowers the loss on a fixed batch."""
+    cfg = get_debug_config("custom", n_layer=2, n_embd=32, n_head=4, block_size=16, vocab_size=64, **combo)
+    model = ConfigurableGPT(cfg)
+    opt = model.configure_optimizers(weight_decay=0.0, learning_rate=3e-3, betas=(0.9, 0.95), device_type="cpu")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 64, (4, 16), generator=gen)
+    y = torch.randint(0, 64, (4, 16), generator=gen)
+    losses = []
+    for _ in range(6):
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+@pytest.mark.parametrize("position_encoding", ["learned_absolute", "rope", "alibi", "none"])
+@pytest.mark.parametrize("n_kv_head", [None, 2, 1])
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_sdpa_and_manual_backends_agree(position_encoding: str, n_kv_head: int | None, preset: str) -> None:
+    cfg = get_debug_config(preset, position_encoding=position_encoding, n_kv_head=n_kv_head, dropout=0.0)
+    sdpa = ConfigurableGPT(cfg)
+    manual = ConfigurableGPT(
+        get_debug_config(preset, position_encoding=position_encoding, n_kv_head=n_kv_head, attention_backend="manual")
+    )
+    manual.load_state_dict(sdpa.state_dict())
+    x = torch.randint(0, cfg.vocab_size, (3, cfg.block_size))
+    a, la = sdpa(x, x)
+    b, lb = manual(x, x)
+    assert (a - b).abs().max().item() <= 1e-5
+    la.backward()
+    lb.backward()
+    for (name, p), q in zip(sdpa.named_parameters(), manual.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_forward_without_targets_returns_last_position_only() -> None:
+    model = ConfigurableGPT(get_debug_config("llama")).eval()
+    x = torch.randint(0, 256, (2, 10))
+    full, loss = model(x, x)
+    last, none = model(x)
+    assert none is None and last.shape == (2, 1, 256) and loss.ndim == 0
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
+def test_loss_is_cross_entropy_and_ignores_minus_one() -> None:
+    model = ConfigurableGPT(get_debug_config("gpt2"))
+    x = torch.randint(0, 256, (2, 8))
+    y = x.clone()
+    y[:, :4] = -1
+    logits, loss = model(x, y)
+    ref = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 256), y[:, 4:].reshape(-1))
+    torch.testing.assert_close(loss, ref)
+
+
+def test_sequence_longer_than_block_size_is_rejected() -> None:
+    model = ConfigurableGPT(get_debug_config("gpt2", block_size=8))
+    with pytest.raises(ValueError, match="block_size=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_generate() -> None:
+    model = ConfigurableGPT(get_debug_config("llama", block_size=8)).eval()
+    start = torch.randint(0, 256, (2, 3))
+    out = model.generate(start, max_new_tokens=12, temperature=0.8, top_k=5)
+    assert out.shape == (2, 15) and torch.equal(out[:, :3], start)  # runs past block_size by cropping
+    greedy = model.generate(start, max_new_tokens=4, temperature=0)
+    top1 = model.generate(start, max_new_tokens=4, temperature=1.0, top_k=1)
+    assert torch.equal(greedy, top1)
+
+
+@pytest.mark.parametrize("position_encoding", ["learned_absolute", "rope", "alibi", "none"])
+def test_crop_block_size_keeps_outputs(position_encoding: str) -> None:
+    model = ConfigurableGPT(get_debug_config("custom", position_encoding=position_encoding, block_size=32)).eval()
+    x = torch.randint(0, 256, (2, 16))
+    before, _ = model(x, x)
+    model.crop_block_size(16)
+    after, _ = model(x, x)
+    assert model.config.block_size == 16
+    torch.testing.assert_close(before, after)
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    if position_encoding == "learned_absolute":
+        assert model.pos_encoding.wpe.weight.shape == (16, 64)
+
+
+def test_weight_tying_and_final_norm() -> None:
+    tied = ConfigurableGPT(get_debug_config("gpt2"))
+    assert tied.lm_head.weight is tied.wte.weight and tied.norm_f is not None
+    untied = ConfigurableGPT(get_debug_config("llama"))
+    assert untied.lm_head.weight is not untied.wte.weight
+    post = ConfigurableGPT(get_debug_config("custom", norm_position="post"))
+    assert post.norm_f is None
+
+
+def test_num_params_counts() -> None:
+    for name in PRESETS:
+        model = ConfigurableGPT(get_debug_config(name))
+        total = sum(p.numel() for p in model.parameters())
+        assert model.get_num_params(non_embedding=False) == total
+        lookup = sum(p.numel() for p in model.pos_encoding.parameters())
+        if not model.config.weight_tying:
+            lookup += model.wte.weight.numel()
+        assert model.get_num_params() == total - lookup
+    # GPT-2 124M (nanoGPT's padded vocabulary): 124.48M parameters with the position table.
+    with torch.device("meta"):
+        gpt2 = ConfigurableGPT(get_preset_config("gpt2"))
+    assert gpt2.get_num_params(non_embedding=False) == 124_475_904
+
+
+def test_configure_optimizers_decays_matrices_only() -> None:
+    model = ConfigurableGPT(get_debug_config("gpt2"))
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type="cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # the tied matrix appears once
+    assert not opt.defaults.get("fused")
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_gpt2_style_scaled_residual_init() -> None:
+    cfg = get_debug_config("llama", n_layer=8, n_embd=256, n_head=4)
+    model = ConfigurableGPT(cfg)
+    block = model.blocks[0]
+    residual_std = 0.02 / math.sqrt(2 * 8)
+    for w in (block.attn.out_proj.weight, block.ffn.w_out.weight):
+        assert abs(w.std().item() - residual_std) < 0.1 * residual_std
+    for w in (block.attn.qkv.weight, block.ffn.w_gate.weight, model.wte.weight, model.lm_head.weight):
+        assert abs(w.std().item() - 0.02) < 0.002
+    plain = ConfigurableGPT(
+        get_debug_config("llama", n_layer=8, n_embd=256, n_head=4, scaled_residual_init=False, init_std=0.01)
+    )
+    assert abs(plain.blocks[0].attn.out_proj.weight.std().item() - 0.01) < 0.001
+
+
+def test_dropout_is_active_only_in_training() -> None:
+    model = ConfigurableGPT(get_debug_config("gpt2", dropout=0.5))
+    x = torch.randint(0, 256, (2, 16))
+    model.eval()
+    a, _ = model(x, x)
+    b, _ = model(x, x)
+    torch.testing.assert_close(a, b)
+    model.train()
+    c, _ = model(x, x)
+    assert not torch.allclose(a, c)
