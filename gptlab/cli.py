@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from gptlab.config.model import PRESETS, get_preset_config
 from gptlab.config.overrides import parse_overrides
-from gptlab.errors import CheckpointError, ConfigError
+from gptlab.errors import USER_ERRORS, ConfigError
 
 
 def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
@@ -48,7 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     arch.set_defaults(func=_cmd_arch)
     presets = sub.add_parser("presets", help="list the preset architectures")
     presets.set_defaults(func=_cmd_presets)
+    # Each concern registers its own subcommands: register(subparsers) adds parsers whose
+    # defaults carry func(args, extra_args) -> exit code.
+    import importlib
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
+
+
+# Modules that add subcommands (each defines register(subparsers)).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         return args.func(args, extra)
-    except (ConfigError, CheckpointError) as e:
+    except USER_ERRORS as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,17 @@ class CheckpointError(ValueError):
     """A file or directory is not a checkpoint gptlab can load; the message says what was expected."""
 
 
+class DataError(ValueError):
+    """A dataset is missing, unreadable or too small; the message says how to fix it."""
+
+
+class GptlabError(Exception):
+    """Base for errors whose message alone is the whole story for a user (printed as one line)."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, DataError, GptlabError)
+
+
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     if not isinstance(value, str):
