@@ -1,0 +1,62 @@
+"""``gptlab prepare DATASET``: tokenize a dataset into DATA_DIR/DATASET (train.bin, val.bin, meta.json)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gptlab.data.datasets import DATASETS, prepare_dataset
+from gptlab.data.storage import META_FILE, SPLITS, read_meta, split_path
+from gptlab.data.tokenizers import TOKENIZERS
+from gptlab.errors import ConfigError
+
+
+def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise ConfigError(f"'gptlab prepare' does not take {' '.join(extra)} (see gptlab prepare --help)")
+    dataset_dir = prepare_dataset(
+        args.dataset,
+        args.data_dir,
+        args.input,
+        tokenizer=args.tokenizer,
+        num_proc=args.num_proc,
+        max_documents=args.max_documents,
+        max_tokens=args.max_tokens,
+    )
+    meta = read_meta(dataset_dir)
+    tokens: dict[str, Any] = meta["tokens"]
+    print(
+        f"prepared {args.dataset} in {dataset_dir}: {tokens['train']:,} train + {tokens['val']:,} val tokens, "
+        f"{meta['tokenizer']['name']} tokenizer, vocab_size {meta['vocab_size']}, {meta['dtype']}"
+    )
+    for split in SPLITS:
+        path = split_path(dataset_dir, split)
+        print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")
+    print(f"  {dataset_dir / META_FILE}")
+    return 0
+
+
+def _datasets_help() -> str:
+    width = max(map(len, DATASETS))
+    lines = [f"  {name:{width}s}  {spec.help}" for name, spec in DATASETS.items()]
+    lines.append(f"  {'NAME':{width}s}  your own text: --input FILE_OR_FOLDER (char tokenizer if NAME ends in _char)")
+    return "datasets:\n" + "\n".join(lines)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``prepare`` subcommand to the ``gptlab`` command's subparsers."""
+    parser = subparsers.add_parser(
+        "prepare",
+        help="tokenize a dataset into DATA_DIR/DATASET/{train,val}.bin and meta.json",
+        description=__doc__,
+        epilog=_datasets_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset", help="a dataset name (listed below) or a new name for your own --input")
+    parser.add_argument("--input", metavar="PATH", help="a local text file or folder (or .jsonl/.parquet for hub sets)")
+    parser.add_argument("--data_dir", "--data-dir", default="data", metavar="DIR", help="where datasets live (data)")
+    parser.add_argument("--tokenizer", choices=sorted(TOKENIZERS), help="for your own text (default gpt2)")
+    parser.add_argument("--num_proc", "--num-proc", type=int, metavar="N", help="tokenizer processes")
+    parser.add_argument("--max_documents", "--max-documents", type=int, metavar="N", help="stop after N documents")
+    parser.add_argument("--max_tokens", "--max-tokens", type=int, metavar="N", help="stop after N tokens in all")
+    parser.set_defaults(func=_cmd_prepare)

