@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands (each defines register(subparsers)).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("gptlab.data.cli", "gptlab.telemetry.cli", "gptlab.train.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

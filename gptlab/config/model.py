@@ -222,7 +222,8 @@ def _type_ok(value: Any, allowed: tuple[type, ...]) -> bool:
 
 
 def check_field_types(obj: Any) -> None:
-    """Check every dataclass field of ``obj`` against its annotation (int, float, bool, str, None)."""
+    """Check every dataclass field of ``obj`` against its annotation (int, float, bool, str, None);
+    an int given for a float field becomes a float, so saved configs keep their types."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         allowed = _allowed_types(hints[f.name])
@@ -230,6 +231,8 @@ def check_field_types(obj: Any) -> None:
         if not _type_ok(value, allowed):
             names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
             raise ConfigError(f"{f.name}={value!r} has type {type(value).__name__}, expected {names}")
+        if float in allowed and int not in allowed and type(value) is int:
+            setattr(obj, f.name, float(value))
 
 
 _check_types = check_field_types

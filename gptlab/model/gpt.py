@@ -143,12 +143,23 @@ class ConfigurableGPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     @torch.no_grad()
-    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
-        """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); temperature 0 is greedy."""
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        *,
+        vocab_limit: int | None = None,
+    ) -> Tensor:
+        """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); temperature 0 is greedy.
+        ``vocab_limit`` keeps ids below the tokenizer's size when the vocabulary is padded."""
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(idx_cond)
             logits = logits[:, -1, :]
+            if vocab_limit is not None:
+                logits = logits[:, :vocab_limit]
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -174,3 +185,24 @@ class ConfigurableGPT(nn.Module):
         from gptlab.model.convert import save_pretrained
 
         return save_pretrained(self, directory)
+
+    # ------------------------------------------------------------------ telemetry (gptlab.telemetry)
+    def estimate_mfu_detailed(self, fwdbwd_per_iter: float, dt: float, **kwargs: Any) -> dict[str, Any]:
+        """nanoGPT's ``estimate_mfu`` with the full breakdown: ``fwdbwd_per_iter`` sequences of
+        ``block_size`` tokens per optimizer step on one rank, ``dt`` seconds per step; see
+        ``gptlab.telemetry.estimate_mfu_detailed`` for the keywords (num_gpus, peak_flops, ...)."""
+        from gptlab.telemetry.mfu import estimate_mfu_detailed
+
+        return estimate_mfu_detailed(self.config, fwdbwd_per_iter, dt, **kwargs)
+
+    def get_memory_stats(self) -> dict[str, float | None]:
+        """Allocator and process memory (GB) of the device this model lives on."""
+        from gptlab.telemetry.memory import get_memory_stats
+
+        return get_memory_stats(next(self.parameters()).device)
+
+    def get_gradient_stats(self) -> dict[str, float | None]:
+        """Gradient norm and value statistics, on the device with one host sync (sharding-aware)."""
+        from gptlab.telemetry.gradients import get_gradient_stats
+
+        return get_gradient_stats(self)

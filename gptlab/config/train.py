@@ -1,0 +1,187 @@
+"""TrainConfig: nanoGPT's train.py settings as a validated dataclass, and the run config that
+joins it to the flat architecture keys (``--n_layer``, ``--normalization``, ...).
+
+Config files are Python files the user names (nanoGPT style); every other value arrives as a
+``--key=value`` override parsed with ``ast.literal_eval``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig, check_field_types, get_preset_config
+from gptlab.config.overrides import parse_overrides
+from gptlab.errors import ConfigError, did_you_mean, unknown_choice
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LR_SCHEDULES = ("cosine", "constant", "wsd")
+LOG_STYLES = ("detailed", "compact")
+NAN_POLICIES = ("stop", "skip")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; names and meanings are nanoGPT's wherever nanoGPT has them."""
+
+    # I/O
+    out_dir: str = "out"
+    eval_interval: int = 2000
+    log_interval: int = 1
+    eval_iters: int = 200
+    eval_only: bool = False
+    always_save_checkpoint: bool = True
+    init_from: str = "scratch"  # 'scratch' | 'resume' | a local HF dir, nanoGPT or gptlab ckpt.pt
+    # logging backends
+    wandb_log: bool = False
+    wandb_project: str = "gptlab"
+    wandb_run_name: str = "run"
+    tensorboard_log: bool = False
+    log_style: str = "detailed"  # 'detailed' block per iteration, or 'compact' one line
+    gradient_log_interval: int = 10
+    # data
+    dataset: str = "stdlib_char"
+    data_dir: str = "data"
+    gradient_accumulation_steps: int = 1
+    batch_size: int = 12  # micro-batch per process
+    seed: int = 1337
+    # architecture
+    arch_preset: str = "gpt2"
+    # AdamW
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    # learning-rate schedule
+    decay_lr: bool = True
+    lr_schedule: str = "cosine"  # 'cosine' | 'constant' | 'wsd' (warmup-stable-decay)
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    min_lr: float = 6e-5
+    wsd_decay_frac: float = 0.2  # wsd: share of lr_decay_iters spent decaying linearly to min_lr
+    # system
+    device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
+    dtype: str = "auto"  # 'auto': bfloat16 where supported on CUDA, else float16 on CUDA; float32 on CPU
+    compile: bool = True
+    backend: str = "nccl"
+    peak_tflops: float | None = None  # override the detected dense peak (needed for MFU on a CPU)
+    # parallelism (see issue: DDP / ZeRO-1 / FSDP under torchrun)
+    use_zero1: bool = False
+    use_fsdp: bool = False
+    # robustness
+    nan_policy: str = "stop"  # a NaN/inf loss stops the run, or 'skip' skips that step
+    # end of run
+    sample_at_end: bool = False
+    sample_tokens: int = 200
+    sample_prompt: str = "\n"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        choices = {
+            "device": DEVICES,
+            "dtype": DTYPES,
+            "lr_schedule": LR_SCHEDULES,
+            "log_style": LOG_STYLES,
+            "nan_policy": NAN_POLICIES,
+        }
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            base = value.split(":")[0] if key == "device" else value  # 'cuda:1' is a device too
+            if base not in allowed:
+                raise unknown_choice(key, value, allowed)
+        positive = ("eval_interval", "log_interval", "eval_iters", "gradient_log_interval", "batch_size")
+        for key in (*positive, "gradient_accumulation_steps"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected a positive integer")
+        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected an integer >= 0")
+        for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{key}={value!r} is invalid: expected a finite float >= 0")
+        for key in ("beta1", "beta2", "wsd_decay_frac"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0 and not (key == "wsd_decay_frac" and value == 1.0):
+                raise ConfigError(f"{key}={value!r} is invalid: expected a float in [0, 1)")
+        if self.peak_tflops is not None and not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
+            raise ConfigError(f"peak_tflops={self.peak_tflops!r} is invalid: expected a float > 0 or None")
+        if self.use_zero1 and self.use_fsdp:
+            raise ConfigError(
+                "use_zero1=True and use_fsdp=True exclude each other: FSDP already shards optimizer states"
+            )
+        if self.decay_lr and self.min_lr > self.learning_rate:
+            raise ConfigError(f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+ALL_KEYS: tuple[str, ...] = TRAIN_FIELDS + ARCH_FIELDS
+
+
+@dataclass
+class RunConfig:
+    """A resolved run: the training settings and the architecture they train."""
+
+    train: TrainConfig
+    arch: ModelArchitectureConfig
+    explicit: frozenset[str] = frozenset()  # keys a config file or override set (vs. defaults)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train": self.train.to_dict(), "arch": self.arch.to_dict()}
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Run a nanoGPT-style Python config file the user named and collect its assignments."""
+    path = Path(path)
+    if not path.is_file():
+        hint = f" (did you mean --{path}?)" if "=" in str(path) else ""
+        raise ConfigError(f"config file {str(path)!r} does not exist{hint}")
+    namespace: dict[str, Any] = {}
+    try:
+        exec(compile(path.read_text(), str(path), "exec"), namespace)  # the user's own file, as in nanoGPT
+    except Exception as e:
+        raise ConfigError(f"config file {str(path)!r} failed: {type(e).__name__}: {e}") from None
+    values = {k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)}
+    values = {k: v for k, v in values.items() if not hasattr(v, "__spec__")}  # imported modules
+    for key in values:
+        if key not in ALL_KEYS:
+            raise ConfigError(f"config file {str(path)!r}: unknown key {key!r}{did_you_mean(key, ALL_KEYS)}")
+    return values
+
+
+def resolve_run_config(values: dict[str, Any]) -> RunConfig:
+    """Split flat keys into training and architecture settings and validate both."""
+    for key in values:
+        if key not in ALL_KEYS:
+            raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
+    train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
+    arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
+    return RunConfig(train=train, arch=arch, explicit=frozenset(values))
+
+
+def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> RunConfig:
+    """``[CONFIG_FILE ...] [--key=value ...]`` -> RunConfig; later values win, as in nanoGPT.
+    ``defaults`` (e.g. the quick-start settings) apply under both."""
+    values = dict(defaults or {})
+    overrides = []
+    for arg in args:
+        if arg.startswith("--"):
+            overrides.append(arg)
+        elif overrides:
+            raise ConfigError(f"config file {arg!r} must come before the --key=value overrides")
+        else:
+            values.update(load_config_file(arg))
+    values.update(parse_overrides(overrides))
+    return resolve_run_config(values)

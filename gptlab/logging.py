@@ -1,0 +1,277 @@
+"""TrainingLogger: the console view, ``log.jsonl``, ``summary.json`` and optional wandb /
+TensorBoard backends. Only rank 0 logs; every figure it prints comes from a caller, and a
+figure nobody measured is shown as n/a, never invented."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from gptlab.errors import ConfigError
+
+RULE = "─" * 80
+
+
+def _fmt(value: Any, spec: str, missing: str = "n/a") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so every line stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class TrainingLogger:
+    """Writes one JSON object per line to ``out_dir/log.jsonl`` and renders the console view."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        style: str = "detailed",
+        enabled: bool = True,
+        stream: IO[str] | None = None,
+        max_iters: int | None = None,
+        skip_first: int = 2,
+        wandb_config: dict[str, Any] | None = None,
+        tensorboard: bool = False,
+        resume: bool = False,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.style, self.enabled = style, enabled
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.max_iters = max_iters
+        self.skip_first = skip_first  # warm-up / compile iterations excluded from the summary
+        self.start_time = time.time()
+        self.iters: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.startup: dict[str, Any] = {}
+        self._status_shown = False
+        self._wandb = self._tb = None
+        if not enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.out_dir / "log.jsonl", "a" if resume else "w")  # noqa: SIM115 (lives with the logger)
+        if wandb_config is not None:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("wandb_log=True needs wandb: pip install 'gptlab[wandb]'") from None
+            self._wandb = wandb.init(
+                project=wandb_config.get("project"), name=wandb_config.get("name"), config=wandb_config.get("config")
+            )
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("tensorboard_log=True needs tensorboard: pip install 'gptlab[tensorboard]'") from None
+            self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+
+    # ------------------------------------------------------------------ records
+    def _write(self, record: dict[str, Any]) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        self._file.write(json.dumps(_json_safe(record)) + "\n")
+        self._file.flush()
+
+    def _print(self, text: str) -> None:
+        if self._status_shown:  # clear the progress line before printing above it
+            self.stream.write("\r\x1b[K")
+            self._status_shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _scalars(self, step: int, values: dict[str, Any], prefix: str) -> None:
+        numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._wandb is not None:
+            self._wandb.log({f"{prefix}/{k}": v for k, v in numeric.items()}, step=step)
+        if self._tb is not None:
+            for k, v in numeric.items():
+                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def log_startup_info(self, info: dict[str, Any], rendered: str | None = None) -> None:
+        """Record the startup report (and print its rendering)."""
+        if not self.enabled:
+            return
+        self.startup = info
+        self._write({"type": "startup", **info})
+        if rendered:
+            self._print(rendered)
+
+    def log_event(self, kind: str, message: str, **fields: Any) -> None:
+        """A notable event (resume, checkpoint, NaN, spike): printed and recorded."""
+        if not self.enabled:
+            return
+        self._write({"type": "event", "event": kind, "message": message, **fields})
+        self._print(message)
+
+    def log_eval(self, iter_num: int, train_loss: float, val_loss: float, **extra: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"iter": iter_num, "train_loss": train_loss, "val_loss": val_loss, **extra}
+        self.evals.append(record)
+        self._write({"type": "eval", **record})
+        self._scalars(iter_num, {"train_loss": train_loss, "val_loss": val_loss}, "eval")
+        self._print(f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+
+    def log_iter_detailed(
+        self,
+        iter_num: int,
+        loss: float,
+        dt_ms: float,
+        mfu_breakdown: dict[str, Any] | None = None,
+        memory_stats: dict[str, Any] | None = None,
+        grad_stats: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        """One iteration: loss and time, plus whatever telemetry the caller measured.
+
+        ``fields`` carries ``lr``, ``tokens_per_sec`` and anything else worth a JSON field.
+        """
+        if not self.enabled:
+            return
+        mfu = mfu_breakdown or {}
+        record: dict[str, Any] = {"iter": iter_num, "loss": loss, "dt_ms": dt_ms, **fields}
+        for key in (
+            "mfu",
+            "mfu_percent",
+            "mfu_causal",
+            "hfu",
+            "achieved_tflops",
+            "hardware_peak_tflops",
+            "achieved_tflops_per_gpu",
+            "hardware_peak_flops_per_gpu",
+            "flops_per_token",
+            "peak_source",
+        ):
+            if key in mfu:
+                record[key] = mfu[key]
+        record.setdefault("tokens_per_sec", mfu.get("tokens_per_sec"))
+        if memory_stats:
+            record["memory"] = memory_stats
+        if grad_stats:
+            record["gradients"] = grad_stats
+        self.iters.append(record)
+        self._write({"type": "iter", **record})
+        flat = {**{k: v for k, v in record.items() if not isinstance(v, dict)}, **(memory_stats or {})}
+        flat.update({f"grad_{k}": v for k, v in (grad_stats or {}).items()})
+        self._scalars(iter_num, flat, "train")
+        self._print(self._render(record, mfu, memory_stats or {}, grad_stats or {}))
+        self._show_status(iter_num)
+
+    # ------------------------------------------------------------------ console view
+    def _render(self, r: dict[str, Any], mfu: dict[str, Any], mem: dict[str, Any], grads: dict[str, Any]) -> str:
+        lr = _fmt(r.get("lr"), ".2e")
+        tps = _fmt(r.get("tokens_per_sec"), ",.0f")
+        mfu_pct = _fmt(r.get("mfu_percent"), ".2f", "n/a") + ("%" if r.get("mfu_percent") is not None else "")
+        peak_per_gpu = r.get("hardware_peak_flops_per_gpu")
+        multi = (mfu.get("num_gpus") or 1) > 1
+        if self.style == "compact":
+            parts = [f"iter {r['iter']}", f"loss {r['loss']:.4f}", f"{r['dt_ms']:.0f}ms", f"lr {lr}"]
+            parts += [f"tok/s {tps}", f"mfu {mfu_pct}"]
+            if grads:
+                parts.append(f"gnorm {grads.get('global_norm', float('nan')):.3f}")
+            return " | ".join(parts)
+        lines = [
+            RULE,
+            f"📍 Iter {r['iter']:>6} │ Loss: {r['loss']:.4f} │ Time: {r['dt_ms']:.0f}ms │ LR: {lr}",
+            RULE,
+            f"⚡ MFU: {mfu_pct} │ Achieved: {_fmt(r.get('achieved_tflops_per_gpu'), '.3g')} TF │ "
+            f"Peak: {_fmt(peak_per_gpu and peak_per_gpu / 1e12, '.1f')} TF" + (" (per GPU)" if multi else ""),
+            f"   Tokens/s: {tps} │ FLOPs/token: "
+            + (_fmt(r.get("flops_per_token") and r["flops_per_token"] / 1e9, ".3f") + " GF"),
+        ]
+        if mem:
+            if mem.get("allocated_gb") is not None:
+                lines.append(
+                    f"💾 Memory: {mem['allocated_gb']:.2f} GB alloc │ "
+                    f"{_fmt(mem.get('max_allocated_gb'), '.2f')} GB peak"
+                    f" │ {_fmt(mem.get('reserved_gb'), '.2f')} GB reserved"
+                )
+            elif mem.get("rss_gb") is not None:
+                lines.append(f"💾 Memory: {mem['rss_gb']:.2f} GB process RSS (CPU)")
+        if grads:
+            lines.append(
+                f"📊 Gradients: norm={grads.get('global_norm', float('nan')):.4f} │ "
+                f"mean={grads.get('grad_mean', float('nan')):.2e} │ std={grads.get('grad_std', float('nan')):.2e}"
+            )
+        return "\n".join(lines)
+
+    def _show_status(self, iter_num: int) -> None:
+        """A progress bar with ETA, on a terminal only (plain logs stay clean)."""
+        if not (self.tty and self.max_iters):
+            return
+        done = min(1.0, (iter_num + 1) / (self.max_iters + 1))
+        elapsed = time.time() - self.start_time
+        eta = elapsed / done - elapsed if done > 0 else 0.0
+        bar = "█" * int(30 * done) + "░" * (30 - int(30 * done))
+        self.stream.write(f"\r\x1b[K{bar} {100 * done:5.1f}% iter {iter_num}/{self.max_iters} ETA {_duration(eta)}")
+        self.stream.flush()
+        self._status_shown = True
+
+    # ------------------------------------------------------------------ summary
+    def finalize(self, **extra: Any) -> dict[str, Any]:
+        """Write ``summary.json``: throughput and MFU statistics past the warm-up iterations,
+        best validation loss, total time, peak memory."""
+        if not self.enabled:
+            return {}
+        steady = self.iters[self.skip_first :] or self.iters
+
+        def stats(key: str) -> dict[str, float] | None:
+            values = [r[key] for r in steady if isinstance(r.get(key), (int, float))]
+            if not values:
+                return None
+            ordered = sorted(values)
+            p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+            return {"mean": statistics.fmean(values), "median": statistics.median(values), "p90": p90}
+
+        peaks = [r["memory"].get("max_allocated_gb") or r["memory"].get("rss_gb") for r in self.iters if "memory" in r]
+        val_losses = [e["val_loss"] for e in self.evals if math.isfinite(e["val_loss"])]
+        summary = {
+            "iterations_logged": len(self.iters),
+            "iterations_excluded_as_warmup": len(self.iters) - len(steady),
+            "tokens_per_sec": stats("tokens_per_sec"),
+            "mfu": stats("mfu"),
+            "dt_ms": stats("dt_ms"),
+            "final_loss": self.iters[-1]["loss"] if self.iters else None,
+            "best_val_loss": min(val_losses) if val_losses else None,
+            "final_val_loss": self.evals[-1]["val_loss"] if self.evals else None,
+            "total_time_s": time.time() - self.start_time,
+            "peak_memory_gb": max((p for p in peaks if p is not None), default=None),
+            **extra,
+        }
+        (self.out_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+        self._write({"type": "summary", **summary})
+        self.close()
+        return summary
+
+    def close(self) -> None:
+        if self._status_shown:
+            self.stream.write("\n")
+            self._status_shown = False
+        if self.enabled and not self._file.closed:
+            self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,187 @@
+"""``gptlab flops``, ``gptlab plan`` and ``gptlab peak``: FLOPs, memory plan and measured peak, printed.
+
+Each command takes a preset and ``--key=value`` architecture overrides, like ``gptlab arch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gptlab.config.model import PRESETS, ModelArchitectureConfig, get_preset_config
+from gptlab.config.overrides import parse_overrides
+from gptlab.errors import ConfigError
+
+GB = 1e9
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3f} {unit}"
+    return f"{x:.0f} "
+
+
+def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
+    overrides = {**parse_overrides(extra), **{k: v for k, v in fixed.items() if v is not None}}
+    return get_preset_config(args.preset, **overrides)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("preset", nargs="?", default="gpt2", help=f"one of {', '.join(PRESETS)} (default gpt2)")
+    p.add_argument(
+        "--activation_checkpointing",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="per-block activation checkpointing (adds recomputation to HFU, cuts activations)",
+    )
+    p.add_argument("--gpu", help="accelerator for the throughput estimate, e.g. H100-SXM, A100-PCIe, B200")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for --gpu (default 0.4)")
+    p.add_argument("--dtype", default="bfloat16", help="autocast dtype: bfloat16, float16 or float32")  # fmt: skip
+
+
+def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: bool) -> Any:
+    from gptlab.telemetry.flops import compute_flops
+    from gptlab.telemetry.params import count_parameters
+
+    fl = compute_flops(config, seq_len, activation_checkpointing=checkpointing)
+    print(f"{config.get_architecture_name()}: {count_parameters(config) / 1e6:.2f}M parameters, seq_len={seq_len}")
+    print(f"{'component':28s} {'count':>5s} {'fwd FLOP/token':>16s} {'train FLOP/token':>17s} {'share':>6s}  note")
+    for row in fl.table():
+        share = "" if row["share_of_matmul"] is None else f"{100 * row['share_of_matmul']:.1f}%"
+        fwd, train = _si(row["forward_flops_per_token"]), _si(row["training_flops_per_token"])
+        print(f"{row['component']:28s} {row['count']:5d} {fwd:>16s} {train:>17s} {share:>6s}  {row['note']}")
+    print(f"training FLOPs/token, full-square attention (PaLM/nanoGPT, MFU): {_si(fl.flops_per_token)}FLOP")
+    print(f"training FLOPs/token, causal-aware attention:                   {_si(fl.flops_per_token_causal)}FLOP")
+    print(f"hardware FLOPs/token (HFU: + recomputation):                    {_si(fl.hfu_flops_per_token)}FLOP")
+    print(f"non-matmul FLOPs/token (estimate, not in MFU):                  {_si(fl.non_matmul_flops_per_token)}FLOP")
+    ratio = fl.attention_flops_per_layer / fl.ffn_flops_per_layer
+    print(f"attention/FFN FLOPs per layer: {ratio:.3f}; LM head share of training FLOPs: "
+          f"{fl.lm_head_flops / fl.flops_per_token:.1%}")  # fmt: skip
+    return fl
+
+
+def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace, seq_len: int, gpus: int) -> None:
+    if args.gpu is None:
+        return
+    from gptlab.telemetry.hardware import get_gpu_spec, precision_key
+    from gptlab.telemetry.mfu import expected_tokens_per_sec
+
+    spec, precision = get_gpu_spec(args.gpu), precision_key(args.dtype)
+    peak = spec.peaks.get(precision)
+    if peak is None:
+        raise ConfigError(f"gpu={args.gpu!r} has no dense {precision} peak in the table ({spec.description})")
+    if not 0 < args.mfu <= 1:
+        raise ConfigError(f"mfu={args.mfu} is invalid: expected a fraction in (0, 1]")
+    tps = expected_tokens_per_sec(config, peak, args.mfu, num_gpus=gpus, seq_len=seq_len)
+    print(f"expected throughput on {gpus} x {spec.key} ({peak / 1e12:g} TFLOPS dense {precision}) at "
+          f"{args.mfu:.0%} MFU: {tps:,.0f} tokens/s ({tps / gpus:,.0f} per GPU)")  # fmt: skip
+
+
+def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
+    config = _config(args, extra)
+    seq_len = args.seq_len or config.block_size
+    _print_flops(config, seq_len, args.activation_checkpointing)
+    _print_throughput(config, args, seq_len, args.num_gpus)
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
+    from gptlab.telemetry.planner import plan_all_modes
+
+    config = _config(args, extra, block_size=args.block_size)
+    plans = plan_all_modes(
+        config,
+        world_size=args.world_size,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        activation_checkpointing=args.activation_checkpointing,
+        grad_accum_steps=args.grad_accum_steps,
+        device_type=args.device_type,
+    )
+    first = next(iter(plans.values()))
+    _print_flops(config, config.block_size, args.activation_checkpointing)
+    print(f"\nmemory per GPU in GB (1e9 bytes): micro-batch {args.batch_size} x {config.block_size} tokens, "
+          f"autocast {args.dtype}, AdamW, activation checkpointing {args.activation_checkpointing}, "
+          f"{config.attention_backend} attention")  # fmt: skip
+    header = "".join(f"{f'{m} x{p.world_size}':>12s}" for m, p in plans.items())
+    print(f"{'':22s}{header}")
+    rows = ("parameters", "gradients", "optimizer", "activations", "logits", "loss_backward", "buffers", "comm_buffers")
+    labels = {"peak": "peak (estimate)", "total": "sum of all parts"}
+    for field in (*rows, "peak", "total"):
+        print(
+            f"{labels.get(field, field):22s}" + "".join(f"{getattr(p.mode, field) / GB:12.3f}" for p in plans.values())
+        )
+    acts = first.activation_estimate
+    per_layer = ", ".join(f"{k} {v / GB:.4f}" for k, v in acts.per_layer.items())
+    print(f"activations: {acts.n_layer} layers x {acts.layer_bytes / GB:.4f} GB ({per_layer}); "
+          f"other {sum(acts.other.values()) / GB:.4f} GB")  # fmt: skip
+    for note in sorted({n for p in plans.values() for n in p.mode.notes}):
+        print(f"note: {note}")
+    _print_throughput(config, args, config.block_size, args.world_size)
+    return 0
+
+
+def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
+    import torch
+
+    from gptlab.telemetry.hardware import detect_peak, device_name, measure_peak_flops
+
+    if extra:
+        raise ConfigError(f"'gptlab peak' takes no architecture overrides, got {' '.join(extra)}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA device is available")
+    measured = measure_peak_flops(device, args.dtype, size=args.size, iters=args.iters)
+    table = detect_peak(device, args.dtype)
+    print(f"{device_name(device)} ({table.precision}): measured {measured / 1e12:.3f} TFLOPS (timed matmul)")
+    if table.peak_flops is not None:
+        print(f"datasheet dense peak {table.peak_flops / 1e12:g} TFLOPS: measured is {measured / table.peak_flops:.0%}")
+    print(f"use --peak_tflops={measured / 1e12:.3f} to compute MFU against the measured ceiling")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``flops``, ``plan`` and ``peak`` to the ``gptlab`` command."""
+    flops = subparsers.add_parser(
+        "flops",
+        help="FLOPs per token by component, MFU conventions, attention/FFN ratio",
+        description="Per-component FLOPs of PRESET with --key=value overrides, e.g. gptlab flops llama --n_kv_head=4",
+    )
+    _add_common(flops)
+    flops.add_argument("--seq_len", type=int, help="sequence length (default block_size)")
+    flops.add_argument("--num_gpus", type=int, default=1, help="GPUs for the throughput estimate")
+    flops.set_defaults(func=_cmd_flops)
+
+    plan = subparsers.add_parser(
+        "plan",
+        help="memory per GPU for none/ddp/zero1/fsdp, FLOPs and expected throughput",
+        description="Predict memory per GPU of PRESET (with --key=value overrides) in every parallel mode.",
+    )
+    _add_common(plan)
+    plan.add_argument("--batch_size", type=int, default=12, help="micro-batch per GPU (default 12)")
+    plan.add_argument("--block_size", type=int, help="sequence length (an architecture override)")
+    plan.add_argument("--world_size", type=int, default=8, help="GPUs for ddp/zero1/fsdp (default 8)")
+    plan.add_argument("--grad_accum_steps", type=int, default=1, help="micro-steps per optimizer step")
+    plan.add_argument("--device_type", default="cuda", choices=("cuda", "cpu"), help="whose autocast rules apply")
+    plan.set_defaults(func=_cmd_plan)
+
+    peak = subparsers.add_parser("peak", help="time a large matmul: the achievable FLOP/s of this device")
+    peak.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    peak.add_argument("--dtype", default="bfloat16", help="bfloat16, float16 or float32")
+    peak.add_argument("--size", type=int, help="matrix size (default 8192 on GPU, 1024 on CPU)")
+    peak.add_argument("--iters", type=int, default=10)
+    peak.set_defaults(func=_cmd_peak)
+
+
+__all__ = ["register"]

@@ -1,0 +1,290 @@
+"""FLOPs per component, from the architecture config alone (no model, no device).
+
+Conventions, stated once and used everywhere:
+
+- A multiply-add is 2 FLOPs; a (m x k) @ (k x n) matmul costs 2*m*k*n.
+- "Matmul FLOPs" are the model FLOPs of MFU: projections, QK^T, attn@V, FFN and LM head.
+  Embedding lookups do no arithmetic and are excluded. Everything else (norms, activations,
+  softmax, RoPE, ALiBi, residual adds, biases, loss) is a separate, rougher estimate that is
+  reported beside MFU and never added to its numerator.
+- Attention scores are counted two ways (ERRATA 6): ``full-square`` (every query against all S
+  keys: the PaLM / nanoGPT convention behind published MFU figures, and what FlopCounterMode
+  counts) and ``causal`` (query t against its t+1 visible keys: S(S+1)/2 pairs per sequence, the
+  work a kernel that skips the masked half must still do).
+- Training = forward + backward, and the backward of a matmul is two matmuls of the same size
+  (grad wrt input, grad wrt weight), so training matmul FLOPs = 3 x forward.
+- Hardware FLOPs (HFU) add what is computed twice: the forward of every block again under
+  activation checkpointing, and the QK^T that fused attention kernels recompute in backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+
+from gptlab.config.model import ModelArchitectureConfig
+from gptlab.errors import ConfigError
+from gptlab.telemetry.mfu import estimate_mfu_detailed, expected_tokens_per_sec  # MFU = these FLOPs / time / peak
+
+_ONCE = ("lm_head", "loss", "position_add")  # rows that occur once per token, not once per layer
+TRAIN_FACTOR = 3  # forward (1) + backward (2: grad wrt input and grad wrt weight, each the forward's size)
+
+# Non-matmul work, in FLOPs per element, counting a transcendental (exp, tanh, erf, rsqrt) as 1.
+# These are estimates: kernels fuse and approximate them differently; they are never part of MFU.
+NORM_FLOPS = {"layernorm": 7, "layernorm_nobias": 6, "rmsnorm": 4}  # LN: mean, sub, sq, var, scale, weight, bias
+DEFAULT_NORM_FLOPS = 7  # an unknown registered norm is assumed to cost what LayerNorm does
+ACTIVATION_FLOPS = {"relu": 1, "leaky_relu": 2, "silu": 4, "gelu": 8}  # silu: exp, add, div, mul; gelu ~8
+DEFAULT_ACTIVATION_FLOPS = 8
+SOFTMAX_FLOPS = 6  # per score: scale, max, subtract, exp, sum, divide
+ROPE_FLOPS = 4  # per rotated element: x*cos, rotate_half's negation, *sin, add
+LOSS_FLOPS = 4  # per vocabulary entry: max, subtract, exp, sum (log_softmax), then one gather per token
+
+
+@dataclass(frozen=True)
+class FlopRow:
+    """One component: forward FLOPs per token for ONE instance, and how many instances there are."""
+
+    name: str
+    forward: float
+    count: int
+    matmul: bool
+    note: str = ""
+    convention: str = ""  # attention scores only: 'full-square' or 'causal' (each total uses one of them)
+
+    @property
+    def per_layer(self) -> bool:
+        return self.name not in _ONCE
+
+    @property
+    def forward_total(self) -> float:
+        return self.forward * self.count
+
+    @property
+    def training_total(self) -> float:
+        return TRAIN_FACTOR * self.forward_total
+
+
+@dataclass
+class FlopsBreakdown:
+    """Per-token FLOPs of one architecture at one sequence length; every total is a sum of ``rows``."""
+
+    config: ModelArchitectureConfig
+    seq_len: int
+    activation_checkpointing: bool
+    rows: list[FlopRow] = field(default_factory=list)
+
+    def _sum(self, *, matmul: bool, causal: bool = False, per_layer: bool | None = None) -> float:
+        skip = "full-square" if causal else "causal"
+        return sum(
+            r.forward_total
+            for r in self.rows
+            if r.matmul == matmul and r.convention != skip and (per_layer is None or r.per_layer == per_layer)
+        )
+
+    # ---- model (MFU) FLOPs: matmuls only ------------------------------------------------------------
+    @property
+    def forward_flops_per_token(self) -> float:
+        """Forward matmul FLOPs per token, attention counted full-square."""
+        return self._sum(matmul=True)
+
+    @property
+    def forward_flops_per_token_causal(self) -> float:
+        return self._sum(matmul=True, causal=True)
+
+    @property
+    def flops_per_token(self) -> float:
+        """Training matmul FLOPs per token, full-square attention, LM head in: the PaLM / nanoGPT figure."""
+        return TRAIN_FACTOR * self.forward_flops_per_token
+
+    @property
+    def flops_per_token_causal(self) -> float:
+        return TRAIN_FACTOR * self.forward_flops_per_token_causal
+
+    def row(self, name: str) -> FlopRow:
+        return next(r for r in self.rows if r.name == name)
+
+    @property
+    def attention_flops_per_layer(self) -> float:
+        """Training matmul FLOPs per token of one layer's attention (QKV, QK^T, attn@V, output), full-square."""
+        names = ("qkv_proj", "attn_scores (full-square)", "attn_values (full-square)", "out_proj")
+        return TRAIN_FACTOR * sum(self.row(n).forward for n in names)
+
+    @property
+    def ffn_flops_per_layer(self) -> float:
+        return TRAIN_FACTOR * self.row("ffn").forward
+
+    @property
+    def attention_to_ffn_ratio(self) -> float:
+        return self.attention_flops_per_layer / self.ffn_flops_per_layer
+
+    @property
+    def lm_head_flops(self) -> float:
+        """Training FLOPs per token of the vocabulary projection (2*H*V forward, ERRATA 4)."""
+        return TRAIN_FACTOR * self.row("lm_head").forward
+
+    # ---- hardware (HFU) FLOPs ------------------------------------------------------------------------
+    @property
+    def recompute_flops_per_token(self) -> float:
+        """Matmul FLOPs per token computed a second time: checkpointed blocks' forward, fused QK^T."""
+        extra = self._sum(matmul=True, per_layer=True) if self.activation_checkpointing else 0.0
+        if self.config.attention_backend == "sdpa":
+            # Flash / memory-efficient / cuDNN backward recomputes the scores from Q, K and the
+            # saved log-sum-exp instead of storing the (S x S) probabilities: one more QK^T.
+            extra += self.row("attn_scores (full-square)").forward_total
+        return extra
+
+    @property
+    def hfu_flops_per_token(self) -> float:
+        return self.flops_per_token + self.recompute_flops_per_token
+
+    # ---- everything else ------------------------------------------------------------------------------
+    @property
+    def non_matmul_forward_flops_per_token(self) -> float:
+        """Estimate of norms, activations, softmax, RoPE, ALiBi, residuals, biases and loss (full-square)."""
+        return self._sum(matmul=False)
+
+    @property
+    def non_matmul_flops_per_token(self) -> float:
+        """Training estimate: elementwise backward taken as about twice the forward, like matmuls."""
+        return TRAIN_FACTOR * self.non_matmul_forward_flops_per_token
+
+    def table(self) -> list[dict[str, Any]]:
+        """One dict per component: forward/training FLOPs per token (all instances) and the share of
+        the forward matmul total."""
+        total = self.forward_flops_per_token
+        return [
+            {
+                "component": r.name,
+                "kind": "matmul" if r.matmul else "other (estimate)",
+                "count": r.count,
+                "forward_flops_per_token": r.forward_total,
+                "training_flops_per_token": r.training_total,
+                "share_of_matmul": r.forward_total / total if r.matmul and r.convention != "causal" else None,
+                "note": r.note,
+            }
+            for r in self.rows
+        ]
+
+
+def compute_flops(
+    config: ModelArchitectureConfig, seq_len: int | None = None, *, activation_checkpointing: bool = False
+) -> FlopsBreakdown:
+    """Per-component FLOPs per token of ``config`` at ``seq_len`` (default ``block_size``)."""
+    S = config.block_size if seq_len is None else int(seq_len)
+    if S <= 0:
+        raise ConfigError(f"seq_len={seq_len} is invalid: expected a positive integer")
+    H, L, V = config.n_embd, config.n_layer, config.vocab_size
+    h, hd = config.n_head, config.head_dim
+    q_dim = h * hd  # = H: query heads x head size
+    kv_dim = config.kv_heads * hd  # GQA: K and V have n_kv_head heads, so their projections shrink
+    D = config.ffn_hidden_dim
+    n_ffn_in = 2 if config.ffn_gated else 1  # gated FFNs have two input matrices (gate, value), others one
+    causal_keys = (S + 1) / 2  # mean visible keys per query under the causal mask: (1 + 2 + ... + S) / S
+
+    rows = [
+        # QKV projection: (H) @ (H, q_dim + 2*kv_dim) per token, 2 FLOPs per multiply-add.
+        FlopRow("qkv_proj", 2 * H * (q_dim + 2 * kv_dim), L, True, f"GQA: K,V {config.kv_heads}/{h} heads"),
+        # QK^T: each of h query heads dots its hd-vector with S keys (GQA shares keys, not this work).
+        FlopRow("attn_scores (full-square)", 2 * S * q_dim, L, True, "PaLM/nanoGPT convention", "full-square"),
+        # attn @ V: each query head mixes S value vectors of size hd.
+        FlopRow("attn_values (full-square)", 2 * S * q_dim, L, True, "PaLM/nanoGPT convention", "full-square"),
+        FlopRow("attn_scores (causal)", 2 * causal_keys * q_dim, L, True, "unmasked (S+1)/2 keys", "causal"),
+        FlopRow("attn_values (causal)", 2 * causal_keys * q_dim, L, True, "unmasked (S+1)/2 keys", "causal"),
+        # Output projection (ERRATA 3): (q_dim) @ (q_dim, H).
+        FlopRow("out_proj", 2 * q_dim * H, L, True),
+        # FFN: n_ffn_in input matrices (H -> D) and one output matrix (D -> H), 2*H*D each (ERRATA 5).
+        FlopRow("ffn", 2 * H * D * (n_ffn_in + 1), L, True, f"{config.ffn_type}: {n_ffn_in + 1} matrices, D={D}"),
+        # LM head (ERRATA 4): (H) @ (H, V) for every position in training.
+        FlopRow("lm_head", 2 * H * V, 1, True, "tied" if config.weight_tying else "untied"),
+    ]
+    rows += _non_matmul_rows(config, S, q_dim, kv_dim, D)
+    return FlopsBreakdown(config, S, activation_checkpointing, rows)
+
+
+def _non_matmul_rows(config: ModelArchitectureConfig, S: int, q_dim: int, kv_dim: int, D: int) -> list[FlopRow]:
+    """Estimated elementwise work per token (full-square for per-score terms)."""
+    H, L, h = config.n_embd, config.n_layer, config.n_head
+    norm = NORM_FLOPS.get(config.normalization, DEFAULT_NORM_FLOPS)
+    rows = [
+        # Two norms per block, plus the final norm in pre-norm stacks.
+        FlopRow("norms", norm * H, 2 * L + int(config.final_norm), False, config.normalization),
+        # Softmax over S scores for each of h heads (full-square; about half under causal skipping).
+        FlopRow("softmax", SOFTMAX_FLOPS * S * h, L, False, "full-square"),
+        # Causal mask or ALiBi bias: one add (or select) per score.
+        FlopRow("attn_mask/alibi_bias", S * h, L, False, "ALiBi" if config.position_encoding == "alibi" else "mask"),
+        # Residual adds: attention and FFN outputs into the stream.
+        FlopRow("residual_adds", 2 * H, L, False),
+        # Cross-entropy: log-softmax over the vocabulary.
+        FlopRow("loss", LOSS_FLOPS * config.vocab_size, 1, False, "log_softmax + nll"),
+    ]  # fmt: skip
+    if config.ffn_gated:
+        gate = getattr(_ffn_class(config.ffn_type), "gate_activation", "gelu")
+        act = ACTIVATION_FLOPS.get(gate, DEFAULT_ACTIVATION_FLOPS) + 1  # gate activation, then gate * value
+        rows.append(FlopRow("ffn_activation", act * D, L, False, f"{gate} gate x value"))
+    else:
+        act = ACTIVATION_FLOPS.get(config.activation, DEFAULT_ACTIVATION_FLOPS)
+        rows.append(FlopRow("ffn_activation", act * D, L, False, config.activation))
+    if config.position_encoding == "rope":
+        rows.append(FlopRow("rope", ROPE_FLOPS * (q_dim + kv_dim), L, False, "rotate q and k"))
+    if config.position_encoding == "learned_absolute":
+        rows.append(FlopRow("position_add", H, 1, False))
+    if config.bias:
+        n_ffn_out = D * (2 if config.ffn_gated else 1)
+        rows.append(FlopRow("bias_adds", (q_dim + 2 * kv_dim) + H + n_ffn_out + H, L, False))
+    return rows
+
+
+def _ffn_class(name: str) -> Any:
+    from gptlab.model.registry import FFN_REGISTRY
+
+    return FFN_REGISTRY.get_component(name)
+
+
+# ------------------------------------------------------------------------------------------------------
+# FlopCounterMode support for the CPU's fused attention kernel.
+_CPU_FLASH = "_scaled_dot_product_flash_attention_for_cpu"
+
+
+def register_cpu_sdpa_flop_formula() -> bool:
+    """Teach ``torch.utils.flop_counter`` the CPU flash-attention op, which it otherwise counts as 0.
+
+    Forward: QK^T and attn@V, full-square (as PyTorch counts the CUDA kernels). Backward: PyTorch's
+    formula for fused kernels (5 matmuls: the recomputed QK^T plus four gradients). Idempotent:
+    returns False when a formula is already registered (by us, or by a later PyTorch).
+    """
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    fwd = getattr(aten, _CPU_FLASH, None)
+    bwd = getattr(aten, _CPU_FLASH + "_backward", None)
+    if fwd is None or bwd is None or fwd in flop_registry or fwd.default in flop_registry:
+        return False
+
+    @register_flop_formula(fwd)
+    def _cpu_flash_forward(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    if bwd not in flop_registry and bwd.default not in flop_registry:
+
+        @register_flop_formula(bwd)
+        def _cpu_flash_backward(grad_out_shape: Any, query_shape: Any, key_shape: Any, value_shape: Any,
+                                *args: Any, **kwargs: Any) -> int:  # fmt: skip
+            return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    return True
+
+
+register_cpu_sdpa_flop_formula()
+
+__all__ = [
+    "TRAIN_FACTOR",
+    "FlopRow",
+    "FlopsBreakdown",
+    "compute_flops",
+    "estimate_mfu_detailed",
+    "expected_tokens_per_sec",
+    "register_cpu_sdpa_flop_formula",
+]

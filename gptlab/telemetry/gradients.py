@@ -1,0 +1,162 @@
+"""Gradient statistics on the device, with one host sync, correct for sharded (DTensor) gradients.
+
+A "layer" here is one parameter tensor (as in the design document's per-parameter norm list),
+so ``mean/max/min_layer_norm`` range over tensors such as ``blocks.3.attn.qkv.weight``.
+
+Under DDP and ZeRO-1 every rank holds the whole, already averaged gradient, so local values
+are the global ones. Under FSDP2 a gradient is a DTensor sharded over a device mesh: each rank
+computes partial sums, sums of squares, element counts, minima and maxima of its shard, and
+two all-reduces (SUM, then MIN with maxima negated) combine them; a tensor that is replicated
+over the sharded mesh dimensions contributes from one coordinate only, so nothing counts twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from statistics import median
+
+import torch
+from torch import Tensor, nn
+
+STAT_KEYS = (
+    "global_norm",
+    "mean_layer_norm",
+    "max_layer_norm",
+    "min_layer_norm",
+    "grad_mean",
+    "grad_std",
+    "grad_min",
+    "grad_max",
+)
+
+
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+
+        return DTensor
+    except ImportError:  # torch built without distributed
+        return None
+
+
+def _shard_dims(grad: Tensor, dtensor: type | None) -> tuple[int, ...]:
+    if dtensor is None or not isinstance(grad, dtensor):
+        return ()
+    dims = []
+    for i, placement in enumerate(grad.placements):
+        if placement.is_partial():
+            raise NotImplementedError("gradient statistics of Partial (unreduced) DTensor gradients")
+        if placement.is_shard():
+            dims.append(i)
+    return tuple(dims)
+
+
+def get_gradient_stats(model: nn.Module | Iterable[Tensor]) -> dict[str, float | None]:
+    """Global norm, per-tensor norm mean/max/min, and mean/std/min/max of all gradient elements.
+    Call after backward (and DDP's reduction) and before ``zero_grad``; all None without gradients."""
+    params = model.parameters() if isinstance(model, nn.Module) else model
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return dict.fromkeys(STAT_KEYS)
+    dtensor = _dtensor_type()
+    shard_dims = [_shard_dims(g, dtensor) for g in grads]
+    local = [g.to_local() if dtensor is not None and isinstance(g, dtensor) else g for g in grads]
+    device = local[0].device
+    acc = torch.float64 if device.type in ("cpu", "cuda") else torch.float32  # accumulate sums in double
+    n = float(sum(g.numel() for g in grads))  # a DTensor's numel is the global one: no reduction needed
+    # Device-side fills, not torch.tensor(...): a host-to-device copy would synchronise.
+    pos_inf, neg_inf = (torch.full((), v, dtype=acc, device=device) for v in (math.inf, -math.inf))
+
+    norms = torch._foreach_norm(local, 2, dtype=torch.float32)  # one fused launch per dtype/device bucket
+    sumsq = [x.to(acc).square() for x in norms]
+    sums = [g.sum(dtype=acc) for g in local]
+    mins = [g.amin().to(acc) if g.numel() else pos_inf for g in local]  # an FSDP shard may be empty
+    maxs = [g.amax().to(acc) if g.numel() else neg_inf for g in local]
+
+    mesh_dims = sorted({d for dims in shard_dims for d in dims})
+    if mesh_dims:
+        sumsq_t, sums_t, mins_t, maxs_t = _reduce_shards(grads, shard_dims, mesh_dims, sumsq, sums, mins, maxs)
+    else:
+        sumsq_t, sums_t, mins_t, maxs_t = (torch.stack(x) for x in (sumsq, sums, mins, maxs))
+
+    layer_norms = sumsq_t.sqrt()
+    mean = sums_t.sum() / n
+    var = (sumsq_t.sum() / n - mean.square()).clamp_min(0)  # population variance, like np.std
+    out = torch.stack(
+        [
+            sumsq_t.sum().sqrt(),
+            layer_norms.mean(),
+            layer_norms.max(),
+            layer_norms.min(),
+            mean,
+            var.sqrt(),
+            mins_t.min(),
+            maxs_t.max(),
+        ]
+    )
+    return dict(zip(STAT_KEYS, out.tolist()))  # the one host sync
+
+
+def _reduce_shards(
+    grads: list[Tensor],
+    shard_dims: list[tuple[int, ...]],
+    mesh_dims: list[int],
+    sumsq: list[Tensor],
+    sums: list[Tensor],
+    mins: list[Tensor],
+    maxs: list[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Combine per-shard partial statistics across the mesh dimensions that shard some gradient."""
+    import torch.distributed as dist
+
+    mesh = next(g.device_mesh for g, dims in zip(grads, shard_dims) if dims)
+    coords = mesh.get_coordinate() or [0] * mesh.ndim
+    # A tensor not sharded over a reduced mesh dim is whole at every coordinate: count coordinate 0's copy.
+    keep = [all(d in dims or coords[d] == 0 for d in mesh_dims) for dims in shard_dims]
+    zero = torch.zeros_like(sums[0])
+    packed = torch.stack([x if k else zero for x, k in zip(sumsq + sums, keep + keep)])
+    extremes = torch.stack(mins + [-x for x in maxs])  # one MIN reduction for both
+    for d in mesh_dims:
+        group = mesh.get_group(d)
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(extremes, op=dist.ReduceOp.MIN, group=group)
+    n = len(grads)
+    return packed[:n], packed[n:], extremes[:n], -extremes[n:]
+
+
+class GradientSpikeDetector:
+    """Flags a gradient norm above ``threshold`` x the median of the last ``window`` norms.
+
+    Non-finite norms are always spikes. Every finite norm joins the history, so a lasting change
+    of scale becomes the new normal after about half a window instead of alarming forever.
+    """
+
+    def __init__(self, window: int = 100, threshold: float = 5.0, min_history: int = 10) -> None:
+        if window < 1 or threshold <= 1 or not 1 <= min_history <= window:
+            raise ValueError(f"need window >= 1, threshold > 1, 1 <= min_history <= window; got "
+                             f"{window}, {threshold}, {min_history}")  # fmt: skip
+        self.threshold, self.min_history = threshold, min_history
+        self.history: deque[float] = deque(maxlen=window)
+        self.last_ratio: float | None = None  # norm / running median of the last update
+
+    @property
+    def median(self) -> float | None:
+        return median(self.history) if self.history else None
+
+    def update(self, norm: float) -> bool:
+        """Record ``norm``; True when it is a spike relative to the norms before it."""
+        if not math.isfinite(norm):
+            self.last_ratio = math.inf
+            return True
+        med = self.median
+        self.last_ratio = norm / med if med else None
+        spike = (
+            len(self.history) >= self.min_history and self.last_ratio is not None and self.last_ratio > self.threshold
+        )
+        self.history.append(norm)
+        return spike
+
+
+__all__ = ["STAT_KEYS", "GradientSpikeDetector", "get_gradient_stats"]

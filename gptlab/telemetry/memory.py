@@ -1,0 +1,86 @@
+"""Memory as the allocator and the OS see it: CUDA allocated/reserved (current and peak) and process RSS.
+
+Units are GB = 1e9 bytes, as in the design document. Peaks are reset per logging window
+(``reset_peak_memory``) so that a logged peak belongs to that window, not to the whole run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from gptlab.telemetry.planner import MemoryPlan, ModeMemory, plan_all_modes, plan_memory
+
+GB = 1e9
+
+
+def process_rss_bytes() -> int | None:
+    """Resident set size of this process now (psutil if installed, else /proc), None if unknowable."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _max_rss_bytes() -> int | None:
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def get_memory_stats(device: torch.device | str | None = None) -> dict[str, float | None]:
+    """Allocated, reserved and their peaks on a CUDA device (None elsewhere), plus process RSS and its
+    peak (every device: on the CPU, RSS is where tensors live)."""
+    device = torch.device(device) if device is not None else _default_device()
+    rss, max_rss = process_rss_bytes(), _max_rss_bytes()
+    stats: dict[str, float | None] = {
+        "allocated_gb": None,
+        "reserved_gb": None,
+        "max_allocated_gb": None,
+        "max_reserved_gb": None,
+        "rss_gb": None if rss is None else rss / GB,
+        "max_rss_gb": None if max_rss is None else max_rss / GB,
+    }
+    if device.type == "cuda" and torch.cuda.is_available():
+        stats.update(
+            allocated_gb=torch.cuda.memory_allocated(device) / GB,
+            reserved_gb=torch.cuda.memory_reserved(device) / GB,
+            max_allocated_gb=torch.cuda.max_memory_allocated(device) / GB,
+            max_reserved_gb=torch.cuda.max_memory_reserved(device) / GB,
+        )
+    return stats
+
+
+def reset_peak_memory(device: torch.device | str | None = None) -> None:
+    """Start a new peak window (CUDA; the process's peak RSS cannot be reset)."""
+    device = torch.device(device) if device is not None else _default_device()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+__all__ = [
+    "GB",
+    "MemoryPlan",
+    "ModeMemory",
+    "get_memory_stats",
+    "plan_all_modes",
+    "plan_memory",
+    "process_rss_bytes",
+    "reset_peak_memory",
+]

@@ -1,0 +1,128 @@
+"""The model's parameter and buffer shapes, derived from the config alone, in ``model.parameters()`` order.
+
+Memory planning needs the exact tensors (ZeRO-1 partitions whole tensors, FSDP2 shards each
+one on dim 0), not just a count. Built-in components are written out analytically; a
+component registered from outside the package is measured by building just that component on
+the meta device, so the plan stays exact for any registered norm, FFN or position encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gptlab.config.model import ModelArchitectureConfig
+
+FP32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class TensorShape:
+    """A named tensor shape; ``matmul`` marks weights that a Linear multiplies (autocast copies them)."""
+
+    name: str
+    shape: tuple[int, ...]
+    matmul: bool = False
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def _meta_params(module_factory: object, prefix: str) -> list[TensorShape]:
+    with torch.device("meta"):
+        module = module_factory()  # type: ignore[operator]
+    return [TensorShape(f"{prefix}.{n}", tuple(p.shape), p.dim() >= 2) for n, p in module.named_parameters()]
+
+
+def _norm(config: ModelArchitectureConfig, prefix: str) -> list[TensorShape]:
+    H = config.n_embd
+    if config.normalization == "layernorm":
+        return [TensorShape(f"{prefix}.weight", (H,)), TensorShape(f"{prefix}.bias", (H,))]
+    if config.normalization in ("layernorm_nobias", "rmsnorm"):
+        return [TensorShape(f"{prefix}.weight", (H,))]
+    from gptlab.model.components import build_norm
+
+    return _meta_params(lambda: build_norm(config.normalization, H, config.norm_eps), prefix)
+
+
+def _linear(prefix: str, d_in: int, d_out: int, bias: bool) -> list[TensorShape]:
+    out = [TensorShape(f"{prefix}.weight", (d_out, d_in), matmul=True)]
+    return [*out, TensorShape(f"{prefix}.bias", (d_out,))] if bias else out
+
+
+def _ffn(config: ModelArchitectureConfig, prefix: str) -> list[TensorShape]:
+    from gptlab.model.components import GatedFFN, StandardFFN, build_activation, build_ffn
+    from gptlab.model.registry import FFN_REGISTRY
+
+    H, D, b = config.n_embd, config.ffn_hidden_dim, config.bias
+    cls = FFN_REGISTRY.get_component(config.ffn_type)
+    if cls is StandardFFN:
+        return _linear(f"{prefix}.w_in", H, D, b) + _linear(f"{prefix}.w_out", D, H, b)
+    if isinstance(cls, type) and issubclass(cls, GatedFFN) and "__init__" not in vars(cls):
+        return (
+            _linear(f"{prefix}.w_gate", H, D, b)
+            + _linear(f"{prefix}.w_value", H, D, b)
+            + _linear(f"{prefix}.w_out", D, H, b)
+        )
+    act = build_activation(config.activation, approximate=config.gelu_approximate)
+    return _meta_params(lambda: build_ffn(config.ffn_type, H, D, b, config.dropout, act), prefix)
+
+
+def _positions(config: ModelArchitectureConfig) -> list[TensorShape]:
+    if config.position_encoding == "learned_absolute":
+        return [TensorShape("pos_encoding.wpe.weight", (config.block_size, config.n_embd))]
+    if config.position_encoding in ("rope", "alibi", "none"):
+        return []
+    from gptlab.model.components import build_position_encoding
+
+    factory = lambda: build_position_encoding(  # noqa: E731
+        config.position_encoding,
+        config.block_size,
+        n_embd=config.n_embd,
+        n_head=config.n_head,
+        head_dim=config.head_dim,
+        rope_theta=config.rope_theta,
+    )
+    return _meta_params(factory, "pos_encoding")
+
+
+def parameter_shapes(config: ModelArchitectureConfig) -> list[TensorShape]:
+    """Every parameter tensor of ``ConfigurableGPT(config)``, in ``model.parameters()`` order (tied
+    weights once)."""
+    H, V, b = config.n_embd, config.vocab_size, config.bias
+    q_dim, kv_dim = config.n_head * config.head_dim, config.kv_heads * config.head_dim
+    # The token embedding is multiplied only when it doubles as the LM head.
+    shapes = [TensorShape("wte.weight", (V, H), matmul=config.weight_tying), *_positions(config)]
+    for i in range(config.n_layer):
+        p = f"blocks.{i}"
+        shapes += _norm(config, f"{p}.norm_1")
+        shapes += _linear(f"{p}.attn.qkv", H, q_dim + 2 * kv_dim, b)
+        shapes += _linear(f"{p}.attn.out_proj", q_dim, H, b)
+        shapes += _norm(config, f"{p}.norm_2")
+        shapes += _ffn(config, f"{p}.ffn")
+    if config.final_norm:
+        shapes += _norm(config, "norm_f")
+    if not config.weight_tying:
+        shapes.append(TensorShape("lm_head.weight", (V, H), matmul=True))
+    return shapes
+
+
+def buffer_bytes(config: ModelArchitectureConfig) -> int:
+    """Bytes of the non-trainable buffers (RoPE's cos/sin tables, ALiBi's slopes), all float32."""
+    if config.position_encoding == "rope":
+        return 2 * config.block_size * config.head_dim * FP32_BYTES
+    if config.position_encoding == "alibi":
+        return config.n_head * FP32_BYTES
+    return 0
+
+
+def count_parameters(config: ModelArchitectureConfig) -> int:
+    return sum(s.numel for s in parameter_shapes(config))
+
+
+__all__ = ["TensorShape", "buffer_bytes", "count_parameters", "parameter_shapes"]

@@ -1,0 +1,213 @@
+"""Predicted memory per GPU for no parallelism, DDP, ZeRO-1 and FSDP2 at N GPUs.
+
+What each mode holds per rank (training with autocast keeps float32 master parameters, so
+parameters, gradients and AdamW's two states are 4 bytes per element; ERRATA 13):
+
+- ``none`` / ``ddp``: everything whole. DDP also keeps gradient buckets, a second gradient-sized
+  buffer (``gradient_as_bucket_view=False``, the default) that ``comm_buffers`` counts.
+- ``zero1`` (DDP + ``ZeroRedundancyOptimizer``): whole parameters and gradients; optimizer states
+  only for the parameters this rank owns. ZeRO assigns whole tensors, largest first, each to the
+  rank with the fewest elements so far, group by group; the plan replays that exact partition
+  and reports the fullest rank.
+- ``fsdp`` (FSDP2 ``fully_shard`` per block and on the root): each tensor is split on dim 0 into
+  ``world_size`` chunks of ceil(dim0 / N) rows; rank 0 holds a full chunk and every rank's storage
+  is padded to it, so per-rank parameter and gradient bytes are the sum of ceil(dim0/N) * rest,
+  as are the optimizer states of rank 0. ``comm_buffers`` estimates the transient unsharded
+  copies: the root's parameters (embedding, LM head, final norm) for the whole step, two blocks'
+  parameters (the current and the prefetched one) in the compute dtype and one block's float32
+  gradients before reduce-scatter.
+
+AdamW's ``step`` is a float32 scalar tensor per parameter tensor (4 bytes each, counted).
+
+``peak`` is what persists (parameters, optimizer states, buffers, communication buffers) plus
+the larger of two moments: the start of backward (saved activations, logits, the loss
+backward's gradients, and the gradients of earlier micro-steps when accumulating; after
+``zero_grad(set_to_none=True)`` there are none) and the end of backward (all gradients, the
+activations freed). ``total`` adds every part as if all were alive at once. Neither counts the
+allocator's caching and fragmentation, kernel workspaces, or a non-fused optimizer's
+temporaries (the CUDA AdamW from ``configure_optimizers`` is fused and has none).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from gptlab.config.model import ModelArchitectureConfig
+from gptlab.errors import ConfigError, unknown_choice
+from gptlab.telemetry.activations import ActivationEstimate, compute_bytes, estimate_activations
+from gptlab.telemetry.params import FP32_BYTES, TensorShape, buffer_bytes, parameter_shapes
+
+MODES = ("none", "ddp", "zero1", "fsdp")
+OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 1}  # fp32 tensors per parameter (Adam: m, v; SGD: momentum)
+STEP_BYTES = {"adamw": FP32_BYTES, "adam": FP32_BYTES, "sgd": 0}  # Adam's per-tensor float32 step counter
+
+
+@dataclass
+class ModeMemory:
+    """Bytes per GPU (the fullest rank) for one parallel mode."""
+
+    mode: str
+    world_size: int
+    parameters: int
+    gradients: int
+    optimizer: int
+    activations: int  # saved for backward, one micro-batch
+    logits: int  # held by the step until backward
+    loss_backward: int  # the cross-entropy backward's two float32 (N, V) gradients
+    buffers: int
+    comm_buffers: int
+    peak: int  # the larger of the start of backward and its end, plus what persists (see module docstring)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Every part added up, as if all were alive at once."""
+        parts = (self.parameters, self.gradients, self.optimizer, self.activations, self.logits, self.loss_backward)
+        return sum(parts) + self.buffers + self.comm_buffers
+
+
+@dataclass
+class MemoryPlan:
+    """The inputs of a plan, the activation breakdown and the per-mode memory."""
+
+    config: ModelArchitectureConfig
+    batch_size: int
+    seq_len: int
+    dtype: str
+    world_size: int
+    grad_accum_steps: int
+    activation_estimate: ActivationEstimate
+    mode: ModeMemory
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum_steps * self.world_size
+
+    def __str__(self) -> str:
+        """One line per part, in GB (1e9 bytes), for logs and startup reports."""
+        m = self.mode
+        parts = ("parameters", "gradients", "optimizer", "activations", "logits", "loss_backward", "peak", "total")
+        body = ", ".join(f"{p} {getattr(m, p) / 1e9:.3f}" for p in parts)
+        return (f"memory plan ({m.mode} x{m.world_size}, micro-batch {self.batch_size} x {self.seq_len}, "
+                f"{self.dtype}) per GPU in GB: {body}")  # fmt: skip
+
+
+def zero1_partition(shapes: list[TensorShape], world_size: int) -> list[list[TensorShape]]:
+    """The tensors each rank owns under ``ZeroRedundancyOptimizer``, for ``configure_optimizers``'
+    two groups (decay: dim >= 2; no decay) in that order (its ``_partition_parameters``)."""
+    groups = [[s for s in shapes if len(s.shape) >= 2], [s for s in shapes if len(s.shape) < 2]]
+    sizes = [0] * world_size
+    owned: list[list[TensorShape]] = [[] for _ in range(world_size)]
+    for group in groups:
+        for s in sorted(group, key=lambda t: t.numel, reverse=True):  # stable, like torch's sorted()
+            rank = sizes.index(min(sizes))
+            owned[rank].append(s)
+            sizes[rank] += s.numel
+    return owned
+
+
+def fsdp_shard_numel(shape: tuple[int, ...], world_size: int) -> int:
+    """Elements of rank 0's (padded) FSDP2 shard of one tensor: ceil(dim0 / N) rows."""
+    rest = math.prod(shape[1:])
+    return math.ceil(shape[0] / world_size) * rest
+
+
+def _optimizer_bytes(shapes: list[TensorShape], numels: list[int], optimizer: str) -> int:
+    return OPTIMIZER_STATES[optimizer] * FP32_BYTES * sum(numels) + STEP_BYTES[optimizer] * len(shapes)
+
+
+def plan_memory(
+    config: ModelArchitectureConfig,
+    *,
+    batch_size: int,
+    seq_len: int | None = None,
+    dtype: str = "bfloat16",
+    parallel: str = "none",
+    world_size: int = 1,
+    activation_checkpointing: bool = False,
+    attention_backend: str | None = None,
+    optimizer: str = "adamw",
+    grad_accum_steps: int = 1,
+    device_type: str = "cuda",
+) -> MemoryPlan:
+    """Bytes per GPU of parameters, gradients, optimizer states and activations for one parallel mode.
+
+    ``batch_size`` is the micro-batch per GPU; ``dtype`` the autocast dtype ('float32' for none);
+    with gradient accumulation, earlier micro-steps' gradients are alive during backward.
+    """
+    if parallel not in MODES:
+        raise unknown_choice("parallel", parallel, MODES)
+    if optimizer not in OPTIMIZER_STATES:
+        raise unknown_choice("optimizer", optimizer, OPTIMIZER_STATES)
+    if world_size < 1 or batch_size < 1 or grad_accum_steps < 1:
+        raise ConfigError(f"world_size, batch_size, grad_accum_steps must be >= 1, got {world_size}, "
+                          f"{batch_size}, {grad_accum_steps}")  # fmt: skip
+    if parallel == "none" and world_size != 1:
+        raise ConfigError(f"parallel='none' runs on one GPU, got world_size={world_size}")
+    T = config.block_size if seq_len is None else int(seq_len)
+    if not 0 < T <= config.block_size:
+        raise ConfigError(f"seq_len={seq_len} must be in [1, block_size={config.block_size}]")
+    c = compute_bytes(dtype)
+    shapes = parameter_shapes(config)
+    acts = estimate_activations(
+        config,
+        batch_size,
+        T,
+        dtype=dtype,
+        attention_backend=attention_backend,
+        activation_checkpointing=activation_checkpointing,
+        device_type=device_type,
+        weight_copies=parallel != "fsdp",  # FSDP2's mixed-precision policy gathers in the compute dtype
+    )
+    numel = [s.numel for s in shapes]
+    param_bytes = FP32_BYTES * sum(numel)
+    notes = list(acts.notes)
+    if parallel in ("none", "ddp"):
+        optim = _optimizer_bytes(shapes, numel, optimizer)
+        grads, params = param_bytes, param_bytes
+        comm = param_bytes if parallel == "ddp" else 0
+    elif parallel == "zero1":
+        owned = zero1_partition(shapes, world_size)
+        optim = max(_optimizer_bytes(o, [s.numel for s in o], optimizer) for o in owned)
+        grads, params, comm = param_bytes, param_bytes, param_bytes  # DDP underneath: whole grads, buckets
+    else:
+        shard = [fsdp_shard_numel(s.shape, world_size) for s in shapes]
+        params = grads = FP32_BYTES * sum(shard)
+        optim = _optimizer_bytes(shapes, shard, optimizer)
+        comm = _fsdp_transient(shapes, c)
+        notes.append("fsdp comm_buffers (unsharded copies) is an estimate; sharded sizes are exact")
+    persistent = params + optim + buffer_bytes(config) + comm
+    start_of_backward = acts.peak_bytes + (grads if grad_accum_steps > 1 else 0)
+    mode = ModeMemory(
+        parallel,
+        world_size,
+        parameters=params,
+        gradients=grads,
+        optimizer=optim,
+        activations=acts.saved_bytes,
+        logits=acts.logits_bytes,
+        loss_backward=acts.loss_backward_bytes,
+        buffers=buffer_bytes(config),
+        comm_buffers=comm,
+        peak=persistent + max(start_of_backward, grads),
+        notes=notes,
+    )
+    return MemoryPlan(config, batch_size, T, dtype, world_size, grad_accum_steps, acts, mode)
+
+
+def _fsdp_transient(shapes: list[TensorShape], c: int) -> int:
+    root = sum(s.numel for s in shapes if not s.name.startswith("blocks."))
+    block = sum(s.numel for s in shapes if s.name.startswith("blocks.0."))
+    return c * (root + 2 * block) + FP32_BYTES * block
+
+
+def plan_all_modes(config: ModelArchitectureConfig, *, world_size: int = 1, **kwargs: object) -> dict[str, MemoryPlan]:
+    """``plan_memory`` for every mode: 'none' on one GPU, the others on ``world_size`` GPUs."""
+    return {
+        mode: plan_memory(config, parallel=mode, world_size=1 if mode == "none" else world_size, **kwargs)  # type: ignore[arg-type]
+        for mode in MODES
+    }
+
+
+__all__ = ["MODES", "MemoryPlan", "ModeMemory", "fsdp_shard_numel", "plan_all_modes", "plan_memory", "zero1_partition"]

@@ -1,0 +1,117 @@
+"""Sampling from a trained checkpoint (``gptlab sample`` and the root ``sample.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptlab.config.model import check_field_types
+from gptlab.config.overrides import parse_overrides
+from gptlab.errors import CheckpointError, ConfigError, did_you_mean
+
+
+@dataclass
+class SampleConfig:
+    """nanoGPT's sample.py settings."""
+
+    init_from: str = "resume"  # 'resume' (out_dir/ckpt.pt) or a local HF dir / nanoGPT or gptlab ckpt.pt
+    out_dir: str = "out"
+    start: str = "\n"  # or "FILE:prompt.txt"
+    num_samples: int = 3
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 200
+    seed: int = 1337
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        if self.num_samples <= 0 or self.max_new_tokens < 0:
+            raise ConfigError("num_samples must be > 0 and max_new_tokens >= 0")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature={self.temperature} is invalid: expected a float >= 0 (0 is greedy)")
+        if self.top_k is not None and self.top_k <= 0:
+            raise ConfigError(f"top_k={self.top_k} is invalid: expected a positive integer or None")
+
+
+def parse_sample_args(args: list[str]) -> SampleConfig:
+    values = parse_overrides(args)
+    fields = [f.name for f in dataclasses.fields(SampleConfig)]
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"unknown sample key {key!r}{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")
+    return SampleConfig(**values)
+
+
+def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[Any, dict[str, Any] | None]:
+    """The model and the tokenizer meta recorded with it (None for foreign checkpoints)."""
+    from gptlab.checkpoint import clean_state_dict, load_checkpoint
+    from gptlab.config.model import ModelArchitectureConfig
+    from gptlab.model.gpt import ConfigurableGPT
+
+    if cfg.init_from == "resume":
+        ckpt = load_checkpoint(Path(cfg.out_dir))
+        model = ConfigurableGPT(ModelArchitectureConfig.from_dict({**ckpt["arch"], "dropout": 0.0}))
+        model.load_state_dict(clean_state_dict(ckpt["model"]))
+        tokenizer = ckpt.get("tokenizer")
+    else:
+        model = ConfigurableGPT.from_pretrained(cfg.init_from, dropout=0.0)
+        # Foreign checkpoints record no tokenizer: GPT-2's vocabulary (nanoGPT's too) is the one we know.
+        tokenizer = {"name": "gpt2"} if model.config.vocab_size in (50257, 50304) else None
+    return model.eval().to(device), tokenizer
+
+
+def generate_text(
+    model: Any,
+    tokenizer_meta: dict[str, Any] | None,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    device: torch.device,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    seed: int = 1337,
+) -> str:
+    """Encode ``prompt``, sample, decode; the model's train/eval mode is restored afterwards."""
+    from gptlab.data.tokenizers import load_tokenizer
+
+    if tokenizer_meta is None:
+        raise CheckpointError("the checkpoint records no tokenizer, so its tokens cannot be decoded")
+    tok = load_tokenizer(tokenizer_meta)
+    ids = tok.encode(prompt) or [0]
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    gen = torch.random.fork_rng(devices=[]) if device.type != "cuda" else torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, vocab_limit=tok.vocab_size)
+    model.train(was_training)
+    return tok.decode(y[0].tolist())
+
+
+def sample(cfg: SampleConfig) -> list[str]:
+    from gptlab.train.loop import resolve_device
+
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_model_for_sampling(cfg, device)
+    prompt = cfg.start
+    if prompt.startswith("FILE:"):
+        prompt = Path(prompt[5:]).read_text()
+    return [
+        generate_text(
+            model,
+            tokenizer,
+            prompt,
+            cfg.max_new_tokens,
+            device=device,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            seed=cfg.seed + i,
+        )
+        for i in range(cfg.num_samples)
+    ]

@@ -1,0 +1,36 @@
+"""Learning-rate schedules, as pure functions of the iteration (so a resumed run continues
+the schedule exactly where it stopped)."""
+
+from __future__ import annotations
+
+import math
+
+from gptlab.config.train import TrainConfig
+
+
+def get_lr(it: int, cfg: TrainConfig) -> float:
+    """The learning rate at iteration ``it``: linear warmup, then the configured schedule.
+
+    ``cosine`` is nanoGPT's: cosine from learning_rate to min_lr at lr_decay_iters, then min_lr.
+    ``constant`` holds learning_rate after warmup. ``wsd`` (warmup-stable-decay) holds
+    learning_rate, then decays linearly to min_lr over the last ``wsd_decay_frac`` of
+    lr_decay_iters. ``decay_lr=False`` means learning_rate throughout, with no warmup (nanoGPT).
+    """
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    if it >= cfg.lr_decay_iters:
+        return cfg.min_lr
+    if cfg.lr_schedule == "wsd":
+        decay_start = cfg.lr_decay_iters - int(cfg.wsd_decay_frac * cfg.lr_decay_iters)
+        if it < decay_start:
+            return cfg.learning_rate
+        frac = (it - decay_start) / max(1, cfg.lr_decay_iters - decay_start)
+        return cfg.learning_rate + frac * (cfg.min_lr - cfg.learning_rate)
+    span = cfg.lr_decay_iters - cfg.warmup_iters
+    ratio = (it - cfg.warmup_iters) / span if span > 0 else 1.0
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)

@@ -1,0 +1,132 @@
+"""The startup report: what is being trained, how, on what, and what to expect."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gptlab.train.loop import Trainer
+
+# The MFU at which the report states expected throughput: a typical well-tuned GPU figure.
+EXPECTED_MFU = 0.40
+
+
+def _schedule(cfg: Any) -> str:
+    if not cfg.decay_lr:
+        return f"constant {cfg.learning_rate:g} (decay_lr=False)"
+    warm = f"linear warmup {cfg.warmup_iters} iters to {cfg.learning_rate:g}, "
+    if cfg.lr_schedule == "constant":
+        return warm + "then constant"
+    if cfg.lr_schedule == "wsd":
+        return (
+            warm + f"stable, then linear decay to {cfg.min_lr:g} "
+            f"over the last {cfg.wsd_decay_frac:.0%} of {cfg.lr_decay_iters}"
+        )
+    return warm + f"cosine decay to {cfg.min_lr:g} at iter {cfg.lr_decay_iters}"
+
+
+def build_startup_report(trainer: Trainer) -> dict[str, Any]:
+    """The report as a JSON-ready dict (the startup record of log.jsonl)."""
+    cfg, arch, model, tel = trainer.cfg, trainer.arch, trainer.raw_model, trainer.telemetry
+    tokens_per_iter = tel.tokens_per_iter
+    flops = tel.flops_summary()
+    peak = tel.peak
+    expected_tps = tel.expected_tokens_per_sec(EXPECTED_MFU)
+    return {
+        "architecture": {
+            "name": arch.get_architecture_name(),
+            "summary": arch.get_architecture_summary(),
+            "params": model.get_num_params(non_embedding=False),
+            "params_non_embedding": model.get_num_params(),
+            "config": arch.to_dict(),
+        },
+        "training": {
+            "dataset": cfg.dataset,
+            "tokenizer": (trainer.meta.get("tokenizer") or {}).get("name"),
+            "vocab_size": trainer.meta.get("vocab_size"),
+            "init_from": cfg.init_from,
+            "start_iter": trainer.iter_num,
+            "max_iters": cfg.max_iters,
+            "batch_size": cfg.batch_size,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "world_size": trainer.world_size,
+            "sequences_per_iter": cfg.batch_size * cfg.gradient_accumulation_steps * trainer.world_size,
+            "block_size": arch.block_size,
+            "tokens_per_iter": tokens_per_iter,
+            "total_tokens": tokens_per_iter * (cfg.max_iters + 1 - trainer.iter_num),
+            "optimizer": f"AdamW(lr={cfg.learning_rate:g}, betas=({cfg.beta1}, {cfg.beta2}), "
+            f"weight_decay={cfg.weight_decay:g}), grad_clip={cfg.grad_clip:g}",
+            "schedule": _schedule(cfg),
+            "eval": f"every {cfg.eval_interval} iters, {cfg.eval_iters} batches per split",
+            "out_dir": str(trainer.out_dir),
+        },
+        "hardware": {
+            "device": str(trainer.device),
+            "device_name": peak.get("name"),
+            "dtype": trainer.dtype,
+            "compile": cfg.compile,
+            "parallelism": "none",
+            "num_gpus": trainer.world_size if trainer.device.type == "cuda" else 0,
+            "peak_tflops": None if peak.get("peak_flops") is None else peak["peak_flops"] / 1e12,
+            "peak_source": peak.get("source"),
+            "peak_precision": peak.get("precision"),
+        },
+        "expectations": {
+            **flops,
+            "expected_mfu": EXPECTED_MFU,
+            "expected_tokens_per_sec": expected_tps,
+            "memory_plan": tel.memory_plan(),
+        },
+    }
+
+
+def render_startup_report(r: dict[str, Any]) -> str:
+    """Human-readable rendering for the console."""
+    a, t, h, e = r["architecture"], r["training"], r["hardware"], r["expectations"]
+    bar = "═" * 80
+    peak = (
+        f"{h['peak_tflops']:.1f} TFLOPS dense {h['peak_precision']} ({h['peak_source']})"
+        if h["peak_tflops"] is not None
+        else "unknown (MFU not reported; set --peak_tflops or measure with `gptlab peak`)"
+    )
+    fpt = e.get("flops_per_token")
+    expect = (
+        f"{e['expected_tokens_per_sec']:,.0f} tokens/s at {e['expected_mfu']:.0%} MFU"
+        if e.get("expected_tokens_per_sec")
+        else "n/a without a peak"
+    )
+    lines = [
+        bar,
+        "gptlab training run",
+        bar,
+        a["summary"],
+        f"  parameters:  {a['params'] / 1e6:.2f}M ({a['params_non_embedding'] / 1e6:.2f}M excluding embedding lookups)",
+        "Training",
+        f"  data:        {t['dataset']} ({t['tokenizer']}, vocab {t['vocab_size']}); init_from={t['init_from']}",
+        f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} accum x {t['world_size']} ranks"
+        f" x {t['block_size']} tokens = {t['tokens_per_iter']:,} tokens/iter",
+        f"  length:      iters {t['start_iter']}..{t['max_iters']} ({t['total_tokens']:,} tokens)",
+        f"  optimizer:   {t['optimizer']}",
+        f"  schedule:    {t['schedule']}",
+        f"  eval:        {t['eval']}; out_dir={t['out_dir']}",
+        "Hardware",
+        f"  device:      {h['device']} ({h['device_name']}), dtype={h['dtype']}, compile={h['compile']},"
+        f" parallelism={h['parallelism']}",
+        f"  peak:        {peak}",
+        "Expect",
+        "  FLOPs/token: "
+        + (f"{fpt / 1e9:.3f} GFLOP training (matmuls, attention full-square" if fpt else "n/a")
+        + (
+            f"; causal-aware {e['flops_per_token_causal'] / 1e9:.3f})"
+            if fpt and e.get("flops_per_token_causal")
+            else ")"
+            if fpt
+            else ""
+        ),
+        f"  throughput:  {expect}",
+    ]
+    plan = e.get("memory_plan")
+    if plan:
+        lines.append(f"  memory:      {plan}")
+    lines.append(bar)
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The loop's view of telemetry: FLOPs and MFU, memory, gradient statistics.
+
+Computed once per run where possible (FLOPs per token, the peak), and only at the intervals
+the loop asks for (gradient statistics sync the host once; memory counters are host-side).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from gptlab.config.train import TrainConfig
+from gptlab.telemetry.flops import compute_flops, estimate_mfu_detailed, expected_tokens_per_sec
+from gptlab.telemetry.gradients import GradientSpikeDetector, get_gradient_stats
+from gptlab.telemetry.hardware import detect_peak
+from gptlab.telemetry.memory import get_memory_stats, plan_memory, reset_peak_memory
+
+
+class TelemetryHooks:
+    def __init__(self, model: nn.Module, device: torch.device, dtype: str, cfg: TrainConfig, world_size: int) -> None:
+        self.model, self.device, self.dtype, self.cfg, self.world_size = model, device, dtype, cfg, world_size
+        self.arch = model.config
+        # sequences of block_size tokens per optimizer step, per rank (nanoGPT's fwdbwd_per_iter)
+        self.fwdbwd_per_iter = cfg.batch_size * cfg.gradient_accumulation_steps
+        self.tokens_per_iter = self.fwdbwd_per_iter * self.arch.block_size * world_size
+        self.peak_info = detect_peak(device, getattr(torch, dtype), override_tflops=cfg.peak_tflops)
+        info = self.peak_info
+        self.peak = {
+            "name": info.name,
+            "peak_flops": info.peak_flops,
+            "precision": info.precision,
+            "source": info.source,
+        }
+        self.spikes = GradientSpikeDetector()
+        self.flops = compute_flops(self.arch)  # a pure function of the architecture: once per run
+
+    def flops_summary(self) -> dict[str, Any]:
+        f = self.flops
+        return {
+            "flops_per_token": f.flops_per_token,
+            "flops_per_token_causal": f.flops_per_token_causal,
+            "flops_per_iter": f.flops_per_token * self.tokens_per_iter,
+            "attention_to_ffn_ratio": f.attention_to_ffn_ratio,
+        }
+
+    def expected_tokens_per_sec(self, mfu: float) -> float | None:
+        peak = self.peak["peak_flops"]
+        if peak is None:
+            return None
+        return expected_tokens_per_sec(self.arch, peak, mfu, num_gpus=self.world_size)
+
+    def mfu(self, dt: float) -> dict[str, Any]:
+        return estimate_mfu_detailed(self.arch, self.fwdbwd_per_iter, dt, num_gpus=self.world_size, peak=self.peak_info)
+
+    def memory_stats(self) -> dict[str, Any]:
+        stats = get_memory_stats(self.device)
+        reset_peak_memory(self.device)  # so the next window's peak means that window
+        return stats
+
+    def gradient_stats(self) -> dict[str, Any]:
+        stats = get_gradient_stats(self.model)
+        stats["spike"] = self.spikes.update(stats["global_norm"])
+        stats["norm_to_median"] = self.spikes.last_ratio
+        return stats
+
+    def memory_plan(self) -> str | None:
+        plan = plan_memory(
+            self.arch,
+            batch_size=self.cfg.batch_size,
+            dtype=self.dtype,
+            parallel="none",
+            world_size=1,
+            device_type=self.device.type,
+        )
+        return str(plan)

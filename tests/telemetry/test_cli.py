@@ -1,0 +1,75 @@
+"""``gptlab flops``, ``plan`` and ``peak`` through ``register`` on a fresh parser."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from gptlab.errors import ConfigError
+from gptlab.telemetry.cli import register
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gptlab")
+    register(parser.add_subparsers(dest="command", required=True))
+    args, extra = parser.parse_known_args(argv)
+    return args.func(args, extra)
+
+
+def test_flops_prints_table_conventions_and_throughput(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["flops", "gpt2", "--gpu", "A100-SXM", "--mfu", "0.35"]) == 0
+    out = capsys.readouterr().out
+    for text in ("qkv_proj", "attn_scores (full-square)", "attn_scores (causal)", "out_proj", "lm_head", "softmax"):
+        assert text in out
+    assert "854.655 MFLOP" in out and "798.087 MFLOP" in out  # both conventions, labelled
+    assert "attention/FFN FLOPs per layer: 0.833" in out
+    assert "127,771 tokens/s" in out  # 0.35 * 312e12 / 854,654,976
+
+
+def test_flops_takes_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["flops", "llama", "--n_kv_head=4", "--n_layer=6", "--seq_len", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "gqa4" in out and "seq_len=512" in out and "GQA: K,V 4/12 heads" in out
+
+
+def test_plan_prints_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "gpt2", "--batch_size", "4", "--block_size", "256", "--world_size", "4", "--dtype", "bfloat16"]
+    assert run([*argv, "--activation_checkpointing", "--gpu", "H100-SXM", "--mfu", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert "none x1" in out and "ddp x4" in out and "zero1 x4" in out and "fsdp x4" in out
+    for row in (
+        "parameters",
+        "gradients",
+        "optimizer",
+        "activations",
+        "loss_backward",
+        "peak (estimate)",
+        "sum of all",
+    ):
+        assert row in out
+    assert "micro-batch 4 x 256 tokens" in out and "activation checkpointing True" in out
+    assert "4 x H100-SXM" in out and "tokens/s" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["flops", "gtp2"], "did you mean 'gpt2'"),
+        (["flops", "gpt2", "--n_layers=4"], "did you mean 'n_layer'"),
+        (["flops", "gpt2", "--gpu", "B300"], "did you mean 'B200'"),
+        (["flops", "gpt2", "--gpu", "V100-SXM2"], "no dense bf16 peak"),
+        (["flops", "gpt2", "--gpu", "A100-SXM", "--mfu", "40"], "mfu=40"),
+        (["plan", "gpt2", "--dtype", "int8"], "dtype='int8'"),
+        (["peak", "--n_layer=4"], "takes no architecture overrides"),
+    ],
+)
+def test_user_mistakes_are_config_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run(argv)
+
+
+def test_peak_times_a_matmul(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["peak", "--device", "cpu", "--dtype", "float32", "--size", "128", "--iters", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "measured" in out and "--peak_tflops=" in out

@@ -1,0 +1,157 @@
+"""Analytic FLOPs agree with PyTorch's FlopCounterMode on the real model, for every architecture.
+
+Convention gaps, each accounted for exactly rather than absorbed by the tolerance:
+
+- FlopCounterMode counts attention full-square (a kernel's masked half included), which is our
+  ``flops_per_token``; the causal-aware figure is checked separately against its closed form.
+- The ``manual`` backend's QK^T and attn@V run as ``bmm`` and are counted as such (GQA's
+  repeated K/V give the full query-head count, as in the analytic formula).
+- The fused SDPA kernel's backward recomputes QK^T (PyTorch's formula: 5 matmuls, not 4), so for
+  the ``sdpa`` backend forward+backward equals our HFU figure, which includes that recompute,
+  and exceeds the model-FLOPs figure by exactly one QK^T per layer.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from gptlab import ConfigurableGPT, get_debug_config, get_preset_config
+from gptlab.telemetry.flops import compute_flops, register_cpu_sdpa_flop_formula
+from tests.arch_grid import parametrize_combo
+
+TOLERANCE = 0.005  # the issue's 0.5%; every case below in fact agrees exactly
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_combo(metafunc)
+
+
+def _count(model: ConfigurableGPT, idx: torch.Tensor, backward: bool) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _, loss = model(idx, idx)
+        if backward:
+            loss.backward()
+    return counter.get_total_flops()
+
+
+def _close(counted: float, analytic: float) -> bool:
+    return abs(counted - analytic) <= TOLERANCE * analytic
+
+
+def test_flop_counter_agrees_for_every_combination(combo: dict) -> None:
+    cfg = get_debug_config("custom", n_layer=2, n_embd=32, n_head=4, block_size=16, vocab_size=64, **combo)
+    model = ConfigurableGPT(cfg)
+    B, T = 2, cfg.block_size
+    idx = torch.randint(0, cfg.vocab_size, (B, T))
+    fl = compute_flops(cfg)
+    tokens = B * T
+    assert _close(_count(model, idx, backward=False), fl.forward_flops_per_token * tokens)
+    hardware = fl.hfu_flops_per_token if cfg.attention_backend == "sdpa" else fl.flops_per_token
+    assert _close(_count(model, idx, backward=True), hardware * tokens)
+
+
+def test_fused_attention_recompute_is_exactly_one_qk_per_layer() -> None:
+    cfg = get_debug_config("llama", n_kv_head=2)
+    fl = compute_flops(cfg)
+    assert fl.hfu_flops_per_token - fl.flops_per_token == cfg.n_layer * 2 * cfg.block_size * cfg.n_embd
+    manual = compute_flops(get_debug_config("llama", n_kv_head=2, attention_backend="manual"))
+    assert manual.hfu_flops_per_token == manual.flops_per_token  # the manual backward stores probabilities
+
+
+def test_gpt2_124m_hand_computed() -> None:
+    """ERRATA 12: about 0.85 GFLOP per token for training at S=1024. Per token, per layer (forward):
+    QKV 2*768*2304 = 3,538,944; QK^T and attn@V 2*1024*768 = 1,572,864 each; output projection
+    2*768*768 = 1,179,648; MLP 2*2*768*3072 = 9,437,184: 17,301,504 x 12 layers = 207,618,048, plus
+    the LM head 2*768*50304 = 77,266,944: 284,884,992 forward, x3 for training."""
+    fl = compute_flops(get_preset_config("gpt2"))
+    assert fl.forward_flops_per_token == 284_884_992
+    assert fl.flops_per_token == 854_654_976
+    assert fl.lm_head_flops == 3 * 77_266_944  # about a quarter of all FLOPs (ERRATA 4)
+    # causal: each score matmul 768 * 1025 per token instead of 2 * 768 * 1024
+    assert fl.flops_per_token_causal == 854_654_976 - 3 * 12 * 2 * (1_572_864 - 768 * 1025)
+    assert fl.attention_flops_per_layer / fl.ffn_flops_per_layer == pytest.approx(7_864_320 / 9_437_184)
+    # nanoGPT / PaLM: 6N + 12*L*H*S with N the 124M parameters; they differ only by biases and norms
+    n_params = 124_475_904 - 1024 * 768  # without the position embedding, as nanoGPT's get_num_params
+    assert fl.flops_per_token == pytest.approx(6 * n_params + 12 * 12 * 768 * 1024, rel=1e-3)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "llama-gqa"])
+def test_124m_shapes_on_meta_and_fake_cpu(preset: str) -> None:
+    """Full-size models without allocating: the meta device decomposes SDPA into bmm (no recompute);
+    FakeTensorMode on the CPU device runs the fused CPU kernel through our registered formula."""
+    overrides = {"n_kv_head": 4} if preset == "llama-gqa" else {}
+    name = preset.split("-")[0]
+    cfg = get_preset_config(name, n_layer=12, n_embd=768, n_head=12, **overrides)
+    fl = compute_flops(cfg)
+    T = cfg.block_size
+    with torch.device("meta"):
+        model = ConfigurableGPT(cfg)
+        idx = torch.randint(0, cfg.vocab_size, (1, T))
+    assert _close(_count(model, idx, backward=False), fl.forward_flops_per_token * T)
+    assert _close(_count(model, idx, backward=True), fl.flops_per_token * T)
+    with FakeTensorMode():
+        model = ConfigurableGPT(cfg)
+        idx = torch.randint(0, cfg.vocab_size, (1, T))
+        assert _close(_count(model, idx, backward=True), fl.hfu_flops_per_token * T)
+
+
+def test_identities_and_conventions() -> None:
+    cfg = get_preset_config("llama", n_kv_head=4)
+    fl = compute_flops(cfg)
+    L = cfg.n_layer
+    assert fl.flops_per_token == L * (fl.attention_flops_per_layer + fl.ffn_flops_per_layer) + fl.lm_head_flops
+    S = cfg.block_size
+    assert fl.row("attn_scores (causal)").forward == pytest.approx(
+        fl.row("attn_scores (full-square)").forward * (S + 1) / (2 * S)
+    )
+    # GQA shrinks only the K and V projections
+    mha = compute_flops(get_preset_config("llama"))
+    assert mha.row("qkv_proj").forward - fl.row("qkv_proj").forward == 2 * cfg.n_embd * 2 * (12 - 4) * 64
+    assert mha.row("attn_scores (full-square)").forward == fl.row("attn_scores (full-square)").forward
+    # a shorter sequence only changes attention scores
+    short = compute_flops(cfg, seq_len=128)
+    assert short.row("ffn").forward == fl.row("ffn").forward
+    assert short.row("attn_values (full-square)").forward == fl.row("attn_values (full-square)").forward / 8
+
+
+def test_gated_ffn_costs_match_errata_5() -> None:
+    std = compute_flops(get_preset_config("custom", ffn_type="standard"))
+    swiglu = compute_flops(get_preset_config("custom", ffn_type="swiglu"))  # 8H/3 = 2048 exactly
+    assert swiglu.ffn_flops_per_layer == std.ffn_flops_per_layer
+    wide = compute_flops(get_preset_config("custom", ffn_type="geglu", d_ff=3072))
+    assert wide.ffn_flops_per_layer == 1.5 * std.ffn_flops_per_layer
+
+
+def test_activation_checkpointing_adds_block_forward_to_hfu_only() -> None:
+    cfg = get_preset_config("gpt2", attention_backend="manual")
+    plain, ckpt = compute_flops(cfg), compute_flops(cfg, activation_checkpointing=True)
+    assert ckpt.flops_per_token == plain.flops_per_token  # MFU uses model FLOPs only (ERRATA 7)
+    blocks_forward = plain.forward_flops_per_token - plain.row("lm_head").forward
+    assert ckpt.hfu_flops_per_token == plain.flops_per_token + blocks_forward
+
+
+def test_non_matmul_work_is_reported_apart() -> None:
+    ln, rms = (
+        compute_flops(get_preset_config("gpt2")),
+        compute_flops(get_preset_config("gpt2", normalization="rmsnorm")),
+    )
+    assert ln.flops_per_token == rms.flops_per_token
+    assert ln.non_matmul_flops_per_token > rms.non_matmul_flops_per_token > 0
+    rope = compute_flops(get_preset_config("gpt2", position_encoding="rope"))
+    alibi = compute_flops(get_preset_config("gpt2", position_encoding="alibi"))
+    assert {r["component"] for r in rope.table()} >= {"rope", "softmax", "norms", "loss", "residual_adds"}
+    assert rope.flops_per_token == alibi.flops_per_token
+    assert all(r["share_of_matmul"] is None for r in ln.table() if r["kind"] != "matmul")
+
+
+def test_cpu_sdpa_formula_is_registered_once() -> None:
+    assert register_cpu_sdpa_flop_formula() is False  # done on import; a second call changes nothing
+    q = torch.randn(2, 4, 16, 8)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert counter.get_total_flops() == 2 * 2 * (2 * 4 * 16 * 16 * 8)  # QK^T and attn@V, full square, 2 FLOPs/MAC

@@ -1,0 +1,89 @@
+"""Dense peaks from the table, matched from real device-name strings; never a guessed peak."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptlab.errors import ConfigError
+from gptlab.telemetry.hardware import GPU_SPECS, detect_peak, get_gpu_spec, match_gpu, measure_peak_flops, precision_key
+
+NAMES = {
+    "NVIDIA H100 80GB HBM3": "H100-SXM",
+    "NVIDIA H100": "H100-SXM",
+    "NVIDIA H100 PCIe": "H100-PCIe",
+    "NVIDIA H100 NVL": "H100-NVL",
+    "NVIDIA H200": "H200-SXM",
+    "NVIDIA H200 NVL": "H200-NVL",
+    "NVIDIA B200": "B200",
+    "NVIDIA A100-SXM4-80GB": "A100-SXM",
+    "NVIDIA A100-SXM4-40GB": "A100-SXM",
+    "NVIDIA A100-PCIE-40GB": "A100-PCIe",
+    "NVIDIA A100 80GB PCIe": "A100-PCIe",
+    "NVIDIA L40S": "L40S",
+    "NVIDIA L4": "L4",
+    "NVIDIA A10": "A10",
+    "NVIDIA GeForce RTX 4090": "RTX-4090",
+    "Tesla V100-SXM2-16GB": "V100-SXM2",
+    "Tesla V100-PCIE-32GB": "V100-PCIe",
+    "Tesla V100S-PCIE-32GB": "V100S-PCIe",
+    "AMD Instinct MI300X": "MI300X",
+}
+
+
+@pytest.mark.parametrize("name", list(NAMES))
+def test_realistic_device_names_match(name: str) -> None:
+    spec = match_gpu(name)
+    assert spec is not None and spec.key == NAMES[name]
+
+
+@pytest.mark.parametrize("name", ["NVIDIA L40", "NVIDIA A10G", "NVIDIA GeForce RTX 3090", "Intel Xeon", "cpu"])
+def test_other_devices_are_unknown(name: str) -> None:
+    assert match_gpu(name) is None
+
+
+def test_dense_not_sparse_figures() -> None:
+    tf = {spec.key: {k: None if v is None else v / 1e12 for k, v in spec.peaks.items()} for spec in GPU_SPECS}
+    assert tf["H200-SXM"]["bf16"] == pytest.approx(989.5)  # ERRATA 8: 1979 is sparse
+    assert tf["H100-SXM"]["bf16"] == tf["H200-SXM"]["bf16"]
+    assert tf["H100-PCIe"]["bf16"] == pytest.approx(756.5)  # ERRATA 9: PCIe differs from SXM
+    assert tf["B200"]["bf16"] == 2250  # ERRATA 8: 4500 is sparse
+    assert tf["A100-SXM"]["bf16"] == 312 and tf["A100-SXM"]["tf32"] == 156 and tf["A100-SXM"]["fp32"] == 19.5
+    assert tf["V100-SXM2"]["bf16"] is None and tf["V100-SXM2"]["fp16"] == 125  # ERRATA 9: no bf16 on Volta
+    assert tf["A100-SXM"]["fp8"] is None  # Ampere has no fp8
+    for spec in GPU_SPECS:  # tensor-core peaks are at least the plain-FP32 ones
+        assert all(v is None or v >= spec.peaks["fp32"] for v in spec.peaks.values()), spec.key
+
+
+def test_table_keys_and_errors() -> None:
+    assert get_gpu_spec("H100-SXM").key == "H100-SXM"
+    assert get_gpu_spec("h100_pcie").key == "H100-PCIe"
+    assert get_gpu_spec("NVIDIA H100 80GB HBM3").key == "H100-SXM"  # device names work too
+    with pytest.raises(ConfigError, match="did you mean 'B200'"):
+        get_gpu_spec("B300")
+
+
+def test_precision_keys() -> None:
+    assert precision_key(torch.bfloat16) == "bf16" and precision_key("float16") == "fp16"
+    assert precision_key(torch.float32) == "fp32"  # PyTorch's default 'highest' precision: no TF32
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert precision_key(torch.float32) == "tf32"  # TF32 tensor cores are then the real ceiling
+    finally:
+        torch.set_float32_matmul_precision(old)
+    with pytest.raises(ConfigError):
+        precision_key("int8")
+
+
+def test_cpu_peak_is_unknown_unless_overridden_or_measured() -> None:
+    unknown = detect_peak("cpu", torch.bfloat16)
+    assert unknown.peak_flops is None and unknown.source == "unknown" and unknown.name == "cpu"
+    override = detect_peak("cpu", "bf16", override_tflops=1.5)
+    assert override.peak_flops == 1.5e12 and override.source == "override"
+    measured = detect_peak("cpu", torch.float32, measure=True)
+    assert measured.source == "measured" and measured.peak_flops > 0
+
+
+def test_measure_peak_flops_times_a_matmul() -> None:
+    assert measure_peak_flops("cpu", torch.float32, size=128, iters=2) > 1e6

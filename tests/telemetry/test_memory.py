@@ -1,0 +1,141 @@
+"""Memory stats, and the planner's parameter, gradient and optimizer bytes against the real tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gptlab import ConfigError, ConfigurableGPT, get_debug_config, get_preset_config
+from gptlab.model.registry import NORM_REGISTRY
+from gptlab.telemetry.memory import get_memory_stats, reset_peak_memory
+from gptlab.telemetry.params import TensorShape, count_parameters, parameter_shapes
+from gptlab.telemetry.planner import fsdp_shard_numel, plan_all_modes, plan_memory, zero1_partition
+
+
+def tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    return tensor_bytes([v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)])
+
+
+ARCHS = {
+    "gpt2": ("gpt2", {}),
+    "llama-gqa": ("llama", {"n_kv_head": 2}),
+    "post-geglu-bias-untied": ("custom", dict(norm_position="post", ffn_type="geglu", bias=True, weight_tying=False)),
+    "alibi-nobias-norm": ("custom", {"position_encoding": "alibi", "normalization": "layernorm_nobias"}),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_plan_equals_real_tensors_after_an_adamw_step(arch: str) -> None:
+    preset, overrides = ARCHS[arch]
+    cfg = get_debug_config(preset, **overrides)
+    model = ConfigurableGPT(cfg)
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type="cpu")
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision keeps float32 master weights
+        _, loss = model(x, x)
+    loss.backward()
+    opt.step()
+    plan = plan_memory(cfg, batch_size=2, dtype="bfloat16").mode
+    params = list(model.parameters())
+    assert [tuple(p.shape) for p in params] == [s.shape for s in parameter_shapes(cfg)]
+    assert plan.parameters == tensor_bytes(params)
+    assert plan.gradients == tensor_bytes([p.grad for p in params])
+    assert plan.optimizer == optimizer_state_bytes(opt)  # exp_avg, exp_avg_sq and the float32 step tensors
+    assert plan.buffers == tensor_bytes(list(model.buffers()))
+
+
+def test_sgd_momentum_plan() -> None:
+    cfg = get_debug_config("llama")
+    model = ConfigurableGPT(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _, loss = model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))
+    loss.backward()
+    opt.step()
+    assert plan_memory(cfg, batch_size=1, optimizer="sgd").mode.optimizer == optimizer_state_bytes(opt)
+
+
+def test_registered_component_shapes_come_from_the_component() -> None:
+    class GainBiasNorm(nn.Module):
+        def __init__(self, ndim: int, eps: float = 1e-5) -> None:
+            super().__init__()
+            self.gain, self.shift, self.scale = (
+                nn.Parameter(torch.ones(ndim)),
+                nn.Parameter(torch.zeros(ndim)),
+                nn.Parameter(torch.ones(1)),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.gain * self.scale + self.shift
+
+    NORM_REGISTRY["gainbias_test"] = GainBiasNorm
+    try:
+        cfg = get_debug_config("llama", normalization="gainbias_test")
+        model = ConfigurableGPT(cfg)
+        assert [tuple(p.shape) for p in model.parameters()] == [s.shape for s in parameter_shapes(cfg)]
+    finally:
+        del NORM_REGISTRY["gainbias_test"]
+
+
+def test_gpt2_124m_numbers() -> None:
+    """ERRATA 13: AdamW's two float32 states for 124M parameters are about 1.0 GB, not 2.0."""
+    cfg = get_preset_config("gpt2")
+    assert count_parameters(cfg) == 124_475_904  # 50304-token vocabulary, tied, with biases
+    plans = plan_all_modes(cfg, batch_size=12, world_size=4)
+    assert plans["none"].mode.optimizer == 8 * 124_475_904 + 4 * len(parameter_shapes(cfg))
+    assert plans["ddp"].mode.optimizer == plans["none"].mode.optimizer
+    # ZeRO-1 cannot split the 38.6M-element embedding: the rank that owns it holds 0.31 GB, not 1.0/4
+    assert plans["zero1"].mode.optimizer == pytest.approx(8 * 50304 * 768 + 4, rel=1e-9)
+    fsdp = plans["fsdp"].mode
+    assert fsdp.parameters == 4 * sum(fsdp_shard_numel(s.shape, 4) for s in parameter_shapes(cfg))
+    assert fsdp.parameters < plans["none"].mode.parameters / 4 * 1.001
+    assert plans["none"].mode.activations > plans["none"].mode.optimizer  # activations dominate at S=1024
+
+
+def test_zero1_partition_replays_torch_greedy() -> None:
+    shapes = [TensorShape(n, s) for n, s in [("a", (10, 4)), ("b", (30,)), ("c", (6, 5)), ("d", (8,)), ("e", (5, 5))]]
+    owned = zero1_partition(shapes, 2)
+    # decay group (2-D) first, largest first: a(40)->0, c(30)->1, e(25)->1; then b(30)->0, d(8)->1
+    assert [[s.name for s in o] for o in owned] == [["a", "b"], ["c", "e", "d"]]
+
+
+def test_fsdp_shard_is_ceil_of_dim0() -> None:
+    assert fsdp_shard_numel((7, 3), 2) == 4 * 3
+    assert fsdp_shard_numel((5,), 8) == 1  # ranks 5..7 hold padding only
+    assert fsdp_shard_numel((64, 64), 4) == 16 * 64
+
+
+def test_activation_checkpointing_and_fsdp_change_activations() -> None:
+    cfg = get_preset_config("llama", n_layer=4)
+    plain = plan_memory(cfg, batch_size=4, parallel="ddp", world_size=2).mode
+    ckpt = plan_memory(cfg, batch_size=4, parallel="ddp", world_size=2, activation_checkpointing=True).mode
+    fsdp = plan_memory(cfg, batch_size=4, parallel="fsdp", world_size=2).mode
+    assert ckpt.activations < plain.activations
+    assert fsdp.activations < plain.activations  # no autocast weight copies under FSDP2 mixed precision
+    fp32 = plan_memory(cfg, batch_size=4, dtype="float32").mode
+    assert "weight_copies" not in plan_memory(cfg, batch_size=4, dtype="float32").activation_estimate.other
+    assert fp32.parameters == plan_memory(cfg, batch_size=4).mode.parameters
+
+
+def test_plan_errors() -> None:
+    cfg = get_debug_config("gpt2")
+    with pytest.raises(ConfigError, match="parallel"):
+        plan_memory(cfg, batch_size=1, parallel="zero3")
+    with pytest.raises(ConfigError, match="world_size"):
+        plan_memory(cfg, batch_size=1, world_size=2)
+    with pytest.raises(ConfigError, match="seq_len"):
+        plan_memory(cfg, batch_size=1, seq_len=cfg.block_size + 1)
+
+
+def test_memory_stats_on_cpu() -> None:
+    stats = get_memory_stats("cpu")
+    assert set(stats) >= {"allocated_gb", "reserved_gb", "max_allocated_gb", "max_reserved_gb", "rss_gb"}
+    assert stats["allocated_gb"] is None and stats["max_reserved_gb"] is None  # CUDA-only figures
+    assert 0 < stats["rss_gb"] <= stats["max_rss_gb"] + 1e-3
+    reset_peak_memory("cpu")  # a no-op on the CPU, not an error
+    model = ConfigurableGPT(get_debug_config("gpt2"))
+    assert model.get_memory_stats()["rss_gb"] > 0

@@ -1,0 +1,96 @@
+"""estimate_mfu_detailed: the design document's keys, nanoGPT's arguments, DDP and accumulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptlab import ConfigurableGPT, get_debug_config, get_preset_config
+from gptlab.telemetry.flops import compute_flops
+from gptlab.telemetry.hardware import PeakInfo, detect_peak
+from gptlab.telemetry.mfu import estimate_mfu_detailed, expected_tokens_per_sec
+
+DESIGN_KEYS = {
+    "mfu", "mfu_percent", "flops_achieved", "flops_per_token", "tokens_per_sec", "hardware_peak_flops",
+    "hardware_peak_tflops", "achieved_tflops", "gpu_name", "precision", "num_gpus", "attention_flops_per_layer",
+    "ffn_flops_per_layer", "attention_to_ffn_ratio",
+}  # fmt: skip
+EXTRA_KEYS = {"lm_head_flops", "hfu", "flops_per_token_causal", "mfu_causal", "components"}
+GPT2 = get_preset_config("gpt2")
+
+
+def test_returns_every_design_key_and_more() -> None:
+    out = estimate_mfu_detailed(GPT2, 12 * 40, 1.0, gpu_name="NVIDIA A100-SXM4-80GB")
+    assert set(out) >= DESIGN_KEYS | EXTRA_KEYS
+    assert out["precision"] == "bf16" and out["peak_source"] == "table" and out["hardware_peak_tflops"] == 312
+    assert out["flops_per_token"] == 854_654_976 and out["attention_convention"] == "full-square"
+    assert out["mfu_percent"] == pytest.approx(100 * out["mfu"])
+    assert out["flops_achieved"] == pytest.approx(out["mfu"] * out["hardware_peak_flops"])
+    assert out["mfu_causal"] < out["mfu"] < out["hfu"]
+    assert {row["component"] for row in out["components"]} >= {"qkv_proj", "ffn", "lm_head", "out_proj"}
+
+
+def test_nanogpt_meaning_of_arguments() -> None:
+    """ERRATA 12's arithmetic: 12 x 1024 x 40 tokens in 3.78 s on one A100 is ~130k tokens/s, 35% MFU."""
+    out = estimate_mfu_detailed(GPT2, fwdbwd_per_iter=12 * 40, dt=3.78, gpu_name="A100-SXM")
+    tokens = 12 * 40 * 1024
+    assert out["tokens_per_sec"] == pytest.approx(tokens / 3.78)
+    assert out["mfu"] == pytest.approx(854_654_976 * tokens / 3.78 / 312e12)
+    assert out["mfu"] == pytest.approx(0.35, abs=0.01)
+
+
+def test_ddp_and_gradient_accumulation_convention() -> None:
+    """fwdbwd_per_iter counts one rank's sequences over all its micro-steps; num_gpus ranks do the same.
+    The same global batch (12 x 40) split over 4 ranks (accumulation 10 each) in a quarter of the
+    time is the same MFU and the same total throughput as one GPU."""
+    one = estimate_mfu_detailed(GPT2, 12 * 40, 4.0, gpu_name="A100-SXM")
+    four = estimate_mfu_detailed(GPT2, 12 * 10, 1.0, gpu_name="A100-SXM", num_gpus=4)
+    assert four["mfu"] == pytest.approx(one["mfu"])
+    assert four["tokens_per_sec"] == pytest.approx(4 * one["tokens_per_sec"])
+    assert four["tokens_per_iter"] == one["tokens_per_iter"] == 12 * 40 * 1024
+    assert four["hardware_peak_flops"] == 4 * 312e12 and four["hardware_peak_flops_per_gpu"] == 312e12
+    assert four["tokens_per_sec_per_gpu"] == pytest.approx(one["tokens_per_sec"])
+    # counting only one micro-step would understate MFU by the accumulation factor
+    partial = estimate_mfu_detailed(GPT2, 12, 4.0, gpu_name="A100-SXM")
+    assert partial["mfu"] == pytest.approx(one["mfu"] / 40)
+
+
+def test_unknown_peak_gives_no_mfu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = estimate_mfu_detailed(GPT2, 8, 1.0)
+    assert out["gpu_name"] == "cpu" and out["peak_source"] == "unknown"
+    for key in ("mfu", "mfu_percent", "hfu", "mfu_causal", "hardware_peak_flops", "hardware_peak_tflops"):
+        assert out[key] is None, key
+    assert out["tokens_per_sec"] == 8 * 1024 and out["achieved_tflops"] > 0  # measured facts stay
+    v100 = estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name="Tesla V100-SXM2-16GB", precision=torch.bfloat16)
+    assert v100["mfu"] is None  # no bf16 units: never borrow the fp16 figure
+    assert estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name="Tesla V100-SXM2-16GB", precision="fp16")["mfu"] > 0
+
+
+def test_override_peak_and_checkpointing() -> None:
+    out = estimate_mfu_detailed(GPT2, 8, 1.0, peak_flops=1e12, activation_checkpointing=True)
+    assert out["peak_source"] == "override" and out["hardware_peak_tflops"] == 1.0
+    fl = compute_flops(GPT2, activation_checkpointing=True)
+    assert out["hfu"] / out["mfu"] == pytest.approx(fl.hfu_flops_per_token / fl.flops_per_token)
+    with pytest.raises(ValueError):
+        estimate_mfu_detailed(GPT2, 8, 0.0)
+
+
+def test_peak_info_from_detect_peak_is_used_as_is() -> None:
+    info = PeakInfo("NVIDIA H100 80GB HBM3", 989.5e12, "bf16", "table")
+    out = estimate_mfu_detailed(GPT2, 8, 1.0, peak=info)
+    assert out["peak_source"] == "table" and out["gpu_name"] == info.name and out["hardware_peak_tflops"] == 989.5
+    unknown = estimate_mfu_detailed(GPT2, 8, 1.0, peak=detect_peak("cpu", torch.bfloat16))
+    assert unknown["mfu"] is None and unknown["peak_source"] == "unknown"
+
+
+def test_model_method_delegates() -> None:
+    cfg = get_debug_config("llama")
+    model = ConfigurableGPT(cfg)
+    assert model.estimate_mfu_detailed(4, 0.5, peak_flops=1e12) == estimate_mfu_detailed(cfg, 4, 0.5, peak_flops=1e12)
+
+
+def test_expected_tokens_per_sec() -> None:
+    tps = expected_tokens_per_sec(GPT2, 312e12, 0.35)
+    assert tps == pytest.approx(0.35 * 312e12 / 854_654_976)  # ~128k tokens/s, not 4k (ERRATA 12)
+    assert expected_tokens_per_sec(GPT2, 312e12, 0.35, num_gpus=8) == pytest.approx(8 * tps)

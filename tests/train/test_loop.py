@@ -1,0 +1,234 @@
+"""End-to-end training on the CPU: every preset learns, logs are valid, checkpoints load,
+resume is exact, and bad input fails with one line without overwriting anything."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.checkpoint import load_checkpoint
+from gptlab.config.train import parse_run_args
+from gptlab.train.loop import NonFiniteLossError, Trainer, train
+from gptlab.train.sample import SampleConfig, sample
+from tests.train.conftest import tiny_args
+
+ROOT = Path(__file__).resolve().parents[2]
+ITER_KEYS = {"iter", "loss", "lr", "dt_ms", "tokens_per_sec", "mfu", "flops_per_token", "memory"}
+SUMMARY_KEYS = {
+    "tokens_per_sec",
+    "mfu",
+    "best_val_loss",
+    "final_val_loss",
+    "total_time_s",
+    "peak_memory_gb",
+    "unigram_baseline_loss",
+    "status",
+}
+
+
+def read_log(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "hybrid", "team", "custom"])
+def test_tiny_run_per_preset(preset: str, data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    stream = io.StringIO()
+    summary = train(parse_run_args(tiny_args(data_dir, out, arch_preset=preset)), stream=stream)
+    records = read_log(out)
+    assert records[0]["type"] == "startup" and records[-1]["type"] == "summary"
+    iters = [r for r in records if r["type"] == "iter"]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["iter"] for r in iters] == list(range(25))
+    assert all(ITER_KEYS <= set(r) for r in iters)
+    assert [e["iter"] for e in evals] == [0, 8, 16, 24, 25]  # nanoGPT evals before a step; then the final weights
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3
+    assert SUMMARY_KEYS <= set(summary) and json.loads((out / "summary.json").read_text())["status"] == "completed"
+    config = json.loads((out / "config.json").read_text())
+    assert config["arch"]["n_layer"] == 2 and config["train"]["arch_preset"] == preset
+    startup = records[0]
+    assert {"architecture", "training", "hardware", "expectations"} <= set(startup)
+    assert startup["training"]["tokens_per_iter"] == 4 * 2 * 32
+    # on a CPU without a stated peak, MFU is unknown, never guessed
+    assert all(r["mfu"] is None for r in iters) and startup["hardware"]["peak_tflops"] is None
+    ckpt = load_checkpoint(out)
+    assert ckpt["iter_num"] == 25 and ckpt["arch"]["n_layer"] == 2
+    assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
+    text = sample(SampleConfig(out_dir=str(out), num_samples=1, max_new_tokens=20, start="def "))[0]
+    assert text.startswith("def ") and len(text) == 24
+
+
+def test_peak_override_gives_mfu(data_dir: Path, tmp_path: Path) -> None:
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=3, peak_tflops=1.0)), stream=io.StringIO())
+    iters = [r for r in read_log(tmp_path) if r["type"] == "iter"]
+    for r in iters:
+        expected = r["flops_per_token"] * r["tokens_per_sec"] / 1e12
+        assert r["mfu"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_detailed_view_matches_design_document(data_dir: Path, tmp_path: Path) -> None:
+    stream = io.StringIO()
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2, log_style="detailed")), stream=stream)
+    text = stream.getvalue()
+    for piece in ("📍 Iter", "Loss:", "LR:", "⚡ MFU: n/a", "Tokens/s:", "FLOPs/token:", "💾 Memory:", "📊 Gradients:"):
+        assert piece in text, piece
+    assert "\x1b[K" not in text  # not a terminal: no progress bar
+
+
+def test_resume_continues_exactly(data_dir: Path, tmp_path: Path) -> None:
+    """Interrupted at a checkpoint (in process) and resumed: the same losses as straight through."""
+    common = dict(dropout=0.1, max_iters=20, lr_decay_iters=20, eval_interval=10)
+    straight = tmp_path / "straight"
+    train(parse_run_args(tiny_args(data_dir, straight, **common)), stream=io.StringIO())
+    resumed = tmp_path / "resumed"
+    train(parse_run_args(tiny_args(data_dir, resumed, **{**common, "max_iters": 10})), stream=io.StringIO())
+    train(parse_run_args(tiny_args(data_dir, resumed, **common, init_from="resume")), stream=io.StringIO())
+    a = {r["iter"]: r["loss"] for r in read_log(straight) if r["type"] == "iter"}
+    records = read_log(resumed)
+    start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
+    b = {r["iter"]: r["loss"] for r in records[start:] if r["type"] == "iter"}
+    assert sorted(b) == list(range(11, 21))  # the first run ended after step 10 (iterations 0..max_iters)
+    assert all(a[i] == b[i] for i in b), [(i, a[i], b[i]) for i in b if a[i] != b[i]]
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_kill_minus_nine_then_resume_matches(data_dir: Path, tmp_path: Path) -> None:
+    """A real SIGKILL after a checkpoint; the resumed run's losses equal an uninterrupted run's bit for bit."""
+    common = dict(dropout=0.1, lr_decay_iters=40, eval_interval=10, eval_iters=2)
+    ref = tmp_path / "ref"
+    assert _cli(*tiny_args(data_dir, ref, max_iters=40, **common)).returncode == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *tiny_args(data_dir, out, max_iters=100000, **common)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    log = out / "log.jsonl"
+    while time.time() < deadline:  # until the checkpoint at iter 20 is written (lines may be partial)
+        if log.exists() and any('"event": "checkpoint"' in line and '"iter": 20' in line for line in log.open()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(out)["iter_num"] >= 20
+    done = _cli(*tiny_args(data_dir, out, max_iters=40, init_from="resume", **common))
+    assert done.returncode == 0, done.stderr
+    a = {r["iter"]: r["loss"] for r in read_log(ref) if r["type"] == "iter"}
+    records = read_log(out)
+    start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
+    b = {r["iter"]: r["loss"] for r in records[start:] if r["type"] == "iter"}
+    assert max(b) == 40 and all(a[i] == b[i] for i in b)
+
+
+def test_seed_command_runs_on_cpu(data_dir: Path, tmp_path: Path) -> None:
+    """The design document's command with the small overrides the issue names."""
+    res = _cli(
+        str(ROOT / "config/full_llama_124m.py"),
+        "--n_layer=2",
+        "--n_head=2",
+        "--n_embd=64",
+        "--block_size=64",
+        "--batch_size=8",
+        "--gradient_accumulation_steps=1",
+        "--max_iters=40",
+        "--dataset=stdlib_char",
+        f"--data_dir={data_dir}",
+        "--device=cpu",
+        "--compile=False",
+        "--dtype=float32",
+        f"--out_dir={tmp_path}",
+        "--eval_iters=5",
+        "--log_interval=10",
+        "--warmup_iters=5",
+        "--lr_decay_iters=40",
+    )
+    assert res.returncode == 0, res.stderr
+    evals = [r for r in read_log(tmp_path) if r["type"] == "eval"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5  # 41 steps at the config's learning rate
+    assert (tmp_path / "ckpt.pt").is_file() and (tmp_path / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"dataset": "shakespeare_char"}, "gptlab prepare shakespeare_char"),
+        ({"n_layr": 2}, "did you mean 'n_layer'"),
+        ({"batch_size": "big"}, "batch_size='big'"),
+        ({"init_from": "resume"}, "no checkpoint"),
+        ({"block_size": 10**8, "arch_preset": "llama"}, "block_size"),
+    ],
+)
+def test_bad_input_one_line_exit_2(overrides: dict, match: str, data_dir: Path, tmp_path: Path) -> None:
+    res = _cli(*tiny_args(data_dir, tmp_path / "out", **overrides))
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and __import__("re").search(match, lines[0]), lines
+    assert not (tmp_path / "out" / "log.jsonl").exists()
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_damaged_checkpoint_is_refused_and_left_alone(damage: str, data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, out, max_iters=8)), stream=io.StringIO())
+    ckpt = out / "ckpt.pt"
+    blob = ckpt.read_bytes()
+    bad = b"garbage" * 100 if damage == "corrupt" else blob[: len(blob) // 2]
+    ckpt.write_bytes(bad)
+    log_before = (out / "log.jsonl").read_bytes()
+    res = _cli(*tiny_args(data_dir, out, max_iters=16, init_from="resume"))
+    assert res.returncode == 2 and "corrupt or truncated" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert ckpt.read_bytes() == bad and (out / "log.jsonl").read_bytes() == log_before
+
+
+def _poison_after(trainer: Trainer, bad_iter: int) -> None:
+    original = trainer.forward_backward
+
+    def forward_backward(micro: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = original(micro, x, y)
+        return loss * float("nan") if trainer.iter_num >= bad_iter else loss
+
+    trainer.forward_backward = forward_backward  # type: ignore[method-assign]
+
+
+def test_nan_loss_stops_and_keeps_best_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=40)), stream=io.StringIO())
+    _poison_after(trainer, 12)
+    original_save, saved = trainer.save, []
+    trainer.save = lambda: saved.append(trainer.iter_num) or original_save()  # type: ignore[method-assign]
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        trainer.run()
+    assert saved == [8] and load_checkpoint(tmp_path)["iter_num"] == 8
+    events = [r for r in read_log(tmp_path) if r.get("event") == "nan_stop"]
+    assert events and events[0]["iter"] == 12
+    assert json.loads((tmp_path / "summary.json").read_text())["status"].startswith("stopped")
+
+
+def test_nan_policy_skip_skips_steps(data_dir: Path, tmp_path: Path) -> None:
+    trainer = Trainer(
+        parse_run_args(tiny_args(data_dir, tmp_path, max_iters=12, nan_policy="skip")), stream=io.StringIO()
+    )
+    before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    _poison_after(trainer, 0)
+    summary = trainer.run()
+    assert summary["status"] == "completed"
+    assert all(torch.equal(v, before[k]) for k, v in trainer.raw_model.state_dict().items())
+    assert sum(r.get("event") == "nan_skip" for r in read_log(tmp_path)) == 13

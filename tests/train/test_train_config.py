@@ -1,0 +1,108 @@
+"""TrainConfig, config files and --key=value overrides; learning-rate schedules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+
+from gptlab import ConfigError
+from gptlab.config.train import TrainConfig, load_config_file, parse_run_args
+from gptlab.train.schedule import get_lr
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["full_gpt2_124m", "full_llama_124m", "arch_team", "full_custom", "train_stdlib_char"])
+def test_design_document_config_files_load(name: str) -> None:
+    run = parse_run_args([str(ROOT / "config" / f"{name}.py")])
+    assert run.arch.n_layer >= 1 and run.train.max_iters > 0
+
+
+def test_config_file_then_overrides() -> None:
+    run = parse_run_args(
+        [
+            str(ROOT / "config/full_gpt2_124m.py"),
+            "--normalization=rmsnorm",
+            "--position_encoding=rope",
+            "--batch_size=3",
+            "--learning_rate=1",
+            "--compile=False",
+            "--device=cpu",
+        ]
+    )
+    assert run.arch.normalization == "rmsnorm" and run.arch.position_encoding == "rope"
+    assert run.arch.bias  # the rest of the gpt2 preset stays
+    assert run.train.batch_size == 3 and run.train.compile is False
+    assert run.train.learning_rate == 1.0 and isinstance(run.train.learning_rate, float)
+    assert {"batch_size", "normalization", "n_layer"} <= run.explicit
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--n_layr=2"], "did you mean 'n_layer'"),
+        (["--learning_rat=1e-3"], "did you mean 'learning_rate'"),
+        (["--batch_size=twelve"], "batch_size='twelve' has type str, expected int"),
+        (["--compile=yes"], "compile='yes' has type str, expected bool"),
+        (["--max_iters=1.5"], "max_iters=1.5"),
+        (["--device=tpu"], "device='tpu' is not one of"),
+        (["--dtype=fp16"], "dtype='fp16'"),
+        (["--lr_schedule=cosin"], "did you mean 'cosine'"),
+        (["--arch_preset=lama"], "did you mean 'llama'"),
+        (["--normalization=rms"], "normalization='rms'"),
+        (["--gradient_accumulation_steps=0"], "gradient_accumulation_steps=0"),
+        (["--beta2=1.5"], "beta2=1.5"),
+        (["--use_fsdp=True", "--use_zero1=True"], "exclude each other"),
+        (["n_layer=2"], "no such|does not exist"),
+        (["--n_layer"], "expected --key=value"),
+        (["--min_lr=1.0", "--learning_rate=0.1"], "min_lr"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_run_args(args)
+    assert "\n" not in str(info.value)
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    bad_key = tmp_path / "bad.py"
+    bad_key.write_text("n_layers = 3\n")
+    with pytest.raises(ConfigError, match=r"bad.py.*unknown key 'n_layers'.*did you mean 'n_layer'"):
+        load_config_file(bad_key)
+    broken = tmp_path / "broken.py"
+    broken.write_text("n_layer = (\n")
+    with pytest.raises(ConfigError, match=r"broken\.py' failed: SyntaxError"):
+        load_config_file(broken)
+    with pytest.raises(ConfigError, match="must come before"):
+        parse_run_args(["--n_layer=2", str(bad_key)])
+    ok = tmp_path / "ok.py"
+    ok.write_text("import math\nn_layer = 2\n_private = 1\nlearning_rate = math.sqrt(4e-8)\n")
+    assert load_config_file(ok) == {"n_layer": 2, "learning_rate": pytest.approx(2e-4)}
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_cosine_schedule_matches_nanogpt() -> None:
+    c = _cfg()
+    assert get_lr(0, c) == pytest.approx(1 / 11) and get_lr(9, c) == pytest.approx(10 / 11)
+    assert get_lr(10, c) == pytest.approx(1.0)
+    assert get_lr(60, c) == pytest.approx(0.1 + 0.5 * 0.9)  # halfway: cos(pi/2) = 0
+    assert get_lr(110, c) == pytest.approx(0.1) and get_lr(500, c) == pytest.approx(0.1)
+    lrs = [get_lr(i, c) for i in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+
+
+def test_constant_wsd_and_no_decay() -> None:
+    assert get_lr(50, _cfg(lr_schedule="constant")) == 1.0 and get_lr(5, _cfg(lr_schedule="constant")) < 1.0
+    wsd = _cfg(lr_schedule="wsd", wsd_decay_frac=0.2)  # decay over iters 88..110
+    assert get_lr(50, wsd) == 1.0 and get_lr(88, wsd) == 1.0
+    assert get_lr(99, wsd) == pytest.approx(1.0 + (11 / 22) * (0.1 - 1.0))
+    assert get_lr(110, wsd) == pytest.approx(0.1)
+    assert get_lr(0, _cfg(decay_lr=False)) == 1.0 and get_lr(10**6, _cfg(decay_lr=False)) == 1.0
+    assert all(math.isfinite(get_lr(i, _cfg(warmup_iters=0, lr_decay_iters=0))) for i in range(3))
