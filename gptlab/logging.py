@@ -187,6 +187,9 @@ class TrainingLogger:
         if self.style == "compact":
             parts = [f"iter {r['iter']}", f"loss {r['loss']:.4f}", f"{r['dt_ms']:.0f}ms", f"lr {lr}"]
             parts += [f"tok/s {tps}", f"mfu {mfu_pct}"]
+            mem_gb = mem.get("allocated_gb") if mem.get("allocated_gb") is not None else mem.get("rss_gb")
+            if mem_gb is not None:
+                parts.append(f"mem {mem_gb:.2f}GB")
             if grads:
                 parts.append(f"gnorm {grads.get('global_norm', float('nan')):.3f}")
             return " | ".join(parts)

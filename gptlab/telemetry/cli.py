@@ -1,6 +1,6 @@
 """``gptlab flops``, ``gptlab plan`` and ``gptlab peak``: FLOPs, memory plan and measured peak, printed.
 
-Each command takes a preset and ``--key=value`` architecture overrides, like ``gptlab arch``.
+Each command takes a preset or a training config file, and ``--key=value`` overrides.
 """
 
 from __future__ import annotations
@@ -31,12 +31,22 @@ def _si(x: float) -> str:
 
 
 def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
+    """The architecture of a preset name or a training config file, with --key=value overrides."""
     overrides = {**parse_overrides(extra), **{k: v for k, v in fixed.items() if v is not None}}
+    if args.preset.endswith(".py"):
+        from gptlab.config.train import load_config_file, resolve_run_config
+
+        return resolve_run_config({**load_config_file(args.preset), **overrides}).arch
     return get_preset_config(args.preset, **overrides)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("preset", nargs="?", default="gpt2", help=f"one of {', '.join(PRESETS)} (default gpt2)")
+    p.add_argument(
+        "preset",
+        nargs="?",
+        default="gpt2",
+        help=f"one of {', '.join(PRESETS)} (default gpt2), or a config file such as config/full_llama_124m.py",
+    )
     p.add_argument(
         "--activation_checkpointing",
         type=_bool,

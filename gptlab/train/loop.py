@@ -215,13 +215,13 @@ class Trainer:
             x, y = self.train_loader.get_batch(self.iter_num, micro)
             loss_sum += self.forward_backward(micro, x, y)
         loss = loss_sum / cfg.gradient_accumulation_steps
+        log_grads = self.iter_num % cfg.gradient_log_interval == 0
+        if cfg.grad_clip > 0.0 or log_grads:
+            self.scaler.unscale_(self.optimizer)  # statistics and clipping see the true gradients
+        grad_stats = self.telemetry.gradient_stats() if log_grads else None  # one host sync, at this interval
         grad_norm = None
-        if cfg.grad_clip > 0.0:
-            self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip > 0.0:  # the returned norm is the one before clipping
             grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
-        grad_stats = None
-        if self.iter_num % cfg.gradient_log_interval == 0:
-            grad_stats = self.telemetry.gradient_stats()  # one host sync, at this interval only
         skipped = False
         if cfg.nan_policy == "skip" and not bool(torch.isfinite(loss)):  # a host sync, by request
             skipped = True
@@ -299,6 +299,7 @@ class Trainer:
                 last_losses = self._eval_and_checkpoint(healthy)
                 if not healthy:
                     self._stop_nonfinite()
+                t0 = time.time()  # the step's time must not include evaluation and saving
             if cfg.eval_only:
                 break
             step = self.train_step()
@@ -310,6 +311,16 @@ class Trainer:
                     "nan_skip", f"iter {self.iter_num}: non-finite loss, step skipped", iter=self.iter_num
                 )
                 nonfinite.zero_()
+            if step["grad_stats"] and step["grad_stats"].get("spike"):
+                ratio = step["grad_stats"].get("norm_to_median")
+                self.logger.log_event(
+                    "grad_spike",
+                    f"iter {self.iter_num}: gradient norm {step['grad_stats']['global_norm']:.4g} is "
+                    f"{ratio:.1f}x its running median",
+                    iter=self.iter_num,
+                    grad_norm=step["grad_stats"]["global_norm"],
+                    ratio=ratio,
+                )
             if self.iter_num % cfg.log_interval == 0:
                 lossf = step["loss"].item()  # the host sync that logging asks for
                 if not math.isfinite(lossf) and cfg.nan_policy == "stop":

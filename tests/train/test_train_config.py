@@ -106,3 +106,9 @@ def test_constant_wsd_and_no_decay() -> None:
     assert get_lr(110, wsd) == pytest.approx(0.1)
     assert get_lr(0, _cfg(decay_lr=False)) == 1.0 and get_lr(10**6, _cfg(decay_lr=False)) == 1.0
     assert all(math.isfinite(get_lr(i, _cfg(warmup_iters=0, lr_decay_iters=0))) for i in range(3))
+
+
+def test_quickstart_config_file_matches_the_default_job() -> None:
+    from gptlab.train.cli import QUICKSTART
+
+    assert load_config_file(ROOT / "config/train_stdlib_char.py") == QUICKSTART
