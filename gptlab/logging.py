@@ -198,7 +198,7 @@ class TrainingLogger:
             f"📍 Iter {r['iter']:>6} │ Loss: {r['loss']:.4f} │ Time: {r['dt_ms']:.0f}ms │ LR: {lr}",
             RULE,
             f"⚡ MFU: {mfu_pct} │ Achieved: {_fmt(r.get('achieved_tflops_per_gpu'), '.3g')} TF │ "
-            f"Peak: {_fmt(peak_per_gpu and peak_per_gpu / 1e12, '.1f')} TF" + (" (per GPU)" if multi else ""),
+            f"Peak: {_fmt(peak_per_gpu and peak_per_gpu / 1e12, '.4g')} TF" + (" (per GPU)" if multi else ""),
             f"   Tokens/s: {tps} │ FLOPs/token: "
             + (_fmt(r.get("flops_per_token") and r["flops_per_token"] / 1e9, ".3f") + " GF"),
         ]

@@ -45,9 +45,18 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
         if (path / "config.json").is_file():
             return _from_hf(_read_json(path / "config.json"), lambda: _read_hf_weights(path), overrides)
         if (path / "ckpt.pt").is_file():
-            return _from_nanogpt(_torch_load(path / "ckpt.pt"), overrides)
+            return _from_torch_checkpoint(_torch_load(path / "ckpt.pt"), overrides)
         raise CheckpointError(f"{str(path)!r} holds neither config.json nor ckpt.pt: expected {EXPECTED}")
-    return _from_nanogpt(_torch_load(path), overrides)
+    return _from_torch_checkpoint(_torch_load(path), overrides)
+
+
+def _from_torch_checkpoint(ckpt: Any, overrides: dict[str, Any]) -> ConfigurableGPT:
+    """A gptlab training checkpoint (it records its architecture) or a nanoGPT one."""
+    if isinstance(ckpt, dict) and ckpt.get("format") == "gptlab" and "arch" in ckpt:
+        _check_overridable(overrides)
+        config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides})
+        return _build(config, _strip_prefix(dict(ckpt["model"]), COMPILED_PREFIX), "gptlab checkpoint")
+    return _from_nanogpt(ckpt, overrides)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -118,11 +127,35 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
     return model.eval()  # as transformers' from_pretrained does; training code calls .train()
 
 
-def _apply(base: dict[str, Any], overrides: dict[str, Any]) -> ModelArchitectureConfig:
-    fixed = {"n_layer", "n_embd", "n_head", "n_kv_head", "vocab_size", "d_ff", "bias", "weight_tying"}
-    clash = sorted(fixed & set(overrides))
+# Architecture keys that the weights themselves fix; only the others may be overridden on load.
+WEIGHT_FIXED_KEYS = frozenset(
+    {
+        "n_layer",
+        "n_embd",
+        "n_head",
+        "n_kv_head",
+        "vocab_size",
+        "d_ff",
+        "ffn_dim_multiplier",
+        "multiple_of",
+        "bias",
+        "weight_tying",
+        "normalization",
+        "ffn_type",
+        "position_encoding",
+        "block_size",
+    }
+)
+
+
+def _check_overridable(overrides: dict[str, Any]) -> None:
+    clash = sorted(WEIGHT_FIXED_KEYS & set(overrides))
     if clash:
         raise ConfigError(f"{clash[0]} cannot be overridden when loading pretrained weights (it is fixed by them)")
+
+
+def _apply(base: dict[str, Any], overrides: dict[str, Any]) -> ModelArchitectureConfig:
+    _check_overridable(overrides)
     return get_preset_config(base.pop("preset"), **{**base, **overrides})
 
 

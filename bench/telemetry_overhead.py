@@ -1,0 +1,100 @@
+"""The cost of telemetry in the training step: gradient statistics every step, at the default
+interval, and never, measured in one run on the same model and batches (alternating rounds so
+machine drift hits all variants alike).
+
+python bench/telemetry_overhead.py                      # small llama-style model on the CPU
+python bench/telemetry_overhead.py --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 \
+    --block_size 1024 --batch_size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+
+import torch
+
+from gptlab.config.train import TrainConfig, parse_run_args
+from gptlab.train.loop import Trainer
+
+NEVER = 10**9  # a gradient_log_interval that never fires within the benchmark
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="llama")
+    p.add_argument("--n_layer", type=int, default=4)
+    p.add_argument("--n_embd", type=int, default=128)
+    p.add_argument("--n_head", type=int, default=4)
+    p.add_argument("--block_size", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--iters", type=int, default=30, help="steps per variant per round")
+    p.add_argument("--rounds", type=int, default=4)
+    a = p.parse_args()
+    default_interval = TrainConfig.__dataclass_fields__["gradient_log_interval"].default
+    trainer = Trainer(
+        parse_run_args(
+            [
+                f"--arch_preset={a.preset!r}",
+                f"--n_layer={a.n_layer}",
+                f"--n_embd={a.n_embd}",
+                f"--n_head={a.n_head}",
+                f"--block_size={a.block_size}",
+                f"--batch_size={a.batch_size}",
+                f"--device={a.device!r}",
+                f"--dtype={a.dtype!r}",
+                "--compile=False",
+                "--out_dir='out/bench'",
+                "--warmup_iters=0",
+            ]
+        ),
+        stream=io.StringIO(),
+    )
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    variants = {"never": NEVER, f"every {default_interval} (default)": default_interval, "every step": 1}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(3):  # warm-up
+        trainer.train_step()
+    for _ in range(a.rounds):
+        for name, interval in variants.items():
+            trainer.cfg.gradient_log_interval = interval
+            for _ in range(a.iters):
+                sync()
+                t0 = time.perf_counter()
+                trainer.train_step()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+                trainer.iter_num += 1
+    # The call itself, timed alone on real gradients: precise where step-time noise is not.
+    x, y = trainer.train_loader.get_batch(0)
+    trainer.forward_backward(0, x, y)
+    calls = []
+    for _ in range(50):
+        sync()
+        t0 = time.perf_counter()
+        trainer.telemetry.gradient_stats()
+        sync()
+        calls.append(time.perf_counter() - t0)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    base = statistics.median(times["never"])
+    print(
+        f"model: {trainer.arch.get_architecture_name()}, {trainer.raw_model.get_num_params() / 1e6:.2f}M params, "
+        f"device={trainer.device}, dtype={trainer.dtype}, {a.rounds}x{a.iters} steps per variant"
+    )
+    print(f"{'gradient statistics':24s} {'ms/step (median)':>17s} {'vs never':>9s}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:24s} {1000 * med:17.2f} {med / base:9.3f}")
+    call = statistics.median(calls)
+    print(
+        f"one get_gradient_stats call: {1000 * call:.3f} ms = {100 * call / base:.2f}% of a step; "
+        f"at the default interval {100 * call / base / default_interval:.3f}% per step"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""init_from a pretrained checkpoint, sampling through the root sample.py, and telemetry events in the loop."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab import ConfigurableGPT, get_debug_config
+from gptlab.config.train import parse_run_args
+from gptlab.train.loop import Trainer, train
+from tests.train.conftest import tiny_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gptlab"])
+def test_init_from_pretrained_directory_or_checkpoint(fmt: str, data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    src = tmp_path / "src"
+    if fmt == "hf":
+        ConfigurableGPT(get_debug_config("llama", vocab_size=128, block_size=64)).save_pretrained(src)
+    else:
+        train(parse_run_args(tiny_args(data_dir, src, max_iters=4, block_size=64)), stream=io.StringIO())
+        src = src / "ckpt.pt"
+    out = tmp_path / "finetune"
+    run = parse_run_args(tiny_args(data_dir, out, init_from=str(src), block_size=32, max_iters=4))
+    trainer = Trainer(run, stream=io.StringIO())
+    assert trainer.arch.block_size == 32  # cropped to the requested shorter context, as nanoGPT does
+    trainer.run()
+    assert _records(out)[0]["training"]["init_from"] == str(src)
+
+
+def test_init_from_missing_path_is_one_line(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="neither 'scratch', 'resume' nor an existing"):
+        Trainer(parse_run_args(tiny_args(data_dir, tmp_path, init_from="gpt2-xl")), stream=io.StringIO())
+
+
+def test_root_sample_script(data_dir: Path, tmp_path: Path) -> None:
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4)), stream=io.StringIO())
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sample.py"),
+            f"--out_dir={tmp_path}",
+            "--start=class ",
+            "--num_samples=2",
+            "--max_new_tokens=12",
+            "--device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("class ") >= 2 and res.stdout.count("---------------") == 2
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), "--temprature=0.5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "did you mean 'temperature'" in bad.stderr
+
+
+def test_gradient_spike_is_an_event(data_dir: Path, tmp_path: Path) -> None:
+    trainer = Trainer(
+        parse_run_args(tiny_args(data_dir, tmp_path, max_iters=8, gradient_log_interval=1)), stream=io.StringIO()
+    )
+    original = trainer.telemetry.gradient_stats
+
+    def spiky() -> dict:
+        stats = original()
+        if trainer.iter_num == 6:
+            stats.update(spike=True, norm_to_median=12.0)
+        return stats
+
+    trainer.telemetry.gradient_stats = spiky  # type: ignore[method-assign]
+    trainer.run()
+    spikes = [r for r in _records(tmp_path) if r.get("event") == "grad_spike"]
+    assert len(spikes) == 1 and spikes[0]["iter"] == 6 and spikes[0]["ratio"] == 12.0
+
+
+def test_bf16_autocast_on_cpu_trains(data_dir: Path, tmp_path: Path) -> None:
+    summary = train(parse_run_args(tiny_args(data_dir, tmp_path, dtype="bfloat16", max_iters=16)), stream=io.StringIO())
+    assert summary["final_val_loss"] < 4.5 and torch.isfinite(torch.tensor(summary["final_val_loss"]))
