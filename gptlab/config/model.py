@@ -267,6 +267,21 @@ def _check_choices(cfg: ModelArchitectureConfig) -> None:
 
 # ---------------------------------------------------------------------- presets
 # Each preset is data: the field values that differ from the dataclass defaults.
+# Real LLaMA (Touvron et al. 2023): RMSNorm, RoPE, SwiGLU of width 8H/3 rounded up to a
+# multiple of 256, no biases, untied embeddings. Set n_kv_head for grouped-query attention.
+_LLAMA: dict[str, Any] = dict(
+    normalization="rmsnorm",
+    activation="silu",
+    position_encoding="rope",
+    rope_theta=10000.0,
+    norm_position="pre",
+    ffn_type="swiglu",
+    multiple_of=256,
+    bias=False,
+    weight_tying=False,
+    norm_eps=1e-5,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Real GPT-2 (Radford et al. 2019): pre-norm with a final LayerNorm, biased LayerNorm and
     # Linear layers, tanh-approximated GELU, learned positions, tied embeddings.
@@ -281,20 +296,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         weight_tying=True,
         norm_eps=1e-5,
     ),
-    # Real LLaMA (Touvron et al. 2023): RMSNorm, RoPE, SwiGLU of width 8H/3 rounded up to a
-    # multiple of 256, no biases, untied embeddings. Set n_kv_head for grouped-query attention.
-    "llama": dict(
-        normalization="rmsnorm",
-        activation="silu",
-        position_encoding="rope",
-        rope_theta=10000.0,
-        norm_position="pre",
-        ffn_type="swiglu",
-        multiple_of=256,
-        bias=False,
-        weight_tying=False,
-        norm_eps=1e-5,
-    ),
+    "llama": _LLAMA,
     # Hybrid: LLaMA's attention side (RoPE, RMSNorm, no biases) with GPT-2's GELU MLP of width
     # 4H and tied embeddings, so that comparing it with `llama` isolates the FFN choice and
     # comparing it with `gpt2` isolates positions and norms.
@@ -309,19 +311,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         weight_tying=True,
         norm_eps=1e-5,
     ),
-    # The team's model_v1: the same architecture as LLaMA.
-    "team": dict(
-        normalization="rmsnorm",
-        activation="silu",
-        position_encoding="rope",
-        rope_theta=10000.0,
-        norm_position="pre",
-        ffn_type="swiglu",
-        multiple_of=256,
-        bias=False,
-        weight_tying=False,
-        norm_eps=1e-5,
-    ),
+    # The team's model_v1: the same architecture as LLaMA (its own name, so runs are labelled by it).
+    "team": dict(_LLAMA),
     # Custom: the dataclass defaults (nanoGPT with bias=False); set any field you like.
     "custom": dict(),
 }
