@@ -1,0 +1,261 @@
+"""``gptlab compare``: architectures side by side, figure by figure, from the telemetry functions.
+
+Every figure is what ``gptlab.telemetry`` returns (``count_parameters``, ``compute_flops``,
+``plan_all_modes``, ``expected_tokens_per_sec``), never recomputed here. With ``train=True`` each
+architecture is also trained with the same settings (same data, seed and tokens), see
+``gptlab.compare_train``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptlab.config.model import ModelArchitectureConfig, get_preset_config
+from gptlab.errors import ConfigError
+
+GB = 1e9
+# The GPU-side settings of the table (the planner's micro-batch and autocast dtype, and where
+# the throughput estimate runs).
+TABLE_DEFAULTS: dict[str, Any] = dict(gpu="H100-SXM", mfu=0.4, world_size=8, batch_size=12, dtype="bfloat16")
+MATMUL_COMPONENTS = (
+    "qkv_proj",
+    "attn_scores (full-square)",
+    "attn_values (full-square)",
+    "attn_scores (causal)",
+    "attn_values (causal)",
+    "out_proj",
+    "ffn",
+    "lm_head",
+)
+MODES = ("none", "ddp", "zero1", "fsdp")
+
+
+@dataclass
+class Architecture:
+    """A labelled architecture: a preset name or a config file's, with overrides applied."""
+
+    label: str
+    config: ModelArchitectureConfig
+    source: str  # the preset name or the config file path
+    train_values: dict[str, Any] = field(default_factory=dict)  # a config file's training keys
+
+
+def resolve_architecture(name: str, overrides: dict[str, Any] | None = None) -> Architecture:
+    """``name`` is a preset ('gpt2', 'llama', ...) or a training config file (``*.py``)."""
+    from gptlab.config.train import ARCH_FIELDS, load_config_file, resolve_run_config
+
+    overrides = dict(overrides or {})
+    arch_overrides = {k: v for k, v in overrides.items() if k in ARCH_FIELDS}
+    if name.endswith(".py"):
+        values = load_config_file(name)
+        arch_keys = {k: v for k, v in values.items() if k in ARCH_FIELDS or k == "arch_preset"}
+        config = resolve_run_config({**arch_keys, **arch_overrides}).arch
+        train_values = {k: v for k, v in values.items() if k not in arch_keys}
+        return Architecture(Path(name).stem, config, name, train_values)
+    return Architecture(name, get_preset_config(name, **arch_overrides), name)
+
+
+def non_embedding_params(config: ModelArchitectureConfig) -> int:
+    """``ConfigurableGPT.get_num_params()`` (embedding lookups left out), built on the meta device."""
+    import torch
+
+    from gptlab.model.gpt import ConfigurableGPT
+
+    with torch.device("meta"):
+        return ConfigurableGPT(config).get_num_params(non_embedding=True)
+
+
+def compute_figures(
+    config: ModelArchitectureConfig,
+    *,
+    gpu: str = TABLE_DEFAULTS["gpu"],
+    mfu: float = TABLE_DEFAULTS["mfu"],
+    world_size: int = TABLE_DEFAULTS["world_size"],
+    batch_size: int = TABLE_DEFAULTS["batch_size"],
+    dtype: str = TABLE_DEFAULTS["dtype"],
+    activation_checkpointing: bool = False,
+) -> dict[str, Any]:
+    """Every figure of one table column, raw (parameters, FLOP/token, bytes, tokens/s)."""
+    from gptlab.telemetry import (
+        compute_flops,
+        count_parameters,
+        expected_tokens_per_sec,
+        get_gpu_spec,
+        plan_all_modes,
+        precision_key,
+    )
+
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"mfu={mfu} is invalid: expected a fraction in (0, 1]")
+    fl = compute_flops(config, activation_checkpointing=activation_checkpointing)
+    table = {row["component"]: row for row in fl.table()}
+    plans = plan_all_modes(
+        config,
+        world_size=world_size,
+        batch_size=batch_size,
+        dtype=dtype,
+        activation_checkpointing=activation_checkpointing,
+    )
+    spec, precision = get_gpu_spec(gpu), precision_key(dtype)
+    peak = spec.peaks.get(precision)
+    if peak is None:
+        raise ConfigError(f"gpu={gpu!r} has no dense {precision} peak in the table ({spec.description})")
+    return {
+        "architecture": config.get_architecture_name(),
+        "params_total": count_parameters(config),
+        "params_non_embedding": non_embedding_params(config),
+        **{f"flops.{c}": table[c]["training_flops_per_token"] for c in MATMUL_COMPONENTS},
+        "flops_per_token": fl.flops_per_token,
+        "flops_per_token_causal": fl.flops_per_token_causal,
+        "non_matmul_flops_per_token": fl.non_matmul_flops_per_token,
+        "attention_to_ffn_ratio": fl.attention_to_ffn_ratio,
+        **{f"memory.{m}": plans[m].mode.peak for m in MODES},
+        "tokens_per_sec_per_gpu": expected_tokens_per_sec(config, peak, mfu, num_gpus=1),
+        "tokens_per_sec_total": expected_tokens_per_sec(config, peak, mfu, num_gpus=world_size),
+    }
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3f} {unit}"
+    return f"{x:.0f}"
+
+
+@dataclass
+class Comparison:
+    """The table: one column per architecture; ``figures[i]`` holds column i's raw values."""
+
+    architectures: list[Architecture]
+    settings: dict[str, Any]
+    figures: list[dict[str, Any]]
+    training: list[dict[str, Any]] | None = None  # filled by compare --train
+    report: str | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return [a.label for a in self.architectures]
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(figure key, row label) in table order: the documented rows."""
+        s = self.settings
+        rows = [
+            ("architecture", "architecture"),
+            ("params_total", "parameters (total)"),
+            ("params_non_embedding", "parameters (excl. embeddings)"),
+        ]
+        rows += [(f"flops.{c}", f"train FLOP/token: {c}") for c in MATMUL_COMPONENTS]
+        rows += [
+            ("flops_per_token", "train FLOP/token, total (full-square, MFU)"),
+            ("flops_per_token_causal", "train FLOP/token, total (causal-aware)"),
+            ("non_matmul_flops_per_token", "non-matmul FLOP/token (estimate)"),
+            ("attention_to_ffn_ratio", "attention/FFN FLOPs per layer"),
+        ]
+        for m in MODES:
+            n = 1 if m == "none" else s["world_size"]
+            rows.append((f"memory.{m}", f"memory/GPU {m} x{n} (GB, peak)"))
+        tag = f"{s['gpu']} {s['precision']} @ {s['mfu']:.0%} MFU"
+        rows += [
+            ("tokens_per_sec_per_gpu", f"tokens/s per GPU ({tag})"),
+            ("tokens_per_sec_total", f"tokens/s on {s['world_size']} GPUs"),
+        ]
+        return rows
+
+    @staticmethod
+    def format_value(key: str, value: Any) -> str:
+        if value is None:
+            return "n/a"
+        if key.startswith("memory."):
+            return f"{value / GB:.3f}"
+        if key == "attention_to_ffn_ratio":
+            return f"{value:.3f}"
+        if key.startswith("params"):
+            return f"{value / 1e6:.2f}M" if value >= 1e7 else f"{value:,}"
+        if key.startswith("tokens_per_sec"):
+            return f"{value:,.0f}"
+        if key.startswith("flops") or "flops" in key:
+            return _si(value)
+        return str(value)
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """(header, rows) of formatted cells: the first column names the figure."""
+        header = ["figure", *self.labels]
+        body = [[label, *(self.format_value(k, f[k]) for f in self.figures)] for k, label in self.rows()]
+        return header, body
+
+    def training_table(self) -> tuple[list[str], list[list[str]]] | None:
+        if not self.training:
+            return None
+        from gptlab.compare_train import TRAIN_ROWS, format_result
+
+        header = ["result", *self.labels]
+        return header, [[label, *(format_result(k, r.get(k)) for r in self.training)] for k, label in TRAIN_ROWS]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "architectures": {a.label: {"source": a.source, **f} for a, f in zip(self.architectures, self.figures)},
+            "training": None if self.training is None else dict(zip(self.labels, self.training)),
+            "report": self.report,
+        }
+
+    def render(self, fmt: str = "text") -> str:
+        if fmt == "json":
+            return json.dumps(self.to_dict(), indent=2)
+        tables = [self.table()]
+        if (tt := self.training_table()) is not None:
+            tables.append(tt)
+        out = [render_markdown(*t) if fmt == "markdown" else render_text(*t) for t in tables]
+        if self.report:
+            out.append(f"report: {self.report}")
+        return "\n\n".join(out)
+
+
+def render_markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def render_text(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def compare(
+    names: list[str],
+    overrides: dict[str, Any] | None = None,
+    *,
+    gpu: str = TABLE_DEFAULTS["gpu"],
+    mfu: float = TABLE_DEFAULTS["mfu"],
+    world_size: int = TABLE_DEFAULTS["world_size"],
+    batch_size: int = TABLE_DEFAULTS["batch_size"],
+    dtype: str = TABLE_DEFAULTS["dtype"],
+    activation_checkpointing: bool = False,
+) -> Comparison:
+    """The comparison table of the presets / config files in ``names`` with shared overrides."""
+    from gptlab.telemetry import get_gpu_spec, precision_key
+
+    if not names:
+        raise ConfigError("gptlab compare needs at least one preset or config file")
+    archs = [resolve_architecture(n, overrides) for n in names]
+    _unique_labels(archs)
+    settings = dict(gpu=get_gpu_spec(gpu).key, mfu=mfu, world_size=world_size, batch_size=batch_size, dtype=dtype)
+    settings.update(precision=precision_key(dtype), activation_checkpointing=activation_checkpointing)
+    kwargs = {k: settings[k] for k in ("mfu", "world_size", "batch_size", "dtype", "activation_checkpointing")}
+    figures = [compute_figures(a.config, gpu=gpu, **kwargs) for a in archs]
+    return Comparison(archs, settings, figures)
+
+
+def _unique_labels(archs: list[Architecture]) -> None:
+    seen: dict[str, int] = {}
+    for a in archs:
+        seen[a.label] = seen.get(a.label, 0) + 1
+        if seen[a.label] > 1:
+            a.label = f"{a.label}_{seen[a.label]}"
+
+
+__all__ = ["TABLE_DEFAULTS", "Architecture", "Comparison", "compare", "compute_figures", "resolve_architecture"]

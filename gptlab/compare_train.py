@@ -1,0 +1,200 @@
+"""``gptlab compare --train``: train each architecture with the same settings (data, seed,
+batch, iterations, hence tokens) into ``out_dir/LABEL/``, then one report over all runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gptlab.compare import TABLE_DEFAULTS, Architecture, Comparison, compute_figures, resolve_architecture
+from gptlab.errors import ConfigError
+
+# A short CPU setting on the embedded dataset (about 10 s per architecture on 2 cores); every
+# key can be overridden with --key=value. The architecture keys shrink the presets to a size
+# the CPU trains quickly; a config file's architecture keys take precedence over them.
+TRAIN_DEFAULTS: dict[str, Any] = dict(
+    dataset="stdlib_char",
+    out_dir="out/compare",
+    seed=1337,
+    n_layer=2,
+    n_head=4,
+    n_embd=64,
+    block_size=64,
+    dropout=0.0,
+    batch_size=8,
+    gradient_accumulation_steps=1,
+    max_iters=200,
+    lr_decay_iters=200,
+    warmup_iters=20,
+    learning_rate=3e-3,
+    min_lr=3e-4,
+    weight_decay=0.1,
+    eval_interval=50,
+    eval_iters=10,
+    log_interval=5,
+    gradient_log_interval=5,
+    device="cpu",
+    dtype="float32",
+    compile=False,
+    log_style="compact",
+    sample_at_end=False,
+)
+
+TRAIN_ROWS: tuple[tuple[str, str], ...] = (
+    ("final_val_loss", "final val loss"),
+    ("best_val_loss", "best val loss"),
+    ("unigram_baseline_loss", "unigram baseline loss (val)"),
+    ("tokens_trained", "tokens trained"),
+    ("tokens_per_sec", "tokens/s (median past warm-up)"),
+    ("mfu", "MFU (mean past warm-up)"),
+    ("peak_memory_gb", "peak memory (GB)"),
+    ("total_time_s", "wall time (s)"),
+    ("device", "device"),
+    ("run_dir", "run directory"),
+)
+
+
+def format_result(key: str, value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if key == "mfu":
+        return f"{value:.2%}"
+    if key == "tokens_per_sec" or key == "tokens_trained":
+        return f"{value:,.0f}"
+    if key == "total_time_s":
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    from gptlab.config.train import ARCH_FIELDS
+
+    values = dict(TRAIN_DEFAULTS)
+    if arch.source.endswith(".py"):
+        from gptlab.config.train import load_config_file
+
+        values.update(
+            {k: v for k, v in load_config_file(arch.source).items() if k in ARCH_FIELDS or k == "arch_preset"}
+        )
+    else:
+        values["arch_preset"] = arch.source
+    values.update(overrides)
+    values["out_dir"] = str(out_dir / arch.label)
+    return values
+
+
+def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> dict[str, Any]:
+    stat = lambda key: (summary.get(key) or {}).get  # noqa: E731
+    return {
+        "final_val_loss": summary.get("final_val_loss"),
+        "best_val_loss": summary.get("best_val_loss"),
+        "unigram_baseline_loss": summary.get("unigram_baseline_loss"),
+        "tokens_trained": startup["training"]["total_tokens"],
+        "tokens_per_sec": stat("tokens_per_sec")("median"),
+        "mfu": stat("mfu")("mean"),
+        "peak_memory_gb": summary.get("peak_memory_gb"),
+        "total_time_s": summary.get("total_time_s"),
+        "device": startup["hardware"]["device"],
+        "run_dir": str(run_dir),
+    }
+
+
+def _warm_up(runs: list[Any]) -> None:
+    """A few throwaway steps of every model first, so that the process's one-time costs (lazy
+    initialisation, kernel selection: seconds on a CPU) are not charged to the first architecture."""
+    import torch
+
+    from gptlab.model.gpt import ConfigurableGPT
+    from gptlab.train.loop import resolve_device
+
+    for run in runs:
+        device = resolve_device(run.train.device)
+        model = ConfigurableGPT(run.arch).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        x = torch.randint(0, run.arch.vocab_size, (run.train.batch_size, run.arch.block_size), device=device)
+        for _ in range(2):
+            model(x, x)[1].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model.eval()(x, x)
+
+
+def train_and_compare(
+    names: list[str],
+    overrides: dict[str, Any] | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    table: dict[str, Any] | None = None,
+    report: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Train every architecture in ``names`` with ``TRAIN_DEFAULTS`` + ``overrides``, then tabulate
+    the trained architectures (``table``: TABLE_DEFAULTS keys) and their results, and write the report."""
+    from gptlab.config.model import ModelArchitectureConfig
+    from gptlab.config.train import resolve_run_config
+    from gptlab.telemetry import get_gpu_spec, precision_key
+    from gptlab.train.loop import train
+
+    log = log or (lambda text: print(text, file=sys.stderr))
+    overrides = dict(overrides or {})
+    out = Path(out_dir or overrides.pop("out_dir", None) or TRAIN_DEFAULTS["out_dir"])
+    overrides.pop("out_dir", None)
+    settings = {**TABLE_DEFAULTS, **(table or {})}
+    archs = [resolve_architecture(n, overrides) for n in names]
+    from gptlab.compare import _unique_labels
+
+    _unique_labels(archs)
+    runs = [resolve_run_config(_run_values(a, overrides, out)) for a in archs]
+    tokens = {
+        a.label: r.train.batch_size * r.train.gradient_accumulation_steps * r.arch.block_size
+        for a, r in zip(archs, runs)
+    }
+    if len(set(tokens.values())) > 1:
+        raise ConfigError(
+            f"the architectures would train on different tokens per iteration {tokens}: "
+            "set --block_size (and batch keys) so that they agree"
+        )
+    _warm_up(runs)
+    results, figures = [], []
+    for arch, run in zip(archs, runs):
+        t = run.train
+        log(f"compare: training {arch.label} for {t.max_iters} iters on {t.dataset} ({t.device}) -> {t.out_dir}")
+        stream = io.StringIO()
+        try:
+            summary = train(run, stream=stream)
+        finally:
+            Path(t.out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(t.out_dir) / "console.log").write_text(stream.getvalue())
+        run_dir = Path(t.out_dir)
+        startup = json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])
+        arch.config = ModelArchitectureConfig.from_dict(json.loads((run_dir / "config.json").read_text())["arch"])
+        results.append(_result(run_dir, summary, startup))
+        figures.append(compute_figures(arch.config, **settings))
+        log(f"compare: {arch.label}: final val loss {format_result('final_val_loss', summary.get('final_val_loss'))}")
+    settings.update(gpu=get_gpu_spec(settings["gpu"]).key, precision=precision_key(settings["dtype"]))
+    settings.setdefault("activation_checkpointing", False)
+    comparison = Comparison(archs, settings, figures, training=results)
+    if report:
+        from gptlab.report import build_report
+
+        header, rows = comparison.table()
+        tables = [("Architectures", header, rows), ("Training", *comparison.training_table())]  # type: ignore[misc]
+        path = build_report(
+            [r["run_dir"] for r in results],
+            out / "report",
+            labels=comparison.labels,
+            title="gptlab compare",
+            tables=tables,
+        )
+        comparison.report = str(path)
+    return comparison
+
+
+__all__ = ["TRAIN_DEFAULTS", "TRAIN_ROWS", "train_and_compare"]

@@ -1,0 +1,241 @@
+"""``gptlab report``: PNG plots and one self-contained HTML page from run directories.
+
+A run directory is what training writes: ``log.jsonl`` (startup, iter, eval, event and summary
+records, see ``gptlab.logging``) and ``summary.json``. Several runs are overlaid in every plot.
+matplotlib (the ``report`` extra) is imported only when plots are drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptlab.errors import ConfigError, GptlabError
+
+MISSING_MATPLOTLIB = "gptlab report needs matplotlib: pip install 'gptlab[report]'"
+
+
+@dataclass
+class Run:
+    """One run directory's records, split by type."""
+
+    path: Path
+    label: str
+    startup: dict[str, Any] = field(default_factory=dict)
+    iters: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def t0(self) -> float | None:
+        """Wall-clock time of the first record: the origin of the time axis."""
+        first = self.startup or (self.iters or self.evals or [{}])[0]
+        return first.get("time")
+
+    @property
+    def tokens_per_iter(self) -> int | None:
+        return (self.startup.get("training") or {}).get("tokens_per_iter")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (the logger writes NaN/inf as strings and unmeasured figures as null)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def load_run(path: str | Path, label: str | None = None) -> Run:
+    """Read ``path/log.jsonl`` (and ``summary.json`` if the log has no summary record)."""
+    path = Path(path)
+    log = path / "log.jsonl"
+    if not log.is_file():
+        raise ConfigError(f"run directory {str(path)!r} has no log.jsonl (is it a gptlab training out_dir?)")
+    run = Run(path=path, label=label or path.name or str(path))
+    lines = log.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):  # a run killed mid-write: ignore the torn last line
+                continue
+            raise GptlabError(f"{log}:{n} is not valid JSON") from None
+        kind = record.get("type")
+        if kind == "startup":
+            run.startup = record
+        elif kind == "iter":
+            run.iters.append(record)
+        elif kind == "eval":
+            run.evals.append(record)
+        elif kind == "event":
+            run.events.append(record)
+        elif kind == "summary":
+            run.summary = record
+    summary_file = path / "summary.json"
+    if not run.summary and summary_file.is_file():
+        run.summary = json.loads(summary_file.read_text())
+    return run
+
+
+def load_runs(paths: list[str | Path], labels: list[str] | None = None) -> list[Run]:
+    """Load several runs; labels default to the directory names, made unique."""
+    runs = [load_run(p, labels[i] if labels else None) for i, p in enumerate(paths)]
+    seen: dict[str, int] = {}
+    for run in runs:
+        if run.label in seen:
+            seen[run.label] += 1
+            run.label = f"{run.label} ({seen[run.label]})"
+        else:
+            seen[run.label] = 1
+    return runs
+
+
+# ---------------------------------------------------------------------------------------- series
+def _memory_gb(record: dict[str, Any]) -> float | None:
+    mem = record.get("memory") or {}
+    for key in ("max_allocated_gb", "allocated_gb", "rss_gb"):
+        if _number(mem.get(key)) is not None:
+            return float(mem[key])
+    return None
+
+
+def _grad_norm(record: dict[str, Any]) -> float | None:
+    value = _number(record.get("grad_norm"))
+    return value if value is not None else _number((record.get("gradients") or {}).get("global_norm"))
+
+
+# name -> (y label, function of an iter record). Each becomes one PNG with every run overlaid.
+ITER_METRICS: dict[str, tuple[str, Any]] = {
+    "tokens_per_sec": ("tokens/s", lambda r: _number(r.get("tokens_per_sec"))),
+    "mfu": ("MFU (%)", lambda r: _number(r.get("mfu_percent"))),
+    "memory": ("memory (GB: CUDA peak allocated, else process RSS)", _memory_gb),
+    "grad_norm": ("gradient norm (before clipping)", _grad_norm),
+}
+
+
+def series(run: Run, metric: str, x: str = "iter") -> tuple[list[float], list[float]]:
+    """(xs, ys) of one metric over iter records, with unmeasured points left out."""
+    fn = ITER_METRICS[metric][1]
+    pts = [(_x(run, r, x), fn(r)) for r in run.iters]
+    pts = [(a, b) for a, b in pts if a is not None and b is not None]
+    return [a for a, _ in pts], [b for _, b in pts]
+
+
+def _x(run: Run, record: dict[str, Any], axis: str) -> float | None:
+    """The record's position on ``axis``: 'iter', 'tokens' (trained so far) or 'time' (s since start)."""
+    it = record.get("iter")
+    if axis == "iter":
+        return it
+    if axis == "tokens":
+        # an iter record at i is logged after step i (i + 1 steps done); an eval at i precedes step i
+        done = it + 1 if record.get("type") == "iter" else it
+        return None if run.tokens_per_iter is None or it is None else done * run.tokens_per_iter
+    t0, t = run.t0, record.get("time")
+    return None if t0 is None or t is None else t - t0
+
+
+# ---------------------------------------------------------------------------------------- plots
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise GptlabError(MISSING_MATPLOTLIB) from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+AXIS_LABELS = {"iter": "iteration", "tokens": "tokens trained", "time": "wall-clock time (s, evaluation included)"}
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})  # no URL in the file's text chunks
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot_loss(runs: list[Run], path: Path, x: str = "iter") -> Path:
+    """Training loss per logged iteration (thin line) and evaluated train/val loss (markers)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        pts = [(_x(run, r, x), _number(r.get("loss"))) for r in run.iters]
+        pts = [p for p in pts if None not in p]
+        if pts:
+            ax.plot(*zip(*pts), color=color, alpha=0.35, linewidth=1, label=f"{run.label} train (per iter)")
+        for key, style in (("train_loss", "o--"), ("val_loss", "s-")):
+            pts = [(_x(run, e, x), _number(e.get(key))) for e in run.evals]
+            pts = [p for p in pts if None not in p]
+            if pts:
+                name = "val" if key == "val_loss" else "train"
+                ax.plot(*zip(*pts), style, color=color, markersize=4, label=f"{run.label} {name} (eval)")
+    ax.set_xlabel(AXIS_LABELS[x])
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"loss vs {x if x != 'iter' else 'iteration'}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_metric(runs: list[Run], metric: str, path: Path) -> Path | None:
+    """One iter metric over steps, runs overlaid; None (no file) when no run measured it."""
+    data = [(run, *series(run, metric)) for run in runs]
+    if not any(ys for _, _, ys in data):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, (run, xs, ys) in enumerate(data):
+        if ys:
+            ax.plot(xs, ys, ".-", color=f"C{i % 10}", markersize=3, linewidth=1, label=run.label)
+    ax.set_xlabel(AXIS_LABELS["iter"])
+    ax.set_ylabel(ITER_METRICS[metric][0])
+    ax.set_title(f"{metric.replace('_', ' ')} vs iteration")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_plots(runs: list[Run], out_dir: str | Path) -> dict[str, Path | None]:
+    """Every plot as ``out_dir/NAME.png``; a metric no run measured maps to None (no file)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, Path | None] = {
+        "loss": plot_loss(runs, out / "loss.png"),
+        "loss_vs_tokens": plot_loss(runs, out / "loss_vs_tokens.png", x="tokens"),
+        "loss_vs_time": plot_loss(runs, out / "loss_vs_time.png", x="time"),
+    }
+    for metric in ITER_METRICS:
+        plots[metric] = plot_metric(runs, metric, out / f"{metric}.png")
+    return plots
+
+
+def build_report(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    *,
+    labels: list[str] | None = None,
+    title: str = "gptlab report",
+    tables: list[tuple[str, list[str], list[list[str]]]] | None = None,
+) -> Path:
+    """Plots and ``out_dir/report.html`` for the runs in ``paths``; returns the HTML path.
+    ``tables`` are extra (title, header, rows) sections placed first (e.g. ``gptlab compare``'s)."""
+    from gptlab.report_html import render_html
+
+    runs = load_runs(list(paths), labels)
+    plots = write_plots(runs, out_dir)
+    html_path = Path(out_dir) / "report.html"
+    html_path.write_text(render_html(runs, plots, title=title, tables=tables or []))
+    return html_path
+
+
+__all__ = ["ITER_METRICS", "Run", "build_report", "load_run", "load_runs", "series", "write_plots"]

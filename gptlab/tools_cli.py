@@ -1,0 +1,121 @@
+"""``gptlab compare``, ``gptlab report`` and ``gptlab doctor`` (and the root
+``compare_architectures.py`` / ``test_imports.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from gptlab.errors import ConfigError
+
+
+def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
+    from gptlab.compare import TABLE_DEFAULTS, compare
+    from gptlab.config.overrides import parse_overrides
+
+    overrides = parse_overrides(extra)
+    table = dict(
+        gpu=args.gpu, mfu=args.mfu, world_size=args.world_size, activation_checkpointing=args.activation_checkpointing
+    )
+    table["batch_size"] = args.batch_size or TABLE_DEFAULTS["batch_size"]
+    table["dtype"] = args.dtype or TABLE_DEFAULTS["dtype"]
+    if args.train:
+        from gptlab.compare_train import train_and_compare
+
+        # --batch_size and --dtype, when given, set the training's too (the table plans for a GPU)
+        overrides.update({k: getattr(args, k) for k in ("batch_size", "dtype") if getattr(args, k) is not None})
+        if args.out_dir:
+            overrides["out_dir"] = args.out_dir
+        result = train_and_compare(args.architectures, overrides, table=table)
+    else:
+        from gptlab.config.train import ARCH_FIELDS
+
+        bad = [k for k in overrides if k not in ARCH_FIELDS]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: not architecture keys (training keys need --train)")
+        result = compare(args.architectures, overrides, **table)
+    print(result.render(args.format))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+    from gptlab.report import build_report
+
+    if extra:
+        raise ConfigError(f"'gptlab report' got unexpected arguments: {' '.join(extra)}")
+    out = args.out or (Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("report"))
+    labels = args.labels.split(",") if args.labels else None
+    if labels and len(labels) != len(args.run_dirs):
+        raise ConfigError(f"--labels has {len(labels)} names for {len(args.run_dirs)} run directories")
+    path = build_report(args.run_dirs, out, labels=labels, title=args.title)
+    print(f"report: {path} (plots beside it)")
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
+    from gptlab.doctor import run
+
+    if extra:
+        raise ConfigError(f"'gptlab doctor' got unexpected arguments: {' '.join(extra)}")
+    return run(args)
+
+
+def register(sub: Any) -> None:
+    """Add ``compare``, ``report`` and ``doctor`` to the ``gptlab`` command."""
+    from gptlab.compare import TABLE_DEFAULTS
+
+    c = sub.add_parser(
+        "compare",
+        help="architectures side by side: parameters, FLOPs, memory, throughput; --train to train each",
+        description="Compare presets and/or config files, e.g. gptlab compare gpt2 llama hybrid --n_layer=12. "
+        "--key=value overrides apply to every architecture (and, with --train, to its training).",
+    )
+    c.add_argument("architectures", nargs="+", help="presets (gpt2, llama, hybrid, team, custom) or config files")
+    c.add_argument(
+        "--gpu", default=TABLE_DEFAULTS["gpu"], help="accelerator for the throughput estimate (default H100-SXM)"
+    )
+    c.add_argument("--mfu", type=float, default=TABLE_DEFAULTS["mfu"], help="MFU assumed for --gpu (default 0.4)")
+    c.add_argument(
+        "--world_size", type=int, default=TABLE_DEFAULTS["world_size"], help="GPUs for ddp/zero1/fsdp (default 8)"
+    )
+    c.add_argument(
+        "--batch_size",
+        type=int,
+        help="micro-batch per GPU for the memory plan (default 12); with --train also the training's",
+    )
+    c.add_argument("--dtype", help="autocast dtype for the plan (default bfloat16); with --train also the training's")
+    c.add_argument("--activation_checkpointing", action="store_true", help="plan with per-block checkpointing")
+    c.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    c.add_argument("--train", action="store_true", help="also train each for the same tokens (CPU default: ~10 s each)")
+    c.add_argument("--out_dir", help="with --train: runs go to OUT_DIR/LABEL/, the report to OUT_DIR/report/")
+    c.set_defaults(func=_cmd_compare)
+
+    r = sub.add_parser(
+        "report",
+        help="PNG plots and one offline HTML page from run directories (several runs overlaid)",
+        description="Plot loss, tokens/s, MFU, memory and gradient norm from RUN_DIR/log.jsonl and write "
+        "report.html with everything embedded. Needs matplotlib: pip install 'gptlab[report]'.",
+    )
+    r.add_argument("run_dirs", nargs="+", help="training out_dir(s)")
+    r.add_argument("--out", help="output directory (default RUN_DIR/report for one run, ./report for several)")
+    r.add_argument("--labels", help="comma-separated run names (default the directory names)")
+    r.add_argument("--title", default="gptlab report")
+    r.set_defaults(func=_cmd_report)
+
+    d = sub.add_parser("doctor", help="what is installed and usable: PyTorch, CUDA, devices, compile, extras")
+    from gptlab.doctor import add_arguments
+
+    add_arguments(d)
+    d.set_defaults(func=_cmd_doctor)
+
+
+def entry(command: str) -> int:
+    """Root-script entry: ``gptlab COMMAND`` with this process's arguments."""
+    from gptlab.cli import main
+
+    return main([command, *sys.argv[1:]])
+
+
+__all__ = ["entry", "register"]

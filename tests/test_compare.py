@@ -1,0 +1,132 @@
+"""gptlab compare: the documented rows and columns, every figure equal to what the telemetry
+functions return, the three formats, and --train end to end on two tiny presets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.cli import main
+from gptlab.compare import MATMUL_COMPONENTS, compare
+from gptlab.config.model import PRESETS, ModelArchitectureConfig, get_preset_config
+from gptlab.data.datasets import prepare_dataset
+from gptlab.model.gpt import ConfigurableGPT
+from gptlab.telemetry import (
+    compute_flops,
+    count_parameters,
+    expected_tokens_per_sec,
+    get_gpu_spec,
+    plan_all_modes,
+)
+
+ROWS = [
+    "architecture",
+    "parameters (total)",
+    "parameters (excl. embeddings)",
+    *(f"train FLOP/token: {c}" for c in MATMUL_COMPONENTS),
+    "train FLOP/token, total (full-square, MFU)",
+    "train FLOP/token, total (causal-aware)",
+    "non-matmul FLOP/token (estimate)",
+    "attention/FFN FLOPs per layer",
+    "memory/GPU none x1 (GB, peak)",
+    "memory/GPU ddp x4 (GB, peak)",
+    "memory/GPU zero1 x4 (GB, peak)",
+    "memory/GPU fsdp x4 (GB, peak)",
+    "tokens/s per GPU (A100-SXM bf16 @ 35% MFU)",
+    "tokens/s on 4 GPUs",
+]
+
+
+def test_preset_table_has_documented_rows_and_columns() -> None:
+    result = compare(list(PRESETS), gpu="A100-SXM", mfu=0.35, world_size=4, batch_size=6)
+    header, rows = result.table()
+    assert header == ["figure", *PRESETS]
+    assert [r[0] for r in rows] == ROWS
+    assert all(len(r) == len(header) for r in rows)
+    md = result.render("markdown").splitlines()
+    assert md[0] == "| figure | " + " | ".join(PRESETS) + " |" and len(md) == len(ROWS) + 2
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_figures_equal_the_telemetry_functions(preset: str) -> None:
+    overrides = {"n_layer": 4, "n_kv_head": 4} if preset == "llama" else {"n_layer": 4}
+    result = compare([preset], overrides, gpu="H100-SXM", mfu=0.4, world_size=8, batch_size=12, dtype="bfloat16")
+    fig = result.to_dict()["architectures"][preset]
+    config = get_preset_config(preset, **overrides)
+    fl = compute_flops(config)
+    table = {r["component"]: r for r in fl.table()}
+    with torch.device("meta"):
+        model = ConfigurableGPT(config)
+    assert fig["params_total"] == count_parameters(config) == model.get_num_params(non_embedding=False)
+    assert fig["params_non_embedding"] == model.get_num_params()
+    for c in MATMUL_COMPONENTS:
+        assert fig[f"flops.{c}"] == table[c]["training_flops_per_token"]
+    assert fig["flops_per_token"] == fl.flops_per_token
+    assert fig["flops_per_token_causal"] == fl.flops_per_token_causal
+    assert fig["non_matmul_flops_per_token"] == fl.non_matmul_flops_per_token
+    assert fig["attention_to_ffn_ratio"] == fl.attention_to_ffn_ratio
+    plans = plan_all_modes(config, world_size=8, batch_size=12, dtype="bfloat16", activation_checkpointing=False)
+    for mode, plan in plans.items():
+        assert fig[f"memory.{mode}"] == plan.mode.peak
+    peak = get_gpu_spec("H100-SXM").peaks["bf16"]
+    assert fig["tokens_per_sec_per_gpu"] == expected_tokens_per_sec(config, peak, 0.4)
+    assert fig["tokens_per_sec_total"] == expected_tokens_per_sec(config, peak, 0.4, num_gpus=8)
+
+
+def test_cli_formats_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "gpt2", "config/full_llama_124m.py", "--n_layer=2", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert list(data["architectures"]) == ["gpt2", "full_llama_124m"]
+    assert data["architectures"]["gpt2"]["architecture"].startswith("pre-layernorm")
+    assert main(["compare", "llama", "--format", "text"]) == 0
+    assert "tokens/s per GPU (H100-SXM bf16 @ 40% MFU)" in capsys.readouterr().out
+    assert main(["compare", "gpt3"]) == 2
+    assert "gpt3" in capsys.readouterr().err
+    assert main(["compare", "gpt2", "--max_iters=5"]) == 2  # training keys need --train
+    assert "--train" in capsys.readouterr().err
+
+
+def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    prepare_dataset("stdlib_char", data_dir=tmp_path / "data")
+    out = tmp_path / "cmp"
+    args = [
+        "compare",
+        "gpt2",
+        "llama",
+        "--train",
+        "--out_dir",
+        str(out),
+        "--format",
+        "json",
+        f"--data_dir={tmp_path / 'data'}",
+        "--n_layer=2",
+        "--n_embd=32",
+        "--n_head=2",
+        "--block_size=32",
+        "--batch_size=4",
+        "--max_iters=8",
+        "--lr_decay_iters=8",
+        "--eval_interval=4",
+        "--log_interval=1",
+    ]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    for name in ("gpt2", "llama"):
+        result = data["training"][name]
+        assert result["tokens_trained"] == 9 * 4 * 32  # the same tokens for both: 9 steps of 4 x 32
+        assert result["final_val_loss"] < result["unigram_baseline_loss"] + 1.5
+        assert result["tokens_per_sec"] > 0 and result["mfu"] is None  # no peak on a CPU: n/a, not a guess
+        assert (out / name / "log.jsonl").is_file() and (out / name / "summary.json").is_file()
+        # the table describes the trained model (vocabulary padded to the dataset's)
+        trained = json.loads((out / name / "config.json").read_text())["arch"]
+        assert data["architectures"][name]["params_total"] == count_parameters(
+            ModelArchitectureConfig.from_dict(trained)
+        )
+    page = (out / "report" / "report.html").read_text()
+    assert data["report"] == str(out / "report" / "report.html")
+    assert "<h2>Architectures</h2>" in page and "<h2>Training</h2>" in page and "final val loss" in page
+    assert (out / "report" / "loss_vs_tokens.png").is_file() and (out / "report" / "loss_vs_time.png").is_file()

@@ -1,0 +1,45 @@
+"""gptlab doctor and test_imports.py: run here, say yes/no for every check, say when there is no GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_doctor_reports_every_check(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for section in ("PyTorch", "Devices", "torch.compile", "Attention", "Distributed", "Optional packages"):
+        assert f"\n{section}\n" in out
+    lines = [line for line in out.splitlines() if line.startswith("  [")]
+    assert lines and all(line[3:6] in ("yes", " no", "n/a") for line in lines)
+    assert f"[yes] PyTorch: {torch.__version__}" in out
+    for name in ("transformers", "safetensors", "datasets", "tiktoken", "wandb", "tensorboard", "matplotlib"):
+        assert f"] {name}" in out
+    for backend in ("gloo", "nccl", "mpi"):
+        assert f"] {backend} backend" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU report")
+def test_doctor_says_there_is_no_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--json"]) == 0
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert checks["CUDA available"]["ok"] is False
+    assert checks["GPU"]["ok"] is False and "no GPU" in checks["GPU"]["detail"]
+    assert checks["flash attention (SDPA)"]["ok"] is None  # n/a without a GPU
+    assert checks["gloo backend (CPU)"]["ok"] is torch.distributed.is_gloo_available()
+
+
+def test_root_test_imports_script() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "test_imports.py")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "gptlab doctor" in proc.stdout and "[yes] PyTorch" in proc.stdout

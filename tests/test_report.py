@@ -1,0 +1,127 @@
+"""gptlab report on the logs of REAL tiny runs: valid, non-blank PNGs; one HTML page with every
+plot embedded and no network reference; headless Chromium renders it (when installed)."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from gptlab.cli import main
+from gptlab.config.train import parse_run_args
+from gptlab.data.datasets import prepare_dataset
+from gptlab.train.loop import train
+from tests.train.conftest import tiny_args
+
+pytest.importorskip("matplotlib")  # the `report` extra
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two real runs (gpt2 and llama presets, 2 layers, 10 iterations) on the embedded dataset."""
+    data = tmp_path_factory.mktemp("report_data")
+    prepare_dataset("stdlib_char", data_dir=data)
+    root = tmp_path_factory.mktemp("runs")
+    runs = []
+    for preset in ("gpt2", "llama"):
+        args = tiny_args(data, root / preset, arch_preset=preset, max_iters=10, lr_decay_iters=10, eval_interval=5)
+        train(parse_run_args(args), stream=io.StringIO())
+        runs.append(root / preset)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def report_dir(tiny_runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert main(["report", *map(str, tiny_runs), "--out", str(out)]) == 0
+    return out
+
+
+class _Refs(HTMLParser):
+    """Every URL-bearing attribute and tag of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.urls += [v or "" for k, v in attrs if k in ("src", "href", "srcset", "action", "data", "poster")]
+
+
+def test_pngs_are_valid_images_with_content(report_dir: Path) -> None:
+    import matplotlib.image
+
+    expected = {"loss", "loss_vs_tokens", "loss_vs_time", "tokens_per_sec", "memory", "grad_norm"}
+    assert {p.stem for p in report_dir.glob("*.png")} == expected  # MFU is n/a on a CPU: no plot
+    for png in report_dir.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        pixels = matplotlib.image.imread(png)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 400
+        assert pixels[..., :3].std() > 0.05, f"{png.name} is blank"
+        # both runs are drawn: their colours (matplotlib's C0 blue and C1 orange) appear
+        rgb = (pixels[..., :3] * 255).round()
+        for colour in ((31, 119, 180), (255, 127, 14)):
+            assert (abs(rgb - colour).sum(-1) < 30).any(), f"{png.name} lacks a run's colour {colour}"
+
+
+def test_html_is_self_contained(report_dir: Path, tiny_runs: list[Path]) -> None:
+    page = (report_dir / "report.html").read_text()
+    refs = _Refs()
+    refs.feed(page)
+    assert refs.urls and all(u.startswith("data:image/png;base64,") for u in refs.urls)
+    assert len(refs.urls) == 6  # every plot embedded
+    assert "script" not in refs.tags and "link" not in refs.tags and "iframe" not in refs.tags
+    assert not re.search(r"url\s*\(|@import", page)
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert "http://" not in text and "https://" not in text
+    for heading in ("Summary", "Plots", "Startup report"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "MFU: n/a" in page and "gpt2" in page and "llama" in page
+    assert "tokens_per_iter" in page and "final_val_loss" in page  # startup report and summary tables
+
+
+def test_missing_log_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no log.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_headless_chromium_renders_the_plots(report_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    shot = tmp_path / "shot.png"
+    profile = tempfile.mkdtemp()
+    cmd = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        (report_dir / "report.html").resolve().as_uri(),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    shutil.rmtree(profile, ignore_errors=True)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 2000)
+    # the plots' line colours are on screen: the images were decoded and drawn
+    colours = image.getcolors(maxcolors=1 << 20) or []
+    blue = sum(n for n, c in colours if sum(abs(a - b) for a, b in zip(c, (31, 119, 180))) < 30)
+    orange = sum(n for n, c in colours if sum(abs(a - b) for a, b in zip(c, (255, 127, 14))) < 30)
+    assert blue > 200 and orange > 200
