@@ -1,12 +1,27 @@
 """Checkpoints: atomic writes, ``weights_only`` loads, and state dicts free of wrapper prefixes.
 
-A crash during a save leaves the previous checkpoint intact: we write to a temporary file in
-the same directory, fsync it, and ``os.replace`` it over the old one.
+Two formats, one meaning (model, optimizer, arch, config, iteration, best val loss, RNG, tokenizer):
+
+- single file ``ckpt.pt`` (single process, DDP, ZeRO-1 after ``consolidate_state_dict``): a full
+  state dict written by rank 0. A crash during a save leaves the previous checkpoint intact: we
+  write to a temporary file in the same directory, fsync it, and ``os.replace`` it over the old one.
+- ``torch.distributed.checkpoint`` directory (FSDP): ``ckpt-ITER.dcp/`` where every rank writes
+  its own shards (no gather to rank 0), plus ``meta.pt`` with everything but the tensors. It is
+  written under a temporary name and renamed when complete; ``ckpt.dcp`` is a symlink to the
+  latest, replaced atomically. DCP reshards on load, so any world size can resume it.
+
+``latest_checkpoint(out_dir)`` picks the newer of the two; ``load_checkpoint`` turns either into
+the single-file dict (a DCP directory is read without a process group), which is how a checkpoint
+resumes under another mode and how ``gptlab export`` works. With ``keep_checkpoints=K`` the last K
+are kept (``ckpt-ITER.pt`` hard links, or ``ckpt-ITER.dcp`` directories).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +31,10 @@ from torch import nn
 from gptlab.errors import CheckpointError
 
 CHECKPOINT_NAME = "ckpt.pt"
+DCP_LINK = "ckpt.dcp"
+DCP_META = "meta.pt"
 FORMAT = "gptlab"
+_HISTORY = re.compile(r"^ckpt-(\d+)\.(pt|dcp)$")
 # torch.compile wraps the model as `_orig_mod`, DDP as `module`: neither belongs in a checkpoint.
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
@@ -57,21 +75,158 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)  # make the rename itself durable
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a gptlab checkpoint with ``weights_only=True``; one-line CheckpointError otherwise."""
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def is_dcp_dir(path: Path) -> bool:
+    return path.is_dir() and (path / DCP_META).is_file() and (path / ".metadata").is_file()
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest checkpoint in a run directory: ``ckpt.pt`` or the DCP directory ``ckpt.dcp``
+    points to (a run may have switched modes), or None."""
+    out_dir = Path(out_dir)
+    found = []
+    single = out_dir / CHECKPOINT_NAME
+    if single.is_file():
+        found.append((single.stat().st_mtime_ns, single))
+    dcp = out_dir / DCP_LINK
+    if is_dcp_dir(dcp):
+        found.append(((dcp / DCP_META).stat().st_mtime_ns, dcp.resolve()))
+    return max(found)[1] if found else None
+
+
+def _history(out_dir: Path, suffix: str) -> list[tuple[int, Path]]:
+    out = []
+    for p in out_dir.iterdir():
+        m = _HISTORY.match(p.name)
+        if m and m.group(2) == suffix:
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def save_single_file(state: dict[str, Any], out_dir: str | Path, keep: int = 1) -> Path:
+    """Rank 0: ``ckpt.pt`` atomically; with ``keep > 1`` also ``ckpt-ITER.pt`` (a hard link), the
+    last ``keep`` of them kept."""
+    out_dir = Path(out_dir)
+    path = atomic_save(state, out_dir / CHECKPOINT_NAME)
+    if keep > 1:
+        link = out_dir / f"ckpt-{int(state['iter_num']):07d}.pt"
+        tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        os.link(path, tmp)
+        os.replace(tmp, link)
+    history = _history(out_dir, "pt")
+    for _, old in history[: len(history) - (keep if keep > 1 else 0)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def save_dcp(
+    state_dict: dict[str, Any], meta: dict[str, Any], out_dir: str | Path, keep: int, rank: int, barrier: Any
+) -> Path:
+    """Every rank: write its shards of ``state_dict`` with torch.distributed.checkpoint into a
+    temporary directory; rank 0 adds ``meta.pt``, renames it to ``ckpt-ITER.dcp`` and points
+    ``ckpt.dcp`` at it. ``barrier()`` synchronises the ranks."""
+    import torch.distributed.checkpoint as dcp
+
+    out_dir = Path(out_dir)
+    name = f"ckpt-{int(meta['iter_num']):07d}.dcp"
+    tmp, final = out_dir / f".{name}.tmp", out_dir / name
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a save that crashed
+        tmp.mkdir(parents=True)
+    barrier()
+    dcp.save(state_dict, checkpoint_id=str(tmp))  # collective: each rank its shards, rank 0 the index
+    if rank == 0:
+        atomic_save(meta, tmp / DCP_META)
+        _fsync_dir(tmp)
+        if final.exists():  # the same iteration saved again (e.g. right after a resume)
+            trash = out_dir / f".{name}.old"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        link_tmp = out_dir / f".{DCP_LINK}.tmp"
+        link_tmp.unlink(missing_ok=True)
+        os.symlink(name, link_tmp)
+        os.replace(link_tmp, out_dir / DCP_LINK)  # atomic: the link names the old or the new, never neither
+        _fsync_dir(out_dir)
+        for _, old in _history(out_dir, "dcp")[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """A DCP checkpoint's ``meta.pt`` (everything but the tensors), with ``dcp_path`` added."""
     path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}: expected a {CHECKPOINT_NAME} written by gptlab train")
+    meta = _torch_load_checked(path / DCP_META)
+    meta["dcp_path"] = str(path)
+    return meta
+
+
+def _optimizer_settings(meta: dict[str, Any]) -> tuple[float, float, tuple[float, float]]:
+    train = (meta.get("config") or {}).get("train") or {}
+    return (
+        float(train.get("weight_decay", 0.1)),
+        float(train.get("learning_rate", 6e-4)),
+        (float(train.get("beta1", 0.9)), float(train.get("beta2", 0.95))),
+    )
+
+
+def load_dcp_full(path: str | Path) -> dict[str, Any]:
+    """A DCP checkpoint directory as the single-file dict: full model and optimizer state
+    dicts (plain AdamW layout), read by this process alone (no process group needed)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from gptlab.config.model import ModelArchitectureConfig
+    from gptlab.model.gpt import ConfigurableGPT
+
+    path = Path(path)
+    meta = load_checkpoint_meta(path)
+    model = ConfigurableGPT(ModelArchitectureConfig.from_dict(meta["arch"]))
+    weight_decay, lr, betas = _optimizer_settings(meta)
+    optimizer = model.configure_optimizers(weight_decay, lr, betas, "cpu")
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # the layout to read into (AdamW states created)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message=".*single process.*", category=UserWarning)
+            dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{str(path)!r} is not a readable gptlab DCP checkpoint ({reason})") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    meta.pop("dcp_path")
+    return {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+
+def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict:
+    """A plain (index-keyed) optimizer state dict re-keyed by parameter name, for
+    ``set_optimizer_state_dict``; ``optimizer`` holds ``model``'s parameters in the same order
+    as the optimizer that wrote ``state``."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    out_state = {order[int(i)]: v for i, v in state["state"].items()}
+    groups = [{**g, "params": [order[int(i)] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": out_state, "param_groups": groups}
+
+
+def _torch_load_checked(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -82,3 +237,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a gptlab training checkpoint (no format='{FORMAT}' record)")
     return ckpt
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a gptlab checkpoint with ``weights_only=True``: a ``ckpt.pt``, a DCP directory, or a
+    run directory (its latest checkpoint); one-line CheckpointError otherwise."""
+    path = Path(path)
+    if is_dcp_dir(path):
+        return load_dcp_full(path)
+    if path.is_dir():
+        path = latest_checkpoint(path) or path / CHECKPOINT_NAME
+        if is_dcp_dir(path):
+            return load_dcp_full(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}: expected a {CHECKPOINT_NAME} written by gptlab train")
+    return _torch_load_checked(path)

@@ -58,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands (each defines register(subparsers)).
-COMMAND_MODULES: tuple[str, ...] = ("gptlab.data.cli", "gptlab.telemetry.cli", "gptlab.train.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "gptlab.data.cli",
+    "gptlab.telemetry.cli",
+    "gptlab.train.cli",
+    "gptlab.tools_cli",
+    "gptlab.export_cli",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 LR_SCHEDULES = ("cosine", "constant", "wsd")
 LOG_STYLES = ("detailed", "compact")
 NAN_POLICIES = ("stop", "skip")
+PARALLEL_MODES = ("auto", "none", "ddp", "zero1", "fsdp")
+BACKENDS = ("auto", "nccl", "gloo")
 
 
 @dataclass
@@ -69,11 +71,16 @@ class TrainConfig:
     device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
     dtype: str = "auto"  # 'auto': bfloat16 where supported on CUDA, else float16 on CUDA; float32 on CPU
     compile: bool = True
-    backend: str = "nccl"
+    backend: str = "auto"  # 'auto': NCCL on CUDA, gloo on the CPU (device='cpu' always uses gloo)
     peak_tflops: float | None = None  # override the detected dense peak (needed for MFU on a CPU)
-    # parallelism (see issue: DDP / ZeRO-1 / FSDP under torchrun)
-    use_zero1: bool = False
-    use_fsdp: bool = False
+    # parallelism under torchrun (docs/parallel.md)
+    parallel: str = "auto"  # 'auto' (ddp when WORLD_SIZE > 1, else none) | 'none' | 'ddp' | 'zero1' | 'fsdp'
+    use_zero1: bool = False  # the design document's flag: parallel='zero1'
+    use_fsdp: bool = False  # the design document's flag: parallel='fsdp'
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    fsdp_cpu_offload: bool = False  # fsdp: keep sharded parameters, gradients and optimizer states in CPU memory
+    dist_timeout: int = 600  # seconds a collective may wait for the other ranks before the job fails
+    keep_checkpoints: int = 1  # the last K checkpoints are kept
     # robustness
     nan_policy: str = "stop"  # a NaN/inf loss stops the run, or 'skip' skips that step
     # end of run
@@ -92,13 +99,23 @@ class TrainConfig:
             "lr_schedule": LR_SCHEDULES,
             "log_style": LOG_STYLES,
             "nan_policy": NAN_POLICIES,
+            "parallel": PARALLEL_MODES,
+            "backend": BACKENDS,
         }
         for key, allowed in choices.items():
             value = getattr(self, key)
             base = value.split(":")[0] if key == "device" else value  # 'cuda:1' is a device too
             if base not in allowed:
                 raise unknown_choice(key, value, allowed)
-        positive = ("eval_interval", "log_interval", "eval_iters", "gradient_log_interval", "batch_size")
+        positive = (
+            "eval_interval",
+            "log_interval",
+            "eval_iters",
+            "gradient_log_interval",
+            "batch_size",
+            "dist_timeout",
+            "keep_checkpoints",
+        )
         for key in (*positive, "gradient_accumulation_steps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected a positive integer")
@@ -119,6 +136,13 @@ class TrainConfig:
             raise ConfigError(
                 "use_zero1=True and use_fsdp=True exclude each other: FSDP already shards optimizer states"
             )
+        for flag, mode in (("use_zero1", "zero1"), ("use_fsdp", "fsdp")):
+            if getattr(self, flag):
+                if self.parallel not in ("auto", mode):
+                    raise ConfigError(f"{flag}=True conflicts with parallel={self.parallel!r}: set one of them")
+                self.parallel = mode  # the document's flag is a spelling of the one setting
+        if self.fsdp_cpu_offload and self.parallel != "fsdp":
+            raise ConfigError(f"fsdp_cpu_offload=True needs parallel='fsdp', got parallel={self.parallel!r}")
         if self.decay_lr and self.min_lr > self.learning_rate:
             raise ConfigError(f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}")
 

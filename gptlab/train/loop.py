@@ -3,26 +3,48 @@
 
 The hot path (``train_step``) makes no host syncs unless a log line, a gradient-statistics
 interval or ``nan_policy='skip'`` asks for one.
+
+Under torchrun (``gptlab.parallel``) every rank runs this same loop. Data: micro-step ``m`` of
+rank ``r`` is global micro-batch ``m * world_size + r`` of the step, so the global batch of a
+step (``batch_size x gradient_accumulation_steps x world_size`` sequences) is the same rows
+whatever the split into ranks and accumulation: 2 ranks x 1 micro-step draw what 1 process x 2
+micro-steps draws. The logged loss is the mean over ranks; evaluation splits its fixed batches
+over the ranks and reduces the sum.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
+import signal
 import sys
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-from gptlab.checkpoint import CHECKPOINT_NAME, FORMAT, atomic_save, clean_state_dict, load_checkpoint
+from gptlab import parallel
+from gptlab.checkpoint import (
+    FORMAT,
+    clean_state_dict,
+    is_dcp_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    load_checkpoint_meta,
+    optimizer_state_by_name,
+    save_dcp,
+    save_single_file,
+)
 from gptlab.config.model import ModelArchitectureConfig
 from gptlab.config.train import RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
-from gptlab.errors import CheckpointError, ConfigError, GptlabError
+from gptlab.errors import USER_ERRORS, CheckpointError, ConfigError, GptlabError
 from gptlab.logging import TrainingLogger
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.train import telemetry_hooks as telemetry
@@ -76,16 +98,20 @@ def unigram_baseline(dataset_dir: Path, meta: dict[str, Any]) -> float:
 class Trainer:
     """Owns one run: data, model, optimizer, logger; ``run()`` trains to ``max_iters``."""
 
-    def __init__(self, run: RunConfig, *, stream: IO[str] | None = None) -> None:
+    def __init__(self, run: RunConfig, *, stream: IO[str] | None = None, dist: parallel.DistInfo | None = None) -> None:
         self.cfg: TrainConfig = run.train
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir)
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        if cfg.use_zero1 or cfg.use_fsdp:
-            raise ConfigError("use_zero1 / use_fsdp need the distributed launcher, which is not built yet")
-        self.world_size, self.rank, self.master = 1, 0, True
-        torch.manual_seed(cfg.seed)
+        self.dist = dist if dist is not None else parallel.init_distributed(cfg, self.device)
+        self.device, self.mode = self.dist.device, self.dist.mode
+        self.world_size, self.rank, self.master = self.dist.world_size, self.dist.rank, self.dist.master
+        if self.mode == "fsdp" and self.dtype == "float16":
+            raise ConfigError("parallel='fsdp' with dtype='float16' is not supported (no sharded loss scaling): "
+                              "use --dtype=bfloat16")  # fmt: skip
+        self._fault = _fault_injection()
+        torch.manual_seed(cfg.seed)  # the same on every rank: every rank builds the same initial weights
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls and convs, as nanoGPT
             torch.backends.cudnn.allow_tf32 = True
@@ -96,35 +122,37 @@ class Trainer:
         self.iter_num, self.best_val_loss = 0, float("inf")
         self.arch, ckpt, pretrained = self._resolve_init(run)
         self.run_config = RunConfig(train=cfg, arch=self.arch)
+        parallel.check_same_config(self.run_config.to_dict(), self.dist)  # a mismatch fails here, not in a hang
         loader_args = dict(batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device)
-        self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, rank=self.rank, **loader_args)
+        # rank 0's stream for every rank: ranks take different global micro-batch indices (module docstring)
+        self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, rank=0, **loader_args)
         self.eval_loaders = {  # fixed batches (seed + 1, steps 0..eval_iters-1): every eval sees the same data
             split: BatchLoader(self.dataset_dir, split, seed=cfg.seed + 1, rank=0, **loader_args)
             for split in ("train", "val")
         }
         self._build_model(self.arch, ckpt, pretrained)
 
-        # ---- model, optimizer, precision
+        # ---- model, optimizer, precision: build, then wrap (activation checkpointing, compile, FSDP or DDP)
         self.model.to(self.device)
-        self.optimizer = self.model.configure_optimizers(
-            cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device.type
-        )
+        self.raw_model = self.model  # the plain model (FSDP2 shards it in place)
+        self.model = parallel.parallelize(self.raw_model, cfg, self.dist, self.dtype)
+        self.optimizer = parallel.build_optimizer(self.raw_model, cfg, self.dist)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
         if ckpt is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self._load_optimizer(ckpt)
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
         self.autocast = (
             contextlib.nullcontext()
-            if self.dtype == "float32"
+            if self.dtype == "float32" or self.mode == "fsdp"  # FSDP2's mixed-precision policy casts instead
             else torch.autocast(device_type=self.device.type, dtype=PT_DTYPES[self.dtype])
         )
-        self.raw_model = self.model
-        if cfg.compile:
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+        self.measured_bytes: dict[str, float] | None = None
 
         # ---- telemetry and logging
-        self.telemetry = telemetry.TelemetryHooks(self.raw_model, self.device, self.dtype, cfg, self.world_size)
+        self.telemetry = telemetry.TelemetryHooks(
+            self.raw_model, self.device, self.dtype, cfg, self.world_size, parallel=self.mode
+        )
         self.logger = TrainingLogger(
             self.out_dir,
             style=cfg.log_style,
@@ -141,7 +169,7 @@ class Trainer:
         )
         if ckpt is not None:
             self._restore_rng(ckpt)
-            self.logger.log_event("resume", f"resuming from {self.out_dir / CHECKPOINT_NAME} at iter {self.iter_num}")
+            self.logger.log_event("resume", f"resuming from {ckpt['path']} at iter {self.iter_num}")
 
     # ------------------------------------------------------------------ init_from
     def _resolve_init(self, run: RunConfig) -> tuple[ModelArchitectureConfig, dict[str, Any] | None, Any]:
@@ -156,7 +184,14 @@ class Trainer:
                 raise ConfigError(f"vocab_size={arch.vocab_size} is smaller than dataset {cfg.dataset!r}'s {vocab}")
             return arch, None, None
         if cfg.init_from == "resume":
-            ckpt = load_checkpoint(self.out_dir / CHECKPOINT_NAME)
+            path = latest_checkpoint(self.out_dir)
+            if path is None:
+                raise CheckpointError(f"init_from='resume' but {str(self.out_dir)!r} holds no checkpoint")
+            if is_dcp_dir(path) and self.mode == "fsdp":  # sharded into sharded: DCP reshards on load
+                ckpt = load_checkpoint_meta(path)
+            else:  # into a full state dict (a DCP directory is read whole by each rank)
+                ckpt = load_checkpoint(path)
+            ckpt["path"] = str(path)
             # the architecture is the checkpoint's; only settings that keep the weights may change
             arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in ("dropout", "attention_backend")}}
             return ModelArchitectureConfig.from_dict(arch_dict), ckpt, None
@@ -179,8 +214,35 @@ class Trainer:
             return
         self.model = ConfigurableGPT(arch)
         if ckpt is not None:
-            self.model.load_state_dict(clean_state_dict(ckpt["model"]))
+            if "model" in ckpt:  # a full state dict; a DCP checkpoint loads after sharding (_load_optimizer)
+                self.model.load_state_dict(clean_state_dict(ckpt["model"]))
             self.iter_num, self.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
+
+    def _load_optimizer(self, ckpt: dict[str, Any]) -> None:
+        """The optimizer state (and, for a DCP checkpoint, the model's shards) into the wrapped run."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_state_dict,
+            set_optimizer_state_dict,
+            set_state_dict,
+        )
+
+        if "dcp_path" in ckpt:
+            import torch.distributed.checkpoint as dcp
+
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            state = {"model": model_sd, "optimizer": optim_sd}
+            dcp.load(state, checkpoint_id=ckpt["dcp_path"])  # collective: each rank reads its shards
+            set_state_dict(
+                self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+            )
+        elif self.mode == "fsdp":  # a full (single-file) optimizer state, sharded as it loads
+            by_name = optimizer_state_by_name(self.raw_model, self.optimizer, ckpt["optimizer"])
+            set_optimizer_state_dict(
+                self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True)
+            )
+        else:  # plain AdamW, or ZeroRedundancyOptimizer (it keeps its share of the full state)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
 
     # ------------------------------------------------------------------ RNG state (exact resume)
     def _rng_state(self) -> dict[str, Any]:
@@ -211,48 +273,85 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(cfg.gradient_accumulation_steps):
-            x, y = self.train_loader.get_batch(self.iter_num, micro)
-            loss_sum += self.forward_backward(micro, x, y)
-        loss = loss_sum / cfg.gradient_accumulation_steps
+        steps = cfg.gradient_accumulation_steps
+        for micro in range(steps):
+            # this rank's share of the global batch (module docstring)
+            global_micro = micro * self.world_size + self.rank
+            x, y = self.train_loader.get_batch(self.iter_num, global_micro)
+            if self.arch.dropout > 0.0:
+                # dropout masks as a function of (seed, iteration, global micro-batch): different on every
+                # rank, identical under any world size, and exact on resume (cheap: no device sync)
+                torch.manual_seed((cfg.seed * 1_000_003 + self.iter_num) * 65_537 + global_micro)
+            # gradients are reduced across ranks on the last micro-step only
+            with parallel.no_grad_sync(self.model, self.dist, sync=micro == steps - 1):
+                loss_sum += self.forward_backward(micro, x, y)
+        loss = parallel.all_reduce_mean(loss_sum / steps, self.dist)  # every rank sees the global mean
         log_grads = self.iter_num % cfg.gradient_log_interval == 0
         if cfg.grad_clip > 0.0 or log_grads:
             self.scaler.unscale_(self.optimizer)  # statistics and clipping see the true gradients
         grad_stats = self.telemetry.gradient_stats() if log_grads else None  # one host sync, at this interval
         grad_norm = None
         if cfg.grad_clip > 0.0:  # the returned norm is the one before clipping
+            # on FSDP2's DTensor gradients the norm is reduced over the shards (a replicated DTensor)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
         skipped = False
         if cfg.nan_policy == "skip" and not bool(torch.isfinite(loss)):  # a host sync, by request
             skipped = True
         else:
             self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.measured_bytes is None:
+            self.measured_bytes = self._measure_local_bytes()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "grad_stats": grad_stats, "skipped": skipped}
 
+    def _measure_local_bytes(self) -> dict[str, float]:
+        """Bytes of the parameters, gradients and optimizer states this rank holds (local shards),
+        the fullest rank's; measured once, after the first step, when all three exist."""
+        params = list(self.raw_model.parameters())
+        optim = getattr(self.optimizer, "optim", self.optimizer)  # ZeroRedundancyOptimizer: this rank's AdamW
+        states = [v for s in optim.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        values = [
+            parallel.local_bytes(params),
+            parallel.local_bytes([p.grad for p in params if p.grad is not None]),
+            parallel.local_bytes(states),
+        ]
+        values = parallel.all_reduce_max([float(v) for v in values], self.dist)
+        return dict(zip(("parameters", "gradients", "optimizer"), values))
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over ``eval_iters`` fixed batches of each split (the same batches every time)."""
+        """Mean loss over ``eval_iters`` fixed batches of each split (the same batches every time),
+        split over the ranks: rank r evaluates batches r, r + N, ...; every rank runs the same number
+        of forwards (FSDP needs all ranks in each), padding with batch 0 at weight 0."""
         self.model.eval()
         out = {}
+        n_iters, world = self.cfg.eval_iters, self.world_size
+        per_rank = math.ceil(n_iters / world)
         for split, loader in self.eval_loaders.items():
-            losses = torch.zeros(self.cfg.eval_iters, device=self.device)
-            for k in range(self.cfg.eval_iters):
-                x, y = loader.get_batch(k)
+            losses = torch.zeros(per_rank, device=self.device)
+            for j in range(per_rank):
+                k = j * world + self.rank
+                x, y = loader.get_batch(k if k < n_iters else 0)
                 with self.autocast:
                     _, loss = self.model(x, y)
-                losses[k] = loss
-            out[split] = losses.mean().item()
+                losses[j] = loss if k < n_iters else 0.0
+            total = losses.sum()
+            if world > 1:
+                torch.distributed.all_reduce(total)
+            out[split] = (total / n_iters).item()
         self.model.train()
         return out
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Everything a checkpoint holds besides the model and optimizer tensors."""
         return {
             "format": FORMAT,
             "version": 1,
-            "model": clean_state_dict(self.raw_model.state_dict()),
-            "optimizer": self.optimizer.state_dict(),
+            "parallel": self.mode,
+            "world_size": self.world_size,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "arch": self.arch.to_dict(),
             "config": self.run_config.to_dict(),
@@ -263,8 +362,31 @@ class Trainer:
             "rng": self._rng_state(),
         }
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The single-file checkpoint (not under fsdp; under zero1, on rank 0 after consolidation)."""
+        return {
+            **self.checkpoint_meta(),
+            "model": clean_state_dict(self.raw_model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
     def save(self) -> Path:
-        path = atomic_save(self.checkpoint_state(), self.out_dir / CHECKPOINT_NAME)
+        """fsdp: every rank writes its shards (DCP); otherwise rank 0 writes one file. All ranks call."""
+        keep = self.cfg.keep_checkpoints
+        if self.mode == "fsdp":
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            state = {"model": model_sd, "optimizer": optim_sd}
+            barrier = functools.partial(parallel.barrier, self.dist)
+            path = save_dcp(state, self.checkpoint_meta(), self.out_dir, keep, self.rank, barrier)
+        else:
+            if self.mode == "zero1":
+                self.optimizer.consolidate_state_dict(to=0)  # the document's way: gather the shards to rank 0
+            path = self.out_dir / "ckpt.pt"
+            if self.master:
+                path = save_single_file(self.checkpoint_state(), self.out_dir, keep)
+            parallel.barrier(self.dist)  # no rank runs ahead of a checkpoint it may need to resume from
         self.logger.log_event("checkpoint", f"saving checkpoint to {path}", iter=self.iter_num)
         return path
 
@@ -287,9 +409,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.json").write_text(_dumps(self.run_config.to_dict()))
-        report = build_startup_report(self)
-        self.logger.log_startup_info(report, render_startup_report(report))
+        if self.master:
+            (self.out_dir / "config.json").write_text(_dumps(self.run_config.to_dict()))
+            report = build_startup_report(self)
+            self.logger.log_startup_info(report, render_startup_report(report))
         last_losses = None
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
         t0 = time.time()
@@ -302,6 +425,8 @@ class Trainer:
                 t0 = time.time()  # the step's time must not include evaluation and saving
             if cfg.eval_only:
                 break
+            if self._fault == (self.rank, self.iter_num):  # test-only: a real kill -9 of this rank
+                os.kill(os.getpid(), signal.SIGKILL)
             step = self.train_step()
             nonfinite |= ~torch.isfinite(step["loss"])
             t1 = time.time()
@@ -356,14 +481,8 @@ class Trainer:
         raise NonFiniteLossError(f"training stopped at iter {self.iter_num}: non-finite loss")
 
     def _finish(self, last_losses: dict[str, float] | None) -> dict[str, Any]:
-        extra: dict[str, Any] = {
-            "status": "completed",
-            "iterations": self.iter_num,
-            "unigram_baseline_loss": unigram_baseline(self.dataset_dir, self.meta),
-        }
-        if last_losses:
-            extra["final_train_loss"] = last_losses["train"]
-        if self.cfg.sample_at_end and self.master:
+        text = None
+        if self.cfg.sample_at_end and (self.master or self.mode == "fsdp"):  # FSDP: every rank joins each forward
             from gptlab.train.sample import generate_text
 
             text = generate_text(
@@ -374,6 +493,22 @@ class Trainer:
                 device=self.device,
                 seed=self.cfg.seed,
             )
+        if not self.master:
+            return self.logger.finalize()
+        extra: dict[str, Any] = {
+            "status": "completed",
+            "iterations": self.iter_num,
+            "unigram_baseline_loss": unigram_baseline(self.dataset_dir, self.meta),
+            "parallel": self.mode,
+            "world_size": self.world_size,
+        }
+        if self.measured_bytes is not None:  # the fullest rank's local parameter/gradient/optimizer bytes
+            extra["measured_bytes_per_rank"] = self.measured_bytes
+            plan = self.telemetry.plan()
+            extra["planned_bytes_per_rank"] = {k: getattr(plan.mode, k) for k in self.measured_bytes}
+        if last_losses:
+            extra["final_train_loss"] = last_losses["train"]
+        if text is not None:
             extra["sample"] = text
             self.logger.log_event("sample", "sample from the final model:\n" + text)
         return self.logger.finalize(**extra)
@@ -385,6 +520,33 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2) + "\n"
 
 
+def _fault_injection() -> tuple[int, int] | None:
+    """Tests only: GPTLAB_FAULT_INJECT='RANK:ITER' kills rank RANK with SIGKILL before step ITER."""
+    value = os.environ.get("GPTLAB_FAULT_INJECT")
+    if not value:
+        return None
+    rank, it = value.split(":")
+    return int(rank), int(it)
+
+
 def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
-    """Train ``run`` to completion and return the summary."""
-    return Trainer(run, stream=stream or sys.stdout).run()
+    """Train ``run`` to completion and return the summary (rank 0's; other ranks get {}).
+
+    Under torchrun a rank that fails prints ``[rank N] error: ...`` and exits non-zero at once:
+    torchrun then stops the other ranks, and ranks on other nodes fail their next collective."""
+    device = resolve_device(run.train.device)
+    info = parallel.init_distributed(run.train, device)
+    try:
+        summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
+    except BaseException as e:
+        if info.world_size == 1:
+            parallel.shutdown(info)
+            raise
+        if not isinstance(e, USER_ERRORS):
+            traceback.print_exc()
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"[rank {info.rank}] error: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2 if isinstance(e, USER_ERRORS) else 1)  # no exit handlers: they may wait on dead peers
+    parallel.shutdown(info)
+    return summary

@@ -65,7 +65,8 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "device_name": peak.get("name"),
             "dtype": trainer.dtype,
             "compile": cfg.compile,
-            "parallelism": "none",
+            "parallelism": trainer.mode,
+            "backend": trainer.dist.backend,
             "num_gpus": trainer.world_size if trainer.device.type == "cuda" else 0,
             "peak_tflops": None if peak.get("peak_flops") is None else peak["peak_flops"] / 1e12,
             "peak_source": peak.get("source"),
@@ -104,14 +105,15 @@ def render_startup_report(r: dict[str, Any]) -> str:
         "Training",
         f"  data:        {t['dataset']} ({t['tokenizer']}, vocab {t['vocab_size']}); init_from={t['init_from']}",
         f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} accum x {t['world_size']} ranks"
-        f" x {t['block_size']} tokens = {t['tokens_per_iter']:,} tokens/iter",
+        f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"
+        f" = {t['tokens_per_iter']:,} tokens/iter",
         f"  length:      iters {t['start_iter']}..{t['max_iters']} ({t['total_tokens']:,} tokens)",
         f"  optimizer:   {t['optimizer']}",
         f"  schedule:    {t['schedule']}",
         f"  eval:        {t['eval']}; out_dir={t['out_dir']}",
         "Hardware",
         f"  device:      {h['device']} ({h['device_name']}), dtype={h['dtype']}, compile={h['compile']},"
-        f" parallelism={h['parallelism']}",
+        f" parallelism={h['parallelism']}" + (f" ({h['backend']})" if h.get("backend") else ""),
         f"  peak:        {peak}",
         "Expect",
         "  FLOPs/token: "

@@ -15,12 +15,21 @@ from gptlab.config.train import TrainConfig
 from gptlab.telemetry.flops import compute_flops, estimate_mfu_detailed, expected_tokens_per_sec
 from gptlab.telemetry.gradients import GradientSpikeDetector, get_gradient_stats
 from gptlab.telemetry.hardware import detect_peak
-from gptlab.telemetry.memory import get_memory_stats, plan_memory, reset_peak_memory
+from gptlab.telemetry.memory import MemoryPlan, get_memory_stats, plan_memory, reset_peak_memory
 
 
 class TelemetryHooks:
-    def __init__(self, model: nn.Module, device: torch.device, dtype: str, cfg: TrainConfig, world_size: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        dtype: str,
+        cfg: TrainConfig,
+        world_size: int,
+        parallel: str = "none",
+    ) -> None:
         self.model, self.device, self.dtype, self.cfg, self.world_size = model, device, dtype, cfg, world_size
+        self.parallel = parallel
         self.arch = model.config
         # sequences of block_size tokens per optimizer step, per rank (nanoGPT's fwdbwd_per_iter)
         self.fwdbwd_per_iter = cfg.batch_size * cfg.gradient_accumulation_steps
@@ -65,13 +74,18 @@ class TelemetryHooks:
         stats["norm_to_median"] = self.spikes.last_ratio
         return stats
 
-    def memory_plan(self) -> str | None:
-        plan = plan_memory(
+    def plan(self) -> MemoryPlan:
+        """The planner's per-rank memory for this run's mode and world size."""
+        return plan_memory(
             self.arch,
             batch_size=self.cfg.batch_size,
             dtype=self.dtype,
-            parallel="none",
-            world_size=1,
+            parallel=self.parallel,
+            world_size=self.world_size,
+            activation_checkpointing=self.cfg.activation_checkpointing,
+            grad_accum_steps=self.cfg.gradient_accumulation_steps,
             device_type=self.device.type,
         )
-        return str(plan)
+
+    def memory_plan(self) -> str | None:
+        return str(self.plan())

@@ -1,0 +1,55 @@
+"""``gptlab export CKPT OUT [--hf]``: any checkpoint (``ckpt.pt``, a ZeRO-1 consolidated file, an
+FSDP ``torch.distributed.checkpoint`` directory, or a run directory's latest) into one
+single-file ``OUT/ckpt.pt``; with ``--hf`` also ``OUT/config.json`` + ``OUT/model.safetensors``
+that ``transformers`` loads. Runs in one process, no GPU and no process group needed."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Path:
+    """Write ``out/ckpt.pt`` (model, optimizer, arch, config, iteration, RNG: resumable and
+    loadable by ``from_pretrained``) and, with ``hf``, the Hugging Face files beside it."""
+    from gptlab.checkpoint import CHECKPOINT_NAME, clean_state_dict, load_checkpoint, save_single_file
+
+    ckpt = load_checkpoint(src)
+    ckpt.pop("path", None)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        from gptlab.errors import ConfigError
+
+        raise ConfigError(f"export destination {str(out)!r} exists and is not a directory")
+    save_single_file({**ckpt, "model": clean_state_dict(ckpt["model"])}, out)
+    if hf:
+        from gptlab.config.model import ModelArchitectureConfig
+        from gptlab.model.gpt import ConfigurableGPT
+
+        model = ConfigurableGPT(ModelArchitectureConfig.from_dict(ckpt["arch"]))
+        model.load_state_dict(clean_state_dict(ckpt["model"]))
+        model.save_pretrained(out)
+    return out / CHECKPOINT_NAME
+
+
+def _export_cmd(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        from gptlab.errors import ConfigError
+
+        raise ConfigError(f"'gptlab export' takes CKPT OUT [--hf], got extra {' '.join(extra)}")
+    path = export_checkpoint(args.checkpoint, args.out, hf=args.hf)
+    print(f"wrote {path}" + (f" and Hugging Face files in {args.out}" if args.hf else ""))
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="any checkpoint (single file, ZeRO-1, FSDP DCP dir, run dir) -> one ckpt.pt (and HF with --hf)",
+        description=__doc__,
+    )
+    p.add_argument("checkpoint", help="a ckpt.pt, a ckpt-ITER.dcp directory, or a run directory (its latest)")
+    p.add_argument("out", help="output directory: OUT/ckpt.pt (and config.json + model.safetensors with --hf)")
+    p.add_argument("--hf", action="store_true", help="also write Hugging Face config.json + model.safetensors")
+    p.set_defaults(func=_export_cmd)

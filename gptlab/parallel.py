@@ -1,0 +1,242 @@
+"""Distribution: process groups from torchrun's environment, and one function that wraps a built
+model for the parallel mode (none | ddp | zero1 | fsdp).
+
+The model module knows nothing of distribution (torchtitan's ``parallelize``): ``parallelize``
+takes a built ``ConfigurableGPT`` and applies, in this order, activation checkpointing (per
+block), ``torch.compile`` (in place, so parameter names stay those of the plain model), then
+FSDP2 ``fully_shard`` per ``TransformerBlock`` and at the root, or DDP. All communication is
+PyTorch's own (``torch.distributed``, DDP, ``ZeroRedundancyOptimizer``, FSDP2).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gptlab.config.train import TrainConfig
+from gptlab.errors import ConfigError
+
+MODES = ("none", "ddp", "zero1", "fsdp")
+PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job; ``world_size == 1`` without a process group."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None  # None: no process group
+    mode: str = "none"
+    owns_group: bool = False  # this process created the group, so it destroys it
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+
+
+def resolve_mode(cfg: TrainConfig, world_size: int) -> str:
+    """The parallel mode: ``auto`` is ddp under torchrun with more than one rank, else none."""
+    if cfg.parallel == "auto":
+        return "ddp" if world_size > 1 else "none"
+    if cfg.parallel == "none" and world_size > 1:
+        raise ConfigError(
+            f"parallel='none' but WORLD_SIZE={world_size}: use --parallel=ddp|zero1|fsdp (or auto) under torchrun"
+        )
+    return cfg.parallel
+
+
+def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
+    """Join the job torchrun started (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+
+    NCCL on CUDA, gloo on the CPU. A parallel mode asked for in a plain single process gets a
+    one-rank group (in-memory store), so ``--parallel=fsdp`` also runs without torchrun. The
+    timeout bounds every collective: a rank that died turns into an error, not a hang.
+    """
+    world_size, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    mode = resolve_mode(cfg, world_size)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if mode == "none":
+        return DistInfo(device=device)
+    if not dist.is_available():
+        raise ConfigError(f"parallel={mode!r} needs torch.distributed, which this PyTorch build lacks")
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"parallel={mode!r} runs on cuda (NCCL) or cpu (gloo), not on device={device.type!r}")
+    backend = "nccl" if device.type == "cuda" else "gloo"  # device='cpu' forces gloo
+    if cfg.backend not in ("auto", backend) and device.type == "cuda":
+        backend = cfg.backend
+    owns = False
+    if dist.is_initialized():  # e.g. a test that made its own group
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    else:
+        timeout = datetime.timedelta(seconds=cfg.dist_timeout)
+        if "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
+        elif world_size == 1:
+            store = dist.HashStore()
+            dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+        else:
+            raise ConfigError(f"WORLD_SIZE={world_size} without MASTER_ADDR: launch with torchrun")
+        owns = True
+    return DistInfo(rank, local_rank, world_size, device, backend, mode, owns)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_same_config(config: dict[str, Any], info: DistInfo) -> None:
+    """Every rank must train the same resolved config: compare hashes across ranks at start."""
+    if not info.distributed or info.world_size == 1:
+        return
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).digest()
+    mine = torch.tensor([int.from_bytes(digest[:7], "little")], dtype=torch.int64, device=_comm_device(info))
+    gathered = [torch.zeros_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(gathered, mine)
+    hashes = [int(t.item()) for t in gathered]
+    if len(set(hashes)) > 1:
+        differ = [r for r, h in enumerate(hashes) if h != hashes[0]]
+        raise ConfigError(
+            f"the ranks disagree on the config: rank(s) {differ} resolved a different config than rank 0 "
+            "(same config file, overrides, dataset and code on every node?)"
+        )
+
+
+def _comm_device(info: DistInfo) -> torch.device:
+    return info.device if info.backend == "nccl" else torch.device("cpu")
+
+
+def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean over ranks (SUM then divide: gloo has no AVG)."""
+    if info.world_size > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t = t / info.world_size
+    return t
+
+
+def all_reduce_max(values: list[float], info: DistInfo) -> list[float]:
+    if info.world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device(info))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed and info.world_size > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------- wrapping the model
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward (non-reentrant checkpoint); parameter names
+    stay unchanged because only the block's ``forward`` is replaced."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:  # type: ignore[attr-defined]
+        forward = block.forward
+
+        @functools.wraps(forward)
+        def checkpointed(*args: Any, _forward: Any = forward, **kwargs: Any) -> Any:
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = checkpointed
+
+
+def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) -> nn.Module:
+    """Activation checkpointing, compile, then FSDP2 or DDP, in that order. Returns the module to
+    call in the loop; for none and fsdp it is ``model`` itself (FSDP2 and compile work in place)."""
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if info.mode == "fsdp":
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        low = None if dtype == "float32" else PT_DTYPES[dtype]
+        # parameters gathered in the compute dtype; gradients reduced in float32, as the fp32 master weights
+        mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+        kwargs: dict[str, Any] = {"mp_policy": mp}
+        if cfg.fsdp_cpu_offload:
+            if info.device.type != "cuda":
+                raise ConfigError("fsdp_cpu_offload=True offloads from a GPU: on device='cpu' all is in CPU memory")
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+        for block in model.blocks:  # type: ignore[attr-defined]
+            if cfg.compile:
+                block.compile()  # per block, in place (torchtitan's order: compile, then shard)
+            fully_shard(block, **kwargs)
+        fully_shard(model, **kwargs)
+        return model
+    if cfg.compile:
+        model.compile()  # in place: state-dict keys keep their names
+    if info.mode in ("ddp", "zero1"):
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> torch.optim.Optimizer:
+    """configure_optimizers' AdamW (decay / no-decay groups); under zero1 the same groups in a
+    ``ZeroRedundancyOptimizer`` that keeps each rank's share of the AdamW states."""
+    betas = (cfg.beta1, cfg.beta2)
+    plain = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, info.device.type)  # type: ignore[operator]
+    if info.mode != "zero1":
+        return plain
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in plain.param_groups]
+    extra = {"fused": True} if plain.defaults.get("fused") else {}
+    return ZeroRedundancyOptimizer(
+        groups, optimizer_class=torch.optim.AdamW, lr=cfg.learning_rate, betas=betas, **extra
+    )
+
+
+def no_grad_sync(model: nn.Module, info: DistInfo, sync: bool) -> Any:
+    """Context for one micro-step: skip the gradient all-reduce / reduce-scatter unless ``sync``
+    (the last micro-step of an accumulation)."""
+    import contextlib
+
+    if info.mode == "fsdp":
+        model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+        return contextlib.nullcontext()
+    if info.mode in ("ddp", "zero1") and not sync:
+        return model.no_sync()  # type: ignore[operator]
+    return contextlib.nullcontext()
+
+
+def local_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the tensors this rank really holds (a DTensor's local shard, padding included)."""
+    total = {}
+    for t in tensors:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        storage = local.untyped_storage()
+        total[storage.data_ptr()] = storage.nbytes()
+    return sum(total.values())

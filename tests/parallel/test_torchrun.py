@@ -1,0 +1,231 @@
+"""The design document's torchrun commands on 2 CPU processes (gloo): DDP, ZeRO-1 and FSDP2
+against a single-process run of the same global batch, kill -9 and exact resume, resuming an
+FSDP checkpoint under DDP and under one process, memory per rank against the planner, and two
+``--nnodes=2`` launches that rendezvous over 127.0.0.1.
+
+Data: rank r's micro-step m is global micro-batch m * world_size + r (gptlab.train.loop), so 2
+ranks x batch 4 x 1 micro-step see exactly the rows of 1 process x batch 4 x 2 micro-steps.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.checkpoint import load_checkpoint
+from gptlab.config.train import parse_run_args
+from gptlab.train.loop import train
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "config" / "full_llama_124m.py")
+WORLD = 2
+ITERS = 20
+
+
+def small(data_dir: Path, out: Path, **over: object) -> list[str]:
+    """The document's config with CPU-sized overrides; the global batch is 8 sequences."""
+    values: dict[str, object] = dict(
+        device="cpu",
+        compile=False,
+        dtype="float32",
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=32,
+        batch_size=4,
+        gradient_accumulation_steps=1,
+        max_iters=ITERS,
+        lr_decay_iters=ITERS,
+        warmup_iters=4,
+        learning_rate=3e-3,
+        min_lr=3e-4,
+        eval_interval=5,
+        eval_iters=2,
+        log_interval=1,
+        gradient_log_interval=5,
+        dataset="stdlib_char",
+        data_dir=str(data_dir),
+        out_dir=str(out),
+        log_style="compact",
+        dist_timeout=60,
+        dropout=0.1,  # masks depend on (seed, iteration, global micro-batch): equal under any world size
+    )
+    values.update(over)
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+def torchrun(args: list[str], *, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+           str(ROOT / "train.py"), CONFIG, *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(), timeout=timeout, cwd=ROOT)
+
+
+def records(out: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["type"] == kind]
+
+
+def losses(out: Path) -> dict[int, float]:
+    """iter -> training loss; a resumed run's records replace the killed run's."""
+    return {r["iter"]: r["loss"] for r in records(out, "iter")}
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process, batch 4 x 2 micro-steps: the same global batch as 2 ranks x 4."""
+    out = tmp_path_factory.mktemp("single")
+    run = parse_run_args([CONFIG, *small(data_dir, out, gradient_accumulation_steps=2, parallel="none")])
+    train(run, stream=io.StringIO())
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The document's three commands: neither flag (DDP), --use_zero1=True, --use_fsdp=True."""
+    flags = {"ddp": [], "zero1": ["--use_zero1=True"], "fsdp": ["--use_fsdp=True"]}
+    out = {}
+    for mode, flag in flags.items():
+        out[mode] = tmp_path_factory.mktemp(mode)
+        res = torchrun([*flag, *small(data_dir, out[mode])])
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stdout.count("final val loss") == 1  # only rank 0 prints
+    return out
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero1", "fsdp"])
+def test_matches_single_process(mode: str, runs: dict[str, Path], reference: Path) -> None:
+    out = runs[mode]
+    startup = records(out, "startup")[0]
+    assert startup["hardware"]["parallelism"] == mode and startup["training"]["world_size"] == WORLD
+    assert startup["training"]["tokens_per_iter"] == 4 * 1 * WORLD * 32  # every rank's tokens count
+    mine, ref = losses(out), losses(reference)
+    assert sorted(mine) == list(range(ITERS + 1))
+    for it in ref:
+        assert mine[it] == pytest.approx(ref[it], rel=1e-5, abs=1e-6), it
+    for a, b in zip(records(out, "eval"), records(reference, "eval")):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    got, want = load_checkpoint(out), load_checkpoint(reference)  # fsdp: read from the DCP directory
+    assert got["iter_num"] == want["iter_num"] == ITERS + 1
+    for key, value in want["model"].items():
+        torch.testing.assert_close(got["model"][key], value, rtol=1e-4, atol=2e-5, msg=key)
+    for idx, state in want["optimizer"]["state"].items():  # the AdamW moments too, in plain layout
+        torch.testing.assert_close(got["optimizer"]["state"][idx]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6)
+
+
+def test_memory_per_rank_falls_as_planned(runs: dict[str, Path]) -> None:
+    measured = {m: json.loads((p / "summary.json").read_text()) for m, p in runs.items()}
+    for mode, summary in measured.items():  # the real local shards' bytes, the fullest rank
+        assert summary["measured_bytes_per_rank"] == pytest.approx(summary["planned_bytes_per_rank"]), mode
+    b = {m: s["measured_bytes_per_rank"] for m, s in measured.items()}
+    assert b["zero1"]["optimizer"] < 0.6 * b["ddp"]["optimizer"]
+    assert b["zero1"]["parameters"] == b["ddp"]["parameters"] and b["zero1"]["gradients"] == b["ddp"]["gradients"]
+    for part in ("parameters", "gradients", "optimizer"):
+        assert b["fsdp"][part] < 0.6 * b["ddp"][part], part
+
+
+@pytest.fixture(scope="module")
+def killed(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, subprocess.CompletedProcess]:
+    """An fsdp run whose rank 1 is killed with SIGKILL before step 13 (checkpoint at 10)."""
+    out = tmp_path_factory.mktemp("killed")
+    t0 = time.time()
+    res = torchrun(["--use_fsdp=True", *small(data_dir, out)], env=_env(GPTLAB_FAULT_INJECT="1:13"))
+    return out, time.time() - t0, res
+
+
+def test_dead_rank_fails_the_job_in_bounded_time(killed: tuple) -> None:
+    out, elapsed, res = killed
+    assert res.returncode != 0
+    assert elapsed < 60
+    assert "SIGKILL" in res.stderr or "-9" in res.stderr
+    assert load_checkpoint(out)["iter_num"] == 10  # the last complete checkpoint is intact
+
+
+def test_fsdp_resume_after_kill_is_exact(killed: tuple, runs: dict[str, Path], data_dir: Path) -> None:
+    out, _, _ = killed
+    res = torchrun(["--use_fsdp=True", *small(data_dir, out, init_from="resume")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed, uninterrupted = losses(out), losses(runs["fsdp"])
+    assert sorted(resumed) == list(range(ITERS + 1))
+    for it in range(10, ITERS + 1):  # the same world size and mode: the same numbers
+        assert resumed[it] == pytest.approx(uninterrupted[it], rel=1e-6, abs=1e-7), it
+
+
+def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(
+    data_dir: Path, tmp_path: Path, runs: dict[str, Path]
+) -> None:
+    # a fresh fsdp checkpoint at iter 10 (a copy of the uninterrupted run's would be at 21)
+    src = tmp_path / "fsdp10"
+    res = torchrun(["--use_fsdp=True", *small(data_dir, src, max_iters=9)])  # checkpoint at 10 (final)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert load_checkpoint(src)["iter_num"] == 10
+    uninterrupted = losses(runs["fsdp"])
+    for name in ("ddp", "single"):
+        dst = tmp_path / name
+        shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("log.jsonl", "summary.json"))
+        if name == "ddp":
+            res = torchrun(["--parallel=ddp", *small(data_dir, dst, init_from="resume")])
+            assert res.returncode == 0, res.stderr[-3000:]
+        else:
+            run = parse_run_args(
+                [CONFIG, *small(data_dir, dst, init_from="resume", gradient_accumulation_steps=2, parallel="none")]
+            )
+            train(run, stream=io.StringIO())
+        resumed = losses(dst)
+        assert min(resumed) == 10
+        for it in range(10, ITERS + 1):  # weights and AdamW moments carried over: the same curve
+            assert resumed[it] == pytest.approx(uninterrupted[it], rel=1e-4), (name, it)
+        assert (dst / "ckpt.pt").is_file() and load_checkpoint(dst)["iter_num"] == ITERS + 1
+
+
+def launch_two_nodes(args: list[list[str]], rdzv_id: str) -> list[tuple[int, str, str]]:
+    """Two torchrun launches, one process each, meeting at a c10d rendezvous on 127.0.0.1."""
+    port = _free_port()
+    procs = []
+    for node in (0, 1):
+        launcher = ["--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1", "--rdzv_backend=c10d",
+                    f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={rdzv_id}"]  # fmt: skip
+        cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, str(ROOT / "train.py"), CONFIG, *args[node]]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+
+
+def test_multi_node_rendezvous_on_one_machine(data_dir: Path, tmp_path: Path) -> None:
+    args = small(data_dir, tmp_path / "run", max_iters=3, parallel="fsdp", sample_at_end=True, sample_tokens=8)
+    results = launch_two_nodes([args, args], "gptlab-test")
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    assert sum(out.count("final val loss") for _, out, _ in results) == 1
+    assert sum(out.count("sample from the final model") for _, out, _ in results) == 1  # all ranks sampled
+    startup = records(tmp_path / "run", "startup")[0]
+    assert startup["training"]["world_size"] == 2 and startup["hardware"]["parallelism"] == "fsdp"
+
+
+def test_ranks_that_disagree_on_the_config_fail_fast(data_dir: Path, tmp_path: Path) -> None:
+    t0 = time.time()
+    args = [small(data_dir, tmp_path / "run", max_iters=3, n_layer=2 + node) for node in (0, 1)]
+    results = launch_two_nodes(args, "gptlab-mismatch")
+    assert time.time() - t0 < 60
+    assert all(rc != 0 for rc, _, _ in results)
+    err = "".join(e for _, _, e in results)
+    assert "[rank 0] error: the ranks disagree on the config" in err
+    assert "[rank 1] error: the ranks disagree on the config" in err

@@ -1,0 +1,103 @@
+"""The parallel setting (and the document's flags), checkpoint retention and atomicity, exact
+resume of ddp and zero1 in one process (a one-rank gloo group), and ``gptlab export``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.checkpoint import latest_checkpoint, load_checkpoint
+from gptlab.cli import main
+from gptlab.config.train import TrainConfig, parse_run_args
+from gptlab.errors import ConfigError
+from gptlab.parallel import resolve_mode
+from gptlab.train.loop import train
+from tests.train.conftest import tiny_args
+
+
+def test_document_flags_map_onto_parallel() -> None:
+    assert TrainConfig(use_zero1=True).parallel == "zero1"
+    assert TrainConfig(use_fsdp=True, parallel="fsdp").parallel == "fsdp"
+    assert resolve_mode(TrainConfig(), 1) == "none" and resolve_mode(TrainConfig(), 4) == "ddp"
+    with pytest.raises(ConfigError, match="use_fsdp=True conflicts with parallel='ddp'"):
+        TrainConfig(use_fsdp=True, parallel="ddp")
+    with pytest.raises(ConfigError, match="exclude each other"):
+        TrainConfig(use_fsdp=True, use_zero1=True)
+    with pytest.raises(ConfigError, match=r"parallel='zer01' is not one of .*did you mean 'zero1'"):
+        TrainConfig(parallel="zer01")
+    with pytest.raises(ConfigError, match="parallel='none' but WORLD_SIZE=2"):
+        resolve_mode(TrainConfig(parallel="none"), 2)
+    with pytest.raises(ConfigError, match="fsdp_cpu_offload=True needs parallel='fsdp'"):
+        TrainConfig(fsdp_cpu_offload=True)
+
+
+def _iter_losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return {r["iter"]: r["loss"] for r in rows if r["type"] == "iter"}
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero1", "fsdp"])
+def test_exact_resume_in_one_process(mode: str, data_dir: Path, tmp_path: Path) -> None:
+    """A one-rank group runs each mode's code path (DDP hooks, ZeRO consolidation, DCP)."""
+    args = dict(parallel=mode, max_iters=12, lr_decay_iters=12, eval_interval=6, keep_checkpoints=2)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(parse_run_args(tiny_args(data_dir, full, **args)), stream=io.StringIO())
+    train(parse_run_args(tiny_args(data_dir, part, **{**args, "max_iters": 5})), stream=io.StringIO())
+    assert load_checkpoint(part)["iter_num"] == 6
+    train(parse_run_args(tiny_args(data_dir, part, **args, init_from="resume")), stream=io.StringIO())
+    a, b = _iter_losses(full), _iter_losses(part)
+    assert a == b  # bit for bit
+    ckpt_a, ckpt_b = load_checkpoint(full), load_checkpoint(part)
+    for key, value in ckpt_a["model"].items():
+        assert torch.equal(value, ckpt_b["model"][key]), key
+    suffix = "dcp" if mode == "fsdp" else "pt"
+    kept = sorted(p.name for p in full.glob(f"ckpt-*.{suffix}"))
+    assert kept == [f"ckpt-0000012.{suffix}", f"ckpt-0000013.{suffix}"]  # keep_checkpoints=2
+
+
+def test_activation_checkpointing_recomputes_the_same_numbers(data_dir: Path, tmp_path: Path) -> None:
+    base = dict(parallel="fsdp", max_iters=3, eval_interval=100)
+    plain = train(parse_run_args(tiny_args(data_dir, tmp_path / "a", **base)), stream=io.StringIO())
+    ac = dict(activation_checkpointing=True, **base)
+    again = train(parse_run_args(tiny_args(data_dir, tmp_path / "b", **ac)), stream=io.StringIO())
+    assert _iter_losses(tmp_path / "a") == _iter_losses(tmp_path / "b")
+    assert plain["final_val_loss"] == again["final_val_loss"]
+    with pytest.raises(ConfigError, match="fsdp_cpu_offload=True offloads from a GPU"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "c", fsdp_cpu_offload=True, **base)))
+
+
+def test_interrupted_dcp_save_leaves_the_previous_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    train(parse_run_args(tiny_args(data_dir, tmp_path, parallel="fsdp", max_iters=3)), stream=io.StringIO())
+    before = latest_checkpoint(tmp_path)
+    assert before is not None and before.name == "ckpt-0000004.dcp"
+    # a save that died half-way: shards written under the temporary name, never renamed
+    partial = tmp_path / ".ckpt-0000008.dcp.tmp"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"\0" * 100)
+    assert latest_checkpoint(tmp_path) == before and load_checkpoint(tmp_path)["iter_num"] == 4
+    args = tiny_args(data_dir, tmp_path, parallel="fsdp", max_iters=8, init_from="resume")
+    train(parse_run_args(args), stream=io.StringIO())
+    assert latest_checkpoint(tmp_path).name == "ckpt-0000009.dcp" and not partial.exists()
+    assert not (tmp_path / "ckpt-0000004.dcp").exists()  # keep_checkpoints=1
+
+
+def test_export_fsdp_checkpoint_to_single_file_and_hf(data_dir: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("safetensors")
+    from gptlab import ConfigurableGPT
+
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
+    assert main(["export", str(run / "ckpt.dcp"), str(tmp_path / "out"), "--hf"]) == 0
+    src, single = load_checkpoint(run), load_checkpoint(tmp_path / "out" / "ckpt.pt")
+    assert single["iter_num"] == 3 and len(single["optimizer"]["state"]) == len(src["optimizer"]["state"])
+    hf = ConfigurableGPT.from_pretrained(tmp_path / "out")
+    for key, value in hf.state_dict().items():
+        torch.testing.assert_close(value, src["model"][key])
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o2")
