@@ -88,6 +88,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         "zero1_optimizer": _state_bytes(zero.optim.state),
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()  # no rank may tear down gloo while a peer's last collective is in flight
     dist.destroy_process_group()
 
 
