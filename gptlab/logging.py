@@ -69,8 +69,6 @@ class TrainingLogger:
         self._wandb = self._tb = None
         if not enabled:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.out_dir / "log.jsonl", "a" if resume else "w")  # noqa: SIM115 (lives with the logger)
         if wandb_config is not None:
             try:
                 import wandb
@@ -85,6 +83,9 @@ class TrainingLogger:
             except ImportError:
                 raise ConfigError("tensorboard_log=True needs tensorboard: pip install 'gptlab[tensorboard]'") from None
             self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+        # opened last: a missing backend fails before an existing log is truncated
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.out_dir / "log.jsonl", "a" if resume else "w")  # noqa: SIM115 (lives with the logger)
 
     # ------------------------------------------------------------------ records
     def _write(self, record: dict[str, Any]) -> None:

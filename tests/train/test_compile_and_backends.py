@@ -1,0 +1,88 @@
+"""torch.compile in the loop (checkpoints keep plain names), and the optional wandb / TensorBoard
+backends (exercised through stand-in modules: neither package is needed to run gptlab)."""
+
+from __future__ import annotations
+
+import io
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from gptlab import ConfigurableGPT
+from gptlab.checkpoint import load_checkpoint
+from gptlab.config.train import parse_run_args
+from gptlab.errors import ConfigError
+from gptlab.train.loop import train
+from tests.train.conftest import tiny_args
+
+
+def test_compiled_run_saves_plain_names_and_loads(data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch._inductor")
+    summary = train(
+        parse_run_args(tiny_args(data_dir, tmp_path, compile=True, max_iters=2, eval_iters=1)), stream=io.StringIO()
+    )
+    assert summary["status"] == "completed"
+    ckpt = load_checkpoint(tmp_path)
+    assert not any("_orig_mod" in key for key in ckpt["model"])  # the peers' most reported compile bug
+    ConfigurableGPT.from_pretrained(tmp_path / "ckpt.pt")
+
+
+class _FakeRun:
+    def __init__(self, **kwargs: object) -> None:
+        self.init_kwargs, self.logged, self.finished = kwargs, [], False
+
+    def log(self, values: dict, step: int) -> None:
+        self.logged.append((step, values))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def test_wandb_backend_receives_metrics(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[_FakeRun] = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: runs.append(_FakeRun(**kw)) or runs[-1]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    train(
+        parse_run_args(
+            tiny_args(data_dir, tmp_path, wandb_log=True, wandb_project="p", wandb_run_name="r", max_iters=4)
+        ),
+        stream=io.StringIO(),
+    )
+    (run,) = runs
+    assert run.init_kwargs["project"] == "p" and run.init_kwargs["name"] == "r" and run.finished
+    keys = {k for _, values in run.logged for k in values}
+    assert {"train/loss", "train/lr", "train/tokens_per_sec", "eval/val_loss"} <= keys
+    assert [step for step, values in run.logged if "train/loss" in values] == list(range(5))
+
+
+def test_tensorboard_backend_writes_scalars(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[tuple[str, float, int]] = []
+
+    class Writer:
+        def __init__(self, log_dir: str) -> None:
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            written.append((tag, value, step))
+
+        def close(self) -> None:
+            written.append(("closed", 0.0, 0))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    train(parse_run_args(tiny_args(data_dir, tmp_path, tensorboard_log=True, max_iters=3)), stream=io.StringIO())
+    tags = {tag for tag, _, _ in written}
+    assert {"train/loss", "eval/val_loss", "closed"} <= tags
+
+
+def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=1)), stream=io.StringIO())
+    log_before = (tmp_path / "log.jsonl").read_bytes()
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    with pytest.raises(ConfigError, match=r"wandb_log=True needs wandb: pip install 'gptlab\[wandb\]'"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path, wandb_log=True, max_iters=1)), stream=io.StringIO())
+    assert (tmp_path / "log.jsonl").read_bytes() == log_before  # the earlier run's log is left alone
