@@ -53,6 +53,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--attention_backend", default="sdpa", help="sdpa or manual")
+    p.add_argument("--peak_tflops", type=float, help="dense peak per device for MFU where none is known (CPU)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="alternate the two loops this many times")
@@ -72,6 +74,8 @@ def main() -> None:
         "--out_dir='out/bench'",
         "--gradient_log_interval=10",
         "--warmup_iters=0",
+        f"--attention_backend={a.attention_backend!r}",
+        f"--peak_tflops={a.peak_tflops}",
     ]
     trainer = Trainer(parse_run_args(args), stream=io.StringIO())
     device = trainer.device
@@ -107,16 +111,23 @@ def main() -> None:
         results["plain PyTorch"] += time_steps(plain_step, device, a.warmup, a.iters)
         results["gptlab train_step"] += time_steps(gptlab_step, device, a.warmup, a.iters)
     flops = trainer.telemetry.flops_summary()["flops_per_token"]
+    memory = trainer.telemetry.memory_stats()
+    cuda_peak = memory.get("max_allocated_gb")
+    peak_gb = cuda_peak if cuda_peak is not None else memory.get("rss_gb")
     print(
         f"model: {trainer.arch.get_architecture_name()}, {trainer.raw_model.get_num_params() / 1e6:.2f}M params, "
-        f"{tokens} tokens/step, device={device}, dtype={trainer.dtype}, compile={a.compile}"
+        f"{tokens} tokens/step, device={device}, dtype={trainer.dtype}, compile={a.compile}, "
+        f"attention={a.attention_backend}, peak memory {peak_gb:.2f} GB "
+        + ("(CUDA max allocated)" if cuda_peak is not None else "(process RSS)")
     )
-    print(f"{'loop':20s} {'ms/step (median)':>17s} {'tokens/s':>12s} {'achieved GFLOP/s':>17s}")
+    print(f"{'loop':20s} {'ms/step (median)':>17s} {'tokens/s':>12s} {'achieved GFLOP/s':>17s} {'MFU':>7s}")
     medians = {}
     for name, times in results.items():
         med = statistics.median(times)
         medians[name] = med
-        print(f"{name:20s} {1000 * med:17.2f} {tokens / med:12,.0f} {flops * tokens / med / 1e9:17.2f}")
+        mfu = trainer.telemetry.mfu(med)["mfu"]
+        mfu_text = "n/a" if mfu is None else f"{100 * mfu:.1f}%"
+        print(f"{name:20s} {1000 * med:17.2f} {tokens / med:12,.0f} {flops * tokens / med / 1e9:17.2f} {mfu_text:>7s}")
     ratio = medians["gptlab train_step"] / medians["plain PyTorch"]
     print(f"gptlab / plain step time: {ratio:.3f} (gradient statistics every 10 steps included)")
 
