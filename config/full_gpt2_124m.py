@@ -1,8 +1,8 @@
 # GPT-2 124M on OpenWebText, as nanoGPT's config/train_gpt2.py: ~0.5M tokens per iteration
-# (12 sequences x 1024 tokens x 40 accumulation steps; divide accumulation by the GPU count
-# under torchrun to keep the global batch).
+# (12 sequences x 1024 tokens x 40 micro-batches; under torchrun the 40 are shared out over
+# the GPUs, as in nanoGPT, so the global batch stays the same).
 # python train.py config/full_gpt2_124m.py
-# torchrun --standalone --nproc_per_node=4 train.py config/full_gpt2_124m.py --gradient_accumulation_steps=10
+# torchrun --standalone --nproc_per_node=4 train.py config/full_gpt2_124m.py
 arch_preset = "gpt2"
 n_layer = 12
 n_head = 12

@@ -1,9 +1,9 @@
 # A LLaMA-style 124M model (RoPE, RMSNorm, SwiGLU, untied) on OpenWebText with GPT-2 124M's
 # recipe: ~0.5M tokens per iteration
-# (12 sequences x 1024 tokens x 40 accumulation steps; divide accumulation by the GPU count
-# under torchrun to keep the global batch).
+# (12 sequences x 1024 tokens x 40 micro-batches; under torchrun the 40 are shared out over
+# the GPUs, as in nanoGPT, so the global batch stays the same).
 # python train.py config/full_llama_124m.py
-# torchrun --standalone --nproc_per_node=4 train.py config/full_llama_124m.py --gradient_accumulation_steps=10
+# torchrun --standalone --nproc_per_node=4 train.py config/full_llama_124m.py
 arch_preset = "llama"
 n_layer = 12
 n_head = 12

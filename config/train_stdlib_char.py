@@ -3,6 +3,7 @@
 # python train.py config/train_stdlib_char.py
 dataset = "stdlib_char"
 out_dir = "out/quickstart"
+overwrite = True
 arch_preset = "llama"
 n_layer = 4
 n_head = 4

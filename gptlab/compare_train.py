@@ -19,10 +19,12 @@ from gptlab.errors import ConfigError
 TRAIN_DEFAULTS: dict[str, Any] = dict(
     dataset="stdlib_char",
     out_dir="out/compare",
+    overwrite=True,  # a comparison re-run replaces the last one's runs
     seed=1337,
     n_layer=2,
     n_head=4,
     n_embd=64,
+    multiple_of=16,  # LLaMA's 256 would round SwiGLU's 8H/3 = 171 up to 4H at this width: keep it like for like
     block_size=64,
     dropout=0.0,
     batch_size=8,

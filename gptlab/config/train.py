@@ -38,6 +38,7 @@ class TrainConfig:
     eval_only: bool = False
     always_save_checkpoint: bool = True
     init_from: str = "scratch"  # 'scratch' | 'resume' | a local HF dir, nanoGPT or gptlab ckpt.pt
+    overwrite: bool = False  # a new run may replace a previous run's files in out_dir
     # logging backends
     wandb_log: bool = False
     wandb_project: str = "gptlab"
@@ -170,7 +171,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Run a nanoGPT-style Python config file the user named and collect its assignments."""
     path = Path(path)
     if not path.is_file():
-        hint = f" (did you mean --{path}?)" if "=" in str(path) else ""
+        if "=" in str(path):
+            hint = f" (did you mean --{path}?)"
+        elif str(path).lstrip("-").replace(".", "", 1).isdigit():
+            hint = " (overrides take the form --key=value, with '=')"
+        else:
+            hint = ""
         raise ConfigError(f"config file {str(path)!r} does not exist{hint}")
     namespace: dict[str, Any] = {}
     try:

@@ -42,9 +42,10 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     if not path.exists():
         raise CheckpointError(f"{str(src)!r} does not exist (nothing is downloaded): expected {EXPECTED}")
     if path.is_dir():
-        if (path / "config.json").is_file():
-            return _from_hf(_read_json(path / "config.json"), lambda: _read_hf_weights(path), overrides)
-        if (path / "ckpt.pt").is_file():
+        hf_config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+        if hf_config is not None and ("model_type" in hf_config or not (path / "ckpt.pt").is_file()):
+            return _from_hf(hf_config, lambda: _read_hf_weights(path), overrides)
+        if (path / "ckpt.pt").is_file():  # a gptlab run directory (its config.json is the run's) or nanoGPT's
             return _from_torch_checkpoint(_torch_load(path / "ckpt.pt"), overrides)
         raise CheckpointError(f"{str(path)!r} holds neither config.json nor ckpt.pt: expected {EXPECTED}")
     return _from_torch_checkpoint(_torch_load(path), overrides)

@@ -152,6 +152,10 @@ def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but no CUDA device is available")
+    if args.dtype is None:  # measure the precision a training run on this device would use by default
+        from gptlab.train.loop import resolve_dtype
+
+        args.dtype = resolve_dtype("auto", torch.device(device))
     measured = measure_peak_flops(device, args.dtype, size=args.size, iters=args.iters)
     table = detect_peak(device, args.dtype)
     print(f"{device_name(device)} ({table.precision}): measured {measured / 1e12:.3f} TFLOPS (timed matmul)")
@@ -188,7 +192,9 @@ def register(subparsers: Any) -> None:
 
     peak = subparsers.add_parser("peak", help="time a large matmul: the achievable FLOP/s of this device")
     peak.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    peak.add_argument("--dtype", default="bfloat16", help="bfloat16, float16 or float32")
+    peak.add_argument(
+        "--dtype", help="bfloat16, float16 or float32 (default: what training uses there: bf16 on CUDA, fp32 on CPU)"
+    )
     peak.add_argument("--size", type=int, help="matrix size (default 8192 on GPU, 1024 on CPU)")
     peak.add_argument("--iters", type=int, default=10)
     peak.set_defaults(func=_cmd_peak)

@@ -14,6 +14,7 @@ from gptlab.errors import USER_ERRORS
 QUICKSTART: dict[str, Any] = dict(
     dataset="stdlib_char",
     out_dir="out/quickstart",
+    overwrite=True,  # a demo: running it again replaces the last one
     arch_preset="llama",
     n_layer=4,
     n_head=4,

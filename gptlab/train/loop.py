@@ -40,7 +40,7 @@ from gptlab.checkpoint import (
     save_dcp,
     save_single_file,
 )
-from gptlab.config.model import ModelArchitectureConfig
+from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig
 from gptlab.config.train import RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
@@ -81,18 +81,49 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     return "float32"
 
 
+UNIGRAM_MAX_TOKENS = 50_000_000  # the baseline is estimated on at most this many tokens per split
+UNIGRAM_CHUNK = 4_000_000  # bincount copies its input to int64: count in bounded chunks
+
+
 def unigram_baseline(dataset_dir: Path, meta: dict[str, Any]) -> float:
     """Cross-entropy (nats/token) of the train split's unigram distribution on the val split:
-    the loss a model that ignores context can reach, the bar a trained model must clear."""
+    the loss a model that ignores context can reach, the bar a trained model must clear.
+    Large datasets are estimated on their first UNIGRAM_MAX_TOKENS tokens, in bounded memory."""
     import numpy as np
 
     dtype = np.dtype(meta.get("dtype", "uint16"))
-    train = np.memmap(dataset_dir / "train.bin", dtype=dtype, mode="r")
-    val = np.memmap(dataset_dir / "val.bin", dtype=dtype, mode="r")
     vocab = int(meta["vocab_size"])
-    counts = np.bincount(train, minlength=vocab).astype(np.float64) + 1.0  # add-one: unseen val tokens
-    logp = np.log(counts / counts.sum())
-    return float(-logp[np.asarray(val)].mean())
+
+    def counts(split: str) -> np.ndarray:
+        data = np.memmap(dataset_dir / f"{split}.bin", dtype=dtype, mode="r")[:UNIGRAM_MAX_TOKENS]
+        total = np.zeros(vocab, dtype=np.int64)
+        for start in range(0, len(data), UNIGRAM_CHUNK):
+            total += np.bincount(data[start : start + UNIGRAM_CHUNK], minlength=vocab)[:vocab]
+        return total
+
+    train = counts("train").astype(np.float64) + 1.0  # add-one: val tokens unseen in train
+    val = counts("val")
+    logp = np.log(train / train.sum())
+    return float(-(val * logp).sum() / val.sum())
+
+
+# Architecture keys a run may change on weights it loads (they do not change the weights' shapes).
+FREE_ARCH_KEYS = ("dropout", "attention_backend")
+
+
+def _check_arch_overrides(run: RunConfig, loaded: dict[str, Any], source: str, may_shrink_block: bool = False) -> None:
+    """An architecture key the user set that the loaded weights contradict is an error, not ignored."""
+    for key in sorted(run.explicit & set(loaded)):
+        if key in FREE_ARCH_KEYS or key not in ARCH_FIELDS:
+            continue
+        wanted, have = getattr(run.arch, key), loaded[key]
+        if key == "block_size" and may_shrink_block and wanted <= have:
+            continue  # a shorter context crops the loaded model, as nanoGPT does
+        if wanted != have:
+            raise ConfigError(
+                f"{key}={wanted!r} conflicts with the weights loaded from {source!r} ({key}={have!r}); "
+                f"drop --{key} (only {', '.join(FREE_ARCH_KEYS)} may change on loaded weights)"
+            )
 
 
 class Trainer:
@@ -110,11 +141,27 @@ class Trainer:
         if self.mode == "fsdp" and self.dtype == "float16":
             raise ConfigError("parallel='fsdp' with dtype='float16' is not supported (no sharded loss scaling): "
                               "use --dtype=bfloat16")  # fmt: skip
+        # nanoGPT's meaning: gradient_accumulation_steps counts micro-batches of the global step,
+        # shared out over the ranks (the global batch stays the knob under any world size)
+        if cfg.gradient_accumulation_steps % self.world_size:
+            raise ConfigError(
+                f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be divisible by the "
+                f"world size {self.world_size} (it counts the micro-batches of the whole step, as in nanoGPT)"
+            )
+        self.accum_steps = cfg.gradient_accumulation_steps // self.world_size  # micro-steps per rank
         self._fault = _fault_injection()
         torch.manual_seed(cfg.seed)  # the same on every rank: every rank builds the same initial weights
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls and convs, as nanoGPT
             torch.backends.cudnn.allow_tf32 = True
+
+        if cfg.init_from != "resume" and not cfg.overwrite and not cfg.eval_only:
+            previous = [n for n in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (self.out_dir / n).exists()]
+            if previous:
+                raise ConfigError(
+                    f"out_dir={str(self.out_dir)!r} holds a previous run ({', '.join(previous)}): continue it with "
+                    "--init_from=resume, pick another --out_dir, or pass --overwrite=True to replace it"
+                )
 
         # ---- data
         self.dataset_dir = ensure_prepared(cfg.dataset, cfg.data_dir)
@@ -151,7 +198,13 @@ class Trainer:
 
         # ---- telemetry and logging
         self.telemetry = telemetry.TelemetryHooks(
-            self.raw_model, self.device, self.dtype, cfg, self.world_size, parallel=self.mode
+            self.raw_model,
+            self.device,
+            self.dtype,
+            cfg,
+            self.world_size,
+            parallel=self.mode,
+            accum_steps=self.accum_steps,
         )
         self.logger = TrainingLogger(
             self.out_dir,
@@ -181,7 +234,9 @@ class Trainer:
             if "vocab_size" not in run.explicit:
                 arch = replace(arch, vocab_size=64 * math.ceil(vocab / 64))  # pad for efficient matmuls
             elif arch.vocab_size < vocab:
-                raise ConfigError(f"vocab_size={arch.vocab_size} is smaller than dataset {cfg.dataset!r}'s {vocab}")
+                raise ConfigError(
+                    f"vocab_size={arch.vocab_size} is smaller than the vocabulary of dataset {cfg.dataset!r} ({vocab})"
+                )
             return arch, None, None
         if cfg.init_from == "resume":
             path = latest_checkpoint(self.out_dir)
@@ -193,7 +248,8 @@ class Trainer:
                 ckpt = load_checkpoint(path)
             ckpt["path"] = str(path)
             # the architecture is the checkpoint's; only settings that keep the weights may change
-            arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in ("dropout", "attention_backend")}}
+            _check_arch_overrides(run, ckpt["arch"], str(path))
+            arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in FREE_ARCH_KEYS}}
             return ModelArchitectureConfig.from_dict(arch_dict), ckpt, None
         # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint to fine-tune
         path = Path(cfg.init_from).expanduser()
@@ -201,7 +257,8 @@ class Trainer:
             raise ConfigError(
                 f"init_from={cfg.init_from!r} is neither 'scratch', 'resume' nor an existing local checkpoint path"
             )
-        model = ConfigurableGPT.from_pretrained(path, dropout=arch.dropout)
+        model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
+        _check_arch_overrides(run, model.config.to_dict(), str(path), may_shrink_block=True)
         if model.config.vocab_size < vocab:
             raise CheckpointError(f"{str(path)!r} has vocab_size={model.config.vocab_size} < dataset's {vocab}")
         if arch.block_size < model.config.block_size:
@@ -263,7 +320,7 @@ class Trainer:
         """One micro-step; returns the detached (unscaled) loss."""
         with self.autocast:
             _, loss = self.model(x, y)
-        self.scaler.scale(loss / self.cfg.gradient_accumulation_steps).backward()
+        self.scaler.scale(loss / self.accum_steps).backward()
         return loss.detach()
 
     def train_step(self) -> dict[str, Any]:
@@ -273,7 +330,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
-        steps = cfg.gradient_accumulation_steps
+        steps = self.accum_steps
         for micro in range(steps):
             # this rank's share of the global batch (module docstring)
             global_micro = micro * self.world_size + self.rank
@@ -416,15 +473,22 @@ class Trainer:
         last_losses = None
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
         t0 = time.time()
-        while True:
+        if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
+            losses = self.evaluate()
+            self.logger.log_eval(self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, cfg))
+            return self._finish(losses)
+        if self.iter_num > cfg.max_iters:  # a resumed run that is already done: change nothing
+            self.logger.log_event(
+                "done", f"nothing to do: iterations 0..{cfg.max_iters} are done (raise --max_iters to train on)"
+            )
+            return self._finish(None)
+        while self.iter_num <= cfg.max_iters:  # iterations 0..max_iters, as nanoGPT
             if self.iter_num % cfg.eval_interval == 0:
                 healthy = not bool(nonfinite)
                 last_losses = self._eval_and_checkpoint(healthy)
                 if not healthy:
                     self._stop_nonfinite()
                 t0 = time.time()  # the step's time must not include evaluation and saving
-            if cfg.eval_only:
-                break
             if self._fault == (self.rank, self.iter_num):  # test-only: a real kill -9 of this rank
                 os.kill(os.getpid(), signal.SIGKILL)
             step = self.train_step()
@@ -462,12 +526,9 @@ class Trainer:
                     grad_norm=None if step["grad_norm"] is None else step["grad_norm"].item(),
                 )
             self.iter_num += 1
-            if self.iter_num > cfg.max_iters:
-                break
-        if not cfg.eval_only:  # evaluate (and checkpoint) the final weights: iter_num steps are done
-            if bool(nonfinite):
-                self._stop_nonfinite()
-            last_losses = self._eval_and_checkpoint(healthy=True)
+        if bool(nonfinite):  # evaluate (and checkpoint) the final weights: iter_num steps are done
+            self._stop_nonfinite()
+        last_losses = self._eval_and_checkpoint(healthy=True)
         return self._finish(last_losses)
 
     def _stop_nonfinite(self) -> None:

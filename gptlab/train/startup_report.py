@@ -49,8 +49,9 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "max_iters": cfg.max_iters,
             "batch_size": cfg.batch_size,
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "micro_steps_per_rank": trainer.accum_steps,
             "world_size": trainer.world_size,
-            "sequences_per_iter": cfg.batch_size * cfg.gradient_accumulation_steps * trainer.world_size,
+            "sequences_per_iter": cfg.batch_size * cfg.gradient_accumulation_steps,  # the global batch
             "block_size": arch.block_size,
             "tokens_per_iter": tokens_per_iter,
             "total_tokens": tokens_per_iter * (cfg.max_iters + 1 - trainer.iter_num),
@@ -104,7 +105,8 @@ def render_startup_report(r: dict[str, Any]) -> str:
         f"  parameters:  {a['params'] / 1e6:.2f}M ({a['params_non_embedding'] / 1e6:.2f}M excluding embedding lookups)",
         "Training",
         f"  data:        {t['dataset']} ({t['tokenizer']}, vocab {t['vocab_size']}); init_from={t['init_from']}",
-        f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} accum x {t['world_size']} ranks"
+        f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} micro-batches"
+        f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks)"
         f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"
         f" = {t['tokens_per_iter']:,} tokens/iter",
         f"  length:      iters {t['start_iter']}..{t['max_iters']} ({t['total_tokens']:,} tokens)",

@@ -27,12 +27,15 @@ class TelemetryHooks:
         cfg: TrainConfig,
         world_size: int,
         parallel: str = "none",
+        accum_steps: int | None = None,
     ) -> None:
         self.model, self.device, self.dtype, self.cfg, self.world_size = model, device, dtype, cfg, world_size
         self.parallel = parallel
         self.arch = model.config
+        # micro-steps per rank: the global gradient_accumulation_steps shared out over the ranks
+        self.accum_steps = accum_steps if accum_steps is not None else cfg.gradient_accumulation_steps // world_size
         # sequences of block_size tokens per optimizer step, per rank (nanoGPT's fwdbwd_per_iter)
-        self.fwdbwd_per_iter = cfg.batch_size * cfg.gradient_accumulation_steps
+        self.fwdbwd_per_iter = cfg.batch_size * self.accum_steps
         self.tokens_per_iter = self.fwdbwd_per_iter * self.arch.block_size * world_size
         self.peak_info = detect_peak(device, getattr(torch, dtype), override_tflops=cfg.peak_tflops)
         info = self.peak_info
@@ -61,7 +64,14 @@ class TelemetryHooks:
         return expected_tokens_per_sec(self.arch, peak, mfu, num_gpus=self.world_size)
 
     def mfu(self, dt: float) -> dict[str, Any]:
-        return estimate_mfu_detailed(self.arch, self.fwdbwd_per_iter, dt, num_gpus=self.world_size, peak=self.peak_info)
+        return estimate_mfu_detailed(
+            self.arch,
+            self.fwdbwd_per_iter,
+            dt,
+            num_gpus=self.world_size,
+            peak=self.peak_info,
+            activation_checkpointing=self.cfg.activation_checkpointing,  # HFU counts the recomputation
+        )
 
     def memory_stats(self) -> dict[str, Any]:
         stats = get_memory_stats(self.device)
@@ -83,7 +93,7 @@ class TelemetryHooks:
             parallel=self.parallel,
             world_size=self.world_size,
             activation_checkpointing=self.cfg.activation_checkpointing,
-            grad_accum_steps=self.cfg.gradient_accumulation_steps,
+            grad_accum_steps=self.accum_steps,
             device_type=self.device.type,
         )
 

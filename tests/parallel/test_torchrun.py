@@ -43,7 +43,7 @@ def small(data_dir: Path, out: Path, **over: object) -> list[str]:
         n_embd=32,
         block_size=32,
         batch_size=4,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=2,  # global, as nanoGPT: 1 micro-step per rank on 2 ranks
         max_iters=ITERS,
         lr_decay_iters=ITERS,
         warmup_iters=4,

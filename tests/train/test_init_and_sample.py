@@ -34,11 +34,29 @@ def test_init_from_pretrained_directory_or_checkpoint(fmt: str, data_dir: Path, 
         train(parse_run_args(tiny_args(data_dir, src, max_iters=4, block_size=64)), stream=io.StringIO())
         src = src / "ckpt.pt"
     out = tmp_path / "finetune"
-    run = parse_run_args(tiny_args(data_dir, out, init_from=str(src), block_size=32, max_iters=4))
+    size = dict(n_head=4, n_embd=64) if fmt == "hf" else {}  # what the loaded weights have
+    run = parse_run_args(tiny_args(data_dir, out, init_from=str(src), block_size=32, max_iters=4, **size))
     trainer = Trainer(run, stream=io.StringIO())
     assert trainer.arch.block_size == 32  # cropped to the requested shorter context, as nanoGPT does
     trainer.run()
     assert _records(out)[0]["training"]["init_from"] == str(src)
+
+
+def test_run_directory_loads_and_conflicting_overrides_fail(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.errors import ConfigError
+
+    src = tmp_path / "src"
+    train(parse_run_args(tiny_args(data_dir, src, max_iters=2)), stream=io.StringIO())
+    assert ConfigurableGPT.from_pretrained(src).config.n_layer == 2  # a run dir: config.json is the run's
+    with pytest.raises(ConfigError, match=r"n_layer=3 conflicts with the weights loaded from .* \(n_layer=2\)"):
+        Trainer(
+            parse_run_args(tiny_args(data_dir, tmp_path / "b", init_from=str(src), n_layer=3)), stream=io.StringIO()
+        )
+    with pytest.raises(ConfigError, match="position_encoding='alibi' conflicts"):
+        Trainer(
+            parse_run_args(tiny_args(data_dir, src, init_from="resume", position_encoding="alibi")),
+            stream=io.StringIO(),
+        )
 
 
 def test_init_from_missing_path_is_one_line(data_dir: Path, tmp_path: Path) -> None:
@@ -99,3 +117,31 @@ def test_gradient_spike_is_an_event(data_dir: Path, tmp_path: Path) -> None:
 def test_bf16_autocast_on_cpu_trains(data_dir: Path, tmp_path: Path) -> None:
     summary = train(parse_run_args(tiny_args(data_dir, tmp_path, dtype="bfloat16", max_iters=16)), stream=io.StringIO())
     assert summary["final_val_loss"] < 4.5 and torch.isfinite(torch.tensor(summary["final_val_loss"]))
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_dir: Path, tmp_path: Path) -> None:
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, eval_interval=4)), stream=io.StringIO())
+    ckpt = (tmp_path / "ckpt.pt").read_bytes()
+    summary = train(
+        parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, eval_interval=4, init_from="resume")),
+        stream=io.StringIO(),
+    )
+    assert (tmp_path / "ckpt.pt").read_bytes() == ckpt and summary["iterations"] == 5
+    assert any(r.get("event") == "done" for r in _records(tmp_path))
+    # eval_only evaluates the checkpoint whatever its iteration (5 is not a multiple of 4) and writes no checkpoint
+    summary = train(
+        parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, eval_interval=4, init_from="resume", eval_only=True)),
+        stream=io.StringIO(),
+    )
+    assert summary["final_val_loss"] is not None and (tmp_path / "ckpt.pt").read_bytes() == ckpt
+
+
+def test_a_new_run_never_silently_replaces_a_previous_one(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.errors import ConfigError
+
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2)), stream=io.StringIO())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"holds a previous run .*--init_from=resume.*--overwrite=True"):
+        Trainer(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2)), stream=io.StringIO())
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2, overwrite=True)), stream=io.StringIO())
