@@ -49,6 +49,7 @@ def main() -> None:
                 f"--dtype={a.dtype!r}",
                 "--compile=False",
                 "--out_dir='out/bench'",
+                "--overwrite=True",
                 "--warmup_iters=0",
             ]
         ),

@@ -72,6 +72,7 @@ def main() -> None:
         f"--dtype={a.dtype!r}",
         f"--compile={a.compile}",
         "--out_dir='out/bench'",
+        "--overwrite=True",
         "--gradient_log_interval=10",
         "--warmup_iters=0",
         f"--attention_backend={a.attention_backend!r}",
