@@ -76,6 +76,10 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             run.events.append(record)
         elif kind == "summary":
             run.summary = record
+    # After a kill and a resume the log holds the iterations past the checkpoint twice: the resumed
+    # run's records are the ones that count, so keep the last record of each iteration.
+    run.iters = list({r["iter"]: r for r in run.iters}.values())
+    run.evals = list({r["iter"]: r for r in run.evals}.values())
     summary_file = path / "summary.json"
     if not run.summary and summary_file.is_file():
         run.summary = json.loads(summary_file.read_text())

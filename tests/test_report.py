@@ -125,3 +125,17 @@ def test_headless_chromium_renders_the_plots(report_dir: Path, tmp_path: Path) -
     blue = sum(n for n, c in colours if sum(abs(a - b) for a, b in zip(c, (31, 119, 180))) < 30)
     orange = sum(n for n, c in colours if sum(abs(a - b) for a, b in zip(c, (255, 127, 14))) < 30)
     assert blue > 200 and orange > 200
+
+
+def test_resumed_log_keeps_the_last_record_of_each_iteration(tmp_path) -> None:
+    import json
+
+    from gptlab.report import load_run
+
+    lines = [{"type": "iter", "iter": i, "loss": 5.0 - i} for i in range(4)]
+    lines += [{"type": "event", "event": "resume", "message": "resuming"}]
+    lines += [{"type": "iter", "iter": i, "loss": 10.0 + i} for i in range(2, 5)]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    run = load_run(tmp_path)
+    assert [r["iter"] for r in run.iters] == [0, 1, 2, 3, 4]
+    assert [r["loss"] for r in run.iters] == [5.0, 4.0, 12.0, 13.0, 14.0]

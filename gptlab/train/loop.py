@@ -512,6 +512,7 @@ class Trainer:
                 )
             if self.iter_num % cfg.log_interval == 0:
                 lossf = step["loss"].item()  # the host sync that logging asks for
+                self._note_loss_scale()
                 if not math.isfinite(lossf) and cfg.nan_policy == "stop":
                     self._stop_nonfinite()
                 self.logger.log_iter_detailed(
@@ -530,6 +531,22 @@ class Trainer:
             self._stop_nonfinite()
         last_losses = self._eval_and_checkpoint(healthy=True)
         return self._finish(last_losses)
+
+    def _note_loss_scale(self) -> None:
+        """fp16: GradScaler skips steps with inf/NaN gradients and lowers its scale; say so."""
+        if not self.scaler.is_enabled():
+            return
+        scale = self.scaler.get_scale()
+        previous = getattr(self, "_loss_scale", None)
+        if previous is not None and scale < previous:
+            self.logger.log_event(
+                "loss_scale",
+                f"iter {self.iter_num}: fp16 loss scale fell {previous:g} -> {scale:g} "
+                "(steps with inf/NaN gradients were skipped)",
+                iter=self.iter_num,
+                scale=scale,
+            )
+        self._loss_scale = scale
 
     def _stop_nonfinite(self) -> None:
         self.logger.log_event(

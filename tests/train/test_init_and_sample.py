@@ -145,3 +145,19 @@ def test_a_new_run_never_silently_replaces_a_previous_one(data_dir: Path, tmp_pa
         Trainer(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2)), stream=io.StringIO())
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2, overwrite=True)), stream=io.StringIO())
+
+
+def test_fp16_skipped_steps_are_reported(data_dir: Path, tmp_path: Path) -> None:
+    trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path, dtype="float16", max_iters=4)), stream=io.StringIO())
+    original = trainer.forward_backward
+
+    def forward_backward(micro: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = original(micro, x, y)
+        if trainer.iter_num == 2:  # an overflow in the gradients, the loss itself finite
+            next(trainer.raw_model.parameters()).grad.fill_(float("inf"))
+        return loss
+
+    trainer.forward_backward = forward_backward  # type: ignore[method-assign]
+    trainer.run()
+    events = [r for r in _records(tmp_path) if r.get("event") == "loss_scale"]
+    assert len(events) == 1 and events[0]["iter"] == 2
