@@ -35,7 +35,11 @@ def _cmd_presets(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gptlab", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gptlab",
+        description="Train GPT architectures assembled from configuration, with verified FLOPs, MFU and memory "
+        "figures. Start with `gptlab train` (a two-minute CPU run); `gptlab COMMAND -h` explains each command.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     arch = sub.add_parser(
         "arch",
