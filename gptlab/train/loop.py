@@ -178,6 +178,7 @@ class Trainer:
             for split in ("train", "val")
         }
         self._build_model(self.arch, ckpt, pretrained)
+        self.start_iter = self.iter_num
 
         # ---- model, optimizer, precision: build, then wrap (activation checkpointing, compile, FSDP or DDP)
         self.model.to(self.device)
@@ -576,6 +577,9 @@ class Trainer:
         extra: dict[str, Any] = {
             "status": "completed",
             "iterations": self.iter_num,
+            # this session's share: the statistics above cover iterations start_iter..iterations-1
+            "start_iter": self.start_iter,
+            "resumed": self.cfg.init_from == "resume",
             "unigram_baseline_loss": unigram_baseline(self.dataset_dir, self.meta),
             "parallel": self.mode,
             "world_size": self.world_size,
