@@ -10,51 +10,25 @@ python bench/telemetry_overhead.py --device cuda --dtype bfloat16 --n_layer 12 -
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import time
 
 import torch
+from common import add_run_args, build_trainer  # bench/common.py (scripts run from bench/ or by path)
 
-from gptlab.config.train import TrainConfig, parse_run_args
-from gptlab.train.loop import Trainer
+from gptlab.config.train import TrainConfig
 
 NEVER = 10**9  # a gradient_log_interval that never fires within the benchmark
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="llama")
-    p.add_argument("--n_layer", type=int, default=4)
-    p.add_argument("--n_embd", type=int, default=128)
-    p.add_argument("--n_head", type=int, default=4)
-    p.add_argument("--block_size", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    add_run_args(p)
     p.add_argument("--iters", type=int, default=30, help="steps per variant per round")
     p.add_argument("--rounds", type=int, default=4)
     a = p.parse_args()
     default_interval = TrainConfig.__dataclass_fields__["gradient_log_interval"].default
-    trainer = Trainer(
-        parse_run_args(
-            [
-                f"--arch_preset={a.preset!r}",
-                f"--n_layer={a.n_layer}",
-                f"--n_embd={a.n_embd}",
-                f"--n_head={a.n_head}",
-                f"--block_size={a.block_size}",
-                f"--batch_size={a.batch_size}",
-                f"--device={a.device!r}",
-                f"--dtype={a.dtype!r}",
-                "--compile=False",
-                "--out_dir='out/bench'",
-                "--overwrite=True",
-                "--warmup_iters=0",
-            ]
-        ),
-        stream=io.StringIO(),
-    )
+    trainer = build_trainer(a)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     variants = {"never": NEVER, f"every {default_interval} (default)": default_interval, "every step": 1}
     times: dict[str, list[float]] = {name: [] for name in variants}

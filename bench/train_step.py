@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import statistics
 import time
 from typing import Any
 
 import torch
+from common import add_run_args, build_trainer  # bench/common.py (scripts run from bench/ or by path)
 
-from gptlab.config.train import parse_run_args
-from gptlab.train.loop import PT_DTYPES, Trainer
+from gptlab.train.loop import PT_DTYPES
 
 
 def _sync(device: torch.device) -> None:
@@ -42,43 +41,12 @@ def time_steps(step: Any, device: torch.device, warmup: int, iters: int) -> list
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="llama")
-    p.add_argument("--n_layer", type=int, default=4)
-    p.add_argument("--n_embd", type=int, default=128)
-    p.add_argument("--n_head", type=int, default=4)
-    p.add_argument("--block_size", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--grad_accum", type=int, default=1)
-    p.add_argument("--dataset", default="stdlib_char")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--attention_backend", default="sdpa", help="sdpa or manual")
-    p.add_argument("--peak_tflops", type=float, help="dense peak per device for MFU where none is known (CPU)")
+    add_run_args(p)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="alternate the two loops this many times")
     a = p.parse_args()
-    args = [
-        f"--arch_preset={a.preset!r}",
-        f"--n_layer={a.n_layer}",
-        f"--n_embd={a.n_embd}",
-        f"--n_head={a.n_head}",
-        f"--block_size={a.block_size}",
-        f"--batch_size={a.batch_size}",
-        f"--gradient_accumulation_steps={a.grad_accum}",
-        f"--dataset={a.dataset!r}",
-        f"--device={a.device!r}",
-        f"--dtype={a.dtype!r}",
-        f"--compile={a.compile}",
-        "--out_dir='out/bench'",
-        "--overwrite=True",
-        "--gradient_log_interval=10",
-        "--warmup_iters=0",
-        f"--attention_backend={a.attention_backend!r}",
-        f"--peak_tflops={a.peak_tflops}",
-    ]
-    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    trainer = build_trainer(a)
     device = trainer.device
 
     # The plain loop: same model object, loader and optimizer settings; nothing else.

@@ -1,0 +1,50 @@
+"""What the benchmark scripts share: the model and run settings, and building a Trainer from them."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+from gptlab.config.train import parse_run_args
+from gptlab.train.loop import Trainer
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Model size, data, device and precision flags (a small llama-style CPU run by default)."""
+    p.add_argument("--preset", default="llama")
+    p.add_argument("--n_layer", type=int, default=4)
+    p.add_argument("--n_embd", type=int, default=128)
+    p.add_argument("--n_head", type=int, default=4)
+    p.add_argument("--block_size", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--grad_accum", type=int, default=1)
+    p.add_argument("--dataset", default="stdlib_char")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--attention_backend", default="sdpa", help="sdpa or manual")
+    p.add_argument("--peak_tflops", type=float, help="dense peak per device for MFU where none is known (CPU)")
+
+
+def build_trainer(a: argparse.Namespace) -> Trainer:
+    """A Trainer for the flags of ``add_run_args`` (writing to out/bench, replaced every time)."""
+    args = [
+        f"--arch_preset={a.preset!r}",
+        f"--n_layer={a.n_layer}",
+        f"--n_embd={a.n_embd}",
+        f"--n_head={a.n_head}",
+        f"--block_size={a.block_size}",
+        f"--batch_size={a.batch_size}",
+        f"--gradient_accumulation_steps={a.grad_accum}",
+        f"--dataset={a.dataset!r}",
+        f"--device={a.device!r}",
+        f"--dtype={a.dtype!r}",
+        f"--compile={a.compile}",
+        f"--attention_backend={a.attention_backend!r}",
+        f"--peak_tflops={a.peak_tflops}",
+        "--out_dir='out/bench'",
+        "--overwrite=True",
+        "--gradient_log_interval=10",
+        "--warmup_iters=0",
+    ]
+    return Trainer(parse_run_args(args), stream=io.StringIO())
