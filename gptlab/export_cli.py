@@ -24,12 +24,9 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
         raise ConfigError(f"export destination {str(out)!r} exists and is not a directory")
     save_single_file({**ckpt, "model": clean_state_dict(ckpt["model"])}, out)
     if hf:
-        from gptlab.config.model import ModelArchitectureConfig
-        from gptlab.model.gpt import ConfigurableGPT
+        from gptlab.model.convert import model_from_checkpoint
 
-        model = ConfigurableGPT(ModelArchitectureConfig.from_dict(ckpt["arch"]))
-        model.load_state_dict(clean_state_dict(ckpt["model"]))
-        model.save_pretrained(out)
+        model_from_checkpoint(ckpt).save_pretrained(out)
     return out / CHECKPOINT_NAME
 
 

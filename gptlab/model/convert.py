@@ -51,12 +51,18 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     return _from_torch_checkpoint(_torch_load(path), overrides)
 
 
+def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> ConfigurableGPT:
+    """The model of a loaded gptlab checkpoint dict (it records its architecture), strictly
+    loaded; ``overrides`` may change only what leaves the weights alone (e.g. ``dropout``)."""
+    _check_overridable(overrides)
+    config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides})
+    return _build(config, _strip_prefix(dict(ckpt["model"]), COMPILED_PREFIX), "gptlab checkpoint")
+
+
 def _from_torch_checkpoint(ckpt: Any, overrides: dict[str, Any]) -> ConfigurableGPT:
-    """A gptlab training checkpoint (it records its architecture) or a nanoGPT one."""
+    """A gptlab training checkpoint or a nanoGPT one."""
     if isinstance(ckpt, dict) and ckpt.get("format") == "gptlab" and "arch" in ckpt:
-        _check_overridable(overrides)
-        config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides})
-        return _build(config, _strip_prefix(dict(ckpt["model"]), COMPILED_PREFIX), "gptlab checkpoint")
+        return model_from_checkpoint(ckpt, **overrides)
     return _from_nanogpt(ckpt, overrides)
 
 

@@ -57,6 +57,7 @@ def estimate_mfu_detailed(
     activation_checkpointing: bool = False,
     seq_len: int | None = None,
     peak: PeakInfo | None = None,
+    flops: Any | None = None,
 ) -> dict[str, Any]:
     """MFU / HFU of one optimizer step (see the module docstring for the argument convention).
 
@@ -67,7 +68,8 @@ def estimate_mfu_detailed(
     """
     if not dt > 0 or not fwdbwd_per_iter > 0 or num_gpus < 1:
         raise ValueError(f"need dt > 0, fwdbwd_per_iter > 0, num_gpus >= 1; got {dt}, {fwdbwd_per_iter}, {num_gpus}")
-    fl = _compute_flops(config, seq_len, activation_checkpointing)
+    # ``flops``: a compute_flops() result for these arguments, so a training loop computes it once per run
+    fl = flops if flops is not None else _compute_flops(config, seq_len, activation_checkpointing)
     if peak is not None:
         name, peak_per_gpu, source, precision = peak.name, peak.peak_flops, peak.source, peak.precision
     else:

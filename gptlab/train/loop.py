@@ -51,7 +51,7 @@ from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.schedule import get_lr
 from gptlab.train.startup_report import build_startup_report, render_startup_report
 
-PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PT_DTYPES = parallel.PT_DTYPES  # the dtype names TrainConfig accepts, as torch dtypes
 
 
 class NonFiniteLossError(GptlabError):

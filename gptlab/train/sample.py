@@ -49,14 +49,13 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
 
 def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[Any, dict[str, Any] | None]:
     """The model and the tokenizer meta recorded with it (None for foreign checkpoints)."""
-    from gptlab.checkpoint import clean_state_dict, load_checkpoint
-    from gptlab.config.model import ModelArchitectureConfig
+    from gptlab.checkpoint import load_checkpoint
+    from gptlab.model.convert import model_from_checkpoint
     from gptlab.model.gpt import ConfigurableGPT
 
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(Path(cfg.out_dir))
-        model = ConfigurableGPT(ModelArchitectureConfig.from_dict({**ckpt["arch"], "dropout": 0.0}))
-        model.load_state_dict(clean_state_dict(ckpt["model"]))
+        model = model_from_checkpoint(ckpt, dropout=0.0)
         tokenizer = ckpt.get("tokenizer")
     else:
         model = ConfigurableGPT.from_pretrained(cfg.init_from, dropout=0.0)

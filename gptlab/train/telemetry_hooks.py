@@ -46,7 +46,8 @@ class TelemetryHooks:
             "source": info.source,
         }
         self.spikes = GradientSpikeDetector()
-        self.flops = compute_flops(self.arch)  # a pure function of the architecture: once per run
+        # a pure function of the architecture: computed once per run, reused by every MFU figure
+        self.flops = compute_flops(self.arch, activation_checkpointing=cfg.activation_checkpointing)
 
     def flops_summary(self) -> dict[str, Any]:
         f = self.flops
@@ -71,6 +72,7 @@ class TelemetryHooks:
             num_gpus=self.world_size,
             peak=self.peak_info,
             activation_checkpointing=self.cfg.activation_checkpointing,  # HFU counts the recomputation
+            flops=self.flops,
         )
 
     def memory_stats(self) -> dict[str, Any]:

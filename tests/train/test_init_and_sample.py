@@ -161,3 +161,17 @@ def test_fp16_skipped_steps_are_reported(data_dir: Path, tmp_path: Path) -> None
     trainer.run()
     events = [r for r in _records(tmp_path) if r.get("event") == "loss_scale"]
     assert len(events) == 1 and events[0]["iter"] == 2
+
+
+def test_logged_hfu_counts_activation_checkpointing(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.telemetry.flops import compute_flops
+
+    run = parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2, peak_tflops=1.0, activation_checkpointing=True))
+    train(run, stream=io.StringIO())
+    from gptlab import ModelArchitectureConfig
+
+    arch = ModelArchitectureConfig.from_dict(json.loads((tmp_path / "config.json").read_text())["arch"])
+    fl = compute_flops(arch, activation_checkpointing=True)  # the trained architecture (vocabulary padded)
+    for r in (r for r in _records(tmp_path) if r["type"] == "iter"):
+        assert r["hfu"] / r["mfu"] == pytest.approx(fl.hfu_flops_per_token / fl.flops_per_token)
+        assert r["hfu"] / r["mfu"] > 1.25  # the recomputed forward is counted
