@@ -79,6 +79,7 @@ class TrainConfig:
     use_zero1: bool = False  # the design document's flag: parallel='zero1'
     use_fsdp: bool = False  # the design document's flag: parallel='fsdp'
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    loss_chunk_size: int = 0  # >0: fused LM head + cross-entropy over chunks of this many tokens, no full logits
     fsdp_cpu_offload: bool = False  # fsdp: keep sharded parameters, gradients and optimizer states in CPU memory
     dist_timeout: int = 600  # seconds a collective may wait for the other ranks before the job fails
     keep_checkpoints: int = 1  # the last K checkpoints are kept
@@ -120,7 +121,7 @@ class TrainConfig:
         for key in (*positive, "gradient_accumulation_steps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected a positive integer")
-        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens"):
+        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "loss_chunk_size"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected an integer >= 0")
         for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):

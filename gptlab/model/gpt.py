@@ -24,6 +24,7 @@ from gptlab.model.components import (
     build_norm,
     build_position_encoding,
 )
+from gptlab.model.loss import linear_cross_entropy
 
 
 class TransformerBlock(nn.Module):
@@ -77,6 +78,9 @@ class ConfigurableGPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.weight_tying:
             self.lm_head.weight = self.wte.weight
+        # tokens per chunk of the fused LM head + cross-entropy (gptlab.model.loss); 0: plain logits.
+        # A training setting, not architecture: the Trainer sets it from TrainConfig.loss_chunk_size.
+        self.loss_chunk_size = 0
         self.apply(self._init_weights)
 
     # ------------------------------------------------------------------ init
@@ -93,9 +97,11 @@ class ConfigurableGPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Logits for every position and the mean cross-entropy when ``targets`` is given
-        (-1 targets are ignored); otherwise logits for the last position only and ``None``."""
+        (-1 targets are ignored); otherwise logits for the last position only and ``None``.
+        With ``loss_chunk_size`` > 0 and targets, the loss comes from the chunked head and the
+        logits are ``None``: never materialising them is the point (gptlab.model.loss)."""
         T = idx.shape[1]
         if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
@@ -107,6 +113,8 @@ class ConfigurableGPT(nn.Module):
             x = self.norm_f(x)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab): all that sampling needs
+        if self.loss_chunk_size > 0:
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.loss_chunk_size)
         logits = self.lm_head(x)  # (B, T, vocab)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss

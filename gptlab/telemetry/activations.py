@@ -31,6 +31,17 @@ Beyond the saved tensors, the step holds the (B, T, V) logits until backward, an
 backward briefly holds two float32 (N, V) gradients (``peak_bytes``). The figures are for eager
 mode: torch.compile fuses ops and usually saves less.
 
+With the chunked LM head + loss (``loss_chunk_size`` = k > 0, gptlab.model.loss) nothing of size
+(N, V) exists: saved are the head's input gradient (r*H*N) and a float32 weight gradient (4*V*H)
+instead of the head input, the log-softmax and the targets, and the head's weight is cast inside
+the loss, not cached. The transient is the larger of backward's scaled copies of those two and the
+last chunk's forward temporaries: the head input (r*H*N, alive until the loss returns), a chunk's
+float32 logits turned softmax in place (4*k*V) and its c-byte copy (low precision only), the chunk
+input cast (c*k*H) or, in float32, the chunk's input-gradient product (4*k*H); under low precision
+also the weight cast and the (V, H) weight-gradient product (c*V*H each) and the float32 copy of
+that product PyTorch's CPU kernels make for the mixed-dtype accumulation (4*V*H; counted on every
+device, an upper bound on CUDA).
+
 Assumptions: dropout 0 (the presets' value; a mask per dropout site is not counted), batch >= 2
 (with one sequence, reshapes may alias instead of copy), a fused SDPA kernel (no math fallback),
 FSDP2 with ``MixedPrecisionPolicy`` (parameters gathered in the compute dtype, so no autocast
@@ -80,6 +91,7 @@ class ActivationEstimate:
     logits_bytes: int  # the (B, T, V) logits the caller holds; not saved for backward
     loss_backward_bytes: int  # the loss backward's two float32 (N, V) gradients, alive together
     notes: list[str] = field(default_factory=list)
+    loss_chunk_bytes: int = 0  # chunked loss: the forward's temporaries at its last chunk (module docstring)
 
     @property
     def layer_bytes(self) -> int:
@@ -110,8 +122,14 @@ class ActivationEstimate:
         is still alive and the cross-entropy backward holds the gradients wrt the log-probabilities and
         wrt the logits. Exact (to a few bytes, by PyTorch's memory profiler) when the vocabulary outweighs
         the layer widths, as at real sizes; with a tiny vocabulary one layer's backward temporaries are
-        larger (8-13% more than this on a 64-wide test model with V=96)."""
-        return self.total_bytes + self.loss_backward_bytes
+        larger (8-13% more than this on a 64-wide test model with V=96). With the chunked loss, the
+        moment is the loss backward or the forward's last chunk, whichever needs more."""
+        return self.total_bytes + self.loss_transient_bytes
+
+    @property
+    def loss_transient_bytes(self) -> int:
+        """The loss's short-lived memory on top of the saved tensors and logits (see ``peak_bytes``)."""
+        return max(self.loss_backward_bytes, self.loss_chunk_bytes)
 
 
 def estimate_activations(
@@ -124,11 +142,13 @@ def estimate_activations(
     activation_checkpointing: bool = False,
     device_type: str = "cuda",
     weight_copies: bool = True,
+    loss_chunk_size: int = 0,
 ) -> ActivationEstimate:
     """Bytes autograd saves in one forward of ``batch_size`` sequences (see the module docstring).
 
     ``dtype`` is the autocast dtype ('float32' for none); ``device_type`` matters only for the
-    manual backend under autocast; ``weight_copies=False`` for FSDP2 with a mixed-precision policy.
+    manual backend under autocast; ``weight_copies=False`` for FSDP2 with a mixed-precision policy;
+    ``loss_chunk_size`` > 0 for the chunked LM head + loss (TrainConfig.loss_chunk_size).
     """
     B = int(batch_size)
     T = config.block_size if seq_len is None else int(seq_len)
@@ -176,8 +196,10 @@ def estimate_activations(
         layer["rope_tables_cast"] = 4 * T * hd * c
     layer.update(_ffn_saved(config, c, N, matmul_input, notes))
 
-    # targets: the ids, plus nll_loss's float32 total-weight scalar
-    other: dict[str, int] = {"token_ids": INDEX_BYTES * N, "targets": INDEX_BYTES * N + FP32}
+    chunked = loss_chunk_size > 0
+    other: dict[str, int] = {"token_ids": INDEX_BYTES * N}
+    if not chunked:  # the ids, plus nll_loss's float32 total-weight scalar
+        other["targets"] = INDEX_BYTES * N + FP32
     if config.position_encoding == "learned_absolute":
         other["position_ids"] = INDEX_BYTES * T
     # ALiBi's float32 (1, h, T, T) bias is one tensor shared by all layers: saved by SDPA when no
@@ -187,12 +209,26 @@ def estimate_activations(
         other["alibi_bias"] = FP32 * h * T * T
     if config.final_norm:
         other["final_norm"] = norm_saved()
-    other["lm_head_input"] = matmul_input(1)
-    other["log_softmax"] = FP32 * V * N
+    if chunked:
+        other["lm_head_grad_input"] = r * H * N
+        other["lm_head_grad_weight"] = FP32 * V * H
+    else:
+        other["lm_head_input"] = matmul_input(1)
+        other["log_softmax"] = FP32 * V * N
     if autocast and weight_copies:  # each Linear's weight, cast once per forward (autocast caches it)
         shapes = [s for s in parameter_shapes(config) if s.matmul]
         layer["weight_copies"] = c * sum(s.numel for s in shapes if s.name.startswith("blocks.0."))
-        other["weight_copies"] = c * sum(s.numel for s in shapes if not s.name.startswith("blocks."))
+        if not chunked:  # the chunked loss casts the LM head itself, transiently
+            other["weight_copies"] = c * sum(s.numel for s in shapes if not s.name.startswith("blocks."))
+    loss_chunk = 0
+    if chunked:
+        k = min(loss_chunk_size, N)
+        loss_chunk = r * H * N + FP32 * k * V
+        if autocast:
+            cast_weight = c * V * H if weight_copies else 0  # FSDP2 gathers the weight in c already
+            loss_chunk += c * k * V + c * k * H + cast_weight + c * V * H + FP32 * V * H
+        else:
+            loss_chunk += FP32 * k * H
     if config.dropout > 0:
         notes.append("dropout > 0: its masks are not counted")
     return ActivationEstimate(
@@ -201,9 +237,10 @@ def estimate_activations(
         n_layer=config.n_layer,
         activation_checkpointing=activation_checkpointing,
         checkpoint_input_bytes=r * H * N,
-        logits_bytes=c * V * N,
-        loss_backward_bytes=2 * FP32 * V * N,
+        logits_bytes=0 if chunked else c * V * N,
+        loss_backward_bytes=FP32 * V * H + r * H * N if chunked else 2 * FP32 * V * N,
         notes=notes,
+        loss_chunk_bytes=loss_chunk,
     )
 
 

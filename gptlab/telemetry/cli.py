@@ -118,12 +118,14 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         activation_checkpointing=args.activation_checkpointing,
         grad_accum_steps=args.grad_accum_steps,
         device_type=args.device_type,
+        loss_chunk_size=args.loss_chunk_size,
     )
     first = next(iter(plans.values()))
     _print_flops(config, config.block_size, args.activation_checkpointing)
     print(f"\nmemory per GPU in GB (1e9 bytes): micro-batch {args.batch_size} x {config.block_size} tokens, "
           f"autocast {args.dtype}, AdamW, activation checkpointing {args.activation_checkpointing}, "
-          f"{config.attention_backend} attention")  # fmt: skip
+          f"{config.attention_backend} attention, "
+          + (f"chunked loss ({args.loss_chunk_size} tokens)" if args.loss_chunk_size else "plain logits"))  # fmt: skip
     header = "".join(f"{f'{m} x{p.world_size}':>12s}" for m, p in plans.items())
     print(f"{'':22s}{header}")
     rows = ("parameters", "gradients", "optimizer", "activations", "logits", "loss_backward", "buffers", "comm_buffers")
@@ -188,6 +190,9 @@ def register(subparsers: Any) -> None:
     plan.add_argument("--world_size", type=int, default=8, help="GPUs for ddp/zero1/fsdp (default 8)")
     plan.add_argument("--grad_accum_steps", type=int, default=1, help="micro-steps per optimizer step")
     plan.add_argument("--device_type", default="cuda", choices=("cuda", "cpu"), help="whose autocast rules apply")
+    plan.add_argument(
+        "--loss_chunk_size", type=int, default=0, help="tokens per chunk of the fused LM head + loss (0: plain logits)"
+    )
     plan.set_defaults(func=_cmd_plan)
 
     peak = subparsers.add_parser("peak", help="time a large matmul: the achievable FLOP/s of this device")

@@ -54,7 +54,7 @@ class ModeMemory:
     optimizer: int
     activations: int  # saved for backward, one micro-batch
     logits: int  # held by the step until backward
-    loss_backward: int  # the cross-entropy backward's two float32 (N, V) gradients
+    loss_backward: int  # the loss's transient: plain, backward's two float32 (N, V) gradients; chunked, see activations
     buffers: int
     comm_buffers: int
     peak: int  # the larger of the start of backward and its end, plus what persists (see module docstring)
@@ -130,11 +130,13 @@ def plan_memory(
     optimizer: str = "adamw",
     grad_accum_steps: int = 1,
     device_type: str = "cuda",
+    loss_chunk_size: int = 0,
 ) -> MemoryPlan:
     """Bytes per GPU of parameters, gradients, optimizer states and activations for one parallel mode.
 
     ``batch_size`` is the micro-batch per GPU; ``dtype`` the autocast dtype ('float32' for none);
-    with gradient accumulation, earlier micro-steps' gradients are alive during backward.
+    with gradient accumulation, earlier micro-steps' gradients are alive during backward;
+    ``loss_chunk_size`` > 0 plans the chunked LM head + loss (no (N, V) logits).
     """
     if parallel not in MODES:
         raise unknown_choice("parallel", parallel, MODES)
@@ -159,6 +161,7 @@ def plan_memory(
         activation_checkpointing=activation_checkpointing,
         device_type=device_type,
         weight_copies=parallel != "fsdp",  # FSDP2's mixed-precision policy gathers in the compute dtype
+        loss_chunk_size=loss_chunk_size,
     )
     numel = [s.numel for s in shapes]
     param_bytes = FP32_BYTES * sum(numel)
@@ -187,7 +190,7 @@ def plan_memory(
         optimizer=optim,
         activations=acts.saved_bytes,
         logits=acts.logits_bytes,
-        loss_backward=acts.loss_backward_bytes,
+        loss_backward=acts.loss_transient_bytes,
         buffers=buffer_bytes(config),
         comm_buffers=comm,
         peak=persistent + max(start_of_backward, grads),

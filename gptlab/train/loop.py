@@ -178,6 +178,7 @@ class Trainer:
             for split in ("train", "val")
         }
         self._build_model(self.arch, ckpt, pretrained)
+        self.model.loss_chunk_size = cfg.loss_chunk_size
         self.start_iter = self.iter_num
 
         # ---- model, optimizer, precision: build, then wrap (activation checkpointing, compile, FSDP or DDP)

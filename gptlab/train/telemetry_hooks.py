@@ -97,6 +97,7 @@ class TelemetryHooks:
             activation_checkpointing=self.cfg.activation_checkpointing,
             grad_accum_steps=self.accum_steps,
             device_type=self.device.type,
+            loss_chunk_size=self.cfg.loss_chunk_size,
         )
 
     def memory_plan(self) -> str | None:

@@ -131,6 +131,18 @@ def test_matches_single_process(mode: str, runs: dict[str, Path], reference: Pat
         torch.testing.assert_close(got["optimizer"]["state"][idx]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6)
 
 
+def test_chunked_loss_under_fsdp_matches_plain_single_process(data_dir: Path, tmp_path: Path, reference: Path) -> None:
+    """The chunked LM head's hand-made gradients reach FSDP2's reduce-scatter like autograd's: the
+    first steps of an FSDP run with --loss_chunk_size equal the plain single-process run's."""
+    out = tmp_path / "fsdp_chunked"
+    res = torchrun(["--use_fsdp=True", *small(data_dir, out, loss_chunk_size=24, max_iters=6)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    mine, ref = losses(out), losses(reference)
+    assert sorted(mine) == list(range(7))
+    for it in mine:
+        assert mine[it] == pytest.approx(ref[it], rel=1e-5, abs=1e-6), it
+
+
 def test_memory_per_rank_falls_as_planned(runs: dict[str, Path]) -> None:
     measured = {m: json.loads((p / "summary.json").read_text()) for m, p in runs.items()}
     for mode, summary in measured.items():  # the real local shards' bytes, the fullest rank

@@ -104,8 +104,9 @@ def test_scaling_with_batch() -> None:
 
 
 def _profile_training_step(model: ConfigurableGPT, autocast: torch.dtype | None) -> tuple[int, int]:
-    """(memory at the end of forward, peak memory) from PyTorch's memory profiler, leaving out parameters
-    and optimizer states, for the second step of AdamW (states already allocated)."""
+    """(memory at the end of forward, peak memory up to the optimizer step) from PyTorch's memory profiler,
+    for the second step of AdamW: every allocation counts, less the parameters and AdamW's states (two
+    tensors like each parameter and a float32 step), which the estimate leaves out."""
     memory_profiler = pytest.importorskip("torch.profiler._memory_profiler")  # private API; torch 2.13 has it
     from torch.profiler import ProfilerActivity, profile
 
@@ -114,6 +115,7 @@ def _profile_training_step(model: ConfigurableGPT, autocast: torch.dtype | None)
     idx, targets = (torch.randint(0, model.config.vocab_size, (B, T), generator=gen) for _ in range(2))
     amp = functools.partial(torch.autocast, "cpu", dtype=autocast, enabled=autocast is not None)
     marker_bytes = 77_777  # an allocation of a size nothing else has marks the end of forward
+    step_marker_bytes = 55_555  # ... and another the start of the optimizer step (its temporaries are not planned)
     for step in range(2):
         with profile(
             activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
@@ -123,20 +125,22 @@ def _profile_training_step(model: ConfigurableGPT, autocast: torch.dtype | None)
             marker = torch.empty(marker_bytes, dtype=torch.uint8)
             loss.backward()
             del marker
+            step_marker = torch.empty(step_marker_bytes, dtype=torch.uint8)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            del step_marker
         if step == 0:
             continue
-        mem = prof._memory_profile()
-        Action, Category = memory_profiler.Action, memory_profiler.Category
-        static = {Category.PARAMETER, Category.OPTIMIZER_STATE}
-        live: dict = {}  # (storage key, version) -> bytes, for everything but parameters and optimizer states
+        Action = memory_profiler.Action
+        live: dict = {}  # (storage key, version) -> bytes
         end_of_forward, peak = None, 0
-        for _, action, (key, version), size in mem.timeline:
-            if action in (Action.PREEXISTING, Action.CREATE) and mem._categories.get(key, version) not in static:
+        for _, action, (key, version), size in prof._memory_profile().timeline:
+            if action in (Action.PREEXISTING, Action.CREATE):
                 if size == marker_bytes:
                     end_of_forward = sum(live.values())
                     continue
+                if size == step_marker_bytes:
+                    break
                 live[(key, version)] = size
             elif action == Action.INCREMENT_VERSION and (key, version) in live:
                 live[(key, version + 1)] = live.pop((key, version))
@@ -144,7 +148,9 @@ def _profile_training_step(model: ConfigurableGPT, autocast: torch.dtype | None)
                 live.pop((key, version), None)
             peak = max(peak, sum(live.values()))
     assert end_of_forward is not None
-    return end_of_forward, peak
+    params = list(model.parameters())
+    static = 3 * sum(p.numel() * p.element_size() for p in params) + 4 * len(params)
+    return end_of_forward - static, peak - static
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -160,3 +166,24 @@ def test_memory_profiler_end_of_forward_and_peak(dtype: str) -> None:
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     assert end_of_forward == est.total_bytes + buffers + 4
     assert abs(peak - (est.peak_bytes + buffers)) <= TOLERANCE * peak
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("vocab", "chunk"), [(2048, 24), (2048, 40), (8192, 16)])
+def test_chunked_loss_saved_tensors_and_peak(dtype: str, vocab: int, chunk: int) -> None:
+    """The chunked LM head + loss (TrainConfig.loss_chunk_size): the hooks see the head's two gradients
+    instead of its input and the log-softmax, and the profiler's peak is the estimate's (the loss
+    backward or the last chunk's temporaries, whichever is larger); both below the plain head's."""
+    model = _model("llama", {"vocab_size": vocab})
+    model.loss_chunk_size = chunk
+    autocast = torch.bfloat16 if dtype == "bfloat16" else None
+    est = estimate_activations(model.config, B, T, dtype=dtype, device_type="cpu", loss_chunk_size=chunk)
+    assert _measure(model, autocast) == est.saved_bytes
+    assert est.logits_bytes == 0 and "log_softmax" not in est.other
+    _, peak = _profile_training_step(model, autocast)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert abs(peak - (est.peak_bytes + buffers)) <= TOLERANCE * peak, (peak, est.peak_bytes + buffers)
+    plain = estimate_activations(model.config, B, T, dtype=dtype, device_type="cpu")
+    # the saving scales with tokens / width: (N, V) tensors become (V, H) ones; here N = 72 ~ H = 64,
+    # at GPT-2 sizes N = 12288 >> H = 768 (gptlab plan gpt2 --loss_chunk_size=1024: 14.5 -> 6.6 GB)
+    assert est.saved_bytes < plain.saved_bytes and est.peak_bytes < plain.peak_bytes

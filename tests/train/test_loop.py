@@ -167,6 +167,21 @@ def test_seed_command_runs_on_cpu(data_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "ckpt.pt").is_file() and (tmp_path / "summary.json").is_file()
 
 
+def test_chunked_loss_trains_like_the_plain_head(data_dir: Path, tmp_path: Path) -> None:
+    """--loss_chunk_size changes memory, not the run: the same losses step by step (float32), the same
+    FLOPs per token, and the startup memory plan without (N, V) logits."""
+    plain = train(parse_run_args(tiny_args(data_dir, tmp_path / "plain", max_iters=8)), stream=io.StringIO())
+    chunked = train(
+        parse_run_args(tiny_args(data_dir, tmp_path / "chunked", max_iters=8, loss_chunk_size=20)), stream=io.StringIO()
+    )
+    assert chunked["final_val_loss"] == pytest.approx(plain["final_val_loss"], rel=1e-5)
+    iters = {name: [r for r in read_log(tmp_path / name) if r["type"] == "iter"] for name in ("plain", "chunked")}
+    for a, b in zip(iters["plain"], iters["chunked"], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["flops_per_token"] == a["flops_per_token"]
+    startup = next(r for r in read_log(tmp_path / "chunked") if r["type"] == "startup")
+    assert "logits 0.000" in json.dumps(startup)
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
@@ -175,6 +190,7 @@ def test_seed_command_runs_on_cpu(data_dir: Path, tmp_path: Path) -> None:
         ({"batch_size": "big"}, "batch_size='big'"),
         ({"init_from": "resume"}, "no checkpoint"),
         ({"block_size": 10**8, "arch_preset": "llama"}, "block_size"),
+        ({"loss_chunk_size": -1}, "loss_chunk_size=-1"),
     ],
 )
 def test_bad_input_one_line_exit_2(overrides: dict, match: str, data_dir: Path, tmp_path: Path) -> None:

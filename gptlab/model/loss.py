@@ -1,0 +1,117 @@
+"""Cross-entropy of the LM head without the (tokens x vocab) logits: chunked and fused.
+
+The plain training step materialises the logits of every token (B*T*V, with V = 50304 for GPT-2:
+1.2 GB in bf16 for a 12 x 1024 micro-batch), their float32 log-softmax (saved for backward,
+2.5 GB) and, in backward, two more float32 tensors of that size. At GPT-2 sizes that is the
+largest single item of activation memory. ``linear_cross_entropy`` instead walks the tokens in
+chunks of ``chunk_size``: for each chunk it forms the logits, the loss and, right away, the
+gradients with respect to the head's input and weight (softmax minus one-hot, scaled by
+1/valid tokens), then drops the chunk. Backward only scales the stored gradients by the
+incoming gradient. So:
+
+- memory: the (N, H) input gradient and a float32 (V, H) weight gradient are kept instead of
+  the (N, V) tensors; a chunk's temporaries are about ``chunk_size * V * 10`` bytes;
+- FLOPs: exactly the plain step's (2NHV forward, 4NHV for the two gradient matmuls), no
+  recomputation, so MFU and HFU are unchanged;
+- numerics: the same bf16/fp32 casts as autocast's matmul plus float32 cross-entropy; the weight
+  gradient is accumulated over chunks in float32 (at least as accurate as the plain path).
+
+Under float16 autocast the chunk's matmuls run in float32: the gradients are formed before the
+loss scale is known and would underflow in float16. Targets equal to -1 are ignored, as in
+``F.cross_entropy(..., ignore_index=-1)``; the mean is over the valid targets (NaN if none).
+The gradients are computed only when autograd needs them; evaluation runs the chunked loss alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -1
+
+
+def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype the plain path's matmul would run in: autocast's (float16 promoted to float32, see
+    the module docstring), else the operands' common dtype (bf16 under FSDP2 mixed precision)."""
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return torch.float32 if dtype == torch.float16 else dtype
+    return torch.promote_types(x.dtype, weight.dtype)
+
+
+def _chunk_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(summed loss over the chunk's valid rows, unnormalised softmax, its row sums) from float32
+    logits, which are overwritten: exp(logits - row max) in place keeps one (k, V) tensor alive."""
+    target_logit = logits.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1)
+    row_max = logits.amax(dim=1, keepdim=True)
+    exp = logits.sub_(row_max).exp_()
+    sum_exp = exp.sum(dim=1)
+    lse = row_max.squeeze(1) + sum_exp.log()
+    return ((lse - target_logit) * valid).sum(), exp, sum_exp
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Loss and both gradients in one chunked forward pass; backward scales the stored gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:  # type: ignore[override]
+        dtype = _compute_dtype(x, weight)
+        with torch.autocast(x.device.type, enabled=False):
+            w = weight.to(dtype)
+            valid = targets != IGNORE_INDEX
+            n_valid = valid.sum()
+            # d(mean loss)/d(logits) = (softmax - onehot) * row_scale: 1 / n_valid on valid rows, 0 elsewhere
+            row_scale = valid.float() / n_valid.clamp_min(1)
+            loss_sum = torch.zeros((), device=x.device, dtype=torch.float32)
+            grad_x = torch.empty_like(x)
+            grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+            for start in range(0, x.shape[0], chunk_size):
+                end = min(start + chunk_size, x.shape[0])
+                xc, tc = x[start:end].to(dtype), targets[start:end]
+                logits = (xc @ w.t()).float()  # float32 like autocast's cross_entropy
+                chunk_sum, exp, sum_exp = _chunk_loss(logits, tc, valid[start:end])
+                loss_sum += chunk_sum
+                # softmax * row_scale, minus row_scale at the target: d(mean loss)/d(logits), in place
+                scale = row_scale[start:end]
+                exp.mul_((scale / sum_exp).unsqueeze(1))
+                exp.scatter_add_(1, tc.clamp_min(0).unsqueeze(1), -scale.unsqueeze(1))
+                grad_logits = exp.to(dtype)
+                grad_x[start:end] = grad_logits @ w
+                if dtype == torch.float32:
+                    torch.addmm(grad_w, grad_logits.t(), xc, out=grad_w)  # (addmm_ escapes FlopCounterMode)
+                else:
+                    grad_w += grad_logits.t() @ xc  # a low-precision (V, H) product, summed in float32
+                del logits, exp, grad_logits  # before the next chunk's logits exist
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss_sum / n_valid
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, (grad_w * grad_loss).to(ctx.weight_dtype), None, None
+
+
+def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
+    """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (-1 ignored), ``chunk_size`` tokens
+    at a time; equal to ``F.cross_entropy(F.linear(x, weight).flatten(0, -2), targets.flatten(),
+    ignore_index=-1)`` without ever holding the logits of all tokens."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size={chunk_size} must be a positive number of tokens")
+    x2d, t1d = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(x2d, weight, t1d, chunk_size)
+    with torch.no_grad():  # evaluation: the loss only
+        dtype = _compute_dtype(x2d, weight)
+        with torch.autocast(x.device.type, enabled=False):
+            w, valid = weight.to(dtype), t1d != IGNORE_INDEX
+            total = torch.zeros((), device=x.device, dtype=torch.float32)
+            for start in range(0, x2d.shape[0], chunk_size):
+                logits = (x2d[start : start + chunk_size].to(dtype) @ w.t()).float()
+                total += _chunk_loss(logits, t1d[start : start + chunk_size], valid[start : start + chunk_size])[0]
+            return total / valid.sum()
+
+
+__all__ = ["linear_cross_entropy"]
