@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 
 from gptlab.config.train import parse_run_args
 from gptlab.train.loop import Trainer
@@ -16,12 +17,18 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n_embd", type=int, default=128)
     p.add_argument("--n_head", type=int, default=4)
     p.add_argument("--block_size", type=int, default=128)
+    p.add_argument(
+        "--vocab_size", type=int, help="e.g. 50304 for GPT-2 sizes on a char dataset: same FLOPs (default: the data's)"
+    )
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--grad_accum", type=int, default=1)
+    p.add_argument("--grad_accum", type=int, default=1, help="micro-steps per optimizer step on each rank")
     p.add_argument("--dataset", default="stdlib_char")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile_mode", default="default", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--loss_chunk_size", type=int, default=0, help="chunked LM head + loss (0: plain logits)")
+    p.add_argument("--parallel", default="auto", help="under torchrun: ddp, zero1 or fsdp (auto: ddp)")
     p.add_argument("--attention_backend", default="sdpa", help="sdpa or manual")
     p.add_argument("--peak_tflops", type=float, help="dense peak per device for MFU where none is known (CPU)")
 
@@ -35,13 +42,17 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
         f"--n_head={a.n_head}",
         f"--block_size={a.block_size}",
         f"--batch_size={a.batch_size}",
-        f"--gradient_accumulation_steps={a.grad_accum}",
+        f"--gradient_accumulation_steps={a.grad_accum * int(os.environ.get('WORLD_SIZE', '1'))}",  # global
         f"--dataset={a.dataset!r}",
         f"--device={a.device!r}",
         f"--dtype={a.dtype!r}",
         f"--compile={a.compile}",
+        f"--compile_mode={a.compile_mode!r}",
+        f"--loss_chunk_size={a.loss_chunk_size}",
+        f"--parallel={a.parallel!r}",
         f"--attention_backend={a.attention_backend!r}",
         f"--peak_tflops={a.peak_tflops}",
+        *([f"--vocab_size={a.vocab_size}"] if a.vocab_size else []),
         "--out_dir='out/bench'",
         "--overwrite=True",
         "--gradient_log_interval=10",

@@ -1,10 +1,12 @@
 """Training-step throughput: gptlab's Trainer.train_step against a minimal plain-PyTorch loop
 (what nanoGPT's train.py does, no more) on the same model, data and batch, in one run, so
-gptlab's own overhead shows as a ratio.
+gptlab's own overhead shows as a ratio; then, with --profile, the top kernels of gptlab's step.
 
 python bench/train_step.py                                  # small llama-style model on the CPU
 python bench/train_step.py --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 \
-    --batch_size 8 --device cuda --dtype bfloat16 --compile
+    --batch_size 16 --device cuda --dtype bfloat16 --compile --profile 5
+torchrun --nproc_per_node=8 bench/train_step.py --parallel fsdp ...   # prints on rank 0
+bench/gpu_suite.sh                                          # issue 8's GPU targets in one go
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import argparse
 import contextlib
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from common import add_run_args, build_trainer  # bench/common.py (scripts run from bench/ or by path)
 
+from gptlab import parallel
 from gptlab.train.loop import PT_DTYPES
 
 
@@ -39,30 +43,50 @@ def time_steps(step: Any, device: torch.device, warmup: int, iters: int) -> list
     return times
 
 
+def profile_steps(step: Any, device: torch.device, steps: int, out_dir: Path, rows: int = 15) -> None:
+    """torch.profiler over ``steps`` steps: the top ops/kernels by self time on the device (CPU on a
+    CPU run), and a Chrome trace to open in Perfetto."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of {steps} gptlab steps, top {rows} by {sort_by}:")
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trace = out_dir / "train_step_trace.json"
+    prof.export_chrome_trace(str(trace))
+    print(f"trace: {trace}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="alternate the two loops this many times")
+    p.add_argument("--profile", type=int, default=0, help="then profile this many gptlab steps (0: no profile)")
     a = p.parse_args()
     trainer = build_trainer(a)
-    device = trainer.device
+    device, dist = trainer.device, trainer.dist
 
     # The plain loop: same model object, loader and optimizer settings; nothing else.
     model = trainer.model
     opt = trainer.optimizer
     autocast = (
         contextlib.nullcontext()
-        if trainer.dtype == "float32"
+        if trainer.dtype == "float32" or trainer.mode == "fsdp"  # FSDP2's mixed precision casts instead
         else torch.autocast(device.type, dtype=PT_DTYPES[trainer.dtype])
     )
     it = [0]
 
     def plain_step() -> None:
         for micro in range(a.grad_accum):
-            x, y = trainer.train_loader.get_batch(it[0], micro)
-            with autocast:
+            x, y = trainer.train_loader.get_batch(it[0], micro * dist.world_size + dist.rank)
+            with parallel.no_grad_sync(model, dist, sync=micro == a.grad_accum - 1), autocast:  # nanoGPT's no_sync
                 _, loss = model(x, y)
             (loss / a.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -74,7 +98,7 @@ def main() -> None:
         trainer.train_step()
         trainer.iter_num += 1
 
-    tokens = a.batch_size * a.block_size * a.grad_accum
+    tokens = a.batch_size * a.block_size * a.grad_accum  # per rank
     results: dict[str, list[float]] = {"plain PyTorch": [], "gptlab train_step": []}
     for _ in range(a.rounds):  # alternate, so drift in machine load hits both alike
         results["plain PyTorch"] += time_steps(plain_step, device, a.warmup, a.iters)
@@ -83,22 +107,35 @@ def main() -> None:
     memory = trainer.telemetry.memory_stats()
     cuda_peak = memory.get("max_allocated_gb")
     peak_gb = cuda_peak if cuda_peak is not None else memory.get("rss_gb")
-    print(
-        f"model: {trainer.arch.get_architecture_name()}, {trainer.raw_model.get_num_params() / 1e6:.2f}M params, "
-        f"{tokens} tokens/step, device={device}, dtype={trainer.dtype}, compile={a.compile}, "
-        f"attention={a.attention_backend}, peak memory {peak_gb:.2f} GB "
-        + ("(CUDA max allocated)" if cuda_peak is not None else "(process RSS)")
-    )
-    print(f"{'loop':20s} {'ms/step (median)':>17s} {'tokens/s':>12s} {'achieved GFLOP/s':>17s} {'MFU':>7s}")
+    if dist.master:
+        print(
+            f"model: {trainer.arch.get_architecture_name()}, {trainer.raw_model.get_num_params() / 1e6:.2f}M params, "
+            f"{tokens} tokens/step per rank x {dist.world_size} ({trainer.mode}), device={device}, "
+            f"dtype={trainer.dtype}, compile={a.compile} ({a.compile_mode}), attention={a.attention_backend}, "
+            f"loss_chunk_size={a.loss_chunk_size}, peak memory {peak_gb:.2f} GB "
+            + ("(CUDA max allocated)" if cuda_peak is not None else "(process RSS)")
+        )
+        print(f"{'loop':20s} {'ms/step (median)':>17s} {'tokens/s':>12s} {'achieved GFLOP/s':>17s} {'MFU':>7s}")
     medians = {}
     for name, times in results.items():
         med = statistics.median(times)
         medians[name] = med
         mfu = trainer.telemetry.mfu(med)["mfu"]
         mfu_text = "n/a" if mfu is None else f"{100 * mfu:.1f}%"
-        print(f"{name:20s} {1000 * med:17.2f} {tokens / med:12,.0f} {flops * tokens / med / 1e9:17.2f} {mfu_text:>7s}")
+        if dist.master:
+            rate = tokens * dist.world_size / med
+            print(f"{name:20s} {1000 * med:17.2f} {rate:12,.0f} {flops * tokens / med / 1e9:17.2f} {mfu_text:>7s}")
     ratio = medians["gptlab train_step"] / medians["plain PyTorch"]
-    print(f"gptlab / plain step time: {ratio:.3f} (gradient statistics every 10 steps included)")
+    if dist.master:
+        print(f"gptlab / plain step time: {ratio:.3f} (gradient statistics every 10 steps included); "
+              "tokens/s is the job's, GFLOP/s and MFU per device")  # fmt: skip
+    if a.profile:
+        if dist.master:
+            profile_steps(gptlab_step, device, a.profile, Path("out/bench"))
+        else:
+            for _ in range(a.profile):  # the other ranks take part in the collectives
+                gptlab_step()
+    parallel.shutdown(dist)
 
 
 if __name__ == "__main__":

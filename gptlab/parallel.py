@@ -193,12 +193,12 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
             kwargs["offload_policy"] = CPUOffloadPolicy()
         for block in model.blocks:  # type: ignore[attr-defined]
             if cfg.compile:
-                block.compile()  # per block, in place (torchtitan's order: compile, then shard)
+                block.compile(mode=cfg.compile_mode)  # per block, in place (torchtitan's order: compile, then shard)
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
         return model
     if cfg.compile:
-        model.compile()  # in place: state-dict keys keep their names
+        model.compile(mode=cfg.compile_mode)  # in place: state-dict keys keep their names
     if info.mode in ("ddp", "zero1"):
         from torch.nn.parallel import DistributedDataParallel
 

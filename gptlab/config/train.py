@@ -24,6 +24,9 @@ LOG_STYLES = ("detailed", "compact")
 NAN_POLICIES = ("stop", "skip")
 PARALLEL_MODES = ("auto", "none", "ddp", "zero1", "fsdp")
 BACKENDS = ("auto", "nccl", "gloo")
+# torch.compile's modes; 'reduce-overhead' and 'max-autotune' capture CUDA graphs on a GPU
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -72,6 +75,7 @@ class TrainConfig:
     device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
     dtype: str = "auto"  # 'auto': bfloat16 where supported on CUDA, else float16 on CUDA; float32 on CPU
     compile: bool = True
+    compile_mode: str = "default"  # torch.compile mode: 'default' | 'reduce-overhead' | 'max-autotune' | ...
     backend: str = "auto"  # 'auto': NCCL on CUDA, gloo on the CPU (device='cpu' always uses gloo)
     peak_tflops: float | None = None  # override the detected dense peak (needed for MFU on a CPU)
     # parallelism under torchrun (docs/parallel.md)
@@ -103,6 +107,7 @@ class TrainConfig:
             "nan_policy": NAN_POLICIES,
             "parallel": PARALLEL_MODES,
             "backend": BACKENDS,
+            "compile_mode": COMPILE_MODES,
         }
         for key, allowed in choices.items():
             value = getattr(self, key)
@@ -143,6 +148,11 @@ class TrainConfig:
                 if self.parallel not in ("auto", mode):
                     raise ConfigError(f"{flag}=True conflicts with parallel={self.parallel!r}: set one of them")
                 self.parallel = mode  # the document's flag is a spelling of the one setting
+        if self.parallel == "fsdp" and self.compile and self.compile_mode in CUDA_GRAPH_MODES:
+            raise ConfigError(
+                f"compile_mode={self.compile_mode!r} captures CUDA graphs, which FSDP2's collectives do not allow: "
+                "use compile_mode='default' or 'max-autotune-no-cudagraphs' with parallel='fsdp'"
+            )
         if self.fsdp_cpu_offload and self.parallel != "fsdp":
             raise ConfigError(f"fsdp_cpu_offload=True needs parallel='fsdp', got parallel={self.parallel!r}")
         if self.decay_lr and self.min_lr > self.learning_rate:

@@ -65,7 +65,8 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "device": str(trainer.device),
             "device_name": peak.get("name"),
             "dtype": trainer.dtype,
-            "compile": cfg.compile,
+            "compile": (cfg.compile_mode if cfg.compile_mode != "default" else True) if cfg.compile else False,
+            "loss_chunk_size": cfg.loss_chunk_size,
             "parallelism": trainer.mode,
             "backend": trainer.dist.backend,
             "num_gpus": trainer.world_size if trainer.device.type == "cuda" else 0,
@@ -115,7 +116,8 @@ def render_startup_report(r: dict[str, Any]) -> str:
         f"  eval:        {t['eval']}; out_dir={t['out_dir']}",
         "Hardware",
         f"  device:      {h['device']} ({h['device_name']}), dtype={h['dtype']}, compile={h['compile']},"
-        f" parallelism={h['parallelism']}" + (f" ({h['backend']})" if h.get("backend") else ""),
+        f" parallelism={h['parallelism']}" + (f" ({h['backend']})" if h.get("backend") else "")
+        + (f", chunked loss ({h['loss_chunk_size']} tokens)" if h.get("loss_chunk_size") else ""),
         f"  peak:        {peak}",
         "Expect",
         "  FLOPs/token: "

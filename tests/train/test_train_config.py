@@ -59,6 +59,9 @@ def test_config_file_then_overrides() -> None:
         (["n_layer=2"], "no such|does not exist"),
         (["--n_layer"], "expected --key=value"),
         (["--min_lr=1.0", "--learning_rate=0.1"], "min_lr"),
+        (["--compile_mode=reduce_overhead"], "did you mean 'reduce-overhead'"),
+        (["--use_fsdp=True", "--compile_mode='max-autotune'"], "captures CUDA graphs"),
+        (["--loss_chunk_size=-8"], "loss_chunk_size=-8"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], match: str) -> None:
@@ -112,3 +115,22 @@ def test_quickstart_config_file_matches_the_default_job() -> None:
     from gptlab.train.cli import QUICKSTART
 
     assert load_config_file(ROOT / "config/train_stdlib_char.py") == QUICKSTART
+
+
+@pytest.mark.parametrize(("mode", "parallel"), [("reduce-overhead", "none"), ("max-autotune-no-cudagraphs", "fsdp")])
+def test_compile_mode_reaches_torch_compile(mode: str, parallel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile_mode is torch.compile's ``mode`` (CUDA graphs with 'reduce-overhead'), for the whole
+    model or, under FSDP2, for every block."""
+    import torch
+
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.parallel import DistInfo, parallelize
+
+    seen: list[dict] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
+    monkeypatch.setattr("torch.distributed.fsdp.fully_shard", lambda module, **kw: module)
+    cfg = TrainConfig(compile=True, compile_mode=mode, parallel=parallel, device="cpu")
+    model = ConfigurableGPT(get_debug_config("llama", n_layer=2))
+    info = DistInfo(mode=parallel)
+    parallelize(model, cfg, info, "float32")
+    assert seen == [{"mode": mode}] * (2 if parallel == "fsdp" else 1)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 8's GPU measurements in one place, a stage per call (each fits a 10-minute command):
+#   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | head | profile | all
+# Prints tables; copy them into docs/benchmarks.md with the date, device and command.
+# The model sizes are real (GPT-2 124M / 350M widths, vocab 50304, block 1024); the tokens come from
+# the embedded stdlib_char data (ids < 100): the FLOPs and memory are those of any text.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+GPT2=(--preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304)
+LLAMA=(--preset llama --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304)
+M350=(--preset gpt2 --n_layer 24 --n_embd 1024 --n_head 16 --block_size 1024 --vocab_size 50304)
+GPU=(--device cuda --dtype bfloat16 --compile --iters 20 --rounds 2)
+step() { echo; echo "\$ bench/train_step.py $*"; "$PY" bench/train_step.py "$@"; }
+
+stage_env() { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+              "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; }
+stage_peak() { "$PY" -m gptlab.cli peak --device cuda --dtype bfloat16; }
+stage_gpt2() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16; step "${GPT2[@]}" "${GPU[@]}" --batch_size 32; }
+stage_llama() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16; }
+stage_350m() { step "${M350[@]}" "${GPU[@]}" --batch_size 16; }
+stage_chunked() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096
+                  step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --compile_mode max-autotune-no-cudagraphs; }
+stage_head() { "$PY" bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0,1024,2048,4096,8192 --iters 10; }
+stage_profile() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --rounds 1 --profile 5; }
+
+case "${1:-all}" in
+  all) for s in env peak gpt2 llama 350m chunked head profile; do "stage_$s"; done ;;
+  env|peak|gpt2|llama|350m|chunked|head|profile) "stage_$1" ;;
+  *) echo "usage: $0 [env|peak|gpt2|llama|350m|chunked|head|profile|all]" >&2; exit 2 ;;
+esac

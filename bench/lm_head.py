@@ -1,0 +1,110 @@
+"""The LM head + cross-entropy alone: plain (``F.linear`` + ``F.cross_entropy``) against the chunked,
+fused head (``gptlab.model.loss``, ``--loss_chunk_size``) at several chunk sizes. Forward + backward
+time, and the peak bytes of live tensors during one step beyond its inputs (the two gradients
+included): CUDA's max allocated on a GPU, PyTorch's memory profiler on a CPU (in a separate, untimed
+step).
+
+python bench/lm_head.py                                     # CPU: 1024 tokens, GPT-2 width and vocab
+python bench/lm_head.py --device cuda --dtype bfloat16 --tokens 12288 --chunks 0,1024,2048,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gptlab.model.loss import linear_cross_entropy
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _profiled_peak_bytes(step: Callable[[], None]) -> int:
+    """Peak bytes of tensors allocated during ``step`` and alive at once (CPU: the memory profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action  # private, but the only CPU allocation timeline
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    live: dict = {}
+    peak = 0
+    for _, action, (key, version), size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live[(key, version)] = size
+        elif action == Action.INCREMENT_VERSION and (key, version) in live:
+            live[(key, version + 1)] = live.pop((key, version))
+        elif action == Action.DESTROY:
+            live.pop((key, version), None)
+        peak = max(peak, sum(live.values()))
+    return peak
+
+
+def measure_one(a: argparse.Namespace, chunk: int) -> dict[str, float]:
+    """Median ms per forward + backward and the step's peak bytes beyond its inputs."""
+    device = torch.device(a.device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(a.tokens, a.n_embd, device=device, generator=gen, requires_grad=True)
+    w = (0.02 * torch.randn(a.vocab, a.n_embd, device=device, generator=gen)).requires_grad_()
+    targets = torch.randint(0, a.vocab, (a.tokens,), device=device, generator=gen)
+    amp = contextlib.nullcontext() if a.dtype == "float32" else torch.autocast(device.type, dtype=DTYPES[a.dtype])
+
+    def step() -> None:
+        with amp:
+            if chunk:
+                loss = linear_cross_entropy(x, w, targets, chunk)
+            else:
+                loss = F.cross_entropy(F.linear(x, w), targets, ignore_index=-1)
+        loss.backward()
+        x.grad = w.grad = None
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        sync()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _profiled_peak_bytes(step)
+    times = []
+    for _ in range(a.iters):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return {"ms": 1000 * statistics.median(times), "peak_bytes": float(peak)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=1024, help="tokens in the micro-batch (B x T)")
+    p.add_argument("--n_embd", type=int, default=768)
+    p.add_argument("--vocab", type=int, default=50304)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--chunks", default="0,128,256,512", help="comma-separated chunk sizes; 0 is the plain head")
+    p.add_argument("--iters", type=int, default=3)
+    a = p.parse_args()
+    chunks = [int(c) for c in a.chunks.split(",")]
+    flops = 6 * a.tokens * a.n_embd * a.vocab
+    print(f"LM head + cross-entropy: {a.tokens} tokens x {a.n_embd} -> {a.vocab}, {a.dtype} on {a.device}, "
+          f"{flops / 1e9:.1f} GFLOP per forward+backward")  # fmt: skip
+    print(f"{'head':>14s} {'ms (median)':>12s} {'GFLOP/s':>9s} {'peak MB':>9s}")
+    for chunk in chunks:
+        r = measure_one(a, chunk)
+        name = "plain" if chunk == 0 else f"chunk {chunk}"
+        print(f"{name:>14s} {r['ms']:12.1f} {flops / r['ms'] / 1e6:9.1f} {r['peak_bytes'] / 1e6:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
