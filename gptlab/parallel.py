@@ -186,7 +186,11 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
         low = None if dtype == "float32" else PT_DTYPES[dtype]
         # parameters gathered in the compute dtype; gradients reduced in float32, as the fp32 master weights
         mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
-        kwargs: dict[str, Any] = {"mp_policy": mp}
+        from torch.distributed.device_mesh import init_device_mesh
+
+        # the run's device, not the default accelerator: --device=cpu on a GPU machine shards on the CPU
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
+        kwargs: dict[str, Any] = {"mp_policy": mp, "mesh": mesh}
         if cfg.fsdp_cpu_offload:
             if info.device.type != "cuda":
                 raise ConfigError("fsdp_cpu_offload=True offloads from a GPU: on device='cpu' all is in CPU memory")

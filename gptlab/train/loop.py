@@ -182,7 +182,10 @@ class Trainer:
         self.start_iter = self.iter_num
 
         # ---- model, optimizer, precision: build, then wrap (activation checkpointing, compile, FSDP or DDP)
-        self.model.to(self.device)
+        if self.mode != "fsdp":
+            # FSDP2's fully_shard moves each block to the device as it shards it, so the whole unsharded
+            # model never sits in GPU memory at once (only one block's full parameters, briefly)
+            self.model.to(self.device)
         self.raw_model = self.model  # the plain model (FSDP2 shards it in place)
         self.model = parallel.parallelize(self.raw_model, cfg, self.dist, self.dtype)
         self.optimizer = parallel.build_optimizer(self.raw_model, cfg, self.dist)
