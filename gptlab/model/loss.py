@@ -13,13 +13,14 @@ incoming gradient. So:
   the (N, V) tensors; a chunk's temporaries are about ``chunk_size * V * 10`` bytes;
 - FLOPs: exactly the plain step's (2NHV forward, 4NHV for the two gradient matmuls), no
   recomputation, so MFU and HFU are unchanged;
-- numerics: the same bf16/fp32 casts as autocast's matmul plus float32 cross-entropy; the weight
-  gradient is accumulated over chunks in float32 (at least as accurate as the plain path).
+- numerics: the same low-precision matmuls as autocast plus a float32 cross-entropy. The
+  logits' gradient is formed unscaled (softmax minus one-hot, in [-1, 1]) in the matmul dtype and
+  the 1/valid-tokens factor applied to the float32 products, so float16 does not underflow even
+  though the loss scale is not known yet; the weight gradient is summed over chunks in float32.
 
-Under float16 autocast the chunk's matmuls run in float32: the gradients are formed before the
-loss scale is known and would underflow in float16. Targets equal to -1 are ignored, as in
-``F.cross_entropy(..., ignore_index=-1)``; the mean is over the valid targets (NaN if none).
-The gradients are computed only when autograd needs them; evaluation runs the chunked loss alone.
+Targets equal to -1 are ignored, as in ``F.cross_entropy(..., ignore_index=-1)``; the mean is over
+the valid targets (NaN if none); any other out-of-range target fails as it does there. Only the
+gradients autograd needs are formed; evaluation runs the chunked loss alone.
 """
 
 from __future__ import annotations
@@ -33,18 +34,18 @@ IGNORE_INDEX = -1
 
 
 def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
-    """The dtype the plain path's matmul would run in: autocast's (float16 promoted to float32, see
-    the module docstring), else the operands' common dtype (bf16 under FSDP2 mixed precision)."""
+    """The dtype the plain path's matmul would run in: autocast's, else the operands' common dtype
+    (bf16 under FSDP2 mixed precision)."""
     if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        return torch.float32 if dtype == torch.float16 else dtype
+        return torch.get_autocast_dtype(x.device.type)
     return torch.promote_types(x.dtype, weight.dtype)
 
 
 def _chunk_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(summed loss over the chunk's valid rows, unnormalised softmax, its row sums) from float32
-    logits, which are overwritten: exp(logits - row max) in place keeps one (k, V) tensor alive."""
-    target_logit = logits.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1)
+    logits, which are overwritten: exp(logits - row max) in place keeps one (k, V) tensor alive.
+    ``targets`` are the chunk's with ignored ones replaced by 0 (``valid`` masks them out)."""
+    target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
     row_max = logits.amax(dim=1, keepdim=True)
     exp = logits.sub_(row_max).exp_()
     sum_exp = exp.sum(dim=1)
@@ -53,45 +54,55 @@ def _chunk_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor,
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Loss and both gradients in one chunked forward pass; backward scales the stored gradients."""
+    """Loss and the needed gradients in one chunked forward pass; backward scales the stored ones."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:  # type: ignore[override]
         dtype = _compute_dtype(x, weight)
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(x.device.type, enabled=False):
             w = weight.to(dtype)
             valid = targets != IGNORE_INDEX
+            safe_targets = targets.masked_fill(~valid, 0)  # other negatives still fail in gather
             n_valid = valid.sum()
-            # d(mean loss)/d(logits) = (softmax - onehot) * row_scale: 1 / n_valid on valid rows, 0 elsewhere
-            row_scale = valid.float() / n_valid.clamp_min(1)
+            inv_n = 1.0 / n_valid.clamp_min(1).float()  # d(mean loss)/d(row loss), applied in float32
             loss_sum = torch.zeros((), device=x.device, dtype=torch.float32)
-            grad_x = torch.empty_like(x)
-            grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+            grad_x = torch.empty_like(x) if want_x else None
+            grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_w else None
             for start in range(0, x.shape[0], chunk_size):
                 end = min(start + chunk_size, x.shape[0])
-                xc, tc = x[start:end].to(dtype), targets[start:end]
+                xc, tc, vc = x[start:end].to(dtype), safe_targets[start:end], valid[start:end]
                 logits = (xc @ w.t()).float()  # float32 like autocast's cross_entropy
-                chunk_sum, exp, sum_exp = _chunk_loss(logits, tc, valid[start:end])
+                chunk_sum, exp, sum_exp = _chunk_loss(logits, tc, vc)
                 loss_sum += chunk_sum
-                # softmax * row_scale, minus row_scale at the target: d(mean loss)/d(logits), in place
-                scale = row_scale[start:end]
-                exp.mul_((scale / sum_exp).unsqueeze(1))
-                exp.scatter_add_(1, tc.clamp_min(0).unsqueeze(1), -scale.unsqueeze(1))
+                # softmax minus one-hot on valid rows (0 on ignored ones), in place: the logits' gradient
+                # before the 1/n_valid factor, in [-1, 1] so that float16 holds it
+                exp.mul_((vc / sum_exp).unsqueeze(1))
+                exp.scatter_add_(1, tc.unsqueeze(1), -vc.float().unsqueeze(1))
                 grad_logits = exp.to(dtype)
-                grad_x[start:end] = grad_logits @ w
-                if dtype == torch.float32:
-                    torch.addmm(grad_w, grad_logits.t(), xc, out=grad_w)  # (addmm_ escapes FlopCounterMode)
-                else:
-                    grad_w += grad_logits.t() @ xc  # a low-precision (V, H) product, summed in float32
+                if grad_x is not None:
+                    grad_x[start:end] = (grad_logits @ w).float().mul_(inv_n)
+                if grad_w is not None:
+                    if dtype == torch.float32:
+                        torch.addmm(grad_w, grad_logits.t(), xc, out=grad_w)  # (addmm_ escapes FlopCounterMode)
+                    else:
+                        grad_w += grad_logits.t() @ xc  # a low-precision (V, H) product, summed in float32
                 del logits, exp, grad_logits  # before the next chunk's logits exist
+            if grad_w is not None:
+                grad_w.mul_(inv_n)
         ctx.save_for_backward(grad_x, grad_w)
         ctx.weight_dtype = weight.dtype
         return loss_sum / n_valid
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, (grad_w * grad_loss).to(ctx.weight_dtype), None, None
+        return (
+            None if grad_x is None else grad_x * grad_loss,
+            None if grad_w is None else (grad_w * grad_loss).to(ctx.weight_dtype),
+            None,
+            None,
+        )
 
 
 def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
@@ -107,10 +118,12 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chunk_size:
         dtype = _compute_dtype(x2d, weight)
         with torch.autocast(x.device.type, enabled=False):
             w, valid = weight.to(dtype), t1d != IGNORE_INDEX
+            safe_targets = t1d.masked_fill(~valid, 0)
             total = torch.zeros((), device=x.device, dtype=torch.float32)
             for start in range(0, x2d.shape[0], chunk_size):
-                logits = (x2d[start : start + chunk_size].to(dtype) @ w.t()).float()
-                total += _chunk_loss(logits, t1d[start : start + chunk_size], valid[start : start + chunk_size])[0]
+                end = start + chunk_size
+                logits = (x2d[start:end].to(dtype) @ w.t()).float()
+                total += _chunk_loss(logits, safe_targets[start:end], valid[start:end])[0]
             return total / valid.sum()
 
 

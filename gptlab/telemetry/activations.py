@@ -40,7 +40,8 @@ float32 logits turned softmax in place (4*k*V) and its c-byte copy (low precisio
 input cast (c*k*H) or, in float32, the chunk's input-gradient product (4*k*H); under low precision
 also the weight cast and the (V, H) weight-gradient product (c*V*H each) and the float32 copy of
 that product PyTorch's CPU kernels make for the mixed-dtype accumulation (4*V*H; counted on every
-device, an upper bound on CUDA).
+device, an upper bound on CUDA). Backward's copies are 4*V*H + r*H*N, plus c*V*H under FSDP2 (the
+weight gradient cast to the gathered weight's dtype). float16 autocast follows the bf16 formulas.
 
 Assumptions: dropout 0 (the presets' value; a mask per dropout site is not counted), batch >= 2
 (with one sequence, reshapes may alias instead of copy), a fused SDPA kernel (no math fallback),
@@ -238,10 +239,17 @@ def estimate_activations(
         activation_checkpointing=activation_checkpointing,
         checkpoint_input_bytes=r * H * N,
         logits_bytes=0 if chunked else c * V * N,
-        loss_backward_bytes=FP32 * V * H + r * H * N if chunked else 2 * FP32 * V * N,
+        loss_backward_bytes=_chunked_loss_backward(V, H, N, r, c, weight_copies) if chunked else 2 * FP32 * V * N,
         notes=notes,
         loss_chunk_bytes=loss_chunk,
     )
+
+
+def _chunked_loss_backward(V: int, H: int, N: int, r: int, c: int, weight_copies: bool) -> int:
+    """The chunked loss's backward: the stored gradients times the incoming one (float32 (V, H), r-byte
+    (N, H)), plus, for FSDP2's low-precision gathered weight, that gradient's cast to its dtype."""
+    cast_back = c * V * H if (c < FP32 and not weight_copies) else 0
+    return FP32 * V * H + r * H * N + cast_back
 
 
 def _ffn_saved(config: ModelArchitectureConfig, c: int, N: int, matmul_input: object, notes: list[str]) -> dict:

@@ -59,6 +59,58 @@ def test_all_targets_ignored_gives_nan_like_cross_entropy() -> None:
     assert torch.isnan(_plain(x, w, t)) and torch.isnan(linear_cross_entropy(x, w, t, 8))
 
 
+def _error_vs_float64(x: torch.Tensor, w: torch.Tensor, t: torch.Tensor, chunk: int, amp: torch.dtype | None) -> tuple:
+    """Relative errors of the input and weight gradients against float64, with a 1024 loss scale as
+    GradScaler applies, for the plain head (chunk 0) or the chunked one."""
+    xd, wd = (v.double().requires_grad_() for v in (x, w))
+    F.cross_entropy(xd @ wd.t(), t, ignore_index=-1).backward()
+    xl, wl = (v.detach().clone().requires_grad_() for v in (x, w))
+    with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+        loss = linear_cross_entropy(xl, wl, t, chunk) if chunk else _plain(xl, wl, t)
+    (1024 * loss).backward()
+    pairs = ((xl.grad, xd.grad), (wl.grad, wd.grad))
+    return tuple(((g.double() / 1024 - r).norm() / r.norm()).item() for g, r in pairs)
+
+
+@pytest.mark.parametrize(
+    ("amp", "weights"), [(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (None, torch.float16)]
+)
+def test_low_precision_gradients_at_least_as_accurate_as_plain(amp: torch.dtype | None, weights: torch.dtype) -> None:
+    """With many tokens the per-token gradient (softmax / n_valid, ~1e-8) would flush to zero in float16
+    if formed before the loss scale; the chunked head forms softmax - onehot in [-1, 1] and divides
+    in float32. Checked against float64 under bf16 / fp16 autocast and with float16 weights (no autocast)."""
+    gen = torch.Generator().manual_seed(0)
+    n, h, v = 2048, 64, 4096
+    x = torch.randn(n, h, generator=gen).to(weights)
+    w = (0.05 * torch.randn(v, h, generator=gen)).to(weights)
+    t = torch.randint(0, v, (n,), generator=gen)
+    t[:100] = -1
+    plain = _error_vs_float64(x, w, t, 0, amp)
+    chunked = _error_vs_float64(x, w, t, 512, amp)
+    assert max(chunked) < 1e-2 and all(c <= 1.1 * p for c, p in zip(chunked, plain)), (chunked, plain)
+
+
+def test_out_of_range_target_fails_like_cross_entropy() -> None:
+    x, w, t = _inputs()
+    t[7] = -5  # only -1 means "ignore"
+    with pytest.raises((IndexError, RuntimeError)):
+        _plain(x, w, t)
+    with pytest.raises((IndexError, RuntimeError)):
+        linear_cross_entropy(x, w, t, 8)
+
+
+def test_frozen_weight_skips_its_gradient() -> None:
+    """Only the gradients autograd asks for are formed: a frozen head costs 2NHV forward + 2NHV for the
+    input gradient, as autograd's plain head does."""
+    x, w, t = _inputs()
+    totals = []
+    for head in (_plain, lambda a, b, c: linear_cross_entropy(a, b, c, 10)):
+        with FlopCounterMode(display=False) as counter:
+            head(x, w.detach(), t).backward()
+        totals.append(counter.get_total_flops())
+    assert totals[0] == totals[1] == 4 * N * H * V
+
+
 def test_bad_chunk_size() -> None:
     x, w, t = _inputs()
     with pytest.raises(ValueError, match="chunk_size=0"):

@@ -131,16 +131,25 @@ def test_matches_single_process(mode: str, runs: dict[str, Path], reference: Pat
         torch.testing.assert_close(got["optimizer"]["state"][idx]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6)
 
 
-def test_chunked_loss_under_fsdp_matches_plain_single_process(data_dir: Path, tmp_path: Path, reference: Path) -> None:
-    """The chunked LM head's hand-made gradients reach FSDP2's reduce-scatter like autograd's: the
-    first steps of an FSDP run with --loss_chunk_size equal the plain single-process run's."""
+def test_chunked_loss_under_fsdp_matches_plain_single_process(data_dir: Path, tmp_path: Path) -> None:
+    """The chunked LM head's hand-made gradients reach FSDP2's reduce-scatter like autograd's, scaled by
+    the accumulation (2 micro-steps per rank): losses, weights and AdamW's first moments (which carry
+    the gradients' scale, unlike the losses) equal a plain single-process run's."""
+    steps = dict(gradient_accumulation_steps=4, max_iters=6, grad_clip=0.0)  # clipping would hide a scale error
+    ref = tmp_path / "single_plain"
+    train(parse_run_args([CONFIG, *small(data_dir, ref, parallel="none", **steps)]), stream=io.StringIO())
     out = tmp_path / "fsdp_chunked"
-    res = torchrun(["--use_fsdp=True", *small(data_dir, out, loss_chunk_size=24, max_iters=6)])
+    res = torchrun(["--use_fsdp=True", *small(data_dir, out, loss_chunk_size=24, **steps)])
     assert res.returncode == 0, res.stderr[-3000:]
-    mine, ref = losses(out), losses(reference)
-    assert sorted(mine) == list(range(7))
+    mine, want = losses(out), losses(ref)
+    assert sorted(mine) == sorted(want) == list(range(7))
     for it in mine:
-        assert mine[it] == pytest.approx(ref[it], rel=1e-5, abs=1e-6), it
+        assert mine[it] == pytest.approx(want[it], rel=1e-5, abs=1e-6), it
+    got, expected = load_checkpoint(out), load_checkpoint(ref)
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(got["model"][key], value, rtol=1e-4, atol=2e-5, msg=key)
+    for idx, state in expected["optimizer"]["state"].items():
+        torch.testing.assert_close(got["optimizer"]["state"][idx]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6)
 
 
 def test_memory_per_rank_falls_as_planned(runs: dict[str, Path]) -> None:

@@ -168,7 +168,7 @@ def test_memory_profiler_end_of_forward_and_peak(dtype: str) -> None:
     assert abs(peak - (est.peak_bytes + buffers)) <= TOLERANCE * peak
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize(("vocab", "chunk"), [(2048, 24), (2048, 40), (8192, 16)])
 def test_chunked_loss_saved_tensors_and_peak(dtype: str, vocab: int, chunk: int) -> None:
     """The chunked LM head + loss (TrainConfig.loss_chunk_size): the hooks see the head's two gradients
@@ -176,7 +176,7 @@ def test_chunked_loss_saved_tensors_and_peak(dtype: str, vocab: int, chunk: int)
     backward or the last chunk's temporaries, whichever is larger); both below the plain head's."""
     model = _model("llama", {"vocab_size": vocab})
     model.loss_chunk_size = chunk
-    autocast = torch.bfloat16 if dtype == "bfloat16" else None
+    autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     est = estimate_activations(model.config, B, T, dtype=dtype, device_type="cpu", loss_chunk_size=chunk)
     assert _measure(model, autocast) == est.saved_bytes
     assert est.logits_bytes == 0 and "log_softmax" not in est.other

@@ -182,6 +182,24 @@ def test_chunked_loss_trains_like_the_plain_head(data_dir: Path, tmp_path: Path)
     assert "logits 0.000" in json.dumps(startup)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunked_loss_accumulates_the_same_gradients(dtype: str, data_dir: Path, tmp_path: Path) -> None:
+    """The Trainer's micro-steps (loss / accum_steps, then backward) give the same summed gradients with
+    the chunked head: AdamW would hide a uniformly wrong gradient scale from a loss comparison, this does not."""
+    grads = {}
+    for chunk in (0, 20):
+        args = tiny_args(
+            data_dir, tmp_path / str(chunk), loss_chunk_size=chunk, gradient_accumulation_steps=3, dtype=dtype
+        )
+        trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+        for micro in range(3):
+            trainer.forward_backward(micro, *trainer.train_loader.get_batch(0, micro))
+        grads[chunk] = {name: p.grad.clone() for name, p in trainer.raw_model.named_parameters()}
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
+    for name, want in grads[0].items():
+        assert (grads[20][name] - want).abs().max() <= tolerance * want.abs().max(), name
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
