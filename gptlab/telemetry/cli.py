@@ -110,9 +110,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.telemetry.planner import plan_all_modes
 
     config = _config(args, extra, block_size=args.block_size)
-    plans = plan_all_modes(
-        config,
-        world_size=args.world_size,
+    common: dict[str, Any] = dict(
         batch_size=args.batch_size,
         dtype=args.dtype,
         activation_checkpointing=args.activation_checkpointing,
@@ -120,6 +118,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         device_type=args.device_type,
         loss_chunk_size=args.loss_chunk_size,
     )
+    plans = plan_all_modes(config, world_size=args.world_size, **common)
     first = next(iter(plans.values()))
     _print_flops(config, config.block_size, args.activation_checkpointing)
     print(f"\nmemory per GPU in GB (1e9 bytes): micro-batch {args.batch_size} x {config.block_size} tokens, "
@@ -140,6 +139,12 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
           f"other {sum(acts.other.values()) / GB:.4f} GB")  # fmt: skip
     for note in sorted({n for p in plans.values() for n in p.mode.notes}):
         print(f"note: {note}")
+    if args.gpu_memory_gb:
+        from gptlab.telemetry.planner import fit_advice
+
+        for mode, p in plans.items():
+            advice = fit_advice(config, int(args.gpu_memory_gb * 1e9), parallel=mode, world_size=p.world_size, **common)
+            print(f"{mode} x{p.world_size}: " + (advice or f"fits in {args.gpu_memory_gb:g} GB"))
     _print_throughput(config, args, config.block_size, args.world_size)
     return 0
 
@@ -190,6 +195,7 @@ def register(subparsers: Any) -> None:
     plan.add_argument("--world_size", type=int, default=8, help="GPUs for ddp/zero1/fsdp (default 8)")
     plan.add_argument("--grad_accum_steps", type=int, default=1, help="micro-steps per optimizer step")
     plan.add_argument("--device_type", default="cuda", choices=("cuda", "cpu"), help="whose autocast rules apply")
+    plan.add_argument("--gpu_memory_gb", type=float, help="say, per mode, whether the peak fits in this much memory")
     plan.add_argument(
         "--loss_chunk_size", type=int, default=0, help="tokens per chunk of the fused LM head + loss (0: plain logits)"
     )

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from gptlab.config.model import ModelArchitectureConfig
 from gptlab.errors import ConfigError, unknown_choice
@@ -205,6 +206,35 @@ def _fsdp_transient(shapes: list[TensorShape], c: int) -> int:
     return c * (root + 2 * block) + FP32_BYTES * block
 
 
+def fit_advice(config: ModelArchitectureConfig, device_bytes: int, **plan_kwargs: Any) -> str | None:
+    """None when ``plan_memory(config, **plan_kwargs)``'s peak fits in ``device_bytes`` (with 5% kept
+    for the allocator and kernel workspaces); otherwise one line saying by how much it misses and what
+    each setting that would help brings the peak to, re-planned (the chunked loss, activation
+    checkpointing, FSDP when there are several ranks, half the micro-batch with twice the steps)."""
+    budget = 0.95 * device_bytes
+    plan = plan_memory(config, **plan_kwargs)
+    if plan.mode.peak <= budget:
+        return None
+    options: list[tuple[str, dict[str, Any]]] = []
+    if not plan_kwargs.get("loss_chunk_size"):
+        options.append(("--loss_chunk_size=1024", {"loss_chunk_size": 1024}))
+    if not plan_kwargs.get("activation_checkpointing"):
+        options.append(("--activation_checkpointing=True", {"activation_checkpointing": True}))
+    if plan_kwargs.get("world_size", 1) > 1 and plan_kwargs.get("parallel") in ("ddp", "zero1"):
+        options.append(("--use_fsdp=True", {"parallel": "fsdp"}))
+    batch = plan_kwargs["batch_size"]
+    if batch > 1:
+        accum = plan_kwargs.get("grad_accum_steps", 1)
+        options.append((f"--batch_size={batch // 2} with twice the gradient_accumulation_steps",
+                        {"batch_size": batch // 2, "grad_accum_steps": 2 * accum}))  # fmt: skip
+    ideas = []
+    for flag, change in options:
+        peak = plan_memory(config, **{**plan_kwargs, **change}).mode.peak
+        ideas.append(f"{flag} -> {peak / 1e9:.1f} GB" + (" (fits)" if peak <= budget else ""))
+    return (f"planned peak {plan.mode.peak / 1e9:.1f} GB per GPU exceeds the device's {device_bytes / 1e9:.1f} GB "
+            f"(less 5% headroom); expect an out-of-memory error. Options, each alone: " + "; ".join(ideas))  # fmt: skip
+
+
 def plan_all_modes(config: ModelArchitectureConfig, *, world_size: int = 1, **kwargs: object) -> dict[str, MemoryPlan]:
     """``plan_memory`` for every mode: 'none' on one GPU, the others on ``world_size`` GPUs."""
     return {
@@ -213,4 +243,13 @@ def plan_all_modes(config: ModelArchitectureConfig, *, world_size: int = 1, **kw
     }
 
 
-__all__ = ["MODES", "MemoryPlan", "ModeMemory", "fsdp_shard_numel", "plan_all_modes", "plan_memory", "zero1_partition"]
+__all__ = [
+    "MODES",
+    "MemoryPlan",
+    "ModeMemory",
+    "fit_advice",
+    "fsdp_shard_numel",
+    "plan_all_modes",
+    "plan_memory",
+    "zero1_partition",
+]

@@ -475,6 +475,9 @@ class Trainer:
             (self.out_dir / "config.json").write_text(_dumps(self.run_config.to_dict()))
             report = build_startup_report(self)
             self.logger.log_startup_info(report, render_startup_report(report))
+            advice = self.telemetry.memory_advice()  # before the first step, not after an OOM
+            if advice:
+                self.logger.log_event("memory_warning", advice)
         last_losses = None
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
         t0 = time.time()

@@ -16,6 +16,7 @@ from gptlab.telemetry.flops import compute_flops, estimate_mfu_detailed, expecte
 from gptlab.telemetry.gradients import GradientSpikeDetector, get_gradient_stats
 from gptlab.telemetry.hardware import detect_peak
 from gptlab.telemetry.memory import MemoryPlan, get_memory_stats, plan_memory, reset_peak_memory
+from gptlab.telemetry.planner import fit_advice
 
 
 class TelemetryHooks:
@@ -86,10 +87,8 @@ class TelemetryHooks:
         stats["norm_to_median"] = self.spikes.last_ratio
         return stats
 
-    def plan(self) -> MemoryPlan:
-        """The planner's per-rank memory for this run's mode and world size."""
-        return plan_memory(
-            self.arch,
+    def _plan_kwargs(self) -> dict[str, Any]:
+        return dict(
             batch_size=self.cfg.batch_size,
             dtype=self.dtype,
             parallel=self.parallel,
@@ -99,6 +98,19 @@ class TelemetryHooks:
             device_type=self.device.type,
             loss_chunk_size=self.cfg.loss_chunk_size,
         )
+
+    def plan(self) -> MemoryPlan:
+        """The planner's per-rank memory for this run's mode and world size."""
+        return plan_memory(self.arch, **self._plan_kwargs())
+
+    def memory_advice(self, device_bytes: int | None = None) -> str | None:
+        """A warning with options when the planned peak will not fit the GPU (None on a CPU or if it fits);
+        ``device_bytes`` defaults to the CUDA device's total memory."""
+        if device_bytes is None:
+            if self.device.type != "cuda":
+                return None
+            device_bytes = torch.cuda.get_device_properties(self.device).total_memory
+        return fit_advice(self.arch, device_bytes, **self._plan_kwargs())
 
     def memory_plan(self) -> str | None:
         return str(self.plan())

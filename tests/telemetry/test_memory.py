@@ -10,7 +10,7 @@ from gptlab import ConfigError, ConfigurableGPT, get_debug_config, get_preset_co
 from gptlab.model.registry import NORM_REGISTRY
 from gptlab.telemetry.memory import get_memory_stats, reset_peak_memory
 from gptlab.telemetry.params import TensorShape, count_parameters, parameter_shapes
-from gptlab.telemetry.planner import fsdp_shard_numel, plan_all_modes, plan_memory, zero1_partition
+from gptlab.telemetry.planner import fit_advice, fsdp_shard_numel, plan_all_modes, plan_memory, zero1_partition
 
 
 def tensor_bytes(tensors: list[torch.Tensor]) -> int:
@@ -139,3 +139,19 @@ def test_memory_stats_on_cpu() -> None:
     reset_peak_memory("cpu")  # a no-op on the CPU, not an error
     model = ConfigurableGPT(get_debug_config("gpt2"))
     assert model.get_memory_stats()["rss_gb"] > 0
+
+
+def test_fit_advice_warns_before_an_oom_with_replanned_options() -> None:
+    """GPT-2 124M, micro-batch 12 x 1024 in bf16: 14.5 GB planned. On a 40 GB GPU nothing is said; on
+    a 12 GB one the warning names the chunked loss (6.6 GB, fits) and the other options' peaks."""
+    cfg = get_preset_config("gpt2")
+    kwargs = dict(batch_size=12, dtype="bfloat16")
+    assert fit_advice(cfg, 40 * 10**9, **kwargs) is None
+    advice = fit_advice(cfg, 12 * 10**9, **kwargs)
+    assert advice is not None and "14.5 GB" in advice and "--loss_chunk_size=1024 -> 6.6 GB (fits)" in advice
+    assert "--activation_checkpointing=True ->" in advice and "--batch_size=6" in advice
+    assert "--use_fsdp" not in advice  # one GPU: sharding is no option
+    ddp = fit_advice(cfg, 12 * 10**9, parallel="ddp", world_size=8, **kwargs)
+    assert ddp is not None and "--use_fsdp=True ->" in ddp
+    chunked = fit_advice(cfg, 6 * 10**9, loss_chunk_size=1024, **kwargs)
+    assert chunked is not None and "--loss_chunk_size" not in chunked  # already on: not suggested again

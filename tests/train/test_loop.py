@@ -182,6 +182,21 @@ def test_chunked_loss_trains_like_the_plain_head(data_dir: Path, tmp_path: Path)
     assert "logits 0.000" in json.dumps(startup)
 
 
+def test_memory_warning_before_the_first_step(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the plan does not fit the device, the run says so (with options) before training starts.
+    The CPU has no device memory to check, so the device's capacity is made tiny here."""
+    from gptlab.train.telemetry_hooks import TelemetryHooks
+
+    advice = TelemetryHooks.memory_advice
+    monkeypatch.setattr(TelemetryHooks, "memory_advice", lambda self, device_bytes=None: advice(self, 10**5))
+    out = io.StringIO()
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=1)), stream=out)
+    (event,) = [r for r in read_log(tmp_path) if r.get("event") == "memory_warning"]
+    assert "expect an out-of-memory error" in event["message"] and "--loss_chunk_size=1024" in event["message"]
+    assert read_log(tmp_path).index(event) < next(i for i, r in enumerate(read_log(tmp_path)) if r["type"] == "iter")
+    assert "out-of-memory" in out.getvalue()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_chunked_loss_accumulates_the_same_gradients(dtype: str, data_dir: Path, tmp_path: Path) -> None:
     """The Trainer's micro-steps (loss / accum_steps, then backward) give the same summed gradients with
