@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import time
 from pathlib import Path
@@ -69,6 +70,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="alternate the two loops this many times")
     p.add_argument("--profile", type=int, default=0, help="then profile this many gptlab steps (0: no profile)")
+    p.add_argument("--json", help="also write the results to this JSON file (bench/sweep.py reads it)")
     a = p.parse_args()
     trainer = build_trainer(a)
     device, dist = trainer.device, trainer.dist
@@ -116,16 +118,29 @@ def main() -> None:
             + ("(CUDA max allocated)" if cuda_peak is not None else "(process RSS)")
         )
         print(f"{'loop':20s} {'ms/step (median)':>17s} {'tokens/s':>12s} {'achieved GFLOP/s':>17s} {'MFU':>7s}")
-    medians = {}
+    medians, mfus = {}, {}
     for name, times in results.items():
         med = statistics.median(times)
         medians[name] = med
-        mfu = trainer.telemetry.mfu(med)["mfu"]
+        mfus[name] = mfu = trainer.telemetry.mfu(med)["mfu"]
         mfu_text = "n/a" if mfu is None else f"{100 * mfu:.1f}%"
         if dist.master:
             rate = tokens * dist.world_size / med
             print(f"{name:20s} {1000 * med:17.2f} {rate:12,.0f} {flops * tokens / med / 1e9:17.2f} {mfu_text:>7s}")
     ratio = medians["gptlab train_step"] / medians["plain PyTorch"]
+    if a.json and dist.master:
+        gptlab_s = medians["gptlab train_step"]
+        record = {
+            "params_m": trainer.raw_model.get_num_params() / 1e6,
+            "ms_per_step": 1000 * gptlab_s,
+            "plain_ms_per_step": 1000 * medians["plain PyTorch"],
+            "ratio": ratio,
+            "tokens_per_s": tokens * dist.world_size / gptlab_s,
+            "mfu": mfus["gptlab train_step"],
+            "peak_gb": peak_gb,
+            "peak_kind": "cuda_max_allocated" if cuda_peak is not None else "process_rss",
+        }
+        Path(a.json).write_text(json.dumps(record))
     if dist.master:
         print(f"gptlab / plain step time: {ratio:.3f} (gradient statistics every 10 steps included); "
               "tokens/s is the job's, GFLOP/s and MFU per device")  # fmt: skip

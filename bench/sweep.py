@@ -1,0 +1,76 @@
+"""A grid of bench/train_step.py runs, one fresh process each, summarised in one table: presets and
+sizes, dtype, compile on/off, attention backend, chunked loss, batch and sequence length.
+
+python bench/sweep.py --grid preset=gpt2,llama --grid attention_backend=sdpa,manual --iters 5 --rounds 1
+python bench/sweep.py --grid compile=off,on --grid batch_size=8,16 --device cuda --dtype bfloat16 \\
+    --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304
+Every argument that is not --grid goes to each train_step run unchanged; a grid key is any
+train_step flag (compile takes on/off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+STEP = Path(__file__).with_name("train_step.py")
+SWITCHES = {"compile"}  # store_true flags of train_step: on/off in a grid
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """['preset=gpt2,llama', ...] -> {'preset': ['gpt2', 'llama'], ...}, in the order given."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise SystemExit(f"error: --grid {item!r}: expected KEY=V1,V2,...")
+        grid[key] = values.split(",")
+    return grid
+
+
+def flags(key: str, value: str) -> list[str]:
+    if key in SWITCHES:
+        if value not in ("on", "off"):
+            raise SystemExit(f"error: --grid {key}={value!r}: expected on or off")
+        return [f"--{key}"] if value == "on" else []
+    return [f"--{key}", value]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
+    a, rest = p.parse_known_args()
+    grid = parse_grid(a.grid)
+    if not grid:
+        raise SystemExit("error: give at least one --grid KEY=V1,V2,...")
+    header = [*grid, "params (M)", "ms/step", "tokens/s", "MFU", "peak GB", "vs plain"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, combo in enumerate(itertools.product(*grid.values())):
+            out = Path(tmp) / f"{i}.json"
+            args = [arg for key, value in zip(grid, combo) for arg in flags(key, value)]
+            cmd = [sys.executable, str(STEP), *rest, *args, "--json", str(out)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                rows.append([*combo, "failed: " + (res.stderr.strip().splitlines() or ["?"])[-1][:60]])
+                continue
+            r = json.loads(out.read_text())
+            mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+            rows.append([*combo, f"{r['params_m']:.2f}", f"{r['ms_per_step']:.2f}", f"{r['tokens_per_s']:,.0f}",
+                         mfu, f"{r['peak_gb']:.2f}", f"{r['ratio']:.3f}"])  # fmt: skip
+            print(" ".join(combo), "done", file=sys.stderr)
+    widths = [max(len(str(x)) for x in col) for col in itertools.zip_longest(header, *rows, fillvalue="")]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+    print("ms/step, tokens/s, MFU: gptlab's train_step (median); vs plain: its time over the plain PyTorch loop's; "
+          "peak GB: CUDA max allocated on a GPU, process RSS on a CPU")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
