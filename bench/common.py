@@ -23,6 +23,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--grad_accum", type=int, default=1, help="micro-steps per optimizer step on each rank")
     p.add_argument("--dataset", default="stdlib_char")
+    p.add_argument("--data_dir", default="data")
+    p.add_argument("--out_dir", default="out/bench", help="the run's files (replaced every time)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--compile", action="store_true")
@@ -34,7 +36,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_trainer(a: argparse.Namespace) -> Trainer:
-    """A Trainer for the flags of ``add_run_args`` (writing to out/bench, replaced every time)."""
+    """A Trainer for the flags of ``add_run_args`` (writing to ``--out_dir``, replaced every time)."""
     args = [
         f"--arch_preset={a.preset!r}",
         f"--n_layer={a.n_layer}",
@@ -53,7 +55,8 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
         f"--attention_backend={a.attention_backend!r}",
         f"--peak_tflops={a.peak_tflops}",
         *([f"--vocab_size={a.vocab_size}"] if a.vocab_size else []),
-        "--out_dir='out/bench'",
+        f"--data_dir={a.data_dir!r}",
+        f"--out_dir={a.out_dir!r}",
         "--overwrite=True",
         "--gradient_log_interval=10",
         "--warmup_iters=0",

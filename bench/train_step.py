@@ -146,7 +146,7 @@ def main() -> None:
               "tokens/s is the job's, GFLOP/s and MFU per device")  # fmt: skip
     if a.profile:
         if dist.master:
-            profile_steps(gptlab_step, device, a.profile, Path("out/bench"))
+            profile_steps(gptlab_step, device, a.profile, Path(a.out_dir))
         else:
             for _ in range(a.profile):  # the other ranks take part in the collectives
                 gptlab_step()

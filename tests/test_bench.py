@@ -1,0 +1,59 @@
+"""The bench/ scripts run and print their tables (tiny sizes, one step: a smoke test, never a timing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.train.conftest import data_dir  # noqa: F401 (a fixture, used by name)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "16", "--batch_size", "2"]
+
+
+def bench(script: str, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+                         env=env, cwd=cwd, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_train_step_table_json_and_profile(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    record = tmp_path / "r.json"
+    out = bench("train_step.py", *TINY, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "run"),
+                "--iters", "1", "--rounds", "1", "--warmup", "0", "--profile", "1", "--loss_chunk_size", "8",
+                "--json", str(record), cwd=tmp_path)  # fmt: skip
+    assert "plain PyTorch" in out and "gptlab train_step" in out and "gptlab / plain step time" in out
+    assert "aten::mm" in out and (tmp_path / "run" / "train_step_trace.json").is_file()
+    r = json.loads(record.read_text())
+    assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] is None  # no peak known on a CPU
+
+
+def test_sweep_runs_every_combination(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = bench("sweep.py", "--grid", "preset=gpt2,llama", "--grid", "batch_size=0,2", *TINY[:6],
+                "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "run"), "--iters", "1", "--rounds", "1",
+                "--warmup", "0", cwd=tmp_path)  # fmt: skip
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["preset", "batch_size"]
+    assert sum("failed: " in line and "batch_size=0" in line for line in lines) == 2  # a bad value: a row says so
+    assert sum(line.split()[1] == "2" and "failed" not in line for line in lines[1:5]) == 2
+
+
+def test_lm_head_compares_plain_and_chunked(tmp_path: Path) -> None:
+    out = bench("lm_head.py", "--tokens", "64", "--n_embd", "16", "--vocab", "256", "--chunks", "0,16", "--iters", "1",
+                cwd=tmp_path)  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert set(rows) == {"plain", "chunk"} and float(rows["chunk"][-1]) < float(rows["plain"][-1])  # peak MB
+
+
+def test_telemetry_overhead_and_dataloader_tables(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = bench("telemetry_overhead.py", *TINY, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "run"),
+                "--iters", "1", "--rounds", "1", cwd=tmp_path)  # fmt: skip
+    assert "never" in out and "every step" in out
+    out = bench("dataloader.py", "--data_dir", str(data_dir), "--block_size", "16,32", "--seconds", "0.05",
+                cwd=tmp_path)  # fmt: skip
+    assert len([line for line in out.splitlines() if line.startswith("stdlib_char")]) == 2
