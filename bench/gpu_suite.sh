@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 8's GPU measurements in one place, a stage per call (each fits a 10-minute command):
-#   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | head | profile | sweep | all
+#   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | head | profile | telemetry | sweep | all
 # Prints tables; copy them into docs/benchmarks.md with the date, device and command.
 # The model sizes are real (GPT-2 124M / 350M widths, vocab 50304, block 1024); the tokens come from
 # the embedded stdlib_char data (ids < 100): the FLOPs and memory are those of any text.
@@ -24,12 +24,14 @@ stage_chunked() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_siz
                   step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --compile_mode max-autotune-no-cudagraphs; }
 stage_head() { "$PY" bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0,1024,2048,4096,8192 --iters 10; }
 stage_profile() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --rounds 1 --profile 5; }
+stage_telemetry() { "$PY" bench/telemetry_overhead.py "${GPT2[@]}" --device cuda --dtype bfloat16 --compile \
+                      --batch_size 16 --iters 30 --rounds 3; }
 stage_sweep() { "$PY" bench/sweep.py --grid preset=gpt2,llama --grid compile=off,on --grid attention_backend=sdpa,manual \
                   --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304 --batch_size 8 \
                   --device cuda --dtype bfloat16 --iters 10 --rounds 1; }
 
 case "${1:-all}" in
-  all) for s in env peak gpt2 llama 350m chunked head profile sweep; do "stage_$s"; done ;;
-  env|peak|gpt2|llama|350m|chunked|head|profile|sweep) "stage_$1" ;;
-  *) echo "usage: $0 [env|peak|gpt2|llama|350m|chunked|head|profile|sweep|all]" >&2; exit 2 ;;
+  all) for s in env peak gpt2 llama 350m chunked head profile telemetry sweep; do "stage_$s"; done ;;
+  env|peak|gpt2|llama|350m|chunked|head|profile|telemetry|sweep) "stage_$1" ;;
+  *) echo "usage: $0 [env|peak|gpt2|llama|350m|chunked|head|profile|telemetry|sweep|all]" >&2; exit 2 ;;
 esac

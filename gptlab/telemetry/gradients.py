@@ -66,20 +66,19 @@ def get_gradient_stats(model: nn.Module | Iterable[Tensor]) -> dict[str, float |
     device = local[0].device
     acc = torch.float64 if device.type in ("cpu", "cuda") else torch.float32  # accumulate sums in double
     n = float(sum(g.numel() for g in grads))  # a DTensor's numel is the global one: no reduction needed
-    # Device-side fills, not torch.tensor(...): a host-to-device copy would synchronise.
-    pos_inf, neg_inf = (torch.full((), v, dtype=acc, device=device) for v in (math.inf, -math.inf))
-
+    # Launches matter on a GPU (about 150 tensors for GPT-2): two per tensor (sum, aminmax), the rest
+    # fused (_foreach_norm) or on the stacked per-tensor values.
     norms = torch._foreach_norm(local, 2, dtype=torch.float32)  # one fused launch per dtype/device bucket
-    sumsq = [x.to(acc).square() for x in norms]
-    sums = [g.sum(dtype=acc) for g in local]
-    mins = [g.amin().to(acc) if g.numel() else pos_inf for g in local]  # an FSDP shard may be empty
-    maxs = [g.amax().to(acc) if g.numel() else neg_inf for g in local]
+    sumsq = torch.stack(norms).to(acc).square()
+    sums = torch.stack([g.sum(dtype=acc) for g in local])
+    mins, maxs = _extremes(local, acc)
 
     mesh_dims = sorted({d for dims in shard_dims for d in dims})
     if mesh_dims:
-        sumsq_t, sums_t, mins_t, maxs_t = _reduce_shards(grads, shard_dims, mesh_dims, sumsq, sums, mins, maxs)
+        lists = [list(x.unbind()) for x in (sumsq, sums, mins, maxs)]
+        sumsq_t, sums_t, mins_t, maxs_t = _reduce_shards(grads, shard_dims, mesh_dims, *lists)
     else:
-        sumsq_t, sums_t, mins_t, maxs_t = (torch.stack(x) for x in (sumsq, sums, mins, maxs))
+        sumsq_t, sums_t, mins_t, maxs_t = sumsq, sums, mins, maxs
 
     layer_norms = sumsq_t.sqrt()
     mean = sums_t.sum() / n
@@ -97,6 +96,17 @@ def get_gradient_stats(model: nn.Module | Iterable[Tensor]) -> dict[str, float |
         ]
     )
     return dict(zip(STAT_KEYS, out.tolist()))  # the one host sync
+
+
+def _extremes(local: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per-tensor minima and maxima as two ``acc`` vectors: one ``aminmax`` per tensor and one cast in
+    all when the gradients share a dtype. An empty FSDP shard gives +inf / -inf (device-side fills:
+    ``torch.tensor(...)`` would copy from the host and synchronise)."""
+    pairs = [torch.aminmax(g) if g.numel() else (g.new_full((), math.inf), g.new_full((), -math.inf)) for g in local]
+    mins, maxs = [p[0] for p in pairs], [p[1] for p in pairs]
+    if len({m.dtype for m in mins}) == 1:
+        return torch.stack(mins).to(acc), torch.stack(maxs).to(acc)
+    return torch.stack([m.to(acc) for m in mins]), torch.stack([m.to(acc) for m in maxs])
 
 
 def _reduce_shards(
