@@ -211,6 +211,26 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
     return model
 
 
+def deferred_init(info: DistInfo) -> bool:
+    """FSDP over several ranks builds the weights on rank 0 only; the other ranks build the structure on
+    the meta device (no memory) and receive their shards from rank 0 (``materialize_from_rank0``)."""
+    return info.mode == "fsdp" and info.world_size > 1 and not info.master
+
+
+def materialize_from_rank0(model: nn.Module, full_state: dict[str, torch.Tensor] | None, info: DistInfo) -> None:
+    """After ``fully_shard``: give the meta ranks storage, then scatter rank 0's full state dict (every rank
+    keeps its shard) and broadcast the buffers (RoPE tables, ALiBi slopes), so every rank holds exactly
+    what one process seeded alike would. Host memory: one full copy, on rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if not info.master:
+        model.to_empty(device=info.device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full_state if info.master else {}, options=options)  # type: ignore[arg-type]
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> torch.optim.Optimizer:
     """configure_optimizers' AdamW (decay / no-decay groups); under zero1 the same groups in a
     ``ZeroRedundancyOptimizer`` that keeps each rank's share of the AdamW states."""

@@ -188,6 +188,9 @@ class Trainer:
             self.model.to(self.device)
         self.raw_model = self.model  # the plain model (FSDP2 shards it in place)
         self.model = parallel.parallelize(self.raw_model, cfg, self.dist, self.dtype)
+        if self.mode == "fsdp" and self.world_size > 1 and pretrained is None:
+            parallel.materialize_from_rank0(self.raw_model, self.full_state, self.dist)
+            self.full_state = None
         self.optimizer = parallel.build_optimizer(self.raw_model, cfg, self.dist)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
         if ckpt is not None:
@@ -271,14 +274,21 @@ class Trainer:
         return model.config, None, model.train()
 
     def _build_model(self, arch: ModelArchitectureConfig, ckpt: dict[str, Any] | None, pretrained: Any) -> None:
+        """The model to train. Under FSDP on several ranks only rank 0 allocates weights (the others build
+        on the meta device) and ``full_state`` keeps rank 0's for ``parallel.materialize_from_rank0``."""
+        self.full_state: dict[str, torch.Tensor] | None = None
         if pretrained is not None:
             self.model = pretrained
             return
-        self.model = ConfigurableGPT(arch)
+        deferred = parallel.deferred_init(self.dist)
+        with torch.device("meta") if deferred else contextlib.nullcontext():
+            self.model = ConfigurableGPT(arch)
         if ckpt is not None:
-            if "model" in ckpt:  # a full state dict; a DCP checkpoint loads after sharding (_load_optimizer)
+            if "model" in ckpt and not deferred:  # a full state dict; a DCP checkpoint loads after sharding
                 self.model.load_state_dict(clean_state_dict(ckpt["model"]))
             self.iter_num, self.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
+        if self.mode == "fsdp" and self.world_size > 1 and self.master:
+            self.full_state = dict(self.model.state_dict())  # the CPU tensors, before sharding replaces them
 
     def _load_optimizer(self, ckpt: dict[str, Any]) -> None:
         """The optimizer state (and, for a DCP checkpoint, the model's shards) into the wrapped run."""
