@@ -152,6 +152,17 @@ def test_chunked_loss_under_fsdp_matches_plain_single_process(data_dir: Path, tm
         torch.testing.assert_close(got["optimizer"]["state"][idx]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6)
 
 
+def test_single_file_checkpoint_resumes_under_fsdp(data_dir: Path, tmp_path: Path, runs: dict[str, Path]) -> None:
+    """DDP's ckpt.pt into FSDP: rank 0 loads it, the other rank starts on the meta device and gets its
+    shards scattered from rank 0; an evaluation of the loaded weights gives DDP's final val loss."""
+    dst = tmp_path / "ddp_to_fsdp"
+    shutil.copytree(runs["ddp"], dst, symlinks=True, ignore=shutil.ignore_patterns("log.jsonl", "summary.json"))
+    res = torchrun(["--use_fsdp=True", *small(data_dir, dst, init_from="resume", eval_only=True)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    (evaluated,) = records(dst, "eval")
+    assert evaluated["val_loss"] == pytest.approx(records(runs["ddp"], "eval")[-1]["val_loss"], rel=1e-6)
+
+
 def test_memory_per_rank_falls_as_planned(runs: dict[str, Path]) -> None:
     measured = {m: json.loads((p / "summary.json").read_text()) for m, p in runs.items()}
     for mode, summary in measured.items():  # the real local shards' bytes, the fullest rank
