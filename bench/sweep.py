@@ -5,7 +5,7 @@ python bench/sweep.py --grid preset=gpt2,llama --grid attention_backend=sdpa,man
 python bench/sweep.py --grid compile=off,on --grid batch_size=8,16 --device cuda --dtype bfloat16 \\
     --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304
 Every argument that is not --grid goes to each train_step run unchanged; a grid key is any
-train_step flag (compile takes on/off).
+train_step flag (compile takes on/off; leave --compile out of the shared arguments then).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def main() -> None:
     if not grid:
         raise SystemExit("error: give at least one --grid KEY=V1,V2,...")
     header = [*grid, "params (M)", "ms/step", "tokens/s", "MFU", "peak GB", "vs plain"]
-    rows = []
+    rows: list[list[str]] = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, combo in enumerate(itertools.product(*grid.values())):
             out = Path(tmp) / f"{i}.json"
@@ -57,7 +58,8 @@ def main() -> None:
             cmd = [sys.executable, str(STEP), *rest, *args, "--json", str(out)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
-                rows.append([*combo, "failed: " + (res.stderr.strip().splitlines() or ["?"])[-1][:60]])
+                failures.append(f"{' '.join(combo)}: " + (res.stderr.strip().splitlines() or ["?"])[-1])
+                rows.append([*combo, "failed", "", "", "", "", ""])
                 continue
             r = json.loads(out.read_text())
             mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
@@ -70,6 +72,8 @@ def main() -> None:
         print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
     print("ms/step, tokens/s, MFU: gptlab's train_step (median); vs plain: its time over the plain PyTorch loop's; "
           "peak GB: CUDA max allocated on a GPU, process RSS on a CPU")  # fmt: skip
+    for failure in failures:
+        print(f"failed: {failure}")
 
 
 if __name__ == "__main__":

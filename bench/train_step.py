@@ -137,7 +137,7 @@ def main() -> None:
             "ratio": ratio,
             "tokens_per_s": tokens * dist.world_size / gptlab_s,
             "mfu": mfus["gptlab train_step"],
-            "peak_gb": peak_gb,
+            "peak_gb": peak_gb,  # over both loops (same model and batches)
             "peak_kind": "cuda_max_allocated" if cuda_peak is not None else "process_rss",
         }
         Path(a.json).write_text(json.dumps(record))

@@ -211,10 +211,11 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
     return model
 
 
-def deferred_init(info: DistInfo) -> bool:
+def init_on_rank0(cfg: TrainConfig, info: DistInfo) -> bool:
     """FSDP over several ranks builds the weights on rank 0 only; the other ranks build the structure on
-    the meta device (no memory) and receive their shards from rank 0 (``materialize_from_rank0``)."""
-    return info.mode == "fsdp" and info.world_size > 1 and not info.master
+    the meta device (no memory) and receive their shards from rank 0 (``materialize_from_rank0``). Not
+    with CPU offload, whose shards must be materialised on the CPU by ``fully_shard`` itself."""
+    return info.mode == "fsdp" and info.world_size > 1 and not cfg.fsdp_cpu_offload
 
 
 def materialize_from_rank0(model: nn.Module, full_state: dict[str, torch.Tensor] | None, info: DistInfo) -> None:

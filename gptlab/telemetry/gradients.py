@@ -75,8 +75,7 @@ def get_gradient_stats(model: nn.Module | Iterable[Tensor]) -> dict[str, float |
 
     mesh_dims = sorted({d for dims in shard_dims for d in dims})
     if mesh_dims:
-        lists = [list(x.unbind()) for x in (sumsq, sums, mins, maxs)]
-        sumsq_t, sums_t, mins_t, maxs_t = _reduce_shards(grads, shard_dims, mesh_dims, *lists)
+        sumsq_t, sums_t, mins_t, maxs_t = _reduce_shards(grads, shard_dims, mesh_dims, sumsq, sums, mins, maxs)
     else:
         sumsq_t, sums_t, mins_t, maxs_t = sumsq, sums, mins, maxs
 
@@ -113,26 +112,28 @@ def _reduce_shards(
     grads: list[Tensor],
     shard_dims: list[tuple[int, ...]],
     mesh_dims: list[int],
-    sumsq: list[Tensor],
-    sums: list[Tensor],
-    mins: list[Tensor],
-    maxs: list[Tensor],
+    sumsq: Tensor,
+    sums: Tensor,
+    mins: Tensor,
+    maxs: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Combine per-shard partial statistics across the mesh dimensions that shard some gradient."""
+    """Combine per-shard partial statistics (one entry per tensor) across the mesh dimensions that shard
+    some gradient: two all-reduces per mesh dimension, whatever the number of tensors."""
     import torch.distributed as dist
 
     mesh = next(g.device_mesh for g, dims in zip(grads, shard_dims) if dims)
     coords = mesh.get_coordinate() or [0] * mesh.ndim
+    n = len(grads)
+    packed = torch.cat([sumsq, sums])
     # A tensor not sharded over a reduced mesh dim is whole at every coordinate: count coordinate 0's copy.
-    keep = [all(d in dims or coords[d] == 0 for d in mesh_dims) for dims in shard_dims]
-    zero = torch.zeros_like(sums[0])
-    packed = torch.stack([x if k else zero for x, k in zip(sumsq + sums, keep + keep)])
-    extremes = torch.stack(mins + [-x for x in maxs])  # one MIN reduction for both
+    for i, dims in enumerate(shard_dims):
+        if not all(d in dims or coords[d] == 0 for d in mesh_dims):
+            packed[i] = packed[n + i] = 0  # a launch each, for replicated tensors only (FSDP shards them all)
+    extremes = torch.cat([mins, maxs.neg()])  # one MIN reduction for both
     for d in mesh_dims:
         group = mesh.get_group(d)
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         dist.all_reduce(extremes, op=dist.ReduceOp.MIN, group=group)
-    n = len(grads)
     return packed[:n], packed[n:], extremes[:n], -extremes[n:]
 
 

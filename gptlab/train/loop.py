@@ -150,7 +150,9 @@ class Trainer:
             )
         self.accum_steps = cfg.gradient_accumulation_steps // self.world_size  # micro-steps per rank
         self._fault = _fault_injection()
-        torch.manual_seed(cfg.seed)  # the same on every rank: every rank builds the same initial weights
+        # the same on every rank, so that every rank building the weights builds the same ones (under FSDP
+        # only rank 0 does; afterwards nothing relies on equal RNG streams: dropout reseeds per micro-step)
+        torch.manual_seed(cfg.seed)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls and convs, as nanoGPT
             torch.backends.cudnn.allow_tf32 = True
@@ -188,7 +190,7 @@ class Trainer:
             self.model.to(self.device)
         self.raw_model = self.model  # the plain model (FSDP2 shards it in place)
         self.model = parallel.parallelize(self.raw_model, cfg, self.dist, self.dtype)
-        if self.mode == "fsdp" and self.world_size > 1 and pretrained is None:
+        if parallel.init_on_rank0(cfg, self.dist) and pretrained is None:
             parallel.materialize_from_rank0(self.raw_model, self.full_state, self.dist)
             self.full_state = None
         self.optimizer = parallel.build_optimizer(self.raw_model, cfg, self.dist)
@@ -280,14 +282,15 @@ class Trainer:
         if pretrained is not None:
             self.model = pretrained
             return
-        deferred = parallel.deferred_init(self.dist)
+        on_rank0 = parallel.init_on_rank0(self.cfg, self.dist)
+        deferred = on_rank0 and not self.master
         with torch.device("meta") if deferred else contextlib.nullcontext():
             self.model = ConfigurableGPT(arch)
         if ckpt is not None:
             if "model" in ckpt and not deferred:  # a full state dict; a DCP checkpoint loads after sharding
                 self.model.load_state_dict(clean_state_dict(ckpt["model"]))
             self.iter_num, self.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
-        if self.mode == "fsdp" and self.world_size > 1 and self.master:
+        if on_rank0 and self.master:
             self.full_state = dict(self.model.state_dict())  # the CPU tensors, before sharding replaces them
 
     def _load_optimizer(self, ckpt: dict[str, Any]) -> None:
@@ -485,7 +488,8 @@ class Trainer:
             (self.out_dir / "config.json").write_text(_dumps(self.run_config.to_dict()))
             report = build_startup_report(self)
             self.logger.log_startup_info(report, render_startup_report(report))
-            advice = self.telemetry.memory_advice()  # before the first step, not after an OOM
+            # before the first step, not after an OOM (the plan is a training plan; offload is not modelled)
+            advice = None if cfg.eval_only or cfg.fsdp_cpu_offload else self.telemetry.memory_advice()
             if advice:
                 self.logger.log_event("memory_warning", advice)
         last_losses = None

@@ -195,6 +195,9 @@ def test_memory_warning_before_the_first_step(data_dir: Path, tmp_path: Path, mo
     assert "expect an out-of-memory error" in event["message"] and "--loss_chunk_size=1024" in event["message"]
     assert read_log(tmp_path).index(event) < next(i for i, r in enumerate(read_log(tmp_path)) if r["type"] == "iter")
     assert "out-of-memory" in out.getvalue()
+    out = io.StringIO()  # an evaluation needs no training memory: no warning
+    train(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume", eval_only=True)), stream=out)
+    assert "out-of-memory" not in out.getvalue()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
