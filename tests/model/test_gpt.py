@@ -146,7 +146,8 @@ def test_configure_optimizers_decays_matrices_only() -> None:
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # the tied matrix appears once
-    assert not opt.defaults.get("fused")
+    assert opt.defaults.get("fused")  # one kernel for all tensors, on the CPU too
+    assert not model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), device_type="mps").defaults.get("fused")
     assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.95)
 
 

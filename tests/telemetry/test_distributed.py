@@ -103,7 +103,12 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    try:
+        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):
+        # once more on a fresh port: the free port may be taken between probing and binding (a real
+        # failure fails again, with its traceback)
+        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
