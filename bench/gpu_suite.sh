@@ -4,6 +4,8 @@
 # Prints tables; copy them into docs/benchmarks.md with the date, device and command.
 # The model sizes are real (GPT-2 124M / 350M widths, vocab 50304, block 1024); the tokens come from
 # the embedded stdlib_char data (ids < 100): the FLOPs and memory are those of any text.
+# SMOKE=1 checks the plumbing on a CPU instead: tiny sizes, one step each, float32, no compile
+# (DATA_DIR and OUT_DIR, if set, replace data/ and out/bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -12,26 +14,52 @@ GPT2=(--preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vo
 LLAMA=(--preset llama --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304)
 M350=(--preset gpt2 --n_layer 24 --n_embd 1024 --n_head 16 --block_size 1024 --vocab_size 50304)
 GPU=(--device cuda --dtype bfloat16 --compile --iters 20 --rounds 2)
-step() { echo; echo "\$ bench/train_step.py $*"; "$PY" bench/train_step.py "$@"; }
+DEVICE=cuda
+TINY=()       # appended last, so they override the sizes above (argparse keeps the last value)
+HEAD_TINY=()
+if [[ -n "${SMOKE:-}" ]]; then
+  DEVICE=cpu
+  GPU=(--device cpu --dtype float32 --iters 1 --rounds 1 --warmup 0)
+  TINY=(--n_layer 1 --n_embd 32 --n_head 2 --block_size 32 --vocab_size 512 --batch_size 2
+        --data_dir "${DATA_DIR:-data}" --out_dir "${OUT_DIR:-out/bench}")
+  HEAD_TINY=(--device cpu --dtype float32 --tokens 64 --n_embd 16 --vocab 256 --chunks 0,16 --iters 1)
+fi
+step() { echo; echo "\$ bench/train_step.py $*"; "$PY" bench/train_step.py "$@" "${TINY[@]}"; }
 
-stage_env() { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-              "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; }
-stage_peak() { "$PY" -m gptlab.cli peak --device cuda --dtype bfloat16; }
+stage_env() {
+  if [[ -n "${SMOKE:-}" ]]; then echo "SMOKE: no GPU to describe"; return; fi
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
+}
+stage_peak() { "$PY" -m gptlab.cli peak --device "$DEVICE" --dtype "$([[ $DEVICE == cuda ]] && echo bfloat16 || echo float32)"; }
 stage_gpt2() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16; step "${GPT2[@]}" "${GPU[@]}" --batch_size 32; }
 stage_llama() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16; }
 stage_350m() { step "${M350[@]}" "${GPU[@]}" --batch_size 16; }
-stage_chunked() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096
-                  step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --compile_mode max-autotune-no-cudagraphs; }
-stage_head() { "$PY" bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0,1024,2048,4096,8192 --iters 10; }
+stage_chunked() {
+  step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096
+  step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --compile_mode max-autotune-no-cudagraphs
+}
+stage_head() {
+  "$PY" bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0,1024,2048,4096,8192 --iters 10 \
+    "${HEAD_TINY[@]}"
+}
 stage_profile() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --rounds 1 --profile 5; }
-stage_telemetry() { "$PY" bench/telemetry_overhead.py "${GPT2[@]}" --device cuda --dtype bfloat16 --compile \
-                      --batch_size 16 --iters 30 --rounds 3; }
-stage_sweep() { "$PY" bench/sweep.py --grid preset=gpt2,llama --grid compile=off,on --grid attention_backend=sdpa,manual \
-                  --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304 --batch_size 8 \
-                  --device cuda --dtype bfloat16 --iters 10 --rounds 1; }
+stage_telemetry() {
+  local run=(--device cuda --dtype bfloat16 --compile --iters 30 --rounds 3)
+  if [[ -n "${SMOKE:-}" ]]; then run=(--device cpu --dtype float32 --iters 1 --rounds 1); fi
+  "$PY" bench/telemetry_overhead.py "${GPT2[@]}" "${run[@]}" --batch_size 16 "${TINY[@]}"
+}
+stage_sweep() {
+  local sizes=(--n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304 --batch_size 8)
+  local run=(--device cuda --dtype bfloat16 --iters 10 --rounds 1)
+  if [[ -n "${SMOKE:-}" ]]; then run=("${GPU[@]}"); fi
+  "$PY" bench/sweep.py --grid preset=gpt2,llama --grid compile=off,on --grid attention_backend=sdpa,manual \
+    "${sizes[@]}" "${run[@]}" "${TINY[@]}"
+}
 
+STAGES=(env peak gpt2 llama 350m chunked head profile telemetry sweep)
 case "${1:-all}" in
-  all) for s in env peak gpt2 llama 350m chunked head profile telemetry sweep; do "stage_$s"; done ;;
+  all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   env|peak|gpt2|llama|350m|chunked|head|profile|telemetry|sweep) "stage_$1" ;;
-  *) echo "usage: $0 [env|peak|gpt2|llama|350m|chunked|head|profile|telemetry|sweep|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|all]" >&2; exit 2 ;;
 esac

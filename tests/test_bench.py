@@ -57,3 +57,17 @@ def test_telemetry_overhead_and_dataloader_tables(data_dir: Path, tmp_path: Path
     out = bench("dataloader.py", "--data_dir", str(data_dir), "--block_size", "16,32", "--seconds", "0.05",
                 cwd=tmp_path)  # fmt: skip
     assert len([line for line in out.splitlines() if line.startswith("stdlib_char")]) == 2
+
+
+def test_gpu_suite_plumbing_in_smoke_mode(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """bench/gpu_suite.sh's stages run with SMOKE=1 on a CPU (tiny sizes), so a lent GPU's minutes are
+    not lost to a typo; a wrong stage name is refused with the list."""
+    script = str(ROOT / "bench" / "gpu_suite.sh")
+    env = {**os.environ, "SMOKE": "1", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+           "DATA_DIR": str(data_dir), "OUT_DIR": str(tmp_path / "run")}  # fmt: skip
+    stages = {"gpt2": "gptlab / plain step time", "head": "chunk 16", "chunked": "loss_chunk_size=4096"}
+    for stage, expect in stages.items():
+        res = subprocess.run(["bash", script, stage], capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0 and expect in res.stdout, (stage, res.stderr[-2000:])
+    res = subprocess.run(["bash", script, "gtp2"], capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and "env|peak|gpt2" in res.stderr
