@@ -211,6 +211,41 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
     return model
 
 
+def build_grad_scaler(info: DistInfo, enabled: bool) -> torch.amp.GradScaler:
+    """float16's loss scaling. Under FSDP the sharded one: each rank checks only its gradient shards
+    for inf/NaN, so the verdict is all-reduced and every rank steps (or skips) alike."""
+    if info.mode != "fsdp":
+        return torch.amp.GradScaler(info.device.type, enabled=enabled)
+    import warnings
+
+    from torch.amp.grad_scaler import OptState
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    class FSDPGradScaler(ShardedGradScaler):
+        """``ShardedGradScaler`` made to fit FSDP2 and fused AdamW: ``step`` always goes through the
+        all-reducing ``unscale_`` (GradScaler's fused path would check each rank's shards alone), whose
+        summed inf flags become 0/1 scalars as fused optimizers expect, minus the warning that the (1,)-shaped flag
+        meeting DTensor gradients raises on every step."""
+
+        def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+            if not self.is_enabled():
+                return
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1")
+                super().unscale_(optimizer)
+            state = self._per_optimizer_states[id(optimizer)]
+            # the all-reduce SUMs the ranks' flags; fused optimizers skip only on exactly 1.0
+            flags = state["found_inf_per_device"]
+            state["found_inf_per_device"] = {d: (t > 0).to(t.dtype).reshape(()) for d, t in flags.items()}
+
+        def step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+            if self.is_enabled() and self._per_optimizer_states[id(optimizer)]["stage"] is OptState.READY:
+                self.unscale_(optimizer)
+            return super().step(optimizer, *args, **kwargs)
+
+    return FSDPGradScaler(info.device.type, enabled=enabled)
+
+
 def init_on_rank0(cfg: TrainConfig, info: DistInfo) -> bool:
     """FSDP over several ranks builds the weights on rank 0 only; the other ranks build the structure on
     the meta device (no memory) and receive their shards from rank 0 (``materialize_from_rank0``). Not

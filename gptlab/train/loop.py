@@ -138,9 +138,6 @@ class Trainer:
         self.dist = dist if dist is not None else parallel.init_distributed(cfg, self.device)
         self.device, self.mode = self.dist.device, self.dist.mode
         self.world_size, self.rank, self.master = self.dist.world_size, self.dist.rank, self.dist.master
-        if self.mode == "fsdp" and self.dtype == "float16":
-            raise ConfigError("parallel='fsdp' with dtype='float16' is not supported (no sharded loss scaling): "
-                              "use --dtype=bfloat16")  # fmt: skip
         # nanoGPT's meaning: gradient_accumulation_steps counts micro-batches of the global step,
         # shared out over the ranks (the global batch stays the knob under any world size)
         if cfg.gradient_accumulation_steps % self.world_size:
@@ -194,7 +191,7 @@ class Trainer:
             parallel.materialize_from_rank0(self.raw_model, self.full_state, self.dist)
             self.full_state = None
         self.optimizer = parallel.build_optimizer(self.raw_model, cfg, self.dist)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
+        self.scaler = parallel.build_grad_scaler(self.dist, enabled=self.dtype == "float16")
         if ckpt is not None:
             self._load_optimizer(ckpt)
             if ckpt.get("scaler"):
@@ -493,6 +490,8 @@ class Trainer:
             if advice:
                 self.logger.log_event("memory_warning", advice)
         last_losses = None
+        if self.scaler.is_enabled():
+            self._loss_scale = self.scaler.get_scale()  # so that a drop at the very first step is reported
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
         t0 = time.time()
         if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
@@ -524,10 +523,16 @@ class Trainer:
                 nonfinite.zero_()
             if step["grad_stats"] and step["grad_stats"].get("spike"):
                 ratio = step["grad_stats"].get("norm_to_median")
+                norm = step["grad_stats"]["global_norm"]
+                why = (
+                    f"{ratio:.1f}x its running median"
+                    if math.isfinite(norm)
+                    else "non-finite"
+                    + (": an fp16 overflow, the loss scaler skips this step" if self.scaler.is_enabled() else "")
+                )
                 self.logger.log_event(
                     "grad_spike",
-                    f"iter {self.iter_num}: gradient norm {step['grad_stats']['global_norm']:.4g} is "
-                    f"{ratio:.1f}x its running median",
+                    f"iter {self.iter_num}: gradient norm {norm:.4g} is {why}",
                     iter=self.iter_num,
                     grad_norm=step["grad_stats"]["global_norm"],
                     ratio=ratio,

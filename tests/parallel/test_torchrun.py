@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -163,6 +164,23 @@ def test_single_file_checkpoint_resumes_under_fsdp(data_dir: Path, tmp_path: Pat
     assert res.returncode == 0, res.stderr[-3000:]
     (evaluated,) = records(dst, "eval")
     assert evaluated["val_loss"] == pytest.approx(records(runs["ddp"], "eval")[-1]["val_loss"], rel=1e-6)
+
+
+def test_fsdp_float16_trains_with_the_sharded_loss_scaler(data_dir: Path, tmp_path: Path) -> None:
+    """--dtype=float16 under FSDP (V100 / T4-class GPUs): parameters gathered in float16, gradients
+    reduced in float32, the loss scaled by the sharded scaler. The first step overflows at the initial
+    scale and is skipped on both ranks (said so), then the run learns; the scale is checkpointed.
+    (The all-ranks skip itself is tested in tests/parallel/test_grad_scaler.py.)"""
+    out = tmp_path / "fsdp_fp16"
+    res = torchrun(["--use_fsdp=True", *small(data_dir, out, dtype="float16", max_iters=12, dropout=0.0)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    mine = losses(out)
+    assert sorted(mine) == list(range(13)) and all(math.isfinite(v) for v in mine.values())
+    assert mine[12] < mine[0] - 0.3
+    events = {r["event"]: r["message"] for r in records(out, "event")}
+    assert "fp16 loss scale fell 65536 -> 32768" in events["loss_scale"]
+    assert "the loss scaler skips this step" in events["grad_spike"]
+    assert load_checkpoint(out)["scaler"]["scale"] == 32768.0  # saved, so a resume keeps the scale
 
 
 def test_memory_per_rank_falls_as_planned(runs: dict[str, Path]) -> None:

@@ -11,17 +11,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from gptlab import ConfigurableGPT, get_debug_config
 from gptlab.telemetry.gradients import STAT_KEYS, get_gradient_stats
 from gptlab.telemetry.planner import plan_memory
+from tests.spawn import spawn
 
 WORLD = 2
 ARCH = dict(n_layer=2, n_embd=36, n_head=4, block_size=33, vocab_size=71, d_ff=75)
@@ -92,23 +91,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     out = tmp_path_factory.mktemp("dist")
-    try:
-        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    except (mp.ProcessRaisedException, mp.ProcessExitedException):
-        # once more on a fresh port: the free port may be taken between probing and binding (a real
-        # failure fails again, with its traceback)
-        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    spawn(_worker, str(out), nprocs=WORLD)
     return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
