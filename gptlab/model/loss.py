@@ -10,7 +10,7 @@ gradients with respect to the head's input and weight (softmax minus one-hot, sc
 incoming gradient. So:
 
 - memory: the (N, H) input gradient and a float32 (V, H) weight gradient are kept instead of
-  the (N, V) tensors; a chunk's temporaries are about ``chunk_size * V * 10`` bytes;
+  the (N, V) tensors; a chunk's temporaries are 4 (float32) to 6 (bf16/fp16) bytes x ``chunk_size * V``;
 - FLOPs: exactly the plain step's (2NHV forward, 4NHV for the two gradient matmuls), no
   recomputation, so MFU and HFU are unchanged;
 - numerics: the same low-precision matmuls as autocast plus a float32 cross-entropy. The
