@@ -227,8 +227,11 @@ def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 
 def _torch_load_checked(path: Path) -> dict[str, Any]:
+    """``torch.load`` memory-mapped (copy-on-write): the tensors are read as they are used, and the ranks
+    of a node resuming from one ``ckpt.pt`` share the page cache instead of holding a copy each."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=os.name == "posix")  # a mapped file
+        # stays deletable there, so keep_checkpoints can remove the checkpoint a run resumed from
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(
