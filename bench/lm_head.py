@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.model.loss import linear_cross_entropy
+from gptlab.telemetry.memory import live_bytes_timeline
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -27,21 +28,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def _profiled_peak_bytes(step: Callable[[], None]) -> int:
     """Peak bytes of tensors allocated during ``step`` and alive at once (CPU: the memory profiler)."""
     from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action  # private, but the only CPU allocation timeline
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         step()
-    live: dict = {}
-    peak = 0
-    for _, action, (key, version), size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            live[(key, version)] = size
-        elif action == Action.INCREMENT_VERSION and (key, version) in live:
-            live[(key, version + 1)] = live.pop((key, version))
-        elif action == Action.DESTROY:
-            live.pop((key, version), None)
-        peak = max(peak, sum(live.values()))
-    return peak
+    return max((live for _, live in live_bytes_timeline(prof, preexisting=False)), default=0)
 
 
 def measure_one(a: argparse.Namespace, chunk: int) -> dict[str, float]:

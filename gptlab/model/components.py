@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from gptlab.config.model import ModelArchitectureConfig
 
 from gptlab.model.registry import (
     ACTIVATION_REGISTRY,
@@ -317,3 +320,16 @@ def build_position_encoding(name: str, max_seq_len: int, **sizes: Any) -> Positi
     ``sizes`` carries ``n_embd, n_head, head_dim, rope_theta``; each class takes what it needs.
     """
     return POSITION_ENCODING_REGISTRY.get_component(name)(max_seq_len=max_seq_len, **sizes)
+
+
+def position_encoding_for(config: ModelArchitectureConfig) -> PositionEncoding:
+    """The position encoding ``config`` asks for, sized from it (the model's, and the parameter
+    counter's on the meta device)."""
+    return build_position_encoding(
+        config.position_encoding,
+        config.block_size,
+        n_embd=config.n_embd,
+        n_head=config.n_head,
+        head_dim=config.head_dim,
+        rope_theta=config.rope_theta,
+    )

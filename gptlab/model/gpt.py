@@ -22,7 +22,7 @@ from gptlab.model.components import (
     build_activation,
     build_ffn,
     build_norm,
-    build_position_encoding,
+    position_encoding_for,
 )
 from gptlab.model.loss import linear_cross_entropy
 
@@ -64,14 +64,7 @@ class ConfigurableGPT(nn.Module):
         config.validate()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.pos_encoding = build_position_encoding(
-            config.position_encoding,
-            config.block_size,
-            n_embd=config.n_embd,
-            n_head=config.n_head,
-            head_dim=config.head_dim,
-            rope_theta=config.rope_theta,
-        )
+        self.pos_encoding = position_encoding_for(config)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm_f = build_norm(config.normalization, config.n_embd, config.norm_eps) if config.final_norm else None

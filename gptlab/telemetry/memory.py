@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Collection, Iterator
+from typing import Any
 
 import torch
 
@@ -74,11 +76,38 @@ def _default_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def live_bytes_timeline(
+    prof: Any, *, preexisting: bool = True, skip_sizes: Collection[int] = ()
+) -> Iterator[tuple[int | None, int]]:
+    """Walk the memory profile of a ``torch.profiler.profile(profile_memory=True, record_shapes=True,
+    with_stack=True)`` (PyTorch's memory profiler, a private API; it sees CPU allocations too): for each
+    event, (the bytes it allocated, or None; the bytes alive after it). Allocations of a size in
+    ``skip_sizes`` (marker tensors) are reported but not counted; ``preexisting=False`` leaves out the
+    tensors that existed before profiling began."""
+    from torch.profiler._memory_profiler import Action
+
+    live: dict[tuple[Any, int], int] = {}  # (storage key, version) -> bytes
+    total = 0
+    for _, action, (key, version), size in prof._memory_profile().timeline:
+        created = None
+        if action == Action.CREATE or (preexisting and action == Action.PREEXISTING):
+            created = size
+            if size not in skip_sizes:
+                total += size - live.get((key, version), 0)  # a storage may be reported again
+                live[(key, version)] = size
+        elif action == Action.INCREMENT_VERSION and (key, version) in live:
+            live[(key, version + 1)] = live.pop((key, version))
+        elif action == Action.DESTROY and (key, version) in live:
+            total -= live.pop((key, version))
+        yield created, total
+
+
 __all__ = [
     "GB",
     "MemoryPlan",
     "ModeMemory",
     "get_memory_stats",
+    "live_bytes_timeline",
     "plan_all_modes",
     "plan_memory",
     "process_rss_bytes",

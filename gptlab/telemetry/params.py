@@ -78,17 +78,9 @@ def _positions(config: ModelArchitectureConfig) -> list[TensorShape]:
         return [TensorShape("pos_encoding.wpe.weight", (config.block_size, config.n_embd))]
     if config.position_encoding in ("rope", "alibi", "none"):
         return []
-    from gptlab.model.components import build_position_encoding
+    from gptlab.model.components import position_encoding_for
 
-    factory = lambda: build_position_encoding(  # noqa: E731
-        config.position_encoding,
-        config.block_size,
-        n_embd=config.n_embd,
-        n_head=config.n_head,
-        head_dim=config.head_dim,
-        rope_theta=config.rope_theta,
-    )
-    return _meta_params(factory, "pos_encoding")
+    return _meta_params(lambda: position_encoding_for(config), "pos_encoding")
 
 
 def parameter_shapes(config: ModelArchitectureConfig) -> list[TensorShape]:

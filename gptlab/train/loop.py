@@ -176,7 +176,9 @@ class Trainer:
             split: BatchLoader(self.dataset_dir, split, seed=cfg.seed + 1, rank=0, **loader_args)
             for split in ("train", "val")
         }
-        self._build_model(self.arch, ckpt, pretrained)
+        # FSDP on several ranks: only rank 0 builds the weights, the others receive their shards from it
+        scatter = pretrained is None and parallel.init_on_rank0(cfg, self.dist)
+        full_state = self._build_model(self.arch, ckpt, pretrained, on_meta=scatter and not self.master)
         self.model.loss_chunk_size = cfg.loss_chunk_size
         self.start_iter = self.iter_num
 
@@ -187,9 +189,9 @@ class Trainer:
             self.model.to(self.device)
         self.raw_model = self.model  # the plain model (FSDP2 shards it in place)
         self.model = parallel.parallelize(self.raw_model, cfg, self.dist, self.dtype)
-        if parallel.init_on_rank0(cfg, self.dist) and pretrained is None:
-            parallel.materialize_from_rank0(self.raw_model, self.full_state, self.dist)
-            self.full_state = None
+        if scatter:
+            parallel.materialize_from_rank0(self.raw_model, full_state if self.master else None, self.dist)
+        del full_state  # rank 0's unsharded copy
         self.optimizer = parallel.build_optimizer(self.raw_model, cfg, self.dist)
         self.scaler = parallel.build_grad_scaler(self.dist, enabled=self.dtype == "float16")
         if ckpt is not None:
@@ -272,23 +274,21 @@ class Trainer:
             model.crop_block_size(arch.block_size)  # as nanoGPT does when fine-tuning on shorter blocks
         return model.config, None, model.train()
 
-    def _build_model(self, arch: ModelArchitectureConfig, ckpt: dict[str, Any] | None, pretrained: Any) -> None:
-        """The model to train. Under FSDP on several ranks only rank 0 allocates weights (the others build
-        on the meta device) and ``full_state`` keeps rank 0's for ``parallel.materialize_from_rank0``."""
-        self.full_state: dict[str, torch.Tensor] | None = None
+    def _build_model(
+        self, arch: ModelArchitectureConfig, ckpt: dict[str, Any] | None, pretrained: Any, on_meta: bool
+    ) -> dict[str, torch.Tensor]:
+        """The model to train, built ``on_meta`` (no memory) on ranks that receive their FSDP shards from
+        rank 0; returns its state dict (the unsharded CPU tensors, before sharding replaces them)."""
         if pretrained is not None:
             self.model = pretrained
-            return
-        on_rank0 = parallel.init_on_rank0(self.cfg, self.dist)
-        deferred = on_rank0 and not self.master
-        with torch.device("meta") if deferred else contextlib.nullcontext():
-            self.model = ConfigurableGPT(arch)
+        else:
+            with torch.device("meta") if on_meta else contextlib.nullcontext():
+                self.model = ConfigurableGPT(arch)
         if ckpt is not None:
-            if "model" in ckpt and not deferred:  # a full state dict; a DCP checkpoint loads after sharding
+            if "model" in ckpt and not on_meta:  # a full state dict; a DCP checkpoint loads after sharding
                 self.model.load_state_dict(clean_state_dict(ckpt["model"]))
             self.iter_num, self.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
-        if on_rank0 and self.master:
-            self.full_state = dict(self.model.state_dict())  # the CPU tensors, before sharding replaces them
+        return dict(self.model.state_dict())
 
     def _load_optimizer(self, ckpt: dict[str, Any]) -> None:
         """The optimizer state (and, for a DCP checkpoint, the model's shards) into the wrapped run."""

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gptlab import ConfigurableGPT, get_debug_config
 from gptlab.telemetry.activations import estimate_activations
+from gptlab.telemetry.memory import live_bytes_timeline
 
 TOLERANCE = 0.005
 B, T = 3, 24  # T differs from the head size (16) so that no two shapes coincide by accident
@@ -107,7 +108,7 @@ def _profile_training_step(model: ConfigurableGPT, autocast: torch.dtype | None)
     """(memory at the end of forward, peak memory up to the optimizer step) from PyTorch's memory profiler,
     for the second step of AdamW: every allocation counts, less the parameters and AdamW's states (two
     tensors like each parameter and a float32 step), which the estimate leaves out."""
-    memory_profiler = pytest.importorskip("torch.profiler._memory_profiler")  # private API; torch 2.13 has it
+    pytest.importorskip("torch.profiler._memory_profiler")  # private API; torch 2.13 has it
     from torch.profiler import ProfilerActivity, profile
 
     opt = torch.optim.AdamW(model.parameters())
@@ -131,22 +132,15 @@ def _profile_training_step(model: ConfigurableGPT, autocast: torch.dtype | None)
             del step_marker
         if step == 0:
             continue
-        Action = memory_profiler.Action
-        live: dict = {}  # (storage key, version) -> bytes
         end_of_forward, peak = None, 0
-        for _, action, (key, version), size in prof._memory_profile().timeline:
-            if action in (Action.PREEXISTING, Action.CREATE):
-                if size == marker_bytes:
-                    end_of_forward = sum(live.values())
-                    continue
-                if size == step_marker_bytes:
-                    break
-                live[(key, version)] = size
-            elif action == Action.INCREMENT_VERSION and (key, version) in live:
-                live[(key, version + 1)] = live.pop((key, version))
-            elif action == Action.DESTROY:
-                live.pop((key, version), None)
-            peak = max(peak, sum(live.values()))
+        markers = (marker_bytes, step_marker_bytes)
+        for created, live in live_bytes_timeline(prof, skip_sizes=markers):
+            if created == marker_bytes:
+                end_of_forward = live
+                continue
+            if created == step_marker_bytes:
+                break
+            peak = max(peak, live)
     assert end_of_forward is not None
     params = list(model.parameters())
     static = 3 * sum(p.numel() * p.element_size() for p in params) + 4 * len(params)
