@@ -86,10 +86,14 @@ def main() -> None:
     it = [0]
 
     def plain_step() -> None:
+        loader = trainer.train_loader
         for micro in range(a.grad_accum):
-            x, y = trainer.train_loader.get_batch(it[0], micro * dist.world_size + dist.rank)
+            x, y = loader.get_batch(*trainer.batch_key(it[0], micro))
             with parallel.no_grad_sync(model, dist, sync=micro == a.grad_accum - 1), autocast:  # nanoGPT's no_sync
                 _, loss = model(x, y)
+            # nanoGPT: "immediately async prefetch next batch while model is doing the forward pass"
+            last = micro == a.grad_accum - 1
+            loader.prefetch(*trainer.batch_key(it[0] + 1, 0) if last else trainer.batch_key(it[0], micro + 1))
             (loss / a.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

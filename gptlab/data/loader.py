@@ -2,6 +2,8 @@
 
 Each batch is drawn from a generator seeded by (seed, rank, split, step, micro_step), so a run
 resumed at step N draws exactly the batches an uninterrupted run would, and ranks differ.
+Because a batch is a pure function of its key, ``prefetch`` can read the next one early (nanoGPT's
+"async prefetch next batch while the model is doing the forward pass") without changing any batch.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class BatchLoader:
             )
         self._split_key = zlib.crc32(split.encode())  # stable across processes, unlike hash()
         self._pin = self.device.type == "cuda"
+        self._pending: tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None  # prefetched
 
     def _rng(self, step: int, micro_step: int) -> np.random.Generator:
         if step < 0 or micro_step < 0:
@@ -82,12 +85,25 @@ class BatchLoader:
         return data[starts[:, None] + np.arange(n)]
 
     def get_batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch of (step, micro_step): always the same for the same arguments, seed and rank."""
+        """The batch of (step, micro_step): always the same for the same arguments, seed and rank
+        (the prefetched one when ``prefetch`` asked for this key, else read now)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == (step, micro_step):
+            return pending[1]
+        return self._load(step, micro_step)
+
+    def prefetch(self, step: int, micro_step: int = 0) -> None:
+        """Read the batch of (step, micro_step) now and start its copy to the device, so that the
+        ``get_batch`` that asks for it returns at once. Call it while the device is busy (after a
+        forward is launched): the host work then overlaps device work, also after a host sync."""
+        self._pending = ((step, micro_step), self._load(step, micro_step))
+
+    def _load(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Window starts in [0, N - T), uniform, as nanoGPT's torch.randint(len(data) - block_size, ...).
         starts = self._rng(step, micro_step).integers(0, self.num_tokens - self.block_size, size=self.batch_size)
         windows = torch.from_numpy(self._windows(starts).astype(np.int64))  # (B, T + 1)
         x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each; y is x shifted by one
-        if self._pin:
+        if self._pin:  # page-locked, so the copies are asynchronous and overlap the device's work
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
@@ -102,7 +118,7 @@ class BatchLoader:
             self.close()
 
     def __getstate__(self) -> dict[str, Any]:  # a file descriptor does not travel to another process
-        return {**self.__dict__, "_fd": None}
+        return {**self.__dict__, "_fd": None, "_pending": None}
 
     def __repr__(self) -> str:
         return (

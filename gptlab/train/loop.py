@@ -41,7 +41,7 @@ from gptlab.checkpoint import (
     save_single_file,
 )
 from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig
-from gptlab.config.train import RunConfig, TrainConfig
+from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
 from gptlab.errors import USER_ERRORS, CheckpointError, ConfigError, GptlabError
@@ -203,6 +203,9 @@ class Trainer:
             if self.dtype == "float32" or self.mode == "fsdp"  # FSDP2's mixed-precision policy casts instead
             else torch.autocast(device_type=self.device.type, dtype=PT_DTYPES[self.dtype])
         )
+        # CUDA-graph compile modes replay captured graphs whose outputs the next replay overwrites: tell
+        # them where a run starts (torch.compiler.cudagraph_mark_step_begin), as PyTorch asks of training loops
+        self._cuda_graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self.measured_bytes: dict[str, float] | None = None
 
         # ---- telemetry and logging
@@ -331,10 +334,21 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     # ------------------------------------------------------------------ steps
+    def batch_key(self, iter_num: int, micro_step: int) -> tuple[int, int]:
+        """The loader key of this rank's micro-step: global micro-batch ``micro * world_size + rank``."""
+        return iter_num, micro_step * self.world_size + self.rank
+
     def forward_backward(self, micro_step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One micro-step; returns the detached (unscaled) loss."""
+        """One micro-step; returns the detached (unscaled) loss. While the device runs the forward,
+        the host reads the next micro-step's batch (as nanoGPT does)."""
+        if self._cuda_graphs:  # each micro-step is a new run of the captured graphs
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast:
             _, loss = self.model(x, y)
+        if micro_step + 1 < self.accum_steps:
+            self.train_loader.prefetch(*self.batch_key(self.iter_num, micro_step + 1))
+        else:  # the next step's first micro-batch (it stays valid across an evaluation in between)
+            self.train_loader.prefetch(*self.batch_key(self.iter_num + 1, 0))
         self.scaler.scale(loss / self.accum_steps).backward()
         return loss.detach()
 
@@ -347,9 +361,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         steps = self.accum_steps
         for micro in range(steps):
-            # this rank's share of the global batch (module docstring)
-            global_micro = micro * self.world_size + self.rank
-            x, y = self.train_loader.get_batch(self.iter_num, global_micro)
+            # this rank's share of the global batch (module docstring); prefetched by the previous micro-step
+            key = self.batch_key(self.iter_num, micro)
+            x, y = self.train_loader.get_batch(*key)
+            global_micro = key[1]
             if self.arch.dropout > 0.0:
                 # dropout masks as a function of (seed, iteration, global micro-batch): different on every
                 # rank, identical under any world size, and exact on resume (cheap: no device sync)

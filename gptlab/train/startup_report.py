@@ -116,7 +116,8 @@ def render_startup_report(r: dict[str, Any]) -> str:
         f"  eval:        {t['eval']}; out_dir={t['out_dir']}",
         "Hardware",
         f"  device:      {h['device']} ({h['device_name']}), dtype={h['dtype']}, compile={h['compile']},"
-        f" parallelism={h['parallelism']}" + (f" ({h['backend']})" if h.get("backend") else "")
+        f" parallelism={h['parallelism']}"
+        + (f" ({h['backend']})" if h.get("backend") else "")
         + (f", chunked loss ({h['loss_chunk_size']} tokens)" if h.get("loss_chunk_size") else ""),
         f"  peak:        {peak}",
         "Expect",

@@ -90,6 +90,21 @@ def test_memmap_fallback_draws_the_same_batches(positions: Path, monkeypatch: py
     assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
 
 
+def test_prefetch_changes_no_batch(positions: Path) -> None:
+    """A prefetched batch is the one get_batch would read; another key, or a second ask, reads anew."""
+    plain = BatchLoader(positions, "train", 6, 24, seed=3)
+    ahead = BatchLoader(positions, "train", 6, 24, seed=3)
+    ahead.prefetch(5, 1)
+    pending = ahead._pending
+    got = ahead.get_batch(5, 1)
+    assert pending is not None and got is pending[1]  # handed over, not read again
+    assert all(torch.equal(a, b) for a, b in zip(got, plain.get_batch(5, 1)))
+    ahead.prefetch(6, 0)
+    assert torch.equal(ahead.get_batch(6, 1)[0], plain.get_batch(6, 1)[0])  # a miss reads its own key
+    assert ahead._pending is None  # and drops the stale one
+    assert torch.equal(ahead.get_batch(5, 1)[0], plain.get_batch(5, 1)[0])
+
+
 def test_loader_pickles_without_its_file(positions: Path) -> None:
     loader = BatchLoader(positions, "train", 4, 8, seed=1)
     x = loader.get_batch(1)[0]

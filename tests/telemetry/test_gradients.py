@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gptlab import ConfigurableGPT, get_debug_config
 from gptlab.telemetry.gradients import STAT_KEYS, GradientSpikeDetector, get_gradient_stats
+from tests.host_sync import count_host_syncs
 
 
 def reference_stats(grads: list[torch.Tensor]) -> dict[str, float]:
@@ -61,34 +62,12 @@ def test_no_gradients_gives_none() -> None:
     assert get_gradient_stats(ConfigurableGPT(get_debug_config("gpt2"))) == dict.fromkeys(STAT_KEYS)
 
 
-class _CountScalarReads(TorchDispatchMode):
-    """Counts device-to-host scalar reads (.item(), float(t), bool(t), ...)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.reads += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_exactly_one_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     model = trained_model()
-    calls = {"tolist": 0, "cpu": 0, "numpy": 0}
-    for name in calls:
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *a, _name=name, _orig=original, **k):  # type: ignore[no-untyped-def]
-            calls[_name] += 1
-            return _orig(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    with _CountScalarReads() as mode:
+    with count_host_syncs(monkeypatch) as calls:
         get_gradient_stats(model)
-    assert calls == {"tolist": 1, "cpu": 0, "numpy": 0}
-    assert mode.reads == 0  # no .item(), float() or bool() on a device tensor
+    # the one tolist; no .item(), float() or bool() on a device tensor
+    assert calls == {"tolist": 1, "cpu": 0, "numpy": 0, "scalar": 0}
 
 
 class _CountOps(TorchDispatchMode):

@@ -19,6 +19,7 @@ from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
 from gptlab.train.loop import NonFiniteLossError, Trainer, train
 from gptlab.train.sample import SampleConfig, sample
+from tests.host_sync import count_host_syncs
 from tests.train.conftest import tiny_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,6 +217,33 @@ def test_chunked_loss_accumulates_the_same_gradients(dtype: str, data_dir: Path,
     tolerance = 1e-5 if dtype == "float32" else 2e-2
     for name, want in grads[0].items():
         assert (grads[20][name] - want).abs().max() <= tolerance * want.abs().max(), name
+
+
+def test_train_step_makes_no_host_sync_and_reads_batches_ahead(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path: a step that logs nothing reads nothing back to the host (with dropout, clipping
+    and accumulation on), and each micro-step's batch was read during the previous micro-step's forward."""
+    args = tiny_args(data_dir, tmp_path, gradient_log_interval=1000, dropout=0.1, grad_clip=1.0)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    assert trainer.accum_steps == 2
+    trainer.train_step()  # iteration 0: gradient statistics (0 % 1000 == 0) and the one-off byte count
+    trainer.iter_num += 1
+    loader = trainer.train_loader
+    asked, loaded = [], []
+    get_batch, load = loader.get_batch, loader._load
+    monkeypatch.setattr(loader, "get_batch", lambda s, m=0: asked.append((s, m)) or get_batch(s, m))
+    monkeypatch.setattr(loader, "_load", lambda s, m: loaded.append((s, m)) or load(s, m))
+    with count_host_syncs(monkeypatch) as syncs:
+        for _ in range(3):
+            step = trainer.train_step()
+            trainer.iter_num += 1
+    assert syncs == {"tolist": 0, "cpu": 0, "numpy": 0, "scalar": 0}
+    assert step["grad_stats"] is None and step["loss"].shape == ()
+    assert asked == [(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+    assert loaded == [*asked[1:], (4, 0)]  # each read once, ahead of its use: none read on demand
+    fresh = type(loader)(loader.dataset_dir, "train", 4, 32, seed=trainer.cfg.seed)
+    assert torch.equal(get_batch(4, 0)[0], fresh.get_batch(4, 0)[0])  # the prefetched batch is the batch
 
 
 @pytest.mark.parametrize(
