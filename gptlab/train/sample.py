@@ -86,7 +86,9 @@ def generate_text(
     was_training = model.training
     model.eval()
     gen = torch.random.fork_rng(devices=[]) if device.type != "cuda" else torch.random.fork_rng()
-    with gen:
+    # A model compiled for training runs eagerly here: decoding grows the sequence a token at a time, which
+    # would recompile for dynamic shapes and, under CUDA-graph modes, record one graph per length.
+    with gen, torch.compiler.set_stance("force_eager"):
         torch.manual_seed(seed)
         y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, vocab_limit=tok.vocab_size)
     model.train(was_training)

@@ -18,12 +18,32 @@ from gptlab.train.loop import train
 from tests.train.conftest import tiny_args
 
 
-def test_compiled_run_saves_plain_names_and_loads(data_dir: Path, tmp_path: Path) -> None:
+def test_compiled_run_saves_plain_names_and_loads(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("torch._inductor")
+    from torch._dynamo.utils import counters
+
+    from gptlab.train import sample
+
+    graphs = []
+    original = sample.generate_text
+
+    def generate_text(*args: object, **kwargs: object) -> str:  # counts the graphs compiled while sampling
+        before = counters["stats"]["unique_graphs"]
+        text = original(*args, **kwargs)
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+        return text
+
+    monkeypatch.setattr(sample, "generate_text", generate_text)
     summary = train(
-        parse_run_args(tiny_args(data_dir, tmp_path, compile=True, max_iters=2, eval_iters=1)), stream=io.StringIO()
+        parse_run_args(
+            tiny_args(data_dir, tmp_path, compile=True, max_iters=2, eval_iters=1, sample_at_end=True, sample_tokens=8)
+        ),
+        stream=io.StringIO(),
     )
-    assert summary["status"] == "completed"
+    assert summary["status"] == "completed" and summary["sample"]
+    assert graphs == [0]  # the end-of-run sample runs the compiled model eagerly: no recompile per length
     ckpt = load_checkpoint(tmp_path)
     assert not any("_orig_mod" in key for key in ckpt["model"])  # the peers' most reported compile bug
     ConfigurableGPT.from_pretrained(tmp_path / "ckpt.pt")
