@@ -113,6 +113,7 @@ def main() -> None:
     memory = trainer.telemetry.memory_stats()
     cuda_peak = memory.get("max_allocated_gb")
     peak_gb = cuda_peak if cuda_peak is not None else memory.get("rss_gb")
+    planned_gb = trainer.telemetry.plan().mode.peak / 1e9  # the planner's prediction, for the same run
     if dist.master:
         print(
             f"model: {trainer.arch.get_architecture_name()}, {trainer.raw_model.get_num_params() / 1e6:.2f}M params, "
@@ -120,6 +121,7 @@ def main() -> None:
             f"dtype={trainer.dtype}, compile={a.compile} ({a.compile_mode}), attention={a.attention_backend}, "
             f"loss_chunk_size={a.loss_chunk_size}, peak memory {peak_gb:.2f} GB "
             + ("(CUDA max allocated)" if cuda_peak is not None else "(process RSS)")
+            + f", planned {planned_gb:.2f} GB"
         )
         print(f"{'loop':20s} {'ms/step (median)':>17s} {'tokens/s':>12s} {'achieved GFLOP/s':>17s} {'MFU':>7s}")
     medians, mfus = {}, {}
@@ -143,6 +145,7 @@ def main() -> None:
             "mfu": mfus["gptlab train_step"],
             "peak_gb": peak_gb,  # over both loops (same model and batches)
             "peak_kind": "cuda_max_allocated" if cuda_peak is not None else "process_rss",
+            "planned_peak_gb": planned_gb,
         }
         Path(a.json).write_text(json.dumps(record))
     if dist.master:

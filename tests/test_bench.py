@@ -31,6 +31,7 @@ def test_train_step_table_json_and_profile(data_dir: Path, tmp_path: Path) -> No
     assert "self_cpu_time_total" in out and "aten::mm" in (tmp_path / "run" / "train_step_trace.json").read_text()
     r = json.loads(record.read_text())
     assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] is None  # no peak known on a CPU
+    assert 0 < r["planned_peak_gb"] < 1 and "planned" in out
 
 
 def test_sweep_runs_every_combination(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811

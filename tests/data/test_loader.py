@@ -151,6 +151,7 @@ def test_get_batch_is_fast(positions: Path) -> None:
     assert rate > 500, f"{rate:.0f} batches/s"  # ~15,000/s on 2 CPU cores; the bound only catches regressions
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batches_are_pinned_copies_of_the_cpu_batches(positions: Path) -> None:
     cpu = BatchLoader(positions, "train", 8, 32, device="cpu", seed=4).get_batch(2, 1)

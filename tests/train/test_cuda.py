@@ -1,0 +1,76 @@
+"""What only a CUDA device can show; skipped without one. On a GPU: ``python -m pytest -m cuda``
+(bench/gpu_suite.sh lease runs them first).
+
+- a bf16 step with fused AdamW, dropout, clipping and accumulation makes no host sync at all
+  (``torch.cuda.set_sync_debug_mode('error')`` fails on any synchronizing CUDA call);
+- the presets' attention qualifies for the flash kernel (SDPA restricted to flash raises otherwise);
+- a CUDA-graph compile mode (``reduce-overhead``) trains, evaluates, checkpoints and samples like eager.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab import ConfigurableGPT, get_preset_config
+from gptlab.config.train import parse_run_args
+from gptlab.train.loop import Trainer, train
+from tests.train.conftest import tiny_args
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_bf16_step_makes_no_host_sync(data_dir: Path, tmp_path: Path) -> None:
+    args = tiny_args(data_dir, tmp_path, device="cuda", dtype="bfloat16", gradient_log_interval=1000, dropout=0.1)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    assert trainer.optimizer.defaults.get("fused") and trainer.accum_steps == 2
+    trainer.train_step()  # iteration 0: gradient statistics and the one-off byte count (host reads, by design)
+    trainer.iter_num += 1
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step = trainer.train_step()
+            trainer.iter_num += 1
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert step["grad_stats"] is None and bool(torch.isfinite(step["loss"]))
+
+
+@pytest.mark.parametrize(("preset", "n_kv_head"), [("gpt2", None), ("llama", None), ("llama", 2)])
+def test_presets_attention_runs_on_flash(preset: str, n_kv_head: int | None) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = get_preset_config(
+        preset, n_layer=2, n_embd=256, n_head=4, n_kv_head=n_kv_head, block_size=128, vocab_size=512, dropout=0.1
+    )
+    model = ConfigurableGPT(config).cuda()
+    x = torch.randint(0, 512, (2, 128), device="cuda")
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss = model(x, x)  # raises "No available kernel" if the inputs do not qualify
+        loss.backward()
+    assert bool(torch.isfinite(loss)) and all(p.grad is not None for p in model.parameters())
+
+
+def test_cuda_graph_compile_mode_trains_like_eager(data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch._inductor")
+    losses, caught = {}, []
+    for mode in ("eager", "reduce-overhead"):
+        compile_args = {} if mode == "eager" else dict(compile=True, compile_mode=mode)
+        out = tmp_path / mode
+        args = tiny_args(data_dir, out, device="cuda", max_iters=8, eval_interval=4, sample_at_end=True,
+                         sample_tokens=8, **compile_args)  # fmt: skip
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            summary = train(parse_run_args(args), stream=io.StringIO())
+        caught += [str(w.message) for w in seen]
+        assert summary["status"] == "completed" and summary["sample"]
+        records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        losses[mode] = [r["loss"] for r in records if r["type"] == "iter"] + [summary["final_val_loss"]]
+    assert not [m for m in caught if "overwritten" in m or "CUDAGraph" in m], caught
+    assert losses["reduce-overhead"] == pytest.approx(losses["eager"], rel=1e-2)
