@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8's GPU measurements in one place, a stage per call (each fits a 10-minute command):
 #   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | head | profile | telemetry | sweep | all
+#   bench/gpu_suite.sh lease     # the one call to make on a short GPU lease (see stage_lease)
 # Prints tables; copy them into docs/benchmarks.md with the date, device and command.
 # The model sizes are real (GPT-2 124M / 350M widths, vocab 50304, block 1024); the tokens come from
 # the embedded stdlib_char data (ids < 100): the FLOPs and memory are those of any text.
@@ -57,9 +58,53 @@ stage_sweep() {
     "${sizes[@]}" "${run[@]}" "${TINY[@]}"
 }
 
-STAGES=(env peak gpt2 llama 350m chunked head profile telemetry sweep)
+stage_cuda_tests() {  # tests/train/test_cuda.py and the loader's CUDA test (skipped on a CPU)
+  "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/train/test_cuda.py tests/data/test_loader.py
+}
+
+# One call for a short GPU lease: the issue's three targets (GPT-2 124M with a kernel profile, llama
+# at the same size, 350M), the CUDA tests, the telemetry cost, then GPT-2 at batch 32, in order of
+# what matters most. Each stage runs under its own time limit inside LEASE_BUDGET seconds (default
+# 500; a stage that would not fit is skipped, and said so), so the call ends well inside a 10-minute
+# command. Everything goes to LEASE_DIR (default $OUT, the device tool's folder, else out/lease):
+# lease.log, a JSON record per train_step run, the profile's Chrome trace (gzipped).
+# On the device tool: run(command="bench/gpu_suite.sh lease", timeout_s=560).
+stage_lease() {
+  local dest=${LEASE_DIR:-${OUT:-out/lease}} budget=${LEASE_BUDGET:-500} start=$SECONDS
+  mkdir -p "$dest"
+  export PYTHONUNBUFFERED=1
+  local plan=(env:30 peak:60 gpt2_16:150 llama_16:150 350m_16:180 cuda_tests:150 telemetry:150 gpt2_32:150)
+  {
+    echo "lease: $(date -u +%FT%TZ), budget ${budget}s, to $dest"
+    for item in "${plan[@]}"; do
+      local name=${item%%:*} limit=${item##*:} left=$((budget - (SECONDS - start)))
+      if ((left < 30)); then echo "=== $name: skipped (${left}s of the budget left)"; continue; fi
+      ((limit > left)) && limit=$left
+      echo; echo "=== $name (limit ${limit}s, at $((SECONDS - start))s)"
+      local rc=0
+      LEASE_JSON="$dest/$name.json" timeout -k 5 "$limit" bash "$0" "$name" || rc=$?
+      if ((rc == 124 || rc == 137)); then echo "=== $name: stopped at its ${limit}s limit"
+      elif ((rc != 0)); then echo "=== $name: failed (exit $rc)"; fi
+    done
+    if [[ -f "${OUT_DIR:-out/bench}/train_step_trace.json" ]]; then
+      gzip -c "${OUT_DIR:-out/bench}/train_step_trace.json" >"$dest/gpt2_trace.json.gz"
+    fi
+    echo; echo "lease: done in $((SECONDS - start))s"
+  } 2>&1 | tee "$dest/lease.log"
+}
+# the lease's runs, one each (LEASE_JSON: where train_step.py writes its record)
+record() { if [[ -n "${LEASE_JSON:-}" ]]; then echo --json "$LEASE_JSON"; fi; }
+stage_gpt2_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --profile 5 $(record); }
+stage_gpt2_32() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 32 $(record); }
+stage_llama_16() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16 $(record); }
+stage_350m_16() { step "${M350[@]}" "${GPU[@]}" --batch_size 16 $(record); }
+
+STAGES=(env peak gpt2 llama 350m chunked head profile telemetry sweep cuda_tests)
+RUNS=(gpt2_16 gpt2_32 llama_16 350m_16)
 case "${1:-all}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
-  env|peak|gpt2|llama|350m|chunked|head|profile|telemetry|sweep) "stage_$1" ;;
-  *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|all]" >&2; exit 2 ;;
+  lease) stage_lease ;;
+  env|peak|gpt2|llama|350m|chunked|head|profile|telemetry|sweep|cuda_tests|gpt2_16|gpt2_32|llama_16|350m_16)
+    "stage_$1" ;;
+  *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,10 +66,17 @@ def test_gpu_suite_plumbing_in_smoke_mode(data_dir: Path, tmp_path: Path) -> Non
     not lost to a typo; a wrong stage name is refused with the list."""
     script = str(ROOT / "bench" / "gpu_suite.sh")
     env = {**os.environ, "SMOKE": "1", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
-           "DATA_DIR": str(data_dir), "OUT_DIR": str(tmp_path / "run")}  # fmt: skip
-    stages = {"gpt2": "gptlab / plain step time", "head": "chunk 16", "chunked": "loss_chunk_size=4096"}
+           "DATA_DIR": str(data_dir), "OUT_DIR": str(tmp_path / "run"),
+           "LEASE_DIR": str(tmp_path / "run" / "lease")}  # fmt: skip
+    stages = {"head": "chunk 16", "chunked": "loss_chunk_size=4096", "lease": "lease: done"}
     for stage, expect in stages.items():
         res = subprocess.run(["bash", script, stage], capture_output=True, text=True, env=env, timeout=300)
         assert res.returncode == 0 and expect in res.stdout, (stage, res.stderr[-2000:])
+    lease = tmp_path / "run" / "lease"  # the one-call lease: every stage ran, records and trace kept
+    log = (lease / "lease.log").read_text()
+    assert not re.search(r"^=== \S+: (skipped|stopped|failed)", log, re.M), log[-3000:]
+    for run in ("gpt2_16", "gpt2_32", "llama_16", "350m_16"):
+        assert json.loads((lease / f"{run}.json").read_text())["ms_per_step"] > 0
+    assert (lease / "gpt2_trace.json.gz").stat().st_size > 0 and "gptlab / plain step time" in log
     res = subprocess.run(["bash", script, "gtp2"], capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "env|peak|gpt2" in res.stderr
