@@ -67,8 +67,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=3, help="alternate the two loops this many times")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=6, help="alternate the two loops this many times")
     p.add_argument("--profile", type=int, default=0, help="then profile this many gptlab steps (0: no profile)")
     p.add_argument("--json", help="also write the results to this JSON file (bench/sweep.py reads it)")
     a = p.parse_args()
@@ -106,9 +106,13 @@ def main() -> None:
 
     tokens = a.batch_size * a.block_size * a.grad_accum  # per rank
     results: dict[str, list[float]] = {"plain PyTorch": [], "gptlab train_step": []}
+    round_ratios = []  # paired: each round's gptlab median over the plain median just before it
     for _ in range(a.rounds):  # alternate, so drift in machine load hits both alike
-        results["plain PyTorch"] += time_steps(plain_step, device, a.warmup, a.iters)
-        results["gptlab train_step"] += time_steps(gptlab_step, device, a.warmup, a.iters)
+        plain_times = time_steps(plain_step, device, a.warmup, a.iters)
+        gptlab_times = time_steps(gptlab_step, device, a.warmup, a.iters)
+        results["plain PyTorch"] += plain_times
+        results["gptlab train_step"] += gptlab_times
+        round_ratios.append(statistics.median(gptlab_times) / statistics.median(plain_times))
     flops = trainer.telemetry.flops_summary()["flops_per_token"]
     memory = trainer.telemetry.memory_stats()
     cuda_peak = memory.get("max_allocated_gb")
@@ -141,6 +145,7 @@ def main() -> None:
             "ms_per_step": 1000 * gptlab_s,
             "plain_ms_per_step": 1000 * medians["plain PyTorch"],
             "ratio": ratio,
+            "round_ratios": round_ratios,
             "tokens_per_s": tokens * dist.world_size / gptlab_s,
             "mfu": mfus["gptlab train_step"],
             "peak_gb": peak_gb,  # over both loops (same model and batches)
@@ -151,6 +156,9 @@ def main() -> None:
     if dist.master:
         print(f"gptlab / plain step time: {ratio:.3f} (gradient statistics every 10 steps included); "
               "tokens/s is the job's, GFLOP/s and MFU per device")  # fmt: skip
+        if len(round_ratios) > 1:  # the spread says how far to trust the ratio on this machine
+            print(f"per round: median {statistics.median(round_ratios):.3f}, range {min(round_ratios):.3f}-"
+                  f"{max(round_ratios):.3f} over {len(round_ratios)} rounds of {a.iters} steps each")  # fmt: skip
     if a.profile:
         if dist.master:
             profile_steps(gptlab_step, device, a.profile, Path(a.out_dir))

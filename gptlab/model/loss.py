@@ -14,9 +14,11 @@ incoming gradient. So:
 - FLOPs: exactly the plain step's (2NHV forward, 4NHV for the two gradient matmuls), no
   recomputation, so MFU and HFU are unchanged;
 - numerics: the same low-precision matmuls as autocast plus a float32 cross-entropy. The
-  logits' gradient is formed unscaled (softmax minus one-hot, in [-1, 1]) in the matmul dtype and
-  the 1/valid-tokens factor applied to the float32 products, so float16 does not underflow even
-  though the loss scale is not known yet; the weight gradient is summed over chunks in float32.
+  logits' gradient is formed unscaled (softmax minus one-hot, in [-1, 1]) in the matmul dtype; the
+  input gradient is stored unscaled too (of the weights' size) and multiplied by 1/valid-tokens
+  and the incoming gradient (the loss scale) together in backward, so float16 does not underflow
+  even though the loss scale is not known in forward; the weight gradient is summed over chunks
+  in float32 and divided there.
 
 Targets equal to -1 are ignored, as in ``F.cross_entropy(..., ignore_index=-1)``; the mean is over
 the valid targets (NaN if none); any other out-of-range target fails as it does there. Only the
@@ -80,8 +82,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 exp.mul_((vc / sum_exp).unsqueeze(1))
                 exp.scatter_add_(1, tc.unsqueeze(1), -vc.float().unsqueeze(1))
                 grad_logits = exp.to(dtype)
-                if grad_x is not None:
-                    grad_x[start:end] = (grad_logits @ w).float().mul_(inv_n)
+                if grad_x is not None:  # 1/n_valid and the loss scale are applied together in backward
+                    grad_x[start:end] = grad_logits @ w
                 if grad_w is not None:
                     if dtype == torch.float32:
                         torch.addmm(grad_w, grad_logits.t(), xc, out=grad_w)  # (addmm_ escapes FlopCounterMode)
@@ -91,14 +93,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_w is not None:
                 grad_w.mul_(inv_n)
         ctx.save_for_backward(grad_x, grad_w)
-        ctx.weight_dtype = weight.dtype
+        ctx.weight_dtype, ctx.inv_n = weight.dtype, inv_n
         return loss_sum / n_valid
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
         grad_x, grad_w = ctx.saved_tensors
+        # grad_x holds (softmax - onehot) @ W, of W's size: scaled here by 1/n_valid and the incoming gradient
+        # (the fp16 loss scale) at once, in float32 arithmetic, so a float16 grad_x (FSDP's float16 compute)
+        # never holds the ~1/n_valid-sized values that would fall below float16's normal range
         return (
-            None if grad_x is None else grad_x * grad_loss,
+            None if grad_x is None else grad_x * (ctx.inv_n * grad_loss),
             None if grad_w is None else (grad_w * grad_loss).to(ctx.weight_dtype),
             None,
             None,

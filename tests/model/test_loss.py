@@ -73,16 +73,22 @@ def _error_vs_float64(x: torch.Tensor, w: torch.Tensor, t: torch.Tensor, chunk: 
 
 
 @pytest.mark.parametrize(
-    ("amp", "weights"), [(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (None, torch.float16)]
-)
-def test_low_precision_gradients_at_least_as_accurate_as_plain(amp: torch.dtype | None, weights: torch.dtype) -> None:
+    ("amp", "weights", "n"),
+    [(torch.bfloat16, torch.float32, 2048), (torch.float16, torch.float32, 2048), (None, torch.float16, 2048),
+     (None, torch.float16, 16384)],
+)  # fmt: skip
+def test_low_precision_gradients_at_least_as_accurate_as_plain(
+    amp: torch.dtype | None, weights: torch.dtype, n: int
+) -> None:
     """With many tokens the per-token gradient (softmax / n_valid, ~1e-8) would flush to zero in float16
-    if formed before the loss scale; the chunked head forms softmax - onehot in [-1, 1] and divides
-    in float32. Checked against float64 under bf16 / fp16 autocast and with float16 weights (no autocast)."""
+    if formed before the loss scale; the chunked head forms softmax - onehot in [-1, 1] and applies
+    1/n_valid in float32 arithmetic together with the loss scale (in backward for the input gradient:
+    a float16 input, as under FSDP's float16 compute, would not hold it divided by 16k tokens). Checked
+    against float64 under bf16 / fp16 autocast and with float16 weights and inputs (no autocast)."""
     gen = torch.Generator().manual_seed(0)
-    n, h, v = 2048, 64, 4096
+    h, v = 64, 4096 if n <= 2048 else 2048
     x = torch.randn(n, h, generator=gen).to(weights)
-    w = (0.05 * torch.randn(v, h, generator=gen)).to(weights)
+    w = (0.02 * torch.randn(v, h, generator=gen)).to(weights)
     t = torch.randint(0, v, (n,), generator=gen)
     t[:100] = -1
     plain = _error_vs_float64(x, w, t, 0, amp)
