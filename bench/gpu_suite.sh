@@ -8,6 +8,7 @@
 # SMOKE=1 checks the plumbing on a CPU instead: tiny sizes, one step each, float32, no compile
 # (DATA_DIR and OUT_DIR, if set, replace data/ and out/bench).
 set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # the lease re-runs this script per stage
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
@@ -62,18 +63,18 @@ stage_cuda_tests() {  # tests/train/test_cuda.py and the loader's CUDA test (ski
   "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/train/test_cuda.py tests/data/test_loader.py
 }
 
-# One call for a short GPU lease: the issue's three targets (GPT-2 124M with a kernel profile, llama
-# at the same size, 350M), the CUDA tests, the telemetry cost, then GPT-2 at batch 32, in order of
-# what matters most. Each stage runs under its own time limit inside LEASE_BUDGET seconds (default
-# 500; a stage that would not fit is skipped, and said so), so the call ends well inside a 10-minute
-# command. Everything goes to LEASE_DIR (default $OUT, the device tool's folder, else out/lease):
-# lease.log, a JSON record per train_step run, the profile's Chrome trace (gzipped).
-# On the device tool: run(command="bench/gpu_suite.sh lease", timeout_s=560).
+# One call for a short GPU lease, in order of what matters most: GPT-2 124M (the first target, with a
+# kernel profile), the CUDA tests, llama at the same size, 350M, the telemetry cost, GPT-2 at batch
+# 32. Each stage runs under its own time limit inside LEASE_BUDGET seconds (default 530; a stage that
+# would not fit is skipped, and said so), so the call ends inside a 10-minute command. Everything
+# goes to LEASE_DIR (default $OUT, the device tool's folder, else out/lease): lease.log, a JSON
+# record per train_step run, the profile's Chrome trace (gzipped).
+# On the device tool: run(command="bench/gpu_suite.sh lease", timeout_s=590).
 stage_lease() {
-  local dest=${LEASE_DIR:-${OUT:-out/lease}} budget=${LEASE_BUDGET:-500} start=$SECONDS
+  local dest=${LEASE_DIR:-${OUT:-out/lease}} budget=${LEASE_BUDGET:-530} start=$SECONDS
   mkdir -p "$dest"
   export PYTHONUNBUFFERED=1
-  local plan=(env:30 peak:60 gpt2_16:150 llama_16:150 350m_16:180 cuda_tests:150 telemetry:150 gpt2_32:150)
+  local plan=(env:30 peak:60 gpt2_16:150 cuda_tests:120 llama_16:150 350m_16:180 telemetry:150 gpt2_32:150)
   {
     echo "lease: $(date -u +%FT%TZ), budget ${budget}s, to $dest"
     for item in "${plan[@]}"; do
@@ -82,7 +83,7 @@ stage_lease() {
       ((limit > left)) && limit=$left
       echo; echo "=== $name (limit ${limit}s, at $((SECONDS - start))s)"
       local rc=0
-      LEASE_JSON="$dest/$name.json" timeout -k 5 "$limit" bash "$0" "$name" || rc=$?
+      LEASE_JSON="$dest/$name.json" timeout -k 5 "$limit" bash "$SELF" "$name" || rc=$?
       if ((rc == 124 || rc == 137)); then echo "=== $name: stopped at its ${limit}s limit"
       elif ((rc != 0)); then echo "=== $name: failed (exit $rc)"; fi
     done

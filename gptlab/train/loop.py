@@ -206,6 +206,9 @@ class Trainer:
         # CUDA-graph compile modes replay captured graphs whose outputs the next replay overwrites: tell
         # them where a run starts (torch.compiler.cudagraph_mark_step_begin), as PyTorch asks of training loops
         self._cuda_graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
+        self._stable_grads = False
+        if self._cuda_graphs and self.accum_steps > 1:
+            self.use_stable_grads()
         self.measured_bytes: dict[str, float] | None = None
 
         # ---- telemetry and logging
@@ -235,6 +238,16 @@ class Trainer:
         if ckpt is not None:
             self._restore_rng(ckpt)
             self.logger.log_event("resume", f"resuming from {ckpt['path']} at iter {self.iter_num}")
+
+    def use_stable_grads(self) -> None:
+        """Keep ``.grad`` as zeroed buffers made now, accumulated into in place and zeroed (not freed) after
+        each step. Needed by CUDA-graph compile modes with gradient accumulation: a captured backward's
+        outputs live in the graphs' memory pool, which the next micro-step's replay overwrites, so the
+        first backward's output must not become ``.grad`` (PyTorch's advice: preallocate zeroed grads)."""
+        self._stable_grads = True
+        for p in self.raw_model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
 
     # ------------------------------------------------------------------ init_from
     def _resolve_init(self, run: RunConfig) -> tuple[ModelArchitectureConfig, dict[str, Any] | None, Any]:
@@ -391,7 +404,7 @@ class Trainer:
         self.scaler.update()
         if self.measured_bytes is None:
             self.measured_bytes = self._measure_local_bytes()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self._stable_grads)
         return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "grad_stats": grad_stats, "skipped": skipped}
 
     def _measure_local_bytes(self) -> dict[str, float]:

@@ -1,10 +1,11 @@
 """What only a CUDA device can show; skipped without one. On a GPU: ``python -m pytest -m cuda``
-(bench/gpu_suite.sh lease runs them first).
+(bench/gpu_suite.sh lease runs them right after the GPT-2 124M target).
 
 - a bf16 step with fused AdamW, dropout, clipping and accumulation makes no host sync at all
   (``torch.cuda.set_sync_debug_mode('error')`` fails on any synchronizing CUDA call);
 - the presets' attention qualifies for the flash kernel (SDPA restricted to flash raises otherwise);
-- a CUDA-graph compile mode (``reduce-overhead``) trains, evaluates, checkpoints and samples like eager.
+- a CUDA-graph compile mode (``reduce-overhead``) trains, evaluates, checkpoints and samples like eager,
+  with gradient accumulation (2 micro-steps: the preallocated, stable ``.grad`` buffers).
 """
 
 from __future__ import annotations

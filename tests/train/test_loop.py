@@ -246,6 +246,29 @@ def test_train_step_makes_no_host_sync_and_reads_batches_ahead(
     assert torch.equal(get_batch(4, 0)[0], fresh.get_batch(4, 0)[0])  # the prefetched batch is the batch
 
 
+def test_stable_grads_train_exactly_like_freed_grads(data_dir: Path, tmp_path: Path) -> None:
+    """CUDA-graph compile modes with accumulation keep .grad as preallocated buffers (the real thing runs in
+    tests/train/test_cuda.py on a GPU); here: the same losses and weights, bit for bit, and the buffers stay."""
+    runs = {}
+    for stable in (False, True):
+        trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path / str(stable))), stream=io.StringIO())
+        params = list(trainer.raw_model.parameters())
+        if stable:
+            trainer.use_stable_grads()
+            buffers = [p.grad.data_ptr() for p in params]
+        losses = []
+        for _ in range(4):
+            losses.append(trainer.train_step()["loss"].item())
+            trainer.iter_num += 1
+        if stable:
+            assert [p.grad.data_ptr() for p in params] == buffers and all(not p.grad.any() for p in params)
+        else:
+            assert all(p.grad is None for p in params)
+        runs[stable] = losses, [p.detach().clone() for p in params]
+    assert runs[True][0] == runs[False][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[True][1], runs[False][1]))
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
