@@ -54,7 +54,7 @@ def profile_steps(step: Any, device: torch.device, steps: int, out_dir: Path, ro
         for _ in range(steps):
             step()
         _sync(device)
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\nprofile of {steps} gptlab steps, top {rows} by {sort_by}:")
     print(prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
     out_dir.mkdir(parents=True, exist_ok=True)

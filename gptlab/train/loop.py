@@ -435,6 +435,8 @@ class Trainer:
             for j in range(per_rank):
                 k = j * world + self.rank
                 x, y = loader.get_batch(k if k < n_iters else 0)
+                if self._cuda_graphs:  # a new run: the previous forward's output may be overwritten
+                    torch.compiler.cudagraph_mark_step_begin()
                 with self.autocast:
                     _, loss = self.model(x, y)
                 losses[j] = loss if k < n_iters else 0.0
