@@ -26,7 +26,9 @@ if [[ -n "${SMOKE:-}" ]]; then
         --data_dir "${DATA_DIR:-data}" --out_dir "${OUT_DIR:-out/bench}")
   HEAD_TINY=(--device cpu --dtype float32 --tokens 64 --n_embd 16 --vocab 256 --chunks 0,16 --iters 1)
 fi
-step() { echo; echo "\$ bench/train_step.py $*"; "$PY" bench/train_step.py "$@" "${TINY[@]}"; }
+# LEASE_JSON (set by the lease, one file per stage): where train_step.py writes its record
+record() { if [[ -n "${LEASE_JSON:-}" ]]; then echo --json "$LEASE_JSON"; fi; }
+step() { echo; echo "\$ bench/train_step.py $*"; "$PY" bench/train_step.py "$@" $(record) "${TINY[@]}"; }
 
 stage_env() {
   if [[ -n "${SMOKE:-}" ]]; then echo "SMOKE: no GPU to describe"; return; fi
@@ -93,12 +95,11 @@ stage_lease() {
     echo; echo "lease: done in $((SECONDS - start))s"
   } 2>&1 | tee "$dest/lease.log"
 }
-# the lease's runs, one each (LEASE_JSON: where train_step.py writes its record)
-record() { if [[ -n "${LEASE_JSON:-}" ]]; then echo --json "$LEASE_JSON"; fi; }
-stage_gpt2_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --profile 5 $(record); }
-stage_gpt2_32() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 32 $(record); }
-stage_llama_16() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16 $(record); }
-stage_350m_16() { step "${M350[@]}" "${GPU[@]}" --batch_size 16 $(record); }
+# the lease's runs, one train_step.py run each
+stage_gpt2_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --profile 5; }
+stage_gpt2_32() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 32; }
+stage_llama_16() { stage_llama; }
+stage_350m_16() { stage_350m; }
 
 STAGES=(env peak gpt2 llama 350m chunked head profile telemetry sweep cuda_tests)
 RUNS=(gpt2_16 gpt2_32 llama_16 350m_16)

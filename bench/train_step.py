@@ -92,8 +92,7 @@ def main() -> None:
             with parallel.no_grad_sync(model, dist, sync=micro == a.grad_accum - 1), autocast:  # nanoGPT's no_sync
                 _, loss = model(x, y)
             # nanoGPT: "immediately async prefetch next batch while model is doing the forward pass"
-            last = micro == a.grad_accum - 1
-            loader.prefetch(*trainer.batch_key(it[0] + 1, 0) if last else trainer.batch_key(it[0], micro + 1))
+            loader.prefetch(*trainer.next_batch_key(it[0], micro))
             (loss / a.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -203,8 +203,7 @@ class Trainer:
             if self.dtype == "float32" or self.mode == "fsdp"  # FSDP2's mixed-precision policy casts instead
             else torch.autocast(device_type=self.device.type, dtype=PT_DTYPES[self.dtype])
         )
-        # CUDA-graph compile modes replay captured graphs whose outputs the next replay overwrites: tell
-        # them where a run starts (torch.compiler.cudagraph_mark_step_begin), as PyTorch asks of training loops
+        # CUDA-graph compile modes replay captured graphs whose outputs the next replay overwrites (_new_graph_run)
         self._cuda_graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self._stable_grads = False
         if self._cuda_graphs and self.accum_steps > 1:
@@ -351,17 +350,26 @@ class Trainer:
         """The loader key of this rank's micro-step: global micro-batch ``micro * world_size + rank``."""
         return iter_num, micro_step * self.world_size + self.rank
 
+    def next_batch_key(self, iter_num: int, micro_step: int) -> tuple[int, int]:
+        """The key this rank reads after (iter_num, micro_step): the next micro-step's, or the next step's first
+        (valid across an evaluation in between) -- what to prefetch while this micro-step's forward runs."""
+        if micro_step + 1 < self.accum_steps:
+            return self.batch_key(iter_num, micro_step + 1)
+        return self.batch_key(iter_num + 1, 0)
+
+    def _new_graph_run(self) -> None:
+        """Under CUDA-graph compile modes, mark a new run of the captured graphs (each micro-step, each eval
+        forward): the previous run's outputs may then be overwritten, which the loop never reads again."""
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
     def forward_backward(self, micro_step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One micro-step; returns the detached (unscaled) loss. While the device runs the forward,
         the host reads the next micro-step's batch (as nanoGPT does)."""
-        if self._cuda_graphs:  # each micro-step is a new run of the captured graphs
-            torch.compiler.cudagraph_mark_step_begin()
+        self._new_graph_run()
         with self.autocast:
             _, loss = self.model(x, y)
-        if micro_step + 1 < self.accum_steps:
-            self.train_loader.prefetch(*self.batch_key(self.iter_num, micro_step + 1))
-        else:  # the next step's first micro-batch (it stays valid across an evaluation in between)
-            self.train_loader.prefetch(*self.batch_key(self.iter_num + 1, 0))
+        self.train_loader.prefetch(*self.next_batch_key(self.iter_num, micro_step))
         self.scaler.scale(loss / self.accum_steps).backward()
         return loss.detach()
 
@@ -435,8 +443,7 @@ class Trainer:
             for j in range(per_rank):
                 k = j * world + self.rank
                 x, y = loader.get_batch(k if k < n_iters else 0)
-                if self._cuda_graphs:  # a new run: the previous forward's output may be overwritten
-                    torch.compiler.cudagraph_mark_step_begin()
+                self._new_graph_run()
                 with self.autocast:
                     _, loss = self.model(x, y)
                 losses[j] = loss if k < n_iters else 0.0
