@@ -248,6 +248,14 @@ def _ffn_class(name: str) -> Any:
 _CPU_FLASH = "_scaled_dot_product_flash_attention_for_cpu"
 
 
+def _kv_at_query_heads(query_shape: Any, key_shape: Any, value_shape: Any) -> tuple[tuple[int, ...], ...]:
+    """Grouped-query attention: the kernel broadcasts each key/value head over its group of query heads,
+    so the matmuls are those of K/V at the query's head count. (PyTorch's ``sdpa_flop_count`` before
+    2.13 asserts equal head counts; from 2.13 it counts GQA this same way.)"""
+    heads = query_shape[1]
+    return tuple((shape[0], heads, *shape[2:]) for shape in (key_shape, value_shape))
+
+
 def register_cpu_sdpa_flop_formula() -> bool:
     """Teach ``torch.utils.flop_counter`` the CPU flash-attention op, which it otherwise counts as 0.
 
@@ -265,13 +273,14 @@ def register_cpu_sdpa_flop_formula() -> bool:
 
     @register_flop_formula(fwd)
     def _cpu_flash_forward(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
+        return sdpa_flop_count(query_shape, *_kv_at_query_heads(query_shape, key_shape, value_shape))
 
     if bwd not in flop_registry and bwd.default not in flop_registry:
 
         @register_flop_formula(bwd)
         def _cpu_flash_backward(grad_out_shape: Any, query_shape: Any, key_shape: Any, value_shape: Any,
                                 *args: Any, **kwargs: Any) -> int:  # fmt: skip
+            key_shape, value_shape = _kv_at_query_heads(query_shape, key_shape, value_shape)
             return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
     return True
