@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,27 +203,60 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def resolve_run_config(values: dict[str, Any]) -> RunConfig:
-    """Split flat keys into training and architecture settings and validate both."""
+def resolve_run_config(values: dict[str, Any], explicit: Iterable[str] | None = None) -> RunConfig:
+    """Split flat keys into training and architecture settings and validate both. ``explicit``: the
+    keys the user set (a config file, an override); by default all of ``values``."""
     for key in values:
         if key not in ALL_KEYS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
-    return RunConfig(train=train, arch=arch, explicit=frozenset(values))
+    return RunConfig(train=train, arch=arch, explicit=frozenset(values if explicit is None else explicit))
+
+
+# Settings of a launch rather than of the run it continues: a resume takes them from this launch
+# (its command line, or the defaults), never from the checkpoint (``inherit_resumed_settings``).
+LAUNCH_KEYS: frozenset[str] = frozenset(
+    {
+        "out_dir", "init_from", "overwrite", "eval_only", "data_dir", "device", "compile", "compile_mode",
+        "backend", "parallel", "use_zero1", "use_fsdp", "activation_checkpointing", "loss_chunk_size",
+        "fsdp_cpu_offload", "dist_timeout", "peak_tflops", "wandb_log", "wandb_project", "wandb_run_name",
+        "tensorboard_log", "log_style", "sample_at_end", "sample_tokens", "sample_prompt",
+    }
+)  # fmt: skip
+
+
+def inherit_resumed_settings(run: RunConfig, saved: dict[str, Any]) -> tuple[RunConfig, dict[str, tuple[Any, Any]]]:
+    """A resume continues the run it resumes: every training setting the user did not set now is the
+    checkpoint's ``saved`` one (learning rate, schedule, batch, data, seed, ...), not a default, so the
+    LR schedule and the batches go on as before. Returns the run and the settings the user changed
+    ``{key: (checkpoint's, now)}``; launch settings (``LAUNCH_KEYS``) stay this launch's."""
+    saved = {k: v for k, v in saved.items() if k in TRAIN_FIELDS and k not in LAUNCH_KEYS}
+    current = run.train.to_dict()
+    inherited = {k: v for k, v in saved.items() if k not in run.explicit}
+    try:
+        train = dataclasses.replace(run.train, **inherited)
+    except ConfigError as e:
+        raise ConfigError(f"the checkpoint's settings: {e}") from None
+    changed = {k: (v, current[k]) for k, v in saved.items() if k in run.explicit and current[k] != v}
+    return dataclasses.replace(run, train=train), changed
 
 
 def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> RunConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` -> RunConfig; later values win, as in nanoGPT.
     ``defaults`` (e.g. the quick-start settings) apply under both."""
     values = dict(defaults or {})
-    overrides = []
+    overrides, explicit = [], set()  # the defaults are not the user's: weights loaded or resumed override them
     for arg in args:
         if arg.startswith("--"):
             overrides.append(arg)
         elif overrides:
             raise ConfigError(f"config file {arg!r} must come before the --key=value overrides")
         else:
-            values.update(load_config_file(arg))
-    values.update(parse_overrides(overrides))
-    return resolve_run_config(values)
+            from_file = load_config_file(arg)
+            values.update(from_file)
+            explicit.update(from_file)
+    from_overrides = parse_overrides(overrides)
+    values.update(from_overrides)
+    explicit.update(from_overrides)
+    return resolve_run_config(values, explicit)

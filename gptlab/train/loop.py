@@ -41,7 +41,7 @@ from gptlab.checkpoint import (
     save_single_file,
 )
 from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig
-from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
+from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig, inherit_resumed_settings
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
 from gptlab.errors import USER_ERRORS, CheckpointError, ConfigError, GptlabError
@@ -126,10 +126,24 @@ def _check_arch_overrides(run: RunConfig, loaded: dict[str, Any], source: str, m
             )
 
 
+def _continue_saved_settings(run: RunConfig) -> tuple[RunConfig, dict[str, tuple[Any, Any]]]:
+    """``init_from='resume'``: the training settings the user did not set now are those saved in the
+    checkpoint (``inherit_resumed_settings``), so that a resume needs no more than ``--init_from=resume``.
+    Returns the run and the settings the user changed from the checkpoint's."""
+    if run.train.init_from != "resume":
+        return run, {}
+    path = latest_checkpoint(run.train.out_dir)
+    if path is None:
+        return run, {}  # _resolve_init says so, in one line
+    saved = load_checkpoint_meta(path) if is_dcp_dir(path) else load_checkpoint(path)  # ckpt.pt: memory-mapped
+    return inherit_resumed_settings(run, (saved.get("config") or {}).get("train") or {})
+
+
 class Trainer:
     """Owns one run: data, model, optimizer, logger; ``run()`` trains to ``max_iters``."""
 
     def __init__(self, run: RunConfig, *, stream: IO[str] | None = None, dist: parallel.DistInfo | None = None) -> None:
+        run, self._resume_changes = _continue_saved_settings(run)
         self.cfg: TrainConfig = run.train
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir)
@@ -236,7 +250,13 @@ class Trainer:
         )
         if ckpt is not None:
             self._restore_rng(ckpt)
-            self.logger.log_event("resume", f"resuming from {ckpt['path']} at iter {self.iter_num}")
+            changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in self._resume_changes.items())
+            self.logger.log_event(
+                "resume",
+                f"resuming from {ckpt['path']} at iter {self.iter_num}"
+                + (f" (changed from the checkpoint's settings{changes})" if changes else ""),
+                changed={k: list(v) for k, v in self._resume_changes.items()},
+            )
 
     def use_stable_grads(self) -> None:
         """Keep ``.grad`` as zeroed buffers made now, accumulated into in place and zeroed (not freed) after
@@ -271,9 +291,9 @@ class Trainer:
             else:  # into a full state dict (a DCP directory is read whole by each rank)
                 ckpt = load_checkpoint(path)
             ckpt["path"] = str(path)
-            # the architecture is the checkpoint's; only settings that keep the weights may change
+            # the architecture is the checkpoint's; only settings that keep the weights may change, if set now
             _check_arch_overrides(run, ckpt["arch"], str(path))
-            arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in FREE_ARCH_KEYS}}
+            arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in FREE_ARCH_KEYS if k in run.explicit}}
             return ModelArchitectureConfig.from_dict(arch_dict), ckpt, None
         # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint to fine-tune
         path = Path(cfg.init_from).expanduser()

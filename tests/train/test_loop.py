@@ -17,6 +17,7 @@ import torch
 
 from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
+from gptlab.errors import ConfigError
 from gptlab.train.loop import NonFiniteLossError, Trainer, train
 from gptlab.train.sample import SampleConfig, sample
 from tests.host_sync import count_host_syncs
@@ -99,6 +100,50 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path) -> None:
     b = {r["iter"]: r["loss"] for r in records[start:] if r["type"] == "iter"}
     assert sorted(b) == list(range(11, 21))  # the first run ended after step 10 (iterations 0..max_iters)
     assert all(a[i] == b[i] for i in b), [(i, a[i], b[i]) for i in b if a[i] != b[i]]
+
+
+def test_resume_needs_only_init_from(data_dir: Path, tmp_path: Path) -> None:
+    """Resumed with nothing but --init_from=resume (and a larger max_iters), the run keeps its own
+    schedule, batch, dropout and seed from the checkpoint, not the defaults: the same losses and LRs
+    as straight through; the one setting changed is said in the resume event."""
+    common = dict(dropout=0.1, max_iters=20, lr_decay_iters=20, eval_interval=10, seed=7)
+    straight = tmp_path / "straight"
+    train(parse_run_args(tiny_args(data_dir, straight, **common)), stream=io.StringIO())
+    resumed = tmp_path / "resumed"
+    train(parse_run_args(tiny_args(data_dir, resumed, **{**common, "max_iters": 10})), stream=io.StringIO())
+    launch = [f"--out_dir={str(resumed)!r}", f"--data_dir={str(data_dir)!r}", "--device='cpu'", "--compile=False"]
+    train(parse_run_args([*launch, "--init_from='resume'", "--max_iters=20"]), stream=io.StringIO())
+    a = {r["iter"]: (r["loss"], r["lr"]) for r in read_log(straight) if r["type"] == "iter"}
+    records = read_log(resumed)
+    start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
+    assert records[start]["changed"] == {"max_iters": [10, 20]} and "max_iters: 10 -> 20" in records[start]["message"]
+    b = {r["iter"]: (r["loss"], r["lr"]) for r in records[start:] if r["type"] == "iter"}
+    assert sorted(b) == list(range(11, 21))
+    assert all(a[i] == b[i] for i in b), [(i, a[i], b[i]) for i in b if a[i] != b[i]]
+    saved = json.loads((resumed / "config.json").read_text())["train"]
+    assert (saved["batch_size"], saved["warmup_iters"], saved["seed"]) == (4, 4, 7)
+    # a setting given now wins over the checkpoint's, and is reported
+    train(
+        parse_run_args([*launch, "--init_from='resume'", "--max_iters=22", "--learning_rate=1e-3"]),
+        stream=io.StringIO(),
+    )
+    event = [r for r in read_log(resumed) if r.get("event") == "resume"][-1]
+    assert event["changed"] == {"max_iters": [20, 22], "learning_rate": [3e-3, 1e-3]}
+
+
+def test_loaded_weights_override_defaults_not_user_keys(data_dir: Path, tmp_path: Path) -> None:
+    """Defaults (the quick start's, with no config file) never contradict loaded weights: fine-tuning a
+    checkpoint of another size just works; a size the user typed still fails in one line."""
+    from gptlab.train.cli import QUICKSTART
+
+    base = tmp_path / "base"
+    train(parse_run_args(tiny_args(data_dir, base, max_iters=2)), stream=io.StringIO())
+    ckpt = str(base / "ckpt.pt")
+    args = [f"--init_from={ckpt!r}", f"--data_dir={str(data_dir)!r}", f"--out_dir={str(tmp_path / 'ft')!r}"]
+    trainer = Trainer(parse_run_args([*args, "--max_iters=1"], defaults=QUICKSTART), stream=io.StringIO())
+    assert (trainer.arch.n_embd, trainer.arch.n_layer) == (32, 2)  # the weights', not the quick start's 128 and 4
+    with pytest.raises(ConfigError, match=r"n_embd=64 conflicts with the weights"):
+        Trainer(parse_run_args([*args, "--n_embd=64"], defaults=QUICKSTART), stream=io.StringIO())
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
