@@ -184,7 +184,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         if "=" in str(path):
-            hint = f" (did you mean --{path}?)"
+            hint = f" (did you mean --{str(path).lstrip('-')}?)"
         elif str(path).lstrip("-").replace(".", "", 1).isdigit():
             hint = " (overrides take the form --key=value, with '=')"
         else:
@@ -250,6 +250,8 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     for arg in args:
         if arg.startswith("--"):
             overrides.append(arg)
+        elif overrides and "=" not in overrides[-1]:  # argparse's spelling, '--n_layer 4'
+            raise ConfigError(f"cannot parse '{overrides[-1]} {arg}': write {overrides[-1]}={arg}")
         elif overrides:
             raise ConfigError(f"config file {arg!r} must come before the --key=value overrides")
         else:

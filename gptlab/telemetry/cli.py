@@ -32,8 +32,21 @@ def _si(x: float) -> str:
 
 def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
     """The architecture of a preset name or a training config file, with --key=value overrides."""
+    from gptlab.config.model import ARCH_FIELDS
+    from gptlab.config.train import ALL_KEYS
+    from gptlab.errors import did_you_mean
+
     overrides = {**parse_overrides(extra), **{k: v for k, v in fixed.items() if v is not None}}
-    if args.preset.endswith(".py"):
+    is_file = args.preset.endswith(".py")
+    known = ALL_KEYS if is_file else ARCH_FIELDS
+    for key in overrides:  # a typo of the command's own options is suggested too
+        if key not in known:
+            options = [k for k in vars(args) if k not in ("preset", "func", "command")]
+            raise ConfigError(
+                f"unknown option --{key}{did_you_mean(key, [*options, *known])}: this command takes "
+                f"--{', --'.join(options)} and the architecture keys ({', '.join(ARCH_FIELDS)})"
+            )
+    if is_file:
         from gptlab.config.train import load_config_file, resolve_run_config
 
         return resolve_run_config({**load_config_file(args.preset), **overrides}).arch

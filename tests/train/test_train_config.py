@@ -81,6 +81,11 @@ def test_config_file_errors(tmp_path: Path) -> None:
         load_config_file(broken)
     with pytest.raises(ConfigError, match="must come before"):
         parse_run_args(["--n_layer=2", str(bad_key)])
+    # argparse habits: a space instead of '=', one dash
+    with pytest.raises(ConfigError, match=r"^cannot parse '--n_layer 2': write --n_layer=2$"):
+        parse_run_args(["--n_layer", "2"])
+    with pytest.raises(ConfigError, match=r"did you mean --n_layer=2\?"):
+        parse_run_args(["-n_layer=2"])
     ok = tmp_path / "ok.py"
     ok.write_text("import math\nn_layer = 2\n_private = 1\nlearning_rate = math.sqrt(4e-8)\n")
     assert load_config_file(ok) == {"n_layer": 2, "learning_rate": pytest.approx(2e-4)}
