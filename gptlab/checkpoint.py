@@ -105,6 +105,24 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def remove_checkpoints(out_dir: str | Path) -> list[str]:
+    """Delete a run directory's checkpoints (``ckpt.pt``, ``ckpt-ITER.pt``, ``ckpt-ITER.dcp``, the
+    ``ckpt.dcp`` link): a run that replaces another (``overwrite``) must never resume or export the old
+    one's weights. Returns the names removed."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    removed = []
+    for p in sorted(out_dir.iterdir()):
+        if p.name in (CHECKPOINT_NAME, DCP_LINK) or _HISTORY.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p.name)
+    return removed
+
+
 def _history(out_dir: Path, suffix: str) -> list[tuple[int, Path]]:
     out = []
     for p in out_dir.iterdir():

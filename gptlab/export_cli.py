@@ -22,6 +22,11 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
         from gptlab.errors import ConfigError
 
         raise ConfigError(f"export destination {str(out)!r} exists and is not a directory")
+    if hf:  # refused before anything is written
+        from gptlab.config.model import ModelArchitectureConfig
+        from gptlab.model.convert import hf_model_type
+
+        hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"]))
     save_single_file({**ckpt, "model": clean_state_dict(ckpt["model"])}, out)
     if hf:
         from gptlab.model.convert import model_from_checkpoint

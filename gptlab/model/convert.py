@@ -20,6 +20,7 @@ from gptlab.config.model import ModelArchitectureConfig, get_preset_config
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.gpt import ConfigurableGPT
 
+GPT2_EOT_ID = 50256  # GPT-2 BPE's <|endoftext|>
 COMPILED_PREFIX = "_orig_mod."  # what torch.compile puts in front of every state-dict key
 SUPPORTED_HF = ("gpt2", "llama")
 EXPECTED = (
@@ -450,6 +451,10 @@ def save_pretrained(model: ConfigurableGPT, directory: str | Path) -> Path:
     if model.config.weight_tying:
         state.pop("lm_head.weight", None)  # safetensors refuses shared storage; HF re-ties on load
     hf_config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    # GPT-2 BPE's <|endoftext|> where the vocabulary has it; otherwise none (transformers' defaults,
+    # 50256 for GPT-2 and 1/2 for LLaMA, would name ids outside or meaningless in a small vocabulary)
+    eot = GPT2_EOT_ID if model.config.vocab_size > GPT2_EOT_ID else None
+    hf_config.update(bos_token_id=eot, eos_token_id=eot)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}

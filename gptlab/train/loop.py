@@ -37,6 +37,7 @@ from gptlab.checkpoint import (
     load_checkpoint,
     load_checkpoint_meta,
     optimizer_state_by_name,
+    remove_checkpoints,
     save_dcp,
     save_single_file,
 )
@@ -257,6 +258,15 @@ class Trainer:
                 + (f" (changed from the checkpoint's settings{changes})" if changes else ""),
                 changed={k: list(v) for k, v in self._resume_changes.items()},
             )
+        if cfg.overwrite and cfg.init_from != "resume" and not cfg.eval_only:
+            # the replaced run's checkpoints go now (weights to fine-tune from are loaded by every rank), so that
+            # no later resume or export finds them
+            parallel.barrier(self.dist)
+            removed = remove_checkpoints(self.out_dir) if self.master else []
+            if removed:
+                self.logger.log_event(
+                    "overwrite", f"replacing the previous run in {self.out_dir}: removed {', '.join(removed)}"
+                )
 
     def use_stable_grads(self) -> None:
         """Keep ``.grad`` as zeroed buffers made now, accumulated into in place and zeroed (not freed) after

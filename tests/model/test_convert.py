@@ -124,6 +124,14 @@ def test_fresh_gptlab_model_exports(preset: str, n_kv_head: int | None, tokens: 
     ours.save_pretrained(tmp_path)
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert (_hf_logits(back, tokens) - _logits(ours, tokens)).abs().max() <= TOL
+    # a 97-token vocabulary has no GPT-2 <|endoftext|>: no special ids (transformers' defaults would say 50256 or 1/2)
+    assert (back.config.bos_token_id, back.config.eos_token_id) == (None, None)
+
+
+def test_export_names_gpt2_endoftext_where_the_vocabulary_has_it(tmp_path: Path) -> None:
+    ConfigurableGPT(get_debug_config("gpt2", vocab_size=50304)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (50256, 50256)
 
 
 def test_export_of_architecture_without_hf_equivalent_fails_clearly(tmp_path: Path) -> None:

@@ -101,3 +101,24 @@ def test_export_fsdp_checkpoint_to_single_file_and_hf(data_dir: Path, tmp_path: 
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o2")
+
+
+def test_export_hf_of_an_architecture_without_equivalent_writes_nothing(data_dir: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, arch_preset="hybrid", max_iters=1)), stream=io.StringIO())
+    assert main(["export", str(run), str(tmp_path / "out"), "--hf"]) == 2
+    assert "no exact Hugging Face equivalent" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_overwrite_removes_the_replaced_runs_checkpoints(data_dir: Path, tmp_path: Path) -> None:
+    """A run that replaces another leaves none of its checkpoints (here an FSDP one and a kept history)
+    for a later resume or export to find."""
+    first = tiny_args(data_dir, tmp_path, parallel="fsdp", max_iters=8, eval_interval=4, keep_checkpoints=2)
+    train(parse_run_args(first), stream=io.StringIO())
+    assert (tmp_path / "ckpt.dcp").is_symlink() and (tmp_path / "ckpt-0000009.dcp").is_dir()
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2, overwrite=True)), stream=io.StringIO())
+    assert sorted(p.name for p in tmp_path.glob("ckpt*")) == ["ckpt.pt"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt.pt" and load_checkpoint(tmp_path)["iter_num"] == 3
+    events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "overwrite" and "ckpt-0000009.dcp" in e["message"] for e in events)
