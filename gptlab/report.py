@@ -31,12 +31,6 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def t0(self) -> float | None:
-        """Wall-clock time of the first record: the origin of the time axis."""
-        first = self.startup or (self.iters or self.evals or [{}])[0]
-        return first.get("time")
-
-    @property
     def tokens_per_iter(self) -> int | None:
         return (self.startup.get("training") or {}).get("tokens_per_iter")
 
@@ -56,6 +50,9 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise ConfigError(f"run directory {str(path)!r} has no log.jsonl (is it a gptlab training out_dir?)")
     run = Run(path=path, label=label or path.name or str(path))
     lines = log.read_text().splitlines()
+    # the time axis is training time: each session (a start, then each resume) counts from its own
+    # startup record, after the time the sessions before it ran (not the hours between them)
+    offset, session_t0, last_t = 0.0, None, None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -66,6 +63,13 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
                 continue
             raise GptlabError(f"{log}:{n} is not valid JSON") from None
         kind = record.get("type")
+        t = _number(record.get("time"))
+        if t is not None:
+            if kind == "startup" or session_t0 is None:
+                if session_t0 is not None and last_t is not None:
+                    offset += last_t - session_t0
+                session_t0 = t
+            record["elapsed_s"], last_t = offset + t - session_t0, t
         if kind == "startup":
             run.startup = record
         elif kind == "iter":
@@ -131,7 +135,8 @@ def series(run: Run, metric: str, x: str = "iter") -> tuple[list[float], list[fl
 
 
 def _x(run: Run, record: dict[str, Any], axis: str) -> float | None:
-    """The record's position on ``axis``: 'iter', 'tokens' (trained so far) or 'time' (s since start)."""
+    """The record's position on ``axis``: 'iter', 'tokens' (trained so far) or 'time' (s of training,
+    over all sessions)."""
     it = record.get("iter")
     if axis == "iter":
         return it
@@ -139,8 +144,7 @@ def _x(run: Run, record: dict[str, Any], axis: str) -> float | None:
         # an iter record at i is logged after step i (i + 1 steps done); an eval at i precedes step i
         done = it + 1 if record.get("type") == "iter" else it
         return None if run.tokens_per_iter is None or it is None else done * run.tokens_per_iter
-    t0, t = run.t0, record.get("time")
-    return None if t0 is None or t is None else t - t0
+    return record.get("elapsed_s")
 
 
 # ---------------------------------------------------------------------------------------- plots

@@ -139,3 +139,20 @@ def test_resumed_log_keeps_the_last_record_of_each_iteration(tmp_path) -> None:
     run = load_run(tmp_path)
     assert [r["iter"] for r in run.iters] == [0, 1, 2, 3, 4]
     assert [r["loss"] for r in run.iters] == [5.0, 4.0, 12.0, 13.0, 14.0]
+
+
+def test_time_axis_counts_training_time_over_resumed_sessions(tmp_path) -> None:
+    """A run resumed a day later: its time axis goes on from where the first session stopped, never
+    negative and without the day between."""
+    import json
+
+    from gptlab.report import _x, load_run
+
+    day = 86_400.0
+    lines = [{"type": "startup", "time": 1000.0}]
+    lines += [{"type": "iter", "iter": i, "loss": 5.0, "time": 1010.0 + 10 * i} for i in range(3)]  # ends at 1030
+    lines += [{"type": "startup", "time": 1000.0 + day}]
+    lines += [{"type": "iter", "iter": i, "loss": 4.0, "time": 1005.0 + day + 10 * (i - 2)} for i in range(2, 4)]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    run = load_run(tmp_path)
+    assert [_x(run, r, "time") for r in run.iters] == [10.0, 20.0, 35.0, 45.0]  # 30 s, then 5 s into the second
