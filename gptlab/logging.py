@@ -201,7 +201,7 @@ class TrainingLogger:
             f"⚡ MFU: {mfu_pct} │ Achieved: {_fmt(r.get('achieved_tflops_per_gpu'), '.3g')} TF │ "
             f"Peak: {_fmt(peak_per_gpu and peak_per_gpu / 1e12, '.4g')} TF" + (" (per GPU)" if multi else ""),
             f"   Tokens/s: {tps} │ FLOPs/token: "
-            + (_fmt(r.get("flops_per_token") and r["flops_per_token"] / 1e9, ".3f") + " GF"),
+            + (_fmt(r.get("flops_per_token") and r["flops_per_token"] / 1e9, ".3g") + " GF"),
         ]
         if mem:
             if mem.get("allocated_gb") is not None:
