@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
+from collections.abc import Callable
 
+import torch
+
+from gptlab import parallel
 from gptlab.config.train import parse_run_args
-from gptlab.train.loop import Trainer
+from gptlab.train.loop import PT_DTYPES, Trainer
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -62,3 +67,35 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
         "--warmup_iters=0",
     ]
     return Trainer(parse_run_args(args), stream=io.StringIO())
+
+
+def make_steps(trainer: Trainer, grad_accum: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Two step functions over the same model, optimizer, loader and batches: a minimal plain-PyTorch
+    step (what nanoGPT's train.py does, no more) and gptlab's ``Trainer.train_step``."""
+    model, opt, device, dist = trainer.model, trainer.optimizer, trainer.device, trainer.dist
+    autocast = (
+        contextlib.nullcontext()
+        if trainer.dtype == "float32" or trainer.mode == "fsdp"  # FSDP2's mixed precision casts instead
+        else torch.autocast(device.type, dtype=PT_DTYPES[trainer.dtype])
+    )
+    it = [0]
+
+    def plain_step() -> None:
+        loader = trainer.train_loader
+        for micro in range(grad_accum):
+            x, y = loader.get_batch(*trainer.batch_key(it[0], micro))
+            with parallel.no_grad_sync(model, dist, sync=micro == grad_accum - 1), autocast:  # nanoGPT's no_sync
+                _, loss = model(x, y)
+            # nanoGPT: "immediately async prefetch next batch while model is doing the forward pass"
+            loader.prefetch(*trainer.next_batch_key(it[0], micro))
+            (loss / grad_accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        it[0] += 1
+
+    def gptlab_step() -> None:
+        trainer.train_step()
+        trainer.iter_num += 1
+
+    return plain_step, gptlab_step

@@ -12,7 +12,6 @@ bench/gpu_suite.sh                                          # issue 8's GPU targ
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -20,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import add_run_args, build_trainer  # bench/common.py (scripts run from bench/ or by path)
+from common import add_run_args, build_trainer, make_steps  # bench/common.py (scripts run from bench/ or by path)
 
 from gptlab import parallel
-from gptlab.train.loop import PT_DTYPES
 
 
 def _sync(device: torch.device) -> None:
@@ -75,33 +73,7 @@ def main() -> None:
     trainer = build_trainer(a)
     device, dist = trainer.device, trainer.dist
 
-    # The plain loop: same model object, loader and optimizer settings; nothing else.
-    model = trainer.model
-    opt = trainer.optimizer
-    autocast = (
-        contextlib.nullcontext()
-        if trainer.dtype == "float32" or trainer.mode == "fsdp"  # FSDP2's mixed precision casts instead
-        else torch.autocast(device.type, dtype=PT_DTYPES[trainer.dtype])
-    )
-    it = [0]
-
-    def plain_step() -> None:
-        loader = trainer.train_loader
-        for micro in range(a.grad_accum):
-            x, y = loader.get_batch(*trainer.batch_key(it[0], micro))
-            with parallel.no_grad_sync(model, dist, sync=micro == a.grad_accum - 1), autocast:  # nanoGPT's no_sync
-                _, loss = model(x, y)
-            # nanoGPT: "immediately async prefetch next batch while model is doing the forward pass"
-            loader.prefetch(*trainer.next_batch_key(it[0], micro))
-            (loss / a.grad_accum).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        it[0] += 1
-
-    def gptlab_step() -> None:
-        trainer.train_step()
-        trainer.iter_num += 1
+    plain_step, gptlab_step = make_steps(trainer, a.grad_accum)
 
     tokens = a.batch_size * a.block_size * a.grad_accum  # per rank
     results: dict[str, list[float]] = {"plain PyTorch": [], "gptlab train_step": []}

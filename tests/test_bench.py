@@ -80,3 +80,23 @@ def test_gpu_suite_plumbing_in_smoke_mode(data_dir: Path, tmp_path: Path) -> Non
     assert (lease / "gpt2_trace.json.gz").stat().st_size > 0 and "gptlab / plain step time" in log
     res = subprocess.run(["bash", script, "gtp2"], capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "env|peak|gpt2" in res.stderr
+
+
+def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The worker runs one loop's steps alone; the count comes from cachegrind (where valgrind is installed:
+    the whole bench takes minutes under it, so CI checks the parts)."""
+    import shutil
+
+    for loop in ("plain", "gptlab"):
+        bench("step_instructions.py", "--worker", f"--loop={loop}", "--run=2", *TINY, "--data_dir", str(data_dir),
+              "--out_dir", str(tmp_path / loop), cwd=tmp_path)  # fmt: skip
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "step_instructions.py"), "--device", "cuda"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert res.returncode == 2 and "eager CPU runs" in res.stderr
+    if shutil.which("valgrind"):
+        sys.path.insert(0, str(ROOT / "bench"))
+        try:
+            from step_instructions import cachegrind_count
+        finally:
+            sys.path.remove(str(ROOT / "bench"))
+        assert 0 < cachegrind_count(["true"], tmp_path / "cg.out") < 10_000_000
