@@ -105,15 +105,20 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def remove_checkpoints(out_dir: str | Path) -> list[str]:
+def remove_checkpoints(out_dir: str | Path, keep: str | Path | None = None) -> list[str]:
     """Delete a run directory's checkpoints (``ckpt.pt``, ``ckpt-ITER.pt``, ``ckpt-ITER.dcp``, the
     ``ckpt.dcp`` link): a run that replaces another (``overwrite``) must never resume or export the old
-    one's weights. Returns the names removed."""
+    one's weights. ``keep``: a path never touched (the weights a fine-tune starts from may live there,
+    until the run's first checkpoint). Returns the names removed."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return []
+    kept = Path(keep).resolve() if keep is not None else None
     removed = []
     for p in sorted(out_dir.iterdir()):
+        target = p.resolve()
+        if kept is not None and (kept == target or kept in target.parents or target in kept.parents):
+            continue
         if p.name in (CHECKPOINT_NAME, DCP_LINK) or _HISTORY.match(p.name):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
@@ -194,6 +199,13 @@ def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     meta = _torch_load_checked(path / DCP_META)
     meta["dcp_path"] = str(path)
     return meta
+
+
+def read_saved_train_config(path: str | Path) -> dict[str, Any]:
+    """The training settings a checkpoint was written with (``{}`` for one that has none)."""
+    path = Path(path)
+    meta = load_checkpoint_meta(path) if is_dcp_dir(path) else _torch_load_checked(path)  # ckpt.pt: memory-mapped
+    return dict((meta.get("config") or {}).get("train") or {})
 
 
 def _optimizer_settings(meta: dict[str, Any]) -> tuple[float, float, tuple[float, float]]:

@@ -52,7 +52,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     lines = log.read_text().splitlines()
     # the time axis is training time: each session (a start, then each resume) counts from its own
     # startup record, after the time the sessions before it ran (not the hours between them)
-    offset, session_t0, last_t = 0.0, None, None
+    offset, session_t0, last_t, after_resume = 0.0, None, None, False
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -65,11 +65,14 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         kind = record.get("type")
         t = _number(record.get("time"))
         if t is not None:
-            if kind == "startup" or session_t0 is None:
+            # a session opens with its first record: a resume event (logged before the session's startup
+            # report), or else the startup report
+            resume = kind == "event" and record.get("event") == "resume"
+            if session_t0 is None or resume or (kind == "startup" and not after_resume):
                 if session_t0 is not None and last_t is not None:
                     offset += last_t - session_t0
                 session_t0 = t
-            record["elapsed_s"], last_t = offset + t - session_t0, t
+            record["elapsed_s"], last_t, after_resume = offset + t - session_t0, t, resume
         if kind == "startup":
             run.startup = record
         elif kind == "iter":

@@ -141,18 +141,25 @@ def test_resumed_log_keeps_the_last_record_of_each_iteration(tmp_path) -> None:
     assert [r["loss"] for r in run.iters] == [5.0, 4.0, 12.0, 13.0, 14.0]
 
 
-def test_time_axis_counts_training_time_over_resumed_sessions(tmp_path) -> None:
-    """A run resumed a day later: its time axis goes on from where the first session stopped, never
-    negative and without the day between."""
+def test_time_axis_counts_training_time_over_resumed_sessions(tmp_path: Path) -> None:
+    """A real run resumed (as if) a day later: its time axis goes on from where the first session stopped,
+    never negative and without the day between."""
     import json
 
     from gptlab.report import _x, load_run
 
-    day = 86_400.0
-    lines = [{"type": "startup", "time": 1000.0}]
-    lines += [{"type": "iter", "iter": i, "loss": 5.0, "time": 1010.0 + 10 * i} for i in range(3)]  # ends at 1030
-    lines += [{"type": "startup", "time": 1000.0 + day}]
-    lines += [{"type": "iter", "iter": i, "loss": 4.0, "time": 1005.0 + day + 10 * (i - 2)} for i in range(2, 4)]
-    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
-    run = load_run(tmp_path)
-    assert [_x(run, r, "time") for r in run.iters] == [10.0, 20.0, 35.0, 45.0]  # 30 s, then 5 s into the second
+    data = tmp_path / "data"
+    prepare_dataset("stdlib_char", data_dir=data)
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data, run, max_iters=4, eval_interval=4)), stream=io.StringIO())
+    train(parse_run_args(tiny_args(data, run, max_iters=8, eval_interval=4, init_from="resume")), stream=io.StringIO())
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    second = next(i for i, r in enumerate(records) if r.get("event") == "resume")
+    assert records[second + 1]["type"] == "startup"  # the resume event comes first: the session opens there
+    for r in records[second:]:
+        r["time"] += 86_400.0
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    loaded = load_run(run)
+    times = [_x(loaded, r, "time") for r in loaded.iters]
+    assert [r["iter"] for r in loaded.iters] == list(range(9))
+    assert times == sorted(times) and times[0] >= 0 and times[-1] < 600  # seconds of training, not a day

@@ -174,6 +174,7 @@ class RunConfig:
     train: TrainConfig
     arch: ModelArchitectureConfig
     explicit: frozenset[str] = frozenset()  # keys a config file or override set (vs. defaults)
+    resume_changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)  # {key: (checkpoint's, now)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"train": self.train.to_dict(), "arch": self.arch.to_dict()}
@@ -215,31 +216,41 @@ def resolve_run_config(values: dict[str, Any], explicit: Iterable[str] | None = 
 
 
 # Settings of a launch rather than of the run it continues: a resume takes them from this launch
-# (its command line, or the defaults), never from the checkpoint (``inherit_resumed_settings``).
+# (its command line, or the defaults), never from the checkpoint (``resumed_values``).
 LAUNCH_KEYS: frozenset[str] = frozenset(
     {
-        "out_dir", "init_from", "overwrite", "eval_only", "data_dir", "device", "compile", "compile_mode",
-        "backend", "parallel", "use_zero1", "use_fsdp", "activation_checkpointing", "loss_chunk_size",
-        "fsdp_cpu_offload", "dist_timeout", "peak_tflops", "wandb_log", "wandb_project", "wandb_run_name",
-        "tensorboard_log", "log_style", "sample_at_end", "sample_tokens", "sample_prompt",
+        "out_dir", "init_from", "overwrite", "eval_only", "data_dir", "device", "backend", "parallel", "use_zero1",
+        "use_fsdp", "fsdp_cpu_offload", "dist_timeout", "peak_tflops", "wandb_log", "wandb_project",
+        "wandb_run_name", "tensorboard_log", "log_style", "sample_at_end", "sample_tokens", "sample_prompt",
     }
 )  # fmt: skip
 
 
-def inherit_resumed_settings(run: RunConfig, saved: dict[str, Any]) -> tuple[RunConfig, dict[str, tuple[Any, Any]]]:
-    """A resume continues the run it resumes: every training setting the user did not set now is the
-    checkpoint's ``saved`` one (learning rate, schedule, batch, data, seed, ...), not a default, so the
-    LR schedule and the batches go on as before. Returns the run and the settings the user changed
-    ``{key: (checkpoint's, now)}``; launch settings (``LAUNCH_KEYS``) stay this launch's."""
-    saved = {k: v for k, v in saved.items() if k in TRAIN_FIELDS and k not in LAUNCH_KEYS}
-    current = run.train.to_dict()
-    inherited = {k: v for k, v in saved.items() if k not in run.explicit}
-    try:
-        train = dataclasses.replace(run.train, **inherited)
-    except ConfigError as e:
-        raise ConfigError(f"the checkpoint's settings: {e}") from None
-    changed = {k: (v, current[k]) for k, v in saved.items() if k in run.explicit and current[k] != v}
-    return dataclasses.replace(run, train=train), changed
+def resumed_values(
+    values: dict[str, Any], explicit: set[str]
+) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]], str | None]:
+    """``init_from='resume'`` continues the run it resumes: every training setting the user did not set
+    now (``explicit``) is the checkpoint's (learning rate, schedule, batch, data, seed, compile, ...),
+    not a default, so the LR schedule and the batches go on as before; launch settings (``LAUNCH_KEYS``)
+    stay this launch's. Returns the values, the settings the user changed ``{key: (checkpoint's, now)}``
+    and the checkpoint's path (None when there is none: the Trainer then says so)."""
+    from gptlab.checkpoint import latest_checkpoint, read_saved_train_config
+
+    path = latest_checkpoint(values.get("out_dir", TrainConfig.out_dir))
+    if path is None:
+        return values, {}, None
+    saved = {k: v for k, v in read_saved_train_config(path).items() if k in TRAIN_FIELDS and k not in LAUNCH_KEYS}
+    preset = saved.pop("arch_preset", None)  # the architecture is the checkpoint's own, whatever the preset
+    if "arch_preset" in explicit and preset is not None and values["arch_preset"] != preset:
+        raise ConfigError(
+            f"arch_preset={values['arch_preset']!r} conflicts with the checkpoint resumed from {str(path)!r} "
+            f"(arch_preset={preset!r}): a resumed run keeps its architecture"
+        )
+    merged = {**values, **{k: v for k, v in saved.items() if k not in explicit}}
+    if preset is not None:
+        merged["arch_preset"] = preset
+    changed = {k: (v, values[k]) for k, v in saved.items() if k in explicit and values[k] != v}
+    return merged, changed, str(path)
 
 
 def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> RunConfig:
@@ -261,4 +272,12 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     from_overrides = parse_overrides(overrides)
     values.update(from_overrides)
     explicit.update(from_overrides)
-    return resolve_run_config(values, explicit)
+    if values.get("init_from") != "resume":
+        return resolve_run_config(values, explicit)
+    values, changed, path = resumed_values(values, explicit)
+    try:  # validated once, on the values the run will have
+        run = resolve_run_config(values, explicit)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (resuming {path}: the settings not given now are the checkpoint's)") from None
+    run.resume_changes = changed
+    return run

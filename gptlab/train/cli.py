@@ -43,14 +43,25 @@ QUICKSTART: dict[str, Any] = dict(
 )
 
 
+def quickstart_defaults(args: Sequence[str]) -> dict[str, Any] | None:
+    """The quick start's settings as defaults under the user's: only with no config file and no
+    ``--init_from`` (a resume or a fine-tune keeps the real defaults: device auto, compile on, ...);
+    replacing a previous run (``overwrite``) only in the quick start's own ``out_dir``."""
+    keys = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
+    if any(not a.startswith("--") for a in args) or "init_from" in keys:
+        return None
+    if "out_dir" in keys:
+        return {k: v for k, v in QUICKSTART.items() if k != "overwrite"}
+    return QUICKSTART
+
+
 def run_train(args: Sequence[str]) -> int:
     """Parse ``[CONFIG] [--key=value ...]`` and train; with nothing given, the quick start."""
     from gptlab.config.train import parse_run_args
     from gptlab.train.loop import train
 
     args = list(args)
-    defaults = QUICKSTART if not any(not a.startswith("--") for a in args) else None
-    run = parse_run_args(args, defaults=defaults)
+    run = parse_run_args(args, defaults=quickstart_defaults(args))
     summary = train(run)
     final, base = summary.get("final_val_loss"), summary.get("unigram_baseline_loss")
     if final is not None and base is not None:

@@ -42,7 +42,7 @@ from gptlab.checkpoint import (
     save_single_file,
 )
 from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig
-from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig, inherit_resumed_settings
+from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
 from gptlab.errors import USER_ERRORS, CheckpointError, ConfigError, GptlabError
@@ -127,24 +127,10 @@ def _check_arch_overrides(run: RunConfig, loaded: dict[str, Any], source: str, m
             )
 
 
-def _continue_saved_settings(run: RunConfig) -> tuple[RunConfig, dict[str, tuple[Any, Any]]]:
-    """``init_from='resume'``: the training settings the user did not set now are those saved in the
-    checkpoint (``inherit_resumed_settings``), so that a resume needs no more than ``--init_from=resume``.
-    Returns the run and the settings the user changed from the checkpoint's."""
-    if run.train.init_from != "resume":
-        return run, {}
-    path = latest_checkpoint(run.train.out_dir)
-    if path is None:
-        return run, {}  # _resolve_init says so, in one line
-    saved = load_checkpoint_meta(path) if is_dcp_dir(path) else load_checkpoint(path)  # ckpt.pt: memory-mapped
-    return inherit_resumed_settings(run, (saved.get("config") or {}).get("train") or {})
-
-
 class Trainer:
     """Owns one run: data, model, optimizer, logger; ``run()`` trains to ``max_iters``."""
 
     def __init__(self, run: RunConfig, *, stream: IO[str] | None = None, dist: parallel.DistInfo | None = None) -> None:
-        run, self._resume_changes = _continue_saved_settings(run)
         self.cfg: TrainConfig = run.train
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir)
@@ -251,18 +237,19 @@ class Trainer:
         )
         if ckpt is not None:
             self._restore_rng(ckpt)
-            changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in self._resume_changes.items())
+            changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in run.resume_changes.items())
             self.logger.log_event(
                 "resume",
                 f"resuming from {ckpt['path']} at iter {self.iter_num}"
                 + (f" (changed from the checkpoint's settings{changes})" if changes else ""),
-                changed={k: list(v) for k, v in self._resume_changes.items()},
+                changed={k: list(v) for k, v in run.resume_changes.items()},
             )
         if cfg.overwrite and cfg.init_from != "resume" and not cfg.eval_only:
             # the replaced run's checkpoints go now (weights to fine-tune from are loaded by every rank), so that
             # no later resume or export finds them
             parallel.barrier(self.dist)
-            removed = remove_checkpoints(self.out_dir) if self.master else []
+            source = None if cfg.init_from == "scratch" else cfg.init_from  # a fine-tune's weights stay
+            removed = remove_checkpoints(self.out_dir, keep=source) if self.master else []
             if removed:
                 self.logger.log_event(
                     "overwrite", f"replacing the previous run in {self.out_dir}: removed {', '.join(removed)}"
@@ -315,7 +302,7 @@ class Trainer:
         _check_arch_overrides(run, model.config.to_dict(), str(path), may_shrink_block=True)
         if model.config.vocab_size < vocab:
             raise CheckpointError(f"{str(path)!r} has vocab_size={model.config.vocab_size} < dataset's {vocab}")
-        if arch.block_size < model.config.block_size:
+        if "block_size" in run.explicit and arch.block_size < model.config.block_size:
             model.crop_block_size(arch.block_size)  # as nanoGPT does when fine-tuning on shorter blocks
         return model.config, None, model.train()
 

@@ -144,6 +144,44 @@ def test_loaded_weights_override_defaults_not_user_keys(data_dir: Path, tmp_path
     assert (trainer.arch.n_embd, trainer.arch.n_layer) == (32, 2)  # the weights', not the quick start's 128 and 4
     with pytest.raises(ConfigError, match=r"n_embd=64 conflicts with the weights"):
         Trainer(parse_run_args([*args, "--n_embd=64"], defaults=QUICKSTART), stream=io.StringIO())
+    # a default block_size never crops the weights; one the user gives does, as nanoGPT does
+    short = {**QUICKSTART, "block_size": 16}
+    assert Trainer(parse_run_args(args, defaults=short), stream=io.StringIO()).arch.block_size == 32
+    assert (
+        Trainer(parse_run_args([*args, "--block_size=16", "--overwrite=True"]), stream=io.StringIO()).arch.block_size
+        == 16
+    )
+    # replacing the run the weights come from (same out_dir, overwrite) keeps them until the new checkpoint
+    same = [f"--init_from={ckpt!r}", f"--data_dir={str(data_dir)!r}", f"--out_dir={str(base)!r}", "--overwrite=True"]
+    Trainer(parse_run_args(same, defaults=QUICKSTART), stream=io.StringIO())
+    assert (base / "ckpt.pt").is_file()
+
+
+def test_quick_start_defaults_only_for_a_quick_start() -> None:
+    """No config file and no --init_from: the quick start; it replaces a previous run only in its own
+    out_dir; a resume or a fine-tune gets the real defaults (device auto, compile on), not the CPU demo's."""
+    from gptlab.train.cli import QUICKSTART, quickstart_defaults
+
+    assert quickstart_defaults([]) is QUICKSTART and quickstart_defaults(["--max_iters=10"]) is QUICKSTART
+    assert quickstart_defaults(["--init_from='resume'", "--out_dir='out/run'"]) is None
+    assert quickstart_defaults(["config/full_llama_124m.py"]) is None
+    mine = quickstart_defaults(["--out_dir='out/mine'"])
+    assert mine is not None and "overwrite" not in mine and mine["device"] == "cpu"
+
+
+def test_resume_validates_the_settings_it_will_run_with(data_dir: Path, tmp_path: Path) -> None:
+    """Cross-field checks see the checkpoint's values, not the defaults; a preset change is refused."""
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, max_iters=2, learning_rate=5e-5, min_lr=5e-6)), stream=io.StringIO())
+    launch = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'"]
+    resumed = parse_run_args([*launch, "--learning_rate=3e-5"])  # the default min_lr (6e-5) would exceed it
+    assert (resumed.train.learning_rate, resumed.train.min_lr) == (3e-5, 5e-6)
+    with pytest.raises(
+        ConfigError, match=r"min_lr=0.0001 is larger than learning_rate=5e-05 \(resuming .*checkpoint's"
+    ):
+        parse_run_args([*launch, "--min_lr=1e-4"])
+    with pytest.raises(ConfigError, match=r"arch_preset='gpt2' conflicts with the checkpoint"):
+        parse_run_args([*launch, "--arch_preset='gpt2'"])
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
