@@ -24,7 +24,13 @@ from pathlib import Path
 
 from common import add_run_args, build_trainer, make_steps  # bench/common.py (scripts run from bench/ or by path)
 
-RUN_FLAGS = ("preset", "n_layer", "n_embd", "n_head", "block_size", "batch_size", "grad_accum", "dataset", "data_dir")
+
+def run_flags(a: argparse.Namespace) -> list[str]:
+    """Every ``add_run_args`` setting of this run, for the workers (the driver sets their out_dir)."""
+    p = argparse.ArgumentParser()
+    add_run_args(p)
+    names = [k for k in vars(p.parse_args([])) if k not in ("out_dir", "compile")]  # compile: refused above
+    return [f"--{k}={getattr(a, k)}" for k in names if getattr(a, k) is not None]
 
 
 def worker(a: argparse.Namespace) -> None:
@@ -54,7 +60,7 @@ def cachegrind_count(cmd: list[str], out: Path) -> int:
 
 def count_instructions(a: argparse.Namespace, loop: str, steps: int, work: Path) -> int:
     """Instructions executed by a worker process running ``steps`` steps of ``loop``."""
-    flags = [f"--{k}={getattr(a, k)}" for k in RUN_FLAGS]
+    flags = run_flags(a)
     worker = [sys.executable, __file__, "--worker", f"--loop={loop}", f"--run={steps}", f"--out_dir={work / loop}"]
     return cachegrind_count([*worker, *flags], work / f"cachegrind.{loop}.{steps}")
 

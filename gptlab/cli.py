@@ -80,9 +80,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `gptlab compare ... | head`: the reader left; no traceback (Python's recipe)
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # another pipe broke (a subprocess, a logger's socket): that is an error
+        # `gptlab compare ... | head`: the reader left; end quietly, as `head`'s writers do (Python's recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no real stdout
+        return False
 
 
 if __name__ == "__main__":

@@ -130,3 +130,19 @@ def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFi
     assert data["report"] == str(out / "report" / "report.html")
     assert "<h2>Architectures</h2>" in page and "<h2>Training</h2>" in page and "final val loss" in page
     assert (out / "report" / "loss_vs_tokens.png").is_file() and (out / "report" / "loss_vs_time.png").is_file()
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly() -> None:
+    """`gptlab compare ... | head -1`: when the reader closes the pipe, exit 141 with no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gptlab", "compare", "gpt2", "llama", "hybrid"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr

@@ -155,3 +155,36 @@ def test_cpu_sdpa_formula_is_registered_once() -> None:
     with counter:
         torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
     assert counter.get_total_flops() == 2 * 2 * (2 * 4 * 16 * 16 * 8)  # QK^T and attn@V, full square, 2 FLOPs/MAC
+
+
+def test_cpu_sdpa_formula_counts_gqa_as_expanded_kv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GQA through the CPU fused kernel counts as K/V expanded to the query's heads, and never hands
+    PyTorch's formulas unequal head counts (before 2.13 they assert equal heads)."""
+    import torch.nn.functional as F
+
+    import gptlab.telemetry.flops as flops
+
+    calls = []
+
+    def equal_heads_only(real):  # PyTorch < 2.13's formulas
+        def count(*shapes):
+            assert len({shape[1] for shape in shapes}) == 1, "sdpa_flop_count: query/key/value shapes are incompatible"
+            calls.append(shapes)
+            return real(*shapes)
+
+        return count
+
+    monkeypatch.setattr(flops, "sdpa_flop_count", equal_heads_only(flops.sdpa_flop_count))
+    monkeypatch.setattr(flops, "sdpa_backward_flop_count", equal_heads_only(flops.sdpa_backward_flop_count))
+
+    def total(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa).sum().backward()
+        return counter.get_total_flops()
+
+    q, k, v = (torch.randn(2, h, 16, 8, requires_grad=True) for h in (8, 2, 2))
+    grouped = total(q, k, v, gqa=True)
+    assert calls, "the CPU fused kernel's formula was not used"
+    expanded = total(q, *(t.detach().repeat_interleave(4, dim=1).requires_grad_() for t in (k, v)), gqa=False)
+    assert grouped == expanded == 7 * 2 * 2 * 8 * 16 * 16 * 8  # forward 2 matmuls, backward 5 (QK^T again + 4 grads)
