@@ -4,8 +4,8 @@ does not move with the machine's load, where a timed ratio on a shared 2-core ma
 (one thread, fixed hash seed), once with WARMUP steps and once with WARMUP + STEPS; the difference
 over STEPS is the count per step, with imports, model building and warm-up subtracted out.
 
-python bench/step_instructions.py                       # small llama-style model (about 15 minutes)
-python bench/step_instructions.py --steps 10 --n_layer 2
+python bench/step_instructions.py --n_layer 2 --batch_size 4 --warmup 2   # about 20 minutes on 2 cores
+python bench/step_instructions.py                       # the train_step.py model (4 x 128, batch 16): an hour or more
 
 Needs valgrind (Debian's package). Counts are per step, all micro-steps included; with the default
 gradient_log_interval=10, STEPS a multiple of 10 holds the same share of statistics steps as training.
@@ -61,7 +61,8 @@ def cachegrind_count(cmd: list[str], out: Path) -> int:
 def count_instructions(a: argparse.Namespace, loop: str, steps: int, work: Path) -> int:
     """Instructions executed by a worker process running ``steps`` steps of ``loop``."""
     flags = run_flags(a)
-    worker = [sys.executable, __file__, "--worker", f"--loop={loop}", f"--run={steps}", f"--out_dir={work / loop}"]
+    out_dir = work / f"{loop}-{steps}"
+    worker = [sys.executable, __file__, "--worker", f"--loop={loop}", f"--run={steps}", f"--out_dir={out_dir}"]
     return cachegrind_count([*worker, *flags], work / f"cachegrind.{loop}.{steps}")
 
 
@@ -70,6 +71,7 @@ def main() -> None:
     add_run_args(p)
     p.add_argument("--warmup", type=int, default=3, help="steps run in both processes of a loop (subtracted out)")
     p.add_argument("--steps", type=int, default=10, help="steps counted per loop")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes at a time (one core each)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--loop", choices=("plain", "gptlab"), help=argparse.SUPPRESS)
     p.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)
@@ -80,15 +82,21 @@ def main() -> None:
         p.error("instruction counts are for eager CPU runs: leave --device and --compile at their defaults")
     if shutil.which("valgrind") is None:
         p.error("valgrind not found (Debian: apt-get install valgrind)")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gptlab.data.datasets import ensure_prepared
+
+    ensure_prepared(a.dataset, a.data_dir)  # once, before workers that would race to prepare it
+    runs = [(loop, n) for loop in ("plain", "gptlab") for n in (a.warmup, a.warmup + a.steps)]
+    with tempfile.TemporaryDirectory(prefix="gptlab-instr-") as tmp, ThreadPoolExecutor(a.jobs) as pool:
+        work = Path(tmp)  # the counts do not depend on what else runs, so the workers may share the cores
+        counts = dict(zip(runs, pool.map(lambda run: count_instructions(a, *run, work), runs)))
     per_step = {}
-    with tempfile.TemporaryDirectory(prefix="gptlab-instr-") as tmp:
-        work = Path(tmp)
-        for loop in ("plain", "gptlab"):
-            base = count_instructions(a, loop, a.warmup, work)
-            total = count_instructions(a, loop, a.warmup + a.steps, work)
-            per_step[loop] = (total - base) / a.steps
-            print(f"{loop:8s} {a.warmup} steps: {base:,} instr; {a.warmup + a.steps} steps: {total:,}; "
-                  f"per step {per_step[loop]:,.0f}", flush=True)  # fmt: skip
+    for loop in ("plain", "gptlab"):
+        base, total = counts[loop, a.warmup], counts[loop, a.warmup + a.steps]
+        per_step[loop] = (total - base) / a.steps
+        print(f"{loop:8s} {a.warmup} steps: {base:,} instr; {a.warmup + a.steps} steps: {total:,}; "
+              f"per step {per_step[loop]:,.0f}")  # fmt: skip
     print(f"model: {a.preset} {a.n_layer} x {a.n_embd}, block {a.block_size}, batch {a.batch_size} x {a.grad_accum}")
     print(f"gptlab / plain instructions per step: {per_step['gptlab'] / per_step['plain']:.4f} "
           f"({per_step['gptlab'] - per_step['plain']:+,.0f} per step)")  # fmt: skip
