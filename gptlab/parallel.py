@@ -130,7 +130,7 @@ def check_same_config(config: dict[str, Any], info: DistInfo) -> None:
         differ = [r for r, h in enumerate(hashes) if h != hashes[0]]
         raise ConfigError(
             f"the ranks disagree on the config: rank(s) {differ} resolved a different config than rank 0 "
-            "(same config file, overrides, dataset and code on every node?)"
+            "(same config file, overrides, dataset, checkpoint and code on every node?)"
         )
 
 

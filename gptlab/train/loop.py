@@ -169,7 +169,8 @@ class Trainer:
         self.iter_num, self.best_val_loss = 0, float("inf")
         self.arch, ckpt, pretrained = self._resolve_init(run)
         self.run_config = RunConfig(train=cfg, arch=self.arch)
-        parallel.check_same_config(self.run_config.to_dict(), self.dist)  # a mismatch fails here, not in a hang
+        # a mismatch fails here, not in a hang; with the iteration resumed from (nodes reading different disks)
+        parallel.check_same_config({**self.run_config.to_dict(), "start_iter": self.iter_num}, self.dist)
         loader_args = dict(batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device)
         # rank 0's stream for every rank: ranks take different global micro-batch indices (module docstring)
         self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, rank=0, **loader_args)
