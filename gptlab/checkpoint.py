@@ -205,11 +205,15 @@ def read_saved_train_config(path: str | Path) -> dict[str, Any]:
     """The training settings a checkpoint was written with (``{}`` for one that has none)."""
     path = Path(path)
     meta = load_checkpoint_meta(path) if is_dcp_dir(path) else _torch_load_checked(path)  # ckpt.pt: memory-mapped
+    return _saved_train(meta)
+
+
+def _saved_train(meta: dict[str, Any]) -> dict[str, Any]:
     return dict((meta.get("config") or {}).get("train") or {})
 
 
 def _optimizer_settings(meta: dict[str, Any]) -> tuple[float, float, tuple[float, float]]:
-    train = (meta.get("config") or {}).get("train") or {}
+    train = _saved_train(meta)
     return (
         float(train.get("weight_decay", 0.1)),
         float(train.get("learning_rate", 6e-4)),

@@ -240,16 +240,13 @@ def resumed_values(
     if path is None:
         return values, {}, None
     saved = {k: v for k, v in read_saved_train_config(path).items() if k in TRAIN_FIELDS and k not in LAUNCH_KEYS}
-    preset = saved.pop("arch_preset", None)  # the architecture is the checkpoint's own, whatever the preset
-    if "arch_preset" in explicit and preset is not None and values["arch_preset"] != preset:
+    changed = {k: (v, values[k]) for k, v in saved.items() if k in explicit and values[k] != v}
+    if "arch_preset" in changed:  # the architecture is the checkpoint's own
         raise ConfigError(
             f"arch_preset={values['arch_preset']!r} conflicts with the checkpoint resumed from {str(path)!r} "
-            f"(arch_preset={preset!r}): a resumed run keeps its architecture"
+            f"(arch_preset={saved['arch_preset']!r}): a resumed run keeps its architecture"
         )
     merged = {**values, **{k: v for k, v in saved.items() if k not in explicit}}
-    if preset is not None:
-        merged["arch_preset"] = preset
-    changed = {k: (v, values[k]) for k, v in saved.items() if k in explicit and values[k] != v}
     return merged, changed, str(path)
 
 

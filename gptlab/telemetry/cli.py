@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gptlab.config.model import PRESETS, ModelArchitectureConfig, get_preset_config
+from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig, get_preset_config
 from gptlab.config.overrides import parse_overrides
-from gptlab.errors import ConfigError
+from gptlab.config.train import ALL_KEYS, load_config_file, resolve_run_config
+from gptlab.errors import ConfigError, did_you_mean
 
 GB = 1e9
 
@@ -32,23 +33,17 @@ def _si(x: float) -> str:
 
 def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
     """The architecture of a preset name or a training config file, with --key=value overrides."""
-    from gptlab.config.model import ARCH_FIELDS
-    from gptlab.config.train import ALL_KEYS
-    from gptlab.errors import did_you_mean
-
     overrides = {**parse_overrides(extra), **{k: v for k, v in fixed.items() if v is not None}}
     is_file = args.preset.endswith(".py")
     known = ALL_KEYS if is_file else ARCH_FIELDS
+    options = [k for k in vars(args) if k not in ("preset", "func", "command")]
     for key in overrides:  # a typo of the command's own options is suggested too
         if key not in known:
-            options = [k for k in vars(args) if k not in ("preset", "func", "command")]
             raise ConfigError(
                 f"unknown option --{key}{did_you_mean(key, [*options, *known])}: this command takes "
                 f"--{', --'.join(options)} and the architecture keys ({', '.join(ARCH_FIELDS)})"
             )
     if is_file:
-        from gptlab.config.train import load_config_file, resolve_run_config
-
         return resolve_run_config({**load_config_file(args.preset), **overrides}).arch
     return get_preset_config(args.preset, **overrides)
 
