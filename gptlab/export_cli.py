@@ -29,9 +29,11 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
         hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"]))
     save_single_file({**ckpt, "model": clean_state_dict(ckpt["model"])}, out)
     if hf:
-        from gptlab.model.convert import model_from_checkpoint
+        from gptlab.model.convert import model_from_checkpoint, special_tokens_for
 
-        model_from_checkpoint(ckpt).save_pretrained(out)
+        model = model_from_checkpoint(ckpt)
+        # the end-of-text id of the tokenizer the run trained with (a nanoGPT ckpt.pt names none)
+        model.save_pretrained(out, special_tokens_for(ckpt.get("tokenizer"), model.config.vocab_size))
     return out / CHECKPOINT_NAME
 
 

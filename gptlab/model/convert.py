@@ -21,6 +21,7 @@ from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.gpt import ConfigurableGPT
 
 GPT2_EOT_ID = 50256  # GPT-2 BPE's <|endoftext|>
+HF_SPECIAL_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 COMPILED_PREFIX = "_orig_mod."  # what torch.compile puts in front of every state-dict key
 SUPPORTED_HF = ("gpt2", "llama")
 EXPECTED = (
@@ -241,7 +242,10 @@ def _from_hf(
     if model_type not in importers:
         raise CheckpointError(f"config.json model_type={model_type!r} is not supported: expected one of {SUPPORTED_HF}")
     base, state = importers[model_type](hf, dict(read_state()))
-    return _build(_apply(base, overrides), state, f"Hugging Face {model_type} model")
+    model = _build(_apply(base, overrides), state, f"Hugging Face {model_type} model")
+    # the source's special ids travel to save_pretrained: a LLaMA-3's are 128000/128001, a LLaMA-2's 1/2
+    model.hf_special_tokens = {k: hf.get(k) for k in HF_SPECIAL_TOKEN_KEYS}
+    return model
 
 
 def _unsupported(key: str, value: Any, why: str) -> CheckpointError:
@@ -440,8 +444,24 @@ _EXPORTERS: dict[str, Callable[[ConfigurableGPT], tuple[dict[str, Any], dict[str
 }
 
 
-def save_pretrained(model: ConfigurableGPT, directory: str | Path) -> Path:
-    """Export in Hugging Face layout: ``config.json`` + ``model.safetensors``."""
+def special_tokens_for(tokenizer: dict[str, Any] | None, vocab_size: int) -> dict[str, int | None]:
+    """The ids a Hugging Face config names as bos/eos: the end-of-text token of the tokenizer the
+    model was trained with (a prepared dataset's meta), else GPT-2 BPE's ``<|endoftext|>`` where the
+    vocabulary has it, else none (transformers' defaults, 50256 for GPT-2 and 1/2 for LLaMA, would
+    name ids outside or meaningless in a small vocabulary)."""
+    if tokenizer is not None:
+        eot = tokenizer.get("eot_token")
+    else:
+        eot = GPT2_EOT_ID if vocab_size > GPT2_EOT_ID else None
+    return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": None}
+
+
+def save_pretrained(
+    model: ConfigurableGPT, directory: str | Path, special_tokens: dict[str, int | None] | None = None
+) -> Path:
+    """Export in Hugging Face layout: ``config.json`` + ``model.safetensors``. ``special_tokens``
+    (bos/eos/pad ids) default to those of the Hugging Face model it was imported from, if any, else
+    to ``special_tokens_for(None, vocab_size)``."""
     try:
         from safetensors.torch import save_file
     except ImportError:
@@ -451,10 +471,9 @@ def save_pretrained(model: ConfigurableGPT, directory: str | Path) -> Path:
     if model.config.weight_tying:
         state.pop("lm_head.weight", None)  # safetensors refuses shared storage; HF re-ties on load
     hf_config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
-    # GPT-2 BPE's <|endoftext|> where the vocabulary has it; otherwise none (transformers' defaults,
-    # 50256 for GPT-2 and 1/2 for LLaMA, would name ids outside or meaningless in a small vocabulary)
-    eot = GPT2_EOT_ID if model.config.vocab_size > GPT2_EOT_ID else None
-    hf_config.update(bos_token_id=eot, eos_token_id=eot)
+    if special_tokens is None:
+        special_tokens = getattr(model, "hf_special_tokens", None) or special_tokens_for(None, model.config.vocab_size)
+    hf_config.update({k: special_tokens.get(k) for k in HF_SPECIAL_TOKEN_KEYS})
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}

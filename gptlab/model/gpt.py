@@ -181,11 +181,12 @@ class ConfigurableGPT(nn.Module):
 
         return load_pretrained(src, **overrides)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` that ``transformers`` loads."""
+    def save_pretrained(self, directory: str | Path, special_tokens: dict[str, int | None] | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` that ``transformers`` loads; bos/eos/pad ids
+        from ``special_tokens``, else those of the Hugging Face model this one was imported from."""
         from gptlab.model.convert import save_pretrained
 
-        return save_pretrained(self, directory)
+        return save_pretrained(self, directory, special_tokens)
 
     # ------------------------------------------------------------------ telemetry (gptlab.telemetry)
     def estimate_mfu_detailed(self, fwdbwd_per_iter: float, dt: float, **kwargs: Any) -> dict[str, Any]:

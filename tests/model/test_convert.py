@@ -98,13 +98,15 @@ def test_llama_import_matches_transformers(kw: dict, tokens: torch.Tensor) -> No
 
 @pytest.mark.parametrize("make", [_gpt2, _llama])
 def test_export_round_trips_through_transformers(make, tokens: torch.Tensor, tmp_path: Path) -> None:
-    hf = make()
+    hf = make(bos_token_id=3, eos_token_id=5, pad_token_id=7)  # the source's special ids, kept
     ours = ConfigurableGPT.from_pretrained(hf)
     ours.save_pretrained(tmp_path / "export")
     assert {p.name for p in (tmp_path / "export").iterdir()} == {"config.json", "model.safetensors"}
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     assert type(back) is type(hf)
     assert (_hf_logits(back, tokens) - _logits(ours, tokens)).abs().max() <= TOL
+    ids = ("bos_token_id", "eos_token_id", "pad_token_id")
+    assert [getattr(back.config, k) for k in ids] == [3, 5, 7]
     # and a local directory loads back into gptlab unchanged
     again = ConfigurableGPT.from_pretrained(tmp_path / "export")
     assert again.config == ours.config
@@ -132,6 +134,18 @@ def test_export_names_gpt2_endoftext_where_the_vocabulary_has_it(tmp_path: Path)
     ConfigurableGPT(get_debug_config("gpt2", vocab_size=50304)).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"]) == (50256, 50256)
+
+
+def test_special_ids_follow_the_training_tokenizer() -> None:
+    from gptlab.model.convert import special_tokens_for
+
+    def bos_eos(tokenizer: dict | None, vocab: int) -> tuple:
+        ids = special_tokens_for(tokenizer, vocab)
+        return ids["bos_token_id"], ids["eos_token_id"]
+
+    assert bos_eos({"name": "gpt2", "vocab_size": 50257, "eot_token": 50256}, 50304) == (50256, 50256)
+    assert bos_eos({"name": "char", "stoi": {}}, 60000) == (None, None)  # a char vocabulary has no end-of-text
+    assert bos_eos(None, 50304) == (50256, 50256) and bos_eos(None, 97) == (None, None)  # no tokenizer known
 
 
 def test_export_of_architecture_without_hf_equivalent_fails_clearly(tmp_path: Path) -> None:

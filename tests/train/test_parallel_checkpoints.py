@@ -98,6 +98,8 @@ def test_export_fsdp_checkpoint_to_single_file_and_hf(data_dir: Path, tmp_path: 
     hf = ConfigurableGPT.from_pretrained(tmp_path / "out")
     for key, value in hf.state_dict().items():
         torch.testing.assert_close(value, src["model"][key])
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["eos_token_id"] is None  # trained on a char vocabulary: no end-of-text id to name
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o2")
