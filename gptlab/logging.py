@@ -100,13 +100,19 @@ class TrainingLogger:
         self.stream.write(text + "\n")
         self.stream.flush()
 
-    def _scalars(self, step: int, values: dict[str, Any], prefix: str) -> None:
-        numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    def _scalars(self, step: int, sections: dict[str, dict[str, Any]]) -> None:
+        """The numbers of each section as ``section/name`` scalars, in one wandb call per step."""
+        numeric = {
+            f"{section}/{k}": v
+            for section, values in sections.items()
+            for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if self._wandb is not None:
-            self._wandb.log({f"{prefix}/{k}": v for k, v in numeric.items()}, step=step)
+            self._wandb.log(numeric, step=step)
         if self._tb is not None:
             for k, v in numeric.items():
-                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+                self._tb.add_scalar(k, v, step)
 
     def log_startup_info(self, info: dict[str, Any], rendered: str | None = None) -> None:
         """Record the startup report (and print its rendering)."""
@@ -130,7 +136,7 @@ class TrainingLogger:
         record = {"iter": iter_num, "train_loss": train_loss, "val_loss": val_loss, **extra}
         self.evals.append(record)
         self._write({"type": "eval", **record})
-        self._scalars(iter_num, {"train_loss": train_loss, "val_loss": val_loss}, "eval")
+        self._scalars(iter_num, {"eval": {"train_loss": train_loss, "val_loss": val_loss}})
         self._print(f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
 
     def log_iter_detailed(
@@ -172,9 +178,8 @@ class TrainingLogger:
             record["gradients"] = grad_stats
         self.iters.append(record)
         self._write({"type": "iter", **record})
-        flat = {**{k: v for k, v in record.items() if not isinstance(v, dict)}, **(memory_stats or {})}
-        flat.update({f"grad_{k}": v for k, v in (grad_stats or {}).items()})
-        self._scalars(iter_num, flat, "train")
+        top = {k: v for k, v in record.items() if not isinstance(v, dict) and k != "iter"}  # iter: the step
+        self._scalars(iter_num, {"train": top, "memory": memory_stats or {}, "gradients": grad_stats or {}})
         self._print(self._render(record, mfu, memory_stats or {}, grad_stats or {}))
         self._show_status(iter_num)
 

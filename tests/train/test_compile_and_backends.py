@@ -4,6 +4,7 @@ backends (exercised through stand-in modules: neither package is needed to run g
 from __future__ import annotations
 
 import io
+import json
 import sys
 import types
 from pathlib import Path
@@ -75,6 +76,9 @@ def test_wandb_backend_receives_metrics(data_dir: Path, tmp_path: Path, monkeypa
     assert run.init_kwargs["project"] == "p" and run.init_kwargs["name"] == "r" and run.finished
     keys = {k for _, values in run.logged for k in values}
     assert {"train/loss", "train/lr", "train/tokens_per_sec", "eval/val_loss"} <= keys
+    # telemetry in its own sections, named as in log.jsonl (no "train/grad_grad_max")
+    assert {"gradients/global_norm", "gradients/grad_max", "memory/rss_gb"} <= keys
+    assert not {k for k in keys if "grad_grad" in k or k == "train/iter"} and "train/grad_norm" in keys
     assert [step for step, values in run.logged if "train/loss" in values] == list(range(5))
 
 
@@ -97,6 +101,24 @@ def test_tensorboard_backend_writes_scalars(data_dir: Path, tmp_path: Path, monk
     train(parse_run_args(tiny_args(data_dir, tmp_path, tensorboard_log=True, max_iters=3)), stream=io.StringIO())
     tags = {tag for tag, _, _ in written}
     assert {"train/loss", "eval/val_loss", "closed"} <= tags
+
+
+def test_real_tensorboard_events_hold_the_logged_losses(data_dir: Path, tmp_path: Path) -> None:
+    """The real SummaryWriter (CI installs tensorboard): the event file reads back with TensorBoard's
+    own reader, each scalar at its iteration, equal to log.jsonl's value."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(parse_run_args(tiny_args(data_dir, tmp_path, tensorboard_log=True, max_iters=4)), stream=io.StringIO())
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "eval/val_loss", "gradients/global_norm", "memory/rss_gb"} <= tags
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = {r["iter"]: r["loss"] for r in rows if r["type"] == "iter"}
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert logged.keys() == losses.keys()
+    assert all(abs(logged[i] - losses[i]) <= 1e-6 * max(1.0, abs(losses[i])) for i in losses)  # float32 in the file
 
 
 def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
