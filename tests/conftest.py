@@ -24,3 +24,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+HUB_SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def offline_hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Hugging Face's cache in a temporary directory, read in offline mode (HF_HUB_OFFLINE=1), as
+    ``huggingface_hub`` lays it out; returns ``put(repo_id, model)``, which caches a
+    ``transformers`` model (or anything with ``save_pretrained``) as that repository's main revision."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    cache = tmp_path_factory.mktemp("hf_hub")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def put(repo_id: str, model) -> None:
+        folder = cache / ("models--" + repo_id.replace("/", "--"))
+        model.save_pretrained(folder / "snapshots" / HUB_SNAPSHOT)
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / "main").write_text(HUB_SNAPSHOT)
+
+    return put

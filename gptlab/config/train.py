@@ -41,7 +41,7 @@ class TrainConfig:
     eval_iters: int = 200
     eval_only: bool = False
     always_save_checkpoint: bool = True
-    init_from: str = "scratch"  # 'scratch' | 'resume' | a local HF dir, nanoGPT or gptlab ckpt.pt
+    init_from: str = "scratch"  # 'scratch' | 'resume' | a local HF dir / ckpt.pt | a Hub name (gpt2-xl, org/name)
     overwrite: bool = False  # a new run may replace a previous run's files in out_dir
     # logging backends
     wandb_log: bool = False

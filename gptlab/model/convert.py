@@ -9,6 +9,7 @@ re-derived, so logits match the reference implementation to float rounding.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,57 @@ COMPILED_PREFIX = "_orig_mod."  # what torch.compile puts in front of every stat
 SUPPORTED_HF = ("gpt2", "llama")
 EXPECTED = (
     "a Hugging Face GPT-2 or LLaMA model directory (config.json + *.safetensors or "
-    "pytorch_model.bin), a nanoGPT ckpt.pt (or a directory holding one), or an in-memory "
-    "transformers GPT2LMHeadModel / LlamaForCausalLM"
+    "pytorch_model.bin) or Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, org/name), a nanoGPT "
+    "ckpt.pt (or a directory holding one), or an in-memory transformers GPT2LMHeadModel / LlamaForCausalLM"
 )
+# nanoGPT's init_from names for OpenAI's GPT-2 checkpoints, and where they live on the Hub
+NANOGPT_HUB_NAMES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_WEIGHTS = (["*.safetensors", "*.safetensors.index.json"], ["pytorch_model*.bin", "pytorch_model.bin.index.json"])
 
 
 # ---------------------------------------------------------------------------- loading
+
+
+def hub_repo_id(name: str) -> str | None:
+    """The Hugging Face Hub repository ``name`` means (nanoGPT's ``gpt2-xl`` or ``org/name``), else None."""
+    if name in NANOGPT_HUB_NAMES:
+        return NANOGPT_HUB_NAMES[name]
+    is_file_name = Path(name).suffix in (".pt", ".pth", ".bin", ".safetensors", ".json", ".dcp")
+    return name if HUB_REPO_ID.fullmatch(name) and not is_file_name else None
+
+
+def download_hub_model(repo_id: str) -> Path:
+    """A Hub model's config.json and weights (safetensors, else pytorch_model*.bin) as a local
+    directory: Hugging Face's cache, filled on first use; with HF_HUB_OFFLINE=1 only the cache is read."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"downloading {repo_id!r} needs huggingface_hub: pip install 'gptlab[hf]'") from None
+    path = None
+    for weights in HUB_WEIGHTS:
+        try:
+            path = Path(snapshot_download(repo_id, allow_patterns=["config.json", *weights]))
+        except Exception as e:  # offline, not found, gated: one line and the ways out
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(
+                f"cannot get {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {first[:200]}); "
+                "offline, HF_HUB_OFFLINE=1 reads Hugging Face's cache; or pass an existing local path"
+            ) from None
+        if any(path.glob(weights[0])):
+            return path
+    return path  # type: ignore[return-value]  # no weights: _read_hf_weights says so
+
+
+def resolve_pretrained(src: str | Path) -> Path:
+    """A local path that exists, or a Hub model name downloaded into Hugging Face's cache."""
+    path = Path(src).expanduser()
+    if path.exists():
+        return path
+    repo_id = hub_repo_id(str(src))
+    if repo_id is None:
+        raise CheckpointError(f"{str(src)!r} is neither an existing path nor a Hub model name: expected {EXPECTED}")
+    return download_hub_model(repo_id)
 
 
 def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
@@ -40,9 +86,7 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
         return _from_hf(src.config.to_dict(), src.state_dict, overrides)
     if not isinstance(src, (str, Path)):
         raise CheckpointError(f"cannot load weights from a {type(src).__name__}: expected {EXPECTED}")
-    path = Path(src).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{str(src)!r} does not exist (nothing is downloaded): expected {EXPECTED}")
+    path = resolve_pretrained(src)
     if path.is_dir():
         hf_config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
         if hf_config is not None and ("model_type" in hf_config or not (path / "ckpt.pt").is_file()):

@@ -175,8 +175,8 @@ class ConfigurableGPT(nn.Module):
     # ------------------------------------------------------------------ weights in and out
     @classmethod
     def from_pretrained(cls, src: Any, **overrides: Any) -> ConfigurableGPT:
-        """Load a Hugging Face GPT-2 / LLaMA model (local directory or in-memory ``transformers``
-        model) or a nanoGPT ``ckpt.pt``. ``overrides`` may change e.g. ``dropout``."""
+        """Load a Hugging Face GPT-2 / LLaMA model (local directory, Hub name such as ``gpt2``, or
+        in-memory ``transformers`` model) or a nanoGPT ``ckpt.pt``. ``overrides`` may change e.g. ``dropout``."""
         from gptlab.model.convert import load_pretrained
 
         return load_pretrained(src, **overrides)

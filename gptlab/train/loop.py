@@ -45,8 +45,9 @@ from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig
 from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
-from gptlab.errors import USER_ERRORS, CheckpointError, ConfigError, GptlabError
+from gptlab.errors import USER_ERRORS, CheckpointError, ConfigError, GptlabError, did_you_mean
 from gptlab.logging import TrainingLogger
+from gptlab.model.convert import NANOGPT_HUB_NAMES, hub_repo_id, resolve_pretrained
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.schedule import get_lr
@@ -293,12 +294,14 @@ class Trainer:
             _check_arch_overrides(run, ckpt["arch"], str(path))
             arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in FREE_ARCH_KEYS if k in run.explicit}}
             return ModelArchitectureConfig.from_dict(arch_dict), ckpt, None
-        # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint to fine-tune
-        path = Path(cfg.init_from).expanduser()
-        if not path.exists():
+        # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint, or a Hub model, to fine-tune
+        if not Path(cfg.init_from).expanduser().exists() and hub_repo_id(cfg.init_from) is None:
             raise ConfigError(
-                f"init_from={cfg.init_from!r} is neither 'scratch', 'resume' nor an existing local checkpoint path"
+                f"init_from={cfg.init_from!r} is neither 'scratch', 'resume', an existing local checkpoint path "
+                "nor a Hugging Face Hub model (gpt2, gpt2-medium, gpt2-large, gpt2-xl, org/name)"
+                + did_you_mean(cfg.init_from, ["scratch", "resume", *NANOGPT_HUB_NAMES])
             )
+        path = resolve_pretrained(cfg.init_from)
         model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
         _check_arch_overrides(run, model.config.to_dict(), str(path), may_shrink_block=True)
         if model.config.vocab_size < vocab:

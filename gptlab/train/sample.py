@@ -18,7 +18,7 @@ from gptlab.errors import CheckpointError, ConfigError, did_you_mean
 class SampleConfig:
     """nanoGPT's sample.py settings."""
 
-    init_from: str = "resume"  # 'resume' (out_dir/ckpt.pt) or a local HF dir / nanoGPT or gptlab ckpt.pt
+    init_from: str = "resume"  # 'resume' (out_dir/ckpt.pt), a local HF dir / ckpt.pt, a Hub name (gpt2-xl)
     out_dir: str = "out"
     start: str = "\n"  # or "FILE:prompt.txt"
     num_samples: int = 3

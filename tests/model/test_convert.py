@@ -220,7 +220,7 @@ def test_from_pretrained_overrides(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- errors
-def test_not_a_checkpoint_gives_one_line_errors(tmp_path: Path) -> None:
+def test_not_a_checkpoint_gives_one_line_errors(tmp_path: Path, offline_hub) -> None:
     cases = []
     cases.append(tmp_path / "missing.pt")
     (tmp_path / "empty").mkdir()
@@ -241,11 +241,40 @@ def test_not_a_checkpoint_gives_one_line_errors(tmp_path: Path) -> None:
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
     cases.append(bert)
-    for src in [*cases, "gpt2", 42]:
+    for src in [*cases, "not-a-model", 42]:
         with pytest.raises(CheckpointError) as info:
             ConfigurableGPT.from_pretrained(src)
         msg = str(info.value)
         assert "\n" not in msg and ("expected" in msg or "supported" in msg), msg
+    for name in ("gpt2", "someone/tiny-model"):  # Hub names, not in the (offline) cache
+        with pytest.raises(CheckpointError, match=r"cannot get .* from the Hugging Face Hub .*HF_HUB_OFFLINE=1"):
+            ConfigurableGPT.from_pretrained(name)
+
+
+def test_hub_names_and_local_paths() -> None:
+    from gptlab.model.convert import hub_repo_id
+
+    assert (
+        hub_repo_id("gpt2-xl") == "openai-community/gpt2-xl" and hub_repo_id("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+    )
+    for local in (
+        "out/ckpt.pt",
+        "ckpt.pt",
+        "./out/run",
+        "/abs/dir",
+        "a/b/c",
+        "gpt3",
+        "run.dcp",
+        "out/ckpt-0000012.dcp",
+    ):
+        assert hub_repo_id(local) is None, local
+
+
+def test_hub_model_from_the_cache_matches_transformers(offline_hub, tokens: torch.Tensor) -> None:
+    hf = _llama(bos_token_id=1, eos_token_id=2)
+    offline_hub("someone/tiny-llama", hf)
+    ours = ConfigurableGPT.from_pretrained("someone/tiny-llama")
+    assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
 
 
 def test_unsupported_hf_options_are_named() -> None:

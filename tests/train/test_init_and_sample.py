@@ -59,11 +59,32 @@ def test_run_directory_loads_and_conflicting_overrides_fail(data_dir: Path, tmp_
         )
 
 
-def test_init_from_missing_path_is_one_line(data_dir: Path, tmp_path: Path) -> None:
-    from gptlab.errors import ConfigError
+def test_init_from_missing_path_is_one_line(data_dir: Path, tmp_path: Path, offline_hub) -> None:
+    from gptlab.errors import CheckpointError, ConfigError
 
-    with pytest.raises(ConfigError, match="neither 'scratch', 'resume' nor an existing"):
+    with pytest.raises(ConfigError, match=r"neither 'scratch', 'resume', an existing .*did you mean 'gpt2-medium'"):
+        Trainer(parse_run_args(tiny_args(data_dir, tmp_path, init_from="gpt2-medum")), stream=io.StringIO())
+    # a Hub name neither cached nor reachable: one line with the ways out
+    with pytest.raises(CheckpointError, match=r"cannot get 'openai-community/gpt2-xl' from .*HF_HUB_OFFLINE=1") as e:
         Trainer(parse_run_args(tiny_args(data_dir, tmp_path, init_from="gpt2-xl")), stream=io.StringIO())
+    assert "\n" not in str(e.value)
+
+
+def test_init_from_hub_name_as_nanogpt(data_dir: Path, tmp_path: Path, offline_hub) -> None:
+    """nanoGPT's --init_from=gpt2 (and any org/name) reads Hugging Face's cache: here an offline one."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64))
+    offline_hub("openai-community/gpt2", hf.eval())
+    out = tmp_path / "ft"
+    run = parse_run_args(tiny_args(data_dir, out, init_from="gpt2", block_size=32, max_iters=2, n_head=2, n_embd=32))
+    trainer = Trainer(run, stream=io.StringIO())
+    x = torch.randint(0, 50257, (1, 16))
+    with torch.no_grad():
+        ours = trainer.raw_model.eval()(x, x)[0]  # the Hub model's weights, before any step
+        assert (ours - hf(x).logits).abs().max() <= 1e-4
+    trainer.run()
+    assert _records(out)[0]["training"]["init_from"] == "gpt2"
+    assert ConfigurableGPT.from_pretrained("gpt2").config.n_embd == 32  # the API reads the same cache
 
 
 def test_root_sample_script(data_dir: Path, tmp_path: Path) -> None:
