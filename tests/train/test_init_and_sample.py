@@ -196,3 +196,30 @@ def test_logged_hfu_counts_activation_checkpointing(data_dir: Path, tmp_path: Pa
     for r in (r for r in _records(tmp_path) if r["type"] == "iter"):
         assert r["hfu"] / r["mfu"] == pytest.approx(fl.hfu_flops_per_token / fl.flops_per_token)
         assert r["hfu"] / r["mfu"] > 1.25  # the recomputed forward is counted
+
+
+def test_nanogpt_finetune_config_runs(data_dir: Path, tmp_path: Path, offline_hub) -> None:
+    """config/finetune_shakespeare.py as nanoGPT users run it (GPT-2 XL from the Hub, a constant LR,
+    checkpoints only on improvement), here with a tiny model in the Hub cache and the test data."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64))
+    offline_hub("openai-community/gpt2-xl", hf)
+    args = [
+        str(ROOT / "config" / "finetune_shakespeare.py"),
+        "--dataset='stdlib_char'",
+        f"--data_dir={str(data_dir)!r}",
+        f"--out_dir={str(tmp_path / 'ft')!r}",
+        "--device='cpu'",
+        "--compile=False",
+        "--block_size=32",
+        "--max_iters=2",
+        "--eval_interval=1",
+        "--eval_iters=2",
+        "--gradient_accumulation_steps=2",
+    ]
+    run = parse_run_args(args)
+    assert run.train.init_from == "gpt2-xl" and not run.train.decay_lr and run.train.learning_rate == 3e-5
+    summary = train(run, stream=io.StringIO())
+    assert summary["iterations"] == 3 and (tmp_path / "ft" / "ckpt.pt").exists()
+    lrs = {r["lr"] for r in _records(tmp_path / "ft") if r["type"] == "iter"}
+    assert lrs == {3e-5}
