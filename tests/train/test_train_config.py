@@ -15,9 +15,10 @@ from gptlab.train.schedule import get_lr
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(
-    "name", ["full_gpt2_124m", "full_llama_124m", "arch_team", "full_custom", "train_stdlib_char", "finetune_shakespeare"]
-)
+CONFIG_FILES = ["full_gpt2_124m", "full_llama_124m", "arch_team", "full_custom", "train_stdlib_char", "finetune_shakespeare"]
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
 def test_design_document_config_files_load(name: str) -> None:
     run = parse_run_args([str(ROOT / "config" / f"{name}.py")])
     assert run.arch.n_layer >= 1 and run.train.max_iters > 0
