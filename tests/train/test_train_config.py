@@ -15,7 +15,7 @@ from gptlab.train.schedule import get_lr
 ROOT = Path(__file__).resolve().parents[2]
 
 
-CONFIG_FILES = ["full_gpt2_124m", "full_llama_124m", "arch_team", "full_custom", "train_stdlib_char", "finetune_shakespeare"]
+CONFIG_FILES = sorted(p.stem for p in (ROOT / "config").glob("*.py"))  # every shipped config file
 
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
