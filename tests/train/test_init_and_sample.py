@@ -223,3 +223,25 @@ def test_nanogpt_finetune_config_runs(data_dir: Path, tmp_path: Path, offline_hu
     assert summary["iterations"] == 3 and (tmp_path / "ft" / "ckpt.pt").exists()
     lrs = {r["lr"] for r in _records(tmp_path / "ft") if r["type"] == "iter"}
     assert lrs == {3e-5}
+
+
+def test_nanogpt_eval_config_evaluates_hub_weights(data_dir: Path, tmp_path: Path, offline_hub) -> None:
+    """config/eval_gpt2.py: the Hub model's validation loss, no step taken, nothing trained."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64))
+    offline_hub("openai-community/gpt2", hf)
+    args = [
+        str(ROOT / "config" / "eval_gpt2.py"),
+        "--dataset='stdlib_char'",
+        f"--data_dir={str(data_dir)!r}",
+        f"--out_dir={str(tmp_path / 'eval')!r}",
+        "--device='cpu'",
+        "--compile=False",
+        "--block_size=32",
+        "--eval_iters=2",
+    ]
+    run = parse_run_args(args)
+    assert run.train.eval_only and run.train.init_from == "gpt2"
+    summary = train(run, stream=io.StringIO())
+    assert summary["final_val_loss"] > 0
+    assert not [r for r in _records(tmp_path / "eval") if r["type"] == "iter"]
