@@ -198,26 +198,20 @@ def test_logged_hfu_counts_activation_checkpointing(data_dir: Path, tmp_path: Pa
         assert r["hfu"] / r["mfu"] > 1.25  # the recomputed forward is counted
 
 
+def _shipped_config(name: str, data_dir: Path, out: Path, *extra: str) -> list[str]:
+    """A config/ file's command line, made small: the test data, the CPU, short blocks, 2 eval batches."""
+    small = ["--dataset='stdlib_char'", f"--data_dir={str(data_dir)!r}", f"--out_dir={str(out)!r}", "--device='cpu'"]
+    return [str(ROOT / "config" / f"{name}.py"), *small, "--compile=False", "--block_size=32", "--eval_iters=2", *extra]
+
+
 def test_nanogpt_finetune_config_runs(data_dir: Path, tmp_path: Path, offline_hub) -> None:
     """config/finetune_shakespeare.py as nanoGPT users run it (GPT-2 XL from the Hub, a constant LR,
     checkpoints only on improvement), here with a tiny model in the Hub cache and the test data."""
     transformers = pytest.importorskip("transformers")
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64))
     offline_hub("openai-community/gpt2-xl", hf)
-    args = [
-        str(ROOT / "config" / "finetune_shakespeare.py"),
-        "--dataset='stdlib_char'",
-        f"--data_dir={str(data_dir)!r}",
-        f"--out_dir={str(tmp_path / 'ft')!r}",
-        "--device='cpu'",
-        "--compile=False",
-        "--block_size=32",
-        "--max_iters=2",
-        "--eval_interval=1",
-        "--eval_iters=2",
-        "--gradient_accumulation_steps=2",
-    ]
-    run = parse_run_args(args)
+    extra = ["--max_iters=2", "--eval_interval=1", "--gradient_accumulation_steps=2"]
+    run = parse_run_args(_shipped_config("finetune_shakespeare", data_dir, tmp_path / "ft", *extra))
     assert run.train.init_from == "gpt2-xl" and not run.train.decay_lr and run.train.learning_rate == 3e-5
     summary = train(run, stream=io.StringIO())
     assert summary["iterations"] == 3 and (tmp_path / "ft" / "ckpt.pt").exists()
@@ -230,17 +224,7 @@ def test_nanogpt_eval_config_evaluates_hub_weights(data_dir: Path, tmp_path: Pat
     transformers = pytest.importorskip("transformers")
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64))
     offline_hub("openai-community/gpt2", hf)
-    args = [
-        str(ROOT / "config" / "eval_gpt2.py"),
-        "--dataset='stdlib_char'",
-        f"--data_dir={str(data_dir)!r}",
-        f"--out_dir={str(tmp_path / 'eval')!r}",
-        "--device='cpu'",
-        "--compile=False",
-        "--block_size=32",
-        "--eval_iters=2",
-    ]
-    run = parse_run_args(args)
+    run = parse_run_args(_shipped_config("eval_gpt2", data_dir, tmp_path / "eval"))
     assert run.train.eval_only and run.train.init_from == "gpt2"
     summary = train(run, stream=io.StringIO())
     assert summary["final_val_loss"] > 0
