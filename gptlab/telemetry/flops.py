@@ -13,8 +13,10 @@ Conventions, stated once and used everywhere:
   work a kernel that skips the masked half must still do).
 - Training = forward + backward, and the backward of a matmul is two matmuls of the same size
   (grad wrt input, grad wrt weight), so training matmul FLOPs = 3 x forward.
-- Hardware FLOPs (HFU) add what is computed twice: the forward of every block again under
-  activation checkpointing, and the QK^T that fused attention kernels recompute in backward.
+- Hardware FLOPs (HFU) add what is computed twice: under activation checkpointing the forward of
+  every block again (all but a pre-norm block's last matmul, the FFN output projection, when there
+  is no dropout: PyTorch stops recomputing once every saved tensor is back), and the QK^T that fused
+  attention kernels recompute in backward.
 """
 
 from __future__ import annotations
@@ -129,12 +131,26 @@ class FlopsBreakdown:
     @property
     def recompute_flops_per_token(self) -> float:
         """Matmul FLOPs per token computed a second time: checkpointed blocks' forward, fused QK^T."""
-        extra = self._sum(matmul=True, per_layer=True) if self.activation_checkpointing else 0.0
+        extra = 0.0
+        if self.activation_checkpointing:
+            extra += self._sum(matmul=True, per_layer=True) - self._unrecomputed_tail
         if self.config.attention_backend == "sdpa":
             # Flash / memory-efficient / cuDNN backward recomputes the scores from Q, K and the
             # saved log-sum-exp instead of storing the (S x S) probabilities: one more QK^T.
             extra += self.row("attn_scores (full-square)").forward_total
         return extra
+
+    @property
+    def _unrecomputed_tail(self) -> float:
+        """What a checkpointed block's recompute skips. PyTorch's (non-reentrant) checkpoint stops
+        recomputing once every tensor saved for backward is back: a pre-norm block without dropout
+        ends in the FFN output matmul, whose output nothing saves (its input is saved, and the
+        residual add saves nothing), so that matmul is not run again. Dropout's mask after it, or a
+        post-norm after the residual, needs its output: then the whole block is recomputed."""
+        cfg = self.config
+        if cfg.norm_position != "pre" or cfg.dropout > 0:
+            return 0.0
+        return 2 * cfg.n_embd * cfg.ffn_hidden_dim * cfg.n_layer
 
     @property
     def hfu_flops_per_token(self) -> float:

@@ -19,6 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from gptlab import ConfigurableGPT, get_debug_config, get_preset_config
+from gptlab.parallel import apply_activation_checkpointing
 from gptlab.telemetry.flops import compute_flops, register_cpu_sdpa_flop_formula
 from tests.arch_grid import parametrize_combo
 
@@ -52,6 +53,10 @@ def test_flop_counter_agrees_for_every_combination(combo: dict) -> None:
     assert _close(_count(model, idx, backward=False), fl.forward_flops_per_token * tokens)
     hardware = fl.hfu_flops_per_token if cfg.attention_backend == "sdpa" else fl.flops_per_token
     assert _close(_count(model, idx, backward=True), hardware * tokens)
+    # activation checkpointing: what PyTorch's checkpoint really recomputes (its early stop included)
+    apply_activation_checkpointing(model)
+    recomputed = compute_flops(cfg, activation_checkpointing=True)
+    assert _count(model, idx, backward=True) == recomputed.hfu_flops_per_token * tokens
 
 
 def test_fused_attention_recompute_is_exactly_one_qk_per_layer() -> None:
@@ -126,12 +131,22 @@ def test_gated_ffn_costs_match_errata_5() -> None:
     assert wide.ffn_flops_per_layer == 1.5 * std.ffn_flops_per_layer
 
 
-def test_activation_checkpointing_adds_block_forward_to_hfu_only() -> None:
-    cfg = get_preset_config("gpt2", attention_backend="manual")
+@pytest.mark.parametrize(("norm_position", "dropout"), [("pre", 0.0), ("pre", 0.1), ("post", 0.0)])
+def test_activation_checkpointing_adds_block_forward_to_hfu_only(norm_position: str, dropout: float) -> None:
+    cfg = get_preset_config("gpt2", attention_backend="manual", norm_position=norm_position, dropout=dropout)
     plain, ckpt = compute_flops(cfg), compute_flops(cfg, activation_checkpointing=True)
     assert ckpt.flops_per_token == plain.flops_per_token  # MFU uses model FLOPs only (ERRATA 7)
     blocks_forward = plain.forward_flops_per_token - plain.row("lm_head").forward
-    assert ckpt.hfu_flops_per_token == plain.flops_per_token + blocks_forward
+    # a pre-norm block without dropout ends in the FFN output matmul, which the recompute skips
+    skipped = 2 * 768 * 3072 * 12 if (norm_position, dropout) == ("pre", 0.0) else 0
+    assert ckpt.hfu_flops_per_token == plain.flops_per_token + blocks_forward - skipped
+    # and as PyTorch counts it (manual attention: the CPU's SDPA with dropout takes the unfused math path)
+    small = get_debug_config("gpt2", attention_backend="manual", norm_position=norm_position, dropout=dropout)
+    model = ConfigurableGPT(small).train()
+    apply_activation_checkpointing(model)
+    idx = torch.randint(0, small.vocab_size, (2, small.block_size))
+    hfu = compute_flops(small, activation_checkpointing=True).hfu_flops_per_token
+    assert _count(model, idx, backward=True) == hfu * idx.numel()
 
 
 def test_non_matmul_work_is_reported_apart() -> None:
