@@ -181,7 +181,13 @@ class ModelArchitectureConfig:
     def from_dict(cls, values: dict[str, Any]) -> ModelArchitectureConfig:
         """Build from a dict (e.g. a checkpoint's), rejecting unknown keys with a suggestion."""
         _reject_unknown_keys(values)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as e:  # a saved architecture was valid when saved: most likely a component of one's own
+            raise ConfigError(
+                f"{e}; a component registered by a config file must be registered again to load it: "
+                "pass that file (gptlab sample CONFIG.py ..., python train.py CONFIG.py --init_from=resume)"
+            ) from None
 
 
 def _ffn_class(name: str) -> Any:

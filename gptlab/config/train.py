@@ -17,6 +17,7 @@ from typing import Any
 from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig, check_field_types, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice
+from gptlab.model.registry import Registry
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -180,8 +181,10 @@ class RunConfig:
         return {"train": self.train.to_dict(), "arch": self.arch.to_dict()}
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Run a nanoGPT-style Python config file the user named and collect its assignments."""
+def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Run a nanoGPT-style Python config file the user named and collect its assignments: training
+    and architecture keys, and ``keys`` (another command's own)."""
+    known = sorted({*ALL_KEYS, *keys})
     path = Path(path)
     if not path.is_file():
         if "=" in str(path):
@@ -198,9 +201,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} failed: {type(e).__name__}: {e}") from None
     values = {k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)}
     values = {k: v for k, v in values.items() if not hasattr(v, "__spec__")}  # imported modules
+    values = {k: v for k, v in values.items() if not isinstance(v, Registry)}  # imported to register a component
     for key in values:
-        if key not in ALL_KEYS:
-            raise ConfigError(f"config file {str(path)!r}: unknown key {key!r}{did_you_mean(key, ALL_KEYS)}")
+        if key not in known:
+            raise ConfigError(f"config file {str(path)!r}: unknown key {key!r}{did_you_mean(key, known)}")
     return values
 
 

@@ -184,15 +184,18 @@ def estimate_activations(
         layer["logsumexp"] = FP32 * h * N
         if config.position_encoding == "alibi" and autocast:
             layer["alibi_bias_cast"] = c * h * T * T
-    elif backend == "manual":
+    else:  # manual, or a registered backend of unknown internals: taken to save what manual saves
+        if backend != "manual":
+            notes.append(
+                f"attention_backend={backend!r} assumed to save what 'manual' saves (the T x T probabilities): "
+                "an upper bound for a fused kernel"
+            )
         prob_bytes = FP32 + c if (autocast and device_type == "cuda") else c
         layer["qkv_copies"] = 3 * c * q_dim * N
         layer["attn_probs"] = prob_bytes * B * h * T * T
         if config.position_encoding != "alibi":
             layer["causal_mask"] = T * T  # bool
         layer["attn_output"] = c * q_dim * N
-    else:
-        raise ConfigError(f"attention_backend={backend!r}: activation memory is known for 'sdpa' and 'manual'")
     if rope and autocast:
         layer["rope_tables_cast"] = 4 * T * hd * c
     layer.update(_ffn_saved(config, c, N, matmul_input, notes))

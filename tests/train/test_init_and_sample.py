@@ -195,7 +195,7 @@ def test_logged_hfu_counts_activation_checkpointing(data_dir: Path, tmp_path: Pa
     fl = compute_flops(arch, activation_checkpointing=True)  # the trained architecture (vocabulary padded)
     for r in (r for r in _records(tmp_path) if r["type"] == "iter"):
         assert r["hfu"] / r["mfu"] == pytest.approx(fl.hfu_flops_per_token / fl.flops_per_token)
-        assert r["hfu"] / r["mfu"] > 1.25  # the recomputed forward is counted
+        assert r["hfu"] / r["mfu"] > 1.2  # the recomputed forward is counted
 
 
 def _shipped_config(name: str, data_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -229,3 +229,56 @@ def test_nanogpt_eval_config_evaluates_hub_weights(data_dir: Path, tmp_path: Pat
     summary = train(run, stream=io.StringIO())
     assert summary["final_val_loss"] > 0
     assert not [r for r in _records(tmp_path / "eval") if r["type"] == "iter"]
+
+
+OWN_COMPONENTS = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+from gptlab.model import ATTENTION_BACKEND_REGISTRY, NORM_REGISTRY
+
+
+@NORM_REGISTRY.register("scalenorm_t")
+class ScaleNorm(nn.Module):
+    def __init__(self, ndim, eps=1e-5):
+        super().__init__()
+        self.g, self.eps = nn.Parameter(torch.tensor(ndim**0.5)), eps
+
+    def forward(self, x):
+        return self.g * x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
+
+
+@ATTENTION_BACKEND_REGISTRY.register("mine_t")
+def mine(q, k, v, *, bias, dropout_p):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+
+
+init_from = "scratch"
+normalization = "scalenorm_t"
+attention_backend = "mine_t"
+"""
+
+
+def test_components_registered_in_a_config_file_train_and_sample(data_dir: Path, tmp_path: Path) -> None:
+    """docs/architecture.md's recipe: the file registers a norm and an attention backend, names them,
+    and the run trains (memory plan included), resumes and samples with the file passed again."""
+    from gptlab.errors import ConfigError
+    from gptlab.model import ATTENTION_BACKEND_REGISTRY, NORM_REGISTRY
+    from gptlab.train.sample import parse_sample_args, sample
+
+    config = tmp_path / "own.py"
+    config.write_text(OWN_COMPONENTS)
+    out = tmp_path / "run"
+    try:
+        train(parse_run_args([str(config), *tiny_args(data_dir, out, max_iters=4)]), stream=io.StringIO())
+        startup = _records(out)[0]
+        assert "assumed to save what 'manual' saves" in startup["expectations"]["memory_plan"]
+        resumed = parse_run_args([str(config), "--init_from='resume'", f"--out_dir={str(out)!r}", "--max_iters=6"])
+        train(resumed, stream=io.StringIO())
+        settings = parse_sample_args([str(config), f"--out_dir={str(out)!r}", "--num_samples=1", "--device='cpu'"])
+        assert settings.init_from == "resume"  # a training file's 'scratch' is not the sample's
+        assert len(list(sample(settings))) == 1
+    finally:
+        del NORM_REGISTRY["scalenorm_t"], ATTENTION_BACKEND_REGISTRY["mine_t"]
+    with pytest.raises(ConfigError, match="registered again to load it: pass that file"):
+        list(sample(parse_sample_args([f"--out_dir={str(out)!r}", "--device='cpu'"])))
