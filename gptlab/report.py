@@ -29,10 +29,26 @@ class Run:
     evals: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    # each session (the start, then each resume): [first iteration, tokens per iteration], in log order
+    sessions: list[list[Any]] = field(default_factory=list)
 
     @property
     def tokens_per_iter(self) -> int | None:
+        """The last session's (a resume may change the batch)."""
         return (self.startup.get("training") or {}).get("tokens_per_iter")
+
+    def tokens_after(self, steps: int) -> int | None:
+        """Tokens trained in the first ``steps`` optimizer steps, each at its own session's batch: a
+        session counts from its first iteration up to the next session's (past a kill, the resumed
+        session redoes the steps after the checkpoint)."""
+        known = [(start, tpi) for start, tpi in self.sessions if start is not None]
+        if not known or any(tpi is None for _, tpi in known):
+            return None
+        total = 0
+        for i, (start, tpi) in enumerate(known):
+            end = known[i + 1][0] if i + 1 < len(known) else steps
+            total += max(0, min(steps, end) - start) * tpi
+        return total
 
 
 def _number(value: Any) -> float | None:
@@ -73,8 +89,11 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
                     offset += last_t - session_t0
                 session_t0 = t
             record["elapsed_s"], last_t, after_resume = offset + t - session_t0, t, resume
+        if kind in ("iter", "eval") and run.sessions and run.sessions[-1][0] is None:
+            run.sessions[-1][0] = record.get("iter")  # the session's first iteration
         if kind == "startup":
             run.startup = record
+            run.sessions.append([None, (record.get("training") or {}).get("tokens_per_iter")])
         elif kind == "iter":
             run.iters.append(record)
         elif kind == "eval":
@@ -146,7 +165,7 @@ def _x(run: Run, record: dict[str, Any], axis: str) -> float | None:
     if axis == "tokens":
         # an iter record at i is logged after step i (i + 1 steps done); an eval at i precedes step i
         done = it + 1 if record.get("type") == "iter" else it
-        return None if run.tokens_per_iter is None or it is None else done * run.tokens_per_iter
+        return None if it is None else run.tokens_after(done)
     return record.get("elapsed_s")
 
 

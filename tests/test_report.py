@@ -163,3 +163,22 @@ def test_time_axis_counts_training_time_over_resumed_sessions(tmp_path: Path) ->
     times = [_x(loaded, r, "time") for r in loaded.iters]
     assert [r["iter"] for r in loaded.iters] == list(range(9))
     assert times == sorted(times) and times[0] >= 0 and times[-1] < 600  # seconds of training, not a day
+
+
+def test_tokens_axis_follows_each_sessions_batch(tmp_path: Path) -> None:
+    """A resume that changes the batch: tokens before it at the first session's rate, after it at the new one."""
+    from gptlab.report import _x, load_run
+
+    data = tmp_path / "data"
+    prepare_dataset("stdlib_char", data_dir=data)
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data, run, max_iters=4, eval_interval=4)), stream=io.StringIO())
+    more = dict(max_iters=8, eval_interval=4, init_from="resume", gradient_accumulation_steps=6)
+    train(parse_run_args(tiny_args(data, run, **more)), stream=io.StringIO())
+    loaded = load_run(run)
+    (start1, before), (resumed_at, after) = loaded.sessions
+    assert start1 == 0 and after == 3 * before and resumed_at > 0
+    for r in loaded.iters:
+        done = r["iter"] + 1
+        expected = done * before if done <= resumed_at else resumed_at * before + (done - resumed_at) * after
+        assert _x(loaded, r, "tokens") == expected
