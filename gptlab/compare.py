@@ -85,7 +85,6 @@ def compute_figures(
         expected_tokens_per_sec,
         get_gpu_spec,
         plan_all_modes,
-        precision_key,
     )
 
     if not 0 < mfu <= 1:
@@ -99,7 +98,8 @@ def compute_figures(
         dtype=dtype,
         activation_checkpointing=activation_checkpointing,
     )
-    spec, precision = get_gpu_spec(gpu), precision_key(dtype)
+    spec = get_gpu_spec(gpu)
+    precision = spec.training_precision(dtype)
     peak = spec.peaks.get(precision)
     if peak is None:
         raise ConfigError(f"gpu={gpu!r} has no dense {precision} peak in the table ({spec.description})")
@@ -237,14 +237,15 @@ def compare(
     activation_checkpointing: bool = False,
 ) -> Comparison:
     """The comparison table of the presets / config files in ``names`` with shared overrides."""
-    from gptlab.telemetry import get_gpu_spec, precision_key
+    from gptlab.telemetry import get_gpu_spec
 
     if not names:
         raise ConfigError("gptlab compare needs at least one preset or config file")
     archs = [resolve_architecture(n, overrides) for n in names]
     _unique_labels(archs)
     settings = dict(gpu=get_gpu_spec(gpu).key, mfu=mfu, world_size=world_size, batch_size=batch_size, dtype=dtype)
-    settings.update(precision=precision_key(dtype), activation_checkpointing=activation_checkpointing)
+    settings.update(precision=get_gpu_spec(gpu).training_precision(dtype))
+    settings.update(activation_checkpointing=activation_checkpointing)
     kwargs = {k: settings[k] for k in ("mfu", "world_size", "batch_size", "dtype", "activation_checkpointing")}
     figures = [compute_figures(a.config, gpu=gpu, **kwargs) for a in archs]
     return Comparison(archs, settings, figures)

@@ -141,7 +141,7 @@ def train_and_compare(
     the trained architectures (``table``: TABLE_DEFAULTS keys) and their results, and write the report."""
     from gptlab.config.model import ModelArchitectureConfig
     from gptlab.config.train import resolve_run_config
-    from gptlab.telemetry import get_gpu_spec, precision_key
+    from gptlab.telemetry import get_gpu_spec
     from gptlab.train.loop import train
 
     log = log or (lambda text: print(text, file=sys.stderr))
@@ -180,7 +180,8 @@ def train_and_compare(
         results.append(_result(run_dir, summary, startup))
         figures.append(compute_figures(arch.config, **settings))
         log(f"compare: {arch.label}: final val loss {format_result('final_val_loss', summary.get('final_val_loss'))}")
-    settings.update(gpu=get_gpu_spec(settings["gpu"]).key, precision=precision_key(settings["dtype"]))
+    spec = get_gpu_spec(settings["gpu"])
+    settings.update(gpu=spec.key, precision=spec.training_precision(settings["dtype"]))
     settings.setdefault("activation_checkpointing", False)
     comparison = Comparison(archs, settings, figures, training=results)
     if report:

@@ -92,15 +92,18 @@ def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: b
 def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace, seq_len: int, gpus: int) -> None:
     if args.gpu is None:
         return
-    from gptlab.telemetry.hardware import get_gpu_spec, precision_key
+    from gptlab.telemetry.hardware import get_gpu_spec
     from gptlab.telemetry.mfu import expected_tokens_per_sec
 
-    spec, precision = get_gpu_spec(args.gpu), precision_key(args.dtype)
+    spec = get_gpu_spec(args.gpu)
+    precision = spec.training_precision(args.dtype)
     peak = spec.peaks.get(precision)
     if peak is None:
         raise ConfigError(f"gpu={args.gpu!r} has no dense {precision} peak in the table ({spec.description})")
     if not 0 < args.mfu <= 1:
         raise ConfigError(f"mfu={args.mfu} is invalid: expected a fraction in (0, 1]")
+    if gpus < 1:
+        raise ConfigError(f"num_gpus={gpus} is invalid: expected an integer >= 1")
     tps = expected_tokens_per_sec(config, peak, args.mfu, num_gpus=gpus, seq_len=seq_len)
     print(f"expected throughput on {gpus} x {spec.key} ({peak / 1e12:g} TFLOPS dense {precision}) at "
           f"{args.mfu:.0%} MFU: {tps:,.0f} tokens/s ({tps / gpus:,.0f} per GPU)")  # fmt: skip
@@ -108,7 +111,12 @@ def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace,
 
 def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
     config = _config(args, extra)
-    seq_len = args.seq_len or config.block_size
+    seq_len = config.block_size if args.seq_len is None else args.seq_len
+    if seq_len > config.block_size:
+        raise ConfigError(
+            f"seq_len={seq_len} exceeds block_size={config.block_size}, the model's context: "
+            f"pass --block_size={seq_len} to size the model for it"
+        )
     _print_flops(config, seq_len, args.activation_checkpointing)
     _print_throughput(config, args, seq_len, args.num_gpus)
     return 0

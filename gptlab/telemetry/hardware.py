@@ -34,6 +34,14 @@ class GpuSpec:
     notes: str = ""
     patterns: tuple[str, ...] = field(default=(), repr=False)  # regexes on the lower-cased device name
 
+    def training_precision(self, dtype: Any) -> str:
+        """The precision a gptlab training run's matmuls take here for ``dtype``: float32 runs on TF32
+        tensor cores where there are any (training turns TF32 on, as nanoGPT does), else at the FP32 rate."""
+        key = precision_key(dtype)
+        if key in ("fp32", "tf32"):
+            return "tf32" if self.peaks.get("tf32") is not None else "fp32"
+        return key
+
 
 def _spec(key: str, description: str, bf16: float | None, fp16: float | None, tf32: float | None, fp32: float,
           fp8: float | None, patterns: tuple[str, ...], notes: str = "") -> GpuSpec:  # fmt: skip
@@ -149,6 +157,8 @@ def detect_peak(
             raise ConfigError(f"peak_tflops={override_tflops!r} is invalid: expected a number > 0")
         return PeakInfo(name, override_tflops * T, precision, "override")
     spec = match_gpu(name) if torch.device(device).type == "cuda" else None
+    if spec is not None and precision == "tf32" and spec.peaks.get("tf32") is None:
+        precision = "fp32"  # TF32 allowed, but no TF32 units (Volta): float32 matmuls run at the FP32 rate
     if spec is not None and spec.peaks.get(precision) is not None:
         return PeakInfo(name, spec.peaks[precision], precision, "table")
     if measure:

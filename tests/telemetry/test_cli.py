@@ -33,6 +33,21 @@ def test_flops_takes_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     assert "gqa4" in out and "seq_len=512" in out and "GQA: K,V 4/12 heads" in out
 
 
+def test_flops_bad_numbers_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="num_gpus=0 is invalid"):
+        run(["flops", "gpt2", "--gpu", "H100-SXM", "--num_gpus", "0"])
+    with pytest.raises(ConfigError, match="seq_len=0 is invalid"):
+        run(["flops", "gpt2", "--seq_len", "0"])
+    with pytest.raises(ConfigError, match=r"seq_len=4096 exceeds block_size=1024.*--block_size=4096"):
+        run(["flops", "gpt2", "--seq_len", "4096"])
+    assert run(["flops", "gpt2", "--seq_len", "4096", "--block_size=4096"]) == 0
+
+
+def test_float32_estimate_uses_the_tf32_peak_training_runs_at(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["flops", "gpt2", "--gpu", "H100-SXM", "--dtype", "float32", "--mfu", "0.4"]) == 0
+    assert "494.5 TFLOPS dense tf32" in capsys.readouterr().out
+
+
 def test_plan_prints_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["plan", "gpt2", "--batch_size", "4", "--block_size", "256", "--world_size", "4", "--dtype", "bfloat16"]
     assert run([*argv, "--activation_checkpointing", "--gpu", "H100-SXM", "--mfu", "0.4"]) == 0

@@ -76,6 +76,24 @@ def test_precision_keys() -> None:
         precision_key("int8")
 
 
+def test_float32_training_takes_tf32_units_where_there_are_any(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training turns TF32 on (as nanoGPT): float32 estimates and MFU use the TF32 peak, except on Volta,
+    which has no TF32 units, so its float32 matmuls run (and are measured) at the FP32 rate."""
+    assert get_gpu_spec("H100-SXM").training_precision("float32") == "tf32"
+    assert get_gpu_spec("V100-SXM").training_precision(torch.float32) == "fp32"
+    assert get_gpu_spec("H100-SXM").training_precision("bfloat16") == "bf16"
+    from gptlab.telemetry import hardware
+
+    monkeypatch.setattr(hardware, "device_name", lambda device: "Tesla V100-SXM2-16GB")
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # what the training loop sets on CUDA
+        v100 = detect_peak("cuda", torch.float32)
+        assert v100.precision == "fp32" and v100.peak_flops == get_gpu_spec("V100-SXM").peaks["fp32"]
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
 def test_cpu_peak_is_unknown_unless_overridden_or_measured() -> None:
     unknown = detect_peak("cpu", torch.bfloat16)
     assert unknown.peak_flops is None and unknown.source == "unknown" and unknown.name == "cpu"
