@@ -10,7 +10,7 @@ Two formats, one meaning (model, optimizer, arch, config, iteration, best val lo
   written under a temporary name and renamed when complete; ``ckpt.dcp`` is a symlink to the
   latest, replaced atomically. DCP reshards on load, so any world size can resume it.
 
-``latest_checkpoint(out_dir)`` picks the newer of the two; ``load_checkpoint`` turns either into
+``latest_checkpoint(out_dir)`` picks the one at the later iteration; ``load_checkpoint`` turns either into
 the single-file dict (a DCP directory is read without a process group), which is how a checkpoint
 resumes under another mode and how ``gptlab export`` works. With ``keep_checkpoints=K`` the last K
 are kept (``ckpt-ITER.pt`` hard links, or ``ckpt-ITER.dcp`` directories).
@@ -18,10 +18,12 @@ are kept (``ckpt-ITER.pt`` hard links, or ``ckpt-ITER.dcp`` directories).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ DCP_LINK = "ckpt.dcp"
 DCP_META = "meta.pt"
 FORMAT = "gptlab"
 _HISTORY = re.compile(r"^ckpt-(\d+)\.(pt|dcp)$")
+_LEFTOVER = re.compile(r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.tmp|ckpt\.dcp\.tmp)$")
+_LEFTOVER_OLD = re.compile(r"^\.(ckpt-\d+\.dcp)\.old$")
 # torch.compile wraps the model as `_orig_mod`, DDP as `module`: neither belongs in a checkpoint.
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
@@ -92,17 +96,49 @@ def is_dcp_dir(path: Path) -> bool:
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest checkpoint in a run directory: ``ckpt.pt`` or the DCP directory ``ckpt.dcp``
-    points to (a run may have switched modes), or None."""
+    """The latest checkpoint in a run directory: of ``ckpt.pt`` and the DCP directory ``ckpt.dcp``
+    points to (a run may have switched modes), the one at the later iteration (file times break a
+    tie: a copied directory's times need not keep their order), or None."""
     out_dir = Path(out_dir)
     found = []
     single = out_dir / CHECKPOINT_NAME
     if single.is_file():
-        found.append((single.stat().st_mtime_ns, single))
+        found.append((_saved_iter(single), single.stat().st_mtime_ns, single))
     dcp = out_dir / DCP_LINK
+    if dcp.is_symlink() and not dcp.exists():  # a re-save killed between its two renames: put it back
+        with contextlib.suppress(FileNotFoundError):  # (another rank may just have)
+            os.replace(out_dir / f".{os.readlink(dcp)}.old", out_dir / os.readlink(dcp))
     if is_dcp_dir(dcp):
-        found.append(((dcp / DCP_META).stat().st_mtime_ns, dcp.resolve()))
-    return max(found)[1] if found else None
+        found.append((_saved_iter(dcp / DCP_META), (dcp / DCP_META).stat().st_mtime_ns, dcp.resolve()))
+    return max(found)[2] if found else None
+
+
+def _saved_iter(path: Path) -> int:
+    """The iteration a checkpoint file records; -1 if it cannot be read (its loader then says why)."""
+    try:
+        return int(_torch_load_checked(path)["iter_num"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return -1
+
+
+def remove_save_leftovers(out_dir: str | Path) -> list[str]:
+    """What saves killed half-way leave (``.ckpt.pt.tmp-PID``, ``.ckpt-ITER.dcp.tmp``): removed when a
+    run starts in ``out_dir``, since no writer of them is alive then. A DCP checkpoint caught between
+    its two renames (only ``.ckpt-ITER.dcp.old`` left) is put back. Returns the names handled."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    handled = []
+    for p in sorted(out_dir.iterdir()):
+        old = _LEFTOVER_OLD.match(p.name)
+        if old and not (out_dir / old.group(1)).exists():
+            os.replace(p, out_dir / old.group(1))
+        elif _LEFTOVER.match(p.name) or old:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        else:
+            continue
+        handled.append(p.name)
+    return handled
 
 
 def remove_checkpoints(out_dir: str | Path, keep: str | Path | None = None) -> list[str]:
@@ -237,16 +273,30 @@ def load_dcp_full(path: str | Path) -> dict[str, Any]:
     optimizer = model.configure_optimizers(weight_decay, lr, betas, "cpu")
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the layout to read into (AdamW states created)
     state = {"model": model_sd, "optimizer": optim_sd}
-    try:
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-            warnings.filterwarnings("ignore", message=".*single process.*", category=UserWarning)
-            dcp.load(state, checkpoint_id=str(path), no_dist=True)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{str(path)!r} is not a readable gptlab DCP checkpoint ({reason})") from None
+    with dcp_errors(path), warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+        warnings.filterwarnings("ignore", message=".*single process.*", category=UserWarning)
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     meta.pop("dcp_path")
     return {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+
+@contextlib.contextmanager
+def dcp_errors(path: str | Path) -> Iterator[None]:
+    """A DCP load that fails (a missing or damaged shard) as one CheckpointError line. DCP raises
+    ``CheckpointException``, a ``BaseException``, with every rank's traceback inside."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except (Exception, CheckpointException) as e:
+        if isinstance(e, CheckpointException) and e.failures:
+            first = next(iter(e.failures.values()))  # the first failing rank's (exception, traceback)
+            e = first[0] if isinstance(first, tuple) else first
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable gptlab DCP checkpoint ({type(e).__name__}: {reason[:300]})"
+        ) from None
 
 
 def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict:

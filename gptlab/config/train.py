@@ -16,7 +16,7 @@ from typing import Any
 
 from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig, check_field_types, get_preset_config
 from gptlab.config.overrides import parse_overrides
-from gptlab.errors import ConfigError, did_you_mean, unknown_choice
+from gptlab.errors import CheckpointError, ConfigError, did_you_mean, unknown_choice
 from gptlab.model.registry import Registry
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -276,6 +276,9 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     if values.get("init_from") != "resume":
         return resolve_run_config(values, explicit)
     values, changed, path = resumed_values(values, explicit)
+    if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
+        out_dir = values.get("out_dir", TrainConfig.out_dir)
+        raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint")
     try:  # validated once, on the values the run will have
         run = resolve_run_config(values, explicit)
     except ConfigError as e:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gptlab.checkpoint import is_dcp_dir, latest_checkpoint, load_checkpoint
 from gptlab.config.model import ModelArchitectureConfig, get_preset_config
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.gpt import ConfigurableGPT
@@ -87,14 +88,30 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     if not isinstance(src, (str, Path)):
         raise CheckpointError(f"cannot load weights from a {type(src).__name__}: expected {EXPECTED}")
     path = resolve_pretrained(src)
-    if path.is_dir():
-        hf_config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
-        if hf_config is not None and ("model_type" in hf_config or not (path / "ckpt.pt").is_file()):
-            return _from_hf(hf_config, lambda: _read_hf_weights(path), overrides)
-        if (path / "ckpt.pt").is_file():  # a gptlab run directory (its config.json is the run's) or nanoGPT's
-            return _from_torch_checkpoint(_torch_load(path / "ckpt.pt"), overrides)
-        raise CheckpointError(f"{str(path)!r} holds neither config.json nor ckpt.pt: expected {EXPECTED}")
-    return _from_torch_checkpoint(_torch_load(path), overrides)
+    checkpoint = gptlab_checkpoint_path(path)
+    if checkpoint is not None and is_dcp_dir(checkpoint):  # FSDP's sharded checkpoint, read whole
+        return model_from_checkpoint(load_checkpoint(checkpoint), **overrides)
+    if checkpoint is not None:  # a ckpt.pt: gptlab's or nanoGPT's
+        return _from_torch_checkpoint(_torch_load(checkpoint), overrides)
+    if path.is_dir() and (path / "config.json").is_file():
+        hf_config = _read_json(path / "config.json")
+        if "model_type" not in hf_config and {"train", "arch"} <= set(hf_config):
+            raise CheckpointError(f"run directory {str(path)!r} holds no checkpoint yet")
+        return _from_hf(hf_config, lambda: _read_hf_weights(path), overrides)
+    raise CheckpointError(f"{str(path)!r} holds neither config.json nor a checkpoint: expected {EXPECTED}")
+
+
+def gptlab_checkpoint_path(path: Path) -> Path | None:
+    """The checkpoint ``path`` names, if not a Hugging Face directory: a ``ckpt.pt`` or DCP directory
+    itself, or a run directory's latest (the later of its ``ckpt.pt`` and ``ckpt.dcp``, as resuming
+    picks; a run's own config.json is not Hugging Face's, which has a ``model_type``)."""
+    if is_dcp_dir(path) or path.is_file():
+        return path
+    if not path.is_dir():
+        return None
+    if (path / "config.json").is_file() and "model_type" in _read_json(path / "config.json"):
+        return None
+    return latest_checkpoint(path)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> ConfigurableGPT:

@@ -32,16 +32,18 @@ from gptlab import parallel
 from gptlab.checkpoint import (
     FORMAT,
     clean_state_dict,
+    dcp_errors,
     is_dcp_dir,
     latest_checkpoint,
     load_checkpoint,
     load_checkpoint_meta,
     optimizer_state_by_name,
     remove_checkpoints,
+    remove_save_leftovers,
     save_dcp,
     save_single_file,
 )
-from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig
+from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
 from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
@@ -128,6 +130,24 @@ def _check_arch_overrides(run: RunConfig, loaded: dict[str, Any], source: str, m
             )
 
 
+PRESET_FAMILY_KEYS = ("normalization", "position_encoding", "ffn_type", "norm_position")
+
+
+def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> None:
+    """An ``arch_preset`` the user set whose family (norm, positions, FFN, norm placement) the loaded
+    weights contradict is an error, as on a resume; variants within a family (tying, RoPE theta) load."""
+    if "arch_preset" not in run.explicit:
+        return
+    preset = PRESETS[run.train.arch_preset]
+    clash = [k for k in PRESET_FAMILY_KEYS if k in preset and k not in run.explicit and preset[k] != loaded[k]]
+    if clash:
+        have = ", ".join(f"{k}={loaded[k]!r}" for k in clash)
+        raise ConfigError(
+            f"arch_preset={run.train.arch_preset!r} conflicts with the weights loaded from {source!r} ({have}): "
+            "loaded weights fix the architecture; drop --arch_preset"
+        )
+
+
 class Trainer:
     """Owns one run: data, model, optimizer, logger; ``run()`` trains to ``max_iters``."""
 
@@ -135,6 +155,8 @@ class Trainer:
         self.cfg: TrainConfig = run.train
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ConfigError(f"out_dir={cfg.out_dir!r} is a file: expected a directory (or a path to create one)")
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.dist = dist if dist is not None else parallel.init_distributed(cfg, self.device)
@@ -256,6 +278,10 @@ class Trainer:
                 self.logger.log_event(
                     "overwrite", f"replacing the previous run in {self.out_dir}: removed {', '.join(removed)}"
                 )
+        if self.master and not cfg.eval_only:  # no save of an earlier session is still being written
+            leftovers = remove_save_leftovers(self.out_dir)
+            if leftovers:
+                self.logger.log_event("cleanup", f"removed what killed saves left: {', '.join(leftovers)}")
 
     def use_stable_grads(self) -> None:
         """Keep ``.grad`` as zeroed buffers made now, accumulated into in place and zeroed (not freed) after
@@ -304,6 +330,7 @@ class Trainer:
         path = resolve_pretrained(cfg.init_from)
         model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
         _check_arch_overrides(run, model.config.to_dict(), str(path), may_shrink_block=True)
+        _check_preset(run, model.config.to_dict(), str(path))
         if model.config.vocab_size < vocab:
             raise CheckpointError(f"{str(path)!r} has vocab_size={model.config.vocab_size} < dataset's {vocab}")
         if "block_size" in run.explicit and arch.block_size < model.config.block_size:
@@ -340,7 +367,8 @@ class Trainer:
 
             model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
             state = {"model": model_sd, "optimizer": optim_sd}
-            dcp.load(state, checkpoint_id=ckpt["dcp_path"])  # collective: each rank reads its shards
+            with dcp_errors(ckpt["dcp_path"]):
+                dcp.load(state, checkpoint_id=ckpt["dcp_path"])  # collective: each rank reads its shards
             set_state_dict(
                 self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
             )

@@ -69,11 +69,29 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
         ckpt = load_checkpoint(Path(cfg.out_dir))
         model = model_from_checkpoint(ckpt, dropout=0.0)
         tokenizer = ckpt.get("tokenizer")
+    elif (ckpt := _gptlab_checkpoint(cfg.init_from)) is not None:  # another run's: it records its tokenizer
+        model = model_from_checkpoint(ckpt, dropout=0.0)
+        tokenizer = ckpt.get("tokenizer")
     else:
         model = ConfigurableGPT.from_pretrained(cfg.init_from, dropout=0.0)
         # Foreign checkpoints record no tokenizer: GPT-2's vocabulary (nanoGPT's too) is the one we know.
         tokenizer = {"name": "gpt2"} if model.config.vocab_size in (50257, 50304) else None
     return model.eval().to(device), tokenizer
+
+
+def _gptlab_checkpoint(init_from: str) -> dict[str, Any] | None:
+    """The gptlab checkpoint ``init_from`` names (a ckpt.pt, DCP or run directory), else None."""
+    from gptlab.checkpoint import load_checkpoint
+    from gptlab.model.convert import gptlab_checkpoint_path
+
+    path = Path(init_from).expanduser()
+    found = gptlab_checkpoint_path(path) if path.exists() else None
+    if found is None:
+        return None
+    try:
+        return load_checkpoint(found)
+    except CheckpointError:  # nanoGPT's ckpt.pt, or unreadable: from_pretrained says which
+        return None
 
 
 def generate_text(

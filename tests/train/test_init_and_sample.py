@@ -76,7 +76,9 @@ def test_init_from_hub_name_as_nanogpt(data_dir: Path, tmp_path: Path, offline_h
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64))
     offline_hub("openai-community/gpt2", hf.eval())
     out = tmp_path / "ft"
-    run = parse_run_args(tiny_args(data_dir, out, init_from="gpt2", block_size=32, max_iters=2, n_head=2, n_embd=32))
+    run = parse_run_args(
+        tiny_args(data_dir, out, init_from="gpt2", block_size=32, max_iters=2, n_head=2, n_embd=32, arch_preset="gpt2")
+    )
     trainer = Trainer(run, stream=io.StringIO())
     x = torch.randint(0, 50257, (1, 16))
     with torch.no_grad():

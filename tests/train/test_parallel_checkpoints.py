@@ -124,3 +124,85 @@ def test_overwrite_removes_the_replaced_runs_checkpoints(data_dir: Path, tmp_pat
     assert latest_checkpoint(tmp_path) == tmp_path / "ckpt.pt" and load_checkpoint(tmp_path)["iter_num"] == 3
     events = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "overwrite" and "ckpt-0000009.dcp" in e["message"] for e in events)
+
+
+def test_fsdp_run_loads_as_pretrained_weights_and_samples(data_dir: Path, tmp_path: Path) -> None:
+    """A sharded checkpoint (a run directory or its ckpt.dcp) fine-tunes, loads through from_pretrained
+    and samples with the tokenizer it records, as a ckpt.pt does."""
+    from gptlab import ConfigurableGPT
+    from gptlab.train.sample import parse_sample_args, sample
+
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
+    saved = load_checkpoint(run)["model"]
+    for src in (run, run / "ckpt.dcp"):
+        model = ConfigurableGPT.from_pretrained(src)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, saved[key]), key
+    ft = tmp_path / "ft"
+    train(parse_run_args(tiny_args(data_dir, ft, init_from=str(run), max_iters=1)), stream=io.StringIO())
+    settings = parse_sample_args(
+        [f"--init_from={str(run)!r}", "--num_samples=1", "--max_new_tokens=4", "--device='cpu'"]
+    )
+    assert len(list(sample(settings))) == 1  # the char tokenizer the run recorded decodes it
+    with pytest.raises(ConfigError, match=r"arch_preset='gpt2' conflicts with the weights loaded from .*drop --arch_p"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "x", init_from=str(run), arch_preset="gpt2")))
+
+
+def test_the_later_iteration_wins_after_a_mode_switch(data_dir: Path, tmp_path: Path) -> None:
+    """A ddp run resumed under fsdp leaves its older ckpt.pt: resuming, exporting and loading take the
+    later iteration even when the ckpt.pt's file time is the newer (a copied directory)."""
+    from gptlab import ConfigurableGPT
+
+    run = tmp_path / "run"
+    args = dict(max_iters=3, lr_decay_iters=8, eval_interval=4)
+    train(parse_run_args(tiny_args(data_dir, run, parallel="ddp", **args)), stream=io.StringIO())
+    more = dict(args, max_iters=8, init_from="resume")
+    train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", **more)), stream=io.StringIO())
+    os.utime(run / "ckpt.pt")  # now the newest file
+    assert latest_checkpoint(run).name == "ckpt-0000009.dcp" and load_checkpoint(run)["iter_num"] == 9
+    newer = load_checkpoint(run)["model"]
+    assert all(torch.equal(v, newer[k]) for k, v in ConfigurableGPT.from_pretrained(run).state_dict().items())
+
+
+def test_damaged_dcp_checkpoint_is_one_line(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.errors import CheckpointError
+
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
+    for shard in (run / "ckpt.dcp").glob("*.distcp"):
+        shard.unlink()
+    with pytest.raises(CheckpointError, match=r"is not a readable gptlab DCP checkpoint \(") as e:
+        load_checkpoint(run)
+    assert "\n" not in str(e.value)
+    resume = parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume"))
+    with pytest.raises(CheckpointError, match="is not a readable gptlab DCP checkpoint"):
+        train(resume, stream=io.StringIO())
+
+
+def test_a_run_clears_what_killed_saves_left(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
+    (run / ".ckpt.pt.tmp-99999").write_bytes(b"\0" * 64)  # a single-file save killed mid-write
+    (run / ".ckpt-0000008.dcp.tmp").mkdir()  # a sharded one
+    (run / "ckpt-0000003.dcp").rename(run / ".ckpt-0000003.dcp.old")  # killed between a re-save's two renames
+    train(
+        parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume")), stream=io.StringIO()
+    )
+    names = {p.name for p in run.iterdir()}
+    assert not {n for n in names if n.startswith(".ckpt")}, names
+    assert "ckpt-0000005.dcp" in names and load_checkpoint(run)["iter_num"] == 5
+    events = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    cleanup = [e for e in events if e.get("event") == "cleanup"]
+    assert cleanup and ".ckpt.pt.tmp-99999" in cleanup[0]["message"]
+
+
+def test_resume_without_checkpoint_and_file_out_dir_fail_first(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.errors import CheckpointError
+
+    missing = tmp_path / "none"
+    with pytest.raises(CheckpointError, match=r"init_from='resume' but .*none' holds no checkpoint"):
+        parse_run_args(tiny_args(data_dir, missing, init_from="resume", gradient_accumulation_steps=3))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file: expected a directory"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "file")))
