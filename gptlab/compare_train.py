@@ -53,7 +53,7 @@ TRAIN_ROWS: tuple[tuple[str, str], ...] = (
     ("tokens_trained", "tokens trained"),
     ("tokens_per_sec", "tokens/s (median past warm-up)"),
     ("mfu", "MFU (mean past warm-up)"),
-    ("peak_memory_gb", "peak memory (GB)"),
+    ("peak_memory_gb", "peak memory (GB: CUDA measured, CPU planned)"),
     ("total_time_s", "wall time (s)"),
     ("device", "device"),
     ("run_dir", "run directory"),
@@ -93,6 +93,7 @@ def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) ->
 
 def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> dict[str, Any]:
     stat = lambda key: (summary.get(key) or {}).get  # noqa: E731
+    cuda = str(startup["hardware"]["device"]).startswith("cuda")
     return {
         "final_val_loss": summary.get("final_val_loss"),
         "best_val_loss": summary.get("best_val_loss"),
@@ -100,7 +101,8 @@ def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> 
         "tokens_trained": startup["training"]["total_tokens"],
         "tokens_per_sec": stat("tokens_per_sec")("median"),
         "mfu": stat("mfu")("mean"),
-        "peak_memory_gb": summary.get("peak_memory_gb"),
+        # a CPU has no per-run measure: the runs share one process, whose RSS only grows
+        "peak_memory_gb": summary.get("peak_memory_gb" if cuda else "planned_peak_gb"),
         "total_time_s": summary.get("total_time_s"),
         "device": startup["hardware"]["device"],
         "run_dir": str(run_dir),

@@ -31,10 +31,10 @@ ROWS = [
     "train FLOP/token, total (causal-aware)",
     "non-matmul FLOP/token (estimate)",
     "attention/FFN FLOPs per layer",
-    "memory/GPU none x1 (GB, peak)",
-    "memory/GPU ddp x4 (GB, peak)",
-    "memory/GPU zero1 x4 (GB, peak)",
-    "memory/GPU fsdp x4 (GB, peak)",
+    "memory/GPU none x1 (GB, peak; micro-batch 6, bfloat16)",
+    "memory/GPU ddp x4 (GB, peak; micro-batch 6, bfloat16)",
+    "memory/GPU zero1 x4 (GB, peak; micro-batch 6, bfloat16)",
+    "memory/GPU fsdp x4 (GB, peak; micro-batch 6, bfloat16)",
     "tokens/s per GPU (A100-SXM bf16 @ 35% MFU)",
     "tokens/s on 4 GPUs",
 ]
@@ -121,6 +121,8 @@ def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFi
         assert result["final_val_loss"] < result["unigram_baseline_loss"] + 1.5
         assert result["tokens_per_sec"] > 0 and result["mfu"] is None  # no peak on a CPU: n/a, not a guess
         assert (out / name / "log.jsonl").is_file() and (out / name / "summary.json").is_file()
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert result["peak_memory_gb"] == summary["planned_peak_gb"] > 0  # a CPU: the plan, not the shared RSS
         # the table describes the trained model (vocabulary padded to the dataset's)
         trained = json.loads((out / name / "config.json").read_text())["arch"]
         assert data["architectures"][name]["params_total"] == count_parameters(

@@ -695,6 +695,7 @@ class Trainer:
             "unigram_baseline_loss": unigram_baseline(self.dataset_dir, self.meta),
             "parallel": self.mode,
             "world_size": self.world_size,
+            "planned_peak_gb": self.telemetry.plan().mode.peak / 1e9,  # the planner's, per rank
         }
         if self.measured_bytes is not None:  # the fullest rank's local parameter/gradient/optimizer bytes
             extra["measured_bytes_per_rank"] = self.measured_bytes
