@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gptlab.config.model import PRESETS, get_preset_config
+from gptlab.config.model import PRESETS, check_keys_take_effect, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import USER_ERRORS, ConfigError
 
@@ -15,7 +15,8 @@ from gptlab.errors import USER_ERRORS, ConfigError
 def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.model.gpt import ConfigurableGPT
 
-    config = get_preset_config(args.preset, **parse_overrides(extra))
+    overrides = parse_overrides(extra)
+    config = check_keys_take_effect(get_preset_config(args.preset, **overrides), overrides)
     print(config.get_architecture_summary())
     if not args.no_params:
         import torch

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +189,32 @@ class ModelArchitectureConfig:
                 f"{e}; a component registered by a config file must be registered again to load it: "
                 "pass that file (gptlab sample CONFIG.py ..., python train.py CONFIG.py --init_from=resume)"
             ) from None
+
+
+def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str]) -> ModelArchitectureConfig:
+    """A key the user set (``keys``) that this architecture does not use is an error, not ignored: the
+    activation of a built-in gated FFN (SwiGLU's gate is SiLU, GeGLU's exact GELU), or a GELU
+    approximation where no GELU runs. Returns ``config``."""
+    keys = set(keys)
+    gate = getattr(_ffn_class(config.ffn_type), "gate_activation", None)
+    if gate is not None and "activation" in keys and config.activation != gate:
+        raise ConfigError(
+            f"activation={config.activation!r} has no effect with ffn_type={config.ffn_type!r}, whose gate is "
+            f"{gate}: use ffn_type='standard' to choose the activation, or drop --activation"
+        )
+    if "gelu_approximate" in keys and config.gelu_approximate != "none":
+        if gate is not None:
+            exact = "exact " if gate == "gelu" else ""
+            raise ConfigError(
+                f"gelu_approximate={config.gelu_approximate!r} has no effect: the gate of "
+                f"ffn_type={config.ffn_type!r} is {exact}{gate}"
+            )
+        if config.activation != "gelu":
+            raise ConfigError(
+                f"gelu_approximate={config.gelu_approximate!r} has no effect: "
+                f"activation={config.activation!r} is not GELU"
+            )
+    return config
 
 
 def _ffn_class(name: str) -> Any:

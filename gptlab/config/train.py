@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptlab.config.model import ARCH_FIELDS, ModelArchitectureConfig, check_field_types, get_preset_config
+from gptlab.config.model import (
+    ARCH_FIELDS,
+    ModelArchitectureConfig,
+    check_field_types,
+    check_keys_take_effect,
+    get_preset_config,
+)
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import CheckpointError, ConfigError, did_you_mean, unknown_choice
 from gptlab.model.registry import Registry
@@ -216,7 +222,8 @@ def resolve_run_config(values: dict[str, Any], explicit: Iterable[str] | None = 
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
-    return RunConfig(train=train, arch=arch, explicit=frozenset(values if explicit is None else explicit))
+    explicit = frozenset(values if explicit is None else explicit)
+    return RunConfig(train=train, arch=check_keys_take_effect(arch, explicit), explicit=explicit)
 
 
 # Settings of a launch rather than of the run it continues: a resume takes them from this launch

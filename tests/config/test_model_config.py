@@ -173,3 +173,30 @@ def test_valid_sizes_build_a_model(n_layer: int, n_head: int, head_dim: int, kv_
     cfg = get_debug_config(preset, n_layer=n_layer, n_head=n_head, n_embd=n_head * head_dim, n_kv_head=n_kv)
     logits, loss = ConfigurableGPT(cfg)(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
     assert logits.shape == (1, 4, cfg.vocab_size) and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "match"),
+    [
+        ("llama", {"activation": "relu"}, r"activation='relu' has no effect with ffn_type='swiglu', whose gate is silu"),
+        ("custom", {"ffn_type": "geglu", "activation": "silu"}, "whose gate is gelu"),
+        ("llama", {"gelu_approximate": "tanh"}, "the gate of ffn_type='swiglu' is silu"),
+        ("gpt2", {"ffn_type": "geglu", "gelu_approximate": "tanh"}, "the gate of ffn_type='geglu' is exact gelu"),
+        ("custom", {"activation": "relu", "gelu_approximate": "tanh"}, "activation='relu' is not GELU"),
+    ],
+)
+def test_a_setting_the_architecture_would_ignore_is_refused(preset: str, overrides: dict, match: str) -> None:
+    """Keys the user sets must take effect: on the command line (train, arch, flops, compare) they fail."""
+    from gptlab.cli import main
+    from gptlab.config.model import check_keys_take_effect
+    from gptlab.config.train import parse_run_args
+
+    config = get_preset_config(preset, **overrides)  # the API builds it (the grid tests every pairing)...
+    with pytest.raises(ConfigError, match=match):
+        check_keys_take_effect(config, overrides)  # ...and the CLIs refuse what the user set for nothing
+    with pytest.raises(ConfigError, match=match):
+        parse_run_args([f"--arch_preset={preset!r}", *(f"--{k}={v!r}" for k, v in overrides.items())])
+    assert main(["arch", preset, *(f"--{k}={v}" for k, v in overrides.items())]) == 2
+    # what does take effect passes
+    check_keys_take_effect(get_preset_config("llama", activation="silu"), {"activation"})
+    check_keys_take_effect(get_preset_config("gpt2", gelu_approximate="none"), {"gelu_approximate"})
