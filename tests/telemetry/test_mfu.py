@@ -39,6 +39,17 @@ def test_nanogpt_meaning_of_arguments() -> None:
     assert out["mfu"] == pytest.approx(0.35, abs=0.01)
 
 
+def test_nanogpt_estimate_mfu_method() -> None:
+    """Scripts ported from nanoGPT call model.estimate_mfu(fwdbwd_per_iter, dt): a fraction against the
+    named or detected device's peak, None on a CPU rather than against a guessed A100."""
+    model = ConfigurableGPT(get_debug_config("gpt2"))
+    want = estimate_mfu_detailed(model.config, 480, 3.78, gpu_name="H100-SXM")["mfu"]
+    assert model.estimate_mfu(480, 3.78, gpu_name="H100-SXM") == want > 0
+    assert model.estimate_mfu(480, 3.78, peak_flops=1e12) == pytest.approx(want * 989.5e12 / 1e12)
+    if not torch.cuda.is_available():
+        assert model.estimate_mfu(480, 3.78) is None
+
+
 def test_ddp_and_gradient_accumulation_convention() -> None:
     """fwdbwd_per_iter counts one rank's sequences over all its micro-steps; num_gpus ranks do the same.
     The same global batch (12 x 40) split over 4 ranks (accumulation 10 each) in a quarter of the
