@@ -123,7 +123,8 @@ def render_html(
     for name, header, rows in tables or []:
         parts += [f"<h2>{html.escape(name)}</h2>", table(header, rows)]
     summaries = [{k: v for k, v in r.summary.items() if k not in ("type", "time")} for r in runs]
-    parts += ["<h2>Summary</h2>", table(["", *labels], side_by_side(summaries))]
+    rows = [["mfu (fraction of peak)" if r[0] == "mfu" else r[0], *r[1:]] for r in side_by_side(summaries)]
+    parts += ["<h2>Summary</h2>", table(["", *labels], rows)]
     parts.append("<h2>Plots</h2><div class=plots>")
     for name, path in plots.items():
         if path is None:

@@ -34,7 +34,11 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
         bad = [k for k in overrides if k not in ARCH_FIELDS]
         if bad:
-            raise ConfigError(f"{', '.join(bad)}: not architecture keys (training keys need --train)")
+            from gptlab.config.train import TRAIN_FIELDS
+            from gptlab.errors import did_you_mean
+
+            hint = "" if bad[0] in TRAIN_FIELDS else did_you_mean(bad[0], [*ARCH_FIELDS, *vars(args)])
+            raise ConfigError(f"{', '.join(bad)}: not architecture keys{hint} (training keys need --train)")
         result = compare(args.architectures, overrides, **table)
     print(result.render(args.format))
     return 0

@@ -65,7 +65,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gpu", help="accelerator for the throughput estimate, e.g. H100-SXM, A100-PCIe, B200")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for --gpu (default 0.4)")
-    p.add_argument("--dtype", default="bfloat16", help="autocast dtype: bfloat16, float16 or float32")  # fmt: skip
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="autocast dtype")
 
 
 def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: bool) -> Any:
