@@ -11,7 +11,7 @@ from typing import Any
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig, check_keys_take_effect, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import ALL_KEYS, load_config_file, resolve_run_config
-from gptlab.errors import ConfigError, did_you_mean
+from gptlab.errors import ConfigError, did_you_mean, unknown_choice
 
 GB = 1e9
 
@@ -31,8 +31,13 @@ def _si(x: float) -> str:
     return f"{x:.0f} "
 
 
+AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
+
+
 def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
     """The architecture of a preset name or a training config file, with --key=value overrides."""
+    if getattr(args, "dtype", None) not in AUTOCAST_DTYPES:
+        raise unknown_choice("dtype", args.dtype, AUTOCAST_DTYPES)
     overrides = {**parse_overrides(extra), **{k: v for k, v in fixed.items() if v is not None}}
     is_file = args.preset.endswith(".py")
     known = ALL_KEYS if is_file else ARCH_FIELDS
@@ -65,7 +70,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gpu", help="accelerator for the throughput estimate, e.g. H100-SXM, A100-PCIe, B200")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for --gpu (default 0.4)")
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="autocast dtype")
+    p.add_argument("--dtype", default="bfloat16", help="autocast dtype: bfloat16, float16 or float32")
 
 
 def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: bool) -> Any:

@@ -86,6 +86,7 @@ def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
         (["flops", "gpt2", "--gpu", "V100-SXM2"], "no dense bf16 peak"),
         (["flops", "gpt2", "--gpu", "A100-SXM", "--mfu", "40"], "mfu=40"),
         (["plan", "gpt2", "--dtype", "int8"], "dtype='int8'"),
+        (["flops", "gpt2", "--dtype", "fp64"], "dtype='fp64' is not one of"),  # even where unused (no --gpu)
         (["plan", "llama", "--batch_sze=12"], "unknown option --batch_sze \\(did you mean 'batch_size'\\?\\)"),
         (["peak", "--n_layer=4"], "takes no architecture overrides"),
     ],
