@@ -34,7 +34,12 @@ EXPECTED = (
 # nanoGPT's init_from names for OpenAI's GPT-2 checkpoints, and where they live on the Hub
 NANOGPT_HUB_NAMES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-HUB_WEIGHTS = (["*.safetensors", "*.safetensors.index.json"], ["pytorch_model*.bin", "pytorch_model.bin.index.json"])
+# transformers' own file names, top level only (fnmatch's * also crosses '/': "*.safetensors" would fetch
+# a repository's onnx/ or original/ copies too)
+HUB_WEIGHTS = (
+    ["model*.safetensors", "model.safetensors.index.json"],
+    ["pytorch_model*.bin", "pytorch_model.bin.index.json"],
+)
 
 
 # ---------------------------------------------------------------------------- loading

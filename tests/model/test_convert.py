@@ -268,6 +268,16 @@ def test_hub_names_and_local_paths() -> None:
         "out/ckpt-0000012.dcp",
     ):
         assert hub_repo_id(local) is None, local
+    # what a download fetches from a repository like openai-community/gpt2: the config and the weights
+    # transformers reads, not the other formats or copies in subfolders
+    from huggingface_hub.utils import filter_repo_objects
+
+    from gptlab.model.convert import HUB_WEIGHTS
+
+    repo = ["config.json", "model.safetensors", "onnx/model.safetensors", "pytorch_model.bin", "tf_model.h5",
+            "model-00001-of-00002.safetensors", "model.safetensors.index.json", "original/params.pth"]  # fmt: skip
+    fetched = list(filter_repo_objects(repo, allow_patterns=["config.json", *HUB_WEIGHTS[0]]))
+    assert fetched == [repo[0], repo[1], repo[5], repo[6]]
 
 
 def test_hub_model_from_the_cache_matches_transformers(offline_hub, tokens: torch.Tensor) -> None:
