@@ -34,6 +34,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile_mode", default="default", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--compile_scope", default="model", help="model (one graph) or blocks (regional, per block)")
     p.add_argument("--loss_chunk_size", type=int, default=0, help="chunked LM head + loss (0: plain logits)")
     p.add_argument("--parallel", default="auto", help="under torchrun: ddp, zero1 or fsdp (auto: ddp)")
     p.add_argument("--attention_backend", default="sdpa", help="sdpa or manual")
@@ -55,6 +56,7 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
         f"--dtype={a.dtype!r}",
         f"--compile={a.compile}",
         f"--compile_mode={a.compile_mode!r}",
+        f"--compile_scope={a.compile_scope!r}",
         f"--loss_chunk_size={a.loss_chunk_size}",
         f"--parallel={a.parallel!r}",
         f"--attention_backend={a.attention_backend!r}",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 8's GPU measurements in one place, a stage per call (each fits a 10-minute command):
-#   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | head | profile | telemetry | sweep | all
+#   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | regional | head | profile | telemetry | sweep | all
 #   bench/gpu_suite.sh lease     # the one call to make on a short GPU lease (see stage_lease)
 # Prints tables; copy them into docs/benchmarks.md with the date, device and command.
 # The model sizes are real (GPT-2 124M / 350M widths, vocab 50304, block 1024); the tokens come from
@@ -42,6 +42,9 @@ stage_350m() { step "${M350[@]}" "${GPU[@]}" --batch_size 16; }
 stage_chunked() {
   step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096
   step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --compile_mode max-autotune-no-cudagraphs
+}
+stage_regional() {  # torchtitan's per-block compile against the whole-model graph: step time and compile time
+  step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --compile_scope blocks
 }
 stage_head() {
   "$PY" bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0,1024,2048,4096,8192 --iters 10 \
@@ -101,12 +104,12 @@ stage_gpt2_32() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 32; }
 stage_llama_16() { stage_llama; }
 stage_350m_16() { stage_350m; }
 
-STAGES=(env peak gpt2 llama 350m chunked head profile telemetry sweep cuda_tests)
+STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep cuda_tests)
 RUNS=(gpt2_16 gpt2_32 llama_16 350m_16)
 case "${1:-all}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   lease) stage_lease ;;
-  env|peak|gpt2|llama|350m|chunked|head|profile|telemetry|sweep|cuda_tests|gpt2_16|gpt2_32|llama_16|350m_16)
+  env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests|gpt2_16|gpt2_32|llama_16|350m_16)
     "stage_$1" ;;
   *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac

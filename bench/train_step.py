@@ -76,6 +76,10 @@ def main() -> None:
     plain_step, gptlab_step = make_steps(trainer, a.grad_accum)
 
     tokens = a.batch_size * a.block_size * a.grad_accum  # per rank
+    start = time.perf_counter()  # the first step compiles (with --compile): regional compile's gain is here
+    plain_step()
+    _sync(device)
+    first_step_s = time.perf_counter() - start
     results: dict[str, list[float]] = {"plain PyTorch": [], "gptlab train_step": []}
     round_ratios = []  # paired: each round's gptlab median over the plain median just before it
     for _ in range(a.rounds):  # alternate, so drift in machine load hits both alike
@@ -93,7 +97,8 @@ def main() -> None:
         print(
             f"model: {trainer.arch.get_architecture_name()}, {trainer.raw_model.get_num_params() / 1e6:.2f}M params, "
             f"{tokens} tokens/step per rank x {dist.world_size} ({trainer.mode}), device={device}, "
-            f"dtype={trainer.dtype}, compile={a.compile} ({a.compile_mode}), attention={a.attention_backend}, "
+            f"dtype={trainer.dtype}, compile={a.compile} ({a.compile_mode}, {a.compile_scope}; first step "
+            f"{first_step_s:.1f} s), attention={a.attention_backend}, "
             f"loss_chunk_size={a.loss_chunk_size}, peak memory {peak_gb:.2f} GB "
             + ("(CUDA max allocated)" if cuda_peak is not None else "(process RSS)")
             + f", planned {planned_gb:.2f} GB"
@@ -122,6 +127,7 @@ def main() -> None:
             "peak_gb": peak_gb,  # over both loops (same model and batches)
             "peak_kind": "cuda_max_allocated" if cuda_peak is not None else "process_rss",
             "planned_peak_gb": planned_gb,
+            "first_step_s": first_step_s,  # compile included
         }
         Path(a.json).write_text(json.dumps(record))
     if dist.master:

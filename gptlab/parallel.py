@@ -201,7 +201,10 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
         return model
-    if cfg.compile:
+    if cfg.compile and cfg.compile_scope == "blocks":
+        for block in model.blocks:  # type: ignore[attr-defined]
+            block.compile(mode=cfg.compile_mode)  # one compile serves every identical block
+    elif cfg.compile:
         model.compile(mode=cfg.compile_mode)  # in place: state-dict keys keep their names
     if info.mode in ("ddp", "zero1"):
         from torch.nn.parallel import DistributedDataParallel

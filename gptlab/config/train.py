@@ -32,6 +32,7 @@ LOG_STYLES = ("detailed", "compact")
 NAN_POLICIES = ("stop", "skip")
 PARALLEL_MODES = ("auto", "none", "ddp", "zero1", "fsdp")
 BACKENDS = ("auto", "nccl", "gloo")
+COMPILE_SCOPES = ("model", "blocks")
 # torch.compile's modes; 'reduce-overhead' and 'max-autotune' capture CUDA graphs on a GPU
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -84,6 +85,10 @@ class TrainConfig:
     dtype: str = "auto"  # 'auto': bfloat16 where supported on CUDA, else float16 on CUDA; float32 on CPU
     compile: bool = True
     compile_mode: str = "default"  # torch.compile mode: 'default' | 'reduce-overhead' | 'max-autotune' | ...
+    # 'model': one graph, fusions across blocks; 'blocks': each block (and the LM head + loss: the rest
+    # runs eagerly) compiled alone, like torchtitan: identical blocks share one compile, so it takes
+    # about a layer's time. FSDP always compiles per block.
+    compile_scope: str = "model"
     backend: str = "auto"  # 'auto': NCCL on CUDA, gloo on the CPU (device='cpu' always uses gloo)
     peak_tflops: float | None = None  # override the detected dense peak (needed for MFU on a CPU)
     # parallelism under torchrun (docs/parallel.md)
@@ -116,6 +121,7 @@ class TrainConfig:
             "parallel": PARALLEL_MODES,
             "backend": BACKENDS,
             "compile_mode": COMPILE_MODES,
+            "compile_scope": COMPILE_SCOPES,
         }
         for key, allowed in choices.items():
             value = getattr(self, key)

@@ -125,10 +125,19 @@ def test_quickstart_config_file_matches_the_default_job() -> None:
     assert load_config_file(ROOT / "config/train_stdlib_char.py") == QUICKSTART
 
 
-@pytest.mark.parametrize(("mode", "parallel"), [("reduce-overhead", "none"), ("max-autotune-no-cudagraphs", "fsdp")])
-def test_compile_mode_reaches_torch_compile(mode: str, parallel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("mode", "parallel", "scope"),
+    [
+        ("reduce-overhead", "none", "model"),
+        ("max-autotune-no-cudagraphs", "fsdp", "model"),
+        ("default", "ddp", "blocks"),
+    ],
+)
+def test_compile_mode_reaches_torch_compile(
+    mode: str, parallel: str, scope: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--compile_mode is torch.compile's ``mode`` (CUDA graphs with 'reduce-overhead'), for the whole
-    model or, under FSDP2, for every block."""
+    model or, under FSDP2 or with compile_scope='blocks', for every block."""
     import torch
 
     from gptlab import ConfigurableGPT, get_debug_config
@@ -138,8 +147,9 @@ def test_compile_mode_reaches_torch_compile(mode: str, parallel: str, monkeypatc
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
     monkeypatch.setattr("torch.distributed.fsdp.fully_shard", lambda module, **kw: module)
     monkeypatch.setattr("torch.distributed.device_mesh.init_device_mesh", lambda *args, **kw: None)  # no group here
-    cfg = TrainConfig(compile=True, compile_mode=mode, parallel=parallel, device="cpu")
+    monkeypatch.setattr("torch.nn.parallel.DistributedDataParallel", lambda module, **kw: module)
+    cfg = TrainConfig(compile=True, compile_mode=mode, parallel=parallel, device="cpu", compile_scope=scope)
     model = ConfigurableGPT(get_debug_config("llama", n_layer=2))
     info = DistInfo(mode=parallel)
     parallelize(model, cfg, info, "float32")
-    assert seen == [{"mode": mode}] * (2 if parallel == "fsdp" else 1)
+    assert seen == [{"mode": mode}] * (2 if parallel == "fsdp" or scope == "blocks" else 1)
