@@ -52,7 +52,7 @@ def resolve_architecture(name: str, overrides: dict[str, Any] | None = None) -> 
     if name.endswith(".py"):
         values = load_config_file(name)
         arch_keys = {k: v for k, v in values.items() if k in ARCH_FIELDS or k == "arch_preset"}
-        config = resolve_run_config({**arch_keys, **arch_overrides}).arch
+        config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
         train_values = {k: v for k, v in values.items() if k not in arch_keys}
         return Architecture(Path(name).stem, config, name, train_values)
     return Architecture(name, check_keys_take_effect(get_preset_config(name, **arch_overrides), arch_overrides), name)

@@ -220,16 +220,19 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
     return values
 
 
-def resolve_run_config(values: dict[str, Any], explicit: Iterable[str] | None = None) -> RunConfig:
+def resolve_run_config(
+    values: dict[str, Any], explicit: Iterable[str] | None = None, typed: Iterable[str] = ()
+) -> RunConfig:
     """Split flat keys into training and architecture settings and validate both. ``explicit``: the
-    keys the user set (a config file, an override); by default all of ``values``."""
+    keys the user set (a config file, an override); by default all of ``values``. ``typed``: those set
+    on the command line, which must take effect (a config file may spell out every key, used or not)."""
     for key in values:
         if key not in ALL_KEYS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
     explicit = frozenset(values if explicit is None else explicit)
-    return RunConfig(train=train, arch=check_keys_take_effect(arch, explicit), explicit=explicit)
+    return RunConfig(train=train, arch=check_keys_take_effect(arch, typed), explicit=explicit)
 
 
 # Settings of a launch rather than of the run it continues: a resume takes them from this launch
@@ -287,13 +290,13 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     values.update(from_overrides)
     explicit.update(from_overrides)
     if values.get("init_from") != "resume":
-        return resolve_run_config(values, explicit)
+        return resolve_run_config(values, explicit, from_overrides)
     values, changed, path = resumed_values(values, explicit)
     if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
         out_dir = values.get("out_dir", TrainConfig.out_dir)
         raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint")
     try:  # validated once, on the values the run will have
-        run = resolve_run_config(values, explicit)
+        run = resolve_run_config(values, explicit, from_overrides)
     except ConfigError as e:
         raise ConfigError(f"{e} (resuming {path}: the settings not given now are the checkpoint's)") from None
     run.resume_changes = changed

@@ -49,7 +49,7 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
                 f"--{', --'.join(options)} and the architecture keys ({', '.join(ARCH_FIELDS)})"
             )
     if is_file:
-        return resolve_run_config({**load_config_file(args.preset), **overrides}).arch
+        return resolve_run_config({**load_config_file(args.preset), **overrides}, typed=overrides).arch
     return check_keys_take_effect(get_preset_config(args.preset, **overrides), overrides)
 
 
