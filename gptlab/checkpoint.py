@@ -37,8 +37,7 @@ DCP_LINK = "ckpt.dcp"
 DCP_META = "meta.pt"
 FORMAT = "gptlab"
 _HISTORY = re.compile(r"^ckpt-(\d+)\.(pt|dcp)$")
-_LEFTOVER = re.compile(r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.tmp|ckpt\.dcp\.tmp)$")
-_LEFTOVER_OLD = re.compile(r"^\.(ckpt-\d+\.dcp)\.old$")
+_LEFTOVER = re.compile(r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.(tmp|old)|ckpt\.dcp\.tmp)$")
 # torch.compile wraps the model as `_orig_mod`, DDP as `module`: neither belongs in a checkpoint.
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
@@ -105,9 +104,6 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     if single.is_file():
         found.append((_saved_iter(single), single.stat().st_mtime_ns, single))
     dcp = out_dir / DCP_LINK
-    if dcp.is_symlink() and not dcp.exists():  # a re-save killed between its two renames: put it back
-        with contextlib.suppress(FileNotFoundError):  # (another rank may just have)
-            os.replace(out_dir / f".{os.readlink(dcp)}.old", out_dir / os.readlink(dcp))
     if is_dcp_dir(dcp):
         found.append((_saved_iter(dcp / DCP_META), (dcp / DCP_META).stat().st_mtime_ns, dcp.resolve()))
     return max(found)[2] if found else None
@@ -122,23 +118,18 @@ def _saved_iter(path: Path) -> int:
 
 
 def remove_save_leftovers(out_dir: str | Path) -> list[str]:
-    """What saves killed half-way leave (``.ckpt.pt.tmp-PID``, ``.ckpt-ITER.dcp.tmp``): removed when a
-    run starts in ``out_dir``, since no writer of them is alive then. A DCP checkpoint caught between
-    its two renames (only ``.ckpt-ITER.dcp.old`` left) is put back. Returns the names handled."""
+    """What saves killed half-way leave (``.ckpt.pt.tmp-PID``, ``.ckpt-ITER.dcp.tmp``; ``.ckpt-ITER.dcp.old``
+    from earlier versions): removed when a run starts in ``out_dir``, since no writer of them is alive
+    then. Returns the names removed."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return []
-    handled = []
+    removed = []
     for p in sorted(out_dir.iterdir()):
-        old = _LEFTOVER_OLD.match(p.name)
-        if old and not (out_dir / old.group(1)).exists():
-            os.replace(p, out_dir / old.group(1))
-        elif _LEFTOVER.match(p.name) or old:
+        if _LEFTOVER.match(p.name):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        else:
-            continue
-        handled.append(p.name)
-    return handled
+            removed.append(p.name)
+    return removed
 
 
 def remove_checkpoints(out_dir: str | Path, keep: str | Path | None = None) -> list[str]:
@@ -201,6 +192,15 @@ def save_dcp(
     out_dir = Path(out_dir)
     name = f"ckpt-{int(meta['iter_num']):07d}.dcp"
     tmp, final = out_dir / f".{name}.tmp", out_dir / name
+    if is_dcp_dir(final):
+        # the same iteration again (the first eval after a resume): the same weights and optimizer state, which
+        # are not rewritten; only meta.pt, atomically (the settings may have changed), so no reader ever
+        # finds the checkpoint missing
+        if rank == 0:
+            atomic_save(meta, final / DCP_META)
+            _point_link(out_dir, name)
+        barrier()
+        return final
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a save that crashed
         tmp.mkdir(parents=True)
@@ -209,24 +209,23 @@ def save_dcp(
     if rank == 0:
         atomic_save(meta, tmp / DCP_META)
         _fsync_dir(tmp)
-        if final.exists():  # the same iteration saved again (e.g. right after a resume)
-            trash = out_dir / f".{name}.old"
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        link_tmp = out_dir / f".{DCP_LINK}.tmp"
-        link_tmp.unlink(missing_ok=True)
-        os.symlink(name, link_tmp)
-        os.replace(link_tmp, out_dir / DCP_LINK)  # atomic: the link names the old or the new, never neither
-        _fsync_dir(out_dir)
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete directory of that name (no meta.pt)
+        os.replace(tmp, final)
+        _point_link(out_dir, name)
         for _, old in _history(out_dir, "dcp")[:-keep]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def _point_link(out_dir: Path, name: str) -> None:
+    """``ckpt.dcp`` -> ``name``, replaced atomically: the link names the old or the new, never neither."""
+    link_tmp = out_dir / f".{DCP_LINK}.tmp"
+    link_tmp.unlink(missing_ok=True)
+    os.symlink(name, link_tmp)
+    os.replace(link_tmp, out_dir / DCP_LINK)
+    _fsync_dir(out_dir)
 
 
 def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,7 @@ def test_a_run_clears_what_killed_saves_left(data_dir: Path, tmp_path: Path) -> 
     train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
     (run / ".ckpt.pt.tmp-99999").write_bytes(b"\0" * 64)  # a single-file save killed mid-write
     (run / ".ckpt-0000008.dcp.tmp").mkdir()  # a sharded one
-    (run / "ckpt-0000003.dcp").rename(run / ".ckpt-0000003.dcp.old")  # killed between a re-save's two renames
+    shutil.copytree(run / "ckpt-0000003.dcp", run / ".ckpt-0000003.dcp.old")  # what older versions' re-saves left
     train(
         parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume")), stream=io.StringIO()
     )
