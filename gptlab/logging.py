@@ -54,8 +54,12 @@ class TrainingLogger:
         wandb_config: dict[str, Any] | None = None,
         tensorboard: bool = False,
         resume: bool = False,
+        eval_only: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
+        # an evaluation leaves the run it evaluates as it is: its records go to eval.jsonl (appended), and
+        # there is no summary.json
+        self.eval_only = eval_only
         self.style, self.enabled = style, enabled
         self.stream = stream or sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -85,7 +89,8 @@ class TrainingLogger:
             self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
         # opened last: a missing backend fails before an existing log is truncated
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.out_dir / "log.jsonl", "a" if resume else "w")  # noqa: SIM115 (lives with the logger)
+        name, mode = ("eval.jsonl", "a") if eval_only else ("log.jsonl", "a" if resume else "w")
+        self._file = open(self.out_dir / name, mode)  # noqa: SIM115 (lives with the logger)
 
     # ------------------------------------------------------------------ records
     def _write(self, record: dict[str, Any]) -> None:
@@ -267,7 +272,8 @@ class TrainingLogger:
             "peak_memory_gb": max((p for p in peaks if p is not None), default=None),
             **extra,
         }
-        (self.out_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+        if not self.eval_only:
+            (self.out_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
         self._write({"type": "summary", **summary})
         self.close()
         return summary

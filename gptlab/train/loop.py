@@ -258,6 +258,7 @@ class Trainer:
             ),
             tensorboard=cfg.tensorboard_log,
             resume=cfg.init_from == "resume",
+            eval_only=cfg.eval_only,
         )
         if ckpt is not None:
             self._restore_rng(ckpt)
@@ -568,7 +569,8 @@ class Trainer:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.master:
-            (self.out_dir / "config.json").write_text(_dumps(self.run_config.to_dict()))
+            if not cfg.eval_only:  # an evaluation leaves the evaluated run's files as they are
+                (self.out_dir / "config.json").write_text(_dumps(self.run_config.to_dict()))
             report = build_startup_report(self)
             self.logger.log_startup_info(report, render_startup_report(report))
             # before the first step, not after an OOM (the plan is a training plan; offload is not modelled)

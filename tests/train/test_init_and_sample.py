@@ -151,12 +151,17 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     )
     assert (tmp_path / "ckpt.pt").read_bytes() == ckpt and summary["iterations"] == 5
     assert any(r.get("event") == "done" for r in _records(tmp_path))
-    # eval_only evaluates the checkpoint whatever its iteration (5 is not a multiple of 4) and writes no checkpoint
+    # eval_only evaluates the checkpoint whatever its iteration (5 is not a multiple of 4) and leaves the run's
+    # files as they are (nanoGPT's eval_only writes nothing): its records go to eval.jsonl
+    files = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "log.jsonl", "config.json", "summary.json")}
     summary = train(
         parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, eval_interval=4, init_from="resume", eval_only=True)),
         stream=io.StringIO(),
     )
-    assert summary["final_val_loss"] is not None and (tmp_path / "ckpt.pt").read_bytes() == ckpt
+    assert summary["final_val_loss"] is not None
+    assert {name: (tmp_path / name).read_bytes() for name in files} == files
+    evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] for r in evals if r["type"] == "eval"] == [summary["final_val_loss"]]
 
 
 def test_a_new_run_never_silently_replaces_a_previous_one(data_dir: Path, tmp_path: Path) -> None:
@@ -230,7 +235,8 @@ def test_nanogpt_eval_config_evaluates_hub_weights(data_dir: Path, tmp_path: Pat
     assert run.train.eval_only and run.train.init_from == "gpt2"
     summary = train(run, stream=io.StringIO())
     assert summary["final_val_loss"] > 0
-    assert not [r for r in _records(tmp_path / "eval") if r["type"] == "iter"]
+    records = [json.loads(line) for line in (tmp_path / "eval" / "eval.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["type"] == "iter"] and [r for r in records if r["type"] == "eval"]
 
 
 OWN_COMPONENTS = """
