@@ -187,6 +187,7 @@ class RunConfig:
     train: TrainConfig
     arch: ModelArchitectureConfig
     explicit: frozenset[str] = frozenset()  # keys a config file or override set (vs. defaults)
+    typed: frozenset[str] = frozenset()  # of those, the ones set on the command line (--key=value)
     resume_changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)  # {key: (checkpoint's, now)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,7 +233,8 @@ def resolve_run_config(
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
     explicit = frozenset(values if explicit is None else explicit)
-    return RunConfig(train=train, arch=check_keys_take_effect(arch, typed), explicit=explicit)
+    arch = check_keys_take_effect(arch, typed)
+    return RunConfig(train=train, arch=arch, explicit=explicit, typed=frozenset(typed))
 
 
 # Settings of a launch rather than of the run it continues: a resume takes them from this launch
@@ -247,13 +249,14 @@ LAUNCH_KEYS: frozenset[str] = frozenset(
 
 
 def resumed_values(
-    values: dict[str, Any], explicit: set[str]
+    values: dict[str, Any], explicit: set[str], typed: Iterable[str] = ()
 ) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]], str | None]:
     """``init_from='resume'`` continues the run it resumes: every training setting the user did not set
     now (``explicit``) is the checkpoint's (learning rate, schedule, batch, data, seed, compile, ...),
     not a default, so the LR schedule and the batches go on as before; launch settings (``LAUNCH_KEYS``)
-    stay this launch's. Returns the values, the settings the user changed ``{key: (checkpoint's, now)}``
-    and the checkpoint's path (None when there is none: the Trainer then says so)."""
+    stay this launch's. The architecture is the checkpoint's: an ``arch_preset`` typed now (``typed``)
+    that differs is refused, a config file's is overruled. Returns the values, the settings the user
+    changed ``{key: (checkpoint's, now)}`` and the checkpoint's path (None when there is none)."""
     from gptlab.checkpoint import latest_checkpoint, read_saved_train_config
 
     path = latest_checkpoint(values.get("out_dir", TrainConfig.out_dir))
@@ -261,6 +264,9 @@ def resumed_values(
         return values, {}, None
     saved = {k: v for k, v in read_saved_train_config(path).items() if k in TRAIN_FIELDS and k not in LAUNCH_KEYS}
     changed = {k: (v, values[k]) for k, v in saved.items() if k in explicit and values[k] != v}
+    if "arch_preset" in changed and "arch_preset" not in typed:  # a config file's: the checkpoint's wins
+        del changed["arch_preset"]
+        values = {**values, "arch_preset": saved["arch_preset"]}
     if "arch_preset" in changed:  # the architecture is the checkpoint's own
         raise ConfigError(
             f"arch_preset={values['arch_preset']!r} conflicts with the checkpoint resumed from {str(path)!r} "
@@ -291,7 +297,7 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     explicit.update(from_overrides)
     if values.get("init_from") != "resume":
         return resolve_run_config(values, explicit, from_overrides)
-    values, changed, path = resumed_values(values, explicit)
+    values, changed, path = resumed_values(values, explicit, from_overrides)
     if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
         out_dir = values.get("out_dir", TrainConfig.out_dir)
         raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint")

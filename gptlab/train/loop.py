@@ -115,37 +115,51 @@ def unigram_baseline(dataset_dir: Path, meta: dict[str, Any]) -> float:
 FREE_ARCH_KEYS = ("dropout", "attention_backend")
 
 
-def _check_arch_overrides(run: RunConfig, loaded: dict[str, Any], source: str, may_shrink_block: bool = False) -> None:
-    """An architecture key the user set that the loaded weights contradict is an error, not ignored."""
+def _check_arch_overrides(
+    run: RunConfig, loaded: dict[str, Any], source: str, may_shrink_block: bool = False
+) -> list[str]:
+    """Architecture keys set now that the loaded weights contradict: typed on the command line, an
+    error; from a config file, the weights win, as nanoGPT's resume and init_from do (a config file
+    spells out the model it was written for). Returns those config-file keys, 'key: file's -> weights''."""
+    overruled = []
     for key in sorted(run.explicit & set(loaded)):
         if key in FREE_ARCH_KEYS or key not in ARCH_FIELDS:
             continue
         wanted, have = getattr(run.arch, key), loaded[key]
         if key == "block_size" and may_shrink_block and wanted <= have:
             continue  # a shorter context crops the loaded model, as nanoGPT does
-        if wanted != have:
-            raise ConfigError(
-                f"{key}={wanted!r} conflicts with the weights loaded from {source!r} ({key}={have!r}); "
-                f"drop --{key} (only {', '.join(FREE_ARCH_KEYS)} may change on loaded weights)"
-            )
+        if wanted == have:
+            continue
+        if key not in run.typed:
+            overruled.append(f"{key}: {wanted!r} -> {have!r}")
+            continue
+        raise ConfigError(
+            f"{key}={wanted!r} conflicts with the weights loaded from {source!r} ({key}={have!r}); "
+            f"drop --{key} (only {', '.join(FREE_ARCH_KEYS)} may change on loaded weights)"
+        )
+    return overruled
 
 
 PRESET_FAMILY_KEYS = ("normalization", "position_encoding", "ffn_type", "norm_position")
 
 
-def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> None:
-    """An ``arch_preset`` the user set whose family (norm, positions, FFN, norm placement) the loaded
-    weights contradict is an error, as on a resume; variants within a family (tying, RoPE theta) load."""
+def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> list[str]:
+    """An ``arch_preset`` typed now whose family (norm, positions, FFN, norm placement) the loaded weights
+    contradict is an error, as on a resume; a config file's is overruled (returned, as above). Variants
+    within a family (tying, RoPE theta) load."""
     if "arch_preset" not in run.explicit:
-        return
+        return []
     preset = PRESETS[run.train.arch_preset]
     clash = [k for k in PRESET_FAMILY_KEYS if k in preset and k not in run.explicit and preset[k] != loaded[k]]
-    if clash:
-        have = ", ".join(f"{k}={loaded[k]!r}" for k in clash)
-        raise ConfigError(
-            f"arch_preset={run.train.arch_preset!r} conflicts with the weights loaded from {source!r} ({have}): "
-            "loaded weights fix the architecture; drop --arch_preset"
-        )
+    if not clash:
+        return []
+    if "arch_preset" not in run.typed:
+        return [f"arch_preset: {run.train.arch_preset!r} ({', '.join(f'{k}={loaded[k]!r}' for k in clash)})"]
+    have = ", ".join(f"{k}={loaded[k]!r}" for k in clash)
+    raise ConfigError(
+        f"arch_preset={run.train.arch_preset!r} conflicts with the weights loaded from {source!r} ({have}): "
+        "loaded weights fix the architecture; drop --arch_preset"
+    )
 
 
 class Trainer:
@@ -190,6 +204,7 @@ class Trainer:
         self.dataset_dir = ensure_prepared(cfg.dataset, cfg.data_dir)
         self.meta = read_meta(self.dataset_dir)
         self.iter_num, self.best_val_loss = 0, float("inf")
+        self._overruled: list[str] = []  # config-file architecture keys the loaded weights overrule
         self.arch, ckpt, pretrained = self._resolve_init(run)
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from (nodes reading different disks)
@@ -269,6 +284,13 @@ class Trainer:
                 + (f" (changed from the checkpoint's settings{changes})" if changes else ""),
                 changed={k: list(v) for k, v in run.resume_changes.items()},
             )
+        if self._overruled:
+            self.logger.log_event(
+                "weights_fix_architecture",
+                f"the architecture is that of the weights loaded from {cfg.init_from!r}, not the config file's: "
+                + "; ".join(self._overruled),
+                overruled=self._overruled,
+            )
         if cfg.overwrite and cfg.init_from != "resume" and not cfg.eval_only:
             # the replaced run's checkpoints go now (weights to fine-tune from are loaded by every rank), so that
             # no later resume or export finds them
@@ -318,7 +340,7 @@ class Trainer:
                 ckpt = load_checkpoint(path)
             ckpt["path"] = str(path)
             # the architecture is the checkpoint's; only settings that keep the weights may change, if set now
-            _check_arch_overrides(run, ckpt["arch"], str(path))
+            self._overruled = _check_arch_overrides(run, ckpt["arch"], str(path))
             arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in FREE_ARCH_KEYS if k in run.explicit}}
             return ModelArchitectureConfig.from_dict(arch_dict), ckpt, None
         # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint, or a Hub model, to fine-tune
@@ -330,10 +352,11 @@ class Trainer:
             )
         path = resolve_pretrained(cfg.init_from)
         model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
-        _check_arch_overrides(run, model.config.to_dict(), str(path), may_shrink_block=True)
-        _check_preset(run, model.config.to_dict(), str(path))
+        loaded = model.config.to_dict()
+        self._overruled = _check_arch_overrides(run, loaded, cfg.init_from, may_shrink_block=True)
+        self._overruled += _check_preset(run, loaded, cfg.init_from)
         if model.config.vocab_size < vocab:
-            raise CheckpointError(f"{str(path)!r} has vocab_size={model.config.vocab_size} < dataset's {vocab}")
+            raise CheckpointError(f"{cfg.init_from!r} has vocab_size={model.config.vocab_size} < dataset's {vocab}")
         if "block_size" in run.explicit and arch.block_size < model.config.block_size:
             model.crop_block_size(arch.block_size)  # as nanoGPT does when fine-tuning on shorter blocks
         return model.config, None, model.train()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gptlab import ConfigurableGPT, get_debug_config
+from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
 from gptlab.train.loop import Trainer, train
 from tests.train.conftest import tiny_args
@@ -290,3 +291,33 @@ def test_components_registered_in_a_config_file_train_and_sample(data_dir: Path,
         del NORM_REGISTRY["scalenorm_t"], ATTENTION_BACKEND_REGISTRY["mine_t"]
     with pytest.raises(ConfigError, match="registered again to load it: pass that file"):
         list(sample(parse_sample_args([f"--out_dir={str(out)!r}", "--device='cpu'"])))
+
+
+def test_config_file_architecture_yields_to_the_weights(data_dir: Path, tmp_path: Path, offline_hub) -> None:
+    """nanoGPT's flow: trained with the README's smaller --n_layer/--n_embd/--block_size on top of
+    config/train_shakespeare_char.py, resumed with the file alone; and config/train_gpt2.py fine-tuning
+    GPT-2's weights. The file's architecture keys yield to the weights (said in an event); typed ones
+    that contradict them are still refused."""
+    from gptlab.errors import ConfigError
+
+    out = tmp_path / "char"
+    small = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--dropout=0.0", "--max_iters=2", "--eval_interval=2"]
+    train(parse_run_args(_shipped_config("train_shakespeare_char", data_dir, out, *small)), stream=io.StringIO())
+    resume = _shipped_config("train_shakespeare_char", data_dir, out, "--init_from='resume'", "--max_iters=4")
+    resume.remove("--block_size=32")  # the file's block_size (256) is not the checkpoint's (32)
+    run = parse_run_args(resume)
+    train(run, stream=io.StringIO())
+    (event,) = [r for r in _records(out) if r.get("event") == "weights_fix_architecture"]
+    assert "block_size: 256 -> 32" in event["message"] and "n_layer: 6 -> 2" in event["message"]
+    assert load_checkpoint(out)["arch"]["n_layer"] == 2 and load_checkpoint(out)["iter_num"] == 5
+    with pytest.raises(ConfigError, match=r"n_layer=6 conflicts with the weights .*drop --n_layer"):
+        train(parse_run_args([*resume, "--n_layer=6"]))
+
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64))
+    offline_hub("openai-community/gpt2", hf)
+    ft = _shipped_config("train_gpt2", data_dir, tmp_path / "ft", "--init_from='gpt2'", "--max_iters=1")
+    ft += ["--wandb_log=False", "--gradient_accumulation_steps=1", "--batch_size=2"]
+    train(parse_run_args(ft), stream=io.StringIO())  # the file's custom / layernorm_nobias yield to GPT-2's
+    (event,) = [r for r in _records(tmp_path / "ft") if r.get("event") == "weights_fix_architecture"]
+    assert "normalization: 'layernorm_nobias' -> 'layernorm'" in event["message"] and "'gpt2'" in event["message"]
