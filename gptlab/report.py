@@ -90,10 +90,11 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
                 session_t0 = t
             record["elapsed_s"], last_t, after_resume = offset + t - session_t0, t, resume
         if kind in ("iter", "eval") and run.sessions and run.sessions[-1][0] is None:
-            run.sessions[-1][0] = record.get("iter")  # the session's first iteration
+            run.sessions[-1][0] = record.get("iter")  # older logs: the session's first record
         if kind == "startup":
             run.startup = record
-            run.sessions.append([None, (record.get("training") or {}).get("tokens_per_iter")])
+            training = record.get("training") or {}
+            run.sessions.append([training.get("start_iter"), training.get("tokens_per_iter")])
         elif kind == "iter":
             run.iters.append(record)
         elif kind == "eval":
