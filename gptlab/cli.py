@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gptlab.config.model import PRESETS, check_keys_take_effect, get_preset_config
 from gptlab.config.overrides import parse_overrides
@@ -36,13 +37,22 @@ def _cmd_presets(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+class _ExactOptions(argparse.ArgumentParser):
+    """No prefix matching of options: the commands also take --key=value architecture keys, and
+    ``--activation`` must not be read as ``--activation_checkpointing``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ExactOptions(
         prog="gptlab",
         description="Train GPT architectures assembled from configuration, with verified FLOPs, MFU and memory "
         "figures. Start with `gptlab train` (a two-minute CPU run); `gptlab COMMAND -h` explains each command.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ExactOptions)
     arch = sub.add_parser(
         "arch",
         help="describe a preset architecture with --key=value overrides",

@@ -196,12 +196,14 @@ def test_a_setting_the_architecture_would_ignore_is_refused(preset: str, overrid
         check_keys_take_effect(config, overrides)  # ...and the CLIs refuse what the user set for nothing
     with pytest.raises(ConfigError, match=match):
         parse_run_args([f"--arch_preset={preset!r}", *(f"--{k}={v!r}" for k, v in overrides.items())])
-    assert main(["arch", preset, *(f"--{k}={v}" for k, v in overrides.items())]) == 2
+    for command in ("arch", "flops", "plan", "compare"):  # no --activation read as --activation_checkpointing
+        assert main([command, preset, *(f"--{k}={v}" for k, v in overrides.items())]) == 2, command
     # a config file may spell out every key (config/full_custom.py does): its documented overrides work
     from pathlib import Path
 
     full_custom = str(Path(__file__).resolve().parents[2] / "config" / "full_custom.py")
     assert parse_run_args([full_custom, "--position_encoding='alibi'", "--ffn_type='geglu'"]).arch.ffn_type == "geglu"
     # what does take effect passes
+    assert main(["flops", "gpt2", "--activation=relu"]) == 0 and main(["compare", "gpt2", "--activation=relu"]) == 0
     check_keys_take_effect(get_preset_config("llama", activation="silu"), {"activation"})
     check_keys_take_effect(get_preset_config("gpt2", gelu_approximate="none"), {"gelu_approximate"})
