@@ -65,10 +65,16 @@ def download_hub_model(repo_id: str) -> Path:
         try:
             path = Path(snapshot_download(repo_id, allow_patterns=["config.json", *weights]))
         except Exception as e:  # offline, not found, gated: one line and the ways out
+            from huggingface_hub import constants
+
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            if constants.HF_HUB_OFFLINE:
+                way_out = f"HF_HUB_OFFLINE is set and it is not in Hugging Face's cache ({constants.HF_HUB_CACHE})"
+            else:
+                way_out = "with no network, HF_HUB_OFFLINE=1 reads Hugging Face's cache"
             raise CheckpointError(
-                f"cannot get {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {first[:200]}); "
-                "offline, HF_HUB_OFFLINE=1 reads Hugging Face's cache; or pass an existing local path"
+                f"cannot get {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {first}); "
+                f"{way_out}; or pass an existing local path"
             ) from None
         if any(path.glob(weights[0])):
             return path

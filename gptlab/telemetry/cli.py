@@ -107,14 +107,14 @@ def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace,
         raise ConfigError(f"gpu={args.gpu!r} has no dense {precision} peak in the table ({spec.description})")
     if not 0 < args.mfu <= 1:
         raise ConfigError(f"mfu={args.mfu} is invalid: expected a fraction in (0, 1]")
-    if gpus < 1:
-        raise ConfigError(f"num_gpus={gpus} is invalid: expected an integer >= 1")
     tps = expected_tokens_per_sec(config, peak, args.mfu, num_gpus=gpus, seq_len=seq_len)
     print(f"expected throughput on {gpus} x {spec.key} ({peak / 1e12:g} TFLOPS dense {precision}) at "
           f"{args.mfu:.0%} MFU: {tps:,.0f} tokens/s ({tps / gpus:,.0f} per GPU)")  # fmt: skip
 
 
 def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.num_gpus < 1:  # checked before anything is printed
+        raise ConfigError(f"num_gpus={args.num_gpus} is invalid: expected an integer >= 1")
     config = _config(args, extra)
     seq_len = config.block_size if args.seq_len is None else args.seq_len
     if seq_len > config.block_size:

@@ -247,8 +247,21 @@ def test_not_a_checkpoint_gives_one_line_errors(tmp_path: Path, offline_hub) -> 
         msg = str(info.value)
         assert "\n" not in msg and ("expected" in msg or "supported" in msg), msg
     for name in ("gpt2", "someone/tiny-model"):  # Hub names, not in the (offline) cache
-        with pytest.raises(CheckpointError, match=r"cannot get .* from the Hugging Face Hub .*HF_HUB_OFFLINE=1"):
+        with pytest.raises(CheckpointError, match=r"cannot get .* from the Hugging Face Hub .*HF_HUB_OFFLINE is set"):
             ConfigurableGPT.from_pretrained(name)
+
+
+def test_hub_error_without_offline_mode_says_how_to_read_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def unreachable(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known: " + "x" * 300)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(CheckpointError, match=r"\(OSError: .*x{300}\); with no network, HF_HUB_OFFLINE=1 reads"):
+        ConfigurableGPT.from_pretrained("gpt2")
 
 
 def test_hub_names_and_local_paths() -> None:

@@ -34,8 +34,10 @@ def test_flops_takes_overrides(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_flops_bad_numbers_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ConfigError, match="num_gpus=0 is invalid"):
-        run(["flops", "gpt2", "--gpu", "H100-SXM", "--num_gpus", "0"])
+    for gpu in (["--gpu", "H100-SXM"], []):
+        with pytest.raises(ConfigError, match="num_gpus=0 is invalid"):
+            run(["flops", "gpt2", *gpu, "--num_gpus", "0"])
+        assert capsys.readouterr().out == ""  # refused before the table is printed
     with pytest.raises(ConfigError, match="seq_len=0 is invalid"):
         run(["flops", "gpt2", "--seq_len", "0"])
     with pytest.raises(ConfigError, match=r"seq_len=4096 exceeds block_size=1024.*--block_size=4096"):
