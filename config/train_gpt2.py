@@ -10,7 +10,7 @@ wandb_run_name = "gpt2-124M"
 
 dataset = "openwebtext"
 arch_preset = "custom"
-normalization = "layernorm_nobias"
+normalization = "layernorm_nobias"  # nanoGPT: bias covers LayerNorm too (--bias=True: add --normalization=layernorm)
 
 # these make the total batch size be ~0.5M
 # 12 batch size * 1024 block size * 5 gradaccum * 8 GPUs = 491,520

@@ -23,7 +23,7 @@ block_size = 256  # context of up to 256 previous characters
 
 # baby GPT model :)
 arch_preset = "custom"
-normalization = "layernorm_nobias"
+normalization = "layernorm_nobias"  # nanoGPT: bias covers LayerNorm too (--bias=True: add --normalization=layernorm)
 n_layer = 6
 n_head = 6
 n_embd = 384

@@ -320,6 +320,11 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{str(path)!r} is corrupt or truncated ({reason}); the file was left untouched"
         ) from None
+    if isinstance(ckpt, dict) and "model_args" in ckpt and ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is a nanoGPT checkpoint: gptlab resumes and exports its own; fine-tune or sample "
+            f"from this one with --init_from={str(path)!r}"
+        )
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a gptlab training checkpoint (no format='{FORMAT}' record)")
     return ckpt

@@ -276,11 +276,11 @@ def resumed_values(
     return merged, changed, str(path)
 
 
-def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> RunConfig:
-    """``[CONFIG_FILE ...] [--key=value ...]`` -> RunConfig; later values win, as in nanoGPT.
-    ``defaults`` (e.g. the quick-start settings) apply under both."""
-    values = dict(defaults or {})
-    overrides, explicit = [], set()  # the defaults are not the user's: weights loaded or resumed override them
+def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """``[CONFIG_FILE ...] [--key=value ...]`` -> (files, overrides), with the one-line errors for
+    argparse's ``--key value`` spelling and a file after the overrides."""
+    files: list[str] = []
+    overrides: list[str] = []
     for arg in args:
         if arg.startswith("--"):
             overrides.append(arg)
@@ -289,9 +289,20 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         elif overrides:
             raise ConfigError(f"config file {arg!r} must come before the --key=value overrides")
         else:
-            from_file = load_config_file(arg)
-            values.update(from_file)
-            explicit.update(from_file)
+            files.append(arg)
+    return files, overrides
+
+
+def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> RunConfig:
+    """``[CONFIG_FILE ...] [--key=value ...]`` -> RunConfig; later values win, as in nanoGPT.
+    ``defaults`` (e.g. the quick-start settings) apply under both."""
+    values = dict(defaults or {})
+    explicit: set[str] = set()  # the defaults are not the user's: weights loaded or resumed override them
+    files, overrides = split_args(args)
+    for path in files:
+        from_file = load_config_file(path)
+        values.update(from_file)
+        explicit.update(from_file)
     from_overrides = parse_overrides(overrides)
     values.update(from_overrides)
     explicit.update(from_overrides)

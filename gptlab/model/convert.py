@@ -47,8 +47,8 @@ HUB_WEIGHTS = (
 
 def hub_repo_id(name: str) -> str | None:
     """The Hugging Face Hub repository ``name`` means (nanoGPT's ``gpt2-xl`` or ``org/name``), else None."""
-    if name in NANOGPT_HUB_NAMES:
-        return NANOGPT_HUB_NAMES[name]
+    if name.lower() in NANOGPT_HUB_NAMES:
+        return NANOGPT_HUB_NAMES[name.lower()]
     is_file_name = Path(name).suffix in (".pt", ".pth", ".bin", ".safetensors", ".json", ".dcp")
     return name if HUB_REPO_ID.fullmatch(name) and not is_file_name else None
 
@@ -89,6 +89,8 @@ def resolve_pretrained(src: str | Path) -> Path:
     repo_id = hub_repo_id(str(src))
     if repo_id is None:
         raise CheckpointError(f"{str(src)!r} is neither an existing path nor a Hub model name: expected {EXPECTED}")
+    if repo_id == str(src) and path.parent.is_dir():  # 'runs/run1' where ./runs exists: a local path, mistyped
+        raise CheckpointError(f"{str(src)!r} does not exist (its directory {str(path.parent)!r} does)")
     return download_hub_model(repo_id)
 
 

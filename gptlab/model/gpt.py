@@ -189,11 +189,13 @@ class ConfigurableGPT(nn.Module):
         return save_pretrained(self, directory, special_tokens)
 
     # ------------------------------------------------------------------ telemetry (gptlab.telemetry)
-    def estimate_mfu(self, fwdbwd_per_iter: float, dt: float, **kwargs: Any) -> float | None:
+    def estimate_mfu(self, fwdbwd_per_iter: float, dt: float, **kwargs: Any) -> float:
         """nanoGPT's ``model.estimate_mfu(fwdbwd_per_iter, dt)``, for scripts that call it: the MFU
         fraction, LM head included, against this CUDA device's dense bf16 peak (or ``precision=``,
-        ``peak_flops=``), not nanoGPT's fixed A100 312 TFLOPS; None where no peak is known (a CPU)."""
-        return self.estimate_mfu_detailed(fwdbwd_per_iter, dt, **kwargs)["mfu"]
+        ``peak_flops=``), not nanoGPT's fixed A100 312 TFLOPS. NaN where no peak is known (a CPU): a
+        number, so nanoGPT's running average and ``mfu*100`` print 'nan' instead of failing."""
+        mfu = self.estimate_mfu_detailed(fwdbwd_per_iter, dt, **kwargs)["mfu"]
+        return float("nan") if mfu is None else mfu
 
     def estimate_mfu_detailed(self, fwdbwd_per_iter: float, dt: float, **kwargs: Any) -> dict[str, Any]:
         """nanoGPT's ``estimate_mfu`` with the full breakdown: ``fwdbwd_per_iter`` sequences of

@@ -42,17 +42,17 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` as nanoGPT's sample.py. A config file runs (so the
     components it registers exist) and gives its sample keys; a training file's other keys, and its
     ``init_from`` unless a checkpoint or Hub name, are the training's and left out."""
-    from gptlab.config.train import load_config_file
+    from gptlab.config.train import load_config_file, split_args
 
     fields = [f.name for f in dataclasses.fields(SampleConfig)]
-    files = [a for a in args if not a.startswith("--")]
+    files, overrides = split_args(args)
     values: dict[str, Any] = {}
     for path in files:
         from_file = load_config_file(path, keys=fields)
         if from_file.get("init_from") == "scratch":
             del from_file["init_from"]
         values.update({k: v for k, v in from_file.items() if k in fields})
-    values.update(parse_overrides([a for a in args if a.startswith("--")]))
+    values.update(parse_overrides(overrides))
     for key in values:
         if key not in fields:
             raise ConfigError(f"unknown sample key {key!r}{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")

@@ -314,3 +314,19 @@ def test_mismatched_weights_are_reported(tmp_path: Path) -> None:
     torch.save(ckpt, tmp_path / "ckpt.pt")
     with pytest.raises(CheckpointError, match="shape"):
         ConfigurableGPT.from_pretrained(tmp_path / "ckpt.pt")
+
+
+def test_local_paths_and_nanogpt_runs_get_local_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped run directory under an existing folder is not sent to the Hub; nanoGPT names are
+    case-blind; a nanoGPT checkpoint where a gptlab one is expected says how to use it."""
+    from gptlab.checkpoint import load_checkpoint
+    from gptlab.model.convert import hub_repo_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(CheckpointError, match=r"'runs/run1' does not exist \(its directory 'runs' does\)"):
+        ConfigurableGPT.from_pretrained("runs/run1")
+    assert hub_repo_id("GPT2-XL") == "openai-community/gpt2-xl"
+    torch.save(_nanogpt_checkpoint(_gpt2()), tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match=r"is a nanoGPT checkpoint: .*--init_from="):
+        load_checkpoint(tmp_path)
