@@ -81,8 +81,8 @@ def torchrun(args: list[str], *, env: dict[str, str] | None = None, timeout: int
     return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(), timeout=timeout, cwd=ROOT)
 
 
-def records(out: Path, kind: str) -> list[dict]:
-    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["type"] == kind]
+def records(out: Path, kind: str, log: str = "log.jsonl") -> list[dict]:
+    return [r for r in map(json.loads, (out / log).read_text().splitlines()) if r["type"] == kind]
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -162,7 +162,7 @@ def test_single_file_checkpoint_resumes_under_fsdp(data_dir: Path, tmp_path: Pat
     shutil.copytree(runs["ddp"], dst, symlinks=True, ignore=shutil.ignore_patterns("log.jsonl", "summary.json"))
     res = torchrun(["--use_fsdp=True", *small(data_dir, dst, init_from="resume", eval_only=True)])
     assert res.returncode == 0, res.stderr[-3000:]
-    (evaluated,) = records(dst, "eval")
+    (evaluated,) = records(dst, "eval", "eval.jsonl")  # an evaluation's records
     assert evaluated["val_loss"] == pytest.approx(records(runs["ddp"], "eval")[-1]["val_loss"], rel=1e-6)
 
 
