@@ -172,7 +172,7 @@ class Comparison:
         if value is None:
             return "n/a"
         if key.startswith("memory."):
-            return f"{value / GB:.3g}"  # 14.5 for GPT-2 124M, 0.00683 for a test model
+            return f"{value / GB:#.3g}"  # 14.5 or 15.0 for GPT-2 124M, 0.00683 for a test model
         if key == "attention_to_ffn_ratio":
             return f"{value:.3f}"
         if key.startswith("params"):
