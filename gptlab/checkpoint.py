@@ -124,8 +124,12 @@ def remove_save_leftovers(out_dir: str | Path) -> list[str]:
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return []
+    link = out_dir / DCP_LINK
+    dangling = os.readlink(link) if link.is_symlink() and not link.exists() else None
     removed = []
     for p in sorted(out_dir.iterdir()):
+        if dangling is not None and p.name in (f".{dangling}.tmp", f".{dangling}.old"):
+            continue  # the interrupted save's checkpoint: kept for interrupted_save()'s advice
         if _LEFTOVER.match(p.name):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
             removed.append(p.name)
@@ -182,20 +186,26 @@ def save_single_file(state: dict[str, Any], out_dir: str | Path, keep: int = 1) 
 
 
 def save_dcp(
-    state_dict: dict[str, Any], meta: dict[str, Any], out_dir: str | Path, keep: int, rank: int, barrier: Any
+    state_dict: dict[str, Any],
+    meta: dict[str, Any],
+    out_dir: str | Path,
+    keep: int,
+    rank: int,
+    barrier: Any,
+    weights_on_disk: bool = False,
 ) -> Path:
     """Every rank: write its shards of ``state_dict`` with torch.distributed.checkpoint into a
     temporary directory; rank 0 adds ``meta.pt``, renames it to ``ckpt-ITER.dcp`` and points
-    ``ckpt.dcp`` at it. ``barrier()`` synchronises the ranks."""
+    ``ckpt.dcp`` at it. ``barrier()`` synchronises the ranks. ``weights_on_disk``: this run resumed
+    from exactly ``ckpt-ITER.dcp`` and has not stepped since (its first eval after a resume): the
+    shards there are this state, so only ``meta.pt`` is rewritten (atomically; the settings may have
+    changed). The caller decides it from the run's own state, the same on every rank."""
     import torch.distributed.checkpoint as dcp
 
     out_dir = Path(out_dir)
     name = f"ckpt-{int(meta['iter_num']):07d}.dcp"
     tmp, final = out_dir / f".{name}.tmp", out_dir / name
-    if is_dcp_dir(final):
-        # the same iteration again (the first eval after a resume): the same weights and optimizer state, which
-        # are not rewritten; only meta.pt, atomically (the settings may have changed), so no reader ever
-        # finds the checkpoint missing
+    if weights_on_disk:
         if rank == 0:
             atomic_save(meta, final / DCP_META)
             _point_link(out_dir, name)
@@ -209,14 +219,32 @@ def save_dcp(
     if rank == 0:
         atomic_save(meta, tmp / DCP_META)
         _fsync_dir(tmp)
-        shutil.rmtree(final, ignore_errors=True)  # an incomplete directory of that name (no meta.pt)
-        os.replace(tmp, final)
+        if final.exists():  # another state at this iteration (a fine-tune or a rollback into the same out_dir)
+            trash = out_dir / f".{name}.old"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)  # a crash from here to the next line leaves both, named in interrupted_save()
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
         _point_link(out_dir, name)
         for _, old in _history(out_dir, "dcp")[:-keep]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def interrupted_save(out_dir: str | Path) -> str | None:
+    """When ``ckpt.dcp`` names a directory that is missing (a save killed between its two renames),
+    what to do about it, for the "no checkpoint" error; else None."""
+    link = Path(out_dir) / DCP_LINK
+    if not link.is_symlink() or link.exists():
+        return None
+    name = os.readlink(link)
+    kept = [f".{name}.{suffix}" for suffix in ("tmp", "old") if is_dcp_dir(Path(out_dir) / f".{name}.{suffix}")]
+    where = " or ".join(kept) if kept else "nothing"
+    return f"ckpt.dcp points to the missing {name}: a save was interrupted; {where} holds it (rename it to {name})"
 
 
 def _point_link(out_dir: Path, name: str) -> None:

@@ -311,7 +311,11 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     values, changed, path = resumed_values(values, explicit, from_overrides)
     if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
         out_dir = values.get("out_dir", TrainConfig.out_dir)
-        raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint")
+        from gptlab.checkpoint import interrupted_save
+
+        why = interrupted_save(out_dir)
+        detail = f" ({why})" if why else ""
+        raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
     try:  # validated once, on the values the run will have
         run = resolve_run_config(values, explicit, from_overrides)
     except ConfigError as e:

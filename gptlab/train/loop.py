@@ -206,6 +206,10 @@ class Trainer:
         self.iter_num, self.best_val_loss = 0, float("inf")
         self._overruled: list[str] = []  # config-file architecture keys the loaded weights overrule
         self.arch, ckpt, pretrained = self._resolve_init(run)
+        # the DCP checkpoint resumed from, and its iteration: saving that iteration again rewrites only its meta
+        resumed = Path(ckpt["path"]).resolve() if ckpt is not None else None
+        self._resumed_dcp = resumed if resumed is not None and is_dcp_dir(resumed) else None
+        self._resumed_iter = int(ckpt["iter_num"]) if ckpt is not None else -1
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from (nodes reading different disks)
         parallel.check_same_config({**self.run_config.to_dict(), "start_iter": self.iter_num}, self.dist)
@@ -561,7 +565,9 @@ class Trainer:
             model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
             state = {"model": model_sd, "optimizer": optim_sd}
             barrier = functools.partial(parallel.barrier, self.dist)
-            path = save_dcp(state, self.checkpoint_meta(), self.out_dir, keep, self.rank, barrier)
+            on_disk = self._resumed_dcp == (self.out_dir / f"ckpt-{self.iter_num:07d}.dcp").resolve()
+            on_disk = on_disk and self.iter_num == self._resumed_iter  # no step since the resume
+            path = save_dcp(state, self.checkpoint_meta(), self.out_dir, keep, self.rank, barrier, on_disk)
         else:
             if self.mode == "zero1":
                 self.optimizer.consolidate_state_dict(to=0)  # the document's way: gather the shards to rank 0

@@ -186,7 +186,7 @@ def test_a_run_clears_what_killed_saves_left(data_dir: Path, tmp_path: Path) -> 
     train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
     (run / ".ckpt.pt.tmp-99999").write_bytes(b"\0" * 64)  # a single-file save killed mid-write
     (run / ".ckpt-0000008.dcp.tmp").mkdir()  # a sharded one
-    shutil.copytree(run / "ckpt-0000003.dcp", run / ".ckpt-0000003.dcp.old")  # what older versions' re-saves left
+    shutil.copytree(run / "ckpt-0000003.dcp", run / ".ckpt-0000003.dcp.old")  # a re-save's, killed after the swap
     train(
         parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume")), stream=io.StringIO()
     )
@@ -207,3 +207,43 @@ def test_resume_without_checkpoint_and_file_out_dir_fail_first(data_dir: Path, t
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file: expected a directory"):
         train(parse_run_args(tiny_args(data_dir, tmp_path / "file")))
+
+
+def test_a_dcp_iteration_saved_again_is_rewritten_unless_it_is_the_resumed_state(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Resumed from ckpt-6 and evaluated at 6 again: the shards on disk are that state, only meta.pt is
+    rewritten (with the new settings). A fine-tune into the same out_dir reaching iteration 4, where the
+    replaced run left its ckpt-4 (kept as the fine-tune's source), writes its own weights there."""
+    from gptlab.checkpoint import load_checkpoint_meta
+
+    run = tmp_path / "run"
+    args = dict(parallel="fsdp", max_iters=5, eval_interval=6, keep_checkpoints=3)
+    train(parse_run_args(tiny_args(data_dir, run, **args)), stream=io.StringIO())
+    shards = {p: p.stat().st_mtime_ns for p in (run / "ckpt-0000006.dcp").glob("*.distcp")}
+    train(parse_run_args(tiny_args(data_dir, run, **{**args, "max_iters": 8, "init_from": "resume"})))
+    assert {p: p.stat().st_mtime_ns for p in shards} == shards  # not rewritten...
+    meta = load_checkpoint_meta(run / "ckpt-0000006.dcp")
+    assert meta["config"]["train"]["max_iters"] == 8  # ...but its settings are the resumed run's
+
+    src = tmp_path / "src"
+    train(parse_run_args(tiny_args(data_dir, src, parallel="fsdp", max_iters=8, eval_interval=4, keep_checkpoints=3)))
+    before = load_checkpoint(src / "ckpt-0000004.dcp")["model"]
+    finetune = dict(parallel="fsdp", max_iters=4, eval_interval=4, keep_checkpoints=3, learning_rate=3e-2)
+    finetune.update(init_from=str(src / "ckpt-0000004.dcp"), overwrite=True, always_save_checkpoint=True)
+    train(parse_run_args(tiny_args(data_dir, src, **finetune)), stream=io.StringIO())
+    after = load_checkpoint(src / "ckpt-0000004.dcp")
+    assert after["config"]["train"]["learning_rate"] == 3e-2
+    assert not all(torch.equal(v, before[k]) for k, v in after["model"].items())  # the fine-tune's weights
+
+
+def test_a_save_interrupted_between_renames_is_named_not_deleted(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.checkpoint import remove_save_leftovers
+    from gptlab.errors import CheckpointError
+
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
+    (run / "ckpt-0000003.dcp").rename(run / ".ckpt-0000003.dcp.old")  # killed right after the first rename
+    assert remove_save_leftovers(run) == []  # the only copy is kept
+    with pytest.raises(CheckpointError, match=r"a save was interrupted; \.ckpt-0000003\.dcp\.old holds it"):
+        parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume"))
