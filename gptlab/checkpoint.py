@@ -264,11 +264,11 @@ def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def read_saved_train_config(path: str | Path) -> dict[str, Any]:
-    """The training settings a checkpoint was written with (``{}`` for one that has none)."""
+def read_saved_settings(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training settings and the architecture a checkpoint was written with (``{}`` for none)."""
     path = Path(path)
     meta = load_checkpoint_meta(path) if is_dcp_dir(path) else _torch_load_checked(path)  # ckpt.pt: memory-mapped
-    return _saved_train(meta)
+    return _saved_train(meta), dict(meta.get("arch") or {})
 
 
 def _saved_train(meta: dict[str, Any]) -> dict[str, Any]:
@@ -350,8 +350,8 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
         ) from None
     if isinstance(ckpt, dict) and "model_args" in ckpt and ckpt.get("format") != FORMAT:
         raise CheckpointError(
-            f"{str(path)!r} is a nanoGPT checkpoint: gptlab resumes and exports its own; fine-tune or sample "
-            f"from this one with --init_from={str(path)!r}"
+            f"{str(path)!r} is a nanoGPT checkpoint: gptlab resumes and exports its own; to fine-tune from it "
+            f"or sample it, pass --init_from={str(path)!r} (with another --out_dir for a fine-tune)"
         )
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a gptlab training checkpoint (no format='{FORMAT}' record)")

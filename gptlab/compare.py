@@ -172,7 +172,8 @@ class Comparison:
         if value is None:
             return "n/a"
         if key.startswith("memory."):
-            return f"{value / GB:#.3g}"  # 14.5 or 15.0 for GPT-2 124M, 0.00683 for a test model
+            gb = value / GB  # 14.5 or 15.0 for GPT-2 124M, 0.00683 for a test model, 293 for a 7B
+            return f"{gb:,.0f}" if gb >= 100 else f"{gb:#.3g}"
         if key == "attention_to_ffn_ratio":
             return f"{value:.3f}"
         if key.startswith("params"):

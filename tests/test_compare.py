@@ -40,6 +40,13 @@ ROWS = [
 ]
 
 
+def test_memory_cells_keep_three_digits_without_trailing_dots() -> None:
+    from gptlab.compare import GB, Comparison
+
+    cells = [Comparison.format_value("memory.none", gb * GB) for gb in (0.006834, 15.0, 14.538, 293.4, 2437.2)]
+    assert cells == ["0.00683", "15.0", "14.5", "293", "2,437"]
+
+
 def test_preset_table_has_documented_rows_and_columns() -> None:
     result = compare(list(PRESETS), gpu="A100-SXM", mfu=0.35, world_size=4, batch_size=6)
     header, rows = result.table()

@@ -191,6 +191,10 @@ class ModelArchitectureConfig:
             ) from None
 
 
+# Architecture keys a run may change on weights it loads (they do not change the weights' shapes).
+FREE_ARCH_KEYS = ("dropout", "attention_backend")
+
+
 def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str]) -> ModelArchitectureConfig:
     """A key the user set (``keys``) that this architecture does not use is an error, not ignored: the
     activation of a built-in gated FFN (SwiGLU's gate is SiLU, GeGLU's exact GELU), or a GELU

@@ -16,6 +16,7 @@ from typing import Any
 
 from gptlab.config.model import (
     ARCH_FIELDS,
+    FREE_ARCH_KEYS,
     ModelArchitectureConfig,
     check_field_types,
     check_keys_take_effect,
@@ -188,6 +189,10 @@ class RunConfig:
     arch: ModelArchitectureConfig
     explicit: frozenset[str] = frozenset()  # keys a config file or override set (vs. defaults)
     typed: frozenset[str] = frozenset()  # of those, the ones set on the command line (--key=value)
+    overruled: list[str] = dataclasses.field(default_factory=list)  # a config file's, overruled by loaded weights
+    # a fine-tune's config-file architecture (and arch_preset), set aside until the weights are loaded
+    file_arch: dict[str, Any] = dataclasses.field(default_factory=dict)
+    typed_arch: dict[str, Any] = dataclasses.field(default_factory=dict)  # and its typed ones, which must match
     resume_changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)  # {key: (checkpoint's, now)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,19 +227,21 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
 
 
 def resolve_run_config(
-    values: dict[str, Any], explicit: Iterable[str] | None = None, typed: Iterable[str] = ()
+    values: dict[str, Any], explicit: Iterable[str] | None = None, typed: Iterable[str] | None = None
 ) -> RunConfig:
     """Split flat keys into training and architecture settings and validate both. ``explicit``: the
     keys the user set (a config file, an override); by default all of ``values``. ``typed``: those set
-    on the command line, which must take effect (a config file may spell out every key, used or not)."""
+    on the command line, which must take effect (a config file may spell out every key, used or not);
+    by default all of ``explicit``."""
     for key in values:
         if key not in ALL_KEYS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
     explicit = frozenset(values if explicit is None else explicit)
+    typed = explicit if typed is None else frozenset(typed)
     arch = check_keys_take_effect(arch, typed)
-    return RunConfig(train=train, arch=arch, explicit=explicit, typed=frozenset(typed))
+    return RunConfig(train=train, arch=arch, explicit=explicit, typed=typed)
 
 
 # Settings of a launch rather than of the run it continues: a resume takes them from this launch
@@ -250,21 +257,30 @@ LAUNCH_KEYS: frozenset[str] = frozenset(
 
 def resumed_values(
     values: dict[str, Any], explicit: set[str], typed: Iterable[str] = ()
-) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]], str | None]:
+) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]], str | None, list[str]]:
     """``init_from='resume'`` continues the run it resumes: every training setting the user did not set
     now (``explicit``) is the checkpoint's (learning rate, schedule, batch, data, seed, compile, ...),
     not a default, so the LR schedule and the batches go on as before; launch settings (``LAUNCH_KEYS``)
     stay this launch's. The architecture is the checkpoint's: an ``arch_preset`` typed now (``typed``)
     that differs is refused, a config file's is overruled. Returns the values, the settings the user
-    changed ``{key: (checkpoint's, now)}`` and the checkpoint's path (None when there is none)."""
-    from gptlab.checkpoint import latest_checkpoint, read_saved_train_config
+    changed ``{key: (checkpoint's, now)}``, the checkpoint's path (None when there is none) and the
+    config file's architecture settings the checkpoint overruled ('key: file's -> checkpoint's')."""
+    from gptlab.checkpoint import latest_checkpoint, read_saved_settings
 
     path = latest_checkpoint(values.get("out_dir", TrainConfig.out_dir))
     if path is None:
-        return values, {}, None
-    saved = {k: v for k, v in read_saved_train_config(path).items() if k in TRAIN_FIELDS and k not in LAUNCH_KEYS}
+        return values, {}, None, []
+    saved_train, saved_arch = read_saved_settings(path)
+    saved = {k: v for k, v in saved_train.items() if k in TRAIN_FIELDS and k not in LAUNCH_KEYS}
+    # the architecture: the checkpoint's, but for keys typed now (checked against it by the Trainer) and the
+    # free ones a config file sets (dropout, attention_backend), so a file written for another size validates
+    keep = set(typed) | {k for k in FREE_ARCH_KEYS if k in explicit}
+    from_file = {k for k in explicit if k not in keep and k in saved_arch and k in ARCH_FIELDS}
+    overruled = [f"{k}: {values[k]!r} -> {saved_arch[k]!r}" for k in sorted(from_file) if values[k] != saved_arch[k]]
+    values = {**values, **{k: v for k, v in saved_arch.items() if k in ARCH_FIELDS and k not in keep}}
     changed = {k: (v, values[k]) for k, v in saved.items() if k in explicit and values[k] != v}
     if "arch_preset" in changed and "arch_preset" not in typed:  # a config file's: the checkpoint's wins
+        overruled.append(f"arch_preset: {values['arch_preset']!r} -> {saved['arch_preset']!r}")
         del changed["arch_preset"]
         values = {**values, "arch_preset": saved["arch_preset"]}
     if "arch_preset" in changed:  # the architecture is the checkpoint's own
@@ -273,7 +289,7 @@ def resumed_values(
             f"(arch_preset={saved['arch_preset']!r}): a resumed run keeps its architecture"
         )
     merged = {**values, **{k: v for k, v in saved.items() if k not in explicit}}
-    return merged, changed, str(path)
+    return merged, changed, str(path), overruled
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:
@@ -306,9 +322,20 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     from_overrides = parse_overrides(overrides)
     values.update(from_overrides)
     explicit.update(from_overrides)
-    if values.get("init_from") != "resume":
+    init_from = values.get("init_from", TrainConfig.init_from)
+    if init_from not in ("scratch", "resume"):  # a fine-tune: the weights decide the architecture
+        # its keys wait for them (compared once they are loaded: a config file's yield, typed ones must match),
+        # but for the free keys and block_size, which apply to the weights (dropout, backend, a shorter context)
+        aside = {k for k in explicit if k in ARCH_FIELDS and k not in (*FREE_ARCH_KEYS, "block_size")}
+        aside |= {"arch_preset"} & (explicit - set(from_overrides))  # a typed one is checked by family
+        file_arch = {k: values.pop(k) for k in sorted(aside) if k not in from_overrides}
+        typed_arch = {k: values.pop(k) for k in sorted(aside) if k in from_overrides}
+        run = resolve_run_config(values, explicit - aside, set(from_overrides) - aside)
+        run.file_arch, run.typed_arch, run.typed = file_arch, typed_arch, frozenset(from_overrides)
+        return run
+    if init_from != "resume":
         return resolve_run_config(values, explicit, from_overrides)
-    values, changed, path = resumed_values(values, explicit, from_overrides)
+    values, changed, path, overruled = resumed_values(values, explicit, from_overrides)
     if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
         out_dir = values.get("out_dir", TrainConfig.out_dir)
         from gptlab.checkpoint import interrupted_save
@@ -320,5 +347,5 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         run = resolve_run_config(values, explicit, from_overrides)
     except ConfigError as e:
         raise ConfigError(f"{e} (resuming {path}: the settings not given now are the checkpoint's)") from None
-    run.resume_changes = changed
+    run.resume_changes, run.overruled = changed, overruled
     return run

@@ -94,11 +94,11 @@ def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: b
     return fl
 
 
-def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace, seq_len: int, gpus: int) -> None:
+def _throughput_peak(args: argparse.Namespace) -> tuple[Any, str, float] | None:
+    """(spec, precision, dense peak) for ``--gpu``, checked with ``--mfu`` before anything is printed."""
     if args.gpu is None:
-        return
+        return None
     from gptlab.telemetry.hardware import get_gpu_spec
-    from gptlab.telemetry.mfu import expected_tokens_per_sec
 
     spec = get_gpu_spec(args.gpu)
     precision = spec.training_precision(args.dtype)
@@ -107,6 +107,16 @@ def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace,
         raise ConfigError(f"gpu={args.gpu!r} has no dense {precision} peak in the table ({spec.description})")
     if not 0 < args.mfu <= 1:
         raise ConfigError(f"mfu={args.mfu} is invalid: expected a fraction in (0, 1]")
+    return spec, precision, peak
+
+
+def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace, seq_len: int, gpus: int) -> None:
+    from gptlab.telemetry.mfu import expected_tokens_per_sec
+
+    found = _throughput_peak(args)
+    if found is None:
+        return
+    spec, precision, peak = found
     tps = expected_tokens_per_sec(config, peak, args.mfu, num_gpus=gpus, seq_len=seq_len)
     print(f"expected throughput on {gpus} x {spec.key} ({peak / 1e12:g} TFLOPS dense {precision}) at "
           f"{args.mfu:.0%} MFU: {tps:,.0f} tokens/s ({tps / gpus:,.0f} per GPU)")  # fmt: skip
@@ -115,6 +125,7 @@ def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace,
 def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
     if args.num_gpus < 1:  # checked before anything is printed
         raise ConfigError(f"num_gpus={args.num_gpus} is invalid: expected an integer >= 1")
+    _throughput_peak(args)
     config = _config(args, extra)
     seq_len = config.block_size if args.seq_len is None else args.seq_len
     if seq_len > config.block_size:
@@ -130,6 +141,7 @@ def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.telemetry.planner import plan_all_modes
 
+    _throughput_peak(args)  # a bad --gpu or --mfu before the tables
     config = _config(args, extra, block_size=args.block_size)
     common: dict[str, Any] = dict(
         batch_size=args.batch_size,

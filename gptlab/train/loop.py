@@ -43,7 +43,7 @@ from gptlab.checkpoint import (
     save_dcp,
     save_single_file,
 )
-from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
+from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig
 from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
@@ -111,10 +111,6 @@ def unigram_baseline(dataset_dir: Path, meta: dict[str, Any]) -> float:
     return float(-(val * logp).sum() / val.sum())
 
 
-# Architecture keys a run may change on weights it loads (they do not change the weights' shapes).
-FREE_ARCH_KEYS = ("dropout", "attention_backend")
-
-
 def _check_arch_overrides(
     run: RunConfig, loaded: dict[str, Any], source: str, may_shrink_block: bool = False
 ) -> list[str]:
@@ -133,14 +129,26 @@ def _check_arch_overrides(
         if key not in run.typed:
             overruled.append(f"{key}: {wanted!r} -> {have!r}")
             continue
-        raise ConfigError(
-            f"{key}={wanted!r} conflicts with the weights loaded from {source!r} ({key}={have!r}); "
-            f"drop --{key} (only {', '.join(FREE_ARCH_KEYS)} may change on loaded weights)"
-        )
+        raise _conflict(key, wanted, have, source)
     return overruled
 
 
+def _conflict(key: str, wanted: Any, have: Any, source: str) -> ConfigError:
+    return ConfigError(
+        f"{key}={wanted!r} conflicts with the weights loaded from {source!r} ({key}={have!r}); "
+        f"drop --{key} (only {', '.join(FREE_ARCH_KEYS)} may change on loaded weights)"
+    )
+
+
 PRESET_FAMILY_KEYS = ("normalization", "position_encoding", "ffn_type", "norm_position")
+
+
+def preset_family(arch: dict[str, Any]) -> str:
+    """The preset whose family (norm, positions, FFN, norm placement) ``arch`` has, else 'custom'."""
+    for name, preset in PRESETS.items():
+        if name != "custom" and all(arch.get(k) == preset[k] for k in PRESET_FAMILY_KEYS if k in preset):
+            return name
+    return "custom"
 
 
 def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> list[str]:
@@ -205,6 +213,7 @@ class Trainer:
         self.meta = read_meta(self.dataset_dir)
         self.iter_num, self.best_val_loss = 0, float("inf")
         self._overruled: list[str] = []  # config-file architecture keys the loaded weights overrule
+        self._weights_source = cfg.init_from  # a resume: the checkpoint's path
         self.arch, ckpt, pretrained = self._resolve_init(run)
         # the DCP checkpoint resumed from, and its iteration: saving that iteration again rewrites only its meta
         resumed = Path(ckpt["path"]).resolve() if ckpt is not None else None
@@ -291,7 +300,7 @@ class Trainer:
         if self._overruled:
             self.logger.log_event(
                 "weights_fix_architecture",
-                f"the architecture is that of the weights loaded from {cfg.init_from!r}, not the config file's: "
+                f"the architecture is that of the weights loaded from {self._weights_source!r}, not the config file's: "
                 + "; ".join(self._overruled),
                 overruled=self._overruled,
             )
@@ -343,8 +352,9 @@ class Trainer:
             else:  # into a full state dict (a DCP directory is read whole by each rank)
                 ckpt = load_checkpoint(path)
             ckpt["path"] = str(path)
+            self._weights_source = str(path)
             # the architecture is the checkpoint's; only settings that keep the weights may change, if set now
-            self._overruled = _check_arch_overrides(run, ckpt["arch"], str(path))
+            self._overruled = run.overruled + _check_arch_overrides(run, ckpt["arch"], str(path))
             arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in FREE_ARCH_KEYS if k in run.explicit}}
             return ModelArchitectureConfig.from_dict(arch_dict), ckpt, None
         # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint, or a Hub model, to fine-tune
@@ -357,8 +367,19 @@ class Trainer:
         path = resolve_pretrained(cfg.init_from)
         model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
         loaded = model.config.to_dict()
-        self._overruled = _check_arch_overrides(run, loaded, cfg.init_from, may_shrink_block=True)
+        family = preset_family(loaded)
+        self._overruled = [
+            f"{k}: {v!r} -> {(family if k == 'arch_preset' else loaded[k])!r}"
+            for k, v in run.file_arch.items()
+            if (k == "arch_preset" and v != family) or (k != "arch_preset" and loaded.get(k) != v)
+        ]
+        for key, wanted in run.typed_arch.items():
+            if loaded.get(key) != wanted:
+                raise _conflict(key, wanted, loaded.get(key), cfg.init_from)
+        self._overruled += _check_arch_overrides(run, loaded, cfg.init_from, may_shrink_block=True)
         self._overruled += _check_preset(run, loaded, cfg.init_from)
+        if "arch_preset" not in run.typed:  # the run's record names the weights' family, not a default's
+            cfg.arch_preset = family
         if model.config.vocab_size < vocab:
             raise CheckpointError(f"{cfg.init_from!r} has vocab_size={model.config.vocab_size} < dataset's {vocab}")
         if "block_size" in run.explicit and arch.block_size < model.config.block_size:

@@ -89,13 +89,15 @@ def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
         (["flops", "gpt2", "--gpu", "A100-SXM", "--mfu", "40"], "mfu=40"),
         (["plan", "gpt2", "--dtype", "int8"], "dtype='int8'"),
         (["flops", "gpt2", "--dtype", "fp64"], "dtype='fp64' is not one of"),  # even where unused (no --gpu)
+        (["plan", "gpt2", "--gpu", "H100-SXM", "--mfu", "2"], "mfu=2"),
         (["plan", "llama", "--batch_sze=12"], "unknown option --batch_sze \\(did you mean 'batch_size'\\?\\)"),
         (["peak", "--n_layer=4"], "takes no architecture overrides"),
     ],
 )
-def test_user_mistakes_are_config_errors(argv: list[str], message: str) -> None:
+def test_user_mistakes_are_config_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match=message):
         run(argv)
+    assert capsys.readouterr().out == ""  # refused before any table is printed
 
 
 def test_peak_times_a_matmul(capsys: pytest.CaptureFixture[str]) -> None:

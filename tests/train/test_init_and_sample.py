@@ -312,6 +312,19 @@ def test_config_file_architecture_yields_to_the_weights(data_dir: Path, tmp_path
     assert load_checkpoint(out)["arch"]["n_layer"] == 2 and load_checkpoint(out)["iter_num"] == 5
     with pytest.raises(ConfigError, match=r"n_layer=6 conflicts with the weights .*drop --n_layer"):
         train(parse_run_args([*resume, "--n_layer=6"]))
+    # a typed key equal to the checkpoint's is fine, though the file's n_head=6 does not divide it
+    train(parse_run_args([*resume, "--n_embd=32", "--max_iters=6"]), stream=io.StringIO())
+    # a fine-tune from that run, with the file (arch_preset 'custom' and 6 heads) and a typed matching key
+    ft_char = _shipped_config("train_shakespeare_char", data_dir, tmp_path / "ft_char", f"--init_from={str(out)!r}")
+    ft_char.remove("--block_size=32")
+    ft_llama = [*ft_char, "--n_embd=32", "--max_iters=1"]
+    (tmp_path / "llama.py").write_text('arch_preset = "llama"\n')  # a file naming another family
+    ft_llama.insert(1, str(tmp_path / "llama.py"))
+    train(parse_run_args(ft_llama), stream=io.StringIO())
+    saved = json.loads((tmp_path / "ft_char" / "config.json").read_text())
+    assert saved["train"]["arch_preset"] == "custom"  # the weights' family (nanoGPT's model), not the file's llama
+    (event,) = [r for r in _records(tmp_path / "ft_char") if r.get("event") == "weights_fix_architecture"]
+    assert "arch_preset: 'llama' -> 'custom'" in event["message"]
 
     transformers = pytest.importorskip("transformers")
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64))
