@@ -144,9 +144,9 @@ def plan_memory(
         raise unknown_choice("parallel", parallel, MODES)
     if optimizer not in OPTIMIZER_STATES:
         raise unknown_choice("optimizer", optimizer, OPTIMIZER_STATES)
-    if world_size < 1 or batch_size < 1 or grad_accum_steps < 1:
-        raise ConfigError(f"world_size, batch_size, grad_accum_steps must be >= 1, got {world_size}, "
-                          f"{batch_size}, {grad_accum_steps}")  # fmt: skip
+    for key, value in (("world_size", world_size), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
+        if value < 1:
+            raise ConfigError(f"{key}={value} is invalid: expected an integer >= 1")
     if parallel == "none" and world_size != 1:
         raise ConfigError(f"parallel='none' runs on one GPU, got world_size={world_size}")
     T = config.block_size if seq_len is None else int(seq_len)
