@@ -155,7 +155,8 @@ def train_and_compare(
     from gptlab.compare import _unique_labels
 
     _unique_labels(archs)
-    runs = [resolve_run_config(_run_values(a, overrides, out)) for a in archs]
+    # the user's --key=value must take effect; a config file may spell out keys its architecture ignores
+    runs = [resolve_run_config(_run_values(a, overrides, out), typed=set(overrides)) for a in archs]
     tokens = {
         a.label: r.train.batch_size * r.train.gradient_accumulation_steps * r.arch.block_size
         for a, r in zip(archs, runs)

@@ -155,3 +155,16 @@ def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly() -> None:
     finally:
         os.close(write)
     assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_compare_train_takes_a_full_config_file_with_its_documented_override(tmp_path: Path) -> None:
+    """config/full_custom.py spells out every key; its header's --ffn_type=geglu override trains under
+    compare --train as under train.py (only the typed keys must take effect)."""
+    from gptlab.compare_train import train_and_compare
+
+    prepare_dataset("stdlib_char", data_dir=tmp_path / "data")
+    full_custom = str(Path(__file__).resolve().parents[1] / "config" / "full_custom.py")
+    small = dict(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, block_size=32, batch_size=2, max_iters=1)
+    overrides = dict(ffn_type="geglu", data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "cmp"), **small)
+    result = train_and_compare([full_custom], overrides, report=False, log=lambda text: None)
+    assert result.architectures[0].config.ffn_type == "geglu" and result.training[0]["final_val_loss"] > 0

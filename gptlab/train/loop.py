@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -143,12 +144,30 @@ def _conflict(key: str, wanted: Any, have: Any, source: str) -> ConfigError:
 PRESET_FAMILY_KEYS = ("normalization", "position_encoding", "ffn_type", "norm_position")
 
 
-def preset_family(arch: dict[str, Any]) -> str:
-    """The preset whose family (norm, positions, FFN, norm placement) ``arch`` has, else 'custom'."""
-    for name, preset in PRESETS.items():
-        if name != "custom" and all(arch.get(k) == preset[k] for k in PRESET_FAMILY_KEYS if k in preset):
+def preset_family(arch: dict[str, Any], prefer: Iterable[str | None] = ()) -> str:
+    """The preset whose family (norm, positions, FFN, norm placement) ``arch`` has: the first of
+    ``prefer`` that fits ('custom' fits anything; 'team' and 'llama' share one family), else the
+    first preset that does, else 'custom'."""
+
+    def fits(name: str) -> bool:
+        return all(arch.get(k) == PRESETS[name][k] for k in PRESET_FAMILY_KEYS if k in PRESETS[name])
+
+    for name in prefer:
+        if name in PRESETS and fits(name):
             return name
-    return "custom"
+    return next((name for name in PRESETS if name != "custom" and fits(name)), "custom")
+
+
+def _recorded_preset(path: Path) -> str | None:
+    """The arch_preset a gptlab checkpoint's run recorded (None for other weights)."""
+    from gptlab.checkpoint import read_saved_settings
+    from gptlab.model.convert import gptlab_checkpoint_path
+
+    found = gptlab_checkpoint_path(path)
+    try:
+        return read_saved_settings(found)[0].get("arch_preset") if found is not None else None
+    except CheckpointError:  # nanoGPT's ckpt.pt: no gptlab record
+        return None
 
 
 def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> list[str]:
@@ -367,7 +386,8 @@ class Trainer:
         path = resolve_pretrained(cfg.init_from)
         model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
         loaded = model.config.to_dict()
-        family = preset_family(loaded)
+        wanted = run.file_arch.get("arch_preset")
+        family = preset_family(loaded, prefer=(wanted, _recorded_preset(path)))
         self._overruled = [
             f"{k}: {v!r} -> {(family if k == 'arch_preset' else loaded[k])!r}"
             for k, v in run.file_arch.items()
@@ -428,6 +448,12 @@ class Trainer:
             )
         else:  # plain AdamW, or ZeroRedundancyOptimizer (it keeps its share of the full state)
             self.optimizer.load_state_dict(ckpt["optimizer"])
+        # a loaded state brings the saved param groups' hyperparameters: this run's apply (a resume that
+        # changes --weight_decay or --beta2 means it; lr is set every step). configure_optimizers' order:
+        # the decayed matrices, then the rest at weight decay 0.
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["betas"] = (self.cfg.beta1, self.cfg.beta2)
+            group["weight_decay"] = self.cfg.weight_decay if i == 0 else 0.0
 
     # ------------------------------------------------------------------ RNG state (exact resume)
     def _rng_state(self) -> dict[str, Any]:

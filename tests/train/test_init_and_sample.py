@@ -323,6 +323,12 @@ def test_config_file_architecture_yields_to_the_weights(data_dir: Path, tmp_path
     train(parse_run_args(ft_llama), stream=io.StringIO())
     saved = json.loads((tmp_path / "ft_char" / "config.json").read_text())
     assert saved["train"]["arch_preset"] == "custom"  # the weights' family (nanoGPT's model), not the file's llama
+    # a team run fine-tuned stays 'team' (the llama family's other name), from its own record
+    team = tmp_path / "team"
+    train(parse_run_args(tiny_args(data_dir, team, arch_preset="team", max_iters=1)), stream=io.StringIO())
+    ft_team = tiny_args(data_dir, tmp_path / "ft_team", init_from=str(team), max_iters=1)
+    train(parse_run_args([a for a in ft_team if not a.startswith("--arch_preset=")]), stream=io.StringIO())
+    assert json.loads((tmp_path / "ft_team" / "config.json").read_text())["train"]["arch_preset"] == "team"
     (event,) = [r for r in _records(tmp_path / "ft_char") if r.get("event") == "weights_fix_architecture"]
     assert "arch_preset: 'llama' -> 'custom'" in event["message"]
 

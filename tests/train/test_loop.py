@@ -418,3 +418,20 @@ def test_nan_policy_skip_skips_steps(data_dir: Path, tmp_path: Path) -> None:
     assert summary["status"] == "completed"
     assert all(torch.equal(v, before[k]) for k, v in trainer.raw_model.state_dict().items())
     assert sum(r.get("event") == "nan_skip" for r in read_log(tmp_path)) == 13
+
+
+@pytest.mark.parametrize("mode", ["none", "zero1", "fsdp"])
+def test_resume_applies_new_optimizer_settings(mode: str, data_dir: Path, tmp_path: Path) -> None:
+    """--weight_decay / --beta1 / --beta2 given on a resume are the run's from then on (the loaded AdamW
+    state carried the old ones); the no-decay group stays at 0."""
+    from gptlab import parallel
+
+    train(parse_run_args(tiny_args(data_dir, tmp_path, parallel=mode, max_iters=2)), stream=io.StringIO())
+    changed = dict(weight_decay=0.5, beta1=0.8, beta2=0.5, max_iters=4, init_from="resume")
+    trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path, parallel=mode, **changed)), stream=io.StringIO())
+    try:
+        groups = [(g["weight_decay"], tuple(g["betas"])) for g in trainer.optimizer.param_groups]
+        assert groups == [(0.5, (0.8, 0.5)), (0.0, (0.8, 0.5))]
+    finally:
+        trainer.logger.close()
+        parallel.shutdown(trainer.dist)
