@@ -242,9 +242,10 @@ def interrupted_save(out_dir: str | Path) -> str | None:
     if not link.is_symlink() or link.exists():
         return None
     name = os.readlink(link)
-    kept = [f".{name}.{suffix}" for suffix in ("tmp", "old") if is_dcp_dir(Path(out_dir) / f".{name}.{suffix}")]
-    where = " or ".join(kept) if kept else "nothing"
-    return f"ckpt.dcp points to the missing {name}: a save was interrupted; {where} holds it (rename it to {name})"
+    what = {"tmp": "the new save, complete", "old": "the one it replaced"}
+    kept = [f".{name}.{k} ({v})" for k, v in what.items() if is_dcp_dir(Path(out_dir) / f".{name}.{k}")]
+    where = " and ".join(kept) if kept else "nothing"
+    return f"ckpt.dcp points to the missing {name}: a save was interrupted; left: {where}; rename one to {name}"
 
 
 def _point_link(out_dir: Path, name: str) -> None:

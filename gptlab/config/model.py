@@ -206,6 +206,11 @@ def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str])
             f"activation={config.activation!r} has no effect with ffn_type={config.ffn_type!r}, whose gate is "
             f"{gate}: use ffn_type='standard' to choose the activation, or drop --activation"
         )
+    if "rope_theta" in keys and config.position_encoding != "rope":
+        raise ConfigError(
+            f"rope_theta={config.rope_theta!r} has no effect: "
+            f"position_encoding={config.position_encoding!r} is not RoPE"
+        )
     if "gelu_approximate" in keys and config.gelu_approximate != "none":
         if gate is not None:
             exact = "exact " if gate == "gelu" else ""

@@ -279,6 +279,7 @@ def resumed_values(
     overruled = [f"{k}: {values[k]!r} -> {saved_arch[k]!r}" for k in sorted(from_file) if values[k] != saved_arch[k]]
     values = {**values, **{k: v for k, v in saved_arch.items() if k in ARCH_FIELDS and k not in keep}}
     changed = {k: (v, values[k]) for k, v in saved.items() if k in explicit and values[k] != v}
+    changed |= {k: (saved_arch[k], values[k]) for k in FREE_ARCH_KEYS if k in keep and values[k] != saved_arch.get(k)}
     if "arch_preset" in changed and "arch_preset" not in typed:  # a config file's: the checkpoint's wins
         overruled.append(f"arch_preset: {values['arch_preset']!r} -> {saved['arch_preset']!r}")
         del changed["arch_preset"]

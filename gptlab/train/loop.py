@@ -125,13 +125,25 @@ def _check_arch_overrides(
         wanted, have = getattr(run.arch, key), loaded[key]
         if key == "block_size" and may_shrink_block and wanted <= have:
             continue  # a shorter context crops the loaded model, as nanoGPT does
-        if wanted == have:
+        if _same_in_effect(key, wanted, loaded):
             continue
         if key not in run.typed:
             overruled.append(f"{key}: {wanted!r} -> {have!r}")
             continue
         raise _conflict(key, wanted, have, source)
     return overruled
+
+
+def _same_in_effect(key: str, wanted: Any, loaded: dict[str, Any]) -> bool:
+    """``wanted`` is what the weights have, stored or derived: d_ff=None means the derived FFN width,
+    n_kv_head=None as many K/V heads as query heads."""
+    have = loaded.get(key)
+    if wanted == have:
+        return True
+    if key in ("d_ff", "n_kv_head") and wanted is not None and have is None:
+        config = ModelArchitectureConfig.from_dict(loaded)
+        return wanted == (config.ffn_hidden_dim if key == "d_ff" else config.kv_heads)
+    return False
 
 
 def _conflict(key: str, wanted: Any, have: Any, source: str) -> ConfigError:
@@ -394,7 +406,7 @@ class Trainer:
             if (k == "arch_preset" and v != family) or (k != "arch_preset" and loaded.get(k) != v)
         ]
         for key, wanted in run.typed_arch.items():
-            if loaded.get(key) != wanted:
+            if not _same_in_effect(key, wanted, loaded):
                 raise _conflict(key, wanted, loaded.get(key), cfg.init_from)
         self._overruled += _check_arch_overrides(run, loaded, cfg.init_from, may_shrink_block=True)
         self._overruled += _check_preset(run, loaded, cfg.init_from)

@@ -312,8 +312,11 @@ def test_config_file_architecture_yields_to_the_weights(data_dir: Path, tmp_path
     assert load_checkpoint(out)["arch"]["n_layer"] == 2 and load_checkpoint(out)["iter_num"] == 5
     with pytest.raises(ConfigError, match=r"n_layer=6 conflicts with the weights .*drop --n_layer"):
         train(parse_run_args([*resume, "--n_layer=6"]))
-    # a typed key equal to the checkpoint's is fine, though the file's n_head=6 does not divide it
-    train(parse_run_args([*resume, "--n_embd=32", "--max_iters=6"]), stream=io.StringIO())
+    # a typed key equal to the checkpoint's is fine, though the file's n_head=6 does not divide it, and so
+    # is one equal in effect (n_kv_head=2 for a checkpoint saved with None: as many K/V heads as heads)
+    train(parse_run_args([*resume, "--n_embd=32", "--n_kv_head=2", "--max_iters=6"]), stream=io.StringIO())
+    resumes = [r for r in _records(out) if r.get("event") == "resume"]
+    assert resumes[0]["changed"]["dropout"] == [0.0, 0.2]  # the first resume: the file's dropout applies, said
     # a fine-tune from that run, with the file (arch_preset 'custom' and 6 heads) and a typed matching key
     ft_char = _shipped_config("train_shakespeare_char", data_dir, tmp_path / "ft_char", f"--init_from={str(out)!r}")
     ft_char.remove("--block_size=32")

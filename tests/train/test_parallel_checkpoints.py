@@ -245,5 +245,5 @@ def test_a_save_interrupted_between_renames_is_named_not_deleted(data_dir: Path,
     train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
     (run / "ckpt-0000003.dcp").rename(run / ".ckpt-0000003.dcp.old")  # killed right after the first rename
     assert remove_save_leftovers(run) == []  # the only copy is kept
-    with pytest.raises(CheckpointError, match=r"a save was interrupted; \.ckpt-0000003\.dcp\.old holds it"):
+    with pytest.raises(CheckpointError, match=r"interrupted; left: \.ckpt-0000003\.dcp\.old \(the one it replaced\)"):
         parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume"))
