@@ -268,13 +268,22 @@ def check_field_types(obj: Any) -> None:
     an int given for a float field becomes a float, so saved configs keep their types."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        allowed = _allowed_types(hints[f.name])
-        value = getattr(obj, f.name)
-        if not _type_ok(value, allowed):
-            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-            raise ConfigError(f"{f.name}={value!r} has type {type(value).__name__}, expected {names}")
-        if float in allowed and int not in allowed and type(value) is int:
-            setattr(obj, f.name, float(value))
+        setattr(obj, f.name, _typed(f.name, getattr(obj, f.name), hints[f.name]))
+
+
+def check_arch_types(values: dict[str, Any]) -> dict[str, Any]:
+    """Architecture values checked against their fields' annotations alone (no other validation: a
+    fine-tune's typed keys, compared with the weights once they are loaded)."""
+    hints = typing.get_type_hints(ModelArchitectureConfig)
+    return {key: _typed(key, value, hints[key]) for key, value in values.items()}
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    allowed = _allowed_types(hint)
+    if not _type_ok(value, allowed):
+        names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+        raise ConfigError(f"{name}={value!r} has type {type(value).__name__}, expected {names}")
+    return float(value) if float in allowed and int not in allowed and type(value) is int else value
 
 
 _check_types = check_field_types

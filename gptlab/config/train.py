@@ -18,6 +18,7 @@ from gptlab.config.model import (
     ARCH_FIELDS,
     FREE_ARCH_KEYS,
     ModelArchitectureConfig,
+    check_arch_types,
     check_field_types,
     check_keys_take_effect,
     get_preset_config,
@@ -330,7 +331,7 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         aside = {k for k in explicit if k in ARCH_FIELDS and k not in (*FREE_ARCH_KEYS, "block_size")}
         aside |= {"arch_preset"} & (explicit - set(from_overrides))  # a typed one is checked by family
         file_arch = {k: values.pop(k) for k in sorted(aside) if k not in from_overrides}
-        typed_arch = {k: values.pop(k) for k in sorted(aside) if k in from_overrides}
+        typed_arch = check_arch_types({k: values.pop(k) for k in sorted(aside) if k in from_overrides})
         run = resolve_run_config(values, explicit - aside, set(from_overrides) - aside)
         run.file_arch, run.typed_arch, run.typed = file_arch, typed_arch, frozenset(from_overrides)
         return run

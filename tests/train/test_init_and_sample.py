@@ -312,6 +312,8 @@ def test_config_file_architecture_yields_to_the_weights(data_dir: Path, tmp_path
     assert load_checkpoint(out)["arch"]["n_layer"] == 2 and load_checkpoint(out)["iter_num"] == 5
     with pytest.raises(ConfigError, match=r"n_layer=6 conflicts with the weights .*drop --n_layer"):
         train(parse_run_args([*resume, "--n_layer=6"]))
+    with pytest.raises(ConfigError, match="n_layer='two' has type str, expected int"):  # a type error first
+        parse_run_args([*resume[:-2], f"--init_from={str(out)!r}", "--n_layer='two'"])
     # a typed key equal to the checkpoint's is fine, though the file's n_head=6 does not divide it, and so
     # is one equal in effect (n_kv_head=2 for a checkpoint saved with None: as many K/V heads as heads)
     train(parse_run_args([*resume, "--n_embd=32", "--n_kv_head=2", "--max_iters=6"]), stream=io.StringIO())
