@@ -34,6 +34,7 @@ from gptlab.checkpoint import (
     FORMAT,
     clean_state_dict,
     dcp_errors,
+    interrupted_save,
     is_dcp_dir,
     latest_checkpoint,
     load_checkpoint,
@@ -321,6 +322,9 @@ class Trainer:
         )
         if ckpt is not None:
             self._restore_rng(ckpt)
+            interrupted = interrupted_save(self.out_dir)  # a newer DCP save, killed mid-swap, beside this one
+            if interrupted is not None:
+                self.logger.log_event("interrupted_save", f"resuming from {ckpt['path']}, but {interrupted}")
             changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in run.resume_changes.items())
             self.logger.log_event(
                 "resume",

@@ -247,3 +247,12 @@ def test_a_save_interrupted_between_renames_is_named_not_deleted(data_dir: Path,
     assert remove_save_leftovers(run) == []  # the only copy is kept
     with pytest.raises(CheckpointError, match=r"interrupted; left: \.ckpt-0000003\.dcp\.old \(the one it replaced\)"):
         parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume"))
+    # beside an older ckpt.pt the resume takes that one, and says what else is there
+    older = tmp_path / "older"
+    train(parse_run_args(tiny_args(data_dir, older, max_iters=1)), stream=io.StringIO())
+    shutil.copy(older / "ckpt.pt", run / "ckpt.pt")
+    train(parse_run_args(tiny_args(data_dir, run, max_iters=3, init_from="resume")), stream=io.StringIO())
+    (event,) = [
+        r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r.get("event") == "interrupted_save"
+    ]
+    assert ".ckpt-0000003.dcp.old (the one it replaced)" in event["message"]
