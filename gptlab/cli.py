@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gptlab.config.model import PRESETS, check_keys_take_effect, get_preset_config
+from gptlab.config.model import PRESETS, get_preset_config, get_typed_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import USER_ERRORS, ConfigError
 
@@ -17,7 +17,7 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.model.gpt import ConfigurableGPT
 
     overrides = parse_overrides(extra)
-    config = check_keys_take_effect(get_preset_config(args.preset, **overrides), overrides)
+    config = get_typed_config(args.preset, overrides)
     print(config.get_architecture_summary())
     if not args.no_params:
         import torch

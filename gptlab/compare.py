@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptlab.config.model import ModelArchitectureConfig, check_keys_take_effect, get_preset_config
+from gptlab.config.model import ModelArchitectureConfig, get_typed_config
 from gptlab.errors import ConfigError
 
 GB = 1e9
@@ -55,7 +55,7 @@ def resolve_architecture(name: str, overrides: dict[str, Any] | None = None) -> 
         config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
         train_values = {k: v for k, v in values.items() if k not in arch_keys}
         return Architecture(Path(name).stem, config, name, train_values)
-    return Architecture(name, check_keys_take_effect(get_preset_config(name, **arch_overrides), arch_overrides), name)
+    return Architecture(name, get_typed_config(name, arch_overrides), name)
 
 
 def non_embedding_params(config: ModelArchitectureConfig) -> int:

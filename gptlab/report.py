@@ -32,11 +32,6 @@ class Run:
     # each session (the start, then each resume): [first iteration, tokens per iteration], in log order
     sessions: list[list[Any]] = field(default_factory=list)
 
-    @property
-    def tokens_per_iter(self) -> int | None:
-        """The last session's (a resume may change the batch)."""
-        return (self.startup.get("training") or {}).get("tokens_per_iter")
-
     def tokens_after(self, steps: int) -> int | None:
         """Tokens trained in the first ``steps`` optimizer steps, each at its own session's batch: a
         session counts from its first iteration up to the next session's (past a kill, the resumed

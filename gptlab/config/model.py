@@ -380,6 +380,12 @@ def get_preset_config(name: str, **overrides: Any) -> ModelArchitectureConfig:
     return ModelArchitectureConfig(**{**PRESETS[name], **overrides})
 
 
+def get_typed_config(name: str, overrides: dict[str, Any]) -> ModelArchitectureConfig:
+    """``get_preset_config`` for keys typed on a command line, each of which must take effect
+    (``check_keys_take_effect``)."""
+    return check_keys_take_effect(get_preset_config(name, **overrides), overrides)
+
+
 def get_debug_config(name: str, **overrides: Any) -> ModelArchitectureConfig:
     """The small "debug" flavour of a preset, for tests and quick CPU runs."""
     return get_preset_config(name, **{**DEBUG_OVERRIDES, **overrides})

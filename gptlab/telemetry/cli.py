@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig, check_keys_take_effect, get_preset_config
+from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig, get_typed_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import ALL_KEYS, load_config_file, resolve_run_config
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice
@@ -50,7 +50,7 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
             )
     if is_file:
         return resolve_run_config({**load_config_file(args.preset), **overrides}, typed=overrides).arch
-    return check_keys_take_effect(get_preset_config(args.preset, **overrides), overrides)
+    return get_typed_config(args.preset, overrides)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -157,18 +157,20 @@ def _conflict(key: str, wanted: Any, have: Any, source: str) -> ConfigError:
 PRESET_FAMILY_KEYS = ("normalization", "position_encoding", "ffn_type", "norm_position")
 
 
+def _family_clash(name: str, arch: dict[str, Any], skip: frozenset[str] = frozenset()) -> list[str]:
+    """The family keys (norm, positions, FFN, norm placement) of preset ``name`` that ``arch`` contradicts;
+    ``skip``: keys the user set, which override the preset's."""
+    preset = PRESETS[name]
+    return [k for k in PRESET_FAMILY_KEYS if k in preset and k not in skip and preset[k] != arch.get(k)]
+
+
 def preset_family(arch: dict[str, Any], prefer: Iterable[str | None] = ()) -> str:
-    """The preset whose family (norm, positions, FFN, norm placement) ``arch`` has: the first of
-    ``prefer`` that fits ('custom' fits anything; 'team' and 'llama' share one family), else the
-    first preset that does, else 'custom'."""
-
-    def fits(name: str) -> bool:
-        return all(arch.get(k) == PRESETS[name][k] for k in PRESET_FAMILY_KEYS if k in PRESETS[name])
-
+    """The preset whose family ``arch`` has: the first of ``prefer`` that fits ('custom' fits anything;
+    'team' and 'llama' share one family), else the first preset that does, else 'custom'."""
     for name in prefer:
-        if name in PRESETS and fits(name):
+        if name in PRESETS and not _family_clash(name, arch):
             return name
-    return next((name for name in PRESETS if name != "custom" and fits(name)), "custom")
+    return next((name for name in PRESETS if name != "custom" and not _family_clash(name, arch)), "custom")
 
 
 def _recorded_preset(path: Path) -> str | None:
@@ -183,23 +185,19 @@ def _recorded_preset(path: Path) -> str | None:
         return None
 
 
-def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> list[str]:
-    """An ``arch_preset`` typed now whose family (norm, positions, FFN, norm placement) the loaded weights
-    contradict is an error, as on a resume; a config file's is overruled (returned, as above). Variants
-    within a family (tying, RoPE theta) load."""
-    if "arch_preset" not in run.explicit:
-        return []
-    preset = PRESETS[run.train.arch_preset]
-    clash = [k for k in PRESET_FAMILY_KEYS if k in preset and k not in run.explicit and preset[k] != loaded[k]]
-    if not clash:
-        return []
+def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> None:
+    """An ``arch_preset`` typed now whose family the loaded weights contradict (but for the family keys
+    typed with it) is an error, as on a resume; variants within a family (tying, RoPE theta) load. A config
+    file's is set aside by ``parse_run_args`` and weighed against the weights' family instead."""
     if "arch_preset" not in run.typed:
-        return [f"arch_preset: {run.train.arch_preset!r} ({', '.join(f'{k}={loaded[k]!r}' for k in clash)})"]
-    have = ", ".join(f"{k}={loaded[k]!r}" for k in clash)
-    raise ConfigError(
-        f"arch_preset={run.train.arch_preset!r} conflicts with the weights loaded from {source!r} ({have}): "
-        "loaded weights fix the architecture; drop --arch_preset"
-    )
+        return
+    clash = _family_clash(run.train.arch_preset, loaded, skip=run.typed)
+    if clash:
+        have = ", ".join(f"{k}={loaded[k]!r}" for k in clash)
+        raise ConfigError(
+            f"arch_preset={run.train.arch_preset!r} conflicts with the weights loaded from {source!r} ({have}): "
+            "loaded weights fix the architecture; drop --arch_preset"
+        )
 
 
 class Trainer:
@@ -413,7 +411,7 @@ class Trainer:
             if not _same_in_effect(key, wanted, loaded):
                 raise _conflict(key, wanted, loaded.get(key), cfg.init_from)
         self._overruled += _check_arch_overrides(run, loaded, cfg.init_from, may_shrink_block=True)
-        self._overruled += _check_preset(run, loaded, cfg.init_from)
+        _check_preset(run, loaded, cfg.init_from)
         if "arch_preset" not in run.typed:  # the run's record names the weights' family, not a default's
             cfg.arch_preset = family
         if model.config.vocab_size < vocab:

@@ -65,11 +65,8 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
     from gptlab.model.convert import model_from_checkpoint
     from gptlab.model.gpt import ConfigurableGPT
 
-    if cfg.init_from == "resume":
-        ckpt = load_checkpoint(Path(cfg.out_dir))
-        model = model_from_checkpoint(ckpt, dropout=0.0)
-        tokenizer = ckpt.get("tokenizer")
-    elif (ckpt := _gptlab_checkpoint(cfg.init_from)) is not None:  # another run's: it records its tokenizer
+    ckpt = load_checkpoint(Path(cfg.out_dir)) if cfg.init_from == "resume" else _gptlab_checkpoint(cfg.init_from)
+    if ckpt is not None:  # this run's or another gptlab run's: it records its tokenizer
         model = model_from_checkpoint(ckpt, dropout=0.0)
         tokenizer = ckpt.get("tokenizer")
     else:

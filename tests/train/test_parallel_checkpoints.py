@@ -148,6 +148,10 @@ def test_fsdp_run_loads_as_pretrained_weights_and_samples(data_dir: Path, tmp_pa
     assert len(list(sample(settings))) == 1  # the char tokenizer the run recorded decodes it
     with pytest.raises(ConfigError, match=r"arch_preset='gpt2' conflicts with the weights loaded from .*drop --arch_p"):
         train(parse_run_args(tiny_args(data_dir, tmp_path / "x", init_from=str(run), arch_preset="gpt2")))
+    # the family keys typed with a preset override it, as they do on a scratch run
+    family = dict(normalization="rmsnorm", position_encoding="rope", ffn_type="swiglu")
+    typed = tiny_args(data_dir, tmp_path / "y", init_from=str(run), arch_preset="gpt2", max_iters=1, **family)
+    train(parse_run_args(typed), stream=io.StringIO())
 
 
 def test_the_later_iteration_wins_after_a_mode_switch(data_dir: Path, tmp_path: Path) -> None:
