@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import io
+import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -109,6 +111,26 @@ class CharTokenizer(Tokenizer):
         if not isinstance(itos, dict):
             raise DataError("char tokenizer meta needs an 'itos' mapping of id -> character")
         return cls(itos[str(i)] for i in range(len(itos)))
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles only what pickle writes without a global (dicts, lists, str, int, float...):
+    nanoGPT's meta.pkl, never code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"it names {module}.{name}; only plain dicts, strings and numbers are read")
+
+
+def read_nanogpt_meta(path: Path) -> CharTokenizer:
+    """The char vocabulary of nanoGPT's ``meta.pkl`` ({'vocab_size', 'itos', 'stoi'}), read without
+    running any code."""
+    try:
+        meta = _PlainDataUnpickler(io.BytesIO(path.read_bytes())).load()
+        itos = meta["itos"]
+        return CharTokenizer(itos[i] for i in range(len(itos)))
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, DataError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{str(path)!r} is not nanoGPT's char meta.pkl ({reason})") from None
 
 
 def _gpt2_data_dir() -> Path:

@@ -105,7 +105,7 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     if checkpoint is not None and is_dcp_dir(checkpoint):  # FSDP's sharded checkpoint, read whole
         return model_from_checkpoint(load_checkpoint(checkpoint), **overrides)
     if checkpoint is not None:  # a ckpt.pt: gptlab's or nanoGPT's
-        return _from_torch_checkpoint(_torch_load(checkpoint), overrides)
+        return _from_torch_checkpoint(read_torch_checkpoint(checkpoint), overrides)
     if path.is_dir() and (path / "config.json").is_file():
         hf_config = _read_json(path / "config.json")
         if "model_type" not in hf_config and {"train", "arch"} <= set(hf_config):
@@ -139,7 +139,7 @@ def _from_torch_checkpoint(ckpt: Any, overrides: dict[str, Any]) -> Configurable
     """A gptlab training checkpoint or a nanoGPT one."""
     if isinstance(ckpt, dict) and ckpt.get("format") == "gptlab" and "arch" in ckpt:
         return model_from_checkpoint(ckpt, **overrides)
-    return _from_nanogpt(ckpt, overrides)
+    return model_from_nanogpt(ckpt, **overrides)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -149,7 +149,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r} is not valid JSON ({e}): expected a Hugging Face config.json") from None
 
 
-def _torch_load(path: Path) -> Any:
+def read_torch_checkpoint(path: Path) -> Any:
+    """``torch.load`` with weights_only=True; one CheckpointError line when it cannot."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a torch file at all
@@ -180,7 +181,7 @@ def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
     if bin_files:
         state = {}
         for file in bin_files:
-            state.update(_torch_load(file))
+            state.update(read_torch_checkpoint(file))
         return state
     raise CheckpointError(
         f"{str(directory)!r} has config.json but no weights: expected *.safetensors or pytorch_model*.bin beside it"
@@ -245,7 +246,8 @@ def _apply(base: dict[str, Any], overrides: dict[str, Any]) -> ModelArchitecture
 # ---------------------------------------------------------------------------- nanoGPT
 
 
-def _from_nanogpt(ckpt: Any, overrides: dict[str, Any]) -> ConfigurableGPT:
+def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
+    """The model of a loaded nanoGPT checkpoint dict (its ``model_args`` and state dict)."""
     if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(

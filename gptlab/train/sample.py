@@ -60,34 +60,78 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
 
 
 def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[Any, dict[str, Any] | None]:
-    """The model and the tokenizer meta recorded with it (None for foreign checkpoints)."""
+    """The model and the tokenizer meta recorded with it (None where nothing says how to decode)."""
     from gptlab.checkpoint import load_checkpoint
-    from gptlab.model.convert import model_from_checkpoint
+    from gptlab.model.convert import gptlab_checkpoint_path, model_from_checkpoint, model_from_nanogpt
     from gptlab.model.gpt import ConfigurableGPT
 
-    ckpt = load_checkpoint(Path(cfg.out_dir)) if cfg.init_from == "resume" else _gptlab_checkpoint(cfg.init_from)
+    resume = cfg.init_from == "resume"
+    source = Path(cfg.out_dir if resume else cfg.init_from).expanduser()
+    found = gptlab_checkpoint_path(source) if source.exists() else None
+    nanogpt = _nanogpt_checkpoint(found)
+    if nanogpt is not None:  # nanoGPT's ckpt.pt, sampled as nanoGPT's sample.py does
+        model = model_from_nanogpt(nanogpt, dropout=0.0)
+        return model.eval().to(device), _nanogpt_tokenizer(nanogpt, model.config.vocab_size)
+    ckpt = load_checkpoint(source) if resume else _gptlab_checkpoint(found)
     if ckpt is not None:  # this run's or another gptlab run's: it records its tokenizer
         model = model_from_checkpoint(ckpt, dropout=0.0)
         tokenizer = ckpt.get("tokenizer")
     else:
         model = ConfigurableGPT.from_pretrained(cfg.init_from, dropout=0.0)
-        # Foreign checkpoints record no tokenizer: GPT-2's vocabulary (nanoGPT's too) is the one we know.
-        tokenizer = {"name": "gpt2"} if model.config.vocab_size in (50257, 50304) else None
+        tokenizer = _gpt2_if_its_vocabulary(model.config.vocab_size)
     return model.eval().to(device), tokenizer
 
 
-def _gptlab_checkpoint(init_from: str) -> dict[str, Any] | None:
-    """The gptlab checkpoint ``init_from`` names (a ckpt.pt, DCP or run directory), else None."""
-    from gptlab.checkpoint import load_checkpoint
-    from gptlab.model.convert import gptlab_checkpoint_path
+def _gpt2_if_its_vocabulary(vocab_size: int) -> dict[str, Any] | None:
+    """Foreign weights record no tokenizer: GPT-2's (nanoGPT's padded 50304 too) is the one we know."""
+    return {"name": "gpt2"} if vocab_size in (50257, 50304) else None
 
-    path = Path(init_from).expanduser()
-    found = gptlab_checkpoint_path(path) if path.exists() else None
+
+def _nanogpt_checkpoint(found: Path | None) -> dict[str, Any] | None:
+    """The nanoGPT checkpoint at ``found`` (a ckpt.pt file), loaded with weights_only; else None."""
+    from gptlab.model.convert import read_torch_checkpoint
+
+    if found is None or not found.is_file():
+        return None
+    ckpt = read_torch_checkpoint(found)
+    is_nanogpt = isinstance(ckpt, dict) and "model_args" in ckpt and ckpt.get("format") != "gptlab"
+    return ckpt if is_nanogpt else None
+
+
+def _nanogpt_tokenizer(ckpt: dict[str, Any], vocab_size: int) -> dict[str, Any] | None:
+    """How nanoGPT's sample.py decodes: ``data/DATASET/meta.pkl`` (relative to the working directory)
+    when the checkpoint's dataset has one, else GPT-2. A gptlab-prepared ``meta.json`` there works too."""
+    from gptlab.data.storage import read_meta
+    from gptlab.data.tokenizers import read_nanogpt_meta
+
+    config = ckpt.get("config")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    if isinstance(dataset, str) and dataset:
+        directory = Path("data") / dataset
+        if (directory / "meta.pkl").is_file():
+            return read_nanogpt_meta(directory / "meta.pkl").to_meta()
+        if (directory / "meta.json").is_file():
+            return read_meta(directory)["tokenizer"]
+    meta = _gpt2_if_its_vocabulary(vocab_size)
+    if meta is None:
+        where = f"data/{dataset}/meta.pkl" if isinstance(dataset, str) and dataset else "a meta.pkl"
+        raise CheckpointError(
+            f"this nanoGPT checkpoint has a {vocab_size}-token vocabulary and {where} (relative to the "
+            "working directory, as nanoGPT's sample.py reads it) is not there to decode it: run from "
+            "nanoGPT's directory"
+        )
+    return meta
+
+
+def _gptlab_checkpoint(found: Path | None) -> dict[str, Any] | None:
+    """The gptlab checkpoint ``found`` names (a ckpt.pt, DCP or run directory's), else None."""
+    from gptlab.checkpoint import load_checkpoint
+
     if found is None:
         return None
     try:
         return load_checkpoint(found)
-    except CheckpointError:  # nanoGPT's ckpt.pt, or unreadable: from_pretrained says which
+    except CheckpointError:  # unreadable: from_pretrained says why
         return None
 
 

@@ -345,3 +345,59 @@ def test_config_file_architecture_yields_to_the_weights(data_dir: Path, tmp_path
     train(parse_run_args(ft), stream=io.StringIO())  # the file's custom / layernorm_nobias yield to GPT-2's
     (event,) = [r for r in _records(tmp_path / "ft") if r.get("event") == "weights_fix_architecture"]
     assert "normalization: 'layernorm_nobias' -> 'layernorm'" in event["message"] and "'gpt2'" in event["message"]
+
+
+def _nanogpt_char_run(directory: Path, vocab: str) -> ConfigurableGPT:
+    """What nanoGPT's train.py leaves for shakespeare_char: out_dir/ckpt.pt (Linear weights, model_args,
+    its config with the dataset's name) and data/DATASET/meta.pkl; returns the same model in gptlab."""
+    import pickle
+
+    from gptlab.model.convert import _NANOGPT_NAMES, _inverse, _rename
+
+    model = ConfigurableGPT(
+        get_debug_config("gpt2", vocab_size=len(vocab), gelu_approximate="none", block_size=32, dropout=0.0)
+    ).eval()
+    c = model.config
+    state = _rename(model.state_dict(), _inverse(_NANOGPT_NAMES))  # nanoGPT's names; nn.Linear, no transpose
+    args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=32, bias=True, vocab_size=len(vocab))
+    (directory / "out-shakespeare-char").mkdir(parents=True)
+    torch.save(
+        {"model": state, "model_args": args, "iter_num": 5, "config": {"dataset": "shakespeare_char"}},
+        directory / "out-shakespeare-char" / "ckpt.pt",
+    )
+    (directory / "data" / "shakespeare_char").mkdir(parents=True)
+    meta = {"vocab_size": len(vocab), "itos": dict(enumerate(vocab)), "stoi": {ch: i for i, ch in enumerate(vocab)}}
+    (directory / "data" / "shakespeare_char" / "meta.pkl").write_bytes(pickle.dumps(meta))
+    return model
+
+
+def test_nanogpt_char_run_samples_as_nanogpt_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python sample.py --out_dir=out-shakespeare-char`` run from nanoGPT's directory decodes with its
+    data/shakespeare_char/meta.pkl (read without running code), and gives the model's own greedy text."""
+    import pickle
+
+    from gptlab.data.tokenizers import CharTokenizer
+    from gptlab.errors import CheckpointError, DataError
+    from gptlab.train.sample import parse_sample_args, sample
+
+    vocab = "\n !,.:;?abcdefghijklmnopqrstuvwxyz"
+    model = _nanogpt_char_run(tmp_path, vocab)
+    monkeypatch.chdir(tmp_path)
+    args = ["--out_dir=out-shakespeare-char", "--start=to be", "--max_new_tokens=12", "--temperature=0.0"]
+    (text,) = sample(parse_sample_args([*args, "--num_samples=1", "--device=cpu"]))
+    tok = CharTokenizer(vocab)
+    expected = model.generate(torch.tensor([tok.encode("to be")]), 12, temperature=0.0)
+    assert text == tok.decode(expected[0].tolist()) and text.startswith("to be") and len(text) == 17
+    (via_path,) = sample(parse_sample_args([*args, "--num_samples=1", "--init_from=out-shakespeare-char/ckpt.pt"]))
+    assert via_path == text
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (tmp_path / "data" / "shakespeare_char" / "meta.pkl").write_bytes(pickle.dumps({"itos": Evil()}))
+    with pytest.raises(DataError, match=r"is not nanoGPT's char meta.pkl \(it names (posix|os)\.system"):
+        sample(parse_sample_args(args))
+    (tmp_path / "data" / "shakespeare_char" / "meta.pkl").unlink()
+    with pytest.raises(CheckpointError, match=r"34-token vocabulary and data/shakespeare_char/meta.pkl .* is not there"):
+        sample(parse_sample_args(args))
