@@ -138,9 +138,18 @@ class ModelArchitectureConfig:
 
     # ------------------------------------------------------------------ descriptions
     def get_architecture_name(self) -> str:
-        """A short descriptive name such as ``pre-rmsnorm_rope_swiglu_untied``."""
-        ffn = self.ffn_type if self.ffn_gated else f"{self.activation}-{self.ffn_type}"
-        parts = [f"{self.norm_position}-{self.normalization}", self.position_encoding, ffn]
+        """A short descriptive name such as ``pre-rmsnorm_rope_swiglu_untied``: every choice that changes
+        what the model computes, so two ablations never share a name (sizes are left to the size line;
+        a norm eps or RoPE theta other than the usual 1e-5 / 10000 is named)."""
+        tanh = self.activation == "gelu" and self.gelu_approximate == "tanh"
+        ffn = self.ffn_type if self.ffn_gated else f"{self.activation}{'_tanh' if tanh else ''}-{self.ffn_type}"
+        norm = f"{self.norm_position}-{self.normalization}"
+        if self.norm_eps != 1e-5:
+            norm += f"-eps{self.norm_eps:g}"
+        position = self.position_encoding
+        if position == "rope" and self.rope_theta != 10000.0:
+            position += f"-theta{self.rope_theta:g}"
+        parts = [norm, position, ffn]
         if self.kv_heads != self.n_head:
             parts.append(f"gqa{self.kv_heads}")
         parts.append("tied" if self.weight_tying else "untied")

@@ -57,6 +57,33 @@ def test_name_and_summary_describe_the_choices() -> None:
     assert "4 KV heads" in s and "swiglu (silu gate)" in s and "theta=10000" in s
 
 
+def test_ablations_of_component_options_get_their_own_names() -> None:
+    """GELU's approximation, RoPE's theta and the norm's eps change what the model computes: an ablation of
+    any of them must not share its baseline's name (sizes, d_ff included, are not part of a name)."""
+    names = {
+        get_preset_config(preset, **options).get_architecture_name()
+        for preset, options in [
+            ("gpt2", {}),
+            ("gpt2", {"gelu_approximate": "none"}),
+            ("gpt2", {"norm_eps": 1e-6}),
+            ("llama", {}),
+            ("llama", {"rope_theta": 500000.0}),
+        ]
+    }
+    assert len(names) == 5
+    assert (
+        get_preset_config("gpt2").get_architecture_name()
+        == "pre-layernorm_learned_absolute_gelu_tanh-standard_tied_bias"
+    )
+    assert get_preset_config("llama", rope_theta=5e5, norm_eps=1e-6).get_architecture_name() == (
+        "pre-rmsnorm-eps1e-06_rope-theta500000_swiglu_untied"
+    )
+    assert (
+        get_preset_config("llama", d_ff=1024).get_architecture_name()
+        == get_preset_config("llama").get_architecture_name()
+    )
+
+
 def test_round_trip_through_dict() -> None:
     c = get_preset_config("hybrid", n_layer=3)
     assert ModelArchitectureConfig.from_dict(c.to_dict()) == c
