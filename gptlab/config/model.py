@@ -206,8 +206,9 @@ FREE_ARCH_KEYS = ("dropout", "attention_backend")
 
 def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str]) -> ModelArchitectureConfig:
     """A key the user set (``keys``) that this architecture does not use is an error, not ignored: the
-    activation of a built-in gated FFN (SwiGLU's gate is SiLU, GeGLU's exact GELU), or a GELU
-    approximation where no GELU runs. Returns ``config``."""
+    activation of a built-in gated FFN (SwiGLU's gate is SiLU, GeGLU's exact GELU), a GELU
+    approximation where no GELU runs, RoPE's theta without RoPE, or an FFN width rule beside an
+    explicit ``d_ff``. Returns ``config``."""
     keys = set(keys)
     gate = getattr(_ffn_class(config.ffn_type), "gate_activation", None)
     if gate is not None and "activation" in keys and config.activation != gate:
@@ -215,6 +216,12 @@ def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str])
             f"activation={config.activation!r} has no effect with ffn_type={config.ffn_type!r}, whose gate is "
             f"{gate}: use ffn_type='standard' to choose the activation, or drop --activation"
         )
+    for key in ("multiple_of", "ffn_dim_multiplier"):
+        if key in keys and config.d_ff is not None:
+            raise ConfigError(
+                f"{key}={getattr(config, key)!r} has no effect: d_ff={config.d_ff} sets the FFN width itself; "
+                f"drop one of them"
+            )
     if "rope_theta" in keys and config.position_encoding != "rope":
         raise ConfigError(
             f"rope_theta={config.rope_theta!r} has no effect: "
