@@ -45,6 +45,7 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "tokenizer": (trainer.meta.get("tokenizer") or {}).get("name"),
             "vocab_size": trainer.meta.get("vocab_size"),
             "init_from": cfg.init_from,
+            "eval_only": cfg.eval_only,
             "start_iter": trainer.iter_num,
             "max_iters": cfg.max_iters,
             "batch_size": cfg.batch_size,
@@ -98,9 +99,21 @@ def render_startup_report(r: dict[str, Any]) -> str:
         if e.get("expected_tokens_per_sec")
         else "n/a without a peak"
     )
+    if t.get("eval_only"):  # nothing is trained: no length, optimizer or schedule to announce
+        plan = [
+            f"  eval:        {t['eval']} at iter {t['start_iter']} (eval_only: writes only eval.jsonl);"
+            f" out_dir={t['out_dir']}"
+        ]
+    else:
+        plan = [
+            f"  length:      iters {t['start_iter']}..{t['max_iters']} ({t['total_tokens']:,} tokens)",
+            f"  optimizer:   {t['optimizer']}",
+            f"  schedule:    {t['schedule']}",
+            f"  eval:        {t['eval']}; out_dir={t['out_dir']}",
+        ]
     lines = [
         bar,
-        "gptlab training run",
+        "gptlab evaluation" if t.get("eval_only") else "gptlab training run",
         bar,
         a["summary"],
         f"  parameters:  {a['params'] / 1e6:.2f}M ({a['params_non_embedding'] / 1e6:.2f}M excluding embedding lookups)",
@@ -110,10 +123,7 @@ def render_startup_report(r: dict[str, Any]) -> str:
         f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks)"
         f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"
         f" = {t['tokens_per_iter']:,} tokens/iter",
-        f"  length:      iters {t['start_iter']}..{t['max_iters']} ({t['total_tokens']:,} tokens)",
-        f"  optimizer:   {t['optimizer']}",
-        f"  schedule:    {t['schedule']}",
-        f"  eval:        {t['eval']}; out_dir={t['out_dir']}",
+        *plan,
         "Hardware",
         f"  device:      {h['device']} ({h['device_name']}), dtype={h['dtype']}, compile={h['compile']},"
         f" parallelism={h['parallelism']}"

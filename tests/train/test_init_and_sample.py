@@ -155,10 +155,14 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     # eval_only evaluates the checkpoint whatever its iteration (5 is not a multiple of 4) and leaves the run's
     # files as they are (nanoGPT's eval_only writes nothing): its records go to eval.jsonl
     files = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "log.jsonl", "config.json", "summary.json")}
+    console = io.StringIO()
     summary = train(
         parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, eval_interval=4, init_from="resume", eval_only=True)),
-        stream=io.StringIO(),
+        stream=console,
     )
+    report = console.getvalue()  # an evaluation announces no training it will not do
+    assert "gptlab evaluation" in report and "at iter 5 (eval_only" in report
+    assert "schedule:" not in report and "optimizer:" not in report
     assert summary["final_val_loss"] is not None
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
