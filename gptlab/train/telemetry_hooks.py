@@ -33,6 +33,7 @@ class TelemetryHooks:
         self.model, self.device, self.dtype, self.cfg, self.world_size = model, device, dtype, cfg, world_size
         self.parallel = parallel
         self.arch = model.config
+        self.session_peak_gb: float | None = None  # the largest memory_stats() peak this rank logged
         # micro-steps per rank: the global gradient_accumulation_steps shared out over the ranks
         self.accum_steps = accum_steps if accum_steps is not None else cfg.gradient_accumulation_steps // world_size
         # sequences of block_size tokens per optimizer step, per rank (nanoGPT's fwdbwd_per_iter)
@@ -79,6 +80,10 @@ class TelemetryHooks:
     def memory_stats(self) -> dict[str, Any]:
         stats = get_memory_stats(self.device)
         reset_peak_memory(self.device)  # so the next window's peak means that window
+        # this rank's session peak, as the summary counts rank 0's: each logged window's peak (CUDA) or RSS
+        logged = stats["max_allocated_gb"] or stats["rss_gb"]
+        if logged is not None:
+            self.session_peak_gb = max(self.session_peak_gb or 0.0, logged)
         return stats
 
     def gradient_stats(self) -> dict[str, Any]:

@@ -187,6 +187,8 @@ def test_memory_per_rank_falls_as_planned(runs: dict[str, Path]) -> None:
     measured = {m: json.loads((p / "summary.json").read_text()) for m, p in runs.items()}
     for mode, summary in measured.items():  # the real local shards' bytes, the fullest rank
         assert summary["measured_bytes_per_rank"] == pytest.approx(summary["planned_bytes_per_rank"]), mode
+        # the fullest rank's session peak (each rank's RSS on a CPU), never below rank 0's own
+        assert summary["peak_memory_gb_max_rank"] >= summary["peak_memory_gb"] > 0, mode
     b = {m: s["measured_bytes_per_rank"] for m, s in measured.items()}
     assert b["zero1"]["optimizer"] < 0.6 * b["ddp"]["optimizer"]
     assert b["zero1"]["parameters"] == b["ddp"]["parameters"] and b["zero1"]["gradients"] == b["ddp"]["gradients"]
