@@ -183,7 +183,12 @@ def plan_memory(
         comm = _fsdp_transient(shapes, c)
         notes.append("fsdp comm_buffers (unsharded copies) is an estimate; sharded sizes are exact")
     persistent = params + optim + buffer_bytes(config) + comm
-    start_of_backward = acts.peak_bytes + (grads if grad_accum_steps > 1 else 0)
+    # With accumulation, earlier micro-steps' gradients are alive in backward. FSDP2 skips the
+    # reduce-scatter until the last micro-step, so until then they are whole (unsharded, fp32).
+    accumulated = param_bytes if parallel == "fsdp" else grads
+    if parallel == "fsdp" and grad_accum_steps > 1:
+        notes.append("fsdp with gradient accumulation holds unsharded fp32 gradients until the last micro-step")
+    start_of_backward = acts.peak_bytes + (accumulated if grad_accum_steps > 1 else 0)
     mode = ModeMemory(
         parallel,
         world_size,

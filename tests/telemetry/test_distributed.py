@@ -39,6 +39,20 @@ def _state_bytes(state: dict) -> int:
     return _bytes([v for s in state.values() for v in s.values() if isinstance(v, torch.Tensor)])
 
 
+def _unsharded_grad_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the whole (unsharded) gradients FSDP2 holds between micro-steps without a reduce-scatter:
+    each FSDPParam's accumulated gradient, else its unsharded parameter's ``.grad`` (PyTorch internals)."""
+    total = 0
+    for module in model.modules():
+        group = module._get_fsdp_state()._fsdp_param_group if hasattr(module, "_get_fsdp_state") else None
+        for fsdp_param in group.fsdp_params if group is not None else []:
+            grad = getattr(fsdp_param, "unsharded_accumulated_grad", None)
+            if grad is None:
+                grad = fsdp_param._unsharded_param.grad
+            total += 0 if grad is None else grad.numel() * grad.element_size()
+    return total
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -65,6 +79,16 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     fsdp_opt = torch.optim.AdamW(fsdp.parameters(), lr=1e-3)
     fsdp_opt.step()
 
+    # a micro-step before the last of an accumulation: FSDP2 skips the reduce-scatter and keeps whole gradients
+    accumulating = copy.deepcopy(reference)
+    for block in accumulating.blocks:
+        fully_shard(block)
+    fully_shard(accumulating)
+    accumulating.set_requires_gradient_sync(False)
+    accumulating(x[mine], y[mine])[1].backward()
+    assert all(p.grad is None for p in accumulating.parameters())  # no sharded gradient yet
+    unsharded_grads = _unsharded_grad_bytes(accumulating)
+
     ddp_model = copy.deepcopy(reference)
     ddp = DistributedDataParallel(ddp_model)
     groups = ddp_model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu").param_groups
@@ -85,6 +109,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         "fsdp_grads": _bytes([p.grad for p in fsdp.parameters()], unique_storage=True),
         "fsdp_optimizer": _state_bytes(fsdp_opt.state),
         "zero1_optimizer": _state_bytes(zero.optim.state),
+        "fsdp_unsharded_grads": unsharded_grads,
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()  # no rank may tear down gloo while a peer's last collective is in flight
@@ -117,3 +142,7 @@ def test_plan_matches_real_sharded_tensors(ranks: list[dict]) -> None:
     assert max(r["zero1_optimizer"] for r in ranks) == zero1.optimizer
     none = plan_memory(cfg, batch_size=2).mode
     assert sum(r["zero1_optimizer"] for r in ranks) == none.optimizer  # a partition: nothing lost or doubled
+    # with accumulation, FSDP2 holds every parameter's whole fp32 gradient until the last micro-step
+    accumulating = plan_memory(cfg, batch_size=2, parallel="fsdp", world_size=WORLD, grad_accum_steps=2).mode
+    assert {r["fsdp_unsharded_grads"] for r in ranks} == {none.gradients}
+    assert accumulating.peak - fsdp.peak == none.gradients
