@@ -715,7 +715,8 @@ class Trainer:
                     grad_norm=step["grad_stats"]["global_norm"],
                     ratio=ratio,
                 )
-            if self.iter_num % cfg.log_interval == 0:
+            # gradient statistics were paid for with a host sync: their iteration is logged whatever log_interval
+            if self.iter_num % cfg.log_interval == 0 or step["grad_stats"] is not None:
                 lossf = step["loss"].item()  # the host sync that logging asks for
                 self._note_loss_scale()
                 if not math.isfinite(lossf) and cfg.nan_policy == "stop":

@@ -25,6 +25,11 @@ def _schedule(cfg: Any) -> str:
     return warm + f"cosine decay to {cfg.min_lr:g} at iter {cfg.lr_decay_iters}"
 
 
+def _tflops(value: float) -> str:
+    """989.4 as 989.4, and a CPU's 0.05 as 0.05 (not 0.1)."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+
+
 def build_startup_report(trainer: Trainer) -> dict[str, Any]:
     """The report as a JSON-ready dict (the startup record of log.jsonl)."""
     cfg, arch, model, tel = trainer.cfg, trainer.arch, trainer.raw_model, trainer.telemetry
@@ -89,7 +94,7 @@ def render_startup_report(r: dict[str, Any]) -> str:
     a, t, h, e = r["architecture"], r["training"], r["hardware"], r["expectations"]
     bar = "═" * 80
     peak = (
-        f"{h['peak_tflops']:.1f} TFLOPS dense {h['peak_precision']} ({h['peak_source']})"
+        f"{_tflops(h['peak_tflops'])} TFLOPS dense {h['peak_precision']} ({h['peak_source']})"
         if h["peak_tflops"] is not None
         else "unknown (MFU not reported; set --peak_tflops or measure with `gptlab peak`)"
     )

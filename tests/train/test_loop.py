@@ -77,6 +77,18 @@ def test_peak_override_gives_mfu(data_dir: Path, tmp_path: Path) -> None:
         assert r["mfu"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_gradient_statistics_are_logged_at_their_own_interval(data_dir: Path, tmp_path: Path) -> None:
+    """log_interval and gradient_log_interval need not align: statistics paid for are never dropped. A CPU's
+    small peak is shown as given, not rounded to 0.1 TFLOPS."""
+    stream = io.StringIO()
+    args = tiny_args(data_dir, tmp_path, max_iters=8, log_interval=3, gradient_log_interval=4, peak_tflops=0.05)
+    train(parse_run_args(args), stream=stream)
+    iters = [r for r in read_log(tmp_path) if r["type"] == "iter"]
+    assert [r["iter"] for r in iters] == [0, 3, 4, 6, 8]
+    assert [r["iter"] for r in iters if "gradients" in r] == [0, 4, 8]
+    assert "peak:        0.05 TFLOPS dense" in stream.getvalue()
+
+
 def test_detailed_view_matches_design_document(data_dir: Path, tmp_path: Path) -> None:
     stream = io.StringIO()
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2, log_style="detailed")), stream=stream)
