@@ -77,6 +77,7 @@ class FlopsBreakdown:
     seq_len: int
     activation_checkpointing: bool
     rows: list[FlopRow] = field(default_factory=list)
+    device_type: str = "cuda"  # where SDPA runs: its kernels decide whether backward recomputes QK^T
 
     def _sum(self, *, matmul: bool, causal: bool = False, per_layer: bool | None = None) -> float:
         skip = "full-square" if causal else "causal"
@@ -134,11 +135,18 @@ class FlopsBreakdown:
         extra = 0.0
         if self.activation_checkpointing:
             extra += self._sum(matmul=True, per_layer=True) - self._unrecomputed_tail
-        if self.config.attention_backend == "sdpa":
+        if self.fused_attention:
             # Flash / memory-efficient / cuDNN backward recomputes the scores from Q, K and the
             # saved log-sum-exp instead of storing the (S x S) probabilities: one more QK^T.
             extra += self.row("attn_scores (full-square)").forward_total
         return extra
+
+    @property
+    def fused_attention(self) -> bool:
+        """SDPA runs a fused kernel, except on a CPU with dropout: there it takes the unfused math path,
+        which stores the probabilities like the manual backend (GPU kernels all support dropout)."""
+        cfg = self.config
+        return cfg.attention_backend == "sdpa" and not (self.device_type == "cpu" and cfg.dropout > 0)
 
     @property
     def _unrecomputed_tail(self) -> float:
@@ -186,9 +194,14 @@ class FlopsBreakdown:
 
 
 def compute_flops(
-    config: ModelArchitectureConfig, seq_len: int | None = None, *, activation_checkpointing: bool = False
+    config: ModelArchitectureConfig,
+    seq_len: int | None = None,
+    *,
+    activation_checkpointing: bool = False,
+    device_type: str = "cuda",
 ) -> FlopsBreakdown:
-    """Per-component FLOPs per token of ``config`` at ``seq_len`` (default ``block_size``)."""
+    """Per-component FLOPs per token of ``config`` at ``seq_len`` (default ``block_size``); ``device_type``
+    only matters to HFU (whether SDPA's backward recomputes QK^T there)."""
     S = config.block_size if seq_len is None else int(seq_len)
     if S <= 0:
         raise ConfigError(f"seq_len={seq_len} is invalid: expected a positive integer")
@@ -217,7 +230,7 @@ def compute_flops(
         FlopRow("lm_head", 2 * H * V, 1, True, "tied" if config.weight_tying else "untied"),
     ]
     rows += _non_matmul_rows(config, S, q_dim, kv_dim, D)
-    return FlopsBreakdown(config, S, activation_checkpointing, rows)
+    return FlopsBreakdown(config, S, activation_checkpointing, rows, device_type)
 
 
 def _non_matmul_rows(config: ModelArchitectureConfig, S: int, q_dim: int, kv_dim: int, D: int) -> list[FlopRow]:

@@ -49,7 +49,9 @@ class TelemetryHooks:
         }
         self.spikes = GradientSpikeDetector()
         # a pure function of the architecture: computed once per run, reused by every MFU figure
-        self.flops = compute_flops(self.arch, activation_checkpointing=cfg.activation_checkpointing)
+        self.flops = compute_flops(
+            self.arch, activation_checkpointing=cfg.activation_checkpointing, device_type=self.device.type
+        )
 
     def flops_summary(self) -> dict[str, Any]:
         f = self.flops

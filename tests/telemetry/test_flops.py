@@ -67,6 +67,24 @@ def test_fused_attention_recompute_is_exactly_one_qk_per_layer() -> None:
     assert manual.hfu_flops_per_token == manual.flops_per_token  # the manual backward stores probabilities
 
 
+def test_cpu_sdpa_with_dropout_recomputes_nothing() -> None:
+    """On a CPU, SDPA with dropout runs the unfused math path (probabilities stored, no QK^T recompute):
+    HFU there is the model FLOPs, as PyTorch counts; GPU kernels recompute, with dropout too."""
+    cfg = get_debug_config("gpt2", dropout=0.1)
+    model = ConfigurableGPT(cfg).train()
+    idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    cpu = compute_flops(cfg, device_type="cpu")
+    assert (
+        _count(model, idx, backward=True) == cpu.hfu_flops_per_token * idx.numel() == cpu.flops_per_token * idx.numel()
+    )
+    gpu = compute_flops(cfg)
+    assert gpu.hfu_flops_per_token - gpu.flops_per_token == cfg.n_layer * 2 * cfg.block_size * cfg.n_embd
+    no_dropout = get_debug_config("gpt2")  # the CPU's fused kernel recomputes, as the GPU's do
+    model = ConfigurableGPT(no_dropout).train()
+    hfu = compute_flops(no_dropout, device_type="cpu").hfu_flops_per_token
+    assert hfu > cpu.flops_per_token and _count(model, idx, backward=True) == hfu * idx.numel()
+
+
 def test_gpt2_124m_hand_computed() -> None:
     """ERRATA 12: about 0.85 GFLOP per token for training at S=1024. Per token, per layer (forward):
     QKV 2*768*2304 = 3,538,944; QK^T and attn@V 2*1024*768 = 1,572,864 each; output projection
