@@ -6,7 +6,7 @@ interval or ``nan_policy='skip'`` asks for one.
 
 Under torchrun (``gptlab.parallel``) every rank runs this same loop. Data: micro-step ``m`` of
 rank ``r`` is global micro-batch ``m * world_size + r`` of the step, so the global batch of a
-step (``batch_size x gradient_accumulation_steps`` sequences, whatever ``world_size``) is the same rows
+step (``batch_size x gradient_accumulation_steps`` sequences at any ``world_size``) is the same rows
 whatever the split into ranks and accumulation: 2 ranks x 1 micro-step draw what 1 process x 2
 micro-steps draws. The logged loss is the mean over ranks; evaluation splits its fixed batches
 over the ranks and reduces the sum.
