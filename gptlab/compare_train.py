@@ -151,7 +151,13 @@ def train_and_compare(
     out = Path(out_dir or overrides.pop("out_dir", None) or TRAIN_DEFAULTS["out_dir"])
     overrides.pop("out_dir", None)
     settings = {**TABLE_DEFAULTS, **(table or {})}
-    archs = [resolve_architecture(n, overrides) for n in names]
+    if report:  # before any training, not after every run has been paid for
+        from gptlab.report import require_matplotlib
+
+        require_matplotlib()
+    # labels and sources only: the trained architectures are the shrunk ones _run_values builds, where the
+    # overrides apply on top of TRAIN_DEFAULTS (--n_embd=128 is valid at its n_head=4, not at a preset's 12)
+    archs = [resolve_architecture(n) for n in names]
     from gptlab.compare import _unique_labels
 
     _unique_labels(archs)

@@ -166,12 +166,17 @@ def _x(run: Run, record: dict[str, Any], axis: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------- plots
-def _pyplot() -> Any:
+def require_matplotlib() -> Any:
+    """The matplotlib module, or one GptlabError line saying how to install it."""
     try:
         import matplotlib
     except ImportError:
         raise GptlabError(MISSING_MATPLOTLIB) from None
-    matplotlib.use("Agg")  # files only, no display
+    return matplotlib
+
+
+def _pyplot() -> Any:
+    require_matplotlib().use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     return plt

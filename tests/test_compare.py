@@ -4,6 +4,7 @@ functions return, the three formats, and --train end to end on two tiny presets.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,23 @@ def test_compare_train_takes_a_full_config_file_with_its_documented_override(tmp
     overrides = dict(ffn_type="geglu", data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "cmp"), **small)
     result = train_and_compare([full_custom], overrides, report=False, log=lambda text: None)
     assert result.architectures[0].config.ffn_type == "geglu" and result.training[0]["final_val_loss"] > 0
+
+
+def test_compare_train_overrides_apply_to_the_trained_sizes_and_matplotlib_is_checked_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented `compare gpt2 llama --train --n_embd=128`: the width applies to the trained models
+    (n_head=4), not to the full-size presets (n_head=12, which 128 does not divide). Without matplotlib the
+    command stops before training anything, not after every run."""
+    from gptlab.compare_train import train_and_compare
+    from gptlab.errors import GptlabError
+
+    prepare_dataset("stdlib_char", data_dir=tmp_path / "data")
+    small = dict(n_layer=1, n_embd=40, block_size=32, batch_size=2, max_iters=1, data_dir=str(tmp_path / "data"))
+    overrides = dict(out_dir=str(tmp_path / "cmp"), **small)
+    result = train_and_compare(["gpt2", "llama"], overrides, report=False, log=lambda text: None)
+    assert [(a.config.n_embd, a.config.n_head) for a in result.architectures] == [(40, 4), (40, 4)]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(GptlabError, match="needs matplotlib"):
+        train_and_compare(["gpt2"], {**overrides, "out_dir": str(tmp_path / "none")}, log=lambda text: None)
+    assert not (tmp_path / "none").exists()
