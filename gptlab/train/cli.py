@@ -98,8 +98,9 @@ def register(sub: Any) -> None:
     samp = sub.add_parser(
         "sample",
         help="sample from a checkpoint: gptlab sample --out_dir=out --start='...'",
-        description="Sample with nanoGPT's sample.py keys: --init_from --out_dir --start --num_samples "
-        "--max_new_tokens --temperature --top_k --seed --device",
+        description="Sample with nanoGPT's sample.py keys, as --key=value: --init_from (resume) --out_dir (out) "
+        "--start ('\\n' or FILE:path) --num_samples (3; nanoGPT's 10) --max_new_tokens (200; nanoGPT's 500) "
+        "--temperature (0.8) --top_k (200) --seed (1337) --device (auto) --dtype (auto) --compile (False)",
     )
     samp.set_defaults(func=_sample_cmd)
 

@@ -16,7 +16,8 @@ from gptlab.errors import CheckpointError, ConfigError, did_you_mean
 
 @dataclass
 class SampleConfig:
-    """nanoGPT's sample.py settings."""
+    """nanoGPT's sample.py settings (its keys; fewer, shorter samples by default: 3 x 200 tokens,
+    not 10 x 500, since a CPU is the first machine many users sample on)."""
 
     init_from: str = "resume"  # 'resume' (out_dir/ckpt.pt), a local HF dir / ckpt.pt, a Hub name (gpt2-xl)
     out_dir: str = "out"
@@ -27,9 +28,16 @@ class SampleConfig:
     top_k: int | None = 200
     seed: int = 1337
     device: str = "auto"
+    dtype: str = "auto"  # autocast while sampling; 'auto': bfloat16 (else float16) on CUDA, float32 on CPU
+    compile: bool = False  # torch.compile the model's forward (dynamic shapes: the sequence grows)
 
     def __post_init__(self) -> None:
+        from gptlab.config.train import DTYPES
+        from gptlab.errors import unknown_choice
+
         check_field_types(self)
+        if self.dtype not in DTYPES:
+            raise unknown_choice("dtype", self.dtype, DTYPES)
         if self.num_samples <= 0 or self.max_new_tokens < 0:
             raise ConfigError("num_samples must be > 0 and max_new_tokens >= 0")
         if self.temperature < 0:
@@ -145,8 +153,12 @@ def generate_text(
     temperature: float = 0.8,
     top_k: int | None = 200,
     seed: int = 1337,
+    eager: bool = True,
 ) -> str:
-    """Encode ``prompt``, sample, decode; the model's train/eval mode is restored afterwards."""
+    """Encode ``prompt``, sample, decode; the model's train/eval mode is restored afterwards. ``eager``:
+    a model compiled for training runs eagerly here (see below); ``sample --compile`` compiles for this."""
+    import contextlib
+
     from gptlab.data.tokenizers import load_tokenizer
 
     if tokenizer_meta is None:
@@ -159,7 +171,8 @@ def generate_text(
     gen = torch.random.fork_rng(devices=[]) if device.type != "cuda" else torch.random.fork_rng()
     # A model compiled for training runs eagerly here: decoding grows the sequence a token at a time, which
     # would recompile for dynamic shapes and, under CUDA-graph modes, record one graph per length.
-    with gen, torch.compiler.set_stance("force_eager"):
+    stance = torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext()
+    with gen, stance:
         torch.manual_seed(seed)
         y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, vocab_limit=tok.vocab_size)
     model.train(was_training)
@@ -167,23 +180,32 @@ def generate_text(
 
 
 def sample(cfg: SampleConfig) -> list[str]:
-    from gptlab.train.loop import resolve_device
+    import contextlib
+
+    from gptlab.parallel import PT_DTYPES
+    from gptlab.train.loop import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
     model, tokenizer = load_model_for_sampling(cfg, device)
+    if cfg.compile:  # in place, so that generate()'s own calls of the model run compiled (not only model(...))
+        model.compile(dynamic=True)
     prompt = cfg.start
     if prompt.startswith("FILE:"):
         prompt = Path(prompt[5:]).read_text()
-    return [
-        generate_text(
-            model,
-            tokenizer,
-            prompt,
-            cfg.max_new_tokens,
-            device=device,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            seed=cfg.seed + i,
-        )
-        for i in range(cfg.num_samples)
-    ]
+    low = dtype != "float32"
+    with torch.autocast(device.type, dtype=PT_DTYPES[dtype]) if low else contextlib.nullcontext():
+        return [
+            generate_text(
+                model,
+                tokenizer,
+                prompt,
+                cfg.max_new_tokens,
+                device=device,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                seed=cfg.seed + i,
+                eager=not cfg.compile,
+            )
+            for i in range(cfg.num_samples)
+        ]

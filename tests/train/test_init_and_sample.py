@@ -381,7 +381,7 @@ def test_nanogpt_char_run_samples_as_nanogpt_does(tmp_path: Path, monkeypatch: p
     import pickle
 
     from gptlab.data.tokenizers import CharTokenizer
-    from gptlab.errors import CheckpointError, DataError
+    from gptlab.errors import CheckpointError, ConfigError, DataError
     from gptlab.train.sample import parse_sample_args, sample
 
     vocab = "\n !,.:;?abcdefghijklmnopqrstuvwxyz"
@@ -394,6 +394,19 @@ def test_nanogpt_char_run_samples_as_nanogpt_does(tmp_path: Path, monkeypatch: p
     assert text == tok.decode(expected[0].tolist()) and text.startswith("to be") and len(text) == 17
     (via_path,) = sample(parse_sample_args([*args, "--num_samples=1", "--init_from=out-shakespeare-char/ckpt.pt"]))
     assert via_path == text
+    # nanoGPT's other sample.py keys: dtype (autocast) and compile (the model's forward, in place, so that
+    # generate's calls run compiled; nanoGPT's torch.compile(model) wrapper never reached them)
+    (low,) = sample(parse_sample_args([*args, "--num_samples=1", "--dtype=bfloat16"]))
+    assert low.startswith("to be") and set(low) <= set(vocab)
+    with pytest.raises(ConfigError, match="dtype='float64'"):
+        parse_sample_args(["--dtype=float64"])
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kw: compiled.append((type(module).__name__, kw)))
+    monkeypatch.setattr(torch.compiler, "set_stance", lambda *a: pytest.fail("a compiled sample must not run eagerly"))
+    assert sample(parse_sample_args([*args, "--num_samples=1", "--compile=True"])) == [text]
+    assert compiled == [("ConfigurableGPT", {"dynamic": True})]
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
 
     class Evil:
         def __reduce__(self):
