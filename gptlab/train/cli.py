@@ -44,11 +44,12 @@ QUICKSTART: dict[str, Any] = dict(
 
 
 def quickstart_defaults(args: Sequence[str]) -> dict[str, Any] | None:
-    """The quick start's settings as defaults under the user's: only with no config file and no
-    ``--init_from`` (a resume or a fine-tune keeps the real defaults: device auto, compile on, ...);
-    replacing a previous run (``overwrite``) only in the quick start's own ``out_dir``."""
+    """The quick start's settings as defaults under the user's: only with no config file, no
+    ``--init_from`` and no ``--dataset`` (a resume, a fine-tune or a run on your data keeps the real
+    defaults, nanoGPT's: device auto, compile on, GPT-2 124M, ...); replacing a previous run
+    (``overwrite``) only in the quick start's own ``out_dir``."""
     keys = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
-    if any(not a.startswith("--") for a in args) or "init_from" in keys:
+    if any(not a.startswith("--") for a in args) or keys & {"init_from", "dataset"}:
         return None
     if "out_dir" in keys:
         return {k: v for k, v in QUICKSTART.items() if k != "overwrite"}
@@ -61,7 +62,14 @@ def run_train(args: Sequence[str]) -> int:
     from gptlab.train.loop import train
 
     args = list(args)
-    run = parse_run_args(args, defaults=quickstart_defaults(args))
+    quickstart = quickstart_defaults(args)
+    if quickstart is not None and args:  # the demo's CPU settings under the user's keys: say so
+        print(
+            "gptlab train: no config file: the quick start's settings (CPU, float32, 4-layer llama on stdlib_char) "
+            "are the defaults under your keys; name a config file or --dataset for the full defaults",
+            file=sys.stderr,
+        )
+    run = parse_run_args(args, defaults=quickstart)
     summary = train(run)
     final, base = summary.get("final_val_loss"), summary.get("unigram_baseline_loss")
     if final is not None and base is not None:

@@ -177,6 +177,8 @@ def test_quick_start_defaults_only_for_a_quick_start() -> None:
     assert quickstart_defaults([]) is QUICKSTART and quickstart_defaults(["--max_iters=10"]) is QUICKSTART
     assert quickstart_defaults(["--init_from='resume'", "--out_dir='out/run'"]) is None
     assert quickstart_defaults(["config/full_llama_124m.py"]) is None
+    # nanoGPT's `python train.py --dataset=openwebtext ...` (no config file): its real defaults, not a CPU demo
+    assert quickstart_defaults(["--dataset='openwebtext'", "--n_layer=12"]) is None
     mine = quickstart_defaults(["--out_dir='out/mine'"])
     assert mine is not None and "overwrite" not in mine and mine["device"] == "cpu"
 
