@@ -138,6 +138,7 @@ def _attention_checks() -> list[Check]:
     if not torch.cuda.is_available():
         checks.append(Check(s, "flash attention (SDPA)", None, "no GPU (the CPU uses its own fused SDPA kernel)"))
         checks.append(Check(s, "memory-efficient attention (SDPA)", None, "no GPU"))
+        checks.append(Check(s, "cuDNN attention (SDPA)", None, "no GPU"))
         return checks
     cap = torch.cuda.get_device_capability()
     flash_hw = cap >= (8, 0)
