@@ -7,6 +7,7 @@ Config files are Python files the user names (nanoGPT style); every other value 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 from collections.abc import Iterable
@@ -200,6 +201,25 @@ class RunConfig:
         return {"train": self.train.to_dict(), "arch": self.arch.to_dict()}
 
 
+def _check_config_statements(tree: ast.Module, source: str, path: Path) -> None:
+    """A statement that sets nothing where a setting was surely meant is an error, not a no-op: YAML's
+    ``n_layer: 12`` is a Python annotation, a JSON object a bare expression."""
+    for node in tree.body:
+        line = (ast.get_source_segment(source, node) or "").splitlines()[0]
+        if isinstance(node, ast.AnnAssign) and node.value is None:
+            target = ast.unparse(node.target)
+            raise ConfigError(
+                f"config file {str(path)!r}, line {node.lineno}: `{line}` sets nothing (an annotation): "
+                f"write {target} = {ast.unparse(node.annotation)}"
+            )
+        text = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        if isinstance(node, ast.Expr) and not text and not isinstance(node.value, ast.Call):  # a docstring, a print
+            raise ConfigError(
+                f"config file {str(path)!r}, line {node.lineno}: `{line}` is an expression that sets nothing: "
+                "write key = value"
+            )
+
+
 def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, Any]:
     """Run a nanoGPT-style Python config file the user named and collect its assignments: training
     and architecture keys, and ``keys`` (another command's own)."""
@@ -212,10 +232,21 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
             hint = " (overrides take the form --key=value, with '=')"
         else:
             hint = ""
-        raise ConfigError(f"config file {str(path)!r} does not exist{hint}")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {str(path)!r} {what}{hint}")
+    if path.suffix != ".py":
+        raise ConfigError(
+            f"config file {str(path)!r} is not a .py file: config files are Python, as nanoGPT's "
+            "(n_layer = 12); YAML or JSON is not read"
+        )
     namespace: dict[str, Any] = {}
     try:
-        exec(compile(path.read_text(), str(path), "exec"), namespace)  # the user's own file, as in nanoGPT
+        source = path.read_text()
+        tree = ast.parse(source, str(path))
+        _check_config_statements(tree, source, path)
+        exec(compile(tree, str(path), "exec"), namespace)  # the user's own file, as in nanoGPT
+    except ConfigError:
+        raise
     except Exception as e:
         raise ConfigError(f"config file {str(path)!r} failed: {type(e).__name__}: {e}") from None
     values = {k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)}

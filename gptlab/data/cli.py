@@ -55,7 +55,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("dataset", help="a dataset name (listed below) or a new name for your own --input")
     parser.add_argument("--input", metavar="PATH", help="a local text file or folder (or .jsonl/.parquet for hub sets)")
     parser.add_argument("--data_dir", "--data-dir", default="data", metavar="DIR", help="where datasets live (data)")
-    parser.add_argument("--tokenizer", choices=sorted(TOKENIZERS), help="for your own text (default: char if NAME ends in _char, else gpt2)")
+    parser.add_argument(
+        "--tokenizer",
+        choices=sorted(TOKENIZERS),
+        help="for your own text (default: char if NAME ends in _char, else gpt2)",
+    )
     parser.add_argument("--num_proc", "--num-proc", type=int, metavar="N", help="tokenizer processes")
     parser.add_argument("--max_documents", "--max-documents", type=int, metavar="N", help="stop after N documents")
     parser.add_argument("--max_tokens", "--max-tokens", type=int, metavar="N", help="stop after N tokens in all")

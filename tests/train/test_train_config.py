@@ -90,8 +90,23 @@ def test_config_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"did you mean --n_layer=2\?"):
         parse_run_args(["-n_layer=2"])
     ok = tmp_path / "ok.py"
-    ok.write_text("import math\nn_layer = 2\n_private = 1\nlearning_rate = math.sqrt(4e-8)\n")
+    ok.write_text('"""doc"""\nimport math\nn_layer = 2\n_private = 1\nlearning_rate = math.sqrt(4e-8)\nprint()\n')
     assert load_config_file(ok) == {"n_layer": 2, "learning_rate": pytest.approx(2e-4)}
+    # a file that would set nothing is refused, never run as a default training: YAML, JSON, a folder
+    cases = {
+        "run.yaml": ("n_layer = 2\n", r"'.*run\.yaml' is not a \.py file: config files are Python"),
+        "yaml.py": (
+            "n_layer: 1\nmax_iters: 3\n",
+            r"line 1: `n_layer: 1` sets nothing \(an annotation\): write n_layer = 1",
+        ),
+        "json.py": ('{"n_layer": 1}\n', r'line 1: `\{"n_layer": 1\}` is an expression that sets nothing'),
+    }
+    for name, (text, match) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            parse_run_args([str(tmp_path / name)])
+    with pytest.raises(ConfigError, match="is a directory"):
+        parse_run_args([str(tmp_path)])
 
 
 def _cfg(**kw) -> TrainConfig:
