@@ -6,18 +6,29 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from gptlab.config.model import PRESETS, get_preset_config, get_typed_config
 from gptlab.config.overrides import parse_overrides
-from gptlab.errors import USER_ERRORS, ConfigError
+from gptlab.config.train import TEXT_KEYS
+from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError
 
 
 def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.model.gpt import ConfigurableGPT
 
-    overrides = parse_overrides(extra)
-    config = get_typed_config(args.preset, overrides)
+    overrides = parse_overrides(extra, TEXT_KEYS)
+    from gptlab.config.train import TRAIN_FIELDS
+
+    for key in overrides:
+        if key in TRAIN_FIELDS and key != "arch_preset":
+            raise ConfigError(f"--{key} is a training setting, which 'gptlab arch' does not use")
+    if args.preset.endswith(".py"):  # a training config file's architecture, as flops and plan take it
+        from gptlab.config.train import load_config_file, resolve_run_config
+
+        config = resolve_run_config({**load_config_file(args.preset), **overrides}, typed=overrides).arch
+    else:
+        config = get_typed_config(args.preset, overrides)
     print(config.get_architecture_summary())
     if not args.no_params:
         import torch
@@ -39,11 +50,20 @@ def _cmd_presets(args: argparse.Namespace, extra: list[str]) -> int:
 
 class _ExactOptions(argparse.ArgumentParser):
     """No prefix matching of options: the commands also take --key=value architecture keys, and
-    ``--activation`` must not be read as ``--activation_checkpointing``."""
+    ``--activation`` must not be read as ``--activation_checkpointing``. A mistake is one line, as the
+    commands' own errors are (argparse prints its usage block first)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+# Commands whose arguments are nanoGPT's ([CONFIG.py ...] [--key=value ...], in that order): handed over
+# whole, so that `--device cpu` gets train.py's "write --device=cpu", not "config file 'cpu' does not exist".
+RAW_COMMANDS: dict[str, str] = {"train": "run_train", "sample": "run_sample"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the architecture summary and parameter count of PRESET with overrides, "
         "e.g. gptlab arch llama --n_layer=6 --n_kv_head=4",
     )
-    arch.add_argument("preset", nargs="?", default="gpt2", help=f"one of {', '.join(PRESETS)} (default gpt2)")
+    arch.add_argument(
+        "preset", nargs="?", default="gpt2", help=f"one of {', '.join(PRESETS)} (default gpt2), or a config file"
+    )
     arch.add_argument("--no-params", action="store_true", help="skip counting parameters")
     arch.set_defaults(func=_cmd_arch)
     presets = sub.add_parser("presets", help="list the preset architectures")
@@ -84,11 +106,18 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in RAW_COMMANDS and not {"-h", "--help"} & set(argv[1:]):
+        import gptlab.train.cli
+
+        run = getattr(gptlab.train.cli, RAW_COMMANDS[argv[0]])
+        command = lambda: run(argv[1:])  # noqa: E731
+    else:
+        args, extra = build_parser().parse_known_args(argv)
+        command = lambda: args.func(args, extra)  # noqa: E731
     try:
-        return args.func(args, extra)
-    except USER_ERRORS as e:
+        return command()
+    except (*USER_ERRORS, *PATH_ERRORS) as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

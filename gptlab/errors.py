@@ -23,13 +23,55 @@ class GptlabError(Exception):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, DataError, GptlabError)
+# A path the user named that cannot be written or read as asked (a file where a folder is needed, ...):
+# the commands say so in one line, as for their own errors.
+PATH_ERRORS: tuple[type[BaseException], ...] = (
+    FileExistsError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+# Other projects' names for nanoGPT's keys (HF transformers, litgpt, torchtitan, argparse habits): a
+# miss suggests ours even where the spelling is not close.
+KEY_ALIASES: dict[str, str] = {
+    "lr": "learning_rate",
+    "grad_accum": "gradient_accumulation_steps",
+    "grad_accum_steps": "gradient_accumulation_steps",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "micro_batch_size": "batch_size",
+    "n_layers": "n_layer",
+    "num_layers": "n_layer",
+    "num_hidden_layers": "n_layer",
+    "n_heads": "n_head",
+    "num_heads": "n_head",
+    "num_attention_heads": "n_head",
+    "num_key_value_heads": "n_kv_head",
+    "n_kv_heads": "n_kv_head",
+    "d_model": "n_embd",
+    "hidden_size": "n_embd",
+    "dim": "n_embd",
+    "intermediate_size": "d_ff",
+    "seq_len": "block_size",
+    "max_seq_len": "block_size",
+    "context_length": "block_size",
+    "max_steps": "max_iters",
+    "warmup_steps": "warmup_iters",
+    "max_grad_norm": "grad_clip",
+    "clip_grad_norm": "grad_clip",
+}
 
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     if not isinstance(value, str):
         return ""
-    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    if KEY_ALIASES.get(value) in choices:
+        return f" (did you mean {KEY_ALIASES[value]!r}?)"
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -38,3 +80,12 @@ def unknown_choice(key: str, value: object, choices: Iterable[str]) -> ConfigErr
     names = sorted(choices)
     allowed = ", ".join(repr(n) for n in names)
     return ConfigError(f"{key}={value!r} is not one of {allowed}{did_you_mean(value, names)}")
+
+
+def path_argument(text: str) -> str:
+    """An argparse ``type`` for a path option: '' would silently mean the working directory."""
+    if not text.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError("expected a non-empty path")
+    return text

@@ -53,7 +53,13 @@ def register(sub: Any) -> None:
         help="any checkpoint (single file, ZeRO-1, FSDP DCP dir, run dir) -> one ckpt.pt (and HF with --hf)",
         description=__doc__,
     )
-    p.add_argument("checkpoint", help="a ckpt.pt, a ckpt-ITER.dcp directory, or a run directory (its latest)")
-    p.add_argument("out", help="output directory: OUT/ckpt.pt (and config.json + model.safetensors with --hf)")
+    from gptlab.errors import path_argument
+
+    p.add_argument(
+        "checkpoint", type=path_argument, help="a ckpt.pt, a ckpt-ITER.dcp directory, or a run directory (its latest)"
+    )
+    p.add_argument(
+        "out", type=path_argument, help="output directory: OUT/ckpt.pt (and config.json + model.safetensors with --hf)"
+    )
     p.add_argument("--hf", action="store_true", help="also write Hugging Face config.json + model.safetensors")
     p.set_defaults(func=_export_cmd)

@@ -14,13 +14,20 @@ from gptlab.errors import ConfigError
 def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.compare import TABLE_DEFAULTS, compare
     from gptlab.config.overrides import parse_overrides
+    from gptlab.config.train import TEXT_KEYS
+    from gptlab.errors import unknown_choice
+    from gptlab.telemetry.cli import AUTOCAST_DTYPES
 
-    overrides = parse_overrides(extra)
+    overrides = parse_overrides(extra, TEXT_KEYS)
     table = dict(
         gpu=args.gpu, mfu=args.mfu, world_size=args.world_size, activation_checkpointing=args.activation_checkpointing
     )
-    table["batch_size"] = args.batch_size or TABLE_DEFAULTS["batch_size"]
+    table["batch_size"] = TABLE_DEFAULTS["batch_size"] if args.batch_size is None else args.batch_size
     table["dtype"] = args.dtype or TABLE_DEFAULTS["dtype"]
+    if table["dtype"] not in AUTOCAST_DTYPES:  # the training's names (bfloat16), as train and plan take them
+        raise unknown_choice("dtype", table["dtype"], AUTOCAST_DTYPES)
+    if args.out_dir and not args.train:
+        raise ConfigError("--out_dir is where --train writes its runs: without --train nothing is written")
     if args.train:
         from gptlab.compare_train import train_and_compare
 

@@ -118,6 +118,7 @@ def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFi
         "--batch_size=4",
         "--max_iters=8",
         "--lr_decay_iters=8",
+        "--warmup_iters=2",
         "--eval_interval=4",
         "--log_interval=1",
     ]

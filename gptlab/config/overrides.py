@@ -4,7 +4,7 @@ but with ``ast.literal_eval`` only (no ``exec`` of user strings)."""
 from __future__ import annotations
 
 import ast
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gptlab.errors import ConfigError
@@ -18,14 +18,24 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """Turn ``['--n_layer=4', '--bias=False']`` into ``{'n_layer': 4, 'bias': False}``."""
+def parse_overrides(args: Sequence[str], text_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Turn ``['--n_layer=4', '--bias=False']`` into ``{'n_layer': 4, 'bias': False}``. A key of
+    ``text_keys`` (string settings) keeps its text when it reads as a number: ``--wandb_run_name=2024``."""
+    text_keys = frozenset(text_keys)
     out: dict[str, Any] = {}
     for arg in args:
         if not arg.startswith("--") or "=" not in arg:
-            raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value")
+            hint = f" (write {arg}=VALUE)" if arg.startswith("--") and len(arg) > 2 else ""
+            raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
         key, text = arg[2:].split("=", 1)
         if not key.isidentifier():
-            raise ConfigError(f"cannot parse argument {arg!r}: {key!r} is not a valid key name")
-        out[key] = parse_value(text)
+            spelled = key.replace("-", "_")
+            hint = f": did you mean --{spelled}={text}?" if spelled.isidentifier() else ""
+            raise ConfigError(f"cannot parse argument {arg!r}: {key!r} is not a valid key name{hint}")
+        value = parse_value(text)
+        if key in text_keys and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = text
+        if key in out:
+            raise ConfigError(f"--{key} is given twice ({out[key]!r}, then {value!r}): give it once")
+        out[key] = value
     return out

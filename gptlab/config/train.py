@@ -126,11 +126,16 @@ class TrainConfig:
             "compile_mode": COMPILE_MODES,
             "compile_scope": COMPILE_SCOPES,
         }
+        check_device_name(self.device)
+        del choices["device"]
         for key, allowed in choices.items():
-            value = getattr(self, key)
-            base = value.split(":")[0] if key == "device" else value  # 'cuda:1' is a device too
-            if base not in allowed:
-                raise unknown_choice(key, value, allowed)
+            if getattr(self, key) not in allowed:
+                raise unknown_choice(key, getattr(self, key), allowed)
+        for key in ("out_dir", "data_dir", "dataset", "init_from"):  # '' would mean the working directory
+            if not getattr(self, key).strip():
+                raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected a non-empty name or path")
+        if not 0 <= self.seed < 2**64:
+            raise ConfigError(f"seed={self.seed} is invalid: expected an integer in [0, 2**64)")
         positive = (
             "eval_interval",
             "log_interval",
@@ -150,10 +155,12 @@ class TrainConfig:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key}={value!r} is invalid: expected a finite float >= 0")
-        for key in ("beta1", "beta2", "wsd_decay_frac"):
+        for key in ("beta1", "beta2"):
             value = getattr(self, key)
-            if not 0.0 <= value < 1.0 and not (key == "wsd_decay_frac" and value == 1.0):
+            if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{key}={value!r} is invalid: expected a float in [0, 1)")
+        if not 0.0 <= self.wsd_decay_frac <= 1.0:
+            raise ConfigError(f"wsd_decay_frac={self.wsd_decay_frac!r} is invalid: expected a float in [0, 1]")
         if self.peak_tflops is not None and not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
             raise ConfigError(f"peak_tflops={self.peak_tflops!r} is invalid: expected a float > 0 or None")
         if self.use_zero1 and self.use_fsdp:
@@ -174,13 +181,62 @@ class TrainConfig:
             raise ConfigError(f"fsdp_cpu_offload=True needs parallel='fsdp', got parallel={self.parallel!r}")
         if self.decay_lr and self.min_lr > self.learning_rate:
             raise ConfigError(f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}")
+        if self.decay_lr and self.lr_schedule != "constant" and self.lr_decay_iters < self.warmup_iters:
+            raise ConfigError(
+                f"lr_decay_iters={self.lr_decay_iters} is smaller than warmup_iters={self.warmup_iters}: the decay "
+                "would end before the warmup does"
+            )
+        if self.backend == "nccl" and self.device.split(":")[0] == "cpu":
+            raise ConfigError("backend='nccl' needs CUDA tensors, but device='cpu': use backend='gloo' (or auto)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def check_device_name(device: str) -> None:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``: a one-line error for anything else (whether such a
+    device exists here is checked when the run starts)."""
+    kind, _, index = device.partition(":")
+    if kind not in DEVICES:
+        raise unknown_choice("device", device, DEVICES)
+    if _ and (kind != "cuda" or not index.isdigit()):
+        raise ConfigError(f"device={device!r} is invalid: expected auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
+
+
+# A training key typed on the command line that the other settings make meaningless is refused, as the
+# architecture's are (``check_keys_take_effect``): {key: [(a setting that can void it, whether it does)]}.
+_VOIDED_BY: dict[str, list[tuple[str, Any]]] = {
+    **{k: [("decay_lr", lambda t: not t.decay_lr)] for k in ("lr_schedule", "warmup_iters", "min_lr")},
+    "lr_decay_iters": [("decay_lr", lambda t: not t.decay_lr), ("lr_schedule", lambda t: t.lr_schedule == "constant")],
+    "wsd_decay_frac": [("decay_lr", lambda t: not t.decay_lr), ("lr_schedule", lambda t: t.lr_schedule != "wsd")],
+    **{k: [("compile", lambda t: not t.compile)] for k in ("compile_mode", "compile_scope")},
+    **{k: [("sample_at_end", lambda t: not t.sample_at_end)] for k in ("sample_tokens", "sample_prompt")},
+    **{k: [("wandb_log", lambda t: not t.wandb_log)] for k in ("wandb_project", "wandb_run_name")},
+}
+_VOIDED_BY["min_lr"].append(("lr_schedule", lambda t: t.lr_schedule == "constant"))
+
+
+def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> None:
+    """A training key the user typed (``--key=value``) that this run would not use is an error: a
+    config file may spell out every key, a typed one is meant to change something."""
+    for key in sorted(set(typed) & set(_VOIDED_BY)):
+        for setting, voids in _VOIDED_BY[key]:
+            if voids(train):
+                raise ConfigError(
+                    f"{key}={getattr(train, key)!r} has no effect with {setting}={getattr(train, setting)!r}: "
+                    f"drop --{key}, or change {setting}"
+                )
+
+
 TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ALL_KEYS: tuple[str, ...] = TRAIN_FIELDS + ARCH_FIELDS
+# string settings: an override that reads as a number keeps its text (--wandb_run_name=2024, --out_dir=123)
+TEXT_KEYS: frozenset[str] = frozenset(
+    f.name
+    for cls in (TrainConfig, ModelArchitectureConfig)
+    for f in dataclasses.fields(cls)
+    if f.type in ("str", "str | None", str)
+)
 
 
 @dataclass
@@ -273,6 +329,7 @@ def resolve_run_config(
     explicit = frozenset(values if explicit is None else explicit)
     typed = explicit if typed is None else frozenset(typed)
     arch = check_keys_take_effect(arch, typed)
+    check_train_keys_take_effect(train, typed)
     return RunConfig(train=train, arch=arch, explicit=explicit, typed=typed)
 
 
@@ -352,7 +409,7 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         from_file = load_config_file(path)
         values.update(from_file)
         explicit.update(from_file)
-    from_overrides = parse_overrides(overrides)
+    from_overrides = parse_overrides(overrides, TEXT_KEYS)
     values.update(from_overrides)
     explicit.update(from_overrides)
     init_from = values.get("init_from", TrainConfig.init_from)

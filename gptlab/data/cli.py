@@ -8,7 +8,7 @@ from typing import Any
 from gptlab.data.datasets import DATASETS, prepare_dataset
 from gptlab.data.storage import META_FILE, SPLITS, read_meta, split_path
 from gptlab.data.tokenizers import TOKENIZERS
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, path_argument
 
 
 def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
@@ -53,8 +53,15 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dataset", help="a dataset name (listed below) or a new name for your own --input")
-    parser.add_argument("--input", metavar="PATH", help="a local text file or folder (or .jsonl/.parquet for hub sets)")
-    parser.add_argument("--data_dir", "--data-dir", default="data", metavar="DIR", help="where datasets live (data)")
+    parser.add_argument(
+        "--input",
+        type=path_argument,
+        metavar="PATH",
+        help="a local text file or folder (or .jsonl/.parquet for hub sets)",
+    )
+    parser.add_argument(
+        "--data_dir", "--data-dir", type=path_argument, default="data", metavar="DIR", help="where datasets live (data)"
+    )
     parser.add_argument(
         "--tokenizer",
         choices=sorted(TOKENIZERS),

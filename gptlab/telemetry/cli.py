@@ -6,11 +6,12 @@ Each command takes a preset or a training config file, and ``--key=value`` overr
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig, get_typed_config
 from gptlab.config.overrides import parse_overrides
-from gptlab.config.train import ALL_KEYS, load_config_file, resolve_run_config
+from gptlab.config.train import ALL_KEYS, TEXT_KEYS, load_config_file, resolve_run_config
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice
 
 GB = 1e9
@@ -34,22 +35,70 @@ def _si(x: float) -> str:
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
 
 
-def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
-    """The architecture of a preset name or a training config file, with --key=value overrides."""
-    if getattr(args, "dtype", None) not in AUTOCAST_DTYPES:
+# What a plan assumes when neither an option nor a config file says otherwise.
+OPTION_DEFAULTS: dict[str, Any] = dict(
+    activation_checkpointing=False, dtype="bfloat16", batch_size=12, grad_accum_steps=1, loss_chunk_size=0
+)
+
+
+def _fill_options(args: argparse.Namespace, file_values: dict[str, Any]) -> None:
+    """Options not given take the config file's training settings, as train.py would run them (dtype 'auto'
+    is a GPU's bfloat16; micro-steps per GPU are gradient_accumulation_steps / --world_size), else defaults."""
+    world = getattr(args, "world_size", 1) or 1
+    accum = file_values.get("gradient_accumulation_steps")
+    from_file = {
+        "activation_checkpointing": file_values.get("activation_checkpointing"),
+        "dtype": "bfloat16" if file_values.get("dtype") == "auto" else file_values.get("dtype"),
+        "batch_size": file_values.get("batch_size"),
+        "loss_chunk_size": file_values.get("loss_chunk_size"),
+        "grad_accum_steps": None if not isinstance(accum, int) else max(1, accum // world),
+    }
+    for key, default in OPTION_DEFAULTS.items():
+        if hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, default if from_file[key] is None else from_file[key])
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Every option's value, whether or not this invocation uses it (--mfu without --gpu too)."""
+    if args.dtype not in AUTOCAST_DTYPES:
         raise unknown_choice("dtype", args.dtype, AUTOCAST_DTYPES)
-    overrides = {**parse_overrides(extra), **{k: v for k, v in fixed.items() if v is not None}}
+    if not 0 < args.mfu <= 1:
+        raise ConfigError(f"mfu={args.mfu} is invalid: expected a fraction in (0, 1]")
+    memory = getattr(args, "gpu_memory_gb", None)
+    if memory is not None and not (math.isfinite(memory) and memory > 0):
+        raise ConfigError(f"gpu_memory_gb={memory} is invalid: expected a number of GB > 0")
+    for key in ("batch_size", "grad_accum_steps", "world_size"):
+        if getattr(args, key, 1) < 1:
+            raise ConfigError(f"{key}={getattr(args, key)} is invalid: expected an integer >= 1")
+    if getattr(args, "loss_chunk_size", 0) < 0:
+        raise ConfigError(
+            f"loss_chunk_size={args.loss_chunk_size} is invalid: expected 0 (plain logits) or a positive integer"
+        )
+
+
+def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
+    """The architecture of a preset name or a training config file, with --key=value overrides; the
+    command's options not given are filled in (``_fill_options``)."""
+    overrides = {**parse_overrides(extra, TEXT_KEYS), **{k: v for k, v in fixed.items() if v is not None}}
     is_file = args.preset.endswith(".py")
-    known = ALL_KEYS if is_file else ARCH_FIELDS
+    known = [*ARCH_FIELDS, "arch_preset"] if is_file else ARCH_FIELDS
     options = [k for k in vars(args) if k not in ("preset", "func", "command")]
     for key in overrides:  # a typo of the command's own options is suggested too
+        if key in ALL_KEYS and key not in known:
+            raise ConfigError(
+                f"--{key} is a training setting, which this command does not use: it takes "
+                f"--{', --'.join(options)} and the architecture keys"
+            )
         if key not in known:
             raise ConfigError(
                 f"unknown option --{key}{did_you_mean(key, [*options, *known])}: this command takes "
                 f"--{', --'.join(options)} and the architecture keys ({', '.join(ARCH_FIELDS)})"
             )
+    file_values = load_config_file(args.preset) if is_file else {}
+    _fill_options(args, file_values)
+    _check_options(args)
     if is_file:
-        return resolve_run_config({**load_config_file(args.preset), **overrides}, typed=overrides).arch
+        return resolve_run_config({**file_values, **overrides}, typed=overrides).arch
     return get_typed_config(args.preset, overrides)
 
 
@@ -65,12 +114,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         type=_bool,
         nargs="?",
         const=True,
-        default=False,
-        help="per-block activation checkpointing (adds recomputation to HFU, cuts activations)",
+        help="per-block activation checkpointing (adds recomputation to HFU, cuts activations; default: "
+        "a config file's, else False)",
     )
     p.add_argument("--gpu", help="accelerator for the throughput estimate, e.g. H100-SXM, A100-PCIe, B200")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for --gpu (default 0.4)")
-    p.add_argument("--dtype", default="bfloat16", help="autocast dtype: bfloat16, float16 or float32")
+    p.add_argument(
+        "--dtype", help="autocast dtype: bfloat16, float16 or float32 (default: a config file's, else bfloat16)"
+    )
 
 
 def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: bool) -> Any:
@@ -105,8 +156,6 @@ def _throughput_peak(args: argparse.Namespace) -> tuple[Any, str, float] | None:
     peak = spec.peaks.get(precision)
     if peak is None:
         raise ConfigError(f"gpu={args.gpu!r} has no dense {precision} peak in the table ({spec.description})")
-    if not 0 < args.mfu <= 1:
-        raise ConfigError(f"mfu={args.mfu} is invalid: expected a fraction in (0, 1]")
     return spec, precision, peak
 
 
@@ -125,8 +174,8 @@ def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace,
 def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
     if args.num_gpus < 1:  # checked before anything is printed
         raise ConfigError(f"num_gpus={args.num_gpus} is invalid: expected an integer >= 1")
-    _throughput_peak(args)
     config = _config(args, extra)
+    _throughput_peak(args)
     seq_len = config.block_size if args.seq_len is None else args.seq_len
     if seq_len > config.block_size:
         raise ConfigError(
@@ -141,8 +190,8 @@ def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.telemetry.planner import plan_all_modes
 
-    _throughput_peak(args)  # a bad --gpu or --mfu before the tables
     config = _config(args, extra, block_size=args.block_size)
+    _throughput_peak(args)  # a bad --gpu or --mfu before the tables
     common: dict[str, Any] = dict(
         batch_size=args.batch_size,
         dtype=args.dtype,
@@ -172,7 +221,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
           f"other {sum(acts.other.values()) / GB:.4f} GB")  # fmt: skip
     for note in sorted({n for p in plans.values() for n in p.mode.notes}):
         print(f"note: {note}")
-    if args.gpu_memory_gb:
+    if args.gpu_memory_gb is not None:
         from gptlab.telemetry.planner import fit_advice
 
         for mode, p in plans.items():
@@ -189,9 +238,12 @@ def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
 
     if extra:
         raise ConfigError(f"'gptlab peak' takes no architecture overrides, got {' '.join(extra)}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but no CUDA device is available")
+    for key in ("size", "iters"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise ConfigError(f"{key}={getattr(args, key)} is invalid: expected a positive integer")
+    from gptlab.train.loop import resolve_device
+
+    device = str(resolve_device(args.device or "auto"))
     if args.dtype is None:  # measure the precision a training run on this device would use by default
         from gptlab.train.loop import resolve_dtype
 
@@ -223,14 +275,21 @@ def register(subparsers: Any) -> None:
         description="Predict memory per GPU of PRESET (with --key=value overrides) in every parallel mode.",
     )
     _add_common(plan)
-    plan.add_argument("--batch_size", type=int, default=12, help="micro-batch per GPU (default 12)")
+    plan.add_argument("--batch_size", type=int, help="micro-batch per GPU (default: a config file's, else 12)")
     plan.add_argument("--block_size", type=int, help="sequence length (an architecture override)")
     plan.add_argument("--world_size", type=int, default=8, help="GPUs for ddp/zero1/fsdp (default 8)")
-    plan.add_argument("--grad_accum_steps", type=int, default=1, help="micro-steps per optimizer step")
+    plan.add_argument(
+        "--grad_accum_steps",
+        type=int,
+        help="micro-steps per GPU per optimizer step (default: a config file's gradient_accumulation_steps / "
+        "--world_size, else 1)",
+    )
     plan.add_argument("--device_type", default="cuda", choices=("cuda", "cpu"), help="whose autocast rules apply")
     plan.add_argument("--gpu_memory_gb", type=float, help="say, per mode, whether the peak fits in this much memory")
     plan.add_argument(
-        "--loss_chunk_size", type=int, default=0, help="tokens per chunk of the fused LM head + loss (0: plain logits)"
+        "--loss_chunk_size",
+        type=int,
+        help="tokens per chunk of the fused LM head + loss (0: plain logits; default: a config file's, else 0)",
     )
     plan.set_defaults(func=_cmd_plan)
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gptlab.errors import USER_ERRORS
+from gptlab.errors import PATH_ERRORS, USER_ERRORS
 
 # `gptlab train` with no config: a small model on the embedded dataset that a 2-core CPU
 # trains in about two minutes, ending with a checkpoint, a summary and a sample.
@@ -117,6 +117,6 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
     """Root-script entry: one-line errors, exit code 2, as the gptlab command does."""
     try:
         return run(sys.argv[1:] if argv is None else argv)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, *PATH_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

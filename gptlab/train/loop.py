@@ -64,16 +64,26 @@ class NonFiniteLossError(GptlabError):
     """The loss became NaN or infinite and nan_policy='stop'."""
 
 
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` means here; one ConfigError line for a malformed name or one this machine lacks."""
+    from gptlab.config.train import check_device_name
+
+    check_device_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but CUDA is not available here: use --device=cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not _mps_available():
+        raise ConfigError(f"device={name!r} but MPS (Apple's GPU) is not available here: use --device=cpu (or auto)")
     return device
 
 
@@ -527,7 +537,7 @@ class Trainer:
             if self.arch.dropout > 0.0:
                 # dropout masks as a function of (seed, iteration, global micro-batch): different on every
                 # rank, identical under any world size, and exact on resume (cheap: no device sync)
-                torch.manual_seed((cfg.seed * 1_000_003 + self.iter_num) * 65_537 + global_micro)
+                torch.manual_seed(((cfg.seed * 1_000_003 + self.iter_num) * 65_537 + global_micro) % 2**64)
             # gradients are reduced across ranks on the last micro-step only
             with parallel.no_grad_sync(self.model, self.dist, sync=micro == steps - 1):
                 loss_sum += self.forward_backward(micro, x, y)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,24 @@ class SampleConfig:
     compile: bool = False  # torch.compile the model's forward (dynamic shapes: the sequence grows)
 
     def __post_init__(self) -> None:
-        from gptlab.config.train import DTYPES
+        from gptlab.config.train import DTYPES, check_device_name
         from gptlab.errors import unknown_choice
 
         check_field_types(self)
+        check_device_name(self.device)
         if self.dtype not in DTYPES:
             raise unknown_choice("dtype", self.dtype, DTYPES)
-        if self.num_samples <= 0 or self.max_new_tokens < 0:
-            raise ConfigError("num_samples must be > 0 and max_new_tokens >= 0")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature={self.temperature} is invalid: expected a float >= 0 (0 is greedy)")
+        for key in ("out_dir", "init_from"):
+            if not getattr(self, key).strip():
+                raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected a non-empty name or path")
+        if self.num_samples <= 0:
+            raise ConfigError(f"num_samples={self.num_samples} is invalid: expected an integer > 0")
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens={self.max_new_tokens} is invalid: expected an integer >= 0")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"temperature={self.temperature} is invalid: expected a finite float >= 0 (0 is greedy)")
+        if not 0 <= self.seed < 2**64 - self.num_samples:  # sample i is drawn with seed + i
+            raise ConfigError(f"seed={self.seed} is invalid: expected an integer in [0, 2**64)")
         if self.top_k is not None and self.top_k <= 0:
             raise ConfigError(f"top_k={self.top_k} is invalid: expected a positive integer or None")
 
@@ -60,7 +69,8 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
         if from_file.get("init_from") == "scratch":
             del from_file["init_from"]
         values.update({k: v for k, v in from_file.items() if k in fields})
-    values.update(parse_overrides(overrides))
+    text_keys = [f.name for f in dataclasses.fields(SampleConfig) if f.type in ("str", str)]
+    values.update(parse_overrides(overrides, text_keys))
     for key in values:
         if key not in fields:
             raise ConfigError(f"unknown sample key {key!r}{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")
@@ -187,12 +197,15 @@ def sample(cfg: SampleConfig) -> list[str]:
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    prompt = cfg.start
+    if prompt.startswith("FILE:"):  # nanoGPT's way of giving a long prompt; read before the model is loaded
+        try:
+            prompt = Path(prompt[5:]).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"start={cfg.start!r}: cannot read the prompt file ({type(e).__name__}: {e})") from None
     model, tokenizer = load_model_for_sampling(cfg, device)
     if cfg.compile:  # in place, so that generate()'s own calls of the model run compiled (not only model(...))
         model.compile(dynamic=True)
-    prompt = cfg.start
-    if prompt.startswith("FILE:"):
-        prompt = Path(prompt[5:]).read_text()
     low = dtype != "float32"
     with torch.autocast(device.type, dtype=PT_DTYPES[dtype]) if low else contextlib.nullcontext():
         return [
