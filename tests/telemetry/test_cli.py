@@ -92,6 +92,15 @@ def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
         (["plan", "gpt2", "--gpu", "H100-SXM", "--mfu", "2"], "mfu=2"),
         (["plan", "llama", "--batch_sze=12"], "unknown option --batch_sze \\(did you mean 'batch_size'\\?\\)"),
         (["peak", "--n_layer=4"], "takes no architecture overrides"),
+        (["flops", "gpt2", "--mfu", "5"], "mfu=5"),  # checked without --gpu too
+        (["plan", "gpt2", "--gpu_memory_gb", "nan"], "gpu_memory_gb=nan is invalid"),
+        (["plan", "gpt2", "--gpu_memory_gb", "0"], "gpu_memory_gb=0.0 is invalid"),
+        (["plan", "gpt2", "--loss_chunk_size", "-1"], "loss_chunk_size=-1 is invalid"),
+        (["plan", "config/full_llama_124m.py", "--learning_rate=1.0"], "--learning_rate is a training setting"),
+        (["plan", "config/full_llama_124m.py", "--gradient_accumulation_steps=4"], "is a training setting"),
+        (["peak", "--size", "0"], "size=0 is invalid"),
+        (["peak", "--iters", "-1"], "iters=-1 is invalid"),
+        (["peak", "--device", "mps"], "MPS .* is not available here"),
     ],
 )
 def test_user_mistakes_are_config_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,3 +113,22 @@ def test_peak_times_a_matmul(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["peak", "--device", "cpu", "--dtype", "float32", "--size", "128", "--iters", "2"]) == 0
     out = capsys.readouterr().out
     assert "measured" in out and "--peak_tflops=" in out
+
+
+def test_plan_takes_a_config_files_training_settings(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config file's batch, dtype, checkpointing, chunked loss and accumulation are what plan assumes
+    unless an option says otherwise (they were the options' defaults: micro-batch 12, bfloat16, ...)."""
+    config = tmp_path / "run.py"
+    config.write_text(
+        "arch_preset = 'gpt2'\nn_layer = 2\nbatch_size = 64\ndtype = 'float32'\nactivation_checkpointing = True\n"
+        "loss_chunk_size = 256\ngradient_accumulation_steps = 16\n"
+    )
+    assert run(["plan", str(config), "--world_size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "micro-batch 64 x 1024 tokens, autocast float32, AdamW, activation checkpointing True" in out
+    assert "chunked loss (256 tokens)" in out
+    assert (
+        run(["plan", str(config), "--batch_size", "2", "--dtype", "bfloat16", "--activation_checkpointing=False"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "micro-batch 2 x 1024 tokens, autocast bfloat16, AdamW, activation checkpointing False" in out

@@ -65,12 +65,55 @@ def test_config_file_then_overrides() -> None:
         (["--compile_mode=reduce_overhead"], "did you mean 'reduce-overhead'"),
         (["--use_fsdp=True", "--compile_mode='max-autotune'"], "captures CUDA graphs"),
         (["--loss_chunk_size=-8"], "loss_chunk_size=-8"),
+        # typed keys the other settings make meaningless
+        (["--decay_lr=False", "--warmup_iters=100"], r"warmup_iters=100 has no effect with decay_lr=False"),
+        (["--lr_schedule='constant'", "--min_lr=1e-5"], r"min_lr=1e-05 has no effect with lr_schedule='constant'"),
+        (["--wsd_decay_frac=0.5"], r"wsd_decay_frac=0.5 has no effect with lr_schedule='cosine'"),
+        (
+            ["--compile=False", "--compile_mode='max-autotune'"],
+            r"compile_mode='max-autotune' has no effect with compile",
+        ),
+        (["--sample_tokens=50"], r"sample_tokens=50 has no effect with sample_at_end=False"),
+        (["--wandb_project='p'"], r"wandb_project='p' has no effect with wandb_log=False"),
+        (["--device=cpu", "--backend=nccl"], r"backend='nccl' needs CUDA tensors"),
+        (["--warmup_iters=3", "--lr_decay_iters=1"], r"lr_decay_iters=1 is smaller than warmup_iters=3"),
+        (["--wsd_decay_frac=1.5"], r"wsd_decay_frac=1.5 is invalid: expected a float in \[0, 1\]"),
+        # names and values
+        (["--out_dir="], r"out_dir='' is invalid: expected a non-empty name or path"),
+        (["--init_from="], r"init_from='' is invalid"),
+        (
+            ["--seed=99999999999999999999"],
+            r"seed=99999999999999999999 is invalid: expected an integer in \[0, 2\*\*64\)",
+        ),
+        (["--device=cuda:abc"], r"device='cuda:abc' is invalid: expected auto, cpu, cuda, cuda:N"),
+        (["--device=cpu:1"], r"device='cpu:1' is invalid"),
+        (["--device=mps:x"], r"device='mps:x' is invalid"),
+        # command-line habits
+        (["--n_layer=4", "--n_layer=6"], r"--n_layer is given twice \(4, then 6\): give it once"),
+        (["--n-layer=4"], r"'n-layer' is not a valid key name: did you mean --n_layer=4\?"),
+        (["--lr=1e-3"], r"did you mean 'learning_rate'"),
+        (["--grad_accum=4"], r"did you mean 'gradient_accumulation_steps'"),
+        (["--n_layer"], r"write --n_layer=VALUE"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match) as info:
         parse_run_args(args)
     assert "\n" not in str(info.value)
+
+
+def test_string_keys_keep_numeric_text_and_voided_keys_only_when_typed(tmp_path: Path) -> None:
+    """--wandb_run_name=2024 is the name '2024', not a type error; a config file may spell out a key its
+    other settings void (nanoGPT's files do), only a typed one is refused."""
+    run = parse_run_args(
+        ["--wandb_log=True", "--wandb_run_name=2024", "--out_dir=123", "--sample_at_end=True", "--sample_prompt=1.5"]
+    )
+    assert (run.train.wandb_run_name, run.train.out_dir, run.train.sample_prompt) == ("2024", "123", "1.5")
+    config = tmp_path / "nanogpt_style.py"
+    config.write_text("decay_lr = False\nwarmup_iters = 100\nmin_lr = 6e-5\nwandb_project = 'owt'\n")
+    assert parse_run_args([str(config)]).train.warmup_iters == 100
+    assert parse_run_args([str(config), "--decay_lr=True"]).train.decay_lr  # a typed key that does act
+    assert parse_run_args(["--compile=True", "--compile_mode='max-autotune'"]).train.compile_mode == "max-autotune"
 
 
 def test_config_file_errors(tmp_path: Path) -> None:

@@ -1,0 +1,50 @@
+"""The ``gptlab`` command as a whole: every mistake is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gptlab.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "gpt2", "--batch_size=0"], "batch_size=0 is invalid"),
+        (["compare", "gpt2", "--dtype=bf16"], "dtype='bf16' is not one of .* \\(did you mean 'bfloat16'\\?\\)"),
+        (["compare", "gpt2", "--out_dir=x"], "--out_dir is where --train writes"),
+        (["arch", "config/full_llama_124m.py", "--learning_rate=2"], "--learning_rate is a training setting"),
+        (["flops", "--seq_len=abc"], "^gptlab flops: error: argument --seq_len: invalid int value: 'abc' \\(see"),
+        (["train", "--device", "cpu"], "^gptlab: error: cannot parse '--device cpu': write --device=cpu$"),
+        (["train", "--n_layer=2", "config/full_llama_124m.py"], "must come before the --key=value overrides"),
+        (["sample", "--device=cuda:x"], "device='cuda:x' is invalid"),
+        (["sample", "--start=FILE:/nonexistent/prompt.txt", "--init_from=gpt2"], "cannot read the prompt file"),
+        (["sample", "--temperature=1e999"], "temperature=inf is invalid"),
+        (["sample", "--num_samples=0"], "num_samples=0 is invalid"),
+        (["export", "x", ""], "argument out: expected a non-empty path"),
+        (["prepare", "mine", "--input="], "argument --input: expected a non-empty path"),
+    ],
+)
+def test_command_mistakes_are_one_line_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command's mistakes, argparse's included, are one line on stderr and exit code 2."""
+    import re
+
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors exit from the parser
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and re.search(message, err), err
+
+
+def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"type": "iter", "iter": 0, "loss": 1.0, "dt_ms": 1.0}\n')
+    (tmp_path / "file").write_text("")
+    assert main(["report", str(run), f"--out={tmp_path / 'file'}"]) == 2
+    assert "\n" not in capsys.readouterr().err.strip()
