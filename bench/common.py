@@ -55,8 +55,9 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
         f"--device={a.device!r}",
         f"--dtype={a.dtype!r}",
         f"--compile={a.compile}",
-        f"--compile_mode={a.compile_mode!r}",
-        f"--compile_scope={a.compile_scope!r}",
+        # typed keys must take effect: the compile options go with --compile (or are refused without it)
+        *([f"--compile_mode={a.compile_mode!r}"] if a.compile or a.compile_mode != "default" else []),
+        *([f"--compile_scope={a.compile_scope!r}"] if a.compile or a.compile_scope != "model" else []),
         f"--loss_chunk_size={a.loss_chunk_size}",
         f"--parallel={a.parallel!r}",
         f"--attention_backend={a.attention_backend!r}",

@@ -80,6 +80,13 @@ def test_gpu_suite_plumbing_in_smoke_mode(data_dir: Path, tmp_path: Path) -> Non
     assert (lease / "gpt2_trace.json.gz").stat().st_size > 0 and "gptlab / plain step time" in log
     res = subprocess.run(["bash", script, "gtp2"], capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "env|peak|gpt2" in res.stderr
+    res = subprocess.run(["bash", script], capture_output=True, text=True, env=env)  # never `all` by default
+    assert res.returncode == 2 and "usage:" in res.stderr
+    # a short budget: a stage whose minimum no longer fits is skipped, not started and cut off mid-compile
+    short = {**env, "LEASE_BUDGET": "40", "LEASE_DIR": str(tmp_path / "short")}
+    res = subprocess.run(["bash", script, "lease"], capture_output=True, text=True, env=short, timeout=300)
+    assert res.returncode == 0 and "=== gpt2_16: skipped" in res.stdout and "needs 120s" in res.stdout
+    assert "stopped at its" not in res.stdout, res.stdout
 
 
 def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811

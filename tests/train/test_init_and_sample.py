@@ -320,7 +320,8 @@ def test_config_file_architecture_yields_to_the_weights(data_dir: Path, tmp_path
         parse_run_args([*resume[:-2], f"--init_from={str(out)!r}", "--n_layer='two'"])
     # a typed key equal to the checkpoint's is fine, though the file's n_head=6 does not divide it, and so
     # is one equal in effect (n_kv_head=2 for a checkpoint saved with None: as many K/V heads as heads)
-    train(parse_run_args([*resume, "--n_embd=32", "--n_kv_head=2", "--max_iters=6"]), stream=io.StringIO())
+    resume_longer = [a for a in resume if a != "--max_iters=4"]
+    train(parse_run_args([*resume_longer, "--n_embd=32", "--n_kv_head=2", "--max_iters=6"]), stream=io.StringIO())
     resumes = [r for r in _records(out) if r.get("event") == "resume"]
     assert resumes[0]["changed"]["dropout"] == [0.0, 0.2]  # the first resume: the file's dropout applies, said
     # a fine-tune from that run, with the file (arch_preset 'custom' and 6 heads) and a typed matching key
