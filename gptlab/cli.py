@@ -21,6 +21,8 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.config.train import TRAIN_FIELDS
 
     for key in overrides:
+        if key == "arch_preset" and not args.preset.endswith(".py"):
+            raise ConfigError(f"give the preset as the argument (gptlab arch {overrides[key]}), not --arch_preset")
         if key in TRAIN_FIELDS and key != "arch_preset":
             raise ConfigError(f"--{key} is a training setting, which 'gptlab arch' does not use")
     if args.preset.endswith(".py"):  # a training config file's architecture, as flops and plan take it

@@ -135,6 +135,14 @@ class TrainingLogger:
         self._write({"type": "event", "event": kind, "message": message, **fields})
         self._print(message)
 
+    def log_gradients(self, iter_num: int, grad_stats: dict[str, Any]) -> None:
+        """Gradient statistics of an iteration that is not a logged one (``gradient_log_interval`` and
+        ``log_interval`` need not align): recorded, not printed, and left out of the step statistics."""
+        if not self.enabled:
+            return
+        self._write({"type": "gradients", "iter": iter_num, "gradients": grad_stats})
+        self._scalars(iter_num, {"gradients": grad_stats})
+
     def log_eval(self, iter_num: int, train_loss: float, val_loss: float, **extra: Any) -> None:
         if not self.enabled:
             return

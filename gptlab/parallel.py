@@ -81,7 +81,8 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     world_size, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     mode = resolve_mode(cfg, world_size)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        # under torchrun each rank takes its LOCAL_RANK's GPU; a single process keeps the one named (cuda:1)
+        device = torch.device("cuda", local_rank if world_size > 1 or device.index is None else device.index)
         torch.cuda.set_device(device)
     if mode == "none":
         return DistInfo(device=device)

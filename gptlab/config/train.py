@@ -10,7 +10,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,11 +182,6 @@ class TrainConfig:
             raise ConfigError(f"fsdp_cpu_offload=True needs parallel='fsdp', got parallel={self.parallel!r}")
         if self.decay_lr and self.min_lr > self.learning_rate:
             raise ConfigError(f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}")
-        if self.decay_lr and self.lr_schedule != "constant" and self.lr_decay_iters < self.warmup_iters:
-            raise ConfigError(
-                f"lr_decay_iters={self.lr_decay_iters} is smaller than warmup_iters={self.warmup_iters}: the decay "
-                "would end before the warmup does"
-            )
         if self.backend == "nccl" and self.device.split(":")[0] == "cpu":
             raise ConfigError("backend='nccl' needs CUDA tensors, but device='cpu': use backend='gloo' (or auto)")
 
@@ -196,30 +192,54 @@ class TrainConfig:
 def check_device_name(device: str) -> None:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``: a one-line error for anything else (whether such a
     device exists here is checked when the run starts)."""
-    kind, _, index = device.partition(":")
+    kind, colon, index = device.partition(":")
     if kind not in DEVICES:
         raise unknown_choice("device", device, DEVICES)
-    if _ and (kind != "cuda" or not index.isdigit()):
+    if colon and (kind != "cuda" or not re.fullmatch(r"0|[1-9][0-9]*", index, re.ASCII)):
         raise ConfigError(f"device={device!r} is invalid: expected auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
 
 
 # A training key typed on the command line that the other settings make meaningless is refused, as the
 # architecture's are (``check_keys_take_effect``): {key: [(a setting that can void it, whether it does)]}.
-_VOIDED_BY: dict[str, list[tuple[str, Any]]] = {
-    **{k: [("decay_lr", lambda t: not t.decay_lr)] for k in ("lr_schedule", "warmup_iters", "min_lr")},
-    "lr_decay_iters": [("decay_lr", lambda t: not t.decay_lr), ("lr_schedule", lambda t: t.lr_schedule == "constant")],
-    "wsd_decay_frac": [("decay_lr", lambda t: not t.decay_lr), ("lr_schedule", lambda t: t.lr_schedule != "wsd")],
-    **{k: [("compile", lambda t: not t.compile)] for k in ("compile_mode", "compile_scope")},
-    **{k: [("sample_at_end", lambda t: not t.sample_at_end)] for k in ("sample_tokens", "sample_prompt")},
-    **{k: [("wandb_log", lambda t: not t.wandb_log)] for k in ("wandb_project", "wandb_run_name")},
+def _no_decay(t: TrainConfig) -> bool:
+    return not t.decay_lr
+
+
+def _constant(t: TrainConfig) -> bool:
+    return t.lr_schedule == "constant"
+
+
+_VOIDED_BY: dict[str, list[tuple[str, Callable[[TrainConfig], bool]]]] = {
+    "lr_schedule": [("decay_lr", _no_decay)],
+    "warmup_iters": [("decay_lr", _no_decay)],
+    "min_lr": [("decay_lr", _no_decay), ("lr_schedule", _constant)],
+    "lr_decay_iters": [("decay_lr", _no_decay), ("lr_schedule", _constant)],
+    "wsd_decay_frac": [("decay_lr", _no_decay), ("lr_schedule", lambda t: t.lr_schedule != "wsd")],
+    "compile_mode": [("compile", lambda t: not t.compile)],
+    "compile_scope": [("compile", lambda t: not t.compile)],
+    "sample_tokens": [("sample_at_end", lambda t: not t.sample_at_end)],
+    "sample_prompt": [("sample_at_end", lambda t: not t.sample_at_end)],
+    "wandb_project": [("wandb_log", lambda t: not t.wandb_log)],
+    "wandb_run_name": [("wandb_log", lambda t: not t.wandb_log)],
 }
-_VOIDED_BY["min_lr"].append(("lr_schedule", lambda t: t.lr_schedule == "constant"))
 
 
 def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> None:
     """A training key the user typed (``--key=value``) that this run would not use is an error: a
-    config file may spell out every key, a typed one is meant to change something."""
-    for key in sorted(set(typed) & set(_VOIDED_BY)):
+    config file may spell out every key, a typed one is meant to change something. An evaluation
+    trains nothing, so nothing is checked there."""
+    typed = set(typed)
+    if train.eval_only:
+        return
+    decays = train.decay_lr and train.lr_schedule != "constant"
+    if decays and typed & {"lr_decay_iters", "warmup_iters"} and train.lr_decay_iters < train.warmup_iters:
+        # nanoGPT then warms up to the end and never decays: a shortened run that kept a long warmup
+        other = "warmup_iters" if "lr_decay_iters" in typed else "lr_decay_iters"
+        raise ConfigError(
+            f"lr_decay_iters={train.lr_decay_iters} is smaller than warmup_iters={train.warmup_iters}: the decay "
+            f"would end before the warmup does; set --{other} too"
+        )
+    for key in sorted(typed & set(_VOIDED_BY)):
         for setting, voids in _VOIDED_BY[key]:
             if voids(train):
                 raise ConfigError(

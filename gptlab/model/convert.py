@@ -149,10 +149,11 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r} is not valid JSON ({e}): expected a Hugging Face config.json") from None
 
 
-def read_torch_checkpoint(path: Path) -> Any:
-    """``torch.load`` with weights_only=True; one CheckpointError line when it cannot."""
+def read_torch_checkpoint(path: Path, mmap: bool = False) -> Any:
+    """``torch.load`` with weights_only=True (``mmap``: tensors read only when used, for a look at the
+    keys); one CheckpointError line when it cannot."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # corrupt, truncated, or not a torch file at all
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(

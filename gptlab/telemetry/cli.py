@@ -85,8 +85,10 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     options = [k for k in vars(args) if k not in ("preset", "func", "command")]
     for key in overrides:  # a typo of the command's own options is suggested too
         if key in ALL_KEYS and key not in known:
+            own = {"gradient_accumulation_steps": "grad_accum_steps"}.get(key, key)  # its name here, per GPU
+            hint = f" (this command's --{own}, per GPU)" if own != key and own in options else ""
             raise ConfigError(
-                f"--{key} is a training setting, which this command does not use: it takes "
+                f"--{key} is a training setting, which this command does not use{hint}: it takes "
                 f"--{', --'.join(options)} and the architecture keys"
             )
         if key not in known:
@@ -243,7 +245,8 @@ def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
             raise ConfigError(f"{key}={getattr(args, key)} is invalid: expected a positive integer")
     from gptlab.train.loop import resolve_device
 
-    device = str(resolve_device(args.device or "auto"))
+    # no --device: CUDA, else the CPU (MPS only when asked for)
+    device = str(resolve_device(args.device)) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dtype is None:  # measure the precision a training run on this device would use by default
         from gptlab.train.loop import resolve_dtype
 

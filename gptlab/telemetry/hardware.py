@@ -167,8 +167,11 @@ def detect_peak(
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timed matmul is timed, not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def measure_peak_flops(device: torch.device | str, dtype: Any, size: int | None = None, iters: int = 10) -> float:

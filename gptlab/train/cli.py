@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -63,13 +63,13 @@ def run_train(args: Sequence[str]) -> int:
 
     args = list(args)
     quickstart = quickstart_defaults(args)
-    if quickstart is not None and args:  # the demo's CPU settings under the user's keys: say so
+    run = parse_run_args(args, defaults=quickstart)
+    if quickstart is not None and args and os.environ.get("RANK", "0") == "0":  # the demo's settings: say so
         print(
             "gptlab train: no config file: the quick start's settings (CPU, float32, 4-layer llama on stdlib_char) "
             "are the defaults under your keys; name a config file or --dataset for the full defaults",
             file=sys.stderr,
         )
-    run = parse_run_args(args, defaults=quickstart)
     summary = train(run)
     final, base = summary.get("final_val_loss"), summary.get("unigram_baseline_loss")
     if final is not None and base is not None:
@@ -86,14 +86,6 @@ def run_sample(args: Sequence[str]) -> int:
     return 0
 
 
-def _train_cmd(args: argparse.Namespace, extra: list[str]) -> int:
-    return run_train([*args.config, *extra])
-
-
-def _sample_cmd(args: argparse.Namespace, extra: list[str]) -> int:
-    return run_sample(extra)
-
-
 def register(sub: Any) -> None:
     train = sub.add_parser(
         "train",
@@ -101,16 +93,16 @@ def register(sub: Any) -> None:
         description="Train from a nanoGPT-style config file plus --key=value overrides. With no config file, "
         "trains a small model on the embedded stdlib_char dataset on the CPU (about 2 minutes).",
     )
+    # gptlab.cli.main hands `train` and `sample` their arguments whole (nanoGPT's order and messages);
+    # these parsers give -h
     train.add_argument("config", nargs="*", help="config file(s), e.g. config/full_llama_124m.py")
-    train.set_defaults(func=_train_cmd)
-    samp = sub.add_parser(
+    sub.add_parser(
         "sample",
         help="sample from a checkpoint: gptlab sample --out_dir=out --start='...'",
         description="Sample with nanoGPT's sample.py keys, as --key=value: --init_from (resume) --out_dir (out) "
         "--start ('\\n' or FILE:path) --num_samples (3; nanoGPT's 10) --max_new_tokens (200; nanoGPT's 500) "
         "--temperature (0.8) --top_k (200) --seed (1337) --device (auto) --dtype (auto) --compile (False)",
     )
-    samp.set_defaults(func=_sample_cmd)
 
 
 def entry(run: Any, argv: Sequence[str] | None = None) -> int:

@@ -725,8 +725,7 @@ class Trainer:
                     grad_norm=step["grad_stats"]["global_norm"],
                     ratio=ratio,
                 )
-            # gradient statistics were paid for with a host sync: their iteration is logged whatever log_interval
-            if self.iter_num % cfg.log_interval == 0 or step["grad_stats"] is not None:
+            if self.iter_num % cfg.log_interval == 0:
                 lossf = step["loss"].item()  # the host sync that logging asks for
                 self._note_loss_scale()
                 if not math.isfinite(lossf) and cfg.nan_policy == "stop":
@@ -742,6 +741,8 @@ class Trainer:
                     tokens_per_sec=self.telemetry.tokens_per_iter / dt,
                     grad_norm=None if step["grad_norm"] is None else step["grad_norm"].item(),
                 )
+            elif step["grad_stats"] is not None:  # computed at their own interval: kept, never dropped
+                self.logger.log_gradients(self.iter_num, step["grad_stats"])
             self.iter_num += 1
         if bool(nonfinite):  # evaluate (and checkpoint) the final weights: iter_num steps are done
             self._stop_nonfinite()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class SampleConfig:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ConfigError(f"temperature={self.temperature} is invalid: expected a finite float >= 0 (0 is greedy)")
         if not 0 <= self.seed < 2**64 - self.num_samples:  # sample i is drawn with seed + i
-            raise ConfigError(f"seed={self.seed} is invalid: expected an integer in [0, 2**64)")
+            raise ConfigError(f"seed={self.seed} is invalid: expected an integer in [0, 2**64 - num_samples)")
         if self.top_k is not None and self.top_k <= 0:
             raise ConfigError(f"top_k={self.top_k} is invalid: expected a positive integer or None")
 
@@ -111,7 +112,10 @@ def _nanogpt_checkpoint(found: Path | None) -> dict[str, Any] | None:
 
     if found is None or not found.is_file():
         return None
-    ckpt = read_torch_checkpoint(found)
+    try:  # memory-mapped: a gptlab checkpoint's weights and optimizer state are not read for this look
+        ckpt = read_torch_checkpoint(found, mmap=True)
+    except CheckpointError:  # not a file torch can map (a legacy format): whoever loads it next says why
+        return None
     is_nanogpt = isinstance(ckpt, dict) and "model_args" in ckpt and ckpt.get("format") != "gptlab"
     return ckpt if is_nanogpt else None
 
@@ -167,8 +171,6 @@ def generate_text(
 ) -> str:
     """Encode ``prompt``, sample, decode; the model's train/eval mode is restored afterwards. ``eager``:
     a model compiled for training runs eagerly here (see below); ``sample --compile`` compiles for this."""
-    import contextlib
-
     from gptlab.data.tokenizers import load_tokenizer
 
     if tokenizer_meta is None:
@@ -190,8 +192,6 @@ def generate_text(
 
 
 def sample(cfg: SampleConfig) -> list[str]:
-    import contextlib
-
     from gptlab.parallel import PT_DTYPES
     from gptlab.train.loop import resolve_device, resolve_dtype
 

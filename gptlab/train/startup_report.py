@@ -65,6 +65,7 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             f"weight_decay={cfg.weight_decay:g}), grad_clip={cfg.grad_clip:g}",
             "schedule": _schedule(cfg),
             "eval": f"every {cfg.eval_interval} iters, {cfg.eval_iters} batches per split",
+            "eval_iters": cfg.eval_iters,
             "out_dir": str(trainer.out_dir),
         },
         "hardware": {
@@ -106,8 +107,8 @@ def render_startup_report(r: dict[str, Any]) -> str:
     )
     if t.get("eval_only"):  # nothing is trained: no length, optimizer or schedule to announce
         plan = [
-            f"  eval:        {t['eval']} at iter {t['start_iter']} (eval_only: writes only eval.jsonl);"
-            f" out_dir={t['out_dir']}"
+            f"  eval:        {t['eval_iters']} batches per split at iter {t['start_iter']}"
+            f" (eval_only: writes only eval.jsonl); out_dir={t['out_dir']}"
         ]
     else:
         plan = [
@@ -148,7 +149,7 @@ def render_startup_report(r: dict[str, Any]) -> str:
         f"  throughput:  {expect}",
     ]
     plan = e.get("memory_plan")
-    if plan:
+    if plan and not t.get("eval_only"):  # a training plan
         lines.append(f"  memory:      {plan}")
     lines.append(bar)
     return "\n".join(lines)

@@ -88,6 +88,7 @@ def test_config_file_then_overrides() -> None:
         (["--device=cuda:abc"], r"device='cuda:abc' is invalid: expected auto, cpu, cuda, cuda:N"),
         (["--device=cpu:1"], r"device='cpu:1' is invalid"),
         (["--device=mps:x"], r"device='mps:x' is invalid"),
+        (["--device=cuda:01"], r"device='cuda:01' is invalid"),  # torch refuses it: one line here first
         # command-line habits
         (["--n_layer=4", "--n_layer=6"], r"--n_layer is given twice \(4, then 6\): give it once"),
         (["--n-layer=4"], r"'n-layer' is not a valid key name: did you mean --n_layer=4\?"),
@@ -114,6 +115,18 @@ def test_string_keys_keep_numeric_text_and_voided_keys_only_when_typed(tmp_path:
     assert parse_run_args([str(config)]).train.warmup_iters == 100
     assert parse_run_args([str(config), "--decay_lr=True"]).train.decay_lr  # a typed key that does act
     assert parse_run_args(["--compile=True", "--compile_mode='max-autotune'"]).train.compile_mode == "max-autotune"
+
+
+def test_short_decay_is_refused_only_where_typed() -> None:
+    """A run saved with lr_decay_iters < warmup_iters (nanoGPT allows it: the warmup runs to the end)
+    still resumes and evaluates; typing such a pair now is refused with what to set."""
+    from gptlab.config.train import resolve_run_config
+
+    saved = dict(lr_decay_iters=3, warmup_iters=50, max_iters=5)
+    assert resolve_run_config(saved, typed=()).train.lr_decay_iters == 3
+    assert resolve_run_config({**saved, "eval_only": True}, typed={"lr_decay_iters", "eval_only"}).train.eval_only
+    with pytest.raises(ConfigError, match=r"lr_decay_iters=3 is smaller than warmup_iters=50: .* set --warmup_iters"):
+        resolve_run_config(saved, typed={"lr_decay_iters"})
 
 
 def test_config_file_errors(tmp_path: Path) -> None:
