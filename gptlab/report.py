@@ -28,6 +28,7 @@ class Run:
     iters: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    gradients: list[dict[str, Any]] = field(default_factory=list)  # statistics of iterations not logged
     summary: dict[str, Any] = field(default_factory=dict)
     # each session (the start, then each resume): [first iteration, tokens per iteration], in log order
     sessions: list[list[Any]] = field(default_factory=list)
@@ -94,6 +95,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             run.iters.append(record)
         elif kind == "eval":
             run.evals.append(record)
+        elif kind == "gradients":
+            run.gradients.append(record)
         elif kind == "event":
             run.events.append(record)
         elif kind == "summary":
@@ -102,6 +105,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     # run's records are the ones that count, so keep the last record of each iteration.
     run.iters = list({r["iter"]: r for r in run.iters}.values())
     run.evals = list({r["iter"]: r for r in run.evals}.values())
+    run.gradients = list({r["iter"]: r for r in run.gradients}.values())
     summary_file = path / "summary.json"
     if not run.summary and summary_file.is_file():
         run.summary = json.loads(summary_file.read_text())
@@ -147,7 +151,10 @@ ITER_METRICS: dict[str, tuple[str, Any]] = {
 def series(run: Run, metric: str, x: str = "iter") -> tuple[list[float], list[float]]:
     """(xs, ys) of one metric over iter records, with unmeasured points left out."""
     fn = ITER_METRICS[metric][1]
-    pts = [(_x(run, r, x), fn(r)) for r in run.iters]
+    records = run.iters
+    if metric == "grad_norm":  # with the statistics of iterations not logged (their own interval)
+        records = sorted([*run.iters, *run.gradients], key=lambda r: r["iter"])
+    pts = [(_x(run, r, x), fn(r)) for r in records]
     pts = [(a, b) for a, b in pts if a is not None and b is not None]
     return [a for a, _ in pts], [b for _, b in pts]
 
@@ -160,7 +167,7 @@ def _x(run: Run, record: dict[str, Any], axis: str) -> float | None:
         return it
     if axis == "tokens":
         # an iter record at i is logged after step i (i + 1 steps done); an eval at i precedes step i
-        done = it + 1 if record.get("type") == "iter" else it
+        done = it + 1 if record.get("type") in ("iter", "gradients") else it
         return None if it is None else run.tokens_after(done)
     return record.get("elapsed_s")
 

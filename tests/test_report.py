@@ -142,6 +142,21 @@ def test_resumed_log_keeps_the_last_record_of_each_iteration(tmp_path) -> None:
     assert [r["loss"] for r in run.iters] == [5.0, 4.0, 12.0, 13.0, 14.0]
 
 
+def test_gradient_norm_series_includes_statistics_off_the_log_cadence(tmp_path: Path) -> None:
+    """`gradients` records (gradient_log_interval iterations that log_interval skips) join the gradient
+    norm plot, in iteration order; the step statistics (iter records) stay as logged."""
+    import json
+
+    from gptlab.report import load_run, series
+
+    lines = [{"type": "iter", "iter": i, "loss": 1.0, "gradients": {"global_norm": 1.0 + i}} for i in (0, 3, 6)]
+    lines.insert(2, {"type": "gradients", "iter": 4, "gradients": {"global_norm": 9.0}})
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    run = load_run(tmp_path)
+    assert series(run, "grad_norm") == ([0, 3, 4, 6], [1.0, 4.0, 9.0, 7.0])
+    assert [r["iter"] for r in run.iters] == [0, 3, 6]
+
+
 def test_time_axis_counts_training_time_over_resumed_sessions(tmp_path: Path) -> None:
     """A real run resumed (as if) a day later: its time axis goes on from where the first session stopped,
     never negative and without the day between."""
