@@ -18,14 +18,14 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.model.gpt import ConfigurableGPT
 
     overrides = parse_overrides(extra, TEXT_KEYS)
-    from gptlab.config.train import TRAIN_FIELDS
+    from gptlab.config.train import TRAIN_FIELDS, names_a_file
 
     for key in overrides:
-        if key == "arch_preset" and not args.preset.endswith(".py"):
+        if key == "arch_preset" and not names_a_file(args.preset):
             raise ConfigError(f"give the preset as the argument (gptlab arch {overrides[key]}), not --arch_preset")
         if key in TRAIN_FIELDS and key != "arch_preset":
             raise ConfigError(f"--{key} is a training setting, which 'gptlab arch' does not use")
-    if args.preset.endswith(".py"):  # a training config file's architecture, as flops and plan take it
+    if names_a_file(args.preset):  # a training config file's architecture, as flops and plan take it
         from gptlab.config.train import load_config_file, resolve_run_config
 
         config = resolve_run_config({**load_config_file(args.preset), **overrides}, typed=overrides).arch
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     arch.add_argument(
         "preset", nargs="?", default="gpt2", help=f"one of {', '.join(PRESETS)} (default gpt2), or a config file"
     )
-    arch.add_argument("--no-params", action="store_true", help="skip counting parameters")
+    arch.add_argument("--no-params", "--no_params", action="store_true", help="skip counting parameters")
     arch.set_defaults(func=_cmd_arch)
     presets = sub.add_parser("presets", help="list the preset architectures")
     presets.set_defaults(func=_cmd_presets)

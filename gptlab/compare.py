@@ -45,11 +45,11 @@ class Architecture:
 
 def resolve_architecture(name: str, overrides: dict[str, Any] | None = None) -> Architecture:
     """``name`` is a preset ('gpt2', 'llama', ...) or a training config file (``*.py``)."""
-    from gptlab.config.train import ARCH_FIELDS, load_config_file, resolve_run_config
+    from gptlab.config.train import ARCH_FIELDS, load_config_file, names_a_file, resolve_run_config
 
     overrides = dict(overrides or {})
     arch_overrides = {k: v for k, v in overrides.items() if k in ARCH_FIELDS}
-    if name.endswith(".py"):
+    if names_a_file(name):
         values = load_config_file(name)
         arch_keys = {k: v for k, v in values.items() if k in ARCH_FIELDS or k == "arch_preset"}
         config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch

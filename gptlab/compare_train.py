@@ -75,10 +75,10 @@ def format_result(key: str, value: Any) -> str:
 
 
 def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    from gptlab.config.train import ARCH_FIELDS
+    from gptlab.config.train import ARCH_FIELDS, names_a_file
 
     values = dict(TRAIN_DEFAULTS)
-    if arch.source.endswith(".py"):
+    if names_a_file(arch.source):
         from gptlab.config.train import load_config_file
 
         values.update(

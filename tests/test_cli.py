@@ -16,6 +16,8 @@ from gptlab.cli import main
         (["compare", "gpt2", "--dtype=bf16"], "dtype='bf16' is not one of .* \\(did you mean 'bfloat16'\\?\\)"),
         (["compare", "gpt2", "--out_dir=x"], "--out_dir is where --train writes"),
         (["arch", "config/full_llama_124m.py", "--learning_rate=2"], "--learning_rate is a training setting"),
+        (["flops", "run.yaml"], "config file 'run.yaml' does not exist"),  # a file, not "arch_preset='run.yaml'"
+        (["compare", "gpt2", "configs/run.json"], "config file 'configs/run.json' does not exist"),
         (["arch", "gpt2", "--arch_preset=llama"], r"give the preset as the argument \(gptlab arch llama\)"),
         (["plan", "config/train_gpt2.py", "--gradient_accumulation_steps=8"], "this command's --grad_accum_steps"),
         (["flops", "--seq_len=abc"], "^gptlab flops: error: argument --seq_len: invalid int value: 'abc' \\(see"),

@@ -277,6 +277,12 @@ class RunConfig:
         return {"train": self.train.to_dict(), "arch": self.arch.to_dict()}
 
 
+def names_a_file(name: str) -> bool:
+    """Whether a command's PRESET argument names a config file rather than a preset (presets have no
+    dot or slash): ``x.yaml`` then gets the config-file error, not "arch_preset='x.yaml' is not one of"."""
+    return name.endswith(".py") or "/" in name or "." in Path(name).name
+
+
 def _check_config_statements(tree: ast.Module, source: str, path: Path) -> None:
     """A statement that sets nothing where a setting was surely meant is an error, not a no-op: YAML's
     ``n_layer: 12`` is a Python annotation, a JSON object a bare expression."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig, get_typed_config
 from gptlab.config.overrides import parse_overrides
-from gptlab.config.train import ALL_KEYS, TEXT_KEYS, load_config_file, resolve_run_config
+from gptlab.config.train import ALL_KEYS, TEXT_KEYS, load_config_file, names_a_file, resolve_run_config
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice
 
 GB = 1e9
@@ -80,7 +80,7 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     """The architecture of a preset name or a training config file, with --key=value overrides; the
     command's options not given are filled in (``_fill_options``)."""
     overrides = {**parse_overrides(extra, TEXT_KEYS), **{k: v for k, v in fixed.items() if v is not None}}
-    is_file = args.preset.endswith(".py")
+    is_file = names_a_file(args.preset)
     known = [*ARCH_FIELDS, "arch_preset"] if is_file else ARCH_FIELDS
     options = [k for k in vars(args) if k not in ("preset", "func", "command")]
     for key in overrides:  # a typo of the command's own options is suggested too
