@@ -352,7 +352,8 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
     if isinstance(ckpt, dict) and "model_args" in ckpt and ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(path)!r} is a nanoGPT checkpoint: gptlab resumes and exports its own; to fine-tune from it "
-            f"or sample it, pass --init_from={str(path)!r} (with another --out_dir for a fine-tune)"
+            f"or sample it, pass --init_from={str(path)!r} (with another --out_dir for a fine-tune); for Hugging "
+            f"Face files, ConfigurableGPT.from_pretrained({str(path)!r}).save_pretrained(DIR)"
         )
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a gptlab training checkpoint (no format='{FORMAT}' record)")

@@ -29,11 +29,13 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
         hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"]))
     save_single_file({**ckpt, "model": clean_state_dict(ckpt["model"])}, out)
     if hf:
+        from gptlab.data.tokenizers import save_hf_tokenizer
         from gptlab.model.convert import model_from_checkpoint, special_tokens_for
 
         model = model_from_checkpoint(ckpt)
         # the end-of-text id of the tokenizer the run trained with (a nanoGPT ckpt.pt names none)
         model.save_pretrained(out, special_tokens_for(ckpt.get("tokenizer"), model.config.vocab_size))
+        save_hf_tokenizer(ckpt.get("tokenizer"), out, model.config.block_size)  # GPT-2 BPE: AutoTokenizer works
     return out / CHECKPOINT_NAME
 
 

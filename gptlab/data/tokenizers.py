@@ -197,6 +197,31 @@ class GPT2Tokenizer(Tokenizer):
         return cls()
 
 
+def save_hf_tokenizer(meta: dict[str, Any] | None, directory: Path, model_max_length: int) -> bool:
+    """Write the files with which ``transformers.AutoTokenizer`` loads this tokenizer offline, beside an
+    exported model: GPT-2 BPE's ``vocab.json`` and ``merges.txt`` (OpenAI's files, as the Hub's gpt2 has
+    them) and a ``tokenizer_config.json`` naming GPT2Tokenizer (a llama-type export uses it too). False
+    where Hugging Face has no such tokenizer (char: its vocabulary is in the exported ckpt.pt)."""
+    import json
+    import shutil
+
+    if (meta or {}).get("name") != "gpt2":
+        return False
+    data = _gpt2_data_dir()
+    shutil.copyfile(data / "encoder.json", directory / "vocab.json")
+    shutil.copyfile(data / "vocab.bpe", directory / "merges.txt")
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": model_max_length,
+        "bos_token": ENDOFTEXT,
+        "eos_token": ENDOFTEXT,
+        "unk_token": ENDOFTEXT,
+        "add_prefix_space": False,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return True
+
+
 TOKENIZERS: dict[str, Callable[[dict[str, Any]], Tokenizer]] = {
     "char": CharTokenizer.from_meta,
     "gpt2": GPT2Tokenizer.from_meta,

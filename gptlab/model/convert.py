@@ -8,8 +8,10 @@ re-derived, so logits match the reference implementation to float rounding.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -195,10 +197,19 @@ def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: str) -> ConfigurableGPT:
     """Instantiate and load ``state`` strictly: every tensor must land, with its shape."""
+    head, embedding = state.get("lm_head.weight"), state.get("wte.weight")
+    if config.weight_tying and head is not None and embedding is not None and not torch.equal(head, embedding):
+        # tied in the config, two different matrices in the file: transformers then leaves them untied
+        warnings.warn(
+            f"{source}: weights are tied in the config but the file holds a different lm_head.weight; "
+            "loaded untied, as transformers does",
+            stacklevel=3,
+        )
+        config = dataclasses.replace(config, weight_tying=False)
     model = ConfigurableGPT(config)
     own = model.state_dict()
     if config.weight_tying:
-        state.setdefault("lm_head.weight", state.get("wte.weight"))
+        state.setdefault("lm_head.weight", embedding)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -212,31 +223,19 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
     return model.eval()  # as transformers' from_pretrained does; training code calls .train()
 
 
-# Architecture keys that the weights themselves fix; only the others may be overridden on load.
-WEIGHT_FIXED_KEYS = frozenset(
-    {
-        "n_layer",
-        "n_embd",
-        "n_head",
-        "n_kv_head",
-        "vocab_size",
-        "d_ff",
-        "ffn_dim_multiplier",
-        "multiple_of",
-        "bias",
-        "weight_tying",
-        "normalization",
-        "ffn_type",
-        "position_encoding",
-        "block_size",
-    }
-)
+# What may be overridden on load: options that leave what the weights compute unchanged (how attention
+# is run, regularisation, how fresh weights would be drawn). Everything else is fixed by the weights:
+# an activation, a norm eps or a RoPE theta would change the outputs as surely as a width.
+OVERRIDABLE_ON_LOAD = frozenset({"dropout", "attention_backend", "init_std", "scaled_residual_init"})
 
 
 def _check_overridable(overrides: dict[str, Any]) -> None:
-    clash = sorted(WEIGHT_FIXED_KEYS & set(overrides))
+    clash = sorted(set(overrides) - OVERRIDABLE_ON_LOAD)
     if clash:
-        raise ConfigError(f"{clash[0]} cannot be overridden when loading pretrained weights (it is fixed by them)")
+        raise ConfigError(
+            f"{clash[0]} cannot be overridden when loading pretrained weights (the weights fix it; only "
+            f"{', '.join(sorted(OVERRIDABLE_ON_LOAD))} may be)"
+        )
 
 
 def _apply(base: dict[str, Any], overrides: dict[str, Any]) -> ModelArchitectureConfig:
@@ -396,7 +395,9 @@ def _llama_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, A
         )
     if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
         raise _unsupported(
-            "attention_bias", hf.get("attention_bias"), "gptlab's bias setting covers attention and MLP together"
+            "attention_bias, mlp_bias",
+            (hf.get("attention_bias", False), hf.get("mlp_bias", False)),
+            "gptlab's bias setting covers attention and MLP together",
         )
     base = dict(
         preset="llama",

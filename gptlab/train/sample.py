@@ -97,8 +97,24 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
         tokenizer = ckpt.get("tokenizer")
     else:
         model = ConfigurableGPT.from_pretrained(cfg.init_from, dropout=0.0)
-        tokenizer = _gpt2_if_its_vocabulary(model.config.vocab_size)
+        tokenizer = _tokenizer_beside(source) or _gpt2_if_its_vocabulary(model.config.vocab_size)
     return model.eval().to(device), tokenizer
+
+
+def _tokenizer_beside(directory: Path) -> dict[str, Any] | None:
+    """The tokenizer a ``gptlab export --hf`` directory's ckpt.pt records (a char vocabulary has no
+    Hugging Face files), read memory-mapped; None elsewhere."""
+    from gptlab.checkpoint import CHECKPOINT_NAME
+    from gptlab.model.convert import read_torch_checkpoint
+
+    path = directory / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    try:
+        ckpt = read_torch_checkpoint(path, mmap=True)
+    except CheckpointError:
+        return None
+    return ckpt.get("tokenizer") if isinstance(ckpt, dict) and ckpt.get("format") == "gptlab" else None
 
 
 def _gpt2_if_its_vocabulary(vocab_size: int) -> dict[str, Any] | None:

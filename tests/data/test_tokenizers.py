@@ -80,3 +80,19 @@ def test_load_tokenizer_dispatches_and_rejects_unknown() -> None:
         load_tokenizer({"name": "gpt2", "vocab_size": 50304})
     with pytest.raises(ConfigError, match="tokenizer='bpe'"):
         build_tokenizer("bpe")
+
+
+def test_exported_gpt2_tokenizer_loads_in_transformers_offline(tmp_path) -> None:
+    """`gptlab export --hf` of a GPT-2 BPE run writes the files with which AutoTokenizer loads, without the
+    Hub, the very same ids (a llama-type export names GPT2Tokenizer too); a char vocabulary writes none."""
+    transformers = pytest.importorskip("transformers")
+    from gptlab.data.tokenizers import save_hf_tokenizer
+
+    assert save_hf_tokenizer({"name": "gpt2"}, tmp_path, model_max_length=256)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    text = "def hello(world):\n    return 'héllo wörld'  # 42 €"
+    assert hf(text)["input_ids"] == GPT2Tokenizer().encode(text)
+    assert len(hf) == 50257 and hf.convert_tokens_to_ids("<|endoftext|>") == 50256 == hf.eos_token_id
+    assert hf.model_max_length == 256
+    assert not save_hf_tokenizer(CharTokenizer("ab").to_meta(), tmp_path / "none", 8)

@@ -212,11 +212,33 @@ def test_nanogpt_checkpoint_matches(bias: bool, compiled: bool, tokens: torch.Te
 
 
 def test_from_pretrained_overrides(tmp_path: Path) -> None:
+    """Only what leaves the outputs alone may be overridden: an activation, a norm eps or a RoPE theta
+    would change them as surely as a width."""
     hf = _gpt2()
     ours = ConfigurableGPT.from_pretrained(hf, dropout=0.0, attention_backend="manual")
     assert ours.config.dropout == 0.0 and ours.config.attention_backend == "manual"
-    with pytest.raises(ConfigError, match="n_layer cannot be overridden"):
-        ConfigurableGPT.from_pretrained(hf, n_layer=3)
+    for key, value in dict(n_layer=3, activation="relu", gelu_approximate="none", norm_eps=0.5).items():
+        with pytest.raises(ConfigError, match=f"{key} cannot be overridden .* only attention_backend, dropout"):
+            ConfigurableGPT.from_pretrained(hf, **{key: value})
+    with pytest.raises(ConfigError, match="rope_theta cannot be overridden"):
+        ConfigurableGPT.from_pretrained(_llama(), rope_theta=1e6)
+
+
+def test_tied_config_with_a_different_head_loads_untied_as_transformers(tokens: torch.Tensor, tmp_path: Path) -> None:
+    """tie_word_embeddings=true with an lm_head.weight in the file that differs: transformers leaves the
+    two untied (and warns); so do we. The shared tensor used to take the file's head, silently."""
+    from safetensors.torch import load_file, save_file
+
+    hf = _llama(tie_word_embeddings=True)
+    hf.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["lm_head.weight"] = torch.randn_like(weights["model.embed_tokens.weight"])
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    reference = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    with pytest.warns(UserWarning, match="loaded untied, as transformers does"):
+        ours = ConfigurableGPT.from_pretrained(tmp_path)
+    assert not ours.config.weight_tying and torch.equal(ours.wte.weight, weights["model.embed_tokens.weight"])
+    assert (_logits(ours, tokens) - _hf_logits(reference, tokens)).abs().max() <= TOL
 
 
 # ---------------------------------------------------------------------- errors

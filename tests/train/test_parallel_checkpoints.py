@@ -101,6 +101,12 @@ def test_export_fsdp_checkpoint_to_single_file_and_hf(data_dir: Path, tmp_path: 
         torch.testing.assert_close(value, src["model"][key])
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["eos_token_id"] is None  # trained on a char vocabulary: no end-of-text id to name
+    assert not (tmp_path / "out" / "vocab.json").exists()  # Hugging Face has no char tokenizer files...
+    from gptlab.train.sample import parse_sample_args, sample
+
+    # ...so sampling the export decodes with the ckpt.pt beside the Hugging Face files
+    args = [f"--init_from={str(tmp_path / 'out')!r}", "--max_new_tokens=4", "--num_samples=1", "--device=cpu"]
+    assert len(sample(parse_sample_args(args))[0]) == 5  # the default prompt '\n' and 4 characters
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o2")
