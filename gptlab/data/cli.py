@@ -29,6 +29,12 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
         f"prepared {args.dataset} in {dataset_dir}: {tokens['train']:,} train + {tokens['val']:,} val tokens, "
         f"{meta['tokenizer']['name']} tokenizer, vocab_size {meta['vocab_size']}, {meta['dtype']}"
     )
+    source = meta.get("source") or {}
+    if source.get("skipped_files"):
+        print(
+            f"skipped {source['skipped_files']} files that are not UTF-8 text "
+            f"(e.g. {', '.join(source['skipped_examples'])})"
+        )
     for split in SPLITS:
         path = split_path(dataset_dir, split)
         print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")

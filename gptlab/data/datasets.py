@@ -19,7 +19,16 @@ import numpy as np
 
 from gptlab.data import sources
 from gptlab.data.sources import Corpus, Records
-from gptlab.data.storage import FORMAT, DatasetWriter, is_ready, prepare_lock, read_meta
+from gptlab.data.storage import (
+    FORMAT,
+    SPLITS,
+    DatasetWriter,
+    adopt_nanogpt_dataset,
+    is_ready,
+    not_ready_reason,
+    prepare_lock,
+    read_meta,
+)
 from gptlab.data.tokenizers import TOKENIZERS, Tokenizer, build_tokenizer, load_tokenizer
 from gptlab.errors import ConfigError, DataError, did_you_mean, unknown_choice
 
@@ -296,20 +305,44 @@ def _meta(
     }
 
 
+def _nanogpt_meta(dataset_dir: Path) -> dict[str, Any]:
+    """meta.json's description of a nanoGPT-prepared dataset: a char vocabulary from its meta.pkl (read
+    as plain data), else GPT-2 BPE (nanoGPT's openwebtext and shakespeare)."""
+    from gptlab.data.tokenizers import GPT2Tokenizer, read_nanogpt_meta
+
+    pickle_file = dataset_dir / "meta.pkl"
+    tok = read_nanogpt_meta(pickle_file) if pickle_file.is_file() else GPT2Tokenizer()
+    return {
+        "name": dataset_dir.name,
+        "vocab_size": tok.vocab_size,
+        "tokenizer": tok.to_meta(),
+        "split": "nanoGPT's prepare.py",
+        "source": {"kind": "nanogpt", "path": str(dataset_dir.resolve())},
+    }
+
+
 def ensure_prepared(name: str, data_dir: str | Path = "data") -> Path:
     """The directory of dataset ``name``; embedded datasets are prepared on first use, others must be."""
     _check_name(name)
     dataset_dir = Path(data_dir) / name
     if is_ready(dataset_dir):
         return dataset_dir
+    nanogpt = not (dataset_dir / "meta.json").exists() and all((dataset_dir / f"{s}.bin").is_file() for s in SPLITS)
+    if nanogpt:  # nanoGPT's own prepare.py output: used as it is
+        with prepare_lock(dataset_dir):
+            if adopt_nanogpt_dataset(dataset_dir, _nanogpt_meta) and is_ready(dataset_dir):
+                return dataset_dir
+    # damaged rather than absent (a truncated .bin, a broken meta.json): say what is wrong
+    damage = not_ready_reason(dataset_dir) if (dataset_dir / "meta.json").exists() else None
     spec = DATASETS.get(name)
+    if spec is None and damage is not None:
+        raise DataError(f"dataset {name!r} in {dataset_dir} is damaged: {damage}; prepare it again")
     if spec is None:
         raise _unknown_dataset(name, dataset_dir, prepared_check=True)
     if not spec.auto:
         flag = "" if Path(data_dir) == Path("data") else f" --data_dir {data_dir}"
-        raise DataError(
-            f"dataset {name!r} is not prepared in {dataset_dir}: run `gptlab prepare {name}{flag}`{spec.hint}"
-        )
+        state = f"is damaged ({damage})" if damage else "is not prepared"
+        raise DataError(f"dataset {name!r} {state} in {dataset_dir}: run `gptlab prepare {name}{flag}`{spec.hint}")
     with prepare_lock(dataset_dir):
         if not is_ready(dataset_dir):  # another process may have prepared it while we waited
             _prepare(name, dataset_dir, spec, PrepareOptions())

@@ -148,6 +148,8 @@ def local_files(input_path: Path, exclude: Path | None = None) -> list[Path]:
             continue
         if skip is not None and skip in path.resolve().parents:
             continue
+        if all((path.parent / f"{split}.bin").is_file() for split in ("train", "val")):
+            continue  # a prepared dataset (gptlab's or nanoGPT's) inside the folder: data, not text
         files.append(path)
     files.sort(key=lambda p: p.relative_to(input_path).as_posix())
     if not files:
@@ -156,16 +158,35 @@ def local_files(input_path: Path, exclude: Path | None = None) -> list[Path]:
 
 
 def local_corpus(input_path: Path, exclude: Path | None = None) -> Corpus:
-    """A local text file (one document) or folder (one document per file)."""
+    """A local text file (one document) or folder (one document per file). In a folder, files that are
+    not text (not UTF-8, or holding NUL bytes: __pycache__, images) are skipped and counted; a single
+    file that is not text is an error."""
     files = local_files(input_path, exclude)
-    documents = [_read_text(path) for path in files]
+    documents, skipped = [], []
+    for path in files:
+        try:
+            text = _read_text(path)
+        except DataError:
+            if input_path.is_file():
+                raise
+            skipped.append(path)
+            continue
+        if "\x00" in text and not input_path.is_file():
+            skipped.append(path)
+            continue
+        documents.append(text)
+    if not documents:
+        raise DataError(f"--input {input_path} holds no UTF-8 text files ({len(skipped)} others skipped)")
     source = {
         "kind": "local",
         "path": str(input_path.resolve()),
-        "files": len(files),
+        "files": len(documents),
         "chars": sum(map(len, documents)),
         "sha256": _sha256(documents),
     }
+    if skipped:
+        source["skipped_files"] = len(skipped)
+        source["skipped_examples"] = [str(p.relative_to(input_path)) for p in skipped[:3]]
     return Corpus(documents, source)
 
 

@@ -50,17 +50,52 @@ def read_meta(dataset_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def is_ready(dataset_dir: str | Path) -> bool:
-    """True when meta.json exists and every split file holds exactly the tokens it promises."""
+def not_ready_reason(dataset_dir: str | Path) -> str | None:
+    """None when meta.json exists and every split file holds exactly the tokens it promises; else why not."""
     try:
         meta = read_meta(dataset_dir)
         itemsize = np.dtype(meta["dtype"]).itemsize
         for split in SPLITS:
             path = split_path(dataset_dir, split)
-            if not path.is_file() or path.stat().st_size != int(meta["tokens"][split]) * itemsize:
-                return False
-    except (DataError, KeyError, TypeError, ValueError):
+            if not path.is_file():
+                return f"{path} is missing"
+            expected = int(meta["tokens"][split]) * itemsize
+            if path.stat().st_size != expected:
+                return f"{path} holds {path.stat().st_size:,} bytes, {META_FILE} promises {expected:,} (truncated?)"
+    except DataError as e:
+        return str(e)
+    except (KeyError, TypeError, ValueError) as e:
+        return f"{Path(dataset_dir) / META_FILE} is malformed ({type(e).__name__}: {e})"
+    return None
+
+
+def is_ready(dataset_dir: str | Path) -> bool:
+    """True when meta.json exists and every split file holds exactly the tokens it promises."""
+    return not_ready_reason(dataset_dir) is None
+
+
+def adopt_nanogpt_dataset(dataset_dir: Path, meta_for: Any) -> bool:
+    """A dataset nanoGPT's prepare.py wrote (train.bin, val.bin as uint16, and for a char vocabulary
+    meta.pkl, but no meta.json) becomes usable as it is: its meta.json is written beside it from the
+    file sizes and ``meta_for(dataset_dir)`` (name, vocab_size, tokenizer). False if it is not one."""
+    if (Path(dataset_dir) / META_FILE).exists():
         return False
+    sizes = {
+        split: split_path(dataset_dir, split).stat().st_size
+        for split in SPLITS
+        if split_path(dataset_dir, split).is_file()
+    }
+    if set(sizes) != set(SPLITS) or any(size % 2 or size == 0 for size in sizes.values()):
+        return False
+    meta = {
+        "format": FORMAT,
+        "dtype": "uint16",
+        "tokens": {k: v // 2 for k, v in sizes.items()},
+        **meta_for(dataset_dir),
+    }
+    tmp = Path(dataset_dir) / f"{META_FILE}{TMP_MARK}{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, Path(dataset_dir) / META_FILE)
     return True
 
 

@@ -332,3 +332,63 @@ def test_registry_entries_are_complete() -> None:
     assert set(DATASETS) >= {"stdlib", "stdlib_char", "shakespeare", "shakespeare_char", "openwebtext", "fineweb_edu"}
     assert {name for name, spec in DATASETS.items() if spec.auto} == {"stdlib", "stdlib_char"}
     assert all(spec.tokenizer == ("char" if name.endswith("_char") else "gpt2") for name, spec in DATASETS.items())
+
+
+def test_a_dataset_nanogpt_prepared_is_used_as_it_is(tmp_path: Path) -> None:
+    """train.bin / val.bin (uint16) and meta.pkl as nanoGPT's shakespeare_char/prepare.py writes them:
+    gptlab trains on them without re-preparing (its meta.json is written beside, from the file sizes and
+    meta.pkl, read as plain data); without meta.pkl (openwebtext) the ids are GPT-2 BPE's."""
+    import pickle
+
+    chars = sorted(set("first citizen: before we proceed any further, hear me speak.\n"))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    data = "first citizen: before we proceed any further, hear me speak.\n" * 40
+    ids = np.array([stoi[c] for c in data], dtype=np.uint16)
+    char_dir = tmp_path / "data" / "shakespeare_char"
+    char_dir.mkdir(parents=True)
+    n = int(len(ids) * 0.9)
+    ids[:n].tofile(char_dir / "train.bin")
+    ids[n:].tofile(char_dir / "val.bin")
+    meta_pkl = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
+    (char_dir / "meta.pkl").write_bytes(pickle.dumps(meta_pkl))
+    assert ensure_prepared("shakespeare_char", tmp_path / "data") == char_dir
+    meta = read_meta(char_dir)
+    assert meta["tokens"] == {"train": n, "val": len(ids) - n} and meta["vocab_size"] == len(chars)
+    assert load_tokenizer(meta["tokenizer"]).decode(ids[:15].tolist()) == data[:15]
+    owt = tmp_path / "data" / "openwebtext"
+    owt.mkdir()
+    np.array(GPT2Tokenizer().encode("hello world") * 10, dtype=np.uint16).tofile(owt / "train.bin")
+    np.array(GPT2Tokenizer().encode("bye") * 10, dtype=np.uint16).tofile(owt / "val.bin")
+    assert read_meta(ensure_prepared("openwebtext", tmp_path / "data"))["tokenizer"]["name"] == "gpt2"
+
+
+def test_a_damaged_dataset_says_what_is_wrong(tmp_path: Path, text_file: Path) -> None:
+    """A truncated .bin or a broken meta.json is named, not reported as 'not prepared'."""
+    dataset = prepare_dataset("mine_char", tmp_path, text_file)
+    train = dataset / "train.bin"
+    train.write_bytes(train.read_bytes()[:-4])
+    with pytest.raises(
+        DataError, match=r"'mine_char' in .* is damaged: .*train.bin holds .* bytes, meta.json promises"
+    ):
+        ensure_prepared("mine_char", tmp_path)
+    (dataset / "meta.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"is damaged: cannot read .*meta.json"):
+        ensure_prepared("mine_char", tmp_path)
+
+
+def test_a_folder_skips_binaries_and_datasets_inside_it(tmp_path: Path, text_file: Path) -> None:
+    """`--input .` in a project: __pycache__ and other non-text files are skipped and counted, and the
+    prepared datasets under data/ (train.bin/val.bin) are never read back in as text."""
+    project = tmp_path / "project"
+    (project / "pkg" / "__pycache__").mkdir(parents=True)
+    (project / "pkg" / "main.py").write_text(text_file.read_text())
+    (project / "pkg" / "__pycache__" / "main.cpython-312.pyc").write_bytes(b"\x00\xff\xfe binary")
+    (project / "notes.txt").write_bytes(b"nul\x00inside but valid utf-8")
+    first = prepare_dataset("one_char", project / "data", project)
+    source = read_meta(first)["source"]
+    assert source["files"] == 1 and source["skipped_files"] == 2
+    assert "pkg/__pycache__/main.cpython-312.pyc" in source["skipped_examples"]
+    second = prepare_dataset("two_char", project / "data", project)  # one_char's files are not its text
+    assert (
+        read_meta(second)["source"]["files"] == 1 and read_meta(second)["vocab_size"] == read_meta(first)["vocab_size"]
+    )
