@@ -22,6 +22,7 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
         num_proc=args.num_proc,
         max_documents=args.max_documents,
         max_tokens=args.max_tokens,
+        text_field=args.text_field,
     )
     meta = read_meta(dataset_dir)
     tokens: dict[str, Any] = meta["tokens"]
@@ -72,6 +73,13 @@ def register(subparsers: Any) -> None:
         "--tokenizer",
         choices=sorted(TOKENIZERS),
         help="for your own text (default: char if NAME ends in _char, else gpt2)",
+    )
+    parser.add_argument(
+        "--text_field",
+        "--text-field",
+        default="text",
+        metavar="NAME",
+        help="the text field of .jsonl/.parquet records (text)",
     )
     parser.add_argument("--num_proc", "--num-proc", type=int, metavar="N", help="tokenizer processes")
     parser.add_argument("--max_documents", "--max-documents", type=int, metavar="N", help="stop after N documents")

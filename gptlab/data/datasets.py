@@ -50,6 +50,7 @@ class PrepareOptions:
     max_chars: int | None = None  # the embedded stdlib corpus's size
     val_fraction: float | None = None  # None: the dataset's own (0.1 unless registered otherwise)
     load_fn: Callable[[], Records] | None = None  # replaces a Hugging Face stream (tests, custom sources)
+    text_field: str = "text"  # the field of .jsonl/.parquet records that holds the text
 
     def __post_init__(self) -> None:
         for key in ("num_proc", "max_documents", "max_tokens", "max_chars"):
@@ -86,7 +87,7 @@ def _shakespeare(dataset_dir: Path, opts: PrepareOptions) -> Corpus:
 
 def _hub(path: str, config: str | None) -> Callable[[Path, PrepareOptions], Corpus]:
     def corpus(dataset_dir: Path, opts: PrepareOptions) -> Corpus:
-        return sources.hub_corpus(path, config, opts.input_path, opts.load_fn)
+        return sources.hub_corpus(path, config, opts.input_path, opts.load_fn, opts.text_field)
 
     return corpus
 
@@ -215,6 +216,7 @@ def prepare_dataset(
     max_chars: int | None = None,
     val_fraction: float | None = None,
     load_fn: Callable[[], Records] | None = None,
+    text_field: str = "text",
 ) -> Path:
     """Tokenize dataset ``name`` (a registered one, or any text at ``input_path``) into ``data_dir/name``.
 
@@ -223,7 +225,9 @@ def prepare_dataset(
     """
     _check_name(name)
     path = Path(input_path) if input_path is not None else None
-    opts = PrepareOptions(path, tokenizer, num_proc, max_documents, max_tokens, max_chars, val_fraction, load_fn)
+    opts = PrepareOptions(
+        path, tokenizer, num_proc, max_documents, max_tokens, max_chars, val_fraction, load_fn, text_field
+    )
     spec = DATASETS.get(name)
     dataset_dir = Path(data_dir) / name
     if spec is None and opts.input_path is None:
@@ -244,7 +248,10 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
         corpus, tokenizer_name, fraction = spec.corpus(dataset_dir, opts), spec.tokenizer, spec.val_fraction
     else:
         assert opts.input_path is not None
-        corpus = sources.local_corpus(opts.input_path, exclude=dataset_dir)
+        if sources.is_records_input(opts.input_path):  # .jsonl / .parquet: one document per record
+            corpus = sources.hub_corpus(name, None, opts.input_path, text_field=opts.text_field)
+        else:
+            corpus = sources.local_corpus(opts.input_path, exclude=dataset_dir)
         tokenizer_name = opts.tokenizer or ("char" if name.endswith("_char") else "gpt2")
         fraction = DEFAULT_VAL_FRACTION
     if opts.val_fraction is not None:

@@ -215,6 +215,17 @@ def _import_datasets() -> Any:
     return datasets
 
 
+def is_records_input(input_path: Path) -> bool:
+    """Whether ``--input`` is .jsonl/.json/.parquet records (a file, or a folder of only those), read a
+    record per document through `datasets`, rather than text files."""
+    if input_path.is_file():
+        return input_path.suffix in LOCAL_BUILDERS
+    if not input_path.is_dir():
+        return False
+    files = local_files(input_path)
+    return bool(files) and all(p.suffix in LOCAL_BUILDERS for p in files)
+
+
 def _local_data_files(input_path: Path) -> tuple[str, list[str]]:
     """The `datasets` builder and files for local .jsonl/.json/.parquet input."""
     files = [p for p in local_files(input_path) if p.suffix in LOCAL_BUILDERS]
@@ -233,7 +244,10 @@ def _texts(records: Records, text_field: str, where: str) -> Iterator[str]:
             text = record.get(text_field) if isinstance(record, Mapping) else None
             if not isinstance(text, str):
                 fields = ", ".join(record) if isinstance(record, Mapping) else type(record).__name__
-                raise DataError(f"record {i} of {where} has no string field {text_field!r} (has: {fields})")
+                raise DataError(
+                    f"record {i} of {where} has no string field {text_field!r} (has: {fields}); "
+                    "--text_field NAME names another"
+                )
             yield text
     except DataError:
         raise

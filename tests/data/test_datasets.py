@@ -253,6 +253,25 @@ def test_hub_datasets_stream_local_jsonl_through_datasets(
     assert read_meta(out)["source"]["files"] == 2
 
 
+def test_your_own_jsonl_is_read_as_records_with_a_chosen_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gptlab prepare mine --input docs.jsonl`: one document per record (not the JSON text itself), the
+    field named by --text_field; a missing field says how to name another."""
+    reason = "the 'data' extra (pip install 'gptlab[data]') is not installed or does not import"
+    datasets = pytest.importorskip("datasets", reason=reason, exc_type=ImportError)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    docs = [f"document {i}: the quick brown fox jumps over the lazy dog." for i in range(30)]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"content": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    with pytest.raises(DataError, match=r"no string field 'text' \(has: content, id\); --text_field NAME"):
+        prepare_dataset("mine", tmp_path / "data", input_path=src, num_proc=1)
+    out = prepare_dataset("mine", tmp_path / "data", input_path=src, num_proc=1, text_field="content")
+    tok = GPT2Tokenizer()
+    ids = np.concatenate([np.fromfile(out / f"{split}.bin", dtype=np.uint16) for split in ("train", "val")])
+    text = tok.decode(ids.tolist())
+    assert "{" not in text and text.count("<|endoftext|>") == len(docs)  # records' text, each one a document
+    assert read_meta(out)["tokens"]["val"] > 0
+
+
 # --- ensure_prepared and atomicity ------------------------------------------------------------
 
 
