@@ -56,8 +56,8 @@ class BatchLoader:
         self.num_tokens: int = int(self.meta["tokens"][split])
         if block_size + 1 > self.num_tokens:
             raise DataError(
-                f"block_size={block_size} is larger than the {split} split ({self.num_tokens} tokens) of dataset "
-                f"{self.meta.get('name', self.dataset_dir)}: lower block_size or prepare more data"
+                f"block_size={block_size} needs {block_size + 1} tokens per sample (inputs and targets), but the "
+                f"{split} split of {self.dataset_dir} holds {self.num_tokens}: lower block_size or prepare more data"
             )
         self._split_key = zlib.crc32(split.encode())  # stable across processes, unlike hash()
         self._pin = self.device.type == "cuda"

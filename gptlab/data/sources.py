@@ -126,8 +126,11 @@ def download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
 
 
 def _read_text(path: Path) -> str:
+    """A local text file as nanoGPT's prepare.py reads one (``open(path, 'r')``: universal newlines, so a
+    Windows file's CR LF is one newline and no CR enters a char vocabulary)."""
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
+        return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
     except UnicodeDecodeError:
         raise DataError(f"input file {path} is not UTF-8 text: remove it or convert it") from None
     except OSError as e:

@@ -411,3 +411,15 @@ def test_a_folder_skips_binaries_and_datasets_inside_it(tmp_path: Path, text_fil
     assert (
         read_meta(second)["source"]["files"] == 1 and read_meta(second)["vocab_size"] == read_meta(first)["vocab_size"]
     )
+
+
+def test_windows_line_endings_are_read_as_nanogpt_reads_text(tmp_path: Path) -> None:
+    """nanoGPT's prepare.py opens text files in text mode: CR LF is one newline, and no CR enters a char
+    vocabulary or shifts its split."""
+    unix, windows = tmp_path / "unix.txt", tmp_path / "windows.txt"
+    unix.write_bytes(b"to be, or not to be:\nthat is the question.\n" * 50)
+    windows.write_bytes(unix.read_bytes().replace(b"\n", b"\r\n"))
+    a = prepare_dataset("unix_char", tmp_path / "data", unix)
+    b = prepare_dataset("windows_char", tmp_path / "data", windows)
+    assert read_meta(a)["tokenizer"] == read_meta(b)["tokenizer"]
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in ("train.bin", "val.bin"))

@@ -118,8 +118,8 @@ def test_errors_are_one_line(positions: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         BatchLoader(positions, "val", 4, block_size=300)
     assert str(err.value) == (
-        "block_size=300 is larger than the val split (300 tokens) of dataset positions: "
-        "lower block_size or prepare more data"
+        f"block_size=300 needs 301 tokens per sample (inputs and targets), but the val split of {positions} "
+        "holds 300: lower block_size or prepare more data"
     )
     BatchLoader(positions, "val", 4, block_size=299)  # exactly T + 1 tokens is enough
     with pytest.raises(ConfigError, match=r"split='test'.*'train', 'val'"):
