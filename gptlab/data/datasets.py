@@ -277,9 +277,15 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
             finally:
                 arrays.close()  # stops the worker pool when max_tokens or an error ended the stream early
             if min(writer.counts.values()) == 0:
+                caps = [
+                    f"--{k}={v}"
+                    for k, v in (("max_tokens", opts.max_tokens), ("max_documents", opts.max_documents))
+                    if v
+                ]
+                cut = f" as cut by {' and '.join(caps)}" if caps else ""
                 raise DataError(
                     f"dataset {name!r} came out with {writer.counts['train']} train and {writer.counts['val']} val "
-                    f"tokens: the corpus is too small to split (val_fraction={fraction})"
+                    f"tokens: the corpus{cut} is too small to split (val_fraction={fraction})"
                 )
             writer.commit(_meta(name, tok, writer, docs, corpus, fraction, opts))
     finally:
