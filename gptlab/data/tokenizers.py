@@ -201,11 +201,15 @@ def save_hf_tokenizer(meta: dict[str, Any] | None, directory: Path, model_max_le
     """Write the files with which ``transformers.AutoTokenizer`` loads this tokenizer offline, beside an
     exported model: GPT-2 BPE's ``vocab.json`` and ``merges.txt`` (OpenAI's files, as the Hub's gpt2 has
     them) and a ``tokenizer_config.json`` naming GPT2Tokenizer (a llama-type export uses it too). False
-    where Hugging Face has no such tokenizer (char: its vocabulary is in the exported ckpt.pt)."""
+    where Hugging Face has no such tokenizer (char: its vocabulary is in the exported ckpt.pt); an earlier
+    export's tokenizer files there are then removed."""
     import json
     import shutil
 
+    files = ("vocab.json", "merges.txt", "tokenizer_config.json")
     if (meta or {}).get("name") != "gpt2":
+        for name in files:  # an earlier export's GPT-2 files would now describe the wrong vocabulary
+            (directory / name).unlink(missing_ok=True)
         return False
     data = _gpt2_data_dir()
     shutil.copyfile(data / "encoder.json", directory / "vocab.json")

@@ -95,4 +95,5 @@ def test_exported_gpt2_tokenizer_loads_in_transformers_offline(tmp_path) -> None
     assert hf(text)["input_ids"] == GPT2Tokenizer().encode(text)
     assert len(hf) == 50257 and hf.convert_tokens_to_ids("<|endoftext|>") == 50256 == hf.eos_token_id
     assert hf.model_max_length == 256
-    assert not save_hf_tokenizer(CharTokenizer("ab").to_meta(), tmp_path / "none", 8)
+    assert not save_hf_tokenizer(CharTokenizer("ab").to_meta(), tmp_path, 8)  # re-exported as a char model:
+    assert not any((tmp_path / f).exists() for f in ("vocab.json", "merges.txt", "tokenizer_config.json"))
