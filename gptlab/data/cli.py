@@ -33,9 +33,11 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
     source = meta.get("source") or {}
     if source.get("skipped_files"):
         print(
-            f"skipped {source['skipped_files']} files that are not UTF-8 text "
-            f"(e.g. {', '.join(source['skipped_examples'])})"
+            f"skipped {source['skipped_files']} files that are not text (not UTF-8, or with NUL bytes; "
+            f"e.g. {', '.join(source['skipped_examples'])})"
         )
+    if source.get("skipped_datasets"):
+        print(f"skipped prepared datasets inside the input: {', '.join(source['skipped_datasets'])}")
     for split in SPLITS:
         path = split_path(dataset_dir, split)
         print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")

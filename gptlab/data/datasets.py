@@ -23,7 +23,6 @@ from gptlab.data.storage import (
     FORMAT,
     SPLITS,
     DatasetWriter,
-    adopt_nanogpt_dataset,
     is_ready,
     not_ready_reason,
     prepare_lock,
@@ -250,6 +249,10 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
         assert opts.input_path is not None
         if sources.is_records_input(opts.input_path):  # .jsonl / .parquet: one document per record
             corpus = sources.hub_corpus(name, None, opts.input_path, text_field=opts.text_field)
+        elif opts.text_field != "text":
+            raise ConfigError(
+                f"text_field={opts.text_field!r} is for .jsonl/.parquet records; {opts.input_path} is text"
+            )
         else:
             corpus = sources.local_corpus(opts.input_path, exclude=dataset_dir)
         tokenizer_name = opts.tokenizer or ("char" if name.endswith("_char") else "gpt2")
@@ -318,35 +321,15 @@ def _meta(
     }
 
 
-def _nanogpt_meta(dataset_dir: Path) -> dict[str, Any]:
-    """meta.json's description of a nanoGPT-prepared dataset: a char vocabulary from its meta.pkl (read
-    as plain data), else GPT-2 BPE (nanoGPT's openwebtext and shakespeare)."""
-    from gptlab.data.tokenizers import GPT2Tokenizer, read_nanogpt_meta
-
-    pickle_file = dataset_dir / "meta.pkl"
-    tok = read_nanogpt_meta(pickle_file) if pickle_file.is_file() else GPT2Tokenizer()
-    return {
-        "name": dataset_dir.name,
-        "vocab_size": tok.vocab_size,
-        "tokenizer": tok.to_meta(),
-        "split": "nanoGPT's prepare.py",
-        "source": {"kind": "nanogpt", "path": str(dataset_dir.resolve())},
-    }
-
-
 def ensure_prepared(name: str, data_dir: str | Path = "data") -> Path:
     """The directory of dataset ``name``; embedded datasets are prepared on first use, others must be."""
     _check_name(name)
     dataset_dir = Path(data_dir) / name
     if is_ready(dataset_dir):
         return dataset_dir
-    nanogpt = not (dataset_dir / "meta.json").exists() and all((dataset_dir / f"{s}.bin").is_file() for s in SPLITS)
-    if nanogpt:  # nanoGPT's own prepare.py output: used as it is
-        with prepare_lock(dataset_dir):
-            if adopt_nanogpt_dataset(dataset_dir, _nanogpt_meta) and is_ready(dataset_dir):
-                return dataset_dir
-    # damaged rather than absent (a truncated .bin, a broken meta.json): say what is wrong
-    damage = not_ready_reason(dataset_dir) if (dataset_dir / "meta.json").exists() else None
+    # damaged rather than absent (a truncated .bin, a broken meta.json, bins without one): say what is wrong
+    present = any((dataset_dir / f).exists() for f in ("meta.json", *(f"{s}.bin" for s in SPLITS)))
+    damage = not_ready_reason(dataset_dir) if present else None
     spec = DATASETS.get(name)
     if spec is None and damage is not None:
         raise DataError(f"dataset {name!r} in {dataset_dir} is damaged: {damage}; prepare it again")

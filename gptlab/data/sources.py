@@ -137,26 +137,31 @@ def _read_text(path: Path) -> str:
         raise DataError(f"cannot read input file {path}: {e.strerror or e}") from None
 
 
-def local_files(input_path: Path, exclude: Path | None = None) -> list[Path]:
-    """A file, or every non-hidden file under a folder in sorted order (``exclude``: the output dir)."""
+def local_files(input_path: Path, exclude: Path | None = None, record_skipped: list[Path] | None = None) -> list[Path]:
+    """A file, or every non-hidden file under a folder in sorted order (``exclude``: the output dir;
+    prepared datasets in subfolders are left out, and listed in ``record_skipped``)."""
     if input_path.is_file():
         return [input_path]
     if not input_path.is_dir():
         raise DataError(f"--input {input_path} does not exist (expected a text file or a folder of them)")
     skip = exclude.resolve() if exclude is not None else None
-    files = []
+    files, skipped_datasets = [], set()
     for path in input_path.rglob("*"):
         rel = path.relative_to(input_path)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts):
             continue
         if skip is not None and skip in path.resolve().parents:
             continue
-        if all((path.parent / f"{split}.bin").is_file() for split in ("train", "val")):
-            continue  # a prepared dataset (gptlab's or nanoGPT's) inside the folder: data, not text
+        dataset = path.parent != input_path and all((path.parent / f"{s}.bin").is_file() for s in ("train", "val"))
+        if dataset:  # a prepared dataset (gptlab's or nanoGPT's) in a subfolder: data, not text
+            skipped_datasets.add(path.parent)
+            continue
         files.append(path)
     files.sort(key=lambda p: p.relative_to(input_path).as_posix())
     if not files:
         raise DataError(f"--input {input_path} holds no files")
+    if skipped_datasets and record_skipped is not None:
+        record_skipped.extend(sorted(skipped_datasets))
     return files
 
 
@@ -164,17 +169,17 @@ def local_corpus(input_path: Path, exclude: Path | None = None) -> Corpus:
     """A local text file (one document) or folder (one document per file). In a folder, files that are
     not text (not UTF-8, or holding NUL bytes: __pycache__, images) are skipped and counted; a single
     file that is not text is an error."""
-    files = local_files(input_path, exclude)
+    datasets: list[Path] = []
+    files = local_files(input_path, exclude, datasets)
     documents, skipped = [], []
     for path in files:
         try:
             text = _read_text(path)
+            if "\x00" in text:
+                raise DataError(f"input file {path} holds NUL bytes: it is not text")
         except DataError:
             if input_path.is_file():
                 raise
-            skipped.append(path)
-            continue
-        if "\x00" in text and not input_path.is_file():
             skipped.append(path)
             continue
         documents.append(text)
@@ -190,6 +195,8 @@ def local_corpus(input_path: Path, exclude: Path | None = None) -> Corpus:
     if skipped:
         source["skipped_files"] = len(skipped)
         source["skipped_examples"] = [str(p.relative_to(input_path)) for p in skipped[:3]]
+    if datasets:
+        source["skipped_datasets"] = [str(p.relative_to(input_path)) for p in datasets]
     return Corpus(documents, source)
 
 
@@ -218,15 +225,18 @@ def _import_datasets() -> Any:
     return datasets
 
 
+RECORD_SUFFIXES = (".jsonl", ".parquet")  # your own text as records; a .json file stays text
+
+
 def is_records_input(input_path: Path) -> bool:
-    """Whether ``--input`` is .jsonl/.json/.parquet records (a file, or a folder of only those), read a
-    record per document through `datasets`, rather than text files."""
+    """Whether ``--input`` is .jsonl/.parquet records (a file, or a folder of only those), read a record
+    per document through `datasets`, rather than text files."""
     if input_path.is_file():
-        return input_path.suffix in LOCAL_BUILDERS
+        return input_path.suffix in RECORD_SUFFIXES
     if not input_path.is_dir():
         return False
     files = local_files(input_path)
-    return bool(files) and all(p.suffix in LOCAL_BUILDERS for p in files)
+    return bool(files) and all(p.suffix in RECORD_SUFFIXES for p in files)
 
 
 def _local_data_files(input_path: Path) -> tuple[str, list[str]]:

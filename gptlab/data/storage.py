@@ -21,6 +21,7 @@ from gptlab.errors import DataError
 META_FILE = "meta.json"
 SPLITS: tuple[str, ...] = ("train", "val")
 TMP_MARK = ".tmp-"  # temporary files are NAME.tmp-PID; never mistaken for a finished file
+LOCK_FILE = ".prepare.lock"  # left in every directory gptlab's prepare wrote
 FORMAT = "gptlab-tokens-v1"
 
 
@@ -40,6 +41,9 @@ def read_meta(dataset_dir: str | Path) -> dict[str, Any]:
     """The dataset's meta.json; DataError if it is missing or unreadable."""
     path = Path(dataset_dir) / META_FILE
     if not path.is_file():
+        nanogpt = nanogpt_meta(dataset_dir)
+        if nanogpt is not None:
+            return nanogpt
         raise DataError(f"{dataset_dir} is not a prepared dataset (no {META_FILE}): run `gptlab prepare NAME`")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -74,29 +78,42 @@ def is_ready(dataset_dir: str | Path) -> bool:
     return not_ready_reason(dataset_dir) is None
 
 
-def adopt_nanogpt_dataset(dataset_dir: Path, meta_for: Any) -> bool:
-    """A dataset nanoGPT's prepare.py wrote (train.bin, val.bin as uint16, and for a char vocabulary
-    meta.pkl, but no meta.json) becomes usable as it is: its meta.json is written beside it from the
-    file sizes and ``meta_for(dataset_dir)`` (name, vocab_size, tokenizer). False if it is not one."""
-    if (Path(dataset_dir) / META_FILE).exists():
-        return False
-    sizes = {
-        split: split_path(dataset_dir, split).stat().st_size
-        for split in SPLITS
-        if split_path(dataset_dir, split).is_file()
-    }
-    if set(sizes) != set(SPLITS) or any(size % 2 or size == 0 for size in sizes.values()):
-        return False
-    meta = {
+def nanogpt_meta(dataset_dir: str | Path) -> dict[str, Any] | None:
+    """The meta of a dataset nanoGPT's prepare.py wrote (train.bin / val.bin as uint16, and for a char
+    vocabulary meta.pkl, read as plain data; else GPT-2 BPE, as nanoGPT's openwebtext), so that it is
+    trained on as it is, without writing into it. None for anything else: a directory gptlab's prepare has
+    touched (its lock file, temporary files) is never taken for one. DataError where the files cannot be
+    nanoGPT's tokens (an odd size, ids past the vocabulary)."""
+    directory = Path(dataset_dir)
+    paths = {split: split_path(directory, split) for split in SPLITS}
+    gptlab_traces = (directory / META_FILE).exists() or (directory / LOCK_FILE).exists()
+    if gptlab_traces or any(directory.glob(f"*{TMP_MARK}*")) or not all(p.is_file() for p in paths.values()):
+        return None
+    from gptlab.data.tokenizers import GPT2Tokenizer, read_nanogpt_meta
+
+    tokens = {}
+    for split, path in paths.items():
+        size = path.stat().st_size
+        if size == 0 or size % 2:
+            raise DataError(f"{path} holds {size} bytes: not nanoGPT's uint16 tokens (and there is no {META_FILE})")
+        tokens[split] = size // 2
+    pickle_file = directory / "meta.pkl"
+    tok = read_nanogpt_meta(pickle_file) if pickle_file.is_file() else GPT2Tokenizer()
+    for split, path in paths.items():  # a look at the start of each split: ids must fit the vocabulary
+        head = np.fromfile(path, dtype=np.uint16, count=min(tokens[split], 1 << 20))
+        if int(head.max()) >= tok.vocab_size:
+            where = "meta.pkl's" if pickle_file.is_file() else "GPT-2's (no meta.pkl)"
+            raise DataError(f"{path} holds token id {int(head.max())}, past {where} vocabulary of {tok.vocab_size}")
+    return {
         "format": FORMAT,
+        "name": directory.name,
+        "vocab_size": tok.vocab_size,
         "dtype": "uint16",
-        "tokens": {k: v // 2 for k, v in sizes.items()},
-        **meta_for(dataset_dir),
+        "tokens": tokens,
+        "split": "nanoGPT's prepare.py",
+        "source": {"kind": "nanogpt", "path": str(directory.resolve())},
+        "tokenizer": tok.to_meta(),
     }
-    tmp = Path(dataset_dir) / f"{META_FILE}{TMP_MARK}{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, Path(dataset_dir) / META_FILE)
-    return True
 
 
 @contextlib.contextmanager
@@ -109,7 +126,7 @@ def prepare_lock(dataset_dir: Path) -> Iterator[None]:
     except ImportError:  # no flock (Windows): prepares there are single-process
         yield
         return
-    lock_path = dataset_dir / ".prepare.lock"
+    lock_path = dataset_dir / LOCK_FILE
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -48,6 +48,7 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
         "training": {
             "dataset": cfg.dataset,
             "tokenizer": (trainer.meta.get("tokenizer") or {}).get("name"),
+            "data_source": (trainer.meta.get("source") or {}).get("kind"),
             "vocab_size": trainer.meta.get("vocab_size"),
             "init_from": cfg.init_from,
             "eval_only": cfg.eval_only,
@@ -124,7 +125,9 @@ def render_startup_report(r: dict[str, Any]) -> str:
         a["summary"],
         f"  parameters:  {a['params'] / 1e6:.2f}M ({a['params_non_embedding'] / 1e6:.2f}M excluding embedding lookups)",
         "Training",
-        f"  data:        {t['dataset']} ({t['tokenizer']}, vocab {t['vocab_size']}); init_from={t['init_from']}",
+        f"  data:        {t['dataset']} ({t['tokenizer']}, vocab {t['vocab_size']})"
+        + (", nanoGPT's prepare.py output, read as it is" if t.get("data_source") == "nanogpt" else "")
+        + f"; init_from={t['init_from']}",
         f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} micro-batches"
         f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks)"
         f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"

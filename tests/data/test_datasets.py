@@ -353,10 +353,11 @@ def test_registry_entries_are_complete() -> None:
     assert all(spec.tokenizer == ("char" if name.endswith("_char") else "gpt2") for name, spec in DATASETS.items())
 
 
-def test_a_dataset_nanogpt_prepared_is_used_as_it_is(tmp_path: Path) -> None:
+def test_a_dataset_nanogpt_prepared_is_used_as_it_is(tmp_path: Path, text_file: Path) -> None:
     """train.bin / val.bin (uint16) and meta.pkl as nanoGPT's shakespeare_char/prepare.py writes them:
-    gptlab trains on them without re-preparing (its meta.json is written beside, from the file sizes and
-    meta.pkl, read as plain data); without meta.pkl (openwebtext) the ids are GPT-2 BPE's."""
+    gptlab trains on them as they are, writing nothing there (so a read-only copy works, and ranks cannot race);
+    without meta.pkl (openwebtext) the ids are GPT-2 BPE's. A directory gptlab's prepare wrote is never
+    taken for one, and ids past the vocabulary are refused."""
     import pickle
 
     chars = sorted(set("first citizen: before we proceed any further, hear me speak.\n"))
@@ -372,13 +373,24 @@ def test_a_dataset_nanogpt_prepared_is_used_as_it_is(tmp_path: Path) -> None:
     (char_dir / "meta.pkl").write_bytes(pickle.dumps(meta_pkl))
     assert ensure_prepared("shakespeare_char", tmp_path / "data") == char_dir
     meta = read_meta(char_dir)
+    assert sorted(p.name for p in char_dir.iterdir()) == ["meta.pkl", "train.bin", "val.bin"]  # nothing written
     assert meta["tokens"] == {"train": n, "val": len(ids) - n} and meta["vocab_size"] == len(chars)
+    assert meta["source"]["kind"] == "nanogpt"
     assert load_tokenizer(meta["tokenizer"]).decode(ids[:15].tolist()) == data[:15]
     owt = tmp_path / "data" / "openwebtext"
     owt.mkdir()
     np.array(GPT2Tokenizer().encode("hello world") * 10, dtype=np.uint16).tofile(owt / "train.bin")
     np.array(GPT2Tokenizer().encode("bye") * 10, dtype=np.uint16).tofile(owt / "val.bin")
     assert read_meta(ensure_prepared("openwebtext", tmp_path / "data"))["tokenizer"]["name"] == "gpt2"
+    # ids past meta.pkl's vocabulary: not nanoGPT's tokens for it
+    (char_dir / "val.bin").write_bytes(np.array([1, 500], dtype=np.uint16).tobytes())
+    with pytest.raises(DataError, match=r"val.bin holds token id 500, past meta.pkl's vocabulary of"):
+        ensure_prepared("shakespeare_char", tmp_path / "data")
+    # a gptlab dataset that lost its meta.json is damaged, not a nanoGPT one (its char vocabulary is not GPT-2's)
+    mine = prepare_dataset("mine_char", tmp_path / "data", text_file)
+    (mine / "meta.json").unlink()
+    with pytest.raises(DataError, match=r"'mine_char' in .* is damaged: .*no meta.json"):
+        ensure_prepared("mine_char", tmp_path / "data")
 
 
 def test_a_damaged_dataset_says_what_is_wrong(tmp_path: Path, text_file: Path) -> None:
@@ -411,6 +423,19 @@ def test_a_folder_skips_binaries_and_datasets_inside_it(tmp_path: Path, text_fil
     assert (
         read_meta(second)["source"]["files"] == 1 and read_meta(second)["vocab_size"] == read_meta(first)["vocab_size"]
     )
+    assert read_meta(second)["source"]["skipped_datasets"] == ["data/one_char"]
+    # only subfolders count as datasets: text beside the input root's own train.bin / val.bin is still text
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("train.bin", "val.bin"):
+        (flat / name).write_text("bins that happen to be text\n")
+    (flat / "readme.txt").write_text(text_file.read_text())
+    assert read_meta(prepare_dataset("flat_char", tmp_path / "d2", flat))["source"]["files"] == 3
+    # a single file is what the user named: one that is not text is an error, not a skip
+    with pytest.raises(DataError, match=r"notes\.txt holds NUL bytes: it is not text"):
+        prepare_dataset("nul_char", tmp_path / "d3", project / "notes.txt")
+    with pytest.raises(ConfigError, match=r"text_field=.body. is for \.jsonl/\.parquet records"):
+        prepare_dataset("field_char", tmp_path / "d4", flat, text_field="body")
 
 
 def test_windows_line_endings_are_read_as_nanogpt_reads_text(tmp_path: Path) -> None:
