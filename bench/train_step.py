@@ -146,4 +146,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from gptlab.train.cli import entry
+
+    sys.exit(entry(lambda _argv: main() or 0))  # a user mistake is one line, exit 2

@@ -44,6 +44,10 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
             from gptlab.config.train import TRAIN_FIELDS
             from gptlab.errors import did_you_mean
 
+            other_commands = {"gpu_memory_gb": "plan", "grad_accum_steps": "plan", "device_type": "plan",
+                              "seq_len": "flops", "num_gpus": "flops"}  # fmt: skip
+            if bad[0] in other_commands:
+                raise ConfigError(f"--{bad[0]} is an option of `gptlab {other_commands[bad[0]]}`, not of compare")
             hint = "" if bad[0] in TRAIN_FIELDS else did_you_mean(bad[0], [*ARCH_FIELDS, *vars(args)])
             raise ConfigError(f"{', '.join(bad)}: not architecture keys{hint} (training keys need --train)")
         result = compare(args.architectures, overrides, **table)

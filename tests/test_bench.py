@@ -59,6 +59,10 @@ def test_telemetry_overhead_and_dataloader_tables(data_dir: Path, tmp_path: Path
     out = bench("dataloader.py", "--data_dir", str(data_dir), "--block_size", "16,32", "--seconds", "0.05",
                 cwd=tmp_path)  # fmt: skip
     assert len([line for line in out.splitlines() if line.startswith("stdlib_char")]) == 2
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # a user's mistake: one line and exit 2, as the commands
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "dataloader.py"), "--dataset", "nosuch",
+                          "--data_dir", str(tmp_path)], capture_output=True, text=True, env=env)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "'nosuch' is not prepared" in res.stderr
 
 
 def test_gpu_suite_plumbing_in_smoke_mode(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -264,6 +264,9 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
         documents = itertools.islice(documents, opts.max_documents)
     if tokenizer_name == "char":  # the vocabulary is the corpus's characters, so it is read whole first
         documents = list(documents)
+        if not any(documents):
+            where = opts.input_path if opts.input_path is not None else name
+            raise DataError(f"{where} holds no text to build a char vocabulary from")
         tok = build_tokenizer("char", "".join(documents))
     else:
         tok = build_tokenizer(tokenizer_name)

@@ -434,6 +434,10 @@ def test_a_folder_skips_binaries_and_datasets_inside_it(tmp_path: Path, text_fil
     # a single file is what the user named: one that is not text is an error, not a skip
     with pytest.raises(DataError, match=r"notes\.txt holds NUL bytes: it is not text"):
         prepare_dataset("nul_char", tmp_path / "d3", project / "notes.txt")
+    (flat / "empty").mkdir()
+    (flat / "empty" / "blank.txt").write_text("")
+    with pytest.raises(DataError, match=r"empty holds no text to build a char vocabulary from"):
+        prepare_dataset("blank_char", tmp_path / "d5", flat / "empty")
     with pytest.raises(ConfigError, match=r"text_field=.body. is for \.jsonl/\.parquet records"):
         prepare_dataset("field_char", tmp_path / "d4", flat, text_field="body")
 
