@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from gptlab.config.model import PRESETS, get_preset_config, get_typed_config
+from gptlab.config.model import PRESETS, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import TEXT_KEYS
 from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError
@@ -25,12 +25,9 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
             raise ConfigError(f"give the preset as the argument (gptlab arch {overrides[key]}), not --arch_preset")
         if key in TRAIN_FIELDS and key != "arch_preset":
             raise ConfigError(f"--{key} is a training setting, which 'gptlab arch' does not use")
-    if names_a_file(args.preset):  # a training config file's architecture, as flops and plan take it
-        from gptlab.config.train import load_config_file, resolve_run_config
+    from gptlab.compare import resolve_architecture
 
-        config = resolve_run_config({**load_config_file(args.preset), **overrides}, typed=overrides).arch
-    else:
-        config = get_typed_config(args.preset, overrides)
+    config = resolve_architecture(args.preset, overrides).config  # a preset, or a config file's architecture
     print(config.get_architecture_summary())
     if not args.no_params:
         import torch

@@ -43,14 +43,19 @@ class Architecture:
     train_values: dict[str, Any] = field(default_factory=dict)  # a config file's training keys
 
 
-def resolve_architecture(name: str, overrides: dict[str, Any] | None = None) -> Architecture:
-    """``name`` is a preset ('gpt2', 'llama', ...) or a training config file (``*.py``)."""
+def resolve_architecture(
+    name: str, overrides: dict[str, Any] | None = None, file_values: dict[str, Any] | None = None
+) -> Architecture:
+    """``name`` is a preset ('gpt2', 'llama', ...) or a training config file (``*.py``; ``file_values``:
+    its settings, if the caller has loaded them already). Only ``overrides``' architecture keys apply
+    (and, on a config file, ``arch_preset``); they must take effect."""
     from gptlab.config.train import ARCH_FIELDS, load_config_file, names_a_file, resolve_run_config
 
     overrides = dict(overrides or {})
     arch_overrides = {k: v for k, v in overrides.items() if k in ARCH_FIELDS}
     if names_a_file(name):
-        values = load_config_file(name)
+        values = load_config_file(name) if file_values is None else file_values
+        arch_overrides |= {k: v for k, v in overrides.items() if k == "arch_preset"}
         arch_keys = {k: v for k, v in values.items() if k in ARCH_FIELDS or k == "arch_preset"}
         config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
         train_values = {k: v for k, v in values.items() if k not in arch_keys}

@@ -14,6 +14,13 @@ from typing import IO, Any
 
 from gptlab.errors import ConfigError
 
+
+def logged_peak_gb(memory: dict[str, Any]) -> float | None:
+    """The peak memory of one logged window (``get_memory_stats``): CUDA's peak allocated, else the
+    process's RSS (on a CPU the tensors live there)."""
+    return memory.get("max_allocated_gb") or memory.get("rss_gb")
+
+
 RULE = "─" * 80
 
 
@@ -265,7 +272,7 @@ class TrainingLogger:
             p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
             return {"mean": statistics.fmean(values), "median": statistics.median(values), "p90": p90}
 
-        peaks = [r["memory"].get("max_allocated_gb") or r["memory"].get("rss_gb") for r in self.iters if "memory" in r]
+        peaks = [logged_peak_gb(r["memory"]) for r in self.iters if "memory" in r]
         val_losses = [e["val_loss"] for e in self.evals if math.isfinite(e["val_loss"])]
         summary = {
             "iterations_logged": len(self.iters),

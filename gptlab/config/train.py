@@ -250,13 +250,15 @@ def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> No
 
 TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 ALL_KEYS: tuple[str, ...] = TRAIN_FIELDS + ARCH_FIELDS
-# string settings: an override that reads as a number keeps its text (--wandb_run_name=2024, --out_dir=123)
-TEXT_KEYS: frozenset[str] = frozenset(
-    f.name
-    for cls in (TrainConfig, ModelArchitectureConfig)
-    for f in dataclasses.fields(cls)
-    if f.type in ("str", "str | None", str)
-)
+
+
+def text_fields(*classes: type) -> frozenset[str]:
+    """The string settings of dataclasses: an override that reads as a number keeps its text there
+    (--wandb_run_name=2024, --out_dir=123)."""
+    return frozenset(f.name for cls in classes for f in dataclasses.fields(cls) if f.type in ("str", "str | None", str))
+
+
+TEXT_KEYS: frozenset[str] = text_fields(TrainConfig, ModelArchitectureConfig)
 
 
 @dataclass

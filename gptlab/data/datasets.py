@@ -21,12 +21,14 @@ from gptlab.data import sources
 from gptlab.data.sources import Corpus, Records
 from gptlab.data.storage import (
     FORMAT,
+    META_FILE,
     SPLITS,
     DatasetWriter,
     is_ready,
     not_ready_reason,
     prepare_lock,
     read_meta,
+    split_path,
 )
 from gptlab.data.tokenizers import TOKENIZERS, Tokenizer, build_tokenizer, load_tokenizer
 from gptlab.errors import ConfigError, DataError, did_you_mean, unknown_choice
@@ -331,7 +333,7 @@ def ensure_prepared(name: str, data_dir: str | Path = "data") -> Path:
     if is_ready(dataset_dir):
         return dataset_dir
     # damaged rather than absent (a truncated .bin, a broken meta.json, bins without one): say what is wrong
-    present = any((dataset_dir / f).exists() for f in ("meta.json", *(f"{s}.bin" for s in SPLITS)))
+    present = any(p.exists() for p in (dataset_dir / META_FILE, *(split_path(dataset_dir, s) for s in SPLITS)))
     damage = not_ready_reason(dataset_dir) if present else None
     spec = DATASETS.get(name)
     if spec is None and damage is not None:

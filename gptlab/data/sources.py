@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gptlab.data.storage import SPLITS, split_path
 from gptlab.errors import DataError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -152,7 +153,7 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
             continue
         if skip is not None and skip in path.resolve().parents:
             continue
-        dataset = path.parent != input_path and all((path.parent / f"{s}.bin").is_file() for s in ("train", "val"))
+        dataset = path.parent != input_path and all(split_path(path.parent, s).is_file() for s in SPLITS)
         if dataset:  # a prepared dataset (gptlab's or nanoGPT's) in a subfolder: data, not text
             skipped_datasets.add(path.parent)
             continue

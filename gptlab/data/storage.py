@@ -38,7 +38,8 @@ def split_path(dataset_dir: str | Path, split: str) -> Path:
 
 
 def read_meta(dataset_dir: str | Path) -> dict[str, Any]:
-    """The dataset's meta.json; DataError if it is missing or unreadable."""
+    """The dataset's meta.json (for nanoGPT's prepare.py output, which has none, ``nanogpt_meta``);
+    DataError if it is missing or unreadable."""
     path = Path(dataset_dir) / META_FILE
     if not path.is_file():
         nanogpt = nanogpt_meta(dataset_dir)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from gptlab.checkpoint import is_dcp_dir, latest_checkpoint, load_checkpoint
-from gptlab.config.model import ModelArchitectureConfig, get_preset_config
+from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.gpt import ConfigurableGPT
 
@@ -226,7 +226,7 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
 # What may be overridden on load: options that leave what the weights compute unchanged (how attention
 # is run, regularisation, how fresh weights would be drawn). Everything else is fixed by the weights:
 # an activation, a norm eps or a RoPE theta would change the outputs as surely as a width.
-OVERRIDABLE_ON_LOAD = frozenset({"dropout", "attention_backend", "init_std", "scaled_residual_init"})
+OVERRIDABLE_ON_LOAD = frozenset({*FREE_ARCH_KEYS, "init_std", "scaled_residual_init"})
 
 
 def _check_overridable(overrides: dict[str, Any]) -> None:

@@ -9,9 +9,9 @@ import argparse
 import math
 from typing import Any
 
-from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig, get_typed_config
+from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
 from gptlab.config.overrides import parse_overrides
-from gptlab.config.train import ALL_KEYS, TEXT_KEYS, load_config_file, names_a_file, resolve_run_config
+from gptlab.config.train import ALL_KEYS, TEXT_KEYS, load_config_file, names_a_file
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice
 
 GB = 1e9
@@ -96,12 +96,12 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
                 f"unknown option --{key}{did_you_mean(key, [*options, *known])}: this command takes "
                 f"--{', --'.join(options)} and the architecture keys ({', '.join(ARCH_FIELDS)})"
             )
+    from gptlab.compare import resolve_architecture
+
     file_values = load_config_file(args.preset) if is_file else {}
     _fill_options(args, file_values)
     _check_options(args)
-    if is_file:
-        return resolve_run_config({**file_values, **overrides}, typed=overrides).arch
-    return get_typed_config(args.preset, overrides)
+    return resolve_architecture(args.preset, overrides, file_values if is_file else None).config
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -788,8 +788,8 @@ class Trainer:
                 device=self.device,
                 seed=self.cfg.seed,
             )
-        if self.world_size > 1:  # every rank's session peak: the fullest rank is the one that runs out first
-            (peak,) = parallel.all_reduce_max([self.telemetry.session_peak_gb or -1.0], self.dist)
+        # every rank's session peak (a collective: all ranks, before rank 0 goes on alone); -1: none logged
+        (max_rank_peak,) = parallel.all_reduce_max([self.telemetry.session_peak_gb or -1.0], self.dist)
         if not self.master:
             return self.logger.finalize()
         extra: dict[str, Any] = {
@@ -803,8 +803,8 @@ class Trainer:
             "world_size": self.world_size,
             "planned_peak_gb": self.telemetry.plan().mode.peak / 1e9,  # the planner's, per rank
         }
-        if self.world_size > 1:
-            extra["peak_memory_gb_max_rank"] = peak if peak >= 0 else None  # -1: no rank logged memory
+        if self.world_size > 1:  # the fullest rank is the one that runs out first
+            extra["peak_memory_gb_max_rank"] = max_rank_peak if max_rank_peak >= 0 else None
         if self.measured_bytes is not None:  # the fullest rank's local parameter/gradient/optimizer bytes
             extra["measured_bytes_per_rank"] = self.measured_bytes
             plan = self.telemetry.plan()

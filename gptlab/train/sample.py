@@ -60,7 +60,7 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` as nanoGPT's sample.py. A config file runs (so the
     components it registers exist) and gives its sample keys; a training file's other keys, and its
     ``init_from`` unless a checkpoint or Hub name, are the training's and left out."""
-    from gptlab.config.train import load_config_file, split_args
+    from gptlab.config.train import load_config_file, split_args, text_fields
 
     fields = [f.name for f in dataclasses.fields(SampleConfig)]
     files, overrides = split_args(args)
@@ -70,8 +70,7 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
         if from_file.get("init_from") == "scratch":
             del from_file["init_from"]
         values.update({k: v for k, v in from_file.items() if k in fields})
-    text_keys = [f.name for f in dataclasses.fields(SampleConfig) if f.type in ("str", str)]
-    values.update(parse_overrides(overrides, text_keys))
+    values.update(parse_overrides(overrides, text_fields(SampleConfig)))
     for key in values:
         if key not in fields:
             raise ConfigError(f"unknown sample key {key!r}{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")
@@ -105,16 +104,9 @@ def _tokenizer_beside(directory: Path) -> dict[str, Any] | None:
     """The tokenizer a ``gptlab export --hf`` directory's ckpt.pt records (a char vocabulary has no
     Hugging Face files), read memory-mapped; None elsewhere."""
     from gptlab.checkpoint import CHECKPOINT_NAME
-    from gptlab.model.convert import read_torch_checkpoint
 
-    path = directory / CHECKPOINT_NAME
-    if not path.is_file():
-        return None
-    try:
-        ckpt = read_torch_checkpoint(path, mmap=True)
-    except CheckpointError:
-        return None
-    return ckpt.get("tokenizer") if isinstance(ckpt, dict) and ckpt.get("format") == "gptlab" else None
+    ckpt = _peek_checkpoint(directory / CHECKPOINT_NAME)
+    return ckpt.get("tokenizer") if ckpt is not None and ckpt.get("format") == "gptlab" else None
 
 
 def _gpt2_if_its_vocabulary(vocab_size: int) -> dict[str, Any] | None:
@@ -122,18 +114,25 @@ def _gpt2_if_its_vocabulary(vocab_size: int) -> dict[str, Any] | None:
     return {"name": "gpt2"} if vocab_size in (50257, 50304) else None
 
 
-def _nanogpt_checkpoint(found: Path | None) -> dict[str, Any] | None:
-    """The nanoGPT checkpoint at ``found`` (a ckpt.pt file), loaded with weights_only; else None."""
+def _peek_checkpoint(path: Path | None) -> dict[str, Any] | None:
+    """The ckpt.pt file at ``path`` loaded memory-mapped (weights_only; its tensors, optimizer state
+    included, are not read for a look at its keys); None if there is none, or torch cannot map it (a
+    legacy format: whoever loads it next says why)."""
     from gptlab.model.convert import read_torch_checkpoint
 
-    if found is None or not found.is_file():
+    if path is None or not path.is_file():
         return None
-    try:  # memory-mapped: a gptlab checkpoint's weights and optimizer state are not read for this look
-        ckpt = read_torch_checkpoint(found, mmap=True)
-    except CheckpointError:  # not a file torch can map (a legacy format): whoever loads it next says why
+    try:
+        ckpt = read_torch_checkpoint(path, mmap=True)
+    except CheckpointError:
         return None
-    is_nanogpt = isinstance(ckpt, dict) and "model_args" in ckpt and ckpt.get("format") != "gptlab"
-    return ckpt if is_nanogpt else None
+    return ckpt if isinstance(ckpt, dict) else None
+
+
+def _nanogpt_checkpoint(found: Path | None) -> dict[str, Any] | None:
+    """The nanoGPT checkpoint at ``found`` (a ckpt.pt file), else None."""
+    ckpt = _peek_checkpoint(found)
+    return ckpt if ckpt is not None and "model_args" in ckpt and ckpt.get("format") != "gptlab" else None
 
 
 def _nanogpt_tokenizer(ckpt: dict[str, Any], vocab_size: int) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from gptlab.config.train import TrainConfig
+from gptlab.logging import logged_peak_gb
 from gptlab.telemetry.flops import compute_flops, estimate_mfu_detailed, expected_tokens_per_sec
 from gptlab.telemetry.gradients import GradientSpikeDetector, get_gradient_stats
 from gptlab.telemetry.hardware import detect_peak
@@ -82,8 +83,7 @@ class TelemetryHooks:
     def memory_stats(self) -> dict[str, Any]:
         stats = get_memory_stats(self.device)
         reset_peak_memory(self.device)  # so the next window's peak means that window
-        # this rank's session peak, as the summary counts rank 0's: each logged window's peak (CUDA) or RSS
-        logged = stats["max_allocated_gb"] or stats["rss_gb"]
+        logged = logged_peak_gb(stats)  # this rank's session peak, counted as the summary counts rank 0's
         if logged is not None:
             self.session_peak_gb = max(self.session_peak_gb or 0.0, logged)
         return stats
