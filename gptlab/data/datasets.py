@@ -170,6 +170,17 @@ def encode_documents(documents: Iterable[str], tokenizer: Tokenizer, num_proc: i
             yield from pending.popleft().get()
 
 
+def _first_chars(documents: list[str], count: int) -> list[str]:
+    """The documents cut to their first ``count`` characters in all, the tokens a char dataset keeps."""
+    kept: list[str] = []
+    for text in documents:
+        if count <= 0:
+            break
+        kept.append(text[:count])
+        count -= len(kept[-1])
+    return kept
+
+
 def _progress(desc: str, total: int | None) -> Any:
     try:
         from tqdm import tqdm
@@ -266,6 +277,8 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
         documents = itertools.islice(documents, opts.max_documents)
     if tokenizer_name == "char":  # the vocabulary is the corpus's characters, so it is read whole first
         documents = list(documents)
+        if opts.max_tokens is not None:  # one token per character: the vocabulary is what max_tokens keeps
+            documents = _first_chars(documents, opts.max_tokens)
         if not any(documents):
             where = opts.input_path if opts.input_path is not None else name
             raise DataError(f"{where} holds no text to build a char vocabulary from")

@@ -452,3 +452,17 @@ def test_windows_line_endings_are_read_as_nanogpt_reads_text(tmp_path: Path) -> 
     b = prepare_dataset("windows_char", tmp_path / "data", windows)
     assert read_meta(a)["tokenizer"] == read_meta(b)["tokenizer"]
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in ("train.bin", "val.bin"))
+
+
+def test_char_vocabulary_is_what_max_tokens_keeps(tmp_path: Path) -> None:
+    """Characters after the --max_tokens cut never reach the dataset, so they are not in its vocabulary."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("abab" * 10)
+    (folder / "b.txt").write_text("xyz" * 10)
+    out = prepare_dataset("mine_char", tmp_path / "data", input_path=folder, max_tokens=30)
+    meta = read_meta(out)
+    assert sum(meta["tokens"].values()) == 30
+    assert load_tokenizer(meta["tokenizer"]).vocab_size == 2  # 'a', 'b': the cut ends inside a.txt
+    full = prepare_dataset("all_char", tmp_path / "data", input_path=folder)
+    assert load_tokenizer(read_meta(full)["tokenizer"]).vocab_size == 5
