@@ -138,6 +138,22 @@ def _read_text(path: Path) -> str:
         raise DataError(f"cannot read input file {path}: {e.strerror or e}") from None
 
 
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Every file under ``root``, through symlinked folders too (each real folder once: no link loops)."""
+    seen: set[str] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]  # .git and the like
+        for name in names:
+            path = Path(folder, name)
+            if path.is_file():
+                yield path
+
+
 def local_files(input_path: Path, exclude: Path | None = None, record_skipped: list[Path] | None = None) -> list[Path]:
     """A file, or every non-hidden file under a folder in sorted order (``exclude``: the output dir;
     prepared datasets in subfolders are left out, and listed in ``record_skipped``)."""
@@ -147,9 +163,9 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
         raise DataError(f"--input {input_path} does not exist (expected a text file or a folder of them)")
     skip = exclude.resolve() if exclude is not None else None
     files, skipped_datasets = [], set()
-    for path in input_path.rglob("*"):
+    for path in _walk_files(input_path):
         rel = path.relative_to(input_path)
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts):
             continue
         if skip is not None and skip in path.resolve().parents:
             continue

@@ -466,3 +466,17 @@ def test_char_vocabulary_is_what_max_tokens_keeps(tmp_path: Path) -> None:
     assert load_tokenizer(meta["tokenizer"]).vocab_size == 2  # 'a', 'b': the cut ends inside a.txt
     full = prepare_dataset("all_char", tmp_path / "data", input_path=folder)
     assert load_tokenizer(read_meta(full)["tokenizer"]).vocab_size == 5
+
+
+@pytest.mark.skipif(platform.system() == "Windows", reason="symlinks need privileges on Windows")
+def test_a_folder_follows_symlinked_folders_once(tmp_path: Path) -> None:
+    """A corpus pooled with symlinks is read through them; a link back up the tree is not a loop."""
+    pool, shared = tmp_path / "pool", tmp_path / "shared"
+    pool.mkdir()
+    shared.mkdir()
+    (pool / "own.txt").write_text("aaaa")
+    (shared / "linked.txt").write_text("bbbb")
+    (pool / "shared").symlink_to(shared, target_is_directory=True)
+    (pool / "loop").symlink_to(pool, target_is_directory=True)
+    files = sources.local_files(pool)
+    assert [p.relative_to(pool).as_posix() for p in files] == ["own.txt", "shared/linked.txt"]
