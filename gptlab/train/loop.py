@@ -261,7 +261,7 @@ class Trainer:
         self._resumed_iter = int(ckpt["iter_num"]) if ckpt is not None else -1
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from (nodes reading different disks)
-        parallel.check_same_config({**self.run_config.to_dict(), "start_iter": self.iter_num}, self.dist)
+        parallel.check_same_config({**self.run_config.to_dict(), "start_iter": max(self._resumed_iter, 0)}, self.dist)
         loader_args = dict(batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device)
         # rank 0's stream for every rank: ranks take different global micro-batch indices (module docstring)
         self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, rank=0, **loader_args)
@@ -828,7 +828,9 @@ def _fault_injection() -> tuple[int, int] | None:
     value = os.environ.get("GPTLAB_FAULT_INJECT")
     if not value:
         return None
-    rank, it = value.split(":")
+    rank, sep, it = value.partition(":")
+    if not (sep and rank.isdigit() and it.isdigit()):
+        raise ConfigError(f"GPTLAB_FAULT_INJECT={value!r} must be RANK:ITER (a test hook; unset it)")
     return int(rank), int(it)
 
 

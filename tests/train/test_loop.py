@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlab import parallel
 from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
 from gptlab.errors import ConfigError
@@ -100,14 +101,17 @@ def test_detailed_view_matches_design_document(data_dir: Path, tmp_path: Path) -
     assert "\x1b[K" not in text  # not a terminal: no progress bar
 
 
-def test_resume_continues_exactly(data_dir: Path, tmp_path: Path) -> None:
+def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Interrupted at a checkpoint (in process) and resumed: the same losses as straight through."""
     common = dict(dropout=0.1, max_iters=20, lr_decay_iters=20, eval_interval=10)
     straight = tmp_path / "straight"
     train(parse_run_args(tiny_args(data_dir, straight, **common)), stream=io.StringIO())
     resumed = tmp_path / "resumed"
     train(parse_run_args(tiny_args(data_dir, resumed, **{**common, "max_iters": 10})), stream=io.StringIO())
+    compared: list[dict] = []  # what the ranks compare: includes the iteration each resumes from
+    monkeypatch.setattr(parallel, "check_same_config", lambda config, info: compared.append(config))
     train(parse_run_args(tiny_args(data_dir, resumed, **common, init_from="resume")), stream=io.StringIO())
+    assert compared[0]["start_iter"] == 11  # the checkpoint after step 10
     a = {r["iter"]: r["loss"] for r in read_log(straight) if r["type"] == "iter"}
     records = read_log(resumed)
     start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
