@@ -72,7 +72,7 @@ class TrainingLogger:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.max_iters = max_iters
         self.skip_first = skip_first  # warm-up / compile iterations excluded from the summary
-        self.start_time = time.time()
+        self.start_clock = time.perf_counter()  # durations: a wall-clock step (NTP) never makes them negative
         self.iters: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         self.startup: dict[str, Any] = {}
@@ -249,7 +249,7 @@ class TrainingLogger:
         if not (self.tty and self.max_iters):
             return
         done = min(1.0, (iter_num + 1) / (self.max_iters + 1))
-        elapsed = time.time() - self.start_time
+        elapsed = time.perf_counter() - self.start_clock
         eta = elapsed / done - elapsed if done > 0 else 0.0
         bar = "█" * int(30 * done) + "░" * (30 - int(30 * done))
         self.stream.write(f"\r\x1b[K{bar} {100 * done:5.1f}% iter {iter_num}/{self.max_iters} ETA {_duration(eta)}")
@@ -283,7 +283,7 @@ class TrainingLogger:
             "final_loss": self.iters[-1]["loss"] if self.iters else None,
             "best_val_loss": min(val_losses) if val_losses else None,
             "final_val_loss": self.evals[-1]["val_loss"] if self.evals else None,
-            "total_time_s": time.time() - self.start_time,
+            "total_time_s": time.perf_counter() - self.start_clock,
             "peak_memory_gb": max((p for p in peaks if p is not None), default=None),
             **extra,
         }

@@ -66,8 +66,13 @@ def estimate_mfu_detailed(
     table entry (default: the current CUDA device). Without a known peak, ``mfu``, ``hfu`` and the
     peak keys are None.
     """
-    if not dt > 0 or not fwdbwd_per_iter > 0 or num_gpus < 1:
-        raise ValueError(f"need dt > 0, fwdbwd_per_iter > 0, num_gpus >= 1; got {dt}, {fwdbwd_per_iter}, {num_gpus}")
+    for name, value, ok in (
+        ("dt", dt, dt > 0),
+        ("fwdbwd_per_iter", fwdbwd_per_iter, fwdbwd_per_iter > 0),
+        ("num_gpus", num_gpus, num_gpus >= 1),
+    ):
+        if not ok:
+            raise ValueError(f"{name}={value!r} must be {'>= 1' if name == 'num_gpus' else '> 0'}")
     # ``flops``: a compute_flops() result for these arguments, so a training loop computes it once per run
     fl = flops if flops is not None else _compute_flops(config, seq_len, activation_checkpointing)
     if peak is not None:

@@ -681,7 +681,7 @@ class Trainer:
         if self.scaler.is_enabled():
             self._loss_scale = self.scaler.get_scale()  # so that a drop at the very first step is reported
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
-        t0 = time.time()
+        t0 = time.perf_counter()
         if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
             losses = self.evaluate()
             self.logger.log_eval(self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, cfg))
@@ -697,12 +697,12 @@ class Trainer:
                 last_losses = self._eval_and_checkpoint(healthy)
                 if not healthy:
                     self._stop_nonfinite()
-                t0 = time.time()  # the step's time must not include evaluation and saving
+                t0 = time.perf_counter()  # the step's time must not include evaluation and saving
             if self._fault == (self.rank, self.iter_num):  # test-only: a real kill -9 of this rank
                 os.kill(os.getpid(), signal.SIGKILL)
             step = self.train_step()
             nonfinite |= ~torch.isfinite(step["loss"])
-            t1 = time.time()
+            t1 = time.perf_counter()
             dt, t0 = t1 - t0, t1
             if step["skipped"]:
                 self.logger.log_event(
