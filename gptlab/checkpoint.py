@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from gptlab.errors import CheckpointError
+from gptlab.fileio import atomic_open, fsync_dir
 
 CHECKPOINT_NAME = "ckpt.pt"
 DCP_LINK = "ckpt.dcp"
@@ -67,27 +68,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)  # make the rename itself durable
-    return path
-
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def is_dcp_dir(path: Path) -> bool:
@@ -218,7 +201,7 @@ def save_dcp(
     dcp.save(state_dict, checkpoint_id=str(tmp))  # collective: each rank its shards, rank 0 the index
     if rank == 0:
         atomic_save(meta, tmp / DCP_META)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # another state at this iteration (a fine-tune or a rollback into the same out_dir)
             trash = out_dir / f".{name}.old"
             shutil.rmtree(trash, ignore_errors=True)
@@ -254,7 +237,7 @@ def _point_link(out_dir: Path, name: str) -> None:
     link_tmp.unlink(missing_ok=True)
     os.symlink(name, link_tmp)
     os.replace(link_tmp, out_dir / DCP_LINK)
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
 
 
 def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:

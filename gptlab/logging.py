@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gptlab.errors import ConfigError
+from gptlab.fileio import atomic_write
 
 
 def logged_peak_gb(memory: dict[str, Any]) -> float | None:
@@ -288,7 +289,7 @@ class TrainingLogger:
             **extra,
         }
         if not self.eval_only:
-            (self.out_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+            atomic_write(self.out_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
         self._write({"type": "summary", **summary})
         self.close()
         return summary

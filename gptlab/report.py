@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.errors import ConfigError, GptlabError
+from gptlab.fileio import atomic_write
 
 MISSING_MATPLOTLIB = "gptlab report needs matplotlib: pip install 'gptlab[report]'"
 
@@ -272,7 +273,7 @@ def build_report(
     runs = load_runs(list(paths), labels)
     plots = write_plots(runs, out_dir)
     html_path = Path(out_dir) / "report.html"
-    html_path.write_text(render_html(runs, plots, title=title, tables=tables or []))
+    atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or []))
     return html_path
 
 

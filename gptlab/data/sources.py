@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from gptlab.data.storage import SPLITS, split_path
 from gptlab.errors import DataError
+from gptlab.fileio import atomic_write
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -120,10 +121,7 @@ def download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
         reason = str(getattr(e, "reason", e)).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot download {url} ({reason}): pass --input PATH to a local copy") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    atomic_write(dest, data)
 
 
 def _read_text(path: Path) -> str:

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from gptlab.errors import DataError
+from gptlab.fileio import atomic_write
 
 META_FILE = "meta.json"
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -194,9 +195,7 @@ class DatasetWriter:
         meta_path.unlink(missing_ok=True)  # a crash between the renames leaves 'not ready', not a mismatch
         for split in SPLITS:
             os.replace(self._tmp[split], split_path(self.dir, split))
-        tmp_meta = self.dir / f"{META_FILE}{TMP_MARK}{os.getpid()}"
-        tmp_meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp_meta, meta_path)
+        atomic_write(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
 
     def _close(self) -> None:
         for f in self._files.values():

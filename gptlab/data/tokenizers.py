@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from gptlab.errors import DataError, unknown_choice
+from gptlab.fileio import atomic_write
 
 # sha256 of OpenAI's GPT-2 vocab.bpe and encoder.json, as tiktoken_ext/openai_public.py checks them.
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -222,7 +223,7 @@ def save_hf_tokenizer(meta: dict[str, Any] | None, directory: Path, model_max_le
         "unk_token": ENDOFTEXT,
         "add_prefix_space": False,
     }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
     return True
 
 

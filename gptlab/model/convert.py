@@ -22,6 +22,7 @@ from torch import Tensor
 from gptlab.checkpoint import is_dcp_dir, latest_checkpoint, load_checkpoint
 from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
 from gptlab.errors import CheckpointError, ConfigError
+from gptlab.fileio import atomic_write
 from gptlab.model.gpt import ConfigurableGPT
 
 GPT2_EOT_ID = 50256  # GPT-2 BPE's <|endoftext|>
@@ -558,6 +559,5 @@ def save_pretrained(
     tmp = out / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     tmp.replace(out / "model.safetensors")  # atomic: a crash never leaves a half-written file
-    (out / "config.json.tmp").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
-    (out / "config.json.tmp").replace(out / "config.json")
+    atomic_write(out / "config.json", json.dumps(hf_config, indent=2, sort_keys=True))
     return out

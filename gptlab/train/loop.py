@@ -50,6 +50,7 @@ from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
 from gptlab.errors import USER_ERRORS, CheckpointError, ConfigError, GptlabError, did_you_mean
+from gptlab.fileio import atomic_write
 from gptlab.logging import TrainingLogger
 from gptlab.model.convert import NANOGPT_HUB_NAMES, hub_repo_id, resolve_pretrained
 from gptlab.model.gpt import ConfigurableGPT
@@ -670,7 +671,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.master:
             if not cfg.eval_only:  # an evaluation leaves the evaluated run's files as they are
-                (self.out_dir / "config.json").write_text(_dumps(self.run_config.to_dict()))
+                atomic_write(self.out_dir / "config.json", _dumps(self.run_config.to_dict()))
             report = build_startup_report(self)
             self.logger.log_startup_info(report, render_startup_report(report))
             # before the first step, not after an OOM (the plan is a training plan; offload is not modelled)
