@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -211,7 +212,13 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # non-persistent buffers (RoPE tables, ALiBi slopes) are functions of the config, equal on every
+        # rank: no broadcast before each forward. A registered component with state of its own keeps it.
+        sync = _has_persistent_buffers(model)
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch >= 2.13
+        return DistributedDataParallel(
+            model, device_ids=ids, **{"forward_sync_buffers" if newer else "broadcast_buffers": sync}
+        )
     return model
 
 
@@ -280,11 +287,34 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> torch
         return plain
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
+    class FusedScalingZero(ZeroRedundancyOptimizer):
+        """GradScaler's contract for fused optimizers (the scale and the inf flag handed to the fused
+        AdamW kernel, which unscales and skips on device); without it, fp16's GradScaler reads
+        ``found_inf`` back to the host every step."""
+
+        _step_supports_amp_scaling = True
+
+        def step(self, closure: Any = None, **kwargs: Any) -> Any:
+            for name in ("grad_scale", "found_inf"):
+                setattr(self.optim, name, getattr(self, name, None))
+            try:
+                return super().step(closure, **kwargs)
+            finally:
+                for name in ("grad_scale", "found_inf"):
+                    self.optim.__dict__.pop(name, None)
+
     groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in plain.param_groups]
-    extra = {"fused": True} if plain.defaults.get("fused") else {}
-    return ZeroRedundancyOptimizer(
-        groups, optimizer_class=torch.optim.AdamW, lr=cfg.learning_rate, betas=betas, **extra
-    )
+    fused = bool(plain.defaults.get("fused"))
+    zero = FusedScalingZero if fused else ZeroRedundancyOptimizer
+    extra = {"fused": True} if fused else {}
+    return zero(groups, optimizer_class=torch.optim.AdamW, lr=cfg.learning_rate, betas=betas, **extra)
+
+
+def _has_persistent_buffers(model: nn.Module) -> bool:
+    """Whether any buffer is saved in the state dict (model state that training may change, e.g. running
+    statistics), as opposed to tables rebuilt from the config."""
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return any(name not in parameters for name in model.state_dict())
 
 
 def no_grad_sync(model: nn.Module, info: DistInfo, sync: bool) -> Any:

@@ -109,7 +109,8 @@ class ConfigurableGPT(nn.Module):
         if self.loss_chunk_size > 0:
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.loss_chunk_size)
         logits = self.lm_head(x)  # (B, T, vocab)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        # in fp32 also where no autocast upcasts it (FSDP's mixed precision gives bf16 logits): as torchtitan
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
         return logits, loss
 
     # ------------------------------------------------------------------ utilities

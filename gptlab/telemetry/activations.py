@@ -27,8 +27,10 @@ float32 under autocast because the embeddings and master weights are float32):
   loss: the float32 log-softmax (4*V per token), the targets (8 per token) and a scalar.
 - RoPE under autocast: cos and sin cast for q and for k in every layer (4 * T * hd * c).
 
-Beyond the saved tensors, the step holds the (B, T, V) logits until backward, and the loss
-backward briefly holds two float32 (N, V) gradients (``peak_bytes``). The figures are for eager
+Beyond the saved tensors, the loss backward briefly holds two float32 (N, V) gradients
+(``peak_bytes``). The (B, T, V) logits themselves are freed when the forward returns: the training
+step keeps only the loss (nanoGPT's ``logits, loss = model(x, y)`` would hold them, c*V*N, through
+the backward). The figures are for eager
 mode: torch.compile fuses ops and usually saves less.
 
 With the chunked LM head + loss (``loss_chunk_size`` = k > 0, gptlab.model.loss) nothing of size
@@ -89,7 +91,6 @@ class ActivationEstimate:
     n_layer: int
     activation_checkpointing: bool
     checkpoint_input_bytes: int  # what a checkpointed block keeps: its input
-    logits_bytes: int  # the (B, T, V) logits the caller holds; not saved for backward
     loss_backward_bytes: int  # the loss backward's two float32 (N, V) gradients, alive together
     notes: list[str] = field(default_factory=list)
     loss_chunk_bytes: int = 0  # chunked loss: the forward's temporaries at its last chunk (module docstring)
@@ -113,11 +114,6 @@ class ActivationEstimate:
         return self.blocks_bytes + sum(self.other.values())
 
     @property
-    def total_bytes(self) -> int:
-        """Saved tensors plus the logits the training step holds until backward."""
-        return self.saved_bytes + self.logits_bytes
-
-    @property
     def peak_bytes(self) -> int:
         """Memory beyond parameters and optimizer states at the start of backward, when every saved tensor
         is still alive and the cross-entropy backward holds the gradients wrt the log-probabilities and
@@ -125,11 +121,11 @@ class ActivationEstimate:
         the layer widths, as at real sizes; with a tiny vocabulary one layer's backward temporaries are
         larger (8-13% more than this on a 64-wide test model with V=96). With the chunked loss, the
         moment is the loss backward or the forward's last chunk, whichever needs more."""
-        return self.total_bytes + self.loss_transient_bytes
+        return self.saved_bytes + self.loss_transient_bytes
 
     @property
     def loss_transient_bytes(self) -> int:
-        """The loss's short-lived memory on top of the saved tensors and logits (see ``peak_bytes``)."""
+        """The loss's short-lived memory on top of the saved tensors (see ``peak_bytes``)."""
         return max(self.loss_backward_bytes, self.loss_chunk_bytes)
 
 
@@ -241,7 +237,6 @@ def estimate_activations(
         n_layer=config.n_layer,
         activation_checkpointing=activation_checkpointing,
         checkpoint_input_bytes=r * H * N,
-        logits_bytes=0 if chunked else c * V * N,
         loss_backward_bytes=_chunked_loss_backward(V, H, N, r, c, weight_copies) if chunked else 2 * FP32 * V * N,
         notes=notes,
         loss_chunk_bytes=loss_chunk,

@@ -211,7 +211,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
           + (f"chunked loss ({args.loss_chunk_size} tokens)" if args.loss_chunk_size else "plain logits"))  # fmt: skip
     header = "".join(f"{f'{m} x{p.world_size}':>12s}" for m, p in plans.items())
     print(f"{'':22s}{header}")
-    rows = ("parameters", "gradients", "optimizer", "activations", "logits", "loss_backward", "buffers", "comm_buffers")
+    rows = ("parameters", "gradients", "optimizer", "activations", "loss_backward", "buffers", "comm_buffers")
     labels = {"peak": "peak (estimate)", "total": "sum of all parts"}
     for field in (*rows, "peak", "total"):
         print(

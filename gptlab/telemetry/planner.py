@@ -20,7 +20,7 @@ parameters, gradients and AdamW's two states are 4 bytes per element; ERRATA 13)
 AdamW's ``step`` is a float32 scalar tensor per parameter tensor (4 bytes each, counted).
 
 ``peak`` is what persists (parameters, optimizer states, buffers, communication buffers) plus
-the larger of two moments: the start of backward (saved activations, logits, the loss
+the larger of two moments: the start of backward (saved activations, the loss
 backward's gradients, and the gradients of earlier micro-steps when accumulating; after
 ``zero_grad(set_to_none=True)`` there are none) and the end of backward (all gradients, the
 activations freed). ``total`` adds every part as if all were alive at once. Neither counts the
@@ -54,7 +54,6 @@ class ModeMemory:
     gradients: int
     optimizer: int
     activations: int  # saved for backward, one micro-batch
-    logits: int  # held by the step until backward
     loss_backward: int  # the loss's transient: plain, backward's two float32 (N, V) gradients; chunked, see activations
     buffers: int
     comm_buffers: int
@@ -64,7 +63,7 @@ class ModeMemory:
     @property
     def total(self) -> int:
         """Every part added up, as if all were alive at once."""
-        parts = (self.parameters, self.gradients, self.optimizer, self.activations, self.logits, self.loss_backward)
+        parts = (self.parameters, self.gradients, self.optimizer, self.activations, self.loss_backward)
         return sum(parts) + self.buffers + self.comm_buffers
 
 
@@ -81,14 +80,10 @@ class MemoryPlan:
     activation_estimate: ActivationEstimate
     mode: ModeMemory
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len * self.grad_accum_steps * self.world_size
-
     def __str__(self) -> str:
         """One line per part, in GB (1e9 bytes), for logs and startup reports."""
         m = self.mode
-        parts = ("parameters", "gradients", "optimizer", "activations", "logits", "loss_backward", "peak", "total")
+        parts = ("parameters", "gradients", "optimizer", "activations", "loss_backward", "peak", "total")
         body = ", ".join(f"{p} {getattr(m, p) / 1e9:.3f}" for p in parts)
         notes = f" (estimate: {'; '.join(m.notes)})" if m.notes else ""
         return (f"memory plan ({m.mode} x{m.world_size}, micro-batch {self.batch_size} x {self.seq_len}, "
@@ -196,7 +191,6 @@ def plan_memory(
         gradients=grads,
         optimizer=optim,
         activations=acts.saved_bytes,
-        logits=acts.logits_bytes,
         loss_backward=acts.loss_transient_bytes,
         buffers=buffer_bytes(config),
         comm_buffers=comm,

@@ -98,6 +98,7 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     return "float32"
 
 
+MAX_SKIPS_IN_A_ROW = 25  # nan_policy=skip stops the run after this many (fp16's loss scale recovers in fewer)
 UNIGRAM_MAX_TOKENS = 50_000_000  # the baseline is estimated on at most this many tokens per split
 UNIGRAM_CHUNK = 4_000_000  # bincount copies its input to int64: count in bounded chunks
 
@@ -517,7 +518,7 @@ class Trainer:
         the host reads the next micro-step's batch (as nanoGPT does)."""
         self._new_graph_run()
         with self.autocast:
-            _, loss = self.model(x, y)
+            loss = self.model(x, y)[1]  # the (B, T, vocab) logits are not kept alive through the backward
         self.train_loader.prefetch(*self.next_batch_key(self.iter_num, micro_step))
         self.scaler.scale(loss / self.accum_steps).backward()
         return loss.detach()
@@ -544,7 +545,8 @@ class Trainer:
                 loss_sum += self.forward_backward(micro, x, y)
         loss = parallel.all_reduce_mean(loss_sum / steps, self.dist)  # every rank sees the global mean
         log_grads = self.iter_num % cfg.gradient_log_interval == 0
-        if cfg.grad_clip > 0.0 or log_grads:
+        unscale = cfg.grad_clip > 0.0 or log_grads
+        if unscale:
             self.scaler.unscale_(self.optimizer)  # statistics and clipping see the true gradients
         grad_stats = self.telemetry.gradient_stats() if log_grads else None  # one host sync, at this interval
         grad_norm = None
@@ -554,9 +556,13 @@ class Trainer:
             if hasattr(grad_norm, "full_tensor"):
                 grad_norm = grad_norm.full_tensor()
         skipped = False
-        if cfg.nan_policy == "skip" and not bool(torch.isfinite(loss)):  # a host sync, by request
-            skipped = True
-        else:
+        if cfg.nan_policy == "skip":
+            if not unscale:  # the norm of the true gradients; fp16's scaler.update() needs this inf check too
+                self.scaler.unscale_(self.optimizer)
+            # a finite loss can still give inf/NaN gradients, whose step would make every weight NaN
+            norm = grad_norm if grad_norm is not None else _total_norm(self.raw_model)
+            skipped = not bool(torch.isfinite(loss) & torch.isfinite(norm))  # a host sync, by request
+        if not skipped:
             self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.measured_bytes is None:
@@ -682,6 +688,7 @@ class Trainer:
         if self.scaler.is_enabled():
             self._loss_scale = self.scaler.get_scale()  # so that a drop at the very first step is reported
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
+        skips_in_a_row = 0  # nan_policy=skip: consecutive skipped steps
         t0 = time.perf_counter()
         if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
             losses = self.evaluate()
@@ -706,10 +713,15 @@ class Trainer:
             t1 = time.perf_counter()
             dt, t0 = t1 - t0, t1
             if step["skipped"]:
+                skips_in_a_row += 1
                 self.logger.log_event(
-                    "nan_skip", f"iter {self.iter_num}: non-finite loss, step skipped", iter=self.iter_num
+                    "nan_skip", f"iter {self.iter_num}: non-finite loss or gradient, step skipped", iter=self.iter_num
                 )
                 nonfinite.zero_()
+                if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                    self._stop_nonfinite(skips_in_a_row)
+            else:
+                skips_in_a_row = 0
             if step["grad_stats"] and step["grad_stats"].get("spike"):
                 ratio = step["grad_stats"].get("norm_to_median")
                 norm = step["grad_stats"]["global_norm"]
@@ -766,11 +778,16 @@ class Trainer:
             )
         self._loss_scale = scale
 
-    def _stop_nonfinite(self) -> None:
+    def _stop_nonfinite(self, skipped: int = 0) -> None:
+        what = (
+            f"{skipped} steps in a row had a non-finite loss or gradient (nan_policy=skip gives up)"
+            if skipped
+            else "the loss is NaN or infinite"
+        )
         self.logger.log_event(
             "nan_stop",
-            f"stopping at iter {self.iter_num}: the loss is NaN or infinite (no checkpoint was written since; "
-            "lower learning_rate, or set --nan_policy=skip)",
+            f"stopping at iter {self.iter_num}: {what} (no checkpoint was written since; "
+            "lower learning_rate" + (")" if skipped else ", or set --nan_policy=skip)"),
             iter=self.iter_num,
         )
         self.logger.finalize(status="stopped: non-finite loss")
@@ -822,6 +839,13 @@ def _dumps(obj: Any) -> str:
     import json
 
     return json.dumps(obj, indent=2) + "\n"
+
+
+def _total_norm(model: torch.nn.Module) -> torch.Tensor:
+    """The global gradient norm (over FSDP2's shards too), without clipping anything."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def _fault_injection() -> tuple[int, int] | None:

@@ -122,7 +122,7 @@ def _profile_training_step(model: ConfigurableGPT, autocast: torch.dtype | None)
             activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
         ) as prof:
             with amp():
-                _, loss = model(idx, targets)
+                loss = model(idx, targets)[1]  # as the training step: the logits are not kept
             marker = torch.empty(marker_bytes, dtype=torch.uint8)
             loss.backward()
             del marker
@@ -150,15 +150,15 @@ def _profile_training_step(model: ConfigurableGPT, autocast: torch.dtype | None)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_memory_profiler_end_of_forward_and_peak(dtype: str) -> None:
     """PyTorch's memory profiler, categorising every allocation, agrees: at the end of forward the
-    non-parameter, non-optimizer memory is the saved tensors, the logits, the buffers (RoPE tables)
-    and the 4-byte loss; with a vocabulary large enough for the loss backward to be the peak (as at
+    non-parameter, non-optimizer memory is the saved tensors, the buffers (RoPE tables) and the
+    4-byte loss (the step keeps no logits); with a vocabulary large enough for the loss backward to be the peak (as at
     real sizes: V=50304 vs H=768), the peak is ``peak_bytes`` plus the buffers."""
     model = _model("llama", {"vocab_size": 2048})
     autocast = torch.bfloat16 if dtype == "bfloat16" else None
     end_of_forward, peak = _profile_training_step(model, autocast)
     est = estimate_activations(model.config, B, T, dtype=dtype, device_type="cpu")
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    assert end_of_forward == est.total_bytes + buffers + 4
+    assert end_of_forward == est.saved_bytes + buffers + 4
     assert abs(peak - (est.peak_bytes + buffers)) <= TOLERANCE * peak
 
 
@@ -173,11 +173,13 @@ def test_chunked_loss_saved_tensors_and_peak(dtype: str, vocab: int, chunk: int)
     autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     est = estimate_activations(model.config, B, T, dtype=dtype, device_type="cpu", loss_chunk_size=chunk)
     assert _measure(model, autocast) == est.saved_bytes
-    assert est.logits_bytes == 0 and "log_softmax" not in est.other
+    assert "log_softmax" not in est.other
     _, peak = _profile_training_step(model, autocast)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     assert abs(peak - (est.peak_bytes + buffers)) <= TOLERANCE * peak, (peak, est.peak_bytes + buffers)
     plain = estimate_activations(model.config, B, T, dtype=dtype, device_type="cpu")
     # the saving scales with tokens / width: (N, V) tensors become (V, H) ones; here N = 72 ~ H = 64,
-    # at GPT-2 sizes N = 12288 >> H = 768 (gptlab plan gpt2 --loss_chunk_size=1024: 14.5 -> 6.6 GB)
-    assert est.saved_bytes < plain.saved_bytes and est.peak_bytes < plain.peak_bytes
+    # at GPT-2 sizes N = 12288 >> H = 768 (gptlab plan gpt2 --loss_chunk_size=1024: 13.3 -> 6.6 GB)
+    assert est.saved_bytes < plain.saved_bytes
+    if 3 * chunk <= B * T:  # a chunk of half the tokens is nearly the plain head's (N, V) at these sizes
+        assert est.peak_bytes < plain.peak_bytes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -282,8 +283,10 @@ def test_chunked_loss_trains_like_the_plain_head(data_dir: Path, tmp_path: Path)
     iters = {name: [r for r in read_log(tmp_path / name) if r["type"] == "iter"] for name in ("plain", "chunked")}
     for a, b in zip(iters["plain"], iters["chunked"], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["flops_per_token"] == a["flops_per_token"]
-    startup = next(r for r in read_log(tmp_path / "chunked") if r["type"] == "startup")
-    assert "logits 0.000" in json.dumps(startup)
+    args = tiny_args(data_dir, tmp_path / "again", max_iters=8, loss_chunk_size=20)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    trainer.logger.close()
+    assert trainer.telemetry.plan().activation_estimate.loss_chunk_bytes > 0  # the plan is the chunked head's
 
 
 def test_memory_warning_before_the_first_step(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -468,3 +471,64 @@ def test_every_event_the_loop_logs_is_documented() -> None:
     docs = (root / "docs" / "training.md").read_text()
     events = docs[docs.index("  - `event`") : docs.index("  - `summary`")]
     assert {name for name in logged if f"`{name}`" not in events} == set()
+
+
+def test_nan_policy_skip_skips_a_step_whose_gradient_is_not_finite(data_dir: Path, tmp_path: Path) -> None:
+    """A finite loss with an inf gradient: the step is skipped (applied, it made every weight NaN), and the
+    run goes on training; fp16 without clipping (the scaler never unscaled) skips too, not crashes."""
+    for dtype, clip in (("float32", 1.0), ("float16", 0.0)):
+        out = tmp_path / dtype
+        args = tiny_args(data_dir, out, max_iters=6, nan_policy="skip", dtype=dtype, grad_clip=clip)
+        trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+        weight = next(trainer.raw_model.parameters())
+        weight.register_hook(lambda g, t=trainer: g * float("inf") if t.iter_num == 3 else g)
+        summary = trainer.run()
+        assert summary["status"] == "completed" and math.isfinite(summary["final_val_loss"]), dtype
+        skips = [r["iter"] for r in read_log(out) if r.get("event") == "nan_skip"]
+        assert skips == [3], (dtype, skips)
+
+
+def test_nan_policy_skip_gives_up_after_many_skips_in_a_row(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.train.loop import MAX_SKIPS_IN_A_ROW
+
+    args = tiny_args(data_dir, tmp_path, max_iters=MAX_SKIPS_IN_A_ROW + 10, nan_policy="skip")
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    _poison_after(trainer, 5)
+    with pytest.raises(NonFiniteLossError):
+        trainer.run()
+    stop = next(r for r in read_log(tmp_path) if r.get("event") == "nan_stop")
+    assert stop["iter"] == 5 + MAX_SKIPS_IN_A_ROW - 1 and f"{MAX_SKIPS_IN_A_ROW} steps in a row" in stop["message"]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"].startswith("stopped")
+
+
+@pytest.mark.parametrize(("mode", "dtype"), [("none", "float16"), ("zero1", "float16"), ("ddp", "bfloat16")])
+def test_no_host_sync_under_fp16_and_data_parallel(
+    mode: str, dtype: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp16's GradScaler (whose non-fused path reads found_inf back every step: ZeRO-1 took it) and the
+    data-parallel wrappers (a one-rank gloo group) add no host sync to a step that logs nothing."""
+    args = tiny_args(data_dir, tmp_path, gradient_log_interval=1000, grad_clip=1.0, parallel=mode, dtype=dtype)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    try:
+        trainer.train_step()  # iteration 0: gradient statistics and the one-off byte count
+        trainer.iter_num += 1
+        with count_host_syncs(monkeypatch) as syncs:
+            for _ in range(2):
+                trainer.train_step()
+                trainer.iter_num += 1
+        assert syncs == {"tolist": 0, "cpu": 0, "numpy": 0, "scalar": 0}
+        if mode == "ddp":  # RoPE's tables are rebuilt from the config: not broadcast before every forward
+            assert not trainer.model.will_sync_module_buffers()
+    finally:
+        trainer.logger.close()
+        parallel.shutdown(trainer.dist)
+
+
+def test_ddp_broadcasts_buffers_only_for_model_state() -> None:
+    """A registered component with running statistics (a persistent buffer) keeps DDP's broadcast."""
+    from gptlab.parallel import _has_persistent_buffers
+
+    assert _has_persistent_buffers(torch.nn.BatchNorm1d(4))
+    tied = torch.nn.Sequential(torch.nn.Embedding(4, 2), torch.nn.Linear(2, 4, bias=False))
+    tied[1].weight = tied[0].weight  # a tied weight under two names is still a parameter
+    assert not _has_persistent_buffers(tied)
