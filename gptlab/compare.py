@@ -15,6 +15,7 @@ from typing import Any
 
 from gptlab.config.model import ModelArchitectureConfig, get_typed_config
 from gptlab.errors import ConfigError
+from gptlab.telemetry.flops import format_si
 
 GB = 1e9
 # The GPU-side settings of the table (the planner's micro-batch and autocast dtype, and where
@@ -123,13 +124,6 @@ def compute_figures(
     }
 
 
-def _si(x: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3f} {unit}"
-    return f"{x:.0f}"
-
-
 @dataclass
 class Comparison:
     """The table: one column per architecture; ``figures[i]`` holds column i's raw values."""
@@ -186,7 +180,7 @@ class Comparison:
         if key.startswith("tokens_per_sec"):
             return f"{value:,.0f}"
         if key.startswith("flops") or "flops" in key:
-            return _si(value)
+            return format_si(value)
         return str(value)
 
     def table(self) -> tuple[list[str], list[list[str]]]:

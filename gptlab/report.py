@@ -144,7 +144,7 @@ def _grad_norm(record: dict[str, Any]) -> float | None:
 ITER_METRICS: dict[str, tuple[str, Any]] = {
     "tokens_per_sec": ("tokens/s", lambda r: _number(r.get("tokens_per_sec"))),
     "mfu": ("MFU (%)", lambda r: _number(r.get("mfu_percent"))),
-    "memory": ("memory (GB: CUDA peak allocated, else process RSS)", _memory_gb),
+    "memory": ("memory (GB)", _memory_gb),
     "grad_norm": ("gradient norm (before clipping)", _grad_norm),
 }
 
@@ -190,6 +190,7 @@ def _pyplot() -> Any:
     return plt
 
 
+METRIC_NOTES = {"memory": " (CUDA: peak allocated; CPU: process RSS)"}
 AXIS_LABELS = {"iter": "iteration", "tokens": "tokens trained", "time": "wall-clock time (s, evaluation included)"}
 
 
@@ -238,7 +239,7 @@ def plot_metric(runs: list[Run], metric: str, path: Path) -> Path | None:
             ax.plot(xs, ys, ".-", color=f"C{i % 10}", markersize=3, linewidth=1, label=run.label)
     ax.set_xlabel(AXIS_LABELS["iter"])
     ax.set_ylabel(ITER_METRICS[metric][0])
-    ax.set_title(f"{metric.replace('_', ' ')} vs iteration")
+    ax.set_title(f"{metric.replace('_', ' ')} vs iteration" + METRIC_NOTES.get(metric, ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -535,6 +536,12 @@ def special_tokens_for(tokenizer: dict[str, Any] | None, vocab_size: int) -> dic
     return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": None}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_pretrained(
     model: ConfigurableGPT, directory: str | Path, special_tokens: dict[str, int | None] | None = None
 ) -> Path:
@@ -558,6 +565,7 @@ def save_pretrained(
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     tmp = out / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates it 0600: readable by a serving account, as the rest
     tmp.replace(out / "model.safetensors")  # atomic: a crash never leaves a half-written file
     atomic_write(out / "config.json", json.dumps(hf_config, indent=2, sort_keys=True))
     return out

@@ -13,6 +13,7 @@ from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import ALL_KEYS, TEXT_KEYS, load_config_file, names_a_file
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice
+from gptlab.telemetry.flops import format_si
 
 GB = 1e9
 
@@ -23,13 +24,6 @@ def _bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-
-
-def _si(x: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3f} {unit}"
-    return f"{x:.0f} "
 
 
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
@@ -135,12 +129,16 @@ def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: b
     print(f"{'component':28s} {'count':>5s} {'fwd FLOP/token':>16s} {'train FLOP/token':>17s} {'share':>6s}  note")
     for row in fl.table():
         share = "" if row["share_of_matmul"] is None else f"{100 * row['share_of_matmul']:.1f}%"
-        fwd, train = _si(row["forward_flops_per_token"]), _si(row["training_flops_per_token"])
+        fwd, train = format_si(row["forward_flops_per_token"]), format_si(row["training_flops_per_token"])
         print(f"{row['component']:28s} {row['count']:5d} {fwd:>16s} {train:>17s} {share:>6s}  {row['note']}")
-    print(f"training FLOPs/token, full-square attention (PaLM/nanoGPT, MFU): {_si(fl.flops_per_token)}FLOP")
-    print(f"training FLOPs/token, causal-aware attention:                   {_si(fl.flops_per_token_causal)}FLOP")
-    print(f"hardware FLOPs/token (HFU: + recomputation):                    {_si(fl.hfu_flops_per_token)}FLOP")
-    print(f"non-matmul FLOPs/token (estimate, not in MFU):                  {_si(fl.non_matmul_flops_per_token)}FLOP")
+    totals = (
+        ("training FLOPs/token, full-square attention (PaLM/nanoGPT, MFU)", fl.flops_per_token),
+        ("training FLOPs/token, causal-aware attention", fl.flops_per_token_causal),
+        ("hardware FLOPs/token (HFU: + recomputation)", fl.hfu_flops_per_token),
+        ("non-matmul FLOPs/token (estimate, not in MFU)", fl.non_matmul_flops_per_token),
+    )
+    for label, value in totals:
+        print(f"{label + ':':65s}{format_si(value, 'FLOP')}")
     ratio = fl.attention_flops_per_layer / fl.ffn_flops_per_layer
     print(f"attention/FFN FLOPs per layer: {ratio:.3f}; LM head share of training FLOPs: "
           f"{fl.lm_head_flops / fl.flops_per_token:.1%}")  # fmt: skip

@@ -47,6 +47,8 @@ def get_memory_stats(device: torch.device | str | None = None) -> dict[str, floa
     peak (every device: on the CPU, RSS is where tensors live)."""
     device = torch.device(device) if device is not None else _default_device()
     rss, max_rss = process_rss_bytes(), _max_rss_bytes()
+    if rss is not None and max_rss is not None:
+        max_rss = max(max_rss, rss)  # the kernel's high-water mark (ru_maxrss) can lag the current RSS
     stats: dict[str, float | None] = {
         "allocated_gb": None,
         "reserved_gb": None,

@@ -340,6 +340,7 @@ class Trainer:
                 "resume",
                 f"resuming from {ckpt['path']} at iter {self.iter_num}"
                 + (f" (changed from the checkpoint's settings{changes})" if changes else ""),
+                iter=self.iter_num,
                 changed={k: list(v) for k, v in run.resume_changes.items()},
             )
         if self._overruled:

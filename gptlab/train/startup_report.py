@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gptlab.telemetry.flops import format_si
+
 if TYPE_CHECKING:
     from gptlab.train.loop import Trainer
 
@@ -141,9 +143,9 @@ def render_startup_report(r: dict[str, Any]) -> str:
         f"  peak:        {peak}",
         "Expect",
         "  FLOPs/token: "
-        + (f"{fpt / 1e9:.3f} GFLOP training (matmuls, attention full-square" if fpt else "n/a")
+        + (f"{format_si(fpt, 'FLOP')} training (matmuls, attention full-square" if fpt else "n/a")
         + (
-            f"; causal-aware {e['flops_per_token_causal'] / 1e9:.3f})"
+            f"; causal-aware {format_si(e['flops_per_token_causal'], 'FLOP')})"
             if fpt and e.get("flops_per_token_causal")
             else ")"
             if fpt

@@ -102,6 +102,8 @@ def test_export_round_trips_through_transformers(make, tokens: torch.Tensor, tmp
     ours = ConfigurableGPT.from_pretrained(hf)
     ours.save_pretrained(tmp_path / "export")
     assert {p.name for p in (tmp_path / "export").iterdir()} == {"config.json", "model.safetensors"}
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "export").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"]  # not safetensors' private 0600
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     assert type(back) is type(hf)
     assert (_hf_logits(back, tokens) - _logits(ours, tokens)).abs().max() <= TOL

@@ -135,7 +135,7 @@ def test_memory_stats_on_cpu() -> None:
     stats = get_memory_stats("cpu")
     assert set(stats) >= {"allocated_gb", "reserved_gb", "max_allocated_gb", "max_reserved_gb", "rss_gb"}
     assert stats["allocated_gb"] is None and stats["max_reserved_gb"] is None  # CUDA-only figures
-    assert 0 < stats["rss_gb"] <= stats["max_rss_gb"] + 1e-3
+    assert 0 < stats["rss_gb"] <= stats["max_rss_gb"]  # a peak is never below the current value
     reset_peak_memory("cpu")  # a no-op on the CPU, not an error
     model = ConfigurableGPT(get_debug_config("gpt2"))
     assert model.get_memory_stats()["rss_gb"] > 0

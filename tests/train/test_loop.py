@@ -116,6 +116,7 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
     a = {r["iter"]: r["loss"] for r in read_log(straight) if r["type"] == "iter"}
     records = read_log(resumed)
     start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
+    assert records[start]["iter"] == 11  # sessions are found by their resume events' iterations
     b = {r["iter"]: r["loss"] for r in records[start:] if r["type"] == "iter"}
     assert sorted(b) == list(range(11, 21))  # the first run ended after step 10 (iterations 0..max_iters)
     assert all(a[i] == b[i] for i in b), [(i, a[i], b[i]) for i in b if a[i] != b[i]]

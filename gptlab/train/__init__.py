@@ -1,0 +1,1 @@
+"""The training loop, its schedule, startup report and telemetry hooks, and sampling."""
