@@ -57,15 +57,6 @@ def clean_state_dict(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model under torch.compile / DDP wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file, fsync, then rename over ``path``."""
     with atomic_open(path) as f:

@@ -110,11 +110,11 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     return DistInfo(rank, local_rank, world_size, device, backend, mode, owns)
 
 
-def shutdown(info: DistInfo, *, clean: bool = True) -> None:
-    """Tear the process group down; on a clean exit wait for every rank first, since gloo aborts
-    a process that destroys its group while a peer's last collective is still in flight."""
+def shutdown(info: DistInfo) -> None:
+    """Tear the process group down after a clean exit, waiting for every rank first: gloo aborts a
+    process that destroys its group while a peer's last collective is still in flight."""
     if info.owns_group and dist.is_initialized():
-        if clean and info.world_size > 1:
+        if info.world_size > 1:
             dist.barrier()
         dist.destroy_process_group()
 
