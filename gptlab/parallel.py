@@ -148,6 +148,13 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def all_gather_stacked(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's ``t`` stacked in rank order: (world_size, *t.shape)."""
+    parts = [torch.empty_like(t) for _ in range(info.world_size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.stack(parts)
+
+
 def all_reduce_max(values: list[float], info: DistInfo) -> list[float]:
     if info.world_size == 1:
         return values

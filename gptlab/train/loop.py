@@ -603,10 +603,9 @@ class Trainer:
                 with self.autocast:
                     _, loss = self.model(x, y)
                 losses[j] = loss if k < n_iters else 0.0
-            total = losses.sum()
-            if world > 1:
-                torch.distributed.all_reduce(total)
-            out[split] = (total / n_iters).item()
+            if world > 1:  # in batch order (k = j * world + rank), so the sum is the single process's, bit for bit
+                losses = parallel.all_gather_stacked(losses, self.dist).t().reshape(-1)
+            out[split] = (losses[:n_iters].sum() / n_iters).item()
         self.model.train()
         return out
 

@@ -51,7 +51,7 @@ def small(data_dir: Path, out: Path, **over: object) -> list[str]:
         learning_rate=3e-3,
         min_lr=3e-4,
         eval_interval=5,
-        eval_iters=2,
+        eval_iters=5,  # > world size, and not a multiple of it: the batch-order gather and its padding
         log_interval=1,
         gradient_log_interval=5,
         dataset="stdlib_char",
@@ -124,6 +124,8 @@ def test_matches_single_process(mode: str, runs: dict[str, Path], reference: Pat
         assert mine[it] == pytest.approx(ref[it], rel=1e-5, abs=1e-6), it
     for a, b in zip(records(out, "eval"), records(reference, "eval")):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    first, ref_first = records(out, "eval")[0], records(reference, "eval")[0]  # the same initial weights:
+    assert (first["train_loss"], first["val_loss"]) == (ref_first["train_loss"], ref_first["val_loss"])  # exact
     got, want = load_checkpoint(out), load_checkpoint(reference)  # fsdp: read from the DCP directory
     assert got["iter_num"] == want["iter_num"] == ITERS + 1
     for key, value in want["model"].items():
