@@ -689,7 +689,7 @@ class Trainer:
             self._loss_scale = self.scaler.get_scale()  # so that a drop at the very first step is reported
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
         skips_in_a_row = 0  # nan_policy=skip: consecutive skipped steps
-        t0 = time.perf_counter()
+        window_start, window_steps = time.perf_counter(), 0  # the steps since the last logged one
         if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
             losses = self.evaluate()
             self.logger.log_eval(self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, cfg))
@@ -705,13 +705,13 @@ class Trainer:
                 last_losses = self._eval_and_checkpoint(healthy)
                 if not healthy:
                     self._stop_nonfinite()
-                t0 = time.perf_counter()  # the step's time must not include evaluation and saving
+                # steps are timed without evaluation and saving
+                window_start, window_steps = time.perf_counter(), 0
             if self._fault == (self.rank, self.iter_num):  # test-only: a real kill -9 of this rank
                 os.kill(os.getpid(), signal.SIGKILL)
             step = self.train_step()
             nonfinite |= ~torch.isfinite(step["loss"])
-            t1 = time.perf_counter()
-            dt, t0 = t1 - t0, t1
+            window_steps += 1
             if step["skipped"]:
                 skips_in_a_row += 1
                 self.logger.log_event(
@@ -740,6 +740,10 @@ class Trainer:
                 )
             if self.iter_num % cfg.log_interval == 0:
                 lossf = step["loss"].item()  # the host sync that logging asks for
+                # seconds per step over the window since the last logged step, measured after this sync: the
+                # device's time, not the host's launch time (a GPU runs behind the host between syncs)
+                now = time.perf_counter()
+                dt, window_start, window_steps = (now - window_start) / window_steps, now, 0
                 self._note_loss_scale()
                 if not math.isfinite(lossf) and cfg.nan_policy == "stop":
                     self._stop_nonfinite()

@@ -533,3 +533,22 @@ def test_ddp_broadcasts_buffers_only_for_model_state() -> None:
     tied = torch.nn.Sequential(torch.nn.Embedding(4, 2), torch.nn.Linear(2, 4, bias=False))
     tied[1].weight = tied[0].weight  # a tied weight under two names is still a parameter
     assert not _has_persistent_buffers(tied)
+
+
+def test_logged_step_time_is_the_mean_over_the_log_window(data_dir: Path, tmp_path: Path) -> None:
+    """dt_ms with log_interval > 1 is the window's mean per step, timed at the logging sync: a GPU runs
+    ahead of the host between syncs, so one step's host time would be its launch time, not the device's."""
+    args = tiny_args(data_dir, tmp_path, max_iters=8, log_interval=4, eval_interval=100)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    step = trainer.train_step
+
+    def slow_unlogged_steps() -> dict:
+        if trainer.iter_num % 4:
+            time.sleep(0.05)  # the steps nobody logs carry the time
+        return step()
+
+    trainer.train_step = slow_unlogged_steps  # type: ignore[method-assign]
+    trainer.run()
+    logged = {r["iter"]: r["dt_ms"] for r in read_log(tmp_path) if r["type"] == "iter"}
+    assert sorted(logged) == [0, 4, 8]
+    assert logged[4] >= 0.75 * 50 and logged[8] >= 0.75 * 50, logged  # 3 of each window's 4 steps slept
