@@ -863,6 +863,25 @@ def _fault_injection() -> tuple[int, int] | None:
     return int(rank), int(it)
 
 
+PEER_LOST_SIGNS = (  # gloo's and NCCL's words for a peer that died or stopped answering
+    "connection reset by peer",
+    "connection closed by peer",
+    "broken pipe",
+    "timed out waiting",
+    "communicator was aborted",
+    "watchdog caught collective operation timeout",
+)
+
+
+def _peer_lost(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank went away."""
+    text = str(error).lower()
+    backend_error = getattr(torch.distributed, "DistBackendError", ())
+    return isinstance(error, RuntimeError) and (
+        any(sign in text for sign in PEER_LOST_SIGNS) or (isinstance(error, backend_error) and "timeout" in text)
+    )
+
+
 def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
     """Train ``run`` to completion and return the summary (rank 0's; other ranks get {}).
 
@@ -876,9 +895,14 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
         if info.world_size == 1:
             parallel.shutdown(info)
             raise
-        if not isinstance(e, USER_ERRORS):
-            traceback.print_exc()
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if _peer_lost(e):  # not this rank's fault: say so, and do not bury the failed rank's line in a traceback
+            message = (
+                "lost contact with another rank in a collective: it failed or was killed (see its [rank N] "
+                f"error line, or torchrun's 'Failures' list with its exit code) ({message[:200]})"
+            )
+        elif not isinstance(e, USER_ERRORS):
+            traceback.print_exc()
         print(f"[rank {info.rank}] error: {message}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(2 if isinstance(e, USER_ERRORS) else 1)  # no exit handlers: they may wait on dead peers

@@ -213,6 +213,9 @@ def test_dead_rank_fails_the_job_in_bounded_time(killed: tuple) -> None:
     assert elapsed < 60
     assert "SIGKILL" in res.stderr or "-9" in res.stderr
     assert load_checkpoint(out)["iter_num"] == 10  # the last complete checkpoint is intact
+    # the survivor says it lost its peer, without a traceback that reads as if rank 0 had failed
+    assert "[rank 0] error: lost contact with another rank" in res.stderr, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr.split("[rank 0] error")[0][-2000:]
 
 
 def test_fsdp_resume_after_kill_is_exact(killed: tuple, runs: dict[str, Path], data_dir: Path) -> None:
