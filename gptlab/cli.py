@@ -12,6 +12,7 @@ from gptlab.config.model import PRESETS, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import TEXT_KEYS
 from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError
+from gptlab.train.signals import TrainingInterrupted
 
 
 def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
@@ -116,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = lambda: args.func(args, extra)  # noqa: E731
     try:
         return command()
+    except TrainingInterrupted as e:  # stopped on SIGTERM / Ctrl-C after checkpointing: a shell's status
+        print(f"gptlab: {e}", file=sys.stderr)
+        return e.exit_code
     except (*USER_ERRORS, *PATH_ERRORS) as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gptlab.errors import PATH_ERRORS, USER_ERRORS
+from gptlab.train.signals import TrainingInterrupted
 
 # `gptlab train` with no config: a small model on the embedded dataset that a 2-core CPU
 # trains in about two minutes, ending with a checkpoint, a summary and a sample.
@@ -109,6 +110,9 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
     """Root-script entry: one-line errors, exit code 2, as the gptlab command does."""
     try:
         return run(sys.argv[1:] if argv is None else argv)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     except (*USER_ERRORS, *PATH_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,6 +56,7 @@ from gptlab.model.convert import NANOGPT_HUB_NAMES, hub_repo_id, resolve_pretrai
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.schedule import get_lr
+from gptlab.train.signals import StopSignals, TrainingInterrupted
 from gptlab.train.startup_report import build_startup_report, render_startup_report
 
 PT_DTYPES = parallel.PT_DTYPES  # the dtype names TrainConfig accepts, as torch dtypes
@@ -261,6 +262,7 @@ class Trainer:
         resumed = Path(ckpt["path"]).resolve() if ckpt is not None else None
         self._resumed_dcp = resumed if resumed is not None and is_dcp_dir(resumed) else None
         self._resumed_iter = int(ckpt["iter_num"]) if ckpt is not None else -1
+        self._saved_iter = -1  # the iteration of this session's latest checkpoint
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from (nodes reading different disks)
         parallel.check_same_config({**self.run_config.to_dict(), "start_iter": max(self._resumed_iter, 0)}, self.dist)
@@ -654,6 +656,7 @@ class Trainer:
                 path = save_single_file(self.checkpoint_state(), self.out_dir, keep)
             parallel.barrier(self.dist)  # no rank runs ahead of a checkpoint it may need to resume from
         self.logger.log_event("checkpoint", f"saving checkpoint to {path}", iter=self.iter_num)
+        self._saved_iter = self.iter_num
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -684,12 +687,8 @@ class Trainer:
             advice = None if cfg.eval_only or cfg.fsdp_cpu_offload else self.telemetry.memory_advice()
             if advice:
                 self.logger.log_event("memory_warning", advice)
-        last_losses = None
         if self.scaler.is_enabled():
             self._loss_scale = self.scaler.get_scale()  # so that a drop at the very first step is reported
-        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
-        skips_in_a_row = 0  # nan_policy=skip: consecutive skipped steps
-        window_start, window_steps = time.perf_counter(), 0  # the steps since the last logged one
         if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
             losses = self.evaluate()
             self.logger.log_eval(self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, cfg))
@@ -699,7 +698,30 @@ class Trainer:
                 "done", f"nothing to do: iterations 0..{cfg.max_iters} are done (raise --max_iters to train on)"
             )
             return self._finish(None)
-        while self.iter_num <= cfg.max_iters:  # iterations 0..max_iters, as nanoGPT
+        with StopSignals(self._announce_stop) as stop:
+            return self._train_loop(stop)
+
+    def _announce_stop(self, name: str) -> None:
+        """Said where the signal arrives (a handler: no collective, no logging of records)."""
+        if self.master:
+            when = "this step" if self.world_size == 1 else "the next logged iteration (all ranks together)"
+            extra = "; Ctrl-C again aborts without saving" if name == "SIGINT" else ""
+            print(
+                f"gptlab: {name}: stopping after {when} to evaluate and checkpoint{extra}", file=sys.stderr, flush=True
+            )
+
+    def _train_loop(self, stop: StopSignals) -> dict[str, Any]:
+        """Iterations 0..max_iters (nanoGPT's), from the resumed one; stops early on a signal (``stop``)."""
+        cfg = self.cfg
+        last_losses = None
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
+        skips_in_a_row = 0  # nan_policy=skip: consecutive skipped steps
+        window_start, window_steps = time.perf_counter(), 0  # the steps since the last logged one
+        stop_agreed = 0  # under torchrun: the signal every rank has agreed to stop on (at a logged iteration)
+        while self.iter_num <= cfg.max_iters:
+            signum = stop.signum if self.world_size == 1 else stop_agreed
+            if signum:
+                self._stop_on_signal(signum, healthy=not bool(nonfinite))
             if self.iter_num % cfg.eval_interval == 0:
                 healthy = not bool(nonfinite)
                 last_losses = self._eval_and_checkpoint(healthy)
@@ -758,6 +780,8 @@ class Trainer:
                     tokens_per_sec=self.telemetry.tokens_per_iter / dt,
                     grad_norm=None if step["grad_norm"] is None else step["grad_norm"].item(),
                 )
+                if self.world_size > 1:  # the ranks agree where to stop, here where the host has synced anyway
+                    stop_agreed = int(parallel.all_reduce_max([float(stop.signum)], self.dist)[0])
             elif step["grad_stats"] is not None:  # computed at their own interval: kept, never dropped
                 self.logger.log_gradients(self.iter_num, step["grad_stats"])
             self.iter_num += 1
@@ -781,6 +805,24 @@ class Trainer:
                 scale=scale,
             )
         self._loss_scale = scale
+
+    def _stop_on_signal(self, signum: int, healthy: bool) -> None:
+        """Evaluate and checkpoint at this step boundary (as at an eval_interval: always_save_checkpoint and
+        the best val loss decide), log it, write the summary, and raise TrainingInterrupted."""
+        name = signal.Signals(signum).name
+        saved = self._saved_iter
+        if not healthy:
+            self._stop_nonfinite()
+        self._eval_and_checkpoint(healthy)
+        where = (
+            f"a checkpoint at iter {self.iter_num} in {self.out_dir}: continue with --init_from=resume"
+            if self._saved_iter != saved
+            else "no checkpoint written now (the val loss did not improve and always_save_checkpoint=False)"
+        )
+        message = f"stopped by {name} at iter {self.iter_num}: {where}"
+        self.logger.log_event("interrupted", message, iter=self.iter_num, signal=name)
+        self.logger.finalize(status=f"interrupted: {name}")
+        raise TrainingInterrupted(signum, message)
 
     def _stop_nonfinite(self, skipped: int = 0) -> None:
         what = (
@@ -896,6 +938,11 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
             parallel.shutdown(info)
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, TrainingInterrupted):  # every rank agreed to stop and the checkpoint is written
+            if info.master:
+                print(f"[rank {info.rank}] {message}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(e.exit_code)
         if _peer_lost(e):  # not this rank's fault: say so, and do not bury the failed rank's line in a traceback
             message = (
                 "lost contact with another rank in a collective: it failed or was killed (see its [rank N] "

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -288,3 +289,23 @@ def test_ranks_that_disagree_on_the_config_fail_fast(data_dir: Path, tmp_path: P
     err = "".join(e for _, _, e in results)
     assert "[rank 0] error: the ranks disagree on the config" in err
     assert "[rank 1] error: the ranks disagree on the config" in err
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_sigterm_to_torchrun_stops_every_rank_at_one_checkpoint(mode: str, data_dir: Path, tmp_path: Path) -> None:
+    """A preempted job: torchrun passes SIGTERM to its workers, which agree on the iteration at a logged
+    step, evaluate and checkpoint together, and exit 143 (torchrun re-raises the signal it got)."""
+    from tests.train.test_signals import wait_for_iter
+
+    out = tmp_path / "run"
+    args = small(data_dir, out, max_iters=100_000, lr_decay_iters=100, eval_interval=1000, parallel=mode)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+           str(ROOT / "train.py"), CONFIG, *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    wait_for_iter(out / "log.jsonl", proc, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    (event,) = [r for r in records(out, "event") if r.get("event") == "interrupted"]
+    assert f"[rank 0] stopped by SIGTERM at iter {event['iter']}: a checkpoint" in err, err[-3000:]
+    assert load_checkpoint(out)["iter_num"] == event["iter"] > 3

@@ -1,0 +1,61 @@
+"""Stopping on a signal: SIGTERM (a scheduler preempting the job: SLURM, Kubernetes, torchrun passing
+it on) and SIGINT (Ctrl-C) ask the run to stop at a step boundary, evaluate and checkpoint as at an
+``eval_interval``, and exit; a second Ctrl-C aborts at once, without saving."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType, TracebackType
+
+from gptlab.errors import GptlabError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingInterrupted(GptlabError):
+    """The run stopped on a signal after its last checkpoint; the exit status is 128 + the signal's number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """While active (the main thread only), the first SIGTERM or SIGINT sets ``signum`` instead of killing
+    the process; the training loop polls it. Later SIGTERMs are ignored (torchrun forwards the one the
+    terminal's Ctrl-C sent it too); a second SIGINT raises KeyboardInterrupt."""
+
+    def __init__(self, announce: Callable[[str], None] | None = None) -> None:
+        self.signum = 0
+        self._announce = announce
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # asked twice: stop now, without a checkpoint
+            return
+        self.signum = signum
+        if self._announce is not None:
+            self._announce(signal.Signals(signum).name)

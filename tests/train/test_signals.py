@@ -1,0 +1,83 @@
+"""Stopping on SIGTERM (preemption) and Ctrl-C: checkpoint at a step boundary, exit 128 + signal, resume
+exactly; a second Ctrl-C aborts at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gptlab.checkpoint import load_checkpoint
+from gptlab.train.signals import StopSignals
+from tests.train.conftest import tiny_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _train(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "train.py"), *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_iter(log: Path, proc: subprocess.Popen, at_least: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and any(f'"type": "iter", "iter": {at_least}' in line for line in log.open()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no iteration {at_least} logged in {log}")
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_resumes_exactly(data_dir: Path, tmp_path: Path) -> None:
+    """A preempted run (no checkpoint due for 1000 iterations) saves where it stopped, says so, exits 143;
+    the resumed run's losses are an uninterrupted run's, bit for bit."""
+    common = dict(dropout=0.1, lr_decay_iters=60, eval_interval=1000, eval_iters=2)
+    out = tmp_path / "preempted"
+    proc = _train(*tiny_args(data_dir, out, max_iters=100_000, **common))
+    wait_for_iter(out / "log.jsonl", proc, 6)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    (event,) = [r for r in _records(out) if r.get("event") == "interrupted"]
+    stopped = event["iter"]
+    assert f"stopped by SIGTERM at iter {stopped}: a checkpoint at iter {stopped}" in err
+    assert load_checkpoint(out)["iter_num"] == stopped >= 7
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted: SIGTERM"
+
+    end = stopped + 4
+    resumed = _train(*tiny_args(data_dir, out, max_iters=end, init_from="resume", **common))
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    ref = tmp_path / "straight"
+    straight = _train(*tiny_args(data_dir, ref, max_iters=end, **common))
+    assert straight.communicate(timeout=300) and straight.returncode == 0
+    want = {r["iter"]: r["loss"] for r in _records(ref) if r["type"] == "iter"}
+    records = _records(out)
+    start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
+    got = {r["iter"]: r["loss"] for r in records[start:] if r["type"] == "iter"}
+    assert sorted(got) == list(range(stopped, end + 1))
+    assert all(got[i] == want[i] for i in got), [(i, got[i], want[i]) for i in got if got[i] != want[i]]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_stop_signals_first_asks_second_ctrl_c_aborts() -> None:
+    said: list[str] = []
+    with StopSignals(said.append) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM and said == ["SIGTERM"]
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's own SIGTERM after the terminal's: ignored
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # asked again with Ctrl-C: abort now
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
