@@ -58,9 +58,18 @@ def clean_state_dict(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file, fsync, then rename over ``path``."""
-    with atomic_open(path) as f:
-        torch.save(obj, f)
+    """torch.save to a temporary file, fsync, then rename over ``path``; a full disk is one line."""
+    try:
+        with atomic_open(path) as f:
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as e:
+        cause = e if isinstance(e, OSError) else e.__context__  # torch's writer reports the OSError's aftermath
+        if not isinstance(cause, OSError):
+            raise
+        free = shutil.disk_usage(Path(path).parent).free
+        raise CheckpointError(
+            f"cannot write the checkpoint {path}: {cause.strerror or cause} ({free / 1e9:.2f} GB free on its disk)"
+        ) from e
     return Path(path)
 
 

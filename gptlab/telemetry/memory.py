@@ -33,6 +33,26 @@ def process_rss_bytes() -> int | None:
         return None
 
 
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v2, v1
+
+
+def host_memory_bytes() -> int | None:
+    """The RAM this process may use: the machine's, or its container's (cgroup) limit where lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not POSIX
+        return None
+    for path in CGROUP_LIMITS:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))  # "max" (v2) or a huge number (v1) mean no limit
+    return total
+
+
 def _max_rss_bytes() -> int | None:
     try:
         import resource  # POSIX only

@@ -206,11 +206,14 @@ def _fsdp_transient(shapes: list[TensorShape], c: int) -> int:
     return c * (root + 2 * block) + FP32_BYTES * block
 
 
-def fit_advice(config: ModelArchitectureConfig, device_bytes: int, **plan_kwargs: Any) -> str | None:
+def fit_advice(
+    config: ModelArchitectureConfig, device_bytes: int, *, per: str = "GPU", capacity: str = "", **plan_kwargs: Any
+) -> str | None:
     """None when ``plan_memory(config, **plan_kwargs)``'s peak fits in ``device_bytes`` (with 5% kept
     for the allocator and kernel workspaces); otherwise one line saying by how much it misses and what
     each setting that would help brings the peak to, re-planned (the chunked loss, activation
-    checkpointing, FSDP when there are several ranks, half the micro-batch with twice the steps)."""
+    checkpointing, FSDP when there are several ranks, half the micro-batch with twice the steps). ``per``
+    and ``capacity`` name the unit and the memory for a CPU run ('process', "the 24.0 GB of RAM ...")."""
     budget = 0.95 * device_bytes
     plan = plan_memory(config, **plan_kwargs)
     if plan.mode.peak <= budget:
@@ -231,7 +234,8 @@ def fit_advice(config: ModelArchitectureConfig, device_bytes: int, **plan_kwargs
     for flag, change in options:
         peak = plan_memory(config, **{**plan_kwargs, **change}).mode.peak
         ideas.append(f"{flag} -> {peak / 1e9:.1f} GB" + (" (fits)" if peak <= budget else ""))
-    return (f"planned peak {plan.mode.peak / 1e9:.1f} GB per GPU exceeds the device's {device_bytes / 1e9:.1f} GB "
+    capacity = capacity or f"the device's {device_bytes / 1e9:.1f} GB"
+    return (f"planned peak {plan.mode.peak / 1e9:.1f} GB per {per} exceeds {capacity} "
             f"(less 5% headroom); expect an out-of-memory error. Options, each alone: " + "; ".join(ideas))  # fmt: skip
 
 

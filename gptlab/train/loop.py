@@ -18,6 +18,7 @@ import contextlib
 import functools
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -687,6 +688,8 @@ class Trainer:
             advice = None if cfg.eval_only or cfg.fsdp_cpu_offload else self.telemetry.memory_advice()
             if advice:
                 self.logger.log_event("memory_warning", advice)
+            if not cfg.eval_only:
+                self._check_disk_space()
         if self.scaler.is_enabled():
             self._loss_scale = self.scaler.get_scale()  # so that a drop at the very first step is reported
         if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
@@ -700,6 +703,19 @@ class Trainer:
             return self._finish(None)
         with StopSignals(self._announce_stop) as stop:
             return self._train_loop(stop)
+
+    def _check_disk_space(self) -> None:
+        """Warn before training, not at the first save after hours of it, when out_dir's disk cannot hold a
+        checkpoint: float32 weights and AdamW's two moments, 12 bytes per parameter (written beside the
+        previous one, which is replaced only once the new one is complete)."""
+        needed = 12 * sum(p.numel() for p in self.raw_model.parameters())
+        free = shutil.disk_usage(self.out_dir).free
+        if free < needed:
+            self.logger.log_event(
+                "disk_warning",
+                f"a checkpoint needs about {needed / 1e9:.2f} GB and {self.out_dir}'s disk has {free / 1e9:.2f} GB "
+                "free: the first save will fail (free space, or pick another --out_dir)",
+            )
 
     def _announce_stop(self, name: str) -> None:
         """Said where the signal arrives (a handler: no collective, no logging of records)."""
@@ -905,6 +921,23 @@ def _fault_injection() -> tuple[int, int] | None:
     return int(rank), int(it)
 
 
+def _out_of_memory(error: BaseException) -> GptlabError | None:
+    """An allocation failure (CUDA or host) as one line with what to change; None for other errors."""
+    text = str(error).strip()
+    if not (
+        isinstance(error, (MemoryError, torch.OutOfMemoryError))
+        or "can't allocate memory" in text  # the CPU allocator
+        or "out of memory" in text.lower()
+    ):
+        return None
+    first = text.splitlines()[0][:300] if text else type(error).__name__
+    return GptlabError(
+        f"out of memory ({first}): `gptlab plan` with this run's config shows what fits; options: a smaller "
+        "--batch_size with more --gradient_accumulation_steps, --loss_chunk_size=1024, "
+        "--activation_checkpointing=True, --use_fsdp=True on several GPUs"
+    )
+
+
 PEER_LOST_SIGNS = (  # gloo's and NCCL's words for a peer that died or stopped answering
     "connection reset by peer",
     "connection closed by peer",
@@ -932,7 +965,13 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
     device = resolve_device(run.train.device)
     info = parallel.init_distributed(run.train, device)
     try:
-        summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
+        try:
+            summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
+        except (RuntimeError, MemoryError) as e:
+            oom = _out_of_memory(e)
+            if oom is None:
+                raise
+            raise oom from e
     except BaseException as e:
         if info.world_size == 1:
             parallel.shutdown(info)

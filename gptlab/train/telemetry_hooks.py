@@ -6,6 +6,7 @@ the loop asks for (gradient statistics sync the host once; memory counters are h
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from gptlab.logging import logged_peak_gb
 from gptlab.telemetry.flops import compute_flops, estimate_mfu_detailed, expected_tokens_per_sec
 from gptlab.telemetry.gradients import GradientSpikeDetector, get_gradient_stats
 from gptlab.telemetry.hardware import detect_peak
-from gptlab.telemetry.memory import MemoryPlan, get_memory_stats, plan_memory, reset_peak_memory
+from gptlab.telemetry.memory import MemoryPlan, get_memory_stats, host_memory_bytes, plan_memory, reset_peak_memory
 from gptlab.telemetry.planner import fit_advice
 
 
@@ -111,13 +112,31 @@ class TelemetryHooks:
         return plan_memory(self.arch, **self._plan_kwargs())
 
     def memory_advice(self, device_bytes: int | None = None) -> str | None:
-        """A warning with options when the planned peak will not fit the GPU (None on a CPU or if it fits);
-        ``device_bytes`` defaults to the CUDA device's total memory."""
+        """A warning with options when the planned peak will not fit (None if it fits or nothing is known):
+        the CUDA device's memory, or on a CPU this machine's RAM shared by its ranks. ``device_bytes``
+        overrides the capacity."""
+        if self.device.type != "cuda":
+            return self._host_memory_advice(device_bytes)
         if device_bytes is None:
-            if self.device.type != "cuda":
-                return None
             device_bytes = torch.cuda.get_device_properties(self.device).total_memory
         return fit_advice(self.arch, device_bytes, **self._plan_kwargs())
+
+    def _host_memory_advice(self, ram: int | None) -> str | None:
+        """On a CPU tensors live in RAM, which the processes on this machine share (the planner's figures
+        are the tensors alone: the process needs more for Python and PyTorch)."""
+        ram = ram if ram is not None else host_memory_bytes()
+        if ram is None:
+            return None
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        share = ram // max(local, 1)
+        each = f" for each of {local} processes" if local > 1 else ""
+        return fit_advice(
+            self.arch,
+            share,
+            per="process",
+            capacity=f"the {share / 1e9:.1f} GB of RAM it has{each}",
+            **self._plan_kwargs(),
+        )
 
     def memory_plan(self) -> str | None:
         return str(self.plan())

@@ -291,16 +291,17 @@ def test_chunked_loss_trains_like_the_plain_head(data_dir: Path, tmp_path: Path)
 
 
 def test_memory_warning_before_the_first_step(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """When the plan does not fit the device, the run says so (with options) before training starts.
-    The CPU has no device memory to check, so the device's capacity is made tiny here."""
-    from gptlab.train.telemetry_hooks import TelemetryHooks
+    """When the plan does not fit, the run says so (with options) before training starts. On a CPU the
+    memory is the machine's RAM shared by its ranks: a 200 KB machine running 2 ranks here."""
+    from gptlab.train import telemetry_hooks
 
-    advice = TelemetryHooks.memory_advice
-    monkeypatch.setattr(TelemetryHooks, "memory_advice", lambda self, device_bytes=None: advice(self, 10**5))
+    monkeypatch.setattr(telemetry_hooks, "host_memory_bytes", lambda: 2 * 10**5)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     out = io.StringIO()
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=1)), stream=out)
     (event,) = [r for r in read_log(tmp_path) if r.get("event") == "memory_warning"]
     assert "expect an out-of-memory error" in event["message"] and "--loss_chunk_size=1024" in event["message"]
+    assert "per process exceeds the 0.0 GB of RAM it has for each of 2 processes" in event["message"]
     assert read_log(tmp_path).index(event) < next(i for i, r in enumerate(read_log(tmp_path)) if r["type"] == "iter")
     assert "out-of-memory" in out.getvalue()
     out = io.StringIO()  # an evaluation needs no training memory: no warning
@@ -552,3 +553,49 @@ def test_logged_step_time_is_the_mean_over_the_log_window(data_dir: Path, tmp_pa
     logged = {r["iter"]: r["dt_ms"] for r in read_log(tmp_path) if r["type"] == "iter"}
     assert sorted(logged) == [0, 4, 8]
     assert logged[4] >= 0.75 * 50 and logged[8] >= 0.75 * 50, logged  # 3 of each window's 4 steps slept
+
+
+def test_out_of_memory_is_one_line_with_options(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An allocation failure in the step (here the CPU allocator's, raised by a patched step) is a one-line
+    error naming the options, not a traceback; other runtime errors stay as they are."""
+    from gptlab.errors import GptlabError
+
+    def allocate(self: Trainer) -> dict:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 32768000000 bytes.")
+
+    monkeypatch.setattr(Trainer, "train_step", allocate)
+    with pytest.raises(GptlabError, match=r"^out of memory \(DefaultCPUAllocator.*--loss_chunk_size=1024"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "oom", max_iters=2)), stream=io.StringIO())
+    monkeypatch.setattr(Trainer, "train_step", lambda self: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "other", max_iters=2)), stream=io.StringIO())
+
+
+def test_full_disk_is_said_before_training_and_in_one_line_at_the_save(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk without room for a checkpoint is named at startup (disk_warning), and the save that fails
+    says so in one line (here a 1 MB file-size limit stands in for the full disk)."""
+    import resource
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    from gptlab.errors import CheckpointError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    args = tiny_args(data_dir, tmp_path, max_iters=8, n_embd=128, n_head=4)  # a ~3 MB checkpoint
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG, not a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10**6, hard))
+    try:
+        with pytest.raises(CheckpointError, match=r"^cannot write the checkpoint .*ckpt\.pt: File too large \("):
+            train(parse_run_args(args), stream=io.StringIO())
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    (warning,) = [r for r in read_log(tmp_path) if r.get("event") == "disk_warning"]
+    assert "the first save will fail" in warning["message"] and "0.00 GB free" in warning["message"]
+    assert not list(tmp_path.glob("*.tmp-*")) and not (tmp_path / "ckpt.pt").exists()  # nothing half-written
