@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. gptlab arch llama --n_layer=6 --n_kv_head=4",
     )
     arch.add_argument(
-        "preset", nargs="?", default="gpt2", help=f"one of {', '.join(PRESETS)} (default gpt2), or a config file"
+        "preset",
+        nargs="?",
+        default="gpt2",
+        help=f"one of {', '.join(PRESETS)} (default gpt2), a config file, or a run directory",
     )
     arch.add_argument("--no-params", "--no_params", action="store_true", help="skip counting parameters")
     arch.set_defaults(func=_cmd_arch)

@@ -8,12 +8,13 @@ architecture is also trained with the same settings (same data, seed and tokens)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptlab.config.model import ModelArchitectureConfig, get_typed_config
+from gptlab.config.model import ModelArchitectureConfig, check_keys_take_effect, get_typed_config, padded_vocab_size
 from gptlab.errors import ConfigError
 from gptlab.telemetry.flops import format_si
 
@@ -54,14 +55,55 @@ def resolve_architecture(
 
     overrides = dict(overrides or {})
     arch_overrides = {k: v for k, v in overrides.items() if k in ARCH_FIELDS}
+    run_dir = run_config_json(name)
+    if run_dir is not None:  # a run directory (or its config.json): the architecture it trained
+        saved = json.loads(run_dir.read_text())["arch"]
+        config = check_keys_take_effect(ModelArchitectureConfig.from_dict({**saved, **arch_overrides}), arch_overrides)
+        label = run_dir.parent.name if run_dir.name == "config.json" else run_dir.stem
+        return Architecture(label, config, name)
     if names_a_file(name):
         values = load_config_file(name) if file_values is None else file_values
         arch_overrides |= {k: v for k, v in overrides.items() if k == "arch_preset"}
         arch_keys = {k: v for k, v in values.items() if k in ARCH_FIELDS or k == "arch_preset"}
         config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
         train_values = {k: v for k, v in values.items() if k not in arch_keys}
+        if "vocab_size" not in arch_keys and "vocab_size" not in arch_overrides:
+            vocab = dataset_vocab_size(train_values)
+            if vocab is not None:  # what training will use: the prepared dataset's vocabulary, padded
+                config = dataclasses.replace(config, vocab_size=vocab)
         return Architecture(Path(name).stem, config, name, train_values)
     return Architecture(name, get_typed_config(name, arch_overrides), name)
+
+
+def run_config_json(name: str) -> Path | None:
+    """The config.json of a run directory ``name`` names (the directory or the file), else None."""
+    path = Path(name)
+    candidate = path / "config.json" if path.is_dir() else path
+    if candidate.name == "config.json" and candidate.is_file():
+        try:
+            if "arch" in json.loads(candidate.read_text()):
+                return candidate
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def dataset_vocab_size(train_values: dict[str, Any]) -> int | None:
+    """The vocab_size training gives a config file without one: its dataset's vocabulary rounded up to a
+    multiple of 64 (None when that dataset is not prepared here)."""
+    from gptlab.config.train import TrainConfig
+    from gptlab.data.datasets import read_meta
+    from gptlab.data.storage import is_ready
+
+    dataset = train_values.get("dataset", TrainConfig.dataset)
+    directory = Path(train_values.get("data_dir", TrainConfig.data_dir)) / str(dataset)
+    try:
+        if not is_ready(directory):
+            return None
+        vocab = int(read_meta(directory)["vocab_size"])
+    except Exception:  # a damaged dataset is training's error to report, not the estimate's
+        return None
+    return padded_vocab_size(vocab)
 
 
 def non_embedding_params(config: ModelArchitectureConfig) -> int:

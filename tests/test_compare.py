@@ -190,3 +190,33 @@ def test_compare_train_overrides_apply_to_the_trained_sizes_and_matplotlib_is_ch
     with pytest.raises(GptlabError, match="needs matplotlib"):
         train_and_compare(["gpt2"], {**overrides, "out_dir": str(tmp_path / "none")}, log=lambda text: None)
     assert not (tmp_path / "none").exists()
+
+
+def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_architecture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What training gives a config file without vocab_size is its prepared dataset's vocabulary padded to
+    64 (65 characters -> 128), so the estimates are the run's; a run directory's is the trained one."""
+    import json
+
+    from gptlab.compare import resolve_architecture
+
+    text = tmp_path / "input.txt"
+    text.write_text("".join(chr(ord("!") + i) for i in range(65)) * 40)
+    prepare_dataset("mine_char", tmp_path / "data", input_path=text)
+    config = tmp_path / "cfg.py"
+    config.write_text(f"dataset = 'mine_char'\ndata_dir = {str(tmp_path / 'data')!r}\narch_preset = 'gpt2'\n")
+    assert resolve_architecture(str(config)).config.vocab_size == 128
+    assert resolve_architecture(str(config), {"vocab_size": 256}).config.vocab_size == 256  # typed: as given
+    elsewhere = tmp_path / "other.py"  # a dataset not prepared here: the preset's, as before
+    elsewhere.write_text("dataset = 'openwebtext'\narch_preset = 'gpt2'\n")
+    assert resolve_architecture(str(elsewhere)).config.vocab_size == 50304
+
+    run = tmp_path / "run"
+    run.mkdir()
+    trained = resolve_architecture("llama", {"n_layer": 2, "vocab_size": 96}).config
+    (run / "config.json").write_text(json.dumps({"train": {"batch_size": 3}, "arch": trained.to_dict()}))
+    for name in (str(run), str(run / "config.json")):
+        assert resolve_architecture(name).config == trained
+    assert main(["plan", str(run)]) == 0
+    assert "micro-batch 3 x" in capsys.readouterr().out  # the run's own batch

@@ -396,6 +396,14 @@ def get_preset_config(name: str, **overrides: Any) -> ModelArchitectureConfig:
     return ModelArchitectureConfig(**{**PRESETS[name], **overrides})
 
 
+VOCAB_MULTIPLE = 64  # nanoGPT's padding of GPT-2's 50257 to 50304: matmul-friendly widths
+
+
+def padded_vocab_size(vocab: int) -> int:
+    """The vocab_size a run gives a dataset's vocabulary: rounded up to a multiple of 64."""
+    return VOCAB_MULTIPLE * math.ceil(vocab / VOCAB_MULTIPLE)
+
+
 def get_typed_config(name: str, overrides: dict[str, Any]) -> ModelArchitectureConfig:
     """``get_preset_config`` for keys typed on a command line, each of which must take effect
     (``check_keys_take_effect``)."""

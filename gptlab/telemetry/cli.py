@@ -6,6 +6,7 @@ Each command takes a preset or a training config file, and ``--key=value`` overr
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from typing import Any
 
@@ -74,7 +75,10 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     """The architecture of a preset name or a training config file, with --key=value overrides; the
     command's options not given are filled in (``_fill_options``)."""
     overrides = {**parse_overrides(extra, TEXT_KEYS), **{k: v for k, v in fixed.items() if v is not None}}
-    is_file = names_a_file(args.preset)
+    from gptlab.compare import resolve_architecture, run_config_json
+
+    run_dir = run_config_json(args.preset)  # a run directory: the architecture it trained, its own batch
+    is_file = names_a_file(args.preset) and run_dir is None
     known = [*ARCH_FIELDS, "arch_preset"] if is_file else ARCH_FIELDS
     options = [k for k in vars(args) if k not in ("preset", "func", "command")]
     for key in overrides:  # a typo of the command's own options is suggested too
@@ -90,9 +94,9 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
                 f"unknown option --{key}{did_you_mean(key, [*options, *known])}: this command takes "
                 f"--{', --'.join(options)} and the architecture keys ({', '.join(ARCH_FIELDS)})"
             )
-    from gptlab.compare import resolve_architecture
-
     file_values = load_config_file(args.preset) if is_file else {}
+    if run_dir is not None:
+        file_values = json.loads(run_dir.read_text()).get("train", {})
     _fill_options(args, file_values)
     _check_options(args)
     return resolve_architecture(args.preset, overrides, file_values if is_file else None).config
@@ -103,7 +107,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "preset",
         nargs="?",
         default="gpt2",
-        help=f"one of {', '.join(PRESETS)} (default gpt2), or a config file such as config/full_llama_124m.py",
+        help=f"one of {', '.join(PRESETS)} (default gpt2), a config file such as config/full_llama_124m.py, "
+        "or a run directory (its config.json)",
     )
     p.add_argument(
         "--activation_checkpointing",

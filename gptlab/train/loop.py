@@ -46,7 +46,7 @@ from gptlab.checkpoint import (
     save_dcp,
     save_single_file,
 )
-from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig
+from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
 from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
@@ -386,7 +386,7 @@ class Trainer:
         vocab = int(self.meta["vocab_size"])
         if cfg.init_from == "scratch":
             if "vocab_size" not in run.explicit:
-                arch = replace(arch, vocab_size=64 * math.ceil(vocab / 64))  # pad for efficient matmuls
+                arch = replace(arch, vocab_size=padded_vocab_size(vocab))  # pad for efficient matmuls
             elif arch.vocab_size < vocab:
                 raise ConfigError(
                     f"vocab_size={arch.vocab_size} is smaller than the vocabulary of dataset {cfg.dataset!r} ({vocab})"
