@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import sysconfig
@@ -265,6 +266,35 @@ def _local_data_files(input_path: Path) -> tuple[str, list[str]]:
     return builders.pop(), [str(p) for p in files]
 
 
+def _json_records(files: list[str]) -> Iterator[Any]:
+    """Records of local JSON Lines files (or .json files holding one array of records), read with the
+    standard library: your own records need no `datasets`."""
+    for name in files:
+        with open(name, encoding="utf-8") as f:
+            head = f.read(1024).lstrip()
+            f.seek(0)
+            if head.startswith("["):
+                yield from json.load(f)
+                continue
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{name}, line {number}: not a JSON record ({e.msg})") from None
+
+
+def _parquet_records(files: list[str]) -> Iterator[Any]:
+    """Records of local Parquet files, a row group at a time (pyarrow, which `datasets` brings)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading .parquet records needs pyarrow: pip install 'gptlab[data]'") from None
+    for name in files:
+        for batch in pq.ParquetFile(name).iter_batches():
+            yield from batch.to_pylist()
+
+
 def _texts(records: Records, text_field: str, where: str) -> Iterator[str]:
     """The text field of each record; a failure while streaming becomes one DataError line."""
     try:
@@ -296,8 +326,7 @@ def hub_corpus(
         records, source = load_fn(), {"kind": "load_fn", "dataset": hub_path}
     elif input_path is not None:
         builder, files = _local_data_files(input_path)
-        datasets = _import_datasets()
-        records = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+        records = _json_records(files) if builder == "json" else _parquet_records(files)
         source = {"kind": "local", "dataset": hub_path, "path": str(input_path.resolve()), "files": len(files)}
     else:
         datasets = _import_datasets()

@@ -234,12 +234,11 @@ def test_hub_offline_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize("name", ["openwebtext", "fineweb_edu"])
-def test_hub_datasets_stream_local_jsonl_through_datasets(
+def test_hub_datasets_read_local_jsonl_without_the_datasets_package(
     tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reason = "the 'data' extra (pip install 'gptlab[data]') is not installed or does not import"
-    datasets = pytest.importorskip("datasets", reason=reason, exc_type=ImportError)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # not ~/.cache
+    """`prepare openwebtext --input shards/`: local records need no `datasets` (made unimportable here)."""
+    monkeypatch.setitem(sys.modules, "datasets", None)
     src = tmp_path / "jsonl"
     src.mkdir()
     for part in range(2):  # two shards, read in sorted order
@@ -256,9 +255,6 @@ def test_hub_datasets_stream_local_jsonl_through_datasets(
 def test_your_own_jsonl_is_read_as_records_with_a_chosen_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`gptlab prepare mine --input docs.jsonl`: one document per record (not the JSON text itself), the
     field named by --text_field; a missing field says how to name another."""
-    reason = "the 'data' extra (pip install 'gptlab[data]') is not installed or does not import"
-    datasets = pytest.importorskip("datasets", reason=reason, exc_type=ImportError)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     docs = [f"document {i}: the quick brown fox jumps over the lazy dog." for i in range(30)]
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"content": d, "id": i}) + "\n" for i, d in enumerate(docs)))
@@ -270,6 +266,38 @@ def test_your_own_jsonl_is_read_as_records_with_a_chosen_field(tmp_path: Path, m
     text = tok.decode(ids.tolist())
     assert "{" not in text and text.count("<|endoftext|>") == len(docs)  # records' text, each one a document
     assert read_meta(out)["tokens"]["val"] > 0
+
+
+def test_local_records_read_as_datasets_reads_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard-library JSON reader and the pyarrow Parquet reader give the records, in order, that
+    Hugging Face `datasets` streams from the same files (the reference, where installed); a .json file
+    may hold one array of records; a broken line names its file and line."""
+    from gptlab.data.sources import _json_records, _parquet_records
+
+    recs = [{"text": f"doc {i} \u00e9\n", "n": i} for i in range(25)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:12]) + "\n")
+    (tmp_path / "b.json").write_text(json.dumps(recs[12:]))
+    ours = list(_json_records([str(tmp_path / "a.jsonl"), str(tmp_path / "b.json")]))
+    assert ours == recs
+    pq = pytest.importorskip("pyarrow.parquet", exc_type=ImportError)
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "c.parquet", row_group_size=10)
+    assert list(_parquet_records([str(tmp_path / "c.parquet")])) == recs
+    try:
+        import datasets
+    except ImportError:
+        datasets = None
+    if datasets is not None:
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+        for builder, files in (("json", ["a.jsonl"]), ("parquet", ["c.parquet"])):
+            paths = [str(tmp_path / f) for f in files]
+            theirs = list(datasets.load_dataset(builder, data_files=paths, split="train", streaming=True))
+            mine = list(_json_records(paths) if builder == "json" else _parquet_records(paths))
+            assert mine == theirs, builder
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": broken}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl, line 2: not a JSON record"):
+        list(_json_records([str(tmp_path / "bad.jsonl")]))
 
 
 # --- ensure_prepared and atomicity ------------------------------------------------------------
