@@ -314,6 +314,11 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
             hint = f" (did you mean --{str(path).lstrip('-')}?)"
         elif str(path).lstrip("-").replace(".", "", 1).isdigit():
             hint = " (overrides take the form --key=value, with '=')"
+        elif not path.exists() and path.parent.name == "config":
+            hint = (
+                f" in {Path.cwd()} (the example config files are the gptlab repository's config/ folder, "
+                "not installed with the package: run from a clone's root or give their path)"
+            )
         else:
             hint = ""
         what = "is a directory" if path.is_dir() else "does not exist"
