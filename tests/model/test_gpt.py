@@ -136,6 +136,7 @@ def test_num_params_counts() -> None:
     with torch.device("meta"):
         gpt2 = ConfigurableGPT(get_preset_config("gpt2"))
     assert gpt2.get_num_params(non_embedding=False) == 124_475_904
+    assert gpt2.get_num_params() == 123_689_472  # nanoGPT's printed "123.69M": less the 1024 x 768 positions
 
 
 def test_configure_optimizers_decays_matrices_only() -> None:

@@ -72,10 +72,16 @@ def test_tiny_run_per_preset(preset: str, data_dir: Path, tmp_path: Path) -> Non
 
 
 def test_peak_override_gives_mfu(data_dir: Path, tmp_path: Path) -> None:
+    """MFU = FLOPs per token (compute_flops, checked against FlopCounterMode in tests/telemetry) x the
+    step's tokens (batch 4 x 32 positions x 2 micro-steps) / its time / the given 1 TFLOPS peak."""
+    from gptlab.config.model import ModelArchitectureConfig
+    from gptlab.telemetry import compute_flops
+
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=3, peak_tflops=1.0)), stream=io.StringIO())
-    iters = [r for r in read_log(tmp_path) if r["type"] == "iter"]
-    for r in iters:
-        expected = r["flops_per_token"] * r["tokens_per_sec"] / 1e12
+    arch = ModelArchitectureConfig.from_dict(json.loads((tmp_path / "config.json").read_text())["arch"])
+    flops_per_token = compute_flops(arch).flops_per_token
+    for r in (r for r in read_log(tmp_path) if r["type"] == "iter"):
+        expected = flops_per_token * (4 * 32 * 2) / (r["dt_ms"] / 1e3) / 1e12
         assert r["mfu"] == pytest.approx(expected, rel=1e-6)
 
 
