@@ -318,6 +318,10 @@ class Trainer:
             parallel=self.mode,
             accum_steps=self.accum_steps,
         )
+        # tokens trained so far, over every session (a resume that changed the batch keeps the count exact;
+        # a checkpoint older than this count is assumed to have trained at today's tokens per iteration)
+        per_iter = self.telemetry.tokens_per_iter
+        self.tokens_seen = 0 if ckpt is None else int(ckpt.get("tokens_seen", self.iter_num * per_iter))
         self.logger = TrainingLogger(
             self.out_dir,
             style=cfg.log_style,
@@ -625,6 +629,7 @@ class Trainer:
             "tokenizer": self.meta.get("tokenizer"),
             "dataset": self.cfg.dataset,
             "iter_num": self.iter_num,
+            "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
             "rng": self._rng_state(),
         }
@@ -663,7 +668,9 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def _eval_and_checkpoint(self, healthy: bool) -> dict[str, float]:
         losses = self.evaluate()
-        self.logger.log_eval(self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, self.cfg))
+        self.logger.log_eval(
+            self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, self.cfg), tokens=self.tokens_seen
+        )
         improved = losses["val"] < self.best_val_loss  # False for NaN: a NaN never becomes the best
         if improved:
             self.best_val_loss = losses["val"]
@@ -694,7 +701,9 @@ class Trainer:
             self._loss_scale = self.scaler.get_scale()  # so that a drop at the very first step is reported
         if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
             losses = self.evaluate()
-            self.logger.log_eval(self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, cfg))
+            self.logger.log_eval(
+                self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, cfg), tokens=self.tokens_seen
+            )
             return self._finish(losses)
         if self.iter_num > cfg.max_iters:  # a resumed run that is already done: change nothing
             self.logger.log_event(
@@ -748,6 +757,7 @@ class Trainer:
             if self._fault == (self.rank, self.iter_num):  # test-only: a real kill -9 of this rank
                 os.kill(os.getpid(), signal.SIGKILL)
             step = self.train_step()
+            self.tokens_seen += self.telemetry.tokens_per_iter
             nonfinite |= ~torch.isfinite(step["loss"])
             window_steps += 1
             if step["skipped"]:
@@ -793,6 +803,7 @@ class Trainer:
                     self.telemetry.memory_stats(),
                     step["grad_stats"],
                     lr=step["lr"],
+                    tokens=self.tokens_seen,
                     tokens_per_sec=self.telemetry.tokens_per_iter / dt,
                     grad_norm=None if step["grad_norm"] is None else step["grad_norm"].item(),
                 )

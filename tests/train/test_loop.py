@@ -123,6 +123,11 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
     records = read_log(resumed)
     start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
     assert records[start]["iter"] == 11  # sessions are found by their resume events' iterations
+    tokens = {r["iter"]: r["tokens"] for r in read_log(straight) if r["type"] == "iter"}
+    assert tokens == {i: (i + 1) * 4 * 32 * 2 for i in range(21)}  # trained through iteration i
+    assert all(r["tokens"] == tokens[r["iter"]] for r in records[start:] if r["type"] == "iter")
+    evals = [r for r in records[start:] if r["type"] == "eval"]
+    assert evals and all(r["tokens"] == r["iter"] * 256 for r in evals)  # before iteration i
     b = {r["iter"]: r["loss"] for r in records[start:] if r["type"] == "iter"}
     assert sorted(b) == list(range(11, 21))  # the first run ended after step 10 (iterations 0..max_iters)
     assert all(a[i] == b[i] for i in b), [(i, a[i], b[i]) for i in b if a[i] != b[i]]
