@@ -12,7 +12,8 @@ import torch
 
 from gptlab import parallel
 from gptlab.config.train import parse_run_args
-from gptlab.train.loop import PT_DTYPES, Trainer
+from gptlab.parallel import PT_DTYPES
+from gptlab.train.loop import Trainer
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

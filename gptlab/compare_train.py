@@ -114,8 +114,8 @@ def _warm_up(runs: list[Any]) -> None:
     initialisation, kernel selection: seconds on a CPU) are not charged to the first architecture."""
     import torch
 
+    from gptlab.device import resolve_device
     from gptlab.model.gpt import ConfigurableGPT
-    from gptlab.train.loop import resolve_device
 
     for run in runs:
         device = resolve_device(run.train.device)
@@ -144,7 +144,7 @@ def train_and_compare(
     from gptlab.config.model import ModelArchitectureConfig
     from gptlab.config.train import resolve_run_config
     from gptlab.telemetry import get_gpu_spec
-    from gptlab.train.loop import train
+    from gptlab.train.launch import train
 
     log = log or (lambda text: print(text, file=sys.stderr))
     overrides = dict(overrides or {})

@@ -17,7 +17,7 @@ from gptlab.checkpoint import load_checkpoint
 from gptlab.cli import main
 from gptlab.config.train import parse_run_args
 from gptlab.data.datasets import prepare_dataset
-from gptlab.train.loop import train
+from gptlab.train.launch import train
 from tests.train.conftest import tiny_args
 
 pytest.importorskip("matplotlib")  # the `report` extra

@@ -246,12 +246,12 @@ def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
     for key in ("size", "iters"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             raise ConfigError(f"{key}={getattr(args, key)} is invalid: expected a positive integer")
-    from gptlab.train.loop import resolve_device
+    from gptlab.device import resolve_device
 
     # no --device: CUDA, else the CPU (MPS only when asked for)
     device = str(resolve_device(args.device)) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dtype is None:  # measure the precision a training run on this device would use by default
-        from gptlab.train.loop import resolve_dtype
+        from gptlab.device import resolve_dtype
 
         args.dtype = resolve_dtype("auto", torch.device(device))
     measured = measure_peak_flops(device, args.dtype, size=args.size, iters=args.iters)

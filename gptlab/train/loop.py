@@ -22,7 +22,6 @@ import shutil
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -50,7 +49,9 @@ from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchi
 from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
-from gptlab.errors import USER_ERRORS, CheckpointError, ConfigError, GptlabError, did_you_mean
+from gptlab.data.stats import unigram_baseline
+from gptlab.device import resolve_device, resolve_dtype
+from gptlab.errors import CheckpointError, ConfigError, GptlabError, did_you_mean
 from gptlab.fileio import atomic_write
 from gptlab.logging import TrainingLogger
 from gptlab.model.convert import NANOGPT_HUB_NAMES, hub_repo_id, resolve_pretrained
@@ -60,71 +61,12 @@ from gptlab.train.schedule import get_lr
 from gptlab.train.signals import StopSignals, TrainingInterrupted
 from gptlab.train.startup_report import build_startup_report, render_startup_report
 
-PT_DTYPES = parallel.PT_DTYPES  # the dtype names TrainConfig accepts, as torch dtypes
-
 
 class NonFiniteLossError(GptlabError):
     """The loss became NaN or infinite and nan_policy='stop'."""
 
 
-def _mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device ``name`` means here; one ConfigError line for a malformed name or one this machine lacks."""
-    from gptlab.config.train import check_device_name
-
-    check_device_name(name)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if _mps_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available here: use --device=cpu (or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not _mps_available():
-        raise ConfigError(f"device={name!r} but MPS (Apple's GPU) is not available here: use --device=cpu (or auto)")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> str:
-    if name != "auto":
-        if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("dtype='bfloat16' is not supported on this GPU: use --dtype=float16")
-        return name
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
-
-
 MAX_SKIPS_IN_A_ROW = 25  # nan_policy=skip stops the run after this many (fp16's loss scale recovers in fewer)
-UNIGRAM_MAX_TOKENS = 50_000_000  # the baseline is estimated on at most this many tokens per split
-UNIGRAM_CHUNK = 4_000_000  # bincount copies its input to int64: count in bounded chunks
-
-
-def unigram_baseline(dataset_dir: Path, meta: dict[str, Any]) -> float:
-    """Cross-entropy (nats/token) of the train split's unigram distribution on the val split:
-    the loss a model that ignores context can reach, the bar a trained model must clear.
-    Large datasets are estimated on their first UNIGRAM_MAX_TOKENS tokens, in bounded memory."""
-    import numpy as np
-
-    dtype = np.dtype(meta.get("dtype", "uint16"))
-    vocab = int(meta["vocab_size"])
-
-    def counts(split: str) -> np.ndarray:
-        data = np.memmap(dataset_dir / f"{split}.bin", dtype=dtype, mode="r")[:UNIGRAM_MAX_TOKENS]
-        total = np.zeros(vocab, dtype=np.int64)
-        for start in range(0, len(data), UNIGRAM_CHUNK):
-            total += np.bincount(data[start : start + UNIGRAM_CHUNK], minlength=vocab)[:vocab]
-        return total
-
-    train = counts("train").astype(np.float64) + 1.0  # add-one: val tokens unseen in train
-    val = counts("val")
-    logp = np.log(train / train.sum())
-    return float(-(val * logp).sum() / val.sum())
 
 
 def _check_arch_overrides(
@@ -299,7 +241,7 @@ class Trainer:
         self.autocast = (
             contextlib.nullcontext()
             if self.dtype == "float32" or self.mode == "fsdp"  # FSDP2's mixed-precision policy casts instead
-            else torch.autocast(device_type=self.device.type, dtype=PT_DTYPES[self.dtype])
+            else torch.autocast(device_type=self.device.type, dtype=parallel.PT_DTYPES[self.dtype])
         )
         # CUDA-graph compile modes replay captured graphs whose outputs the next replay overwrites (_new_graph_run)
         self._cuda_graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
@@ -930,78 +872,3 @@ def _fault_injection() -> tuple[int, int] | None:
     if not (sep and rank.isdigit() and it.isdigit()):
         raise ConfigError(f"GPTLAB_FAULT_INJECT={value!r} must be RANK:ITER (a test hook; unset it)")
     return int(rank), int(it)
-
-
-def _out_of_memory(error: BaseException) -> GptlabError | None:
-    """An allocation failure (CUDA or host) as one line with what to change; None for other errors."""
-    text = str(error).strip()
-    if not (
-        isinstance(error, (MemoryError, torch.OutOfMemoryError))
-        or "can't allocate memory" in text  # the CPU allocator
-        or "out of memory" in text.lower()
-    ):
-        return None
-    first = text.splitlines()[0][:300] if text else type(error).__name__
-    return GptlabError(
-        f"out of memory ({first}): `gptlab plan` with this run's config shows what fits; options: a smaller "
-        "--batch_size with more --gradient_accumulation_steps, --loss_chunk_size=1024, "
-        "--activation_checkpointing=True, --use_fsdp=True on several GPUs"
-    )
-
-
-PEER_LOST_SIGNS = (  # gloo's and NCCL's words for a peer that died or stopped answering
-    "connection reset by peer",
-    "connection closed by peer",
-    "broken pipe",
-    "timed out waiting",
-    "communicator was aborted",
-    "watchdog caught collective operation timeout",
-)
-
-
-def _peer_lost(error: BaseException) -> bool:
-    """Whether ``error`` is a collective failing because another rank went away."""
-    text = str(error).lower()
-    backend_error = getattr(torch.distributed, "DistBackendError", ())
-    return isinstance(error, RuntimeError) and (
-        any(sign in text for sign in PEER_LOST_SIGNS) or (isinstance(error, backend_error) and "timeout" in text)
-    )
-
-
-def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
-    """Train ``run`` to completion and return the summary (rank 0's; other ranks get {}).
-
-    Under torchrun a rank that fails prints ``[rank N] error: ...`` and exits non-zero at once:
-    torchrun then stops the other ranks, and ranks on other nodes fail their next collective."""
-    device = resolve_device(run.train.device)
-    info = parallel.init_distributed(run.train, device)
-    try:
-        try:
-            summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
-        except (RuntimeError, MemoryError) as e:
-            oom = _out_of_memory(e)
-            if oom is None:
-                raise
-            raise oom from e
-    except BaseException as e:
-        if info.world_size == 1:
-            parallel.shutdown(info)
-            raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, TrainingInterrupted):  # every rank agreed to stop and the checkpoint is written
-            if info.master:
-                print(f"[rank {info.rank}] {message}", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(e.exit_code)
-        if _peer_lost(e):  # not this rank's fault: say so, and do not bury the failed rank's line in a traceback
-            message = (
-                "lost contact with another rank in a collective: it failed or was killed (see its [rank N] "
-                f"error line, or torchrun's 'Failures' list with its exit code) ({message[:200]})"
-            )
-        elif not isinstance(e, USER_ERRORS):
-            traceback.print_exc()
-        print(f"[rank {info.rank}] error: {message}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(2 if isinstance(e, USER_ERRORS) else 1)  # no exit handlers: they may wait on dead peers
-    parallel.shutdown(info)
-    return summary

@@ -207,8 +207,8 @@ def generate_text(
 
 
 def sample(cfg: SampleConfig) -> list[str]:
+    from gptlab.device import resolve_device, resolve_dtype
     from gptlab.parallel import PT_DTYPES
-    from gptlab.train.loop import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

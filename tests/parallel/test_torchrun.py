@@ -26,7 +26,7 @@ import torch
 
 from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
-from gptlab.train.loop import train
+from gptlab.train.launch import train
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "config" / "full_llama_124m.py")

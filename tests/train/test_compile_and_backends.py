@@ -15,7 +15,7 @@ from gptlab import ConfigurableGPT
 from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
 from gptlab.errors import ConfigError
-from gptlab.train.loop import train
+from gptlab.train.launch import train
 from tests.train.conftest import tiny_args
 
 

@@ -20,7 +20,8 @@ import torch
 
 from gptlab import ConfigurableGPT, get_preset_config
 from gptlab.config.train import parse_run_args
-from gptlab.train.loop import Trainer, train
+from gptlab.train.launch import train
+from gptlab.train.loop import Trainer
 from tests.train.conftest import tiny_args
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

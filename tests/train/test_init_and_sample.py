@@ -15,7 +15,8 @@ import torch
 from gptlab import ConfigurableGPT, get_debug_config
 from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
-from gptlab.train.loop import Trainer, train
+from gptlab.train.launch import train
+from gptlab.train.loop import Trainer
 from tests.train.conftest import tiny_args
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,8 @@ from gptlab import parallel
 from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
 from gptlab.errors import ConfigError
-from gptlab.train.loop import NonFiniteLossError, Trainer, train
+from gptlab.train.launch import train
+from gptlab.train.loop import NonFiniteLossError, Trainer
 from gptlab.train.sample import SampleConfig, sample
 from tests.host_sync import count_host_syncs
 from tests.train.conftest import tiny_args

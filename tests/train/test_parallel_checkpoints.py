@@ -17,7 +17,7 @@ from gptlab.cli import main
 from gptlab.config.train import TrainConfig, parse_run_args
 from gptlab.errors import ConfigError
 from gptlab.parallel import resolve_mode
-from gptlab.train.loop import train
+from gptlab.train.launch import train
 from tests.train.conftest import tiny_args
 
 

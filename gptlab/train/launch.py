@@ -1,0 +1,93 @@
+"""``train(run)``: one process's run under torchrun or alone, and how its failures are said: an
+out-of-memory error as one line, a lost peer as not this rank's fault, a signal's stop as its exit status."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import IO, Any
+
+import torch
+
+from gptlab import parallel
+from gptlab.config.train import RunConfig
+from gptlab.device import resolve_device
+from gptlab.errors import USER_ERRORS, GptlabError
+from gptlab.train.loop import Trainer
+from gptlab.train.signals import TrainingInterrupted
+
+
+def _out_of_memory(error: BaseException) -> GptlabError | None:
+    """An allocation failure (CUDA or host) as one line with what to change; None for other errors."""
+    text = str(error).strip()
+    if not (
+        isinstance(error, (MemoryError, torch.OutOfMemoryError))
+        or "can't allocate memory" in text  # the CPU allocator
+        or "out of memory" in text.lower()
+    ):
+        return None
+    first = text.splitlines()[0][:300] if text else type(error).__name__
+    return GptlabError(
+        f"out of memory ({first}): `gptlab plan` with this run's config shows what fits; options: a smaller "
+        "--batch_size with more --gradient_accumulation_steps, --loss_chunk_size=1024, "
+        "--activation_checkpointing=True, --use_fsdp=True on several GPUs"
+    )
+
+
+PEER_LOST_SIGNS = (  # gloo's and NCCL's words for a peer that died or stopped answering
+    "connection reset by peer",
+    "connection closed by peer",
+    "broken pipe",
+    "timed out waiting",
+    "communicator was aborted",
+    "watchdog caught collective operation timeout",
+)
+
+
+def _peer_lost(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank went away."""
+    text = str(error).lower()
+    backend_error = getattr(torch.distributed, "DistBackendError", ())
+    return isinstance(error, RuntimeError) and (
+        any(sign in text for sign in PEER_LOST_SIGNS) or (isinstance(error, backend_error) and "timeout" in text)
+    )
+
+
+def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
+    """Train ``run`` to completion and return the summary (rank 0's; other ranks get {}).
+
+    Under torchrun a rank that fails prints ``[rank N] error: ...`` and exits non-zero at once:
+    torchrun then stops the other ranks, and ranks on other nodes fail their next collective."""
+    device = resolve_device(run.train.device)
+    info = parallel.init_distributed(run.train, device)
+    try:
+        try:
+            summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
+        except (RuntimeError, MemoryError) as e:
+            oom = _out_of_memory(e)
+            if oom is None:
+                raise
+            raise oom from e
+    except BaseException as e:
+        if info.world_size == 1:
+            parallel.shutdown(info)
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, TrainingInterrupted):  # every rank agreed to stop and the checkpoint is written
+            if info.master:
+                print(f"[rank {info.rank}] {message}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(e.exit_code)
+        if _peer_lost(e):  # not this rank's fault: say so, and do not bury the failed rank's line in a traceback
+            message = (
+                "lost contact with another rank in a collective: it failed or was killed (see its [rank N] "
+                f"error line, or torchrun's 'Failures' list with its exit code) ({message[:200]})"
+            )
+        elif not isinstance(e, USER_ERRORS):
+            traceback.print_exc()
+        print(f"[rank {info.rank}] error: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2 if isinstance(e, USER_ERRORS) else 1)  # no exit handlers: they may wait on dead peers
+    parallel.shutdown(info)
+    return summary
