@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gptlab.checkpoint import is_dcp_dir, latest_checkpoint, load_checkpoint
+from gptlab.checkpoint import clean_state_dict, is_dcp_dir, latest_checkpoint, load_checkpoint
 from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.fileio import atomic_write
@@ -28,7 +28,6 @@ from gptlab.model.gpt import ConfigurableGPT
 
 GPT2_EOT_ID = 50256  # GPT-2 BPE's <|endoftext|>
 HF_SPECIAL_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
-COMPILED_PREFIX = "_orig_mod."  # what torch.compile puts in front of every state-dict key
 SUPPORTED_HF = ("gpt2", "llama")
 EXPECTED = (
     "a Hugging Face GPT-2 or LLaMA model directory (config.json + *.safetensors or "
@@ -136,7 +135,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> Configurabl
     loaded; ``overrides`` may change only what leaves the weights alone (e.g. ``dropout``)."""
     _check_overridable(overrides)
     config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides})
-    return _build(config, _strip_prefix(dict(ckpt["model"]), COMPILED_PREFIX), "gptlab checkpoint")
+    return _build(config, clean_state_dict(dict(ckpt["model"])), "gptlab checkpoint")
 
 
 def _from_torch_checkpoint(ckpt: Any, overrides: dict[str, Any]) -> ConfigurableGPT:
@@ -191,10 +190,6 @@ def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
     raise CheckpointError(
         f"{str(directory)!r} has config.json but no weights: expected *.safetensors or pytorch_model*.bin beside it"
     )
-
-
-def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
 def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: str) -> ConfigurableGPT:
@@ -270,7 +265,7 @@ def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
         gelu_approximate="none",
         dropout=float(args.get("dropout", 0.0)),
     )
-    state = _strip_prefix(ckpt["model"], COMPILED_PREFIX)
+    state = clean_state_dict(ckpt["model"])
     state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     return _build(_apply(base, overrides), _rename(state, _NANOGPT_NAMES), "nanoGPT checkpoint")
 
@@ -356,7 +351,7 @@ def _gpt2_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, An
         weight_tying=bool(hf.get("tie_word_embeddings", True)),
         dropout=float(hf.get("resid_pdrop", 0.0)),
     )
-    state = _strip_prefix(state, COMPILED_PREFIX)
+    state = clean_state_dict(state)
     state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     renamed = _rename(state, _NANOGPT_NAMES)
     return base, {k: (v.t().contiguous() if k.endswith(_CONV1D) else v) for k, v in renamed.items()}
@@ -416,7 +411,7 @@ def _llama_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, A
         weight_tying=bool(hf.get("tie_word_embeddings", False)),
         dropout=float(hf.get("attention_dropout", 0.0)),
     )
-    state = _strip_prefix(state, COMPILED_PREFIX)
+    state = clean_state_dict(state)
     out: dict[str, Tensor] = {}
     for i in range(base["n_layer"]):
         p = f"model.layers.{i}."

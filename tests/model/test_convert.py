@@ -159,9 +159,10 @@ def test_export_of_architecture_without_hf_equivalent_fails_clearly(tmp_path: Pa
 
 
 # ---------------------------------------------------------------------- nanoGPT
-def _nanogpt_checkpoint(hf: transformers.GPT2LMHeadModel, bias: bool = True, compiled: bool = False) -> dict:
+def _nanogpt_checkpoint(hf: transformers.GPT2LMHeadModel, bias: bool = True, prefix: str = "") -> dict:
     """What nanoGPT's train.py saves: nn.Linear weights (out, in), its causal-mask buffers,
-    model_args, and with compile=True the ``_orig_mod.`` prefix on every key."""
+    model_args, and with compile=True the ``_orig_mod.`` prefix on every key (``prefix``; a fork that
+    saved its DDP wrapper adds ``module.``)."""
     c = hf.config
     state = {}
     for key, value in hf.state_dict().items():
@@ -174,8 +175,7 @@ def _nanogpt_checkpoint(hf: transformers.GPT2LMHeadModel, bias: bool = True, com
         state[f"transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(c.n_positions, c.n_positions)).view(
             1, 1, c.n_positions, c.n_positions
         )
-    if compiled:
-        state = {"_orig_mod." + k: v for k, v in state.items()}
+    state = {prefix + k: v for k, v in state.items()}
     model_args = dict(
         n_layer=c.n_layer,
         n_head=c.n_head,
@@ -195,9 +195,9 @@ def _nanogpt_checkpoint(hf: transformers.GPT2LMHeadModel, bias: bool = True, com
     }
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("prefix", ["", "_orig_mod.", "module._orig_mod."])
 @pytest.mark.parametrize("bias", [True, False])
-def test_nanogpt_checkpoint_matches(bias: bool, compiled: bool, tokens: torch.Tensor, tmp_path: Path) -> None:
+def test_nanogpt_checkpoint_matches(bias: bool, prefix: str, tokens: torch.Tensor, tmp_path: Path) -> None:
     hf = _gpt2(activation_function="gelu")  # nanoGPT's MLP uses exact GELU
     if not bias:
         with torch.no_grad():
@@ -205,7 +205,7 @@ def test_nanogpt_checkpoint_matches(bias: bool, compiled: bool, tokens: torch.Te
                 if name.endswith("bias"):
                     p.zero_()
     path = tmp_path / "ckpt.pt"
-    torch.save(_nanogpt_checkpoint(hf, bias=bias, compiled=compiled), path)
+    torch.save(_nanogpt_checkpoint(hf, bias=bias, prefix=prefix), path)
     for src in (path, tmp_path, str(path)):
         ours = ConfigurableGPT.from_pretrained(src)
         assert ours.config.normalization == ("layernorm" if bias else "layernorm_nobias")
