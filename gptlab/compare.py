@@ -77,6 +77,10 @@ def resolve_architecture(
 
 def run_config_json(name: str) -> Path | None:
     """The config.json of a run directory ``name`` names (the directory or the file), else None."""
+    from gptlab.config.model import PRESETS
+
+    if name in PRESETS:  # a preset's name wins over a folder of that name in the working directory
+        return None
     path = Path(name)
     candidate = path / "config.json" if path.is_dir() else path
     if candidate.name == "config.json" and candidate.is_file():
@@ -95,6 +99,8 @@ def dataset_vocab_size(train_values: dict[str, Any]) -> int | None:
     from gptlab.data.datasets import read_meta
     from gptlab.data.storage import is_ready
 
+    if train_values.get("init_from", TrainConfig.init_from) != "scratch":
+        return None  # a resume or fine-tune keeps its weights' vocabulary
     dataset = train_values.get("dataset", TrainConfig.dataset)
     directory = Path(train_values.get("data_dir", TrainConfig.data_dir)) / str(dataset)
     try:

@@ -193,7 +193,7 @@ def test_compare_train_overrides_apply_to_the_trained_sizes_and_matplotlib_is_ch
 
 
 def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_architecture(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What training gives a config file without vocab_size is its prepared dataset's vocabulary padded to
     64 (65 characters -> 128), so the estimates are the run's; a run directory's is the trained one."""
@@ -218,5 +218,13 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     (run / "config.json").write_text(json.dumps({"train": {"batch_size": 3}, "arch": trained.to_dict()}))
     for name in (str(run), str(run / "config.json")):
         assert resolve_architecture(name).config == trained
+    (tmp_path / "gpt2").mkdir()  # a run folder named like a preset does not hide the preset
+    (tmp_path / "gpt2" / "config.json").write_text((run / "config.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert resolve_architecture("gpt2").config.n_layer == 12
+    assert resolve_architecture("./gpt2").config == trained
+    tuned = tmp_path / "tune.py"  # a fine-tune keeps its weights' vocabulary: not the dataset's
+    tuned.write_text(f"dataset = 'mine_char'\ndata_dir = {str(tmp_path / 'data')!r}\ninit_from = 'gpt2'\n")
+    assert resolve_architecture(str(tuned)).config.vocab_size == 50304
     assert main(["plan", str(run)]) == 0
     assert "micro-batch 3 x" in capsys.readouterr().out  # the run's own batch

@@ -270,7 +270,7 @@ def _json_records(files: list[str]) -> Iterator[Any]:
     """Records of local JSON Lines files (or .json files holding one array of records), read with the
     standard library: your own records need no `datasets`."""
     for name in files:
-        with open(name, encoding="utf-8") as f:
+        with open(name, encoding="utf-8-sig") as f:  # -sig: a Windows editor's byte-order mark, as datasets reads
             head = f.read(1024).lstrip()
             f.seek(0)
             if head.startswith("["):

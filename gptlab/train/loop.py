@@ -671,8 +671,10 @@ class Trainer:
     def _announce_stop(self, name: str) -> None:
         """Said where the signal arrives (a handler: no collective, no logging of records)."""
         if self.master:
-            when = "this step" if self.world_size == 1 else "the next logged iteration (all ranks together)"
-            extra = "; Ctrl-C again aborts without saving" if name == "SIGINT" else ""
+            if self.world_size == 1:
+                when, extra = "this step", "; Ctrl-C again aborts without saving" if name == "SIGINT" else ""
+            else:  # torchrun passes one signal on, then kills its workers 30 s later
+                when, extra = "the next logged iteration (all ranks together)", "; torchrun kills the ranks 30 s on"
             print(
                 f"gptlab: {name}: stopping after {when} to evaluate and checkpoint{extra}", file=sys.stderr, flush=True
             )
@@ -782,12 +784,15 @@ class Trainer:
         saved = self._saved_iter
         if not healthy:
             self._stop_nonfinite()
-        self._eval_and_checkpoint(healthy)
-        where = (
-            f"a checkpoint at iter {self.iter_num} in {self.out_dir}: continue with --init_from=resume"
-            if self._saved_iter != saved
-            else "no checkpoint written now (the val loss did not improve and always_save_checkpoint=False)"
-        )
+        losses = self._eval_and_checkpoint(healthy)
+        if self._saved_iter != saved:
+            where = f"a checkpoint at iter {self.iter_num} in {self.out_dir}: continue with --init_from=resume"
+        elif self.iter_num == 0:
+            where = "nothing was trained yet, so no checkpoint"
+        elif not math.isfinite(losses["val"]):
+            where = "no checkpoint written now (the val loss is not finite)"
+        else:
+            where = "no checkpoint written now (the val loss did not improve and always_save_checkpoint=False)"
         message = f"stopped by {name} at iter {self.iter_num}: {where}"
         self.logger.log_event("interrupted", message, iter=self.iter_num, signal=name)
         self.logger.finalize(status=f"interrupted: {name}")

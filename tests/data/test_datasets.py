@@ -279,6 +279,12 @@ def test_local_records_read_as_datasets_reads_them(tmp_path: Path, monkeypatch: 
     (tmp_path / "b.json").write_text(json.dumps(recs[12:]))
     ours = list(_json_records([str(tmp_path / "a.jsonl"), str(tmp_path / "b.json")]))
     assert ours == recs
+    (tmp_path / "bom.jsonl").write_text('{"text": "a"}\n', encoding="utf-8-sig")  # a Windows editor's
+    (tmp_path / "bom.json").write_text('[{"text": "b"}]', encoding="utf-8-sig")
+    assert list(_json_records([str(tmp_path / "bom.jsonl"), str(tmp_path / "bom.json")])) == [
+        {"text": "a"},
+        {"text": "b"},
+    ]
     pq = pytest.importorskip("pyarrow.parquet", exc_type=ImportError)
     import pyarrow as pa
 

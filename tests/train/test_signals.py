@@ -3,6 +3,7 @@ exactly; a second Ctrl-C aborts at once."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -81,3 +82,31 @@ def test_stop_signals_first_asks_second_ctrl_c_aborts() -> None:
             os.kill(os.getpid(), signal.SIGINT)  # asked again with Ctrl-C: abort now
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_stop_signals_leave_an_ignored_signal_ignored() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as nohup / a background job starts us
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signum == 0 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_stop_before_any_step_says_nothing_was_trained(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.config.train import parse_run_args
+    from gptlab.train.loop import Trainer
+    from gptlab.train.signals import TrainingInterrupted
+
+    trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=5)), stream=io.StringIO())
+    step = trainer._train_loop
+
+    def signalled(stop: StopSignals) -> dict:
+        stop.signum = signal.SIGTERM  # arrived during startup
+        return step(stop)
+
+    trainer._train_loop = signalled  # type: ignore[method-assign]
+    with pytest.raises(TrainingInterrupted, match="at iter 0: nothing was trained yet, so no checkpoint") as err:
+        trainer.run()
+    assert err.value.exit_code == 143 and not (tmp_path / "ckpt.pt").exists()
