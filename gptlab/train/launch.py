@@ -35,23 +35,27 @@ def _out_of_memory(error: BaseException) -> GptlabError | None:
     )
 
 
-PEER_LOST_SIGNS = (  # gloo's and NCCL's words for a peer that died or stopped answering
+PEER_GONE_SIGNS = (  # gloo's and NCCL's words for a peer that died
     "connection reset by peer",
     "connection closed by peer",
     "broken pipe",
-    "timed out waiting",
     "communicator was aborted",
-    "watchdog caught collective operation timeout",
 )
+PEER_SILENT_SIGNS = ("timed out waiting", "watchdog caught collective operation timeout")  # or stuck elsewhere
 
 
-def _peer_lost(error: BaseException) -> bool:
-    """Whether ``error`` is a collective failing because another rank went away."""
+def _peer_lost(error: BaseException) -> str | None:
+    """'gone' when a collective failed because another rank died, 'silent' when it timed out waiting for
+    one (dead, or stuck: where this rank waited is then worth its traceback), else None."""
+    if not isinstance(error, RuntimeError):
+        return None
     text = str(error).lower()
+    if any(sign in text for sign in PEER_GONE_SIGNS):
+        return "gone"
     backend_error = getattr(torch.distributed, "DistBackendError", ())
-    return isinstance(error, RuntimeError) and (
-        any(sign in text for sign in PEER_LOST_SIGNS) or (isinstance(error, backend_error) and "timeout" in text)
-    )
+    if any(sign in text for sign in PEER_SILENT_SIGNS) or (isinstance(error, backend_error) and "timeout" in text):
+        return "silent"
+    return None
 
 
 def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
@@ -79,10 +83,17 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
                 print(f"[rank {info.rank}] {message}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(e.exit_code)
-        if _peer_lost(e):  # not this rank's fault: say so, and do not bury the failed rank's line in a traceback
+        peer = _peer_lost(e)
+        if peer == "gone":  # not this rank's fault: say so, and do not bury the failed rank's line in a traceback
             message = (
                 "lost contact with another rank in a collective: it failed or was killed (see its [rank N] "
                 f"error line, or torchrun's 'Failures' list with its exit code) ({message[:200]})"
+            )
+        elif peer == "silent":  # where this rank waited helps find a stuck one: keep the traceback
+            traceback.print_exc()
+            message = (
+                "a collective timed out (dist_timeout): another rank failed, was killed, or is stuck elsewhere "
+                f"(see its [rank N] error line or torchrun's 'Failures' list) ({message[:200]})"
             )
         elif not isinstance(e, USER_ERRORS):
             traceback.print_exc()
