@@ -228,3 +228,8 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     assert resolve_architecture(str(tuned)).config.vocab_size == 50304
     assert main(["plan", str(run)]) == 0
     assert "micro-batch 3 x" in capsys.readouterr().out  # the run's own batch
+    (run / "config.json").write_text(json.dumps({"train": {"dtype": "auto"}, "arch": trained.to_dict()}))
+    startup = {"type": "startup", "hardware": {"dtype": "float32"}}  # dtype=auto, as resolved on a CPU
+    (run / "log.jsonl").write_text(json.dumps(startup) + "\n")
+    assert main(["plan", str(run)]) == 0
+    assert "autocast float32" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
@@ -97,9 +98,24 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     file_values = load_config_file(args.preset) if is_file else {}
     if run_dir is not None:
         file_values = json.loads(run_dir.read_text()).get("train", {})
+        if file_values.get("dtype") == "auto":  # what it resolved to on its device (a CPU's float32)
+            file_values["dtype"] = _resolved_dtype(run_dir.parent / "log.jsonl") or "auto"
     _fill_options(args, file_values)
     _check_options(args)
     return resolve_architecture(args.preset, overrides, file_values if is_file else None).config
+
+
+def _resolved_dtype(log: Path) -> str | None:
+    """The dtype a run's latest session trained in, from its startup record."""
+    dtype = None
+    try:
+        with open(log) as f:
+            for line in f:
+                if '"type": "startup"' in line:
+                    dtype = json.loads(line).get("hardware", {}).get("dtype") or dtype
+    except (OSError, ValueError):
+        return None
+    return dtype
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
