@@ -32,6 +32,7 @@ from torch import nn
 
 from gptlab.errors import CheckpointError
 from gptlab.fileio import atomic_open, fsync_dir
+from gptlab.units import format_si
 
 CHECKPOINT_NAME = "ckpt.pt"
 DCP_LINK = "ckpt.dcp"
@@ -68,7 +69,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             raise
         free = shutil.disk_usage(Path(path).parent).free
         raise CheckpointError(
-            f"cannot write the checkpoint {path}: {cause.strerror or cause} ({free / 1e9:.2f} GB free on its disk)"
+            f"cannot write the checkpoint {path}: {cause.strerror or cause} ({format_si(free, 'B')} free on its disk)"
         ) from e
     return Path(path)
 

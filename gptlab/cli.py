@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as e:  # stopped on SIGTERM / Ctrl-C after checkpointing: a shell's status
         print(f"gptlab: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a training step, or twice: no traceback, the shell's status
+        print("gptlab: aborted (Ctrl-C); files already written are as they were", file=sys.stderr)
+        return 130
     except (*USER_ERRORS, *PATH_ERRORS) as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from typing import Any
 
 from gptlab.config.model import ModelArchitectureConfig, check_keys_take_effect, get_typed_config, padded_vocab_size
 from gptlab.errors import ConfigError
-from gptlab.telemetry.flops import format_si
+from gptlab.units import format_si
 
 GB = 1e9
 # The GPU-side settings of the table (the planner's micro-batch and autocast dtype, and where

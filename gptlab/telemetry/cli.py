@@ -15,7 +15,7 @@ from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import ALL_KEYS, TEXT_KEYS, load_config_file, names_a_file
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice
-from gptlab.telemetry.flops import format_si
+from gptlab.units import format_si
 
 GB = 1e9
 

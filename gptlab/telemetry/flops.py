@@ -193,14 +193,6 @@ class FlopsBreakdown:
         ]
 
 
-def format_si(x: float, unit: str = "") -> str:
-    """``737.280 K`` + unit: FLOP counts from a test model's thousands to a 70B model's trillions."""
-    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3f} {prefix}{unit}"
-    return f"{x:.0f} {unit}".rstrip()
-
-
 def compute_flops(
     config: ModelArchitectureConfig,
     seq_len: int | None = None,
@@ -332,6 +324,5 @@ __all__ = [
     "compute_flops",
     "estimate_mfu_detailed",
     "expected_tokens_per_sec",
-    "format_si",
     "register_cpu_sdpa_flop_formula",
 ]

@@ -113,6 +113,9 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print("aborted (Ctrl-C); files already written are as they were", file=sys.stderr)
+        return 130
     except (*USER_ERRORS, *PATH_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -60,6 +60,7 @@ from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.schedule import get_lr
 from gptlab.train.signals import StopSignals, TrainingInterrupted
 from gptlab.train.startup_report import build_startup_report, render_startup_report
+from gptlab.units import format_si
 
 
 class NonFiniteLossError(GptlabError):
@@ -284,13 +285,18 @@ class Trainer:
             interrupted = interrupted_save(self.out_dir)  # a newer DCP save, killed mid-swap, beside this one
             if interrupted is not None:
                 self.logger.log_event("interrupted_save", f"resuming from {ckpt['path']}, but {interrupted}")
-            changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in run.resume_changes.items())
+            changed = dict(run.resume_changes)
+            if ckpt.get("parallel") not in (None, self.mode):  # a launch flag, not in the checkpoint's settings
+                changed["parallel"] = (ckpt["parallel"], self.mode)
+            if ckpt.get("world_size") not in (None, self.world_size):
+                changed["world_size"] = (ckpt["world_size"], self.world_size)
+            changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             self.logger.log_event(
                 "resume",
                 f"resuming from {ckpt['path']} at iter {self.iter_num}"
                 + (f" (changed from the checkpoint's settings{changes})" if changes else ""),
                 iter=self.iter_num,
-                changed={k: list(v) for k, v in run.resume_changes.items()},
+                changed={k: list(v) for k, v in changed.items()},
             )
         if self._overruled:
             self.logger.log_event(
@@ -664,8 +670,8 @@ class Trainer:
         if free < needed:
             self.logger.log_event(
                 "disk_warning",
-                f"a checkpoint needs about {needed / 1e9:.2f} GB and {self.out_dir}'s disk has {free / 1e9:.2f} GB "
-                "free: the first save will fail (free space, or pick another --out_dir)",
+                f"a checkpoint needs about {format_si(needed, 'B')} and {self.out_dir}'s disk has "
+                f"{format_si(free, 'B')} free: the first save will fail (free space, or pick another --out_dir)",
             )
 
     def _announce_stop(self, name: str) -> None:
@@ -696,6 +702,8 @@ class Trainer:
                 last_losses = self._eval_and_checkpoint(healthy)
                 if not healthy:
                     self._stop_nonfinite()
+                if self.world_size == 1 and stop.signum:  # asked during this evaluation: it was the last one
+                    self._stop_on_signal(stop.signum, healthy=True, evaluated=last_losses)
                 # steps are timed without evaluation and saving
                 window_start, window_steps = time.perf_counter(), 0
             if self._fault == (self.rank, self.iter_num):  # test-only: a real kill -9 of this rank
@@ -777,26 +785,38 @@ class Trainer:
             )
         self._loss_scale = scale
 
-    def _stop_on_signal(self, signum: int, healthy: bool) -> None:
+    def _stop_on_signal(self, signum: int, healthy: bool, evaluated: dict[str, float] | None = None) -> None:
         """Evaluate and checkpoint at this step boundary (as at an eval_interval: always_save_checkpoint and
-        the best val loss decide), log it, write the summary, and raise TrainingInterrupted."""
+        the best val loss decide; ``evaluated``: that just happened), log it, write the summary, and raise
+        TrainingInterrupted. Before this session's first step there is nothing new: no evaluation either
+        (a run stopped because its memory warning said it will not fit must not allocate)."""
         name = signal.Signals(signum).name
-        saved = self._saved_iter
         if not healthy:
             self._stop_nonfinite()
-        losses = self._eval_and_checkpoint(healthy)
-        if self._saved_iter != saved:
-            where = f"a checkpoint at iter {self.iter_num} in {self.out_dir}: continue with --init_from=resume"
-        elif self.iter_num == 0:
-            where = "nothing was trained yet, so no checkpoint"
-        elif not math.isfinite(losses["val"]):
-            where = "no checkpoint written now (the val loss is not finite)"
+        losses = evaluated
+        if self.iter_num == self.start_iter and evaluated is None:
+            where = "before this session's first step: nothing new to save"
         else:
-            where = "no checkpoint written now (the val loss did not improve and always_save_checkpoint=False)"
+            losses = evaluated or self._eval_and_checkpoint(healthy)
+            if self._saved_iter == self.iter_num:
+                resume = self._resume_command()
+                where = f"a checkpoint at iter {self.iter_num} in {self.out_dir}: continue with {resume}"
+            elif self.iter_num == 0:
+                where = "nothing was trained yet, so no checkpoint"
+            elif not math.isfinite(losses["val"]):
+                where = "no checkpoint written now (the val loss is not finite)"
+            else:
+                where = "no checkpoint written now (the val loss did not improve and always_save_checkpoint=False)"
         message = f"stopped by {name} at iter {self.iter_num}: {where}"
         self.logger.log_event("interrupted", message, iter=self.iter_num, signal=name)
-        self.logger.finalize(status=f"interrupted: {name}")
+        self.logger.finalize(**self._summary_fields(losses, f"interrupted: {name}"))
         raise TrainingInterrupted(signum, message)
+
+    def _resume_command(self) -> str:
+        """What continues this run: --init_from=resume with the launch flags a resume does not take from the
+        checkpoint (without them an FSDP run resumes unsharded, as DDP)."""
+        flag = {"fsdp": " --use_fsdp=True", "zero1": " --use_zero1=True"}.get(self.mode, "")
+        return f"--init_from=resume{flag}"
 
     def _stop_nonfinite(self, skipped: int = 0) -> None:
         what = (
@@ -810,7 +830,7 @@ class Trainer:
             "lower learning_rate" + (")" if skipped else ", or set --nan_policy=skip)"),
             iter=self.iter_num,
         )
-        self.logger.finalize(status="stopped: non-finite loss")
+        self.logger.finalize(**self._summary_fields(None, "stopped: non-finite loss"))
         raise NonFiniteLossError(f"training stopped at iter {self.iter_num}: non-finite loss")
 
     def _finish(self, last_losses: dict[str, float] | None) -> dict[str, Any]:
@@ -826,12 +846,21 @@ class Trainer:
                 device=self.device,
                 seed=self.cfg.seed,
             )
+        extra = self._summary_fields(last_losses, "completed")
+        if text is not None and self.master:
+            extra["sample"] = text
+            self.logger.log_event("sample", "sample from the final model:\n" + text)
+        return self.logger.finalize(**extra)
+
+    def _summary_fields(self, last_losses: dict[str, float] | None, status: str) -> dict[str, Any]:
+        """summary.json's fields beyond the logger's statistics, for a run that completed or stopped (every
+        rank calls: the fullest rank's peak is a collective; the others get {})."""
         # every rank's session peak (a collective: all ranks, before rank 0 goes on alone); -1: none logged
         (max_rank_peak,) = parallel.all_reduce_max([self.telemetry.session_peak_gb or -1.0], self.dist)
         if not self.master:
-            return self.logger.finalize()
+            return {}
         extra: dict[str, Any] = {
-            "status": "completed",
+            "status": status,
             "iterations": self.iter_num,
             # this session's share: the statistics above cover iterations start_iter..iterations-1
             "start_iter": self.start_iter,
@@ -849,10 +878,7 @@ class Trainer:
             extra["planned_bytes_per_rank"] = {k: getattr(plan.mode, k) for k in self.measured_bytes}
         if last_losses:
             extra["final_train_loss"] = last_losses["train"]
-        if text is not None:
-            extra["sample"] = text
-            self.logger.log_event("sample", "sample from the final model:\n" + text)
-        return self.logger.finalize(**extra)
+        return extra
 
 
 def _dumps(obj: Any) -> str:

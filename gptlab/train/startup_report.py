@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gptlab.telemetry.flops import format_si
+from gptlab.units import format_si
 
 if TYPE_CHECKING:
     from gptlab.train.loop import Trainer

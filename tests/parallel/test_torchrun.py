@@ -295,7 +295,7 @@ def test_ranks_that_disagree_on_the_config_fail_fast(data_dir: Path, tmp_path: P
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_sigterm_to_torchrun_stops_every_rank_at_one_checkpoint(mode: str, data_dir: Path, tmp_path: Path) -> None:
     """A preempted job: torchrun passes SIGTERM to its workers, which agree on the iteration at a logged
-    step, evaluate and checkpoint together, and exit 143 (torchrun re-raises the signal it got)."""
+    step, evaluate and checkpoint together, and exit 143 (torchrun itself exits 1 with its SignalException)."""
     from tests.train.test_signals import wait_for_iter
 
     out = tmp_path / "run"
@@ -309,4 +309,5 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_checkpoint(mode: str, data_
     assert proc.returncode != 0
     (event,) = [r for r in records(out, "event") if r.get("event") == "interrupted"]
     assert f"[rank 0] stopped by SIGTERM at iter {event['iter']}: a checkpoint" in err, err[-3000:]
+    assert ("--use_fsdp=True" in event["message"]) == (mode == "fsdp")  # the resume command names the mode
     assert load_checkpoint(out)["iter_num"] == event["iter"] > 3

@@ -609,5 +609,5 @@ def test_full_disk_is_said_before_training_and_in_one_line_at_the_save(
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
     (warning,) = [r for r in read_log(tmp_path) if r.get("event") == "disk_warning"]
-    assert "the first save will fail" in warning["message"] and "0.00 GB free" in warning["message"]
+    assert "the first save will fail" in warning["message"] and "has 1.000 KB free" in warning["message"]
     assert not list(tmp_path.glob("*.tmp-*")) and not (tmp_path / "ckpt.pt").exists()  # nothing half-written

@@ -94,19 +94,52 @@ def test_stop_signals_leave_an_ignored_signal_ignored() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def test_a_stop_before_any_step_says_nothing_was_trained(data_dir: Path, tmp_path: Path) -> None:
+def test_a_stop_before_the_first_step_evaluates_nothing_and_one_during_an_eval_stops_after_it(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A signal during startup (say, after a memory warning that the run will not fit) stops it before it
+    allocates anything: no evaluation, no checkpoint; one during an evaluation stops right after it, with
+    its checkpoint, and no step or second evaluation in between."""
     from gptlab.config.train import parse_run_args
     from gptlab.train.loop import Trainer
     from gptlab.train.signals import TrainingInterrupted
 
-    trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=5)), stream=io.StringIO())
-    step = trainer._train_loop
+    trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path / "a", max_iters=5)), stream=io.StringIO())
+    loop = trainer._train_loop
 
     def signalled(stop: StopSignals) -> dict:
         stop.signum = signal.SIGTERM  # arrived during startup
-        return step(stop)
+        return loop(stop)
 
     trainer._train_loop = signalled  # type: ignore[method-assign]
-    with pytest.raises(TrainingInterrupted, match="at iter 0: nothing was trained yet, so no checkpoint") as err:
+    with pytest.raises(TrainingInterrupted, match="at iter 0: before this session's first step") as err:
         trainer.run()
-    assert err.value.exit_code == 143 and not (tmp_path / "ckpt.pt").exists()
+    assert err.value.exit_code == 143 and not (tmp_path / "a" / "ckpt.pt").exists()
+    records = _records(tmp_path / "a")
+    assert not [r for r in records if r["type"] in ("eval", "iter")]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["status"] == "interrupted: SIGTERM" and summary["start_iter"] == 0  # the session's fields
+
+    out = tmp_path / "b"
+    trainer = Trainer(parse_run_args(tiny_args(data_dir, out, max_iters=20, eval_interval=4)), stream=io.StringIO())
+    evaluate, loop, holder = trainer.evaluate, trainer._train_loop, {}
+
+    def keep(stop: StopSignals) -> dict:
+        holder["stop"] = stop
+        return loop(stop)
+
+    trainer._train_loop = keep  # type: ignore[method-assign]
+
+    def evaluate_then_signal() -> dict:
+        losses = evaluate()
+        if trainer.iter_num == 4:
+            holder["stop"].signum = signal.SIGTERM
+        return losses
+
+    trainer.evaluate = evaluate_then_signal  # type: ignore[method-assign]
+    with pytest.raises(TrainingInterrupted, match=r"at iter 4: a checkpoint at iter 4 .* --init_from=resume"):
+        trainer.run()
+    records = _records(out)
+    assert [r["iter"] for r in records if r["type"] == "eval"] == [0, 4]
+    assert max(r["iter"] for r in records if r["type"] == "iter") == 3
+    assert load_checkpoint(out)["iter_num"] == 4
