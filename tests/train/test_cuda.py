@@ -1,7 +1,7 @@
 """What only a CUDA device can show; skipped without one. On a GPU: ``python -m pytest -m cuda``
 (bench/gpu_suite.sh lease runs them right after the GPT-2 124M target).
 
-- a bf16 step with fused AdamW, dropout, clipping and accumulation makes no host sync at all
+- a bf16 or fp16 step (also under ZeRO-1 and DDP) with fused AdamW, dropout and accumulation makes no host sync
   (``torch.cuda.set_sync_debug_mode('error')`` fails on any synchronizing CUDA call);
 - the presets' attention qualifies for the flash kernel (SDPA restricted to flash raises otherwise);
 - a CUDA-graph compile mode (``reduce-overhead``) trains, evaluates, checkpoints and samples like eager,
@@ -27,21 +27,36 @@ from tests.train.conftest import tiny_args
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def test_bf16_step_makes_no_host_sync(data_dir: Path, tmp_path: Path) -> None:
-    args = tiny_args(data_dir, tmp_path, device="cuda", dtype="bfloat16", gradient_log_interval=1000, dropout=0.1)
+@pytest.mark.parametrize(
+    ("mode", "dtype"), [("none", "bfloat16"), ("none", "float16"), ("zero1", "float16"), ("ddp", "bfloat16")]
+)
+def test_step_makes_no_host_sync(mode: str, dtype: str, data_dir: Path, tmp_path: Path) -> None:
+    """bf16, and fp16 with its loss scaler (ZeRO-1's fused scaling contract too); the data-parallel
+    wrappers in a one-rank group."""
+    from gptlab import parallel
+
+    args = tiny_args(
+        data_dir, tmp_path, device="cuda", dtype=dtype, gradient_log_interval=1000, dropout=0.1, parallel=mode
+    )
     trainer = Trainer(parse_run_args(args), stream=io.StringIO())
-    assert trainer.optimizer.defaults.get("fused") and trainer.accum_steps == 2
-    trainer.train_step()  # iteration 0: gradient statistics and the one-off byte count (host reads, by design)
-    trainer.iter_num += 1
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(3):
-            step = trainer.train_step()
+        assert trainer.accum_steps == 2
+        assert getattr(trainer.optimizer, "optim", trainer.optimizer).defaults.get("fused")  # ZeRO-1's local AdamW
+        for _ in range(2):  # iteration 0: statistics and the byte count (host reads, by design); DDP's buckets
+            trainer.train_step()
             trainer.iter_num += 1
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                step = trainer.train_step()
+                trainer.iter_num += 1
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert step["grad_stats"] is None and bool(torch.isfinite(step["loss"]))
     finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert step["grad_stats"] is None and bool(torch.isfinite(step["loss"]))
+        trainer.logger.close()
+        parallel.shutdown(trainer.dist)
 
 
 @pytest.mark.parametrize(("preset", "n_kv_head"), [("gpt2", None), ("llama", None), ("llama", 2)])
