@@ -164,7 +164,8 @@ def save_single_file(state: dict[str, Any], out_dir: str | Path, keep: int = 1) 
         os.link(path, tmp)
         os.replace(tmp, link)
     history = _history(out_dir, "pt")
-    for _, old in history[: len(history) - (keep if keep > 1 else 0)]:
+    kept = keep if keep > 1 else 0
+    for _, old in history[: max(0, len(history) - kept)]:  # (a negative bound would delete from the end)
         old.unlink(missing_ok=True)
     return path
 
@@ -330,6 +331,11 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
         # stays deletable there, so keep_checkpoints can remove the checkpoint a run resumed from
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "weights only load failed" in str(e).lower():  # a pickle that would build objects or call code
+            raise CheckpointError(
+                f"{str(path)!r} holds objects beyond tensors and plain data, which gptlab does not load "
+                "(torch.load(weights_only=True) refused it); the file was left untouched"
+            ) from None
         raise CheckpointError(
             f"{str(path)!r} is corrupt or truncated ({reason}); the file was left untouched"
         ) from None

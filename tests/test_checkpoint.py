@@ -23,3 +23,74 @@ def test_load_maps_the_file_instead_of_reading_it(tmp_path: Path) -> None:
     ckpt = load_checkpoint(path)
     assert _rss_mb() - before < 20  # nothing read yet
     assert ckpt["model"]["w"].sum().isfinite()  # and the values are there when used
+
+
+# --- the single-file layout, unit by unit (the full runs are in tests/train/test_parallel_checkpoints.py) ----
+
+
+def _state(iter_num: int) -> dict:
+    return {"format": FORMAT, "iter_num": iter_num, "model": {"w": torch.full((3,), float(iter_num))}}
+
+
+def test_clean_state_dict_strips_nested_wrapper_prefixes() -> None:
+    from gptlab.checkpoint import clean_state_dict
+
+    state = {"module._orig_mod.wte.weight": 1, "_orig_mod.module.lm_head.weight": 2, "norm_f.weight": 3}
+    assert clean_state_dict(state) == {"wte.weight": 1, "lm_head.weight": 2, "norm_f.weight": 3}
+
+
+def test_save_single_file_keeps_the_last_k_and_loads_weights_only(tmp_path: Path) -> None:
+    """keep=3: ckpt.pt plus the last three ckpt-ITER.pt (hard links, no second copy); keep=1: no history.
+    (keep >= 3 kept one: the pruning slice's bound went negative while fewer than keep had been saved.)"""
+    from gptlab.checkpoint import save_single_file
+
+    for it in (10, 20, 30, 40):
+        save_single_file(_state(it), tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt-0000020.pt",
+        "ckpt-0000030.pt",
+        "ckpt-0000040.pt",
+        "ckpt.pt",
+    ]
+    assert (tmp_path / "ckpt.pt").stat().st_ino == (tmp_path / "ckpt-0000040.pt").stat().st_ino
+    assert (
+        load_checkpoint(tmp_path)["iter_num"] == 40 and load_checkpoint(tmp_path / "ckpt-0000020.pt")["iter_num"] == 20
+    )
+    save_single_file(_state(50), tmp_path, keep=1)  # history off: the older ones go
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_a_checkpoint_that_runs_code_when_loaded_is_refused(tmp_path: Path) -> None:
+    """weights_only=True: a pickle that would call a function is a one-line CheckpointError, not run."""
+    from gptlab.errors import CheckpointError
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("code ran",))
+
+    torch.save({"format": FORMAT, "iter_num": 1, "model": {}, "x": Payload()}, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match=r"holds objects beyond tensors .*weights_only=True\) refused it"):
+        load_checkpoint(tmp_path)
+
+
+def test_remove_checkpoints_spares_the_kept_path_and_leftovers_go(tmp_path: Path) -> None:
+    from gptlab.checkpoint import remove_checkpoints, remove_save_leftovers
+
+    for name in ("ckpt.pt", "ckpt-0000010.pt", "log.jsonl", ".ckpt.pt.tmp-123"):
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_save_leftovers(tmp_path) == [".ckpt.pt.tmp-123"]
+    assert remove_checkpoints(tmp_path, keep=tmp_path / "ckpt-0000010.pt") == ["ckpt.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000010.pt", "log.jsonl"]
+
+
+def test_optimizer_state_by_name_follows_the_parameter_order() -> None:
+    from gptlab.checkpoint import optimizer_state_by_name
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    by_name = optimizer_state_by_name(model, opt, opt.state_dict())
+    assert list(by_name["state"]) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert torch.equal(by_name["state"]["1.weight"]["exp_avg"], opt.state[model[1].weight]["exp_avg"])
+    assert by_name["param_groups"][0]["params"] == ["0.weight", "0.bias", "1.weight", "1.bias"]

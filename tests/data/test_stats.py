@@ -1,0 +1,21 @@
+"""gptlab.data.stats: the unigram baseline, by hand."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from gptlab.data import stats
+
+
+def test_unigram_baseline_is_the_val_cross_entropy_of_add_one_train_counts(tmp_path: Path, monkeypatch) -> None:
+    np.array([0, 0, 1, 2, 0, 1], dtype=np.uint16).tofile(tmp_path / "train.bin")
+    np.array([0, 1, 3], dtype=np.uint16).tofile(tmp_path / "val.bin")
+    # train counts + 1 over a vocabulary of 4: 4, 3, 2, 1 (of 10); val reads tokens 0, 1 and the unseen 3
+    want = -(math.log(4 / 10) + math.log(3 / 10) + math.log(1 / 10)) / 3
+    meta = {"vocab_size": 4, "dtype": "uint16"}
+    assert math.isclose(stats.unigram_baseline(tmp_path, meta), want, rel_tol=1e-12)
+    monkeypatch.setattr(stats, "UNIGRAM_CHUNK", 2)  # counted in bounded chunks: the same figure
+    assert math.isclose(stats.unigram_baseline(tmp_path, meta), want, rel_tol=1e-12)

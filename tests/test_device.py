@@ -1,0 +1,21 @@
+"""gptlab.device: what a run asks for, against what this machine has, in one line each."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptlab.device import resolve_device, resolve_dtype
+from gptlab.errors import ConfigError
+
+
+def test_device_and_dtype_resolve_or_say_what_is_missing() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"  # no autocast on a CPU by default
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == "bfloat16"  # as asked
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ConfigError, match=r"device='cuda' but CUDA is not available here: use --device=cpu"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="device='gpu'"):
+        resolve_device("gpu")

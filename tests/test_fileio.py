@@ -1,0 +1,22 @@
+"""gptlab.fileio: a file is replaced whole or not at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gptlab.fileio import atomic_open, atomic_write
+
+
+def test_atomic_write_replaces_whole_and_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "summary.json"
+    atomic_write(path, "first é\n")  # text as UTF-8, parents made
+    assert path.read_bytes() == "first é\n".encode()
+    with pytest.raises(RuntimeError, match="disk gone"), atomic_open(path) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("disk gone")
+    assert path.read_text() == "first é\n"  # the old file, untouched
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temporary left behind
+    atomic_write(path, b"second")
+    assert path.read_bytes() == b"second"
