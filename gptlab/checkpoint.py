@@ -128,10 +128,14 @@ def remove_checkpoints(out_dir: str | Path, keep: str | Path | None = None) -> l
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return []
-    kept = Path(keep).resolve() if keep is not None else None
+    kept = weights_path(keep) if keep is not None else None
     removed = []
     for p in sorted(out_dir.iterdir()):
         target = p.resolve()
+        if p.name == DCP_LINK and p.is_symlink():  # a pointer, never the weights: the replaced run's latest
+            p.unlink()
+            removed.append(p.name)
+            continue
         if kept is not None and (kept == target or kept in target.parents or target in kept.parents):
             continue
         if p.name in (CHECKPOINT_NAME, DCP_LINK) or _HISTORY.match(p.name):
@@ -143,6 +147,14 @@ def remove_checkpoints(out_dir: str | Path, keep: str | Path | None = None) -> l
     return removed
 
 
+def weights_path(path: str | Path) -> Path:
+    """The checkpoint file or DCP directory ``path`` loads: a run directory's latest, else itself."""
+    path = Path(path)
+    if path.is_dir() and not is_dcp_dir(path):
+        path = latest_checkpoint(path) or path
+    return path.resolve()
+
+
 def _history(out_dir: Path, suffix: str) -> list[tuple[int, Path]]:
     out = []
     for p in out_dir.iterdir():
@@ -150,6 +162,20 @@ def _history(out_dir: Path, suffix: str) -> list[tuple[int, Path]]:
         if m and m.group(2) == suffix:
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def _prune(history: list[tuple[int, Path]], iter_num: int, keep: int, current: Path) -> None:
+    """Keep the last ``keep`` saves of this run's timeline: entries after ``iter_num`` belong to a future a
+    rollback abandoned, the entry just written (or, for ckpt.pt, its hard link) always stays."""
+    timeline = [(it, p) for it, p in history if it <= iter_num]
+    doomed = [p for it, p in history if it > iter_num] + [p for _, p in timeline[: max(0, len(timeline) - keep)]]
+    for old in doomed:
+        if old.resolve() == current.resolve() or (old.exists() and current.exists() and old.samefile(current)):
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def save_single_file(state: dict[str, Any], out_dir: str | Path, keep: int = 1) -> Path:
@@ -163,10 +189,7 @@ def save_single_file(state: dict[str, Any], out_dir: str | Path, keep: int = 1) 
         tmp.unlink(missing_ok=True)
         os.link(path, tmp)
         os.replace(tmp, link)
-    history = _history(out_dir, "pt")
-    kept = keep if keep > 1 else 0
-    for _, old in history[: max(0, len(history) - kept)]:  # (a negative bound would delete from the end)
-        old.unlink(missing_ok=True)
+    _prune(_history(out_dir, "pt"), int(state["iter_num"]), keep if keep > 1 else 0, path)
     return path
 
 
@@ -213,9 +236,7 @@ def save_dcp(
         else:
             os.replace(tmp, final)
         _point_link(out_dir, name)
-        for _, old in _history(out_dir, "dcp")[:-keep]:
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        _prune(_history(out_dir, "dcp"), int(meta["iter_num"]), keep, final)
     barrier()
     return final
 

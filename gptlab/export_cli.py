@@ -13,7 +13,7 @@ from typing import Any
 def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Path:
     """Write ``out/ckpt.pt`` (model, optimizer, arch, config, iteration, RNG: resumable and
     loadable by ``from_pretrained``) and, with ``hf``, the Hugging Face files beside it."""
-    from gptlab.checkpoint import CHECKPOINT_NAME, clean_state_dict, load_checkpoint, save_single_file
+    from gptlab.checkpoint import CHECKPOINT_NAME, atomic_save, clean_state_dict, load_checkpoint
 
     ckpt = load_checkpoint(src)
     ckpt.pop("path", None)
@@ -27,7 +27,8 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
         from gptlab.model.convert import hf_model_type
 
         hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"]))
-    save_single_file({**ckpt, "model": clean_state_dict(ckpt["model"])}, out)
+    # ckpt.pt alone: a run's checkpoint history in the destination is not this export's to prune
+    atomic_save({**ckpt, "model": clean_state_dict(ckpt["model"])}, out / CHECKPOINT_NAME)
     if hf:
         from gptlab.data.tokenizers import save_hf_tokenizer
         from gptlab.model.convert import model_from_checkpoint, special_tokens_for

@@ -94,3 +94,29 @@ def test_optimizer_state_by_name_follows_the_parameter_order() -> None:
     assert list(by_name["state"]) == ["0.weight", "0.bias", "1.weight", "1.bias"]
     assert torch.equal(by_name["state"]["1.weight"]["exp_avg"], opt.state[model[1].weight]["exp_avg"])
     assert by_name["param_groups"][0]["params"] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+
+
+def test_a_rolled_back_timeline_prunes_the_abandoned_future_not_what_it_just_wrote(tmp_path: Path) -> None:
+    """Resumed from ckpt-0000010.pt after saves up to 13 (a rollback): saving 10 and 11 again keeps them,
+    and 12 and 13, a future this run abandoned, go (they were kept, and the new saves deleted)."""
+    from gptlab.checkpoint import save_single_file
+
+    for it in (10, 11, 12, 13):
+        save_single_file(_state(it), tmp_path, keep=2)
+    for it in (10, 11):
+        save_single_file(_state(it), tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000010.pt", "ckpt-0000011.pt", "ckpt.pt"]
+    assert load_checkpoint(tmp_path)["iter_num"] == 11
+
+
+def test_export_writes_ckpt_pt_and_leaves_the_destinations_history(tmp_path: Path) -> None:
+    from gptlab.checkpoint import save_single_file
+    from gptlab.export_cli import export_checkpoint
+
+    run, dest = tmp_path / "run", tmp_path / "dest"
+    save_single_file(_state(7), run)
+    for it in (3, 4):
+        save_single_file(_state(it), dest, keep=2)
+    export_checkpoint(run, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["ckpt-0000003.pt", "ckpt-0000004.pt", "ckpt.pt"]
+    assert load_checkpoint(dest)["iter_num"] == 7

@@ -44,6 +44,7 @@ from gptlab.checkpoint import (
     remove_save_leftovers,
     save_dcp,
     save_single_file,
+    weights_path,
 )
 from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
 from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
@@ -207,6 +208,7 @@ class Trainer:
         self._resumed_dcp = resumed if resumed is not None and is_dcp_dir(resumed) else None
         self._resumed_iter = int(ckpt["iter_num"]) if ckpt is not None else -1
         self._saved_iter = -1  # the iteration of this session's latest checkpoint
+        self._replaced_source: Path | None = None  # overwrite: a fine-tune's source in out_dir, until the first save
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from (nodes reading different disks)
         parallel.check_same_config({**self.run_config.to_dict(), "start_iter": max(self._resumed_iter, 0)}, self.dist)
@@ -309,8 +311,12 @@ class Trainer:
             # the replaced run's checkpoints go now (weights to fine-tune from are loaded by every rank), so that
             # no later resume or export finds them
             parallel.barrier(self.dist)
-            source = None if cfg.init_from == "scratch" else cfg.init_from  # a fine-tune's weights stay
-            removed = remove_checkpoints(self.out_dir, keep=source) if self.master else []
+            # a fine-tune's weights stay until this run's first checkpoint replaces them (a crash loses nothing)
+            source = cfg.init_from if cfg.init_from != "scratch" and Path(cfg.init_from).exists() else None
+            kept = weights_path(source) if source is not None else None
+            removed = remove_checkpoints(self.out_dir, keep=kept) if self.master else []
+            if kept is not None and self.out_dir.resolve() in kept.parents:
+                self._replaced_source = kept
             if removed:
                 self.logger.log_event(
                     "overwrite", f"replacing the previous run in {self.out_dir}: removed {', '.join(removed)}"
@@ -611,6 +617,10 @@ class Trainer:
             parallel.barrier(self.dist)  # no rank runs ahead of a checkpoint it may need to resume from
         self.logger.log_event("checkpoint", f"saving checkpoint to {path}", iter=self.iter_num)
         self._saved_iter = self.iter_num
+        replaced, self._replaced_source = self._replaced_source, None
+        if replaced is not None and self.master and replaced != Path(path).resolve() and replaced.exists():
+            shutil.rmtree(replaced) if replaced.is_dir() else replaced.unlink()  # the replaced run's last weights
+            self.logger.log_event("overwrite", f"replaced the previous run's {replaced.name}: this run saved its own")
         return path
 
     # ------------------------------------------------------------------ the loop

@@ -133,6 +133,23 @@ def test_overwrite_removes_the_replaced_runs_checkpoints(data_dir: Path, tmp_pat
     assert any(e.get("event") == "overwrite" and "ckpt-0000009.dcp" in e["message"] for e in events)
 
 
+@pytest.mark.parametrize("source", ["run", "ckpt.dcp"])
+def test_a_fine_tune_that_overwrites_its_own_source_run_leaves_only_itself(
+    source: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """--init_from=OUT (or OUT/ckpt.dcp) --overwrite=True into OUT: the source stays until the fine-tune's
+    first checkpoint (a crash before it loses nothing), then goes; a resume continues the fine-tune."""
+    first = tiny_args(data_dir, tmp_path, parallel="fsdp", max_iters=8, eval_interval=4, keep_checkpoints=2)
+    train(parse_run_args(first), stream=io.StringIO())
+    init = str(tmp_path if source == "run" else tmp_path / "ckpt.dcp")
+    tune = tiny_args(
+        data_dir, tmp_path, init_from=init, overwrite=True, max_iters=4, eval_interval=2, keep_checkpoints=2
+    )
+    train(parse_run_args(tune), stream=io.StringIO())
+    assert sorted(p.name for p in tmp_path.glob("ckpt*")) == ["ckpt-0000004.pt", "ckpt-0000005.pt", "ckpt.pt"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt.pt" and load_checkpoint(tmp_path)["iter_num"] == 5
+
+
 def test_fsdp_run_loads_as_pretrained_weights_and_samples(data_dir: Path, tmp_path: Path) -> None:
     """A sharded checkpoint (a run directory or its ckpt.dcp) fine-tunes, loads through from_pretrained
     and samples with the tokenizer it records, as a ckpt.pt does."""
