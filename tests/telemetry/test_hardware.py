@@ -28,6 +28,7 @@ NAMES = {
     "Tesla V100-PCIE-32GB": "V100-PCIe",
     "Tesla V100S-PCIE-32GB": "V100S-PCIe",
     "AMD Instinct MI300X": "MI300X",
+    "NVIDIA GH200 480GB": "H200-SXM",  # Grace Hopper: the H100/H200 SXM peaks
 }
 
 
@@ -37,7 +38,11 @@ def test_realistic_device_names_match(name: str) -> None:
     assert spec is not None and spec.key == NAMES[name]
 
 
-@pytest.mark.parametrize("name", ["NVIDIA L40", "NVIDIA A10G", "NVIDIA GeForce RTX 3090", "Intel Xeon", "cpu"])
+@pytest.mark.parametrize(
+    "name",
+    # a model number inside another (an RTX A1000 is no A100) gets no peak rather than a wrong one
+    ["NVIDIA L40", "NVIDIA A10G", "NVIDIA GeForce RTX 3090", "Intel Xeon", "cpu", "NVIDIA RTX A1000", "h1000"],
+)
 def test_other_devices_are_unknown(name: str) -> None:
     assert match_gpu(name) is None
 
