@@ -184,7 +184,8 @@ def train_and_compare(
             Path(t.out_dir).mkdir(parents=True, exist_ok=True)
             (Path(t.out_dir) / "console.log").write_text(stream.getvalue())
         run_dir = Path(t.out_dir)
-        startup = json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])
+        records = map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+        startup = next(r for r in records if r.get("type") == "startup")  # after an overwrite event, on a re-run
         arch.config = ModelArchitectureConfig.from_dict(json.loads((run_dir / "config.json").read_text())["arch"])
         results.append(_result(run_dir, summary, startup))
         figures.append(compute_figures(arch.config, **settings))

@@ -18,10 +18,18 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
     ckpt = load_checkpoint(src)
     ckpt.pop("path", None)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        from gptlab.errors import ConfigError
+    from gptlab.errors import ConfigError
 
+    if out.exists() and not out.is_dir():
         raise ConfigError(f"export destination {str(out)!r} exists and is not a directory")
+    run_files = [n for n in ("log.jsonl", "ckpt.dcp") if (out / n).exists() or (out / n).is_symlink()]
+    if run_files:  # its config.json, logs and checkpoints describe another model (or the source) than the export
+        raise ConfigError(
+            f"export destination {str(out)!r} is a run directory ({', '.join(run_files)}): export to a folder "
+            "of its own"
+        )
+    if not hf:
+        _remove_hf_export(out)  # an earlier --hf export there would load as a different model than this ckpt.pt
     if hf:  # refused before anything is written
         from gptlab.config.model import ModelArchitectureConfig
         from gptlab.model.convert import hf_model_type
@@ -66,3 +74,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--hf", action="store_true", help="also write Hugging Face config.json + model.safetensors")
     p.set_defaults(func=_export_cmd)
+
+
+HF_EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json")
+
+
+def _remove_hf_export(out: Path) -> None:
+    """The files of an earlier ``--hf`` export in ``out`` (its config.json names a ``model_type``)."""
+    import json
+
+    try:
+        is_hf = "model_type" in json.loads((out / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return
+    if is_hf:
+        for name in HF_EXPORT_FILES:
+            (out / name).unlink(missing_ok=True)

@@ -120,3 +120,25 @@ def test_export_writes_ckpt_pt_and_leaves_the_destinations_history(tmp_path: Pat
     export_checkpoint(run, dest)
     assert sorted(p.name for p in dest.iterdir()) == ["ckpt-0000003.pt", "ckpt-0000004.pt", "ckpt.pt"]
     assert load_checkpoint(dest)["iter_num"] == 7
+
+
+def test_export_refuses_a_run_directory_and_clears_an_earlier_hf_export(tmp_path: Path) -> None:
+    """Into a run directory an export's ckpt.pt / config.json would contradict its logs (or be the source's
+    own run config replaced by Hugging Face's); an earlier --hf export's files would load as another model."""
+    import json
+
+    from gptlab.checkpoint import save_single_file
+    from gptlab.errors import ConfigError
+    from gptlab.export_cli import export_checkpoint
+
+    run = tmp_path / "run"
+    save_single_file(_state(7), run)
+    (run / "log.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=r"is a run directory \(log\.jsonl\): export to a folder of its own"):
+        export_checkpoint(run, run)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (dest / "model.safetensors").write_bytes(b"old")
+    export_checkpoint(run, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["ckpt.pt"]

@@ -141,6 +141,8 @@ def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFi
     assert data["report"] == str(out / "report" / "report.html")
     assert "<h2>Architectures</h2>" in page and "<h2>Training</h2>" in page and "final val loss" in page
     assert (out / "report" / "loss_vs_tokens.png").is_file() and (out / "report" / "loss_vs_time.png").is_file()
+    assert main(args) == 0  # run again into the same out_dir: the runs are replaced (an overwrite event first)
+    assert json.loads(capsys.readouterr().out)["training"]["gpt2"]["tokens_trained"] == 9 * 4 * 32
 
 
 def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly() -> None:
