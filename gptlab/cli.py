@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from gptlab.config.model import PRESETS, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import TEXT_KEYS
-from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError
+from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError, did_you_mean
 from gptlab.train.signals import TrainingInterrupted
 
 
@@ -19,6 +19,7 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.model.gpt import ConfigurableGPT
 
     overrides = parse_overrides(extra, TEXT_KEYS)
+    from gptlab.config.model import ARCH_FIELDS
     from gptlab.config.train import TRAIN_FIELDS, names_a_file
 
     for key in overrides:
@@ -26,6 +27,11 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
             raise ConfigError(f"give the preset as the argument (gptlab arch {overrides[key]}), not --arch_preset")
         if key in TRAIN_FIELDS and key != "arch_preset":
             raise ConfigError(f"--{key} is a training setting, which 'gptlab arch' does not use")
+        if key not in ARCH_FIELDS and key != "arch_preset":
+            raise ConfigError(
+                f"unknown option --{key}{did_you_mean(key, [*ARCH_FIELDS, 'no_params'])}: 'gptlab arch' takes "
+                "--no_params and the architecture keys"
+            )
     from gptlab.compare import resolve_architecture
 
     config = resolve_architecture(args.preset, overrides).config  # a preset, or a config file's architecture

@@ -20,6 +20,8 @@ from gptlab.cli import main
         (["flops", "run.yaml"], "config file 'run.yaml' does not exist"),  # a file, not "arch_preset='run.yaml'"
         (["compare", "gpt2", "configs/run.json"], "config file 'configs/run.json' does not exist"),
         (["arch", "gpt2", "--arch_preset=llama"], r"give the preset as the argument \(gptlab arch llama\)"),
+        (["arch", "--n_layr=2"], r"unknown option --n_layr \(did you mean 'n_layer'\?\)"),  # was ignored
+        (["flops", "--gpu=h1000"], "h1000"),  # no H100 peak for a card that is none
         (["plan", "config/train_gpt2.py", "--gradient_accumulation_steps=8"], "this command's --grad_accum_steps"),
         (["flops", "--seq_len=abc"], "^gptlab flops: error: argument --seq_len: invalid int value: 'abc' \\(see"),
         (["train", "--device", "cpu"], "^gptlab: error: cannot parse '--device cpu': write --device=cpu$"),
