@@ -59,6 +59,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     """Read ``path/log.jsonl`` (and ``summary.json`` if the log has no summary record)."""
     path = Path(path)
     log = path / "log.jsonl"
+    if path.is_file() and path.name == "log.jsonl":  # the log named itself: its run directory
+        path, log = path.parent, path
     if not log.is_file():
         raise ConfigError(f"run directory {str(path)!r} has no log.jsonl (is it a gptlab training out_dir?)")
     run = Run(path=path, label=label or path.name or str(path))
@@ -75,7 +77,11 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             if n == len(lines):  # a run killed mid-write: ignore the torn last line
                 continue
             raise GptlabError(f"{log}:{n} is not valid JSON") from None
+        if not isinstance(record, dict):
+            raise GptlabError(f"{log}:{n} is not a record (a JSON object): {line[:60]}")
         kind = record.get("type")
+        if kind in ("iter", "eval", "gradients") and not isinstance(record.get("iter"), int):
+            raise GptlabError(f"{log}:{n}: a {kind!r} record without an integer 'iter'")
         t = _number(record.get("time"))
         if t is not None:
             # a session opens with its first record: a resume event (logged before the session's startup
@@ -109,7 +115,12 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     run.gradients = list({r["iter"]: r for r in run.gradients}.values())
     summary_file = path / "summary.json"
     if not run.summary and summary_file.is_file():
-        run.summary = json.loads(summary_file.read_text())
+        try:
+            run.summary = json.loads(summary_file.read_text())
+        except ValueError:
+            raise GptlabError(f"{summary_file} is not valid JSON") from None
+    if not (run.startup or run.iters or run.evals):
+        raise GptlabError(f"{log} holds no training records (a run that never started?)")
     return run
 
 

@@ -96,6 +96,23 @@ def test_missing_log_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no log.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("log", "message"),
+    [
+        ('5\n{"type": "startup"}\n', r"log\.jsonl:1 is not a record"),
+        ('{"type": "startup"}\n{"type": "iter", "loss": 1.0}\n', r"log\.jsonl:2: a 'iter' record without an integer"),
+        ("", "holds no training records"),
+    ],
+)
+def test_damaged_logs_are_one_line_errors(
+    log: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "log.jsonl").write_text(log)
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_headless_chromium_renders_the_plots(report_dir: Path, tmp_path: Path) -> None:
     from PIL import Image
