@@ -383,4 +383,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             return load_dcp_full(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}: expected a {CHECKPOINT_NAME} written by gptlab train")
-    return _torch_load_checked(path)
+    ckpt = _torch_load_checked(path)
+    missing = [key for key in ("model", "arch", "iter_num") if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: it has no {', '.join(missing)}")
+    return ckpt

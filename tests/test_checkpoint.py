@@ -18,7 +18,7 @@ def _rss_mb() -> float:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 def test_load_maps_the_file_instead_of_reading_it(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pt"
-    torch.save({"format": FORMAT, "model": {"w": torch.randn(20_000_000)}}, path)  # 80 MB
+    torch.save({"format": FORMAT, "iter_num": 0, "arch": {}, "model": {"w": torch.randn(20_000_000)}}, path)  # 80 MB
     before = _rss_mb()
     ckpt = load_checkpoint(path)
     assert _rss_mb() - before < 20  # nothing read yet
@@ -29,7 +29,7 @@ def test_load_maps_the_file_instead_of_reading_it(tmp_path: Path) -> None:
 
 
 def _state(iter_num: int) -> dict:
-    return {"format": FORMAT, "iter_num": iter_num, "model": {"w": torch.full((3,), float(iter_num))}}
+    return {"format": FORMAT, "iter_num": iter_num, "arch": {}, "model": {"w": torch.full((3,), float(iter_num))}}
 
 
 def test_clean_state_dict_strips_nested_wrapper_prefixes() -> None:
@@ -68,7 +68,7 @@ def test_a_checkpoint_that_runs_code_when_loaded_is_refused(tmp_path: Path) -> N
         def __reduce__(self):  # type: ignore[no-untyped-def]
             return (print, ("code ran",))
 
-    torch.save({"format": FORMAT, "iter_num": 1, "model": {}, "x": Payload()}, tmp_path / "ckpt.pt")
+    torch.save({"format": FORMAT, "iter_num": 1, "arch": {}, "model": {}, "x": Payload()}, tmp_path / "ckpt.pt")
     with pytest.raises(CheckpointError, match=r"holds objects beyond tensors .*weights_only=True\) refused it"):
         load_checkpoint(tmp_path)
 
@@ -142,3 +142,11 @@ def test_export_refuses_a_run_directory_and_clears_an_earlier_hf_export(tmp_path
     (dest / "model.safetensors").write_bytes(b"old")
     export_checkpoint(run, dest)
     assert sorted(p.name for p in dest.iterdir()) == ["ckpt.pt"]
+
+
+def test_a_checkpoint_missing_its_architecture_is_one_line(tmp_path: Path) -> None:
+    from gptlab.errors import CheckpointError
+
+    torch.save({"format": FORMAT, "iter_num": 3, "model": {}}, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match="is a damaged gptlab checkpoint: it has no arch"):
+        load_checkpoint(tmp_path)
