@@ -129,6 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as e:  # stopped on SIGTERM / Ctrl-C after checkpointing: a shell's status
         print(f"gptlab: {e}", file=sys.stderr)
         return e.exit_code
+    except (MemoryError, RuntimeError) as e:
+        text = str(e).strip()
+        if not (isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()):
+            raise
+        first = text.splitlines()[0][:300] if text else type(e).__name__
+        print(
+            f"gptlab: error: out of memory ({first}): ask for less (a smaller --size, --batch_size, ...)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:  # Ctrl-C outside a training step, or twice: no traceback, the shell's status
         print("gptlab: aborted (Ctrl-C); files already written are as they were", file=sys.stderr)
         return 130

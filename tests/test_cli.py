@@ -55,3 +55,16 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     (tmp_path / "file").write_text("")
     assert main(["report", str(run), f"--out={tmp_path / 'file'}"]) == 2
     assert "\n" not in capsys.readouterr().err.strip()
+
+
+def test_an_allocation_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """gptlab peak --size=100000 asks the CPU for 40 GB: one line, not the allocator's traceback."""
+    import gptlab.telemetry.hardware as hardware
+
+    def allocate(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 40000000000 bytes.")
+
+    monkeypatch.setattr(hardware, "measure_peak_flops", allocate)
+    assert main(["peak", "--device=cpu", "--size=100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptlab: error: out of memory (DefaultCPUAllocator") and len(err.strip().splitlines()) == 1
