@@ -258,7 +258,11 @@ def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.telemetry.hardware import detect_peak, device_name, measure_peak_flops
 
     if extra:
-        raise ConfigError(f"'gptlab peak' takes no architecture overrides, got {' '.join(extra)}")
+        raise ConfigError(
+            f"'gptlab peak' takes --device, --dtype, --size and --iters (no architecture keys), got {' '.join(extra)}"
+        )
+    if args.dtype is not None and args.dtype not in AUTOCAST_DTYPES:
+        raise unknown_choice("dtype", args.dtype, AUTOCAST_DTYPES)
     for key in ("size", "iters"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             raise ConfigError(f"{key}={getattr(args, key)} is invalid: expected a positive integer")

@@ -91,7 +91,7 @@ def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
         (["flops", "gpt2", "--dtype", "fp64"], "dtype='fp64' is not one of"),  # even where unused (no --gpu)
         (["plan", "gpt2", "--gpu", "H100-SXM", "--mfu", "2"], "mfu=2"),
         (["plan", "llama", "--batch_sze=12"], "unknown option --batch_sze \\(did you mean 'batch_size'\\?\\)"),
-        (["peak", "--n_layer=4"], "takes no architecture overrides"),
+        (["peak", "--n_layer=4"], "no architecture keys"),
         (["flops", "gpt2", "--mfu", "5"], "mfu=5"),  # checked without --gpu too
         (["plan", "gpt2", "--gpu_memory_gb", "nan"], "gpu_memory_gb=nan is invalid"),
         (["plan", "gpt2", "--gpu_memory_gb", "0"], "gpu_memory_gb=0.0 is invalid"),
