@@ -13,7 +13,7 @@ import torch
 
 from gptlab.config.model import check_field_types
 from gptlab.config.overrides import parse_overrides
-from gptlab.errors import CheckpointError, ConfigError, did_you_mean
+from gptlab.errors import CheckpointError, ConfigError, DataError, did_you_mean
 
 
 @dataclass
@@ -191,7 +191,10 @@ def generate_text(
     if tokenizer_meta is None:
         raise CheckpointError("the checkpoint records no tokenizer, so its tokens cannot be decoded")
     tok = load_tokenizer(tokenizer_meta)
-    ids = tok.encode(prompt) or [0]
+    try:
+        ids = tok.encode(prompt) or [0]
+    except DataError as e:  # a char vocabulary without one of the prompt's characters
+        raise ConfigError(f"the prompt (--start / sample_prompt) cannot be encoded: {e}") from None
     x = torch.tensor([ids], dtype=torch.long, device=device)
     was_training = model.training
     model.eval()

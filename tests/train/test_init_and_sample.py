@@ -119,6 +119,12 @@ def test_root_sample_script(data_dir: Path, tmp_path: Path) -> None:
         timeout=120,
     )
     assert bad.returncode == 2 and "did you mean 'temperature'" in bad.stderr
+    from gptlab.errors import ConfigError
+    from gptlab.train.sample import parse_sample_args, sample
+
+    unknown = parse_sample_args([f"--out_dir={str(tmp_path)!r}", "--start='日本'", "--device='cpu'"])
+    with pytest.raises(ConfigError, match=r"the prompt \(--start / sample_prompt\) cannot be encoded: character '日'"):
+        list(sample(unknown))
 
 
 def test_gradient_spike_is_an_event(data_dir: Path, tmp_path: Path) -> None:
