@@ -29,6 +29,7 @@ def _bool(text: str) -> bool:
 
 
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
+DEFAULT_MFU = 0.4  # the throughput estimate's assumed utilisation
 
 
 # What a plan assumes when neither an option nor a config file says otherwise.
@@ -58,7 +59,7 @@ def _check_options(args: argparse.Namespace) -> None:
     """Every option's value, whether or not this invocation uses it (--mfu without --gpu too)."""
     if args.dtype not in AUTOCAST_DTYPES:
         raise unknown_choice("dtype", args.dtype, AUTOCAST_DTYPES)
-    if not 0 < args.mfu <= 1:
+    if args.mfu is not None and not 0 < args.mfu <= 1:
         raise ConfigError(f"mfu={args.mfu} is invalid: expected a fraction in (0, 1]")
     memory = getattr(args, "gpu_memory_gb", None)
     if memory is not None and not (math.isfinite(memory) and memory > 0):
@@ -135,7 +136,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "a config file's, else False)",
     )
     p.add_argument("--gpu", help="accelerator for the throughput estimate, e.g. H100-SXM, A100-PCIe, B200")
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for --gpu (default 0.4)")
+    p.add_argument("--mfu", type=float, help=f"model FLOPs utilisation assumed for --gpu (default {DEFAULT_MFU})")
     p.add_argument(
         "--dtype", help="autocast dtype: bfloat16, float16 or float32 (default: a config file's, else bfloat16)"
     )
@@ -169,6 +170,11 @@ def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: b
 def _throughput_peak(args: argparse.Namespace) -> tuple[Any, str, float] | None:
     """(spec, precision, dense peak) for ``--gpu``, checked with ``--mfu`` before anything is printed."""
     if args.gpu is None:
+        given = [f"--{key}" for key in ("mfu", "num_gpus") if getattr(args, key, None) is not None]
+        if given:  # it would be silently ignored
+            raise ConfigError(
+                f"{' and '.join(given)} set the throughput estimate, which needs --gpu (e.g. --gpu=H100-SXM)"
+            )
         return None
     from gptlab.telemetry.hardware import get_gpu_spec
 
@@ -187,13 +193,14 @@ def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace,
     if found is None:
         return
     spec, precision, peak = found
-    tps = expected_tokens_per_sec(config, peak, args.mfu, num_gpus=gpus, seq_len=seq_len)
+    mfu = DEFAULT_MFU if args.mfu is None else args.mfu
+    tps = expected_tokens_per_sec(config, peak, mfu, num_gpus=gpus, seq_len=seq_len)
     print(f"expected throughput on {gpus} x {spec.key} ({peak / 1e12:g} TFLOPS dense {precision}) at "
-          f"{args.mfu:.0%} MFU: {tps:,.0f} tokens/s ({tps / gpus:,.0f} per GPU)")  # fmt: skip
+          f"{mfu:.0%} MFU: {tps:,.0f} tokens/s ({tps / gpus:,.0f} per GPU)")  # fmt: skip
 
 
 def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
-    if args.num_gpus < 1:  # checked before anything is printed
+    if args.num_gpus is not None and args.num_gpus < 1:  # checked before anything is printed
         raise ConfigError(f"num_gpus={args.num_gpus} is invalid: expected an integer >= 1")
     config = _config(args, extra)
     _throughput_peak(args)
@@ -204,7 +211,7 @@ def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
             f"pass --block_size={seq_len} to size the model for it"
         )
     _print_flops(config, seq_len, args.activation_checkpointing)
-    _print_throughput(config, args, seq_len, args.num_gpus)
+    _print_throughput(config, args, seq_len, args.num_gpus or 1)
     return 0
 
 
@@ -292,7 +299,7 @@ def register(subparsers: Any) -> None:
     )
     _add_common(flops)
     flops.add_argument("--seq_len", type=int, help="sequence length (default block_size)")
-    flops.add_argument("--num_gpus", type=int, default=1, help="GPUs for the throughput estimate")
+    flops.add_argument("--num_gpus", type=int, help="GPUs for the throughput estimate with --gpu (default 1)")
     flops.set_defaults(func=_cmd_flops)
 
     plan = subparsers.add_parser(
