@@ -93,7 +93,7 @@ def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
         (["plan", "llama", "--batch_sze=12"], "unknown option --batch_sze \\(did you mean 'batch_size'\\?\\)"),
         (["peak", "--n_layer=4"], "no architecture keys"),
         (["flops", "gpt2", "--mfu", "5"], "mfu=5"),  # checked without --gpu too
-        (["flops", "gpt2", "--mfu", "0.5", "--num_gpus", "8"], "--mfu and --num_gpus set the throughput .* needs --gpu"),
+        (["flops", "gpt2", "--mfu", "0.5", "--num_gpus", "8"], "--mfu and --num_gpus set the .* needs --gpu"),
         (["plan", "gpt2", "--gpu_memory_gb", "nan"], "gpu_memory_gb=nan is invalid"),
         (["plan", "gpt2", "--gpu_memory_gb", "0"], "gpu_memory_gb=0.0 is invalid"),
         (["plan", "gpt2", "--loss_chunk_size", "-1"], "loss_chunk_size=-1 is invalid"),
