@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -63,8 +64,43 @@ class _ExactOptions(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._refuse_repeats(list(sys.argv[1:] if args is None else args))
+        return super().parse_known_args(args, namespace)
+
+    def _refuse_repeats(self, argv: list[str]) -> None:
+        """An option with a value given twice is a mistake to name, not a silent 'the last one wins' (as
+        the --key=value keys' "given twice")."""
+        single = {
+            opt: action
+            for action in self._actions
+            if isinstance(action, argparse._StoreAction)
+            for opt in action.option_strings
+        }
+        seen: dict[str, str] = {}
+        for item in argv:
+            if item == "--":
+                break
+            action = single.get(item.split("=", 1)[0])
+            if action is None:
+                continue
+            if action.dest in seen:
+                self.error(f"{action.option_strings[0]} is given twice")
+            seen[action.dest] = item
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+        hint = ""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            hint = did_you_mean(
+                choice.group(1), re.findall(r"'([^']*)'", choice.group(2)) or choice.group(2).split(", ")
+            )
+        unknown = re.match(r"unrecognized arguments: (\S+)", message)
+        if unknown:
+            options = [opt.lstrip("-") for action in self._actions for opt in action.option_strings]
+            name = unknown.group(1).split("=", 1)[0].lstrip("-")
+            hint = did_you_mean(name, options)
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} -h)\n")
 
 
 # Commands whose arguments are nanoGPT's ([CONFIG.py ...] [--key=value ...], in that order): handed over

@@ -89,3 +89,14 @@ def path_argument(text: str) -> str:
 
         raise argparse.ArgumentTypeError("expected a non-empty path")
     return text
+
+
+def refuse_extra(command: str, extra: list[str], options: Iterable[str]) -> None:
+    """A command's arguments it does not take: one line, with the nearest of its ``options`` (the
+    namespace's names) for a misspelt one."""
+    if not extra:
+        return
+    name = extra[0].split("=", 1)[0].lstrip("-")
+    known = [o for o in options if o not in ("func", "command")]
+    hint = did_you_mean(name.lower(), known) if extra[0].startswith("-") else ""
+    raise ConfigError(f"'gptlab {command}' does not take {' '.join(extra)}{hint} (see gptlab {command} -h)")

@@ -49,10 +49,9 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
 
 
 def _export_cmd(args: argparse.Namespace, extra: list[str]) -> int:
-    if extra:
-        from gptlab.errors import ConfigError
+    from gptlab.errors import refuse_extra
 
-        raise ConfigError(f"'gptlab export' takes CKPT OUT [--hf], got extra {' '.join(extra)}")
+    refuse_extra("export", extra, vars(args))
     path = export_checkpoint(args.checkpoint, args.out, hf=args.hf)
     print(f"wrote {path}" + (f" and Hugging Face files in {args.out}" if args.hf else ""))
     return 0

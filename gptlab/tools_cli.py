@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, refuse_extra
 
 
 def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
@@ -58,8 +58,7 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.report import build_report
 
-    if extra:
-        raise ConfigError(f"'gptlab report' got unexpected arguments: {' '.join(extra)}")
+    refuse_extra("report", extra, vars(args))
     out = args.out or (Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("report"))
     labels = args.labels.split(",") if args.labels else None
     if labels and len(labels) != len(args.run_dirs):
@@ -72,8 +71,7 @@ def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.doctor import run
 
-    if extra:
-        raise ConfigError(f"'gptlab doctor' got unexpected arguments: {' '.join(extra)}")
+    refuse_extra("doctor", extra, vars(args))
     return run(args)
 
 

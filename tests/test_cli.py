@@ -21,6 +21,10 @@ from gptlab.cli import main
         (["compare", "gpt2", "configs/run.json"], "config file 'configs/run.json' does not exist"),
         (["arch", "gpt2", "--arch_preset=llama"], r"give the preset as the argument \(gptlab arch llama\)"),
         (["arch", "--n_layr=2"], r"unknown option --n_layr \(did you mean 'n_layer'\?\)"),  # was ignored
+        (["plan", "gpt2", "--world_size=2", "--world_size=4"], "--world_size is given twice"),  # was: the last
+        (["compare", "gpt2", "--format=jsn"], r"invalid choice: 'jsn' .*\(did you mean 'json'\?\)"),
+        (["doctor", "--dep"], r"'gptlab doctor' does not take --dep \(did you mean 'deep'\?\)"),
+        (["export", "a", "b", "--HF"], r"does not take --HF \(did you mean 'hf'\?\)"),
         (["flops", "--gpu=h1000"], "h1000"),  # no H100 peak for a card that is none
         (["plan", "config/train_gpt2.py", "--gradient_accumulation_steps=8"], "this command's --grad_accum_steps"),
         (["flops", "--seq_len=abc"], "^gptlab flops: error: argument --seq_len: invalid int value: 'abc' \\(see"),

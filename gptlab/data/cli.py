@@ -8,12 +8,11 @@ from typing import Any
 from gptlab.data.datasets import DATASETS, prepare_dataset
 from gptlab.data.storage import META_FILE, SPLITS, read_meta, split_path
 from gptlab.data.tokenizers import TOKENIZERS
-from gptlab.errors import ConfigError, path_argument
+from gptlab.errors import path_argument, refuse_extra
 
 
 def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
-    if extra:
-        raise ConfigError(f"'gptlab prepare' does not take {' '.join(extra)} (see gptlab prepare --help)")
+    refuse_extra("prepare", extra, vars(args))
     dataset_dir = prepare_dataset(
         args.dataset,
         args.data_dir,
