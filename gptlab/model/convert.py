@@ -251,6 +251,9 @@ def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
             f"not a nanoGPT checkpoint (found {keys}; expected keys 'model_args' and 'model'): expected {EXPECTED}"
         )
     args = ckpt["model_args"]
+    missing = [k for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size") if k not in (args or {})]
+    if missing:
+        raise CheckpointError(f"a damaged nanoGPT checkpoint: its model_args have no {', '.join(missing)}")
     bias = bool(args.get("bias", True))
     # nanoGPT is GPT-2 with exact GELU; bias=False also removes the LayerNorm biases.
     base = dict(

@@ -354,3 +354,13 @@ def test_local_paths_and_nanogpt_runs_get_local_answers(tmp_path: Path, monkeypa
     torch.save(_nanogpt_checkpoint(_gpt2()), tmp_path / "ckpt.pt")
     with pytest.raises(CheckpointError, match=r"is a nanoGPT checkpoint: .*--init_from="):
         load_checkpoint(tmp_path)
+
+
+def test_a_nanogpt_checkpoint_missing_model_args_is_one_line() -> None:
+    from gptlab.errors import CheckpointError
+    from gptlab.model.convert import model_from_nanogpt
+
+    ckpt = _nanogpt_checkpoint(_gpt2())
+    del ckpt["model_args"]["n_head"]
+    with pytest.raises(CheckpointError, match="a damaged nanoGPT checkpoint: its model_args have no n_head"):
+        model_from_nanogpt(ckpt)
