@@ -74,6 +74,7 @@ class DatasetSpec:
     val_fraction: float = DEFAULT_VAL_FRACTION
     auto: bool = False  # needs no network: ensure_prepared prepares it on first use
     hint: str = ""  # appended to "run `gptlab prepare NAME`" when it is missing
+    records: bool = False  # documents are records with a text field (--text_field), not text files
 
 
 def _stdlib(dataset_dir: Path, opts: PrepareOptions) -> Corpus:
@@ -101,7 +102,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "shakespeare": DatasetSpec(_shakespeare, "gpt2", "tiny Shakespeare, GPT-2 BPE", hint=_OFFLINE_HINT),
     # nanoGPT's val share of OpenWebText; a document stream, so val is every 2000th document.
     "openwebtext": DatasetSpec(
-        _hub("Skylion007/openwebtext", None), "gpt2", "OpenWebText (Hugging Face, streamed)", 0.0005, hint=_OFFLINE_HINT
+        _hub("Skylion007/openwebtext", None),
+        "gpt2",
+        "OpenWebText (Hugging Face, streamed)",
+        0.0005,
+        hint=_OFFLINE_HINT,
+        records=True,
     ),
     "fineweb_edu": DatasetSpec(
         _hub("HuggingFaceFW/fineweb-edu", "sample-10BT"),
@@ -109,6 +115,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "FineWeb-Edu sample-10BT (Hugging Face, streamed)",
         0.0005,
         hint=_OFFLINE_HINT,
+        records=True,
     ),
 }
 
@@ -257,6 +264,8 @@ def prepare_dataset(
 def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: PrepareOptions) -> None:
     """Read, tokenize and write; the caller holds the directory's lock."""
     if spec is not None:
+        if opts.text_field != "text" and not spec.records:  # text, not records: it would do nothing
+            raise ConfigError(f"text_field={opts.text_field!r} is for records; dataset {name!r} is text")
         corpus, tokenizer_name, fraction = spec.corpus(dataset_dir, opts), spec.tokenizer, spec.val_fraction
     else:
         assert opts.input_path is not None

@@ -166,6 +166,8 @@ def test_option_errors(tmp_path: Path, text_file: Path) -> None:
         prepare_dataset("mine", tmp_path, input_path=text_file, val_fraction=1.5)
     with pytest.raises(ConfigError, match="plain directory name"):
         prepare_dataset("../escape", tmp_path, input_path=text_file)
+    with pytest.raises(ConfigError, match="text_field='body' is for records; dataset 'stdlib' is text"):
+        prepare_dataset("stdlib", tmp_path, text_field="body")
     with pytest.raises(ConfigError, match="take no --input"):
         prepare_dataset("stdlib", tmp_path, input_path=text_file)
     with pytest.raises(DataError, match=r"not one of .*'shakespeare'.*did you mean 'shakespeare'") as err:
