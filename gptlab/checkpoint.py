@@ -374,13 +374,11 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a gptlab checkpoint with ``weights_only=True``: a ``ckpt.pt``, a DCP directory, or a
     run directory (its latest checkpoint); one-line CheckpointError otherwise."""
-    path = Path(path)
+    path = weights_path(path)
     if is_dcp_dir(path):
         return load_dcp_full(path)
-    if path.is_dir():
-        path = latest_checkpoint(path) or path / CHECKPOINT_NAME
-        if is_dcp_dir(path):
-            return load_dcp_full(path)
+    if path.is_dir():  # a run directory without a checkpoint: the error names the file it expected
+        path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}: expected a {CHECKPOINT_NAME} written by gptlab train")
     ckpt = _torch_load_checked(path)

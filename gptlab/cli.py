@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from gptlab.config.model import PRESETS, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import TEXT_KEYS
-from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError, did_you_mean
+from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError, did_you_mean, is_out_of_memory
 from gptlab.train.signals import TrainingInterrupted
 
 
@@ -166,9 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gptlab: {e}", file=sys.stderr)
         return e.exit_code
     except (MemoryError, RuntimeError) as e:
-        text = str(e).strip()
-        if not (isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()):
+        if not is_out_of_memory(e):
             raise
+        text = str(e).strip()
         first = text.splitlines()[0][:300] if text else type(e).__name__
         print(
             f"gptlab: error: out of memory ({first}): ask for less (a smaller --size, --batch_size, ...)",

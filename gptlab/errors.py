@@ -100,3 +100,12 @@ def refuse_extra(command: str, extra: list[str], options: Iterable[str]) -> None
     known = [o for o in options if o not in ("func", "command")]
     hint = did_you_mean(name.lower(), known) if extra[0].startswith("-") else ""
     raise ConfigError(f"'gptlab {command}' does not take {' '.join(extra)}{hint} (see gptlab {command} -h)")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An allocation failure: Python's, CUDA's (torch.OutOfMemoryError is a RuntimeError) or the CPU
+    allocator's, whose RuntimeError says "can't allocate memory"."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    )

@@ -14,7 +14,7 @@ from typing import Any
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import ALL_KEYS, TEXT_KEYS, load_config_file, names_a_file
-from gptlab.errors import ConfigError, did_you_mean, unknown_choice
+from gptlab.errors import ConfigError, GptlabError, did_you_mean, unknown_choice
 from gptlab.units import format_si
 
 GB = 1e9
@@ -100,23 +100,20 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     if run_dir is not None:
         file_values = json.loads(run_dir.read_text()).get("train", {})
         if file_values.get("dtype") == "auto":  # what it resolved to on its device (a CPU's float32)
-            file_values["dtype"] = _resolved_dtype(run_dir.parent / "log.jsonl") or "auto"
+            file_values["dtype"] = _resolved_dtype(run_dir.parent) or "auto"
     _fill_options(args, file_values)
     _check_options(args)
     return resolve_architecture(args.preset, overrides, file_values if is_file else None).config
 
 
-def _resolved_dtype(log: Path) -> str | None:
-    """The dtype a run's latest session trained in, from its startup record."""
-    dtype = None
+def _resolved_dtype(run_dir: Path) -> str | None:
+    """The dtype a run's latest session trained in, from its startup record (None without a readable log)."""
+    from gptlab.report import load_run
+
     try:
-        with open(log) as f:
-            for line in f:
-                if '"type": "startup"' in line:
-                    dtype = json.loads(line).get("hardware", {}).get("dtype") or dtype
-    except (OSError, ValueError):
+        return (load_run(run_dir).startup.get("hardware") or {}).get("dtype")
+    except (ConfigError, GptlabError):
         return None
-    return dtype
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -13,20 +13,16 @@ import torch
 from gptlab import parallel
 from gptlab.config.train import RunConfig
 from gptlab.device import resolve_device
-from gptlab.errors import USER_ERRORS, GptlabError
+from gptlab.errors import USER_ERRORS, GptlabError, is_out_of_memory
 from gptlab.train.loop import Trainer
 from gptlab.train.signals import TrainingInterrupted
 
 
 def _out_of_memory(error: BaseException) -> GptlabError | None:
     """An allocation failure (CUDA or host) as one line with what to change; None for other errors."""
-    text = str(error).strip()
-    if not (
-        isinstance(error, (MemoryError, torch.OutOfMemoryError))
-        or "can't allocate memory" in text  # the CPU allocator
-        or "out of memory" in text.lower()
-    ):
+    if not is_out_of_memory(error):
         return None
+    text = str(error).strip()
     first = text.splitlines()[0][:300] if text else type(error).__name__
     return GptlabError(
         f"out of memory ({first}): `gptlab plan` with this run's config shows what fits; options: a smaller "

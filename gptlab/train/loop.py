@@ -514,15 +514,16 @@ class Trainer:
         grad_norm = None
         if cfg.grad_clip > 0.0:  # the returned norm is the one before clipping
             # on FSDP2's DTensor gradients the norm is reduced over the shards (a replicated DTensor)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
+            grad_norm = _replicated(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip))
         skipped = False
         if cfg.nan_policy == "skip":
             if not unscale:  # the norm of the true gradients; fp16's scaler.update() needs this inf check too
                 self.scaler.unscale_(self.optimizer)
             # a finite loss can still give inf/NaN gradients, whose step would make every weight NaN
-            norm = grad_norm if grad_norm is not None else _total_norm(self.raw_model)
+            norm = grad_norm
+            if norm is None:
+                grads = [p.grad for p in self.raw_model.parameters() if p.grad is not None]
+                norm = _replicated(torch.nn.utils.get_total_norm(grads))
             skipped = not bool(torch.isfinite(loss) & torch.isfinite(norm))  # a host sync, by request
         if not skipped:
             self.scaler.step(self.optimizer)
@@ -897,10 +898,8 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2) + "\n"
 
 
-def _total_norm(model: torch.nn.Module) -> torch.Tensor:
-    """The global gradient norm (over FSDP2's shards too), without clipping anything."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads)
+def _replicated(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as every rank's same tensor: FSDP2's DTensor norm reduced over its shards."""
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
