@@ -302,7 +302,9 @@ def load_dcp_full(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     meta = load_checkpoint_meta(path)
-    model = ConfigurableGPT(ModelArchitectureConfig.from_dict(meta["arch"]))
+    from gptlab.plugins import saved_plugins
+
+    model = ConfigurableGPT(ModelArchitectureConfig.from_dict(meta["arch"], saved_plugins(meta)))
     weight_decay, lr, betas = _optimizer_settings(meta)
     optimizer = model.configure_optimizers(weight_decay, lr, betas, "cpu")
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the layout to read into (AdamW states created)

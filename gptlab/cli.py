@@ -13,6 +13,7 @@ from gptlab.config.model import PRESETS, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import TEXT_KEYS
 from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError, did_you_mean, is_out_of_memory
+from gptlab.plugins import add_plugins_option, import_plugins
 from gptlab.train.signals import TrainingInterrupted
 
 
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"one of {', '.join(PRESETS)} (default gpt2), a config file, or a run directory",
     )
     arch.add_argument("--no-params", "--no_params", action="store_true", help="skip counting parameters")
+    add_plugins_option(arch)
     arch.set_defaults(func=_cmd_arch)
     presets = sub.add_parser("presets", help="list the preset architectures")
     presets.set_defaults(func=_cmd_presets)
@@ -159,7 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = lambda: run(argv[1:])  # noqa: E731
     else:
         args, extra = build_parser().parse_known_args(argv)
-        command = lambda: args.func(args, extra)  # noqa: E731
+
+        def command() -> int:
+            import_plugins(getattr(args, "plugins", ""))  # before the command reads an architecture
+            return args.func(args, extra)
+
     try:
         return command()
     except TrainingInterrupted as e:  # stopped on SIGTERM / Ctrl-C after checkpointing: a shell's status

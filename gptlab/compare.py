@@ -57,8 +57,11 @@ def resolve_architecture(
     arch_overrides = {k: v for k, v in overrides.items() if k in ARCH_FIELDS}
     run_dir = run_config_json(name)
     if run_dir is not None:  # a run directory (or its config.json): the architecture it trained
-        saved = json.loads(run_dir.read_text())["arch"]
-        config = check_keys_take_effect(ModelArchitectureConfig.from_dict({**saved, **arch_overrides}), arch_overrides)
+        from gptlab.plugins import saved_plugins
+
+        run_json = json.loads(run_dir.read_text())
+        config = ModelArchitectureConfig.from_dict({**run_json["arch"], **arch_overrides}, saved_plugins(run_json))
+        config = check_keys_take_effect(config, arch_overrides)
         label = run_dir.parent.name if run_dir.name == "config.json" else run_dir.stem
         return Architecture(label, config, name)
     if names_a_file(name):

@@ -33,8 +33,9 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
     if hf:  # refused before anything is written
         from gptlab.config.model import ModelArchitectureConfig
         from gptlab.model.convert import hf_model_type
+        from gptlab.plugins import saved_plugins
 
-        hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"]))
+        hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"], saved_plugins(ckpt)))
     # ckpt.pt alone: a run's checkpoint history in the destination is not this export's to prune
     atomic_save({**ckpt, "model": clean_state_dict(ckpt["model"])}, out / CHECKPOINT_NAME)
     if hf:
@@ -72,6 +73,9 @@ def register(sub: Any) -> None:
         "out", type=path_argument, help="output directory: OUT/ckpt.pt (and config.json + model.safetensors with --hf)"
     )
     p.add_argument("--hf", action="store_true", help="also write Hugging Face config.json + model.safetensors")
+    from gptlab.plugins import add_plugins_option
+
+    add_plugins_option(p)
     p.set_defaults(func=_export_cmd)
 
 

@@ -192,6 +192,13 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
     if info.mode == "fsdp":
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+        scalar = next((name for name, p in model.named_parameters() if p.dim() == 0), None)
+        if scalar is not None:  # FSDP2 shards on dim 0; its own error is a ValueError deep in a traceback
+            raise ConfigError(
+                f"use_fsdp=True cannot shard the 0-dim parameter {scalar!r} (FSDP2 shards on dim 0): give it "
+                "shape (1,) in its component, or train with DDP or ZeRO-1"
+            )
+
         low = None if dtype == "float32" else PT_DTYPES[dtype]
         # parameters gathered in the compute dtype; gradients reduced in float32, as the fp32 master weights
         mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.errors import ConfigError, refuse_extra
+from gptlab.plugins import add_plugins_option
 
 
 def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
@@ -103,6 +104,7 @@ def register(sub: Any) -> None:
     c.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     c.add_argument("--train", action="store_true", help="also train each for the same tokens (CPU default: ~10 s each)")
     c.add_argument("--out_dir", help="with --train: runs go to OUT_DIR/LABEL/, the report to OUT_DIR/report/")
+    add_plugins_option(c)
     c.set_defaults(func=_cmd_compare)
 
     r = sub.add_parser(

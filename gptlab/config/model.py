@@ -93,6 +93,16 @@ class ModelArchitectureConfig:
         return self.multiple_of * math.ceil(hidden / self.multiple_of)
 
     @property
+    def rotary(self) -> bool:
+        """The position encoding rotates queries and keys (RoPE, or a registered class with ``rotary = True``)."""
+        return bool(getattr(_position_class(self.position_encoding), "rotary", False))
+
+    @property
+    def position_attention_bias(self) -> bool:
+        """The position encoding adds a (1, n_head, T, T) attention bias (ALiBi, or ``attention_bias = True``)."""
+        return bool(getattr(_position_class(self.position_encoding), "attention_bias", False))
+
+    @property
     def final_norm(self) -> bool:
         """Pre-norm stacks end with a norm; in post-norm every block's output is normalized."""
         return self.norm_position == "pre"
@@ -128,9 +138,9 @@ class ModelArchitectureConfig:
                 f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} "
                 "(each key/value head serves a whole group of query heads)"
             )
-        if self.position_encoding == "rope" and self.head_dim % 2:
+        if self.rotary and self.head_dim % 2:
             raise ConfigError(
-                f"position_encoding='rope' needs an even head size, but n_embd / n_head = "
+                f"position_encoding={self.position_encoding!r} (rotary) needs an even head size, but n_embd / n_head = "
                 f"{self.n_embd} / {self.n_head} = {self.head_dim}"
             )
         if self.ffn_hidden_dim <= 0:
@@ -147,7 +157,7 @@ class ModelArchitectureConfig:
         if self.norm_eps != 1e-5:
             norm += f"-eps{self.norm_eps:g}"
         position = self.position_encoding
-        if position == "rope" and self.rope_theta != 10000.0:
+        if self.rotary and self.rope_theta != 10000.0:
             position += f"-theta{self.rope_theta:g}"
         parts = [norm, position, ffn]
         if self.kv_heads != self.n_head:
@@ -160,8 +170,8 @@ class ModelArchitectureConfig:
     def get_architecture_summary(self) -> str:
         """A few human-readable lines: sizes and each component choice."""
         if self.ffn_gated:
-            gate = getattr(_ffn_class(self.ffn_type), "gate_activation", "?")
-            ffn = f"{self.ffn_type} ({gate} gate), d_ff={self.ffn_hidden_dim}"
+            gate = getattr(_ffn_class(self.ffn_type), "gate_activation", None)
+            ffn = f"{self.ffn_type} ({f'{gate} gate' if gate else 'gated'}), d_ff={self.ffn_hidden_dim}"
         else:
             act = self.activation + (
                 " (tanh approx.)" if self.activation == "gelu" and self.gelu_approximate == "tanh" else ""
@@ -170,7 +180,7 @@ class ModelArchitectureConfig:
         attn = f"{self.n_head} heads x {self.head_dim}"
         if self.kv_heads != self.n_head:
             attn += f", {self.kv_heads} KV heads (GQA, {self.n_kv_groups} per group)"
-        pos = self.position_encoding + (f" (theta={self.rope_theta:g})" if self.position_encoding == "rope" else "")
+        pos = self.position_encoding + (f" (theta={self.rope_theta:g})" if self.rotary else "")
         lines = [
             f"Architecture: {self.get_architecture_name()}",
             f"  size:        {self.n_layer} layers, n_embd={self.n_embd}, "
@@ -188,16 +198,16 @@ class ModelArchitectureConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelArchitectureConfig:
-        """Build from a dict (e.g. a checkpoint's), rejecting unknown keys with a suggestion."""
+    def from_dict(cls, values: dict[str, Any], plugins: object = None) -> ModelArchitectureConfig:
+        """Build from a dict (e.g. a checkpoint's), rejecting unknown keys with a suggestion. ``plugins``:
+        what the saved run recorded, named in the error if a component is unknown here."""
         _reject_unknown_keys(values)
         try:
             return cls(**values)
         except ConfigError as e:  # a saved architecture was valid when saved: most likely a component of one's own
-            raise ConfigError(
-                f"{e}; a component registered by a config file must be registered again to load it: "
-                "pass that file (gptlab sample CONFIG.py ..., python train.py CONFIG.py --init_from=resume)"
-            ) from None
+            from gptlab.plugins import plugins_hint
+
+            raise ConfigError(f"{e}{plugins_hint(plugins)}") from None
 
 
 # Architecture keys a run may change on weights it loads (they do not change the weights' shapes).
@@ -222,10 +232,10 @@ def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str])
                 f"{key}={getattr(config, key)!r} has no effect: d_ff={config.d_ff} sets the FFN width itself; "
                 f"drop one of them"
             )
-    if "rope_theta" in keys and config.position_encoding != "rope":
+    if "rope_theta" in keys and not config.rotary:
         raise ConfigError(
             f"rope_theta={config.rope_theta!r} has no effect: "
-            f"position_encoding={config.position_encoding!r} is not RoPE"
+            f"position_encoding={config.position_encoding!r} is not rotary (a registered class says rotary = True)"
         )
     if "gelu_approximate" in keys and config.gelu_approximate != "none":
         if gate is not None:
@@ -246,6 +256,13 @@ def _ffn_class(name: str) -> Any:
     from gptlab.model.registry import FFN_REGISTRY
 
     return FFN_REGISTRY.get_component(name)
+
+
+def _position_class(name: str) -> Any:
+    from gptlab.model import components  # noqa: F401  (registers the built-in components)
+    from gptlab.model.registry import POSITION_ENCODING_REGISTRY
+
+    return POSITION_ENCODING_REGISTRY.get_component(name)
 
 
 ARCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelArchitectureConfig))

@@ -28,6 +28,7 @@ from gptlab.config.model import (
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import CheckpointError, ConfigError, did_you_mean, unknown_choice
 from gptlab.model.registry import Registry
+from gptlab.plugins import import_plugins, importable_from, split_plugins
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -55,6 +56,7 @@ class TrainConfig:
     always_save_checkpoint: bool = True
     init_from: str = "scratch"  # 'scratch' | 'resume' | a local HF dir / ckpt.pt | a Hub name (gpt2-xl, org/name)
     overwrite: bool = False  # a new run may replace a previous run's files in out_dir
+    plugins: str = ""  # modules / .py files that register components, imported first: "my_components, x.py"
     # logging backends
     wandb_log: bool = False
     wandb_project: str = "gptlab"
@@ -116,6 +118,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        split_plugins(self.plugins)  # names checked here, imported by resolve_run_config
         choices = {
             "device": DEVICES,
             "dtype": DTYPES,
@@ -333,7 +336,8 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
         source = path.read_text()
         tree = ast.parse(source, str(path))
         _check_config_statements(tree, source, path)
-        exec(compile(tree, str(path), "exec"), namespace)  # the user's own file, as in nanoGPT
+        with importable_from(path.parent, Path.cwd()):  # `import my_components` beside it, under any launcher
+            exec(compile(tree, str(path), "exec"), namespace)  # the user's own file, as in nanoGPT
     except ConfigError:
         raise
     except Exception as e:
@@ -358,6 +362,7 @@ def resolve_run_config(
         if key not in ALL_KEYS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
+    import_plugins(train.plugins)  # before the architecture names what they register
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
     explicit = frozenset(values if explicit is None else explicit)
     typed = explicit if typed is None else frozenset(typed)
@@ -372,7 +377,7 @@ LAUNCH_KEYS: frozenset[str] = frozenset(
     {
         "out_dir", "init_from", "overwrite", "eval_only", "data_dir", "device", "backend", "parallel", "use_zero1",
         "use_fsdp", "fsdp_cpu_offload", "dist_timeout", "peak_tflops", "wandb_log", "wandb_project",
-        "wandb_run_name", "tensorboard_log", "log_style", "sample_at_end", "sample_tokens", "sample_prompt",
+        "wandb_run_name", "tensorboard_log", "log_style", "sample_at_end", "sample_tokens", "sample_prompt", "plugins",
     }
 )  # fmt: skip
 

@@ -130,10 +130,11 @@ class StandardFFN(nn.Module):
 
 
 class GatedFFN(nn.Module):
-    """``w_out(gate_act(w_gate x) * w_value x)``; subclasses fix the gate activation."""
+    """``w_out(gate_act(w_gate x) * w_value x)``; subclasses fix the gate activation and name it in
+    ``gate_activation`` (FLOPs, summaries and the check that ``activation`` takes effect read it)."""
 
     gated = True
-    gate_activation = "silu"
+    gate_activation: str | None = None
 
     def __init__(
         self, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module | None = None
@@ -197,7 +198,14 @@ class PositionEncoding(nn.Module):
 
     Subclasses override only the hooks they need. Constructors receive every size as a keyword
     (``max_seq_len, n_embd, n_head, head_dim, rope_theta``) and ignore the ones they do not use.
+    Two class attributes tell the rest of gptlab what a subclass does: ``rotary = True`` (it rotates
+    q/k: it takes ``rope_theta``, needs an even head size, and the memory planner counts RoPE's
+    saved tensors) and ``attention_bias = True`` (its context carries a (1, n_head, T, T) bias, which
+    the planner counts as ALiBi's).
     """
+
+    rotary: bool = False
+    attention_bias: bool = False
 
     def embed(self, tok_emb: Tensor) -> Tensor:
         """Return the input of the first block given token embeddings (B, T, n_embd)."""
@@ -253,6 +261,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class RotaryPositionEncoding(PositionEncoding):
     """RoPE (Su et al. 2021) in the half-split layout used by LLaMA in ``transformers``."""
 
+    rotary = True
+
     def __init__(self, max_seq_len: int, head_dim: int, rope_theta: float = 10000.0, **_: Any):
         super().__init__()
         self.max_seq_len, self.head_dim, self.theta = max_seq_len, head_dim, rope_theta
@@ -296,6 +306,8 @@ def alibi_slopes(n_head: int) -> Tensor:
 @POSITION_ENCODING_REGISTRY.register("alibi")
 class ALiBiPositionEncoding(PositionEncoding):
     """ALiBi: a per-head linear penalty on distance, added to the attention scores."""
+
+    attention_bias = True
 
     def __init__(self, n_head: int, **_: Any) -> None:
         super().__init__()

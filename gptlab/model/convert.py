@@ -134,7 +134,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> Configurabl
     """The model of a loaded gptlab checkpoint dict (it records its architecture), strictly
     loaded; ``overrides`` may change only what leaves the weights alone (e.g. ``dropout``)."""
     _check_overridable(overrides)
-    config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides})
+    from gptlab.plugins import saved_plugins
+
+    config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides}, saved_plugins(ckpt))
     return _build(config, clean_state_dict(dict(ckpt["model"])), "gptlab checkpoint")
 
 

@@ -21,6 +21,17 @@ class Registry(dict[str, Any]):
         super().__init__()
         self.kind = kind  # the config key this registry serves, used in error messages
 
+    def __setitem__(self, name: str, component: Any) -> None:
+        """Add ``component`` as ``name``. A built-in name cannot be taken over: code that knows the
+        built-ins by name (FLOPs, the memory planner, Hugging Face export) would describe the wrong
+        component. Re-registering one's own name replaces it (a config file run twice)."""
+        old = self.get(name)
+        if old is not None and old is not component and _is_builtin(old) and not _is_builtin(component):
+            raise ValueError(
+                f"{self.kind} {name!r} is built in and cannot be replaced: register your component under another name"
+            )
+        super().__setitem__(name, component)
+
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@NORM_REGISTRY.register("mynorm")`` above a class."""
 
@@ -36,6 +47,10 @@ class Registry(dict[str, Any]):
             return self[name]
         except (KeyError, TypeError):  # TypeError: unhashable value from a bad config
             raise unknown_choice(self.kind, name, self.keys()) from None
+
+
+def _is_builtin(component: Any) -> bool:
+    return (getattr(component, "__module__", None) or "").startswith("gptlab.")
 
 
 NORM_REGISTRY = Registry("normalization")

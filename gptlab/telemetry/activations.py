@@ -167,18 +167,23 @@ def estimate_activations(
             return r * H * N + 2 * FP32 * N  # input, mean, rstd
         if config.normalization == "rmsnorm":
             return r * H * N + FP32 * N + FP32 * H * N  # input, rstd, float32 normed
-        notes.append(f"normalization={config.normalization!r} assumed to save its input and output")
+        note = f"normalization={config.normalization!r} assumed to save its input and output"
+        if note not in notes:
+            notes.append(note)
         return r * H * N + FP32 * H * N
 
     layer: dict[str, int] = {"norms": 2 * norm_saved(), "attn_input": matmul_input(1)}
-    rope = config.position_encoding == "rope"
+    rope = config.rotary
+    if config.position_encoding not in ("none", "learned_absolute", "rope", "alibi"):
+        like = "what 'rope' saves" if rope else "what 'alibi' saves" if config.position_attention_bias else "nothing"
+        notes.append(f"position_encoding={config.position_encoding!r} assumed to save {like}")
     if backend == "sdpa":
         layer["qkv_output"] = c * (q_dim + 2 * kv_dim) * N
         if rope:
             layer["rope_qk"] = c * (q_dim + kv_dim) * N
         layer["attn_output"] = c * q_dim * N
         layer["logsumexp"] = FP32 * h * N
-        if config.position_encoding == "alibi" and autocast:
+        if config.position_attention_bias and autocast:
             layer["alibi_bias_cast"] = c * h * T * T
     else:  # manual, or a registered backend of unknown internals: taken to save what manual saves
         if backend != "manual":
@@ -189,7 +194,7 @@ def estimate_activations(
         prob_bytes = FP32 + c if (autocast and device_type == "cuda") else c
         layer["qkv_copies"] = 3 * c * q_dim * N
         layer["attn_probs"] = prob_bytes * B * h * T * T
-        if config.position_encoding != "alibi":
+        if not config.position_attention_bias:
             layer["causal_mask"] = T * T  # bool
         layer["attn_output"] = c * q_dim * N
     if rope and autocast:
@@ -205,7 +210,7 @@ def estimate_activations(
     # ALiBi's float32 (1, h, T, T) bias is one tensor shared by all layers: saved by SDPA when no
     # autocast cast intervenes, and kept for recomputation by checkpointed blocks.
     shared_bias = (backend == "sdpa" and not autocast) or activation_checkpointing
-    if config.position_encoding == "alibi" and shared_bias:
+    if config.position_attention_bias and shared_bias:
         other["alibi_bias"] = FP32 * h * T * T
     if config.final_norm:
         other["final_norm"] = norm_saved()

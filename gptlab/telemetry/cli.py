@@ -15,6 +15,7 @@ from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import ALL_KEYS, TEXT_KEYS, load_config_file, names_a_file
 from gptlab.errors import ConfigError, GptlabError, did_you_mean, unknown_choice
+from gptlab.plugins import add_plugins_option
 from gptlab.units import format_si
 
 GB = 1e9
@@ -295,6 +296,7 @@ def register(subparsers: Any) -> None:
         description="Per-component FLOPs of PRESET with --key=value overrides, e.g. gptlab flops llama --n_kv_head=4",
     )
     _add_common(flops)
+    add_plugins_option(flops)
     flops.add_argument("--seq_len", type=int, help="sequence length (default block_size)")
     flops.add_argument("--num_gpus", type=int, help="GPUs for the throughput estimate with --gpu (default 1)")
     flops.set_defaults(func=_cmd_flops)
@@ -305,6 +307,7 @@ def register(subparsers: Any) -> None:
         description="Predict memory per GPU of PRESET (with --key=value overrides) in every parallel mode.",
     )
     _add_common(plan)
+    add_plugins_option(plan)
     plan.add_argument("--batch_size", type=int, help="micro-batch per GPU (default: a config file's, else 12)")
     plan.add_argument("--block_size", type=int, help="sequence length (an architecture override)")
     plan.add_argument("--world_size", type=int, default=8, help="GPUs for ddp/zero1/fsdp (default 8)")

@@ -156,8 +156,8 @@ class FlopsBreakdown:
         residual add saves nothing), so that matmul is not run again. Dropout's mask after it, or a
         post-norm after the residual, needs its output: then the whole block is recomputed."""
         cfg = self.config
-        if cfg.norm_position != "pre" or cfg.dropout > 0:
-            return 0.0
+        if cfg.norm_position != "pre" or cfg.dropout > 0 or builtin_ffn_matrices(cfg) is None:
+            return 0.0  # (a registered FFN's last op is unknown: taken as recomputed too, an upper bound)
         return 2 * cfg.n_embd * cfg.ffn_hidden_dim * cfg.n_layer
 
     @property
@@ -210,7 +210,7 @@ def compute_flops(
     q_dim = h * hd  # = H: query heads x head size
     kv_dim = config.kv_heads * hd  # GQA: K and V have n_kv_head heads, so their projections shrink
     D = config.ffn_hidden_dim
-    n_ffn_in = 2 if config.ffn_gated else 1  # gated FFNs have two input matrices (gate, value), others one
+    ffn_forward, ffn_note = _ffn_forward_flops(config)
     causal_keys = (S + 1) / 2  # mean visible keys per query under the causal mask: (1 + 2 + ... + S) / S
 
     rows = [
@@ -224,8 +224,7 @@ def compute_flops(
         FlopRow("attn_values (causal)", 2 * causal_keys * q_dim, L, True, "unmasked (S+1)/2 keys", "causal"),
         # Output projection (ERRATA 3): (q_dim) @ (q_dim, H).
         FlopRow("out_proj", 2 * q_dim * H, L, True),
-        # FFN: n_ffn_in input matrices (H -> D) and one output matrix (D -> H), 2*H*D each (ERRATA 5).
-        FlopRow("ffn", 2 * H * D * (n_ffn_in + 1), L, True, f"{config.ffn_type}: {n_ffn_in + 1} matrices, D={D}"),
+        FlopRow("ffn", ffn_forward, L, True, ffn_note),
         # LM head (ERRATA 4): (H) @ (H, V) for every position in training.
         FlopRow("lm_head", 2 * H * V, 1, True, "tied" if config.weight_tying else "untied"),
     ]
@@ -233,30 +232,72 @@ def compute_flops(
     return FlopsBreakdown(config, S, activation_checkpointing, rows, device_type)
 
 
+def builtin_ffn_matrices(config: ModelArchitectureConfig) -> int | None:
+    """How many (H x D) matrices a built-in FFN multiplies by (GPT-2's 2, a GLU's 3); None for a
+    registered FFN of one's own, whose structure only its code knows."""
+    from gptlab.model.components import GatedFFN, StandardFFN
+
+    cls = _ffn_class(config.ffn_type)
+    if cls is StandardFFN:
+        return 2
+    own = {"__init__", "forward"} & set(vars(cls)) if isinstance(cls, type) else {"?"}
+    if isinstance(cls, type) and issubclass(cls, GatedFFN) and not own:
+        return 3
+    return None
+
+
+def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str]:
+    """Forward matmul FLOPs per token of one FFN, and the row's note. Built-in FFNs: (in, out) input
+    matrices H -> D and one output matrix D -> H, 2*H*D each (ERRATA 5). A registered FFN is run once
+    on the meta device under FlopCounterMode (shapes only, no data), so any structure is counted."""
+    H, D = config.n_embd, config.ffn_hidden_dim
+    matrices = builtin_ffn_matrices(config)
+    if matrices is not None:
+        return 2 * H * D * matrices, f"{config.ffn_type}: {matrices} matrices, D={D}"
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gptlab.model.components import build_activation, build_ffn
+
+    tokens = 8
+    with torch.device("meta"):
+        act = build_activation(config.activation, approximate=config.gelu_approximate)
+        ffn = build_ffn(config.ffn_type, H, D, config.bias, config.dropout, act)
+        x = torch.empty(1, tokens, H)
+    with FlopCounterMode(display=False) as counter:
+        ffn(x)
+    return counter.get_total_flops() / tokens, f"{config.ffn_type}: measured (FlopCounterMode, meta device), D={D}"
+
+
+def ffn_gate_activation(config: ModelArchitectureConfig) -> str | None:
+    """The gate activation a gated FFN declares (``gate_activation``), None when it declares none."""
+    return getattr(_ffn_class(config.ffn_type), "gate_activation", None)
+
+
 def _non_matmul_rows(config: ModelArchitectureConfig, S: int, q_dim: int, kv_dim: int, D: int) -> list[FlopRow]:
     """Estimated elementwise work per token (full-square for per-score terms)."""
     H, L, h = config.n_embd, config.n_layer, config.n_head
     norm = NORM_FLOPS.get(config.normalization, DEFAULT_NORM_FLOPS)
+    mask = f"{config.position_encoding} bias" if config.position_attention_bias else "mask"
     rows = [
         # Two norms per block, plus the final norm in pre-norm stacks.
         FlopRow("norms", norm * H, 2 * L + int(config.final_norm), False, config.normalization),
         # Softmax over S scores for each of h heads (full-square; about half under causal skipping).
         FlopRow("softmax", SOFTMAX_FLOPS * S * h, L, False, "full-square"),
         # Causal mask or ALiBi bias: one add (or select) per score.
-        FlopRow("attn_mask/alibi_bias", S * h, L, False, "ALiBi" if config.position_encoding == "alibi" else "mask"),
+        FlopRow("attn_mask/alibi_bias", S * h, L, False, mask),
         # Residual adds: attention and FFN outputs into the stream.
         FlopRow("residual_adds", 2 * H, L, False),
         # Cross-entropy: log-softmax over the vocabulary.
         FlopRow("loss", LOSS_FLOPS * config.vocab_size, 1, False, "log_softmax + nll"),
     ]  # fmt: skip
     if config.ffn_gated:
-        gate = getattr(_ffn_class(config.ffn_type), "gate_activation", "gelu")
-        act = ACTIVATION_FLOPS.get(gate, DEFAULT_ACTIVATION_FLOPS) + 1  # gate activation, then gate * value
-        rows.append(FlopRow("ffn_activation", act * D, L, False, f"{gate} gate x value"))
+        gate = ffn_gate_activation(config)
+        act = ACTIVATION_FLOPS.get(gate or "", DEFAULT_ACTIVATION_FLOPS) + 1  # gate activation, then gate * value
+        rows.append(FlopRow("ffn_activation", act * D, L, False, f"{gate} gate x value" if gate else "gate x value"))
     else:
         act = ACTIVATION_FLOPS.get(config.activation, DEFAULT_ACTIVATION_FLOPS)
         rows.append(FlopRow("ffn_activation", act * D, L, False, config.activation))
-    if config.position_encoding == "rope":
+    if config.rotary:
         rows.append(FlopRow("rope", ROPE_FLOPS * (q_dim + kv_dim), L, False, "rotate q and k"))
     if config.position_encoding == "learned_absolute":
         rows.append(FlopRow("position_add", H, 1, False))

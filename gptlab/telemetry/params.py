@@ -105,12 +105,19 @@ def parameter_shapes(config: ModelArchitectureConfig) -> list[TensorShape]:
 
 
 def buffer_bytes(config: ModelArchitectureConfig) -> int:
-    """Bytes of the non-trainable buffers (RoPE's cos/sin tables, ALiBi's slopes), all float32."""
+    """Bytes of the non-trainable buffers (RoPE's cos/sin tables, ALiBi's slopes, all float32; a
+    registered position encoding's, measured on the meta device)."""
     if config.position_encoding == "rope":
         return 2 * config.block_size * config.head_dim * FP32_BYTES
     if config.position_encoding == "alibi":
         return config.n_head * FP32_BYTES
-    return 0
+    if config.position_encoding in ("learned_absolute", "none"):
+        return 0
+    from gptlab.model.components import position_encoding_for
+
+    with torch.device("meta"):
+        module = position_encoding_for(config)
+    return sum(b.numel() * b.element_size() for b in module.buffers())
 
 
 def count_parameters(config: ModelArchitectureConfig) -> int:

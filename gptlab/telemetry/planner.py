@@ -105,7 +105,10 @@ def zero1_partition(shapes: list[TensorShape], world_size: int) -> list[list[Ten
 
 
 def fsdp_shard_numel(shape: tuple[int, ...], world_size: int) -> int:
-    """Elements of rank 0's (padded) FSDP2 shard of one tensor: ceil(dim0 / N) rows."""
+    """Elements of rank 0's (padded) FSDP2 shard of one tensor: ceil(dim0 / N) rows. (FSDP2 refuses a
+    0-dim parameter, which a registered component may hold; the plan counts it whole.)"""
+    if not shape:
+        return 1
     rest = math.prod(shape[1:])
     return math.ceil(shape[0] / world_size) * rest
 

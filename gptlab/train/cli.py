@@ -102,7 +102,8 @@ def register(sub: Any) -> None:
         help="sample from a checkpoint: gptlab sample --out_dir=out --start='...'",
         description="Sample with nanoGPT's sample.py keys, as --key=value: --init_from (resume) --out_dir (out) "
         "--start ('\\n' or FILE:path) --num_samples (3; nanoGPT's 10) --max_new_tokens (200; nanoGPT's 500) "
-        "--temperature (0.8) --top_k (200) --seed (1337) --device (auto) --dtype (auto) --compile (False)",
+        "--temperature (0.8) --top_k (200) --seed (1337) --device (auto) --dtype (auto) --compile (False) "
+        "--plugins (modules or .py files registering the checkpoint's own components)",
     )
 
 

@@ -57,6 +57,7 @@ from gptlab.fileio import atomic_write
 from gptlab.logging import TrainingLogger
 from gptlab.model.convert import NANOGPT_HUB_NAMES, hub_repo_id, resolve_pretrained
 from gptlab.model.gpt import ConfigurableGPT
+from gptlab.plugins import saved_plugins
 from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.schedule import get_lr
 from gptlab.train.signals import StopSignals, TrainingInterrupted
@@ -363,7 +364,7 @@ class Trainer:
             # the architecture is the checkpoint's; only settings that keep the weights may change, if set now
             self._overruled = run.overruled + _check_arch_overrides(run, ckpt["arch"], str(path))
             arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in FREE_ARCH_KEYS if k in run.explicit}}
-            return ModelArchitectureConfig.from_dict(arch_dict), ckpt, None
+            return ModelArchitectureConfig.from_dict(arch_dict, saved_plugins(ckpt)), ckpt, None
         # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint, or a Hub model, to fine-tune
         if not Path(cfg.init_from).expanduser().exists() and hub_repo_id(cfg.init_from) is None:
             raise ConfigError(

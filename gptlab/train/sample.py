@@ -14,6 +14,7 @@ import torch
 from gptlab.config.model import check_field_types
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import CheckpointError, ConfigError, DataError, did_you_mean
+from gptlab.plugins import import_plugins
 
 
 @dataclass
@@ -32,6 +33,7 @@ class SampleConfig:
     device: str = "auto"
     dtype: str = "auto"  # autocast while sampling; 'auto': bfloat16 (else float16) on CUDA, float32 on CPU
     compile: bool = False  # torch.compile the model's forward (dynamic shapes: the sequence grows)
+    plugins: str = ""  # modules / .py files that register the checkpoint's own components (gptlab.plugins)
 
     def __post_init__(self) -> None:
         from gptlab.config.train import DTYPES, check_device_name
@@ -74,7 +76,9 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     for key in values:
         if key not in fields:
             raise ConfigError(f"unknown sample key {key!r}{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")
-    return SampleConfig(**values)
+    cfg = SampleConfig(**values)
+    import_plugins(cfg.plugins)
+    return cfg
 
 
 def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[Any, dict[str, Any] | None]:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -300,7 +301,7 @@ def test_components_registered_in_a_config_file_train_and_sample(data_dir: Path,
         assert len(list(sample(settings))) == 1
     finally:
         del NORM_REGISTRY["scalenorm_t"], ATTENTION_BACKEND_REGISTRY["mine_t"]
-    with pytest.raises(ConfigError, match="registered again to load it: pass that file"):
+    with pytest.raises(ConfigError, match="must be imported again to load it: pass the module or file"):
         list(sample(parse_sample_args([f"--out_dir={str(out)!r}", "--device='cpu'"])))
 
 
@@ -426,3 +427,48 @@ def test_nanogpt_char_run_samples_as_nanogpt_does(tmp_path: Path, monkeypatch: p
     (tmp_path / "data" / "shakespeare_char" / "meta.pkl").unlink()
     with pytest.raises(CheckpointError, match=r"34-token vocabulary and data/shakespeare_char/meta.pkl .* not there"):
         sample(parse_sample_args(args))
+
+
+PLUGIN_NORM = """
+import torch
+from torch import nn
+from gptlab.model import NORM_REGISTRY
+
+
+@NORM_REGISTRY.register("gain_norm_e2e")
+class GainNorm(nn.Module):
+    def __init__(self, ndim, eps=1e-5):
+        super().__init__()
+        self.g, self.eps = nn.Parameter(torch.ones(ndim)), eps
+
+    def forward(self, x):
+        return self.g * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+"""
+
+
+def _gptlab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "gptlab", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_a_run_with_its_own_norm_is_read_again_with_plugins(tmp_path: Path, data_dir: Path) -> None:
+    """Train with a config file that imports a module beside it; then every command that reads the run
+    needs --plugins, says so with the run's own value, and works with it."""
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "my_norms.py").write_text(textwrap.dedent(PLUGIN_NORM))
+    (work / "cfg.py").write_text('import my_norms  # beside the config file\nnormalization = "gain_norm_e2e"\n')
+    out = tmp_path / "run"
+    args = tiny_args(data_dir, out, max_iters=2, lr_decay_iters=2, warmup_iters=1, eval_interval=2, eval_iters=1)
+    trained = _gptlab("train", str(work / "cfg.py"), *args, "--plugins=my_norms", cwd=work)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((out / "config.json").read_text())["train"]["plugins"] == "my_norms"
+
+    refused = _gptlab("arch", str(out), cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith("this run was trained with plugins='my_norms': pass --plugins=my_norms")
+    described = _gptlab("arch", str(out), f"--plugins={work / 'my_norms.py'}", cwd=tmp_path)
+    assert described.returncode == 0 and "gain_norm_e2e" in described.stdout, described.stderr
+    sampled = _gptlab("sample", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=4",
+                      f"--plugins={work / 'cfg.py'}", cwd=tmp_path)  # fmt: skip
+    assert sampled.returncode == 0, sampled.stderr

@@ -1,0 +1,132 @@
+"""Components registered outside gptlab: the modules or files to import before a config is read.
+
+A registered norm, FFN, position encoding, activation or attention backend lives in the user's
+code. ``train.py`` runs a config file that registers one, but a command that reads a run directory
+or a checkpoint (``gptlab export``, ``sample``, ``arch``/``flops``/``plan``, a resume with
+``--plugins``) must import that code again: ``--plugins=my_components`` (a module, found as
+``python -m`` finds one: the current directory first) or ``--plugins=path/to/file.py`` (a module or
+a config file that registers), several separated by commas. gptlab never imports code a run or a
+checkpoint names by itself: a run records its ``plugins`` only to say what to pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gptlab.errors import ConfigError
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_imported_files: dict[Path, str] = {}  # a file imported twice in one process runs once
+
+
+def split_plugins(spec: str) -> list[str]:
+    """``"a, b.py"`` -> ``["a", "b.py"]``; each entry checked to be a module name or a .py file's path."""
+    entries = [entry.strip() for entry in spec.split(",") if entry.strip()]
+    for entry in entries:
+        if not entry.endswith(".py") and not _MODULE_NAME.fullmatch(entry):
+            raise ConfigError(
+                f"plugins={spec!r}: {entry!r} is neither a module name (my_components, pkg.components) nor a .py file"
+            )
+    return entries
+
+
+@contextlib.contextmanager
+def importable_from(*folders: str | Path) -> Iterator[None]:
+    """Put ``folders`` first on ``sys.path`` while the block runs (a config file's own folder and the
+    current directory, so that ``import my_components`` beside it works under any launcher)."""
+    added = [str(Path(folder).resolve()) for folder in folders]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for folder in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+
+
+def import_plugins(spec: str) -> list[str]:
+    """Import each entry of ``spec`` (see the module docstring); returns the module names. A failure is
+    one ConfigError naming the entry."""
+    names = []
+    for entry in split_plugins(spec):
+        try:
+            names.append(_import_file(Path(entry)) if entry.endswith(".py") else _import_module(entry))
+        except ConfigError:
+            raise
+        except Exception as e:  # the plugin's own code failed: say which, in one line
+            raise ConfigError(f"plugins: importing {entry!r} failed: {type(e).__name__}: {e}") from None
+    return names
+
+
+def _import_module(name: str) -> str:
+    try:
+        with importable_from(Path.cwd()):
+            importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not name.startswith(e.name):
+            raise  # the plugin imports something missing: its own error
+        raise ConfigError(
+            f"plugins: no module named {name!r} in {Path.cwd()} or on the Python path "
+            "(give a .py file's path, or set PYTHONPATH)"
+        ) from None
+    return name
+
+
+def _import_file(path: Path) -> str:
+    resolved = path.expanduser().resolve()
+    if not resolved.is_file():
+        raise ConfigError(f"plugins: {str(path)!r} is not a file")
+    if resolved in _imported_files:
+        return _imported_files[resolved]
+    stem = re.sub(r"\W", "_", resolved.stem)
+    name = f"gptlab_plugin_{stem}_{len(_imported_files)}"
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # classes defined there pickle and resolve like any module's
+    try:
+        with importable_from(resolved.parent, Path.cwd()):
+            spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    _imported_files[resolved] = name
+    return name
+
+
+PLUGINS_HELP = (
+    "modules or .py files that register components of your own (comma-separated), imported first: "
+    "a run's or config file's own norm, FFN, position encoding, activation or attention backend"
+)
+
+
+def add_plugins_option(parser: Any) -> None:
+    """``--plugins`` on a command that reads an architecture; ``gptlab.cli.main`` imports them."""
+    parser.add_argument("--plugins", default="", help=PLUGINS_HELP)
+
+
+def saved_plugins(saved: dict) -> object:
+    """The ``plugins`` a checkpoint (its ``config``) or a run's config.json recorded, if any."""
+    config = saved.get("config", saved) if isinstance(saved, dict) else {}
+    train = config.get("train") if isinstance(config, dict) else None
+    return train.get("plugins") if isinstance(train, dict) else None
+
+
+def plugins_hint(recorded: object) -> str:
+    """The end of an error about an unknown component of a saved run: what to pass to get it back."""
+    if isinstance(recorded, str) and recorded.strip():
+        return f"; this run was trained with plugins={recorded!r}: pass --plugins={recorded}"
+    return (
+        "; a component registered outside gptlab must be imported again to load it: pass the module or file "
+        "that registers it (--plugins=my_components or --plugins=path/to/file.py, e.g. the config file)"
+    )
+
+
+__all__ = ["add_plugins_option", "import_plugins", "importable_from", "plugins_hint", "saved_plugins", "split_plugins"]

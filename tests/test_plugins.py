@@ -1,0 +1,158 @@
+"""Components of one's own: registered outside gptlab, counted right, and found again by every command."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from gptlab import ConfigurableGPT, get_debug_config
+from gptlab.config.model import ModelArchitectureConfig
+from gptlab.errors import ConfigError
+from gptlab.model.components import ALiBiPositionEncoding, RotaryPositionEncoding
+from gptlab.model.registry import FFN_REGISTRY, NORM_REGISTRY, POSITION_ENCODING_REGISTRY
+from gptlab.parallel import DistInfo, parallelize
+from gptlab.plugins import import_plugins, plugins_hint, saved_plugins, split_plugins
+from gptlab.telemetry.activations import estimate_activations
+from gptlab.telemetry.flops import compute_flops
+from gptlab.telemetry.params import buffer_bytes
+from gptlab.telemetry.planner import plan_all_modes
+
+
+class DeepFFN(nn.Module):
+    """Three matrices, one of them D x D: no built-in FFN's shape, so FLOPs must be measured."""
+
+    gated = False
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module) -> None:
+        super().__init__()
+        self.w_in, self.w_mid = nn.Linear(d_model, d_ff, bias=bias), nn.Linear(d_ff, d_ff, bias=bias)
+        self.w_out, self.act = nn.Linear(d_ff, d_model, bias=bias), activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_out(self.act(self.w_mid(self.act(self.w_in(x)))))
+
+
+class ScalarGainNorm(nn.Module):
+    """docs/architecture.md's ScaleNorm shape: a 0-dim parameter."""
+
+    def __init__(self, ndim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.g, self.eps = nn.Parameter(torch.tensor(ndim**0.5)), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g * x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
+
+
+class TableBiasPositions(ALiBiPositionEncoding):
+    """A registered ALiBi variant (declares ``attention_bias`` by inheritance) with a buffer of its own."""
+
+    def __init__(self, n_head: int, max_seq_len: int, **_: object) -> None:
+        super().__init__(n_head=n_head)
+        self.register_buffer("extra", torch.zeros(max_seq_len, 3), persistent=False)
+
+
+class PartialRoPE(RotaryPositionEncoding):
+    """A registered rotary variant: takes rope_theta and needs an even head size, as RoPE does."""
+
+
+@pytest.fixture
+def own_components() -> Iterator[None]:
+    FFN_REGISTRY["deep_t"] = DeepFFN
+    NORM_REGISTRY["scalar_gain_t"] = ScalarGainNorm
+    POSITION_ENCODING_REGISTRY["table_bias_t"] = TableBiasPositions
+    POSITION_ENCODING_REGISTRY["partial_rope_t"] = PartialRoPE
+    yield
+    del FFN_REGISTRY["deep_t"], NORM_REGISTRY["scalar_gain_t"]
+    del POSITION_ENCODING_REGISTRY["table_bias_t"], POSITION_ENCODING_REGISTRY["partial_rope_t"]
+
+
+def test_a_builtin_name_cannot_be_taken_over_and_ones_own_can_be_replaced() -> None:
+    with pytest.raises(ValueError, match="normalization 'rmsnorm' is built in"):
+        NORM_REGISTRY["rmsnorm"] = ScalarGainNorm
+    with pytest.raises(ValueError, match="ffn_type 'swiglu' is built in"):
+        FFN_REGISTRY.register("swiglu")(DeepFFN)
+    try:
+        NORM_REGISTRY["mine_t"] = ScalarGainNorm
+        NORM_REGISTRY.register("mine_t")(nn.LayerNorm)  # a config file run twice re-registers its own
+        assert NORM_REGISTRY["mine_t"] is nn.LayerNorm
+    finally:
+        del NORM_REGISTRY["mine_t"]
+
+
+def test_a_registered_ffn_is_counted_as_flop_counter_mode_counts_it(own_components: None) -> None:
+    cfg = get_debug_config("custom", ffn_type="deep_t", activation="relu", block_size=16)
+    flops = compute_flops(cfg)
+    assert "measured" in flops.row("ffn").note
+    idx = torch.randint(0, cfg.vocab_size, (2, 16))
+    with FlopCounterMode(display=False) as counter:
+        ConfigurableGPT(cfg)(idx, idx)[1].backward()
+    # D x D middle matrix included: a 2-matrix formula would be 2*H*D short per layer
+    assert flops.row("ffn").forward == 2 * (64 * 256 + 256 * 256 + 256 * 64)
+    assert counter.get_total_flops() == flops.hfu_flops_per_token * idx.numel()
+
+
+def test_a_scalar_parameter_is_planned_and_fsdp_refuses_it_in_one_line(own_components: None) -> None:
+    cfg = get_debug_config("llama", normalization="scalar_gain_t")
+    plans = plan_all_modes(cfg, world_size=2, batch_size=2, dtype="float32", device_type="cpu")
+    assert plans["fsdp"].mode.peak > 0  # a 0-dim parameter crashed the FSDP column
+    info = DistInfo(world_size=2, mode="fsdp")
+    with pytest.raises(ConfigError, match=r"cannot shard the 0-dim parameter 'blocks\.0\.norm_1\.g'"):
+        parallelize(ConfigurableGPT(cfg), _train_config(), info, "float32")
+
+
+def _train_config():
+    from gptlab.config.train import TrainConfig
+
+    return TrainConfig(device="cpu", dtype="float32", compile=False)
+
+
+def test_position_encodings_declare_what_the_planner_and_config_need(own_components: None) -> None:
+    alibi = get_debug_config("custom", position_encoding="alibi")
+    mine = get_debug_config("custom", position_encoding="table_bias_t")
+    assert mine.position_attention_bias and not mine.rotary
+    kwargs = dict(batch_size=2, dtype="bfloat16", device_type="cpu")
+    planned, reference = estimate_activations(mine, **kwargs), estimate_activations(alibi, **kwargs)
+    assert planned.saved_bytes == reference.saved_bytes  # its (1, h, T, T) bias counted as ALiBi's
+    assert buffer_bytes(mine) == 4 * 4 + 4 * 64 * 3  # slopes + its own table, measured on the meta device
+    notes = estimate_activations(get_debug_config("custom", normalization="scalar_gain_t"), **kwargs).notes
+    assert len(notes) == len(set(notes))  # the norm's note once, not once per call
+
+    rotary = get_debug_config("llama", position_encoding="partial_rope_t", rope_theta=5e5)
+    assert rotary.rotary and "theta500000" in rotary.get_architecture_name()
+    from gptlab.config.model import check_keys_take_effect
+
+    check_keys_take_effect(rotary, ["rope_theta"])  # no "has no effect"
+    with pytest.raises(ConfigError, match="needs an even head size"):
+        get_debug_config("llama", position_encoding="partial_rope_t", n_embd=60, n_head=4)
+
+
+def test_plugin_names_and_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert split_plugins(" a.b , c.py,") == ["a.b", "c.py"]
+    with pytest.raises(ConfigError, match="neither a module name"):
+        split_plugins("my-components")
+    (tmp_path / "plugmod_t.py").write_text("import sys\nsys.plugmod_t_runs = getattr(sys, 'plugmod_t_runs', 0) + 1\n")
+    (tmp_path / "broken_t.py").write_text("raise RuntimeError('boom')\n")
+    monkeypatch.chdir(tmp_path)  # a module name is found in the current directory, as python -m finds it
+    try:
+        assert import_plugins("plugmod_t") == ["plugmod_t"]
+        import_plugins(str(tmp_path / "plugmod_t.py"))
+        import_plugins(str(tmp_path / "plugmod_t.py"))  # a file imported twice runs once
+        assert sys.plugmod_t_runs == 2  # type: ignore[attr-defined]  (once as a module, once as a file)
+    finally:
+        sys.modules.pop("plugmod_t", None)
+    with pytest.raises(ConfigError, match="no module named 'nosuch_t'"):
+        import_plugins("nosuch_t")
+    with pytest.raises(ConfigError, match=r"importing 'broken_t.py' failed: RuntimeError: boom"):
+        import_plugins("broken_t.py")
+    with pytest.raises(ConfigError, match="is not a file"):
+        import_plugins("missing_t.py")
+    assert saved_plugins({"config": {"train": {"plugins": "x.py"}}}) == "x.py"
+    assert "pass --plugins=x.py" in plugins_hint("x.py")
+    with pytest.raises(ConfigError, match=r"this run was trained with plugins='x\.py'"):
+        ModelArchitectureConfig.from_dict({"normalization": "nosuchnorm_t"}, "x.py")
