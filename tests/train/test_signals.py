@@ -74,14 +74,19 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes_exactly(data_dir: Pa
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_stop_signals_first_asks_second_ctrl_c_aborts() -> None:
     said: list[str] = []
-    with StopSignals(said.append) as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signum == signal.SIGTERM and said == ["SIGTERM"]
-        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's own SIGTERM after the terminal's: ignored
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)  # asked again with Ctrl-C: abort now
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, whatever started pytest (a background job of a script ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StopSignals(said.append) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM and said == ["SIGTERM"]
+            os.kill(os.getpid(), signal.SIGTERM)  # torchrun's own SIGTERM after the terminal's: ignored
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)  # asked again with Ctrl-C: abort now
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_stop_signals_leave_an_ignored_signal_ignored() -> None:
