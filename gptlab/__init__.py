@@ -1,6 +1,6 @@
 """gptlab: GPT architectures assembled from configuration, with verified efficiency figures."""
 
-from gptlab.config.model import ModelArchitectureConfig, get_debug_config, get_preset_config
+from gptlab.config.model import ModelArchitectureConfig, get_debug_config, get_preset_config, get_typed_config
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.gpt import ConfigurableGPT
 
@@ -14,4 +14,5 @@ __all__ = [
     "__version__",
     "get_debug_config",
     "get_preset_config",
+    "get_typed_config",
 ]

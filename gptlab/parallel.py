@@ -63,13 +63,14 @@ def _env_int(name: str, default: int) -> int:
 
 def resolve_mode(cfg: TrainConfig, world_size: int) -> str:
     """The parallel mode: ``auto`` is ddp under torchrun with more than one rank, else none."""
-    if cfg.parallel == "auto":
+    mode = cfg.parallel_mode
+    if mode == "auto":
         return "ddp" if world_size > 1 else "none"
-    if cfg.parallel == "none" and world_size > 1:
+    if mode == "none" and world_size > 1:
         raise ConfigError(
             f"parallel='none' but WORLD_SIZE={world_size}: use --parallel=ddp|zero1|fsdp (or auto) under torchrun"
         )
-    return cfg.parallel
+    return mode
 
 
 def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:

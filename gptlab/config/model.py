@@ -440,4 +440,5 @@ __all__ = [
     "check_field_types",
     "get_debug_config",
     "get_preset_config",
+    "get_typed_config",
 ]

@@ -117,6 +117,15 @@ class TrainConfig:
         check_field_types(self)
         self.validate()
 
+    @property
+    def parallel_mode(self) -> str:
+        """The mode asked for: ``parallel``, where the design document's ``use_zero1`` / ``use_fsdp`` flags
+        spell it (a property, not a rewrite of ``parallel``: ``dataclasses.replace(cfg, use_fsdp=False)``
+        turns FSDP off again)."""
+        if self.parallel == "auto":
+            return "zero1" if self.use_zero1 else "fsdp" if self.use_fsdp else "auto"
+        return self.parallel
+
     def validate(self) -> None:
         split_plugins(self.plugins)  # names checked here, imported by resolve_run_config
         choices = {
@@ -172,17 +181,15 @@ class TrainConfig:
                 "use_zero1=True and use_fsdp=True exclude each other: FSDP already shards optimizer states"
             )
         for flag, mode in (("use_zero1", "zero1"), ("use_fsdp", "fsdp")):
-            if getattr(self, flag):
-                if self.parallel not in ("auto", mode):
-                    raise ConfigError(f"{flag}=True conflicts with parallel={self.parallel!r}: set one of them")
-                self.parallel = mode  # the document's flag is a spelling of the one setting
-        if self.parallel == "fsdp" and self.compile and self.compile_mode in CUDA_GRAPH_MODES:
+            if getattr(self, flag) and self.parallel not in ("auto", mode):
+                raise ConfigError(f"{flag}=True conflicts with parallel={self.parallel!r}: set one of them")
+        if self.parallel_mode == "fsdp" and self.compile and self.compile_mode in CUDA_GRAPH_MODES:
             raise ConfigError(
                 f"compile_mode={self.compile_mode!r} captures CUDA graphs, which FSDP2's collectives do not allow: "
                 "use compile_mode='default' or 'max-autotune-no-cudagraphs' with parallel='fsdp'"
             )
-        if self.fsdp_cpu_offload and self.parallel != "fsdp":
-            raise ConfigError(f"fsdp_cpu_offload=True needs parallel='fsdp', got parallel={self.parallel!r}")
+        if self.fsdp_cpu_offload and self.parallel_mode != "fsdp":
+            raise ConfigError(f"fsdp_cpu_offload=True needs parallel='fsdp', got parallel={self.parallel_mode!r}")
         if self.decay_lr and self.min_lr > self.learning_rate:
             raise ConfigError(f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}")
         if self.backend == "nccl" and self.device.split(":")[0] == "cpu":

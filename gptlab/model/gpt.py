@@ -110,7 +110,8 @@ class ConfigurableGPT(nn.Module):
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.loss_chunk_size)
         logits = self.lm_head(x)  # (B, T, vocab)
         # in fp32 also where no autocast upcasts it (FSDP's mixed precision gives bf16 logits): as torchtitan
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        # reshape/long: sliced (non-contiguous) or int32 targets, as the chunked loss takes them
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1).long(), ignore_index=-1)
         return logits, loss
 
     # ------------------------------------------------------------------ utilities
@@ -175,12 +176,16 @@ class ConfigurableGPT(nn.Module):
 
     # ------------------------------------------------------------------ weights in and out
     @classmethod
-    def from_pretrained(cls, src: Any, **overrides: Any) -> ConfigurableGPT:
+    def from_pretrained(
+        cls, src: Any, override_args: dict[str, Any] | None = None, **overrides: Any
+    ) -> ConfigurableGPT:
         """Load a Hugging Face GPT-2 / LLaMA model (local directory, Hub name such as ``gpt2``, or
-        in-memory ``transformers`` model) or a nanoGPT ``ckpt.pt``. ``overrides`` may change e.g. ``dropout``."""
+        in-memory ``transformers`` model) or a nanoGPT ``ckpt.pt``. ``overrides`` may change e.g. ``dropout``,
+        also given as nanoGPT's positional dict: ``from_pretrained("gpt2", dict(dropout=0.0))``. Dropout is
+        the source's (GPT-2's ``resid_pdrop`` 0.1, as in ``transformers``; nanoGPT's defaults to 0.0)."""
         from gptlab.model.convert import load_pretrained
 
-        return load_pretrained(src, **overrides)
+        return load_pretrained(src, **{**(override_args or {}), **overrides})
 
     def save_pretrained(self, directory: str | Path, special_tokens: dict[str, int | None] | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` that ``transformers`` loads; bos/eos/pad ids
@@ -201,9 +206,13 @@ class ConfigurableGPT(nn.Module):
     def estimate_mfu_detailed(self, fwdbwd_per_iter: float, dt: float, **kwargs: Any) -> dict[str, Any]:
         """nanoGPT's ``estimate_mfu`` with the full breakdown: ``fwdbwd_per_iter`` sequences of
         ``block_size`` tokens per optimizer step on one rank, ``dt`` seconds per step; see
-        ``gptlab.telemetry.estimate_mfu_detailed`` for the keywords (num_gpus, peak_flops, ...)."""
+        ``gptlab.telemetry.estimate_mfu_detailed`` for the keywords (num_gpus, peak_flops, ...). The peak is
+        that of the device the model is on: none on a CPU, though a GPU is present."""
         from gptlab.telemetry.mfu import estimate_mfu_detailed
 
+        if not {"gpu_name", "peak_flops", "peak"} & set(kwargs):
+            device = next(self.parameters()).device
+            kwargs["gpu_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         return estimate_mfu_detailed(self.config, fwdbwd_per_iter, dt, **kwargs)
 
     def get_memory_stats(self) -> dict[str, float | None]:

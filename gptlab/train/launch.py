@@ -3,9 +3,11 @@ out-of-memory error as one line, a lost peer as not this rank's fault, a signal'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import IO, Any
 
 import torch
@@ -54,6 +56,19 @@ def _peer_lost(error: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _global_torch_settings_kept() -> Iterator[None]:
+    """The process-wide settings a run changes (TF32 on CUDA, as nanoGPT; the seeded CPU RNG) restored
+    when it returns, so that float32 matmuls after ``train()`` are the caller's again."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    rng = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_rng_state(rng)
+
+
 def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
     """Train ``run`` to completion and return the summary (rank 0's; other ranks get {}).
 
@@ -63,7 +78,8 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
     info = parallel.init_distributed(run.train, device)
     try:
         try:
-            summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
+            with _global_torch_settings_kept():  # a script or notebook calling train() keeps its own
+                summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
         except (RuntimeError, MemoryError) as e:
             oom = _out_of_memory(e)
             if oom is None:

@@ -163,7 +163,7 @@ class Trainer:
     """Owns one run: data, model, optimizer, logger; ``run()`` trains to ``max_iters``."""
 
     def __init__(self, run: RunConfig, *, stream: IO[str] | None = None, dist: parallel.DistInfo | None = None) -> None:
-        self.cfg: TrainConfig = run.train
+        self.cfg: TrainConfig = replace(run.train)  # a copy: the run's record may change (a fine-tune's preset)
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir)
         if self.out_dir.exists() and not self.out_dir.is_dir():

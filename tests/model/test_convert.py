@@ -219,6 +219,9 @@ def test_from_pretrained_overrides(tmp_path: Path) -> None:
     hf = _gpt2()
     ours = ConfigurableGPT.from_pretrained(hf, dropout=0.0, attention_backend="manual")
     assert ours.config.dropout == 0.0 and ours.config.attention_backend == "manual"
+    assert ConfigurableGPT.from_pretrained(hf).config.dropout == hf.config.resid_pdrop  # the source's, as transformers
+    nanogpt_form = ConfigurableGPT.from_pretrained(hf, dict(dropout=0.0))  # nanoGPT's override_args
+    assert nanogpt_form.config.dropout == 0.0
     for key, value in dict(n_layer=3, activation="relu", gelu_approximate="none", norm_eps=0.5).items():
         with pytest.raises(ConfigError, match=f"{key} cannot be overridden .* only attention_backend, dropout"):
             ConfigurableGPT.from_pretrained(hf, **{key: value})

@@ -83,6 +83,18 @@ def test_loss_is_cross_entropy_and_ignores_minus_one() -> None:
     torch.testing.assert_close(loss, ref)
 
 
+def test_plain_and_chunked_loss_take_the_same_targets() -> None:
+    """Sliced (non-contiguous) and int32 targets, as the chunked loss takes them."""
+    model = ConfigurableGPT(get_debug_config("gpt2"))
+    data = torch.randint(0, 256, (2, 9))
+    x, y = data[:, :-1], data[:, 1:]  # y is a non-contiguous view
+    plain = model(x, y.contiguous())[1]
+    torch.testing.assert_close(model(x, y)[1], plain)
+    torch.testing.assert_close(model(x, y.int())[1], plain)
+    model.loss_chunk_size = 4
+    torch.testing.assert_close(model(x, y.int())[1], plain)
+
+
 def test_sequence_longer_than_block_size_is_rejected() -> None:
     model = ConfigurableGPT(get_debug_config("gpt2", block_size=8))
     with pytest.raises(ValueError, match="block_size=8"):

@@ -52,6 +52,15 @@ def test_nanogpt_estimate_mfu_method() -> None:
         assert math.isnan(0.9 * -1.0 + 0.1 * model.estimate_mfu(480, 3.78))
 
 
+def test_model_estimate_mfu_takes_the_peak_of_the_device_the_model_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model on the CPU of a GPU machine has no peak: not the GPU's, which the CPU step never ran on."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
+    model = ConfigurableGPT(get_debug_config("gpt2"))
+    assert math.isnan(model.estimate_mfu(480, 3.78))
+    assert estimate_mfu_detailed(model.config, 480, 3.78)["mfu"] > 0  # the function itself: the current GPU
+
+
 def test_ddp_and_gradient_accumulation_convention() -> None:
     """fwdbwd_per_iter counts one rank's sequences over all its micro-steps; num_gpus ranks do the same.
     The same global batch (12 x 40) split over 4 ranks (accumulation 10 each) in a quarter of the

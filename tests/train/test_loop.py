@@ -611,3 +611,23 @@ def test_full_disk_is_said_before_training_and_in_one_line_at_the_save(
     (warning,) = [r for r in read_log(tmp_path) if r.get("event") == "disk_warning"]
     assert "the first save will fail" in warning["message"] and "has 1.000 KB free" in warning["message"]
     assert not list(tmp_path.glob("*.tmp-*")) and not (tmp_path / "ckpt.pt").exists()  # nothing half-written
+
+
+def test_train_from_python_leaves_the_callers_settings(data_dir: Path, tmp_path: Path) -> None:
+    """docs/training.md's "From Python": a flat dict of keys, errors raised (not sys.exit), and the
+    process-wide state a run sets (the seeded CPU RNG; TF32 on CUDA) handed back as it was."""
+    from gptlab.config.train import resolve_run_config
+
+    values = dict(arch_preset="llama", n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=512,
+                  dataset="stdlib_char", data_dir=str(data_dir), out_dir=str(tmp_path), device="cpu",
+                  dtype="float32", compile=False, max_iters=2, lr_decay_iters=2, warmup_iters=1,
+                  eval_interval=2, eval_iters=1, batch_size=2)  # fmt: skip
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    run = resolve_run_config(values)
+    train(run, stream=io.StringIO())
+    assert torch.equal(torch.get_rng_state(), before)
+    assert json.loads((tmp_path / "config.json").read_text())["arch"]["vocab_size"] == 512  # set, so kept
+    assert run.train.arch_preset == "llama"
+    with pytest.raises(ConfigError, match="n_head=3"):
+        resolve_run_config({**values, "n_head": 3})

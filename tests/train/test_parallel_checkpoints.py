@@ -3,6 +3,7 @@ resume of ddp and zero1 in one process (a one-rank gloo group), and ``gptlab exp
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -22,8 +23,11 @@ from tests.train.conftest import tiny_args
 
 
 def test_document_flags_map_onto_parallel() -> None:
-    assert TrainConfig(use_zero1=True).parallel == "zero1"
-    assert TrainConfig(use_fsdp=True, parallel="fsdp").parallel == "fsdp"
+    assert TrainConfig(use_zero1=True).parallel_mode == "zero1"
+    assert TrainConfig(use_fsdp=True, parallel="fsdp").parallel_mode == "fsdp"
+    fsdp = TrainConfig(use_fsdp=True)
+    assert resolve_mode(dataclasses.replace(fsdp, use_fsdp=False), 2) == "ddp"  # the flag is not baked in
+    assert resolve_mode(dataclasses.replace(fsdp, use_fsdp=False, use_zero1=True), 2) == "zero1"
     assert resolve_mode(TrainConfig(), 1) == "none" and resolve_mode(TrainConfig(), 4) == "ddp"
     with pytest.raises(ConfigError, match="use_fsdp=True conflicts with parallel='ddp'"):
         TrainConfig(use_fsdp=True, parallel="ddp")
