@@ -51,6 +51,9 @@ def _fill_options(args: argparse.Namespace, file_values: dict[str, Any]) -> None
         "loss_chunk_size": file_values.get("loss_chunk_size"),
         "grad_accum_steps": None if not isinstance(accum, int) else max(1, accum // world),
     }
+    # train.py on one GPU runs all of a config file's micro-steps: the plan's 'none x1' column does too
+    file_accum = accum if isinstance(accum, int) and getattr(args, "grad_accum_steps", 0) is None else None
+    args.single_gpu_accum_steps, args.accum_indivisible = file_accum, bool(file_accum and file_accum % world)
     for key, default in OPTION_DEFAULTS.items():
         if hasattr(args, key) and getattr(args, key) is None:
             setattr(args, key, default if from_file[key] is None else from_file[key])
@@ -214,7 +217,7 @@ def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
-    from gptlab.telemetry.planner import plan_all_modes
+    from gptlab.telemetry.planner import plan_all_modes, plan_memory
 
     config = _config(args, extra, block_size=args.block_size)
     _throughput_peak(args)  # a bad --gpu or --mfu before the tables
@@ -227,6 +230,11 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         loss_chunk_size=args.loss_chunk_size,
     )
     plans = plan_all_modes(config, world_size=args.world_size, **common)
+    single_accum = getattr(args, "single_gpu_accum_steps", None)
+    per_mode = {mode: common for mode in plans}
+    if single_accum is not None:  # a config file's gradient_accumulation_steps, all on the one GPU
+        per_mode["none"] = {**common, "grad_accum_steps": single_accum}
+        plans["none"] = plan_memory(config, parallel="none", world_size=1, **per_mode["none"])
     first = next(iter(plans.values()))
     _print_flops(config, config.block_size, args.activation_checkpointing)
     print(f"\nmemory per GPU in GB (1e9 bytes): micro-batch {args.batch_size} x {config.block_size} tokens, "
@@ -247,11 +255,20 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
           f"other {sum(acts.other.values()) / GB:.4f} GB")  # fmt: skip
     for note in sorted({n for p in plans.values() for n in p.mode.notes}):
         print(f"note: {note}")
+    if single_accum is not None:
+        shared = f"{args.grad_accum_steps} per GPU on {args.world_size}"
+        print(f"note: micro-steps per optimizer step: {single_accum} on one GPU, {shared} (the config file's "
+              f"gradient_accumulation_steps={single_accum}, shared out)")  # fmt: skip
+    if getattr(args, "accum_indivisible", False):
+        print(f"note: train.py refuses gradient_accumulation_steps={single_accum} on {args.world_size} GPUs "
+              f"(not divisible); the ddp/zero1/fsdp columns plan {args.grad_accum_steps} per GPU")  # fmt: skip
     if args.gpu_memory_gb is not None:
         from gptlab.telemetry.planner import fit_advice
 
         for mode, p in plans.items():
-            advice = fit_advice(config, int(args.gpu_memory_gb * 1e9), parallel=mode, world_size=p.world_size, **common)
+            advice = fit_advice(
+                config, int(args.gpu_memory_gb * 1e9), parallel=mode, world_size=p.world_size, **per_mode[mode]
+            )
             print(f"{mode} x{p.world_size}: " + (advice or f"fits in {args.gpu_memory_gb:g} GB"))
     _print_throughput(config, args, config.block_size, args.world_size)
     return 0

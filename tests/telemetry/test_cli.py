@@ -133,3 +133,24 @@ def test_plan_takes_a_config_files_training_settings(tmp_path, capsys: pytest.Ca
     )
     out = capsys.readouterr().out
     assert "micro-batch 2 x 1024 tokens, autocast bfloat16, AdamW, activation checkpointing False" in out
+
+
+def test_plan_of_a_config_file_runs_all_micro_steps_on_one_gpu(tmp_path, capsys) -> None:
+    """The 'none x1' column is train.py on one GPU: all of the file's gradient_accumulation_steps (the
+    gradients are held across them), as the startup plan of that run says; the others share them out."""
+    from gptlab.config.model import get_preset_config
+    from gptlab.telemetry.planner import plan_memory
+
+    config = tmp_path / "acc.py"
+    config.write_text(
+        "arch_preset = 'gpt2'\nn_layer = 2\nvocab_size = 256\nbatch_size = 4\ngradient_accumulation_steps = 8\n"
+    )
+    assert run(["plan", str(config), "--world_size", "8"]) == 0
+    out = capsys.readouterr().out
+    arch = get_preset_config("gpt2", n_layer=2, vocab_size=256)
+    single = plan_memory(arch, batch_size=4, grad_accum_steps=8, parallel="none")
+    peaks = next(line for line in out.splitlines() if line.startswith("peak (estimate)")).split()[2:]
+    assert float(peaks[0]) == round(single.mode.peak / 1e9, 3)
+    assert "8 on one GPU, 1 per GPU on 8" in out
+    assert run(["plan", str(config), "--world_size", "3"]) == 0
+    assert "train.py refuses gradient_accumulation_steps=8 on 3 GPUs" in capsys.readouterr().out
