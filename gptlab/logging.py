@@ -157,7 +157,7 @@ class TrainingLogger:
         record = {"iter": iter_num, "train_loss": train_loss, "val_loss": val_loss, **extra}
         self.evals.append(record)
         self._write({"type": "eval", **record})
-        self._scalars(iter_num, {"eval": {"train_loss": train_loss, "val_loss": val_loss}})
+        self._scalars(iter_num, {"eval": {k: v for k, v in record.items() if k != "iter"}})  # lr and tokens too
         self._print(f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
 
     def log_iter_detailed(

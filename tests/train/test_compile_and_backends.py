@@ -86,7 +86,7 @@ def test_wandb_backend_receives_metrics(data_dir: Path, tmp_path: Path, monkeypa
     (run,) = runs
     assert run.init_kwargs["project"] == "p" and run.init_kwargs["name"] == "r" and run.finished
     keys = {k for _, values in run.logged for k in values}
-    assert {"train/loss", "train/lr", "train/tokens_per_sec", "eval/val_loss"} <= keys
+    assert {"train/loss", "train/lr", "train/tokens_per_sec", "eval/val_loss", "eval/lr", "eval/tokens"} <= keys
     # telemetry in its own sections, named as in log.jsonl (no "train/grad_grad_max")
     assert {"gradients/global_norm", "gradients/grad_max", "memory/rss_gb"} <= keys
     assert not {k for k in keys if "grad_grad" in k or k == "train/iter"} and "train/grad_norm" in keys

@@ -631,3 +631,19 @@ def test_train_from_python_leaves_the_callers_settings(data_dir: Path, tmp_path:
     assert run.train.arch_preset == "llama"
     with pytest.raises(ConfigError, match="n_head=3"):
         resolve_run_config({**values, "n_head": 3})
+
+
+def test_every_field_of_the_records_and_summary_is_documented(data_dir: Path, tmp_path: Path) -> None:
+    """docs/training.md names each field a run writes to log.jsonl's iter/eval records and summary.json
+    (nested memory and gradient statistics included), so a new field cannot go undescribed."""
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=6, eval_interval=3)), stream=io.StringIO())
+    records = read_log(tmp_path)
+    fields = set(json.loads((tmp_path / "summary.json").read_text()))
+    for record in records:
+        if record["type"] in ("iter", "eval", "gradients"):
+            fields |= set(record) - {"type"}
+            for nested in ("memory", "gradients"):
+                fields |= set(record.get(nested) or {})
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    missing = {name for name in fields if f"`{name}`" not in docs and not name.endswith(("_mean", "_median", "_p90"))}
+    assert missing == set()
