@@ -72,3 +72,15 @@ def test_an_allocation_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, caps
     assert main(["peak", "--device=cpu", "--size=100000"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptlab: error: out of memory (DefaultCPUAllocator") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("script, flag", [("train", "--help"), ("sample", "-h")])
+def test_root_scripts_print_help(script: str, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """python train.py --help is the gptlab command's help for it (it was 'write --help=VALUE'), keys listed."""
+    from gptlab.train.cli import entry, run_sample, run_train
+
+    assert entry(run_train if script == "train" else run_sample, [flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: gptlab {script}")
+    if script == "train":
+        assert "learning_rate" in out and "n_kv_head" in out

@@ -88,11 +88,16 @@ def run_sample(args: Sequence[str]) -> int:
 
 
 def register(sub: Any) -> None:
+    from gptlab.config.model import ARCH_FIELDS
+    from gptlab.config.train import TRAIN_FIELDS
+
     train = sub.add_parser(
         "train",
         help="train a model: gptlab train [CONFIG.py] [--key=value ...]",
         description="Train from a nanoGPT-style config file plus --key=value overrides. With no config file, "
         "trains a small model on the embedded stdlib_char dataset on the CPU (about 2 minutes).",
+        epilog=f"training keys (docs/training.md): {', '.join(TRAIN_FIELDS)}. "
+        f"architecture keys (docs/architecture.md): {', '.join(ARCH_FIELDS)}.",
     )
     # gptlab.cli.main hands `train` and `sample` their arguments whole (nanoGPT's order and messages);
     # these parsers give -h
@@ -108,9 +113,18 @@ def register(sub: Any) -> None:
 
 
 def entry(run: Any, argv: Sequence[str] | None = None) -> int:
-    """Root-script entry: one-line errors, exit code 2, as the gptlab command does."""
+    """Root-script entry: one-line errors, exit code 2, as the gptlab command does; -h / --help print
+    the gptlab command's help for it (``python train.py --help``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        from gptlab.cli import main
+
+        try:
+            return main(["train" if run is run_train else "sample", "--help"])
+        except SystemExit as done:  # argparse's help exits 0
+            return int(done.code or 0)
     try:
-        return run(sys.argv[1:] if argv is None else argv)
+        return run(args)
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return e.exit_code
