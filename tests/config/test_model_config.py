@@ -210,7 +210,7 @@ def test_valid_sizes_build_a_model(n_layer: int, n_head: int, head_dim: int, kv_
         ("llama", {"gelu_approximate": "tanh"}, "the gate of ffn_type='swiglu' is silu"),
         ("gpt2", {"ffn_type": "geglu", "gelu_approximate": "tanh"}, "the gate of ffn_type='geglu' is exact gelu"),
         ("custom", {"activation": "relu", "gelu_approximate": "tanh"}, "activation='relu' is not GELU"),
-        ("gpt2", {"rope_theta": 500000.0}, "position_encoding='learned_absolute' is not RoPE"),
+        ("gpt2", {"rope_theta": 500000.0}, "position_encoding='learned_absolute' is not rotary"),
         ("llama", {"d_ff": 1024, "multiple_of": 128}, "multiple_of=128 has no effect: d_ff=1024 sets the FFN width"),
         ("gpt2", {"d_ff": 1024, "ffn_dim_multiplier": 1.5}, "ffn_dim_multiplier=1.5 has no effect: d_ff=1024"),
     ],
