@@ -38,7 +38,10 @@ stage_env() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   "$PY" -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
 }
-stage_peak() { "$PY" -m gptlab.cli peak --device "$DEVICE" --dtype "$([[ $DEVICE == cuda ]] && echo bfloat16 || echo float32)"; }
+stage_peak() {
+  local cmd=("$PY" -m gptlab.cli peak --device "$DEVICE" --dtype "$([[ $DEVICE == cuda ]] && echo bfloat16 || echo float32)")
+  echo "\$ ${cmd[*]}"; "${cmd[@]}"
+}
 stage_gpt2() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16; step "${GPT2[@]}" "${GPU[@]}" --batch_size 32; }
 stage_llama() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16; }
 stage_350m() { step "${M350[@]}" "${GPU[@]}" --batch_size 16; }
@@ -61,6 +64,7 @@ stage_profile() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --rounds 1 --pro
 stage_telemetry() {
   local run=(--device cuda --dtype bfloat16 --compile --iters 30 --rounds 3)
   if [[ -n "${SMOKE:-}" ]]; then run=(--device cpu --dtype float32 --iters 1 --rounds 1); fi
+  echo "\$ bench/telemetry_overhead.py ${GPT2[*]} ${run[*]} --batch_size 16"
   "$PY" bench/telemetry_overhead.py "${GPT2[@]}" "${run[@]}" --batch_size 16 "${TINY[@]}"
 }
 stage_sweep() {
@@ -72,27 +76,37 @@ stage_sweep() {
 }
 
 stage_cuda_tests() {  # tests/train/test_cuda.py and the loader's CUDA test (skipped on a CPU)
-  "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/train/test_cuda.py tests/data/test_loader.py
+  # -v -rA: each test's verdict as it ends, so a stage stopped at its limit still says which passed
+  local cmd=("$PY" -m pytest -v --tb=short -rA -p no:cacheprovider -m cuda tests/train/test_cuda.py tests/data/test_loader.py)
+  if "$PY" -c "import pytest_timeout" 2>/dev/null; then cmd+=(--timeout=60); fi
+  echo "\$ ${cmd[*]}"; "${cmd[@]}"
 }
 
 # One call for a short GPU lease, in order of what matters most: GPT-2 124M (the first target, with a
-# kernel profile), llama at the same size, 350M (the other two targets), the telemetry cost, the CUDA
-# tests, GPT-2 at batch 32. Each stage runs under its own time limit inside LEASE_BUDGET seconds
+# kernel profile), the CUDA tests (the GPU paths' correctness), llama at the same size, 350M (the other
+# two targets), the telemetry cost (gptlab's step, measured against the plain loop in every run,
+# already bounds it), GPT-2 at batch 32. Each stage runs under its own time limit inside LEASE_BUDGET seconds
 # (default 530), so the call ends inside a 10-minute command; a stage is started only when at least
 # its minimum is left (a compiled run cut off mid-compile measures nothing), else skipped, and said so,
 # and the next, shorter one is tried. Everything
 # goes to LEASE_DIR (default $OUT, the device tool's folder, else out/lease): lease.log, a JSON
 # record per train_step run, the profile's Chrome trace (gzipped).
-# On the device tool: run(command="bench/gpu_suite.sh lease", timeout_s=590).
+# On the device tool: run(command="bash bench/gpu_suite.sh lease", timeout_s=590).
 stage_lease() {
   local dest=${LEASE_DIR:-${OUT:-out/lease}} budget=${LEASE_BUDGET:-530} start=$SECONDS
   mkdir -p "$dest"
   export PYTHONUNBUFFERED=1
   # name:limit:minimum (seconds); compiles of these shapes take ~40-90 s on an H100/H200
-  local plan=(env:20:5 peak:45:20 gpt2_16:180:120 llama_16:150:100 350m_16:180:120 telemetry:120:80
-              cuda_tests:120:60 gpt2_32:150:100)
+  local plan=(env:20:5 peak:45:20 gpt2_16:180:120 cuda_tests:150:90 llama_16:150:100 350m_16:180:120
+              telemetry:120:80 gpt2_32:150:100)
+  export LEASE_TRACE="$dest/gpt2_trace.json.gz"
+  rm -f "${OUT_DIR:-out/bench}/train_step_trace.json" "$LEASE_TRACE"  # never an earlier call's trace
   {
     echo "lease: $(date -u +%FT%TZ), budget ${budget}s, to $dest"
+    # which code ran: the commit where .git travelled, else a hash a checkout can recompute
+    # (in a clean checkout of that commit: find gptlab bench -name '*.py' -o -name '*.sh' | LC_ALL=C sort | xargs cat | sha256sum)
+    echo "code: $(git rev-parse HEAD 2>/dev/null || echo "sha256 of gptlab+bench: $(find gptlab bench -name '*.py' -o -name '*.sh' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)")"
+    "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__)"
     for item in "${plan[@]}"; do
       local name limit minimum left=$((budget - (SECONDS - start)))
       IFS=: read -r name limit minimum <<<"$item"
@@ -104,14 +118,15 @@ stage_lease() {
       if ((rc == 124 || rc == 137)); then echo "=== $name: stopped at its ${limit}s limit"
       elif ((rc != 0)); then echo "=== $name: failed (exit $rc)"; fi
     done
-    if [[ -f "${OUT_DIR:-out/bench}/train_step_trace.json" ]]; then
-      gzip -c "${OUT_DIR:-out/bench}/train_step_trace.json" >"$dest/gpt2_trace.json.gz"
-    fi
     echo; echo "lease: done in $((SECONDS - start))s"
   } 2>&1 | tee "$dest/lease.log"
 }
 # the lease's runs, one train_step.py run each
-stage_gpt2_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --profile 5; }
+stage_gpt2_16() {  # the profile's trace goes to the lease's folder at once: it comes back if a later stage overruns
+  step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --profile 5
+  local trace="${OUT_DIR:-out/bench}/train_step_trace.json"
+  if [[ -n "${LEASE_TRACE:-}" && -f "$trace" ]]; then gzip -c "$trace" >"$LEASE_TRACE"; fi
+}
 stage_gpt2_32() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 32; }
 stage_llama_16() { stage_llama; }
 stage_350m_16() { stage_350m; }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ def main() -> None:
         results["gptlab train_step"] += gptlab_times
         round_ratios.append(statistics.median(gptlab_times) / statistics.median(plain_times))
     flops = trainer.telemetry.flops_summary()["flops_per_token"]
+    peak = trainer.telemetry.peak  # the MFU denominator, said with every result
     memory = trainer.telemetry.memory_stats()
     cuda_peak = memory.get("max_allocated_gb")
     peak_gb = cuda_peak if cuda_peak is not None else memory.get("rss_gb")
@@ -103,6 +105,10 @@ def main() -> None:
             + ("(CUDA max allocated)" if cuda_peak is not None else "(process RSS)")
             + f", planned {planned_gb:.2f} GB"
         )
+        tflops = "none" if peak["peak_flops"] is None else f"{peak['peak_flops'] / 1e12:g} TFLOPS"
+        print(f"MFU against {peak['name']}'s dense {peak['precision']} peak, {tflops} per device ({peak['source']}); "
+              f"FLOPs/token {flops / 1e9:.4f} G (full-square attention, LM head in); torch {torch.__version__}, "
+              f"Python {sys.version.split()[0]}")  # fmt: skip
         print(f"{'loop':20s} {'ms/step (median)':>17s} {'tokens/s':>12s} {'achieved GFLOP/s':>17s} {'MFU':>7s}")
     medians, mfus = {}, {}
     for name, times in results.items():
@@ -128,6 +134,14 @@ def main() -> None:
             "peak_kind": "cuda_max_allocated" if cuda_peak is not None else "process_rss",
             "planned_peak_gb": planned_gb,
             "first_step_s": first_step_s,  # compile included
+            "mfu_causal": trainer.telemetry.mfu(gptlab_s)["mfu_causal"],
+            "peak": peak,  # name, peak_flops (per device), precision, source: the MFU denominator
+            "flops_per_token": flops,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "args": vars(a),  # preset, sizes, batch, dtype, compile settings: the run, whole
+            "world_size": dist.world_size,
         }
         Path(a.json).write_text(json.dumps(record))
     if dist.master:
@@ -137,6 +151,12 @@ def main() -> None:
             print(f"per round: median {statistics.median(round_ratios):.3f}, range {min(round_ratios):.3f}-"
                   f"{max(round_ratios):.3f} over {len(round_ratios)} rounds of {a.iters} steps each")  # fmt: skip
     if a.profile:
+        # start right after a gradient-statistics step, so the profiled steps are plain ones (as 9 in 10 are)
+        interval = trainer.cfg.gradient_log_interval
+        while a.profile < interval and (
+            trainer.iter_num % interval == 0 or trainer.iter_num % interval > interval - a.profile
+        ):
+            gptlab_step()
         if dist.master:
             profile_steps(gptlab_step, device, a.profile, Path(a.out_dir))
         else:
@@ -146,8 +166,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
     from gptlab.train.cli import entry
 
     sys.exit(entry(lambda _argv: main() or 0))  # a user mistake is one line, exit 2

@@ -80,8 +80,12 @@ def test_gpu_suite_plumbing_in_smoke_mode(data_dir: Path, tmp_path: Path) -> Non
     log = (lease / "lease.log").read_text()
     assert not re.search(r"^=== \S+: (skipped|stopped|failed)", log, re.M), log[-3000:]
     for run in ("gpt2_16", "gpt2_32", "llama_16", "350m_16"):
-        assert json.loads((lease / f"{run}.json").read_text())["ms_per_step"] > 0
+        record = json.loads((lease / f"{run}.json").read_text())
+        assert record["ms_per_step"] > 0 and {"peak", "args", "torch", "device_name"} <= set(record)
     assert (lease / "gpt2_trace.json.gz").stat().st_size > 0 and "gptlab / plain step time" in log
+    # what docs/benchmarks.md needs, without a re-run: the code, versions, the MFU denominator, each command
+    assert re.search(r"^code: ", log, re.M) and re.search(r"^python \S+ torch ", log, re.M)
+    assert "MFU against" in log and "$ bench/telemetry_overhead.py" in log and "-m pytest -v" in log
     res = subprocess.run(["bash", script, "gtp2"], capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "env|peak|gpt2" in res.stderr
     res = subprocess.run(["bash", script], capture_output=True, text=True, env=env)  # never `all` by default

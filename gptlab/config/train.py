@@ -19,6 +19,7 @@ from typing import Any
 from gptlab.config.model import (
     ARCH_FIELDS,
     FREE_ARCH_KEYS,
+    PRESETS,
     ModelArchitectureConfig,
     check_arch_types,
     check_field_types,
@@ -370,12 +371,26 @@ def resolve_run_config(
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     import_plugins(train.plugins)  # before the architecture names what they register
-    arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
     explicit = frozenset(values if explicit is None else explicit)
     typed = explicit if typed is None else frozenset(typed)
+    _check_typed_preset_takes_effect(train.arch_preset, values, explicit - typed if "arch_preset" in typed else ())
+    arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
     arch = check_keys_take_effect(arch, typed)
     check_train_keys_take_effect(train, typed)
     return RunConfig(train=train, arch=arch, explicit=explicit, typed=typed)
+
+
+def _check_typed_preset_takes_effect(preset: str, values: dict[str, Any], file_keys: Iterable[str]) -> None:
+    """A typed ``--arch_preset`` whose choices a config file's own keys override is not the preset the
+    user asked for (``config/full_custom.py --arch_preset=llama`` trained the file's mix): refused."""
+    choices = PRESETS.get(preset, {})
+    overridden = sorted(k for k in file_keys if k in choices and values[k] != choices[k])
+    if overridden:
+        listed = ", ".join(f"{k}={values[k]!r}" for k in overridden)
+        raise ConfigError(
+            f"arch_preset={preset!r} would not take effect: the config file sets {listed}, which win over a "
+            "preset; type those keys instead, or use a config file that leaves them to the preset"
+        )
 
 
 # Settings of a launch rather than of the run it continues: a resume takes them from this launch

@@ -6,6 +6,7 @@ component registered from outside the package is usable from a config with no ot
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from gptlab.config.model import ModelArchitectureConfig
 
+from gptlab.errors import ConfigError
 from gptlab.model.registry import (
     ACTIVATION_REGISTRY,
     FFN_REGISTRY,
@@ -64,9 +66,24 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+def _construct(registry: Any, name: str, interface: str, *args: Any, **kwargs: Any) -> Any:
+    """``registry[name](*args, **kwargs)``; a registered class whose constructor cannot take the
+    interface's arguments is one ConfigError naming the interface, not a TypeError from deep inside."""
+    component = registry.get_component(name)
+    try:
+        inspect.signature(component).bind(*args, **kwargs)
+    except TypeError as e:
+        raise ConfigError(
+            f"{registry.kind}={name!r}: {getattr(component, '__name__', component)!r} must take {interface} ({e})"
+        ) from None
+    except ValueError:  # no signature to read (a builtin): let the call say
+        pass
+    return component(*args, **kwargs)
+
+
 def build_norm(name: str, ndim: int, eps: float = 1e-5) -> nn.Module:
     """Build the normalization layer registered as ``name``."""
-    return NORM_REGISTRY.get_component(name)(ndim, eps=eps)
+    return _construct(NORM_REGISTRY, name, "(ndim, eps=...)", ndim, eps=eps)
 
 
 # --------------------------------------------------------------------------- activations
@@ -100,7 +117,7 @@ class LeakyReLU(nn.LeakyReLU):
 
 def build_activation(name: str, **options: Any) -> nn.Module:
     """Build the activation registered as ``name``; options a class does not use are ignored."""
-    return ACTIVATION_REGISTRY.get_component(name)(**options)
+    return _construct(ACTIVATION_REGISTRY, name, "keyword options such as approximate= (**_ to ignore them)", **options)
 
 
 # --------------------------------------------------------------------------- feed-forward
@@ -172,10 +189,16 @@ class GeGLUFFN(GatedFFN):
         return F.gelu(x)
 
 
-def build_ffn(ffn_type: str, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module) -> nn.Module:
-    """Build the feed-forward network registered as ``ffn_type``."""
-    cls = FFN_REGISTRY.get_component(ffn_type)
-    return cls(d_model=d_model, d_ff=d_ff, bias=bias, dropout=dropout, activation=activation)
+def build_ffn(
+    ffn_type: str, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module | str
+) -> nn.Module:
+    """Build the feed-forward network registered as ``ffn_type``; ``activation`` is a module or a
+    registered activation's name (the design document passes ``config.activation``)."""
+    if isinstance(activation, str):
+        activation = build_activation(activation)
+    interface = "the keywords d_model, d_ff, bias, dropout, activation"
+    kwargs = dict(d_model=d_model, d_ff=d_ff, bias=bias, dropout=dropout, activation=activation)
+    return _construct(FFN_REGISTRY, ffn_type, interface, **kwargs)
 
 
 # --------------------------------------------------------------------------- positions
@@ -331,7 +354,8 @@ def build_position_encoding(name: str, max_seq_len: int, **sizes: Any) -> Positi
 
     ``sizes`` carries ``n_embd, n_head, head_dim, rope_theta``; each class takes what it needs.
     """
-    return POSITION_ENCODING_REGISTRY.get_component(name)(max_seq_len=max_seq_len, **sizes)
+    interface = "the keywords max_seq_len, n_embd, n_head, head_dim, rope_theta (**_ for those it does not use)"
+    return _construct(POSITION_ENCODING_REGISTRY, name, interface, max_seq_len=max_seq_len, **sizes)
 
 
 def position_encoding_for(config: ModelArchitectureConfig) -> PositionEncoding:

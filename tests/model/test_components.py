@@ -166,3 +166,23 @@ def test_unregistered_names_are_rejected_again_after_removal() -> None:
 def test_position_context_defaults_are_noops() -> None:
     ctx = PositionContext()
     assert ctx.rotate is None and ctx.bias is None
+
+
+def test_factories_take_an_activation_name_and_say_what_a_class_must_take() -> None:
+    """The design document's build_ffn(config.ffn_type, ..., activation) with config.activation, a name; a
+    registered class that cannot take the interface's arguments is one ConfigError naming them."""
+    from gptlab.errors import ConfigError
+    from gptlab.model import build_ffn, build_position_encoding
+
+    assert build_ffn("standard", 8, 16, False, 0.0, "gelu")(torch.randn(1, 2, 8)).shape == (1, 2, 8)
+
+    class TwoArgs(nn.Module):
+        def __init__(self, num_heads: int, max_seq_len: int) -> None:
+            super().__init__()
+
+    POSITION_ENCODING_REGISTRY["two_args_t"] = TwoArgs
+    try:
+        with pytest.raises(ConfigError, match="'TwoArgs' must take the keywords max_seq_len, n_embd"):
+            build_position_encoding("two_args_t", 16, n_embd=8, n_head=2, head_dim=4, rope_theta=1e4)
+    finally:
+        del POSITION_ENCODING_REGISTRY["two_args_t"]

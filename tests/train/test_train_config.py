@@ -24,6 +24,16 @@ def test_design_document_config_files_load(name: str) -> None:
     assert run.arch.n_layer >= 1 and run.train.max_iters > 0
 
 
+def test_a_typed_preset_must_take_effect_over_a_config_file() -> None:
+    """The design document's --arch_preset on its full_custom.py, which sets every choice itself, trained the
+    file's mix under the preset's name: refused, naming the keys; on a file of sizes only, the preset applies."""
+    with pytest.raises(ConfigError, match=r"arch_preset='llama' would not take effect: .*ffn_type='standard'"):
+        parse_run_args([str(ROOT / "config/full_custom.py"), "--arch_preset=llama"])
+    assert parse_run_args([str(ROOT / "config/full_custom.py"), "--arch_preset=custom"]).arch.ffn_type == "standard"
+    run = parse_run_args([str(ROOT / "config/full_gpt2_124m.py"), "--arch_preset=llama"])
+    assert run.arch.get_architecture_name() == "pre-rmsnorm_rope_swiglu_untied"
+
+
 def test_config_file_then_overrides() -> None:
     run = parse_run_args(
         [
