@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8's GPU measurements in one place, a stage per call (each fits a 10-minute command):
 #   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | regional | head | profile | telemetry | sweep | all
-#   bench/gpu_suite.sh lease     # the one call to make on a short GPU lease (see stage_lease)
+#   bash bench/gpu_suite.sh lease  # the one call to make on a short GPU lease (see stage_lease)
 # Prints tables; copy them into docs/benchmarks.md with the date, device and command.
 # The model sizes are real (GPT-2 124M / 350M widths, vocab 50304, block 1024); the tokens come from
 # the embedded stdlib_char data (ids < 100): the FLOPs and memory are those of any text.

@@ -1,5 +1,5 @@
 """What only a CUDA device can show; skipped without one. On a GPU: ``python -m pytest -m cuda``
-(bench/gpu_suite.sh lease runs them right after the GPT-2 124M target).
+(bash bench/gpu_suite.sh lease runs them right after the GPT-2 124M target).
 
 - a bf16 or fp16 step (also under ZeRO-1 and DDP) with fused AdamW, dropout and accumulation makes no host sync
   (``torch.cuda.set_sync_debug_mode('error')`` fails on any synchronizing CUDA call);
