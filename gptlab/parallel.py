@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,7 +102,15 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     else:
         timeout = datetime.timedelta(seconds=cfg.dist_timeout)
         if "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
+            try:
+                dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
+            except dist.DistStoreError as e:  # a rank never came: the ranks wait for each other's keys
+                raise ConfigError(
+                    f"rank {rank} waited dist_timeout={cfg.dist_timeout}s for all {world_size} ranks to join and some "
+                    "never did: a rank failed before joining (its '[rank N] error' line says why, e.g. a config file "
+                    "or checkpoint its node does not have) or was never started; a smaller --dist_timeout fails "
+                    f"faster ({str(e).splitlines()[0][:120]})"
+                ) from None
         elif world_size == 1:
             store = dist.HashStore()
             dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
@@ -154,6 +163,37 @@ def all_gather_stacked(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(info.world_size)]
     dist.all_gather(parts, t.contiguous())
     return torch.stack(parts)
+
+
+SHARED_CHECK = ".gptlab-shared-check"
+
+
+def check_shared_out_dir(out_dir: Path, info: DistInfo) -> None:
+    """FSDP's sharded checkpoint is written by every rank into ``out_dir`` and finished by rank 0: every
+    node must see the same directory. Rank 0 writes a random token there; the ranks compare what they
+    read (an all-reduce of two integers), and all fail together, before training, if a node cannot."""
+    if not info.distributed or info.world_size == 1:
+        return
+    marker = out_dir / SHARED_CHECK
+    if info.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(int.from_bytes(os.urandom(6), "little")))
+    barrier(info)
+    try:
+        token = int(marker.read_text())
+    except (OSError, ValueError):
+        token = -1
+    seen = torch.tensor([token, -token], dtype=torch.int64, device=_comm_device(info))
+    dist.all_reduce(seen, op=dist.ReduceOp.MAX)  # [max token, -min token]: equal when every rank read one
+    barrier(info)
+    if info.rank == 0:
+        marker.unlink(missing_ok=True)
+    if int(seen[0]) != -int(seen[1]) or int(seen[0]) < 0:
+        raise ConfigError(
+            f"use_fsdp=True writes every rank's shards into out_dir={str(out_dir)!r}, but not every node sees the "
+            "directory rank 0 sees (a node-local disk?): give a directory on a filesystem all nodes share "
+            "(docs/parallel.md)"
+        )
 
 
 def all_reduce_max(values: list[float], info: DistInfo) -> list[float]:

@@ -132,5 +132,8 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
         print("aborted (Ctrl-C); files already written are as they were", file=sys.stderr)
         return 130
     except (*USER_ERRORS, *PATH_ERRORS) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # under torchrun, say which rank: a rank that fails before the group forms is the one to read
+        world = os.environ.get("WORLD_SIZE", "1")
+        rank = f"[rank {os.environ.get('RANK', '?')}] " if world.isdigit() and int(world) > 1 else ""
+        print(f"{rank}error: {e}", file=sys.stderr)
         return 2

@@ -213,6 +213,8 @@ class Trainer:
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from (nodes reading different disks)
         parallel.check_same_config({**self.run_config.to_dict(), "start_iter": max(self._resumed_iter, 0)}, self.dist)
+        if self.mode == "fsdp" and not cfg.eval_only:  # its checkpoint needs one out_dir seen by every node
+            parallel.check_shared_out_dir(self.out_dir, self.dist)
         loader_args = dict(batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device)
         # rank 0's stream for every rank: ranks take different global micro-batch indices (module docstring)
         self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, rank=0, **loader_args)

@@ -257,11 +257,14 @@ def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(
         assert (dst / "ckpt.pt").is_file() and load_checkpoint(dst)["iter_num"] == ITERS + 1
 
 
-def launch_two_nodes(args: list[list[str]], rdzv_id: str) -> list[tuple[int, str, str]]:
-    """Two torchrun launches, one process each, meeting at a c10d rendezvous on 127.0.0.1."""
+def launch_two_nodes(args: list[list[str]], rdzv_id: str, stagger: float = 0.0) -> list[tuple[int, str, str]]:
+    """Two torchrun launches, one process each, meeting at a c10d rendezvous on 127.0.0.1 (``stagger``: node 1
+    starts that many seconds later, so that node 0 hosts the rendezvous, as the endpoint's host does)."""
     port = _free_port()
     procs = []
     for node in (0, 1):
+        if node:
+            time.sleep(stagger)
         launcher = ["--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1", "--rdzv_backend=c10d",
                     f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={rdzv_id}"]  # fmt: skip
         cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, str(ROOT / "train.py"), CONFIG, *args[node]]
@@ -290,6 +293,18 @@ def test_ranks_that_disagree_on_the_config_fail_fast(data_dir: Path, tmp_path: P
     err = "".join(e for _, _, e in results)
     assert "[rank 0] error: the ranks disagree on the config" in err
     assert "[rank 1] error: the ranks disagree on the config" in err
+
+
+def test_a_rank_failing_before_the_group_forms_fails_the_others_in_one_line(data_dir: Path, tmp_path: Path) -> None:
+    """One node's mistake before joining (a mistyped key here; a file or checkpoint only the other node has,
+    in life) leaves the other waiting at the join: it says why after dist_timeout, in one line, not a trace."""
+    args = small(data_dir, tmp_path / "run", max_iters=3, dist_timeout=8)
+    results = launch_two_nodes([args, [*args, "--n_layr=2"]], "gptlab-join", stagger=3.0)
+    (rc0, _, err0), (rc1, _, err1) = results
+    assert rc0 != 0 and rc1 != 0
+    assert "[rank 1] error: unknown config key 'n_layr'" in err1
+    assert "[rank 0] error: rank 0 waited dist_timeout=8s for all 2 ranks to join" in err0
+    assert "Traceback" not in err0.split("[rank 0] error")[0][-2000:], err0[-3000:]
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
