@@ -65,12 +65,23 @@ def import_plugins(spec: str) -> list[str]:
     return names
 
 
+def anchor_plugins(spec: str, folder: Path) -> str:
+    """A config file's ``plugins``: a relative ``.py`` path that exists beside the file becomes absolute
+    (recorded so, it is found again from anywhere); other entries are kept as written."""
+    entries = []
+    for entry in split_plugins(spec):
+        beside = folder / entry
+        relative = entry.endswith(".py") and not Path(entry).expanduser().is_absolute()
+        entries.append(str(beside.resolve()) if relative and beside.is_file() else entry)
+    return ", ".join(entries)
+
+
 def _import_module(name: str) -> str:
     try:
         with importable_from(Path.cwd()):
             importlib.import_module(name)
     except ModuleNotFoundError as e:
-        if e.name is None or not name.startswith(e.name):
+        if e.name != name and not name.startswith(f"{e.name}."):
             raise  # the plugin imports something missing: its own error
         raise ConfigError(
             f"plugins: no module named {name!r} in {Path.cwd()} or on the Python path "
@@ -129,4 +140,12 @@ def plugins_hint(recorded: object) -> str:
     )
 
 
-__all__ = ["add_plugins_option", "import_plugins", "importable_from", "plugins_hint", "saved_plugins", "split_plugins"]
+__all__ = [
+    "add_plugins_option",
+    "anchor_plugins",
+    "import_plugins",
+    "importable_from",
+    "plugins_hint",
+    "saved_plugins",
+    "split_plugins",
+]

@@ -84,3 +84,11 @@ def test_root_scripts_print_help(script: str, flag: str, capsys: pytest.CaptureF
     assert out.startswith(f"usage: gptlab {script}")
     if script == "train":
         assert "learning_rate" in out and "n_kv_head" in out
+
+
+def test_other_scripts_keep_their_own_help() -> None:
+    """entry() prints gptlab's help only for train.py and sample.py; bench scripts parse their own -h."""
+    from gptlab.train.cli import entry
+
+    seen: list = []
+    assert entry(lambda argv: seen.append(argv) or 7, ["--help"]) == 7 and seen == [["--help"]]

@@ -77,6 +77,11 @@ def test_a_builtin_name_cannot_be_taken_over_and_ones_own_can_be_replaced() -> N
         NORM_REGISTRY["rmsnorm"] = ScalarGainNorm
     with pytest.raises(ValueError, match="ffn_type 'swiglu' is built in"):
         FFN_REGISTRY.register("swiglu")(DeepFFN)
+    with pytest.raises(ValueError, match="is built in"):
+        NORM_REGISTRY.update(rmsnorm=ScalarGainNorm)  # dict's own update would skip the check
+    registry = NORM_REGISTRY
+    with pytest.raises(ValueError, match="is built in"):
+        registry |= {"layernorm": ScalarGainNorm}
     try:
         NORM_REGISTRY["mine_t"] = ScalarGainNorm
         NORM_REGISTRY.register("mine_t")(nn.LayerNorm)  # a config file run twice re-registers its own
@@ -95,6 +100,33 @@ def test_a_registered_ffn_is_counted_as_flop_counter_mode_counts_it(own_componen
     # D x D middle matrix included: a 2-matrix formula would be 2*H*D short per layer
     assert flops.row("ffn").forward == 2 * (64 * 256 + 256 * 256 + 256 * 64)
     assert counter.get_total_flops() == flops.hfu_flops_per_token * idx.numel()
+
+
+class RoutedFFN(nn.Module):
+    """Top-1 of two experts, chosen per token by value: data-dependent, so no meta-device run."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module) -> None:
+        super().__init__()
+        self.router = nn.Linear(d_model, 2, bias=False)
+        self.experts = nn.ModuleList(nn.Linear(d_model, d_model, bias=False) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat, choice = x.reshape(-1, x.shape[-1]), self.router(x).argmax(-1).reshape(-1)
+        out = torch.zeros_like(flat)
+        for i, expert in enumerate(self.experts):
+            mask = choice == i
+            out[mask] = expert(flat[mask])
+        return out.reshape(x.shape)
+
+
+def test_a_value_dependent_ffn_is_estimated_not_a_crash() -> None:
+    FFN_REGISTRY["routed_t"] = RoutedFFN
+    try:
+        flops = compute_flops(get_debug_config("custom", ffn_type="routed_t"))
+    finally:
+        del FFN_REGISTRY["routed_t"]
+    assert flops.row("ffn").forward == 2 * (64 * 2 + 2 * 64 * 64)  # every matrix once per token
+    assert "cannot run on the meta device" in flops.row("ffn").note
 
 
 def test_a_scalar_parameter_is_planned_and_fsdp_refuses_it_in_one_line(own_components: None) -> None:
@@ -152,7 +184,36 @@ def test_plugin_names_and_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         import_plugins("broken_t.py")
     with pytest.raises(ConfigError, match="is not a file"):
         import_plugins("missing_t.py")
+    (tmp_path / "needs_dep_t.py").write_text("import some_missing_dependency_t\n")
+    with pytest.raises(ConfigError, match=r"importing 'needs_dep_t' failed: .*'some_missing_dependency_t'"):
+        import_plugins("needs_dep_t")  # its own missing import, not "no module named 'needs_dep_t'"
     assert saved_plugins({"config": {"train": {"plugins": "x.py"}}}) == "x.py"
     assert "pass --plugins=x.py" in plugins_hint("x.py")
     with pytest.raises(ConfigError, match=r"this run was trained with plugins='x\.py'"):
         ModelArchitectureConfig.from_dict({"normalization": "nosuchnorm_t"}, "x.py")
+
+
+def test_a_config_files_plugins_are_found_from_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plugins = "norms_t.py" (or a module name) beside the config file, run from elsewhere: imported for
+    train.py and for gptlab arch/flops/plan/compare alike, and recorded as a path found from anywhere."""
+    from gptlab.compare import resolve_architecture
+    from gptlab.config.train import load_config_file
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "norms_t.py").write_text(
+        "from torch import nn\nfrom gptlab.model import NORM_REGISTRY\n"
+        "NORM_REGISTRY['beside_t'] = lambda ndim, eps=1e-5: nn.LayerNorm(ndim, eps=eps)\n"
+    )
+    (folder / "cfg.py").write_text("plugins = 'norms_t.py'\nnormalization = 'beside_t'\nn_layer = 1\n")
+    (folder / "cfg_module.py").write_text("plugins = 'norms_t'\nnormalization = 'beside_t'\n")
+    monkeypatch.chdir(tmp_path)  # not the config file's folder
+    try:
+        assert load_config_file(folder / "cfg.py")["plugins"] == str(folder / "norms_t.py")
+        assert resolve_architecture(str(folder / "cfg.py")).config.normalization == "beside_t"
+        del NORM_REGISTRY["beside_t"]
+        load_config_file(folder / "cfg_module.py")  # a module name, found in the file's folder
+        assert "beside_t" in NORM_REGISTRY
+    finally:
+        NORM_REGISTRY.pop("beside_t", None)
+        sys.modules.pop("norms_t", None)

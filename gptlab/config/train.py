@@ -29,7 +29,7 @@ from gptlab.config.model import (
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import CheckpointError, ConfigError, did_you_mean, unknown_choice
 from gptlab.model.registry import Registry
-from gptlab.plugins import import_plugins, importable_from, split_plugins
+from gptlab.plugins import anchor_plugins, import_plugins, importable_from, plugins_hint, split_plugins
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -356,6 +356,10 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
     for key in values:
         if key not in known:
             raise ConfigError(f"config file {str(path)!r}: unknown key {key!r}{did_you_mean(key, known)}")
+    if isinstance(values.get("plugins"), str):  # the file's plugins, found from its folder as its imports are
+        values["plugins"] = anchor_plugins(values["plugins"], path.parent)
+        with importable_from(path.parent, Path.cwd()):
+            import_plugins(values["plugins"])
     return values
 
 
@@ -373,23 +377,49 @@ def resolve_run_config(
     import_plugins(train.plugins)  # before the architecture names what they register
     explicit = frozenset(values if explicit is None else explicit)
     typed = explicit if typed is None else frozenset(typed)
-    _check_typed_preset_takes_effect(train.arch_preset, values, explicit - typed if "arch_preset" in typed else ())
+    if train.init_from != "resume":  # a resume's architecture is the checkpoint's, its preset checked against it
+        _check_typed_preset_takes_effect(train.arch_preset, values, explicit - typed if "arch_preset" in typed else ())
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
     arch = check_keys_take_effect(arch, typed)
     check_train_keys_take_effect(train, typed)
     return RunConfig(train=train, arch=arch, explicit=explicit, typed=typed)
 
 
+def _effective(arch: ModelArchitectureConfig) -> dict[str, Any]:
+    """What an architecture computes: its fields, with the FFN width rule replaced by the width and the
+    options its components ignore (RoPE's theta without RoPE, a fixed gate's activation) left out."""
+    d = arch.to_dict()
+    d["d_ff"] = arch.ffn_hidden_dim
+    del d["multiple_of"], d["ffn_dim_multiplier"]
+    if not arch.rotary:
+        del d["rope_theta"]
+    if arch.ffn_gated:
+        del d["activation"], d["gelu_approximate"]
+    elif arch.activation != "gelu":
+        del d["gelu_approximate"]
+    return d
+
+
 def _check_typed_preset_takes_effect(preset: str, values: dict[str, Any], file_keys: Iterable[str]) -> None:
-    """A typed ``--arch_preset`` whose choices a config file's own keys override is not the preset the
-    user asked for (``config/full_custom.py --arch_preset=llama`` trained the file's mix): refused."""
+    """A typed ``--arch_preset`` that changes nothing, because a config file sets every choice it makes
+    (``config/full_custom.py --arch_preset=llama`` trained the file's mix under llama's name): refused.
+    One that still supplies some choice (a file of sizes, or of a few components) applies."""
     choices = PRESETS.get(preset, {})
-    overridden = sorted(k for k in file_keys if k in choices and values[k] != choices[k])
-    if overridden:
+    if not choices:
+        return
+    arch_values = {k: v for k, v in values.items() if k in ARCH_FIELDS}
+    try:
+        typed, without = get_preset_config(preset, **arch_values), get_preset_config("custom", **arch_values)
+        same = _effective(typed) == _effective(without)
+    except ConfigError:
+        return  # an invalid combination: said by the validation that follows
+    if same:
+        overridden = sorted(k for k in file_keys if k in choices and values[k] != choices[k])
         listed = ", ".join(f"{k}={values[k]!r}" for k in overridden)
         raise ConfigError(
-            f"arch_preset={preset!r} would not take effect: the config file sets {listed}, which win over a "
-            "preset; type those keys instead, or use a config file that leaves them to the preset"
+            f"arch_preset={preset!r} would not take effect: the config file sets every choice it makes ({listed}), "
+            "and a file's keys win over a preset; type those keys instead, or use a config file that leaves them "
+            "to the preset"
         )
 
 
@@ -496,6 +526,11 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     try:  # validated once, on the values the run will have
         run = resolve_run_config(values, explicit, from_overrides)
     except ConfigError as e:
-        raise ConfigError(f"{e} (resuming {path}: the settings not given now are the checkpoint's)") from None
+        hint = ""
+        if " is not one of " in str(e) and not values.get("plugins"):  # a component of the run's own, unregistered
+            from gptlab.checkpoint import read_saved_settings
+
+            hint = plugins_hint(read_saved_settings(path)[0].get("plugins"))
+        raise ConfigError(f"{e} (resuming {path}: the settings not given now are the checkpoint's){hint}") from None
     run.resume_changes, run.overruled = changed, overruled
     return run

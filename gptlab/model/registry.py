@@ -32,6 +32,19 @@ class Registry(dict[str, Any]):
             )
         super().__setitem__(name, component)
 
+    def update(self, *args: Any, **kwargs: Any) -> None:  # dict's own update skips __setitem__
+        for name, component in dict(*args, **kwargs).items():
+            self[name] = component
+
+    def setdefault(self, name: str, component: Any = None) -> Any:
+        if name not in self:
+            self[name] = component
+        return self[name]
+
+    def __ior__(self, other: Any) -> Registry:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@NORM_REGISTRY.register("mynorm")`` above a class."""
 

@@ -263,8 +263,16 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str]:
         act = build_activation(config.activation, approximate=config.gelu_approximate)
         ffn = build_ffn(config.ffn_type, H, D, config.bias, config.dropout, act)
         x = torch.empty(1, tokens, H)
-    with FlopCounterMode(display=False) as counter:
-        ffn(x)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            ffn(x)
+    except Exception as e:  # data-dependent code (a router's nonzero) has no meta kernel: count its matrices
+        matrix_params = sum(p.numel() for p in ffn.parameters() if p.dim() >= 2)
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}" if str(e) else type(e).__name__
+        return 2 * matrix_params, (
+            f"{config.ffn_type}: estimated as every matrix once per token (its forward cannot run on the meta "
+            f"device: {why}), D={D}"
+        )
     return counter.get_total_flops() / tokens, f"{config.ffn_type}: measured (FlopCounterMode, meta device), D={D}"
 
 

@@ -116,7 +116,7 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
     """Root-script entry: one-line errors, exit code 2, as the gptlab command does; -h / --help print
     the gptlab command's help for it (``python train.py --help``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(args):
+    if run in (run_train, run_sample) and {"-h", "--help"} & set(args):
         from gptlab.cli import main
 
         try:

@@ -464,6 +464,10 @@ def test_a_run_with_its_own_norm_is_read_again_with_plugins(tmp_path: Path, data
     assert trained.returncode == 0, trained.stderr
     assert json.loads((out / "config.json").read_text())["train"]["plugins"] == "my_norms"
 
+    from gptlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="this run was trained with plugins='my_norms': pass --plugins=my_norms"):
+        parse_run_args(["--init_from='resume'", f"--out_dir={str(out)!r}"])  # gain_norm_e2e unknown here
     refused = _gptlab("arch", str(out), cwd=tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.strip().endswith("this run was trained with plugins='my_norms': pass --plugins=my_norms")

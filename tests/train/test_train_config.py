@@ -34,6 +34,24 @@ def test_a_typed_preset_must_take_effect_over_a_config_file() -> None:
     assert run.arch.get_architecture_name() == "pre-rmsnorm_rope_swiglu_untied"
 
 
+def test_a_resume_with_its_config_file_takes_the_runs_own_preset(tmp_path: Path) -> None:
+    """On a resume the architecture is the checkpoint's: the file's keys beside a typed preset are not a clash."""
+    import io
+
+    from gptlab.data.datasets import prepare_dataset
+    from gptlab.train.launch import train
+    from tests.train.conftest import tiny_args
+
+    prepare_dataset("stdlib_char", data_dir=tmp_path / "data")
+    config = tmp_path / "ln.py"
+    config.write_text("arch_preset = 'llama'\nnormalization = 'layernorm'\n")
+    args = tiny_args(tmp_path / "data", tmp_path / "run", max_iters=1, eval_interval=1, eval_iters=1)
+    train(parse_run_args([str(config), *args]), stream=io.StringIO())
+    assert "--arch_preset='llama'" in args  # typed again on the resume, with the file's normalization
+    resumed = parse_run_args([str(config), *args, "--init_from='resume'"])
+    assert resumed.arch.normalization == "layernorm"
+
+
 def test_config_file_then_overrides() -> None:
     run = parse_run_args(
         [
