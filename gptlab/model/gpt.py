@@ -115,6 +115,13 @@ class ConfigurableGPT(nn.Module):
         return logits, loss
 
     # ------------------------------------------------------------------ utilities
+    def init_buffers(self) -> None:
+        """Recompute the non-persistent buffers (RoPE's tables, ALiBi's slopes), which no state dict
+        carries: call it after ``to_empty()`` when the model was built on the meta device."""
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "init_buffers", None)):
+                module.init_buffers()
+
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; ``non_embedding`` leaves out lookup tables that do no matmul
         (position embeddings, and token embeddings unless they double as the LM head)."""

@@ -189,3 +189,15 @@ def test_dropout_is_active_only_in_training() -> None:
     model.train()
     c, _ = model(x, x)
     assert not torch.allclose(a, c)
+
+
+def test_a_model_built_on_meta_gets_its_buffers_back() -> None:
+    """Meta-device init, to_empty, load_state_dict: the RoPE tables are garbage until init_buffers()."""
+    reference = ConfigurableGPT(get_debug_config("llama"))
+    with torch.device("meta"):
+        model = ConfigurableGPT(get_debug_config("llama"))
+    model.to_empty(device="cpu")
+    model.load_state_dict(reference.state_dict())
+    model.init_buffers()
+    x = torch.randint(0, 256, (1, 8))
+    torch.testing.assert_close(model(x, x)[1], reference(x, x)[1])
