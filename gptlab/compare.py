@@ -67,7 +67,7 @@ def resolve_architecture(
     if names_a_file(name):
         values = load_config_file(name) if file_values is None else file_values
         arch_overrides |= {k: v for k, v in overrides.items() if k == "arch_preset"}
-        arch_keys = {k: v for k, v in values.items() if k in ARCH_FIELDS or k == "arch_preset"}
+        arch_keys = {k: v for k, v in values.items() if k in ARCH_FIELDS or k in ("arch_preset", "plugins")}
         config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
         train_values = {k: v for k, v in values.items() if k not in arch_keys}
         if "vocab_size" not in arch_keys and "vocab_size" not in arch_overrides:

@@ -104,12 +104,13 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
         if "MASTER_ADDR" in os.environ:
             try:
                 dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
-            except dist.DistStoreError as e:  # a rank never came: the ranks wait for each other's keys
+            except getattr(dist, "DistError", RuntimeError) as e:  # store timeout, or the store's host gone
                 raise ConfigError(
-                    f"rank {rank} waited dist_timeout={cfg.dist_timeout}s for all {world_size} ranks to join and some "
-                    "never did: a rank failed before joining (its '[rank N] error' line says why, e.g. a config file "
-                    "or checkpoint its node does not have) or was never started; a smaller --dist_timeout fails "
-                    f"faster ({str(e).splitlines()[0][:120]})"
+                    f"rank {rank} could not form the process group of {world_size} ranks (waited up to dist_timeout="
+                    f"{cfg.dist_timeout}s): a rank failed before joining (its '[rank N] error' line says why, e.g. a "
+                    "config file or checkpoint its node does not have), was never started, or the store's host "
+                    f"(MASTER_ADDR, rank 0's node) went away; a smaller --dist_timeout fails faster "
+                    f"({str(e).splitlines()[0][:120]})"
                 ) from None
         elif world_size == 1:
             store = dist.HashStore()

@@ -66,13 +66,18 @@ def import_plugins(spec: str) -> list[str]:
 
 
 def anchor_plugins(spec: str, folder: Path) -> str:
-    """A config file's ``plugins``: a relative ``.py`` path that exists beside the file becomes absolute
-    (recorded so, it is found again from anywhere); other entries are kept as written."""
+    """A config file's ``plugins``, found from the file's folder first: a relative ``.py`` path, or a
+    module name, that names a file beside it becomes that file's absolute path (recorded so, it is
+    found again from anywhere); other entries are kept as written (the current directory, PYTHONPATH)."""
     entries = []
     for entry in split_plugins(spec):
-        beside = folder / entry
-        relative = entry.endswith(".py") and not Path(entry).expanduser().is_absolute()
-        entries.append(str(beside.resolve()) if relative and beside.is_file() else entry)
+        if entry.endswith(".py"):
+            beside = folder / entry
+            relative = not Path(entry).expanduser().is_absolute()
+            entries.append(str(beside.resolve()) if relative and beside.is_file() else entry)
+        else:
+            beside = folder / f"{entry}.py"  # a plain module name (a dotted one is a package's: left to the path)
+            entries.append(str(beside.resolve()) if "." not in entry and beside.is_file() else entry)
     return ", ".join(entries)
 
 

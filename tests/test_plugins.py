@@ -129,6 +129,19 @@ def test_a_value_dependent_ffn_is_estimated_not_a_crash() -> None:
     assert "cannot run on the meta device" in flops.row("ffn").note
 
 
+def test_an_ffns_own_bug_is_not_taken_for_a_meta_device_limit() -> None:
+    class Broken(DeepFFN):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.w_out(x)  # (H) into a (D -> H) matrix: a shape bug, which training would hit too
+
+    FFN_REGISTRY["broken_t"] = Broken
+    try:
+        with pytest.raises(RuntimeError, match="must have same reduction dim"):
+            compute_flops(get_debug_config("custom", ffn_type="broken_t"))
+    finally:
+        del FFN_REGISTRY["broken_t"]
+
+
 def test_a_scalar_parameter_is_planned_and_fsdp_refuses_it_in_one_line(own_components: None) -> None:
     cfg = get_debug_config("llama", normalization="scalar_gain_t")
     plans = plan_all_modes(cfg, world_size=2, batch_size=2, dtype="float32", device_type="cpu")
@@ -212,8 +225,20 @@ def test_a_config_files_plugins_are_found_from_its_folder(tmp_path: Path, monkey
         assert load_config_file(folder / "cfg.py")["plugins"] == str(folder / "norms_t.py")
         assert resolve_architecture(str(folder / "cfg.py")).config.normalization == "beside_t"
         del NORM_REGISTRY["beside_t"]
-        load_config_file(folder / "cfg_module.py")  # a module name, found in the file's folder
-        assert "beside_t" in NORM_REGISTRY
+        # a module name, found in the file's folder: recorded as that file
+        assert load_config_file(folder / "cfg_module.py")["plugins"] == str(folder / "norms_t.py")
     finally:
         NORM_REGISTRY.pop("beside_t", None)
         sys.modules.pop("norms_t", None)
+
+
+def test_a_typed_plugins_replaces_the_config_files(tmp_path: Path) -> None:
+    """A file naming a plugin this machine lacks still runs with --plugins given in its place."""
+    from gptlab.config.train import parse_run_args
+
+    (tmp_path / "here_t.py").write_text("X = 1\n")
+    (tmp_path / "cfg.py").write_text("plugins = 'gone_t.py'\n")
+    run = parse_run_args([str(tmp_path / "cfg.py"), f"--plugins={tmp_path / 'here_t.py'}"])
+    assert run.train.plugins == str(tmp_path / "here_t.py")
+    with pytest.raises(ConfigError, match=r"'gone_t\.py' is not a file"):
+        parse_run_args([str(tmp_path / "cfg.py")])

@@ -82,6 +82,12 @@ class ModelArchitectureConfig:
         return bool(getattr(FFN_REGISTRY.get_component(self.ffn_type), "gated", False))
 
     @property
+    def gate_activation(self) -> str | None:
+        """The activation a gated FFN fixes for its gate (SwiGLU's 'silu'); None where ``activation`` applies
+        or the FFN says nothing (its class's ``gate_activation``)."""
+        return getattr(_ffn_class(self.ffn_type), "gate_activation", None)
+
+    @property
     def ffn_hidden_dim(self) -> int:
         if self.d_ff is not None:
             return self.d_ff
@@ -170,7 +176,7 @@ class ModelArchitectureConfig:
     def get_architecture_summary(self) -> str:
         """A few human-readable lines: sizes and each component choice."""
         if self.ffn_gated:
-            gate = getattr(_ffn_class(self.ffn_type), "gate_activation", None)
+            gate = self.gate_activation
             ffn = f"{self.ffn_type} ({f'{gate} gate' if gate else 'gated'}), d_ff={self.ffn_hidden_dim}"
         else:
             act = self.activation + (
@@ -220,7 +226,7 @@ def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str])
     approximation where no GELU runs, RoPE's theta without RoPE, or an FFN width rule beside an
     explicit ``d_ff``. Returns ``config``."""
     keys = set(keys)
-    gate = getattr(_ffn_class(config.ffn_type), "gate_activation", None)
+    gate = config.gate_activation
     if gate is not None and "activation" in keys and config.activation != gate:
         raise ConfigError(
             f"activation={config.activation!r} has no effect with ffn_type={config.ffn_type!r}, whose gate is "

@@ -356,10 +356,8 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
     for key in values:
         if key not in known:
             raise ConfigError(f"config file {str(path)!r}: unknown key {key!r}{did_you_mean(key, known)}")
-    if isinstance(values.get("plugins"), str):  # the file's plugins, found from its folder as its imports are
+    if isinstance(values.get("plugins"), str):  # found from the file's folder (imported where the run is resolved)
         values["plugins"] = anchor_plugins(values["plugins"], path.parent)
-        with importable_from(path.parent, Path.cwd()):
-            import_plugins(values["plugins"])
     return values
 
 
@@ -377,8 +375,8 @@ def resolve_run_config(
     import_plugins(train.plugins)  # before the architecture names what they register
     explicit = frozenset(values if explicit is None else explicit)
     typed = explicit if typed is None else frozenset(typed)
-    if train.init_from != "resume":  # a resume's architecture is the checkpoint's, its preset checked against it
-        _check_typed_preset_takes_effect(train.arch_preset, values, explicit - typed if "arch_preset" in typed else ())
+    if train.init_from != "resume" and "arch_preset" in typed:  # a resume's preset is checked against its checkpoint
+        _check_typed_preset_takes_effect(train.arch_preset, values, explicit - typed)
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
     arch = check_keys_take_effect(arch, typed)
     check_train_keys_take_effect(train, typed)
@@ -393,8 +391,8 @@ def _effective(arch: ModelArchitectureConfig) -> dict[str, Any]:
     del d["multiple_of"], d["ffn_dim_multiplier"]
     if not arch.rotary:
         del d["rope_theta"]
-    if arch.ffn_gated:
-        del d["activation"], d["gelu_approximate"]
+    if arch.gate_activation is not None:
+        del d["activation"], d["gelu_approximate"]  # a fixed gate (SwiGLU's SiLU) ignores them
     elif arch.activation != "gelu":
         del d["gelu_approximate"]
     return d
@@ -405,7 +403,7 @@ def _check_typed_preset_takes_effect(preset: str, values: dict[str, Any], file_k
     (``config/full_custom.py --arch_preset=llama`` trained the file's mix under llama's name): refused.
     One that still supplies some choice (a file of sizes, or of a few components) applies."""
     choices = PRESETS.get(preset, {})
-    if not choices:
+    if not choices or not set(choices) & set(file_keys):  # nothing a file overrode (typed keys are the user's own)
         return
     arch_values = {k: v for k, v in values.items() if k in ARCH_FIELDS}
     try:

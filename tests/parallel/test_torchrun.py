@@ -295,16 +295,22 @@ def test_ranks_that_disagree_on_the_config_fail_fast(data_dir: Path, tmp_path: P
     assert "[rank 1] error: the ranks disagree on the config" in err
 
 
-def test_a_rank_failing_before_the_group_forms_fails_the_others_in_one_line(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("failing", [1, 0])  # 0: the rank that hosts the group's store fails
+def test_a_rank_failing_before_the_group_forms_fails_the_others_in_one_line(
+    failing: int, data_dir: Path, tmp_path: Path
+) -> None:
     """One node's mistake before joining (a mistyped key here; a file or checkpoint only the other node has,
-    in life) leaves the other waiting at the join: it says why after dist_timeout, in one line, not a trace."""
+    in life) leaves the other waiting at the join: it says why (after dist_timeout, or when the store's host
+    is gone), in one line, not a traceback."""
     args = small(data_dir, tmp_path / "run", max_iters=3, dist_timeout=8)
-    results = launch_two_nodes([args, [*args, "--n_layr=2"]], "gptlab-join", stagger=3.0)
-    (rc0, _, err0), (rc1, _, err1) = results
-    assert rc0 != 0 and rc1 != 0
-    assert "[rank 1] error: unknown config key 'n_layr'" in err1
-    assert "[rank 0] error: rank 0 waited dist_timeout=8s for all 2 ranks to join" in err0
-    assert "Traceback" not in err0.split("[rank 0] error")[0][-2000:], err0[-3000:]
+    per_node = [[*args, "--n_layr=2"] if node == failing else args for node in (0, 1)]
+    results = launch_two_nodes(per_node, f"gptlab-join-{failing}", stagger=3.0)
+    waiting = 1 - failing
+    assert all(rc != 0 for rc, _, _ in results)
+    assert f"[rank {failing}] error: unknown config key 'n_layr'" in results[failing][2]
+    err = results[waiting][2]
+    assert f"[rank {waiting}] error: rank {waiting} could not form the process group of 2 ranks" in err, err[-3000:]
+    assert "Traceback" not in err.split(f"[rank {waiting}] error")[0], err[-3000:]  # torchrun's own comes after
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])

@@ -32,6 +32,11 @@ def test_a_typed_preset_must_take_effect_over_a_config_file() -> None:
     assert parse_run_args([str(ROOT / "config/full_custom.py"), "--arch_preset=custom"]).arch.ffn_type == "standard"
     run = parse_run_args([str(ROOT / "config/full_gpt2_124m.py"), "--arch_preset=llama"])
     assert run.arch.get_architecture_name() == "pre-rmsnorm_rope_swiglu_untied"
+    # untyped (the default gpt2, or the file's own), or every key typed: nothing a file overrode, no refusal
+    llama_like = ["--normalization=rmsnorm", "--position_encoding=rope", "--ffn_type=swiglu", "--bias=False",
+                  "--weight_tying=False", "--activation=silu"]  # fmt: skip
+    assert parse_run_args(llama_like).arch.ffn_type == "swiglu"
+    assert parse_run_args(["--arch_preset=gpt2", *llama_like]).arch.ffn_type == "swiglu"
 
 
 def test_a_resume_with_its_config_file_takes_the_runs_own_preset(tmp_path: Path) -> None:
