@@ -302,7 +302,7 @@ def test_a_rank_failing_before_the_group_forms_fails_the_others_in_one_line(
     """One node's mistake before joining (a mistyped key here; a file or checkpoint only the other node has,
     in life) leaves the other waiting at the join: it says why (after dist_timeout, or when the store's host
     is gone), in one line, not a traceback."""
-    args = small(data_dir, tmp_path / "run", max_iters=3, dist_timeout=8)
+    args = small(data_dir, tmp_path / "run", max_iters=3, dist_timeout=5)
     per_node = [[*args, "--n_layr=2"] if node == failing else args for node in (0, 1)]
     results = launch_two_nodes(per_node, f"gptlab-join-{failing}", stagger=3.0)
     waiting = 1 - failing
