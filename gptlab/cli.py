@@ -37,12 +37,12 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.compare import resolve_architecture
 
     config = resolve_architecture(args.preset, overrides).config  # a preset, or a config file's architecture
+    import torch
+
+    with torch.device("meta"):  # built first (a component that cannot be built is the only line), unallocated
+        model = ConfigurableGPT(config)
     print(config.get_architecture_summary())
     if not args.no_params:
-        import torch
-
-        with torch.device("meta"):  # counts parameters without allocating them
-            model = ConfigurableGPT(config)
         total, non_emb = model.get_num_params(non_embedding=False), model.get_num_params()
         print(f"  parameters:  {total / 1e6:.2f}M total, {non_emb / 1e6:.2f}M excluding embedding lookups")
     return 0

@@ -60,6 +60,11 @@ def import_plugins(spec: str) -> list[str]:
             names.append(_import_file(Path(entry)) if entry.endswith(".py") else _import_module(entry))
         except ConfigError:
             raise
+        except SystemExit as e:  # a script's argparse or exit(): a plugin is imported, never run as a script
+            raise ConfigError(
+                f"plugins: importing {entry!r} exited (SystemExit({e.code!r})): a plugin module is imported, so its "
+                "top level must only define and register (put a script's code under `if __name__ == '__main__':`)"
+            ) from None
         except Exception as e:  # the plugin's own code failed: say which, in one line
             raise ConfigError(f"plugins: importing {entry!r} failed: {type(e).__name__}: {e}") from None
     return names

@@ -82,6 +82,10 @@ def test_a_builtin_name_cannot_be_taken_over_and_ones_own_can_be_replaced() -> N
     registry = NORM_REGISTRY
     with pytest.raises(ValueError, match="is built in"):
         registry |= {"layernorm": ScalarGainNorm}
+    with pytest.raises(ValueError, match="is built in and cannot be removed"):
+        del NORM_REGISTRY["rmsnorm"]  # then registered again: the guard walked round
+    with pytest.raises(ValueError, match="cannot be removed"):
+        NORM_REGISTRY.pop("layernorm")
     try:
         NORM_REGISTRY["mine_t"] = ScalarGainNorm
         NORM_REGISTRY.register("mine_t")(nn.LayerNorm)  # a config file run twice re-registers its own
@@ -197,6 +201,9 @@ def test_plugin_names_and_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         import_plugins("broken_t.py")
     with pytest.raises(ConfigError, match="is not a file"):
         import_plugins("missing_t.py")
+    (tmp_path / "script_t.py").write_text("import argparse\nargparse.ArgumentParser().parse_args(['--x'])\n")
+    with pytest.raises(ConfigError, match=r"importing 'script_t.py' exited \(SystemExit\(2\)\): a plugin module"):
+        import_plugins("script_t.py")  # a script's argparse: one line, not the script's usage or a silent exit 0
     (tmp_path / "needs_dep_t.py").write_text("import some_missing_dependency_t\n")
     with pytest.raises(ConfigError, match=r"importing 'needs_dep_t' failed: .*'some_missing_dependency_t'"):
         import_plugins("needs_dep_t")  # its own missing import, not "no module named 'needs_dep_t'"
@@ -242,3 +249,28 @@ def test_a_typed_plugins_replaces_the_config_files(tmp_path: Path) -> None:
     assert run.train.plugins == str(tmp_path / "here_t.py")
     with pytest.raises(ConfigError, match=r"'gone_t\.py' is not a file"):
         parse_run_args([str(tmp_path / "cfg.py")])
+
+
+def test_an_attention_backend_with_the_wrong_signature_is_refused_when_built() -> None:
+    from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY
+
+    ATTENTION_BACKEND_REGISTRY["three_args_t"] = lambda q, k, v: q
+    try:
+        with pytest.raises(ConfigError, match=r"must take \(q, k, v, \*, bias, dropout_p\)"):
+            ConfigurableGPT(get_debug_config("custom", attention_backend="three_args_t"))
+    finally:
+        del ATTENTION_BACKEND_REGISTRY["three_args_t"]
+
+
+def test_a_run_records_command_line_plugins_found_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptlab.config.train import parse_run_args
+
+    (tmp_path / "here_mod_t.py").write_text("X = 1\n")
+    monkeypatch.chdir(tmp_path)
+    try:
+        run = parse_run_args(["--plugins=here_mod_t"])
+    finally:
+        sys.modules.pop("here_mod_t", None)
+    assert run.train.plugins == str(tmp_path / "here_mod_t.py")  # the hint "pass --plugins=..." works from elsewhere

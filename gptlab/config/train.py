@@ -371,6 +371,8 @@ def resolve_run_config(
     for key in values:
         if key not in ALL_KEYS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
+    if isinstance(values.get("plugins"), str):  # recorded as found from here, so the run's hint works anywhere
+        values = {**values, "plugins": anchor_plugins(values["plugins"], Path.cwd())}
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     import_plugins(train.plugins)  # before the architecture names what they register
     explicit = frozenset(values if explicit is None else explicit)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gptlab.model.components import PositionContext
+from gptlab.model.components import PositionContext, checked_component
 from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY
 
 
@@ -66,7 +66,10 @@ class CausalSelfAttention(nn.Module):
         self.out_proj.is_residual_projection = True  # type: ignore[attr-defined]
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
-        self.backend = ATTENTION_BACKEND_REGISTRY.get_component(backend)
+        interface, probe = "(q, k, v, *, bias, dropout_p)", (None, None, None)
+        self.backend = checked_component(
+            ATTENTION_BACKEND_REGISTRY, backend, interface, *probe, bias=None, dropout_p=0.0
+        )
 
     def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
         B, T, _ = x.shape

@@ -66,9 +66,10 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-def _construct(registry: Any, name: str, interface: str, *args: Any, **kwargs: Any) -> Any:
-    """``registry[name](*args, **kwargs)``; a registered class whose constructor cannot take the
-    interface's arguments is one ConfigError naming the interface, not a TypeError from deep inside."""
+def checked_component(registry: Any, name: str, interface: str, *args: Any, **kwargs: Any) -> Any:
+    """``registry[name]``, checked to accept ``(*args, **kwargs)``: a registered component that cannot
+    take its interface's arguments is one ConfigError naming the interface, when the model is built,
+    not a TypeError from deep inside a forward."""
     component = registry.get_component(name)
     try:
         inspect.signature(component).bind(*args, **kwargs)
@@ -78,7 +79,12 @@ def _construct(registry: Any, name: str, interface: str, *args: Any, **kwargs: A
         ) from None
     except ValueError:  # no signature to read (a builtin): let the call say
         pass
-    return component(*args, **kwargs)
+    return component
+
+
+def _construct(registry: Any, name: str, interface: str, *args: Any, **kwargs: Any) -> Any:
+    """``registry[name](*args, **kwargs)``, checked by ``checked_component``."""
+    return checked_component(registry, name, interface, *args, **kwargs)(*args, **kwargs)
 
 
 def build_norm(name: str, ndim: int, eps: float = 1e-5) -> nn.Module:

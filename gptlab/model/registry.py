@@ -32,6 +32,18 @@ class Registry(dict[str, Any]):
             )
         super().__setitem__(name, component)
 
+    def __delitem__(self, name: str) -> None:
+        if _is_builtin(self.get(name)):
+            raise ValueError(f"{self.kind} {name!r} is built in and cannot be removed")
+        super().__delitem__(name)
+
+    def pop(self, name: str, *default: Any) -> Any:  # type: ignore[override]
+        if name in self:
+            value = self[name]
+            del self[name]
+            return value
+        return dict.pop(self, name, *default)
+
     def update(self, *args: Any, **kwargs: Any) -> None:  # dict's own update skips __setitem__
         for name, component in dict(*args, **kwargs).items():
             self[name] = component

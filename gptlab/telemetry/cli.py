@@ -42,6 +42,11 @@ OPTION_DEFAULTS: dict[str, Any] = dict(
 def _fill_options(args: argparse.Namespace, file_values: dict[str, Any]) -> None:
     """Options not given take the config file's training settings, as train.py would run them (dtype 'auto'
     is a GPU's bfloat16; micro-steps per GPU are gradient_accumulation_steps / --world_size), else defaults."""
+    from gptlab.config.train import TRAIN_FIELDS, TrainConfig
+
+    # the file's training settings checked as train.py checks them (types, ranges), each named by its key
+    checked = TrainConfig(**{k: v for k, v in file_values.items() if k in TRAIN_FIELDS and k != "plugins"})
+    file_values = {**file_values, **{k: getattr(checked, k) for k in file_values if k in TRAIN_FIELDS}}
     world = getattr(args, "world_size", 1) or 1
     accum = file_values.get("gradient_accumulation_steps")
     from_file = {

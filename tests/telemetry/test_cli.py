@@ -154,3 +154,16 @@ def test_plan_of_a_config_file_runs_all_micro_steps_on_one_gpu(tmp_path, capsys)
     assert "8 on one GPU, 1 per GPU on 8" in out
     assert run(["plan", str(config), "--world_size", "3"]) == 0
     assert "train.py refuses gradient_accumulation_steps=8 on 3 GPUs" in capsys.readouterr().out
+
+
+def test_plan_checks_a_config_files_training_settings_as_train_py(tmp_path, capsys) -> None:
+    config = tmp_path / "bad.py"
+    cases = {
+        "batch_size = '12'": "batch_size='12' has type str, expected int",
+        "gradient_accumulation_steps = -4": "gradient_accumulation_steps=-4 is invalid",
+        "activation_checkpointing = 'no'": "activation_checkpointing='no' has type str",
+    }
+    for line, message in cases.items():  # each named by the file's key (a '12' crashed; 'no' planned as on)
+        config.write_text(f"arch_preset = 'gpt2'\nn_layer = 1\n{line}\n")
+        with pytest.raises(ConfigError, match=message):
+            run(["plan", str(config)])
