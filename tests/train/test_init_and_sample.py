@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -462,16 +463,18 @@ def test_a_run_with_its_own_norm_is_read_again_with_plugins(tmp_path: Path, data
     args = tiny_args(data_dir, out, max_iters=2, lr_decay_iters=2, warmup_iters=1, eval_interval=2, eval_iters=1)
     trained = _gptlab("train", str(work / "cfg.py"), *args, "--plugins=my_norms", cwd=work)
     assert trained.returncode == 0, trained.stderr
-    assert json.loads((out / "config.json").read_text())["train"]["plugins"] == "my_norms"
+    recorded = str((work / "my_norms.py").resolve())  # found from the launch's directory: recorded as its file
+    assert json.loads((out / "config.json").read_text())["train"]["plugins"] == recorded
 
     from gptlab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="this run was trained with plugins='my_norms': pass --plugins=my_norms"):
+    hint = f"this run was trained with plugins='{recorded}': pass --plugins={recorded}"
+    with pytest.raises(ConfigError, match=re.escape(hint)):
         parse_run_args(["--init_from='resume'", f"--out_dir={str(out)!r}"])  # gain_norm_e2e unknown here
     refused = _gptlab("arch", str(out), cwd=tmp_path)
     assert refused.returncode == 2
-    assert refused.stderr.strip().endswith("this run was trained with plugins='my_norms': pass --plugins=my_norms")
-    described = _gptlab("arch", str(out), f"--plugins={work / 'my_norms.py'}", cwd=tmp_path)
+    assert refused.stderr.strip().endswith(hint)
+    described = _gptlab("arch", str(out), f"--plugins={recorded}", cwd=tmp_path)  # the hint, from elsewhere
     assert described.returncode == 0 and "gain_norm_e2e" in described.stdout, described.stderr
     sampled = _gptlab("sample", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=4",
                       f"--plugins={work / 'cfg.py'}", cwd=tmp_path)  # fmt: skip
