@@ -340,6 +340,7 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
             "(n_layer = 12); YAML or JSON is not read"
         )
     namespace: dict[str, Any] = {}
+    before = _registered()
     try:
         source = path.read_text()
         tree = ast.parse(source, str(path))
@@ -358,7 +359,20 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
             raise ConfigError(f"config file {str(path)!r}: unknown key {key!r}{did_you_mean(key, known)}")
     if isinstance(values.get("plugins"), str):  # found from the file's folder (imported where the run is resolved)
         values["plugins"] = anchor_plugins(values["plugins"], path.parent)
+    if _registered() != before and isinstance(values.get("plugins", ""), str):
+        # the file registers components: it is its own plugin, so the run records it and the hint names it
+        values["plugins"] = ", ".join(p for p in (values.get("plugins"), str(path.resolve())) if p)
     return values
+
+
+def _registered() -> dict[str, dict[str, int]]:
+    """Every registry's names and the ids of what they name: a config file that changes them registers."""
+    from gptlab.model import attention, components  # noqa: F401  (the built-ins first)
+    from gptlab.model import registry as r
+
+    registries = (r.NORM_REGISTRY, r.ACTIVATION_REGISTRY, r.FFN_REGISTRY, r.POSITION_ENCODING_REGISTRY,
+                  r.ATTENTION_BACKEND_REGISTRY)  # fmt: skip
+    return {reg.kind: {name: id(c) for name, c in reg.items()} for reg in registries}
 
 
 def resolve_run_config(

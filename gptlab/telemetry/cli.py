@@ -262,8 +262,8 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"note: {note}")
     if single_accum is not None:
         shared = f"{args.grad_accum_steps} per GPU on {args.world_size}"
-        print(f"note: micro-steps per optimizer step: {single_accum} on one GPU, {shared} (the config file's "
-              f"gradient_accumulation_steps={single_accum}, shared out)")  # fmt: skip
+        print(f"note: micro-steps per optimizer step: {single_accum} on one GPU, {shared} "
+              f"(gradient_accumulation_steps={single_accum}, shared out)")  # fmt: skip
     if getattr(args, "accum_indivisible", False):
         print(f"note: train.py refuses gradient_accumulation_steps={single_accum} on {args.world_size} GPUs "
               f"(not divisible); the ddp/zero1/fsdp columns plan {args.grad_accum_steps} per GPU")  # fmt: skip

@@ -302,8 +302,18 @@ def test_components_registered_in_a_config_file_train_and_sample(data_dir: Path,
         assert len(list(sample(settings))) == 1
     finally:
         del NORM_REGISTRY["scalenorm_t"], ATTENTION_BACKEND_REGISTRY["mine_t"]
-    with pytest.raises(ConfigError, match="must be imported again to load it: pass the module or file"):
-        list(sample(parse_sample_args([f"--out_dir={str(out)!r}", "--device='cpu'"])))
+    own = str(config.resolve())  # a config file that registers is its own plugin: the run records it
+    hint = f"this run was trained with plugins='{own}': pass --plugins={own}"
+    settings = [f"--out_dir={str(out)!r}", "--device='cpu'", "--num_samples=1"]
+    with pytest.raises(ConfigError, match=re.escape(hint)):
+        list(sample(parse_sample_args(settings)))
+    import gptlab.plugins
+
+    gptlab.plugins._imported_files.clear()  # this process imported the file once; a new one would not have
+    try:  # and the hint works
+        assert len(list(sample(parse_sample_args([*settings, f"--plugins={own!r}"])))) == 1
+    finally:
+        NORM_REGISTRY.pop("scalenorm_t", None), ATTENTION_BACKEND_REGISTRY.pop("mine_t", None)
 
 
 def test_config_file_architecture_yields_to_the_weights(data_dir: Path, tmp_path: Path, offline_hub) -> None:
