@@ -87,6 +87,29 @@ class ModelArchitectureConfig:
         or the FFN says nothing (its class's ``gate_activation``)."""
         return getattr(_ffn_class(self.ffn_type), "gate_activation", None)
 
+    def unused_keys(self) -> frozenset[str]:
+        """Fields this architecture does not read: a fixed gate's ``activation`` (and its GELU approximation),
+        a GELU approximation where no GELU runs, RoPE's theta without a rotary encoding, the FFN width rule
+        beside an explicit ``d_ff``. One rule for refusing typed keys and for comparing architectures."""
+        unused = set()
+        if self.gate_activation is not None:
+            unused |= {"activation", "gelu_approximate"}
+        elif self.activation != "gelu":
+            unused.add("gelu_approximate")
+        if not self.rotary:
+            unused.add("rope_theta")
+        if self.d_ff is not None:
+            unused |= {"multiple_of", "ffn_dim_multiplier"}
+        return frozenset(unused)
+
+    def computed(self) -> dict[str, Any]:
+        """What the architecture computes: its fields without the unused ones, the FFN width rule replaced
+        by the width (two configs with equal ``computed()`` build the same model)."""
+        fields = {k: v for k, v in self.to_dict().items() if k not in self.unused_keys()}
+        for rule in ("multiple_of", "ffn_dim_multiplier"):
+            fields.pop(rule, None)
+        return {**fields, "d_ff": self.ffn_hidden_dim}
+
     @property
     def ffn_hidden_dim(self) -> int:
         if self.d_ff is not None:
@@ -225,20 +248,20 @@ def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str])
     activation of a built-in gated FFN (SwiGLU's gate is SiLU, GeGLU's exact GELU), a GELU
     approximation where no GELU runs, RoPE's theta without RoPE, or an FFN width rule beside an
     explicit ``d_ff``. Returns ``config``."""
-    keys = set(keys)
+    keys = set(keys) & config.unused_keys()
     gate = config.gate_activation
-    if gate is not None and "activation" in keys and config.activation != gate:
+    if "activation" in keys and config.activation != gate:  # the gate's own name is harmless
         raise ConfigError(
             f"activation={config.activation!r} has no effect with ffn_type={config.ffn_type!r}, whose gate is "
             f"{gate}: use ffn_type='standard' to choose the activation, or drop --activation"
         )
     for key in ("multiple_of", "ffn_dim_multiplier"):
-        if key in keys and config.d_ff is not None:
+        if key in keys:
             raise ConfigError(
                 f"{key}={getattr(config, key)!r} has no effect: d_ff={config.d_ff} sets the FFN width itself; "
                 f"drop one of them"
             )
-    if "rope_theta" in keys and not config.rotary:
+    if "rope_theta" in keys:
         raise ConfigError(
             f"rope_theta={config.rope_theta!r} has no effect: "
             f"position_encoding={config.position_encoding!r} is not rotary (a registered class says rotary = True)"
@@ -250,11 +273,9 @@ def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str])
                 f"gelu_approximate={config.gelu_approximate!r} has no effect: the gate of "
                 f"ffn_type={config.ffn_type!r} is {exact}{gate}"
             )
-        if config.activation != "gelu":
-            raise ConfigError(
-                f"gelu_approximate={config.gelu_approximate!r} has no effect: "
-                f"activation={config.activation!r} is not GELU"
-            )
+        raise ConfigError(
+            f"gelu_approximate={config.gelu_approximate!r} has no effect: activation={config.activation!r} is not GELU"
+        )
     return config
 
 
@@ -333,21 +354,9 @@ def _check_choices(cfg: ModelArchitectureConfig) -> None:
         attention,  # noqa: F401
         components,  # noqa: F401  (registers the built-in components)
     )
-    from gptlab.model.registry import (
-        ACTIVATION_REGISTRY,
-        ATTENTION_BACKEND_REGISTRY,
-        FFN_REGISTRY,
-        NORM_REGISTRY,
-        POSITION_ENCODING_REGISTRY,
-    )
+    from gptlab.model.registry import ALL_REGISTRIES
 
-    for registry in (
-        NORM_REGISTRY,
-        ACTIVATION_REGISTRY,
-        FFN_REGISTRY,
-        POSITION_ENCODING_REGISTRY,
-        ATTENTION_BACKEND_REGISTRY,
-    ):
+    for registry in ALL_REGISTRIES:
         registry.get_component(getattr(cfg, registry.kind))
     if cfg.norm_position not in NORM_POSITIONS:
         raise unknown_choice("norm_position", cfg.norm_position, NORM_POSITIONS)

@@ -368,11 +368,9 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
 def _registered() -> dict[str, dict[str, int]]:
     """Every registry's names and the ids of what they name: a config file that changes them registers."""
     from gptlab.model import attention, components  # noqa: F401  (the built-ins first)
-    from gptlab.model import registry as r
+    from gptlab.model.registry import ALL_REGISTRIES
 
-    registries = (r.NORM_REGISTRY, r.ACTIVATION_REGISTRY, r.FFN_REGISTRY, r.POSITION_ENCODING_REGISTRY,
-                  r.ATTENTION_BACKEND_REGISTRY)  # fmt: skip
-    return {reg.kind: {name: id(c) for name, c in reg.items()} for reg in registries}
+    return {reg.kind: {name: id(c) for name, c in reg.items()} for reg in ALL_REGISTRIES}
 
 
 def resolve_run_config(
@@ -399,21 +397,6 @@ def resolve_run_config(
     return RunConfig(train=train, arch=arch, explicit=explicit, typed=typed)
 
 
-def _effective(arch: ModelArchitectureConfig) -> dict[str, Any]:
-    """What an architecture computes: its fields, with the FFN width rule replaced by the width and the
-    options its components ignore (RoPE's theta without RoPE, a fixed gate's activation) left out."""
-    d = arch.to_dict()
-    d["d_ff"] = arch.ffn_hidden_dim
-    del d["multiple_of"], d["ffn_dim_multiplier"]
-    if not arch.rotary:
-        del d["rope_theta"]
-    if arch.gate_activation is not None:
-        del d["activation"], d["gelu_approximate"]  # a fixed gate (SwiGLU's SiLU) ignores them
-    elif arch.activation != "gelu":
-        del d["gelu_approximate"]
-    return d
-
-
 def _check_typed_preset_takes_effect(preset: str, values: dict[str, Any], file_keys: Iterable[str]) -> None:
     """A typed ``--arch_preset`` that changes nothing, because a config file sets every choice it makes
     (``config/full_custom.py --arch_preset=llama`` trained the file's mix under llama's name): refused.
@@ -424,7 +407,7 @@ def _check_typed_preset_takes_effect(preset: str, values: dict[str, Any], file_k
     arch_values = {k: v for k, v in values.items() if k in ARCH_FIELDS}
     try:
         typed, without = get_preset_config(preset, **arch_values), get_preset_config("custom", **arch_values)
-        same = _effective(typed) == _effective(without)
+        same = typed.computed() == without.computed()
     except ConfigError:
         return  # an invalid combination: said by the validation that follows
     if same:

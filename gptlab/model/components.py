@@ -195,6 +195,18 @@ class GeGLUFFN(GatedFFN):
         return F.gelu(x)
 
 
+def builtin_ffn_matrices(ffn_type: str) -> int | None:
+    """How many (H x D) matrices a built-in FFN multiplies by (GPT-2's 2, a GLU's 3: a ``GatedFFN`` subclass
+    that only picks its gate); None for an FFN of one's own, whose structure only its code knows (the
+    parameter counter and FLOPs then build or run it on the meta device)."""
+    cls = FFN_REGISTRY.get_component(ffn_type)
+    if cls is StandardFFN:
+        return 2
+    if isinstance(cls, type) and issubclass(cls, GatedFFN) and not {"__init__", "forward"} & set(vars(cls)):
+        return 3
+    return None
+
+
 def build_ffn(
     ffn_type: str, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module | str
 ) -> nn.Module:

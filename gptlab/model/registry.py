@@ -83,3 +83,11 @@ ACTIVATION_REGISTRY = Registry("activation")
 FFN_REGISTRY = Registry("ffn_type")
 POSITION_ENCODING_REGISTRY = Registry("position_encoding")
 ATTENTION_BACKEND_REGISTRY = Registry("attention_backend")
+# Every registry, in config-key order: validation and the config-file loader walk them all.
+ALL_REGISTRIES = (
+    NORM_REGISTRY,
+    ACTIVATION_REGISTRY,
+    FFN_REGISTRY,
+    POSITION_ENCODING_REGISTRY,
+    ATTENTION_BACKEND_REGISTRY,
+)

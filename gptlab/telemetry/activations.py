@@ -162,17 +162,16 @@ def estimate_activations(
         # float32: the consumers share the tensor; autocast: each Linear saves its own cast copy.
         return consumers * c * H * N if autocast else FP32 * H * N
 
-    def norm_saved() -> int:
-        if config.normalization in ("layernorm", "layernorm_nobias"):
-            return r * H * N + 2 * FP32 * N  # input, mean, rstd
-        if config.normalization == "rmsnorm":
-            return r * H * N + FP32 * N + FP32 * H * N  # input, rstd, float32 normed
-        note = f"normalization={config.normalization!r} assumed to save its input and output"
-        if note not in notes:
-            notes.append(note)
-        return r * H * N + FP32 * H * N
+    # what one norm saves (every norm of the model is the same kind)
+    if config.normalization in ("layernorm", "layernorm_nobias"):
+        norm_saved = r * H * N + 2 * FP32 * N  # input, mean, rstd
+    elif config.normalization == "rmsnorm":
+        norm_saved = r * H * N + FP32 * N + FP32 * H * N  # input, rstd, float32 normed
+    else:
+        notes.append(f"normalization={config.normalization!r} assumed to save its input and output")
+        norm_saved = r * H * N + FP32 * H * N
 
-    layer: dict[str, int] = {"norms": 2 * norm_saved(), "attn_input": matmul_input(1)}
+    layer: dict[str, int] = {"norms": 2 * norm_saved, "attn_input": matmul_input(1)}
     rope = config.rotary
     if config.position_encoding not in ("none", "learned_absolute", "rope", "alibi"):
         like = "what 'rope' saves" if rope else "what 'alibi' saves" if config.position_attention_bias else "nothing"
@@ -213,7 +212,7 @@ def estimate_activations(
     if config.position_attention_bias and shared_bias:
         other["alibi_bias"] = FP32 * h * T * T
     if config.final_norm:
-        other["final_norm"] = norm_saved()
+        other["final_norm"] = norm_saved
     if chunked:
         other["lm_head_grad_input"] = r * H * N
         other["lm_head_grad_weight"] = FP32 * V * H

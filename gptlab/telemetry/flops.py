@@ -156,7 +156,9 @@ class FlopsBreakdown:
         residual add saves nothing), so that matmul is not run again. Dropout's mask after it, or a
         post-norm after the residual, needs its output: then the whole block is recomputed."""
         cfg = self.config
-        if cfg.norm_position != "pre" or cfg.dropout > 0 or builtin_ffn_matrices(cfg) is None:
+        from gptlab.model.components import builtin_ffn_matrices
+
+        if cfg.norm_position != "pre" or cfg.dropout > 0 or builtin_ffn_matrices(cfg.ffn_type) is None:
             return 0.0  # (a registered FFN's last op is unknown: taken as recomputed too, an upper bound)
         return 2 * cfg.n_embd * cfg.ffn_hidden_dim * cfg.n_layer
 
@@ -232,31 +234,18 @@ def compute_flops(
     return FlopsBreakdown(config, S, activation_checkpointing, rows, device_type)
 
 
-def builtin_ffn_matrices(config: ModelArchitectureConfig) -> int | None:
-    """How many (H x D) matrices a built-in FFN multiplies by (GPT-2's 2, a GLU's 3); None for a
-    registered FFN of one's own, whose structure only its code knows."""
-    from gptlab.model.components import GatedFFN, StandardFFN
-
-    cls = _ffn_class(config.ffn_type)
-    if cls is StandardFFN:
-        return 2
-    own = {"__init__", "forward"} & set(vars(cls)) if isinstance(cls, type) else {"?"}
-    if isinstance(cls, type) and issubclass(cls, GatedFFN) and not own:
-        return 3
-    return None
-
-
 def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str]:
     """Forward matmul FLOPs per token of one FFN, and the row's note. Built-in FFNs: (in, out) input
     matrices H -> D and one output matrix D -> H, 2*H*D each (ERRATA 5). A registered FFN is run once
     on the meta device under FlopCounterMode (shapes only, no data), so any structure is counted."""
-    H, D = config.n_embd, config.ffn_hidden_dim
-    matrices = builtin_ffn_matrices(config)
-    if matrices is not None:
-        return 2 * H * D * matrices, f"{config.ffn_type}: {matrices} matrices, D={D}"
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gptlab.model.components import build_activation, build_ffn
+    from gptlab.model.components import build_activation, build_ffn, builtin_ffn_matrices
+
+    H, D = config.n_embd, config.ffn_hidden_dim
+    matrices = builtin_ffn_matrices(config.ffn_type)
+    if matrices is not None:
+        return 2 * H * D * matrices, f"{config.ffn_type}: {matrices} matrices, D={D}"
 
     tokens = 8
     with torch.device("meta"):
@@ -310,12 +299,6 @@ def _non_matmul_rows(config: ModelArchitectureConfig, S: int, q_dim: int, kv_dim
         n_ffn_out = D * (2 if config.ffn_gated else 1)
         rows.append(FlopRow("bias_adds", (q_dim + 2 * kv_dim) + H + n_ffn_out + H, L, False))
     return rows
-
-
-def _ffn_class(name: str) -> Any:
-    from gptlab.model.registry import FFN_REGISTRY
-
-    return FFN_REGISTRY.get_component(name)
 
 
 # ------------------------------------------------------------------------------------------------------

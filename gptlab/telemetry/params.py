@@ -56,14 +56,13 @@ def _linear(prefix: str, d_in: int, d_out: int, bias: bool) -> list[TensorShape]
 
 
 def _ffn(config: ModelArchitectureConfig, prefix: str) -> list[TensorShape]:
-    from gptlab.model.components import GatedFFN, StandardFFN, build_activation, build_ffn
-    from gptlab.model.registry import FFN_REGISTRY
+    from gptlab.model.components import build_activation, build_ffn, builtin_ffn_matrices
 
     H, D, b = config.n_embd, config.ffn_hidden_dim, config.bias
-    cls = FFN_REGISTRY.get_component(config.ffn_type)
-    if cls is StandardFFN:
+    matrices = builtin_ffn_matrices(config.ffn_type)
+    if matrices == 2:
         return _linear(f"{prefix}.w_in", H, D, b) + _linear(f"{prefix}.w_out", D, H, b)
-    if isinstance(cls, type) and issubclass(cls, GatedFFN) and "__init__" not in vars(cls):
+    if matrices == 3:
         return (
             _linear(f"{prefix}.w_gate", H, D, b)
             + _linear(f"{prefix}.w_value", H, D, b)
