@@ -83,11 +83,17 @@ _BY_KEY = {spec.key.lower(): spec for spec in GPU_SPECS}
 
 
 def match_gpu(name: str) -> GpuSpec | None:
-    """The spec for a ``torch.cuda.get_device_name()`` string or a table key (``H100-SXM``); None if unknown."""
+    """The spec for a ``torch.cuda.get_device_name()`` string or a table key (``H100-SXM``); None if unknown.
+
+    A MIG slice (``NVIDIA H100 80GB HBM3 MIG 1g.10gb``) is unknown: it has a fraction of the GPU's SMs
+    (and NVIDIA publishes no per-slice peak), so the whole GPU's figure would make MFU several times too low.
+    """
     lowered = name.strip().lower()
     if lowered in _BY_KEY:
         return _BY_KEY[lowered]
     lowered = lowered.replace("_", " ").replace("-", " ")
+    if re.search(r"\bmig\b", lowered):
+        return None
     for spec in GPU_SPECS:
         if any(re.search(p.replace("-", " "), lowered) for p in spec.patterns):
             return spec
