@@ -3,7 +3,8 @@
 
 - a bf16 or fp16 step (also under ZeRO-1 and DDP) with fused AdamW, dropout and accumulation makes no host sync
   (``torch.cuda.set_sync_debug_mode('error')`` fails on any synchronizing CUDA call);
-- the presets' attention qualifies for the flash kernel (SDPA restricted to flash raises otherwise);
+- the presets' attention qualifies for the flash kernel (SDPA restricted to flash raises otherwise), and
+  every SDPA case (ALiBi's mask with GQA, float32) for a fused one, as HFU's recompute count assumes;
 - a CUDA-graph compile mode (``reduce-overhead``) trains, evaluates, checkpoints and samples like eager,
   with gradient accumulation (2 micro-steps: the preallocated, stable ``.grad`` buffers).
 """
@@ -72,6 +73,32 @@ def test_presets_attention_runs_on_flash(preset: str, n_kv_head: int | None) -> 
         _, loss = model(x, x)  # raises "No available kernel" if the inputs do not qualify
         loss.backward()
     assert bool(torch.isfinite(loss)) and all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize(
+    ("position", "n_kv_head"), [("rope", 4), ("rope", 2), ("alibi", 4), ("alibi", 2), ("alibi", 1)]
+)
+def test_sdpa_attention_runs_a_fused_kernel(position: str, n_kv_head: int, dtype: str) -> None:
+    """HFU counts one more QK^T for SDPA on CUDA (a fused backward recomputes the scores); that holds only
+    if a fused kernel (flash, memory-efficient or cuDNN) takes every case, ALiBi's float mask with GQA and
+    float32 included; restricted to them, SDPA raises "No available kernel" instead of falling back to math."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from gptlab.telemetry.flops import compute_flops
+
+    config = get_preset_config(
+        "llama", n_layer=1, n_embd=256, n_head=4, n_kv_head=n_kv_head, block_size=128, vocab_size=512,
+        position_encoding=position,
+    )
+    assert compute_flops(config, device_type="cuda").fused_attention
+    model = ConfigurableGPT(config).cuda()
+    x = torch.randint(0, 512, (2, 128), device="cuda")
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    with sdpa_kernel(fused), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        _, loss = model(x, x)
+        loss.backward()
+    assert bool(torch.isfinite(loss))
 
 
 def test_cuda_graph_compile_mode_trains_like_eager(data_dir: Path, tmp_path: Path) -> None:
