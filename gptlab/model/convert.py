@@ -330,6 +330,15 @@ def _unsupported(key: str, value: Any, why: str) -> CheckpointError:
     return CheckpointError(f"config.json {key}={value!r} is not supported: {why}")
 
 
+def _with_base_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Weights saved from the base model (``GPT2Model``, ``LlamaModel``) have no ``transformer.`` / ``model.``
+    prefix: the Hub's own ``gpt2`` files are laid out so (``h.0.attn.c_attn.weight``, ``wte.weight``, no
+    ``lm_head``), and transformers loads them into the causal-LM class by adding it, as this does."""
+    if any(k.startswith(prefix) for k in state):
+        return state
+    return {(k if k.startswith("lm_head.") else prefix + k): v for k, v in state.items()}
+
+
 def _gpt2_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
     act = hf.get("activation_function", "gelu_new")
     gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
@@ -356,7 +365,7 @@ def _gpt2_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, An
         weight_tying=bool(hf.get("tie_word_embeddings", True)),
         dropout=float(hf.get("resid_pdrop", 0.0)),
     )
-    state = clean_state_dict(state)
+    state = _with_base_prefix(clean_state_dict(state), "transformer.")
     state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     renamed = _rename(state, _NANOGPT_NAMES)
     return base, {k: (v.t().contiguous() if k.endswith(_CONV1D) else v) for k, v in renamed.items()}
@@ -416,7 +425,7 @@ def _llama_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, A
         weight_tying=bool(hf.get("tie_word_embeddings", False)),
         dropout=float(hf.get("attention_dropout", 0.0)),
     )
-    state = clean_state_dict(state)
+    state = _with_base_prefix(clean_state_dict(state), "model.")
     out: dict[str, Tensor] = {}
     for i in range(base["n_layer"]):
         p = f"model.layers.{i}."

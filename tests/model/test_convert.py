@@ -327,6 +327,27 @@ def test_hub_model_from_the_cache_matches_transformers(offline_hub, tokens: torc
     assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("make", [_gpt2, lambda: _llama(tie_word_embeddings=True)])
+def test_base_model_weights_without_the_prefix_load(make, tokens: torch.Tensor, tmp_path: Path) -> None:
+    """The Hub's gpt2 files come from the base model: ``h.0.attn.c_attn.weight``, ``wte.weight``, the causal
+    masks ``h.N.attn.bias`` as weights, no ``lm_head`` (tied); transformers adds the prefix, and so must we."""
+    from safetensors.torch import load_file, save_file
+
+    hf = make()
+    hf.save_pretrained(tmp_path)
+    prefix = hf.base_model_prefix + "."
+    state = {k.removeprefix(prefix): v for k, v in load_file(tmp_path / "model.safetensors").items()}
+    assert "lm_head.weight" not in state  # tied: saved once, as the embedding
+    if isinstance(hf, transformers.GPT2LMHeadModel):
+        T = hf.config.n_positions
+        state.update({f"h.{i}.attn.bias": torch.ones(T, T).tril().view(1, 1, T, T) for i in range(2)})
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ours = ConfigurableGPT.from_pretrained(tmp_path)
+    assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # what transformers makes of it
+    assert (_hf_logits(reference, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
+
+
 def test_unsupported_hf_options_are_named() -> None:
     with pytest.raises(CheckpointError, match="rope_type"):
         ConfigurableGPT.from_pretrained(_llama(rope_scaling={"rope_type": "linear", "factor": 2.0}))
