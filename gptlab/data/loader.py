@@ -101,7 +101,14 @@ class BatchLoader:
     def _load(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Window starts in [0, N - T), uniform, as nanoGPT's torch.randint(len(data) - block_size, ...).
         starts = self._rng(step, micro_step).integers(0, self.num_tokens - self.block_size, size=self.batch_size)
-        windows = torch.from_numpy(self._windows(starts).astype(np.int64))  # (B, T + 1)
+        windows_np = self._windows(starts)
+        top = int(windows_np.max())  # ~5 us on the host: an id past the vocabulary would fail on the device
+        if top >= self.vocab_size:
+            raise DataError(
+                f"{self._path} holds token id {top}, past the dataset's vocabulary of {self.vocab_size} "
+                "(its files do not match its meta): prepare the dataset again"
+            )
+        windows = torch.from_numpy(windows_np.astype(np.int64))  # (B, T + 1)
         x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each; y is x shifted by one
         if self._pin:  # page-locked, so the copies are asynchronous and overlap the device's work
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)

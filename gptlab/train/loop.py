@@ -295,6 +295,10 @@ class Trainer:
                 changed["parallel"] = (ckpt["parallel"], self.mode)
             if ckpt.get("world_size") not in (None, self.world_size):
                 changed["world_size"] = (ckpt["world_size"], self.world_size)
+            old_tok, new_tok = ckpt.get("tokenizer"), self.meta.get("tokenizer")
+            if old_tok and new_tok and old_tok != new_tok:  # the same ids now mean other text: said, not refused
+                old_name, new_name = old_tok.get("name"), new_tok.get("name")
+                changed["tokenizer"] = (old_name, f"{new_name}, other ids" if old_name == new_name else new_name)
             changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             self.logger.log_event(
                 "resume",
@@ -366,6 +370,11 @@ class Trainer:
             # the architecture is the checkpoint's; only settings that keep the weights may change, if set now
             self._overruled = run.overruled + _check_arch_overrides(run, ckpt["arch"], str(path))
             arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in FREE_ARCH_KEYS if k in run.explicit}}
+            if int(arch_dict["vocab_size"]) < vocab:  # else the embedding fails on the first batch's ids
+                raise CheckpointError(
+                    f"{str(path)!r} has vocab_size={arch_dict['vocab_size']} < dataset {cfg.dataset!r}'s {vocab}: "
+                    "resume on the dataset it was trained on"
+                )
             return ModelArchitectureConfig.from_dict(arch_dict, saved_plugins(ckpt)), ckpt, None
         # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint, or a Hub model, to fine-tune
         if not Path(cfg.init_from).expanduser().exists() and hub_repo_id(cfg.init_from) is None:

@@ -159,3 +159,15 @@ def test_cuda_batches_are_pinned_copies_of_the_cpu_batches(positions: Path) -> N
     torch.cuda.synchronize()
     assert cuda[0].device.type == "cuda" and cuda[0].dtype == torch.int64
     assert torch.equal(cuda[0].cpu(), cpu[0]) and torch.equal(cuda[1].cpu(), cpu[1])
+
+
+def test_an_id_past_the_vocabulary_stops_at_the_batch_that_reads_it(tmp_path: Path) -> None:
+    """The startup check reads each split's first 1M tokens only; a bad id further on must be a DataError
+    naming the file, not an IndexError (CPU) or a device-side assert (CUDA) in the embedding."""
+    train = np.zeros(2000, dtype=np.int64)
+    train[-50:] = 150  # past vocab_size=100
+    data = make_dataset(tmp_path / "bad", train, np.zeros(100, dtype=np.int64), vocab_size=100)
+    loader = BatchLoader(data, "train", batch_size=64, block_size=100, device="cpu", seed=0)
+    with pytest.raises(DataError, match=r"train\.bin holds token id 150, past the dataset's vocabulary of 100"):
+        for step in range(50):
+            loader.get_batch(step)

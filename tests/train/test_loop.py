@@ -647,3 +647,33 @@ def test_every_field_of_the_records_and_summary_is_documented(data_dir: Path, tm
     docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     missing = {name for name in fields if f"`{name}`" not in docs and not name.endswith(("_mean", "_median", "_p90"))}
     assert missing == set()
+
+
+def test_resume_on_another_dataset_checks_its_vocabulary(data_dir: Path, tmp_path: Path) -> None:
+    """Resumed on a dataset whose ids the checkpoint's embedding cannot take: one line, not an IndexError
+    on the first batch; on one whose ids fit but mean other text: trained, and the change is said."""
+    import shutil
+
+    from gptlab.data.storage import DatasetWriter
+    from gptlab.errors import CheckpointError
+
+    out = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, out, max_iters=4, eval_interval=4)), stream=io.StringIO())
+    wide = tmp_path / "data"
+    with DatasetWriter(wide / "wide", 5000) as writer:
+        for split in ("train", "val"):
+            writer.write(split, torch.randint(0, 5000, (2000,)).numpy())
+        writer.commit({"name": "wide", "vocab_size": 5000, "dtype": writer.dtype.name, "tokens": dict(writer.counts)})
+    launch = [f"--out_dir={str(out)!r}", "--device='cpu'", "--compile=False", "--init_from='resume'", "--max_iters=6"]
+    with pytest.raises(CheckpointError, match=r"has vocab_size=128 < dataset 'wide''s 5000: resume on the dataset"):
+        train(parse_run_args([*launch, f"--data_dir={str(wide)!r}", "--dataset='wide'"]), stream=io.StringIO())
+    # the same vocabulary size, other characters
+    shutil.copytree(data_dir / "stdlib_char", wide / "shuffled")
+    meta = json.loads((wide / "shuffled" / "meta.json").read_text())
+    itos = meta["tokenizer"]["itos"]
+    itos["0"], itos["1"] = itos["1"], itos["0"]
+    meta["tokenizer"]["stoi"] = {c: int(i) for i, c in itos.items()}
+    (wide / "shuffled" / "meta.json").write_text(json.dumps(meta))
+    train(parse_run_args([*launch, f"--data_dir={str(wide)!r}", "--dataset='shuffled'"]), stream=io.StringIO())
+    event = [r for r in read_log(out) if r.get("event") == "resume"][-1]
+    assert event["changed"]["tokenizer"] == ["char", "char, other ids"]
