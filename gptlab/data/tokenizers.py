@@ -54,6 +54,11 @@ class Tokenizer(ABC):
         """``encode`` as an int64 array; overridden where a vectorised path is faster."""
         return np.asarray(self.encode(text), dtype=np.int64)
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a sampling prompt, where special-token text is the special token (nanoGPT's
+        sample.py), unlike data preparation's ``encode``."""
+        return self.encode(text)
+
 
 class CharTokenizer(Tokenizer):
     """One token per character; the vocabulary is the corpus's sorted set of characters."""
@@ -186,6 +191,9 @@ class GPT2Tokenizer(Tokenizer):
 
     def encode_array(self, text: str) -> np.ndarray:
         return np.asarray(self._enc.encode_ordinary(text), dtype=np.int64)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return self._enc.encode(text, allowed_special={ENDOFTEXT}, disallowed_special=())
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._enc.decode([int(i) for i in ids])

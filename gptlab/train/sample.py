@@ -196,9 +196,14 @@ def generate_text(
         raise CheckpointError("the checkpoint records no tokenizer, so its tokens cannot be decoded")
     tok = load_tokenizer(tokenizer_meta)
     try:
-        ids = tok.encode(prompt) or [0]
+        ids = tok.encode_prompt(prompt)
     except DataError as e:  # a char vocabulary without one of the prompt's characters
         raise ConfigError(f"the prompt (--start / sample_prompt) cannot be encoded: {e}") from None
+    # An empty prompt: an unconditional sample starts after an end-of-text token (a document boundary,
+    # as in the training data), which the text leaves out; a vocabulary without one starts from id 0.
+    seeded = not ids
+    if seeded:
+        ids = [tok.eot_token if tok.eot_token is not None else 0]
     x = torch.tensor([ids], dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
@@ -210,7 +215,8 @@ def generate_text(
         torch.manual_seed(seed)
         y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, vocab_limit=tok.vocab_size)
     model.train(was_training)
-    return tok.decode(y[0].tolist())
+    out = y[0].tolist()
+    return tok.decode(out[1:] if seeded and tok.eot_token is not None else out)
 
 
 def sample(cfg: SampleConfig) -> list[str]:

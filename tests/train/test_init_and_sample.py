@@ -489,3 +489,26 @@ def test_a_run_with_its_own_norm_is_read_again_with_plugins(tmp_path: Path, data
     sampled = _gptlab("sample", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=4",
                       f"--plugins={work / 'cfg.py'}", cwd=tmp_path)  # fmt: skip
     assert sampled.returncode == 0, sampled.stderr
+
+
+def test_gpt2_prompts_take_the_end_of_text_token_and_an_empty_one_starts_after_it() -> None:
+    """nanoGPT's sample.py encodes with allowed_special={'<|endoftext|>'}: the usual way to ask for an unconditional
+    sample of a model trained on EOT-separated documents; an empty prompt starts there too (not from id 0, '!'),
+    and that seed token is not part of the text."""
+    import torch
+
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.data.tokenizers import GPT2Tokenizer
+    from gptlab.train.sample import generate_text
+
+    model = ConfigurableGPT(get_debug_config("gpt2", vocab_size=50304))
+    seen = []
+    generate = model.generate
+    model.generate = lambda x, *a, **k: (seen.append(x[0].tolist()), generate(x, *a, **k))[1]
+    meta = GPT2Tokenizer().to_meta()
+    cpu = torch.device("cpu")
+    text = generate_text(model, meta, "<|endoftext|>Hi", 3, device=cpu)
+    assert seen[-1] == [50256, 17250] and text.startswith("<|endoftext|>Hi")
+    text = generate_text(model, meta, "", 3, device=cpu)
+    assert seen[-1] == [50256] and not text.startswith("<|endoftext|>")
+    assert GPT2Tokenizer().encode("<|endoftext|>") != [50256]  # data preparation: plain text, as nanoGPT's
