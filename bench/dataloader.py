@@ -21,6 +21,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=2.0)
     a = p.parse_args()
+    if not a.seconds > 0:
+        p.error(f"--seconds={a.seconds} must be > 0")
     path = ensure_prepared(a.dataset, a.data_dir)
     print(f"{'dataset':14s} {'B':>4s} {'T':>6s} {'batches/s':>11s} {'tokens/s':>14s} {'us/batch':>9s}")
     for block in (int(b) for b in a.block_size.split(",")):

@@ -244,9 +244,40 @@ def _import_datasets() -> Any:
 RECORD_SUFFIXES = (".jsonl", ".parquet")  # your own text as records; a .json file stays text
 
 
+def is_saved_dataset(input_path: Path) -> bool:
+    """Whether ``input_path`` is a folder `datasets`' ``save_to_disk`` wrote (Arrow files and their JSON
+    state, or a DatasetDict's ``dataset_dict.json``): records, not text files."""
+    if not input_path.is_dir():
+        return False
+    if (input_path / "dataset_dict.json").is_file():
+        return True
+    return (input_path / "state.json").is_file() and any(input_path.glob("*.arrow"))
+
+
+def _saved_dataset_records(input_path: Path) -> Iterator[Any]:
+    """The records of a ``save_to_disk`` folder, in order: a Dataset, or a DatasetDict's ``train`` split
+    (or its only one)."""
+    datasets = _import_datasets()
+    try:
+        data = datasets.load_from_disk(str(input_path))
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot read the saved dataset {input_path} ({first})") from None
+    if isinstance(data, datasets.DatasetDict):
+        if "train" in data:
+            data = data["train"]
+        elif len(data) == 1:
+            data = next(iter(data.values()))
+        else:
+            raise DataError(f"--input {input_path} holds the splits {', '.join(data)}: expected 'train' or only one")
+    return iter(data)
+
+
 def is_records_input(input_path: Path) -> bool:
-    """Whether ``--input`` is .jsonl/.parquet records (a file, or a folder of only those), read a record
-    per document through `datasets`, rather than text files."""
+    """Whether ``--input`` is records (.jsonl/.parquet, a file or a folder of only those, or a folder
+    `datasets`' save_to_disk wrote), read a record per document, rather than text files."""
+    if is_saved_dataset(input_path):
+        return True
     if input_path.is_file():
         return input_path.suffix in RECORD_SUFFIXES
     if not input_path.is_dir():
@@ -301,6 +332,12 @@ def _texts(records: Records, text_field: str, where: str) -> Iterator[str]:
         for i, record in enumerate(records):
             text = record.get(text_field) if isinstance(record, Mapping) else None
             if not isinstance(text, str):
+                if isinstance(record, Mapping) and text_field in record:
+                    kind = "null" if text is None else type(text).__name__
+                    raise DataError(
+                        f"record {i} of {where}: field {text_field!r} is {kind}, not a string; "
+                        "--text_field NAME names another"
+                    )
                 fields = ", ".join(record) if isinstance(record, Mapping) else type(record).__name__
                 raise DataError(
                     f"record {i} of {where} has no string field {text_field!r} (has: {fields}); "
@@ -324,6 +361,9 @@ def hub_corpus(
     """A streamed Hugging Face dataset, or the same through local files (``input_path``) or ``load_fn``."""
     if load_fn is not None:
         records, source = load_fn(), {"kind": "load_fn", "dataset": hub_path}
+    elif input_path is not None and is_saved_dataset(input_path):
+        records = _saved_dataset_records(input_path)
+        source = {"kind": "local", "dataset": hub_path, "path": str(input_path.resolve()), "format": "save_to_disk"}
     elif input_path is not None:
         builder, files = _local_data_files(input_path)
         records = _json_records(files) if builder == "json" else _parquet_records(files)

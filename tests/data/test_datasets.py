@@ -516,3 +516,25 @@ def test_a_folder_follows_symlinked_folders_once(tmp_path: Path) -> None:
     (pool / "loop").symlink_to(pool, target_is_directory=True)
     files = sources.local_files(pool)
     assert [p.relative_to(pool).as_posix() for p in files] == ["own.txt", "shared/linked.txt"]
+
+
+@pytest.mark.parametrize("layout", ["dataset", "dataset_dict"])
+def test_a_save_to_disk_folder_is_read_as_its_records(tmp_path: Path, layout: str) -> None:
+    """A folder `datasets.save_to_disk` wrote is records (its .arrow files), not text: it was tokenized as its
+    JSON state files. Read with load_from_disk, a DatasetDict's train split; the same bytes as the records."""
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_list(records())
+    if layout == "dataset_dict":
+        data = datasets.DatasetDict({"train": data, "test": data.select(range(3))})
+    data.save_to_disk(str(tmp_path / "saved"))
+    jsonl = tmp_path / "records.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records()))
+    for name in ("mine", "openwebtext"):
+        out = prepare_dataset(name, tmp_path / name, input_path=tmp_path / "saved", num_proc=1)
+        reference = prepare_dataset(name, tmp_path / f"{name}_ref", input_path=jsonl, num_proc=1)
+        for file in ("train.bin", "val.bin"):
+            assert (out / file).read_bytes() == (reference / file).read_bytes()
+        assert read_meta(out)["source"]["format"] == "save_to_disk"
+    datasets.Dataset.from_list([{"text": None}]).save_to_disk(str(tmp_path / "null"))
+    with pytest.raises(DataError, match=r"record 0 of .*: field 'text' is null, not a string"):
+        prepare_dataset("mine", tmp_path / "n", input_path=tmp_path / "null", num_proc=1)
