@@ -150,3 +150,23 @@ def test_a_checkpoint_missing_its_architecture_is_one_line(tmp_path: Path) -> No
     torch.save({"format": FORMAT, "iter_num": 3, "model": {}}, tmp_path / "ckpt.pt")
     with pytest.raises(CheckpointError, match="is a damaged gptlab checkpoint: it has no arch"):
         load_checkpoint(tmp_path)
+
+
+def test_a_second_ctrl_c_during_a_save_aborts_as_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's zip writer turns a KeyboardInterrupt inside torch.save into a RuntimeError ("unexpected pos")
+    on its way out: the abort the user asked for (exit 130, no traceback) and no half-written file."""
+    from gptlab.checkpoint import atomic_save
+
+    (tmp_path / "ckpt.pt").write_bytes(b"the previous checkpoint")
+
+    def interrupted_save(obj, f) -> None:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 12810752 vs 12810640")
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"x": 1}, tmp_path / "ckpt.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert (tmp_path / "ckpt.pt").read_bytes() == b"the previous checkpoint"

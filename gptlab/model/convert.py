@@ -13,6 +13,7 @@ import json
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gptlab.checkpoint import clean_state_dict, is_dcp_dir, latest_checkpoint, load_checkpoint
+from gptlab.checkpoint import check_zip_crc, clean_state_dict, is_dcp_dir, latest_checkpoint, load_checkpoint
 from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.fileio import atomic_write
@@ -156,7 +157,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_torch_checkpoint(path: Path, mmap: bool = False) -> Any:
     """``torch.load`` with weights_only=True (``mmap``: tensors read only when used, for a look at the
-    keys); one CheckpointError line when it cannot."""
+    keys; otherwise the weights are to be used, and a zip archive's CRCs are checked first); one
+    CheckpointError line when it cannot."""
+    if not mmap and zipfile.is_zipfile(path):  # a legacy (pre-1.6) torch file has no CRCs to check
+        check_zip_crc(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # corrupt, truncated, or not a torch file at all

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
 import shutil
@@ -657,6 +658,8 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.eval_only and self.iter_num > cfg.max_iters:  # a resumed run that is already done
+            return self._already_done()
         if self.master:
             if not cfg.eval_only:  # an evaluation leaves the evaluated run's files as they are
                 atomic_write(self.out_dir / "config.json", _dumps(self.run_config.to_dict()))
@@ -676,13 +679,27 @@ class Trainer:
                 self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, cfg), tokens=self.tokens_seen
             )
             return self._finish(losses)
-        if self.iter_num > cfg.max_iters:  # a resumed run that is already done: change nothing
-            self.logger.log_event(
-                "done", f"nothing to do: iterations 0..{cfg.max_iters} are done (raise --max_iters to train on)"
-            )
-            return self._finish(None)
         with StopSignals(self._announce_stop) as stop:
             return self._train_loop(stop)
+
+    def _already_done(self) -> dict[str, Any]:
+        """A resume of a finished run (a requeued job): says so and changes nothing, config.json and summary.json
+        included; the summary is the finished run's (written now only if the run ended before writing it)."""
+        cfg = self.cfg
+        self.logger.log_event(
+            "done", f"nothing to do: iterations 0..{cfg.max_iters} are done (raise --max_iters to train on)"
+        )
+        summary_path = self.out_dir / "summary.json"
+        summary = None
+        if self.master and summary_path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                summary = json.loads(summary_path.read_text())
+        # every rank takes the same branch (_finish has collectives)
+        (have,) = parallel.all_reduce_max([float(isinstance(summary, dict))], self.dist)
+        if not have:
+            return self._finish(None)
+        self.logger.close()
+        return summary if self.master else {}
 
     def _check_disk_space(self) -> None:
         """Warn before training, not at the first save after hours of it, when out_dir's disk cannot hold a
@@ -901,12 +918,12 @@ class Trainer:
             extra["planned_bytes_per_rank"] = {k: getattr(plan.mode, k) for k in self.measured_bytes}
         if last_losses:
             extra["final_train_loss"] = last_losses["train"]
+        # the run's best over every session (the checkpoint carries it), not only this session's evaluations
+        extra["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return extra
 
 
 def _dumps(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, indent=2) + "\n"
 
 

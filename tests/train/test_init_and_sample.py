@@ -154,12 +154,15 @@ def test_bf16_autocast_on_cpu_trains(data_dir: Path, tmp_path: Path) -> None:
 
 def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_dir: Path, tmp_path: Path) -> None:
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, eval_interval=4)), stream=io.StringIO())
-    ckpt = (tmp_path / "ckpt.pt").read_bytes()
+    # a requeued job that already finished: its checkpoint, config.json and summary.json stay as they are
+    kept = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "config.json", "summary.json")}
     summary = train(
         parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, eval_interval=4, init_from="resume")),
         stream=io.StringIO(),
     )
-    assert (tmp_path / "ckpt.pt").read_bytes() == ckpt and summary["iterations"] == 5
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+    assert summary == json.loads(kept["summary.json"]) and summary["iterations"] == 5
+    assert summary["best_val_loss"] is not None
     assert any(r.get("event") == "done" for r in _records(tmp_path))
     # eval_only evaluates the checkpoint whatever its iteration (5 is not a multiple of 4) and leaves the run's
     # files as they are (nanoGPT's eval_only writes nothing): its records go to eval.jsonl

@@ -408,17 +408,24 @@ def test_bad_input_one_line_exit_2(overrides: dict, match: str, data_dir: Path, 
     assert not (tmp_path / "out" / "log.jsonl").exists()
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "flipped"])
 def test_damaged_checkpoint_is_refused_and_left_alone(damage: str, data_dir: Path, tmp_path: Path) -> None:
+    """A file that is not a checkpoint, half of one, or one whose tensor bytes changed on disk (torch.load
+    itself does not check the CRCs torch.save wrote: those weights loaded and trained on)."""
     out = tmp_path / "run"
     train(parse_run_args(tiny_args(data_dir, out, max_iters=8)), stream=io.StringIO())
     ckpt = out / "ckpt.pt"
     blob = ckpt.read_bytes()
-    bad = b"garbage" * 100 if damage == "corrupt" else blob[: len(blob) // 2]
+    if damage == "flipped":
+        at = 2 * len(blob) // 3  # inside the tensors' data
+        bad = blob[:at] + bytes(b ^ 0xFF for b in blob[at : at + 64]) + blob[at + 64 :]
+    else:
+        bad = b"garbage" * 100 if damage == "corrupt" else blob[: len(blob) // 2]
     ckpt.write_bytes(bad)
     log_before = (out / "log.jsonl").read_bytes()
     res = _cli(*tiny_args(data_dir, out, max_iters=16, init_from="resume"))
-    assert res.returncode == 2 and "corrupt or truncated" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    expected = "fails its CRC-32 check" if damage == "flipped" else "corrupt or truncated"
+    assert res.returncode == 2 and expected in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert ckpt.read_bytes() == bad and (out / "log.jsonl").read_bytes() == log_before
 
 
@@ -677,3 +684,16 @@ def test_resume_on_another_dataset_checks_its_vocabulary(data_dir: Path, tmp_pat
     train(parse_run_args([*launch, f"--data_dir={str(wide)!r}", "--dataset='shuffled'"]), stream=io.StringIO())
     event = [r for r in read_log(out) if r.get("event") == "resume"][-1]
     assert event["changed"]["tokenizer"] == ["char", "char, other ids"]
+
+
+def test_summary_best_val_loss_is_the_runs_over_every_session(data_dir: Path, tmp_path: Path) -> None:
+    """A preempted and resumed run's summary.json (which `gptlab compare` reports) gives the best validation
+    loss of the whole run, as its checkpoint does, not only the last session's."""
+    out = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, out, max_iters=8, eval_interval=4)), stream=io.StringIO())
+    launch = [f"--out_dir={str(out)!r}", f"--data_dir={str(data_dir)!r}", "--device='cpu'", "--compile=False"]
+    worse = ["--init_from='resume'", "--max_iters=12", "--learning_rate=3.0", "--min_lr=3.0", "--grad_clip=0.0"]
+    summary = train(parse_run_args([*launch, *worse]), stream=io.StringIO())
+    evals = [r["val_loss"] for r in read_log(out) if r["type"] == "eval"]
+    assert min(evals[4:]) > min(evals[:4])  # 0, 4, 8 and the final 9; the second session made it worse
+    assert summary["best_val_loss"] == min(evals) == load_checkpoint(out / "ckpt.pt")["best_val_loss"]
