@@ -63,6 +63,10 @@ def resolve_architecture(
         config = ModelArchitectureConfig.from_dict({**run_json["arch"], **arch_overrides}, saved_plugins(run_json))
         config = check_keys_take_effect(config, arch_overrides)
         label = run_dir.parent.name if run_dir.name == "config.json" else run_dir.stem
+        # a what-if on the trained architecture says so in its label (--n_layer=4 to resize presets reaches it too)
+        changed = [f"{k}={v}" for k, v in arch_overrides.items() if run_json["arch"].get(k) != getattr(config, k)]
+        if changed:
+            label = f"{label} ({', '.join(changed)})"
         return Architecture(label, config, name)
     if names_a_file(name):
         values = load_config_file(name) if file_values is None else file_values

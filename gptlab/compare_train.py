@@ -87,6 +87,8 @@ def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) ->
     else:
         values["arch_preset"] = arch.source
     values.update(overrides)
+    if "max_iters" in overrides and "lr_decay_iters" not in overrides:  # the schedule spans the run, as by default
+        values["lr_decay_iters"] = overrides["max_iters"]
     values["out_dir"] = str(out_dir / arch.label)
     return values
 
@@ -157,8 +159,15 @@ def train_and_compare(
         require_matplotlib()
     # labels and sources only: the trained architectures are the shrunk ones _run_values builds, where the
     # overrides apply on top of TRAIN_DEFAULTS (--n_embd=128 is valid at its n_head=4, not at a preset's 12)
+    from gptlab.compare import _unique_labels, run_config_json
+
+    for name in names:
+        if run_config_json(name) is not None:
+            raise ConfigError(
+                f"{name!r} is a run directory: --train trains presets and config files from scratch, side by side; "
+                "compare trained runs without --train, or name the run's preset or config file"
+            )
     archs = [resolve_architecture(n) for n in names]
-    from gptlab.compare import _unique_labels
 
     _unique_labels(archs)
     # the user's --key=value must take effect; a config file may spell out keys its architecture ignores
@@ -205,6 +214,7 @@ def train_and_compare(
             labels=comparison.labels,
             title="gptlab compare",
             tables=tables,
+            shared_process=not any(str(r["device"]).startswith("cuda") for r in results),
         )
         comparison.report = str(path)
     return comparison

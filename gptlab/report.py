@@ -277,16 +277,30 @@ def build_report(
     labels: list[str] | None = None,
     title: str = "gptlab report",
     tables: list[tuple[str, list[str], list[list[str]]]] | None = None,
+    shared_process: bool = False,
 ) -> Path:
     """Plots and ``out_dir/report.html`` for the runs in ``paths``; returns the HTML path.
-    ``tables`` are extra (title, header, rows) sections placed first (e.g. ``gptlab compare``'s)."""
+    ``tables`` are extra (title, header, rows) sections placed first (e.g. ``gptlab compare``'s).
+    ``shared_process``: the runs trained one after another in one CPU process (``compare --train``), whose
+    RSS is no one run's memory: no memory plot or summary row is drawn from it."""
     from gptlab.report_html import render_html
 
     runs = load_runs(list(paths), labels)
+    if shared_process:
+        for run in runs:
+            run.iters = [{k: v for k, v in r.items() if k != "memory"} for r in run.iters]
+            run.summary = {k: v for k, v in run.summary.items() if k != "peak_memory_gb"}
     plots = write_plots(runs, out_dir)
     html_path = Path(out_dir) / "report.html"
-    atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or []))
+    notes = {"memory": SHARED_PROCESS_MEMORY} if shared_process else None
+    atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or [], notes=notes))
     return html_path
+
+
+SHARED_PROCESS_MEMORY = (
+    "memory: not drawn: the runs trained one after another in one CPU process, whose RSS is not any one "
+    "run's (the Training table gives each architecture's planned peak)"
+)
 
 
 __all__ = ["ITER_METRICS", "Run", "build_report", "load_run", "load_runs", "series", "write_plots"]

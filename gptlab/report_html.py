@@ -108,8 +108,10 @@ def render_html(
     *,
     title: str = "gptlab report",
     tables: list[tuple[str, list[str], list[list[Any]]]] | None = None,
+    notes: dict[str, str] | None = None,
 ) -> str:
-    """The whole page as a string."""
+    """The whole page as a string; ``notes`` replace the default line for a plot not drawn."""
+    not_drawn = {**NOT_MEASURED, **(notes or {})}
     labels = [r.label for r in runs]
     parts = [
         "<!DOCTYPE html>",
@@ -128,7 +130,7 @@ def render_html(
     parts.append("<h2>Plots</h2><div class=plots>")
     for name, path in plots.items():
         if path is None:
-            parts.append(f"<p class=muted>{html.escape(NOT_MEASURED.get(name, f'{name}: n/a'))}</p>")
+            parts.append(f"<p class=muted>{html.escape(not_drawn.get(name, f'{name}: n/a'))}</p>")
         else:
             caption = html.escape(PLOT_TITLES.get(name, name))
             parts.append(f"<figure>{_img(path)}<figcaption>{caption} ({path.name})</figcaption></figure>")

@@ -141,6 +141,9 @@ def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFi
     assert data["report"] == str(out / "report" / "report.html")
     assert "<h2>Architectures</h2>" in page and "<h2>Training</h2>" in page and "final val loss" in page
     assert (out / "report" / "loss_vs_tokens.png").is_file() and (out / "report" / "loss_vs_time.png").is_file()
+    # one CPU process trained both: its RSS is no one run's, so neither a memory plot nor a summary row of it
+    assert not (out / "report" / "memory.png").exists() and "whose RSS is not any one run" in page
+    assert "peak_memory_gb" not in page
     assert main(args) == 0  # run again into the same out_dir: the runs are replaced (an overwrite event first)
     assert json.loads(capsys.readouterr().out)["training"]["gpt2"]["tokens_trained"] == 9 * 4 * 32
 
@@ -188,6 +191,9 @@ def test_compare_train_overrides_apply_to_the_trained_sizes_and_matplotlib_is_ch
     overrides = dict(out_dir=str(tmp_path / "cmp"), **small)
     result = train_and_compare(["gpt2", "llama"], overrides, report=False, log=lambda text: None)
     assert [(a.config.n_embd, a.config.n_head) for a in result.architectures] == [(40, 4), (40, 4)]
+    # --max_iters alone: the schedule decays over the run (not to the default 200's min_lr at iteration 1)
+    saved = json.loads((tmp_path / "cmp" / "gpt2" / "config.json").read_text())["train"]
+    assert saved["lr_decay_iters"] == saved["max_iters"] == 1
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(GptlabError, match="needs matplotlib"):
         train_and_compare(["gpt2"], {**overrides, "out_dir": str(tmp_path / "none")}, log=lambda text: None)
@@ -220,6 +226,14 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     (run / "config.json").write_text(json.dumps({"train": {"batch_size": 3}, "arch": trained.to_dict()}))
     for name in (str(run), str(run / "config.json")):
         assert resolve_architecture(name).config == trained
+    # an architecture key changes a run's architecture only as a labelled what-if (it may be meant for presets)
+    what_if = resolve_architecture(str(run), {"n_layer": 4, "n_embd": trained.n_embd})
+    assert what_if.config.n_layer == 4 and what_if.label == "run (n_layer=4)"
+    from gptlab.compare_train import train_and_compare
+    from gptlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"is a run directory: --train trains presets and config files"):
+        train_and_compare([str(run), "llama"], {"max_iters": 1}, report=False, log=lambda text: None)
     (tmp_path / "gpt2").mkdir()  # a run folder named like a preset does not hide the preset
     (tmp_path / "gpt2" / "config.json").write_text((run / "config.json").read_text())
     monkeypatch.chdir(tmp_path)
