@@ -193,8 +193,6 @@ class TrainConfig:
             raise ConfigError(f"fsdp_cpu_offload=True needs parallel='fsdp', got parallel={self.parallel_mode!r}")
         if self.decay_lr and self.min_lr > self.learning_rate:
             raise ConfigError(f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}")
-        if self.backend == "nccl" and self.device.split(":")[0] == "cpu":
-            raise ConfigError("backend='nccl' needs CUDA tensors, but device='cpu': use backend='gloo' (or auto)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -245,11 +243,16 @@ def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> No
     decays = train.decay_lr and train.lr_schedule != "constant"
     if decays and typed & {"lr_decay_iters", "warmup_iters"} and train.lr_decay_iters < train.warmup_iters:
         # nanoGPT then warms up to the end and never decays: a shortened run that kept a long warmup
+        both = {"lr_decay_iters", "warmup_iters"} <= typed
         other = "warmup_iters" if "lr_decay_iters" in typed else "lr_decay_iters"
         raise ConfigError(
             f"lr_decay_iters={train.lr_decay_iters} is smaller than warmup_iters={train.warmup_iters}: the decay "
-            f"would end before the warmup does; set --{other} too"
+            "would end before the warmup does; "
+            + ("make warmup_iters <= lr_decay_iters" if both else f"set --{other} too")
         )
+    if "backend" in typed and train.backend == "nccl" and train.device.split(":")[0] == "cpu":
+        # typed only: nanoGPT's config files all say backend='nccl', which a CPU run (gloo) ignores, as nanoGPT does
+        raise ConfigError("backend='nccl' needs CUDA tensors, but device='cpu': use backend='gloo' (or auto)")
     for key in sorted(typed & set(_VOIDED_BY)):
         for setting, voids in _VOIDED_BY[key]:
             if voids(train):

@@ -144,8 +144,13 @@ def test_string_keys_keep_numeric_text_and_voided_keys_only_when_typed(tmp_path:
     )
     assert (run.train.wandb_run_name, run.train.out_dir, run.train.sample_prompt) == ("2024", "123", "1.5")
     config = tmp_path / "nanogpt_style.py"
-    config.write_text("decay_lr = False\nwarmup_iters = 100\nmin_lr = 6e-5\nwandb_project = 'owt'\n")
+    config.write_text(
+        "decay_lr = False\nwarmup_iters = 100\nmin_lr = 6e-5\nwandb_project = 'owt'\n"
+        "backend = 'nccl'\ndevice = 'cpu'\n"  # nanoGPT's train.py header: a CPU run ignores its backend
+    )
     assert parse_run_args([str(config)]).train.warmup_iters == 100
+    with pytest.raises(ConfigError, match=r"make warmup_iters <= lr_decay_iters"):  # both typed: no "set it too"
+        parse_run_args(["--warmup_iters=5", "--lr_decay_iters=1"])
     assert parse_run_args([str(config), "--decay_lr=True"]).train.decay_lr  # a typed key that does act
     assert parse_run_args(["--compile=True", "--compile_mode='max-autotune'"]).train.compile_mode == "max-autotune"
 
