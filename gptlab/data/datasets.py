@@ -32,6 +32,7 @@ from gptlab.data.storage import (
 )
 from gptlab.data.tokenizers import TOKENIZERS, Tokenizer, build_tokenizer, load_tokenizer
 from gptlab.errors import ConfigError, DataError, did_you_mean, unknown_choice
+from gptlab.fileio import atomic_write
 
 __all__ = ["DATASETS", "DatasetSpec", "PrepareOptions", "ensure_prepared", "prepare_dataset", "read_meta"]
 
@@ -261,6 +262,21 @@ def prepare_dataset(
     return dataset_dir
 
 
+def _write_nanogpt_meta(dataset_dir: Path, tok: Tokenizer) -> None:
+    """A char vocabulary's ``meta.pkl`` as nanoGPT's shakespeare_char/prepare.py writes it (vocab_size,
+    itos and stoi, plain data), so that nanoGPT's train.py and sample.py read the dataset too; gptlab reads
+    meta.json. A GPT-2 BPE dataset has none (nanoGPT then takes GPT-2's), and a stale one goes."""
+    import pickle
+
+    path = dataset_dir / "meta.pkl"
+    meta = tok.to_meta()
+    if "itos" not in meta:
+        path.unlink(missing_ok=True)
+        return
+    itos = {int(i): c for i, c in meta["itos"].items()}
+    atomic_write(path, pickle.dumps({"vocab_size": meta["vocab_size"], "itos": itos, "stoi": dict(meta["stoi"])}))
+
+
 def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: PrepareOptions) -> None:
     """Read, tokenize and write; the caller holds the directory's lock."""
     if spec is not None:
@@ -317,6 +333,7 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
                     f"dataset {name!r} came out with {writer.counts['train']} train and {writer.counts['val']} val "
                     f"tokens: the corpus{cut} is too small to split (val_fraction={fraction})"
                 )
+            _write_nanogpt_meta(dataset_dir, tok)
             writer.commit(_meta(name, tok, writer, docs, corpus, fraction, opts))
     finally:
         if progress is not None:

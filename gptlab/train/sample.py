@@ -185,11 +185,13 @@ def generate_text(
     device: torch.device,
     temperature: float = 0.8,
     top_k: int | None = 200,
-    seed: int = 1337,
+    seed: int | None = 1337,
     eager: bool = True,
 ) -> str:
-    """Encode ``prompt``, sample, decode; the model's train/eval mode is restored afterwards. ``eager``:
-    a model compiled for training runs eagerly here (see below); ``sample --compile`` compiles for this."""
+    """Encode ``prompt``, sample, decode; the model's train/eval mode is restored afterwards. ``seed``: drawn
+    from a generator seeded so, the caller's RNG state left as it was; None: from the current RNG state, as
+    a series of samples is (``sample``). ``eager``: a model compiled for training runs eagerly here (see
+    below); ``sample --compile`` compiles for this."""
     from gptlab.data.tokenizers import load_tokenizer
 
     if tokenizer_meta is None:
@@ -207,12 +209,13 @@ def generate_text(
     x = torch.tensor([ids], dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
-    gen = torch.random.fork_rng(devices=[]) if device.type != "cuda" else torch.random.fork_rng()
+    gen = _forked_rng(device) if seed is not None else contextlib.nullcontext()
     # A model compiled for training runs eagerly here: decoding grows the sequence a token at a time, which
     # would recompile for dynamic shapes and, under CUDA-graph modes, record one graph per length.
     stance = torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext()
     with gen, stance:
-        torch.manual_seed(seed)
+        if seed is not None:
+            torch.manual_seed(seed)
         y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, vocab_limit=tok.vocab_size)
     model.train(was_training)
     out = y[0].tolist()
@@ -235,7 +238,10 @@ def sample(cfg: SampleConfig) -> list[str]:
     if cfg.compile:  # in place, so that generate()'s own calls of the model run compiled (not only model(...))
         model.compile(dynamic=True)
     low = dtype != "float32"
-    with torch.autocast(device.type, dtype=PT_DTYPES[dtype]) if low else contextlib.nullcontext():
+    # seeded once, the samples drawn one after another from that generator: nanoGPT's sample.py, whose
+    # samples the same checkpoint and seed reproduce
+    with _forked_rng(device), torch.autocast(device.type, dtype=PT_DTYPES[dtype]) if low else contextlib.nullcontext():
+        torch.manual_seed(cfg.seed)
         return [
             generate_text(
                 model,
@@ -245,8 +251,13 @@ def sample(cfg: SampleConfig) -> list[str]:
                 device=device,
                 temperature=cfg.temperature,
                 top_k=cfg.top_k,
-                seed=cfg.seed + i,
+                seed=None,
                 eager=not cfg.compile,
             )
-            for i in range(cfg.num_samples)
+            for _ in range(cfg.num_samples)
         ]
+
+
+def _forked_rng(device: torch.device) -> Any:
+    """The RNG state (CPU, and the CUDA devices' when sampling there) restored on exit."""
+    return torch.random.fork_rng(devices=[]) if device.type != "cuda" else torch.random.fork_rng()

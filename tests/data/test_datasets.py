@@ -83,9 +83,17 @@ def test_shakespeare_from_local_input_splits_like_nanogpt(tmp_path: Path, text_f
     assert meta["tokens"] == {"train": int(len(text) * 0.9), "val": len(text) - int(len(text) * 0.9)}
     assert meta["tokenizer"]["itos"]["0"] == "\n" and meta["vocab_size"] == len(set(text))
     assert decoded(out) == text
+    # nanoGPT's meta.pkl beside it (its train.py and sample.py read a char vocabulary from there), as its
+    # prepare.py builds it: chars = sorted(set(data))
+    import pickle
+
+    chars = sorted(set(text))
+    nano = pickle.loads((out / "meta.pkl").read_bytes())
+    stoi = {c: i for i, c in enumerate(chars)}
+    assert nano == {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
 
     out = prepare_dataset("shakespeare", tmp_path, input_path=text_file)
-    assert read_meta(out)["tokenizer"]["name"] == "gpt2"
+    assert read_meta(out)["tokenizer"]["name"] == "gpt2" and not (out / "meta.pkl").exists()
     assert decoded(out) == text + "<|endoftext|>"
 
 
@@ -338,7 +346,7 @@ def test_concurrent_ensure_prepared_is_safe(tmp_path: Path, monkeypatch: pytest.
         results = pool.map(_ensure_in_child, [tmp_path] * 3)
     assert results[0] == results[1] == results[2]
     assert sorted(p.name for p in (tmp_path / "stdlib_char").iterdir()) == [
-        ".prepare.lock", "meta.json", "train.bin", "val.bin",
+        ".prepare.lock", "meta.json", "meta.pkl", "train.bin", "val.bin",
     ]  # fmt: skip
 
 

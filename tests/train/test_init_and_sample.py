@@ -417,6 +417,13 @@ def test_nanogpt_char_run_samples_as_nanogpt_does(tmp_path: Path, monkeypatch: p
     assert text == tok.decode(expected[0].tolist()) and text.startswith("to be") and len(text) == 17
     (via_path,) = sample(parse_sample_args([*args, "--num_samples=1", "--init_from=out-shakespeare-char/ckpt.pt"]))
     assert via_path == text
+    # several samples: nanoGPT seeds once (torch.manual_seed(seed)) and draws them one after another
+    drawn = sample(parse_sample_args([*args[:3], "--temperature=1.0", "--num_samples=3", "--seed=5", "--top_k=None"]))
+    torch.manual_seed(5)
+    x = torch.tensor([tok.encode("to be")])
+    with torch.no_grad():
+        reference = [tok.decode(model.generate(x, 12, temperature=1.0, top_k=None)[0].tolist()) for _ in range(3)]
+    assert drawn == reference and len(set(drawn)) > 1
     # nanoGPT's other sample.py keys: dtype (autocast) and compile (the model's forward, in place, so that
     # generate's calls run compiled; nanoGPT's torch.compile(model) wrapper never reached them)
     (low,) = sample(parse_sample_args([*args, "--num_samples=1", "--dtype=bfloat16"]))
