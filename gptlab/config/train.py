@@ -326,6 +326,8 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
     if not path.is_file():
         if "=" in str(path):
             hint = f" (did you mean --{str(path).lstrip('-')}?)"
+        elif path.suffix != ".py" and path.with_name(path.name + ".py").is_file():
+            hint = f" (did you mean {str(path) + '.py'!r}?)"
         elif str(path).lstrip("-").replace(".", "", 1).isdigit():
             hint = " (overrides take the form --key=value, with '=')"
         elif not path.exists() and path.parent.name == "config":

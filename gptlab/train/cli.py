@@ -126,7 +126,11 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
+        # rank 0's log printed it on stdout: again on stderr only where that is not the same terminal
+        # (a redirected stdout); the other ranks' would repeat it
+        same_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+        if os.environ.get("RANK", "0") == "0" and not same_terminal:
+            print(str(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("aborted (Ctrl-C); files already written are as they were", file=sys.stderr)

@@ -178,6 +178,8 @@ def test_config_file_errors(tmp_path: Path) -> None:
         load_config_file(broken)
     with pytest.raises(ConfigError, match="must come before"):
         parse_run_args(["--n_layer=2", str(bad_key)])
+    with pytest.raises(ConfigError, match=r"bad' does not exist \(did you mean '.*bad\.py'\?\)"):
+        load_config_file(tmp_path / "bad")  # the .py left out
     # argparse habits: a space instead of '=', one dash
     with pytest.raises(ConfigError, match=r"^cannot parse '--n_layer 2': write --n_layer=2$"):
         parse_run_args(["--n_layer", "2"])
