@@ -260,9 +260,29 @@ class Comparison:
             "report": self.report,
         }
 
+    def to_csv(self) -> str:
+        """Every figure unrounded (bytes, FLOPs, tokens/s, losses), a row each: ``table, key, figure``, then a
+        column per architecture; for a spreadsheet or a paper's plotting script."""
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["table", "key", "figure", *self.labels])
+        for key, label in self.rows():
+            writer.writerow(["architecture", key, label, *(_csv_cell(f[key]) for f in self.figures)])
+        if self.training:
+            from gptlab.compare_train import TRAIN_ROWS
+
+            for key, label in TRAIN_ROWS:
+                writer.writerow(["training", key, label, *(_csv_cell(r.get(key)) for r in self.training)])
+        return buffer.getvalue().rstrip("\n")
+
     def render(self, fmt: str = "text") -> str:
         if fmt == "json":
             return json.dumps(self.to_dict(), indent=2)
+        if fmt == "csv":
+            return self.to_csv()
         tables = [self.table()]
         if (tt := self.training_table()) is not None:
             tables.append(tt)
@@ -270,6 +290,10 @@ class Comparison:
         if self.report:
             out.append(f"report: {self.report}")
         return "\n\n".join(out)
+
+
+def _csv_cell(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def render_markdown(header: list[str], rows: list[list[str]]) -> str:

@@ -20,6 +20,10 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.telemetry.cli import AUTOCAST_DTYPES
 
     overrides = parse_overrides(extra, TEXT_KEYS)
+    if not args.architectures:  # the design document's bare `python compare_architectures.py`: the presets
+        from gptlab.config.model import PRESETS
+
+        args.architectures = list(PRESETS)
     table = dict(
         gpu=args.gpu, mfu=args.mfu, world_size=args.world_size, activation_checkpointing=args.activation_checkpointing
     )
@@ -86,7 +90,11 @@ def register(sub: Any) -> None:
         description="Compare presets and/or config files, e.g. gptlab compare gpt2 llama hybrid --n_layer=12. "
         "--key=value overrides apply to every architecture (and, with --train, to its training).",
     )
-    c.add_argument("architectures", nargs="+", help="presets (gpt2, llama, hybrid, team, custom) or config files")
+    c.add_argument(
+        "architectures",
+        nargs="*",
+        help="presets (gpt2, llama, hybrid, team, custom), config files or run directories (default: every preset)",
+    )
     c.add_argument(
         "--gpu", default=TABLE_DEFAULTS["gpu"], help="accelerator for the throughput estimate (default H100-SXM)"
     )
@@ -101,7 +109,7 @@ def register(sub: Any) -> None:
     )
     c.add_argument("--dtype", help="autocast dtype for the plan (default bfloat16); with --train also the training's")
     c.add_argument("--activation_checkpointing", action="store_true", help="plan with per-block checkpointing")
-    c.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    c.add_argument("--format", choices=("text", "markdown", "json", "csv"), default="text")
     c.add_argument("--train", action="store_true", help="also train each for the same tokens (CPU default: ~10 s each)")
     c.add_argument("--out_dir", help="with --train: runs go to OUT_DIR/LABEL/, the report to OUT_DIR/report/")
     add_plugins_option(c)

@@ -95,6 +95,19 @@ def test_cli_formats_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "gpt3" in capsys.readouterr().err
     assert main(["compare", "gpt2", "--max_iters=5"]) == 2  # training keys need --train
     assert "--train" in capsys.readouterr().err
+    # CSV: every figure unrounded, as JSON has them; no architecture named: every preset
+    import csv
+
+    from gptlab.config.model import PRESETS
+
+    assert main(["compare", "--format", "csv"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0] == ["table", "key", "figure", *PRESETS]
+    by_key = {r[1]: r for r in rows[1:]}
+    assert main(["compare", *PRESETS, "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)["architectures"]
+    assert [int(v) for v in by_key["params_total"][3:]] == [data[p]["params_total"] for p in PRESETS]
+    assert [float(v) for v in by_key["memory.fsdp"][3:]] == [data[p]["memory.fsdp"] for p in PRESETS]
 
 
 def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
