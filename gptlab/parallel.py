@@ -11,7 +11,6 @@ PyTorch's own (``torch.distributed``, DDP, ``ZeroRedundancyOptimizer``, FSDP2).
 from __future__ import annotations
 
 import datetime
-import functools
 import hashlib
 import inspect
 import json
@@ -212,18 +211,9 @@ def barrier(info: DistInfo) -> None:
 
 # ---------------------------------------------------------------------------- wrapping the model
 def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each block's activations in backward (non-reentrant checkpoint); parameter names
-    stay unchanged because only the block's ``forward`` is replaced."""
-    from torch.utils.checkpoint import checkpoint
-
-    for block in model.blocks:  # type: ignore[attr-defined]
-        forward = block.forward
-
-        @functools.wraps(forward)
-        def checkpointed(*args: Any, _forward: Any = forward, **kwargs: Any) -> Any:
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-
-        block.forward = checkpointed
+    """Recompute each block's activations in backward (non-reentrant checkpoint, inside each block's call:
+    ``ConfigurableGPT.gradient_checkpointing_enable``); parameter names stay unchanged."""
+    model.gradient_checkpointing_enable()  # type: ignore[operator]
 
 
 def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) -> nn.Module:

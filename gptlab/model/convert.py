@@ -138,7 +138,11 @@ def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> Configurabl
     from gptlab.plugins import saved_plugins
 
     config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides}, saved_plugins(ckpt))
-    return _build(config, clean_state_dict(dict(ckpt["model"])), "gptlab checkpoint")
+    model = _build(config, clean_state_dict(dict(ckpt["model"])), "gptlab checkpoint")
+    tokens = (ckpt.get("tokenizer") or {}).get("vocab_size")
+    if isinstance(tokens, int) and 0 < tokens < config.vocab_size:  # a padded vocabulary: generate() stays below
+        model.vocab_limit = tokens
+    return model
 
 
 def _from_torch_checkpoint(ckpt: Any, overrides: dict[str, Any]) -> ConfigurableGPT:

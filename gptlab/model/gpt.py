@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from gptlab.config.model import ModelArchitectureConfig
 from gptlab.model.attention import CausalSelfAttention
@@ -48,7 +49,16 @@ class TransformerBlock(nn.Module):
             config.ffn_type, config.n_embd, config.ffn_hidden_dim, config.bias, config.dropout, activation
         )
 
+    checkpointed = False  # set per block by ConfigurableGPT.gradient_checkpointing_enable()
+
     def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
+        if self.checkpointed:
+            # backward recomputes the block from its input (non-reentrant); inside the module's call, so that
+            # FSDP's hooks and torch.compile's wrapper of the block stay outside the checkpointed region
+            return checkpoint(self._layer, x, pos, use_reentrant=False)
+        return self._layer(x, pos)
+
+    def _layer(self, x: Tensor, pos: PositionContext) -> Tensor:
         if self.pre_norm:
             x = x + self.attn(self.norm_1(x), pos)
             return x + self.ffn(self.norm_2(x))
@@ -69,8 +79,10 @@ class ConfigurableGPT(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm_f = build_norm(config.normalization, config.n_embd, config.norm_eps) if config.final_norm else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.weight_tying:
-            self.lm_head.weight = self.wte.weight
+        self.tie_weights()
+        # the tokenizer's vocabulary where vocab_size pads it (set by from_pretrained of a gptlab checkpoint):
+        # generate() never samples the padding ids, which no tokenizer decodes
+        self.vocab_limit: int | None = None
         # tokens per chunk of the fused LM head + cross-entropy (gptlab.model.loss); 0: plain logits.
         # A training setting, not architecture: the Trainer sets it from TrainConfig.loss_chunk_size.
         self.loss_chunk_size = 0
@@ -115,6 +127,36 @@ class ConfigurableGPT(nn.Module):
         return logits, loss
 
     # ------------------------------------------------------------------ utilities
+    def tie_weights(self) -> None:
+        """Share the token embedding with the LM head (``weight_tying``), as one parameter."""
+        if self.config.weight_tying:
+            self.lm_head.weight = self.wte.weight
+
+    def to_empty(self, *, device: torch.device | str | int | None, recurse: bool = True) -> ConfigurableGPT:
+        """``nn.Module.to_empty``, tied weights kept tied (PyTorch's gives each module its own new tensor, so
+        the embedding and the LM head would train as two matrices). Values stay uninitialised: load a state
+        dict, and call ``init_buffers()``. Under FSDP2 the sharded parameters are left to FSDP."""
+        super().to_empty(device=device, recurse=recurse)
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(self, FSDPModule):
+            self.tie_weights()
+        return self
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block's activations in backward instead of keeping them (``activation_checkpointing``;
+        Hugging Face's name); parameter names, copies and pickling are unaffected."""
+        for block in self.blocks:
+            block.checkpointed = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for block in self.blocks:
+            block.checkpointed = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(block.checkpointed for block in self.blocks)
+
     def init_buffers(self) -> None:
         """Recompute the non-persistent buffers (RoPE's tables, ALiBi's slopes), which no state dict
         carries: call it after ``to_empty()`` when the model was built on the meta device."""
@@ -163,7 +205,10 @@ class ConfigurableGPT(nn.Module):
         vocab_limit: int | None = None,
     ) -> Tensor:
         """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); temperature 0 is greedy.
-        ``vocab_limit`` keeps ids below the tokenizer's size when the vocabulary is padded."""
+        ``vocab_limit`` keeps ids below the tokenizer's size when the vocabulary is padded (default: the
+        model's ``vocab_limit``, which a gptlab checkpoint's tokenizer sets)."""
+        if vocab_limit is None:
+            vocab_limit = self.vocab_limit
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(idx_cond)

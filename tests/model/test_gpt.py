@@ -201,3 +201,73 @@ def test_a_model_built_on_meta_gets_its_buffers_back() -> None:
     model.init_buffers()
     x = torch.randint(0, 256, (1, 8))
     torch.testing.assert_close(model(x, x)[1], reference(x, x)[1])
+
+
+def test_a_tied_model_built_on_meta_stays_tied() -> None:
+    """nn.Module.to_empty gives the embedding and the LM head a tensor each: they would train as two
+    matrices (more parameters, other optimizer groups). ConfigurableGPT.to_empty ties them again."""
+    reference = ConfigurableGPT(get_debug_config("gpt2"))
+    with torch.device("meta"):
+        model = ConfigurableGPT(get_debug_config("gpt2"))
+    assert model.to_empty(device="cpu") is model
+    model.load_state_dict(reference.state_dict())
+    assert model.lm_head.weight is model.wte.weight
+    assert model.get_num_params() == reference.get_num_params()
+    assert len(list(model.parameters())) == len(list(reference.parameters()))
+
+
+def test_gradient_checkpointing_toggles_and_copies_stay_independent() -> None:
+    """The switch is a flag the blocks read (not a replaced forward that holds the original's bound method):
+    the same loss and gradients, off again, and a deep copy (an EMA or eval copy) computes with its own
+    weights; the model still pickles."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = ConfigurableGPT(get_debug_config("llama"))
+    x = torch.randint(0, 256, (2, 16))
+
+    def loss_and_grads(m: ConfigurableGPT) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        m.zero_grad()
+        loss = m(x, x)[1]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in m.parameters()]
+
+    plain = loss_and_grads(model)
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    checkpointed = loss_and_grads(model)
+    torch.testing.assert_close(checkpointed[0], plain[0])
+    for a, b in zip(checkpointed[1], plain[1]):
+        torch.testing.assert_close(a, b)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.blocks.parameters():
+            p.zero_()
+    assert not torch.equal(twin(x)[0], model(x)[0])  # the copy runs its own blocks
+    model.zero_grad()
+    twin(x, x)[1].backward()
+    assert all(p.grad is None for p in model.parameters())  # the copy's gradients land on the copy
+    assert all(p.grad is not None for p in twin.parameters())
+    torch.save(model, io.BytesIO())
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+
+
+def test_generate_stays_inside_a_checkpoints_tokenizer(tmp_path) -> None:
+    """A char run's vocabulary is padded (102 -> 128): from_pretrained of its checkpoint samples only ids the
+    tokenizer decodes, as `gptlab sample` does."""
+    from gptlab.model.convert import model_from_checkpoint
+
+    config = get_debug_config("gpt2", vocab_size=128)
+    model = ConfigurableGPT(config)
+    with torch.no_grad():
+        model.lm_head.weight[100:] = 0.0  # ties: the padding rows of the embedding too
+        model.norm_f.bias.zero_()
+    ckpt = {"arch": config.to_dict(), "model": model.state_dict(), "tokenizer": {"name": "char", "vocab_size": 100}}
+    loaded = model_from_checkpoint(ckpt)
+    assert loaded.vocab_limit == 100
+    torch.manual_seed(0)
+    out = loaded.generate(torch.zeros(8, 1, dtype=torch.long), 64, temperature=5.0)
+    assert int(out.max()) < 100
+    assert ConfigurableGPT(config).vocab_limit is None  # a model of its own samples the whole vocabulary
