@@ -14,7 +14,7 @@ from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import TEXT_KEYS
 from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError, did_you_mean, is_out_of_memory
 from gptlab.plugins import add_plugins_option, import_plugins
-from gptlab.train.signals import TrainingInterrupted
+from gptlab.train.signals import TrainingInterrupted, report_interrupted
 
 
 def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
@@ -169,8 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command()
     except TrainingInterrupted as e:  # stopped on SIGTERM / Ctrl-C after checkpointing: a shell's status
-        print(f"gptlab: {e}", file=sys.stderr)
-        return e.exit_code
+        return report_interrupted(e, "gptlab: ")
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise

@@ -87,8 +87,13 @@ def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) ->
     else:
         values["arch_preset"] = arch.source
     values.update(overrides)
-    if "max_iters" in overrides and "lr_decay_iters" not in overrides:  # the schedule spans the run, as by default
-        values["lr_decay_iters"] = overrides["max_iters"]
+    max_iters = overrides.get("max_iters")
+    if isinstance(max_iters, int) and not isinstance(max_iters, bool):  # (a bad value: TrainConfig says so)
+        # the schedule spans the run, as by default, with a warmup of at most a tenth of it
+        if "lr_decay_iters" not in overrides:
+            values["lr_decay_iters"] = max_iters
+        if "warmup_iters" not in overrides:
+            values["warmup_iters"] = min(values["warmup_iters"], max(max_iters, 0) // 10)
     values["out_dir"] = str(out_dir / arch.label)
     return values
 

@@ -206,7 +206,7 @@ def test_compare_train_overrides_apply_to_the_trained_sizes_and_matplotlib_is_ch
     assert [(a.config.n_embd, a.config.n_head) for a in result.architectures] == [(40, 4), (40, 4)]
     # --max_iters alone: the schedule decays over the run (not to the default 200's min_lr at iteration 1)
     saved = json.loads((tmp_path / "cmp" / "gpt2" / "config.json").read_text())["train"]
-    assert saved["lr_decay_iters"] == saved["max_iters"] == 1
+    assert saved["lr_decay_iters"] == saved["max_iters"] == 1 and saved["warmup_iters"] == 0
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(GptlabError, match="needs matplotlib"):
         train_and_compare(["gpt2"], {**overrides, "out_dir": str(tmp_path / "none")}, log=lambda text: None)

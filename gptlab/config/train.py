@@ -238,6 +238,9 @@ def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> No
     config file may spell out every key, a typed one is meant to change something. An evaluation
     trains nothing, so nothing is checked there."""
     typed = set(typed)
+    if "backend" in typed and train.backend == "nccl" and train.device.split(":")[0] == "cpu":
+        # typed only: nanoGPT's config files all say backend='nccl', which a CPU run (gloo) ignores, as nanoGPT does
+        raise ConfigError("backend='nccl' needs CUDA tensors, but device='cpu': use backend='gloo' (or auto)")
     if train.eval_only:
         return
     decays = train.decay_lr and train.lr_schedule != "constant"
@@ -250,9 +253,7 @@ def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> No
             "would end before the warmup does; "
             + ("make warmup_iters <= lr_decay_iters" if both else f"set --{other} too")
         )
-    if "backend" in typed and train.backend == "nccl" and train.device.split(":")[0] == "cpu":
-        # typed only: nanoGPT's config files all say backend='nccl', which a CPU run (gloo) ignores, as nanoGPT does
-        raise ConfigError("backend='nccl' needs CUDA tensors, but device='cpu': use backend='gloo' (or auto)")
+
     for key in sorted(typed & set(_VOIDED_BY)):
         for setting, voids in _VOIDED_BY[key]:
             if voids(train):
@@ -326,7 +327,7 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
     if not path.is_file():
         if "=" in str(path):
             hint = f" (did you mean --{str(path).lstrip('-')}?)"
-        elif path.suffix != ".py" and path.with_name(path.name + ".py").is_file():
+        elif path.name and path.suffix != ".py" and path.with_name(path.name + ".py").is_file():
             hint = f" (did you mean {str(path) + '.py'!r}?)"
         elif str(path).lstrip("-").replace(".", "", 1).isdigit():
             hint = " (overrides take the form --key=value, with '=')"

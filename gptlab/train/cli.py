@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gptlab.errors import PATH_ERRORS, USER_ERRORS
-from gptlab.train.signals import TrainingInterrupted
+from gptlab.train.signals import TrainingInterrupted, report_interrupted
 
 # `gptlab train` with no config: a small model on the embedded dataset that a 2-core CPU
 # trains in about two minutes, ending with a checkpoint, a summary and a sample.
@@ -126,12 +126,7 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except TrainingInterrupted as e:
-        # rank 0's log printed it on stdout: again on stderr only where that is not the same terminal
-        # (a redirected stdout); the other ranks' would repeat it
-        same_terminal = sys.stdout.isatty() and sys.stderr.isatty()
-        if os.environ.get("RANK", "0") == "0" and not same_terminal:
-            print(str(e), file=sys.stderr)
-        return e.exit_code
+        return report_interrupted(e)
     except KeyboardInterrupt:
         print("aborted (Ctrl-C); files already written are as they were", file=sys.stderr)
         return 130

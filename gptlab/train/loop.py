@@ -694,8 +694,11 @@ class Trainer:
         if self.master and summary_path.is_file():
             with contextlib.suppress(OSError, ValueError):
                 summary = json.loads(summary_path.read_text())
-        # every rank takes the same branch (_finish has collectives)
-        (have,) = parallel.all_reduce_max([float(isinstance(summary, dict))], self.dist)
+        # the finished run's own summary only (a job killed between its last checkpoint and its summary leaves
+        # an earlier session's); every rank takes the same branch (_finish has collectives)
+        final = isinstance(summary, dict) and summary.get("status") == "completed"
+        final = final and summary.get("iterations") == self.iter_num
+        (have,) = parallel.all_reduce_max([float(final)], self.dist)
         if not have:
             return self._finish(None)
         self.logger.close()
@@ -918,8 +921,9 @@ class Trainer:
             extra["planned_bytes_per_rank"] = {k: getattr(plan.mode, k) for k in self.measured_bytes}
         if last_losses:
             extra["final_train_loss"] = last_losses["train"]
-        # the run's best over every session (the checkpoint carries it), not only this session's evaluations
-        extra["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
+        if not self.cfg.eval_only:  # an evaluation's best is its own (the logger's)
+            # the run's best over every session (the checkpoint carries it), not only this session's evaluations
+            extra["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return extra
 
 

@@ -92,6 +92,10 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
     found = gptlab_checkpoint_path(source) if source.exists() else None
     nanogpt = _nanogpt_checkpoint(found)
     if nanogpt is not None:  # nanoGPT's ckpt.pt, sampled as nanoGPT's sample.py does
+        from gptlab.checkpoint import check_zip_crc
+
+        assert found is not None
+        check_zip_crc(found)  # it was only peeked at (memory-mapped): now its weights are used
         model = model_from_nanogpt(nanogpt, dropout=0.0)
         return model.eval().to(device), _nanogpt_tokenizer(nanogpt, model.config.vocab_size)
     ckpt = load_checkpoint(source) if resume else _gptlab_checkpoint(found)

@@ -164,6 +164,16 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     assert summary == json.loads(kept["summary.json"]) and summary["iterations"] == 5
     assert summary["best_val_loss"] is not None
     assert any(r.get("event") == "done" for r in _records(tmp_path))
+    # a summary an earlier session left (the job died between its last checkpoint and its summary) is not it
+    stale = {**json.loads(kept["summary.json"]), "status": "interrupted: SIGTERM", "iterations": 3}
+    (tmp_path / "summary.json").write_text(json.dumps(stale))
+    summary = train(
+        parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, eval_interval=4, init_from="resume")),
+        stream=io.StringIO(),
+    )
+    assert (summary["status"], summary["iterations"]) == ("completed", 5)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    (tmp_path / "summary.json").write_bytes(kept["summary.json"])
     # eval_only evaluates the checkpoint whatever its iteration (5 is not a multiple of 4) and leaves the run's
     # files as they are (nanoGPT's eval_only writes nothing): its records go to eval.jsonl
     files = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "log.jsonl", "config.json", "summary.json")}
@@ -176,6 +186,7 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     assert "gptlab evaluation" in report and "at iter 5 (eval_only" in report
     assert "schedule:" not in report and "optimizer:" not in report
     assert summary["final_val_loss"] is not None
+    assert summary["best_val_loss"] == summary["final_val_loss"]  # the evaluation's own, not the run's
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [r["val_loss"] for r in evals if r["type"] == "eval"] == [summary["final_val_loss"]]
@@ -442,6 +453,14 @@ def test_nanogpt_char_run_samples_as_nanogpt_does(tmp_path: Path, monkeypatch: p
         def __reduce__(self):
             return (os.system, ("echo pwned",))
 
+    # flipped bytes in the nanoGPT checkpoint's tensors: refused before its weights are used
+    ckpt_file = tmp_path / "out-shakespeare-char" / "ckpt.pt"
+    blob = ckpt_file.read_bytes()
+    at = 2 * len(blob) // 3
+    ckpt_file.write_bytes(blob[:at] + bytes(b ^ 0xFF for b in blob[at : at + 32]) + blob[at + 32 :])
+    with pytest.raises(CheckpointError, match="fails its CRC-32 check"):
+        sample(parse_sample_args(args))
+    ckpt_file.write_bytes(blob)
     (tmp_path / "data" / "shakespeare_char" / "meta.pkl").write_bytes(pickle.dumps({"itos": Evil()}))
     with pytest.raises(DataError, match=r"is not nanoGPT's char meta.pkl \(it names (posix|os)\.system"):
         sample(parse_sample_args(args))

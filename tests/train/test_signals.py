@@ -148,3 +148,19 @@ def test_a_stop_before_the_first_step_evaluates_nothing_and_one_during_an_eval_s
     assert [r["iter"] for r in records if r["type"] == "eval"] == [0, 4]
     assert max(r["iter"] for r in records if r["type"] == "iter") == 3
     assert load_checkpoint(out)["iter_num"] == 4
+
+
+def test_the_stop_message_is_said_once(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0's log has printed it on stdout: stderr repeats it only where stdout goes elsewhere (a file), and
+    only rank 0 does; the exit status is the signal's either way."""
+    from gptlab.train.signals import TrainingInterrupted, report_interrupted
+
+    stop = TrainingInterrupted(signal.SIGTERM, "stopped by SIGTERM at iter 7: a checkpoint at iter 7")
+    assert report_interrupted(stop, "gptlab: ") == stop.exit_code == 143
+    assert capsys.readouterr().err == "gptlab: stopped by SIGTERM at iter 7: a checkpoint at iter 7\n"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert report_interrupted(stop) == 143 and capsys.readouterr().err == ""  # one terminal: said once
+    monkeypatch.undo()
+    monkeypatch.setenv("RANK", "1")
+    assert report_interrupted(stop) == 143 and capsys.readouterr().err == ""

@@ -109,6 +109,7 @@ def test_config_file_then_overrides() -> None:
         (["--sample_tokens=50"], r"sample_tokens=50 has no effect with sample_at_end=False"),
         (["--wandb_project='p'"], r"wandb_project='p' has no effect with wandb_log=False"),
         (["--device=cpu", "--backend=nccl"], r"backend='nccl' needs CUDA tensors"),
+        (["--device=cpu", "--backend=nccl", "--eval_only=True"], r"backend='nccl' needs CUDA tensors"),
         (["--warmup_iters=3", "--lr_decay_iters=1"], r"lr_decay_iters=1 is smaller than warmup_iters=3"),
         (["--wsd_decay_frac=1.5"], r"wsd_decay_frac=1.5 is invalid: expected a float in \[0, 1\]"),
         # names and values
@@ -180,6 +181,9 @@ def test_config_file_errors(tmp_path: Path) -> None:
         parse_run_args(["--n_layer=2", str(bad_key)])
     with pytest.raises(ConfigError, match=r"bad' does not exist \(did you mean '.*bad\.py'\?\)"):
         load_config_file(tmp_path / "bad")  # the .py left out
+    for directory in (".", "/"):
+        with pytest.raises(ConfigError, match=r"is a directory$"):
+            load_config_file(directory)
     # argparse habits: a space instead of '=', one dash
     with pytest.raises(ConfigError, match=r"^cannot parse '--n_layer 2': write --n_layer=2$"):
         parse_run_args(["--n_layer", "2"])
