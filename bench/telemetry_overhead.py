@@ -34,6 +34,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(3):  # warm-up
         trainer.train_step()
+    trainer.iter_num = 1  # not 0: every interval, NEVER's included, fires at iteration 0
     for _ in range(a.rounds):
         for name, interval in variants.items():
             trainer.cfg.gradient_log_interval = interval
