@@ -109,12 +109,25 @@ class _ExactOptions(argparse.ArgumentParser):
 RAW_COMMANDS: dict[str, str] = {"train": "run_train", "sample": "run_sample"}
 
 
+def torch_version() -> str:
+    """torch's version without importing it (a second of start-up for `--version`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ExactOptions(
         prog="gptlab",
         description="Train GPT architectures assembled from configuration, with verified FLOPs, MFU and memory "
         "figures. Start with `gptlab train` (a two-minute CPU run); `gptlab COMMAND -h` explains each command.",
     )
+    from gptlab import __version__
+
+    parser.add_argument("-V", "--version", action="version", version=f"gptlab {__version__} (torch {torch_version()})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ExactOptions)
     arch = sub.add_parser(
         "arch",

@@ -46,3 +46,53 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     with atomic_open(path) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+RUN_LOCK = ".gptlab.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path) -> Iterator[None]:
+    """One training at a time in ``out_dir``: a job submitted twice (or a requeue racing the job it
+    replaces) would interleave its log with the other's, overwrite its checkpoint, or with overwrite=True
+    delete it. An exclusive ``flock`` held for the whole run; a second run is refused in one line naming
+    the holder. The lock goes with the process, also when it is killed."""
+    from gptlab.errors import ConfigError
+
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): not guarded
+        yield
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(out_dir / RUN_LOCK, "a+")  # noqa: SIM115 (held until the run ends)
+    except OSError:  # a read-only out_dir: the run's own first write says so
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ConfigError(
+                f"out_dir={str(out_dir)!r} is in use by another training ({holder}): wait for it to end, or pick "
+                "another --out_dir"
+            ) from None
+        import socket
+        import time
+
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        lock.flush()
+        yield
+    finally:
+        lock.close()  # releases the lock
+        if created and {p.name for p in out_dir.iterdir()} <= {RUN_LOCK}:  # nothing of a run: leave no trace
+            (out_dir / RUN_LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()

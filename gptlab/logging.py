@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.fileio import atomic_write
+from gptlab.units import format_si
 
 
 def logged_peak_gb(memory: dict[str, Any]) -> float | None:
@@ -38,6 +39,69 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _finite_again(value: Any) -> Any:
+    """_json_safe's inverse: the strings "nan", "inf", "-inf" back to floats."""
+    if isinstance(value, str):
+        return NONFINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: _finite_again(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_again(v) for v in value]
+    return value
+
+
+def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of a run's ``log.jsonl`` (``path``: the file or its run directory), of type ``kind`` if
+    given, with non-finite numbers as floats again (the file spells them "nan", "inf", "-inf": strict JSON,
+    which jq reads); a last line cut off by a killed write is skipped. For pandas:
+    ``pd.json_normalize(read_log("out/run", "iter"))``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "log.jsonl"
+    lines = path.read_text().splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                continue
+            raise GptlabError(f"{path}:{n} is not valid JSON") from None
+        if kind is None or record.get("type") == kind:
+            records.append(_finite_again(record))
+    return records
+
+
+def _cut_torn_line(path: Path) -> int:
+    """Remove a last line that a killed write left without its newline (else the next record would be
+    appended to it, and both lost to a JSON reader); the bytes removed."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, 2)
+            if size == 0:
+                return 0
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return 0
+            start = max(0, size - (1 << 20))
+            while True:  # the last newline, read backwards a MB at a time
+                f.seek(start)
+                at = f.read(size - start).rfind(b"\n")
+                if at >= 0 or start == 0:
+                    keep = start + at + 1 if at >= 0 else 0
+                    break
+                start = max(0, start - (1 << 20))
+            f.truncate(keep)
+            return size - keep
+    except FileNotFoundError:
+        return 0
 
 
 def _duration(seconds: float) -> str:
@@ -98,20 +162,42 @@ class TrainingLogger:
         # opened last: a missing backend fails before an existing log is truncated
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name, mode = ("eval.jsonl", "a") if eval_only else ("log.jsonl", "a" if resume else "w")
-        self._file = open(self.out_dir / name, mode)  # noqa: SIM115 (lives with the logger)
+        self._path = self.out_dir / name
+        torn = _cut_torn_line(self._path) if mode == "a" else 0
+        self._file = open(self._path, mode)  # noqa: SIM115 (lives with the logger)
+        if torn:
+            cut = f"{self._path}'s last line was cut off ({torn} bytes, a killed write): removed"
+            self.log_event("log_repaired", cut)
 
     # ------------------------------------------------------------------ records
     def _write(self, record: dict[str, Any]) -> None:
         record = {"time": round(time.time(), 3), **record}
-        self._file.write(json.dumps(_json_safe(record)) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(_json_safe(record)) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk or a file-size limit: one line, as for a checkpoint
+            import shutil
+
+            free = shutil.disk_usage(self.out_dir).free
+            raise GptlabError(
+                f"cannot write {self._path}: {e.strerror or e} ({format_si(free, 'B')} free on its disk)"
+            ) from None
 
     def _print(self, text: str) -> None:
         if self._status_shown:  # clear the progress line before printing above it
-            self.stream.write("\r\x1b[K")
+            self._emit("\r\x1b[K")
             self._status_shown = False
-        self.stream.write(text + "\n")
+        self._emit(text + "\n")
         self.stream.flush()
+
+    def _emit(self, text: str) -> None:
+        """Write to the console; a stream that cannot encode the rules and symbols (an ASCII or Latin-1
+        stdout) gets them replaced, not a UnicodeEncodeError that ends the run."""
+        try:
+            self.stream.write(text)
+        except UnicodeEncodeError:
+            encoding = getattr(self.stream, "encoding", None) or "ascii"
+            self.stream.write(text.encode(encoding, errors="replace").decode(encoding))
 
     def _scalars(self, step: int, sections: dict[str, dict[str, Any]]) -> None:
         """The numbers of each section as ``section/name`` scalars, in one wandb call per step."""
@@ -253,7 +339,7 @@ class TrainingLogger:
         elapsed = time.perf_counter() - self.start_clock
         eta = elapsed / done - elapsed if done > 0 else 0.0
         bar = "█" * int(30 * done) + "░" * (30 - int(30 * done))
-        self.stream.write(f"\r\x1b[K{bar} {100 * done:5.1f}% iter {iter_num}/{self.max_iters} ETA {_duration(eta)}")
+        self._emit(f"\r\x1b[K{bar} {100 * done:5.1f}% iter {iter_num}/{self.max_iters} ETA {_duration(eta)}")
         self.stream.flush()
         self._status_shown = True
 

@@ -16,6 +16,7 @@ from gptlab import parallel
 from gptlab.config.train import RunConfig
 from gptlab.device import resolve_device
 from gptlab.errors import USER_ERRORS, GptlabError, is_out_of_memory
+from gptlab.fileio import run_lock
 from gptlab.train.loop import Trainer
 from gptlab.train.signals import TrainingInterrupted
 
@@ -78,7 +79,9 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
     info = parallel.init_distributed(run.train, device)
     try:
         try:
-            with _global_torch_settings_kept():  # a script or notebook calling train() keeps its own
+            # one training per out_dir (rank 0 holds it; an evaluation writes nothing of the run's)
+            lock = run_lock(run.train.out_dir) if info.master and not run.train.eval_only else contextlib.nullcontext()
+            with lock, _global_torch_settings_kept():  # a script or notebook calling train() keeps its own
                 summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
         except (RuntimeError, MemoryError) as e:
             oom = _out_of_memory(e)

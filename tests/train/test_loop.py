@@ -697,3 +697,16 @@ def test_summary_best_val_loss_is_the_runs_over_every_session(data_dir: Path, tm
     evals = [r["val_loss"] for r in read_log(out) if r["type"] == "eval"]
     assert min(evals[4:]) > min(evals[:4])  # 0, 4, 8 and the final 9; the second session made it worse
     assert summary["best_val_loss"] == min(evals) == load_checkpoint(out / "ckpt.pt")["best_val_loss"]
+
+
+def test_a_training_into_a_locked_out_dir_is_refused(tmp_path: Path, data_dir: Path) -> None:
+    """A job submitted twice: the second is refused in one line (nothing written), not mixed into the first."""
+    from gptlab.fileio import RUN_LOCK, run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out):
+        with pytest.raises(ConfigError, match="is in use by another training"):
+            train(parse_run_args(tiny_args(data_dir, out, max_iters=2)), stream=io.StringIO())
+        assert sorted(p.name for p in out.iterdir()) == [RUN_LOCK]  # nothing of the refused run
+    summary = train(parse_run_args(tiny_args(data_dir, out, max_iters=2)), stream=io.StringIO())
+    assert summary["status"] == "completed" and (out / RUN_LOCK).exists()

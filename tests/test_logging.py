@@ -1,0 +1,94 @@
+"""gptlab.logging and the run lock: what a cluster job meets (a full disk, a torn last line after a kill, a
+stdout that is not UTF-8, a job submitted twice) ends in one line or is repaired, never in a mixed run."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from gptlab.errors import ConfigError, GptlabError
+from gptlab.fileio import RUN_LOCK, run_lock
+from gptlab.logging import TrainingLogger, read_log
+
+
+def test_a_resumed_log_loses_no_record_to_a_torn_last_line(tmp_path: Path) -> None:
+    """A killed write leaves a line without its newline; appending would glue the next record to it."""
+    good = json.dumps({"type": "iter", "iter": 1, "loss": 2.0})
+    (tmp_path / "log.jsonl").write_text(good + "\n" + '{"type": "iter", "iter": 2, "lo')
+    logger = TrainingLogger(tmp_path, stream=io.StringIO(), resume=True)
+    logger.log_event("resume", "resuming")
+    logger.close()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is JSON again
+    assert records[0]["iter"] == 1 and [r.get("event") for r in records[1:]] == ["log_repaired", "resume"]
+    assert "last line was cut off (31 bytes" in records[1]["message"]
+
+
+def test_a_log_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    logger = TrainingLogger(tmp_path, stream=io.StringIO())
+
+    class Full(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    logger._file.close()
+    logger._file = Full()
+    full = r"cannot write .*log\.jsonl: No space left on device \(.* free on its disk\)"
+    with pytest.raises(GptlabError, match=full):
+        logger.log_event("checkpoint", "saving")
+
+
+def test_a_console_that_cannot_encode_the_rules_gets_them_replaced(tmp_path: Path) -> None:
+    """PYTHONIOENCODING=latin-1 or an ASCII locale: the banner's box drawing would end the run."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    logger = TrainingLogger(tmp_path, stream=stream)
+    logger.log_startup_info({"model": {}}, "\u2550\u2550 gptlab \u2550\u2550\nmodel \u2500 4 layers")
+    logger.close()
+    stream.flush()
+    assert raw.getvalue().decode("ascii").startswith("?? gptlab ??")
+
+
+def test_read_log_gives_floats_back_and_skips_a_torn_line(tmp_path: Path) -> None:
+    """The file spells non-finite numbers as strings (strict JSON, for jq); read_log (and pandas through it)
+    gets numbers."""
+    logger = TrainingLogger(tmp_path, stream=io.StringIO())
+    logger._write({"type": "iter", "iter": 3, "grad_norm": math.nan, "loss": math.inf, "memory": {"x": -math.inf}})
+    logger._write({"type": "eval", "iter": 3, "val_loss": 2.5})
+    logger.close()
+    assert '"grad_norm": "nan"' in (tmp_path / "log.jsonl").read_text()
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"type": "iter", "iter": 4, "lo')  # killed mid-write
+    (record,) = read_log(tmp_path, "iter")
+    assert math.isnan(record["grad_norm"]) and record["loss"] == math.inf and record["memory"]["x"] == -math.inf
+    assert [r["type"] for r in read_log(tmp_path / "log.jsonl")] == ["iter", "eval"]
+    pd = pytest.importorskip("pandas")
+    frame = pd.json_normalize(read_log(tmp_path, "iter"))
+    assert frame["grad_norm"].dtype == float and frame["memory.x"].iloc[0] == -math.inf
+
+
+def test_one_training_per_out_dir(tmp_path: Path) -> None:
+    """A second run into a live run's out_dir is refused, naming the holder; the lock goes with the run, and
+    a run that never started leaves no directory behind."""
+    out = tmp_path / "run"
+    with run_lock(out):
+        assert "pid " in (out / RUN_LOCK).read_text()
+        busy = r"out_dir=.* is in use by another training \(pid \d+ on .*\): wait"
+        with pytest.raises(ConfigError, match=busy), run_lock(out):
+            pass
+    with run_lock(out):  # released
+        pass
+    assert not out.exists()  # nothing of a run was written: no trace
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from gptlab import __version__
+    from gptlab.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"gptlab {__version__} (torch ")
