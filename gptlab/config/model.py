@@ -397,8 +397,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "llama": _LLAMA,
     # Hybrid: LLaMA's attention side (RoPE, RMSNorm, no biases) with GPT-2's GELU MLP of width
-    # 4H and tied embeddings, so that comparing it with `llama` isolates the FFN choice and
-    # comparing it with `gpt2` isolates positions and norms.
+    # 4H and tied embeddings: against `llama` it differs in the FFN and the tying, against `gpt2`
+    # in positions, norms and biases (docs/architecture.md).
     "hybrid": dict(
         normalization="rmsnorm",
         activation="gelu",

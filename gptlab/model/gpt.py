@@ -213,8 +213,11 @@ class ConfigurableGPT(nn.Module):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(idx_cond)
             logits = logits[:, -1, :]
-            if vocab_limit is not None:
-                logits = logits[:, :vocab_limit]
+            if vocab_limit is not None and vocab_limit < logits.size(-1):
+                # masked, not cut off: multinomial draws one random number per entry, so the padded row keeps
+                # the random stream of a model sampled without a limit (nanoGPT's samples, same seed)
+                logits = logits.clone()
+                logits[:, vocab_limit:] = -float("inf")
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:

@@ -271,3 +271,19 @@ def test_generate_stays_inside_a_checkpoints_tokenizer(tmp_path) -> None:
     out = loaded.generate(torch.zeros(8, 1, dtype=torch.long), 64, temperature=5.0)
     assert int(out.max()) < 100
     assert ConfigurableGPT(config).vocab_limit is None  # a model of its own samples the whole vocabulary
+
+
+def test_a_vocab_limit_keeps_the_random_stream_of_an_unlimited_sample() -> None:
+    """nanoGPT samples its padded 50304-wide rows whole; gptlab masks the padding ids rather than cutting
+    them off, because multinomial draws a random number per entry: the same seed then gives the same
+    samples as nanoGPT's sample.py (its padding ids have ~0 probability), never a padding id."""
+    model = ConfigurableGPT(get_debug_config("llama", vocab_size=128)).eval()
+    x = torch.zeros(4, 1, dtype=torch.long)
+    after = []
+    for limit in (100, None):
+        torch.manual_seed(3)
+        out = model.generate(x, 5, temperature=1.0, vocab_limit=limit)
+        after.append(torch.rand(1))
+        if limit is not None:
+            assert int(out.max()) < limit
+    assert torch.equal(after[0], after[1])
