@@ -267,11 +267,64 @@ def _point_link(out_dir: Path, name: str) -> None:
 
 
 def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """A DCP checkpoint's ``meta.pt`` (everything but the tensors), with ``dcp_path`` added."""
+    """A DCP checkpoint's ``meta.pt`` (everything but the tensors), with ``dcp_path`` added. Every DCP load
+    comes through here, so its ``.metadata`` is checked here too (``check_dcp_metadata``)."""
     path = Path(path)
     meta = _torch_load_checked(path / DCP_META)
+    check_dcp_metadata(path)
     meta["dcp_path"] = str(path)
     return meta
+
+
+# What a DCP ``.metadata`` pickle may name: DCP's own metadata types, torch.Size, dtypes, layouts, paths.
+_DCP_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
+_DCP_METADATA_NAMES = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # a table lookup by name
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+def check_dcp_metadata(path: str | Path) -> None:
+    """``torch.distributed.checkpoint`` reads a checkpoint's ``.metadata`` with plain ``pickle.load``: a
+    crafted one runs code as it is read (a downloaded FSDP checkpoint). Read it first with an unpickler
+    that builds only DCP's metadata types and refuses any other global, as weights_only does for
+    ``torch.load``."""
+    import io
+    import pickle
+
+    def allowed(module: str, name: str) -> bool:
+        if (module, name) in _DCP_METADATA_NAMES:
+            return True
+        if module == "torch":  # dtypes (torch.float32 pickles as the global torch.float32)
+            return isinstance(getattr(torch, name, None), torch.dtype)
+        if module in _DCP_METADATA_MODULES:
+            import importlib
+
+            obj = getattr(importlib.import_module(module), name, None)
+            return isinstance(obj, type) and obj.__module__ == module  # its own types, not what it imports
+        return False
+
+    class MetadataOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if not allowed(module, name):
+                raise pickle.UnpicklingError(f"it names {module}.{name}, which is not a checkpoint-metadata type")
+            return super().find_class(module, name)
+
+    for file in sorted(set(Path(path).glob("*.metadata")) | set(Path(path).glob(".metadata"))):
+        try:
+            MetadataOnly(io.BytesIO(file.read_bytes())).load()
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(
+                f"{str(file)!r} is not a DCP checkpoint's metadata ({reason}); gptlab does not read it, as "
+                "it could run code when unpickled; the file was left untouched"
+            ) from None
 
 
 def read_saved_settings(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -182,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command()
     except TrainingInterrupted as e:  # stopped on SIGTERM / Ctrl-C after checkpointing: a shell's status
-        return report_interrupted(e, "gptlab: ")
+        # `gptlab train` (a RAW_COMMANDS entry) logs to stdout; `compare --train`'s runs log to console.log files
+        return report_interrupted(e, "gptlab: ", logged_to_stdout=bool(argv) and argv[0] in RAW_COMMANDS)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise

@@ -59,8 +59,8 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
     the holder. The lock goes with the process, also when it is killed."""
     from gptlab.errors import ConfigError
 
-    out_dir = Path(out_dir)
-    created = not out_dir.exists()
+    out_dir = Path(out_dir).absolute()
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if nothing is written
     try:
         import fcntl
     except ImportError:  # no flock (Windows): not guarded
@@ -72,9 +72,11 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
     except OSError:  # a read-only out_dir: the run's own first write says so
         yield
         return
+    locked = owner = False  # owner: ours to clean up (never another live run's lock file)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = owner = True
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
@@ -82,17 +84,24 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
                 f"out_dir={str(out_dir)!r} is in use by another training ({holder}): wait for it to end, or pick "
                 "another --out_dir"
             ) from None
-        import socket
-        import time
+        except OSError as e:  # a filesystem without flock (Lustre mounted noflock): train, unguarded
+            import sys
 
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        lock.flush()
+            print(f"gptlab: warning: out_dir cannot be locked ({e.strerror or e}): not guarded", file=sys.stderr)
+            owner = True
+        if locked:
+            import socket
+            import time
+
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            lock.flush()
         yield
     finally:
         lock.close()  # releases the lock
-        if created and {p.name for p in out_dir.iterdir()} <= {RUN_LOCK}:  # nothing of a run: leave no trace
-            (out_dir / RUN_LOCK).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
+        with contextlib.suppress(OSError):
+            if owner and {p.name for p in out_dir.iterdir()} <= {RUN_LOCK}:  # nothing of a run written: no trace
+                (out_dir / RUN_LOCK).unlink(missing_ok=True)
+                for folder in created:  # the folders made for it, innermost first
+                    folder.rmdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -70,7 +71,7 @@ def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # (a line nested beyond Python's recursion limit)
             if n == len(lines):
                 continue
             raise GptlabError(f"{path}:{n} is not valid JSON") from None
@@ -163,6 +164,11 @@ class TrainingLogger:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name, mode = ("eval.jsonl", "a") if eval_only else ("log.jsonl", "a" if resume else "w")
         self._path = self.out_dir / name
+        if self._path.is_symlink():  # a run directory from elsewhere: writing would follow it out of out_dir
+            raise GptlabError(
+                f"{self._path} is a symbolic link (to {os.readlink(self._path)}): gptlab writes its log only as a "
+                "file of out_dir's own; remove the link"
+            )
         torn = _cut_torn_line(self._path) if mode == "a" else 0
         self._file = open(self._path, mode)  # noqa: SIM115 (lives with the logger)
         if torn:

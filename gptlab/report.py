@@ -73,7 +73,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if n == len(lines):  # a run killed mid-write: ignore the torn last line
                 continue
             raise GptlabError(f"{log}:{n} is not valid JSON") from None
@@ -86,7 +86,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         if t is not None:
             # a session opens with its first record: a resume event (logged before the session's startup
             # report), or else the startup report
-            resume = kind == "event" and record.get("event") == "resume"
+            # (a resume that repaired a torn log line says so first)
+            resume = kind == "event" and record.get("event") in ("resume", "log_repaired")
             if session_t0 is None or resume or (kind == "startup" and not after_resume):
                 if session_t0 is not None and last_t is not None:
                     offset += last_t - session_t0

@@ -80,9 +80,47 @@ def test_one_training_per_out_dir(tmp_path: Path) -> None:
         busy = r"out_dir=.* is in use by another training \(pid \d+ on .*\): wait"
         with pytest.raises(ConfigError, match=busy), run_lock(out):
             pass
+        assert (out / RUN_LOCK).exists()  # the refused one removed nothing of the live one's
     with run_lock(out):  # released
         pass
     assert not out.exists()  # nothing of a run was written: no trace
+    nested = tmp_path / "a" / "b" / "c"
+    with run_lock(nested):
+        pass
+    assert not (tmp_path / "a").exists()  # every folder made for it
+
+
+def test_a_filesystem_without_flock_trains_unguarded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    def no_flock(*args: object) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")  # Lustre mounted noflock
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with run_lock(tmp_path / "run"):
+        (tmp_path / "run" / "log.jsonl").write_text("")
+    assert (tmp_path / "run" / "log.jsonl").exists()
+
+
+def test_log_repaired_opens_the_session_on_the_reports_time_axis(tmp_path: Path) -> None:
+    """The repaired-log event comes before the resume event: the hours between the sessions are not
+    training time."""
+    from gptlab.report import load_run
+
+    records = [
+        {"type": "startup", "time": 100.0, "training": {"start_iter": 0, "tokens_per_iter": 8}},
+        {"type": "iter", "iter": 0, "time": 101.0, "loss": 3.0},
+        {"type": "event", "event": "log_repaired", "time": 5000.0, "message": "cut"},
+        {"type": "event", "event": "resume", "time": 5000.5, "message": "resuming"},
+        {"type": "startup", "time": 5001.0, "training": {"start_iter": 1, "tokens_per_iter": 8}},
+        {"type": "iter", "iter": 1, "time": 5002.0, "loss": 2.0},
+    ]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    repaired = [r["elapsed_s"] for r in load_run(tmp_path).iters]
+    unrepaired = [r for r in records if r.get("event") != "log_repaired"]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unrepaired))
+    assert repaired == [r["elapsed_s"] for r in load_run(tmp_path).iters] == [1.0, 2.5]  # 1 s, then 1.5 s
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,3 +130,17 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"gptlab {__version__} (torch ")
+
+
+def test_a_symlinked_log_is_not_followed(tmp_path: Path) -> None:
+    """A run directory from elsewhere whose log.jsonl links to another file: appending (a resume) or
+    truncating (a new run) would write outside out_dir."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone's file\nno newline")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").symlink_to(victim)
+    for resume in (True, False):
+        with pytest.raises(GptlabError, match=r"log\.jsonl is a symbolic link .*: gptlab writes its log only"):
+            TrainingLogger(run, stream=io.StringIO(), resume=resume)
+    assert victim.read_text() == "someone's file\nno newline"

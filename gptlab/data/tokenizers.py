@@ -67,7 +67,8 @@ class CharTokenizer(Tokenizer):
 
     def __init__(self, chars: Iterable[str]) -> None:
         self.itos = list(chars)
-        if not self.itos or any(len(c) != 1 for c in self.itos) or len(set(self.itos)) != len(self.itos):
+        single = all(isinstance(c, str) and len(c) == 1 for c in self.itos)
+        if not self.itos or not single or len(set(self.itos)) != len(self.itos):
             raise DataError("a char tokenizer needs a non-empty list of distinct single characters")
         self.stoi = {c: i for i, c in enumerate(self.itos)}
         self.vocab_size = len(self.itos)
@@ -116,6 +117,9 @@ class CharTokenizer(Tokenizer):
         itos = meta.get("itos")
         if not isinstance(itos, dict):
             raise DataError("char tokenizer meta needs an 'itos' mapping of id -> character")
+        missing = [i for i in range(len(itos)) if str(i) not in itos]
+        if missing:  # ids 0..n-1, each once (a file from elsewhere may have gaps)
+            raise DataError(f"char tokenizer meta: 'itos' has no id {missing[0]} (ids must run 0..{len(itos) - 1})")
         return cls(itos[str(i)] for i in range(len(itos)))
 
 
@@ -243,6 +247,8 @@ TOKENIZERS: dict[str, Callable[[dict[str, Any]], Tokenizer]] = {
 
 def load_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer from its ``to_meta()`` dict (or a dataset's meta.json 'tokenizer' entry)."""
+    if not isinstance(meta, dict):
+        raise DataError(f"tokenizer meta is a {type(meta).__name__}, not a mapping")
     name = meta.get("name")
     if name not in TOKENIZERS:
         raise DataError(f"tokenizer meta: {unknown_choice('name', name, TOKENIZERS)}")

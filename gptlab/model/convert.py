@@ -213,7 +213,19 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
             stacklevel=3,
         )
         config = dataclasses.replace(config, weight_tying=False)
-    model = ConfigurableGPT(config)
+    # the sizes a config names are checked against the file before anything is built: a crafted config.json
+    # (10**9 layers, a 10**10 vocabulary) would otherwise hang or fill memory first
+    layers = {k.split(".")[1] for k in state if k.startswith("blocks.")}
+    if len(layers) != config.n_layer or layers != {str(i) for i in range(len(layers))}:
+        raise CheckpointError(f"{source}: the config says {config.n_layer} layers, the weights hold {len(layers)}")
+    expected = (config.vocab_size, config.n_embd)
+    if embedding is None or tuple(embedding.shape) != expected:
+        found = "missing" if embedding is None else f"of shape {tuple(embedding.shape)}"
+        raise CheckpointError(
+            f"{source}: the token embedding (wte.weight) is {found}; the config says shape {expected}"
+        )
+    with torch.device("meta"):  # the structure only: shapes to compare, no memory, no random init
+        model = ConfigurableGPT(config)
     own = model.state_dict()
     if config.weight_tying:
         state.setdefault("lm_head.weight", embedding)
@@ -226,7 +238,11 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[key].shape):
             raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected {tuple(own[key].shape)}")
+        if tensor.is_floating_point() != own[key].is_floating_point():
+            raise CheckpointError(f"{source}: {key} holds {tensor.dtype} values, expected {own[key].dtype}")
+    model.to_empty(device="cpu")  # every tensor is loaded below (strict), tied weights tied again
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    model.init_buffers()  # RoPE's tables, ALiBi's slopes: not in any state dict
     return model.eval()  # as transformers' from_pretrained does; training code calls .train()
 
 
@@ -324,10 +340,21 @@ def _from_hf(
     """Convert a Hugging Face config and its weights; the weights are read only once the
     config is known to be supported."""
     importers = {"gpt2": _gpt2_in, "llama": _llama_in}
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"config.json holds a {type(hf).__name__}, not a model config (a JSON object)")
     model_type = hf.get("model_type")
     if model_type not in importers:
         raise CheckpointError(f"config.json model_type={model_type!r} is not supported: expected one of {SUPPORTED_HF}")
-    base, state = importers[model_type](hf, dict(read_state()))
+    try:
+        base, state = importers[model_type](hf, dict(read_state()))
+    except (KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError, RuntimeError) as e:
+        if isinstance(e, (CheckpointError, ConfigError)):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {first}"
+        raise CheckpointError(
+            f"a Hugging Face {model_type} config.json and weights that cannot be read ({what})"
+        ) from None
     model = _build(_apply(base, overrides), state, f"Hugging Face {model_type} model")
     # the source's special ids travel to save_pretrained: a LLaMA-3's are 128000/128001, a LLaMA-2's 1/2
     model.hf_special_tokens = {k: hf.get(k) for k in HF_SPECIAL_TOKEN_KEYS}
@@ -435,7 +462,8 @@ def _llama_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, A
     )
     state = _with_base_prefix(clean_state_dict(state), "model.")
     out: dict[str, Tensor] = {}
-    for i in range(base["n_layer"]):
+    present = {int(k.split(".")[2]) for k in state if k.startswith("model.layers.") and k.split(".")[2].isdigit()}
+    for i in sorted(present):  # the file's layers (a config's n_layer is checked against them in _build)
         p = f"model.layers.{i}."
         for suffix in ("weight", "bias"):
             parts = [state.pop(f"{p}self_attn.{n}_proj.{suffix}", None) for n in "qkv"]

@@ -62,13 +62,14 @@ class StopSignals:
             self._announce(signal.Signals(signum).name)
 
 
-def report_interrupted(error: TrainingInterrupted, prefix: str = "") -> int:
+def report_interrupted(error: TrainingInterrupted, prefix: str = "", *, logged_to_stdout: bool = True) -> int:
     """Print a stopped run's message on stderr where it adds something and return its exit status: rank 0's
-    log printed it on stdout, so not again on the same terminal, and the other ranks' would repeat it."""
+    log printed it on stdout (``logged_to_stdout``; not so for `compare --train`, whose runs log to their
+    console.log), so not again on the same terminal, and the other ranks' would repeat it."""
     import os
     import sys
 
-    same_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+    same_terminal = logged_to_stdout and sys.stdout.isatty() and sys.stderr.isatty()
     if os.environ.get("RANK", "0") == "0" and not same_terminal:
         print(f"{prefix}{error}", file=sys.stderr)
     return error.exit_code

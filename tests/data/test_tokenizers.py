@@ -97,3 +97,21 @@ def test_exported_gpt2_tokenizer_loads_in_transformers_offline(tmp_path) -> None
     assert hf.model_max_length == 256
     assert not save_hf_tokenizer(CharTokenizer("ab").to_meta(), tmp_path, 8)  # re-exported as a char model:
     assert not any((tmp_path / f).exists() for f in ("vocab.json", "merges.txt", "tokenizer_config.json"))
+
+
+def test_a_crafted_tokenizer_meta_is_one_line() -> None:
+    """A meta.json or checkpoint from elsewhere: gaps in the ids, non-characters, not a mapping."""
+    import pytest
+
+    from gptlab.data.tokenizers import load_tokenizer
+    from gptlab.errors import DataError
+
+    cases = [
+        ({"name": "char", "itos": {"0": "a", "2": "b"}}, r"'itos' has no id 1 \(ids must run 0\.\.1\)"),
+        ({"name": "char", "itos": {"0": "a", "1": 5}}, "distinct single characters"),
+        ({"name": "char", "itos": {"0": "a", "1": b"b"}}, "distinct single characters"),
+        ([1], "tokenizer meta is a list, not a mapping"),
+    ]
+    for meta, match in cases:
+        with pytest.raises(DataError, match=match):
+            load_tokenizer(meta)

@@ -388,3 +388,32 @@ def test_a_nanogpt_checkpoint_missing_model_args_is_one_line() -> None:
     del ckpt["model_args"]["n_head"]
     with pytest.raises(CheckpointError, match="a damaged nanoGPT checkpoint: its model_args have no n_head"):
         model_from_nanogpt(ckpt)
+
+
+def test_a_crafted_config_json_is_one_line_and_builds_nothing_first(tmp_path: Path) -> None:
+    """Sizes a config.json names are checked against the file before a model is built (10**9 layers hung,
+    a huge vocabulary filled memory); a config that cannot be read is one line, not a KeyError/ZeroDivisionError."""
+    import time
+
+    hf = _llama()
+    hf.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+
+    def attempt(**changes) -> str:
+        edited = {**config, **changes}
+        for key in [k for k, v in changes.items() if v is None]:
+            edited.pop(key)
+        (tmp_path / "hf" / "config.json").write_text(json.dumps(edited))
+        start = time.perf_counter()
+        with pytest.raises((CheckpointError, ConfigError)) as err:
+            ConfigurableGPT.from_pretrained(tmp_path / "hf")
+        assert time.perf_counter() - start < 10 and "\n" not in str(err.value)
+        return str(err.value)
+
+    assert "the config says 10000000000 layers, the weights hold 2" in attempt(num_hidden_layers=10**10)
+    assert "wte.weight) is of shape (97, 64); the config says shape (3000000, 64)" in attempt(vocab_size=3_000_000)
+    assert "(no 'hidden_size')" in attempt(hidden_size=None)
+    assert "ZeroDivisionError" in attempt(num_attention_heads=0)
+    (tmp_path / "hf" / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"config\.json holds a list, not a model config"):
+        ConfigurableGPT.from_pretrained(tmp_path / "hf")

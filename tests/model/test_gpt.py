@@ -233,9 +233,22 @@ def test_gradient_checkpointing_toggles_and_copies_stay_independent() -> None:
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in m.parameters()]
 
+    def saved_tensors(m: ConfigurableGPT) -> int:
+        count = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            count[0] += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(x, x)
+        return count[0]
+
     plain = loss_and_grads(model)
+    kept = saved_tensors(model)
     model.gradient_checkpointing_enable()
     assert model.is_gradient_checkpointing
+    assert saved_tensors(model) < kept / 2  # each block keeps its input only
     checkpointed = loss_and_grads(model)
     torch.testing.assert_close(checkpointed[0], plain[0])
     for a, b in zip(checkpointed[1], plain[1]):

@@ -12,7 +12,6 @@ import functools
 
 import pytest
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from gptlab import ConfigurableGPT, get_debug_config
 from gptlab.telemetry.activations import estimate_activations
@@ -76,8 +75,7 @@ def test_checkpointed_blocks_keep_only_their_inputs(case: str, dtype: str) -> No
     non-block tensors; the ALiBi bias is held by reference (not a hook) and block weight copies live
     in autocast's cache, both counted by the estimate but invisible here."""
     model = _model(*CASES[case])
-    for block in model.blocks:
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)  # type: ignore[method-assign]
+    model.gradient_checkpointing_enable()  # what activation_checkpointing=True sets
     measured = _measure(model, torch.bfloat16 if dtype == "bfloat16" else None)
     est = estimate_activations(model.config, B, T, dtype=dtype, device_type="cpu", activation_checkpointing=True)
     visible = sum(v for k, v in est.other.items() if k != "alibi_bias") + est.n_layer * est.checkpoint_input_bytes

@@ -287,3 +287,33 @@ def test_a_save_interrupted_between_renames_is_named_not_deleted(data_dir: Path,
         r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r.get("event") == "interrupted_save"
     ]
     assert ".ckpt-0000003.dcp.old (the one it replaced)" in event["message"]
+
+
+def test_a_crafted_dcp_metadata_runs_no_code(data_dir: Path, tmp_path: Path) -> None:
+    """DCP reads .metadata with plain pickle.load: a downloaded FSDP checkpoint could run code when sampled,
+    exported, fine-tuned from or resumed. gptlab reads it first with an unpickler that builds only DCP's
+    metadata types (a real one passes: this run's own checkpoint loads)."""
+    import pickle
+
+    from gptlab.errors import CheckpointError
+
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, eval_interval=4)), stream=io.StringIO())
+    dcp_dir = latest_checkpoint(run)
+    assert dcp_dir is not None and dcp_dir.suffix == ".dcp" and load_checkpoint(run)["iter_num"] == 5
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (dcp_dir / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError, match=r"\.metadata' is not a DCP checkpoint's metadata \(it names"):
+        load_checkpoint(run)
+    from gptlab import ConfigurableGPT
+
+    with pytest.raises(CheckpointError, match="could run code when unpickled"):
+        ConfigurableGPT.from_pretrained(dcp_dir)
+    with pytest.raises(CheckpointError, match="could run code when unpickled"):
+        train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=8, init_from="resume")))
+    assert not marker.exists()
