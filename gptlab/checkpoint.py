@@ -282,10 +282,8 @@ _DCP_METADATA_NAMES = {
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),  # a table lookup by name
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "WindowsPath"),
-    ("pathlib", "PurePosixPath"),
-    ("pathlib", "PureWindowsPath"),
+    *((module, name) for module in ("pathlib", "pathlib._local")  # pathlib._local: Python 3.13's pickles
+      for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")),
     ("collections", "OrderedDict"),
 }
 

@@ -59,7 +59,7 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
     the holder. The lock goes with the process, also when it is killed."""
     from gptlab.errors import ConfigError
 
-    out_dir = Path(out_dir).absolute()
+    out_dir = Path(os.path.abspath(out_dir))  # '..' resolved, so that each folder made below can be removed
     created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if nothing is written
     try:
         import fcntl

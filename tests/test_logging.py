@@ -88,6 +88,9 @@ def test_one_training_per_out_dir(tmp_path: Path) -> None:
     with run_lock(nested):
         pass
     assert not (tmp_path / "a").exists()  # every folder made for it
+    with run_lock(tmp_path / "miss" / ".." / "other"):
+        pass
+    assert not (tmp_path / "other").exists() and not (tmp_path / "miss").exists()
 
 
 def test_a_filesystem_without_flock_trains_unguarded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

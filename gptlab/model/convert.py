@@ -225,8 +225,7 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
             f"{source}: the token embedding (wte.weight) is {found}; the config says shape {expected}"
         )
     with torch.device("meta"):  # the structure only: shapes to compare, no memory, no random init
-        model = ConfigurableGPT(config)
-    own = model.state_dict()
+        own = ConfigurableGPT(config).state_dict()
     if config.weight_tying:
         state.setdefault("lm_head.weight", embedding)
     missing = sorted(set(own) - set(state))
@@ -240,9 +239,10 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
             raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected {tuple(own[key].shape)}")
         if tensor.is_floating_point() != own[key].is_floating_point():
             raise CheckpointError(f"{source}: {key} holds {tensor.dtype} values, expected {own[key].dtype}")
-    model.to_empty(device="cpu")  # every tensor is loaded below (strict), tied weights tied again
+    # checked: now the real model, built as training builds it (a registered component's non-persistent
+    # buffers are computed in its __init__, which no state dict or init_buffers() would restore), then loaded
+    model = ConfigurableGPT(config)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-    model.init_buffers()  # RoPE's tables, ALiBi's slopes: not in any state dict
     return model.eval()  # as transformers' from_pretrained does; training code calls .train()
 
 

@@ -186,3 +186,18 @@ def test_factories_take_an_activation_name_and_say_what_a_class_must_take() -> N
             build_position_encoding("two_args_t", 16, n_embd=8, n_head=2, head_dim=4, rope_theta=1e4)
     finally:
         del POSITION_ENCODING_REGISTRY["two_args_t"]
+
+
+def test_a_checkpoint_with_a_registered_component_loads_its_buffers(registered: None, tmp_path) -> None:
+    """from_pretrained checks a checkpoint's shapes on the meta device, then builds the model as training
+    does: a registered position encoding's non-persistent table (computed in __init__, in no state dict)
+    is there again, and the logits are the trained model's."""
+    from gptlab.model.convert import model_from_checkpoint
+
+    cfg = get_debug_config("custom", position_encoding="sinusoidal", normalization="scalenorm")
+    model = ConfigurableGPT(cfg).eval()
+    loaded = model_from_checkpoint({"arch": cfg.to_dict(), "model": model.state_dict()})
+    assert torch.equal(loaded.pos_encoding.table, model.pos_encoding.table)
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    assert torch.equal(loaded(x, x)[1], model(x, x)[1])
+
