@@ -69,6 +69,12 @@ def test_read_log_gives_floats_back_and_skips_a_torn_line(tmp_path: Path) -> Non
     pd = pytest.importorskip("pandas")
     frame = pd.json_normalize(read_log(tmp_path, "iter"))
     assert frame["grad_norm"].dtype == float and frame["memory.x"].iloc[0] == -math.inf
+    (tmp_path / "log.jsonl").write_text(
+        # a line nested past Python's recursion limit, mid-file: one line, not a RecursionError
+        json.dumps({"type": "eval", "iter": 1}) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n" + "{}\n"
+    )
+    with pytest.raises(GptlabError, match=r"log\.jsonl:2 is not valid JSON"):
+        read_log(tmp_path)
 
 
 def test_one_training_per_out_dir(tmp_path: Path) -> None:

@@ -161,6 +161,8 @@ def test_the_stop_message_is_said_once(capsys: pytest.CaptureFixture[str], monke
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert report_interrupted(stop) == 143 and capsys.readouterr().err == ""  # one terminal: said once
+    # `compare --train`'s runs log to console.log files: there stderr is the only place it is said
+    assert report_interrupted(stop, logged_to_stdout=False) == 143 and "stopped by SIGTERM" in capsys.readouterr().err
     monkeypatch.undo()
     monkeypatch.setenv("RANK", "1")
     assert report_interrupted(stop) == 143 and capsys.readouterr().err == ""
