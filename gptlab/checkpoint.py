@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptlab.errors import CheckpointError
+from gptlab.errors import CheckpointError, first_line
 from gptlab.fileio import atomic_open, fsync_dir
 from gptlab.units import format_si
 
@@ -282,8 +282,11 @@ _DCP_METADATA_NAMES = {
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),  # a table lookup by name
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    *((module, name) for module in ("pathlib", "pathlib._local")  # pathlib._local: Python 3.13's pickles
-      for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")),
+    *(
+        (module, name)
+        for module in ("pathlib", "pathlib._local")  # pathlib._local: Python 3.13's pickles
+        for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")
+    ),
     ("collections", "OrderedDict"),
 }
 
@@ -318,7 +321,7 @@ def check_dcp_metadata(path: str | Path) -> None:
         try:
             MetadataOnly(io.BytesIO(file.read_bytes())).load()
         except Exception as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = first_line(e)
             raise CheckpointError(
                 f"{str(file)!r} is not a DCP checkpoint's metadata ({reason}); gptlab does not read it, as "
                 "it could run code when unpickled; the file was left untouched"
@@ -383,7 +386,7 @@ def dcp_errors(path: str | Path) -> Iterator[None]:
         if isinstance(e, CheckpointException) and e.failures:
             first = next(iter(e.failures.values()))  # the first failing rank's (exception, traceback)
             e = first[0] if isinstance(first, tuple) else first
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise CheckpointError(
             f"{str(path)!r} is not a readable gptlab DCP checkpoint ({type(e).__name__}: {reason[:300]})"
         ) from None
@@ -408,7 +411,7 @@ def check_zip_crc(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise CheckpointError(
             f"{str(path)!r} is corrupt or truncated (not a readable torch.save archive: {reason}); "
             "the file was left untouched"
@@ -427,7 +430,7 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=os.name == "posix")  # a mapped file
         # stays deletable there, so keep_checkpoints can remove the checkpoint a run resumed from
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         if "weights only load failed" in str(e).lower():  # a pickle that would build objects or call code
             raise CheckpointError(
                 f"{str(path)!r} holds objects beyond tensors and plain data, which gptlab does not load "

@@ -22,6 +22,12 @@ class GptlabError(Exception):
     """Base for errors whose message alone is the whole story for a user (printed as one line)."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name where it has none): what a one-line
+    error quotes of a library's multi-line one."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, DataError, GptlabError)
 # A path the user named that cannot be written or read as asked (a file where a folder is needed, ...):
 # the commands say so in one line, as for their own errors.

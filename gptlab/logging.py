@@ -10,6 +10,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -64,8 +65,13 @@ def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         path = path / "log.jsonl"
+    return [_finite_again(r) for _, r in log_records(path) if kind is None or r.get("type") == kind]
+
+
+def log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each line of a JSON-lines log, as written; a last line that a killed
+    write cut off is skipped, any other line that is not a JSON object is one GptlabError."""
     lines = path.read_text().splitlines()
-    records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -75,9 +81,9 @@ def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
             if n == len(lines):
                 continue
             raise GptlabError(f"{path}:{n} is not valid JSON") from None
-        if kind is None or record.get("type") == kind:
-            records.append(_finite_again(record))
-    return records
+        if not isinstance(record, dict):
+            raise GptlabError(f"{path}:{n} is not a record (a JSON object): {line[:60]}")
+        yield n, record
 
 
 def _cut_torn_line(path: Path) -> int:

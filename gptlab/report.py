@@ -15,6 +15,7 @@ from typing import Any
 
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.fileio import atomic_write
+from gptlab.logging import log_records
 
 MISSING_MATPLOTLIB = "gptlab report needs matplotlib: pip install 'gptlab[report]'"
 
@@ -64,21 +65,10 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     if not log.is_file():
         raise ConfigError(f"run directory {str(path)!r} has no log.jsonl (is it a gptlab training out_dir?)")
     run = Run(path=path, label=label or path.name or str(path))
-    lines = log.read_text().splitlines()
     # the time axis is training time: each session (a start, then each resume) counts from its own
     # startup record, after the time the sessions before it ran (not the hours between them)
     offset, session_t0, last_t, after_resume = 0.0, None, None, False
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            if n == len(lines):  # a run killed mid-write: ignore the torn last line
-                continue
-            raise GptlabError(f"{log}:{n} is not valid JSON") from None
-        if not isinstance(record, dict):
-            raise GptlabError(f"{log}:{n} is not a record (a JSON object): {line[:60]}")
+    for n, record in log_records(log):  # (as written: the plots skip non-finite points themselves)
         kind = record.get("type")
         if kind in ("iter", "eval", "gradients") and not isinstance(record.get("iter"), int):
             raise GptlabError(f"{log}:{n}: a {kind!r} record without an integer 'iter'")

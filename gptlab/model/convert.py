@@ -23,7 +23,7 @@ from torch import Tensor
 
 from gptlab.checkpoint import check_zip_crc, clean_state_dict, is_dcp_dir, latest_checkpoint, load_checkpoint
 from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
-from gptlab.errors import CheckpointError, ConfigError
+from gptlab.errors import CheckpointError, ConfigError, first_line
 from gptlab.fileio import atomic_write
 from gptlab.model.gpt import ConfigurableGPT
 
@@ -350,8 +350,7 @@ def _from_hf(
     except (KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError, RuntimeError) as e:
         if isinstance(e, (CheckpointError, ConfigError)):
             raise
-        first = str(e).splitlines()[0] if str(e) else ""
-        what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {first}"
+        what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {first_line(e)}"
         raise CheckpointError(
             f"a Hugging Face {model_type} config.json and weights that cannot be read ({what})"
         ) from None
