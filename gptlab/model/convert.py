@@ -410,11 +410,15 @@ _CONV1D = (".attn.qkv.weight", ".attn.out_proj.weight", ".ffn.w_in.weight", ".ff
 
 
 def _rope_theta(hf: dict[str, Any]) -> float:
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise _unsupported("rope_type", rope_type, "only the default (unscaled) RoPE is implemented")
-    return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    # transformers 5 writes rope_parameters, older files rope_scaling, and a hand-edited file may hold
+    # both (a scaling added next to the saved default): transformers applies the scaling, so check each.
+    specs = [hf[key] for key in ("rope_parameters", "rope_scaling") if isinstance(hf.get(key), dict) and hf[key]]
+    for rope in specs:
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise _unsupported("rope_type", rope_type, "only the default (unscaled) RoPE is implemented")
+    theta = next((rope["rope_theta"] for rope in specs if "rope_theta" in rope), hf.get("rope_theta", 10000.0))
+    return float(theta)
 
 
 _LLAMA_NAMES: list[tuple[str, str]] = [

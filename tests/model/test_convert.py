@@ -355,6 +355,23 @@ def test_unsupported_hf_options_are_named() -> None:
         ConfigurableGPT.from_pretrained(_gpt2(scale_attn_by_inverse_layer_idx=True))
 
 
+def test_a_scaling_added_beside_saved_rope_parameters_is_refused(tmp_path: Path) -> None:
+    """transformers 5 saves ``rope_parameters``; extending the context by hand adds ``rope_scaling`` beside
+    it, which transformers applies: a loader reading only the first key would load plain RoPE silently."""
+    _llama().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reference = transformers.AutoConfig.from_pretrained(tmp_path)
+    scaling = getattr(reference, "rope_parameters", None) or reference.rope_scaling
+    assert scaling["rope_type"] == "linear"  # what transformers makes of the file
+    with pytest.raises(CheckpointError, match="rope_type"):
+        ConfigurableGPT.from_pretrained(tmp_path)
+    config["rope_scaling"] = None  # what older transformers wrote for plain RoPE: still loads
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert ConfigurableGPT.from_pretrained(tmp_path).config.rope_theta == 5000.0
+
+
 def test_mismatched_weights_are_reported(tmp_path: Path) -> None:
     ckpt = _nanogpt_checkpoint(_gpt2())
     ckpt["model_args"]["n_embd"] = 32
