@@ -86,10 +86,38 @@ def test_a_builtin_name_cannot_be_taken_over_and_ones_own_can_be_replaced() -> N
         del NORM_REGISTRY["rmsnorm"]  # then registered again: the guard walked round
     with pytest.raises(ValueError, match="cannot be removed"):
         NORM_REGISTRY.pop("layernorm")
+    with pytest.raises(ValueError, match="ffn_type 'standard' is built in"):
+        FFN_REGISTRY["standard"] = FFN_REGISTRY["swiglu"]  # a built-in class under another built-in's name
+    assert FFN_REGISTRY["standard"].__name__ == "StandardFFN"
+
+
+def test_a_name_registered_twice_is_refused_unless_it_is_the_same_definition(tmp_path: Path) -> None:
+    """A config file run twice (or run, then imported as a plugin) registers its class again: allowed.
+    Two different classes under one name (two plugins, two classes in one file) would silently leave
+    the last one: refused, naming both."""
+    source = (
+        "import torch.nn as nn\n\nclass Gain(nn.Module):\n"
+        "    def __init__(self, ndim, eps=1e-5):\n        super().__init__()\n"
+    )
+    path = tmp_path / "gain_norm.py"
+    path.write_text(source)
+    runs = [{"__name__": name} for name in ("__config__", "gptlab_plugin_gain_norm_0")]
+    for namespace in runs:
+        exec(compile(source, str(path), "exec"), namespace)
     try:
-        NORM_REGISTRY["mine_t"] = ScalarGainNorm
-        NORM_REGISTRY.register("mine_t")(nn.LayerNorm)  # a config file run twice re-registers its own
-        assert NORM_REGISTRY["mine_t"] is nn.LayerNorm
+        NORM_REGISTRY["mine_t"] = runs[0]["Gain"]
+        NORM_REGISTRY["mine_t"] = runs[1]["Gain"]  # the same file's class, defined again
+        assert NORM_REGISTRY["mine_t"] is runs[1]["Gain"]
+        with pytest.raises(ValueError, match=r"'mine_t' is already registered as Gain \(.*gain_norm.py\)"):
+            NORM_REGISTRY["mine_t"] = ScalarGainNorm
+        other = tmp_path / "other" / "gain_norm.py"  # same class name, another file
+        other.parent.mkdir()
+        other.write_text(source)
+        elsewhere: dict = {"__name__": "gain_norm"}
+        exec(compile(source, str(other), "exec"), elsewhere)
+        with pytest.raises(ValueError, match="already registered"):
+            NORM_REGISTRY.register("mine_t")(elsewhere["Gain"])
+        assert NORM_REGISTRY["mine_t"] is runs[1]["Gain"]
     finally:
         del NORM_REGISTRY["mine_t"]
 

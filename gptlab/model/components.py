@@ -373,7 +373,13 @@ def build_position_encoding(name: str, max_seq_len: int, **sizes: Any) -> Positi
     ``sizes`` carries ``n_embd, n_head, head_dim, rope_theta``; each class takes what it needs.
     """
     interface = "the keywords max_seq_len, n_embd, n_head, head_dim, rope_theta (**_ for those it does not use)"
-    return _construct(POSITION_ENCODING_REGISTRY, name, interface, max_seq_len=max_seq_len, **sizes)
+    encoding = _construct(POSITION_ENCODING_REGISTRY, name, interface, max_seq_len=max_seq_len, **sizes)
+    if not isinstance(encoding, PositionEncoding):  # the model calls its embed/context/crop hooks
+        raise ConfigError(
+            f"position_encoding={name!r}: {type(encoding).__name__!r} must subclass "
+            "gptlab.model.components.PositionEncoding (it supplies the embed, context and crop hooks the model calls)"
+        )
+    return encoding
 
 
 def position_encoding_for(config: ModelArchitectureConfig) -> PositionEncoding:

@@ -26,6 +26,7 @@ from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_pre
 from gptlab.errors import CheckpointError, ConfigError, first_line
 from gptlab.fileio import atomic_write
 from gptlab.model.gpt import ConfigurableGPT
+from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY, is_builtin
 
 GPT2_EOT_ID = 50256  # GPT-2 BPE's <|endoftext|>
 HF_SPECIAL_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -482,6 +483,13 @@ def _llama_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, A
 
 def hf_model_type(config: ModelArchitectureConfig) -> str:
     """Which ``transformers`` architecture represents ``config`` exactly; ConfigError if none."""
+    backend = ATTENTION_BACKEND_REGISTRY.get(config.attention_backend)
+    if not is_builtin(backend):  # a registered backend computes attention its own way: transformers would not
+        raise ConfigError(
+            f"attention_backend={config.attention_backend!r} is a registered backend: Hugging Face models run "
+            "standard softmax attention, so the export would not compute what this model does "
+            "(export a model built with attention_backend='sdpa' or 'manual')"
+        )
     common = config.norm_position == "pre"
     if (
         common

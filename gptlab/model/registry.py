@@ -22,18 +22,28 @@ class Registry(dict[str, Any]):
         self.kind = kind  # the config key this registry serves, used in error messages
 
     def __setitem__(self, name: str, component: Any) -> None:
-        """Add ``component`` as ``name``. A built-in name cannot be taken over: code that knows the
-        built-ins by name (FLOPs, the memory planner, Hugging Face export) would describe the wrong
-        component. Re-registering one's own name replaces it (a config file run twice)."""
+        """Add ``component`` as ``name``. A built-in name cannot be taken over, not even by another
+        built-in class: code that knows the built-ins by name (FLOPs, the memory planner, Hugging Face
+        export) would describe the wrong component. A name already registered by other code is refused
+        too (two plugins, or two classes in one file, would otherwise leave whichever came last);
+        the same definition registered again (a config file run twice, or run and then imported as a
+        plugin) replaces it."""
         old = self.get(name)
-        if old is not None and old is not component and _is_builtin(old) and not _is_builtin(component):
-            raise ValueError(
-                f"{self.kind} {name!r} is built in and cannot be replaced: register your component under another name"
-            )
+        if old is not None and old is not component:
+            if is_builtin(old):
+                raise ValueError(
+                    f"{self.kind} {name!r} is built in and cannot be replaced: register your component under "
+                    "another name"
+                )
+            if _definition(old) != _definition(component):
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered as {_describe(old)}: cannot register "
+                    f"{_describe(component)} under the same name"
+                )
         super().__setitem__(name, component)
 
     def __delitem__(self, name: str) -> None:
-        if _is_builtin(self.get(name)):
+        if is_builtin(self.get(name)):
             raise ValueError(f"{self.kind} {name!r} is built in and cannot be removed")
         super().__delitem__(name)
 
@@ -74,8 +84,26 @@ class Registry(dict[str, Any]):
             raise unknown_choice(self.kind, name, self.keys()) from None
 
 
-def _is_builtin(component: Any) -> bool:
+def is_builtin(component: Any) -> bool:
+    """Whether ``component`` is one of gptlab's own (code elsewhere knows those by name)."""
     return (getattr(component, "__module__", None) or "").startswith("gptlab.")
+
+
+def _definition(component: Any) -> tuple[str, str]:
+    """What identifies a definition across re-runs of its file: its qualified name and the file it is in
+    (a config file run by train.py has no module of its own, so the module name cannot tell)."""
+    if isinstance(component, type):  # the functions its body defines (inherited ones live elsewhere)
+        codes = [getattr(getattr(v, "__func__", v), "__code__", None) for v in vars(component).values()]
+    else:
+        codes = [getattr(component, "__code__", None)]
+    code = next((c for c in codes if c is not None), None)
+    source = code.co_filename if code is not None else getattr(component, "__module__", None) or ""
+    return getattr(component, "__qualname__", repr(component)), source
+
+
+def _describe(component: Any) -> str:
+    qualname, source = _definition(component)
+    return f"{qualname} ({source})" if source else qualname
 
 
 NORM_REGISTRY = Registry("normalization")

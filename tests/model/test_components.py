@@ -187,6 +187,17 @@ def test_factories_take_an_activation_name_and_say_what_a_class_must_take() -> N
     finally:
         del POSITION_ENCODING_REGISTRY["two_args_t"]
 
+    class PlainModule(nn.Module):  # the right constructor, but none of the hooks the model calls
+        def __init__(self, max_seq_len: int, **_: object) -> None:
+            super().__init__()
+
+    POSITION_ENCODING_REGISTRY["plain_t"] = PlainModule
+    try:
+        with pytest.raises(ConfigError, match=r"'PlainModule' must subclass gptlab\.model\.components\.PositionEnc"):
+            ConfigurableGPT(get_debug_config("custom", position_encoding="plain_t"))
+    finally:
+        del POSITION_ENCODING_REGISTRY["plain_t"]
+
 
 def test_a_checkpoint_with_a_registered_component_loads_its_buffers(registered: None, tmp_path) -> None:
     """from_pretrained checks a checkpoint's shapes on the meta device, then builds the model as training

@@ -155,6 +155,22 @@ def test_export_of_architecture_without_hf_equivalent_fails_clearly(tmp_path: Pa
         model = ConfigurableGPT(get_debug_config("gpt2", **overrides))
         with pytest.raises(ConfigError, match="no exact Hugging Face equivalent"):
             model.save_pretrained(tmp_path)
+    from gptlab.model.attention import ATTENTION_BACKEND_REGISTRY
+
+    def capped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: object, dropout_p: float) -> torch.Tensor:
+        """Soft-capped scores: a LLaMA in every other respect, but not what transformers computes."""
+        scores = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).tanh() * 5
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+    ATTENTION_BACKEND_REGISTRY["capped_t"] = capped
+    try:
+        for preset in ("gpt2", "llama"):
+            model = ConfigurableGPT(get_debug_config(preset, attention_backend="capped_t"))
+            with pytest.raises(ConfigError, match="attention_backend='capped_t' is a registered backend"):
+                model.save_pretrained(tmp_path)
+    finally:
+        del ATTENTION_BACKEND_REGISTRY["capped_t"]
     assert not any(tmp_path.iterdir())
 
 
