@@ -230,6 +230,7 @@ _VOIDED_BY: dict[str, list[tuple[str, Callable[[TrainConfig], bool]]]] = {
     "sample_prompt": [("sample_at_end", lambda t: not t.sample_at_end)],
     "wandb_project": [("wandb_log", lambda t: not t.wandb_log)],
     "wandb_run_name": [("wandb_log", lambda t: not t.wandb_log)],
+    "overwrite": [("init_from", lambda t: t.init_from == "resume")],  # a resume continues the files there
 }
 
 

@@ -52,8 +52,8 @@ class SampleConfig:
             raise ConfigError(f"max_new_tokens={self.max_new_tokens} is invalid: expected an integer >= 0")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ConfigError(f"temperature={self.temperature} is invalid: expected a finite float >= 0 (0 is greedy)")
-        if not 0 <= self.seed < 2**64 - self.num_samples:  # sample i is drawn with seed + i
-            raise ConfigError(f"seed={self.seed} is invalid: expected an integer in [0, 2**64 - num_samples)")
+        if not 0 <= self.seed < 2**64:  # one generator, seeded once, draws every sample (nanoGPT's sample.py)
+            raise ConfigError(f"seed={self.seed} is invalid: expected an integer in [0, 2**64)")
         if self.top_k is not None and self.top_k <= 0:
             raise ConfigError(f"top_k={self.top_k} is invalid: expected a positive integer or None")
 

@@ -441,6 +441,10 @@ def test_nanogpt_char_run_samples_as_nanogpt_does(tmp_path: Path, monkeypatch: p
     assert low.startswith("to be") and set(low) <= set(vocab)
     with pytest.raises(ConfigError, match="dtype='float64'"):
         parse_sample_args(["--dtype=float64"])
+    # one generator seeded once draws every sample: any 64-bit seed, whatever num_samples
+    assert parse_sample_args(["--seed=18446744073709551615", "--num_samples=3"]).seed == 2**64 - 1
+    with pytest.raises(ConfigError, match=r"seed=18446744073709551616 is invalid: expected an integer in \[0, 2"):
+        parse_sample_args(["--seed=18446744073709551616"])
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kw: compiled.append((type(module).__name__, kw)))
     monkeypatch.setattr(torch.compiler, "set_stance", lambda *a: pytest.fail("a compiled sample must not run eagerly"))

@@ -137,6 +137,17 @@ def test_bad_input_is_one_clear_line(args: list[str], match: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_overwrite_on_a_resume_is_refused_when_typed() -> None:
+    """A resume continues the files in out_dir, so a typed --overwrite=True would replace nothing."""
+    from gptlab.config.train import TrainConfig, check_train_keys_take_effect
+
+    resume = TrainConfig(init_from="resume", overwrite=True)
+    with pytest.raises(ConfigError, match=r"overwrite=True has no effect with init_from='resume'"):
+        check_train_keys_take_effect(resume, {"overwrite"})
+    check_train_keys_take_effect(resume, set())  # from a config file: accepted
+    check_train_keys_take_effect(TrainConfig(overwrite=True), {"overwrite"})
+
+
 def test_string_keys_keep_numeric_text_and_voided_keys_only_when_typed(tmp_path: Path) -> None:
     """--wandb_run_name=2024 is the name '2024', not a type error; a config file may spell out a key its
     other settings void (nanoGPT's files do), only a typed one is refused."""
