@@ -70,7 +70,11 @@ def test_rope_preserves_norms_and_encodes_relative_position() -> None:
 
 def test_alibi_slopes_match_the_paper() -> None:
     torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
-    assert alibi_slopes(12).shape == (12,) and (alibi_slopes(12) > 0).all()
+    # head counts that are not a power of two interleave the next power's odd slopes: BLOOM's reference
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    for n_head in (3, 5, 6, 12, 20):
+        reference = bloom.build_alibi_tensor(torch.ones(1, 2), n_head, torch.float32)[:, 0, 1]  # slope x position 1
+        torch.testing.assert_close(alibi_slopes(n_head), reference)  # float rounding apart
     bias = build_position_encoding("alibi", 8, n_head=4).context(5, torch.device("cpu")).bias
     assert bias.shape == (1, 4, 5, 5)
     assert torch.isinf(bias[0, :, 0, 1:]).all() and bias[0, 0, 4, 0] == -4 * alibi_slopes(4)[0]

@@ -70,7 +70,10 @@ def tokens() -> torch.Tensor:
     return torch.randint(0, 97, (2, 24))
 
 
-@pytest.mark.parametrize("kw", [{}, {"activation_function": "gelu"}, {"tie_word_embeddings": False}, {"n_inner": 96}])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"activation_function": "gelu"}, {"tie_word_embeddings": False}, {"n_inner": 96}, {"layer_norm_epsilon": 0.1}],
+)
 def test_gpt2_import_matches_transformers(kw: dict, tokens: torch.Tensor) -> None:
     hf = _gpt2(**kw)
     ours = ConfigurableGPT.from_pretrained(hf)
@@ -86,13 +89,14 @@ def test_gpt2_import_matches_transformers(kw: dict, tokens: torch.Tensor) -> Non
         {"num_key_value_heads": 1},
         {"tie_word_embeddings": True},
         {"attention_bias": True, "mlp_bias": True},
+        {"rms_norm_eps": 0.1},
     ],
 )
 def test_llama_import_matches_transformers(kw: dict, tokens: torch.Tensor) -> None:
     hf = _llama(**kw)
     ours = ConfigurableGPT.from_pretrained(hf)
     assert ours.config.kv_heads == hf.config.num_key_value_heads and ours.config.rope_theta == 5000.0
-    assert ours.config.norm_eps == 1e-6 and ours.config.ffn_hidden_dim == 176
+    assert ours.config.norm_eps == kw.get("rms_norm_eps", 1e-6) and ours.config.ffn_hidden_dim == 176
     assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
 
 
@@ -123,8 +127,12 @@ def test_transformers_save_pretrained_directory_loads(tokens: torch.Tensor, tmp_
 
 
 @pytest.mark.parametrize(("preset", "n_kv_head"), [("gpt2", None), ("llama", None), ("llama", 2)])
-def test_fresh_gptlab_model_exports(preset: str, n_kv_head: int | None, tokens: torch.Tensor, tmp_path: Path) -> None:
-    ours = ConfigurableGPT(get_debug_config(preset, vocab_size=97, n_kv_head=n_kv_head)).eval()
+@pytest.mark.parametrize("norm_eps", [None, 0.1])  # None: the preset's
+def test_fresh_gptlab_model_exports(
+    preset: str, n_kv_head: int | None, norm_eps: float | None, tokens: torch.Tensor, tmp_path: Path
+) -> None:
+    eps = {} if norm_eps is None else {"norm_eps": norm_eps}
+    ours = ConfigurableGPT(get_debug_config(preset, vocab_size=97, n_kv_head=n_kv_head, **eps)).eval()
     ours.save_pretrained(tmp_path)
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert (_hf_logits(back, tokens) - _logits(ours, tokens)).abs().max() <= TOL

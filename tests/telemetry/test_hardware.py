@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
 from gptlab.errors import ConfigError
+from gptlab.telemetry import hardware
 from gptlab.telemetry.hardware import GPU_SPECS, detect_peak, get_gpu_spec, match_gpu, measure_peak_flops, precision_key
 
 NAMES = {
@@ -112,3 +115,12 @@ def test_cpu_peak_is_unknown_unless_overridden_or_measured() -> None:
 
 def test_measure_peak_flops_times_a_matmul() -> None:
     assert measure_peak_flops("cpu", torch.float32, size=128, iters=2) > 1e6
+
+
+def test_measure_peak_flops_is_two_flops_per_multiply_add_over_the_best_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock makes the three timed 64 x 64 matmuls take 3 s, 2 s and 4 s: the best is 2 s, and a
+    matmul of two n x n matrices is n**3 multiply-adds = 2 * 64**3 = 524,288 FLOPs, so 262,144 FLOP/s."""
+    readings = iter([0.0, 3.0, 10.0, 12.0, 20.0, 24.0])  # (start, end) per timed matmul
+    monkeypatch.setattr(hardware, "time", types.SimpleNamespace(perf_counter=lambda: next(readings)))
+    assert measure_peak_flops("cpu", torch.float32, size=64, iters=3) == 262_144.0
+    assert next(readings, None) is None  # every timed matmul read the clock twice, and only those

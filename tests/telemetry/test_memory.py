@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import types
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from gptlab import ConfigError, ConfigurableGPT, get_debug_config, get_preset_config
 from gptlab.model.registry import NORM_REGISTRY
-from gptlab.telemetry.memory import get_memory_stats, reset_peak_memory
+from gptlab.telemetry import memory
+from gptlab.telemetry.memory import get_memory_stats, host_memory_bytes, reset_peak_memory
 from gptlab.telemetry.params import TensorShape, count_parameters, parameter_shapes
 from gptlab.telemetry.planner import fit_advice, fsdp_shard_numel, plan_all_modes, plan_memory, zero1_partition
 
@@ -155,3 +160,113 @@ def test_fit_advice_warns_before_an_oom_with_replanned_options() -> None:
     assert ddp is not None and "--use_fsdp=True ->" in ddp
     chunked = fit_advice(cfg, 6 * 10**9, loss_chunk_size=1024, **kwargs)
     assert chunked is not None and "--loss_chunk_size" not in chunked  # already on: not suggested again
+
+
+def test_peak_counts_the_end_of_backward_when_gradients_outweigh_activations() -> None:
+    """GPT-2 124M, micro-batch 1 x 16 with checkpointing: the saved activations (and bf16 weight copies)
+    are far below the 0.5 GB of float32 gradients, so the peak is the end of backward, where parameters,
+    all gradients and AdamW's states are alive at once."""
+    cfg = get_preset_config("gpt2")
+    plan = plan_memory(cfg, batch_size=1, seq_len=16, activation_checkpointing=True)
+    m = plan.mode
+    assert m.gradients > plan.activation_estimate.peak_bytes  # the end of backward is the larger moment
+    persistent = m.parameters + m.optimizer + m.buffers + m.comm_buffers
+    assert m.peak == persistent + max(plan.activation_estimate.peak_bytes, m.gradients)
+    # by hand: 124,475,904 parameters in 2 + 12 * 12 + 2 = 148 tensors (wte, wpe; per block ln_1, attn.c_attn,
+    # attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj with weight and bias; ln_f), float32 params and grads,
+    # AdamW's m and v, and a float32 step per tensor
+    n, tensors = 124_475_904, 148
+    assert m.peak >= 4 * n + 4 * n + 8 * n + 4 * tensors + m.buffers
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "zero1"])
+def test_comm_buffers_are_the_ddp_reducer_buckets(parallel: str, tmp_path: Path) -> None:
+    """DDP (under ZeRO-1 too) copies gradients into its own buckets (``gradient_as_bucket_view=False``):
+    the reducer's bucket bytes, from a real single-process gloo DDP, are what the plan counts."""
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed and no process group already in this process")
+    from torch.nn.parallel import DistributedDataParallel
+
+    cfg = get_debug_config("gpt2")
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = ConfigurableGPT(cfg)
+        ddp = DistributedDataParallel(model)
+        x = torch.randint(0, cfg.vocab_size, (1, 8))
+        ddp(x, x)[1].backward()
+        logging_data = ddp._get_ddp_logging_data()
+    finally:
+        dist.destroy_process_group()
+    assert logging_data["gradient_as_bucket_view"] == 0  # the default: buckets are a second copy
+    buckets = sum(int(b) for b in str(logging_data["bucket_sizes"]).split(","))
+    assert buckets == tensor_bytes([p.grad for p in model.parameters()]) > 0
+    assert plan_memory(cfg, batch_size=1, parallel=parallel).mode.comm_buffers == buckets
+
+
+def test_fit_advice_keeps_five_percent_headroom() -> None:
+    """The peak must fit in 95% of the device: a device just above peak / 0.95 is quiet, one just below
+    (still larger than the peak itself) gets the warning."""
+    cfg = get_debug_config("gpt2")
+    kwargs = dict(batch_size=2, dtype="bfloat16")
+    peak = plan_memory(cfg, **kwargs).mode.peak
+    edge = peak * 100 // 95  # floor(peak / 0.95)
+    assert fit_advice(cfg, edge + 2, **kwargs) is None
+    below = edge - 2
+    assert below > peak  # without the headroom this device would fit the peak
+    advice = fit_advice(cfg, below, **kwargs)
+    assert advice is not None and "less 5% headroom" in advice
+
+
+class _Usage:
+    ru_maxrss = 2**20
+
+
+@pytest.mark.parametrize(("platform", "expected_bytes"), [("linux", 2**30), ("darwin", 2**20)])
+def test_max_rss_units(monkeypatch: pytest.MonkeyPatch, platform: str, expected_bytes: int) -> None:
+    """``ru_maxrss`` is KiB on Linux (2**20 KiB = 2**30 bytes) and bytes on macOS; reported in GB (1e9)."""
+    resource = pytest.importorskip("resource")
+    monkeypatch.setattr(resource, "getrusage", lambda who: _Usage())
+    monkeypatch.setattr(memory, "sys", types.SimpleNamespace(platform=platform))
+    monkeypatch.setattr(memory, "process_rss_bytes", lambda: 1000)  # far below either peak
+    stats = get_memory_stats("cpu")
+    assert stats["rss_gb"] == pytest.approx(1000 / 1e9)
+    assert stats["max_rss_gb"] == pytest.approx(expected_bytes / 1e9, rel=1e-12)
+
+
+def test_max_rss_is_never_below_the_current_rss(monkeypatch: pytest.MonkeyPatch) -> None:
+    resource = pytest.importorskip("resource")
+    monkeypatch.setattr(resource, "getrusage", lambda who: _Usage())
+    monkeypatch.setattr(memory, "sys", types.SimpleNamespace(platform="linux"))
+    monkeypatch.setattr(memory, "process_rss_bytes", lambda: 2 * 2**30)  # the high-water mark lags
+    assert get_memory_stats("cpu")["max_rss_gb"] == pytest.approx(2 * 2**30 / 1e9, rel=1e-12)
+
+
+CGROUP_V1_UNLIMITED = "9223372036854771712"  # PAGE_COUNTER_MAX * 4096: cgroup v1's "no limit"
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "expected"),
+    [
+        ("max", CGROUP_V1_UNLIMITED, 4_096_000),  # no limit: the machine's RAM
+        (None, None, 4_096_000),  # no cgroup files at all
+        ("max", "3000000", 3_000_000),  # a v1 limit below RAM
+        ("2000000", CGROUP_V1_UNLIMITED, 2_000_000),  # a v2 limit below RAM
+        ("3000000", "2000000", 2_000_000),  # two limits: the smaller
+        ("2000000", "3000000", 2_000_000),
+        ("9000000", None, 4_096_000),  # a limit above RAM does not add RAM
+    ],
+)
+def test_host_memory_is_the_smallest_real_limit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, v2: str | None, v1: str | None, expected: int
+) -> None:
+    """1000 pages of 4096 bytes of RAM (4,096,000 bytes), and cgroup v2 / v1 limit files."""
+    paths = []
+    for name, text in (("memory.max", v2), ("memory.limit_in_bytes", v1)):
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text + "\n")
+        paths.append(str(path))
+    monkeypatch.setattr(memory, "CGROUP_LIMITS", tuple(paths))
+    sysconf = {"SC_PHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(memory.os, "sysconf", lambda name: sysconf[name])
+    assert host_memory_bytes() == expected
