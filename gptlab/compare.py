@@ -176,6 +176,8 @@ def compute_figures(
         **{f"memory.{m}": plans[m].mode.peak for m in MODES},
         "tokens_per_sec_per_gpu": expected_tokens_per_sec(config, peak, mfu, num_gpus=1),
         "tokens_per_sec_total": expected_tokens_per_sec(config, peak, mfu, num_gpus=world_size),
+        # what the FLOPs and memory figures assume (a registered component's estimates), said beside them
+        "notes": list(dict.fromkeys([*fl.caveats, *(n for m in MODES for n in plans[m].mode.notes)])),
     }
 
 
@@ -260,6 +262,18 @@ class Comparison:
             "report": self.report,
         }
 
+    def note_lines(self) -> list[str]:
+        """What the figures assume: a note every column shares once, the others under their column's label."""
+        everywhere = set.intersection(*(set(f["notes"]) for f in self.figures)) if self.figures else set()
+        shared = [f"note: {n}" for n in self.figures[0]["notes"] if n in everywhere] if self.figures else []
+        own = [
+            f"note ({label}): {n}"
+            for label, f in zip(self.labels, self.figures)
+            for n in f["notes"]
+            if n not in everywhere
+        ]
+        return shared + own
+
     def to_csv(self) -> str:
         """Every figure unrounded (bytes, FLOPs, tokens/s, losses), a row each: ``table, key, figure``, then a
         column per architecture; for a spreadsheet or a paper's plotting script."""
@@ -271,6 +285,7 @@ class Comparison:
         writer.writerow(["table", "key", "figure", *self.labels])
         for key, label in self.rows():
             writer.writerow(["architecture", key, label, *(_csv_cell(f[key]) for f in self.figures)])
+        writer.writerow(["architecture", "notes", "notes", *("; ".join(f["notes"]) for f in self.figures)])
         if self.training:
             from gptlab.compare_train import TRAIN_ROWS
 
@@ -287,6 +302,8 @@ class Comparison:
         if (tt := self.training_table()) is not None:
             tables.append(tt)
         out = [render_markdown(*t) if fmt == "markdown" else render_text(*t) for t in tables]
+        if notes := self.note_lines():
+            out.append("\n".join(notes))
         if self.report:
             out.append(f"report: {self.report}")
         return "\n\n".join(out)

@@ -32,10 +32,11 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
         _remove_hf_export(out)  # an earlier --hf export there would load as a different model than this ckpt.pt
     if hf:  # refused before anything is written
         from gptlab.config.model import ModelArchitectureConfig
-        from gptlab.model.convert import hf_model_type
+        from gptlab.model.convert import hf_model_type, safetensors_writer
         from gptlab.plugins import saved_plugins
 
         hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"], saved_plugins(ckpt)))
+        safetensors_writer()  # the hf extra, before ckpt.pt is written
     # ckpt.pt alone: a run's checkpoint history in the destination is not this export's to prune
     atomic_save({**ckpt, "model": clean_state_dict(ckpt["model"])}, out / CHECKPOINT_NAME)
     if hf:

@@ -144,6 +144,25 @@ def test_export_refuses_a_run_directory_and_clears_an_earlier_hf_export(tmp_path
     assert sorted(p.name for p in dest.iterdir()) == ["ckpt.pt"]
 
 
+def test_an_hf_export_without_safetensors_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed without the hf extra: refused in one line before ckpt.pt is written to the destination."""
+    import sys
+
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import save_single_file
+    from gptlab.errors import CheckpointError
+    from gptlab.export_cli import export_checkpoint
+
+    config = get_debug_config("gpt2")
+    run, dest = tmp_path / "run", tmp_path / "dest"
+    save_single_file({**_state(7), "arch": config.to_dict(), "model": ConfigurableGPT(config).state_dict()}, run)
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(CheckpointError, match=r"needs the 'safetensors' package: pip install 'gptlab\[hf\]'"):
+        export_checkpoint(run, dest, hf=True)
+    assert not dest.exists() or not any(dest.iterdir())
+
+
 def test_a_checkpoint_missing_its_architecture_is_one_line(tmp_path: Path) -> None:
     from gptlab.errors import CheckpointError
 

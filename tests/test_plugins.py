@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from gptlab import ConfigurableGPT, get_debug_config
 from gptlab.config.model import ModelArchitectureConfig
 from gptlab.errors import ConfigError
-from gptlab.model.components import ALiBiPositionEncoding, RotaryPositionEncoding
+from gptlab.model.components import ALiBiPositionEncoding, PositionContext, PositionEncoding, RotaryPositionEncoding
 from gptlab.model.registry import FFN_REGISTRY, NORM_REGISTRY, POSITION_ENCODING_REGISTRY
 from gptlab.parallel import DistInfo, parallelize
 from gptlab.plugins import import_plugins, plugins_hint, saved_plugins, split_plugins
@@ -152,13 +152,78 @@ class RoutedFFN(nn.Module):
 
 
 def test_a_value_dependent_ffn_is_estimated_not_a_crash() -> None:
+    """Its count is an estimate (every matrix once per token), and every table built on it says so."""
+    from gptlab.compare import compare
+
     FFN_REGISTRY["routed_t"] = RoutedFFN
     try:
         flops = compute_flops(get_debug_config("custom", ffn_type="routed_t"))
+        table = compare(["custom", "llama"], {"ffn_type": "routed_t", "n_layer": 2, "n_embd": 64, "n_head": 4})
     finally:
         del FFN_REGISTRY["routed_t"]
     assert flops.row("ffn").forward == 2 * (64 * 2 + 2 * 64 * 64)  # every matrix once per token
     assert "cannot run on the meta device" in flops.row("ffn").note
+    assert flops.caveats == [flops.row("ffn").note]
+    assert f"note: {flops.row('ffn').note}" in table.render("text").splitlines()  # both columns: said once
+    table.figures[1]["notes"] = []  # as if the second column's FFN were a built-in one: labelled
+    assert f"note (custom): {flops.row('ffn').note}" in table.render("markdown").splitlines()
+    assert flops.row("ffn").note in table.to_csv().splitlines()[-1]
+    assert table.to_dict()["architectures"]["custom"]["notes"][0] == flops.row("ffn").note
+    assert compute_flops(get_debug_config("custom")).caveats == []  # a built-in FFN is exact
+
+
+class LearnedRotation(PositionEncoding):
+    """q and k times a learned (hd x hd) matrix in every layer: a matmul per token per layer."""
+
+    def __init__(self, head_dim: int, **_: object) -> None:
+        super().__init__()
+        self.rotation = nn.Parameter(torch.eye(head_dim))
+
+    def context(self, seq_len: int, device: torch.device) -> PositionContext:
+        return PositionContext(rotate=lambda x: x @ self.rotation)
+
+
+class DistanceMLPBias(PositionEncoding):
+    """A FIRE-like bias: an MLP of the distance j - i, run once per forward pass for the whole batch."""
+
+    attention_bias = True
+
+    def __init__(self, n_head: int, **_: object) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, n_head))
+
+    def context(self, seq_len: int, device: torch.device) -> PositionContext:
+        pos = torch.arange(seq_len, device=device)
+        distance = (pos[None, :] - pos[:, None]).float()
+        bias = self.mlp(distance[..., None]).permute(2, 0, 1).masked_fill(distance > 0, float("-inf"))
+        return PositionContext(bias=bias[None])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_registered_position_encodings_matmuls_are_counted(checkpointing: bool) -> None:
+    """A rotation's matmuls are per token and per layer, as FlopCounterMode counts them (recomputed under
+    checkpointing); a context computed once per batch has no per-token cost, and the count says so."""
+    POSITION_ENCODING_REGISTRY["rotation_t"] = LearnedRotation
+    POSITION_ENCODING_REGISTRY["distance_mlp_t"] = DistanceMLPBias
+    try:
+        cfg = get_debug_config("custom", position_encoding="rotation_t", block_size=16)
+        flops = compute_flops(cfg, activation_checkpointing=checkpointing, device_type="cpu")
+        model = ConfigurableGPT(cfg)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        idx = torch.randint(0, cfg.vocab_size, (2, 16))
+        with FlopCounterMode(display=False) as counter:
+            model(idx, idx)[1].backward()
+        hd, heads = cfg.head_dim, cfg.n_head + cfg.kv_heads
+        assert flops.row("position_rotate").forward_total == 2 * hd * hd * heads * cfg.n_layer
+        assert counter.get_total_flops() == flops.hfu_flops_per_token * idx.numel()
+        assert flops.caveats == []
+        mlp = compute_flops(get_debug_config("custom", position_encoding="distance_mlp_t", block_size=16))
+    finally:
+        del POSITION_ENCODING_REGISTRY["rotation_t"], POSITION_ENCODING_REGISTRY["distance_mlp_t"]
+    per_pass = 2 * 16 * 16 * (1 * 16 + 16 * cfg.n_head)  # two Linear layers over the 16 x 16 distances
+    assert [c for c in mlp.caveats if f"does {per_pass:,} forward FLOPs per forward pass" in c]
+    assert not [r for r in mlp.rows if r.name.startswith("position_")]
 
 
 def test_an_ffns_own_bug_is_not_taken_for_a_meta_device_limit() -> None:

@@ -6,12 +6,14 @@ checkpoint's samples decode with exactly the vocabulary it was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import io
+import os
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,20 @@ def _gpt2_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
+@contextlib.contextmanager
+def _no_tiktoken_cache() -> Iterator[None]:
+    """tiktoken copies every file it reads, local ones too, into $TMPDIR/data-gym-cache unless told where:
+    the files are on disk already, so read them in place (a user's own TIKTOKEN_CACHE_DIR is left as set)."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ or "DATA_GYM_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""  # tiktoken's switch for no cache
+    try:
+        yield
+    finally:
+        os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+
+
 @functools.lru_cache(maxsize=1)
 def gpt2_encoding() -> Any:
     """tiktoken's GPT-2 encoding built from local files, hash-checked; never touches the network."""
@@ -161,13 +177,14 @@ def gpt2_encoding() -> Any:
         raise DataError("the GPT-2 tokenizer needs the 'tiktoken' package: pip install tiktoken") from None
     data = _gpt2_data_dir()
     try:
-        ranks = data_gym_to_mergeable_bpe_ranks(
-            vocab_bpe_file=str(data / "vocab.bpe"),
-            encoder_json_file=str(data / "encoder.json"),
-            vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256,
-            encoder_json_hash=GPT2_ENCODER_JSON_SHA256,
-        )
-    except (OSError, ValueError, AssertionError) as e:
+        with _no_tiktoken_cache():
+            ranks = data_gym_to_mergeable_bpe_ranks(
+                vocab_bpe_file=str(data / "vocab.bpe"),
+                encoder_json_file=str(data / "encoder.json"),
+                vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256,
+                encoder_json_hash=GPT2_ENCODER_JSON_SHA256,
+            )
+    except (OSError, ValueError, AssertionError, ImportError) as e:  # ImportError: an old tiktoken's blobfile
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot load GPT-2 BPE files from {data}: {msg}") from None
     return tiktoken.Encoding(

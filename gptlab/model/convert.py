@@ -598,16 +598,22 @@ def _umask() -> int:
     return mask
 
 
+def safetensors_writer() -> Callable[..., None]:
+    """``safetensors.torch.save_file``, or one CheckpointError naming the extra that installs it."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise CheckpointError("save_pretrained needs the 'safetensors' package: pip install 'gptlab[hf]'") from None
+    return save_file
+
+
 def save_pretrained(
     model: ConfigurableGPT, directory: str | Path, special_tokens: dict[str, int | None] | None = None
 ) -> Path:
     """Export in Hugging Face layout: ``config.json`` + ``model.safetensors``. ``special_tokens``
     (bos/eos/pad ids) default to those of the Hugging Face model it was imported from, if any, else
     to ``special_tokens_for(None, vocab_size)``."""
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise CheckpointError("save_pretrained needs the 'safetensors' package: pip install 'gptlab[hf]'") from None
+    save_file = safetensors_writer()
     model_type = hf_model_type(model.config)
     hf_config, state = _EXPORTERS[model_type](model)
     if model.config.weight_tying:

@@ -170,6 +170,8 @@ def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: b
     ratio = fl.attention_flops_per_layer / fl.ffn_flops_per_layer
     print(f"attention/FFN FLOPs per layer: {ratio:.3f}; LM head share of training FLOPs: "
           f"{fl.lm_head_flops / fl.flops_per_token:.1%}")  # fmt: skip
+    for caveat in fl.caveats:
+        print(f"note: {caveat}")
     return fl
 
 

@@ -31,7 +31,8 @@ from gptlab.config.model import ModelArchitectureConfig
 from gptlab.errors import ConfigError
 from gptlab.telemetry.mfu import estimate_mfu_detailed, expected_tokens_per_sec  # MFU = these FLOPs / time / peak
 
-_ONCE = ("lm_head", "loss", "position_add")  # rows that occur once per token, not once per layer
+# rows that occur once per token, not once per layer
+_ONCE = ("lm_head", "loss", "position_add", "position_encoding")
 TRAIN_FACTOR = 3  # forward (1) + backward (2: grad wrt input and grad wrt weight, each the forward's size)
 
 # Non-matmul work, in FLOPs per element, counting a transcendental (exp, tanh, erf, rsqrt) as 1.
@@ -78,6 +79,9 @@ class FlopsBreakdown:
     activation_checkpointing: bool
     rows: list[FlopRow] = field(default_factory=list)
     device_type: str = "cuda"  # where SDPA runs: its kernels decide whether backward recomputes QK^T
+    # what the count could not measure (a registered component's code that does not run on the meta
+    # device): said beside every figure built on these FLOPs (flops, compare, the startup report)
+    caveats: list[str] = field(default_factory=list)
 
     def _sum(self, *, matmul: bool, causal: bool = False, per_layer: bool | None = None) -> float:
         skip = "full-square" if causal else "causal"
@@ -212,7 +216,7 @@ def compute_flops(
     q_dim = h * hd  # = H: query heads x head size
     kv_dim = config.kv_heads * hd  # GQA: K and V have n_kv_head heads, so their projections shrink
     D = config.ffn_hidden_dim
-    ffn_forward, ffn_note = _ffn_forward_flops(config)
+    ffn_forward, ffn_note, ffn_measured = _ffn_forward_flops(config)
     causal_keys = (S + 1) / 2  # mean visible keys per query under the causal mask: (1 + 2 + ... + S) / S
 
     rows = [
@@ -230,14 +234,26 @@ def compute_flops(
         # LM head (ERRATA 4): (H) @ (H, V) for every position in training.
         FlopRow("lm_head", 2 * H * V, 1, True, "tied" if config.weight_tying else "untied"),
     ]
+    position_rows, position_caveat = _registered_position_flops(config, S)
+    rows += position_rows
     rows += _non_matmul_rows(config, S, q_dim, kv_dim, D)
-    return FlopsBreakdown(config, S, activation_checkpointing, rows, device_type)
+    caveats = [note for note in (None if ffn_measured else ffn_note, position_caveat) if note]
+    return FlopsBreakdown(config, S, activation_checkpointing, rows, device_type, caveats)
 
 
-def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str]:
-    """Forward matmul FLOPs per token of one FFN, and the row's note. Built-in FFNs: (in, out) input
-    matrices H -> D and one output matrix D -> H, 2*H*D each (ERRATA 5). A registered FFN is run once
-    on the meta device under FlopCounterMode (shapes only, no data), so any structure is counted."""
+def _meta_failure(e: Exception) -> str | None:
+    """Why a registered component's forward cannot run on the meta device (data-dependent code, such as a
+    router's nonzero), or None when the error is the component's own bug, which training would hit too."""
+    if not isinstance(e, NotImplementedError) and "meta" not in str(e).lower():
+        return None
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:80]}" if str(e) else type(e).__name__
+
+
+def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, bool]:
+    """Forward matmul FLOPs per token of one FFN, the row's note, and whether the count is exact. Built-in
+    FFNs: (in, out) input matrices H -> D and one output matrix D -> H, 2*H*D each (ERRATA 5). A registered
+    FFN is run once on the meta device under FlopCounterMode (shapes only, no data), so any structure is
+    counted; one whose forward cannot run there is estimated."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from gptlab.model.components import build_activation, build_ffn, builtin_ffn_matrices
@@ -245,7 +261,7 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str]:
     H, D = config.n_embd, config.ffn_hidden_dim
     matrices = builtin_ffn_matrices(config.ffn_type)
     if matrices is not None:
-        return 2 * H * D * matrices, f"{config.ffn_type}: {matrices} matrices, D={D}"
+        return 2 * H * D * matrices, f"{config.ffn_type}: {matrices} matrices, D={D}", True
 
     tokens = 8
     with torch.device("meta"):
@@ -256,15 +272,65 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str]:
         with FlopCounterMode(display=False) as counter:
             ffn(x)
     except (NotImplementedError, RuntimeError) as e:  # no meta kernel for data-dependent code (a router's nonzero)
-        if not isinstance(e, NotImplementedError) and "meta" not in str(e).lower():
+        if (why := _meta_failure(e)) is None:
             raise  # the FFN's own bug (a shape mismatch): training would hit it too
         matrix_params = sum(p.numel() for p in ffn.parameters() if p.dim() >= 2)
-        why = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}" if str(e) else type(e).__name__
-        return 2 * matrix_params, (
+        return (
+            2 * matrix_params,
             f"{config.ffn_type}: estimated as every matrix once per token (its forward cannot run on the meta "
-            f"device: {why}), D={D}"
+            f"device: {why}), D={D}",
+            False,
         )
-    return counter.get_total_flops() / tokens, f"{config.ffn_type}: measured (FlopCounterMode, meta device), D={D}"
+    measured = f"{config.ffn_type}: measured (FlopCounterMode, meta device), D={D}"
+    return counter.get_total_flops() / tokens, measured, True
+
+
+def _registered_position_flops(config: ModelArchitectureConfig, S: int) -> tuple[list[FlopRow], str | None]:
+    """Matmul FLOPs per token of a registered position encoding (the built-in ones do none: RoPE's and
+    ALiBi's elementwise work is estimated with the rest), measured as a registered FFN is, on the meta
+    device under FlopCounterMode: its ``embed`` of every token, its ``rotate`` of q and k in every layer.
+    Its ``context`` runs once per forward pass, shared by the batch's sequences, so it has no per-token
+    cost: its FLOPs are a caveat, as is code that cannot run on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gptlab.model.components import position_encoding_for
+    from gptlab.model.registry import POSITION_ENCODING_REGISTRY, is_builtin
+
+    name = config.position_encoding
+    if is_builtin(POSITION_ENCODING_REGISTRY.get(name)):
+        return [], None
+    meta = torch.device("meta")
+    with meta:
+        encoding = position_encoding_for(config)
+        tok_emb = torch.empty(1, S, config.n_embd)
+        q = torch.empty(1, config.n_head, S, config.head_dim)
+        k = torch.empty(1, config.kv_heads, S, config.head_dim)
+    try:
+        with FlopCounterMode(display=False) as embed:
+            encoding.embed(tok_emb)
+        with FlopCounterMode(display=False) as per_pass:
+            context = encoding.context(S, meta)
+        with FlopCounterMode(display=False) as per_layer:
+            if context.rotate is not None:
+                context.rotate(q)
+                context.rotate(k)
+    except (NotImplementedError, RuntimeError) as e:
+        if (why := _meta_failure(e)) is None:
+            raise
+        return [], f"position_encoding {name!r}: its matmuls are not counted (it cannot run on the meta device: {why})"
+    note = f"{name}: measured (FlopCounterMode, meta device)"
+    rows = [
+        FlopRow("position_encoding", embed.get_total_flops() / S, 1, True, f"{note}, embed"),
+        FlopRow("position_rotate", per_layer.get_total_flops() / S, config.n_layer, True, f"{note}, rotate q and k"),
+    ]
+    context_flops = per_pass.get_total_flops()
+    caveat = None
+    if context_flops:
+        caveat = (
+            f"position_encoding {name!r}: its context does {context_flops:,} forward FLOPs per forward pass at "
+            f"seq_len={S} (once per batch, not per token): not in the per-token count"
+        )
+    return [row for row in rows if row.forward > 0], caveat
 
 
 def _non_matmul_rows(config: ModelArchitectureConfig, S: int, q_dim: int, kv_dim: int, D: int) -> list[FlopRow]:

@@ -151,6 +151,7 @@ def render_startup_report(r: dict[str, Any]) -> str:
             if fpt
             else ""
         ),
+        *(f"  note:        {caveat}; MFU uses this count" for caveat in e.get("flops_caveats") or ()),
         f"  throughput:  {expect}",
     ]
     plan = e.get("memory_plan")

@@ -62,6 +62,7 @@ class TelemetryHooks:
             "flops_per_token_causal": f.flops_per_token_causal,
             "flops_per_iter": f.flops_per_token * self.tokens_per_iter,
             "attention_to_ffn_ratio": f.attention_to_ffn_ratio,
+            "flops_caveats": f.caveats,  # what a registered component's count could not measure
         }
 
     def expected_tokens_per_sec(self, mfu: float) -> float | None:

@@ -4,6 +4,8 @@ and against gpt3-tokenizer's independent pure-Python implementation."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +117,27 @@ def test_a_crafted_tokenizer_meta_is_one_line() -> None:
     for meta, match in cases:
         with pytest.raises(DataError, match=match):
             load_tokenizer(meta)
+
+
+def test_gpt2_files_are_read_in_place_not_copied_to_the_temp_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tiktoken caches every file it reads under $TMPDIR/data-gym-cache unless told otherwise: the GPT-2
+    files are local, so nothing is copied; a cache the user asks for (TIKTOKEN_CACHE_DIR) is still used."""
+    import tempfile
+
+    from gptlab.data.tokenizers import gpt2_encoding
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    monkeypatch.delenv("DATA_GYM_CACHE_DIR", raising=False)
+    gpt2_encoding.cache_clear()
+    try:
+        assert gpt2_encoding().encode("hello world") == [31373, 995]
+        assert list(tmp_path.iterdir()) == [] and "TIKTOKEN_CACHE_DIR" not in os.environ
+        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "mine"))
+        gpt2_encoding.cache_clear()
+        gpt2_encoding()
+        assert len(list((tmp_path / "mine").iterdir())) == 2  # vocab.bpe and encoder.json, as asked
+    finally:
+        gpt2_encoding.cache_clear()

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _launcher_temp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """torchrun writes each launch's logs to a torchelastic_* folder in the temp directory and leaves it:
+    the launches here (their environment is this process's) get pytest's own, pruned, one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("torchrun")))
+        yield
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -856,3 +856,21 @@ def test_accumulated_gradients_are_the_global_batch_mean_gradient(data_dir: Path
         assert want[name].abs().max() > 0, name
         # float32 summation order differs (seen: <= 6e-7 of the largest entry); a wrong scale is off by 50%+
         assert (g - want[name]).abs().max() <= 1e-5 * want[name].abs().max(), (name, (g - want[name]).abs().max())
+
+
+def test_the_startup_report_says_when_the_flops_are_an_estimate(data_dir: Path, tmp_path: Path) -> None:
+    """A registered FFN whose forward cannot run on the meta device is counted as every matrix once per
+    token: the FLOPs/token and MFU built on that estimate carry a note, on the console and in the log."""
+    from gptlab.model.registry import FFN_REGISTRY
+    from gptlab.train.startup_report import build_startup_report, render_startup_report
+    from tests.test_plugins import RoutedFFN
+
+    FFN_REGISTRY["routed_loop_t"] = RoutedFFN
+    try:
+        args = tiny_args(data_dir, tmp_path, max_iters=1, arch_preset="custom", ffn_type="routed_loop_t")
+        report = build_startup_report(Trainer(parse_run_args(args), stream=io.StringIO()))
+    finally:
+        del FFN_REGISTRY["routed_loop_t"]
+    (caveat,) = report["expectations"]["flops_caveats"]
+    assert "routed_loop_t: estimated as every matrix once per token" in caveat
+    assert f"  note:        {caveat}; MFU uses this count" in render_startup_report(report).splitlines()
