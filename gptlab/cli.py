@@ -37,13 +37,17 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.compare import resolve_architecture
 
     config = resolve_architecture(args.preset, overrides).config  # a preset, or a config file's architecture
+    import dataclasses
+
     import torch
 
-    with torch.device("meta"):  # built first (a component that cannot be built is the only line), unallocated
-        model = ConfigurableGPT(config)
+    from gptlab.telemetry.params import count_parameters
+
+    with torch.device("meta"):  # one block, built first (a component that cannot be built is the only line)
+        ConfigurableGPT(dataclasses.replace(config, n_layer=1))
     print(config.get_architecture_summary())
-    if not args.no_params:
-        total, non_emb = model.get_num_params(non_embedding=False), model.get_num_params()
+    if not args.no_params:  # counted from the config: seconds for any depth, where building 10**5 blocks takes hours
+        total, non_emb = count_parameters(config), count_parameters(config, non_embedding=True)
         print(f"  parameters:  {total / 1e6:.2f}M total, {non_emb / 1e6:.2f}M excluding embedding lookups")
     return 0
 

@@ -119,16 +119,6 @@ def dataset_vocab_size(train_values: dict[str, Any]) -> int | None:
     return padded_vocab_size(vocab)
 
 
-def non_embedding_params(config: ModelArchitectureConfig) -> int:
-    """``ConfigurableGPT.get_num_params()`` (embedding lookups left out), built on the meta device."""
-    import torch
-
-    from gptlab.model.gpt import ConfigurableGPT
-
-    with torch.device("meta"):
-        return ConfigurableGPT(config).get_num_params(non_embedding=True)
-
-
 def compute_figures(
     config: ModelArchitectureConfig,
     *,
@@ -167,7 +157,7 @@ def compute_figures(
     return {
         "architecture": config.get_architecture_name(),
         "params_total": count_parameters(config),
-        "params_non_embedding": non_embedding_params(config),
+        "params_non_embedding": count_parameters(config, non_embedding=True),
         **{f"flops.{c}": table[c]["training_flops_per_token"] for c in MATMUL_COMPONENTS},
         "flops_per_token": fl.flops_per_token,
         "flops_per_token_causal": fl.flops_per_token_causal,

@@ -8,7 +8,7 @@ the meta device, so the plan stays exact for any registered norm, FFN or positio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -17,9 +17,9 @@ from gptlab.config.model import ModelArchitectureConfig
 FP32_BYTES = 4
 
 
-@dataclass(frozen=True)
-class TensorShape:
-    """A named tensor shape; ``matmul`` marks weights that a Linear multiplies (autocast copies them)."""
+class TensorShape(NamedTuple):
+    """A named tensor shape; ``matmul`` marks weights that a Linear multiplies (autocast copies them).
+    (A tuple: a deep model has millions, and a tuple is built several times faster than a dataclass.)"""
 
     name: str
     shape: tuple[int, ...]
@@ -89,13 +89,17 @@ def parameter_shapes(config: ModelArchitectureConfig) -> list[TensorShape]:
     q_dim, kv_dim = config.n_head * config.head_dim, config.kv_heads * config.head_dim
     # The token embedding is multiplied only when it doubles as the LM head.
     shapes = [TensorShape("wte.weight", (V, H), matmul=config.weight_tying), *_positions(config)]
+    # every block is built from the same config: one block's tensors (a registered component built once on
+    # the meta device, not once per layer), named for each layer
+    block = [
+        *_norm(config, "norm_1"),
+        *_linear("attn.qkv", H, q_dim + 2 * kv_dim, b),
+        *_linear("attn.out_proj", q_dim, H, b),
+        *_norm(config, "norm_2"),
+        *_ffn(config, "ffn"),
+    ]
     for i in range(config.n_layer):
-        p = f"blocks.{i}"
-        shapes += _norm(config, f"{p}.norm_1")
-        shapes += _linear(f"{p}.attn.qkv", H, q_dim + 2 * kv_dim, b)
-        shapes += _linear(f"{p}.attn.out_proj", q_dim, H, b)
-        shapes += _norm(config, f"{p}.norm_2")
-        shapes += _ffn(config, f"{p}.ffn")
+        shapes += [TensorShape(f"blocks.{i}.{t.name}", t.shape, t.matmul) for t in block]
     if config.final_norm:
         shapes += _norm(config, "norm_f")
     if not config.weight_tying:
@@ -119,8 +123,14 @@ def buffer_bytes(config: ModelArchitectureConfig) -> int:
     return sum(b.numel() * b.element_size() for b in module.buffers())
 
 
-def count_parameters(config: ModelArchitectureConfig) -> int:
-    return sum(s.numel for s in parameter_shapes(config))
+def count_parameters(config: ModelArchitectureConfig, *, non_embedding: bool = False) -> int:
+    """``ConfigurableGPT(config).get_num_params(non_embedding)`` without building the model: ``non_embedding``
+    leaves out the lookup tables that do no matmul (the position encoding's parameters, and the token
+    embedding unless it doubles as the LM head)."""
+    shapes = parameter_shapes(config)
+    if non_embedding:
+        shapes = [s for s in shapes if not s.name.startswith("pos_encoding.") and (s.matmul or s.name != "wte.weight")]
+    return sum(s.numel for s in shapes)
 
 
 __all__ = ["TensorShape", "buffer_bytes", "count_parameters", "parameter_shapes"]

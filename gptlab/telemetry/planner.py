@@ -210,13 +210,21 @@ def _fsdp_transient(shapes: list[TensorShape], c: int) -> int:
 
 
 def fit_advice(
-    config: ModelArchitectureConfig, device_bytes: int, *, per: str = "GPU", capacity: str = "", **plan_kwargs: Any
+    config: ModelArchitectureConfig,
+    device_bytes: int,
+    *,
+    per: str = "GPU",
+    capacity: str = "",
+    refuse_above: float | None = None,
+    **plan_kwargs: Any,
 ) -> str | None:
     """None when ``plan_memory(config, **plan_kwargs)``'s peak fits in ``device_bytes`` (with 5% kept
     for the allocator and kernel workspaces); otherwise one line saying by how much it misses and what
     each setting that would help brings the peak to, re-planned (the chunked loss, activation
     checkpointing, FSDP when there are several ranks, half the micro-batch with twice the steps). ``per``
-    and ``capacity`` name the unit and the memory for a CPU run ('process', "the 24.0 GB of RAM ...")."""
+    and ``capacity`` name the unit and the memory for a CPU run ('process', "the 24.0 GB of RAM ...").
+    A peak more than ``refuse_above`` times the memory is a ConfigError with the same options: no error in
+    the planner's estimates can make that fit, and building it would fill the memory first."""
     budget = 0.95 * device_bytes
     plan = plan_memory(config, **plan_kwargs)
     if plan.mode.peak <= budget:
@@ -238,8 +246,14 @@ def fit_advice(
         peak = plan_memory(config, **{**plan_kwargs, **change}).mode.peak
         ideas.append(f"{flag} -> {peak / 1e9:.1f} GB" + (" (fits)" if peak <= budget else ""))
     capacity = capacity or f"the device's {device_bytes / 1e9:.1f} GB"
+    options = "each alone: " + "; ".join(ideas)
+    if refuse_above is not None and plan.mode.peak > refuse_above * device_bytes:
+        raise ConfigError(
+            f"planned peak {plan.mode.peak / 1e9:,.1f} GB per {per} is more than {refuse_above:g} times {capacity}: "
+            f"this run cannot fit (options, {options})"
+        )
     return (f"planned peak {plan.mode.peak / 1e9:.1f} GB per {per} exceeds {capacity} "
-            f"(less 5% headroom); expect an out-of-memory error. Options, each alone: " + "; ".join(ideas))  # fmt: skip
+            f"(less 5% headroom); expect an out-of-memory error. Options, {options}")  # fmt: skip
 
 
 def plan_all_modes(config: ModelArchitectureConfig, *, world_size: int = 1, **kwargs: object) -> dict[str, MemoryPlan]:

@@ -205,6 +205,11 @@ class Trainer:
         self._overruled: list[str] = []  # config-file architecture keys the loaded weights overrule
         self._weights_source = cfg.init_from  # a resume: the checkpoint's path
         self.arch, ckpt, pretrained = self._resolve_init(run)
+        if not cfg.eval_only and not cfg.fsdp_cpu_offload:  # before building what cannot fit (it would fill RAM)
+            plan_kwargs = telemetry.run_plan_kwargs(
+                cfg, self.dtype, self.mode, self.world_size, self.accum_steps, self.device
+            )
+            telemetry.memory_advice(self.arch, self.device, plan_kwargs, refuse_above=telemetry.HOPELESS_FACTOR)
         # the DCP checkpoint resumed from, and its iteration: saving that iteration again rewrites only its meta
         resumed = Path(ckpt["path"]).resolve() if ckpt is not None else None
         self._resumed_dcp = resumed if resumed is not None and is_dcp_dir(resumed) else None

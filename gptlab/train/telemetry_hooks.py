@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gptlab.config.model import ModelArchitectureConfig
 from gptlab.config.train import TrainConfig
 from gptlab.logging import logged_peak_gb
 from gptlab.telemetry.flops import compute_flops, estimate_mfu_detailed, expected_tokens_per_sec
@@ -97,47 +98,60 @@ class TelemetryHooks:
         return stats
 
     def _plan_kwargs(self) -> dict[str, Any]:
-        return dict(
-            batch_size=self.cfg.batch_size,
-            dtype=self.dtype,
-            parallel=self.parallel,
-            world_size=self.world_size,
-            activation_checkpointing=self.cfg.activation_checkpointing,
-            grad_accum_steps=self.accum_steps,
-            device_type=self.device.type,
-            loss_chunk_size=self.cfg.loss_chunk_size,
-        )
+        return run_plan_kwargs(self.cfg, self.dtype, self.parallel, self.world_size, self.accum_steps, self.device)
 
     def plan(self) -> MemoryPlan:
         """The planner's per-rank memory for this run's mode and world size."""
         return plan_memory(self.arch, **self._plan_kwargs())
 
     def memory_advice(self, device_bytes: int | None = None) -> str | None:
-        """A warning with options when the planned peak will not fit (None if it fits or nothing is known):
-        the CUDA device's memory, or on a CPU this machine's RAM shared by its ranks. ``device_bytes``
-        overrides the capacity."""
-        if self.device.type != "cuda":
-            return self._host_memory_advice(device_bytes)
-        if device_bytes is None:
-            device_bytes = torch.cuda.get_device_properties(self.device).total_memory
-        return fit_advice(self.arch, device_bytes, **self._plan_kwargs())
-
-    def _host_memory_advice(self, ram: int | None) -> str | None:
-        """On a CPU tensors live in RAM, which the processes on this machine share (the planner's figures
-        are the tensors alone: the process needs more for Python and PyTorch)."""
-        ram = ram if ram is not None else host_memory_bytes()
-        if ram is None:
-            return None
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        share = ram // max(local, 1)
-        each = f" for each of {local} processes" if local > 1 else ""
-        return fit_advice(
-            self.arch,
-            share,
-            per="process",
-            capacity=f"the {share / 1e9:.1f} GB of RAM it has{each}",
-            **self._plan_kwargs(),
-        )
+        """A warning with options when the planned peak will not fit (None if it fits or nothing is known)."""
+        return memory_advice(self.arch, self.device, self._plan_kwargs(), device_bytes=device_bytes)
 
     def memory_plan(self) -> str | None:
         return str(self.plan())
+
+
+# A planned peak this many times the memory is refused before the model is built (fit_advice's refuse_above)
+HOPELESS_FACTOR = 2.0
+
+
+def run_plan_kwargs(
+    cfg: TrainConfig, dtype: str, parallel: str, world_size: int, accum_steps: int, device: torch.device
+) -> dict[str, Any]:
+    """The memory planner's inputs for a run of ``cfg`` on ``world_size`` ranks of ``device``."""
+    return dict(
+        batch_size=cfg.batch_size,
+        dtype=dtype,
+        parallel=parallel,
+        world_size=world_size,
+        activation_checkpointing=cfg.activation_checkpointing,
+        grad_accum_steps=accum_steps,
+        device_type=device.type,
+        loss_chunk_size=cfg.loss_chunk_size,
+    )
+
+
+def memory_advice(
+    arch: ModelArchitectureConfig,
+    device: torch.device,
+    plan_kwargs: dict[str, Any],
+    *,
+    device_bytes: int | None = None,
+    refuse_above: float | None = None,
+) -> str | None:
+    """``fit_advice`` against the CUDA device's memory, or on a CPU this machine's RAM shared by its ranks
+    (tensors live there; the planner's figures are the tensors alone: the process needs more for Python
+    and PyTorch); None when nothing is known. ``device_bytes`` overrides the capacity."""
+    if device.type == "cuda":
+        if device_bytes is None:
+            device_bytes = torch.cuda.get_device_properties(device).total_memory
+        return fit_advice(arch, device_bytes, refuse_above=refuse_above, **plan_kwargs)
+    ram = device_bytes if device_bytes is not None else host_memory_bytes()
+    if ram is None:
+        return None
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = ram // max(local, 1)
+    each = f" for each of {local} processes" if local > 1 else ""
+    capacity = f"the {share / 1e9:.1f} GB of RAM it has{each}"
+    return fit_advice(arch, share, per="process", capacity=capacity, refuse_above=refuse_above, **plan_kwargs)

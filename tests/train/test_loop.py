@@ -307,18 +307,42 @@ def test_memory_warning_before_the_first_step(data_dir: Path, tmp_path: Path, mo
     memory is the machine's RAM shared by its ranks: a 200 KB machine running 2 ranks here."""
     from gptlab.train import telemetry_hooks
 
-    monkeypatch.setattr(telemetry_hooks, "host_memory_bytes", lambda: 2 * 10**5)
+    peak = Trainer(parse_run_args(tiny_args(data_dir, tmp_path / "plan")), stream=io.StringIO()).telemetry.plan()
+    ram = int(1.5 * peak.mode.peak)  # each of 2 processes gets 0.75 of the peak: short, not hopelessly
+    monkeypatch.setattr(telemetry_hooks, "host_memory_bytes", lambda: ram)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     out = io.StringIO()
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=1)), stream=out)
     (event,) = [r for r in read_log(tmp_path) if r.get("event") == "memory_warning"]
     assert "expect an out-of-memory error" in event["message"] and "--loss_chunk_size=1024" in event["message"]
-    assert "per process exceeds the 0.0 GB of RAM it has for each of 2 processes" in event["message"]
+    share = f"{ram // 2 / 1e9:.1f}"
+    assert f"per process exceeds the {share} GB of RAM it has for each of 2 processes" in event["message"]
     assert read_log(tmp_path).index(event) < next(i for i, r in enumerate(read_log(tmp_path)) if r["type"] == "iter")
     assert "out-of-memory" in out.getvalue()
     out = io.StringIO()  # an evaluation needs no training memory: no warning
     train(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume", eval_only=True)), stream=out)
     assert "out-of-memory" not in out.getvalue()
+
+
+def test_a_run_planned_far_beyond_the_memory_is_refused_before_the_model_is_built(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More than twice the memory (a typo's --batch_size=100000000, --n_layer=100000): building the model or
+    gathering the batch would fill the machine's RAM before any out-of-memory error; one line instead."""
+    from gptlab.train import telemetry_hooks
+
+    monkeypatch.setattr(telemetry_hooks, "host_memory_bytes", lambda: 2 * 10**5)  # a 200 KB machine
+    monkeypatch.setattr(Trainer, "_build_model", lambda *a, **k: pytest.fail("the model must not be built"))
+    with pytest.raises(ConfigError, match=r"per process is more than 2 times the 0\.0 GB of RAM it has: this run "
+                       r"cannot fit \(options, each alone: --loss_chunk_size=1024 -> "):  # fmt: skip
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "run", max_iters=1)), stream=io.StringIO())
+    assert not (tmp_path / "run").exists()
+    # an evaluation trains nothing: not refused by the training plan
+    monkeypatch.undo()
+    train(parse_run_args(tiny_args(data_dir, tmp_path / "run", max_iters=1)), stream=io.StringIO())
+    monkeypatch.setattr(telemetry_hooks, "host_memory_bytes", lambda: 2 * 10**5)
+    args = tiny_args(data_dir, tmp_path / "run", init_from="resume", eval_only=True)
+    assert train(parse_run_args(args), stream=io.StringIO())["status"] == "completed"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
