@@ -67,6 +67,33 @@ KEY_ALIASES: dict[str, str] = {
     "warmup_steps": "warmup_iters",
     "max_grad_norm": "grad_clip",
     "clip_grad_norm": "grad_clip",
+    # torchtitan's TOML sections, written as --section.key
+    "training.steps": "max_iters",
+    "training.local_batch_size": "batch_size",
+    "training.batch_size": "batch_size",
+    "training.seq_len": "block_size",
+    "training.max_norm": "grad_clip",
+    "training.seed": "seed",
+    "optimizer.lr": "learning_rate",
+    "optimizer.weight_decay": "weight_decay",
+    "lr_scheduler.warmup_steps": "warmup_iters",
+    "job.dump_folder": "out_dir",
+    "checkpoint.folder": "out_dir",
+    "model.flavor": "arch_preset",
+    # sampling (litgpt generate, HF generate)
+    "prompt": "start",
+    "temp": "temperature",
+    "max_tokens": "max_new_tokens",
+    "num_return_sequences": "num_samples",
+}
+# Other tools' names for our values: a miss suggests ours (a GPU user's 'gpu' would otherwise be 'cpu').
+VALUE_ALIASES: dict[str, str] = {
+    "gpu": "cuda",
+    "fp16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "float": "float32",
 }
 
 
@@ -75,8 +102,9 @@ def did_you_mean(value: object, choices: Iterable[str]) -> str:
     if not isinstance(value, str):
         return ""
     choices = list(choices)
-    if KEY_ALIASES.get(value) in choices:
-        return f" (did you mean {KEY_ALIASES[value]!r}?)"
+    alias = KEY_ALIASES.get(value) or VALUE_ALIASES.get(value.lower())
+    if alias in choices:
+        return f" (did you mean {alias!r}?)"
     close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -105,3 +105,18 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
                 (out_dir / RUN_LOCK).unlink(missing_ok=True)
                 for folder in created:  # the folders made for it, innermost first
                     folder.rmdir()
+
+
+def check_directory(key: str, path: str | Path) -> None:
+    """A folder the user named, that gptlab will create or write into: one ConfigError naming the key when
+    it is a file, or when a folder it would be created in is (where mkdir's errno line names neither)."""
+    from gptlab.errors import ConfigError
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is a file: expected a directory (or a path to create one)")
+    for parent in path.parents:  # the nearest that exists decides
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{key}={str(path)!r} cannot be created: {str(parent)!r} is a file")
+            return

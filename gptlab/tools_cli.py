@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.errors import ConfigError, refuse_extra
+from gptlab.fileio import check_directory
 from gptlab.plugins import add_plugins_option
 
 
@@ -39,6 +40,7 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
         # --batch_size and --dtype, when given, set the training's too (the table plans for a GPU)
         overrides.update({k: getattr(args, k) for k in ("batch_size", "dtype") if getattr(args, k) is not None})
         if args.out_dir:
+            check_directory("--out_dir", args.out_dir)
             overrides["out_dir"] = args.out_dir
         result = train_and_compare(args.architectures, overrides, table=table)
     else:
@@ -53,7 +55,7 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
                               "seq_len": "flops", "num_gpus": "flops"}  # fmt: skip
             if bad[0] in other_commands:
                 raise ConfigError(f"--{bad[0]} is an option of `gptlab {other_commands[bad[0]]}`, not of compare")
-            hint = "" if bad[0] in TRAIN_FIELDS else did_you_mean(bad[0], [*ARCH_FIELDS, *vars(args)])
+            hint = "" if bad[0] in TRAIN_FIELDS else did_you_mean(bad[0], [*ARCH_FIELDS, *vars(args), *TRAIN_FIELDS])
             raise ConfigError(f"{', '.join(bad)}: not architecture keys{hint} (training keys need --train)")
         result = compare(args.architectures, overrides, **table)
     print(result.render(args.format))
@@ -65,6 +67,7 @@ def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
 
     refuse_extra("report", extra, vars(args))
     out = args.out or (Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("report"))
+    check_directory("--out", out)
     labels = args.labels.split(",") if args.labels else None
     if labels and len(labels) != len(args.run_dirs):
         raise ConfigError(f"--labels has {len(labels)} names for {len(args.run_dirs)} run directories")

@@ -58,7 +58,30 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     (run / "log.jsonl").write_text('{"type": "iter", "iter": 0, "loss": 1.0, "dt_ms": 1.0}\n')
     (tmp_path / "file").write_text("")
     assert main(["report", str(run), f"--out={tmp_path / 'file'}"]) == 2
-    assert "\n" not in capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith(f"--out={str(tmp_path / 'file')!r} is a file: expected a directory (or a "
+                                             "path to create one)")  # fmt: skip
+    # a folder to be created inside a file: the key is named, not mkdir's errno line
+    inside = tmp_path / "file" / "sub"
+    for argv, key in (
+        (["prepare", "notes", f"--input={run / 'log.jsonl'}", f"--data_dir={inside}"], "data_dir"),
+        (["compare", "gpt2", "--train", f"--out_dir={inside}", "--max_iters=2"], "--out_dir"),
+        (["train", f"--out_dir={inside}", "--max_iters=1"], "out_dir"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{key}={str(inside)!r} cannot be created: {str(tmp_path / 'file')!r} is a file"), err
+    # other tools' names, in keys and values, get ours suggested
+    for argv, hint in (
+        (["compare", "gpt2", "--lr=1e-3"], "(did you mean 'learning_rate'?) (training keys need --train)"),
+        (["train", "--device=gpu"], "(did you mean 'cuda'?)"),
+        (["train", "--dtype=bf16"], "(did you mean 'bfloat16'?)"),
+        (["train", "--training.steps=10"], "did you mean --max_iters=10?"),
+        (["train", "--max-iters"], "(write --max_iters=VALUE)"),
+        (["sample", "--prompt=hi"], "unknown sample key 'prompt' (did you mean 'start'?)"),
+    ):
+        assert main(argv) == 2, argv
+        assert hint in capsys.readouterr().err, argv
 
 
 def test_an_allocation_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

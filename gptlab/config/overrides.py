@@ -7,7 +7,13 @@ import ast
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gptlab.errors import ConfigError
+from gptlab.errors import KEY_ALIASES, ConfigError
+
+
+def _key_name(typed: str) -> str:
+    """Our spelling of a key typed the way another tool spells it: ``max-iters`` (argparse's dashes) is
+    ``max_iters``, torchtitan's ``training.steps`` is ``max_iters``."""
+    return KEY_ALIASES.get(typed, typed.replace("-", "_"))
 
 
 def parse_value(text: str) -> Any:
@@ -25,11 +31,11 @@ def parse_overrides(args: Sequence[str], text_keys: Iterable[str] = ()) -> dict[
     out: dict[str, Any] = {}
     for arg in args:
         if not arg.startswith("--") or "=" not in arg:
-            hint = f" (write {arg}=VALUE)" if arg.startswith("--") and len(arg) > 2 else ""
+            hint = f" (write --{_key_name(arg[2:])}=VALUE)" if arg.startswith("--") and len(arg) > 2 else ""
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
         key, text = arg[2:].split("=", 1)
         if not key.isidentifier():
-            spelled = key.replace("-", "_")
+            spelled = _key_name(key)
             hint = f": did you mean --{spelled}={text}?" if spelled.isidentifier() else ""
             raise ConfigError(f"cannot parse argument {arg!r}: {key!r} is not a valid key name{hint}")
         value = parse_value(text)

@@ -332,6 +332,8 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
             hint = f" (did you mean {str(path) + '.py'!r}?)"
         elif str(path).lstrip("-").replace(".", "", 1).isdigit():
             hint = " (overrides take the form --key=value, with '=')"
+        elif not path.exists() and path.parent.is_dir():  # a misspelt file name: the nearest in its folder
+            hint = did_you_mean(path.name, sorted(p.name for p in path.parent.glob("*.py")))
         elif not path.exists() and path.parent.name == "config":
             hint = (
                 f" in {Path.cwd()} (the example config files are the gptlab repository's config/ folder, "

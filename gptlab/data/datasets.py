@@ -32,7 +32,7 @@ from gptlab.data.storage import (
 )
 from gptlab.data.tokenizers import TOKENIZERS, Tokenizer, build_tokenizer, load_tokenizer
 from gptlab.errors import ConfigError, DataError, did_you_mean, unknown_choice
-from gptlab.fileio import atomic_write
+from gptlab.fileio import atomic_write, check_directory
 
 __all__ = ["DATASETS", "DatasetSpec", "PrepareOptions", "ensure_prepared", "prepare_dataset", "read_meta"]
 
@@ -244,6 +244,7 @@ def prepare_dataset(
     are complete, so an interrupted prepare never leaves a dataset that looks ready.
     """
     _check_name(name)
+    check_directory("data_dir", data_dir)
     path = Path(input_path) if input_path is not None else None
     opts = PrepareOptions(
         path, tokenizer, num_proc, max_documents, max_tokens, max_chars, val_fraction, load_fn, text_field
@@ -368,6 +369,7 @@ def _meta(
 def ensure_prepared(name: str, data_dir: str | Path = "data") -> Path:
     """The directory of dataset ``name``; embedded datasets are prepared on first use, others must be."""
     _check_name(name)
+    check_directory("data_dir", data_dir)
     dataset_dir = Path(data_dir) / name
     if is_ready(dataset_dir):
         return dataset_dir

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from gptlab.checkpoint import check_zip_crc, clean_state_dict, is_dcp_dir, latest_checkpoint, load_checkpoint
 from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
-from gptlab.errors import CheckpointError, ConfigError, first_line
+from gptlab.errors import CheckpointError, ConfigError, did_you_mean, first_line
 from gptlab.fileio import atomic_write
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY, is_builtin
@@ -84,6 +84,19 @@ def download_hub_model(repo_id: str) -> Path:
         if any(path.glob(weights[0])):
             return path
     return path  # type: ignore[return-value]  # no weights: _read_hf_weights says so
+
+
+def check_init_source(init_from: str, keywords: tuple[str, ...]) -> None:
+    """A command's ``init_from`` that is none of its ``keywords`` ('scratch', 'resume'), no existing path and
+    no Hub name is one ConfigError naming the key, with the nearest of them (a typo's 'resum', 'gpt-2')."""
+    if init_from in keywords or Path(init_from).expanduser().exists() or hub_repo_id(init_from) is not None:
+        return
+    named = ", ".join(repr(k) for k in keywords)
+    raise ConfigError(
+        f"init_from={init_from!r} is neither {named}, an existing local checkpoint path nor a Hugging Face Hub "
+        "model (gpt2, gpt2-medium, gpt2-large, gpt2-xl, org/name)"
+        + did_you_mean(init_from, [*keywords, *NANOGPT_HUB_NAMES])
+    )
 
 
 def resolve_pretrained(src: str | Path) -> Path:

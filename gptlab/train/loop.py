@@ -53,10 +53,10 @@ from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
 from gptlab.data.stats import unigram_baseline
 from gptlab.device import resolve_device, resolve_dtype
-from gptlab.errors import CheckpointError, ConfigError, GptlabError, did_you_mean
-from gptlab.fileio import atomic_write
+from gptlab.errors import CheckpointError, ConfigError, GptlabError
+from gptlab.fileio import atomic_write, check_directory
 from gptlab.logging import TrainingLogger
-from gptlab.model.convert import NANOGPT_HUB_NAMES, hub_repo_id, resolve_pretrained
+from gptlab.model.convert import check_init_source, resolve_pretrained
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.plugins import saved_plugins
 from gptlab.train import telemetry_hooks as telemetry
@@ -167,8 +167,7 @@ class Trainer:
         self.cfg: TrainConfig = replace(run.train)  # a copy: the run's record may change (a fine-tune's preset)
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise ConfigError(f"out_dir={cfg.out_dir!r} is a file: expected a directory (or a path to create one)")
+        check_directory("out_dir", cfg.out_dir)
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.dist = dist if dist is not None else parallel.init_distributed(cfg, self.device)
@@ -196,6 +195,13 @@ class Trainer:
                 raise ConfigError(
                     f"out_dir={str(self.out_dir)!r} holds a previous run ({', '.join(previous)}): continue it with "
                     "--init_from=resume, pick another --out_dir, or pass --overwrite=True to replace it"
+                )
+        if cfg.eval_only and cfg.init_from == "scratch":  # freshly initialised weights: surely not what was meant
+            saved = [n for n in ("ckpt.pt", "ckpt.dcp") if (self.out_dir / n).exists()]
+            if saved:
+                raise ConfigError(
+                    f"eval_only=True with init_from='scratch' would evaluate new random weights, but "
+                    f"out_dir={str(self.out_dir)!r} holds {saved[0]}: pass --init_from=resume to evaluate it"
                 )
 
         # ---- data
@@ -383,12 +389,7 @@ class Trainer:
                 )
             return ModelArchitectureConfig.from_dict(arch_dict, saved_plugins(ckpt)), ckpt, None
         # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint, or a Hub model, to fine-tune
-        if not Path(cfg.init_from).expanduser().exists() and hub_repo_id(cfg.init_from) is None:
-            raise ConfigError(
-                f"init_from={cfg.init_from!r} is neither 'scratch', 'resume', an existing local checkpoint path "
-                "nor a Hugging Face Hub model (gpt2, gpt2-medium, gpt2-large, gpt2-xl, org/name)"
-                + did_you_mean(cfg.init_from, ["scratch", "resume", *NANOGPT_HUB_NAMES])
-            )
+        check_init_source(cfg.init_from, ("scratch", "resume"))
         path = resolve_pretrained(cfg.init_from)
         model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
         loaded = model.config.to_dict()

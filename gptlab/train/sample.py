@@ -84,10 +84,16 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
 def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[Any, dict[str, Any] | None]:
     """The model and the tokenizer meta recorded with it (None where nothing says how to decode)."""
     from gptlab.checkpoint import load_checkpoint
-    from gptlab.model.convert import gptlab_checkpoint_path, model_from_checkpoint, model_from_nanogpt
+    from gptlab.model.convert import (
+        check_init_source,
+        gptlab_checkpoint_path,
+        model_from_checkpoint,
+        model_from_nanogpt,
+    )
     from gptlab.model.gpt import ConfigurableGPT
 
     resume = cfg.init_from == "resume"
+    check_init_source(cfg.init_from, ("resume",))
     source = Path(cfg.out_dir if resume else cfg.init_from).expanduser()
     found = gptlab_checkpoint_path(source) if source.exists() else None
     nanogpt = _nanogpt_checkpoint(found)

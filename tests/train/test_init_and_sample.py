@@ -441,6 +441,8 @@ def test_nanogpt_char_run_samples_as_nanogpt_does(tmp_path: Path, monkeypatch: p
     assert low.startswith("to be") and set(low) <= set(vocab)
     with pytest.raises(ConfigError, match="dtype='float64'"):
         parse_sample_args(["--dtype=float64"])
+    with pytest.raises(ConfigError, match=r"init_from='resum' is neither 'resume', an .* \(did you mean 'resume'\?\)"):
+        sample(parse_sample_args([*args, "--init_from=resum"]))
     # one generator seeded once draws every sample: any 64-bit seed, whatever num_samples
     assert parse_sample_args(["--seed=18446744073709551615", "--num_samples=3"]).seed == 2**64 - 1
     with pytest.raises(ConfigError, match=r"seed=18446744073709551616 is invalid: expected an integer in \[0, 2"):

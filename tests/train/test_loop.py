@@ -322,6 +322,9 @@ def test_memory_warning_before_the_first_step(data_dir: Path, tmp_path: Path, mo
     out = io.StringIO()  # an evaluation needs no training memory: no warning
     train(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume", eval_only=True)), stream=out)
     assert "out-of-memory" not in out.getvalue()
+    # nanoGPT's eval_only with init_from='scratch' evaluates new random weights: not beside a checkpoint
+    with pytest.raises(ConfigError, match=r"holds ckpt\.pt: pass --init_from=resume to evaluate it"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path, eval_only=True)), stream=io.StringIO())
 
 
 def test_a_run_planned_far_beyond_the_memory_is_refused_before_the_model_is_built(

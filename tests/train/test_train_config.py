@@ -137,6 +137,19 @@ def test_bad_input_is_one_clear_line(args: list[str], match: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_a_misspelt_config_file_gets_the_nearest_in_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config/full_llama_12m.py beside config/full_llama_124m.py: that name, not the hint for a wheel install
+    (which is for a config/ folder that is not there)."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "full_llama_124m.py").write_text("n_layer = 2\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"'config/full_llama_12m\.py' does not exist \(did you mean 'full_llama"):
+        parse_run_args(["config/full_llama_12m.py"])
+    monkeypatch.chdir(tmp_path / "config")
+    with pytest.raises(ConfigError, match="not installed with the package: run from a clone's root"):
+        parse_run_args(["config/full_llama_124m.py"])
+
+
 def test_overwrite_on_a_resume_is_refused_when_typed() -> None:
     """A resume continues the files in out_dir, so a typed --overwrite=True would replace nothing."""
     from gptlab.config.train import TrainConfig, check_train_keys_take_effect
