@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from gptlab.errors import ConfigError, GptlabError
+from gptlab.errors import ConfigError, GptlabError, first_line
 from gptlab.fileio import atomic_write
 from gptlab.units import format_si
 
@@ -157,9 +157,17 @@ class TrainingLogger:
                 import wandb
             except ImportError:
                 raise ConfigError("wandb_log=True needs wandb: pip install 'gptlab[wandb]'") from None
-            self._wandb = wandb.init(
-                project=wandb_config.get("project"), name=wandb_config.get("name"), config=wandb_config.get("config")
-            )
+            try:
+                self._wandb = wandb.init(
+                    project=wandb_config.get("project"),
+                    name=wandb_config.get("name"),
+                    config=wandb_config.get("config"),
+                )
+            except Exception as e:  # not logged in (UsageError), no network (CommError): wandb's, in one line
+                raise GptlabError(
+                    f"wandb_log=True: wandb.init failed ({type(e).__name__}: {first_line(e)}); run `wandb login`, "
+                    "or set WANDB_MODE=offline to log locally and `wandb sync` later"
+                ) from None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

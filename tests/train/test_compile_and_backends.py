@@ -14,7 +14,7 @@ import pytest
 from gptlab import ConfigurableGPT
 from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.train.launch import train
 from tests.train.conftest import tiny_args
 
@@ -142,3 +142,18 @@ def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch
             stream=io.StringIO(),
         )
     assert (tmp_path / "log.jsonl").read_bytes() == log_before  # the earlier run's log is left alone
+    # installed, but not logged in (a batch job): wandb's UsageError in one line, with what to do
+    fake = types.ModuleType("wandb")
+
+    def not_logged_in(**kwargs: object) -> None:
+        raise RuntimeError("No API key configured. Use `wandb login` to log in.\n(more lines of wandb's)")
+
+    fake.init = not_logged_in  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with pytest.raises(GptlabError, match=r"wandb.init failed \(RuntimeError: No API key configured\. Use `wandb "
+                       r"login` to log in\.\); run `wandb login`, or set WANDB_MODE=offline"):  # fmt: skip
+        train(
+            parse_run_args(tiny_args(data_dir, tmp_path, wandb_log=True, max_iters=1, overwrite=True)),
+            stream=io.StringIO(),
+        )
+    assert (tmp_path / "log.jsonl").read_bytes() == log_before
