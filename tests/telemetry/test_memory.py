@@ -86,6 +86,19 @@ def test_registered_component_shapes_come_from_the_component() -> None:
         del NORM_REGISTRY["gainbias_test"]
 
 
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "hybrid", "team", "custom"])
+@pytest.mark.parametrize("flip_tying", [False, True])
+def test_parameter_counts_match_the_model_without_building_it(preset: str, flip_tying: bool) -> None:
+    """count_parameters, which arch and compare use for any depth, is the model's get_num_params both ways."""
+    cfg = get_debug_config(preset)
+    if flip_tying:
+        cfg = get_debug_config(preset, weight_tying=not cfg.weight_tying)
+    with torch.device("meta"):
+        model = ConfigurableGPT(cfg)
+    assert count_parameters(cfg) == model.get_num_params(non_embedding=False)
+    assert count_parameters(cfg, non_embedding=True) == model.get_num_params()
+
+
 def test_gpt2_124m_numbers() -> None:
     """ERRATA 13: AdamW's two float32 states for 124M parameters are about 1.0 GB, not 2.0."""
     cfg = get_preset_config("gpt2")
