@@ -293,7 +293,7 @@ class Comparison:
             tables.append(tt)
         out = [render_markdown(*t) if fmt == "markdown" else render_text(*t) for t in tables]
         if notes := self.note_lines():
-            out.append("\n".join(notes))
+            out.append("\n".join(f"- {n}" if fmt == "markdown" else n for n in notes))  # a list: one line each
         if self.report:
             out.append(f"report: {self.report}")
         return "\n\n".join(out)

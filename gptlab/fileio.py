@@ -112,7 +112,7 @@ def check_directory(key: str, path: str | Path) -> None:
     it is a file, or when a folder it would be created in is (where mkdir's errno line names neither)."""
     from gptlab.errors import ConfigError
 
-    path = Path(path).expanduser()
+    path = Path(path)  # as the callers use it: '~' is a folder's name there, as in nanoGPT's os.makedirs
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key}={str(path)!r} is a file: expected a directory (or a path to create one)")
     for parent in path.parents:  # the nearest that exists decides

@@ -78,6 +78,7 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["train", "--dtype=bf16"], "(did you mean 'bfloat16'?)"),
         (["train", "--training.steps=10"], "did you mean --max_iters=10?"),
         (["train", "--max-iters"], "(write --max_iters=VALUE)"),
+        (["train", "--prompt"], "(write --prompt=VALUE)"),  # a sample key's alias is no train key
         (["sample", "--prompt=hi"], "unknown sample key 'prompt' (did you mean 'start'?)"),
     ):
         assert main(argv) == 2, argv

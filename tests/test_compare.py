@@ -57,7 +57,8 @@ def test_preset_table_has_documented_rows_and_columns() -> None:
     md = result.render("markdown").splitlines()
     assert md[0] == "| figure | " + " | ".join(PRESETS) + " |" and md[len(ROWS) + 2] == ""
     # then what the figures assume, once where every column shares it (the FSDP plan's estimate)
-    assert md[len(ROWS) + 3 :] == ["note: fsdp comm_buffers (unsharded copies) is an estimate; sharded sizes are exact"]
+    fsdp_note = "fsdp comm_buffers (unsharded copies) is an estimate; sharded sizes are exact"
+    assert md[len(ROWS) + 3 :] == [f"- note: {fsdp_note}"]  # a markdown list: a line each
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -20,3 +20,16 @@ def test_atomic_write_replaces_whole_and_a_failed_write_leaves_the_old_file(tmp_
     assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temporary left behind
     atomic_write(path, b"second")
     assert path.read_bytes() == b"second"
+
+
+def test_check_directory_names_the_key_and_takes_the_path_as_written(tmp_path: Path) -> None:
+    from gptlab.errors import ConfigError
+    from gptlab.fileio import check_directory
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"^out_dir='.*file' is a file: expected a directory"):
+        check_directory("out_dir", tmp_path / "file")
+    with pytest.raises(ConfigError, match=r"^data_dir='.*file/a/b' cannot be created: '.*file' is a file$"):
+        check_directory("data_dir", tmp_path / "file" / "a" / "b")
+    check_directory("out_dir", tmp_path / "new" / "run")  # to be created: fine
+    check_directory("out_dir", "~nosuchuser/out")  # a folder named '~nosuchuser' here, as the run will make it

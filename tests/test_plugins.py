@@ -166,7 +166,7 @@ def test_a_value_dependent_ffn_is_estimated_not_a_crash() -> None:
     assert flops.caveats == [flops.row("ffn").note]
     assert f"note: {flops.row('ffn').note}" in table.render("text").splitlines()  # both columns: said once
     table.figures[1]["notes"] = []  # as if the second column's FFN were a built-in one: labelled
-    assert f"note (custom): {flops.row('ffn').note}" in table.render("markdown").splitlines()
+    assert f"- note (custom): {flops.row('ffn').note}" in table.render("markdown").splitlines()
     assert flops.row("ffn").note in table.to_csv().splitlines()[-1]
     assert table.to_dict()["architectures"]["custom"]["notes"][0] == flops.row("ffn").note
     assert compute_flops(get_debug_config("custom")).caveats == []  # a built-in FFN is exact
@@ -367,3 +367,37 @@ def test_a_run_records_command_line_plugins_found_from_anywhere(
     finally:
         sys.modules.pop("here_mod_t", None)
     assert run.train.plugins == str(tmp_path / "here_mod_t.py")  # the hint "pass --plugins=..." works from elsewhere
+
+
+def test_a_config_file_that_registers_is_run_then_imported_as_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train.py runs config/x.py by the path typed and then imports it as the run's plugin by its absolute
+    path (or --plugins named it first): the same classes, defined twice, must not read as a name clash, a
+    subclass with no code of its own (class MyNorm(RMSNorm): pass) included."""
+    from gptlab.cli import main
+    from gptlab.model.registry import ACTIVATION_REGISTRY
+
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "regconf_t.py").write_text(
+        "import torch.nn as nn\n"
+        "from gptlab.model import ACTIVATION_REGISTRY, NORM_REGISTRY\n"
+        "from gptlab.model.components import RMSNorm\n\n"
+        "class SquaredReLU(nn.Module):\n"
+        "    def __init__(self, **_):\n"
+        "        super().__init__()\n\n"
+        "    def forward(self, x):\n"
+        "        return x.relu() ** 2\n\n"
+        "class PlainRMS(RMSNorm):\n"
+        "    pass\n\n"
+        'ACTIVATION_REGISTRY["relu2_cfg_t"] = SquaredReLU\n'
+        'NORM_REGISTRY["plain_rms_cfg_t"] = PlainRMS\n'
+        'arch_preset = "custom"\nactivation = "relu2_cfg_t"\nnormalization = "plain_rms_cfg_t"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    try:
+        for argv in (["arch", "config/regconf_t.py"], ["arch", "config/regconf_t.py", "--plugins=config/regconf_t.py"]):
+            assert main([*argv, "--no_params"]) == 0, capsys.readouterr().err
+            assert "relu2_cfg_t" in capsys.readouterr().out
+    finally:
+        del ACTIVATION_REGISTRY["relu2_cfg_t"], NORM_REGISTRY["plain_rms_cfg_t"]

@@ -12,8 +12,10 @@ from gptlab.errors import KEY_ALIASES, ConfigError
 
 def _key_name(typed: str) -> str:
     """Our spelling of a key typed the way another tool spells it: ``max-iters`` (argparse's dashes) is
-    ``max_iters``, torchtitan's ``training.steps`` is ``max_iters``."""
-    return KEY_ALIASES.get(typed, typed.replace("-", "_"))
+    ``max_iters``, torchtitan's ``training.steps`` is ``max_iters`` (a training key: the dotted aliases
+    are; other aliases belong to one command or another, and its own key check suggests them)."""
+    alias = KEY_ALIASES.get(typed) if "." in typed else None
+    return alias or typed.replace("-", "_")
 
 
 def parse_value(text: str) -> Any:

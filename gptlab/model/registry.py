@@ -6,6 +6,7 @@ A new component is one class plus one ``@REGISTRY.register("name")`` (or
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -90,15 +91,23 @@ def is_builtin(component: Any) -> bool:
 
 
 def _definition(component: Any) -> tuple[str, str]:
-    """What identifies a definition across re-runs of its file: its qualified name and the file it is in
-    (a config file run by train.py has no module of its own, so the module name cannot tell)."""
+    """What identifies a definition across re-runs of its file (a config file run by train.py, then
+    imported as the run's plugin, has no module name in common with itself): its qualified name and the
+    file its code is in; a class with no code of its own (``class MyNorm(RMSNorm): pass``) is what it
+    inherits and sets, wherever it is written."""
+    qualname = getattr(component, "__qualname__", repr(component))
     if isinstance(component, type):  # the functions its body defines (inherited ones live elsewhere)
         codes = [getattr(getattr(v, "__func__", v), "__code__", None) for v in vars(component).values()]
     else:
         codes = [getattr(component, "__code__", None)]
     code = next((c for c in codes if c is not None), None)
-    source = code.co_filename if code is not None else getattr(component, "__module__", None) or ""
-    return getattr(component, "__qualname__", repr(component)), source
+    if code is not None:  # the file as run (by the path typed) or imported (by its absolute path)
+        return qualname, os.path.realpath(code.co_filename)
+    if isinstance(component, type):
+        bases = ", ".join(f"{b.__module__}.{b.__qualname__}" for b in component.__bases__)
+        own = {k: v for k, v in vars(component).items() if not k.startswith("__")}
+        return qualname, f"subclass of {bases}" + (f" setting {own!r}" if own else "")
+    return qualname, getattr(component, "__module__", None) or ""
 
 
 def _describe(component: Any) -> str:
