@@ -211,11 +211,6 @@ class Trainer:
         self._overruled: list[str] = []  # config-file architecture keys the loaded weights overrule
         self._weights_source = cfg.init_from  # a resume: the checkpoint's path
         self.arch, ckpt, pretrained = self._resolve_init(run)
-        if not cfg.eval_only and not cfg.fsdp_cpu_offload:  # before building what cannot fit (it would fill RAM)
-            plan_kwargs = telemetry.run_plan_kwargs(
-                cfg, self.dtype, self.mode, self.world_size, self.accum_steps, self.device
-            )
-            telemetry.memory_advice(self.arch, self.device, plan_kwargs, refuse_above=telemetry.HOPELESS_FACTOR)
         # the DCP checkpoint resumed from, and its iteration: saving that iteration again rewrites only its meta
         resumed = Path(ckpt["path"]).resolve() if ckpt is not None else None
         self._resumed_dcp = resumed if resumed is not None and is_dcp_dir(resumed) else None
@@ -234,6 +229,11 @@ class Trainer:
             split: BatchLoader(self.dataset_dir, split, seed=cfg.seed + 1, rank=0, **loader_args)
             for split in ("train", "val")
         }
+        if not cfg.eval_only and not cfg.fsdp_cpu_offload:  # before building what cannot fit (it would fill RAM)
+            plan_kwargs = telemetry.run_plan_kwargs(
+                cfg, self.dtype, self.mode, self.world_size, self.accum_steps, self.device
+            )
+            telemetry.memory_advice(self.arch, self.device, plan_kwargs, refuse_above=telemetry.HOPELESS_FACTOR)
         # FSDP on several ranks: only rank 0 builds the weights, the others receive their shards from it
         scatter = pretrained is None and parallel.init_on_rank0(cfg, self.dist)
         full_state = self._build_model(self.arch, ckpt, pretrained, on_meta=scatter and not self.master)
