@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -37,8 +38,6 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.compare import resolve_architecture
 
     config = resolve_architecture(args.preset, overrides).config  # a preset, or a config file's architecture
-    import dataclasses
-
     import torch
 
     from gptlab.telemetry.params import count_parameters

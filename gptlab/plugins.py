@@ -70,13 +70,6 @@ def import_plugins(spec: str) -> list[str]:
     return names
 
 
-def mark_imported(path: Path) -> None:
-    """A config file train.py ran has registered its components: importing it again as the run's own plugin
-    would define them once more, as other objects of another module (the registries refuse a second
-    definition whose identity they cannot prove the same, a class with no methods of its own)."""
-    _imported_files.setdefault(path.resolve(), "<config file>")
-
-
 def anchor_plugins(spec: str, folder: Path) -> str:
     """A config file's ``plugins``, found from the file's folder first: a relative ``.py`` path, or a
     module name, that names a file beside it becomes that file's absolute path (recorded so, it is

@@ -29,7 +29,7 @@ from gptlab.config.model import (
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import CheckpointError, ConfigError, did_you_mean, unknown_choice
 from gptlab.model.registry import Registry
-from gptlab.plugins import anchor_plugins, import_plugins, importable_from, mark_imported, plugins_hint, split_plugins
+from gptlab.plugins import anchor_plugins, import_plugins, importable_from, plugins_hint, split_plugins
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -370,9 +370,7 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
         values["plugins"] = anchor_plugins(values["plugins"], path.parent)
     if _registered() != before and isinstance(values.get("plugins", ""), str):
         # the file registers components: it is its own plugin, so the run records it and the hint names it
-        # (already run in this process: not imported again)
         values["plugins"] = ", ".join(p for p in (values.get("plugins"), str(path.resolve())) if p)
-        mark_imported(path)
     return values
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gptlab.errors import DataError, unknown_choice
+from gptlab.errors import DataError, first_line, unknown_choice
 from gptlab.fileio import atomic_write
 
 # sha256 of OpenAI's GPT-2 vocab.bpe and encoder.json, as tiktoken_ext/openai_public.py checks them.
@@ -185,8 +185,7 @@ def gpt2_encoding() -> Any:
                 encoder_json_hash=GPT2_ENCODER_JSON_SHA256,
             )
     except (OSError, ValueError, AssertionError, ImportError) as e:  # ImportError: an old tiktoken's blobfile
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot load GPT-2 BPE files from {data}: {msg}") from None
+        raise DataError(f"cannot load GPT-2 BPE files from {data}: {first_line(e)}") from None
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=GPT2_PAT_STR,

@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 from gptlab.config.model import ModelArchitectureConfig
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, first_line
 from gptlab.telemetry.mfu import estimate_mfu_detailed, expected_tokens_per_sec  # MFU = these FLOPs / time / peak
 
 # rows that occur once per token, not once per layer
@@ -246,7 +246,7 @@ def _meta_failure(e: Exception) -> str | None:
     router's nonzero), or None when the error is the component's own bug, which training would hit too."""
     if not isinstance(e, NotImplementedError) and "meta" not in str(e).lower():
         return None
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:80]}" if str(e) else type(e).__name__
+    return f"{type(e).__name__}: {first_line(e)[:80]}" if str(e).strip() else type(e).__name__
 
 
 def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, bool]:

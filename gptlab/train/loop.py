@@ -229,11 +229,16 @@ class Trainer:
             split: BatchLoader(self.dataset_dir, split, seed=cfg.seed + 1, rank=0, **loader_args)
             for split in ("train", "val")
         }
-        if not cfg.eval_only and not cfg.fsdp_cpu_offload:  # before building what cannot fit (it would fill RAM)
+        # the training plan against the memory, before building what cannot fit (it would fill RAM): refused
+        # far beyond it, a warning logged before the first step short of it (offload is not modelled)
+        self._memory_warning = None
+        if not cfg.eval_only and not cfg.fsdp_cpu_offload:
             plan_kwargs = telemetry.run_plan_kwargs(
                 cfg, self.dtype, self.mode, self.world_size, self.accum_steps, self.device
             )
-            telemetry.memory_advice(self.arch, self.device, plan_kwargs, refuse_above=telemetry.HOPELESS_FACTOR)
+            self._memory_warning = telemetry.memory_advice(
+                self.arch, self.device, plan_kwargs, refuse_above=telemetry.HOPELESS_FACTOR
+            )
         # FSDP on several ranks: only rank 0 builds the weights, the others receive their shards from it
         scatter = pretrained is None and parallel.init_on_rank0(cfg, self.dist)
         full_state = self._build_model(self.arch, ckpt, pretrained, on_meta=scatter and not self.master)
@@ -671,10 +676,8 @@ class Trainer:
                 atomic_write(self.out_dir / "config.json", _dumps(self.run_config.to_dict()))
             report = build_startup_report(self)
             self.logger.log_startup_info(report, render_startup_report(report))
-            # before the first step, not after an OOM (the plan is a training plan; offload is not modelled)
-            advice = None if cfg.eval_only or cfg.fsdp_cpu_offload else self.telemetry.memory_advice()
-            if advice:
-                self.logger.log_event("memory_warning", advice)
+            if self._memory_warning:  # before the first step, not after an OOM
+                self.logger.log_event("memory_warning", self._memory_warning)
             if not cfg.eval_only:
                 self._check_disk_space()
         if self.scaler.is_enabled():

@@ -104,10 +104,6 @@ class TelemetryHooks:
         """The planner's per-rank memory for this run's mode and world size."""
         return plan_memory(self.arch, **self._plan_kwargs())
 
-    def memory_advice(self, device_bytes: int | None = None) -> str | None:
-        """A warning with options when the planned peak will not fit (None if it fits or nothing is known)."""
-        return memory_advice(self.arch, self.device, self._plan_kwargs(), device_bytes=device_bytes)
-
     def memory_plan(self) -> str | None:
         return str(self.plan())
 
@@ -137,17 +133,15 @@ def memory_advice(
     device: torch.device,
     plan_kwargs: dict[str, Any],
     *,
-    device_bytes: int | None = None,
     refuse_above: float | None = None,
 ) -> str | None:
     """``fit_advice`` against the CUDA device's memory, or on a CPU this machine's RAM shared by its ranks
     (tensors live there; the planner's figures are the tensors alone: the process needs more for Python
-    and PyTorch); None when nothing is known. ``device_bytes`` overrides the capacity."""
+    and PyTorch); None when nothing is known."""
     if device.type == "cuda":
-        if device_bytes is None:
-            device_bytes = torch.cuda.get_device_properties(device).total_memory
+        device_bytes = torch.cuda.get_device_properties(device).total_memory
         return fit_advice(arch, device_bytes, refuse_above=refuse_above, **plan_kwargs)
-    ram = device_bytes if device_bytes is not None else host_memory_bytes()
+    ram = host_memory_bytes()
     if ram is None:
         return None
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
