@@ -38,9 +38,14 @@ class GpuSpec:
         """The precision a gptlab training run's matmuls take here for ``dtype``: float32 runs on TF32
         tensor cores where there are any (training turns TF32 on, as nanoGPT does), else at the FP32 rate."""
         key = precision_key(dtype)
-        if key in ("fp32", "tf32"):
-            return "tf32" if self.peaks.get("tf32") is not None else "fp32"
-        return key
+        return self.dense_peak("tf32" if key in ("fp32", "tf32") else key)[0]
+
+    def dense_peak(self, precision: str) -> tuple[str, float | None]:
+        """(the precision matmuls run at, its dense peak or None): TF32 is the FP32 rate on a card
+        without TF32 units (Volta), where PyTorch's TF32 setting changes nothing."""
+        if precision == "tf32" and self.peaks.get("tf32") is None:
+            precision = "fp32"
+        return precision, self.peaks.get(precision)
 
 
 def _spec(key: str, description: str, bf16: float | None, fp16: float | None, tf32: float | None, fp32: float,
@@ -162,13 +167,21 @@ def detect_peak(
         if not override_tflops > 0:
             raise ConfigError(f"peak_tflops={override_tflops!r} is invalid: expected a number > 0")
         return PeakInfo(name, override_tflops * T, precision, "override")
-    spec = match_gpu(name) if torch.device(device).type == "cuda" else None
-    if spec is not None and precision == "tf32" and spec.peaks.get("tf32") is None:
-        precision = "fp32"  # TF32 allowed, but no TF32 units (Volta): float32 matmuls run at the FP32 rate
-    if spec is not None and spec.peaks.get(precision) is not None:
-        return PeakInfo(name, spec.peaks[precision], precision, "table")
-    if measure:
-        return PeakInfo(name, measure_peak_flops(device, dtype), precision, "measured")
+    on_gpu = torch.device(device).type == "cuda"
+    info = table_peak(name, precision) if on_gpu else PeakInfo(name, None, precision, "unknown")
+    if info.peak_flops is None and measure:
+        return PeakInfo(name, measure_peak_flops(device, dtype), info.precision, "measured")
+    return info
+
+
+def table_peak(name: str, precision: str) -> PeakInfo:
+    """The table's dense peak of the accelerator the driver calls ``name`` at ``precision`` ('unknown',
+    peak None, where the table has no such entry): the one lookup every MFU figure goes through."""
+    spec = match_gpu(name)
+    if spec is not None:
+        precision, peak = spec.dense_peak(precision)
+        if peak is not None:
+            return PeakInfo(name, peak, precision, "table")
     return PeakInfo(name, None, precision, "unknown")
 
 
@@ -220,4 +233,5 @@ __all__ = [
     "match_gpu",
     "measure_peak_flops",
     "precision_key",
+    "table_peak",
 ]

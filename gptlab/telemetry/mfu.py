@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from gptlab.config.model import ModelArchitectureConfig
-from gptlab.telemetry.hardware import PeakInfo, match_gpu, precision_key
+from gptlab.errors import ConfigError
+from gptlab.telemetry.hardware import PeakInfo, precision_key, table_peak
 
 
 def _compute_flops(config: ModelArchitectureConfig, seq_len: int | None, checkpointing: bool = False) -> Any:
@@ -30,19 +31,17 @@ def _compute_flops(config: ModelArchitectureConfig, seq_len: int | None, checkpo
     return compute_flops(config, seq_len, activation_checkpointing=checkpointing)
 
 
-def _resolve_peak(peak_flops: float | None, gpu_name: str | None, precision: str) -> tuple[str, float | None, str]:
-    """(name, per-GPU peak FLOP/s or None, source) without ever guessing."""
+def _resolve_peak(peak_flops: float | None, gpu_name: str | None, precision: str) -> PeakInfo:
+    """The per-GPU peak for explicit arguments, without ever guessing (``detect_peak``'s rules)."""
     if peak_flops is not None:
         if not peak_flops > 0:
-            raise ValueError(f"peak_flops={peak_flops!r} must be > 0")
-        return gpu_name or "override", float(peak_flops), "override"
+            raise ConfigError(f"peak_flops={peak_flops!r} is invalid: expected a number > 0 (FLOP/s per GPU)")
+        return PeakInfo(gpu_name or "override", float(peak_flops), precision, "override")
     if gpu_name is None:
         if not torch.cuda.is_available():
-            return "cpu", None, "unknown"
+            return PeakInfo("cpu", None, precision, "unknown")
         gpu_name = torch.cuda.get_device_name()
-    spec = match_gpu(gpu_name)
-    peak = spec.peaks.get(precision) if spec is not None else None
-    return gpu_name, peak, "table" if peak is not None else "unknown"
+    return table_peak(gpu_name, precision)
 
 
 def estimate_mfu_detailed(
@@ -75,11 +74,9 @@ def estimate_mfu_detailed(
             raise ValueError(f"{name}={value!r} must be {'>= 1' if name == 'num_gpus' else '> 0'}")
     # ``flops``: a compute_flops() result for these arguments, so a training loop computes it once per run
     fl = flops if flops is not None else _compute_flops(config, seq_len, activation_checkpointing)
-    if peak is not None:
-        name, peak_per_gpu, source, precision = peak.name, peak.peak_flops, peak.source, peak.precision
-    else:
-        precision = precision_key(precision)
-        name, peak_per_gpu, source = _resolve_peak(peak_flops, gpu_name, precision)
+    if peak is None:
+        peak = _resolve_peak(peak_flops, gpu_name, precision_key(precision))
+    name, peak_per_gpu, source, precision = peak.name, peak.peak_flops, peak.source, peak.precision
 
     tokens_per_iter = fwdbwd_per_iter * fl.seq_len * num_gpus  # whole job, all micro-steps
     flops_per_iter = fl.flops_per_token * tokens_per_iter
@@ -129,12 +126,20 @@ def estimate_mfu_detailed(
 
 
 def expected_tokens_per_sec(
-    config: ModelArchitectureConfig, peak_flops: float, mfu: float, *, num_gpus: int = 1, seq_len: int | None = None
+    config: ModelArchitectureConfig,
+    peak_flops: float,
+    mfu: float,
+    *,
+    num_gpus: int = 1,
+    seq_len: int | None = None,
+    flops: Any | None = None,
 ) -> float:
-    """Throughput that ``num_gpus`` devices of ``peak_flops`` reach at utilisation ``mfu``."""
+    """Throughput that ``num_gpus`` devices of ``peak_flops`` reach at utilisation ``mfu`` (``flops``: a
+    compute_flops() result for these arguments, which a training run has already)."""
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu={mfu} must be in (0, 1]")
-    return mfu * peak_flops * num_gpus / _compute_flops(config, seq_len).flops_per_token
+    fl = flops if flops is not None else _compute_flops(config, seq_len)
+    return mfu * peak_flops * num_gpus / fl.flops_per_token
 
 
 __all__ = ["estimate_mfu_detailed", "expected_tokens_per_sec"]

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from gptlab import ConfigurableGPT, get_debug_config, get_preset_config
+from gptlab.errors import ConfigError
+from gptlab.telemetry import hardware
 from gptlab.telemetry.flops import compute_flops
 from gptlab.telemetry.hardware import PeakInfo, detect_peak
 from gptlab.telemetry.mfu import estimate_mfu_detailed, expected_tokens_per_sec
@@ -87,6 +89,20 @@ def test_unknown_peak_gives_no_mfu(monkeypatch: pytest.MonkeyPatch) -> None:
     v100 = estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name="Tesla V100-SXM2-16GB", precision=torch.bfloat16)
     assert v100["mfu"] is None  # no bf16 units: never borrow the fp16 figure
     assert estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name="Tesla V100-SXM2-16GB", precision="fp16")["mfu"] > 0
+
+
+def test_explicit_gpu_name_takes_detect_peaks_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """estimate_mfu_detailed(gpu_name=...) (the model's nanoGPT method) and a training run's detect_peak
+    look the peak up the same way: float32 with TF32 allowed on Volta (no TF32 units) is the FP32 rate."""
+    name = "Tesla V100-SXM2-16GB"
+    out = estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name=name, precision="tf32")
+    monkeypatch.setattr(hardware, "device_name", lambda device: name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    info = detect_peak("cuda", "tf32")
+    assert (out["precision"], out["hardware_peak_flops"]) == (info.precision, info.peak_flops)
+    assert info.precision == "fp32" and out["mfu"] > 0
+    with pytest.raises(ConfigError, match="peak_flops=-1"):
+        estimate_mfu_detailed(GPT2, 8, 1.0, peak_flops=-1)
 
 
 def test_override_peak_and_checkpointing() -> None:
