@@ -86,21 +86,29 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     points to (a run may have switched modes), the one at the later iteration (file times break a
     tie: a copied directory's times need not keep their order), or None."""
     out_dir = Path(out_dir)
-    found = []
-    single = out_dir / CHECKPOINT_NAME
+    single, dcp = out_dir / CHECKPOINT_NAME, out_dir / DCP_LINK
+    candidates = []  # (the file that records the iteration, the checkpoint)
     if single.is_file():
-        found.append((_saved_iter(single), single.stat().st_mtime_ns, single))
-    dcp = out_dir / DCP_LINK
+        candidates.append((single, single))
     if is_dcp_dir(dcp):
-        found.append((_saved_iter(dcp / DCP_META), (dcp / DCP_META).stat().st_mtime_ns, dcp.resolve()))
-    return max(found)[2] if found else None
+        candidates.append((dcp / DCP_META, dcp.resolve()))
+    if len(candidates) < 2:  # nothing to choose between: its loader reads it (and says why if it cannot)
+        return candidates[0][1] if candidates else None
+    found = [(_saved_iter(record, other=candidates[1 - i][1]), record.stat().st_mtime_ns, path)
+             for i, (record, path) in enumerate(candidates)]  # fmt: skip
+    return max(found)[2]
 
 
-def _saved_iter(path: Path) -> int:
-    """The iteration a checkpoint file records; -1 if it cannot be read (its loader then says why)."""
+def _saved_iter(path: Path, other: Path) -> int:
+    """The iteration a checkpoint file records (-1: none recorded). An unreadable one is an error, not the
+    older ``other`` silently resumed instead (which replays iterations and overwrites the newer one)."""
     try:
-        return int(_torch_load_checked(path)["iter_num"])
-    except (CheckpointError, KeyError, TypeError, ValueError):
+        ckpt = _torch_load_checked(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; to resume from the other checkpoint there, {str(other)!r}, move it away") from None
+    try:
+        return int(ckpt["iter_num"])
+    except (KeyError, TypeError, ValueError):
         return -1
 
 
@@ -429,6 +437,10 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=os.name == "posix")  # a mapped file
         # stays deletable there, so keep_checkpoints can remove the checkpoint a run resumed from
+    except MemoryError:
+        raise  # not the file's fault
+    except OSError as e:  # the file system's answer (permissions, a vanished file), not the bytes'
+        raise CheckpointError(f"{str(path)!r} could not be read ({first_line(e)})") from None
     except Exception as e:
         reason = first_line(e)
         if "weights only load failed" in str(e).lower():  # a pickle that would build objects or call code

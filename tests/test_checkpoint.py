@@ -189,3 +189,50 @@ def test_a_second_ctrl_c_during_a_save_aborts_as_ctrl_c(tmp_path: Path, monkeypa
         atomic_save({"x": 1}, tmp_path / "ckpt.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
     assert (tmp_path / "ckpt.pt").read_bytes() == b"the previous checkpoint"
+
+
+def _fake_dcp_run(run: Path, dcp_iter: int) -> Path:
+    """A run directory with a sharded checkpoint's record (meta.pt, .metadata) behind the ckpt.dcp link."""
+    dcp = run / f"ckpt-{dcp_iter:07d}.dcp"
+    dcp.mkdir(parents=True)
+    torch.save(_state(dcp_iter), dcp / "meta.pt")
+    (dcp / ".metadata").write_bytes(b"")
+    (run / "ckpt.dcp").symlink_to(dcp.name)
+    return dcp
+
+
+def test_latest_checkpoint_never_falls_back_silently_past_an_unreadable_one(tmp_path: Path) -> None:
+    """Beside a sharded checkpoint, the later ckpt.pt wins; an unreadable ckpt.pt is an error naming the
+    other checkpoint, not the older one resumed without a word (replaying iterations, then overwriting)."""
+    from gptlab.checkpoint import latest_checkpoint
+    from gptlab.errors import CheckpointError
+
+    dcp = _fake_dcp_run(tmp_path, dcp_iter=3)
+    assert latest_checkpoint(tmp_path) == dcp  # alone: not read here (its loader says why if it cannot)
+    torch.save(_state(5), tmp_path / "ckpt.pt")
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt.pt"
+    data = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "ckpt.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"ckpt.pt' is corrupt or truncated .*other checkpoint there, '{dcp}'"):
+        latest_checkpoint(tmp_path)
+
+
+def test_unreadable_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system's refusal is named as such, and running out of memory is not the file's fault."""
+    from gptlab.errors import CheckpointError
+
+    torch.save(_state(1), tmp_path / "ckpt.pt")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointError, match=r"could not be read \(\[Errno 13\] Permission denied\)$"):
+        load_checkpoint(tmp_path)
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(torch, "load", no_memory)
+    with pytest.raises(MemoryError):
+        load_checkpoint(tmp_path)

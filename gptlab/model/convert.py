@@ -181,8 +181,10 @@ def read_torch_checkpoint(path: Path, mmap: bool = False) -> Any:
         check_zip_crc(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # corrupt, truncated, or not a torch file at all
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except MemoryError:
+        raise  # not the file's fault
+    except Exception as e:  # corrupt, truncated, not a torch file at all, or not readable (OSError)
+        reason = first_line(e)
         raise CheckpointError(
             f"{str(path)!r} could not be read as a checkpoint ({reason}): expected {EXPECTED}"
         ) from None
