@@ -1,7 +1,9 @@
 """Training batches from a prepared dataset: nanoGPT's get_batch, made reproducible per step.
 
-Each batch is drawn from a generator seeded by (seed, rank, split, step, micro_step), so a run
-resumed at step N draws exactly the batches an uninterrupted run would, and ranks differ.
+Each batch is drawn from a generator seeded by (seed, split, step, micro_step), so a run resumed at
+step N draws exactly the batches an uninterrupted run would. Ranks share one stream and differ by
+``micro_step``: the trainer's rank r takes global micro-batch ``m * world_size + r``, so the global
+batch is the same at any world size (and as in a single process).
 Because a batch is a pure function of its key, ``prefetch`` can read the next one early (nanoGPT's
 "async prefetch next batch while the model is doing the forward pass") without changing any batch.
 """
@@ -32,22 +34,18 @@ class BatchLoader:
         block_size: int,
         device: str | torch.device = "cpu",
         seed: int = 1337,
-        rank: int = 0,
-        world_size: int = 1,
     ) -> None:
         if split not in SPLITS:
             raise unknown_choice("split", split, SPLITS)
-        for key, value in (("batch_size", batch_size), ("block_size", block_size), ("world_size", world_size)):
+        for key, value in (("batch_size", batch_size), ("block_size", block_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key}={value!r} must be a positive integer")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed={seed!r} must be a non-negative integer")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank={rank} must be in [0, world_size={world_size})")
         self.dataset_dir = Path(dataset_dir)
         self.meta: dict[str, Any] = read_meta(self.dataset_dir)
         self.split, self.batch_size, self.block_size = split, batch_size, block_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed = seed
         self.device = torch.device(device)
         self.vocab_size: int = int(self.meta["vocab_size"])
         self._path = split_path(self.dataset_dir, split)
@@ -66,7 +64,8 @@ class BatchLoader:
     def _rng(self, step: int, micro_step: int) -> np.random.Generator:
         if step < 0 or micro_step < 0:
             raise ConfigError(f"step={step} and micro_step={micro_step} must be non-negative")
-        return np.random.default_rng([self.seed, self.rank, self._split_key, step, micro_step])
+        # the 0: a rank's slot in earlier versions' key, kept so that their runs resume on the same batches
+        return np.random.default_rng([self.seed, 0, self._split_key, step, micro_step])
 
     def _windows(self, starts: np.ndarray) -> np.ndarray:
         """The (B, T + 1) token windows at ``starts``, read without keeping the file mapped."""
@@ -85,7 +84,7 @@ class BatchLoader:
         return data[starts[:, None] + np.arange(n)]
 
     def get_batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch of (step, micro_step): always the same for the same arguments, seed and rank
+        """The batch of (step, micro_step): always the same for the same arguments and seed
         (the prefetched one when ``prefetch`` asked for this key, else read now)."""
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] == (step, micro_step):
@@ -130,5 +129,5 @@ class BatchLoader:
     def __repr__(self) -> str:
         return (
             f"BatchLoader({str(self.dataset_dir)!r}, split={self.split!r}, batch_size={self.batch_size}, "
-            f"block_size={self.block_size}, tokens={self.num_tokens}, rank={self.rank}/{self.world_size})"
+            f"block_size={self.block_size}, tokens={self.num_tokens})"
         )

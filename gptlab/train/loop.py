@@ -223,10 +223,10 @@ class Trainer:
         if self.mode == "fsdp" and not cfg.eval_only:  # its checkpoint needs one out_dir seen by every node
             parallel.check_shared_out_dir(self.out_dir, self.dist)
         loader_args = dict(batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device)
-        # rank 0's stream for every rank: ranks take different global micro-batch indices (module docstring)
-        self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, rank=0, **loader_args)
+        # one stream for every rank: ranks take different global micro-batch indices (module docstring)
+        self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, **loader_args)
         self.eval_loaders = {  # fixed batches (seed + 1, steps 0..eval_iters-1): every eval sees the same data
-            split: BatchLoader(self.dataset_dir, split, seed=cfg.seed + 1, rank=0, **loader_args)
+            split: BatchLoader(self.dataset_dir, split, seed=cfg.seed + 1, **loader_args)
             for split in ("train", "val")
         }
         # the training plan against the memory, before building what cannot fit (it would fill RAM): refused
@@ -911,6 +911,7 @@ class Trainer:
         (max_rank_peak,) = parallel.all_reduce_max([self.telemetry.session_peak_gb or -1.0], self.dist)
         if not self.master:
             return {}
+        plan = self.telemetry.plan()
         extra: dict[str, Any] = {
             "status": status,
             "iterations": self.iter_num,
@@ -920,13 +921,12 @@ class Trainer:
             "unigram_baseline_loss": unigram_baseline(self.dataset_dir, self.meta),
             "parallel": self.mode,
             "world_size": self.world_size,
-            "planned_peak_gb": self.telemetry.plan().mode.peak / 1e9,  # the planner's, per rank
+            "planned_peak_gb": plan.mode.peak / 1e9,  # the planner's, per rank
         }
         if self.world_size > 1:  # the fullest rank is the one that runs out first
             extra["peak_memory_gb_max_rank"] = max_rank_peak if max_rank_peak >= 0 else None
         if self.measured_bytes is not None:  # the fullest rank's local parameter/gradient/optimizer bytes
             extra["measured_bytes_per_rank"] = self.measured_bytes
-            plan = self.telemetry.plan()
             extra["planned_bytes_per_rank"] = {k: getattr(plan.mode, k) for k in self.measured_bytes}
         if last_losses:
             extra["final_train_loss"] = last_losses["train"]

@@ -1,4 +1,4 @@
-"""BatchLoader: nanoGPT's get_batch windows, reproducible per (seed, rank, split, step, micro_step)."""
+"""BatchLoader: nanoGPT's get_batch windows, reproducible per (seed, split, step, micro_step)."""
 
 from __future__ import annotations
 
@@ -51,19 +51,25 @@ def test_same_step_same_batch_resumed_or_not(positions: Path) -> None:
     assert torch.equal(a.get_batch(3)[0], a.get_batch(3, 0)[0])
 
 
-def test_different_step_micro_step_rank_seed_split_draw_differently(positions: Path) -> None:
-    base = BatchLoader(positions, "train", 8, 32, seed=7, rank=0, world_size=2)
+def test_different_step_micro_step_seed_split_draw_differently(positions: Path) -> None:
+    base = BatchLoader(positions, "train", 8, 32, seed=7)
     x = base.get_batch(10, 0)[0]
     others = [
         base.get_batch(11, 0)[0],
         base.get_batch(10, 1)[0],
-        BatchLoader(positions, "train", 8, 32, seed=7, rank=1, world_size=2).get_batch(10, 0)[0],
-        BatchLoader(positions, "train", 8, 32, seed=8, rank=0, world_size=2).get_batch(10, 0)[0],
+        BatchLoader(positions, "train", 8, 32, seed=8).get_batch(10, 0)[0],
     ]
     for other in others:
         assert not torch.equal(x, other)
     val = BatchLoader(positions, "val", 8, 32, seed=7).get_batch(10)[0]
     assert int(val.max()) < 300  # drawn from the val split's own tokens
+
+
+def test_batches_are_those_earlier_versions_drew(positions: Path) -> None:
+    """A run saved by an earlier version resumes on the batches it would have drawn: the window starts
+    of (seed 7, step 10, micro-step 3), as drawn on 2026-12-02 (tokens are positions: x[:, 0] = starts)."""
+    x = BatchLoader(positions, "train", 8, 32, seed=7).get_batch(10, 3)[0]
+    assert x[:, 0].tolist() == [935, 605, 1921, 2644, 3249, 1133, 1460, 456]
 
 
 def test_starts_cover_exactly_nanogpts_range(tmp_path: Path) -> None:
@@ -126,8 +132,6 @@ def test_errors_are_one_line(positions: Path, tmp_path: Path) -> None:
         BatchLoader(positions, "test", 4, 8)
     with pytest.raises(ConfigError, match="batch_size=0"):
         BatchLoader(positions, "train", 0, 8)
-    with pytest.raises(ConfigError, match=r"rank=2 must be in \[0, world_size=2\)"):
-        BatchLoader(positions, "train", 4, 8, rank=2, world_size=2)
     with pytest.raises(DataError, match="not a prepared dataset"):
         BatchLoader(tmp_path / "nothing", "train", 4, 8)
     with pytest.raises(ConfigError, match="step=-1"):
