@@ -383,7 +383,9 @@ class TrainingLogger:
         val_losses = [e["val_loss"] for e in self.evals if math.isfinite(e["val_loss"])]
         summary = {
             "iterations_logged": len(self.iters),
-            "iterations_excluded_as_warmup": len(self.iters) - len(steady),
+            "iterations_excluded_as_warmup": len(self.iters) - len(steady),  # logged ones (records)
+            # the last iteration those records cover (each averages the steps since the one logged before)
+            "warmup_through_iter": self.iters[-len(steady) - 1]["iter"] if len(steady) < len(self.iters) else None,
             "tokens_per_sec": stats("tokens_per_sec"),
             "mfu": stats("mfu"),
             "dt_ms": stats("dt_ms"),

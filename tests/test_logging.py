@@ -153,3 +153,20 @@ def test_a_symlinked_log_is_not_followed(tmp_path: Path) -> None:
         with pytest.raises(GptlabError, match=r"log\.jsonl is a symbolic link .*: gptlab writes its log only"):
             TrainingLogger(run, stream=io.StringIO(), resume=resume)
     assert victim.read_text() == "someone's file\nno newline"
+
+
+@pytest.mark.parametrize("logged", [1, 2, 5])
+def test_summary_says_which_iterations_its_statistics_leave_out(tmp_path: Path, logged: int) -> None:
+    """With log_interval=25 the first two records (iterations 0 and 25) are warm-up: the statistics cover
+    the steps after iteration 25, whatever the count of excluded records suggests."""
+    logger = TrainingLogger(tmp_path, stream=io.StringIO())
+    for i in range(logged):
+        logger.log_iter_detailed(25 * i, 2.0, dt_ms=1000.0 if i < 2 else 10.0, tokens_per_sec=float(i))
+    summary = logger.finalize()
+    logger.close()
+    if logged <= 2:  # too few to leave any out
+        assert summary["iterations_excluded_as_warmup"] == 0 and summary["warmup_through_iter"] is None
+        assert summary["dt_ms"]["mean"] == 1000.0
+    else:
+        assert summary["iterations_excluded_as_warmup"] == 2 and summary["warmup_through_iter"] == 25
+        assert summary["dt_ms"]["mean"] == 10.0 and summary["tokens_per_sec"]["median"] == 3.0

@@ -87,7 +87,7 @@ class MemoryPlan:
         body = ", ".join(f"{p} {getattr(m, p) / 1e9:.3f}" for p in parts)
         notes = f" (estimate: {'; '.join(m.notes)})" if m.notes else ""
         return (f"memory plan ({m.mode} x{m.world_size}, micro-batch {self.batch_size} x {self.seq_len}, "
-                f"{self.dtype}) per GPU in GB: {body}{notes}")  # fmt: skip
+                f"{self.dtype}) per rank in GB: {body}{notes}")  # fmt: skip
 
 
 def zero1_partition(shapes: list[TensorShape], world_size: int) -> list[list[TensorShape]]:

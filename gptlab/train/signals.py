@@ -48,10 +48,6 @@ class StopSignals:
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
 
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
-
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum:
             if signum == signal.SIGINT:

@@ -30,15 +30,14 @@ class TelemetryHooks:
         dtype: str,
         cfg: TrainConfig,
         world_size: int,
-        parallel: str = "none",
-        accum_steps: int | None = None,
+        parallel: str,
+        accum_steps: int,
     ) -> None:
         self.model, self.device, self.dtype, self.cfg, self.world_size = model, device, dtype, cfg, world_size
         self.parallel = parallel
         self.arch = model.config
         self.session_peak_gb: float | None = None  # the largest memory_stats() peak this rank logged
-        # micro-steps per rank: the global gradient_accumulation_steps shared out over the ranks
-        self.accum_steps = accum_steps if accum_steps is not None else cfg.gradient_accumulation_steps // world_size
+        self.accum_steps = accum_steps  # micro-steps per rank: the global accumulation steps shared out
         # sequences of block_size tokens per optimizer step, per rank (nanoGPT's fwdbwd_per_iter)
         self.fwdbwd_per_iter = cfg.batch_size * self.accum_steps
         self.tokens_per_iter = self.fwdbwd_per_iter * self.arch.block_size * world_size
@@ -70,7 +69,7 @@ class TelemetryHooks:
         peak = self.peak["peak_flops"]
         if peak is None:
             return None
-        return expected_tokens_per_sec(self.arch, peak, mfu, num_gpus=self.world_size)
+        return expected_tokens_per_sec(self.arch, peak, mfu, num_gpus=self.world_size, flops=self.flops)
 
     def mfu(self, dt: float) -> dict[str, Any]:
         return estimate_mfu_detailed(
