@@ -40,7 +40,7 @@ DCP_LINK = "ckpt.dcp"
 DCP_META = "meta.pt"
 FORMAT = "gptlab"
 _HISTORY = re.compile(r"^ckpt-(\d+)\.(pt|dcp)$")
-_LEFTOVER = re.compile(r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.(tmp|old)|ckpt\.dcp\.tmp)$")
+_LEFTOVER = re.compile(r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.(tmp|old)|ckpt\.dcp\.(tmp|copy))$")
 # torch.compile wraps the model as `_orig_mod`, DDP as `module`: neither belongs in a checkpoint.
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
@@ -267,11 +267,17 @@ def interrupted_save(out_dir: str | Path) -> str | None:
 
 def _point_link(out_dir: Path, name: str) -> None:
     """``ckpt.dcp`` -> ``name``, replaced atomically: the link names the old or the new, never neither."""
-    link_tmp = out_dir / f".{DCP_LINK}.tmp"
+    link_tmp, link = out_dir / f".{DCP_LINK}.tmp", out_dir / DCP_LINK
     link_tmp.unlink(missing_ok=True)
     os.symlink(name, link_tmp)
-    os.replace(link_tmp, out_dir / DCP_LINK)
+    copied = link.is_dir() and not link.is_symlink()  # a copy of the run that followed the link (scp -r,
+    # rsync -L, shutil.copytree): an older checkpoint's copy, which a directory cannot be replaced over
+    if copied:
+        os.replace(link, out_dir / f".{DCP_LINK}.copy")
+    os.replace(link_tmp, link)
     fsync_dir(out_dir)
+    if copied:
+        shutil.rmtree(out_dir / f".{DCP_LINK}.copy")
 
 
 def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
@@ -400,6 +406,21 @@ def dcp_errors(path: str | Path) -> Iterator[None]:
         ) from None
 
 
+@contextlib.contextmanager
+def state_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Loading a checkpoint's ``what`` (weights, optimizer state) that do not fit the architecture it
+    records (edited, or written by another program) as one CheckpointError line, not a traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # past torch's heading
+        raise CheckpointError(
+            f"{str(path)!r}: its {what} do not fit the architecture it records ({reason[:300]}); "
+            "the file was left untouched"
+        ) from None
+
+
 def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict:
     """A plain (index-keyed) optimizer state dict re-keyed by parameter name, for
     ``set_optimizer_state_dict``; ``optimizer`` holds ``model``'s parameters in the same order
@@ -442,7 +463,8 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
     except OSError as e:  # the file system's answer (permissions, a vanished file), not the bytes'
         raise CheckpointError(f"{str(path)!r} could not be read ({first_line(e)})") from None
     except Exception as e:
-        reason = first_line(e)
+        # the memory-mapped load's complaint about anything but a zip archive would send the user re-saving
+        reason = first_line(e) if zipfile.is_zipfile(path) else "not a torch.save archive"
         if "weights only load failed" in str(e).lower():  # a pickle that would build objects or call code
             raise CheckpointError(
                 f"{str(path)!r} holds objects beyond tensors and plain data, which gptlab does not load "

@@ -78,7 +78,8 @@ def test_remove_checkpoints_spares_the_kept_path_and_leftovers_go(tmp_path: Path
 
     for name in ("ckpt.pt", "ckpt-0000010.pt", "log.jsonl", ".ckpt.pt.tmp-123"):
         (tmp_path / name).write_bytes(b"x")
-    assert remove_save_leftovers(tmp_path) == [".ckpt.pt.tmp-123"]
+    (tmp_path / ".ckpt.dcp.copy").mkdir()  # a followed link's copy, set aside by a save killed just then
+    assert remove_save_leftovers(tmp_path) == [".ckpt.dcp.copy", ".ckpt.pt.tmp-123"]
     assert remove_checkpoints(tmp_path, keep=tmp_path / "ckpt-0000010.pt") == ["ckpt.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000010.pt", "log.jsonl"]
 

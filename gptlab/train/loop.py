@@ -45,6 +45,7 @@ from gptlab.checkpoint import (
     remove_save_leftovers,
     save_dcp,
     save_single_file,
+    state_errors,
     weights_path,
 )
 from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
@@ -430,7 +431,8 @@ class Trainer:
                 self.model = ConfigurableGPT(arch)
         if ckpt is not None:
             if "model" in ckpt and not on_meta:  # a full state dict; a DCP checkpoint loads after sharding
-                self.model.load_state_dict(clean_state_dict(ckpt["model"]))
+                with state_errors(ckpt.get("path", "the checkpoint"), "weights"):
+                    self.model.load_state_dict(clean_state_dict(ckpt["model"]))
             self.iter_num, self.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
         return dict(self.model.state_dict())
 
@@ -454,12 +456,14 @@ class Trainer:
                 self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
             )
         elif self.mode == "fsdp":  # a full (single-file) optimizer state, sharded as it loads
-            by_name = optimizer_state_by_name(self.raw_model, self.optimizer, ckpt["optimizer"])
-            set_optimizer_state_dict(
-                self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True)
-            )
+            with state_errors(ckpt.get("path", "the checkpoint"), "optimizer states"):
+                by_name = optimizer_state_by_name(self.raw_model, self.optimizer, ckpt["optimizer"])
+                set_optimizer_state_dict(
+                    self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True)
+                )
         else:  # plain AdamW, or ZeroRedundancyOptimizer (it keeps its share of the full state)
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            with state_errors(ckpt.get("path", "the checkpoint"), "optimizer states"):
+                self.optimizer.load_state_dict(ckpt["optimizer"])
         # a loaded state brings the saved param groups' hyperparameters: this run's apply (a resume that
         # changes --weight_decay or --beta2 means it; lr is set every step). configure_optimizers' order:
         # the decayed matrices, then the rest at weight decay 0.

@@ -435,24 +435,39 @@ def test_bad_input_one_line_exit_2(overrides: dict, match: str, data_dir: Path, 
     assert not (tmp_path / "out" / "log.jsonl").exists()
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "truncated", "flipped"])
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "flipped", "weights", "optimizer"])
 def test_damaged_checkpoint_is_refused_and_left_alone(damage: str, data_dir: Path, tmp_path: Path) -> None:
-    """A file that is not a checkpoint, half of one, or one whose tensor bytes changed on disk (torch.load
-    itself does not check the CRCs torch.save wrote: those weights loaded and trained on)."""
+    """A file that is not a checkpoint, half of one, one whose tensor bytes changed on disk (torch.load
+    itself does not check the CRCs torch.save wrote: those weights loaded and trained on), or a readable
+    one whose weights or optimizer state no longer fit the architecture it records (edited by hand)."""
     out = tmp_path / "run"
     train(parse_run_args(tiny_args(data_dir, out, max_iters=8)), stream=io.StringIO())
     ckpt = out / "ckpt.pt"
     blob = ckpt.read_bytes()
+    expected = "corrupt or truncated"
     if damage == "flipped":
         at = 2 * len(blob) // 3  # inside the tensors' data
         bad = blob[:at] + bytes(b ^ 0xFF for b in blob[at : at + 64]) + blob[at + 64 :]
+        expected = "fails its CRC-32 check"
+    elif damage in ("weights", "optimizer"):
+        state = torch.load(ckpt, weights_only=True)
+        if damage == "weights":
+            name = next(iter(state["model"]))
+            state["model"][name] = torch.zeros(5)
+            expected = f"its weights do not fit the architecture it records (size mismatch for {name}: "
+        else:
+            state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]
+            expected = "its optimizer states do not fit the architecture it records (loaded state dict has a "
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        bad = buffer.getvalue()
     else:
         bad = b"garbage" * 100 if damage == "corrupt" else blob[: len(blob) // 2]
     ckpt.write_bytes(bad)
     log_before = (out / "log.jsonl").read_bytes()
     res = _cli(*tiny_args(data_dir, out, max_iters=16, init_from="resume"))
-    expected = "fails its CRC-32 check" if damage == "flipped" else "corrupt or truncated"
     assert res.returncode == 2 and expected in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "mmap" not in res.stderr  # the memory-mapped load's advice to re-save fits no damaged file
     assert ckpt.read_bytes() == bad and (out / "log.jsonl").read_bytes() == log_before
 
 

@@ -317,3 +317,16 @@ def test_a_crafted_dcp_metadata_runs_no_code(data_dir: Path, tmp_path: Path) -> 
     with pytest.raises(CheckpointError, match="could run code when unpickled"):
         train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=8, init_from="resume")))
     assert not marker.exists()
+
+
+def test_an_fsdp_run_copied_without_its_symlink_resumes_sharded(data_dir: Path, tmp_path: Path) -> None:
+    """scp -r, rsync -rL, cloud sync tools and shutil.copytree copy ``ckpt.dcp`` as a directory, not a link:
+    the copy resumes under fsdp on the uninterrupted curve (the first save must not fail on that directory)."""
+    args = dict(parallel="fsdp", max_iters=10, lr_decay_iters=10, eval_interval=4)
+    full, part, copy = tmp_path / "full", tmp_path / "part", tmp_path / "copy"
+    train(parse_run_args(tiny_args(data_dir, full, **args)), stream=io.StringIO())
+    train(parse_run_args(tiny_args(data_dir, part, **{**args, "max_iters": 5})), stream=io.StringIO())
+    shutil.copytree(part, copy)  # symlinks=False: ckpt.dcp arrives as a real directory
+    assert (copy / "ckpt.dcp").is_dir() and not (copy / "ckpt.dcp").is_symlink()
+    train(parse_run_args(tiny_args(data_dir, copy, **args, init_from="resume")), stream=io.StringIO())
+    assert _iter_losses(full) == _iter_losses(copy)
