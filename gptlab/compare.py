@@ -101,9 +101,10 @@ def run_config_json(name: str) -> Path | None:
 
 def dataset_vocab_size(train_values: dict[str, Any]) -> int | None:
     """The vocab_size training gives a config file without one: its dataset's vocabulary rounded up to a
-    multiple of 64 (None when that dataset is not prepared here)."""
+    multiple of 64 (an embedded dataset is prepared for it, as training would; None when the dataset is
+    not prepared here)."""
     from gptlab.config.train import TrainConfig
-    from gptlab.data.datasets import read_meta
+    from gptlab.data.datasets import DATASETS, ensure_prepared, read_meta
     from gptlab.data.storage import is_ready
 
     if train_values.get("init_from", TrainConfig.init_from) != "scratch":
@@ -111,6 +112,9 @@ def dataset_vocab_size(train_values: dict[str, Any]) -> int | None:
     dataset = train_values.get("dataset", TrainConfig.dataset)
     directory = Path(train_values.get("data_dir", TrainConfig.data_dir)) / str(dataset)
     try:
+        spec = DATASETS.get(str(dataset))
+        if not is_ready(directory) and spec is not None and spec.auto:  # built offline in a second or two
+            ensure_prepared(str(dataset), directory.parent)
         if not is_ready(directory):
             return None
         vocab = int(read_meta(directory)["vocab_size"])
@@ -206,7 +210,7 @@ class Comparison:
         for m in MODES:
             n = 1 if m == "none" else s["world_size"]
             rows.append((f"memory.{m}", f"memory/GPU {m} x{n} (GB, peak; {plan})"))
-        tag = f"{s['gpu']} {s['precision']} @ {s['mfu']:.0%} MFU"
+        tag = f"{s['gpu']} {s['precision']} @ {100 * s['mfu']:.4g}% MFU"  # as given: 0.355 is 35.5%
         rows += [
             ("tokens_per_sec_per_gpu", f"tokens/s per GPU ({tag})"),
             ("tokens_per_sec_total", f"tokens/s on {s['world_size']} GPUs"),

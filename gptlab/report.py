@@ -88,7 +88,12 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         if kind == "startup":
             run.startup = record
             training = record.get("training") or {}
-            run.sessions.append([training.get("start_iter"), training.get("tokens_per_iter")])
+            start = training.get("start_iter")
+            if isinstance(start, int):  # a resume at ``start`` redid what the sessions before logged past it
+                run.iters = [r for r in run.iters if r["iter"] < start]
+                run.gradients = [r for r in run.gradients if r["iter"] < start]
+                run.evals = [r for r in run.evals if r["iter"] <= start]  # the checkpoint's own evaluation stays
+            run.sessions.append([start, training.get("tokens_per_iter")])
         elif kind == "iter":
             run.iters.append(record)
         elif kind == "eval":
@@ -99,8 +104,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             run.events.append(record)
         elif kind == "summary":
             run.summary = record
-    # After a kill and a resume the log holds the iterations past the checkpoint twice: the resumed
-    # run's records are the ones that count, so keep the last record of each iteration.
+    # A resume's records of an iteration replace the earlier session's (older logs without a start_iter):
+    # keep the last record of each iteration.
     run.iters = list({r["iter"]: r for r in run.iters}.values())
     run.evals = list({r["iter"]: r for r in run.evals}.values())
     run.gradients = list({r["iter"]: r for r in run.gradients}.values())
@@ -258,6 +263,9 @@ def write_plots(runs: list[Run], out_dir: str | Path) -> dict[str, Path | None]:
     }
     for metric in ITER_METRICS:
         plots[metric] = plot_metric(runs, metric, out / f"{metric}.png")
+    for name, path in plots.items():
+        if path is None:  # an earlier report's plot of it, into the same folder, is not this report's
+            (out / f"{name}.png").unlink(missing_ok=True)
     return plots
 
 

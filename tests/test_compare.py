@@ -265,3 +265,22 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     (run / "log.jsonl").write_text(json.dumps(startup) + "\n")
     assert main(["plan", str(run)]) == 0
     assert "autocast float32" in capsys.readouterr().out
+
+
+def test_throughput_row_states_the_mfu_it_assumes() -> None:
+    """--mfu 0.355 is 35.5%, and --mfu 0.004 is not 0% (review: the row label rounds to whole percent)."""
+    for mfu, text in ((0.355, "35.5%"), (0.004, "0.4%")):
+        labels = dict(compare(["gpt2"], mfu=mfu).rows())
+        assert text in labels["tokens_per_sec_per_gpu"], labels["tokens_per_sec_per_gpu"]
+
+
+def test_config_file_on_the_embedded_dataset_gets_its_vocabulary_before_preparation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config/train_stdlib_char.py trains a 128-token vocabulary (stdlib_char is embedded and prepared by
+    training itself); in a fresh checkout the table must not describe a 50304-token model."""
+    from gptlab.compare import resolve_architecture
+
+    config = Path(__file__).resolve().parents[1] / "config" / "train_stdlib_char.py"
+    monkeypatch.chdir(tmp_path)  # no data/ here: nothing prepared yet
+    assert resolve_architecture(str(config)).config.vocab_size == 128

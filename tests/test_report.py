@@ -218,3 +218,44 @@ def test_tokens_axis_follows_each_sessions_batch(tmp_path: Path) -> None:
         done = r["iter"] + 1
         expected = done * before if done <= resumed_at else resumed_at * before + (done - resumed_at) * after
         assert _x(loaded, r, "tokens") == expected
+
+
+def test_resume_with_another_log_interval_drops_the_killed_sessions_redone_iterations(tmp_path: Path) -> None:
+    """Killed after logging iters 0..5 (checkpoint at 3), resumed at 3 with log_interval=2: the first session's
+    records of iterations 3..5 were redone by the second and are not part of the run (review: they stay, at the
+    second session's tokens per iteration, and the time axis runs backwards)."""
+    import json
+
+    from gptlab.report import _x, load_run
+
+    lines = [{"type": "startup", "time": 100.0, "training": {"start_iter": 0, "tokens_per_iter": 100}}]
+    lines += [{"type": "iter", "iter": i, "loss": 5.0, "time": 101.0 + i} for i in range(6)]
+    lines += [{"type": "event", "event": "resume", "message": "resuming", "time": 200.0}]
+    lines += [{"type": "startup", "time": 200.0, "training": {"start_iter": 3, "tokens_per_iter": 200}}]
+    lines += [{"type": "iter", "iter": i, "loss": 4.0, "time": 201.0 + i} for i in (4, 6)]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    run = load_run(tmp_path)
+    assert [r["iter"] for r in run.iters] == [0, 1, 2, 4, 6]
+    times = [_x(run, r, "time") for r in run.iters]
+    assert times == sorted(times)
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_plot_of_the_earlier_report(tmp_path: Path) -> None:
+    """An MFU plot drawn by an earlier report into the same folder must not outlive a report that has none."""
+    import json
+
+    from gptlab.report import build_report
+
+    def log(mfu: float | None) -> Path:
+        run = tmp_path / f"run_{mfu}"
+        run.mkdir()
+        lines = [{"type": "startup", "time": 0.0, "training": {"start_iter": 0, "tokens_per_iter": 10}}]
+        lines += [{"type": "iter", "iter": i, "loss": 1.0, "time": 1.0 + i, "mfu_percent": mfu} for i in range(3)]
+        (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+        return run
+
+    out = tmp_path / "report"
+    build_report([log(5.0)], out)
+    assert (out / "mfu.png").is_file()
+    build_report([log(None)], out)
+    assert not (out / "mfu.png").exists()
