@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sysconfig
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -326,6 +327,9 @@ def _parquet_records(files: list[str]) -> Iterator[Any]:
             yield from batch.to_pylist()
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins valid pairs: any left is lone
+
+
 def _texts(records: Records, text_field: str, where: str) -> Iterator[str]:
     """The text field of each record; a failure while streaming becomes one DataError line."""
     try:
@@ -343,7 +347,9 @@ def _texts(records: Records, text_field: str, where: str) -> Iterator[str]:
                     f"record {i} of {where} has no string field {text_field!r} (has: {fields}); "
                     "--text_field NAME names another"
                 )
-            yield text
+            # a lone surrogate ("\ud83d" in JSON: an emoji cut in two) is no character UTF-8 can store:
+            # U+FFFD, as for undecodable bytes, for every tokenizer alike
+            yield _LONE_SURROGATE.sub("\ufffd", text)
     except DataError:
         raise
     except Exception as e:  # network, parquet and hub errors surface here, mid-stream

@@ -129,15 +129,22 @@ def prepare_lock(dataset_dir: Path) -> Iterator[None]:
         yield
         return
     lock_path = dataset_dir / LOCK_FILE
-    with open(lock_path, "a") as lock:
+    while True:
+        lock = open(lock_path, "a")  # noqa: SIM115 (closed below)
         fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(lock.fileno()).st_ino == os.stat(lock_path).st_ino:
+                break  # still the lock: a failed prepare removes its file while others may wait on it
+        lock.close()
+    with lock:
         try:
             # Under the lock no other prepare is running, so any temporary file is a leftover.
             for stale in dataset_dir.glob(f"*{TMP_MARK}*"):
                 stale.unlink(missing_ok=True)
             yield
         finally:
-            if [p.name for p in dataset_dir.iterdir()] == [lock_path.name]:  # a failed first prepare
+            if not (dataset_dir / META_FILE).exists():  # nothing prepared: no trace left (the lock file
+                # marks a gptlab dataset, and a nanoGPT dataset there must stay one)
                 lock_path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     for directory in created:  # innermost first; stops at the first one not empty
@@ -187,6 +194,8 @@ class DatasetWriter:
 
     def commit(self, meta: dict[str, Any]) -> None:
         """Make the dataset final: token files first, meta.json (the 'ready' mark) last."""
+        text = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
+        text.encode("utf-8")  # what cannot be written fails here, with the old dataset untouched
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
@@ -195,7 +204,7 @@ class DatasetWriter:
         meta_path.unlink(missing_ok=True)  # a crash between the renames leaves 'not ready', not a mismatch
         for split in SPLITS:
             os.replace(self._tmp[split], split_path(self.dir, split))
-        atomic_write(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+        atomic_write(meta_path, text)
 
     def _close(self) -> None:
         for f in self._files.values():

@@ -241,7 +241,7 @@ def sample(cfg: SampleConfig) -> list[str]:
     prompt = cfg.start
     if prompt.startswith("FILE:"):  # nanoGPT's way of giving a long prompt; read before the model is loaded
         try:
-            prompt = Path(prompt[5:]).read_text()
+            prompt = Path(prompt[5:]).read_text(encoding="utf-8-sig")  # -sig: as prepare reads text
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"start={cfg.start!r}: cannot read the prompt file ({type(e).__name__}: {e})") from None
     model, tokenizer = load_model_for_sampling(cfg, device)

@@ -546,3 +546,55 @@ def test_a_save_to_disk_folder_is_read_as_its_records(tmp_path: Path, layout: st
     datasets.Dataset.from_list([{"text": None}]).save_to_disk(str(tmp_path / "null"))
     with pytest.raises(DataError, match=r"record 0 of .*: field 'text' is null, not a string"):
         prepare_dataset("mine", tmp_path / "n", input_path=tmp_path / "null", num_proc=1)
+
+
+def test_a_failed_prepare_leaves_a_nanogpt_dataset_usable(tmp_path: Path) -> None:
+    """A prepare that fails (a mistyped --input, an offline download) into a directory nanoGPT's
+    prepare.py wrote must not turn that dataset into a 'damaged' one: it changed none of its files."""
+    import pickle
+
+    data = "first citizen: before we proceed any further, hear me speak.\n" * 40
+    chars = sorted(set(data))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    ids = np.array([stoi[c] for c in data], dtype=np.uint16)
+    char_dir = tmp_path / "data" / "shakespeare_char"
+    char_dir.mkdir(parents=True)
+    n = int(len(ids) * 0.9)
+    ids[:n].tofile(char_dir / "train.bin")
+    ids[n:].tofile(char_dir / "val.bin")
+    meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
+    (char_dir / "meta.pkl").write_bytes(pickle.dumps(meta))
+    assert ensure_prepared("shakespeare_char", tmp_path / "data") == char_dir
+    with pytest.raises(DataError, match="does not exist"):
+        prepare_dataset("shakespeare_char", tmp_path / "data", tmp_path / "missing.txt")
+    assert ensure_prepared("shakespeare_char", tmp_path / "data") == char_dir  # DataError: '... is damaged'
+
+
+def test_a_lone_surrogate_in_json_records_is_a_replacement_character(tmp_path: Path) -> None:
+    """JSON Lines may hold an escaped lone surrogate ("\\ud83d", an emoji cut in two: json.loads accepts it),
+    which UTF-8 cannot store (its meta.json write failed after the old dataset's files were replaced): it
+    becomes U+FFFD, as undecodable bytes do; a valid escaped pair stays its emoji."""
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"text": f"doc {i} ok"}) + "\n" for i in range(20)), encoding="utf-8")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(f'{{"text": "doc {i} cut \\ud83d, whole \\ud83d\\ude00"}}\n' for i in range(20)))
+    out = prepare_dataset("recs_char", tmp_path / "data", good)
+    out = prepare_dataset("recs_char", tmp_path / "data", bad)
+    assert is_ready(out)
+    chars = set(load_tokenizer(read_meta(out)["tokenizer"]).decode(list(range(read_meta(out)["vocab_size"]))))
+    assert {"\ufffd", "\U0001f600"} <= chars and not any("\ud800" <= c <= "\udfff" for c in chars)
+
+
+def test_a_meta_that_cannot_be_written_leaves_the_old_dataset(tmp_path: Path) -> None:
+    """DatasetWriter.commit encodes meta.json before it touches the dataset it replaces."""
+    from gptlab.data.storage import DatasetWriter
+
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(20)))
+    out = prepare_dataset("recs_char", tmp_path / "data", records)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with DatasetWriter(out, 300) as writer, pytest.raises(UnicodeEncodeError):
+        writer.write("train", np.arange(100))
+        writer.write("val", np.arange(10))
+        writer.commit({"vocab_size": 300, "bad": "\ud83d"})
+    assert is_ready(out) and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -428,6 +428,10 @@ def test_nanogpt_char_run_samples_as_nanogpt_does(tmp_path: Path, monkeypatch: p
     assert text == tok.decode(expected[0].tolist()) and text.startswith("to be") and len(text) == 17
     (via_path,) = sample(parse_sample_args([*args, "--num_samples=1", "--init_from=out-shakespeare-char/ckpt.pt"]))
     assert via_path == text
+    # nanoGPT's FILE: prompt, saved by a Windows editor (a byte-order mark, which prepare strips from text too)
+    (tmp_path / "prompt.txt").write_bytes(b"\xef\xbb\xbfto be")
+    (via_file,) = sample(parse_sample_args([args[0], "--start=FILE:prompt.txt", *args[2:], "--num_samples=1"]))
+    assert via_file == text
     # several samples: nanoGPT seeds once (torch.manual_seed(seed)) and draws them one after another
     drawn = sample(parse_sample_args([*args[:3], "--temperature=1.0", "--num_samples=3", "--seed=5", "--top_k=None"]))
     torch.manual_seed(5)
