@@ -244,9 +244,10 @@ def fit_advice(
     ideas = []
     for flag, change in options:
         peak = plan_memory(config, **{**plan_kwargs, **change}).mode.peak
-        ideas.append(f"{flag} -> {peak / 1e9:.1f} GB" + (" (fits)" if peak <= budget else ""))
+        if peak < plan.mode.peak:  # checkpointing a single layer, say, keeps more than it frees
+            ideas.append(f"{flag} -> {peak / 1e9:.1f} GB" + (" (fits)" if peak <= budget else ""))
     capacity = capacity or f"the device's {device_bytes / 1e9:.1f} GB"
-    options = "each alone: " + "; ".join(ideas)
+    options = "each alone: " + "; ".join(ideas) if ideas else "none of the settings gptlab plans lowers it"
     if refuse_above is not None and plan.mode.peak > refuse_above * device_bytes:
         raise ConfigError(
             f"planned peak {plan.mode.peak / 1e9:,.1f} GB per {per} is more than {refuse_above:g} times {capacity}: "

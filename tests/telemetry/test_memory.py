@@ -175,6 +175,18 @@ def test_fit_advice_warns_before_an_oom_with_replanned_options() -> None:
     assert chunked is not None and "--loss_chunk_size" not in chunked  # already on: not suggested again
 
 
+def test_fit_advice_offers_only_what_lowers_the_peak() -> None:
+    """One layer with the chunked loss on: checkpointing keeps the block's input and recomputes the block,
+    more than it frees, so it is not offered as a remedy; half the micro-batch is."""
+    cfg = get_preset_config("llama", n_layer=1, n_embd=64, n_head=4, block_size=64, vocab_size=128)
+    kwargs = dict(batch_size=10**5, dtype="float32", device_type="cpu", loss_chunk_size=1024)
+    planned = plan_memory(cfg, **kwargs).mode.peak
+    assert plan_memory(cfg, **kwargs, activation_checkpointing=True).mode.peak > planned
+    advice = fit_advice(cfg, 10**6, **kwargs)
+    assert advice is not None and "--activation_checkpointing" not in advice and "--batch_size=50000" in advice
+    assert "none of the settings" in fit_advice(cfg, 10**6, **{**kwargs, "batch_size": 1})
+
+
 def test_peak_counts_the_end_of_backward_when_gradients_outweigh_activations() -> None:
     """GPT-2 124M, micro-batch 1 x 16 with checkpointing: the saved activations (and bf16 weight copies)
     are far below the 0.5 GB of float32 gradients, so the peak is the end of backward, where parameters,
