@@ -118,6 +118,9 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+SUMMARIZED = ("iter", "loss", "dt_ms", "tokens_per_sec", "mfu")  # the iteration fields summary.json uses
+
+
 class TrainingLogger:
     """Writes one JSON object per line to ``out_dir/log.jsonl`` and renders the console view."""
 
@@ -303,7 +306,10 @@ class TrainingLogger:
             record["memory"] = memory_stats
         if grad_stats:
             record["gradients"] = grad_stats
-        self.iters.append(record)
+        # what finalize() needs of it, not the whole record (a long run logs hundreds of thousands)
+        kept = {k: record.get(k) for k in SUMMARIZED}
+        kept["peak_gb"] = logged_peak_gb(memory_stats) if memory_stats else None
+        self.iters.append(kept)
         self._write({"type": "iter", **record})
         top = {k: v for k, v in record.items() if not isinstance(v, dict) and k != "iter"}  # iter: the step
         self._scalars(iter_num, {"train": top, "memory": memory_stats or {}, "gradients": grad_stats or {}})
@@ -379,7 +385,7 @@ class TrainingLogger:
             p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
             return {"mean": statistics.fmean(values), "median": statistics.median(values), "p90": p90}
 
-        peaks = [logged_peak_gb(r["memory"]) for r in self.iters if "memory" in r]
+        peaks = [r["peak_gb"] for r in self.iters]
         val_losses = [e["val_loss"] for e in self.evals if math.isfinite(e["val_loss"])]
         summary = {
             "iterations_logged": len(self.iters),

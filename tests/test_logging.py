@@ -170,3 +170,17 @@ def test_summary_says_which_iterations_its_statistics_leave_out(tmp_path: Path, 
     else:
         assert summary["iterations_excluded_as_warmup"] == 2 and summary["warmup_through_iter"] == 25
         assert summary["dt_ms"]["mean"] == 10.0 and summary["tokens_per_sec"]["median"] == 3.0
+
+
+def test_the_logger_keeps_only_what_the_summary_needs(tmp_path: Path) -> None:
+    """A long run at log_interval=1 would hold every record (gradient statistics and all, ~1.5 KB each) in
+    memory to the end; the summary's figures come out the same from what is kept."""
+    logger = TrainingLogger(tmp_path, stream=io.StringIO())
+    grads = {"global_norm": 1.0, "per_layer": {f"blocks.{i}.w": float(i) for i in range(50)}}
+    for i, rss in enumerate((1.0, 3.0, 2.0)):
+        logger.log_iter_detailed(i, 2.0 - i, 5.0, memory_stats={"rss_gb": rss}, grad_stats=grads, lr=1e-3)
+    assert all("gradients" not in r and "memory" not in r for r in logger.iters)
+    summary = logger.finalize()
+    assert summary["peak_memory_gb"] == 3.0 and summary["final_loss"] == 0.0 and summary["dt_ms"]["mean"] == 5.0
+    (last,) = [r for r in read_log(tmp_path, "iter") if r["iter"] == 2]
+    assert last["gradients"] == grads and last["memory"] == {"rss_gb": 2.0}  # the log keeps everything

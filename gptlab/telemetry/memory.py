@@ -6,6 +6,7 @@ Units are GB = 1e9 bytes, as in the design document. Peaks are reset per logging
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Collection, Iterator
@@ -18,14 +19,21 @@ from gptlab.telemetry.planner import MemoryPlan, ModeMemory, plan_all_modes, pla
 GB = 1e9
 
 
-def process_rss_bytes() -> int | None:
-    """Resident set size of this process now (psutil if installed, else /proc), None if unknowable."""
+@functools.cache
+def _psutil() -> Any:
+    """psutil, or None: a failed import is looked up again on every call (~60 us per logged iteration)."""
     try:
         import psutil
-
-        return int(psutil.Process().memory_info().rss)
     except ImportError:
-        pass
+        return None
+    return psutil
+
+
+def process_rss_bytes() -> int | None:
+    """Resident set size of this process now (psutil if installed, else /proc), None if unknowable."""
+    psutil = _psutil()
+    if psutil is not None:
+        return int(psutil.Process().memory_info().rss)
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
