@@ -105,7 +105,7 @@ def _saved_iter(path: Path, other: Path) -> int:
     try:
         ckpt = _torch_load_checked(path)
     except CheckpointError as e:
-        raise CheckpointError(f"{e}; to resume from the other checkpoint there, {str(other)!r}, move it away") from None
+        raise CheckpointError(f"{e}; to resume from {str(other)!r} instead, move {str(path)!r} away") from None
     try:
         return int(ckpt["iter_num"])
     except (KeyError, TypeError, ValueError):
@@ -460,7 +460,8 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
         # stays deletable there, so keep_checkpoints can remove the checkpoint a run resumed from
     except MemoryError:
         raise  # not the file's fault
-    except OSError as e:  # the file system's answer (permissions, a vanished file), not the bytes'
+    except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:  # the file system's
+        # answer, not the bytes' (a truncated archive can raise another OSError: EINVAL from the zip reader)
         raise CheckpointError(f"{str(path)!r} could not be read ({first_line(e)})") from None
     except Exception as e:
         # the memory-mapped load's complaint about anything but a zip archive would send the user re-saving

@@ -214,7 +214,8 @@ def test_latest_checkpoint_never_falls_back_silently_past_an_unreadable_one(tmp_
     assert latest_checkpoint(tmp_path) == tmp_path / "ckpt.pt"
     data = (tmp_path / "ckpt.pt").read_bytes()
     (tmp_path / "ckpt.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=rf"ckpt.pt' is corrupt or truncated .*other checkpoint there, '{dcp}'"):
+    move = rf"to resume from '{dcp}' instead, move '{tmp_path / 'ckpt.pt'}' away"
+    with pytest.raises(CheckpointError, match=rf"ckpt.pt' is corrupt or truncated .*; {move}$"):
         latest_checkpoint(tmp_path)
 
 
@@ -229,6 +230,13 @@ def test_unreadable_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(torch, "load", refuse)
     with pytest.raises(CheckpointError, match=r"could not be read \(\[Errno 13\] Permission denied\)$"):
+        load_checkpoint(tmp_path)
+
+    def invalid(*args: object, **kwargs: object) -> None:  # the zip reader on some truncated archives
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(torch, "load", invalid)
+    with pytest.raises(CheckpointError, match=r"is corrupt or truncated \(\[Errno 22\] Invalid argument\)"):
         load_checkpoint(tmp_path)
 
     def no_memory(*args: object, **kwargs: object) -> None:

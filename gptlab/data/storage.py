@@ -130,6 +130,7 @@ def prepare_lock(dataset_dir: Path) -> Iterator[None]:
         return
     lock_path = dataset_dir / LOCK_FILE
     while True:
+        dataset_dir.mkdir(parents=True, exist_ok=True)  # again: a failed first prepare removes what it made
         lock = open(lock_path, "a")  # noqa: SIM115 (closed below)
         fcntl.flock(lock, fcntl.LOCK_EX)
         with contextlib.suppress(FileNotFoundError):

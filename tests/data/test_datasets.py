@@ -3,6 +3,7 @@ one-line errors. Everything runs offline on corpora of a few hundred KB at most.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import platform
@@ -598,3 +599,33 @@ def test_a_meta_that_cannot_be_written_leaves_the_old_dataset(tmp_path: Path) ->
         writer.write("val", np.arange(10))
         writer.commit({"vocab_size": 300, "bad": "\ud83d"})
     assert is_ready(out) and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_prepare_waiting_on_one_that_fails_takes_over(tmp_path: Path) -> None:
+    """Two prepares of a new directory: the first fails (a bad --input, Ctrl-C) and removes the lock file and
+    the directories it made; the one waiting on that lock prepares next, instead of failing on the lock."""
+    import threading
+    import time
+
+    from gptlab.data.storage import prepare_lock
+
+    target = tmp_path / "new" / "ds"
+    first_inside, second_done = threading.Event(), []
+
+    def first() -> None:
+        with contextlib.suppress(RuntimeError), prepare_lock(target):
+            first_inside.set()
+            time.sleep(0.5)  # the second is waiting on the lock by now
+            raise RuntimeError("the prepare failed")
+
+    def second() -> None:
+        first_inside.wait()
+        with prepare_lock(target):
+            second_done.append(target.is_dir())
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert second_done == [True]
