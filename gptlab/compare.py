@@ -59,7 +59,7 @@ def resolve_architecture(
     if run_dir is not None:  # a run directory (or its config.json): the architecture it trained
         from gptlab.plugins import saved_plugins
 
-        run_json = json.loads(run_dir.read_text())
+        run_json = json.loads(run_dir.read_text(encoding="utf-8"))
         config = ModelArchitectureConfig.from_dict({**run_json["arch"], **arch_overrides}, saved_plugins(run_json))
         config = check_keys_take_effect(config, arch_overrides)
         label = run_dir.parent.name if run_dir.name == "config.json" else run_dir.stem
@@ -92,7 +92,7 @@ def run_config_json(name: str) -> Path | None:
     candidate = path / "config.json" if path.is_dir() else path
     if candidate.name == "config.json" and candidate.is_file():
         try:
-            if "arch" in json.loads(candidate.read_text()):
+            if "arch" in json.loads(candidate.read_text(encoding="utf-8")):
                 return candidate
         except (OSError, ValueError):
             return None

@@ -196,11 +196,12 @@ def train_and_compare(
             summary = train(run, stream=stream)
         finally:
             Path(t.out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(t.out_dir) / "console.log").write_text(stream.getvalue())
+            (Path(t.out_dir) / "console.log").write_text(stream.getvalue(), encoding="utf-8")
         run_dir = Path(t.out_dir)
-        records = map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+        records = map(json.loads, (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines())
         startup = next(r for r in records if r.get("type") == "startup")  # after an overwrite event, on a re-run
-        arch.config = ModelArchitectureConfig.from_dict(json.loads((run_dir / "config.json").read_text())["arch"])
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        arch.config = ModelArchitectureConfig.from_dict(saved["arch"])
         results.append(_result(run_dir, summary, startup))
         figures.append(compute_figures(arch.config, **settings))
         log(f"compare: {arch.label}: final val loss {format_result('final_val_loss', summary.get('final_val_loss'))}")

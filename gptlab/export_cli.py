@@ -88,7 +88,7 @@ def _remove_hf_export(out: Path) -> None:
     import json
 
     try:
-        is_hf = "model_type" in json.loads((out / "config.json").read_text())
+        is_hf = "model_type" in json.loads((out / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
         return
     if is_hf:

@@ -71,7 +71,7 @@ def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
 def log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) of each line of a JSON-lines log, as written; a last line that a killed
     write cut off is skipped, any other line that is not a JSON object is one GptlabError."""
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -187,7 +187,7 @@ class TrainingLogger:
                 "file of out_dir's own; remove the link"
             )
         torn = _cut_torn_line(self._path) if mode == "a" else 0
-        self._file = open(self._path, mode)  # noqa: SIM115 (lives with the logger)
+        self._file = open(self._path, mode, encoding="utf-8")  # noqa: SIM115 (lives with the logger)
         if torn:
             cut = f"{self._path}'s last line was cut off ({torn} bytes, a killed write): removed"
             self.log_event("log_repaired", cut)

@@ -138,12 +138,30 @@ def check_same_config(config: dict[str, Any], info: DistInfo) -> None:
     gathered = [torch.zeros_like(mine) for _ in range(info.world_size)]
     dist.all_gather(gathered, mine)
     hashes = [int(t.item()) for t in gathered]
-    if len(set(hashes)) > 1:
+    if len(set(hashes)) > 1:  # every rank sees it: gather the configs (once, on this error path) to name keys
         differ = [r for r, h in enumerate(hashes) if h != hashes[0]]
+        configs: list[Any] = [None] * info.world_size
+        dist.all_gather_object(configs, config)
+        rank0, first = _flat(configs[0]), _flat(configs[differ[0]])
+        keys = sorted(k for k in rank0.keys() | first.keys() if rank0.get(k, "(none)") != first.get(k, "(none)"))
+        shown = "; ".join(f"{k}: {rank0.get(k, '(none)')!r} vs {first.get(k, '(none)')!r}" for k in keys[:4])
+        more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
         raise ConfigError(
             f"the ranks disagree on the config: rank(s) {differ} resolved a different config than rank 0 "
-            "(same config file, overrides, dataset, checkpoint and code on every node?)"
+            f"(rank 0 vs rank {differ[0]}: {shown[:600]}{more}); same config file, overrides, dataset, checkpoint "
+            "and code on every node?"
         )
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``, to name the keys two ranks disagree on."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _comm_device(info: DistInfo) -> torch.device:
@@ -180,7 +198,7 @@ def check_shared_out_dir(out_dir: Path, info: DistInfo) -> None:
         marker.write_text(str(int.from_bytes(os.urandom(6), "little")))
     barrier(info)
     try:
-        token = int(marker.read_text())
+        token = int(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         token = -1
     seen = torch.tensor([token, -token], dtype=torch.int64, device=_comm_device(info))

@@ -112,7 +112,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     summary_file = path / "summary.json"
     if not run.summary and summary_file.is_file():
         try:
-            run.summary = json.loads(summary_file.read_text())
+            run.summary = json.loads(summary_file.read_text(encoding="utf-8"))
         except ValueError:
             raise GptlabError(f"{summary_file} is not valid JSON") from None
     if not (run.startup or run.iters or run.evals):

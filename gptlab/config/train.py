@@ -351,7 +351,7 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
     namespace: dict[str, Any] = {}
     before = _registered()
     try:
-        source = path.read_text()
+        source = path.read_text(encoding="utf-8")
         tree = ast.parse(source, str(path))
         _check_config_statements(tree, source, path)
         with importable_from(path.parent, Path.cwd()):  # `import my_components` beside it, under any launcher

@@ -168,7 +168,7 @@ def _from_torch_checkpoint(ckpt: Any, overrides: dict[str, Any]) -> Configurable
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{str(path)!r} is not valid JSON ({e}): expected a Hugging Face config.json") from None
 

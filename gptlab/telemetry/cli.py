@@ -107,7 +107,7 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
             )
     file_values = load_config_file(args.preset) if is_file else {}
     if run_dir is not None:
-        file_values = json.loads(run_dir.read_text()).get("train", {})
+        file_values = json.loads(run_dir.read_text(encoding="utf-8")).get("train", {})
         if file_values.get("dtype") == "auto":  # what it resolved to on its device (a CPU's float32)
             file_values["dtype"] = _resolved_dtype(run_dir.parent) or "auto"
     _fill_options(args, file_values)

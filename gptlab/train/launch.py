@@ -34,6 +34,23 @@ def _out_of_memory(error: BaseException) -> GptlabError | None:
     )
 
 
+def _compiler_missing(error: BaseException) -> GptlabError | None:
+    """torch.compile without a working C++ compiler (Windows without MSVC's cl.exe, a broken $CXX) as one
+    line with the way out; None for other errors (a compiler bug keeps its traceback for a PyTorch report)."""
+    chain, e = [], error
+    while e is not None and len(chain) < 16:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if not any("InvalidCxxCompiler" in type(x).__name__ or "InvalidCxxCompiler" in str(x) for x in chain):
+        return None
+    first = next((line for line in str(error).splitlines() if "InvalidCxxCompiler" in line), type(error).__name__)
+    return GptlabError(
+        f"torch.compile found no working C++ compiler ({first.strip()[:200]}): train without it, --compile=False, "
+        "or install one (on Windows, Visual Studio Build Tools, run from a Developer Command Prompt; "
+        "`gptlab doctor` checks)"
+    )
+
+
 PEER_GONE_SIGNS = (  # gloo's and NCCL's words for a peer that died
     "connection reset by peer",
     "connection closed by peer",
@@ -84,10 +101,10 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
             with lock, _global_torch_settings_kept():  # a script or notebook calling train() keeps its own
                 summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
         except (RuntimeError, MemoryError) as e:
-            oom = _out_of_memory(e)
-            if oom is None:
+            failure = _out_of_memory(e) or _compiler_missing(e)
+            if failure is None:
                 raise
-            raise oom from e
+            raise failure from e
     except BaseException as e:
         if info.world_size == 1:
             parallel.shutdown(info)

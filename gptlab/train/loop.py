@@ -219,8 +219,13 @@ class Trainer:
         self._saved_iter = -1  # the iteration of this session's latest checkpoint
         self._replaced_source: Path | None = None  # overwrite: a fine-tune's source in out_dir, until the first save
         self.run_config = RunConfig(train=cfg, arch=self.arch)
-        # a mismatch fails here, not in a hang; with the iteration resumed from (nodes reading different disks)
-        parallel.check_same_config({**self.run_config.to_dict(), "start_iter": max(self._resumed_iter, 0)}, self.dist)
+        # a mismatch fails here, not in a hang; with the iteration resumed from and the data itself (nodes read
+        # their own disks: the same data may lie at another data_dir there, or other data at the same one)
+        same = self.run_config.to_dict()
+        same["train"] = {k: v for k, v in same["train"].items() if k != "data_dir"}
+        data = {k: self.meta.get(k) for k in ("vocab_size", "dtype", "tokens", "tokenizer")}
+        data["sha256"] = (self.meta.get("source") or {}).get("sha256")
+        parallel.check_same_config({**same, "start_iter": max(self._resumed_iter, 0), "dataset": data}, self.dist)
         if self.mode == "fsdp" and not cfg.eval_only:  # its checkpoint needs one out_dir seen by every node
             parallel.check_shared_out_dir(self.out_dir, self.dist)
         loader_args = dict(batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device)
@@ -706,7 +711,7 @@ class Trainer:
         summary = None
         if self.master and summary_path.is_file():
             with contextlib.suppress(OSError, ValueError):
-                summary = json.loads(summary_path.read_text())
+                summary = json.loads(summary_path.read_text(encoding="utf-8"))
         # the finished run's own summary only (a job killed between its last checkpoint and its summary leaves
         # an earlier session's); every rank takes the same branch (_finish has collectives)
         final = isinstance(summary, dict) and summary.get("status") == "completed"

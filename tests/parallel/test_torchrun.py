@@ -303,6 +303,7 @@ def test_ranks_that_disagree_on_the_config_fail_fast(data_dir: Path, tmp_path: P
     err = "".join(e for _, _, e in results)
     assert "[rank 0] error: the ranks disagree on the config" in err
     assert "[rank 1] error: the ranks disagree on the config" in err
+    assert "(rank 0 vs rank 1: arch.n_layer: 2 vs 3" in err  # the key, not a guess among dozens
 
 
 @pytest.mark.parametrize("failing", [1, 0])  # 0: the rank that hosts the group's store fails

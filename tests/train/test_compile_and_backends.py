@@ -157,3 +157,16 @@ def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch
             stream=io.StringIO(),
         )
     assert (tmp_path / "log.jsonl").read_bytes() == log_before
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(data_dir: Path, tmp_path: Path) -> None:
+    """Windows without MSVC's cl.exe (or a broken $CXX): PyTorch's 110-line traceback becomes one line
+    with the way out."""
+    import torch._inductor.config as inductor_config
+
+    args = tiny_args(data_dir, tmp_path / "run", compile=True, max_iters=1, dtype="float32")
+    with (
+        inductor_config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-cl"))}),
+        pytest.raises(GptlabError, match=r"^torch.compile found no working C\+\+ compiler .*--compile=False"),
+    ):
+        train(parse_run_args(args), stream=io.StringIO())

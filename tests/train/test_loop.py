@@ -19,6 +19,7 @@ import torch
 from gptlab import parallel
 from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
+from gptlab.data.storage import read_meta
 from gptlab.errors import ConfigError
 from gptlab.train.launch import train
 from gptlab.train.loop import NonFiniteLossError, Trainer
@@ -120,6 +121,10 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(parallel, "check_same_config", lambda config, info: compared.append(config))
     train(parse_run_args(tiny_args(data_dir, resumed, **common, init_from="resume")), stream=io.StringIO())
     assert compared[0]["start_iter"] == 11  # the checkpoint after step 10
+    # the data itself, not where a node keeps it (node-local disks: other data may lie at the same data_dir)
+    assert "data_dir" not in compared[0]["train"] and compared[0]["dataset"]["tokens"] == read_meta(
+        Path(data_dir) / "stdlib_char"
+    )["tokens"]
     a = {r["iter"]: r["loss"] for r in read_log(straight) if r["type"] == "iter"}
     records = read_log(resumed)
     start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
