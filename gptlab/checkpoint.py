@@ -269,7 +269,14 @@ def _point_link(out_dir: Path, name: str) -> None:
     """``ckpt.dcp`` -> ``name``, replaced atomically: the link names the old or the new, never neither."""
     link_tmp, link = out_dir / f".{DCP_LINK}.tmp", out_dir / DCP_LINK
     link_tmp.unlink(missing_ok=True)
-    os.symlink(name, link_tmp)
+    try:
+        os.symlink(name, link_tmp)
+    except OSError as e:  # Windows: symbolic links need Developer Mode or an administrator
+        raise CheckpointError(
+            f"cannot create the link {str(out_dir / DCP_LINK)!r} -> {name} that names the latest sharded "
+            f"checkpoint ({first_line(e)}): on Windows enable Developer Mode (or run as administrator), or "
+            "train without --use_fsdp"
+        ) from None
     copied = link.is_dir() and not link.is_symlink()  # a copy of the run that followed the link (scp -r,
     # rsync -L, shutil.copytree): an older checkpoint's copy, which a directory cannot be replaced over
     if copied:

@@ -86,7 +86,9 @@ def _torch_checks() -> list[Check]:
 
 
 def _compiler() -> str | None:
-    for name in ("g++", "c++", "clang++"):
+    """The C++ compiler inductor would use: $CXX, else (Windows) MSVC's cl, else g++ / c++ / clang++."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["cl"] if sys.platform == "win32" else []
+    for name in names or ("g++", "c++", "clang++"):
         if path := shutil.which(name):
             return path
     return None
@@ -100,7 +102,12 @@ def _compile_checks(deep: bool) -> list[Check]:
     dynamo = importlib.util.find_spec("torch._dynamo") is not None
     checks = [Check(s, "torch.compile (dynamo)", dynamo, "present" if dynamo else "missing from this build")]
     cxx = _compiler()
-    checks.append(Check(s, "C++ compiler (inductor on CPU)", cxx is not None, cxx or "none found: install g++"))
+    install = (
+        "none found: install Visual Studio Build Tools and run from a Developer Command Prompt"
+        if sys.platform == "win32"
+        else "none found: install g++"
+    )
+    checks.append(Check(s, "C++ compiler (inductor on CPU)", cxx is not None, cxx or install))
     if cuda:
         triton = _version("triton") or _version("pytorch-triton")
         checks.append(Check(s, "Triton (inductor on GPU)", triton is not None, triton or "not installed"))

@@ -138,8 +138,7 @@ def refuse_extra(command: str, extra: list[str], options: Iterable[str]) -> None
 
 def is_out_of_memory(error: BaseException) -> bool:
     """An allocation failure: Python's, CUDA's (torch.OutOfMemoryError is a RuntimeError) or the CPU
-    allocator's, whose RuntimeError says "can't allocate memory"."""
+    allocator's, whose RuntimeError says "can't allocate memory" (on Windows "not enough memory")."""
     text = str(error).lower()
-    return isinstance(error, MemoryError) or (
-        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
-    )
+    signs = ("can't allocate memory", "out of memory", "not enough memory")
+    return isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and any(s in text for s in signs))

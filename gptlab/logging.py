@@ -118,6 +118,16 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def write_console(stream: IO[str], text: str) -> None:
+    """Write to a console; one that cannot encode the text (an ASCII or Latin-1 stdout, Windows' cp1252
+    for a redirected one) gets those characters replaced, not a UnicodeEncodeError that ends the run."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(encoding, errors="replace").decode(encoding))
+
+
 SUMMARIZED = ("iter", "loss", "dt_ms", "tokens_per_sec", "mfu")  # the iteration fields summary.json uses
 
 
@@ -214,13 +224,7 @@ class TrainingLogger:
         self.stream.flush()
 
     def _emit(self, text: str) -> None:
-        """Write to the console; a stream that cannot encode the rules and symbols (an ASCII or Latin-1
-        stdout) gets them replaced, not a UnicodeEncodeError that ends the run."""
-        try:
-            self.stream.write(text)
-        except UnicodeEncodeError:
-            encoding = getattr(self.stream, "encoding", None) or "ascii"
-            self.stream.write(text.encode(encoding, errors="replace").decode(encoding))
+        write_console(self.stream, text)
 
     def _scalars(self, step: int, sections: dict[str, dict[str, Any]]) -> None:
         """The numbers of each section as ``section/name`` scalars, in one wandb call per step."""

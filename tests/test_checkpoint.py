@@ -245,3 +245,17 @@ def test_unreadable_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(torch, "load", no_memory)
     with pytest.raises(MemoryError):
         load_checkpoint(tmp_path)
+
+
+def test_a_link_that_cannot_be_made_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows without Developer Mode refuses symbolic links (WinError 1314): the sharded checkpoint's
+    ckpt.dcp link is a one-line error saying so, not a traceback after the save."""
+    from gptlab import checkpoint
+    from gptlab.errors import CheckpointError
+
+    def refuse(*args: object) -> None:
+        raise OSError(1314, "A required privilege is not held by the client")
+
+    monkeypatch.setattr(checkpoint.os, "symlink", refuse)
+    with pytest.raises(CheckpointError, match=r"ckpt.dcp' -> ckpt-0000003.dcp .*enable Developer Mode"):
+        checkpoint._point_link(tmp_path, "ckpt-0000003.dcp")

@@ -85,12 +85,15 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert hint in capsys.readouterr().err, argv
 
 
-def test_an_allocation_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("words", ["can't allocate memory", "not enough memory"])  # Linux's, Windows'
+def test_an_allocation_failure_is_one_line(
+    words: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """gptlab peak --size=100000 asks the CPU for 40 GB: one line, not the allocator's traceback."""
     import gptlab.telemetry.hardware as hardware
 
     def allocate(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 40000000000 bytes.")
+        raise RuntimeError(f"DefaultCPUAllocator: {words}: you tried to allocate 40000000000 bytes.")
 
     monkeypatch.setattr(hardware, "measure_peak_flops", allocate)
     assert main(["peak", "--device=cpu", "--size=100000"]) == 2

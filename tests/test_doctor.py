@@ -43,3 +43,20 @@ def test_root_test_imports_script() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "test_imports.py")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "gptlab doctor" in proc.stdout and "[yes] PyTorch" in proc.stdout
+
+
+def test_the_compiler_checked_is_the_one_inductor_uses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$CXX when set; on Windows MSVC's cl (inductor refuses g++/clang++ there), with advice to match."""
+    from gptlab import doctor
+
+    found = {"cl": "C:/VS/cl.exe", "g++": "/usr/bin/g++"}
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: found.get(name))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(doctor.sys, "platform", "win32")
+    assert doctor._compiler() == "C:/VS/cl.exe"
+    del found["cl"]
+    assert doctor._compiler() is None  # g++ alone does not serve inductor on Windows
+    monkeypatch.setattr(doctor.sys, "platform", "linux")
+    assert doctor._compiler() == "/usr/bin/g++"
+    monkeypatch.setenv("CXX", "cl")
+    assert doctor._compiler() is None  # a $CXX that is not there: inductor would fail too

@@ -48,8 +48,9 @@ def host_memory_bytes() -> int | None:
     """The RAM this process may use: the machine's, or its container's (cgroup) limit where lower."""
     try:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):  # not POSIX
-        return None
+    except (AttributeError, OSError, ValueError):  # not POSIX (Windows): psutil's answer, if installed
+        psutil = _psutil()
+        return None if psutil is None else int(psutil.virtual_memory().total)
     for path in CGROUP_LIMITS:
         try:
             with open(path) as f:
@@ -71,8 +72,8 @@ def _max_rss_bytes() -> int | None:
 
 
 def get_memory_stats(device: torch.device | str | None = None) -> dict[str, float | None]:
-    """Allocated, reserved and their peaks on a CUDA device (None elsewhere), plus process RSS and its
-    peak (every device: on the CPU, RSS is where tensors live)."""
+    """Allocated, reserved and their peaks on a CUDA device (on Apple's MPS allocated and reserved alone;
+    None elsewhere), plus process RSS and its peak (every device: on the CPU, RSS is where tensors live)."""
     device = torch.device(device) if device is not None else _default_device()
     rss, max_rss = process_rss_bytes(), _max_rss_bytes()
     if rss is not None and max_rss is not None:
@@ -91,6 +92,11 @@ def get_memory_stats(device: torch.device | str | None = None) -> dict[str, floa
             reserved_gb=torch.cuda.memory_reserved(device) / GB,
             max_allocated_gb=torch.cuda.max_memory_allocated(device) / GB,
             max_reserved_gb=torch.cuda.max_memory_reserved(device) / GB,
+        )
+    elif device.type == "mps" and torch.backends.mps.is_available():  # Apple's allocator keeps no peaks
+        stats.update(
+            allocated_gb=torch.mps.current_allocated_memory() / GB,
+            reserved_gb=torch.mps.driver_allocated_memory() / GB,
         )
     return stats
 

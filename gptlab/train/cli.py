@@ -79,11 +79,11 @@ def run_train(args: Sequence[str]) -> int:
 
 
 def run_sample(args: Sequence[str]) -> int:
+    from gptlab.logging import write_console
     from gptlab.train.sample import parse_sample_args, sample
 
     for text in sample(parse_sample_args(list(args))):
-        print(text)
-        print("---------------")
+        write_console(sys.stdout, f"{text}\n---------------\n")  # a model's text in any console's encoding
     return 0
 
 

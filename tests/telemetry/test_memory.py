@@ -295,3 +295,24 @@ def test_host_memory_is_the_smallest_real_limit(
     sysconf = {"SC_PHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}
     monkeypatch.setattr(memory.os, "sysconf", lambda name: sysconf[name])
     assert host_memory_bytes() == expected
+
+
+def test_host_memory_without_sysconf_asks_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows has no os.sysconf: psutil's total where it is installed (else unknown), so the start-up
+    memory check still runs there."""
+    monkeypatch.delattr(memory.os, "sysconf")
+    monkeypatch.setattr(memory, "CGROUP_LIMITS", ())
+    fake = types.SimpleNamespace(virtual_memory=lambda: types.SimpleNamespace(total=8_000_000_000))
+    monkeypatch.setattr(memory, "_psutil", lambda: fake)
+    assert host_memory_bytes() == 8_000_000_000
+    monkeypatch.setattr(memory, "_psutil", lambda: None)
+    assert host_memory_bytes() is None
+
+
+def test_mps_memory_is_apples_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a Mac's GPU the tensors are not in the RSS that a CPU run reports: MPS's own counts are."""
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: 3_000_000_000)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 4_000_000_000)
+    stats = get_memory_stats(torch.device("mps"))
+    assert stats["allocated_gb"] == 3.0 and stats["reserved_gb"] == 4.0 and stats["max_allocated_gb"] is None
