@@ -398,24 +398,31 @@ def test_registry_entries_are_complete() -> None:
     assert all(spec.tokenizer == ("char" if name.endswith("_char") else "gpt2") for name, spec in DATASETS.items())
 
 
+def _nanogpt_char_dataset(data_dir: Path) -> tuple[Path, str, list[str], np.ndarray, int]:
+    """What nanoGPT's shakespeare_char/prepare.py writes (uint16 bins, meta.pkl), for a short text:
+    (its directory, the text, the characters, the ids, the train split's length)."""
+    import pickle
+
+    data = "first citizen: before we proceed any further, hear me speak.\n" * 40
+    chars = sorted(set(data))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    ids = np.array([stoi[c] for c in data], dtype=np.uint16)
+    char_dir = data_dir / "shakespeare_char"
+    char_dir.mkdir(parents=True)
+    n = int(len(ids) * 0.9)
+    ids[:n].tofile(char_dir / "train.bin")
+    ids[n:].tofile(char_dir / "val.bin")
+    meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
+    (char_dir / "meta.pkl").write_bytes(pickle.dumps(meta))
+    return char_dir, data, chars, ids, n
+
+
 def test_a_dataset_nanogpt_prepared_is_used_as_it_is(tmp_path: Path, text_file: Path) -> None:
     """train.bin / val.bin (uint16) and meta.pkl as nanoGPT's shakespeare_char/prepare.py writes them:
     gptlab trains on them as they are, writing nothing there (so a read-only copy works, and ranks cannot race);
     without meta.pkl (openwebtext) the ids are GPT-2 BPE's. A directory gptlab's prepare wrote is never
     taken for one, and ids past the vocabulary are refused."""
-    import pickle
-
-    chars = sorted(set("first citizen: before we proceed any further, hear me speak.\n"))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = "first citizen: before we proceed any further, hear me speak.\n" * 40
-    ids = np.array([stoi[c] for c in data], dtype=np.uint16)
-    char_dir = tmp_path / "data" / "shakespeare_char"
-    char_dir.mkdir(parents=True)
-    n = int(len(ids) * 0.9)
-    ids[:n].tofile(char_dir / "train.bin")
-    ids[n:].tofile(char_dir / "val.bin")
-    meta_pkl = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
-    (char_dir / "meta.pkl").write_bytes(pickle.dumps(meta_pkl))
+    char_dir, data, chars, ids, n = _nanogpt_char_dataset(tmp_path / "data")
     assert ensure_prepared("shakespeare_char", tmp_path / "data") == char_dir
     meta = read_meta(char_dir)
     assert sorted(p.name for p in char_dir.iterdir()) == ["meta.pkl", "train.bin", "val.bin"]  # nothing written
@@ -552,19 +559,7 @@ def test_a_save_to_disk_folder_is_read_as_its_records(tmp_path: Path, layout: st
 def test_a_failed_prepare_leaves_a_nanogpt_dataset_usable(tmp_path: Path) -> None:
     """A prepare that fails (a mistyped --input, an offline download) into a directory nanoGPT's
     prepare.py wrote must not turn that dataset into a 'damaged' one: it changed none of its files."""
-    import pickle
-
-    data = "first citizen: before we proceed any further, hear me speak.\n" * 40
-    chars = sorted(set(data))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    ids = np.array([stoi[c] for c in data], dtype=np.uint16)
-    char_dir = tmp_path / "data" / "shakespeare_char"
-    char_dir.mkdir(parents=True)
-    n = int(len(ids) * 0.9)
-    ids[:n].tofile(char_dir / "train.bin")
-    ids[n:].tofile(char_dir / "val.bin")
-    meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
-    (char_dir / "meta.pkl").write_bytes(pickle.dumps(meta))
+    char_dir = _nanogpt_char_dataset(tmp_path / "data")[0]
     assert ensure_prepared("shakespeare_char", tmp_path / "data") == char_dir
     with pytest.raises(DataError, match="does not exist"):
         prepare_dataset("shakespeare_char", tmp_path / "data", tmp_path / "missing.txt")
