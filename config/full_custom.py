@@ -1,4 +1,5 @@
-# Your own mix: every architecture key spelled out. Change any line, or override it:
+# Your own mix: every architecture key spelled out. Change any line, or override it
+# on the command line, as in (not on the first two lines: Python would read it as a coding line)
 # python train.py config/full_custom.py --position_encoding=alibi --ffn_type=geglu
 arch_preset = "custom"
 n_layer = 12

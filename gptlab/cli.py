@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from gptlab.config.model import PRESETS, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import TEXT_KEYS
-from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError, did_you_mean, is_out_of_memory
+from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError, compiler_missing, did_you_mean, is_out_of_memory
 from gptlab.plugins import add_plugins_option, import_plugins
 from gptlab.train.signals import TrainingInterrupted, report_interrupted
 
@@ -188,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `gptlab train` (a RAW_COMMANDS entry) logs to stdout; `compare --train`'s runs log to console.log files
         return report_interrupted(e, "gptlab: ", logged_to_stdout=bool(argv) and argv[0] in RAW_COMMANDS)
     except (MemoryError, RuntimeError) as e:
+        if (missing := compiler_missing(e)) is not None:  # `gptlab sample --compile=True`, say
+            print(f"gptlab: error: {missing}", file=sys.stderr)
+            return 2
         if not is_out_of_memory(e):
             raise
         text = str(e).strip()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch.torch_version import TorchVersion
 
 from gptlab.errors import ConfigError
 
@@ -35,11 +34,6 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     if name != "auto":
         if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("dtype='bfloat16' is not supported on this GPU: use --dtype=float16")
-        if name == "float16" and device.type == "mps" and TorchVersion(torch.__version__) < "2.8":
-            raise ConfigError(  # GradScaler.unscale_ casts to float64, which MPS lacks (pytorch#142397)
-                f"dtype='float16' on MPS needs PyTorch 2.8 or newer (this is {torch.__version__}): "
-                "use --dtype=bfloat16 or float32"
-            )
         return name
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"

@@ -85,13 +85,13 @@ def _torch_checks() -> list[Check]:
     return checks
 
 
+def _compiler_name() -> str:
+    """The C++ compiler inductor runs on a CPU: $CXX (one program), else its platform's default."""
+    return os.environ.get("CXX") or {"win32": "cl", "darwin": "clang++"}.get(sys.platform, "g++")
+
+
 def _compiler() -> str | None:
-    """The C++ compiler inductor would use: $CXX, else (Windows) MSVC's cl, else g++ / c++ / clang++."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["cl"] if sys.platform == "win32" else []
-    for name in names or ("g++", "c++", "clang++"):
-        if path := shutil.which(name):
-            return path
-    return None
+    return shutil.which(_compiler_name())
 
 
 def _compile_checks(deep: bool) -> list[Check]:
@@ -102,11 +102,13 @@ def _compile_checks(deep: bool) -> list[Check]:
     dynamo = importlib.util.find_spec("torch._dynamo") is not None
     checks = [Check(s, "torch.compile (dynamo)", dynamo, "present" if dynamo else "missing from this build")]
     cxx = _compiler()
-    install = (
-        "none found: install Visual Studio Build Tools and run from a Developer Command Prompt"
-        if sys.platform == "win32"
-        else "none found: install g++"
-    )
+    name = _compiler_name()
+    if os.environ.get("CXX"):
+        install = f"$CXX={name!r} is not a program on PATH (inductor runs $CXX as one program)"
+    elif sys.platform == "win32":
+        install = "cl not found: install Visual Studio Build Tools and run from a Developer Command Prompt"
+    else:
+        install = f"{name} not found: install it (or set $CXX to your compiler)"
     checks.append(Check(s, "C++ compiler (inductor on CPU)", cxx is not None, cxx or install))
     if cuda:
         triton = _version("triton") or _version("pytorch-triton")

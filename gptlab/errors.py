@@ -136,6 +136,25 @@ def refuse_extra(command: str, extra: list[str], options: Iterable[str]) -> None
     raise ConfigError(f"'gptlab {command}' does not take {' '.join(extra)}{hint} (see gptlab {command} -h)")
 
 
+def compiler_missing(error: BaseException) -> GptlabError | None:
+    """torch.compile without a working C++ compiler (Windows without MSVC's cl.exe, a broken $CXX) as one
+    line with the way out; None for other errors (a compiler bug keeps its traceback for a PyTorch report)."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and len(chain) < 16:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if not any("InvalidCxxCompiler" in type(x).__name__ or "InvalidCxxCompiler" in str(x) for x in chain):
+        return None
+    lines = (line for x in chain for line in str(x).splitlines() if "InvalidCxxCompiler" in line)
+    first = next(lines, "InvalidCxxCompiler")
+    return GptlabError(
+        f"torch.compile found no working C++ compiler ({first.strip()[:200]}): run without it, --compile=False, "
+        "or install one (on Windows, Visual Studio Build Tools, run from a Developer Command Prompt; "
+        "`gptlab doctor` checks)"
+    )
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """An allocation failure: Python's, CUDA's (torch.OutOfMemoryError is a RuntimeError) or the CPU
     allocator's, whose RuntimeError says "can't allocate memory" (on Windows "not enough memory")."""

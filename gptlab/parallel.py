@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,9 +287,20 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
     return model
 
 
+def torch_release() -> tuple[int, int]:
+    """(major, minor) of the running PyTorch: a 2.8 nightly or source build ('2.8.0a0+git...') is 2.8."""
+    major, minor = re.match(r"(\d+)\.(\d+)", torch.__version__).groups()  # type: ignore[union-attr]
+    return int(major), int(minor)
+
+
 def build_grad_scaler(info: DistInfo, enabled: bool) -> torch.amp.GradScaler:
     """float16's loss scaling. Under FSDP the sharded one: each rank checks only its gradient shards
     for inf/NaN, so the verdict is all-reduced and every rank steps (or skips) alike."""
+    if enabled and info.device.type == "mps" and torch_release() < (2, 8):
+        raise ConfigError(  # its unscale_ casts to float64, which MPS lacks (pytorch#142397; fixed for 2.8)
+            f"dtype='float16' training on MPS needs PyTorch 2.8 or newer (this is {torch.__version__}): "
+            "use --dtype=bfloat16 or float32"
+        )
     if info.mode != "fsdp":
         return torch.amp.GradScaler(info.device.type, enabled=enabled)
     import warnings

@@ -119,3 +119,22 @@ def test_other_scripts_keep_their_own_help() -> None:
 
     seen: list = []
     assert entry(lambda argv: seen.append(argv) or 7, ["--help"]) == 7 and seen == [["--help"]]
+
+
+def test_any_command_without_a_cpp_compiler_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gptlab sample --compile=True` on Windows without cl.exe: the one line training gives, not a traceback."""
+    import gptlab.train.cli as train_cli
+
+    def compile_fails(args: object) -> int:
+        try:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx")
+        except RuntimeError as e:
+            raise RuntimeError("backend='inductor' raised:\nInductorError: see above") from e
+
+    monkeypatch.setattr(train_cli, "run_sample", compile_fails)
+    assert main(["sample", "--compile=True"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptlab: error: torch.compile found no working C++ compiler (InvalidCxxCompiler")
+    assert len(err.strip().splitlines()) == 1

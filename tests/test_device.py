@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -21,16 +23,21 @@ def test_device_and_dtype_resolve_or_say_what_is_missing() -> None:
         resolve_device("gpu")
 
 
-@pytest.mark.parametrize("version, refused", [("2.7.1", True), ("2.8.0", False)])
-def test_float16_on_mps_needs_torch_2_8(version: str, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """GradScaler.unscale_ casts to float64, which MPS lacks, before PyTorch 2.8 (pytorch#142397): the
-    first step would fail; refused at start instead."""
-    from gptlab.device import resolve_dtype
+@pytest.mark.parametrize(
+    "version, refused", [("2.7.1+cpu", True), ("2.8.0a0+git1234", False), ("2.8.0", False), ("2.13.0", False)]
+)
+def test_float16_training_on_mps_needs_torch_2_8(version: str, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GradScaler.unscale_ casts to float64, which MPS lacks, before PyTorch 2.8 (pytorch#142397): the first
+    float16 training step would fail, so the scaler is refused at start (a 2.8 nightly has the fix); sampling
+    in float16, which needs no scaler, is not."""
+    from gptlab import parallel
 
     monkeypatch.setattr(torch, "__version__", version)
+    info = types.SimpleNamespace(mode="none", device=torch.device("mps"))
     if refused:
-        with pytest.raises(ConfigError, match=r"dtype='float16' on MPS needs PyTorch 2.8 or newer \(this is 2.7.1\)"):
-            resolve_dtype("float16", torch.device("mps"))
+        with pytest.raises(ConfigError, match=r"float16' training on MPS needs PyTorch 2.8 or newer \(this is 2.7.1"):
+            parallel.build_grad_scaler(info, enabled=True)
+        parallel.build_grad_scaler(info, enabled=False)  # bfloat16 / float32: no scaler, nothing refused
     else:
-        assert resolve_dtype("float16", torch.device("mps")) == "float16"
-    assert resolve_dtype("float16", torch.device("cpu")) == "float16"
+        assert parallel.torch_release() >= (2, 8)
+    assert resolve_dtype("float16", torch.device("mps")) == "float16"

@@ -45,18 +45,17 @@ def test_root_test_imports_script() -> None:
     assert "gptlab doctor" in proc.stdout and "[yes] PyTorch" in proc.stdout
 
 
-def test_the_compiler_checked_is_the_one_inductor_uses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """$CXX when set; on Windows MSVC's cl (inductor refuses g++/clang++ there), with advice to match."""
+def test_the_compiler_checked_is_the_one_inductor_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$CXX when set (one program: inductor runs it as such), else cl on Windows, clang++ on macOS, g++
+    elsewhere; a c++ or clang++ on a Linux PATH does not serve inductor, which asks for g++."""
     from gptlab import doctor
 
-    found = {"cl": "C:/VS/cl.exe", "g++": "/usr/bin/g++"}
+    found = {"cl": "C:/VS/cl.exe", "c++": "/usr/bin/c++", "clang++": "/usr/bin/clang++"}
     monkeypatch.setattr(doctor.shutil, "which", lambda name: found.get(name))
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(doctor.sys, "platform", "win32")
-    assert doctor._compiler() == "C:/VS/cl.exe"
-    del found["cl"]
-    assert doctor._compiler() is None  # g++ alone does not serve inductor on Windows
-    monkeypatch.setattr(doctor.sys, "platform", "linux")
-    assert doctor._compiler() == "/usr/bin/g++"
-    monkeypatch.setenv("CXX", "cl")
-    assert doctor._compiler() is None  # a $CXX that is not there: inductor would fail too
+    for platform, expected in (("win32", "C:/VS/cl.exe"), ("darwin", "/usr/bin/clang++"), ("linux", None)):
+        monkeypatch.setattr(doctor.sys, "platform", platform)
+        assert doctor._compiler() == expected, platform
+    monkeypatch.setenv("CXX", "ccache g++")
+    check = next(c for c in doctor._compile_checks(deep=False) if c.name.startswith("C++ compiler"))
+    assert check.ok is False and "$CXX='ccache g++' is not a program on PATH" in check.detail

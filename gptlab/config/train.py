@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -320,6 +321,16 @@ def _check_config_statements(tree: ast.Module, source: str, path: Path) -> None:
             )
 
 
+def _config_source(raw: bytes) -> str:
+    """A config file's text as Python reads a source file (a coding line, a byte-order mark), else as
+    nanoGPT's exec(open(f).read()) does, as UTF-8: a first-line comment such as `--position_encoding=alibi`
+    reads to Python as a coding line naming no codec."""
+    try:
+        return importlib.util.decode_source(raw)
+    except (SyntaxError, LookupError, UnicodeDecodeError):
+        return raw.decode("utf-8-sig")
+
+
 def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, Any]:
     """Run a nanoGPT-style Python config file the user named and collect its assignments: training
     and architecture keys, and ``keys`` (another command's own)."""
@@ -351,7 +362,7 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
     namespace: dict[str, Any] = {}
     before = _registered()
     try:
-        source = path.read_text(encoding="utf-8")
+        source = _config_source(path.read_bytes())
         tree = ast.parse(source, str(path))
         _check_config_statements(tree, source, path)
         with importable_from(path.parent, Path.cwd()):  # `import my_components` beside it, under any launcher

@@ -21,6 +21,7 @@ Conventions, stated once and used everywhere:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,9 +209,10 @@ def compute_flops(
 ) -> FlopsBreakdown:
     """Per-component FLOPs per token of ``config`` at ``seq_len`` (default ``block_size``); ``device_type``
     only matters to HFU (whether SDPA's backward recomputes QK^T there)."""
-    S = config.block_size if seq_len is None else int(seq_len)
-    if S <= 0:
-        raise ConfigError(f"seq_len={seq_len} is invalid: expected a positive integer")
+    S = config.block_size if seq_len is None else seq_len
+    if isinstance(S, bool) or not isinstance(S, numbers.Integral) or not 1 <= S <= config.block_size:
+        raise ConfigError(f"seq_len={seq_len!r} is invalid: expected an integer in [1, block_size={config.block_size}]")
+    S = int(S)
     H, L, V = config.n_embd, config.n_layer, config.vocab_size
     h, hd = config.n_head, config.head_dim
     q_dim = h * hd  # = H: query heads x head size

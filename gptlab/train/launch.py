@@ -15,7 +15,7 @@ import torch
 from gptlab import parallel
 from gptlab.config.train import RunConfig
 from gptlab.device import resolve_device
-from gptlab.errors import USER_ERRORS, GptlabError, is_out_of_memory
+from gptlab.errors import USER_ERRORS, GptlabError, compiler_missing, is_out_of_memory
 from gptlab.fileio import run_lock
 from gptlab.train.loop import Trainer
 from gptlab.train.signals import TrainingInterrupted
@@ -31,23 +31,6 @@ def _out_of_memory(error: BaseException) -> GptlabError | None:
         f"out of memory ({first}): `gptlab plan` with this run's config shows what fits; options: a smaller "
         "--batch_size with more --gradient_accumulation_steps, --loss_chunk_size=1024, "
         "--activation_checkpointing=True, --use_fsdp=True on several GPUs"
-    )
-
-
-def _compiler_missing(error: BaseException) -> GptlabError | None:
-    """torch.compile without a working C++ compiler (Windows without MSVC's cl.exe, a broken $CXX) as one
-    line with the way out; None for other errors (a compiler bug keeps its traceback for a PyTorch report)."""
-    chain, e = [], error
-    while e is not None and len(chain) < 16:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    if not any("InvalidCxxCompiler" in type(x).__name__ or "InvalidCxxCompiler" in str(x) for x in chain):
-        return None
-    first = next((line for line in str(error).splitlines() if "InvalidCxxCompiler" in line), type(error).__name__)
-    return GptlabError(
-        f"torch.compile found no working C++ compiler ({first.strip()[:200]}): train without it, --compile=False, "
-        "or install one (on Windows, Visual Studio Build Tools, run from a Developer Command Prompt; "
-        "`gptlab doctor` checks)"
     )
 
 
@@ -101,7 +84,7 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
             with lock, _global_torch_settings_kept():  # a script or notebook calling train() keeps its own
                 summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
         except (RuntimeError, MemoryError) as e:
-            failure = _out_of_memory(e) or _compiler_missing(e)
+            failure = _out_of_memory(e) or compiler_missing(e)
             if failure is None:
                 raise
             raise failure from e

@@ -13,12 +13,13 @@ Convention gaps, each accounted for exactly rather than absorbed by the toleranc
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from gptlab import ConfigurableGPT, get_debug_config, get_preset_config
+from gptlab import ConfigError, ConfigurableGPT, get_debug_config, get_preset_config
 from gptlab.parallel import apply_activation_checkpointing
 from gptlab.telemetry.flops import compute_flops, register_cpu_sdpa_flop_formula
 from tests.arch_grid import parametrize_combo
@@ -221,3 +222,13 @@ def test_cpu_sdpa_formula_counts_gqa_as_expanded_kv(monkeypatch: pytest.MonkeyPa
     assert calls, "the CPU fused kernel's formula was not used"
     expanded = total(q, *(t.detach().repeat_interleave(4, dim=1).requires_grad_() for t in (k, v)), gqa=False)
     assert grouped == expanded == 7 * 2 * 2 * 8 * 16 * 16 * 8  # forward 2 matmuls, backward 5 (QK^T again + 4 grads)
+
+
+@pytest.mark.parametrize("seq_len", [2.7, 0, 100, True])
+def test_seq_len_is_a_length_the_model_runs(seq_len: object) -> None:
+    """A fraction was truncated and a length past block_size counted, where the CLI, the planner and the
+    model refuse them."""
+    cfg = get_preset_config("custom", n_layer=1, n_embd=8, n_head=2, block_size=4, vocab_size=16)
+    with pytest.raises(ConfigError, match=r"seq_len=.* is invalid: expected an integer in \[1, block_size=4\]"):
+        compute_flops(cfg, seq_len=seq_len)  # type: ignore[arg-type]
+    assert compute_flops(cfg, seq_len=np.int64(2)).seq_len == 2

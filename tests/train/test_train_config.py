@@ -292,3 +292,29 @@ def test_compile_mode_reaches_torch_compile(
     info = DistInfo(mode=parallel)
     parallelize(model, cfg, info, "float32")
     assert seen == [{"mode": mode}] * (2 if parallel == "fsdp" or scope == "blocks" else 1)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"# -*- coding: latin-1 -*-\n# caf\xe9\nn_layer = 3\n",
+        b"\xef\xbb\xbf# caf\xc3\xa9\nn_layer = 3\n",
+        b"# python train.py cfg.py --position_encoding=alibi\n# caf\xc3\xa9\nn_layer = 3\n",
+    ],
+)
+def test_config_files_are_read_as_python_reads_them(raw: bytes, tmp_path: Path) -> None:
+    """A coding line (latin-1) or a byte-order mark (Notepad's UTF-8): `python cfg.py` runs either; a comment
+    that Python would take for a coding line naming no codec reads as UTF-8, as nanoGPT's exec(open().read())."""
+    from gptlab.config.train import load_config_file
+
+    path = tmp_path / "cfg.py"
+    path.write_bytes(raw)
+    assert load_config_file(str(path))["n_layer"] == 3
+
+
+def test_shipped_config_files_are_python_files() -> None:
+    """`python config/X.py` must parse them too: a first-two-lines comment with `encoding=...` did not."""
+    import importlib.util
+
+    for path in (Path(__file__).resolve().parents[2] / "config").glob("*.py"):
+        compile(importlib.util.decode_source(path.read_bytes()), str(path), "exec")
