@@ -146,8 +146,9 @@ def compiler_missing(error: BaseException) -> GptlabError | None:
         cause = cause.__cause__ or cause.__context__
     if not any("InvalidCxxCompiler" in type(x).__name__ or "InvalidCxxCompiler" in str(x) for x in chain):
         return None
-    lines = (line for x in chain for line in str(x).splitlines() if "InvalidCxxCompiler" in line)
-    first = next(lines, "InvalidCxxCompiler")
+    raised = [first_line(x) for x in chain if type(x).__name__ == "InvalidCxxCompiler"]  # inductor's own
+    quoted = (line for x in chain for line in str(x).splitlines() if "InvalidCxxCompiler" in line)  # dynamo's
+    first = next(iter(raised), None) or next(quoted, "InvalidCxxCompiler")
     return GptlabError(
         f"torch.compile found no working C++ compiler ({first.strip()[:200]}): run without it, --compile=False, "
         "or install one (on Windows, Visual Studio Build Tools, run from a Developer Command Prompt; "
