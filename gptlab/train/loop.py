@@ -217,6 +217,7 @@ class Trainer:
         self._resumed_dcp = resumed if resumed is not None and is_dcp_dir(resumed) else None
         self._resumed_iter = int(ckpt["iter_num"]) if ckpt is not None else -1
         self._saved_iter = -1  # the iteration of this session's latest checkpoint
+        self._last_losses: dict[str, float] | None = None  # this session's latest evaluation
         self._replaced_source: Path | None = None  # overwrite: a fine-tune's source in out_dir, until the first save
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from and the data itself (nodes read
@@ -307,6 +308,7 @@ class Trainer:
             tensorboard=cfg.tensorboard_log,
             resume=cfg.init_from == "resume",
             eval_only=cfg.eval_only,
+            start_iter=self.iter_num,
         )
         if ckpt is not None:
             self._restore_rng(ckpt)
@@ -659,7 +661,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _eval_and_checkpoint(self, healthy: bool) -> dict[str, float]:
-        losses = self.evaluate()
+        losses = self._last_losses = self.evaluate()  # the summary's final losses, however the run ends
         self.logger.log_eval(
             self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, self.cfg), tokens=self.tokens_seen
         )
@@ -891,7 +893,7 @@ class Trainer:
             "lower learning_rate" + (")" if skipped else ", or set --nan_policy=skip)"),
             iter=self.iter_num,
         )
-        self.logger.finalize(**self._summary_fields(None, "stopped: non-finite loss"))
+        self.logger.finalize(**self._summary_fields(self._last_losses, "stopped: non-finite loss"))
         raise NonFiniteLossError(f"training stopped at iter {self.iter_num}: non-finite loss")
 
     def _finish(self, last_losses: dict[str, float] | None) -> dict[str, Any]:

@@ -132,6 +132,25 @@ def test_real_tensorboard_events_hold_the_logged_losses(data_dir: Path, tmp_path
     assert all(abs(logged[i] - losses[i]) <= 1e-6 * max(1.0, abs(losses[i])) for i in losses)  # float32 in the file
 
 
+def test_tensorboard_after_a_rollback_and_resume_has_each_step_once(data_dir: Path, tmp_path: Path) -> None:
+    """A killed run (here rolled back to its iteration-4 checkpoint, as docs/training.md shows) resumed at 4:
+    its earlier points from 4 on are hidden (TensorBoard's purge_step), not drawn twice, backwards."""
+    pytest.importorskip("tensorboard")
+    import os
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    common = dict(tensorboard_log=True, max_iters=8, lr_decay_iters=8, eval_interval=4, keep_checkpoints=3)
+    train(parse_run_args(tiny_args(data_dir, tmp_path, **common)), stream=io.StringIO())
+    os.replace(tmp_path / "ckpt-0000004.pt", tmp_path / "ckpt.pt")  # back to iteration 4
+    train(parse_run_args(tiny_args(data_dir, tmp_path, **common, init_from="resume")), stream=io.StringIO())
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) == list(range(9))
+    assert [e.step for e in events.Scalars("eval/val_loss")] == [0, 4, 8, 9]
+
+
 def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=1)), stream=io.StringIO())
     log_before = (tmp_path / "log.jsonl").read_bytes()

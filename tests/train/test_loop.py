@@ -496,7 +496,11 @@ def test_nan_loss_stops_and_keeps_best_checkpoint(data_dir: Path, tmp_path: Path
     assert saved == [8] and load_checkpoint(tmp_path)["iter_num"] == 8
     events = [r for r in read_log(tmp_path) if r.get("event") == "nan_stop"]
     assert events and events[0]["iter"] == 12
-    assert json.loads((tmp_path / "summary.json").read_text())["status"].startswith("stopped")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"].startswith("stopped")
+    # the final losses of every other status: those of the last evaluation (iteration 8, before the NaN)
+    last_eval = [r for r in read_log(tmp_path) if r["type"] == "eval"][-1]
+    assert (summary["final_train_loss"], summary["final_val_loss"]) == (last_eval["train_loss"], last_eval["val_loss"])
 
 
 def test_nan_policy_skip_skips_steps(data_dir: Path, tmp_path: Path) -> None:
