@@ -322,13 +322,13 @@ def _check_config_statements(tree: ast.Module, source: str, path: Path) -> None:
 
 
 def _config_source(raw: bytes) -> str:
-    """A config file's text as Python reads a source file (a coding line, a byte-order mark), else as
-    nanoGPT's exec(open(f).read()) does, as UTF-8: a first-line comment such as `--position_encoding=alibi`
-    reads to Python as a coding line naming no codec."""
+    """A config file's text: UTF-8 (a byte-order mark dropped), as nanoGPT's exec(open(f).read()) reads it,
+    whatever a first-line comment such as `# position encoding: latin` looks like to Python; bytes that are
+    not UTF-8 as Python decodes a source file (its coding line, e.g. latin-1)."""
     try:
-        return importlib.util.decode_source(raw)
-    except (SyntaxError, LookupError, UnicodeDecodeError):
         return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return importlib.util.decode_source(raw)
 
 
 def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, Any]:

@@ -300,6 +300,7 @@ def test_compile_mode_reaches_torch_compile(
         b"# -*- coding: latin-1 -*-\n# caf\xe9\nn_layer = 3\n",
         b"\xef\xbb\xbf# caf\xc3\xa9\nn_layer = 3\n",
         b"# python train.py cfg.py --position_encoding=alibi\n# caf\xc3\xa9\nn_layer = 3\n",
+        b"# position encoding: latin\n# caf\xc3\xa9\nn_layer = 3\n",  # UTF-8, whatever the comment suggests
     ],
 )
 def test_config_files_are_read_as_python_reads_them(raw: bytes, tmp_path: Path) -> None:
@@ -308,8 +309,9 @@ def test_config_files_are_read_as_python_reads_them(raw: bytes, tmp_path: Path) 
     from gptlab.config.train import load_config_file
 
     path = tmp_path / "cfg.py"
-    path.write_bytes(raw)
-    assert load_config_file(str(path))["n_layer"] == 3
+    path.write_bytes(raw + b'prompt = "caf\xc3\xa9"\n' if b"latin-1" not in raw else raw + b'prompt = "caf\xe9"\n')
+    values = load_config_file(str(path), keys=("prompt",))
+    assert values["n_layer"] == 3 and values["prompt"] == "café"
 
 
 def test_shipped_config_files_are_python_files() -> None:
