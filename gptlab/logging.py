@@ -147,7 +147,7 @@ class TrainingLogger:
         tensorboard: bool = False,
         resume: bool = False,
         eval_only: bool = False,
-        start_iter: int = 0,
+        tensorboard_purge_step: int | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         # an evaluation leaves the run it evaluates as it is: its records go to eval.jsonl (appended), and
@@ -187,10 +187,9 @@ class TrainingLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ConfigError("tensorboard_log=True needs tensorboard: pip install 'gptlab[tensorboard]'") from None
-            # a resume at start_iter hides what a killed session logged from there on (TensorBoard has no
-            # "last record of each step" rule); an evaluation adds to the run's points, hiding none
-            purge = start_iter if resume and start_iter > 0 and not eval_only else None
-            self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=purge)
+            # a resume hides what a killed session logged from the step it logs again on (TensorBoard has no
+            # "last record of each step" rule)
+            self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=tensorboard_purge_step)
         # opened last: a missing backend fails before an existing log is truncated
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name, mode = ("eval.jsonl", "a") if eval_only else ("log.jsonl", "a" if resume else "w")

@@ -308,7 +308,7 @@ class Trainer:
             tensorboard=cfg.tensorboard_log,
             resume=cfg.init_from == "resume",
             eval_only=cfg.eval_only,
-            start_iter=self.iter_num,
+            tensorboard_purge_step=self._tensorboard_purge_step(),
         )
         if ckpt is not None:
             self._restore_rng(ckpt)
@@ -658,6 +658,13 @@ class Trainer:
             shutil.rmtree(replaced) if replaced.is_dir() else replaced.unlink()  # the replaced run's last weights
             self.logger.log_event("overwrite", f"replaced the previous run's {replaced.name}: this run saved its own")
         return path
+
+    def _tensorboard_purge_step(self) -> int | None:
+        """Where a resume's TensorBoard events replace the earlier sessions': from the resumed iteration,
+        or one on where the checkpoint's own evaluation there (a stop's) is not run again; None otherwise."""
+        if self.cfg.init_from != "resume" or self.cfg.eval_only or self.iter_num == 0:
+            return None
+        return self.iter_num if self.iter_num % self.cfg.eval_interval == 0 else self.iter_num + 1
 
     # ------------------------------------------------------------------ the loop
     def _eval_and_checkpoint(self, healthy: bool) -> dict[str, float]:

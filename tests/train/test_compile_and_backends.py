@@ -97,8 +97,8 @@ def test_tensorboard_backend_writes_scalars(data_dir: Path, tmp_path: Path, monk
     written: list[tuple[str, float, int]] = []
 
     class Writer:
-        def __init__(self, log_dir: str) -> None:
-            self.log_dir = log_dir
+        def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
+            self.log_dir, self.purge_step = log_dir, purge_step
 
         def add_scalar(self, tag: str, value: float, step: int) -> None:
             written.append((tag, value, step))
@@ -149,6 +149,13 @@ def test_tensorboard_after_a_rollback_and_resume_has_each_step_once(data_dir: Pa
     steps = [e.step for e in events.Scalars("train/loss")]
     assert steps == sorted(set(steps)) == list(range(9))
     assert [e.step for e in events.Scalars("eval/val_loss")] == [0, 4, 8, 9]
+    # resumed at 9 (the final checkpoint, max_iters raised): 9 is not evaluated again, so its point stays
+    more = {**common, "max_iters": 10, "init_from": "resume"}
+    train(parse_run_args(tiny_args(data_dir, tmp_path, **more)), stream=io.StringIO())
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/val_loss")] == [0, 4, 8, 9, 11]
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(11))
 
 
 def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
