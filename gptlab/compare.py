@@ -104,21 +104,15 @@ def dataset_vocab_size(train_values: dict[str, Any]) -> int | None:
     multiple of 64 (an embedded dataset is prepared for it, as training would; None when the dataset is
     not prepared here)."""
     from gptlab.config.train import TrainConfig
-    from gptlab.data.datasets import DATASETS, ensure_prepared, read_meta
-    from gptlab.data.storage import is_ready
+    from gptlab.data.datasets import ensure_prepared, read_meta
 
     if train_values.get("init_from", TrainConfig.init_from) != "scratch":
         return None  # a resume or fine-tune keeps its weights' vocabulary
-    dataset = train_values.get("dataset", TrainConfig.dataset)
-    directory = Path(train_values.get("data_dir", TrainConfig.data_dir)) / str(dataset)
-    try:
-        spec = DATASETS.get(str(dataset))
-        if not is_ready(directory) and spec is not None and spec.auto:  # built offline in a second or two
-            ensure_prepared(str(dataset), directory.parent)
-        if not is_ready(directory):
-            return None
-        vocab = int(read_meta(directory)["vocab_size"])
-    except Exception:  # a damaged dataset is training's error to report, not the estimate's
+    dataset = str(train_values.get("dataset", TrainConfig.dataset))
+    data_dir = train_values.get("data_dir", TrainConfig.data_dir)
+    try:  # training's own lookup: an embedded dataset is built (offline, in a second or two), others must be
+        vocab = int(read_meta(ensure_prepared(dataset, data_dir))["vocab_size"])
+    except Exception:  # not prepared, or damaged: training's error to report, not the estimate's
         return None
     return padded_vocab_size(vocab)
 

@@ -141,9 +141,11 @@ def check_same_config(config: dict[str, Any], info: DistInfo) -> None:
     hashes = [int(t.item()) for t in gathered]
     if len(set(hashes)) > 1:  # every rank sees it: gather the configs (once, on this error path) to name keys
         differ = [r for r, h in enumerate(hashes) if h != hashes[0]]
+        from gptlab.report_html import flatten
+
         configs: list[Any] = [None] * info.world_size
         dist.all_gather_object(configs, config)
-        rank0, first = _flat(configs[0]), _flat(configs[differ[0]])
+        rank0, first = flatten(configs[0]), flatten(configs[differ[0]])
         keys = sorted(k for k in rank0.keys() | first.keys() if rank0.get(k, "(none)") != first.get(k, "(none)"))
         shown = "; ".join(f"{k}: {rank0.get(k, '(none)')!r} vs {first.get(k, '(none)')!r}" for k in keys[:4])
         more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
@@ -152,17 +154,6 @@ def check_same_config(config: dict[str, Any], info: DistInfo) -> None:
             f"(rank 0 vs rank {differ[0]}: {shown[:600]}{more}); same config file, overrides, dataset, checkpoint "
             "and code on every node?"
         )
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``, to name the keys two ranks disagree on."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _comm_device(info: DistInfo) -> torch.device:
