@@ -19,6 +19,7 @@ are kept (``ckpt-ITER.pt`` hard links, or ``ckpt-ITER.dcp`` directories).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -198,10 +199,21 @@ def save_single_file(state: dict[str, Any], out_dir: str | Path, keep: int = 1) 
         link = out_dir / f"ckpt-{int(state['iter_num']):07d}.pt"
         tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)
-        os.link(path, tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links there (gcsfuse, s3fs, FAT): a copy, at a copy's disk space
+            shutil.copyfile(path, tmp)
         os.replace(tmp, link)
     _prune(_history(out_dir, "pt"), int(state["iter_num"]), keep if keep > 1 else 0, path)
     return path
+
+
+def dcp_on_disk(out_dir: str | Path, iter_num: int, resumed: Path | None) -> bool:
+    """Whether the sharded checkpoint resumed from (``resumed``, resolved) is ``out_dir``'s own one of
+    ``iter_num``, whose shards a save at that iteration need not write again (``save_dcp``'s
+    ``weights_on_disk``): not when that name is a link into another run's folder, whose meta.pt would change."""
+    own = Path(out_dir) / f"ckpt-{int(iter_num):07d}.dcp"
+    return resumed is not None and not own.is_symlink() and resumed == own.resolve()
 
 
 def save_dcp(
@@ -238,18 +250,25 @@ def save_dcp(
     if rank == 0:
         atomic_save(meta, tmp / DCP_META)
         fsync_dir(tmp)
-        if final.exists():  # another state at this iteration (a fine-tune or a rollback into the same out_dir)
+        if final.exists() or final.is_symlink():  # another state at this iteration (a fine-tune, a rollback)
             trash = out_dir / f".{name}.old"
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove_entry(trash)
             os.replace(final, trash)  # a crash from here to the next line leaves both, named in interrupted_save()
             os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove_entry(trash)  # a link (into another run's folder) goes, never what it points to
         else:
             os.replace(tmp, final)
         _point_link(out_dir, name)
         _prune(_history(out_dir, "dcp"), int(meta["iter_num"]), keep, final)
     barrier()
     return final
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def interrupted_save(out_dir: str | Path) -> str | None:
@@ -271,12 +290,8 @@ def _point_link(out_dir: Path, name: str) -> None:
     link_tmp.unlink(missing_ok=True)
     try:
         os.symlink(name, link_tmp)
-    except OSError as e:  # Windows: symbolic links need Developer Mode or an administrator
-        raise CheckpointError(
-            f"cannot create the link {str(out_dir / DCP_LINK)!r} -> {name} that names the latest sharded "
-            f"checkpoint ({first_line(e)}): on Windows enable Developer Mode (or run as administrator), or "
-            "train without --use_fsdp"
-        ) from None
+    except OSError as e:
+        raise _links_refused(out_dir, name, e) from None
     copied = link.is_dir() and not link.is_symlink()  # a copy of the run that followed the link (scp -r,
     # rsync -L, shutil.copytree): an older checkpoint's copy, which a directory cannot be replaced over
     if copied:
@@ -287,14 +302,52 @@ def _point_link(out_dir: Path, name: str) -> None:
         shutil.rmtree(out_dir / f".{DCP_LINK}.copy")
 
 
+def check_links_allowed(out_dir: str | Path, rank: int) -> None:
+    """A sharded checkpoint is named by the link ``ckpt.dcp``: where out_dir's filesystem has no symbolic links,
+    say so before training rather than at the first save, an eval_interval later (every rank tries its own)."""
+    probe = Path(out_dir) / f".gptlab-link-probe-{rank}"
+    probe.unlink(missing_ok=True)
+    try:
+        os.symlink(DCP_LINK, probe)
+    except OSError as e:
+        raise _links_refused(Path(out_dir), "ckpt-ITER.dcp", e) from None
+    probe.unlink()
+
+
+def _links_refused(out_dir: Path, name: str, error: OSError) -> CheckpointError:
+    import sys
+
+    way_out = (
+        "on Windows enable Developer Mode (or run as administrator)"
+        if sys.platform == "win32"  # symbolic links need one of them there
+        else "its filesystem has no symbolic links (FAT, exFAT, some FUSE mounts): pick an --out_dir on another"
+    )
+    return CheckpointError(
+        f"cannot create the link {str(out_dir / DCP_LINK)!r} -> {name} that names the latest sharded checkpoint "
+        f"({first_line(error)}): {way_out}, or train without --use_fsdp"
+    )
+
+
 def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """A DCP checkpoint's ``meta.pt`` (everything but the tensors), with ``dcp_path`` added. Every DCP load
     comes through here, so its ``.metadata`` is checked here too (``check_dcp_metadata``)."""
     path = Path(path)
     meta = _torch_load_checked(path / DCP_META)
     check_dcp_metadata(path)
+    check_sizes_fit_weights(meta.get("arch"), _dcp_model_shapes(path), path)
     meta["dcp_path"] = str(path)
     return meta
+
+
+def _dcp_model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The model tensors' names and full shapes, as a DCP checkpoint's ``.metadata`` lists them (checked first)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        listed = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception as e:
+        raise CheckpointError(f"{str(path)!r} is not a readable gptlab DCP checkpoint ({first_line(e)})") from None
+    return {k[len("model.") :]: tuple(getattr(v, "size", ())) for k, v in listed.items() if k.startswith("model.")}
 
 
 # What a DCP ``.metadata`` pickle may name: DCP's own metadata types, torch.Size, dtypes, layouts, paths.
@@ -372,7 +425,6 @@ def _optimizer_settings(meta: dict[str, Any]) -> tuple[float, float, tuple[float
 def load_dcp_full(path: str | Path) -> dict[str, Any]:
     """A DCP checkpoint directory as the single-file dict: full model and optimizer state
     dicts (plain AdamW layout), read by this process alone (no process group needed)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     from gptlab.config.model import ModelArchitectureConfig
@@ -387,12 +439,37 @@ def load_dcp_full(path: str | Path) -> dict[str, Any]:
     optimizer = model.configure_optimizers(weight_decay, lr, betas, "cpu")
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the layout to read into (AdamW states created)
     state = {"model": model_sd, "optimizer": optim_sd}
-    with dcp_errors(path), warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
         warnings.filterwarnings("ignore", message=".*single process.*", category=UserWarning)
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        load_dcp(state, path, no_dist=True)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     meta.pop("dcp_path")
     return {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+
+def load_dcp(state: dict[str, Any], path: str | Path, *, no_dist: bool = False) -> None:
+    """``dcp.load`` into ``state`` with the checkpoint's non-tensor entries (an optimizer's lr, betas, ...)
+    read as ``weights_only`` reads: DCP's own planner unpickles them with ``weights_only=False``, so a
+    crafted shard of a downloaded FSDP checkpoint would run code as it loads (``ckpt.pt`` never can)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class PlainDataPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            import pickle
+
+            try:
+                torch.load(value, weights_only=True)  # refuses any global that is not plain data or a tensor
+            except pickle.UnpicklingError:
+                fqn = read_item.dest_index.fqn
+                raise pickle.UnpicklingError(
+                    f"its entry {fqn!r} is not plain data: loading it could run code"
+                ) from None
+            value.seek(0)  # what passed that check, read as DCP reads it
+            super().load_bytes(read_item, value)
+
+    with dcp_errors(path):
+        dcp.load(state, checkpoint_id=str(path), planner=PlainDataPlanner(), no_dist=no_dist)
 
 
 @contextlib.contextmanager
@@ -507,4 +584,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in ("model", "arch", "iter_num") if key not in ckpt]
     if missing:
         raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: it has no {', '.join(missing)}")
+    if isinstance(ckpt["model"], dict):
+        shapes = {k: tuple(v.shape) for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)}
+        check_sizes_fit_weights(ckpt["arch"], shapes, path)
     return ckpt
+
+
+def check_sizes_fit_weights(arch: Any, shapes: dict[str, tuple[int, ...]], path: str | Path) -> None:
+    """The sizes a checkpoint's ``arch`` record names, against the weights it holds, before anything is planned
+    or built from them: a hand-edited (or crafted) record of 10**7 layers filled the memory of the start-up
+    memory plan, and of the model built to load a sharded one, before the weights were compared."""
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: its arch record is not a mapping")
+    layers = {k.split(".")[1] for k in shapes if k.startswith("blocks.")}
+    n_layer = arch.get("n_layer", len(layers))  # a record without one fails where the model is built
+    if n_layer != len(layers) or layers != {str(i) for i in range(len(layers))}:
+        raise CheckpointError(
+            f"{str(path)!r} is a damaged gptlab checkpoint: its arch record says n_layer={n_layer!r}, "
+            f"its weights hold {len(layers)} layers"
+        )
+    expected = (arch.get("vocab_size"), arch.get("n_embd"))
+    if "wte.weight" in shapes and None not in expected and shapes["wte.weight"] != expected:
+        raise CheckpointError(
+            f"{str(path)!r} is a damaged gptlab checkpoint: its arch record says (vocab_size, n_embd)={expected}, "
+            f"its token embedding has shape {shapes['wte.weight']}"
+        )

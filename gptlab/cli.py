@@ -13,7 +13,15 @@ from typing import Any, NoReturn
 from gptlab.config.model import PRESETS, get_preset_config
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import TEXT_KEYS
-from gptlab.errors import PATH_ERRORS, USER_ERRORS, ConfigError, compiler_missing, did_you_mean, is_out_of_memory
+from gptlab.errors import (
+    PATH_ERRORS,
+    USER_ERRORS,
+    ConfigError,
+    compiler_missing,
+    did_you_mean,
+    is_out_of_memory,
+    storage_refused,
+)
 from gptlab.plugins import add_plugins_option, import_plugins
 from gptlab.train.signals import TrainingInterrupted, report_interrupted
 
@@ -169,6 +177,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gptlab.logging import replace_unencodable_output
+
+    replace_unencodable_output()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in RAW_COMMANDS and not {"-h", "--help"} & set(argv[1:]):
         import gptlab.train.cli
@@ -206,12 +217,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (*USER_ERRORS, *PATH_ERRORS) as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        if not _stdout_reader_gone():
-            raise  # another pipe broke (a subprocess, a logger's socket): that is an error
-        # `gptlab compare ... | head`: the reader left; end quietly, as `head`'s writers do (Python's recipe)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    except BrokenPipeError as e:
+        return end_on_closed_stdout(e)
+    except OSError as e:  # a full disk or a read-only folder outside the checkpoint's and the log's own checks
+        if (refused := storage_refused(e)) is None:
+            raise
+        print(f"gptlab: error: {refused}", file=sys.stderr)
+        return 2
+
+
+def end_on_closed_stdout(error: BrokenPipeError) -> int:
+    """`gptlab compare ... | head`: the reader left; end quietly with the status a shell gives such a writer,
+    as `head`'s writers do (Python's recipe). Any other broken pipe (a subprocess's, a socket's) is raised."""
+    if not _stdout_reader_gone():
+        raise error
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 def _stdout_reader_gone() -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 from collections.abc import Iterable
 
 
@@ -122,7 +124,7 @@ def path_argument(text: str) -> str:
         import argparse
 
         raise argparse.ArgumentTypeError("expected a non-empty path")
-    return text
+    return os.path.expanduser(text)  # `--out=~/x`: no shell expands '~' after '='; training's keys are read alike
 
 
 def refuse_extra(command: str, extra: list[str], options: Iterable[str]) -> None:
@@ -134,6 +136,28 @@ def refuse_extra(command: str, extra: list[str], options: Iterable[str]) -> None
     known = [o for o in options if o not in ("func", "command")]
     hint = did_you_mean(name.lower(), known) if extra[0].startswith("-") else ""
     raise ConfigError(f"'gptlab {command}' does not take {' '.join(extra)}{hint} (see gptlab {command} -h)")
+
+
+def storage_refused(error: BaseException) -> GptlabError | None:
+    """A write the storage refused (full, over quota, read-only, a file-size limit) anywhere gptlab writes, as
+    one line naming the file and the free space; the checkpoint and the log say so themselves. None for other
+    errors."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    from gptlab.units import format_si
+
+    refusals = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if not isinstance(error, OSError) or error.errno not in refusals:
+        return None
+    where = f"cannot write {error.filename}: " if error.filename else "a write failed: "
+    free = ""
+    if error.filename:
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            folder = next(p for p in Path(os.fsdecode(error.filename)).parents if p.is_dir())
+            free = f" ({format_si(shutil.disk_usage(folder).free, 'B')} free on its disk)"
+    return GptlabError(f"{where}{error.strerror or error}{free}")
 
 
 def compiler_missing(error: BaseException) -> GptlabError | None:

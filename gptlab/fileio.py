@@ -16,8 +16,9 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)  # a leftover (or a planted link): "x" creates anew, never writes through a link
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -68,7 +69,11 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
         return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(out_dir / RUN_LOCK, "a+")  # noqa: SIM115 (held until the run ends)
+        if (out_dir / RUN_LOCK).is_symlink():  # a downloaded run folder's: writing would follow it out of out_dir
+            (out_dir / RUN_LOCK).unlink()
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        # unbuffered: a full disk fails the holder's note here (it is only a note), never the close
+        lock = open(os.open(out_dir / RUN_LOCK, flags, 0o644), "r+b", buffering=0)  # noqa: SIM115 (held to the end)
     except OSError:  # a read-only out_dir: the run's own first write says so
         yield
         return
@@ -79,7 +84,7 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
             locked = owner = True
         except BlockingIOError:
             lock.seek(0)
-            holder = lock.read().strip() or "another process"
+            holder = lock.read().decode("utf-8", "replace").strip() or "another process"
             raise ConfigError(
                 f"out_dir={str(out_dir)!r} is in use by another training ({holder}): wait for it to end, or pick "
                 "another --out_dir"
@@ -93,10 +98,11 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
             import socket
             import time
 
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            lock.flush()
+            note = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            with contextlib.suppress(OSError):  # a full disk: the lock holds all the same; the run's writes say so
+                lock.seek(0)
+                lock.truncate()
+                lock.write(note.encode("utf-8"))
         yield
     finally:
         lock.close()  # releases the lock
@@ -112,7 +118,7 @@ def check_directory(key: str, path: str | Path) -> None:
     it is a file, or when a folder it would be created in is (where mkdir's errno line names neither)."""
     from gptlab.errors import ConfigError
 
-    path = Path(path)  # as the callers use it: '~' is a folder's name there, as in nanoGPT's os.makedirs
+    path = Path(path)  # as the callers use it ('~' expanded where the setting was read)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key}={str(path)!r} is a file: expected a directory (or a path to create one)")
     for parent in path.parents:  # the nearest that exists decides

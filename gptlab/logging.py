@@ -4,6 +4,7 @@ figure nobody measured is shown as n/a, never invented."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -128,6 +129,14 @@ def write_console(stream: IO[str], text: str) -> None:
         stream.write(text.encode(encoding, errors="replace").decode(encoding))
 
 
+def replace_unencodable_output() -> None:
+    """The commands' own print()s (paths, a model's text) with write_console's tolerance: a finished job must
+    not exit 1 because stdout cannot encode a folder's name (Windows' cp1252 for a redirected one, LANG=C)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None and getattr(sys.stdout, "errors", None) == "strict":
+        reconfigure(errors="replace")
+
+
 SUMMARIZED = ("iter", "loss", "dt_ms", "tokens_per_sec", "mfu")  # the iteration fields summary.json uses
 
 
@@ -142,6 +151,7 @@ class TrainingLogger:
         enabled: bool = True,
         stream: IO[str] | None = None,
         max_iters: int | None = None,
+        start_iter: int = 0,
         skip_first: int = 2,
         wandb_config: dict[str, Any] | None = None,
         tensorboard: bool = False,
@@ -156,7 +166,11 @@ class TrainingLogger:
         self.style, self.enabled = style, enabled
         self.stream = stream or sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        # the progress bar redraws its line with \r and an ANSI erase: only on a terminal that has them
+        self.status_bar = self.tty and os.environ.get("TERM") != "dumb"
         self.max_iters = max_iters
+        self.start_iter = start_iter  # a resumed session's first iteration: its ETA is from its own rate
+        self._console_closed = False
         self.skip_first = skip_first  # warm-up / compile iterations excluded from the summary
         self.start_clock = time.perf_counter()  # durations: a wall-clock step (NTP) never makes them negative
         self.iters: list[dict[str, Any]] = []
@@ -221,13 +235,32 @@ class TrainingLogger:
 
     def _print(self, text: str) -> None:
         if self._status_shown:  # clear the progress line before printing above it
-            self._emit("\r\x1b[K")
+            text = "\r\x1b[K" + text
             self._status_shown = False
         self._emit(text + "\n")
-        self.stream.flush()
 
     def _emit(self, text: str) -> None:
-        write_console(self.stream, text)
+        """The console is a view of log.jsonl: when it goes away (``| tee`` ended by the Ctrl-C that also
+        stops the run, ``| head``, a closed terminal) training goes on, and a stop still checkpoints."""
+        if self._console_closed:
+            return
+        try:
+            write_console(self.stream, text)
+            self.stream.flush()
+        except OSError as e:
+            self._console_closed, self._status_shown = True, False
+            # what the stream still buffers, and any later print(), go nowhere rather than fail again; a
+            # StringIO has no file to redirect
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            self._write(
+                {
+                    "type": "event",
+                    "event": "console_closed",
+                    "message": f"the console cannot be written ({e.strerror or e}): training goes on, "
+                    f"recorded in {self._path.name}",
+                }
+            )
 
     def _scalars(self, step: int, sections: dict[str, dict[str, Any]]) -> None:
         """The numbers of each section as ``section/name`` scalars, in one wandb call per step."""
@@ -366,15 +399,25 @@ class TrainingLogger:
 
     def _show_status(self, iter_num: int) -> None:
         """A progress bar with ETA, on a terminal only (plain logs stay clean)."""
-        if not (self.tty and self.max_iters):
+        if not (self.status_bar and self.max_iters) or self._console_closed:
             return
         done = min(1.0, (iter_num + 1) / (self.max_iters + 1))
-        elapsed = time.perf_counter() - self.start_clock
-        eta = elapsed / done - elapsed if done > 0 else 0.0
+        # this session's rate: a resumed run's earlier iterations took none of its time
+        done_here = max(1, iter_num + 1 - self.start_iter)
+        eta = (time.perf_counter() - self.start_clock) * max(0, self.max_iters - iter_num) / done_here
         bar = "█" * int(30 * done) + "░" * (30 - int(30 * done))
-        self._emit(f"\r\x1b[K{bar} {100 * done:5.1f}% iter {iter_num}/{self.max_iters} ETA {_duration(eta)}")
-        self.stream.flush()
-        self._status_shown = True
+        line = f"{bar} {100 * done:5.1f}% iter {iter_num}/{self.max_iters} ETA {_duration(eta)}"
+        try:  # one row: a line that wraps leaves copies behind (\r returns to its last row only)
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 80
+        self._emit("\r\x1b[K" + line[: max(1, columns - 1)])
+        self._status_shown = not self._console_closed
+
+    @property
+    def status_shown(self) -> bool:
+        """Whether the progress bar holds the console's last line (a message from elsewhere starts below it)."""
+        return self._status_shown
 
     # ------------------------------------------------------------------ summary
     def finalize(self, **extra: Any) -> dict[str, Any]:
@@ -417,7 +460,7 @@ class TrainingLogger:
 
     def close(self) -> None:
         if self._status_shown:
-            self.stream.write("\n")
+            self._emit("\n")
             self._status_shown = False
         if self.enabled and not self._file.closed:
             self._file.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.errors import ConfigError, GptlabError
-from gptlab.fileio import atomic_write
+from gptlab.fileio import atomic_open, atomic_write
 from gptlab.logging import log_records
 
 MISSING_MATPLOTLIB = "gptlab report needs matplotlib: pip install 'gptlab[report]'"
@@ -203,11 +203,18 @@ AXIS_LABELS = {"iter": "iteration", "tokens": "tokens trained", "time": "wall-cl
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})  # no URL in the file's text chunks
+    with atomic_open(path) as f:  # replaces a link planted at the name (a downloaded run's), never writes through
+        fig.savefig(f, format="png", dpi=100, metadata={"Software": None})  # no URL in the file's text chunks
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return path
+
+
+def _legend(label: str) -> str:
+    """A run's label as matplotlib draws it literally: two '$' in a folder's name would start its math mode
+    (a parse error for 'd$\\frac{$a', '$5 vs $6' drawn as math)."""
+    return label.replace("$", r"\$")
 
 
 def plot_loss(runs: list[Run], path: Path, x: str = "iter") -> Path:
@@ -219,13 +226,13 @@ def plot_loss(runs: list[Run], path: Path, x: str = "iter") -> Path:
         pts = [(_x(run, r, x), _number(r.get("loss"))) for r in run.iters]
         pts = [p for p in pts if None not in p]
         if pts:
-            ax.plot(*zip(*pts), color=color, alpha=0.35, linewidth=1, label=f"{run.label} train (per iter)")
+            ax.plot(*zip(*pts), color=color, alpha=0.35, linewidth=1, label=f"{_legend(run.label)} train (per iter)")
         for key, style in (("train_loss", "o--"), ("val_loss", "s-")):
             pts = [(_x(run, e, x), _number(e.get(key))) for e in run.evals]
             pts = [p for p in pts if None not in p]
             if pts:
                 name = "val" if key == "val_loss" else "train"
-                ax.plot(*zip(*pts), style, color=color, markersize=4, label=f"{run.label} {name} (eval)")
+                ax.plot(*zip(*pts), style, color=color, markersize=4, label=f"{_legend(run.label)} {name} (eval)")
     ax.set_xlabel(AXIS_LABELS[x])
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"loss vs {x if x != 'iter' else 'iteration'}")
@@ -243,7 +250,7 @@ def plot_metric(runs: list[Run], metric: str, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for i, (run, xs, ys) in enumerate(data):
         if ys:
-            ax.plot(xs, ys, ".-", color=f"C{i % 10}", markersize=3, linewidth=1, label=run.label)
+            ax.plot(xs, ys, ".-", color=f"C{i % 10}", markersize=3, linewidth=1, label=_legend(run.label))
     ax.set_xlabel(AXIS_LABELS["iter"])
     ax.set_ylabel(ITER_METRICS[metric][0])
     ax.set_title(f"{metric.replace('_', ' ')} vs iteration" + METRIC_NOTES.get(metric, ""))

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from gptlab.errors import ConfigError, refuse_extra
+from gptlab.errors import ConfigError, path_argument, refuse_extra
 from gptlab.fileio import check_directory
 from gptlab.plugins import add_plugins_option
 
@@ -67,6 +68,10 @@ def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
 
     refuse_extra("report", extra, vars(args))
     out = args.out or (Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("report"))
+    if not args.out and out.is_symlink():  # a downloaded run's: the plots (and removed stale ones) would be elsewhere
+        raise ConfigError(
+            f"{str(out)!r} is a link to {os.readlink(out)!r}, not the run's own folder: remove it, or give --out"
+        )
     check_directory("--out", out)
     labels = args.labels.split(",") if args.labels else None
     if labels and len(labels) != len(args.run_dirs):
@@ -125,7 +130,9 @@ def register(sub: Any) -> None:
         "report.html with everything embedded. Needs matplotlib: pip install 'gptlab[report]'.",
     )
     r.add_argument("run_dirs", nargs="+", help="training out_dir(s)")
-    r.add_argument("--out", help="output directory (default RUN_DIR/report for one run, ./report for several)")
+    r.add_argument(
+        "--out", type=path_argument, help="output directory (default RUN_DIR/report for one run, ./report for several)"
+    )
     r.add_argument("--labels", help="comma-separated run names (default the directory names)")
     r.add_argument("--title", default="gptlab report")
     r.set_defaults(func=_cmd_report)

@@ -257,5 +257,119 @@ def test_a_link_that_cannot_be_made_is_one_line(tmp_path: Path, monkeypatch: pyt
         raise OSError(1314, "A required privilege is not held by the client")
 
     monkeypatch.setattr(checkpoint.os, "symlink", refuse)
+    monkeypatch.setattr(sys, "platform", "win32")
     with pytest.raises(CheckpointError, match=r"ckpt.dcp' -> ckpt-0000003.dcp .*enable Developer Mode"):
         checkpoint._point_link(tmp_path, "ckpt-0000003.dcp")
+    # a FAT or FUSE out_dir on Linux: said before training (every FSDP rank probes), with Linux's way out
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(CheckpointError, match=r"ckpt.dcp' -> ckpt-ITER.dcp .*its filesystem has no symbolic links"):
+        checkpoint.check_links_allowed(tmp_path, rank=1)
+    monkeypatch.undo()
+    checkpoint.check_links_allowed(tmp_path, rank=1)
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing
+
+
+def test_history_checkpoints_are_copies_where_hard_links_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keep_checkpoints > 1 on gcsfuse, s3fs or FAT (no hard links): every save failed with EPERM."""
+    from gptlab import checkpoint
+
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(checkpoint.os, "link", refuse)
+    for it in (1, 2, 3):
+        checkpoint.save_single_file({"format": FORMAT, "iter_num": it, "w": torch.full((2,), it)}, tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000002.pt", "ckpt-0000003.pt", "ckpt.pt"]
+    assert torch.load(tmp_path / "ckpt-0000002.pt", weights_only=True)["w"].tolist() == [2, 2]
+
+
+_CODE_RAN: list[str] = []
+
+
+def _runs_code() -> float:
+    _CODE_RAN.append("ran")
+    return 0.5
+
+
+class _Crafted:
+    """What a downloaded FSDP checkpoint could hold in place of an optimizer's lr: unpickling calls a function."""
+
+    def __reduce__(self) -> tuple:
+        return (_runs_code, ())
+
+
+def test_a_sharded_checkpoints_plain_entries_are_read_as_weights_only(tmp_path: Path) -> None:
+    """DCP's planner reads a checkpoint's non-tensor entries with torch.load(weights_only=False): gptlab's
+    sample, export and resume of a crafted FSDP checkpoint ran its code. Plain data still loads."""
+    import torch.distributed.checkpoint as dcp
+
+    from gptlab.checkpoint import load_dcp
+    from gptlab.errors import CheckpointError
+
+    for name, lr in (("plain", 0.25), ("crafted", _Crafted())):
+        dcp.save({"model": {"w": torch.ones(3)}, "optimizer": {"lr": lr}}, checkpoint_id=str(tmp_path / name),
+                 no_dist=True)  # fmt: skip
+    state = {"model": {"w": torch.zeros(3)}, "optimizer": {"lr": 0.0}}
+    load_dcp(state, tmp_path / "plain", no_dist=True)
+    assert state["optimizer"]["lr"] == 0.25 and state["model"]["w"].sum() == 3
+    with pytest.raises(
+        CheckpointError,
+        match=r"'.*crafted' is not a readable .*'optimizer.lr' is not plain data: loading it could run code",
+    ):
+        load_dcp({"model": {"w": torch.zeros(3)}, "optimizer": {"lr": 0.0}}, tmp_path / "crafted", no_dist=True)
+    assert _CODE_RAN == []
+    torch.distributed.checkpoint.load(state, checkpoint_id=str(tmp_path / "crafted"), no_dist=True)
+    assert _CODE_RAN == ["ran"]  # what DCP's own planner does with it
+
+
+def test_an_arch_record_that_the_weights_do_not_bear_out_is_refused_before_anything_is_built(tmp_path: Path) -> None:
+    """A hand-edited (or crafted) record of 10**7 layers over a 2-layer model: the resume's memory plan listed
+    every layer's tensors (GBs, minutes) and a sharded checkpoint's loader built the model before the weights
+    were compared. Both forms are refused from the sizes alone."""
+    import time
+
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import load_checkpoint_meta, save_dcp
+    from gptlab.errors import CheckpointError
+
+    model = ConfigurableGPT(get_debug_config("llama", n_layer=2))
+    meta = {"format": FORMAT, "arch": {**model.config.to_dict(), "n_layer": 10**7}, "iter_num": 3}
+    torch.save({**meta, "model": model.state_dict()}, tmp_path / "ckpt.pt")
+    save_dcp({"model": model.state_dict()}, meta, tmp_path / "sharded", keep=1, rank=0, barrier=lambda: None)
+    start = time.perf_counter()
+    layers = r"damaged gptlab checkpoint: its arch record says n_layer=10000000, its weights hold 2 layers"
+    with pytest.raises(CheckpointError, match=layers):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=layers):
+        load_checkpoint_meta(tmp_path / "sharded" / "ckpt-0000003.dcp")
+    wide = {**meta, "arch": {**model.config.to_dict(), "vocab_size": 10**10}}
+    torch.save({**wide, "model": model.state_dict()}, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match=r"says \(vocab_size, n_embd\)=\(10000000000, \d+\), its token embedding"):
+        load_checkpoint(tmp_path)
+    assert time.perf_counter() - start < 10
+
+
+def test_a_linked_sharded_checkpoint_is_resumed_into_the_folders_own(tmp_path: Path) -> None:
+    """A downloaded run whose ckpt-N.dcp links into another run's folder: the first save after the resume
+    rewrote meta.pt there (the 'shards already on disk' shortcut). The save writes this folder's own."""
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import dcp_on_disk, load_checkpoint_meta, save_dcp
+
+    model = ConfigurableGPT(get_debug_config("llama", n_layer=2))
+    meta = {"format": FORMAT, "arch": model.config.to_dict(), "iter_num": 11, "who": "theirs"}
+    theirs = save_dcp({"model": model.state_dict()}, meta, tmp_path / "theirs", 1, 0, lambda: None)
+    before = (theirs / "meta.pt").read_bytes()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "ckpt-0000011.dcp").symlink_to(theirs)
+    (mine / "ckpt.dcp").symlink_to("ckpt-0000011.dcp")
+    resumed = (mine / "ckpt.dcp").resolve()
+    assert not dcp_on_disk(mine, 11, resumed) and dcp_on_disk(tmp_path / "theirs", 11, resumed)
+    save_dcp(
+        {"model": model.state_dict()}, {**meta, "who": "mine"}, mine, 1, 0, lambda: None, dcp_on_disk(mine, 11, resumed)
+    )
+    assert (theirs / "meta.pt").read_bytes() == before
+    assert not (mine / "ckpt-0000011.dcp").is_symlink() and load_checkpoint_meta(mine / "ckpt.dcp")["who"] == "mine"
+    assert sorted(p.name for p in mine.iterdir()) == ["ckpt-0000011.dcp", "ckpt.dcp"]  # no leftover link

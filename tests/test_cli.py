@@ -138,3 +138,49 @@ def test_any_command_without_a_cpp_compiler_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith("gptlab: error: torch.compile found no working C++ compiler (InvalidCxxCompiler")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_finished_job_survives_a_stdout_that_cannot_encode_its_paths(tmp_path: Path) -> None:
+    """Windows' cp1252 for a redirected stdout (LANG=C alike): the work was done, then printing a folder's
+    name ended the command with a UnicodeEncodeError, exit 1, a failed job to the scheduler."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    text = tmp_path / "in.txt"
+    text.write_text("hello world, hello gptlab\n" * 200, encoding="utf-8")
+    data = tmp_path / "数据"
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONIOENCODING": "cp1252"}
+    cmd = [sys.executable, "-m", "gptlab", "prepare", "mine", "--input", str(text), "--data_dir", str(data)]
+    done = subprocess.run(cmd, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert str(tmp_path / "??" / "mine").encode() in done.stdout and (data / "mine" / "meta.json").is_file()
+
+
+def test_a_write_the_storage_refuses_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk or a read-only folder met outside the checkpoint's and the log's own checks (config.json,
+    summary.json, a report's plots, a dataset's files) was a traceback and exit 1."""
+    import errno
+
+    import gptlab.report
+    from gptlab.errors import storage_refused
+    from gptlab.train.cli import entry
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "r" / "loss.png"))
+
+    monkeypatch.setattr(gptlab.report, "build_report", refuse)
+    (tmp_path / "log.jsonl").write_text("")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gptlab: error: cannot write {tmp_path / 'r' / 'loss.png'}: Read-only file system (")
+    assert err.count("\n") == 1 and "free on its disk)" in err
+
+    def full(args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "summary.json"))
+
+    assert entry(full, []) == 2 and "No space left on device" in capsys.readouterr().err
+    assert storage_refused(OSError(errno.EINVAL, "Invalid argument")) is None  # others keep their traceback

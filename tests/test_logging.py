@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,84 @@ def test_the_logger_keeps_only_what_the_summary_needs(tmp_path: Path) -> None:
     assert summary["peak_memory_gb"] == 3.0 and summary["final_loss"] == 0.0 and summary["dt_ms"]["mean"] == 5.0
     (last,) = [r for r in read_log(tmp_path, "iter") if r["iter"] == 2]
     assert last["gradients"] == grads and last["memory"] == {"rss_gb": 2.0}  # the log keeps everything
+
+
+class _Terminal(io.StringIO):
+    """A console that says it is a terminal (the progress bar draws only on one)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _bar(text: str) -> str:
+    return text.rsplit("\r\x1b[K", 1)[-1]
+
+
+def test_a_resumed_sessions_eta_is_from_its_own_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resumed at 3000 of 6000, 10 s for its first 500 iterations: 50 s to go (was 0m01s, this session's
+    time spread over the whole run's iterations)."""
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr("gptlab.logging.time.perf_counter", lambda: next(clock))
+    stream = _Terminal()
+    logger = TrainingLogger(tmp_path, stream=stream, max_iters=6000, start_iter=3000)
+    logger.log_iter_detailed(3499, 3.0, 20.0)
+    assert _bar(stream.getvalue()).endswith("iter 3499/6000 ETA 0m50s")
+
+
+def test_the_progress_bar_keeps_to_one_row_and_not_on_a_dumb_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gptlab.logging.os.get_terminal_size", lambda fd=0: os.terminal_size((40, 24)))
+    monkeypatch.setattr(_Terminal, "fileno", lambda self: 1, raising=False)
+    stream = _Terminal()
+    logger = TrainingLogger(tmp_path / "narrow", stream=stream, max_iters=600_000)
+    logger.log_iter_detailed(123_456, 3.0, 20.0)
+    bar = _bar(stream.getvalue())
+    assert bar.startswith("█") and len(bar) == 39  # a wrapped line leaves a copy per redraw
+    monkeypatch.setenv("TERM", "dumb")  # Emacs' shell: no cursor movement
+    stream = _Terminal()
+    logger = TrainingLogger(tmp_path / "dumb", stream=stream, max_iters=10)
+    logger.log_iter_detailed(1, 3.0, 20.0)
+    assert "\x1b" not in stream.getvalue() and "\r" not in stream.getvalue() and "ETA" not in stream.getvalue()
+
+
+def test_a_console_that_goes_away_leaves_the_run_going(tmp_path: Path) -> None:
+    """`| tee` killed by the Ctrl-C that also asks the run to checkpoint: the console's BrokenPipeError must
+    not end the run before it saves; what follows is in log.jsonl."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stream = open(write_end, "w", encoding="utf-8")  # noqa: SIM115
+    logger = TrainingLogger(tmp_path, stream=stream, max_iters=10)
+    logger.log_eval(4, 3.5, 3.6)
+    logger.log_event("checkpoint", "saving checkpoint")
+    logger.finalize()
+    stream.close()  # its buffer went to /dev/null: no 'Exception ignored' at exit
+    kinds = [(r["type"], r.get("event")) for r in read_log(tmp_path / "log.jsonl")]
+    assert kinds[:3] == [("eval", None), ("event", "console_closed"), ("event", "checkpoint")]
+    assert kinds[-1] == ("summary", None)
+
+
+def test_a_planted_lock_link_is_not_written_through(tmp_path: Path) -> None:
+    """A downloaded run folder whose .gptlab.lock links elsewhere: the lock was opened through the link and the
+    file it names truncated to 'pid ... on ...'."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "downloaded"
+    out.mkdir()
+    (out / "log.jsonl").write_text("")
+    (out / RUN_LOCK).symlink_to(victim)
+    with run_lock(out):
+        assert "pid " in (out / RUN_LOCK).read_text() and not (out / RUN_LOCK).is_symlink()
+    assert victim.read_text() == "precious"
+
+
+def test_an_atomic_write_replaces_a_planted_temporary_link(tmp_path: Path) -> None:
+    import os
+
+    from gptlab.fileio import atomic_write
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / f".summary.json.tmp-{os.getpid()}").symlink_to(victim)
+    atomic_write(tmp_path / "summary.json", "{}")
+    assert victim.read_text() == "precious" and (tmp_path / "summary.json").read_text() == "{}"

@@ -259,3 +259,34 @@ def test_a_rerun_into_the_same_folder_leaves_no_plot_of_the_earlier_report(tmp_p
     assert (out / "mfu.png").is_file()
     build_report([log(None)], out)
     assert not (out / "mfu.png").exists()
+
+
+def test_a_downloaded_runs_links_do_not_take_the_report_elsewhere(
+    tiny_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run folder from elsewhere whose report/loss.png links to a file of the user's: the PNG was written
+    through the link; whose report/ links to a folder of the user's: the report went there (and removed a
+    stale-looking plot of it)."""
+    run = tmp_path / "downloaded"
+    shutil.copytree(tiny_runs[0], run)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (run / "report").mkdir()
+    (run / "report" / "loss.png").symlink_to(victim)
+    assert main(["report", str(run)]) == 0
+    assert victim.read_text() == "precious" and (run / "report" / "loss.png").read_bytes().startswith(PNG_SIGNATURE)
+    shutil.rmtree(run / "report")
+    elsewhere = tmp_path / "mine"
+    elsewhere.mkdir()
+    (elsewhere / "mfu.png").write_text("mine")
+    (run / "report").symlink_to(elsewhere)
+    assert main(["report", str(run)]) == 2
+    assert "downloaded/report' is a link to" in capsys.readouterr().err
+    assert [p.name for p in elsewhere.iterdir()] == ["mfu.png"]
+
+
+def test_a_dollar_in_a_runs_name_is_drawn_as_it_is(tiny_runs: list[Path], tmp_path: Path) -> None:
+    """matplotlib reads text between two '$' as math: a folder named 'd$\\frac{$a' ended the report in a
+    112-line ParseSyntaxException."""
+    assert main(["report", str(tiny_runs[0]), "--labels", "d$\\frac{$a", "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "loss.png").read_bytes().startswith(PNG_SIGNATURE)

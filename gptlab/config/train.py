@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import importlib.util
 import math
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -117,6 +118,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        for key in ("out_dir", "data_dir"):  # `--out_dir=~/runs/x` (no shell expands '~' after '='): the home
+            # folder, as sample, init_from and Hugging Face's output_dir read it, not a folder named '~' here
+            setattr(self, key, os.path.expanduser(getattr(self, key)))
         self.validate()
 
     @property
@@ -192,8 +196,10 @@ class TrainConfig:
             )
         if self.fsdp_cpu_offload and self.parallel_mode != "fsdp":
             raise ConfigError(f"fsdp_cpu_offload=True needs parallel='fsdp', got parallel={self.parallel_mode!r}")
-        if self.decay_lr and self.min_lr > self.learning_rate:
-            raise ConfigError(f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}")
+        if self.decay_lr and self.lr_schedule != "constant" and self.min_lr > self.learning_rate:  # min_lr in use
+            raise ConfigError(
+                f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}: the schedule would rise to it"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,6 +26,9 @@ LOCK_FILE = ".prepare.lock"  # left in every directory gptlab's prepare wrote
 FORMAT = "gptlab-tokens-v1"
 
 
+TOKEN_DTYPES = ("uint16", "uint32")  # what prepare writes (nanoGPT's uint16, and uint32 past 65536 tokens)
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 holds every id of a vocabulary up to 65536 (nanoGPT's choice); larger ones need uint32."""
     if vocab_size < 1:
@@ -53,6 +56,8 @@ def read_meta(dataset_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("tokens"), dict) or "dtype" not in meta:
         raise DataError(f"{path} is not a gptlab dataset meta file (needs 'tokens' and 'dtype')")
+    if meta["dtype"] not in TOKEN_DTYPES:  # token ids are unsigned integers: a float or object array is no dataset
+        raise DataError(f"{path} gives dtype={meta['dtype']!r}: token files are {' or '.join(TOKEN_DTYPES)}")
     return meta
 
 

@@ -82,15 +82,14 @@ def _positions(config: ModelArchitectureConfig) -> list[TensorShape]:
     return _meta_params(lambda: position_encoding_for(config), "pos_encoding")
 
 
-def parameter_shapes(config: ModelArchitectureConfig) -> list[TensorShape]:
-    """Every parameter tensor of ``ConfigurableGPT(config)``, in ``model.parameters()`` order (tied
-    weights once)."""
+def _model_parts(config: ModelArchitectureConfig) -> tuple[list[TensorShape], list[TensorShape], list[TensorShape]]:
+    """The tensors before the blocks, one block's (named within it), and those after the blocks."""
     H, V, b = config.n_embd, config.vocab_size, config.bias
     q_dim, kv_dim = config.n_head * config.head_dim, config.kv_heads * config.head_dim
     # The token embedding is multiplied only when it doubles as the LM head.
-    shapes = [TensorShape("wte.weight", (V, H), matmul=config.weight_tying), *_positions(config)]
+    before = [TensorShape("wte.weight", (V, H), matmul=config.weight_tying), *_positions(config)]
     # every block is built from the same config: one block's tensors (a registered component built once on
-    # the meta device, not once per layer), named for each layer
+    # the meta device, not once per layer)
     block = [
         *_norm(config, "norm_1"),
         *_linear("attn.qkv", H, q_dim + 2 * kv_dim, b),
@@ -98,13 +97,20 @@ def parameter_shapes(config: ModelArchitectureConfig) -> list[TensorShape]:
         *_norm(config, "norm_2"),
         *_ffn(config, "ffn"),
     ]
+    after = _norm(config, "norm_f") if config.final_norm else []
+    if not config.weight_tying:
+        after.append(TensorShape("lm_head.weight", (V, H), matmul=True))
+    return before, block, after
+
+
+def parameter_shapes(config: ModelArchitectureConfig) -> list[TensorShape]:
+    """Every parameter tensor of ``ConfigurableGPT(config)``, in ``model.parameters()`` order (tied
+    weights once)."""
+    before, block, after = _model_parts(config)
+    shapes = list(before)
     for i in range(config.n_layer):
         shapes += [TensorShape(f"blocks.{i}.{t.name}", t.shape, t.matmul) for t in block]
-    if config.final_norm:
-        shapes += _norm(config, "norm_f")
-    if not config.weight_tying:
-        shapes.append(TensorShape("lm_head.weight", (V, H), matmul=True))
-    return shapes
+    return shapes + after
 
 
 def buffer_bytes(config: ModelArchitectureConfig) -> int:
@@ -127,10 +133,10 @@ def count_parameters(config: ModelArchitectureConfig, *, non_embedding: bool = F
     """``ConfigurableGPT(config).get_num_params(non_embedding)`` without building the model: ``non_embedding``
     leaves out the lookup tables that do no matmul (the position encoding's parameters, and the token
     embedding unless it doubles as the LM head)."""
-    shapes = parameter_shapes(config)
+    before, block, after = _model_parts(config)  # one block, times n_layer: any depth in microseconds
     if non_embedding:
-        shapes = [s for s in shapes if not s.name.startswith("pos_encoding.") and (s.matmul or s.name != "wte.weight")]
-    return sum(s.numel for s in shapes)
+        before = [s for s in before if not s.name.startswith("pos_encoding.") and (s.matmul or s.name != "wte.weight")]
+    return sum(s.numel for s in (*before, *after)) + config.n_layer * sum(s.numel for s in block)
 
 
 __all__ = ["TensorShape", "buffer_bytes", "count_parameters", "parameter_shapes"]

@@ -82,8 +82,11 @@ def run_sample(args: Sequence[str]) -> int:
     from gptlab.logging import write_console
     from gptlab.train.sample import parse_sample_args, sample
 
-    for text in sample(parse_sample_args(list(args))):
+    def show(text: str) -> None:
         write_console(sys.stdout, f"{text}\n---------------\n")  # a model's text in any console's encoding
+        sys.stdout.flush()
+
+    sample(parse_sample_args(list(args)), on_sample=show)
     return 0
 
 
@@ -115,6 +118,9 @@ def register(sub: Any) -> None:
 def entry(run: Any, argv: Sequence[str] | None = None) -> int:
     """Root-script entry: one-line errors, exit code 2, as the gptlab command does; -h / --help print
     the gptlab command's help for it (``python train.py --help``)."""
+    from gptlab.logging import replace_unencodable_output
+
+    replace_unencodable_output()
     args = list(sys.argv[1:] if argv is None else argv)
     if run in (run_train, run_sample) and {"-h", "--help"} & set(args):
         from gptlab.cli import main
@@ -135,4 +141,15 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
         world = os.environ.get("WORLD_SIZE", "1")
         rank = f"[rank {os.environ.get('RANK', '?')}] " if world.isdigit() and int(world) > 1 else ""
         print(f"{rank}error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError as e:  # `python train.py ... | head`
+        from gptlab.cli import end_on_closed_stdout
+
+        return end_on_closed_stdout(e)
+    except OSError as e:  # a full disk or a read-only folder outside the checkpoint's and the log's own checks
+        from gptlab.errors import storage_refused
+
+        if (refused := storage_refused(e)) is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
         return 2

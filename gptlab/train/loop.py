@@ -33,13 +33,15 @@ import torch
 from gptlab import parallel
 from gptlab.checkpoint import (
     FORMAT,
+    check_links_allowed,
     clean_state_dict,
-    dcp_errors,
+    dcp_on_disk,
     interrupted_save,
     is_dcp_dir,
     latest_checkpoint,
     load_checkpoint,
     load_checkpoint_meta,
+    load_dcp,
     optimizer_state_by_name,
     remove_checkpoints,
     remove_save_leftovers,
@@ -192,6 +194,8 @@ class Trainer:
 
         if cfg.init_from != "resume" and not cfg.overwrite and not cfg.eval_only:
             previous = [n for n in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (self.out_dir / n).exists()]
+            if previous == ["log.jsonl"] and (self.out_dir / "log.jsonl").stat().st_size == 0:
+                previous = []  # a start that failed before its first record (a full disk): nothing to keep
             if previous:
                 raise ConfigError(
                     f"out_dir={str(self.out_dir)!r} holds a previous run ({', '.join(previous)}): continue it with "
@@ -229,12 +233,12 @@ class Trainer:
         parallel.check_same_config({**same, "start_iter": max(self._resumed_iter, 0), "dataset": data}, self.dist)
         if self.mode == "fsdp" and not cfg.eval_only:  # its checkpoint needs one out_dir seen by every node
             parallel.check_shared_out_dir(self.out_dir, self.dist)
+            check_links_allowed(self.out_dir, self.rank)
         loader_args = dict(batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device)
         # one stream for every rank: ranks take different global micro-batch indices (module docstring)
         self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, **loader_args)
         self.eval_loaders = {  # fixed batches (seed + 1, steps 0..eval_iters-1): every eval sees the same data
-            split: BatchLoader(self.dataset_dir, split, seed=cfg.seed + 1, **loader_args)
-            for split in ("train", "val")
+            split: BatchLoader(self.dataset_dir, split, seed=cfg.seed + 1, **loader_args) for split in ("train", "val")
         }
         # the training plan against the memory, before building what cannot fit (it would fill RAM): refused
         # far beyond it, a warning logged before the first step short of it (offload is not modelled)
@@ -300,6 +304,7 @@ class Trainer:
             enabled=self.master,
             stream=stream,
             max_iters=cfg.max_iters,
+            start_iter=self.iter_num,
             wandb_config=(
                 {"project": cfg.wandb_project, "name": cfg.wandb_run_name, "config": self.run_config.to_dict()}
                 if cfg.wandb_log
@@ -453,12 +458,9 @@ class Trainer:
         )
 
         if "dcp_path" in ckpt:
-            import torch.distributed.checkpoint as dcp
-
             model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
             state = {"model": model_sd, "optimizer": optim_sd}
-            with dcp_errors(ckpt["dcp_path"]):
-                dcp.load(state, checkpoint_id=ckpt["dcp_path"])  # collective: each rank reads its shards
+            load_dcp(state, ckpt["dcp_path"])  # collective: each rank reads its shards
             set_state_dict(
                 self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
             )
@@ -641,8 +643,9 @@ class Trainer:
             model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
             state = {"model": model_sd, "optimizer": optim_sd}
             barrier = functools.partial(parallel.barrier, self.dist)
-            on_disk = self._resumed_dcp == (self.out_dir / f"ckpt-{self.iter_num:07d}.dcp").resolve()
-            on_disk = on_disk and self.iter_num == self._resumed_iter  # no step since the resume
+            on_disk = self.iter_num == self._resumed_iter and dcp_on_disk(
+                self.out_dir, self.iter_num, self._resumed_dcp
+            )
             path = save_dcp(state, self.checkpoint_meta(), self.out_dir, keep, self.rank, barrier, on_disk)
         else:
             if self.mode == "zero1":
@@ -735,13 +738,20 @@ class Trainer:
         """Warn before training, not at the first save after hours of it, when out_dir's disk cannot hold a
         checkpoint: float32 weights and AdamW's two moments, 12 bytes per parameter (written beside the
         previous one, which is replaced only once the new one is complete)."""
-        needed = 12 * sum(p.numel() for p in self.raw_model.parameters())
-        free = shutil.disk_usage(self.out_dir).free
+        one = 12 * sum(p.numel() for p in self.raw_model.parameters())
+        # at a save: the kept checkpoints (keep_checkpoints) and the new one beside them; those already here
+        # (a resume's) take none of the free space
+        kept = {p.stat().st_ino for p in self.out_dir.glob("ckpt*.pt") if p.is_file()}  # links: one file
+        kept |= {d for d in self.out_dir.glob("ckpt-*.dcp") if d.is_dir() and not d.is_symlink()}
+        copies = max(1, self.cfg.keep_checkpoints + 1 - len(kept))
+        needed, free = copies * one, shutil.disk_usage(self.out_dir).free
         if free < needed:
             self.logger.log_event(
                 "disk_warning",
-                f"a checkpoint needs about {format_si(needed, 'B')} and {self.out_dir}'s disk has "
-                f"{format_si(free, 'B')} free: the first save will fail (free space, or pick another --out_dir)",
+                f"the checkpoints to come need about {format_si(needed, 'B')} ({copies} of {format_si(one, 'B')}: "
+                f"keep_checkpoints={self.cfg.keep_checkpoints}, and each save is written beside the kept ones) and "
+                f"{self.out_dir}'s disk has {format_si(free, 'B')} free: a save will fail (free space, or pick "
+                "another --out_dir)",
             )
 
     def _announce_stop(self, name: str) -> None:
@@ -751,9 +761,13 @@ class Trainer:
                 when, extra = "this step", "; Ctrl-C again aborts without saving" if name == "SIGINT" else ""
             else:  # torchrun passes one signal on, then kills its workers 30 s later
                 when, extra = "the next logged iteration (all ranks together)", "; torchrun kills the ranks 30 s on"
-            print(
-                f"gptlab: {name}: stopping after {when} to evaluate and checkpoint{extra}", file=sys.stderr, flush=True
-            )
+            below_bar = "\n" if self.logger.status_shown else ""  # not written on the progress bar's line
+            with contextlib.suppress(OSError):  # stderr gone with the pipe the signal also ended: stop all the same
+                print(
+                    f"{below_bar}gptlab: {name}: stopping after {when} to evaluate and checkpoint{extra}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _train_loop(self, stop: StopSignals) -> dict[str, Any]:
         """Iterations 0..max_iters (nanoGPT's), from the resumed one; stops early on a signal (``stop``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,9 @@ def generate_text(
     return tok.decode(out[1:] if seeded and tok.eot_token is not None else out)
 
 
-def sample(cfg: SampleConfig) -> list[str]:
+def sample(cfg: SampleConfig, on_sample: Callable[[str], None] | None = None) -> list[str]:
+    """``cfg.num_samples`` texts; ``on_sample`` gets each as it is drawn (the command prints it then, as
+    nanoGPT's sample.py does, so a long sampling shows progress and a Ctrl-C keeps what was printed)."""
     from gptlab.device import resolve_device, resolve_dtype
     from gptlab.parallel import PT_DTYPES
 
@@ -252,20 +255,24 @@ def sample(cfg: SampleConfig) -> list[str]:
     # samples the same checkpoint and seed reproduce
     with _forked_rng(device), torch.autocast(device.type, dtype=PT_DTYPES[dtype]) if low else contextlib.nullcontext():
         torch.manual_seed(cfg.seed)
-        return [
-            generate_text(
-                model,
-                tokenizer,
-                prompt,
-                cfg.max_new_tokens,
-                device=device,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                seed=None,
-                eager=not cfg.compile,
+        texts = []
+        for _ in range(cfg.num_samples):
+            texts.append(
+                generate_text(
+                    model,
+                    tokenizer,
+                    prompt,
+                    cfg.max_new_tokens,
+                    device=device,
+                    temperature=cfg.temperature,
+                    top_k=cfg.top_k,
+                    seed=None,
+                    eager=not cfg.compile,
+                )
             )
-            for _ in range(cfg.num_samples)
-        ]
+            if on_sample is not None:
+                on_sample(texts[-1])
+        return texts
 
 
 def _forked_rng(device: torch.device) -> Any:

@@ -62,10 +62,12 @@ def report_interrupted(error: TrainingInterrupted, prefix: str = "", *, logged_t
     """Print a stopped run's message on stderr where it adds something and return its exit status: rank 0's
     log printed it on stdout (``logged_to_stdout``; not so for `compare --train`, whose runs log to their
     console.log), so not again on the same terminal, and the other ranks' would repeat it."""
+    import contextlib
     import os
     import sys
 
     same_terminal = logged_to_stdout and sys.stdout.isatty() and sys.stderr.isatty()
     if os.environ.get("RANK", "0") == "0" and not same_terminal:
-        print(f"{prefix}{error}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # `2>&1 | tee` ended by the Ctrl-C that stopped the run
+            print(f"{prefix}{error}", file=sys.stderr)
     return error.exit_code

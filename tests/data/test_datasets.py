@@ -457,6 +457,13 @@ def test_a_damaged_dataset_says_what_is_wrong(tmp_path: Path, text_file: Path) -
     (dataset / "meta.json").write_text("{not json")
     with pytest.raises(DataError, match=r"is damaged: cannot read .*meta.json"):
         ensure_prepared("mine_char", tmp_path)
+    # a dtype no token file has, sizes to match (a float64 file read as ids: a traceback in the batch loader)
+    meta = read_meta(prepare_dataset("mine_char", tmp_path, text_file))
+    (dataset / "meta.json").write_text(json.dumps({**meta, "dtype": "float64"}))
+    for split in ("train", "val"):
+        (dataset / f"{split}.bin").write_bytes(bytes(8 * meta["tokens"][split]))
+    with pytest.raises(DataError, match=r"is damaged: .*meta.json gives dtype='float64': token files are uint16 or"):
+        ensure_prepared("mine_char", tmp_path)
 
 
 def test_a_folder_skips_binaries_and_datasets_inside_it(tmp_path: Path, text_file: Path) -> None:

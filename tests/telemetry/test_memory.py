@@ -99,6 +99,17 @@ def test_parameter_counts_match_the_model_without_building_it(preset: str, flip_
     assert count_parameters(cfg, non_embedding=True) == model.get_num_params()
 
 
+def test_parameter_counts_take_no_time_at_any_depth() -> None:
+    """`gptlab arch`/`compare` of a config (or a run folder) naming 10**7 layers listed every layer's tensors:
+    GBs and minutes for one number."""
+    import time
+
+    one, two = (count_parameters(get_debug_config("llama", n_layer=n)) for n in (1, 2))
+    start = time.perf_counter()
+    assert count_parameters(get_debug_config("llama", n_layer=10**7)) == one + (10**7 - 1) * (two - one)
+    assert time.perf_counter() - start < 1
+
+
 def test_gpt2_124m_numbers() -> None:
     """ERRATA 13: AdamW's two float32 states for 124M parameters are about 1.0 GB, not 2.0."""
     cfg = get_preset_config("gpt2")

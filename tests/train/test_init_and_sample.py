@@ -558,3 +558,20 @@ def test_gpt2_prompts_take_the_end_of_text_token_and_an_empty_one_starts_after_i
     text = generate_text(model, meta, "", 3, device=cpu)
     assert seen[-1] == [50256] and not text.startswith("<|endoftext|>")
     assert GPT2Tokenizer().encode("<|endoftext|>") != [50256]  # data preparation: plain text, as nanoGPT's
+
+
+def test_each_sample_is_handed_over_as_it_is_drawn(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nanoGPT's sample.py prints each sample when drawn: a long sampling shows progress, and a Ctrl-C keeps what
+    was printed (the command printed all of them at the end)."""
+    import gptlab.train.sample as sampling
+
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2)), stream=io.StringIO())
+    events: list[str] = []
+    drawn = sampling.generate_text
+    monkeypatch.setattr(sampling, "generate_text", lambda *a, **k: events.append("drawn") or drawn(*a, **k))
+    settings = sampling.parse_sample_args([f"--out_dir={str(tmp_path)!r}", "--num_samples=3", "--device='cpu'"])
+    texts = sampling.sample(settings, on_sample=lambda text: events.append(text))
+    assert events == ["drawn", texts[0], "drawn", texts[1], "drawn", texts[2]]
+    assert texts == sampling.sample(settings)  # the same seeded draws either way

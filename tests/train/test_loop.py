@@ -122,9 +122,10 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
     train(parse_run_args(tiny_args(data_dir, resumed, **common, init_from="resume")), stream=io.StringIO())
     assert compared[0]["start_iter"] == 11  # the checkpoint after step 10
     # the data itself, not where a node keeps it (node-local disks: other data may lie at the same data_dir)
-    assert "data_dir" not in compared[0]["train"] and compared[0]["dataset"]["tokens"] == read_meta(
-        Path(data_dir) / "stdlib_char"
-    )["tokens"]
+    assert (
+        "data_dir" not in compared[0]["train"]
+        and compared[0]["dataset"]["tokens"] == read_meta(Path(data_dir) / "stdlib_char")["tokens"]
+    )
     a = {r["iter"]: r["loss"] for r in read_log(straight) if r["type"] == "iter"}
     records = read_log(resumed)
     start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
@@ -216,7 +217,7 @@ def test_resume_validates_the_settings_it_will_run_with(data_dir: Path, tmp_path
     resumed = parse_run_args([*launch, "--learning_rate=3e-5"])  # the default min_lr (6e-5) would exceed it
     assert (resumed.train.learning_rate, resumed.train.min_lr) == (3e-5, 5e-6)
     with pytest.raises(
-        ConfigError, match=r"min_lr=0.0001 is larger than learning_rate=5e-05 \(resuming .*checkpoint's"
+        ConfigError, match=r"min_lr=0.0001 is larger than learning_rate=5e-05: .* \(resuming .*checkpoint's"
     ):
         parse_run_args([*launch, "--min_lr=1e-4"])
     with pytest.raises(ConfigError, match=r"arch_preset='gpt2' conflicts with the checkpoint"):
@@ -667,8 +668,30 @@ def test_full_disk_is_said_before_training_and_in_one_line_at_the_save(
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
     (warning,) = [r for r in read_log(tmp_path) if r.get("event") == "disk_warning"]
-    assert "the first save will fail" in warning["message"] and "has 1.000 KB free" in warning["message"]
+    assert "a save will fail" in warning["message"] and "has 1.000 KB free" in warning["message"]
     assert not list(tmp_path.glob("*.tmp-*")) and not (tmp_path / "ckpt.pt").exists()  # nothing half-written
+
+
+def test_the_disk_warning_counts_the_checkpoint_written_beside_the_kept_one(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Room for one checkpoint but not two: a new run's first save fits, its second (written beside the
+    first) fails, one eval_interval of training later; a resume, whose checkpoint is already on disk, fits."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    from gptlab.checkpoint import load_checkpoint
+
+    first = tmp_path / "first"
+    train(parse_run_args(tiny_args(data_dir, first, max_iters=2)), stream=io.StringIO())
+    one = 12 * sum(t.numel() for t in load_checkpoint(first)["model"].values())
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 0, int(1.5 * one)))
+    train(parse_run_args(tiny_args(data_dir, tmp_path / "new", max_iters=2)), stream=io.StringIO())
+    (warning,) = [r for r in read_log(tmp_path / "new") if r.get("event") == "disk_warning"]
+    assert "(2 of " in warning["message"] and "keep_checkpoints=1" in warning["message"]
+    train(parse_run_args(tiny_args(data_dir, first, max_iters=4, init_from="resume")), stream=io.StringIO())
+    assert not [r for r in read_log(first) if r.get("event") == "disk_warning"]
 
 
 def test_train_from_python_leaves_the_callers_settings(data_dir: Path, tmp_path: Path) -> None:

@@ -166,3 +166,21 @@ def test_the_stop_message_is_said_once(capsys: pytest.CaptureFixture[str], monke
     monkeypatch.undo()
     monkeypatch.setenv("RANK", "1")
     assert report_interrupted(stop) == 143 and capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and pipes")
+def test_a_stop_after_the_consoles_reader_left_still_checkpoints(data_dir: Path, tmp_path: Path) -> None:
+    """`python train.py | tee log.txt` and Ctrl-C: the signal ends tee too, and the evaluation's line then
+    met a broken pipe (exit 1, a traceback, no checkpoint). The run saves and exits with the signal's status."""
+    out = tmp_path / "teed"
+    proc = _train(*tiny_args(data_dir, out, max_iters=100_000, eval_interval=1000, eval_iters=2))
+    wait_for_iter(out / "log.jsonl", proc, 4)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    stopped = next(r["iter"] for r in _records(out) if r.get("event") == "interrupted")
+    assert load_checkpoint(out)["iter_num"] == stopped
+    assert any(r.get("event") == "console_closed" for r in _records(out))

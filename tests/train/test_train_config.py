@@ -320,3 +320,23 @@ def test_shipped_config_files_are_python_files() -> None:
 
     for path in (Path(__file__).resolve().parents[2] / "config").glob("*.py"):
         compile(importlib.util.decode_source(path.read_bytes()), str(path), "exec")
+
+
+def test_a_constant_rate_below_the_default_min_lr_can_be_asked_for() -> None:
+    """min_lr is unused by a constant schedule: comparing it with learning_rate refused --learning_rate=1e-5, and
+    the --min_lr the message pointed to was refused as having no effect."""
+    run = parse_run_args(["--lr_schedule='constant'", "--learning_rate=1e-5"])
+    assert get_lr(5000, run.train) == 1e-5  # past the warmup
+    with pytest.raises(ConfigError, match=r"min_lr=0.001 is larger than learning_rate=0.0001: the schedule would rise"):
+        parse_run_args(["--learning_rate=1e-4", "--min_lr=1e-3"])
+
+
+def test_a_tilde_in_a_path_setting_is_the_home_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--out_dir=~/runs/x` reaches gptlab unexpanded (no shell expands '~' after '='): training wrote into a
+    folder named '~' in the working directory while `sample --out_dir=~/runs/x` read the home folder's."""
+    from gptlab.errors import path_argument
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run = parse_run_args(["--out_dir=~/runs/x", "--data_dir=~/data"])
+    assert (run.train.out_dir, run.train.data_dir) == (str(tmp_path / "runs/x"), str(tmp_path / "data"))
+    assert path_argument("~/report") == str(tmp_path / "report")  # gptlab prepare/export/report's paths
