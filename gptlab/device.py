@@ -38,3 +38,45 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return "float32"
+
+
+# TF32 for float32 matmuls and cuDNN convolutions on CUDA (nanoGPT's setting). PyTorch has two switches for it:
+# the legacy ``allow_tf32`` flags and, from 2.9, ``fp32_precision``; reading a legacy flag raises once the new
+# one was set ("a mix of the legacy and new APIs"), so gptlab reads and writes the one its caller uses.
+def _uses_new_tf32_api() -> bool:
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        return False
+    try:
+        torch.backends.cuda.matmul.allow_tf32  # noqa: B018 (raises where the caller set the new switch)
+    except RuntimeError:
+        return True
+    return False
+
+
+def tf32_state() -> tuple[bool, tuple[object, object]]:
+    """The TF32 switches as the caller set them: (new API?, (matmul, cuDNN conv))."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if _uses_new_tf32_api():
+        return True, (matmul.fp32_precision, cudnn.conv.fp32_precision)
+    return False, (matmul.allow_tf32, cudnn.allow_tf32)
+
+
+def set_tf32_state(state: tuple[bool, tuple[object, object]]) -> None:
+    new, (matmul_value, conv_value) = state
+    if new:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul_value, conv_value
+    else:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_value, conv_value
+
+
+def enable_tf32() -> None:
+    new = _uses_new_tf32_api()
+    set_tf32_state((new, ("tf32", "tf32") if new else (True, True)))
+
+
+def tf32_matmuls() -> bool:
+    """Whether float32 matmuls may run on TF32 tensor cores, by either switch."""
+    try:
+        return torch.get_float32_matmul_precision() != "highest"
+    except RuntimeError:  # the new switch set: the legacy reading refuses
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"

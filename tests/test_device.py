@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +42,44 @@ def test_float16_training_on_mps_needs_torch_2_8(version: str, refused: bool, mo
     else:
         assert parallel.torch_release() >= (2, 8)
     assert resolve_dtype("float16", torch.device("mps")) == "float16"
+
+
+def test_tf32_switches_are_used_as_the_caller_set_them(tmp_path: Path) -> None:
+    """PyTorch 2.9+ has two TF32 switches, and reading the legacy one raises once the new one is set: train()
+    read the legacy flags on every run (a CPU run included) and so refused to start; on CUDA it now sets and
+    restores the switch the caller uses. In a subprocess: the switches are process-wide."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = f"""
+import io, torch
+from gptlab.config.train import parse_run_args
+from gptlab.data.datasets import prepare_dataset
+from gptlab.device import enable_tf32, set_tf32_state, tf32_matmuls, tf32_state
+from gptlab.train.launch import train
+from tests.train.conftest import tiny_args
+
+data = {str(tmp_path / "data")!r}
+prepare_dataset("stdlib_char", data_dir=data)
+legacy = tf32_state()
+assert legacy == (False, (False, True)) and not tf32_matmuls()
+enable_tf32()
+assert tf32_matmuls() and torch.get_float32_matmul_precision() == "high"
+set_tf32_state(legacy)
+assert torch.get_float32_matmul_precision() == "highest"
+if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # the new switch, set by the caller
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    train(parse_run_args(tiny_args(data, {str(tmp_path / "run")!r}, max_iters=1)), stream=io.StringIO())
+    new = tf32_state()
+    assert new == (True, ("tf32", "tf32")) and tf32_matmuls(), new
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    assert not tf32_matmuls()
+    enable_tf32()
+    assert tf32_matmuls()
+    set_tf32_state(new)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().endswith("ok"), done.stderr[-2000:]

@@ -118,8 +118,15 @@ def test_a_name_registered_twice_is_refused_unless_it_is_the_same_definition(tmp
         with pytest.raises(ValueError, match="already registered"):
             NORM_REGISTRY.register("mine_t")(elsewhere["Gain"])
         assert NORM_REGISTRY["mine_t"] is runs[1]["Gain"]
+        # a Jupyter cell edited and run again: __main__, its code filed under a new name each run
+        cells = [{"__name__": "__main__"} for _ in range(2)]
+        for i, namespace in enumerate(cells):
+            exec(compile(source, f"/tmp/ipykernel_1/{i}.py", "exec"), namespace)
+            NORM_REGISTRY["mine_nb"] = namespace["Gain"]
+        assert NORM_REGISTRY["mine_nb"] is cells[1]["Gain"]
     finally:
         del NORM_REGISTRY["mine_t"]
+        NORM_REGISTRY.pop("mine_nb", None)
 
 
 def test_a_registered_ffn_is_counted_as_flop_counter_mode_counts_it(own_components: None) -> None:

@@ -457,6 +457,15 @@ LAUNCH_KEYS: frozenset[str] = frozenset(
 )  # fmt: skip
 
 
+def resume_dir(values: dict[str, Any]) -> str:
+    """The out_dir a resume reads its checkpoint from, checked and '~'-expanded as TrainConfig will (read first:
+    a config file's ``out_dir = os.environ.get('RUN_DIR')`` is None there)."""
+    out_dir = values.get("out_dir", TrainConfig.out_dir)
+    if not isinstance(out_dir, str) or not out_dir.strip():
+        raise ConfigError(f"out_dir={out_dir!r} is invalid: expected a non-empty path (str)")
+    return os.path.expanduser(out_dir)
+
+
 def resumed_values(
     values: dict[str, Any], explicit: set[str], typed: Iterable[str] = ()
 ) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]], str | None, list[str]]:
@@ -469,7 +478,7 @@ def resumed_values(
     config file's architecture settings the checkpoint overruled ('key: file's -> checkpoint's')."""
     from gptlab.checkpoint import latest_checkpoint, read_saved_settings
 
-    path = latest_checkpoint(values.get("out_dir", TrainConfig.out_dir))
+    path = latest_checkpoint(resume_dir(values))
     if path is None:
         return values, {}, None, []
     saved_train, saved_arch = read_saved_settings(path)
@@ -540,7 +549,7 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         return resolve_run_config(values, explicit, from_overrides)
     values, changed, path, overruled = resumed_values(values, explicit, from_overrides)
     if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
-        out_dir = values.get("out_dir", TrainConfig.out_dir)
+        out_dir = resume_dir(values)
         from gptlab.checkpoint import interrupted_save
 
         why = interrupted_save(out_dir)

@@ -225,7 +225,7 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
         # tied in the config, two different matrices in the file: transformers then leaves them untied
         warnings.warn(
             f"{source}: weights are tied in the config but the file holds a different lm_head.weight; "
-            "loaded untied, as transformers does",
+            "loaded untied, as transformers 5 does",
             stacklevel=3,
         )
         config = dataclasses.replace(config, weight_tying=False)

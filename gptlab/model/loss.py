@@ -116,7 +116,7 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chunk_size:
     ignore_index=-1)`` without ever holding the logits of all tokens."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size={chunk_size} must be a positive number of tokens")
-    x2d, t1d = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
+    x2d, t1d = x.reshape(-1, x.shape[-1]), targets.reshape(-1).long()  # gather/scatter take int32 from torch 2.8
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(x2d, weight, t1d, chunk_size)
     with torch.no_grad():  # evaluation: the loss only

@@ -36,7 +36,7 @@ class Registry(dict[str, Any]):
                     f"{self.kind} {name!r} is built in and cannot be replaced: register your component under "
                     "another name"
                 )
-            if _definition(old) != _definition(component):
+            if _definition(old) != _definition(component) and not _redefined_interactively(old, component):
                 raise ValueError(
                     f"{self.kind} {name!r} is already registered as {_describe(old)}: cannot register "
                     f"{_describe(component)} under the same name"
@@ -88,6 +88,13 @@ class Registry(dict[str, Any]):
 def is_builtin(component: Any) -> bool:
     """Whether ``component`` is one of gptlab's own (code elsewhere knows those by name)."""
     return (getattr(component, "__module__", None) or "").startswith("gptlab.")
+
+
+def _redefined_interactively(old: Any, new: Any) -> bool:
+    """A notebook cell (or an interactive session) run again after an edit: the same name in ``__main__``,
+    whose code Jupyter files under a new name per run of the cell. The new definition is the one meant."""
+    same_name = getattr(old, "__qualname__", None) == getattr(new, "__qualname__", object())
+    return same_name and getattr(old, "__module__", None) == getattr(new, "__module__", None) == "__main__"
 
 
 def _definition(component: Any) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from gptlab.device import tf32_matmuls
 from gptlab.errors import ConfigError, did_you_mean
 
 PRECISIONS = ("bf16", "fp16", "tf32", "fp32", "fp8")
@@ -129,7 +130,7 @@ def precision_key(dtype: Any) -> str:
     key = aliases.get(dtype.lower(), dtype.lower())
     if key not in PRECISIONS:
         raise ConfigError(f"precision={dtype!r} is not one of {', '.join(PRECISIONS)}{did_you_mean(key, PRECISIONS)}")
-    if key == "fp32" and torch.get_float32_matmul_precision() != "highest":
+    if key == "fp32" and tf32_matmuls():
         return "tf32"
     return key
 

@@ -14,7 +14,7 @@ import torch
 
 from gptlab import parallel
 from gptlab.config.train import RunConfig
-from gptlab.device import resolve_device
+from gptlab.device import resolve_device, set_tf32_state, tf32_state
 from gptlab.errors import USER_ERRORS, GptlabError, compiler_missing, is_out_of_memory
 from gptlab.fileio import run_lock
 from gptlab.train.loop import Trainer
@@ -58,15 +58,17 @@ def _peer_lost(error: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
-def _global_torch_settings_kept() -> Iterator[None]:
+def _global_torch_settings_kept(cuda: bool) -> Iterator[None]:
     """The process-wide settings a run changes (TF32 on CUDA, as nanoGPT; the seeded CPU RNG) restored
-    when it returns, so that float32 matmuls after ``train()`` are the caller's again."""
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    when it returns, so that float32 matmuls after ``train()`` are the caller's again (a CPU run leaves the
+    TF32 switches unread: a caller's mix of PyTorch's two APIs for them is not gptlab's to trip on)."""
+    tf32 = tf32_state() if cuda else None
     rng = torch.get_rng_state()
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        if tf32 is not None:
+            set_tf32_state(tf32)
         torch.set_rng_state(rng)
 
 
@@ -81,7 +83,10 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
         try:
             # one training per out_dir (rank 0 holds it; an evaluation writes nothing of the run's)
             lock = run_lock(run.train.out_dir) if info.master and not run.train.eval_only else contextlib.nullcontext()
-            with lock, _global_torch_settings_kept():  # a script or notebook calling train() keeps its own
+            with (
+                lock,
+                _global_torch_settings_kept(device.type == "cuda"),
+            ):  # a script or notebook calling train() keeps its own
                 summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
         except (RuntimeError, MemoryError) as e:
             failure = _out_of_memory(e) or compiler_missing(e)

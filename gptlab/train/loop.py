@@ -55,7 +55,7 @@ from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import BatchLoader
 from gptlab.data.stats import unigram_baseline
-from gptlab.device import resolve_device, resolve_dtype
+from gptlab.device import enable_tf32, resolve_device, resolve_dtype
 from gptlab.errors import CheckpointError, ConfigError, GptlabError
 from gptlab.fileio import atomic_write, check_directory
 from gptlab.logging import TrainingLogger
@@ -189,13 +189,17 @@ class Trainer:
         # only rank 0 does; afterwards nothing relies on equal RNG streams: dropout reseeds per micro-step)
         torch.manual_seed(cfg.seed)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls and convs, as nanoGPT
-            torch.backends.cudnn.allow_tf32 = True
+            enable_tf32()  # TF32 for fp32 matmuls and convs, as nanoGPT
 
         if cfg.init_from != "resume" and not cfg.overwrite and not cfg.eval_only:
             previous = [n for n in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (self.out_dir / n).exists()]
             if previous == ["log.jsonl"] and (self.out_dir / "log.jsonl").stat().st_size == 0:
                 previous = []  # a start that failed before its first record (a full disk): nothing to keep
+            if previous == ["log.jsonl"]:  # stopped (a NaN, Ctrl-C, out of memory) before its first checkpoint
+                raise ConfigError(
+                    f"out_dir={str(self.out_dir)!r} holds the log of a run that saved no checkpoint: pick another "
+                    "--out_dir, or pass --overwrite=True to replace it"
+                )
             if previous:
                 raise ConfigError(
                     f"out_dir={str(self.out_dir)!r} holds a previous run ({', '.join(previous)}): continue it with "
@@ -268,6 +272,8 @@ class Trainer:
         del full_state  # rank 0's unsharded copy
         self.optimizer = parallel.build_optimizer(self.raw_model, cfg, self.dist)
         self.scaler = parallel.build_grad_scaler(self.dist, enabled=self.dtype == "float16")
+        self._scale_drops: torch.Tensor | None = None  # fp16's skipped steps since the last report
+        self._loss_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
         if ckpt is not None:
             self._load_optimizer(ckpt)
             if ckpt.get("scaler"):
@@ -564,7 +570,11 @@ class Trainer:
             skipped = not bool(torch.isfinite(loss) & torch.isfinite(norm))  # a host sync, by request
         if not skipped:
             self.scaler.step(self.optimizer)
+        scale = getattr(self.scaler, "_scale", None)  # GradScaler's device tensor: read with no host sync
+        before = scale.clone() if self.scaler.is_enabled() and scale is not None else None
         self.scaler.update()
+        if before is not None:
+            self._count_scale_drop(self.scaler._scale < before)
         if self.measured_bytes is None:
             self.measured_bytes = self._measure_local_bytes()
         self.optimizer.zero_grad(set_to_none=not self._stable_grads)
@@ -702,7 +712,7 @@ class Trainer:
             if not cfg.eval_only:
                 self._check_disk_space()
         if self.scaler.is_enabled():
-            self._loss_scale = self.scaler.get_scale()  # so that a drop at the very first step is reported
+            self._loss_scale = self.scaler.get_scale()  # the scale a drop is reported from
         if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
             losses = self.evaluate()
             self.logger.log_eval(
@@ -853,20 +863,38 @@ class Trainer:
         last_losses = self._eval_and_checkpoint(healthy=True)
         return self._finish(last_losses)
 
+    def _count_scale_drop(self, fell: torch.Tensor) -> None:
+        """fp16: each step whose inf/NaN gradients GradScaler skipped (its scale fell), counted on the device with
+        the first and last such iteration, for the next logged iteration (or the run's end) to report."""
+        it = self.iter_num
+        if self._scale_drops is None:
+            self._scale_drops = torch.zeros((), dtype=torch.int64, device=fell.device)
+            self._first_drop = torch.full((), 2**62, dtype=torch.int64, device=fell.device)
+            self._last_drop = torch.full((), -1, dtype=torch.int64, device=fell.device)
+        drop = fell.to(torch.int64)
+        self._scale_drops += drop
+        self._first_drop = torch.minimum(self._first_drop, drop * it + (1 - drop) * 2**62)
+        self._last_drop = torch.maximum(self._last_drop, drop * it - (1 - drop))
+
     def _note_loss_scale(self) -> None:
-        """fp16: GradScaler skips steps with inf/NaN gradients and lowers its scale; say so."""
+        """fp16: GradScaler skips steps with inf/NaN gradients and lowers its scale; say so, naming the steps
+        (counted on the device at every step, read here: a logged iteration, or where the run ends)."""
         if not self.scaler.is_enabled():
             return
         scale = self.scaler.get_scale()
-        previous = getattr(self, "_loss_scale", None)
-        if previous is not None and scale < previous:
+        if self._scale_drops is not None and (drops := int(self._scale_drops.item())):
+            first, last = int(self._first_drop.item()), int(self._last_drop.item())
+            when = f"iter {first}" if first == last else f"iters {first}-{last}"
             self.logger.log_event(
                 "loss_scale",
-                f"iter {self.iter_num}: fp16 loss scale fell {previous:g} -> {scale:g} "
-                "(steps with inf/NaN gradients were skipped)",
-                iter=self.iter_num,
+                f"{when}: fp16 loss scale fell {self._loss_scale:g} -> {scale:g} "
+                f"({drops} step{'s' if drops > 1 else ''} with inf/NaN gradients skipped)",
+                iter=last,
+                first_iter=first,
+                skipped_steps=drops,
                 scale=scale,
             )
+            self._scale_drops = None
         self._loss_scale = scale
 
     def _stop_on_signal(self, signum: int, healthy: bool, evaluated: dict[str, float] | None = None) -> None:
@@ -939,6 +967,7 @@ class Trainer:
     def _summary_fields(self, last_losses: dict[str, float] | None, status: str) -> dict[str, Any]:
         """summary.json's fields beyond the logger's statistics, for a run that completed or stopped (every
         rank calls: the fullest rank's peak is a collective; the others get {})."""
+        self._note_loss_scale()  # skipped fp16 steps since the last logged iteration
         # every rank's session peak (a collective: all ranks, before rank 0 goes on alone); -1: none logged
         (max_rank_peak,) = parallel.all_reduce_max([self.telemetry.session_peak_gb or -1.0], self.dist)
         if not self.master:

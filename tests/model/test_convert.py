@@ -254,20 +254,22 @@ def test_from_pretrained_overrides(tmp_path: Path) -> None:
 
 
 def test_tied_config_with_a_different_head_loads_untied_as_transformers(tokens: torch.Tensor, tmp_path: Path) -> None:
-    """tie_word_embeddings=true with an lm_head.weight in the file that differs: transformers leaves the
+    """tie_word_embeddings=true with an lm_head.weight in the file that differs: transformers 5 leaves the
     two untied (and warns); so do we. The shared tensor used to take the file's head, silently."""
     from safetensors.torch import load_file, save_file
 
     hf = _llama(tie_word_embeddings=True)
     hf.save_pretrained(tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
+    weights = {k: v.clone() for k, v in load_file(tmp_path / "model.safetensors").items()}
     weights["lm_head.weight"] = torch.randn_like(weights["model.embed_tokens.weight"])
+    (tmp_path / "model.safetensors").unlink()  # not rewritten under the pages load_file mapped (safetensors 0.4)
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    reference = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
-    with pytest.warns(UserWarning, match="loaded untied, as transformers does"):
+    with pytest.warns(UserWarning, match="loaded untied, as transformers 5 does"):
         ours = ConfigurableGPT.from_pretrained(tmp_path)
     assert not ours.config.weight_tying and torch.equal(ours.wte.weight, weights["model.embed_tokens.weight"])
-    assert (_logits(ours, tokens) - _hf_logits(reference, tokens)).abs().max() <= TOL
+    if int(transformers.__version__.split(".")[0]) >= 5:  # transformers 4 ties them, the file's head unused
+        reference = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+        assert (_logits(ours, tokens) - _hf_logits(reference, tokens)).abs().max() <= TOL
 
 
 # ---------------------------------------------------------------------- errors

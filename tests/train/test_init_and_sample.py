@@ -208,6 +208,10 @@ def test_a_new_run_never_silently_replaces_a_previous_one(data_dir: Path, tmp_pa
         Trainer(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2)), stream=io.StringIO())
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2, overwrite=True)), stream=io.StringIO())
+    # a run stopped before its first checkpoint (NaN, Ctrl-C, OOM at step 1): no resume to suggest
+    (tmp_path / "ckpt.pt").unlink()
+    with pytest.raises(ConfigError, match=r"holds the log of a run that saved no checkpoint: pick another --out_dir"):
+        Trainer(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2)), stream=io.StringIO())
 
 
 def test_fp16_skipped_steps_are_reported(data_dir: Path, tmp_path: Path) -> None:
@@ -575,3 +579,23 @@ def test_each_sample_is_handed_over_as_it_is_drawn(
     texts = sampling.sample(settings, on_sample=lambda text: events.append(text))
     assert events == ["drawn", texts[0], "drawn", texts[1], "drawn", texts[2]]
     assert texts == sampling.sample(settings)  # the same seeded draws either way
+
+
+def test_fp16_skipped_steps_are_reported_at_their_own_iterations(data_dir: Path, tmp_path: Path) -> None:
+    """With log_interval > 1 a skipped step was blamed on the next logged iteration, and one after the last
+    logged iteration was never reported."""
+    args = tiny_args(data_dir, tmp_path, dtype="float16", max_iters=7, log_interval=3, gradient_log_interval=100)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    original = trainer.forward_backward
+
+    def forward_backward(micro: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = original(micro, x, y)
+        if trainer.iter_num in (1, 2, 7):  # overflows in the gradients, the loss itself finite
+            next(trainer.raw_model.parameters()).grad.fill_(float("inf"))
+        return loss
+
+    trainer.forward_backward = forward_backward  # type: ignore[method-assign]
+    trainer.run()
+    events = [r for r in _records(tmp_path) if r.get("event") == "loss_scale"]
+    assert [(e["first_iter"], e["iter"], e["skipped_steps"]) for e in events] == [(1, 2, 2), (7, 7, 1)]
+    assert events[0]["message"].startswith("iters 1-2: fp16 loss scale fell 65536 -> 16384 (2 steps")

@@ -340,3 +340,16 @@ def test_a_tilde_in_a_path_setting_is_the_home_folder(monkeypatch: pytest.Monkey
     run = parse_run_args(["--out_dir=~/runs/x", "--data_dir=~/data"])
     assert (run.train.out_dir, run.train.data_dir) == (str(tmp_path / "runs/x"), str(tmp_path / "data"))
     assert path_argument("~/report") == str(tmp_path / "report")  # gptlab prepare/export/report's paths
+
+
+def test_a_resume_reads_out_dir_as_training_will(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A config file's `out_dir = os.environ.get('RUN_DIR')` unset: a resume's checkpoint lookup met None first
+    (a TypeError traceback, where a new run says it in one line); '~' is the home folder there too."""
+    (tmp_path / "env.py").write_text("import os\nout_dir = os.environ.get('RUN_DIR_UNSET_HERE')\n")
+    with pytest.raises(ConfigError, match=r"out_dir=None is invalid: expected a non-empty path"):
+        parse_run_args([str(tmp_path / "env.py"), "--init_from='resume'"])
+    from gptlab.errors import CheckpointError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'nothing'}' holds no checkpoint"):
+        parse_run_args(["--init_from='resume'", "--out_dir=~/nothing"])
