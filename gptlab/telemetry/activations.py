@@ -154,13 +154,17 @@ def estimate_activations(
     q_dim, kv_dim = h * hd, config.kv_heads * hd
     c = compute_bytes(dtype)
     autocast = c < FP32
-    r = FP32  # residual stream
+    # FSDP2's mixed-precision policy (weight_copies=False) runs the model itself in the compute dtype, the
+    # embeddings, residual stream and norms included; autocast keeps those in float32
+    model_cast = autocast and not weight_copies
+    r = c if model_cast else FP32  # residual stream
     backend = attention_backend or config.attention_backend
     notes: list[str] = []
 
     def matmul_input(consumers: int) -> int:
-        # float32: the consumers share the tensor; autocast: each Linear saves its own cast copy.
-        return consumers * c * H * N if autocast else FP32 * H * N
+        # float32, or a model already in the compute dtype: the consumers share the tensor; autocast: each
+        # Linear saves its own cast copy
+        return consumers * c * H * N if autocast and not model_cast else r * H * N
 
     # what one norm saves (every norm of the model is the same kind)
     if config.normalization in ("layernorm", "layernorm_nobias"):

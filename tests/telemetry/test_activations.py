@@ -181,3 +181,16 @@ def test_chunked_loss_saved_tensors_and_peak(dtype: str, vocab: int, chunk: int)
     assert est.saved_bytes < plain.saved_bytes
     if 3 * chunk <= B * T:  # a chunk of half the tokens is nearly the plain head's (N, V) at these sizes
         assert est.peak_bytes < plain.peak_bytes
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_model_in_the_compute_dtype_as_fsdp_runs_it(case: str) -> None:
+    """FSDP2's mixed-precision policy runs the model itself in bfloat16 (weight_copies=False): the residual
+    stream, the norms' inputs and each Linear's input are bfloat16 and shared, where autocast keeps float32
+    and casts per Linear. The estimate took autocast's (+12-14% on a one-rank FSDP run)."""
+    model = _model(*CASES[case])
+    for p in model.parameters():  # FSDP2 casts the parameters, not the buffers (RoPE's tables stay float32)
+        p.data = p.data.to(torch.bfloat16)
+    measured = _measure(model, None)
+    estimate = estimate_activations(model.config, B, T, dtype="bfloat16", device_type="cpu", weight_copies=False)
+    assert estimate.saved_bytes == pytest.approx(measured, rel=TOLERANCE)
