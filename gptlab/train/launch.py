@@ -78,6 +78,9 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
     Under torchrun a rank that fails prints ``[rank N] error: ...`` and exits non-zero at once:
     torchrun then stops the other ranks, and ranks on other nodes fail their next collective."""
     device = resolve_device(run.train.device)
+    if run.train.compile:  # each run's model compiled anew: earlier runs' entries for the same forward (a
+        # notebook's, compare --train's) reach dynamo's recompile limit after ~4 models, then it runs eagerly
+        torch.compiler.reset()
     info = parallel.init_distributed(run.train, device)
     try:
         try:

@@ -948,3 +948,19 @@ def test_the_startup_report_says_when_the_flops_are_an_estimate(data_dir: Path, 
     (caveat,) = report["expectations"]["flops_caveats"]
     assert "routed_loop_t: estimated as every matrix once per token" in caveat
     assert f"  note:        {caveat}; MFU uses this count" in render_startup_report(report).splitlines()
+
+
+def test_each_compiled_run_starts_from_empty_compile_caches(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs in one process (a notebook, compare --train) compile the same forward: the entries earlier runs
+    left reached dynamo's recompile limit after ~4 models, and the fifth trained uncompiled, still reporting
+    compile=True. (Compilation itself is stubbed here: what is checked is that each compiled run clears them.)"""
+    resets: list[int] = []
+    monkeypatch.setattr(torch.compiler, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: None)
+    for i, compile_ in enumerate((True, True, False)):
+        train(
+            parse_run_args(tiny_args(data_dir, tmp_path / str(i), max_iters=1, compile=compile_)), stream=io.StringIO()
+        )
+    assert len(resets) == 2
