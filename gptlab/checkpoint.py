@@ -584,8 +584,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in ("model", "arch", "iter_num") if key not in ckpt]
     if missing:
         raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: it has no {', '.join(missing)}")
-    if isinstance(ckpt["model"], dict):
-        shapes = {k: tuple(v.shape) for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)}
+    if isinstance(ckpt["model"], dict):  # its keys as the loaders read them (a compiled or DDP model's prefixes off)
+        shapes = {k: tuple(v.shape) for k, v in clean_state_dict(ckpt["model"]).items() if isinstance(v, torch.Tensor)}
         check_sizes_fit_weights(ckpt["arch"], shapes, path)
     return ckpt
 

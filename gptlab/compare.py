@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def dataset_vocab_size(train_values: dict[str, Any]) -> int | None:
     if train_values.get("init_from", TrainConfig.init_from) != "scratch":
         return None  # a resume or fine-tune keeps its weights' vocabulary
     dataset = str(train_values.get("dataset", TrainConfig.dataset))
-    data_dir = train_values.get("data_dir", TrainConfig.data_dir)
+    data_dir = os.path.expanduser(train_values.get("data_dir", TrainConfig.data_dir))  # as training reads it
     try:  # training's own lookup: an embedded dataset is built (offline, in a second or two), others must be
         vocab = int(read_meta(ensure_prepared(dataset, data_dir))["vocab_size"])
     except Exception:  # not prepared, or damaged: training's error to report, not the estimate's

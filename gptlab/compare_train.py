@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -155,7 +156,7 @@ def train_and_compare(
 
     log = log or (lambda text: print(text, file=sys.stderr))
     overrides = dict(overrides or {})
-    out = Path(out_dir or overrides.pop("out_dir", None) or TRAIN_DEFAULTS["out_dir"])
+    out = Path(os.path.expanduser(out_dir or overrides.pop("out_dir", None) or TRAIN_DEFAULTS["out_dir"]))
     overrides.pop("out_dir", None)
     settings = {**TABLE_DEFAULTS, **(table or {})}
     if report:  # before any training, not after every run has been paid for

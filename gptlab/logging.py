@@ -247,6 +247,8 @@ class TrainingLogger:
         try:
             write_console(self.stream, text)
             self.stream.flush()
+        except BlockingIOError:  # a non-blocking stdout whose reader is slow: still buffered, it goes out later
+            return
         except OSError as e:
             self._console_closed, self._status_shown = True, False
             # what the stream still buffers, and any later print(), go nowhere rather than fail again; a

@@ -119,7 +119,9 @@ def register(sub: Any) -> None:
     c.add_argument("--activation_checkpointing", action="store_true", help="plan with per-block checkpointing")
     c.add_argument("--format", choices=("text", "markdown", "json", "csv"), default="text")
     c.add_argument("--train", action="store_true", help="also train each for the same tokens (CPU default: ~10 s each)")
-    c.add_argument("--out_dir", help="with --train: runs go to OUT_DIR/LABEL/, the report to OUT_DIR/report/")
+    c.add_argument(
+        "--out_dir", type=path_argument, help="with --train: runs go to OUT_DIR/LABEL/, the report to OUT_DIR/report/"
+    )
     add_plugins_option(c)
     c.set_defaults(func=_cmd_compare)
 

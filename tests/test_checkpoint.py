@@ -373,3 +373,17 @@ def test_a_linked_sharded_checkpoint_is_resumed_into_the_folders_own(tmp_path: P
     assert (theirs / "meta.pt").read_bytes() == before
     assert not (mine / "ckpt-0000011.dcp").is_symlink() and load_checkpoint_meta(mine / "ckpt.dcp")["who"] == "mine"
     assert sorted(p.name for p in mine.iterdir()) == ["ckpt-0000011.dcp", "ckpt.dcp"]  # no leftover link
+
+
+def test_a_compiled_or_ddp_models_prefixed_keys_pass_the_size_check(tmp_path: Path) -> None:
+    """'_orig_mod.' and 'module.' keys (a compiled or DDP model's state dict, nanoGPT's way) are the loaders' to
+    strip: the size check read them as a model of 0 layers and refused what exports and resumes."""
+    from gptlab import ConfigurableGPT, get_debug_config
+
+    model = ConfigurableGPT(get_debug_config("llama", n_layer=2))
+    for prefix in ("_orig_mod.", "module.", "module._orig_mod."):
+        state = {prefix + k: v for k, v in model.state_dict().items()}
+        torch.save(
+            {"format": FORMAT, "arch": model.config.to_dict(), "iter_num": 1, "model": state}, tmp_path / "ckpt.pt"
+        )
+        assert set(load_checkpoint(tmp_path)["model"]) == set(state)

@@ -284,3 +284,14 @@ def test_config_file_on_the_embedded_dataset_gets_its_vocabulary_before_preparat
     config = Path(__file__).resolve().parents[1] / "config" / "train_stdlib_char.py"
     monkeypatch.chdir(tmp_path)  # no data/ here: nothing prepared yet
     assert resolve_architecture(str(config)).config.vocab_size == 128
+
+
+def test_a_tilde_data_dir_is_where_training_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config file's data_dir='~/mydata': training reads the home folder's, compare built the dataset in a
+    folder named '~' here and tabulated another vocabulary source."""
+    from gptlab.compare import dataset_vocab_size
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert dataset_vocab_size({"dataset": "stdlib_char", "data_dir": "~/mydata"}) is not None
+    assert (tmp_path / "home" / "mydata" / "stdlib_char" / "meta.json").is_file() and not (tmp_path / "~").exists()

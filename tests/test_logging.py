@@ -266,3 +266,22 @@ def test_an_atomic_write_replaces_a_planted_temporary_link(tmp_path: Path) -> No
     (tmp_path / f".summary.json.tmp-{os.getpid()}").symlink_to(victim)
     atomic_write(tmp_path / "summary.json", "{}")
     assert victim.read_text() == "precious" and (tmp_path / "summary.json").read_text() == "{}"
+
+
+def test_a_console_that_cannot_take_a_line_yet_is_not_closed(tmp_path: Path) -> None:
+    """A non-blocking stdout with a slow reader (EAGAIN) is not a closed console: the line stays buffered."""
+
+    class Slow(io.StringIO):
+        stalls = 1
+
+        def flush(self) -> None:
+            if self.stalls:
+                self.stalls -= 1
+                raise BlockingIOError(11, "write could not complete without blocking")
+
+    stream = Slow()
+    logger = TrainingLogger(tmp_path, stream=stream)
+    logger.log_event("checkpoint", "first")
+    logger.log_event("checkpoint", "second")
+    assert stream.getvalue() == "first\nsecond\n"
+    assert not [r for r in read_log(tmp_path / "log.jsonl") if r.get("event") == "console_closed"]
