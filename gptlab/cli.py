@@ -217,13 +217,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (*USER_ERRORS, *PATH_ERRORS) as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError as e:
-        return end_on_closed_stdout(e)
-    except OSError as e:  # a full disk or a read-only folder outside the checkpoint's and the log's own checks
-        if (refused := storage_refused(e)) is None:
-            raise
-        print(f"gptlab: error: {refused}", file=sys.stderr)
-        return 2
+    except OSError as e:
+        return os_error_status(e, "gptlab: ")
+
+
+def os_error_status(error: OSError, prefix: str = "") -> int:
+    """The exit status for an OSError that reached a command: a closed stdout ends quietly (``end_on_closed_stdout``),
+    a write the storage refused (a full disk, a read-only folder, met outside the checkpoint's and the log's own
+    checks) is one line and 2; any other is raised, with its traceback."""
+    if isinstance(error, BrokenPipeError):
+        return end_on_closed_stdout(error)
+    if (refused := storage_refused(error)) is None:
+        raise error
+    print(f"{prefix}error: {refused}", file=sys.stderr)
+    return 2
 
 
 def end_on_closed_stdout(error: BrokenPipeError) -> int:

@@ -142,14 +142,7 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
         rank = f"[rank {os.environ.get('RANK', '?')}] " if world.isdigit() and int(world) > 1 else ""
         print(f"{rank}error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError as e:  # `python train.py ... | head`
-        from gptlab.cli import end_on_closed_stdout
+    except OSError as e:  # `python train.py ... | head`, a full disk
+        from gptlab.cli import os_error_status
 
-        return end_on_closed_stdout(e)
-    except OSError as e:  # a full disk or a read-only folder outside the checkpoint's and the log's own checks
-        from gptlab.errors import storage_refused
-
-        if (refused := storage_refused(e)) is None:
-            raise
-        print(f"error: {refused}", file=sys.stderr)
-        return 2
+        return os_error_status(e)
