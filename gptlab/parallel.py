@@ -226,6 +226,28 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
     model.gradient_checkpointing_enable()  # type: ignore[operator]
 
 
+def check_reduce_scatter_averages(info: DistInfo) -> None:
+    """FSDP2 reduce-scatters the gradients with ReduceOp.AVG; gloo in some PyTorch releases (2.7 among them,
+    not 2.11) accepts AVG there and sums (pytorch#162338): every gradient world_size times too large, the
+    logged norms, the clipping threshold and AdamW's moments with them, silently. Asked once, of the
+    collective itself (every rank calls: all get the same answer)."""
+    if info.world_size < 2 or info.backend != "gloo":
+        return
+    import torch.distributed as dist
+
+    out = torch.zeros(1, device=info.device)
+    try:
+        dist.reduce_scatter_tensor(out, torch.ones(info.world_size, device=info.device), op=dist.ReduceOp.AVG)
+    except (RuntimeError, ValueError):  # AVG refused here: FSDP2 reduces otherwise
+        return
+    if abs(float(out.item()) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"FSDP on the gloo backend with PyTorch {torch.__version__} would train with gradients "
+            f"{float(out.item()):g} times too large (gloo's reduce-scatter sums where FSDP2 asks for the average, "
+            "pytorch#162338): use PyTorch 2.11 or newer, or parallel='ddp' or 'zero1'"
+        )
+
+
 def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) -> nn.Module:
     """Activation checkpointing, compile, then FSDP2 or DDP, in that order. Returns the module to
     call in the loop; for none and fsdp it is ``model`` itself (FSDP2 and compile work in place)."""
@@ -241,6 +263,7 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
                 "shape (1,) in its component, or train with DDP or ZeRO-1"
             )
 
+        check_reduce_scatter_averages(info)
         low = None if dtype == "float32" else PT_DTYPES[dtype]
         # parameters gathered in the compute dtype; gradients reduced in float32, as the fp32 master weights
         mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)

@@ -1,0 +1,34 @@
+"""FSDP2's preconditions that PyTorch does not check itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from gptlab.errors import ConfigError
+from gptlab.parallel import DistInfo, check_reduce_scatter_averages
+
+
+@pytest.mark.parametrize(("world_size", "backend"), [(2, "gloo"), (4, "gloo")])
+def test_a_reduce_scatter_that_sums_for_avg_is_refused(
+    world_size: int, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gloo on PyTorch 2.7 accepts ReduceOp.AVG in reduce_scatter_tensor and sums (pytorch#162338): FSDP on
+    the CPU trained with gradients world_size times too large, silently (the suite at the minimum versions
+    caught it through a doubled gradient norm)."""
+    calls: list[object] = []
+
+    def summing(out: torch.Tensor, inp: torch.Tensor, op: object = None) -> None:
+        calls.append(op)
+        out.fill_(float(world_size))  # every rank's 1.0, summed
+
+    monkeypatch.setattr(dist, "reduce_scatter_tensor", summing)
+    info = DistInfo(world_size=world_size, backend=backend, mode="fsdp")
+    with pytest.raises(ConfigError, match=rf"gradients {world_size} times too large .*PyTorch 2.11 or newer"):
+        check_reduce_scatter_averages(info)
+    assert calls == [dist.ReduceOp.AVG]
+
+    monkeypatch.setattr(dist, "reduce_scatter_tensor", lambda out, inp, op=None: out.fill_(1.0))
+    check_reduce_scatter_averages(info)  # an average: nothing to say
+    check_reduce_scatter_averages(DistInfo(world_size=world_size, backend="nccl", mode="fsdp"))  # not asked
