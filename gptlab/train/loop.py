@@ -745,9 +745,9 @@ class Trainer:
         return summary if self.master else {}
 
     def _check_disk_space(self) -> None:
-        """Warn before training, not at the first save after hours of it, when out_dir's disk cannot hold a
-        checkpoint: float32 weights and AdamW's two moments, 12 bytes per parameter (written beside the
-        previous one, which is replaced only once the new one is complete)."""
+        """Warn before training, not at a save after hours of it, when out_dir's disk cannot hold the checkpoints
+        to come: float32 weights and AdamW's two moments, 12 bytes per parameter each (a new one is written beside
+        the kept ones, which are replaced or pruned only once it is complete)."""
         one = 12 * sum(p.numel() for p in self.raw_model.parameters())
         # at a save: the kept checkpoints (keep_checkpoints) and the new one beside them; those already here
         # (a resume's) take none of the free space
