@@ -25,7 +25,7 @@ import re
 import shutil
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -596,16 +596,38 @@ def check_sizes_fit_weights(arch: Any, shapes: dict[str, tuple[int, ...]], path:
     memory plan, and of the model built to load a sharded one, before the weights were compared."""
     if not isinstance(arch, dict):
         raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: its arch record is not a mapping")
-    layers = {k.split(".")[1] for k in shapes if k.startswith("blocks.")}
-    n_layer = arch.get("n_layer", len(layers))  # a record without one fails where the model is built
-    if n_layer != len(layers) or layers != {str(i) for i in range(len(layers))}:
-        raise CheckpointError(
-            f"{str(path)!r} is a damaged gptlab checkpoint: its arch record says n_layer={n_layer!r}, "
-            f"its weights hold {len(layers)} layers"
-        )
     expected = (arch.get("vocab_size"), arch.get("n_embd"))
-    if "wte.weight" in shapes and None not in expected and shapes["wte.weight"] != expected:
+    # a record without a size, or weights without an embedding, fail where the model is built
+    embedding = expected if "wte.weight" in shapes and None not in expected else None
+    disagreement = weights_disagree(arch.get("n_layer"), embedding, shapes)
+    if disagreement == "layers":
+        raise CheckpointError(
+            f"{str(path)!r} is a damaged gptlab checkpoint: its arch record says n_layer={arch['n_layer']!r}, "
+            f"its weights hold {layer_count(shapes)} layers"
+        )
+    if disagreement == "embedding":
         raise CheckpointError(
             f"{str(path)!r} is a damaged gptlab checkpoint: its arch record says (vocab_size, n_embd)={expected}, "
             f"its token embedding has shape {shapes['wte.weight']}"
         )
+
+
+def _layer_indices(shapes: Mapping[str, Any]) -> set[str]:
+    return {k.split(".")[1] for k in shapes if k.startswith("blocks.")}
+
+
+def layer_count(shapes: Mapping[str, Any]) -> int:
+    """The blocks a state dict (or its names to shapes) holds."""
+    return len(_layer_indices(shapes))
+
+
+def weights_disagree(n_layer: int | None, embedding: tuple[int, int] | None, shapes: Mapping[str, Any]) -> str | None:
+    """Which size a record (a checkpoint's arch, a config.json) names that its weights (``shapes``: state-dict
+    names to shapes) do not bear out: 'layers' (blocks.0 .. blocks.N-1), 'embedding' (wte.weight's shape), or
+    None; a size given as None is not compared. Checked before anything is planned or built from the record."""
+    layers = _layer_indices(shapes)
+    if n_layer is not None and (n_layer != len(layers) or layers != {str(i) for i in range(len(layers))}):
+        return "layers"
+    if embedding is not None and shapes.get("wte.weight") != embedding:
+        return "embedding"
+    return None

@@ -21,7 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gptlab.checkpoint import check_zip_crc, clean_state_dict, is_dcp_dir, latest_checkpoint, load_checkpoint
+from gptlab.checkpoint import (
+    check_zip_crc,
+    clean_state_dict,
+    is_dcp_dir,
+    latest_checkpoint,
+    layer_count,
+    load_checkpoint,
+    weights_disagree,
+)
 from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
 from gptlab.errors import CheckpointError, ConfigError, did_you_mean, first_line
 from gptlab.fileio import atomic_write
@@ -231,11 +239,14 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
         config = dataclasses.replace(config, weight_tying=False)
     # the sizes a config names are checked against the file before anything is built: a crafted config.json
     # (10**9 layers, a 10**10 vocabulary) would otherwise hang or fill memory first
-    layers = {k.split(".")[1] for k in state if k.startswith("blocks.")}
-    if len(layers) != config.n_layer or layers != {str(i) for i in range(len(layers))}:
-        raise CheckpointError(f"{source}: the config says {config.n_layer} layers, the weights hold {len(layers)}")
     expected = (config.vocab_size, config.n_embd)
-    if embedding is None or tuple(embedding.shape) != expected:
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    disagreement = weights_disagree(config.n_layer, expected, shapes)
+    if disagreement == "layers":
+        raise CheckpointError(
+            f"{source}: the config says {config.n_layer} layers, the weights hold {layer_count(state)}"
+        )
+    if disagreement == "embedding":
         found = "missing" if embedding is None else f"of shape {tuple(embedding.shape)}"
         raise CheckpointError(
             f"{source}: the token embedding (wte.weight) is {found}; the config says shape {expected}"

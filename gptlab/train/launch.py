@@ -86,10 +86,8 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
         try:
             # one training per out_dir (rank 0 holds it; an evaluation writes nothing of the run's)
             lock = run_lock(run.train.out_dir) if info.master and not run.train.eval_only else contextlib.nullcontext()
-            with (
-                lock,
-                _global_torch_settings_kept(device.type == "cuda"),
-            ):  # a script or notebook calling train() keeps its own
+            kept = _global_torch_settings_kept(device.type == "cuda")  # a script or notebook keeps its own
+            with lock, kept:
                 summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
         except (RuntimeError, MemoryError) as e:
             failure = _out_of_memory(e) or compiler_missing(e)

@@ -570,8 +570,8 @@ class Trainer:
             skipped = not bool(torch.isfinite(loss) & torch.isfinite(norm))  # a host sync, by request
         if not skipped:
             self.scaler.step(self.optimizer)
-        scale = getattr(self.scaler, "_scale", None)  # GradScaler's device tensor: read with no host sync
-        before = scale.clone() if self.scaler.is_enabled() and scale is not None else None
+        # fp16: GradScaler's device tensor (set by scale() above), compared after update() with no host sync
+        before = self.scaler._scale.clone() if self.scaler.is_enabled() else None
         self.scaler.update()
         if before is not None:
             self._count_scale_drop(self.scaler._scale < before)
