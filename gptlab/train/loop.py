@@ -73,6 +73,7 @@ class NonFiniteLossError(GptlabError):
     """The loss became NaN or infinite and nan_policy='stop'."""
 
 
+NO_ITER = 2**62  # no such iteration (a sentinel above any real one)
 MAX_SKIPS_IN_A_ROW = 25  # nan_policy=skip stops the run after this many (fp16's loss scale recovers in fewer)
 
 
@@ -691,7 +692,7 @@ class Trainer:
         if (
             self.iter_num > 0
             and healthy
-            and math.isfinite(losses["val"])
+            and _finite(losses)  # weights that give NaN on either split are never saved
             and (improved or self.cfg.always_save_checkpoint)
         ):
             self.save()
@@ -783,35 +784,42 @@ class Trainer:
         """Iterations 0..max_iters (nanoGPT's), from the resumed one; stops early on a signal (``stop``)."""
         cfg = self.cfg
         last_losses = None
-        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # seen since the last check
+        # the first iteration whose loss (or, without fp16's scaler, gradient norm) was not finite: NO_ITER if none;
+        # kept on the device, read where the host syncs anyway (a logged iteration, an evaluation)
+        first_bad = torch.full((), NO_ITER, dtype=torch.int64, device=self.device)
         skips_in_a_row = 0  # nan_policy=skip: consecutive skipped steps
         window_start, window_steps = time.perf_counter(), 0  # the steps since the last logged one
         stop_agreed = 0  # under torchrun: the signal every rank has agreed to stop on (at a logged iteration)
         while self.iter_num <= cfg.max_iters:
             signum = stop.signum if self.world_size == 1 else stop_agreed
             if signum:
-                self._stop_on_signal(signum, healthy=not bool(nonfinite))
+                self._stop_on_signal(signum, bad_iter=int(first_bad))
             if self.iter_num % cfg.eval_interval == 0:
-                healthy = not bool(nonfinite)
-                last_losses = self._eval_and_checkpoint(healthy)
-                if not healthy:
-                    self._stop_nonfinite()
+                bad_iter = int(first_bad)
+                last_losses = self._eval_and_checkpoint(healthy=bad_iter == NO_ITER)
+                if bad_iter != NO_ITER:
+                    self._stop_nonfinite(first_iter=bad_iter)
+                if cfg.nan_policy == "stop" and not _finite(last_losses):
+                    self._stop_nonfinite(evaluated=True)
                 if self.world_size == 1 and stop.signum:  # asked during this evaluation: it was the last one
-                    self._stop_on_signal(stop.signum, healthy=True, evaluated=last_losses)
+                    self._stop_on_signal(stop.signum, evaluated=last_losses)
                 # steps are timed without evaluation and saving
                 window_start, window_steps = time.perf_counter(), 0
             if self._fault == (self.rank, self.iter_num):  # test-only: a real kill -9 of this rank
                 os.kill(os.getpid(), signal.SIGKILL)
             step = self.train_step()
             self.tokens_seen += self.telemetry.tokens_per_iter
-            nonfinite |= ~torch.isfinite(step["loss"])
+            bad = ~torch.isfinite(step["loss"])
+            if step["grad_norm"] is not None and not self.scaler.is_enabled():  # (fp16's scaler skips inf steps)
+                bad |= ~torch.isfinite(step["grad_norm"])  # a NaN norm makes clipping turn every weight NaN
+            first_bad = torch.where(bad & (first_bad == NO_ITER), self.iter_num, first_bad)
             window_steps += 1
             if step["skipped"]:
                 skips_in_a_row += 1
                 self.logger.log_event(
                     "nan_skip", f"iter {self.iter_num}: non-finite loss or gradient, step skipped", iter=self.iter_num
                 )
-                nonfinite.zero_()
+                first_bad.fill_(NO_ITER)
                 if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
                     self._stop_nonfinite(skips_in_a_row)
             else:
@@ -839,8 +847,6 @@ class Trainer:
                 now = time.perf_counter()
                 dt, window_start, window_steps = (now - window_start) / window_steps, now, 0
                 self._note_loss_scale()
-                if not math.isfinite(lossf) and cfg.nan_policy == "stop":
-                    self._stop_nonfinite()
                 self.logger.log_iter_detailed(
                     self.iter_num,
                     lossf,
@@ -853,14 +859,25 @@ class Trainer:
                     tokens_per_sec=self.telemetry.tokens_per_iter / dt,
                     grad_norm=None if step["grad_norm"] is None else step["grad_norm"].item(),
                 )
+                if cfg.nan_policy == "stop" and (bad_iter := int(first_bad)) != NO_ITER:  # synced above: no wait
+                    self._stop_nonfinite(first_iter=bad_iter)
                 if self.world_size > 1:  # the ranks agree where to stop, here where the host has synced anyway
                     stop_agreed = int(parallel.all_reduce_max([float(stop.signum)], self.dist)[0])
             elif step["grad_stats"] is not None:  # computed at their own interval: kept, never dropped
                 self.logger.log_gradients(self.iter_num, step["grad_stats"])
             self.iter_num += 1
-        if bool(nonfinite):  # evaluate (and checkpoint) the final weights: iter_num steps are done
-            self._stop_nonfinite()
+        if (bad_iter := int(first_bad)) != NO_ITER:
+            self._stop_nonfinite(first_iter=bad_iter)
+        # evaluate (and checkpoint) the final weights: iter_num steps are done
         last_losses = self._eval_and_checkpoint(healthy=True)
+        if not _finite(last_losses):  # weights that give NaN did not complete a run, whatever the policy
+            self._stop_nonfinite(evaluated=True)
+        if self._checkpoint_iter() is None:  # always_save_checkpoint=False, and iteration 0 (never saved) was best
+            self.logger.log_event(
+                "no_checkpoint",
+                f"no checkpoint was written: no evaluation after iter 0 beat its val loss {self.best_val_loss:.4f} "
+                "(always_save_checkpoint=False saves only improvements; iteration 0 is never saved)",
+            )
         return self._finish(last_losses)
 
     def _count_scale_drop(self, fell: torch.Tensor) -> None:
@@ -897,26 +914,26 @@ class Trainer:
             self._scale_drops = None
         self._loss_scale = scale
 
-    def _stop_on_signal(self, signum: int, healthy: bool, evaluated: dict[str, float] | None = None) -> None:
+    def _stop_on_signal(self, signum: int, bad_iter: int = NO_ITER, evaluated: dict[str, float] | None = None) -> None:
         """Evaluate and checkpoint at this step boundary (as at an eval_interval: always_save_checkpoint and
         the best val loss decide; ``evaluated``: that just happened), log it, write the summary, and raise
         TrainingInterrupted. Before this session's first step there is nothing new: no evaluation either
         (a run stopped because its memory warning said it will not fit must not allocate)."""
         name = signal.Signals(signum).name
-        if not healthy:
-            self._stop_nonfinite()
+        if bad_iter != NO_ITER:  # the training loss went non-finite at bad_iter: that stop, not this one
+            self._stop_nonfinite(first_iter=bad_iter)
         losses = evaluated
         if self.iter_num == self.start_iter and evaluated is None:
             where = "before this session's first step: nothing new to save"
         else:
-            losses = evaluated or self._eval_and_checkpoint(healthy)
+            losses = evaluated or self._eval_and_checkpoint(healthy=True)
             if self._saved_iter == self.iter_num:
                 resume = self._resume_command()
                 where = f"a checkpoint at iter {self.iter_num} in {self.out_dir}: continue with {resume}"
             elif self.iter_num == 0:
                 where = "nothing was trained yet, so no checkpoint"
-            elif not math.isfinite(losses["val"]):
-                where = "no checkpoint written now (the val loss is not finite)"
+            elif not _finite(losses):
+                where = "no checkpoint written now (the evaluation's loss is not finite)"
             else:
                 where = "no checkpoint written now (the val loss did not improve and always_save_checkpoint=False)"
         message = f"stopped by {name} at iter {self.iter_num}: {where}"
@@ -930,20 +947,33 @@ class Trainer:
         flag = {"fsdp": " --use_fsdp=True", "zero1": " --use_zero1=True"}.get(self.mode, "")
         return f"--init_from=resume{flag}"
 
-    def _stop_nonfinite(self, skipped: int = 0) -> None:
-        what = (
-            f"{skipped} steps in a row had a non-finite loss or gradient (nan_policy=skip gives up)"
-            if skipped
-            else "the loss is NaN or infinite"
-        )
+    def _stop_nonfinite(self, skipped: int = 0, first_iter: int | None = None, evaluated: bool = False) -> None:
+        """Stop on a non-finite loss: ``skipped`` steps in a row under nan_policy=skip, the training loss or
+        gradient norm first not finite at ``first_iter``, or an evaluation's loss (``evaluated``)."""
+        if skipped:
+            what = f"{skipped} steps in a row had a non-finite loss or gradient (nan_policy=skip gives up)"
+        elif evaluated:
+            what = f"the evaluation at iter {self.iter_num} gave a non-finite loss"
+        else:
+            what = f"the training loss or gradient norm became NaN or infinite at iter {first_iter}"
+        ckpt = self._checkpoint_iter()
+        kept = "no checkpoint was written" if ckpt is None else f"the checkpoint kept is iter {ckpt}'s"
+        self._note_loss_scale()  # fp16 steps skipped before this: their record first
         self.logger.log_event(
             "nan_stop",
-            f"stopping at iter {self.iter_num}: {what} (no checkpoint was written since; "
+            f"stopping at iter {self.iter_num}: {what} ({kept}; "
             "lower learning_rate" + (")" if skipped else ", or set --nan_policy=skip)"),
             iter=self.iter_num,
+            first_iter=first_iter,
         )
         self.logger.finalize(**self._summary_fields(self._last_losses, "stopped: non-finite loss"))
         raise NonFiniteLossError(f"training stopped at iter {self.iter_num}: non-finite loss")
+
+    def _checkpoint_iter(self) -> int | None:
+        """The iteration of out_dir's checkpoint of this run (the one a resume starts from); None if none."""
+        if self._saved_iter >= 0:
+            return self._saved_iter
+        return self._resumed_iter if self._resumed_iter >= 0 else None
 
     def _finish(self, last_losses: dict[str, float] | None) -> dict[str, Any]:
         text = None
@@ -976,6 +1006,7 @@ class Trainer:
         extra: dict[str, Any] = {
             "status": status,
             "iterations": self.iter_num,
+            "checkpoint_iter": None if self.cfg.eval_only else self._checkpoint_iter(),
             # this session's share: the statistics above cover iterations start_iter..iterations-1
             "start_iter": self.start_iter,
             "resumed": self.cfg.init_from == "resume",
@@ -995,6 +1026,10 @@ class Trainer:
             # the run's best over every session (the checkpoint carries it), not only this session's evaluations
             extra["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return extra
+
+
+def _finite(losses: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in losses.values())
 
 
 def _dumps(obj: Any) -> str:

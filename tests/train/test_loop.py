@@ -498,10 +498,85 @@ def test_nan_loss_stops_and_keeps_best_checkpoint(data_dir: Path, tmp_path: Path
     events = [r for r in read_log(tmp_path) if r.get("event") == "nan_stop"]
     assert events and events[0]["iter"] == 12
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"].startswith("stopped")
+    assert summary["status"].startswith("stopped") and summary["checkpoint_iter"] == 8
     # the final losses of every other status: those of the last evaluation (iteration 8, before the NaN)
     last_eval = [r for r in read_log(tmp_path) if r["type"] == "eval"][-1]
     assert (summary["final_train_loss"], summary["final_val_loss"]) == (last_eval["train_loss"], last_eval["val_loss"])
+
+
+def test_nan_stop_names_the_first_non_finite_iteration(data_dir: Path, tmp_path: Path) -> None:
+    """With log_interval > 1 the loss is read only at logged iterations: the stop there names the iteration
+    where it first went non-finite (counted on the device), after that logged iteration's own record."""
+    args = tiny_args(data_dir, tmp_path, max_iters=40, log_interval=4, eval_interval=100)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    _poison_after(trainer, 5)
+    with pytest.raises(NonFiniteLossError):
+        trainer.run()
+    records = read_log(tmp_path)
+    stop = next(r for r in records if r.get("event") == "nan_stop")
+    assert (stop["iter"], stop["first_iter"]) == (8, 5) and "NaN or infinite at iter 5" in stop["message"]
+    assert "no checkpoint was written" in stop["message"]
+    logged = [r for r in records if r["type"] == "iter"]
+    assert logged[-1]["iter"] == 8 and logged[-1]["loss"] == "nan"  # the stopping iteration's record is kept
+    assert records.index(logged[-1]) < records.index(stop)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "stopped: non-finite loss" and summary["checkpoint_iter"] is None
+
+
+def test_a_non_finite_gradient_stops_the_run_where_it_happened(data_dir: Path, tmp_path: Path) -> None:
+    """A finite loss with a NaN gradient: clipping by a NaN norm turns every weight NaN; the stop names
+    that step, not the next one whose loss shows it."""
+    args = tiny_args(data_dir, tmp_path, max_iters=20, log_interval=1, eval_interval=100)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    weight = next(trainer.raw_model.parameters())
+    weight.register_hook(lambda g: g * float("nan") if trainer.iter_num == 3 else g)
+    with pytest.raises(NonFiniteLossError):
+        trainer.run()
+    stop = next(r for r in read_log(tmp_path) if r.get("event") == "nan_stop")
+    assert (stop["iter"], stop["first_iter"]) == (3, 3)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_final_weights_that_give_nan_do_not_complete_the_run(policy: str, data_dir: Path, tmp_path: Path) -> None:
+    """The last step's loss was finite but its update broke the weights: the final evaluation is NaN, so the
+    run stopped (exit 2), it did not complete; nothing is saved and the sample at the end is not drawn."""
+    args = tiny_args(data_dir, tmp_path, max_iters=9, nan_policy=policy, sample_at_end=True, sample_tokens=8)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    step = trainer.train_step
+
+    def last_step_breaks_the_weights() -> dict:
+        out = step()
+        if trainer.iter_num == 9:
+            with torch.no_grad():
+                next(trainer.raw_model.parameters()).fill_(float("nan"))
+        return out
+
+    trainer.train_step = last_step_breaks_the_weights  # type: ignore[method-assign]
+    with pytest.raises(NonFiniteLossError):
+        trainer.run()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "stopped: non-finite loss" and summary["final_val_loss"] == "nan"
+    assert summary["checkpoint_iter"] == 8 and load_checkpoint(tmp_path)["iter_num"] == 8
+    assert "sample" not in summary
+    stop = next(r for r in read_log(tmp_path) if r.get("event") == "nan_stop")
+    assert stop["iter"] == 10 and "the evaluation at iter 10 gave a non-finite loss" in stop["message"]
+
+
+def test_a_run_that_never_saved_says_so(data_dir: Path, tmp_path: Path) -> None:
+    """always_save_checkpoint=False and no evaluation beat iteration 0's (never saved): the run completes
+    with no checkpoint, and says so instead of leaving the user to find out at the resume."""
+    args = tiny_args(data_dir, tmp_path, max_iters=16, always_save_checkpoint=False)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    evaluate = trainer.evaluate
+    trainer.evaluate = lambda: {k: v + trainer.iter_num for k, v in evaluate().items()}  # type: ignore[method-assign]
+    summary = trainer.run()
+    assert summary["status"] == "completed" and summary["checkpoint_iter"] is None
+    assert not (tmp_path / "ckpt.pt").exists()
+    events = [r for r in read_log(tmp_path) if r.get("event") == "no_checkpoint"]
+    assert len(events) == 1 and "always_save_checkpoint=False" in events[0]["message"]
+    trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path / "saved", max_iters=16)), stream=io.StringIO())
+    summary = trainer.run()
+    assert summary["checkpoint_iter"] == 17 and not any(r.get("event") == "no_checkpoint" for r in read_log(trainer.out_dir))
 
 
 def test_nan_policy_skip_skips_steps(data_dir: Path, tmp_path: Path) -> None:
