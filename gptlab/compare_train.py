@@ -48,6 +48,7 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
 )
 
 TRAIN_ROWS: tuple[tuple[str, str], ...] = (
+    ("status", "status"),
     ("final_val_loss", "final val loss"),
     ("best_val_loss", "best val loss"),
     ("unigram_baseline_loss", "unigram baseline loss (val)"),
@@ -103,6 +104,7 @@ def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> 
     stat = lambda key: (summary.get(key) or {}).get  # noqa: E731
     cuda = str(startup["hardware"]["device"]).startswith("cuda")
     return {
+        "status": summary.get("status"),
         "final_val_loss": summary.get("final_val_loss"),
         "best_val_loss": summary.get("best_val_loss"),
         "unigram_baseline_loss": summary.get("unigram_baseline_loss"),
@@ -153,6 +155,7 @@ def train_and_compare(
     from gptlab.config.train import resolve_run_config
     from gptlab.telemetry import get_gpu_spec
     from gptlab.train.launch import train
+    from gptlab.train.loop import NonFiniteLossError
 
     log = log or (lambda text: print(text, file=sys.stderr))
     overrides = dict(overrides or {})
@@ -195,6 +198,9 @@ def train_and_compare(
         stream = io.StringIO()
         try:
             summary = train(run, stream=stream)
+        except NonFiniteLossError as e:  # one architecture diverged: a row that says so, and the others still train
+            summary = json.loads((Path(t.out_dir) / "summary.json").read_text(encoding="utf-8"))
+            log(f"compare: {arch.label}: {e} (its row shows the run where it stopped; see {t.out_dir}/log.jsonl)")
         finally:
             Path(t.out_dir).mkdir(parents=True, exist_ok=True)
             (Path(t.out_dir) / "console.log").write_text(stream.getvalue(), encoding="utf-8")

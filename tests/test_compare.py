@@ -164,6 +164,34 @@ def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFi
     assert json.loads(capsys.readouterr().out)["training"]["gpt2"]["tokens_trained"] == 9 * 4 * 32
 
 
+def test_compare_train_goes_on_when_one_architecture_diverges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One architecture's loss goes NaN: its row says it stopped, and the others are still trained and compared
+    (the whole comparison was lost, and the error did not name the architecture)."""
+    from gptlab.compare_train import train_and_compare
+    from gptlab.train.loop import Trainer
+
+    step = Trainer.train_step
+
+    def gpt2_diverges(self: Trainer) -> dict:
+        out = step(self)
+        if self.arch.position_encoding == "learned_absolute" and self.iter_num >= 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", gpt2_diverges)
+    prepare_dataset("stdlib_char", data_dir=tmp_path / "data")
+    small = dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=2, max_iters=8, log_interval=1)
+    overrides = dict(out_dir=str(tmp_path / "cmp"), data_dir=str(tmp_path / "data"), **small)
+    logged: list[str] = []
+    result = train_and_compare(["gpt2", "llama"], overrides, report=False, log=logged.append)
+    gpt2, llama = result.training
+    assert gpt2["status"] == "stopped: non-finite loss" and llama["status"] == "completed"
+    assert llama["final_val_loss"] > 0 and gpt2["final_val_loss"] > 0  # gpt2's: its last evaluation (iter 0)
+    assert any(line.startswith("compare: gpt2: training stopped at iter 3") for line in logged), logged
+    header, rows = result.training_table()
+    assert header == ["result", "gpt2", "llama"] and rows[0] == ["status", "stopped: non-finite loss", "completed"]
+
+
 def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly() -> None:
     """`gptlab compare ... | head -1`: when the reader closes the pipe, exit 141 with no traceback."""
     import os
