@@ -49,6 +49,13 @@ def read_meta(dataset_dir: str | Path) -> dict[str, Any]:
         nanogpt = nanogpt_meta(dataset_dir)
         if nanogpt is not None:
             return nanogpt
+        bins = [split_path(dataset_dir, s) for s in SPLITS]
+        missing = [b.name for b in bins if not b.is_file()]
+        if 0 < len(missing) < len(bins):  # nanoGPT's layout, a split short: name it, not the meta.json it never had
+            raise DataError(
+                f"{dataset_dir} has no {' or '.join(missing)} (a dataset needs {' and '.join(b.name for b in bins)}, "
+                f"as nanoGPT's prepare.py writes them, or gptlab's {META_FILE})"
+            )
         raise DataError(f"{dataset_dir} is not a prepared dataset (no {META_FILE}): run `gptlab prepare NAME`")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))

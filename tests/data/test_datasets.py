@@ -438,6 +438,10 @@ def test_a_dataset_nanogpt_prepared_is_used_as_it_is(tmp_path: Path, text_file: 
     (char_dir / "val.bin").write_bytes(np.array([1, 500], dtype=np.uint16).tobytes())
     with pytest.raises(DataError, match=r"val.bin holds token id 500, past meta.pkl's vocabulary of"):
         ensure_prepared("shakespeare_char", tmp_path / "data")
+    # a nanoGPT folder a split short: the missing file is named (not a meta.json nanoGPT never writes)
+    (owt / "val.bin").unlink()
+    with pytest.raises(DataError, match=r"'openwebtext' is damaged \(.*openwebtext has no val.bin \(a dataset needs"):
+        ensure_prepared("openwebtext", tmp_path / "data")
     # a gptlab dataset that lost its meta.json is damaged, not a nanoGPT one (its char vocabulary is not GPT-2's)
     mine = prepare_dataset("mine_char", tmp_path / "data", text_file)
     (mine / "meta.json").unlink()
