@@ -47,12 +47,16 @@ def _json_safe(value: Any) -> Any:
 NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
+# fields whose strings are text, never a number spelled out: a run in --out_dir=inf, an event's message, a sample
+TEXT_FIELDS = frozenset({"architecture", "training", "hardware", "config", "message", "sample", "status", "changed"})
+
+
 def _finite_again(value: Any) -> Any:
-    """_json_safe's inverse: the strings "nan", "inf", "-inf" back to floats."""
+    """_json_safe's inverse: the strings "nan", "inf", "-inf" back to floats (not in TEXT_FIELDS)."""
     if isinstance(value, str):
         return NONFINITE.get(value, value)
     if isinstance(value, dict):
-        return {k: _finite_again(v) for k, v in value.items()}
+        return {k: v if k in TEXT_FIELDS else _finite_again(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_finite_again(v) for v in value]
     return value

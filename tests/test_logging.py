@@ -60,13 +60,19 @@ def test_read_log_gives_floats_back_and_skips_a_torn_line(tmp_path: Path) -> Non
     logger = TrainingLogger(tmp_path, stream=io.StringIO())
     logger._write({"type": "iter", "iter": 3, "grad_norm": math.nan, "loss": math.inf, "memory": {"x": -math.inf}})
     logger._write({"type": "eval", "iter": 3, "val_loss": 2.5})
+    logger._write({"type": "startup", "training": {"out_dir": "inf", "dataset": "nan"}, "hardware": {"dtype": "inf"}})
+    logger._write({"type": "summary", "status": "completed", "sample": "inf", "final_val_loss": math.nan})
     logger.close()
     assert '"grad_norm": "nan"' in (tmp_path / "log.jsonl").read_text()
+    # text that reads like a number stays text: a run in --out_dir=inf, a sample of the three letters "inf"
+    ((startup,), (summary,)) = read_log(tmp_path, "startup"), read_log(tmp_path, "summary")
+    assert startup["training"] == {"out_dir": "inf", "dataset": "nan"} and startup["hardware"]["dtype"] == "inf"
+    assert summary["sample"] == "inf" and math.isnan(summary["final_val_loss"])
     with open(tmp_path / "log.jsonl", "a") as f:
         f.write('{"type": "iter", "iter": 4, "lo')  # killed mid-write
     (record,) = read_log(tmp_path, "iter")
     assert math.isnan(record["grad_norm"]) and record["loss"] == math.inf and record["memory"]["x"] == -math.inf
-    assert [r["type"] for r in read_log(tmp_path / "log.jsonl")] == ["iter", "eval"]
+    assert [r["type"] for r in read_log(tmp_path / "log.jsonl")] == ["iter", "eval", "startup", "summary"]
     pd = pytest.importorskip("pandas")
     frame = pd.json_normalize(read_log(tmp_path, "iter"))
     assert frame["grad_norm"].dtype == float and frame["memory.x"].iloc[0] == -math.inf
