@@ -10,7 +10,8 @@ float32 under autocast because the embeddings and master weights are float32):
 - Linear: its input (the weight is a parameter, or under autocast a cached low-precision copy,
   counted once per weight in ``weight_copies``). Under autocast a float32 input is cast per
   consumer (a gated FFN casts its input twice); in float32 the consumers share one tensor.
-- LayerNorm: input (r*H) and mean, rstd (4+4 per token). RMSNorm (``F.rms_norm`` in float32,
+- LayerNorm: input (r*H) and mean, rstd (4+4 per token; c+c where PyTorch's CPU kernel runs a model
+  cast to bf16, as FSDP2's mixed precision does). RMSNorm (``F.rms_norm`` in float32,
   then ``weight * normed``): input, rstd and the float32 ``normed`` (4*H) for the weight's grad.
 - SDPA: q, k, v (v, and q/k unless RoPE made new ones, are views of the fused QKV output, which
   therefore stays alive whole: c*(H + 2*kv_dim)), RoPE's rotated q and k, the output (c*H, whose
@@ -20,7 +21,8 @@ float32 under autocast because the embeddings and master weights are float32):
 - manual: q, k, v copies at the full head count (3*c*H, made for the batched matmuls; GQA's
   ``repeat_interleave`` outputs), the softmax probabilities (B*h*T*T: c on the CPU; float32 plus a
   c-byte copy for attn@V on CUDA, whose autocast runs softmax in float32), the boolean causal mask
-  (T*T, per layer) and the contiguous copy of the output for ``out_proj`` (c*H).
+  (T*T, per layer) and the contiguous copy of the output for ``out_proj`` (c*H). With one head and
+  RoPE no copies are made: the rotated q and k, and v's view keeping the QKV output alive, as for SDPA.
 - FFN: standard: input + activation input + activation output (ReLU saves only its output, which
   is also ``w_out``'s input); gated: input + gate pre-activation, gate, value and product (4*c*D).
 - Embedding: the token ids (8 bytes each) and, for learned positions, the position ids (8*T);
@@ -144,7 +146,8 @@ def estimate_activations(
     """Bytes autograd saves in one forward of ``batch_size`` sequences (see the module docstring).
 
     ``dtype`` is the autocast dtype ('float32' for none); ``device_type`` matters only for the
-    manual backend under autocast; ``weight_copies=False`` for FSDP2 with a mixed-precision policy;
+    manual backend under autocast and LayerNorm's statistics in a low-precision model;
+    ``weight_copies=False`` for FSDP2 with a mixed-precision policy;
     ``loss_chunk_size`` > 0 for the chunked LM head + loss (TrainConfig.loss_chunk_size).
     """
     B = int(batch_size)
@@ -168,7 +171,9 @@ def estimate_activations(
 
     # what one norm saves (every norm of the model is the same kind)
     if config.normalization in ("layernorm", "layernorm_nobias"):
-        norm_saved = r * H * N + 2 * FP32 * N  # input, mean, rstd
+        # mean and rstd: float32, except PyTorch's CPU kernel on a low-precision model (FSDP2's) keeps its dtype
+        stats = c if model_cast and device_type == "cpu" else FP32
+        norm_saved = r * H * N + 2 * stats * N  # input, mean, rstd
     elif config.normalization == "rmsnorm":
         norm_saved = r * H * N + FP32 * N + FP32 * H * N  # input, rstd, float32 normed
     else:
@@ -195,7 +200,12 @@ def estimate_activations(
                 "an upper bound for a fused kernel"
             )
         prob_bytes = FP32 + c if (autocast and device_type == "cuda") else c
-        layer["qkv_copies"] = 3 * c * q_dim * N
+        if rope and h == 1:  # one head: RoPE's q, k are contiguous already, so the matmuls save them, and v, a
+            # view that keeps the fused QKV output alive whole, instead of copies
+            layer["qkv_output"] = c * (q_dim + 2 * kv_dim) * N
+            layer["rope_qk"] = c * (q_dim + kv_dim) * N
+        else:
+            layer["qkv_copies"] = 3 * c * q_dim * N
         layer["attn_probs"] = prob_bytes * B * h * T * T
         if not config.position_attention_bias:
             layer["causal_mask"] = T * T  # bool
