@@ -107,6 +107,9 @@ def did_you_mean(value: object, choices: Iterable[str]) -> str:
     alias = KEY_ALIASES.get(value) or VALUE_ALIASES.get(value.lower())
     if alias in choices:
         return f" (did you mean {alias!r}?)"
+    folded = {c.lower(): c for c in choices}  # RMSNorm, SDPA: the case alone is wrong
+    if value.lower() in folded:
+        return f" (did you mean {folded[value.lower()]!r}?)"
     close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
