@@ -46,6 +46,15 @@ _LEFTOVER = re.compile(r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.(tmp|old)|c
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
+def software_versions() -> dict[str, str]:
+    """What wrote a checkpoint (a resume says what changed since)."""
+    import platform
+
+    from gptlab import __version__
+
+    return {"gptlab": __version__, "torch": str(torch.__version__), "python": platform.python_version()}  # plain str
+
+
 def clean_state_dict(state: dict[str, Any]) -> dict[str, Any]:
     """Strip wrapper prefixes (compile, DDP) from every key, however they are nested."""
     out = {}

@@ -3,7 +3,9 @@
 Each batch is drawn from a generator seeded by (seed, split, step, micro_step), so a run resumed at
 step N draws exactly the batches an uninterrupted run would. Ranks share one stream and differ by
 ``micro_step``: the trainer's rank r takes global micro-batch ``m * world_size + r``, so the global
-batch is the same at any world size (and as in a single process).
+batch is the same at any world size (and as in a single process). Evaluation batches come from their
+own stream (``EVAL_STREAM``, seeded by ``EVAL_SEED`` whatever the run's seed): every run on a dataset is
+evaluated on the same batches, so a seed sweep's val losses differ by training alone.
 Because a batch is a pure function of its key, ``prefetch`` can read the next one early (nanoGPT's
 "async prefetch next batch while the model is doing the forward pass") without changing any batch.
 """
@@ -22,6 +24,8 @@ import torch
 from gptlab.data.storage import SPLITS, read_meta, split_path
 from gptlab.errors import ConfigError, DataError, unknown_choice
 
+EVAL_SEED, EVAL_STREAM = 0, 1  # the evaluation batches' key: the same for every run, apart from any training batch
+
 
 class BatchLoader:
     """Random (B, T) windows of one split, x and y = x shifted by one token, as int64 tensors."""
@@ -34,6 +38,7 @@ class BatchLoader:
         block_size: int,
         device: str | torch.device = "cpu",
         seed: int = 1337,
+        stream: int = 0,
     ) -> None:
         if split not in SPLITS:
             raise unknown_choice("split", split, SPLITS)
@@ -45,7 +50,7 @@ class BatchLoader:
         self.dataset_dir = Path(dataset_dir)
         self.meta: dict[str, Any] = read_meta(self.dataset_dir)
         self.split, self.batch_size, self.block_size = split, batch_size, block_size
-        self.seed = seed
+        self.seed, self.stream = seed, stream  # stream: 0 training batches, EVAL_STREAM the evaluation's
         self.device = torch.device(device)
         self.vocab_size: int = int(self.meta["vocab_size"])
         self._path = split_path(self.dataset_dir, split)
@@ -64,8 +69,9 @@ class BatchLoader:
     def _rng(self, step: int, micro_step: int) -> np.random.Generator:
         if step < 0 or micro_step < 0:
             raise ConfigError(f"step={step} and micro_step={micro_step} must be non-negative")
-        # the 0: a rank's slot in earlier versions' key, kept so that their runs resume on the same batches
-        return np.random.default_rng([self.seed, 0, self._split_key, step, micro_step])
+        # the stream (0 for training) takes the slot of a rank in earlier versions' key: their runs resume on the
+        # same batches, and no training batch of any seed is an evaluation batch
+        return np.random.default_rng([self.seed, self.stream, self._split_key, step, micro_step])
 
     def _windows(self, starts: np.ndarray) -> np.ndarray:
         """The (B, T + 1) token windows at ``starts``, read without keeping the file mapped."""

@@ -169,5 +169,13 @@ class GradientSpikeDetector:
         self.history.append(norm)
         return spike
 
+    def state_dict(self) -> dict[str, list[float]]:
+        """The recent norms, for a checkpoint: a resumed run flags (and logs norm_to_median) as an uninterrupted one."""
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.history.clear()
+        self.history.extend(float(n) for n in state["history"])
+
 
 __all__ = ["STAT_KEYS", "GradientSpikeDetector", "get_gradient_stats"]

@@ -47,13 +47,14 @@ from gptlab.checkpoint import (
     remove_save_leftovers,
     save_dcp,
     save_single_file,
+    software_versions,
     state_errors,
     weights_path,
 )
 from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
 from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
 from gptlab.data.datasets import ensure_prepared, read_meta
-from gptlab.data.loader import BatchLoader
+from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
 from gptlab.device import enable_tf32, resolve_device, resolve_dtype
 from gptlab.errors import CheckpointError, ConfigError, GptlabError
@@ -242,8 +243,9 @@ class Trainer:
         loader_args = dict(batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device)
         # one stream for every rank: ranks take different global micro-batch indices (module docstring)
         self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, **loader_args)
-        self.eval_loaders = {  # fixed batches (seed + 1, steps 0..eval_iters-1): every eval sees the same data
-            split: BatchLoader(self.dataset_dir, split, seed=cfg.seed + 1, **loader_args) for split in ("train", "val")
+        self.eval_loaders = {  # fixed batches (steps 0..eval_iters-1 of their own stream, whatever the seed)
+            split: BatchLoader(self.dataset_dir, split, seed=EVAL_SEED, stream=EVAL_STREAM, **loader_args)
+            for split in ("train", "val")
         }
         # the training plan against the memory, before building what cannot fit (it would fill RAM): refused
         # far beyond it, a warning logged before the first step short of it (offload is not modelled)
@@ -324,6 +326,8 @@ class Trainer:
         )
         if ckpt is not None:
             self._restore_rng(ckpt)
+            if "gradient_history" in ckpt:
+                self.telemetry.spikes.load_state_dict(ckpt["gradient_history"])
             interrupted = interrupted_save(self.out_dir)  # a newer DCP save, killed mid-swap, beside this one
             if interrupted is not None:
                 self.logger.log_event("interrupted_save", f"resuming from {ckpt['path']}, but {interrupted}")
@@ -336,6 +340,14 @@ class Trainer:
             if old_tok and new_tok and old_tok != new_tok:  # the same ids now mean other text: said, not refused
                 old_name, new_name = old_tok.get("name"), new_tok.get("name")
                 changed["tokenizer"] = (old_name, f"{new_name}, other ids" if old_name == new_name else new_name)
+            old_data, new_data = ckpt.get("data"), self._data_fingerprint()
+            if old_data and old_data != new_data:  # re-prepared (other text, another Python's stdlib): said, as
+                # the tokenizer is, not refused; the batches from here on are not the interrupted run's
+                changed["data"] = (_describe_data(old_data), _describe_data(new_data))
+            old_versions = ckpt.get("versions") or {}
+            for name, now in software_versions().items():
+                if old_versions.get(name) not in (None, now):
+                    changed[name] = (old_versions[name], now)
             changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             self.logger.log_event(
                 "resume",
@@ -635,7 +647,15 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
             "rng": self._rng_state(),
+            "gradient_history": self.telemetry.spikes.state_dict(),  # the spike test's running median
+            "data": self._data_fingerprint(),
+            "versions": software_versions(),
         }
+
+    def _data_fingerprint(self) -> dict[str, Any]:
+        """What a resume checks its data against (said if different: the batches are no longer the run's)."""
+        source = self.meta.get("source") or {}
+        return {"sha256": source.get("sha256"), "tokens": self.meta.get("tokens")}
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The single-file checkpoint (not under fsdp; under zero1, on rank 0 after consolidation)."""
@@ -1026,6 +1046,12 @@ class Trainer:
             # the run's best over every session (the checkpoint carries it), not only this session's evaluations
             extra["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return extra
+
+
+def _describe_data(fingerprint: dict[str, Any]) -> str:
+    sha, tokens = fingerprint.get("sha256"), fingerprint.get("tokens") or {}
+    counts = ", ".join(f"{split} {n:,}" for split, n in tokens.items())
+    return f"sha256 {sha[:12]}, {counts} tokens" if sha else f"{counts} tokens"
 
 
 def _finite(losses: dict[str, float]) -> bool:

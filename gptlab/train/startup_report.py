@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gptlab.checkpoint import software_versions
 from gptlab.units import format_si
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "peak_source": peak.get("source"),
             "peak_precision": peak.get("precision"),
         },
+        "software": software_versions(),
         "expectations": {
             **flops,
             "expected_mfu": EXPECTED_MFU,
@@ -131,8 +133,8 @@ def render_startup_report(r: dict[str, Any]) -> str:
         + (", nanoGPT's prepare.py output, read as it is" if t.get("data_source") == "nanogpt" else "")
         + f"; init_from={t['init_from']}",
         f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} micro-batches"
-        f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks)"
-        f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"
+        + (f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks)" if t["world_size"] > 1 else "")
+        + f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"
         f" = {t['tokens_per_iter']:,} tokens/iter",
         *plan,
         "Hardware",

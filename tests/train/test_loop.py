@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from gptlab import parallel
-from gptlab.checkpoint import load_checkpoint
+from gptlab.checkpoint import load_checkpoint, software_versions
 from gptlab.config.train import parse_run_args
 from gptlab.data.storage import read_meta
 from gptlab.errors import ConfigError
@@ -138,6 +138,26 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
     b = {r["iter"]: r["loss"] for r in records[start:] if r["type"] == "iter"}
     assert sorted(b) == list(range(11, 21))  # the first run ended after step 10 (iterations 0..max_iters)
     assert all(a[i] == b[i] for i in b), [(i, a[i], b[i]) for i in b if a[i] != b[i]]
+    # the gradient spike test's running median too (its history is in the checkpoint: it started empty)
+    ratios = {r["iter"]: r["gradients"]["norm_to_median"] for r in read_log(straight) if "gradients" in r}
+    resumed_ratios = {r["iter"]: r["gradients"]["norm_to_median"] for r in records[start:] if "gradients" in r}
+    assert sorted(resumed_ratios) == [12, 16, 20] and all(ratios[i] == resumed_ratios[i] for i in resumed_ratios)
+
+
+def test_every_run_is_evaluated_on_the_same_batches_whatever_its_seed(data_dir: Path, tmp_path: Path) -> None:
+    """The evaluation batches are not the seed's (seed + 1's training stream drew them): a seed sweep's val
+    losses differ by training alone, and no run trains on another's evaluation batches."""
+    a, b = (
+        Trainer(parse_run_args(tiny_args(data_dir, tmp_path / str(s), seed=s)), stream=io.StringIO()) for s in (0, 1)
+    )
+    try:
+        for split in ("train", "val"):
+            assert torch.equal(a.eval_loaders[split].get_batch(3)[0], b.eval_loaders[split].get_batch(3)[0])
+        assert not torch.equal(b.train_loader.get_batch(0, 0)[0], a.eval_loaders["train"].get_batch(0)[0])
+    finally:
+        for trainer in (a, b):
+            trainer.logger.close()
+            parallel.shutdown(trainer.dist)
 
 
 def test_resume_needs_only_init_from(data_dir: Path, tmp_path: Path) -> None:
@@ -806,9 +826,12 @@ def test_every_field_of_the_records_and_summary_is_documented(data_dir: Path, tm
     assert missing == set()
 
 
-def test_resume_on_another_dataset_checks_its_vocabulary(data_dir: Path, tmp_path: Path) -> None:
+def test_resume_on_another_dataset_checks_its_vocabulary(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Resumed on a dataset whose ids the checkpoint's embedding cannot take: one line, not an IndexError
-    on the first batch; on one whose ids fit but mean other text: trained, and the change is said."""
+    on the first batch; on one whose ids fit but mean other text, or re-prepared from other text, or under
+    another PyTorch: trained, and the change is said."""
     import shutil
 
     from gptlab.data.storage import DatasetWriter
@@ -830,10 +853,21 @@ def test_resume_on_another_dataset_checks_its_vocabulary(data_dir: Path, tmp_pat
     itos = meta["tokenizer"]["itos"]
     itos["0"], itos["1"] = itos["1"], itos["0"]
     meta["tokenizer"]["stoi"] = {c: int(i) for i, c in itos.items()}
+    old_sha = meta["source"]["sha256"]
+    meta["source"]["sha256"] = "f" * 64  # prepared from other text
     (wide / "shuffled" / "meta.json").write_text(json.dumps(meta))
+    versions = {**software_versions(), "torch": "9.9.9"}
+    monkeypatch.setattr("gptlab.train.loop.software_versions", lambda: versions)
     train(parse_run_args([*launch, f"--data_dir={str(wide)!r}", "--dataset='shuffled'"]), stream=io.StringIO())
     event = [r for r in read_log(out) if r.get("event") == "resume"][-1]
     assert event["changed"]["tokenizer"] == ["char", "char, other ids"]
+    tokens = ", ".join(f"{split} {n:,}" for split, n in meta["tokens"].items())
+    assert event["changed"]["data"] == [
+        f"sha256 {old_sha[:12]}, {tokens} tokens",
+        f"sha256 ffffffffffff, {tokens} tokens",
+    ]
+    assert event["changed"]["torch"] == [torch.__version__, "9.9.9"] and "python" not in event["changed"]
+    assert load_checkpoint(out)["versions"] == versions  # what wrote the checkpoint now
 
 
 def test_summary_best_val_loss_is_the_runs_over_every_session(data_dir: Path, tmp_path: Path) -> None:
