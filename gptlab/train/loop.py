@@ -492,6 +492,16 @@ class Trainer:
         else:  # plain AdamW, or ZeroRedundancyOptimizer (it keeps its share of the full state)
             with state_errors(ckpt.get("path", "the checkpoint"), "optimizer states"):
                 self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.device.type == "cpu":  # the loaded moments are the memory-mapped ckpt.pt's own pages: copied,
+                # or the file, replaced at the next save, stays mapped and its disk space taken for the whole run
+                local = getattr(self.optimizer, "optim", self.optimizer)  # ZeRO-1: its local AdamW holds them too
+                copies: dict[int, torch.Tensor] = {}  # one copy of a tensor both hold
+                for state in (*self.optimizer.state.values(), *local.state.values()):
+                    for k, v in state.items() if isinstance(state, dict) else ():
+                        if isinstance(v, torch.Tensor):
+                            if id(v) not in copies:
+                                copies[id(v)] = v.clone()
+                            state[k] = copies[id(v)]
         # a loaded state brings the saved param groups' hyperparameters: this run's apply (a resume that
         # changes --weight_decay or --beta2 means it; lr is set every step). configure_optimizers' order:
         # the decayed matrices, then the rest at weight decay 0.

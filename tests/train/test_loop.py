@@ -251,6 +251,30 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+@pytest.mark.parametrize("mode", ["none", "zero1"])
+def test_a_resumed_run_does_not_keep_the_replaced_checkpoint_mapped(mode: str, data_dir: Path, tmp_path: Path) -> None:
+    """ckpt.pt is loaded memory-mapped; the optimizer's moments were its pages, so the file a later save replaced
+    stayed mapped (its disk space taken, three checkpoints' worth on the disk the warning plans two for)."""
+    import gc
+
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, parallel=mode)), stream=io.StringIO())
+    trainer = Trainer(
+        parse_run_args(tiny_args(data_dir, tmp_path, max_iters=8, parallel=mode, init_from="resume")),
+        stream=io.StringIO(),
+    )
+    try:
+        trainer.train_step()
+        trainer.iter_num += 1
+        trainer.save()  # replaces the ckpt.pt the run resumed from
+        gc.collect()
+        mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(tmp_path) in line]
+        assert mapped == [], mapped
+    finally:
+        trainer.logger.close()
+        parallel.shutdown(trainer.dist)
+
+
 def test_kill_minus_nine_then_resume_matches(data_dir: Path, tmp_path: Path) -> None:
     """A real SIGKILL after a checkpoint; the resumed run's losses equal an uninterrupted run's bit for bit."""
     common = dict(dropout=0.1, lr_decay_iters=40, eval_interval=10, eval_iters=2)
