@@ -324,6 +324,23 @@ def test_a_sharded_checkpoints_plain_entries_are_read_as_weights_only(tmp_path: 
     assert _CODE_RAN == ["ran"]  # what DCP's own planner does with it
 
 
+def test_a_sharded_checkpoints_weights_alone_load_without_a_model_or_optimizer(tmp_path: Path) -> None:
+    """Sampling or converting an FSDP checkpoint reads the model's tensors into plain tensors: the tied
+    embedding once, for both names; no model with random init, no AdamW and its states."""
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import save_dcp
+
+    model = ConfigurableGPT(get_debug_config("gpt2", n_layer=2))
+    assert model.config.weight_tying
+    meta = {"format": FORMAT, "arch": model.config.to_dict(), "iter_num": 3}
+    save_dcp({"model": model.state_dict()}, meta, tmp_path, keep=1, rank=0, barrier=lambda: None)
+    loaded = load_checkpoint(tmp_path, optimizer=False)
+    assert "optimizer" not in loaded and loaded["iter_num"] == 3
+    assert loaded["model"].keys() == model.state_dict().keys()
+    assert all(torch.equal(v, loaded["model"][k]) for k, v in model.state_dict().items())
+    assert loaded["model"]["lm_head.weight"] is loaded["model"]["wte.weight"]
+
+
 def test_an_arch_record_that_the_weights_do_not_bear_out_is_refused_before_anything_is_built(tmp_path: Path) -> None:
     """A hand-edited (or crafted) record of 10**7 layers over a 2-layer model: the resume's memory plan listed
     every layer's tensors (GBs, minutes) and a sharded checkpoint's loader built the model before the weights

@@ -129,7 +129,7 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     path = resolve_pretrained(src)
     checkpoint = gptlab_checkpoint_path(path)
     if checkpoint is not None and is_dcp_dir(checkpoint):  # FSDP's sharded checkpoint, read whole
-        return model_from_checkpoint(load_checkpoint(checkpoint), **overrides)
+        return model_from_checkpoint(load_checkpoint(checkpoint, optimizer=False), **overrides)
     if checkpoint is not None:  # a ckpt.pt: gptlab's or nanoGPT's
         return _from_torch_checkpoint(read_torch_checkpoint(checkpoint), overrides)
     if path.is_dir() and (path / "config.json").is_file():
@@ -268,7 +268,7 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
             raise CheckpointError(f"{source}: {key} holds {tensor.dtype} values, expected {own[key].dtype}")
     # checked: now the real model, built as training builds it (a registered component's non-persistent
     # buffers are computed in its __init__, which no state dict or init_buffers() would restore), then loaded
-    model = ConfigurableGPT(config)
+    model = ConfigurableGPT(config, init_weights=False)  # every weight is loaded next (strict): none drawn
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return model.eval()  # as transformers' from_pretrained does; training code calls .train()
 
@@ -429,7 +429,9 @@ def _gpt2_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, An
     state = _with_base_prefix(clean_state_dict(state), "transformer.")
     state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     renamed = _rename(state, _NANOGPT_NAMES)
-    return base, {k: (v.t().contiguous() if k.endswith(_CONV1D) else v) for k, v in renamed.items()}
+    # transposed views: load_state_dict copies them into the parameters (a contiguous copy of each first
+    # held a second copy of those weights, 1.2 GB at 350M)
+    return base, {k: (v.t() if k.endswith(_CONV1D) else v) for k, v in renamed.items()}
 
 
 # HF GPT-2 uses Conv1D, which stores (in, out): these transpose to and from nn.Linear's (out, in).

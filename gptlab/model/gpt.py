@@ -69,7 +69,9 @@ class TransformerBlock(nn.Module):
 class ConfigurableGPT(nn.Module):
     """A decoder-only language model; ``forward(idx, targets) -> (logits, loss)`` as in nanoGPT."""
 
-    def __init__(self, config: ModelArchitectureConfig) -> None:
+    def __init__(self, config: ModelArchitectureConfig, *, init_weights: bool = True) -> None:
+        """``init_weights=False`` leaves the parameters as the layers' constructors drew them, for a caller that
+        loads every one next (drawing GPT-2's init for 350M parameters takes seconds)."""
         super().__init__()
         config.validate()
         self.config = config
@@ -86,7 +88,8 @@ class ConfigurableGPT(nn.Module):
         # tokens per chunk of the fused LM head + cross-entropy (gptlab.model.loss); 0: plain logits.
         # A training setting, not architecture: the Trainer sets it from TrainConfig.loss_chunk_size.
         self.loss_chunk_size = 0
-        self.apply(self._init_weights)
+        if init_weights:
+            self.apply(self._init_weights)
 
     # ------------------------------------------------------------------ init
     def _init_weights(self, module: nn.Module) -> None:

@@ -459,7 +459,7 @@ class Trainer:
             self.model = pretrained
         else:
             with torch.device("meta") if on_meta else contextlib.nullcontext():
-                self.model = ConfigurableGPT(arch)
+                self.model = ConfigurableGPT(arch, init_weights=ckpt is None)  # a resume loads every weight
         if ckpt is not None:
             if "model" in ckpt and not on_meta:  # a full state dict; a DCP checkpoint loads after sharding
                 with state_errors(ckpt.get("path", "the checkpoint"), "weights"):

@@ -105,7 +105,7 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
         check_zip_crc(found)  # it was only peeked at (memory-mapped): now its weights are used
         model = model_from_nanogpt(nanogpt, dropout=0.0)
         return model.eval().to(device), _nanogpt_tokenizer(nanogpt, model.config.vocab_size)
-    ckpt = load_checkpoint(source) if resume else _gptlab_checkpoint(found)
+    ckpt = load_checkpoint(source, optimizer=False) if resume else _gptlab_checkpoint(found)
     if ckpt is not None:  # this run's or another gptlab run's: it records its tokenizer
         model = model_from_checkpoint(ckpt, dropout=0.0)
         tokenizer = ckpt.get("tokenizer")
@@ -182,7 +182,7 @@ def _gptlab_checkpoint(found: Path | None) -> dict[str, Any] | None:
     if found is None:
         return None
     try:
-        return load_checkpoint(found)
+        return load_checkpoint(found, optimizer=False)
     except CheckpointError:  # unreadable: from_pretrained says why
         return None
 

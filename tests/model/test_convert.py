@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -117,6 +118,27 @@ def test_export_round_trips_through_transformers(make, tokens: torch.Tensor, tmp
     again = ConfigurableGPT.from_pretrained(tmp_path / "export")
     assert again.config == ours.config
     assert torch.equal(_logits(again, tokens), _logits(ours, tokens))
+
+
+def test_loaded_weights_are_not_drawn_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """from_pretrained loads every weight: GPT-2's normal init of them first was seconds at 350M, thrown away."""
+    hf = _gpt2()
+    hf.save_pretrained(tmp_path / "hf")
+    drawn: list[tuple] = []
+    normal = torch.nn.init.normal_
+
+    def draw(*args: Any, **kwargs: Any) -> torch.Tensor:
+        t = args[0] if args else kwargs["tensor"]
+        if not t.is_meta:  # (the meta model of the shape checks: no memory, nothing drawn)
+            drawn.append(tuple(t.shape))
+        return normal(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", draw)
+    ours = ConfigurableGPT.from_pretrained(str(tmp_path / "hf"))
+    assert drawn == [(97, 64), (32, 64)]  # nn.Embedding's own constructor only: none of GPT-2's init (11 more)
+    drawn.clear()
+    ConfigurableGPT(ours.config)  # a model to train still gets GPT-2's init
+    assert len(drawn) == 2 + 11
 
 
 def test_transformers_save_pretrained_directory_loads(tokens: torch.Tensor, tmp_path: Path) -> None:

@@ -163,10 +163,19 @@ def test_fsdp_run_loads_as_pretrained_weights_and_samples(data_dir: Path, tmp_pa
     run = tmp_path / "run"
     train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
     saved = load_checkpoint(run)["model"]
-    for src in (run, run / "ckpt.dcp"):
-        model = ConfigurableGPT.from_pretrained(src)
-        for key, value in model.state_dict().items():
-            assert torch.equal(value, saved[key]), key
+
+    def no_optimizer(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the weights alone are read: no optimizer is built, no AdamW states read")
+
+    original, ConfigurableGPT.configure_optimizers = ConfigurableGPT.configure_optimizers, no_optimizer
+    try:
+        for src in (run, run / "ckpt.dcp"):
+            model = ConfigurableGPT.from_pretrained(src)
+            for key, value in model.state_dict().items():
+                assert torch.equal(value, saved[key]), key
+        assert "optimizer" not in load_checkpoint(run, optimizer=False)
+    finally:
+        ConfigurableGPT.configure_optimizers = original
     ft = tmp_path / "ft"
     train(parse_run_args(tiny_args(data_dir, ft, init_from=str(run), max_iters=1)), stream=io.StringIO())
     settings = parse_sample_args(
