@@ -70,7 +70,9 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
         "--gradient_log_interval=10",
         "--warmup_iters=0",
     ]
-    return Trainer(parse_run_args(args), stream=io.StringIO())
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    trainer.logger.close()  # the benchmarks time steps and log nothing: log.jsonl is not left open
+    return trainer
 
 
 def make_steps(trainer: Trainer, grad_accum: int) -> tuple[Callable[[], None], Callable[[], None]]:

@@ -236,8 +236,10 @@ def check_reduce_scatter_averages(info: DistInfo) -> None:
     import torch.distributed as dist
 
     out = torch.zeros(1, device=info.device)
+    # the collective FSDP2 calls: reduce_scatter_single where it exists (reduce_scatter_tensor warns there)
+    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     try:
-        dist.reduce_scatter_tensor(out, torch.ones(info.world_size, device=info.device), op=dist.ReduceOp.AVG)
+        reduce_scatter(out, torch.ones(info.world_size, device=info.device), op=dist.ReduceOp.AVG)
     except (RuntimeError, ValueError):  # AVG refused here: FSDP2 reduces otherwise
         return
     if abs(float(out.item()) - 1.0) > 1e-6:

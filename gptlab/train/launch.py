@@ -88,7 +88,11 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
             lock = run_lock(run.train.out_dir) if info.master and not run.train.eval_only else contextlib.nullcontext()
             kept = _global_torch_settings_kept(device.type == "cuda")  # a script or notebook keeps its own
             with lock, kept:
-                summary = Trainer(run, stream=stream or sys.stdout, dist=info).run()
+                trainer = Trainer(run, stream=stream or sys.stdout, dist=info)
+                try:
+                    summary = trainer.run()
+                finally:  # however it ends: log.jsonl (and wandb, TensorBoard) closed, not left to the collector
+                    trainer.logger.close()
         except (RuntimeError, MemoryError) as e:
             failure = _out_of_memory(e) or compiler_missing(e)
             if failure is None:

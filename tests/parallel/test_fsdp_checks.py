@@ -23,12 +23,14 @@ def test_a_reduce_scatter_that_sums_for_avg_is_refused(
         calls.append(op)
         out.fill_(float(world_size))  # every rank's 1.0, summed
 
-    monkeypatch.setattr(dist, "reduce_scatter_tensor", summing)
+    # the collective FSDP2 calls (reduce_scatter_tensor is deprecated where reduce_scatter_single exists)
+    name = "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"
+    monkeypatch.setattr(dist, name, summing)
     info = DistInfo(world_size=world_size, backend=backend, mode="fsdp")
     with pytest.raises(ConfigError, match=rf"gradients {world_size} times too large .*PyTorch 2.11 or newer"):
         check_reduce_scatter_averages(info)
     assert calls == [dist.ReduceOp.AVG]
 
-    monkeypatch.setattr(dist, "reduce_scatter_tensor", lambda out, inp, op=None: out.fill_(1.0))
+    monkeypatch.setattr(dist, name, lambda out, inp, op=None: out.fill_(1.0))
     check_reduce_scatter_averages(info)  # an average: nothing to say
     check_reduce_scatter_averages(DistInfo(world_size=world_size, backend="nccl", mode="fsdp"))  # not asked
