@@ -76,19 +76,22 @@ def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
 def log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) of each line of a JSON-lines log, as written; a last line that a killed
     write cut off is skipped, any other line that is not a JSON object is one GptlabError."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):  # (a line nested beyond Python's recursion limit)
-            if n == len(lines):
-                continue
-            raise GptlabError(f"{path}:{n} is not valid JSON") from None
-        if not isinstance(record, dict):
-            raise GptlabError(f"{path}:{n} is not a record (a JSON object): {line[:60]}")
-        yield n, record
+    with path.open(encoding="utf-8") as file:  # line by line: a long run's log is hundreds of MB
+        lines = iter(file)
+        line, n = next(lines, None), 0
+        while line is not None:
+            n, following = n + 1, next(lines, None)  # one line ahead: is this the last one?
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):  # (a line nested beyond Python's recursion limit)
+                    if following is None:
+                        return
+                    raise GptlabError(f"{path}:{n} is not valid JSON") from None
+                if not isinstance(record, dict):
+                    raise GptlabError(f"{path}:{n} is not a record (a JSON object): {line.strip()[:60]}")
+                yield n, record
+            line = following
 
 
 def _cut_torn_line(path: Path) -> int:
