@@ -241,6 +241,7 @@ def save_dcp(
     shards there are this state, so only ``meta.pt`` is rewritten (atomically; the settings may have
     changed). The caller decides it from the run's own state, the same on every rank."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     out_dir = Path(out_dir)
     name = f"ckpt-{int(meta['iter_num']):07d}.dcp"
@@ -255,7 +256,13 @@ def save_dcp(
         shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a save that crashed
         tmp.mkdir(parents=True)
     barrier()
-    dcp.save(state_dict, checkpoint_id=str(tmp))  # collective: each rank its shards, rank 0 the index
+    try:
+        dcp.save(state_dict, checkpoint_id=str(tmp))  # collective: each rank its shards, rank 0 the index
+    except (Exception, CheckpointException) as e:  # every rank raises (DCP gathers the failures): one line, and no
+        # half-written folder
+        if rank == 0:  # left behind, it filled the disk the resume then needed
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _dcp_write_failed(e, final) from e
     if rank == 0:
         atomic_save(meta, tmp / DCP_META)
         fsync_dir(tmp)
@@ -271,6 +278,21 @@ def save_dcp(
         _prune(_history(out_dir, "dcp"), int(meta["iter_num"]), keep, final)
     barrier()
     return final
+
+
+def _dcp_write_failed(error: BaseException, path: Path) -> CheckpointError:
+    """DCP's CheckpointException (a traceback per failed rank, the disk never named) as the one line a ckpt.pt
+    save gives: the first rank's reason and the free space."""
+    failures = getattr(error, "failures", None)
+    cause = next(iter(failures.values()), error) if isinstance(failures, dict) else error
+    if isinstance(cause, tuple):  # DCP's (exception, traceback) pair
+        cause = cause[0]
+    # torch's zip writer reports a short write as a RuntimeError whose context is the OSError
+    cause = next((c for c in (cause, cause.__cause__, cause.__context__) if isinstance(c, OSError)), cause)
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else first_line(cause)
+    with contextlib.suppress(OSError):
+        reason += f" ({format_si(shutil.disk_usage(path.parent).free, 'B')} free on its disk)"
+    return CheckpointError(f"cannot write the checkpoint {path}: {reason}")
 
 
 def _remove_entry(path: Path) -> None:

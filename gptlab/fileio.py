@@ -23,6 +23,10 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a write's or flush's error names no file: name the one being written
+            e.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)  # make the rename itself durable

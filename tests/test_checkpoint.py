@@ -341,6 +341,30 @@ def test_a_sharded_checkpoints_weights_alone_load_without_a_model_or_optimizer(t
     assert loaded["model"]["lm_head.weight"] is loaded["model"]["wte.weight"]
 
 
+def test_a_sharded_save_on_a_full_disk_is_one_line_and_leaves_no_folder(tmp_path: Path) -> None:
+    """DCP's CheckpointException printed a traceback per rank and never named the disk, and its half-written
+    folder stayed, filling the disk the resume then needed (a 64 KB file-size limit stands in for the full disk)."""
+    import resource
+    import signal
+
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import save_dcp
+    from gptlab.errors import CheckpointError
+
+    model = ConfigurableGPT(get_debug_config("llama", n_layer=2))
+    meta = {"format": FORMAT, "arch": model.config.to_dict(), "iter_num": 3}
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(CheckpointError, match=r"^cannot write the checkpoint .*ckpt-0000003.dcp: .* free on its"):
+            save_dcp({"model": model.state_dict()}, meta, tmp_path, keep=1, rank=0, barrier=lambda: None)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert list(tmp_path.iterdir()) == []  # no .ckpt-0000003.dcp.tmp left to fill the disk
+
+
 def test_an_arch_record_that_the_weights_do_not_bear_out_is_refused_before_anything_is_built(tmp_path: Path) -> None:
     """A hand-edited (or crafted) record of 10**7 layers over a 2-layer model: the resume's memory plan listed
     every layer's tensors (GBs, minutes) and a sharded checkpoint's loader built the model before the weights

@@ -15,7 +15,7 @@ import torch
 from gptlab import parallel
 from gptlab.config.train import RunConfig
 from gptlab.device import resolve_device, set_tf32_state, tf32_state
-from gptlab.errors import USER_ERRORS, GptlabError, compiler_missing, is_out_of_memory
+from gptlab.errors import USER_ERRORS, GptlabError, compiler_missing, is_out_of_memory, storage_refused
 from gptlab.fileio import run_lock
 from gptlab.train.loop import Trainer
 from gptlab.train.signals import TrainingInterrupted
@@ -102,6 +102,7 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
         if info.world_size == 1:
             parallel.shutdown(info)
             raise
+        e = storage_refused(e) or e  # a full disk or read-only folder: the one line a single process prints
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, TrainingInterrupted):  # every rank agreed to stop and the checkpoint is written
             if info.master:

@@ -324,6 +324,27 @@ def test_a_rank_failing_before_the_group_forms_fails_the_others_in_one_line(
     assert "Traceback" not in err.split(f"[rank {waiting}] error")[0], err[-3000:]  # torchrun's own comes after
 
 
+def test_a_full_disk_under_torchrun_is_one_line(data_dir: Path, tmp_path: Path) -> None:
+    """A write the storage refuses outside the checkpoint's and the log's own checks (config.json here) was a
+    traceback and exit 1 under torchrun, one line and exit 2 in one process (a 1 KB file-size limit, inherited
+    by the ranks, stands in for the full disk)."""
+    import resource
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+           str(ROOT / "train.py"), CONFIG, *small(data_dir, out, max_iters=2)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120, cwd=ROOT, preexec_fn=limited)
+    assert res.returncode != 0
+    line = f"[rank 0] error: cannot write {out / 'config.json'}"
+    assert line in res.stderr and "File too large" in res.stderr, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr.split(line)[0], res.stderr[-3000:]
+    assert "exitcode  : 2" in res.stderr, res.stderr[-2000:]  # a user's error, not a crash
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_sigterm_to_torchrun_stops_every_rank_at_one_checkpoint(mode: str, data_dir: Path, tmp_path: Path) -> None:
     """A preempted job: torchrun passes SIGTERM to its workers, which agree on the iteration at a logged
