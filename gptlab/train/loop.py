@@ -237,6 +237,9 @@ class Trainer:
         data = {k: self.meta.get(k) for k in ("vocab_size", "dtype", "tokens", "tokenizer")}
         data["sha256"] = (self.meta.get("source") or {}).get("sha256")
         parallel.check_same_config({**same, "start_iter": max(self._resumed_iter, 0), "dataset": data}, self.dist)
+        # what killed saves left, first (no writer of them is alive: rank 0 holds the run's lock): on a full disk
+        # they take the room the checks below and the run need
+        leftovers = remove_save_leftovers(self.out_dir) if self.master and not cfg.eval_only else []
         if self.mode == "fsdp" and not cfg.eval_only:  # its checkpoint needs one out_dir seen by every node
             parallel.check_shared_out_dir(self.out_dir, self.dist)
             check_links_allowed(self.out_dir, self.rank)
@@ -377,10 +380,8 @@ class Trainer:
                 self.logger.log_event(
                     "overwrite", f"replacing the previous run in {self.out_dir}: removed {', '.join(removed)}"
                 )
-        if self.master and not cfg.eval_only:  # no save of an earlier session is still being written
-            leftovers = remove_save_leftovers(self.out_dir)
-            if leftovers:
-                self.logger.log_event("cleanup", f"removed what killed saves left: {', '.join(leftovers)}")
+        if leftovers:
+            self.logger.log_event("cleanup", f"removed what killed saves left: {', '.join(leftovers)}")
 
     def use_stable_grads(self) -> None:
         """Keep ``.grad`` as zeroed buffers made now, accumulated into in place and zeroed (not freed) after

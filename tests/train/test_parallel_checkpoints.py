@@ -221,12 +221,23 @@ def test_damaged_dcp_checkpoint_is_one_line(data_dir: Path, tmp_path: Path) -> N
         train(resume, stream=io.StringIO())
 
 
-def test_a_run_clears_what_killed_saves_left(data_dir: Path, tmp_path: Path) -> None:
+def test_a_run_clears_what_killed_saves_left(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removed first: on a full disk the leftovers took the room that the start's own checks write into (the
+    shared-folder probe failed, so the resume never reached the cleanup)."""
+    from gptlab import parallel
+
     run = tmp_path / "run"
     train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
     (run / ".ckpt.pt.tmp-99999").write_bytes(b"\0" * 64)  # a single-file save killed mid-write
     (run / ".ckpt-0000008.dcp.tmp").mkdir()  # a sharded one
     shutil.copytree(run / "ckpt-0000003.dcp", run / ".ckpt-0000003.dcp.old")  # a re-save's, killed after the swap
+    probe = parallel.check_shared_out_dir
+
+    def leftovers_gone_first(out_dir: Path, info: object) -> None:
+        assert not [p.name for p in run.iterdir() if p.name.startswith(".ckpt")]
+        probe(out_dir, info)
+
+    monkeypatch.setattr(parallel, "check_shared_out_dir", leftovers_gone_first)
     train(
         parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume")), stream=io.StringIO()
     )
