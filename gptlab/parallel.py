@@ -104,7 +104,11 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
         if "MASTER_ADDR" in os.environ:
             try:
                 dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
-            except getattr(dist, "DistError", RuntimeError) as e:  # store timeout, or the store's host gone
+            except RuntimeError as e:  # DistError: a store timeout, or the store's host gone; gloo's own connects
+                # fail as plain RuntimeErrors (a peer restarted while the mesh formed: torchrun --max-restarts)
+                gloo = any(s in str(e) for s in ("connectFullMesh", "Connect timeout", "Connection refused"))
+                if not (gloo or isinstance(e, getattr(dist, "DistError", ()))):
+                    raise
                 raise ConfigError(
                     f"rank {rank} could not form the process group of {world_size} ranks (waited up to dist_timeout="
                     f"{cfg.dist_timeout}s): a rank failed before joining (its '[rank N] error' line says why, e.g. a "

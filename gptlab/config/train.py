@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import json
 import math
 import os
 import re
@@ -521,6 +522,44 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
     return files, overrides
 
 
+def elastic_run_id() -> str | None:
+    """torchrun's id of this job (TORCHELASTIC_RUN_ID), the same for every restarted attempt of it."""
+    return os.environ.get("TORCHELASTIC_RUN_ID") or None
+
+
+def _continue_after_elastic_restart(values: dict[str, Any], explicit: set[str], typed: dict[str, Any]) -> None:
+    """``torchrun --max-restarts``: an attempt after the first (TORCHELASTIC_RESTART_COUNT > 0) of the job that
+    started the run in out_dir (its config.json records the job's TORCHELASTIC_RUN_ID) continues it from its
+    latest checkpoint, as torchtitan's do, whatever init_from the one command line gives; before the first
+    checkpoint it starts again in place. (It was refused: out_dir holds a previous run; or with
+    --overwrite=True the attempt silently trained from scratch over the checkpoints.)"""
+    try:
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    except ValueError:
+        return
+    if restart < 1 or values.get("init_from", TrainConfig.init_from) != "scratch" or values.get("eval_only"):
+        return
+    out_dir = Path(os.path.expanduser(str(values.get("out_dir", TrainConfig.out_dir))))
+    try:
+        started_by = json.loads((out_dir / "config.json").read_text(encoding="utf-8")).get("torchelastic_run_id")
+    except (OSError, ValueError, AttributeError):
+        return
+    if started_by is None or started_by != elastic_run_id():  # another job's run: the usual checks apply
+        return
+    from gptlab.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(out_dir) is None:
+        values["overwrite"] = True  # the failed attempt's log: nothing trained is lost
+        return
+    for record in (values, typed):  # a resume takes no overwrite (it would be refused as typed)
+        record.pop("overwrite", None)
+        record["init_from"] = "resume"
+    explicit.discard("overwrite")
+    explicit.add("init_from")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"torchrun restart {restart} of this job: continuing the run in {out_dir} from its latest checkpoint")
+
+
 def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> RunConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` -> RunConfig; later values win, as in nanoGPT.
     ``defaults`` (e.g. the quick-start settings) apply under both."""
@@ -534,6 +573,7 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     from_overrides = parse_overrides(overrides, TEXT_KEYS)
     values.update(from_overrides)
     explicit.update(from_overrides)
+    _continue_after_elastic_restart(values, explicit, from_overrides)
     init_from = values.get("init_from", TrainConfig.init_from)
     if init_from not in ("scratch", "resume"):  # a fine-tune: the weights decide the architecture
         # its keys wait for them (compared once they are loaded: a config file's yield, typed ones must match),

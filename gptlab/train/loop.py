@@ -52,7 +52,7 @@ from gptlab.checkpoint import (
     weights_path,
 )
 from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
-from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig
+from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig, elastic_run_id
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
@@ -736,7 +736,9 @@ class Trainer:
             return self._already_done()
         if self.master:
             if not cfg.eval_only:  # an evaluation leaves the evaluated run's files as they are
-                atomic_write(self.out_dir / "config.json", _dumps(self.run_config.to_dict()))
+                # with the torchrun job that runs it: a restarted attempt of the same job continues the run
+                record = {**self.run_config.to_dict(), "torchelastic_run_id": elastic_run_id()}
+                atomic_write(self.out_dir / "config.json", _dumps(record))
             report = build_startup_report(self)
             self.logger.log_startup_info(report, render_startup_report(report))
             if self._memory_warning:  # before the first step, not after an OOM

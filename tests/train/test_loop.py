@@ -275,6 +275,52 @@ def test_a_resumed_run_does_not_keep_the_replaced_checkpoint_mapped(mode: str, d
         parallel.shutdown(trainer.dist)
 
 
+def test_a_torchrun_restart_continues_the_run_its_job_started(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrun --max-restarts reruns the one command line: a restarted attempt of the job (the same
+    TORCHELASTIC_RUN_ID) continues from the failed attempt's checkpoint, or starts again in place before
+    the first one; another job's run in out_dir is refused as before (with overwrite=True a restart had
+    trained from scratch over the checkpoints, without it every restart was refused)."""
+    step = Trainer.train_step
+
+    def fails_at(iteration: int) -> None:
+        def train_step(self: Trainer) -> dict:
+            if self.iter_num == iteration:
+                raise RuntimeError("a rank died")
+            return step(self)
+
+        monkeypatch.setattr(Trainer, "train_step", train_step)
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    args = tiny_args(data_dir, tmp_path, max_iters=16, overwrite=True)
+    fails_at(10)  # after the checkpoint at iteration 8
+    with pytest.raises(RuntimeError, match="a rank died"):
+        train(parse_run_args(args), stream=io.StringIO())
+    monkeypatch.setattr(Trainer, "train_step", step)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    run = parse_run_args(args)
+    assert run.train.init_from == "resume" and not run.train.overwrite
+    summary = train(run, stream=io.StringIO())
+    assert summary["status"] == "completed" and summary["start_iter"] == 8
+    resume = [r for r in read_log(tmp_path) if r.get("event") == "resume"]
+    assert len(resume) == 1 and resume[0]["iter"] == 8
+    # before its first checkpoint: the attempt starts again, in place
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    fails_at(3)
+    with pytest.raises(RuntimeError, match="a rank died"):
+        train(parse_run_args(tiny_args(data_dir, fresh, max_iters=4)), stream=io.StringIO())
+    monkeypatch.setattr(Trainer, "train_step", step)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert train(parse_run_args(tiny_args(data_dir, fresh, max_iters=4)), stream=io.StringIO())["status"] == "completed"
+    # another job's run: not this job's to continue
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")
+    with pytest.raises(ConfigError, match="holds a previous run"):
+        train(parse_run_args(tiny_args(data_dir, fresh, max_iters=4)), stream=io.StringIO())
+
+
 def test_kill_minus_nine_then_resume_matches(data_dir: Path, tmp_path: Path) -> None:
     """A real SIGKILL after a checkpoint; the resumed run's losses equal an uninterrupted run's bit for bit."""
     common = dict(dropout=0.1, lr_decay_iters=40, eval_interval=10, eval_iters=2)
