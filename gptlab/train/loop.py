@@ -773,10 +773,20 @@ class Trainer:
         final = isinstance(summary, dict) and summary.get("status") == "completed"
         final = final and summary.get("iterations") == self.iter_num
         (have,) = parallel.all_reduce_max([float(final)], self.dist)
-        if not have:
-            return self._finish(None)
+        if not have:  # the final losses: the evaluation of these weights that the killed session logged
+            return self._finish(self._logged_eval(self.iter_num) if self.master else None)
         self.logger.close()
         return summary if self.master else {}
+
+    def _logged_eval(self, iter_num: int) -> dict[str, float] | None:
+        """The losses of the last evaluation log.jsonl records at ``iter_num``, if any."""
+        from gptlab.logging import read_log
+
+        with contextlib.suppress(OSError, GptlabError):
+            evals = [r for r in read_log(self.out_dir, "eval") if r.get("iter") == iter_num]
+            if evals:
+                return {"train": evals[-1]["train_loss"], "val": evals[-1]["val_loss"]}
+        return None
 
     def _check_disk_space(self) -> None:
         """Warn before training, not at a save after hours of it, when out_dir's disk cannot hold the checkpoints
@@ -1053,8 +1063,8 @@ class Trainer:
         if self.measured_bytes is not None:  # the fullest rank's local parameter/gradient/optimizer bytes
             extra["measured_bytes_per_rank"] = self.measured_bytes
             extra["planned_bytes_per_rank"] = {k: getattr(plan.mode, k) for k in self.measured_bytes}
-        if last_losses:
-            extra["final_train_loss"] = last_losses["train"]
+        if last_losses:  # (the logger's final_val_loss is this session's; a requeue's is the one logged before)
+            extra["final_train_loss"], extra["final_val_loss"] = last_losses["train"], last_losses["val"]
         if not self.cfg.eval_only:  # an evaluation's best is its own (the logger's)
             # the run's best over every session (the checkpoint carries it), not only this session's evaluations
             extra["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None

@@ -29,7 +29,8 @@ def test_a_gloo_connect_failure_while_joining_is_one_line(failure: str, monkeypa
 
     monkeypatch.setattr(dist, "init_process_group", refused)
     cfg = TrainConfig(device="cpu", parallel="ddp", dist_timeout=5)
-    with pytest.raises(ConfigError, match=r"^rank 1 could not form the process group of 2 ranks .*(Gloo|Connect timeout)"):
+    joining = r"^rank 1 could not form the process group of 2 ranks .*(Gloo|Connect timeout)"
+    with pytest.raises(ConfigError, match=joining):
         init_distributed(cfg, torch.device("cpu"))
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):

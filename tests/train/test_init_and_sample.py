@@ -180,6 +180,10 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     )
     assert (summary["status"], summary["iterations"]) == ("completed", 5)
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    # its final losses: the evaluation the killed session logged of these weights (they were null)
+    done = json.loads(kept["summary.json"])
+    for key in ("final_val_loss", "final_train_loss"):
+        assert summary[key] == done[key] is not None, key
     (tmp_path / "summary.json").write_bytes(kept["summary.json"])
     # eval_only evaluates the checkpoint whatever its iteration (5 is not a multiple of 4) and leaves the run's
     # files as they are (nanoGPT's eval_only writes nothing): its records go to eval.jsonl
