@@ -262,7 +262,10 @@ def save_dcp(
         # half-written folder
         if rank == 0:  # left behind, it filled the disk the resume then needed
             shutil.rmtree(tmp, ignore_errors=True)
-        raise _dcp_write_failed(e, final) from e
+        refused = _dcp_write_failed(e, final)
+        if refused is None:  # not the storage's (a lost peer, a bug): as it is
+            raise
+        raise refused from e
     if rank == 0:
         atomic_save(meta, tmp / DCP_META)
         fsync_dir(tmp)
@@ -280,16 +283,18 @@ def save_dcp(
     return final
 
 
-def _dcp_write_failed(error: BaseException, path: Path) -> CheckpointError:
-    """DCP's CheckpointException (a traceback per failed rank, the disk never named) as the one line a ckpt.pt
-    save gives: the first rank's reason and the free space."""
+def _dcp_write_failed(error: BaseException, path: Path) -> CheckpointError | None:
+    """DCP's CheckpointException for a write the storage refused (a traceback per failed rank, the disk never
+    named) as the one line a ckpt.pt save gives: the first rank's reason and the free space; None for others."""
     failures = getattr(error, "failures", None)
     cause = next(iter(failures.values()), error) if isinstance(failures, dict) else error
     if isinstance(cause, tuple):  # DCP's (exception, traceback) pair
         cause = cause[0]
     # torch's zip writer reports a short write as a RuntimeError whose context is the OSError
-    cause = next((c for c in (cause, cause.__cause__, cause.__context__) if isinstance(c, OSError)), cause)
-    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else first_line(cause)
+    cause = next((c for c in (cause, cause.__cause__, cause.__context__) if isinstance(c, OSError)), None)
+    if cause is None:
+        return None
+    reason = cause.strerror or first_line(cause)
     with contextlib.suppress(OSError):
         reason += f" ({format_si(shutil.disk_usage(path.parent).free, 'B')} free on its disk)"
     return CheckpointError(f"cannot write the checkpoint {path}: {reason}")
