@@ -75,16 +75,26 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         with atomic_open(path) as f:
             torch.save(obj, f)
     except (OSError, RuntimeError) as e:
-        cause = e if isinstance(e, OSError) else e.__context__  # torch's writer reports the OSError's aftermath
-        if isinstance(cause, KeyboardInterrupt):  # a second Ctrl-C mid-save: the abort it asks for, not a traceback
-            raise cause from None
-        if not isinstance(cause, OSError):
+        if isinstance(e.__context__, KeyboardInterrupt):  # a second Ctrl-C mid-save: the abort it asks for
+            raise e.__context__ from None
+        refused = _write_refused(e, Path(path))
+        if refused is None:
             raise
-        free = shutil.disk_usage(Path(path).parent).free
-        raise CheckpointError(
-            f"cannot write the checkpoint {path}: {cause.strerror or cause} ({format_si(free, 'B')} free on its disk)"
-        ) from e
+        raise refused from e
     return Path(path)
+
+
+def _write_refused(error: BaseException, path: Path) -> CheckpointError | None:
+    """A checkpoint write the storage refused (a full disk, a quota, a file-size limit) as one line: the reason
+    and the free space; None for any other error. torch's zip writer reports the OSError's aftermath as a
+    RuntimeError whose context is the OSError."""
+    cause = next((c for c in (error, error.__cause__, error.__context__) if isinstance(c, OSError)), None)
+    if cause is None:
+        return None
+    reason = cause.strerror or first_line(cause)
+    with contextlib.suppress(OSError):
+        reason += f" ({format_si(shutil.disk_usage(path.parent).free, 'B')} free on its disk)"
+    return CheckpointError(f"cannot write the checkpoint {path}: {reason}")
 
 
 def is_dcp_dir(path: Path) -> bool:
@@ -262,7 +272,8 @@ def save_dcp(
         # half-written folder
         if rank == 0:  # left behind, it filled the disk the resume then needed
             shutil.rmtree(tmp, ignore_errors=True)
-        refused = _dcp_write_failed(e, final)
+        # DCP's CheckpointException: a traceback per failed rank, the disk never named
+        refused = _write_refused(_first_failure(e), final)
         if refused is None:  # not the storage's (a lost peer, a bug): as it is
             raise
         raise refused from e
@@ -283,21 +294,14 @@ def save_dcp(
     return final
 
 
-def _dcp_write_failed(error: BaseException, path: Path) -> CheckpointError | None:
-    """DCP's CheckpointException for a write the storage refused (a traceback per failed rank, the disk never
-    named) as the one line a ckpt.pt save gives: the first rank's reason and the free space; None for others."""
+def _first_failure(error: BaseException) -> BaseException:
+    """The first failing rank's exception in DCP's ``CheckpointException`` (a ``BaseException`` holding every
+    rank's exception and traceback); ``error`` itself for any other."""
     failures = getattr(error, "failures", None)
-    cause = next(iter(failures.values()), error) if isinstance(failures, dict) else error
-    if isinstance(cause, tuple):  # DCP's (exception, traceback) pair
-        cause = cause[0]
-    # torch's zip writer reports a short write as a RuntimeError whose context is the OSError
-    cause = next((c for c in (cause, cause.__cause__, cause.__context__) if isinstance(c, OSError)), None)
-    if cause is None:
-        return None
-    reason = cause.strerror or first_line(cause)
-    with contextlib.suppress(OSError):
-        reason += f" ({format_si(shutil.disk_usage(path.parent).free, 'B')} free on its disk)"
-    return CheckpointError(f"cannot write the checkpoint {path}: {reason}")
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        return first[0] if isinstance(first, tuple) else first
+    return error
 
 
 def _remove_entry(path: Path) -> None:
@@ -475,9 +479,7 @@ def load_dcp_full(path: str | Path) -> dict[str, Any]:
     optimizer = model.configure_optimizers(weight_decay, lr, betas, "cpu")
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the layout to read into (AdamW states created)
     state = {"model": model_sd, "optimizer": optim_sd}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-        warnings.filterwarnings("ignore", message=".*single process.*", category=UserWarning)
-        load_dcp(state, path, no_dist=True)
+    load_dcp(state, path, no_dist=True)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     meta.pop("dcp_path")
     return {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
@@ -500,9 +502,7 @@ def load_dcp_model(path: str | Path) -> dict[str, Any]:
     tied = bool((meta.get("arch") or {}).get("weight_tying")) and "wte.weight" in model
     if tied:  # the embedding is written under both names: read once
         model.pop("lm_head.weight", None)
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-        warnings.filterwarnings("ignore", message=".*single process.*", category=UserWarning)
-        load_dcp({"model": model}, path, no_dist=True)
+    load_dcp({"model": model}, path, no_dist=True)
     if tied:
         model["lm_head.weight"] = model["wte.weight"]
     meta.pop("dcp_path")
@@ -530,7 +530,9 @@ def load_dcp(state: dict[str, Any], path: str | Path, *, no_dist: bool = False) 
             value.seek(0)  # what passed that check, read as DCP reads it
             super().load_bytes(read_item, value)
 
-    with dcp_errors(path):
+    with dcp_errors(path), warnings.catch_warnings():
+        if no_dist:  # read by this process alone, as asked: DCP warns it is "assuming" so
+            warnings.filterwarnings("ignore", message=".*single process.*", category=UserWarning)
         dcp.load(state, checkpoint_id=str(path), planner=PlainDataPlanner(), no_dist=no_dist)
 
 
@@ -543,9 +545,7 @@ def dcp_errors(path: str | Path) -> Iterator[None]:
     try:
         yield
     except (Exception, CheckpointException) as e:
-        if isinstance(e, CheckpointException) and e.failures:
-            first = next(iter(e.failures.values()))  # the first failing rank's (exception, traceback)
-            e = first[0] if isinstance(first, tuple) else first
+        e = _first_failure(e)
         reason = first_line(e)
         raise CheckpointError(
             f"{str(path)!r} is not a readable gptlab DCP checkpoint ({type(e).__name__}: {reason[:300]})"

@@ -491,18 +491,12 @@ class Trainer:
                     self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True)
                 )
         else:  # plain AdamW, or ZeroRedundancyOptimizer (it keeps its share of the full state)
+            optim_sd = ckpt["optimizer"]
+            if self.device.type == "cpu":  # load_state_dict keeps CPU tensors as they are: the memory-mapped
+                # ckpt.pt's pages, so the file, replaced at the next save, stayed mapped (its disk space taken all run)
+                optim_sd = {**optim_sd, "state": {i: _cloned(st) for i, st in optim_sd.get("state", {}).items()}}
             with state_errors(ckpt.get("path", "the checkpoint"), "optimizer states"):
-                self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.device.type == "cpu":  # the loaded moments are the memory-mapped ckpt.pt's own pages: copied,
-                # or the file, replaced at the next save, stays mapped and its disk space taken for the whole run
-                local = getattr(self.optimizer, "optim", self.optimizer)  # ZeRO-1: its local AdamW holds them too
-                copies: dict[int, torch.Tensor] = {}  # one copy of a tensor both hold
-                for state in (*self.optimizer.state.values(), *local.state.values()):
-                    for k, v in state.items() if isinstance(state, dict) else ():
-                        if isinstance(v, torch.Tensor):
-                            if id(v) not in copies:
-                                copies[id(v)] = v.clone()
-                            state[k] = copies[id(v)]
+                self.optimizer.load_state_dict(optim_sd)
         # a loaded state brings the saved param groups' hyperparameters: this run's apply (a resume that
         # changes --weight_decay or --beta2 means it; lr is set every step). configure_optimizers' order:
         # the decayed matrices, then the rest at weight decay 0.
@@ -852,10 +846,10 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
             step = self.train_step()
             self.tokens_seen += self.telemetry.tokens_per_iter
-            bad = ~torch.isfinite(step["loss"])
-            if step["grad_norm"] is not None and not self.scaler.is_enabled():  # (fp16's scaler skips inf steps)
-                bad |= ~torch.isfinite(step["grad_norm"])  # a NaN norm makes clipping turn every weight NaN
-            first_bad = torch.where(bad & (first_bad == NO_ITER), self.iter_num, first_bad)
+            checked = step["loss"]  # with the gradient norm (a NaN norm makes clipping turn every weight NaN), but
+            if step["grad_norm"] is not None and not self.scaler.is_enabled():  # fp16's scaler skips inf steps itself
+                checked = checked + step["grad_norm"]  # non-finite if either is
+            first_bad = torch.where(torch.isfinite(checked), first_bad, first_bad.clamp(max=self.iter_num))
             window_steps += 1
             if step["skipped"]:
                 skips_in_a_row += 1
@@ -1075,6 +1069,13 @@ def _describe_data(fingerprint: dict[str, Any]) -> str:
     sha, tokens = fingerprint.get("sha256"), fingerprint.get("tokens") or {}
     counts = ", ".join(f"{split} {n:,}" for split, n in tokens.items())
     return f"sha256 {sha[:12]}, {counts} tokens" if sha else f"{counts} tokens"
+
+
+def _cloned(state: Any) -> Any:
+    """One parameter's optimizer state with its tensors copied."""
+    if not isinstance(state, dict):
+        return state
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def _finite(losses: dict[str, float]) -> bool:
