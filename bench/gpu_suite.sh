@@ -111,6 +111,7 @@ stage_lease() {
       local name limit minimum left=$((budget - (SECONDS - start)))
       IFS=: read -r name limit minimum <<<"$item"
       if ((left < minimum)); then echo "=== $name: skipped (${left}s of the budget left, needs ${minimum}s)"; continue; fi
+      if [[ -n "${SMOKE:-}" ]]; then limit=$((limit * 10)); fi  # a loaded CI machine, not a GPU's minutes
       ((limit > left)) && limit=$left
       echo; echo "=== $name (limit ${limit}s, at $((SECONDS - start))s)"
       local rc=0

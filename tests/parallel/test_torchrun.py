@@ -230,8 +230,9 @@ def test_dead_rank_fails_the_job_in_bounded_time(killed: tuple) -> None:
     assert "Traceback" not in res.stderr.split("[rank 0] error")[0][-2000:]
 
 
-def test_fsdp_resume_after_kill_is_exact(killed: tuple, runs: dict[str, Path], data_dir: Path) -> None:
-    out, _, _ = killed
+def test_fsdp_resume_after_kill_is_exact(killed: tuple, runs: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"  # a copy: the killed run's folder stays as the kill left it for the other test
+    shutil.copytree(killed[0], out, symlinks=True)
     res = torchrun(["--use_fsdp=True", *small(data_dir, out, init_from="resume")])
     assert res.returncode == 0, res.stderr[-3000:]
     resumed, uninterrupted = losses(out), losses(runs["fsdp"])
@@ -267,16 +268,21 @@ def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(
         assert (dst / "ckpt.pt").is_file() and load_checkpoint(dst)["iter_num"] == ITERS + 1
 
 
-def launch_two_nodes(args: list[list[str]], rdzv_id: str, stagger: float = 0.0) -> list[tuple[int, str, str]]:
-    """Two torchrun launches, one process each, meeting at a c10d rendezvous on 127.0.0.1 (``stagger``: node 1
-    starts that many seconds later, so that node 0 hosts the rendezvous, as the endpoint's host does)."""
+def launch_two_nodes(args: list[list[str]], rdzv_id: str | None = None) -> list[tuple[int, str, str]]:
+    """Two torchrun launches, one process each, on 127.0.0.1.
+
+    With ``rdzv_id``, the c10d rendezvous (torchtitan's and torchrun's documented multi-node launch): it
+    orders the nodes by (host, process id), so which node gets rank 0 is the launchers' PIDs' luck. Without,
+    nanoGPT's command (``--node_rank --master_addr --master_port``, torchrun's static rendezvous): node N is
+    rank N, and node 0 hosts the store."""
     port = _free_port()
     procs = []
     for node in (0, 1):
-        if node:
-            time.sleep(stagger)
-        launcher = ["--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1", "--rdzv_backend=c10d",
-                    f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={rdzv_id}"]  # fmt: skip
+        launcher = ["--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1"]
+        if rdzv_id is None:
+            launcher += ["--master_addr=127.0.0.1", f"--master_port={port}"]
+        else:
+            launcher += ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id={rdzv_id}"]
         cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, str(ROOT / "train.py"), CONFIG, *args[node]]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()))
     outputs = [p.communicate(timeout=120) for p in procs]
@@ -297,7 +303,7 @@ def test_multi_node_rendezvous_on_one_machine(data_dir: Path, tmp_path: Path) ->
 def test_ranks_that_disagree_on_the_config_fail_fast(data_dir: Path, tmp_path: Path) -> None:
     t0 = time.time()
     args = [small(data_dir, tmp_path / "run", max_iters=3, n_layer=2 + node) for node in (0, 1)]
-    results = launch_two_nodes(args, "gptlab-mismatch")
+    results = launch_two_nodes(args)  # node N is rank N
     assert time.time() - t0 < 60
     assert all(rc != 0 for rc, _, _ in results)
     err = "".join(e for _, _, e in results)
@@ -315,7 +321,7 @@ def test_a_rank_failing_before_the_group_forms_fails_the_others_in_one_line(
     is gone), in one line, not a traceback."""
     args = small(data_dir, tmp_path / "run", max_iters=3, dist_timeout=5)
     per_node = [[*args, "--n_layr=2"] if node == failing else args for node in (0, 1)]
-    results = launch_two_nodes(per_node, f"gptlab-join-{failing}", stagger=3.0)
+    results = launch_two_nodes(per_node)  # node N is rank N
     waiting = 1 - failing
     assert all(rc != 0 for rc, _, _ in results)
     assert f"[rank {failing}] error: unknown config key 'n_layr'" in results[failing][2]
