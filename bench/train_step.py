@@ -12,6 +12,7 @@ bench/gpu_suite.sh                                          # issue 8's GPU targ
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -166,6 +167,8 @@ def main() -> None:
         else:
             for _ in range(a.profile):  # the other ranks take part in the collectives
                 gptlab_step()
+    del trainer, plain_step, gptlab_step  # the models' cycles hold the process groups: freed first (as train())
+    gc.collect()
     parallel.shutdown(dist)
 
 

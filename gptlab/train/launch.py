@@ -4,6 +4,7 @@ out-of-memory error as one line, a lost peer as not this rank's fault, a signal'
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import traceback
@@ -126,5 +127,9 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
         print(f"[rank {info.rank}] error: {message}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(2 if isinstance(e, USER_ERRORS) else 1)  # no exit handlers: they may wait on dead peers
+    # the model's reference cycles (FSDP's and DDP's hooks) hold the process groups it reduces over: freed
+    # now, while the groups and the interpreter are whole (at exit, gloo's threads now and then aborted a rank)
+    del trainer
+    gc.collect()
     parallel.shutdown(info)
     return summary

@@ -65,6 +65,37 @@ def test_exact_resume_in_one_process(mode: str, data_dir: Path, tmp_path: Path) 
     assert kept == [f"ckpt-0000012.{suffix}", f"ckpt-0000013.{suffix}"]  # keep_checkpoints=2
 
 
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_the_model_is_freed_before_its_process_group(
+    mode: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's reference cycles (FSDP's and DDP's hooks) hold the process groups it reduces over: left to
+    the collector, they outlived destroy_process_group and were freed at interpreter exit, where gloo's
+    threads now and then aborted a finished rank ("terminate called without an active exception")."""
+    import gc
+
+    import torch.distributed as dist
+
+    from gptlab.model.gpt import ConfigurableGPT
+
+    alive_at_destroy: list[int] = []
+    destroy = dist.destroy_process_group
+
+    def counting_destroy(*args: object, **kwargs: object) -> None:
+        alive_at_destroy.append(sum(issubclass(type(o), ConfigurableGPT) for o in gc.get_objects()))
+        destroy(*args, **kwargs)
+
+    monkeypatch.setattr(dist, "destroy_process_group", counting_destroy)
+    gc.collect()
+    gc.disable()  # the collector's own timing must not decide it
+    try:
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "run", parallel=mode, max_iters=2)), stream=io.StringIO())
+        assert alive_at_destroy == [0]
+        assert not any(issubclass(type(o), ConfigurableGPT) for o in gc.get_objects())
+    finally:
+        gc.enable()
+
+
 def test_activation_checkpointing_recomputes_the_same_numbers(data_dir: Path, tmp_path: Path) -> None:
     base = dict(parallel="fsdp", max_iters=3, eval_interval=100)
     plain = train(parse_run_args(tiny_args(data_dir, tmp_path / "a", **base)), stream=io.StringIO())
