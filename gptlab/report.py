@@ -56,6 +56,22 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+# what the plots read of an iter or gradients record; the rest is dropped as the log is read (a long run logs
+# hundreds of thousands of them, nanoGPT's log_interval=1: whole, each held ~4 kB, 2.5 GB for 600k)
+PLOTTED = ("type", "iter", "elapsed_s", "loss", "tokens_per_sec", "mfu_percent", "grad_norm")
+MEMORY_KEYS = ("max_allocated_gb", "allocated_gb", "rss_gb")
+
+
+def _plotted(record: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: record[k] for k in PLOTTED if k in record}
+    memory, gradients = record.get("memory"), record.get("gradients")
+    if isinstance(memory, dict):
+        kept["memory"] = {k: memory[k] for k in MEMORY_KEYS if k in memory}
+    if isinstance(gradients, dict) and "global_norm" in gradients:
+        kept["gradients"] = {"global_norm": gradients["global_norm"]}
+    return kept
+
+
 def load_run(path: str | Path, label: str | None = None) -> Run:
     """Read ``path/log.jsonl`` (and ``summary.json`` if the log has no summary record)."""
     path = Path(path)
@@ -95,11 +111,11 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
                 run.evals = [r for r in run.evals if r["iter"] <= start]  # the checkpoint's own evaluation stays
             run.sessions.append([start, training.get("tokens_per_iter")])
         elif kind == "iter":
-            run.iters.append(record)
+            run.iters.append(_plotted(record))
         elif kind == "eval":
             run.evals.append(record)
         elif kind == "gradients":
-            run.gradients.append(record)
+            run.gradients.append(_plotted(record))
         elif kind == "event":
             run.events.append(record)
         elif kind == "summary":
@@ -136,7 +152,7 @@ def load_runs(paths: list[str | Path], labels: list[str] | None = None) -> list[
 # ---------------------------------------------------------------------------------------- series
 def _memory_gb(record: dict[str, Any]) -> float | None:
     mem = record.get("memory") or {}
-    for key in ("max_allocated_gb", "allocated_gb", "rss_gb"):
+    for key in MEMORY_KEYS:
         if _number(mem.get(key)) is not None:
             return float(mem[key])
     return None
