@@ -62,7 +62,6 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
     replaces) would interleave its log with the other's, overwrite its checkpoint, or with overwrite=True
     delete it. An exclusive ``flock`` held for the whole run; a second run is refused in one line naming
     the holder. The lock goes with the process, also when it is killed."""
-    from gptlab.errors import ConfigError
 
     out_dir = Path(os.path.abspath(out_dir))  # '..' resolved, so that each folder made below can be removed
     created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if nothing is written
@@ -87,12 +86,7 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             locked = owner = True
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().decode("utf-8", "replace").strip() or "another process"
-            raise ConfigError(
-                f"out_dir={str(out_dir)!r} is in use by another training ({holder}): wait for it to end, or pick "
-                "another --out_dir"
-            ) from None
+            raise _in_use(out_dir, lock) from None
         except OSError as e:  # a filesystem without flock (Lustre mounted noflock): train, unguarded
             import sys
 
@@ -115,6 +109,37 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
                 (out_dir / RUN_LOCK).unlink(missing_ok=True)
                 for folder in created:  # the folders made for it, innermost first
                     folder.rmdir()
+
+
+def _in_use(out_dir: Path, lock: IO[bytes]) -> Exception:
+    from gptlab.errors import ConfigError
+
+    lock.seek(0)
+    holder = lock.read().decode("utf-8", "replace").strip() or "another process"
+    return ConfigError(
+        f"out_dir={str(out_dir)!r} is in use by another training ({holder}): wait for it to end, or pick "
+        "another --out_dir"
+    )
+
+
+def refuse_if_in_use(out_dir: str | Path) -> None:
+    """The check ``run_lock`` makes, without taking the lock: a resume reads its settings from the latest
+    checkpoint before it trains, and a live run's next save prunes that one while it is read (an FSDP
+    checkpoint then read as damaged: "not a readable DCP checkpoint", a good one, said of a busy folder)."""
+    try:
+        import fcntl
+
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        lock = open(os.open(Path(out_dir) / RUN_LOCK, flags), "rb", buffering=0)  # noqa: SIM115 (closed below)
+    except (ImportError, OSError):  # no flock, no lock file (never trained here), a link: nothing to say
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(Path(os.path.abspath(out_dir)), lock) from None
+        except OSError:  # a filesystem without flock: unguarded, as run_lock says when the run starts
+            return
 
 
 def check_directory(key: str, path: str | Path) -> None:

@@ -587,6 +587,10 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         return run
     if init_from != "resume":
         return resolve_run_config(values, explicit, from_overrides)
+    if not values.get("eval_only"):  # a training already writing there: refused before its checkpoint is read
+        from gptlab.fileio import refuse_if_in_use
+
+        refuse_if_in_use(resume_dir(values))
     values, changed, path, overruled = resumed_values(values, explicit, from_overrides)
     if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
         out_dir = resume_dir(values)

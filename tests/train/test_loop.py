@@ -970,6 +970,30 @@ def test_a_training_into_a_locked_out_dir_is_refused(tmp_path: Path, data_dir: P
     assert summary["status"] == "completed" and (out / RUN_LOCK).exists()
 
 
+def test_a_resume_of_a_live_run_is_refused_before_its_checkpoint_is_read(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume reads its settings from the latest checkpoint while it parses them: into a folder another
+    training is writing, the live run's next save prunes that checkpoint as it is read (an FSDP one then
+    read as damaged, "not a readable DCP checkpoint"). It is the in-use line, before any checkpoint is read;
+    an evaluation (eval_only, which writes nothing of the run's) still reads it."""
+    import gptlab.checkpoint
+    from gptlab.fileio import run_lock
+
+    out = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, out, max_iters=2)), stream=io.StringIO())
+    read = []
+    original = gptlab.checkpoint.read_saved_settings
+    monkeypatch.setattr(gptlab.checkpoint, "read_saved_settings", lambda path: read.append(path) or original(path))
+    with run_lock(out):  # the live run
+        with pytest.raises(ConfigError, match="is in use by another training"):
+            parse_run_args(tiny_args(data_dir, out, init_from="resume", max_iters=4))
+        assert read == []
+        assert parse_run_args(tiny_args(data_dir, out, init_from="resume", eval_only=True)).train.eval_only
+        assert len(read) == 1
+    assert parse_run_args(tiny_args(data_dir, out, init_from="resume", max_iters=4)).train.max_iters == 4
+
+
 # ---- the step's arithmetic against references computed here (learning rate, clipping, loss, gradients)
 
 STEP_ARGS = dict(n_layer=1, n_embd=32, block_size=16, batch_size=4, eval_iters=1, gradient_log_interval=1000)
