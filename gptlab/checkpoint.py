@@ -493,7 +493,8 @@ def load_dcp_model(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     meta = load_checkpoint_meta(path)  # checks the metadata and its sizes against the arch record first
-    listed = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    with dcp_errors(path):  # gone since (a live run's next save pruned it)
+        listed = FileSystemReader(str(path)).read_metadata().state_dict_metadata
     model = {
         k[len("model.") :]: torch.empty(tuple(v.size), dtype=v.properties.dtype)
         for k, v in listed.items()
@@ -530,10 +531,27 @@ def load_dcp(state: dict[str, Any], path: str | Path, *, no_dist: bool = False) 
             value.seek(0)  # what passed that check, read as DCP reads it
             super().load_bytes(read_item, value)
 
-    with dcp_errors(path), warnings.catch_warnings():
+    with dcp_errors(path), warnings.catch_warnings(), _without_dcp_fallback_tracebacks():
         if no_dist:  # read by this process alone, as asked: DCP warns it is "assuming" so
             warnings.filterwarnings("ignore", message=".*single process.*", category=UserWarning)
         dcp.load(state, checkpoint_id=str(path), planner=PlainDataPlanner(), no_dist=no_dist)
+
+
+@contextlib.contextmanager
+def _without_dcp_fallback_tracebacks() -> Iterator[None]:
+    """DCP logs "Global (and Rank local) metadata is not found" with tracebacks on the root logger (printed to
+    stderr when no logging is set up) before it fails on a missing ``.metadata``: dcp_errors says so in one line."""
+    import logging
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "metadata is not found" not in record.getMessage() or "checkpoint" not in record.pathname
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 @contextlib.contextmanager
@@ -631,12 +649,32 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+READ_ATTEMPTS = 3
+
+
 def load_checkpoint(path: str | Path, *, optimizer: bool = True) -> dict[str, Any]:
     """Load a gptlab checkpoint with ``weights_only=True``: a ``ckpt.pt``, a DCP directory, or a
     run directory (its latest checkpoint); one-line CheckpointError otherwise. ``optimizer=False``: the
     weights are all the caller uses (a DCP checkpoint's optimizer states are then not read; a ckpt.pt's,
-    memory-mapped, never are until used)."""
-    path = weights_path(path)
+    memory-mapped, never are until used).
+
+    A run directory that a live run saves into: its next save can prune the sharded checkpoint being
+    read (keep_checkpoints; a ``ckpt.pt`` is replaced atomically and reads whole): the newer one is read."""
+    for _ in range(READ_ATTEMPTS):
+        found = weights_path(path)
+        try:
+            return _load_found(found, optimizer)
+        except (CheckpointError, OSError):
+            named = Path(path).resolve() == found  # the checkpoint itself, not a run directory's latest
+            if named or (found.exists() and weights_path(path) == found):  # damaged, not replaced: as it is
+                raise
+    raise CheckpointError(
+        f"the latest checkpoint of {str(path)!r} was replaced {READ_ATTEMPTS} times while it was read (the "
+        "training writing there saves faster than it is read): load a ckpt-ITER.dcp by its name, or try again"
+    )
+
+
+def _load_found(path: Path, optimizer: bool) -> dict[str, Any]:
     if is_dcp_dir(path):
         return load_dcp_full(path) if optimizer else load_dcp_model(path)
     if path.is_dir():  # a run directory without a checkpoint: the error names the file it expected

@@ -128,8 +128,9 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
         raise CheckpointError(f"cannot load weights from a {type(src).__name__}: expected {EXPECTED}")
     path = resolve_pretrained(src)
     checkpoint = gptlab_checkpoint_path(path)
-    if checkpoint is not None and is_dcp_dir(checkpoint):  # FSDP's sharded checkpoint, read whole
-        return model_from_checkpoint(load_checkpoint(checkpoint, optimizer=False), **overrides)
+    if checkpoint is not None and is_dcp_dir(checkpoint):  # FSDP's sharded checkpoint, read whole (by the path
+        # given: a run directory's latest is resolved again if a live run's save replaces it meanwhile)
+        return model_from_checkpoint(load_checkpoint(path, optimizer=False), **overrides)
     if checkpoint is not None:  # a ckpt.pt: gptlab's or nanoGPT's
         return _from_torch_checkpoint(read_torch_checkpoint(checkpoint), overrides)
     if path.is_dir() and (path / "config.json").is_file():

@@ -105,7 +105,8 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
         check_zip_crc(found)  # it was only peeked at (memory-mapped): now its weights are used
         model = model_from_nanogpt(nanogpt, dropout=0.0)
         return model.eval().to(device), _nanogpt_tokenizer(nanogpt, model.config.vocab_size)
-    ckpt = load_checkpoint(source, optimizer=False) if resume else _gptlab_checkpoint(found)
+    # by the path given: a run directory's latest is resolved again if a live run replaces it meanwhile
+    ckpt = load_checkpoint(source, optimizer=False) if resume else _gptlab_checkpoint(source if found else None)
     if ckpt is not None:  # this run's or another gptlab run's: it records its tokenizer
         model = model_from_checkpoint(ckpt, dropout=0.0)
         tokenizer = ckpt.get("tokenizer")
@@ -176,7 +177,7 @@ def _nanogpt_tokenizer(ckpt: dict[str, Any], vocab_size: int) -> dict[str, Any] 
 
 
 def _gptlab_checkpoint(found: Path | None) -> dict[str, Any] | None:
-    """The gptlab checkpoint ``found`` names (a ckpt.pt, DCP or run directory's), else None."""
+    """The gptlab checkpoint ``found`` is or names (a ckpt.pt, DCP or run directory's latest), else None."""
     from gptlab.checkpoint import load_checkpoint
 
     if found is None:

@@ -221,6 +221,62 @@ def test_fsdp_run_loads_as_pretrained_weights_and_samples(data_dir: Path, tmp_pa
     train(parse_run_args(typed), stream=io.StringIO())
 
 
+def test_readers_of_a_live_fsdp_run_read_the_save_that_replaced_theirs(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """sample, export and from_pretrained on a run that is still training: its next save (keep_checkpoints)
+    prunes the sharded checkpoint they resolved while they read it. They read the newer one (each read
+    failed: 'not a readable gptlab DCP checkpoint', 'meta.pt could not be read', a bare FileNotFoundError,
+    with DCP's "Global metadata is not found" traceback on stderr); a checkpoint named itself stays an error."""
+    import gptlab.checkpoint
+    from gptlab import ConfigurableGPT
+    from gptlab.checkpoint import CheckpointError
+    from gptlab.export_cli import export_checkpoint
+    from gptlab.train.sample import parse_sample_args, sample
+
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
+    read = gptlab.checkpoint.load_dcp
+    replaced: list[Path] = []
+
+    def live_save_then_read(state: dict, path: Path, **kwargs: object) -> None:
+        """The live run's next save lands (a copy, linked as the latest) and prunes this one, mid-read."""
+        path = Path(path)
+        if not replaced:
+            newer = run / f"ckpt-{int(path.name[5:12]) + 1:07d}.dcp"
+            shutil.copytree(path, newer)
+            (run / "ckpt.dcp").unlink()
+            (run / "ckpt.dcp").symlink_to(newer.name)
+            shutil.rmtree(path)
+            replaced.append(path)
+        read(state, path, **kwargs)
+
+    monkeypatch.setattr(gptlab.checkpoint, "load_dcp", live_save_then_read)
+    settings = [f"--init_from={str(run)!r}", "--num_samples=1", "--max_new_tokens=2", "--device='cpu'"]
+    readers = {
+        "load_checkpoint": lambda: load_checkpoint(run),
+        "sample": lambda: list(sample(parse_sample_args(settings))),
+        "from_pretrained": lambda: ConfigurableGPT.from_pretrained(run),
+        "export": lambda: export_checkpoint(run, tmp_path / "exported"),
+    }
+    for name, reader in readers.items():
+        replaced.clear()
+        assert reader(), name
+        assert replaced and not replaced[0].exists(), name  # it did go while read
+        err = capfd.readouterr().err
+        assert "Global metadata" not in err and "Traceback" not in err, (name, err[-2000:])
+        printed = [r for r in caplog.records if r.name == "root"]  # DCP's own logger has a NullHandler
+        assert not printed, (name, caplog.text[-2000:])  # the root logger's: stderr without logging set up
+    replaced.clear()  # a checkpoint named by its own path: read as it is, or an error that says so
+    named = run / "ckpt.dcp"
+    with pytest.raises(CheckpointError, match="is not a readable gptlab DCP checkpoint"):
+        load_checkpoint(named.resolve())
+
+
 def test_the_later_iteration_wins_after_a_mode_switch(data_dir: Path, tmp_path: Path) -> None:
     """A ddp run resumed under fsdp leaves its older ckpt.pt: resuming, exporting and loading take the
     later iteration even when the ckpt.pt's file time is the newer (a copied directory)."""
