@@ -151,11 +151,7 @@ def train_and_compare(
 ) -> Comparison:
     """Train every architecture in ``names`` with ``TRAIN_DEFAULTS`` + ``overrides``, then tabulate
     the trained architectures (``table``: TABLE_DEFAULTS keys) and their results, and write the report."""
-    from gptlab.config.model import ModelArchitectureConfig
     from gptlab.config.train import resolve_run_config
-    from gptlab.telemetry import get_gpu_spec
-    from gptlab.train.launch import train
-    from gptlab.train.loop import NonFiniteLossError
 
     log = log or (lambda text: print(text, file=sys.stderr))
     overrides = dict(overrides or {})
@@ -190,6 +186,25 @@ def train_and_compare(
             f"the architectures would train on different tokens per iteration {tokens}: "
             "set --block_size (and batch keys) so that they agree"
         )
+    from gptlab.fileio import run_lock
+
+    with run_lock(out):  # a second comparison into OUT_DIR would replace runs this one's report then describes
+        return _train_all(archs, runs, out, settings, report, log)
+
+
+def _train_all(
+    archs: list[Architecture],
+    runs: list[Any],
+    out: Path,
+    settings: dict[str, Any],
+    report: bool,
+    log: Callable[[str], None],
+) -> Comparison:
+    from gptlab.config.model import ModelArchitectureConfig
+    from gptlab.telemetry import get_gpu_spec
+    from gptlab.train.launch import train
+    from gptlab.train.loop import NonFiniteLossError
+
     _warm_up(runs)
     results, figures = [], []
     for arch, run in zip(archs, runs):

@@ -244,6 +244,25 @@ def test_compare_train_overrides_apply_to_the_trained_sizes_and_matplotlib_is_ch
     assert not (tmp_path / "none").exists()
 
 
+def test_a_second_comparison_into_the_same_out_dir_is_refused(tmp_path: Path) -> None:
+    """Two `compare --train` into one OUT_DIR: the second (overwrite=True, its default) replaced the first's
+    finished run, whose report then mixed both (its table one run's, its curves the other's). The whole
+    comparison holds OUT_DIR: the second is refused in one line before it trains."""
+    from gptlab.compare_train import train_and_compare
+    from gptlab.errors import ConfigError
+    from gptlab.fileio import run_lock
+
+    prepare_dataset("stdlib_char", data_dir=tmp_path / "data")
+    small = dict(n_layer=1, n_embd=16, block_size=16, batch_size=2, max_iters=1, data_dir=str(tmp_path / "data"))
+    out = tmp_path / "cmp"
+    with run_lock(out):  # the first comparison, still running
+        with pytest.raises(ConfigError, match="is in use by another training"):
+            train_and_compare(["gpt2"], {"out_dir": str(out), **small}, report=False, log=lambda text: None)
+        assert not (out / "gpt2").exists()
+    result = train_and_compare(["gpt2"], {"out_dir": str(out), **small}, report=False, log=lambda text: None)
+    assert result.training[0]["final_val_loss"] is not None
+
+
 def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_architecture(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
