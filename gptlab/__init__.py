@@ -4,7 +4,7 @@ from gptlab.config.model import ModelArchitectureConfig, get_debug_config, get_p
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.gpt import ConfigurableGPT
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CheckpointError",

@@ -321,3 +321,27 @@ def test_a_long_log_is_held_as_the_plotted_fields(tiny_runs: list[Path], tmp_pat
     for metric, (_, value_of) in ITER_METRICS.items():
         xs, ys = series(run, metric)
         assert xs == list(range(n)) and ys == [value_of(last)] * n and ys[0] is not None, metric
+
+
+def test_a_live_sessions_run_has_no_summary_of_an_earlier_one(tmp_path: Path) -> None:
+    """`gptlab report` on a resumed (or overwritten) run that is still training showed the finished earlier
+    session's summary (status completed, its iterations and final val loss) from its summary record or from
+    the summary.json it left. A log that never recorded a summary (an older gptlab's) still reads the file."""
+    import json
+
+    from gptlab.report import load_run
+
+    finished = {"type": "summary", "status": "completed", "iterations": 100, "final_val_loss": 4.7}
+    lines = [
+        {"type": "startup", "training": {"start_iter": 0, "tokens_per_iter": 64}},
+        {"type": "iter", "iter": 99, "loss": 4.8},
+        finished,
+        {"type": "event", "event": "resume", "message": "resuming"},
+        {"type": "startup", "training": {"start_iter": 101, "tokens_per_iter": 64}},
+        {"type": "iter", "iter": 748, "loss": 3.1},
+    ]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    (tmp_path / "summary.json").write_text(json.dumps(finished))  # left by the finished session
+    assert load_run(tmp_path).summary == {}
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines[:2]) + "\n")  # no summary record
+    assert load_run(tmp_path).summary["final_val_loss"] == 4.7

@@ -306,10 +306,11 @@ class Trainer:
             parallel=self.mode,
             accum_steps=self.accum_steps,
         )
-        # tokens trained so far, over every session (a resume that changed the batch keeps the count exact;
-        # a checkpoint older than this count is assumed to have trained at today's tokens per iteration)
-        per_iter = self.telemetry.tokens_per_iter
-        self.tokens_seen = 0 if ckpt is None else int(ckpt.get("tokens_seen", self.iter_num * per_iter))
+        # tokens trained so far, over every session (a resume that changed the batch keeps the count exact)
+        self.tokens_seen = 0
+        if ckpt is not None:
+            per_iter = _saved_tokens_per_iter(ckpt, self.telemetry.tokens_per_iter)  # for a checkpoint without it
+            self.tokens_seen = int(ckpt["tokens_seen"] if "tokens_seen" in ckpt else self.iter_num * per_iter)
         self.logger = TrainingLogger(
             self.out_dir,
             style=cfg.log_style,
@@ -347,6 +348,10 @@ class Trainer:
             if old_data and old_data != new_data:  # re-prepared (other text, another Python's stdlib): said, as
                 # the tokenizer is, not refused; the batches from here on are not the interrupted run's
                 changed["data"] = (_describe_data(old_data), _describe_data(new_data))
+            if "versions" not in ckpt:  # written before evaluation batches had their own stream (and versions
+                # were recorded): the val losses from here on are on other batches than the logged ones
+                changed["evaluation batches"] = ("seed+1's training stream", "their own stream (from here on)")
+                self.best_val_loss = float("inf")  # not comparable: the next evaluation sets it, on the new batches
             old_versions = ckpt.get("versions") or {}
             for name, now in software_versions().items():
                 if old_versions.get(name) not in (None, now):
@@ -733,6 +738,8 @@ class Trainer:
                 # with the torchrun job that runs it: a restarted attempt of the same job continues the run
                 record = {**self.run_config.to_dict(), "torchelastic_run_id": elastic_run_id()}
                 atomic_write(self.out_dir / "config.json", _dumps(record))
+                # the run trains again: a finished session's (or a replaced run's) summary no longer describes it
+                (self.out_dir / "summary.json").unlink(missing_ok=True)
             report = build_startup_report(self)
             self.logger.log_startup_info(report, render_startup_report(report))
             if self._memory_warning:  # before the first step, not after an OOM
@@ -1063,6 +1070,16 @@ class Trainer:
             # the run's best over every session (the checkpoint carries it), not only this session's evaluations
             extra["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return extra
+
+
+def _saved_tokens_per_iter(ckpt: dict[str, Any], today: int) -> int:
+    """Tokens per iteration of the run that wrote a checkpoint older than its ``tokens_seen`` record: from its
+    own batch settings (a resume that changed the batch counted the earlier iterations at today's), else today's."""
+    train, arch = (ckpt.get("config") or {}).get("train") or {}, ckpt.get("arch") or {}
+    sizes = (train.get("batch_size"), train.get("gradient_accumulation_steps"), arch.get("block_size"))
+    if all(isinstance(v, int) and v > 0 for v in sizes):
+        return sizes[0] * sizes[1] * sizes[2]  # accumulation global across ranks, as since before that record
+    return today
 
 
 def _describe_data(fingerprint: dict[str, Any]) -> str:

@@ -994,6 +994,59 @@ def test_a_resume_of_a_live_run_is_refused_before_its_checkpoint_is_read(
     assert parse_run_args(tiny_args(data_dir, out, init_from="resume", max_iters=4)).train.max_iters == 4
 
 
+def test_a_run_that_trains_again_removes_the_summary_of_its_finished_session(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished run resumed with more iterations (or replaced with overwrite=True) is live again: its old
+    summary.json said "completed" at the old iteration to every reader until the new one finished; a resume
+    that has nothing to do leaves it."""
+    out = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, out, max_iters=2)), stream=io.StringIO())
+    finished = (out / "summary.json").read_text()
+    train(parse_run_args(tiny_args(data_dir, out, init_from="resume", max_iters=2)), stream=io.StringIO())
+    assert (out / "summary.json").read_text() == finished  # nothing to do
+    seen = []
+    loop = Trainer._train_loop
+
+    def training(self: Trainer, stop: object) -> dict:
+        seen.append((out / "summary.json").exists())
+        return loop(self, stop)
+
+    monkeypatch.setattr(Trainer, "_train_loop", training)
+    for more in (dict(init_from="resume", max_iters=4), dict(overwrite=True, max_iters=3)):
+        summary = train(parse_run_args(tiny_args(data_dir, out, **more)), stream=io.StringIO())
+        assert json.loads((out / "summary.json").read_text())["iterations"] == summary["iterations"]
+    assert seen == [False, False]
+
+
+def test_a_checkpoint_of_an_older_gptlab_resumes_with_its_own_counts_and_says_what_changed(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """A checkpoint from before the evaluation batches had their own stream (no ``versions``) and before the
+    token count (no ``tokens_seen``): the resume says the evaluation batches changed and takes its best val
+    loss from the new batches (the old best, on others, kept a better model from being saved); the tokens of
+    the earlier iterations are counted at the checkpoint's own batch (today's made it 2x with --batch_size=8)."""
+    out = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, out, max_iters=8, eval_interval=4)), stream=io.StringIO())
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    start, old_best = ckpt["iter_num"], ckpt["best_val_loss"]
+    for key in ("versions", "tokens_seen", "data"):
+        del ckpt[key]
+    torch.save(ckpt, out / "ckpt.pt")
+    resumed = tiny_args(data_dir, out, init_from="resume", max_iters=16, eval_interval=4, batch_size=8)
+    summary = train(parse_run_args(resumed), stream=io.StringIO())
+    (event,) = [r for r in read_log(out) if r.get("event") == "resume"]
+    assert "evaluation batches" in event["changed"] and "evaluation batches" in event["message"]
+    evals = [r for r in read_log(out) if r["type"] == "eval" and r["iter"] >= start]
+    assert evals[0]["iter"] == start and evals[0]["tokens"] == start * 4 * 2 * 32  # the checkpoint's batch
+    assert summary["best_val_loss"] == min(r["val_loss"] for r in evals) != old_best
+    # a checkpoint that records them: nothing said of the evaluation batches, the count carried as it is
+    again = tiny_args(data_dir, out, init_from="resume", max_iters=20, eval_interval=4, batch_size=8)
+    train(parse_run_args(again), stream=io.StringIO())
+    last = [r for r in read_log(out) if r.get("event") == "resume"][-1]
+    assert "evaluation batches" not in last["changed"]
+
+
 # ---- the step's arithmetic against references computed here (learning rate, clipping, loss, gradients)
 
 STEP_ARGS = dict(n_layer=1, n_embd=32, block_size=16, batch_size=4, eval_iters=1, gradient_log_interval=1000)
