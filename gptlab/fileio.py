@@ -62,7 +62,6 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
     replaces) would interleave its log with the other's, overwrite its checkpoint, or with overwrite=True
     delete it. An exclusive ``flock`` held for the whole run; a second run is refused in one line naming
     the holder. The lock goes with the process, also when it is killed."""
-
     out_dir = Path(os.path.abspath(out_dir))  # '..' resolved, so that each folder made below can be removed
     created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if nothing is written
     try:
@@ -112,6 +111,7 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
 
 
 def _in_use(out_dir: Path, lock: IO[bytes]) -> Exception:
+    """The one line that refuses a second training, naming the holder the lock file records."""
     from gptlab.errors import ConfigError
 
     lock.seek(0)

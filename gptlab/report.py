@@ -84,7 +84,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     # the time axis is training time: each session (a start, then each resume) counts from its own
     # startup record, after the time the sessions before it ran (not the hours between them)
     offset, session_t0, last_t, after_resume = 0.0, None, None, False
-    summarized: dict[str, Any] | None = None  # a summary record seen: the log, not summary.json, is the record
+    summarized = False  # a summary record seen: the log, not summary.json, is the record
     for n, record in log_records(log):  # (as written: the plots skip non-finite points themselves)
         kind = record.get("type")
         if kind in ("iter", "eval", "gradients") and not isinstance(record.get("iter"), int):
@@ -121,14 +121,14 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         elif kind == "event":
             run.events.append(record)
         elif kind == "summary":
-            run.summary = summarized = record
+            run.summary, summarized = record, True
     # A resume's records of an iteration replace the earlier session's (older logs without a start_iter):
     # keep the last record of each iteration.
     run.iters = list({r["iter"]: r for r in run.iters}.values())
     run.evals = list({r["iter"]: r for r in run.evals}.values())
     run.gradients = list({r["iter"]: r for r in run.gradients}.values())
     summary_file = path / "summary.json"
-    if summarized is None and summary_file.is_file():  # a log that never recorded one (an older gptlab's)
+    if not summarized and summary_file.is_file():  # a log that never recorded one (an older gptlab's)
         try:
             run.summary = json.loads(summary_file.read_text(encoding="utf-8"))
         except ValueError:
