@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import sys
 from collections.abc import Iterable
 
 
@@ -189,3 +190,10 @@ def is_out_of_memory(error: BaseException) -> bool:
     text = str(error).lower()
     signs = ("can't allocate memory", "out of memory", "not enough memory")
     return isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and any(s in text for s in signs))
+
+
+def print_error_line(line: str) -> None:
+    """One line to stderr in one write: under torchrun every rank's stderr is the same pipe, and print()'s
+    separate writes of the text and its newline ran two ranks' lines together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

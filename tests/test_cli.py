@@ -186,3 +186,25 @@ def test_a_write_the_storage_refuses_is_one_line(
 
     assert entry(full, []) == 2 and "No space left on device" in capsys.readouterr().err
     assert storage_refused(OSError(errno.EINVAL, "Invalid argument")) is None  # others keep their traceback
+
+
+def test_an_error_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rank's stderr is torchrun's one pipe: a line written as text, then newline, ran into the next
+    rank's ('...as in nanoGPT)[rank 1] error: ...')."""
+    import sys
+
+    from gptlab.errors import print_error_line
+
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            writes.append("<flush>")
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    print_error_line("[rank 1] error: gradient_accumulation_steps=1 must be divisible")
+    assert writes == ["[rank 1] error: gradient_accumulation_steps=1 must be divisible\n", "<flush>"]

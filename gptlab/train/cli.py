@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gptlab.errors import PATH_ERRORS, USER_ERRORS
+from gptlab.errors import PATH_ERRORS, USER_ERRORS, print_error_line
 from gptlab.train.signals import TrainingInterrupted, report_interrupted
 
 # `gptlab train` with no config: a small model on the embedded dataset that a 2-core CPU
@@ -140,7 +140,7 @@ def entry(run: Any, argv: Sequence[str] | None = None) -> int:
         # under torchrun, say which rank: a rank that fails before the group forms is the one to read
         world = os.environ.get("WORLD_SIZE", "1")
         rank = f"[rank {os.environ.get('RANK', '?')}] " if world.isdigit() and int(world) > 1 else ""
-        print(f"{rank}error: {e}", file=sys.stderr)
+        print_error_line(f"{rank}error: {e}")
         return 2
     except OSError as e:  # `python train.py ... | head`, a full disk
         from gptlab.cli import os_error_status

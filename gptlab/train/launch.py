@@ -16,7 +16,14 @@ import torch
 from gptlab import parallel
 from gptlab.config.train import RunConfig
 from gptlab.device import resolve_device, set_tf32_state, tf32_state
-from gptlab.errors import USER_ERRORS, GptlabError, compiler_missing, is_out_of_memory, storage_refused
+from gptlab.errors import (
+    USER_ERRORS,
+    GptlabError,
+    compiler_missing,
+    is_out_of_memory,
+    print_error_line,
+    storage_refused,
+)
 from gptlab.fileio import run_lock
 from gptlab.train.loop import Trainer
 from gptlab.train.signals import TrainingInterrupted
@@ -107,7 +114,7 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, TrainingInterrupted):  # every rank agreed to stop and the checkpoint is written
             if info.master:
-                print(f"[rank {info.rank}] {message}", file=sys.stderr, flush=True)
+                print_error_line(f"[rank {info.rank}] {message}")
             sys.stdout.flush()
             os._exit(e.exit_code)
         peer = _peer_lost(e)
@@ -124,7 +131,7 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
             )
         elif not isinstance(e, USER_ERRORS):
             traceback.print_exc()
-        print(f"[rank {info.rank}] error: {message}", file=sys.stderr, flush=True)
+        print_error_line(f"[rank {info.rank}] error: {message}")
         sys.stdout.flush()
         os._exit(2 if isinstance(e, USER_ERRORS) else 1)  # no exit handlers: they may wait on dead peers
     # the model's reference cycles (FSDP's and DDP's hooks) hold the process groups it reduces over: freed

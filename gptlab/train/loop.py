@@ -165,6 +165,21 @@ def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> None:
         )
 
 
+def _accumulation_error(cfg: TrainConfig, world_size: int, explicit: frozenset[str]) -> str:
+    """The one line for a gradient_accumulation_steps the ranks cannot share, naming a value that works;
+    a resume's (the checkpoint's, not typed) says so, since the user never wrote it."""
+    steps = cfg.gradient_accumulation_steps
+    fits = -(-steps // world_size) * world_size  # the next multiple of the world size
+    whence = ""
+    if cfg.init_from == "resume" and "gradient_accumulation_steps" not in explicit:
+        whence = " (the resumed checkpoint's)"
+    return (
+        f"gradient_accumulation_steps={steps}{whence} must be divisible by the world size {world_size} "
+        f"(it counts the micro-batches of the whole step, as in nanoGPT): pass --gradient_accumulation_steps={fits}, "
+        "or launch a number of processes that divides it"
+    )
+
+
 class Trainer:
     """Owns one run: data, model, optimizer, logger; ``run()`` trains to ``max_iters``."""
 
@@ -180,12 +195,10 @@ class Trainer:
         self.world_size, self.rank, self.master = self.dist.world_size, self.dist.rank, self.dist.master
         # nanoGPT's meaning: gradient_accumulation_steps counts micro-batches of the global step,
         # shared out over the ranks (the global batch stays the knob under any world size)
-        if cfg.gradient_accumulation_steps % self.world_size:
-            raise ConfigError(
-                f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be divisible by the "
-                f"world size {self.world_size} (it counts the micro-batches of the whole step, as in nanoGPT)"
-            )
-        self.accum_steps = cfg.gradient_accumulation_steps // self.world_size  # micro-steps per rank
+        # (an evaluation takes no training step: eval_only evaluates whatever the checkpoint's batch was)
+        if cfg.gradient_accumulation_steps % self.world_size and not cfg.eval_only:
+            raise ConfigError(_accumulation_error(cfg, self.world_size, run.explicit))
+        self.accum_steps = max(1, cfg.gradient_accumulation_steps // self.world_size)  # micro-steps per rank
         self._fault = _fault_injection()
         # the same on every rank, so that every rank building the weights builds the same ones (under FSDP
         # only rank 0 does; afterwards nothing relies on equal RNG streams: dropout reseeds per micro-step)

@@ -244,6 +244,23 @@ def test_resume_validates_the_settings_it_will_run_with(data_dir: Path, tmp_path
         parse_run_args([*launch, "--arch_preset='gpt2'"])
 
 
+def test_an_accumulation_the_ranks_cannot_share_names_a_value_that_works(data_dir: Path, tmp_path: Path) -> None:
+    """A laptop run (gradient_accumulation_steps=1, the default) resumed on 2 ranks: the refusal says the value
+    is the checkpoint's (nothing typed it) and names one the ranks can share."""
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, max_iters=1, gradient_accumulation_steps=1)), stream=io.StringIO())
+    launch = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'", "--max_iters=2"]
+    two_ranks = parallel.DistInfo(rank=0, world_size=2, mode="ddp")
+    with pytest.raises(
+        ConfigError,
+        match=r"^gradient_accumulation_steps=1 \(the resumed checkpoint's\) must be divisible by the world size 2 "
+        r".*: pass --gradient_accumulation_steps=2,",
+    ):
+        Trainer(parse_run_args(launch), stream=io.StringIO(), dist=two_ranks)
+    with pytest.raises(ConfigError, match=r"^gradient_accumulation_steps=3 must be .*steps=4,"):
+        Trainer(parse_run_args([*launch, "--gradient_accumulation_steps=3"]), stream=io.StringIO(), dist=two_ranks)
+
+
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
