@@ -231,6 +231,10 @@ class Trainer:
         # ---- data
         self.dataset_dir = ensure_prepared(cfg.dataset, cfg.data_dir)
         self.meta = read_meta(self.dataset_dir)
+        if cfg.sample_at_end:  # refused now, not after the training (whose summary it kept from being written)
+            from gptlab.train.sample import encode_sample_prompt
+
+            encode_sample_prompt(self.meta.get("tokenizer"), cfg.sample_prompt)
         self.iter_num, self.best_val_loss = 0, float("inf")
         self._overruled: list[str] = []  # config-file architecture keys the loaded weights overrule
         self._weights_source = cfg.init_from  # a resume: the checkpoint's path

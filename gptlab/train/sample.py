@@ -188,6 +188,20 @@ def _gptlab_checkpoint(found: Path | None) -> dict[str, Any] | None:
         return None
 
 
+def encode_sample_prompt(tokenizer_meta: dict[str, Any] | None, prompt: str) -> tuple[Any, list[int]]:
+    """The tokenizer and the prompt's ids; a training run with sample_at_end calls it at start, so a prompt
+    its vocabulary cannot encode is refused before the training rather than after it."""
+    from gptlab.data.tokenizers import load_tokenizer
+
+    if tokenizer_meta is None:
+        raise CheckpointError("the checkpoint records no tokenizer, so its tokens cannot be decoded")
+    tok = load_tokenizer(tokenizer_meta)
+    try:
+        return tok, tok.encode_prompt(prompt)
+    except DataError as e:  # a char vocabulary without one of the prompt's characters
+        raise ConfigError(f"the prompt (--start / sample_prompt) cannot be encoded: {e}") from None
+
+
 def generate_text(
     model: Any,
     tokenizer_meta: dict[str, Any] | None,
@@ -204,15 +218,7 @@ def generate_text(
     from a generator seeded so, the caller's RNG state left as it was; None: from the current RNG state, as
     a series of samples is (``sample``). ``eager``: a model compiled for training runs eagerly here (see
     below); ``sample --compile`` compiles for this."""
-    from gptlab.data.tokenizers import load_tokenizer
-
-    if tokenizer_meta is None:
-        raise CheckpointError("the checkpoint records no tokenizer, so its tokens cannot be decoded")
-    tok = load_tokenizer(tokenizer_meta)
-    try:
-        ids = tok.encode_prompt(prompt)
-    except DataError as e:  # a char vocabulary without one of the prompt's characters
-        raise ConfigError(f"the prompt (--start / sample_prompt) cannot be encoded: {e}") from None
+    tok, ids = encode_sample_prompt(tokenizer_meta, prompt)
     # An empty prompt: an unconditional sample starts after an end-of-text token (a document boundary,
     # as in the training data), which the text leaves out; a vocabulary without one starts from id 0.
     seeded = not ids

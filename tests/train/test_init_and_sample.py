@@ -136,6 +136,18 @@ def test_root_sample_script(data_dir: Path, tmp_path: Path) -> None:
         list(sample(unknown))
 
 
+def test_a_sample_prompt_the_vocabulary_cannot_encode_is_refused_before_training(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """sample_at_end's prompt is encoded at start: it failed after the training, with no summary written."""
+    from gptlab.errors import ConfigError
+
+    args = tiny_args(data_dir, tmp_path / "run", max_iters=2, sample_at_end=True, sample_prompt="日本")
+    with pytest.raises(ConfigError, match=r"the prompt \(--start / sample_prompt\) cannot be encoded: character '日'"):
+        train(parse_run_args(args), stream=io.StringIO())
+    assert not (tmp_path / "run" / "ckpt.pt").exists() and not (tmp_path / "run" / "log.jsonl").exists()
+
+
 def test_gradient_spike_is_an_event(data_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer(
         parse_run_args(tiny_args(data_dir, tmp_path, max_iters=8, gradient_log_interval=1)), stream=io.StringIO()
