@@ -1,8 +1,14 @@
 """gptlab: GPT architectures assembled from configuration, with verified efficiency figures."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from gptlab.config.model import ModelArchitectureConfig, get_debug_config, get_preset_config, get_typed_config
 from gptlab.errors import CheckpointError, ConfigError
-from gptlab.model.gpt import ConfigurableGPT
+
+if TYPE_CHECKING:
+    from gptlab.model.gpt import ConfigurableGPT
 
 __version__ = "0.2.0"
 
@@ -16,3 +22,13 @@ __all__ = [
     "get_preset_config",
     "get_typed_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``gptlab.ConfigurableGPT`` imported when first asked for: importing torch takes seconds, and a command
+    started (``train.py``, ``gptlab``) handles a Ctrl-C or a mistake only once its own code runs."""
+    if name == "ConfigurableGPT":
+        from gptlab.model.gpt import ConfigurableGPT
+
+        return ConfigurableGPT
+    raise AttributeError(f"module 'gptlab' has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import re
 import sys
@@ -11,8 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from gptlab.config.model import PRESETS, get_preset_config
-from gptlab.config.overrides import parse_overrides
-from gptlab.config.train import TEXT_KEYS
+from gptlab.config.overrides import pair_hint, parse_overrides
 from gptlab.errors import (
     PATH_ERRORS,
     USER_ERRORS,
@@ -27,9 +27,10 @@ from gptlab.train.signals import TrainingInterrupted, report_interrupted
 
 
 def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
+    from gptlab.config.train import BOOL_KEYS, TEXT_KEYS
     from gptlab.model.gpt import ConfigurableGPT
 
-    overrides = parse_overrides(extra, TEXT_KEYS)
+    overrides = parse_overrides(extra, TEXT_KEYS, BOOL_KEYS)
     from gptlab.config.model import ARCH_FIELDS
     from gptlab.config.train import TRAIN_FIELDS, names_a_file
 
@@ -177,10 +178,28 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run_command(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside a training step (importing torch, say), or twice: no traceback
+        print("gptlab: aborted (Ctrl-C); files already written are as they were", file=sys.stderr)
+        return 130
+
+
+def _refuse_spaced_overrides(argv: Sequence[str], extra: Sequence[str]) -> None:
+    """argparse's ``--n_kv_head 4`` for an override (a key the command's parser leaves to ``--key=value``):
+    argparse took the 4 for the PRESET argument, so the override reached the command without its value."""
+    for flag, following in itertools.pairwise(argv):
+        if flag in extra and flag.startswith("--") and "=" not in flag and not following.startswith("-"):
+            raise ConfigError(f"cannot parse '{flag} {following}': {pair_hint(flag[2:], following)}")
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     from gptlab.logging import replace_unencodable_output
 
     replace_unencodable_output()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in RAW_COMMANDS and {"-V", "--version"} & set(argv[1:]):
+        argv = ["--version"]  # `gptlab train --version`: the command's version is gptlab's
     if argv and argv[0] in RAW_COMMANDS and not {"-h", "--help"} & set(argv[1:]):
         import gptlab.train.cli
 
@@ -190,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = build_parser().parse_known_args(argv)
 
         def command() -> int:
+            _refuse_spaced_overrides(argv, extra)
             import_plugins(getattr(args, "plugins", ""))  # before the command reads an architecture
             return args.func(args, extra)
 
@@ -211,9 +231,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:  # Ctrl-C outside a training step, or twice: no traceback, the shell's status
-        print("gptlab: aborted (Ctrl-C); files already written are as they were", file=sys.stderr)
-        return 130
     except (*USER_ERRORS, *PATH_ERRORS) as e:
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2

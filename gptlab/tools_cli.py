@@ -17,11 +17,11 @@ from gptlab.plugins import add_plugins_option
 def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.compare import TABLE_DEFAULTS, compare
     from gptlab.config.overrides import parse_overrides
-    from gptlab.config.train import TEXT_KEYS
+    from gptlab.config.train import BOOL_KEYS, TEXT_KEYS
     from gptlab.errors import unknown_choice
     from gptlab.telemetry.cli import AUTOCAST_DTYPES
 
-    overrides = parse_overrides(extra, TEXT_KEYS)
+    overrides = parse_overrides(extra, TEXT_KEYS, BOOL_KEYS)
     if not args.architectures:  # the design document's bare `python compare_architectures.py`: the presets
         from gptlab.config.model import PRESETS
 

@@ -32,6 +32,18 @@ from gptlab.cli import main
         (["flops", "--seq_len=abc"], "^gptlab flops: error: argument --seq_len: invalid int value: 'abc' \\(see"),
         (["train", "--device", "cpu"], "^gptlab: error: cannot parse '--device cpu': write --device=cpu$"),
         (["train", "--n_layer=2", "config/full_llama_124m.py"], "must come before the --key=value overrides"),
+        # other tools' habits, each answered with what to write here
+        (["train", "--compile", "false"], r"cannot parse '--compile false': write --compile=False$"),
+        (["train", "--compile=false"], r"compile='false' has type str, expected bool \(write False: Python's"),
+        (["train", "--config", "x.py"], r"name the config file first, without a flag: x.py --key=value"),
+        (["train", "--eval_only"], r"'--eval_only': expected --key=value \(write --eval_only=True\)$"),
+        (["train", "--resume"], r"\(write --init_from=resume\)$"),
+        (["train", "--bf16"], r"\(write --dtype=bfloat16\)$"),
+        (["train", "--no-compile"], r"\(write --compile=False\)$"),
+        (["train", "--n_layer=2", "-n_layer=3"], r"'-n_layer=3': write --n_layer=3 \(two dashes\)$"),
+        (["plan", "--n_kv_head", "4"], r"cannot parse '--n_kv_head 4': write --n_kv_head=4$"),  # not preset '4'
+        (["arch", "--bias"], r"\(write --bias=True\)$"),
+        (["sample", "--compile"], r"\(write --compile=True\)$"),
         (["sample", "--device=cuda:x"], "device='cuda:x' is invalid"),
         (["sample", "--start=FILE:/nonexistent/prompt.txt", "--init_from=gpt2"], "cannot read the prompt file"),
         (["sample", "--temperature=1e999"], "temperature=inf is invalid"),
@@ -113,6 +125,61 @@ def test_root_scripts_print_help(script: str, flag: str, capsys: pytest.CaptureF
     assert out.startswith(f"usage: gptlab {script}")
     if script == "train":
         assert "learning_rate" in out and "n_kv_head" in out
+
+
+@pytest.mark.parametrize("argv", [["train", "--version"], ["sample", "-V"], ["train", "config/train_gpt2.py", "-V"]])
+def test_train_and_sample_print_the_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """python train.py --version and gptlab train --version: gptlab's version (they were 'write --version=VALUE')."""
+    from gptlab import __version__
+    from gptlab.train.cli import entry, run_sample, run_train
+
+    assert entry(run_train if argv[0] == "train" else run_sample, argv[1:]) == 0
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"gptlab {__version__} (torch ") for line in lines)
+
+
+# Ctrl-C while torch is imported (seconds, before a command's own code runs): simulated by a KeyboardInterrupt
+# raised from the import of torch, wherever it happens.
+_INTERRUPT_TORCH_IMPORT = """
+import sys
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, Interrupt())
+"""
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [
+        "import runpy; sys.argv = ['train.py', '--max_iters=1']; runpy.run_path('train.py', run_name='__main__')",
+        "import runpy; sys.argv = ['sample.py']; runpy.run_path('sample.py', run_name='__main__')",
+        "from gptlab.cli import main; sys.exit(main(['train', '--max_iters=1']))",  # the console script's import
+        "from gptlab.cli import main; sys.exit(main(['arch', 'llama']))",
+    ],
+)
+def test_a_ctrl_c_while_torch_is_imported_is_one_line_and_130(launch: str, tmp_path: Path) -> None:
+    """A Ctrl-C in the first seconds printed the traceback of an import: the package no longer imports torch
+    when a command's entry is imported, so the command's own handler says it in one line."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPT_TORCH_IMPORT + launch],
+        cwd=root, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert "aborted (Ctrl-C)" in done.stderr
 
 
 def test_other_scripts_keep_their_own_help() -> None:

@@ -18,6 +18,41 @@ def _key_name(typed: str) -> str:
     return alias or typed.replace("-", "_")
 
 
+# Flags of other tools (argparse's, HF Trainer's, litgpt's) that are a setting with a value here.
+FLAG_SPELLINGS: dict[str, str] = {
+    "resume": "--init_from=resume",
+    "bf16": "--dtype=bfloat16",
+    "fp16": "--dtype=float16",
+    "fp32": "--dtype=float32",
+    "cpu": "--device=cpu",
+    "cuda": "--device=cuda",
+    "fsdp": "--use_fsdp=True",
+    "zero1": "--use_zero1=True",
+}
+
+
+def flag_hint(flag: str, bool_keys: Iterable[str] = ()) -> str:
+    """What to write for a ``--flag`` typed without a value: ``--eval_only=True`` for a setting that is a
+    bool, ``--compile=False`` for argparse's ``--no-compile``, ``--dtype=bfloat16`` for ``--bf16``."""
+    key, bool_keys = _key_name(flag), frozenset(bool_keys)
+    if key in bool_keys:
+        return f"--{key}=True"
+    if key.startswith("no_") and key[3:] in bool_keys:
+        return f"--{key[3:]}=False"
+    return FLAG_SPELLINGS.get(key, f"--{key}=VALUE")
+
+
+def pair_hint(flag: str, value: str) -> str:
+    """What to write for argparse's ``--key value``: ``--key=value``, with Python's True / False (nanoGPT's
+    spelling) for ``--compile false``; a config file is named first, without a flag."""
+    key = _key_name(flag)
+    if key in ("config", "config_file", "cfg", "config_path"):
+        return f"name the config file first, without a flag: {value} --key=value ..."
+    if value.lower() in ("true", "false"):
+        value = value.capitalize()
+    return f"write --{key}={value}"
+
+
 def parse_value(text: str) -> Any:
     """A Python literal (``3``, ``6e-4``, ``True``, ``None``, ``'x'``) or else the raw string."""
     try:
@@ -26,14 +61,21 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(args: Sequence[str], text_keys: Iterable[str] = ()) -> dict[str, Any]:
+def parse_overrides(
+    args: Sequence[str], text_keys: Iterable[str] = (), bool_keys: Iterable[str] = ()
+) -> dict[str, Any]:
     """Turn ``['--n_layer=4', '--bias=False']`` into ``{'n_layer': 4, 'bias': False}``. A key of
-    ``text_keys`` (string settings) keeps its text when it reads as a number: ``--wandb_run_name=2024``."""
+    ``text_keys`` (string settings) keeps its text when it reads as a number: ``--wandb_run_name=2024``;
+    ``bool_keys`` (bool settings) name the fix for a bare ``--eval_only``."""
     text_keys = frozenset(text_keys)
     out: dict[str, Any] = {}
-    for arg in args:
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and "=" not in arg and len(arg) > 2 and i + 1 < len(args):
+            following = args[i + 1]
+            if not following.startswith("--"):  # argparse's spelling, '--n_kv_head 4'
+                raise ConfigError(f"cannot parse '{arg} {following}': {pair_hint(arg[2:], following)}")
         if not arg.startswith("--") or "=" not in arg:
-            hint = f" (write --{_key_name(arg[2:])}=VALUE)" if arg.startswith("--") and len(arg) > 2 else ""
+            hint = f" (write {flag_hint(arg[2:], bool_keys)})" if arg.startswith("--") and len(arg) > 2 else ""
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
         key, text = arg[2:].split("=", 1)
         if not key.isidentifier():

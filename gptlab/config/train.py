@@ -29,7 +29,7 @@ from gptlab.config.model import (
     check_keys_take_effect,
     get_preset_config,
 )
-from gptlab.config.overrides import parse_overrides
+from gptlab.config.overrides import pair_hint, parse_overrides
 from gptlab.errors import CheckpointError, ConfigError, did_you_mean, unknown_choice
 from gptlab.model.registry import Registry
 from gptlab.plugins import anchor_plugins, import_plugins, importable_from, plugins_hint, split_plugins
@@ -282,7 +282,13 @@ def text_fields(*classes: type) -> frozenset[str]:
     return frozenset(f.name for cls in classes for f in dataclasses.fields(cls) if f.type in ("str", "str | None", str))
 
 
+def bool_fields(*classes: type) -> frozenset[str]:
+    """The bool settings of dataclasses: a bare ``--eval_only`` gets 'write --eval_only=True'."""
+    return frozenset(f.name for cls in classes for f in dataclasses.fields(cls) if f.type in ("bool", bool))
+
+
 TEXT_KEYS: frozenset[str] = text_fields(TrainConfig, ModelArchitectureConfig)
+BOOL_KEYS: frozenset[str] = bool_fields(TrainConfig, ModelArchitectureConfig)
 
 
 @dataclass
@@ -383,7 +389,10 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
     values = {k: v for k, v in values.items() if not isinstance(v, Registry)}  # imported to register a component
     for key in values:
         if key not in known:
-            raise ConfigError(f"config file {str(path)!r}: unknown key {key!r}{did_you_mean(key, known)}")
+            raise ConfigError(
+                f"config file {str(path)!r}: unknown key {key!r}{did_you_mean(key, known)}; a variable of the "
+                "file's own (a helper) is named with a leading underscore"
+            )
     if isinstance(values.get("plugins"), str):  # found from the file's folder (imported where the run is resolved)
         values["plugins"] = anchor_plugins(values["plugins"], path.parent)
     if _registered() != before and isinstance(values.get("plugins", ""), str):
@@ -514,7 +523,9 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
         if arg.startswith("--"):
             overrides.append(arg)
         elif overrides and "=" not in overrides[-1]:  # argparse's spelling, '--n_layer 4'
-            raise ConfigError(f"cannot parse '{overrides[-1]} {arg}': write {overrides[-1]}={arg}")
+            raise ConfigError(f"cannot parse '{overrides[-1]} {arg}': {pair_hint(overrides[-1][2:], arg)}")
+        elif re.match(r"-[A-Za-z_][\w.-]*=", arg):  # '-n_layer=3': one dash short
+            raise ConfigError(f"cannot parse argument {arg!r}: write -{arg} (two dashes)")
         elif overrides:
             raise ConfigError(f"config file {arg!r} must come before the --key=value overrides")
         else:
@@ -570,7 +581,7 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         from_file = load_config_file(path)
         values.update(from_file)
         explicit.update(from_file)
-    from_overrides = parse_overrides(overrides, TEXT_KEYS)
+    from_overrides = parse_overrides(overrides, TEXT_KEYS, BOOL_KEYS)
     values.update(from_overrides)
     explicit.update(from_overrides)
     _continue_after_elastic_restart(values, explicit, from_overrides)

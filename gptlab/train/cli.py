@@ -117,23 +117,25 @@ def register(sub: Any) -> None:
 
 def entry(run: Any, argv: Sequence[str] | None = None) -> int:
     """Root-script entry: one-line errors, exit code 2, as the gptlab command does; -h / --help print
-    the gptlab command's help for it (``python train.py --help``)."""
-    from gptlab.logging import replace_unencodable_output
-
-    replace_unencodable_output()
-    args = list(sys.argv[1:] if argv is None else argv)
-    if run in (run_train, run_sample) and {"-h", "--help"} & set(args):
-        from gptlab.cli import main
-
-        try:
-            return main(["train" if run is run_train else "sample", "--help"])
-        except SystemExit as done:  # argparse's help exits 0
-            return int(done.code or 0)
+    the gptlab command's help for it (``python train.py --help``), -V / --version its version."""
     try:
+        from gptlab.logging import replace_unencodable_output
+
+        replace_unencodable_output()
+        args = list(sys.argv[1:] if argv is None else argv)
+        asked = {"-h", "--help", "-V", "--version"} & set(args) if run in (run_train, run_sample) else set()
+        if asked:
+            from gptlab.cli import main
+
+            command = "train" if run is run_train else "sample"
+            try:
+                return main([command, "--help"] if asked & {"-h", "--help"} else ["--version"])
+            except SystemExit as done:  # argparse's help and version exit 0
+                return int(done.code or 0)
         return run(args)
     except TrainingInterrupted as e:
         return report_interrupted(e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # importing torch takes seconds: a Ctrl-C then is as one anywhere else
         print("aborted (Ctrl-C); files already written are as they were", file=sys.stderr)
         return 130
     except (*USER_ERRORS, *PATH_ERRORS) as e:

@@ -63,7 +63,7 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` as nanoGPT's sample.py. A config file runs (so the
     components it registers exist) and gives its sample keys; a training file's other keys, and its
     ``init_from`` unless a checkpoint or Hub name, are the training's and left out."""
-    from gptlab.config.train import load_config_file, split_args, text_fields
+    from gptlab.config.train import bool_fields, load_config_file, split_args, text_fields
 
     fields = [f.name for f in dataclasses.fields(SampleConfig)]
     files, overrides = split_args(args)
@@ -73,7 +73,7 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
         if from_file.get("init_from") == "scratch":
             del from_file["init_from"]
         values.update({k: v for k, v in from_file.items() if k in fields})
-    values.update(parse_overrides(overrides, text_fields(SampleConfig)))
+    values.update(parse_overrides(overrides, text_fields(SampleConfig), bool_fields(SampleConfig)))
     for key in values:
         if key not in fields:
             raise ConfigError(f"unknown sample key {key!r}{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")
@@ -251,7 +251,7 @@ def sample(cfg: SampleConfig, on_sample: Callable[[str], None] | None = None) ->
     prompt = cfg.start
     if prompt.startswith("FILE:"):  # nanoGPT's way of giving a long prompt; read before the model is loaded
         try:
-            prompt = Path(prompt[5:]).read_text(encoding="utf-8-sig")  # -sig: as prepare reads text
+            prompt = Path(prompt[5:]).expanduser().read_text(encoding="utf-8-sig")  # -sig: as prepare reads text
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"start={cfg.start!r}: cannot read the prompt file ({type(e).__name__}: {e})") from None
     model, tokenizer = load_model_for_sampling(cfg, device)
