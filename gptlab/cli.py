@@ -185,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# Commands that take architecture and training keys as --key=value beside their own options.
+OVERRIDE_COMMANDS: frozenset[str] = frozenset({"arch", "flops", "plan", "compare"})
+
+
 def _refuse_spaced_overrides(argv: Sequence[str], extra: Sequence[str]) -> None:
     """argparse's ``--n_kv_head 4`` for an override (a key the command's parser leaves to ``--key=value``):
     argparse took the 4 for the PRESET argument, so the override reached the command without its value."""
@@ -209,7 +213,8 @@ def _run_command(argv: Sequence[str] | None) -> int:
         args, extra = build_parser().parse_known_args(argv)
 
         def command() -> int:
-            _refuse_spaced_overrides(argv, extra)
+            if args.command in OVERRIDE_COMMANDS:  # the others refuse an unknown option by its name
+                _refuse_spaced_overrides(argv, extra)
             import_plugins(getattr(args, "plugins", ""))  # before the command reads an architecture
             return args.func(args, extra)
 

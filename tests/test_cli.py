@@ -43,6 +43,7 @@ from gptlab.cli import main
         (["train", "--n_layer=2", "-n_layer=3"], r"'-n_layer=3': write --n_layer=3 \(two dashes\)$"),
         (["plan", "--n_kv_head", "4"], r"cannot parse '--n_kv_head 4': write --n_kv_head=4$"),  # not preset '4'
         (["arch", "--bias"], r"\(write --bias=True\)$"),
+        (["doctor", "--dep", "x"], r"'gptlab doctor' does not take --dep x \(did you mean 'deep'\?\)"),  # no keys
         (["sample", "--compile"], r"\(write --compile=True\)$"),
         (["sample", "--device=cuda:x"], "device='cuda:x' is invalid"),
         (["sample", "--start=FILE:/nonexistent/prompt.txt", "--init_from=gpt2"], "cannot read the prompt file"),
