@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from gptlab.config.model import ModelArchitectureConfig, get_debug_config, get_preset_config, get_typed_config
@@ -25,10 +26,20 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``gptlab.ConfigurableGPT`` imported when first asked for: importing torch takes seconds, and a command
-    started (``train.py``, ``gptlab``) handles a Ctrl-C or a mistake only once its own code runs."""
+    """``gptlab.ConfigurableGPT`` (and a subpackage, ``gptlab.model``) imported when first asked for: importing
+    torch takes seconds, and a command started (``train.py``, ``gptlab``) handles a Ctrl-C or a mistake only
+    once its own code runs."""
     if name == "ConfigurableGPT":
         from gptlab.model.gpt import ConfigurableGPT
 
         return ConfigurableGPT
-    raise AttributeError(f"module 'gptlab' has no attribute {name!r}")
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":  # a module it imports is missing: that is the error to see
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -444,9 +444,14 @@ def check_dcp_metadata(path: str | Path) -> None:
 
 def read_saved_settings(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The training settings and the architecture a checkpoint was written with (``{}`` for none)."""
-    path = Path(path)
-    meta = load_checkpoint_meta(path) if is_dcp_dir(path) else _torch_load_checked(path)  # ckpt.pt: memory-mapped
+    meta = read_checkpoint_record(path)
     return _saved_train(meta), dict(meta.get("arch") or {})
+
+
+def read_checkpoint_record(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's record without its weights being read: a DCP directory's meta, a ckpt.pt memory-mapped."""
+    path = Path(path)
+    return load_checkpoint_meta(path) if is_dcp_dir(path) else _torch_load_checked(path)
 
 
 def _saved_train(meta: dict[str, Any]) -> dict[str, Any]:

@@ -27,12 +27,11 @@ from gptlab.train.signals import TrainingInterrupted, report_interrupted
 
 
 def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
-    from gptlab.config.train import BOOL_KEYS, TEXT_KEYS
+    from gptlab.config.model import ARCH_FIELDS
+    from gptlab.config.train import BOOL_KEYS, TEXT_KEYS, TRAIN_FIELDS, names_a_file
     from gptlab.model.gpt import ConfigurableGPT
 
-    overrides = parse_overrides(extra, TEXT_KEYS, BOOL_KEYS)
-    from gptlab.config.model import ARCH_FIELDS
-    from gptlab.config.train import TRAIN_FIELDS, names_a_file
+    overrides = parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, ARCH_FIELDS)
 
     for key in overrides:
         if key == "arch_preset" and not names_a_file(args.preset):
@@ -192,9 +191,11 @@ OVERRIDE_COMMANDS: frozenset[str] = frozenset({"arch", "flops", "plan", "compare
 def _refuse_spaced_overrides(argv: Sequence[str], extra: Sequence[str]) -> None:
     """argparse's ``--n_kv_head 4`` for an override (a key the command's parser leaves to ``--key=value``):
     argparse took the 4 for the PRESET argument, so the override reached the command without its value."""
+    from gptlab.config.train import BOOL_KEYS
+
     for flag, following in itertools.pairwise(argv):
         if flag in extra and flag.startswith("--") and "=" not in flag and not following.startswith("-"):
-            raise ConfigError(f"cannot parse '{flag} {following}': {pair_hint(flag[2:], following)}")
+            raise ConfigError(f"cannot parse '{flag} {following}': {pair_hint(flag[2:], following, BOOL_KEYS)}")
 
 
 def _run_command(argv: Sequence[str] | None) -> int:

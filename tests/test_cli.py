@@ -43,6 +43,9 @@ from gptlab.cli import main
         (["train", "--n_layer=2", "-n_layer=3"], r"'-n_layer=3': write --n_layer=3 \(two dashes\)$"),
         (["plan", "--n_kv_head", "4"], r"cannot parse '--n_kv_head 4': write --n_kv_head=4$"),  # not preset '4'
         (["arch", "--bias"], r"\(write --bias=True\)$"),
+        (["arch", "--bias", "llama"], r"'--bias llama': --bias takes True or False: write --bias=True, and 'llama' as"),
+        (["sample", "--fsdp"], r"\(write --fsdp=VALUE\)$"),  # not --use_fsdp=True, which sample does not take
+        (["flops", "--cpu"], r"\(write --cpu=VALUE\)$"),
         (["doctor", "--dep", "x"], r"'gptlab doctor' does not take --dep x \(did you mean 'deep'\?\)"),  # no keys
         (["sample", "--compile"], r"\(write --compile=True\)$"),
         (["sample", "--device=cuda:x"], "device='cuda:x' is invalid"),
@@ -181,6 +184,22 @@ def test_a_ctrl_c_while_torch_is_imported_is_one_line_and_130(launch: str, tmp_p
     assert done.returncode == 130, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
     assert "aborted (Ctrl-C)" in done.stderr
+
+
+def test_the_package_imports_torch_only_when_asked() -> None:
+    """The commands' entries import no torch (see above); what ``import gptlab`` gave is still there."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gptlab, gptlab.cli, gptlab.train.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert 'ConfigurableGPT' in dir(gptlab); from gptlab import ConfigurableGPT; import torch; "
+        "assert isinstance(ConfigurableGPT(gptlab.get_debug_config('llama')), torch.nn.Module); "
+        "assert 'rmsnorm' in gptlab.model.NORM_REGISTRY"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_other_scripts_keep_their_own_help() -> None:

@@ -19,37 +19,48 @@ def _key_name(typed: str) -> str:
 
 
 # Flags of other tools (argparse's, HF Trainer's, litgpt's) that are a setting with a value here.
-FLAG_SPELLINGS: dict[str, str] = {
-    "resume": "--init_from=resume",
-    "bf16": "--dtype=bfloat16",
-    "fp16": "--dtype=float16",
-    "fp32": "--dtype=float32",
-    "cpu": "--device=cpu",
-    "cuda": "--device=cuda",
-    "fsdp": "--use_fsdp=True",
-    "zero1": "--use_zero1=True",
+FLAG_SPELLINGS: dict[str, tuple[str, str]] = {
+    "resume": ("init_from", "resume"),
+    "bf16": ("dtype", "bfloat16"),
+    "fp16": ("dtype", "float16"),
+    "fp32": ("dtype", "float32"),
+    "cpu": ("device", "cpu"),
+    "cuda": ("device", "cuda"),
+    "fsdp": ("use_fsdp", "True"),
+    "zero1": ("use_zero1", "True"),
 }
 
+BOOL_WORDS = ("true", "false")
 
-def flag_hint(flag: str, bool_keys: Iterable[str] = ()) -> str:
+
+def _takes(key: str, keys: Iterable[str] | None) -> bool:
+    return keys is None or key in keys
+
+
+def flag_hint(flag: str, bool_keys: Iterable[str] = (), keys: Iterable[str] | None = None) -> str:
     """What to write for a ``--flag`` typed without a value: ``--eval_only=True`` for a setting that is a
-    bool, ``--compile=False`` for argparse's ``--no-compile``, ``--dtype=bfloat16`` for ``--bf16``."""
+    bool, ``--compile=False`` for argparse's ``--no-compile``, ``--dtype=bfloat16`` for ``--bf16``; only
+    settings the command takes (``keys``; None: any) are suggested."""
     key, bool_keys = _key_name(flag), frozenset(bool_keys)
-    if key in bool_keys:
+    if key in bool_keys and _takes(key, keys):
         return f"--{key}=True"
-    if key.startswith("no_") and key[3:] in bool_keys:
+    if key.startswith("no_") and key[3:] in bool_keys and _takes(key[3:], keys):
         return f"--{key[3:]}=False"
-    return FLAG_SPELLINGS.get(key, f"--{key}=VALUE")
+    if key in FLAG_SPELLINGS and _takes(FLAG_SPELLINGS[key][0], keys):
+        return "--{}={}".format(*FLAG_SPELLINGS[key])
+    return f"--{key}=VALUE"
 
 
-def pair_hint(flag: str, value: str) -> str:
+def pair_hint(flag: str, value: str, bool_keys: Iterable[str] = ()) -> str:
     """What to write for argparse's ``--key value``: ``--key=value``, with Python's True / False (nanoGPT's
     spelling) for ``--compile false``; a config file is named first, without a flag."""
     key = _key_name(flag)
     if key in ("config", "config_file", "cfg", "config_path"):
         return f"name the config file first, without a flag: {value} --key=value ..."
-    if value.lower() in ("true", "false"):
+    if value.lower() in BOOL_WORDS:
         value = value.capitalize()
+    elif key in frozenset(bool_keys):  # '--bias llama': the flag alone, then an argument of its own
+        return f"--{key} takes True or False: write --{key}=True, and {value!r} as an argument of its own"
     return f"write --{key}={value}"
 
 
@@ -62,20 +73,24 @@ def parse_value(text: str) -> Any:
 
 
 def parse_overrides(
-    args: Sequence[str], text_keys: Iterable[str] = (), bool_keys: Iterable[str] = ()
+    args: Sequence[str],
+    text_keys: Iterable[str] = (),
+    bool_keys: Iterable[str] = (),
+    keys: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Turn ``['--n_layer=4', '--bias=False']`` into ``{'n_layer': 4, 'bias': False}``. A key of
     ``text_keys`` (string settings) keeps its text when it reads as a number: ``--wandb_run_name=2024``;
-    ``bool_keys`` (bool settings) name the fix for a bare ``--eval_only``."""
+    ``bool_keys`` (bool settings) and ``keys`` (all the command takes; None: any) name the fix for a
+    bare ``--eval_only`` or ``--bf16``."""
     text_keys = frozenset(text_keys)
     out: dict[str, Any] = {}
     for i, arg in enumerate(args):
         if arg.startswith("--") and "=" not in arg and len(arg) > 2 and i + 1 < len(args):
             following = args[i + 1]
             if not following.startswith("--"):  # argparse's spelling, '--n_kv_head 4'
-                raise ConfigError(f"cannot parse '{arg} {following}': {pair_hint(arg[2:], following)}")
+                raise ConfigError(f"cannot parse '{arg} {following}': {pair_hint(arg[2:], following, bool_keys)}")
         if not arg.startswith("--") or "=" not in arg:
-            hint = f" (write {flag_hint(arg[2:], bool_keys)})" if arg.startswith("--") and len(arg) > 2 else ""
+            hint = f" (write {flag_hint(arg[2:], bool_keys, keys)})" if arg.startswith("--") and len(arg) > 2 else ""
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
         key, text = arg[2:].split("=", 1)
         if not key.isidentifier():

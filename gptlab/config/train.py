@@ -69,7 +69,7 @@ class TrainConfig:
     log_style: str = "detailed"  # 'detailed' block per iteration, or 'compact' one line
     gradient_log_interval: int = 10
     # data
-    dataset: str = "stdlib_char"
+    dataset: str = "openwebtext"  # nanoGPT's default (the quick start, with no config file, names its own)
     data_dir: str = "data"
     gradient_accumulation_steps: int = 1
     batch_size: int = 12  # micro-batch per process
@@ -514,7 +514,7 @@ def resumed_values(
     return merged, changed, str(path), overruled
 
 
-def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+def split_args(args: list[str], bool_keys: Iterable[str] = BOOL_KEYS) -> tuple[list[str], list[str]]:
     """``[CONFIG_FILE ...] [--key=value ...]`` -> (files, overrides), with the one-line errors for
     argparse's ``--key value`` spelling and a file after the overrides."""
     files: list[str] = []
@@ -523,7 +523,7 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
         if arg.startswith("--"):
             overrides.append(arg)
         elif overrides and "=" not in overrides[-1]:  # argparse's spelling, '--n_layer 4'
-            raise ConfigError(f"cannot parse '{overrides[-1]} {arg}': {pair_hint(overrides[-1][2:], arg)}")
+            raise ConfigError(f"cannot parse '{overrides[-1]} {arg}': {pair_hint(overrides[-1][2:], arg, bool_keys)}")
         elif re.match(r"-[A-Za-z_][\w.-]*=", arg):  # '-n_layer=3': one dash short
             raise ConfigError(f"cannot parse argument {arg!r}: write -{arg} (two dashes)")
         elif overrides:
@@ -581,7 +581,7 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         from_file = load_config_file(path)
         values.update(from_file)
         explicit.update(from_file)
-    from_overrides = parse_overrides(overrides, TEXT_KEYS, BOOL_KEYS)
+    from_overrides = parse_overrides(overrides, TEXT_KEYS, BOOL_KEYS, ALL_KEYS)
     values.update(from_overrides)
     explicit.update(from_overrides)
     _continue_after_elastic_restart(values, explicit, from_overrides)

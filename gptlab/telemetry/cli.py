@@ -85,7 +85,10 @@ def _check_options(args: argparse.Namespace) -> None:
 def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
     """The architecture of a preset name or a training config file, with --key=value overrides; the
     command's options not given are filled in (``_fill_options``)."""
-    overrides = {**parse_overrides(extra, TEXT_KEYS, BOOL_KEYS), **{k: v for k, v in fixed.items() if v is not None}}
+    overrides = {
+        **parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, ARCH_FIELDS),
+        **{k: v for k, v in fixed.items() if v is not None},
+    }
     from gptlab.compare import resolve_architecture, run_config_json
 
     run_dir = run_config_json(args.preset)  # a run directory: the architecture it trained, its own batch

@@ -150,6 +150,33 @@ def _recorded_preset(path: Path) -> str | None:
         return None
 
 
+def _weights_tokenizer(path: Path, vocab_size: int) -> dict[str, Any] | None:
+    """The tokenizer the weights to fine-tune were trained with, where something says: a gptlab checkpoint's
+    record (beside a ``gptlab export --hf`` directory too), else GPT-2's for GPT-2's vocabulary (Hugging
+    Face's gpt2, nanoGPT's padded 50304); None when nothing does (a nanoGPT char model)."""
+    from gptlab.checkpoint import CHECKPOINT_NAME, read_checkpoint_record
+    from gptlab.model.convert import gptlab_checkpoint_path
+
+    found = gptlab_checkpoint_path(path) or (path / CHECKPOINT_NAME if path.is_dir() else None)
+    if found is not None and found.exists():
+        try:
+            record = read_checkpoint_record(found)
+        except CheckpointError:  # unreadable here: the weights' own loading said whatever there was to say
+            record = {}
+        if record.get("format") == "gptlab":
+            return record.get("tokenizer")
+    return {"name": "gpt2"} if vocab_size in (50257, 50304) else None
+
+
+def _other_tokenizer(weights: dict[str, Any] | None, data: dict[str, Any] | None) -> bool:
+    """Whether the dataset's ids are other text to the weights: another tokenizer, or another char vocabulary."""
+    if not weights or not data:
+        return False
+    if weights.get("name") != data.get("name"):
+        return True
+    return data.get("name") == "char" and weights != data
+
+
 def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> None:
     """An ``arch_preset`` typed now whose family the loaded weights contradict (but for the family keys
     typed with it) is an error, as on a resume; variants within a family (tying, RoPE theta) load. A config
@@ -234,9 +261,15 @@ class Trainer:
         if cfg.sample_at_end:  # refused now, not after the training (whose summary it kept from being written)
             from gptlab.train.sample import encode_sample_prompt
 
+            if self.meta.get("tokenizer") is None:
+                raise ConfigError(
+                    f"sample_at_end=True, but dataset {cfg.dataset!r} records no tokenizer (its meta.json), so a "
+                    "sample could not be decoded: pass --sample_at_end=False"
+                )
             encode_sample_prompt(self.meta.get("tokenizer"), cfg.sample_prompt)
         self.iter_num, self.best_val_loss = 0, float("inf")
         self._overruled: list[str] = []  # config-file architecture keys the loaded weights overrule
+        self._weights_tokenizer: dict[str, Any] | None = None  # a fine-tune's weights' tokenizer, where known
         self._weights_source = cfg.init_from  # a resume: the checkpoint's path
         self.arch, ckpt, pretrained = self._resolve_init(run)
         # the DCP checkpoint resumed from, and its iteration: saving that iteration again rewrites only its meta
@@ -388,6 +421,17 @@ class Trainer:
                 + "; ".join(self._overruled),
                 overruled=self._overruled,
             )
+        if _other_tokenizer(self._weights_tokenizer, self.meta.get("tokenizer")):  # said, not refused (a study
+            # may mean it), as a resume on another tokenizer is
+            old, new = self._weights_tokenizer or {}, self.meta.get("tokenizer") or {}
+            what = "another char vocabulary" if old.get("name") == new.get("name") else f"{new.get('name')!r} tokens"
+            self.logger.log_event(
+                "tokenizer_mismatch",
+                f"the weights from {cfg.init_from!r} were trained on {old.get('name')!r} tokens, but dataset "
+                f"{cfg.dataset!r} is {what}: its ids are other text to them (is --dataset the one you meant?)",
+                weights_tokenizer=old.get("name"),
+                dataset_tokenizer=new.get("name"),
+            )
         if cfg.overwrite and cfg.init_from != "resume" and not cfg.eval_only:
             # the replaced run's checkpoints go now (weights to fine-tune from are loaded by every rank), so that
             # no later resume or export finds them
@@ -453,6 +497,7 @@ class Trainer:
         path = resolve_pretrained(cfg.init_from)
         model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
         loaded = model.config.to_dict()
+        self._weights_tokenizer = _weights_tokenizer(Path(path), model.config.vocab_size)
         wanted = run.file_arch.get("arch_preset")
         family = preset_family(loaded, prefer=(wanted, _recorded_preset(path)))
         self._overruled = [

@@ -66,14 +66,14 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     from gptlab.config.train import bool_fields, load_config_file, split_args, text_fields
 
     fields = [f.name for f in dataclasses.fields(SampleConfig)]
-    files, overrides = split_args(args)
+    files, overrides = split_args(args, bool_fields(SampleConfig))
     values: dict[str, Any] = {}
     for path in files:
         from_file = load_config_file(path, keys=fields)
         if from_file.get("init_from") == "scratch":
             del from_file["init_from"]
         values.update({k: v for k, v in from_file.items() if k in fields})
-    values.update(parse_overrides(overrides, text_fields(SampleConfig), bool_fields(SampleConfig)))
+    values.update(parse_overrides(overrides, text_fields(SampleConfig), bool_fields(SampleConfig), fields))
     for key in values:
         if key not in fields:
             raise ConfigError(f"unknown sample key {key!r}{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")

@@ -33,6 +33,20 @@ def _tflops(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
 
 
+def _batch_line(t: dict[str, Any]) -> str:
+    """The training step's batch; an evaluation's own batch for eval_only, which takes no step (its
+    micro-batches need not divide among the ranks, so the step's figures would not add up)."""
+    if t.get("eval_only"):
+        shared = f" (the batches shared over {t['world_size']} ranks)" if t["world_size"] > 1 else ""
+        return f"  batch:       {t['batch_size']} sequences x {t['block_size']} tokens per evaluation batch{shared}"
+    return (
+        f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} micro-batches"
+        + (f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks)" if t["world_size"] > 1 else "")
+        + f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"
+        f" = {t['tokens_per_iter']:,} tokens/iter"
+    )
+
+
 def build_startup_report(trainer: Trainer) -> dict[str, Any]:
     """The report as a JSON-ready dict (the startup record of log.jsonl)."""
     cfg, arch, model, tel = trainer.cfg, trainer.arch, trainer.raw_model, trainer.telemetry
@@ -132,10 +146,7 @@ def render_startup_report(r: dict[str, Any]) -> str:
         f"  data:        {t['dataset']} ({t['tokenizer']}, vocab {t['vocab_size']})"
         + (", nanoGPT's prepare.py output, read as it is" if t.get("data_source") == "nanogpt" else "")
         + f"; init_from={t['init_from']}",
-        f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} micro-batches"
-        + (f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks)" if t["world_size"] > 1 else "")
-        + f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"
-        f" = {t['tokens_per_iter']:,} tokens/iter",
+        _batch_line(t),
         *plan,
         "Hardware",
         f"  device:      {h['device']} ({h['device_name']}), dtype={h['dtype']}, compile={h['compile']},"

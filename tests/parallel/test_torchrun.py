@@ -183,6 +183,7 @@ def test_single_file_checkpoint_resumes_under_fsdp(data_dir: Path, tmp_path: Pat
     args = [a for a in small(data_dir, dst, init_from="resume", eval_only=True) if "gradient_accumulation" not in a]
     res = torchrun(["--use_fsdp=True", *args], config=None)  # a config file's gradient_accumulation_steps would win
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "batch:       4 sequences x 32 tokens per evaluation batch (the batches shared over 2 ranks)" in res.stdout
     (evaluated,) = records(dst, "eval", "eval.jsonl")  # an evaluation's records
     assert evaluated["val_loss"] == pytest.approx(records(runs["ddp"], "eval")[-1]["val_loss"], rel=1e-6)
 

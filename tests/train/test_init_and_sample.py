@@ -44,6 +44,8 @@ def test_init_from_pretrained_directory_or_checkpoint(fmt: str, data_dir: Path, 
     assert trainer.arch.block_size == 32  # cropped to the requested shorter context, as nanoGPT does
     trainer.run()
     assert _records(out)[0]["training"]["init_from"] == str(src)
+    # the run's own tokenizer (its checkpoint's record), or nothing known (weights of vocabulary 128): no warning
+    assert not [r for r in _records(out) if r.get("event") == "tokenizer_mismatch"]
 
 
 def test_run_directory_loads_and_conflicting_overrides_fail(data_dir: Path, tmp_path: Path) -> None:
@@ -146,6 +148,15 @@ def test_a_sample_prompt_the_vocabulary_cannot_encode_is_refused_before_training
     with pytest.raises(ConfigError, match=r"the prompt \(--start / sample_prompt\) cannot be encoded: character '日'"):
         train(parse_run_args(args), stream=io.StringIO())
     assert not (tmp_path / "run" / "ckpt.pt").exists() and not (tmp_path / "run" / "log.jsonl").exists()
+    import shutil
+
+    shutil.copytree(data_dir / "stdlib_char", tmp_path / "data" / "stdlib_char")  # a dataset without a tokenizer
+    meta = json.loads((tmp_path / "data" / "stdlib_char" / "meta.json").read_text())
+    del meta["tokenizer"]
+    (tmp_path / "data" / "stdlib_char" / "meta.json").write_text(json.dumps(meta))
+    args = tiny_args(tmp_path / "data", tmp_path / "run", max_iters=2, sample_at_end=True)
+    with pytest.raises(ConfigError, match=r"^sample_at_end=True, but dataset 'stdlib_char' records no tokenizer"):
+        train(parse_run_args(args), stream=io.StringIO())
 
 
 def test_gradient_spike_is_an_event(data_dir: Path, tmp_path: Path) -> None:
@@ -208,6 +219,7 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     report = console.getvalue()  # an evaluation announces no training it will not do
     assert "gptlab evaluation" in report and "at iter 5 (eval_only" in report
     assert "schedule:" not in report and "optimizer:" not in report
+    assert "per evaluation batch" in report and "micro-batches" not in report  # its own batch, not a step's
     assert summary["final_val_loss"] is not None
     assert summary["best_val_loss"] == summary["final_val_loss"]  # the evaluation's own, not the run's
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
@@ -279,6 +291,10 @@ def test_nanogpt_finetune_config_runs(data_dir: Path, tmp_path: Path, offline_hu
     assert summary["iterations"] == 3 and (tmp_path / "ft" / "ckpt.pt").exists()
     lrs = {r["lr"] for r in _records(tmp_path / "ft") if r["type"] == "iter"}
     assert lrs == {3e-5}
+    # GPT-2's weights on a char dataset (the test's, not Shakespeare's BPE): said before the first step
+    (mismatch,) = [r for r in _records(tmp_path / "ft") if r.get("event") == "tokenizer_mismatch"]
+    assert (mismatch["weights_tokenizer"], mismatch["dataset_tokenizer"]) == ("gpt2", "char")
+    assert "were trained on 'gpt2' tokens, but dataset 'stdlib_char' is 'char' tokens" in mismatch["message"]
 
 
 def test_nanogpt_eval_config_evaluates_hub_weights(data_dir: Path, tmp_path: Path, offline_hub) -> None:
