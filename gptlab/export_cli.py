@@ -17,6 +17,7 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
 
     ckpt = load_checkpoint(src)
     ckpt.pop("path", None)
+    _check_hf_folder_matches(Path(src).expanduser(), ckpt)
     out = Path(out)
     from gptlab.errors import ConfigError
 
@@ -48,6 +49,31 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
         model.save_pretrained(out, special_tokens_for(ckpt.get("tokenizer"), model.config.vocab_size))
         save_hf_tokenizer(ckpt.get("tokenizer"), out, model.config.block_size)  # GPT-2 BPE: AutoTokenizer works
     return out / CHECKPOINT_NAME
+
+
+def _check_hf_folder_matches(src: Path, ckpt: dict[str, Any]) -> None:
+    """An earlier ``--hf`` export as the source: every other command (``init_from``, ``sample``,
+    ``from_pretrained``) reads such a folder's Hugging Face weights, this one its ckpt.pt; a fine-tune saved
+    there by ``transformers`` left that ckpt.pt the older model, which is refused rather than exported."""
+    from gptlab.checkpoint import clean_state_dict
+    from gptlab.errors import CheckpointError
+    from gptlab.model.convert import gptlab_checkpoint_path
+
+    if not src.is_dir() or gptlab_checkpoint_path(src) is not None:  # a run directory, a ckpt.pt, a DCP folder
+        return
+    import torch
+
+    from gptlab.model.gpt import ConfigurableGPT
+
+    loaded = ConfigurableGPT.from_pretrained(src).state_dict()
+    saved = clean_state_dict(ckpt["model"])
+    differ = [k for k, v in loaded.items() if k not in saved or not torch.equal(v, saved[k].to(v.dtype))]
+    if differ:
+        raise CheckpointError(
+            f"{str(src)!r} is a Hugging Face folder whose weights changed after gptlab exported it ({differ[0]}, "
+            f"...): its ckpt.pt, which export copies, is the older model; the new weights are what "
+            f"--init_from={str(src)!r} (a fine-tune) and sample --init_from={str(src)!r} read"
+        )
 
 
 def _export_cmd(args: argparse.Namespace, extra: list[str]) -> int:

@@ -428,3 +428,30 @@ def test_a_compiled_or_ddp_models_prefixed_keys_pass_the_size_check(tmp_path: Pa
             {"format": FORMAT, "arch": model.config.to_dict(), "iter_num": 1, "model": state}, tmp_path / "ckpt.pt"
         )
         assert set(load_checkpoint(tmp_path)["model"]) == set(state)
+
+
+def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the_old_model(tmp_path: Path) -> None:
+    """An --hf export folder re-exported: its ckpt.pt is exported when the Hugging Face weights are its own; a
+    fine-tune saved there by transformers left ckpt.pt the older model, which export copied with no word while
+    init_from, sample and from_pretrained read the new weights."""
+    pytest.importorskip("safetensors")
+    transformers = pytest.importorskip("transformers")
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import save_single_file
+    from gptlab.errors import CheckpointError
+    from gptlab.export_cli import export_checkpoint
+
+    config = get_debug_config("llama", n_kv_head=2)
+    run, first = tmp_path / "run", tmp_path / "first"
+    save_single_file({**_state(7), "arch": config.to_dict(), "model": ConfigurableGPT(config).state_dict()}, run)
+    export_checkpoint(run, first, hf=True)
+    export_checkpoint(first, tmp_path / "again", hf=True)  # the folder's own weights: exported
+    assert load_checkpoint(tmp_path / "again")["iter_num"] == 7
+    hf = transformers.AutoModelForCausalLM.from_pretrained(first)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.mul_(1.5)
+    hf.save_pretrained(first)
+    with pytest.raises(CheckpointError, match=r"is a Hugging Face folder whose weights changed after gptlab exported"):
+        export_checkpoint(first, tmp_path / "stale", hf=True)
+    assert not (tmp_path / "stale").exists()
