@@ -61,6 +61,10 @@ def _check_hf_folder_matches(src: Path, ckpt: dict[str, Any]) -> None:
 
     if not src.is_dir() or gptlab_checkpoint_path(src) is not None:  # a run directory, a ckpt.pt, a DCP folder
         return
+    import importlib.util
+
+    if importlib.util.find_spec("safetensors") is None:  # a base install reads no Hugging Face weights at all:
+        return  # its export copies the ckpt.pt, as before (the check needs the hf extra)
     import torch
 
     from gptlab.model.gpt import ConfigurableGPT

@@ -430,7 +430,9 @@ def test_a_compiled_or_ddp_models_prefixed_keys_pass_the_size_check(tmp_path: Pa
         assert set(load_checkpoint(tmp_path)["model"]) == set(state)
 
 
-def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the_old_model(tmp_path: Path) -> None:
+def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the_old_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An --hf export folder re-exported: its ckpt.pt is exported when the Hugging Face weights are its own; a
     fine-tune saved there by transformers left ckpt.pt the older model, which export copied with no word while
     init_from, sample and from_pretrained read the new weights."""
@@ -455,3 +457,8 @@ def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the
     with pytest.raises(CheckpointError, match=r"is a Hugging Face folder whose weights changed after gptlab exported"):
         export_checkpoint(first, tmp_path / "stale", hf=True)
     assert not (tmp_path / "stale").exists()
+    import sys  # installed without the hf extra, nothing there reads the Hugging Face weights: ckpt.pt is exported
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    export_checkpoint(first, tmp_path / "base")
+    assert load_checkpoint(tmp_path / "base")["iter_num"] == 7

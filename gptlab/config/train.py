@@ -587,6 +587,13 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     _continue_after_elastic_restart(values, explicit, from_overrides)
     init_from = values.get("init_from", TrainConfig.init_from)
     if init_from not in ("scratch", "resume"):  # a fine-tune: the weights decide the architecture
+        if "dataset" not in explicit:  # and, unless told, the data: the dataset their run recorded (a
+            # run's checkpoint evaluated with --eval_only=True, say), as a resume takes the checkpoint's
+            from gptlab.model.convert import recorded_dataset, weights_record
+
+            recorded = recorded_dataset(weights_record(Path(str(init_from))) or {})
+            if recorded:
+                values["dataset"] = recorded
         # its keys wait for them (compared once they are loaded: a config file's yield, typed ones must match),
         # but for the free keys and block_size, which apply to the weights (dropout, backend, a shorter context)
         aside = {k for k in explicit if k in ARCH_FIELDS and k not in (*FREE_ARCH_KEYS, "block_size")}

@@ -22,12 +22,14 @@ import torch
 from torch import Tensor
 
 from gptlab.checkpoint import (
+    CHECKPOINT_NAME,
     check_zip_crc,
     clean_state_dict,
     is_dcp_dir,
     latest_checkpoint,
     layer_count,
     load_checkpoint,
+    read_checkpoint_record,
     weights_disagree,
 )
 from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
@@ -152,6 +154,34 @@ def gptlab_checkpoint_path(path: Path) -> Path | None:
     if (path / "config.json").is_file() and "model_type" in _read_json(path / "config.json"):
         return None
     return latest_checkpoint(path)
+
+
+def weights_record(path: Path) -> dict[str, Any] | None:
+    """The record of the checkpoint a fine-tune's source names, read without its weights: a gptlab checkpoint
+    or run directory's latest, the ckpt.pt beside a ``gptlab export --hf`` folder, nanoGPT's ckpt.pt; None for
+    a Hugging Face model or Hub name, or one unreadable here (loading its weights says why)."""
+    path = Path(path).expanduser()
+    found = gptlab_checkpoint_path(path) if path.exists() else None
+    if found is None and path.is_dir():
+        found = path / CHECKPOINT_NAME
+    if found is None or not found.exists():
+        return None
+    try:
+        record = read_checkpoint_record(found) if is_dcp_dir(found) else read_torch_checkpoint(found, mmap=True)
+    except CheckpointError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def recorded_dataset(record: dict[str, Any]) -> str | None:
+    """The dataset a checkpoint's run trained on (gptlab's record, or nanoGPT's config), if it says."""
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    if record.get("format") == "gptlab":
+        train = config.get("train")
+        dataset = train.get("dataset") if isinstance(train, dict) else None
+    else:
+        dataset = config.get("dataset") if "model_args" in record else None
+    return dataset if isinstance(dataset, str) and dataset else None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> ConfigurableGPT:

@@ -69,12 +69,19 @@ def _peer_lost(error: BaseException) -> str | None:
 def _global_torch_settings_kept(cuda: bool) -> Iterator[None]:
     """The process-wide settings a run changes (TF32 on CUDA, as nanoGPT; the seeded CPU RNG) restored
     when it returns, so that float32 matmuls after ``train()`` are the caller's again (a CPU run leaves the
-    TF32 switches unread: a caller's mix of PyTorch's two APIs for them is not gptlab's to trip on)."""
+    TF32 switches unread: a caller's mix of PyTorch's two APIs for them is not gptlab's to trip on). And the
+    caller's own that a run must not take (a notebook's float64 default dtype, an inference cell's
+    ``torch.set_grad_enabled(False)``): the run trains in float32 with gradients, as it says, and the caller's
+    are theirs again afterwards."""
     tf32 = tf32_state() if cuda else None
     rng = torch.get_rng_state()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
     try:
-        yield
+        with torch.enable_grad(), torch.inference_mode(False):
+            yield
     finally:
+        torch.set_default_dtype(default_dtype)
         if tf32 is not None:
             set_tf32_state(tf32)
         torch.set_rng_state(rng)

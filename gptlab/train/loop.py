@@ -154,17 +154,11 @@ def _weights_tokenizer(path: Path, vocab_size: int) -> dict[str, Any] | None:
     """The tokenizer the weights to fine-tune were trained with, where something says: a gptlab checkpoint's
     record (beside a ``gptlab export --hf`` directory too), else GPT-2's for GPT-2's vocabulary (Hugging
     Face's gpt2, nanoGPT's padded 50304); None when nothing does (a nanoGPT char model)."""
-    from gptlab.checkpoint import CHECKPOINT_NAME, read_checkpoint_record
-    from gptlab.model.convert import gptlab_checkpoint_path
+    from gptlab.model.convert import weights_record
 
-    found = gptlab_checkpoint_path(path) or (path / CHECKPOINT_NAME if path.is_dir() else None)
-    if found is not None and found.exists():
-        try:
-            record = read_checkpoint_record(found)
-        except CheckpointError:  # unreadable here: the weights' own loading said whatever there was to say
-            record = {}
-        if record.get("format") == "gptlab":
-            return record.get("tokenizer")
+    record = weights_record(path) or {}
+    if record.get("format") == "gptlab":
+        return record.get("tokenizer")
     return {"name": "gpt2"} if vocab_size in (50257, 50304) else None
 
 

@@ -48,6 +48,29 @@ def test_init_from_pretrained_directory_or_checkpoint(fmt: str, data_dir: Path, 
     assert not [r for r in _records(out) if r.get("event") == "tokenizer_mismatch"]
 
 
+def test_a_fine_tune_or_evaluation_of_a_checkpoint_takes_its_dataset_unless_told(data_dir: Path, tmp_path: Path):
+    """--init_from=RUN --eval_only=True with no --dataset evaluates on the data the run trained on (the default
+    is nanoGPT's openwebtext, which such a char model cannot even read); nanoGPT's ckpt.pt names its own too."""
+    from gptlab.model.convert import recorded_dataset, weights_record
+
+    src = tmp_path / "src"
+    train(parse_run_args(tiny_args(data_dir, src, max_iters=2)), stream=io.StringIO())
+    launch = [f"--data_dir={str(data_dir)!r}", f"--out_dir={str(tmp_path / 'ev')!r}"]
+    launch += ["--batch_size=4", "--eval_iters=4"]  # the run's evaluation batches
+    for source in (src, src / "ckpt.pt"):
+        run = parse_run_args([*launch, f"--init_from={str(source)!r}", "--eval_only=True", "--device='cpu'"])
+        assert run.train.dataset == "stdlib_char"
+    summary = train(run, stream=io.StringIO())
+    assert summary["final_val_loss"] == pytest.approx(json.loads((src / "summary.json").read_text())["final_val_loss"])
+    told = parse_run_args([*launch, f"--init_from={str(src)!r}", "--dataset='shakespeare_char'"])
+    assert told.train.dataset == "shakespeare_char"
+    nanogpt = tmp_path / "nanogpt" / "ckpt.pt"
+    nanogpt.parent.mkdir()
+    torch.save({"model_args": {"n_layer": 1}, "config": {"dataset": "shakespeare_char"}, "model": {}}, nanogpt)
+    assert recorded_dataset(weights_record(nanogpt.parent) or {}) == "shakespeare_char"
+    assert weights_record(tmp_path / "no such folder") is None
+
+
 def test_run_directory_loads_and_conflicting_overrides_fail(data_dir: Path, tmp_path: Path) -> None:
     from gptlab.errors import ConfigError
 
@@ -91,7 +114,8 @@ def test_init_from_hub_name_as_nanogpt(data_dir: Path, tmp_path: Path, offline_h
         ours = trainer.raw_model.eval()(x, x)[0]  # the Hub model's weights, before any step
         assert (ours - hf(x).logits).abs().max() <= 1e-4
     trainer.run()
-    assert _records(out)[0]["training"]["init_from"] == "gpt2"
+    startup = next(r for r in _records(out) if r["type"] == "startup")  # after its opening events
+    assert startup["training"]["init_from"] == "gpt2"
     assert ConfigurableGPT.from_pretrained("gpt2").config.n_embd == 32  # the API reads the same cache
 
 

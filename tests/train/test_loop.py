@@ -893,8 +893,19 @@ def test_train_from_python_leaves_the_callers_settings(data_dir: Path, tmp_path:
     torch.manual_seed(1234)
     before = torch.get_rng_state()
     run = resolve_run_config(values)
-    train(run, stream=io.StringIO())
+    summary = train(run, stream=io.StringIO())
     assert torch.equal(torch.get_rng_state(), before)
+    # a notebook's own settings (a float64 cell, an inference cell) are not the run's, and are kept: it failed
+    # with a dtype or no-grad error after writing its log
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            again = train(resolve_run_config({**values, "out_dir": str(tmp_path / "nb")}), stream=io.StringIO())
+            assert not torch.is_grad_enabled()
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert again["final_val_loss"] == summary["final_val_loss"]
     assert json.loads((tmp_path / "config.json").read_text())["arch"]["vocab_size"] == 512  # set, so kept
     assert run.train.arch_preset == "llama"
     with pytest.raises(ConfigError, match="n_head=3"):
