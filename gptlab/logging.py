@@ -372,6 +372,7 @@ class TrainingLogger:
         mfu_pct = _fmt(r.get("mfu_percent"), ".2f", "n/a") + ("%" if r.get("mfu_percent") is not None else "")
         peak_per_gpu = r.get("hardware_peak_flops_per_gpu")
         multi = (mfu.get("num_gpus") or 1) > 1
+        per_gpu = " per GPU" if multi else ""
         if self.style == "compact":
             parts = [f"iter {r['iter']}", f"loss {r['loss']:.4f}", f"{r['dt_ms']:.0f}ms", f"lr {lr}"]
             parts += [f"tok/s {tps}", f"mfu {mfu_pct}"]
@@ -385,9 +386,10 @@ class TrainingLogger:
             RULE,
             f"📍 Iter {r['iter']:>6} │ Loss: {r['loss']:.4f} │ Time: {r['dt_ms']:.0f}ms │ LR: {lr}",
             RULE,
-            f"⚡ MFU: {mfu_pct} │ Achieved: {_fmt(r.get('achieved_tflops_per_gpu'), '.3g')} TF │ "
-            f"Peak: {_fmt(peak_per_gpu and peak_per_gpu / 1e12, '.4g')} TF" + (" (per GPU)" if multi else ""),
-            f"   Tokens/s: {tps} │ FLOPs/token: "
+            # on several ranks the rates per GPU, and the tokens of them all: each label says which
+            f"⚡ MFU: {mfu_pct} │ Achieved: {_fmt(r.get('achieved_tflops_per_gpu'), '.3g')} TF{per_gpu} │ "
+            f"Peak: {_fmt(peak_per_gpu and peak_per_gpu / 1e12, '.4g')} TF{per_gpu}",
+            f"   Tokens/s: {tps}{' (all GPUs)' if multi else ''} │ FLOPs/token: "
             + (_fmt(r.get("flops_per_token") and r["flops_per_token"] / 1e9, ".3g") + " GF"),
         ]
         if mem:

@@ -42,6 +42,11 @@ NOT_MEASURED = {
 }
 
 
+# A record's own stamps, not its content: the report's elapsed_s (its time axis) beside summary.json's
+# total_time_s read as two figures for one thing.
+RECORD_STAMPS = ("type", "time", "elapsed_s")
+
+
 def fmt(value: Any) -> str:
     """A cell's text: None is n/a, floats get 4 significant digits, stats dicts their median."""
     if value is None:
@@ -124,7 +129,7 @@ def render_html(
     ]
     for name, header, rows in tables or []:
         parts += [f"<h2>{html.escape(name)}</h2>", table(header, rows)]
-    summaries = [{k: v for k, v in r.summary.items() if k not in ("type", "time")} for r in runs]
+    summaries = [{k: v for k, v in r.summary.items() if k not in RECORD_STAMPS} for r in runs]
     rows = [["mfu (fraction of peak)" if r[0] == "mfu" else r[0], *r[1:]] for r in side_by_side(summaries)]
     parts += ["<h2>Summary</h2>", table(["", *labels], rows)]
     parts.append("<h2>Plots</h2><div class=plots>")
@@ -135,7 +140,7 @@ def render_html(
             caption = html.escape(PLOT_TITLES.get(name, name))
             parts.append(f"<figure>{_img(path)}<figcaption>{caption} ({path.name})</figcaption></figure>")
     parts.append("</div>")
-    startups = [{k: v for k, v in r.startup.items() if k not in ("type", "time")} for r in runs]
+    startups = [{k: v for k, v in r.startup.items() if k not in RECORD_STAMPS} for r in runs]
     parts += ["<h2>Startup report</h2>", table(["", *labels], side_by_side(startups))]
     events = [[r.label, e.get("event"), e.get("iter"), e.get("message")] for r in runs for e in r.events]
     if events:

@@ -291,3 +291,20 @@ def test_a_console_that_cannot_take_a_line_yet_is_not_closed(tmp_path: Path) -> 
     logger.log_event("checkpoint", "second")
     assert stream.getvalue() == "first\nsecond\n"
     assert not [r for r in read_log(tmp_path / "log.jsonl") if r.get("event") == "console_closed"]
+
+
+def test_the_console_says_which_rates_are_per_gpu(tmp_path: Path) -> None:
+    """On 2 ranks 'Achieved' is per GPU and Tokens/s is the job's: each label says so (Achieved x 2 is tokens/s x
+    FLOPs/token, which read as a contradiction when only Peak said 'per GPU')."""
+    from gptlab import get_debug_config
+    from gptlab.telemetry.mfu import estimate_mfu_detailed
+
+    stream = io.StringIO()
+    logger = TrainingLogger(tmp_path, stream=stream)
+    mfu = estimate_mfu_detailed(get_debug_config("gpt2"), 4, 0.5, num_gpus=2, peak_flops=1e12)
+    logger.log_iter_detailed(1, 2.0, 500.0, mfu_breakdown=mfu)
+    text = stream.getvalue()
+    assert "TF per GPU │ Peak: 1 TF per GPU" in text and f"Tokens/s: {mfu['tokens_per_sec']:,.0f} (all GPUs)" in text
+    one = io.StringIO()
+    TrainingLogger(tmp_path / "one", stream=one).log_iter_detailed(1, 2.0, 500.0, mfu_breakdown={**mfu, "num_gpus": 1})
+    assert "per GPU" not in one.getvalue() and "(all GPUs)" not in one.getvalue()

@@ -89,6 +89,7 @@ def test_html_is_self_contained(report_dir: Path, tiny_runs: list[Path]) -> None
         assert f"<h2>{heading}</h2>" in page
     assert "MFU: n/a" in page and "gpt2" in page and "llama" in page
     assert "tokens_per_iter" in page and "final_val_loss" in page  # startup report and summary tables
+    assert "total_time_s" in page and "elapsed_s" not in page  # the report's time axis is no run figure
 
 
 def test_missing_log_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ comes from a registry, so the model knows no concrete norm, FFN or position enco
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from pathlib import Path
@@ -74,7 +75,7 @@ class ConfigurableGPT(nn.Module):
         loads every one next (drawing GPT-2's init for 350M parameters takes seconds)."""
         super().__init__()
         config.validate()
-        self.config = config
+        self.config = copy.copy(config)  # its own: a caller's config edited for the next model leaves this one be
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.pos_encoding = position_encoding_for(config)
         self.drop = nn.Dropout(config.dropout)
@@ -265,12 +266,22 @@ class ConfigurableGPT(nn.Module):
         """nanoGPT's ``estimate_mfu`` with the full breakdown: ``fwdbwd_per_iter`` sequences of
         ``block_size`` tokens per optimizer step on one rank, ``dt`` seconds per step; see
         ``gptlab.telemetry.estimate_mfu_detailed`` for the keywords (num_gpus, peak_flops, ...). The peak is
-        that of the device the model is on: none on a CPU, though a GPU is present."""
+        that of the device the model is on: none on a CPU, though a GPU is present. HFU counts this model's
+        own recomputation (``gradient_checkpointing_enable()``) and its device's attention backward."""
+        from gptlab.telemetry.flops import compute_flops
         from gptlab.telemetry.mfu import estimate_mfu_detailed
 
+        device = next(self.parameters()).device
         if not {"gpu_name", "peak_flops", "peak"} & set(kwargs):
-            device = next(self.parameters()).device
             kwargs["gpu_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        kwargs.setdefault("activation_checkpointing", self.is_gradient_checkpointing)
+        if "flops" not in kwargs:
+            kwargs["flops"] = compute_flops(
+                self.config,
+                kwargs.get("seq_len"),
+                activation_checkpointing=kwargs["activation_checkpointing"],
+                device_type=device.type,
+            )
         return estimate_mfu_detailed(self.config, fwdbwd_per_iter, dt, **kwargs)
 
     def get_memory_stats(self) -> dict[str, float | None]:

@@ -126,6 +126,16 @@ def test_crop_block_size_keeps_outputs(position_encoding: str) -> None:
         assert model.pos_encoding.wpe.weight.shape == (16, 64)
 
 
+def test_a_model_keeps_its_own_config() -> None:
+    """A notebook edits its config for the next experiment: the model built from it is not changed (it was the
+    same object: the model's n_layer said 4 with 2 blocks, and save_pretrained wrote 4 layers)."""
+    config = get_debug_config("llama", n_layer=2, block_size=32)
+    model = ConfigurableGPT(config)
+    config.n_layer, config.block_size = 4, 64
+    assert (model.config.n_layer, model.config.block_size) == (2, 32) and len(model.blocks) == 2
+    model(torch.randint(0, 256, (1, 32)))
+
+
 def test_weight_tying_and_final_norm() -> None:
     tied = ConfigurableGPT(get_debug_config("gpt2"))
     assert tied.lm_head.weight is tied.wte.weight and tied.norm_f is not None

@@ -232,3 +232,17 @@ def test_seq_len_is_a_length_the_model_runs(seq_len: object) -> None:
     with pytest.raises(ConfigError, match=r"seq_len=.* is invalid: expected an integer in \[1, block_size=4\]"):
         compute_flops(cfg, seq_len=seq_len)  # type: ignore[arg-type]
     assert compute_flops(cfg, seq_len=np.int64(2)).seq_len == 2
+
+
+def test_the_models_own_mfu_method_counts_its_recomputation_as_flop_counter_mode_does() -> None:
+    """model.estimate_mfu_detailed (nanoGPT's estimate_mfu, in full): its HFU counts the recomputation of a model
+    whose checkpointing is on, and the attention backward of the device it is on (here a CPU with dropout), as
+    a measured training step does; it counted neither."""
+    config = get_debug_config("llama", n_layer=2, dropout=0.1)
+    model = ConfigurableGPT(config)
+    model.gradient_checkpointing_enable()
+    idx = torch.randint(0, config.vocab_size, (2, config.block_size))
+    measured = _count(model, idx, backward=True) / idx.numel()
+    out = model.estimate_mfu_detailed(2, 1.0, peak_flops=1e12)
+    assert out["activation_checkpointing"] and _close(measured, out["hfu_flops_per_token"])
+    assert out["hfu_flops_per_token"] > out["flops_per_token"]
