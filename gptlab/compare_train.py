@@ -121,7 +121,18 @@ def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> 
 
 def _warm_up(runs: list[Any]) -> None:
     """A few throwaway steps of every model first, so that the process's one-time costs (lazy
-    initialisation, kernel selection: seconds on a CPU) are not charged to the first architecture."""
+    initialisation, kernel selection: seconds on a CPU) are not charged to the first architecture. Their
+    random draws come from a forked generator: a caller's (a notebook's) stream goes on as it was."""
+    import torch
+
+    from gptlab.device import resolve_device
+
+    devices = [d for d in {resolve_device(run.train.device) for run in runs} if d.type == "cuda"]
+    with torch.random.fork_rng(devices=devices):
+        _warm_up_steps(runs)
+
+
+def _warm_up_steps(runs: list[Any]) -> None:
     import torch
 
     from gptlab.device import resolve_device

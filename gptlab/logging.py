@@ -261,7 +261,11 @@ class TrainingLogger:
             # what the stream still buffers, and any later print(), go nowhere rather than fail again; a
             # StringIO has no file to redirect
             with contextlib.suppress(AttributeError, OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, self.stream.fileno())
+                finally:
+                    os.close(devnull)  # dup2 made its copy: this one would stay open for the process's life
             self._write(
                 {
                     "type": "event",

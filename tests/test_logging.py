@@ -238,10 +238,13 @@ def test_a_console_that_goes_away_leaves_the_run_going(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     stream = open(write_end, "w", encoding="utf-8")  # noqa: SIM115
+    descriptors = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     logger = TrainingLogger(tmp_path, stream=stream, max_iters=10)
     logger.log_eval(4, 3.5, 3.6)
     logger.log_event("checkpoint", "saving checkpoint")
     logger.finalize()
+    if descriptors is not None:  # /dev/null opened for the redirect is not left open for the process's life
+        assert len(os.listdir("/proc/self/fd")) <= descriptors
     stream.close()  # its buffer went to /dev/null: no 'Exception ignored' at exit
     kinds = [(r["type"], r.get("event")) for r in read_log(tmp_path / "log.jsonl")]
     assert kinds[:3] == [("eval", None), ("event", "console_closed"), ("event", "checkpoint")]
