@@ -111,14 +111,6 @@ class ActivationEstimate:
         return self.n_layer * self.layer_bytes
 
     @property
-    def recompute_bytes(self) -> int:
-        """Under checkpointing, the one block's set that backward recomputes (in ``blocks_bytes``): alive only
-        from that block's backward on, after the loss backward's transients are gone."""
-        if not self.activation_checkpointing:
-            return 0
-        return self.layer_bytes - self.per_layer.get("weight_copies", 0)
-
-    @property
     def saved_bytes(self) -> int:
         """All tensors saved for backward (what ``saved_tensors_hooks`` sees, storages counted once)."""
         return self.blocks_bytes + sum(self.other.values())
@@ -130,16 +122,8 @@ class ActivationEstimate:
         wrt the logits. Exact (to a few bytes, by PyTorch's memory profiler) when the vocabulary outweighs
         the layer widths, as at real sizes; with a tiny vocabulary one layer's backward temporaries are
         larger (8-13% more than this on a 64-wide test model with V=96). With the chunked loss, the
-        moment is the loss backward or the forward's last chunk, whichever needs more. Under checkpointing
-        (plain loss) backward starts with the blocks' inputs alone (their autocast weight copies went with
-        the forward's cache), and the block it recomputes comes after the loss backward: the larger moment
-        counts (the profiler agrees to a few bytes; it was planned on top of the loss backward, 2-28% high).
-        With the chunked loss too, the recomputed block meets the head's gradients: still planned on top."""
-        if not self.activation_checkpointing or self.loss_chunk_bytes:
-            return self.saved_bytes + self.loss_transient_bytes
-        copies = self.n_layer * self.per_layer.get("weight_copies", 0)
-        held = self.saved_bytes - self.recompute_bytes - copies
-        return held + max(self.loss_backward_bytes, copies, self.layer_bytes)
+        moment is the loss backward or the forward's last chunk, whichever needs more."""
+        return self.saved_bytes + self.loss_transient_bytes
 
     @property
     def loss_transient_bytes(self) -> int:
