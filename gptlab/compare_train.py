@@ -126,9 +126,11 @@ def _warm_up(runs: list[Any]) -> None:
     import torch
 
     from gptlab.device import resolve_device
+    from gptlab.train.launch import global_torch_settings_kept
 
     devices = [d for d in {resolve_device(run.train.device) for run in runs} if d.type == "cuda"]
-    with torch.random.fork_rng(devices=devices):
+    # and as train() runs: float32, gradients on, whatever the caller's (a notebook's no_grad cell) are
+    with torch.random.fork_rng(devices=devices), global_torch_settings_kept(bool(devices)):
         _warm_up_steps(runs)
 
 

@@ -421,9 +421,18 @@ def resolve_run_config(
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     if isinstance(values.get("plugins"), str):  # recorded as found from here, so the run's hint works anywhere
         values = {**values, "plugins": anchor_plugins(values["plugins"], Path.cwd())}
+    explicit = frozenset(values if explicit is None else explicit)
+    init_from = values.get("init_from", TrainConfig.init_from)
+    if init_from not in ("scratch", "resume") and "dataset" not in explicit and isinstance(init_from, str):
+        # a fine-tune's data, unless told: the dataset its weights' run recorded (a run's checkpoint evaluated
+        # with --eval_only=True, say), as a resume takes the checkpoint's
+        from gptlab.model.convert import recorded_dataset, weights_record
+
+        recorded = recorded_dataset(weights_record(Path(init_from)) or {})
+        if recorded:
+            values = {**values, "dataset": recorded}
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
     import_plugins(train.plugins)  # before the architecture names what they register
-    explicit = frozenset(values if explicit is None else explicit)
     typed = explicit if typed is None else frozenset(typed)
     if train.init_from != "resume" and "arch_preset" in typed:  # a resume's preset is checked against its checkpoint
         _check_typed_preset_takes_effect(train.arch_preset, values, explicit - typed)
@@ -587,13 +596,6 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     _continue_after_elastic_restart(values, explicit, from_overrides)
     init_from = values.get("init_from", TrainConfig.init_from)
     if init_from not in ("scratch", "resume"):  # a fine-tune: the weights decide the architecture
-        if "dataset" not in explicit:  # and, unless told, the data: the dataset their run recorded (a
-            # run's checkpoint evaluated with --eval_only=True, say), as a resume takes the checkpoint's
-            from gptlab.model.convert import recorded_dataset, weights_record
-
-            recorded = recorded_dataset(weights_record(Path(str(init_from))) or {})
-            if recorded:
-                values["dataset"] = recorded
         # its keys wait for them (compared once they are loaded: a config file's yield, typed ones must match),
         # but for the free keys and block_size, which apply to the weights (dropout, backend, a shorter context)
         aside = {k for k in explicit if k in ARCH_FIELDS and k not in (*FREE_ARCH_KEYS, "block_size")}

@@ -66,7 +66,7 @@ def _peer_lost(error: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
-def _global_torch_settings_kept(cuda: bool) -> Iterator[None]:
+def global_torch_settings_kept(cuda: bool) -> Iterator[None]:
     """The process-wide settings a run changes (TF32 on CUDA, as nanoGPT; the seeded CPU RNG) restored
     when it returns, so that float32 matmuls after ``train()`` are the caller's again (a CPU run leaves the
     TF32 switches unread: a caller's mix of PyTorch's two APIs for them is not gptlab's to trip on). And the
@@ -101,7 +101,7 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
         try:
             # one training per out_dir (rank 0 holds it; an evaluation writes nothing of the run's)
             lock = run_lock(run.train.out_dir) if info.master and not run.train.eval_only else contextlib.nullcontext()
-            kept = _global_torch_settings_kept(device.type == "cuda")  # a script or notebook keeps its own
+            kept = global_torch_settings_kept(device.type == "cuda")  # a script or notebook keeps its own
             with lock, kept:
                 trainer = Trainer(run, stream=stream or sys.stdout, dist=info)
                 try:

@@ -64,6 +64,9 @@ def test_a_fine_tune_or_evaluation_of_a_checkpoint_takes_its_dataset_unless_told
     assert summary["final_val_loss"] == pytest.approx(json.loads((src / "summary.json").read_text())["final_val_loss"])
     told = parse_run_args([*launch, f"--init_from={str(src)!r}", "--dataset='shakespeare_char'"])
     assert told.train.dataset == "shakespeare_char"
+    from gptlab.config.train import resolve_run_config  # "From Python" (docs/training.md): the same rule
+
+    assert resolve_run_config({"init_from": str(src), "eval_only": True}).train.dataset == "stdlib_char"
     nanogpt = tmp_path / "nanogpt" / "ckpt.pt"
     nanogpt.parent.mkdir()
     torch.save({"model_args": {"n_layer": 1}, "config": {"dataset": "shakespeare_char"}, "model": {}}, nanogpt)
