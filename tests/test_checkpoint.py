@@ -462,3 +462,27 @@ def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the
     monkeypatch.setitem(sys.modules, "safetensors", None)
     export_checkpoint(first, tmp_path / "base")
     assert load_checkpoint(tmp_path / "base")["iter_num"] == 7
+
+
+def test_an_hf_export_loads_with_its_tokenizers_limit_and_samples_at_any_temperature(tmp_path: Path) -> None:
+    """from_pretrained of a `gptlab export --hf` folder keeps generate() below the tokenizer's size as the
+    checkpoint itself does (it drew padding ids, which the char tokenizer cannot decode); a temperature that
+    is negative or overflows float32 no longer meets the padding's mask as NaN (generate() raised)."""
+    pytest.importorskip("safetensors")
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import save_single_file
+    from gptlab.export_cli import export_checkpoint
+
+    config = get_debug_config("llama", vocab_size=128)
+    chars = [chr(32 + i) for i in range(102)]
+    tokenizer = {"name": "char", "vocab_size": 102, "chars": chars}
+    state = {**_state(7), "arch": config.to_dict(), "model": ConfigurableGPT(config).state_dict()}
+    state["tokenizer"] = tokenizer
+    save_single_file(state, tmp_path / "run")
+    export_checkpoint(tmp_path / "run", tmp_path / "hf", hf=True)
+    model = ConfigurableGPT.from_pretrained(tmp_path / "hf")
+    assert model.vocab_limit == 102 == ConfigurableGPT.from_pretrained(tmp_path / "run").vocab_limit
+    torch.manual_seed(0)
+    start = torch.zeros(1, 1, dtype=torch.long)
+    for temperature in (2.0, -1.0, 1e39):
+        assert int(model.generate(start, 50, temperature=temperature).max()) < 102, temperature

@@ -51,6 +51,7 @@ from gptlab.cli import main
         (["sample", "--device=cuda:x"], "device='cuda:x' is invalid"),
         (["sample", "--start=FILE:/nonexistent/prompt.txt", "--init_from=gpt2"], "cannot read the prompt file"),
         (["sample", "--temperature=1e999"], "temperature=inf is invalid"),
+        (["sample", "--temperature=1e300"], r"temperature=1e\+300 is invalid: expected 0 \(greedy\) or a float in"),
         (["sample", "--num_samples=0"], "num_samples=0 is invalid"),
         (["export", "x", ""], "argument out: expected a non-empty path"),
         (["prepare", "mine", "--input="], "argument --input: expected a non-empty path"),

@@ -139,7 +139,11 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
         hf_config = _read_json(path / "config.json")
         if "model_type" not in hf_config and {"train", "arch"} <= set(hf_config):
             raise CheckpointError(f"run directory {str(path)!r} holds no checkpoint yet")
-        return _from_hf(hf_config, lambda: _read_hf_weights(path), overrides)
+        model = _from_hf(hf_config, lambda: _read_hf_weights(path), overrides)
+        beside = weights_record(path) or {}  # a `gptlab export --hf` folder's ckpt.pt records the tokenizer
+        if beside.get("format") == "gptlab":
+            _limit_to_tokenizer(model, beside.get("tokenizer"))
+        return model
     raise CheckpointError(f"{str(path)!r} holds neither config.json nor a checkpoint: expected {EXPECTED}")
 
 
@@ -192,10 +196,16 @@ def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> Configurabl
 
     config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides}, saved_plugins(ckpt))
     model = _build(config, clean_state_dict(dict(ckpt["model"])), "gptlab checkpoint")
-    tokens = (ckpt.get("tokenizer") or {}).get("vocab_size")
-    if isinstance(tokens, int) and 0 < tokens < config.vocab_size:  # a padded vocabulary: generate() stays below
-        model.vocab_limit = tokens
+    _limit_to_tokenizer(model, ckpt.get("tokenizer"))
     return model
+
+
+def _limit_to_tokenizer(model: ConfigurableGPT, tokenizer: Any) -> None:
+    """A padded vocabulary (a run's dataset rounded up to a multiple of 64): generate() stays below the
+    tokenizer's own size, which the checkpoint records, so that every id it draws decodes."""
+    tokens = tokenizer.get("vocab_size") if isinstance(tokenizer, dict) else None
+    if isinstance(tokens, int) and 0 < tokens < model.config.vocab_size:
+        model.vocab_limit = tokens
 
 
 def _from_torch_checkpoint(ckpt: Any, overrides: dict[str, Any]) -> ConfigurableGPT:

@@ -217,6 +217,8 @@ class ConfigurableGPT(nn.Module):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(idx_cond)
             logits = logits[:, -1, :]
+            if temperature != 0:
+                logits = logits / temperature  # before the mask: -inf / a negative or overflowing one is not -inf
             if vocab_limit is not None and vocab_limit < logits.size(-1):
                 # masked, not cut off: multinomial draws one random number per entry, so the padded row keeps
                 # the random stream of a model sampled without a limit (nanoGPT's samples, same seed)
@@ -225,7 +227,6 @@ class ConfigurableGPT(nn.Module):
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
-                logits = logits / temperature
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")
