@@ -155,11 +155,12 @@ def _weights_tokenizer(path: Path, vocab_size: int) -> dict[str, Any] | None:
     record (beside a ``gptlab export --hf`` directory too), else GPT-2's for GPT-2's vocabulary (Hugging
     Face's gpt2, nanoGPT's padded 50304); None when nothing does (a nanoGPT char model)."""
     from gptlab.model.convert import weights_record
+    from gptlab.train.sample import gpt2_if_its_vocabulary
 
     record = weights_record(path) or {}
     if record.get("format") == "gptlab":
         return record.get("tokenizer")
-    return {"name": "gpt2"} if vocab_size in (50257, 50304) else None
+    return gpt2_if_its_vocabulary(vocab_size)
 
 
 def _other_tokenizer(weights: dict[str, Any] | None, data: dict[str, Any] | None) -> bool:

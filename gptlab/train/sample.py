@@ -113,7 +113,7 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
         tokenizer = ckpt.get("tokenizer")
     else:
         model = ConfigurableGPT.from_pretrained(cfg.init_from, dropout=0.0)
-        tokenizer = _tokenizer_beside(source) or _gpt2_if_its_vocabulary(model.config.vocab_size)
+        tokenizer = _tokenizer_beside(source) or gpt2_if_its_vocabulary(model.config.vocab_size)
     return model.eval().to(device), tokenizer
 
 
@@ -126,7 +126,7 @@ def _tokenizer_beside(directory: Path) -> dict[str, Any] | None:
     return ckpt.get("tokenizer") if ckpt is not None and ckpt.get("format") == "gptlab" else None
 
 
-def _gpt2_if_its_vocabulary(vocab_size: int) -> dict[str, Any] | None:
+def gpt2_if_its_vocabulary(vocab_size: int) -> dict[str, Any] | None:
     """Foreign weights record no tokenizer: GPT-2's (nanoGPT's padded 50304 too) is the one we know."""
     return {"name": "gpt2"} if vocab_size in (50257, 50304) else None
 
@@ -166,7 +166,7 @@ def _nanogpt_tokenizer(ckpt: dict[str, Any], vocab_size: int) -> dict[str, Any] 
             return read_nanogpt_meta(directory / "meta.pkl").to_meta()
         if (directory / "meta.json").is_file():
             return read_meta(directory)["tokenizer"]
-    meta = _gpt2_if_its_vocabulary(vocab_size)
+    meta = gpt2_if_its_vocabulary(vocab_size)
     if meta is None:
         where = f"data/{dataset}/meta.pkl" if isinstance(dataset, str) and dataset else "a meta.pkl"
         raise CheckpointError(
