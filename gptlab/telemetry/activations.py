@@ -30,7 +30,7 @@ float32 under autocast because the embeddings and master weights are float32):
 - RoPE under autocast: cos and sin cast for q and for k in every layer (4 * T * hd * c).
 
 Beyond the saved tensors, the loss backward briefly holds two float32 (N, V) gradients
-(``peak_bytes``). The (B, T, V) logits themselves are freed when the forward returns: the training
+(``backward_start_bytes``). The (B, T, V) logits themselves are freed when the forward returns: the training
 step keeps only the loss (nanoGPT's ``logits, loss = model(x, y)`` would hold them, c*V*N, through
 the backward). The figures are for eager
 mode: torch.compile fuses ops and usually saves less.
@@ -53,6 +53,28 @@ FSDP2 with ``MixedPrecisionPolicy`` (parameters gathered in the compute dtype, s
 weight copies). Activation checkpointing means every ``TransformerBlock`` wrapped by
 ``torch.utils.checkpoint`` (non-reentrant): each block keeps only its input, and backward
 recomputes one block at a time, so one block's full set is added as the transient peak.
+
+Moments. The planner walks a step's memory through the moments where its peak can fall
+(``gptlab.telemetry.planner.backward_moments``); this estimate gives their activation parts. The
+forward's end: the saved tensors (under checkpointing each block's input and its autocast weight
+copy, cached until the forward returns) and the logits, c*V*N, with their float32 copy for the loss
+(4*V*N under low precision), or the chunked loss's last chunk. The loss backward: the same less the
+weight copies of checkpointed blocks and the logits, plus its transient. A block's backward (the
+blocks above done, their gradients made): the blocks below (their inputs, or their whole sets), the
+ids (and ALiBi's shared bias) and the largest of: the FFN's backward start (the block's set,
+recomputed under checkpointing, an incoming r*H*N gradient and the hidden layer's gradients, one
+c*D*N tensor for a standard FFN (two under bf16 autocast, measured), two for a gated one), the
+attention's (the FFN's saved part freed, its weight gradients made, two r*H*N gradients and q, k,
+v's gradients in c bytes (and float32 accumulators under low precision), or for manual attention
+twice the probabilities) and the block's end (its weight gradients, two r*H*N gradients). The
+embedding's backward: every gradient, the incoming r*H*N one and, with tied weights, the
+embedding's own (V, H) float32 gradient beside the LM head's (two such under float32 with the plain
+loss, measured).
+Blocks in between lie on the line between the last and the first. On the CPU against PyTorch's
+memory profiler this was exact where the loss backward or the embedding's is the peak, and 0-9%
+high where a block's is with 8 or more tokens per micro-batch per unit of width; with about one
+token per unit, where weight gradients outweigh activations, up to 9% low (the order of a block's
+weight gradients is not followed).
 
 Checked in tests/telemetry/test_activations.py: equal to the byte to what ``saved_tensors_hooks``
 sees, across norms, positions, backends, FFNs and GQA, in float32 and bfloat16 autocast, and to
@@ -96,6 +118,14 @@ class ActivationEstimate:
     loss_backward_bytes: int  # the loss backward's two float32 (N, V) gradients, alive together
     notes: list[str] = field(default_factory=list)
     loss_chunk_bytes: int = 0  # chunked loss: the forward's temporaries at its last chunk (module docstring)
+    # The backward timeline's pieces (module docstring, "Moments"):
+    logits_bytes: int = 0  # plain loss: the (N, V) logits and their float32 copy, alive at the forward's end
+    through_blocks_bytes: int = 0  # of ``other``, what stays alive through the blocks' backward (ids, ALiBi bias)
+    ffn_saved_bytes: int = 0  # of one block's set, the FFN's part and its norm's, freed before attention's backward
+    ffn_backward_bytes: int = 0  # the FFN backward's gradients of its hidden layer (transient)
+    attention_backward_bytes: int = 0  # the attention backward's q/k/v (or score) gradients (transient)
+    residual_grad_bytes: int = 0  # one gradient of the residual stream (r * H * N)
+    embedding_backward_bytes: int = 0  # the token embedding's backward, beyond the gradients (tied: the head's too)
 
     @property
     def layer_bytes(self) -> int:
@@ -116,18 +146,49 @@ class ActivationEstimate:
         return self.blocks_bytes + sum(self.other.values())
 
     @property
+    def forward_end_bytes(self) -> int:
+        """Memory beyond parameters and optimizer states as the loss's forward ends: the saved tensors (under
+        checkpointing each block's input and autocast weight copy, which autocast's cache holds until the
+        forward returns), the logits and their float32 copy, or the chunked loss's last chunk."""
+        return self._blocks_kept(forward=True) + sum(self.other.values()) + (self.loss_chunk_bytes or self.logits_bytes)
+
+    @property
+    def backward_start_bytes(self) -> int:
+        """... and as backward starts: the saved tensors (under checkpointing the blocks' inputs alone) and the
+        loss backward's transients. Exact (to a few bytes, by PyTorch's memory profiler) in every case tested
+        where the vocabulary outweighs the layer widths, as at real sizes."""
+        return self._blocks_kept(forward=False) + sum(self.other.values()) + self.loss_backward_bytes
+
+    @property
     def peak_bytes(self) -> int:
-        """Memory beyond parameters and optimizer states at the start of backward, when every saved tensor
-        is still alive and the cross-entropy backward holds the gradients wrt the log-probabilities and
-        wrt the logits. Exact (to a few bytes, by PyTorch's memory profiler) when the vocabulary outweighs
-        the layer widths, as at real sizes; with a tiny vocabulary one layer's backward temporaries are
-        larger (8-13% more than this on a 64-wide test model with V=96). With the chunked loss, the
-        moment is the loss backward or the forward's last chunk, whichever needs more."""
-        return self.saved_bytes + self.loss_transient_bytes
+        """The larger of the two moments before any gradient exists (``forward_end_bytes``,
+        ``backward_start_bytes``); the blocks' and the embedding's backward, which meet gradients, are
+        added by the planner (``gptlab.telemetry.planner.backward_moments``)."""
+        return max(self.forward_end_bytes, self.backward_start_bytes)
+
+    def _blocks_kept(self, *, forward: bool) -> int:
+        if not self.activation_checkpointing:
+            return self.n_layer * self.layer_bytes
+        copies = self.per_layer.get("weight_copies", 0) if forward else 0
+        return self.n_layer * (self.checkpoint_input_bytes + copies)
+
+    def block_backward_bytes(self, index: int, *, block_grads: int, ffn_grads: int) -> int:
+        """Activation memory while block ``index`` runs its backward (the blocks above it are done), with the
+        block's own weight gradients (``block_grads`` bytes, ``ffn_grads`` of them its FFN's and FFN norm's):
+        the blocks below it and the ids kept, plus the largest of three moments: the FFN's backward (the
+        block's whole set, recomputed under checkpointing, and the hidden layer's gradients), the
+        attention's (the FFN's part freed, its gradients made) and the block's end (all its gradients)."""
+        below = (index + 1) * self.checkpoint_input_bytes if self.activation_checkpointing else index * self.layer_bytes
+        g = self.residual_grad_bytes
+        ffn = self.layer_bytes + g + self.ffn_backward_bytes
+        attention = self.layer_bytes - self.ffn_saved_bytes + ffn_grads + 2 * g + self.attention_backward_bytes
+        end = block_grads + 2 * g
+        return below + self.through_blocks_bytes + max(ffn, attention, end)
 
     @property
     def loss_transient_bytes(self) -> int:
-        """The loss's short-lived memory on top of the saved tensors (see ``peak_bytes``)."""
+        """The loss's short-lived memory on top of the saved tensors: its backward's or its forward's last
+        chunk's, whichever larger (the plan's ``loss_backward`` row)."""
         return max(self.loss_backward_bytes, self.loss_chunk_bytes)
 
 
@@ -233,9 +294,11 @@ def estimate_activations(
     else:
         other["lm_head_input"] = matmul_input(1)
         other["log_softmax"] = FP32 * V * N
+    ffn_copies = 0
     if autocast and weight_copies:  # each Linear's weight, cast once per forward (autocast caches it)
         shapes = [s for s in parameter_shapes(config) if s.matmul]
         layer["weight_copies"] = c * sum(s.numel for s in shapes if s.name.startswith("blocks.0."))
+        ffn_copies = c * sum(s.numel for s in shapes if s.name.startswith("blocks.0.ffn."))
         if not chunked:  # the chunked loss casts the LM head itself, transiently
             other["weight_copies"] = c * sum(s.numel for s in shapes if not s.name.startswith("blocks."))
     loss_chunk = 0
@@ -249,6 +312,16 @@ def estimate_activations(
             loss_chunk += FP32 * k * H
     if config.dropout > 0:
         notes.append("dropout > 0: its masks are not counted")
+    # the backward timeline (module docstring, "Moments")
+    # gated: the gradients of gate and value; standard: of the activation's input (and, measured under bf16
+    # autocast, one more D-wide tensor)
+    ffn_backward = (2 if _gated(config) else 1 + autocast) * c * config.ffn_hidden_dim * N
+    if backend == "sdpa":
+        qkv = (q_dim + 2 * kv_dim) * N
+        attention_backward = c * qkv + (FP32 * qkv if autocast else 0)
+    else:
+        attention_backward = 2 * layer["attn_probs"]  # the scores' gradients, softmax's in and out
+    kept = ("token_ids", "position_ids", "alibi_bias")
     return ActivationEstimate(
         per_layer=layer,
         other=other,
@@ -258,6 +331,14 @@ def estimate_activations(
         loss_backward_bytes=_chunked_loss_backward(V, H, N, r, c, weight_copies) if chunked else 2 * FP32 * V * N,
         notes=notes,
         loss_chunk_bytes=loss_chunk,
+        logits_bytes=0 if chunked else c * V * N + (FP32 * V * N if autocast else 0),
+        through_blocks_bytes=sum(v for k, v in other.items() if k in kept),
+        ffn_saved_bytes=layer["ffn_input"] + layer["ffn_hidden"] + layer["norms"] // 2 + ffn_copies,
+        ffn_backward_bytes=ffn_backward,
+        attention_backward_bytes=attention_backward,
+        residual_grad_bytes=r * H * N,
+        embedding_backward_bytes=r * H * N
+        + (FP32 * V * H * (1 if autocast or chunked else 2) if config.weight_tying else 0),
     )
 
 
@@ -268,13 +349,21 @@ def _chunked_loss_backward(V: int, H: int, N: int, r: int, c: int, weight_copies
     return FP32 * V * H + r * H * N + cast_back
 
 
+def _gated(config: ModelArchitectureConfig) -> bool:
+    from gptlab.model.components import GatedFFN
+    from gptlab.model.registry import FFN_REGISTRY
+
+    cls = FFN_REGISTRY.get_component(config.ffn_type)
+    return isinstance(cls, type) and issubclass(cls, GatedFFN)
+
+
 def _ffn_saved(config: ModelArchitectureConfig, c: int, N: int, matmul_input: object, notes: list[str]) -> dict:
-    from gptlab.model.components import GatedFFN, StandardFFN
+    from gptlab.model.components import StandardFFN
     from gptlab.model.registry import FFN_REGISTRY
 
     D = config.ffn_hidden_dim
     cls = FFN_REGISTRY.get_component(config.ffn_type)
-    if isinstance(cls, type) and issubclass(cls, GatedFFN):
+    if _gated(config):
         # gate pre-activation, gate activation, value, gate * value
         return {"ffn_input": matmul_input(2), "ffn_hidden": 4 * c * D * N}  # type: ignore[operator]
     if cls is not StandardFFN:

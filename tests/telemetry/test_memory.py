@@ -198,16 +198,19 @@ def test_fit_advice_offers_only_what_lowers_the_peak() -> None:
     assert "none of the settings" in fit_advice(cfg, 10**6, **{**kwargs, "batch_size": 1})
 
 
-def test_peak_counts_the_end_of_backward_when_gradients_outweigh_activations() -> None:
+def test_peak_counts_the_gradients_when_they_outweigh_activations() -> None:
     """GPT-2 124M, micro-batch 1 x 16 with checkpointing: the saved activations (and bf16 weight copies)
-    are far below the 0.5 GB of float32 gradients, so the peak is the end of backward, where parameters,
-    all gradients and AdamW's states are alive at once."""
+    are far below the 0.5 GB of float32 gradients, so the peak is in the embedding's backward, where
+    parameters, all gradients and AdamW's states are alive at once, with the tied embedding's own
+    (V, H) float32 gradient before it is added to the LM head's."""
     cfg = get_preset_config("gpt2")
     plan = plan_memory(cfg, batch_size=1, seq_len=16, activation_checkpointing=True)
-    m = plan.mode
-    assert m.gradients > plan.activation_estimate.peak_bytes  # the end of backward is the larger moment
+    m, acts = plan.mode, plan.activation_estimate
+    assert m.gradients > acts.peak_bytes
+    assert m.peak_at == "embedding backward"
     persistent = m.parameters + m.optimizer + m.buffers + m.comm_buffers
-    assert m.peak == persistent + max(plan.activation_estimate.peak_bytes, m.gradients)
+    assert acts.embedding_backward_bytes == 4 * cfg.vocab_size * cfg.n_embd + 4 * cfg.n_embd * 16
+    assert m.peak == persistent + m.gradients + acts.embedding_backward_bytes + acts.through_blocks_bytes
     # by hand: 124,475,904 parameters in 2 + 12 * 12 + 2 = 148 tensors (wte, wpe; per block ln_1, attn.c_attn,
     # attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj with weight and bias; ln_f), float32 params and grads,
     # AdamW's m and v, and a float32 step per tensor
