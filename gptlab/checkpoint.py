@@ -178,6 +178,30 @@ def remove_checkpoints(out_dir: str | Path, keep: str | Path | None = None) -> l
     return removed
 
 
+def kept_checkpoints(out_dir: str | Path) -> list[str]:
+    """The names of a run directory's kept checkpoints (``ckpt-ITER.pt``, ``ckpt-ITER.dcp``), oldest first."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p.name) for p in out_dir.iterdir() if (m := _HISTORY.match(p.name))]
+    return [name for _, name in sorted(found)]
+
+
+def rollback_hint(out_dir: str | Path) -> str | None:
+    """For a run directory without a latest checkpoint: its kept ones and the command that makes the newest
+    the latest (docs/parallel.md's rollback), or None when it keeps none."""
+    kept = kept_checkpoints(out_dir)
+    if not kept:
+        return None
+    names = ", ".join(kept) if len(kept) <= 2 else f"{kept[0]}, ..., {kept[-1]} ({len(kept)})"
+    out_dir, newest = Path(out_dir), kept[-1]
+    if newest.endswith(".dcp"):
+        command = f"ln -sfn {newest} {out_dir / DCP_LINK}"
+    else:
+        command = f"ln -f {out_dir / newest} {out_dir / CHECKPOINT_NAME}"
+    return f"kept checkpoints {names} but no latest: `{command}` makes the newest the latest"
+
+
 def weights_path(path: str | Path) -> Path:
     """The checkpoint file or DCP directory ``path`` loads: a run directory's latest, else itself."""
     path = Path(path)
@@ -219,10 +243,17 @@ def save_single_file(state: dict[str, Any], out_dir: str | Path, keep: int = 1) 
         tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)
         try:
-            os.link(path, tmp)
-        except OSError:  # no hard links there (gcsfuse, s3fs, FAT): a copy, at a copy's disk space
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, link)
+            try:
+                os.link(path, tmp)
+            except OSError:  # no hard links there (gcsfuse, s3fs, FAT): a copy, at a copy's disk space
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, link)
+        except BaseException as e:  # a full disk mid-copy: no partial copy left to fill it further
+            tmp.unlink(missing_ok=True)
+            refused = _write_refused(e, link) if isinstance(e, OSError) else None
+            if refused is None:
+                raise
+            raise CheckpointError(f"{refused}; {path.name} itself was written, and resumes") from e
     _prune(_history(out_dir, "pt"), int(state["iter_num"]), keep if keep > 1 else 0, path)
     return path
 

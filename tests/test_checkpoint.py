@@ -32,6 +32,47 @@ def _state(iter_num: int) -> dict:
     return {"format": FORMAT, "iter_num": iter_num, "arch": {}, "model": {"w": torch.full((3,), float(iter_num))}}
 
 
+def test_a_kept_copy_that_fails_leaves_no_partial_file_and_names_itself(tmp_path: Path, monkeypatch) -> None:
+    """Storage without hard links (gcsfuse, s3fs, FAT) takes a copy; when the disk fills mid-copy the
+    partial copy is removed (it took the disk's last bytes), the error names the kept copy (shutil names
+    its source, ckpt.pt, which was written) and ckpt.pt still loads."""
+    import errno
+    import os
+    import shutil
+
+    from gptlab.checkpoint import save_single_file
+    from gptlab.errors import CheckpointError
+
+    save_single_file(_state(10), tmp_path, keep=2)
+
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    def full_disk(src: object, dst: str | Path) -> None:
+        Path(dst).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    with pytest.raises(
+        CheckpointError, match=r"ckpt-0000020\.pt: No space left on device.*ckpt\.pt itself was written"
+    ):
+        save_single_file(_state(20), tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000010.pt", "ckpt.pt"]
+    assert load_checkpoint(tmp_path)["iter_num"] == 20
+
+
+def test_kept_checkpoints_are_listed_oldest_first(tmp_path: Path) -> None:
+    from gptlab.checkpoint import kept_checkpoints, save_single_file
+
+    for it in (9, 10, 100):
+        save_single_file(_state(it), tmp_path, keep=5)
+    (tmp_path / "ckpt-0000050.dcp").mkdir()
+    (tmp_path / "ckpt-x.pt").touch()
+    assert kept_checkpoints(tmp_path) == ["ckpt-0000009.pt", "ckpt-0000010.pt", "ckpt-0000050.dcp", "ckpt-0000100.pt"]
+    assert kept_checkpoints(tmp_path / "missing") == []
+
+
 def test_clean_state_dict_strips_nested_wrapper_prefixes() -> None:
     from gptlab.checkpoint import clean_state_dict
 

@@ -614,9 +614,9 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     values, changed, path, overruled = resumed_values(values, explicit, from_overrides)
     if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
         out_dir = resume_dir(values)
-        from gptlab.checkpoint import interrupted_save
+        from gptlab.checkpoint import interrupted_save, rollback_hint
 
-        why = interrupted_save(out_dir)
+        why = "; ".join(w for w in (interrupted_save(out_dir), rollback_hint(out_dir)) if w)
         detail = f" ({why})" if why else ""
         raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
     try:  # validated once, on the values the run will have

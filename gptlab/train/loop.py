@@ -45,6 +45,7 @@ from gptlab.checkpoint import (
     optimizer_state_by_name,
     remove_checkpoints,
     remove_save_leftovers,
+    rollback_hint,
     save_dcp,
     save_single_file,
     software_versions,
@@ -232,6 +233,12 @@ class Trainer:
             previous = [n for n in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (self.out_dir / n).exists()]
             if previous == ["log.jsonl"] and (self.out_dir / "log.jsonl").stat().st_size == 0:
                 previous = []  # a start that failed before its first record (a full disk): nothing to keep
+            kept = rollback_hint(self.out_dir)  # --keep_checkpoints' copies: a run's, even without ckpt.pt
+            if kept and previous in ([], ["log.jsonl"]):
+                raise ConfigError(
+                    f"out_dir={str(self.out_dir)!r} holds a previous run's {kept}, and --init_from=resume continues "
+                    "from it; or pick another --out_dir, or pass --overwrite=True to replace them"
+                )
             if previous == ["log.jsonl"]:  # stopped (a NaN, Ctrl-C, out of memory) before its first checkpoint
                 raise ConfigError(
                     f"out_dir={str(self.out_dir)!r} holds the log of a run that saved no checkpoint: pick another "
@@ -471,7 +478,9 @@ class Trainer:
         if cfg.init_from == "resume":
             path = latest_checkpoint(self.out_dir)
             if path is None:
-                raise CheckpointError(f"init_from='resume' but {str(self.out_dir)!r} holds no checkpoint")
+                kept = rollback_hint(self.out_dir)
+                hint = f" ({kept})" if kept else ""
+                raise CheckpointError(f"init_from='resume' but {str(self.out_dir)!r} holds no checkpoint{hint}")
             if is_dcp_dir(path) and self.mode == "fsdp":  # sharded into sharded: DCP reshards on load
                 ckpt = load_checkpoint_meta(path)
             else:  # into a full state dict (a DCP directory is read whole by each rank)

@@ -269,6 +269,29 @@ def test_a_new_run_never_silently_replaces_a_previous_one(data_dir: Path, tmp_pa
         Trainer(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2)), stream=io.StringIO())
 
 
+def test_kept_checkpoints_count_as_a_previous_run(data_dir: Path, tmp_path: Path) -> None:
+    """A run directory holding only --keep_checkpoints' copies (ckpt.pt deleted or rolled back by hand): a new
+    run was not refused and its first save deleted them; a resume said the folder held no checkpoint. Both
+    now name them and the command that makes the newest the latest."""
+    from gptlab.errors import CheckpointError, ConfigError
+
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=16, keep_checkpoints=2)), stream=io.StringIO())
+    (tmp_path / "ckpt.pt").unlink()
+    kept = sorted(p.name for p in tmp_path.glob("ckpt-*.pt"))
+    assert len(kept) == 2
+    with pytest.raises(
+        ConfigError, match=rf"holds a previous run's kept checkpoints {kept[0]}, {kept[1]} but no latest"
+    ):
+        Trainer(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2)), stream=io.StringIO())
+    hint = f"ln -f {tmp_path / kept[1]} {tmp_path / 'ckpt.pt'}"
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint \(kept checkpoints .*" + re.escape(hint)):
+        Trainer(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume")), stream=io.StringIO())
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.pt")) == kept
+    os.link(tmp_path / kept[1], tmp_path / "ckpt.pt")  # the hint, followed
+    resumed = Trainer(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume")), stream=io.StringIO())
+    assert resumed.iter_num == int(kept[1][5:12])
+
+
 def test_fp16_skipped_steps_are_reported(data_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path, dtype="float16", max_iters=4)), stream=io.StringIO())
     original = trainer.forward_backward
