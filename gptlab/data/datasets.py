@@ -30,7 +30,7 @@ from gptlab.data.storage import (
     read_meta,
     split_path,
 )
-from gptlab.data.tokenizers import TOKENIZERS, Tokenizer, build_tokenizer, load_tokenizer
+from gptlab.data.tokenizers import TOKENIZERS, CharTokenizer, Tokenizer, build_tokenizer, load_tokenizer
 from gptlab.errors import ConfigError, DataError, did_you_mean, unknown_choice
 from gptlab.fileio import atomic_write, check_directory
 
@@ -308,7 +308,7 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
         if not any(documents):
             where = opts.input_path if opts.input_path is not None else name
             raise DataError(f"{where} holds no text to build a char vocabulary from")
-        tok = build_tokenizer("char", "".join(documents))
+        tok = CharTokenizer.from_documents(documents)
     else:
         tok = build_tokenizer(tokenizer_name)
     num_proc = opts.num_proc
@@ -334,8 +334,8 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
                     f"dataset {name!r} came out with {writer.counts['train']} train and {writer.counts['val']} val "
                     f"tokens: the corpus{cut} is too small to split (val_fraction={fraction})"
                 )
-            _write_nanogpt_meta(dataset_dir, tok)
-            writer.commit(_meta(name, tok, writer, docs, corpus, fraction, opts))
+            meta = _meta(name, tok, writer, docs, corpus, fraction, opts)
+            writer.commit(meta, before_renames=lambda: _write_nanogpt_meta(dataset_dir, tok))
     finally:
         if progress is not None:
             progress.close()
@@ -378,7 +378,8 @@ def ensure_prepared(name: str, data_dir: str | Path = "data") -> Path:
     damage = not_ready_reason(dataset_dir) if present else None
     spec = DATASETS.get(name)
     if spec is None and damage is not None:
-        raise DataError(f"dataset {name!r} in {dataset_dir} is damaged: {damage}; prepare it again")
+        again = "" if "gptlab prepare" in damage else "; prepare it again"
+        raise DataError(f"dataset {name!r} in {dataset_dir} is damaged: {damage}{again}")
     if spec is None:
         raise _unknown_dataset(name, dataset_dir, prepared_check=True)
     if not spec.auto:

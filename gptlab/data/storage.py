@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -56,7 +56,9 @@ def read_meta(dataset_dir: str | Path) -> dict[str, Any]:
                 f"{dataset_dir} has no {' or '.join(missing)} (a dataset needs {' and '.join(b.name for b in bins)}, "
                 f"as nanoGPT's prepare.py writes them, or gptlab's {META_FILE})"
             )
-        raise DataError(f"{dataset_dir} is not a prepared dataset (no {META_FILE}): run `gptlab prepare NAME`")
+        raise DataError(
+            f"{dataset_dir} is not a prepared dataset (no {META_FILE}): run `gptlab prepare {Path(dataset_dir).name}`"
+        )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -100,7 +102,7 @@ def nanogpt_meta(dataset_dir: str | Path) -> dict[str, Any] | None:
     nanoGPT's tokens (an odd size, ids past the vocabulary)."""
     directory = Path(dataset_dir)
     paths = {split: split_path(directory, split) for split in SPLITS}
-    gptlab_traces = (directory / META_FILE).exists() or (directory / LOCK_FILE).exists()
+    gptlab_traces = (directory / META_FILE).exists() or wrote_tokens(directory)
     if gptlab_traces or any(directory.glob(f"*{TMP_MARK}*")) or not all(p.is_file() for p in paths.values()):
         return None
     from gptlab.data.tokenizers import GPT2Tokenizer, read_nanogpt_meta
@@ -113,6 +115,11 @@ def nanogpt_meta(dataset_dir: str | Path) -> dict[str, Any] | None:
         tokens[split] = size // 2
     pickle_file = directory / "meta.pkl"
     tok = read_nanogpt_meta(pickle_file) if pickle_file.is_file() else GPT2Tokenizer()
+    if tok.vocab_size > 1 << 16:  # nanoGPT writes uint16: these bins are someone else's (gptlab's uint32?)
+        raise DataError(
+            f"{pickle_file} gives vocab_size={tok.vocab_size}, which nanoGPT's uint16 tokens cannot hold, and there "
+            f"is no {META_FILE} to say how the .bin files are stored: prepare the dataset again"
+        )
     for split, path in paths.items():  # a look at the start of each split: ids must fit the vocabulary
         head = np.fromfile(path, dtype=np.uint16, count=min(tokens[split], 1 << 20))
         if int(head.max()) >= tok.vocab_size:
@@ -128,6 +135,19 @@ def nanogpt_meta(dataset_dir: str | Path) -> dict[str, Any] | None:
         "source": {"kind": "nanogpt", "path": str(directory.resolve())},
         "tokenizer": tok.to_meta(),
     }
+
+
+WROTE_MARK = "gptlab wrote this dataset's token files\n"  # the lock file's content once a prepare commits
+
+
+def wrote_tokens(dataset_dir: Path) -> bool:
+    """Whether gptlab's prepare ever put token files in ``dataset_dir`` (its lock file says so): such a
+    directory that lost its meta.json is damaged, never nanoGPT's. An empty lock file is a prepare that
+    stopped before writing any (into a nanoGPT dataset, say, which it left as it was)."""
+    try:
+        return (dataset_dir / LOCK_FILE).stat().st_size > 0
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -156,8 +176,8 @@ def prepare_lock(dataset_dir: Path) -> Iterator[None]:
                 stale.unlink(missing_ok=True)
             yield
         finally:
-            if not (dataset_dir / META_FILE).exists():  # nothing prepared: no trace left (the lock file
-                # marks a gptlab dataset, and a nanoGPT dataset there must stay one)
+            if not (dataset_dir / META_FILE).exists() and not wrote_tokens(dataset_dir):  # nothing prepared, ever:
+                # no trace left (a nanoGPT dataset there must stay one; a damaged gptlab one keeps its mark)
                 lock_path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     for directory in created:  # innermost first; stops at the first one not empty
@@ -205,16 +225,22 @@ class DatasetWriter:
         self.counts["val"] += len(tail)
         self.counts["train"] = n_train
 
-    def commit(self, meta: dict[str, Any]) -> None:
-        """Make the dataset final: token files first, meta.json (the 'ready' mark) last."""
-        text = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
+    def commit(self, meta: dict[str, Any], before_renames: Callable[[], None] | None = None) -> None:
+        """Make the dataset final: token files first, meta.json (the 'ready' mark) last. ``before_renames``
+        writes what goes beside them (nanoGPT's meta.pkl) once nothing else can fail first."""
+        text = json.dumps(_printable(meta), indent=1, ensure_ascii=False) + "\n"
         text.encode("utf-8")  # what cannot be written fails here, with the old dataset untouched
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
         self._close()
+        if before_renames is not None:
+            before_renames()
         meta_path = self.dir / META_FILE
         meta_path.unlink(missing_ok=True)  # a crash between the renames leaves 'not ready', not a mismatch
+        if not wrote_tokens(self.dir):  # from here the bins are gptlab's: damaged, never nanoGPT's, if cut short
+            with open(self.dir / LOCK_FILE, "a", encoding="utf-8") as lock:
+                lock.write(WROTE_MARK)
         for split in SPLITS:
             os.replace(self._tmp[split], split_path(self.dir, split))
         atomic_write(meta_path, text)
@@ -223,3 +249,19 @@ class DatasetWriter:
         for f in self._files.values():
             f.close()
         self._files = {}
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with every string writable as UTF-8: a file name that is not (bytes the file system holds,
+    decoded with surrogate escapes) is kept with its odd bytes as \\x escapes."""
+    if isinstance(value, str):
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate no file name decodes to
+            raw = value.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value

@@ -593,18 +593,69 @@ def test_a_lone_surrogate_in_json_records_is_a_replacement_character(tmp_path: P
 
 
 def test_a_meta_that_cannot_be_written_leaves_the_old_dataset(tmp_path: Path) -> None:
-    """DatasetWriter.commit encodes meta.json before it touches the dataset it replaces."""
+    """DatasetWriter.commit encodes meta.json before it touches the dataset it replaces, and writes what goes
+    beside it (nanoGPT's meta.pkl) only then: a failed re-prepare rewrote meta.pkl for the new vocabulary
+    while meta.json and the bins stayed the old ones."""
     from gptlab.data.storage import DatasetWriter
 
     records = tmp_path / "records.jsonl"
     records.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(20)))
     out = prepare_dataset("recs_char", tmp_path / "data", records)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    with DatasetWriter(out, 300) as writer, pytest.raises(UnicodeEncodeError):
+    beside: list[int] = []
+    with DatasetWriter(out, 300) as writer, pytest.raises(TypeError, match="not JSON serializable"):
         writer.write("train", np.arange(100))
         writer.write("val", np.arange(10))
-        writer.commit({"vocab_size": 300, "bad": "\ud83d"})
+        writer.commit({"vocab_size": 300, "bad": {1, 2}}, before_renames=lambda: beside.append(1))
+    assert not beside
     assert is_ready(out) and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a file name of bytes that are not UTF-8: Linux file systems")
+def test_a_file_name_that_is_not_utf8_is_kept_escaped(tmp_path: Path) -> None:
+    """A folder input whose skipped file's name is not UTF-8: the name went into meta.json, whose write
+    raised UnicodeEncodeError (a traceback) after nanoGPT's meta.pkl had been rewritten."""
+    import os
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("some text to prepare\n" * 50)
+    with open(os.path.join(os.fsencode(folder), b"n\xffame.bin"), "wb") as f:
+        f.write(b"\xff\xfe\x00")  # binary: skipped, and named in meta.json
+    out = prepare_dataset("odd_char", tmp_path / "data", folder)
+    assert is_ready(out)
+    assert read_meta(out)["source"]["skipped_examples"] == ["n\\xffame.bin"]
+
+
+def test_a_damaged_dataset_stays_damaged_and_a_killed_prepare_leaves_nanogpts(tmp_path: Path) -> None:
+    """A gptlab dataset that lost its meta.json is damaged; a re-prepare that then failed (a mistyped --input)
+    removed the lock file that said so, and the next run read its uint32 bins as nanoGPT's uint16 (every id
+    doubled, a 0 after each), since meta.pkl's vocabulary past 65536 was not refused. A prepare killed inside a
+    nanoGPT dataset (its lock file left, empty) made that untouched dataset 'damaged', with a literal NAME."""
+    import pickle
+
+    from gptlab.data.storage import LOCK_FILE
+
+    wide = [chr(c) for c in range(0x100, 0x20000) if not 0xD800 <= c < 0xE000][:70_000]  # a vocabulary uint16 misses
+    source = tmp_path / "wide.txt"
+    source.write_text("".join(wide) * 2, encoding="utf-8")
+    out = prepare_dataset("wide_char", tmp_path / "data", source)
+    assert read_meta(out)["dtype"] == "uint32"
+    (out / "meta.json").unlink()
+    with pytest.raises(DataError, match="damaged"):
+        ensure_prepared("wide_char", tmp_path / "data")
+    with pytest.raises(DataError, match="does not exist"):
+        prepare_dataset("wide_char", tmp_path / "data", tmp_path / "typo.txt")
+    with pytest.raises(DataError, match=r"damaged: .* \(no meta.json\): run `gptlab prepare wide_char`$"):
+        ensure_prepared("wide_char", tmp_path / "data")
+    (out / LOCK_FILE).unlink()  # an older gptlab's unmarked lock, or none: meta.pkl's vocabulary still refuses
+    with pytest.raises(DataError, match=r"vocab_size=\d+, which nanoGPT's uint16 tokens cannot hold"):
+        ensure_prepared("wide_char", tmp_path / "data")
+    assert pickle.loads((out / "meta.pkl").read_bytes())["vocab_size"] > 65536
+
+    char_dir = _nanogpt_char_dataset(tmp_path / "data")[0]
+    (char_dir / LOCK_FILE).touch()  # what a prepare killed before writing any token file leaves
+    assert ensure_prepared("shakespeare_char", tmp_path / "data") == char_dir
 
 
 def test_a_prepare_waiting_on_one_that_fails_takes_over(tmp_path: Path) -> None:
