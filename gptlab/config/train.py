@@ -616,7 +616,7 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         out_dir = resume_dir(values)
         from gptlab.checkpoint import interrupted_save, rollback_hint
 
-        why = "; ".join(w for w in (interrupted_save(out_dir), rollback_hint(out_dir)) if w)
+        why = interrupted_save(out_dir) or rollback_hint(out_dir)  # a save cut short names its own remedy
         detail = f" ({why})" if why else ""
         raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
     try:  # validated once, on the values the run will have

@@ -137,17 +137,26 @@ def nanogpt_meta(dataset_dir: str | Path) -> dict[str, Any] | None:
     }
 
 
-WROTE_MARK = "gptlab wrote this dataset's token files\n"  # the lock file's content once a prepare commits
+# The lock file says what gptlab's prepare did to its directory: PREPARING while it has written no token
+# file there (a prepare that stops then leaves no trace, a nanoGPT dataset there stays one), WROTE once it
+# has (lost meta.json then means damaged, never nanoGPT's). An empty one is an older gptlab's: taken as WROTE.
+PREPARING_MARK = "gptlab prepare: no token files written yet\n"
+WROTE_MARK = "gptlab prepare: wrote this dataset's token files\n"
+
+
+def _lock_says(dataset_dir: Path) -> str | None:
+    """The lock file's content, or None where there is none."""
+    try:
+        return (dataset_dir / LOCK_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
 
 
 def wrote_tokens(dataset_dir: Path) -> bool:
-    """Whether gptlab's prepare ever put token files in ``dataset_dir`` (its lock file says so): such a
-    directory that lost its meta.json is damaged, never nanoGPT's. An empty lock file is a prepare that
-    stopped before writing any (into a nanoGPT dataset, say, which it left as it was)."""
-    try:
-        return (dataset_dir / LOCK_FILE).stat().st_size > 0
-    except OSError:
-        return False
+    """Whether gptlab's prepare may have put token files in ``dataset_dir``: its lock file, unless that says
+    the prepare that made it wrote none."""
+    said = _lock_says(dataset_dir)
+    return said is not None and said != PREPARING_MARK
 
 
 @contextlib.contextmanager
@@ -163,12 +172,16 @@ def prepare_lock(dataset_dir: Path) -> Iterator[None]:
     lock_path = dataset_dir / LOCK_FILE
     while True:
         dataset_dir.mkdir(parents=True, exist_ok=True)  # again: a failed first prepare removes what it made
-        lock = open(lock_path, "a")  # noqa: SIM115 (closed below)
+        fresh = not lock_path.exists()
+        lock = open(lock_path, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
         fcntl.flock(lock, fcntl.LOCK_EX)
         with contextlib.suppress(FileNotFoundError):
             if os.fstat(lock.fileno()).st_ino == os.stat(lock_path).st_ino:
                 break  # still the lock: a failed prepare removes its file while others may wait on it
         lock.close()
+    if fresh and os.fstat(lock.fileno()).st_size == 0:  # this prepare made it (an empty one it found is an
+        lock.write(PREPARING_MARK)  # older gptlab's, which stays a trace)
+        lock.flush()
     with lock:
         try:
             # Under the lock no other prepare is running, so any temporary file is a leftover.
@@ -176,8 +189,8 @@ def prepare_lock(dataset_dir: Path) -> Iterator[None]:
                 stale.unlink(missing_ok=True)
             yield
         finally:
-            if not (dataset_dir / META_FILE).exists() and not wrote_tokens(dataset_dir):  # nothing prepared, ever:
-                # no trace left (a nanoGPT dataset there must stay one; a damaged gptlab one keeps its mark)
+            if not (dataset_dir / META_FILE).exists() and _lock_says(dataset_dir) == PREPARING_MARK:  # no token
+                # file written: no trace left (a nanoGPT dataset there stays one; a damaged gptlab one keeps it)
                 lock_path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     for directory in created:  # innermost first; stops at the first one not empty
@@ -228,7 +241,10 @@ class DatasetWriter:
     def commit(self, meta: dict[str, Any], before_renames: Callable[[], None] | None = None) -> None:
         """Make the dataset final: token files first, meta.json (the 'ready' mark) last. ``before_renames``
         writes what goes beside them (nanoGPT's meta.pkl) once nothing else can fail first."""
-        text = json.dumps(_printable(meta), indent=1, ensure_ascii=False) + "\n"
+        # file names the file system holds in bytes that are not UTF-8 are kept escaped; anything else that
+        # UTF-8 cannot hold (a lone surrogate in a char vocabulary) fails below, with the old dataset untouched
+        named = {**meta, "source": _printable(meta["source"])} if "source" in meta else meta
+        text = json.dumps(named, indent=1, ensure_ascii=False) + "\n"
         text.encode("utf-8")  # what cannot be written fails here, with the old dataset untouched
         for f in self._files.values():
             f.flush()
@@ -238,8 +254,9 @@ class DatasetWriter:
             before_renames()
         meta_path = self.dir / META_FILE
         meta_path.unlink(missing_ok=True)  # a crash between the renames leaves 'not ready', not a mismatch
-        if not wrote_tokens(self.dir):  # from here the bins are gptlab's: damaged, never nanoGPT's, if cut short
-            with open(self.dir / LOCK_FILE, "a", encoding="utf-8") as lock:
+        if _lock_says(self.dir) != WROTE_MARK:  # from here the bins are gptlab's: damaged, never nanoGPT's, if cut
+            with open(self.dir / LOCK_FILE, "a", encoding="utf-8") as lock:  # short (the same file: others flock it)
+                lock.truncate(0)
                 lock.write(WROTE_MARK)
         for split in SPLITS:
             os.replace(self._tmp[split], split_path(self.dir, split))

@@ -92,9 +92,17 @@ class CharTokenizer(Tokenizer):
     def from_documents(cls, documents: Iterable[str]) -> CharTokenizer:
         """``from_text`` of the documents joined, without joining them (a copy of the whole corpus)."""
         seen = np.zeros(0, dtype=np.uint32)
+        batch: list[str] = []  # short documents are looked at together: one np.unique per CHUNK characters
+        size = 0
         for text in documents:
             for start in range(0, len(text), cls.CHUNK):
-                seen = np.union1d(seen, _codepoints(text[start : start + cls.CHUNK]))
+                batch.append(text[start : start + cls.CHUNK])
+                size += len(batch[-1])
+                if size >= cls.CHUNK:
+                    seen = np.union1d(seen, _codepoints("".join(batch)))
+                    batch, size = [], 0
+        if batch:
+            seen = np.union1d(seen, _codepoints("".join(batch)))
         if not len(seen):
             raise DataError("cannot build a char vocabulary from empty text")
         return cls([chr(int(c)) for c in seen])

@@ -126,6 +126,8 @@ class ActivationEstimate:
     attention_backward_bytes: int = 0  # the attention backward's q/k/v (or score) gradients (transient)
     residual_grad_bytes: int = 0  # one gradient of the residual stream (r * H * N)
     embedding_backward_bytes: int = 0  # the token embedding's backward, beyond the gradients (tied: the head's too)
+    logits_grad_bytes: int = 0  # plain loss: the float32 gradient of the logits the head's backward reads
+    head_grad_bytes: int = 0  # one float32 (V, H) gradient: the LM head's, or the token embedding's
 
     @property
     def layer_bytes(self) -> int:
@@ -158,6 +160,14 @@ class ActivationEstimate:
         loss backward's transients. Exact (to a few bytes, by PyTorch's memory profiler) in every case tested
         where the vocabulary outweighs the layer widths, as at real sizes."""
         return self._blocks_kept(forward=False) + sum(self.other.values()) + self.loss_backward_bytes
+
+    @property
+    def head_backward_bytes(self) -> int:
+        """... and as the LM head's backward runs (plain loss; 0 with the chunked one, whose head gradients are
+        made in the forward): the saved tensors and the logits' gradient, before the head's weight gradient."""
+        if not self.logits_grad_bytes:
+            return 0
+        return self._blocks_kept(forward=False) + sum(self.other.values()) + self.logits_grad_bytes
 
     @property
     def peak_bytes(self) -> int:
@@ -337,6 +347,8 @@ def estimate_activations(
         ffn_backward_bytes=ffn_backward,
         attention_backward_bytes=attention_backward,
         residual_grad_bytes=r * H * N,
+        logits_grad_bytes=0 if chunked else FP32 * V * N,
+        head_grad_bytes=FP32 * V * H,
         embedding_backward_bytes=r * H * N
         + (FP32 * V * H * (1 if autocast or chunked else 2) if config.weight_tying else 0),
     )

@@ -260,7 +260,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
             f"{labels.get(field, field):22s}" + "".join(f"{getattr(p.mode, field) / GB:12.3f}" for p in plans.values())
         )
         if field == "peak":  # where in the step: a block's backward, the loss's, the embedding's, the end
-            print(f"{'  at the':22s}" + "".join(f"{_short_moment(p.mode.peak_at):>12s}" for p in plans.values()))
+            print(f"{'  at the':22s}" + "".join(f" {_short_moment(p.mode.peak_at):>11s}" for p in plans.values()))
     acts = first.activation_estimate
     per_layer = ", ".join(f"{k} {v / GB:.4f}" for k, v in acts.per_layer.items())
     print(f"activations: {acts.n_layer} layers x {acts.layer_bytes / GB:.4f} GB ({per_layer}); "
@@ -287,8 +287,10 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _short_moment(moment: str) -> str:
-    """'block 11 backward' -> 'block 11 bw', to fit a 12-wide column."""
-    return moment.replace(" backward", " bw")
+    """'block 11 backward' -> 'block 11', 'embedding backward' -> 'embed bw': to fit an 11-wide column."""
+    if moment.startswith("block "):
+        return moment.removesuffix(" backward")
+    return moment.replace("embedding", "embed").replace(" backward", " bw")
 
 
 def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:

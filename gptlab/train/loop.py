@@ -251,10 +251,13 @@ class Trainer:
                 )
         if cfg.eval_only and cfg.init_from == "scratch":  # freshly initialised weights: surely not what was meant
             saved = [n for n in ("ckpt.pt", "ckpt.dcp") if (self.out_dir / n).exists()]
-            if saved:
+            held = f"{saved[0]}: pass --init_from=resume to evaluate it" if saved else None
+            kept = None if saved else rollback_hint(self.out_dir)
+            held = held or (kept and f"{kept}, and --init_from=resume evaluates it")
+            if held:
                 raise ConfigError(
                     f"eval_only=True with init_from='scratch' would evaluate new random weights, but "
-                    f"out_dir={str(self.out_dir)!r} holds {saved[0]}: pass --init_from=resume to evaluate it"
+                    f"out_dir={str(self.out_dir)!r} holds {held}"
                 )
 
         # ---- data

@@ -609,6 +609,13 @@ def test_a_meta_that_cannot_be_written_leaves_the_old_dataset(tmp_path: Path) ->
         writer.commit({"vocab_size": 300, "bad": {1, 2}}, before_renames=lambda: beside.append(1))
     assert not beside
     assert is_ready(out) and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # a lone surrogate in a vocabulary (a registered corpus may yield one) is refused, not escaped into a
+    # tokenizer meta that cannot load; only the source's file names are escaped
+    with DatasetWriter(out, 300) as writer, pytest.raises(UnicodeEncodeError):
+        writer.write("train", np.arange(100))
+        writer.write("val", np.arange(10))
+        writer.commit({"vocab_size": 300, "tokenizer": {"itos": {"0": "\ud83d"}}, "source": {"path": "\udcff"}})
+    assert is_ready(out) and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="a file name of bytes that are not UTF-8: Linux file systems")
@@ -634,7 +641,7 @@ def test_a_damaged_dataset_stays_damaged_and_a_killed_prepare_leaves_nanogpts(tm
     nanoGPT dataset (its lock file left, empty) made that untouched dataset 'damaged', with a literal NAME."""
     import pickle
 
-    from gptlab.data.storage import LOCK_FILE
+    from gptlab.data.storage import LOCK_FILE, PREPARING_MARK
 
     wide = [chr(c) for c in range(0x100, 0x20000) if not 0xD800 <= c < 0xE000][:70_000]  # a vocabulary uint16 misses
     source = tmp_path / "wide.txt"
@@ -654,8 +661,14 @@ def test_a_damaged_dataset_stays_damaged_and_a_killed_prepare_leaves_nanogpts(tm
     assert pickle.loads((out / "meta.pkl").read_bytes())["vocab_size"] > 65536
 
     char_dir = _nanogpt_char_dataset(tmp_path / "data")[0]
-    (char_dir / LOCK_FILE).touch()  # what a prepare killed before writing any token file leaves
+    (char_dir / LOCK_FILE).write_text(PREPARING_MARK)  # what a prepare killed before writing any token file leaves
     assert ensure_prepared("shakespeare_char", tmp_path / "data") == char_dir
+    with pytest.raises(DataError, match="does not exist"):  # and a failed one after it removes that lock
+        prepare_dataset("shakespeare_char", tmp_path / "data", tmp_path / "typo.txt")
+    assert not (char_dir / LOCK_FILE).exists()
+    (char_dir / LOCK_FILE).touch()  # an older gptlab's lock, empty: it may have written them, so damaged
+    with pytest.raises(DataError, match="damaged"):
+        ensure_prepared("shakespeare_char", tmp_path / "data")
 
 
 def test_a_prepare_waiting_on_one_that_fails_takes_over(tmp_path: Path) -> None:

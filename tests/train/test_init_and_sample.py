@@ -286,6 +286,8 @@ def test_kept_checkpoints_count_as_a_previous_run(data_dir: Path, tmp_path: Path
     hint = f"ln -f {tmp_path / kept[1]} {tmp_path / 'ckpt.pt'}"
     with pytest.raises(CheckpointError, match=r"holds no checkpoint \(kept checkpoints .*" + re.escape(hint)):
         Trainer(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume")), stream=io.StringIO())
+    with pytest.raises(ConfigError, match=r"would evaluate new random weights, but .* holds kept checkpoints"):
+        Trainer(parse_run_args(tiny_args(data_dir, tmp_path, eval_only=True)), stream=io.StringIO())
     assert sorted(p.name for p in tmp_path.glob("ckpt-*.pt")) == kept
     os.link(tmp_path / kept[1], tmp_path / "ckpt.pt")  # the hint, followed
     resumed = Trainer(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume")), stream=io.StringIO())

@@ -427,7 +427,7 @@ def test_memory_warning_before_the_first_step(data_dir: Path, tmp_path: Path, mo
     out = io.StringIO()
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=1)), stream=out)
     (event,) = [r for r in read_log(tmp_path) if r.get("event") == "memory_warning"]
-    assert "expect an out-of-memory error" in event["message"] and "--loss_chunk_size=1024" in event["message"]
+    assert "expect an out-of-memory error" in event["message"] and "--batch_size=2 with twice" in event["message"]
     share = f"{ram // 2 / 1e9:.1f}"
     assert f"per process exceeds the {share} GB of RAM it has for each of 2 processes" in event["message"]
     assert read_log(tmp_path).index(event) < next(i for i, r in enumerate(read_log(tmp_path)) if r["type"] == "iter")
@@ -450,7 +450,7 @@ def test_a_run_planned_far_beyond_the_memory_is_refused_before_the_model_is_buil
     monkeypatch.setattr(telemetry_hooks, "host_memory_bytes", lambda: 2 * 10**5)  # a 200 KB machine
     monkeypatch.setattr(Trainer, "_build_model", lambda *a, **k: pytest.fail("the model must not be built"))
     with pytest.raises(ConfigError, match=r"per process is more than 2 times the 0\.0 GB of RAM it has: this run "
-                       r"cannot fit \(options, each alone: --loss_chunk_size=1024 -> "):  # fmt: skip
+                       r"cannot fit \(options, each alone: --activation_checkpointing=True -> "):  # fmt: skip
         train(parse_run_args(tiny_args(data_dir, tmp_path / "run", max_iters=1)), stream=io.StringIO())
     assert not (tmp_path / "run").exists()
     # an evaluation trains nothing: not refused by the training plan

@@ -385,6 +385,10 @@ def test_a_save_interrupted_between_renames_is_named_not_deleted(data_dir: Path,
     assert remove_save_leftovers(run) == []  # the only copy is kept
     with pytest.raises(CheckpointError, match=r"interrupted; left: \.ckpt-0000003\.dcp\.old \(the one it replaced\)"):
         parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume"))
+    (run / "ckpt-0000001.dcp").mkdir()  # an older kept one: its rollback is not the remedy (it drops the save)
+    with pytest.raises(CheckpointError, match=r"rename one to ckpt-0000003\.dcp\)$"):
+        parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=4, init_from="resume"))
+    (run / "ckpt-0000001.dcp").rmdir()
     # beside an older ckpt.pt the resume takes that one, and says what else is there
     older = tmp_path / "older"
     train(parse_run_args(tiny_args(data_dir, older, max_iters=1)), stream=io.StringIO())
