@@ -28,7 +28,7 @@ already made, the block's own set and its backward's transients), the embedding'
 end of backward (all gradients). With gradient accumulation every gradient exists from the start
 (earlier micro-steps'), and each new one beside the one it is added to (the head's (V, H) one, with
 tied weights until the embedding's joins it: 1.00-1.03 of the profiler with 2 and 3 micro-steps);
-after ``zero_grad(set_to_none=True)`` there are none. Against PyTorch's memory profiler on the CPU (gpt2,
+after ``zero_grad(set_to_none=True)`` there are none. Against PyTorch's memory profiler on one CPU thread (gpt2,
 llama; 2 and 6 layers; float32 and bf16; SDPA and manual; with and without checkpointing;
 vocabularies 65 and 2048): exact where the loss backward is the peak (real vocabularies), within
 0-9% high where a block's backward is (a char-level vocabulary) with 8 or more tokens per micro-batch
