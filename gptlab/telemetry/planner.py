@@ -34,7 +34,8 @@ vocabularies 65 and 2048): exact where the loss backward is the peak (real vocab
 0-9% high where a block's backward is (a char-level vocabulary) with 8 or more tokens per micro-batch
 per unit of width, and up to 9% low with about one (where gradients outweigh activations, the order
 of a block's weight gradients matters). ``total`` adds every part as if all were alive at once
-(a block's backward transients are in no part: where they make the peak, it can exceed ``total``).
+(a block's backward transients, and FSDP's unsharded gradients while accumulating, are in no part:
+where they make the peak, it can exceed ``total``).
 Neither counts the allocator's caching and fragmentation, kernel workspaces, or a non-fused
 optimizer's temporaries (the CUDA AdamW from ``configure_optimizers`` is fused and has none).
 """
@@ -74,7 +75,8 @@ class ModeMemory:
 
     @property
     def total(self) -> int:
-        """Every part added up, as if all were alive at once (a block's backward transients are in none)."""
+        """Every part added up, as if all were alive at once (a block's backward transients, and FSDP's unsharded
+        gradients while accumulating, are in none)."""
         parts = (self.parameters, self.gradients, self.optimizer, self.activations, self.loss_backward)
         return sum(parts) + self.buffers + self.comm_buffers
 
