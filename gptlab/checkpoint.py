@@ -202,6 +202,14 @@ def rollback_hint(out_dir: str | Path) -> str | None:
     return f"kept checkpoints {names} but no latest: `{command}` makes the newest the latest"
 
 
+def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
+    """A resume of ``out_dir``, which has no latest checkpoint: with an interrupted save's remedy, else the
+    rollback to its newest kept checkpoint, when there is one."""
+    why = interrupted_save(out_dir) or rollback_hint(out_dir)  # a save cut short names its own remedy
+    detail = f" ({why})" if why else ""
+    return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
+
+
 def weights_path(path: str | Path) -> Path:
     """The checkpoint file or DCP directory ``path`` loads: a run directory's latest, else itself."""
     path = Path(path)

@@ -30,7 +30,7 @@ from gptlab.config.model import (
     get_preset_config,
 )
 from gptlab.config.overrides import pair_hint, parse_overrides
-from gptlab.errors import CheckpointError, ConfigError, did_you_mean, unknown_choice
+from gptlab.errors import ConfigError, did_you_mean, unknown_choice
 from gptlab.model.registry import Registry
 from gptlab.plugins import anchor_plugins, import_plugins, importable_from, plugins_hint, split_plugins
 
@@ -613,12 +613,9 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         refuse_if_in_use(resume_dir(values))
     values, changed, path, overruled = resumed_values(values, explicit, from_overrides)
     if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
-        out_dir = resume_dir(values)
-        from gptlab.checkpoint import interrupted_save, rollback_hint
+        from gptlab.checkpoint import no_checkpoint_error
 
-        why = interrupted_save(out_dir) or rollback_hint(out_dir)  # a save cut short names its own remedy
-        detail = f" ({why})" if why else ""
-        raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
+        raise no_checkpoint_error(resume_dir(values))
     try:  # validated once, on the values the run will have
         run = resolve_run_config(values, explicit, from_overrides)
     except ConfigError as e:

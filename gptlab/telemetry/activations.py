@@ -159,7 +159,7 @@ class ActivationEstimate:
         """... and as backward starts: the saved tensors (under checkpointing the blocks' inputs alone) and the
         loss backward's transients. Exact (to a few bytes, by PyTorch's memory profiler) in every case tested
         where the vocabulary outweighs the layer widths, as at real sizes."""
-        return self._blocks_kept(forward=False) + sum(self.other.values()) + self.loss_backward_bytes
+        return self._saved_in_backward + self.loss_backward_bytes
 
     @property
     def head_backward_bytes(self) -> int:
@@ -167,7 +167,7 @@ class ActivationEstimate:
         made in the forward): the saved tensors and the logits' gradient, before the head's weight gradient."""
         if not self.logits_grad_bytes:
             return 0
-        return self._blocks_kept(forward=False) + sum(self.other.values()) + self.logits_grad_bytes
+        return self._saved_in_backward + self.logits_grad_bytes
 
     @property
     def peak_bytes(self) -> int:
@@ -175,6 +175,11 @@ class ActivationEstimate:
         ``backward_start_bytes``); the blocks' and the embedding's backward, which meet gradients, are
         added by the planner (``gptlab.telemetry.planner.backward_moments``)."""
         return max(self.forward_end_bytes, self.backward_start_bytes)
+
+    @property
+    def _saved_in_backward(self) -> int:
+        """What backward starts with: the blocks' saved tensors (under checkpointing their inputs) and the rest."""
+        return self._blocks_kept(forward=False) + sum(self.other.values())
 
     def _blocks_kept(self, *, forward: bool) -> int:
         if not self.activation_checkpointing:

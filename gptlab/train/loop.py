@@ -42,6 +42,7 @@ from gptlab.checkpoint import (
     load_checkpoint,
     load_checkpoint_meta,
     load_dcp,
+    no_checkpoint_error,
     optimizer_state_by_name,
     remove_checkpoints,
     remove_save_leftovers,
@@ -251,9 +252,11 @@ class Trainer:
                 )
         if cfg.eval_only and cfg.init_from == "scratch":  # freshly initialised weights: surely not what was meant
             saved = [n for n in ("ckpt.pt", "ckpt.dcp") if (self.out_dir / n).exists()]
-            held = f"{saved[0]}: pass --init_from=resume to evaluate it" if saved else None
-            kept = None if saved else rollback_hint(self.out_dir)
-            held = held or (kept and f"{kept}, and --init_from=resume evaluates it")
+            if saved:
+                held: str | None = f"{saved[0]}: pass --init_from=resume to evaluate it"
+            else:
+                kept = rollback_hint(self.out_dir)
+                held = f"{kept}, and --init_from=resume evaluates it" if kept else None
             if held:
                 raise ConfigError(
                     f"eval_only=True with init_from='scratch' would evaluate new random weights, but "
@@ -481,9 +484,7 @@ class Trainer:
         if cfg.init_from == "resume":
             path = latest_checkpoint(self.out_dir)
             if path is None:
-                kept = rollback_hint(self.out_dir)
-                hint = f" ({kept})" if kept else ""
-                raise CheckpointError(f"init_from='resume' but {str(self.out_dir)!r} holds no checkpoint{hint}")
+                raise no_checkpoint_error(self.out_dir)
             if is_dcp_dir(path) and self.mode == "fsdp":  # sharded into sharded: DCP reshards on load
                 ckpt = load_checkpoint_meta(path)
             else:  # into a full state dict (a DCP directory is read whole by each rank)
