@@ -432,6 +432,9 @@ def resolve_run_config(
         if recorded:
             values = {**values, "dataset": recorded}
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
+    from gptlab.model.convert import check_init_source
+
+    check_init_source(train.init_from, ("scratch", "resume"))  # a mistyped source before anything it would read
     import_plugins(train.plugins)  # before the architecture names what they register
     typed = explicit if typed is None else frozenset(typed)
     if train.init_from != "resume" and "arch_preset" in typed:  # a resume's preset is checked against its checkpoint

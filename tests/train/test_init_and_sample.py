@@ -96,6 +96,9 @@ def test_init_from_missing_path_is_one_line(data_dir: Path, tmp_path: Path, offl
 
     with pytest.raises(ConfigError, match=r"neither 'scratch', 'resume', an existing .*did you mean 'gpt2-medium'"):
         Trainer(parse_run_args(tiny_args(data_dir, tmp_path, init_from="gpt2-medum")), stream=io.StringIO())
+    # said when the command is read, before a dataset that is not there (the default's openwebtext) is named
+    with pytest.raises(ConfigError, match=r"init_from='missing/ckpt.pt' is neither 'scratch'"):
+        parse_run_args(tiny_args(data_dir, tmp_path, init_from="missing/ckpt.pt", dataset="not_prepared"))
     # a Hub name neither cached nor reachable: one line with the ways out
     with pytest.raises(CheckpointError, match=r"cannot get 'openai-community/gpt2-xl' from .*not in Hugging") as e:
         Trainer(parse_run_args(tiny_args(data_dir, tmp_path, init_from="gpt2-xl")), stream=io.StringIO())
