@@ -216,7 +216,7 @@ class ConfigurableGPT(nn.Module):
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(idx_cond)
-            logits = logits[:, -1, :]
+            logits = logits[:, -1, :].float()  # float16 logits / a small temperature would overflow to inf
             if temperature != 0:
                 logits = logits / temperature  # before the mask: -inf / a negative or overflowing one is not -inf
             if vocab_limit is not None and vocab_limit < logits.size(-1):

@@ -277,6 +277,18 @@ def test_gradient_checkpointing_toggles_and_copies_stay_independent() -> None:
     assert not model.is_gradient_checkpointing
 
 
+def test_generate_in_half_precision_takes_a_tiny_temperature() -> None:
+    """float16 logits (autocast, or a model in float16) divided by a temperature the sampler accepts overflow
+    past 65504: the division, softmax and top-k run in float32, whatever the logits' dtype."""
+    torch.manual_seed(0)
+    model = ConfigurableGPT(get_debug_config("gpt2")).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # logits of a trained model's size
+    idx = torch.zeros((1, 1), dtype=torch.long)
+    out = model.half().generate(idx, 5, temperature=1e-5, top_k=10)  # was: multinomial on NaN probabilities
+    assert out.shape == (1, 6) and int(out.max()) < model.config.vocab_size
+
+
 def test_generate_stays_inside_a_checkpoints_tokenizer(tmp_path) -> None:
     """A char run's vocabulary is padded (102 -> 128): from_pretrained of its checkpoint samples only ids the
     tokenizer decodes, as `gptlab sample` does."""
