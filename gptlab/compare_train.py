@@ -79,16 +79,18 @@ def format_result(key: str, value: Any) -> str:
 def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from gptlab.config.train import ARCH_FIELDS, names_a_file
 
+    from gptlab.plugins import merge_plugins
+
     values = dict(TRAIN_DEFAULTS)
     if names_a_file(arch.source):
         from gptlab.config.train import load_config_file
 
-        values.update(
-            {k: v for k, v in load_config_file(arch.source).items() if k in ARCH_FIELDS or k == "arch_preset"}
-        )
+        keys = (*ARCH_FIELDS, "arch_preset", "plugins")  # and what registers its components, recorded by the run
+        values.update({k: v for k, v in load_config_file(arch.source).items() if k in keys})
     else:
         values["arch_preset"] = arch.source
-    values.update(overrides)
+    plugins = merge_plugins(values.get("plugins"), overrides.get("plugins"))  # the file's and the command's
+    values.update(overrides, **({"plugins": plugins} if plugins else {}))
     max_iters = overrides.get("max_iters")
     if isinstance(max_iters, int) and not isinstance(max_iters, bool):  # (a bad value: TrainConfig says so)
         # the schedule spans the run, as by default, with a warmup of at most a tenth of it

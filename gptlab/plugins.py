@@ -86,6 +86,16 @@ def anchor_plugins(spec: str, folder: Path) -> str:
     return ", ".join(entries)
 
 
+def merge_plugins(*specs: object) -> str:
+    """Several ``plugins`` values as one, each entry once, in order: they add up (a config file that
+    registers is its own plugin, which a later ``--plugins`` or a second file must not drop)."""
+    entries: dict[str, None] = {}  # (ordered, each once)
+    for spec in specs:
+        if isinstance(spec, str):
+            entries.update(dict.fromkeys(split_plugins(spec)))
+    return ", ".join(entries)
+
+
 def _import_module(name: str) -> str:
     try:
         with importable_from(Path.cwd()):

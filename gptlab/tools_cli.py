@@ -40,6 +40,8 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
         # --batch_size and --dtype, when given, set the training's too (the table plans for a GPU)
         overrides.update({k: getattr(args, k) for k in ("batch_size", "dtype") if getattr(args, k) is not None})
+        if args.plugins:  # imported already; the runs record them, so that sample and resume can name them
+            overrides["plugins"] = args.plugins
         if args.out_dir:
             check_directory("--out_dir", args.out_dir)
             overrides["out_dir"] = args.out_dir

@@ -15,7 +15,7 @@ from gptlab import ConfigurableGPT, get_debug_config
 from gptlab.config.model import ModelArchitectureConfig
 from gptlab.errors import ConfigError
 from gptlab.model.components import ALiBiPositionEncoding, PositionContext, PositionEncoding, RotaryPositionEncoding
-from gptlab.model.registry import FFN_REGISTRY, NORM_REGISTRY, POSITION_ENCODING_REGISTRY
+from gptlab.model.registry import ACTIVATION_REGISTRY, FFN_REGISTRY, NORM_REGISTRY, POSITION_ENCODING_REGISTRY
 from gptlab.parallel import DistInfo, parallelize
 from gptlab.plugins import import_plugins, plugins_hint, saved_plugins, split_plugins
 from gptlab.telemetry.activations import estimate_activations
@@ -127,6 +127,37 @@ def test_a_name_registered_twice_is_refused_unless_it_is_the_same_definition(tmp
     finally:
         del NORM_REGISTRY["mine_t"]
         NORM_REGISTRY.pop("mine_nb", None)
+
+
+def test_a_partial_or_a_callable_instance_registered_again_by_its_file_is_the_same_definition(tmp_path: Path) -> None:
+    """Their reprs hold addresses, which differ on every run of the file: a config file that registers one
+    (run, then imported as the run's plugin) was refused as two definitions."""
+    source = (
+        "import functools\nimport torch.nn.functional as F\n\n"
+        "def _attn(q, k, v, scale):\n    return q\n\n"
+        "class Leaky:\n    def __init__(self, slope):\n        self.slope = slope\n"
+        "    def __call__(self, **_):\n        return None\n\n"
+        "BACKEND = functools.partial(_attn, scale=0.1)\nOTHER = functools.partial(_attn, scale=0.2)\n"
+        "ACT = Leaky(0.2)\nGELU = functools.partial(F.gelu, approximate='tanh')\n"
+    )
+    path = tmp_path / "partials.py"
+    path.write_text(source)
+    runs = [{"__name__": name} for name in ("__config__", "gptlab_plugin_partials_0")]
+    for namespace in runs:
+        exec(compile(source, str(path), "exec"), namespace)
+    try:
+        for key in ("BACKEND", "ACT", "GELU"):
+            ACTIVATION_REGISTRY["again_t"] = runs[0][key]
+            ACTIVATION_REGISTRY["again_t"] = runs[1][key]  # the same file's object, made again
+            assert ACTIVATION_REGISTRY["again_t"] is runs[1][key]
+            del ACTIVATION_REGISTRY["again_t"]
+        ACTIVATION_REGISTRY["again_t"] = runs[0]["BACKEND"]
+        with pytest.raises(ValueError, match=r"already registered as functools.partial\(_attn, scale=0.1\)"):
+            ACTIVATION_REGISTRY["again_t"] = runs[0]["OTHER"]  # other arguments: another definition
+        with pytest.raises(ValueError, match="already registered"):
+            ACTIVATION_REGISTRY["again_t"] = runs[0]["ACT"]
+    finally:
+        ACTIVATION_REGISTRY.pop("again_t", None)
 
 
 def test_a_registered_ffn_is_counted_as_flop_counter_mode_counts_it(own_components: None) -> None:
@@ -349,6 +380,33 @@ def test_a_typed_plugins_replaces_the_config_files(tmp_path: Path) -> None:
     assert run.train.plugins == str(tmp_path / "here_t.py")
     with pytest.raises(ConfigError, match=r"'gone_t\.py' is not a file"):
         parse_run_args([str(tmp_path / "cfg.py")])
+
+
+def test_a_config_file_that_registers_stays_among_the_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--plugins (or a second config file) replaces a file's ``plugins`` key, never the file itself when it
+    registers: the run records every source, so the hint it gives sample and resume works."""
+    from gptlab.compare_train import _run_values
+    from gptlab.config.train import parse_run_args
+
+    (tmp_path / "extra_t.py").write_text("X = 1\n")
+    (tmp_path / "reg_t.py").write_text(
+        "from torch import nn\nfrom gptlab.model import NORM_REGISTRY\n\n"
+        "class StickyNorm(nn.LayerNorm):\n    def __init__(self, ndim, eps=1e-5):\n        super().__init__(ndim, eps=eps)\n\n"
+        "NORM_REGISTRY['sticky_t'] = StickyNorm\nnormalization = 'sticky_t'\nn_layer = 1\n"
+    )
+    (tmp_path / "later_t.py").write_text("plugins = 'extra_t.py'\n")
+    monkeypatch.chdir(tmp_path)
+    itself, extra = str(tmp_path / "reg_t.py"), str(tmp_path / "extra_t.py")
+    try:
+        assert parse_run_args(["reg_t.py", "--plugins=extra_t.py"]).train.plugins == f"{extra}, {itself}"
+        assert parse_run_args(["reg_t.py", "later_t.py"]).train.plugins == f"{extra}, {itself}"
+        assert parse_run_args(["reg_t.py", "--plugins=reg_t.py"]).train.plugins == itself  # named once
+        from gptlab.compare import resolve_architecture
+
+        arch = resolve_architecture("reg_t.py")  # gptlab compare reg_t.py --train --plugins=extra_t.py
+        assert _run_values(arch, {"plugins": "extra_t.py"}, tmp_path / "out")["plugins"] == f"{itself}, extra_t.py"
+    finally:
+        NORM_REGISTRY.pop("sticky_t", None)
 
 
 def test_an_attention_backend_with_the_wrong_signature_is_refused_when_built() -> None:

@@ -420,7 +420,9 @@ def resolve_run_config(
         if key not in ALL_KEYS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     if isinstance(values.get("plugins"), str):  # recorded as found from here, so the run's hint works anywhere
-        values = {**values, "plugins": anchor_plugins(values["plugins"], Path.cwd())}
+        from gptlab.plugins import merge_plugins  # (a file named twice, relative and absolute: once)
+
+        values = {**values, "plugins": merge_plugins(anchor_plugins(values["plugins"], Path.cwd()))}
     explicit = frozenset(values if explicit is None else explicit)
     init_from = values.get("init_from", TrainConfig.init_from)
     if init_from not in ("scratch", "resume") and "dataset" not in explicit and isinstance(init_from, str):
@@ -583,19 +585,33 @@ def _continue_after_elastic_restart(values: dict[str, Any], explicit: set[str], 
         print(f"torchrun restart {restart} of this job: continuing the run in {out_dir} from its latest checkpoint")
 
 
+def _registering_file(path: str | Path, from_file: dict[str, Any]) -> str | None:
+    """The entry load_config_file adds to a config file's ``plugins`` when the file registers components
+    (it is its own plugin), else None."""
+    itself = str(Path(path).resolve())
+    plugins = from_file.get("plugins")
+    return itself if isinstance(plugins, str) and itself in split_plugins(plugins) else None
+
+
 def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> RunConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` -> RunConfig; later values win, as in nanoGPT.
     ``defaults`` (e.g. the quick-start settings) apply under both."""
     values = dict(defaults or {})
     explicit: set[str] = set()  # the defaults are not the user's: weights loaded or resumed override them
     files, overrides = split_args(args)
+    registering = []  # config files that register components: the run's plugins whatever else names some
     for path in files:
         from_file = load_config_file(path)
         values.update(from_file)
         explicit.update(from_file)
+        registering.append(_registering_file(path, from_file))
     from_overrides = parse_overrides(overrides, TEXT_KEYS, BOOL_KEYS, ALL_KEYS)
     values.update(from_overrides)
     explicit.update(from_overrides)
+    if isinstance(values.get("plugins"), str) and any(registering):  # a later file's or --plugins: added to
+        from gptlab.plugins import merge_plugins
+
+        values["plugins"] = merge_plugins(values["plugins"], *registering)
     _continue_after_elastic_restart(values, explicit, from_overrides)
     init_from = values.get("init_from", TrainConfig.init_from)
     if init_from not in ("scratch", "resume"):  # a fine-tune: the weights decide the architecture

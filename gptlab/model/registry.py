@@ -6,6 +6,7 @@ A new component is one class plus one ``@REGISTRY.register("name")`` (or
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -102,6 +103,14 @@ def _definition(component: Any) -> tuple[str, str]:
     imported as the run's plugin, has no module name in common with itself): its qualified name and the
     file its code is in; a class with no code of its own (``class MyNorm(RMSNorm): pass``) is what it
     inherits and sets, wherever it is written."""
+    if isinstance(component, functools.partial):  # its repr holds addresses: the function's file and name say it
+        qualname, source = _definition(component.func)
+        bound = ", ".join([*map(repr, component.args), *(f"{k}={v!r}" for k, v in component.keywords.items())])
+        return f"functools.partial({qualname}{', ' + bound if ' at 0x' not in bound else ', ...'})", source
+    own_class = type(component).__module__ != "builtins"  # (a builtin function is named by its module below)
+    if not isinstance(component, type) and not hasattr(component, "__code__") and callable(component) and own_class:
+        qualname, source = _definition(type(component))  # a callable instance: its class's definition
+        return f"an instance of {qualname}", source
     qualname = getattr(component, "__qualname__", repr(component))
     if isinstance(component, type):  # the functions its body defines (inherited ones live elsewhere)
         codes = [getattr(getattr(v, "__func__", v), "__code__", None) for v in vars(component).values()]
