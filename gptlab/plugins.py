@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import importlib.util
 import re
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,7 +154,7 @@ def saved_plugins(saved: dict) -> object:
 def plugins_hint(recorded: object) -> str:
     """The end of an error about an unknown component of a saved run: what to pass to get it back."""
     if isinstance(recorded, str) and recorded.strip():
-        return f"; this run was trained with plugins={recorded!r}: pass --plugins={recorded}"
+        return f"; this run was trained with plugins={recorded!r}: pass --plugins={shlex.quote(recorded)}"
     return (
         "; a component registered outside gptlab must be imported again to load it: pass the module or file "
         "that registers it (--plugins=my_components or --plugins=path/to/file.py, e.g. the config file)"

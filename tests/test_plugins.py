@@ -340,6 +340,7 @@ def test_plugin_names_and_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         import_plugins("needs_dep_t")  # its own missing import, not "no module named 'needs_dep_t'"
     assert saved_plugins({"config": {"train": {"plugins": "x.py"}}}) == "x.py"
     assert "pass --plugins=x.py" in plugins_hint("x.py")
+    assert plugins_hint("/a/x.py, y").endswith("pass --plugins='/a/x.py, y'")  # one argument, as a shell reads it
     with pytest.raises(ConfigError, match=r"this run was trained with plugins='x\.py'"):
         ModelArchitectureConfig.from_dict({"normalization": "nosuchnorm_t"}, "x.py")
 
