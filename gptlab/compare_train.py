@@ -78,7 +78,6 @@ def format_result(key: str, value: Any) -> str:
 
 def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from gptlab.config.train import ARCH_FIELDS, names_a_file
-
     from gptlab.plugins import merge_plugins
 
     values = dict(TRAIN_DEFAULTS)

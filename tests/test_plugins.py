@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -170,6 +171,55 @@ def test_a_registered_ffn_is_counted_as_flop_counter_mode_counts_it(own_componen
     # D x D middle matrix included: a 2-matrix formula would be 2*H*D short per layer
     assert flops.row("ffn").forward == 2 * (64 * 256 + 256 * 256 + 256 * 64)
     assert counter.get_total_flops() == flops.hfu_flops_per_token * idx.numel()
+
+
+class ProjectedNorm(nn.Module):
+    """An RMS norm followed by a learned (H x H) projection: a norm that multiplies a matrix."""
+
+    def __init__(self, ndim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.proj, self.eps = nn.Linear(ndim, ndim, bias=False), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class MixingActivation(nn.Module):
+    """An activation with parameters of its own, one of them a (4 x 4) matrix it multiplies by."""
+
+    def __init__(self, **_: object) -> None:
+        super().__init__()
+        self.mix, self.gain = nn.Parameter(torch.eye(4)), nn.Parameter(torch.ones(7))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu((x.unflatten(-1, (-1, 4)) @ self.mix).flatten(-2)) * self.gain.mean()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("ffn_type", ["standard", "swiglu"])
+def test_a_registered_norm_or_activation_that_multiplies_is_counted(checkpointing: bool, ffn_type: str) -> None:
+    """Their matmuls were left out of the count (13% low for a projecting norm, with no caveat), and an
+    activation's parameters out of the parameter count and the memory plan."""
+    from gptlab.model.registry import ACTIVATION_REGISTRY
+    from gptlab.telemetry.params import count_parameters
+
+    NORM_REGISTRY["projected_t"], ACTIVATION_REGISTRY["mixing_t"] = ProjectedNorm, MixingActivation
+    try:
+        cfg = get_debug_config("custom", normalization="projected_t", activation="mixing_t", ffn_type=ffn_type)
+        flops = compute_flops(cfg, activation_checkpointing=checkpointing, device_type="cpu")
+        model = ConfigurableGPT(cfg)
+        assert count_parameters(cfg) == model.get_num_params(non_embedding=False)
+        assert count_parameters(cfg, non_embedding=True) == model.get_num_params()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+        with FlopCounterMode(display=False) as counter:
+            model(idx, idx)[1].backward()
+    finally:
+        del NORM_REGISTRY["projected_t"], ACTIVATION_REGISTRY["mixing_t"]
+    assert counter.get_total_flops() == flops.hfu_flops_per_token * idx.numel()
+    assert flops.row("norm_matmuls").forward == 2 * 64 * 64 and flops.caveats == []
+    assert ("mixing_t" in flops.row("ffn").note) == (ffn_type == "standard")  # SwiGLU's gate is its own
 
 
 class RoutedFFN(nn.Module):
@@ -392,7 +442,8 @@ def test_a_config_file_that_registers_stays_among_the_plugins(tmp_path: Path, mo
     (tmp_path / "extra_t.py").write_text("X = 1\n")
     (tmp_path / "reg_t.py").write_text(
         "from torch import nn\nfrom gptlab.model import NORM_REGISTRY\n\n"
-        "class StickyNorm(nn.LayerNorm):\n    def __init__(self, ndim, eps=1e-5):\n        super().__init__(ndim, eps=eps)\n\n"
+        "class StickyNorm(nn.LayerNorm):\n    def __init__(self, ndim, eps=1e-5):\n"
+        "        super().__init__(ndim, eps=eps)\n\n"
         "NORM_REGISTRY['sticky_t'] = StickyNorm\nnormalization = 'sticky_t'\nn_layer = 1\n"
     )
     (tmp_path / "later_t.py").write_text("plugins = 'extra_t.py'\n")

@@ -25,6 +25,7 @@ from gptlab.model.registry import (
     FFN_REGISTRY,
     NORM_REGISTRY,
     POSITION_ENCODING_REGISTRY,
+    is_builtin,
 )
 
 # --------------------------------------------------------------------------- norms
@@ -205,6 +206,13 @@ def builtin_ffn_matrices(ffn_type: str) -> int | None:
     if isinstance(cls, type) and issubclass(cls, GatedFFN) and not {"__init__", "forward"} & set(vars(cls)):
         return 3
     return None
+
+
+def runs_own_activation(config: ModelArchitectureConfig) -> bool:
+    """Whether the FFN applies a registered activation of one's own (``activation``, not a fixed gate's):
+    one that may hold parameters or multiply matrices, so a built-in FFN around it is built or run on the
+    meta device (parameters, FLOPs) rather than written out by formula."""
+    return config.gate_activation is None and not is_builtin(ACTIVATION_REGISTRY.get(config.activation))
 
 
 def build_ffn(

@@ -33,7 +33,7 @@ from gptlab.errors import ConfigError, first_line
 from gptlab.telemetry.mfu import estimate_mfu_detailed, expected_tokens_per_sec  # MFU = these FLOPs / time / peak
 
 # rows that occur once per token, not once per layer
-_ONCE = ("lm_head", "loss", "position_add", "position_encoding")
+_ONCE = ("lm_head", "loss", "position_add", "position_encoding", "final_norm_matmuls")
 TRAIN_FACTOR = 3  # forward (1) + backward (2: grad wrt input and grad wrt weight, each the forward's size)
 
 # Non-matmul work, in FLOPs per element, counting a transcendental (exp, tanh, erf, rsqrt) as 1.
@@ -237,9 +237,10 @@ def compute_flops(
         FlopRow("lm_head", 2 * H * V, 1, True, "tied" if config.weight_tying else "untied"),
     ]
     position_rows, position_caveat = _registered_position_flops(config, S)
-    rows += position_rows
+    norm_rows, norm_caveat = _registered_norm_flops(config)
+    rows += position_rows + norm_rows
     rows += _non_matmul_rows(config, S, q_dim, kv_dim, D)
-    caveats = [note for note in (None if ffn_measured else ffn_note, position_caveat) if note]
+    caveats = [note for note in (None if ffn_measured else ffn_note, position_caveat, norm_caveat) if note]
     return FlopsBreakdown(config, S, activation_checkpointing, rows, device_type, caveats)
 
 
@@ -258,11 +259,11 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, boo
     counted; one whose forward cannot run there is estimated."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gptlab.model.components import build_activation, build_ffn, builtin_ffn_matrices
+    from gptlab.model.components import build_activation, build_ffn, builtin_ffn_matrices, runs_own_activation
 
     H, D = config.n_embd, config.ffn_hidden_dim
     matrices = builtin_ffn_matrices(config.ffn_type)
-    if matrices is not None:
+    if matrices is not None and not runs_own_activation(config):
         return 2 * H * D * matrices, f"{config.ffn_type}: {matrices} matrices, D={D}", True
 
     tokens = 8
@@ -283,8 +284,42 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, boo
             f"device: {why}), D={D}",
             False,
         )
-    measured = f"{config.ffn_type}: measured (FlopCounterMode, meta device), D={D}"
+    with_activation = f" with activation {config.activation!r}" if runs_own_activation(config) else ""
+    measured = f"{config.ffn_type}{with_activation}: measured (FlopCounterMode, meta device), D={D}"
     return counter.get_total_flops() / tokens, measured, True
+
+
+def _registered_norm_flops(config: ModelArchitectureConfig) -> tuple[list[FlopRow], str | None]:
+    """Matmul FLOPs per token of a registered normalization (a built-in one does none: its elementwise work
+    is estimated with the rest), measured as a registered FFN is, on the meta device under
+    FlopCounterMode; one whose forward cannot run there is a caveat."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gptlab.model.components import build_norm
+    from gptlab.model.registry import NORM_REGISTRY, is_builtin
+
+    name = config.normalization
+    if is_builtin(NORM_REGISTRY.get(name)):
+        return [], None
+    tokens = 8
+    with torch.device("meta"):
+        norm = build_norm(name, config.n_embd, config.norm_eps)
+        x = torch.empty(1, tokens, config.n_embd)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            norm(x)
+    except (NotImplementedError, RuntimeError) as e:
+        if (why := _meta_failure(e)) is None:
+            raise
+        return [], f"normalization {name!r}: its matmuls are not counted (it cannot run on the meta device: {why})"
+    per_token = counter.get_total_flops() / tokens
+    if not per_token:
+        return [], None
+    note = f"{name}: measured (FlopCounterMode, meta device)"
+    rows = [FlopRow("norm_matmuls", per_token, 2 * config.n_layer, True, f"{note}, two per block")]
+    if config.final_norm:  # outside the blocks: not recomputed by activation checkpointing
+        rows.append(FlopRow("final_norm_matmuls", per_token, 1, True, note))
+    return rows, None
 
 
 def _registered_position_flops(config: ModelArchitectureConfig, S: int) -> tuple[list[FlopRow], str | None]:

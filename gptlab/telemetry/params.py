@@ -56,10 +56,11 @@ def _linear(prefix: str, d_in: int, d_out: int, bias: bool) -> list[TensorShape]
 
 
 def _ffn(config: ModelArchitectureConfig, prefix: str) -> list[TensorShape]:
-    from gptlab.model.components import build_activation, build_ffn, builtin_ffn_matrices
+    from gptlab.model.components import build_activation, build_ffn, builtin_ffn_matrices, runs_own_activation
 
     H, D, b = config.n_embd, config.ffn_hidden_dim, config.bias
-    matrices = builtin_ffn_matrices(config.ffn_type)
+    # (an activation of one's own may hold parameters: then the FFN built around it says which)
+    matrices = None if runs_own_activation(config) else builtin_ffn_matrices(config.ffn_type)
     if matrices == 2:
         return _linear(f"{prefix}.w_in", H, D, b) + _linear(f"{prefix}.w_out", D, H, b)
     if matrices == 3:
