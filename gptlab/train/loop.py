@@ -924,8 +924,11 @@ class Trainer:
             step = self.train_step()
             self.tokens_seen += self.telemetry.tokens_per_iter
             checked = step["loss"]  # with the gradient norm (a NaN norm makes clipping turn every weight NaN), but
-            if step["grad_norm"] is not None and not self.scaler.is_enabled():  # fp16's scaler skips inf steps itself
-                checked = checked + step["grad_norm"]  # non-finite if either is
+            norm = step["grad_norm"]  # clipping's, else the gradient statistics' where they were computed
+            if norm is None and step["grad_stats"]:
+                norm = step["grad_stats"]["global_norm"]
+            if norm is not None and not self.scaler.is_enabled():  # fp16's scaler skips inf steps itself
+                checked = checked + norm  # non-finite if either is
             first_bad = torch.where(torch.isfinite(checked), first_bad, first_bad.clamp(max=self.iter_num))
             window_steps += 1
             if step["skipped"]:

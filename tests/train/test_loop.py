@@ -630,10 +630,16 @@ def test_nan_stop_names_the_first_non_finite_iteration(data_dir: Path, tmp_path:
     assert summary["status"] == "stopped: non-finite loss" and summary["checkpoint_iter"] is None
 
 
-def test_a_non_finite_gradient_stops_the_run_where_it_happened(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_a_non_finite_gradient_stops_the_run_where_it_happened(
+    grad_clip: float, data_dir: Path, tmp_path: Path
+) -> None:
     """A finite loss with a NaN gradient: clipping by a NaN norm turns every weight NaN; the stop names
-    that step, not the next one whose loss shows it."""
-    args = tiny_args(data_dir, tmp_path, max_iters=20, log_interval=1, eval_interval=100)
+    that step, not the next one whose loss shows it. Without clipping, the gradient statistics' norm says
+    so where they are computed."""
+    args = tiny_args(
+        data_dir, tmp_path, max_iters=20, log_interval=1, eval_interval=100, grad_clip=grad_clip, gradient_log_interval=1
+    )
     trainer = Trainer(parse_run_args(args), stream=io.StringIO())
     weight = next(trainer.raw_model.parameters())
     weight.register_hook(lambda g: g * float("nan") if trainer.iter_num == 3 else g)
