@@ -774,11 +774,16 @@ class Trainer:
         return path
 
     def _tensorboard_purge_step(self) -> int | None:
-        """Where a resume's TensorBoard events replace the earlier sessions': from the resumed iteration,
-        or one on where the checkpoint's own evaluation there (a stop's) is not run again; None otherwise."""
-        if self.cfg.init_from != "resume" or self.cfg.eval_only or self.iter_num == 0:
+        """Where this session's TensorBoard events replace the earlier sessions': a new run's from 0 (the run
+        it replaces, as log.jsonl is); a resume's from the resumed iteration, or one on where the
+        checkpoint's own evaluation there (a stop's) is not run again; None for an evaluation or a run
+        already done (nothing is logged again, and a finished run's final evaluation stays)."""
+        cfg = self.cfg
+        if cfg.eval_only or self.iter_num > cfg.max_iters:
             return None
-        return self.iter_num if self.iter_num % self.cfg.eval_interval == 0 else self.iter_num + 1
+        if cfg.init_from != "resume":
+            return 0
+        return self.iter_num if self.iter_num % cfg.eval_interval == 0 else self.iter_num + 1
 
     # ------------------------------------------------------------------ the loop
     def _eval_and_checkpoint(self, healthy: bool) -> dict[str, float]:

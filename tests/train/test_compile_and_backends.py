@@ -15,6 +15,7 @@ from gptlab import ConfigurableGPT
 from gptlab.checkpoint import load_checkpoint
 from gptlab.config.train import parse_run_args
 from gptlab.errors import ConfigError, GptlabError
+from gptlab.logging import read_log
 from gptlab.train.launch import train
 from tests.train.conftest import tiny_args
 
@@ -156,6 +157,23 @@ def test_tensorboard_after_a_rollback_and_resume_has_each_step_once(data_dir: Pa
     events.Reload()
     assert [e.step for e in events.Scalars("eval/val_loss")] == [0, 4, 8, 9, 11]
     assert [e.step for e in events.Scalars("train/loss")] == list(range(11))
+    # ended at 12, an evaluation step; requeued when already done: its final evaluation is not hidden
+    for _ in range(2):
+        more = {**common, "max_iters": 11, "init_from": "resume"}
+        train(parse_run_args(tiny_args(data_dir, tmp_path, **more)), stream=io.StringIO())
+        events = EventAccumulator(str(tmp_path / "tensorboard"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("eval/val_loss")] == [0, 4, 8, 9, 11, 12]
+    # a new run replacing this one (--overwrite=True): its points only, as in its log.jsonl
+    train(
+        parse_run_args(tiny_args(data_dir, tmp_path, **{**common, "max_iters": 3}, overwrite=True)),
+        stream=io.StringIO(),
+    )
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    losses = {r["iter"]: r["loss"] for r in read_log(tmp_path / "log.jsonl", "iter")}
+    assert {e.step: pytest.approx(e.value) for e in events.Scalars("train/loss")} == losses
+    assert [e.step for e in events.Scalars("eval/val_loss")] == [0, 4]
 
 
 def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

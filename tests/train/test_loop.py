@@ -638,7 +638,13 @@ def test_a_non_finite_gradient_stops_the_run_where_it_happened(
     that step, not the next one whose loss shows it. Without clipping, the gradient statistics' norm says
     so where they are computed."""
     args = tiny_args(
-        data_dir, tmp_path, max_iters=20, log_interval=1, eval_interval=100, grad_clip=grad_clip, gradient_log_interval=1
+        data_dir,
+        tmp_path,
+        max_iters=20,
+        log_interval=1,
+        eval_interval=100,
+        grad_clip=grad_clip,
+        gradient_log_interval=1,
     )
     trainer = Trainer(parse_run_args(args), stream=io.StringIO())
     weight = next(trainer.raw_model.parameters())
