@@ -376,10 +376,14 @@ class TrainingLogger:
         mfu_pct = _fmt(r.get("mfu_percent"), ".2f", "n/a") + ("%" if r.get("mfu_percent") is not None else "")
         peak_per_gpu = r.get("hardware_peak_flops_per_gpu")
         multi = (mfu.get("num_gpus") or 1) > 1
-        per_gpu = " per GPU" if multi else ""
+        # ranks on CPUs (gloo) are processes, not GPUs
+        unit = "GPU" if str((self.startup.get("hardware") or {}).get("device", "cuda")).startswith("cuda") else "rank"
+        per_gpu = f" per {unit}" if multi else ""
         if self.style == "compact":
             parts = [f"iter {r['iter']}", f"loss {r['loss']:.4f}", f"{r['dt_ms']:.0f}ms", f"lr {lr}"]
-            parts += [f"tok/s {tps}", f"mfu {mfu_pct}"]
+            parts.append(f"tok/s {tps}")
+            if r.get("mfu_percent") is not None:  # (n/a without a known peak, as the startup report said)
+                parts.append(f"mfu {mfu_pct}")
             mem_gb = mem.get("allocated_gb") if mem.get("allocated_gb") is not None else mem.get("rss_gb")
             if mem_gb is not None:
                 parts.append(f"mem {mem_gb:.2f}GB")
@@ -393,7 +397,7 @@ class TrainingLogger:
             # on several ranks the rates per GPU, and the tokens of them all: each label says which
             f"⚡ MFU: {mfu_pct} │ Achieved: {_fmt(r.get('achieved_tflops_per_gpu'), '.3g')} TF{per_gpu} │ "
             f"Peak: {_fmt(peak_per_gpu and peak_per_gpu / 1e12, '.4g')} TF{per_gpu}",
-            f"   Tokens/s: {tps}{' (all GPUs)' if multi else ''} │ FLOPs/token: "
+            f"   Tokens/s: {tps}{f' (all {unit}s)' if multi else ''} │ FLOPs/token: "
             + (_fmt(r.get("flops_per_token") and r["flops_per_token"] / 1e9, ".3g") + " GF"),
         ]
         if mem:

@@ -311,3 +311,23 @@ def test_the_console_says_which_rates_are_per_gpu(tmp_path: Path) -> None:
     one = io.StringIO()
     TrainingLogger(tmp_path / "one", stream=one).log_iter_detailed(1, 2.0, 500.0, mfu_breakdown={**mfu, "num_gpus": 1})
     assert "per GPU" not in one.getvalue() and "(all GPUs)" not in one.getvalue()
+    cpu = io.StringIO()  # two gloo processes on CPUs: ranks, not GPUs
+    on_cpu = TrainingLogger(tmp_path / "cpu", stream=cpu)
+    on_cpu.startup = {"hardware": {"device": "cpu"}}
+    on_cpu.log_iter_detailed(1, 2.0, 500.0, mfu_breakdown=mfu)
+    assert "TF per rank │ Peak: 1 TF per rank" in cpu.getvalue() and "(all ranks)" in cpu.getvalue()
+
+
+def test_a_compact_line_leaves_out_an_unknown_mfu(tmp_path: Path) -> None:
+    """The quick start's style on a CPU, where the startup report said MFU is not reported: 'mfu n/a' on every
+    line only made it wider (92 columns with the gradient norm)."""
+    stream = io.StringIO()
+    logger = TrainingLogger(tmp_path, style="compact", stream=stream)
+    logger.log_iter_detailed(
+        700, 1.2345, 312.0, memory_stats={"rss_gb": 0.34}, grad_stats={"global_norm": 0.4321},
+        lr=6e-4, tokens_per_sec=10_503.0,
+    )  # fmt: skip
+    (line,) = stream.getvalue().splitlines()
+    assert "mfu" not in line and "gnorm 0.432" in line
+    logger.log_iter_detailed(701, 1.2, 300.0, lr=6e-4, tokens_per_sec=1e4, mfu_percent=41.5)
+    assert stream.getvalue().splitlines()[-1].endswith("| mfu 41.50%")
