@@ -16,6 +16,8 @@ import inspect
 import json
 import os
 import re
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,58 @@ def resolve_mode(cfg: TrainConfig, world_size: int) -> str:
     return mode
 
 
+# How long past dist_timeout a rank may still be joining before it exits: gloo's connects after a torchrun
+# restart can hang beyond the timeout given (pytorch#167288 family: both ranks inside ProcessGroupGloo's
+# constructor for minutes); exiting lets torchrun restart the attempt or end the job.
+HUNG_JOIN_GRACE_S = 60
+
+
+def _exit_hung_join(rank: int, world_size: int, waited: float) -> None:
+    print(
+        f"gptlab: error: rank {rank} could not form the process group of {world_size} ranks: still joining after "
+        f"{waited:.0f}s (dist_timeout + {HUNG_JOIN_GRACE_S}s; PyTorch's gloo can hang connecting after a restart, "
+        "pytorch#167288): exiting, so that torchrun --max-restarts tries again or ends the job",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)  # the thread that hangs is inside C++: nothing else ends it
+
+
+def _join(backend: str, rank: int, world_size: int, timeout_s: int) -> None:
+    """``init_process_group`` from torchrun's environment, with a watchdog past its own timeout."""
+    waited = timeout_s + HUNG_JOIN_GRACE_S
+    watchdog = threading.Timer(waited, lambda: _exit_hung_join(rank, world_size, waited))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
+        )
+    finally:
+        watchdog.cancel()
+
+
+def _check_launch_env(world_size: int) -> None:
+    """Launch variables set by hand (or by a scheduler) that cannot form a job: one line each."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")
+    if "RANK" not in os.environ and tasks.isdigit() and int(tasks) > 1:
+        raise ConfigError(
+            f"srun started {tasks} tasks (SLURM_STEP_NUM_TASKS) but none has torchrun's RANK / WORLD_SIZE: each "
+            "would train alone. Start one torchrun per node (srun --ntasks-per-node=1 torchrun --nnodes=$SLURM_NNODES "
+            "--nproc_per_node=GPUS --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py ...), or set RANK, "
+            "WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in each task from SLURM's variables"
+        )
+    if "MASTER_ADDR" in os.environ:
+        if "MASTER_PORT" not in os.environ:
+            raise ConfigError(
+                f"MASTER_ADDR={os.environ['MASTER_ADDR']!r} is set but MASTER_PORT is not: set both (torchrun does), "
+                "or launch with torchrun"
+            )
+        _env_int("MASTER_PORT", 0)
+    elif world_size > 1:
+        raise ConfigError(f"WORLD_SIZE={world_size} without MASTER_ADDR: launch with torchrun")
+
+
 def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     """Join the job torchrun started (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT).
 
@@ -82,6 +136,8 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     timeout bounds every collective: a rank that died turns into an error, not a hang.
     """
     world_size, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if not dist.is_available() or not dist.is_initialized():
+        _check_launch_env(world_size)
     mode = resolve_mode(cfg, world_size)
     if device.type == "cuda":
         # under torchrun each rank takes its LOCAL_RANK's GPU; a single process keeps the one named (cuda:1)
@@ -103,12 +159,18 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
         timeout = datetime.timedelta(seconds=cfg.dist_timeout)
         if "MASTER_ADDR" in os.environ:
             try:
-                dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
+                _join(backend, rank, world_size, cfg.dist_timeout)
             except RuntimeError as e:  # DistError: a store timeout, or the store's host gone; gloo's own connects
                 # fail as plain RuntimeErrors (a peer restarted while the mesh formed: torchrun --max-restarts)
                 gloo = any(s in str(e) for s in ("connectFullMesh", "Connect timeout", "Connection refused"))
                 if not (gloo or isinstance(e, getattr(dist, "DistError", ()))):
                     raise
+                if "EADDRINUSE" in str(e) or "address already in use" in str(e).lower():  # rank 0 hosts the store
+                    raise ConfigError(
+                        f"rank {rank}: MASTER_PORT={os.environ['MASTER_PORT']} on {os.environ['MASTER_ADDR']} is "
+                        "already in use (another job, or an earlier run still exiting): choose another port "
+                        "(torchrun --master_port=PORT, or --rdzv_endpoint=HOST:PORT)"
+                    ) from None
                 raise ConfigError(
                     f"rank {rank} could not form the process group of {world_size} ranks (waited up to dist_timeout="
                     f"{cfg.dist_timeout}s): a rank failed before joining (its '[rank N] error' line says why, e.g. a "
@@ -116,11 +178,9 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
                     f"(MASTER_ADDR, rank 0's node) went away; a smaller --dist_timeout fails faster "
                     f"({str(e).splitlines()[0][:120]})"
                 ) from None
-        elif world_size == 1:
+        else:  # one rank (_check_launch_env refused more without MASTER_ADDR)
             store = dist.HashStore()
             dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
-        else:
-            raise ConfigError(f"WORLD_SIZE={world_size} without MASTER_ADDR: launch with torchrun")
         owns = True
     return DistInfo(rank, local_rank, world_size, device, backend, mode, owns)
 

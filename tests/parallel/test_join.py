@@ -35,3 +35,65 @@ def test_a_gloo_connect_failure_while_joining_is_one_line(failure: str, monkeypa
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         init_distributed(cfg, torch.device("cpu"))
+
+
+def _launch_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_a_master_port_in_use_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 hosts the store on MASTER_PORT: a port another program holds failed at once with the message of a
+    rank that never joined ('waited up to dist_timeout'), the cause cut off at 120 characters."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        _launch_env(monkeypatch, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        with pytest.raises(ConfigError, match=rf"^rank 0: MASTER_PORT={port} on 127.0.0.1 is already in use"):
+            init_distributed(TrainConfig(device="cpu", parallel="ddp", dist_timeout=10), torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        (
+            {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"},
+            "MASTER_ADDR='127.0.0.1' is set but MASTER_PORT",
+        ),
+        ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "abc"}, "MASTER_PORT='abc' is not an int"),
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 without MASTER_ADDR"),
+        ({"SLURM_STEP_NUM_TASKS": "2"}, r"srun started 2 tasks .* each would train alone"),
+    ],
+)
+def test_launch_variables_that_cannot_form_a_job_are_one_line(
+    env: dict[str, str], error: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set by hand, or by srun: a missing MASTER_PORT was PyTorch's ValueError traceback, and srun's tasks
+    (SLURM's variables, not torchrun's) each trained alone."""
+    _launch_env(monkeypatch, **env)
+    with pytest.raises(ConfigError, match=error):
+        init_distributed(TrainConfig(device="cpu"), torch.device("cpu"))
+
+
+def test_a_join_that_hangs_past_dist_timeout_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gloo can hang inside ProcessGroupGloo's constructor after a torchrun restart, beyond any timeout given:
+    the watchdog ends the process (torchrun then restarts the attempt); a join in time cancels it."""
+    import time
+
+    import gptlab.parallel as parallel
+
+    exits: list[tuple] = []
+    monkeypatch.setattr(parallel, "HUNG_JOIN_GRACE_S", 0)
+    monkeypatch.setattr(parallel, "_exit_hung_join", lambda *args: exits.append(args))
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: time.sleep(1.5))
+    parallel._join("gloo", 1, 2, 1)
+    assert exits == [(1, 2, 1)]
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: None)
+    parallel._join("gloo", 1, 2, 1)
+    time.sleep(1.2)
+    assert len(exits) == 1
