@@ -25,7 +25,7 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     if it >= cfg.lr_decay_iters:
         return cfg.min_lr
     if cfg.lr_schedule == "wsd":
-        decay_start = cfg.lr_decay_iters - int(cfg.wsd_decay_frac * cfg.lr_decay_iters)
+        decay_start = wsd_decay_start(cfg)
         if it < decay_start:
             return cfg.learning_rate
         frac = (it - decay_start) / max(1, cfg.lr_decay_iters - decay_start)
@@ -34,3 +34,10 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     ratio = (it - cfg.warmup_iters) / span if span > 0 else 1.0
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+def wsd_decay_start(cfg: TrainConfig) -> int:
+    """Where ``wsd`` starts decaying: the last ``wsd_decay_frac`` of lr_decay_iters, but never inside the warmup
+    (a short run that kept the default 2000-iteration warmup): the decay is then shortened, as torchtitan's
+    WSD shortens it, rather than cutting the rate in half at the warmup's end."""
+    return max(cfg.warmup_iters, cfg.lr_decay_iters - int(cfg.wsd_decay_frac * cfg.lr_decay_iters))

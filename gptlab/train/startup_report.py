@@ -21,10 +21,13 @@ def _schedule(cfg: Any) -> str:
     if cfg.lr_schedule == "constant":
         return warm + "then constant"
     if cfg.lr_schedule == "wsd":
-        return (
-            warm + f"stable, then linear decay to {cfg.min_lr:g} "
-            f"over the last {cfg.wsd_decay_frac:.0%} of {cfg.lr_decay_iters}"
-        )
+        from gptlab.train.schedule import wsd_decay_start
+
+        start = wsd_decay_start(cfg)
+        decay = f"linear decay to {cfg.min_lr:g} over iters {start}..{cfg.lr_decay_iters}"
+        if start == cfg.warmup_iters:  # (the decay fraction would have started it inside the warmup)
+            return warm + f"no stable phase, {decay} (wsd_decay_frac={cfg.wsd_decay_frac:g}, from warmup's end)"
+        return warm + f"stable, then {decay} (the last {cfg.wsd_decay_frac:.0%} of {cfg.lr_decay_iters})"
     return warm + f"cosine decay to {cfg.min_lr:g} at iter {cfg.lr_decay_iters}"
 
 

@@ -260,6 +260,16 @@ def test_constant_wsd_and_no_decay() -> None:
     assert get_lr(50, wsd) == 1.0 and get_lr(88, wsd) == 1.0
     assert get_lr(99, wsd) == pytest.approx(1.0 + (11 / 22) * (0.1 - 1.0))
     assert get_lr(110, wsd) == pytest.approx(0.1)
+    # a decay fraction that would start inside the warmup: the rate reaches its peak, then decays from there
+    short = _cfg(lr_schedule="wsd", wsd_decay_frac=0.2, warmup_iters=100)  # 88 < 100: decay over 100..110
+    assert get_lr(99, short) == pytest.approx(100 / 101) and get_lr(100, short) == 1.0
+    assert get_lr(105, short) == pytest.approx(1.0 + 0.5 * (0.1 - 1.0))
+    lrs = [get_lr(i, short) for i in range(100, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    from gptlab.train.startup_report import _schedule
+
+    assert _schedule(wsd).endswith("stable, then linear decay to 0.1 over iters 88..110 (the last 20% of 110)")
+    assert "no stable phase, linear decay to 0.1 over iters 100..110" in _schedule(short)
     assert get_lr(0, _cfg(decay_lr=False)) == 1.0 and get_lr(10**6, _cfg(decay_lr=False)) == 1.0
     assert all(math.isfinite(get_lr(i, _cfg(warmup_iters=0, lr_decay_iters=0))) for i in range(3))
 
