@@ -44,6 +44,7 @@ class Architecture:
     config: ModelArchitectureConfig
     source: str  # the preset name or the config file path
     train_values: dict[str, Any] = field(default_factory=dict)  # a config file's training keys
+    file_values: dict[str, Any] = field(default_factory=dict)  # all a config file's settings, as loaded once
 
 
 def resolve_architecture(
@@ -79,7 +80,7 @@ def resolve_architecture(
             vocab = dataset_vocab_size(train_values)
             if vocab is not None:  # what training will use: the prepared dataset's vocabulary, padded
                 config = dataclasses.replace(config, vocab_size=vocab)
-        return Architecture(Path(name).stem, config, name, train_values)
+        return Architecture(Path(name).stem, config, name, train_values, values)
     return Architecture(name, get_typed_config(name, arch_overrides), name)
 
 

@@ -107,8 +107,8 @@ def _join(backend: str, rank: int, world_size: int, timeout_s: int) -> None:
         watchdog.cancel()
 
 
-def _check_launch_env(world_size: int) -> None:
-    """Launch variables set by hand (or by a scheduler) that cannot form a job: one line each."""
+def _check_srun_tasks() -> None:
+    """``srun -n N python train.py``: N tasks without torchrun's variables would each train alone."""
     tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")
     if "RANK" not in os.environ and tasks.isdigit() and int(tasks) > 1:
         raise ConfigError(
@@ -117,6 +117,11 @@ def _check_launch_env(world_size: int) -> None:
             "--nproc_per_node=GPUS --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py ...), or set RANK, "
             "WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in each task from SLURM's variables"
         )
+
+
+def _check_launch_env(world_size: int) -> None:
+    """Launch variables set by hand that cannot form the job's group: one line each (checked only where a
+    group is formed: a stray MASTER_ADDR in a one-process run's shell is no error)."""
     if "MASTER_ADDR" in os.environ:
         if "MASTER_PORT" not in os.environ:
             raise ConfigError(
@@ -136,8 +141,8 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     timeout bounds every collective: a rank that died turns into an error, not a hang.
     """
     world_size, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    if not dist.is_available() or not dist.is_initialized():
-        _check_launch_env(world_size)
+    if world_size == 1 and (not dist.is_available() or not dist.is_initialized()):
+        _check_srun_tasks()
     mode = resolve_mode(cfg, world_size)
     if device.type == "cuda":
         # under torchrun each rank takes its LOCAL_RANK's GPU; a single process keeps the one named (cuda:1)
@@ -157,6 +162,7 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
         rank, world_size = dist.get_rank(), dist.get_world_size()
     else:
         timeout = datetime.timedelta(seconds=cfg.dist_timeout)
+        _check_launch_env(world_size)
         if "MASTER_ADDR" in os.environ:
             try:
                 _join(backend, rank, world_size, cfg.dist_timeout)

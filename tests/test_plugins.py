@@ -157,6 +157,17 @@ def test_a_partial_or_a_callable_instance_registered_again_by_its_file_is_the_sa
             ACTIVATION_REGISTRY["again_t"] = runs[0]["OTHER"]  # other arguments: another definition
         with pytest.raises(ValueError, match="already registered"):
             ACTIVATION_REGISTRY["again_t"] = runs[0]["ACT"]
+        del ACTIVATION_REGISTRY["again_t"]
+        ACTIVATION_REGISTRY["again_t"] = runs[0]["ACT"]
+        other = runs[0]["Leaky"](0.5)  # the same class holding another slope: another definition
+        with pytest.raises(ValueError, match=r"already registered as Leaky instance \{'slope': 0.2\}"):
+            ACTIVATION_REGISTRY["again_t"] = other
+        other.slope = object()  # what it holds has an address: only ever itself
+        del ACTIVATION_REGISTRY["again_t"]
+        ACTIVATION_REGISTRY["again_t"] = other
+        ACTIVATION_REGISTRY["again_t"] = other  # (the same object, again: always allowed)
+        with pytest.raises(ValueError, match="already registered"):
+            ACTIVATION_REGISTRY["again_t"] = runs[0]["Leaky"](other.slope)
     finally:
         ACTIVATION_REGISTRY.pop("again_t", None)
 
@@ -457,8 +468,20 @@ def test_a_config_file_that_registers_stays_among_the_plugins(tmp_path: Path, mo
 
         arch = resolve_architecture("reg_t.py")  # gptlab compare reg_t.py --train --plugins=extra_t.py
         assert _run_values(arch, {"plugins": "extra_t.py"}, tmp_path / "out")["plugins"] == f"{itself}, extra_t.py"
+        # a file that registers through a module it imports registers on its first run only: compare --train
+        # records it from that run (its second load found nothing registered, and recorded no plugins)
+        (tmp_path / "sticky_mod_t.py").write_text(
+            "from gptlab.model import NORM_REGISTRY\nfrom reg_t import StickyNorm\n"
+            "NORM_REGISTRY['sticky_mod_t'] = StickyNorm\n"
+        )
+        (tmp_path / "imports_t.py").write_text("import sticky_mod_t\nnormalization = 'sticky_mod_t'\n")
+        arch = resolve_architecture("imports_t.py")
+        assert _run_values(arch, {}, tmp_path / "out")["plugins"] == str(tmp_path / "imports_t.py")
     finally:
         NORM_REGISTRY.pop("sticky_t", None)
+        NORM_REGISTRY.pop("sticky_mod_t", None)
+        for module in ("sticky_mod_t", "reg_t"):
+            sys.modules.pop(module, None)
 
 
 def test_an_attention_backend_with_the_wrong_signature_is_refused_when_built() -> None:

@@ -216,9 +216,15 @@ class ConfigurableGPT(nn.Module):
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(idx_cond)
-            logits = logits[:, -1, :].float()  # float16 logits / a small temperature would overflow to inf
-            if temperature != 0:
-                logits = logits / temperature  # before the mask: -inf / a negative or overflowing one is not -inf
+            logits = logits[:, -1, :]
+            if temperature != 0:  # before the mask: -inf / a negative or overflowing one is not -inf
+                # in the logits' dtype, as nanoGPT divides (its samples, same seed); in float32 where float16 logits
+                # over a small temperature overflow to inf (float16 only: bfloat16 has float32's range, whose
+                # limits bound the temperature; a host sync per token, in float16 runs alone)
+                scaled = logits / temperature
+                if scaled.dtype == torch.float16 and not bool(torch.isfinite(scaled).all()):
+                    scaled = logits.float() / temperature
+                logits = scaled
             if vocab_limit is not None and vocab_limit < logits.size(-1):
                 # masked, not cut off: multinomial draws one random number per entry, so the padded row keeps
                 # the random stream of a model sampled without a limit (nanoGPT's samples, same seed)

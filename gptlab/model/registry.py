@@ -103,14 +103,18 @@ def _definition(component: Any) -> tuple[str, str]:
     imported as the run's plugin, has no module name in common with itself): its qualified name and the
     file its code is in; a class with no code of its own (``class MyNorm(RMSNorm): pass``) is what it
     inherits and sets, wherever it is written."""
-    if isinstance(component, functools.partial):  # its repr holds addresses: the function's file and name say it
+    # A partial or a callable instance: its function's or class's definition and what it holds, where that
+    # holds no address (which differs on every run of its file); otherwise it is only ever itself.
+    if isinstance(component, functools.partial):
         qualname, source = _definition(component.func)
         bound = ", ".join([*map(repr, component.args), *(f"{k}={v!r}" for k, v in component.keywords.items())])
-        return f"functools.partial({qualname}{', ' + bound if ' at 0x' not in bound else ', ...'})", source
+        source = _unless_addressed(bound, source, component)
+        return f"functools.partial({qualname}{', ' + bound if bound else ''})", source
     own_class = type(component).__module__ != "builtins"  # (a builtin function is named by its module below)
     if not isinstance(component, type) and not hasattr(component, "__code__") and callable(component) and own_class:
-        qualname, source = _definition(type(component))  # a callable instance: its class's definition
-        return f"an instance of {qualname}", source
+        qualname, source = _definition(type(component))
+        state = repr(getattr(component, "__dict__", {}))
+        return f"{qualname} instance {state}", _unless_addressed(state, source, component)
     qualname = getattr(component, "__qualname__", repr(component))
     if isinstance(component, type):  # the functions its body defines (inherited ones live elsewhere)
         codes = [getattr(getattr(v, "__func__", v), "__code__", None) for v in vars(component).values()]
@@ -124,6 +128,10 @@ def _definition(component: Any) -> tuple[str, str]:
         own = {k: v for k, v in vars(component).items() if not k.startswith("__")}
         return qualname, f"subclass of {bases}" + (f" setting {own!r}" if own else "")
     return qualname, getattr(component, "__module__", None) or ""
+
+
+def _unless_addressed(held: str, source: str, component: Any) -> str:
+    return f"{source}, object {id(component):#x}" if " at 0x" in held else source
 
 
 def _describe(component: Any) -> str:

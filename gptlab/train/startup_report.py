@@ -20,6 +20,8 @@ def _schedule(cfg: Any) -> str:
     warm = f"linear warmup {cfg.warmup_iters} iters to {cfg.learning_rate:g}, "
     if cfg.lr_schedule == "constant":
         return warm + "then constant"
+    if cfg.lr_decay_iters <= cfg.warmup_iters:  # (a config file's: typed, it is refused) as nanoGPT's get_lr runs
+        return warm + f"then {cfg.min_lr:g} (lr_decay_iters={cfg.lr_decay_iters} ends inside the warmup: no decay)"
     if cfg.lr_schedule == "wsd":
         from gptlab.train.schedule import wsd_decay_start
 

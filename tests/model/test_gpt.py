@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptlab import ConfigurableGPT, get_debug_config, get_preset_config
 from gptlab.config.model import PRESETS
@@ -287,6 +288,33 @@ def test_generate_in_half_precision_takes_a_tiny_temperature() -> None:
     idx = torch.zeros((1, 1), dtype=torch.long)
     out = model.half().generate(idx, 5, temperature=1e-5, top_k=10)  # was: multinomial on NaN probabilities
     assert out.shape == (1, 6) and int(out.max()) < model.config.vocab_size
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_generate_under_autocast_draws_nanogpts_samples(dtype: torch.dtype) -> None:
+    """nanoGPT divides by the temperature and takes the top k in the logits' own dtype: the same seed draws the
+    same tokens here (float32 only where float16 would overflow)."""
+    torch.manual_seed(0)
+    model = ConfigurableGPT(get_debug_config("gpt2", vocab_size=50304)).eval()  # GPT-2 sized: rounding ties
+    with torch.no_grad():
+        model.wte.weight.mul_(40)  # logits far apart, as a trained model's
+
+    @torch.no_grad()
+    def nanogpt_generate(idx: torch.Tensor, n: int, temperature: float, top_k: int) -> torch.Tensor:
+        for _ in range(n):
+            logits = model(idx)[0][:, -1, :] / temperature
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+            idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
+        return idx
+
+    start = torch.zeros(32, 1, dtype=torch.long)
+    with torch.autocast("cpu", dtype=dtype):
+        torch.manual_seed(1)
+        theirs = nanogpt_generate(start, 16, 0.8, 200)
+        torch.manual_seed(1)
+        ours = model.generate(start, 16, temperature=0.8, top_k=200, vocab_limit=None)
+    assert torch.equal(ours, theirs)
 
 
 def test_generate_stays_inside_a_checkpoints_tokenizer(tmp_path) -> None:

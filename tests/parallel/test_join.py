@@ -97,3 +97,12 @@ def test_a_join_that_hangs_past_dist_timeout_exits(monkeypatch: pytest.MonkeyPat
     parallel._join("gloo", 1, 2, 1)
     time.sleep(1.2)
     assert len(exits) == 1
+
+
+def test_stray_launch_variables_leave_a_one_process_run_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell's MASTER_ADDR without a port, or a Kubernetes service link's MASTER_PORT=tcp://...: no group is
+    formed, so they are not checked (as before)."""
+    _launch_env(monkeypatch, MASTER_ADDR="10.0.0.5", MASTER_PORT="tcp://10.0.0.5:29500")
+    assert init_distributed(TrainConfig(device="cpu"), torch.device("cpu")).mode == "none"
+    monkeypatch.delenv("MASTER_PORT")
+    assert init_distributed(TrainConfig(device="cpu"), torch.device("cpu")).mode == "none"

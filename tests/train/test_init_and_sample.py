@@ -610,12 +610,13 @@ def test_a_run_with_its_own_norm_is_read_again_with_plugins(tmp_path: Path, data
     args = tiny_args(data_dir, out, max_iters=2, lr_decay_iters=2, warmup_iters=1, eval_interval=2, eval_iters=1)
     trained = _gptlab("train", str(work / "cfg.py"), *args, "--plugins=my_norms", cwd=work)
     assert trained.returncode == 0, trained.stderr
-    recorded = str((work / "my_norms.py").resolve())  # found from the launch's directory: recorded as its file
+    # found from the launch's directory: recorded as its file; and the config file, which registers (through it)
+    recorded = f"{(work / 'my_norms.py').resolve()}, {(work / 'cfg.py').resolve()}"
     assert json.loads((out / "config.json").read_text())["train"]["plugins"] == recorded
 
     from gptlab.errors import ConfigError
 
-    hint = f"this run was trained with plugins='{recorded}': pass --plugins={recorded}"
+    hint = f"this run was trained with plugins='{recorded}': pass --plugins='{recorded}'"
     with pytest.raises(ConfigError, match=re.escape(hint)):
         parse_run_args(["--init_from='resume'", f"--out_dir={str(out)!r}"])  # gain_norm_e2e unknown here
     refused = _gptlab("arch", str(out), cwd=tmp_path)

@@ -270,6 +270,11 @@ def test_constant_wsd_and_no_decay() -> None:
 
     assert _schedule(wsd).endswith("stable, then linear decay to 0.1 over iters 88..110 (the last 20% of 110)")
     assert "no stable phase, linear decay to 0.1 over iters 100..110" in _schedule(short)
+    for schedule in ("wsd", "cosine"):  # a config file's decay that ends inside the warmup: min_lr after it
+        ends = _cfg(lr_schedule=schedule, warmup_iters=100, lr_decay_iters=50)
+        assert get_lr(100, ends) == 0.1 and _schedule(ends).endswith(
+            "then 0.1 (lr_decay_iters=50 ends inside the warmup: no decay)"
+        )
     assert get_lr(0, _cfg(decay_lr=False)) == 1.0 and get_lr(10**6, _cfg(decay_lr=False)) == 1.0
     assert all(math.isfinite(get_lr(i, _cfg(warmup_iters=0, lr_decay_iters=0))) for i in range(3))
 
