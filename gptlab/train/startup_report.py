@@ -173,7 +173,11 @@ def render_startup_report(r: dict[str, Any]) -> str:
         f"  throughput:  {expect}",
     ]
     plan = e.get("memory_plan")
-    if plan and not t.get("eval_only"):  # a training plan
-        lines.append(f"  memory:      {plan}")
+    if plan and not t.get("eval_only"):  # a training plan: wrapped (one line was over 200 columns)
+        import textwrap
+
+        lines += textwrap.wrap(
+            str(plan), width=100, initial_indent="  memory:      ", subsequent_indent=" " * 15, break_on_hyphens=False
+        )
     lines.append(bar)
     return "\n".join(lines)

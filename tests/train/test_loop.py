@@ -1249,6 +1249,12 @@ def test_the_startup_report_says_when_the_flops_are_an_estimate(data_dir: Path, 
     (caveat,) = report["expectations"]["flops_caveats"]
     assert "routed_loop_t: estimated as every matrix once per token" in caveat
     assert f"  note:        {caveat}; MFU uses this count" in render_startup_report(report).splitlines()
+    # the memory plan, wrapped at 100 columns under its label
+    lines = render_startup_report(report).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  memory:      "))
+    wrapped = [lines[start], *(line for line in lines[start + 1 :] if line.startswith(" " * 15))]
+    assert all(len(line) <= 100 for line in wrapped) and len(wrapped) > 1
+    assert " ".join(line.strip() for line in wrapped) == "memory:      " + report["expectations"]["memory_plan"]
 
 
 def test_each_compiled_run_starts_from_empty_compile_caches(
