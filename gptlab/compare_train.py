@@ -82,14 +82,10 @@ def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) ->
 
     values = dict(TRAIN_DEFAULTS)
     if names_a_file(arch.source):
-        # as loaded once: run again, a file whose import registered (import my_norms) would no longer register
-        from_file = arch.file_values
-        if not from_file:
-            from gptlab.config.train import load_config_file
-
-            from_file = load_config_file(arch.source)
+        # as resolve_architecture loaded it: run again, a file whose import registered (import my_norms) would
+        # no longer register
         keys = (*ARCH_FIELDS, "arch_preset", "plugins")  # and what registers its components, recorded by the run
-        values.update({k: v for k, v in from_file.items() if k in keys})
+        values.update({k: v for k, v in arch.file_values.items() if k in keys})
     else:
         values["arch_preset"] = arch.source
     plugins = merge_plugins(values.get("plugins"), overrides.get("plugins"))  # the file's and the command's

@@ -92,6 +92,16 @@ def test_a_builtin_name_cannot_be_taken_over_and_ones_own_can_be_replaced() -> N
     assert FFN_REGISTRY["standard"].__name__ == "StandardFFN"
 
 
+def _run_as_config_then_plugin(source: str, path: Path) -> list[dict]:
+    """``source`` written to ``path`` and run twice, as train.py runs a config file and then imports it as the
+    run's plugin: the namespaces of the two runs."""
+    path.write_text(source)
+    runs = [{"__name__": name} for name in ("__config__", f"gptlab_plugin_{path.stem}_0")]
+    for namespace in runs:
+        exec(compile(source, str(path), "exec"), namespace)
+    return runs
+
+
 def test_a_name_registered_twice_is_refused_unless_it_is_the_same_definition(tmp_path: Path) -> None:
     """A config file run twice (or run, then imported as a plugin) registers its class again: allowed.
     Two different classes under one name (two plugins, two classes in one file) would silently leave
@@ -100,11 +110,7 @@ def test_a_name_registered_twice_is_refused_unless_it_is_the_same_definition(tmp
         "import torch.nn as nn\n\nclass Gain(nn.Module):\n"
         "    def __init__(self, ndim, eps=1e-5):\n        super().__init__()\n"
     )
-    path = tmp_path / "gain_norm.py"
-    path.write_text(source)
-    runs = [{"__name__": name} for name in ("__config__", "gptlab_plugin_gain_norm_0")]
-    for namespace in runs:
-        exec(compile(source, str(path), "exec"), namespace)
+    runs = _run_as_config_then_plugin(source, tmp_path / "gain_norm.py")
     try:
         NORM_REGISTRY["mine_t"] = runs[0]["Gain"]
         NORM_REGISTRY["mine_t"] = runs[1]["Gain"]  # the same file's class, defined again
@@ -141,11 +147,7 @@ def test_a_partial_or_a_callable_instance_registered_again_by_its_file_is_the_sa
         "BACKEND = functools.partial(_attn, scale=0.1)\nOTHER = functools.partial(_attn, scale=0.2)\n"
         "ACT = Leaky(0.2)\nGELU = functools.partial(F.gelu, approximate='tanh')\n"
     )
-    path = tmp_path / "partials.py"
-    path.write_text(source)
-    runs = [{"__name__": name} for name in ("__config__", "gptlab_plugin_partials_0")]
-    for namespace in runs:
-        exec(compile(source, str(path), "exec"), namespace)
+    runs = _run_as_config_then_plugin(source, tmp_path / "partials.py")
     try:
         for key in ("BACKEND", "ACT", "GELU"):
             ACTIVATION_REGISTRY["again_t"] = runs[0][key]

@@ -32,7 +32,14 @@ from gptlab.config.model import (
 from gptlab.config.overrides import pair_hint, parse_overrides
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice
 from gptlab.model.registry import Registry
-from gptlab.plugins import anchor_plugins, import_plugins, importable_from, plugins_hint, split_plugins
+from gptlab.plugins import (
+    anchor_plugins,
+    import_plugins,
+    importable_from,
+    merge_plugins,
+    plugins_hint,
+    split_plugins,
+)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -397,7 +404,7 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
         values["plugins"] = anchor_plugins(values["plugins"], path.parent)
     if _registered() != before and isinstance(values.get("plugins", ""), str):
         # the file registers components: it is its own plugin, so the run records it and the hint names it
-        values["plugins"] = ", ".join(p for p in (values.get("plugins"), str(path.resolve())) if p)
+        values["plugins"] = merge_plugins(values.get("plugins"), str(path.resolve()))
     return values
 
 
@@ -420,8 +427,7 @@ def resolve_run_config(
         if key not in ALL_KEYS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     if isinstance(values.get("plugins"), str):  # recorded as found from here, so the run's hint works anywhere
-        from gptlab.plugins import merge_plugins  # (a file named twice, relative and absolute: once)
-
+        # (a file named twice, relative and absolute: once)
         values = {**values, "plugins": merge_plugins(anchor_plugins(values["plugins"], Path.cwd()))}
     explicit = frozenset(values if explicit is None else explicit)
     init_from = values.get("init_from", TrainConfig.init_from)
@@ -609,8 +615,6 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     values.update(from_overrides)
     explicit.update(from_overrides)
     if isinstance(values.get("plugins"), str) and any(registering):  # a later file's or --plugins: added to
-        from gptlab.plugins import merge_plugins
-
         values["plugins"] = merge_plugins(values["plugins"], *registering)
     _continue_after_elastic_restart(values, explicit, from_overrides)
     init_from = values.get("init_from", TrainConfig.init_from)

@@ -22,6 +22,7 @@ Conventions, stated once and used everywhere:
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,8 +258,6 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, boo
     FFNs: (in, out) input matrices H -> D and one output matrix D -> H, 2*H*D each (ERRATA 5). A registered
     FFN is run once on the meta device under FlopCounterMode (shapes only, no data), so any structure is
     counted; one whose forward cannot run there is estimated."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from gptlab.model.components import build_activation, build_ffn, builtin_ffn_matrices, runs_own_activation
 
     H, D = config.n_embd, config.ffn_hidden_dim
@@ -271,12 +270,8 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, boo
         act = build_activation(config.activation, approximate=config.gelu_approximate)
         ffn = build_ffn(config.ffn_type, H, D, config.bias, config.dropout, act)
         x = torch.empty(1, tokens, H)
-    try:
-        with FlopCounterMode(display=False) as counter:
-            ffn(x)
-    except (NotImplementedError, RuntimeError) as e:  # no meta kernel for data-dependent code (a router's nonzero)
-        if (why := _meta_failure(e)) is None:
-            raise  # the FFN's own bug (a shape mismatch): training would hit it too
+    flops, why = _count_on_meta(lambda: ffn(x))
+    if why is not None:  # no meta kernel for data-dependent code (a router's nonzero)
         matrix_params = sum(p.numel() for p in ffn.parameters() if p.dim() >= 2)
         return (
             2 * matrix_params,
@@ -286,15 +281,28 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, boo
         )
     with_activation = f" with activation {config.activation!r}" if runs_own_activation(config) else ""
     measured = f"{config.ffn_type}{with_activation}: measured (FlopCounterMode, meta device), D={D}"
-    return counter.get_total_flops() / tokens, measured, True
+    return flops / tokens, measured, True
+
+
+def _count_on_meta(run: Callable[[], object]) -> tuple[int, str | None]:
+    """The FLOPs FlopCounterMode counts while ``run`` runs a registered component on the meta device, or why
+    it cannot run there (data-dependent code); the component's own bug, which training would hit too, raises."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            run()
+    except (NotImplementedError, RuntimeError) as e:
+        if (why := _meta_failure(e)) is None:
+            raise
+        return 0, why
+    return counter.get_total_flops(), None
 
 
 def _registered_norm_flops(config: ModelArchitectureConfig) -> tuple[list[FlopRow], str | None]:
     """Matmul FLOPs per token of a registered normalization (a built-in one does none: its elementwise work
     is estimated with the rest), measured as a registered FFN is, on the meta device under
     FlopCounterMode; one whose forward cannot run there is a caveat."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from gptlab.model.components import build_norm
     from gptlab.model.registry import NORM_REGISTRY, is_builtin
 
@@ -305,14 +313,10 @@ def _registered_norm_flops(config: ModelArchitectureConfig) -> tuple[list[FlopRo
     with torch.device("meta"):
         norm = build_norm(name, config.n_embd, config.norm_eps)
         x = torch.empty(1, tokens, config.n_embd)
-    try:
-        with FlopCounterMode(display=False) as counter:
-            norm(x)
-    except (NotImplementedError, RuntimeError) as e:
-        if (why := _meta_failure(e)) is None:
-            raise
+    flops, why = _count_on_meta(lambda: norm(x))
+    if why is not None:
         return [], f"normalization {name!r}: its matmuls are not counted (it cannot run on the meta device: {why})"
-    per_token = counter.get_total_flops() / tokens
+    per_token = flops / tokens
     if not per_token:
         return [], None
     note = f"{name}: measured (FlopCounterMode, meta device)"

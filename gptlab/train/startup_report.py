@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 from gptlab.checkpoint import software_versions
@@ -174,8 +175,6 @@ def render_startup_report(r: dict[str, Any]) -> str:
     ]
     plan = e.get("memory_plan")
     if plan and not t.get("eval_only"):  # a training plan: wrapped (one line was over 200 columns)
-        import textwrap
-
         lines += textwrap.wrap(
             str(plan), width=100, initial_indent="  memory:      ", subsequent_indent=" " * 15, break_on_hyphens=False
         )
