@@ -419,17 +419,29 @@ def _registered() -> dict[str, dict[str, int]]:
 def resolve_run_config(
     values: dict[str, Any], explicit: Iterable[str] | None = None, typed: Iterable[str] | None = None
 ) -> RunConfig:
-    """Split flat keys into training and architecture settings and validate both. ``explicit``: the
-    keys the user set (a config file, an override); by default all of ``values``. ``typed``: those set
-    on the command line, which must take effect (a config file may spell out every key, used or not);
-    by default all of ``explicit``."""
+    """The run that flat training and architecture keys describe, as ``parse_run_args`` makes it from a
+    command line (the Python way in: a notebook's dict). ``explicit``: the keys the user set (a config
+    file, an override); by default all of ``values``. ``typed``: those set on the command line, which
+    must take effect (a config file may spell out every key, used or not); by default all of
+    ``explicit``. A resume takes every setting not given from its checkpoint, and a fine-tune its
+    architecture from the weights, exactly as on the command line."""
+    for key in values:  # before a resume reads its checkpoint
+        if key not in ALL_KEYS:
+            raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
+    explicit = frozenset(values if explicit is None else explicit)
+    return _run_config(dict(values), set(explicit), set(explicit if typed is None else typed))
+
+
+def _validated_run_config(values: dict[str, Any], explicit: Iterable[str], typed: Iterable[str]) -> RunConfig:
+    """Split flat keys, the values the run will have, into training and architecture settings and
+    validate both (``explicit`` and ``typed`` as for ``resolve_run_config``)."""
     for key in values:
         if key not in ALL_KEYS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     if isinstance(values.get("plugins"), str):  # recorded as found from here, so the run's hint works anywhere
         # (a file named twice, relative and absolute: once)
         values = {**values, "plugins": merge_plugins(anchor_plugins(values["plugins"], Path.cwd()))}
-    explicit = frozenset(values if explicit is None else explicit)
+    explicit = frozenset(explicit)
     init_from = values.get("init_from", TrainConfig.init_from)
     if init_from not in ("scratch", "resume") and "dataset" not in explicit and isinstance(init_from, str):
         # a fine-tune's data, unless told: the dataset its weights' run recorded (a run's checkpoint evaluated
@@ -444,7 +456,7 @@ def resolve_run_config(
 
     check_init_source(train.init_from, ("scratch", "resume"))  # a mistyped source before anything it would read
     import_plugins(train.plugins)  # before the architecture names what they register
-    typed = explicit if typed is None else frozenset(typed)
+    typed = frozenset(typed)
     if train.init_from != "resume" and "arch_preset" in typed:  # a resume's preset is checked against its checkpoint
         _check_typed_preset_takes_effect(train.arch_preset, values, explicit - typed)
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
@@ -617,30 +629,36 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     if isinstance(values.get("plugins"), str) and any(registering):  # a later file's or --plugins: added to
         values["plugins"] = merge_plugins(values["plugins"], *registering)
     _continue_after_elastic_restart(values, explicit, from_overrides)
+    return _run_config(values, explicit, set(from_overrides))
+
+
+def _run_config(values: dict[str, Any], explicit: set[str], typed: set[str]) -> RunConfig:
+    """The run ``values`` describe once a resume has taken its checkpoint's settings and a fine-tune has
+    set aside the architecture keys its weights decide (``typed``: the keys set on the command line)."""
     init_from = values.get("init_from", TrainConfig.init_from)
     if init_from not in ("scratch", "resume"):  # a fine-tune: the weights decide the architecture
         # its keys wait for them (compared once they are loaded: a config file's yield, typed ones must match),
         # but for the free keys and block_size, which apply to the weights (dropout, backend, a shorter context)
         aside = {k for k in explicit if k in ARCH_FIELDS and k not in (*FREE_ARCH_KEYS, "block_size")}
-        aside |= {"arch_preset"} & (explicit - set(from_overrides))  # a typed one is checked by family
-        file_arch = {k: values.pop(k) for k in sorted(aside) if k not in from_overrides}
-        typed_arch = check_arch_types({k: values.pop(k) for k in sorted(aside) if k in from_overrides})
-        run = resolve_run_config(values, explicit - aside, set(from_overrides) - aside)
-        run.file_arch, run.typed_arch, run.typed = file_arch, typed_arch, frozenset(from_overrides)
+        aside |= {"arch_preset"} & (explicit - set(typed))  # a typed one is checked by family
+        file_arch = {k: values.pop(k) for k in sorted(aside) if k not in typed}
+        typed_arch = check_arch_types({k: values.pop(k) for k in sorted(aside) if k in typed})
+        run = _validated_run_config(values, explicit - aside, set(typed) - aside)
+        run.file_arch, run.typed_arch, run.typed = file_arch, typed_arch, frozenset(typed)
         return run
     if init_from != "resume":
-        return resolve_run_config(values, explicit, from_overrides)
+        return _validated_run_config(values, explicit, typed)
     if not values.get("eval_only"):  # a training already writing there: refused before its checkpoint is read
         from gptlab.fileio import refuse_if_in_use
 
         refuse_if_in_use(resume_dir(values))
-    values, changed, path, overruled = resumed_values(values, explicit, from_overrides)
+    values, changed, path, overruled = resumed_values(values, explicit, typed)
     if path is None:  # before anything else can fail on the defaults a checkpoint would have replaced
         from gptlab.checkpoint import no_checkpoint_error
 
         raise no_checkpoint_error(resume_dir(values))
     try:  # validated once, on the values the run will have
-        run = resolve_run_config(values, explicit, from_overrides)
+        run = _validated_run_config(values, explicit, typed)
     except ConfigError as e:
         hint = ""
         if " is not one of " in str(e) and not values.get("plugins"):  # a component of the run's own, unregistered

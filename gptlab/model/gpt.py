@@ -26,7 +26,7 @@ from gptlab.model.components import (
     build_norm,
     position_encoding_for,
 )
-from gptlab.model.loss import linear_cross_entropy
+from gptlab.model.loss import linear_cross_entropy, loss_dtype
 
 
 class TransformerBlock(nn.Module):
@@ -125,9 +125,10 @@ class ConfigurableGPT(nn.Module):
         if self.loss_chunk_size > 0:
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.loss_chunk_size)
         logits = self.lm_head(x)  # (B, T, vocab)
-        # in fp32 also where no autocast upcasts it (FSDP's mixed precision gives bf16 logits): as torchtitan
-        # reshape/long: sliced (non-contiguous) or int32 targets, as the chunked loss takes them
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1).long(), ignore_index=-1)
+        # in fp32 also where no autocast upcasts it (FSDP's mixed precision gives bf16 logits): as torchtitan; a
+        # float64 model's in float64. reshape/long: sliced (non-contiguous) or int32 targets, as the chunked loss takes
+        flat = logits.view(-1, logits.size(-1))
+        loss = F.cross_entropy(flat.to(loss_dtype(flat.dtype)), targets.reshape(-1).long(), ignore_index=-1)
         return logits, loss
 
     # ------------------------------------------------------------------ utilities

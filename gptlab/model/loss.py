@@ -43,6 +43,12 @@ def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, weight.dtype)
 
 
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The loss's arithmetic: float32 for bf16/fp16/fp32 logits (as autocast's cross_entropy), float64 for a
+    float64 model (a gradcheck's), never narrower than the logits."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _chunk_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(summed loss over the chunk's valid rows, unnormalised softmax, its row sums) from float32
     logits, which are overwritten: exp(logits - row max) in place keeps one (k, V) tensor alive.
@@ -61,31 +67,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:  # type: ignore[override]
         dtype = _compute_dtype(x, weight)
+        acc = loss_dtype(dtype)
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(x.device.type, enabled=False):
             w = weight.to(dtype)
             valid = targets != IGNORE_INDEX
             safe_targets = targets.masked_fill(~valid, 0)  # other negatives still fail in gather
             n_valid = valid.sum()
-            inv_n = 1.0 / n_valid.clamp_min(1).float()  # d(mean loss)/d(row loss), applied in float32
-            loss_sum = torch.zeros((), device=x.device, dtype=torch.float32)
+            inv_n = 1.0 / n_valid.clamp_min(1).to(acc)  # d(mean loss)/d(row loss), applied in float32
+            loss_sum = torch.zeros((), device=x.device, dtype=acc)
             grad_x = torch.empty_like(x) if want_x else None
-            grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_w else None
+            grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc) if want_w else None
             for start in range(0, x.shape[0], chunk_size):
                 end = min(start + chunk_size, x.shape[0])
                 xc, tc, vc = x[start:end].to(dtype), safe_targets[start:end], valid[start:end]
-                logits = (xc @ w.t()).float()  # float32 like autocast's cross_entropy
+                logits = (xc @ w.t()).to(acc)  # float32 like autocast's cross_entropy
                 chunk_sum, exp, sum_exp = _chunk_loss(logits, tc, vc)
                 loss_sum += chunk_sum
                 # softmax minus one-hot on valid rows (0 on ignored ones), in place: the logits' gradient
                 # before the 1/n_valid factor, in [-1, 1] so that float16 holds it
                 exp.mul_((vc / sum_exp).unsqueeze(1))
-                exp.scatter_add_(1, tc.unsqueeze(1), -vc.float().unsqueeze(1))
+                exp.scatter_add_(1, tc.unsqueeze(1), -vc.to(acc).unsqueeze(1))
                 grad_logits = exp.to(dtype)
                 if grad_x is not None:  # 1/n_valid and the loss scale are applied together in backward
                     grad_x[start:end] = grad_logits @ w
                 if grad_w is not None:
-                    if dtype == torch.float32:
+                    if dtype == acc:
                         torch.addmm(grad_w, grad_logits.t(), xc, out=grad_w)  # (addmm_ escapes FlopCounterMode)
                     else:
                         grad_w += grad_logits.t() @ xc  # a low-precision (V, H) product, summed in float32
@@ -121,13 +128,14 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chunk_size:
         return _LinearCrossEntropy.apply(x2d, weight, t1d, chunk_size)
     with torch.no_grad():  # evaluation: the loss only
         dtype = _compute_dtype(x2d, weight)
+        acc = loss_dtype(dtype)
         with torch.autocast(x.device.type, enabled=False):
             w, valid = weight.to(dtype), t1d != IGNORE_INDEX
             safe_targets = t1d.masked_fill(~valid, 0)
-            total = torch.zeros((), device=x.device, dtype=torch.float32)
+            total = torch.zeros((), device=x.device, dtype=acc)
             for start in range(0, x2d.shape[0], chunk_size):
                 end = start + chunk_size
-                logits = (x2d[start:end].to(dtype) @ w.t()).float()
+                logits = (x2d[start:end].to(dtype) @ w.t()).to(acc)
                 total += _chunk_loss(logits, safe_targets[start:end], valid[start:end])[0]
             return total / valid.sum()
 

@@ -54,6 +54,20 @@ def test_evaluation_path_and_frozen_weight() -> None:
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_float64_passes_gradcheck_and_the_model_keeps_float64() -> None:
+    """A float64 model (a gradcheck's) gets a float64 loss, chunked or not, as nanoGPT's: both were cast to
+    float32 (1e-7 off, and gradcheck failed)."""
+    x, w, t = (v.detach().double().requires_grad_() if v.is_floating_point() else v for v in _inputs())
+    assert torch.autograd.gradcheck(lambda x, w: linear_cross_entropy(x, w, t, 8), (x, w))
+    model = ConfigurableGPT(get_debug_config("gpt2", vocab_size=V)).double()
+    idx = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(1))
+    logits, loss = model(idx, idx)
+    want = F.cross_entropy(logits.view(-1, V), idx.view(-1))
+    assert loss.dtype == torch.float64 and torch.equal(loss, want)
+    model.loss_chunk_size = 5
+    assert torch.allclose(model(idx, idx)[1], want, rtol=1e-14, atol=0)
+
+
 def test_all_targets_ignored_gives_nan_like_cross_entropy() -> None:
     x, w, t = _inputs(ignore=N)
     assert torch.isnan(_plain(x, w, t)) and torch.isnan(linear_cross_entropy(x, w, t, 8))

@@ -922,6 +922,14 @@ def test_train_from_python_leaves_the_callers_settings(data_dir: Path, tmp_path:
     assert run.train.arch_preset == "llama"
     with pytest.raises(ConfigError, match="n_head=3"):
         resolve_run_config({**values, "n_head": 3})
+    # a resume from a dict is the command line's: every setting not given is the checkpoint's (it took nanoGPT's
+    # defaults: openwebtext, not prepared; given the dataset, learning rate 6e-4 and batch 12 in silence)
+    resumed = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 4, "data_dir": str(data_dir)}
+    from_dict = resolve_run_config(resumed)
+    from_args = parse_run_args([f"--{k}={v}" for k, v in resumed.items()])
+    assert (from_dict.train, from_dict.arch) == (from_args.train, from_args.arch)
+    assert (from_dict.train.batch_size, from_dict.train.dataset, from_dict.arch.n_embd) == (2, "stdlib_char", 32)
+    assert from_dict.resume_changes == {"max_iters": (2, 4)}
 
 
 def test_every_field_of_the_records_and_summary_is_documented(data_dir: Path, tmp_path: Path) -> None:
