@@ -109,7 +109,8 @@ def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> 
         "final_val_loss": summary.get("final_val_loss"),
         "best_val_loss": summary.get("best_val_loss"),
         "unigram_baseline_loss": summary.get("unigram_baseline_loss"),
-        "tokens_trained": startup["training"]["total_tokens"],
+        # where the run ended (a diverged one stops early); a summary without it (an older gptlab's): the plan
+        "tokens_trained": summary.get("tokens_seen", startup["training"]["total_tokens"]),
         "tokens_per_sec": stat("tokens_per_sec")("median"),
         "mfu": stat("mfu")("mean"),
         # a CPU has no per-run measure: the runs share one process, whose RSS only grows

@@ -235,22 +235,28 @@ def _legend(label: str) -> str:
     return label.replace("$", r"\$")
 
 
-def plot_loss(runs: list[Run], path: Path, x: str = "iter") -> Path:
-    """Training loss per logged iteration (thin line) and evaluated train/val loss (markers)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+def plot_loss(runs: list[Run], path: Path, x: str = "iter") -> Path | None:
+    """Training loss per logged iteration (thin line) and evaluated train/val loss (markers); None (no
+    file) when no run has a finite loss to draw (one stopped in its first evaluation, or all NaN)."""
+    lines = []  # (run index, points, style, label)
     for i, run in enumerate(runs):
-        color = f"C{i % 10}"
         pts = [(_x(run, r, x), _number(r.get("loss"))) for r in run.iters]
-        pts = [p for p in pts if None not in p]
-        if pts:
-            ax.plot(*zip(*pts), color=color, alpha=0.35, linewidth=1, label=f"{_legend(run.label)} train (per iter)")
+        lines.append((i, [p for p in pts if None not in p], "-", f"{_legend(run.label)} train (per iter)"))
         for key, style in (("train_loss", "o--"), ("val_loss", "s-")):
             pts = [(_x(run, e, x), _number(e.get(key))) for e in run.evals]
-            pts = [p for p in pts if None not in p]
-            if pts:
-                name = "val" if key == "val_loss" else "train"
-                ax.plot(*zip(*pts), style, color=color, markersize=4, label=f"{_legend(run.label)} {name} (eval)")
+            name = "val" if key == "val_loss" else "train"
+            lines.append((i, [p for p in pts if None not in p], style, f"{_legend(run.label)} {name} (eval)"))
+    if not any(pts for _, pts, _, _ in lines):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, pts, style, label in lines:
+        if not pts:
+            continue
+        if style == "-":
+            ax.plot(*zip(*pts), color=f"C{i % 10}", alpha=0.35, linewidth=1, label=label)
+        else:
+            ax.plot(*zip(*pts), style, color=f"C{i % 10}", markersize=4, label=label)
     ax.set_xlabel(AXIS_LABELS[x])
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"loss vs {x if x != 'iter' else 'iteration'}")

@@ -36,6 +36,9 @@ PLOT_TITLES = {
 NOT_MEASURED = {
     "mfu": "MFU: n/a for every run: no dense peak was known for the device (on a CPU, pass "
     "--peak_tflops, e.g. from `gptlab peak`).",
+    "loss": "loss: n/a (no finite loss was logged).",
+    "loss_vs_tokens": "loss vs tokens: n/a (no finite loss was logged).",
+    "loss_vs_time": "loss vs time: n/a (no finite loss was logged).",
     "tokens_per_sec": "tokens/s: n/a (not logged).",
     "memory": "memory: n/a (not logged).",
     "grad_norm": "gradient norm: n/a (no gradient statistics or clipping were logged).",

@@ -194,6 +194,8 @@ def test_compare_train_goes_on_when_one_architecture_diverges(tmp_path: Path, mo
     assert gpt2["status"] == "stopped: non-finite loss" and llama["status"] == "completed"
     assert llama["final_val_loss"] > 0 and gpt2["final_val_loss"] > 0  # gpt2's: its last evaluation (iter 0)
     assert any(line.startswith("compare: gpt2: training stopped at iter 3") for line in logged), logged
+    # where each ended (iterations 0-3, the NaN one included), not the plan's 9 steps for both
+    assert (gpt2["tokens_trained"], llama["tokens_trained"]) == (4 * 2 * 32, 9 * 2 * 32)
     header, rows = result.training_table()
     assert header == ["result", "gpt2", "llama"] and rows[0] == ["status", "stopped: non-finite loss", "completed"]
 

@@ -346,3 +346,20 @@ def test_a_live_sessions_run_has_no_summary_of_an_earlier_one(tmp_path: Path) ->
     assert load_run(tmp_path).summary == {}
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines[:2]) + "\n")  # no summary record
     assert load_run(tmp_path).summary["final_val_loss"] == 4.7
+
+
+def test_a_run_without_a_finite_loss_draws_no_empty_loss_plot(tmp_path: Path) -> None:
+    """A run stopped in its iteration-0 evaluation (a startup record only), or one whose every loss is NaN:
+    its loss plots were empty 0-1 axes (and matplotlib's "No artists with labels" warning); now "n/a"."""
+    import json
+
+    from gptlab.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"type": "startup", "time": 0.0, "training": {"start_iter": 0, "tokens_per_iter": 10}}]
+    lines += [{"type": "iter", "iter": i, "loss": float("nan"), "time": 1.0 + i} for i in range(3)]
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    html = build_report([run], tmp_path / "report").read_text()
+    assert not list((tmp_path / "report").glob("loss*.png"))
+    assert "loss vs tokens: n/a (no finite loss was logged)." in html

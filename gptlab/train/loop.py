@@ -1128,6 +1128,7 @@ class Trainer:
         extra: dict[str, Any] = {
             "status": status,
             "iterations": self.iter_num,
+            "tokens_seen": self.tokens_seen,  # over every session: where it stopped, not the plan
             "checkpoint_iter": None if self.cfg.eval_only else self._checkpoint_iter(),
             # this session's share: the statistics above cover iterations start_iter..iterations-1
             "start_iter": self.start_iter,
