@@ -31,8 +31,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(step: Any, device: torch.device, warmup: int, iters: int) -> list[float]:
+def time_steps(step: Any, device: torch.device, warmup: int, iters: int, aligned: Any = lambda: True) -> list[float]:
+    """Each of ``iters`` steps' seconds, after ``warmup`` steps and as many more as it takes for ``aligned()``
+    (gptlab's: a round starts right after a gradient-statistics step, so each round of a multiple of its
+    interval holds its share of them, as training does)."""
     for _ in range(warmup):
+        step()
+    while not aligned():
         step()
     _sync(device)
     times = []
@@ -83,18 +88,22 @@ def main() -> None:
     _sync(device)
     first_step_s = time.perf_counter() - start
     results: dict[str, list[float]] = {"plain PyTorch": [], "gptlab train_step": []}
-    round_ratios = []  # paired: each round's gptlab median over the plain median just before it
+    interval = trainer.cfg.gradient_log_interval
+    after_stats = lambda t=trainer: t.iter_num % interval == 1 % interval  # noqa: E731 (iter_num: the next step's)
+    round_ratios = []  # paired: each round's gptlab mean step over the plain one's just before it
     for _ in range(a.rounds):  # alternate, so drift in machine load hits both alike
-        plain_times = time_steps(plain_step, device, a.warmup, a.iters)
-        gptlab_times = time_steps(gptlab_step, device, a.warmup, a.iters)
-        results["plain PyTorch"] += plain_times
-        results["gptlab train_step"] += gptlab_times
-        round_ratios.append(statistics.median(gptlab_times) / statistics.median(plain_times))
+        # a round's mean step, not its median: the median left out the 1 step in 10 that computes gradient
+        # statistics (gptlab's telemetry), whatever it cost
+        plain_s = statistics.fmean(time_steps(plain_step, device, a.warmup, a.iters))
+        gptlab_s = statistics.fmean(time_steps(gptlab_step, device, a.warmup, a.iters, after_stats))
+        results["plain PyTorch"].append(plain_s)
+        results["gptlab train_step"].append(gptlab_s)
+        round_ratios.append(gptlab_s / plain_s)
     flops = trainer.telemetry.flops_summary()["flops_per_token"]
     peak = trainer.telemetry.peak  # the MFU denominator, said with every result
     memory = trainer.telemetry.memory_stats()
     cuda_peak = memory.get("max_allocated_gb")
-    peak_gb = cuda_peak if cuda_peak is not None else memory.get("rss_gb")
+    peak_gb = cuda_peak if cuda_peak is not None else memory.get("max_rss_gb")  # the process's high-water mark
     planned_gb = trainer.telemetry.plan().mode.peak / 1e9  # the planner's prediction, for the same run
     if dist.master:
         print(
@@ -103,14 +112,14 @@ def main() -> None:
             f"dtype={trainer.dtype}, compile={a.compile} ({a.compile_mode}, {a.compile_scope}; first step "
             f"{first_step_s:.1f} s), attention={a.attention_backend}, "
             f"loss_chunk_size={a.loss_chunk_size}, peak memory {peak_gb:.2f} GB "
-            + ("(CUDA max allocated)" if cuda_peak is not None else "(process RSS)")
+            + ("(CUDA max allocated)" if cuda_peak is not None else "(process max RSS)")
             + f", planned {planned_gb:.2f} GB"
         )
         tflops = "none" if peak["peak_flops"] is None else f"{peak['peak_flops'] / 1e12:g} TFLOPS"
         print(f"MFU against {peak['name']}'s dense {peak['precision']} peak, {tflops} per device ({peak['source']}); "
               f"FLOPs/token {flops / 1e9:.4f} G (full-square attention, LM head in); torch {torch.__version__}, "
               f"Python {sys.version.split()[0]}")  # fmt: skip
-        print(f"{'loop':20s} {'ms/step (median)':>17s} {'tokens/s':>12s} {'achieved GFLOP/s':>17s} {'MFU':>7s}")
+        print(f"{'loop':20s} {'ms/step':>17s} {'tokens/s':>12s} {'achieved GFLOP/s':>17s} {'MFU':>7s}")
     medians, mfus = {}, {}
     for name, times in results.items():
         med = statistics.median(times)
@@ -121,7 +130,7 @@ def main() -> None:
             rate = tokens * dist.world_size / med
             print(f"{name:20s} {1000 * med:17.2f} {rate:12,.0f} {flops * tokens / med / 1e9:17.2f} {mfu_text:>7s}")
     # the headline: the median of the paired per-round ratios (each round's two loops run back to back), which
-    # machine-load drift between rounds cannot tilt as it can the ratio of the pooled medians
+    # machine-load drift between rounds cannot tilt as it can the ratio of the medians over rounds
     ratio = statistics.median(round_ratios)
     pooled = medians["gptlab train_step"] / medians["plain PyTorch"]
     if a.json and dist.master:
@@ -132,11 +141,11 @@ def main() -> None:
             "plain_ms_per_step": 1000 * medians["plain PyTorch"],
             "ratio": ratio,
             "round_ratios": round_ratios,
-            "pooled_ratio": pooled,  # of the pooled medians (the ms/step columns)
+            "pooled_ratio": pooled,  # of the ms/step columns (each the median over rounds of a round's mean)
             "tokens_per_s": tokens * dist.world_size / gptlab_s,
             "mfu": mfus["gptlab train_step"],
             "peak_gb": peak_gb,  # over both loops (same model and batches)
-            "peak_kind": "cuda_max_allocated" if cuda_peak is not None else "process_rss",
+            "peak_kind": "cuda_max_allocated" if cuda_peak is not None else "process_max_rss",
             "planned_peak_gb": planned_gb,
             "first_step_s": first_step_s,  # compile included
             "mfu_causal": trainer.telemetry.mfu(gptlab_s)["mfu_causal"],
@@ -150,14 +159,17 @@ def main() -> None:
         }
         Path(a.json).write_text(json.dumps(record))
     if dist.master:
-        print(f"gptlab / plain step time: {ratio:.3f} (median of the per-round ratios; gradient statistics every "
-              "10 steps included); tokens/s is the job's, GFLOP/s and MFU per device")  # fmt: skip
+        stats = f"{a.iters // interval} in each round's {a.iters} gptlab steps, as training's 1 in {interval}" + (
+            "" if a.iters % interval == 0 else f": make --iters a multiple of {interval} to count their share"
+        )
+        print(f"gptlab / plain step time: {ratio:.3f} (median of the per-round ratios of mean steps; gradient "
+              f"statistics: {stats}); ms/step: median over rounds of a round's mean; tokens/s is the job's, GFLOP/s "
+              "and MFU per device")  # fmt: skip
         if len(round_ratios) > 1:  # the spread says how far to trust the ratio on this machine
             print(f"per round: range {min(round_ratios):.3f}-{max(round_ratios):.3f} over {len(round_ratios)} rounds "
-                  f"of {a.iters} steps each; ratio of the pooled medians above: {pooled:.3f}")  # fmt: skip
+                  f"of {a.iters} steps each; ratio of the ms/step above: {pooled:.3f}")  # fmt: skip
     if a.profile:
         # start right after a gradient-statistics step, so the profiled steps are plain ones (as 9 in 10 are)
-        interval = trainer.cfg.gradient_log_interval
         while a.profile < interval and (
             trainer.iter_num % interval == 0 or trainer.iter_num % interval > interval - a.profile
         ):
@@ -167,7 +179,8 @@ def main() -> None:
         else:
             for _ in range(a.profile):  # the other ranks take part in the collectives
                 gptlab_step()
-    del trainer, plain_step, gptlab_step  # the models' cycles hold the process groups: freed first (as train())
+    # the models' cycles hold the process groups: freed first (as train())
+    del trainer, plain_step, gptlab_step, after_stats
     gc.collect()
     parallel.shutdown(dist)
 
