@@ -29,6 +29,7 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
             f"export destination {str(out)!r} is a run directory ({', '.join(run_files)}): export to a folder "
             "of its own"
         )
+    _refuse_foreign_model_files(out)
     if not hf:
         _remove_hf_export(out)  # an earlier --hf export there would load as a different model than this ckpt.pt
     if hf:  # refused before anything is written
@@ -113,14 +114,38 @@ def register(sub: Any) -> None:
 HF_EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json")
 
 
-def _remove_hf_export(out: Path) -> None:
-    """The files of an earlier ``--hf`` export in ``out`` (its config.json names a ``model_type``)."""
-    import json
+# what transformers (weights, their index, generation settings, a fast tokenizer it prefers to vocab/merges) or
+# torch.distributed.checkpoint read from a folder besides an export's own files
+FOREIGN_MODEL_FILES = (
+    "*.safetensors", "*.index.json", "pytorch_model*.bin", "tf_model.h5", "flax_model.msgpack",
+    "generation_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json", ".metadata",
+    "*.distcp",
+)  # fmt: skip
 
-    try:
-        is_hf = "model_type" in json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
+
+def _refuse_foreign_model_files(out: Path) -> None:
+    """A destination holding model files that no gptlab export wrote: transformers would read them beside
+    the export (another model's shards, index or generation settings win or mix), a sharded checkpoint's
+    folder is pruned with the export inside by its run's next save, and a Hugging Face model's own files
+    would be replaced or removed. Refused, naming them; an earlier export's (its ckpt.pt beside) are replaced."""
+    if not out.is_dir():
         return
-    if is_hf:
-        for name in HF_EXPORT_FILES:
-            (out / name).unlink(missing_ok=True)
+    from gptlab.checkpoint import CHECKPOINT_NAME
+
+    foreign = {p.name for pattern in FOREIGN_MODEL_FILES for p in out.glob(pattern)} - {"model.safetensors"}
+    if not (out / CHECKPOINT_NAME).is_file():  # no export of gptlab's: its Hugging Face files are someone else's
+        foreign |= {name for name in HF_EXPORT_FILES if (out / name).exists()}
+    if foreign:
+        from gptlab.errors import ConfigError
+
+        names = sorted(foreign)
+        raise ConfigError(
+            f"export destination {str(out)!r} holds model files no gptlab export wrote ({', '.join(names[:4])}"
+            f"{', ...' if len(names) > 4 else ''}): export to an empty folder, or into an earlier export's"
+        )
+
+
+def _remove_hf_export(out: Path) -> None:
+    """The files of an earlier ``--hf`` export in ``out`` (an export's: _refuse_foreign_model_files let it by)."""
+    for name in HF_EXPORT_FILES:
+        (out / name).unlink(missing_ok=True)

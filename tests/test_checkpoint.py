@@ -179,11 +179,52 @@ def test_export_refuses_a_run_directory_and_clears_an_earlier_hf_export(tmp_path
     with pytest.raises(ConfigError, match=r"is a run directory \(log\.jsonl\): export to a folder of its own"):
         export_checkpoint(run, run)
     dest = tmp_path / "dest"
-    dest.mkdir()
+    export_checkpoint(run, dest)  # an earlier export's, with its --hf files
     (dest / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     (dest / "model.safetensors").write_bytes(b"old")
     export_checkpoint(run, dest)
     assert sorted(p.name for p in dest.iterdir()) == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["config.json", "model.safetensors", "generation_config.json"],  # a transformers save: it was deleted
+        ["ckpt.pt", "model-00001-of-00002.safetensors", "model.safetensors.index.json"],  # shards read beside it
+        [".metadata", "__0_0.distcp"],  # a sharded checkpoint's folder: the run's next save pruned the export
+    ],
+)
+def test_export_refuses_a_folder_of_model_files_it_did_not_write(tmp_path: Path, files: list[str]) -> None:
+    from gptlab.checkpoint import save_single_file
+    from gptlab.errors import ConfigError
+    from gptlab.export_cli import export_checkpoint
+
+    save_single_file(_state(7), tmp_path / "run")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    for name in files:
+        (dest / name).write_bytes(b"theirs")
+    for hf in (False, True):
+        with pytest.raises(ConfigError, match=r"holds model files no gptlab export wrote \(.*: export to an empty"):
+            export_checkpoint(tmp_path / "run", dest, hf=hf)
+        assert sorted(p.name for p in dest.iterdir()) == sorted(files)
+        assert all((dest / name).read_bytes() == b"theirs" for name in files)
+
+
+def test_hf_weights_are_read_as_transformers_reads_them(tmp_path: Path) -> None:
+    """model.safetensors, else the shards its index names: a stale shard left beside them (another save's) was
+    merged in, a different lm_head loaded with only a warning."""
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    from gptlab import ConfigurableGPT, get_debug_config
+
+    model = ConfigurableGPT(get_debug_config("llama", weight_tying=True))
+    model.save_pretrained(tmp_path / "hf")
+    stale = {"lm_head.weight": torch.ones_like(model.lm_head.weight)}
+    save_file(stale, str(tmp_path / "hf" / "model-00002-of-00002.safetensors"))
+    loaded = ConfigurableGPT.from_pretrained(tmp_path / "hf")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
 def test_an_hf_export_without_safetensors_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

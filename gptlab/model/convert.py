@@ -239,9 +239,27 @@ def read_torch_checkpoint(path: Path, mmap: bool = False) -> Any:
         ) from None
 
 
+def _hf_weight_files(directory: Path, single: str, index: str) -> list[Path]:
+    """The weight files transformers reads from ``directory``: ``single`` (model.safetensors) if there, else the
+    shards ``index`` (its .index.json) names; [] if neither (other files there are not the model's)."""
+    if (directory / single).is_file():
+        return [directory / single]
+    if not (directory / index).is_file():
+        return []
+    try:
+        weight_map = json.loads((directory / index).read_text(encoding="utf-8"))["weight_map"]
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{str(directory / index)!r} is not a readable weights index ({e})") from None
+
+
 def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
-    """Read every weight file of a Hugging Face model directory (sharded or not)."""
-    safetensor_files = sorted(directory.glob("*.safetensors"))
+    """Read a Hugging Face model directory's weights as transformers does: model.safetensors, else the shards its
+    index names, else the same for pytorch_model.bin (a stale shard beside them is not read: it is not the model)."""
+    safetensor_files = _hf_weight_files(directory, "model.safetensors", "model.safetensors.index.json")
+    if not safetensor_files and not (directory / "pytorch_model.bin.index.json").is_file():
+        # no name transformers knows: every file there (another writer's names), as before
+        safetensor_files = sorted(directory.glob("*.safetensors"))
     if safetensor_files:
         try:
             from safetensors.torch import load_file
@@ -256,7 +274,7 @@ def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
             except Exception as e:
                 raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({e})") from None
         return state
-    bin_files = sorted(directory.glob("pytorch_model*.bin"))
+    bin_files = _hf_weight_files(directory, "pytorch_model.bin", "pytorch_model.bin.index.json")
     if bin_files:
         state = {}
         for file in bin_files:
