@@ -12,12 +12,20 @@ from gptlab.data.datasets import ensure_prepared
 from gptlab.data.loader import BatchLoader
 
 
+def _block_sizes(text: str) -> list[int]:
+    """``--block_size 64,256``'s values (argparse says a bad one in one line, exit 2)."""
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers (64,256,1024)") from None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="stdlib_char")
     p.add_argument("--data_dir", default="data")
     p.add_argument("--batch_size", type=int, default=12)
-    p.add_argument("--block_size", default="64,256,1024")
+    p.add_argument("--block_size", type=_block_sizes, default="64,256,1024")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=2.0)
     a = p.parse_args()
@@ -25,11 +33,11 @@ def main() -> None:
         p.error(f"--seconds={a.seconds} must be > 0")
     path = ensure_prepared(a.dataset, a.data_dir)
     print(f"{'dataset':14s} {'B':>4s} {'T':>6s} {'batches/s':>11s} {'tokens/s':>14s} {'us/batch':>9s}")
-    for block in (int(b) for b in a.block_size.split(",")):
+    for block in a.block_size:
         loader = BatchLoader(path, "train", a.batch_size, block, device=a.device, seed=0)
         loader.get_batch(0)  # warm-up
         n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < a.seconds:
+        while n == 0 or time.perf_counter() - t0 < a.seconds:  # one batch at least, however short the time
             loader.get_batch(n)
             n += 1
         dt = time.perf_counter() - t0

@@ -29,6 +29,7 @@ from gptlab.data.storage import (
     prepare_lock,
     read_meta,
     split_path,
+    token_dtype,
 )
 from gptlab.data.tokenizers import TOKENIZERS, CharTokenizer, Tokenizer, build_tokenizer, load_tokenizer
 from gptlab.errors import ConfigError, DataError, did_you_mean, unknown_choice
@@ -271,7 +272,9 @@ def _write_nanogpt_meta(dataset_dir: Path, tok: Tokenizer) -> None:
 
     path = dataset_dir / "meta.pkl"
     meta = tok.to_meta()
-    if "itos" not in meta:
+    if "itos" not in meta or token_dtype(meta["vocab_size"]) != np.uint16:
+        # over 65,536 ids the .bin files are uint32, which nanoGPT's np.memmap(dtype=np.uint16) reads as
+        # garbage ids, all within its vocabulary: no meta.pkl invites it (gptlab reads meta.json)
         path.unlink(missing_ok=True)
         return
     itos = {int(i): c for i, c in meta["itos"].items()}

@@ -39,6 +39,7 @@ class BatchLoader:
         device: str | torch.device = "cpu",
         seed: int = 1337,
         stream: int = 0,
+        short_split_advice: str = "lower block_size or prepare more data",
     ) -> None:
         if split not in SPLITS:
             raise unknown_choice("split", split, SPLITS)
@@ -60,7 +61,7 @@ class BatchLoader:
         if block_size + 1 > self.num_tokens:
             raise DataError(
                 f"block_size={block_size} needs {block_size + 1} tokens per sample (inputs and targets), but the "
-                f"{split} split of {self.dataset_dir} holds {self.num_tokens}: lower block_size or prepare more data"
+                f"{split} split of {self.dataset_dir} holds {self.num_tokens}: {short_split_advice}"
             )
         self._split_key = zlib.crc32(split.encode())  # stable across processes, unlike hash()
         self._pin = self.device.type == "cuda"

@@ -147,7 +147,9 @@ def _walk_files(root: Path) -> Iterator[Path]:
             subfolders.clear()
             continue
         seen.add(real)
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]  # .git and the like
+        # .git and the like left out; sorted, so which of two paths to one real folder is kept (the first one
+        # walked) does not depend on the order the file system lists them in
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in names:
             path = Path(folder, name)
             if path.is_file():
@@ -160,6 +162,10 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
     if input_path.is_file():
         return [input_path]
     if not input_path.is_dir():
+        if input_path.exists():  # a pipe (/dev/stdin, <(...)), a socket, a device: read twice, or never ends
+            raise DataError(
+                f"--input {input_path} is not a regular file (a pipe?): write the text to a file and pass that"
+            )
         raise DataError(f"--input {input_path} does not exist (expected a text file or a folder of them)")
     skip = exclude.resolve() if exclude is not None else None
     files, skipped_datasets = [], set()

@@ -301,7 +301,14 @@ class Trainer:
         if self.mode == "fsdp" and not cfg.eval_only:  # its checkpoint needs one out_dir seen by every node
             parallel.check_shared_out_dir(self.out_dir, self.dist)
             check_links_allowed(self.out_dir, self.rank)
-        loader_args = dict(batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device)
+        loader_args: dict[str, Any] = dict(
+            batch_size=cfg.batch_size, block_size=self.arch.block_size, device=self.device
+        )
+        if cfg.init_from == "resume":  # its block_size is the checkpoint's: lowering it now is refused
+            loader_args["short_split_advice"] = (
+                f"a resume keeps its checkpoint's block_size; resume on more data, or start a fine-tune from it "
+                f"with a lower one (--init_from={str(self.out_dir)!r} --out_dir=NEW --block_size=...)"
+            )
         # one stream for every rank: ranks take different global micro-batch indices (module docstring)
         self.train_loader = BatchLoader(self.dataset_dir, "train", seed=cfg.seed, **loader_args)
         self.eval_loaders = {  # fixed batches (steps 0..eval_iters-1 of their own stream, whatever the seed)

@@ -11,6 +11,7 @@ import sys
 import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -545,6 +546,65 @@ def test_a_folder_follows_symlinked_folders_once(tmp_path: Path) -> None:
     assert [p.relative_to(pool).as_posix() for p in files] == ["own.txt", "shared/linked.txt"]
 
 
+@pytest.mark.skipif(platform.system() == "Windows", reason="symlinks need privileges on Windows")
+def test_a_folder_reached_twice_is_read_where_the_sorted_walk_meets_it_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real folder and a link to it: which path was kept followed the order the file system lists them
+    in (ext4 and tmpfs differ), so the same tree gave another document order, split and sha256."""
+    import os
+
+    tree = tmp_path / "tree"
+    (tree / "z_real").mkdir(parents=True)
+    (tree / "m").mkdir()
+    (tree / "z_real" / "x.txt").write_text("ZZZZ")
+    (tree / "m" / "y.txt").write_text("MMMM")
+    (tree / "a_link").symlink_to(tree / "z_real", target_is_directory=True)
+    scandir = os.scandir
+    kept = []
+    for reverse in (False, True):
+
+        def listed(path: Any, reverse: bool = reverse) -> _Entries:
+            with scandir(path) as it:
+                return _Entries(sorted(it, key=lambda e: e.name, reverse=reverse))
+
+        monkeypatch.setattr(os, "scandir", listed)
+        kept.append([p.relative_to(tree).as_posix() for p in sources.local_files(tree)])
+    assert kept[0] == kept[1] == ["a_link/x.txt", "m/y.txt"]
+
+
+class _Entries:
+    """os.DirEntry objects in a given order, as os.scandir's iterator and context manager (what os.walk uses)."""
+
+    def __init__(self, entries: list[Any]) -> None:
+        self._it = iter(entries)
+
+    def __iter__(self) -> _Entries:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._it)
+
+    def __enter__(self) -> _Entries:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_pipe_as_input_is_said_to_be_one(tmp_path: Path) -> None:
+    """`--input /dev/stdin` (or <(...)): it was said not to exist."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"--input .*fifo is not a regular file \(a pipe\?\): write the text to a"):
+        sources.local_files(fifo)
+
+
 @pytest.mark.parametrize("layout", ["dataset", "dataset_dict"])
 def test_a_save_to_disk_folder_is_read_as_its_records(tmp_path: Path, layout: str) -> None:
     """A folder `datasets.save_to_disk` wrote is records (its .arrow files), not text: it was tokenized as its
@@ -648,6 +708,12 @@ def test_a_damaged_dataset_stays_damaged_and_a_killed_prepare_leaves_nanogpts(tm
     source.write_text("".join(wide) * 2, encoding="utf-8")
     out = prepare_dataset("wide_char", tmp_path / "data", source)
     assert read_meta(out)["dtype"] == "uint32"
+    # no nanoGPT meta.pkl for uint32 bins: its np.memmap(dtype=np.uint16) trained on garbage ids in silence
+    assert not (out / "meta.pkl").exists()
+    vocab = read_meta(out)["vocab_size"]
+    itos = {int(i): c for i, c in read_meta(out)["tokenizer"]["itos"].items()}
+    older = {"vocab_size": vocab, "itos": itos, "stoi": {c: i for i, c in itos.items()}}
+    (out / "meta.pkl").write_bytes(pickle.dumps(older))  # as an older gptlab wrote it
     (out / "meta.json").unlink()
     with pytest.raises(DataError, match="damaged"):
         ensure_prepared("wide_char", tmp_path / "data")
@@ -658,7 +724,7 @@ def test_a_damaged_dataset_stays_damaged_and_a_killed_prepare_leaves_nanogpts(tm
     (out / LOCK_FILE).unlink()  # an older gptlab's unmarked lock, or none: meta.pkl's vocabulary still refuses
     with pytest.raises(DataError, match=r"vocab_size=\d+, which nanoGPT's uint16 tokens cannot hold"):
         ensure_prepared("wide_char", tmp_path / "data")
-    assert pickle.loads((out / "meta.pkl").read_bytes())["vocab_size"] > 65536
+    assert vocab > 65536
 
     char_dir = _nanogpt_char_dataset(tmp_path / "data")[0]
     (char_dir / LOCK_FILE).write_text(PREPARING_MARK)  # what a prepare killed before writing any token file leaves

@@ -19,3 +19,10 @@ def test_unigram_baseline_is_the_val_cross_entropy_of_add_one_train_counts(tmp_p
     assert math.isclose(stats.unigram_baseline(tmp_path, meta), want, rel_tol=1e-12)
     monkeypatch.setattr(stats, "UNIGRAM_CHUNK", 2)  # counted in bounded chunks: the same figure
     assert math.isclose(stats.unigram_baseline(tmp_path, meta), want, rel_tol=1e-12)
+
+
+def test_a_one_token_vocabulary_has_a_baseline_of_zero_not_minus_zero(tmp_path: Path) -> None:
+    """A file of one repeated character: its baseline printed as -0.0000."""
+    for split in ("train", "val"):
+        np.zeros(5, dtype=np.uint16).tofile(tmp_path / f"{split}.bin")
+    assert f"{stats.unigram_baseline(tmp_path, {'vocab_size': 1, 'dtype': 'uint16'}):.4f}" == "0.0000"

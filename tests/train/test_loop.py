@@ -20,7 +20,7 @@ from gptlab import parallel
 from gptlab.checkpoint import load_checkpoint, software_versions
 from gptlab.config.train import parse_run_args
 from gptlab.data.storage import read_meta
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, DataError
 from gptlab.train.launch import train
 from gptlab.train.loop import NonFiniteLossError, Trainer
 from gptlab.train.sample import SampleConfig, sample
@@ -969,6 +969,12 @@ def test_resume_on_another_dataset_checks_its_vocabulary(
     launch = [f"--out_dir={str(out)!r}", "--device='cpu'", "--compile=False", "--init_from='resume'", "--max_iters=6"]
     with pytest.raises(CheckpointError, match=r"has vocab_size=128 < dataset 'wide''s 5000: resume on the dataset"):
         train(parse_run_args([*launch, f"--data_dir={str(wide)!r}", "--dataset='wide'"]), stream=io.StringIO())
+    with DatasetWriter(wide / "short", 128) as writer:  # splits shorter than the checkpoint's block_size
+        for split in ("train", "val"):
+            writer.write(split, torch.randint(0, 128, (20,)).numpy())
+        writer.commit({"name": "short", "vocab_size": 128, "dtype": writer.dtype.name, "tokens": dict(writer.counts)})
+    with pytest.raises(DataError, match=r"holds 20: a resume keeps its checkpoint's block_size; .* --block_size="):
+        train(parse_run_args([*launch, f"--data_dir={str(wide)!r}", "--dataset='short'"]), stream=io.StringIO())
     # the same vocabulary size, other characters
     shutil.copytree(data_dir / "stdlib_char", wide / "shuffled")
     meta = json.loads((wide / "shuffled" / "meta.json").read_text())
