@@ -176,7 +176,7 @@ def train_and_compare(
     if report:  # before any training, not after every run has been paid for
         from gptlab.report import require_matplotlib
 
-        require_matplotlib()
+        require_matplotlib("gptlab compare --train (its plots and report.html)")
     # labels and sources only: the trained architectures are the shrunk ones _run_values builds, where the
     # overrides apply on top of TRAIN_DEFAULTS (--n_embd=128 is valid at its n_head=4, not at a preset's 12)
     from gptlab.compare import _unique_labels, run_config_json

@@ -20,6 +20,7 @@ from typing import Any
 OPTIONAL = {
     "transformers": "hf",
     "safetensors": "hf",
+    "huggingface_hub": "hf",
     "datasets": "data",
     "tiktoken": "(core)",
     "wandb": "wandb",

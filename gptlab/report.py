@@ -17,7 +17,7 @@ from gptlab.errors import ConfigError, GptlabError
 from gptlab.fileio import atomic_open, atomic_write
 from gptlab.logging import log_records
 
-MISSING_MATPLOTLIB = "gptlab report needs matplotlib: pip install 'gptlab[report]'"
+MISSING_MATPLOTLIB = "{what} needs matplotlib: pip install 'gptlab[report]'"
 
 
 @dataclass
@@ -199,12 +199,13 @@ def _x(run: Run, record: dict[str, Any], axis: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------- plots
-def require_matplotlib() -> Any:
-    """The matplotlib module, or one GptlabError line saying how to install it."""
+def require_matplotlib(what: str = "gptlab report") -> Any:
+    """The matplotlib module, or one GptlabError line saying that ``what`` (the command) needs it and how
+    to install it."""
     try:
         import matplotlib
     except ImportError:
-        raise GptlabError(MISSING_MATPLOTLIB) from None
+        raise GptlabError(MISSING_MATPLOTLIB.format(what=what)) from None
     return matplotlib
 
 

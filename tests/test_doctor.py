@@ -23,7 +23,16 @@ def test_doctor_reports_every_check(capsys: pytest.CaptureFixture[str]) -> None:
     lines = [line for line in out.splitlines() if line.startswith("  [")]
     assert lines and all(line[3:6] in ("yes", " no", "n/a") for line in lines)
     assert f"[yes] PyTorch: {torch.__version__}" in out
-    for name in ("transformers", "safetensors", "datasets", "tiktoken", "wandb", "tensorboard", "matplotlib"):
+    for name in (
+        "transformers",
+        "safetensors",
+        "huggingface_hub",
+        "datasets",
+        "tiktoken",
+        "wandb",
+        "tensorboard",
+        "matplotlib",
+    ):
         assert f"] {name}" in out
     for backend in ("gloo", "nccl", "mpi"):
         assert f"] {backend} backend" in out
