@@ -144,6 +144,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="per-block activation checkpointing (adds recomputation to HFU, cuts activations; default: "
         "a config file's, else False)",
     )
+    p.add_argument(
+        "--device_type",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="whose kernels are counted: HFU's recomputation (SDPA's backward on CUDA recomputes QK^T with dropout) "
+        "and autocast's rules (default cuda; cpu for a run on a CPU)",
+    )
     p.add_argument("--gpu", help="accelerator for the throughput estimate, e.g. H100-SXM, A100-PCIe, B200")
     p.add_argument("--mfu", type=float, help=f"model FLOPs utilisation assumed for --gpu (default {DEFAULT_MFU})")
     p.add_argument(
@@ -151,11 +158,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: bool) -> Any:
+def _print_flops(config: ModelArchitectureConfig, seq_len: int, checkpointing: bool, device_type: str) -> Any:
     from gptlab.telemetry.flops import compute_flops
     from gptlab.telemetry.params import count_parameters
 
-    fl = compute_flops(config, seq_len, activation_checkpointing=checkpointing)
+    fl = compute_flops(config, seq_len, activation_checkpointing=checkpointing, device_type=device_type)
     print(f"{config.get_architecture_name()}: {count_parameters(config) / 1e6:.2f}M parameters, seq_len={seq_len}")
     print(f"{'component':28s} {'count':>5s} {'fwd FLOP/token':>16s} {'train FLOP/token':>17s} {'share':>6s}  note")
     for row in fl.table():
@@ -221,7 +228,7 @@ def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
             f"seq_len={seq_len} exceeds block_size={config.block_size}, the model's context: "
             f"pass --block_size={seq_len} to size the model for it"
         )
-    _print_flops(config, seq_len, args.activation_checkpointing)
+    _print_flops(config, seq_len, args.activation_checkpointing, args.device_type)
     _print_throughput(config, args, seq_len, args.num_gpus or 1)
     return 0
 
@@ -246,7 +253,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         per_mode["none"] = {**common, "grad_accum_steps": single_accum}
         plans["none"] = plan_memory(config, parallel="none", world_size=1, **per_mode["none"])
     first = next(iter(plans.values()))
-    _print_flops(config, config.block_size, args.activation_checkpointing)
+    _print_flops(config, config.block_size, args.activation_checkpointing, args.device_type)
     print(f"\nmemory per GPU in GB (1e9 bytes): micro-batch {args.batch_size} x {config.block_size} tokens, "
           f"autocast {args.dtype}, AdamW, activation checkpointing {args.activation_checkpointing}, "
           f"{config.attention_backend} attention, "
@@ -353,7 +360,6 @@ def register(subparsers: Any) -> None:
         help="micro-steps per GPU per optimizer step (default: a config file's gradient_accumulation_steps / "
         "--world_size, else 1)",
     )
-    plan.add_argument("--device_type", default="cuda", choices=("cuda", "cpu"), help="whose autocast rules apply")
     plan.add_argument("--gpu_memory_gb", type=float, help="say, per mode, whether the peak fits in this much memory")
     plan.add_argument(
         "--loss_chunk_size",

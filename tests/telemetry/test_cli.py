@@ -33,6 +33,23 @@ def test_flops_takes_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     assert "gqa4" in out and "seq_len=512" in out and "GQA: K,V 4/12 heads" in out
 
 
+def test_flops_counts_the_hardware_flops_of_the_device_type(capsys: pytest.CaptureFixture[str]) -> None:
+    """A CPU run's HFU (gptlab flops RUN_DIR --device_type=cpu): SDPA's CPU backward recomputes nothing, so with
+    dropout HFU is MFU's count, as the run logs it; flops always counted CUDA's recomputed QK^T."""
+    from gptlab import get_preset_config
+    from gptlab.telemetry.flops import compute_flops
+    from gptlab.units import format_si
+
+    config = get_preset_config("gpt2", dropout=0.1, n_layer=2)
+    hfu = {}
+    for device_type in ("cuda", "cpu"):
+        assert run(["flops", "gpt2", "--dropout=0.1", "--n_layer=2", f"--device_type={device_type}"]) == 0
+        hfu[device_type] = compute_flops(config, device_type=device_type).hfu_flops_per_token
+        line = next(x for x in capsys.readouterr().out.splitlines() if "(HFU: + recomputation)" in x)
+        assert line.endswith(f" {format_si(hfu[device_type], 'FLOP')}"), line
+    assert hfu["cpu"] == compute_flops(config).flops_per_token < hfu["cuda"]
+
+
 def test_flops_bad_numbers_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     for gpu in (["--gpu", "H100-SXM"], []):
         with pytest.raises(ConfigError, match="num_gpus=0 is invalid"):
