@@ -178,6 +178,13 @@ def remove_checkpoints(out_dir: str | Path, keep: str | Path | None = None) -> l
     return removed
 
 
+def is_run_checkpoint(out_dir: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` is one of ``out_dir``'s own checkpoints (what remove_checkpoints removes), not a file
+    of the user's that merely lies inside it (an export's folder, a base model's weights)."""
+    path = Path(path).resolve()
+    return path.parent == Path(out_dir).resolve() and (path.name == CHECKPOINT_NAME or bool(_HISTORY.match(path.name)))
+
+
 def kept_checkpoints(out_dir: str | Path) -> list[str]:
     """The names of a run directory's kept checkpoints (``ckpt-ITER.pt``, ``ckpt-ITER.dcp``), oldest first."""
     out_dir = Path(out_dir)

@@ -38,6 +38,7 @@ from gptlab.checkpoint import (
     dcp_on_disk,
     interrupted_save,
     is_dcp_dir,
+    is_run_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     load_checkpoint_meta,
@@ -455,8 +456,8 @@ class Trainer:
             source = cfg.init_from if cfg.init_from != "scratch" and Path(cfg.init_from).exists() else None
             kept = weights_path(source) if source is not None else None
             removed = remove_checkpoints(self.out_dir, keep=kept) if self.master else []
-            if kept is not None and self.out_dir.resolve() in kept.parents:
-                self._replaced_source = kept
+            if kept is not None and is_run_checkpoint(self.out_dir, kept):  # the replaced run's: goes at the first
+                self._replaced_source = kept  # save; weights of the user's that lie in out_dir stay
             if removed:
                 self.logger.log_event(
                     "overwrite", f"replacing the previous run in {self.out_dir}: removed {', '.join(removed)}"

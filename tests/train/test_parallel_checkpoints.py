@@ -185,6 +185,27 @@ def test_a_fine_tune_that_overwrites_its_own_source_run_leaves_only_itself(
     assert latest_checkpoint(tmp_path) == tmp_path / "ckpt.pt" and load_checkpoint(tmp_path)["iter_num"] == 5
 
 
+def test_a_fine_tune_that_overwrites_keeps_weights_of_the_users_that_lie_in_out_dir(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """--init_from=OUT/my_base.pt (or an export folder inside OUT) --overwrite=True: the user's file is not one
+    of the replaced run's checkpoints, and stays (it was deleted at the fine-tune's first save)."""
+    import shutil
+
+    from gptlab.export_cli import export_checkpoint
+
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2)), stream=io.StringIO())
+    export_checkpoint(tmp_path, tmp_path / "export")
+    shutil.copyfile(tmp_path / "ckpt.pt", tmp_path / "my_base.pt")
+    base = load_checkpoint(tmp_path)["iter_num"]
+    for init in (tmp_path / "my_base.pt", tmp_path / "export"):
+        tune = tiny_args(data_dir, tmp_path, init_from=str(init), overwrite=True, max_iters=4, eval_interval=2)
+        train(parse_run_args(tune), stream=io.StringIO())
+        assert load_checkpoint(tmp_path / "my_base.pt")["iter_num"] == base
+        assert load_checkpoint(tmp_path / "export")["iter_num"] == base
+        assert load_checkpoint(tmp_path)["iter_num"] == 5 != base  # the fine-tune's own
+
+
 def test_fsdp_run_loads_as_pretrained_weights_and_samples(data_dir: Path, tmp_path: Path) -> None:
     """A sharded checkpoint (a run directory or its ckpt.dcp) fine-tunes, loads through from_pretrained
     and samples with the tokenizer it records, as a ckpt.pt does."""
