@@ -141,11 +141,15 @@ class ModelArchitectureConfig:
         """Raise ConfigError (one line naming the key) for the first invalid value."""
         _check_types(self)
         _check_choices(self)
-        for key in ("n_layer", "n_embd", "n_head", "block_size", "vocab_size", "multiple_of"):
-            _require(key, getattr(self, key), getattr(self, key) > 0, "a positive integer")
+        # bounded: a mistyped size fails here in one line, not as an overflow inside PyTorch or a planner
+        # that walks a million layers until the process runs out of memory
+        _require("n_layer", self.n_layer, 0 < self.n_layer <= MAX_LAYERS, f"an integer in [1, {MAX_LAYERS:,}]")
+        for key in ("n_embd", "n_head", "block_size", "vocab_size", "multiple_of"):
+            value = getattr(self, key)
+            _require(key, value, 0 < value <= MAX_SIZE, "a positive integer up to 2**31 - 1")
         for key in ("n_kv_head", "d_ff"):
             value = getattr(self, key)
-            _require(key, value, value is None or value > 0, "a positive integer or None")
+            _require(key, value, value is None or 0 < value <= MAX_SIZE, "a positive integer up to 2**31 - 1, or None")
         _require("dropout", self.dropout, 0.0 <= self.dropout < 1.0, "a float in [0, 1)")
         for key in ("norm_eps", "rope_theta", "init_std"):
             value = getattr(self, key)
@@ -302,6 +306,10 @@ def _reject_unknown_keys(values: dict[str, Any]) -> None:
                 f"unknown architecture key {key!r}{did_you_mean(key, ARCH_FIELDS)}; "
                 f"valid keys: {', '.join(ARCH_FIELDS)}"
             )
+
+
+MAX_LAYERS = 10_000  # GPT-3 has 96, the largest published dense models a few hundred
+MAX_SIZE = 2**31 - 1  # a width, head count, context or vocabulary: int32's range, far past any real model
 
 
 def _require(key: str, value: Any, ok: bool, allowed: str) -> None:

@@ -103,6 +103,10 @@ def test_round_trip_through_dict() -> None:
         ({"n_layer": -2}, "n_layer"),
         ({"n_layer": 2.5}, "n_layer"),
         ({"n_layer": True}, "n_layer"),
+        ({"n_layer": 10**6}, r"n_layer=1000000 is invalid: expected an integer in \[1, 10,000\]"),  # a minute planned
+        ({"n_layer": 2**64}, "n_layer"),  # the planner ran out of memory
+        ({"d_ff": 10**20}, r"d_ff=100000000000000000000 is invalid"),  # an OverflowError inside PyTorch
+        ({"vocab_size": 2**31}, "vocab_size"),
         ({"n_embd": "768"}, "n_embd"),
         ({"n_head": 0}, "n_head"),
         ({"n_head": 5}, "n_embd"),  # 768 % 5
