@@ -667,6 +667,19 @@ def check_zip_crc(path: Path) -> None:
         )
 
 
+def refused_as_unsafe(error: BaseException) -> bool:
+    """``torch.load(weights_only=True)`` refused the file: its pickle would build objects or call code."""
+    return "weights only load failed" in str(error).lower()
+
+
+def unsafe_checkpoint_error(path: Path) -> CheckpointError:
+    """One line for a checkpoint weights_only refused (torch's own text advises weights_only=False: not here)."""
+    return CheckpointError(
+        f"{str(path)!r} holds objects beyond tensors and plain data, which gptlab does not load "
+        "(torch.load(weights_only=True) refused it); the file was left untouched"
+    )
+
+
 def _torch_load_checked(path: Path) -> dict[str, Any]:
     """``torch.load`` memory-mapped (copy-on-write): the tensors are read as they are used, and the ranks
     of a node resuming from one ``ckpt.pt`` share the page cache instead of holding a copy each."""
@@ -681,11 +694,8 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
     except Exception as e:
         # the memory-mapped load's complaint about anything but a zip archive would send the user re-saving
         reason = first_line(e) if zipfile.is_zipfile(path) else "not a torch.save archive"
-        if "weights only load failed" in str(e).lower():  # a pickle that would build objects or call code
-            raise CheckpointError(
-                f"{str(path)!r} holds objects beyond tensors and plain data, which gptlab does not load "
-                "(torch.load(weights_only=True) refused it); the file was left untouched"
-            ) from None
+        if refused_as_unsafe(e):  # a pickle that would build objects or call code
+            raise unsafe_checkpoint_error(path) from None
         raise CheckpointError(
             f"{str(path)!r} is corrupt or truncated ({reason}); the file was left untouched"
         ) from None

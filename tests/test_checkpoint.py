@@ -112,6 +112,11 @@ def test_a_checkpoint_that_runs_code_when_loaded_is_refused(tmp_path: Path) -> N
     torch.save({"format": FORMAT, "iter_num": 1, "arch": {}, "model": {}, "x": Payload()}, tmp_path / "ckpt.pt")
     with pytest.raises(CheckpointError, match=r"holds objects beyond tensors .*weights_only=True\) refused it"):
         load_checkpoint(tmp_path)
+    from gptlab import ConfigurableGPT
+
+    # --init_from=PATH, from_pretrained, a pytorch_model.bin: the same line (torch's own advised weights_only=False)
+    with pytest.raises(CheckpointError, match=r"holds objects beyond tensors .*the file was left untouched$"):
+        ConfigurableGPT.from_pretrained(tmp_path / "ckpt.pt")
 
 
 def test_remove_checkpoints_spares_the_kept_path_and_leftovers_go(tmp_path: Path) -> None:

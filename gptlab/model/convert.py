@@ -30,6 +30,8 @@ from gptlab.checkpoint import (
     layer_count,
     load_checkpoint,
     read_checkpoint_record,
+    refused_as_unsafe,
+    unsafe_checkpoint_error,
     weights_disagree,
 )
 from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
@@ -233,6 +235,8 @@ def read_torch_checkpoint(path: Path, mmap: bool = False) -> Any:
     except MemoryError:
         raise  # not the file's fault
     except Exception as e:  # corrupt, truncated, not a torch file at all, or not readable (OSError)
+        if refused_as_unsafe(e):
+            raise unsafe_checkpoint_error(path) from None
         reason = first_line(e)
         raise CheckpointError(
             f"{str(path)!r} could not be read as a checkpoint ({reason}): expected {EXPECTED}"
