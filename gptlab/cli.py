@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import itertools
 import os
 import re
@@ -250,6 +251,10 @@ def os_error_status(error: OSError, prefix: str = "") -> int:
     checks) is one line and 2; any other is raised, with its traceback."""
     if isinstance(error, BrokenPipeError):
         return end_on_closed_stdout(error)
+    if error.errno == errno.ENAMETOOLONG:  # a mistyped or generated path the user named: theirs, not a bug
+        name = os.fsdecode(error.filename) if error.filename else "a path"
+        print(f"{prefix}error: {name[:80]}{'...' if len(name) > 80 else ''}: {error.strerror}", file=sys.stderr)
+        return 2
     if (refused := storage_refused(error)) is None:
         raise error
     print(f"{prefix}error: {refused}", file=sys.stderr)

@@ -55,6 +55,8 @@ from gptlab.cli import main
         (["sample", "--num_samples=0"], "num_samples=0 is invalid"),
         (["export", "x", ""], "argument out: expected a non-empty path"),
         (["prepare", "mine", "--input="], "argument --input: expected a non-empty path"),
+        (["sample", f"--out_dir={'x' * 300}"], r"error: x{80}\.\.\.: File name too long$"),  # OSError's traceback
+        (["export", "x" * 300, "dest"], r"error: x{80}\.\.\.: File name too long$"),
     ],
 )
 def test_command_mistakes_are_one_line_exit_2(
