@@ -475,7 +475,8 @@ def test_a_crafted_config_json_is_one_line_and_builds_nothing_first(tmp_path: Pa
         assert time.perf_counter() - start < 10 and "\n" not in str(err.value)
         return str(err.value)
 
-    assert "the config says 10000000000 layers, the weights hold 2" in attempt(num_hidden_layers=10**10)
+    assert "the config says 9999 layers, the weights hold 2" in attempt(num_hidden_layers=9999)
+    assert "n_layer=10000000000 is invalid: expected an integer in [1, 10,000]" in attempt(num_hidden_layers=10**10)
     assert "wte.weight) is of shape (97, 64); the config says shape (3000000, 64)" in attempt(vocab_size=3_000_000)
     assert "(no 'hidden_size')" in attempt(hidden_size=None)
     assert "ZeroDivisionError" in attempt(num_attention_heads=0)

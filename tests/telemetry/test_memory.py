@@ -105,9 +105,11 @@ def test_parameter_counts_take_no_time_at_any_depth() -> None:
     GBs and minutes for one number."""
     import time
 
+    from gptlab.config.model import MAX_LAYERS  # (a deeper one is refused since: n_layer=10**7 is a typo)
+
     one, two = (count_parameters(get_debug_config("llama", n_layer=n)) for n in (1, 2))
     start = time.perf_counter()
-    assert count_parameters(get_debug_config("llama", n_layer=10**7)) == one + (10**7 - 1) * (two - one)
+    assert count_parameters(get_debug_config("llama", n_layer=MAX_LAYERS)) == one + (MAX_LAYERS - 1) * (two - one)
     assert time.perf_counter() - start < 1
 
 

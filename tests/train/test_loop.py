@@ -443,7 +443,7 @@ def test_memory_warning_before_the_first_step(data_dir: Path, tmp_path: Path, mo
 def test_a_run_planned_far_beyond_the_memory_is_refused_before_the_model_is_built(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """More than twice the memory (a typo's --batch_size=100000000, --n_layer=100000): building the model or
+    """More than twice the memory (a typo's --batch_size=100000000, --n_embd=100000): building the model or
     gathering the batch would fill the machine's RAM before any out-of-memory error; one line instead."""
     from gptlab.train import telemetry_hooks
 
