@@ -67,7 +67,27 @@ def read_meta(dataset_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path} is not a gptlab dataset meta file (needs 'tokens' and 'dtype')")
     if meta["dtype"] not in TOKEN_DTYPES:  # token ids are unsigned integers: a float or object array is no dataset
         raise DataError(f"{path} gives dtype={meta['dtype']!r}: token files are {' or '.join(TOKEN_DTYPES)}")
+    if (problem := _meta_problem(meta)) is not None:  # a hand-edited or damaged file: one line, not a traceback later
+        raise DataError(f"{path} is damaged: {problem}; prepare the dataset again")
     return meta
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a meta.json that the loader, the run and its startup report read."""
+    vocab = meta.get("vocab_size")
+    if not _is_count(vocab) or not 0 < vocab <= 2**32:
+        return f"vocab_size={vocab!r} is not a positive integer up to 2**32"
+    for split, count in meta["tokens"].items():
+        if not _is_count(count):
+            return f"tokens[{split!r}]={count!r} is not a count of tokens"
+    for key in ("source", "tokenizer"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"{key}={meta[key]!r} is not a JSON object"
+    return None
 
 
 def not_ready_reason(dataset_dir: str | Path) -> str | None:

@@ -469,6 +469,17 @@ def test_a_damaged_dataset_says_what_is_wrong(tmp_path: Path, text_file: Path) -
         (dataset / f"{split}.bin").write_bytes(bytes(8 * meta["tokens"][split]))
     with pytest.raises(DataError, match=r"is damaged: .*meta.json gives dtype='float64': token files are uint16 or"):
         ensure_prepared("mine_char", tmp_path)
+    # fields the loader, the run and its startup report read, of the wrong type: tracebacks in each of them
+    for field, value, said in [
+        ("vocab_size", [65], r"vocab_size=\[65\] is not a positive integer up to 2\*\*32"),
+        ("vocab_size", 10**400, "vocab_size=1000"),
+        ("tokens", {"train": "9", "val": 1}, r"tokens\['train'\]='9' is not a count of tokens"),
+        ("source", [1], r"source=\[1\] is not a JSON object"),
+        ("tokenizer", "char", r"tokenizer='char' is not a JSON object"),
+    ]:
+        (dataset / "meta.json").write_text(json.dumps({**meta, field: value}))
+        with pytest.raises(DataError, match=rf"meta.json is damaged: {said}.*; prepare the dataset again$"):
+            read_meta(dataset)
 
 
 def test_a_folder_skips_binaries_and_datasets_inside_it(tmp_path: Path, text_file: Path) -> None:
