@@ -707,7 +707,73 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
         )
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a gptlab training checkpoint (no format='{FORMAT}' record)")
+    problem = record_problem(ckpt)
+    if problem is not None:
+        raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: {problem}; the file was left untouched")
     return ckpt
+
+
+_COUNT = (int,)
+_NUMBER = (int, float)
+# What each field of a checkpoint's record is (``checkpoint_meta`` in the training loop writes them); a field
+# may be absent (older checkpoints), but one that is there has its type: a damaged or hand-edited record
+# (weights_only loads any plain data) was a traceback wherever the field was first used.
+_RECORD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "version": (_COUNT, "an integer"),
+    "parallel": ((str,), "a string"),
+    "world_size": (_COUNT, "an integer"),
+    "scaler": ((dict, type(None)), "a mapping or None"),
+    "arch": ((dict,), "a mapping"),
+    "config": ((dict,), "a mapping"),
+    "tokenizer": ((dict, type(None)), "a mapping or None"),
+    "dataset": ((str, type(None)), "a string or None"),
+    "iter_num": (_COUNT, "an integer"),
+    "tokens_seen": (_COUNT, "an integer"),
+    "best_val_loss": (_NUMBER, "a number"),
+    "rng": ((dict, type(None)), "a mapping or None"),
+    "gradient_history": ((dict,), "a mapping"),
+    "data": ((dict, type(None)), "a mapping or None"),
+    "versions": ((dict, type(None)), "a mapping or None"),
+    "model": ((dict,), "a mapping"),
+    "optimizer": ((dict,), "a mapping"),
+}
+_NESTED_TYPES: dict[tuple[str, str], tuple[tuple[type, ...], str]] = {
+    ("config", "train"): ((dict,), "a mapping"),
+    ("config", "arch"): ((dict,), "a mapping"),
+    ("rng", "torch"): ((torch.Tensor,), "a tensor"),
+    ("rng", "cuda"): ((torch.Tensor,), "a tensor"),
+    ("gradient_history", "history"): ((list,), "a list"),
+    ("optimizer", "state"): ((dict,), "a mapping"),
+    ("optimizer", "param_groups"): ((list,), "a list"),
+}
+
+
+def _described(value: Any) -> str:
+    text = repr(value) if isinstance(value, (str, int, float, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def record_problem(ckpt: Mapping[str, Any]) -> str | None:
+    """What is wrong with the types of a checkpoint record's fields (None when nothing): one line naming the
+    field, its value and what it should be."""
+    for key, (types, wanted) in _RECORD_TYPES.items():
+        if key not in ckpt:
+            continue
+        value = ckpt[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"its {key} is {_described(value)}, not {wanted}"
+        if types is _COUNT and value < (1 if key == "world_size" else 0):
+            return f"its {key} is {value!r}, not {'a positive' if key == 'world_size' else 'a non-negative'} integer"
+    for (key, inner), (types, wanted) in _NESTED_TYPES.items():
+        outer = ckpt.get(key)
+        if isinstance(outer, dict) and inner in outer and not isinstance(outer[inner], types):
+            return f"its {key}[{inner!r}] is {_described(outer[inner])}, not {wanted}"
+    if any(not isinstance(v, torch.Tensor) for v in (ckpt.get("model") or {}).values()):
+        return "its model state holds values that are not tensors"
+    history = (ckpt.get("gradient_history") or {}).get("history", [])
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in history):
+        return "its gradient_history['history'] holds values that are not numbers"
+    return None
 
 
 READ_ATTEMPTS = 3

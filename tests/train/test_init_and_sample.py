@@ -257,6 +257,49 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     assert [r["val_loss"] for r in evals if r["type"] == "eval"] == [summary["final_val_loss"]]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("config", "x", r"its config is 'x', not a mapping"),
+        ("arch", [1], r"its arch is list, not a mapping"),
+        ("tokenizer", 3.5, r"its tokenizer is 3.5, not a mapping or None"),
+        ("iter_num", None, r"its iter_num is None, not an integer"),
+        ("tokens_seen", -3, r"its tokens_seen is -3, not a non-negative integer"),
+        ("best_val_loss", "x", r"its best_val_loss is 'x', not a number"),
+        ("rng", {"torch": [1, 2]}, r"its rng\['torch'\] is list, not a tensor"),
+        ("gradient_history", {"history": ["x"]}, r"its gradient_history\['history'\] holds values that are not"),
+        ("optimizer", {"state": {}, "param_groups": "x"}, r"its optimizer\['param_groups'\] is 'x', not a list"),
+        ("scaler", "x", r"its scaler is 'x', not a mapping or None"),
+    ],
+)
+def test_a_checkpoint_field_of_the_wrong_type_is_one_line_on_resume_and_sample(
+    field: str, value: object, said: str, data_dir: Path, tmp_path: Path, run_of_4: Path
+) -> None:
+    """weights_only loads any plain data: a damaged or hand-edited record's field was a traceback where it was
+    first used (int() of the iteration, .get() of the config), on resume and in sample."""
+    import shutil
+
+    from gptlab.errors import CheckpointError
+    from gptlab.train.sample import SampleConfig, sample
+
+    run = tmp_path / "run"
+    shutil.copytree(run_of_4, run)
+    ckpt = dict(torch.load(run / "ckpt.pt", weights_only=True))
+    torch.save({**ckpt, field: value}, run / "ckpt.pt")
+    message = rf"^'{re.escape(str(run / 'ckpt.pt'))}' is a damaged gptlab checkpoint: {said}"
+    with pytest.raises(CheckpointError, match=message):
+        train(parse_run_args(tiny_args(data_dir, run, max_iters=6, init_from="resume")), stream=io.StringIO())
+    with pytest.raises(CheckpointError, match=message):
+        sample(SampleConfig(out_dir=str(run), max_new_tokens=2, num_samples=1, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def run_of_4(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run_of_4")
+    train(parse_run_args(tiny_args(data_dir, out, max_iters=4, eval_interval=4)), stream=io.StringIO())
+    return out
+
+
 def test_a_new_run_never_silently_replaces_a_previous_one(data_dir: Path, tmp_path: Path) -> None:
     from gptlab.errors import ConfigError
 
