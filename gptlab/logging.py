@@ -275,7 +275,7 @@ class TrainingLogger:
                 }
             )
 
-    def _scalars(self, step: int, sections: dict[str, dict[str, Any]]) -> None:
+    def _scalars(self, step: int, sections: dict[str, dict[str, Any]], wandb: bool = True) -> None:
         """The numbers of each section as ``section/name`` scalars, in one wandb call per step."""
         numeric = {
             f"{section}/{k}": v
@@ -283,11 +283,16 @@ class TrainingLogger:
             for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
-        if self._wandb is not None:
+        if self._wandb is not None and wandb:
             self._wandb.log(numeric, step=step)
         if self._tb is not None:
             for k, v in numeric.items():
                 self._tb.add_scalar(k, v, step)
+
+    def tensorboard_scalars(self, step: int, sections: dict[str, dict[str, Any]]) -> None:
+        """Scalars written to TensorBoard alone: points an earlier session logged that a resume's purge hid."""
+        if self.enabled:
+            self._scalars(step, sections, wandb=False)
 
     def log_startup_info(self, info: dict[str, Any], rendered: str | None = None) -> None:
         """Record the startup report (and print its rendering)."""

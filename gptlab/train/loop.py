@@ -394,6 +394,7 @@ class Trainer:
             eval_only=cfg.eval_only,
             tensorboard_purge_step=self._tensorboard_purge_step(),
         )
+        self._restore_tensorboard_eval()
         if ckpt is not None:
             self._restore_rng(ckpt)
             if "gradient_history" in ckpt:
@@ -783,15 +784,28 @@ class Trainer:
 
     def _tensorboard_purge_step(self) -> int | None:
         """Where this session's TensorBoard events replace the earlier sessions': a new run's from 0 (the run
-        it replaces, as log.jsonl is); a resume's from the resumed iteration, or one on where the
-        checkpoint's own evaluation there (a stop's) is not run again; None for an evaluation or a run
+        it replaces, as log.jsonl is); a resume's from the resumed iteration (the checkpoint's own evaluation
+        there, if not run again, is written back: _restore_tensorboard_eval); None for an evaluation or a run
         already done (nothing is logged again, and a finished run's final evaluation stays)."""
         cfg = self.cfg
         if cfg.eval_only or self.iter_num > cfg.max_iters:
             return None
         if cfg.init_from != "resume":
             return 0
-        return self.iter_num if self.iter_num % cfg.eval_interval == 0 else self.iter_num + 1
+        return self.iter_num  # a killed session's records from here on: its training step at N too
+
+    def _restore_tensorboard_eval(self) -> None:
+        """A resume purges TensorBoard from its iteration N (what a killed session logged there, its training
+        step at N included); the checkpoint's own evaluation at N, which a stop ran and this session does not
+        run again (N is not an evaluation step), is written back from log.jsonl, so each step has its points once."""
+        cfg = self.cfg
+        if not (cfg.tensorboard_log and self.master and cfg.init_from == "resume"):
+            return
+        if self._tensorboard_purge_step() != self.iter_num or self.iter_num % cfg.eval_interval == 0:  # evaluated
+            return  # again at N, or nothing purged
+        record = self._logged_eval(self.iter_num, whole=True)
+        if record is not None:
+            self.logger.tensorboard_scalars(self.iter_num, {"eval": record})
 
     # ------------------------------------------------------------------ the loop
     def _eval_and_checkpoint(self, healthy: bool) -> dict[str, float]:
@@ -862,12 +876,15 @@ class Trainer:
         self.logger.close()
         return summary if self.master else {}
 
-    def _logged_eval(self, iter_num: int) -> dict[str, float] | None:
-        """The losses of the last evaluation log.jsonl records at ``iter_num``, if any."""
+    def _logged_eval(self, iter_num: int, whole: bool = False) -> dict[str, Any] | None:
+        """The losses of the last evaluation log.jsonl records at ``iter_num``, if any (``whole``: every number
+        of that record, as its ``eval/...`` scalars were written)."""
         from gptlab.logging import read_log
 
         with contextlib.suppress(OSError, GptlabError):
             evals = [r for r in read_log(self.out_dir, "eval") if r.get("iter") == iter_num]
+            if evals and whole:
+                return {k: v for k, v in evals[-1].items() if k not in ("type", "time", "iter")}
             if evals:
                 return {"train": evals[-1]["train_loss"], "val": evals[-1]["val_loss"]}
         return None

@@ -150,13 +150,24 @@ def test_tensorboard_after_a_rollback_and_resume_has_each_step_once(data_dir: Pa
     steps = [e.step for e in events.Scalars("train/loss")]
     assert steps == sorted(set(steps)) == list(range(9))
     assert [e.step for e in events.Scalars("eval/val_loss")] == [0, 4, 8, 9]
-    # resumed at 9 (the final checkpoint, max_iters raised): 9 is not evaluated again, so its point stays
+    # a session resumed at 9 that was killed (kill -9) after logging its steps 9 and 10: hidden too
+    from torch.utils.tensorboard import SummaryWriter
+
+    killed = SummaryWriter(log_dir=str(tmp_path / "tensorboard"))
+    for step in (9, 10):
+        killed.add_scalar("train/loss", 123.0, step)
+    killed.close()
+    # resumed at 9 (the final checkpoint, max_iters raised): 9 is not evaluated again, so its point is kept
     more = {**common, "max_iters": 10, "init_from": "resume"}
     train(parse_run_args(tiny_args(data_dir, tmp_path, **more)), stream=io.StringIO())
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("eval/val_loss")] == [0, 4, 8, 9, 11]
     assert [e.step for e in events.Scalars("train/loss")] == list(range(11))
+    assert 123.0 not in [e.value for e in events.Scalars("train/loss")]
+    at_9 = [r for r in read_log(tmp_path / "log.jsonl", "eval") if r["iter"] == 9][-1]
+    assert events.Scalars("eval/val_loss")[3].value == pytest.approx(at_9["val_loss"])
+    assert events.Scalars("eval/tokens")[3].value == pytest.approx(at_9["tokens"])
     # ended at 12, an evaluation step; requeued when already done: its final evaluation is not hidden
     for _ in range(2):
         more = {**common, "max_iters": 11, "init_from": "resume"}
