@@ -377,6 +377,7 @@ class Trainer:
         if ckpt is not None:
             per_iter = _saved_tokens_per_iter(ckpt, self.telemetry.tokens_per_iter)  # for a checkpoint without it
             self.tokens_seen = int(ckpt["tokens_seen"] if "tokens_seen" in ckpt else self.iter_num * per_iter)
+        self._done = self._run_is_done()
         self.logger = TrainingLogger(
             self.out_dir,
             style=cfg.log_style,
@@ -788,7 +789,7 @@ class Trainer:
         there, if not run again, is written back: _restore_tensorboard_eval); None for an evaluation or a run
         already done (nothing is logged again, and a finished run's final evaluation stays)."""
         cfg = self.cfg
-        if cfg.eval_only or self.iter_num > cfg.max_iters:
+        if cfg.eval_only or self._done:
             return None
         if cfg.init_from != "resume":
             return 0
@@ -828,7 +829,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not cfg.eval_only and self.iter_num > cfg.max_iters:  # a resumed run that is already done
+        if not cfg.eval_only and self._done:  # a resumed run that is already done
             return self._already_done()
         if self.master:
             if not cfg.eval_only:  # an evaluation leaves the evaluated run's files as they are
@@ -854,22 +855,53 @@ class Trainer:
         with StopSignals(self._announce_stop) as stop:
             return self._train_loop(stop)
 
+    def _saved_summary(self) -> dict[str, Any] | None:
+        """out_dir's summary.json as a mapping (rank 0 reads it), None if none or unreadable."""
+        summary_path = self.out_dir / "summary.json"
+        if self.master and summary_path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                summary = json.loads(summary_path.read_text(encoding="utf-8"))
+                return summary if isinstance(summary, dict) else None
+        return None
+
+    def _completed_beyond(self, summary: dict[str, Any] | None) -> bool:
+        """The summary is of a run that completed iterations 0..max_iters and kept this checkpoint, an earlier
+        one (always_save_checkpoint=False keeps the best evaluation's)."""
+        if summary is None or summary.get("status") != "completed" or summary.get("checkpoint_iter") != self.iter_num:
+            return False
+        iterations = summary.get("iterations")
+        return isinstance(iterations, int) and iterations > self.cfg.max_iters
+
+    def _run_is_done(self) -> bool:
+        """A resume with nothing to train: the checkpoint is past max_iters, or it is the one a completed run
+        kept (its best evaluation, always_save_checkpoint=False): a requeued job trained its last iterations
+        again, rewrote its summary and logged them twice. The ranks agree (rank 0 reads the summary)."""
+        cfg = self.cfg
+        if cfg.eval_only or cfg.init_from != "resume":
+            return False
+        if self.iter_num > cfg.max_iters:
+            return True
+        (done,) = parallel.all_reduce_max([float(self._completed_beyond(self._saved_summary()))], self.dist)
+        return bool(done)
+
     def _already_done(self) -> dict[str, Any]:
         """A resume of a finished run (a requeued job): says so and changes nothing, config.json and summary.json
         included; the summary is the finished run's (written now only if the run ended before writing it)."""
         cfg = self.cfg
-        self.logger.log_event(
-            "done", f"nothing to do: iterations 0..{cfg.max_iters} are done (raise --max_iters to train on)"
+        kept = (
+            f"; its checkpoint is iteration {self.iter_num}'s, the best evaluation (always_save_checkpoint=False)"
+            if self.iter_num <= cfg.max_iters
+            else ""
         )
-        summary_path = self.out_dir / "summary.json"
-        summary = None
-        if self.master and summary_path.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        self.logger.log_event(
+            "done",
+            f"nothing to do: iterations 0..{cfg.max_iters} are done{kept} (raise --max_iters to train on from it)",
+        )
+        summary = self._saved_summary()
         # the finished run's own summary only (a job killed between its last checkpoint and its summary leaves
         # an earlier session's); every rank takes the same branch (_finish has collectives)
-        final = isinstance(summary, dict) and summary.get("status") == "completed"
-        final = final and summary.get("iterations") == self.iter_num
+        final = summary is not None and summary.get("status") == "completed"
+        final = final and (summary.get("iterations") == self.iter_num or self._completed_beyond(summary))
         (have,) = parallel.all_reduce_max([float(final)], self.dist)
         if not have:  # the final losses: the evaluation of these weights that the killed session logged
             return self._finish(self._logged_eval(self.iter_num) if self.master else None)

@@ -300,6 +300,28 @@ def run_of_4(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_a_requeued_run_that_kept_its_best_checkpoint_is_done(data_dir: Path, tmp_path: Path) -> None:
+    """always_save_checkpoint=False: a completed run whose final evaluation did not improve keeps an earlier
+    checkpoint; a requeued job trained its last iterations again from there, rewrote its summary and logged
+    them twice. It is done, as a run whose checkpoint is its last; a raised max_iters trains on from it."""
+    common = dict(eval_interval=3, warmup_iters=0, learning_rate=0.1, min_lr=0.1, always_save_checkpoint=False)
+    done = train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=6, **common)), stream=io.StringIO())
+    assert (done["checkpoint_iter"], done["iterations"]) == (6, 7)  # the final evaluation, at 7, was worse
+    kept = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "config.json", "summary.json")}
+    iters = len(_records(tmp_path))
+    summary = train(
+        parse_run_args(tiny_args(data_dir, tmp_path, max_iters=6, init_from="resume", **common)), stream=io.StringIO()
+    )
+    assert summary == done and {name: (tmp_path / name).read_bytes() for name in kept} == kept
+    new = _records(tmp_path)[iters:]
+    assert [r.get("event") for r in new] == ["resume", "done"]
+    assert "iteration 6's, the best evaluation" in new[1]["message"]
+    more = train(
+        parse_run_args(tiny_args(data_dir, tmp_path, max_iters=8, init_from="resume", **common)), stream=io.StringIO()
+    )
+    assert (more["start_iter"], more["iterations"]) == (6, 9)
+
+
 def test_a_new_run_never_silently_replaces_a_previous_one(data_dir: Path, tmp_path: Path) -> None:
     from gptlab.errors import ConfigError
 
