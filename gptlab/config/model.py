@@ -176,8 +176,11 @@ class ModelArchitectureConfig:
                 f"position_encoding={self.position_encoding!r} (rotary) needs an even head size, but n_embd / n_head = "
                 f"{self.n_embd} / {self.n_head} = {self.head_dim}"
             )
-        if self.ffn_hidden_dim <= 0:
-            raise ConfigError(f"ffn_dim_multiplier={mult} gives an FFN width of {self.ffn_hidden_dim}")
+        if not 0 < self.ffn_hidden_dim <= MAX_SIZE:  # (d_ff is bounded above: this is the multiplier's width)
+            raise ConfigError(
+                f"ffn_dim_multiplier={mult} gives an FFN width of {self.ffn_hidden_dim:.4g}: it must be a positive "
+                "integer up to 2**31 - 1"
+            )
 
     # ------------------------------------------------------------------ descriptions
     def get_architecture_name(self) -> str:

@@ -128,6 +128,7 @@ def test_round_trip_through_dict() -> None:
         ({"multiple_of": 0}, "multiple_of"),
         ({"ffn_dim_multiplier": 0.0}, "ffn_dim_multiplier"),
         ({"ffn_dim_multiplier": 1e-9}, "ffn_dim_multiplier"),
+        ({"ffn_dim_multiplier": 1e300}, r"ffn_dim_multiplier=1e\+300 gives an FFN width of 3\.072e\+303: it must be"),
         ({"position_encoding": "rope", "n_embd": 36, "n_head": 4}, "rope"),  # head size 9
     ],
 )
