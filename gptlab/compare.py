@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.config.model import ModelArchitectureConfig, check_keys_take_effect, get_typed_config, padded_vocab_size
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, first_line
 from gptlab.units import format_si
 
 GB = 1e9
@@ -92,12 +92,19 @@ def run_config_json(name: str) -> Path | None:
         return None
     path = Path(name)
     candidate = path / "config.json" if path.is_dir() else path
+    if path.is_dir() and not candidate.is_file():  # else it was read as a preset name ("not one of ...")
+        raise ConfigError(
+            f"{name!r} is a directory without a config.json, not a gptlab run directory: name a run directory, "
+            f"a config file (.py) or a preset ({', '.join(PRESETS)})"
+        )
     if candidate.name == "config.json" and candidate.is_file():
         try:
-            if "arch" in json.loads(candidate.read_text(encoding="utf-8")):
-                return candidate
-        except (OSError, ValueError):
-            return None
+            record = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise ConfigError(f"{str(candidate)!r} cannot be read as a run's config.json ({first_line(e)})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("arch"), dict):
+            raise ConfigError(f"{str(candidate)!r} is not a gptlab run's config.json: it has no arch record (a dict)")
+        return candidate
     return None
 
 

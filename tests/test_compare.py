@@ -350,3 +350,27 @@ def test_a_tilde_data_dir_is_where_training_reads_it(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert dataset_vocab_size({"dataset": "stdlib_char", "data_dir": "~/mydata"}) is not None
     assert (tmp_path / "home" / "mydata" / "stdlib_char" / "meta.json").is_file() and not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize(
+    ("config_json", "said"),
+    [
+        (None, r"^'.*run' is a directory without a config.json, not a gptlab run directory: name a run directory"),
+        ('{"arch": {"n_layer": 2}', r"^'.*config.json' cannot be read as a run's config.json \(Expecting"),
+        ("[1]", r"^'.*config.json' is not a gptlab run's config.json: it has no arch record"),
+        ('{"arch": [1, 2]}', r"^'.*config.json' is not a gptlab run's config.json: it has no arch record"),
+    ],
+)
+def test_a_folder_that_is_no_run_directory_says_so(tmp_path: Path, config_json: str | None, said: str) -> None:
+    """A damaged run directory (or a folder without a run) was read as a preset's name: "arch_preset='out/run'
+    is not one of ...", or a traceback for an arch record that is not a mapping."""
+    from gptlab.compare import resolve_architecture
+    from gptlab.errors import ConfigError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if config_json is not None:
+        (run / "config.json").write_text(config_json)
+    with pytest.raises(ConfigError, match=said):
+        resolve_architecture(str(run))
+    assert main(["flops", str(run)]) == 2
