@@ -13,7 +13,7 @@ import torch
 
 from gptlab.config.model import check_field_types
 from gptlab.config.overrides import parse_overrides
-from gptlab.errors import CheckpointError, ConfigError, DataError, did_you_mean
+from gptlab.errors import CheckpointError, ConfigError, DataError, GptlabError, did_you_mean, first_line
 from gptlab.plugins import import_plugins
 
 
@@ -256,6 +256,7 @@ def sample(cfg: SampleConfig, on_sample: Callable[[str], None] | None = None) ->
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"start={cfg.start!r}: cannot read the prompt file ({type(e).__name__}: {e})") from None
     model, tokenizer = load_model_for_sampling(cfg, device)
+    _check_finite_weights(model, cfg.out_dir if cfg.init_from == "resume" else cfg.init_from)
     if cfg.compile:  # in place, so that generate()'s own calls of the model run compiled (not only model(...))
         model.compile(dynamic=True)
     low = dtype != "float32"
@@ -265,8 +266,8 @@ def sample(cfg: SampleConfig, on_sample: Callable[[str], None] | None = None) ->
         torch.manual_seed(cfg.seed)
         texts = []
         for _ in range(cfg.num_samples):
-            texts.append(
-                generate_text(
+            try:
+                text = generate_text(
                     model,
                     tokenizer,
                     prompt,
@@ -277,10 +278,28 @@ def sample(cfg: SampleConfig, on_sample: Callable[[str], None] | None = None) ->
                     seed=None,
                     eager=not cfg.compile,
                 )
-            )
+            except RuntimeError as e:  # torch.multinomial's check: finite weights whose logits overflowed
+                if "probability tensor contains" not in str(e):
+                    raise
+                raise GptlabError(
+                    f"the model's next-token probabilities are not finite ({first_line(e)}) under dtype={dtype}"
+                    + (": its logits overflow it; try --dtype=float32" if low else "")
+                ) from None
+            texts.append(text)
             if on_sample is not None:
                 on_sample(texts[-1])
         return texts
+
+
+def _check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """Weights that hold NaN or inf (a diverged run's, a damaged file's) give no probabilities to sample from:
+    one line naming the first such tensor, not torch.multinomial's RuntimeError from inside generation."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"the weights of {source!r} are not finite ({name} holds NaN or inf): nothing can be sampled from "
+                "them; sample an earlier checkpoint (keep_checkpoints keeps ckpt-ITER.pt files)"
+            )
 
 
 def _forked_rng(device: torch.device) -> Any:

@@ -293,6 +293,32 @@ def test_a_checkpoint_field_of_the_wrong_type_is_one_line_on_resume_and_sample(
         sample(SampleConfig(out_dir=str(run), max_new_tokens=2, num_samples=1, device="cpu"))
 
 
+def test_sampling_non_finite_weights_is_one_line(tmp_path: Path, run_of_4: Path, monkeypatch) -> None:
+    """A diverged run's NaN weights (or a half-precision overflow of finite ones) reached torch.multinomial:
+    "probability tensor contains either inf, nan or element < 0", a traceback from inside generation."""
+    import shutil
+
+    from gptlab.errors import CheckpointError, GptlabError
+    from gptlab.train.sample import SampleConfig, sample
+
+    run = tmp_path / "run"
+    shutil.copytree(run_of_4, run)
+    ckpt = dict(torch.load(run / "ckpt.pt", weights_only=True))
+    model = dict(ckpt["model"])
+    model["blocks.1.ffn.w_out.weight"] = torch.full_like(model["blocks.1.ffn.w_out.weight"], float("nan"))
+    torch.save({**ckpt, "model": model}, run / "ckpt.pt")
+    settings = dict(out_dir=str(run), max_new_tokens=2, num_samples=1, device="cpu")
+    with pytest.raises(CheckpointError, match=r"are not finite \(blocks\.1\.ffn\.w_out\.weight holds NaN or inf\)"):
+        sample(SampleConfig(**settings))
+
+    def overflowed(*args, **kwargs):
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+
+    monkeypatch.setattr(torch, "multinomial", overflowed)
+    with pytest.raises(GptlabError, match=r"probabilities are not finite .* under dtype=bfloat16: its logits overflow"):
+        sample(SampleConfig(**{**settings, "out_dir": str(run_of_4), "dtype": "bfloat16"}))
+
+
 @pytest.fixture(scope="module")
 def run_of_4(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run_of_4")
