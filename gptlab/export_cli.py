@@ -14,15 +14,17 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
     """Write ``out/ckpt.pt`` (model, optimizer, arch, config, iteration, RNG: resumable and
     loadable by ``from_pretrained``) and, with ``hf``, the Hugging Face files beside it."""
     from gptlab.checkpoint import CHECKPOINT_NAME, atomic_save, clean_state_dict, load_checkpoint
+    from gptlab.errors import ConfigError
+    from gptlab.fileio import check_directory
 
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export destination {str(out)!r} exists and is not a directory")
+    check_directory("export destination", out)  # a folder inside a file, or a symbolic link to nothing: before
+    # a large checkpoint is read
     ckpt = load_checkpoint(src)
     ckpt.pop("path", None)
     _check_hf_folder_matches(Path(src).expanduser(), ckpt)
-    out = Path(out)
-    from gptlab.errors import ConfigError
-
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"export destination {str(out)!r} exists and is not a directory")
     run_files = [n for n in ("log.jsonl", "ckpt.dcp") if (out / n).exists() or (out / n).is_symlink()]
     if run_files:  # its config.json, logs and checkpoints describe another model (or the source) than the export
         raise ConfigError(

@@ -145,11 +145,16 @@ def refuse_if_in_use(out_dir: str | Path) -> None:
 def check_directory(key: str, path: str | Path) -> None:
     """A folder the user named, that gptlab will create or write into: one ConfigError naming the key when
     it is a file, or when a folder it would be created in is (where mkdir's errno line names neither)."""
-    from gptlab.errors import ConfigError
+    from gptlab.errors import ConfigError, dangling_link
 
     path = Path(path)  # as the callers use it ('~' expanded where the setting was read)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key}={str(path)!r} is a file: expected a directory (or a path to create one)")
+    for folder in (path, *path.parents):  # mkdir's "File exists" named neither the link nor where it points
+        if (dangling := dangling_link(folder)) is not None:
+            raise ConfigError(f"{key}={str(path)!r} cannot be created: {dangling}")
+        if folder.exists():
+            break
     for parent in path.parents:  # the nearest that exists decides
         if parent.exists():
             if not parent.is_dir():

@@ -92,6 +92,18 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.endswith(f"{key}={str(inside)!r} cannot be created: {str(tmp_path / 'file')!r} is a file"), err
+    # a folder named by a symbolic link to nothing (a moved scratch disk): mkdir's "File exists" said neither
+    link = tmp_path / "scratch"
+    link.symlink_to(tmp_path / "gone" / "scratch")
+    missing = f"{str(link)!r} is a symbolic link to {str(tmp_path / 'gone' / 'scratch')!r}, which is missing"
+    for argv, key in (
+        (["prepare", "notes", f"--input={run / 'log.jsonl'}", f"--data_dir={link}"], f"data_dir={str(link)!r}"),
+        (["train", f"--out_dir={link / 'run'}", "--max_iters=1"], f"out_dir={str(link / 'run')!r}"),
+        (["export", str(run), str(link)], f"export destination={str(link)!r}"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{key} cannot be created: {missing}: create it, or remove the link"), err
     # other tools' names, in keys and values, get ours suggested
     for argv, hint in (
         (["compare", "gpt2", "--lr=1e-3"], "(did you mean 'learning_rate'?) (training keys need --train)"),
