@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,7 +391,10 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"config file {str(path)!r} failed: {type(e).__name__}: {e}") from None
+        # where in the user's file (a SyntaxError names its line itself): the deepest frame in that file
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
+        where = f", line {lines[-1]}" if lines and not isinstance(e, SyntaxError) else ""
+        raise ConfigError(f"config file {str(path)!r}{where} failed: {type(e).__name__}: {e}") from None
     values = {k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)}
     values = {k: v for k, v in values.items() if not hasattr(v, "__spec__")}  # imported modules
     values = {k: v for k, v in values.items() if not isinstance(v, Registry)}  # imported to register a component

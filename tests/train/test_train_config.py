@@ -207,6 +207,10 @@ def test_config_file_errors(tmp_path: Path) -> None:
     broken.write_text("n_layer = (\n")
     with pytest.raises(ConfigError, match=r"broken\.py' failed: SyntaxError"):
         load_config_file(broken)
+    # an error as it runs names its line in the file, the deepest (a helper function's), as a traceback would
+    broken.write_text("def _steps():\n    return 1 / 0\n\nbatch_size = 4\nmax_iters = _steps()\n")
+    with pytest.raises(ConfigError, match=r"broken\.py', line 2 failed: ZeroDivisionError: division by zero$"):
+        load_config_file(broken)
     with pytest.raises(ConfigError, match="must come before"):
         parse_run_args(["--n_layer=2", str(bad_key)])
     with pytest.raises(ConfigError, match=r"bad' does not exist \(did you mean '.*bad\.py'\?\)"):
