@@ -110,17 +110,23 @@ VALUE_ALIASES: dict[str, str] = {
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
+    near = closest(value, choices)
+    return f" (did you mean {near!r}?)" if near is not None else ""
+
+
+def closest(value: object, choices: Iterable[str]) -> str | None:
+    """The choice ``value`` most likely means (another tool's name for it, its case, a near spelling); None."""
     if not isinstance(value, str):
-        return ""
+        return None
     choices = list(choices)
     alias = KEY_ALIASES.get(value) or VALUE_ALIASES.get(value.lower())
     if alias in choices:
-        return f" (did you mean {alias!r}?)"
+        return alias
     folded = {c.lower(): c for c in choices}  # RMSNorm, SDPA: the case alone is wrong
     if value.lower() in folded:
-        return f" (did you mean {folded[value.lower()]!r}?)"
+        return folded[value.lower()]
     close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return close[0] if close else None
 
 
 def unknown_choice(key: str, value: object, choices: Iterable[str]) -> ConfigError:
@@ -137,6 +143,18 @@ def path_argument(text: str) -> str:
 
         raise argparse.ArgumentTypeError("expected a non-empty path")
     return os.path.expanduser(text)  # `--out=~/x`: no shell expands '~' after '='; training's keys are read alike
+
+
+def bool_argument(text: str) -> bool:
+    """An argparse ``type`` for an option that is a setting too: ``--activation_checkpointing=True`` as training
+    spells it (with ``nargs='?', const=True`` the bare flag still works)."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    import argparse
+
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
 def refuse_extra(command: str, extra: list[str], options: Iterable[str]) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gptlab.errors import ConfigError, path_argument, refuse_extra
+from gptlab.errors import ConfigError, bool_argument, path_argument, refuse_extra
 from gptlab.fileio import check_directory
 from gptlab.plugins import add_plugins_option
 
@@ -17,18 +17,17 @@ from gptlab.plugins import add_plugins_option
 def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.compare import TABLE_DEFAULTS, compare
     from gptlab.config.overrides import parse_overrides
-    from gptlab.config.train import BOOL_KEYS, TEXT_KEYS
+    from gptlab.config.train import ALL_KEYS, BOOL_KEYS, TEXT_KEYS
     from gptlab.errors import unknown_choice
     from gptlab.telemetry.cli import AUTOCAST_DTYPES
 
-    overrides = parse_overrides(extra, TEXT_KEYS, BOOL_KEYS)
+    overrides = parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, ALL_KEYS)
     if not args.architectures:  # the design document's bare `python compare_architectures.py`: the presets
         from gptlab.config.model import PRESETS
 
         args.architectures = list(PRESETS)
-    table = dict(
-        gpu=args.gpu, mfu=args.mfu, world_size=args.world_size, activation_checkpointing=args.activation_checkpointing
-    )
+    checkpointing = bool(args.activation_checkpointing)
+    table = dict(gpu=args.gpu, mfu=args.mfu, world_size=args.world_size, activation_checkpointing=checkpointing)
     table["batch_size"] = TABLE_DEFAULTS["batch_size"] if args.batch_size is None else args.batch_size
     table["dtype"] = args.dtype or TABLE_DEFAULTS["dtype"]
     if table["dtype"] not in AUTOCAST_DTYPES:  # the training's names (bfloat16), as train and plan take them
@@ -38,8 +37,10 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     if args.train:
         from gptlab.compare_train import train_and_compare
 
-        # --batch_size and --dtype, when given, set the training's too (the table plans for a GPU)
-        overrides.update({k: getattr(args, k) for k in ("batch_size", "dtype") if getattr(args, k) is not None})
+        # --batch_size, --dtype and --activation_checkpointing, when given, set the training's too (the table
+        # plans for a GPU)
+        given = ("batch_size", "dtype", "activation_checkpointing")
+        overrides.update({k: getattr(args, k) for k in given if getattr(args, k) is not None})
         if args.plugins:  # imported already; the runs record them, so that sample and resume can name them
             overrides["plugins"] = args.plugins
         if args.out_dir:
@@ -118,7 +119,13 @@ def register(sub: Any) -> None:
         help="micro-batch per GPU for the memory plan (default 12); with --train also the training's",
     )
     c.add_argument("--dtype", help="autocast dtype for the plan (default bfloat16); with --train also the training's")
-    c.add_argument("--activation_checkpointing", action="store_true", help="plan with per-block checkpointing")
+    c.add_argument(
+        "--activation_checkpointing",
+        type=bool_argument,
+        nargs="?",
+        const=True,
+        help="plan with per-block checkpointing; with --train also the training's",
+    )
     c.add_argument("--format", choices=("text", "markdown", "json", "csv"), default="text")
     c.add_argument("--train", action="store_true", help="also train each for the same tokens (CPU default: ~10 s each)")
     c.add_argument(

@@ -44,8 +44,11 @@ from gptlab.cli import main
         (["plan", "--n_kv_head", "4"], r"cannot parse '--n_kv_head 4': write --n_kv_head=4$"),  # not preset '4'
         (["arch", "--bias"], r"\(write --bias=True\)$"),
         (["arch", "--bias", "llama"], r"'--bias llama': --bias takes True or False: write --bias=True, and 'llama' as"),
-        (["sample", "--fsdp"], r"\(write --fsdp=VALUE\)$"),  # not --use_fsdp=True, which sample does not take
-        (["flops", "--cpu"], r"\(write --cpu=VALUE\)$"),
+        (["sample", "--fsdp"], r"\(--fsdp is no option of this command\)$"),  # not --use_fsdp=True: not sample's
+        (["flops", "--cpu"], r"\(--cpu is no option of this command\)$"),
+        (["train", "--max_iter"], r"\(write --max_iters=VALUE\)$"),  # not --max_iter=VALUE, refused next
+        (["arch", "--version"], r"\(--version is no option of this command\)$"),
+        (["compare", "gpt2", "--n_layr"], r"\(write --n_layer=VALUE\)$"),
         (["doctor", "--dep", "x"], r"'gptlab doctor' does not take --dep x \(did you mean 'deep'\?\)"),  # no keys
         (["sample", "--compile"], r"\(write --compile=True\)$"),
         (["sample", "--device=cuda:x"], "device='cuda:x' is invalid"),
@@ -111,7 +114,7 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["train", "--dtype=bf16"], "(did you mean 'bfloat16'?)"),
         (["train", "--training.steps=10"], "did you mean --max_iters=10?"),
         (["train", "--max-iters"], "(write --max_iters=VALUE)"),
-        (["train", "--prompt"], "(write --prompt=VALUE)"),  # a sample key's alias is no train key
+        (["train", "--prompt"], "(write --sample_prompt=VALUE)"),  # the train key nearest sample's alias
         (["sample", "--prompt=hi"], "unknown sample key 'prompt' (did you mean 'start'?)"),
     ):
         assert main(argv) == 2, argv

@@ -374,3 +374,15 @@ def test_a_folder_that_is_no_run_directory_says_so(tmp_path: Path, config_json: 
     with pytest.raises(ConfigError, match=said):
         resolve_architecture(str(run))
     assert main(["flops", str(run)]) == 2
+
+
+def test_compare_train_passes_activation_checkpointing_on(tmp_path: Path) -> None:
+    """compare's own --activation_checkpointing (the table's plan) was a store_true flag: the training key
+    spelled --activation_checkpointing=True was refused, and the bare flag trained without it."""
+    prepare_dataset("stdlib_char", data_dir=tmp_path / "data")
+    small = ["--n_layer=1", "--n_embd=16", "--block_size=16", "--batch_size=2", "--max_iters=1"]
+    for flag in ("--activation_checkpointing=True", "--activation_checkpointing"):
+        out = tmp_path / flag.replace("=", "_").strip("-")
+        argv = ["compare", "gpt2", "--train", f"--out_dir={out}", f"--data_dir={tmp_path / 'data'}", *small, flag]
+        assert main(argv) == 0
+        assert json.loads((out / "gpt2" / "config.json").read_text())["train"]["activation_checkpointing"] is True

@@ -7,7 +7,7 @@ import ast
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gptlab.errors import KEY_ALIASES, ConfigError
+from gptlab.errors import KEY_ALIASES, ConfigError, closest
 
 
 def _key_name(typed: str) -> str:
@@ -40,15 +40,21 @@ def _takes(key: str, keys: Iterable[str] | None) -> bool:
 def flag_hint(flag: str, bool_keys: Iterable[str] = (), keys: Iterable[str] | None = None) -> str:
     """What to write for a ``--flag`` typed without a value: ``--eval_only=True`` for a setting that is a
     bool, ``--compile=False`` for argparse's ``--no-compile``, ``--dtype=bfloat16`` for ``--bf16``; only
-    settings the command takes (``keys``; None: any) are suggested."""
+    settings the command takes (``keys``; None: any) are suggested: a misspelt one's nearest key
+    (``--max_iter``: ``--max_iters=VALUE``, not the name that the next try refuses)."""
     key, bool_keys = _key_name(flag), frozenset(bool_keys)
     if key in bool_keys and _takes(key, keys):
-        return f"--{key}=True"
+        return f"write --{key}=True"
     if key.startswith("no_") and key[3:] in bool_keys and _takes(key[3:], keys):
-        return f"--{key[3:]}=False"
+        return f"write --{key[3:]}=False"
     if key in FLAG_SPELLINGS and _takes(FLAG_SPELLINGS[key][0], keys):
-        return "--{}={}".format(*FLAG_SPELLINGS[key])
-    return f"--{key}=VALUE"
+        return "write --{}={}".format(*FLAG_SPELLINGS[key])
+    if keys is not None and key not in keys:
+        near = closest(key, keys)
+        if near is None:
+            return f"--{key} is no option of this command"
+        return flag_hint(near, bool_keys, keys)
+    return f"write --{key}=VALUE"
 
 
 def pair_hint(flag: str, value: str, bool_keys: Iterable[str] = ()) -> str:
@@ -90,7 +96,7 @@ def parse_overrides(
             if not following.startswith("--"):  # argparse's spelling, '--n_kv_head 4'
                 raise ConfigError(f"cannot parse '{arg} {following}': {pair_hint(arg[2:], following, bool_keys)}")
         if not arg.startswith("--") or "=" not in arg:
-            hint = f" (write {flag_hint(arg[2:], bool_keys, keys)})" if arg.startswith("--") and len(arg) > 2 else ""
+            hint = f" ({flag_hint(arg[2:], bool_keys, keys)})" if arg.startswith("--") and len(arg) > 2 else ""
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
         key, text = arg[2:].split("=", 1)
         if not key.isidentifier():

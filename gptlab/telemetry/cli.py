@@ -14,19 +14,11 @@ from typing import Any
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
 from gptlab.config.overrides import parse_overrides
 from gptlab.config.train import ALL_KEYS, BOOL_KEYS, TEXT_KEYS, load_config_file, names_a_file
-from gptlab.errors import ConfigError, GptlabError, did_you_mean, unknown_choice
+from gptlab.errors import ConfigError, GptlabError, bool_argument, did_you_mean, unknown_choice
 from gptlab.plugins import add_plugins_option
 from gptlab.units import format_si
 
 GB = 1e9
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
 AUTOCAST_DTYPES = ("bfloat16", "float16", "float32")
@@ -138,7 +130,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--activation_checkpointing",
-        type=_bool,
+        type=bool_argument,
         nargs="?",
         const=True,
         help="per-block activation checkpointing (adds recomputation to HFU, cuts activations; default: "
