@@ -16,6 +16,33 @@ from gptlab.parallel import PT_DTYPES
 from gptlab.train.loop import Trainer
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low`` (a bad one is argparse's one line, exit 2, not a
+    StatisticsError over zero timed steps)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return parse
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse ``type`` for ``64,256,1024``: non-negative integers, comma-separated."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers (64,256,1024)") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} holds a negative value")
+    return values
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Model size, data, device and precision flags (a small llama-style CPU run by default)."""
     p.add_argument("--preset", default="llama")

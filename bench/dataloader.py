@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from common import at_least  # bench/common.py (scripts run from bench/ or by path)
+
 from gptlab.data.datasets import ensure_prepared
 from gptlab.data.loader import BatchLoader
 
@@ -24,7 +26,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="stdlib_char")
     p.add_argument("--data_dir", default="data")
-    p.add_argument("--batch_size", type=int, default=12)
+    p.add_argument("--batch_size", type=at_least(1), default=12)
     p.add_argument("--block_size", type=_block_sizes, default="64,256,1024")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=2.0)

@@ -18,7 +18,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from common import at_least, int_list  # bench/common.py (scripts run from bench/ or by path)
 
+from gptlab.device import resolve_device
 from gptlab.model.loss import linear_cross_entropy
 from gptlab.telemetry.memory import live_bytes_timeline
 
@@ -77,15 +79,18 @@ def measure_one(a: argparse.Namespace, chunk: int) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokens", type=int, default=1024, help="tokens in the micro-batch (B x T)")
-    p.add_argument("--n_embd", type=int, default=768)
-    p.add_argument("--vocab", type=int, default=50304)
+    p.add_argument("--tokens", type=at_least(1), default=1024, help="tokens in the micro-batch (B x T)")
+    p.add_argument("--n_embd", type=at_least(1), default=768)
+    p.add_argument("--vocab", type=at_least(1), default=50304)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    p.add_argument("--chunks", default="0,128,256,512", help="comma-separated chunk sizes; 0 is the plain head")
-    p.add_argument("--iters", type=int, default=3)
+    p.add_argument(
+        "--chunks", type=int_list, default="0,128,256,512", help="comma-separated chunk sizes; 0 is the plain head"
+    )
+    p.add_argument("--iters", type=at_least(1), default=3)
     a = p.parse_args()
-    chunks = [int(c) for c in a.chunks.split(",")]
+    resolve_device(a.device)  # one line for a device that is not here (or misspelt), not torch's RuntimeError
+    chunks = a.chunks
     flops = 6 * a.tokens * a.n_embd * a.vocab
     print(f"LM head + cross-entropy: {a.tokens} tokens x {a.n_embd} -> {a.vocab}, {a.dtype} on {a.device}, "
           f"{flops / 1e9:.1f} GFLOP per forward+backward")  # fmt: skip

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import add_run_args, build_trainer, make_steps  # bench/common.py (scripts run from bench/ or by path)
+from common import add_run_args, at_least, build_trainer, make_steps  # bench/common.py: run from bench/ or by path
 
 
 def run_flags(a: argparse.Namespace) -> list[str]:
@@ -69,9 +69,11 @@ def count_instructions(a: argparse.Namespace, loop: str, steps: int, work: Path)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p)
-    p.add_argument("--warmup", type=int, default=3, help="steps run in both processes of a loop (subtracted out)")
-    p.add_argument("--steps", type=int, default=10, help="steps counted per loop")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes at a time (one core each)")
+    p.add_argument(
+        "--warmup", type=at_least(0), default=3, help="steps run in both processes of a loop (subtracted out)"
+    )
+    p.add_argument("--steps", type=at_least(1), default=10, help="steps counted per loop")
+    p.add_argument("--jobs", type=at_least(1), default=2, help="worker processes at a time (one core each)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--loop", choices=("plain", "gptlab"), help=argparse.SUPPRESS)
     p.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)

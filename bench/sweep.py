@@ -28,7 +28,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
-            raise SystemExit(f"error: --grid {item!r}: expected KEY=V1,V2,...")
+            raise ValueError(f"--grid {item!r}: expected KEY=V1,V2,...")
         grid[key] = values.split(",")
     return grid
 
@@ -36,7 +36,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 def flags(key: str, value: str) -> list[str]:
     if key in SWITCHES:
         if value not in ("on", "off"):
-            raise SystemExit(f"error: --grid {key}={value!r}: expected on or off")
+            raise ValueError(f"--grid {key}={value!r}: expected on or off")
         return [f"--{key}"] if value == "on" else []
     return [f"--{key}", value]
 
@@ -45,9 +45,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
     a, rest = p.parse_known_args()
-    grid = parse_grid(a.grid)
+    try:  # argparse's one line and exit 2, as for its own errors
+        grid = parse_grid(a.grid)
+        for key, values in grid.items():
+            for value in values:
+                flags(key, value)
+    except ValueError as e:
+        p.error(str(e))
     if not grid:
-        raise SystemExit("error: give at least one --grid KEY=V1,V2,...")
+        p.error("give at least one --grid KEY=V1,V2,...")
     header = [*grid, "params (M)", "ms/step", "tokens/s", "MFU", "peak GB", "vs plain"]
     rows: list[list[str]] = []
     failures: list[str] = []

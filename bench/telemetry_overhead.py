@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from common import add_run_args, build_trainer  # bench/common.py (scripts run from bench/ or by path)
+from common import add_run_args, at_least, build_trainer  # bench/common.py (scripts run from bench/ or by path)
 
 from gptlab.config.train import TrainConfig
 
@@ -24,8 +24,8 @@ NEVER = 10**9  # a gradient_log_interval that never fires within the benchmark
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p)
-    p.add_argument("--iters", type=int, default=30, help="steps per variant per round")
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--iters", type=at_least(1), default=30, help="steps per variant per round")
+    p.add_argument("--rounds", type=at_least(1), default=4)
     a = p.parse_args()
     default_interval = TrainConfig.__dataclass_fields__["gradient_log_interval"].default
     trainer = build_trainer(a)

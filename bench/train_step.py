@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import add_run_args, build_trainer, make_steps  # bench/common.py (scripts run from bench/ or by path)
+from common import add_run_args, at_least, build_trainer, make_steps  # bench/common.py: run from bench/ or by path
 
 from gptlab import parallel
 
@@ -71,10 +71,10 @@ def profile_steps(step: Any, device: torch.device, steps: int, out_dir: Path, ro
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=6, help="alternate the two loops this many times")
-    p.add_argument("--profile", type=int, default=0, help="then profile this many gptlab steps (0: no profile)")
+    p.add_argument("--warmup", type=at_least(0), default=3)
+    p.add_argument("--iters", type=at_least(1), default=10)
+    p.add_argument("--rounds", type=at_least(1), default=6, help="alternate the two loops this many times")
+    p.add_argument("--profile", type=at_least(0), default=0, help="then profile this many gptlab steps (0: no profile)")
     p.add_argument("--json", help="also write the results to this JSON file (bench/sweep.py reads it)")
     a = p.parse_args()
     trainer = build_trainer(a)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.train.conftest import data_dir  # noqa: F401 (a fixture, used by name)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +119,23 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
         finally:
             sys.path.remove(str(ROOT / "bench"))
         assert 0 < cachegrind_count(["true"], tmp_path / "cg.out") < 10_000_000
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train_step.py", "--iters", "0"],  # StatisticsError over no timed steps
+        ["telemetry_overhead.py", "--rounds", "0"],
+        ["lm_head.py", "--chunks", "abc"],  # ValueError
+        ["lm_head.py", "--device", "gpu"],  # torch's RuntimeError
+        ["step_instructions.py", "--jobs", "0"],
+        ["sweep.py", "--grid", "compile=maybe"],  # exit 1
+        ["dataloader.py", "--batch_size", "0"],  # its table's header printed first
+    ],
+)
+def test_bench_argument_mistakes_exit_2_without_a_traceback(argv: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / argv[0]), *argv[1:]], capture_output=True, text=True,
+                         env=env, cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "error: " in res.stderr, res.stderr
+    assert res.stdout == ""
