@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print the report (``--json`` for machine-readable output, ``--deep`` to really compile)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="gptlab doctor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gptlab doctor", description=(__doc__ or "").replace("``", ""))
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

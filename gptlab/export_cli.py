@@ -96,7 +96,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="any checkpoint (single file, ZeRO-1, FSDP DCP dir, run dir) -> one ckpt.pt (and HF with --hf)",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),  # the help shows text, not reST markup
     )
     from gptlab.errors import path_argument
 

@@ -313,3 +313,11 @@ def test_an_error_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stderr", Recorder())
     print_error_line("[rank 1] error: gradient_accumulation_steps=1 must be divisible")
     assert writes == ["[rank 1] error: gradient_accumulation_steps=1 must be divisible\n", "<flush>"]
+
+
+@pytest.mark.parametrize("command", ["prepare", "export"])
+def test_help_shows_text_not_rest_markup(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and f"gptlab {command} " in out and "``" not in out

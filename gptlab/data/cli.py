@@ -56,7 +56,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "prepare",
         help="tokenize a dataset into DATA_DIR/DATASET/{train,val}.bin and meta.json",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),  # the help shows text, not reST markup
         epilog=_datasets_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
