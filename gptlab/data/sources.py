@@ -240,11 +240,11 @@ def shakespeare_corpus(dataset_dir: Path, input_path: Path | None) -> Corpus:
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def _import_datasets() -> Any:
+def _import_datasets(what: str = "this dataset streams from Hugging Face") -> Any:
     try:
         import datasets
     except ImportError:
-        raise DataError("this dataset streams from Hugging Face: pip install 'gptlab[data]' (datasets, tqdm)") from None
+        raise DataError(f"{what}: pip install 'gptlab[data]' (datasets, tqdm)") from None
     return datasets
 
 
@@ -264,7 +264,9 @@ def is_saved_dataset(input_path: Path) -> bool:
 def _saved_dataset_records(input_path: Path) -> Iterator[Any]:
     """The records of a ``save_to_disk`` folder, in order: a Dataset, or a DatasetDict's ``train`` split
     (or its only one)."""
-    datasets = _import_datasets()
+    datasets = _import_datasets(
+        f"{str(input_path)!r} is a folder that datasets' save_to_disk wrote: reading it needs datasets"
+    )
     try:
         data = datasets.load_from_disk(str(input_path))
     except Exception as e:

@@ -260,7 +260,7 @@ class DatasetWriter:
 
     def commit(self, meta: dict[str, Any], before_renames: Callable[[], None] | None = None) -> None:
         """Make the dataset final: token files first, meta.json (the 'ready' mark) last. ``before_renames``
-        writes what goes beside them (nanoGPT's meta.pkl) once nothing else can fail first."""
+        writes what goes beside them (nanoGPT's meta.pkl) once the old dataset is no longer marked ready."""
         # file names the file system holds in bytes that are not UTF-8 are kept escaped; anything else that
         # UTF-8 cannot hold (a lone surrogate in a char vocabulary) fails below, with the old dataset untouched
         named = {**meta, "source": _printable(meta["source"])} if "source" in meta else meta
@@ -270,14 +270,14 @@ class DatasetWriter:
             f.flush()
             os.fsync(f.fileno())
         self._close()
-        if before_renames is not None:
-            before_renames()
         meta_path = self.dir / META_FILE
         meta_path.unlink(missing_ok=True)  # a crash between the renames leaves 'not ready', not a mismatch
         if _lock_says(self.dir) != WROTE_MARK:  # from here the bins are gptlab's: damaged, never nanoGPT's, if cut
             with open(self.dir / LOCK_FILE, "a", encoding="utf-8") as lock:  # short (the same file: others flock it)
                 lock.truncate(0)
                 lock.write(WROTE_MARK)
+        if before_renames is not None:  # after meta.json is gone: a kill here left the old dataset 'ready' beside
+            before_renames()  # the new meta.pkl (nanoGPT would read the old bins with the new vocabulary)
         for split in SPLITS:
             os.replace(self._tmp[split], split_path(self.dir, split))
         atomic_write(meta_path, text)

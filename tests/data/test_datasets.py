@@ -99,6 +99,32 @@ def test_shakespeare_from_local_input_splits_like_nanogpt(tmp_path: Path, text_f
     assert decoded(out) == text + "<|endoftext|>"
 
 
+def test_a_prepare_killed_after_writing_meta_pkl_leaves_no_ready_mismatch(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-prepare with another vocabulary killed just after its new meta.pkl was written: the old meta.json
+    and bins were still there and 'ready', beside a meta.pkl of the new vocabulary (nanoGPT then reads the old
+    ids with it). meta.json goes first: the dataset is not ready until the new one is complete."""
+    import pickle
+
+    from gptlab.data import datasets
+
+    out = prepare_dataset("shakespeare_char", tmp_path, input_path=text_file)
+    smaller = tmp_path / "smaller.txt"
+    smaller.write_text("abcab\n" * 50)
+    write_meta_pkl = datasets._write_nanogpt_meta
+
+    def killed_after(dataset_dir: Path, tok: Any) -> None:
+        write_meta_pkl(dataset_dir, tok)
+        raise KeyboardInterrupt  # a kill -9 here runs no cleanup at all; the files are what it leaves
+
+    monkeypatch.setattr(datasets, "_write_nanogpt_meta", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("shakespeare_char", tmp_path, input_path=smaller)
+    assert pickle.loads((out / "meta.pkl").read_bytes())["vocab_size"] == 4  # the new one, written
+    assert not is_ready(out)
+
+
 def test_shakespeare_offline_is_one_line_error_naming_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
@@ -636,6 +662,17 @@ def test_a_save_to_disk_folder_is_read_as_its_records(tmp_path: Path, layout: st
     datasets.Dataset.from_list([{"text": None}]).save_to_disk(str(tmp_path / "null"))
     with pytest.raises(DataError, match=r"record 0 of .*: field 'text' is null, not a string"):
         prepare_dataset("mine", tmp_path / "n", input_path=tmp_path / "null", num_proc=1)
+
+
+def test_a_save_to_disk_folder_without_datasets_says_what_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Local files, not a stream: the message said "this dataset streams from Hugging Face"."""
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "state.json").write_text("{}")
+    (saved / "data-00000-of-00001.arrow").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    with pytest.raises(DataError, match=r"saved' is a folder that datasets' save_to_disk wrote: reading it needs "):
+        prepare_dataset("mine", tmp_path / "data", input_path=saved, num_proc=1)
 
 
 def test_a_failed_prepare_leaves_a_nanogpt_dataset_usable(tmp_path: Path) -> None:
