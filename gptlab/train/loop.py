@@ -1159,14 +1159,15 @@ class Trainer:
         if self.cfg.sample_at_end and (self.master or self.mode == "fsdp"):  # FSDP: every rank joins each forward
             from gptlab.train.sample import generate_text
 
-            text = generate_text(
-                self.raw_model,
-                self.meta.get("tokenizer"),
-                self.cfg.sample_prompt,
-                self.cfg.sample_tokens,
-                device=self.device,
-                seed=self.cfg.seed,
-            )
+            with self.autocast:  # the precision the run trained and evaluated in (float32 was slower, on a GPU)
+                text = generate_text(
+                    self.raw_model,
+                    self.meta.get("tokenizer"),
+                    self.cfg.sample_prompt,
+                    self.cfg.sample_tokens,
+                    device=self.device,
+                    seed=self.cfg.seed,
+                )
         extra = self._summary_fields(last_losses, "completed")
         if text is not None and self.master:
             extra["sample"] = text

@@ -207,9 +207,20 @@ def test_gradient_spike_is_an_event(data_dir: Path, tmp_path: Path) -> None:
     assert len(spikes) == 1 and spikes[0]["iter"] == 6 and spikes[0]["ratio"] == 12.0
 
 
-def test_bf16_autocast_on_cpu_trains(data_dir: Path, tmp_path: Path) -> None:
-    summary = train(parse_run_args(tiny_args(data_dir, tmp_path, dtype="bfloat16", max_iters=16)), stream=io.StringIO())
+def test_bf16_autocast_on_cpu_trains(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptlab.train import sample as sampling
+
+    generate, autocast = sampling.generate_text, []
+
+    def recorded(*args, **kwargs):  # sample_at_end in the run's precision, as its evaluations (it was float32)
+        autocast.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "generate_text", recorded)
+    args = tiny_args(data_dir, tmp_path, dtype="bfloat16", max_iters=16, sample_at_end=True, sample_tokens=4)
+    summary = train(parse_run_args(args), stream=io.StringIO())
     assert summary["final_val_loss"] < 4.5 and torch.isfinite(torch.tensor(summary["final_val_loss"]))
+    assert autocast == [True] and len(summary["sample"]) > 0
 
 
 def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_dir: Path, tmp_path: Path) -> None:
