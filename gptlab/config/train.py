@@ -570,8 +570,11 @@ def split_args(args: list[str], bool_keys: Iterable[str] = BOOL_KEYS) -> tuple[l
 
 
 def elastic_run_id() -> str | None:
-    """torchrun's id of this job (TORCHELASTIC_RUN_ID), the same for every restarted attempt of it."""
-    return os.environ.get("TORCHELASTIC_RUN_ID") or None
+    """torchrun's id of this job (TORCHELASTIC_RUN_ID), the same for every restarted attempt of it; None
+    without one: torchrun sets the literal 'none' for every job launched with --master_addr (or c10d without
+    --rdzv_id), which would make any job's restart continue another job's run in the same out_dir."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID") or None
+    return None if run_id == "none" else run_id
 
 
 def _continue_after_elastic_restart(values: dict[str, Any], explicit: set[str], typed: dict[str, Any]) -> None:

@@ -336,6 +336,13 @@ def test_a_torchrun_restart_continues_the_run_its_job_started(
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")
     with pytest.raises(ConfigError, match="holds a previous run"):
         train(parse_run_args(tiny_args(data_dir, fresh, max_iters=4)), stream=io.StringIO())
+    # torchrun's id without --rdzv_id (nanoGPT's --master_addr form): 'none' for every job, so no job's id
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    train(parse_run_args(tiny_args(data_dir, tmp_path / "other", max_iters=2)), stream=io.StringIO())
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # another 'none' job's restart
+    with pytest.raises(ConfigError, match="holds a previous run"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "other", max_iters=4)), stream=io.StringIO())
 
 
 def test_kill_minus_nine_then_resume_matches(data_dir: Path, tmp_path: Path) -> None:
