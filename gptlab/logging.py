@@ -444,9 +444,9 @@ class TrainingLogger:
         return self._status_shown
 
     # ------------------------------------------------------------------ summary
-    def finalize(self, **extra: Any) -> dict[str, Any]:
+    def finalize(self, *, exit_code: int = 0, **extra: Any) -> dict[str, Any]:
         """Write ``summary.json``: throughput and MFU statistics past the warm-up iterations,
-        best validation loss, total time, peak memory."""
+        best validation loss, total time, peak memory; then close (``exit_code``: the run's, see close)."""
         if not self.enabled:
             return {}
         steady = self.iters[self.skip_first :] or self.iters
@@ -479,17 +479,19 @@ class TrainingLogger:
         if not self.eval_only:
             atomic_write(self.out_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
         self._write({"type": "summary", **summary})
-        self.close()
+        self.close(exit_code)
         return summary
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
+        """Close the log and the backends; ``exit_code``: the run's outcome, non-zero for a failed or stopped
+        run (wandb shows it as failed; closed here, before the error leaves, wandb's own hook never sees it)."""
         if self._status_shown:
             self._emit("\n")
             self._status_shown = False
         if self.enabled and not self._file.closed:
             self._file.close()
         if self._wandb is not None:
-            self._wandb.finish()
+            self._wandb.finish(exit_code=exit_code)
             self._wandb = None
         if self._tb is not None:
             self._tb.close()

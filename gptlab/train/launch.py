@@ -87,6 +87,16 @@ def global_torch_settings_kept(cuda: bool) -> Iterator[None]:
         torch.set_rng_state(rng)
 
 
+def _exit_status(error: BaseException) -> int:
+    """The status the command exits with for ``error``: a signal's 128 + N, 130 for Ctrl-C, 2 for a one-line
+    error (a non-finite loss's stop included), 1 for anything else."""
+    if isinstance(error, TrainingInterrupted):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    return 2 if isinstance(error, USER_ERRORS) else 1
+
+
 def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
     """Train ``run`` to completion and return the summary (rank 0's; other ranks get {}).
 
@@ -106,8 +116,10 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
                 trainer = Trainer(run, stream=stream or sys.stdout, dist=info)
                 try:
                     summary = trainer.run()
-                finally:  # however it ends: log.jsonl (and wandb, TensorBoard) closed, not left to the collector
-                    trainer.logger.close()
+                except BaseException as failed:  # however it ends: log.jsonl (and wandb, TensorBoard) closed, not
+                    trainer.logger.close(exit_code=_exit_status(failed))  # left to the collector
+                    raise
+                trainer.logger.close()
         except (RuntimeError, MemoryError) as e:
             failure = _out_of_memory(e) or compiler_missing(e)
             if failure is None:

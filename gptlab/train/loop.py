@@ -1117,8 +1117,9 @@ class Trainer:
                 where = "no checkpoint written now (the val loss did not improve and always_save_checkpoint=False)"
         message = f"stopped by {name} at iter {self.iter_num}: {where}"
         self.logger.log_event("interrupted", message, iter=self.iter_num, signal=name)
-        self.logger.finalize(**self._summary_fields(losses, f"interrupted: {name}"))
-        raise TrainingInterrupted(signum, message)
+        stopped = TrainingInterrupted(signum, message)
+        self.logger.finalize(exit_code=stopped.exit_code, **self._summary_fields(losses, f"interrupted: {name}"))
+        raise stopped
 
     def _resume_command(self) -> str:
         """What continues this run: --init_from=resume with the launch flags a resume does not take from the
@@ -1145,7 +1146,7 @@ class Trainer:
             iter=self.iter_num,
             first_iter=first_iter,
         )
-        self.logger.finalize(**self._summary_fields(self._last_losses, "stopped: non-finite loss"))
+        self.logger.finalize(exit_code=2, **self._summary_fields(self._last_losses, "stopped: non-finite loss"))
         raise NonFiniteLossError(f"training stopped at iter {self.iter_num}: non-finite loss")
 
     def _checkpoint_iter(self) -> int | None:

@@ -17,6 +17,7 @@ from gptlab.config.train import parse_run_args
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.logging import read_log
 from gptlab.train.launch import train
+from gptlab.train.loop import Trainer
 from tests.train.conftest import tiny_args
 
 
@@ -69,8 +70,8 @@ class _FakeRun:
     def log(self, values: dict, step: int) -> None:
         self.logged.append((step, values))
 
-    def finish(self) -> None:
-        self.finished = True
+    def finish(self, exit_code: int | None = None) -> None:
+        self.finished, self.exit_code = True, exit_code
 
 
 def test_wandb_backend_receives_metrics(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,12 +87,36 @@ def test_wandb_backend_receives_metrics(data_dir: Path, tmp_path: Path, monkeypa
     )
     (run,) = runs
     assert run.init_kwargs["project"] == "p" and run.init_kwargs["name"] == "r" and run.finished
+    assert run.exit_code == 0
     keys = {k for _, values in run.logged for k in values}
     assert {"train/loss", "train/lr", "train/tokens_per_sec", "eval/val_loss", "eval/lr", "eval/tokens"} <= keys
     # telemetry in its own sections, named as in log.jsonl (no "train/grad_grad_max")
     assert {"gradients/global_norm", "gradients/grad_max", "memory/rss_gb"} <= keys
     assert not {k for k in keys if "grad_grad" in k or k == "train/iter"} and "train/grad_norm" in keys
     assert [step for step, values in run.logged if "train/loss" in values] == list(range(5))
+
+
+def test_a_failed_run_is_a_failed_wandb_run(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The logger closed wandb with finish() (exit code 0) before the error left: a diverged run exited 2 and
+    showed as successful in W&B; other failures are theirs too (wandb's own exit hook never saw them)."""
+    from gptlab.train.loop import NonFiniteLossError
+
+    runs: list[_FakeRun] = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: runs.append(_FakeRun(**kw)) or runs[-1]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    diverges = dict(wandb_log=True, learning_rate=1e30, warmup_iters=0, min_lr=0.0, max_iters=6)
+    with pytest.raises(NonFiniteLossError):
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "nan", **diverges)), stream=io.StringIO())
+    assert runs[-1].finished and runs[-1].exit_code == 2
+
+    def fails(self: Trainer) -> dict:
+        raise RuntimeError("a rank died")
+
+    monkeypatch.setattr(Trainer, "train_step", fails)
+    with pytest.raises(RuntimeError, match="a rank died"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "died", wandb_log=True)), stream=io.StringIO())
+    assert runs[-1].finished and runs[-1].exit_code == 1
 
 
 def test_tensorboard_backend_writes_scalars(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
