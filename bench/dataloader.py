@@ -8,18 +8,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import at_least  # bench/common.py (scripts run from bench/ or by path)
+from common import at_least, int_list  # bench/common.py (scripts run from bench/ or by path)
 
 from gptlab.data.datasets import ensure_prepared
 from gptlab.data.loader import BatchLoader
-
-
-def _block_sizes(text: str) -> list[int]:
-    """``--block_size 64,256``'s values (argparse says a bad one in one line, exit 2)."""
-    try:
-        return [int(b) for b in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers (64,256,1024)") from None
 
 
 def main() -> None:
@@ -27,7 +19,7 @@ def main() -> None:
     p.add_argument("--dataset", default="stdlib_char")
     p.add_argument("--data_dir", default="data")
     p.add_argument("--batch_size", type=at_least(1), default=12)
-    p.add_argument("--block_size", type=_block_sizes, default="64,256,1024")
+    p.add_argument("--block_size", type=int_list, default="64,256,1024")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=2.0)
     a = p.parse_args()

@@ -713,23 +713,22 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-_COUNT = (int,)
-_NUMBER = (int, float)
+_MINIMUM = {"version": 0, "world_size": 1, "iter_num": 0, "tokens_seen": 0}  # the counts' smallest value
 # What each field of a checkpoint's record is (``checkpoint_meta`` in the training loop writes them); a field
 # may be absent (older checkpoints), but one that is there has its type: a damaged or hand-edited record
 # (weights_only loads any plain data) was a traceback wherever the field was first used.
 _RECORD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "version": (_COUNT, "an integer"),
+    "version": ((int,), "an integer"),
     "parallel": ((str,), "a string"),
-    "world_size": (_COUNT, "an integer"),
+    "world_size": ((int,), "an integer"),
     "scaler": ((dict, type(None)), "a mapping or None"),
     "arch": ((dict,), "a mapping"),
     "config": ((dict,), "a mapping"),
     "tokenizer": ((dict, type(None)), "a mapping or None"),
     "dataset": ((str, type(None)), "a string or None"),
-    "iter_num": (_COUNT, "an integer"),
-    "tokens_seen": (_COUNT, "an integer"),
-    "best_val_loss": (_NUMBER, "a number"),
+    "iter_num": ((int,), "an integer"),
+    "tokens_seen": ((int,), "an integer"),
+    "best_val_loss": ((int, float), "a number"),
     "rng": ((dict, type(None)), "a mapping or None"),
     "gradient_history": ((dict,), "a mapping"),
     "data": ((dict, type(None)), "a mapping or None"),
@@ -762,8 +761,8 @@ def record_problem(ckpt: Mapping[str, Any]) -> str | None:
         value = ckpt[key]
         if isinstance(value, bool) or not isinstance(value, types):
             return f"its {key} is {_described(value)}, not {wanted}"
-        if types is _COUNT and value < (1 if key == "world_size" else 0):
-            return f"its {key} is {value!r}, not {'a positive' if key == 'world_size' else 'a non-negative'} integer"
+        if key in _MINIMUM and value < _MINIMUM[key]:
+            return f"its {key} is {value!r}, not {'a positive' if _MINIMUM[key] else 'a non-negative'} integer"
     for (key, inner), (types, wanted) in _NESTED_TYPES.items():
         outer = ckpt.get(key)
         if isinstance(outer, dict) and inner in outer and not isinstance(outer[inner], types):

@@ -43,14 +43,6 @@ PATH_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def dangling_link(path: str | os.PathLike[str]) -> str | None:
-    """Why a folder cannot be made at ``path`` when it is a symbolic link to nothing; None otherwise."""
-    if os.path.islink(path) and not os.path.exists(path):
-        target = os.readlink(path)
-        return f"{os.fspath(path)!r} is a symbolic link to {target!r}, which is missing: create it, or remove the link"
-    return None
-
-
 # Other projects' names for nanoGPT's keys (HF transformers, litgpt, torchtitan, argparse habits): a
 # miss suggests ours even where the spelling is not close.
 KEY_ALIASES: dict[str, str] = {

@@ -142,16 +142,24 @@ def refuse_if_in_use(out_dir: str | Path) -> None:
             return
 
 
+def _dangling_link(path: str | os.PathLike[str]) -> str | None:
+    """Why a folder cannot be made at ``path`` when it is a symbolic link to nothing; None otherwise."""
+    if os.path.islink(path) and not os.path.exists(path):
+        target = os.readlink(path)
+        return f"{os.fspath(path)!r} is a symbolic link to {target!r}, which is missing: create it, or remove the link"
+    return None
+
+
 def check_directory(key: str, path: str | Path) -> None:
     """A folder the user named, that gptlab will create or write into: one ConfigError naming the key when
     it is a file, or when a folder it would be created in is (where mkdir's errno line names neither)."""
-    from gptlab.errors import ConfigError, dangling_link
+    from gptlab.errors import ConfigError
 
     path = Path(path)  # as the callers use it ('~' expanded where the setting was read)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key}={str(path)!r} is a file: expected a directory (or a path to create one)")
     for folder in (path, *path.parents):  # mkdir's "File exists" named neither the link nor where it points
-        if (dangling := dangling_link(folder)) is not None:
+        if (dangling := _dangling_link(folder)) is not None:
             raise ConfigError(f"{key}={str(path)!r} cannot be created: {dangling}")
         if folder.exists():
             break

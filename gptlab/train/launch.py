@@ -17,6 +17,7 @@ from gptlab import parallel
 from gptlab.config.train import RunConfig
 from gptlab.device import resolve_device, set_tf32_state, tf32_state
 from gptlab.errors import (
+    PATH_ERRORS,
     USER_ERRORS,
     GptlabError,
     compiler_missing,
@@ -94,7 +95,7 @@ def _exit_status(error: BaseException) -> int:
         return error.exit_code
     if isinstance(error, KeyboardInterrupt):
         return 130
-    return 2 if isinstance(error, USER_ERRORS) else 1
+    return 2 if isinstance(error, (*USER_ERRORS, *PATH_ERRORS)) else 1
 
 
 def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:

@@ -800,13 +800,14 @@ class Trainer:
         step at N included); the checkpoint's own evaluation at N, which a stop ran and this session does not
         run again (N is not an evaluation step), is written back from log.jsonl, so each step has its points once."""
         cfg = self.cfg
-        if not (cfg.tensorboard_log and self.master and cfg.init_from == "resume"):
+        if not (cfg.tensorboard_log and self.master and cfg.init_from == "resume") or cfg.eval_only or self._done:
+            return  # nothing purged
+        if self.iter_num % cfg.eval_interval == 0:  # evaluated again at N
             return
-        if self._tensorboard_purge_step() != self.iter_num or self.iter_num % cfg.eval_interval == 0:  # evaluated
-            return  # again at N, or nothing purged
-        record = self._logged_eval(self.iter_num, whole=True)
+        record = self._logged_eval(self.iter_num)
         if record is not None:
-            self.logger.tensorboard_scalars(self.iter_num, {"eval": record})
+            numbers = {k: v for k, v in record.items() if k not in ("type", "time", "iter")}
+            self.logger.tensorboard_scalars(self.iter_num, {"eval": numbers})
 
     # ------------------------------------------------------------------ the loop
     def _eval_and_checkpoint(self, healthy: bool) -> dict[str, float]:
@@ -904,21 +905,18 @@ class Trainer:
         final = final and (summary.get("iterations") == self.iter_num or self._completed_beyond(summary))
         (have,) = parallel.all_reduce_max([float(final)], self.dist)
         if not have:  # the final losses: the evaluation of these weights that the killed session logged
-            return self._finish(self._logged_eval(self.iter_num) if self.master else None)
+            logged = self._logged_eval(self.iter_num) if self.master else None
+            return self._finish({"train": logged["train_loss"], "val": logged["val_loss"]} if logged else None)
         self.logger.close()
         return summary if self.master else {}
 
-    def _logged_eval(self, iter_num: int, whole: bool = False) -> dict[str, Any] | None:
-        """The losses of the last evaluation log.jsonl records at ``iter_num``, if any (``whole``: every number
-        of that record, as its ``eval/...`` scalars were written)."""
+    def _logged_eval(self, iter_num: int) -> dict[str, Any] | None:
+        """The last evaluation record log.jsonl holds at ``iter_num``, if any."""
         from gptlab.logging import read_log
 
         with contextlib.suppress(OSError, GptlabError):
             evals = [r for r in read_log(self.out_dir, "eval") if r.get("iter") == iter_num]
-            if evals and whole:
-                return {k: v for k, v in evals[-1].items() if k not in ("type", "time", "iter")}
-            if evals:
-                return {"train": evals[-1]["train_loss"], "val": evals[-1]["val_loss"]}
+            return evals[-1] if evals else None
         return None
 
     def _check_disk_space(self) -> None:
