@@ -125,7 +125,16 @@ def unknown_choice(key: str, value: object, choices: Iterable[str]) -> ConfigErr
     """Build the one-line error for a value that is not one of the allowed names."""
     names = sorted(choices)
     allowed = ", ".join(repr(n) for n in names)
-    return ConfigError(f"{key}={value!r} is not one of {allowed}{did_you_mean(value, names)}")
+    error = ConfigError(f"{key}={value!r} is not one of {allowed}{did_you_mean(value, names)}")
+    error.key = key  # type: ignore[attr-defined]
+    error.unsuggested = f"{key}={value!r} is not one of {allowed}"  # type: ignore[attr-defined]
+    return error
+
+
+def without_suggestion(error: Exception) -> str:
+    """``error``'s message without its did-you-mean: for a saved run's component, which the user did not
+    mistype (a plugin not imported), a near built-in name would point the wrong way."""
+    return getattr(error, "unsuggested", str(error))
 
 
 def path_argument(text: str) -> str:

@@ -406,6 +406,11 @@ def test_plugin_names_and_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert plugins_hint("/a/x.py, y").endswith("pass --plugins='/a/x.py, y'")  # one argument, as a shell reads it
     with pytest.raises(ConfigError, match=r"this run was trained with plugins='x\.py'"):
         ModelArchitectureConfig.from_dict({"normalization": "nosuchnorm_t"}, "x.py")
+    with pytest.raises(ConfigError, match=r"did you mean 'rmsnorm'"):  # typed, a near name is likely meant
+        ModelArchitectureConfig(normalization="rmsnorm2")
+    with pytest.raises(ConfigError) as saved:  # saved, it is a plugin not imported: no pointer to a built-in
+        ModelArchitectureConfig.from_dict({"normalization": "rmsnorm2"}, "x.py")
+    assert "did you mean" not in str(saved.value) and "pass --plugins=x.py" in str(saved.value)
 
 
 def test_a_config_files_plugins_are_found_from_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gptlab.errors import ConfigError, did_you_mean, unknown_choice
+from gptlab.errors import ConfigError, did_you_mean, unknown_choice, without_suggestion
 
 NORM_POSITIONS = ("pre", "post")
 GELU_APPROXIMATIONS = ("none", "tanh")
@@ -243,7 +243,7 @@ class ModelArchitectureConfig:
         except ConfigError as e:  # a saved architecture was valid when saved: most likely a component of one's own
             from gptlab.plugins import plugins_hint
 
-            raise ConfigError(f"{e}{plugins_hint(plugins)}") from None
+            raise ConfigError(f"{without_suggestion(e)}{plugins_hint(plugins)}") from None
 
 
 # Architecture keys a run may change on weights it loads (they do not change the weights' shapes).

@@ -31,7 +31,7 @@ from gptlab.config.model import (
     get_preset_config,
 )
 from gptlab.config.overrides import pair_hint, parse_overrides
-from gptlab.errors import ConfigError, did_you_mean, unknown_choice
+from gptlab.errors import ConfigError, did_you_mean, unknown_choice, without_suggestion
 from gptlab.model.registry import Registry
 from gptlab.plugins import (
     anchor_plugins,
@@ -667,11 +667,14 @@ def _run_config(values: dict[str, Any], explicit: set[str], typed: set[str]) -> 
     try:  # validated once, on the values the run will have
         run = _validated_run_config(values, explicit, typed)
     except ConfigError as e:
-        hint = ""
-        if " is not one of " in str(e) and not values.get("plugins"):  # a component of the run's own, unregistered
+        message, hint = str(e), ""
+        saved_choice = hasattr(e, "unsuggested") and getattr(e, "key", None) not in explicit
+        if saved_choice and not values.get("plugins"):  # a component of the run's own, unregistered
             from gptlab.checkpoint import read_saved_settings
 
+            message = without_suggestion(e)
             hint = plugins_hint(read_saved_settings(path)[0].get("plugins"))
-        raise ConfigError(f"{e} (resuming {path}: the settings not given now are the checkpoint's){hint}") from None
+        where = f"resuming {path}: the settings not given now are the checkpoint's"
+        raise ConfigError(f"{message} ({where}){hint}") from None
     run.resume_changes, run.overruled = changed, overruled
     return run

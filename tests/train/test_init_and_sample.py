@@ -721,6 +721,9 @@ def test_a_run_with_its_own_norm_is_read_again_with_plugins(tmp_path: Path, data
     hint = f"this run was trained with plugins='{recorded}': pass --plugins='{recorded}'"
     with pytest.raises(ConfigError, match=re.escape(hint)):
         parse_run_args(["--init_from='resume'", f"--out_dir={str(out)!r}"])  # gain_norm_e2e unknown here
+    with pytest.raises(ConfigError) as typo:  # a value typed now that is no choice is the user's, not the plugin's
+        parse_run_args(["--init_from='resume'", f"--out_dir={str(out)!r}", "--device='cpux'"])
+    assert "did you mean 'cpu'" in str(typo.value) and "plugins" not in str(typo.value)
     refused = _gptlab("arch", str(out), cwd=tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.strip().endswith(hint)
