@@ -667,9 +667,21 @@ def check_zip_crc(path: Path) -> None:
         )
 
 
-def refused_as_unsafe(error: BaseException) -> bool:
-    """``torch.load(weights_only=True)`` refused the file: its pickle would build objects or call code."""
-    return "weights only load failed" in str(error).lower()
+def refused_as_unsafe(error: BaseException, path: Path) -> bool:
+    """``torch.load(weights_only=True)`` refused the file: its pickle would build objects or call code. Only a
+    torch.save archive or a pickle (its PROTO opcode first) can be that: the same refusal of a JSON file, whose
+    '{' its unpickler reads as an opcode, means the file is no checkpoint at all."""
+    return "weights only load failed" in str(error).lower() and pickled(path)
+
+
+def pickled(path: Path) -> bool:
+    """``path`` starts as a torch.save archive (a zip) or a pickle (legacy torch.save, nanoGPT's meta.pkl) does;
+    any other file torch.load fails on is no checkpoint at all (its complaint would be about a byte)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(1) == b"\x80" or zipfile.is_zipfile(path)
+    except OSError:
+        return True  # unreadable: what the file is, its own error says
 
 
 def unsafe_checkpoint_error(path: Path) -> CheckpointError:
@@ -694,7 +706,7 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
     except Exception as e:
         # the memory-mapped load's complaint about anything but a zip archive would send the user re-saving
         reason = first_line(e) if zipfile.is_zipfile(path) else "not a torch.save archive"
-        if refused_as_unsafe(e):  # a pickle that would build objects or call code
+        if refused_as_unsafe(e, path):  # a pickle that would build objects or call code
             raise unsafe_checkpoint_error(path) from None
         raise CheckpointError(
             f"{str(path)!r} is corrupt or truncated ({reason}); the file was left untouched"

@@ -29,6 +29,7 @@ from gptlab.checkpoint import (
     latest_checkpoint,
     layer_count,
     load_checkpoint,
+    pickled,
     read_checkpoint_record,
     refused_as_unsafe,
     unsafe_checkpoint_error,
@@ -46,7 +47,8 @@ SUPPORTED_HF = ("gpt2", "llama")
 EXPECTED = (
     "a Hugging Face GPT-2 or LLaMA model directory (config.json + *.safetensors or "
     "pytorch_model.bin) or Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, org/name), a nanoGPT "
-    "ckpt.pt (or a directory holding one), or an in-memory transformers GPT2LMHeadModel / LlamaForCausalLM"
+    "ckpt.pt (or a directory holding one), or an in-memory transformers GPT2LMHeadModel / LlamaForCausalLM, "
+    "nanoGPT GPT or ConfigurableGPT"
 )
 # nanoGPT's init_from names for OpenAI's GPT-2 checkpoints, and where they live on the Hub
 NANOGPT_HUB_NAMES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -126,8 +128,17 @@ def resolve_pretrained(src: str | Path) -> Path:
 
 def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     """Dispatch on what ``src`` is; see ``ConfigurableGPT.from_pretrained``."""
-    if hasattr(src, "config") and hasattr(src, "state_dict") and not isinstance(src, ConfigurableGPT):
-        return _from_hf(src.config.to_dict(), src.state_dict, overrides)
+    src = getattr(src, "_orig_mod", src)  # a torch.compile'd model: the module it wraps
+    if isinstance(src, ConfigurableGPT):  # a copy, with what overrides may change
+        model = model_from_checkpoint({"arch": src.config.to_dict(), "model": src.state_dict()}, **overrides)
+        model.vocab_limit = src.vocab_limit
+        return model
+    config = getattr(src, "config", None)
+    if isinstance(src, torch.nn.Module) and callable(getattr(config, "to_dict", None)):  # transformers'
+        return _from_hf(config.to_dict(), src.state_dict, overrides)
+    if isinstance(src, torch.nn.Module) and all(hasattr(config, k) for k in NANOGPT_MODEL_ARGS):  # nanoGPT's GPT
+        args = {k: getattr(config, k) for k in (*NANOGPT_MODEL_ARGS, "bias", "dropout") if hasattr(config, k)}
+        return model_from_nanogpt({"model_args": args, "model": src.state_dict()}, **overrides)
     if not isinstance(src, (str, Path)):
         raise CheckpointError(f"cannot load weights from a {type(src).__name__}: expected {EXPECTED}")
     path = resolve_pretrained(src)
@@ -235,9 +246,11 @@ def read_torch_checkpoint(path: Path, mmap: bool = False) -> Any:
     except MemoryError:
         raise  # not the file's fault
     except Exception as e:  # corrupt, truncated, not a torch file at all, or not readable (OSError)
-        if refused_as_unsafe(e):
+        if refused_as_unsafe(e, path):
             raise unsafe_checkpoint_error(path) from None
-        reason = first_line(e)
+        reason = first_line(e) if pickled(path) else "not a torch.save file"
+        if path.name == "config.json":  # a Hugging Face model's: its folder holds the weights too
+            reason = f"a model's config.json: pass its folder, {str(path.parent)!r}"
         raise CheckpointError(
             f"{str(path)!r} could not be read as a checkpoint ({reason}): expected {EXPECTED}"
         ) from None
@@ -367,9 +380,11 @@ def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
             f"not a nanoGPT checkpoint (found {keys}; expected keys 'model_args' and 'model'): expected {EXPECTED}"
         )
     args = ckpt["model_args"]
-    missing = [k for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size") if k not in (args or {})]
+    missing = [k for k in NANOGPT_MODEL_ARGS if k not in (args or {})]
     if missing:
         raise CheckpointError(f"a damaged nanoGPT checkpoint: its model_args have no {', '.join(missing)}")
+    if not isinstance(args.get("dropout", 0.0), (int, float)) or isinstance(args.get("dropout"), bool):
+        raise CheckpointError(f"a damaged nanoGPT checkpoint: its model_args have dropout={args['dropout']!r}")
     bias = bool(args.get("bias", True))
     # nanoGPT is GPT-2 with exact GELU; bias=False also removes the LayerNorm biases.
     base = dict(
@@ -389,6 +404,7 @@ def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
     return _build(_apply(base, overrides), _rename(state, _NANOGPT_NAMES), "nanoGPT checkpoint")
 
 
+NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")  # nanoGPT's GPTConfig, all required
 _NANOGPT_NAMES: list[tuple[str, str]] = [
     ("transformer.wte.", "wte."),
     ("transformer.wpe.", "pos_encoding.wpe."),

@@ -259,6 +259,43 @@ def test_nanogpt_checkpoint_matches(bias: bool, prefix: str, tokens: torch.Tenso
         assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
 
 
+class _NanoGPTConfig:
+    """nanoGPT's GPTConfig fields (a dataclass there): what its GPT object carries as ``.config``."""
+
+    def __init__(self, hf: transformers.GPT2LMHeadModel) -> None:
+        args = _nanogpt_checkpoint(hf)["model_args"]
+        self.__dict__.update(args)
+
+
+class _NanoGPT(torch.nn.Module):
+    """A stand-in for nanoGPT's in-memory GPT: its ``config`` and its state dict (names, Linear layout, mask
+    buffers), which is all from_pretrained reads."""
+
+    def __init__(self, hf: transformers.GPT2LMHeadModel) -> None:
+        super().__init__()
+        self.config = _NanoGPTConfig(hf)
+        self._state = _nanogpt_checkpoint(hf)["model"]
+
+    def state_dict(self, *args, **kwargs) -> dict:  # type: ignore[override]
+        return dict(self._state)
+
+
+def test_in_memory_models_of_every_kind_load(tokens: torch.Tensor) -> None:
+    """A nanoGPT GPT object, a ConfigurableGPT (a copy) and a torch.compile'd one (the module it wraps) load
+    like their checkpoints; the nanoGPT config was read as transformers' (an AttributeError on to_dict)."""
+    hf = _gpt2(activation_function="gelu")
+    ours = ConfigurableGPT.from_pretrained(_NanoGPT(hf), dict(dropout=0.0))
+    assert (_logits(ours, tokens) - _hf_logits(hf, tokens)).abs().max() <= TOL
+    ours.vocab_limit = 40
+    for src in (ours, torch.compile(ours)):  # compiling wraps without compiling anything yet
+        copy = ConfigurableGPT.from_pretrained(src, dropout=0.1)
+        assert copy is not ours and copy.config.dropout == 0.1 and copy.vocab_limit == 40
+        assert torch.equal(_logits(copy, tokens), _logits(ours, tokens))
+        assert copy.wte.weight.data_ptr() != ours.wte.weight.data_ptr()
+    with pytest.raises(CheckpointError, match="cannot load weights from a Linear: expected"):
+        ConfigurableGPT.from_pretrained(torch.nn.Linear(2, 2))
+
+
 def test_from_pretrained_overrides(tmp_path: Path) -> None:
     """Only what leaves the outputs alone may be overridden: an activation, a norm eps or a RoPE theta
     would change them as surely as a width."""
@@ -316,11 +353,17 @@ def test_not_a_checkpoint_gives_one_line_errors(tmp_path: Path, offline_hub) -> 
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
     cases.append(bert)
+    cases.append(bert / "config.json")
     for src in [*cases, "not-a-model", 42]:
         with pytest.raises(CheckpointError) as info:
             ConfigurableGPT.from_pretrained(src)
         msg = str(info.value)
         assert "\n" not in msg and ("expected" in msg or "supported" in msg), msg
+        assert "objects beyond tensors" not in msg, msg  # a JSON file is no unsafe pickle
+    with pytest.raises(CheckpointError, match=r"\(a model's config.json: pass its folder, '.*bert'\)"):
+        ConfigurableGPT.from_pretrained(bert / "config.json")
+    with pytest.raises(CheckpointError, match=r"text.pt' could not be read as a checkpoint \(not a torch.save file\)"):
+        ConfigurableGPT.from_pretrained(tmp_path / "text.pt")  # (its complaint was about a byte: KeyError 104)
     for name in ("gpt2", "someone/tiny-model"):  # Hub names, not in the (offline) cache
         with pytest.raises(CheckpointError, match=r"cannot get .* from the Hugging Face Hub .*HF_HUB_OFFLINE is set"):
             ConfigurableGPT.from_pretrained(name)
@@ -452,6 +495,10 @@ def test_a_nanogpt_checkpoint_missing_model_args_is_one_line() -> None:
     ckpt = _nanogpt_checkpoint(_gpt2())
     del ckpt["model_args"]["n_head"]
     with pytest.raises(CheckpointError, match="a damaged nanoGPT checkpoint: its model_args have no n_head"):
+        model_from_nanogpt(ckpt)
+    ckpt = _nanogpt_checkpoint(_gpt2())
+    ckpt["model_args"]["dropout"] = None  # float(None): a TypeError
+    with pytest.raises(CheckpointError, match="a damaged nanoGPT checkpoint: its model_args have dropout=None"):
         model_from_nanogpt(ckpt)
 
 
