@@ -350,6 +350,8 @@ def check_arch_types(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _typed(name: str, value: Any, hint: Any) -> Any:
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():  # np.int64(12), np.True_
+        value = value.item()  # what a sweep's np.arange / np.linspace gives: its Python value, saved as such
     allowed = _allowed_types(hint)
     if not _type_ok(value, allowed):
         names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)

@@ -154,6 +154,23 @@ def test_unknown_preset_and_key_suggest() -> None:
         ModelArchitectureConfig.from_dict({"n_layer": 2, "colour": "red"})
 
 
+def test_numpy_scalars_are_their_python_values() -> None:
+    """A sweep's np.arange / np.linspace values (np.int64, np.float32, np.True_) are what they hold, saved as
+    Python's; nanoGPT takes them. They were refused ('bias=np.True_ has type bool, expected bool')."""
+    import numpy as np
+
+    from gptlab.config.train import TrainConfig
+
+    config = get_preset_config("gpt2", n_layer=np.int64(2), n_head=np.int32(2), n_embd=np.int16(64), bias=np.False_)
+    assert (config.n_layer, config.n_embd, config.bias) == (2, 64, False) and type(config.n_layer) is int
+    assert type(get_preset_config("gpt2", dropout=np.float32(0.5)).dropout) is float
+    assert type(TrainConfig(batch_size=np.int64(4)).batch_size) is int
+    with pytest.raises(ConfigError, match=r"n_layer=2.0 has type float, expected int"):
+        get_preset_config("gpt2", n_layer=np.float64(2.0))  # a value's type still matters
+    with pytest.raises(ConfigError, match=r"has type ndarray, expected int"):
+        get_preset_config("gpt2", n_layer=np.array([2]))
+
+
 def test_config_errors_are_value_errors() -> None:
     assert issubclass(ConfigError, ValueError)
 
