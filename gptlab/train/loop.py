@@ -998,7 +998,7 @@ class Trainer:
                 )
                 first_bad.fill_(NO_ITER)
                 if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                    self._stop_nonfinite(skips_in_a_row)
+                    self._stop_nonfinite(skips_in_a_row, stepped=True)
             else:
                 skips_in_a_row = 0
             if step["grad_stats"] and step["grad_stats"].get("spike"):
@@ -1037,7 +1037,7 @@ class Trainer:
                     grad_norm=None if step["grad_norm"] is None else step["grad_norm"].item(),
                 )
                 if cfg.nan_policy == "stop" and (bad_iter := int(first_bad)) != NO_ITER:  # synced above: no wait
-                    self._stop_nonfinite(first_iter=bad_iter)
+                    self._stop_nonfinite(first_iter=bad_iter, stepped=True)
                 if self.world_size > 1:  # the ranks agree where to stop, here where the host has synced anyway
                     stop_agreed = int(parallel.all_reduce_max([float(stop.signum)], self.dist)[0])
             elif step["grad_stats"] is not None:  # computed at their own interval: kept, never dropped
@@ -1125,9 +1125,12 @@ class Trainer:
         flag = {"fsdp": " --use_fsdp=True", "zero1": " --use_zero1=True"}.get(self.mode, "")
         return f"--init_from=resume{flag}"
 
-    def _stop_nonfinite(self, skipped: int = 0, first_iter: int | None = None, evaluated: bool = False) -> None:
+    def _stop_nonfinite(
+        self, skipped: int = 0, first_iter: int | None = None, evaluated: bool = False, stepped: bool = False
+    ) -> None:
         """Stop on a non-finite loss: ``skipped`` steps in a row under nan_policy=skip, the training loss or
-        gradient norm first not finite at ``first_iter``, or an evaluation's loss (``evaluated``)."""
+        gradient norm first not finite at ``first_iter``, or an evaluation's loss (``evaluated``). ``stepped``:
+        iteration ``iter_num`` has run (its tokens counted), so the summary's iterations are one more."""
         if skipped:
             what = f"{skipped} steps in a row had a non-finite loss or gradient (nan_policy=skip gives up)"
         elif evaluated:
@@ -1144,7 +1147,8 @@ class Trainer:
             iter=self.iter_num,
             first_iter=first_iter,
         )
-        self.logger.finalize(exit_code=2, **self._summary_fields(self._last_losses, "stopped: non-finite loss"))
+        fields = self._summary_fields(self._last_losses, "stopped: non-finite loss", self.iter_num + stepped)
+        self.logger.finalize(exit_code=2, **fields)
         raise NonFiniteLossError(f"training stopped at iter {self.iter_num}: non-finite loss")
 
     def _checkpoint_iter(self) -> int | None:
@@ -1173,9 +1177,12 @@ class Trainer:
             self.logger.log_event("sample", "sample from the final model:\n" + text)
         return self.logger.finalize(**extra)
 
-    def _summary_fields(self, last_losses: dict[str, float] | None, status: str) -> dict[str, Any]:
+    def _summary_fields(
+        self, last_losses: dict[str, float] | None, status: str, iterations: int | None = None
+    ) -> dict[str, Any]:
         """summary.json's fields beyond the logger's statistics, for a run that completed or stopped (every
-        rank calls: the fullest rank's peak is a collective; the others get {})."""
+        rank calls: the fullest rank's peak is a collective; the others get {}). ``iterations``: those run,
+        the last one trained + 1 (``iter_num`` unless a stop comes inside an iteration)."""
         self._note_loss_scale()  # skipped fp16 steps since the last logged iteration
         # every rank's session peak (a collective: all ranks, before rank 0 goes on alone); -1: none logged
         (max_rank_peak,) = parallel.all_reduce_max([self.telemetry.session_peak_gb or -1.0], self.dist)
@@ -1184,7 +1191,7 @@ class Trainer:
         plan = self.telemetry.plan()
         extra: dict[str, Any] = {
             "status": status,
-            "iterations": self.iter_num,
+            "iterations": self.iter_num if iterations is None else iterations,
             "tokens_seen": self.tokens_seen,  # over every session: where it stopped, not the plan
             "checkpoint_iter": None if self.cfg.eval_only else self._checkpoint_iter(),
             # this session's share: the statistics above cover iterations start_iter..iterations-1

@@ -635,6 +635,8 @@ def test_nan_stop_names_the_first_non_finite_iteration(data_dir: Path, tmp_path:
     assert records.index(logged[-1]) < records.index(stop)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "stopped: non-finite loss" and summary["checkpoint_iter"] is None
+    # iterations 0..8 ran: the last one trained + 1, as the tokens count them (it said 8)
+    assert summary["iterations"] == 9 and summary["tokens_seen"] == 9 * trainer.telemetry.tokens_per_iter
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
@@ -686,6 +688,7 @@ def test_final_weights_that_give_nan_do_not_complete_the_run(policy: str, data_d
     assert "sample" not in summary
     stop = next(r for r in read_log(tmp_path) if r.get("event") == "nan_stop")
     assert stop["iter"] == 10 and "the evaluation at iter 10 gave a non-finite loss" in stop["message"]
+    assert summary["iterations"] == 10 and summary["tokens_seen"] == 10 * trainer.telemetry.tokens_per_iter
 
 
 def test_a_run_that_never_saved_says_so(data_dir: Path, tmp_path: Path) -> None:
@@ -773,7 +776,9 @@ def test_nan_policy_skip_gives_up_after_many_skips_in_a_row(data_dir: Path, tmp_
         trainer.run()
     stop = next(r for r in read_log(tmp_path) if r.get("event") == "nan_stop")
     assert stop["iter"] == 5 + MAX_SKIPS_IN_A_ROW - 1 and f"{MAX_SKIPS_IN_A_ROW} steps in a row" in stop["message"]
-    assert json.loads((tmp_path / "summary.json").read_text())["status"].startswith("stopped")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"].startswith("stopped") and summary["iterations"] == 5 + MAX_SKIPS_IN_A_ROW
+    assert summary["tokens_seen"] == summary["iterations"] * trainer.telemetry.tokens_per_iter
 
 
 @pytest.mark.parametrize(("mode", "dtype"), [("none", "float16"), ("zero1", "float16"), ("ddp", "bfloat16")])
