@@ -72,6 +72,14 @@ def _plotted(record: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _drop_from(run: Run, start: int) -> None:
+    """A session resumed at ``start`` (its checkpoint): the records of steps from ``start`` on that the sessions
+    before logged are not the run's (redone, or, for a run already done, never in its weights)."""
+    run.iters = [r for r in run.iters if r["iter"] < start]
+    run.gradients = [r for r in run.gradients if r["iter"] < start]
+    run.evals = [r for r in run.evals if r["iter"] <= start]  # the checkpoint's own evaluation stays
+
+
 def load_run(path: str | Path, label: str | None = None) -> Run:
     """Read ``path/log.jsonl`` (and ``summary.json`` if the log has no summary record)."""
     path = Path(path)
@@ -108,9 +116,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             training = record.get("training") or {}
             start = training.get("start_iter")
             if isinstance(start, int):  # a resume at ``start`` redid what the sessions before logged past it
-                run.iters = [r for r in run.iters if r["iter"] < start]
-                run.gradients = [r for r in run.gradients if r["iter"] < start]
-                run.evals = [r for r in run.evals if r["iter"] <= start]  # the checkpoint's own evaluation stays
+                _drop_from(run, start)
             run.sessions.append([start, training.get("tokens_per_iter")])
         elif kind == "iter":
             run.iters.append(_plotted(record))
@@ -120,6 +126,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             run.gradients.append(_plotted(record))
         elif kind == "event":
             run.events.append(record)
+            if record.get("event") == "resume" and isinstance(record.get("iter"), int):  # at its checkpoint: a
+                _drop_from(run, record["iter"])  # killed session's steps beyond it are gone, even if none follow
         elif kind == "summary":
             run.summary, summarized = record, True
     # A resume's records of an iteration replace the earlier session's (older logs without a start_iter):

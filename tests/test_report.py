@@ -241,6 +241,24 @@ def test_resume_with_another_log_interval_drops_the_killed_sessions_redone_itera
     assert times == sorted(times)
 
 
+def test_a_requeue_that_finds_the_run_done_drops_the_killed_sessions_steps(tmp_path: Path) -> None:
+    """Killed after logging iters 0..5 (checkpoint at 3), then requeued with max_iters=2: done, nothing trained,
+    no startup record; only the resume event at 3 says iterations 3..5 are not in the run's weights (they
+    were plotted)."""
+    import json
+
+    from gptlab.report import load_run
+
+    lines = [{"type": "startup", "time": 100.0, "training": {"start_iter": 0, "tokens_per_iter": 100}}]
+    lines += [{"type": "iter", "iter": i, "loss": 5.0, "time": 101.0 + i} for i in range(6)]
+    lines += [{"type": "eval", "iter": i, "train_loss": 5.0, "val_loss": 5.0, "time": 101.0 + i} for i in (0, 3)]
+    lines += [{"type": "event", "event": "resume", "message": "resuming", "iter": 3, "time": 200.0}]
+    lines += [{"type": "event", "event": "done", "message": "nothing to do", "time": 200.5}]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    run = load_run(tmp_path)
+    assert [r["iter"] for r in run.iters] == [0, 1, 2] and [r["iter"] for r in run.evals] == [0, 3]
+
+
 def test_a_rerun_into_the_same_folder_leaves_no_plot_of_the_earlier_report(tmp_path: Path) -> None:
     """An MFU plot drawn by an earlier report into the same folder must not outlive a report that has none."""
     import json
