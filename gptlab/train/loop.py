@@ -905,10 +905,15 @@ class Trainer:
         final = final and (summary.get("iterations") == self.iter_num or self._completed_beyond(summary))
         (have,) = parallel.all_reduce_max([float(final)], self.dist)
         if not have:  # the final losses: the evaluation of these weights that the killed session logged
-            logged = self._logged_eval(self.iter_num) if self.master else None
-            return self._finish({"train": logged["train_loss"], "val": logged["val_loss"]} if logged else None)
+            return self._finish(self._logged_losses())
         self.logger.close()
         return summary if self.master else {}
+
+    def _logged_losses(self) -> dict[str, float] | None:
+        """The losses of the weights this session loaded, as an earlier session logged their evaluation (rank 0's
+        log; None on the other ranks, and where there is none)."""
+        logged = self._logged_eval(self.iter_num) if self.master else None
+        return {"train": logged["train_loss"], "val": logged["val_loss"]} if logged else None
 
     def _logged_eval(self, iter_num: int) -> dict[str, Any] | None:
         """The last evaluation record log.jsonl holds at ``iter_num``, if any."""
@@ -1102,6 +1107,7 @@ class Trainer:
         losses = evaluated
         if self.iter_num == self.start_iter and evaluated is None:
             where = "before this session's first step: nothing new to save"
+            losses = self._logged_losses() if self.start_iter > 0 else None  # the loaded checkpoint's evaluation
         else:
             losses = evaluated or self._eval_and_checkpoint(healthy=True)
             if self._saved_iter == self.iter_num:

@@ -148,6 +148,17 @@ def test_a_stop_before_the_first_step_evaluates_nothing_and_one_during_an_eval_s
     assert [r["iter"] for r in records if r["type"] == "eval"] == [0, 4]
     assert max(r["iter"] for r in records if r["type"] == "iter") == 3
     assert load_checkpoint(out)["iter_num"] == 4
+    # stopped again before the resumed session's first step: the final losses are the loaded checkpoint's, as
+    # its evaluation was logged (they were null)
+    resumed = tiny_args(data_dir, out, max_iters=20, eval_interval=4, init_from="resume")
+    trainer = Trainer(parse_run_args(resumed), stream=io.StringIO())
+    loop = trainer._train_loop
+    trainer._train_loop = signalled  # type: ignore[method-assign]
+    with pytest.raises(TrainingInterrupted, match="at iter 4: before this session's first step"):
+        trainer.run()
+    summary = json.loads((out / "summary.json").read_text())
+    at_4 = [r for r in _records(out) if r["type"] == "eval" and r["iter"] == 4][-1]
+    assert (summary["final_train_loss"], summary["final_val_loss"]) == (at_4["train_loss"], at_4["val_loss"])
 
 
 def test_the_stop_message_is_said_once(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
