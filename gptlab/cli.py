@@ -31,6 +31,7 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.config.model import ARCH_FIELDS
     from gptlab.config.train import BOOL_KEYS, TEXT_KEYS, TRAIN_FIELDS, names_a_file
     from gptlab.model.gpt import ConfigurableGPT
+    from gptlab.telemetry.cli import vocab_hint
 
     overrides = parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, ARCH_FIELDS)
 
@@ -38,11 +39,11 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
         if key == "arch_preset" and not names_a_file(args.preset):
             raise ConfigError(f"give the preset as the argument (gptlab arch {overrides[key]}), not --arch_preset")
         if key in TRAIN_FIELDS and key != "arch_preset":
-            raise ConfigError(f"--{key} is a training setting, which 'gptlab arch' does not use")
+            raise ConfigError(f"--{key} is a training setting, which 'gptlab arch' does not take{vocab_hint(key)}")
         if key not in ARCH_FIELDS and key != "arch_preset":
             raise ConfigError(
-                f"unknown option --{key}{did_you_mean(key, [*ARCH_FIELDS, 'no_params'])}: 'gptlab arch' takes "
-                "--no_params and the architecture keys"
+                f"unknown option --{key}{did_you_mean(key, [*ARCH_FIELDS, 'no_params', 'plugins'])}: 'gptlab arch' "
+                "takes --no_params, --plugins and the architecture keys"
             )
     from gptlab.compare import resolve_architecture
 

@@ -23,6 +23,9 @@ from gptlab.cli import main
         (["compare", "gpt2", "configs/run.json"], "config file 'configs/run.json' does not exist"),
         (["arch", "gpt2", "--arch_preset=llama"], r"give the preset as the argument \(gptlab arch llama\)"),
         (["arch", "--n_layr=2"], r"unknown option --n_layr \(did you mean 'n_layer'\?\)"),  # was ignored
+        (["arch", "gpt2", "--plugin=x"], r"\(did you mean 'plugins'\?\): 'gptlab arch' takes --no_params, --plugins"),
+        (["arch", "config/full_llama_124m.py", "--dataset=x"], r"does not take \(a config file's vocabulary is"),
+        (["flops", "config/full_llama_124m.py", "--data_dir=x"], r"give --vocab_size to set another\): it takes"),
         (["plan", "gpt2", "--world_size=2", "--world_size=4"], "--world_size is given twice"),  # was: the last
         (["compare", "gpt2", "--format=jsn"], r"invalid choice: 'jsn' .*\(did you mean 'json'\?\)"),
         (["doctor", "--dep"], r"'gptlab doctor' does not take --dep \(did you mean 'deep'\?\)"),

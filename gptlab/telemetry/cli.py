@@ -31,6 +31,13 @@ OPTION_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+def vocab_hint(key: str) -> str:
+    """Why --dataset / --data_dir, which decide a config file's vocabulary, are still not taken here."""
+    if key in ("dataset", "data_dir"):
+        return " (a config file's vocabulary is that of the dataset it names; give --vocab_size to set another)"
+    return ""
+
+
 def _fill_options(args: argparse.Namespace, file_values: dict[str, Any]) -> None:
     """Options not given take the config file's training settings, as train.py would run them (dtype 'auto'
     is a GPU's bfloat16; micro-steps per GPU are gradient_accumulation_steps / --world_size), else defaults."""
@@ -92,8 +99,8 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
             own = {"gradient_accumulation_steps": "grad_accum_steps"}.get(key, key)  # its name here, per GPU
             hint = f" (this command's --{own}, per GPU)" if own != key and own in options else ""
             raise ConfigError(
-                f"--{key} is a training setting, which this command does not use{hint}: it takes "
-                f"--{', --'.join(options)} and the architecture keys"
+                f"--{key} is a training setting, which this command does not take{hint or vocab_hint(key)}: it "
+                f"takes --{', --'.join(options)} and the architecture keys"
             )
         if key not in known:
             raise ConfigError(
