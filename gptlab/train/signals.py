@@ -61,13 +61,25 @@ class StopSignals:
 def report_interrupted(error: TrainingInterrupted, prefix: str = "", *, logged_to_stdout: bool = True) -> int:
     """Print a stopped run's message on stderr where it adds something and return its exit status: rank 0's
     log printed it on stdout (``logged_to_stdout``; not so for `compare --train`, whose runs log to their
-    console.log), so not again on the same terminal, and the other ranks' would repeat it."""
+    console.log), so not again on the same terminal or into the same file (``> log 2>&1``, a SLURM job's one
+    output file, ``2>&1 | tee``), and the other ranks' would repeat it."""
     import contextlib
     import os
     import sys
 
-    same_terminal = logged_to_stdout and sys.stdout.isatty() and sys.stderr.isatty()
-    if os.environ.get("RANK", "0") == "0" and not same_terminal:
+    one_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+    said = logged_to_stdout and (one_terminal or _same_file(sys.stdout, sys.stderr))
+    if os.environ.get("RANK", "0") == "0" and not said:
         with contextlib.suppress(OSError):  # `2>&1 | tee` ended by the Ctrl-C that stopped the run
             print(f"{prefix}{error}", file=sys.stderr)
     return error.exit_code
+
+
+def _same_file(one: object, other: object) -> bool:
+    """Two streams write to one open file or pipe (False where either has no file descriptor)."""
+    import os
+
+    try:
+        return os.path.sameopenfile(one.fileno(), other.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False

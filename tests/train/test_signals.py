@@ -179,6 +179,27 @@ def test_the_stop_message_is_said_once(capsys: pytest.CaptureFixture[str], monke
     assert report_interrupted(stop) == 143 and capsys.readouterr().err == ""
 
 
+def test_the_stop_message_is_said_once_into_one_output_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python train.py > log 2>&1` (a SLURM job's one output file): stdout, where the log said it, and stderr are
+    the same file, so it is not written there twice; with stderr elsewhere it is."""
+    from gptlab.train.signals import TrainingInterrupted, report_interrupted
+
+    stop = TrainingInterrupted(signal.SIGTERM, "stopped by SIGTERM at iter 7: a checkpoint at iter 7")
+    log = tmp_path / "job.out"
+    with open(log, "w") as out, os.fdopen(os.dup(out.fileno()), "w") as err:  # 2>&1
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(sys, "stderr", err)
+        assert report_interrupted(stop) == 143
+        monkeypatch.undo()
+    assert log.read_text() == ""
+    with open(log, "w") as out, open(tmp_path / "job.err", "w") as err:
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(sys, "stderr", err)
+        assert report_interrupted(stop) == 143
+        monkeypatch.undo()
+    assert "stopped by SIGTERM at iter 7" in (tmp_path / "job.err").read_text()
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and pipes")
 def test_a_stop_after_the_consoles_reader_left_still_checkpoints(data_dir: Path, tmp_path: Path) -> None:
     """`python train.py | tee log.txt` and Ctrl-C: the signal ends tee too, and the evaluation's line then
