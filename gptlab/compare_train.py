@@ -54,7 +54,7 @@ TRAIN_ROWS: tuple[tuple[str, str], ...] = (
     ("unigram_baseline_loss", "unigram baseline loss (val)"),
     ("tokens_trained", "tokens trained"),
     ("tokens_per_sec", "tokens/s (median past warm-up)"),
-    ("mfu", "MFU (mean past warm-up)"),
+    ("mfu", "MFU (median past warm-up)"),
     ("peak_memory_gb", "peak memory (GB: CUDA measured, CPU planned)"),
     ("total_time_s", "wall time (s)"),
     ("device", "device"),
@@ -112,7 +112,7 @@ def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> 
         # where the run ended (a diverged one stops early); a summary without it (an older gptlab's): the plan
         "tokens_trained": summary.get("tokens_seen", startup["training"]["total_tokens"]),
         "tokens_per_sec": stat("tokens_per_sec")("median"),
-        "mfu": stat("mfu")("mean"),
+        "mfu": stat("mfu")("median"),  # the MFU of the tokens/s beside it
         # a CPU has no per-run measure: the runs share one process, whose RSS only grows
         "peak_memory_gb": summary.get("peak_memory_gb" if cuda else "planned_peak_gb"),
         "total_time_s": summary.get("total_time_s"),

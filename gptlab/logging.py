@@ -451,13 +451,20 @@ class TrainingLogger:
             return {}
         steady = self.iters[self.skip_first :] or self.iters
 
-        def stats(key: str) -> dict[str, float] | None:
-            values = [r[key] for r in steady if isinstance(r.get(key), (int, float))]
+        def stats(key: str, rate: bool = False) -> dict[str, float] | None:
+            """``rate``: a per-second figure, whose mean is weighted by each record's step time (tokens over
+            time: what the run delivered; a plain mean of rates overstates it when steps vary)."""
+            kept = [r for r in steady if isinstance(r.get(key), (int, float))]
+            values = [r[key] for r in kept]
             if not values:
                 return None
             ordered = sorted(values)
             p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
-            return {"mean": statistics.fmean(values), "median": statistics.median(values), "p90": p90}
+            mean = statistics.fmean(values)
+            times = [r.get("dt_ms") for r in kept]
+            if rate and all(isinstance(t, (int, float)) and t > 0 for t in times) and math.isfinite(sum(times)):
+                mean = math.fsum(v * t for v, t in zip(values, times)) / math.fsum(times)
+            return {"mean": mean, "median": statistics.median(values), "p90": p90}
 
         peaks = [r["peak_gb"] for r in self.iters]
         val_losses = [e["val_loss"] for e in self.evals if math.isfinite(e["val_loss"])]
@@ -466,8 +473,8 @@ class TrainingLogger:
             "iterations_excluded_as_warmup": len(self.iters) - len(steady),  # logged ones (records)
             # the last iteration those records cover (each averages the steps since the one logged before)
             "warmup_through_iter": self.iters[-len(steady) - 1]["iter"] if len(steady) < len(self.iters) else None,
-            "tokens_per_sec": stats("tokens_per_sec"),
-            "mfu": stats("mfu"),
+            "tokens_per_sec": stats("tokens_per_sec", rate=True),
+            "mfu": stats("mfu", rate=True),
             "dt_ms": stats("dt_ms"),
             "final_loss": self.iters[-1]["loss"] if self.iters else None,
             "best_val_loss": min(val_losses) if val_losses else None,

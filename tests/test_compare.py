@@ -322,6 +322,18 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     assert "autocast float32" in capsys.readouterr().out
 
 
+def test_trained_runs_mfu_is_that_of_the_throughput_beside_it(tmp_path: Path) -> None:
+    """The table's tokens/s is the median past warm-up; its MFU was the mean, another statistic (8% off the
+    MFU of that throughput in a review's run): both are medians."""
+    from gptlab.compare_train import TRAIN_ROWS, _result
+
+    summary = {"tokens_per_sec": {"mean": 14668.0, "median": 15318.0}, "mfu": {"mean": 0.1547, "median": 0.1431}}
+    startup = {"hardware": {"device": "cpu"}, "training": {"total_tokens": 1}}
+    result = _result(tmp_path, summary, startup)
+    assert (result["tokens_per_sec"], result["mfu"]) == (15318.0, 0.1431)
+    assert dict(TRAIN_ROWS)["mfu"] == "MFU (median past warm-up)"
+
+
 def test_throughput_row_states_the_mfu_it_assumes() -> None:
     """--mfu 0.355 is 35.5%, and --mfu 0.004 is not 0% (review: the row label rounds to whole percent)."""
     for mfu, text in ((0.355, "35.5%"), (0.004, "0.4%")):

@@ -179,6 +179,19 @@ def test_summary_says_which_iterations_its_statistics_leave_out(tmp_path: Path, 
         assert summary["dt_ms"]["mean"] == 10.0 and summary["tokens_per_sec"]["median"] == 3.0
 
 
+def test_mean_throughput_is_tokens_over_time(tmp_path: Path) -> None:
+    """Steps of 10 ms and 30 ms at 512 tokens: the run delivered 1024 tokens in 40 ms, 25,600 tokens/s; the plain
+    mean of the two rates (51,200 and 17,067) said 34,133, 33% more than the wall clock saw; MFU alike."""
+    logger = TrainingLogger(tmp_path, stream=io.StringIO())
+    for i in range(6):
+        dt = 10.0 if i % 2 else 30.0
+        logger.log_iter_detailed(i, 2.0, dt_ms=dt, mfu=0.004 / dt, tokens_per_sec=512 / (dt / 1000))
+    summary = logger.finalize()
+    assert summary["tokens_per_sec"]["mean"] == pytest.approx(1024 / 0.040)
+    assert summary["mfu"]["mean"] == pytest.approx(0.004 * 2 / 40.0)  # the MFU of that throughput
+    assert summary["dt_ms"]["mean"] == 20.0 and summary["tokens_per_sec"]["median"] == pytest.approx(34133.33, 1e-5)
+
+
 def test_the_logger_keeps_only_what_the_summary_needs(tmp_path: Path) -> None:
     """A long run at log_interval=1 would hold every record (gradient statistics and all, ~1.5 KB each) in
     memory to the end; the summary's figures come out the same from what is kept."""
