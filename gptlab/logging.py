@@ -386,7 +386,7 @@ class TrainingLogger:
         per_gpu = f" per {unit}" if multi else ""
         if self.style == "compact":
             parts = [f"iter {r['iter']}", f"loss {r['loss']:.4f}", f"{r['dt_ms']:.0f}ms", f"lr {lr}"]
-            parts.append(f"tok/s {tps}")
+            parts.append(f"tok/s {tps}" + (f" (all {unit}s)" if multi else ""))
             if r.get("mfu_percent") is not None:  # (n/a without a known peak, as the startup report said)
                 parts.append(f"mfu {mfu_pct}")
             mem_gb = mem.get("allocated_gb") if mem.get("allocated_gb") is not None else mem.get("rss_gb")

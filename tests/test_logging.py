@@ -329,6 +329,35 @@ def test_the_console_says_which_rates_are_per_gpu(tmp_path: Path) -> None:
     on_cpu.startup = {"hardware": {"device": "cpu"}}
     on_cpu.log_iter_detailed(1, 2.0, 500.0, mfu_breakdown=mfu)
     assert "TF per rank │ Peak: 1 TF per rank" in cpu.getvalue() and "(all ranks)" in cpu.getvalue()
+    compact = io.StringIO()  # the one-line style says it too (its tok/s read as one rank's)
+    TrainingLogger(tmp_path / "compact", stream=compact, style="compact").log_iter_detailed(
+        1, 2.0, 500.0, mfu_breakdown=mfu
+    )
+    assert f"tok/s {mfu['tokens_per_sec']:,.0f} (all GPUs)" in compact.getvalue()
+
+
+def test_the_startup_report_says_which_figures_are_per_gpu() -> None:
+    """Under DDP the peak is one GPU's and the expected tokens/s the job's: both say so (a reader computed the
+    throughput from the peak shown and found it twice as high)."""
+    from gptlab.train.startup_report import render_startup_report
+
+    def report(world: int, device: str) -> str:
+        training = {"dataset": "d", "tokenizer": "char", "vocab_size": 64, "init_from": "scratch", "world_size": world,
+                    "start_iter": 0, "max_iters": 1, "total_tokens": 1, "optimizer": "o", "schedule": "s", "eval": "e",
+                    "out_dir": "o", "batch_size": 1, "block_size": 8, "gradient_accumulation_steps": world,
+                    "micro_steps_per_rank": 1, "sequences_per_iter": world, "tokens_per_iter": 8 * world}  # fmt: skip
+        hardware = {"device": device, "device_name": "x", "dtype": "bfloat16", "compile": False, "parallelism": "ddp",
+                    "peak_tflops": 989.0, "peak_precision": "bf16", "peak_source": "datasheet"}  # fmt: skip
+        expectations = {"flops_per_token": 1e9, "expected_mfu": 0.4, "expected_tokens_per_sec": 400_000.0 * world}
+        architecture = {"summary": "s", "params": 1, "params_non_embedding": 1}
+        r = {"architecture": architecture, "training": training, "hardware": hardware, "expectations": expectations}
+        return render_startup_report(r)
+
+    assert "989.0 TFLOPS dense bf16 per GPU (datasheet)" in report(8, "cuda:0")
+    assert "3,200,000 tokens/s over 8 GPUs (400,000 per GPU) at 40% MFU" in report(8, "cuda:0")
+    assert "800,000 tokens/s over 2 ranks (400,000 per rank)" in report(2, "cpu")
+    one = report(1, "cuda:0")
+    assert "989.0 TFLOPS dense bf16 (datasheet)" in one and "400,000 tokens/s at 40% MFU" in one
 
 
 def test_a_compact_line_leaves_out_an_unknown_mfu(tmp_path: Path) -> None:

@@ -119,14 +119,19 @@ def render_startup_report(r: dict[str, Any]) -> str:
     """Human-readable rendering for the console."""
     a, t, h, e = r["architecture"], r["training"], r["hardware"], r["expectations"]
     bar = "═" * 80
+    world = t.get("world_size") or 1
+    unit = "GPU" if str(h.get("device", "")).startswith("cuda") else "rank"  # ranks on CPUs are processes
+    per_unit = f" per {unit}" if world > 1 else ""
     peak = (
-        f"{_tflops(h['peak_tflops'])} TFLOPS dense {h['peak_precision']} ({h['peak_source']})"
+        f"{_tflops(h['peak_tflops'])} TFLOPS dense {h['peak_precision']}{per_unit} ({h['peak_source']})"
         if h["peak_tflops"] is not None
         else "unknown (MFU not reported; set --peak_tflops or measure with `gptlab peak`)"
     )
     fpt = e.get("flops_per_token")
     expect = (
-        f"{e['expected_tokens_per_sec']:,.0f} tokens/s at {e['expected_mfu']:.0%} MFU"
+        f"{e['expected_tokens_per_sec']:,.0f} tokens/s"
+        + (f" over {world} {unit}s ({e['expected_tokens_per_sec'] / world:,.0f} per {unit})" if world > 1 else "")
+        + f" at {e['expected_mfu']:.0%} MFU"
         if e.get("expected_tokens_per_sec")
         else "n/a without a peak"
     )
