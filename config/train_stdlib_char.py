@@ -1,9 +1,9 @@
 # The quick start (what `gptlab train` runs with no config): a small LLaMA-style model on the
 # embedded stdlib_char dataset, about two minutes on a 2-core CPU.
-# python train.py config/train_stdlib_char.py
+# python train.py config/train_stdlib_char.py   (again: --overwrite=True replaces the last run; the file does not
+# set it, as `gptlab train` does only for its own out/quickstart: with --out_dir=elsewhere it would replace any run)
 dataset = "stdlib_char"
 out_dir = "out/quickstart"
-overwrite = True
 arch_preset = "llama"
 n_layer = 4
 n_head = 4

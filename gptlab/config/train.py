@@ -103,8 +103,8 @@ class TrainConfig:
     dtype: str = "auto"  # 'auto': bfloat16 where supported on CUDA, else float16 on CUDA; float32 on CPU
     compile: bool = True
     compile_mode: str = "default"  # torch.compile mode: 'default' | 'reduce-overhead' | 'max-autotune' | ...
-    # 'model': one graph, fusions across blocks; 'blocks': each block (and the LM head + loss: the rest
-    # runs eagerly) compiled alone, like torchtitan: identical blocks share one compile, so it takes
+    # 'model': one graph, fusions across blocks; 'blocks': each block compiled alone (the embeddings, final
+    # norm, LM head and loss run eagerly), like torchtitan: identical blocks share one compile, so it takes
     # about a layer's time. FSDP always compiles per block.
     compile_scope: str = "model"
     backend: str = "auto"  # 'auto': NCCL on CUDA, gloo on the CPU (device='cpu' always uses gloo)
