@@ -99,7 +99,7 @@ def _check_arch_overrides(
         if key not in run.typed:
             overruled.append(f"{key}: {wanted!r} -> {have!r}")
             continue
-        raise _conflict(key, wanted, have, source)
+        raise _conflict(key, wanted, have, source, may_shrink_block)
     return overruled
 
 
@@ -115,7 +115,12 @@ def _same_in_effect(key: str, wanted: Any, loaded: dict[str, Any]) -> bool:
     return False
 
 
-def _conflict(key: str, wanted: Any, have: Any, source: str) -> ConfigError:
+def _conflict(key: str, wanted: Any, have: Any, source: str, may_shrink_block: bool = False) -> ConfigError:
+    if key == "block_size" and may_shrink_block:  # a fine-tune: the context may be shortened, not lengthened
+        return ConfigError(
+            f"block_size={wanted!r} is longer than the weights loaded from {source!r} allow (block_size={have!r}): "
+            f"a fine-tune may shorten the context (--block_size={have!r} or less crops the model), not lengthen it"
+        )
     return ConfigError(
         f"{key}={wanted!r} conflicts with the weights loaded from {source!r} ({key}={have!r}); "
         f"drop --{key} (only {', '.join(FREE_ARCH_KEYS)} may change on loaded weights)"
@@ -525,7 +530,7 @@ class Trainer:
         ]
         for key, wanted in run.typed_arch.items():
             if not _same_in_effect(key, wanted, loaded):
-                raise _conflict(key, wanted, loaded.get(key), cfg.init_from)
+                raise _conflict(key, wanted, loaded.get(key), cfg.init_from, may_shrink_block=True)
         self._overruled += _check_arch_overrides(run, loaded, cfg.init_from, may_shrink_block=True)
         _check_preset(run, loaded, cfg.init_from)
         if "arch_preset" not in run.typed:  # the run's record names the weights' family, not a default's

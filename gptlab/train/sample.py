@@ -114,6 +114,12 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
     else:
         model = ConfigurableGPT.from_pretrained(cfg.init_from, dropout=0.0)
         tokenizer = _tokenizer_beside(source) or gpt2_if_its_vocabulary(model.config.vocab_size)
+        if tokenizer is None:  # a Hugging Face model of its own vocabulary (a LLaMA's 32000): not "the checkpoint's"
+            raise CheckpointError(
+                f"{cfg.init_from!r} has a {model.config.vocab_size}-token vocabulary, not GPT-2's (50257), and no "
+                "gptlab tokenizer is recorded with it: gptlab samples with GPT-2's BPE or a gptlab run's own "
+                "tokenizer (a model of another vocabulary: its own tokenizer, with transformers' generate)"
+            )
     return model.eval().to(device), tokenizer
 
 

@@ -42,6 +42,11 @@ def test_init_from_pretrained_directory_or_checkpoint(fmt: str, data_dir: Path, 
     run = parse_run_args(tiny_args(data_dir, out, init_from=str(src), block_size=32, max_iters=4, **size))
     trainer = Trainer(run, stream=io.StringIO())
     assert trainer.arch.block_size == 32  # cropped to the requested shorter context, as nanoGPT does
+    from gptlab.errors import ConfigError
+
+    longer = parse_run_args(tiny_args(data_dir, tmp_path / "longer", init_from=str(src), block_size=128, **size))
+    with pytest.raises(ConfigError, match=r"block_size=128 is longer .* \(block_size=64\): a fine-tune may shorten"):
+        Trainer(longer, stream=io.StringIO())  # (it said "drop --block_size (only dropout ... may change)")
     trainer.run()
     assert _records(out)[0]["training"]["init_from"] == str(src)
     # the run's own tokenizer (its checkpoint's record), or nothing known (weights of vocabulary 128): no warning
@@ -772,6 +777,19 @@ def test_each_sample_is_handed_over_as_it_is_drawn(
     texts = sampling.sample(settings, on_sample=lambda text: events.append(text))
     assert events == ["drawn", texts[0], "drawn", texts[1], "drawn", texts[2]]
     assert texts == sampling.sample(settings)  # the same seeded draws either way
+
+
+def test_sampling_a_hugging_face_model_of_another_vocabulary_says_what_it_is(tmp_path: Path) -> None:
+    """A LLaMA directory of 32000 tokens: the error names the directory and its vocabulary (it blamed "the
+    checkpoint" for recording no tokenizer)."""
+    pytest.importorskip("safetensors")
+    from gptlab.errors import CheckpointError
+    from gptlab.train.sample import parse_sample_args, sample
+
+    ConfigurableGPT(get_debug_config("llama", vocab_size=320)).save_pretrained(tmp_path / "llama")
+    settings = parse_sample_args([f"--init_from={str(tmp_path / 'llama')!r}", "--device='cpu'", "--num_samples=1"])
+    with pytest.raises(CheckpointError, match=r"llama' has a 320-token vocabulary, not GPT-2's \(50257\)"):
+        sample(settings)
 
 
 def test_fp16_skipped_steps_are_reported_at_their_own_iterations(data_dir: Path, tmp_path: Path) -> None:
