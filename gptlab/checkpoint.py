@@ -745,6 +745,7 @@ _RECORD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "gradient_history": ((dict,), "a mapping"),
     "data": ((dict, type(None)), "a mapping or None"),
     "versions": ((dict, type(None)), "a mapping or None"),
+    "weights_origin": ((str, type(None)), "a string or None"),
     "model": ((dict,), "a mapping"),
     "optimizer": ((dict,), "a mapping"),
 }

@@ -103,6 +103,13 @@ def _check_arch_overrides(
     return overruled
 
 
+def _origin(init_from: str) -> str:
+    """A fine-tune's source as recorded: a local path made absolute (a run is resumed from anywhere); 'scratch'
+    and a Hub name as they are."""
+    path = Path(init_from).expanduser()
+    return str(path.resolve()) if init_from != "scratch" and path.exists() else init_from
+
+
 def _same_in_effect(key: str, wanted: Any, loaded: dict[str, Any]) -> bool:
     """``wanted`` is what the weights have, stored or derived: d_ff=None means the derived FFN width,
     n_kv_head=None as many K/V heads as query heads."""
@@ -290,6 +297,10 @@ class Trainer:
         resumed = Path(ckpt["path"]).resolve() if ckpt is not None else None
         self._resumed_dcp = resumed if resumed is not None and is_dcp_dir(resumed) else None
         self._resumed_iter = int(ckpt["iter_num"]) if ckpt is not None else -1
+        # where the run's weights began ('scratch', or the weights a fine-tune loaded), kept over its resumes,
+        # whose own init_from is 'resume'; None for a checkpoint written before it was recorded
+        origin = (ckpt or {}).get("weights_origin") if cfg.init_from == "resume" else _origin(cfg.init_from)
+        self.weights_origin: str | None = origin if isinstance(origin, str) else None
         self._saved_iter = -1  # the iteration of this session's latest checkpoint
         self._last_losses: dict[str, float] | None = None  # this session's latest evaluation
         self._replaced_source: Path | None = None  # overwrite: a fine-tune's source in out_dir, until the first save
@@ -745,6 +756,7 @@ class Trainer:
             "gradient_history": self.telemetry.spikes.state_dict(),  # the spike test's running median
             "data": self._data_fingerprint(),
             "versions": software_versions(),
+            "weights_origin": self.weights_origin,
         }
 
     def _data_fingerprint(self) -> dict[str, Any]:
@@ -840,7 +852,11 @@ class Trainer:
         if self.master:
             if not cfg.eval_only:  # an evaluation leaves the evaluated run's files as they are
                 # with the torchrun job that runs it: a restarted attempt of the same job continues the run
-                record = {**self.run_config.to_dict(), "torchelastic_run_id": elastic_run_id()}
+                record = {
+                    **self.run_config.to_dict(),
+                    "weights_origin": self.weights_origin,
+                    "torchelastic_run_id": elastic_run_id(),
+                }
                 atomic_write(self.out_dir / "config.json", _dumps(record))
                 # the run trains again: a finished session's (or a replaced run's) summary no longer describes it
                 (self.out_dir / "summary.json").unlink(missing_ok=True)
@@ -1208,6 +1224,7 @@ class Trainer:
             # this session's share: the statistics above cover iterations start_iter..iterations-1
             "start_iter": self.start_iter,
             "resumed": self.cfg.init_from == "resume",
+            "weights_origin": self.weights_origin,
             "unigram_baseline_loss": unigram_baseline(self.dataset_dir, self.meta),
             "parallel": self.mode,
             "world_size": self.world_size,

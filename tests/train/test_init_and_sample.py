@@ -49,6 +49,14 @@ def test_init_from_pretrained_directory_or_checkpoint(fmt: str, data_dir: Path, 
         Trainer(longer, stream=io.StringIO())  # (it said "drop --block_size (only dropout ... may change)")
     trainer.run()
     assert _records(out)[0]["training"]["init_from"] == str(src)
+    # the fine-tune's source stays recorded over its resumes, whose own init_from is 'resume'
+    again = parse_run_args(tiny_args(data_dir, out, init_from="resume", max_iters=6, **size))
+    Trainer(again, stream=io.StringIO()).run()
+    origin = str(src.resolve())
+    assert load_checkpoint(out)["config"]["train"]["init_from"] == "resume"
+    assert load_checkpoint(out)["weights_origin"] == origin
+    assert json.loads((out / "config.json").read_text())["weights_origin"] == origin
+    assert json.loads((out / "summary.json").read_text())["weights_origin"] == origin
     # the run's own tokenizer (its checkpoint's record), or nothing known (weights of vocabulary 128): no warning
     assert not [r for r in _records(out) if r.get("event") == "tokenizer_mismatch"]
 
