@@ -31,6 +31,7 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
             f"export destination {str(out)!r} is a run directory ({', '.join(run_files)}): export to a folder "
             "of its own"
         )
+    _refuse_checkpoint_folder(out)
     _refuse_foreign_model_files(out)
     if not hf:
         _remove_hf_export(out)  # an earlier --hf export there would load as a different model than this ckpt.pt
@@ -123,6 +124,27 @@ FOREIGN_MODEL_FILES = (
     "generation_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json", ".metadata",
     "*.distcp",
 )  # fmt: skip
+
+
+def _refuse_checkpoint_folder(out: Path) -> None:
+    """A destination that is, or lies inside, a run's sharded checkpoint folder (``RUN/ckpt.dcp/hf``), or is named
+    as one in a run directory (``RUN/ckpt-0000008.dcp``): the run's next save prunes that folder with the export
+    in it, without a word."""
+    import re
+
+    from gptlab.checkpoint import DCP_LINK, is_dcp_dir
+
+    out = out.expanduser().absolute()
+    for folder in (out, *out.parents):
+        named = folder.name == DCP_LINK or re.fullmatch(r"ckpt-\d+\.dcp", folder.name) is not None
+        in_run = (folder.parent / "log.jsonl").exists() or (folder.parent / "config.json").exists()
+        if is_dcp_dir(folder.resolve()) or (named and in_run):
+            from gptlab.errors import ConfigError
+
+            raise ConfigError(
+                f"export destination {str(out)!r} lies in the sharded checkpoint folder {str(folder)!r}, which its "
+                "run's next save prunes with the export in it: export to a folder of its own"
+            )
 
 
 def _refuse_foreign_model_files(out: Path) -> None:

@@ -145,6 +145,12 @@ def test_export_fsdp_checkpoint_to_single_file_and_hf(data_dir: Path, tmp_path: 
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o2")
+    # inside the run's sharded checkpoint folder, or named as one in the run directory: its next save prunes
+    # that folder with the export in it (both were written, and gone after a resume)
+    for dest in (run / "ckpt.dcp" / "hf", run / "ckpt-0000008.dcp", run / "ckpt-0000003.dcp" / "a" / "b"):
+        assert main(["export", str(run), str(dest), "--hf"]) == 2, dest
+        assert "lies in the sharded checkpoint folder" in capsys.readouterr().err
+        assert not dest.exists()
 
 
 def test_export_hf_of_an_architecture_without_equivalent_writes_nothing(data_dir: Path, tmp_path: Path, capsys) -> None:
