@@ -674,12 +674,23 @@ def refused_as_unsafe(error: BaseException, path: Path) -> bool:
     return "weights only load failed" in str(error).lower() and pickled(path)
 
 
+def cut_short(path: Path) -> bool:
+    """``path`` starts as a zip archive but has no central directory: a torch.save file cut short (a partial
+    download or copy), whose torch.load error is an errno or a zip reader's complaint."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
 def pickled(path: Path) -> bool:
     """``path`` starts as a torch.save archive (a zip) or a pickle (legacy torch.save, nanoGPT's meta.pkl) does;
     any other file torch.load fails on is no checkpoint at all (its complaint would be about a byte)."""
     try:
         with open(path, "rb") as file:
-            return file.read(1) == b"\x80" or zipfile.is_zipfile(path)
+            head = file.read(4)  # a zip's local header first: a truncated archive (a partial copy) has no directory
+        return head[:1] == b"\x80" or head == b"PK\x03\x04" or zipfile.is_zipfile(path)
     except OSError:
         return True  # unreadable: what the file is, its own error says
 

@@ -126,8 +126,11 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             run.gradients.append(_plotted(record))
         elif kind == "event":
             run.events.append(record)
-            if record.get("event") == "resume" and isinstance(record.get("iter"), int):  # at its checkpoint: a
-                _drop_from(run, record["iter"])  # killed session's steps beyond it are gone, even if none follow
+            # at its checkpoint, after a session that ended without a summary (killed): that session's steps
+            # beyond it are not in the run's weights, even if no session follows (a requeue that finds the run
+            # done); a finished session's are its history (always_save_checkpoint=False kept an earlier best)
+            if record.get("event") == "resume" and isinstance(record.get("iter"), int) and not run.summary:
+                _drop_from(run, record["iter"])
         elif kind == "summary":
             run.summary, summarized = record, True
     # A resume's records of an iteration replace the earlier session's (older logs without a start_iter):

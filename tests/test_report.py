@@ -257,6 +257,12 @@ def test_a_requeue_that_finds_the_run_done_drops_the_killed_sessions_steps(tmp_p
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     run = load_run(tmp_path)
     assert [r["iter"] for r in run.iters] == [0, 1, 2] and [r["iter"] for r in run.evals] == [0, 3]
+    # a session that finished (always_save_checkpoint=False kept its best, iteration 3's): its steps beyond the
+    # checkpoint are its history, and stay when a requeue finds the run done
+    session = 1 + 6 + 2  # its startup, iterations and evaluations
+    finished = [*lines[:session], {"type": "summary", "status": "completed", "time": 150.0}, *lines[session:]]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in finished) + "\n")
+    assert [r["iter"] for r in load_run(tmp_path).iters] == [0, 1, 2, 3, 4, 5]
 
 
 def test_a_rerun_into_the_same_folder_leaves_no_plot_of_the_earlier_report(tmp_path: Path) -> None:

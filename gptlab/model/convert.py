@@ -25,6 +25,7 @@ from gptlab.checkpoint import (
     CHECKPOINT_NAME,
     check_zip_crc,
     clean_state_dict,
+    cut_short,
     is_dcp_dir,
     latest_checkpoint,
     layer_count,
@@ -249,6 +250,8 @@ def read_torch_checkpoint(path: Path, mmap: bool = False) -> Any:
         if refused_as_unsafe(e, path):
             raise unsafe_checkpoint_error(path) from None
         reason = first_line(e) if pickled(path) else "not a torch.save file"
+        if cut_short(path):
+            reason = "a torch.save archive cut short: truncated, a partial download or copy"
         if path.name == "config.json":  # a Hugging Face model's: its folder holds the weights too
             reason = f"a model's config.json: pass its folder, {str(path.parent)!r}"
         raise CheckpointError(

@@ -364,6 +364,8 @@ def test_not_a_checkpoint_gives_one_line_errors(tmp_path: Path, offline_hub) -> 
         ConfigurableGPT.from_pretrained(bert / "config.json")
     with pytest.raises(CheckpointError, match=r"text.pt' could not be read as a checkpoint \(not a torch.save file\)"):
         ConfigurableGPT.from_pretrained(tmp_path / "text.pt")  # (its complaint was about a byte: KeyError 104)
+    with pytest.raises(CheckpointError, match=r"truncated.pt' could not be read .* \(a torch.save archive cut short"):
+        ConfigurableGPT.from_pretrained(tmp_path / "truncated.pt")  # a torch.save archive cut short: torch's reason
     for name in ("gpt2", "someone/tiny-model"):  # Hub names, not in the (offline) cache
         with pytest.raises(CheckpointError, match=r"cannot get .* from the Hugging Face Hub .*HF_HUB_OFFLINE is set"):
             ConfigurableGPT.from_pretrained(name)
