@@ -261,14 +261,17 @@ def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> No
     if train.eval_only:
         return
     decays = train.decay_lr and train.lr_schedule != "constant"
-    if decays and typed & {"lr_decay_iters", "warmup_iters"} and train.lr_decay_iters < train.warmup_iters:
-        # nanoGPT then warms up to the end and never decays: a shortened run that kept a long warmup
+    short = train.lr_decay_iters < train.warmup_iters or train.lr_decay_iters == train.warmup_iters > 0
+    if decays and typed & {"lr_decay_iters", "warmup_iters"} and short:
+        # nanoGPT then warms up to the end and never decays (equal: min_lr right after the warmup, learning_rate
+        # never reached; nanoGPT divides by zero there): a shortened run that kept a long warmup
         both = {"lr_decay_iters", "warmup_iters"} <= typed
         other = "warmup_iters" if "lr_decay_iters" in typed else "lr_decay_iters"
+        smaller = "equal to" if train.lr_decay_iters == train.warmup_iters else "smaller than"
         raise ConfigError(
-            f"lr_decay_iters={train.lr_decay_iters} is smaller than warmup_iters={train.warmup_iters}: the decay "
+            f"lr_decay_iters={train.lr_decay_iters} is {smaller} warmup_iters={train.warmup_iters}: the decay "
             "would end before the warmup does; "
-            + ("make warmup_iters <= lr_decay_iters" if both else f"set --{other} too")
+            + ("make warmup_iters < lr_decay_iters" if both else f"set --{other} too")
         )
 
     for key in sorted(typed & set(_VOIDED_BY)):

@@ -111,6 +111,7 @@ def test_config_file_then_overrides() -> None:
         (["--device=cpu", "--backend=nccl"], r"backend='nccl' needs CUDA tensors"),
         (["--device=cpu", "--backend=nccl", "--eval_only=True"], r"backend='nccl' needs CUDA tensors"),
         (["--warmup_iters=3", "--lr_decay_iters=1"], r"lr_decay_iters=1 is smaller than warmup_iters=3"),
+        (["--warmup_iters=5", "--lr_decay_iters=5"], r"lr_decay_iters=5 is equal to warmup_iters=5: .* < lr_decay"),
         (["--wsd_decay_frac=1.5"], r"wsd_decay_frac=1.5 is invalid: expected a float in \[0, 1\]"),
         # names and values
         (["--out_dir="], r"out_dir='' is invalid: expected a non-empty name or path"),
@@ -174,7 +175,7 @@ def test_string_keys_keep_numeric_text_and_voided_keys_only_when_typed(tmp_path:
         "backend = 'nccl'\ndevice = 'cpu'\n"  # nanoGPT's train.py header: a CPU run ignores its backend
     )
     assert parse_run_args([str(config)]).train.warmup_iters == 100
-    with pytest.raises(ConfigError, match=r"make warmup_iters <= lr_decay_iters"):  # both typed: no "set it too"
+    with pytest.raises(ConfigError, match=r"make warmup_iters < lr_decay_iters"):  # both typed: no "set it too"
         parse_run_args(["--warmup_iters=5", "--lr_decay_iters=1"])
     assert parse_run_args([str(config), "--decay_lr=True"]).train.decay_lr  # a typed key that does act
     assert parse_run_args(["--compile=True", "--compile_mode='max-autotune'"]).train.compile_mode == "max-autotune"
