@@ -674,25 +674,29 @@ def refused_as_unsafe(error: BaseException, path: Path) -> bool:
     return "weights only load failed" in str(error).lower() and pickled(path)
 
 
+def _first_bytes(path: Path) -> bytes | None:
+    """The file's first four bytes, which tell a zip archive (torch.save) and a pickle from anything else; None
+    when the file cannot be read (its own error says why)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(4)
+    except OSError:
+        return None
+
+
 def cut_short(path: Path) -> bool:
     """``path`` starts as a zip archive but has no central directory: a torch.save file cut short (a partial
     download or copy), whose torch.load error is an errno or a zip reader's complaint."""
-    try:
-        with open(path, "rb") as file:
-            return file.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
-    except OSError:
-        return False
+    return _first_bytes(path) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
 def pickled(path: Path) -> bool:
     """``path`` starts as a torch.save archive (a zip) or a pickle (legacy torch.save, nanoGPT's meta.pkl) does;
     any other file torch.load fails on is no checkpoint at all (its complaint would be about a byte)."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(4)  # a zip's local header first: a truncated archive (a partial copy) has no directory
-        return head[:1] == b"\x80" or head == b"PK\x03\x04" or zipfile.is_zipfile(path)
-    except OSError:
+    head = _first_bytes(path)  # a zip's local header first: a truncated archive (a partial copy) has no directory
+    if head is None:
         return True  # unreadable: what the file is, its own error says
+    return head[:1] == b"\x80" or head == b"PK\x03\x04" or zipfile.is_zipfile(path)
 
 
 def unsafe_checkpoint_error(path: Path) -> CheckpointError:
