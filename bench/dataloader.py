@@ -12,6 +12,7 @@ from common import at_least, int_list  # bench/common.py (scripts run from bench
 
 from gptlab.data.datasets import ensure_prepared
 from gptlab.data.loader import BatchLoader
+from gptlab.device import resolve_device
 
 
 def main() -> None:
@@ -25,10 +26,11 @@ def main() -> None:
     a = p.parse_args()
     if not a.seconds > 0:
         p.error(f"--seconds={a.seconds} must be > 0")
+    device = resolve_device(a.device)  # one line for a device that is not here (or misspelt), not torch's error
     path = ensure_prepared(a.dataset, a.data_dir)
     print(f"{'dataset':14s} {'B':>4s} {'T':>6s} {'batches/s':>11s} {'tokens/s':>14s} {'us/batch':>9s}")
     for block in a.block_size:
-        loader = BatchLoader(path, "train", a.batch_size, block, device=a.device, seed=0)
+        loader = BatchLoader(path, "train", a.batch_size, block, device=device, seed=0)
         loader.get_batch(0)  # warm-up
         n, t0 = 0, time.perf_counter()
         while n == 0 or time.perf_counter() - t0 < a.seconds:  # one batch at least, however short the time

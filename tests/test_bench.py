@@ -131,6 +131,8 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
         ["step_instructions.py", "--jobs", "0"],
         ["sweep.py", "--grid", "compile=maybe"],  # exit 1
         ["dataloader.py", "--batch_size", "0"],  # its table's header printed first
+        ["dataloader.py", "--device", "cuda:99"],  # pin_memory's RuntimeError (no such GPU here, or anywhere)
+        ["dataloader.py", "--device", "gpu"],
     ],
 )
 def test_bench_argument_mistakes_exit_2_without_a_traceback(argv: list[str], tmp_path: Path) -> None:

@@ -130,11 +130,25 @@ def _check_name(name: str) -> None:
 
 
 def _unknown_dataset(name: str, dataset_dir: Path, prepared_check: bool) -> DataError:
+    """Neither built in nor (when ``prepared_check``) prepared under data_dir: the near spelling among both,
+    what data_dir holds, and the prepare command for the same data_dir."""
     names = ", ".join(repr(n) for n in sorted(DATASETS))
-    what = f"is not prepared in {dataset_dir} and is not" if prepared_check else "is not"
+    data_dir = dataset_dir.parent
+    flag = "" if data_dir == Path("data") else f" --data_dir {data_dir}"
+    prepare = f"for your own text run `gptlab prepare {name} --input PATH{flag}`"
+    if not prepared_check:
+        return DataError(f"dataset {name!r} is not one of {names}{did_you_mean(name, DATASETS)}; {prepare}")
+    if not data_dir.is_dir():  # a mistyped --data_dir, or a run from another working directory
+        where = f"data_dir={str(data_dir)!r} does not exist (relative paths start at {os.getcwd()})"
+        return DataError(
+            f"dataset {name!r} is not prepared: {where}, and it is not one of {names}"
+            f"{did_you_mean(name, DATASETS)}; {prepare}"
+        )
+    prepared = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and (p / "train.bin").is_file())
+    held = f"; {data_dir} holds {', '.join(repr(n) for n in prepared)}" if prepared else ""
     return DataError(
-        f"dataset {name!r} {what} one of {names}{did_you_mean(name, DATASETS)}; "
-        f"for your own text run `gptlab prepare {name} --input PATH`"
+        f"dataset {name!r} is not prepared in {dataset_dir} and is not one of {names}{held}"
+        f"{did_you_mean(name, [*DATASETS, *prepared])}; {prepare}"
     )
 
 

@@ -392,9 +392,24 @@ def test_ensure_prepared_errors_name_the_command(
         ensure_prepared("openwebtext")  # the default data dir: no --data_dir in the command
     with pytest.raises(DataError, match=r"did you mean 'stdlib_char'") as err:
         ensure_prepared("stdlib_chr", tmp_path)
-    assert "gptlab prepare stdlib_chr --input PATH" in one_line(err)
+    assert f"gptlab prepare stdlib_chr --input PATH --data_dir {tmp_path}`" in one_line(err)
     mine = prepare_dataset("mine", tmp_path, input_path=text_file)
     assert ensure_prepared("mine", tmp_path) == mine  # any prepared name is usable
+
+
+def test_unknown_dataset_names_what_data_dir_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo of a dataset the user prepared is suggested, not a built-in; a data_dir that does not exist
+    is said to, not taken for a folder without the dataset."""
+    (tmp_path / "d" / "mine_char").mkdir(parents=True)
+    (tmp_path / "d" / "mine_char" / "train.bin").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        ensure_prepared("mine_chr", "d")
+    assert "; d holds 'mine_char' (did you mean 'mine_char'?); " in one_line(err)
+    assert one_line(err).endswith("run `gptlab prepare mine_chr --input PATH --data_dir d`")
+    with pytest.raises(DataError) as err:
+        ensure_prepared("mine_char", "nope")
+    assert f"is not prepared: data_dir='nope' does not exist (relative paths start at {tmp_path})" in one_line(err)
 
 
 def test_interrupted_prepare_keeps_old_dataset_and_leaves_no_temp_files(
