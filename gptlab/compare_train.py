@@ -216,6 +216,7 @@ def _train_all(
     log: Callable[[str], None],
 ) -> Comparison:
     from gptlab.config.model import ModelArchitectureConfig
+    from gptlab.device import resolve_device
     from gptlab.telemetry import get_gpu_spec
     from gptlab.train.launch import train
     from gptlab.train.loop import NonFiniteLossError
@@ -227,7 +228,8 @@ def _train_all(
         log(f"compare: training {arch.label} for {t.max_iters} iters on {t.dataset} ({t.device}) -> {t.out_dir}")
         stream = io.StringIO()
         try:
-            summary = train(run, stream=stream)
+            # the host RSS of this process, which trains each architecture in turn, is no one run's
+            summary = train(run, stream=stream, shared_process=resolve_device(t.device).type != "cuda")
         except NonFiniteLossError as e:  # one architecture diverged: a row that says so, and the others still train
             summary = json.loads((Path(t.out_dir) / "summary.json").read_text(encoding="utf-8"))
             log(f"compare: {arch.label}: {e} (its row shows the run where it stopped; see {t.out_dir}/log.jsonl)")

@@ -34,6 +34,8 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     # each session (the start, then each resume): [first iteration, tokens per iteration], in log order
     sessions: list[list[Any]] = field(default_factory=list)
+    # a session trained in a CPU process that trained other models too (compare --train): its RSS is no one run's
+    shared_process: bool = False
 
     def tokens_after(self, steps: int) -> int | None:
         """Tokens trained in the first ``steps`` optimizer steps, each at its own session's batch: a
@@ -80,14 +82,30 @@ def _drop_from(run: Run, start: int) -> None:
     run.evals = [r for r in run.evals if r["iter"] <= start]  # the checkpoint's own evaluation stays
 
 
+def run_directory(path: str | Path) -> Path:
+    """The run directory ``path`` names (itself, or its ``log.jsonl``'s folder); one ConfigError line for a
+    path that is none: missing, another file, an evaluation's folder, a folder without a training log."""
+    path = Path(path)
+    if path.is_file() and path.name == "log.jsonl":  # the log named itself: its run directory
+        return path.parent
+    if not path.exists():
+        raise ConfigError(f"run directory {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"{str(path)!r} is a file: expected a run directory (a training out_dir) or its log.jsonl")
+    if not (path / "log.jsonl").is_file():
+        if (path / "eval.jsonl").is_file():  # eval_only writes its losses there, and no training records
+            raise ConfigError(
+                f"run directory {str(path)!r} holds an evaluation (eval.jsonl, from eval_only=True), which a "
+                "report does not plot: its losses are in that file; report the run it evaluated"
+            )
+        raise ConfigError(f"run directory {str(path)!r} has no log.jsonl (is it a gptlab training out_dir?)")
+    return path
+
+
 def load_run(path: str | Path, label: str | None = None) -> Run:
     """Read ``path/log.jsonl`` (and ``summary.json`` if the log has no summary record)."""
-    path = Path(path)
+    path = run_directory(path)
     log = path / "log.jsonl"
-    if path.is_file() and path.name == "log.jsonl":  # the log named itself: its run directory
-        path, log = path.parent, path
-    if not log.is_file():
-        raise ConfigError(f"run directory {str(path)!r} has no log.jsonl (is it a gptlab training out_dir?)")
     run = Run(path=path, label=label or path.name or str(path))
     # the time axis is training time: each session (a start, then each resume) counts from its own
     # startup record, after the time the sessions before it ran (not the hours between them)
@@ -113,6 +131,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         if kind == "startup":
             run.startup = record
             run.summary = {}  # an earlier session's: this one has not finished (yet)
+            run.shared_process |= (record.get("hardware") or {}).get("shared_process") is True
             training = record.get("training") or {}
             start = training.get("start_iter")
             if isinstance(start, int):  # a resume at ``start`` redid what the sessions before logged past it
@@ -150,16 +169,40 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
 
 
 def load_runs(paths: list[str | Path], labels: list[str] | None = None) -> list[Run]:
-    """Load several runs; labels default to the directory names, made unique."""
+    """Load several runs; labels default to the directory names, made unique: runs of one name in different
+    folders by their parents (``x/run``, ``y/run``), then by a number no other label has."""
     runs = [load_run(p, labels[i] if labels else None) for i, p in enumerate(paths)]
-    seen: dict[str, int] = {}
+    if not labels:
+        _label_by_parents(runs)
+    taken = {run.label for run in runs}
+    seen: set[str] = set()
     for run in runs:
         if run.label in seen:
-            seen[run.label] += 1
-            run.label = f"{run.label} ({seen[run.label]})"
-        else:
-            seen[run.label] = 1
+            n = 2
+            while f"{run.label} ({n})" in taken:
+                n += 1
+            run.label = f"{run.label} ({n})"
+            taken.add(run.label)
+        seen.add(run.label)
     return runs
+
+
+def _label_by_parents(runs: list[Run]) -> None:
+    """Runs whose folders share a name are labelled by as many trailing parts of their paths as tell them
+    apart (the same folder named twice keeps its name, numbered by ``load_runs``)."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    for group in groups.values():
+        parts = [run.path.absolute().parts for run in group]
+        if len(group) < 2 or len(set(parts)) < len(parts):
+            continue
+        for depth in range(2, max(map(len, parts)) + 1):
+            names = ["/".join(p[-depth:]) for p in parts]
+            if len(set(names)) == len(names):
+                for run, name in zip(group, names):
+                    run.label = name
+                break
 
 
 # ---------------------------------------------------------------------------------------- series
@@ -243,8 +286,10 @@ def _save(fig: Any, path: Path) -> Path:
 
 def _legend(label: str) -> str:
     """A run's label as matplotlib draws it literally: two '$' in a folder's name would start its math mode
-    (a parse error for 'd$\\frac{$a', '$5 vs $6' drawn as math)."""
-    return label.replace("$", r"\$")
+    (a parse error for 'd$\\frac{$a', '$5 vs $6' drawn as math), and a leading '_' would hide it from the
+    legend (matplotlib's mark of a line to leave out): a space before it keeps it."""
+    label = label.replace("$", r"\$")
+    return f" {label}" if label.startswith("_") else label
 
 
 def plot_loss(runs: list[Run], path: Path, x: str = "iter") -> Path | None:
@@ -298,6 +343,7 @@ def plot_metric(runs: list[Run], metric: str, path: Path) -> Path | None:
 def write_plots(runs: list[Run], out_dir: str | Path) -> dict[str, Path | None]:
     """Every plot as ``out_dir/NAME.png``; a metric no run measured maps to None (no file)."""
     out = Path(out_dir)
+    _pyplot()  # a missing matplotlib is said before an empty folder is made
     out.mkdir(parents=True, exist_ok=True)
     plots: dict[str, Path | None] = {
         "loss": plot_loss(runs, out / "loss.png"),
@@ -324,21 +370,30 @@ def build_report(
     """Plots and ``out_dir/report.html`` for the runs in ``paths``; returns the HTML path.
     ``tables`` are extra (title, header, rows) sections placed first (e.g. ``gptlab compare``'s).
     ``shared_process``: the runs trained one after another in one CPU process (``compare --train``), whose
-    RSS is no one run's memory: no memory plot or summary row is drawn from it."""
+    RSS is no one run's memory: no memory plot or summary row is drawn from it. A run's own startup record
+    says so too (``hardware.shared_process``), so that any report over such runs leaves their memory out."""
     from gptlab.report_html import render_html
 
     runs = load_runs(list(paths), labels)
-    if shared_process:
-        for run in runs:
-            run.iters = [{k: v for k, v in r.items() if k != "memory"} for r in run.iters]
-            run.summary = {k: v for k, v in run.summary.items() if k != "peak_memory_gb"}
+    shared = [run for run in runs if shared_process or run.shared_process]
+    for run in shared:
+        run.iters = [{k: v for k, v in r.items() if k != "memory"} for r in run.iters]
+        run.summary = {k: v for k, v in run.summary.items() if k != "peak_memory_gb"}
     plots = write_plots(runs, out_dir)
     html_path = Path(out_dir) / "report.html"
-    notes = {"memory": SHARED_PROCESS_MEMORY} if shared_process else None
+    notes = None
+    if shared and len(shared) == len(runs):
+        notes = {"memory": SHARED_PROCESS_MEMORY}
+    elif shared:
+        notes = {"memory": f"{', '.join(run.label for run in shared)} not drawn: {SHARED_PROCESS_REASON}"}
     atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or [], notes=notes))
     return html_path
 
 
+SHARED_PROCESS_REASON = (
+    "trained one after another with other models in one CPU process (gptlab compare --train), whose RSS is "
+    "not any one run's"
+)
 SHARED_PROCESS_MEMORY = (
     "memory: not drawn: the runs trained one after another in one CPU process, whose RSS is not any one "
     "run's (the Training table gives each architecture's planned peak)"

@@ -59,7 +59,8 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if abs(value) >= 1e15:
             return f"{value:.3e}"
-        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+        # from 4 integer digits on a grouped integer (9,199 beside 10,554; 9999.96 is 10,000, not 1e+04)
+        return f"{value:,.0f}" if abs(value) >= 999.95 else f"{value:.4g}"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, dict) and {"mean", "median"} <= set(value):
@@ -118,7 +119,8 @@ def render_html(
     tables: list[tuple[str, list[str], list[list[Any]]]] | None = None,
     notes: dict[str, str] | None = None,
 ) -> str:
-    """The whole page as a string; ``notes`` replace the default line for a plot not drawn."""
+    """The whole page as a string; ``notes`` replace the default line for a plot not drawn, and follow the
+    caption of one drawn (what it leaves out)."""
     not_drawn = {**NOT_MEASURED, **(notes or {})}
     labels = [r.label for r in runs]
     parts = [
@@ -141,7 +143,8 @@ def render_html(
             parts.append(f"<p class=muted>{html.escape(not_drawn.get(name, f'{name}: n/a'))}</p>")
         else:
             caption = html.escape(PLOT_TITLES.get(name, name))
-            parts.append(f"<figure>{_img(path)}<figcaption>{caption} ({path.name})</figcaption></figure>")
+            note = f"; {html.escape(notes[name])}" if notes and name in notes else ""
+            parts.append(f"<figure>{_img(path)}<figcaption>{caption} ({path.name}){note}</figcaption></figure>")
     parts.append("</div>")
     startups = [{k: v for k, v in r.startup.items() if k not in RECORD_STAMPS} for r in runs]
     parts += ["<h2>Startup report</h2>", table(["", *labels], side_by_side(startups))]

@@ -67,10 +67,11 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
-    from gptlab.report import build_report
+    from gptlab.report import build_report, run_directory
 
     refuse_extra("report", extra, vars(args))
-    out = args.out or (Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("report"))
+    run_dirs = [run_directory(path) for path in args.run_dirs]  # a path that is no run: said before --out is
+    out = args.out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
     if not args.out and out.is_symlink():  # a downloaded run's: the plots (and removed stale ones) would be elsewhere
         raise ConfigError(
             f"{str(out)!r} is a link to {os.readlink(out)!r}, not the run's own folder: remove it, or give --out"

@@ -165,6 +165,11 @@ def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFi
     # one CPU process trained both: its RSS is no one run's, so neither a memory plot nor a summary row of it
     assert not (out / "report" / "memory.png").exists() and "whose RSS is not any one run" in page
     assert "peak_memory_gb" not in page
+    # and so does a report over some of its runs, from their own startup records (docs' second example)
+    assert main(["report", str(out / "gpt2"), str(out / "llama"), "--out", str(tmp_path / "own")]) == 0
+    assert not (tmp_path / "own" / "memory.png").exists()
+    assert "peak_memory_gb" not in (tmp_path / "own" / "report.html").read_text()
+    capsys.readouterr()
     with torch.no_grad():  # run again into the same out_dir (the runs are replaced, an overwrite event first),
         assert main(args) == 0  # from a notebook's no_grad cell: the warm-up's steps failed there
     assert json.loads(capsys.readouterr().out)["training"]["gpt2"]["tokens_trained"] == 9 * 4 * 32

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -387,3 +388,101 @@ def test_a_run_without_a_finite_loss_draws_no_empty_loss_plot(tmp_path: Path) ->
     html = build_report([run], tmp_path / "report").read_text()
     assert not list((tmp_path / "report").glob("loss*.png"))
     assert "loss vs tokens: n/a (no finite loss was logged)." in html
+
+
+def _write_log(run_dir: Path, hardware: dict | None = None) -> Path:
+    """A minimal run: a startup record and three iterations with their memory."""
+    import json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [{"type": "startup", "time": 100.0, "training": {"start_iter": 0, "tokens_per_iter": 100},
+              "hardware": hardware or {"device": "cpu"}}]  # fmt: skip
+    lines += [{"type": "iter", "iter": i, "loss": 5.0 - i, "time": 101.0 + i, "memory": {"rss_gb": 0.4}}
+              for i in range(3)]  # fmt: skip
+    lines += [{"type": "summary", "status": "completed", "peak_memory_gb": 0.42, "time": 104.0}]
+    (run_dir / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    return run_dir
+
+
+def test_a_label_starting_with_an_underscore_stays_in_the_legend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """matplotlib leaves out of a legend every line whose label starts with '_': a run folder '_base' was drawn
+    but not named."""
+    from gptlab import report
+
+    legends: list[list[str]] = []
+    real_save = report._save
+
+    def save(fig: Any, path: Path) -> Path:
+        legends.append([t.get_text().strip() for t in fig.axes[0].get_legend().get_texts()])
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    runs = report.load_runs([_write_log(tmp_path / "_base"), _write_log(tmp_path / "b")])
+    report.plot_metric(runs, "memory", tmp_path / "m.png")
+    assert legends == [["_base", "b"]]
+
+
+def test_labels_tell_runs_of_one_name_apart(tmp_path: Path) -> None:
+    """Runs named 'run' in x/ and y/ are labelled by their parents; a number never repeats another label."""
+    from gptlab.report import load_runs
+
+    x, y, z = (_write_log(tmp_path / p / "run") for p in ("x", "y", "z"))
+    assert [r.label for r in load_runs([x, y])] == ["x/run", "y/run"]
+    assert [r.label for r in load_runs([x, x])] == ["run", "run (2)"]  # the same folder twice
+    two = _write_log(tmp_path / "w" / "run (2)")
+    assert [r.label for r in load_runs([x, x, two])] == ["run", "run (3)", "run (2)"]
+    assert [r.label for r in load_runs([x, y, z], ["A", "A (2)", "A"])] == ["A", "A (2)", "A (3)"]
+
+
+def test_a_path_that_is_no_run_directory_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _write_log(tmp_path / "a")
+    (run / "config.json").write_text("{}")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "eval.jsonl").write_text("{}\n")
+    for path, message in [
+        (tmp_path / "nope", f"run directory '{tmp_path / 'nope'}' does not exist"),
+        (run / "config.json", f"'{run / 'config.json'}' is a file: expected a run directory"),
+        (tmp_path / "e", "holds an evaluation (eval.jsonl, from eval_only=True)"),
+    ]:
+        assert main(["report", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "--out" not in err, err
+    # the log itself names its run: the report goes to the run's folder, as for the folder
+    assert main(["report", str(run / "log.jsonl")]) == 0
+    assert (run / "report" / "report.html").is_file()
+
+
+def test_a_run_trained_beside_others_in_one_process_shows_no_memory(tmp_path: Path) -> None:
+    """compare --train's runs say in their startup record that their process trained the others too: a report
+    over some of them (not compare's own) leaves their RSS out, and keeps another run's."""
+    from gptlab.report import build_report
+
+    shared = _write_log(tmp_path / "gpt2", {"device": "cpu", "shared_process": True})
+    alone = _write_log(tmp_path / "alone")
+    page = build_report([shared], tmp_path / "r1").read_text()
+    assert not (tmp_path / "r1" / "memory.png").exists() and "whose RSS is not any one run" in page
+    assert "peak_memory_gb" not in page
+    page = build_report([shared, alone], tmp_path / "r2").read_text()
+    assert (tmp_path / "r2" / "memory.png").is_file() and "gpt2 not drawn: trained one after another" in page
+
+
+def test_numbers_of_four_digits_and_more_are_grouped_alike() -> None:
+    from gptlab.report_html import fmt
+
+    values = (9199.3, 10554.4, 9999.96, 999.94, 0.5303)
+    assert [fmt(v) for v in values] == ["9,199", "10,554", "10,000", "999.9", "0.5303"]  # 9999.96 was 1e+04
+
+
+def test_without_matplotlib_no_empty_report_folder_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from gptlab.errors import GptlabError
+    from gptlab.report import build_report
+
+    run = _write_log(tmp_path / "a")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(GptlabError, match="matplotlib"):
+        build_report([run], tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -98,11 +98,13 @@ def _exit_status(error: BaseException) -> int:
     return 2 if isinstance(error, (*USER_ERRORS, *PATH_ERRORS)) else 1
 
 
-def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
+def train(run: RunConfig, stream: IO[str] | None = None, *, shared_process: bool = False) -> dict[str, Any]:
     """Train ``run`` to completion and return the summary (rank 0's; other ranks get {}).
 
     Under torchrun a rank that fails prints ``[rank N] error: ...`` and exits non-zero at once:
-    torchrun then stops the other ranks, and ranks on other nodes fail their next collective."""
+    torchrun then stops the other ranks, and ranks on other nodes fail their next collective.
+    ``shared_process``: this process trains other models too (a loop over runs), so its host memory is not
+    this run's alone; the startup record says so and reports leave that memory out."""
     device = resolve_device(run.train.device)
     if run.train.compile:  # each run's model compiled anew: earlier runs' entries for the same forward (a
         # notebook's, compare --train's) reach dynamo's recompile limit after ~4 models, then it runs eagerly
@@ -114,7 +116,7 @@ def train(run: RunConfig, stream: IO[str] | None = None) -> dict[str, Any]:
             lock = run_lock(run.train.out_dir) if info.master and not run.train.eval_only else contextlib.nullcontext()
             kept = global_torch_settings_kept(device.type == "cuda")  # a script or notebook keeps its own
             with lock, kept:
-                trainer = Trainer(run, stream=stream or sys.stdout, dist=info)
+                trainer = Trainer(run, stream=stream or sys.stdout, dist=info, shared_process=shared_process)
                 try:
                     summary = trainer.run()
                 except BaseException as failed:  # however it ends: log.jsonl (and wandb, TensorBoard) closed, not

@@ -220,7 +220,17 @@ def _accumulation_error(cfg: TrainConfig, world_size: int, explicit: frozenset[s
 class Trainer:
     """Owns one run: data, model, optimizer, logger; ``run()`` trains to ``max_iters``."""
 
-    def __init__(self, run: RunConfig, *, stream: IO[str] | None = None, dist: parallel.DistInfo | None = None) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        *,
+        stream: IO[str] | None = None,
+        dist: parallel.DistInfo | None = None,
+        shared_process: bool = False,
+    ) -> None:
+        """``shared_process``: this CPU process trains other models too (compare --train), so the host memory
+        it reports is not this run's alone (its startup record says so, and reports leave it out)."""
+        self.shared_process = shared_process
         self.cfg: TrainConfig = replace(run.train)  # a copy: the run's record may change (a fine-tune's preset)
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir)

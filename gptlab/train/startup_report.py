@@ -104,6 +104,8 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "peak_tflops": None if peak.get("peak_flops") is None else peak["peak_flops"] / 1e12,
             "peak_source": peak.get("source"),
             "peak_precision": peak.get("precision"),
+            # one CPU process trains several models (compare --train): its RSS is not this run's alone
+            "shared_process": trainer.shared_process,
         },
         "software": software_versions(),
         "expectations": {
