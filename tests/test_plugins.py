@@ -323,8 +323,44 @@ def test_a_registered_position_encodings_matmuls_are_counted(checkpointing: bool
     finally:
         del POSITION_ENCODING_REGISTRY["rotation_t"], POSITION_ENCODING_REGISTRY["distance_mlp_t"]
     per_pass = 2 * 16 * 16 * (1 * 16 + 16 * cfg.n_head)  # two Linear layers over the 16 x 16 distances
-    assert [c for c in mlp.caveats if f"does {per_pass:,} forward FLOPs per forward pass" in c]
+    assert [c for c in mlp.caveats if f"(context {per_pass:,}; once per batch, not per token)" in c]
     assert not [r for r in mlp.rows if r.name.startswith("position_")]
+
+
+class ProjectedTable(PositionEncoding):
+    """A learned position table through a projection, computed once and added to every sequence: a matmul
+    that does not grow with the batch."""
+
+    def __init__(self, max_seq_len: int, n_embd: int, **_: object) -> None:
+        super().__init__()
+        self.wpe = nn.Embedding(max_seq_len, n_embd)
+        self.proj = nn.Linear(n_embd, n_embd, bias=False)
+
+    def embed(self, tok_emb: torch.Tensor) -> torch.Tensor:
+        return tok_emb + self.proj(self.wpe(torch.arange(tok_emb.shape[1], device=tok_emb.device)))
+
+
+def test_an_embed_shared_by_the_batch_is_not_counted_per_token() -> None:
+    """Measured at one sequence and divided by its tokens, the projection's work was counted once per sequence
+    (FlopCounterMode read 319,488 per token at batch 1, 312,320 at batch 8): what the model does beyond the
+    per-token count is now the same at every batch, and the caveat names it."""
+    POSITION_ENCODING_REGISTRY["projected_t"] = ProjectedTable
+    try:
+        cfg = get_debug_config("llama", position_encoding="projected_t", block_size=16)
+        flops = compute_flops(cfg, device_type="cpu")
+        model = ConfigurableGPT(cfg)
+        beyond = []
+        for batch in (1, 2, 8):
+            idx = torch.randint(0, cfg.vocab_size, (batch, 16))
+            with FlopCounterMode(display=False) as counter:
+                model(idx, idx)[1].backward()
+            beyond.append(counter.get_total_flops() - flops.hfu_flops_per_token * idx.numel())
+    finally:
+        del POSITION_ENCODING_REGISTRY["projected_t"]
+    shared = 2 * 16 * cfg.n_embd * cfg.n_embd  # the (16 x H) table through the (H x H) projection, once
+    assert beyond == [3 * shared] * 3  # forward, and backward's two matmuls: once per batch
+    assert not [r for r in flops.rows if r.name.startswith("position_")]
+    assert [c for c in flops.caveats if f"(embed {shared:,}; once per batch, not per token)" in c]
 
 
 def test_an_ffns_own_bug_is_not_taken_for_a_meta_device_limit() -> None:
@@ -492,12 +528,21 @@ def test_a_config_file_that_registers_stays_among_the_plugins(tmp_path: Path, mo
 
 
 def test_an_attention_backend_with_the_wrong_signature_is_refused_when_built() -> None:
+    """Refused by the model, and by the FLOPs count and the memory plan, which build no attention layer (they
+    printed a whole plan for a backend training refuses)."""
     from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY
 
     ATTENTION_BACKEND_REGISTRY["three_args_t"] = lambda q, k, v: q
     try:
-        with pytest.raises(ConfigError, match=r"must take \(q, k, v, \*, bias, dropout_p\)"):
-            ConfigurableGPT(get_debug_config("custom", attention_backend="three_args_t"))
+        cfg = get_debug_config("custom", attention_backend="three_args_t")
+        for describe in (
+            ConfigurableGPT,
+            compute_flops,
+            lambda c: estimate_activations(c, batch_size=2, dtype="float32", device_type="cpu"),
+            lambda c: plan_all_modes(c, world_size=2, batch_size=2, dtype="float32", device_type="cpu"),
+        ):
+            with pytest.raises(ConfigError, match=r"must take \(q, k, v, \*, bias, dropout_p\)"):
+                describe(cfg)
     finally:
         del ATTENTION_BACKEND_REGISTRY["three_args_t"]
 
@@ -548,3 +593,47 @@ def test_a_config_file_that_registers_is_run_then_imported_as_itself(
             assert "relu2_cfg_t" in capsys.readouterr().out
     finally:
         del ACTIVATION_REGISTRY["relu2_cfg_t"], NORM_REGISTRY["plain_rms_cfg_t"]
+
+
+class OwnReGLU(nn.Module):
+    """A gated FFN of its own (not a GatedFFN subclass) that says ``gated = True``: ReLU(gate) x value."""
+
+    gated = True
+    gate_activation = "relu"
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module | None) -> None:
+        super().__init__()
+        self.w_gate, self.w_value = nn.Linear(d_model, d_ff, bias=bias), nn.Linear(d_model, d_ff, bias=bias)
+        self.w_out = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_out(F.relu(self.w_gate(x)) * self.w_value(x))
+
+
+class SquaredReLU(nn.Module):
+    def __init__(self, **_: object) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+def test_the_planner_says_what_it_assumes_of_a_registered_activation_and_gated_ffn() -> None:
+    """A registered activation was planned as GELU with no note; a registered FFN that declares gated = True
+    was planned as the standard FFN (14.8% low): now as the built-in gated ones, and the notes say both."""
+    from tests.telemetry.test_activations import _measure
+
+    FFN_REGISTRY["own_reglu_t"] = OwnReGLU
+    ACTIVATION_REGISTRY["squared_relu_t"] = SquaredReLU
+    try:
+        sizes = dict(n_layer=2, n_embd=64, n_head=4, block_size=32, vocab_size=96)
+        gated = ConfigurableGPT(get_debug_config("llama", ffn_type="own_reglu_t", **sizes)).train()
+        est = estimate_activations(gated.config, 3, 24, dtype="float32", device_type="cpu")
+        measured = _measure(gated, None)
+        assert abs(est.saved_bytes - measured) <= 0.005 * measured
+        assert est.notes == ["ffn_type='own_reglu_t' assumed to save what the built-in gated FFNs save"]
+        squared = get_debug_config("gpt2", activation="squared_relu_t", **sizes)
+        notes = estimate_activations(squared, 3, 24, dtype="float32", device_type="cpu").notes
+        assert notes == ["activation='squared_relu_t' assumed to save its input, as GELU does"]
+    finally:
+        del FFN_REGISTRY["own_reglu_t"], ACTIVATION_REGISTRY["squared_relu_t"]

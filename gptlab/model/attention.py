@@ -7,6 +7,7 @@ A backend is any callable ``(q, k, v, *, bias, dropout_p) -> y`` registered in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,13 @@ def manual_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, dr
     return att @ v  # (B, n_head, T, hd)
 
 
+def attention_backend(name: str) -> Callable[..., Tensor]:
+    """The backend registered as ``name``, checked to take ``(q, k, v, *, bias, dropout_p)``: one ConfigError
+    when the model is built, or when flops and plan describe it (which build no attention layer)."""
+    interface, probe = "(q, k, v, *, bias, dropout_p)", (None, None, None)
+    return checked_component(ATTENTION_BACKEND_REGISTRY, name, interface, *probe, bias=None, dropout_p=0.0)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head (or grouped-query) causal self-attention with one fused QKV projection."""
 
@@ -66,10 +74,7 @@ class CausalSelfAttention(nn.Module):
         self.out_proj.is_residual_projection = True  # type: ignore[attr-defined]
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
-        interface, probe = "(q, k, v, *, bias, dropout_p)", (None, None, None)
-        self.backend = checked_component(
-            ATTENTION_BACKEND_REGISTRY, backend, interface, *probe, bias=None, dropout_p=0.0
-        )
+        self.backend = attention_backend(backend)
 
     def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
         B, T, _ = x.shape

@@ -271,6 +271,9 @@ def estimate_activations(
             layer["alibi_bias_cast"] = c * h * T * T
     else:  # manual, or a registered backend of unknown internals: taken to save what manual saves
         if backend != "manual":
+            from gptlab.model.attention import attention_backend
+
+            attention_backend(backend)  # one that cannot be called as (q, k, v, *, bias, dropout_p): as training says
             notes.append(
                 f"attention_backend={backend!r} assumed to save what 'manual' saves (the T x T probabilities): "
                 "an upper bound for a fused kernel"
@@ -376,13 +379,20 @@ def _gated(config: ModelArchitectureConfig) -> bool:
 
 def _ffn_saved(config: ModelArchitectureConfig, c: int, N: int, matmul_input: object, notes: list[str]) -> dict:
     from gptlab.model.components import StandardFFN
-    from gptlab.model.registry import FFN_REGISTRY
+    from gptlab.model.registry import ACTIVATION_REGISTRY, FFN_REGISTRY, is_builtin
 
     D = config.ffn_hidden_dim
     cls = FFN_REGISTRY.get_component(config.ffn_type)
-    if _gated(config):
-        # gate pre-activation, gate activation, value, gate * value
-        return {"ffn_input": matmul_input(2), "ffn_hidden": 4 * c * D * N}  # type: ignore[operator]
+    activation = config.gate_activation or config.activation
+    if not is_builtin(ACTIVATION_REGISTRY.get(activation)):  # its backward may keep more (or less) than its input
+        notes.append(f"activation={activation!r} assumed to save its input, as GELU does")
+    if _gated(config) or config.ffn_gated:
+        if not _gated(config):  # a registered class that declares gated = True
+            notes.append(f"ffn_type={config.ffn_type!r} assumed to save what the built-in gated FFNs save")
+        # gate pre-activation, gate activation, value, gate * value (a ReLU gate's backward reads its output,
+        # which the product saves anyway: no pre-activation)
+        hidden = 3 if activation == "relu" else 4
+        return {"ffn_input": matmul_input(2), "ffn_hidden": hidden * c * D * N}  # type: ignore[operator]
     if cls is not StandardFFN:
         notes.append(f"ffn_type={config.ffn_type!r} assumed to save what the standard FFN saves")
     # ReLU's backward reads its output, which is also w_out's input; the others read their input.

@@ -237,6 +237,9 @@ def compute_flops(
         # LM head (ERRATA 4): (H) @ (H, V) for every position in training.
         FlopRow("lm_head", 2 * H * V, 1, True, "tied" if config.weight_tying else "untied"),
     ]
+    from gptlab.model.attention import attention_backend
+
+    attention_backend(config.attention_backend)  # a registered one that cannot be called so: as training says
     position_rows, position_caveat = _registered_position_flops(config, S)
     norm_rows, norm_caveat = _registered_norm_flops(config)
     rows += position_rows + norm_rows
@@ -331,7 +334,8 @@ def _registered_position_flops(config: ModelArchitectureConfig, S: int) -> tuple
     ALiBi's elementwise work is estimated with the rest), measured as a registered FFN is, on the meta
     device under FlopCounterMode: its ``embed`` of every token, its ``rotate`` of q and k in every layer.
     Its ``context`` runs once per forward pass, shared by the batch's sequences, so it has no per-token
-    cost: its FLOPs are a caveat, as is code that cannot run on the meta device."""
+    cost, nor has work of ``embed`` or ``rotate`` that does not grow with the batch (a position table
+    projected once): their FLOPs are a caveat, as is code that cannot run on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from gptlab.model.components import position_encoding_for
@@ -343,33 +347,47 @@ def _registered_position_flops(config: ModelArchitectureConfig, S: int) -> tuple
     meta = torch.device("meta")
     with meta:
         encoding = position_encoding_for(config)
-        tok_emb = torch.empty(1, S, config.n_embd)
-        q = torch.empty(1, config.n_head, S, config.head_dim)
-        k = torch.empty(1, config.kv_heads, S, config.head_dim)
+    counts: dict[str, list[int]] = {"embed": [], "rotate": []}
     try:
-        with FlopCounterMode(display=False) as embed:
-            encoding.embed(tok_emb)
-        with FlopCounterMode(display=False) as per_pass:
-            context = encoding.context(S, meta)
-        with FlopCounterMode(display=False) as per_layer:
-            if context.rotate is not None:
-                context.rotate(q)
-                context.rotate(k)
+        # at one and at two sequences: what grows with the batch is per token, the rest (a table projected
+        # once and broadcast) is shared by the batch's sequences and not per-token work
+        for batch in (1, 2):
+            with meta:
+                tok_emb = torch.empty(batch, S, config.n_embd)
+                q = torch.empty(batch, config.n_head, S, config.head_dim)
+                k = torch.empty(batch, config.kv_heads, S, config.head_dim)
+            with FlopCounterMode(display=False) as embed:
+                encoding.embed(tok_emb)
+            with FlopCounterMode(display=False) as per_pass:
+                context = encoding.context(S, meta)
+            with FlopCounterMode(display=False) as per_layer:
+                if context.rotate is not None:
+                    context.rotate(q)
+                    context.rotate(k)
+            counts["embed"].append(embed.get_total_flops())
+            counts["rotate"].append(per_layer.get_total_flops())
     except (NotImplementedError, RuntimeError) as e:
         if (why := _meta_failure(e)) is None:
             raise
         return [], f"position_encoding {name!r}: its matmuls are not counted (it cannot run on the meta device: {why})"
     note = f"{name}: measured (FlopCounterMode, meta device)"
+    (embed_1, embed_2), (rotate_1, rotate_2) = counts["embed"], counts["rotate"]
     rows = [
-        FlopRow("position_encoding", embed.get_total_flops() / S, 1, True, f"{note}, embed"),
-        FlopRow("position_rotate", per_layer.get_total_flops() / S, config.n_layer, True, f"{note}, rotate q and k"),
+        FlopRow("position_encoding", (embed_2 - embed_1) / S, 1, True, f"{note}, embed"),
+        FlopRow("position_rotate", (rotate_2 - rotate_1) / S, config.n_layer, True, f"{note}, rotate q and k"),
     ]
-    context_flops = per_pass.get_total_flops()
+    shared = {
+        "context": per_pass.get_total_flops(),
+        "embed": 2 * embed_1 - embed_2,
+        "rotate (per layer)": 2 * rotate_1 - rotate_2,
+    }
+    shared = {part: flops for part, flops in shared.items() if flops > 0}
     caveat = None
-    if context_flops:
+    if shared:
+        parts = ", ".join(f"{part} {flops:,}" for part, flops in shared.items())
         caveat = (
-            f"position_encoding {name!r}: its context does {context_flops:,} forward FLOPs per forward pass at "
-            f"seq_len={S} (once per batch, not per token): not in the per-token count"
+            f"position_encoding {name!r}: forward FLOPs per forward pass at seq_len={S} that the batch's "
+            f"sequences share ({parts}; once per batch, not per token): not in the per-token count"
         )
     return [row for row in rows if row.forward > 0], caveat
 
