@@ -206,6 +206,15 @@ def test_the_logger_keeps_only_what_the_summary_needs(tmp_path: Path) -> None:
     assert last["gradients"] == grads and last["memory"] == {"rss_gb": 2.0}  # the log keeps everything
 
 
+def test_a_cpu_runs_peak_is_its_high_water_rss() -> None:
+    """The RSS at a logged step missed the backward's peak between steps (2.60 GB where max_rss said 2.92)."""
+    from gptlab.logging import logged_peak_gb
+
+    assert logged_peak_gb({"rss_gb": 2.6, "max_rss_gb": 2.92}) == 2.92
+    assert logged_peak_gb({"rss_gb": 2.6, "max_rss_gb": None}) == 2.6  # no high-water mark read here
+    assert logged_peak_gb({"max_allocated_gb": 1.5, "rss_gb": 2.6, "max_rss_gb": 2.92}) == 1.5  # CUDA's tensors
+
+
 class _Terminal(io.StringIO):
     """A console that says it is a terminal (the progress bar draws only on one)."""
 

@@ -8,6 +8,7 @@ Config files are Python files the user names (nanoGPT style); every other value 
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -355,9 +356,43 @@ def _config_source(raw: bytes) -> str:
         return importlib.util.decode_source(raw)
 
 
-def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, Any]:
+class _FileNamespace(dict):
+    """A config file's names, as its module-level code reads and writes them (exec's locals): a name the file
+    did not set reads the run's value so far (``visible``: the training defaults and earlier files' keys), as
+    nanoGPT's configurator runs its files in train.py's globals (``lr_decay_iters = max_iters``). What the file
+    sets is written through to ``globals`` (which start as ``visible``) too, so that its own functions see it;
+    only what it sets is collected."""
+
+    def __init__(self, globals_: dict[str, Any], visible: dict[str, Any]) -> None:
+        super().__init__()
+        self._globals, self._visible = globals_, visible
+
+    def __missing__(self, key: str) -> Any:
+        if key in self._visible:
+            return copy.deepcopy(self._visible[key])  # an earlier file's list stays as that file left it
+        raise KeyError(key)  # then exec's globals, then builtins (a NameError names it)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._globals[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._globals.pop(key, None)
+
+
+def training_defaults() -> dict[str, Any]:
+    """Every training key's default, as a config file may read it (nanoGPT's train.py globals)."""
+    defaults = TrainConfig()
+    return {name: getattr(defaults, name) for name in TRAIN_FIELDS}
+
+
+def load_config_file(
+    path: str | Path, keys: Iterable[str] = (), visible: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Run a nanoGPT-style Python config file the user named and collect its assignments: training
-    and architecture keys, and ``keys`` (another command's own)."""
+    and architecture keys, and ``keys`` (another command's own). The file may read what it does not set:
+    ``visible`` (the values so far: earlier files' over the defaults), by default the training defaults."""
     known = sorted({*ALL_KEYS, *keys})
     path = Path(path)
     if not path.is_file():
@@ -383,21 +418,29 @@ def load_config_file(path: str | Path, keys: Iterable[str] = ()) -> dict[str, An
             f"config file {str(path)!r} is not a .py file: config files are Python, as nanoGPT's "
             "(n_layer = 12); YAML or JSON is not read"
         )
-    namespace: dict[str, Any] = {}
+    visible = training_defaults() if visible is None else visible
+    file_globals: dict[str, Any] = copy.deepcopy(visible)  # what the file's functions read of them
+    namespace = _FileNamespace(file_globals, visible)
     before = _registered()
     try:
         source = _config_source(path.read_bytes())
         tree = ast.parse(source, str(path))
         _check_config_statements(tree, source, path)
         with importable_from(path.parent, Path.cwd()):  # `import my_components` beside it, under any launcher
-            exec(compile(tree, str(path), "exec"), namespace)  # the user's own file, as in nanoGPT
+            exec(compile(tree, str(path), "exec"), file_globals, namespace)  # the user's own file, as in nanoGPT
     except ConfigError:
         raise
     except Exception as e:
         # where in the user's file (a SyntaxError names its line itself): the deepest frame in that file
         lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
         where = f", line {lines[-1]}" if lines and not isinstance(e, SyntaxError) else ""
-        raise ConfigError(f"config file {str(path)!r}{where} failed: {type(e).__name__}: {e}") from None
+        hint = ""
+        if isinstance(e, NameError) and getattr(e, "name", None) in ARCH_FIELDS:
+            hint = (
+                f" (a config file reads the training defaults and what earlier files set; {e.name} has no value "
+                "before the preset is built: set it first)"
+            )
+        raise ConfigError(f"config file {str(path)!r}{where} failed: {type(e).__name__}: {e}{hint}") from None
     values = {k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)}
     values = {k: v for k, v in values.items() if not hasattr(v, "__spec__")}  # imported modules
     values = {k: v for k, v in values.items() if not isinstance(v, Registry)}  # imported to register a component
@@ -629,7 +672,7 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     files, overrides = split_args(args)
     registering = []  # config files that register components: the run's plugins whatever else names some
     for path in files:
-        from_file = load_config_file(path)
+        from_file = load_config_file(path, visible={**training_defaults(), **values})
         values.update(from_file)
         explicit.update(from_file)
         registering.append(_registering_file(path, from_file))

@@ -84,7 +84,7 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "sequences_per_iter": cfg.batch_size * cfg.gradient_accumulation_steps,  # the global batch
             "block_size": arch.block_size,
             "tokens_per_iter": tokens_per_iter,
-            "total_tokens": tokens_per_iter * (cfg.max_iters + 1 - trainer.iter_num),
+            "total_tokens": tokens_per_iter * max(0, cfg.max_iters + 1 - trainer.iter_num),  # 0: eval_only past it
             "optimizer": f"AdamW(lr={cfg.learning_rate:g}, betas=({cfg.beta1}, {cfg.beta2}), "
             f"weight_decay={cfg.weight_decay:g}), grad_clip={cfg.grad_clip:g}",
             "schedule": _schedule(cfg),

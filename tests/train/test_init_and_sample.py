@@ -279,6 +279,11 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [r["val_loss"] for r in evals if r["type"] == "eval"] == [summary["final_val_loss"]]
+    # an evaluation whose max_iters is below the checkpoint's iteration plans no tokens (it said -3 steps' worth)
+    args = tiny_args(data_dir, tmp_path, max_iters=2, eval_interval=4, init_from="resume", eval_only=True)
+    train(parse_run_args(args), stream=io.StringIO())
+    startups = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [r["training"]["total_tokens"] for r in startups if r["type"] == "startup"][-1] == 0
 
 
 @pytest.mark.parametrize(

@@ -193,6 +193,30 @@ def test_short_decay_is_refused_only_where_typed() -> None:
         resolve_run_config(saved, typed={"lr_decay_iters"})
 
 
+def test_a_config_file_reads_the_defaults_and_earlier_files_as_nanogpt_configs_do(tmp_path: Path) -> None:
+    """nanoGPT runs its config files in train.py's globals: `lr_decay_iters = max_iters` after a file that set
+    max_iters, `min_lr = learning_rate / 10` of the default, were a NameError here. Only what a file sets is
+    its own: a read default is not collected (nor made explicit), and the file's functions see its names."""
+    from gptlab.config.train import TrainConfig, parse_run_args
+
+    (tmp_path / "first.py").write_text("max_iters = 6\nplugins = ''\n")
+    (tmp_path / "then.py").write_text(
+        "import math\n"
+        "def _warmup():\n    return int(math.sqrt(4)) + max_iters\n"
+        "lr_decay_iters = max_iters\nmin_lr = learning_rate / 10\nwarmup_iters = _warmup()\n"
+        "_doubled = [max_iters * i for i in range(2)]\n"
+    )
+    assert load_config_file(tmp_path / "then.py", visible={"max_iters": 6, "learning_rate": 1e-3}) == {
+        "lr_decay_iters": 6, "min_lr": 1e-4, "warmup_iters": 8,
+    }  # fmt: skip
+    run = parse_run_args([str(tmp_path / "first.py"), str(tmp_path / "then.py"), "--device=cpu"])
+    assert (run.train.lr_decay_iters, run.train.warmup_iters) == (6, 8)
+    assert run.train.min_lr == TrainConfig.learning_rate / 10 and "learning_rate" not in run.explicit
+    (tmp_path / "arch.py").write_text("n_head = n_embd // 64\n")
+    with pytest.raises(ConfigError, match=r"NameError: name 'n_embd' is not defined \(.*set it first\)$"):
+        load_config_file(tmp_path / "arch.py")
+
+
 def test_config_file_errors(tmp_path: Path) -> None:
     bad_key = tmp_path / "bad.py"
     bad_key.write_text("n_layers = 3\n")
