@@ -31,6 +31,13 @@ OPTION_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+def _device_type(device: object) -> str | None:
+    """Whose kernels a training ``device`` runs: 'cpu', 'cuda'; None for 'auto' (a GPU's, where one is planned)."""
+    if not isinstance(device, str) or device == "auto":
+        return None
+    return "cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else None
+
+
 def vocab_hint(key: str) -> str:
     """Why --dataset / --data_dir, which decide a config file's vocabulary, are still not taken here."""
     if key in ("dataset", "data_dir"):
@@ -39,8 +46,9 @@ def vocab_hint(key: str) -> str:
 
 
 def _fill_options(args: argparse.Namespace, file_values: dict[str, Any]) -> None:
-    """Options not given take the config file's training settings, as train.py would run them (dtype 'auto'
-    is a GPU's bfloat16; micro-steps per GPU are gradient_accumulation_steps / --world_size), else defaults."""
+    """Options not given take the config file's training settings, as train.py would run them (its device's
+    kernels; dtype 'auto' is a CPU's float32, else a GPU's bfloat16; micro-steps per GPU are
+    gradient_accumulation_steps / --world_size), else defaults."""
     from gptlab.config.train import TRAIN_FIELDS, TrainConfig
 
     # the file's training settings checked as train.py checks them (types, ranges), each named by its key
@@ -48,9 +56,12 @@ def _fill_options(args: argparse.Namespace, file_values: dict[str, Any]) -> None
     file_values = {**file_values, **{k: getattr(checked, k) for k in file_values if k in TRAIN_FIELDS}}
     world = getattr(args, "world_size", 1) or 1
     accum = file_values.get("gradient_accumulation_steps")
+    if getattr(args, "device_type", "") is None:
+        args.device_type = _device_type(file_values.get("device")) or "cuda"
+    dtype = file_values.get("dtype", "auto")  # TrainConfig's default, resolved as resolve_dtype does
     from_file = {
         "activation_checkpointing": file_values.get("activation_checkpointing"),
-        "dtype": "bfloat16" if file_values.get("dtype") == "auto" else file_values.get("dtype"),
+        "dtype": dtype if dtype != "auto" else "float32" if getattr(args, "device_type", None) == "cpu" else None,
         "batch_size": file_values.get("batch_size"),
         "loss_chunk_size": file_values.get("loss_chunk_size"),
         "grad_accum_steps": None if not isinstance(accum, int) else max(1, accum // world),
@@ -110,21 +121,23 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     file_values = load_config_file(args.preset) if is_file else {}
     if run_dir is not None:
         file_values = json.loads(run_dir.read_text(encoding="utf-8")).get("train", {})
-        if file_values.get("dtype") == "auto":  # what it resolved to on its device (a CPU's float32)
-            file_values["dtype"] = _resolved_dtype(run_dir.parent) or "auto"
+        hardware = _resolved_hardware(run_dir.parent)  # what 'auto' resolved to (a CPU's float32)
+        for key in ("dtype", "device"):
+            if file_values.get(key) == "auto":
+                file_values[key] = hardware.get(key) or "auto"
     _fill_options(args, file_values)
     _check_options(args)
     return resolve_architecture(args.preset, overrides, file_values if is_file else None).config
 
 
-def _resolved_dtype(run_dir: Path) -> str | None:
-    """The dtype a run's latest session trained in, from its startup record (None without a readable log)."""
+def _resolved_hardware(run_dir: Path) -> dict[str, Any]:
+    """The device and dtype a run's latest session trained on, from its startup record ({} without a log)."""
     from gptlab.report import load_run
 
     try:
-        return (load_run(run_dir).startup.get("hardware") or {}).get("dtype")
+        return load_run(run_dir).startup.get("hardware") or {}
     except (ConfigError, GptlabError):
-        return None
+        return {}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -145,10 +158,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--device_type",
-        default="cuda",
         choices=("cuda", "cpu"),
         help="whose kernels are counted: HFU's recomputation (SDPA's backward on CUDA recomputes QK^T with dropout) "
-        "and autocast's rules (default cuda; cpu for a run on a CPU)",
+        "and autocast's rules (default: a config file's device, else cuda; cpu for a run on a CPU)",
     )
     p.add_argument("--gpu", help="accelerator for the throughput estimate, e.g. H100-SXM, A100-PCIe, B200")
     p.add_argument("--mfu", type=float, help=f"model FLOPs utilisation assumed for --gpu (default {DEFAULT_MFU})")

@@ -152,6 +152,21 @@ def test_plan_takes_a_config_files_training_settings(tmp_path, capsys: pytest.Ca
     assert "micro-batch 2 x 1024 tokens, autocast bfloat16, AdamW, activation checkpointing False" in out
 
 
+def test_plan_of_a_cpu_config_file_plans_its_float32(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file with device = 'cpu' (dtype left 'auto') trains in float32 with a CPU's kernels: plan said
+    bfloat16, 36% under the run's own plan; --device_type=cpu alone resolves 'auto' the same way."""
+    config = tmp_path / "cpu.py"
+    config.write_text("arch_preset = 'gpt2'\nn_layer = 2\nvocab_size = 256\nbatch_size = 4\ndevice = 'cpu'\n")
+    assert run(["plan", str(config), "--world_size", "1"]) == 0
+    assert "autocast float32" in capsys.readouterr().out
+    assert run(["plan", str(config), "--world_size", "1", "--device_type", "cuda"]) == 0  # an option still wins
+    assert "autocast bfloat16" in capsys.readouterr().out
+    assert run(["plan", "gpt2", "--n_layer=2", "--world_size", "1", "--device_type", "cpu"]) == 0
+    assert "autocast float32" in capsys.readouterr().out
+    assert run(["plan", "gpt2", "--n_layer=2", "--world_size", "1"]) == 0
+    assert "autocast bfloat16" in capsys.readouterr().out  # a GPU's, as before
+
+
 def test_plan_of_a_config_file_runs_all_micro_steps_on_one_gpu(tmp_path, capsys) -> None:
     """The 'none x1' column is train.py on one GPU: all of the file's gradient_accumulation_steps (the
     gradients are held across them), as the startup plan of that run says; the others share them out."""
