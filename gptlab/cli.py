@@ -190,14 +190,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 OVERRIDE_COMMANDS: frozenset[str] = frozenset({"arch", "flops", "plan", "compare"})
 
 
-def _refuse_spaced_overrides(argv: Sequence[str], extra: Sequence[str]) -> None:
+def _refuse_spaced_overrides(argv: Sequence[str], extra: Sequence[str], args: argparse.Namespace) -> None:
     """argparse's ``--n_kv_head 4`` for an override (a key the command's parser leaves to ``--key=value``):
-    argparse took the 4 for the PRESET argument, so the override reached the command without its value."""
-    from gptlab.config.train import BOOL_KEYS
+    argparse took the 4 for the PRESET argument, so the override reached the command without its value. A
+    misspelt key is written as the nearest the command takes (its options, the architecture keys; compare's
+    training keys), not as the typo the next try refuses."""
+    from gptlab.config.model import ARCH_FIELDS
+    from gptlab.config.train import BOOL_KEYS, TRAIN_FIELDS
 
+    options = [k for k in vars(args) if k not in ("preset", "func", "command")]
+    keys = [*ARCH_FIELDS, "arch_preset", *options, *(TRAIN_FIELDS if args.command == "compare" else ())]
     for flag, following in itertools.pairwise(argv):
         if flag in extra and flag.startswith("--") and "=" not in flag and not following.startswith("-"):
-            raise ConfigError(f"cannot parse '{flag} {following}': {pair_hint(flag[2:], following, BOOL_KEYS)}")
+            hint = pair_hint(flag[2:], following, BOOL_KEYS, keys)
+            raise ConfigError(f"cannot parse '{flag} {following}': {hint}")
 
 
 def _run_command(argv: Sequence[str] | None) -> int:
@@ -217,7 +223,7 @@ def _run_command(argv: Sequence[str] | None) -> int:
 
         def command() -> int:
             if args.command in OVERRIDE_COMMANDS:  # the others refuse an unknown option by its name
-                _refuse_spaced_overrides(argv, extra)
+                _refuse_spaced_overrides(argv, extra, args)
             import_plugins(getattr(args, "plugins", ""))  # before the command reads an architecture
             return args.func(args, extra)
 

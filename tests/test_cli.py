@@ -45,6 +45,14 @@ from gptlab.cli import main
         (["train", "--no-compile"], r"\(write --compile=False\)$"),
         (["train", "--n_layer=2", "-n_layer=3"], r"'-n_layer=3': write --n_layer=3 \(two dashes\)$"),
         (["plan", "--n_kv_head", "4"], r"cannot parse '--n_kv_head 4': write --n_kv_head=4$"),  # not preset '4'
+        # a misspelt key, spaced: the key it means, not the typo (the next try refused it as unknown)
+        (["plan", "--gpu_mem_gb", "24"], r"'--gpu_mem_gb 24': --gpu_mem_gb is no option of this command: write "),
+        (["plan", "--gpu_mem_gb", "24"], r": write --gpu_memory_gb=24$"),
+        (["plan", "--parallel", "fsdp"], r"'--parallel fsdp': --parallel is no option of this command$"),
+        (["train", "--batch_sise", "4"], r"'--batch_sise 4': --batch_sise is no option of this command: write --b"),
+        (["train", "--batch_sise", "4"], r": write --batch_size=4$"),
+        (["sample", "--num_sample", "2"], r": write --num_samples=2$"),
+        (["compare", "gpt2", "--max_iter", "4"], r": write --max_iters=4$"),  # compare --train's
         (["arch", "--bias"], r"\(write --bias=True\)$"),
         (["arch", "--bias", "llama"], r"'--bias llama': --bias takes True or False: write --bias=True, and 'llama' as"),
         (["sample", "--fsdp"], r"\(--fsdp is no option of this command\)$"),  # not --use_fsdp=True: not sample's

@@ -50,24 +50,34 @@ def flag_hint(flag: str, bool_keys: Iterable[str] = (), keys: Iterable[str] | No
     if key in FLAG_SPELLINGS and _takes(FLAG_SPELLINGS[key][0], keys):
         return "write --{}={}".format(*FLAG_SPELLINGS[key])
     if keys is not None and key not in keys:
-        near = closest(key, keys)
+        # another tool's flag for a setting this command lacks is no misspelling (--cpu is not --gpu)
+        near = None if key in FLAG_SPELLINGS else closest(key, keys)
         if near is None:
             return f"--{key} is no option of this command"
         return flag_hint(near, bool_keys, keys)
     return f"write --{key}=VALUE"
 
 
-def pair_hint(flag: str, value: str, bool_keys: Iterable[str] = ()) -> str:
+def pair_hint(flag: str, value: str, bool_keys: Iterable[str] = (), keys: Iterable[str] | None = None) -> str:
     """What to write for argparse's ``--key value``: ``--key=value``, with Python's True / False (nanoGPT's
-    spelling) for ``--compile false``; a config file is named first, without a flag."""
+    spelling) for ``--compile false``; a config file is named first, without a flag. Only a key the command
+    takes (``keys``; None: any) is suggested: a misspelt one's nearest (``--batch_sise 4``: ``--batch_size=4``,
+    not the name that the next try refuses)."""
     key = _key_name(flag)
     if key in ("config", "config_file", "cfg", "config_path"):
         return f"name the config file first, without a flag: {value} --key=value ..."
+    unknown = ""
+    if keys is not None and key not in keys:
+        near = closest(key, list(keys))
+        unknown = f"--{key} is no option of this command"
+        if near is None:
+            return unknown
+        key, unknown = near, f"{unknown}: "  # then written as the key it most likely means
     if value.lower() in BOOL_WORDS:
         value = value.capitalize()
     elif key in frozenset(bool_keys):  # '--bias llama': the flag alone, then an argument of its own
-        return f"--{key} takes True or False: write --{key}=True, and {value!r} as an argument of its own"
-    return f"write --{key}={value}"
+        return f"{unknown}--{key} takes True or False: write --{key}=True, and {value!r} as an argument of its own"
+    return f"{unknown}write --{key}={value}"
 
 
 def parse_value(text: str) -> Any:
@@ -94,7 +104,8 @@ def parse_overrides(
         if arg.startswith("--") and "=" not in arg and len(arg) > 2 and i + 1 < len(args):
             following = args[i + 1]
             if not following.startswith("--"):  # argparse's spelling, '--n_kv_head 4'
-                raise ConfigError(f"cannot parse '{arg} {following}': {pair_hint(arg[2:], following, bool_keys)}")
+                hint = pair_hint(arg[2:], following, bool_keys, keys)
+                raise ConfigError(f"cannot parse '{arg} {following}': {hint}")
         if not arg.startswith("--") or "=" not in arg:
             hint = f" ({flag_hint(arg[2:], bool_keys, keys)})" if arg.startswith("--") and len(arg) > 2 else ""
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")

@@ -596,16 +596,19 @@ def resumed_values(
     return merged, changed, str(path), overruled
 
 
-def split_args(args: list[str], bool_keys: Iterable[str] = BOOL_KEYS) -> tuple[list[str], list[str]]:
+def split_args(
+    args: list[str], bool_keys: Iterable[str] = BOOL_KEYS, keys: Iterable[str] | None = ALL_KEYS
+) -> tuple[list[str], list[str]]:
     """``[CONFIG_FILE ...] [--key=value ...]`` -> (files, overrides), with the one-line errors for
-    argparse's ``--key value`` spelling and a file after the overrides."""
+    argparse's ``--key value`` spelling (naming a key of ``keys``) and a file after the overrides."""
     files: list[str] = []
     overrides: list[str] = []
     for arg in args:
         if arg.startswith("--"):
             overrides.append(arg)
         elif overrides and "=" not in overrides[-1]:  # argparse's spelling, '--n_layer 4'
-            raise ConfigError(f"cannot parse '{overrides[-1]} {arg}': {pair_hint(overrides[-1][2:], arg, bool_keys)}")
+            hint = pair_hint(overrides[-1][2:], arg, bool_keys, keys)
+            raise ConfigError(f"cannot parse '{overrides[-1]} {arg}': {hint}")
         elif re.match(r"-[A-Za-z_][\w.-]*=", arg):  # '-n_layer=3': one dash short
             raise ConfigError(f"cannot parse argument {arg!r}: write -{arg} (two dashes)")
         elif overrides:

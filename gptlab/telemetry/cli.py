@@ -95,8 +95,9 @@ def _check_options(args: argparse.Namespace) -> None:
 def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
     """The architecture of a preset name or a training config file, with --key=value overrides; the
     command's options not given are filled in (``_fill_options``)."""
+    options = [k for k in vars(args) if k not in ("preset", "func", "command")]  # its own, named in hints too
     overrides = {
-        **parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, ARCH_FIELDS),
+        **parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, [*ARCH_FIELDS, "arch_preset", *options]),
         **{k: v for k, v in fixed.items() if v is not None},
     }
     from gptlab.compare import resolve_architecture, run_config_json

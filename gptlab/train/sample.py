@@ -67,7 +67,7 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     from gptlab.config.train import bool_fields, load_config_file, split_args, text_fields
 
     fields = [f.name for f in dataclasses.fields(SampleConfig)]
-    files, overrides = split_args(args, bool_fields(SampleConfig))
+    files, overrides = split_args(args, bool_fields(SampleConfig), fields)
     values: dict[str, Any] = {}
     for path in files:
         from_file = load_config_file(path, keys=fields)
