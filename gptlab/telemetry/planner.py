@@ -292,13 +292,16 @@ def fit_advice(
         accum = plan_kwargs.get("grad_accum_steps", 1)
         options.append((f"--batch_size={batch // 2} with twice the gradient_accumulation_steps",
                         {"batch_size": batch // 2, "grad_accum_steps": 2 * accum}))  # fmt: skip
-    ideas = []
+    ideas, helpful = [], []
     for flag, change in options:
         peak = plan_memory(config, **{**plan_kwargs, **change}).mode.peak
         if peak < plan.mode.peak:  # checkpointing a single layer, say, keeps more than it frees
             ideas.append(f"{flag} -> {peak / 1e9:.1f} GB" + (" (fits)" if peak <= budget else ""))
+            helpful.append((flag, change))
     capacity = capacity or f"the device's {device_bytes / 1e9:.1f} GB"
+    together = "" if any(idea.endswith("(fits)") for idea in ideas) else _together(config, budget, helpful, plan_kwargs)
     options = "each alone: " + "; ".join(ideas) if ideas else "none of the settings gptlab plans lowers it"
+    options += together
     if refuse_above is not None and plan.mode.peak > refuse_above * device_bytes:
         raise ConfigError(
             f"planned peak {plan.mode.peak / 1e9:,.1f} GB per {per} is more than {refuse_above:g} times {capacity}: "
@@ -306,6 +309,33 @@ def fit_advice(
         )
     return (f"planned peak {plan.mode.peak / 1e9:.1f} GB per {per} exceeds {capacity} "
             f"(less 5% headroom); expect an out-of-memory error. Options, {options}")  # fmt: skip
+
+
+def _together(
+    config: ModelArchitectureConfig, budget: float, options: list[tuple[str, dict[str, Any]]], plan_kwargs: dict
+) -> str:
+    """When no setting alone fits: those that lowered the peak (``options``) at once, with the micro-batch halved
+    until the plan fits (the same tokens per step in more micro-steps) where halving it helped, or, where even
+    that does not fit, what is left: a smaller model, or more ranks to shard it over."""
+    last_resort = "the model itself needs a smaller size, or FSDP over more GPUs to shard it"
+    if not options:
+        return f"; {last_resort}"
+    flags = [flag for flag, change in options if "batch_size" not in change]
+    combined: dict[str, Any] = {k: v for _, change in options if "batch_size" not in change for k, v in change.items()}
+    halve = any("batch_size" in change for _, change in options)
+    batch, accum, factor = plan_kwargs["batch_size"], plan_kwargs.get("grad_accum_steps", 1), 1
+    while True:
+        micro = max(1, batch // factor)
+        change = {**combined, "batch_size": micro, "grad_accum_steps": accum * factor}
+        peak = plan_memory(config, **{**plan_kwargs, **change}).mode.peak
+        if peak <= budget or micro == 1 or not halve:
+            break
+        factor *= 2
+    if micro != batch:
+        flags.append(f"--batch_size={micro} with {factor}x the gradient_accumulation_steps")
+    if peak <= budget:
+        return f"; together: {', '.join(flags)} -> {peak / 1e9:.1f} GB (fits)"
+    return f"; even all together ({', '.join(flags)}) -> {peak / 1e9:.1f} GB: {last_resort}"
 
 
 def plan_all_modes(config: ModelArchitectureConfig, *, world_size: int = 1, **kwargs: object) -> dict[str, MemoryPlan]:

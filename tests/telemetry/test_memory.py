@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import types
 from pathlib import Path
 
@@ -187,6 +188,29 @@ def test_fit_advice_warns_before_an_oom_with_replanned_options() -> None:
     assert ddp is not None and "--use_fsdp=True ->" in ddp
     chunked = fit_advice(cfg, 6 * 10**9, loss_chunk_size=1024, **kwargs)
     assert chunked is not None and "--loss_chunk_size" not in chunked  # already on: not suggested again
+
+
+def test_fit_advice_combines_the_settings_when_none_alone_fits() -> None:
+    """24 layers x 2048, micro-batch 32 x 1024 in float32 on 24 GB: checkpointing alone 29 GB, half the batch
+    95 GB, and the advice ended there; now the helpful ones together, the micro-batch halved until it fits.
+    A model whose weights alone do not fit is told so (the combination was a larger figure than the plan)."""
+    cfg = get_preset_config("llama", n_layer=24, n_embd=2048, n_head=16, block_size=1024, vocab_size=128)
+    kwargs = dict(batch_size=32, dtype="float32", device_type="cpu")
+    advice = fit_advice(cfg, 24 * 10**9, **kwargs)
+    assert advice is not None and "(fits)" not in advice.split("; together: ")[0]
+    together = re.search(r"together: (.*) -> ([\d.]+) GB \(fits\)$", advice)
+    assert together is not None, advice
+    micro = int(re.search(r"--batch_size=(\d+) with (\d+)x", together[1])[1])
+    combined = plan_memory(cfg, **{**kwargs, "batch_size": micro, "grad_accum_steps": 32 // micro},
+                           activation_checkpointing=True)  # fmt: skip
+    assert combined.mode.peak <= 0.95 * 24 * 10**9 and f"{combined.mode.peak / 1e9:.1f}" == together[2]
+    twice = {**kwargs, "batch_size": 2 * micro, "grad_accum_steps": 16 // micro}
+    assert plan_memory(cfg, **twice, activation_checkpointing=True).mode.peak > 0.95 * 24 * 10**9  # the largest
+    huge = get_preset_config("llama", n_layer=2, n_embd=100_000, n_head=4, block_size=64, vocab_size=128)
+    advice = fit_advice(huge, 24 * 10**9, batch_size=12, dtype="float32", device_type="cpu")
+    assert advice is not None and advice.endswith(
+        "the model itself needs a smaller size, or FSDP over more GPUs to shard it"
+    )
 
 
 def test_fit_advice_offers_only_what_lowers_the_peak() -> None:
