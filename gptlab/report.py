@@ -188,20 +188,21 @@ def load_runs(paths: list[str | Path], labels: list[str] | None = None) -> list[
 
 
 def _label_by_parents(runs: list[Run]) -> None:
-    """Runs whose folders share a name are labelled by as many trailing parts of their paths as tell them
-    apart (the same folder named twice keeps its name, numbered by ``load_runs``)."""
+    """Runs whose folders share a name are labelled by as many trailing parts of their paths as tell the
+    folders apart (the same folder named twice gets one label, numbered by ``load_runs``)."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
     for group in groups.values():
-        parts = [run.path.absolute().parts for run in group]
-        if len(group) < 2 or len(set(parts)) < len(parts):
+        parts = [run.path.resolve().parts for run in group]  # one folder named two ways ('x/../z') is one
+        folders = list(dict.fromkeys(parts))
+        if len(folders) < 2:
             continue
-        for depth in range(2, max(map(len, parts)) + 1):
-            names = ["/".join(p[-depth:]) for p in parts]
-            if len(set(names)) == len(names):
-                for run, name in zip(group, names):
-                    run.label = name
+        for depth in range(2, max(map(len, folders)) + 1):
+            names = {p: "/".join(p[-depth:]) for p in folders}
+            if len(set(names.values())) == len(folders):
+                for run, p in zip(group, parts):
+                    run.label = names[p]
                 break
 
 

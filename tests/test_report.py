@@ -431,6 +431,8 @@ def test_labels_tell_runs_of_one_name_apart(tmp_path: Path) -> None:
     x, y, z = (_write_log(tmp_path / p / "run") for p in ("x", "y", "z"))
     assert [r.label for r in load_runs([x, y])] == ["x/run", "y/run"]
     assert [r.label for r in load_runs([x, x])] == ["run", "run (2)"]  # the same folder twice
+    assert [r.label for r in load_runs([x, x, y])] == ["x/run", "x/run (2)", "y/run"]
+    assert [r.label for r in load_runs([x, tmp_path / "y" / ".." / "x" / "run"])] == ["run", "run (2)"]  # one folder
     two = _write_log(tmp_path / "w" / "run (2)")
     assert [r.label for r in load_runs([x, x, two])] == ["run", "run (3)", "run (2)"]
     assert [r.label for r in load_runs([x, y, z], ["A", "A (2)", "A"])] == ["A", "A (2)", "A (3)"]

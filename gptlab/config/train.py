@@ -8,6 +8,7 @@ Config files are Python files the user names (nanoGPT style); every other value 
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
 import dataclasses
 import importlib.util
@@ -365,10 +366,14 @@ class _FileNamespace(dict):
 
     def __init__(self, globals_: dict[str, Any], visible: dict[str, Any]) -> None:
         super().__init__()
-        self._globals, self._visible = globals_, visible
+        # a key named as a builtin (compile) keeps the builtin, as a file that calls compile() expects
+        self._visible = {k: v for k, v in visible.items() if not hasattr(builtins, k)}
+        self._globals, self.read = globals_, set[str]()
+        globals_.update(copy.deepcopy(self._visible))  # what the file's functions read of them
 
     def __missing__(self, key: str) -> Any:
         if key in self._visible:
+            self.read.add(key)
             return copy.deepcopy(self._visible[key])  # an earlier file's list stays as that file left it
         raise KeyError(key)  # then exec's globals, then builtins (a NameError names it)
 
@@ -418,9 +423,8 @@ def load_config_file(
             f"config file {str(path)!r} is not a .py file: config files are Python, as nanoGPT's "
             "(n_layer = 12); YAML or JSON is not read"
         )
-    visible = training_defaults() if visible is None else visible
-    file_globals: dict[str, Any] = copy.deepcopy(visible)  # what the file's functions read of them
-    namespace = _FileNamespace(file_globals, visible)
+    file_globals: dict[str, Any] = {}
+    namespace = _FileNamespace(file_globals, training_defaults() if visible is None else visible)
     before = _registered()
     try:
         source = _config_source(path.read_bytes())
@@ -452,6 +456,12 @@ def load_config_file(
             )
     if isinstance(values.get("plugins"), str):  # found from the file's folder (imported where the run is resolved)
         values["plugins"] = anchor_plugins(values["plugins"], path.parent)
+    if _registered() != before and namespace.read:  # imported again as a plugin (resume, sample): alone, there
+        raise ConfigError(
+            f"config file {str(path)!r} registers components, so it is imported again as a plugin where the run "
+            f"is read back (resume, sample), with no other file's keys: it may not read {sorted(namespace.read)} "
+            "that it does not set (set them in it, or register in a module of its own named by --plugins)"
+        )
     if _registered() != before and isinstance(values.get("plugins", ""), str):
         # the file registers components: it is its own plugin, so the run records it and the hint names it
         values["plugins"] = merge_plugins(values.get("plugins"), str(path.resolve()))

@@ -323,14 +323,14 @@ def _together(
     flags = [flag for flag, change in options if "batch_size" not in change]
     combined: dict[str, Any] = {k: v for _, change in options if "batch_size" not in change for k, v in change.items()}
     halve = any("batch_size" in change for _, change in options)
-    batch, accum, factor = plan_kwargs["batch_size"], plan_kwargs.get("grad_accum_steps", 1), 1
-    while True:
-        micro = max(1, batch // factor)
+    batch, accum = plan_kwargs["batch_size"], plan_kwargs.get("grad_accum_steps", 1)
+    # micro-batches that divide the batch, largest first: the same sequences per step in more micro-steps
+    for micro in [d for d in range(batch, 0, -1) if batch % d == 0] if halve else [batch]:
+        factor = batch // micro
         change = {**combined, "batch_size": micro, "grad_accum_steps": accum * factor}
         peak = plan_memory(config, **{**plan_kwargs, **change}).mode.peak
-        if peak <= budget or micro == 1 or not halve:
+        if peak <= budget:
             break
-        factor *= 2
     if micro != batch:
         flags.append(f"--batch_size={micro} with {factor}x the gradient_accumulation_steps")
     if peak <= budget:

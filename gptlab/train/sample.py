@@ -64,13 +64,15 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` as nanoGPT's sample.py. A config file runs (so the
     components it registers exist) and gives its sample keys; a training file's other keys, and its
     ``init_from`` unless a checkpoint or Hub name, are the training's and left out."""
-    from gptlab.config.train import bool_fields, load_config_file, split_args, text_fields
+    from gptlab.config.train import bool_fields, load_config_file, split_args, text_fields, training_defaults
 
     fields = [f.name for f in dataclasses.fields(SampleConfig)]
     files, overrides = split_args(args, bool_fields(SampleConfig), fields)
     values: dict[str, Any] = {}
     for path in files:
-        from_file = load_config_file(path, keys=fields)
+        # it may read sample.py's defaults and earlier files' keys (a training file, training's defaults)
+        defaults = {f.name: f.default for f in dataclasses.fields(SampleConfig) if f.default is not dataclasses.MISSING}
+        from_file = load_config_file(path, keys=fields, visible={**training_defaults(), **defaults, **values})
         if from_file.get("init_from") == "scratch":
             del from_file["init_from"]
         values.update({k: v for k, v in from_file.items() if k in fields})

@@ -206,6 +206,10 @@ def test_fit_advice_combines_the_settings_when_none_alone_fits() -> None:
     assert combined.mode.peak <= 0.95 * 24 * 10**9 and f"{combined.mode.peak / 1e9:.1f}" == together[2]
     twice = {**kwargs, "batch_size": 2 * micro, "grad_accum_steps": 16 // micro}
     assert plan_memory(cfg, **twice, activation_checkpointing=True).mode.peak > 0.95 * 24 * 10**9  # the largest
+    odd = fit_advice(cfg, 20 * 10**9, **{**kwargs, "batch_size": 12})  # 12 sequences a step, kept (not 1 x 8)
+    assert odd is not None and re.search(r"--batch_size=(\d+) with (\d+)x", odd) is not None
+    micro, times = map(int, re.search(r"--batch_size=(\d+) with (\d+)x", odd).groups())
+    assert micro * times == 12, odd
     huge = get_preset_config("llama", n_layer=2, n_embd=100_000, n_head=4, block_size=64, vocab_size=128)
     advice = fit_advice(huge, 24 * 10**9, batch_size=12, dtype="float32", device_type="cpu")
     assert advice is not None and advice.endswith(

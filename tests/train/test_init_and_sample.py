@@ -823,3 +823,15 @@ def test_fp16_skipped_steps_are_reported_at_their_own_iterations(data_dir: Path,
     events = [r for r in _records(tmp_path) if r.get("event") == "loss_scale"]
     assert [(e["first_iter"], e["iter"], e["skipped_steps"]) for e in events] == [(1, 2, 2), (7, 7, 1)]
     assert events[0]["message"].startswith("iters 1-2: fp16 loss scale fell 65536 -> 16384 (2 steps")
+
+
+def test_a_sample_config_file_reads_sample_defaults_and_earlier_files(tmp_path: Path) -> None:
+    """nanoGPT-style, a sample file reads sample.py's defaults (num_samples += 2; init_from 'resume', not
+    training's 'scratch') and what an earlier file set: each was a NameError or training's value."""
+    from gptlab.train.sample import SampleConfig, parse_sample_args
+
+    (tmp_path / "a.py").write_text("num_samples += 2\ninit_from = 'gpt2' if init_from == 'scratch' else init_from\n")
+    (tmp_path / "b.py").write_text("max_new_tokens = num_samples * 10\n")
+    settings = parse_sample_args([str(tmp_path / "a.py"), str(tmp_path / "b.py")])
+    assert settings.num_samples == SampleConfig.num_samples + 2 and settings.init_from == SampleConfig.init_from
+    assert settings.max_new_tokens == 10 * settings.num_samples

@@ -212,6 +212,21 @@ def test_a_config_file_reads_the_defaults_and_earlier_files_as_nanogpt_configs_d
     run = parse_run_args([str(tmp_path / "first.py"), str(tmp_path / "then.py"), "--device=cpu"])
     assert (run.train.lr_decay_iters, run.train.warmup_iters) == (6, 8)
     assert run.train.min_lr == TrainConfig.learning_rate / 10 and "learning_rate" not in run.explicit
+    (tmp_path / "builtin.py").write_text("max_iters = eval(compile('1 + 1', '<x>', 'eval'))\n")
+    assert load_config_file(tmp_path / "builtin.py") == {"max_iters": 2}  # compile() is Python's, not the key
+    (tmp_path / "reg.py").write_text(
+        "import torch\nfrom gptlab.model.registry import ACTIVATION_REGISTRY\n"
+        "@ACTIVATION_REGISTRY.register('reads_defaults_t')\nclass _Sq(torch.nn.Module):\n"
+        "    def forward(self, x):\n        return x * x\n"
+        "lr_decay_iters = max_iters\n"
+    )
+    from gptlab.model.registry import ACTIVATION_REGISTRY
+
+    try:  # imported again as a plugin on resume, it could not read them: said now, not then
+        with pytest.raises(ConfigError, match=r"registers components, .* it may not read \['max_iters'\]"):
+            load_config_file(tmp_path / "reg.py")
+    finally:
+        ACTIVATION_REGISTRY.pop("reads_defaults_t", None)
     (tmp_path / "arch.py").write_text("n_head = n_embd // 64\n")
     with pytest.raises(ConfigError, match=r"NameError: name 'n_embd' is not defined \(.*set it first\)$"):
         load_config_file(tmp_path / "arch.py")
