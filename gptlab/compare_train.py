@@ -258,8 +258,7 @@ def _train_all(
             out / "report",
             labels=comparison.labels,
             title="gptlab compare",
-            tables=tables,
-            shared_process=not any(str(r["device"]).startswith("cuda") for r in results),
+            tables=tables,  # CPU runs say in their startup records that they shared this process
         )
         comparison.report = str(path)
     return comparison

@@ -366,27 +366,25 @@ def build_report(
     labels: list[str] | None = None,
     title: str = "gptlab report",
     tables: list[tuple[str, list[str], list[list[str]]]] | None = None,
-    shared_process: bool = False,
 ) -> Path:
     """Plots and ``out_dir/report.html`` for the runs in ``paths``; returns the HTML path.
     ``tables`` are extra (title, header, rows) sections placed first (e.g. ``gptlab compare``'s).
-    ``shared_process``: the runs trained one after another in one CPU process (``compare --train``), whose
-    RSS is no one run's memory: no memory plot or summary row is drawn from it. A run's own startup record
-    says so too (``hardware.shared_process``), so that any report over such runs leaves their memory out."""
+    A run trained in one CPU process with others (``compare --train``; its startup record's
+    ``hardware.shared_process``) has an RSS that is no one run's: no memory plot or summary row is drawn from it."""
     from gptlab.report_html import render_html
 
     runs = load_runs(list(paths), labels)
-    shared = [run for run in runs if shared_process or run.shared_process]
+    shared = [run for run in runs if run.shared_process]
     for run in shared:
         run.iters = [{k: v for k, v in r.items() if k != "memory"} for r in run.iters]
         run.summary = {k: v for k, v in run.summary.items() if k != "peak_memory_gb"}
     plots = write_plots(runs, out_dir)
     html_path = Path(out_dir) / "report.html"
     notes = None
-    if shared and len(shared) == len(runs):
-        notes = {"memory": SHARED_PROCESS_MEMORY}
-    elif shared:
-        notes = {"memory": f"{', '.join(run.label for run in shared)} not drawn: {SHARED_PROCESS_REASON}"}
+    if shared:
+        who = "memory: the runs" if len(shared) == len(runs) else ", ".join(run.label for run in shared)
+        planned = " (the Training table gives each architecture's planned peak)" if tables else ""
+        notes = {"memory": f"{who} not drawn: {SHARED_PROCESS_REASON}{planned}"}
     atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or [], notes=notes))
     return html_path
 
@@ -394,10 +392,6 @@ def build_report(
 SHARED_PROCESS_REASON = (
     "trained one after another with other models in one CPU process (gptlab compare --train), whose RSS is "
     "not any one run's"
-)
-SHARED_PROCESS_MEMORY = (
-    "memory: not drawn: the runs trained one after another in one CPU process, whose RSS is not any one "
-    "run's (the Training table gives each architecture's planned peak)"
 )
 
 

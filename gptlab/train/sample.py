@@ -69,9 +69,9 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     fields = [f.name for f in dataclasses.fields(SampleConfig)]
     files, overrides = split_args(args, bool_fields(SampleConfig), fields)
     values: dict[str, Any] = {}
+    # a file may read sample.py's defaults and earlier files' keys (a training file, training's defaults)
+    defaults = {f.name: f.default for f in dataclasses.fields(SampleConfig) if f.default is not dataclasses.MISSING}
     for path in files:
-        # it may read sample.py's defaults and earlier files' keys (a training file, training's defaults)
-        defaults = {f.name: f.default for f in dataclasses.fields(SampleConfig) if f.default is not dataclasses.MISSING}
         from_file = load_config_file(path, keys=fields, visible={**training_defaults(), **defaults, **values})
         if from_file.get("init_from") == "scratch":
             del from_file["init_from"]
