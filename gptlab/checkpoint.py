@@ -647,6 +647,10 @@ def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, 
     return {"state": out_state, "param_groups": groups}
 
 
+# OSErrors that say the file could not be opened, whatever its bytes: never reported as a corrupt checkpoint
+FILE_SYSTEM_REFUSALS = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
 def check_zip_crc(path: Path) -> None:
     """torch.load does not check the CRC-32 that torch.save records for every tensor: flipped bytes (a bad
     disk, a broken copy) would load as weights and train on. Reading the file once costs about a second
@@ -654,6 +658,8 @@ def check_zip_crc(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
+    except FILE_SYSTEM_REFUSALS as e:  # the file system's answer (mode 600, another owner), not the bytes'
+        raise CheckpointError(f"{str(path)!r} could not be read ({first_line(e)})") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         reason = first_line(e)
         raise CheckpointError(
@@ -715,8 +721,8 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
         # stays deletable there, so keep_checkpoints can remove the checkpoint a run resumed from
     except MemoryError:
         raise  # not the file's fault
-    except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:  # the file system's
-        # answer, not the bytes' (a truncated archive can raise another OSError: EINVAL from the zip reader)
+    except FILE_SYSTEM_REFUSALS as e:  # the file system's answer, not the bytes' (a truncated archive can raise
+        # another OSError: EINVAL from the zip reader)
         raise CheckpointError(f"{str(path)!r} could not be read ({first_line(e)})") from None
     except Exception as e:
         # the memory-mapped load's complaint about anything but a zip archive would send the user re-saving

@@ -334,6 +334,22 @@ def test_unreadable_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.Mo
         load_checkpoint(tmp_path)
 
 
+def test_unreadable_is_not_called_corrupt_by_the_crc_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CRC check opens the file first: a file the user may not read (mode 600, another owner) is said to
+    be unreadable there too, not corrupt (which would send them re-training)."""
+    from gptlab import checkpoint
+    from gptlab.errors import CheckpointError
+
+    torch.save(_state(1), tmp_path / "ckpt.pt")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(checkpoint.zipfile, "ZipFile", refuse)
+    with pytest.raises(CheckpointError, match=r"ckpt.pt' could not be read \(\[Errno 13\] Permission denied\)$"):
+        load_checkpoint(tmp_path)
+
+
 def test_a_link_that_cannot_be_made_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Windows without Developer Mode refuses symbolic links (WinError 1314): the sharded checkpoint's
     ckpt.dcp link is a one-line error saying so, not a traceback after the save."""
