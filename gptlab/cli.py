@@ -33,7 +33,7 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.model.gpt import ConfigurableGPT
     from gptlab.telemetry.cli import vocab_hint
 
-    overrides = parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, ARCH_FIELDS)
+    overrides = parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, ARCH_FIELDS, TRAIN_FIELDS)
 
     for key in overrides:
         if key == "arch_preset" and not names_a_file(args.preset):
@@ -202,7 +202,7 @@ def _refuse_spaced_overrides(argv: Sequence[str], extra: Sequence[str], args: ar
     keys = [*ARCH_FIELDS, "arch_preset", *options, *(TRAIN_FIELDS if args.command == "compare" else ())]
     for flag, following in itertools.pairwise(argv):
         if flag in extra and flag.startswith("--") and "=" not in flag and not following.startswith("-"):
-            hint = pair_hint(flag[2:], following, BOOL_KEYS, keys)
+            hint = pair_hint(flag[2:], following, BOOL_KEYS, keys, TRAIN_FIELDS)
             raise ConfigError(f"cannot parse '{flag} {following}': {hint}")
 
 

@@ -192,8 +192,9 @@ class Comparison:
     def labels(self) -> list[str]:
         return [a.label for a in self.architectures]
 
-    def rows(self) -> list[tuple[str, str]]:
-        """(figure key, row label) in table order: the documented rows."""
+    def rows(self, memory_unit: str = "GB") -> list[tuple[str, str]]:
+        """(figure key, row label) in table order: the documented rows; ``memory_unit`` as the memory cells
+        give it (the tables' GB; CSV's unrounded bytes)."""
         s = self.settings
         rows = [
             ("architecture", "architecture"),
@@ -212,7 +213,7 @@ class Comparison:
         )
         for m in MODES:
             n = 1 if m == "none" else s["world_size"]
-            rows.append((f"memory.{m}", f"memory/GPU {m} x{n} (GB, peak; {plan})"))
+            rows.append((f"memory.{m}", f"memory/GPU {m} x{n} ({memory_unit}, peak; {plan})"))
         tag = f"{s['gpu']} {s['precision']} @ {100 * s['mfu']:.4g}% MFU"  # as given: 0.355 is 35.5%
         rows += [
             ("tokens_per_sec_per_gpu", f"tokens/s per GPU ({tag})"),
@@ -280,7 +281,7 @@ class Comparison:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["table", "key", "figure", *self.labels])
-        for key, label in self.rows():
+        for key, label in self.rows(memory_unit="bytes"):
             writer.writerow(["architecture", key, label, *(_csv_cell(f[key]) for f in self.figures)])
         writer.writerow(["architecture", "notes", "notes", *("; ".join(f["notes"]) for f in self.figures)])
         if self.training:

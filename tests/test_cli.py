@@ -48,7 +48,13 @@ from gptlab.cli import main
         # a misspelt key, spaced: the key it means, not the typo (the next try refused it as unknown)
         (["plan", "--gpu_mem_gb", "24"], r"'--gpu_mem_gb 24': --gpu_mem_gb is no option of this command: write "),
         (["plan", "--gpu_mem_gb", "24"], r": write --gpu_memory_gb=24$"),
-        (["plan", "--parallel", "fsdp"], r"'--parallel fsdp': --parallel is no option of this command$"),
+        (["plan", "--parallel", "fsdp"], r"'--parallel fsdp': --parallel is a training setting, which this command"),
+        (["plan", "--paralel", "fsdp"], r"'--paralel fsdp': --paralel is no option of this command$"),
+        # a training key that the command does not take: said so, not "corrected" to a near key it takes
+        (["flops", "gpt2", "--batch_size", "4"], r"'--batch_size 4': --batch_size is a training setting, which this"),
+        (["arch", "--batch_size", "4"], r"--batch_size is a training setting, which this command does not take$"),
+        (["flops", "--batch_size"], r"\(--batch_size is a training setting, which this command does not take\)$"),
+        (["plan", "--gradient_accumulation_steps", "4"], r"does not take \(this command's --grad_accum_steps, per"),
         (["train", "--batch_sise", "4"], r"'--batch_sise 4': --batch_sise is no option of this command: write --b"),
         (["train", "--batch_sise", "4"], r": write --batch_size=4$"),
         (["sample", "--num_sample", "2"], r": write --num_samples=2$"),

@@ -111,6 +111,7 @@ def test_cli_formats_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)["architectures"]
     assert [int(v) for v in by_key["params_total"][3:]] == [data[p]["params_total"] for p in PRESETS]
     assert [float(v) for v in by_key["memory.fsdp"][3:]] == [data[p]["memory.fsdp"] for p in PRESETS]
+    assert by_key["memory.fsdp"][2].startswith("memory/GPU fsdp x8 (bytes, peak;")  # as its cells are
 
 
 def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

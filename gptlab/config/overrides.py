@@ -37,12 +37,31 @@ def _takes(key: str, keys: Iterable[str] | None) -> bool:
     return keys is None or key in keys
 
 
-def flag_hint(flag: str, bool_keys: Iterable[str] = (), keys: Iterable[str] | None = None) -> str:
+# A training key under another command's own name (the planner's per-GPU accumulation)
+SAME_SETTING: dict[str, str] = {"gradient_accumulation_steps": "grad_accum_steps"}
+
+
+def setting_not_taken(key: str, keys: Iterable[str] | None, settings: Iterable[str]) -> str | None:
+    """A training setting that this command does not take (``gptlab flops gpt2 --batch_size 4``), said as
+    such: the nearest key it takes (``--block_size``) would be another setting, silently changed."""
+    if keys is None or key in keys or key not in settings:
+        return None
+    own = SAME_SETTING.get(key)
+    hint = f" (this command's --{own}, per GPU)" if own in keys else ""
+    return f"--{key} is a training setting, which this command does not take{hint}"
+
+
+def flag_hint(
+    flag: str, bool_keys: Iterable[str] = (), keys: Iterable[str] | None = None, settings: Iterable[str] = ()
+) -> str:
     """What to write for a ``--flag`` typed without a value: ``--eval_only=True`` for a setting that is a
     bool, ``--compile=False`` for argparse's ``--no-compile``, ``--dtype=bfloat16`` for ``--bf16``; only
     settings the command takes (``keys``; None: any) are suggested: a misspelt one's nearest key
-    (``--max_iter``: ``--max_iters=VALUE``, not the name that the next try refuses)."""
+    (``--max_iter``: ``--max_iters=VALUE``, not the name that the next try refuses); a key of ``settings``
+    (known to gptlab) the command does not take is named as such."""
     key, bool_keys = _key_name(flag), frozenset(bool_keys)
+    if (refused := setting_not_taken(key, keys, settings)) is not None:
+        return refused
     if key in bool_keys and _takes(key, keys):
         return f"write --{key}=True"
     if key.startswith("no_") and key[3:] in bool_keys and _takes(key[3:], keys):
@@ -54,18 +73,26 @@ def flag_hint(flag: str, bool_keys: Iterable[str] = (), keys: Iterable[str] | No
         near = None if key in FLAG_SPELLINGS else closest(key, keys)
         if near is None:
             return f"--{key} is no option of this command"
-        return flag_hint(near, bool_keys, keys)
+        return flag_hint(near, bool_keys, keys, settings)
     return f"write --{key}=VALUE"
 
 
-def pair_hint(flag: str, value: str, bool_keys: Iterable[str] = (), keys: Iterable[str] | None = None) -> str:
+def pair_hint(
+    flag: str,
+    value: str,
+    bool_keys: Iterable[str] = (),
+    keys: Iterable[str] | None = None,
+    settings: Iterable[str] = (),
+) -> str:
     """What to write for argparse's ``--key value``: ``--key=value``, with Python's True / False (nanoGPT's
     spelling) for ``--compile false``; a config file is named first, without a flag. Only a key the command
     takes (``keys``; None: any) is suggested: a misspelt one's nearest (``--batch_sise 4``: ``--batch_size=4``,
-    not the name that the next try refuses)."""
+    not the name that the next try refuses); a key of ``settings`` the command does not take is named as such."""
     key = _key_name(flag)
     if key in ("config", "config_file", "cfg", "config_path"):
         return f"name the config file first, without a flag: {value} --key=value ..."
+    if (refused := setting_not_taken(key, keys, settings)) is not None:
+        return refused
     unknown = ""
     if keys is not None and key not in keys:
         near = closest(key, list(keys))
@@ -93,21 +120,24 @@ def parse_overrides(
     text_keys: Iterable[str] = (),
     bool_keys: Iterable[str] = (),
     keys: Iterable[str] | None = None,
+    settings: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Turn ``['--n_layer=4', '--bias=False']`` into ``{'n_layer': 4, 'bias': False}``. A key of
     ``text_keys`` (string settings) keeps its text when it reads as a number: ``--wandb_run_name=2024``;
-    ``bool_keys`` (bool settings) and ``keys`` (all the command takes; None: any) name the fix for a
-    bare ``--eval_only`` or ``--bf16``."""
+    ``bool_keys`` (bool settings), ``keys`` (all the command takes; None: any) and ``settings`` (all gptlab
+    knows) name the fix for a bare ``--eval_only`` or ``--bf16``."""
     text_keys = frozenset(text_keys)
     out: dict[str, Any] = {}
     for i, arg in enumerate(args):
         if arg.startswith("--") and "=" not in arg and len(arg) > 2 and i + 1 < len(args):
             following = args[i + 1]
             if not following.startswith("--"):  # argparse's spelling, '--n_kv_head 4'
-                hint = pair_hint(arg[2:], following, bool_keys, keys)
+                hint = pair_hint(arg[2:], following, bool_keys, keys, settings)
                 raise ConfigError(f"cannot parse '{arg} {following}': {hint}")
         if not arg.startswith("--") or "=" not in arg:
-            hint = f" ({flag_hint(arg[2:], bool_keys, keys)})" if arg.startswith("--") and len(arg) > 2 else ""
+            hint = (
+                f" ({flag_hint(arg[2:], bool_keys, keys, settings)})" if arg.startswith("--") and len(arg) > 2 else ""
+            )
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
         key, text = arg[2:].split("=", 1)
         if not key.isidentifier():

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
-from gptlab.config.overrides import parse_overrides
+from gptlab.config.overrides import SAME_SETTING, parse_overrides
 from gptlab.config.train import ALL_KEYS, BOOL_KEYS, TEXT_KEYS, load_config_file, names_a_file
 from gptlab.errors import ConfigError, GptlabError, bool_argument, did_you_mean, unknown_choice
 from gptlab.plugins import add_plugins_option
@@ -97,7 +97,7 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     command's options not given are filled in (``_fill_options``)."""
     options = [k for k in vars(args) if k not in ("preset", "func", "command")]  # its own, named in hints too
     overrides = {
-        **parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, [*ARCH_FIELDS, "arch_preset", *options]),
+        **parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, [*ARCH_FIELDS, "arch_preset", *options], ALL_KEYS),
         **{k: v for k, v in fixed.items() if v is not None},
     }
     from gptlab.compare import resolve_architecture, run_config_json
@@ -108,7 +108,7 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     options = [k for k in vars(args) if k not in ("preset", "func", "command")]
     for key in overrides:  # a typo of the command's own options is suggested too
         if key in ALL_KEYS and key not in known:
-            own = {"gradient_accumulation_steps": "grad_accum_steps"}.get(key, key)  # its name here, per GPU
+            own = SAME_SETTING.get(key, key)  # its name here, per GPU
             hint = f" (this command's --{own}, per GPU)" if own != key and own in options else ""
             raise ConfigError(
                 f"--{key} is a training setting, which this command does not take{hint or vocab_hint(key)}: it "
