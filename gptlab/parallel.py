@@ -133,6 +133,24 @@ def _check_launch_env(world_size: int) -> None:
         raise ConfigError(f"WORLD_SIZE={world_size} without MASTER_ADDR: launch with torchrun")
 
 
+def _check_ranks(world_size: int, rank: int, local_rank: int) -> None:
+    """The launch variables against each other: a stale ``RANK=1`` in a one-process run's shell made it a rank
+    that is never rank 0 (it trained without a line printed or a file written, and exited 0), ``WORLD_SIZE=0``
+    was a ZeroDivisionError, a rank past the world size waited dist_timeout for a group it cannot join."""
+    if world_size < 1:
+        raise ConfigError(f"environment variable WORLD_SIZE={world_size} is invalid: expected 1 or more ranks")
+    if not 0 <= rank < world_size:
+        raise ConfigError(
+            f"environment variable RANK={rank} is invalid for WORLD_SIZE={world_size}: expected 0 to "
+            f"{world_size - 1} (a RANK left in the shell from another launch? unset it, or launch with torchrun)"
+        )
+    if not 0 <= local_rank < world_size:
+        raise ConfigError(
+            f"environment variable LOCAL_RANK={local_rank} is invalid for WORLD_SIZE={world_size}: expected 0 to "
+            f"{world_size - 1} (unset it, or launch with torchrun)"
+        )
+
+
 def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     """Join the job torchrun started (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT).
 
@@ -141,6 +159,8 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     timeout bounds every collective: a rank that died turns into an error, not a hang.
     """
     world_size, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if not (dist.is_available() and dist.is_initialized()):  # a group made by the caller names its own ranks
+        _check_ranks(world_size, rank, local_rank)
     if world_size == 1 and (not dist.is_available() or not dist.is_initialized()):
         _check_srun_tasks()
     mode = resolve_mode(cfg, world_size)

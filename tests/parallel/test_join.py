@@ -68,6 +68,12 @@ def test_a_master_port_in_use_is_said_so(monkeypatch: pytest.MonkeyPatch) -> Non
         ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "abc"}, "MASTER_PORT='abc' is not an int"),
         ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 without MASTER_ADDR"),
         ({"SLURM_STEP_NUM_TASKS": "2"}, r"srun started 2 tasks .* each would train alone"),
+        # a stale RANK in a one-process shell trained without output or files, exit 0 (never rank 0)
+        ({"RANK": "1"}, r"^environment variable RANK=1 is invalid for WORLD_SIZE=1: expected 0 to 0 \(a RANK left"),
+        ({"RANK": "3", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK=3 is invalid for WORLD_SIZE"),
+        ({"RANK": "-1"}, "RANK=-1 is invalid"),
+        ({"WORLD_SIZE": "0"}, r"^environment variable WORLD_SIZE=0 is invalid: expected 1 or more ranks$"),
+        ({"LOCAL_RANK": "2", "WORLD_SIZE": "2", "RANK": "0"}, "LOCAL_RANK=2 is invalid for WORLD_SIZE=2"),
     ],
 )
 def test_launch_variables_that_cannot_form_a_job_are_one_line(
