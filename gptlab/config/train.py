@@ -508,7 +508,7 @@ def _validated_run_config(values: dict[str, Any], explicit: Iterable[str], typed
         # with --eval_only=True, say), as a resume takes the checkpoint's
         from gptlab.model.convert import recorded_dataset, weights_record
 
-        recorded = recorded_dataset(weights_record(Path(init_from)) or {})
+        recorded = recorded_dataset(weights_record(Path(init_from), strict=True) or {})
         if recorded:
             values = {**values, "dataset": recorded}
     train = TrainConfig(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})

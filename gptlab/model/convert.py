@@ -174,12 +174,15 @@ def gptlab_checkpoint_path(path: Path) -> Path | None:
     return latest_checkpoint(path)
 
 
-def weights_record(path: Path) -> dict[str, Any] | None:
+def weights_record(path: Path, strict: bool = False) -> dict[str, Any] | None:
     """The record of the checkpoint a fine-tune's source names, read without its weights: a gptlab checkpoint
     or run directory's latest, the ckpt.pt beside a ``gptlab export --hf`` folder, nanoGPT's ckpt.pt; None for
-    a Hugging Face model or Hub name, or one unreadable here (loading its weights says why)."""
+    a Hugging Face model or Hub name, or one unreadable here (loading its weights says why). ``strict``: a
+    checkpoint that is the source itself and cannot be read raises its CheckpointError now (a truncated one was
+    reported as the nanoGPT default dataset its record no longer named, not prepared)."""
     path = Path(path).expanduser()
     found = gptlab_checkpoint_path(path) if path.exists() else None
+    beside = found is None
     if found is None and path.is_dir():
         found = path / CHECKPOINT_NAME
     if found is None or not found.exists():
@@ -187,6 +190,8 @@ def weights_record(path: Path) -> dict[str, Any] | None:
     try:
         record = read_checkpoint_record(found) if is_dcp_dir(found) else read_torch_checkpoint(found, mmap=True)
     except CheckpointError:
+        if strict and not beside:
+            raise
         return None
     return record if isinstance(record, dict) else None
 

@@ -85,6 +85,14 @@ def test_a_fine_tune_or_evaluation_of_a_checkpoint_takes_its_dataset_unless_told
     torch.save({"model_args": {"n_layer": 1}, "config": {"dataset": "shakespeare_char"}, "model": {}}, nanogpt)
     assert recorded_dataset(weights_record(nanogpt.parent) or {}) == "shakespeare_char"
     assert weights_record(tmp_path / "no such folder") is None
+    # a truncated source is said to be one, not the nanoGPT default dataset its lost record left (not prepared)
+    from gptlab.errors import CheckpointError
+
+    cut = tmp_path / "cut" / "ckpt.pt"
+    cut.parent.mkdir()
+    cut.write_bytes((src / "ckpt.pt").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"ckpt.pt' could not be read as a checkpoint \(a torch.save archive cut"):
+        parse_run_args([*launch, f"--init_from={str(cut.parent)!r}", "--eval_only=True", "--device='cpu'"])
 
 
 def test_run_directory_loads_and_conflicting_overrides_fail(data_dir: Path, tmp_path: Path) -> None:
