@@ -185,6 +185,7 @@ class TrainingLogger:
         self.evals: list[dict[str, Any]] = []
         self.startup: dict[str, Any] = {}
         self._status_shown = False
+        self._write_failed = False  # a record that did not reach the disk: its error is the one to report
         self._wandb = self._tb = None
         if not enabled:
             return
@@ -235,6 +236,8 @@ class TrainingLogger:
             self._file.flush()
         except OSError as e:  # a full disk or a file-size limit: one line, as for a checkpoint
             import shutil
+
+            self._write_failed = True
 
             free = shutil.disk_usage(self.out_dir).free
             raise GptlabError(
@@ -497,7 +500,13 @@ class TrainingLogger:
             self._emit("\n")
             self._status_shown = False
         if self.enabled and not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                if not self._write_failed:
+                    raise
+                # the bytes the failed write left in the buffer, flushed again: that write's one line (the file,
+                # the space free) is the error the run ends with, and wandb and TensorBoard still close
         if self._wandb is not None:
             self._wandb.finish(exit_code=exit_code)
             self._wandb = None

@@ -43,6 +43,28 @@ def test_a_log_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
         logger.log_event("checkpoint", "saving")
 
 
+def test_closing_after_a_failed_write_keeps_that_write_error(tmp_path: Path) -> None:
+    """The bytes a full disk refused stay in the file's buffer: closing flushed them again, and that second
+    OSError (no file named, no space said) replaced the write's one line as the run's error."""
+
+    class FullDisk(io.BufferedWriter):
+        def flush(self) -> None:
+            raise OSError(28, "No space left on device")
+
+    logger = TrainingLogger(tmp_path, stream=io.StringIO())
+    logger._file.close()
+    logger._file = io.TextIOWrapper(FullDisk(io.FileIO(tmp_path / "log.jsonl", "a")), encoding="utf-8")
+    with pytest.raises(GptlabError, match=r"cannot write .*log\.jsonl: No space left on device"):
+        logger.log_event("checkpoint", "saving")
+    logger.close(exit_code=2)  # quietly: the write's error is the one reported
+    assert logger._file.closed
+    healthy = TrainingLogger(tmp_path / "other", stream=io.StringIO())
+    healthy._file.close()
+    healthy._file = io.TextIOWrapper(FullDisk(io.FileIO(tmp_path / "other.jsonl", "a")), encoding="utf-8")
+    with pytest.raises(OSError, match="No space left"):  # a close failing on its own is not hidden
+        healthy.close()
+
+
 def test_a_console_that_cannot_encode_the_rules_gets_them_replaced(tmp_path: Path) -> None:
     """PYTHONIOENCODING=latin-1 or an ASCII locale: the banner's box drawing would end the run."""
     raw = io.BytesIO()
