@@ -41,7 +41,9 @@ DCP_LINK = "ckpt.dcp"
 DCP_META = "meta.pt"
 FORMAT = "gptlab"
 _HISTORY = re.compile(r"^ckpt-(\d+)\.(pt|dcp)$")
-_LEFTOVER = re.compile(r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.(tmp|old)|ckpt\.dcp\.(tmp|copy))$")
+_LEFTOVER = re.compile(
+    r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.(tmp|old)|ckpt\.dcp\.(tmp|copy)|(config|summary)\.json\.tmp-\d+)$"
+)  # the training's own atomic writes killed half-way (config.json and summary.json: no other writer has them)
 # torch.compile wraps the model as `_orig_mod`, DDP as `module`: neither belongs in a checkpoint.
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 

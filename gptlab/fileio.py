@@ -24,8 +24,8 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        if e.filename is None:  # a write's or flush's error names no file: name the one being written
-            e.filename = str(path)
+        if e.filename in (None, str(tmp)):  # a write's error names no file, an open's the hidden temporary
+            e.filename = str(path)  # one: name the file being written, the one the user knows
         raise
     finally:
         tmp.unlink(missing_ok=True)

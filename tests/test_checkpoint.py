@@ -122,10 +122,12 @@ def test_a_checkpoint_that_runs_code_when_loaded_is_refused(tmp_path: Path) -> N
 def test_remove_checkpoints_spares_the_kept_path_and_leftovers_go(tmp_path: Path) -> None:
     from gptlab.checkpoint import remove_checkpoints, remove_save_leftovers
 
-    for name in ("ckpt.pt", "ckpt-0000010.pt", "log.jsonl", ".ckpt.pt.tmp-123"):
+    for name in ("ckpt.pt", "ckpt-0000010.pt", "log.jsonl", ".ckpt.pt.tmp-123", ".summary.json.tmp-7"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / ".ckpt.dcp.copy").mkdir()  # a followed link's copy, set aside by a save killed just then
-    assert remove_save_leftovers(tmp_path) == [".ckpt.dcp.copy", ".ckpt.pt.tmp-123"]
+    (tmp_path / ".config.json.tmp-8").write_bytes(b"x")  # the run's own atomic writes, killed half-way
+    removed = [".ckpt.dcp.copy", ".ckpt.pt.tmp-123", ".config.json.tmp-8", ".summary.json.tmp-7"]
+    assert remove_save_leftovers(tmp_path) == removed
     assert remove_checkpoints(tmp_path, keep=tmp_path / "ckpt-0000010.pt") == ["ckpt.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000010.pt", "log.jsonl"]
 

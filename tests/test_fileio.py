@@ -22,6 +22,25 @@ def test_atomic_write_replaces_whole_and_a_failed_write_leaves_the_old_file(tmp_
     assert path.read_bytes() == b"second"
 
 
+def test_a_refused_open_names_the_file_written_not_its_hidden_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder the user may not write (mode 555): the error named '.summary.json.tmp-PID', a file they never see."""
+    import builtins
+
+    real_open = builtins.open
+
+    def refuse(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "x" in mode:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    with pytest.raises(PermissionError) as refused:
+        atomic_write(tmp_path / "summary.json", "{}")
+    assert refused.value.filename == str(tmp_path / "summary.json")
+
+
 def test_check_directory_names_the_key_and_takes_the_path_as_written(tmp_path: Path) -> None:
     from gptlab.errors import ConfigError
     from gptlab.fileio import check_directory
