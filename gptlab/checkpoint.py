@@ -491,8 +491,14 @@ def check_dcp_metadata(path: str | Path) -> None:
 
 
 def read_saved_settings(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The training settings and the architecture a checkpoint was written with (``{}`` for none)."""
+    """The training settings and the architecture a checkpoint was written with; a record without its training
+    settings is damaged (every gptlab checkpoint has them): resumed on the defaults, it went on as another run."""
     meta = read_checkpoint_record(path)
+    if not _saved_train(meta):
+        raise CheckpointError(
+            f"{str(path)!r} is a damaged gptlab checkpoint: it has no config['train'] record (the settings a "
+            "resume goes on with); the file was left untouched"
+        )
     return _saved_train(meta), dict(meta.get("arch") or {})
 
 

@@ -60,7 +60,7 @@ from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
 from gptlab.device import enable_tf32, resolve_device, resolve_dtype
-from gptlab.errors import CheckpointError, ConfigError, GptlabError
+from gptlab.errors import CheckpointError, ConfigError, GptlabError, first_line
 from gptlab.fileio import atomic_write, check_directory
 from gptlab.logging import TrainingLogger
 from gptlab.model.convert import check_init_source, resolve_pretrained
@@ -526,6 +526,9 @@ class Trainer:
             else:  # into a full state dict (a DCP directory is read whole by each rank)
                 ckpt = load_checkpoint(path)
             ckpt["path"] = str(path)
+            needed = ("best_val_loss",) if "dcp_path" in ckpt else ("optimizer", "best_val_loss")  # a KeyError later
+            if missing := [key for key in needed if key not in ckpt]:
+                raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: it has no {', '.join(missing)}")
             self._weights_source = str(path)
             # the architecture is the checkpoint's; only settings that keep the weights may change, if set now
             self._overruled = run.overruled + _check_arch_overrides(run, ckpt["arch"], str(path))
@@ -624,10 +627,16 @@ class Trainer:
 
     def _restore_rng(self, ckpt: dict[str, Any]) -> None:
         rng = ckpt.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        try:
+            if "torch" in rng:
+                torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        except (RuntimeError, TypeError) as e:  # not a generator's state: a damaged or hand-edited record
+            raise CheckpointError(
+                f"{ckpt.get('path', 'the checkpoint')!r} is a damaged gptlab checkpoint: its rng state is no "
+                f"generator's ({first_line(e)[:120]}); the file was left untouched"
+            ) from None
 
     # ------------------------------------------------------------------ steps
     def batch_key(self, iter_num: int, micro_step: int) -> tuple[int, int]:

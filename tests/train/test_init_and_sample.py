@@ -330,6 +330,34 @@ def test_a_checkpoint_field_of_the_wrong_type_is_one_line_on_resume_and_sample(
         sample(SampleConfig(out_dir=str(run), max_new_tokens=2, num_samples=1, device="cpu"))
 
 
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"optimizer": None}, r"it has no optimizer$"),
+        ({"best_val_loss": None}, r"it has no best_val_loss$"),
+        ({"config": None}, r"it has no config\['train'\] record"),  # resumed on the defaults: another run
+        ({"rng": {"torch": torch.zeros(7, dtype=torch.uint8)}}, r"its rng state is no generator's"),
+    ],
+)
+def test_a_checkpoint_missing_what_a_resume_needs_is_one_line(
+    edit: dict, said: str, data_dir: Path, tmp_path: Path, run_of_4: Path
+) -> None:
+    """A field removed (None: deleted) or a generator state of the wrong size was a KeyError or RuntimeError
+    traceback mid-resume; without its settings it resumed on the defaults ('dataset openwebtext is not prepared')."""
+    import shutil
+
+    from gptlab.errors import CheckpointError
+
+    run = tmp_path / "run"
+    shutil.copytree(run_of_4, run)
+    ckpt = dict(torch.load(run / "ckpt.pt", weights_only=True))
+    ckpt.update({k: v for k, v in edit.items() if v is not None})
+    torch.save({k: v for k, v in ckpt.items() if edit.get(k, 0) is not None}, run / "ckpt.pt")
+    message = rf"^'{re.escape(str(run / 'ckpt.pt'))}' is a damaged gptlab checkpoint: {said}"
+    with pytest.raises(CheckpointError, match=message):
+        train(parse_run_args(tiny_args(data_dir, run, max_iters=6, init_from="resume")), stream=io.StringIO())
+
+
 def test_sampling_non_finite_weights_is_one_line(tmp_path: Path, run_of_4: Path, monkeypatch) -> None:
     """A diverged run's NaN weights (or a half-precision overflow of finite ones) reached torch.multinomial:
     "probability tensor contains either inf, nan or element < 0", a traceback from inside generation."""
