@@ -133,6 +133,8 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     if isinstance(src, ConfigurableGPT):  # a copy, with what overrides may change
         model = model_from_checkpoint({"arch": src.config.to_dict(), "model": src.state_dict()}, **overrides)
         model.vocab_limit = src.vocab_limit
+        if getattr(src, "hf_special_tokens", None) is not None:  # the ids it was imported with, exported again
+            model.hf_special_tokens = dict(src.hf_special_tokens)
         return model
     config = getattr(src, "config", None)
     if isinstance(src, torch.nn.Module) and callable(getattr(config, "to_dict", None)):  # transformers'
@@ -216,6 +218,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> Configurabl
     config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides}, saved_plugins(ckpt))
     model = _build(config, clean_state_dict(dict(ckpt["model"])), "gptlab checkpoint")
     _limit_to_tokenizer(model, ckpt.get("tokenizer"))
+    if isinstance(ckpt.get("tokenizer"), dict):  # save_pretrained's bos/eos: the run's end-of-text, or none for a
+        # character vocabulary (GPT-2's 50256 would be a character of a vocabulary that large), as export --hf says
+        model.hf_special_tokens = special_tokens_for(ckpt["tokenizer"], model.config.vocab_size)
     return model
 
 

@@ -180,6 +180,24 @@ def test_special_ids_follow_the_training_tokenizer() -> None:
     assert bos_eos(None, 50304) == (50256, 50256) and bos_eos(None, 97) == (None, None)  # no tokenizer known
 
 
+def test_special_ids_survive_a_copy_and_come_from_a_checkpoints_tokenizer(tmp_path: Path) -> None:
+    """A copy of an imported model exported 50256 (by vocabulary size) for the source's own ids, and a model
+    loaded from a run's checkpoint ignored the tokenizer it records (a 52k-character vocabulary: 50256 is a
+    character), where `gptlab export --hf` of the same run named none."""
+    from gptlab.model.convert import model_from_checkpoint
+
+    hf = _llama(vocab_size=60000, bos_token_id=59000, eos_token_id=59001)
+    copy = ConfigurableGPT.from_pretrained(ConfigurableGPT.from_pretrained(hf))
+    copy.save_pretrained(tmp_path / "copy")
+    config = json.loads((tmp_path / "copy" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (59000, 59001)
+    model = ConfigurableGPT(get_debug_config("gpt2", vocab_size=52224))
+    ckpt = {"arch": model.config.to_dict(), "model": model.state_dict(), "tokenizer": {"name": "char", "stoi": {}}}
+    model_from_checkpoint(ckpt).save_pretrained(tmp_path / "char")
+    config = json.loads((tmp_path / "char" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (None, None)
+
+
 def test_export_of_architecture_without_hf_equivalent_fails_clearly(tmp_path: Path) -> None:
     for overrides in ({"position_encoding": "alibi"}, {"norm_position": "post"}, {"n_kv_head": 2}):
         model = ConfigurableGPT(get_debug_config("gpt2", **overrides))
