@@ -252,14 +252,26 @@ _VOIDED_BY: dict[str, list[tuple[str, Callable[[TrainConfig], bool]]]] = {
 }
 
 
+def _cuda_meant(device: str) -> bool:
+    """The run's device is CUDA: named so, or ``auto`` on a machine with a CUDA device."""
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.split(":")[0] == "cuda"
+
+
 def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> None:
     """A training key the user typed (``--key=value``) that this run would not use is an error: a
     config file may spell out every key, a typed one is meant to change something. An evaluation
     trains nothing, so nothing is checked there."""
     typed = set(typed)
-    if "backend" in typed and train.backend == "nccl" and train.device.split(":")[0] == "cpu":
+    if "backend" in typed and train.backend == "nccl" and not _cuda_meant(train.device):
         # typed only: nanoGPT's config files all say backend='nccl', which a CPU run (gloo) ignores, as nanoGPT does
-        raise ConfigError("backend='nccl' needs CUDA tensors, but device='cpu': use backend='gloo' (or auto)")
+        here = "" if train.device != "auto" else " (auto: this machine has no CUDA device)"
+        raise ConfigError(
+            f"backend='nccl' needs CUDA tensors, but device={train.device!r}{here}: use backend='gloo' (or auto)"
+        )
     if train.eval_only:
         return
     decays = train.decay_lr and train.lr_schedule != "constant"

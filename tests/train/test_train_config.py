@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from gptlab import ConfigError
 from gptlab.config.train import TrainConfig, load_config_file, parse_run_args
@@ -110,6 +111,12 @@ def test_config_file_then_overrides() -> None:
         (["--wandb_project='p'"], r"wandb_project='p' has no effect with wandb_log=False"),
         (["--device=cpu", "--backend=nccl"], r"backend='nccl' needs CUDA tensors"),
         (["--device=cpu", "--backend=nccl", "--eval_only=True"], r"backend='nccl' needs CUDA tensors"),
+        # device auto on a machine without CUDA trains on gloo: a typed nccl was silently ignored
+        pytest.param(
+            ["--backend=nccl"],
+            r"needs CUDA tensors, but device='auto' \(auto: this machine has no CUDA device\)",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="auto is CUDA here"),
+        ),
         (["--warmup_iters=3", "--lr_decay_iters=1"], r"lr_decay_iters=1 is smaller than warmup_iters=3"),
         (["--warmup_iters=5", "--lr_decay_iters=5"], r"lr_decay_iters=5 is equal to warmup_iters=5: .* < lr_decay"),
         (["--wsd_decay_frac=1.5"], r"wsd_decay_frac=1.5 is invalid: expected a float in \[0, 1\]"),
