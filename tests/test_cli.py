@@ -64,6 +64,9 @@ from gptlab.cli import main
         (["sample", "--fsdp"], r"\(--fsdp is no option of this command\)$"),  # not --use_fsdp=True: not sample's
         (["flops", "--cpu"], r"\(--cpu is no option of this command\)$"),
         (["train", "--max_iter"], r"\(write --max_iters=VALUE\)$"),  # not --max_iter=VALUE, refused next
+        # python -m torch.distributed.launch (and deepspeed) pass the local rank as an argument
+        (["train", "--local-rank=0"], r"'--local-rank=0' is the legacy launcher's argument .* launch with torchrun"),
+        (["train", "--local_rank=1"], r"'--local_rank=1' is the legacy launcher's argument"),
         (["arch", "--version"], r"\(--version is no option of this command\)$"),
         (["compare", "gpt2", "--n_layr"], r"\(write --n_layer=VALUE\)$"),
         (["doctor", "--dep", "x"], r"'gptlab doctor' does not take --dep x \(did you mean 'deep'\?\)"),  # no keys

@@ -140,6 +140,12 @@ def parse_overrides(
             )
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
         key, text = arg[2:].split("=", 1)
+        if _key_name(key) == "local_rank":  # torch.distributed.launch's argument (DeepSpeed's: --local_rank)
+            raise ConfigError(
+                f"{arg!r} is the legacy launcher's argument (torch.distributed.launch, deepspeed): gptlab reads "
+                "LOCAL_RANK from the environment, as torchrun sets it: launch with torchrun (or torch.distributed."
+                "launch --use-env)"
+            )
         if not key.isidentifier():
             spelled = _key_name(key)
             hint = f": did you mean --{spelled}={text}?" if spelled.isidentifier() else ""
