@@ -148,6 +148,22 @@ def replace_unencodable_output() -> None:
 SUMMARIZED = ("iter", "loss", "dt_ms", "tokens_per_sec", "mfu")  # the iteration fields summary.json uses
 
 
+def check_logging_backends(wandb_log: bool, tensorboard_log: bool) -> None:
+    """The experiment trackers asked for are installed: checked when a run starts, before its data is prepared
+    or its model built or downloaded, and before either is opened (a missing TensorBoard after wandb.init left
+    an empty wandb run behind)."""
+    if wandb_log:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("wandb_log=True needs wandb: pip install 'gptlab[wandb]'") from None
+    if tensorboard_log:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError:
+            raise ConfigError("tensorboard_log=True needs tensorboard: pip install 'gptlab[tensorboard]'") from None
+
+
 class TrainingLogger:
     """Writes one JSON object per line to ``out_dir/log.jsonl`` and renders the console view."""
 
@@ -189,11 +205,10 @@ class TrainingLogger:
         self._wandb = self._tb = None
         if not enabled:
             return
+        check_logging_backends(wandb_config is not None, tensorboard)  # both, before a wandb run is made
         if wandb_config is not None:
-            try:
-                import wandb
-            except ImportError:
-                raise ConfigError("wandb_log=True needs wandb: pip install 'gptlab[wandb]'") from None
+            import wandb
+
             try:
                 self._wandb = wandb.init(
                     project=wandb_config.get("project"),
@@ -206,10 +221,8 @@ class TrainingLogger:
                     "or set WANDB_MODE=offline to log locally and `wandb sync` later"
                 ) from None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("tensorboard_log=True needs tensorboard: pip install 'gptlab[tensorboard]'") from None
+            from torch.utils.tensorboard import SummaryWriter
+
             # a resume hides what a killed session logged from the step it logs again on (TensorBoard has no
             # "last record of each step" rule)
             self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=tensorboard_purge_step)

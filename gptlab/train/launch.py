@@ -26,6 +26,7 @@ from gptlab.errors import (
     storage_refused,
 )
 from gptlab.fileio import run_lock
+from gptlab.logging import check_logging_backends
 from gptlab.train.loop import Trainer
 from gptlab.train.signals import TrainingInterrupted
 
@@ -105,6 +106,7 @@ def train(run: RunConfig, stream: IO[str] | None = None, *, shared_process: bool
     torchrun then stops the other ranks, and ranks on other nodes fail their next collective.
     ``shared_process``: this process trains other models too (a loop over runs), so its host memory is not
     this run's alone; the startup record says so and reports leave that memory out."""
+    check_logging_backends(run.train.wandb_log, run.train.tensorboard_log)  # before data, model and process group
     device = resolve_device(run.train.device)
     if run.train.compile:  # each run's model compiled anew: earlier runs' entries for the same forward (a
         # notebook's, compare --train's) reach dynamo's recompile limit after ~4 models, then it runs eagerly

@@ -239,6 +239,36 @@ def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch
     assert (tmp_path / "log.jsonl").read_bytes() == log_before
 
 
+def test_missing_backends_are_said_before_the_run_is_built_or_wandb_opened(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing wandb was said after the data was prepared and the model built (or downloaded: init_from=gpt2-xl);
+    with both asked for, wandb.init ran before TensorBoard was found missing, leaving an empty wandb run."""
+    from gptlab.train.loop import Trainer
+
+    def built(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the Trainer was built")
+
+    monkeypatch.setattr(Trainer, "__init__", built)
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ConfigError, match=r"wandb_log=True needs wandb"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path, wandb_log=True, max_iters=1)), stream=io.StringIO())
+    fake, inits = types.ModuleType("wandb"), []
+    fake.init = lambda **kwargs: inits.append(kwargs)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ConfigError, match=r"tensorboard_log=True needs tensorboard"):
+        train(
+            parse_run_args(tiny_args(data_dir, tmp_path, wandb_log=True, tensorboard_log=True, max_iters=1)),
+            stream=io.StringIO(),
+        )
+    from gptlab.logging import TrainingLogger
+
+    with pytest.raises(ConfigError, match=r"tensorboard_log=True needs tensorboard"):
+        TrainingLogger(tmp_path / "direct", wandb_config={"project": "p"}, tensorboard=True)
+    assert inits == []  # no wandb run made for a run refused
+
+
 def test_compile_without_a_cpp_compiler_is_one_line(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
