@@ -1043,7 +1043,8 @@ class Trainer:
                 )
                 first_bad.fill_(NO_ITER)
                 if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                    self._stop_nonfinite(skips_in_a_row, stepped=True)
+                    first_of_them = self.iter_num - skips_in_a_row + 1  # nan_stop's first_iter, as under 'stop'
+                    self._stop_nonfinite(skips_in_a_row, first_iter=first_of_them, stepped=True)
             else:
                 skips_in_a_row = 0
             if step["grad_stats"] and step["grad_stats"].get("spike"):

@@ -776,6 +776,7 @@ def test_nan_policy_skip_gives_up_after_many_skips_in_a_row(data_dir: Path, tmp_
         trainer.run()
     stop = next(r for r in read_log(tmp_path) if r.get("event") == "nan_stop")
     assert stop["iter"] == 5 + MAX_SKIPS_IN_A_ROW - 1 and f"{MAX_SKIPS_IN_A_ROW} steps in a row" in stop["message"]
+    assert stop["first_iter"] == 5  # the first of them, as nan_policy=stop names it (it was null)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"].startswith("stopped") and summary["iterations"] == 5 + MAX_SKIPS_IN_A_ROW
     assert summary["tokens_seen"] == summary["iterations"] * trainer.telemetry.tokens_per_iter
