@@ -110,6 +110,17 @@ def test_generate() -> None:
     greedy = model.generate(start, max_new_tokens=4, temperature=0)
     top1 = model.generate(start, max_new_tokens=4, temperature=1.0, top_k=1)
     assert torch.equal(greedy, top1)
+    # the Python API checks what the command line checks (top_k=0 was an IndexError, temperature=-1 drew the
+    # least likely tokens)
+    for bad, said in [
+        ({"top_k": 0}, r"^top_k=0 is invalid: expected None or an integer >= 1$"),
+        ({"top_k": 2.5}, "top_k=2.5 is invalid"),
+        ({"temperature": -1.0}, r"^temperature=-1.0 is invalid: expected 0 \(greedy\) or a positive float$"),
+        ({"temperature": float("nan")}, "temperature=nan is invalid"),
+        ({"max_new_tokens": -1}, r"^max_new_tokens=-1 is invalid: expected an integer >= 0$"),
+    ]:
+        with pytest.raises(ValueError, match=said):
+            model.generate(start, **{"max_new_tokens": 2, **bad})
 
 
 @pytest.mark.parametrize("position_encoding", ["learned_absolute", "rope", "alibi", "none"])
