@@ -269,7 +269,8 @@ def sample(cfg: SampleConfig, on_sample: Callable[[str], None] | None = None) ->
         model.compile(dynamic=True)
     low = dtype != "float32"
     # seeded once, the samples drawn one after another from that generator: nanoGPT's sample.py, whose
-    # samples the same checkpoint and seed reproduce
+    # samples the same checkpoint and seed reproduce on CUDA (on a CPU its model's initial weights, drawn after
+    # its seed, move the generator first: docs/training.md)
     with _forked_rng(device), torch.autocast(device.type, dtype=PT_DTYPES[dtype]) if low else contextlib.nullcontext():
         torch.manual_seed(cfg.seed)
         texts = []
