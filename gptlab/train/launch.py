@@ -28,7 +28,7 @@ from gptlab.errors import (
 from gptlab.fileio import run_lock
 from gptlab.logging import check_logging_backends
 from gptlab.train.loop import Trainer
-from gptlab.train.signals import TrainingInterrupted
+from gptlab.train.signals import TrainingInterrupted, said_on_stderr_too
 
 
 def _out_of_memory(error: BaseException) -> GptlabError | None:
@@ -137,7 +137,7 @@ def train(run: RunConfig, stream: IO[str] | None = None, *, shared_process: bool
         e = storage_refused(e) or e  # a full disk or read-only folder: the one line a single process prints
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, TrainingInterrupted):  # every rank agreed to stop and the checkpoint is written
-            if info.master:
+            if info.master and not said_on_stderr_too(stream is None or stream is sys.stdout):  # not twice
                 print_error_line(f"[rank {info.rank}] {message}")
             sys.stdout.flush()
             os._exit(e.exit_code)

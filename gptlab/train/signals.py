@@ -67,12 +67,19 @@ def report_interrupted(error: TrainingInterrupted, prefix: str = "", *, logged_t
     import os
     import sys
 
-    one_terminal = sys.stdout.isatty() and sys.stderr.isatty()
-    said = logged_to_stdout and (one_terminal or _same_file(sys.stdout, sys.stderr))
-    if os.environ.get("RANK", "0") == "0" and not said:
+    if os.environ.get("RANK", "0") == "0" and not said_on_stderr_too(logged_to_stdout):
         with contextlib.suppress(OSError):  # `2>&1 | tee` ended by the Ctrl-C that stopped the run
             print(f"{prefix}{error}", file=sys.stderr)
     return error.exit_code
+
+
+def said_on_stderr_too(logged_to_stdout: bool) -> bool:
+    """A line the log printed on stdout (``logged_to_stdout``) is already where stderr's would go: one terminal,
+    or one file or pipe for both (``> log 2>&1``)."""
+    import sys
+
+    one_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+    return logged_to_stdout and (one_terminal or _same_file(sys.stdout, sys.stderr))
 
 
 def _same_file(one: object, other: object) -> bool:
