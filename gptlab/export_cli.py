@@ -1,4 +1,4 @@
-"""``gptlab export CKPT OUT [--hf]``: any checkpoint (``ckpt.pt``, a ZeRO-1 consolidated file, an
+"""``gptlab export CKPT OUT [--hf]``: any gptlab checkpoint (``ckpt.pt``, a ZeRO-1 consolidated file, an
 FSDP ``torch.distributed.checkpoint`` directory, or a run directory's latest) into one
 single-file ``OUT/ckpt.pt``; with ``--hf`` also ``OUT/config.json`` + ``OUT/model.safetensors``
 that ``transformers`` loads. Runs in one process, no GPU and no process group needed."""
@@ -22,6 +22,7 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
         raise ConfigError(f"export destination {str(out)!r} exists and is not a directory")
     check_directory("export destination", out)  # a folder inside a file, or a symbolic link to nothing: before
     # a large checkpoint is read
+    _refuse_hf_source(Path(src).expanduser())
     ckpt = load_checkpoint(src)
     ckpt.pop("path", None)
     _check_hf_folder_matches(Path(src).expanduser(), ckpt)
@@ -53,6 +54,29 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
         model.save_pretrained(out, special_tokens_for(ckpt.get("tokenizer"), model.config.vocab_size))
         save_hf_tokenizer(ckpt.get("tokenizer"), out, model.config.block_size)  # GPT-2 BPE: AutoTokenizer works
     return out / CHECKPOINT_NAME
+
+
+def _refuse_hf_source(src: Path) -> None:
+    """A Hugging Face model folder with no gptlab ckpt.pt beside it (transformers saved it): 'no checkpoint at
+    DIR/ckpt.pt' said nothing of what it is or what reads it."""
+    from gptlab.checkpoint import CHECKPOINT_NAME
+    from gptlab.errors import CheckpointError
+
+    config = src / "config.json"
+    if not src.is_dir() or (src / CHECKPOINT_NAME).exists() or not config.is_file():
+        return
+    import json
+
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return
+    if model_type:
+        raise CheckpointError(
+            f"{str(src)!r} is a Hugging Face model folder (model_type={model_type!r}), already in that layout, not a "
+            f"gptlab checkpoint: fine-tune from it (--init_from={str(src)!r}), sample it (gptlab sample "
+            f"--init_from={str(src)!r}), or load it with ConfigurableGPT.from_pretrained({str(src)!r})"
+        )
 
 
 def _check_hf_folder_matches(src: Path, ckpt: dict[str, Any]) -> None:
@@ -96,7 +120,7 @@ def _export_cmd(args: argparse.Namespace, extra: list[str]) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "export",
-        help="any checkpoint (single file, ZeRO-1, FSDP DCP dir, run dir) -> one ckpt.pt (and HF with --hf)",
+        help="any gptlab checkpoint (single file, ZeRO-1, FSDP DCP dir, run dir) -> one ckpt.pt (and HF with --hf)",
         description=(__doc__ or "").replace("``", ""),  # the help shows text, not reST markup
     )
     from gptlab.errors import path_argument

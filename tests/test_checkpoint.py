@@ -218,6 +218,23 @@ def test_export_refuses_a_folder_of_model_files_it_did_not_write(tmp_path: Path,
         assert all((dest / name).read_bytes() == b"theirs" for name in files)
 
 
+def test_export_of_a_hugging_face_folder_says_what_it_is(tmp_path: Path) -> None:
+    """A folder transformers saved was 'no checkpoint at DIR/ckpt.pt: expected a ckpt.pt written by gptlab train'."""
+    import json
+
+    from gptlab.errors import CheckpointError
+    from gptlab.export_cli import export_checkpoint
+
+    src = tmp_path / "hf"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (src / "model.safetensors").write_bytes(b"x")
+    said = r"is a Hugging Face model folder \(model_type='llama'\), already in that layout, not a gptlab checkpoint"
+    with pytest.raises(CheckpointError, match=said):
+        export_checkpoint(src, tmp_path / "out", hf=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_hf_weights_are_read_as_transformers_reads_them(tmp_path: Path) -> None:
     """model.safetensors, else the shards its index names: a stale shard left beside them (another save's) was
     merged in, a different lm_head loaded with only a warning."""
@@ -572,7 +589,7 @@ def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the
 def test_an_hf_export_loads_with_its_tokenizers_limit_and_samples_at_any_temperature(tmp_path: Path) -> None:
     """from_pretrained of a `gptlab export --hf` folder keeps generate() below the tokenizer's size as the
     checkpoint itself does (it drew padding ids, which the char tokenizer cannot decode); a temperature that
-    is negative or overflows float32 no longer meets the padding's mask as NaN (generate() raised)."""
+    overflows float32 no longer meets the padding's mask as NaN (generate() raised; a negative one is refused)."""
     pytest.importorskip("safetensors")
     from gptlab import ConfigurableGPT, get_debug_config
     from gptlab.checkpoint import save_single_file
@@ -589,5 +606,5 @@ def test_an_hf_export_loads_with_its_tokenizers_limit_and_samples_at_any_tempera
     assert model.vocab_limit == 102 == ConfigurableGPT.from_pretrained(tmp_path / "run").vocab_limit
     torch.manual_seed(0)
     start = torch.zeros(1, 1, dtype=torch.long)
-    for temperature in (2.0, -1.0, 1e39):
+    for temperature in (2.0, 1e39):
         assert int(model.generate(start, 50, temperature=temperature).max()) < 102, temperature
