@@ -628,11 +628,35 @@ def hf_model_type(config: ModelArchitectureConfig) -> str:
         and config.ffn_type == "swiglu"
     ):
         return "llama"
+    needs = {
+        "GPT-2": {
+            "norm_position": "pre",
+            "position_encoding": "learned_absolute",
+            "normalization": "layernorm",
+            "ffn_type": "standard",
+            "activation": "gelu",
+            "bias": True,
+            "n_kv_head": config.n_head,
+        },
+        "LLaMA": {
+            "norm_position": "pre",
+            "position_encoding": "rope",
+            "normalization": "rmsnorm",
+            "ffn_type": "swiglu",
+        },
+    }
+    have = {k: getattr(config, k) for k in ("norm_position", "position_encoding", "normalization", "ffn_type")}
+    have.update(activation=config.activation, bias=config.bias, n_kv_head=config.kv_heads)
+    off = {
+        name: [f"{k}={have[k]!r} ({v!r} there)" for k, v in want.items() if have[k] != v]
+        for name, want in needs.items()
+    }
+    nearest = min(off, key=lambda name: len(off[name]))  # the settings that keep this model from it
     raise ConfigError(
         f"architecture {config.get_architecture_name()!r} has no exact Hugging Face equivalent: "
         "save_pretrained supports GPT-2 (pre-norm, biased layernorm, learned positions, GELU MLP, bias=True, "
-        "no GQA) "
-        "and LLaMA (pre-norm, rmsnorm, rope, swiglu)"
+        f"no GQA) and LLaMA (pre-norm, rmsnorm, rope, swiglu); the nearest, {nearest}, differs in "
+        + ", ".join(off[nearest])
     )
 
 

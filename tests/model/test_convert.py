@@ -203,6 +203,11 @@ def test_export_of_architecture_without_hf_equivalent_fails_clearly(tmp_path: Pa
         model = ConfigurableGPT(get_debug_config("gpt2", **overrides))
         with pytest.raises(ConfigError, match="no exact Hugging Face equivalent"):
             model.save_pretrained(tmp_path)
+    # the setting that keeps it from the nearest one is named (bias=False was a missing '_bias' in the name)
+    with pytest.raises(ConfigError, match=r"the nearest, GPT-2, differs in bias=False \(True there\)$"):
+        ConfigurableGPT(get_debug_config("gpt2", bias=False)).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"the nearest, LLaMA, differs in ffn_type='geglu' \('swiglu' there\)$"):
+        ConfigurableGPT(get_debug_config("llama", ffn_type="geglu")).save_pretrained(tmp_path)
     from gptlab.model.attention import ATTENTION_BACKEND_REGISTRY
 
     def capped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: object, dropout_p: float) -> torch.Tensor:
