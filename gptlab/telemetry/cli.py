@@ -266,7 +266,10 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         plans["none"] = plan_memory(config, parallel="none", world_size=1, **per_mode["none"])
     first = next(iter(plans.values()))
     _print_flops(config, config.block_size, args.activation_checkpointing, args.device_type)
-    print(f"\nmemory per GPU in GB (1e9 bytes): micro-batch {args.batch_size} x {config.block_size} tokens, "
+    # a test-sized model in MB: its GB column read 0.000 on every row
+    unit, scale = ("GB", GB) if max(p.mode.total for p in plans.values()) >= 0.01 * GB else ("MB", 1e6)
+    print(f"\nmemory per GPU in {unit} (1{'e9' if unit == 'GB' else 'e6'} bytes): micro-batch {args.batch_size} x "
+          f"{config.block_size} tokens, "
           f"autocast {args.dtype}, AdamW, activation checkpointing {args.activation_checkpointing}, "
           f"{config.attention_backend} attention, "
           + (f"chunked loss ({args.loss_chunk_size} tokens)" if args.loss_chunk_size else "plain logits"))  # fmt: skip
@@ -276,14 +279,15 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     labels = {"peak": "peak (estimate)", "total": "sum of all parts"}
     for field in (*rows, "peak", "total"):
         print(
-            f"{labels.get(field, field):22s}" + "".join(f"{getattr(p.mode, field) / GB:12.3f}" for p in plans.values())
+            f"{labels.get(field, field):22s}"
+            + "".join(f"{getattr(p.mode, field) / scale:12.3f}" for p in plans.values())
         )
         if field == "peak":  # where in the step: a block's backward, the loss's, the embedding's, the end
             print(f"{'  at the':22s}" + "".join(f" {_short_moment(p.mode.peak_at):>11s}" for p in plans.values()))
     acts = first.activation_estimate
-    per_layer = ", ".join(f"{k} {v / GB:.4f}" for k, v in acts.per_layer.items())
-    print(f"activations: {acts.n_layer} layers x {acts.layer_bytes / GB:.4f} GB ({per_layer}); "
-          f"other {sum(acts.other.values()) / GB:.4f} GB")  # fmt: skip
+    per_layer = ", ".join(f"{k} {v / scale:.4f}" for k, v in acts.per_layer.items())
+    print(f"activations: {acts.n_layer} layers x {acts.layer_bytes / scale:.4f} {unit} ({per_layer}); "
+          f"other {sum(acts.other.values()) / scale:.4f} {unit}")  # fmt: skip
     for note in sorted({n for p in plans.values() for n in p.mode.notes}):
         print(f"note: {note}")
     if single_accum is not None:

@@ -84,6 +84,13 @@ def test_plan_prints_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
         assert row in out
     assert "micro-batch 4 x 256 tokens" in out and "activation checkpointing True" in out
     assert "4 x H100-SXM" in out and "tokens/s" in out
+    assert "memory per GPU in GB (1e9 bytes)" in out
+    # a test-sized model in MB: every GB cell read 0.000
+    assert run(["plan", "gpt2", "--n_layer=1", "--n_embd=32", "--n_head=2", "--block_size=32", "--vocab_size=100"]) == 0
+    out = capsys.readouterr().out
+    assert "memory per GPU in MB (1e6 bytes)" in out
+    peak = next(line for line in out.splitlines() if line.startswith("peak (estimate)")).split()[2]
+    assert float(peak) > 0.1
 
 
 def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
