@@ -225,7 +225,10 @@ class TrainingLogger:
 
             # a resume hides what a killed session logged from the step it logs again on (TensorBoard has no
             # "last record of each step" rule)
-            self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=tensorboard_purge_step)
+            # an evaluation's points are a run of their own (tensorboard/eval_only): in the training's curves they
+            # were a second point at the checkpoint's step, the run changed that eval_only leaves as it is
+            tb_dir = self.out_dir / "tensorboard" / ("eval_only" if eval_only else "")
+            self._tb = SummaryWriter(log_dir=str(tb_dir), purge_step=None if eval_only else tensorboard_purge_step)
         # opened last: a missing backend fails before an existing log is truncated
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name, mode = ("eval.jsonl", "a") if eval_only else ("log.jsonl", "a" if resume else "w")

@@ -156,6 +156,16 @@ def test_real_tensorboard_events_hold_the_logged_losses(data_dir: Path, tmp_path
     logged = {e.step: e.value for e in events.Scalars("train/loss")}
     assert logged.keys() == losses.keys()
     assert all(abs(logged[i] - losses[i]) <= 1e-6 * max(1.0, abs(losses[i])) for i in losses)  # float32 in the file
+    # an evaluation of the run is a TensorBoard run of its own: the training's curves keep one point per step
+    more = dict(tensorboard_log=True, max_iters=4, init_from="resume", eval_only=True)
+    train(parse_run_args(tiny_args(data_dir, tmp_path, **more)), stream=io.StringIO())
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("eval/val_loss")]
+    assert len(steps) == len(set(steps))
+    evaluation = EventAccumulator(str(tmp_path / "tensorboard" / "eval_only"))
+    evaluation.Reload()
+    assert [e.step for e in evaluation.Scalars("eval/val_loss")] == [steps[-1]]
 
 
 def test_tensorboard_after_a_rollback_and_resume_has_each_step_once(data_dir: Path, tmp_path: Path) -> None:
