@@ -24,8 +24,9 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        if e.filename in (None, str(tmp)):  # a write's error names no file, an open's the hidden temporary
-            e.filename = str(path)  # one: name the file being written, the one the user knows
+        if e.filename is None or (e.filename == str(tmp) and e.filename2 is None):  # a write's error names no
+            # file, an open's the hidden temporary: name the file being written (a rename's names both, kept)
+            e.filename = str(path)
         raise
     finally:
         tmp.unlink(missing_ok=True)

@@ -39,6 +39,14 @@ def test_a_refused_open_names_the_file_written_not_its_hidden_temporary(
     with pytest.raises(PermissionError) as refused:
         atomic_write(tmp_path / "summary.json", "{}")
     assert refused.value.filename == str(tmp_path / "summary.json")
+    monkeypatch.undo()
+    (tmp_path / "summary.json").mkdir()  # a rename refused: its error names both files, left as they are
+    (tmp_path / "summary.json" / "x").write_text("")
+    with pytest.raises(OSError) as renamed:
+        atomic_write(tmp_path / "summary.json", "{}")
+    assert ".summary.json.tmp-" in str(renamed.value.filename) and renamed.value.filename2 == str(
+        tmp_path / "summary.json"
+    )
 
 
 def test_check_directory_names_the_key_and_takes_the_path_as_written(tmp_path: Path) -> None:

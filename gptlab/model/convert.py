@@ -190,7 +190,9 @@ def weights_record(path: Path, strict: bool = False) -> dict[str, Any] | None:
     if found is None or not found.exists():
         return None
     try:
-        record = read_checkpoint_record(found) if is_dcp_dir(found) else read_torch_checkpoint(found, mmap=True)
+        # memory-mapped where it can be (a legacy, pre-1.6 torch file cannot: read whole, as loading it does)
+        mapped = zipfile.is_zipfile(found)
+        record = read_checkpoint_record(found) if is_dcp_dir(found) else read_torch_checkpoint(found, mmap=mapped)
     except CheckpointError:
         if strict and not beside:
             raise

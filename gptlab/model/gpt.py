@@ -67,12 +67,17 @@ class TransformerBlock(nn.Module):
         return self.norm_2(x + self.ffn(x))
 
 
-def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    """generate()'s arguments, one line each (the command line's checks, for the Python API): top_k=0 was an
-    IndexError mid-generation, a negative temperature silently drew the least likely tokens."""
+def _sampling_args(max_new_tokens: Any, temperature: Any, top_k: Any) -> tuple[Any, Any, Any]:
+    """generate()'s arguments checked, one line each (the command line's checks, for the Python API): top_k=0
+    was an IndexError mid-generation, a negative temperature silently drew the least likely tokens. A 0-d
+    tensor (``torch.tensor(0.8)``) stands for its number, as it did before the checks."""
     from numbers import Integral, Real
 
     from gptlab.errors import ConfigError
+
+    max_new_tokens, temperature, top_k = (
+        v.item() if isinstance(v, Tensor) and v.ndim == 0 else v for v in (max_new_tokens, temperature, top_k)
+    )
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} is invalid: expected an integer >= 0")
@@ -80,6 +85,7 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) 
         raise ConfigError(f"temperature={temperature!r} is invalid: expected 0 (greedy) or a positive float")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
         raise ConfigError(f"top_k={top_k!r} is invalid: expected None or an integer >= 1")
+    return max_new_tokens, temperature, top_k
 
 
 class ConfigurableGPT(nn.Module):
@@ -227,7 +233,7 @@ class ConfigurableGPT(nn.Module):
         """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); temperature 0 is greedy.
         ``vocab_limit`` keeps ids below the tokenizer's size when the vocabulary is padded (default: the
         model's ``vocab_limit``, which a gptlab checkpoint's tokenizer sets)."""
-        _check_sampling(max_new_tokens, temperature, top_k)
+        max_new_tokens, temperature, top_k = _sampling_args(max_new_tokens, temperature, top_k)
         if vocab_limit is None:
             vocab_limit = self.vocab_limit
         for _ in range(max_new_tokens):

@@ -121,6 +121,10 @@ def test_generate() -> None:
     ]:
         with pytest.raises(ValueError, match=said):
             model.generate(start, **{"max_new_tokens": 2, **bad})
+    torch.manual_seed(0)  # 0-d tensors stand for their numbers, as before the checks
+    tensors = model.generate(start, torch.tensor(3), temperature=torch.tensor(0.8), top_k=torch.tensor(5))
+    torch.manual_seed(0)
+    assert torch.equal(tensors, model.generate(start, 3, temperature=0.8, top_k=5))
 
 
 @pytest.mark.parametrize("position_encoding", ["learned_absolute", "rope", "alibi", "none"])

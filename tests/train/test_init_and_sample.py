@@ -84,6 +84,10 @@ def test_a_fine_tune_or_evaluation_of_a_checkpoint_takes_its_dataset_unless_told
     nanogpt.parent.mkdir()
     torch.save({"model_args": {"n_layer": 1}, "config": {"dataset": "shakespeare_char"}, "model": {}}, nanogpt)
     assert recorded_dataset(weights_record(nanogpt.parent) or {}) == "shakespeare_char"
+    legacy = tmp_path / "legacy" / "ckpt.pt"  # a pre-1.6 torch file (no zip archive): not memory-mappable
+    legacy.parent.mkdir()
+    torch.save(torch.load(nanogpt, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert recorded_dataset(weights_record(legacy, strict=True) or {}) == "shakespeare_char"
     assert weights_record(tmp_path / "no such folder") is None
     # a truncated source is said to be one, not the nanoGPT default dataset its lost record left (not prepared)
     from gptlab.errors import CheckpointError
