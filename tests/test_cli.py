@@ -54,6 +54,8 @@ from gptlab.cli import main
         (["flops", "gpt2", "--batch_size", "4"], r"'--batch_size 4': --batch_size is a training setting, which this"),
         (["arch", "--batch_size", "4"], r"--batch_size is a training setting, which this command does not take$"),
         (["flops", "--batch_size"], r"\(--batch_size is a training setting, which this command does not take\)$"),
+        (["flops", "gpt2", "--bach_size", "4"], r"no option of this command \(nor is --batch_size, a training setting"),
+        (["flops", "--bach_size"], r"\(--bach_size is no option of this command \(nor is --batch_size, a training"),
         (["plan", "--gradient_accumulation_steps", "4"], r"does not take \(this command's --grad_accum_steps, per"),
         (["train", "--batch_sise", "4"], r"'--batch_sise 4': --batch_sise is no option of this command: write --b"),
         (["train", "--batch_sise", "4"], r": write --batch_size=4$"),

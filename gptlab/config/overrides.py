@@ -51,6 +51,16 @@ def setting_not_taken(key: str, keys: Iterable[str] | None, settings: Iterable[s
     return f"--{key} is a training setting, which this command does not take{hint}"
 
 
+def _nearest_taken(key: str, keys: Iterable[str], settings: Iterable[str]) -> tuple[str | None, str]:
+    """The key a misspelt one means, if the command takes it; else None and what it means (``--bach_size`` is
+    ``--batch_size``, a training setting that flops does not take, not its ``--block_size``)."""
+    keys = list(keys)
+    near = closest(key, [*keys, *(k for k in settings if k not in keys)])
+    if near is not None and near not in keys:
+        return None, f" (nor is --{near}, a training setting, which this command does not take)"
+    return near, ""
+
+
 def flag_hint(
     flag: str, bool_keys: Iterable[str] = (), keys: Iterable[str] | None = None, settings: Iterable[str] = ()
 ) -> str:
@@ -70,9 +80,9 @@ def flag_hint(
         return "write --{}={}".format(*FLAG_SPELLINGS[key])
     if keys is not None and key not in keys:
         # another tool's flag for a setting this command lacks is no misspelling (--cpu is not --gpu)
-        near = None if key in FLAG_SPELLINGS else closest(key, keys)
+        near, meant = (None, "") if key in FLAG_SPELLINGS else _nearest_taken(key, keys, settings)
         if near is None:
-            return f"--{key} is no option of this command"
+            return f"--{key} is no option of this command{meant}"
         return flag_hint(near, bool_keys, keys, settings)
     return f"write --{key}=VALUE"
 
@@ -95,10 +105,10 @@ def pair_hint(
         return refused
     unknown = ""
     if keys is not None and key not in keys:
-        near = closest(key, list(keys))
+        near, meant = _nearest_taken(key, keys, settings)
         unknown = f"--{key} is no option of this command"
         if near is None:
-            return unknown
+            return unknown + meant
         key, unknown = near, f"{unknown}: "  # then written as the key it most likely means
     if value.lower() in BOOL_WORDS:
         value = value.capitalize()
