@@ -49,7 +49,8 @@ from gptlab.cli import main
         (["plan", "--gpu_mem_gb", "24"], r"'--gpu_mem_gb 24': --gpu_mem_gb is no option of this command: write "),
         (["plan", "--gpu_mem_gb", "24"], r": write --gpu_memory_gb=24$"),
         (["plan", "--parallel", "fsdp"], r"'--parallel fsdp': --parallel is a training setting, which this command"),
-        (["plan", "--paralel", "fsdp"], r"'--paralel fsdp': --paralel is no option of this command$"),
+        (["plan", "--paralel", "fsdp"], r"--paralel is no option of this command \(nor is --parallel"),
+        (["plan", "--zzz_qqq", "1"], r"'--zzz_qqq 1': --zzz_qqq is no option of this command$"),
         # a training key that the command does not take: said so, not "corrected" to a near key it takes
         (["flops", "gpt2", "--batch_size", "4"], r"'--batch_size 4': --batch_size is a training setting, which this"),
         (["arch", "--batch_size", "4"], r"--batch_size is a training setting, which this command does not take$"),
