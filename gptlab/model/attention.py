@@ -17,10 +17,28 @@ from gptlab.model.components import PositionContext, checked_component
 from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY
 
 
+def repeat_kv(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """K and V at q's head count, (B, n_head, T, hd): each KV head serves n_head / n_kv_head query heads."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep == 1:
+        return k, v
+    return k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+
+
+def expands_kv_for_sdpa(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether SDPA gets GQA's K and V repeated to the full head count instead of ``enable_gqa``. In float32
+    on CUDA no fused kernel takes ``enable_gqa`` (flash and cuDNN need 16-bit inputs, the memory-efficient
+    kernel refuses it: seen on an H200 with PyTorch 2.11), so SDPA would fall back to the math path, which
+    stores the (T, T) probabilities; repeated, the memory-efficient kernel takes it."""
+    return device_type == "cuda" and dtype == torch.float32
+
+
 @ATTENTION_BACKEND_REGISTRY.register("sdpa")
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, dropout_p: float) -> Tensor:
     """PyTorch's fused kernels (flash / memory-efficient / cuDNN where the inputs allow)."""
     gqa = k.shape[1] != q.shape[1]
+    if gqa and expands_kv_for_sdpa(q.device.type, q.dtype):
+        k, v, gqa = *repeat_kv(q, k, v), False
     if bias is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, enable_gqa=gqa)
@@ -29,10 +47,7 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, drop
 @ATTENTION_BACKEND_REGISTRY.register("manual")
 def manual_attention(q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, dropout_p: float) -> Tensor:
     """The explicit softmax(QK^T / sqrt(d)) V, materialising the (T, T) scores; for reference."""
-    n_rep = q.shape[1] // k.shape[1]
-    if n_rep > 1:  # each KV head serves n_rep query heads
-        k = k.repeat_interleave(n_rep, dim=1)  # (B, n_head, T, hd)
-        v = v.repeat_interleave(n_rep, dim=1)
+    k, v = repeat_kv(q, k, v)
     T = q.shape[-2]
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, n_head, T, T)
     if bias is None:

@@ -17,7 +17,9 @@ float32 under autocast because the embeddings and master weights are float32):
   therefore stays alive whole: c*(H + 2*kv_dim)), RoPE's rotated q and k, the output (c*H, whose
   layout is already (B, T, h, hd), so ``out_proj`` saves the same storage) and the float32
   log-sum-exp (4*h). No (T, T) tensor. An ALiBi bias is saved once (float32, shared by all
-  layers) or once per layer (its low-precision cast under autocast).
+  layers) or once per layer (its low-precision cast under autocast). GQA in float32 on CUDA: K and V
+  repeated to the full head count (2*c*H, ``expands_kv_for_sdpa``); the views they came from are
+  still counted in the QKV output, an upper bound.
 - manual: q, k, v copies at the full head count (3*c*H, made for the batched matmuls; GQA's
   ``repeat_interleave`` outputs), the softmax probabilities (B*h*T*T: c on the CPU; float32 plus a
   c-byte copy for attn@V on CUDA, whose autocast runs softmax in float32), the boolean causal mask
@@ -269,6 +271,8 @@ def estimate_activations(
         layer["logsumexp"] = FP32 * h * N
         if config.position_attention_bias and autocast:
             layer["alibi_bias_cast"] = c * h * T * T
+        if kv_dim < q_dim and not autocast and _sdpa_repeats_kv(device_type):
+            layer["kv_repeated"] = 2 * c * q_dim * N  # K and V at the full head count (float32 GQA on CUDA)
     else:  # manual, or a registered backend of unknown internals: taken to save what manual saves
         if backend != "manual":
             from gptlab.model.attention import attention_backend
@@ -375,6 +379,14 @@ def _gated(config: ModelArchitectureConfig) -> bool:
 
     cls = FFN_REGISTRY.get_component(config.ffn_type)
     return isinstance(cls, type) and issubclass(cls, GatedFFN)
+
+
+def _sdpa_repeats_kv(device_type: str) -> bool:
+    import torch
+
+    from gptlab.model.attention import expands_kv_for_sdpa
+
+    return expands_kv_for_sdpa(device_type, torch.float32)
 
 
 def _ffn_saved(config: ModelArchitectureConfig, c: int, N: int, matmul_input: object, notes: list[str]) -> dict:

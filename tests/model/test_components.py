@@ -216,3 +216,30 @@ def test_a_checkpoint_with_a_registered_component_loads_its_buffers(registered: 
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     assert torch.equal(loaded(x, x)[1], model(x, x)[1])
 
+
+
+def test_sdpa_repeats_gqa_kv_only_where_no_fused_kernel_takes_enable_gqa() -> None:
+    from gptlab.model.attention import expands_kv_for_sdpa
+
+    assert expands_kv_for_sdpa("cuda", torch.float32)
+    assert not expands_kv_for_sdpa("cuda", torch.bfloat16) and not expands_kv_for_sdpa("cuda", torch.float16)
+    assert not expands_kv_for_sdpa("cpu", torch.float32)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_sdpa_with_repeated_kv_computes_what_enable_gqa_does(monkeypatch, with_bias: bool) -> None:
+    """The repeat path (taken for float32 GQA on CUDA) run on the CPU against SDPA's own GQA, values and grads."""
+    import gptlab.model.attention as attention
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 16, 8, requires_grad=True)
+    k, v = (torch.randn(2, 2, 16, 8, requires_grad=True) for _ in range(2))
+    bias = torch.randn(4, 16, 16).tril() if with_bias else None
+    results = []
+    for repeat in (False, True):
+        monkeypatch.setattr(attention, "expands_kv_for_sdpa", lambda _device, _dtype, r=repeat: r)
+        y = attention.sdpa_attention(q, k, v, bias=bias, dropout_p=0.0)
+        grads = torch.autograd.grad(y.square().sum(), (q, k, v))
+        results.append((y, *grads))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want)

@@ -276,3 +276,15 @@ def test_a_model_in_the_compute_dtype_as_fsdp_runs_it(case: str) -> None:
     measured = _measure(model, None)
     estimate = estimate_activations(model.config, B, T, dtype="bfloat16", device_type="cpu", weight_copies=False)
     assert estimate.saved_bytes == pytest.approx(measured, rel=TOLERANCE)
+
+
+def test_float32_gqa_on_cuda_saves_the_repeated_kv() -> None:
+    """SDPA gets K and V repeated to the full head count there (gptlab.model.attention.expands_kv_for_sdpa)."""
+    cfg = get_debug_config("llama", n_layer=2)
+    gqa = get_debug_config("llama", n_layer=2, n_kv_head=cfg.n_head // 2)
+    B, T = 4, 64
+    est = estimate_activations(gqa, B, T, dtype="float32", device_type="cuda")
+    assert est.per_layer["kv_repeated"] == 2 * 4 * gqa.n_embd * B * T
+    assert "kv_repeated" not in estimate_activations(gqa, B, T, dtype="bfloat16", device_type="cuda").per_layer
+    assert "kv_repeated" not in estimate_activations(gqa, B, T, dtype="float32", device_type="cpu").per_layer
+    assert "kv_repeated" not in estimate_activations(cfg, B, T, dtype="float32", device_type="cuda").per_layer
