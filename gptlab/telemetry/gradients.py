@@ -66,18 +66,23 @@ def get_gradient_stats(model: nn.Module | Iterable[Tensor]) -> dict[str, float |
     device = local[0].device
     acc = torch.float64 if device.type in ("cpu", "cuda") else torch.float32  # accumulate sums in double
     n = float(sum(g.numel() for g in grads))  # a DTensor's numel is the global one: no reduction needed
-    # Launches matter on a GPU (about 150 tensors for GPT-2): two per tensor (sum, aminmax), the rest
-    # fused (_foreach_norm) or on the stacked per-tensor values.
+    # Launches matter on a GPU (about 150 tensors for GPT-2, each launch 5-30 us of host time): the per-tensor
+    # norms in one fused launch per dtype, the sums and extremes over a few flat buckets, the rest on stacked
+    # values. Per tensor instead (two ops each) for FSDP2 shards, to count a replicated tensor once, and on
+    # the CPU, where an op costs no launch and the buckets' copies doubled the time (GPT-2 124M: 0.8 -> 1.4 s).
     norms = torch._foreach_norm(local, 2, dtype=torch.float32)  # one fused launch per dtype/device bucket
     sumsq = torch.stack(norms).to(acc).square()
-    sums = torch.stack([g.sum(dtype=acc) for g in local])
-    mins, maxs = _extremes(local, acc)
-
     mesh_dims = sorted({d for dims in shard_dims for d in dims})
-    if mesh_dims:
-        sumsq_t, sums_t, mins_t, maxs_t = _reduce_shards(grads, shard_dims, mesh_dims, sumsq, sums, mins, maxs)
+    if mesh_dims or device.type in PER_TENSOR_DEVICES:
+        sums = torch.stack([g.sum(dtype=acc) for g in local])
+        mins, maxs = _extremes(local, acc)
+        sumsq_t, sums_t, mins_t, maxs_t = (
+            _reduce_shards(grads, shard_dims, mesh_dims, sumsq, sums, mins, maxs)
+            if mesh_dims
+            else (sumsq, sums, mins, maxs)
+        )
     else:
-        sumsq_t, sums_t, mins_t, maxs_t = sumsq, sums, mins, maxs
+        sumsq_t, (sums_t, mins_t, maxs_t) = sumsq, _bucket_totals(local, acc)
 
     layer_norms = sumsq_t.sqrt()
     mean = sums_t.sum() / n
@@ -95,6 +100,36 @@ def get_gradient_stats(model: nn.Module | Iterable[Tensor]) -> dict[str, float |
         ]
     )
     return dict(zip(STAT_KEYS, out.tolist()))  # the one host sync
+
+
+PER_TENSOR_DEVICES = ("cpu",)  # device types whose sums and extremes are taken tensor by tensor
+BUCKET_ELEMENTS = 1 << 25  # 128 MB of float32 copied at most at a time (a tensor larger than this is read in place)
+
+
+def _bucket_totals(local: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Sums, minima and maxima (``acc`` vectors, one entry per bucket) of the gradients flattened into buckets
+    of up to ``BUCKET_ELEMENTS`` per dtype: three reductions and one concatenation per bucket instead of two
+    launches per tensor. Their totals are the statistics' (empty tensors hold no element to count)."""
+    buckets: list[list[Tensor]] = []
+    open_bucket: dict[torch.dtype, tuple[list[Tensor], int]] = {}
+    for g in local:
+        if not g.numel():
+            continue
+        members, size = open_bucket.get(g.dtype, ([], 0))
+        if not members or size + g.numel() > BUCKET_ELEMENTS:
+            members, size = [], 0
+            buckets.append(members)
+        members.append(g.reshape(-1))
+        open_bucket[g.dtype] = (members, size + g.numel())
+    if not buckets:
+        empty = local[0].new_zeros(0, dtype=acc)
+        return empty, empty.new_full((1,), math.inf), empty.new_full((1,), -math.inf)
+    flats = [members[0] if len(members) == 1 else torch.cat(members) for members in buckets]
+    sums = torch.stack([flat.sum(dtype=acc) for flat in flats])
+    pairs = [torch.aminmax(flat) for flat in flats]
+    mins = torch.stack([p[0].to(acc) for p in pairs])
+    maxs = torch.stack([p[1].to(acc) for p in pairs])
+    return sums, mins, maxs
 
 
 def _extremes(local: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
