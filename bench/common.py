@@ -116,6 +116,7 @@ def make_steps(trainer: Trainer, grad_accum: int) -> tuple[Callable[[], None], C
     def plain_step() -> None:
         loader = trainer.train_loader
         for micro in range(grad_accum):
+            trainer._new_graph_run()  # CUDA-graph compile modes: torch.compiler.cudagraph_mark_step_begin()
             x, y = loader.get_batch(*trainer.batch_key(it[0], micro))
             with parallel.no_grad_sync(model, dist, sync=micro == grad_accum - 1), autocast:  # nanoGPT's no_sync
                 _, loss = model(x, y)

@@ -26,11 +26,14 @@ if [[ -n "${SMOKE:-}" ]]; then
         --data_dir "${DATA_DIR:-data}" --out_dir "${OUT_DIR:-out/bench}")
   HEAD_TINY=(--device cpu --dtype float32 --tokens 64 --n_embd 16 --vocab 256 --chunks 0,16 --iters 1)
 fi
-# LEASE_JSON (set by the lease, one file per stage): where train_step.py writes its record
+# GPU_EXTRA: more flags for every train_step.py and telemetry_overhead.py run, e.g. GPU_EXTRA="--compile_mode
+# reduce-overhead" (CUDA graphs); LEASE_JSON (set by the lease, one file per stage): train_step.py's record
+read -r -a EXTRA <<<"${GPU_EXTRA:-}"
 step() {
   local record=()
   if [[ -n "${LEASE_JSON:-}" ]]; then record=(--json "$LEASE_JSON"); fi
-  echo; echo "\$ bench/train_step.py $*"; "$PY" bench/train_step.py "$@" "${record[@]}" "${TINY[@]}"
+  echo; echo "\$ bench/train_step.py $* ${EXTRA[*]}"
+  "$PY" bench/train_step.py "$@" "${EXTRA[@]}" "${record[@]}" "${TINY[@]}"
 }
 
 stage_env() {
@@ -64,8 +67,8 @@ stage_profile() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --rounds 1 --pro
 stage_telemetry() {
   local run=(--device cuda --dtype bfloat16 --compile --iters 30 --rounds 3)
   if [[ -n "${SMOKE:-}" ]]; then run=(--device cpu --dtype float32 --iters 1 --rounds 1); fi
-  echo "\$ bench/telemetry_overhead.py ${GPT2[*]} ${run[*]} --batch_size 16"
-  "$PY" bench/telemetry_overhead.py "${GPT2[@]}" "${run[@]}" --batch_size 16 "${TINY[@]}"
+  echo "\$ bench/telemetry_overhead.py ${GPT2[*]} ${run[*]} --batch_size 16 ${EXTRA[*]}"
+  "$PY" bench/telemetry_overhead.py "${GPT2[@]}" "${run[@]}" --batch_size 16 "${EXTRA[@]}" "${TINY[@]}"
 }
 stage_sweep() {
   local sizes=(--n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304 --batch_size 8)
@@ -75,9 +78,10 @@ stage_sweep() {
     "${sizes[@]}" "${run[@]}" "${TINY[@]}"
 }
 
-stage_cuda_tests() {  # tests/train/test_cuda.py and the loader's CUDA test (skipped on a CPU)
+stage_cuda_tests() {  # tests/train/test_cuda.py and the loader's CUDA test (skipped on a CPU); CUDA_TESTS_K: pytest -k
   # -v -rA: each test's verdict as it ends, so a stage stopped at its limit still says which passed
   local cmd=("$PY" -m pytest -v --tb=short -rA -p no:cacheprovider -m cuda tests/train/test_cuda.py tests/data/test_loader.py)
+  if [[ -n "${CUDA_TESTS_K:-}" ]]; then cmd+=(-k "$CUDA_TESTS_K"); fi
   if "$PY" -c "import pytest_timeout" 2>/dev/null; then cmd+=(--timeout=60); fi
   echo "\$ ${cmd[*]}"; "${cmd[@]}"
 }
@@ -96,13 +100,15 @@ stage_lease() {
   local dest=${LEASE_DIR:-${OUT:-out/lease}} budget=${LEASE_BUDGET:-530} start=$SECONDS
   mkdir -p "$dest"
   export PYTHONUNBUFFERED=1
-  # name:limit:minimum (seconds); compiles of these shapes take ~40-90 s on an H100/H200
+  # name:limit:minimum (seconds); compiles of these shapes took 21-53 s on an H200 (2026-12-04); LEASE_PLAN,
+  # the same words space-separated, replaces the plan (a follow-up lease measures what the first left open)
   local plan=(env:20:5 peak:45:20 gpt2_16:180:120 cuda_tests:150:90 llama_16:150:100 350m_16:180:120
               telemetry:120:80 gpt2_32:150:100)
+  if [[ -n "${LEASE_PLAN:-}" ]]; then read -r -a plan <<<"$LEASE_PLAN"; fi
   export LEASE_TRACE="$dest/gpt2_trace.json.gz"
   rm -f "${OUT_DIR:-out/bench}/train_step_trace.json" "$LEASE_TRACE"  # never an earlier call's trace
   {
-    echo "lease: $(date -u +%FT%TZ), budget ${budget}s, to $dest"
+    echo "lease: $(date -u +%FT%TZ), budget ${budget}s, to $dest${GPU_EXTRA:+, every run with $GPU_EXTRA}"
     # which code ran: the commit where .git travelled, else a hash a checkout can recompute
     # (in a clean checkout of that commit: find gptlab bench -name '*.py' -o -name '*.sh' | LC_ALL=C sort | xargs cat | sha256sum)
     echo "code: $(git rev-parse HEAD 2>/dev/null || echo "sha256 of gptlab+bench: $(find gptlab bench -name '*.py' -o -name '*.sh' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)")"
