@@ -109,9 +109,11 @@ stage_lease() {
   rm -f "${OUT_DIR:-out/bench}/train_step_trace.json" "$LEASE_TRACE"  # never an earlier call's trace
   {
     echo "lease: $(date -u +%FT%TZ), budget ${budget}s, to $dest${GPU_EXTRA:+, every run with $GPU_EXTRA}"
-    # which code ran: the commit where .git travelled, else a hash a checkout can recompute
-    # (in a clean checkout of that commit: find gptlab bench -name '*.py' -o -name '*.sh' | LC_ALL=C sort | xargs cat | sha256sum)
-    echo "code: $(git rev-parse HEAD 2>/dev/null || echo "sha256 of gptlab+bench: $(find gptlab bench -name '*.py' -o -name '*.sh' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)")"
+    # which code ran: always a hash of gptlab/ and bench/ that a checkout recomputes (in a clean checkout:
+    # find gptlab bench -name '*.py' -o -name '*.sh' | LC_ALL=C sort | xargs cat | sha256sum), and the commit where
+    # .git travelled -- only a lead: on 2026-12-04 the device's .git said the session's first commit while the
+    # tree that ran held three later ones
+    echo "code: sha256 of gptlab+bench $(find gptlab bench -name '*.py' -o -name '*.sh' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16), .git HEAD $(git rev-parse --short HEAD 2>/dev/null || echo none)"
     "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__)"
     for item in "${plan[@]}"; do
       local name limit minimum left=$((budget - (SECONDS - start)))
