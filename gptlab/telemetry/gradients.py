@@ -76,27 +76,24 @@ def get_gradient_stats(model: nn.Module | Iterable[Tensor]) -> dict[str, float |
     if mesh_dims or device.type in PER_TENSOR_DEVICES:
         sums = torch.stack([g.sum(dtype=acc) for g in local])
         mins, maxs = _extremes(local, acc)
-        sumsq_t, sums_t, mins_t, maxs_t = (
-            _reduce_shards(grads, shard_dims, mesh_dims, sumsq, sums, mins, maxs)
-            if mesh_dims
-            else (sumsq, sums, mins, maxs)
-        )
     else:
-        sumsq_t, (sums_t, mins_t, maxs_t) = sumsq, _bucket_totals(local, acc)
+        sums, mins, maxs = _bucket_totals(local, acc)
+    if mesh_dims:
+        sumsq, sums, mins, maxs = _reduce_shards(grads, shard_dims, mesh_dims, sumsq, sums, mins, maxs)
 
-    layer_norms = sumsq_t.sqrt()
-    mean = sums_t.sum() / n
-    var = (sumsq_t.sum() / n - mean.square()).clamp_min(0)  # population variance, like np.std
+    layer_norms = sumsq.sqrt()
+    mean = sums.sum() / n
+    var = (sumsq.sum() / n - mean.square()).clamp_min(0)  # population variance, like np.std
     out = torch.stack(
         [
-            sumsq_t.sum().sqrt(),
+            sumsq.sum().sqrt(),
             layer_norms.mean(),
             layer_norms.max(),
             layer_norms.min(),
             mean,
             var.sqrt(),
-            mins_t.min(),
-            maxs_t.max(),
+            mins.min(),
+            maxs.max(),
         ]
     )
     return dict(zip(STAT_KEYS, out.tolist()))  # the one host sync
@@ -125,11 +122,7 @@ def _bucket_totals(local: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tenso
         empty = local[0].new_zeros(0, dtype=acc)
         return empty, empty.new_full((1,), math.inf), empty.new_full((1,), -math.inf)
     flats = [members[0] if len(members) == 1 else torch.cat(members) for members in buckets]
-    sums = torch.stack([flat.sum(dtype=acc) for flat in flats])
-    pairs = [torch.aminmax(flat) for flat in flats]
-    mins = torch.stack([p[0].to(acc) for p in pairs])
-    maxs = torch.stack([p[1].to(acc) for p in pairs])
-    return sums, mins, maxs
+    return torch.stack([flat.sum(dtype=acc) for flat in flats]), *_extremes(flats, acc)
 
 
 def _extremes(local: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
