@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -128,8 +129,14 @@ def make_steps(trainer: Trainer, grad_accum: int) -> tuple[Callable[[], None], C
         opt.zero_grad(set_to_none=True)
         it[0] += 1
 
+    unread: list[Any] = []  # the previous step's gradient statistics, read after this step is queued (as the loop)
+
     def gptlab_step() -> None:
-        trainer.train_step()
+        step = trainer.train_step()
+        while unread:
+            trainer.telemetry.read_gradient_stats(unread.pop())
+        if step["grad_stats"] is not None:
+            unread.append(step["grad_stats"])
         trainer.iter_num += 1
 
     return plain_step, gptlab_step

@@ -66,6 +66,7 @@ from gptlab.logging import TrainingLogger
 from gptlab.model.convert import check_init_source, resolve_pretrained
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.plugins import saved_plugins
+from gptlab.telemetry.gradients import PendingGradientStats
 from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.schedule import get_lr
 from gptlab.train.signals import StopSignals, TrainingInterrupted
@@ -313,6 +314,8 @@ class Trainer:
         self.weights_origin: str | None = origin if isinstance(origin, str) else None
         self._saved_iter = -1  # the iteration of this session's latest checkpoint
         self._last_losses: dict[str, float] | None = None  # this session's latest evaluation
+        # (iteration, statistics) of steps whose gradient statistics are not read back yet (_read_gradients)
+        self._unread_gradients: list[tuple[int, PendingGradientStats]] = []
         self._replaced_source: Path | None = None  # overwrite: a fine-tune's source in out_dir, until the first save
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from and the data itself (nodes read
@@ -667,7 +670,8 @@ class Trainer:
         return loss.detach()
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over all micro-steps. Returns device tensors, not floats."""
+        """One optimizer step over all micro-steps. Returns device tensors, not floats (and, at the gradient
+        statistics' interval, their ``PendingGradientStats``)."""
         cfg = self.cfg
         lr = get_lr(self.iter_num, cfg)
         for group in self.optimizer.param_groups:
@@ -691,7 +695,8 @@ class Trainer:
         unscale = cfg.grad_clip > 0.0 or log_grads
         if unscale:
             self.scaler.unscale_(self.optimizer)  # statistics and clipping see the true gradients
-        grad_stats = self.telemetry.gradient_stats() if log_grads else None  # one host sync, at this interval
+        # at this interval: computed on the device and sent to the host with no sync (the loop reads them later)
+        grad_stats = self.telemetry.start_gradient_stats() if log_grads else None
         grad_norm = None
         if cfg.grad_clip > 0.0:  # the returned norm is the one before clipping
             # on FSDP2's DTensor gradients the norm is reduced over the shards (a replicated DTensor)
@@ -846,7 +851,39 @@ class Trainer:
             self.logger.tensorboard_scalars(self.iter_num, {"eval": numbers})
 
     # ------------------------------------------------------------------ the loop
+    def _read_gradients(self, through: float = math.inf, keep: int | None = None) -> dict[str, Any] | None:
+        """Read the unread gradient statistics of iterations up to ``through``, in order: the spike test (and its
+        event) for each and its ``gradients`` record, except iteration ``keep``'s, returned for the iteration's
+        own record. Read a step after they were made, or where the host has synced anyway, they cost no stall;
+        every exit from the loop (evaluation, checkpoint, a stop) reads them all first, so the checkpoint's
+        spike history and the log hold every step's."""
+        kept = None
+        while self._unread_gradients and self._unread_gradients[0][0] <= through:
+            iter_num, pending = self._unread_gradients.pop(0)
+            stats = self.telemetry.read_gradient_stats(pending)
+            if stats["spike"]:
+                ratio, norm = stats["norm_to_median"], stats["global_norm"]
+                why = (
+                    f"{ratio:.1f}x its running median"
+                    if math.isfinite(norm)
+                    else "non-finite"
+                    + (": an fp16 overflow, the loss scaler skips this step" if self.scaler.is_enabled() else "")
+                )
+                self.logger.log_event(
+                    "grad_spike",
+                    f"iter {iter_num}: gradient norm {norm:.4g} is {why}",
+                    iter=iter_num,
+                    grad_norm=norm,
+                    ratio=ratio,
+                )
+            if iter_num == keep:
+                kept = stats
+            else:  # computed at their own interval: kept, never dropped
+                self.logger.log_gradients(iter_num, stats)
+        return kept
+
     def _eval_and_checkpoint(self, healthy: bool) -> dict[str, float]:
+        self._read_gradients()  # the checkpoint's spike history holds every step's norm
         losses = self._last_losses = self.evaluate()  # the summary's final losses, however the run ends
         self.logger.log_eval(
             self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, self.cfg), tokens=self.tokens_seen
@@ -1030,8 +1067,8 @@ class Trainer:
             self.tokens_seen += self.telemetry.tokens_per_iter
             checked = step["loss"]  # with the gradient norm (a NaN norm makes clipping turn every weight NaN), but
             norm = step["grad_norm"]  # clipping's, else the gradient statistics' where they were computed
-            if norm is None and step["grad_stats"]:
-                norm = step["grad_stats"]["global_norm"]
+            if norm is None and step["grad_stats"] is not None:
+                norm = step["grad_stats"].global_norm  # a device scalar: no sync
             if norm is not None and not self.scaler.is_enabled():  # fp16's scaler skips inf steps itself
                 checked = checked + norm  # non-finite if either is
             first_bad = torch.where(torch.isfinite(checked), first_bad, first_bad.clamp(max=self.iter_num))
@@ -1047,22 +1084,8 @@ class Trainer:
                     self._stop_nonfinite(skips_in_a_row, first_iter=first_of_them, stepped=True)
             else:
                 skips_in_a_row = 0
-            if step["grad_stats"] and step["grad_stats"].get("spike"):
-                ratio = step["grad_stats"].get("norm_to_median")
-                norm = step["grad_stats"]["global_norm"]
-                why = (
-                    f"{ratio:.1f}x its running median"
-                    if math.isfinite(norm)
-                    else "non-finite"
-                    + (": an fp16 overflow, the loss scaler skips this step" if self.scaler.is_enabled() else "")
-                )
-                self.logger.log_event(
-                    "grad_spike",
-                    f"iter {self.iter_num}: gradient norm {norm:.4g} is {why}",
-                    iter=self.iter_num,
-                    grad_norm=step["grad_stats"]["global_norm"],
-                    ratio=ratio,
-                )
+            if step["grad_stats"] is not None:
+                self._unread_gradients.append((self.iter_num, step["grad_stats"]))
             if self.iter_num % cfg.log_interval == 0:
                 lossf = step["loss"].item()  # the host sync that logging asks for
                 # seconds per step over the window since the last logged step, measured after this sync: the
@@ -1070,13 +1093,14 @@ class Trainer:
                 now = time.perf_counter()
                 dt, window_start, window_steps = (now - window_start) / window_steps, now, 0
                 self._note_loss_scale()
+                grad_stats = self._read_gradients(through=self.iter_num, keep=self.iter_num)  # synced: no wait
                 self.logger.log_iter_detailed(
                     self.iter_num,
                     lossf,
                     dt * 1000,
                     self.telemetry.mfu(dt),
                     self.telemetry.memory_stats(),
-                    step["grad_stats"],
+                    grad_stats,
                     lr=step["lr"],
                     tokens=self.tokens_seen,
                     tokens_per_sec=self.telemetry.tokens_per_iter / dt,
@@ -1086,9 +1110,10 @@ class Trainer:
                     self._stop_nonfinite(first_iter=bad_iter, stepped=True)
                 if self.world_size > 1:  # the ranks agree where to stop, here where the host has synced anyway
                     stop_agreed = int(parallel.all_reduce_max([float(stop.signum)], self.dist)[0])
-            elif step["grad_stats"] is not None:  # computed at their own interval: kept, never dropped
-                self.logger.log_gradients(self.iter_num, step["grad_stats"])
+            else:  # the previous steps' statistics, whose copies this step's queued work came after: no stall
+                self._read_gradients(through=self.iter_num - 1)
             self.iter_num += 1
+        self._read_gradients()
         if (bad_iter := int(first_bad)) != NO_ITER:
             self._stop_nonfinite(first_iter=bad_iter)
         # evaluate (and checkpoint) the final weights: iter_num steps are done
@@ -1143,6 +1168,7 @@ class Trainer:
         TrainingInterrupted. Before this session's first step there is nothing new: no evaluation either
         (a run stopped because its memory warning said it will not fit must not allocate)."""
         name = signal.Signals(signum).name
+        self._read_gradients()
         if bad_iter != NO_ITER:  # the training loss went non-finite at bad_iter: that stop, not this one
             self._stop_nonfinite(first_iter=bad_iter)
         losses = evaluated
@@ -1178,6 +1204,7 @@ class Trainer:
         """Stop on a non-finite loss: ``skipped`` steps in a row under nan_policy=skip, the training loss or
         gradient norm first not finite at ``first_iter``, or an evaluation's loss (``evaluated``). ``stepped``:
         iteration ``iter_num`` has run (its tokens counted), so the summary's iterations are one more."""
+        self._read_gradients()  # their records (a non-finite norm's grad_spike among them) before the stop's
         if skipped:
             what = f"{skipped} steps in a row had a non-finite loss or gradient (nan_policy=skip gives up)"
         elif evaluated:

@@ -1,7 +1,8 @@
 """The loop's view of telemetry: FLOPs and MFU, memory, gradient statistics.
 
 Computed once per run where possible (FLOPs per token, the peak), and only at the intervals
-the loop asks for (gradient statistics sync the host once; memory counters are host-side).
+the loop asks for (gradient statistics are read a step late, without stalling the device; memory
+counters are host-side).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from gptlab.config.model import ModelArchitectureConfig
 from gptlab.config.train import TrainConfig
 from gptlab.logging import logged_peak_gb
 from gptlab.telemetry.flops import compute_flops, estimate_mfu_detailed, expected_tokens_per_sec
-from gptlab.telemetry.gradients import GradientSpikeDetector, get_gradient_stats
+from gptlab.telemetry.gradients import GradientSpikeDetector, PendingGradientStats, gradient_stats_tensor
 from gptlab.telemetry.hardware import detect_peak
 from gptlab.telemetry.memory import MemoryPlan, get_memory_stats, host_memory_bytes, plan_memory, reset_peak_memory
 from gptlab.telemetry.planner import fit_advice
@@ -90,11 +91,21 @@ class TelemetryHooks:
             self.session_peak_gb = max(self.session_peak_gb or 0.0, logged)
         return stats
 
-    def gradient_stats(self) -> dict[str, Any]:
-        stats = get_gradient_stats(self.model)
+    def start_gradient_stats(self) -> PendingGradientStats:
+        """The statistics of the gradients now held, computed and sent to the host without a sync: read
+        them with ``read_gradient_stats``, in step order."""
+        return PendingGradientStats(gradient_stats_tensor(self.model))
+
+    def read_gradient_stats(self, pending: PendingGradientStats) -> dict[str, Any]:
+        """The floats, with the spike test's verdict (the detector takes each step's norm in order)."""
+        stats: dict[str, Any] = pending.result()
         stats["spike"] = self.spikes.update(stats["global_norm"])
         stats["norm_to_median"] = self.spikes.last_ratio
         return stats
+
+    def gradient_stats(self) -> dict[str, Any]:
+        """Start and read at once: one host sync that waits for all queued work."""
+        return self.read_gradient_stats(self.start_gradient_stats())
 
     def _plan_kwargs(self) -> dict[str, Any]:
         return run_plan_kwargs(self.cfg, self.dtype, self.parallel, self.world_size, self.accum_steps, self.device)

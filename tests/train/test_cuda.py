@@ -5,6 +5,8 @@
   (``torch.cuda.set_sync_debug_mode('error')`` fails on any synchronizing CUDA call);
 - the presets' attention qualifies for the flash kernel (SDPA restricted to flash raises otherwise), and
   every SDPA case (ALiBi's mask with GQA, float32) for a fused one, as HFU's recompute count assumes;
+- a step that computes gradient statistics makes no host sync either: they reach the host by a
+  non-blocking copy into pinned memory, read later, and equal the synchronous read;
 - a CUDA-graph compile mode (``reduce-overhead``) trains, evaluates, checkpoints and samples like eager,
   with gradient accumulation (2 micro-steps: the preallocated, stable ``.grad`` buffers).
 """
@@ -58,6 +60,32 @@ def test_step_makes_no_host_sync(mode: str, dtype: str, data_dir: Path, tmp_path
     finally:
         trainer.logger.close()
         parallel.shutdown(trainer.dist)
+
+
+def test_gradient_statistics_step_makes_no_host_sync(data_dir: Path, tmp_path: Path) -> None:
+    from gptlab.telemetry.gradients import get_gradient_stats
+
+    args = tiny_args(data_dir, tmp_path, device="cuda", dtype="bfloat16", gradient_log_interval=1, grad_clip=0.0)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    try:
+        trainer.train_step()  # iteration 0: the byte count (a host read, by design)
+        trainer.iter_num += 1
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step = trainer.train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        late = step["grad_stats"].result()
+        # the same gradients read synchronously: one more backward without a step gives new ones, so compare
+        # the pending read of those with get_gradient_stats on them
+        x, y = trainer.train_loader.get_batch(0)
+        trainer.forward_backward(0, x, y)
+        pending = trainer.telemetry.start_gradient_stats()
+        assert pending.result() == get_gradient_stats(trainer.raw_model)
+        assert late["global_norm"] > 0 and all(v == v for v in late.values())
+    finally:
+        trainer.logger.close()
 
 
 @pytest.mark.parametrize(("preset", "n_kv_head"), [("gpt2", None), ("llama", None), ("llama", 2)])

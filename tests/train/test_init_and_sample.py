@@ -218,15 +218,16 @@ def test_gradient_spike_is_an_event(data_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer(
         parse_run_args(tiny_args(data_dir, tmp_path, max_iters=8, gradient_log_interval=1)), stream=io.StringIO()
     )
-    original = trainer.telemetry.gradient_stats
+    original, reads = trainer.telemetry.read_gradient_stats, []
 
-    def spiky() -> dict:
-        stats = original()
-        if trainer.iter_num == 6:
+    def spiky(pending: object) -> dict:  # the statistics are read in step order, iteration 6's the seventh
+        stats = original(pending)
+        reads.append(stats)
+        if len(reads) == 7:
             stats.update(spike=True, norm_to_median=12.0)
         return stats
 
-    trainer.telemetry.gradient_stats = spiky  # type: ignore[method-assign]
+    trainer.telemetry.read_gradient_stats = spiky  # type: ignore[method-assign]
     trainer.run()
     spikes = [r for r in _records(tmp_path) if r.get("event") == "grad_spike"]
     assert len(spikes) == 1 and spikes[0]["iter"] == 6 and spikes[0]["ratio"] == 12.0

@@ -513,6 +513,56 @@ def test_train_step_makes_no_host_sync_and_reads_batches_ahead(
     assert torch.equal(get_batch(4, 0)[0], fresh.get_batch(4, 0)[0])  # the prefetched batch is the batch
 
 
+def test_gradient_statistics_step_reads_nothing_back(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that computes gradient statistics syncs no more than one that does not: they stay on the device
+    (sent to the host without waiting) until the loop reads them, and are those of the step's gradients."""
+    args = tiny_args(data_dir, tmp_path, gradient_log_interval=2, grad_clip=0.0)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    trainer.train_step()  # iteration 0: the one-off byte count
+    trainer.iter_num = 2
+    grads: list[torch.Tensor] = []
+    zero_grad = trainer.optimizer.zero_grad  # the gradients the step left (no clipping), before they go
+    monkeypatch.setattr(
+        trainer.optimizer,
+        "zero_grad",
+        lambda set_to_none=True: (
+            grads.extend(p.grad.clone() for p in trainer.raw_model.parameters()) or zero_grad(set_to_none=set_to_none)
+        ),
+    )
+    with count_host_syncs(monkeypatch) as syncs:
+        step = trainer.train_step()
+    assert syncs == {"tolist": 0, "cpu": 0, "numpy": 0, "scalar": 0}
+    stats = step["grad_stats"].result()
+    flat = torch.cat([g.double().flatten() for g in grads])
+    assert stats["global_norm"] == pytest.approx(flat.norm().item(), rel=1e-6)
+    assert stats["grad_max"] == flat.max().item() and stats["grad_min"] == flat.min().item()
+    assert step["grad_stats"].global_norm.item() == stats["global_norm"]  # the device scalar the loop checks
+
+
+def test_loop_reads_gradient_statistics_a_step_late_or_where_it_logs(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statistics of a step that is not logged are read after the next step is queued (no stall); a logged
+    step's right after its loss is read (synced anyway); the last ones before the final evaluation, so the
+    checkpoint's spike history and the log hold every step's, in order."""
+    from gptlab.telemetry.gradients import PendingGradientStats
+
+    reads: list[int] = []
+    result = PendingGradientStats.result
+    args = tiny_args(data_dir, tmp_path, max_iters=8, log_interval=3, gradient_log_interval=2, eval_interval=100)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    monkeypatch.setattr(PendingGradientStats, "result", lambda self: reads.append(trainer.iter_num) or result(self))
+    trainer.run()
+    # made at 0, 2, 4, 6, 8; logged steps 0, 3, 6; the run ends after iteration 8
+    assert reads == [0, 3, 5, 6, 9]
+    records = read_log(tmp_path)
+    grads = [(r["type"], r["iter"]) for r in records if "gradients" in r]
+    assert grads == [("iter", 0), ("gradients", 2), ("gradients", 4), ("iter", 6), ("gradients", 8)]
+    assert len(load_checkpoint(tmp_path)["gradient_history"]["history"]) == 5
+
+
 def test_stable_grads_train_exactly_like_freed_grads(data_dir: Path, tmp_path: Path) -> None:
     """CUDA-graph compile modes with accumulation keep .grad as preallocated buffers (the real thing runs in
     tests/train/test_cuda.py on a GPU); here: the same losses and weights, bit for bit, and the buffers stay."""
