@@ -134,18 +134,35 @@ stage_lease() {
 stage_gpt2_16() {  # the profile's trace goes to the lease's folder at once: it comes back if a later stage overruns
   step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --profile 5
   local trace="${OUT_DIR:-out/bench}/train_step_trace.json"
-  if [[ -n "${LEASE_TRACE:-}" && -f "$trace" ]]; then gzip -c "$trace" >"$LEASE_TRACE"; fi
+  if [[ -n "${LEASE_TRACE:-}" && -f "$trace" ]]; then gzip -c "$trace" >"$LEASE_TRACE" && rm "$trace"; fi
 }
 stage_gpt2_32() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 32; }
 stage_llama_16() { stage_llama; }
 stage_350m_16() { stage_350m; }
+# the levers on the non-matmul third, one run each (a follow-up lease's LEASE_PLAN names them): a larger
+# micro-batch (llm.c's 64), accumulation (the optimizer, clipping and statistics once per 4 micro-steps, as
+# nanoGPT's 40 micro-steps do), inductor's coordinate-descent tuning of its own kernels (norms, GELU, the
+# loss; modded-nanogpt sets it), the chunked loss, max-autotune (Triton matmul templates with fused epilogues)
+stage_gpt2_64() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64; }
+stage_gpt2_16x4() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --grad_accum 4; }
+stage_cdt_16() { TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 step "${GPT2[@]}" "${GPU[@]}" --batch_size 16; }
+stage_chunked_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096; }
+# shellcheck disable=SC2046
+stage_autotune_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 $(compiled --compile_mode max-autotune-no-cudagraphs); }
+stage_llama_16p() {  # llama's kernels, to set against GPT-2's (its trace gzipped beside GPT-2's)
+  step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16 --profile 5
+  local trace="${OUT_DIR:-out/bench}/train_step_trace.json"
+  if [[ -n "${LEASE_TRACE:-}" && -f "$trace" ]]; then
+    gzip -c "$trace" >"${LEASE_TRACE%gpt2_trace.json.gz}llama_trace.json.gz" && rm "$trace"
+  fi
+}
 
 STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep cuda_tests)
-RUNS=(gpt2_16 gpt2_32 llama_16 350m_16)
+RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p)
 case "${1:-}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   lease) stage_lease ;;
-  env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests|gpt2_16|gpt2_32|llama_16|350m_16)
-    "stage_$1" ;;
+  env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests) "stage_$1" ;;
+  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p) "stage_$1" ;;
   *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac
