@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 8's GPU measurements in one place, a stage per call (each fits a 10-minute command):
-#   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | regional | head | profile | telemetry | sweep | all
+#   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | regional | head | profile | telemetry | sweep | rope | all
 #   bash bench/gpu_suite.sh lease  # the one call to make on a short GPU lease (see stage_lease)
 # Prints tables; copy them into docs/benchmarks.md with the date, device and command.
 # The model sizes are real (GPT-2 124M / 350M widths, vocab 50304, block 1024); the tokens come from
@@ -149,6 +149,13 @@ stage_cdt_16() { TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 step "${GPT2[@]}" "${
 stage_chunked_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096; }
 # shellcheck disable=SC2046
 stage_autotune_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 $(compiled --compile_mode max-autotune-no-cudagraphs); }
+stage_llama_64() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 64; }
+stage_350m_64() { step "${M350[@]}" "${GPU[@]}" --batch_size 64; }
+stage_rope() {  # RoPE's layouts in one attention sublayer (bench/rope_layout.py)
+  local run=(--device cuda --dtype bfloat16 --compile --batch_size 16 --block_size 1024 --iters 20 --profile)
+  if [[ -n "${SMOKE:-}" ]]; then run=(--device cpu --dtype float32 --batch_size 1 --block_size 32 --n_embd 32 --n_head 2 --iters 1); fi
+  echo "\$ bench/rope_layout.py ${run[*]}"; "$PY" bench/rope_layout.py "${run[@]}"
+}
 stage_llama_16p() {  # llama's kernels, to set against GPT-2's (its trace gzipped beside GPT-2's)
   step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16 --profile 5
   local trace="${OUT_DIR:-out/bench}/train_step_trace.json"
@@ -157,12 +164,13 @@ stage_llama_16p() {  # llama's kernels, to set against GPT-2's (its trace gzippe
   fi
 }
 
-STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep cuda_tests)
-RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p)
+STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep rope cuda_tests)
+RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64 350m_64)
 case "${1:-}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   lease) stage_lease ;;
   env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests) "stage_$1" ;;
-  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p) "stage_$1" ;;
+  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope)
+    "stage_$1" ;;
   *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac

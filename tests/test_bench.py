@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.train.conftest import data_dir  # noqa: F401 (a fixture, used by name)
 
@@ -52,6 +53,27 @@ def test_lm_head_compares_plain_and_chunked(tmp_path: Path) -> None:
                 cwd=tmp_path)  # fmt: skip
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert set(rows) == {"plain", "chunk"} and float(rows["chunk"][-1]) < float(rows["plain"][-1])  # peak MB
+
+
+def test_rope_layout_compares_the_layouts(tmp_path: Path) -> None:
+    """The same sublayer four ways; the rotation over the other layout gives the same outputs (the check of
+    the bench's own variant: its timing would mean nothing if it computed something else)."""
+    out = bench("rope_layout.py", "--batch_size", "1", "--block_size", "16", "--n_embd", "16", "--n_head", "2",
+                "--iters", "1", cwd=tmp_path)  # fmt: skip
+    names = ("no RoPE", "gptlab RoPE", "RoPE over (B, T, h, hd)", "gptlab RoPE, split QKV")
+    assert all(any(line.startswith(n) for line in out.splitlines()) for n in names), out
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import rope_layout
+
+        from gptlab.model.components import RotaryPositionEncoding
+
+        rope = RotaryPositionEncoding(16, 8)
+        q = torch.randn(2, 3, 16, 8)
+        expected = rope.context(16, q.device).rotate(q)
+        torch.testing.assert_close(rope_layout.seq_major_context(rope, 16).rotate(q), expected)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
 
 
 def test_telemetry_overhead_and_dataloader_tables(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
