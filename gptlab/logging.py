@@ -515,17 +515,19 @@ class TrainingLogger:
         if self._status_shown:
             self._emit("\n")
             self._status_shown = False
-        if self.enabled and not self._file.closed:
-            try:
-                self._file.close()
-            except OSError:
-                if not self._write_failed:
-                    raise
-                # the bytes the failed write left in the buffer, flushed again: that write's one line (the file,
-                # the space free) is the error the run ends with, and wandb and TensorBoard still close
-        if self._wandb is not None:
-            self._wandb.finish(exit_code=exit_code)
-            self._wandb = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        try:
+            if self.enabled and not self._file.closed:
+                try:
+                    self._file.close()
+                except OSError:
+                    if not self._write_failed:
+                        raise  # the close's own failure (its flush hit a full disk): the run's error
+                    # the bytes the failed write left in the buffer, flushed again: that write's one line (the
+                    # file, the space free) is the error the run ends with
+        finally:  # wandb and TensorBoard close however the log's close went (a wandb run left open hangs on)
+            if self._wandb is not None:
+                self._wandb.finish(exit_code=exit_code)
+                self._wandb = None
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None

@@ -404,3 +404,26 @@ def test_a_compact_line_leaves_out_an_unknown_mfu(tmp_path: Path) -> None:
     assert "mfu" not in line and "gnorm 0.432" in line
     logger.log_iter_detailed(701, 1.2, 300.0, lr=6e-4, tokens_per_sec=1e4, mfu_percent=41.5)
     assert stream.getvalue().splitlines()[-1].endswith("| mfu 41.50%")
+
+
+def test_backends_close_when_the_log_file_close_fails(tmp_path: Path) -> None:
+    """A log whose close fails (its flush hit a full disk) raises that error, and TensorBoard and wandb are
+    still closed (a wandb run left open is shown as running, and its process outlives the job)."""
+    pytest.importorskip("torch.utils.tensorboard")
+    logger = TrainingLogger(tmp_path, stream=io.StringIO(), tensorboard=True)
+    closed = []
+    tb_close = logger._tb.close
+    logger._tb.close = lambda: closed.append("tensorboard") or tb_close()  # type: ignore[union-attr]
+    file_close = logger._file.close
+
+    class FullDisk:
+        def close(self) -> None:
+            file_close()
+            raise OSError(28, "No space left on device")
+
+        closed = property(lambda self: False)
+
+    logger._file = FullDisk()  # type: ignore[assignment]
+    with pytest.raises(OSError, match="No space left"):
+        logger.close()
+    assert closed == ["tensorboard"] and logger._tb is None
