@@ -87,6 +87,13 @@ def flag_hint(
     return f"write --{key}=VALUE"
 
 
+# torch.distributed.launch's argument (DeepSpeed's: --local_rank), as '--local-rank=0' or '--local_rank 0'
+LEGACY_LAUNCHER = (
+    "the legacy launcher's argument (torch.distributed.launch, deepspeed): gptlab reads LOCAL_RANK from the "
+    "environment, as torchrun sets it: launch with torchrun (or torch.distributed.launch --use-env)"
+)
+
+
 def pair_hint(
     flag: str,
     value: str,
@@ -101,6 +108,8 @@ def pair_hint(
     key = _key_name(flag)
     if key in ("config", "config_file", "cfg", "config_path"):
         return f"name the config file first, without a flag: {value} --key=value ..."
+    if key == "local_rank":
+        return LEGACY_LAUNCHER
     if (refused := setting_not_taken(key, keys, settings)) is not None:
         return refused
     unknown = ""
@@ -150,12 +159,8 @@ def parse_overrides(
             )
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
         key, text = arg[2:].split("=", 1)
-        if _key_name(key) == "local_rank":  # torch.distributed.launch's argument (DeepSpeed's: --local_rank)
-            raise ConfigError(
-                f"{arg!r} is the legacy launcher's argument (torch.distributed.launch, deepspeed): gptlab reads "
-                "LOCAL_RANK from the environment, as torchrun sets it: launch with torchrun (or torch.distributed."
-                "launch --use-env)"
-            )
+        if _key_name(key) == "local_rank":
+            raise ConfigError(f"{arg!r} is {LEGACY_LAUNCHER}")
         if not key.isidentifier():
             spelled = _key_name(key)
             hint = f": did you mean --{spelled}={text}?" if spelled.isidentifier() else ""
