@@ -127,11 +127,16 @@ class ConfigurableGPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, *, return_logits: bool = True
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Logits for every position and the mean cross-entropy when ``targets`` is given
         (-1 targets are ignored); otherwise logits for the last position only and ``None``.
         With ``loss_chunk_size`` > 0 and targets, the loss comes from the chunked head and the
-        logits are ``None``: never materialising them is the point (gptlab.model.loss)."""
+        logits are ``None``: never materialising them is the point (gptlab.model.loss).
+        ``return_logits=False`` (with targets): ``(None, loss)``. The training step asks for it: under
+        torch.compile every output of the graph gets a gradient in backward, so returned logits cost a
+        (B, T, vocab) tensor of zeros and its addition into the loss's gradient, every micro-step."""
         T = idx.shape[1]
         if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
@@ -150,7 +155,7 @@ class ConfigurableGPT(nn.Module):
         # float64 model's in float64. reshape/long: sliced (non-contiguous) or int32 targets, as the chunked loss takes
         flat = logits.view(-1, logits.size(-1))
         loss = F.cross_entropy(flat.to(loss_dtype(flat.dtype)), targets.reshape(-1).long(), ignore_index=-1)
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     # ------------------------------------------------------------------ utilities
     def tie_weights(self) -> None:

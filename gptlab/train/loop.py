@@ -664,7 +664,8 @@ class Trainer:
         the host reads the next micro-step's batch (as nanoGPT does)."""
         self._new_graph_run()
         with self.autocast:
-            loss = self.model(x, y)[1]  # the (B, T, vocab) logits are not kept alive through the backward
+            # no (B, T, vocab) logits kept alive through the backward, nor (compiled) a zero gradient made for them
+            loss = self.model(x, y, return_logits=False)[1]
         self.train_loader.prefetch(*self.next_batch_key(self.iter_num, micro_step))
         self.scaler.scale(loss / self.accum_steps).backward()
         return loss.detach()
@@ -753,7 +754,7 @@ class Trainer:
                 x, y = loader.get_batch(k if k < n_iters else 0)
                 self._new_graph_run()
                 with self.autocast:
-                    _, loss = self.model(x, y)
+                    _, loss = self.model(x, y, return_logits=False)
                 losses[j] = loss if k < n_iters else 0.0
             if world > 1:  # in batch order (k = j * world + rank), so the sum is the single process's, bit for bit
                 losses = parallel.all_gather_stacked(losses, self.dist).t().reshape(-1)

@@ -96,6 +96,37 @@ def test_plain_and_chunked_loss_take_the_same_targets() -> None:
     torch.testing.assert_close(model(x, y.int())[1], plain)
 
 
+def test_loss_without_logits_gives_no_logits_gradient_to_compiled_backward() -> None:
+    """``return_logits=False`` (the training step's): the same loss and gradients, and under torch.compile the
+    backward graph takes no (B, T, vocab) gradient for a logits output (with logits returned it does: AOTAutograd
+    gives every output a gradient, zeros for unused ones, made and added every micro-step)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def grad_inputs_of_backward(return_logits: bool) -> tuple[list[tuple[int, ...]], torch.Tensor, list]:
+        shapes: list[tuple[int, ...]] = []
+
+        def bw(gm: torch.fx.GraphModule, _inputs: list) -> object:
+            shapes.extend(tuple(n.meta["val"].shape) for n in gm.graph.nodes if n.name.startswith("tangents"))
+            return make_boxed_func(gm.forward)
+
+        torch.manual_seed(0)
+        model = ConfigurableGPT(get_debug_config("gpt2"))
+        backend = aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=bw)
+        x = torch.randint(0, 256, (2, 16))
+        logits, loss = torch.compile(model, backend=backend)(x, x, return_logits=return_logits)
+        assert (logits is not None) == return_logits
+        loss.backward()
+        return shapes, loss.detach(), [p.grad for p in model.parameters()]
+
+    with_logits, loss_a, grads_a = grad_inputs_of_backward(True)
+    without, loss_b, grads_b = grad_inputs_of_backward(False)
+    assert (2, 16, 256) in with_logits and without == [()]  # the loss's gradient alone
+    assert torch.equal(loss_a, loss_b)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b)
+
+
 def test_sequence_longer_than_block_size_is_rejected() -> None:
     model = ConfigurableGPT(get_debug_config("gpt2", block_size=8))
     with pytest.raises(ValueError, match="block_size=8"):

@@ -513,6 +513,16 @@ def test_train_step_makes_no_host_sync_and_reads_batches_ahead(
     assert torch.equal(get_batch(4, 0)[0], fresh.get_batch(4, 0)[0])  # the prefetched batch is the batch
 
 
+def test_step_asks_the_model_for_the_loss_alone(data_dir: Path, tmp_path: Path) -> None:
+    """Every micro-step calls the model with ``return_logits=False``: compiled, returned logits would get a
+    zero (B, T, vocab) gradient made and added in every backward (tests/model/test_gpt.py)."""
+    trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path)), stream=io.StringIO())
+    calls, model = [], trainer.model
+    trainer.model = lambda x, y, **kw: calls.append(kw) or model(x, y, **kw)  # type: ignore[assignment]
+    trainer.train_step()
+    assert calls == [{"return_logits": False}] * trainer.accum_steps
+
+
 def test_gradient_statistics_step_reads_nothing_back(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
