@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from gptlab.config.model import PRESETS, get_preset_config
-from gptlab.config.overrides import pair_hint, parse_overrides
+from gptlab.config.overrides import pair_hint, parse_overrides, refuse_legacy_launcher
 from gptlab.errors import (
     PATH_ERRORS,
     USER_ERRORS,
@@ -211,6 +211,12 @@ def _run_command(argv: Sequence[str] | None) -> int:
 
     replace_unencodable_output()
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # `python -m torch.distributed.launch -m gptlab train ...` puts --local-rank=N before the command
+        for arg in argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]:
+            refuse_legacy_launcher(arg)
+    except ConfigError as e:
+        print(f"gptlab: error: {e}", file=sys.stderr)
+        return 2
     if argv and argv[0] in RAW_COMMANDS and {"-V", "--version"} & set(argv[1:]):
         argv = ["--version"]  # `gptlab train --version`: the command's version is gptlab's
     if argv and argv[0] in RAW_COMMANDS and not {"-h", "--help"} & set(argv[1:]):

@@ -515,19 +515,23 @@ class TrainingLogger:
         if self._status_shown:
             self._emit("\n")
             self._status_shown = False
+        failed = False
         try:
             if self.enabled and not self._file.closed:
                 try:
                     self._file.close()
                 except OSError:
                     if not self._write_failed:
+                        failed = True
                         raise  # the close's own failure (its flush hit a full disk): the run's error
                     # the bytes the failed write left in the buffer, flushed again: that write's one line (the
                     # file, the space free) is the error the run ends with
         finally:  # wandb and TensorBoard close however the log's close went (a wandb run left open hangs on)
-            if self._wandb is not None:
-                self._wandb.finish(exit_code=exit_code)
-                self._wandb = None
-            if self._tb is not None:
-                self._tb.close()
-                self._tb = None
+            run, self._wandb = self._wandb, None
+            writer, self._tb = self._tb, None
+            try:
+                if run is not None:  # a close that fails ends the run with that error: wandb shows it failed
+                    run.finish(exit_code=exit_code or int(failed))
+            finally:
+                if writer is not None:
+                    writer.close()

@@ -70,7 +70,11 @@ from gptlab.cli import main
         # python -m torch.distributed.launch (and deepspeed) pass the local rank as an argument
         (["train", "--local-rank=0"], r"'--local-rank=0' is the legacy launcher's argument .* launch with torchrun"),
         (["train", "--local_rank=1"], r"'--local_rank=1' is the legacy launcher's argument"),
-        (["train", "--local_rank", "0"], r"'--local_rank 0': the legacy launcher's argument .* with torchrun"),
+        (["train", "--local_rank", "0"], r"'--local_rank' is the legacy launcher's argument .* with torchrun"),
+        (["arch", "--local_rank", "0"], r"'--local_rank 0': the legacy launcher's argument"),
+        # where torch.distributed.launch puts it: before the script's own arguments (-m gptlab: before the command)
+        (["train", "--local-rank=0", "config/x.py"], r"'--local-rank=0' is the legacy launcher's argument"),
+        (["--local-rank=0", "train", "config/x.py"], r"'--local-rank=0' is the legacy launcher's argument"),
         (["arch", "--version"], r"\(--version is no option of this command\)$"),
         (["compare", "gpt2", "--n_layr"], r"\(write --n_layer=VALUE\)$"),
         (["doctor", "--dep", "x"], r"'gptlab doctor' does not take --dep x \(did you mean 'deep'\?\)"),  # no keys

@@ -423,7 +423,13 @@ def test_backends_close_when_the_log_file_close_fails(tmp_path: Path) -> None:
 
         closed = property(lambda self: False)
 
-    logger._file = FullDisk()  # type: ignore[assignment]
-    with pytest.raises(OSError, match="No space left"):
+    class Run:  # a wandb run whose finish fails too (a network error, say)
+        def finish(self, exit_code: int) -> None:
+            closed.append(f"wandb {exit_code}")
+            raise RuntimeError("wandb: network error")
+
+    logger._file, logger._wandb = FullDisk(), Run()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="network error"):  # (the OSError is its context)
         logger.close()
-    assert closed == ["tensorboard"] and logger._tb is None
+    # wandb told the run failed (the close's error ends it), TensorBoard closed all the same
+    assert closed == ["wandb 1", "tensorboard"] and logger._tb is None and logger._wandb is None

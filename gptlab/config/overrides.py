@@ -94,6 +94,13 @@ LEGACY_LAUNCHER = (
 )
 
 
+def refuse_legacy_launcher(arg: str) -> None:
+    """A ConfigError for the legacy launcher's ``--local-rank=N`` (or ``--local_rank``), wherever it stands:
+    torch.distributed.launch puts it before the script's own arguments."""
+    if arg.startswith("--") and _key_name(arg[2:].split("=", 1)[0]) == "local_rank":
+        raise ConfigError(f"{arg!r} is {LEGACY_LAUNCHER}")
+
+
 def pair_hint(
     flag: str,
     value: str,
@@ -158,9 +165,8 @@ def parse_overrides(
                 f" ({flag_hint(arg[2:], bool_keys, keys, settings)})" if arg.startswith("--") and len(arg) > 2 else ""
             )
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
+        refuse_legacy_launcher(arg)
         key, text = arg[2:].split("=", 1)
-        if _key_name(key) == "local_rank":
-            raise ConfigError(f"{arg!r} is {LEGACY_LAUNCHER}")
         if not key.isidentifier():
             spelled = _key_name(key)
             hint = f": did you mean --{spelled}={text}?" if spelled.isidentifier() else ""

@@ -32,7 +32,7 @@ from gptlab.config.model import (
     check_keys_take_effect,
     get_preset_config,
 )
-from gptlab.config.overrides import pair_hint, parse_overrides
+from gptlab.config.overrides import pair_hint, parse_overrides, refuse_legacy_launcher
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice, without_suggestion
 from gptlab.model.registry import Registry
 from gptlab.plugins import (
@@ -626,6 +626,7 @@ def split_args(
     files: list[str] = []
     overrides: list[str] = []
     for arg in args:
+        refuse_legacy_launcher(arg)  # before its place is judged: the launcher puts it before the script's own
         if arg.startswith("--"):
             overrides.append(arg)
         elif overrides and "=" not in overrides[-1]:  # argparse's spelling, '--n_layer 4'

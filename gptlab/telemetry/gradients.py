@@ -81,6 +81,10 @@ class PendingGradientStats:
             self._event = torch.cuda.Event()
             self._event.record(torch.cuda.current_stream(values.device))
 
+    def ready(self) -> bool:
+        """Whether ``result()`` would not wait (the copy has ended; always, off CUDA)."""
+        return self._event is None or self._event.query()
+
     def result(self) -> dict[str, float | None]:
         """The values as floats by STAT_KEYS (all None without gradients); waits for the copy alone (on
         CUDA) or, elsewhere, reads the device tensor then."""

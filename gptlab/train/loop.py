@@ -852,14 +852,19 @@ class Trainer:
             self.logger.tensorboard_scalars(self.iter_num, {"eval": numbers})
 
     # ------------------------------------------------------------------ the loop
-    def _read_gradients(self, through: float = math.inf, keep: int | None = None) -> dict[str, Any] | None:
+    def _read_gradients(
+        self, through: float = math.inf, keep: int | None = None, ready_only: bool = False
+    ) -> dict[str, Any] | None:
         """Read the unread gradient statistics of iterations up to ``through``, in order: the spike test (and its
         event) for each and its ``gradients`` record, except iteration ``keep``'s, returned for the iteration's
         own record. Read a step after they were made, or where the host has synced anyway, they cost no stall;
         every exit from the loop (evaluation, checkpoint, a stop) reads them all first, so the checkpoint's
-        spike history and the log hold every step's."""
+        spike history and the log hold every step's. ``ready_only``: those whose copy has ended, in order (after
+        an error, whose device may never finish the rest)."""
         kept = None
         while self._unread_gradients and self._unread_gradients[0][0] <= through:
+            if ready_only and not self._unread_gradients[0][1].ready():
+                break
             iter_num, pending = self._unread_gradients.pop(0)
             stats = self.telemetry.read_gradient_stats(pending)
             if stats["spike"]:
@@ -932,7 +937,12 @@ class Trainer:
             )
             return self._finish(losses)
         with StopSignals(self._announce_stop) as stop:
-            return self._train_loop(stop)
+            try:
+                return self._train_loop(stop)
+            except BaseException:  # a crash, an OOM, a second Ctrl-C: the statistics already on the host are logged
+                with contextlib.suppress(Exception):  # (those still on a failed device are not waited for)
+                    self._read_gradients(ready_only=True)
+                raise
 
     def _saved_summary(self) -> dict[str, Any] | None:
         """out_dir's summary.json as a mapping (rank 0 reads it), None if none or unreadable."""
@@ -1065,6 +1075,10 @@ class Trainer:
             if self._fault == (self.rank, self.iter_num):  # test-only: a real kill -9 of this rank
                 os.kill(os.getpid(), signal.SIGKILL)
             step = self.train_step()
+            if step["grad_stats"] is not None:  # queued first: every exit below reads it before it stops
+                self._unread_gradients.append((self.iter_num, step["grad_stats"]))
+            # the earlier steps' statistics: their copies were queued before this step's work, so no stall
+            self._read_gradients(through=self.iter_num - 1)
             self.tokens_seen += self.telemetry.tokens_per_iter
             checked = step["loss"]  # with the gradient norm (a NaN norm makes clipping turn every weight NaN), but
             norm = step["grad_norm"]  # clipping's, else the gradient statistics' where they were computed
@@ -1085,16 +1099,14 @@ class Trainer:
                     self._stop_nonfinite(skips_in_a_row, first_iter=first_of_them, stepped=True)
             else:
                 skips_in_a_row = 0
-            if step["grad_stats"] is not None:
-                self._unread_gradients.append((self.iter_num, step["grad_stats"]))
             if self.iter_num % cfg.log_interval == 0:
                 lossf = step["loss"].item()  # the host sync that logging asks for
                 # seconds per step over the window since the last logged step, measured after this sync: the
                 # device's time, not the host's launch time (a GPU runs behind the host between syncs)
                 now = time.perf_counter()
                 dt, window_start, window_steps = (now - window_start) / window_steps, now, 0
-                self._note_loss_scale()
                 grad_stats = self._read_gradients(through=self.iter_num, keep=self.iter_num)  # synced: no wait
+                self._note_loss_scale()
                 self.logger.log_iter_detailed(
                     self.iter_num,
                     lossf,
@@ -1111,8 +1123,6 @@ class Trainer:
                     self._stop_nonfinite(first_iter=bad_iter, stepped=True)
                 if self.world_size > 1:  # the ranks agree where to stop, here where the host has synced anyway
                     stop_agreed = int(parallel.all_reduce_max([float(stop.signum)], self.dist)[0])
-            else:  # the previous steps' statistics, whose copies this step's queued work came after: no stall
-                self._read_gradients(through=self.iter_num - 1)
             self.iter_num += 1
         self._read_gradients()
         if (bad_iter := int(first_bad)) != NO_ITER:

@@ -573,6 +573,26 @@ def test_loop_reads_gradient_statistics_a_step_late_or_where_it_logs(
     assert len(load_checkpoint(tmp_path)["gradient_history"]["history"]) == 5
 
 
+def test_a_crash_still_logs_the_statistics_already_made(data_dir: Path, tmp_path: Path) -> None:
+    """A run that ends by an exception (a crash, an OOM) logs the statistics of the steps before it, the one
+    whose reading waited for the next step included: they are the record of why it crashed."""
+    args = tiny_args(data_dir, tmp_path, max_iters=20, log_interval=100, gradient_log_interval=1, eval_interval=100)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    step = trainer.train_step
+
+    def crashing() -> dict:
+        if trainer.iter_num == 7:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return step()
+
+    trainer.train_step = crashing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        trainer.run()
+    trainer.logger.close(exit_code=1)
+    logged = [r["iter"] for r in read_log(tmp_path) if "gradients" in r]
+    assert logged == list(range(7))
+
+
 def test_stable_grads_train_exactly_like_freed_grads(data_dir: Path, tmp_path: Path) -> None:
     """CUDA-graph compile modes with accumulation keep .grad as preallocated buffers (the real thing runs in
     tests/train/test_cuda.py on a GPU); here: the same losses and weights, bit for bit, and the buffers stay."""
