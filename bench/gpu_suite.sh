@@ -86,10 +86,11 @@ stage_cuda_tests() {  # tests/train/test_cuda.py and the loader's CUDA test (ski
   echo "\$ ${cmd[*]}"; "${cmd[@]}"
 }
 
-# One call for a short GPU lease, in order of what matters most: GPT-2 124M (the first target, with a
-# kernel profile), the CUDA tests (the GPU paths' correctness), llama at the same size, 350M (the other
-# two targets), the telemetry cost (gptlab's step, measured against the plain loop in every run,
-# already bounds it), GPT-2 at batch 32. Each stage runs under its own time limit inside LEASE_BUDGET seconds
+# One call for a short GPU lease, in order of what matters most: GPT-2 124M at batch 16 (with a kernel
+# profile: comparable with every earlier lease), the CUDA tests (the GPU paths' correctness), the three
+# targets at micro-batch 64 (their best configuration so far: GPT-2 124M, llama at the same size, 350M),
+# the telemetry cost (gptlab's step, measured against the plain loop in every run, already bounds it).
+# Each stage runs under its own time limit inside LEASE_BUDGET seconds
 # (default 530), so the call ends inside a 10-minute command; a stage is started only when at least
 # its minimum is left (a compiled run cut off mid-compile measures nothing), else skipped, and said so,
 # and the next, shorter one is tried. Everything
@@ -102,8 +103,8 @@ stage_lease() {
   export PYTHONUNBUFFERED=1
   # name:limit:minimum (seconds); compiles of these shapes took 21-53 s on an H200 (2026-12-04); LEASE_PLAN,
   # the same words space-separated, replaces the plan (a follow-up lease measures what the first left open)
-  local plan=(env:20:5 peak:45:20 gpt2_16:180:120 cuda_tests:150:90 llama_16:150:100 350m_16:180:120
-              telemetry:120:80 gpt2_32:150:100)
+  local plan=(env:20:5 peak:45:20 gpt2_16:180:120 cuda_tests:150:90 gpt2_64:120:70 llama_64:120:70
+              350m_64:180:110 telemetry:120:80)
   if [[ -n "${LEASE_PLAN:-}" ]]; then read -r -a plan <<<"$LEASE_PLAN"; fi
   export LEASE_TRACE="$dest/gpt2_trace.json.gz"
   rm -f "${OUT_DIR:-out/bench}/train_step_trace.json" "$LEASE_TRACE"  # never an earlier call's trace

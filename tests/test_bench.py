@@ -103,7 +103,7 @@ def test_gpu_suite_plumbing_in_smoke_mode(data_dir: Path, tmp_path: Path) -> Non
     lease = tmp_path / "run" / "lease"  # the one-call lease: every stage ran, records and trace kept
     log = (lease / "lease.log").read_text()
     assert not re.search(r"^=== \S+: (skipped|stopped|failed)", log, re.M), log[-3000:]
-    for run in ("gpt2_16", "gpt2_32", "llama_16", "350m_16"):
+    for run in ("gpt2_16", "gpt2_64", "llama_64", "350m_64"):
         record = json.loads((lease / f"{run}.json").read_text())
         assert record["ms_per_step"] > 0 and {"peak", "args", "torch", "device_name"} <= set(record)
     assert (lease / "gpt2_trace.json.gz").stat().st_size > 0 and "gptlab / plain step time" in log
