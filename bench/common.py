@@ -68,10 +68,37 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", default="auto", help="under torchrun: ddp, zero1 or fsdp (auto: ddp)")
     p.add_argument("--attention_backend", default="sdpa", help="sdpa or manual")
     p.add_argument("--peak_tflops", type=float, help="dense peak per device for MFU where none is known (CPU)")
+    p.add_argument(
+        "--inductor_config",
+        type=inductor_setting,
+        action="append",
+        default=[],
+        help="key=value: torch._inductor.config.key for the compile, e.g. max_pointwise_cat_inputs=2 (repeatable)",
+    )
+
+
+def inductor_setting(text: str) -> tuple[str, object]:
+    """An argparse ``type`` for ``--inductor_config key=value``: a key torch._inductor.config has, a Python literal."""
+    import ast
+
+    import torch._inductor.config as inductor
+
+    key, sep, value = text.partition("=")
+    if not sep or not hasattr(inductor, key):
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value with a key of torch._inductor.config")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Python literal") from None
 
 
 def build_trainer(a: argparse.Namespace) -> Trainer:
     """A Trainer for the flags of ``add_run_args`` (writing to ``--out_dir``, replaced every time)."""
+    if a.inductor_config:
+        import torch._inductor.config as inductor
+
+        for key, value in a.inductor_config:  # read when the model compiles (its first step)
+            setattr(inductor, key, value)
     args = [
         f"--arch_preset={a.preset!r}",
         f"--n_layer={a.n_layer}",

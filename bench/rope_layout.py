@@ -42,6 +42,27 @@ def seq_major_context(rope: RotaryPositionEncoding, T: int) -> PositionContext:
     return PositionContext(rotate=rotate)
 
 
+def flip_context(rope: RotaryPositionEncoding, T: int) -> PositionContext:
+    """The same rotation without a concatenation: x viewed as its two halves (..., 2, hd/2), the halves
+    swapped by ``flip`` (an index map) and multiplied by (-sin, sin); bit-identical to rotate_half's (a
+    negation is exact). Its backward is a flip too: no nested masked concatenation for the compiler to fuse
+    into the QKV gradient's."""
+    half = rope.cos.shape[-1] // 2
+    cos = rope.cos[:T].unflatten(-1, (2, half))  # (T, 2, hd/2)
+    signed_sin = rope.sin[:T].unflatten(-1, (2, half)) * torch.tensor([-1.0, 1.0], device=cos.device)[:, None]
+
+    def rotate(x: Tensor) -> Tensor:
+        pairs = x.unflatten(-1, (2, half))
+        return (pairs * cos.to(x.dtype) + pairs.flip(-2) * signed_sin.to(x.dtype)).flatten(-2)
+
+    return PositionContext(rotate=rotate)
+
+
+# inductor's concatenation choice: at most 2 inputs fused into one masked pointwise kernel, so q, k and v's
+# gradients (3) are written into the QKV gradient's slices by their own kernels (ConcatKernel)
+CONCAT_KERNEL = {"max_pointwise_cat_inputs": 2, "max_complex_pointwise_cat_inputs": 2}
+
+
 class SplitProjections(nn.Module):
     """The sublayer with three projections instead of one fused QKV: no concatenation of q, k and v's
     gradients in backward (what the fused projection's split turns into)."""
@@ -85,16 +106,21 @@ def main() -> None:
         "RoPE over (B, T, h, hd)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
                                     lambda: seq_major_context(rope, T)),
         "gptlab RoPE, split QKV": (lambda: SplitProjections(a.n_embd, a.n_head), lambda: rope.context(T, device)),
+        "RoPE via flip (no cat)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
+                                   lambda: flip_context(rope, T)),
+        "gptlab RoPE, QKV grad concat": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
+                                         lambda: rope.context(T, device)),
     }  # fmt: skip
+    options = {"gptlab RoPE, QKV grad concat": CONCAT_KERNEL}  # inductor options (with --compile)
     amp = contextlib.nullcontext() if a.dtype == "float32" else torch.autocast(device.type, dtype=DTYPES[a.dtype])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     x = torch.randn(a.batch_size, T, a.n_embd, device=device, requires_grad=True)
     print(f"B={a.batch_size} T={T} C={a.n_embd} heads={a.n_head} device={device} dtype={a.dtype} compile={a.compile}")
-    print(f"{'variant':30s} {'fwd+bwd ms':>11s} {'first s':>8s}")
+    print(f"{'variant':32s} {'fwd+bwd ms':>11s} {'first s':>8s}")
     for name, (build, context) in variants.items():
         torch.manual_seed(0)
         layer = build().to(device)
-        forward = torch.compile(layer) if a.compile else layer
+        forward = torch.compile(layer, options=options.get(name)) if a.compile else layer
 
         def step(forward: nn.Module = forward, context: object = context) -> None:
             with amp:
@@ -114,7 +140,7 @@ def main() -> None:
             step()
             sync()
             times.append(time.perf_counter() - t0)
-        print(f"{name:30s} {1000 * statistics.median(times):11.3f} {first:8.1f}")
+        print(f"{name:32s} {1000 * statistics.median(times):11.3f} {first:8.1f}")
         if a.profile:
             from torch.profiler import ProfilerActivity, profile
 

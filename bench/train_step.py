@@ -110,7 +110,9 @@ def main() -> None:
             f"model: {trainer.arch.get_architecture_name()}, {trainer.raw_model.get_num_params() / 1e6:.2f}M params, "
             f"{tokens} tokens/step per rank x {dist.world_size} ({trainer.mode}), device={device}, "
             f"dtype={trainer.dtype}, compile={a.compile} ({a.compile_mode}, {a.compile_scope}; first step "
-            f"{first_step_s:.1f} s), attention={a.attention_backend}, "
+            f"{first_step_s:.1f} s"
+            + "".join(f", inductor {key}={value!r}" for key, value in a.inductor_config)
+            + f"), attention={a.attention_backend}, "
             f"loss_chunk_size={a.loss_chunk_size}, peak memory {peak_gb:.2f} GB "
             + ("(CUDA max allocated)" if cuda_peak is not None else "(process max RSS)")
             + f", planned {planned_gb:.2f} GB"

@@ -56,11 +56,12 @@ def test_lm_head_compares_plain_and_chunked(tmp_path: Path) -> None:
 
 
 def test_rope_layout_compares_the_layouts(tmp_path: Path) -> None:
-    """The same sublayer four ways; the rotation over the other layout gives the same outputs (the check of
+    """The same sublayer six ways; the other rotations give the same outputs (the check of
     the bench's own variant: its timing would mean nothing if it computed something else)."""
     out = bench("rope_layout.py", "--batch_size", "1", "--block_size", "16", "--n_embd", "16", "--n_head", "2",
                 "--iters", "1", cwd=tmp_path)  # fmt: skip
-    names = ("no RoPE", "gptlab RoPE", "RoPE over (B, T, h, hd)", "gptlab RoPE, split QKV")
+    names = ("no RoPE", "gptlab RoPE", "RoPE over (B, T, h, hd)", "gptlab RoPE, split QKV", "RoPE via flip",
+             "gptlab RoPE, QKV grad concat")  # fmt: skip
     assert all(any(line.startswith(n) for line in out.splitlines()) for n in names), out
     sys.path.insert(0, str(ROOT / "bench"))
     try:
@@ -72,6 +73,7 @@ def test_rope_layout_compares_the_layouts(tmp_path: Path) -> None:
         q = torch.randn(2, 3, 16, 8)
         expected = rope.context(16, q.device).rotate(q)
         torch.testing.assert_close(rope_layout.seq_major_context(rope, 16).rotate(q), expected)
+        assert torch.equal(rope_layout.flip_context(rope, 16).rotate(q), expected)  # bit for bit
     finally:
         sys.path.remove(str(ROOT / "bench"))
 
@@ -147,6 +149,8 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
     "argv",
     [
         ["train_step.py", "--iters", "0"],  # StatisticsError over no timed steps
+        ["train_step.py", "--inductor_config", "max_pointwise_cat_input=2"],  # no such inductor setting
+        ["train_step.py", "--inductor_config", "max_pointwise_cat_inputs=two"],
         ["telemetry_overhead.py", "--rounds", "0"],
         ["lm_head.py", "--chunks", "abc"],  # ValueError
         ["lm_head.py", "--device", "gpu"],  # torch's RuntimeError
