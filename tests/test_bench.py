@@ -38,6 +38,22 @@ def test_train_step_table_json_and_profile(data_dir: Path, tmp_path: Path) -> No
     assert 0 < r["planned_peak_gb"] < 1 and "planned" in out
 
 
+def test_train_step_under_torchrun_fsdp(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The docstring's `torchrun --nproc_per_node=N bench/train_step.py --parallel fsdp`: 2 gloo ranks, rank 0
+    prints and records the job (tokens per rank x 2, the mode said)."""
+    record = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "bench" / "train_step.py"), *TINY, "--data_dir", str(data_dir),
+           "--out_dir", str(tmp_path / "run"), "--iters", "1", "--rounds", "1", "--warmup", "0", "--parallel", "fsdp",
+           "--json", str(record)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("gptlab / plain step time") == 1 and "tokens/step per rank x 2 (fsdp)" in res.stdout
+    r = json.loads(record.read_text())
+    assert r["world_size"] == 2 and r["ms_per_step"] > 0 and r["args"]["parallel"] == "fsdp"
+
+
 def test_sweep_runs_every_combination(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     out = bench("sweep.py", "--grid", "preset=gpt2,llama", "--grid", "batch_size=0,2", *TINY[:6],
                 "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "run"), "--iters", "1", "--rounds", "1",
