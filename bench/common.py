@@ -156,14 +156,23 @@ def make_steps(trainer: Trainer, grad_accum: int) -> tuple[Callable[[], None], C
         opt.zero_grad(set_to_none=True)
         it[0] += 1
 
-    unread: list[Any] = []  # the previous step's gradient statistics, read after this step is queued (as the loop)
+    read_late = statistics_read_a_step_late(trainer)
 
     def gptlab_step() -> None:
-        step = trainer.train_step()
-        while unread:
-            trainer.telemetry.read_gradient_stats(unread.pop())
-        if step["grad_stats"] is not None:
-            unread.append(step["grad_stats"])
+        read_late(trainer.train_step())
         trainer.iter_num += 1
 
     return plain_step, gptlab_step
+
+
+def statistics_read_a_step_late(trainer: Trainer) -> Callable[[dict[str, Any]], None]:
+    """Called with each ``train_step()`` result: reads the previous step's gradient statistics, now that this
+    step is queued, as the training loop reads them (no stall), and keeps this step's for the next call."""
+    unread: list[Any] = []
+
+    def after_step(step: dict[str, Any]) -> None:
+        for pending in unread:
+            trainer.telemetry.read_gradient_stats(pending)
+        unread[:] = [] if step["grad_stats"] is None else [step["grad_stats"]]
+
+    return after_step

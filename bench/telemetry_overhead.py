@@ -14,7 +14,12 @@ import statistics
 import time
 
 import torch
-from common import add_run_args, at_least, build_trainer  # bench/common.py (scripts run from bench/ or by path)
+from common import (  # bench/common.py (scripts run from bench/ or by path)
+    add_run_args,
+    at_least,
+    build_trainer,
+    statistics_read_a_step_late,
+)
 
 from gptlab.config.train import TrainConfig
 
@@ -38,14 +43,11 @@ def main() -> None:
     for _ in range(a.rounds):
         for name, interval in variants.items():
             trainer.cfg.gradient_log_interval = interval
-            steps, unread = [], None
+            steps, read_late = [], statistics_read_a_step_late(trainer)
             for _ in range(a.iters):
                 sync()
                 t0 = time.perf_counter()
-                step = trainer.train_step()
-                if unread is not None:  # the previous step's, read as the loop reads them: after this one is queued
-                    trainer.telemetry.read_gradient_stats(unread)
-                unread = step["grad_stats"]
+                read_late(trainer.train_step())
                 sync()
                 steps.append(time.perf_counter() - t0)
                 trainer.iter_num += 1

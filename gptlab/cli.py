@@ -212,7 +212,7 @@ def _run_command(argv: Sequence[str] | None) -> int:
     replace_unencodable_output()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:  # `python -m torch.distributed.launch -m gptlab train ...` puts --local-rank=N before the command
-        for arg in argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]:
+        for arg in argv:
             refuse_legacy_launcher(arg)
     except ConfigError as e:
         print(f"gptlab: error: {e}", file=sys.stderr)

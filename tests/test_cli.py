@@ -71,7 +71,7 @@ from gptlab.cli import main
         (["train", "--local-rank=0"], r"'--local-rank=0' is the legacy launcher's argument .* launch with torchrun"),
         (["train", "--local_rank=1"], r"'--local_rank=1' is the legacy launcher's argument"),
         (["train", "--local_rank", "0"], r"'--local_rank' is the legacy launcher's argument .* with torchrun"),
-        (["arch", "--local_rank", "0"], r"'--local_rank 0': the legacy launcher's argument"),
+        (["arch", "--local_rank", "0"], r"'--local_rank' is the legacy launcher's argument .* with torchrun"),
         # where torch.distributed.launch puts it: before the script's own arguments (-m gptlab: before the command)
         (["train", "--local-rank=0", "config/x.py"], r"'--local-rank=0' is the legacy launcher's argument"),
         (["--local-rank=0", "train", "config/x.py"], r"'--local-rank=0' is the legacy launcher's argument"),

@@ -87,18 +87,17 @@ def flag_hint(
     return f"write --{key}=VALUE"
 
 
-# torch.distributed.launch's argument (DeepSpeed's: --local_rank), as '--local-rank=0' or '--local_rank 0'
-LEGACY_LAUNCHER = (
-    "the legacy launcher's argument (torch.distributed.launch, deepspeed): gptlab reads LOCAL_RANK from the "
-    "environment, as torchrun sets it: launch with torchrun (or torch.distributed.launch --use-env)"
-)
-
-
 def refuse_legacy_launcher(arg: str) -> None:
-    """A ConfigError for the legacy launcher's ``--local-rank=N`` (or ``--local_rank``), wherever it stands:
-    torch.distributed.launch puts it before the script's own arguments."""
+    """A ConfigError for the legacy launcher's ``--local-rank=N`` (torch.distributed.launch; DeepSpeed's
+    ``--local_rank``, also spaced), wherever it stands: torch.distributed.launch puts it before the script's
+    own arguments. Every entry checks each argument with this first (the gptlab command, train.py's files and
+    overrides, ``parse_overrides``)."""
     if arg.startswith("--") and _key_name(arg[2:].split("=", 1)[0]) == "local_rank":
-        raise ConfigError(f"{arg!r} is {LEGACY_LAUNCHER}")
+        raise ConfigError(
+            f"{arg!r} is the legacy launcher's argument (torch.distributed.launch, deepspeed): gptlab reads "
+            "LOCAL_RANK from the environment, as torchrun sets it: launch with torchrun (or torch.distributed."
+            "launch --use-env)"
+        )
 
 
 def pair_hint(
@@ -115,8 +114,6 @@ def pair_hint(
     key = _key_name(flag)
     if key in ("config", "config_file", "cfg", "config_path"):
         return f"name the config file first, without a flag: {value} --key=value ..."
-    if key == "local_rank":
-        return LEGACY_LAUNCHER
     if (refused := setting_not_taken(key, keys, settings)) is not None:
         return refused
     unknown = ""
@@ -155,6 +152,7 @@ def parse_overrides(
     text_keys = frozenset(text_keys)
     out: dict[str, Any] = {}
     for i, arg in enumerate(args):
+        refuse_legacy_launcher(arg)  # '--local-rank=0', or spaced: before the spelling checks
         if arg.startswith("--") and "=" not in arg and len(arg) > 2 and i + 1 < len(args):
             following = args[i + 1]
             if not following.startswith("--"):  # argparse's spelling, '--n_kv_head 4'
@@ -165,7 +163,6 @@ def parse_overrides(
                 f" ({flag_hint(arg[2:], bool_keys, keys, settings)})" if arg.startswith("--") and len(arg) > 2 else ""
             )
             raise ConfigError(f"cannot parse argument {arg!r}: expected --key=value{hint}")
-        refuse_legacy_launcher(arg)
         key, text = arg[2:].split("=", 1)
         if not key.isidentifier():
             spelled = _key_name(key)
