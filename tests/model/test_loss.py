@@ -208,3 +208,56 @@ def test_compiles_as_one_graph_and_matches_eager() -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for a, b in zip(plain.parameters(), chunked.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_two_pass_loss_equals_cross_entropy_on_upcast_logits(dtype: torch.dtype) -> None:
+    """The compiled step's loss: F.cross_entropy's value and the logits' gradient (in their dtype), ignored rows
+    included, with a non-unit upstream gradient."""
+    from gptlab.model.loss import compiled_cross_entropy, loss_dtype
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(N, V, generator=gen)).to(dtype).requires_grad_()
+    t = torch.randint(0, V, (N,), generator=gen)
+    t[::4] = -1
+    want = F.cross_entropy(logits.to(loss_dtype(dtype)), t, ignore_index=-1)
+    (grad_want,) = torch.autograd.grad(3 * want, logits)
+    got = compiled_cross_entropy(logits, t.int())  # int32 targets, as the model may pass them
+    (grad_got,) = torch.autograd.grad(3 * got, logits)
+    assert got.dtype == want.dtype and grad_got.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-7)
+    assert not grad_got[::4].any()  # ignored rows: no gradient
+
+
+def test_two_pass_loss_edge_cases() -> None:
+    from gptlab.model.loss import compiled_cross_entropy
+
+    logits = torch.randn(4, V, requires_grad=True)
+    assert compiled_cross_entropy(logits, torch.full((4,), -1)).isnan()  # nothing to average, as F.cross_entropy
+    with pytest.raises(RuntimeError):  # a target outside the vocabulary fails, as in F.cross_entropy
+        compiled_cross_entropy(logits, torch.tensor([0, 1, 2, V]))
+
+
+def test_compiled_model_computes_the_loss_in_two_passes_and_matches_eager() -> None:
+    """Under torch.compile the model's loss is the two-pass autograd.Function (not F.cross_entropy, whose
+    backward adds a reduction over the vocabulary), in one graph, with eager's loss and gradients."""
+    pytest.importorskip("torch._inductor")
+    seen: list[str] = []
+
+    def record(gm: torch.fx.GraphModule, _inputs: list) -> object:
+        seen.extend(str(n.target) for n in gm.graph.nodes)
+        return gm.forward
+
+    idx, targets = _batch()
+    eager = _pair("llama", chunk=1)[0]
+    torch.compile(copy.deepcopy(eager), backend=record, fullgraph=True)(idx, targets, return_logits=False)
+    assert any("autograd_function_apply" in s for s in seen) and not any("cross_entropy" in s for s in seen)
+    compiled = copy.deepcopy(eager)
+    _, got = torch.compile(compiled, fullgraph=True)(idx, targets, return_logits=False)
+    _, want = eager(idx, targets)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
