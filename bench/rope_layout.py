@@ -42,20 +42,12 @@ def seq_major_context(rope: RotaryPositionEncoding, T: int) -> PositionContext:
     return PositionContext(rotate=rotate)
 
 
-def flip_context(rope: RotaryPositionEncoding, T: int) -> PositionContext:
-    """The same rotation without a concatenation: x viewed as its two halves (..., 2, hd/2), the halves
-    swapped by ``flip`` (an index map) and multiplied by (-sin, sin); bit-identical to rotate_half's (a
-    negation is exact). Its backward is a flip too: no nested masked concatenation for the compiler to fuse
-    into the QKV gradient's."""
-    half = rope.cos.shape[-1] // 2
-    cos = rope.cos[:T].unflatten(-1, (2, half))  # (T, 2, hd/2)
-    signed_sin = rope.sin[:T].unflatten(-1, (2, half)) * torch.tensor([-1.0, 1.0], device=cos.device)[:, None]
-
-    def rotate(x: Tensor) -> Tensor:
-        pairs = x.unflatten(-1, (2, half))
-        return (pairs * cos.to(x.dtype) + pairs.flip(-2) * signed_sin.to(x.dtype)).flatten(-2)
-
-    return PositionContext(rotate=rotate)
+def rotate_half_context(rope: RotaryPositionEncoding, T: int) -> PositionContext:
+    """gptlab's rotation before 2026-12-05: ``x * cos + rotate_half(x) * sin``, rotate_half a concatenation of the
+    negated second half and the first (the model now swaps the halves with ``flip``: the same bits, no
+    concatenation for the compiler to nest in the QKV gradient's)."""
+    cos, sin = rope.cos[:T], rope.sin[:T]
+    return PositionContext(rotate=lambda x: x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype))
 
 
 # inductor's concatenation choice: at most 2 inputs fused into one masked pointwise kernel, so q, k and v's
@@ -83,6 +75,26 @@ class SplitProjections(nn.Module):
         return self.out_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
+class SlicedProjections(CausalSelfAttention):
+    """gptlab's sublayer (one (3C, C) QKV weight, the same parameters) with q, k and v each projected by its
+    slice of the weight: in backward their gradients feed three matmuls (summed into x's gradient) and only
+    the weight's small (C, C) gradients are concatenated, never the (B, T, 3C) activation gradient."""
+
+    def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
+        B, T, _ = x.shape
+        sizes = [self.q_size, self.kv_size, self.kv_size]
+        bias = self.qkv.bias.split(sizes) if self.qkv.bias is not None else [None] * 3
+        weights = self.qkv.weight.split(sizes)
+        q, k, v = (
+            F.linear(x, w, b).view(B, T, h, self.head_dim).transpose(1, 2)
+            for w, b, h in zip(weights, bias, (self.n_head, self.n_kv_head, self.n_kv_head))
+        )
+        if pos.rotate is not None:
+            q, k = pos.rotate(q), pos.rotate(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(y.transpose(1, 2).contiguous().view(B, T, self.q_size))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -98,25 +110,33 @@ def main() -> None:
     device = resolve_device(a.device)
     T, hd = a.block_size, a.n_embd // a.n_head
     rope = RotaryPositionEncoding(T, hd).to(device)
+
+    def sliced() -> nn.Module:
+        return SlicedProjections(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa")
+
     variants = {
         "no RoPE (GPT-2's attention)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
                                         lambda: PositionContext()),
-        "gptlab RoPE": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
-                        lambda: rope.context(T, device)),
+        "RoPE by rotate_half (cat)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
+                                      lambda: rotate_half_context(rope, T)),
+        "gptlab RoPE (flip)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
+                               lambda: rope.context(T, device)),
         "RoPE over (B, T, h, hd)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
                                     lambda: seq_major_context(rope, T)),
         "gptlab RoPE, split QKV": (lambda: SplitProjections(a.n_embd, a.n_head), lambda: rope.context(T, device)),
-        "RoPE via flip (no cat)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
-                                   lambda: flip_context(rope, T)),
+        "gptlab RoPE, QKV by weight slices": (sliced, lambda: rope.context(T, device)),
+        "rotate_half, QKV grad concat": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
+                                         lambda: rotate_half_context(rope, T)),
         "gptlab RoPE, QKV grad concat": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
                                          lambda: rope.context(T, device)),
     }  # fmt: skip
-    options = {"gptlab RoPE, QKV grad concat": CONCAT_KERNEL}  # inductor options (with --compile)
+    # inductor options (with --compile)
+    options = {"rotate_half, QKV grad concat": CONCAT_KERNEL, "gptlab RoPE, QKV grad concat": CONCAT_KERNEL}
     amp = contextlib.nullcontext() if a.dtype == "float32" else torch.autocast(device.type, dtype=DTYPES[a.dtype])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     x = torch.randn(a.batch_size, T, a.n_embd, device=device, requires_grad=True)
     print(f"B={a.batch_size} T={T} C={a.n_embd} heads={a.n_head} device={device} dtype={a.dtype} compile={a.compile}")
-    print(f"{'variant':32s} {'fwd+bwd ms':>11s} {'first s':>8s}")
+    print(f"{'variant':36s} {'fwd+bwd ms':>11s} {'first s':>8s}")
     for name, (build, context) in variants.items():
         torch.manual_seed(0)
         layer = build().to(device)
@@ -140,7 +160,7 @@ def main() -> None:
             step()
             sync()
             times.append(time.perf_counter() - t0)
-        print(f"{name:32s} {1000 * statistics.median(times):11.3f} {first:8.1f}")
+        print(f"{name:36s} {1000 * statistics.median(times):11.3f} {first:8.1f}")
         if a.profile:
             from torch.profiler import ProfilerActivity, profile
 
