@@ -1,14 +1,11 @@
 """The LM head + cross-entropy alone: plain (``F.linear`` + ``F.cross_entropy``) against the chunked,
-fused head (``gptlab.model.loss``, ``--loss_chunk_size``) at several chunk sizes, and with ``--two_pass``
-the model's loss under torch.compile (``compiled_cross_entropy``: forward saves the logits and a
-log-sum-exp per row, backward forms softmax minus one-hot in one pass). Forward + backward time, and the
-peak bytes of live tensors during one step beyond its inputs (the two gradients included): CUDA's max
-allocated on a GPU, PyTorch's memory profiler on a CPU (in a separate, untimed step). ``--compile``
-compiles each head + loss (as the compiled model's step does).
+fused head (``gptlab.model.loss``, ``--loss_chunk_size``) at several chunk sizes. Forward + backward
+time, and the peak bytes of live tensors during one step beyond its inputs (the two gradients
+included): CUDA's max allocated on a GPU, PyTorch's memory profiler on a CPU (in a separate, untimed
+step).
 
 python bench/lm_head.py                                     # CPU: 1024 tokens, GPT-2 width and vocab
 python bench/lm_head.py --device cuda --dtype bfloat16 --tokens 12288 --chunks 0,1024,2048,4096
-python bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0 --compile --two_pass
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import torch.nn.functional as F
 from common import at_least, int_list  # bench/common.py (scripts run from bench/ or by path)
 
 from gptlab.device import resolve_device
-from gptlab.model.loss import compiled_cross_entropy, linear_cross_entropy
+from gptlab.model.loss import linear_cross_entropy
 from gptlab.telemetry.memory import live_bytes_timeline
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,15 +36,6 @@ def _profiled_peak_bytes(step: Callable[[], None]) -> int:
     return max((live for _, live in live_bytes_timeline(prof, preexisting=False)), default=0)
 
 
-def head_loss(chunk: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss of ``x @ w.T`` against targets: chunked (chunk > 0), plain (0) or the two-pass loss (-1)."""
-    if chunk > 0:
-        return lambda x, w, targets: linear_cross_entropy(x, w, targets, chunk)
-    if chunk == 0:
-        return lambda x, w, targets: F.cross_entropy(F.linear(x, w).float(), targets, ignore_index=-1)
-    return lambda x, w, targets: compiled_cross_entropy(F.linear(x, w), targets)
-
-
 def measure_one(a: argparse.Namespace, chunk: int) -> dict[str, float]:
     """Median ms per forward + backward and the step's peak bytes beyond its inputs."""
     device = torch.device(a.device)
@@ -56,11 +44,13 @@ def measure_one(a: argparse.Namespace, chunk: int) -> dict[str, float]:
     w = (0.02 * torch.randn(a.vocab, a.n_embd, device=device, generator=gen)).requires_grad_()
     targets = torch.randint(0, a.vocab, (a.tokens,), device=device, generator=gen)
     amp = contextlib.nullcontext() if a.dtype == "float32" else torch.autocast(device.type, dtype=DTYPES[a.dtype])
-    loss_of = torch.compile(head_loss(chunk)) if a.compile else head_loss(chunk)
 
     def step() -> None:
         with amp:
-            loss = loss_of(x, w, targets)
+            if chunk:
+                loss = linear_cross_entropy(x, w, targets, chunk)
+            else:
+                loss = F.cross_entropy(F.linear(x, w), targets, ignore_index=-1)
         loss.backward()
         x.grad = w.grad = None
 
@@ -98,18 +88,16 @@ def main() -> None:
         "--chunks", type=int_list, default="0,128,256,512", help="comma-separated chunk sizes; 0 is the plain head"
     )
     p.add_argument("--iters", type=at_least(1), default=3)
-    p.add_argument("--compile", action="store_true", help="torch.compile each head + loss")
-    p.add_argument("--two_pass", action="store_true", help="also the model's compiled-step loss (see above)")
     a = p.parse_args()
     resolve_device(a.device)  # one line for a device that is not here (or misspelt), not torch's RuntimeError
-    chunks = a.chunks + ([-1] if a.two_pass else [])
+    chunks = a.chunks
     flops = 6 * a.tokens * a.n_embd * a.vocab
     print(f"LM head + cross-entropy: {a.tokens} tokens x {a.n_embd} -> {a.vocab}, {a.dtype} on {a.device}, "
-          f"{flops / 1e9:.1f} GFLOP per forward+backward{', compiled' if a.compile else ''}")  # fmt: skip
+          f"{flops / 1e9:.1f} GFLOP per forward+backward")  # fmt: skip
     print(f"{'head':>14s} {'ms (median)':>12s} {'GFLOP/s':>9s} {'peak MB':>9s}")
     for chunk in chunks:
         r = measure_one(a, chunk)
-        name = "plain" if chunk == 0 else "two-pass" if chunk < 0 else f"chunk {chunk}"
+        name = "plain" if chunk == 0 else f"chunk {chunk}"
         print(f"{name:>14s} {r['ms']:12.1f} {flops / r['ms'] / 1e6:9.1f} {r['peak_bytes'] / 1e6:9.1f}")
 
 

@@ -26,7 +26,7 @@ from gptlab.model.components import (
     build_norm,
     position_encoding_for,
 )
-from gptlab.model.loss import compiled_cross_entropy, linear_cross_entropy, loss_dtype
+from gptlab.model.loss import linear_cross_entropy, loss_dtype
 
 
 class TransformerBlock(nn.Module):
@@ -154,10 +154,7 @@ class ConfigurableGPT(nn.Module):
         # in fp32 also where no autocast upcasts it (FSDP's mixed precision gives bf16 logits): as torchtitan; a
         # float64 model's in float64. reshape/long: sliced (non-contiguous) or int32 targets, as the chunked loss takes
         flat = logits.view(-1, logits.size(-1))
-        if torch.compiler.is_compiling():  # two fused passes over the logits, no float32 (N, V) tensor saved
-            loss = compiled_cross_entropy(flat, targets.reshape(-1))
-        else:
-            loss = F.cross_entropy(flat.to(loss_dtype(flat.dtype)), targets.reshape(-1).long(), ignore_index=-1)
+        loss = F.cross_entropy(flat.to(loss_dtype(flat.dtype)), targets.reshape(-1).long(), ignore_index=-1)
         return (logits if return_logits else None), loss
 
     # ------------------------------------------------------------------ utilities

@@ -117,49 +117,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
-class _TwoPassCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of low-precision logits with the float32 arithmetic of ``F.cross_entropy(logits.float(),
-    targets, ignore_index=-1)``, written for torch.compile: forward saves the logits themselves and their
-    float32 log-sum-exp (one value a row), backward forms softmax minus one-hot from them in one pointwise pass.
-    Inductor fuses each pass into one kernel over the logits: forward reads them once, backward reads them
-    once and writes their gradient. ``F.cross_entropy`` on upcast logits instead writes and saves a float32
-    (N, V) log-softmax (twice the bf16 logits' bytes) and reads it back in backward: on an H200 at GPT-2 124M,
-    batch 16, its two kernels took 2.36 ms of a 36 ms step where the two passes need about 1 ms of memory
-    traffic. Eager, the float32 temporaries of these formulas would exceed F.cross_entropy's: the model uses
-    this under torch.compile only."""
-
-    @staticmethod
-    def forward(ctx: Any, logits: Tensor, targets: Tensor) -> Tensor:  # type: ignore[override]
-        acc = loss_dtype(logits.dtype)
-        valid = targets != IGNORE_INDEX
-        safe_targets = targets.masked_fill(~valid, 0)  # other negatives still fail in gather
-        wide = logits.to(acc)
-        # log-sum-exp spelt as log_softmax's decomposition spells it (not torch.logsumexp): inductor matches
-        # this pattern on a GPU and computes the max and the sum in one pass (its online softmax)
-        row_max = wide.amax(dim=1, keepdim=True)
-        sum_exp = (wide - row_max).exp().sum(dim=1, keepdim=True)
-        lse = (row_max + sum_exp.log()).squeeze(1)
-        target_logit = wide.gather(1, safe_targets.unsqueeze(1)).squeeze(1)
-        n_valid = valid.sum()
-        ctx.save_for_backward(logits, lse, safe_targets, valid, n_valid)
-        return ((lse - target_logit) * valid).sum() / n_valid  # NaN if every target is ignored, as F.cross_entropy
-
-    @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        logits, lse, safe_targets, valid, n_valid = ctx.saved_tensors
-        acc = lse.dtype
-        row_scale = valid.to(acc) * (grad_loss / n_valid)  # d(loss)/d(row loss): 0 on ignored rows
-        one_hot = torch.arange(logits.shape[1], device=logits.device) == safe_targets.unsqueeze(1)
-        softmax = torch.exp(logits.to(acc) - lse.unsqueeze(1))
-        return ((softmax - one_hot.to(acc)) * row_scale.unsqueeze(1)).to(logits.dtype), None
-
-
-def compiled_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """``F.cross_entropy(logits.float(), targets, ignore_index=-1)`` for (N, V) logits as two fused passes under
-    torch.compile (``_TwoPassCrossEntropy``); the same value and gradient up to float32 rounding."""
-    return _TwoPassCrossEntropy.apply(logits, targets.long())
-
-
 def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
     """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (-1 ignored), ``chunk_size`` tokens
     at a time; equal to ``F.cross_entropy(F.linear(x, weight).flatten(0, -2), targets.flatten(),
@@ -183,4 +140,4 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chunk_size:
             return total / valid.sum()
 
 
-__all__ = ["compiled_cross_entropy", "linear_cross_entropy"]
+__all__ = ["linear_cross_entropy"]
