@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 8's GPU measurements in one place, a stage per call (each fits a 10-minute command):
-#   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | regional | head | head_c | profile | telemetry | sweep | rope | all
+#   bench/gpu_suite.sh env | peak | gpt2 | llama | 350m | chunked | regional | head | profile | telemetry | sweep | rope | all
 #   bash bench/gpu_suite.sh lease  # the one call to make on a short GPU lease (see stage_lease)
 # Prints tables; copy them into docs/benchmarks.md with the date, device and command.
 # The model sizes are real (GPT-2 124M / 350M widths, vocab 50304, block 1024); the tokens come from
@@ -61,10 +61,6 @@ stage_regional() {  # torchtitan's per-block compile against the whole-model gra
 }
 stage_head() {
   "$PY" bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0,1024,2048,4096,8192 --iters 10 \
-    "${HEAD_TINY[@]}"
-}
-stage_head_c() {  # compiled, as in the compiled step: F.cross_entropy on upcast logits against the two-pass loss
-  "$PY" bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0 --compile --two_pass --iters 20 \
     "${HEAD_TINY[@]}"
 }
 stage_profile() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --rounds 1 --profile 5; }
@@ -154,12 +150,6 @@ stage_cdt_16() { TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 step "${GPT2[@]}" "${
 stage_chunked_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096; }
 # shellcheck disable=SC2046
 stage_autotune_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 $(compiled --compile_mode max-autotune-no-cudagraphs); }
-# llama with q, k and v's gradients concatenated by their own kernels (not one masked pointwise kernel with RoPE's
-# backward inside: 302 us a layer on the H200)
-stage_llama_16c() {
-  step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16 --inductor_config max_pointwise_cat_inputs=2 \
-    --inductor_config max_complex_pointwise_cat_inputs=2
-}
 stage_llama_64() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 64; }
 stage_350m_64() { step "${M350[@]}" "${GPU[@]}" --batch_size 64; }
 stage_rope() {  # RoPE's layouts in one attention sublayer (bench/rope_layout.py)
@@ -176,13 +166,13 @@ stage_llama_16p() {  # llama's kernels, to set against GPT-2's (its trace gzippe
 }
 
 STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep rope cuda_tests)
-RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_16c llama_64
-      350m_64 head_c)
+RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
+      350m_64)
 case "${1:-}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   lease) stage_lease ;;
   env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests) "stage_$1" ;;
-  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_16c|llama_64|350m_64|rope|head_c)
+  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope)
     "stage_$1" ;;
   *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac

@@ -1,11 +1,12 @@
-"""One attention sublayer (fused QKV projection, RoPE, SDPA, output projection), forward + backward,
-with RoPE laid out in different ways: what the llama preset's rotary embedding costs, and which
-layout the compiler handles well. Read the kernel rows (--profile): on a GPU the ms column of a
-single layer is mostly launch time. On an H200 (2026-12-04, docs/benchmarks.md) one inductor
-kernel of the compiled llama step, RoPE's backward fused with the concatenation of q, k and v's
-gradients into the QKV projection's, took 310 us a layer (3.6 ms of a 38 ms GPT-2-size step) where
-RoPE's forward took 29 us; computed over the (B, T, h, hd) layout it took the same; with three
-projections (no concatenation) it left the top kernels.
+"""One attention sublayer (QKV projection, RoPE, SDPA, output projection), forward + backward, with RoPE
+and the projection arranged in different ways: what the llama preset's rotary embedding costs, and which
+form the compiler handles well. Read the kernel rows (--profile): on a GPU the ms column of a single layer
+is mostly launch time. On an H200 (2026-12-04, docs/benchmarks.md) one inductor kernel of the compiled
+llama step, RoPE's backward fused with the concatenation of q, k and v's gradients into the one fused QKV
+product's gradient, took 0.31 ms a layer (3.6 ms of a 38 ms GPT-2-size step) where RoPE's forward took
+29 us: the same over the (B, T, h, hd) layout, 0.30 ms with the halves swapped by flip (no inner
+concatenation); with q, k and v projected separately (three weights, or the model's three slices of one
+weight) it left the top kernels, and the model now does that.
 
 python bench/rope_layout.py                                 # CPU, small
 python bench/rope_layout.py --device cuda --dtype bfloat16 --compile --batch_size 16 --block_size 1024 --profile
@@ -42,17 +43,33 @@ def seq_major_context(rope: RotaryPositionEncoding, T: int) -> PositionContext:
     return PositionContext(rotate=rotate)
 
 
-def rotate_half_context(rope: RotaryPositionEncoding, T: int) -> PositionContext:
-    """gptlab's rotation before 2026-12-05: ``x * cos + rotate_half(x) * sin``, rotate_half a concatenation of the
-    negated second half and the first (the model now swaps the halves with ``flip``: the same bits, no
-    concatenation for the compiler to nest in the QKV gradient's)."""
-    cos, sin = rope.cos[:T], rope.sin[:T]
-    return PositionContext(rotate=lambda x: x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype))
+def flip_context(rope: RotaryPositionEncoding, T: int) -> PositionContext:
+    """The same rotation without a concatenation: x viewed as its two halves (..., 2, hd/2), the halves
+    swapped by ``flip`` (an index map) and multiplied by (-sin, sin); bit-identical to rotate_half's (a
+    negation is exact)."""
+    half = rope.cos.shape[-1] // 2
+    cos = rope.cos[:T].unflatten(-1, (2, half))  # (T, 2, hd/2)
+    signed_sin = rope.sin[:T].unflatten(-1, (2, half)) * torch.tensor([-1.0, 1.0], device=cos.device)[:, None]
+
+    def rotate(x: Tensor) -> Tensor:
+        pairs = x.unflatten(-1, (2, half))
+        return (pairs * cos.to(x.dtype) + pairs.flip(-2) * signed_sin.to(x.dtype)).flatten(-2)
+
+    return PositionContext(rotate=rotate)
 
 
-# inductor's concatenation choice: at most 2 inputs fused into one masked pointwise kernel, so q, k and v's
-# gradients (3) are written into the QKV gradient's slices by their own kernels (ConcatKernel)
-CONCAT_KERNEL = {"max_pointwise_cat_inputs": 2, "max_complex_pointwise_cat_inputs": 2}
+class FusedProduct(CausalSelfAttention):
+    """gptlab's sublayer as it was before 2026-12-04's change: one (B, T, q + 2 kv) product split into q, k
+    and v also under RoPE, so backward concatenates their gradients (the model now does this without RoPE only)."""
+
+    def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if pos.rotate is not None:
+            q, k = pos.rotate(q), pos.rotate(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(y.transpose(1, 2).contiguous().view(B, T, self.q_size))
 
 
 class SplitProjections(nn.Module):
@@ -75,26 +92,6 @@ class SplitProjections(nn.Module):
         return self.out_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
-class SlicedProjections(CausalSelfAttention):
-    """gptlab's sublayer (one (3C, C) QKV weight, the same parameters) with q, k and v each projected by its
-    slice of the weight: in backward their gradients feed three matmuls (summed into x's gradient) and only
-    the weight's small (C, C) gradients are concatenated, never the (B, T, 3C) activation gradient."""
-
-    def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
-        B, T, _ = x.shape
-        sizes = [self.q_size, self.kv_size, self.kv_size]
-        bias = self.qkv.bias.split(sizes) if self.qkv.bias is not None else [None] * 3
-        weights = self.qkv.weight.split(sizes)
-        q, k, v = (
-            F.linear(x, w, b).view(B, T, h, self.head_dim).transpose(1, 2)
-            for w, b, h in zip(weights, bias, (self.n_head, self.n_kv_head, self.n_kv_head))
-        )
-        if pos.rotate is not None:
-            q, k = pos.rotate(q), pos.rotate(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(y.transpose(1, 2).contiguous().view(B, T, self.q_size))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -111,27 +108,20 @@ def main() -> None:
     T, hd = a.block_size, a.n_embd // a.n_head
     rope = RotaryPositionEncoding(T, hd).to(device)
 
-    def sliced() -> nn.Module:
-        return SlicedProjections(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa")
+    def attention() -> nn.Module:
+        return CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa")
+
+    def fused() -> nn.Module:
+        return FusedProduct(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa")
 
     variants = {
-        "no RoPE (GPT-2's attention)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
-                                        lambda: PositionContext()),
-        "RoPE by rotate_half (cat)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
-                                      lambda: rotate_half_context(rope, T)),
-        "gptlab RoPE (flip)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
-                               lambda: rope.context(T, device)),
-        "RoPE over (B, T, h, hd)": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
-                                    lambda: seq_major_context(rope, T)),
-        "gptlab RoPE, split QKV": (lambda: SplitProjections(a.n_embd, a.n_head), lambda: rope.context(T, device)),
-        "gptlab RoPE, QKV by weight slices": (sliced, lambda: rope.context(T, device)),
-        "rotate_half, QKV grad concat": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
-                                         lambda: rotate_half_context(rope, T)),
-        "gptlab RoPE, QKV grad concat": (lambda: CausalSelfAttention(a.n_embd, a.n_head, a.n_head, False, 0.0, "sdpa"),
-                                         lambda: rope.context(T, device)),
-    }  # fmt: skip
-    # inductor options (with --compile)
-    options = {"rotate_half, QKV grad concat": CONCAT_KERNEL, "gptlab RoPE, QKV grad concat": CONCAT_KERNEL}
+        "no RoPE (GPT-2's attention)": (attention, lambda: PositionContext()),
+        "gptlab RoPE (q, k, v by slices)": (attention, lambda: rope.context(T, device)),
+        "RoPE, one fused product": (fused, lambda: rope.context(T, device)),
+        "RoPE over (B, T, h, hd), fused": (fused, lambda: seq_major_context(rope, T)),
+        "RoPE via flip, fused": (fused, lambda: flip_context(rope, T)),
+        "RoPE, three projections": (lambda: SplitProjections(a.n_embd, a.n_head), lambda: rope.context(T, device)),
+    }
     amp = contextlib.nullcontext() if a.dtype == "float32" else torch.autocast(device.type, dtype=DTYPES[a.dtype])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     x = torch.randn(a.batch_size, T, a.n_embd, device=device, requires_grad=True)
@@ -140,7 +130,7 @@ def main() -> None:
     for name, (build, context) in variants.items():
         torch.manual_seed(0)
         layer = build().to(device)
-        forward = torch.compile(layer, options=options.get(name)) if a.compile else layer
+        forward = torch.compile(layer) if a.compile else layer
 
         def step(forward: nn.Module = forward, context: object = context) -> None:
             with amp:

@@ -72,13 +72,12 @@ def test_lm_head_compares_plain_and_chunked(tmp_path: Path) -> None:
 
 
 def test_rope_layout_compares_the_layouts(tmp_path: Path) -> None:
-    """The same sublayer eight ways; the other rotations give the same outputs (the check of
-    the bench's own variants: their timing would mean nothing if they computed something else)."""
+    """The same sublayer six ways; the other forms give the same outputs (the check of the bench's own
+    variants: their timing would mean nothing if they computed something else)."""
     out = bench("rope_layout.py", "--batch_size", "1", "--block_size", "16", "--n_embd", "16", "--n_head", "2",
                 "--iters", "1", cwd=tmp_path)  # fmt: skip
-    names = ("no RoPE", "RoPE by rotate_half", "gptlab RoPE (flip)", "RoPE over (B, T, h, hd)",
-             "gptlab RoPE, split QKV", "gptlab RoPE, QKV by weight slices", "rotate_half, QKV grad concat",
-             "gptlab RoPE, QKV grad concat")  # fmt: skip
+    names = ("no RoPE", "gptlab RoPE (q, k, v by slices)", "RoPE, one fused product", "RoPE over (B, T, h, hd)",
+             "RoPE via flip", "RoPE, three projections")  # fmt: skip
     assert all(any(line.startswith(n) for line in out.splitlines()) for n in names), out
     sys.path.insert(0, str(ROOT / "bench"))
     try:
@@ -91,12 +90,12 @@ def test_rope_layout_compares_the_layouts(tmp_path: Path) -> None:
         q = torch.randn(2, 3, 16, 8)
         expected = rope.context(16, q.device).rotate(q)
         torch.testing.assert_close(rope_layout.seq_major_context(rope, 16).rotate(q), expected)
-        assert torch.equal(rope_layout.rotate_half_context(rope, 16).rotate(q), expected)  # bit for bit
-        layer = rope_layout.SlicedProjections(16, 2, 2, False, 0.0, "sdpa")  # the fused layer's parameters
-        fused = CausalSelfAttention(16, 2, 2, False, 0.0, "sdpa")
+        assert torch.equal(rope_layout.flip_context(rope, 16).rotate(q), expected)  # bit for bit
+        layer = CausalSelfAttention(16, 2, 2, False, 0.0, "sdpa")
+        fused = rope_layout.FusedProduct(16, 2, 2, False, 0.0, "sdpa")  # the same parameters
         fused.load_state_dict(layer.state_dict())
         x, pos = torch.randn(2, 16, 16), rope.context(16, q.device)
-        torch.testing.assert_close(layer(x, pos), fused(x, pos))
+        torch.testing.assert_close(fused(x, pos), layer(x, pos))
     finally:
         sys.path.remove(str(ROOT / "bench"))
 

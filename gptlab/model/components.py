@@ -302,14 +302,8 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, h, T, head_dim) by position; cos/sin are (T, head_dim). ``x * cos + rotate_half(x) * sin``,
-    bit for bit (a negation is exact), computed without a concatenation: x as its two halves (..., 2, hd/2),
-    swapped by ``flip`` (an index map, in backward too) and multiplied by (-sin, sin)."""
-    half = x.shape[-1] // 2
-    pairs = x.unflatten(-1, (2, half))
-    sign = torch.tensor([-1.0, 1.0], device=sin.device, dtype=sin.dtype).unsqueeze(-1)  # (2, 1)
-    signed_sin = sin.unflatten(-1, (2, half)) * sign
-    return (pairs * cos.unflatten(-1, (2, half)).to(x.dtype) + pairs.flip(-2) * signed_sin.to(x.dtype)).flatten(-2)
+    """Rotate (B, h, T, head_dim) by position; cos/sin are (T, head_dim)."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
 @POSITION_ENCODING_REGISTRY.register("rope")

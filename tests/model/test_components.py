@@ -244,21 +244,3 @@ def test_sdpa_with_repeated_kv_computes_what_enable_gqa_does(monkeypatch, with_b
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want)
 
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_rope_rotation_is_rotate_halfs_bit_for_bit(dtype: torch.dtype) -> None:
-    """The model swaps the halves with flip (no concatenation for the compiler to nest in the QKV gradient's
-    concatenation); its values and gradients are the Hugging Face form's, x * cos + rotate_half(x) * sin."""
-    from gptlab.model.components import RotaryPositionEncoding, rotate_half
-
-    rope = RotaryPositionEncoding(max_seq_len=16, head_dim=8)
-    cos, sin = rope.cos[:12].to(dtype), rope.sin[:12].to(dtype)
-    x = (4 * torch.randn(2, 3, 12, 8)).to(dtype)
-    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    want = a * cos + rotate_half(a) * sin
-    got = rope.context(12, x.device).rotate(b)
-    assert torch.equal(got, want)
-    g = torch.randn_like(x)
-    want.backward(g)
-    got.backward(g)
-    assert torch.equal(b.grad, a.grad)

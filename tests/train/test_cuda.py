@@ -150,8 +150,8 @@ def test_cuda_graph_compile_mode_trains_like_eager(data_dir: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("preset", ["gpt2", "llama"])
 def test_compiled_step_matches_eager_in_bf16(preset: str) -> None:
-    """The compiled step's own forms (the two-pass loss; RoPE's flip) on the GPU's kernels: the loss and every
-    gradient of the compiled model as eager's, within bf16 autocast's rounding."""
+    """The compiled model on the GPU's kernels (inductor's Triton, cuDNN attention; llama's q, k and v projected
+    by slices of the fused weight): the loss and every gradient as eager's, within bf16 autocast's rounding."""
     import copy
 
     torch.manual_seed(0)

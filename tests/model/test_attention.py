@@ -1,0 +1,63 @@
+"""gptlab.model.attention: the QKV projection's two forms compute the same thing, and under RoPE the compiled
+backward concatenates no (B, T, q + 2 kv) activation gradient (the slow kernel it made on a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptlab import ConfigurableGPT, get_debug_config
+from gptlab.model.attention import CausalSelfAttention
+from gptlab.model.components import PositionContext
+
+
+@pytest.mark.parametrize(("bias", "n_kv_head"), [(False, 4), (True, 2)])
+def test_projection_by_weight_slices_equals_the_fused_product(bias: bool, n_kv_head: int) -> None:
+    """A rotation that changes nothing takes the sliced path; without one the layer takes the fused product:
+    the same outputs and gradients (x, weights, biases), with grouped-query heads too."""
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(32, 4, n_kv_head, bias, 0.0, "sdpa")
+    if bias:
+        torch.nn.init.normal_(layer.qkv.bias)
+    x = torch.randn(2, 8, 32)
+    results = []
+    for pos in (PositionContext(), PositionContext(rotate=lambda t: t)):
+        layer.zero_grad()
+        xi = x.clone().requires_grad_()
+        out = layer(xi, pos)
+        out.square().sum().backward()
+        results.append((out, xi.grad, [p.grad.clone() for p in layer.parameters()]))
+    (fused_out, fused_dx, fused_grads), (sliced_out, sliced_dx, sliced_grads) = results
+    torch.testing.assert_close(sliced_out, fused_out)
+    torch.testing.assert_close(sliced_dx, fused_dx)
+    for a, b in zip(fused_grads, sliced_grads):
+        torch.testing.assert_close(b, a)
+
+
+def test_rotary_backward_concatenates_no_activation_gradient() -> None:
+    """Under torch.compile the llama preset's backward joins q, k and v's gradients only as the weight's small
+    (q + 2 kv, C) gradient; GPT-2's (no rotation) keeps the one product, whose split's backward is that
+    (B, T, 3C) concatenation of plain transposes (fast: no RoPE backward fused into it)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def backward_cat_shapes(preset: str) -> list[tuple[int, ...]]:
+        shapes: list[tuple[int, ...]] = []
+
+        def bw(gm: torch.fx.GraphModule, _inputs: list) -> object:
+            shapes.extend(
+                tuple(n.meta["val"].shape) for n in gm.graph.nodes if n.op == "call_function" and "cat" in str(n.target)
+            )
+            return make_boxed_func(gm.forward)
+
+        torch.manual_seed(0)
+        model = ConfigurableGPT(get_debug_config(preset, n_layer=1))
+        backend = aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=bw)
+        x = torch.randint(0, 256, (2, 16))
+        torch.compile(model, backend=backend)(x, x, return_logits=False)[1].backward()
+        return shapes
+
+    C = get_debug_config("llama").n_embd
+    llama, gpt2 = backward_cat_shapes("llama"), backward_cat_shapes("gpt2")
+    assert (3 * C, C) in llama and not any(shape[:2] == (2, 16) for shape in llama), llama
+    assert (2, 16, 3 * C) in gpt2, gpt2
