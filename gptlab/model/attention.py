@@ -102,6 +102,9 @@ class CausalSelfAttention(nn.Module):
         if pos.rotate is None:
             q, k, v = self.qkv(x).split(sizes, dim=-1)
         else:  # each by its slice of the same weight: see the class docstring
+            device = x.device.type  # one cast of x for the three products (autocast would make, and save, three)
+            if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+                x = x.to(torch.get_autocast_dtype(device))
             biases = self.qkv.bias.split(sizes) if self.qkv.bias is not None else (None, None, None)
             q, k, v = (F.linear(x, w, b) for w, b in zip(self.qkv.weight.split(sizes), biases))
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)

@@ -13,8 +13,9 @@ float32 under autocast because the embeddings and master weights are float32):
 - LayerNorm: input (r*H) and mean, rstd (4+4 per token; c+c where PyTorch's CPU kernel runs a model
   cast to bf16, as FSDP2's mixed precision does). RMSNorm (``F.rms_norm`` in float32,
   then ``weight * normed``): input, rstd and the float32 ``normed`` (4*H) for the weight's grad.
-- SDPA: q, k, v (v, and q/k unless RoPE made new ones, are views of the fused QKV output, which
-  therefore stays alive whole: c*(H + 2*kv_dim)), RoPE's rotated q and k, the output (c*H, whose
+- SDPA: q, k, v (without RoPE, views of the fused QKV output, which therefore stays alive whole:
+  c*(H + 2*kv_dim); with RoPE q, k and v come from three products, and v, c*kv_dim, and the rotated
+  q and k are saved), the output (c*H, whose
   layout is already (B, T, h, hd), so ``out_proj`` saves the same storage) and the float32
   log-sum-exp (4*h). No (T, T) tensor. An ALiBi bias is saved once (float32, shared by all
   layers) or once per layer (its low-precision cast under autocast). GQA in float32 on CUDA: K and V
@@ -24,7 +25,7 @@ float32 under autocast because the embeddings and master weights are float32):
   ``repeat_interleave`` outputs), the softmax probabilities (B*h*T*T: c on the CPU; float32 plus a
   c-byte copy for attn@V on CUDA, whose autocast runs softmax in float32), the boolean causal mask
   (T*T, per layer) and the contiguous copy of the output for ``out_proj`` (c*H). With one head and
-  RoPE no copies are made: the rotated q and k, and v's view keeping the QKV output alive, as for SDPA.
+  RoPE no copies are made: the rotated q and k, and v, as for SDPA.
 - FFN: standard: input + activation input + activation output (ReLU saves only its output, which
   is also ``w_out``'s input); gated: input + gate pre-activation, gate, value and product (4*c*D).
 - Embedding: the token ids (8 bytes each) and, for learned positions, the position ids (8*T);
@@ -264,9 +265,11 @@ def estimate_activations(
         like = "what 'rope' saves" if rope else "what 'alibi' saves" if config.position_attention_bias else "nothing"
         notes.append(f"position_encoding={config.position_encoding!r} assumed to save {like}")
     if backend == "sdpa":
-        layer["qkv_output"] = c * (q_dim + 2 * kv_dim) * N
-        if rope:
+        if rope:  # q, k and v by three products (gptlab.model.attention): v is a tensor of its own
+            layer["v"] = c * kv_dim * N
             layer["rope_qk"] = c * (q_dim + kv_dim) * N
+        else:
+            layer["qkv_output"] = c * (q_dim + 2 * kv_dim) * N
         layer["attn_output"] = c * q_dim * N
         layer["logsumexp"] = FP32 * h * N
         if config.position_attention_bias and autocast:
@@ -283,9 +286,9 @@ def estimate_activations(
                 "an upper bound for a fused kernel"
             )
         prob_bytes = FP32 + c if (autocast and device_type == "cuda") else c
-        if rope and h == 1:  # one head: RoPE's q, k are contiguous already, so the matmuls save them, and v, a
-            # view that keeps the fused QKV output alive whole, instead of copies
-            layer["qkv_output"] = c * (q_dim + 2 * kv_dim) * N
+        if rope and h == 1:  # one head: RoPE's q, k and v (three products) are contiguous already, so the
+            # matmuls save them instead of copies
+            layer["v"] = c * kv_dim * N
             layer["rope_qk"] = c * (q_dim + kv_dim) * N
         else:
             layer["qkv_copies"] = 3 * c * q_dim * N

@@ -223,8 +223,10 @@ def test_planned_peak_follows_the_backward(case: str) -> None:
     assert plan.peak_at == moment
     planned = plan.peak - plan.parameters - plan.optimizer
     low, high = (0.995, 1.005) if moment in ("loss backward", "embedding backward") else (0.985, 1.07)
-    if dtype == "bfloat16" and backend == "sdpa" and "AVX512" not in torch.backends.cpu.get_cpu_capability():
-        high = 1.2  # the plan holds what AVX-512's bf16 SDPA backward allocates; AVX2's allocates less (1.17 here)
+    if dtype == "bfloat16" and backend == "sdpa":
+        # the plan holds the most a CPU's bf16 SDPA backward was seen to allocate (an AVX-512 machine's); others
+        # allocate less: AVX2-only 1.17 of the measured peak, an AVX-512 + avx512_bf16 EPYC 1.135 (2026-12-04)
+        high = 1.2
     assert low * measured <= planned <= high * measured, planned / measured
 
 
