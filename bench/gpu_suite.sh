@@ -88,7 +88,7 @@ stage_cuda_tests() {  # tests/train/test_cuda.py and the loader's CUDA test (ski
 
 # One call for a short GPU lease, in order of what matters most: GPT-2 124M at batch 16 (with a kernel
 # profile: comparable with every earlier lease), the CUDA tests (the GPU paths' correctness), the three
-# targets at micro-batch 64 (their best configuration so far: GPT-2 124M, llama at the same size, 350M),
+# targets at micro-batch 64 (their best configuration so far: llama 124M, GPT-2 at the same size, 350M),
 # the telemetry cost (gptlab's step, measured against the plain loop in every run, already bounds it).
 # Each stage runs under its own time limit inside LEASE_BUDGET seconds
 # (default 530), so the call ends inside a 10-minute command; a stage is started only when at least
@@ -103,7 +103,7 @@ stage_lease() {
   export PYTHONUNBUFFERED=1
   # name:limit:minimum (seconds); compiles of these shapes took 21-53 s on an H200 (2026-12-04); LEASE_PLAN,
   # the same words space-separated, replaces the plan (a follow-up lease measures what the first left open)
-  local plan=(env:20:5 peak:45:20 gpt2_16:180:120 cuda_tests:150:90 gpt2_64:120:70 llama_64:120:70
+  local plan=(env:20:5 peak:45:20 gpt2_16:180:120 cuda_tests:150:90 llama_64:120:70 gpt2_64:120:70
               350m_64:180:110 telemetry:120:80)
   if [[ -n "${LEASE_PLAN:-}" ]]; then read -r -a plan <<<"$LEASE_PLAN"; fi
   export LEASE_TRACE="$dest/gpt2_trace.json.gz"
@@ -145,6 +145,7 @@ stage_350m_16() { stage_350m; }
 # nanoGPT's 40 micro-steps do), inductor's coordinate-descent tuning of its own kernels (norms, GELU, the
 # loss; modded-nanogpt sets it), the chunked loss, max-autotune (Triton matmul templates with fused epilogues)
 stage_gpt2_64() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64; }
+stage_gpt2_128() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 128; }  # ~87 GB: the fixed per-step costs halved again
 stage_gpt2_16x4() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --grad_accum 4; }
 stage_cdt_16() { TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 step "${GPT2[@]}" "${GPU[@]}" --batch_size 16; }
 stage_chunked_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096; }
@@ -166,13 +167,13 @@ stage_llama_16p() {  # llama's kernels, to set against GPT-2's (its trace gzippe
 }
 
 STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep rope cuda_tests)
-RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
+RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_128 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
       350m_64)
 case "${1:-}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   lease) stage_lease ;;
   env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests) "stage_$1" ;;
-  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope)
+  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_128|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope)
     "stage_$1" ;;
   *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac
