@@ -68,13 +68,25 @@ def attention_backend(name: str) -> Callable[..., Tensor]:
     return checked_component(ATTENTION_BACKEND_REGISTRY, name, interface, *probe, bias=None, dropout_p=0.0)
 
 
+def _autocast_input(x: Tensor) -> Tensor:
+    """``x`` cast as autocast would cast a matmul's input (a float tensor other than float64, to the autocast
+    dtype), once. ``is_autocast_enabled``/``get_autocast_dtype`` only: torch.compile folds them from torch 2.7 on
+    (``torch.amp.is_autocast_available`` breaks the graph before 2.13); a meta tensor has no autocast."""
+    device = x.device.type
+    if device == "meta" or x.dtype == torch.float64 or not x.is_floating_point():
+        return x
+    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head (or grouped-query) causal self-attention with one fused QKV projection (one (q + 2 kv, C)
     weight). With a rotary position encoding q, k and v are each projected by their slice of that weight (the
     same parameters, values and FLOPs): under torch.compile the one product's split would make backward
     concatenate q, k and v's gradients into a (B, T, q + 2 kv) tensor, and inductor fuses RoPE's backward into
     that concatenation as one masked kernel that ran 10x slower than its bytes (0.31 ms a layer at 16 x 1024
-    x 768 on an H200, 3.6 ms of a 38 ms llama step); three products take the three gradients as they are."""
+    x 768 on an H200, 3.6 ms of a 38 ms llama step); three products take the three gradients as they are.
+    The slices are read from ``qkv.weight`` and ``qkv.bias``: a module put in place of ``qkv`` (anything but
+    an ``nn.Linear``) is called as a whole instead, and hooks registered on ``qkv`` do not run under RoPE."""
 
     def __init__(
         self,
@@ -99,12 +111,10 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
         B, T, _ = x.shape
         sizes = [self.q_size, self.kv_size, self.kv_size]
-        if pos.rotate is None:
+        if pos.rotate is None or type(self.qkv) is not nn.Linear:
             q, k, v = self.qkv(x).split(sizes, dim=-1)
         else:  # each by its slice of the same weight: see the class docstring
-            device = x.device.type  # one cast of x for the three products (autocast would make, and save, three)
-            if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-                x = x.to(torch.get_autocast_dtype(device))
+            x = _autocast_input(x)  # one cast for the three products (autocast would make, and save, three)
             biases = self.qkv.bias.split(sizes) if self.qkv.bias is not None else (None, None, None)
             q, k, v = (F.linear(x, w, b) for w, b in zip(self.qkv.weight.split(sizes), biases))
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)

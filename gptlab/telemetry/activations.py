@@ -9,7 +9,8 @@ float32 under autocast because the embeddings and master weights are float32):
 
 - Linear: its input (the weight is a parameter, or under autocast a cached low-precision copy,
   counted once per weight in ``weight_copies``). Under autocast a float32 input is cast per
-  consumer (a gated FFN casts its input twice); in float32 the consumers share one tensor.
+  consumer (a gated FFN casts its input twice; RoPE's three QKV products share one explicit cast);
+  in float32 the consumers share one tensor.
 - LayerNorm: input (r*H) and mean, rstd (4+4 per token; c+c where PyTorch's CPU kernel runs a model
   cast to bf16, as FSDP2's mixed precision does). RMSNorm (``F.rms_norm`` in float32,
   then ``weight * normed``): input, rstd and the float32 ``normed`` (4*H) for the weight's grad.
@@ -19,8 +20,8 @@ float32 under autocast because the embeddings and master weights are float32):
   layout is already (B, T, h, hd), so ``out_proj`` saves the same storage) and the float32
   log-sum-exp (4*h). No (T, T) tensor. An ALiBi bias is saved once (float32, shared by all
   layers) or once per layer (its low-precision cast under autocast). GQA in float32 on CUDA: K and V
-  repeated to the full head count (2*c*H, ``expands_kv_for_sdpa``); the views they came from are
-  still counted in the QKV output, an upper bound.
+  repeated to the full head count (2*c*H, ``expands_kv_for_sdpa``); the tensors they came from are
+  still counted (the QKV output, or RoPE's q, k and v), an upper bound.
 - manual: q, k, v copies at the full head count (3*c*H, made for the batched matmuls; GQA's
   ``repeat_interleave`` outputs), the softmax probabilities (B*h*T*T: c on the CPU; float32 plus a
   c-byte copy for attn@V on CUDA, whose autocast runs softmax in float32), the boolean causal mask
@@ -320,7 +321,10 @@ def estimate_activations(
         other["lm_head_input"] = matmul_input(1)
         other["log_softmax"] = FP32 * V * N
     ffn_copies = 0
-    if autocast and weight_copies:  # each Linear's weight, cast once per forward (autocast caches it)
+    # each Linear's weight, cast once per forward (autocast caches it; under RoPE the QKV weight's three slices,
+    # views autocast does not cache, are cast per use: the same bytes, held no longer than their product, so
+    # with activation checkpointing this counts the QKV copy a little longer than it lives)
+    if autocast and weight_copies:
         shapes = [s for s in parameter_shapes(config) if s.matmul]
         layer["weight_copies"] = c * sum(s.numel for s in shapes if s.name.startswith("blocks.0."))
         ffn_copies = c * sum(s.numel for s in shapes if s.name.startswith("blocks.0.ffn."))

@@ -61,3 +61,32 @@ def test_rotary_backward_concatenates_no_activation_gradient() -> None:
     llama, gpt2 = backward_cat_shapes("llama"), backward_cat_shapes("gpt2")
     assert (3 * C, C) in llama and not any(shape[:2] == (2, 16) for shape in llama), llama
     assert (2, 16, 3 * C) in gpt2, gpt2
+
+
+def test_a_float64_model_under_autocast_stays_float64() -> None:
+    """Autocast leaves float64 alone; the sliced path's one explicit cast must too (a gradcheck's model)."""
+    model = ConfigurableGPT(get_debug_config("llama", n_layer=1)).double()
+    x = torch.randint(0, 256, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(x, x)
+    assert loss.dtype == torch.float64
+
+
+def test_a_module_in_place_of_qkv_is_called_under_rope() -> None:
+    """The sliced path reads nn.Linear's weight and bias; anything else put in place of ``qkv`` (an adapter, a
+    low-precision Linear) runs its own forward, as without RoPE."""
+    calls = []
+
+    class Recording(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape)
+            return super().forward(x)
+
+    layer = CausalSelfAttention(32, 4, 4, False, 0.0, "sdpa")
+    swapped = Recording(32, 96, bias=False)
+    swapped.load_state_dict(layer.qkv.state_dict())
+    x, pos = torch.randn(2, 8, 32), PositionContext(rotate=lambda t: t)
+    want = layer(x, pos)
+    layer.qkv = swapped
+    torch.testing.assert_close(layer(x, pos), want)
+    assert calls == [(2, 8, 32)]

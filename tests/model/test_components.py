@@ -243,4 +243,3 @@ def test_sdpa_with_repeated_kv_computes_what_enable_gqa_does(monkeypatch, with_b
         results.append((y, *grads))
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want)
-

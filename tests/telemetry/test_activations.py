@@ -188,6 +188,8 @@ def test_memory_profiler_end_of_forward_and_peak(dtype: str) -> None:
 TIMELINE = {
     "gpt2-ac-char-bf16": ("gpt2", 65, "bfloat16", 2, 32, 8, 256, True, "sdpa", 0, "block 1 backward"),
     "llama-ac-char": ("llama", 65, "float32", 2, 32, 8, 256, True, "sdpa", 0, "block 1 backward"),
+    "llama-ac-char-bf16": ("llama", 65, "bfloat16", 2, 32, 8, 256, True, "sdpa", 0, "block 1 backward"),
+    "llama-ac-vocab-bf16": ("llama", 2048, "bfloat16", 2, 64, 4, 128, True, "sdpa", 0, "loss backward"),
     "llama-ac-char-manual-bf16": ("llama", 65, "bfloat16", 2, 32, 8, 256, True, "manual", 0, "block 1 backward"),
     "llama-char-6-layers": ("llama", 65, "float32", 6, 32, 8, 256, False, "sdpa", 0, "block 5 backward"),
     "gpt2-char-manual": ("gpt2", 65, "float32", 2, 64, 4, 128, False, "manual", 0, "block 1 backward"),
@@ -223,9 +225,11 @@ def test_planned_peak_follows_the_backward(case: str) -> None:
     assert plan.peak_at == moment
     planned = plan.peak - plan.parameters - plan.optimizer
     low, high = (0.995, 1.005) if moment in ("loss backward", "embedding backward") else (0.985, 1.07)
-    if dtype == "bfloat16" and backend == "sdpa":
+    avx512 = "AVX512" in torch.backends.cpu.get_cpu_capability()
+    if dtype == "bfloat16" and backend == "sdpa" and (moment.startswith("block") or not avx512):
         # the plan holds the most a CPU's bf16 SDPA backward was seen to allocate (an AVX-512 machine's); others
-        # allocate less: AVX2-only 1.17 of the measured peak, an AVX-512 + avx512_bf16 EPYC 1.135 (2026-12-04)
+        # allocate less: AVX2-only 1.17 of the measured peak, an AVX-512 + avx512_bf16 EPYC 1.135 in a block's
+        # backward (2026-12-04)
         high = 1.2
     assert low * measured <= planned <= high * measured, planned / measured
 
