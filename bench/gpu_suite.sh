@@ -63,6 +63,12 @@ stage_head() {
   "$PY" bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0,1024,2048,4096,8192 --iters 10 \
     "${HEAD_TINY[@]}"
 }
+stage_head_c() {  # compiled as in the step: the loss's one-pass online softmax (inductor's default), then two passes
+  local run=(--device cuda --dtype bfloat16 --tokens 16384 --chunks 0,4096 --compile --iters 20)
+  "$PY" bench/lm_head.py "${run[@]}" "${HEAD_TINY[@]}"
+  echo "TORCHINDUCTOR_ONLINE_SOFTMAX=0:"
+  TORCHINDUCTOR_ONLINE_SOFTMAX=0 "$PY" bench/lm_head.py "${run[@]}" "${HEAD_TINY[@]}"
+}
 stage_profile() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --rounds 1 --profile 5; }
 stage_telemetry() {
   local run=(--device cuda --dtype bfloat16 --compile --iters 30 --rounds 3)
@@ -145,6 +151,13 @@ stage_350m_16() { stage_350m; }
 # nanoGPT's 40 micro-steps do), inductor's coordinate-descent tuning of its own kernels (norms, GELU, the
 # loss; modded-nanogpt sets it), the chunked loss, max-autotune (Triton matmul templates with fused epilogues)
 stage_gpt2_64() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64; }
+stage_gpt2_64p() {  # the first target's kernels at its best batch (trace gzipped beside batch 16's)
+  step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --rounds 1 --profile 3
+  local trace="${OUT_DIR:-out/bench}/train_step_trace.json"
+  if [[ -n "${LEASE_TRACE:-}" && -f "$trace" ]]; then
+    gzip -c "$trace" >"${LEASE_TRACE%gpt2_trace.json.gz}gpt2_64_trace.json.gz" && rm "$trace"
+  fi
+}
 stage_gpt2_128() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 128; }  # ~87 GB: the fixed per-step costs halved again
 stage_gpt2_16x4() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --grad_accum 4; }
 stage_cdt_16() { TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 step "${GPT2[@]}" "${GPU[@]}" --batch_size 16; }
@@ -167,13 +180,13 @@ stage_llama_16p() {  # llama's kernels, to set against GPT-2's (its trace gzippe
 }
 
 STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep rope cuda_tests)
-RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_128 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
-      350m_64)
+RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_64p gpt2_128 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
+      350m_64 head_c)
 case "${1:-}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   lease) stage_lease ;;
   env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests) "stage_$1" ;;
-  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_128|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope)
+  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_64p|gpt2_128|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope|head_c)
     "stage_$1" ;;
   *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac

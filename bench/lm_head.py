@@ -6,6 +6,11 @@ step).
 
 python bench/lm_head.py                                     # CPU: 1024 tokens, GPT-2 width and vocab
 python bench/lm_head.py --device cuda --dtype bfloat16 --tokens 12288 --chunks 0,1024,2048,4096
+python bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0 --compile  # as the compiled step
+
+``--compile`` compiles each head + loss as the compiled model's step does (the plain head's loss on logits cast to
+float32, as the model computes it); inductor options come from the environment (e.g.
+TORCHINDUCTOR_ONLINE_SOFTMAX=0: the loss's max and sum in two passes instead of its one-pass online softmax).
 """
 
 from __future__ import annotations
@@ -45,12 +50,16 @@ def measure_one(a: argparse.Namespace, chunk: int) -> dict[str, float]:
     targets = torch.randint(0, a.vocab, (a.tokens,), device=device, generator=gen)
     amp = contextlib.nullcontext() if a.dtype == "float32" else torch.autocast(device.type, dtype=DTYPES[a.dtype])
 
+    def head_loss(x: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if chunk:
+            return linear_cross_entropy(x, w, targets, chunk)
+        return F.cross_entropy(F.linear(x, w).float(), targets, ignore_index=-1)  # float32, as the model's
+
+    loss_of = torch.compile(head_loss) if a.compile else head_loss
+
     def step() -> None:
         with amp:
-            if chunk:
-                loss = linear_cross_entropy(x, w, targets, chunk)
-            else:
-                loss = F.cross_entropy(F.linear(x, w), targets, ignore_index=-1)
+            loss = loss_of(x, w, targets)
         loss.backward()
         x.grad = w.grad = None
 
@@ -88,12 +97,13 @@ def main() -> None:
         "--chunks", type=int_list, default="0,128,256,512", help="comma-separated chunk sizes; 0 is the plain head"
     )
     p.add_argument("--iters", type=at_least(1), default=3)
+    p.add_argument("--compile", action="store_true", help="torch.compile each head + loss (as the compiled step)")
     a = p.parse_args()
     resolve_device(a.device)  # one line for a device that is not here (or misspelt), not torch's RuntimeError
     chunks = a.chunks
     flops = 6 * a.tokens * a.n_embd * a.vocab
     print(f"LM head + cross-entropy: {a.tokens} tokens x {a.n_embd} -> {a.vocab}, {a.dtype} on {a.device}, "
-          f"{flops / 1e9:.1f} GFLOP per forward+backward")  # fmt: skip
+          f"{flops / 1e9:.1f} GFLOP per forward+backward{', compiled' if a.compile else ''}")  # fmt: skip
     print(f"{'head':>14s} {'ms (median)':>12s} {'GFLOP/s':>9s} {'peak MB':>9s}")
     for chunk in chunks:
         r = measure_one(a, chunk)
