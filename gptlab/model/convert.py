@@ -127,11 +127,22 @@ def resolve_pretrained(src: str | Path) -> Path:
     return download_hub_model(repo_id)
 
 
+def _full_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with FSDP2's sharded parameters (DTensors) gathered whole: a collective, which
+    every rank reaches as every rank of an SPMD script calls ``from_pretrained``. A plain model's as it is."""
+    state = model.state_dict()
+    if not torch.distributed.is_available():
+        return state
+    from torch.distributed.tensor import DTensor
+
+    return {key: value.full_tensor() if isinstance(value, DTensor) else value for key, value in state.items()}
+
+
 def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     """Dispatch on what ``src`` is; see ``ConfigurableGPT.from_pretrained``."""
     src = getattr(src, "_orig_mod", src)  # a torch.compile'd model: the module it wraps
     if isinstance(src, ConfigurableGPT):  # a copy, with what overrides may change
-        model = model_from_checkpoint({"arch": src.config.to_dict(), "model": src.state_dict()}, **overrides)
+        model = model_from_checkpoint({"arch": src.config.to_dict(), "model": _full_state_dict(src)}, **overrides)
         model.vocab_limit = src.vocab_limit
         if getattr(src, "hf_special_tokens", None) is not None:  # the ids it was imported with, exported again
             model.hf_special_tokens = dict(src.hf_special_tokens)
