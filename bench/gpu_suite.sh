@@ -112,8 +112,8 @@ stage_lease() {
   local plan=(env:20:5 peak:45:20 gpt2_16:180:120 cuda_tests:150:90 llama_64:120:70 gpt2_64:120:70
               350m_64:180:110 telemetry:120:80)
   if [[ -n "${LEASE_PLAN:-}" ]]; then read -r -a plan <<<"$LEASE_PLAN"; fi
-  export LEASE_TRACE="$dest/gpt2_trace.json.gz"
-  rm -f "${OUT_DIR:-out/bench}/train_step_trace.json" "$LEASE_TRACE"  # never an earlier call's trace
+  export LEASE_DEST="$dest"  # where ship_trace puts the profiles' traces
+  rm -f "${OUT_DIR:-out/bench}/train_step_trace.json" "$dest"/*_trace.json.gz  # never an earlier call's trace
   {
     echo "lease: $(date -u +%FT%TZ), budget ${budget}s, to $dest${GPU_EXTRA:+, every run with $GPU_EXTRA}"
     # which code ran: always a hash of gptlab/ and bench/ that a checkout recomputes (in a clean checkout:
@@ -138,11 +138,11 @@ stage_lease() {
   } 2>&1 | tee "$dest/lease.log"
 }
 # the lease's runs, one train_step.py run each
-stage_gpt2_16() {  # the profile's trace goes to the lease's folder at once: it comes back if a later stage overruns
-  step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --profile 5
+ship_trace() {  # the profile's trace, gzipped into the lease's folder as $1 at once: back even if a later stage overruns
   local trace="${OUT_DIR:-out/bench}/train_step_trace.json"
-  if [[ -n "${LEASE_TRACE:-}" && -f "$trace" ]]; then gzip -c "$trace" >"$LEASE_TRACE" && rm "$trace"; fi
+  if [[ -n "${LEASE_DEST:-}" && -f "$trace" ]]; then gzip -c "$trace" >"$LEASE_DEST/$1" && rm "$trace"; fi
 }
+stage_gpt2_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --profile 5; ship_trace gpt2_trace.json.gz; }
 stage_gpt2_32() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 32; }
 stage_llama_16() { stage_llama; }
 stage_350m_16() { stage_350m; }
@@ -151,12 +151,8 @@ stage_350m_16() { stage_350m; }
 # nanoGPT's 40 micro-steps do), inductor's coordinate-descent tuning of its own kernels (norms, GELU, the
 # loss; modded-nanogpt sets it), the chunked loss, max-autotune (Triton matmul templates with fused epilogues)
 stage_gpt2_64() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64; }
-stage_gpt2_64p() {  # the first target's kernels at its best batch (trace gzipped beside batch 16's)
-  step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --rounds 1 --profile 3
-  local trace="${OUT_DIR:-out/bench}/train_step_trace.json"
-  if [[ -n "${LEASE_TRACE:-}" && -f "$trace" ]]; then
-    gzip -c "$trace" >"${LEASE_TRACE%gpt2_trace.json.gz}gpt2_64_trace.json.gz" && rm "$trace"
-  fi
+stage_gpt2_64p() {  # the first target's kernels at its best batch
+  step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --rounds 1 --profile 3; ship_trace gpt2_64_trace.json.gz
 }
 stage_gpt2_128() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 128; }  # ~87 GB: the fixed per-step costs halved again
 stage_gpt2_16x4() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --grad_accum 4; }
@@ -171,12 +167,8 @@ stage_rope() {  # RoPE's layouts in one attention sublayer (bench/rope_layout.py
   if [[ -n "${SMOKE:-}" ]]; then run=(--device cpu --dtype float32 --batch_size 1 --block_size 32 --n_embd 32 --n_head 2 --iters 1); fi
   echo "\$ bench/rope_layout.py ${run[*]}"; "$PY" bench/rope_layout.py "${run[@]}"
 }
-stage_llama_16p() {  # llama's kernels, to set against GPT-2's (its trace gzipped beside GPT-2's)
-  step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16 --profile 5
-  local trace="${OUT_DIR:-out/bench}/train_step_trace.json"
-  if [[ -n "${LEASE_TRACE:-}" && -f "$trace" ]]; then
-    gzip -c "$trace" >"${LEASE_TRACE%gpt2_trace.json.gz}llama_trace.json.gz" && rm "$trace"
-  fi
+stage_llama_16p() {  # llama's kernels, to set against GPT-2's
+  step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16 --profile 5; ship_trace llama_trace.json.gz
 }
 
 STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep rope cuda_tests)

@@ -62,34 +62,29 @@ class FusedProduct(CausalSelfAttention):
     """gptlab's sublayer as it was before 2026-12-04's change: one (B, T, q + 2 kv) product split into q, k
     and v also under RoPE, so backward concatenates their gradients (the model now does this without RoPE only)."""
 
+    def project(self, x: Tensor) -> tuple[Tensor, ...]:
+        return self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+
     def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in self.project(x))
         if pos.rotate is not None:
             q, k = pos.rotate(q), pos.rotate(k)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out_proj(y.transpose(1, 2).contiguous().view(B, T, self.q_size))
 
 
-class SplitProjections(nn.Module):
-    """The sublayer with three projections instead of one fused QKV: no concatenation of q, k and v's
-    gradients in backward (what the fused projection's split turns into)."""
+class SplitProjections(FusedProduct):
+    """The sublayer with three projections (three weights) instead of one fused QKV: no concatenation of q, k
+    and v's gradients in backward (what the fused projection's split turns into)."""
 
     def __init__(self, n_embd: int, n_head: int) -> None:
-        super().__init__()
-        self.n_head = n_head
+        super().__init__(n_embd, n_head, n_head, False, 0.0, "sdpa")
+        del self.qkv
         self.q, self.k, self.v = (nn.Linear(n_embd, n_embd, bias=False) for _ in range(3))
-        self.out_proj = nn.Linear(n_embd, n_embd, bias=False)
 
-    def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
-        B, T, C = x.shape
-        heads = (proj(x).view(B, T, self.n_head, C // self.n_head) for proj in (self.q, self.k, self.v))
-        q, k, v = (h.transpose(1, 2) for h in heads)
-        if pos.rotate is not None:
-            q, k = pos.rotate(q), pos.rotate(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+    def project(self, x: Tensor) -> tuple[Tensor, ...]:
+        return self.q(x), self.k(x), self.v(x)
 
 
 def main() -> None:
