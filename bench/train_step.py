@@ -49,6 +49,20 @@ def time_steps(step: Any, device: torch.device, warmup: int, iters: int, aligned
     return times
 
 
+def time_back_to_back(step: Any, device: torch.device, iters: int, aligned: Any = lambda: True) -> float:
+    """Mean seconds per step over ``iters`` steps queued back to back with one sync at the end, as training
+    runs them (it syncs only where it logs): the host's work between steps overlaps the device's, where
+    ``time_steps``'s sync after every step leaves the device idle while the host starts the next one."""
+    while not aligned():
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
 def profile_steps(step: Any, device: torch.device, steps: int, out_dir: Path, rows: int = 15) -> None:
     """torch.profiler over ``steps`` steps: the top ops/kernels by self time on the device (CPU on a
     CPU run), and a Chrome trace to open in Perfetto."""
@@ -66,6 +80,10 @@ def profile_steps(step: Any, device: torch.device, steps: int, out_dir: Path, ro
     trace = out_dir / "train_step_trace.json"
     prof.export_chrome_trace(str(trace))
     print(f"trace: {trace}")
+
+
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
 
 
 def main() -> None:
@@ -99,6 +117,10 @@ def main() -> None:
         results["plain PyTorch"].append(plain_s)
         results["gptlab train_step"].append(gptlab_s)
         round_ratios.append(gptlab_s / plain_s)
+    back_to_back = {  # once, after the rounds (all warm)
+        "plain PyTorch": time_back_to_back(plain_step, device, a.iters),
+        "gptlab train_step": time_back_to_back(gptlab_step, device, a.iters, after_stats),
+    }
     flops = trainer.telemetry.flops_summary()["flops_per_token"]
     peak = trainer.telemetry.peak  # the MFU denominator, said with every result
     memory = trainer.telemetry.memory_stats()
@@ -112,6 +134,7 @@ def main() -> None:
             f"dtype={trainer.dtype}, compile={a.compile} ({a.compile_mode}, {a.compile_scope}; first step "
             f"{first_step_s:.1f} s"
             + "".join(f", inductor {key}={value!r}" for key, value in a.inductor_config)
+            + ("" if a.residual_dtype == "float32" else ", residual stream in the autocast dtype")
             + f"), attention={a.attention_backend}, "
             f"loss_chunk_size={a.loss_chunk_size}, peak memory {peak_gb:.2f} GB "
             + ("(CUDA max allocated)" if cuda_peak is not None else "(process max RSS)")
@@ -127,10 +150,15 @@ def main() -> None:
         med = statistics.median(times)
         medians[name] = med
         mfus[name] = mfu = trainer.telemetry.mfu(med)["mfu"]
-        mfu_text = "n/a" if mfu is None else f"{100 * mfu:.1f}%"
+        mfu_text = _percent(mfu)
         if dist.master:
             rate = tokens * dist.world_size / med
             print(f"{name:20s} {1000 * med:17.2f} {rate:12,.0f} {flops * tokens / med / 1e9:17.2f} {mfu_text:>7s}")
+    if dist.master:
+        print("back to back (" + f"{a.iters} steps, one sync at the end, as training runs): " + ", ".join(
+            f"{name} {1000 * sec:.2f} ms/step, MFU {_percent(trainer.telemetry.mfu(sec)['mfu'])}"
+            for name, sec in back_to_back.items()
+        ))  # fmt: skip
     # the headline: the median of the paired per-round ratios (each round's two loops run back to back), which
     # machine-load drift between rounds cannot tilt as it can the ratio of the medians over rounds
     ratio = statistics.median(round_ratios)
@@ -151,6 +179,9 @@ def main() -> None:
             "planned_peak_gb": planned_gb,
             "first_step_s": first_step_s,  # compile included
             "mfu_causal": trainer.telemetry.mfu(gptlab_s)["mfu_causal"],
+            "back_to_back_ms_per_step": 1000 * back_to_back["gptlab train_step"],
+            "plain_back_to_back_ms_per_step": 1000 * back_to_back["plain PyTorch"],
+            "back_to_back_mfu": trainer.telemetry.mfu(back_to_back["gptlab train_step"])["mfu"],
             "peak": peak,  # name, peak_flops (per device), precision, source: the MFU denominator
             "flops_per_token": flops,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
