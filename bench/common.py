@@ -80,14 +80,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other training or model key, as train.py's --KEY=VALUE, e.g. bias=False (repeatable; checked there)",
-    )
-    p.add_argument(
-        "--residual_dtype",
-        choices=("float32", "autocast"),
-        default="float32",
-        help="experiment: 'autocast' casts the embeddings' output to the autocast dtype, so the residual stream "
-        "(and its gradient) is bf16, as under FSDP2's mixed precision and in llm.c; float32: autocast's own",
+        help="any other training or model key, as train.py's --KEY=VALUE, e.g. bias=False or residual_dtype='bfloat16' "
+        "(repeatable; checked there)",
     )
 
 
@@ -142,16 +136,7 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
     ]
     trainer = Trainer(parse_run_args(args), stream=io.StringIO())
     trainer.logger.close()  # the benchmarks time steps and log nothing: log.jsonl is not left open
-    if a.residual_dtype == "autocast":
-        trainer.raw_model.drop.register_forward_hook(_to_autocast_dtype)  # both loops run this model
     return trainer
-
-
-def _to_autocast_dtype(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-    """The embeddings' output in the autocast dtype (when autocast is on): every later residual add is then bf16."""
-    if output.is_floating_point() and torch.is_autocast_enabled(output.device.type):
-        return output.to(torch.get_autocast_dtype(output.device.type))
-    return output
 
 
 def make_steps(trainer: Trainer, grad_accum: int) -> tuple[Callable[[], None], Callable[[], None]]:

@@ -50,6 +50,8 @@ stage_llama() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16; }
 stage_350m() { step "${M350[@]}" "${GPU[@]}" --batch_size 16; }
 # compile options go with --compile, which SMOKE runs leave out (a compile option without it is refused)
 compiled() { if [[ -z "${SMOKE:-}" ]]; then echo "$@"; fi; }
+# the bf16 residual stream (TrainConfig.residual_dtype) goes with the bf16 runs; SMOKE's float32 keeps float32
+bf16_stream() { echo "--set residual_dtype=$([[ -n "${SMOKE:-}" ]] && echo float32 || echo bfloat16)"; }
 stage_chunked() {
   step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096
   # shellcheck disable=SC2046  # word splitting of the option pair is the point
@@ -159,11 +161,16 @@ stage_gpt2_64p() {  # the first target's kernels at its best batch
 # GPT-2 without biases (nanoGPT train.py's default; not the target's model: what its biases' gradients cost)
 # shellcheck disable=SC2046
 stage_gpt2_64os() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 $(compiled --inductor_config online_softmax=False); }
-stage_gpt2_64r() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --residual_dtype autocast; }
+# shellcheck disable=SC2046
+stage_gpt2_64r() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream); }
 stage_gpt2_64or() {
   # shellcheck disable=SC2046
-  step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --residual_dtype autocast $(compiled --inductor_config online_softmax=False)
+  step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream) $(compiled --inductor_config online_softmax=False)
 }
+# shellcheck disable=SC2046
+stage_llama_64r() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream); }
+# shellcheck disable=SC2046
+stage_350m_64r() { step "${M350[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream); }
 stage_gpt2_64nb() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --set bias=False; }
 stage_gpt2_128() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 128; }  # ~87 GB: the fixed per-step costs halved again
 stage_gpt2_16x4() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --grad_accum 4; }
@@ -183,13 +190,13 @@ stage_llama_16p() {  # llama's kernels, to set against GPT-2's
 }
 
 STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep rope cuda_tests)
-RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_64p gpt2_64os gpt2_64r gpt2_64or gpt2_64nb gpt2_128 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
+RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_64p gpt2_64os gpt2_64r gpt2_64or llama_64r 350m_64r gpt2_64nb gpt2_128 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
       350m_64 head_c)
 case "${1:-}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   lease) stage_lease ;;
   env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests) "stage_$1" ;;
-  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_64p|gpt2_64os|gpt2_64r|gpt2_64or|gpt2_64nb|gpt2_128|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope|head_c)
+  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_64p|gpt2_64os|gpt2_64r|gpt2_64or|llama_64r|350m_64r|gpt2_64nb|gpt2_128|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope|head_c)
     "stage_$1" ;;
   *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac

@@ -134,7 +134,7 @@ def main() -> None:
             f"dtype={trainer.dtype}, compile={a.compile} ({a.compile_mode}, {a.compile_scope}; first step "
             f"{first_step_s:.1f} s"
             + "".join(f", inductor {key}={value!r}" for key, value in a.inductor_config)
-            + ("" if a.residual_dtype == "float32" else ", residual stream in the autocast dtype")
+            + (f", residual stream in {trainer.dtype}" if trainer.raw_model.residual_cast else "")
             + f"), attention={a.attention_backend}, "
             f"loss_chunk_size={a.loss_chunk_size}, peak memory {peak_gb:.2f} GB "
             + ("(CUDA max allocated)" if cuda_peak is not None else "(process max RSS)")

@@ -68,7 +68,7 @@ def attention_backend(name: str) -> Callable[..., Tensor]:
     return checked_component(ATTENTION_BACKEND_REGISTRY, name, interface, *probe, bias=None, dropout_p=0.0)
 
 
-def _autocast_input(x: Tensor) -> Tensor:
+def autocast_input(x: Tensor) -> Tensor:
     """``x`` cast as autocast would cast a matmul's input (a float tensor other than float64, to the autocast
     dtype), once. ``is_autocast_enabled``/``get_autocast_dtype`` only: torch.compile folds them from torch 2.7 on
     (``torch.amp.is_autocast_available`` breaks the graph before 2.13); a meta tensor has no autocast."""
@@ -114,7 +114,7 @@ class CausalSelfAttention(nn.Module):
         if pos.rotate is None or type(self.qkv) is not nn.Linear:
             q, k, v = self.qkv(x).split(sizes, dim=-1)
         else:  # each by its slice of the same weight: see the class docstring
-            x = _autocast_input(x)  # one cast for the three products (autocast would make, and save, three)
+            x = autocast_input(x)  # one cast for the three products (autocast would make, and save, three)
             biases = self.qkv.bias.split(sizes) if self.qkv.bias is not None else (None, None, None)
             q, k, v = (F.linear(x, w, b) for w, b in zip(self.qkv.weight.split(sizes), biases))
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gptlab.config.model import ModelArchitectureConfig
-from gptlab.model.attention import CausalSelfAttention
+from gptlab.model.attention import CausalSelfAttention, autocast_input
 from gptlab.model.components import (
     PositionContext,
     build_activation,
@@ -110,6 +110,9 @@ class ConfigurableGPT(nn.Module):
         # tokens per chunk of the fused LM head + cross-entropy (gptlab.model.loss); 0: plain logits.
         # A training setting, not architecture: the Trainer sets it from TrainConfig.loss_chunk_size.
         self.loss_chunk_size = 0
+        # Also the Trainer's (TrainConfig.residual_dtype): under autocast, the embeddings' output in the autocast
+        # dtype, so the residual stream and its gradient are too (as FSDP2's mixed precision keeps them)
+        self.residual_cast = False
         if init_weights:
             self.apply(self._init_weights)
 
@@ -141,6 +144,8 @@ class ConfigurableGPT(nn.Module):
         if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
         x = self.drop(self.pos_encoding.embed(self.wte(idx)))  # (B, T, n_embd)
+        if self.residual_cast:
+            x = autocast_input(x)  # a no-op outside autocast
         pos = self.pos_encoding.context(T, idx.device)
         for block in self.blocks:
             x = block(x, pos)

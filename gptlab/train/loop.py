@@ -55,7 +55,7 @@ from gptlab.checkpoint import (
     weights_path,
 )
 from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
-from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig, elastic_run_id
+from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig, elastic_run_id, residual_stream_cast
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
@@ -359,6 +359,7 @@ class Trainer:
         scatter = pretrained is None and parallel.init_on_rank0(cfg, self.dist)
         full_state = self._build_model(self.arch, ckpt, pretrained, on_meta=scatter and not self.master)
         self.model.loss_chunk_size = cfg.loss_chunk_size
+        self.model.residual_cast = residual_stream_cast(cfg.residual_dtype, self.dtype, self.mode)
         self.start_iter = self.iter_num
 
         # ---- model, optimizer, precision: build, then wrap (activation checkpointing, compile, FSDP or DDP)

@@ -96,6 +96,38 @@ def test_plain_and_chunked_loss_take_the_same_targets() -> None:
     torch.testing.assert_close(model(x, y.int())[1], plain)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_residual_cast_keeps_the_stream_in_the_autocast_dtype(compiled: bool) -> None:
+    """``residual_cast`` (TrainConfig.residual_dtype): under bf16 autocast every block returns bf16 and the
+    residual's gradient is bf16; the loss stays that of autocast's float32 stream to bf16's precision, eager
+    and compiled; outside autocast nothing changes (a float32 model, bit for bit)."""
+    torch.manual_seed(0)
+    model = ConfigurableGPT(get_debug_config("gpt2"))
+    x = torch.randint(0, 256, (2, 16))
+    streams: list[torch.dtype] = []
+    grads: list[torch.dtype] = []
+    model.blocks[-1].register_forward_hook(lambda _m, _i, y: streams.append(y.dtype))
+    model.blocks[-1].register_full_backward_hook(lambda _m, _gi, go: grads.append(go[0].dtype))
+    run = torch.compile(model) if compiled else model
+
+    def loss(autocast: bool) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value = run(x, x)[1]
+        if not compiled:
+            value.backward()
+        return value.detach()
+
+    reference, plain = loss(True), loss(False)
+    model.residual_cast = True
+    cast = loss(True)
+    torch.testing.assert_close(cast, reference, rtol=2e-2, atol=0)
+    assert not torch.equal(cast, reference)  # the stream was cast (bf16's rounding reaches the loss)
+    assert torch.equal(loss(False), plain)
+    if not compiled:  # hooks observed eagerly (dynamo inlines them, without running them at each call)
+        assert streams == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
+        assert grads == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
+
+
 def test_loss_without_logits_gives_no_logits_gradient_to_compiled_backward() -> None:
     """``return_logits=False`` (the training step's): the same loss and gradients, and under torch.compile the
     backward graph takes no (B, T, vocab) gradient for a logits output (with logits returned it does: AOTAutograd

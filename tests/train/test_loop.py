@@ -422,6 +422,26 @@ def test_chunked_loss_trains_like_the_plain_head(data_dir: Path, tmp_path: Path)
     assert trainer.telemetry.plan().activation_estimate.loss_chunk_bytes > 0  # the plan is the chunked head's
 
 
+def test_residual_dtype_keeps_the_stream_in_bf16(data_dir: Path, tmp_path: Path) -> None:
+    """--residual_dtype=bfloat16 (with dtype bfloat16): every block reads and returns bf16 under the step's
+    autocast, the run trains (its loss falls) and says so at startup; 'auto' keeps autocast's float32 stream.
+    A run whose dtype resolves to float32 refuses a bf16 stream in one line."""
+    streams: dict[str, list[torch.dtype]] = {}
+    for residual in ("auto", "bfloat16"):
+        args = tiny_args(data_dir, tmp_path / residual, max_iters=6, dtype="bfloat16", residual_dtype=residual)
+        out = io.StringIO()
+        trainer = Trainer(parse_run_args(args), stream=out)
+        seen = streams[residual] = []
+        trainer.raw_model.blocks[0].register_forward_hook(lambda _m, _i, y, seen=seen: seen.append(y.dtype))
+        trainer.run()
+        iters = [r for r in read_log(tmp_path / residual) if r["type"] == "iter"]
+        assert iters[-1]["loss"] < iters[0]["loss"]
+        assert ("residual stream in bfloat16" in out.getvalue()) == (residual == "bfloat16")
+    assert set(streams["auto"]) == {torch.float32} and set(streams["bfloat16"]) == {torch.bfloat16}
+    with pytest.raises(ConfigError, match=r"^residual_dtype='bfloat16' is invalid with dtype='float32'"):
+        Trainer(parse_run_args(tiny_args(data_dir, tmp_path / "cpu", dtype="auto", residual_dtype="bfloat16")))
+
+
 def test_memory_warning_before_the_first_step(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When the plan does not fit, the run says so (with options) before training starts. On a CPU the
     memory is the machine's RAM shared by its ranks: a 200 KB machine running 2 ranks here."""

@@ -99,6 +99,16 @@ def test_config_file_then_overrides() -> None:
         (["--compile_mode=reduce_overhead"], "did you mean 'reduce-overhead'"),
         (["--use_fsdp=True", "--compile_mode='max-autotune'"], "captures CUDA graphs"),
         (["--loss_chunk_size=-8"], "loss_chunk_size=-8"),
+        (["--residual_dtype=bf16"], r"residual_dtype='bf16' is not one of .*did you mean 'bfloat16'"),
+        (
+            ["--dtype=float32", "--residual_dtype=bfloat16"],
+            r"residual_dtype='bfloat16' is invalid with dtype='float32'",
+        ),
+        (["--dtype=bfloat16", "--residual_dtype=float16"], r"expected 'auto', 'float32' or the run's dtype"),
+        (
+            ["--dtype=bfloat16", "--use_fsdp=True", "--residual_dtype=float32"],
+            r"residual_dtype='float32' is not available with parallel='fsdp'",
+        ),
         # typed keys the other settings make meaningless
         (["--decay_lr=False", "--warmup_iters=100"], r"warmup_iters=100 has no effect with decay_lr=False"),
         (["--lr_schedule='constant'", "--min_lr=1e-5"], r"min_lr=1e-05 has no effect with lr_schedule='constant'"),
