@@ -13,6 +13,7 @@ import torch
 
 from gptlab import parallel
 from gptlab.config.train import parse_run_args
+from gptlab.model import loss_kernel
 from gptlab.parallel import PT_DTYPES
 from gptlab.train.loop import Trainer
 
@@ -76,6 +77,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         help="key=value: torch._inductor.config.key for the compile, e.g. max_pointwise_cat_inputs=2 (repeatable)",
     )
     p.add_argument(
+        "--loss_kernel",
+        choices=("triton", "torch"),
+        default="triton",
+        help="the chunked loss's softmax minus one-hot (--loss_chunk_size > 0): its Triton kernel where it applies "
+        "(CUDA), or torch ops",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -134,6 +142,7 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
         "--warmup_iters=0",
         *(f"--{setting}" for setting in a.set),  # last: parse_run_args checks the key and the value
     ]
+    loss_kernel.USE_TRITON = a.loss_kernel == "triton"  # read when the loss runs (and compiles)
     trainer = Trainer(parse_run_args(args), stream=io.StringIO())
     trainer.logger.close()  # the benchmarks time steps and log nothing: log.jsonl is not left open
     return trainer

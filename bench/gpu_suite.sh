@@ -171,6 +171,17 @@ stage_gpt2_64or() {
 stage_llama_64r() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream); }
 # shellcheck disable=SC2046
 stage_350m_64r() { step "${M350[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream); }
+# the chunked loss by its Triton kernel (gptlab.model.loss_kernel): the head + loss alone, kernel against torch
+# ops and the plain head, at batch 64's 65536 tokens; then the step with it (chunks of 16384) and the bf16 stream
+stage_head_k() {
+  local run=(--device cuda --dtype bfloat16 --tokens 65536 --chunks 0,8192,16384 --compile --iters 10 --loss_kernel both)
+  if [[ -n "${SMOKE:-}" ]]; then run=(--loss_kernel both "${HEAD_TINY[@]}"); fi
+  echo "\$ bench/lm_head.py ${run[*]}"; "$PY" bench/lm_head.py "${run[@]}"
+}
+# shellcheck disable=SC2046
+stage_gpt2_64k() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream) --loss_chunk_size 16384; }
+# shellcheck disable=SC2046
+stage_llama_64k() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream) --loss_chunk_size 16384; }
 stage_gpt2_64nb() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --set bias=False; }
 stage_gpt2_128() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 128; }  # ~87 GB: the fixed per-step costs halved again
 stage_gpt2_16x4() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --grad_accum 4; }
@@ -190,13 +201,13 @@ stage_llama_16p() {  # llama's kernels, to set against GPT-2's
 }
 
 STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep rope cuda_tests)
-RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_64p gpt2_64os gpt2_64r gpt2_64or llama_64r 350m_64r gpt2_64nb gpt2_128 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
-      350m_64 head_c)
+RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_64p gpt2_64os gpt2_64r gpt2_64or llama_64r 350m_64r gpt2_64k llama_64k gpt2_64nb gpt2_128 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
+      350m_64 head_c head_k)
 case "${1:-}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   lease) stage_lease ;;
   env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests) "stage_$1" ;;
-  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_64p|gpt2_64os|gpt2_64r|gpt2_64or|llama_64r|350m_64r|gpt2_64nb|gpt2_128|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope|head_c)
+  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_64p|gpt2_64os|gpt2_64r|gpt2_64or|llama_64r|350m_64r|gpt2_64k|llama_64k|gpt2_64nb|gpt2_128|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope|head_c|head_k)
     "stage_$1" ;;
   *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac

@@ -7,10 +7,13 @@ step).
 python bench/lm_head.py                                     # CPU: 1024 tokens, GPT-2 width and vocab
 python bench/lm_head.py --device cuda --dtype bfloat16 --tokens 12288 --chunks 0,1024,2048,4096
 python bench/lm_head.py --device cuda --dtype bfloat16 --tokens 16384 --chunks 0 --compile  # as the compiled step
+python bench/lm_head.py --device cuda --dtype bfloat16 --tokens 65536 --chunks 0,16384 --compile --loss_kernel both
 
 ``--compile`` compiles each head + loss as the compiled model's step does (the plain head's loss on logits cast to
 float32, as the model computes it); inductor options come from the environment (e.g.
 TORCHINDUCTOR_ONLINE_SOFTMAX=0: the loss's max and sum in two passes instead of its one-pass online softmax).
+``--loss_kernel``: the chunked head's softmax minus one-hot by its Triton kernel where it applies (CUDA; the
+default), by torch ops (``torch``), or each chunk size both ways (``both``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from common import at_least, int_list  # bench/common.py (scripts run from bench/ or by path)
 
 from gptlab.device import resolve_device
+from gptlab.model import loss_kernel
 from gptlab.model.loss import linear_cross_entropy
 from gptlab.telemetry.memory import live_bytes_timeline
 
@@ -98,17 +102,24 @@ def main() -> None:
     )
     p.add_argument("--iters", type=at_least(1), default=3)
     p.add_argument("--compile", action="store_true", help="torch.compile each head + loss (as the compiled step)")
+    p.add_argument("--loss_kernel", choices=("triton", "torch", "both"), default="triton")
     a = p.parse_args()
     resolve_device(a.device)  # one line for a device that is not here (or misspelt), not torch's RuntimeError
     chunks = a.chunks
     flops = 6 * a.tokens * a.n_embd * a.vocab
     print(f"LM head + cross-entropy: {a.tokens} tokens x {a.n_embd} -> {a.vocab}, {a.dtype} on {a.device}, "
           f"{flops / 1e9:.1f} GFLOP per forward+backward{', compiled' if a.compile else ''}")  # fmt: skip
-    print(f"{'head':>14s} {'ms (median)':>12s} {'GFLOP/s':>9s} {'peak MB':>9s}")
+    print(f"{'head':>20s} {'ms (median)':>12s} {'GFLOP/s':>9s} {'peak MB':>9s}")
+    kernels = ("triton", "torch") if a.loss_kernel == "both" else (a.loss_kernel,)
     for chunk in chunks:
-        r = measure_one(a, chunk)
-        name = "plain" if chunk == 0 else f"chunk {chunk}"
-        print(f"{name:>14s} {r['ms']:12.1f} {flops / r['ms'] / 1e6:9.1f} {r['peak_bytes'] / 1e6:9.1f}")
+        for kernel in kernels if chunk else ("",):
+            loss_kernel.USE_TRITON = kernel != "torch"
+            ran = loss_kernel.triton_kernel_applies(torch.device(a.device), DTYPES[a.dtype])
+            if kernel == "triton" and not ran and len(kernels) == 2:
+                continue  # no kernel here (no CUDA, or no Triton): the torch-ops row says it all
+            r = measure_one(a, chunk)
+            name = "plain" if chunk == 0 else f"chunk {chunk} " + ("Triton" if ran else "torch ops")
+            print(f"{name:>20s} {r['ms']:12.1f} {flops / r['ms'] / 1e6:9.1f} {r['peak_bytes'] / 1e6:9.1f}")
 
 
 if __name__ == "__main__":

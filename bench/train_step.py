@@ -24,6 +24,7 @@ import torch
 from common import add_run_args, at_least, build_trainer, make_steps  # bench/common.py: run from bench/ or by path
 
 from gptlab import parallel
+from gptlab.parallel import PT_DTYPES
 
 
 def _sync(device: torch.device) -> None:
@@ -82,6 +83,14 @@ def profile_steps(step: Any, device: torch.device, steps: int, out_dir: Path, ro
     print(f"trace: {trace}")
 
 
+def loss_kernel_runs(trainer: Any, a: argparse.Namespace) -> bool:
+    """Whether the chunked loss ran its Triton kernel (gptlab.model.loss_kernel) in this run."""
+    from gptlab.model.loss_kernel import triton_kernel_applies
+
+    dtype = PT_DTYPES.get(trainer.dtype, torch.float32)
+    return a.loss_chunk_size > 0 and triton_kernel_applies(trainer.device, dtype)
+
+
 def _percent(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
 
@@ -136,7 +145,9 @@ def main() -> None:
             + "".join(f", inductor {key}={value!r}" for key, value in a.inductor_config)
             + (f", residual stream in {trainer.dtype}" if trainer.raw_model.residual_cast else "")
             + f"), attention={a.attention_backend}, "
-            f"loss_chunk_size={a.loss_chunk_size}, peak memory {peak_gb:.2f} GB "
+            f"loss_chunk_size={a.loss_chunk_size}"
+            + (f" ({'Triton kernel' if loss_kernel_runs(trainer, a) else 'torch ops'})" if a.loss_chunk_size else "")
+            + f", peak memory {peak_gb:.2f} GB "
             + ("(CUDA max allocated)" if cuda_peak is not None else "(process max RSS)")
             + f", planned {planned_gb:.2f} GB"
         )

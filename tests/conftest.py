@@ -3,6 +3,8 @@ architecture grid instead of its pairwise covering subset."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -22,8 +24,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _deterministic() -> None:
+def _deterministic() -> Iterator[None]:
     torch.manual_seed(0)
+    yield
+    # each test's compiles are its own: dynamo keeps 8 per function (ConfigurableGPT.forward across the suite's
+    # models), and past that runs the function eagerly and compiles its callees instead, splitting later
+    # tests' graphs (as gptlab's train() resets before each run)
+    torch.compiler.reset()
 
 
 HUB_SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"

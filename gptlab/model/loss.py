@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -1
+from gptlab.model.loss_kernel import IGNORE_INDEX, softmax_grad_, triton_kernel_applies
 
 
 def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
@@ -78,17 +78,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss_sum = torch.zeros((), device=x.device, dtype=acc)
             grad_x = torch.empty_like(x) if want_x else None
             grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc) if want_w else None
+            kernel = triton_kernel_applies(x.device, dtype)
+            if kernel:  # the kernel reads a target's logit unchecked: a bad target fails here, on the device
+                bad = (targets < IGNORE_INDEX) | (targets >= weight.shape[0])
+                torch._assert_async(~bad.any(), "a target is outside [0, vocab_size) and is not -1")
             for start in range(0, x.shape[0], chunk_size):
                 end = min(start + chunk_size, x.shape[0])
                 xc, tc, vc = x[start:end].to(dtype), safe_targets[start:end], valid[start:end]
-                logits = (xc @ w.t()).to(acc)  # float32 like autocast's cross_entropy
-                chunk_sum, exp, sum_exp = _chunk_loss(logits, tc, vc)
-                loss_sum += chunk_sum
-                # softmax minus one-hot on valid rows (0 on ignored ones), in place: the logits' gradient
-                # before the 1/n_valid factor, in [-1, 1] so that float16 holds it
-                exp.mul_((vc / sum_exp).unsqueeze(1))
-                exp.scatter_add_(1, tc.unsqueeze(1), -vc.to(acc).unsqueeze(1))
-                grad_logits = exp.to(dtype)
+                if kernel:  # one read and one write of the low-precision logits (gptlab.model.loss_kernel)
+                    grad_logits = xc @ w.t()
+                    loss_sum += softmax_grad_(grad_logits, targets[start:end]).sum()
+                else:
+                    logits = (xc @ w.t()).to(acc)  # float32 like autocast's cross_entropy
+                    chunk_sum, exp, sum_exp = _chunk_loss(logits, tc, vc)
+                    loss_sum += chunk_sum
+                    # softmax minus one-hot on valid rows (0 on ignored ones), in place: the logits' gradient
+                    # before the 1/n_valid factor, in [-1, 1] so that float16 holds it
+                    exp.mul_((vc / sum_exp).unsqueeze(1))
+                    exp.scatter_add_(1, tc.unsqueeze(1), -vc.to(acc).unsqueeze(1))
+                    grad_logits = exp.to(dtype)
+                    del logits, exp
                 if grad_x is not None:  # 1/n_valid and the loss scale are applied together in backward
                     grad_x[start:end] = grad_logits @ w
                 if grad_w is not None:
@@ -96,7 +105,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         torch.addmm(grad_w, grad_logits.t(), xc, out=grad_w)  # (addmm_ escapes FlopCounterMode)
                     else:
                         grad_w += grad_logits.t() @ xc  # a low-precision (V, H) product, summed in float32
-                del logits, exp, grad_logits  # before the next chunk's logits exist
+                del grad_logits  # before the next chunk's logits exist
             if grad_w is not None:
                 grad_w.mul_(inv_n)
         ctx.save_for_backward(grad_x, grad_w)

@@ -8,7 +8,8 @@
 - a step that computes gradient statistics makes no host sync either: they reach the host by a
   non-blocking copy into pinned memory, read later, and equal the synchronous read;
 - a CUDA-graph compile mode (``reduce-overhead``) trains, evaluates, checkpoints and samples like eager,
-  with gradient accumulation (2 micro-steps: the preallocated, stable ``.grad`` buffers).
+  with gradient accumulation (2 micro-steps: the preallocated, stable ``.grad`` buffers);
+- the chunked loss's Triton kernel gives the loss and gradients of its torch ops, eager and compiled.
 """
 
 from __future__ import annotations
@@ -170,3 +171,36 @@ def test_compiled_step_matches_eager_in_bf16(preset: str) -> None:
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         cosine = torch.nn.functional.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0)
         assert cosine > 0.999, (name, float(cosine))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_chunked_loss_kernel_matches_torch_ops(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunked loss's Triton kernel (gptlab.model.loss_kernel) on the GPU against the same loss in torch
+    ops (its switch off), eager and compiled, in bf16 autocast: the loss and both gradients; no host sync in
+    the kernel path. (A bad target's device-side assert is checked on the CPU: on a GPU it ends the process's
+    CUDA context, as F.cross_entropy's does.)"""
+    from gptlab.model import loss_kernel
+    from gptlab.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(3000, 256, device="cuda", requires_grad=True)
+    w = (0.05 * torch.randn(5003, 256, device="cuda")).requires_grad_()
+    t = torch.randint(0, 5003, (3000,), device="cuda")
+    t[:7] = -1
+    fn = torch.compile(linear_cross_entropy, fullgraph=True) if compiled else linear_cross_entropy
+    results = []
+    for use_triton in (False, True):
+        monkeypatch.setattr(loss_kernel, "USE_TRITON", use_triton)
+        torch._dynamo.reset()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if use_triton:
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                loss = fn(x, w, t, 1024)
+                grads = torch.autograd.grad(3 * loss, (x, w))
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        results.append((loss.detach(), *grads))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-4)

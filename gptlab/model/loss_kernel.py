@@ -1,0 +1,108 @@
+"""The chunked loss's softmax-minus-one-hot as one Triton kernel on CUDA (``gptlab.model.loss``).
+
+Per chunk, the torch ops of the chunked loss take the (k, V) logits to float32, subtract the row
+maximum, exponentiate, sum, scale, scatter the one-hot and cast back: about eight passes over a
+float32 (k, V) tensor. This kernel reads the low-precision logits a row at a time (a running maximum
+and sum of exponentials in one pass, then a second pass that usually hits the L2 cache) and
+overwrites them in place with softmax minus one-hot (0 on ignored rows): one read and one write of
+the (k, V) matmul output, with no float32 copy. It returns each row's loss (log-sum-exp minus the
+target's logit, 0 where the target is -1) in float32.
+
+It runs where Triton and a CUDA tensor are there; elsewhere (the CPU) ``softmax_grad_`` computes
+the same in torch ops, which is also its reference in the tests. It is a ``torch.library`` custom
+op that mutates the logits, so torch.compile keeps it as one opaque call inside the compiled graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:  # Triton ships with PyTorch's CUDA builds; a CPU install has none, and needs none
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+IGNORE_INDEX = -1
+USE_TRITON = True  # the benchmarks' switch (bench/train_step.py --loss_kernel torch): the torch ops instead
+
+if triton is not None:
+
+    @triton.jit
+    def _softmax_grad_kernel(logits_ptr, row_stride, targets_ptr, losses_ptr, n_cols, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        ptr = logits_ptr + row * row_stride
+        target = tl.load(targets_ptr + row)
+        offsets = tl.arange(0, BLOCK)
+        running_max = float("-inf")
+        running_sum = 0.0
+        for start in range(0, n_cols, BLOCK):
+            cols = start + offsets
+            x = tl.load(ptr + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+            new_max = tl.maximum(running_max, tl.max(x, 0))
+            running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), 0)
+            running_max = new_max
+        lse = running_max + tl.log(running_sum)
+        valid = target != -1  # IGNORE_INDEX (a kernel reads no module globals)
+        target_logit = tl.load(ptr + tl.where(valid, target, 0)).to(tl.float32)
+        tl.store(losses_ptr + row, tl.where(valid, lse - target_logit, 0.0))
+        for start in range(0, n_cols, BLOCK):
+            cols = start + offsets
+            mask = cols < n_cols
+            x = tl.load(ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            grad = tl.exp(x - lse) - tl.where(cols == target, 1.0, 0.0)
+            grad = tl.where(valid, grad, 0.0)
+            tl.store(ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=mask)
+
+
+def triton_kernel_applies(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``softmax_grad_`` runs the Triton kernel for logits of this device and dtype (CUDA; bf16, fp16
+    or fp32)."""
+    return (
+        USE_TRITON
+        and triton is not None
+        and device.type == "cuda"
+        and dtype in (torch.bfloat16, torch.float16, torch.float32)
+    )
+
+
+def _softmax_grad_torch(logits: Tensor, targets: Tensor) -> Tensor:
+    """The kernel's computation in torch ops (float32 arithmetic), in place: its reference and CPU path."""
+    valid = targets != IGNORE_INDEX
+    safe = targets.masked_fill(~valid, 0)
+    work = logits.float()
+    lse = torch.logsumexp(work, dim=1)
+    losses = (lse - work.gather(1, safe.unsqueeze(1)).squeeze(1)) * valid
+    grad = (work - lse.unsqueeze(1)).exp_()
+    grad.scatter_add_(1, safe.unsqueeze(1), -torch.ones_like(lse).unsqueeze(1))
+    grad.mul_(valid.unsqueeze(1))
+    logits.copy_(grad)
+    return losses
+
+
+@torch.library.custom_op("gptlab::softmax_grad_", mutates_args=("logits",))
+def softmax_grad_(logits: Tensor, targets: Tensor) -> Tensor:
+    """Row losses of ``logits`` (N, V) against ``targets`` (N,) int64, -1 ignored; the logits overwritten
+    with softmax minus one-hot (0 on ignored rows). Targets outside [0, V) other than -1 are an error."""
+    if not triton_kernel_applies(logits.device, logits.dtype):
+        return _softmax_grad_torch(logits, targets)
+    n_rows, n_cols = logits.shape
+    losses = torch.empty(n_rows, device=logits.device, dtype=torch.float32)
+    if n_rows:
+        assert logits.stride(1) == 1, "the kernel reads rows of contiguous columns"
+        # a program per row, 8192 columns a step (GPT-2's 50304: 7 steps a pass), as Liger's cross-entropy
+        # kernel sizes its blocks; untuned beyond that (docs/benchmarks.md says what it measured)
+        block = min(8192, triton.next_power_of_2(n_cols))
+        _softmax_grad_kernel[(n_rows,)](
+            logits, logits.stride(0), targets, losses, n_cols, BLOCK=block, num_warps=16 if block >= 4096 else 4
+        )
+    return losses
+
+
+@softmax_grad_.register_fake
+def _(logits: Tensor, targets: Tensor) -> Tensor:
+    return logits.new_empty(logits.shape[0], dtype=torch.float32)
+
+
+__all__ = ["softmax_grad_", "triton_kernel_applies"]
