@@ -44,11 +44,13 @@ With the chunked LM head + loss (``loss_chunk_size`` = k > 0, gptlab.model.loss)
 instead of the head input, the log-softmax and the targets, and the head's weight is cast inside
 the loss, not cached. The transient is the larger of backward's scaled copies of those two and the
 last chunk's forward temporaries: the head input (r*H*N, alive until the loss returns), a chunk's
-float32 logits turned softmax in place (4*k*V) and its c-byte copy (low precision only), the chunk
-input cast (c*k*H) or, in float32, the chunk's input-gradient product (4*k*H); under low precision
-also the weight cast and the (V, H) weight-gradient product (c*V*H each) and the float32 copy of
-that product PyTorch's CPU kernels make for the mixed-dtype accumulation (4*V*H; counted on every
-device, an upper bound on CUDA). Backward's copies are 4*V*H + r*H*N, plus c*V*H under FSDP2 (the
+float32 logits turned softmax in place (4*k*V), the chunk input cast (c*k*H) or, in float32, the
+chunk's input-gradient product (4*k*H); under low precision also the softmax's c-byte copy (c*k*V)
+and the weight cast (c*V*H), and then, the float32 softmax freed, the (V, H) weight-gradient product
+(c*V*H) and the float32 copy of it that PyTorch's CPU kernels make for the mixed-dtype accumulation
+(4*V*H; counted on every device, an upper bound on CUDA): the larger of 4*k*V and those two. On CUDA
+the Triton kernel (gptlab.model.loss_kernel) keeps no float32 softmax at all: the plan is an upper
+bound there. Backward's copies are 4*V*H + r*H*N, plus c*V*H under FSDP2 (the
 weight gradient cast to the gathered weight's dtype). float16 autocast follows the bf16 formulas.
 
 Assumptions: dropout 0 (the presets' value; a mask per dropout site is not counted), batch >= 2
@@ -333,12 +335,13 @@ def estimate_activations(
     loss_chunk = 0
     if chunked:
         k = min(loss_chunk_size, N)
-        loss_chunk = r * H * N + FP32 * k * V
+        loss_chunk = r * H * N
         if autocast:
             cast_weight = c * V * H if weight_copies else 0  # FSDP2 gathers the weight in c already
-            loss_chunk += c * k * V + c * k * H + cast_weight + c * V * H + FP32 * V * H
+            # the float32 softmax is freed once its c-byte copy exists, before the weight-gradient product
+            loss_chunk += c * k * V + c * k * H + cast_weight + max(FP32 * k * V, c * V * H + FP32 * V * H)
         else:
-            loss_chunk += FP32 * k * H
+            loss_chunk += FP32 * k * V + FP32 * k * H
     if config.dropout > 0:
         notes.append("dropout > 0: its masks are not counted")
     # the backward timeline (module docstring, "Moments")

@@ -97,7 +97,7 @@ def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["plan", "gpt2", "--batch_size", "12", "--world_size", "8", "--gpu_memory_gb", "12"]) == 0
     out = capsys.readouterr().out
     assert "none x1: planned peak 13.3 GB per GPU exceeds the device's 12.0 GB" in out
-    assert "--loss_chunk_size=1024 -> 6.6 GB (fits)" in out and "--use_fsdp=True ->" in out
+    assert "--loss_chunk_size=1024 -> 6.4 GB (fits)" in out and "--use_fsdp=True ->" in out
     assert run(["plan", "gpt2", "--batch_size", "12", "--loss_chunk_size", "1024", "--gpu_memory_gb", "80"]) == 0
     out = capsys.readouterr().out
     assert "chunked loss (1024 tokens)" in out and "none x1: fits in 80 GB" in out
