@@ -193,8 +193,9 @@ def test_chunked_loss_kernel_matches_torch_ops(compiled: bool, monkeypatch: pyte
         monkeypatch.setattr(loss_kernel, "USE_TRITON", use_triton)
         torch._dynamo.reset()
         with torch.autocast("cuda", dtype=torch.bfloat16):
+            torch.autograd.grad(fn(x, w, t, 1024), (x, w))  # compiles (inductor's autotuning syncs) and JITs
+            torch.cuda.synchronize()
             if use_triton:
-                torch.cuda.synchronize()
                 torch.cuda.set_sync_debug_mode("error")
             try:
                 loss = fn(x, w, t, 1024)
