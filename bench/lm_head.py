@@ -59,6 +59,8 @@ def measure_one(a: argparse.Namespace, chunk: int) -> dict[str, float]:
             return linear_cross_entropy(x, w, targets, chunk)
         return F.cross_entropy(F.linear(x, w).float(), targets, ignore_index=-1)  # float32, as the model's
 
+    if a.compile:  # each row its own compile: dynamo keeps 8 per function, then runs the rest eagerly
+        torch.compiler.reset()
     loss_of = torch.compile(head_loss) if a.compile else head_loss
 
     def step() -> None:

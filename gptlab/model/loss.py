@@ -10,7 +10,9 @@ gradients with respect to the head's input and weight (softmax minus one-hot, sc
 incoming gradient. So:
 
 - memory: the (N, H) input gradient and a float32 (V, H) weight gradient are kept instead of
-  the (N, V) tensors; a chunk's temporaries are 4 (float32) to 6 (bf16/fp16) bytes x ``chunk_size * V``;
+  the (N, V) tensors; a chunk's temporaries are 4 (float32) to 6 (bf16/fp16) bytes x ``chunk_size * V``
+  (on CUDA, the matmul dtype's 2 or 4: softmax minus one-hot is one Triton kernel that overwrites the
+  chunk's logits in place, gptlab.model.loss_kernel);
 - FLOPs: exactly the plain step's (2NHV forward, 4NHV for the two gradient matmuls), no
   recomputation, so MFU and HFU are unchanged;
 - numerics: the same low-precision matmuls as autocast plus a float32 cross-entropy. The
@@ -78,10 +80,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss_sum = torch.zeros((), device=x.device, dtype=acc)
             grad_x = torch.empty_like(x) if want_x else None
             grad_w = torch.zeros(weight.shape, device=weight.device, dtype=acc) if want_w else None
-            kernel = triton_kernel_applies(x.device, dtype)
-            if kernel:  # the kernel reads a target's logit unchecked: a bad target fails here, on the device
-                bad = (targets < IGNORE_INDEX) | (targets >= weight.shape[0])
-                torch._assert_async(~bad.any(), "a target is outside [0, vocab_size) and is not -1")
+            kernel = triton_kernel_applies(x.device, dtype)  # (which checks each chunk's targets on the device)
             for start in range(0, x.shape[0], chunk_size):
                 end = min(start + chunk_size, x.shape[0])
                 xc, tc, vc = x[start:end].to(dtype), safe_targets[start:end], valid[start:end]

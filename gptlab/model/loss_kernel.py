@@ -15,6 +15,8 @@ op that mutates the logits, so torch.compile keeps it as one opaque call inside 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -34,6 +36,10 @@ if triton is not None:
         row = tl.program_id(0).to(tl.int64)
         ptr = logits_ptr + row * row_stride
         target = tl.load(targets_ptr + row)
+        valid = target != -1  # IGNORE_INDEX (a kernel reads no module globals)
+        # read before any store: the second pass overwrites the row in place, and no barrier orders another
+        # warp's store to the target's column after this load (Liger's kernel reads it first too)
+        target_logit = tl.load(ptr + tl.where(valid, target, 0)).to(tl.float32)
         offsets = tl.arange(0, BLOCK)
         running_max = float("-inf")
         running_sum = 0.0
@@ -44,8 +50,6 @@ if triton is not None:
             running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), 0)
             running_max = new_max
         lse = running_max + tl.log(running_sum)
-        valid = target != -1  # IGNORE_INDEX (a kernel reads no module globals)
-        target_logit = tl.load(ptr + tl.where(valid, target, 0)).to(tl.float32)
         tl.store(losses_ptr + row, tl.where(valid, lse - target_logit, 0.0))
         for start in range(0, n_cols, BLOCK):
             cols = start + offsets
@@ -54,6 +58,12 @@ if triton is not None:
             grad = tl.exp(x - lse) - tl.where(cols == target, 1.0, 0.0)
             grad = tl.where(valid, grad, 0.0)
             tl.store(ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=mask)
+
+
+@functools.cache
+def _triton_compiles_for(device_index: int) -> bool:
+    """Triton builds for Volta (compute capability 7.0) and later, as torch's own ``has_triton`` requires."""
+    return torch.cuda.get_device_capability(device_index)[0] >= 7
 
 
 def triton_kernel_applies(device: torch.device, dtype: torch.dtype) -> bool:
@@ -84,10 +94,16 @@ def _softmax_grad_torch(logits: Tensor, targets: Tensor) -> Tensor:
 @torch.library.custom_op("gptlab::softmax_grad_", mutates_args=("logits",))
 def softmax_grad_(logits: Tensor, targets: Tensor) -> Tensor:
     """Row losses of ``logits`` (N, V) against ``targets`` (N,) int64, -1 ignored; the logits overwritten
-    with softmax minus one-hot (0 on ignored rows). Targets outside [0, V) other than -1 are an error."""
-    if not triton_kernel_applies(logits.device, logits.dtype):
-        return _softmax_grad_torch(logits, targets)
+    with softmax minus one-hot (0 on ignored rows). Targets outside [0, V) other than -1 are an error: checked
+    on the device (no sync) before the kernel, which would read past its row. Before Volta: the torch ops."""
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets of shape {tuple(targets.shape)} for logits of shape {tuple(logits.shape)}")
     n_rows, n_cols = logits.shape
+    bad = (targets < IGNORE_INDEX) | (targets >= n_cols)
+    torch._assert_async(~bad.any(), "a target is outside [0, vocab_size) and is not -1")
+    if not triton_kernel_applies(logits.device, logits.dtype) or not _triton_compiles_for(logits.device.index or 0):
+        return _softmax_grad_torch(logits, targets)
+    targets = targets.contiguous()  # the kernel steps through them one by one (a slice t[::2] is strided)
     losses = torch.empty(n_rows, device=logits.device, dtype=torch.float32)
     if n_rows:
         assert logits.stride(1) == 1, "the kernel reads rows of contiguous columns"

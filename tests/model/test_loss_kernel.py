@@ -70,13 +70,19 @@ def test_kernel_matches_the_reference_in_the_interpreter(tmp_path: Path) -> None
                 torch.testing.assert_close(logits.float(), want_grad.float(), rtol=0, atol=ulp)
                 assert got[2] == 0 and bool((logits[2] == 0).all())
         # the op's own launch (block size, warps) on these CPU tensors: as if on CUDA
-        lk.triton_kernel_applies = lambda device, dtype: True
+        lk.triton_kernel_applies = lk._triton_compiles_for = lambda *_: True
         logits = torch.randn(3, 9000, generator=gen).to(torch.bfloat16)  # two blocks of 8192 columns
         targets = torch.tensor([5, -1, 8999])
         want_grad = logits.clone()
         want = lk._softmax_grad_torch(want_grad, targets)
         torch.testing.assert_close(lk.softmax_grad_(logits, targets), want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(logits.float(), want_grad.float(), rtol=0, atol=8e-3)
+        strided = torch.tensor([5, 0, -1, 0, 8999, 0])[::2]  # a slice's targets: stride 2
+        logits = torch.randn(3, 9000, generator=gen)
+        want_grad = logits.clone()
+        want = lk._softmax_grad_torch(want_grad, strided.contiguous())
+        torch.testing.assert_close(lk.softmax_grad_(logits, strided), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits, want_grad, rtol=0, atol=1e-6)
         print("ok")
         """
     )
@@ -132,6 +138,14 @@ def test_kernel_path_checks_targets_and_ignores_like_cross_entropy(kernel_path: 
     with pytest.raises(RuntimeError, match="outside"):
         linear_cross_entropy(x, w, torch.tensor([0, -2, 2, 3]), 4)
     assert torch.isnan(linear_cross_entropy(x, w, torch.full((4,), -1), 4))
+
+
+def test_the_op_checks_its_targets() -> None:
+    """Called directly too: a target outside [0, V) that is not -1, or targets of the wrong shape, fail."""
+    with pytest.raises(RuntimeError, match="outside"):
+        softmax_grad_(torch.randn(2, 5), torch.tensor([1, 5]))
+    with pytest.raises(ValueError, match="targets of shape"):
+        softmax_grad_(torch.randn(2, 5), torch.tensor([1, 2, 3]))
 
 
 def test_kernel_path_compiles_as_one_graph(kernel_path: list[int]) -> None:
