@@ -11,8 +11,8 @@ incoming gradient. So:
 
 - memory: the (N, H) input gradient and a float32 (V, H) weight gradient are kept instead of
   the (N, V) tensors; a chunk's temporaries are 4 (float32) to 6 (bf16/fp16) bytes x ``chunk_size * V``
-  (on CUDA, the matmul dtype's 2 or 4: softmax minus one-hot is one Triton kernel that overwrites the
-  chunk's logits in place, gptlab.model.loss_kernel);
+  (with gptlab.model.loss_kernel's Triton kernel on CUDA, the matmul dtype's 2 or 4: softmax minus one-hot
+  overwrites the chunk's logits in place; the kernel is off until a GPU has run it);
 - FLOPs: exactly the plain step's (2NHV forward, 4NHV for the two gradient matmuls), no
   recomputation, so MFU and HFU are unchanged;
 - numerics: the same low-precision matmuls as autocast plus a float32 cross-entropy. The

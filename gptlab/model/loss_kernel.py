@@ -8,8 +8,9 @@ overwrites them in place with softmax minus one-hot (0 on ignored rows): one rea
 the (k, V) matmul output, with no float32 copy. It returns each row's loss (log-sum-exp minus the
 target's logit, 0 where the target is -1) in float32.
 
-It runs where Triton and a CUDA tensor are there; elsewhere (the CPU) ``softmax_grad_`` computes
-the same in torch ops, which is also its reference in the tests. It is a ``torch.library`` custom
+It runs where ``USE_TRITON`` is set (off in training until a GPU has run it), Triton is there and the
+tensor is on a CUDA device of compute capability 7.0 or later; elsewhere ``softmax_grad_`` computes the
+same in torch ops, which is also its reference in the tests. It is a ``torch.library`` custom
 op that mutates the logits, so torch.compile keeps it as one opaque call inside the compiled graph.
 """
 
@@ -27,7 +28,9 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 IGNORE_INDEX = -1
-USE_TRITON = True  # the benchmarks' switch (bench/train_step.py --loss_kernel torch): the torch ops instead
+# Off in training until a GPU run has checked it (tests/train/test_cuda.py) and measured it (docs/benchmarks.md):
+# the kernel has run only under Triton's CPU interpreter so far. The benchmarks turn it on (--loss_kernel).
+USE_TRITON = False
 
 if triton is not None:
 
