@@ -43,7 +43,7 @@ optimizer's temporaries (the CUDA AdamW from ``configure_optimizers`` is fused a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gptlab.config.model import ModelArchitectureConfig
@@ -298,6 +298,9 @@ def fit_advice(
         if peak < plan.mode.peak:  # checkpointing a single layer, say, keeps more than it frees
             ideas.append(f"{flag} -> {peak / 1e9:.1f} GB" + (" (fits)" if peak <= budget else ""))
             helpful.append((flag, change))
+    shorter = _shorter_context(config, budget, plan_kwargs)
+    if shorter is not None:  # an idea alone (not combined with the others: it changes the model's context)
+        ideas.append(shorter)
     capacity = capacity or f"the device's {device_bytes / 1e9:.1f} GB"
     together = "" if any(idea.endswith("(fits)") for idea in ideas) else _together(config, budget, helpful, plan_kwargs)
     options = "each alone: " + "; ".join(ideas) if ideas else "none of the settings gptlab plans lowers it"
@@ -309,6 +312,26 @@ def fit_advice(
         )
     return (f"planned peak {plan.mode.peak / 1e9:.1f} GB per {per} exceeds {capacity} "
             f"(less 5% headroom); expect an out-of-memory error. Options, {options}")  # fmt: skip
+
+
+LONG_CONTEXT = 2048  # above this many positions a run's sequence length is offered as a memory remedy
+
+
+def _shorter_context(config: ModelArchitectureConfig, budget: float, plan_kwargs: dict) -> str | None:
+    """For a long context (a Hugging Face config.json brings 8k to 128k positions; train.py trains on all of
+    them): the longest halving of ``block_size``, down to 1024, whose plan fits, else the 1024 one's peak. A
+    fine-tune on shorter blocks crops the loaded model, as nanoGPT does. None for a context of 2048 or less."""
+    seq_len = plan_kwargs.get("seq_len") or config.block_size
+    if seq_len <= LONG_CONTEXT:
+        return None
+    length, peak = seq_len, math.inf
+    while length > 1024 and peak > budget:
+        length //= 2
+        shorter = replace(config, block_size=max(length, 1024))
+        peak = plan_memory(shorter, **{**plan_kwargs, "seq_len": shorter.block_size}).mode.peak
+        length = shorter.block_size
+    return (f"--block_size={length} (a shorter context; a fine-tune crops the model) -> {peak / 1e9:.1f} GB"
+            + (" (fits)" if peak <= budget else ""))  # fmt: skip
 
 
 def _together(

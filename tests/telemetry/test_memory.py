@@ -217,6 +217,26 @@ def test_fit_advice_combines_the_settings_when_none_alone_fits() -> None:
     )
 
 
+def test_fit_advice_offers_a_shorter_context_for_a_long_one() -> None:
+    """A Hugging Face config.json's 128k positions, trained at full length: the advice names the longest halved
+    --block_size that fits (re-planned with the shorter model); GPT-2's 1024 is never offered one."""
+    cfg = get_preset_config("llama", n_layer=4, n_embd=512, n_head=8, block_size=131072, vocab_size=32000)
+    kwargs = dict(batch_size=4, dtype="bfloat16")
+    advice = fit_advice(cfg, 24 * 10**9, **kwargs)
+    found = re.search(r"--block_size=(\d+) \(a shorter context; a fine-tune crops the model\) -> ([\d.]+) GB \(fits\)",
+                      advice or "")  # fmt: skip
+    assert found is not None, advice
+    length = int(found[1])
+    fits = plan_memory(get_preset_config("llama", n_layer=4, n_embd=512, n_head=8, block_size=length,
+                                         vocab_size=32000), **kwargs).mode.peak  # fmt: skip
+    assert fits <= 0.95 * 24 * 10**9 and f"{fits / 1e9:.1f}" == found[2]
+    longer = get_preset_config("llama", n_layer=4, n_embd=512, n_head=8, block_size=2 * length, vocab_size=32000)
+    assert plan_memory(longer, **kwargs).mode.peak > 0.95 * 24 * 10**9  # the longest that fits
+    with pytest.raises(ConfigError, match=r"cannot fit .*--block_size=\d+ .*\(fits\)"):  # and before building it
+        fit_advice(cfg, 24 * 10**9, refuse_above=2.0, **kwargs)
+    assert "--block_size" not in (fit_advice(get_preset_config("gpt2"), 12 * 10**9, batch_size=12) or "")
+
+
 def test_fit_advice_offers_only_what_lowers_the_peak() -> None:
     """One layer with the chunked loss on: checkpointing keeps the block's input and recomputes the block,
     more than it frees, so it is not offered as a remedy; half the micro-batch is."""
