@@ -46,7 +46,6 @@ from gptlab.plugins import (
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-RESIDUAL_DTYPES = DTYPES
 LR_SCHEDULES = ("cosine", "constant", "wsd")
 LOG_STYLES = ("detailed", "compact")
 NAN_POLICIES = ("stop", "skip")
@@ -154,7 +153,7 @@ class TrainConfig:
         choices = {
             "device": DEVICES,
             "dtype": DTYPES,
-            "residual_dtype": RESIDUAL_DTYPES,
+            "residual_dtype": DTYPES,
             "lr_schedule": LR_SCHEDULES,
             "log_style": LOG_STYLES,
             "nan_policy": NAN_POLICIES,

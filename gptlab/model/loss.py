@@ -34,7 +34,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gptlab.model.loss_kernel import IGNORE_INDEX, softmax_grad_, triton_kernel_applies
+from gptlab.model.loss_kernel import (
+    IGNORE_INDEX,
+    row_losses_,
+    softmax_grad_,
+    softmax_grad_torch_,
+    triton_kernel_applies,
+)
 
 
 def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
@@ -49,18 +55,6 @@ def loss_dtype(dtype: torch.dtype) -> torch.dtype:
     """The loss's arithmetic: float32 for bf16/fp16/fp32 logits (as autocast's cross_entropy), float64 for a
     float64 model (a gradcheck's), never narrower than the logits."""
     return torch.promote_types(dtype, torch.float32)
-
-
-def _chunk_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(summed loss over the chunk's valid rows, unnormalised softmax, its row sums) from float32
-    logits, which are overwritten: exp(logits - row max) in place keeps one (k, V) tensor alive.
-    ``targets`` are the chunk's with ignored ones replaced by 0 (``valid`` masks them out)."""
-    target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
-    row_max = logits.amax(dim=1, keepdim=True)
-    exp = logits.sub_(row_max).exp_()
-    sum_exp = exp.sum(dim=1)
-    lse = row_max.squeeze(1) + sum_exp.log()
-    return ((lse - target_logit) * valid).sum(), exp, sum_exp
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -87,16 +81,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if kernel:  # one read and one write of the low-precision logits (gptlab.model.loss_kernel)
                     grad_logits = xc @ w.t()
                     loss_sum += softmax_grad_(grad_logits, targets[start:end]).sum()
-                else:
+                else:  # the same in torch ops: the logits' gradient before the 1/n_valid factor, in place
                     logits = (xc @ w.t()).to(acc)  # float32 like autocast's cross_entropy
-                    chunk_sum, exp, sum_exp = _chunk_loss(logits, tc, vc)
-                    loss_sum += chunk_sum
-                    # softmax minus one-hot on valid rows (0 on ignored ones), in place: the logits' gradient
-                    # before the 1/n_valid factor, in [-1, 1] so that float16 holds it
-                    exp.mul_((vc / sum_exp).unsqueeze(1))
-                    exp.scatter_add_(1, tc.unsqueeze(1), -vc.to(acc).unsqueeze(1))
-                    grad_logits = exp.to(dtype)
-                    del logits, exp
+                    loss_sum += softmax_grad_torch_(logits, tc, vc).sum()
+                    grad_logits = logits.to(dtype)
+                    del logits  # the float32 softmax, before the weight-gradient product
                 if grad_x is not None:  # 1/n_valid and the loss scale are applied together in backward
                     grad_x[start:end] = grad_logits @ w
                 if grad_w is not None:
@@ -144,7 +133,7 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, chunk_size:
             for start in range(0, x2d.shape[0], chunk_size):
                 end = start + chunk_size
                 logits = (x2d[start:end].to(dtype) @ w.t()).to(acc)
-                total += _chunk_loss(logits, safe_targets[start:end], valid[start:end])[0]
+                total += row_losses_(logits, safe_targets[start:end], valid[start:end])[0].sum()
             return total / valid.sum()
 
 

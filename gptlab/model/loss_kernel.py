@@ -80,17 +80,33 @@ def triton_kernel_applies(device: torch.device, dtype: torch.dtype) -> bool:
     )
 
 
+def row_losses_(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(each row's loss, 0 where not ``valid``; exp(logits - row max); its row sums) from float logits, which
+    are overwritten: the exponentials take the logits' place, so one (k, V) tensor stays alive. ``targets``
+    have the ignored ones replaced by 0."""
+    target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    row_max = logits.amax(dim=1, keepdim=True)
+    exp = logits.sub_(row_max).exp_()
+    sum_exp = exp.sum(dim=1)
+    return (row_max.squeeze(1) + sum_exp.log() - target_logit) * valid, exp, sum_exp
+
+
+def softmax_grad_torch_(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """The kernel's computation in torch ops on float logits (``row_losses_``'s arguments), overwritten with
+    softmax minus one-hot, 0 on rows not ``valid``: in [-1, 1], so that float16 holds it. The row losses. The
+    chunked loss's path where the kernel does not run, and the kernel's reference."""
+    losses, exp, sum_exp = row_losses_(logits, targets, valid)
+    exp.mul_((valid / sum_exp).unsqueeze(1))
+    exp.scatter_add_(1, targets.unsqueeze(1), -valid.to(exp.dtype).unsqueeze(1))
+    return losses
+
+
 def _softmax_grad_torch(logits: Tensor, targets: Tensor) -> Tensor:
-    """The kernel's computation in torch ops (float32 arithmetic), in place: its reference and CPU path."""
+    """``softmax_grad_`` in torch ops (float32 arithmetic), in place: where the kernel does not run."""
     valid = targets != IGNORE_INDEX
-    safe = targets.masked_fill(~valid, 0)
-    work = logits.float()
-    lse = torch.logsumexp(work, dim=1)
-    losses = (lse - work.gather(1, safe.unsqueeze(1)).squeeze(1)) * valid
-    grad = (work - lse.unsqueeze(1)).exp_()
-    grad.scatter_add_(1, safe.unsqueeze(1), -torch.ones_like(lse).unsqueeze(1))
-    grad.mul_(valid.unsqueeze(1))
-    logits.copy_(grad)
+    work = logits.float()  # a float32 copy of low-precision logits (float32 ones themselves)
+    losses = softmax_grad_torch_(work, targets.masked_fill(~valid, 0), valid)
+    logits.copy_(work)
     return losses
 
 

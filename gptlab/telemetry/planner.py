@@ -326,10 +326,8 @@ def _shorter_context(config: ModelArchitectureConfig, budget: float, plan_kwargs
         return None
     length, peak = seq_len, math.inf
     while length > 1024 and peak > budget:
-        length //= 2
-        shorter = replace(config, block_size=max(length, 1024))
-        peak = plan_memory(shorter, **{**plan_kwargs, "seq_len": shorter.block_size}).mode.peak
-        length = shorter.block_size
+        length = max(length // 2, 1024)
+        peak = plan_memory(replace(config, block_size=length), **{**plan_kwargs, "seq_len": length}).mode.peak
     return (f"--block_size={length} (a shorter context; a fine-tune crops the model) -> {peak / 1e9:.1f} GB"
             + (" (fits)" if peak <= budget else ""))  # fmt: skip
 

@@ -242,7 +242,7 @@ class Trainer:
         self.device, self.mode = self.dist.device, self.dist.mode
         self.world_size, self.rank, self.master = self.dist.world_size, self.dist.rank, self.dist.master
         # before data, plan and model: a dtype resolved from 'auto' that refuses residual_dtype fails at once
-        self._residual_cast = residual_stream_cast(cfg.residual_dtype, self.dtype, self.mode)
+        residual_cast = residual_stream_cast(cfg.residual_dtype, self.dtype, self.mode)
         # nanoGPT's meaning: gradient_accumulation_steps counts micro-batches of the global step,
         # shared out over the ranks (the global batch stays the knob under any world size)
         # (an evaluation takes no training step: eval_only evaluates whatever the checkpoint's batch was)
@@ -361,7 +361,7 @@ class Trainer:
         scatter = pretrained is None and parallel.init_on_rank0(cfg, self.dist)
         full_state = self._build_model(self.arch, ckpt, pretrained, on_meta=scatter and not self.master)
         self.model.loss_chunk_size = cfg.loss_chunk_size
-        self.model.residual_cast = self._residual_cast
+        self.model.residual_cast = residual_cast
         self.start_iter = self.iter_num
 
         # ---- model, optimizer, precision: build, then wrap (activation checkpointing, compile, FSDP or DDP)
