@@ -60,11 +60,15 @@ class TransformerBlock(nn.Module):
         return self._layer(x, pos)
 
     def _layer(self, x: Tensor, pos: PositionContext) -> Tensor:
+        # the stream leaves in the dtype it came in: a bf16 stream under autocast (residual_cast) would otherwise
+        # turn float32 at a post-norm block's norm (RMSNorm's float32 weight times its output; autocast's
+        # float32 LayerNorm on CUDA). A no-op for every other stream.
+        dtype = x.dtype
         if self.pre_norm:
             x = x + self.attn(self.norm_1(x), pos)
-            return x + self.ffn(self.norm_2(x))
-        x = self.norm_1(x + self.attn(x, pos))
-        return self.norm_2(x + self.ffn(x))
+            return (x + self.ffn(self.norm_2(x))).to(dtype)
+        x = self.norm_1(x + self.attn(x, pos)).to(dtype)
+        return self.norm_2(x + self.ffn(x)).to(dtype)
 
 
 def _sampling_args(max_new_tokens: Any, temperature: Any, top_k: Any) -> tuple[Any, Any, Any]:

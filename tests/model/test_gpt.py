@@ -129,6 +129,22 @@ def test_residual_cast_keeps_the_stream_in_the_autocast_dtype(compiled: bool) ->
         assert grads == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
 
 
+@pytest.mark.parametrize(("preset", "norm_position"), [("llama", "post"), ("gpt2", "post"), ("llama", "pre")])
+def test_residual_cast_holds_after_every_block(preset: str, norm_position: str) -> None:
+    """A post-norm block's output is its norm's: RMSNorm's float32 weight times its bf16 output (and, on CUDA,
+    autocast's float32 LayerNorm) promoted the stream back to float32 after the first block, though the run
+    said "residual stream in bfloat16". Every block now reads and returns the autocast dtype."""
+    model = ConfigurableGPT(get_debug_config(preset, n_layer=3, norm_position=norm_position))
+    model.residual_cast = True
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _m, args, y: seen.append((args[0].dtype, y.dtype)))
+    x = torch.randint(0, 256, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x, x)[1].backward()
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * 3
+
+
 def test_loss_without_logits_gives_no_logits_gradient_to_compiled_backward() -> None:
     """``return_logits=False`` (the training step's): the same loss and gradients, and under torch.compile the
     backward graph takes no (B, T, vocab) gradient for a logits output (with logits returned it does: AOTAutograd
