@@ -7,6 +7,12 @@ activations. With N = batch x seq tokens, H = n_embd, D = FFN width, V = vocab, 
 c = compute bytes (4 for float32, 2 under bf16/fp16 autocast), r = 4 (the residual stream stays
 float32 under autocast because the embeddings and master weights are float32):
 
+(``residual_cast``, TrainConfig.residual_dtype: the stream in c bytes under autocast. Its gradients and a
+checkpointed block's input take c; a norm's saved input c on the CPU, whose autocast leaves LayerNorm alone
+(its bf16 output then shared by the matmuls it feeds), and 4 on CUDA, whose autocast copies LayerNorm's input
+to float32; RMSNorm's ``normed`` c; a post-norm block's matmuls read the c-byte stream. Equal to the byte on
+the CPU, tests/telemetry/test_activations.py.)
+
 - Linear: its input (the weight is a parameter, or under autocast a cached low-precision copy,
   counted once per weight in ``weight_copies``). Under autocast a float32 input is cast per
   consumer (a gated FFN casts its input twice; RoPE's three QKV products share one explicit cast);
@@ -224,13 +230,16 @@ def estimate_activations(
     device_type: str = "cuda",
     weight_copies: bool = True,
     loss_chunk_size: int = 0,
+    residual_cast: bool = False,
 ) -> ActivationEstimate:
     """Bytes autograd saves in one forward of ``batch_size`` sequences (see the module docstring).
 
     ``dtype`` is the autocast dtype ('float32' for none); ``device_type`` matters only for the
     manual backend under autocast and LayerNorm's statistics in a low-precision model;
     ``weight_copies=False`` for FSDP2 with a mixed-precision policy;
-    ``loss_chunk_size`` > 0 for the chunked LM head + loss (TrainConfig.loss_chunk_size).
+    ``loss_chunk_size`` > 0 for the chunked LM head + loss (TrainConfig.loss_chunk_size);
+    ``residual_cast`` for a residual stream in the autocast dtype (TrainConfig.residual_dtype; no effect
+    without autocast or under FSDP2's policy, whose stream is in that dtype already).
     """
     B = int(batch_size)
     T = config.block_size if seq_len is None else int(seq_len)
@@ -242,22 +251,33 @@ def estimate_activations(
     # FSDP2's mixed-precision policy (weight_copies=False) runs the model itself in the compute dtype, the
     # embeddings, residual stream and norms included; autocast keeps those in float32
     model_cast = autocast and not weight_copies
-    r = c if model_cast else FP32  # residual stream
+    r = c if model_cast else FP32  # the norms' float32 outputs under autocast; the residual stream but for:
+    residual_cast = autocast and not model_cast and residual_cast
+    stream = c if residual_cast else r  # the residual stream (and its gradient): autocast's dtype when cast
+    layernorm = config.normalization in ("layernorm", "layernorm_nobias")
+    # CUDA's autocast computes LayerNorm in float32 (a float32 copy of a low-precision input, a float32 output);
+    # the CPU's leaves it to the input's dtype. RMSNorm computes in float32 (``x.float()``) and its float32 weight
+    # makes the output float32.
+    low_norm_output = residual_cast and layernorm and device_type == "cpu"
+    post_norm = config.norm_position == "post"  # each block's matmuls read the stream (or its cast), not a norm's
+    low_block_input = low_norm_output or (residual_cast and post_norm)
     backend = attention_backend or config.attention_backend
     notes: list[str] = []
 
-    def matmul_input(consumers: int) -> int:
-        # float32, or a model already in the compute dtype: the consumers share the tensor; autocast: each
-        # Linear saves its own cast copy
-        return consumers * c * H * N if autocast and not model_cast else r * H * N
+    def matmul_input(consumers: int, low: bool = low_block_input) -> int:
+        # float32, or a tensor already in the compute dtype: the consumers share it; autocast of a float32 tensor:
+        # each Linear saves its own cast copy
+        return consumers * c * H * N if autocast and not model_cast and not low else (c if low else r) * H * N
 
     # what one norm saves (every norm of the model is the same kind)
-    if config.normalization in ("layernorm", "layernorm_nobias"):
+    if layernorm:
         # mean and rstd: float32, except PyTorch's CPU kernel on a low-precision model (FSDP2's) keeps its dtype
         stats = c if model_cast and device_type == "cpu" else FP32
-        norm_saved = r * H * N + 2 * stats * N  # input, mean, rstd
+        norm_input = stream if device_type == "cpu" else r  # CUDA autocast's float32 copy of a cast stream
+        norm_saved = norm_input * H * N + 2 * stats * N  # input, mean, rstd
     elif config.normalization == "rmsnorm":
-        norm_saved = r * H * N + FP32 * N + FP32 * H * N  # input, rstd, float32 normed
+        # input (its float32 copy for a cast stream), rstd, ``normed`` (float32, or cast to the stream's dtype)
+        norm_saved = r * H * N + FP32 * N + (c if residual_cast else FP32) * H * N
     else:
         notes.append(f"normalization={config.normalization!r} assumed to save its input and output")
         norm_saved = r * H * N + FP32 * H * N
@@ -304,6 +324,8 @@ def estimate_activations(
     layer.update(_ffn_saved(config, c, N, matmul_input, notes))
 
     chunked = loss_chunk_size > 0
+    low_head_input = low_norm_output if config.final_norm else residual_cast
+    head_input = (c if low_head_input else r) * H * N  # the final norm's output, or the stream
     other: dict[str, int] = {"token_ids": INDEX_BYTES * N}
     if not chunked:  # the ids, plus nll_loss's float32 total-weight scalar
         other["targets"] = INDEX_BYTES * N + FP32
@@ -317,10 +339,10 @@ def estimate_activations(
     if config.final_norm:
         other["final_norm"] = norm_saved
     if chunked:
-        other["lm_head_grad_input"] = r * H * N
+        other["lm_head_grad_input"] = head_input
         other["lm_head_grad_weight"] = FP32 * V * H
     else:
-        other["lm_head_input"] = matmul_input(1)
+        other["lm_head_input"] = matmul_input(1, low_head_input)
         other["log_softmax"] = FP32 * V * N
     ffn_copies = 0
     # each Linear's weight, cast once per forward (autocast caches it; under RoPE the QKV weight's three slices,
@@ -335,7 +357,7 @@ def estimate_activations(
     loss_chunk = 0
     if chunked:
         k = min(loss_chunk_size, N)
-        loss_chunk = r * H * N
+        loss_chunk = head_input
         if autocast:
             cast_weight = c * V * H if weight_copies else 0  # FSDP2 gathers the weight in c already
             # the float32 softmax is freed once its c-byte copy exists, before the weight-gradient product
@@ -359,8 +381,8 @@ def estimate_activations(
         other=other,
         n_layer=config.n_layer,
         activation_checkpointing=activation_checkpointing,
-        checkpoint_input_bytes=r * H * N,
-        loss_backward_bytes=_chunked_loss_backward(V, H, N, r, c, weight_copies) if chunked else 2 * FP32 * V * N,
+        checkpoint_input_bytes=stream * H * N,
+        loss_backward_bytes=_chunked_loss_backward(V, H, head_input, c, weight_copies) if chunked else 2 * FP32 * V * N,
         notes=notes,
         loss_chunk_bytes=loss_chunk,
         logits_bytes=0 if chunked else c * V * N + (FP32 * V * N if autocast else 0),
@@ -368,7 +390,7 @@ def estimate_activations(
         ffn_saved_bytes=layer["ffn_input"] + layer["ffn_hidden"] + layer["norms"] // 2 + ffn_copies,
         ffn_backward_bytes=ffn_backward,
         attention_backward_bytes=attention_backward,
-        residual_grad_bytes=r * H * N,
+        residual_grad_bytes=stream * H * N,
         logits_grad_bytes=0 if chunked else FP32 * V * N,
         head_grad_bytes=FP32 * V * H,
         embedding_backward_bytes=r * H * N
@@ -376,11 +398,12 @@ def estimate_activations(
     )
 
 
-def _chunked_loss_backward(V: int, H: int, N: int, r: int, c: int, weight_copies: bool) -> int:
-    """The chunked loss's backward: the stored gradients times the incoming one (float32 (V, H), r-byte
-    (N, H)), plus, for FSDP2's low-precision gathered weight, that gradient's cast to its dtype."""
+def _chunked_loss_backward(V: int, H: int, head_input: int, c: int, weight_copies: bool) -> int:
+    """The chunked loss's backward: the stored gradients times the incoming one (float32 (V, H), and the head
+    input's (N, H) of ``head_input`` bytes), plus, for FSDP2's low-precision gathered weight, that gradient's
+    cast to its dtype."""
     cast_back = c * V * H if (c < FP32 and not weight_copies) else 0
-    return FP32 * V * H + r * H * N + cast_back
+    return FP32 * V * H + head_input + cast_back
 
 
 def _gated(config: ModelArchitectureConfig) -> bool:

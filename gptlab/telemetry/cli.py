@@ -27,7 +27,12 @@ DEFAULT_MFU = 0.4  # the throughput estimate's assumed utilisation
 
 # What a plan assumes when neither an option nor a config file says otherwise.
 OPTION_DEFAULTS: dict[str, Any] = dict(
-    activation_checkpointing=False, dtype="bfloat16", batch_size=12, grad_accum_steps=1, loss_chunk_size=0
+    activation_checkpointing=False,
+    dtype="bfloat16",
+    batch_size=12,
+    grad_accum_steps=1,
+    loss_chunk_size=0,
+    residual_dtype="auto",
 )
 
 
@@ -64,6 +69,7 @@ def _fill_options(args: argparse.Namespace, file_values: dict[str, Any]) -> None
         "dtype": dtype if dtype != "auto" else "float32" if getattr(args, "device_type", None) == "cpu" else None,
         "batch_size": file_values.get("batch_size"),
         "loss_chunk_size": file_values.get("loss_chunk_size"),
+        "residual_dtype": file_values.get("residual_dtype"),
         "grad_accum_steps": None if not isinstance(accum, int) else max(1, accum // world),
     }
     # train.py on one GPU runs all of a config file's micro-steps: the plan's 'none x1' column does too
@@ -90,6 +96,18 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"loss_chunk_size={args.loss_chunk_size} is invalid: expected 0 (plain logits) or a positive integer"
         )
+    if hasattr(args, "residual_dtype"):
+        residual_cast(args)
+
+
+def residual_cast(args: argparse.Namespace) -> bool:
+    """Whether the plan's residual stream is in the autocast dtype (--residual_dtype, as training checks it: one
+    line for a value the run's dtype refuses). Under FSDP2's policy the stream is in that dtype anyway."""
+    from gptlab.config.train import DTYPES, residual_stream_cast
+
+    if args.residual_dtype not in DTYPES:
+        raise unknown_choice("residual_dtype", args.residual_dtype, DTYPES)
+    return residual_stream_cast(args.residual_dtype, args.dtype, "none")
 
 
 def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelArchitectureConfig:
@@ -257,6 +275,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         grad_accum_steps=args.grad_accum_steps,
         device_type=args.device_type,
         loss_chunk_size=args.loss_chunk_size,
+        residual_cast=residual_cast(args),
     )
     plans = plan_all_modes(config, world_size=args.world_size, **common)
     single_accum = getattr(args, "single_gpu_accum_steps", None)
@@ -270,7 +289,8 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     unit, scale = ("GB", GB) if max(p.mode.total for p in plans.values()) >= 0.01 * GB else ("MB", 1e6)
     print(f"\nmemory per GPU in {unit} (1{'e9' if unit == 'GB' else 'e6'} bytes): micro-batch {args.batch_size} x "
           f"{config.block_size} tokens, "
-          f"autocast {args.dtype}, AdamW, activation checkpointing {args.activation_checkpointing}, "
+          f"autocast {args.dtype}{' (residual stream too)' if common['residual_cast'] else ''}, AdamW, "
+          f"activation checkpointing {args.activation_checkpointing}, "
           f"{config.attention_backend} attention, "
           + (f"chunked loss ({args.loss_chunk_size} tokens)" if args.loss_chunk_size else "plain logits"))  # fmt: skip
     header = "".join(f"{f'{m} x{p.world_size}':>12s}" for m, p in plans.items())
@@ -381,6 +401,11 @@ def register(subparsers: Any) -> None:
         "--loss_chunk_size",
         type=int,
         help="tokens per chunk of the fused LM head + loss (0: plain logits; default: a config file's, else 0)",
+    )
+    plan.add_argument(
+        "--residual_dtype",
+        help="the residual stream's dtype: auto (float32 under autocast), or --dtype's to keep it in bf16/fp16 "
+        "(default: a config file's, else auto)",
     )
     plan.set_defaults(func=_cmd_plan)
 

@@ -145,12 +145,14 @@ def plan_memory(
     grad_accum_steps: int = 1,
     device_type: str = "cuda",
     loss_chunk_size: int = 0,
+    residual_cast: bool = False,
 ) -> MemoryPlan:
     """Bytes per GPU of parameters, gradients, optimizer states and activations for one parallel mode.
 
     ``batch_size`` is the micro-batch per GPU; ``dtype`` the autocast dtype ('float32' for none);
     with gradient accumulation, earlier micro-steps' gradients are alive during backward;
-    ``loss_chunk_size`` > 0 plans the chunked LM head + loss (no (N, V) logits).
+    ``loss_chunk_size`` > 0 plans the chunked LM head + loss (no (N, V) logits); ``residual_cast`` a residual
+    stream in the autocast dtype (TrainConfig.residual_dtype).
     """
     if parallel not in MODES:
         raise unknown_choice("parallel", parallel, MODES)
@@ -176,6 +178,7 @@ def plan_memory(
         device_type=device_type,
         weight_copies=parallel != "fsdp",  # FSDP2's mixed-precision policy gathers in the compute dtype
         loss_chunk_size=loss_chunk_size,
+        residual_cast=residual_cast,
     )
     numel = [s.numel for s in shapes]
     param_bytes = FP32_BYTES * sum(numel)

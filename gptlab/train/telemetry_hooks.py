@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gptlab.config.model import ModelArchitectureConfig
-from gptlab.config.train import TrainConfig
+from gptlab.config.train import TrainConfig, residual_stream_cast
 from gptlab.logging import logged_peak_gb
 from gptlab.telemetry.flops import compute_flops, estimate_mfu_detailed, expected_tokens_per_sec
 from gptlab.telemetry.gradients import GradientSpikeDetector, PendingGradientStats, gradient_stats_tensor
@@ -135,6 +135,7 @@ def run_plan_kwargs(
         grad_accum_steps=accum_steps,
         device_type=device.type,
         loss_chunk_size=cfg.loss_chunk_size,
+        residual_cast=residual_stream_cast(cfg.residual_dtype, dtype, parallel),
     )
 
 

@@ -121,6 +121,8 @@ def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
         (["plan", "gpt2", "--gpu_memory_gb", "nan"], "gpu_memory_gb=nan is invalid"),
         (["plan", "gpt2", "--gpu_memory_gb", "0"], "gpu_memory_gb=0.0 is invalid"),
         (["plan", "gpt2", "--loss_chunk_size", "-1"], "loss_chunk_size=-1 is invalid"),
+        (["plan", "gpt2", "--residual_dtype", "bf16"], "residual_dtype='bf16' is not one of .*did you mean 'bfloat16'"),
+        (["plan", "gpt2", "--dtype", "float32", "--residual_dtype", "bfloat16"], "invalid with dtype='float32'"),
         (["plan", "config/full_llama_124m.py", "--learning_rate=1.0"], "--learning_rate is a training setting"),
         (["plan", "config/full_llama_124m.py", "--gradient_accumulation_steps=4"], "is a training setting"),
         (["peak", "--size", "0"], "size=0 is invalid"),
@@ -138,6 +140,25 @@ def test_peak_times_a_matmul(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["peak", "--device", "cpu", "--dtype", "float32", "--size", "128", "--iters", "2"]) == 0
     out = capsys.readouterr().out
     assert "measured" in out and "--peak_tflops=" in out
+
+
+def test_plan_of_a_bf16_residual_stream(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--residual_dtype=bfloat16 (or a config file's) plans the stream and its gradients in bf16: with activation
+    checkpointing each block keeps its input in 2 bytes instead of 4, so llama's activations fall."""
+
+    def activations(argv: list[str]) -> float:
+        assert run(["plan", *argv, "--activation_checkpointing", "--world_size", "1"]) == 0
+        out = capsys.readouterr().out
+        return float(next(line for line in out.splitlines() if line.startswith("activations ")).split()[1])
+
+    float32_stream = activations(["llama"])
+    assert activations(["llama", "--residual_dtype", "bfloat16"]) < float32_stream
+    config = tmp_path / "run.py"
+    config.write_text("arch_preset = 'llama'\ndtype = 'bfloat16'\nresidual_dtype = 'bfloat16'\n")
+    assert activations([str(config)]) < float32_stream
+    assert run(["plan", str(config)]) == 0
+    assert "autocast bfloat16 (residual stream too)" in capsys.readouterr().out
+    assert activations([str(config), "--residual_dtype", "auto"]) == float32_stream  # an option still wins
 
 
 def test_plan_takes_a_config_files_training_settings(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -427,6 +427,7 @@ def test_residual_dtype_keeps_the_stream_in_bf16(data_dir: Path, tmp_path: Path)
     autocast, the run trains (its loss falls) and says so at startup; 'auto' keeps autocast's float32 stream.
     A run whose dtype resolves to float32 refuses a bf16 stream in one line."""
     streams: dict[str, list[torch.dtype]] = {}
+    plans = {}
     for residual in ("auto", "bfloat16"):
         args = tiny_args(data_dir, tmp_path / residual, max_iters=6, dtype="bfloat16", residual_dtype=residual)
         out = io.StringIO()
@@ -437,7 +438,9 @@ def test_residual_dtype_keeps_the_stream_in_bf16(data_dir: Path, tmp_path: Path)
         iters = [r for r in read_log(tmp_path / residual) if r["type"] == "iter"]
         assert iters[-1]["loss"] < iters[0]["loss"]
         assert ("residual stream in bfloat16" in out.getvalue()) == (residual == "bfloat16")
+        plans[residual] = trainer.telemetry.plan().activation_estimate  # the run's plan: its own stream's
     assert set(streams["auto"]) == {torch.float32} and set(streams["bfloat16"]) == {torch.bfloat16}
+    assert plans["bfloat16"].saved_bytes < plans["auto"].saved_bytes
     with pytest.raises(ConfigError, match=r"^residual_dtype='bfloat16' is invalid with dtype='float32'"):
         Trainer(parse_run_args(tiny_args(data_dir, tmp_path / "cpu", dtype="auto", residual_dtype="bfloat16")))
 
