@@ -213,10 +213,23 @@ def rollback_hint(out_dir: str | Path) -> str | None:
 
 def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
     """A resume of ``out_dir``, which has no latest checkpoint: with an interrupted save's remedy, else the
-    rollback to its newest kept checkpoint, when there is one."""
-    why = interrupted_save(out_dir) or rollback_hint(out_dir)  # a save cut short names its own remedy
+    rollback to its newest kept checkpoint, else the run directories inside it, when there are any."""
+    why = interrupted_save(out_dir) or rollback_hint(out_dir) or runs_inside(out_dir)  # a cut save names its remedy
     detail = f" ({why})" if why else ""
     return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
+
+
+def runs_inside(directory: str | Path) -> str | None:
+    """For a directory with no checkpoint of its own: the run directories directly inside it that hold one, as
+    the --out_dir to name (``out`` is the default, the quick start's run is ``out/quickstart``), or None."""
+    try:
+        runs = sorted(str(d) for d in Path(directory).iterdir() if d.is_dir() and latest_checkpoint(d) is not None)
+    except OSError:  # not a directory, or unreadable: nothing to suggest
+        return None
+    if not runs:
+        return None
+    shown = ", ".join(f"--out_dir={d}" for d in runs[:3]) + (f" ({len(runs)} runs)" if len(runs) > 3 else "")
+    return f"the run directories inside it do: {shown}"
 
 
 def weights_path(path: str | Path) -> Path:
@@ -845,10 +858,13 @@ def load_checkpoint(path: str | Path, *, optimizer: bool = True) -> dict[str, An
 def _load_found(path: Path, optimizer: bool) -> dict[str, Any]:
     if is_dcp_dir(path):
         return load_dcp_full(path) if optimizer else load_dcp_model(path)
+    runs = None
     if path.is_dir():  # a run directory without a checkpoint: the error names the file it expected
+        runs = runs_inside(path)
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}: expected a {CHECKPOINT_NAME} written by gptlab train")
+        expected = f"expected a {CHECKPOINT_NAME} written by gptlab train"
+        raise CheckpointError(f"no checkpoint at {str(path)!r}: " + (f"{runs}" if runs else expected))
     check_zip_crc(path)  # the weights are about to be used: a look at the settings (read_saved_settings) skips it
     ckpt = _torch_load_checked(path)
     missing = [key for key in ("model", "arch", "iter_num") if key not in ckpt]

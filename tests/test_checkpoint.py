@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -276,6 +277,23 @@ def test_a_checkpoint_missing_its_architecture_is_one_line(tmp_path: Path) -> No
     torch.save({"format": FORMAT, "iter_num": 3, "model": {}}, tmp_path / "ckpt.pt")
     with pytest.raises(CheckpointError, match="is a damaged gptlab checkpoint: it has no arch"):
         load_checkpoint(tmp_path)
+
+
+def test_a_directory_of_runs_names_the_runs_inside(tmp_path: Path) -> None:
+    """``out`` (the default out_dir) holding runs but no checkpoint of its own, as after the quick start (its run
+    is out/quickstart): sample and resume name the run directories to pass, instead of only "no checkpoint"."""
+    from gptlab.checkpoint import no_checkpoint_error, save_single_file
+    from gptlab.errors import CheckpointError
+
+    save_single_file(_state(10), tmp_path / "quickstart", keep=1)
+    (tmp_path / "empty").mkdir()
+    hint = f"the run directories inside it do: --out_dir={tmp_path / 'quickstart'}"
+    with pytest.raises(CheckpointError, match=rf"^no checkpoint at .*ckpt\.pt': {re.escape(hint)}$"):
+        load_checkpoint(tmp_path)
+    assert str(no_checkpoint_error(tmp_path)).endswith(f"holds no checkpoint ({hint})")
+    with pytest.raises(CheckpointError, match=r"expected a ckpt\.pt written by gptlab train$"):
+        load_checkpoint(tmp_path / "empty")
+    assert str(no_checkpoint_error(tmp_path / "empty")).endswith("holds no checkpoint")
 
 
 def test_a_second_ctrl_c_during_a_save_aborts_as_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

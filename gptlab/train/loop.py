@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -1210,7 +1211,9 @@ class Trainer:
         """What continues this run: --init_from=resume with the launch flags a resume does not take from the
         checkpoint (without them an FSDP run resumes unsharded, as DDP)."""
         flag = {"fsdp": " --use_fsdp=True", "zero1": " --use_zero1=True"}.get(self.mode, "")
-        return f"--init_from=resume{flag}"
+        # the directory too: the settings that chose it (the quick start's out/quickstart, a config file's) may
+        # not come with a bare --init_from=resume; the checkpoint brings the rest
+        return f"--init_from=resume --out_dir={shlex.quote(str(self.out_dir))}{flag}"
 
     def _stop_nonfinite(
         self, skipped: int = 0, first_iter: int | None = None, evaluated: bool = False, stepped: bool = False

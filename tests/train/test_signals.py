@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,7 +143,9 @@ def test_a_stop_before_the_first_step_evaluates_nothing_and_one_during_an_eval_s
         return losses
 
     trainer.evaluate = evaluate_then_signal  # type: ignore[method-assign]
-    with pytest.raises(TrainingInterrupted, match=r"at iter 4: a checkpoint at iter 4 .* --init_from=resume"):
+    # the directory too: a bare --init_from=resume looks in the default out_dir (the quick start's is another)
+    resume = re.escape(f"continue with --init_from=resume --out_dir={out}")
+    with pytest.raises(TrainingInterrupted, match=f"at iter 4: a checkpoint at iter 4 .*: {resume}$"):
         trainer.run()
     records = _records(out)
     assert [r["iter"] for r in records if r["type"] == "eval"] == [0, 4]
