@@ -114,6 +114,17 @@ def test_cli_formats_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert by_key["memory.fsdp"][2].startswith("memory/GPU fsdp x8 (bytes, peak;")  # as its cells are
 
 
+def test_the_readmes_table_is_the_commands_output(capsys: pytest.CaptureFixture[str]) -> None:
+    """README.md shows `gptlab compare gpt2 llama hybrid --format markdown`: its memory rows had drifted from the
+    planner's figures (llama 16.0 GB printed, 15.5 planned). The table must be what the command prints now."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("| figure | gpt2 | llama | hybrid |")
+    shown = readme[start : readme.index("\n\n", start)]
+    assert main(["compare", "gpt2", "llama", "hybrid", "--format", "markdown"]) == 0
+    printed = capsys.readouterr().out.split("\n\n")[0].strip()
+    assert shown == printed
+
+
 def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     prepare_dataset("stdlib_char", data_dir=tmp_path / "data")
