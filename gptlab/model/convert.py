@@ -627,13 +627,12 @@ def hf_model_type(config: ModelArchitectureConfig) -> str:
     if (
         common
         and config.position_encoding == "learned_absolute"
-        and config.normalization == "layernorm"
+        and config.normalization in GPT2_NORMS
         and config.ffn_type == "standard"
         and config.activation == "gelu"
-        and config.bias
         and config.kv_heads == config.n_head
     ):
-        return "gpt2"
+        return "gpt2"  # without biases (nanoGPT's bias=False) too: HF's GPT-2 with zero biases is the same model
     if (
         common
         and config.position_encoding == "rope"
@@ -645,10 +644,9 @@ def hf_model_type(config: ModelArchitectureConfig) -> str:
         "GPT-2": {
             "norm_position": "pre",
             "position_encoding": "learned_absolute",
-            "normalization": "layernorm",
+            "normalization": GPT2_NORMS,
             "ffn_type": "standard",
             "activation": "gelu",
-            "bias": True,
             "n_kv_head": config.n_head,
         },
         "LLaMA": {
@@ -659,15 +657,19 @@ def hf_model_type(config: ModelArchitectureConfig) -> str:
         },
     }
     have = {k: getattr(config, k) for k in ("norm_position", "position_encoding", "normalization", "ffn_type")}
-    have.update(activation=config.activation, bias=config.bias, n_kv_head=config.kv_heads)
+    have.update(activation=config.activation, n_kv_head=config.kv_heads)
     off = {
-        name: [f"{k}={have[k]!r} ({v!r} there)" for k, v in want.items() if have[k] != v]
+        name: [
+            f"{k}={have[k]!r} ({' or '.join(map(repr, v)) if isinstance(v, tuple) else repr(v)} there)"
+            for k, v in want.items()
+            if (have[k] not in v if isinstance(v, tuple) else have[k] != v)
+        ]
         for name, want in needs.items()
     }
     nearest = min(off, key=lambda name: len(off[name]))  # the settings that keep this model from it
     raise ConfigError(
         f"architecture {config.get_architecture_name()!r} has no exact Hugging Face equivalent: "
-        "save_pretrained supports GPT-2 (pre-norm, biased layernorm, learned positions, GELU MLP, bias=True, "
+        "save_pretrained supports GPT-2 (pre-norm, layernorm, learned positions, GELU MLP, with or without biases, "
         f"no GQA) and LLaMA (pre-norm, rmsnorm, rope, swiglu); the nearest, {nearest}, differs in "
         + ", ".join(off[nearest])
     )
@@ -694,7 +696,24 @@ def _gpt2_out(model: ConfigurableGPT) -> tuple[dict[str, Any], dict[str, Tensor]
         scale_attn_weights=True,
     )
     state = {k: (v.t() if k.endswith(_CONV1D) else v) for k, v in model.state_dict().items()}
-    return hf, _rename(state, _inverse(_NANOGPT_NAMES))
+    return hf, _rename(_with_zero_biases(model, state), _inverse(_NANOGPT_NAMES))
+
+
+# GPT-2's layernorms; without a bias (nanoGPT's bias=False) HF's GPT-2 holds a zero one
+GPT2_NORMS = ("layernorm", "layernorm_nobias")
+
+
+def _with_zero_biases(model: ConfigurableGPT, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with the biases HF's GPT-2 always has, as zeros where the model has none (bias=False, or a
+    layernorm without bias): the same function, so nanoGPT's default models export too."""
+    from dataclasses import replace
+
+    with torch.device("meta"):
+        biased = ConfigurableGPT(replace(model.config, bias=True, normalization="layernorm"), init_weights=False)
+    dtype = model.lm_head.weight.dtype
+    missing = {k: v.shape for k, v in biased.state_dict().items() if k not in state}
+    device = model.lm_head.weight.device
+    return {**state, **{k: torch.zeros(shape, dtype=dtype, device=device) for k, shape in missing.items()}}
 
 
 def _llama_out(model: ConfigurableGPT) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -162,6 +162,25 @@ def test_fresh_gptlab_model_exports(
     assert (back.config.bos_token_id, back.config.eos_token_id) == (None, None)
 
 
+@pytest.mark.parametrize("normalization", ["layernorm_nobias", "layernorm"])
+def test_a_model_without_biases_exports_as_gpt2_with_zero_biases(
+    normalization: str, tokens: torch.Tensor, tmp_path: Path
+) -> None:
+    """nanoGPT's default model (bias=False: no Linear or LayerNorm biases; exact GELU in its config files' runs)
+    was refused ("no exact Hugging Face equivalent"); HF's GPT-2 with zero biases computes it exactly."""
+    config = get_debug_config("gpt2", vocab_size=97, bias=False, normalization=normalization, gelu_approximate="none")
+    ours = ConfigurableGPT(config).eval()
+    ours.save_pretrained(tmp_path)
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(back).__name__ == "GPT2LMHeadModel" and back.config.activation_function == "gelu"
+    assert (_hf_logits(back, tokens) - _logits(ours, tokens)).abs().max() <= TOL
+    biases = [p for name, p in back.named_parameters() if name.endswith(".bias")]
+    assert biases and all(not p.any() for p in biases)
+    again = ConfigurableGPT.from_pretrained(tmp_path)  # back into gptlab: GPT-2 with (zero) biases, the same model
+    assert again.config.bias and again.config.normalization == "layernorm"
+    assert (_logits(again, tokens) - _logits(ours, tokens)).abs().max() <= TOL
+
+
 def test_export_names_gpt2_endoftext_where_the_vocabulary_has_it(tmp_path: Path) -> None:
     ConfigurableGPT(get_debug_config("gpt2", vocab_size=50304)).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -203,9 +222,9 @@ def test_export_of_architecture_without_hf_equivalent_fails_clearly(tmp_path: Pa
         model = ConfigurableGPT(get_debug_config("gpt2", **overrides))
         with pytest.raises(ConfigError, match="no exact Hugging Face equivalent"):
             model.save_pretrained(tmp_path)
-    # the setting that keeps it from the nearest one is named (bias=False was a missing '_bias' in the name)
-    with pytest.raises(ConfigError, match=r"the nearest, GPT-2, differs in bias=False \(True there\)$"):
-        ConfigurableGPT(get_debug_config("gpt2", bias=False)).save_pretrained(tmp_path)
+    # the setting that keeps it from the nearest one is named
+    with pytest.raises(ConfigError, match=r"the nearest, GPT-2, differs in normalization='rmsnorm' \('layernorm' or"):
+        ConfigurableGPT(get_debug_config("gpt2", normalization="rmsnorm")).save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match=r"the nearest, LLaMA, differs in ffn_type='geglu' \('swiglu' there\)$"):
         ConfigurableGPT(get_debug_config("llama", ffn_type="geglu")).save_pretrained(tmp_path)
     from gptlab.model.attention import ATTENTION_BACKEND_REGISTRY
