@@ -97,6 +97,13 @@ VALUE_ALIASES: dict[str, str] = {
     "bf16": "bfloat16",
     "fp32": "float32",
     "float": "float32",
+    "float64": "float32",  # training's widest dtype (difflib's nearest was float16)
+    "double": "float32",
+    "swish": "silu",  # Hugging Face's name for it
+    "gelu_new": "gelu",  # Hugging Face's tanh GELU (gptlab: gelu with gelu_approximate='tanh')
+    "gelu_pytorch_tanh": "gelu",
+    "layer_norm": "layernorm",
+    "rms_norm": "rmsnorm",
 }
 
 

@@ -140,6 +140,9 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["compare", "gpt2", "--lr=1e-3"], "(did you mean 'learning_rate'?) (training keys need --train)"),
         (["train", "--device=gpu"], "(did you mean 'cuda'?)"),
         (["train", "--dtype=bf16"], "(did you mean 'bfloat16'?)"),
+        (["train", "--dtype=float64"], "(did you mean 'float32'?)"),
+        (["train", "--activation=swish"], "(did you mean 'silu'?)"),
+        (["train", "--normalization=rms_norm"], "(did you mean 'rmsnorm'?)"),
         (["train", "--training.steps=10"], "did you mean --max_iters=10?"),
         (["train", "--max-iters"], "(write --max_iters=VALUE)"),
         (["train", "--prompt"], "(write --sample_prompt=VALUE)"),  # the train key nearest sample's alias
