@@ -183,6 +183,13 @@ stage_gpt2_64k() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream) 
 # shellcheck disable=SC2046
 stage_llama_64k() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream) --loss_chunk_size 16384; }
 stage_gpt2_64nb() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --set bias=False; }
+# SDPA's kernel (TrainConfig.sdpa_backend): FlashAttention-2 first instead of PyTorch's default order (cuDNN's on
+# an H200: 17.7 ms of attention at batch 64, about 245 TFLOPS of causal work at head size 64)
+stage_gpt2_64f() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --set sdpa_backend=flash; }
+# max-autotune at batch 64 with the bf16 stream: Triton matmul templates that can take GELU and the bias into
+# their epilogues (GELU's 8.5 ms); its first step compiles for minutes
+# shellcheck disable=SC2046
+stage_gpt2_64ra() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream) $(compiled --compile_mode max-autotune-no-cudagraphs); }
 stage_gpt2_128() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 128; }  # ~87 GB: the fixed per-step costs halved again
 stage_gpt2_16x4() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --grad_accum 4; }
 stage_cdt_16() { TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 step "${GPT2[@]}" "${GPU[@]}" --batch_size 16; }
@@ -201,13 +208,13 @@ stage_llama_16p() {  # llama's kernels, to set against GPT-2's
 }
 
 STAGES=(env peak gpt2 llama 350m chunked regional head profile telemetry sweep rope cuda_tests)
-RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_64p gpt2_64os gpt2_64r gpt2_64or llama_64r 350m_64r gpt2_64k llama_64k gpt2_64nb gpt2_128 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
+RUNS=(gpt2_16 gpt2_32 llama_16 350m_16 gpt2_64 gpt2_64p gpt2_64os gpt2_64r gpt2_64or llama_64r 350m_64r gpt2_64k llama_64k gpt2_64nb gpt2_64f gpt2_64ra gpt2_128 gpt2_16x4 cdt_16 chunked_16 autotune_16 llama_16p llama_64
       350m_64 head_c head_k)
 case "${1:-}" in
   all) for s in "${STAGES[@]}"; do "stage_$s"; done ;;
   lease) stage_lease ;;
   env|peak|gpt2|llama|350m|chunked|regional|head|profile|telemetry|sweep|cuda_tests) "stage_$1" ;;
-  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_64p|gpt2_64os|gpt2_64r|gpt2_64or|llama_64r|350m_64r|gpt2_64k|llama_64k|gpt2_64nb|gpt2_128|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope|head_c|head_k)
+  gpt2_16|gpt2_32|llama_16|350m_16|gpt2_64|gpt2_64p|gpt2_64os|gpt2_64r|gpt2_64or|llama_64r|350m_64r|gpt2_64k|llama_64k|gpt2_64nb|gpt2_64f|gpt2_64ra|gpt2_128|gpt2_16x4|cdt_16|chunked_16|autotune_16|llama_16p|llama_64|350m_64|rope|head_c|head_k)
     "stage_$1" ;;
   *) echo "usage: $0 [$(IFS='|'; echo "${STAGES[*]}")|lease|all] (lease runs: ${RUNS[*]})" >&2; exit 2 ;;
 esac

@@ -80,3 +80,48 @@ def tf32_matmuls() -> bool:
         return torch.get_float32_matmul_precision() != "highest"
     except RuntimeError:  # the new switch set: the legacy reading refuses
         return torch.backends.cuda.matmul.fp32_precision == "tf32"
+
+
+# Which fused kernel SDPA tries first (TrainConfig.sdpa_backend). On CUDA PyTorch walks a priority order and
+# takes the first kernel that accepts the case; gptlab puts the chosen one first and keeps the rest behind it,
+# so a case it cannot take (a float mask, a head size) falls back as before. The CPU's SDPA has flash and math
+# only and ignores the order: 'math' there switches its flash kernel off.
+SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
+
+
+def _sdpa_backend_ids() -> dict[str, int]:
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "flash": int(SDPBackend.FLASH_ATTENTION),
+        "efficient": int(SDPBackend.EFFICIENT_ATTENTION),
+        "cudnn": int(SDPBackend.CUDNN_ATTENTION),
+        "math": int(SDPBackend.MATH),
+    }
+
+
+def sdpa_state() -> tuple[list[int] | None, bool]:
+    """SDPA's kernel choice as the caller left it: (CUDA's priority order, the flash switch)."""
+    get_order = getattr(torch._C, "_get_sdp_priority_order", None)  # PyTorch >= 2.6
+    return (list(get_order()) if get_order else None), torch.backends.cuda.flash_sdp_enabled()
+
+
+def set_sdpa_state(state: tuple[list[int] | None, bool]) -> None:
+    order, flash = state
+    if order is not None:
+        torch._C._set_sdp_priority_order(order)
+    torch.backends.cuda.enable_flash_sdp(flash)
+
+
+def prefer_sdpa_kernel(name: str, device_type: str) -> None:
+    """SDPA tries kernel ``name`` first on this process's ``device_type`` ('auto': PyTorch's own order)."""
+    if name == "auto":
+        return
+    if device_type == "cuda":
+        order, _ = sdpa_state()
+        if order is None:
+            raise ConfigError(f"sdpa_backend={name!r} needs PyTorch >= 2.6 (its SDPA priority order); use 'auto'")
+        first = _sdpa_backend_ids()[name]
+        set_sdpa_state(([first, *(b for b in order if b != first)], True))
+    elif name == "math":
+        torch.backends.cuda.enable_flash_sdp(False)  # (the CPU's flash kernel obeys this switch too)

@@ -83,3 +83,29 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_prefer_sdpa_kernel_orders_cuda_and_switches_the_cpus_flash() -> None:
+    """TrainConfig.sdpa_backend: on CUDA the chosen kernel leads PyTorch's priority order and the others follow in
+    theirs (a case it cannot take falls back); the CPU ignores that order, so 'math' there switches flash off.
+    ``set_sdpa_state`` gives the caller's back."""
+    from torch.nn.attention import SDPBackend
+
+    from gptlab.device import prefer_sdpa_kernel, sdpa_state, set_sdpa_state
+
+    before = sdpa_state()
+    order, flash = before
+    try:
+        prefer_sdpa_kernel("cudnn", "cuda")
+        cudnn = int(SDPBackend.CUDNN_ATTENTION)
+        assert sdpa_state() == ([cudnn, *(b for b in order if b != cudnn)], True)
+        prefer_sdpa_kernel("flash", "cuda")
+        assert sdpa_state()[0][:2] == [int(SDPBackend.FLASH_ATTENTION), cudnn]
+        prefer_sdpa_kernel("auto", "cuda")  # PyTorch's own: nothing changes
+        assert sdpa_state()[0][0] == int(SDPBackend.FLASH_ATTENTION)
+        set_sdpa_state(before)
+        prefer_sdpa_kernel("math", "cpu")
+        assert sdpa_state() == (order, False)
+    finally:
+        set_sdpa_state(before)
+    assert sdpa_state() == (order, flash) and flash

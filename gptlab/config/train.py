@@ -52,6 +52,7 @@ NAN_POLICIES = ("stop", "skip")
 PARALLEL_MODES = ("auto", "none", "ddp", "zero1", "fsdp")
 BACKENDS = ("auto", "nccl", "gloo")
 COMPILE_SCOPES = ("model", "blocks")
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")  # gptlab.device.prefer_sdpa_kernel
 # torch.compile's modes; 'reduce-overhead' and 'max-autotune' capture CUDA graphs on a GPU
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -114,6 +115,10 @@ class TrainConfig:
     # norm, LM head and loss run eagerly), like torchtitan: identical blocks share one compile, so it takes
     # about a layer's time. FSDP always compiles per block.
     compile_scope: str = "model"
+    # the fused attention kernel SDPA tries first (attention_backend='sdpa'): 'auto' is PyTorch's order (on an
+    # H100/H200 cuDNN's); 'flash', 'efficient', 'cudnn' (CUDA) or 'math' first, PyTorch's order after it for a case
+    # that kernel cannot take. The CPU has flash and math only.
+    sdpa_backend: str = "auto"
     backend: str = "auto"  # 'auto': NCCL on CUDA, gloo on the CPU (device='cpu' always uses gloo)
     peak_tflops: float | None = None  # override the detected dense peak (needed for MFU on a CPU)
     # parallelism under torchrun (docs/parallel.md)
@@ -161,6 +166,7 @@ class TrainConfig:
             "backend": BACKENDS,
             "compile_mode": COMPILE_MODES,
             "compile_scope": COMPILE_SCOPES,
+            "sdpa_backend": SDPA_BACKENDS,
         }
         check_device_name(self.device)
         del choices["device"]
@@ -242,6 +248,22 @@ def residual_stream_cast(residual_dtype: str, dtype: str, mode: str) -> bool:
         f"residual_dtype={residual_dtype!r} is invalid with dtype={dtype!r}: expected 'auto', 'float32' or the "
         "run's dtype (the stream is kept in the autocast dtype)"
     )
+
+
+def check_sdpa_backend(sdpa_backend: str, attention_backend: str, device_type: str) -> None:
+    """``sdpa_backend`` against the model's attention backend and the run's device: one line where it would not
+    take effect (another attention backend) or cannot (a CUDA kernel elsewhere)."""
+    if sdpa_backend == "auto":
+        return
+    if attention_backend != "sdpa":
+        raise ConfigError(
+            f"sdpa_backend={sdpa_backend!r} picks scaled_dot_product_attention's kernel, which attention_backend="
+            f"{attention_backend!r} does not call: use attention_backend='sdpa' or sdpa_backend='auto'"
+        )
+    if sdpa_backend in ("efficient", "cudnn") and device_type != "cuda":
+        raise ConfigError(
+            f"sdpa_backend={sdpa_backend!r} is a CUDA kernel; on {device_type} SDPA has 'flash' and 'math' (or 'auto')"
+        )
 
 
 def check_device_name(device: str) -> None:

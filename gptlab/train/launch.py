@@ -15,7 +15,7 @@ import torch
 
 from gptlab import parallel
 from gptlab.config.train import RunConfig
-from gptlab.device import resolve_device, set_tf32_state, tf32_state
+from gptlab.device import resolve_device, sdpa_state, set_sdpa_state, set_tf32_state, tf32_state
 from gptlab.errors import (
     PATH_ERRORS,
     USER_ERRORS,
@@ -69,13 +69,14 @@ def _peer_lost(error: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def global_torch_settings_kept(cuda: bool) -> Iterator[None]:
-    """The process-wide settings a run changes (TF32 on CUDA, as nanoGPT; the seeded CPU RNG) restored
-    when it returns, so that float32 matmuls after ``train()`` are the caller's again (a CPU run leaves the
-    TF32 switches unread: a caller's mix of PyTorch's two APIs for them is not gptlab's to trip on). And the
+    """The process-wide settings a run changes (TF32 on CUDA, as nanoGPT; SDPA's kernel order; the seeded CPU
+    RNG) restored when it returns, so that float32 matmuls after ``train()`` are the caller's again (a CPU run
+    leaves the TF32 switches unread: a caller's mix of PyTorch's two APIs for them is not gptlab's to trip on). And the
     caller's own that a run must not take (a notebook's float64 default dtype, an inference cell's
     ``torch.set_grad_enabled(False)``): the run trains in float32 with gradients, as it says, and the caller's
     are theirs again afterwards."""
     tf32 = tf32_state() if cuda else None
+    sdpa = sdpa_state()  # the attention kernel's order (sdpa_backend)
     rng = torch.get_rng_state()
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
@@ -86,6 +87,7 @@ def global_torch_settings_kept(cuda: bool) -> Iterator[None]:
         torch.set_default_dtype(default_dtype)
         if tf32 is not None:
             set_tf32_state(tf32)
+        set_sdpa_state(sdpa)
         torch.set_rng_state(rng)
 
 

@@ -56,11 +56,18 @@ from gptlab.checkpoint import (
     weights_path,
 )
 from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
-from gptlab.config.train import CUDA_GRAPH_MODES, RunConfig, TrainConfig, elastic_run_id, residual_stream_cast
+from gptlab.config.train import (
+    CUDA_GRAPH_MODES,
+    RunConfig,
+    TrainConfig,
+    check_sdpa_backend,
+    elastic_run_id,
+    residual_stream_cast,
+)
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
-from gptlab.device import enable_tf32, resolve_device, resolve_dtype
+from gptlab.device import enable_tf32, prefer_sdpa_kernel, resolve_device, resolve_dtype
 from gptlab.errors import CheckpointError, ConfigError, GptlabError, first_line
 from gptlab.fileio import atomic_write, check_directory
 from gptlab.logging import TrainingLogger
@@ -307,6 +314,8 @@ class Trainer:
         self._weights_tokenizer: dict[str, Any] | None = None  # a fine-tune's weights' tokenizer, where known
         self._weights_source = cfg.init_from  # a resume: the checkpoint's path
         self.arch, ckpt, pretrained = self._resolve_init(run)
+        check_sdpa_backend(cfg.sdpa_backend, self.arch.attention_backend, self.device.type)
+        prefer_sdpa_kernel(cfg.sdpa_backend, self.device.type)  # before any compile traces the attention
         # the DCP checkpoint resumed from, and its iteration: saving that iteration again rewrites only its meta
         resumed = Path(ckpt["path"]).resolve() if ckpt is not None else None
         self._resumed_dcp = resumed if resumed is not None and is_dcp_dir(resumed) else None

@@ -98,6 +98,7 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "dtype": trainer.dtype,
             "compile": (cfg.compile_mode if cfg.compile_mode != "default" else True) if cfg.compile else False,
             "loss_chunk_size": cfg.loss_chunk_size,
+            "sdpa_backend": cfg.sdpa_backend,  # the attention kernel tried first ('auto': PyTorch's order)
             # the residual stream's dtype where the run casts it (TrainConfig.residual_dtype), else None
             "residual_dtype": trainer.dtype if trainer.raw_model.residual_cast else None,
             "parallelism": trainer.mode,
@@ -168,7 +169,8 @@ def render_startup_report(r: dict[str, Any]) -> str:
         f" parallelism={h['parallelism']}"
         + (f" ({h['backend']})" if h.get("backend") else "")
         + (f", chunked loss ({h['loss_chunk_size']} tokens)" if h.get("loss_chunk_size") else "")
-        + (f", residual stream in {h['residual_dtype']}" if h.get("residual_dtype") else ""),
+        + (f", residual stream in {h['residual_dtype']}" if h.get("residual_dtype") else "")
+        + (f", {h['sdpa_backend']} attention first" if h.get("sdpa_backend", "auto") != "auto" else ""),
         f"  peak:        {peak}",
         "Expect",
         "  FLOPs/token: "

@@ -422,6 +422,38 @@ def test_chunked_loss_trains_like_the_plain_head(data_dir: Path, tmp_path: Path)
     assert trainer.telemetry.plan().activation_estimate.loss_chunk_bytes > 0  # the plan is the chunked head's
 
 
+def test_sdpa_backend_puts_its_kernel_first_for_the_run(data_dir: Path, tmp_path: Path) -> None:
+    """--sdpa_backend=math on the CPU: the run's attention runs on SDPA's math kernel (the CPU's flash kernel
+    switched off) and says so at startup; train() gives the caller's setting back. A CUDA kernel on a CPU, or
+    another attention backend, is one line."""
+    from torch.profiler import profile
+
+    from gptlab.device import sdpa_state, set_sdpa_state
+
+    before = sdpa_state()
+    try:
+        args = tiny_args(data_dir, tmp_path / "math", sdpa_backend="math")
+        trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+        with profile() as prof:
+            trainer.forward_backward(0, *trainer.train_loader.get_batch(0, 0))
+        kernels = {e.name for e in prof.events() if e.name.startswith("aten::_scaled_dot_product")}
+        assert kernels and all("math" in k for k in kernels), kernels
+        trainer.logger.close()
+    finally:
+        set_sdpa_state(before)
+    out = io.StringIO()
+    train(parse_run_args(tiny_args(data_dir, tmp_path / "again", sdpa_backend="math", max_iters=1)), out)
+    assert "math attention first" in out.getvalue()
+    assert sdpa_state() == before and torch.backends.cuda.flash_sdp_enabled()
+    for keys, message in (
+        ({"sdpa_backend": "cudnn"}, r"^sdpa_backend='cudnn' is a CUDA kernel; on cpu SDPA has 'flash' and 'math'"),
+        ({"sdpa_backend": "flash", "attention_backend": "manual"}, r"attention_backend='manual' does not call"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            Trainer(parse_run_args(tiny_args(data_dir, tmp_path / "refused", **keys)))
+    assert sdpa_state() == before
+
+
 def test_residual_dtype_keeps_the_stream_in_bf16(data_dir: Path, tmp_path: Path) -> None:
     """--residual_dtype=bfloat16 (with dtype bfloat16): every block reads and returns bf16 under the step's
     autocast, the run trains (its loss falls) and says so at startup; 'auto' keeps autocast's float32 stream.

@@ -99,6 +99,7 @@ def test_config_file_then_overrides() -> None:
         (["--compile_mode=reduce_overhead"], "did you mean 'reduce-overhead'"),
         (["--use_fsdp=True", "--compile_mode='max-autotune'"], "captures CUDA graphs"),
         (["--loss_chunk_size=-8"], "loss_chunk_size=-8"),
+        (["--sdpa_backend=fa2"], r"sdpa_backend='fa2' is not one of 'auto', 'cudnn', 'efficient', 'flash', 'math'"),
         (["--residual_dtype=bf16"], r"residual_dtype='bf16' is not one of .*did you mean 'bfloat16'"),
         (
             ["--dtype=float32", "--residual_dtype=bfloat16"],
