@@ -9,7 +9,8 @@
   non-blocking copy into pinned memory, read later, and equal the synchronous read;
 - a CUDA-graph compile mode (``reduce-overhead``) trains, evaluates, checkpoints and samples like eager,
   with gradient accumulation (2 micro-steps: the preallocated, stable ``.grad`` buffers);
-- the chunked loss's Triton kernel gives the loss and gradients of its torch ops, eager and compiled.
+- the chunked loss's Triton kernel gives the loss and gradients of its torch ops, eager and compiled;
+- ``sdpa_backend`` runs the kernel it names, eager and compiled.
 """
 
 from __future__ import annotations
@@ -102,6 +103,33 @@ def test_presets_attention_runs_on_flash(preset: str, n_kv_head: int | None) -> 
         _, loss = model(x, x)  # raises "No available kernel" if the inputs do not qualify
         loss.backward()
     assert bool(torch.isfinite(loss)) and all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("kernel", ["flash", "efficient", "cudnn", "math"])
+def test_sdpa_backend_runs_its_kernel(kernel: str, compiled: bool) -> None:
+    """TrainConfig.sdpa_backend: the chosen kernel leads SDPA's priority order, eager and compiled (inductor picks
+    the kernel when it traces); the caller's order comes back. GPT-2 124M's head size, bf16."""
+    from torch.profiler import profile
+
+    from gptlab.device import prefer_sdpa_kernel, sdpa_state, set_sdpa_state
+
+    config = get_preset_config("gpt2", n_layer=2, n_embd=256, n_head=4, block_size=128, vocab_size=512)
+    model = ConfigurableGPT(config).cuda()
+    x = torch.randint(0, 512, (2, 128), device="cuda")
+    before = sdpa_state()
+    try:
+        prefer_sdpa_kernel(kernel, "cuda")
+        run = torch.compile(model) if compiled else model
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            run(x, x)[1].backward()  # the compile (its trace picks the kernel)
+        with profile() as prof, torch.autocast("cuda", dtype=torch.bfloat16):
+            run(x, x)[1].backward()
+    finally:
+        set_sdpa_state(before)
+    names = {e.name for e in prof.events() if e.name.startswith("aten::_scaled_dot_product")}
+    assert any(kernel in name for name in names), names
+    assert sdpa_state() == before
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
