@@ -156,12 +156,17 @@ def check_logging_backends(wandb_log: bool, tensorboard_log: bool) -> None:
         try:
             import wandb  # noqa: F401
         except ImportError:
-            raise ConfigError("wandb_log=True needs wandb: pip install 'gptlab[wandb]'") from None
+            raise ConfigError(
+                "wandb_log=True needs wandb: pip install 'gptlab[wandb]', or run with --wandb_log=False"
+            ) from None
     if tensorboard_log:
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError:
-            raise ConfigError("tensorboard_log=True needs tensorboard: pip install 'gptlab[tensorboard]'") from None
+            raise ConfigError(
+                "tensorboard_log=True needs tensorboard: pip install 'gptlab[tensorboard]', "
+                "or run with --tensorboard_log=False"
+            ) from None
 
 
 class TrainingLogger:

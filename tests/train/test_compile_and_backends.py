@@ -226,7 +226,8 @@ def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=1)), stream=io.StringIO())
     log_before = (tmp_path / "log.jsonl").read_bytes()
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
-    with pytest.raises(ConfigError, match=r"wandb_log=True needs wandb: pip install 'gptlab\[wandb\]'"):
+    needs = r"wandb_log=True needs wandb: pip install 'gptlab\[wandb\]', or run with --wandb_log=False$"
+    with pytest.raises(ConfigError, match=needs):
         train(
             parse_run_args(tiny_args(data_dir, tmp_path, wandb_log=True, max_iters=1, overwrite=True)),
             stream=io.StringIO(),
