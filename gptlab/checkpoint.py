@@ -22,6 +22,7 @@ import contextlib
 import io
 import os
 import re
+import shlex
 import shutil
 import warnings
 import zipfile
@@ -214,22 +215,28 @@ def rollback_hint(out_dir: str | Path) -> str | None:
 def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
     """A resume of ``out_dir``, which has no latest checkpoint: with an interrupted save's remedy, else the
     rollback to its newest kept checkpoint, else the run directories inside it, when there are any."""
-    why = interrupted_save(out_dir) or rollback_hint(out_dir) or runs_inside(out_dir)  # a cut save names its remedy
+    why = interrupted_save(out_dir) or rollback_hint(out_dir)  # a save cut short names its own remedy
+    runs = runs_inside(out_dir)
+    if not why and runs:
+        why = f"the run directories inside it do: {_listed(runs, '--out_dir=')}"
     detail = f" ({why})" if why else ""
     return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
 
 
-def runs_inside(directory: str | Path) -> str | None:
-    """For a directory with no checkpoint of its own: the run directories directly inside it that hold one, as
-    the --out_dir to name (``out`` is the default, the quick start's run is ``out/quickstart``), or None."""
+def runs_inside(directory: str | Path) -> list[str]:
+    """For a directory with no checkpoint of its own: the run directories directly inside it that hold one
+    (``out`` is the default out_dir, the quick start's run is ``out/quickstart``). Only looked at, not read: a
+    damaged checkpoint there must not replace the error this hint goes with."""
     try:
-        runs = sorted(str(d) for d in Path(directory).iterdir() if d.is_dir() and latest_checkpoint(d) is not None)
+        found = [d for d in Path(directory).iterdir() if d.is_dir()]
+        return sorted(str(d) for d in found if (d / CHECKPOINT_NAME).is_file() or is_dcp_dir(d / DCP_LINK))
     except OSError:  # not a directory, or unreadable: nothing to suggest
-        return None
-    if not runs:
-        return None
-    shown = ", ".join(f"--out_dir={d}" for d in runs[:3]) + (f" ({len(runs)} runs)" if len(runs) > 3 else "")
-    return f"the run directories inside it do: {shown}"
+        return []
+
+
+def _listed(runs: list[str], prefix: str = "") -> str:
+    shown = ", ".join(prefix + shlex.quote(d) for d in runs[:3])
+    return shown + (f" ({len(runs)} runs)" if len(runs) > 3 else "")
 
 
 def weights_path(path: str | Path) -> Path:
@@ -858,13 +865,15 @@ def load_checkpoint(path: str | Path, *, optimizer: bool = True) -> dict[str, An
 def _load_found(path: Path, optimizer: bool) -> dict[str, Any]:
     if is_dcp_dir(path):
         return load_dcp_full(path) if optimizer else load_dcp_model(path)
-    runs = None
+    runs: list[str] = []
     if path.is_dir():  # a run directory without a checkpoint: the error names the file it expected
         runs = runs_inside(path)
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        expected = f"expected a {CHECKPOINT_NAME} written by gptlab train"
-        raise CheckpointError(f"no checkpoint at {str(path)!r}: " + (f"{runs}" if runs else expected))
+        inside = f"the run directories inside it hold one: {_listed(runs)}" if runs else ""
+        raise CheckpointError(
+            f"no checkpoint at {str(path)!r}: {inside or f'expected a {CHECKPOINT_NAME} written by gptlab train'}"
+        )
     check_zip_crc(path)  # the weights are about to be used: a look at the settings (read_saved_settings) skips it
     ckpt = _torch_load_checked(path)
     missing = [key for key in ("model", "arch", "iter_num") if key not in ckpt]

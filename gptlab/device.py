@@ -100,9 +100,20 @@ def _sdpa_backend_ids() -> dict[str, int]:
     }
 
 
-def sdpa_state() -> tuple[list[int] | None, bool]:
-    """SDPA's kernel choice as the caller left it: (CUDA's priority order, the flash switch)."""
+def _settle_cuda_sdpa_order() -> None:
+    """PyTorch fixes its default order at the process's first CUDA SDPA call (cuDNN first on Hopper and
+    Blackwell with a recent cuDNN: ``priority_order`` in sdp_utils.cpp), overwriting an order set before it:
+    make that first choice now, on tiny tensors, so that an order read or set afterwards stays."""
+    q = torch.zeros(1, 1, 1, 8, device="cuda")
+    torch._fused_sdp_choice(q, q, q)
+
+
+def sdpa_state(cuda: bool = False) -> tuple[list[int] | None, bool]:
+    """SDPA's kernel choice as the caller left it: (CUDA's priority order, the flash switch). ``cuda``: a CUDA
+    run's, read after PyTorch's own first choice (``_settle_cuda_sdpa_order``)."""
     get_order = getattr(torch._C, "_get_sdp_priority_order", None)  # PyTorch >= 2.6
+    if cuda and get_order is not None:
+        _settle_cuda_sdpa_order()
     return (list(get_order()) if get_order else None), torch.backends.cuda.flash_sdp_enabled()
 
 
@@ -118,7 +129,7 @@ def prefer_sdpa_kernel(name: str, device_type: str) -> None:
     if name == "auto":
         return
     if device_type == "cuda":
-        order, _ = sdpa_state()
+        order, _ = sdpa_state(cuda=True)
         if order is None:
             raise ConfigError(f"sdpa_backend={name!r} needs PyTorch >= 2.6 (its SDPA priority order); use 'auto'")
         first = _sdpa_backend_ids()[name]

@@ -100,15 +100,24 @@ VALUE_ALIASES: dict[str, str] = {
     "float64": "float32",  # training's widest dtype (difflib's nearest was float16)
     "double": "float32",
     "swish": "silu",  # Hugging Face's name for it
-    "gelu_new": "gelu",  # Hugging Face's tanh GELU (gptlab: gelu with gelu_approximate='tanh')
-    "gelu_pytorch_tanh": "gelu",
     "layer_norm": "layernorm",
     "rms_norm": "rmsnorm",
 }
 
 
+# another tool's value that is gptlab's under two keys: said whole
+VALUE_HINTS: dict[tuple[str, str], str] = {
+    ("gelu_new", "gelu"): "Hugging Face's tanh GELU is activation='gelu' with gelu_approximate='tanh'",
+    ("gelu_pytorch_tanh", "gelu"): "Hugging Face's tanh GELU is activation='gelu' with gelu_approximate='tanh'",
+}
+
+
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
+    choices = list(choices)
+    hint = next((h for (v, c), h in VALUE_HINTS.items() if value == v and c in choices), None)
+    if hint:
+        return f" ({hint})"
     near = closest(value, choices)
     return f" (did you mean {near!r}?)" if near is not None else ""
 

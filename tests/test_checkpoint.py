@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -287,10 +288,17 @@ def test_a_directory_of_runs_names_the_runs_inside(tmp_path: Path) -> None:
 
     save_single_file(_state(10), tmp_path / "quickstart", keep=1)
     (tmp_path / "empty").mkdir()
-    hint = f"the run directories inside it do: --out_dir={tmp_path / 'quickstart'}"
+    save_single_file(_state(10), tmp_path / "my run", keep=1)  # a name the shell would split: quoted
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "ckpt.pt").write_bytes(b"not a checkpoint")  # listed, never read
+    runs = [tmp_path / "broken", tmp_path / "my run", tmp_path / "quickstart"]
+    listed = ", ".join(shlex.quote(str(d)) for d in runs)
+    hint = f"the run directories inside it hold one: {listed}"  # sample, export and from_pretrained take a path
     with pytest.raises(CheckpointError, match=rf"^no checkpoint at .*ckpt\.pt': {re.escape(hint)}$"):
         load_checkpoint(tmp_path)
-    assert str(no_checkpoint_error(tmp_path)).endswith(f"holds no checkpoint ({hint})")
+    flags = ", ".join(f"--out_dir={shlex.quote(str(d))}" for d in runs)
+    resume_hint = f"holds no checkpoint (the run directories inside it do: {flags})"
+    assert str(no_checkpoint_error(tmp_path)).endswith(resume_hint)
     with pytest.raises(CheckpointError, match=r"expected a ckpt\.pt written by gptlab train$"):
         load_checkpoint(tmp_path / "empty")
     assert str(no_checkpoint_error(tmp_path / "empty")).endswith("holds no checkpoint")

@@ -142,6 +142,7 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["train", "--dtype=bf16"], "(did you mean 'bfloat16'?)"),
         (["train", "--dtype=float64"], "(did you mean 'float32'?)"),
         (["train", "--activation=swish"], "(did you mean 'silu'?)"),
+        (["train", "--activation=gelu_new"], "(Hugging Face's tanh GELU is activation='gelu' with gelu_approximate="),
         (["train", "--normalization=rms_norm"], "(did you mean 'rmsnorm'?)"),
         (["train", "--training.steps=10"], "did you mean --max_iters=10?"),
         (["train", "--max-iters"], "(write --max_iters=VALUE)"),

@@ -617,6 +617,7 @@ LAUNCH_KEYS: frozenset[str] = frozenset(
         "out_dir", "init_from", "overwrite", "eval_only", "data_dir", "device", "backend", "parallel", "use_zero1",
         "use_fsdp", "fsdp_cpu_offload", "dist_timeout", "peak_tflops", "wandb_log", "wandb_project",
         "wandb_run_name", "tensorboard_log", "log_style", "sample_at_end", "sample_tokens", "sample_prompt", "plugins",
+        "sdpa_backend",  # a kernel of the machine it runs on: a CUDA run's 'cudnn' is no CPU resume's
     }
 )  # fmt: skip
 

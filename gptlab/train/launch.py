@@ -76,7 +76,7 @@ def global_torch_settings_kept(cuda: bool) -> Iterator[None]:
     ``torch.set_grad_enabled(False)``): the run trains in float32 with gradients, as it says, and the caller's
     are theirs again afterwards."""
     tf32 = tf32_state() if cuda else None
-    sdpa = sdpa_state()  # the attention kernel's order (sdpa_backend)
+    sdpa = sdpa_state(cuda)  # the attention kernel's order (sdpa_backend)
     rng = torch.get_rng_state()
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)

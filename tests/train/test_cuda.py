@@ -105,6 +105,22 @@ def test_presets_attention_runs_on_flash(preset: str, n_kv_head: int | None) -> 
     assert bool(torch.isfinite(loss)) and all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_residual_cast_holds_after_post_norm_blocks(preset: str) -> None:
+    """CUDA's autocast computes LayerNorm in float32 (the CPU's does not): a post-norm block returned the stream
+    in float32 until blocks cast it back to the dtype they received (residual_dtype=bfloat16)."""
+    model = ConfigurableGPT(get_preset_config(preset, n_layer=3, n_embd=128, n_head=4, block_size=64,
+                                              vocab_size=256, norm_position="post")).cuda()  # fmt: skip
+    model.residual_cast = True
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _m, args, y: seen.append((args[0].dtype, y.dtype)))
+    x = torch.randint(0, 256, (2, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(x, x)[1].backward()
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * 3
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("kernel", ["flash", "efficient", "cudnn", "math"])
 def test_sdpa_backend_runs_its_kernel(kernel: str, compiled: bool) -> None:
@@ -117,7 +133,7 @@ def test_sdpa_backend_runs_its_kernel(kernel: str, compiled: bool) -> None:
     config = get_preset_config("gpt2", n_layer=2, n_embd=256, n_head=4, block_size=128, vocab_size=512)
     model = ConfigurableGPT(config).cuda()
     x = torch.randint(0, 512, (2, 128), device="cuda")
-    before = sdpa_state()
+    before = sdpa_state(cuda=True)  # PyTorch's own order, fixed by its first choice (cuDNN first on sm90/sm100)
     try:
         prefer_sdpa_kernel(kernel, "cuda")
         run = torch.compile(model) if compiled else model
@@ -129,7 +145,7 @@ def test_sdpa_backend_runs_its_kernel(kernel: str, compiled: bool) -> None:
         set_sdpa_state(before)
     names = {e.name for e in prof.events() if e.name.startswith("aten::_scaled_dot_product")}
     assert any(kernel in name for name in names), names
-    assert sdpa_state() == before
+    assert sdpa_state(cuda=True) == before
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

@@ -445,6 +445,11 @@ def test_sdpa_backend_puts_its_kernel_first_for_the_run(data_dir: Path, tmp_path
     train(parse_run_args(tiny_args(data_dir, tmp_path / "again", sdpa_backend="math", max_iters=1)), out)
     assert "math attention first" in out.getvalue()
     assert sdpa_state() == before and torch.backends.cuda.flash_sdp_enabled()
+    # a kernel belongs to the machine a session runs on: a resume takes its launch's ('auto' unless typed), as
+    # device, not the checkpoint's (a CUDA run's 'cudnn' resumed on a CPU was refused for a key never typed)
+    resumed = Trainer(parse_run_args(tiny_args(data_dir, tmp_path / "again", init_from="resume", max_iters=2)))
+    assert resumed.run_config.train.sdpa_backend == "auto" and torch.backends.cuda.flash_sdp_enabled()
+    resumed.logger.close()
     for keys, message in (
         ({"sdpa_backend": "cudnn"}, r"^sdpa_backend='cudnn' is a CUDA kernel; on cpu SDPA has 'flash' and 'math'"),
         ({"sdpa_backend": "flash", "attention_backend": "manual"}, r"attention_backend='manual' does not call"),
