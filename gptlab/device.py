@@ -104,8 +104,9 @@ def _settle_cuda_sdpa_order() -> None:
     """PyTorch fixes its default order at the process's first CUDA SDPA call (cuDNN first on Hopper and
     Blackwell with a recent cuDNN: ``priority_order`` in sdp_utils.cpp), overwriting an order set before it:
     make that first choice now, on tiny tensors, so that an order read or set afterwards stays."""
-    q = torch.zeros(1, 1, 1, 8, device="cuda")
-    torch._fused_sdp_choice(q, q, q)
+    if torch.cuda.is_available():  # (no CUDA: nothing to settle, as no CUDA call will be made)
+        q = torch.zeros(1, 1, 1, 8, device="cuda")
+        torch._fused_sdp_choice(q, q, q)
 
 
 def sdpa_state(cuda: bool = False) -> tuple[list[int] | None, bool]:
