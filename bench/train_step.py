@@ -91,6 +91,18 @@ def loss_kernel_runs(trainer: Any, a: argparse.Namespace) -> bool:
     return a.loss_chunk_size > 0 and triton_kernel_applies(trainer.device, dtype)
 
 
+def sdpa_kernels(step: Any) -> list[str]:
+    """The SDPA kernels one more step runs, by aten's names (``cudnn_attention``, ``flash_attention``, ...): the
+    one PyTorch's order and ``sdpa_backend`` picked. Empty where none shows (manual attention, CUDA-graph replay)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    prefix = "aten::_scaled_dot_product_"
+    names = {e.name.removeprefix(prefix) for e in prof.events() if e.name.startswith(prefix)}
+    return sorted(n for n in names if "backward" not in n)
+
+
 def _percent(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
 
@@ -130,6 +142,7 @@ def main() -> None:
         "plain PyTorch": time_back_to_back(plain_step, device, a.iters),
         "gptlab train_step": time_back_to_back(gptlab_step, device, a.iters, after_stats),
     }
+    kernels = sdpa_kernels(gptlab_step) if a.attention_backend == "sdpa" else []  # once, outside the timing
     flops = trainer.telemetry.flops_summary()["flops_per_token"]
     peak = trainer.telemetry.peak  # the MFU denominator, said with every result
     memory = trainer.telemetry.memory_stats()
@@ -144,7 +157,9 @@ def main() -> None:
             f"{first_step_s:.1f} s"
             + "".join(f", inductor {key}={value!r}" for key, value in a.inductor_config)
             + (f", residual stream in {trainer.dtype}" if trainer.raw_model.residual_cast else "")
-            + f"), attention={a.attention_backend}, "
+            + f"), attention={a.attention_backend}"
+            + (f" ({', '.join(kernels)})" if kernels else "")
+            + ", "
             f"loss_chunk_size={a.loss_chunk_size}"
             + (f" ({'Triton kernel' if loss_kernel_runs(trainer, a) else 'torch ops'})" if a.loss_chunk_size else "")
             + f", peak memory {peak_gb:.2f} GB "
@@ -195,6 +210,7 @@ def main() -> None:
             "back_to_back_mfu": trainer.telemetry.mfu(back_to_back["gptlab train_step"])["mfu"],
             "peak": peak,  # name, peak_flops (per device), precision, source: the MFU denominator
             "flops_per_token": flops,
+            "sdpa_kernels": kernels,  # the attention kernel(s) a step ran
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             "torch": torch.__version__,
             "python": sys.version.split()[0],

@@ -37,15 +37,18 @@ def test_train_step_table_json_and_profile(data_dir: Path, tmp_path: Path) -> No
     assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] is None  # no peak known on a CPU
     assert 0 < r["planned_peak_gb"] < 1 and "planned" in out
     assert r["back_to_back_ms_per_step"] > 0 and "back to back (1 steps" in out
+    assert r["sdpa_kernels"] == ["flash_attention_for_cpu"] and "attention=sdpa (flash_attention_for_cpu)" in out
 
 
 def test_train_step_sets_any_training_key(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     """--set passes a key as train.py takes it (the architecture's and the run's), and the model line says it."""
     out = bench("train_step.py", *TINY, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "run"),
                 "--iters", "1", "--rounds", "1", "--warmup", "0", "--preset", "gpt2", "--set", "bias=False",
-                "--set", "residual_dtype='bfloat16'", "--dtype", "bfloat16", cwd=tmp_path)  # fmt: skip
+                "--set", "residual_dtype='bfloat16'", "--dtype", "bfloat16", "--set", "sdpa_backend='math'",
+                cwd=tmp_path)  # fmt: skip
     model_line = next(line for line in out.splitlines() if line.startswith("model: "))
     assert "_tied," in model_line and "_bias" not in model_line and "residual stream in bfloat16" in model_line
+    assert "attention=sdpa (attention_math)" in model_line  # the kernel the step ran, as sdpa_backend chose
 
 
 def test_train_step_under_torchrun_fsdp(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
