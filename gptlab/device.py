@@ -86,7 +86,6 @@ def tf32_matmuls() -> bool:
 # takes the first kernel that accepts the case; gptlab puts the chosen one first and keeps the rest behind it,
 # so a case it cannot take (a float mask, a head size) falls back as before. The CPU's SDPA has flash and math
 # only and ignores the order: 'math' there switches its flash kernel off.
-SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
 
 
 def _sdpa_backend_ids() -> dict[str, int]:
@@ -130,10 +129,10 @@ def prefer_sdpa_kernel(name: str, device_type: str) -> None:
     if name == "auto":
         return
     if device_type == "cuda":
-        order, _ = sdpa_state(cuda=True)
+        order, flash = sdpa_state(cuda=True)
         if order is None:
             raise ConfigError(f"sdpa_backend={name!r} needs PyTorch >= 2.6 (its SDPA priority order); use 'auto'")
         first = _sdpa_backend_ids()[name]
-        set_sdpa_state(([first, *(b for b in order if b != first)], True))
+        set_sdpa_state(([first, *(b for b in order if b != first)], flash))  # the switches stay the caller's
     elif name == "math":
         torch.backends.cuda.enable_flash_sdp(False)  # (the CPU's flash kernel obeys this switch too)
