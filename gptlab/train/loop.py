@@ -365,7 +365,7 @@ class Trainer:
                 cfg, self.dtype, self.mode, self.world_size, self.accum_steps, self.device
             )
             self._memory_warning = telemetry.memory_advice(
-                self.arch, self.device, plan_kwargs, refuse_above=telemetry.HOPELESS_FACTOR
+                self.arch, self.device, plan_kwargs, refuse_above=telemetry.HOPELESS_FACTOR, compiled=cfg.compile
             )
         # FSDP on several ranks: only rank 0 builds the weights, the others receive their shards from it
         scatter = pretrained is None and parallel.init_on_rank0(cfg, self.dist)

@@ -145,13 +145,14 @@ def memory_advice(
     plan_kwargs: dict[str, Any],
     *,
     refuse_above: float | None = None,
+    compiled: bool = False,
 ) -> str | None:
     """``fit_advice`` against the CUDA device's memory, or on a CPU this machine's RAM shared by its ranks
     (tensors live there; the planner's figures are the tensors alone: the process needs more for Python
     and PyTorch); None when nothing is known."""
     if device.type == "cuda":
         device_bytes = torch.cuda.get_device_properties(device).total_memory
-        return fit_advice(arch, device_bytes, refuse_above=refuse_above, **plan_kwargs)
+        return fit_advice(arch, device_bytes, refuse_above=refuse_above, compiled=compiled, **plan_kwargs)
     ram = host_memory_bytes()
     if ram is None:
         return None
@@ -159,4 +160,6 @@ def memory_advice(
     share = ram // max(local, 1)
     each = f" for each of {local} processes" if local > 1 else ""
     capacity = f"the {share / 1e9:.1f} GB of RAM it has{each}"
-    return fit_advice(arch, share, per="process", capacity=capacity, refuse_above=refuse_above, **plan_kwargs)
+    return fit_advice(
+        arch, share, per="process", capacity=capacity, refuse_above=refuse_above, compiled=compiled, **plan_kwargs
+    )
