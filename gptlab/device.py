@@ -88,7 +88,7 @@ def tf32_matmuls() -> bool:
 # only and ignores the order: 'math' there switches its flash kernel off.
 
 
-def _sdpa_backend_ids() -> dict[str, int]:
+def sdpa_backend_ids() -> dict[str, int]:
     from torch.nn.attention import SDPBackend
 
     return {
@@ -132,7 +132,7 @@ def prefer_sdpa_kernel(name: str, device_type: str) -> None:
         order, flash = sdpa_state(cuda=True)
         if order is None:
             raise ConfigError(f"sdpa_backend={name!r} needs PyTorch >= 2.6 (its SDPA priority order); use 'auto'")
-        first = _sdpa_backend_ids()[name]
+        first = sdpa_backend_ids()[name]
         set_sdpa_state(([first, *(b for b in order if b != first)], flash))  # the switches stay the caller's
     elif name == "math":
         torch.backends.cuda.enable_flash_sdp(False)  # (the CPU's flash kernel obeys this switch too)

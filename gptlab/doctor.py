@@ -150,6 +150,7 @@ def _attention_checks() -> list[Check]:
         checks.append(Check(s, "flash attention (SDPA)", None, "no GPU (the CPU uses its own fused SDPA kernel)"))
         checks.append(Check(s, "memory-efficient attention (SDPA)", None, "no GPU"))
         checks.append(Check(s, "cuDNN attention (SDPA)", None, "no GPU"))
+        checks.append(Check(s, "SDPA kernel order", None, "the CPU's: flash, then math (--sdpa_backend=math: math)"))
         return checks
     cap = torch.cuda.get_device_capability()
     flash_hw = cap >= (8, 0)
@@ -165,7 +166,21 @@ def _attention_checks() -> list[Check]:
     checks.append(Check(s, "memory-efficient attention (SDPA)", bool(b.mem_efficient_sdp_enabled())))
     if hasattr(b, "cudnn_sdp_enabled"):
         checks.append(Check(s, "cuDNN attention (SDPA)", bool(b.cudnn_sdp_enabled())))
+    checks.append(_sdpa_order_check(s))
     return checks
+
+
+def _sdpa_order_check(section: str) -> Check:
+    """The order this GPU's SDPA tries its kernels in (PyTorch's own, fixed at its first choice): which one a run
+    gets unless ``--sdpa_backend`` puts another first."""
+    from gptlab.device import sdpa_backend_ids, sdpa_state
+
+    order, _ = sdpa_state(cuda=True)
+    if order is None:
+        return Check(section, "SDPA kernel order", None, "not readable in this PyTorch (< 2.6)")
+    names = {number: name for name, number in sdpa_backend_ids().items()}  # sdpa_backend's names
+    listed = ", ".join(names[b] for b in order if b in names)
+    return Check(section, "SDPA kernel order", True, f"{listed} (--sdpa_backend=NAME puts one first)")
 
 
 def _distributed_checks() -> list[Check]:

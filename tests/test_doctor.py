@@ -55,7 +55,23 @@ def test_doctor_says_there_is_no_gpu(capsys: pytest.CaptureFixture[str]) -> None
     assert checks["CUDA available"]["ok"] is False
     assert checks["GPU"]["ok"] is False and "no GPU" in checks["GPU"]["detail"]
     assert checks["flash attention (SDPA)"]["ok"] is None  # n/a without a GPU
+    assert "flash, then math" in checks["SDPA kernel order"]["detail"]
     assert checks["gloo backend (CPU)"]["ok"] is torch.distributed.is_gloo_available()
+
+
+def test_the_sdpa_kernel_order_is_said_in_sdpa_backends_names() -> None:
+    """On a GPU doctor lists the order SDPA tries its kernels in (PyTorch's, cuDNN first on an H100/H200), by the
+    names --sdpa_backend takes; the order is readable without one."""
+    from gptlab.device import prefer_sdpa_kernel, sdpa_state, set_sdpa_state
+    from gptlab.doctor import _sdpa_order_check
+
+    before = sdpa_state()
+    try:
+        prefer_sdpa_kernel("cudnn", "cuda")  # on a CPU only the order changes: what a GPU's default would say
+        check = _sdpa_order_check("Attention")
+    finally:
+        set_sdpa_state(before)
+    assert check.ok and check.detail.startswith("cudnn, flash, efficient, math (--sdpa_backend=NAME")
 
 
 def test_root_test_imports_script() -> None:
