@@ -4,8 +4,12 @@ sizes, dtype, compile on/off, attention backend, chunked loss, batch and sequenc
 python bench/sweep.py --grid preset=gpt2,llama --grid attention_backend=sdpa,manual --iters 5 --rounds 1
 python bench/sweep.py --grid compile=off,on --grid batch_size=8,16 --device cuda --dtype bfloat16 \\
     --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304
+python bench/sweep.py --grid sdpa_backend=auto,flash --grid residual_dtype=auto,bfloat16 --device cuda \
+    --dtype bfloat16 --compile --batch_size 64 --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 \
+    --block_size 1024 --vocab_size 50304
 Every argument that is not --grid goes to each train_step run unchanged; a grid key is any
-train_step flag (compile takes on/off; leave --compile out of the shared arguments then).
+train_step flag (compile takes on/off; leave --compile out of the shared arguments then) or any
+other training or architecture key, passed as train_step's --set KEY=VALUE.
 """
 
 from __future__ import annotations
@@ -33,23 +37,35 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def flags(key: str, value: str) -> list[str]:
+def step_options() -> set[str]:
+    """train_step's own flags (bench/common.py's and its timing ones): any other grid key goes by --set."""
+    sys.path.insert(0, str(STEP.parent))
+    from common import add_run_args
+
+    p = argparse.ArgumentParser(add_help=False)
+    add_run_args(p)
+    own = {"warmup", "iters", "rounds", "profile", "json"}
+    return own | {s.removeprefix("--") for action in p._actions for s in action.option_strings}
+
+
+def flags(key: str, value: str, options: set[str]) -> list[str]:
     if key in SWITCHES:
         if value not in ("on", "off"):
             raise ValueError(f"--grid {key}={value!r}: expected on or off")
         return [f"--{key}"] if value == "on" else []
-    return [f"--{key}", value]
+    return [f"--{key}", value] if key in options else ["--set", f"{key}={value}"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
     a, rest = p.parse_known_args()
+    options = step_options()
     try:  # argparse's one line and exit 2, as for its own errors
         grid = parse_grid(a.grid)
         for key, values in grid.items():
             for value in values:
-                flags(key, value)
+                flags(key, value, options)
     except ValueError as e:
         p.error(str(e))
     if not grid:
@@ -60,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, combo in enumerate(itertools.product(*grid.values())):
             out = Path(tmp) / f"{i}.json"
-            args = [arg for key, value in zip(grid, combo) for arg in flags(key, value)]
+            args = [arg for key, value in zip(grid, combo) for arg in flags(key, value, options)]
             cmd = [sys.executable, str(STEP), *rest, *args, "--json", str(out)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:

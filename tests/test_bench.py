@@ -75,6 +75,12 @@ def test_sweep_runs_every_combination(data_dir: Path, tmp_path: Path) -> None:  
     assert lines[0].split()[:2] == ["preset", "batch_size"]
     assert sum(line.startswith("failed: ") and "batch_size=0" in line for line in lines) == 2  # a bad value: said so
     assert sum(line.split()[1] == "2" and "failed" not in line for line in lines[1:5]) == 2
+    # a training key that is no train_step flag goes by --set: SDPA's kernel, one run each
+    out = bench("sweep.py", "--grid", "sdpa_backend=auto,math", *TINY, "--data_dir", str(data_dir),
+                "--out_dir", str(tmp_path / "run"), "--iters", "1", "--rounds", "1", "--warmup", "0",
+                cwd=tmp_path)  # fmt: skip
+    rows = [line.split() for line in out.splitlines()[1:3]]
+    assert [row[0] for row in rows] == ["auto", "math"] and all("failed" not in row for row in rows), out
 
 
 def test_lm_head_compares_plain_and_chunked(tmp_path: Path) -> None:
