@@ -706,14 +706,12 @@ GPT2_NORMS = ("layernorm", "layernorm_nobias")
 def _with_zero_biases(model: ConfigurableGPT, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """``state`` with the biases HF's GPT-2 always has, as zeros where the model has none (bias=False, or a
     layernorm without bias): the same function, so nanoGPT's default models export too."""
-    from dataclasses import replace
-
+    biased_config = dataclasses.replace(model.config, bias=True, normalization="layernorm")
     with torch.device("meta"):
-        biased = ConfigurableGPT(replace(model.config, bias=True, normalization="layernorm"), init_weights=False)
-    dtype = model.lm_head.weight.dtype
+        biased = ConfigurableGPT(biased_config, init_weights=False)
+    like = model.lm_head.weight  # the zeros in the weights' dtype, on their device
     missing = {k: v.shape for k, v in biased.state_dict().items() if k not in state}
-    device = model.lm_head.weight.device
-    return {**state, **{k: torch.zeros(shape, dtype=dtype, device=device) for k, shape in missing.items()}}
+    return {**state, **{k: like.new_zeros(shape) for k, shape in missing.items()}}
 
 
 def _llama_out(model: ConfigurableGPT) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -101,7 +101,7 @@ def softmax_grad_torch_(logits: Tensor, targets: Tensor, valid: Tensor) -> Tenso
     return losses
 
 
-def _softmax_grad_torch(logits: Tensor, targets: Tensor) -> Tensor:
+def _softmax_grad_fallback(logits: Tensor, targets: Tensor) -> Tensor:
     """``softmax_grad_`` in torch ops (float32 arithmetic), in place: where the kernel does not run."""
     valid = targets != IGNORE_INDEX
     work = logits.float()  # a float32 copy of low-precision logits (float32 ones themselves)
@@ -121,7 +121,7 @@ def softmax_grad_(logits: Tensor, targets: Tensor) -> Tensor:
     bad = (targets < IGNORE_INDEX) | (targets >= n_cols)
     torch._assert_async(~bad.any(), "a target is outside [0, vocab_size) and is not -1")
     if not triton_kernel_applies(logits.device, logits.dtype) or not _triton_compiles_for(logits.device.index or 0):
-        return _softmax_grad_torch(logits, targets)
+        return _softmax_grad_fallback(logits, targets)
     targets = targets.contiguous()  # the kernel steps through them one by one (a slice t[::2] is strided)
     losses = torch.empty(n_rows, device=logits.device, dtype=torch.float32)
     if n_rows:
