@@ -146,7 +146,8 @@ def parse_overrides(
     settings: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Turn ``['--n_layer=4', '--bias=False']`` into ``{'n_layer': 4, 'bias': False}``. A key of
-    ``text_keys`` (string settings) keeps its text when it reads as a number: ``--wandb_run_name=2024``;
+    ``text_keys`` (string settings) keeps its text when it reads as another literal: ``--wandb_run_name=2024``,
+    ``--start=None``;
     ``bool_keys`` (bool settings), ``keys`` (all the command takes; None: any) and ``settings`` (all gptlab
     knows) name the fix for a bare ``--eval_only`` or ``--bf16``."""
     text_keys = frozenset(text_keys)
@@ -169,7 +170,7 @@ def parse_overrides(
             hint = f": did you mean --{spelled}={text}?" if spelled.isidentifier() else ""
             raise ConfigError(f"cannot parse argument {arg!r}: {key!r} is not a valid key name{hint}")
         value = parse_value(text)
-        if key in text_keys and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key in text_keys and not isinstance(value, str):  # 2024, None, True, {}: a prompt's or name's text
             value = text
         if key in out:
             raise ConfigError(f"--{key} is given twice ({out[key]!r}, then {value!r}): give it once")

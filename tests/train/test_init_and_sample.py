@@ -189,6 +189,8 @@ def test_root_sample_script(data_dir: Path, tmp_path: Path) -> None:
     from gptlab.train.sample import parse_sample_args, sample
 
     unknown = parse_sample_args([f"--out_dir={str(tmp_path)!r}", "--start='日本'", "--device='cpu'"])
+    for prompt in ("None", "True", "{}", "2024"):  # Python source the quick start's model knows: its text
+        assert parse_sample_args([f"--start={prompt}"]).start == prompt
     with pytest.raises(ConfigError, match=r"the prompt \(--start / sample_prompt\) cannot be encoded: character '日'"):
         list(sample(unknown))
 

@@ -187,6 +187,9 @@ def test_string_keys_keep_numeric_text_and_voided_keys_only_when_typed(tmp_path:
         ["--wandb_log=True", "--wandb_run_name=2024", "--out_dir=123", "--sample_at_end=True", "--sample_prompt=1.5"]
     )
     assert (run.train.wandb_run_name, run.train.out_dir, run.train.sample_prompt) == ("2024", "123", "1.5")
+    # any literal that is not a string: a prompt of Python source ('None', 'True', '{}', '(1, 2)') is its text
+    for prompt in ("None", "True", "{}", "(1, 2)", "[x]"):
+        assert parse_run_args(["--sample_at_end=True", f"--sample_prompt={prompt}"]).train.sample_prompt == prompt
     config = tmp_path / "nanogpt_style.py"
     config.write_text(
         "decay_lr = False\nwarmup_iters = 100\nmin_lr = 6e-5\nwandb_project = 'owt'\n"
