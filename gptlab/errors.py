@@ -102,6 +102,14 @@ VALUE_ALIASES: dict[str, str] = {
     "swish": "silu",  # Hugging Face's name for it
     "layer_norm": "layernorm",
     "rms_norm": "rmsnorm",
+    # GPT-2's sizes by their common names (difflib's nearest to 'gpt2-small' was the 1.5B 'gpt2-xl')
+    "gpt2-small": "gpt2",
+    "gpt2-124m": "gpt2",
+    "gpt2-355m": "gpt2-medium",
+    "gpt2-350m": "gpt2-medium",
+    "gpt2-774m": "gpt2-large",
+    "gpt2-1.5b": "gpt2-xl",
+    "gpt2-1558m": "gpt2-xl",
 }
 
 
@@ -130,11 +138,15 @@ def closest(value: object, choices: Iterable[str]) -> str | None:
     alias = KEY_ALIASES.get(value) or VALUE_ALIASES.get(value.lower())
     if alias in choices:
         return alias
-    folded = {c.lower(): c for c in choices}  # RMSNorm, SDPA: the case alone is wrong
-    if value.lower() in folded:
-        return folded[value.lower()]
+    folded = {_folded(c): c for c in choices}  # RMSNorm, SDPA, GPT-2: the case or a separator alone is wrong
+    if _folded(value) in folded:
+        return folded[_folded(value)]
     close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def _folded(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
 def unknown_choice(key: str, value: object, choices: Iterable[str]) -> ConfigError:

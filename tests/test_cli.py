@@ -144,6 +144,9 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["train", "--activation=swish"], "(did you mean 'silu'?)"),
         (["train", "--activation=gelu_new"], "(Hugging Face's tanh GELU is activation='gelu' with gelu_approximate="),
         (["train", "--normalization=rms_norm"], "(did you mean 'rmsnorm'?)"),
+        (["train", "--init_from=gpt2-small"], "(did you mean 'gpt2'?)"),  # difflib's nearest: the 1.5B gpt2-xl
+        (["train", "--init_from=gpt2-355M"], "(did you mean 'gpt2-medium'?)"),
+        (["train", "--arch_preset=GPT-2"], "(did you mean 'gpt2'?)"),  # the case and a hyphen
         (["train", "--training.steps=10"], "did you mean --max_iters=10?"),
         (["train", "--max-iters"], "(write --max_iters=VALUE)"),
         (["train", "--prompt"], "(write --sample_prompt=VALUE)"),  # the train key nearest sample's alias
