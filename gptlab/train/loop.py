@@ -254,6 +254,17 @@ class Trainer:
         # nanoGPT's meaning: gradient_accumulation_steps counts micro-batches of the global step,
         # shared out over the ranks (the global batch stays the knob under any world size)
         # (an evaluation takes no training step: eval_only evaluates whatever the checkpoint's batch was)
+        # left at its default (1, which no world size > 1 divides): one micro-batch per rank, the global batch
+        # DDP gives (a resume keeps its checkpoint's; a value a file or override gives must divide)
+        self.accumulation_defaulted = (
+            self.world_size > 1
+            and cfg.gradient_accumulation_steps == 1
+            and "gradient_accumulation_steps" not in run.explicit
+            and cfg.init_from != "resume"
+            and not cfg.eval_only
+        )
+        if self.accumulation_defaulted:
+            cfg.gradient_accumulation_steps = self.world_size
         if cfg.gradient_accumulation_steps % self.world_size and not cfg.eval_only:
             raise ConfigError(_accumulation_error(cfg, self.world_size, run.explicit))
         self.accum_steps = max(1, cfg.gradient_accumulation_steps // self.world_size)  # micro-steps per rank

@@ -48,6 +48,7 @@ def _batch_line(t: dict[str, Any]) -> str:
     return (
         f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} micro-batches"
         + (f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks)" if t["world_size"] > 1 else "")
+        + (" (gradient_accumulation_steps not set: one per rank)" if t.get("accumulation_defaulted") else "")
         + f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"
         f" = {t['tokens_per_iter']:,} tokens/iter"
     )
@@ -80,6 +81,8 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "batch_size": cfg.batch_size,
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
             "micro_steps_per_rank": trainer.accum_steps,
+            # the default 1 under several ranks became the world size (one micro-batch per rank)
+            "accumulation_defaulted": trainer.accumulation_defaulted,
             "world_size": trainer.world_size,
             "sequences_per_iter": cfg.batch_size * cfg.gradient_accumulation_steps,  # the global batch
             "block_size": arch.block_size,

@@ -188,6 +188,21 @@ def test_single_file_checkpoint_resumes_under_fsdp(data_dir: Path, tmp_path: Pat
     assert evaluated["val_loss"] == pytest.approx(records(runs["ddp"], "eval")[-1]["val_loss"], rel=1e-6)
 
 
+def test_torchrun_without_a_config_file_takes_one_micro_batch_per_rank(data_dir: Path, tmp_path: Path) -> None:
+    """gradient_accumulation_steps left at its default (1, which 2 ranks cannot share) is one micro-batch per
+    rank, as DDP gives, and said so; it was a refusal, so every torchrun launch without a config file needed
+    the flag. The run's saved config holds the global value, so a resume in one process takes 2 micro-steps."""
+    out = tmp_path / "run"
+    args = [a for a in small(data_dir, out, max_iters=2, eval_iters=2) if "gradient_accumulation" not in a]
+    res = torchrun([*args, "--arch_preset=llama"], config=None)
+    assert res.returncode == 0, res.stderr[-3000:]
+    said = "4 x 2 micro-batches (1 per rank on 2 ranks) (gradient_accumulation_steps not set: one per rank)"
+    assert said in res.stdout
+    training = records(out, "startup")[0]["training"]
+    assert training["gradient_accumulation_steps"] == 2 and training["tokens_per_iter"] == 2 * 4 * 32
+    assert json.loads((out / "config.json").read_text())["train"]["gradient_accumulation_steps"] == 2
+
+
 def test_fsdp_float16_trains_with_the_sharded_loss_scaler(data_dir: Path, tmp_path: Path) -> None:
     """--dtype=float16 under FSDP (V100 / T4-class GPUs): parameters gathered in float16, gradients
     reduced in float32, the loss scaled by the sharded scaler. An early step overflows at the initial
