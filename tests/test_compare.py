@@ -3,6 +3,7 @@ functions return, the three formats, and --train end to end on two tiny presets.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -123,6 +124,35 @@ def test_the_readmes_table_is_the_commands_output(capsys: pytest.CaptureFixture[
     assert main(["compare", "gpt2", "llama", "hybrid", "--format", "markdown"]) == 0
     printed = capsys.readouterr().out.split("\n\n")[0].strip()
     assert shown == printed
+
+
+def test_the_readmes_trained_memory_row_is_the_planners(tmp_path: Path) -> None:
+    """README.md's `compare gpt2 llama hybrid --train` table prints, on the CPU, each run's planned peak: the
+    row had drifted from the planner (llama 0.0087 GB shown, 0.0081 planned). The plan, without the training."""
+    from gptlab.compare import resolve_architecture
+    from gptlab.compare_train import _run_values, format_result
+    from gptlab.config.model import padded_vocab_size
+    from gptlab.config.train import resolve_run_config
+    from gptlab.device import resolve_device, resolve_dtype
+    from gptlab.telemetry.planner import plan_memory
+    from gptlab.train.telemetry_hooks import run_plan_kwargs
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    command = "gptlab compare gpt2 llama hybrid --train --out_dir=out/compare --max_iters=300 --lr_decay_iters=300"
+    assert f"`{command}`" in readme
+    row = "| peak memory (GB: CUDA measured, CPU planned)"
+    shown = next(line for line in readme.splitlines() if line.startswith(row))
+    overrides = {"max_iters": 300, "lr_decay_iters": 300}
+    vocab = json.loads((prepare_dataset("stdlib_char", data_dir=tmp_path) / "meta.json").read_text())["vocab_size"]
+    planned = []
+    for name in ("gpt2", "llama", "hybrid"):
+        run = resolve_run_config(_run_values(resolve_architecture(name), overrides, tmp_path), typed=set(overrides))
+        arch = dataclasses.replace(run.arch, vocab_size=padded_vocab_size(vocab))  # as the run sets it from the data
+        device = resolve_device(run.train.device)
+        kwargs = run_plan_kwargs(run.train, resolve_dtype(run.train.dtype, device), "none", 1,
+                                 run.train.gradient_accumulation_steps, device)  # fmt: skip
+        planned.append(format_result("peak_memory_gb", plan_memory(arch, **kwargs).mode.peak / 1e9))
+    assert shown == f"{row} | " + " | ".join(planned) + " |"
 
 
 def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
