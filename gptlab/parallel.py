@@ -151,6 +151,27 @@ def _check_ranks(world_size: int, rank: int, local_rank: int) -> None:
         )
 
 
+def stop_with_the_launcher() -> None:
+    """Under torchrun (Linux), ask the kernel for a SIGTERM to this rank when its launcher dies (kill -9, the
+    OOM killer): torchrun starts its workers in a session of their own, so nothing else reaches them, and they
+    trained on orphaned, holding the GPUs and out_dir's lock. The SIGTERM stops them as a preemption does:
+    at a step boundary, with a checkpoint."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+
+    launcher = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+            return
+    except (OSError, AttributeError):  # no prctl (a libc without it): as before
+        return
+    if os.getppid() != launcher:  # it died before the request
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     """Join the job torchrun started (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT).
 
@@ -159,6 +180,7 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     timeout bounds every collective: a rank that died turns into an error, not a hang.
     """
     world_size, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    stop_with_the_launcher()
     if not (dist.is_available() and dist.is_initialized()):  # a group made by the caller names its own ranks
         _check_ranks(world_size, rank, local_rank)
     if world_size == 1 and (not dist.is_available() or not dist.is_initialized()):

@@ -375,6 +375,34 @@ def test_a_full_disk_under_torchrun_is_one_line(data_dir: Path, tmp_path: Path) 
     assert "exitcode  : 2" in res.stderr, res.stderr[-2000:]  # a user's error, not a crash
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_ranks_stop_with_a_checkpoint_when_torchrun_is_killed(data_dir: Path, tmp_path: Path) -> None:
+    """kill -9 of torchrun (a user's, a watchdog's, the OOM killer's) reaches no worker: torchrun starts them in
+    a session of their own. They trained on, orphaned, holding out_dir's lock (and a GPU); now each gets a
+    SIGTERM from the kernel and stops as on a preemption. The pipes close only when every worker has exited."""
+    from tests.train.test_signals import wait_for_iter
+
+    out = tmp_path / "run"
+    args = small(data_dir, out, max_iters=100_000, lr_decay_iters=100, eval_interval=1000)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+           str(ROOT / "train.py"), CONFIG, *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    wait_for_iter(out / "log.jsonl", proc, 3)
+    proc.kill()
+    try:
+        _, err = proc.communicate(timeout=120)  # the workers hold the pipes' other ends
+    finally:  # orphans (the failure) would train on for minutes: gone with the test
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if f"--out_dir={out}".encode() in cmdline.read_bytes().split(b"\0"):
+                    os.kill(int(cmdline.parent.name), signal.SIGKILL)
+            except OSError:  # exited meanwhile
+                pass
+    (event,) = [r for r in records(out, "event") if r.get("event") == "interrupted"]
+    assert f"[rank 0] stopped by SIGTERM at iter {event['iter']}: a checkpoint" in err, err[-3000:]
+    assert load_checkpoint(out)["iter_num"] == event["iter"] > 3
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_sigterm_to_torchrun_stops_every_rank_at_one_checkpoint(mode: str, data_dir: Path, tmp_path: Path) -> None:
     """A preempted job: torchrun passes SIGTERM to its workers, which agree on the iteration at a logged
