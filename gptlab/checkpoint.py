@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -216,11 +217,27 @@ def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
     """A resume of ``out_dir``, which has no latest checkpoint: with an interrupted save's remedy, else the
     rollback to its newest kept checkpoint, else the run directories inside it, when there are any."""
     why = interrupted_save(out_dir) or rollback_hint(out_dir)  # a save cut short names its own remedy
+    if not why and stopped_before_training(out_dir):  # a preemption during the compile or the first evaluation
+        why = "its run was stopped before it trained a step: start it again without --init_from=resume"
     runs = runs_inside(out_dir)
     if not why and runs:
         why = f"the run directories inside it do: {_listed(runs, '--out_dir=')}"
     detail = f" ({why})" if why else ""
     return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
+
+
+def stopped_before_training(out_dir: str | Path) -> bool:
+    """Whether out_dir's run was stopped by a signal before it trained a step (its summary says so)."""
+    try:
+        summary = json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(summary, dict)
+        and str(summary.get("status", "")).startswith("interrupted")
+        and summary.get("tokens_seen") == 0
+        and summary.get("checkpoint_iter") is None
+    )
 
 
 def runs_inside(directory: str | Path) -> list[str]:

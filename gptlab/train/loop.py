@@ -53,6 +53,7 @@ from gptlab.checkpoint import (
     save_single_file,
     software_versions,
     state_errors,
+    stopped_before_training,
     weights_path,
 )
 from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
@@ -277,8 +278,10 @@ class Trainer:
 
         if cfg.init_from != "resume" and not cfg.overwrite and not cfg.eval_only:
             previous = [n for n in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (self.out_dir / n).exists()]
-            if previous == ["log.jsonl"] and (self.out_dir / "log.jsonl").stat().st_size == 0:
-                previous = []  # a start that failed before its first record (a full disk): nothing to keep
+            if previous == ["log.jsonl"] and (
+                (self.out_dir / "log.jsonl").stat().st_size == 0 or stopped_before_training(self.out_dir)
+            ):  # a start that failed before its first record (a full disk), or a preemption during the compile or
+                previous = []  # the first evaluation (a requeued job's command runs again): nothing to keep
             kept = rollback_hint(self.out_dir)  # --keep_checkpoints' copies: a run's, even without ckpt.pt
             if kept and previous in ([], ["log.jsonl"]):
                 raise ConfigError(

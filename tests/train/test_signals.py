@@ -107,6 +107,8 @@ def test_a_stop_before_the_first_step_evaluates_nothing_and_one_during_an_eval_s
     allocates anything: no evaluation, no checkpoint; one during an evaluation stops right after it, with
     its checkpoint, and no step or second evaluation in between."""
     from gptlab.config.train import parse_run_args
+    from gptlab.errors import CheckpointError
+    from gptlab.train.launch import train
     from gptlab.train.loop import Trainer
     from gptlab.train.signals import TrainingInterrupted
 
@@ -125,6 +127,12 @@ def test_a_stop_before_the_first_step_evaluates_nothing_and_one_during_an_eval_s
     assert not [r for r in records if r["type"] in ("eval", "iter")]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["status"] == "interrupted: SIGTERM" and summary["start_iter"] == 0  # the session's fields
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint \(its run was stopped before it trained a step: "
+                       r"start it again without --init_from=resume\)$"):  # fmt: skip
+        parse_run_args(tiny_args(data_dir, tmp_path / "a", max_iters=2, init_from="resume"))
+    # its command again (a requeued job's) starts over: nothing was trained to keep (it needed --overwrite=True)
+    again = train(parse_run_args(tiny_args(data_dir, tmp_path / "a", max_iters=2)), stream=io.StringIO())
+    assert again["status"] == "completed" and [r["type"] for r in _records(tmp_path / "a")].count("startup") == 1
 
     out = tmp_path / "b"
     trainer = Trainer(parse_run_args(tiny_args(data_dir, out, max_iters=20, eval_interval=4)), stream=io.StringIO())
