@@ -143,6 +143,10 @@ def train(run: RunConfig, stream: IO[str] | None = None, *, shared_process: bool
                 print_error_line(f"[rank {info.rank}] {message}")
             sys.stdout.flush()
             os._exit(e.exit_code)
+        if isinstance(e, KeyboardInterrupt):  # a Ctrl-C torchrun passed on during the start, or a second one
+            print_error_line(f"[rank {info.rank}] aborted (Ctrl-C); files already written are as they were")
+            sys.stdout.flush()
+            os._exit(130)
         peer = _peer_lost(e)
         if peer == "gone":  # not this rank's fault: say so, and do not bury the failed rank's line in a traceback
             message = (

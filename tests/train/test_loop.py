@@ -1443,3 +1443,28 @@ def test_each_compiled_run_starts_from_empty_compile_caches(
             parse_run_args(tiny_args(data_dir, tmp_path / str(i), max_iters=1, compile=compile_)), stream=io.StringIO()
         )
     assert len(resets) == 2
+
+
+def test_ctrl_c_during_a_ranks_startup_is_one_line(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torchrun passes a Ctrl-C on to its workers; one that came while a rank was still starting (importing,
+    wrapping the model) printed each rank's KeyboardInterrupt traceback, then '[rank N] error: KeyboardInterrupt'."""
+    from gptlab.train import launch
+
+    two_ranks = parallel.DistInfo(rank=1, world_size=2, mode="ddp")
+    monkeypatch.setattr(launch.parallel, "init_distributed", lambda cfg, device: two_ranks)
+
+    def starting(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(launch, "Trainer", starting)
+    monkeypatch.setattr(launch.os, "_exit", exit_now)
+    with pytest.raises(SystemExit) as exited:
+        launch.train(parse_run_args(tiny_args(data_dir, tmp_path / "run")), stream=io.StringIO())
+    err = capsys.readouterr().err
+    assert exited.value.code == 130 and "Traceback" not in err
+    assert err.strip() == "[rank 1] aborted (Ctrl-C); files already written are as they were"
