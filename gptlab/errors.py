@@ -63,6 +63,9 @@ KEY_ALIASES: dict[str, str] = {
     "hidden_size": "n_embd",
     "dim": "n_embd",
     "intermediate_size": "d_ff",
+    "tie_word_embeddings": "weight_tying",  # HF's config name
+    "tie_weights": "weight_tying",
+    "tie_embeddings": "weight_tying",
     "seq_len": "block_size",
     "max_seq_len": "block_size",
     "context_length": "block_size",

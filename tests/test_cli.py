@@ -148,6 +148,7 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["train", "--init_from=gpt2-355M"], "(did you mean 'gpt2-medium'?)"),
         (["train", "--arch_preset=GPT-2"], "(did you mean 'gpt2'?)"),  # the case and a hyphen
         (["train", "--training.steps=10"], "did you mean --max_iters=10?"),
+        (["train", "--tie_word_embeddings=False"], "(did you mean 'weight_tying'?)"),  # HF's name
         (["train", "--max-iters"], "(write --max_iters=VALUE)"),
         (["train", "--prompt"], "(write --sample_prompt=VALUE)"),  # the train key nearest sample's alias
         (["sample", "--prompt=hi"], "unknown sample key 'prompt' (did you mean 'start'?)"),
