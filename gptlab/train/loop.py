@@ -220,10 +220,12 @@ def _accumulation_error(cfg: TrainConfig, world_size: int, explicit: frozenset[s
     whence = ""
     if cfg.init_from == "resume" and "gradient_accumulation_steps" not in explicit:
         whence = " (the resumed checkpoint's)"
+    sequences = steps * cfg.batch_size  # the global batch: kept by a smaller micro-batch where one divides it
+    same = f" --batch_size={sequences // fits} (the same {sequences} sequences a step)" if sequences % fits == 0 else ""
     return (
         f"gradient_accumulation_steps={steps}{whence} must be divisible by the world size {world_size} "
-        f"(it counts the micro-batches of the whole step, as in nanoGPT): pass --gradient_accumulation_steps={fits}, "
-        "or launch a number of processes that divides it"
+        f"(it counts the micro-batches of the whole step, as in nanoGPT): pass --gradient_accumulation_steps={fits}"
+        f"{same}, or launch a number of processes that divides it"
     )
 
 

@@ -254,10 +254,10 @@ def test_an_accumulation_the_ranks_cannot_share_names_a_value_that_works(data_di
     with pytest.raises(
         ConfigError,
         match=r"^gradient_accumulation_steps=1 \(the resumed checkpoint's\) must be divisible by the world size 2 "
-        r".*: pass --gradient_accumulation_steps=2,",
+        r".*: pass --gradient_accumulation_steps=2 --batch_size=2 \(the same 4 sequences a step\), or",
     ):
         Trainer(parse_run_args(launch), stream=io.StringIO(), dist=two_ranks)
-    with pytest.raises(ConfigError, match=r"^gradient_accumulation_steps=3 must be .*steps=4,"):
+    with pytest.raises(ConfigError, match=r"^gradient_accumulation_steps=3 .*steps=4 --batch_size=3 \(the same 12"):
         Trainer(parse_run_args([*launch, "--gradient_accumulation_steps=3"]), stream=io.StringIO(), dist=two_ranks)
 
 
