@@ -106,13 +106,18 @@ VALUE_ALIASES: dict[str, str] = {
     "layer_norm": "layernorm",
     "rms_norm": "rmsnorm",
     # GPT-2's sizes by their common names (difflib's nearest to 'gpt2-small' was the 1.5B 'gpt2-xl')
+    # (and OpenAI's first release's: 117M, 345M, 762M, 1542M), looked up without case or separators
     "gpt2-small": "gpt2",
     "gpt2-124m": "gpt2",
+    "gpt2-117m": "gpt2",
     "gpt2-355m": "gpt2-medium",
     "gpt2-350m": "gpt2-medium",
+    "gpt2-345m": "gpt2-medium",
     "gpt2-774m": "gpt2-large",
+    "gpt2-762m": "gpt2-large",
     "gpt2-1.5b": "gpt2-xl",
     "gpt2-1558m": "gpt2-xl",
+    "gpt2-1542m": "gpt2-xl",
 }
 
 
@@ -138,7 +143,7 @@ def closest(value: object, choices: Iterable[str]) -> str | None:
     if not isinstance(value, str):
         return None
     choices = list(choices)
-    alias = KEY_ALIASES.get(value) or VALUE_ALIASES.get(value.lower())
+    alias = KEY_ALIASES.get(value) or _FOLDED_VALUE_ALIASES.get(_folded(value))
     if alias in choices:
         return alias
     folded = {_folded(c): c for c in choices}  # RMSNorm, SDPA, GPT-2: the case or a separator alone is wrong
@@ -150,6 +155,9 @@ def closest(value: object, choices: Iterable[str]) -> str | None:
 
 def _folded(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+_FOLDED_VALUE_ALIASES: dict[str, str] = {_folded(k): v for k, v in VALUE_ALIASES.items()}  # gpt2_small, GPT2-Small
 
 
 def unknown_choice(key: str, value: object, choices: Iterable[str]) -> ConfigError:

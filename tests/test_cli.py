@@ -146,6 +146,9 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["train", "--normalization=rms_norm"], "(did you mean 'rmsnorm'?)"),
         (["train", "--init_from=gpt2-small"], "(did you mean 'gpt2'?)"),  # difflib's nearest: the 1.5B gpt2-xl
         (["train", "--init_from=gpt2-355M"], "(did you mean 'gpt2-medium'?)"),
+        (["train", "--init_from=gpt2_1.5B"], "(did you mean 'gpt2-xl'?)"),  # the alias looked up folded
+        (["train", "--init_from=gpt2-117M"], "(did you mean 'gpt2'?)"),  # OpenAI's first name for it
+        (["train", "--out_dir=None"], "out_dir=None has type NoneType, expected str"),  # not a folder 'None'
         (["train", "--arch_preset=GPT-2"], "(did you mean 'gpt2'?)"),  # the case and a hyphen
         (["train", "--training.steps=10"], "did you mean --max_iters=10?"),
         (["train", "--tie_word_embeddings=False"], "(did you mean 'weight_tying'?)"),  # HF's name

@@ -130,6 +130,11 @@ def pair_hint(
     return f"{unknown}write --{key}={value}"
 
 
+# Settings whose value is any text (a prompt, a name), where a literal is still text: --start=None is the
+# prompt 'None'. A path or choice keeps refusing one (--out_dir=None: a type error, not a folder 'None').
+FREE_TEXT_KEYS: frozenset[str] = frozenset({"start", "sample_prompt", "wandb_run_name", "wandb_project"})
+
+
 def parse_value(text: str) -> Any:
     """A Python literal (``3``, ``6e-4``, ``True``, ``None``, ``'x'``) or else the raw string."""
     try:
@@ -146,8 +151,8 @@ def parse_overrides(
     settings: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Turn ``['--n_layer=4', '--bias=False']`` into ``{'n_layer': 4, 'bias': False}``. A key of
-    ``text_keys`` (string settings) keeps its text when it reads as another literal: ``--wandb_run_name=2024``,
-    ``--start=None``;
+    ``text_keys`` (string settings) keeps its text when it reads as a number: ``--wandb_run_name=2024``, and
+    one of ``FREE_TEXT_KEYS`` when it reads as any other literal: ``--start=None``;
     ``bool_keys`` (bool settings), ``keys`` (all the command takes; None: any) and ``settings`` (all gptlab
     knows) name the fix for a bare ``--eval_only`` or ``--bf16``."""
     text_keys = frozenset(text_keys)
@@ -170,8 +175,9 @@ def parse_overrides(
             hint = f": did you mean --{spelled}={text}?" if spelled.isidentifier() else ""
             raise ConfigError(f"cannot parse argument {arg!r}: {key!r} is not a valid key name{hint}")
         value = parse_value(text)
-        if key in text_keys and not isinstance(value, str):  # 2024, None, True, {}: a prompt's or name's text
-            value = text
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in text_keys and (number or (key in FREE_TEXT_KEYS and not isinstance(value, str))):
+            value = text  # --wandb_run_name=2024; a prompt of Python source: --start=None, True, {}
         if key in out:
             raise ConfigError(f"--{key} is given twice ({out[key]!r}, then {value!r}): give it once")
         out[key] = value

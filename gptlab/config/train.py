@@ -352,9 +352,9 @@ ALL_KEYS: tuple[str, ...] = TRAIN_FIELDS + ARCH_FIELDS
 
 
 def text_fields(*classes: type) -> frozenset[str]:
-    """The string settings of dataclasses: an override that reads as another literal keeps its text there
-    (--wandb_run_name=2024, --out_dir=123, --start=None). Only plain ``str`` fields: in a ``str | None`` one,
-    None would be meant."""
+    """The string settings of dataclasses: an override that reads as a number keeps its text there
+    (--wandb_run_name=2024, --out_dir=123; a prompt's any literal: overrides.FREE_TEXT_KEYS). Only plain
+    ``str`` fields: in a ``str | None`` one, None would be meant."""
     return frozenset(f.name for cls in classes for f in dataclasses.fields(cls) if f.type in ("str", str))
 
 

@@ -47,8 +47,12 @@ def _batch_line(t: dict[str, Any]) -> str:
         return f"  batch:       {t['batch_size']} sequences x {t['block_size']} tokens per evaluation batch{shared}"
     return (
         f"  batch:       {t['batch_size']} x {t['gradient_accumulation_steps']} micro-batches"
-        + (f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks)" if t["world_size"] > 1 else "")
-        + (" (gradient_accumulation_steps not set: one per rank)" if t.get("accumulation_defaulted") else "")
+        + (
+            f" ({t['micro_steps_per_rank']} per rank on {t['world_size']} ranks"
+            + ("; gradient_accumulation_steps not set)" if t.get("accumulation_defaulted") else ")")
+            if t["world_size"] > 1
+            else ""
+        )
         + f" = {t['sequences_per_iter']} sequences (global batch) x {t['block_size']} tokens"
         f" = {t['tokens_per_iter']:,} tokens/iter"
     )

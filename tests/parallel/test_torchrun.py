@@ -196,7 +196,7 @@ def test_torchrun_without_a_config_file_takes_one_micro_batch_per_rank(data_dir:
     args = [a for a in small(data_dir, out, max_iters=2, eval_iters=2) if "gradient_accumulation" not in a]
     res = torchrun([*args, "--arch_preset=llama"], config=None)
     assert res.returncode == 0, res.stderr[-3000:]
-    said = "4 x 2 micro-batches (1 per rank on 2 ranks) (gradient_accumulation_steps not set: one per rank)"
+    said = "4 x 2 micro-batches (1 per rank on 2 ranks; gradient_accumulation_steps not set) = 8 sequences"
     assert said in res.stdout
     training = records(out, "startup")[0]["training"]
     assert training["gradient_accumulation_steps"] == 2 and training["tokens_per_iter"] == 2 * 4 * 32
