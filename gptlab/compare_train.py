@@ -98,6 +98,9 @@ def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) ->
         if "warmup_iters" not in overrides:
             values["warmup_iters"] = min(values["warmup_iters"], max(max_iters, 0) // 10)
     values["out_dir"] = str(out_dir / arch.label)
+    # wandb: each architecture's run by its label (all were 'run', or all the one --wandb_run_name)
+    named = overrides.get("wandb_run_name")
+    values["wandb_run_name"] = f"{named}-{arch.label}" if isinstance(named, str) and named else arch.label
     return values
 
 

@@ -169,6 +169,19 @@ def check_logging_backends(wandb_log: bool, tensorboard_log: bool) -> None:
             ) from None
 
 
+# summary.json's figures a wandb runs table compares (its summary otherwise holds each key's last value: the
+# final evaluation's val loss, not the best)
+WANDB_SUMMARY_KEYS = ("status", "best_val_loss", "final_val_loss", "final_loss", "tokens_seen", "total_time_s")
+
+
+def _wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    out = {key: summary[key] for key in WANDB_SUMMARY_KEYS if summary.get(key) is not None}
+    for key in ("tokens_per_sec", "mfu"):  # the medians past the warm-up, as compare's table shows them
+        if isinstance(summary.get(key), dict):
+            out[f"{key}_median"] = summary[key]["median"]
+    return _json_safe(out)
+
+
 class TrainingLogger:
     """Writes one JSON object per line to ``out_dir/log.jsonl`` and renders the console view."""
 
@@ -215,10 +228,12 @@ class TrainingLogger:
             import wandb
 
             try:
+                group = None if os.environ.get("WANDB_RUN_GROUP") else wandb_config.get("group")  # wandb's own wins
                 self._wandb = wandb.init(
                     project=wandb_config.get("project"),
                     name=wandb_config.get("name"),
                     config=wandb_config.get("config"),
+                    **({"group": group} if group else {}),
                 )
             except Exception as e:  # not logged in (UsageError), no network (CommError): wandb's, in one line
                 raise GptlabError(
@@ -511,6 +526,8 @@ class TrainingLogger:
         if not self.eval_only:
             atomic_write(self.out_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
         self._write({"type": "summary", **summary})
+        if self._wandb is not None and hasattr(self._wandb, "summary"):  # a runs table sorts by the best loss
+            self._wandb.summary.update(_wandb_summary(summary))
         self.close(exit_code)
         return summary
 

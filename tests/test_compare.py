@@ -155,6 +155,16 @@ def test_the_readmes_trained_memory_row_is_the_planners(tmp_path: Path) -> None:
     assert shown == f"{row} | " + " | ".join(planned) + " |"
 
 
+def test_compare_train_names_each_wandb_run_by_its_label(tmp_path: Path) -> None:
+    """Every architecture's wandb run was named 'run' (or all the one --wandb_run_name): by label now."""
+    from gptlab.compare import resolve_architecture
+    from gptlab.compare_train import _run_values
+
+    arch = resolve_architecture("llama")
+    assert _run_values(arch, {"wandb_log": True}, tmp_path)["wandb_run_name"] == "llama"
+    assert _run_values(arch, {"wandb_log": True, "wandb_run_name": "ab1"}, tmp_path)["wandb_run_name"] == "ab1-llama"
+
+
 def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     prepare_dataset("stdlib_char", data_dir=tmp_path / "data")

@@ -443,12 +443,19 @@ class Trainer:
             stream=stream,
             max_iters=cfg.max_iters,
             start_iter=self.iter_num,
+            # a resume of a finished run logs nothing: no empty wandb run or TensorBoard file (a requeued job's)
             wandb_config=(
-                {"project": cfg.wandb_project, "name": cfg.wandb_run_name, "config": self.run_config.to_dict()}
-                if cfg.wandb_log
+                {
+                    "name": self._wandb_name(run, ckpt),
+                    "project": cfg.wandb_project,
+                    "config": self.run_config.to_dict(),
+                    # a run's sessions (each resume is a wandb run of its own) share a group: its directory
+                    "group": str(self.out_dir.resolve())[-128:],
+                }
+                if cfg.wandb_log and not self._done
                 else None
             ),
-            tensorboard=cfg.tensorboard_log,
+            tensorboard=cfg.tensorboard_log and not self._done,
             resume=cfg.init_from == "resume",
             eval_only=cfg.eval_only,
             tensorboard_purge_step=self._tensorboard_purge_step(),
@@ -524,6 +531,18 @@ class Trainer:
                 )
         if leftovers:
             self.logger.log_event("cleanup", f"removed what killed saves left: {', '.join(leftovers)}")
+
+    def _wandb_name(self, run: RunConfig, ckpt: dict[str, Any] | None) -> str:
+        """The wandb run's name: the one given; on a resume not given one, the name the run was started with (a
+        launch key, not the checkpoint's setting); unset, the run directory's ('run' named every experiment's
+        sessions alike)."""
+        name = self.cfg.wandb_run_name
+        if "wandb_run_name" in run.explicit:
+            return name
+        saved = ((ckpt or {}).get("config") or {}).get("train", {}).get("wandb_run_name")
+        if isinstance(saved, str) and saved and saved != TrainConfig.wandb_run_name:
+            return saved
+        return name if name != TrainConfig.wandb_run_name else self.out_dir.resolve().name
 
     def use_stable_grads(self) -> None:
         """Keep ``.grad`` as zeroed buffers made now, accumulated into in place and zeroed (not freed) after

@@ -66,6 +66,7 @@ def test_blockwise_compile_trains_like_eager(data_dir: Path, tmp_path: Path) -> 
 class _FakeRun:
     def __init__(self, **kwargs: object) -> None:
         self.init_kwargs, self.logged, self.finished = kwargs, [], False
+        self.summary: dict = {}
 
     def log(self, values: dict, step: int) -> None:
         self.logged.append((step, values))
@@ -94,6 +95,20 @@ def test_wandb_backend_receives_metrics(data_dir: Path, tmp_path: Path, monkeypa
     assert {"gradients/global_norm", "gradients/grad_max", "memory/rss_gb"} <= keys
     assert not {k for k in keys if "grad_grad" in k or k == "train/iter"} and "train/grad_norm" in keys
     assert [step for step, values in run.logged if "train/loss" in values] == list(range(5))
+    # the figures a runs table sorts by, as summary.json has them (wandb's summary kept each key's last value)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert run.summary["best_val_loss"] == summary["best_val_loss"] and run.summary["status"] == "completed"
+    assert run.summary["tokens_per_sec_median"] == summary["tokens_per_sec"]["median"]
+    assert run.init_kwargs["group"] == str(tmp_path.resolve())  # a run's sessions together
+    # a resume keeps the run's name; one with nothing left to do opens no wandb run (it left an empty one)
+    resumed = dict(wandb_log=True, wandb_project="p", max_iters=4, init_from="resume")
+    train(parse_run_args(tiny_args(data_dir, tmp_path, **resumed)), stream=io.StringIO())
+    assert len(runs) == 1
+    train(parse_run_args(tiny_args(data_dir, tmp_path, **{**resumed, "max_iters": 6})), stream=io.StringIO())
+    assert len(runs) == 2 and runs[1].init_kwargs["name"] == "r"
+    # unnamed, a run is its directory's (every experiment's sessions were 'run')
+    train(parse_run_args(tiny_args(data_dir, tmp_path / "exp7", wandb_log=True, max_iters=1)), stream=io.StringIO())
+    assert runs[-1].init_kwargs["name"] == "exp7"
 
 
 def test_a_failed_run_is_a_failed_wandb_run(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,6 +181,11 @@ def test_real_tensorboard_events_hold_the_logged_losses(data_dir: Path, tmp_path
     evaluation = EventAccumulator(str(tmp_path / "tensorboard" / "eval_only"))
     evaluation.Reload()
     assert [e.step for e in evaluation.Scalars("eval/val_loss")] == [steps[-1]]
+    # a resume of the finished run (a requeued job's) writes no events file (it left an empty one)
+    files = sorted((tmp_path / "tensorboard").glob("events.*"))
+    done = tiny_args(data_dir, tmp_path, tensorboard_log=True, max_iters=4, init_from="resume")
+    train(parse_run_args(done), stream=io.StringIO())
+    assert sorted((tmp_path / "tensorboard").glob("events.*")) == files
 
 
 def test_tensorboard_after_a_rollback_and_resume_has_each_step_once(data_dir: Path, tmp_path: Path) -> None:
