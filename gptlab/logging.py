@@ -236,10 +236,12 @@ class TrainingLogger:
                     **({"group": group} if group else {}),
                 )
             except Exception as e:  # not logged in (UsageError), no network (CommError): wandb's, in one line
-                raise GptlabError(
-                    f"wandb_log=True: wandb.init failed ({type(e).__name__}: {first_line(e)}); run `wandb login`, "
-                    "or set WANDB_MODE=offline to log locally and `wandb sync` later"
-                ) from None
+                if "project name" in str(e).lower():  # a name wandb refuses: logging in would not help
+                    way_out = "choose another --wandb_project"
+                else:
+                    way_out = "run `wandb login`, or set WANDB_MODE=offline to log locally and `wandb sync` later"
+                failed = f"wandb.init failed ({type(e).__name__}: {first_line(e)})"
+                raise GptlabError(f"wandb_log=True: {failed}; {way_out}") from None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

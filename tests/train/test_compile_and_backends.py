@@ -269,6 +269,13 @@ def test_missing_backend_is_one_line(data_dir: Path, tmp_path: Path, monkeypatch
         )
     assert (tmp_path / "log.jsonl").read_bytes() == log_before
 
+    def bad_project(**kwargs: object) -> None:  # wandb 0.31's words; logging in would not help
+        raise RuntimeError("Invalid project name 'my/project': cannot contain characters '/,\\,#,?,%,:', found '/'")
+
+    fake.init = bad_project  # type: ignore[attr-defined]
+    with pytest.raises(GptlabError, match=r"found '/'\); choose another --wandb_project$"):
+        train(parse_run_args(tiny_args(data_dir, tmp_path / "p", wandb_log=True, max_iters=1)), stream=io.StringIO())
+
 
 def test_missing_backends_are_said_before_the_run_is_built_or_wandb_opened(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
