@@ -100,7 +100,10 @@ def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) ->
     values["out_dir"] = str(out_dir / arch.label)
     # wandb: each architecture's run by its label (all were 'run', or all the one --wandb_run_name)
     named = overrides.get("wandb_run_name")
-    values["wandb_run_name"] = f"{named}-{arch.label}" if isinstance(named, str) and named else arch.label
+    if "wandb_run_name" not in overrides:
+        values["wandb_run_name"] = arch.label
+    elif isinstance(named, str) and named:  # (another value: TrainConfig says what is wrong with it)
+        values["wandb_run_name"] = f"{named}-{arch.label}"
     return values
 
 

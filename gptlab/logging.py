@@ -175,11 +175,13 @@ WANDB_SUMMARY_KEYS = ("status", "best_val_loss", "final_val_loss", "final_loss",
 
 
 def _wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    out = {key: summary[key] for key in WANDB_SUMMARY_KEYS if summary.get(key) is not None}
+    """Numbers as numbers (a NaN left out: as text it would make the column mixed), None left out."""
+    out = {key: summary.get(key) for key in WANDB_SUMMARY_KEYS}
     for key in ("tokens_per_sec", "mfu"):  # the medians past the warm-up, as compare's table shows them
         if isinstance(summary.get(key), dict):
-            out[f"{key}_median"] = summary[key]["median"]
-    return _json_safe(out)
+            out[f"{key}_median"] = summary[key].get("median")
+    finite = lambda v: not isinstance(v, float) or math.isfinite(v)  # noqa: E731
+    return {key: value for key, value in out.items() if value is not None and finite(value)}
 
 
 class TrainingLogger:
@@ -528,9 +530,11 @@ class TrainingLogger:
         if not self.eval_only:
             atomic_write(self.out_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
         self._write({"type": "summary", **summary})
-        if self._wandb is not None and hasattr(self._wandb, "summary"):  # a runs table sorts by the best loss
-            self._wandb.summary.update(_wandb_summary(summary))
-        self.close(exit_code)
+        try:
+            if self._wandb is not None and hasattr(self._wandb, "summary"):  # a runs table sorts by the best loss
+                self._wandb.summary.update(_wandb_summary(summary))
+        finally:  # closed (wandb finished with the run's status) even if wandb's summary failed
+            self.close(exit_code)
         return summary
 
     def close(self, exit_code: int = 0) -> None:

@@ -163,6 +163,7 @@ def test_compare_train_names_each_wandb_run_by_its_label(tmp_path: Path) -> None
     arch = resolve_architecture("llama")
     assert _run_values(arch, {"wandb_log": True}, tmp_path)["wandb_run_name"] == "llama"
     assert _run_values(arch, {"wandb_log": True, "wandb_run_name": "ab1"}, tmp_path)["wandb_run_name"] == "ab1-llama"
+    assert _run_values(arch, {"wandb_run_name": None}, tmp_path)["wandb_run_name"] is None  # refused as in train
 
 
 def test_compare_train_two_tiny_presets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -436,6 +436,8 @@ class Trainer:
             per_iter = _saved_tokens_per_iter(ckpt, self.telemetry.tokens_per_iter)  # for a checkpoint without it
             self.tokens_seen = int(ckpt["tokens_seen"] if "tokens_seen" in ckpt else self.iter_num * per_iter)
         self._done = self._run_is_done()
+        if cfg.wandb_log:  # saved with the run (config.json, checkpoints): the next session's name too
+            cfg.wandb_run_name = self._wandb_name(run, ckpt)
         self.logger = TrainingLogger(
             self.out_dir,
             style=cfg.log_style,
@@ -446,7 +448,7 @@ class Trainer:
             # a resume of a finished run logs nothing: no empty wandb run or TensorBoard file (a requeued job's)
             wandb_config=(
                 {
-                    "name": self._wandb_name(run, ckpt),
+                    "name": cfg.wandb_run_name,
                     "project": cfg.wandb_project,
                     "config": self.run_config.to_dict(),
                     # a run's sessions (each resume is a wandb run of its own) share a group: its directory
@@ -533,16 +535,16 @@ class Trainer:
             self.logger.log_event("cleanup", f"removed what killed saves left: {', '.join(leftovers)}")
 
     def _wandb_name(self, run: RunConfig, ckpt: dict[str, Any] | None) -> str:
-        """The wandb run's name: the one given; on a resume not given one, the name the run was started with (a
-        launch key, not the checkpoint's setting); unset, the run directory's ('run' named every experiment's
-        sessions alike)."""
+        """The wandb run's name: the one given; on a resume not given one, the name its sessions had (saved with
+        the checkpoint; a launch key, not taken from it as a setting); unset, the run directory's ('run' named every
+        experiment's sessions alike; at most 128 characters, wandb's limit)."""
         name = self.cfg.wandb_run_name
         if "wandb_run_name" in run.explicit:
             return name
         saved = ((ckpt or {}).get("config") or {}).get("train", {}).get("wandb_run_name")
         if isinstance(saved, str) and saved and saved != TrainConfig.wandb_run_name:
             return saved
-        return name if name != TrainConfig.wandb_run_name else self.out_dir.resolve().name
+        return name if name != TrainConfig.wandb_run_name else self.out_dir.resolve().name[:128]
 
     def use_stable_grads(self) -> None:
         """Keep ``.grad`` as zeroed buffers made now, accumulated into in place and zeroed (not freed) after

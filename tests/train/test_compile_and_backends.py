@@ -106,6 +106,8 @@ def test_wandb_backend_receives_metrics(data_dir: Path, tmp_path: Path, monkeypa
     assert len(runs) == 1
     train(parse_run_args(tiny_args(data_dir, tmp_path, **{**resumed, "max_iters": 6})), stream=io.StringIO())
     assert len(runs) == 2 and runs[1].init_kwargs["name"] == "r"
+    train(parse_run_args(tiny_args(data_dir, tmp_path, **{**resumed, "max_iters": 7})), stream=io.StringIO())
+    assert runs[2].init_kwargs["name"] == "r"  # and the next (the resumed session saved the name it had)
     # unnamed, a run is its directory's (every experiment's sessions were 'run')
     train(parse_run_args(tiny_args(data_dir, tmp_path / "exp7", wandb_log=True, max_iters=1)), stream=io.StringIO())
     assert runs[-1].init_kwargs["name"] == "exp7"
