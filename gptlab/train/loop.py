@@ -71,7 +71,7 @@ from gptlab.data.stats import unigram_baseline
 from gptlab.device import enable_tf32, prefer_sdpa_kernel, resolve_device, resolve_dtype
 from gptlab.errors import CheckpointError, ConfigError, GptlabError, first_line
 from gptlab.fileio import atomic_write, check_directory
-from gptlab.logging import TrainingLogger
+from gptlab.logging import TrainingLogger, log_records
 from gptlab.model.convert import check_init_source, resolve_pretrained
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.plugins import saved_plugins
@@ -212,6 +212,19 @@ def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> None:
         )
 
 
+def _nothing_logged_to_keep(out_dir: Path) -> bool:
+    """Whether out_dir's log (of a run with no checkpoint) holds nothing a new run would lose: it is empty (a
+    full disk at start), logged no iteration or evaluation (a data error or an out-of-memory at the first
+    batch), or its run was stopped by a signal before it trained a step (a preemption during the compile or
+    the first evaluation: a requeued job's command runs again)."""
+    if stopped_before_training(out_dir):
+        return True
+    try:
+        return not any(r.get("type") in ("iter", "eval") for _, r in log_records(out_dir / "log.jsonl"))
+    except (OSError, GptlabError):  # unreadable or not a log of ours: kept, as before
+        return False
+
+
 def _accumulation_error(cfg: TrainConfig, world_size: int, explicit: frozenset[str]) -> str:
     """The one line for a gradient_accumulation_steps the ranks cannot share, naming a value that works;
     a resume's (the checkpoint's, not typed) says so, since the user never wrote it."""
@@ -280,10 +293,8 @@ class Trainer:
 
         if cfg.init_from != "resume" and not cfg.overwrite and not cfg.eval_only:
             previous = [n for n in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (self.out_dir / n).exists()]
-            if previous == ["log.jsonl"] and (
-                (self.out_dir / "log.jsonl").stat().st_size == 0 or stopped_before_training(self.out_dir)
-            ):  # a start that failed before its first record (a full disk), or a preemption during the compile or
-                previous = []  # the first evaluation (a requeued job's command runs again): nothing to keep
+            if previous == ["log.jsonl"] and _nothing_logged_to_keep(self.out_dir):
+                previous = []  # a start that failed before it trained or evaluated: its command may run again
             kept = rollback_hint(self.out_dir)  # --keep_checkpoints' copies: a run's, even without ckpt.pt
             if kept and previous in ([], ["log.jsonl"]):
                 raise ConfigError(

@@ -1468,3 +1468,25 @@ def test_ctrl_c_during_a_ranks_startup_is_one_line(
     err = capsys.readouterr().err
     assert exited.value.code == 130 and "Traceback" not in err
     assert err.strip() == "[rank 1] aborted (Ctrl-C); files already written are as they were"
+
+
+def test_a_run_that_failed_before_logging_a_step_does_not_block_its_command(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data error (an id past the vocabulary) or an out-of-memory at the first batch left config.json and a
+    log with no step or evaluation in it: the fixed command was refused ('pass --overwrite=True'). A log with
+    a step in it is still kept (test_a_new_run_never_silently_replaces_a_previous_one)."""
+
+    def bad_data(self: Trainer) -> dict:
+        raise DataError("train.bin holds token id 60000, past the dataset's vocabulary of 50257")
+
+    args = tiny_args(data_dir, tmp_path, max_iters=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "evaluate", bad_data)
+        with pytest.raises(DataError, match="past the dataset's vocabulary"):
+            train(parse_run_args(args), stream=io.StringIO())
+    assert (tmp_path / "log.jsonl").exists() and not (tmp_path / "ckpt.pt").exists()
+    again = train(parse_run_args(args), stream=io.StringIO())  # the data prepared again: the same command
+    assert again["status"] == "completed"
+    with pytest.raises(ConfigError, match="holds a previous run"):  # now a run with a checkpoint: kept
+        train(parse_run_args(args), stream=io.StringIO())
