@@ -35,6 +35,11 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
             f"skipped {source['skipped_files']} files that are not text (not UTF-8, or with NUL bytes; "
             f"e.g. {', '.join(source['skipped_examples'])})"
         )
+    if source.get("records_read_as_text"):
+        print(
+            f"note: read as text, not as records: {', '.join(source['records_read_as_text'])} (records, a document "
+            "each, are read from .jsonl or .parquet files, or a folder of only those)"
+        )
     if source.get("skipped_datasets"):
         print(f"skipped prepared datasets inside the input: {', '.join(source['skipped_datasets'])}")
     for split in SPLITS:

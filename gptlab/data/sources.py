@@ -220,6 +220,12 @@ def local_corpus(input_path: Path, exclude: Path | None = None) -> Corpus:
         source["skipped_examples"] = [str(p.relative_to(input_path)) for p in skipped[:3]]
     if datasets:
         source["skipped_datasets"] = [str(p.relative_to(input_path)) for p in datasets]
+    # records files taken as text (a .json, or .jsonl beside text files): their brackets and keys are training
+    # text, with no separator per record; said, since `openwebtext --input x.json` parses the same file
+    as_text = [p for p in files if p.suffix in (".json", *RECORD_SUFFIXES) and p not in skipped]
+    if as_text:
+        named = [str(p.relative_to(input_path)) if input_path.is_dir() else p.name for p in as_text[:3]]
+        source["records_read_as_text"] = named + ([f"... {len(as_text)} in all"] if len(as_text) > 3 else [])
     return Corpus(documents, source)
 
 

@@ -33,6 +33,21 @@ def test_prepare_local_text_prints_what_it_wrote(
         assert str(data / "plays" / name) in out
 
 
+def test_prepare_says_which_records_files_it_read_as_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A .json array of records (or .jsonl beside text files) is read as text, its brackets and keys training
+    text: said, since a file of only records is parsed."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("plain text, a document of its own\n" * 20)
+    (notes / "recs.json").write_text('[{"text": "one record"}, {"text": "another"}]' * 10)
+    (notes / "more.jsonl").write_text('{"text": "a record line"}\n' * 10)
+    assert run(["prepare", "notes_char", "--input", str(notes), "--data_dir", str(tmp_path / "data")]) == 0
+    said = "note: read as text, not as records: more.jsonl, recs.json (records, a document each, are read from"
+    assert said in capsys.readouterr().out
+    assert run(["prepare", "plain_char", "--input", str(notes / "a.txt"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert "note: read as text" not in capsys.readouterr().out
+
+
 def test_prepare_caps_and_dash_spellings(tmp_path: Path, text_file: Path) -> None:
     assert run(["prepare", "plays", "--input", str(text_file), "--data-dir", str(tmp_path), "--max-tokens", "50"]) == 0
     assert sum(read_meta(tmp_path / "plays")["tokens"].values()) == 50
