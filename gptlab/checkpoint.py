@@ -226,14 +226,19 @@ def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
     return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
 
 
+def saved_summary(out_dir: str | Path) -> dict[str, Any] | None:
+    """out_dir's summary.json as a mapping, None if none or unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        summary = json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
+        return summary if isinstance(summary, dict) else None
+    return None
+
+
 def stopped_before_training(out_dir: str | Path) -> bool:
     """Whether out_dir's run was stopped by a signal before it trained a step (its summary says so)."""
-    try:
-        summary = json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    summary = saved_summary(out_dir)
     return (
-        isinstance(summary, dict)
+        summary is not None
         and str(summary.get("status", "")).startswith("interrupted")
         and summary.get("tokens_seen") == 0
         and summary.get("checkpoint_iter") is None

@@ -51,6 +51,7 @@ from gptlab.checkpoint import (
     rollback_hint,
     save_dcp,
     save_single_file,
+    saved_summary,
     software_versions,
     state_errors,
     stopped_before_training,
@@ -1007,12 +1008,7 @@ class Trainer:
 
     def _saved_summary(self) -> dict[str, Any] | None:
         """out_dir's summary.json as a mapping (rank 0 reads it), None if none or unreadable."""
-        summary_path = self.out_dir / "summary.json"
-        if self.master and summary_path.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                summary = json.loads(summary_path.read_text(encoding="utf-8"))
-                return summary if isinstance(summary, dict) else None
-        return None
+        return saved_summary(self.out_dir) if self.master else None
 
     def _completed_beyond(self, summary: dict[str, Any] | None) -> bool:
         """The summary is of a run that completed iterations 0..max_iters and kept this checkpoint, an earlier
