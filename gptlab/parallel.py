@@ -368,6 +368,40 @@ def check_reduce_scatter_averages(info: DistInfo) -> None:
         )
 
 
+def sums_gradients(info: DistInfo, dtype: str) -> bool:
+    """float16 on several ranks: each rank divides its loss by all the job's micro-steps and the ranks' gradients
+    are summed, not averaged. The gradients are the same either way; the values the backward runs on are not:
+    averaging needs each rank's loss divided by its own micro-steps only, N times the single process's values,
+    and float16 overflows (the loss scaler skips the step) at a scale where one process does not. Summed, every
+    rank's backward runs on exactly the single process's values: the same skips, the same scale, on any N."""
+    if dtype != "float16" or info.world_size < 2:
+        return False
+    if info.mode == "fsdp":  # FSDP2 reduce-scatters by a plain SUM from PyTorch 2.9 (averages before)
+        from torch.distributed.fsdp import FSDPModule
+
+        return hasattr(FSDPModule, "set_force_sum_reduction_for_comms")
+    return info.mode in ("ddp", "zero1")
+
+
+def _all_reduce_sum_hook(group, bucket):  # unannotated: DDP refuses a bucket annotated as anything but GradBucket
+    """DDP communication hook: the bucket's SUM over ranks (DDP's own hook divides by the world size)."""
+    import torch.distributed as dist
+
+    work = dist.all_reduce(bucket.buffer(), group=group, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+def _sum_fsdp_gradients(model: nn.Module) -> None:
+    """Every FSDP2 unit reduce-scatters by a plain SUM: a divide factor of 1, sent as SUM rather than NCCL's
+    PREMUL_SUM (which gloo lacks)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+
+
 def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) -> nn.Module:
     """Activation checkpointing, compile, then FSDP2 or DDP, in that order. Returns the module to
     call in the loop; for none and fsdp it is ``model`` itself (FSDP2 and compile work in place)."""
@@ -383,7 +417,8 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
                 "shape (1,) in its component, or train with DDP or ZeRO-1"
             )
 
-        check_reduce_scatter_averages(info)
+        if not sums_gradients(info, dtype):  # a sum needs no AVG from the backend
+            check_reduce_scatter_averages(info)
         low = None if dtype == "float32" else PT_DTYPES[dtype]
         # parameters gathered in the compute dtype; gradients reduced in float32, as the fp32 master weights
         mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
@@ -401,6 +436,8 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
                 block.compile(mode=cfg.compile_mode)  # per block, in place (torchtitan's order: compile, then shard)
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
+        if sums_gradients(info, dtype):
+            _sum_fsdp_gradients(model)
         return model
     if cfg.compile and cfg.compile_scope == "blocks":
         for block in model.blocks:  # type: ignore[attr-defined]
@@ -415,9 +452,12 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
         # rank: no broadcast before each forward. A registered component with state of its own keeps it.
         sync = _has_persistent_buffers(model)
         newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch >= 2.13
-        return DistributedDataParallel(
+        ddp = DistributedDataParallel(
             model, device_ids=ids, **{"forward_sync_buffers" if newer else "broadcast_buffers": sync}
         )
+        if sums_gradients(info, dtype):
+            ddp.register_comm_hook(state=None, hook=_all_reduce_sum_hook)
+        return ddp
     return model
 
 

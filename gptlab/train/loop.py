@@ -414,6 +414,10 @@ class Trainer:
         del full_state  # rank 0's unsharded copy
         self.optimizer = parallel.build_optimizer(self.raw_model, cfg, self.dist)
         self.scaler = parallel.build_grad_scaler(self.dist, enabled=self.dtype == "float16")
+        # each micro-step's loss is divided by the micro-steps its gradients are averaged over: this rank's, or
+        # under float16 on several ranks (gradients summed over ranks) the job's, as in one process
+        summed = parallel.sums_gradients(self.dist, self.dtype)
+        self.loss_divisor = self.accum_steps * (self.world_size if summed else 1)
         self._scale_drops: torch.Tensor | None = None  # fp16's skipped steps since the last report
         self._loss_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
         if ckpt is not None:
@@ -729,7 +733,7 @@ class Trainer:
             # no (B, T, vocab) logits kept alive through the backward, nor (compiled) a zero gradient made for them
             loss = self.model(x, y, return_logits=False)[1]
         self.train_loader.prefetch(*self.next_batch_key(self.iter_num, micro_step))
-        self.scaler.scale(loss / self.accum_steps).backward()
+        self.scaler.scale(loss / self.loss_divisor).backward()
         return loss.detach()
 
     def train_step(self) -> dict[str, Any]:
