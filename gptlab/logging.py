@@ -74,6 +74,23 @@ def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     return [_finite_again(r) for _, r in log_records(path) if kind is None or r.get("type") == kind]
 
 
+def step_stats(records: list[dict[str, Any]], key: str, rate: bool = False) -> dict[str, float] | None:
+    """Mean, median and p90 of ``key`` over iteration records (summary.json's figures). ``rate``: a per-second
+    figure, whose mean is weighted by each record's step time (tokens over time: what the run delivered; a plain
+    mean of rates overstates it when steps vary)."""
+    kept = [r for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+    values = [r[key] for r in kept]
+    if not values:
+        return None
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    mean = statistics.fmean(values)
+    times = [r.get("dt_ms") for r in kept]
+    if rate and all(isinstance(t, (int, float)) and t > 0 for t in times) and math.isfinite(sum(times)):
+        mean = math.fsum(v * t for v, t in zip(values, times)) / math.fsum(times)
+    return {"mean": mean, "median": statistics.median(values), "p90": p90}
+
+
 def log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) of each line of a JSON-lines log, as written; a last line that a killed
     write cut off is skipped, any other line that is not a JSON object is one GptlabError."""
@@ -496,19 +513,7 @@ class TrainingLogger:
         steady = self.iters[self.skip_first :] or self.iters
 
         def stats(key: str, rate: bool = False) -> dict[str, float] | None:
-            """``rate``: a per-second figure, whose mean is weighted by each record's step time (tokens over
-            time: what the run delivered; a plain mean of rates overstates it when steps vary)."""
-            kept = [r for r in steady if isinstance(r.get(key), (int, float))]
-            values = [r[key] for r in kept]
-            if not values:
-                return None
-            ordered = sorted(values)
-            p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
-            mean = statistics.fmean(values)
-            times = [r.get("dt_ms") for r in kept]
-            if rate and all(isinstance(t, (int, float)) and t > 0 for t in times) and math.isfinite(sum(times)):
-                mean = math.fsum(v * t for v, t in zip(values, times)) / math.fsum(times)
-            return {"mean": mean, "median": statistics.median(values), "p90": p90}
+            return step_stats(steady, key, rate)
 
         peaks = [r["peak_gb"] for r in self.iters]
         val_losses = [e["val_loss"] for e in self.evals if math.isfinite(e["val_loss"])]

@@ -15,7 +15,7 @@ from typing import Any
 
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.fileio import atomic_open, atomic_write
-from gptlab.logging import log_records
+from gptlab.logging import log_records, logged_peak_gb, step_stats
 
 MISSING_MATPLOTLIB = "{what} needs matplotlib: pip install 'gptlab[report]'"
 
@@ -60,8 +60,8 @@ def _number(value: Any) -> float | None:
 
 # what the plots read of an iter or gradients record; the rest is dropped as the log is read (a long run logs
 # hundreds of thousands of them, nanoGPT's log_interval=1: whole, each held ~4 kB, 2.5 GB for 600k)
-PLOTTED = ("type", "iter", "elapsed_s", "loss", "tokens_per_sec", "mfu_percent", "grad_norm")
-MEMORY_KEYS = ("max_allocated_gb", "allocated_gb", "rss_gb")
+PLOTTED = ("type", "iter", "elapsed_s", "loss", "tokens_per_sec", "mfu_percent", "grad_norm", "mfu", "dt_ms")
+MEMORY_KEYS = ("max_allocated_gb", "allocated_gb", "rss_gb", "max_rss_gb")
 
 
 def _plotted(record: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +165,45 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             raise GptlabError(f"{summary_file} is not valid JSON") from None
     if not (run.startup or run.iters or run.evals):
         raise GptlabError(f"{log} holds no training records (a run that never started?)")
+    if not run.summary:  # its last session wrote none: killed, or still training
+        run.summary = _summary_from_log(run)
     return run
+
+
+NO_SUMMARY = "no summary: its last session was killed or is still running (figures from log.jsonl)"
+
+
+def _summary_from_log(run: Run) -> dict[str, Any]:
+    """What summary.json would hold, from the log of a run whose last session wrote none, under the same keys
+    (its step figures over every logged step: no warm-up left out), its status saying so."""
+    finite = [{k: v for k, v in r.items() if not isinstance(v, float) or math.isfinite(v)} for r in run.iters]
+    peaks = [p for r in run.iters if isinstance(r.get("memory"), dict) and (p := logged_peak_gb(r["memory"]))]
+    val_losses = [v for e in run.evals if (v := _number(e.get("val_loss"))) is not None and math.isfinite(v)]
+    return {
+        "status": NO_SUMMARY,
+        "iterations_logged": len(run.iters),
+        "last_iter": run.iters[-1]["iter"] if run.iters else None,
+        "tokens_per_sec": step_stats(finite, "tokens_per_sec", rate=True),
+        "mfu": step_stats(finite, "mfu", rate=True),
+        "dt_ms": step_stats(finite, "dt_ms"),
+        "final_loss": run.iters[-1].get("loss") if run.iters else None,
+        "best_val_loss": min(val_losses) if val_losses else None,
+        "final_val_loss": run.evals[-1].get("val_loss") if run.evals else None,
+        "peak_memory_gb": max(peaks, default=None),
+    }
+
+
+def incomparable_losses(runs: list[Run]) -> str | None:
+    """A note when the runs' losses are per token of different datasets or tokenizers (nats per character
+    against nats per BPE token): one loss axis would rank them by their tokens, not their models."""
+    notes = []
+    for key in ("dataset", "tokenizer"):
+        values = {run.label: (run.startup.get("training") or {}).get(key) for run in runs}
+        if len({v for v in values.values() if v is not None}) > 1:
+            notes.append(f"{key}s differ ({', '.join(f'{label}: {v}' for label, v in values.items())})")
+    if not notes:
+        return None
+    return f"losses not comparable across runs: {'; '.join(notes)}"
 
 
 def load_runs(paths: list[str | Path], labels: list[str] | None = None) -> list[Run]:
@@ -380,12 +418,16 @@ def build_report(
         run.summary = {k: v for k, v in run.summary.items() if k != "peak_memory_gb"}
     plots = write_plots(runs, out_dir)
     html_path = Path(out_dir) / "report.html"
-    notes = None
+    notes: dict[str, str] = {}
     if shared:
         who = "memory: the runs" if len(shared) == len(runs) else ", ".join(run.label for run in shared)
         planned = " (the Training table gives each architecture's planned peak)" if tables else ""
-        notes = {"memory": f"{who} not drawn: {SHARED_PROCESS_REASON}{planned}"}
-    atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or [], notes=notes))
+        notes["memory"] = f"{who} not drawn: {SHARED_PROCESS_REASON}{planned}"
+    mixed = incomparable_losses(runs)
+    if mixed:
+        notes.update(dict.fromkeys(("loss", "loss_vs_tokens", "loss_vs_time"), mixed))
+        notes["page"] = mixed
+    atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or [], notes=notes or None))
     return html_path
 
 

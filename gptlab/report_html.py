@@ -132,6 +132,8 @@ def render_html(
         + ", ".join(f"<code>{html.escape(str(r.path))}</code>" for r in runs)
         + "</p>",
     ]
+    if notes and "page" in notes:  # a warning about the runs as a whole, before any figure
+        parts.append(f"<p><strong>Note:</strong> {html.escape(notes['page'])}</p>")
     for name, header, rows in tables or []:
         parts += [f"<h2>{html.escape(name)}</h2>", table(header, rows)]
     summaries = [{k: v for k, v in r.summary.items() if k not in RECORD_STAMPS} for r in runs]

@@ -355,7 +355,7 @@ def test_a_live_sessions_run_has_no_summary_of_an_earlier_one(tmp_path: Path) ->
     the summary.json it left. A log that never recorded a summary (an older gptlab's) still reads the file."""
     import json
 
-    from gptlab.report import load_run
+    from gptlab.report import NO_SUMMARY, load_run
 
     finished = {"type": "summary", "status": "completed", "iterations": 100, "final_val_loss": 4.7}
     lines = [
@@ -368,9 +368,52 @@ def test_a_live_sessions_run_has_no_summary_of_an_earlier_one(tmp_path: Path) ->
     ]
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     (tmp_path / "summary.json").write_text(json.dumps(finished))  # left by the finished session
-    assert load_run(tmp_path).summary == {}
+    live = load_run(tmp_path).summary  # the live session's, from its log: none of the finished one's figures
+    assert live["status"] == NO_SUMMARY and live["final_loss"] == 3.1 and "iterations" not in live
+    assert live["final_val_loss"] is None
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines[:2]) + "\n")  # no summary record
     assert load_run(tmp_path).summary["final_val_loss"] == 4.7
+
+
+def test_a_killed_run_is_summarized_from_its_log(tmp_path: Path) -> None:
+    """A run killed outright (kill -9, the OOM killer) writes no summary.json: its Summary column was empty, every
+    row n/a beside other runs, with no word why. Now summary.json's figures from its log, its status saying so."""
+    import json
+
+    from gptlab.report import NO_SUMMARY, build_report, load_run
+
+    lines = [{"type": "startup", "time": 0.0, "training": {"start_iter": 0, "tokens_per_iter": 100}}]
+    lines += [{"type": "iter", "iter": i, "loss": 5.0 - i / 10, "time": 1.0 + i, "dt_ms": 10.0 * (1 + i % 2),
+               "tokens_per_sec": 1000.0 / (1 + i % 2), "mfu": None, "memory": {"rss_gb": 0.3, "max_rss_gb": 0.4 + i}}
+              for i in range(4)]  # fmt: skip
+    lines += [{"type": "eval", "iter": 2, "train_loss": 4.9, "val_loss": 4.7}, {"type": "iter", "iter": 4,
+              "loss": float("nan"), "dt_ms": 10.0, "tokens_per_sec": 1000.0}]  # fmt: skip
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    summary = load_run(tmp_path).summary
+    assert summary["status"] == NO_SUMMARY and summary["iterations_logged"] == 5 and summary["last_iter"] == 4
+    # as summary.json's: the tokens over the time (the mean weighted by step time), median and p90
+    assert summary["tokens_per_sec"] == {"mean": 5 * 10_000 / 70, "median": 1000.0, "p90": 1000.0}
+    assert summary["mfu"] is None and summary["best_val_loss"] == summary["final_val_loss"] == 4.7
+    assert summary["peak_memory_gb"] == 3.4 and summary["dt_ms"]["median"] == 10.0
+    assert NO_SUMMARY in build_report([tmp_path], tmp_path / "report").read_text()
+
+
+def test_runs_of_different_tokenizers_say_their_losses_are_not_comparable(tmp_path: Path) -> None:
+    """nats per character and nats per BPE token on one loss axis ranked the runs by their tokens: said at the top
+    of the page and under each loss plot. Runs of one dataset and tokenizer get no such note."""
+    import json
+
+    from gptlab.report import build_report
+
+    for name, dataset, tokenizer in (("char", "stdlib_char", "char"), ("bpe", "stdlib", "gpt2")):
+        run = _write_log(tmp_path / name)
+        lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        lines[0]["training"].update(dataset=dataset, tokenizer=tokenizer)
+        (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    html = build_report([tmp_path / "char", tmp_path / "bpe"], tmp_path / "report").read_text()
+    said = "losses not comparable across runs: datasets differ (char: stdlib_char, bpe: stdlib); tokenizers differ"
+    assert f"<strong>Note:</strong> {said}" in html and html.count(said) == 4  # the page, three loss plots
+    assert "not comparable" not in build_report([tmp_path / "char"], tmp_path / "one").read_text()
 
 
 def test_a_run_without_a_finite_loss_draws_no_empty_loss_plot(tmp_path: Path) -> None:
