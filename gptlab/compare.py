@@ -45,6 +45,7 @@ class Architecture:
     source: str  # the preset name or the config file path
     train_values: dict[str, Any] = field(default_factory=dict)  # a config file's training keys
     file_values: dict[str, Any] = field(default_factory=dict)  # all a config file's settings, as loaded once
+    notes: list[str] = field(default_factory=list)  # what its figures assume beyond the config (said under them)
 
 
 def resolve_architecture(
@@ -53,7 +54,7 @@ def resolve_architecture(
     """``name`` is a preset ('gpt2', 'llama', ...) or a training config file (``*.py``; ``file_values``:
     its settings, if the caller has loaded them already). Only ``overrides``' architecture keys apply
     (and, on a config file, ``arch_preset``); they must take effect."""
-    from gptlab.config.train import ARCH_FIELDS, load_config_file, names_a_file, resolve_run_config
+    from gptlab.config.train import ARCH_FIELDS, TrainConfig, load_config_file, names_a_file, resolve_run_config
 
     overrides = dict(overrides or {})
     arch_overrides = {k: v for k, v in overrides.items() if k in ARCH_FIELDS}
@@ -76,11 +77,19 @@ def resolve_architecture(
         arch_keys = {k: v for k, v in values.items() if k in ARCH_FIELDS or k in ("arch_preset", "plugins")}
         config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
         train_values = {k: v for k, v in values.items() if k not in arch_keys}
+        notes = []
         if "vocab_size" not in arch_keys and "vocab_size" not in arch_overrides:
             vocab = dataset_vocab_size(train_values)
             if vocab is not None:  # what training will use: the prepared dataset's vocabulary, padded
                 config = dataclasses.replace(config, vocab_size=vocab)
-        return Architecture(Path(name).stem, config, name, train_values, values)
+            elif train_values.get("init_from", "scratch") == "scratch":  # training would take the data's
+                dataset = train_values.get("dataset", TrainConfig.dataset)
+                data_dir = train_values.get("data_dir", TrainConfig.data_dir)
+                notes.append(
+                    f"vocab_size {config.vocab_size} (the default) assumed: dataset {dataset!r} is not prepared in "
+                    f"{data_dir!r}, whose vocabulary training would take (prepare it, or pass --vocab_size)"
+                )
+        return Architecture(Path(name).stem, config, name, train_values, values, notes)
     return Architecture(name, get_typed_config(name, arch_overrides), name)
 
 
@@ -176,6 +185,12 @@ def compute_figures(
         # what the FLOPs and memory figures assume (a registered component's estimates), said beside them
         "notes": list(dict.fromkeys([*fl.caveats, *(n for m in MODES for n in plans[m].mode.notes)])),
     }
+
+
+def with_notes(figures: dict[str, Any], arch: Architecture) -> dict[str, Any]:
+    """``figures`` with what the architecture's own resolution assumed among their notes."""
+    figures["notes"] = list(dict.fromkeys([*arch.notes, *figures["notes"]]))
+    return figures
 
 
 @dataclass
@@ -344,7 +359,7 @@ def compare(
     settings.update(precision=get_gpu_spec(gpu).training_precision(dtype))
     settings.update(activation_checkpointing=activation_checkpointing)
     kwargs = {k: settings[k] for k in ("mfu", "world_size", "batch_size", "dtype", "activation_checkpointing")}
-    figures = [compute_figures(a.config, gpu=gpu, **kwargs) for a in archs]
+    figures = [with_notes(compute_figures(a.config, gpu=gpu, **kwargs), a) for a in archs]
     return Comparison(archs, settings, figures)
 
 

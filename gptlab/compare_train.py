@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gptlab.compare import TABLE_DEFAULTS, Architecture, Comparison, compute_figures, resolve_architecture
+from gptlab.compare import TABLE_DEFAULTS, Architecture, Comparison, compute_figures, resolve_architecture, with_notes
 from gptlab.errors import ConfigError
 
-# A short CPU setting on the embedded dataset (about 10 s per architecture on 2 cores); every
+# A short CPU setting on the embedded dataset (about 10 s for three architectures on 2 cores); every
 # key can be overridden with --key=value. The architecture keys shrink the presets to a size
 # the CPU trains quickly; a config file's architecture keys take precedence over them.
 TRAIN_DEFAULTS: dict[str, Any] = dict(
@@ -174,6 +174,12 @@ def train_and_compare(
     the trained architectures (``table``: TABLE_DEFAULTS keys) and their results, and write the report."""
     from gptlab.config.train import resolve_run_config
 
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # every rank would train every run into one folder
+        raise ConfigError(
+            "compare --train trains its runs one after another in one process, not under torchrun: train each "
+            "architecture with torchrun train.py, then compare their run directories (gptlab compare DIR ...) and "
+            "plot them (gptlab report DIR ...)"
+        )
     log = log or (lambda text: print(text, file=sys.stderr))
     overrides = dict(overrides or {})
     out = Path(os.path.expanduser(out_dir or overrides.pop("out_dir", None) or TRAIN_DEFAULTS["out_dir"]))
@@ -207,8 +213,11 @@ def train_and_compare(
             f"the architectures would train on different tokens per iteration {tokens}: "
             "set --block_size (and batch keys) so that they agree"
         )
+    from gptlab.data.datasets import ensure_prepared
     from gptlab.fileio import run_lock
 
+    for data in dict.fromkeys((r.train.dataset, os.path.expanduser(r.train.data_dir)) for r in runs):
+        ensure_prepared(*data)  # a missing dataset said before the first run, not after it made its folder
     with run_lock(out):  # a second comparison into OUT_DIR would replace runs this one's report then describes
         return _train_all(archs, runs, out, settings, report, log)
 
@@ -248,7 +257,7 @@ def _train_all(
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         arch.config = ModelArchitectureConfig.from_dict(saved["arch"])
         results.append(_result(run_dir, summary, startup))
-        figures.append(compute_figures(arch.config, **settings))
+        figures.append(with_notes(compute_figures(arch.config, **settings), arch))
         log(f"compare: {arch.label}: final val loss {format_result('final_val_loss', summary.get('final_val_loss'))}")
     spec = get_gpu_spec(settings["gpu"])
     settings.update(gpu=spec.key, precision=spec.training_precision(settings["dtype"]))

@@ -128,7 +128,7 @@ def register(sub: Any) -> None:
         help="plan with per-block checkpointing; with --train also the training's",
     )
     c.add_argument("--format", choices=("text", "markdown", "json", "csv"), default="text")
-    c.add_argument("--train", action="store_true", help="also train each for the same tokens (CPU default: ~10 s each)")
+    c.add_argument("--train", action="store_true", help="also train each for the same tokens (CPU default: ~2 s each)")
     c.add_argument(
         "--out_dir", type=path_argument, help="with --train: runs go to OUT_DIR/LABEL/, the report to OUT_DIR/report/"
     )

@@ -348,6 +348,15 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     elsewhere = tmp_path / "other.py"  # a dataset not prepared here: the preset's, as before
     elsewhere.write_text("dataset = 'openwebtext'\narch_preset = 'gpt2'\n")
     assert resolve_architecture(str(elsewhere)).config.vocab_size == 50304
+    # ... and says so under its column: GPT-2's 50304 is 3x the parameters of a character-level model
+    assert resolve_architecture(str(elsewhere)).notes == [
+        "vocab_size 50304 (the default) assumed: dataset 'openwebtext' is not prepared in 'data', whose "
+        "vocabulary training would take (prepare it, or pass --vocab_size)"
+    ]
+    assert main(["compare", str(elsewhere), "llama"]) == 0
+    assert "note (other): vocab_size 50304 (the default) assumed: dataset 'openwebtext'" in capsys.readouterr().out
+    assert resolve_architecture(str(config)).notes == []  # the prepared dataset's vocabulary
+    assert resolve_architecture(str(elsewhere), {"vocab_size": 96}).notes == []  # typed
 
     run = tmp_path / "run"
     run.mkdir()
@@ -456,3 +465,14 @@ def test_compare_train_passes_activation_checkpointing_on(tmp_path: Path) -> Non
         argv = ["compare", "gpt2", "--train", f"--out_dir={out}", f"--data_dir={tmp_path / 'data'}", *small, flag]
         assert main(argv) == 0
         assert json.loads((out / "gpt2" / "config.json").read_text())["train"]["activation_checkpointing"] is True
+
+
+def test_compare_train_under_torchrun_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun every rank ran its own compare --train into one folder: the second was refused as 'in use
+    by another training', which sent users looking for a stray process. Now the line says what to do instead."""
+    from gptlab.compare_train import train_and_compare
+    from gptlab.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^compare --train trains its runs one after another in one process, not "):
+        train_and_compare(["gpt2", "llama"], {"max_iters": 1}, report=False, log=lambda text: None)
