@@ -98,6 +98,8 @@ def run_directory(path: str | Path) -> Path:
                 f"run directory {str(path)!r} holds an evaluation (eval.jsonl, from eval_only=True), which a "
                 "report does not plot: its losses are in that file; report the run it evaluated"
             )
+        if (path / "report.html").is_file():  # `gptlab report out/compare/*` takes the comparison's report folder too
+            raise ConfigError(f"{str(path)!r} is a report's folder (report.html), not a run directory: leave it out")
         raise ConfigError(f"run directory {str(path)!r} has no log.jsonl (is it a gptlab training out_dir?)")
     return path
 
@@ -423,10 +425,20 @@ def build_report(
         who = "memory: the runs" if len(shared) == len(runs) else ", ".join(run.label for run in shared)
         planned = " (the Training table gives each architecture's planned peak)" if tables else ""
         notes["memory"] = f"{who} not drawn: {SHARED_PROCESS_REASON}{planned}"
+    page = []
     mixed = incomparable_losses(runs)
     if mixed:
         notes.update(dict.fromkeys(("loss", "loss_vs_tokens", "loss_vs_time"), mixed))
-        notes["page"] = mixed
+        page.append(mixed)
+    resumed = [f"{r.label} from iter {r.summary['start_iter']}" for r in runs if r.summary.get("start_iter")]
+    if resumed:  # its iterations_logged, total_time_s and step figures are that session's; the plots the whole run's
+        page.append(f"a resumed run's Summary column covers its last session only ({', '.join(resumed)})")
+    if plots.get("mfu") is not None:
+        without = [r.label for r in runs if not any(_number(i.get("mfu_percent")) for i in r.iters)]
+        if without:
+            notes["mfu"] = f"not drawn for {', '.join(without)}: no dense peak was known for its device"
+    if page:
+        notes["page"] = "; ".join(page)
     atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or [], notes=notes or None))
     return html_path
 

@@ -59,8 +59,11 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
                               "seq_len": "flops", "num_gpus": "flops"}  # fmt: skip
             if bad[0] in other_commands:
                 raise ConfigError(f"--{bad[0]} is an option of `gptlab {other_commands[bad[0]]}`, not of compare")
+            if bad[0] == "arch_preset":  # compare's presets are its positional names
+                raise ConfigError("--arch_preset: compare takes presets by name (gptlab compare gpt2 llama ...)")
             hint = "" if bad[0] in TRAIN_FIELDS else did_you_mean(bad[0], [*ARCH_FIELDS, *vars(args), *TRAIN_FIELDS])
-            raise ConfigError(f"{', '.join(bad)}: not architecture keys{hint} (training keys need --train)")
+            what = "not an architecture key" if len(bad) == 1 else "not architecture keys"
+            raise ConfigError(f"{', '.join(bad)}: {what}{hint} (training keys need --train)")
         result = compare(args.architectures, overrides, **table)
     print(result.render(args.format))
     return 0

@@ -476,3 +476,11 @@ def test_compare_train_under_torchrun_is_refused_in_one_line(monkeypatch: pytest
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"^compare --train trains its runs one after another in one process, not "):
         train_and_compare(["gpt2", "llama"], {"max_iters": 1}, report=False, log=lambda text: None)
+
+
+def test_compare_names_its_presets_positionally(capsys: pytest.CaptureFixture[str]) -> None:
+    """--arch_preset was refused among 'not architecture keys (training keys need --train)': it is neither."""
+    assert main(["compare", "gpt2", "--arch_preset=llama"]) == 2
+    assert "--arch_preset: compare takes presets by name (gptlab compare gpt2 llama ...)" in capsys.readouterr().err
+    assert main(["compare", "gpt2", "--n_layr=3"]) == 2
+    assert "n_layr: not an architecture key (did you mean 'n_layer'?)" in capsys.readouterr().err

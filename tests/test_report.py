@@ -531,3 +531,31 @@ def test_without_matplotlib_no_empty_report_folder_is_left(tmp_path: Path, monke
     with pytest.raises(GptlabError, match="matplotlib"):
         build_report([run], tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_the_page_says_what_a_resumed_runs_summary_and_a_partial_mfu_plot_leave_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resumed run's Summary column is its last session's (its iterations, time and medians) beside plots of the
+    whole run: said at the top. An MFU plot drawn for some runs only said nothing of the others: said under it.
+    A comparison's report folder given as a run (`gptlab report out/compare/*`) is named as such."""
+    import json
+
+    from gptlab.cli import main
+    from gptlab.report import build_report
+
+    gpu, resumed = _write_log(tmp_path / "gpu"), _write_log(tmp_path / "resumed")
+    lines = [json.loads(line) for line in (gpu / "log.jsonl").read_text().splitlines()]
+    for r in lines:
+        if r["type"] == "iter":
+            r["mfu_percent"] = 41.0
+    (gpu / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    lines = [json.loads(line) for line in (resumed / "log.jsonl").read_text().splitlines()]
+    lines[-1]["start_iter"] = 2  # the summary record of a session resumed at iteration 2
+    (resumed / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    html = build_report([gpu, resumed], tmp_path / "report").read_text()
+    assert "Summary column covers its last session only (resumed from iter 2)" in html
+    assert "(mfu.png); not drawn for resumed: no dense peak was known for its device" in html
+    assert "last session only" not in build_report([gpu], tmp_path / "one").read_text()
+    assert main(["report", str(gpu), str(tmp_path / "report")]) == 2
+    assert "is a report's folder (report.html), not a run directory: leave it out" in capsys.readouterr().err
