@@ -106,9 +106,25 @@ def match_gpu(name: str) -> GpuSpec | None:
     return None
 
 
+# the words a typed GPU name may hold besides its model: a driver's own name, or a key's parts
+_QUALIFIERS = {"nvidia", "amd", "tesla", "geforce", "rtx", "instinct", "sxm", "sxm2", "sxm4", "sxm5", "pcie", "nvl",
+               "hbm2", "hbm2e", "hbm3", "hbm3e", "gb", "gh200"}  # fmt: skip
+_NAME_WORDS = _QUALIFIERS | {
+    w for s in GPU_SPECS for w in re.split(r"[\s\-_()/,]+", f"{s.key} {s.description}".lower())
+}
+
+
+def _typed_name_is_known(name: str) -> bool:
+    """Each word of a typed name is a known model or qualifier (or a memory size, 80gb): the driver-name patterns
+    alone would take 'H100X' for an H100 (their model word ends where the next digit would begin)."""
+    words = [w for w in re.split(r"[\s\-_]+", name.strip().lower()) if w]
+    return all(w in _NAME_WORDS or re.fullmatch(r"\d+gb", w) for w in words)
+
+
 def get_gpu_spec(name: str) -> GpuSpec:
-    """Like ``match_gpu`` but a miss is a user error naming the known keys (for ``--gpu``)."""
-    spec = match_gpu(name)
+    """Like ``match_gpu`` but a miss is a user error naming the known keys (for ``--gpu``), and a name with a word
+    no GPU's name has (a typo, a made-up model) is a miss."""
+    spec = match_gpu(name) if _typed_name_is_known(name) else None
     if spec is None:
         keys = [s.key for s in GPU_SPECS]
         raise ConfigError(

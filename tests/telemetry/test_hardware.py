@@ -124,3 +124,17 @@ def test_measure_peak_flops_is_two_flops_per_multiply_add_over_the_best_time(mon
     monkeypatch.setattr(hardware, "time", types.SimpleNamespace(perf_counter=lambda: next(readings)))
     assert measure_peak_flops("cpu", torch.float32, size=64, iters=3) == 262_144.0
     assert next(readings, None) is None  # every timed matmul read the clock twice, and only those
+
+
+def test_a_typed_gpu_name_with_an_unknown_word_is_refused() -> None:
+    """--gpu H100X was taken for an H100 SXM (the driver-name pattern's model word ends at the next digit only):
+    a typed name must be a key, or a model with known qualifiers, as the driver and NVIDIA spell them."""
+    from gptlab.errors import ConfigError
+    from gptlab.telemetry.hardware import get_gpu_spec
+
+    for typo in ("H100X", "h100-sxmm", "A100 turbo", "H200x2"):
+        with pytest.raises(ConfigError, match=r"is not a known accelerator"):
+            get_gpu_spec(typo)
+    known = {"H100": "H100-SXM", "NVIDIA H100 80GB HBM3": "H100-SXM", "h100_pcie": "H100-PCIe", "GH200": "H200-SXM",
+             "Tesla V100-SXM2-16GB": "V100-SXM2", "NVIDIA A100-SXM4-80GB": "A100-SXM"}  # fmt: skip
+    assert {name: get_gpu_spec(name).key for name in known} == known
