@@ -360,10 +360,13 @@ def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
         args.dtype = resolve_dtype("auto", torch.device(device))
     measured = measure_peak_flops(device, args.dtype, size=args.size, iters=args.iters)
     table = detect_peak(device, args.dtype)
-    print(f"{device_name(device)} ({table.precision}): measured {measured / 1e12:.3f} TFLOPS (timed matmul)")
+    # a CPU's figure scales with its threads: training under other OMP_NUM_THREADS (torchrun: 1 a rank) differs
+    threads = f", {torch.get_num_threads()} threads" if torch.device(device).type == "cpu" else ""
+    print(f"{device_name(device)} ({table.precision}{threads}): measured {measured / 1e12:.3f} TFLOPS (timed matmul)")
     if table.peak_flops is not None:
         print(f"datasheet dense peak {table.peak_flops / 1e12:g} TFLOPS: measured is {measured / table.peak_flops:.0%}")
-    print(f"use --peak_tflops={measured / 1e12:.3f} to compute MFU against the measured ceiling")
+    same = " (train with as many threads: torchrun gives each rank 1)" if threads else ""
+    print(f"use --peak_tflops={measured / 1e12:.3f} to compute MFU against the measured ceiling{same}")
     return 0
 
 

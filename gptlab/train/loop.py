@@ -452,6 +452,7 @@ class Trainer:
             per_iter = _saved_tokens_per_iter(ckpt, self.telemetry.tokens_per_iter)  # for a checkpoint without it
             self.tokens_seen = int(ckpt["tokens_seen"] if "tokens_seen" in ckpt else self.iter_num * per_iter)
         self._done = self._run_is_done()
+        self._mfu_warned = False  # an MFU above 100% said once (_check_mfu)
         if cfg.wandb_log:  # saved with the run (config.json, checkpoints): the next session's name too
             cfg.wandb_run_name = self._wandb_name(run, ckpt)
         self.logger = TrainingLogger(
@@ -1022,6 +1023,28 @@ class Trainer:
         iterations = summary.get("iterations")
         return isinstance(iterations, int) and iterations > self.cfg.max_iters
 
+    def _check_mfu(self, mfu: float | None) -> None:
+        """Once a run: an MFU above 100% says its peak is below what the device reached (a --peak_tflops measured
+        with fewer threads, or another device's), rather than print 280% with no word."""
+        if self._mfu_warned or not isinstance(mfu, float) or not mfu > 1.0:
+            return
+        self._mfu_warned = True
+        peak = self.telemetry.peak
+        threads = ""
+        if self.device.type == "cpu":
+            threads = (
+                f"; on a CPU measure it with `gptlab peak` under the threads training runs with "
+                f"(OMP_NUM_THREADS={torch.get_num_threads()} here; torchrun gives each rank 1)"
+            )
+        self.logger.log_event(
+            "mfu_above_peak",
+            f"iter {self.iter_num}: MFU {mfu:.0%} is above 100%: the peak it is measured against "
+            f"({peak['peak_flops'] / 1e12:g} TFLOPS per device, {peak['source']}) is below what this run "
+            f"reached{threads}",
+            iter=self.iter_num,
+            mfu=mfu,
+        )
+
     def _run_is_done(self) -> bool:
         """A resume with nothing to train: the checkpoint is past max_iters, or it is the one a completed run
         kept (its best evaluation, always_save_checkpoint=False): a requeued job trained its last iterations
@@ -1168,11 +1191,13 @@ class Trainer:
                 dt, window_start, window_steps = (now - window_start) / window_steps, now, 0
                 grad_stats = self._read_gradients(through=self.iter_num, keep=self.iter_num)  # synced: no wait
                 self._note_loss_scale()
+                mfu = self.telemetry.mfu(dt)
+                self._check_mfu(mfu.get("mfu"))
                 self.logger.log_iter_detailed(
                     self.iter_num,
                     lossf,
                     dt * 1000,
-                    self.telemetry.mfu(dt),
+                    mfu,
                     self.telemetry.memory_stats(),
                     grad_stats,
                     lr=step["lr"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import torch
 
 from gptlab.errors import ConfigError
 from gptlab.telemetry.cli import register
@@ -140,6 +141,9 @@ def test_peak_times_a_matmul(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["peak", "--device", "cpu", "--dtype", "float32", "--size", "128", "--iters", "2"]) == 0
     out = capsys.readouterr().out
     assert "measured" in out and "--peak_tflops=" in out
+    # a CPU's figure is its threads': said, so that training measures against the same (torchrun: 1 a rank)
+    assert f"cpu (fp32, {torch.get_num_threads()} threads): measured" in out
+    assert "(train with as many threads: torchrun gives each rank 1)" in out
 
 
 def test_plan_of_a_bf16_residual_stream(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:

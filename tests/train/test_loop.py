@@ -87,6 +87,20 @@ def test_peak_override_gives_mfu(data_dir: Path, tmp_path: Path) -> None:
         assert r["mfu"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_an_mfu_above_100_percent_is_said_once(data_dir: Path, tmp_path: Path) -> None:
+    """A --peak_tflops below what the device reaches (`gptlab peak` run with 1 thread, training with 2) printed
+    MFU 280% with no word: one event says the peak is too low, and how to measure it on a CPU."""
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, peak_tflops=1e-6)), stream=io.StringIO())
+    iters = [r for r in read_log(tmp_path) if r["type"] == "iter"]
+    assert all(r["mfu"] > 1 for r in iters)
+    events = [r for r in read_log(tmp_path) if r["type"] == "event" and r["event"] == "mfu_above_peak"]
+    assert len(events) == 1 and events[0]["iter"] == 0
+    assert "is above 100%: the peak it is measured against (1e-06 TFLOPS per device, override)" in events[0]["message"]
+    assert f"OMP_NUM_THREADS={torch.get_num_threads()} here; torchrun gives each rank 1" in events[0]["message"]
+    train(parse_run_args(tiny_args(data_dir, tmp_path / "fits", max_iters=2, peak_tflops=1e3)), stream=io.StringIO())
+    assert not [r for r in read_log(tmp_path / "fits") if r.get("event") == "mfu_above_peak"]
+
+
 def test_gradient_statistics_are_logged_at_their_own_interval(data_dir: Path, tmp_path: Path) -> None:
     """log_interval and gradient_log_interval need not align: statistics paid for are never dropped. A CPU's
     small peak is shown as given, not rounded to 0.1 TFLOPS."""
