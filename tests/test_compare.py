@@ -386,7 +386,15 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     startup = {"type": "startup", "hardware": {"dtype": "float32"}}  # dtype=auto, as resolved on a CPU
     (run / "log.jsonl").write_text(json.dumps(startup) + "\n")
     assert main(["plan", str(run)]) == 0
-    assert "autocast float32" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "autocast float32" in out and "ddp x8" in out  # no world size recorded: plan's default
+    # a run's own ranks (its startup record's), as its planned_peak_gb counted them; --world_size still wins
+    startup["training"] = {"world_size": 2}
+    (run / "log.jsonl").write_text(json.dumps(startup) + "\n")
+    assert main(["plan", str(run)]) == 0
+    assert "ddp x2" in capsys.readouterr().out
+    assert main(["plan", str(run), "--world_size", "4"]) == 0
+    assert "ddp x4" in capsys.readouterr().out
 
 
 def test_trained_runs_mfu_is_that_of_the_throughput_beside_it(tmp_path: Path) -> None:

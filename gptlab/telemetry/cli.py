@@ -144,6 +144,10 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
         for key in ("dtype", "device"):
             if file_values.get(key) == "auto":
                 file_values[key] = hardware.get(key) or "auto"
+        if getattr(args, "world_size", 0) is None:  # plan's ranks: the run's own (its latest session's)
+            args.world_size = _run_training(run_dir.parent).get("world_size")
+    if getattr(args, "world_size", 0) is None:
+        args.world_size = DEFAULT_WORLD_SIZE
     _fill_options(args, file_values)
     _check_options(args)
     return resolve_architecture(args.preset, overrides, file_values if is_file else None).config
@@ -151,12 +155,24 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
 
 def _resolved_hardware(run_dir: Path) -> dict[str, Any]:
     """The device and dtype a run's latest session trained on, from its startup record ({} without a log)."""
+    return _startup(run_dir).get("hardware") or {}
+
+
+def _run_training(run_dir: Path) -> dict[str, Any]:
+    """The training section of a run's latest startup record (its world_size...; {} without a log)."""
+    return _startup(run_dir).get("training") or {}
+
+
+def _startup(run_dir: Path) -> dict[str, Any]:
     from gptlab.report import load_run
 
     try:
-        return load_run(run_dir).startup.get("hardware") or {}
+        return load_run(run_dir).startup
     except (ConfigError, GptlabError):
         return {}
+
+
+DEFAULT_WORLD_SIZE = 8  # plan's GPUs for ddp/zero1/fsdp where neither --world_size nor a run gives them
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -392,7 +408,7 @@ def register(subparsers: Any) -> None:
     add_plugins_option(plan)
     plan.add_argument("--batch_size", type=int, help="micro-batch per GPU (default: a config file's, else 12)")
     plan.add_argument("--block_size", type=int, help="sequence length (an architecture override)")
-    plan.add_argument("--world_size", type=int, default=8, help="GPUs for ddp/zero1/fsdp (default 8)")
+    plan.add_argument("--world_size", type=int, help="GPUs for ddp/zero1/fsdp (default: a run directory's own, else 8)")
     plan.add_argument(
         "--grad_accum_steps",
         type=int,
