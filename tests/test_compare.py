@@ -355,6 +355,9 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     ]
     assert main(["compare", str(elsewhere), "llama"]) == 0
     assert "note (other): vocab_size 50304 (the default) assumed: dataset 'openwebtext'" in capsys.readouterr().out
+    for command in ("flops", "plan"):  # they tabulate the same assumption
+        assert main([command, str(elsewhere)]) == 0
+        assert "note: vocab_size 50304 (the default) assumed: dataset 'openwebtext'" in capsys.readouterr().out
     assert resolve_architecture(str(config)).notes == []  # the prepared dataset's vocabulary
     assert resolve_architecture(str(elsewhere), {"vocab_size": 96}).notes == []  # typed
 

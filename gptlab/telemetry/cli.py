@@ -150,7 +150,10 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
         args.world_size = DEFAULT_WORLD_SIZE
     _fill_options(args, file_values)
     _check_options(args)
-    return resolve_architecture(args.preset, overrides, file_values if is_file else None).config
+    arch = resolve_architecture(args.preset, overrides, file_values if is_file else None)
+    for note in arch.notes:  # what the figures assume beyond the config (an unprepared dataset's vocabulary)
+        print(f"note: {note}")
+    return arch.config
 
 
 def _resolved_hardware(run_dir: Path) -> dict[str, Any]:
