@@ -82,7 +82,7 @@ def resolve_architecture(
             vocab = dataset_vocab_size(train_values)
             if vocab is not None:  # what training will use: the prepared dataset's vocabulary, padded
                 config = dataclasses.replace(config, vocab_size=vocab)
-            elif train_values.get("init_from", "scratch") == "scratch":  # training would take the data's
+            elif train_values.get("init_from", "scratch") == "scratch" and not _gpt2_vocabulary(train_values, config):
                 dataset = train_values.get("dataset", TrainConfig.dataset)
                 data_dir = train_values.get("data_dir", TrainConfig.data_dir)
                 notes.append(
@@ -115,6 +115,18 @@ def run_config_json(name: str) -> Path | None:
             raise ConfigError(f"{str(candidate)!r} is not a gptlab run's config.json: it has no arch record (a dict)")
         return candidate
     return None
+
+
+def _gpt2_vocabulary(train_values: dict[str, Any], config: ModelArchitectureConfig) -> bool:
+    """Whether the default vocab_size is what the (unprepared) dataset would give: one GPT-2's BPE tokenizes
+    (a registered dataset's own tokenizer, else gpt2 unless its name ends in _char, as `gptlab prepare` picks)."""
+    from gptlab.config.train import TrainConfig
+    from gptlab.data.datasets import DATASETS
+
+    name = str(train_values.get("dataset", TrainConfig.dataset))
+    spec = DATASETS.get(name)
+    tokenizer = spec.tokenizer if spec is not None else "char" if name.endswith("_char") else "gpt2"
+    return tokenizer == "gpt2" and config.vocab_size == padded_vocab_size(50257)
 
 
 def dataset_vocab_size(train_values: dict[str, Any]) -> int | None:

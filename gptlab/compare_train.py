@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gptlab.compare import TABLE_DEFAULTS, Architecture, Comparison, compute_figures, resolve_architecture, with_notes
+from gptlab.compare import TABLE_DEFAULTS, Architecture, Comparison, compute_figures, resolve_architecture
 from gptlab.errors import ConfigError
 
-# A short CPU setting on the embedded dataset (about 10 s for three architectures on 2 cores); every
+# A short CPU setting on the embedded dataset (about 2 s per architecture on 2 cores); every
 # key can be overridden with --key=value. The architecture keys shrink the presets to a size
 # the CPU trains quickly; a config file's architecture keys take precedence over them.
 TRAIN_DEFAULTS: dict[str, Any] = dict(
@@ -180,6 +180,8 @@ def train_and_compare(
             "architecture with torchrun train.py, then compare their run directories (gptlab compare DIR ...) and "
             "plot them (gptlab report DIR ...)"
         )
+    if overrides and "arch_preset" in overrides:  # it would replace every column's preset: one model, many labels
+        raise ConfigError("--arch_preset: compare takes presets by name (gptlab compare gpt2 llama ... --train)")
     log = log or (lambda text: print(text, file=sys.stderr))
     overrides = dict(overrides or {})
     out = Path(os.path.expanduser(out_dir or overrides.pop("out_dir", None) or TRAIN_DEFAULTS["out_dir"]))
@@ -257,7 +259,7 @@ def _train_all(
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         arch.config = ModelArchitectureConfig.from_dict(saved["arch"])
         results.append(_result(run_dir, summary, startup))
-        figures.append(with_notes(compute_figures(arch.config, **settings), arch))
+        figures.append(compute_figures(arch.config, **settings))  # the trained architecture: nothing assumed
         log(f"compare: {arch.label}: final val loss {format_result('final_val_loss', summary.get('final_val_loss'))}")
     spec = get_gpu_spec(settings["gpu"])
     settings.update(gpu=spec.key, precision=spec.training_precision(settings["dtype"]))

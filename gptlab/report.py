@@ -428,7 +428,7 @@ def build_report(
     page = []
     mixed = incomparable_losses(runs)
     if mixed:
-        notes.update(dict.fromkeys(("loss", "loss_vs_tokens", "loss_vs_time"), mixed))
+        notes.update({k: mixed for k in ("loss", "loss_vs_tokens", "loss_vs_time") if plots.get(k) is not None})
         page.append(mixed)
     resumed = [f"{r.label} from iter {r.summary['start_iter']}" for r in runs if r.summary.get("start_iter")]
     if resumed:  # its iterations_logged, total_time_s and step figures are that session's; the plots the whole run's
@@ -436,7 +436,10 @@ def build_report(
     if plots.get("mfu") is not None:
         without = [r.label for r in runs if not any(_number(i.get("mfu_percent")) for i in r.iters)]
         if without:
-            notes["mfu"] = f"not drawn for {', '.join(without)}: no dense peak was known for its device"
+            notes["mfu"] = (
+                f"not drawn for {', '.join(without)}: no dense peak was known for its device (on a CPU, train with "
+                "--peak_tflops, e.g. from `gptlab peak`)"
+            )
     if page:
         notes["page"] = "; ".join(page)
     atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or [], notes=notes or None))

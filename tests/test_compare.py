@@ -348,18 +348,21 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     elsewhere = tmp_path / "other.py"  # a dataset not prepared here: the preset's, as before
     elsewhere.write_text("dataset = 'openwebtext'\narch_preset = 'gpt2'\n")
     assert resolve_architecture(str(elsewhere)).config.vocab_size == 50304
-    # ... and says so under its column: GPT-2's 50304 is 3x the parameters of a character-level model
-    assert resolve_architecture(str(elsewhere)).notes == [
-        "vocab_size 50304 (the default) assumed: dataset 'openwebtext' is not prepared in 'data', whose "
+    assert resolve_architecture(str(elsewhere)).notes == []  # a GPT-2 BPE dataset: 50304 is its vocabulary
+    # ... a character-level one's is not, and is said under its column: 3x the parameters of the char model
+    chars = tmp_path / "chars.py"
+    chars.write_text("dataset = 'shakespeare_char'\narch_preset = 'gpt2'\n")
+    assert resolve_architecture(str(chars)).notes == [
+        "vocab_size 50304 (the default) assumed: dataset 'shakespeare_char' is not prepared in 'data', whose "
         "vocabulary training would take (prepare it, or pass --vocab_size)"
     ]
-    assert main(["compare", str(elsewhere), "llama"]) == 0
-    assert "note (other): vocab_size 50304 (the default) assumed: dataset 'openwebtext'" in capsys.readouterr().out
+    assert main(["compare", str(chars), "llama"]) == 0
+    assert "note (chars): vocab_size 50304 (the default) assumed: dataset 'shakespeare_char'" in capsys.readouterr().out
     for command in ("flops", "plan"):  # they tabulate the same assumption
-        assert main([command, str(elsewhere)]) == 0
-        assert "note: vocab_size 50304 (the default) assumed: dataset 'openwebtext'" in capsys.readouterr().out
+        assert main([command, str(chars)]) == 0
+        assert "note: vocab_size 50304 (the default) assumed: dataset 'shakespeare_char'" in capsys.readouterr().out
     assert resolve_architecture(str(config)).notes == []  # the prepared dataset's vocabulary
-    assert resolve_architecture(str(elsewhere), {"vocab_size": 96}).notes == []  # typed
+    assert resolve_architecture(str(chars), {"vocab_size": 96}).notes == []  # typed
 
     run = tmp_path / "run"
     run.mkdir()
@@ -391,6 +394,10 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     assert main(["plan", str(run)]) == 0
     out = capsys.readouterr().out
     assert "autocast float32" in out and "ddp x8" in out  # no world size recorded: plan's default
+    startup["training"] = {"world_size": 1}  # one process: ddp x1 would plan nothing of use, the default stays
+    (run / "log.jsonl").write_text(json.dumps(startup) + "\n")
+    assert main(["plan", str(run)]) == 0
+    assert "ddp x8" in capsys.readouterr().out
     # a run's own ranks (its startup record's), as its planned_peak_gb counted them; --world_size still wins
     startup["training"] = {"world_size": 2}
     (run / "log.jsonl").write_text(json.dumps(startup) + "\n")
@@ -484,6 +491,8 @@ def test_compare_train_under_torchrun_is_refused_in_one_line(monkeypatch: pytest
     from gptlab.compare_train import train_and_compare
     from gptlab.errors import ConfigError
 
+    with pytest.raises(ConfigError, match=r"^--arch_preset: compare takes presets by name"):  # every column llama
+        train_and_compare(["gpt2", "hybrid"], {"arch_preset": "llama"}, report=False, log=lambda text: None)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"^compare --train trains its runs one after another in one process, not "):
         train_and_compare(["gpt2", "llama"], {"max_iters": 1}, report=False, log=lambda text: None)

@@ -140,12 +140,14 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     file_values = load_config_file(args.preset) if is_file else {}
     if run_dir is not None:
         file_values = json.loads(run_dir.read_text(encoding="utf-8")).get("train", {})
-        hardware = _resolved_hardware(run_dir.parent)  # what 'auto' resolved to (a CPU's float32)
+        startup = _startup(run_dir.parent)
+        hardware = startup.get("hardware") or {}  # what 'auto' resolved to (a CPU's float32)
         for key in ("dtype", "device"):
             if file_values.get(key) == "auto":
                 file_values[key] = hardware.get(key) or "auto"
-        if getattr(args, "world_size", 0) is None:  # plan's ranks: the run's own (its latest session's)
-            args.world_size = _run_training(run_dir.parent).get("world_size")
+        ranks = (startup.get("training") or {}).get("world_size")
+        if getattr(args, "world_size", 0) is None and isinstance(ranks, int) and ranks > 1:
+            args.world_size = ranks  # plan's ranks: a distributed run's own (one process's: the default 8)
     if getattr(args, "world_size", 0) is None:
         args.world_size = DEFAULT_WORLD_SIZE
     _fill_options(args, file_values)
@@ -156,17 +158,8 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     return arch.config
 
 
-def _resolved_hardware(run_dir: Path) -> dict[str, Any]:
-    """The device and dtype a run's latest session trained on, from its startup record ({} without a log)."""
-    return _startup(run_dir).get("hardware") or {}
-
-
-def _run_training(run_dir: Path) -> dict[str, Any]:
-    """The training section of a run's latest startup record (its world_size...; {} without a log)."""
-    return _startup(run_dir).get("training") or {}
-
-
 def _startup(run_dir: Path) -> dict[str, Any]:
+    """A run's latest startup record (the device, dtype and ranks it trained on; {} without a log)."""
     from gptlab.report import load_run
 
     try:
@@ -380,7 +373,8 @@ def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
     measured = measure_peak_flops(device, args.dtype, size=args.size, iters=args.iters)
     table = detect_peak(device, args.dtype)
     # a CPU's figure scales with its threads: training under other OMP_NUM_THREADS (torchrun: 1 a rank) differs
-    threads = f", {torch.get_num_threads()} threads" if torch.device(device).type == "cpu" else ""
+    n = torch.get_num_threads()
+    threads = f", {n} thread{'s' if n > 1 else ''}" if torch.device(device).type == "cpu" else ""
     print(f"{device_name(device)} ({table.precision}{threads}): measured {measured / 1e12:.3f} TFLOPS (timed matmul)")
     if table.peak_flops is not None:
         print(f"datasheet dense peak {table.peak_flops / 1e12:g} TFLOPS: measured is {measured / table.peak_flops:.0%}")

@@ -108,7 +108,7 @@ def match_gpu(name: str) -> GpuSpec | None:
 
 # the words a typed GPU name may hold besides its model: a driver's own name, or a key's parts
 _QUALIFIERS = {"nvidia", "amd", "tesla", "geforce", "rtx", "instinct", "sxm", "sxm2", "sxm4", "sxm5", "pcie", "nvl",
-               "hbm2", "hbm2e", "hbm3", "hbm3e", "gb", "gh200"}  # fmt: skip
+               "hbm2", "hbm2e", "hbm3", "hbm3e", "gb", "gh200", "vf"}  # fmt: skip
 _NAME_WORDS = _QUALIFIERS | {
     w for s in GPU_SPECS for w in re.split(r"[\s\-_()/,]+", f"{s.key} {s.description}".lower())
 }
@@ -117,8 +117,8 @@ _NAME_WORDS = _QUALIFIERS | {
 def _typed_name_is_known(name: str) -> bool:
     """Each word of a typed name is a known model or qualifier (or a memory size, 80gb): the driver-name patterns
     alone would take 'H100X' for an H100 (their model word ends where the next digit would begin)."""
-    words = [w for w in re.split(r"[\s\-_]+", name.strip().lower()) if w]
-    return all(w in _NAME_WORDS or re.fullmatch(r"\d+gb", w) for w in words)
+    words = [w for w in re.split(r"[\s\-_()]+", name.strip().lower()) if w]
+    return all(w in _NAME_WORDS or re.fullmatch(r"\d+gb?", w) for w in words)
 
 
 def get_gpu_spec(name: str) -> GpuSpec:

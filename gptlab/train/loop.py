@@ -452,7 +452,7 @@ class Trainer:
             per_iter = _saved_tokens_per_iter(ckpt, self.telemetry.tokens_per_iter)  # for a checkpoint without it
             self.tokens_seen = int(ckpt["tokens_seen"] if "tokens_seen" in ckpt else self.iter_num * per_iter)
         self._done = self._run_is_done()
-        self._mfu_warned = False  # an MFU above 100% said once (_check_mfu)
+        self._mfu_warned = False  # an MFU above 100% said once a session (_check_mfu)
         if cfg.wandb_log:  # saved with the run (config.json, checkpoints): the next session's name too
             cfg.wandb_run_name = self._wandb_name(run, ckpt)
         self.logger = TrainingLogger(
@@ -1024,7 +1024,7 @@ class Trainer:
         return isinstance(iterations, int) and iterations > self.cfg.max_iters
 
     def _check_mfu(self, mfu: float | None) -> None:
-        """Once a run: an MFU above 100% says its peak is below what the device reached (a --peak_tflops measured
+        """Once a session: an MFU above 100% says its peak is below what the device reached (a --peak_tflops measured
         with fewer threads, or another device's), rather than print 280% with no word."""
         if self._mfu_warned or not isinstance(mfu, float) or not mfu > 1.0:
             return
@@ -1034,7 +1034,7 @@ class Trainer:
         if self.device.type == "cpu":
             threads = (
                 f"; on a CPU measure it with `gptlab peak` under the threads training runs with "
-                f"(OMP_NUM_THREADS={torch.get_num_threads()} here; torchrun gives each rank 1)"
+                f"({torch.get_num_threads()} here, OMP_NUM_THREADS; torchrun gives each rank 1)"
             )
         self.logger.log_event(
             "mfu_above_peak",

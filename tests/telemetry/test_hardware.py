@@ -136,5 +136,6 @@ def test_a_typed_gpu_name_with_an_unknown_word_is_refused() -> None:
         with pytest.raises(ConfigError, match=r"is not a known accelerator"):
             get_gpu_spec(typo)
     known = {"H100": "H100-SXM", "NVIDIA H100 80GB HBM3": "H100-SXM", "h100_pcie": "H100-PCIe", "GH200": "H200-SXM",
-             "Tesla V100-SXM2-16GB": "V100-SXM2", "NVIDIA A100-SXM4-80GB": "A100-SXM"}  # fmt: skip
+             "Tesla V100-SXM2-16GB": "V100-SXM2", "NVIDIA A100-SXM4-80GB": "A100-SXM",
+             "NVIDIA GH200 144G HBM3e": "H200-SXM", "AMD Instinct MI300X VF": "MI300X"}  # fmt: skip
     assert {name: get_gpu_spec(name).key for name in known} == known
