@@ -93,6 +93,12 @@ def resolve_architecture(
     return Architecture(name, get_typed_config(name, arch_overrides), name)
 
 
+def refuse_arch_preset(overrides: dict[str, Any]) -> None:
+    """compare's presets are its positional names: --arch_preset would make every column that preset."""
+    if "arch_preset" in overrides:
+        raise ConfigError("--arch_preset: compare takes presets by name (gptlab compare gpt2 llama ...)")
+
+
 def run_config_json(name: str) -> Path | None:
     """The config.json of a run directory ``name`` names (the directory or the file), else None."""
     from gptlab.config.model import PRESETS
@@ -118,15 +124,13 @@ def run_config_json(name: str) -> Path | None:
 
 
 def _gpt2_vocabulary(train_values: dict[str, Any], config: ModelArchitectureConfig) -> bool:
-    """Whether the default vocab_size is what the (unprepared) dataset would give: one GPT-2's BPE tokenizes
-    (a registered dataset's own tokenizer, else gpt2 unless its name ends in _char, as `gptlab prepare` picks)."""
+    """Whether the default vocab_size is what the (unprepared) dataset would give: one GPT-2's BPE tokenizes."""
     from gptlab.config.train import TrainConfig
-    from gptlab.data.datasets import DATASETS
+    from gptlab.data.datasets import default_tokenizer
+    from gptlab.data.tokenizers import GPT2_VOCAB_SIZE
 
-    name = str(train_values.get("dataset", TrainConfig.dataset))
-    spec = DATASETS.get(name)
-    tokenizer = spec.tokenizer if spec is not None else "char" if name.endswith("_char") else "gpt2"
-    return tokenizer == "gpt2" and config.vocab_size == padded_vocab_size(50257)
+    gpt2 = default_tokenizer(str(train_values.get("dataset", TrainConfig.dataset))) == "gpt2"
+    return gpt2 and config.vocab_size == padded_vocab_size(GPT2_VOCAB_SIZE)
 
 
 def dataset_vocab_size(train_values: dict[str, Any]) -> int | None:
@@ -197,12 +201,6 @@ def compute_figures(
         # what the FLOPs and memory figures assume (a registered component's estimates), said beside them
         "notes": list(dict.fromkeys([*fl.caveats, *(n for m in MODES for n in plans[m].mode.notes)])),
     }
-
-
-def with_notes(figures: dict[str, Any], arch: Architecture) -> dict[str, Any]:
-    """``figures`` with what the architecture's own resolution assumed among their notes."""
-    figures["notes"] = list(dict.fromkeys([*arch.notes, *figures["notes"]]))
-    return figures
 
 
 @dataclass
@@ -371,7 +369,9 @@ def compare(
     settings.update(precision=get_gpu_spec(gpu).training_precision(dtype))
     settings.update(activation_checkpointing=activation_checkpointing)
     kwargs = {k: settings[k] for k in ("mfu", "world_size", "batch_size", "dtype", "activation_checkpointing")}
-    figures = [with_notes(compute_figures(a.config, gpu=gpu, **kwargs), a) for a in archs]
+    figures = [compute_figures(a.config, gpu=gpu, **kwargs) for a in archs]
+    for arch, figure in zip(archs, figures):  # what resolving the architecture assumed, said with the rest
+        figure["notes"] = list(dict.fromkeys([*arch.notes, *figure["notes"]]))
     return Comparison(archs, settings, figures)
 
 

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gptlab.compare import TABLE_DEFAULTS, Architecture, Comparison, compute_figures, resolve_architecture
+from gptlab.compare import (
+    TABLE_DEFAULTS,
+    Architecture,
+    Comparison,
+    compute_figures,
+    refuse_arch_preset,
+    resolve_architecture,
+)
 from gptlab.errors import ConfigError
 
 # A short CPU setting on the embedded dataset (about 2 s per architecture on 2 cores); every
@@ -180,8 +187,7 @@ def train_and_compare(
             "architecture with torchrun train.py, then compare their run directories (gptlab compare DIR ...) and "
             "plot them (gptlab report DIR ...)"
         )
-    if overrides and "arch_preset" in overrides:  # it would replace every column's preset: one model, many labels
-        raise ConfigError("--arch_preset: compare takes presets by name (gptlab compare gpt2 llama ... --train)")
+    refuse_arch_preset(overrides or {})
     log = log or (lambda text: print(text, file=sys.stderr))
     overrides = dict(overrides or {})
     out = Path(os.path.expanduser(out_dir or overrides.pop("out_dir", None) or TRAIN_DEFAULTS["out_dir"]))

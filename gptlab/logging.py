@@ -512,9 +512,6 @@ class TrainingLogger:
             return {}
         steady = self.iters[self.skip_first :] or self.iters
 
-        def stats(key: str, rate: bool = False) -> dict[str, float] | None:
-            return step_stats(steady, key, rate)
-
         peaks = [r["peak_gb"] for r in self.iters]
         val_losses = [e["val_loss"] for e in self.evals if math.isfinite(e["val_loss"])]
         summary = {
@@ -522,9 +519,9 @@ class TrainingLogger:
             "iterations_excluded_as_warmup": len(self.iters) - len(steady),  # logged ones (records)
             # the last iteration those records cover (each averages the steps since the one logged before)
             "warmup_through_iter": self.iters[-len(steady) - 1]["iter"] if len(steady) < len(self.iters) else None,
-            "tokens_per_sec": stats("tokens_per_sec", rate=True),
-            "mfu": stats("mfu", rate=True),
-            "dt_ms": stats("dt_ms"),
+            "tokens_per_sec": step_stats(steady, "tokens_per_sec", rate=True),
+            "mfu": step_stats(steady, "mfu", rate=True),
+            "dt_ms": step_stats(steady, "dt_ms"),
             "final_loss": self.iters[-1]["loss"] if self.iters else None,
             "best_val_loss": min(val_losses) if val_losses else None,
             "final_val_loss": self.evals[-1]["val_loss"] if self.evals else None,

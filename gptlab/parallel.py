@@ -417,7 +417,8 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
                 "shape (1,) in its component, or train with DDP or ZeRO-1"
             )
 
-        if not sums_gradients(info, dtype):  # a sum needs no AVG from the backend
+        summed = sums_gradients(info, dtype)
+        if not summed:  # a sum needs no AVG from the backend
             check_reduce_scatter_averages(info)
         low = None if dtype == "float32" else PT_DTYPES[dtype]
         # parameters gathered in the compute dtype; gradients reduced in float32, as the fp32 master weights
@@ -436,7 +437,7 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, dtype: str) 
                 block.compile(mode=cfg.compile_mode)  # per block, in place (torchtitan's order: compile, then shard)
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
-        if sums_gradients(info, dtype):
+        if summed:
             _sum_fsdp_gradients(model)
         return model
     if cfg.compile and cfg.compile_scope == "blocks":

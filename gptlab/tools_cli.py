@@ -15,7 +15,7 @@ from gptlab.plugins import add_plugins_option
 
 
 def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
-    from gptlab.compare import TABLE_DEFAULTS, compare
+    from gptlab.compare import TABLE_DEFAULTS, compare, refuse_arch_preset
     from gptlab.config.overrides import parse_overrides
     from gptlab.config.train import ALL_KEYS, BOOL_KEYS, TEXT_KEYS
     from gptlab.errors import unknown_choice
@@ -59,8 +59,7 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
                               "seq_len": "flops", "num_gpus": "flops"}  # fmt: skip
             if bad[0] in other_commands:
                 raise ConfigError(f"--{bad[0]} is an option of `gptlab {other_commands[bad[0]]}`, not of compare")
-            if bad[0] == "arch_preset":  # compare's presets are its positional names
-                raise ConfigError("--arch_preset: compare takes presets by name (gptlab compare gpt2 llama ...)")
+            refuse_arch_preset(overrides)
             hint = "" if bad[0] in TRAIN_FIELDS else did_you_mean(bad[0], [*ARCH_FIELDS, *vars(args), *TRAIN_FIELDS])
             what = "not an architecture key" if len(bad) == 1 else "not architecture keys"
             raise ConfigError(f"{', '.join(bad)}: {what}{hint} (training keys need --train)")

@@ -97,6 +97,17 @@ def _hub(path: str, config: str | None) -> Callable[[Path, PrepareOptions], Corp
 
 
 _OFFLINE_HINT = " (add --input PATH when offline)"
+
+
+def default_tokenizer(name: str) -> str:
+    """The tokenizer dataset ``name`` is prepared with unless --tokenizer says otherwise: a registered dataset's
+    own, else char for a NAME_char, else GPT-2's BPE."""
+    spec = DATASETS.get(name)
+    if spec is not None:
+        return spec.tokenizer
+    return "char" if name.endswith("_char") else "gpt2"
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "stdlib_char": DatasetSpec(_stdlib, "char", "Python standard library source, char level (embedded)", auto=True),
     "stdlib": DatasetSpec(_stdlib, "gpt2", "Python standard library source, GPT-2 BPE (embedded)", auto=True),
@@ -311,7 +322,7 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
             )
         else:
             corpus = sources.local_corpus(opts.input_path, exclude=dataset_dir)
-        tokenizer_name = opts.tokenizer or ("char" if name.endswith("_char") else "gpt2")
+        tokenizer_name = opts.tokenizer or default_tokenizer(name)
         fraction = DEFAULT_VAL_FRACTION
     if opts.val_fraction is not None:
         fraction = opts.val_fraction
