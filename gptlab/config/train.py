@@ -621,6 +621,12 @@ LAUNCH_KEYS: frozenset[str] = frozenset(
         "sdpa_backend",  # a kernel of the machine it runs on: a CUDA run's 'cudnn' is no CPU resume's
     }
 )  # fmt: skip
+# Of those, the ones whose loss a resume says (the checkpoint's value, not given now): the MFU's peak, the
+# run's loggers and samples, where its data was read from, and its kernels would otherwise change unannounced
+SAID_LAUNCH_KEYS: tuple[str, ...] = (
+    "peak_tflops", "data_dir", "wandb_log", "wandb_project", "wandb_run_name", "tensorboard_log", "sample_at_end",
+    "sample_tokens", "sample_prompt", "sdpa_backend", "fsdp_cpu_offload",
+)  # fmt: skip
 
 
 def resume_dir(values: dict[str, Any]) -> str:
@@ -656,6 +662,11 @@ def resumed_values(
     overruled = [f"{k}: {values[k]!r} -> {saved_arch[k]!r}" for k in sorted(from_file) if values[k] != saved_arch[k]]
     values = {**values, **{k: v for k, v in saved_arch.items() if k in ARCH_FIELDS and k not in keep}}
     changed = {k: (v, values[k]) for k, v in saved.items() if k in explicit and values[k] != v}
+    changed |= {  # a launch setting of the run's own, this launch's now (its default): said, as a change
+        k: (saved_train[k], values.get(k, getattr(TrainConfig, k)))
+        for k in SAID_LAUNCH_KEYS
+        if k in saved_train and k not in explicit and saved_train[k] != values.get(k, getattr(TrainConfig, k))
+    }
     changed |= {k: (saved_arch[k], values[k]) for k in FREE_ARCH_KEYS if k in keep and values[k] != saved_arch.get(k)}
     if "arch_preset" in changed and "arch_preset" not in typed:  # a config file's: the checkpoint's wins
         overruled.append(f"arch_preset: {values['arch_preset']!r} -> {saved['arch_preset']!r}")

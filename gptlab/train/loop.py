@@ -60,6 +60,7 @@ from gptlab.checkpoint import (
 from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
 from gptlab.config.train import (
     CUDA_GRAPH_MODES,
+    SAID_LAUNCH_KEYS,
     RunConfig,
     TrainConfig,
     check_sdpa_backend,
@@ -509,6 +510,9 @@ class Trainer:
                 if old_versions.get(name) not in (None, now):
                     changed[name] = (old_versions[name], now)
             changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            kept_by = [f"--{k}={changed[k][0]!r}" for k in SAID_LAUNCH_KEYS if k in changed and k not in run.explicit]
+            if kept_by:  # a launch setting is the command's, not the checkpoint's: how to keep the run's own
+                changes += f" (launch settings are this command's: {' '.join(kept_by)} keeps the run's own)"
             self.logger.log_event(
                 "resume",
                 f"resuming from {ckpt['path']} at iter {self.iter_num}"

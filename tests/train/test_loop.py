@@ -182,13 +182,16 @@ def test_resume_needs_only_init_from(data_dir: Path, tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     train(parse_run_args(tiny_args(data_dir, straight, **common)), stream=io.StringIO())
     resumed = tmp_path / "resumed"
-    train(parse_run_args(tiny_args(data_dir, resumed, **{**common, "max_iters": 10})), stream=io.StringIO())
+    first = {**common, "max_iters": 10, "peak_tflops": 50.0}  # a launch setting: this launch's on resume, said
+    train(parse_run_args(tiny_args(data_dir, resumed, **first)), stream=io.StringIO())
     launch = [f"--out_dir={str(resumed)!r}", f"--data_dir={str(data_dir)!r}", "--device='cpu'", "--compile=False"]
     train(parse_run_args([*launch, "--init_from='resume'", "--max_iters=20"]), stream=io.StringIO())
     a = {r["iter"]: (r["loss"], r["lr"]) for r in read_log(straight) if r["type"] == "iter"}
     records = read_log(resumed)
     start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
-    assert records[start]["changed"] == {"max_iters": [10, 20]} and "max_iters: 10 -> 20" in records[start]["message"]
+    assert records[start]["changed"] == {"max_iters": [10, 20], "peak_tflops": [50.0, None]}
+    assert "max_iters: 10 -> 20; peak_tflops: 50.0 -> None" in records[start]["message"]
+    assert "--peak_tflops=50.0 keeps the run's own" in records[start]["message"]
     b = {r["iter"]: (r["loss"], r["lr"]) for r in records[start:] if r["type"] == "iter"}
     assert sorted(b) == list(range(11, 21))
     assert all(a[i] == b[i] for i in b), [(i, a[i], b[i]) for i in b if a[i] != b[i]]
