@@ -165,6 +165,14 @@ def replace_unencodable_output() -> None:
 SUMMARIZED = ("iter", "loss", "dt_ms", "tokens_per_sec", "mfu")  # the iteration fields summary.json uses
 
 
+def _summarized(record: dict[str, Any]) -> dict[str, Any]:
+    """What finalize() needs of an iteration record, not the whole record (a long run logs hundreds of thousands)."""
+    kept = {k: record.get(k) for k in SUMMARIZED}
+    memory = record.get("memory")
+    kept["peak_gb"] = logged_peak_gb(memory) if isinstance(memory, dict) and memory else None
+    return kept
+
+
 def check_logging_backends(wandb_log: bool, tensorboard_log: bool) -> None:
     """The experiment trackers asked for are installed: checked when a run starts, before its data is prepared
     or its model built or downloaded, and before either is opened (a missing TensorBoard after wandb.init left
@@ -426,9 +434,7 @@ class TrainingLogger:
         if grad_stats:
             record["gradients"] = grad_stats
         # what finalize() needs of it, not the whole record (a long run logs hundreds of thousands)
-        kept = {k: record.get(k) for k in SUMMARIZED}
-        kept["peak_gb"] = logged_peak_gb(memory_stats) if memory_stats else None
-        self.iters.append(kept)
+        self.iters.append(_summarized(record))
         self._write({"type": "iter", **record})
         top = {k: v for k, v in record.items() if not isinstance(v, dict) and k != "iter"}  # iter: the step
         self._scalars(iter_num, {"train": top, "memory": memory_stats or {}, "gradients": grad_stats or {}})
@@ -505,6 +511,26 @@ class TrainingLogger:
         return self._status_shown
 
     # ------------------------------------------------------------------ summary
+    def adopt_session(self, records: list[dict[str, Any]]) -> int | None:
+        """Summarize the session that logged ``records`` (log.jsonl's, from its startup record on) rather than
+        this one: a resume with nothing to train, of a job killed before its summary, writes the summary that
+        job would have, not one of no steps. Returns that session's first iteration (None if unknown)."""
+        start, times = None, []
+        for record in records:
+            kind, t = record.get("type"), record.get("time")
+            if kind == "startup":  # a later session's start: the figures are its own
+                start, times = (record.get("training") or {}).get("start_iter"), []
+                self.iters, self.evals = [], []
+            elif kind == "iter":
+                self.iters.append(_summarized(record))
+            elif kind == "eval" and isinstance(record.get("val_loss"), float):
+                self.evals.append(record)
+            if kind in ("startup", "iter", "eval") and isinstance(t, (int, float)) and not isinstance(t, bool):
+                times.append(t)  # (not the events after it: this session's resume)
+        if times:  # its training time, not this session's few milliseconds
+            self.start_clock = time.perf_counter() - (max(times) - min(times))
+        return start if isinstance(start, int) else None
+
     def finalize(self, *, exit_code: int = 0, **extra: Any) -> dict[str, Any]:
         """Write ``summary.json``: throughput and MFU statistics past the warm-up iterations,
         best validation loss, total time, peak memory; then close (``exit_code``: the run's, see close)."""

@@ -1065,25 +1065,44 @@ class Trainer:
         """A resume of a finished run (a requeued job): says so and changes nothing, config.json and summary.json
         included; the summary is the finished run's (written now only if the run ended before writing it)."""
         cfg = self.cfg
-        kept = (
-            f"; its checkpoint is iteration {self.iter_num}'s, the best evaluation (always_save_checkpoint=False)"
-            if self.iter_num <= cfg.max_iters
-            else ""
-        )
-        self.logger.log_event(
-            "done",
-            f"nothing to do: iterations 0..{cfg.max_iters} are done{kept} (raise --max_iters to train on from it)",
-        )
+        if self.iter_num <= cfg.max_iters:
+            done = f"iterations 0..{cfg.max_iters} are done; its checkpoint is iteration {self.iter_num}'s, the best "
+            done += "evaluation (always_save_checkpoint=False)"
+        elif self.iter_num > cfg.max_iters + 1:  # a max_iters lowered below the checkpoint (a run stopped past it)
+            done = f"the checkpoint's iterations 0..{self.iter_num - 1} are done, past max_iters={cfg.max_iters}"
+        else:
+            done = f"iterations 0..{cfg.max_iters} are done"
+        self.logger.log_event("done", f"nothing to do: {done} (raise --max_iters to train on from it)")
         summary = self._saved_summary()
         # the finished run's own summary only (a job killed between its last checkpoint and its summary leaves
         # an earlier session's); every rank takes the same branch (_finish has collectives)
         final = summary is not None and summary.get("status") == "completed"
         final = final and (summary.get("iterations") == self.iter_num or self._completed_beyond(summary))
         (have,) = parallel.all_reduce_max([float(final)], self.dist)
-        if not have:  # the final losses: the evaluation of these weights that the killed session logged
+        if not have:  # the final losses: the evaluation of these weights that the killed session logged, and
+            # its steps' figures (the summary it would have written), to its checkpoint
+            self._adopt_logged_session()
             return self._finish(self._logged_losses())
         self.logger.close()
         return summary if self.master else {}
+
+    def _adopt_logged_session(self) -> None:
+        """The summary's step figures and start: those of the session that trained to this checkpoint, from
+        log.jsonl (rank 0's) up to it; steps a killed session logged past it were lost with it."""
+        if not self.master:
+            return
+        from gptlab.logging import read_log
+
+        with contextlib.suppress(OSError, GptlabError):
+            records = [
+                r
+                for r in read_log(self.out_dir)
+                if r.get("type") not in ("iter", "eval")
+                or (isinstance(r.get("iter"), int) and r["iter"] < self.iter_num + (r["type"] == "eval"))
+            ]
+            start = self.logger.adopt_session(records)
+            if start is not None:
+                self.start_iter = start
 
     def _logged_losses(self) -> dict[str, float] | None:
         """The losses of the weights this session loaded, as an earlier session logged their evaluation (rank 0's

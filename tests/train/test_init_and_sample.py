@@ -272,11 +272,18 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     )
     assert (summary["status"], summary["iterations"]) == ("completed", 5)
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
-    # its final losses: the evaluation the killed session logged of these weights (they were null)
+    # its final losses: the evaluation the killed session logged of these weights (they were null), and its
+    # steps' figures, from the log (they were those of this session's no steps)
     done = json.loads(kept["summary.json"])
-    for key in ("final_val_loss", "final_train_loss"):
+    steps = ("tokens_per_sec", "dt_ms", "final_loss", "iterations_logged", "start_iter", "peak_memory_gb")
+    for key in ("final_val_loss", "final_train_loss", "best_val_loss", *steps):
         assert summary[key] == done[key] is not None, key
     (tmp_path / "summary.json").write_bytes(kept["summary.json"])
+    # a max_iters lowered below the checkpoint says what is done: the checkpoint's iterations, not max_iters's
+    train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2, init_from="resume")), stream=io.StringIO())
+    said = [r["message"] for r in _records(tmp_path) if r.get("event") == "done"][-1]
+    assert "iterations 0..4 are done, past max_iters=2" in said, said
+    assert (tmp_path / "summary.json").read_bytes() == kept["summary.json"]
     # eval_only evaluates the checkpoint whatever its iteration (5 is not a multiple of 4) and leaves the run's
     # files as they are (nanoGPT's eval_only writes nothing): its records go to eval.jsonl
     files = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "log.jsonl", "config.json", "summary.json")}
