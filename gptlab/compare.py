@@ -75,8 +75,11 @@ def resolve_architecture(
         values = load_config_file(name) if file_values is None else file_values
         arch_overrides |= {k: v for k, v in overrides.items() if k == "arch_preset"}
         arch_keys = {k: v for k, v in values.items() if k in ARCH_FIELDS or k in ("arch_preset", "plugins")}
-        config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
         train_values = {k: v for k, v in values.items() if k not in arch_keys}
+        init_from = train_values.get("init_from", TrainConfig.init_from)
+        if init_from not in ("scratch", "resume"):  # a fine-tune: the weights fix the architecture
+            return _fine_tuned(name, init_from, arch_keys, arch_overrides, train_values, values)
+        config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
         notes = []
         if "vocab_size" not in arch_keys and "vocab_size" not in arch_overrides:
             vocab = dataset_vocab_size(train_values)
@@ -91,6 +94,44 @@ def resolve_architecture(
                 )
         return Architecture(Path(name).stem, config, name, train_values, values, notes)
     return Architecture(name, get_typed_config(name, arch_overrides), name)
+
+
+def _fine_tuned(
+    name: str,
+    init_from: str,
+    arch_keys: dict[str, Any],
+    arch_overrides: dict[str, Any],
+    train_values: dict[str, Any],
+    values: dict[str, Any],
+) -> Architecture:
+    """A config file that fine-tunes ``init_from``: the weights' architecture, as training takes it (the file's
+    dropout, attention backend and a shorter block_size apply to them; its other architecture keys yield), with
+    the typed keys as a what-if; the file's own where the weights' cannot be read without them, said."""
+    from gptlab.config.model import FREE_ARCH_KEYS
+    from gptlab.config.train import resolve_run_config
+    from gptlab.model.convert import pretrained_architecture
+
+    weights = pretrained_architecture(init_from)
+    if weights is None:
+        config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
+        note = (
+            f"init_from={init_from!r}: the architecture is its weights', which cannot be read here (not downloaded, "
+            "or no such path): the figures are the config file's"
+        )
+        return Architecture(Path(name).stem, config, name, train_values, values, [note])
+    if "arch_preset" in arch_overrides:
+        raise ConfigError(
+            f"--arch_preset: config file {name!r} fine-tunes init_from={init_from!r}, whose weights fix the "
+            "architecture (type the keys to change instead)"
+        )
+    applied = {k: arch_keys.get(k, getattr(ModelArchitectureConfig, k)) for k in FREE_ARCH_KEYS}  # (or defaults)
+    if isinstance(arch_keys.get("block_size"), int) and arch_keys["block_size"] < weights.block_size:
+        applied["block_size"] = arch_keys["block_size"]  # a shorter context: the weights' positions cut
+    config = ModelArchitectureConfig.from_dict({**weights.to_dict(), **applied, **arch_overrides})
+    config = check_keys_take_effect(config, arch_overrides)
+    size = ", ".join(f"{k}={getattr(weights, k)}" for k in ("n_layer", "n_head", "n_embd", "vocab_size"))
+    note = f"init_from={init_from!r}: the architecture is its weights' ({size}), not the config file's"
+    return Architecture(Path(name).stem, config, name, train_values, values, [note])
 
 
 def refuse_arch_preset(overrides: dict[str, Any]) -> None:

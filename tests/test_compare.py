@@ -383,9 +383,23 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     monkeypatch.chdir(tmp_path)
     assert resolve_architecture("gpt2").config.n_layer == 12
     assert resolve_architecture("./gpt2").config == trained
-    tuned = tmp_path / "tune.py"  # a fine-tune keeps its weights' vocabulary: not the dataset's
-    tuned.write_text(f"dataset = 'mine_char'\ndata_dir = {str(tmp_path / 'data')!r}\ninit_from = 'gpt2'\n")
-    assert resolve_architecture(str(tuned)).config.vocab_size == 50304
+    tuned = tmp_path / "tune.py"  # a fine-tune is its weights' architecture: not the dataset's vocabulary, nor
+    # the file's sizes (they yield to the weights in training), but for its dropout and a shorter context
+    tuned.write_text(
+        f"dataset = 'mine_char'\ndata_dir = {str(tmp_path / 'data')!r}\ninit_from = 'gpt2-xl'\nn_layer = 2\n"
+        "block_size = 256\ndropout = 0.1\n"
+    )
+    xl = resolve_architecture(str(tuned))
+    assert (xl.config.n_layer, xl.config.n_embd, xl.config.vocab_size, xl.config.block_size) == (48, 1600, 50257, 256)
+    assert xl.config.dropout == 0.1 and xl.notes == [
+        "init_from='gpt2-xl': the architecture is its weights' (n_layer=48, n_head=25, n_embd=1600, "
+        "vocab_size=50257), not the config file's"
+    ]
+    assert main(["flops", str(tuned)]) == 0
+    assert "1556.38M parameters, seq_len=256" in capsys.readouterr().out  # (768 positions fewer)
+    tuned.write_text("init_from = 'someone/not-here'\nn_layer = 2\n")  # unknown without its download: said
+    unknown = resolve_architecture(str(tuned))
+    assert unknown.config.n_layer == 2 and "cannot be read here" in unknown.notes[0]
     assert main(["plan", str(run)]) == 0
     assert "micro-batch 3 x" in capsys.readouterr().out  # the run's own batch
     (run / "config.json").write_text(json.dumps({"train": {"dtype": "auto"}, "arch": trained.to_dict()}))

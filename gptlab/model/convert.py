@@ -174,6 +174,55 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
     raise CheckpointError(f"{str(path)!r} holds neither config.json nor a checkpoint: expected {EXPECTED}")
 
 
+# GPT-2's four sizes (n_layer, n_head, n_embd) as nanoGPT's from_pretrained tabulates them: a config file that
+# fine-tunes one is sized by flops, plan and compare without its download
+GPT2_HUB_SIZES = {
+    "gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600),
+}  # fmt: skip
+
+
+def pretrained_architecture(init_from: str) -> ModelArchitectureConfig | None:
+    """The architecture of the weights ``init_from`` names, read without them (they fix a fine-tune's): a gptlab
+    or nanoGPT checkpoint's record, a Hugging Face directory's config.json, GPT-2's Hub sizes; None when it cannot
+    be known here (another Hub model, a path that is not there, a file that cannot be read)."""
+    path = Path(init_from).expanduser()
+    importers = {"gpt2": _gpt2_in, "llama": _llama_in}
+    try:
+        if not path.exists():
+            size = GPT2_HUB_SIZES.get(init_from.removeprefix("openai-community/"))
+            if size is not None:
+                n_layer, n_head, n_embd = size
+                hf = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=1024, vocab_size=50257)
+                return _apply(_gpt2_in(hf, {})[0], {})
+            path = _cached_hub_folder(init_from)  # another Hub model: its config.json, if in the cache
+            if path is None:
+                return None
+        if gptlab_checkpoint_path(path) is not None:
+            record = weights_record(path) or {}
+            if record.get("format") == "gptlab" and isinstance(record.get("arch"), dict):
+                from gptlab.plugins import saved_plugins
+
+                return ModelArchitectureConfig.from_dict(record["arch"], saved_plugins(record))
+            args = record.get("model_args")
+            return _apply(_nanogpt_base(args), {}) if isinstance(args, dict) else None
+        hf = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
+        importer = importers.get(hf.get("model_type")) if isinstance(hf, dict) else None
+        return _apply(importer(hf, {})[0], {}) if importer is not None else None
+    except (CheckpointError, ConfigError, KeyError, TypeError, ValueError, AttributeError):
+        return None  # what loading the weights would say, said by the run that loads them
+
+
+def _cached_hub_folder(name: str) -> Path | None:
+    """The folder of Hub model ``name`` in Hugging Face's cache, where its config.json is there (no download)."""
+    repo_id = hub_repo_id(name)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    cached = try_to_load_from_cache(repo_id, "config.json") if repo_id is not None else None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
 def gptlab_checkpoint_path(path: Path) -> Path | None:
     """The checkpoint ``path`` names, if not a Hugging Face directory: a ``ckpt.pt`` or DCP directory
     itself, or a run directory's latest (the later of its ``ckpt.pt`` and ``ckpt.dcp``, as resuming
@@ -411,9 +460,16 @@ def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
         raise CheckpointError(f"a damaged nanoGPT checkpoint: its model_args have no {', '.join(missing)}")
     if not isinstance(args.get("dropout", 0.0), (int, float)) or isinstance(args.get("dropout"), bool):
         raise CheckpointError(f"a damaged nanoGPT checkpoint: its model_args have dropout={args['dropout']!r}")
+    state = clean_state_dict(ckpt["model"])
+    state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    return _build(_apply(_nanogpt_base(args), overrides), _rename(state, _NANOGPT_NAMES), "nanoGPT checkpoint")
+
+
+def _nanogpt_base(args: dict[str, Any]) -> dict[str, Any]:
+    """The gptlab architecture of nanoGPT's ``model_args``."""
     bias = bool(args.get("bias", True))
     # nanoGPT is GPT-2 with exact GELU; bias=False also removes the LayerNorm biases.
-    base = dict(
+    return dict(
         preset="gpt2",
         n_layer=args["n_layer"],
         n_head=args["n_head"],
@@ -425,9 +481,6 @@ def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
         gelu_approximate="none",
         dropout=float(args.get("dropout", 0.0)),
     )
-    state = clean_state_dict(ckpt["model"])
-    state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-    return _build(_apply(base, overrides), _rename(state, _NANOGPT_NAMES), "nanoGPT checkpoint")
 
 
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")  # nanoGPT's GPTConfig, all required

@@ -574,3 +574,32 @@ def test_a_crafted_config_json_is_one_line_and_builds_nothing_first(tmp_path: Pa
     (tmp_path / "hf" / "config.json").write_text("[1, 2]")
     with pytest.raises(CheckpointError, match=r"config\.json holds a list, not a model config"):
         ConfigurableGPT.from_pretrained(tmp_path / "hf")
+
+
+def test_the_architecture_of_weights_is_read_without_them(tmp_path: Path, offline_hub) -> None:
+    """What a config file that fine-tunes ``init_from`` is sized as by flops, plan and compare: the config the
+    weights load with, from a Hugging Face directory, a nanoGPT or gptlab checkpoint, a cached Hub model, or
+    GPT-2's Hub sizes (nanoGPT's table); None where it cannot be known without a download."""
+    from gptlab.model.convert import pretrained_architecture
+
+    sources = {"hf": tmp_path / "hf", "nanogpt": tmp_path / "nano" / "ckpt.pt", "gptlab": tmp_path / "run"}
+    _gpt2(activation_function="gelu").save_pretrained(sources["hf"])
+    sources["nanogpt"].parent.mkdir()
+    torch.save(_nanogpt_checkpoint(_gpt2(activation_function="gelu"), bias=False), sources["nanogpt"])
+    gptlab = ConfigurableGPT(get_debug_config("hybrid"))  # (one transformers has no class for)
+    sources["gptlab"].mkdir()
+    torch.save(
+        {"format": "gptlab", "arch": gptlab.config.to_dict(), "model": gptlab.state_dict()},
+        sources["gptlab"] / "ckpt.pt",
+    )
+    offline_hub("someone/tiny-llama", _llama())
+    for source in [*map(str, sources.values()), "someone/tiny-llama"]:
+        assert pretrained_architecture(source) == ConfigurableGPT.from_pretrained(source).config, source
+    xl = pretrained_architecture("gpt2-xl")
+    assert (xl.n_layer, xl.n_head, xl.n_embd, xl.block_size, xl.vocab_size) == (48, 25, 1600, 1024, 50257)
+    assert xl.gelu_approximate == "tanh" and xl.bias and xl.weight_tying
+    assert pretrained_architecture("openai-community/gpt2").n_embd == 768
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{")
+    for unknown in ("someone/not-cached", str(tmp_path / "missing"), str(tmp_path / "bad")):
+        assert pretrained_architecture(unknown) is None, unknown
