@@ -226,7 +226,7 @@ def compute_figures(
     precision = spec.training_precision(dtype)
     peak = spec.peaks.get(precision)
     if peak is None:
-        raise ConfigError(f"gpu={gpu!r} has no dense {precision} peak in the table ({spec.description})")
+        raise spec.no_peak_error(gpu, precision)
     return {
         "architecture": config.get_architecture_name(),
         "params_total": count_parameters(config),

@@ -242,7 +242,7 @@ def _throughput_peak(args: argparse.Namespace) -> tuple[Any, str, float] | None:
     precision = spec.training_precision(args.dtype)
     peak = spec.peaks.get(precision)
     if peak is None:
-        raise ConfigError(f"gpu={args.gpu!r} has no dense {precision} peak in the table ({spec.description})")
+        raise spec.no_peak_error(args.gpu, precision)
     return spec, precision, peak
 
 

@@ -41,6 +41,13 @@ class GpuSpec:
         key = precision_key(dtype)
         return self.dense_peak("tf32" if key in ("fp32", "tf32") else key)[0]
 
+    def no_peak_error(self, gpu: str, precision: str) -> ConfigError:
+        """The one line for a precision this card has no units for, naming the --dtype it trains at instead."""
+        dtypes = {"fp16": "float16", "fp32": "float32"}  # (a V100 trains float32 at its FP32 rate: no TF32)
+        have = [f"--dtype={d} ({self.peaks[p] / T:g} TFLOPS)" for p, d in dtypes.items() if self.peaks.get(p)]
+        hint = f": it has {', '.join(have)}" if have else ""
+        return ConfigError(f"gpu={gpu!r} has no dense {precision} peak in the table ({self.description}){hint}")
+
     def dense_peak(self, precision: str) -> tuple[str, float | None]:
         """(the precision matmuls run at, its dense peak or None): TF32 is the FP32 rate on a card
         without TF32 units (Volta), where PyTorch's TF32 setting changes nothing."""

@@ -110,7 +110,7 @@ def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
         (["flops", "gtp2"], "did you mean 'gpt2'"),
         (["flops", "gpt2", "--n_layers=4"], "did you mean 'n_layer'"),
         (["flops", "gpt2", "--gpu", "B300"], "did you mean 'B200'"),
-        (["flops", "gpt2", "--gpu", "V100-SXM2"], "no dense bf16 peak"),
+        (["flops", "gpt2", "--gpu", "V100-SXM2"], r"no dense bf16 peak .*: it has --dtype=float16 \(125 TFLOPS\)"),
         (["flops", "gpt2", "--gpu", "A100-SXM", "--mfu", "40"], "mfu=40"),
         (["plan", "gpt2", "--dtype", "int8"], "dtype='int8'"),
         (["flops", "gpt2", "--dtype", "fp64"], "dtype='fp64' is not one of"),  # even where unused (no --gpu)
