@@ -1211,6 +1211,7 @@ class Trainer:
                 # seconds per step over the window since the last logged step, measured after this sync: the
                 # device's time, not the host's launch time (a GPU runs behind the host between syncs)
                 now = time.perf_counter()
+                timed_steps = window_steps  # (fewer than log_interval after an evaluation, which restarts it)
                 dt, window_start, window_steps = (now - window_start) / window_steps, now, 0
                 grad_stats = self._read_gradients(through=self.iter_num, keep=self.iter_num)  # synced: no wait
                 self._note_loss_scale()
@@ -1226,6 +1227,7 @@ class Trainer:
                     lr=step["lr"],
                     tokens=self.tokens_seen,
                     tokens_per_sec=self.telemetry.tokens_per_iter / dt,
+                    timed_steps=timed_steps,
                     grad_norm=None if step["grad_norm"] is None else step["grad_norm"].item(),
                 )
                 if cfg.nan_policy == "stop" and (bad_iter := int(first_bad)) != NO_ITER:  # synced above: no wait

@@ -991,8 +991,11 @@ def test_logged_step_time_is_the_mean_over_the_log_window(data_dir: Path, tmp_pa
 
     trainer.train_step = slow_unlogged_steps  # type: ignore[method-assign]
     trainer.run()
-    logged = {r["iter"]: r["dt_ms"] for r in read_log(tmp_path) if r["type"] == "iter"}
+    records = [r for r in read_log(tmp_path) if r["type"] == "iter"]
+    logged = {r["iter"]: r["dt_ms"] for r in records}
     assert sorted(logged) == [0, 4, 8]
+    # each record says how many steps it timed: iteration 0's window opens after the evaluation at 0
+    assert {r["iter"]: r["timed_steps"] for r in records} == {0: 1, 4: 4, 8: 4}
     assert logged[4] >= 0.75 * 50 and logged[8] >= 0.75 * 50, logged  # 3 of each window's 4 steps slept
 
 
