@@ -76,8 +76,8 @@ def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
 
 def step_stats(records: list[dict[str, Any]], key: str, rate: bool = False) -> dict[str, float] | None:
     """Mean, median and p90 of ``key`` over iteration records (summary.json's figures). ``rate``: a per-second
-    figure, whose mean is weighted by each record's step time (tokens over time: what the run delivered; a plain
-    mean of rates overstates it when steps vary)."""
+    figure, whose mean is weighted by the time each record timed (its step time by its ``timed_steps``: tokens
+    over time, what the run delivered; a plain mean of rates overstates it when steps vary)."""
     kept = [r for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
     values = [r[key] for r in kept]
     if not values:
@@ -85,10 +85,18 @@ def step_stats(records: list[dict[str, Any]], key: str, rate: bool = False) -> d
     ordered = sorted(values)
     p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
     mean = statistics.fmean(values)
-    times = [r.get("dt_ms") for r in kept]
+    times = [_timed_ms(r) for r in kept]
     if rate and all(isinstance(t, (int, float)) and t > 0 for t in times) and math.isfinite(sum(times)):
         mean = math.fsum(v * t for v, t in zip(values, times)) / math.fsum(times)
     return {"mean": mean, "median": statistics.median(values), "p90": p90}
+
+
+def _timed_ms(record: dict[str, Any]) -> Any:
+    """The milliseconds an iteration record timed: its mean step time by its steps (logs before timed_steps: 1)."""
+    dt, steps = record.get("dt_ms"), record.get("timed_steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 and isinstance(dt, (int, float)):
+        return dt * steps
+    return dt
 
 
 def log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -162,7 +170,7 @@ def replace_unencodable_output() -> None:
         reconfigure(errors="replace")
 
 
-SUMMARIZED = ("iter", "loss", "dt_ms", "tokens_per_sec", "mfu")  # the iteration fields summary.json uses
+SUMMARIZED = ("iter", "loss", "dt_ms", "timed_steps", "tokens_per_sec", "mfu")  # the iteration fields summary.json uses
 
 
 def _summarized(record: dict[str, Any]) -> dict[str, Any]:

@@ -212,6 +212,12 @@ def test_mean_throughput_is_tokens_over_time(tmp_path: Path) -> None:
     assert summary["tokens_per_sec"]["mean"] == pytest.approx(1024 / 0.040)
     assert summary["mfu"]["mean"] == pytest.approx(0.004 * 2 / 40.0)  # the MFU of that throughput
     assert summary["dt_ms"]["mean"] == 20.0 and summary["tokens_per_sec"]["median"] == pytest.approx(34133.33, 1e-5)
+    # records of windows of different lengths (an evaluation restarts one): 1 step of 30 ms, then 4 of 10 ms are
+    # 2560 tokens in 70 ms (weighted by the step time alone it said 25,600 tokens/s)
+    logger = TrainingLogger(tmp_path / "windows", stream=io.StringIO(), skip_first=0)
+    for i, (dt, steps) in enumerate([(30.0, 1), (10.0, 4)] * 2):
+        logger.log_iter_detailed(i, 2.0, dt_ms=dt, tokens_per_sec=512 / (dt / 1000), timed_steps=steps)
+    assert logger.finalize()["tokens_per_sec"]["mean"] == pytest.approx(2560 / 0.070)
 
 
 def test_the_logger_keeps_only_what_the_summary_needs(tmp_path: Path) -> None:
