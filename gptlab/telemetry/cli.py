@@ -168,6 +168,24 @@ def _startup(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def _activations_line(acts: Any, unit: str, scale: float) -> str:
+    """The activations row's parts, as they add up to it: each layer's saved tensors, or under checkpointing
+    what each block keeps (its input, its autocast weight copy) and the one block backward recomputes."""
+    other = f"other {sum(acts.other.values()) / scale:.4f} {unit}"
+    if not acts.activation_checkpointing:
+        per_layer = ", ".join(f"{k} {v / scale:.4f}" for k, v in acts.per_layer.items())
+        return f"activations: {acts.n_layer} layers x {acts.layer_bytes / scale:.4f} {unit} ({per_layer}); {other}"
+    copies = acts.per_layer.get("weight_copies", 0)
+    kept = acts.checkpoint_input_bytes + copies
+    recomputed = {k: v for k, v in acts.per_layer.items() if k != "weight_copies"}
+    parts = ", ".join(f"{k} {v / scale:.4f}" for k, v in recomputed.items())
+    return (
+        f"activations (checkpointed): {acts.n_layer} layers x {kept / scale:.4f} {unit} kept (input "
+        f"{acts.checkpoint_input_bytes / scale:.4f}, weight_copies {copies / scale:.4f}); one layer recomputed in "
+        f"backward {sum(recomputed.values()) / scale:.4f} {unit} ({parts}); {other}"
+    )
+
+
 DEFAULT_WORLD_SIZE = 8  # plan's GPUs for ddp/zero1/fsdp where neither --world_size nor a run gives them
 
 
@@ -316,10 +334,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         )
         if field == "peak":  # where in the step: a block's backward, the loss's, the embedding's, the end
             print(f"{'  at the':22s}" + "".join(f" {_short_moment(p.mode.peak_at):>11s}" for p in plans.values()))
-    acts = first.activation_estimate
-    per_layer = ", ".join(f"{k} {v / scale:.4f}" for k, v in acts.per_layer.items())
-    print(f"activations: {acts.n_layer} layers x {acts.layer_bytes / scale:.4f} {unit} ({per_layer}); "
-          f"other {sum(acts.other.values()) / scale:.4f} {unit}")  # fmt: skip
+    print(_activations_line(first.activation_estimate, unit, scale))
     for note in sorted({n for p in plans.values() for n in p.mode.notes}):
         print(f"note: {note}")
     if single_accum is not None:

@@ -104,6 +104,24 @@ def test_plan_says_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
     assert "chunked loss (1024 tokens)" in out and "none x1: fits in 80 GB" in out
 
 
+@pytest.mark.parametrize("checkpointing", [[], ["--activation_checkpointing"]])
+def test_plans_activations_line_adds_up_to_its_row(checkpointing: list[str], capsys: pytest.CaptureFixture) -> None:
+    """The line under the table breaks the activations row down as it is made: under checkpointing each
+    block keeps its input and weight copy and one block is recomputed (it showed the uncheckpointed split)."""
+    import re
+
+    assert run(["plan", "gpt2", "--batch_size", "12", *checkpointing]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = float(next(line for line in lines if line.startswith("activations ")).split()[1])
+    parts = next(line for line in lines if line.startswith(("activations:", "activations (")))
+    assert parts.startswith("activations (checkpointed): " if checkpointing else "activations: 12 layers x")
+    layers, kept = re.search(r"(\d+) layers x ([\d.]+) GB", parts).groups()
+    total = int(layers) * float(kept) + float(re.search(r"other ([\d.]+) GB", parts).group(1))
+    if checkpointing:
+        total += float(re.search(r"recomputed in backward ([\d.]+) GB", parts).group(1))
+    assert total == pytest.approx(row, abs=2e-3)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
