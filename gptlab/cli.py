@@ -206,6 +206,26 @@ def _refuse_spaced_overrides(argv: Sequence[str], extra: Sequence[str], args: ar
             raise ConfigError(f"cannot parse '{flag} {following}': {hint}")
 
 
+# The commands' on/off options (argparse's store_true, so that `--hf run out` keeps its positionals), which users
+# also spell as training's settings are spelled: `--train=True`, `--hf=False`.
+SWITCHES: frozenset[str] = frozenset({"--train", "--hf", "--deep", "--json", "--no-params", "--no_params"})
+
+
+def _switch_values(argv: list[str]) -> list[str]:
+    """``--train=True`` -> ``--train``, ``--train=False`` -> nothing, for the SWITCHES (argparse refused them,
+    "ignored explicit argument"); another value is one line."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if not eq or flag not in SWITCHES:
+            out.append(arg)
+        elif value.lower() in ("1", "true", "yes"):
+            out.append(flag)
+        elif value.lower() not in ("0", "false", "no"):
+            raise ConfigError(f"{arg}: expected {flag}=True or {flag}=False (or {flag} alone)")
+    return out
+
+
 def _run_command(argv: Sequence[str] | None) -> int:
     from gptlab.logging import replace_unencodable_output
 
@@ -225,6 +245,11 @@ def _run_command(argv: Sequence[str] | None) -> int:
         run = getattr(gptlab.train.cli, RAW_COMMANDS[argv[0]])
         command = lambda: run(argv[1:])  # noqa: E731
     else:
+        try:
+            argv = _switch_values(argv)
+        except ConfigError as e:
+            print(f"gptlab: error: {e}", file=sys.stderr)
+            return 2
         args, extra = build_parser().parse_known_args(argv)
 
         def command() -> int:

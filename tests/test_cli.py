@@ -88,6 +88,8 @@ from gptlab.cli import main
         (["prepare", "mine", "--input="], "argument --input: expected a non-empty path"),
         (["sample", f"--out_dir={'x' * 300}"], r"error: x{80}\.\.\.: File name too long$"),  # OSError's traceback
         (["export", "x" * 300, "dest"], r"error: x{80}\.\.\.: File name too long$"),
+        (["compare", "gpt2", "--train=maybe"], r"^gptlab: error: --train=maybe: expected --train=True or"),
+        (["compare", "gpt2", "--out_dir=x", "--train=False"], "--out_dir is where --train writes"),  # off: as absent
     ],
 )
 def test_command_mistakes_are_one_line_exit_2(
@@ -118,6 +120,7 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     for argv, key in (
         (["prepare", "notes", f"--input={run / 'log.jsonl'}", f"--data_dir={inside}"], "data_dir"),
         (["compare", "gpt2", "--train", f"--out_dir={inside}", "--max_iters=2"], "--out_dir"),
+        (["compare", "gpt2", "--train=True", f"--out_dir={inside}", "--max_iters=2"], "--out_dir"),  # as training
         (["train", f"--out_dir={inside}", "--max_iters=1"], "out_dir"),
     ):
         assert main(argv) == 2, argv
