@@ -34,6 +34,21 @@ def _fmt(value: Any, spec: str, missing: str = "n/a") -> str:
     return missing if value is None else format(value, spec)
 
 
+def _times(value: Any, scale: float) -> Any:
+    return None if value is None else value * scale
+
+
+def _flops(value: Any, spec: str) -> str:
+    """A FLOP count or rate in the console's short units, the prefix fitting the number: ``101 TF`` on a GPU,
+    ``28.5 GF`` per token at 1.5B, ``197 KF`` per token for a test model (it read ``0.000197 GF``)."""
+    if value is None:
+        return "n/a"
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:{spec}} {prefix}F"
+    return f"{value:{spec}} F"
+
+
 def _json_safe(value: Any) -> Any:
     """JSON has no NaN/inf: write them as strings so every line stays valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -464,9 +479,10 @@ class TrainingLogger:
             parts.append(f"tok/s {tps}" + (f" (all {unit}s)" if multi else ""))
             if r.get("mfu_percent") is not None:  # (n/a without a known peak, as the startup report said)
                 parts.append(f"mfu {mfu_pct}")
-            mem_gb = mem.get("allocated_gb") if mem.get("allocated_gb") is not None else mem.get("rss_gb")
-            if mem_gb is not None:
-                parts.append(f"mem {mem_gb:.2f}GB")
+            if mem.get("allocated_gb") is not None:  # the device's tensors; on a CPU, the process's whole memory
+                parts.append(f"mem {mem['allocated_gb']:.2f}GB")
+            elif mem.get("rss_gb") is not None:
+                parts.append(f"rss {mem['rss_gb']:.2f}GB")
             if grads:
                 parts.append(f"gnorm {grads.get('global_norm', float('nan')):.3f}")
             return " | ".join(parts)
@@ -475,10 +491,10 @@ class TrainingLogger:
             f"📍 Iter {r['iter']:>6} │ Loss: {r['loss']:.4f} │ Time: {r['dt_ms']:.0f}ms │ LR: {lr}",
             RULE,
             # on several ranks the rates per GPU, and the tokens of them all: each label says which
-            f"⚡ MFU: {mfu_pct} │ Achieved: {_fmt(r.get('achieved_tflops_per_gpu'), '.3g')} TF{per_gpu} │ "
-            f"Peak: {_fmt(peak_per_gpu and peak_per_gpu / 1e12, '.4g')} TF{per_gpu}",
+            f"⚡ MFU: {mfu_pct} │ Achieved: {_flops(_times(r.get('achieved_tflops_per_gpu'), 1e12), '.3g')}"
+            f"{per_gpu} │ Peak: {_flops(peak_per_gpu, '.4g')}{per_gpu}",
             f"   Tokens/s: {tps}{f' (all {unit}s)' if multi else ''} │ FLOPs/token: "
-            + (_fmt(r.get("flops_per_token") and r["flops_per_token"] / 1e9, ".3g") + " GF"),
+            + _flops(r.get("flops_per_token"), ".3g"),
         ]
         if mem:
             if mem.get("allocated_gb") is not None:

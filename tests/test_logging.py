@@ -357,7 +357,11 @@ def test_the_console_says_which_rates_are_per_gpu(tmp_path: Path) -> None:
     mfu = estimate_mfu_detailed(get_debug_config("gpt2"), 4, 0.5, num_gpus=2, peak_flops=1e12)
     logger.log_iter_detailed(1, 2.0, 500.0, mfu_breakdown=mfu)
     text = stream.getvalue()
-    assert "TF per GPU │ Peak: 1 TF per GPU" in text and f"Tokens/s: {mfu['tokens_per_sec']:,.0f} (all GPUs)" in text
+    assert "F per GPU │ Peak: 1 TF per GPU" in text and f"Tokens/s: {mfu['tokens_per_sec']:,.0f} (all GPUs)" in text
+    # a test model's figures in units that fit them (they read 'Achieved: 0.000542 TF', '0.000197 GF')
+    import re
+
+    assert re.search(r"Achieved: [1-9][\d.]* [KMG]F per GPU .* FLOPs/token: [1-9][\d.]* [KM]F\n", text, re.S), text
     one = io.StringIO()
     TrainingLogger(tmp_path / "one", stream=one).log_iter_detailed(1, 2.0, 500.0, mfu_breakdown={**mfu, "num_gpus": 1})
     assert "per GPU" not in one.getvalue() and "(all GPUs)" not in one.getvalue()
@@ -365,7 +369,7 @@ def test_the_console_says_which_rates_are_per_gpu(tmp_path: Path) -> None:
     on_cpu = TrainingLogger(tmp_path / "cpu", stream=cpu)
     on_cpu.startup = {"hardware": {"device": "cpu"}}
     on_cpu.log_iter_detailed(1, 2.0, 500.0, mfu_breakdown=mfu)
-    assert "TF per rank │ Peak: 1 TF per rank" in cpu.getvalue() and "(all ranks)" in cpu.getvalue()
+    assert "F per rank │ Peak: 1 TF per rank" in cpu.getvalue() and "(all ranks)" in cpu.getvalue()
     compact = io.StringIO()  # the one-line style says it too (its tok/s read as one rank's)
     TrainingLogger(tmp_path / "compact", stream=compact, style="compact").log_iter_detailed(
         1, 2.0, 500.0, mfu_breakdown=mfu
@@ -408,6 +412,7 @@ def test_a_compact_line_leaves_out_an_unknown_mfu(tmp_path: Path) -> None:
     )  # fmt: skip
     (line,) = stream.getvalue().splitlines()
     assert "mfu" not in line and "gnorm 0.432" in line
+    assert "| rss 0.34GB |" in line  # a CPU's figure is the process's memory, not tensors' ('mem' on CUDA)
     logger.log_iter_detailed(701, 1.2, 300.0, lr=6e-4, tokens_per_sec=1e4, mfu_percent=41.5)
     assert stream.getvalue().splitlines()[-1].endswith("| mfu 41.50%")
 
