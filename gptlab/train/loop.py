@@ -190,6 +190,23 @@ def _weights_tokenizer(path: Path, vocab_size: int) -> dict[str, Any] | None:
     return gpt2_if_its_vocabulary(vocab_size)
 
 
+def _unknown_tokenizer(path: Path, vocab_size: int, dataset: str) -> str | None:
+    """What a fine-tune's weights that record no tokenizer gptlab knows are (a LLaMA's 32000 or 128256 tokens, a
+    model saved without its run's record), for a note that the dataset's ids may be other text to them; None for
+    a nanoGPT checkpoint of this dataset, whose ids are its own."""
+    from gptlab.model.convert import recorded_dataset, weights_record
+
+    record = weights_record(path) or {}
+    if "model_args" in record and recorded_dataset(record) == dataset:
+        return None
+    beside = [name for name in HF_TOKENIZER_FILES if path.is_dir() and (path / name).is_file()]
+    own = f"; its folder has a tokenizer of its own ({', '.join(beside)})" if beside else ""
+    return f"a {vocab_size}-token vocabulary, not GPT-2's (50257) nor a gptlab run's recorded one{own}"
+
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def _other_tokenizer(weights: dict[str, Any] | None, data: dict[str, Any] | None) -> bool:
     """Whether the dataset's ids are other text to the weights: another tokenizer, or another char vocabulary."""
     if not weights or not data:
@@ -341,6 +358,7 @@ class Trainer:
         self.iter_num, self.best_val_loss = 0, float("inf")
         self._overruled: list[str] = []  # config-file architecture keys the loaded weights overrule
         self._weights_tokenizer: dict[str, Any] | None = None  # a fine-tune's weights' tokenizer, where known
+        self._unknown_weights_tokenizer: str | None = None  # ... or what its weights are, where none is known
         self._weights_source = cfg.init_from  # a resume: the checkpoint's path
         self.arch, ckpt, pretrained = self._resolve_init(run)
         check_sdpa_backend(cfg.sdpa_backend, self.arch.attention_backend, self.device.type)
@@ -538,6 +556,16 @@ class Trainer:
                 weights_tokenizer=old.get("name"),
                 dataset_tokenizer=new.get("name"),
             )
+        if self._unknown_weights_tokenizer is not None:  # said, as a known mismatch is: nothing tells whether
+            # the dataset was tokenized as the weights were trained (a LLaMA's own tokenizer, say)
+            data = (self.meta.get("tokenizer") or {}).get("name")
+            self.logger.log_event(
+                "tokenizer_unknown",
+                f"the weights from {cfg.init_from!r} record no tokenizer gptlab reads "
+                f"({self._unknown_weights_tokenizer}): dataset {cfg.dataset!r}'s {data!r} ids are other text to them "
+                "unless it was tokenized as they were trained (gptlab prepares with GPT-2's BPE or characters)",
+                dataset_tokenizer=data,
+            )
         if cfg.overwrite and cfg.init_from != "resume" and not cfg.eval_only:
             # the replaced run's checkpoints go now (weights to fine-tune from are loaded by every rank), so that
             # no later resume or export finds them
@@ -619,6 +647,8 @@ class Trainer:
         model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
         loaded = model.config.to_dict()
         self._weights_tokenizer = _weights_tokenizer(Path(path), model.config.vocab_size)
+        if self._weights_tokenizer is None:
+            self._unknown_weights_tokenizer = _unknown_tokenizer(Path(path), model.config.vocab_size, cfg.dataset)
         wanted = run.file_arch.get("arch_preset")
         family = preset_family(loaded, prefer=(wanted, _recorded_preset(path)))
         self._overruled = [

@@ -34,6 +34,7 @@ def test_init_from_pretrained_directory_or_checkpoint(fmt: str, data_dir: Path, 
     src = tmp_path / "src"
     if fmt == "hf":
         ConfigurableGPT(get_debug_config("llama", vocab_size=128, block_size=64)).save_pretrained(src)
+        (src / "tokenizer.json").write_text("{}")  # a model's own tokenizer, which gptlab does not read
     else:
         train(parse_run_args(tiny_args(data_dir, src, max_iters=4, block_size=64)), stream=io.StringIO())
         src = src / "ckpt.pt"
@@ -48,7 +49,8 @@ def test_init_from_pretrained_directory_or_checkpoint(fmt: str, data_dir: Path, 
     with pytest.raises(ConfigError, match=r"block_size=128 is longer .* \(block_size=64\): a fine-tune may shorten"):
         Trainer(longer, stream=io.StringIO())  # (it said "drop --block_size (only dropout ... may change)")
     trainer.run()
-    assert _records(out)[0]["training"]["init_from"] == str(src)
+    startup = next(r for r in _records(out) if r["type"] == "startup")
+    assert startup["training"]["init_from"] == str(src)
     # the fine-tune's source stays recorded over its resumes, whose own init_from is 'resume'
     again = parse_run_args(tiny_args(data_dir, out, init_from="resume", max_iters=6, **size))
     Trainer(again, stream=io.StringIO()).run()
@@ -57,8 +59,15 @@ def test_init_from_pretrained_directory_or_checkpoint(fmt: str, data_dir: Path, 
     assert load_checkpoint(out)["weights_origin"] == origin
     assert json.loads((out / "config.json").read_text())["weights_origin"] == origin
     assert json.loads((out / "summary.json").read_text())["weights_origin"] == origin
-    # the run's own tokenizer (its checkpoint's record), or nothing known (weights of vocabulary 128): no warning
+    # the run's own tokenizer (its checkpoint's record): no warning; weights of vocabulary 128 and no record: said
     assert not [r for r in _records(out) if r.get("event") == "tokenizer_mismatch"]
+    unknown = [r["message"] for r in _records(out) if r.get("event") == "tokenizer_unknown"]
+    if fmt == "hf":
+        assert len(unknown) == 1 and "record no tokenizer gptlab reads (a 128-token vocabulary" in unknown[0]
+        said = "; its folder has a tokenizer of its own (tokenizer.json)): dataset 'stdlib_char''s 'char' ids"
+        assert said in unknown[0]
+    else:
+        assert unknown == []
 
 
 def test_a_fine_tune_or_evaluation_of_a_checkpoint_takes_its_dataset_unless_told(data_dir: Path, tmp_path: Path):
