@@ -105,6 +105,20 @@ def is_dcp_dir(path: Path) -> bool:
     return path.is_dir() and (path / DCP_META).is_file() and (path / ".metadata").is_file()
 
 
+def damaged_dcp(path: Path) -> CheckpointError | None:
+    """A sharded checkpoint's directory that lacks one of its records (a partial copy or sync of a run): an
+    error naming what it lacks, where it was taken for no checkpoint at all (an older ckpt.pt was resumed or
+    exported instead, silently); None for a whole one or a directory that is none."""
+    if not path.is_dir() or is_dcp_dir(path):
+        return None
+    records = [name for name in (".metadata", DCP_META) if (path / name).is_file()]
+    if not records and not any(path.glob("*.distcp")):
+        return None
+    missing = " and ".join(name for name in (".metadata", DCP_META) if name not in records)
+    named = path.resolve() if path.is_symlink() else path  # the directory ckpt.dcp points to
+    return CheckpointError(f"{str(named)!r} is a damaged sharded checkpoint: it has no {missing} (a partial copy?)")
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The latest checkpoint in a run directory: of ``ckpt.pt`` and the DCP directory ``ckpt.dcp``
     points to (a run may have switched modes), the one at the later iteration (file times break a
@@ -116,6 +130,9 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
         candidates.append((single, single))
     if is_dcp_dir(dcp):
         candidates.append((dcp / DCP_META, dcp.resolve()))
+    elif (damage := damaged_dcp(dcp)) is not None:  # the latest sharded save, unreadable: said, not passed over
+        instead = f"; to resume from {str(single)!r} instead, move {str(dcp)!r} away" if candidates else ""
+        raise CheckpointError(f"{damage}{instead}")
     if len(candidates) < 2:  # nothing to choose between: its loader reads it (and says why if it cannot)
         return candidates[0][1] if candidates else None
     found = [(_saved_iter(record, other=candidates[1 - i][1]), record.stat().st_mtime_ns, path)
@@ -887,6 +904,8 @@ def load_checkpoint(path: str | Path, *, optimizer: bool = True) -> dict[str, An
 def _load_found(path: Path, optimizer: bool) -> dict[str, Any]:
     if is_dcp_dir(path):
         return load_dcp_full(path) if optimizer else load_dcp_model(path)
+    if (damage := damaged_dcp(path)) is not None:
+        raise damage
     runs: list[str] = []
     if path.is_dir():  # a run directory without a checkpoint: the error names the file it expected
         runs = runs_inside(path)

@@ -351,6 +351,30 @@ def test_latest_checkpoint_never_falls_back_silently_past_an_unreadable_one(tmp_
         latest_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("lost", [".metadata", "meta.pt"])
+def test_a_damaged_sharded_checkpoint_is_said_not_passed_over(lost: str, tmp_path: Path) -> None:
+    """A sharded checkpoint missing one of its records (a partial copy of the run) was taken for none: resume and
+    export used the older ckpt.pt beside it without a word, or said 'no checkpoint' with advice to make the link
+    that was there."""
+    from gptlab.checkpoint import latest_checkpoint, load_checkpoint
+    from gptlab.errors import CheckpointError
+
+    dcp = _fake_dcp_run(tmp_path, dcp_iter=6)
+    torch.save(_state(3), tmp_path / "ckpt.pt")
+    assert latest_checkpoint(tmp_path) == dcp
+    (dcp / lost).unlink()
+    damaged = rf"^'{dcp}' is a damaged sharded checkpoint: it has no {lost} \(a partial copy\?\)"
+    move = rf"; to resume from '{tmp_path / 'ckpt.pt'}' instead, move '{tmp_path / 'ckpt.dcp'}' away$"
+    with pytest.raises(CheckpointError, match=damaged + move):
+        load_checkpoint(tmp_path)  # the run's latest: resume's and export's
+    for path in (tmp_path / "ckpt.dcp", dcp):  # named
+        with pytest.raises(CheckpointError, match=damaged + "$"):
+            load_checkpoint(path)
+    (tmp_path / "ckpt.pt").unlink()  # alone: the damage, not 'no checkpoint'
+    with pytest.raises(CheckpointError, match=damaged + "$"):
+        latest_checkpoint(tmp_path)
+
+
 def test_unreadable_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file system's refusal is named as such, and running out of memory is not the file's fault."""
     from gptlab.errors import CheckpointError
