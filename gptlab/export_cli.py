@@ -165,9 +165,14 @@ def _refuse_checkpoint_folder(out: Path) -> None:
         if is_dcp_dir(folder.resolve()) or (named and in_run):
             from gptlab.errors import ConfigError
 
+            where = (
+                f"lies in the sharded checkpoint folder {str(folder)!r}"
+                if folder.exists()
+                else f"is named as a sharded checkpoint folder of run {str(folder.parent)!r}"
+            )
             raise ConfigError(
-                f"export destination {str(out)!r} lies in the sharded checkpoint folder {str(folder)!r}, which its "
-                "run's next save prunes with the export in it: export to a folder of its own"
+                f"export destination {str(out)!r} {where}, which its run's saves prune (with the export in it): "
+                "export to a folder of its own"
             )
 
 

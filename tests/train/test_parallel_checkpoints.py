@@ -147,9 +147,14 @@ def test_export_fsdp_checkpoint_to_single_file_and_hf(data_dir: Path, tmp_path: 
     assert not os.path.exists(tmp_path / "o2")
     # inside the run's sharded checkpoint folder, or named as one in the run directory: its next save prunes
     # that folder with the export in it (both were written, and gone after a resume)
-    for dest in (run / "ckpt.dcp" / "hf", run / "ckpt-0000008.dcp", run / "ckpt-0000003.dcp" / "a" / "b"):
+    named = f"is named as a sharded checkpoint folder of run {str(run)!r}"  # (not there: not 'lies in' it)
+    for dest, said in (
+        (run / "ckpt.dcp" / "hf", "lies in the sharded checkpoint folder"),
+        (run / "ckpt-0000008.dcp", named),
+        (run / "ckpt-0000003.dcp" / "a" / "b", "lies in the sharded checkpoint folder"),  # a kept one
+    ):
         assert main(["export", str(run), str(dest), "--hf"]) == 2, dest
-        assert "lies in the sharded checkpoint folder" in capsys.readouterr().err
+        assert said in capsys.readouterr().err, dest
         assert not dest.exists()
 
 
