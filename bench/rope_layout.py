@@ -99,6 +99,8 @@ def main() -> None:
     p.add_argument("--iters", type=at_least(1), default=20)
     p.add_argument("--profile", action="store_true", help="also the top 4 kernels of each variant")
     a = p.parse_args()
+    if a.n_embd % a.n_head or (a.n_embd // a.n_head) % 2:  # RoPE rotates pairs of each head's dimensions
+        p.error(f"--n_embd {a.n_embd} must split into --n_head {a.n_head} heads of an even size")
     device = resolve_device(a.device)
     T, hd = a.block_size, a.n_embd // a.n_head
     rope = RotaryPositionEncoding(T, hd).to(device)

@@ -30,7 +30,16 @@ def run_flags(a: argparse.Namespace) -> list[str]:
     p = argparse.ArgumentParser()
     add_run_args(p)
     names = [k for k in vars(p.parse_args([])) if k not in ("out_dir", "compile")]  # compile: refused above
-    return [f"--{k}={getattr(a, k)}" for k in names if getattr(a, k) is not None]
+    flags = []
+    for name in names:
+        value = getattr(a, name)
+        if name == "inductor_config":  # repeatable: one flag per (key, value), spelt as typed
+            flags += [f"--{name}={key}={setting!r}" for key, setting in value]
+        elif isinstance(value, list):  # --set KEY=VALUE ...
+            flags += [f"--{name}={item}" for item in value]
+        elif value is not None:
+            flags.append(f"--{name}={value}")
+    return flags
 
 
 def worker(a: argparse.Namespace) -> None:

@@ -37,15 +37,17 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def step_options() -> set[str]:
-    """train_step's own flags (bench/common.py's and its timing ones): any other grid key goes by --set."""
+def step_parser() -> argparse.ArgumentParser:
+    """train_step's parser (bench/common.py's options and its timing ones)."""
     sys.path.insert(0, str(STEP.parent))
-    from common import add_run_args
+    from train_step import parser
 
-    p = argparse.ArgumentParser(add_help=False)
-    add_run_args(p)
-    own = {"warmup", "iters", "rounds", "profile", "json"}
-    return own | {s.removeprefix("--") for action in p._actions for s in action.option_strings}
+    return parser()
+
+
+def step_options(p: argparse.ArgumentParser) -> set[str]:
+    """train_step's own flags: any other grid key goes by --set."""
+    return {s.removeprefix("--") for action in p._actions for s in action.option_strings}
 
 
 def flags(key: str, value: str, options: set[str]) -> list[str]:
@@ -56,11 +58,14 @@ def flags(key: str, value: str, options: set[str]) -> list[str]:
     return [f"--{key}", value] if key in options else ["--set", f"{key}={value}"]
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
     a, rest = p.parse_known_args()
-    options = step_options()
+    step = step_parser()
+    step.prog = f"{p.prog} (passing on to train_step.py)"
+    step.parse_args(rest)  # a mistyped option: one line and exit 2 now, not a failed row per combination
+    options = step_options(step)
     try:  # argparse's one line and exit 2, as for its own errors
         grid = parse_grid(a.grid)
         for key, values in grid.items():
@@ -96,7 +101,8 @@ def main() -> None:
           "peak GB: CUDA max allocated on a GPU, process RSS on a CPU")  # fmt: skip
     for failure in failures:
         print(f"failed: {failure}")
+    return 1 if failures else 0  # a script running the sweep sees that a combination failed
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

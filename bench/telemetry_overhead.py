@@ -10,6 +10,7 @@ python bench/telemetry_overhead.py --device cuda --dtype bfloat16 --n_layer 12 -
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -21,6 +22,7 @@ from common import (  # bench/common.py (scripts run from bench/ or by path)
     statistics_read_a_step_late,
 )
 
+from gptlab import parallel
 from gptlab.config.train import TrainConfig
 
 NEVER = 10**9  # a gradient_log_interval that never fires within the benchmark
@@ -40,8 +42,10 @@ def main() -> None:
     for _ in range(3):  # warm-up
         trainer.train_step()
     trainer.iter_num = 1  # not 0: every interval, NEVER's included, fires at iteration 0
-    for _ in range(a.rounds):
-        for name, interval in variants.items():
+    for r in range(a.rounds):
+        order = [*variants][r % len(variants) :] + [*variants][: r % len(variants)]  # drift hits none alone
+        for name in order:
+            interval = variants[name]
             trainer.cfg.gradient_log_interval = interval
             steps, read_late = [], statistics_read_a_step_late(trainer)
             for _ in range(a.iters):
@@ -65,10 +69,17 @@ def main() -> None:
         calls.append(time.perf_counter() - t0)
     trainer.optimizer.zero_grad(set_to_none=True)
     base = statistics.median(times["never"])
-    print(
+    header = (
         f"model: {trainer.arch.get_architecture_name()}, {trainer.raw_model.get_num_params() / 1e6:.2f}M params, "
         f"device={trainer.device}, dtype={trainer.dtype}, {a.rounds}x{a.iters} steps per variant"
     )
+    dist = trainer.dist
+    del trainer, read_late  # the model's cycles hold the process groups: freed first (as train())
+    gc.collect()
+    parallel.shutdown(dist)
+    if not dist.master:  # under torchrun: rank 0's table alone, as train_step.py prints
+        return
+    print(header + (f", rank 0 of {dist.world_size}" if dist.world_size > 1 else ""))
     print(f"{'gradient statistics':24s} {'ms/step':>17s} {'vs never':>9s}   (median over rounds of a round's mean)")
     for name, ts in times.items():
         med = statistics.median(ts)

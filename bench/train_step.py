@@ -107,7 +107,8 @@ def _percent(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This script's options (bench/sweep.py checks the ones it passes on against them)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p)
     p.add_argument("--warmup", type=at_least(0), default=3)
@@ -115,7 +116,11 @@ def main() -> None:
     p.add_argument("--rounds", type=at_least(1), default=6, help="alternate the two loops this many times")
     p.add_argument("--profile", type=at_least(0), default=0, help="then profile this many gptlab steps (0: no profile)")
     p.add_argument("--json", help="also write the results to this JSON file (bench/sweep.py reads it)")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = parser().parse_args()
     trainer = build_trainer(a)
     device, dist = trainer.device, trainer.dist
 

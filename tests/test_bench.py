@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "16", "--batch_size", "2"]
 
 
-def bench(script: str, *args: str, cwd: Path) -> str:
+def bench(script: str, *args: str, cwd: Path, code: int = 0) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
                          env=env, cwd=cwd, timeout=300)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == code, res.stderr[-2000:]
     return res.stdout
 
 
@@ -70,8 +70,8 @@ def test_train_step_under_torchrun_fsdp(data_dir: Path, tmp_path: Path) -> None:
 def test_sweep_runs_every_combination(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     out = bench("sweep.py", "--grid", "preset=gpt2,llama", "--grid", "batch_size=0,2", *TINY[:6],
                 "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "run"), "--iters", "1", "--rounds", "1",
-                "--warmup", "0", cwd=tmp_path)  # fmt: skip
-    lines = out.splitlines()
+                "--warmup", "0", cwd=tmp_path, code=1)  # fmt: skip
+    lines = out.splitlines()  # (exit 1: a combination failed)
     assert lines[0].split()[:2] == ["preset", "batch_size"]
     assert sum(line.startswith("failed: ") and "batch_size=0" in line for line in lines) == 2  # a bad value: said so
     assert sum(line.split()[1] == "2" and "failed" not in line for line in lines[1:5]) == 2
@@ -177,12 +177,25 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
     res = subprocess.run([sys.executable, str(ROOT / "bench" / "step_instructions.py"), "--device", "cuda"],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert res.returncode == 2 and "eager CPU runs" in res.stderr
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from common import add_run_args
+        from step_instructions import cachegrind_count, run_flags
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    # the driver's flags for its workers carry the repeatable options as typed (every run failed: '--set=[]')
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_run_args(parser)
+    typed = ["--set", "bias=False", "--set", "dropout=0.1", "--inductor_config", "max_pointwise_cat_inputs=2"]
+    given = parser.parse_args([*typed, "--n_layer", "3"])
+    again = parser.parse_args(run_flags(given))
+    assert {k: v for k, v in vars(again).items() if k != "out_dir"} == {
+        k: v for k, v in vars(given).items() if k != "out_dir"
+    }
+    assert parser.parse_args(run_flags(parser.parse_args([]))).set == []
     if shutil.which("valgrind"):
-        sys.path.insert(0, str(ROOT / "bench"))
-        try:
-            from step_instructions import cachegrind_count
-        finally:
-            sys.path.remove(str(ROOT / "bench"))
         assert 0 < cachegrind_count(["true"], tmp_path / "cg.out") < 10_000_000
 
 
@@ -199,6 +212,8 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
         ["lm_head.py", "--device", "gpu"],  # torch's RuntimeError
         ["step_instructions.py", "--jobs", "0"],
         ["sweep.py", "--grid", "compile=maybe"],  # exit 1
+        ["sweep.py", "--grid", "preset=gpt2,llama", "--itres", "3"],  # a failed row per combination, exit 0
+        ["rope_layout.py", "--n_embd", "32", "--n_head", "3"],  # a reshape's traceback
         ["dataloader.py", "--batch_size", "0"],  # its table's header printed first
         ["dataloader.py", "--device", "cuda:99"],  # pin_memory's RuntimeError (no such GPU here, or anywhere)
         ["dataloader.py", "--device", "gpu"],
