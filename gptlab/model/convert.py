@@ -45,11 +45,14 @@ from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY, is_builtin
 GPT2_EOT_ID = 50256  # GPT-2 BPE's <|endoftext|>
 HF_SPECIAL_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 SUPPORTED_HF = ("gpt2", "llama")
+# what a path or name may be (a command's init_from), and what from_pretrained also takes from Python
 EXPECTED = (
-    "a Hugging Face GPT-2 or LLaMA model directory (config.json + *.safetensors or "
-    "pytorch_model.bin) or Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, org/name), a nanoGPT "
-    "ckpt.pt (or a directory holding one), or an in-memory transformers GPT2LMHeadModel / LlamaForCausalLM, "
-    "nanoGPT GPT or ConfigurableGPT"
+    "a gptlab run directory or checkpoint (ckpt.pt, ckpt-ITER.dcp), a Hugging Face GPT-2 or LLaMA model directory "
+    "(config.json + *.safetensors or pytorch_model.bin) or Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, "
+    "org/name), or a nanoGPT ckpt.pt (or a directory holding one)"
+)
+EXPECTED_OBJECT = (
+    f"{EXPECTED}; or an in-memory transformers GPT2LMHeadModel / LlamaForCausalLM, nanoGPT GPT or ConfigurableGPT"
 )
 # nanoGPT's init_from names for OpenAI's GPT-2 checkpoints, and where they live on the Hub
 NANOGPT_HUB_NAMES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -154,7 +157,7 @@ def load_pretrained(src: Any, **overrides: Any) -> ConfigurableGPT:
         args = {k: getattr(config, k) for k in (*NANOGPT_MODEL_ARGS, "bias", "dropout") if hasattr(config, k)}
         return model_from_nanogpt({"model_args": args, "model": src.state_dict()}, **overrides)
     if not isinstance(src, (str, Path)):
-        raise CheckpointError(f"cannot load weights from a {type(src).__name__}: expected {EXPECTED}")
+        raise CheckpointError(f"cannot load weights from a {type(src).__name__}: expected {EXPECTED_OBJECT}")
     path = resolve_pretrained(src)
     checkpoint = gptlab_checkpoint_path(path)
     if checkpoint is not None and is_dcp_dir(checkpoint):  # FSDP's sharded checkpoint, read whole (by the path
