@@ -728,6 +728,8 @@ def check_zip_crc(path: Path) -> None:
     except FILE_SYSTEM_REFUSALS as e:  # the file system's answer (mode 600, another owner), not the bytes'
         raise CheckpointError(f"{str(path)!r} could not be read ({first_line(e)})") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        if not pickled(path):  # a text file, say: no checkpoint at all, not a damaged one
+            raise not_a_checkpoint(path) from None
         reason = first_line(e)
         raise CheckpointError(
             f"{str(path)!r} is corrupt or truncated (not a readable torch.save archive: {reason}); "
@@ -772,6 +774,12 @@ def pickled(path: Path) -> bool:
     return head[:1] == b"\x80" or head == b"PK\x03\x04" or zipfile.is_zipfile(path)
 
 
+def not_a_checkpoint(path: Path) -> CheckpointError:
+    """A file that is neither a torch.save archive nor a pickle (its first bytes say so): named as no checkpoint,
+    not as a corrupt or truncated one."""
+    return CheckpointError(f"{str(path)!r} is not a checkpoint (not a torch.save file)")
+
+
 def unsafe_checkpoint_error(path: Path) -> CheckpointError:
     """One line for a checkpoint weights_only refused (torch's own text advises weights_only=False: not here)."""
     return CheckpointError(
@@ -796,6 +804,8 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
         reason = first_line(e) if zipfile.is_zipfile(path) else "not a torch.save archive"
         if refused_as_unsafe(e, path):  # a pickle that would build objects or call code
             raise unsafe_checkpoint_error(path) from None
+        if not pickled(path):  # a text file, say: no checkpoint at all, not a damaged one
+            raise not_a_checkpoint(path) from None
         raise CheckpointError(
             f"{str(path)!r} is corrupt or truncated ({reason}); the file was left untouched"
         ) from None
