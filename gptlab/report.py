@@ -325,6 +325,16 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _place_legend(ax: Any) -> None:
+    """A few entries inside the plot, where they cover least; more (a loss plot's three per run) beside it, where
+    they cover no curve (inside, four runs' twelve entries hid the curves they named)."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= 3:
+        ax.legend(fontsize=8)
+    else:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def _legend(label: str) -> str:
     """A run's label as matplotlib draws it literally: two '$' in a folder's name would start its math mode
     (a parse error for 'd$\\frac{$a', '$5 vs $6' drawn as math), and a leading '_' would hide it from the
@@ -359,7 +369,7 @@ def plot_loss(runs: list[Run], path: Path, x: str = "iter") -> Path | None:
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"loss vs {x if x != 'iter' else 'iteration'}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _place_legend(ax)
     return _save(fig, path)
 
 
@@ -377,7 +387,7 @@ def plot_metric(runs: list[Run], metric: str, path: Path) -> Path | None:
     ax.set_ylabel(ITER_METRICS[metric][0])
     ax.set_title(f"{metric.replace('_', ' ')} vs iteration" + METRIC_NOTES.get(metric, ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _place_legend(ax)
     return _save(fig, path)
 
 

@@ -467,6 +467,27 @@ def test_a_label_starting_with_an_underscore_stays_in_the_legend(
     assert legends == [["_base", "b"]]
 
 
+def test_a_long_legend_sits_beside_the_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loss plot names up to three lines per run: more than three entries go beside the plot, where they cover
+    no curve; a short legend stays inside."""
+    from gptlab import report
+
+    placed: list[bool] = []  # the legend right of the axes
+    real_save = report._save
+
+    def save(fig: Any, path: Path) -> Path:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        placed.append(ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    runs = report.load_runs([_write_log(tmp_path / name) for name in "abcd"])
+    report.plot_loss(runs, tmp_path / "loss.png")  # four entries
+    report.plot_metric(runs[:2], "memory", tmp_path / "m.png")  # two
+    assert placed == [True, False]
+
+
 def test_labels_tell_runs_of_one_name_apart(tmp_path: Path) -> None:
     """Runs named 'run' in x/ and y/ are labelled by their parents; a number never repeats another label."""
     from gptlab.report import load_runs
