@@ -11,8 +11,39 @@ from gptlab.data.tokenizers import TOKENIZERS
 from gptlab.errors import path_argument, refuse_extra
 
 
+def _earlier_meta(data_dir: str, dataset: str) -> dict[str, Any] | None:
+    """The meta.json of the dataset a prepare is about to replace, if one is there and readable."""
+    import contextlib
+    from pathlib import Path
+
+    with contextlib.suppress(Exception):  # none, or unreadable: nothing to compare with
+        return read_meta(Path(data_dir).expanduser() / dataset)
+    return None
+
+
+def _replaced_note(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What a prepare that replaced an earlier dataset of the name changed (it was silent)."""
+
+    def what(meta: dict[str, Any]) -> tuple[Any, ...]:
+        source = meta.get("source") or {}
+        return (source.get("sha256"), source.get("path"), (meta.get("tokenizer") or {}).get("name"), meta.get("tokens"))
+
+    if what(old) == what(new):
+        return "note: the same text and tokenizer as the dataset it replaced: its tokens are unchanged"
+    source = (old.get("source") or {}).get("path") or (old.get("source") or {}).get("kind", "?")
+    tokens = (old.get("tokens") or {}).get("train", "?")
+    tokenizer = (old.get("tokenizer") or {}).get("name", "?")
+    return (
+        f"note: replaced the dataset prepared here before (from {source}, {tokens:,} train tokens, {tokenizer} "
+        "tokenizer): a run trained on it that is resumed says its data changed"
+        if isinstance(tokens, int)
+        else f"note: replaced the dataset prepared here before (from {source}, {tokenizer} tokenizer)"
+    )
+
+
 def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
     refuse_extra("prepare", extra, vars(args))
+    earlier = _earlier_meta(args.data_dir, args.dataset)
     dataset_dir = prepare_dataset(
         args.dataset,
         args.data_dir,
@@ -46,6 +77,8 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
         path = split_path(dataset_dir, split)
         print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")
     print(f"  {dataset_dir / META_FILE}")
+    if earlier is not None:
+        print(_replaced_note(earlier, meta))
     return 0
 
 

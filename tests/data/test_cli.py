@@ -31,6 +31,15 @@ def test_prepare_local_text_prints_what_it_wrote(
     assert "char tokenizer" in out and "uint16" in out
     for name in ("train.bin", "val.bin", "meta.json"):
         assert str(data / "plays" / name) in out
+    assert "replaced" not in out
+    # prepared again: the same text says its tokens are unchanged; other text, what it replaced (it was silent)
+    assert run(["prepare", "plays", "--input", str(text_file), "--data_dir", str(data), "--tokenizer", "char"]) == 0
+    assert "note: the same text and tokenizer as the dataset it replaced" in capsys.readouterr().out
+    other = tmp_path / "other.txt"
+    other.write_text("other words " * 200)
+    assert run(["prepare", "plays", "--input", str(other), "--data_dir", str(data), "--tokenizer", "char"]) == 0
+    said = f"note: replaced the dataset prepared here before (from {text_file}, {meta['tokens']['train']:,} train"
+    assert said in capsys.readouterr().out
 
 
 def test_prepare_says_which_records_files_it_read_as_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
