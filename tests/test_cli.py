@@ -35,6 +35,7 @@ from gptlab.cli import main
         (["flops", "--seq_len=abc"], "^gptlab flops: error: argument --seq_len: invalid int value: 'abc' \\(see"),
         (["train", "--device", "cpu"], "^gptlab: error: cannot parse '--device cpu': write --device=cpu$"),
         (["train", "--n_layer=2", "config/full_llama_124m.py"], "must come before the --key=value overrides"),
+        (["sample", "--out_dir=x", "num_samples=1"], r"cannot parse argument 'num_samples=1': write --num_samples=1$"),
         # other tools' habits, each answered with what to write here
         (["train", "--compile", "false"], r"cannot parse '--compile false': write --compile=False$"),
         (["train", "--compile=false"], r"compile='false' has type str, expected bool \(write False: Python's"),

@@ -697,6 +697,8 @@ def split_args(
             raise ConfigError(f"cannot parse '{overrides[-1]} {arg}': {hint}")
         elif re.match(r"-[A-Za-z_][\w.-]*=", arg):  # '-n_layer=3': one dash short
             raise ConfigError(f"cannot parse argument {arg!r}: write -{arg} (two dashes)")
+        elif overrides and "=" in arg and not Path(arg).is_file():  # 'num_samples=1': the dashes left out
+            raise ConfigError(f"cannot parse argument {arg!r}: write --{arg}")
         elif overrides:
             raise ConfigError(f"config file {arg!r} must come before the --key=value overrides")
         else:
