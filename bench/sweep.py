@@ -4,8 +4,8 @@ sizes, dtype, compile on/off, attention backend, chunked loss, batch and sequenc
 python bench/sweep.py --grid preset=gpt2,llama --grid attention_backend=sdpa,manual --iters 5 --rounds 1
 python bench/sweep.py --grid compile=off,on --grid batch_size=8,16 --device cuda --dtype bfloat16 \\
     --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 --vocab_size 50304
-python bench/sweep.py --grid sdpa_backend=auto,flash --grid residual_dtype=auto,bfloat16 --device cuda \
-    --dtype bfloat16 --compile --batch_size 64 --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 \
+python bench/sweep.py --grid sdpa_backend=auto,flash --grid residual_dtype=auto,bfloat16 --device cuda \\
+    --dtype bfloat16 --compile --batch_size 64 --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 \\
     --block_size 1024 --vocab_size 50304
 Every argument that is not --grid goes to each train_step run unchanged; a grid key is any
 train_step flag (compile takes on/off; leave --compile out of the shared arguments then) or any

@@ -3,7 +3,7 @@ interval, and never, measured in one run on the same model and batches (alternat
 machine drift hits all variants alike).
 
 python bench/telemetry_overhead.py                      # small llama-style model on the CPU
-python bench/telemetry_overhead.py --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 \
+python bench/telemetry_overhead.py --device cuda --dtype bfloat16 --n_layer 12 --n_embd 768 --n_head 12 \\
     --block_size 1024 --batch_size 8
 """
 

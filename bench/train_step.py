@@ -3,7 +3,7 @@
 gptlab's own overhead shows as a ratio; then, with --profile, the top kernels of gptlab's step.
 
 python bench/train_step.py                                  # small llama-style model on the CPU
-python bench/train_step.py --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 \
+python bench/train_step.py --preset gpt2 --n_layer 12 --n_embd 768 --n_head 12 --block_size 1024 \\
     --batch_size 16 --device cuda --dtype bfloat16 --compile --profile 5
 torchrun --nproc_per_node=8 bench/train_step.py --parallel fsdp ...   # prints on rank 0
 bench/gpu_suite.sh                                          # issue 8's GPU targets in one go
