@@ -233,6 +233,11 @@ def main() -> None:
         if len(round_ratios) > 1:  # the spread says how far to trust the ratio on this machine
             print(f"per round: range {min(round_ratios):.3f}-{max(round_ratios):.3f} over {len(round_ratios)} rounds "
                   f"of {a.iters} steps each; ratio of the ms/step above: {pooled:.3f}")  # fmt: skip
+            if max(round_ratios) > 1.25 * min(round_ratios):  # a loaded machine (4.998 from rounds of 0.059 and
+                # 9.937, said as a ratio): one to trust is measured otherwise
+                print(f"warning: the rounds disagree by {max(round_ratios) / min(round_ratios):.2f}x: the machine's "
+                      "load changed under the timing; take more --rounds on an idle machine, OMP_NUM_THREADS=1, or "
+                      "bench/step_instructions.py (instructions, which load does not move)")  # fmt: skip
     if a.profile:
         # start right after a gradient-statistics step, so the profiled steps are plain ones (as 9 in 10 are)
         while a.profile < interval and (
