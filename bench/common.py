@@ -87,10 +87,19 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         "--set",
         action="append",
         default=[],
+        type=key_value,
         metavar="KEY=VALUE",
         help="any other training or model key, as train.py's --KEY=VALUE, e.g. bias=False or residual_dtype='bfloat16' "
         "(repeatable; checked there)",
     )
+
+
+def key_value(text: str) -> str:
+    """An argparse ``type`` for ``--set KEY=VALUE``: the '=' is there (its value is checked as train.py checks it)."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. --set {key or 'bias'}=VALUE")
+    return text
 
 
 def inductor_setting(text: str) -> tuple[str, object]:

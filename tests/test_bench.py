@@ -207,6 +207,7 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
         ["train_step.py", "--inductor_config", "max_pointwise_cat_inputs=two"],
         ["train_step.py", "--set", "bias=maybe"],  # checked as train.py checks it
         ["train_step.py", "--set", "nosuchkey=1"],
+        ["train_step.py", "--set", "n_layer"],  # not '--n_layer=VALUE', which train_step refuses
         ["telemetry_overhead.py", "--rounds", "0"],
         ["lm_head.py", "--chunks", "abc"],  # ValueError
         ["lm_head.py", "--device", "gpu"],  # torch's RuntimeError
