@@ -9,14 +9,21 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+HF_DTYPES = ("float32", "bfloat16", "float16")  # the Hugging Face files' precision (ckpt.pt keeps the run's)
 
-def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Path:
+
+def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False, dtype: str = "float32") -> Path:
     """Write ``out/ckpt.pt`` (model, optimizer, arch, config, iteration, RNG: resumable and
-    loadable by ``from_pretrained``) and, with ``hf``, the Hugging Face files beside it."""
+    loadable by ``from_pretrained``) and, with ``hf``, the Hugging Face files beside it, their weights in
+    ``dtype`` (bfloat16: half the size, as Hub models are mostly shared; ckpt.pt keeps float32 to resume)."""
     from gptlab.checkpoint import CHECKPOINT_NAME, atomic_save, clean_state_dict, load_checkpoint
-    from gptlab.errors import ConfigError
+    from gptlab.errors import ConfigError, unknown_choice
     from gptlab.fileio import check_directory
 
+    if dtype not in HF_DTYPES:
+        raise unknown_choice("dtype", dtype, HF_DTYPES)
+    if dtype != "float32" and not hf:
+        raise ConfigError(f"--dtype={dtype} sets the Hugging Face files' precision: give --hf too")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export destination {str(out)!r} exists and is not a directory")
@@ -46,10 +53,12 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False) -> Pat
     # ckpt.pt alone: a run's checkpoint history in the destination is not this export's to prune
     atomic_save({**ckpt, "model": clean_state_dict(ckpt["model"])}, out / CHECKPOINT_NAME)
     if hf:
+        import torch
+
         from gptlab.data.tokenizers import save_hf_tokenizer
         from gptlab.model.convert import model_from_checkpoint, special_tokens_for
 
-        model = model_from_checkpoint(ckpt)
+        model = model_from_checkpoint(ckpt).to(getattr(torch, dtype))
         # the end-of-text id of the tokenizer the run trained with (a nanoGPT ckpt.pt names none)
         model.save_pretrained(out, special_tokens_for(ckpt.get("tokenizer"), model.config.vocab_size))
         save_hf_tokenizer(ckpt.get("tokenizer"), out, model.config.block_size)  # GPT-2 BPE: AutoTokenizer works
@@ -99,7 +108,11 @@ def _check_hf_folder_matches(src: Path, ckpt: dict[str, Any]) -> None:
 
     loaded = ConfigurableGPT.from_pretrained(src).state_dict()
     saved = clean_state_dict(ckpt["model"])
-    differ = [k for k, v in loaded.items() if k not in saved or not torch.equal(v, saved[k].to(v.dtype))]
+    written = getattr(torch, str(_read_json_field(src / "config.json", "torch_dtype") or "float32"), torch.float32)
+    if not isinstance(written, torch.dtype):  # a hand-edited name: compared as they load
+        written = torch.float32
+    # the ckpt.pt's weights as --dtype wrote them (bfloat16 files hold them rounded), then as they loaded
+    differ = [k for k, v in loaded.items() if k not in saved or not torch.equal(v, saved[k].to(written).to(v.dtype))]
     if differ:
         raise CheckpointError(
             f"{str(src)!r} is a Hugging Face folder whose weights changed after gptlab exported it ({differ[0]}, "
@@ -108,12 +121,23 @@ def _check_hf_folder_matches(src: Path, ckpt: dict[str, Any]) -> None:
         )
 
 
+def _read_json_field(path: Path, key: str) -> Any:
+    """One field of a JSON object file, None where it cannot be read."""
+    import contextlib
+    import json
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    return None
+
+
 def _export_cmd(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.errors import refuse_extra
 
     refuse_extra("export", extra, vars(args))
-    path = export_checkpoint(args.checkpoint, args.out, hf=args.hf)
-    print(f"wrote {path}" + (f" and Hugging Face files in {args.out}" if args.hf else ""))
+    path = export_checkpoint(args.checkpoint, args.out, hf=args.hf, dtype=args.dtype)
+    precision = f" ({args.dtype})" if args.dtype != "float32" else ""
+    print(f"wrote {path}" + (f" and Hugging Face files in {args.out}{precision}" if args.hf else ""))
     return 0
 
 
@@ -132,6 +156,12 @@ def register(sub: Any) -> None:
         "out", type=path_argument, help="output directory: OUT/ckpt.pt (and config.json + model.safetensors with --hf)"
     )
     p.add_argument("--hf", action="store_true", help="also write Hugging Face config.json + model.safetensors")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help=f"the Hugging Face weights' precision: {', '.join(HF_DTYPES)} (default float32; bfloat16 halves the "
+        "file; ckpt.pt keeps the run's float32)",
+    )
     from gptlab.plugins import add_plugins_option
 
     add_plugins_option(p)

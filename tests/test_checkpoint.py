@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import sys
@@ -612,7 +613,7 @@ def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the
     transformers = pytest.importorskip("transformers")
     from gptlab import ConfigurableGPT, get_debug_config
     from gptlab.checkpoint import save_single_file
-    from gptlab.errors import CheckpointError
+    from gptlab.errors import CheckpointError, ConfigError
     from gptlab.export_cli import export_checkpoint
 
     config = get_debug_config("llama", n_kv_head=2)
@@ -621,6 +622,15 @@ def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the
     export_checkpoint(run, first, hf=True)
     export_checkpoint(first, tmp_path / "again", hf=True)  # the folder's own weights: exported
     assert load_checkpoint(tmp_path / "again")["iter_num"] == 7
+    # --dtype=bfloat16: the Hugging Face weights rounded (half the file), ckpt.pt the run's; exported again as its own
+    half = tmp_path / "half"
+    export_checkpoint(run, half, hf=True, dtype="bfloat16")
+    assert json.loads((half / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert transformers.AutoModelForCausalLM.from_pretrained(half).dtype == torch.bfloat16
+    assert load_checkpoint(half)["model"]["wte.weight"].dtype == torch.float32
+    export_checkpoint(half, tmp_path / "half_again", hf=True, dtype="bfloat16")
+    with pytest.raises(ConfigError, match=r"--dtype=bfloat16 sets the Hugging Face files' precision: give --hf"):
+        export_checkpoint(run, tmp_path / "no_hf", dtype="bfloat16")
     hf = transformers.AutoModelForCausalLM.from_pretrained(first)
     with torch.no_grad():
         for p in hf.parameters():
