@@ -168,7 +168,9 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_export_cmd)
 
 
-HF_EXPORT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json")
+HF_EXPORT_FILES = (
+    "config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+)  # fmt: skip
 
 
 # what transformers (weights, their index, generation settings, a fast tokenizer it prefers to vocab/merges) or
@@ -215,7 +217,8 @@ def _refuse_foreign_model_files(out: Path) -> None:
         return
     from gptlab.checkpoint import CHECKPOINT_NAME
 
-    foreign = {p.name for pattern in FOREIGN_MODEL_FILES for p in out.glob(pattern)} - {"model.safetensors"}
+    foreign = {p.name for pattern in FOREIGN_MODEL_FILES for p in out.glob(pattern)}
+    foreign -= {"model.safetensors", "generation_config.json"}  # an export's own (a foreign folder's: below)
     if not (out / CHECKPOINT_NAME).is_file():  # no export of gptlab's: its Hugging Face files are someone else's
         foreign |= {name for name in HF_EXPORT_FILES if (out / name).exists()}
     if foreign:

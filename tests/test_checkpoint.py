@@ -668,3 +668,12 @@ def test_an_hf_export_loads_with_its_tokenizers_limit_and_samples_at_any_tempera
     start = torch.zeros(1, 1, dtype=torch.long)
     for temperature in (2.0, 1e39):
         assert int(model.generate(start, 50, temperature=temperature).max()) < 102, temperature
+    # transformers' generate() stays below it too: the export's generation_config.json suppresses the padding
+    transformers = pytest.importorskip("transformers")
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == list(range(102, 128))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        hf.lm_head.weight[102:] *= 100.0  # the padding ids would win every draw
+    drawn = hf.generate(start, max_new_tokens=20, do_sample=True, pad_token_id=0)
+    assert int(drawn.max()) < 102

@@ -860,4 +860,16 @@ def save_pretrained(
     os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates it 0600: readable by a serving account, as the rest
     tmp.replace(out / "model.safetensors")  # atomic: a crash never leaves a half-written file
     atomic_write(out / "config.json", json.dumps(hf_config, indent=2, sort_keys=True))
+    atomic_write(out / "generation_config.json", json.dumps(_generation_config(model, hf_config), indent=2))
     return out
+
+
+def _generation_config(model: ConfigurableGPT, hf_config: dict[str, Any]) -> dict[str, Any]:
+    """transformers' generation settings for the export, as its own save writes them (the special ids), and the
+    padded vocabulary's ids beyond the tokenizer's (``vocab_limit``) suppressed: transformers' generate() drew
+    them, which no tokenizer decodes (gptlab's own generate() never does)."""
+    settings: dict[str, Any] = {k: hf_config[k] for k in HF_SPECIAL_TOKEN_KEYS if hf_config.get(k) is not None}
+    limit, vocab = model.vocab_limit, model.config.vocab_size
+    if isinstance(limit, int) and 0 < limit < vocab:
+        settings["suppress_tokens"] = list(range(limit, vocab))
+    return settings

@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 TOL = 1e-4
+GENERATION = "generation_config.json"
 
 
 def _logits(model: ConfigurableGPT, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ def test_export_round_trips_through_transformers(make, tokens: torch.Tensor, tmp
     hf = make(bos_token_id=3, eos_token_id=5, pad_token_id=7)  # the source's special ids, kept
     ours = ConfigurableGPT.from_pretrained(hf)
     ours.save_pretrained(tmp_path / "export")
-    assert {p.name for p in (tmp_path / "export").iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in (tmp_path / "export").iterdir()} == {"config.json", "model.safetensors", GENERATION}
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "export").iterdir()}
     assert modes["model.safetensors"] == modes["config.json"]  # not safetensors' private 0600
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
@@ -114,6 +115,7 @@ def test_export_round_trips_through_transformers(make, tokens: torch.Tensor, tmp
     assert (_hf_logits(back, tokens) - _logits(ours, tokens)).abs().max() <= TOL
     ids = ("bos_token_id", "eos_token_id", "pad_token_id")
     assert [getattr(back.config, k) for k in ids] == [3, 5, 7]
+    assert [getattr(back.generation_config, k) for k in ids] == [3, 5, 7]  # as transformers' own save writes them
     # and a local directory loads back into gptlab unchanged
     again = ConfigurableGPT.from_pretrained(tmp_path / "export")
     assert again.config == ours.config
