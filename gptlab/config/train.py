@@ -621,12 +621,23 @@ LAUNCH_KEYS: frozenset[str] = frozenset(
         "sdpa_backend",  # a kernel of the machine it runs on: a CUDA run's 'cudnn' is no CPU resume's
     }
 )  # fmt: skip
-# Of those, the ones whose loss a resume says (the checkpoint's value, not given now): the MFU's peak, the
-# run's loggers and samples, where its data was read from, and its kernels would otherwise change unannounced
+# Of those, the ones whose loss a resume says (the checkpoint's value, not given now): the MFU's peak, where its
+# data was read from, the run's loggers and samples, FSDP's offload would otherwise change unannounced (the wandb
+# run's name is kept by the Trainer itself; a kernel choice, sdpa_backend, is the machine's)
 SAID_LAUNCH_KEYS: tuple[str, ...] = (
-    "peak_tflops", "data_dir", "wandb_log", "wandb_project", "wandb_run_name", "tensorboard_log", "sample_at_end",
-    "sample_tokens", "sample_prompt", "sdpa_backend", "fsdp_cpu_offload",
+    "peak_tflops", "data_dir", "wandb_log", "wandb_project", "tensorboard_log", "sample_at_end", "sample_tokens",
+    "sample_prompt", "fsdp_cpu_offload",
 )  # fmt: skip
+
+
+def _said_on_resume(key: str, values: dict[str, Any]) -> bool:
+    """Whether a launch key's change matters to this launch: a wandb project only where wandb logs, FSDP's
+    offload only under FSDP."""
+    if key == "wandb_project":
+        return bool(values.get("wandb_log"))
+    if key == "fsdp_cpu_offload":
+        return bool(values.get("use_fsdp")) or values.get("parallel") == "fsdp"
+    return True
 
 
 def resume_dir(values: dict[str, Any]) -> str:
@@ -665,7 +676,10 @@ def resumed_values(
     changed |= {  # a launch setting of the run's own, this launch's now (its default): said, as a change
         k: (saved_train[k], values.get(k, getattr(TrainConfig, k)))
         for k in SAID_LAUNCH_KEYS
-        if k in saved_train and k not in explicit and saved_train[k] != values.get(k, getattr(TrainConfig, k))
+        if k in saved_train
+        and k not in explicit
+        and saved_train[k] != values.get(k, getattr(TrainConfig, k))
+        and _said_on_resume(k, values)
     }
     changed |= {k: (saved_arch[k], values[k]) for k in FREE_ARCH_KEYS if k in keep and values[k] != saved_arch.get(k)}
     if "arch_preset" in changed and "arch_preset" not in typed:  # a config file's: the checkpoint's wins

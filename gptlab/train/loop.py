@@ -190,6 +190,17 @@ def _weights_tokenizer(path: Path, vocab_size: int) -> dict[str, Any] | None:
     return gpt2_if_its_vocabulary(vocab_size)
 
 
+def _override(key: str, value: Any) -> str:
+    """``--key=value`` as a shell takes it: text bare and quoted for the shell (text keys take it so), the rest
+    as a Python literal."""
+    import shlex
+
+    return shlex.quote(f"--{key}={value}") if isinstance(value, str) else f"--{key}={value!r}"
+
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def _unknown_tokenizer(path: Path, vocab_size: int, dataset: str) -> str | None:
     """What a fine-tune's weights that record no tokenizer gptlab knows are (a LLaMA's 32000 or 128256 tokens, a
     model saved without its run's record), for a note that the dataset's ids may be other text to them; None for
@@ -202,9 +213,6 @@ def _unknown_tokenizer(path: Path, vocab_size: int, dataset: str) -> str | None:
     beside = [name for name in HF_TOKENIZER_FILES if path.is_dir() and (path / name).is_file()]
     own = f"; its folder has a tokenizer of its own ({', '.join(beside)})" if beside else ""
     return f"a {vocab_size}-token vocabulary, not GPT-2's (50257) nor a gptlab run's recorded one{own}"
-
-
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def _other_tokenizer(weights: dict[str, Any] | None, data: dict[str, Any] | None) -> bool:
@@ -528,7 +536,7 @@ class Trainer:
                 if old_versions.get(name) not in (None, now):
                     changed[name] = (old_versions[name], now)
             changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            kept_by = [f"--{k}={changed[k][0]!r}" for k in SAID_LAUNCH_KEYS if k in changed and k not in run.explicit]
+            kept_by = [_override(k, changed[k][0]) for k in SAID_LAUNCH_KEYS if k in changed and k not in run.explicit]
             if kept_by:  # a launch setting is the command's, not the checkpoint's: how to keep the run's own
                 changes += f" (launch settings are this command's: {' '.join(kept_by)} keeps the run's own)"
             self.logger.log_event(

@@ -192,6 +192,9 @@ def test_resume_needs_only_init_from(data_dir: Path, tmp_path: Path) -> None:
     assert records[start]["changed"] == {"max_iters": [10, 20], "peak_tflops": [50.0, None]}
     assert "max_iters: 10 -> 20; peak_tflops: 50.0 -> None" in records[start]["message"]
     assert "--peak_tflops=50.0 keeps the run's own" in records[start]["message"]
+    from gptlab.train.loop import _override
+
+    assert _override("sample_prompt", "it's") == "'--sample_prompt=it'\"'\"'s'"  # as a shell takes it
     b = {r["iter"]: (r["loss"], r["lr"]) for r in records[start:] if r["type"] == "iter"}
     assert sorted(b) == list(range(11, 21))
     assert all(a[i] == b[i] for i in b), [(i, a[i], b[i]) for i in b if a[i] != b[i]]
