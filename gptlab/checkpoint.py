@@ -728,7 +728,7 @@ def check_zip_crc(path: Path) -> None:
     except FILE_SYSTEM_REFUSALS as e:  # the file system's answer (mode 600, another owner), not the bytes'
         raise CheckpointError(f"{str(path)!r} could not be read ({first_line(e)})") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        if not pickled(path):  # a text file, say: no checkpoint at all, not a damaged one
+        if foreign_file(path):  # a text file, say: no checkpoint at all, not a damaged one
             raise not_a_checkpoint(path) from None
         reason = first_line(e)
         raise CheckpointError(
@@ -774,10 +774,18 @@ def pickled(path: Path) -> bool:
     return head[:1] == b"\x80" or head == b"PK\x03\x04" or zipfile.is_zipfile(path)
 
 
+def foreign_file(path: Path) -> bool:
+    """A file whose first bytes are some other file's (text, say), not a torch.save archive's or a pickle's: no
+    checkpoint at all. An empty or zero-filled start is a checkpoint's damage (a copy killed at once, blocks a
+    crash left unwritten), not that."""
+    head = _first_bytes(path)
+    return head is not None and head.strip(b"\0") != b"" and not pickled(path)
+
+
 def not_a_checkpoint(path: Path) -> CheckpointError:
-    """A file that is neither a torch.save archive nor a pickle (its first bytes say so): named as no checkpoint,
-    not as a corrupt or truncated one."""
-    return CheckpointError(f"{str(path)!r} is not a checkpoint (not a torch.save file)")
+    """A file that is neither a torch.save archive nor a pickle (``foreign_file``): named as no checkpoint, not
+    as a corrupt or truncated one."""
+    return CheckpointError(f"{str(path)!r} is not a checkpoint (not a torch.save file); the file was left untouched")
 
 
 def unsafe_checkpoint_error(path: Path) -> CheckpointError:
@@ -804,7 +812,7 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
         reason = first_line(e) if zipfile.is_zipfile(path) else "not a torch.save archive"
         if refused_as_unsafe(e, path):  # a pickle that would build objects or call code
             raise unsafe_checkpoint_error(path) from None
-        if not pickled(path):  # a text file, say: no checkpoint at all, not a damaged one
+        if foreign_file(path):  # a text file, say: no checkpoint at all, not a damaged one
             raise not_a_checkpoint(path) from None
         raise CheckpointError(
             f"{str(path)!r} is corrupt or truncated ({reason}); the file was left untouched"

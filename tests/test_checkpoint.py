@@ -376,6 +376,23 @@ def test_a_damaged_sharded_checkpoint_is_said_not_passed_over(lost: str, tmp_pat
         latest_checkpoint(tmp_path)
 
 
+def test_an_empty_or_zeroed_checkpoint_is_damage_and_a_text_file_no_checkpoint(tmp_path: Path) -> None:
+    """A 0-byte or zero-filled ckpt.pt (a copy killed at once, a crash's unwritten blocks) is a damaged checkpoint;
+    a text file named as one is no checkpoint at all: each said so, and left as it is."""
+    from gptlab.errors import CheckpointError
+
+    for name, data, said in (
+        ("empty", b"", "is corrupt or truncated"),
+        ("zeroed", bytes(4096), "is corrupt or truncated"),
+        ("text", b"hello\n", r"is not a checkpoint \(not a torch.save file\)"),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ckpt.pt").write_bytes(data)
+        with pytest.raises(CheckpointError, match=said + r".*the file was left untouched$"):
+            load_checkpoint(tmp_path / name)
+        assert (tmp_path / name / "ckpt.pt").read_bytes() == data
+
+
 def test_unreadable_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file system's refusal is named as such, and running out of memory is not the file's fault."""
     from gptlab.errors import CheckpointError

@@ -24,9 +24,9 @@ def _earlier_meta(data_dir: str, dataset: str) -> dict[str, Any] | None:
 def _replaced_note(old: dict[str, Any], new: dict[str, Any]) -> str:
     """What a prepare that replaced an earlier dataset of the name changed (it was silent)."""
 
-    def what(meta: dict[str, Any]) -> tuple[Any, ...]:
+    def what(meta: dict[str, Any]) -> tuple[Any, ...]:  # what a resume compares (the text, not where it was)
         source = meta.get("source") or {}
-        return (source.get("sha256"), source.get("path"), (meta.get("tokenizer") or {}).get("name"), meta.get("tokens"))
+        return (source.get("sha256"), (meta.get("tokenizer") or {}).get("name"), meta.get("tokens"))
 
     if what(old) == what(new):
         return "note: the same text and tokenizer as the dataset it replaced: its tokens are unchanged"

@@ -35,10 +35,14 @@ def test_prepare_local_text_prints_what_it_wrote(
     # prepared again: the same text says its tokens are unchanged; other text, what it replaced (it was silent)
     assert run(["prepare", "plays", "--input", str(text_file), "--data_dir", str(data), "--tokenizer", "char"]) == 0
     assert "note: the same text and tokenizer as the dataset it replaced" in capsys.readouterr().out
+    copy = tmp_path / "copy.txt"  # the same text from elsewhere: the same tokens, as a resume sees them
+    copy.write_bytes(text_file.read_bytes())
+    assert run(["prepare", "plays", "--input", str(copy), "--data_dir", str(data), "--tokenizer", "char"]) == 0
+    assert "note: the same text and tokenizer as the dataset it replaced" in capsys.readouterr().out
     other = tmp_path / "other.txt"
     other.write_text("other words " * 200)
     assert run(["prepare", "plays", "--input", str(other), "--data_dir", str(data), "--tokenizer", "char"]) == 0
-    said = f"note: replaced the dataset prepared here before (from {text_file}, {meta['tokens']['train']:,} train"
+    said = f"note: replaced the dataset prepared here before (from {copy}, {meta['tokens']['train']:,} train"
     assert said in capsys.readouterr().out
 
 

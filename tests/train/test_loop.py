@@ -749,7 +749,7 @@ def test_damaged_checkpoint_is_refused_and_left_alone(damage: str, data_dir: Pat
     else:
         bad = b"garbage" * 100 if damage == "corrupt" else blob[: len(blob) // 2]
         if damage == "corrupt":  # no torch.save file at all: said so, not 'corrupt or truncated'
-            expected = "ckpt.pt' is not a checkpoint (not a torch.save file)"
+            expected = "ckpt.pt' is not a checkpoint (not a torch.save file); the file was left untouched"
     ckpt.write_bytes(bad)
     log_before = (out / "log.jsonl").read_bytes()
     res = _cli(*tiny_args(data_dir, out, max_iters=16, init_from="resume"))
