@@ -92,7 +92,8 @@ def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
 def step_stats(records: list[dict[str, Any]], key: str, rate: bool = False) -> dict[str, float] | None:
     """Mean, median and p90 of ``key`` over iteration records (summary.json's figures). ``rate``: a per-second
     figure, whose mean is weighted by the time each record timed (its step time by its ``timed_steps``: tokens
-    over time, what the run delivered; a plain mean of rates overstates it when steps vary)."""
+    over time, what the run delivered; a plain mean of rates overstates it when steps vary); else a per-step
+    figure (dt_ms), whose mean is weighted by the steps each record timed, so that the two means agree."""
     kept = [r for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
     values = [r[key] for r in kept]
     if not values:
@@ -100,18 +101,22 @@ def step_stats(records: list[dict[str, Any]], key: str, rate: bool = False) -> d
     ordered = sorted(values)
     p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
     mean = statistics.fmean(values)
-    times = [_timed_ms(r) for r in kept]
-    if rate and all(isinstance(t, (int, float)) and t > 0 for t in times) and math.isfinite(sum(times)):
-        mean = math.fsum(v * t for v, t in zip(values, times)) / math.fsum(times)
+    weights = [_timed_ms(r) for r in kept] if rate else [_timed_steps(r) for r in kept]
+    if all(isinstance(w, (int, float)) and w > 0 for w in weights) and math.isfinite(sum(weights)):
+        mean = math.fsum(v * w for v, w in zip(values, weights)) / math.fsum(weights)
     return {"mean": mean, "median": statistics.median(values), "p90": p90}
 
 
+def _timed_steps(record: dict[str, Any]) -> int:
+    """The steps an iteration record's dt_ms is the mean of (logs before timed_steps: 1)."""
+    steps = record.get("timed_steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else 1
+
+
 def _timed_ms(record: dict[str, Any]) -> Any:
-    """The milliseconds an iteration record timed: its mean step time by its steps (logs before timed_steps: 1)."""
-    dt, steps = record.get("dt_ms"), record.get("timed_steps")
-    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 and isinstance(dt, (int, float)):
-        return dt * steps
-    return dt
+    """The milliseconds an iteration record timed: its mean step time by its steps."""
+    dt = record.get("dt_ms")
+    return dt * _timed_steps(record) if isinstance(dt, (int, float)) else dt
 
 
 def log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -217,7 +217,9 @@ def test_mean_throughput_is_tokens_over_time(tmp_path: Path) -> None:
     logger = TrainingLogger(tmp_path / "windows", stream=io.StringIO(), skip_first=0)
     for i, (dt, steps) in enumerate([(30.0, 1), (10.0, 4)] * 2):
         logger.log_iter_detailed(i, 2.0, dt_ms=dt, tokens_per_sec=512 / (dt / 1000), timed_steps=steps)
-    assert logger.finalize()["tokens_per_sec"]["mean"] == pytest.approx(2560 / 0.070)
+    summary = logger.finalize()
+    assert summary["tokens_per_sec"]["mean"] == pytest.approx(2560 / 0.070)
+    assert summary["dt_ms"]["mean"] == pytest.approx(70.0 / 5)  # per step, as the rate: 512 / 14 ms is it
 
 
 def test_the_logger_keeps_only_what_the_summary_needs(tmp_path: Path) -> None:
