@@ -11,7 +11,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -540,25 +540,31 @@ class TrainingLogger:
         return self._status_shown
 
     # ------------------------------------------------------------------ summary
-    def adopt_session(self, records: list[dict[str, Any]]) -> int | None:
-        """Summarize the session that logged ``records`` (log.jsonl's, from its startup record on) rather than
-        this one: a resume with nothing to train, of a job killed before its summary, writes the summary that
-        job would have, not one of no steps. Returns that session's first iteration (None if unknown)."""
-        start, times = None, []
-        for record in records:
+    def adopt_session(self, records: Iterable[dict[str, Any]]) -> int | None:
+        """Summarize the last session that logged steps in ``records`` (log.jsonl's, sessions opened by their
+        startup records) rather than this one: a resume with nothing to train, of a job killed before its
+        summary, writes the summary that job would have, not one of no steps (a later session that died before
+        its first step has none of its own). Returns that session's first iteration (None if unknown)."""
+        sessions: list[dict[str, Any]] = []  # each: start, iters (summarized), evals, times
+        for record in map(_finite_again, records):  # (as log_records reads them: "nan" as a float again)
             kind, t = record.get("type"), record.get("time")
-            if kind == "startup":  # a later session's start: the figures are its own
-                start, times = (record.get("training") or {}).get("start_iter"), []
-                self.iters, self.evals = [], []
-            elif kind == "iter":
-                self.iters.append(_summarized(record))
+            if kind == "startup" or not sessions:
+                start = (record.get("training") or {}).get("start_iter") if kind == "startup" else None
+                sessions.append({"start": start, "iters": [], "evals": [], "times": []})
+            session = sessions[-1]
+            if kind == "iter":
+                session["iters"].append(_summarized(record))
             elif kind == "eval" and isinstance(record.get("val_loss"), float):
-                self.evals.append(record)
+                session["evals"].append({"iter": record.get("iter"), "val_loss": record["val_loss"]})
             if kind in ("startup", "iter", "eval") and isinstance(t, (int, float)) and not isinstance(t, bool):
-                times.append(t)  # (not the events after it: this session's resume)
-        if times:  # its training time, not this session's few milliseconds
-            self.start_clock = time.perf_counter() - (max(times) - min(times))
-        return start if isinstance(start, int) else None
+                session["times"].append(t)  # (not the events after it: this session's resume)
+        trained = [s for s in sessions if s["iters"]]
+        if not trained:
+            return None
+        session = trained[-1]
+        self.iters, self.evals = session["iters"], session["evals"]
+        self.start_clock = time.perf_counter() - (max(session["times"]) - min(session["times"]))  # its time
+        return session["start"] if isinstance(session["start"], int) else None
 
     def finalize(self, *, exit_code: int = 0, **extra: Any) -> dict[str, Any]:
         """Write ``summary.json``: throughput and MFU statistics past the warm-up iterations,

@@ -1129,15 +1129,15 @@ class Trainer:
         log.jsonl (rank 0's) up to it; steps a killed session logged past it were lost with it."""
         if not self.master:
             return
-        from gptlab.logging import read_log
+        from gptlab.logging import log_records
 
         with contextlib.suppress(OSError, GptlabError):
-            records = [
+            records = (  # streamed: a long run's log is hundreds of MB
                 r
-                for r in read_log(self.out_dir)
+                for _, r in log_records(self.out_dir / "log.jsonl")
                 if r.get("type") not in ("iter", "eval")
                 or (isinstance(r.get("iter"), int) and r["iter"] < self.iter_num + (r["type"] == "eval"))
-            ]
+            )
             start = self.logger.adopt_session(records)
             if start is not None:
                 self.start_iter = start

@@ -275,6 +275,8 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     # a summary an earlier session left (the job died between its last checkpoint and its summary) is not it
     stale = {**json.loads(kept["summary.json"]), "status": "interrupted: SIGTERM", "iterations": 3}
     (tmp_path / "summary.json").write_text(json.dumps(stale))
+    with (tmp_path / "log.jsonl").open("a") as log:  # and a later session that died before its first step
+        log.write(json.dumps({"type": "startup", "time": 1e10, "training": {"start_iter": 5}}) + "\n")
     summary = train(
         parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4, eval_interval=4, init_from="resume")),
         stream=io.StringIO(),
