@@ -9,7 +9,8 @@ python bench/sweep.py --grid sdpa_backend=auto,flash --grid residual_dtype=auto,
     --block_size 1024 --vocab_size 50304
 Every argument that is not --grid goes to each train_step run unchanged; a grid key is any
 train_step flag (compile takes on/off; leave --compile out of the shared arguments then) or any
-other training or architecture key, passed as train_step's --set KEY=VALUE.
+other training or architecture key, passed as train_step's --set KEY=VALUE. Exit status 1 when a
+combination failed (its row says so, its reason follows the table).
 """
 
 from __future__ import annotations

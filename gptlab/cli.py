@@ -47,7 +47,10 @@ def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
             )
     from gptlab.compare import resolve_architecture
 
-    config = resolve_architecture(args.preset, overrides).config  # a preset, or a config file's architecture
+    arch = resolve_architecture(args.preset, overrides)  # a preset, or a config file's architecture
+    config = arch.config
+    for note in arch.notes:  # what it assumes beyond the config (a fine-tune's weights, a vocabulary)
+        print(f"note: {note}")
     import torch
 
     from gptlab.telemetry.params import count_parameters

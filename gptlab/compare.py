@@ -116,7 +116,7 @@ def _fine_tuned(
         config = resolve_run_config({**arch_keys, **arch_overrides}, typed=arch_overrides).arch
         note = (
             f"init_from={init_from!r}: the architecture is its weights', which cannot be read here (not downloaded, "
-            "or no such path): the figures are the config file's"
+            "no such path, or unreadable: training says why): the figures are the config file's"
         )
         return Architecture(Path(name).stem, config, name, train_values, values, [note])
     if "arch_preset" in arch_overrides:

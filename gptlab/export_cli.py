@@ -197,10 +197,11 @@ def _refuse_checkpoint_folder(out: Path) -> None:
         if is_dcp_dir(folder.resolve()) or (named and in_run):
             from gptlab.errors import ConfigError
 
+            verb = "is" if folder == out else "lies in"
             where = (
-                f"lies in the sharded checkpoint folder {str(folder)!r}"
+                f"{verb} the sharded checkpoint folder {str(folder)!r}"
                 if folder.exists()
-                else f"is named as a sharded checkpoint folder of run {str(folder.parent)!r}"
+                else f"{verb} {str(folder)!r}, named as a sharded checkpoint folder of run {str(folder.parent)!r}"
             )
             raise ConfigError(
                 f"export destination {str(out)!r} {where}, which its run's saves prune (with the export in it): "

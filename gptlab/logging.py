@@ -35,6 +35,7 @@ def _fmt(value: Any, spec: str, missing: str = "n/a") -> str:
 
 
 def _times(value: Any, scale: float) -> Any:
+    """``value * scale``, a missing figure staying missing (TFLOP/s records as FLOP/s for ``_flops``)."""
     return None if value is None else value * scale
 
 
@@ -44,8 +45,9 @@ def _flops(value: Any, spec: str) -> str:
     if value is None:
         return "n/a"
     for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:{spec}} {prefix}F"
+        shown = f"{value / scale:{spec}}"
+        if abs(float(shown)) >= 1:  # as rounded: 999.7e9 is '1 TF', not '1e+03 GF'
+            return f"{shown} {prefix}F"
     return f"{value:{spec}} F"
 
 

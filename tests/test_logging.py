@@ -364,6 +364,9 @@ def test_the_console_says_which_rates_are_per_gpu(tmp_path: Path) -> None:
     import re
 
     assert re.search(r"Achieved: [1-9][\d.]* [KMG]F per GPU .* FLOPs/token: [1-9][\d.]* [KM]F\n", text, re.S), text
+    from gptlab.logging import _flops
+
+    assert [_flops(x, ".3g") for x in (999.7e9, 28.5e9, 0.5)] == ["1 TF", "28.5 GF", "0.5 F"]  # the prefix as rounded
     one = io.StringIO()
     TrainingLogger(tmp_path / "one", stream=one).log_iter_detailed(1, 2.0, 500.0, mfu_breakdown={**mfu, "num_gpus": 1})
     assert "per GPU" not in one.getvalue() and "(all GPUs)" not in one.getvalue()

@@ -605,3 +605,15 @@ def test_the_architecture_of_weights_is_read_without_them(tmp_path: Path, offlin
     (tmp_path / "bad" / "config.json").write_text("{")
     for unknown in ("someone/not-cached", str(tmp_path / "missing"), str(tmp_path / "bad")):
         assert pretrained_architecture(unknown) is None, unknown
+
+
+def test_load_errors_list_what_a_command_may_name(tmp_path: Path) -> None:
+    """A path that is no checkpoint lists what a command's init_from may be (a gptlab run too), not in-memory
+    models; only Python, which can pass one, hears of those."""
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"expected a gptlab run directory or checkpoint") as error:
+        ConfigurableGPT.from_pretrained(text)
+    assert "in-memory" not in str(error.value)
+    with pytest.raises(CheckpointError, match=r"cannot load weights from a object: .*; or an in-memory transformers"):
+        ConfigurableGPT.from_pretrained(object())

@@ -147,7 +147,7 @@ def test_export_fsdp_checkpoint_to_single_file_and_hf(data_dir: Path, tmp_path: 
     assert not os.path.exists(tmp_path / "o2")
     # inside the run's sharded checkpoint folder, or named as one in the run directory: its next save prunes
     # that folder with the export in it (both were written, and gone after a resume)
-    named = f"is named as a sharded checkpoint folder of run {str(run)!r}"  # (not there: not 'lies in' it)
+    named = f"named as a sharded checkpoint folder of run {str(run)!r}"  # (not there: not 'lies in' it)
     for dest, said in (
         (run / "ckpt.dcp" / "hf", "lies in the sharded checkpoint folder"),
         (run / "ckpt-0000008.dcp", named),
