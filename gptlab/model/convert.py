@@ -677,7 +677,8 @@ def hf_model_type(config: ModelArchitectureConfig) -> str:
         raise ConfigError(
             f"attention_backend={config.attention_backend!r} is a registered backend: Hugging Face models run "
             "standard softmax attention, so the export would not compute what this model does "
-            "(export a model built with attention_backend='sdpa' or 'manual')"
+            "(if it computes standard causal attention, load it with a built-in one and export that, in Python: "
+            "ConfigurableGPT.from_pretrained(RUN, attention_backend='sdpa').save_pretrained(DIR))"
         )
     common = config.norm_position == "pre"
     if (
