@@ -490,8 +490,9 @@ class TrainingLogger:
                 parts.append(f"mem {mem['allocated_gb']:.2f}GB")
             elif mem.get("rss_gb") is not None:
                 parts.append(f"rss {mem['rss_gb']:.2f}GB")
-            if grads:
-                parts.append(f"gnorm {grads.get('global_norm', float('nan')):.3f}")
+            norm = grads.get("global_norm", float("nan")) if grads else r.get("grad_norm")  # clipping's between
+            if norm is not None:  # statistics steps (it was shown on those alone)
+                parts.append(f"gnorm {norm:.3f}")
             return " | ".join(parts)
         lines = [
             RULE,
@@ -517,6 +518,8 @@ class TrainingLogger:
                 f"📊 Gradients: norm={grads.get('global_norm', float('nan')):.4f} │ "
                 f"mean={grads.get('grad_mean', float('nan')):.2e} │ std={grads.get('grad_std', float('nan')):.2e}"
             )
+        elif r.get("grad_norm") is not None:  # between statistics steps: gradient clipping's norm
+            lines.append(f"📊 Gradients: norm={r['grad_norm']:.4f}")
         return "\n".join(lines)
 
     def _show_status(self, iter_num: int) -> None:

@@ -420,6 +420,12 @@ def test_a_compact_line_leaves_out_an_unknown_mfu(tmp_path: Path) -> None:
     assert "| rss 0.34GB |" in line  # a CPU's figure is the process's memory, not tensors' ('mem' on CUDA)
     logger.log_iter_detailed(701, 1.2, 300.0, lr=6e-4, tokens_per_sec=1e4, mfu_percent=41.5)
     assert stream.getvalue().splitlines()[-1].endswith("| mfu 41.50%")
+    # between statistics steps, gradient clipping's norm (it was shown on statistics steps alone)
+    logger.log_iter_detailed(702, 1.2, 300.0, lr=6e-4, tokens_per_sec=1e4, grad_norm=0.25)
+    assert stream.getvalue().splitlines()[-1].endswith("| gnorm 0.250")
+    detailed = io.StringIO()
+    TrainingLogger(tmp_path / "detailed", stream=detailed).log_iter_detailed(702, 1.2, 300.0, grad_norm=0.25)
+    assert "📊 Gradients: norm=0.2500" in detailed.getvalue()
 
 
 def test_backends_close_when_the_log_file_close_fails(tmp_path: Path) -> None:
