@@ -547,6 +547,31 @@ def test_an_attention_backend_with_the_wrong_signature_is_refused_when_built() -
         del ATTENTION_BACKEND_REGISTRY["three_args_t"]
 
 
+def test_builtin_functions_registered_as_components_are_refused_in_one_line() -> None:
+    """torch.tanh as an activation (which is a factory of modules) or F.scaled_dot_product_attention as a backend
+    (no bias=) have no signature to check: a raw TypeError at the first build or forward. A registered backend
+    returning another layout than q's is refused at its first forward (it trained, scrambled)."""
+    import torch.nn.functional as F
+
+    from gptlab.model.registry import ACTIVATION_REGISTRY, ATTENTION_BACKEND_REGISTRY
+
+    ACTIVATION_REGISTRY["tanh_fn_t"] = torch.tanh
+    ATTENTION_BACKEND_REGISTRY["raw_sdpa_t"] = F.scaled_dot_product_attention
+    ATTENTION_BACKEND_REGISTRY["transposed_t"] = lambda q, k, v, *, bias, dropout_p: q.transpose(1, 2)
+    try:
+        with pytest.raises(ConfigError, match=r"activation='tanh_fn_t': 'tanh' must take keyword options"):
+            ConfigurableGPT(get_debug_config("custom", activation="tanh_fn_t"))
+        for describe in (ConfigurableGPT, compute_flops):
+            with pytest.raises(ConfigError, match=r"'raw_sdpa_t': 'scaled_dot_product_attention' must take \(q, k"):
+                describe(get_debug_config("custom", attention_backend="raw_sdpa_t"))
+        model = ConfigurableGPT(get_debug_config("custom", attention_backend="transposed_t"))
+        with pytest.raises(ConfigError, match=r"'transposed_t' returned shape \(2, 8, 4, 16\): expected q's"):
+            model(torch.zeros(2, 8, dtype=torch.long))
+    finally:
+        del ACTIVATION_REGISTRY["tanh_fn_t"], ATTENTION_BACKEND_REGISTRY["raw_sdpa_t"]
+        del ATTENTION_BACKEND_REGISTRY["transposed_t"]
+
+
 def test_a_run_records_command_line_plugins_found_from_anywhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gptlab.errors import ConfigError
 from gptlab.model.components import PositionContext, checked_component
-from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY
+from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY, is_builtin
 
 
 def repeat_kv(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,7 +66,16 @@ def attention_backend(name: str) -> Callable[..., Tensor]:
     """The backend registered as ``name``, checked to take ``(q, k, v, *, bias, dropout_p)``: one ConfigError
     when the model is built, or when flops and plan describe it (which build no attention layer)."""
     interface, probe = "(q, k, v, *, bias, dropout_p)", (None, None, None)
-    return checked_component(ATTENTION_BACKEND_REGISTRY, name, interface, *probe, bias=None, dropout_p=0.0)
+
+    def trial(backend: Callable[..., Tensor]) -> None:  # a builtin's check: a call on a 2-token head
+        q = torch.zeros(1, 1, 2, 2)
+        out = backend(q, q, q, bias=None, dropout_p=0.0)
+        if getattr(out, "shape", None) != q.shape:
+            raise TypeError(f"it returned {type(out).__name__} of shape {getattr(out, 'shape', None)}, not q's")
+
+    return checked_component(
+        ATTENTION_BACKEND_REGISTRY, name, interface, *probe, bias=None, dropout_p=0.0, _trial=trial
+    )
 
 
 def autocast_input(x: Tensor) -> Tensor:
@@ -107,6 +117,10 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
         self.backend = attention_backend(backend)
+        self.backend_name = backend
+        # a registered backend's output layout is checked (q's (B, n_head, T, hd)): the view below takes any tensor
+        # of as many elements, so a (B, T, n_head, hd) one trained on, scrambled, without a word
+        self.check_output = not is_builtin(ATTENTION_BACKEND_REGISTRY.get(backend))
 
     def forward(self, x: Tensor, pos: PositionContext) -> Tensor:
         B, T, _ = x.shape
@@ -124,5 +138,10 @@ class CausalSelfAttention(nn.Module):
             q, k = pos.rotate(q), pos.rotate(k)
         dropout_p = self.dropout if self.training else 0.0
         y = self.backend(q, k, v, bias=pos.bias, dropout_p=dropout_p)  # (B, n_head, T, hd)
+        if self.check_output and y.shape != q.shape:  # shapes are ints: no sync (static under compile)
+            raise ConfigError(
+                f"attention_backend={self.backend_name!r} returned shape {tuple(y.shape)}: expected q's (B, n_head, "
+                f"T, hd) = {tuple(q.shape)}"
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, self.q_size)  # (B, T, n_head * hd)
         return self.resid_dropout(self.out_proj(y))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from gptlab.config.model import ModelArchitectureConfig
 
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, first_line
 from gptlab.model.registry import (
     ACTIVATION_REGISTRY,
     FFN_REGISTRY,
@@ -67,25 +67,57 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-def checked_component(registry: Any, name: str, interface: str, *args: Any, **kwargs: Any) -> Any:
+def checked_component(
+    registry: Any,
+    name: str,
+    interface: str,
+    *args: Any,
+    _trial: Callable[[Any], Any] | None = None,
+    **kwargs: Any,
+) -> Any:
     """``registry[name]``, checked to accept ``(*args, **kwargs)``: a registered component that cannot
     take its interface's arguments is one ConfigError naming the interface, when the model is built,
-    not a TypeError from deep inside a forward."""
+    not a TypeError from deep inside a forward. A builtin (torch.tanh, F.scaled_dot_product_attention) has no
+    signature to read: ``_trial`` calls it with the interface's arguments instead, where the caller can."""
     component = registry.get_component(name)
     try:
         inspect.signature(component).bind(*args, **kwargs)
     except TypeError as e:
-        raise ConfigError(
-            f"{registry.kind}={name!r}: {getattr(component, '__name__', component)!r} must take {interface} ({e})"
-        ) from None
-    except ValueError:  # no signature to read (a builtin): let the call say
-        pass
+        raise _interface_error(registry, name, component, interface, e) from None
+    except ValueError:  # no signature to read (a builtin): tried, where a trial is cheap, else its call says
+        if _trial is not None:
+            try:
+                _trial(component)
+            except TypeError as e:
+                raise _interface_error(registry, name, component, interface, e) from None
     return component
 
 
+def _interface_error(registry: Any, name: str, component: Any, interface: str, error: Exception) -> ConfigError:
+    return ConfigError(
+        f"{registry.kind}={name!r}: {getattr(component, '__name__', component)!r} must take {interface} "
+        f"({first_line(error)})"
+    )
+
+
 def _construct(registry: Any, name: str, interface: str, *args: Any, **kwargs: Any) -> Any:
-    """``registry[name](*args, **kwargs)``, checked by ``checked_component``."""
-    return checked_component(registry, name, interface, *args, **kwargs)(*args, **kwargs)
+    """``registry[name](*args, **kwargs)``, checked by ``checked_component`` (a builtin, which has no signature
+    to check, by the call itself: torch.tanh registered as an activation is no factory of modules)."""
+    component = checked_component(registry, name, interface, *args, **kwargs)
+    try:
+        return component(*args, **kwargs)
+    except TypeError as e:
+        if _has_signature(component):  # its own code's error: as it is
+            raise
+        raise _interface_error(registry, name, component, interface, e) from None
+
+
+def _has_signature(component: Any) -> bool:
+    try:
+        inspect.signature(component)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def build_norm(name: str, ndim: int, eps: float = 1e-5) -> nn.Module:
