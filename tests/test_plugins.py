@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +185,42 @@ def test_a_registered_ffn_is_counted_as_flop_counter_mode_counts_it(own_componen
     # D x D middle matrix included: a 2-matrix formula would be 2*H*D short per layer
     assert flops.row("ffn").forward == 2 * (64 * 256 + 256 * 256 + 256 * 64)
     assert counter.get_total_flops() == flops.hfu_flops_per_token * idx.numel()
+
+
+def _two_score_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: object, dropout_p: float):
+    """A differential attention's shape of work: two score matrices, one AV."""
+    mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    first, second = (((q @ k.transpose(-1, -2)) * c).masked_fill(~mask, float("-inf")).softmax(-1) for c in (1, 0.5))
+    return (first - 0.5 * second) @ v
+
+
+def test_a_registered_attention_backend_is_counted_as_flop_counter_mode_counts_it() -> None:
+    """Its FLOPs were standard attention's whatever it computed (3.4% low for two score matrices, no caveat);
+    one that cannot run on the meta device is counted so, and said."""
+    from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY
+
+    def kernel_only(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: object, dropout_p: float):
+        if q.device.type == "meta":  # a Triton or CUDA kernel of its own
+            raise ValueError("Pointer argument cannot be accessed from Triton")
+        return _two_score_attention(q, k, v, bias=bias, dropout_p=dropout_p)
+
+    ATTENTION_BACKEND_REGISTRY["two_scores_t"] = _two_score_attention
+    ATTENTION_BACKEND_REGISTRY["kernel_only_t"] = kernel_only
+    try:
+        cfg = get_debug_config("custom", attention_backend="two_scores_t", block_size=16)
+        flops = compute_flops(cfg, device_type="cpu")
+        assert "measured 1.5x standard attention" in flops.row("attn_scores (full-square)").note
+        idx = torch.randint(0, cfg.vocab_size, (2, 16))
+        with FlopCounterMode(display=False) as counter:
+            ConfigurableGPT(cfg)(idx, idx)[1].backward()
+        assert counter.get_total_flops() == flops.hfu_flops_per_token * idx.numel() and not flops.caveats
+        other = compute_flops(dataclasses.replace(cfg, attention_backend="kernel_only_t"), device_type="cpu")
+        assert other.caveats == [
+            "attention_backend 'kernel_only_t': counted as standard attention (QK^T and AV); it cannot run on the "
+            "meta device to be measured (ValueError: Pointer argument cannot be accessed from Triton)"
+        ]
+    finally:
+        del ATTENTION_BACKEND_REGISTRY["two_scores_t"], ATTENTION_BACKEND_REGISTRY["kernel_only_t"]
 
 
 class ProjectedNorm(nn.Module):

@@ -21,6 +21,7 @@ Conventions, stated once and used everywhere:
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -240,11 +241,13 @@ def compute_flops(
     from gptlab.model.attention import attention_backend
 
     attention_backend(config.attention_backend)  # a registered one that cannot be called so: as training says
+    attention_caveat = _registered_attention_flops(config, S, rows)
     position_rows, position_caveat = _registered_position_flops(config, S)
     norm_rows, norm_caveat = _registered_norm_flops(config)
     rows += position_rows + norm_rows
     rows += _non_matmul_rows(config, S, q_dim, kv_dim, D)
-    caveats = [note for note in (None if ffn_measured else ffn_note, position_caveat, norm_caveat) if note]
+    notes = (None if ffn_measured else ffn_note, attention_caveat, position_caveat, norm_caveat)
+    caveats = [note for note in notes if note]
     return FlopsBreakdown(config, S, activation_checkpointing, rows, device_type, caveats)
 
 
@@ -327,6 +330,44 @@ def _registered_norm_flops(config: ModelArchitectureConfig) -> tuple[list[FlopRo
     if config.final_norm:  # outside the blocks: not recomputed by activation checkpointing
         rows.append(FlopRow("final_norm_matmuls", per_token, 1, True, note))
     return rows, None
+
+
+def _registered_attention_flops(config: ModelArchitectureConfig, S: int, rows: list[FlopRow]) -> str | None:
+    """A registered attention backend's matmul FLOPs, measured as a registered FFN's are (meta device,
+    FlopCounterMode, one sequence of S tokens, no bias: its causal mask its own): where they differ from the
+    standard QK^T and AV that the attention rows count (a differential attention's two score matrices), the
+    rows are scaled to them (``rows`` in place) and said; a backend that cannot run there is a caveat: its
+    FLOPs are taken as standard attention's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gptlab.model.attention import attention_backend
+    from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY, is_builtin
+
+    name = config.attention_backend
+    if is_builtin(ATTENTION_BACKEND_REGISTRY.get(name)):
+        return None
+    backend = attention_backend(name)
+    with torch.device("meta"):
+        q = torch.empty(1, config.n_head, S, config.head_dim)
+        kv = torch.empty(1, config.kv_heads, S, config.head_dim)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            backend(q, kv, kv, bias=None, dropout_p=0.0)
+    except Exception as e:  # a kernel of its own (Triton, CUDA) takes no meta tensors: not the backend's bug
+        return (
+            f"attention_backend {name!r}: counted as standard attention (QK^T and AV); it cannot run on the meta "
+            f"device to be measured ({type(e).__name__}: {first_line(e)[:80]})"
+        )
+    measured = counter.get_total_flops() / S  # forward, per token, one layer
+    standard = sum(r.forward for r in rows if r.convention == "full-square")
+    if standard <= 0 or abs(measured - standard) <= 1e-6 * standard:
+        return None
+    scale = measured / standard
+    for i, row in enumerate(rows):
+        if row.convention:  # its full-square and causal rows alike
+            note = f"{name}: measured {scale:.3g}x standard attention (FlopCounterMode, meta device)"
+            rows[i] = dataclasses.replace(row, forward=row.forward * scale, note=note)
+    return None
 
 
 def _registered_position_flops(config: ModelArchitectureConfig, S: int) -> tuple[list[FlopRow], str | None]:
