@@ -188,7 +188,9 @@ class ModelArchitectureConfig:
         what the model computes, so two ablations never share a name (sizes are left to the size line;
         a norm eps or RoPE theta other than the usual 1e-5 / 10000 is named)."""
         tanh = self.activation == "gelu" and self.gelu_approximate == "tanh"
-        ffn = self.ffn_type if self.ffn_gated else f"{self.activation}{'_tanh' if tanh else ''}-{self.ffn_type}"
+        # a gated FFN whose gate is fixed (SwiGLU's SiLU) is named alone; one that takes the activation is not
+        fixed = self.ffn_gated and self.gate_activation is not None
+        ffn = self.ffn_type if fixed else f"{self.activation}{'_tanh' if tanh else ''}-{self.ffn_type}"
         norm = f"{self.norm_position}-{self.normalization}"
         if self.norm_eps != 1e-5:
             norm += f"-eps{self.norm_eps:g}"
@@ -201,13 +203,17 @@ class ModelArchitectureConfig:
         parts.append("tied" if self.weight_tying else "untied")
         if self.bias:
             parts.append("bias")
+        from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY, is_builtin
+
+        if not is_builtin(ATTENTION_BACKEND_REGISTRY.get(self.attention_backend)):  # sdpa and manual compute the
+            parts.append(f"attn-{self.attention_backend}")  # same function; a registered backend its own
         return "_".join(parts)
 
     def get_architecture_summary(self) -> str:
         """A few human-readable lines: sizes and each component choice."""
         if self.ffn_gated:
-            gate = self.gate_activation
-            ffn = f"{self.ffn_type} ({f'{gate} gate' if gate else 'gated'}), d_ff={self.ffn_hidden_dim}"
+            gate = self.gate_activation or self.activation  # fixed by the FFN, else the activation it takes
+            ffn = f"{self.ffn_type} ({gate} gate), d_ff={self.ffn_hidden_dim}"
         else:
             act = self.activation + (
                 " (tanh approx.)" if self.activation == "gelu" and self.gelu_approximate == "tanh" else ""

@@ -84,6 +84,32 @@ def test_ablations_of_component_options_get_their_own_names() -> None:
     )
 
 
+def test_registered_components_that_change_the_function_are_named() -> None:
+    """A gated FFN of one's own that takes the activation, and a registered attention backend, were named as
+    their baselines (relu and squared-relu gates alike; a soft-capped backend as sdpa)."""
+    from gptlab.model.components import GatedFFN
+    from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY, FFN_REGISTRY
+
+    class AnyGateFFN(GatedFFN):
+        """Its gate is the activation it is given."""
+
+    FFN_REGISTRY["any_gate_t"] = AnyGateFFN
+    ATTENTION_BACKEND_REGISTRY["capped_name_t"] = lambda q, k, v, *, bias, dropout_p: q
+    try:
+        names = {get_preset_config("custom", ffn_type="any_gate_t", activation=a).get_architecture_name()
+                 for a in ("relu", "silu")}  # fmt: skip
+        assert len(names) == 2 and any("relu-any_gate_t" in n for n in names)
+        summary = get_preset_config("custom", ffn_type="any_gate_t", activation="relu").get_architecture_summary()
+        assert "any_gate_t (relu gate)" in summary
+        capped = get_preset_config("llama", attention_backend="capped_name_t").get_architecture_name()
+        assert capped == "pre-rmsnorm_rope_swiglu_untied_attn-capped_name_t"
+        assert get_preset_config("llama", attention_backend="manual").get_architecture_name() == (
+            "pre-rmsnorm_rope_swiglu_untied"  # the built-ins compute one function
+        )
+    finally:
+        del FFN_REGISTRY["any_gate_t"], ATTENTION_BACKEND_REGISTRY["capped_name_t"]
+
+
 def test_round_trip_through_dict() -> None:
     c = get_preset_config("hybrid", n_layer=3)
     assert ModelArchitectureConfig.from_dict(c.to_dict()) == c
