@@ -672,15 +672,9 @@ def _llama_in(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[str, A
 
 def hf_model_type(config: ModelArchitectureConfig) -> str:
     """Which ``transformers`` architecture represents ``config`` exactly; ConfigError if none."""
-    backend = ATTENTION_BACKEND_REGISTRY.get(config.attention_backend)
-    if not is_builtin(backend):  # a registered backend computes attention its own way: transformers would not
-        raise ConfigError(
-            f"attention_backend={config.attention_backend!r} is a registered backend: Hugging Face models run "
-            "standard softmax attention, so the export would not compute what this model does "
-            "(if it computes standard causal attention, load it with a built-in one and export that, in Python: "
-            "ConfigurableGPT.from_pretrained(RUN, attention_backend='sdpa').save_pretrained(DIR))"
-        )
+    registered = not is_builtin(ATTENTION_BACKEND_REGISTRY.get(config.attention_backend))
     common = config.norm_position == "pre"
+    structure = None
     if (
         common
         and config.position_encoding == "learned_absolute"
@@ -689,14 +683,19 @@ def hf_model_type(config: ModelArchitectureConfig) -> str:
         and config.activation == "gelu"
         and config.kv_heads == config.n_head
     ):
-        return "gpt2"  # without biases (nanoGPT's bias=False) too: HF's GPT-2 with zero biases is the same model
-    if (
-        common
-        and config.position_encoding == "rope"
-        and config.normalization == "rmsnorm"
-        and config.ffn_type == "swiglu"
-    ):
-        return "llama"
+        structure = "gpt2"  # without biases (nanoGPT's bias=False) too: HF's GPT-2 with zero biases is the same
+    llama = config.position_encoding == "rope" and config.normalization == "rmsnorm" and config.ffn_type == "swiglu"
+    if common and llama:
+        structure = "llama"
+    if structure is not None and not registered:
+        return structure
+    if structure is not None:  # a registered backend computes attention its own way: transformers would not
+        raise ConfigError(
+            f"attention_backend={config.attention_backend!r} is a registered backend: Hugging Face models run "
+            "standard softmax attention, so the export would not compute what this model does "
+            "(if it computes standard causal attention, load it with a built-in one and export that, in Python: "
+            "ConfigurableGPT.from_pretrained(RUN, attention_backend='sdpa').save_pretrained(DIR))"
+        )
     needs = {
         "GPT-2": {
             "norm_position": "pre",
@@ -724,6 +723,8 @@ def hf_model_type(config: ModelArchitectureConfig) -> str:
         for name, want in needs.items()
     }
     nearest = min(off, key=lambda name: len(off[name]))  # the settings that keep this model from it
+    if registered:  # every reason at once (the backend's alone sent its way out into the next refusal)
+        off[nearest].append(f"attention_backend={config.attention_backend!r} (a registered backend; standard there)")
     raise ConfigError(
         f"architecture {config.get_architecture_name()!r} has no exact Hugging Face equivalent: "
         "save_pretrained supports GPT-2 (pre-norm, layernorm, learned positions, GELU MLP, with or without biases, "

@@ -243,6 +243,11 @@ def test_export_of_architecture_without_hf_equivalent_fails_clearly(tmp_path: Pa
             model = ConfigurableGPT(get_debug_config(preset, attention_backend="capped_t"))
             with pytest.raises(ConfigError, match="attention_backend='capped_t' is a registered backend"):
                 model.save_pretrained(tmp_path)
+        # beside other reasons, every one is named (the backend's alone sent its way out into the next refusal)
+        with pytest.raises(ConfigError, match=r"differs in normalization='layernorm' .*, attention_backend='capped"):
+            ConfigurableGPT(
+                get_debug_config("llama", attention_backend="capped_t", normalization="layernorm")
+            ).save_pretrained(tmp_path)
         # the way out the message names: the same weights under a built-in backend (here it computes otherwise)
         sdpa = ConfigurableGPT.from_pretrained(model, attention_backend="sdpa")
         assert sdpa.config.attention_backend == "sdpa" and torch.equal(sdpa.wte.weight, model.wte.weight)
