@@ -772,6 +772,11 @@ def _registering_file(path: str | Path, from_file: dict[str, Any]) -> str | None
 def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> RunConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` -> RunConfig; later values win, as in nanoGPT.
     ``defaults`` (e.g. the quick-start settings) apply under both."""
+    if isinstance(args, (str, bytes)) or not all(isinstance(arg, str) for arg in args):  # a str iterates by char
+        raise ConfigError(
+            f"parse_run_args takes a list of arguments as a command line has them, e.g. ['config/x.py', "
+            f"'--max_iters=3'], not {type(args).__name__} {str(args)[:60]!r}"
+        )
     values = dict(defaults or {})
     explicit: set[str] = set()  # the defaults are not the user's: weights loaded or resumed override them
     files, overrides = split_args(args)
