@@ -139,6 +139,47 @@ PLUGINS_HELP = (
 )
 
 
+def component_plugins(arch: Any) -> tuple[str, list[str]]:
+    """What imports the registered components ``arch`` uses, as a ``plugins`` value (a top-level module's
+    file by its absolute path, as a command line's is recorded; a package's module by its name), for a run
+    started from Python with none given (it recorded none: a later ``gptlab sample`` could not name them);
+    and the components that no later process can import (defined in the running script, ``__main__``)."""
+    from gptlab.model.registry import (
+        ACTIVATION_REGISTRY,
+        ATTENTION_BACKEND_REGISTRY,
+        FFN_REGISTRY,
+        NORM_REGISTRY,
+        POSITION_ENCODING_REGISTRY,
+        is_builtin,
+    )
+
+    uses = [
+        (NORM_REGISTRY, arch.normalization),
+        (POSITION_ENCODING_REGISTRY, arch.position_encoding),
+        (FFN_REGISTRY, arch.ffn_type),
+        (ATTENTION_BACKEND_REGISTRY, arch.attention_backend),
+    ]
+    if "activation" not in arch.unused_keys():  # a fixed gate's (SwiGLU's) is not used
+        uses.append((ACTIVATION_REGISTRY, arch.activation))
+    entries: list[str] = []
+    unimportable: list[str] = []
+    for registry, name in uses:
+        component = registry.get(name)
+        if component is None or is_builtin(component):
+            continue
+        target = getattr(component, "func", component)  # a functools.partial's function
+        module_name = getattr(target, "__module__", None) or type(target).__module__
+        module = sys.modules.get(module_name)
+        file = getattr(module, "__file__", None)
+        if module_name == "__main__" or module is None:
+            unimportable.append(f"{registry.kind}={name!r}")
+        elif "." not in module_name and file:
+            entries.append(str(Path(file).resolve()))
+        else:
+            entries.append(module_name)
+    return merge_plugins(", ".join(entries)), unimportable
+
+
 def add_plugins_option(parser: Any) -> None:
     """``--plugins`` on a command that reads an architecture; ``gptlab.cli.main`` imports them."""
     parser.add_argument("--plugins", default="", help=PLUGINS_HELP)
@@ -164,6 +205,7 @@ def plugins_hint(recorded: object) -> str:
 __all__ = [
     "add_plugins_option",
     "anchor_plugins",
+    "component_plugins",
     "import_plugins",
     "importable_from",
     "plugins_hint",

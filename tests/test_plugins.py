@@ -24,6 +24,7 @@ from gptlab.telemetry.activations import estimate_activations
 from gptlab.telemetry.flops import compute_flops
 from gptlab.telemetry.params import buffer_bytes
 from gptlab.telemetry.planner import plan_all_modes
+from tests.train.conftest import data_dir  # noqa: F401 (a fixture, used by name)
 
 
 class DeepFFN(nn.Module):
@@ -699,3 +700,49 @@ def test_the_planner_says_what_it_assumes_of_a_registered_activation_and_gated_f
         assert notes == ["activation='squared_relu_t' assumed to save its input, as GELU does"]
     finally:
         del FFN_REGISTRY["own_reglu_t"], ACTIVATION_REGISTRY["squared_relu_t"]
+
+
+def test_a_run_started_from_python_records_the_modules_of_its_components(
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trained from Python after an `import`, a run recorded plugins='' (a later gptlab sample gave only the generic
+    hint); now the components' module, as a command line's --plugins is recorded; one defined in the running
+    script (__main__) cannot be, and is said."""
+    import io
+    import json
+
+    from gptlab.config.train import parse_run_args
+    from gptlab.logging import read_log
+    from gptlab.plugins import component_plugins
+    from gptlab.train.loop import Trainer
+    from tests.train.conftest import tiny_args
+
+    module = tmp_path / "py_comps_t.py"
+    module.write_text(
+        "from torch import nn\nfrom gptlab.model.registry import NORM_REGISTRY\n\n"
+        "class PyNorm(nn.LayerNorm):\n    def __init__(self, ndim, eps=1e-5):\n"
+        "        super().__init__(ndim, eps=eps)\n\n"
+        "NORM_REGISTRY['py_norm_t'] = PyNorm\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        import py_comps_t  # noqa: F401 (registers)
+
+        run = parse_run_args(tiny_args(data_dir, tmp_path / "run", normalization="py_norm_t", max_iters=0))
+        assert run.train.plugins == ""
+        Trainer(run, stream=io.StringIO()).run()
+        saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["plugins"]
+        assert saved == str(module.resolve())
+        config = get_debug_config("custom", normalization="py_norm_t")
+        assert component_plugins(config) == (str(module.resolve()), [])
+        monkeypatch.setattr(sys.modules["py_comps_t"].PyNorm, "__module__", "__main__")  # a script's own
+        assert component_plugins(config) == ("", ["normalization='py_norm_t'"])
+        run = parse_run_args(tiny_args(data_dir, tmp_path / "script", normalization="py_norm_t", max_iters=0))
+        Trainer(run, stream=io.StringIO())
+        (said,) = [r for r in read_log(tmp_path / "script") if r.get("event") == "plugins_unrecorded"]
+        assert "normalization='py_norm_t': registered in the running script (__main__)" in said["message"]
+    finally:
+        NORM_REGISTRY.pop("py_norm_t", None)
+        sys.modules.pop("py_comps_t", None)

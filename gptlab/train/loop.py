@@ -76,7 +76,7 @@ from gptlab.fileio import atomic_write, check_directory
 from gptlab.logging import TrainingLogger, log_records
 from gptlab.model.convert import check_init_source, resolve_pretrained
 from gptlab.model.gpt import ConfigurableGPT
-from gptlab.plugins import saved_plugins
+from gptlab.plugins import component_plugins, saved_plugins
 from gptlab.telemetry.gradients import PendingGradientStats
 from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.schedule import get_lr
@@ -369,6 +369,9 @@ class Trainer:
         self._unknown_weights_tokenizer: str | None = None  # ... or what its weights are, where none is known
         self._weights_source = cfg.init_from  # a resume: the checkpoint's path
         self.arch, ckpt, pretrained = self._resolve_init(run)
+        self._unimportable: list[str] = []  # registered components no later process can import (__main__'s)
+        if not cfg.plugins.strip():  # started from Python, none given: the modules its components come from
+            cfg.plugins, self._unimportable = component_plugins(self.arch)
         check_sdpa_backend(cfg.sdpa_backend, self.arch.attention_backend, self.device.type)
         prefer_sdpa_kernel(cfg.sdpa_backend, self.device.type)  # before any compile traces the attention
         # the DCP checkpoint resumed from, and its iteration: saving that iteration again rewrites only its meta
@@ -563,6 +566,14 @@ class Trainer:
                 f"{cfg.dataset!r} is {what}: its ids are other text to them (is --dataset the one you meant?)",
                 weights_tokenizer=old.get("name"),
                 dataset_tokenizer=new.get("name"),
+            )
+        if self._unimportable:  # said: the run's resume, sample or export in another process would not find them
+            self.logger.log_event(
+                "plugins_unrecorded",
+                f"{', '.join(self._unimportable)}: registered in the running script (__main__), which no later "
+                "process (a resume, gptlab sample or export) can import: register it in a module of its own and "
+                "pass it as plugins",
+                components=self._unimportable,
             )
         if self._unknown_weights_tokenizer is not None:  # said, as a known mismatch is: nothing tells whether
             # the dataset was tokenized as the weights were trained (a LLaMA's own tokenizer, say)
