@@ -746,3 +746,34 @@ def test_a_run_started_from_python_records_the_modules_of_its_components(
     finally:
         NORM_REGISTRY.pop("py_norm_t", None)
         sys.modules.pop("py_comps_t", None)
+
+
+class MixedPositions(PositionEncoding):
+    """A learned table (a lookup) whose rows a Linear mixes (a matmul): only the table is an embedding."""
+
+    def __init__(self, max_seq_len: int, n_embd: int, **_: object) -> None:
+        super().__init__()
+        self.table = nn.Embedding(max_seq_len, n_embd)
+        self.mix = nn.Linear(n_embd, n_embd, bias=False)
+
+    def embed(self, tok_emb: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tok_emb.shape[1], device=tok_emb.device)
+        return tok_emb + self.mix(self.table(positions))
+
+
+def test_a_registered_position_encodings_linear_layers_count_as_non_embedding_parameters() -> None:
+    """get_num_params(non_embedding=True) left out every parameter of a registered encoding, its mixing matrix
+    included (a matmul's weights); count_parameters, which compare and the startup report print, agrees."""
+    from gptlab.telemetry.params import count_parameters
+
+    POSITION_ENCODING_REGISTRY["mixed_positions_t"] = MixedPositions
+    try:
+        config = get_debug_config("custom", position_encoding="mixed_positions_t")
+        model = ConfigurableGPT(config)
+        table = model.pos_encoding.table.weight.numel()
+        expected = sum(p.numel() for p in model.parameters()) - table
+        if not config.weight_tying:
+            expected -= model.wte.weight.numel()
+        assert model.get_num_params(non_embedding=True) == expected == count_parameters(config, non_embedding=True)
+    finally:
+        del POSITION_ENCODING_REGISTRY["mixed_positions_t"]

@@ -206,10 +206,12 @@ class ConfigurableGPT(nn.Module):
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; ``non_embedding`` leaves out lookup tables that do no matmul
-        (position embeddings, and token embeddings unless they double as the LM head)."""
+        (position embeddings, but for a registered encoding's Linear layers, and token embeddings unless
+        they double as the LM head)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= sum(p.numel() for p in self.pos_encoding.parameters())
+            linear = {id(p) for m in self.pos_encoding.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+            n -= sum(p.numel() for p in self.pos_encoding.parameters() if id(p) not in linear)
             if not self.config.weight_tying:
                 n -= self.wte.weight.numel()
         return n

@@ -33,10 +33,17 @@ class TensorShape(NamedTuple):
         return n
 
 
-def _meta_params(module_factory: object, prefix: str) -> list[TensorShape]:
+def _meta_params(module_factory: object, prefix: str, linear_only: bool = False) -> list[TensorShape]:
+    """A registered component's parameters, built on the meta device; ``matmul`` for every matrix, or with
+    ``linear_only`` for the weights of its ``nn.Linear`` layers alone (a position table is looked up, not
+    multiplied: left out of the non-embedding count, as the model's ``get_num_params`` does)."""
     with torch.device("meta"):
         module = module_factory()  # type: ignore[operator]
-    return [TensorShape(f"{prefix}.{n}", tuple(p.shape), p.dim() >= 2) for n, p in module.named_parameters()]
+    linear = {id(p) for m in module.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)}
+    return [
+        TensorShape(f"{prefix}.{n}", tuple(p.shape), id(p) in linear if linear_only else p.dim() >= 2)
+        for n, p in module.named_parameters()
+    ]
 
 
 def _norm(config: ModelArchitectureConfig, prefix: str) -> list[TensorShape]:
@@ -80,7 +87,7 @@ def _positions(config: ModelArchitectureConfig) -> list[TensorShape]:
         return []
     from gptlab.model.components import position_encoding_for
 
-    return _meta_params(lambda: position_encoding_for(config), "pos_encoding")
+    return _meta_params(lambda: position_encoding_for(config), "pos_encoding", linear_only=True)
 
 
 def _model_parts(config: ModelArchitectureConfig) -> tuple[list[TensorShape], list[TensorShape], list[TensorShape]]:
@@ -132,11 +139,11 @@ def buffer_bytes(config: ModelArchitectureConfig) -> int:
 
 def count_parameters(config: ModelArchitectureConfig, *, non_embedding: bool = False) -> int:
     """``ConfigurableGPT(config).get_num_params(non_embedding)`` without building the model: ``non_embedding``
-    leaves out the lookup tables that do no matmul (the position encoding's parameters, and the token
-    embedding unless it doubles as the LM head)."""
+    leaves out the lookup tables that do no matmul (the position encoding's parameters but for its Linear
+    layers' weights, and the token embedding unless it doubles as the LM head)."""
     before, block, after = _model_parts(config)  # one block, times n_layer: any depth in microseconds
     if non_embedding:
-        before = [s for s in before if not s.name.startswith("pos_encoding.") and (s.matmul or s.name != "wte.weight")]
+        before = [s for s in before if s.matmul or (s.name != "wte.weight" and not s.name.startswith("pos_encoding."))]
     return sum(s.numel for s in (*before, *after)) + config.n_layer * sum(s.numel for s in block)
 
 
