@@ -58,6 +58,8 @@ def resolve_architecture(
 
     overrides = dict(overrides or {})
     arch_overrides = {k: v for k, v in overrides.items() if k in ARCH_FIELDS}
+    if names_weights(name):  # a checkpoint or a Hugging Face model folder: the architecture its weights have
+        return _of_weights(name, arch_overrides)
     run_dir = run_config_json(name)
     if run_dir is not None:  # a run directory (or its config.json): the architecture it trained
         from gptlab.plugins import saved_plugins
@@ -132,6 +134,46 @@ def _fine_tuned(
     size = ", ".join(f"{k}={getattr(weights, k)}" for k in ("n_layer", "n_head", "n_embd", "vocab_size"))
     note = f"init_from={init_from!r}: the architecture is its weights' ({size}), not the config file's"
     return Architecture(Path(name).stem, config, name, train_values, values, [note])
+
+
+def names_weights(name: str) -> bool:
+    """``name`` is a checkpoint (a ``.pt`` file, a sharded ``ckpt-ITER.dcp`` folder) or a Hugging Face model
+    folder (a config.json with a model_type), whose architecture its own record gives."""
+    import zipfile
+
+    from gptlab.checkpoint import is_dcp_dir
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.suffix in (".pt", ".pth", ".bin") or zipfile.is_zipfile(path)  # (a torch.save archive)
+    if not path.is_dir():
+        return False
+    if is_dcp_dir(path):
+        return True
+    try:
+        hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(hf, dict) and "model_type" in hf
+
+
+def _of_weights(name: str, arch_overrides: dict[str, Any]) -> Architecture:
+    """The architecture a checkpoint or Hugging Face folder records, typed keys applied as a labelled what-if."""
+    from gptlab.model.convert import pretrained_architecture
+
+    weights = pretrained_architecture(name)
+    if weights is None:
+        raise ConfigError(
+            f"{name!r}: no architecture can be read from it (not a gptlab or nanoGPT checkpoint, nor a Hugging Face "
+            "GPT-2 or LLaMA folder, or a component it names is not registered: --plugins)"
+        )
+    config = check_keys_take_effect(
+        ModelArchitectureConfig.from_dict({**weights.to_dict(), **arch_overrides}), arch_overrides
+    )
+    path = Path(name)
+    label = path.parent.name if path.name in ("ckpt.pt", "ckpt.dcp") and path.parent.name else path.name
+    changed = [f"{k}={v}" for k, v in arch_overrides.items() if getattr(weights, k) != getattr(config, k)]
+    return Architecture(f"{label} ({', '.join(changed)})" if changed else label, config, name)
 
 
 def refuse_arch_preset(overrides: dict[str, Any]) -> None:

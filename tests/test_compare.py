@@ -518,3 +518,37 @@ def test_compare_names_its_presets_positionally(capsys: pytest.CaptureFixture[st
     assert "--arch_preset: compare takes presets by name (gptlab compare gpt2 llama ...)" in capsys.readouterr().err
     assert main(["compare", "gpt2", "--n_layr=3"]) == 2
     assert "n_layr: not an architecture key (did you mean 'n_layer'?)" in capsys.readouterr().err
+
+
+def test_a_checkpoint_or_hugging_face_folder_is_its_weights_architecture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gptlab arch, flops, plan and compare took a ckpt.pt for a config file ('not a .py file') and an export's
+    Hugging Face folder for a run ('not a gptlab run's config.json'): each is the architecture its record gives."""
+    pytest.importorskip("safetensors")
+    from gptlab.compare import resolve_architecture
+
+    config = get_preset_config("llama", n_layer=2, n_embd=64, n_head=4, block_size=32, vocab_size=128)
+    model = ConfigurableGPT(config)
+    (tmp_path / "run").mkdir()
+    torch.save(
+        {"format": "gptlab", "arch": config.to_dict(), "model": model.state_dict()}, tmp_path / "run" / "ckpt.pt"
+    )
+    model.save_pretrained(tmp_path / "hf")
+    for name in (str(tmp_path / "run" / "ckpt.pt"), str(tmp_path / "hf")):
+        read = resolve_architecture(name).config  # (the Hugging Face form spells out n_kv_head and d_ff)
+        assert (read.get_architecture_name(), read.n_layer, read.ffn_hidden_dim, read.kv_heads) == (
+            config.get_architecture_name(),
+            2,
+            config.ffn_hidden_dim,
+            config.kv_heads,
+        ), name
+        for command in ("arch", "flops", "plan"):
+            assert main([command, name]) == 0, (command, name)
+            assert "2 layers" in capsys.readouterr().out or command != "arch"
+    what_if = resolve_architecture(str(tmp_path / "run" / "ckpt.pt"), {"n_layer": 4})
+    assert what_if.config.n_layer == 4 and what_if.label == "run (n_layer=4)"
+    assert main(["compare", str(tmp_path / "hf"), "llama"]) == 0
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    assert main(["flops", str(tmp_path / "notes.pt")]) == 2
+    assert "no architecture can be read from it" in capsys.readouterr().err

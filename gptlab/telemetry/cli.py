@@ -118,10 +118,11 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
         **parse_overrides(extra, TEXT_KEYS, BOOL_KEYS, [*ARCH_FIELDS, "arch_preset", *options], ALL_KEYS),
         **{k: v for k, v in fixed.items() if v is not None},
     }
-    from gptlab.compare import resolve_architecture, run_config_json
+    from gptlab.compare import names_weights, resolve_architecture, run_config_json
 
-    run_dir = run_config_json(args.preset)  # a run directory: the architecture it trained, its own batch
-    is_file = names_a_file(args.preset) and run_dir is None
+    weights = names_weights(args.preset)  # a checkpoint or a Hugging Face folder: its weights' architecture
+    run_dir = None if weights else run_config_json(args.preset)  # a run directory: what it trained, its batch
+    is_file = names_a_file(args.preset) and run_dir is None and not weights
     known = [*ARCH_FIELDS, "arch_preset"] if is_file else ARCH_FIELDS
     options = [k for k in vars(args) if k not in ("preset", "func", "command")]
     for key in overrides:  # a typo of the command's own options is suggested too
@@ -138,6 +139,12 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
                 f"--{', --'.join(options)} and the architecture keys ({', '.join(ARCH_FIELDS)})"
             )
     file_values = load_config_file(args.preset) if is_file else {}
+    if weights:  # a gptlab checkpoint records its run's settings (batch, dtype): planned as that run
+        from gptlab.model.convert import weights_record
+
+        record = weights_record(Path(args.preset)) or {}
+        config = record.get("config") if record.get("format") == "gptlab" else None
+        file_values = dict(config.get("train") or {}) if isinstance(config, dict) else {}
     if run_dir is not None:
         file_values = json.loads(run_dir.read_text(encoding="utf-8")).get("train", {})
         startup = _startup(run_dir.parent)
