@@ -199,12 +199,15 @@ def train_and_compare(
         require_matplotlib("gptlab compare --train (its plots and report.html)")
     # labels and sources only: the trained architectures are the shrunk ones _run_values builds, where the
     # overrides apply on top of TRAIN_DEFAULTS (--n_embd=128 is valid at its n_head=4, not at a preset's 12)
-    from gptlab.compare import _unique_labels, run_config_json
+    from gptlab.compare import _unique_labels, names_weights, run_config_json
 
     for name in names:
-        if run_config_json(name) is not None:
+        what = "a checkpoint or model folder" if names_weights(name) else None
+        if what is None and run_config_json(name) is not None:
+            what = "a run directory"
+        if what is not None:
             raise ConfigError(
-                f"{name!r} is a run directory: --train trains presets and config files from scratch, side by side; "
+                f"{name!r} is {what}: --train trains presets and config files from scratch, side by side; "
                 "compare trained runs without --train, or name the run's preset or config file"
             )
     archs = [resolve_architecture(n) for n in names]

@@ -549,6 +549,8 @@ def test_a_checkpoint_or_hugging_face_folder_is_its_weights_architecture(
     what_if = resolve_architecture(str(tmp_path / "run" / "ckpt.pt"), {"n_layer": 4})
     assert what_if.config.n_layer == 4 and what_if.label == "run (n_layer=4)"
     assert main(["compare", str(tmp_path / "hf"), "llama"]) == 0
+    assert main(["compare", str(tmp_path / "hf"), "llama", "--train", "--max_iters=1"]) == 2  # not trained anew
+    assert "is a checkpoint or model folder: --train trains presets and config files" in capsys.readouterr().err
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     assert main(["flops", str(tmp_path / "notes.pt")]) == 2
     assert "no architecture can be read from it" in capsys.readouterr().err
