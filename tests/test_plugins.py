@@ -75,6 +75,20 @@ def own_components() -> Iterator[None]:
     del POSITION_ENCODING_REGISTRY["table_bias_t"], POSITION_ENCODING_REGISTRY["partial_rope_t"]
 
 
+def test_a_registry_takes_names_a_key_can_hold_and_callables_only() -> None:
+    """A number, a name with a space or a comma (plugins and overrides split on commas), or a non-callable were
+    taken, to fail later as another error."""
+    for name, component, said in (
+        (3, DeepFFN, "name 3 is invalid"),
+        ("deep ffn", DeepFFN, "name 'deep ffn' is invalid"),
+        ("a,b", DeepFFN, "name 'a,b' is invalid"),
+        ("number_t", 42, "42 is not callable"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            FFN_REGISTRY[name] = component  # type: ignore[index]
+        assert name not in FFN_REGISTRY
+
+
 def test_a_builtin_name_cannot_be_taken_over_and_ones_own_can_be_replaced() -> None:
     with pytest.raises(ValueError, match="normalization 'rmsnorm' is built in"):
         NORM_REGISTRY["rmsnorm"] = ScalarGainNorm

@@ -29,7 +29,14 @@ class Registry(dict[str, Any]):
         export) would describe the wrong component. A name already registered by other code is refused
         too (two plugins, or two classes in one file, would otherwise leave whichever came last);
         the same definition registered again (a config file run twice, or run and then imported as a
-        plugin) replaces it."""
+        plugin) replaces it. The name must be one a config key can hold (a string without spaces or commas:
+        plugins and overrides are comma-separated), the component callable."""
+        if not isinstance(name, str) or not name or any(c.isspace() or c == "," for c in name):
+            raise ValueError(
+                f"{self.kind} name {name!r} is invalid: expected a non-empty string without spaces or commas"
+            )
+        if not callable(component):
+            raise ValueError(f"{self.kind} {name!r}: {component!r} is not callable (a class, or a function)")
         old = self.get(name)
         if old is not None and old is not component:
             if is_builtin(old):

@@ -256,7 +256,10 @@ def _meta_failure(e: Exception) -> str | None:
     router's nonzero), or None when the error is the component's own bug, which training would hit too."""
     if not isinstance(e, NotImplementedError) and "meta" not in str(e).lower():
         return None
-    return f"{type(e).__name__}: {first_line(e)[:80]}" if str(e).strip() else type(e).__name__
+    line = first_line(e)
+    return (
+        f"{type(e).__name__}: {line if len(line) <= 160 else line[:157] + '...'}" if line.strip() else type(e).__name__
+    )
 
 
 def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, bool]:
