@@ -17,6 +17,7 @@ from gptlab.cli import main
         (["compare", "gpt2", "--out_dir=x"], "--out_dir is where --train writes"),
         (["arch", "gpt2", "--normalization=RMSNorm"], r"not one of .* \(did you mean 'rmsnorm'\?\)"),  # case alone
         (["arch", "gpt2", "--attention_backend=SDPA"], r"not one of .* \(did you mean 'sdpa'\?\)"),
+        (["arch", "custom", "--normalization=scalenorm"], r"\); a component of your own is imported with --plugins="),
         (["compare", "gpt2", "--gpu_memory_gb=80"], "--gpu_memory_gb is an option of `gptlab plan`"),
         (["arch", "config/full_llama_124m.py", "--learning_rate=2"], "--learning_rate is a training setting"),
         (["flops", "run.yaml"], "config file 'run.yaml' does not exist"),  # a file, not "arch_preset='run.yaml'"

@@ -90,7 +90,10 @@ class Registry(dict[str, Any]):
         try:
             return self[name]
         except (KeyError, TypeError):  # TypeError: unhashable value from a bad config
-            raise unknown_choice(self.kind, name, self.keys()) from None
+            error = unknown_choice(self.kind, name, self.keys())
+            if isinstance(name, str):  # one's own component not imported looked like a typo of a built-in
+                error.args = (f"{error}; a component of your own is imported with --plugins=MODULE_OR_FILE",)
+            raise error from None
 
 
 def is_builtin(component: Any) -> bool:
