@@ -57,6 +57,12 @@ class ModelArchitectureConfig:
     init_std: float = 0.02
     scaled_residual_init: bool = True
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> ModelArchitectureConfig:
+        """A misspelt keyword is one ConfigError naming the nearest key (the dataclass's own __init__ raised
+        "unexpected keyword argument" for ``ModelArchitectureConfig(n_layers=3)``)."""
+        _reject_unknown_keys(kwargs)
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         self.validate()
 

@@ -110,6 +110,14 @@ def test_registered_components_that_change_the_function_are_named() -> None:
         del FFN_REGISTRY["any_gate_t"], ATTENTION_BACKEND_REGISTRY["capped_name_t"]
 
 
+def test_a_misspelt_keyword_to_the_class_itself_is_one_config_error() -> None:
+    """ModelArchitectureConfig(n_layers=3) raised the dataclass's bare TypeError; get_preset_config named the key."""
+    from gptlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown architecture key 'n_layers' \(did you mean 'n_layer'\?\)"):
+        ModelArchitectureConfig(n_layers=3)  # type: ignore[call-arg]
+
+
 def test_round_trip_through_dict() -> None:
     c = get_preset_config("hybrid", n_layer=3)
     assert ModelArchitectureConfig.from_dict(c.to_dict()) == c
