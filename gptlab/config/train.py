@@ -137,6 +137,14 @@ class TrainConfig:
     sample_tokens: int = 200
     sample_prompt: str = "\n"
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
+        """A misspelt keyword is one ConfigError naming the nearest key (not the dataclass's bare TypeError)."""
+        fields = cls.__dataclass_fields__
+        for key in kwargs:
+            if key not in fields:
+                raise ConfigError(f"unknown training key {key!r}{did_you_mean(key, list(fields))}")
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         check_field_types(self)
         for key in ("out_dir", "data_dir"):  # `--out_dir=~/runs/x` (no shell expands '~' after '='): the home

@@ -116,6 +116,10 @@ def test_a_misspelt_keyword_to_the_class_itself_is_one_config_error() -> None:
 
     with pytest.raises(ConfigError, match=r"unknown architecture key 'n_layers' \(did you mean 'n_layer'\?\)"):
         ModelArchitectureConfig(n_layers=3)  # type: ignore[call-arg]
+    from gptlab.config.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"unknown training key 'max_iter' \(did you mean 'max_iters'\?\)"):
+        TrainConfig(max_iter=3)  # type: ignore[call-arg]
 
 
 def test_round_trip_through_dict() -> None:
