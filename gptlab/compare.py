@@ -142,7 +142,10 @@ def names_weights(name: str) -> bool:
     import zipfile
 
     from gptlab.checkpoint import is_dcp_dir
+    from gptlab.config.model import PRESETS
 
+    if name in PRESETS:  # a preset's name wins over a folder of that name (a Hub clone of gpt2), as for runs
+        return False
     path = Path(name).expanduser()
     if path.is_file():
         return path.suffix in (".pt", ".pth", ".bin") or zipfile.is_zipfile(path)  # (a torch.save archive)

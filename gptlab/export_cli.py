@@ -108,7 +108,9 @@ def _check_hf_folder_matches(src: Path, ckpt: dict[str, Any]) -> None:
 
     loaded = ConfigurableGPT.from_pretrained(src).state_dict()
     saved = clean_state_dict(ckpt["model"])
-    written = getattr(torch, str(_read_json_field(src / "config.json", "torch_dtype") or "float32"), torch.float32)
+    config = src / "config.json"  # (transformers 5 writes 'dtype', earlier ones and gptlab 'torch_dtype')
+    name = _read_json_field(config, "torch_dtype") or _read_json_field(config, "dtype") or "float32"
+    written = getattr(torch, str(name), torch.float32)
     if not isinstance(written, torch.dtype):  # a hand-edited name: compared as they load
         written = torch.float32
     # the ckpt.pt's weights as --dtype wrote them (bfloat16 files hold them rounded), then as they loaded
@@ -153,9 +155,13 @@ def register(sub: Any) -> None:
         "checkpoint", type=path_argument, help="a ckpt.pt, a ckpt-ITER.dcp directory, or a run directory (its latest)"
     )
     p.add_argument(
-        "out", type=path_argument, help="output directory: OUT/ckpt.pt (and config.json + model.safetensors with --hf)"
+        "out", type=path_argument, help="output directory: OUT/ckpt.pt (and the Hugging Face files with --hf)"
     )
-    p.add_argument("--hf", action="store_true", help="also write Hugging Face config.json + model.safetensors")
+    p.add_argument(
+        "--hf",
+        action="store_true",
+        help="also write Hugging Face config.json, generation_config.json, model.safetensors",
+    )
     p.add_argument(
         "--dtype",
         default="float32",
@@ -222,6 +228,9 @@ def _refuse_foreign_model_files(out: Path) -> None:
     foreign -= {"model.safetensors", "generation_config.json"}  # an export's own (a foreign folder's: below)
     if not (out / CHECKPOINT_NAME).is_file():  # no export of gptlab's: its Hugging Face files are someone else's
         foreign |= {name for name in HF_EXPORT_FILES if (out / name).exists()}
+    # an earlier export that transformers saved over (a fine-tune): its files say so (gptlab writes no
+    # transformers_version), and the weights there are the fine-tune's, not the export's to replace
+    foreign |= {name for name in ("config.json", "generation_config.json") if _saved_by_transformers(out / name)}
     if foreign:
         from gptlab.errors import ConfigError
 
@@ -230,6 +239,11 @@ def _refuse_foreign_model_files(out: Path) -> None:
             f"export destination {str(out)!r} holds model files no gptlab export wrote ({', '.join(names[:4])}"
             f"{', ...' if len(names) > 4 else ''}): export to an empty folder, or into an earlier export's"
         )
+
+
+def _saved_by_transformers(path: Path) -> bool:
+    """A config file that transformers' save_pretrained wrote (it records its version; gptlab's export does not)."""
+    return path.is_file() and _read_json_field(path, "transformers_version") is not None
 
 
 def _remove_hf_export(out: Path) -> None:

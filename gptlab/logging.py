@@ -555,6 +555,9 @@ class TrainingLogger:
             kind, t = record.get("type"), record.get("time")
             if kind == "startup" or not sessions:
                 start = (record.get("training") or {}).get("start_iter") if kind == "startup" else None
+                if sessions and not sessions[-1]["iters"]:
+                    sessions.pop()  # a session that logged no step: not the one summarized
+                sessions[:-1] = []  # the last session with steps, and the one now read: no more in memory
                 sessions.append({"start": start, "iters": [], "evals": [], "times": []})
             session = sessions[-1]
             if kind == "iter":
@@ -568,7 +571,8 @@ class TrainingLogger:
             return None
         session = trained[-1]
         self.iters, self.evals = session["iters"], session["evals"]
-        self.start_clock = time.perf_counter() - (max(session["times"]) - min(session["times"]))  # its time
+        if session["times"]:  # its training time, not this session's few milliseconds
+            self.start_clock = time.perf_counter() - (max(session["times"]) - min(session["times"]))
         return session["start"] if isinstance(session["start"], int) else None
 
     def finalize(self, *, exit_code: int = 0, **extra: Any) -> dict[str, Any]:

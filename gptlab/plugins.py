@@ -173,11 +173,13 @@ def component_plugins(arch: Any) -> tuple[str, list[str]]:
         file = getattr(module, "__file__", None)
         if module_name == "__main__" or module is None:
             unimportable.append(f"{registry.kind}={name!r}")
-        elif "." not in module_name and file:
+        elif module_name.split(".")[0] == "torch":
+            continue  # a partial of a torch function: torch imports itself
+        elif "." not in module_name and isinstance(file, str) and file.endswith(".py") and "," not in file:
             entries.append(str(Path(file).resolve()))
-        else:
+        elif "," not in module_name:  # (an extension module, a package's module: by name)
             entries.append(module_name)
-    return merge_plugins(", ".join(entries)), unimportable
+    return ", ".join(dict.fromkeys(entries)), unimportable
 
 
 def add_plugins_option(parser: Any) -> None:

@@ -646,6 +646,8 @@ def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the
     assert transformers.AutoModelForCausalLM.from_pretrained(half).dtype == torch.bfloat16
     assert load_checkpoint(half)["model"]["wte.weight"].dtype == torch.float32
     export_checkpoint(half, tmp_path / "half_again", hf=True, dtype="bfloat16")
+    transformers.AutoModelForCausalLM.from_pretrained(half).save_pretrained(half)  # unchanged: its dtype as 'dtype'
+    export_checkpoint(half, tmp_path / "half_resaved", hf=True, dtype="bfloat16")  # still its own weights
     with pytest.raises(ConfigError, match=r"--dtype=bfloat16 sets the Hugging Face files' precision: give --hf"):
         export_checkpoint(run, tmp_path / "no_hf", dtype="bfloat16")
     hf = transformers.AutoModelForCausalLM.from_pretrained(first)
@@ -656,6 +658,11 @@ def test_an_hf_export_whose_weights_transformers_replaced_is_not_exported_as_the
     with pytest.raises(CheckpointError, match=r"is a Hugging Face folder whose weights changed after gptlab exported"):
         export_checkpoint(first, tmp_path / "stale", hf=True)
     assert not (tmp_path / "stale").exists()
+    fine_tuned = (first / "model.safetensors").read_bytes()  # nor is the fine-tune overwritten by an export into it
+    for hf_files in (True, False):
+        with pytest.raises(ConfigError, match=r"holds model files no gptlab export wrote \(config.json, generation"):
+            export_checkpoint(run, first, hf=hf_files)
+    assert (first / "model.safetensors").read_bytes() == fine_tuned
     import sys  # installed without the hf extra, nothing there reads the Hugging Face weights: ckpt.pt is exported
 
     monkeypatch.setitem(sys.modules, "safetensors", None)

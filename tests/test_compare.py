@@ -521,7 +521,7 @@ def test_compare_names_its_presets_positionally(capsys: pytest.CaptureFixture[st
 
 
 def test_a_checkpoint_or_hugging_face_folder_is_its_weights_architecture(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """gptlab arch, flops, plan and compare took a ckpt.pt for a config file ('not a .py file') and an export's
     Hugging Face folder for a run ('not a gptlab run's config.json'): each is the architecture its record gives."""
@@ -551,6 +551,9 @@ def test_a_checkpoint_or_hugging_face_folder_is_its_weights_architecture(
     assert main(["compare", str(tmp_path / "hf"), "llama"]) == 0
     assert main(["compare", str(tmp_path / "hf"), "llama", "--train", "--max_iters=1"]) == 2  # not trained anew
     assert "is a checkpoint or model folder: --train trains presets and config files" in capsys.readouterr().err
+    model.save_pretrained(tmp_path / "gpt2")  # a Hub clone named like a preset: the preset wins, as for runs
+    monkeypatch.chdir(tmp_path)
+    assert resolve_architecture("gpt2").config.n_layer == 12
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     assert main(["flops", str(tmp_path / "notes.pt")]) == 2
     assert "no architecture can be read from it" in capsys.readouterr().err

@@ -791,3 +791,32 @@ def test_a_registered_position_encodings_linear_layers_count_as_non_embedding_pa
         assert model.get_num_params(non_embedding=True) == expected == count_parameters(config, non_embedding=True)
     finally:
         del POSITION_ENCODING_REGISTRY["mixed_positions_t"]
+
+
+def test_a_backend_counted_as_none_or_given_alibis_bias_is_measured_as_training_runs_it() -> None:
+    """A custom operator with a fake kernel (flash-attn's, xformers') counts no FLOPs on the meta device: its
+    attention rows fell to 0 with no word. A backend that adds ALiBi's bias failed its measurement (bias=None)."""
+    from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY
+
+    @torch.library.custom_op("gptlab_test::opaque_attention", mutates_args=())
+    def opaque(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    @opaque.register_fake
+    def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(q)
+
+    def with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.Tensor, dropout_p: float):
+        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias  # needs the bias: None fails
+        return scores.softmax(-1) @ v
+
+    ATTENTION_BACKEND_REGISTRY["opaque_t"] = lambda q, k, v, *, bias, dropout_p: opaque(q, k, v)
+    ATTENTION_BACKEND_REGISTRY["with_bias_t"] = with_bias
+    try:
+        flops = compute_flops(get_debug_config("custom", attention_backend="opaque_t"))
+        assert flops.row("attn_scores (full-square)").forward > 0
+        assert any("FlopCounterMode counted none of its work" in c for c in flops.caveats)
+        alibi = compute_flops(get_debug_config("custom", attention_backend="with_bias_t", position_encoding="alibi"))
+        assert alibi.caveats == [] and alibi.row("attn_scores (full-square)").note == "PaLM/nanoGPT convention"
+    finally:
+        del ATTENTION_BACKEND_REGISTRY["opaque_t"], ATTENTION_BACKEND_REGISTRY["with_bias_t"]

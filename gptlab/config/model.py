@@ -8,6 +8,7 @@ recomputes them instead of carrying stale values.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -312,6 +313,16 @@ def _position_class(name: str) -> Any:
 
 
 ARCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelArchitectureConfig))
+
+
+def keep_init_signature(cls: type) -> None:
+    """The fields as the class's signature (help(), an IDE, signature-driven parsers): its ``__new__``, which
+    names a misspelt keyword, would show ``(*args, **kwargs)``."""
+    signature = inspect.signature(cls.__init__)
+    cls.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])  # type: ignore[attr-defined]
+
+
+keep_init_signature(ModelArchitectureConfig)
 
 
 def _reject_unknown_keys(values: dict[str, Any]) -> None:

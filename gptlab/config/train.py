@@ -31,6 +31,7 @@ from gptlab.config.model import (
     check_field_types,
     check_keys_take_effect,
     get_preset_config,
+    keep_init_signature,
 )
 from gptlab.config.overrides import pair_hint, parse_overrides, refuse_legacy_launcher
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice, without_suggestion
@@ -356,6 +357,7 @@ def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> No
 
 
 TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+keep_init_signature(TrainConfig)
 ALL_KEYS: tuple[str, ...] = TRAIN_FIELDS + ARCH_FIELDS
 
 
@@ -780,6 +782,8 @@ def _registering_file(path: str | Path, from_file: dict[str, Any]) -> str | None
 def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> RunConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` -> RunConfig; later values win, as in nanoGPT.
     ``defaults`` (e.g. the quick-start settings) apply under both."""
+    if not isinstance(args, (str, bytes)):
+        args = list(args)  # a generator, read once: checked here, then parsed
     if isinstance(args, (str, bytes)) or not all(isinstance(arg, str) for arg in args):  # a str iterates by char
         raise ConfigError(
             f"parse_run_args takes a list of arguments as a command line has them, e.g. ['config/x.py', "

@@ -353,9 +353,11 @@ def _registered_attention_flops(config: ModelArchitectureConfig, S: int, rows: l
     with torch.device("meta"):
         q = torch.empty(1, config.n_head, S, config.head_dim)
         kv = torch.empty(1, config.kv_heads, S, config.head_dim)
+        # the bias an encoding adds to the scores (ALiBi's, the mask included), as training passes it
+        bias = torch.empty(1, config.n_head, S, S) if config.position_attention_bias else None
     try:
         with FlopCounterMode(display=False) as counter:
-            backend(q, kv, kv, bias=None, dropout_p=0.0)
+            backend(q, kv, kv, bias=bias, dropout_p=0.0)
     except Exception as e:  # a kernel of its own (Triton, CUDA) takes no meta tensors: not the backend's bug
         return (
             f"attention_backend {name!r}: counted as standard attention (QK^T and AV); it cannot run on the meta "
@@ -363,6 +365,11 @@ def _registered_attention_flops(config: ModelArchitectureConfig, S: int, rows: l
         )
     measured = counter.get_total_flops() / S  # forward, per token, one layer
     standard = sum(r.forward for r in rows if r.convention == "full-square")
+    if measured <= 0:  # a custom op with a fake kernel (flash-attn's, xformers'): FlopCounterMode counts none
+        return (
+            f"attention_backend {name!r}: counted as standard attention (QK^T and AV); FlopCounterMode counted "
+            "none of its work on the meta device (a custom operator)"
+        )
     if standard <= 0 or abs(measured - standard) <= 1e-6 * standard:
         return None
     scale = measured / standard

@@ -370,7 +370,8 @@ class Trainer:
         self._weights_source = cfg.init_from  # a resume: the checkpoint's path
         self.arch, ckpt, pretrained = self._resolve_init(run)
         self._unimportable: list[str] = []  # registered components no later process can import (__main__'s)
-        if not cfg.plugins.strip():  # started from Python, none given: the modules its components come from
+        inferred = not cfg.plugins.strip()
+        if inferred:  # started from Python, none given: the modules its components come from
             cfg.plugins, self._unimportable = component_plugins(self.arch)
         check_sdpa_backend(cfg.sdpa_backend, self.arch.attention_backend, self.device.type)
         prefer_sdpa_kernel(cfg.sdpa_backend, self.device.type)  # before any compile traces the attention
@@ -391,7 +392,9 @@ class Trainer:
         # a mismatch fails here, not in a hang; with the iteration resumed from and the data itself (nodes read
         # their own disks: the same data may lie at another data_dir there, or other data at the same one)
         same = self.run_config.to_dict()
-        same["train"] = {k: v for k, v in same["train"].items() if k != "data_dir"}
+        # (and plugins found from the components' modules: a checkout at another path on another node)
+        local = {"data_dir", *(["plugins"] if inferred else [])}
+        same["train"] = {k: v for k, v in same["train"].items() if k not in local}
         data = {k: self.meta.get(k) for k in ("vocab_size", "dtype", "tokens", "tokenizer")}
         data["sha256"] = (self.meta.get("source") or {}).get("sha256")
         parallel.check_same_config({**same, "start_iter": max(self._resumed_iter, 0), "dataset": data}, self.dist)

@@ -120,6 +120,10 @@ def test_a_misspelt_keyword_to_the_class_itself_is_one_config_error() -> None:
 
     with pytest.raises(ConfigError, match=r"unknown training key 'max_iter' \(did you mean 'max_iters'\?\)"):
         TrainConfig(max_iter=3)  # type: ignore[call-arg]
+    import inspect  # the fields stay the classes' signatures (help(), an IDE), not __new__'s (*args, **kwargs)
+
+    assert list(inspect.signature(ModelArchitectureConfig).parameters)[:2] == ["n_layer", "n_embd"]
+    assert "max_iters" in inspect.signature(TrainConfig).parameters
 
 
 def test_round_trip_through_dict() -> None:

@@ -1107,6 +1107,7 @@ def test_train_from_python_leaves_the_callers_settings(data_dir: Path, tmp_path:
         resolve_run_config({**values, "n_head": 3})
     with pytest.raises(ConfigError, match=r"takes a list of arguments .*, not str '--max_iters=3'"):
         parse_run_args("--max_iters=3")  # it iterated by character: "config file '-' does not exist"
+    assert parse_run_args(a for a in ["--max_iters=7"]).train.max_iters == 7  # a generator, read once
     # a resume from a dict is the command line's: every setting not given is the checkpoint's (it took nanoGPT's
     # defaults: openwebtext, not prepared; given the dataset, learning rate 6e-4 and batch 12 in silence)
     resumed = {"init_from": "resume", "out_dir": str(tmp_path), "max_iters": 4, "data_dir": str(data_dir)}
