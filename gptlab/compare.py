@@ -268,10 +268,7 @@ def compute_figures(
         activation_checkpointing=activation_checkpointing,
     )
     spec = get_gpu_spec(gpu)
-    precision = spec.training_precision(dtype)
-    peak = spec.peaks.get(precision)
-    if peak is None:
-        raise spec.no_peak_error(gpu, precision)
+    _, peak = spec.training_peak(gpu, dtype)
     return {
         "architecture": config.get_architecture_name(),
         "params_total": count_parameters(config),

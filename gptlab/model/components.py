@@ -95,6 +95,12 @@ def checked_component(
     return component
 
 
+def linear_parameter_ids(module: nn.Module) -> set[int]:
+    """The ids of the parameters of ``module``'s ``nn.Linear`` layers: a registered position encoding's matmul
+    weights, which count as non-embedding parameters where its table (a lookup) does not."""
+    return {id(p) for m in module.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
+
+
 def _interface_error(registry: Any, name: str, component: Any, interface: str, error: Exception) -> ConfigError:
     return ConfigError(
         f"{registry.kind}={name!r}: {getattr(component, '__name__', component)!r} must take {interface} "

@@ -24,6 +24,7 @@ from gptlab.model.components import (
     build_activation,
     build_ffn,
     build_norm,
+    linear_parameter_ids,
     position_encoding_for,
 )
 from gptlab.model.loss import linear_cross_entropy, loss_dtype
@@ -210,7 +211,7 @@ class ConfigurableGPT(nn.Module):
         they double as the LM head)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            linear = {id(p) for m in self.pos_encoding.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+            linear = linear_parameter_ids(self.pos_encoding)
             n -= sum(p.numel() for p in self.pos_encoding.parameters() if id(p) not in linear)
             if not self.config.weight_tying:
                 n -= self.wte.weight.numel()

@@ -264,11 +264,7 @@ def _throughput_peak(args: argparse.Namespace) -> tuple[Any, str, float] | None:
     from gptlab.telemetry.hardware import get_gpu_spec
 
     spec = get_gpu_spec(args.gpu)
-    precision = spec.training_precision(args.dtype)
-    peak = spec.peaks.get(precision)
-    if peak is None:
-        raise spec.no_peak_error(args.gpu, precision)
-    return spec, precision, peak
+    return spec, *spec.training_peak(args.gpu, args.dtype)
 
 
 def _print_throughput(config: ModelArchitectureConfig, args: argparse.Namespace, seq_len: int, gpus: int) -> None:

@@ -256,10 +256,15 @@ def _meta_failure(e: Exception) -> str | None:
     router's nonzero), or None when the error is the component's own bug, which training would hit too."""
     if not isinstance(e, NotImplementedError) and "meta" not in str(e).lower():
         return None
+    return _said(e)
+
+
+def _said(e: Exception) -> str:
+    """An error in a note's words: its type and first line, cut with an ellipsis (mid-word, it read ', )')."""
     line = first_line(e)
-    return (
-        f"{type(e).__name__}: {line if len(line) <= 160 else line[:157] + '...'}" if line.strip() else type(e).__name__
-    )
+    if not line.strip():
+        return type(e).__name__
+    return f"{type(e).__name__}: {line if len(line) <= 160 else line[:157] + '...'}"
 
 
 def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, bool]:
@@ -361,7 +366,7 @@ def _registered_attention_flops(config: ModelArchitectureConfig, S: int, rows: l
     except Exception as e:  # a kernel of its own (Triton, CUDA) takes no meta tensors: not the backend's bug
         return (
             f"attention_backend {name!r}: counted as standard attention (QK^T and AV); it cannot run on the meta "
-            f"device to be measured ({type(e).__name__}: {first_line(e)[:80]})"
+            f"device to be measured ({_said(e)})"
         )
     measured = counter.get_total_flops() / S  # forward, per token, one layer
     standard = sum(r.forward for r in rows if r.convention == "full-square")

@@ -41,6 +41,15 @@ class GpuSpec:
         key = precision_key(dtype)
         return self.dense_peak("tf32" if key in ("fp32", "tf32") else key)[0]
 
+    def training_peak(self, gpu: str, dtype: Any) -> tuple[str, float]:
+        """(the precision a run in ``dtype`` trains at here, its dense peak); one ConfigError where the card has
+        no units for it (``gpu``: the name typed, for the message)."""
+        precision = self.training_precision(dtype)
+        peak = self.peaks.get(precision)
+        if peak is None:
+            raise self.no_peak_error(gpu, precision)
+        return precision, peak
+
     def no_peak_error(self, gpu: str, precision: str) -> ConfigError:
         """The one line for a precision this card has no units for, naming the --dtype it trains at instead."""
         dtypes = {"fp16": "float16", "fp32": "float32"}  # (a V100 trains float32 at its FP32 rate: no TF32)

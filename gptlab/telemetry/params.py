@@ -39,7 +39,9 @@ def _meta_params(module_factory: object, prefix: str, linear_only: bool = False)
     multiplied: left out of the non-embedding count, as the model's ``get_num_params`` does)."""
     with torch.device("meta"):
         module = module_factory()  # type: ignore[operator]
-    linear = {id(p) for m in module.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)}
+    from gptlab.model.components import linear_parameter_ids
+
+    linear = linear_parameter_ids(module)
     return [
         TensorShape(f"{prefix}.{n}", tuple(p.shape), id(p) in linear if linear_only else p.dim() >= 2)
         for n, p in module.named_parameters()

@@ -1143,8 +1143,6 @@ class Trainer:
         log.jsonl (rank 0's) up to it; steps a killed session logged past it were lost with it."""
         if not self.master:
             return
-        from gptlab.logging import log_records
-
         with contextlib.suppress(OSError, GptlabError):
             records = (  # streamed: a long run's log is hundreds of MB
                 r
