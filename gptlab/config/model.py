@@ -378,11 +378,22 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
     allowed = _allowed_types(hint)
     if not _type_ok(value, allowed):
         names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+        if float in allowed and isinstance(value, str) and _non_finite(value):  # --learning_rate=nan: a float,
+            raise ConfigError(f"{name}={value} is invalid: expected a finite {names}")  # not text, to the user
         spelled = ""
         if bool in allowed and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             spelled = f" (write {value.lower() in ('true', 'yes', '1')}: Python's spelling, as nanoGPT's)"
         raise ConfigError(f"{name}={value!r} has type {type(value).__name__}, expected {names}{spelled}")
     return float(value) if float in allowed and int not in allowed and type(value) is int else value
+
+
+def _non_finite(text: str) -> bool:
+    """Whether ``text`` is how float() spells a non-finite number ('nan', 'inf', '-Infinity'), which
+    ``ast.literal_eval`` leaves as text."""
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 _check_types = check_field_types

@@ -84,6 +84,8 @@ def test_config_file_then_overrides() -> None:
         (["--learning_rat=1e-3"], "did you mean 'learning_rate'"),
         (["--batch_size=twelve"], "batch_size='twelve' has type str, expected int"),
         (["--compile=yes"], "compile='yes' has type str, expected bool"),
+        (["--learning_rate=nan"], "learning_rate=nan is invalid: expected a finite float$"),  # float() reads it
+        (["--peak_tflops=inf"], "peak_tflops=inf is invalid: expected a finite float or None$"),
         (["--max_iters=1.5"], "max_iters=1.5"),
         (["--device=tpu"], "device='tpu' is not one of"),
         (["--dtype=fp16"], "dtype='fp16'"),
