@@ -6,13 +6,17 @@ import argparse
 import contextlib
 import io
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from gptlab import parallel
 from gptlab.config.train import parse_run_args
+from gptlab.data.datasets import ensure_prepared
+from gptlab.data.storage import is_ready
 from gptlab.model import loss_kernel
 from gptlab.parallel import PT_DTYPES
 from gptlab.train.loop import Trainer
@@ -117,6 +121,16 @@ def inductor_setting(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{value!r} is not a Python literal") from None
 
 
+def prepared_dataset(name: str, data_dir: str) -> Path:
+    """The dataset's folder, prepared first where it is an embedded one not there yet, which is said (on stderr,
+    beside the table): a benchmark run in a fresh folder otherwise leaves a data/ behind without a word."""
+    fresh = not is_ready(Path(data_dir) / name)
+    path = ensure_prepared(name, data_dir)
+    if fresh:
+        print(f"note: prepared the {name!r} dataset in {path} (it was not there)", file=sys.stderr, flush=True)
+    return path
+
+
 def build_trainer(a: argparse.Namespace) -> Trainer:
     """A Trainer for the flags of ``add_run_args`` (writing to ``--out_dir``, replaced every time)."""
     if a.inductor_config:
@@ -124,6 +138,7 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
 
         for key, value in a.inductor_config:  # read when the model compiles (its first step)
             setattr(inductor, key, value)
+    prepared_dataset(a.dataset, a.data_dir)
     args = [
         f"--arch_preset={a.preset!r}",
         f"--n_layer={a.n_layer}",

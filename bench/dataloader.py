@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import at_least, int_list  # bench/common.py (scripts run from bench/ or by path)
+from common import at_least, int_list, prepared_dataset  # bench/common.py (scripts run from bench/ or by path)
 
-from gptlab.data.datasets import ensure_prepared
 from gptlab.data.loader import BatchLoader
 from gptlab.device import resolve_device
 
@@ -27,7 +26,7 @@ def main() -> None:
     if not a.seconds > 0:
         p.error(f"--seconds={a.seconds} must be > 0")
     device = resolve_device(a.device)  # one line for a device that is not here (or misspelt), not torch's error
-    path = ensure_prepared(a.dataset, a.data_dir)
+    path = prepared_dataset(a.dataset, a.data_dir)
     print(f"{'dataset':14s} {'B':>4s} {'T':>6s} {'batches/s':>11s} {'tokens/s':>14s} {'us/batch':>9s}")
     for block in a.block_size:
         loader = BatchLoader(path, "train", a.batch_size, block, device=device, seed=0)

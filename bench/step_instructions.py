@@ -22,7 +22,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import add_run_args, at_least, build_trainer, make_steps  # bench/common.py: run from bench/ or by path
+from common import (  # bench/common.py: run from bench/ or by path
+    add_run_args,
+    at_least,
+    build_trainer,
+    make_steps,
+    prepared_dataset,
+)
 
 
 def run_flags(a: argparse.Namespace) -> list[str]:
@@ -95,9 +101,7 @@ def main() -> None:
         p.error("valgrind not found (Debian: apt-get install valgrind)")
     from concurrent.futures import ThreadPoolExecutor
 
-    from gptlab.data.datasets import ensure_prepared
-
-    ensure_prepared(a.dataset, a.data_dir)  # once, before workers that would race to prepare it
+    prepared_dataset(a.dataset, a.data_dir)  # once, before workers that would race to prepare it
     runs = [(loop, n) for loop in ("plain", "gptlab") for n in (a.warmup, a.warmup + a.steps)]
     with tempfile.TemporaryDirectory(prefix="gptlab-instr-") as tmp, ThreadPoolExecutor(a.jobs) as pool:
         work = Path(tmp)  # the counts do not depend on what else runs, so the workers may share the cores

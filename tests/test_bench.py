@@ -132,6 +132,15 @@ def test_telemetry_overhead_and_dataloader_tables(data_dir: Path, tmp_path: Path
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "'nosuch' is not prepared" in res.stderr
 
 
+def test_a_dataset_prepared_for_a_benchmark_is_said(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, str(ROOT / "bench" / "dataloader.py"), "--block_size", "16", "--seconds", "0.05"]
+    first, again = (subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path) for _ in range(2))
+    assert first.returncode == 0 and (tmp_path / "data" / "stdlib_char" / "train.bin").is_file()
+    assert "note: prepared the 'stdlib_char' dataset in data/stdlib_char (it was not there)" in first.stderr
+    assert again.returncode == 0 and "prepared" not in again.stderr  # there now: nothing to say
+
+
 def test_gpu_suite_plumbing_in_smoke_mode(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     """bench/gpu_suite.sh's stages run with SMOKE=1 on a CPU (tiny sizes), so a lent GPU's minutes are
     not lost to a typo; a wrong stage name is refused with the list."""
