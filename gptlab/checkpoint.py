@@ -239,8 +239,13 @@ def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
     runs = runs_inside(out_dir)
     if not why and runs:
         why = f"the run directories inside it do: {_listed(runs, '--out_dir=')}"
-    detail = f" ({why})" if why else ""
-    return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint{detail}")
+    if not why and not Path(out_dir).exists():
+        return CheckpointError(
+            f"init_from='resume' but out_dir={str(out_dir)!r} does not exist (relative paths start at {Path.cwd()}): "
+            "name the run's --out_dir"
+        )
+    why = why or "a run starts there without --init_from=resume"
+    return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint ({why})")
 
 
 def saved_summary(out_dir: str | Path) -> dict[str, Any] | None:
@@ -930,9 +935,8 @@ def _load_found(path: Path, optimizer: bool) -> dict[str, Any]:
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         inside = f"the run directories inside it hold one: {_listed(runs)}" if runs else ""
-        raise CheckpointError(
-            f"no checkpoint at {str(path)!r}: {inside or f'expected a {CHECKPOINT_NAME} written by gptlab train'}"
-        )
+        expected = f"expected the {CHECKPOINT_NAME} a training run writes in its out_dir"
+        raise CheckpointError(f"no checkpoint at {str(path)!r}: {inside or expected}")
     check_zip_crc(path)  # the weights are about to be used: a look at the settings (read_saved_settings) skips it
     ckpt = _torch_load_checked(path)
     missing = [key for key in ("model", "arch", "iter_num") if key not in ckpt]

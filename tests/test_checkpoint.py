@@ -300,9 +300,14 @@ def test_a_directory_of_runs_names_the_runs_inside(tmp_path: Path) -> None:
     flags = ", ".join(f"--out_dir={shlex.quote(str(d))}" for d in runs)
     resume_hint = f"holds no checkpoint (the run directories inside it do: {flags})"
     assert str(no_checkpoint_error(tmp_path)).endswith(resume_hint)
-    with pytest.raises(CheckpointError, match=r"expected a ckpt\.pt written by gptlab train$"):
-        load_checkpoint(tmp_path / "empty")
-    assert str(no_checkpoint_error(tmp_path / "empty")).endswith("holds no checkpoint")
+    with pytest.raises(CheckpointError, match=r"expected the ckpt\.pt a training run writes in its out_dir$"):
+        load_checkpoint(tmp_path / "empty")  # nanoGPT's too: not 'written by gptlab train'
+    empty = "holds no checkpoint (a run starts there without --init_from=resume)"
+    assert str(no_checkpoint_error(tmp_path / "empty")).endswith(empty)
+    assert str(no_checkpoint_error(tmp_path / "nothere")).endswith(  # a mistyped --out_dir: said as such
+        f"out_dir={str(tmp_path / 'nothere')!r} does not exist (relative paths start at {Path.cwd()}): name the run's "
+        "--out_dir"
+    )
 
 
 def test_a_second_ctrl_c_during_a_save_aborts_as_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -383,6 +383,8 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
         spelled = ""
         if bool in allowed and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             spelled = f" (write {value.lower() in ('true', 'yes', '1')}: Python's spelling, as nanoGPT's)"
+        elif int in allowed and isinstance(value, float) and value.is_integer() and abs(value) < 1e18:  # 1e3, 5000.0
+            spelled = f" (write {int(value)})"
         raise ConfigError(f"{name}={value!r} has type {type(value).__name__}, expected {names}{spelled}")
     return float(value) if float in allowed and int not in allowed and type(value) is int else value
 

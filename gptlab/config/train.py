@@ -232,7 +232,8 @@ class TrainConfig:
             raise ConfigError(f"fsdp_cpu_offload=True needs parallel='fsdp', got parallel={self.parallel_mode!r}")
         if self.decay_lr and self.lr_schedule != "constant" and self.min_lr > self.learning_rate:  # min_lr in use
             raise ConfigError(
-                f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}: the schedule would rise to it"
+                f"min_lr={self.min_lr} is larger than learning_rate={self.learning_rate}: the schedule would rise to "
+                f"it; pass --min_lr={self.learning_rate / 10:g} (a tenth, as nanoGPT's configs) or --decay_lr=False"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -480,6 +481,8 @@ def load_config_file(
             hint = f" (did you mean {str(path) + '.py'!r}?)"
         elif str(path).lstrip("-").replace(".", "", 1).isdigit():
             hint = " (overrides take the form --key=value, with '=')"
+        elif not path.exists() and not path.is_absolute() and (Path("config") / path).is_file():
+            hint = f" (did you mean {str(Path('config') / path)!r}?)"  # nanoGPT's: config/train_shakespeare_char.py
         elif not path.exists() and path.parent.is_dir():  # a misspelt file name: the nearest in its folder
             hint = did_you_mean(path.name, sorted(p.name for p in path.parent.glob("*.py")))
         elif not path.exists() and path.parent.name == "config":

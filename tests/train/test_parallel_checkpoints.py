@@ -372,7 +372,7 @@ def test_resume_without_checkpoint_and_file_out_dir_fail_first(data_dir: Path, t
     from gptlab.errors import CheckpointError
 
     missing = tmp_path / "none"
-    with pytest.raises(CheckpointError, match=r"init_from='resume' but .*none' holds no checkpoint"):
+    with pytest.raises(CheckpointError, match=r"init_from='resume' but out_dir=.*none' does not exist"):
         parse_run_args(tiny_args(data_dir, missing, init_from="resume", gradient_accumulation_steps=3))
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file: expected a directory"):

@@ -86,7 +86,8 @@ def test_config_file_then_overrides() -> None:
         (["--compile=yes"], "compile='yes' has type str, expected bool"),
         (["--learning_rate=nan"], "learning_rate=nan is invalid: expected a finite float$"),  # float() reads it
         (["--peak_tflops=inf"], "peak_tflops=inf is invalid: expected a finite float or None$"),
-        (["--max_iters=1.5"], "max_iters=1.5"),
+        (["--max_iters=1.5"], "max_iters=1.5 has type float, expected int$"),
+        (["--max_iters=1e3"], r"max_iters=1000.0 has type float, expected int \(write 1000\)$"),
         (["--device=tpu"], "device='tpu' is not one of"),
         (["--dtype=fp16"], "dtype='fp16'"),
         (["--lr_schedule=cosin"], "did you mean 'cosine'"),
@@ -255,7 +256,7 @@ def test_a_config_file_reads_the_defaults_and_earlier_files_as_nanogpt_configs_d
         load_config_file(tmp_path / "arch.py")
 
 
-def test_config_file_errors(tmp_path: Path) -> None:
+def test_config_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad_key = tmp_path / "bad.py"
     bad_key.write_text("n_layers = 3\n")
     with pytest.raises(ConfigError, match=r"bad.py.*unknown key 'n_layers'.*did you mean 'n_layer'"):
@@ -278,6 +279,11 @@ def test_config_file_errors(tmp_path: Path) -> None:
         parse_run_args(["--n_layer=2", str(bad_key)])
     with pytest.raises(ConfigError, match=r"bad' does not exist \(did you mean '.*bad\.py'\?\)"):
         load_config_file(tmp_path / "bad")  # the .py left out
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "train_char.py").write_text("n_layer = 2\n")
+    monkeypatch.chdir(tmp_path)  # nanoGPT's commands name config/train_char.py: the folder left out
+    with pytest.raises(ConfigError, match=r"^config file 'train_char.py' does not exist \(did you mean 'config/train_"):
+        load_config_file("train_char.py")
     for directory in (".", "/"):
         with pytest.raises(ConfigError, match=r"is a directory$"):
             load_config_file(directory)
@@ -418,7 +424,8 @@ def test_a_constant_rate_below_the_default_min_lr_can_be_asked_for() -> None:
     the --min_lr the message pointed to was refused as having no effect."""
     run = parse_run_args(["--lr_schedule='constant'", "--learning_rate=1e-5"])
     assert get_lr(5000, run.train) == 1e-5  # past the warmup
-    with pytest.raises(ConfigError, match=r"min_lr=0.001 is larger than learning_rate=0.0001: the schedule would rise"):
+    refused = r"min_lr=0.001 is larger than learning_rate=0.0001: the schedule would rise to it; pass --min_lr=1e-05 "
+    with pytest.raises(ConfigError, match=refused + r"\(a tenth, as nanoGPT's configs\) or --decay_lr=False$"):
         parse_run_args(["--learning_rate=1e-4", "--min_lr=1e-3"])
 
 
@@ -448,5 +455,5 @@ def test_a_resume_reads_out_dir_as_training_will(monkeypatch: pytest.MonkeyPatch
     from gptlab.errors import CheckpointError
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(CheckpointError, match=f"{tmp_path / 'nothing'}' holds no checkpoint"):
+    with pytest.raises(CheckpointError, match=f"out_dir='{tmp_path / 'nothing'}' does not exist"):
         parse_run_args(["--init_from='resume'", "--out_dir=~/nothing"])
