@@ -149,11 +149,29 @@ class CharTokenizer(Tokenizer):
         return cls(itos[str(i)] for i in range(len(itos)))
 
 
+def _plain_numpy_scalar(dtype: Any, data: bytes = b"") -> Any:
+    """A numpy number or string as its Python value: ``np.int64(65)`` -> 65, ``np.str_('a')`` -> 'a' (what a
+    hand-written prepare.py pickles when its vocabulary came from numpy), never an object scalar."""
+    import numpy as np
+
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufcSU" or not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"it holds a numpy scalar of dtype {dtype}; only numbers and strings are read")
+    return np.frombuffer(data, dtype=dtype, count=1)[0].item()
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
-    """Unpickles only what pickle writes without a global (dicts, lists, str, int, float...):
-    nanoGPT's meta.pkl, never code."""
+    """Unpickles only what pickle writes without a global (dicts, lists, str, int, float...), and numpy's
+    numbers and strings as Python's: nanoGPT's meta.pkl, never code."""
+
+    _NUMPY = frozenset({"numpy.core.multiarray", "numpy._core.multiarray"})
 
     def find_class(self, module: str, name: str) -> Any:
+        if module in self._NUMPY and name == "scalar":
+            return _plain_numpy_scalar
+        if module == "numpy" and name == "dtype":
+            import numpy as np
+
+            return np.dtype  # from a type code ('i8', 'U1'); its state is a tuple of plain values
         raise pickle.UnpicklingError(f"it names {module}.{name}; only plain dicts, strings and numbers are read")
 
 

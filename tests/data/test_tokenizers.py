@@ -166,3 +166,33 @@ def test_gpt2_files_are_read_in_place_not_copied_to_the_temp_folder(
         assert len(list((tmp_path / "mine").iterdir())) == 2  # vocab.bpe and encoder.json, as asked
     finally:
         gpt2_encoding.cache_clear()
+
+
+def test_a_meta_pkl_of_numpy_values_reads_as_plain_ones_and_nothing_else(tmp_path: Path) -> None:
+    """A hand-written prepare.py that took its vocabulary from numpy pickles np.int64 / np.str_: nanoGPT reads
+    that file; it was 'not nanoGPT's char meta.pkl'. Numbers and strings only: no arrays, no object scalars."""
+    import pickle
+
+    import numpy as np
+
+    from gptlab.data.tokenizers import read_nanogpt_meta
+
+    chars = sorted(set("hello world"))
+    meta = {
+        "vocab_size": np.int64(len(chars)),
+        "itos": {np.int64(i): np.str_(c) for i, c in enumerate(chars)},
+        "stoi": {np.str_(c): np.int32(i) for i, c in enumerate(chars)},
+    }
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps(meta))
+    tok = read_nanogpt_meta(tmp_path / "meta.pkl")
+    assert tok.decode(tok.encode("hello world")) == "hello world" and tok.vocab_size == len(chars)
+
+    class ObjectScalar:  # what an object-dtype scalar's pickle calls: it could hold anything
+        def __reduce__(self) -> tuple:
+            core = getattr(np, "_core", None) or np.core  # numpy 2's name, 1.x's
+            return core.multiarray.scalar, (np.dtype("O"), b"\0" * 8)
+
+    for bad, named in ((np.arange(3), r"_reconstruct"), (ObjectScalar(), r"numpy scalar of dtype object")):
+        (tmp_path / "bad.pkl").write_bytes(pickle.dumps({**meta, "extra": bad}))
+        with pytest.raises(DataError, match=rf"is not nanoGPT's char meta.pkl \(.*{named}"):
+            read_nanogpt_meta(tmp_path / "bad.pkl")
