@@ -189,7 +189,9 @@ def make_steps(trainer: Trainer, grad_accum: int) -> tuple[Callable[[], None], C
             trainer._new_graph_run()  # CUDA-graph compile modes: torch.compiler.cudagraph_mark_step_begin()
             x, y = loader.get_batch(*trainer.batch_key(it[0], micro))
             with parallel.no_grad_sync(model, dist, sync=micro == grad_accum - 1), autocast:  # nanoGPT's no_sync
-                _, loss = model(x, y)
+                # called as train_step calls it: model(x, y) alone is another torch.compile guard (return_logits),
+                # a second compile of the same model in every compiled run (a minute on a GPU), timing the same work
+                _, loss = model(x, y, return_logits=False)
             # nanoGPT: "immediately async prefetch next batch while model is doing the forward pass"
             loader.prefetch(*trainer.next_batch_key(it[0], micro))
             (loss / grad_accum).backward()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from gptlab.errors import ConfigError
@@ -105,7 +107,8 @@ def _settle_cuda_sdpa_order() -> None:
     make that first choice now, on tiny tensors, so that an order read or set afterwards stays."""
     if torch.cuda.is_available():  # (no CUDA: nothing to settle, as no CUDA call will be made)
         q = torch.zeros(1, 1, 1, 8, device="cuda")
-        torch._fused_sdp_choice(q, q, q)
+        with contextlib.suppress(RuntimeError):  # in a caller's sdpa_kernel([FLASH]) no kernel takes float32
+            torch._fused_sdp_choice(q, q, q)  # (the order is set all the same)
 
 
 def sdpa_state(cuda: bool = False) -> tuple[list[int] | None, bool]:
@@ -124,10 +127,33 @@ def set_sdpa_state(state: tuple[list[int] | None, bool]) -> None:
     torch.backends.cuda.enable_flash_sdp(flash)
 
 
+def _key_compile_caches_by(name: str) -> None:
+    """torch.compile's on-disk caches (AOTAutograd's, Inductor's) key a graph by its code and configs, not by
+    SDPA's kernel order or switches, which are read when the graph is traced: an earlier run's graph came back
+    from the cache with that run's kernel (a CPU run with sdpa_backend='math' ran flash attention). The
+    backend's name joins their key tag (restored after the run, as the kernel order is)."""
+    config = getattr(torch.compiler, "config", None)
+    if config is None or not hasattr(config, "cache_key_tag"):  # (PyTorch without the tag)
+        return
+    config.cache_key_tag = "|".join(filter(None, (config.cache_key_tag, f"gptlab-sdpa={name}")))
+
+
+def compile_cache_tag() -> str | None:
+    """The tag torch.compile's caches key every graph by (None where PyTorch has none)."""
+    config = getattr(torch.compiler, "config", None)
+    return getattr(config, "cache_key_tag", None)
+
+
+def set_compile_cache_tag(tag: str | None) -> None:
+    if tag is not None:
+        torch.compiler.config.cache_key_tag = tag
+
+
 def prefer_sdpa_kernel(name: str, device_type: str) -> None:
     """SDPA tries kernel ``name`` first on this process's ``device_type`` ('auto': PyTorch's own order)."""
     if name == "auto":
         return
+    _key_compile_caches_by(name)
     if device_type == "cuda":
         order, flash = sdpa_state(cuda=True)
         if order is None:

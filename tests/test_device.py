@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -48,8 +51,6 @@ def test_tf32_switches_are_used_as_the_caller_set_them(tmp_path: Path) -> None:
     """PyTorch 2.9+ has two TF32 switches, and reading the legacy one raises once the new one is set: train()
     read the legacy flags on every run (a CPU run included) and so refused to start; on CUDA it now sets and
     restores the switch the caller uses. In a subprocess: the switches are process-wide."""
-    import subprocess
-    import sys
 
     root = Path(__file__).resolve().parents[1]
     code = f"""
@@ -91,9 +92,9 @@ def test_prefer_sdpa_kernel_orders_cuda_and_switches_the_cpus_flash() -> None:
     ``set_sdpa_state`` gives the caller's back."""
     from torch.nn.attention import SDPBackend
 
-    from gptlab.device import prefer_sdpa_kernel, sdpa_state, set_sdpa_state
+    from gptlab.device import compile_cache_tag, prefer_sdpa_kernel, sdpa_state, set_compile_cache_tag, set_sdpa_state
 
-    before = sdpa_state()
+    before, tag = sdpa_state(), compile_cache_tag()
     order, flash = before
     try:
         prefer_sdpa_kernel("cudnn", "cuda")
@@ -105,7 +106,32 @@ def test_prefer_sdpa_kernel_orders_cuda_and_switches_the_cpus_flash() -> None:
         assert sdpa_state()[0][0] == int(SDPBackend.FLASH_ATTENTION)
         set_sdpa_state(before)
         prefer_sdpa_kernel("math", "cpu")
-        assert sdpa_state() == (order, False)
+        assert sdpa_state() == (order, False) and compile_cache_tag().endswith("gptlab-sdpa=math")
     finally:
         set_sdpa_state(before)
+        set_compile_cache_tag(tag)
     assert sdpa_state() == (order, flash) and flash
+
+
+SDPA_IN_A_COMPILED_GRAPH = """
+import sys, torch, torch.nn.functional as F
+from torch.profiler import profile
+from gptlab.device import prefer_sdpa_kernel
+prefer_sdpa_kernel(sys.argv[1], "cpu")
+attention = torch.compile(lambda q: F.scaled_dot_product_attention(q, q, q, is_causal=True).sum())
+q = torch.randn(1, 2, 16, 8, requires_grad=True)
+attention(q).backward()
+with profile() as prof:
+    attention(q).backward()
+print("flash" if any("flash" in e.name for e in prof.events()) else "math")
+"""
+
+
+def test_a_compiled_graph_from_the_cache_keeps_the_runs_sdpa_backend(tmp_path: Path) -> None:
+    """torch.compile's on-disk caches key a graph by its code, not by SDPA's switches, which decide the kernel
+    as it is traced: a 'math' run after an 'auto' one (same model, same cache) ran the cached flash graph."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH"))))
+    argv = [sys.executable, "-c", SDPA_IN_A_COMPILED_GRAPH]
+    ran = [subprocess.run([*argv, b], capture_output=True, text=True, env=env, timeout=300) for b in ("auto", "math")]
+    assert [r.stdout.strip().splitlines()[-1:] for r in ran] == [["flash"], ["math"]], ran[-1].stderr[-2000:]

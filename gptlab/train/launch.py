@@ -15,7 +15,15 @@ import torch
 
 from gptlab import parallel
 from gptlab.config.train import RunConfig
-from gptlab.device import resolve_device, sdpa_state, set_sdpa_state, set_tf32_state, tf32_state
+from gptlab.device import (
+    compile_cache_tag,
+    resolve_device,
+    sdpa_state,
+    set_compile_cache_tag,
+    set_sdpa_state,
+    set_tf32_state,
+    tf32_state,
+)
 from gptlab.errors import (
     PATH_ERRORS,
     USER_ERRORS,
@@ -77,6 +85,7 @@ def global_torch_settings_kept(cuda: bool) -> Iterator[None]:
     are theirs again afterwards."""
     tf32 = tf32_state() if cuda else None
     sdpa = sdpa_state(cuda)  # the attention kernel's order (sdpa_backend)
+    cache_tag = compile_cache_tag()  # which the compile caches are keyed by
     rng = torch.get_rng_state()
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
@@ -88,6 +97,7 @@ def global_torch_settings_kept(cuda: bool) -> Iterator[None]:
         if tf32 is not None:
             set_tf32_state(tf32)
         set_sdpa_state(sdpa)
+        set_compile_cache_tag(cache_tag)
         torch.set_rng_state(rng)
 
 

@@ -448,9 +448,9 @@ def test_sdpa_backend_puts_its_kernel_first_for_the_run(data_dir: Path, tmp_path
     another attention backend, is one line."""
     from torch.profiler import profile
 
-    from gptlab.device import sdpa_state, set_sdpa_state
+    from gptlab.device import compile_cache_tag, sdpa_state, set_compile_cache_tag, set_sdpa_state
 
-    before = sdpa_state()
+    before, tag = sdpa_state(), compile_cache_tag()
     try:
         args = tiny_args(data_dir, tmp_path / "math", sdpa_backend="math")
         trainer = Trainer(parse_run_args(args), stream=io.StringIO())
@@ -461,10 +461,12 @@ def test_sdpa_backend_puts_its_kernel_first_for_the_run(data_dir: Path, tmp_path
         trainer.logger.close()
     finally:
         set_sdpa_state(before)
+        set_compile_cache_tag(tag)
     out = io.StringIO()
     train(parse_run_args(tiny_args(data_dir, tmp_path / "again", sdpa_backend="math", max_iters=1)), out)
     assert "math attention first" in out.getvalue()
     assert sdpa_state() == before and torch.backends.cuda.flash_sdp_enabled()
+    assert compile_cache_tag() == tag  # the compile caches' key too (tests/test_device.py)
     # a kernel belongs to the machine a session runs on: a resume takes its launch's ('auto' unless typed), as
     # device, not the checkpoint's (a CUDA run's 'cudnn' resumed on a CPU was refused for a key never typed)
     resumed = Trainer(parse_run_args(tiny_args(data_dir, tmp_path / "again", init_from="resume", max_iters=2)))
