@@ -216,6 +216,7 @@ def main() -> None:
             "peak": peak,  # name, peak_flops (per device), precision, source: the MFU denominator
             "flops_per_token": flops,
             "sdpa_kernels": kernels,  # the attention kernel(s) a step ran
+            "loss_kernel_ran": loss_kernel_runs(trainer, a),  # args.loss_kernel='triton' is asked, this is had
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             "torch": torch.__version__,
             "python": sys.version.split()[0],

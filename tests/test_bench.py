@@ -38,6 +38,7 @@ def test_train_step_table_json_and_profile(data_dir: Path, tmp_path: Path) -> No
     assert 0 < r["planned_peak_gb"] < 1 and "planned" in out
     assert r["back_to_back_ms_per_step"] > 0 and "back to back (1 steps" in out
     assert r["sdpa_kernels"] == ["flash_attention_for_cpu"] and "attention=sdpa (flash_attention_for_cpu)" in out
+    assert r["args"]["loss_kernel"] == "triton" and r["loss_kernel_ran"] is False  # asked, not had: a CPU's torch ops
 
 
 def test_train_step_sets_any_training_key(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
