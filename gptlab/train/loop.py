@@ -570,6 +570,8 @@ class Trainer:
                 weights_tokenizer=old.get("name"),
                 dataset_tokenizer=new.get("name"),
             )
+        if (scope := _bias_scope(run, self.arch)) is not None and cfg.init_from == "scratch":
+            self.logger.log_event("bias_scope", scope)
         if self._unimportable:  # said: the run's resume, sample or export in another process would not find them
             self.logger.log_event(
                 "plugins_unrecorded",
@@ -1472,6 +1474,23 @@ def _saved_tokens_per_iter(ckpt: dict[str, Any], today: int) -> int:
     if all(isinstance(v, int) and v > 0 for v in sizes):
         return sizes[0] * sizes[1] * sizes[2]  # accumulation global across ranks, as since before that record
     return today
+
+
+def _bias_scope(run: RunConfig, arch: ModelArchitectureConfig) -> str | None:
+    """What a set ``bias`` leaves out, where nanoGPT's would not: its ``bias`` covers the LayerNorms too, gptlab's
+    the Linear layers only (the norm's bias is ``normalization``). Said when a LayerNorm the user did not name on
+    the command line keeps the other setting (a config file or preset's ``layernorm_nobias`` with --bias=True)."""
+    norm = arch.normalization
+    if "bias" not in run.explicit or "normalization" in run.typed or norm not in ("layernorm", "layernorm_nobias"):
+        return None
+    if arch.bias == (norm == "layernorm"):
+        return None
+    other = "layernorm" if arch.bias else "layernorm_nobias"
+    return (
+        f"bias={arch.bias} covers the Linear layers; the LayerNorms are normalization={norm!r}"
+        f"{' (no bias)' if arch.bias else ' (with bias)'}, where nanoGPT's bias={arch.bias} covers them too: add "
+        f"--normalization={other} for nanoGPT's model"
+    )
 
 
 def _describe_data(fingerprint: dict[str, Any]) -> str:

@@ -1520,3 +1520,33 @@ def test_a_run_that_failed_before_logging_a_step_does_not_block_its_command(
     assert again["status"] == "completed"
     with pytest.raises(ConfigError, match="holds a previous run"):  # now a run with a checkpoint: kept
         train(parse_run_args(args), stream=io.StringIO())
+
+
+def test_a_set_bias_that_leaves_the_layernorms_out_is_said(data_dir: Path, tmp_path: Path) -> None:
+    """nanoGPT's bias covers its LayerNorms too, gptlab's the Linear layers (the norm's is `normalization`):
+    --bias=True on config/train_shakespeare_char.py (layernorm_nobias) trained a model nanoGPT's user did not mean,
+    silently. Said when the norm was not named on the command line; a preset's own pairing is not."""
+    from gptlab.train.loop import _bias_scope
+
+    (tmp_path / "char.py").write_text("arch_preset = 'custom'\nnormalization = 'layernorm_nobias'\n")
+    tiny = [a for a in tiny_args(data_dir, tmp_path / "run") if not a.startswith("--arch_preset")]
+    base = [str(tmp_path / "char.py"), *tiny]
+    trainer = Trainer(parse_run_args([*base, "--bias=True"]), stream=io.StringIO())
+    trainer.logger.close()
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    said = [e["message"] for e in events if e.get("event") == "bias_scope"]
+    assert said == [
+        "bias=True covers the Linear layers; the LayerNorms are normalization='layernorm_nobias' (no bias), where "
+        "nanoGPT's bias=True covers them too: add --normalization=layernorm for nanoGPT's model"
+    ]
+    for args, note in (
+        ([*base, "--bias=True", "--normalization='layernorm_nobias'"], None),  # both typed: meant
+        (base, None),  # bias left at the preset's
+        ([*base, "--bias=False"], None),  # the same as the norm's
+        ([*base, "--bias=False", "--normalization='rmsnorm'"], None),  # no LayerNorm
+        ([*base[1:], "--arch_preset='gpt2'", "--bias=False"], "bias=False covers the Linear layers; the LayerNorms are "
+         "normalization='layernorm' (with bias), where nanoGPT's bias=False covers them too: add "
+         "--normalization=layernorm_nobias for nanoGPT's model"),  # a nanoGPT config file's bias on the gpt2 preset
+    ):  # fmt: skip
+        run = parse_run_args(args)
+        assert _bias_scope(run, run.arch) == note, args
