@@ -823,11 +823,9 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
             f"{str(path)!r} is corrupt or truncated ({reason}); the file was left untouched"
         ) from None
     if isinstance(ckpt, dict) and "model_args" in ckpt and ckpt.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{str(path)!r} is a nanoGPT checkpoint: gptlab resumes and exports its own; to fine-tune from it "
-            f"or sample it, pass --init_from={str(path)!r} (with another --out_dir for a fine-tune); for Hugging "
-            f"Face files, ConfigurableGPT.from_pretrained({str(path)!r}).save_pretrained(DIR)"
-        )
+        from gptlab.model.convert import nanogpt_training_checkpoint  # (convert imports this module)
+
+        return nanogpt_training_checkpoint(ckpt, str(path))  # resumed, sampled and exported as gptlab's own
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a gptlab training checkpoint (no format='{FORMAT}' record)")
     problem = record_problem(ckpt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import warnings
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from gptlab.checkpoint import (
     CHECKPOINT_NAME,
+    FORMAT,
     check_zip_crc,
     clean_state_dict,
     cut_short,
@@ -466,6 +468,105 @@ def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
     state = clean_state_dict(ckpt["model"])
     state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     return _build(_apply(_nanogpt_base(args), overrides), _rename(state, _NANOGPT_NAMES), "nanoGPT checkpoint")
+
+
+def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
+    """nanoGPT's ``ckpt.pt`` as a gptlab training checkpoint, so that ``--init_from=resume`` goes on with its
+    run as nanoGPT's resume would: the weights, AdamW's moments and step counts (each parameter's, moved from
+    nanoGPT's parameter order to gptlab's), ``iter_num`` (the LR schedule continues there), ``best_val_loss`` and
+    the run's settings (its ``config``, nanoGPT's train.py names, which gptlab shares). Not carried: the random
+    state (nanoGPT saves none; the batches from here on are gptlab's stream at ``iter_num``)."""
+    args = ckpt.get("model_args")
+    missing = [k for k in NANOGPT_MODEL_ARGS if not isinstance(args, dict) or k not in args]
+    if missing or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("iter_num"), int):
+        what = f"its model_args have no {', '.join(missing)}" if missing else "it has no model state or iter_num"
+        raise CheckpointError(f"{source!r} is a damaged nanoGPT checkpoint: {what}")
+    arch = _apply(_nanogpt_base(args), {})
+    state = clean_state_dict(ckpt["model"])
+    state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # the masks
+    settings = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    from gptlab.config.train import TrainConfig
+    from gptlab.train.loop import preset_family
+
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"init_from", "out_dir"}  # this command's
+    train = {k: v for k, v in settings.items() if k in train_keys}
+    train["arch_preset"] = preset_family(arch.to_dict())
+    best = ckpt.get("best_val_loss", float("inf"))  # a 0-d tensor in nanoGPT's
+    best = float(best) if isinstance(best, (int, float, Tensor)) and not isinstance(best, bool) else float("inf")
+    sizes = [settings.get(k) for k in ("gradient_accumulation_steps", "batch_size", "block_size")]
+    counted = all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
+    origin, dataset = settings.get("init_from"), settings.get("dataset")
+    try:  # needed by a resume alone: sampling and export read the weights of any nanoGPT checkpoint
+        optimizer = {"optimizer": _nanogpt_optimizer(ckpt.get("optimizer"), state, arch, source)}
+    except CheckpointError as e:
+        optimizer = {"optimizer_problem": str(e)}
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "arch": arch.to_dict(),
+        "config": {"train": train, "arch": arch.to_dict()},
+        "tokenizer": None,  # nanoGPT's is its dataset's meta.pkl (or GPT-2's): the dataset's own, read there
+        "dataset": dataset if isinstance(dataset, str) else None,
+        "iter_num": ckpt["iter_num"],
+        "tokens_seen": ckpt["iter_num"] * math.prod(sizes) if counted else 0,  # nanoGPT's tokens_per_iter
+        "best_val_loss": best,
+        "rng": None,
+        "data": None,
+        "versions": None,  # (absent: a gptlab checkpoint from before evaluation batches had their own stream)
+        "weights_origin": origin if isinstance(origin, str) else None,
+        "converted_from": "nanoGPT",
+        "model": _rename(state, _NANOGPT_NAMES),
+        **optimizer,
+    }
+
+
+def _nanogpt_optimizer(
+    saved: Any, state: dict[str, Tensor], arch: ModelArchitectureConfig, source: str
+) -> dict[str, Any]:
+    """nanoGPT's AdamW state dict in gptlab's parameter order. Both make the same two groups (matrices decayed,
+    then biases and norms, each in ``named_parameters`` order, tied weights once); nanoGPT's order is its state
+    dict's (the LM head tied to the embedding, listed after it, is left out as ``named_parameters`` does)."""
+    fine_tune = f"fine-tune from it instead (--init_from={source!r}, another --out_dir: a new optimizer state)"
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) or not saved["param_groups"]:
+        raise CheckpointError(f"{source!r} holds no nanoGPT optimizer state to resume with; {fine_tune}")
+    names, seen = [], set()
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:  # a tied weight's second name shares the first one's storage
+            seen.add(key)
+            names.append(name)
+    nanogpt_groups = [[n for n in names if state[n].dim() >= 2], [n for n in names if state[n].dim() < 2]]
+    groups = saved["param_groups"]
+    sizes = [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups]
+    if sizes != [len(g) for g in nanogpt_groups]:
+        raise CheckpointError(
+            f"{source!r}: its optimizer's parameter groups hold {sizes} tensors, not nanoGPT's "
+            f"{[len(g) for g in nanogpt_groups]} (its matrices, then its biases and norms): resume it with the code "
+            f"that wrote it, or {fine_tune}"
+        )
+    saved_index = {
+        name: idx for group, named in zip(groups, nanogpt_groups) for idx, name in zip(group["params"], named)
+    }
+    with torch.device("meta"):
+        ours = ConfigurableGPT(arch)
+    to_nanogpt = dict(zip(_rename(dict.fromkeys(names), _NANOGPT_NAMES), names))  # gptlab name -> nanoGPT's
+    params = [(n, p) for n, p in ours.named_parameters()]
+    gptlab_groups = [[n for n, p in params if p.dim() >= 2], [n for n, p in params if p.dim() < 2]]
+    moved: dict[int, Any] = {}
+    new_groups = []
+    position = 0
+    for group, named in zip(groups, gptlab_groups):
+        ids = []
+        for name in named:
+            old = saved_index.get(to_nanogpt.get(name))
+            if old is None:  # (the same model from the same state dict: not expected)
+                raise CheckpointError(f"{source!r}: no optimizer state for {name}; {fine_tune}")
+            if old in saved.get("state", {}):
+                moved[position] = saved["state"][old]
+            ids.append(position)
+            position += 1
+        new_groups.append({**group, "params": ids})
+    return {"state": moved, "param_groups": new_groups}
 
 
 def _nanogpt_base(args: dict[str, Any]) -> dict[str, Any]:

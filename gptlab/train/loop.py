@@ -521,6 +521,9 @@ class Trainer:
             if interrupted is not None:
                 self.logger.log_event("interrupted_save", f"resuming from {ckpt['path']}, but {interrupted}")
             changed = dict(run.resume_changes)
+            if ckpt.get("converted_from") == "nanoGPT":  # its model, AdamW state, iteration and settings carried over
+                changed["checkpoint"] = ("nanoGPT's", "gptlab's from its next save, which replaces the file")
+                changed["batches"] = ("nanoGPT's random draws", f"gptlab's stream (seed {cfg.seed}) from here on")
             if ckpt.get("parallel") not in (None, self.mode):  # a launch flag, not in the checkpoint's settings
                 changed["parallel"] = (ckpt["parallel"], self.mode)
             if ckpt.get("world_size") not in (None, self.world_size):
@@ -653,6 +656,8 @@ class Trainer:
                 ckpt = load_checkpoint(path)
             ckpt["path"] = str(path)
             needed = ("best_val_loss",) if "dcp_path" in ckpt else ("optimizer", "best_val_loss")  # a KeyError later
+            if "optimizer_problem" in ckpt:  # a nanoGPT checkpoint whose AdamW state could not be carried over
+                raise CheckpointError(ckpt["optimizer_problem"])
             if missing := [key for key in needed if key not in ckpt]:
                 raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: it has no {', '.join(missing)}")
             self._weights_source = str(path)

@@ -896,3 +896,127 @@ def test_a_sample_config_file_reads_sample_defaults_and_earlier_files(tmp_path: 
     settings = parse_sample_args([str(tmp_path / "a.py"), str(tmp_path / "b.py")])
     assert settings.num_samples == SampleConfig.num_samples + 2 and settings.init_from == SampleConfig.init_from
     assert settings.max_new_tokens == 10 * settings.num_samples
+
+
+def _nanogpt_parameter_names(n_layer: int, bias: bool) -> list[str]:
+    """nanoGPT's ``named_parameters()`` order, transcribed from its model.py (GPT: transformer.wte, .wpe, .h[i]
+    (ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj), .ln_f; lm_head tied to wte, so not listed):
+    its configure_optimizers groups these, matrices first. An order of its own, not gptlab's mapping's."""
+    def of(module: str) -> list[str]:
+        return [f"{module}.weight", *([f"{module}.bias"] if bias else [])]
+
+    names = ["transformer.wte.weight", "transformer.wpe.weight"]
+    for i in range(n_layer):
+        for module in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
+            names += of(f"transformer.h.{i}.{module}")
+    return names + of("transformer.ln_f")
+
+
+def test_a_nanogpt_run_resumes_with_its_optimizer_iteration_and_settings(data_dir: Path, tmp_path: Path) -> None:
+    """`--init_from=resume` in nanoGPT's out_dir (it was refused: a fine-tune from it began again at iteration 0,
+    with a fresh warmup and AdamW's moments lost). Each parameter's moments land on gptlab's same parameter, found
+    by nanoGPT's own order (each moment filled with its index there); the iteration, best val loss and the run's
+    settings carry on; the next save is gptlab's. A checkpoint without AdamW state still samples, and its resume
+    says to fine-tune."""
+    from gptlab.errors import CheckpointError
+
+    n_layer, n_embd, vocab, block = 2, 32, 128, 32
+    shapes = {"wte": (vocab, n_embd), "wpe": (block, n_embd), "c_attn": (3 * n_embd, n_embd),
+              "c_fc": (4 * n_embd, n_embd)}  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    names = _nanogpt_parameter_names(n_layer, bias=True)
+
+    def shape(name: str) -> tuple[int, ...]:
+        module, kind = name.rsplit(".", 2)[-2:]
+        if module.startswith("ln"):
+            return (n_embd,)
+        if module == "c_proj":
+            out_in = (n_embd, 4 * n_embd) if ".mlp." in name else (n_embd, n_embd)
+        else:
+            out_in = shapes[module]
+        return out_in if kind == "weight" else (out_in[0],)
+
+    weights = {name: 0.02 * torch.randn(shape(name), generator=gen) for name in names}
+    state = {}  # nanoGPT's state_dict order: each attention's causal-mask buffer, and the tied head last
+    for name, tensor in weights.items():
+        if name.endswith("ln_1.bias"):
+            state[name] = tensor
+            mask = torch.tril(torch.ones(block, block)).view(1, 1, block, block)
+            state[name.replace("ln_1.bias", "attn.bias")] = mask
+            continue
+        state[name] = tensor
+    state["lm_head.weight"] = state["transformer.wte.weight"]  # one tensor, saved once
+    decayed = [n for n in names if weights[n].dim() >= 2]
+    plain = [n for n in names if weights[n].dim() < 2]
+    order = [*decayed, *plain]
+    moments = {i: {"step": torch.tensor(30.0), "exp_avg": torch.full(weights[n].shape, float(i)),
+                   "exp_avg_sq": torch.full(weights[n].shape, i + 0.5)} for i, n in enumerate(order)}  # fmt: skip
+    group = dict(lr=1e-4, betas=(0.9, 0.99), eps=1e-8, amsgrad=False, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None)  # fmt: skip
+    settings = dict(dataset="stdlib_char", batch_size=4, block_size=block, gradient_accumulation_steps=2,
+                    learning_rate=1e-3, min_lr=1e-4, warmup_iters=5, lr_decay_iters=40, max_iters=40, beta2=0.99,
+                    eval_interval=10, eval_iters=2, init_from="scratch", out_dir="out-nano", n_layer=n_layer,
+                    n_head=2, n_embd=n_embd, bias=True, dropout=0.0, device="cuda", dtype="bfloat16", compile=True,
+                    backend="nccl", wandb_log=False, always_save_checkpoint=True)  # fmt: skip
+    run = tmp_path / "out-nano"
+    run.mkdir()
+    nano = {
+        "model": {f"_orig_mod.{k}": v for k, v in state.items()},  # compiled, as its train.py saves by default
+        "optimizer": {"state": moments, "param_groups": [
+            {**group, "weight_decay": 0.1, "params": list(range(len(decayed)))},
+            {**group, "weight_decay": 0.0, "params": list(range(len(decayed), len(order)))},
+        ]},
+        "model_args": dict(n_layer=n_layer, n_head=2, n_embd=n_embd, block_size=block, bias=True, vocab_size=vocab,
+                           dropout=0.0),
+        "iter_num": 30,
+        "best_val_loss": torch.tensor(2.5),
+        "config": settings,
+    }  # fmt: skip
+    torch.save(nano, run / "ckpt.pt")
+    launch = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'", "--device='cpu'",
+              "--dtype='float32'", "--compile=False", "--max_iters=31"]  # fmt: skip
+    trainer = Trainer(parse_run_args(launch), stream=io.StringIO())
+    try:
+        assert (trainer.iter_num, trainer.best_val_loss) == (30, 2.5)
+        cfg = trainer.cfg
+        assert (cfg.learning_rate, cfg.min_lr, cfg.lr_decay_iters, cfg.warmup_iters) == (1e-3, 1e-4, 40, 5)
+        assert (cfg.batch_size, cfg.gradient_accumulation_steps, cfg.beta2) == (4, 2, 0.99)
+        gptlab_name = {  # nanoGPT's module names -> gptlab's (gptlab.model.gpt)
+            "transformer.wte": "wte", "transformer.wpe": "pos_encoding.wpe", "transformer.ln_f": "norm_f",
+            "ln_1": "norm_1", "ln_2": "norm_2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.out_proj",
+            "mlp.c_fc": "ffn.w_in", "mlp.c_proj": "ffn.w_out",
+        }  # fmt: skip
+
+        def ours(name: str) -> str:
+            if name.startswith("transformer.h."):
+                i, rest = name.removeprefix("transformer.h.").split(".", 1)
+                module, kind = rest.rsplit(".", 1)
+                return f"blocks.{i}.{gptlab_name[module]}.{kind}"
+            module, kind = name.rsplit(".", 1)
+            return f"{gptlab_name[module]}.{kind}"
+
+        params = dict(trainer.raw_model.named_parameters())
+        for index, name in enumerate(order):
+            p = params[ours(name)]
+            assert torch.equal(p.detach(), weights[name]), name
+            moment = trainer.optimizer.state[p]
+            assert torch.equal(moment["exp_avg"], torch.full_like(p, float(index))), name
+            assert torch.equal(moment["exp_avg_sq"], torch.full_like(p, index + 0.5)) and float(moment["step"]) == 30
+        assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.1, 0.0]
+    finally:
+        trainer.logger.close()
+    train(parse_run_args(launch), stream=io.StringIO())
+    event = [r for r in _records(run) if r.get("event") == "resume"][-1]
+    assert event["changed"]["checkpoint"][0] == "nanoGPT's" and "batches" in event["changed"]
+    saved = load_checkpoint(run)
+    assert saved["iter_num"] == 32 and "converted_from" not in saved and saved["config"]["train"]["min_lr"] == 1e-4
+    # nanoGPT's AdamW state lost (a hand-made checkpoint, a fork's groups): sampling reads it, a resume refuses
+    del nano["optimizer"]
+    torch.save(nano, run / "ckpt.pt")
+    assert load_checkpoint(run)["iter_num"] == 30
+    with pytest.raises(CheckpointError, match=r"holds no nanoGPT optimizer state to resume with; fine-tune from it"):
+        Trainer(parse_run_args(launch), stream=io.StringIO())
+    nano["optimizer"] = {"state": {}, "param_groups": [{**group, "params": list(range(len(order)))}]}
+    torch.save(nano, run / "ckpt.pt")
+    with pytest.raises(CheckpointError, match=r"parameter groups hold \[28\] tensors, not nanoGPT's \[10, 18\]"):
+        Trainer(parse_run_args(launch), stream=io.StringIO())

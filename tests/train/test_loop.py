@@ -709,7 +709,7 @@ def test_stable_grads_train_exactly_like_freed_grads(data_dir: Path, tmp_path: P
         ({"dataset": "shakespeare_char"}, "gptlab prepare shakespeare_char"),
         ({"n_layr": 2}, "did you mean 'n_layer'"),
         ({"batch_size": "big"}, "batch_size='big'"),
-        ({"init_from": "resume"}, "no checkpoint"),
+        ({"init_from": "resume"}, "out_dir=.* does not exist"),
         ({"block_size": 10**8, "arch_preset": "llama"}, "block_size"),
         ({"loss_chunk_size": -1}, "loss_chunk_size=-1"),
     ],
