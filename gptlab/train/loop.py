@@ -522,7 +522,7 @@ class Trainer:
                 self.logger.log_event("interrupted_save", f"resuming from {ckpt['path']}, but {interrupted}")
             changed = dict(run.resume_changes)
             if ckpt.get("converted_from") == "nanoGPT":  # its model, AdamW state, iteration and settings carried over
-                changed["checkpoint"] = ("nanoGPT's", "gptlab's from its next save, which replaces the file")
+                changed["checkpoint"] = ("nanoGPT's", "gptlab's from its next save on")
                 changed["batches"] = ("nanoGPT's random draws", f"gptlab's stream (seed {cfg.seed}) from here on")
             if ckpt.get("parallel") not in (None, self.mode):  # a launch flag, not in the checkpoint's settings
                 changed["parallel"] = (ckpt["parallel"], self.mode)
