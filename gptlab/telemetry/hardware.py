@@ -75,10 +75,10 @@ def _spec(key: str, description: str, bf16: float | None, fp16: float | None, tf
 # Sources: NVIDIA / AMD product datasheets; sparse-only figures halved.
 GPU_SPECS: tuple[GpuSpec, ...] = (
     _spec("B200", "NVIDIA B200 (HGX, 1000 W)", 2250, 2250, 1100, 80, 4500, (r"\bb200\b",),
-          "ERRATA 8: 4500 TFLOPS bf16 is the sparse figure"),
+          "4500 TFLOPS bf16 is the 2:4-sparse figure"),
     _spec("H200-NVL", "NVIDIA H200 NVL (PCIe, 600 W)", 835.5, 835.5, 417.5, 60, 1670.5, (r"\bh200(?!\d).*nvl",)),
     _spec("H200-SXM", "NVIDIA H200 SXM", 989.5, 989.5, 494.5, 67, 1979, (r"\bg?h200(?!\d)",),
-          "ERRATA 8: 1979 TFLOPS bf16 is the sparse figure; same silicon as H100 SXM"),
+          "1979 TFLOPS bf16 is the 2:4-sparse figure; same silicon as H100 SXM"),
     _spec("H100-NVL", "NVIDIA H100 NVL (per GPU)", 835.5, 835.5, 417.5, 60, 1670.5, (r"\bh100(?!\d).*nvl",)),
     _spec("H100-PCIe", "NVIDIA H100 PCIe", 756.5, 756.5, 378, 51, 1513, (r"\bh100(?!\d).*pcie",)),
     _spec("H100-SXM", "NVIDIA H100 SXM5", 989.5, 989.5, 494.5, 67, 1979, (r"\bh100(?!\d)",),
@@ -92,11 +92,11 @@ GPU_SPECS: tuple[GpuSpec, ...] = (
     _spec("RTX-4090", "NVIDIA GeForce RTX 4090", 165.2, 165.2, 82.6, 82.6, 330.3, (r"\brtx 4090(?!\d|\s*d)",),
           "bf16/fp16/fp8 with FP32 accumulation (what training uses); FP16 accumulation doubles them"),
     _spec("V100S-PCIe", "NVIDIA V100S PCIe", None, 130, None, 16.4, None, (r"\bv100s\b",),
-          "ERRATA 9: Volta has no bf16 or tf32 tensor cores"),
+          "Volta has no bf16 or tf32 tensor cores"),
     _spec("V100-PCIe", "NVIDIA V100 PCIe", None, 112, None, 14, None, (r"\bv100(?!\d).*pcie",),
-          "ERRATA 9: Volta has no bf16 or tf32 tensor cores"),
+          "Volta has no bf16 or tf32 tensor cores"),
     _spec("V100-SXM2", "NVIDIA V100 SXM2", None, 125, None, 15.7, None, (r"\bv100(?!\d)",),
-          "ERRATA 9: Volta has no bf16 or tf32 tensor cores"),
+          "Volta has no bf16 or tf32 tensor cores"),
     _spec("MI300X", "AMD Instinct MI300X", 1307.4, 1307.4, 653.7, 163.4, 2614.9, (r"\bmi300x\b",),
           "fp32 is the matrix-core FP32 figure"),
 )  # fmt: skip

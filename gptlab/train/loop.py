@@ -79,7 +79,7 @@ from gptlab.model.gpt import ConfigurableGPT
 from gptlab.plugins import component_plugins, saved_plugins
 from gptlab.telemetry.gradients import PendingGradientStats
 from gptlab.train import telemetry_hooks as telemetry
-from gptlab.train.schedule import get_lr
+from gptlab.train.schedule import get_lr, schedule_cut
 from gptlab.train.signals import StopSignals, TrainingInterrupted
 from gptlab.train.startup_report import build_startup_report, render_startup_report
 from gptlab.units import format_si
@@ -573,6 +573,8 @@ class Trainer:
                 weights_tokenizer=old.get("name"),
                 dataset_tokenizer=new.get("name"),
             )
+        if (cut := schedule_cut(cfg, run.typed)) is not None and not self._done:
+            self.logger.log_event("schedule_cut", cut)
         if (scope := _bias_scope(run, self.arch)) is not None and cfg.init_from == "scratch":
             self.logger.log_event("bias_scope", scope)
         if self._unimportable:  # said: the run's resume, sample or export in another process would not find them

@@ -4,6 +4,7 @@ the schedule exactly where it stopped)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from gptlab.config.train import TrainConfig
 
@@ -41,3 +42,28 @@ def wsd_decay_start(cfg: TrainConfig) -> int:
     (a short run that kept the default 2000-iteration warmup): the decay is then shortened, as torchtitan's
     WSD shortens it, rather than cutting the rate in half at the warmup's end."""
     return max(cfg.warmup_iters, cfg.lr_decay_iters - int(cfg.wsd_decay_frac * cfg.lr_decay_iters))
+
+
+def schedule_cut(cfg: TrainConfig, typed: Iterable[str]) -> str | None:
+    """What a run's end leaves of its schedule, where a key not typed on the command line cuts it: a
+    ``--max_iters=2000`` on a file made for 600000 iterations (nanoGPT's train_gpt2.py: its 2000-iteration
+    warmup and 600000-iteration decay) trains at a rising, then nearly constant rate, without a word."""
+    typed = frozenset(typed)
+    end = cfg.max_iters
+    if not cfg.decay_lr or cfg.eval_only:
+        return None
+    if end < cfg.warmup_iters and "warmup_iters" not in typed:
+        return (
+            f"max_iters={end} ends inside the warmup (warmup_iters={cfg.warmup_iters}): the learning rate reaches "
+            f"{get_lr(end, cfg):.3g}, not learning_rate={cfg.learning_rate:g}; set --warmup_iters for this run's length"
+        )
+    if cfg.lr_schedule != "constant" and end < cfg.lr_decay_iters and "max_iters" in typed:
+        if "lr_decay_iters" in typed:
+            return None
+        return (
+            f"max_iters={end} stops the {cfg.lr_schedule} decay {end / cfg.lr_decay_iters:.0%} of the way to "
+            f"lr_decay_iters={cfg.lr_decay_iters}: the learning rate ends at {get_lr(end, cfg):.3g}, not "
+            f"min_lr={cfg.min_lr:g}; add --lr_decay_iters={end} to decay over the run (nanoGPT's configs set the two "
+            "equal)"
+        )
+    return None

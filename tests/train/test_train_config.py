@@ -457,3 +457,35 @@ def test_a_resume_reads_out_dir_as_training_will(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(CheckpointError, match=f"out_dir='{tmp_path / 'nothing'}' does not exist"):
         parse_run_args(["--init_from='resume'", "--out_dir=~/nothing"])
+
+
+def test_a_typed_max_iters_that_cuts_a_files_schedule_is_said(tmp_path: Path) -> None:
+    """config/arch_team.py (nanoGPT's train_gpt2.py schedule: 2000 warmup, decay to 600000) with --max_iters=2000
+    trained 2000 iterations of warmup and never decayed, without a word; the note names the key that fixes it.
+    A schedule typed whole, a file's own, or a constant rate is the user's: nothing said."""
+    from gptlab.train.schedule import schedule_cut
+
+    cfg = tmp_path / "long.py"
+    cfg.write_text("max_iters = 600000\nlr_decay_iters = 600000\nwarmup_iters = 2000\n")
+
+    def said(*args: str) -> str | None:
+        run = parse_run_args([str(cfg), *args])
+        return schedule_cut(run.train, run.typed)
+
+    assert said("--max_iters=1000") == (
+        "max_iters=1000 ends inside the warmup (warmup_iters=2000): the learning rate reaches 0.0003, not "
+        "learning_rate=0.0006; set --warmup_iters for this run's length"
+    )
+    assert said("--max_iters=20000") == (
+        "max_iters=20000 stops the cosine decay 3% of the way to lr_decay_iters=600000: the learning rate ends at "
+        "0.000599, not min_lr=6e-05; add --lr_decay_iters=20000 to decay over the run (nanoGPT's configs set the two "
+        "equal)"
+    )
+    for args in (
+        ["--max_iters=20000", "--lr_decay_iters=20000"],  # both typed: the README's CPU line
+        ["--max_iters=1000", "--warmup_iters=1000", "--lr_decay_iters=600000"],  # meant
+        [],  # the file's own schedule
+        ["--max_iters=1000", "--decay_lr=False"],  # no schedule
+        ["--max_iters=20000", "--lr_schedule='constant'"],  # nothing decays
+    ):
+        assert said(*args) is None, args
