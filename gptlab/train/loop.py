@@ -575,7 +575,9 @@ class Trainer:
             )
         if (cut := schedule_cut(cfg, run.typed)) is not None and not self._done:
             self.logger.log_event("schedule_cut", cut)
-        if (scope := _bias_scope(run, self.arch)) is not None and cfg.init_from == "scratch":
+        if cfg.init_from == "scratch" and (default := _preset_by_default(run)) is not None:
+            self.logger.log_event("preset_default", default)
+        elif (scope := _bias_scope(run, self.arch)) is not None and cfg.init_from == "scratch":
             self.logger.log_event("bias_scope", scope)
         if self._unimportable:  # said: the run's resume, sample or export in another process would not find them
             self.logger.log_event(
@@ -1481,6 +1483,23 @@ def _saved_tokens_per_iter(ckpt: dict[str, Any], today: int) -> int:
     if all(isinstance(v, int) and v > 0 for v in sizes):
         return sizes[0] * sizes[1] * sizes[2]  # accumulation global across ranks, as since before that record
     return today
+
+
+def _preset_by_default(run: RunConfig) -> str | None:
+    """What a config file that sizes a model (nanoGPT's n_layer, n_head, n_embd) without naming a preset gets: the
+    gpt2 preset, OpenAI's GPT-2, where nanoGPT's train.py builds its own (bias=False, exact GELU). Said: a nanoGPT
+    config copied as it is trained another model than there, silently."""
+    from_file = run.explicit - run.typed
+    if "arch_preset" in run.explicit or not {"n_layer", "n_head", "n_embd"} & from_file:
+        return None
+    bias = run.arch.bias if "bias" in run.explicit else False  # nanoGPT train.py's default
+    norm = "" if bias else ", normalization = 'layernorm_nobias'"
+    return (
+        f"the config file sizes a model but names no arch_preset: it is the gpt2 preset, OpenAI's GPT-2 (tanh GELU, "
+        f"biased LayerNorms{', biased Linear layers' if run.arch.bias else ''}); nanoGPT's train.py builds exact GELU "
+        f"with bias={bias} in Linear layers and LayerNorms alike: arch_preset = 'custom'{norm} in the file (or "
+        "arch_preset = 'gpt2', to keep this)"
+    )
 
 
 def _bias_scope(run: RunConfig, arch: ModelArchitectureConfig) -> str | None:

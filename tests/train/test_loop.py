@@ -1550,3 +1550,27 @@ def test_a_set_bias_that_leaves_the_layernorms_out_is_said(data_dir: Path, tmp_p
     ):  # fmt: skip
         run = parse_run_args(args)
         assert _bias_scope(run, run.arch) == note, args
+
+
+def test_a_config_file_that_sizes_a_model_without_a_preset_is_said(tmp_path: Path) -> None:
+    """A nanoGPT config copied as it is (n_layer, n_head, n_embd, no arch_preset) trained OpenAI's GPT-2 (the
+    default preset) where nanoGPT's train.py builds bias=False with exact GELU: said, with the lines that make
+    either model; a file that names its preset, or sizes given on the command line, are the user's choice."""
+    from gptlab.train.loop import _preset_by_default
+
+    nano = tmp_path / "nano.py"
+    nano.write_text("n_layer = 2\nn_head = 2\nn_embd = 32\n")
+    said = _preset_by_default(parse_run_args([str(nano)]))
+    assert said == (
+        "the config file sizes a model but names no arch_preset: it is the gpt2 preset, OpenAI's GPT-2 (tanh GELU, "
+        "biased LayerNorms, biased Linear layers); nanoGPT's train.py builds exact GELU with bias=False in Linear "
+        "layers and LayerNorms alike: arch_preset = 'custom', normalization = 'layernorm_nobias' in the file (or "
+        "arch_preset = 'gpt2', to keep this)"
+    )
+    nano.write_text("n_layer = 2\nn_head = 2\nn_embd = 32\nbias = True\n")  # nanoGPT's bias=True: LayerNorms too
+    assert "bias=True in Linear layers and LayerNorms alike: arch_preset = 'custom' in the file" in _preset_by_default(
+        parse_run_args([str(nano)])
+    )
+    (tmp_path / "named.py").write_text("arch_preset = 'gpt2'\nn_layer = 2\n")
+    for args in ([str(tmp_path / "named.py")], ["--n_layer=2"], [str(nano), "--arch_preset='custom'"]):
+        assert _preset_by_default(parse_run_args(args)) is None, args
