@@ -153,6 +153,8 @@ def names_weights(name: str) -> bool:
         return False
     if is_dcp_dir(path):
         return True
+    if (path / "ckpt.pt").is_file() and not (path / "config.json").exists():  # a nanoGPT out_dir (gptlab's have one)
+        return True
     try:
         hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -839,7 +839,10 @@ def _run_config(values: dict[str, Any], explicit: set[str], typed: set[str]) -> 
         run = _validated_run_config(values, explicit, typed)
     except ConfigError as e:
         message, hint = str(e), ""
-        saved_choice = hasattr(e, "unsuggested") and getattr(e, "key", None) not in explicit
+        from gptlab.model.registry import ALL_REGISTRIES
+
+        component = getattr(e, "key", None) in {registry.kind for registry in ALL_REGISTRIES}  # not lr_schedule
+        saved_choice = hasattr(e, "unsuggested") and component and getattr(e, "key", None) not in explicit
         if saved_choice and not values.get("plugins"):  # a component of the run's own, unregistered
             from gptlab.checkpoint import read_saved_settings
 

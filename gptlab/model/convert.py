@@ -490,12 +490,16 @@ def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
 
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"init_from", "out_dir"}  # this command's
     train = {k: v for k, v in settings.items() if k in train_keys}
+    recorded = bool(train)
+    if not str(settings.get("device", "cuda")).startswith("cuda"):  # its CPU (and MPS) path ignores dtype: the
+        train["dtype"] = "float32"  # run trained in float32, whatever the 'float16' its config recorded says
     train["arch_preset"] = preset_family(arch.to_dict())
     best = ckpt.get("best_val_loss", float("inf"))  # a 0-d tensor in nanoGPT's
     best = float(best) if isinstance(best, (int, float, Tensor)) and not isinstance(best, bool) else float("inf")
     sizes = [settings.get(k) for k in ("gradient_accumulation_steps", "batch_size", "block_size")]
     counted = all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
     origin, dataset = settings.get("init_from"), settings.get("dataset")
+    origin = None if origin == "resume" else origin  # a resumed nanoGPT run records no more where it began
     try:  # needed by a resume alone: sampling and export read the weights of any nanoGPT checkpoint
         optimizer = {"optimizer": _nanogpt_optimizer(ckpt.get("optimizer"), state, arch, source)}
     except CheckpointError as e:
@@ -515,6 +519,7 @@ def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
         "versions": None,  # (absent: a gptlab checkpoint from before evaluation batches had their own stream)
         "weights_origin": origin if isinstance(origin, str) else None,
         "converted_from": "nanoGPT",
+        "nanogpt_settings": recorded,  # its config held training settings (else: the command's and the defaults)
         "model": _rename(state, _NANOGPT_NAMES),
         **optimizer,
     }
@@ -535,6 +540,9 @@ def _nanogpt_optimizer(
         if key not in seen:  # a tied weight's second name shares the first one's storage
             seen.add(key)
             names.append(name)
+    embedding, head = state.get("transformer.wte.weight"), state.get("lm_head.weight")
+    if "lm_head.weight" in names and embedding is not None and torch.equal(head, embedding):
+        names.remove("lm_head.weight")  # tied, saved as two copies (a fork's .cpu() or clone() of each tensor)
     nanogpt_groups = [[n for n in names if state[n].dim() >= 2], [n for n in names if state[n].dim() < 2]]
     groups = saved["param_groups"]
     sizes = [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups]

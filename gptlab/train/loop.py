@@ -453,7 +453,7 @@ class Trainer:
         self.loss_divisor = self.accum_steps * (self.world_size if summed else 1)
         self._scale_drops: torch.Tensor | None = None  # fp16's skipped steps since the last report
         self._loss_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
-        if ckpt is not None:
+        if ckpt is not None and ("optimizer" in ckpt or "dcp_path" in ckpt):  # (none: an eval_only's nanoGPT file)
             self._load_optimizer(ckpt)
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
@@ -522,8 +522,17 @@ class Trainer:
                 self.logger.log_event("interrupted_save", f"resuming from {ckpt['path']}, but {interrupted}")
             changed = dict(run.resume_changes)
             if ckpt.get("converted_from") == "nanoGPT":  # its model, AdamW state, iteration and settings carried over
-                changed["checkpoint"] = ("nanoGPT's", "gptlab's from its next save on")
-                changed["batches"] = ("nanoGPT's random draws", f"gptlab's stream (seed {cfg.seed}) from here on")
+                if not cfg.eval_only:  # (an evaluation neither trains nor saves)
+                    changed["checkpoint"] = ("nanoGPT's", "gptlab's from its next save on")
+                    changed["batches"] = ("nanoGPT's random draws", f"gptlab's stream (seed {cfg.seed}) from here on")
+                if not ckpt.get("nanogpt_settings"):
+                    changed["settings"] = ("none recorded", "this command's, over gptlab's defaults")
+                if math.isfinite(self.best_val_loss):  # an estimate on other batches: not comparable, as below
+                    changed["best val loss"] = (
+                        f"{self.best_val_loss:.4f} on nanoGPT's batches",
+                        "the next evaluation's",
+                    )
+                    self.best_val_loss = float("inf")
             if ckpt.get("parallel") not in (None, self.mode):  # a launch flag, not in the checkpoint's settings
                 changed["parallel"] = (ckpt["parallel"], self.mode)
             if ckpt.get("world_size") not in (None, self.world_size):
@@ -659,9 +668,10 @@ class Trainer:
             else:  # into a full state dict (a DCP directory is read whole by each rank)
                 ckpt = load_checkpoint(path)
             ckpt["path"] = str(path)
-            needed = ("best_val_loss",) if "dcp_path" in ckpt else ("optimizer", "best_val_loss")  # a KeyError later
-            if "optimizer_problem" in ckpt:  # a nanoGPT checkpoint whose AdamW state could not be carried over
-                raise CheckpointError(ckpt["optimizer_problem"])
+            # (an evaluation reads no optimizer state: a nanoGPT checkpoint without one evaluates)
+            needed = ("best_val_loss",) if "dcp_path" in ckpt or cfg.eval_only else ("optimizer", "best_val_loss")
+            if "optimizer_problem" in ckpt and not cfg.eval_only:  # a nanoGPT checkpoint whose AdamW state could
+                raise CheckpointError(ckpt["optimizer_problem"])  # not be carried over
             if missing := [key for key in needed if key not in ckpt]:
                 raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: it has no {', '.join(missing)}")
             self._weights_source = str(path)
@@ -737,12 +747,12 @@ class Trainer:
             )
         elif self.mode == "fsdp":  # a full (single-file) optimizer state, sharded as it loads
             with state_errors(ckpt.get("path", "the checkpoint"), "optimizer states"):
-                by_name = optimizer_state_by_name(self.raw_model, self.optimizer, ckpt["optimizer"])
+                by_name = optimizer_state_by_name(self.raw_model, self.optimizer, self._this_runs_kernels(ckpt))
                 set_optimizer_state_dict(
                     self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True)
                 )
         else:  # plain AdamW, or ZeroRedundancyOptimizer (it keeps its share of the full state)
-            optim_sd = ckpt["optimizer"]
+            optim_sd = self._this_runs_kernels(ckpt)
             if self.device.type == "cpu":  # load_state_dict keeps CPU tensors as they are: the memory-mapped
                 # ckpt.pt's pages, so the file, replaced at the next save, stayed mapped (its disk space taken all run)
                 optim_sd = {**optim_sd, "state": {i: _cloned(st) for i, st in optim_sd.get("state", {}).items()}}
@@ -754,6 +764,19 @@ class Trainer:
         for i, group in enumerate(self.optimizer.param_groups):
             group["betas"] = (self.cfg.beta1, self.cfg.beta2)
             group["weight_decay"] = self.cfg.weight_decay if i == 0 else 0.0
+
+    def _this_runs_kernels(self, ckpt: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's optimizer state with this run's AdamW implementation (fused, foreach, capturable) in
+        its groups, set before loading, which places the step counts by them: a loaded group brings the saved
+        run's, and a nanoGPT run saved on a CPU ('fused': None) resumed with fused off under fp16's grad scaler
+        (an AssertionError at the first step) and lost the fused kernel for good."""
+        saved = ckpt["optimizer"]
+        kernels = ("fused", "foreach", "capturable", "differentiable")
+        groups = saved.get("param_groups")
+        if not isinstance(groups, list) or len(groups) != len(self.optimizer.param_groups):
+            return saved  # (load_state_dict names the mismatch)
+        ours = [{k: g[k] for k in kernels if k in g} for g in self.optimizer.param_groups]
+        return {**saved, "param_groups": [{**g, **k} if isinstance(g, dict) else g for g, k in zip(groups, ours)]}
 
     # ------------------------------------------------------------------ RNG state (exact resume)
     def _rng_state(self) -> dict[str, Any]:
