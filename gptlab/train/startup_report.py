@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from gptlab.checkpoint import software_versions
 from gptlab.units import format_si
 
@@ -102,6 +104,12 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
         "hardware": {
             "device": str(trainer.device),
             "device_name": peak.get("name"),
+            # the GPU's memory (GB of 1e9 bytes), against the memory plan's peak below (None off CUDA)
+            "device_memory_gb": (
+                torch.cuda.get_device_properties(trainer.device).total_memory / 1e9
+                if trainer.device.type == "cuda"
+                else None
+            ),
             "dtype": trainer.dtype,
             "compile": (cfg.compile_mode if cfg.compile_mode != "default" else True) if cfg.compile else False,
             "loss_chunk_size": cfg.loss_chunk_size,
@@ -172,7 +180,9 @@ def render_startup_report(r: dict[str, Any]) -> str:
         _batch_line(t),
         *plan,
         "Hardware",
-        f"  device:      {h['device']} ({h['device_name']}), dtype={h['dtype']}, compile={h['compile']},"
+        f"  device:      {h['device']} ({h['device_name']}"
+        + (f", {h['device_memory_gb']:.1f} GB" if h.get("device_memory_gb") else "")
+        + f"), dtype={h['dtype']}, compile={h['compile']},"
         f" parallelism={h['parallelism']}"
         + (f" ({h['backend']})" if h.get("backend") else "")
         + (f", chunked loss ({h['loss_chunk_size']} tokens)" if h.get("loss_chunk_size") else "")

@@ -62,6 +62,8 @@ class TelemetryHooks:
             "flops_per_token": f.flops_per_token,
             "flops_per_token_causal": f.flops_per_token_causal,
             "flops_per_iter": f.flops_per_token * self.tokens_per_iter,
+            "attention_flops_per_layer": f.attention_flops_per_layer,  # training FLOPs per token, full-square
+            "ffn_flops_per_layer": f.ffn_flops_per_layer,
             "attention_to_ffn_ratio": f.attention_to_ffn_ratio,
             "flops_caveats": f.caveats,  # what a registered component's count could not measure
         }

@@ -64,6 +64,11 @@ def test_tiny_run_per_preset(preset: str, data_dir: Path, tmp_path: Path) -> Non
     startup = records[0]
     assert {"architecture", "training", "hardware", "expectations"} <= set(startup)
     assert startup["training"]["tokens_per_iter"] == 4 * 2 * 32
+    expected = startup["expectations"]  # the MFU breakdown's fixed keys, once (docs/training.md)
+    ratio = expected["attention_flops_per_layer"] / expected["ffn_flops_per_layer"]
+    assert ratio == pytest.approx(expected["attention_to_ffn_ratio"]) and {"device_name", "num_gpus"} <= set(
+        startup["hardware"]
+    )
     # on a CPU without a stated peak, MFU is unknown, never guessed
     assert all(r["mfu"] is None for r in iters) and startup["hardware"]["peak_tflops"] is None
     ckpt = load_checkpoint(out)
@@ -1457,6 +1462,11 @@ def test_the_startup_report_says_when_the_flops_are_an_estimate(data_dir: Path, 
     wrapped = [lines[start], *(line for line in lines[start + 1 :] if line.startswith(" " * 15))]
     assert all(len(line) <= 100 for line in wrapped) and len(wrapped) > 1
     assert " ".join(line.strip() for line in wrapped) == "memory:      " + report["expectations"]["memory_plan"]
+    # the device's memory beside its name, to read the plan against (a GPU's; none on a CPU)
+    device = next(line for line in lines if line.startswith("  device:"))
+    assert report["hardware"]["device_memory_gb"] is None and device.startswith("  device:      cpu (cpu), dtype=")
+    gpu = {**report, "hardware": {**report["hardware"], "device_name": "NVIDIA H200", "device_memory_gb": 150.02}}
+    assert "  device:      cpu (NVIDIA H200, 150.0 GB), dtype=" in render_startup_report(gpu)
 
 
 def test_each_compiled_run_starts_from_empty_compile_caches(
