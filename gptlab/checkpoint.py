@@ -240,9 +240,9 @@ def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
     if not why and runs:
         why = f"the run directories inside it do: {_listed(runs, '--out_dir=')}"
     if not why and not Path(out_dir).exists():
+        start = "" if Path(out_dir).is_absolute() else f" (relative paths start at {Path.cwd()})"
         return CheckpointError(
-            f"init_from='resume' but out_dir={str(out_dir)!r} does not exist (relative paths start at {Path.cwd()}): "
-            "name the run's --out_dir"
+            f"init_from='resume' but out_dir={str(out_dir)!r} does not exist{start}: name the run's --out_dir"
         )
     why = why or "a run starts there without --init_from=resume"
     return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint ({why})")

@@ -459,15 +459,23 @@ def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
         raise CheckpointError(
             f"not a nanoGPT checkpoint (found {keys}; expected keys 'model_args' and 'model'): expected {EXPECTED}"
         )
-    args = ckpt["model_args"]
-    missing = [k for k in NANOGPT_MODEL_ARGS if k not in (args or {})]
-    if missing:
-        raise CheckpointError(f"a damaged nanoGPT checkpoint: its model_args have no {', '.join(missing)}")
-    if not isinstance(args.get("dropout", 0.0), (int, float)) or isinstance(args.get("dropout"), bool):
-        raise CheckpointError(f"a damaged nanoGPT checkpoint: its model_args have dropout={args['dropout']!r}")
-    state = clean_state_dict(ckpt["model"])
-    state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    args, state = _nanogpt_parts(ckpt, "a damaged nanoGPT checkpoint")
     return _build(_apply(_nanogpt_base(args), overrides), _rename(state, _NANOGPT_NAMES), "nanoGPT checkpoint")
+
+
+def _nanogpt_parts(ckpt: dict[str, Any], damaged: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """nanoGPT's ``model_args`` (checked) and its state dict in nanoGPT's names without prefixes or its attention's
+    causal-mask buffers; ``damaged`` begins the error for a checkpoint that has not what nanoGPT writes."""
+    args = ckpt.get("model_args")
+    missing = [k for k in NANOGPT_MODEL_ARGS if not isinstance(args, dict) or k not in args]
+    if missing:
+        raise CheckpointError(f"{damaged}: its model_args have no {', '.join(missing)}")
+    if not isinstance(args.get("dropout", 0.0), (int, float)) or isinstance(args.get("dropout"), bool):
+        raise CheckpointError(f"{damaged}: its model_args have dropout={args['dropout']!r}")
+    if not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{damaged}: its model state is no mapping")
+    state = clean_state_dict(ckpt["model"])
+    return args, {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
 
 
 def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
@@ -476,14 +484,22 @@ def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
     nanoGPT's parameter order to gptlab's), ``iter_num`` (the LR schedule continues there), ``best_val_loss`` and
     the run's settings (its ``config``, nanoGPT's train.py names, which gptlab shares). Not carried: the random
     state (nanoGPT saves none; the batches from here on are gptlab's stream at ``iter_num``)."""
-    args = ckpt.get("model_args")
-    missing = [k for k in NANOGPT_MODEL_ARGS if not isinstance(args, dict) or k not in args]
-    if missing or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("iter_num"), int):
-        what = f"its model_args have no {', '.join(missing)}" if missing else "it has no model state or iter_num"
-        raise CheckpointError(f"{source!r} is a damaged nanoGPT checkpoint: {what}")
-    arch = _apply(_nanogpt_base(args), {})
-    state = clean_state_dict(ckpt["model"])
-    state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # the masks
+    damaged = f"{source!r} is a damaged nanoGPT checkpoint"
+    args, state = _nanogpt_parts(ckpt, damaged)
+    iter_num = ckpt.get("iter_num")
+    if not isinstance(iter_num, int) or isinstance(iter_num, bool) or iter_num < 0:
+        raise CheckpointError(f"{damaged}: its iter_num is {iter_num!r}, not a non-negative integer")
+    renamed = _rename(state, _NANOGPT_NAMES)
+    shapes = {k: tuple(v.shape) for k, v in renamed.items() if isinstance(v, Tensor)}
+    if weights_disagree(args["n_layer"], (args["vocab_size"], args["n_embd"]), shapes) is not None:  # before any
+        raise CheckpointError(f"{damaged}: its model_args do not fit its weights")  # model is built from them
+    embedding, head = state.get("transformer.wte.weight"), state.get("lm_head.weight")
+    untied = head is not None and embedding is not None and not _same_weight(head, embedding)
+    base = _nanogpt_base(args)
+    try:
+        arch = _apply({**base, **({"weight_tying": False} if untied else {})}, {})
+    except ConfigError as e:
+        raise CheckpointError(f"{damaged}: {e}") from None
     settings = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     from gptlab.config.train import TrainConfig
     from gptlab.train.loop import preset_family
@@ -511,8 +527,8 @@ def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
         "config": {"train": train, "arch": arch.to_dict()},
         "tokenizer": None,  # nanoGPT's is its dataset's meta.pkl (or GPT-2's): the dataset's own, read there
         "dataset": dataset if isinstance(dataset, str) else None,
-        "iter_num": ckpt["iter_num"],
-        "tokens_seen": ckpt["iter_num"] * math.prod(sizes) if counted else 0,  # nanoGPT's tokens_per_iter
+        "iter_num": iter_num,
+        "tokens_seen": iter_num * math.prod(sizes) if counted else 0,  # nanoGPT's tokens_per_iter
         "best_val_loss": best,
         "rng": None,
         "data": None,
@@ -520,7 +536,7 @@ def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
         "weights_origin": origin if isinstance(origin, str) else None,
         "converted_from": "nanoGPT",
         "nanogpt_settings": recorded,  # its config held training settings (else: the command's and the defaults)
-        "model": _rename(state, _NANOGPT_NAMES),
+        "model": renamed,
         **optimizer,
     }
 
@@ -534,15 +550,10 @@ def _nanogpt_optimizer(
     fine_tune = f"fine-tune from it instead (--init_from={source!r}, another --out_dir: a new optimizer state)"
     if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) or not saved["param_groups"]:
         raise CheckpointError(f"{source!r} holds no nanoGPT optimizer state to resume with; {fine_tune}")
-    names, seen = [], set()
-    for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key not in seen:  # a tied weight's second name shares the first one's storage
-            seen.add(key)
-            names.append(name)
+    names = list(state)
     embedding, head = state.get("transformer.wte.weight"), state.get("lm_head.weight")
-    if "lm_head.weight" in names and embedding is not None and torch.equal(head, embedding):
-        names.remove("lm_head.weight")  # tied, saved as two copies (a fork's .cpu() or clone() of each tensor)
+    if head is not None and (embedding is None or _same_weight(head, embedding)):
+        names.remove("lm_head.weight")  # tied to the embedding: named_parameters lists it once, as the embedding
     nanogpt_groups = [[n for n in names if state[n].dim() >= 2], [n for n in names if state[n].dim() < 2]]
     groups = saved["param_groups"]
     sizes = [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups]
@@ -575,6 +586,13 @@ def _nanogpt_optimizer(
             position += 1
         new_groups.append({**group, "params": ids})
     return {"state": moved, "param_groups": new_groups}
+
+
+def _same_weight(a: Tensor, b: Tensor) -> bool:
+    """One tied weight under two names: the same storage (torch.save keeps it shared), or equal copies (a fork
+    that saved each tensor's .cpu() or clone())."""
+    same_storage = a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.shape == b.shape
+    return same_storage or (a.shape == b.shape and torch.equal(a, b))
 
 
 def _nanogpt_base(args: dict[str, Any]) -> dict[str, Any]:

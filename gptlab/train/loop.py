@@ -1509,19 +1509,31 @@ def _saved_tokens_per_iter(ckpt: dict[str, Any], today: int) -> int:
 
 
 def _preset_by_default(run: RunConfig) -> str | None:
-    """What a config file that sizes a model (nanoGPT's n_layer, n_head, n_embd) without naming a preset gets: the
-    gpt2 preset, OpenAI's GPT-2, where nanoGPT's train.py builds its own (bias=False, exact GELU). Said: a nanoGPT
-    config copied as it is trained another model than there, silently."""
-    from_file = run.explicit - run.typed
+    """What a config file that sizes a model (nanoGPT's n_layer, n_head, n_embd) without naming a preset gets
+    from the gpt2 preset, OpenAI's GPT-2, that nanoGPT's train.py would not build (exact GELU, and bias=False,
+    its default, in Linear layers and LayerNorms alike): said, as a nanoGPT config copied as it is trained
+    another model than there. Only what the file left to the preset, and only where it differs."""
+    from_file, arch = run.explicit - run.typed, run.arch
     if "arch_preset" in run.explicit or not {"n_layer", "n_head", "n_embd"} & from_file:
         return None
-    bias = run.arch.bias if "bias" in run.explicit else False  # nanoGPT train.py's default
-    norm = "" if bias else ", normalization = 'layernorm_nobias'"
+    bias = arch.bias if "bias" in run.explicit else False  # nanoGPT train.py's default
+    given: list[str] = []
+    if arch.gelu_approximate != "none" and "gelu_approximate" not in run.explicit and arch.activation == "gelu":
+        given.append(f"{arch.gelu_approximate}-approximated GELU")
+    norm_bias = {"layernorm": True, "layernorm_nobias": False}.get(arch.normalization)
+    if norm_bias is not None and norm_bias != bias and "normalization" not in run.explicit:
+        given.append("biased LayerNorms" if norm_bias else "LayerNorms without bias")
+    if "bias" not in run.explicit and arch.bias:
+        given.append("biased Linear layers")
+    if not given:
+        return None
+    fix = ["arch_preset = 'custom'"]
+    if norm_bias is not None and "normalization" not in run.explicit and not bias:
+        fix.append("normalization = 'layernorm_nobias'")
     return (
-        f"the config file sizes a model but names no arch_preset: it is the gpt2 preset, OpenAI's GPT-2 (tanh GELU, "
-        f"biased LayerNorms{', biased Linear layers' if run.arch.bias else ''}); nanoGPT's train.py builds exact GELU "
-        f"with bias={bias} in Linear layers and LayerNorms alike: arch_preset = 'custom'{norm} in the file (or "
-        "arch_preset = 'gpt2', to keep this)"
+        f"the config file sizes a model but names no arch_preset: the gpt2 preset (OpenAI's GPT-2) gives it "
+        f"{', '.join(given)}, where nanoGPT's train.py builds exact GELU with bias={bias} in Linear layers and "
+        f"LayerNorms alike: {', '.join(fix)} in the file makes that model (arch_preset = 'gpt2' keeps this one)"
     )
 
 

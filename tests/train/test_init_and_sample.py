@@ -1044,3 +1044,43 @@ def test_a_nanogpt_run_resumes_with_its_optimizer_iteration_and_settings(data_di
     torch.save(nano, run / "ckpt.pt")
     with pytest.raises(CheckpointError, match=r"parameter groups hold \[28\] tensors, not nanoGPT's \[10, 18\]"):
         Trainer(parse_run_args(launch), stream=io.StringIO())
+
+
+def test_a_nanogpt_fork_with_an_untied_head_resumes_untied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork that unties nanoGPT's head (its own lm_head.weight, in AdamW's decayed group after ln_f): the
+    conversion kept the preset's tying, and loading the head into the tied model overwrote the embedding."""
+    from gptlab.model.convert import _NANOGPT_NAMES, _inverse, _rename, nanogpt_training_checkpoint
+
+    arch = get_debug_config("gpt2", vocab_size=64, block_size=16, gelu_approximate="none", weight_tying=False)
+    state = _rename(ConfigurableGPT(arch).state_dict(), _inverse(_NANOGPT_NAMES))
+    names = [*_nanogpt_parameter_names(arch.n_layer, bias=True), "lm_head.weight"]  # registered last
+    order = [n for n in names if state[n].dim() >= 2] + [n for n in names if state[n].dim() < 2]
+    decayed = sum(state[n].dim() >= 2 for n in names)
+    moments = {i: {"step": torch.tensor(3.0), "exp_avg": torch.full_like(state[n], i), "exp_avg_sq": torch.ones_like(
+        state[n])} for i, n in enumerate(order)}  # fmt: skip
+    groups = [{"lr": 1e-3, "weight_decay": wd, "params": ids} for wd, ids in
+              ((0.1, list(range(decayed))), (0.0, list(range(decayed, len(order)))))]  # fmt: skip
+    args = dict(n_layer=arch.n_layer, n_head=arch.n_head, n_embd=arch.n_embd, block_size=16, bias=True, vocab_size=64)
+    ckpt = {"model": state, "model_args": args, "iter_num": 3, "optimizer": {"state": moments, "param_groups": groups}}
+    converted = nanogpt_training_checkpoint(ckpt, "fork/ckpt.pt")
+    assert converted["arch"]["weight_tying"] is False and "optimizer_problem" not in converted
+    from gptlab.config.model import ModelArchitectureConfig
+
+    model = ConfigurableGPT(ModelArchitectureConfig.from_dict(converted["arch"]))
+    model.load_state_dict(converted["model"])
+    assert torch.equal(model.wte.weight, state["transformer.wte.weight"])  # not overwritten by the head
+    assert torch.equal(model.lm_head.weight, state["lm_head.weight"])
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    optimizer.load_state_dict(converted["optimizer"])
+    head_moment = optimizer.state[model.lm_head.weight]["exp_avg"]
+    assert torch.equal(head_moment, torch.full_like(head_moment, order.index("lm_head.weight")))
+    # the moments follow the names, not the positions: gptlab's order is nanoGPT's today; reversed, each moment
+    # still lands on its parameter
+    forward = ConfigurableGPT.named_parameters
+    monkeypatch.setattr(ConfigurableGPT, "named_parameters", lambda self, *a, **k: reversed([*forward(self, *a, **k)]))
+    moved = nanogpt_training_checkpoint(ckpt, "fork/ckpt.pt")["optimizer"]
+    ours = [n for n, p in reversed(list(forward(model))) if p.dim() >= 2]
+    to_nanogpt = dict(zip(_rename(dict.fromkeys(names), _NANOGPT_NAMES), names))
+    assert [int(moved["state"][i]["exp_avg"].flatten()[0]) for i in range(decayed)] == [
+        order.index(to_nanogpt[n]) for n in ours
+    ]

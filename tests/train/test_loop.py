@@ -1572,15 +1572,26 @@ def test_a_config_file_that_sizes_a_model_without_a_preset_is_said(tmp_path: Pat
     nano.write_text("n_layer = 2\nn_head = 2\nn_embd = 32\n")
     said = _preset_by_default(parse_run_args([str(nano)]))
     assert said == (
-        "the config file sizes a model but names no arch_preset: it is the gpt2 preset, OpenAI's GPT-2 (tanh GELU, "
-        "biased LayerNorms, biased Linear layers); nanoGPT's train.py builds exact GELU with bias=False in Linear "
-        "layers and LayerNorms alike: arch_preset = 'custom', normalization = 'layernorm_nobias' in the file (or "
-        "arch_preset = 'gpt2', to keep this)"
+        "the config file sizes a model but names no arch_preset: the gpt2 preset (OpenAI's GPT-2) gives it "
+        "tanh-approximated GELU, biased LayerNorms, biased Linear layers, where nanoGPT's train.py builds exact GELU "
+        "with bias=False in Linear layers and LayerNorms alike: arch_preset = 'custom', normalization = "
+        "'layernorm_nobias' in the file makes that model (arch_preset = 'gpt2' keeps this one)"
     )
     nano.write_text("n_layer = 2\nn_head = 2\nn_embd = 32\nbias = True\n")  # nanoGPT's bias=True: LayerNorms too
-    assert "bias=True in Linear layers and LayerNorms alike: arch_preset = 'custom' in the file" in _preset_by_default(
-        parse_run_args([str(nano)])
+    assert _preset_by_default(parse_run_args([str(nano)])) == (
+        "the config file sizes a model but names no arch_preset: the gpt2 preset (OpenAI's GPT-2) gives it "
+        "tanh-approximated GELU, where nanoGPT's train.py builds exact GELU with bias=True in Linear layers and "
+        "LayerNorms alike: arch_preset = 'custom' in the file makes that model (arch_preset = 'gpt2' keeps this one)"
     )
     (tmp_path / "named.py").write_text("arch_preset = 'gpt2'\nn_layer = 2\n")
-    for args in ([str(tmp_path / "named.py")], ["--n_layer=2"], [str(nano), "--arch_preset='custom'"]):
+    # nanoGPT's own model spelled out without a preset: nothing the preset gave differs from it
+    (tmp_path / "spelled.py").write_text(
+        "n_layer = 2\nbias = False\nnormalization = 'layernorm_nobias'\ngelu_approximate = 'none'\n"
+    )
+    for args in (
+        [str(tmp_path / "named.py")],
+        ["--n_layer=2"],
+        [str(nano), "--arch_preset='custom'"],
+        [str(tmp_path / "spelled.py")],
+    ):
         assert _preset_by_default(parse_run_args(args)) is None, args
