@@ -382,8 +382,14 @@ def _read_hf_weights(directory: Path) -> dict[str, Tensor]:
     )
 
 
-def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: str) -> ConfigurableGPT:
-    """Instantiate and load ``state`` strictly: every tensor must land, with its shape."""
+def _build(
+    config: ModelArchitectureConfig,
+    state: dict[str, Tensor],
+    source: str,
+    file_name: Callable[[str], str] = str,
+) -> ConfigurableGPT:
+    """Instantiate and load ``state`` strictly: every tensor must land, with its shape. ``file_name`` gives a
+    gptlab parameter's name as the source's file spells it, for the errors (a user looks it up there)."""
     head, embedding = state.get("lm_head.weight"), state.get("wte.weight")
     if config.weight_tying and head is not None and embedding is not None and not torch.equal(head, embedding):
         # tied in the config, two different matrices in the file: transformers then leaves them untied
@@ -414,14 +420,16 @@ def _build(config: ModelArchitectureConfig, state: dict[str, Tensor], source: st
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
+        missing, unexpected = [file_name(k) for k in missing[:4]], [file_name(k) for k in unexpected[:4]]
         raise CheckpointError(
-            f"{source}: weights do not fit the architecture (missing {missing[:4]}, unexpected {unexpected[:4]})"
+            f"{source}: weights do not fit the architecture (missing {missing}, unexpected {unexpected})"
         )
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[key].shape):
-            raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected {tuple(own[key].shape)}")
+            shapes = f"has shape {tuple(tensor.shape)}, expected {tuple(own[key].shape)}"
+            raise CheckpointError(f"{source}: {file_name(key)} {shapes}")
         if tensor.is_floating_point() != own[key].is_floating_point():
-            raise CheckpointError(f"{source}: {key} holds {tensor.dtype} values, expected {own[key].dtype}")
+            raise CheckpointError(f"{source}: {file_name(key)} holds {tensor.dtype} values, expected {own[key].dtype}")
     # checked: now the real model, built as training builds it (a registered component's non-persistent
     # buffers are computed in its __init__, which no state dict or init_buffers() would restore), then loaded
     model = ConfigurableGPT(config, init_weights=False)  # every weight is loaded next (strict): none drawn
@@ -460,7 +468,8 @@ def model_from_nanogpt(ckpt: Any, **overrides: Any) -> ConfigurableGPT:
             f"not a nanoGPT checkpoint (found {keys}; expected keys 'model_args' and 'model'): expected {EXPECTED}"
         )
     args, state = _nanogpt_parts(ckpt, "a damaged nanoGPT checkpoint")
-    return _build(_apply(_nanogpt_base(args), overrides), _rename(state, _NANOGPT_NAMES), "nanoGPT checkpoint")
+    config = _apply(_nanogpt_base(args), overrides)
+    return _build(config, _rename(state, _NANOGPT_NAMES), "nanoGPT checkpoint", _nanogpt_file_name)
 
 
 def _nanogpt_parts(ckpt: dict[str, Any], damaged: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -646,6 +655,16 @@ def _inverse(table: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(new, old) for old, new in table]
 
 
+def _nanogpt_file_name(key: str) -> str:
+    """A gptlab parameter's name in nanoGPT's (and Hugging Face GPT-2's) files."""
+    return next(iter(_rename({key: None}, _inverse(_NANOGPT_NAMES))))
+
+
+def _llama_file_name(key: str) -> str:
+    """A gptlab parameter's name in a Hugging Face LLaMA's files (its one QKV weight is their three)."""
+    return next(iter(_rename({key: None}, _inverse(_LLAMA_NAMES)))).replace(".attn.qkv.", ".self_attn.{q,k,v}_proj.")
+
+
 # ---------------------------------------------------------------------------- Hugging Face
 
 
@@ -669,7 +688,8 @@ def _from_hf(
         raise CheckpointError(
             f"a Hugging Face {model_type} config.json and weights that cannot be read ({what})"
         ) from None
-    model = _build(_apply(base, overrides), state, f"Hugging Face {model_type} model")
+    file_name = _nanogpt_file_name if model_type == "gpt2" else _llama_file_name  # (GPT-2's are nanoGPT's names)
+    model = _build(_apply(base, overrides), state, f"Hugging Face {model_type} model", file_name)
     # the source's special ids travel to save_pretrained: a LLaMA-3's are 128000/128001, a LLaMA-2's 1/2
     model.hf_special_tokens = {k: hf.get(k) for k in HF_SPECIAL_TOKEN_KEYS}
     return model

@@ -526,6 +526,30 @@ def test_mismatched_weights_are_reported(tmp_path: Path) -> None:
         ConfigurableGPT.from_pretrained(tmp_path / "ckpt.pt")
 
 
+def test_weights_that_do_not_fit_are_named_as_their_files_name_them(tmp_path: Path) -> None:
+    """A tensor missing from a Hugging Face or nanoGPT file was named by gptlab's parameter name (blocks.1.attn.qkv
+    .weight), which no one can find in the file they have."""
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file, save_file
+
+    for model, drop, named in (
+        (_gpt2(), "transformer.h.1.mlp.c_fc.weight", r"missing \['transformer.h.1.mlp.c_fc.weight'\]"),
+        (_llama(), "model.layers.1.self_attn.k_proj.weight", r"missing \['model.layers.1.self_attn.\{q,k,v\}_proj"),
+    ):
+        folder = tmp_path / model.config.model_type
+        model.save_pretrained(folder)
+        weights = load_file(folder / "model.safetensors")
+        del weights[drop]
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(CheckpointError, match=named):
+            ConfigurableGPT.from_pretrained(folder)
+    ckpt = _nanogpt_checkpoint(_gpt2())
+    del ckpt["model"]["transformer.h.0.attn.c_proj.weight"]
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match=r"missing \['transformer.h.0.attn.c_proj.weight'\]"):
+        ConfigurableGPT.from_pretrained(tmp_path / "ckpt.pt")
+
+
 def test_local_paths_and_nanogpt_runs_get_local_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A mistyped run directory under an existing folder is not sent to the Hub; nanoGPT names are
     case-blind; a nanoGPT checkpoint where a gptlab one is expected reads as one (tests/train: its resume)."""
