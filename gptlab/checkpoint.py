@@ -855,6 +855,7 @@ _RECORD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "data": ((dict, type(None)), "a mapping or None"),
     "versions": ((dict, type(None)), "a mapping or None"),
     "weights_origin": ((str, type(None)), "a string or None"),
+    "plugin_digests": ((dict, type(None)), "a mapping or None"),
     "model": ((dict,), "a mapping"),
     "optimizer": ((dict,), "a mapping"),
 }

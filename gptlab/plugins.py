@@ -12,6 +12,7 @@ checkpoint names by itself: a run records its ``plugins`` only to say what to pa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import re
@@ -131,6 +132,25 @@ def _import_file(path: Path) -> str:
         raise
     _imported_files[resolved] = name
     return name
+
+
+def plugin_digests(spec: str) -> dict[str, str]:
+    """Each entry of ``spec`` that is a file (a ``.py`` path, or a module's source) -> the sha256 of its bytes (16
+    hex digits): a checkpoint records them, so that its resume can say a component's code changed since."""
+    digests = {}
+    for entry in split_plugins(spec):
+        try:
+            if entry.endswith(".py"):
+                path: Path | None = Path(entry).expanduser().resolve()
+            else:
+                module = sys.modules.get(entry)
+                origin = getattr(module, "__file__", None)
+                path = Path(origin) if origin else None
+            if path is not None and path.is_file():
+                digests[entry] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        except OSError:  # unreadable now: nothing to compare
+            continue
+    return digests
 
 
 PLUGINS_HELP = (

@@ -820,3 +820,36 @@ def test_a_backend_counted_as_none_or_given_alibis_bias_is_measured_as_training_
         assert alibi.caveats == [] and alibi.row("attn_scores (full-square)").note == "PaLM/nanoGPT convention"
     finally:
         del ATTENTION_BACKEND_REGISTRY["opaque_t"], ATTENTION_BACKEND_REGISTRY["with_bias_t"]
+
+
+def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The weights of a registered component meet its code again on a resume: an edit in between (a fix, an
+    experiment) changed the model under them unannounced. The checkpoint records each plugin file's digest."""
+    import io
+    import json
+
+    import gptlab.plugins
+    from gptlab.config.train import parse_run_args
+    from gptlab.train.launch import train
+    from tests.train.conftest import tiny_args
+
+    plugin = tmp_path / "edited_norm_t.py"
+    plugin.write_text(
+        "from gptlab.model import NORM_REGISTRY\nfrom gptlab.model.components import RMSNorm\n\n"
+        "class EditedNorm(RMSNorm):\n    pass\n\nNORM_REGISTRY['edited_norm_t'] = EditedNorm\n"
+    )
+    run = tmp_path / "run"
+    args = [*tiny_args(data_dir, run, max_iters=2, normalization="edited_norm_t"), f"--plugins={str(plugin)!r}"]
+    try:
+        train(parse_run_args(args), stream=io.StringIO())
+        resume = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'",
+                  f"--plugins={str(plugin)!r}"]  # fmt: skip
+        train(parse_run_args([*resume, "--max_iters=3"]), stream=io.StringIO())  # the same code: nothing said
+        plugin.write_text(plugin.read_text() + "# an edit\n")
+        train(parse_run_args([*resume, "--max_iters=4"]), stream=io.StringIO())
+    finally:
+        NORM_REGISTRY.pop("edited_norm_t", None)
+        gptlab.plugins._imported_files.pop(plugin.resolve(), None)
+    resumes = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r.get("event") == "resume"]
+    assert "plugin code" not in resumes[0]["changed"]
+    assert resumes[1]["changed"]["plugin code"] == ["as the checkpoint was trained", f"edited since: {plugin}"]

@@ -76,7 +76,7 @@ from gptlab.fileio import atomic_write, check_directory
 from gptlab.logging import TrainingLogger, log_records
 from gptlab.model.convert import check_init_source, resolve_pretrained
 from gptlab.model.gpt import ConfigurableGPT
-from gptlab.plugins import component_plugins, saved_plugins
+from gptlab.plugins import component_plugins, plugin_digests, saved_plugins
 from gptlab.telemetry.gradients import PendingGradientStats
 from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.schedule import get_lr, schedule_cut
@@ -373,6 +373,7 @@ class Trainer:
         inferred = not cfg.plugins.strip()
         if inferred:  # started from Python, none given: the modules its components come from
             cfg.plugins, self._unimportable = component_plugins(self.arch)
+        self._plugin_digests = plugin_digests(cfg.plugins)  # the code of its components, as this session runs it
         check_sdpa_backend(cfg.sdpa_backend, self.arch.attention_backend, self.device.type)
         prefer_sdpa_kernel(cfg.sdpa_backend, self.device.type)  # before any compile traces the attention
         # the DCP checkpoint resumed from, and its iteration: saving that iteration again rewrites only its meta
@@ -549,6 +550,10 @@ class Trainer:
                 # were recorded): the val losses from here on are on other batches than the logged ones
                 changed["evaluation batches"] = ("seed+1's training stream", "their own stream (from here on)")
                 self.best_val_loss = float("inf")  # not comparable: the next evaluation sets it, on the new batches
+            saved_code = ckpt.get("plugin_digests") or {}
+            edited = sorted(k for k, v in self._plugin_digests.items() if saved_code.get(k) not in (None, v))
+            if edited:  # a component's code changed since the checkpoint: the weights meet other code
+                changed["plugin code"] = ("as the checkpoint was trained", f"edited since: {', '.join(edited)}")
             old_versions = ckpt.get("versions") or {}
             for name, now in software_versions().items():
                 if old_versions.get(name) not in (None, now):
@@ -939,6 +944,7 @@ class Trainer:
             "data": self._data_fingerprint(),
             "versions": software_versions(),
             "weights_origin": self.weights_origin,
+            "plugin_digests": self._plugin_digests,
         }
 
     def _data_fingerprint(self) -> dict[str, Any]:
