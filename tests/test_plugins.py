@@ -851,5 +851,5 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
         NORM_REGISTRY.pop("edited_norm_t", None)
         gptlab.plugins._imported_files.pop(plugin.resolve(), None)
     resumes = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r.get("event") == "resume"]
-    assert "plugin code" not in resumes[0]["changed"]
-    assert resumes[1]["changed"]["plugin code"] == ["as the checkpoint was trained", f"edited since: {plugin}"]
+    assert "plugin files" not in resumes[0]["changed"]
+    assert resumes[1]["changed"]["plugin files"] == ["as the checkpoint was trained", f"changed since: {plugin}"]

@@ -552,8 +552,9 @@ class Trainer:
                 self.best_val_loss = float("inf")  # not comparable: the next evaluation sets it, on the new batches
             saved_code = ckpt.get("plugin_digests") or {}
             edited = sorted(k for k, v in self._plugin_digests.items() if saved_code.get(k) not in (None, v))
-            if edited:  # a component's code changed since the checkpoint: the weights meet other code
-                changed["plugin code"] = ("as the checkpoint was trained", f"edited since: {', '.join(edited)}")
+            if edited:  # a registered component's code may have changed under its weights (or the config file
+                # that registers it, only its settings): said, not refused
+                changed["plugin files"] = ("as the checkpoint was trained", f"changed since: {', '.join(edited)}")
             old_versions = ckpt.get("versions") or {}
             for name, now in software_versions().items():
                 if old_versions.get(name) not in (None, now):
