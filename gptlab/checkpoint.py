@@ -34,9 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptlab.errors import CheckpointError, first_line
+from gptlab.errors import CheckpointError, first_line, storage_note
 from gptlab.fileio import atomic_open, fsync_dir
-from gptlab.units import format_si
 
 CHECKPOINT_NAME = "ckpt.pt"
 DCP_LINK = "ckpt.dcp"
@@ -95,9 +94,7 @@ def _write_refused(error: BaseException, path: Path) -> CheckpointError | None:
     cause = next((c for c in (error, error.__cause__, error.__context__) if isinstance(c, OSError)), None)
     if cause is None:
         return None
-    reason = cause.strerror or first_line(cause)
-    with contextlib.suppress(OSError):
-        reason += f" ({format_si(shutil.disk_usage(path.parent).free, 'B')} free on its disk)"
+    reason = (cause.strerror or first_line(cause)) + storage_note(cause, path.parent)
     return CheckpointError(f"cannot write the checkpoint {path}: {reason}")
 
 
@@ -244,6 +241,8 @@ def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
         return CheckpointError(
             f"init_from='resume' but out_dir={str(out_dir)!r} does not exist{start}: name the run's --out_dir"
         )
+    if not why and (Path(out_dir) / "log.jsonl").is_file():  # a run stopped before its first checkpoint (a kill
+        why = "its run saved none: start it again without --init_from=resume, with --overwrite=True"  # mid-save)
     why = why or "a run starts there without --init_from=resume"
     return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint ({why})")
 

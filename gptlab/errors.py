@@ -208,15 +208,28 @@ def refuse_extra(command: str, extra: list[str], options: Iterable[str]) -> None
     raise ConfigError(f"'gptlab {command}' does not take {' '.join(extra)}{hint} (see gptlab {command} -h)")
 
 
+def storage_note(error: OSError, folder: str | os.PathLike[str]) -> str:
+    """What a refused write's one line adds: the file-size limit for EFBIG (free space is beside the point
+    there), else the free space on ``folder``'s disk; '' where that cannot be read."""
+    import errno
+    import shutil
+
+    from gptlab.units import format_si
+
+    if error.errno == errno.EFBIG:
+        return " (the process's file-size limit: `ulimit -f`)"
+    try:
+        return f" ({format_si(shutil.disk_usage(folder).free, 'B')} free on its disk)"
+    except (OSError, ValueError):
+        return ""
+
+
 def storage_refused(error: BaseException) -> GptlabError | None:
     """A write the storage refused (full, over quota, read-only, a file-size limit) anywhere gptlab writes, as
     one line naming the file and the free space; the checkpoint and the log say so themselves. None for other
     errors."""
     import errno
-    import shutil
     from pathlib import Path
-
-    from gptlab.units import format_si
 
     refusals = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
     if not isinstance(error, OSError) or error.errno not in refusals:
@@ -225,8 +238,7 @@ def storage_refused(error: BaseException) -> GptlabError | None:
     free = ""
     if error.filename:
         with contextlib.suppress(OSError, ValueError, StopIteration):
-            folder = next(p for p in Path(os.fsdecode(error.filename)).parents if p.is_dir())
-            free = f" ({format_si(shutil.disk_usage(folder).free, 'B')} free on its disk)"
+            free = storage_note(error, next(p for p in Path(os.fsdecode(error.filename)).parents if p.is_dir()))
     return GptlabError(f"{where}{error.strerror or error}{free}")
 
 

@@ -15,9 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from gptlab.errors import ConfigError, GptlabError, first_line
+from gptlab.errors import ConfigError, GptlabError, first_line, storage_note
 from gptlab.fileio import atomic_write
-from gptlab.units import format_si
 
 
 def logged_peak_gb(memory: dict[str, Any]) -> float | None:
@@ -330,14 +329,8 @@ class TrainingLogger:
             self._file.write(json.dumps(_json_safe(record)) + "\n")
             self._file.flush()
         except OSError as e:  # a full disk or a file-size limit: one line, as for a checkpoint
-            import shutil
-
             self._write_failed = True
-
-            free = shutil.disk_usage(self.out_dir).free
-            raise GptlabError(
-                f"cannot write {self._path}: {e.strerror or e} ({format_si(free, 'B')} free on its disk)"
-            ) from None
+            raise GptlabError(f"cannot write {self._path}: {e.strerror or e}{storage_note(e, self.out_dir)}") from None
 
     def _print(self, text: str) -> None:
         if self._status_shown:  # clear the progress line before printing above it

@@ -261,7 +261,10 @@ def _accumulation_error(cfg: TrainConfig, world_size: int, explicit: frozenset[s
     if cfg.init_from == "resume" and "gradient_accumulation_steps" not in explicit:
         whence = " (the resumed checkpoint's)"
     sequences = steps * cfg.batch_size  # the global batch: kept by a smaller micro-batch where one divides it
-    same = f" --batch_size={sequences // fits} (the same {sequences} sequences a step)" if sequences % fits == 0 else ""
+    same = ""
+    if sequences % fits == 0:  # as many sequences, other ones: a resume's batches no longer continue the run's
+        other = ", not the run's batches from here on" if cfg.init_from == "resume" else ""
+        same = f" --batch_size={sequences // fits} ({sequences} sequences a step, as before{other})"
     return (
         f"gradient_accumulation_steps={steps}{whence} must be divisible by the world size {world_size} "
         f"(it counts the micro-batches of the whole step, as in nanoGPT): pass --gradient_accumulation_steps={fits}"
