@@ -964,8 +964,20 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
         }
 
+    def _check_out_dir(self) -> None:
+        """out_dir is the folder the run started in: one moved or deleted mid-run (its log, its lock and its
+        checkpoints gone with it) got a new ckpt.pt and summary.json in a fresh folder of that name, the run said
+        it completed, and a second run could take the name meanwhile (the lock held a deleted file)."""
+        known = getattr(self, "_out_dir_identity", None)
+        if known is not None and _folder_identity(self.out_dir) != known:
+            raise GptlabError(
+                f"out_dir={str(self.out_dir)!r} was moved or deleted while the run wrote to it (its log and earlier "
+                "checkpoints went with it): nothing more is saved there; resume from where the folder went"
+            )
+
     def save(self) -> Path:
         """fsdp: every rank writes its shards (DCP); otherwise rank 0 writes one file. All ranks call."""
+        self._check_out_dir()
         keep = self.cfg.keep_checkpoints
         if self.mode == "fsdp":
             from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -1076,6 +1088,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._out_dir_identity = _folder_identity(self.out_dir)  # checked before each save and the summary
         if not cfg.eval_only and self._done:  # a resumed run that is already done
             return self._already_done()
         if self.master:
@@ -1450,6 +1463,7 @@ class Trainer:
         return self._resumed_iter if self._resumed_iter >= 0 else None
 
     def _finish(self, last_losses: dict[str, float] | None) -> dict[str, Any]:
+        self._check_out_dir()
         text = None
         if self.cfg.sample_at_end and (self.master or self.mode == "fsdp"):  # FSDP: every rank joins each forward
             from gptlab.train.sample import generate_text
@@ -1516,6 +1530,15 @@ def _saved_tokens_per_iter(ckpt: dict[str, Any], today: int) -> int:
     if all(isinstance(v, int) and v > 0 for v in sizes):
         return sizes[0] * sizes[1] * sizes[2]  # accumulation global across ranks, as since before that record
     return today
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """A folder's (device, inode): the same path names another folder once the first was moved or deleted."""
+    try:
+        found = os.stat(folder)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _preset_by_default(run: RunConfig) -> str | None:

@@ -1596,3 +1596,25 @@ def test_a_config_file_that_sizes_a_model_without_a_preset_is_said(tmp_path: Pat
         [str(tmp_path / "spelled.py")],
     ):
         assert _preset_by_default(parse_run_args(args)) is None, args
+
+
+def test_an_out_dir_moved_during_the_run_stops_it_in_one_line(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mv run run_moved` (or `rm -rf run`) mid-run: the run went on, wrote ckpt.pt and summary.json into a fresh
+    folder of the old name without its log, said it completed, and a second run could take the name meanwhile."""
+    from gptlab.errors import GptlabError
+
+    run, moved = tmp_path / "run", tmp_path / "run_moved"
+    save = Trainer.save
+
+    def moved_first(self: Trainer) -> Path:
+        if not moved.exists():
+            run.rename(moved)
+        return save(self)
+
+    monkeypatch.setattr(Trainer, "save", moved_first)
+    with pytest.raises(GptlabError, match=r"out_dir=.*run' was moved or deleted while the run wrote to it"):
+        train(parse_run_args(tiny_args(data_dir, run, max_iters=8)), stream=io.StringIO())
+    assert not (run / "ckpt.pt").exists() and not (run / "summary.json").exists()
+    assert (moved / "log.jsonl").is_file()  # the log went with the folder
