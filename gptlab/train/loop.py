@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -70,6 +71,7 @@ from gptlab.config.train import (
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
+from gptlab.data.storage import split_path
 from gptlab.device import enable_tf32, prefer_sdpa_kernel, resolve_device, resolve_dtype
 from gptlab.errors import CheckpointError, ConfigError, GptlabError, first_line
 from gptlab.fileio import atomic_write, check_directory
@@ -546,6 +548,8 @@ class Trainer:
                 old_name, new_name = old_tok.get("name"), new_tok.get("name")
                 changed["tokenizer"] = (old_name, f"{new_name}, other ids" if old_name == new_name else new_name)
             old_data, new_data = ckpt.get("data"), self._data_fingerprint()
+            if isinstance(old_data, dict) and "bins" not in old_data:  # a checkpoint from before the sample
+                new_data.pop("bins")
             if old_data and old_data != new_data:  # re-prepared (other text, another Python's stdlib): said, as
                 # the tokenizer is, not refused; the batches from here on are not the interrupted run's
                 changed["data"] = (_describe_data(old_data), _describe_data(new_data))
@@ -952,9 +956,12 @@ class Trainer:
         }
 
     def _data_fingerprint(self) -> dict[str, Any]:
-        """What a resume checks its data against (said if different: the batches are no longer the run's)."""
+        """What a resume checks its data against (said if different: the batches are no longer the run's): the
+        source's hash and token counts meta.json records, and a sample of each split file's bytes, which see a
+        .bin rewritten in place at the same size (shuffled, or another text's tokens) that meta.json does not."""
         source = self.meta.get("source") or {}
-        return {"sha256": source.get("sha256"), "tokens": self.meta.get("tokens")}
+        bins = _bins_sample(self.dataset_dir)
+        return {"sha256": source.get("sha256"), "tokens": self.meta.get("tokens"), "bins": bins}
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The single-file checkpoint (not under fsdp; under zero1, on rank 0 after consolidation)."""
@@ -1590,7 +1597,28 @@ def _bias_scope(run: RunConfig, arch: ModelArchitectureConfig) -> str | None:
 def _describe_data(fingerprint: dict[str, Any]) -> str:
     sha, tokens = fingerprint.get("sha256"), fingerprint.get("tokens") or {}
     counts = ", ".join(f"{split} {n:,}" for split, n in tokens.items())
-    return f"sha256 {sha[:12]}, {counts} tokens" if sha else f"{counts} tokens"
+    bins = fingerprint.get("bins") or {}
+    sampled = f"; .bin samples {', '.join(f'{k} {v[:8]}' for k, v in bins.items())}" if bins else ""
+    return (f"sha256 {sha[:12]}, {counts} tokens" if sha else f"{counts} tokens") + sampled
+
+
+def _bins_sample(dataset_dir: Path, blocks: int = 16, block_bytes: int = 4096) -> dict[str, str]:
+    """Each split file's size and ``blocks`` evenly spaced blocks of its bytes, hashed (64 KB read a save, however
+    large the dataset): a file rewritten in place changes it with near certainty, an identical re-prepare never."""
+    digests = {}
+    for split in ("train", "val"):
+        path = split_path(dataset_dir, split)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                digest = hashlib.sha256(str(size).encode())
+                for i in range(blocks):
+                    f.seek(size * i // blocks)
+                    digest.update(f.read(block_bytes))
+        except OSError:
+            continue
+        digests[split] = digest.hexdigest()[:16]
+    return digests
 
 
 def _cloned(state: Any) -> Any:
