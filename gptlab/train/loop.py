@@ -557,6 +557,8 @@ class Trainer:
                 # were recorded): the val losses from here on are on other batches than the logged ones
                 changed["evaluation batches"] = ("seed+1's training stream", "their own stream (from here on)")
                 self.best_val_loss = float("inf")  # not comparable: the next evaluation sets it, on the new batches
+            if (stranger := _not_this_folders_run(self.out_dir, ckpt)) is not None:  # copied in from elsewhere
+                changed["checkpoint's run"] = (f"this folder's ({stranger})", "another's: its checkpoint is trained on")
             saved_code = ckpt.get("plugin_digests") or {}
             edited = sorted(k for k, v in self._plugin_digests.items() if saved_code.get(k) not in (None, v))
             if edited:  # a registered component's code may have changed under its weights (or the config file
@@ -1537,6 +1539,21 @@ def _saved_tokens_per_iter(ckpt: dict[str, Any], today: int) -> int:
     if all(isinstance(v, int) and v > 0 for v in sizes):
         return sizes[0] * sizes[1] * sizes[2]  # accumulation global across ranks, as since before that record
     return today
+
+
+def _not_this_folders_run(out_dir: Path, ckpt: dict[str, Any]) -> str | None:
+    """The keys where a checkpoint's architecture is not the one out_dir's run recorded (its config.json, written
+    when its last session started): a ckpt.pt copied in from another run trains that run's model, said (None where
+    they agree, or either record is missing)."""
+    try:
+        recorded = json.loads((out_dir / "config.json").read_text(encoding="utf-8")).get("arch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    saved = ckpt.get("arch")
+    if not isinstance(recorded, dict) or not isinstance(saved, dict):
+        return None
+    differ = sorted(k for k in set(recorded) & set(saved) if k not in FREE_ARCH_KEYS and recorded[k] != saved[k])
+    return ", ".join(f"{k}={recorded[k]!r}" for k in differ[:3]) or None
 
 
 def _folder_identity(folder: Path) -> tuple[int, int] | None:

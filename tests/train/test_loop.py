@@ -1640,3 +1640,20 @@ def test_a_split_file_rewritten_in_place_is_said_on_resume(data_dir: Path, tmp_p
     assert "data" not in first and "data" in second
     was, now = second["data"]
     assert was.split("; ")[0] == now.split("; ")[0] and was != now  # meta.json's record alike, the bytes not
+
+
+def test_a_checkpoint_copied_in_from_another_run_is_said(data_dir: Path, tmp_path: Path) -> None:
+    """Another run's ckpt.pt copied over this folder's: the resume trained that run's model (its log jumping to
+    another iteration and architecture), saying only that max_iters changed."""
+    import shutil
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    train(parse_run_args(tiny_args(data_dir, mine, max_iters=2)), stream=io.StringIO())
+    train(parse_run_args(tiny_args(data_dir, other, max_iters=3, n_embd=64)), stream=io.StringIO())
+    launch = [f"--out_dir={str(mine)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'"]
+    train(parse_run_args([*launch, "--max_iters=3"]), stream=io.StringIO())  # its own: nothing said
+    shutil.copy(other / "ckpt.pt", mine / "ckpt.pt")
+    train(parse_run_args([*launch, "--max_iters=5"]), stream=io.StringIO())
+    first, second = [r["changed"] for r in read_log(mine) if r.get("event") == "resume"]
+    assert "checkpoint's run" not in first
+    assert second["checkpoint's run"] == ["this folder's (n_embd=32)", "another's: its checkpoint is trained on"]
