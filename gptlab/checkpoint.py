@@ -241,8 +241,9 @@ def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
         return CheckpointError(
             f"init_from='resume' but out_dir={str(out_dir)!r} does not exist{start}: name the run's --out_dir"
         )
-    if not why and (Path(out_dir) / "log.jsonl").is_file():  # a run stopped before its first checkpoint (a kill
+    if not why and (Path(out_dir) / "log.jsonl").is_file():  # a run stopped before its first checkpoint (killed
         why = "its run saved none: start it again without --init_from=resume, with --overwrite=True"  # mid-save)
+        why += " or another --out_dir"
     why = why or "a run starts there without --init_from=resume"
     return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint ({why})")
 

@@ -217,7 +217,7 @@ def storage_note(error: OSError, folder: str | os.PathLike[str]) -> str:
     from gptlab.units import format_si
 
     if error.errno == errno.EFBIG:
-        return " (the process's file-size limit: `ulimit -f`)"
+        return " (a file-size limit: the process's, `ulimit -f`, or the filesystem's, FAT32's 4 GiB)"
     try:
         return f" ({format_si(shutil.disk_usage(folder).free, 'B')} free on its disk)"
     except (OSError, ValueError):

@@ -147,10 +147,34 @@ def plugin_digests(spec: str) -> dict[str, str]:
                 origin = getattr(module, "__file__", None)
                 path = Path(origin) if origin else None
             if path is not None and path.is_file():
-                digests[entry] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+                digests[entry] = hashlib.sha256(_code_of(path.read_bytes())).hexdigest()[:16]
         except OSError:  # unreadable now: nothing to compare
             continue
     return digests
+
+
+def _code_of(source: bytes) -> bytes:
+    """A plugin file's code without its settings: a config file that registers is a plugin, and a resume that
+    raised its max_iters there changed no component (its syntax tree, less top-level assignments of gptlab's
+    keys, comments and layout; the bytes where it does not parse)."""
+    import ast
+
+    from gptlab.config.train import ALL_KEYS
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return source
+
+    def a_setting(node: ast.stmt) -> bool:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        return (
+            isinstance(node, (ast.Assign, ast.AnnAssign)) and len(names) == len(targets) and set(names) <= set(ALL_KEYS)
+        )
+
+    tree.body = [node for node in tree.body if not a_setting(node)]
+    return ast.dump(tree).encode()
 
 
 PLUGINS_HELP = (

@@ -844,8 +844,9 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
         train(parse_run_args(args), stream=io.StringIO())
         resume = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'",
                   f"--plugins={str(plugin)!r}"]  # fmt: skip
+        plugin.write_text(plugin.read_text() + "max_iters = 3  # a setting, as a config file that registers has\n")
         train(parse_run_args([*resume, "--max_iters=3"]), stream=io.StringIO())  # the same code: nothing said
-        plugin.write_text(plugin.read_text() + "# an edit\n")
+        plugin.write_text(plugin.read_text().replace("    pass", "    eps_scale = 2.0"))  # the component changed
         train(parse_run_args([*resume, "--max_iters=4"]), stream=io.StringIO())
     finally:
         NORM_REGISTRY.pop("edited_norm_t", None)

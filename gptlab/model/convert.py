@@ -427,7 +427,8 @@ def _build(
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[key].shape):
             shapes = f"has shape {tuple(tensor.shape)}, expected {tuple(own[key].shape)}"
-            raise CheckpointError(f"{source}: {file_name(key)} {shapes}")
+            named = key if file_name(key) == key else f"{file_name(key)} (in gptlab's layout, {key})"
+            raise CheckpointError(f"{source}: {named} {shapes}")
         if tensor.is_floating_point() != own[key].is_floating_point():
             raise CheckpointError(f"{source}: {file_name(key)} holds {tensor.dtype} values, expected {own[key].dtype}")
     # checked: now the real model, built as training builds it (a registered component's non-persistent

@@ -265,8 +265,9 @@ def _accumulation_error(cfg: TrainConfig, world_size: int, explicit: frozenset[s
     sequences = steps * cfg.batch_size  # the global batch: kept by a smaller micro-batch where one divides it
     same = ""
     if sequences % fits == 0:  # as many sequences, other ones: a resume's batches no longer continue the run's
-        other = ", not the run's batches from here on" if cfg.init_from == "resume" else ""
-        same = f" --batch_size={sequences // fits} ({sequences} sequences a step, as before{other})"
+        resumed = cfg.init_from == "resume" and not {"gradient_accumulation_steps", "batch_size"} & explicit
+        kept = f"{sequences} sequences a step, as before, not the run's batches from here on" if resumed else ""
+        same = f" --batch_size={sequences // fits} ({kept or f'the same {sequences} sequences a step'})"
     return (
         f"gradient_accumulation_steps={steps}{whence} must be divisible by the world size {world_size} "
         f"(it counts the micro-batches of the whole step, as in nanoGPT): pass --gradient_accumulation_steps={fits}"
@@ -291,6 +292,8 @@ class Trainer:
         self.cfg: TrainConfig = replace(run.train)  # a copy: the run's record may change (a fine-tune's preset)
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir)
+        # the folder the lock was taken in (launch makes it before this): checked before each save and the summary
+        self._out_dir_identity = _folder_identity(self.out_dir)
         check_directory("out_dir", cfg.out_dir)
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
@@ -558,7 +561,7 @@ class Trainer:
                 changed["evaluation batches"] = ("seed+1's training stream", "their own stream (from here on)")
                 self.best_val_loss = float("inf")  # not comparable: the next evaluation sets it, on the new batches
             if (stranger := _not_this_folders_run(self.out_dir, ckpt)) is not None:  # copied in from elsewhere
-                changed["checkpoint's run"] = (f"this folder's ({stranger})", "another's: its checkpoint is trained on")
+                changed["checkpoint's run"] = ("this folder's (config.json)", f"another's, trained on: {stranger}")
             saved_code = ckpt.get("plugin_digests") or {}
             edited = sorted(k for k, v in self._plugin_digests.items() if saved_code.get(k) not in (None, v))
             if edited:  # a registered component's code may have changed under its weights (or the config file
@@ -978,7 +981,10 @@ class Trainer:
         checkpoints gone with it) got a new ckpt.pt and summary.json in a fresh folder of that name, the run said
         it completed, and a second run could take the name meanwhile (the lock held a deleted file)."""
         known = getattr(self, "_out_dir_identity", None)
-        if known is not None and _folder_identity(self.out_dir) != known:
+        if not self.master or known in (None, "unknown"):  # rank 0 writes and holds the log and the lock there;
+            return  # other nodes' views of a shared folder may differ (a remount) while it is fine
+        now = _folder_identity(self.out_dir)
+        if now != "unknown" and now != known:
             raise GptlabError(
                 f"out_dir={str(self.out_dir)!r} was moved or deleted while the run wrote to it (its log and earlier "
                 "checkpoints went with it): nothing more is saved there; resume from where the folder went"
@@ -1096,8 +1102,10 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        self._check_out_dir()  # (moved while the run was built: a checkpoint's load, a compile)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._out_dir_identity = _folder_identity(self.out_dir)  # checked before each save and the summary
+        if self._out_dir_identity is None:  # made here (a Trainer run from Python, without launch's lock)
+            self._out_dir_identity = _folder_identity(self.out_dir)
         if not cfg.eval_only and self._done:  # a resumed run that is already done
             return self._already_done()
         if self.master:
@@ -1553,15 +1561,18 @@ def _not_this_folders_run(out_dir: Path, ckpt: dict[str, Any]) -> str | None:
     if not isinstance(recorded, dict) or not isinstance(saved, dict):
         return None
     differ = sorted(k for k in set(recorded) & set(saved) if k not in FREE_ARCH_KEYS and recorded[k] != saved[k])
-    return ", ".join(f"{k}={recorded[k]!r}" for k in differ[:3]) or None
+    return ", ".join(f"{k} {recorded[k]!r} -> {saved[k]!r}" for k in differ[:3]) or None
 
 
-def _folder_identity(folder: Path) -> tuple[int, int] | None:
-    """A folder's (device, inode): the same path names another folder once the first was moved or deleted."""
+def _folder_identity(folder: Path) -> tuple[int, int] | str | None:
+    """A folder's (device, inode): the same path names another folder once the first was moved or deleted;
+    None where there is none, 'unknown' where it cannot be read now (a storage error: the write says so)."""
     try:
         found = os.stat(folder)
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError:
+        return "unknown"
     return found.st_dev, found.st_ino
 
 
@@ -1620,8 +1631,9 @@ def _describe_data(fingerprint: dict[str, Any]) -> str:
 
 
 def _bins_sample(dataset_dir: Path, blocks: int = 16, block_bytes: int = 4096) -> dict[str, str]:
-    """Each split file's size and ``blocks`` evenly spaced blocks of its bytes, hashed (64 KB read a save, however
-    large the dataset): a file rewritten in place changes it with near certainty, an identical re-prepare never."""
+    """Each split file's size and ``blocks`` evenly spaced blocks of its bytes, hashed (64 KiB of each file read a
+    save, however large the dataset): a file shuffled or re-tokenized in place changes it with near certainty (a
+    small edit between the blocks would not), an identical re-prepare never."""
     digests = {}
     for split in ("train", "val"):
         path = split_path(dataset_dir, split)
