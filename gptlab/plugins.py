@@ -166,12 +166,12 @@ def _code_of(source: bytes) -> bytes:
     except (SyntaxError, ValueError):
         return source
 
+    settings = set(ALL_KEYS)
+
     def a_setting(node: ast.stmt) -> bool:
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
         names = [t.id for t in targets if isinstance(t, ast.Name)]
-        return (
-            isinstance(node, (ast.Assign, ast.AnnAssign)) and len(names) == len(targets) and set(names) <= set(ALL_KEYS)
-        )
+        return isinstance(node, (ast.Assign, ast.AnnAssign)) and len(names) == len(targets) and set(names) <= settings
 
     tree.body = [node for node in tree.body if not a_setting(node)]
     return ast.dump(tree).encode()

@@ -71,7 +71,7 @@ from gptlab.config.train import (
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
-from gptlab.data.storage import split_path
+from gptlab.data.storage import SPLITS, split_path
 from gptlab.device import enable_tf32, prefer_sdpa_kernel, resolve_device, resolve_dtype
 from gptlab.errors import CheckpointError, ConfigError, GptlabError, first_line
 from gptlab.fileio import atomic_write, check_directory
@@ -362,6 +362,7 @@ class Trainer:
         # ---- data
         self.dataset_dir = ensure_prepared(cfg.dataset, cfg.data_dir)
         self.meta = read_meta(self.dataset_dir)
+        self.data_record = self._data_fingerprint()  # the data this session trains on, as each checkpoint records
         if cfg.sample_at_end:  # refused now, not after the training (whose summary it kept from being written)
             from gptlab.train.sample import encode_sample_prompt
 
@@ -550,7 +551,7 @@ class Trainer:
             if old_tok and new_tok and old_tok != new_tok:  # the same ids now mean other text: said, not refused
                 old_name, new_name = old_tok.get("name"), new_tok.get("name")
                 changed["tokenizer"] = (old_name, f"{new_name}, other ids" if old_name == new_name else new_name)
-            old_data, new_data = ckpt.get("data"), self._data_fingerprint()
+            old_data, new_data = ckpt.get("data"), dict(self.data_record)
             if isinstance(old_data, dict) and "bins" not in old_data:  # a checkpoint from before the sample
                 new_data.pop("bins")
             if old_data and old_data != new_data:  # re-prepared (other text, another Python's stdlib): said, as
@@ -564,8 +565,7 @@ class Trainer:
                 changed["checkpoint's run"] = ("this folder's (config.json)", f"another's, trained on: {stranger}")
             saved_code = ckpt.get("plugin_digests") or {}
             edited = sorted(k for k, v in self._plugin_digests.items() if saved_code.get(k) not in (None, v))
-            if edited:  # a registered component's code may have changed under its weights (or the config file
-                # that registers it, only its settings): said, not refused
+            if edited:  # a registered component's code may have changed under its weights: said, not refused
                 changed["plugin files"] = ("as the checkpoint was trained", f"changed since: {', '.join(edited)}")
             old_versions = ckpt.get("versions") or {}
             for name, now in software_versions().items():
@@ -954,7 +954,7 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "rng": self._rng_state(),
             "gradient_history": self.telemetry.spikes.state_dict(),  # the spike test's running median
-            "data": self._data_fingerprint(),
+            "data": self.data_record,
             "versions": software_versions(),
             "weights_origin": self.weights_origin,
             "plugin_digests": self._plugin_digests,
@@ -980,7 +980,7 @@ class Trainer:
         """out_dir is the folder the run started in: one moved or deleted mid-run (its log, its lock and its
         checkpoints gone with it) got a new ckpt.pt and summary.json in a fresh folder of that name, the run said
         it completed, and a second run could take the name meanwhile (the lock held a deleted file)."""
-        known = getattr(self, "_out_dir_identity", None)
+        known = self._out_dir_identity
         if not self.master or known in (None, "unknown"):  # rank 0 writes and holds the log and the lock there;
             return  # other nodes' views of a shared folder may differ (a remount) while it is fine
         now = _folder_identity(self.out_dir)
@@ -1635,7 +1635,7 @@ def _bins_sample(dataset_dir: Path, blocks: int = 16, block_bytes: int = 4096) -
     save, however large the dataset): a file shuffled or re-tokenized in place changes it with near certainty (a
     small edit between the blocks would not), an identical re-prepare never."""
     digests = {}
-    for split in ("train", "val"):
+    for split in SPLITS:
         path = split_path(dataset_dir, split)
         try:
             with open(path, "rb") as f:
