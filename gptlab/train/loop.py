@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import os
@@ -25,7 +24,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -41,27 +39,20 @@ from gptlab.checkpoint import (
     interrupted_save,
     is_dcp_dir,
     is_run_checkpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    load_checkpoint_meta,
     load_dcp,
-    no_checkpoint_error,
     optimizer_state_by_name,
     remove_checkpoints,
     remove_save_leftovers,
-    rollback_hint,
     save_dcp,
     save_single_file,
     saved_summary,
     software_versions,
     state_errors,
-    stopped_before_training,
     weights_path,
 )
-from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
+from gptlab.config.model import ModelArchitectureConfig
 from gptlab.config.train import (
     CUDA_GRAPH_MODES,
-    SAID_LAUNCH_KEYS,
     RunConfig,
     TrainConfig,
     check_sdpa_backend,
@@ -71,16 +62,23 @@ from gptlab.config.train import (
 from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
-from gptlab.data.storage import SPLITS, split_path
 from gptlab.device import enable_tf32, prefer_sdpa_kernel, resolve_device, resolve_dtype
 from gptlab.errors import CheckpointError, ConfigError, GptlabError, first_line
 from gptlab.fileio import atomic_write, check_directory
 from gptlab.logging import TrainingLogger, log_records
-from gptlab.model.convert import check_init_source, resolve_pretrained
 from gptlab.model.gpt import ConfigurableGPT
-from gptlab.plugins import component_plugins, plugin_digests, saved_plugins
+from gptlab.plugins import component_plugins, plugin_digests
 from gptlab.telemetry.gradients import PendingGradientStats
 from gptlab.train import telemetry_hooks as telemetry
+from gptlab.train.init_from import resolve_init, scratch_notes, weights_origin
+from gptlab.train.resume import (
+    check_out_dir_unclaimed,
+    data_record,
+    folder_identity,
+    resume_changes,
+    resume_line,
+    saved_tokens_per_iter,
+)
 from gptlab.train.schedule import get_lr, schedule_cut
 from gptlab.train.signals import StopSignals, TrainingInterrupted
 from gptlab.train.startup_report import build_startup_report, render_startup_report
@@ -93,165 +91,6 @@ class NonFiniteLossError(GptlabError):
 
 NO_ITER = 2**62  # no such iteration (a sentinel above any real one)
 MAX_SKIPS_IN_A_ROW = 25  # nan_policy=skip stops the run after this many (fp16's loss scale recovers in fewer)
-
-
-def _check_arch_overrides(
-    run: RunConfig, loaded: dict[str, Any], source: str, may_shrink_block: bool = False
-) -> list[str]:
-    """Architecture keys set now that the loaded weights contradict: typed on the command line, an
-    error; from a config file, the weights win, as nanoGPT's resume and init_from do (a config file
-    spells out the model it was written for). Returns those config-file keys, 'key: file's -> weights''."""
-    overruled = []
-    for key in sorted(run.explicit & set(loaded)):
-        if key in FREE_ARCH_KEYS or key not in ARCH_FIELDS:
-            continue
-        wanted, have = getattr(run.arch, key), loaded[key]
-        if key == "block_size" and may_shrink_block and wanted <= have:
-            continue  # a shorter context crops the loaded model, as nanoGPT does
-        if _same_in_effect(key, wanted, loaded):
-            continue
-        if key not in run.typed:
-            overruled.append(f"{key}: {wanted!r} -> {have!r}")
-            continue
-        raise _conflict(key, wanted, have, source, may_shrink_block)
-    return overruled
-
-
-def _origin(init_from: str) -> str:
-    """A fine-tune's source as recorded: a local path made absolute (a run is resumed from anywhere); 'scratch'
-    and a Hub name as they are."""
-    path = Path(init_from).expanduser()
-    return str(path.resolve()) if init_from != "scratch" and path.exists() else init_from
-
-
-def _same_in_effect(key: str, wanted: Any, loaded: dict[str, Any]) -> bool:
-    """``wanted`` is what the weights have, stored or derived: d_ff=None means the derived FFN width,
-    n_kv_head=None as many K/V heads as query heads."""
-    have = loaded.get(key)
-    if wanted == have:
-        return True
-    if key in ("d_ff", "n_kv_head") and wanted is not None and have is None:
-        config = ModelArchitectureConfig.from_dict(loaded)
-        return wanted == (config.ffn_hidden_dim if key == "d_ff" else config.kv_heads)
-    return False
-
-
-def _conflict(key: str, wanted: Any, have: Any, source: str, may_shrink_block: bool = False) -> ConfigError:
-    if key == "block_size" and may_shrink_block:  # a fine-tune: the context may be shortened, not lengthened
-        return ConfigError(
-            f"block_size={wanted!r} is longer than the weights loaded from {source!r} allow (block_size={have!r}): "
-            f"a fine-tune may shorten the context (--block_size={have!r} or less crops the model), not lengthen it"
-        )
-    return ConfigError(
-        f"{key}={wanted!r} conflicts with the weights loaded from {source!r} ({key}={have!r}); "
-        f"drop --{key} (only {', '.join(FREE_ARCH_KEYS)} may change on loaded weights)"
-    )
-
-
-PRESET_FAMILY_KEYS = ("normalization", "position_encoding", "ffn_type", "norm_position")
-
-
-def _family_clash(name: str, arch: dict[str, Any], skip: frozenset[str] = frozenset()) -> list[str]:
-    """The family keys (norm, positions, FFN, norm placement) of preset ``name`` that ``arch`` contradicts;
-    ``skip``: keys the user set, which override the preset's."""
-    preset = PRESETS[name]
-    return [k for k in PRESET_FAMILY_KEYS if k in preset and k not in skip and preset[k] != arch.get(k)]
-
-
-def preset_family(arch: dict[str, Any], prefer: Iterable[str | None] = ()) -> str:
-    """The preset whose family ``arch`` has: the first of ``prefer`` that fits ('custom' fits anything;
-    'team' and 'llama' share one family), else the first preset that does, else 'custom'."""
-    for name in prefer:
-        if name in PRESETS and not _family_clash(name, arch):
-            return name
-    return next((name for name in PRESETS if name != "custom" and not _family_clash(name, arch)), "custom")
-
-
-def _recorded_preset(path: Path) -> str | None:
-    """The arch_preset a gptlab checkpoint's run recorded (None for other weights)."""
-    from gptlab.checkpoint import read_saved_settings
-    from gptlab.model.convert import gptlab_checkpoint_path
-
-    found = gptlab_checkpoint_path(path)
-    try:
-        return read_saved_settings(found)[0].get("arch_preset") if found is not None else None
-    except CheckpointError:  # nanoGPT's ckpt.pt: no gptlab record
-        return None
-
-
-def _weights_tokenizer(path: Path, vocab_size: int) -> dict[str, Any] | None:
-    """The tokenizer the weights to fine-tune were trained with, where something says: a gptlab checkpoint's
-    record (beside a ``gptlab export --hf`` directory too), else GPT-2's for GPT-2's vocabulary (Hugging
-    Face's gpt2, nanoGPT's padded 50304); None when nothing does (a nanoGPT char model)."""
-    from gptlab.model.convert import weights_record
-    from gptlab.train.sample import gpt2_if_its_vocabulary
-
-    record = weights_record(path) or {}
-    if record.get("format") == "gptlab":
-        return record.get("tokenizer")
-    return gpt2_if_its_vocabulary(vocab_size)
-
-
-def _override(key: str, value: Any) -> str:
-    """``--key=value`` as a shell takes it: text bare and quoted for the shell (text keys take it so), the rest
-    as a Python literal."""
-    import shlex
-
-    return shlex.quote(f"--{key}={value}") if isinstance(value, str) else f"--{key}={value!r}"
-
-
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-
-
-def _unknown_tokenizer(path: Path, vocab_size: int, dataset: str) -> str | None:
-    """What a fine-tune's weights that record no tokenizer gptlab knows are (a LLaMA's 32000 or 128256 tokens, a
-    model saved without its run's record), for a note that the dataset's ids may be other text to them; None for
-    a nanoGPT checkpoint of this dataset, whose ids are its own."""
-    from gptlab.model.convert import recorded_dataset, weights_record
-
-    record = weights_record(path) or {}
-    if "model_args" in record and recorded_dataset(record) == dataset:
-        return None
-    beside = [name for name in HF_TOKENIZER_FILES if path.is_dir() and (path / name).is_file()]
-    own = f"; its folder has a tokenizer of its own ({', '.join(beside)})" if beside else ""
-    return f"a {vocab_size}-token vocabulary, not GPT-2's (50257) nor a gptlab run's recorded one{own}"
-
-
-def _other_tokenizer(weights: dict[str, Any] | None, data: dict[str, Any] | None) -> bool:
-    """Whether the dataset's ids are other text to the weights: another tokenizer, or another char vocabulary."""
-    if not weights or not data:
-        return False
-    if weights.get("name") != data.get("name"):
-        return True
-    return data.get("name") == "char" and weights != data
-
-
-def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> None:
-    """An ``arch_preset`` typed now whose family the loaded weights contradict (but for the family keys
-    typed with it) is an error, as on a resume; variants within a family (tying, RoPE theta) load. A config
-    file's is set aside by ``parse_run_args`` and weighed against the weights' family instead."""
-    if "arch_preset" not in run.typed:
-        return
-    clash = _family_clash(run.train.arch_preset, loaded, skip=run.typed)
-    if clash:
-        have = ", ".join(f"{k}={loaded[k]!r}" for k in clash)
-        raise ConfigError(
-            f"arch_preset={run.train.arch_preset!r} conflicts with the weights loaded from {source!r} ({have}): "
-            "loaded weights fix the architecture; drop --arch_preset"
-        )
-
-
-def _nothing_logged_to_keep(out_dir: Path) -> bool:
-    """Whether out_dir's log (of a run with no checkpoint) holds nothing a new run would lose: it is empty (a
-    full disk at start), logged no iteration or evaluation (a data error or an out-of-memory at the first
-    batch), or its run was stopped by a signal before it trained a step (a preemption during the compile or
-    the first evaluation: a requeued job's command runs again)."""
-    if stopped_before_training(out_dir):
-        return True
-    try:
-        return not any(r.get("type") in ("iter", "eval") for _, r in log_records(out_dir / "log.jsonl"))
-    except (OSError, GptlabError):  # unreadable or not a log of ours: kept, as before
-        return False
 
 
 def _accumulation_error(cfg: TrainConfig, world_size: int, explicit: frozenset[str]) -> str:
@@ -293,7 +132,7 @@ class Trainer:
         cfg = self.cfg
         self.out_dir = Path(cfg.out_dir)
         # the folder the lock was taken in (launch makes it before this): checked before each save and the summary
-        self._out_dir_identity = _folder_identity(self.out_dir)
+        self._out_dir_identity = folder_identity(self.out_dir)
         check_directory("out_dir", cfg.out_dir)
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
@@ -326,43 +165,13 @@ class Trainer:
         if self.device.type == "cuda":
             enable_tf32()  # TF32 for fp32 matmuls and convs, as nanoGPT
 
-        if cfg.init_from != "resume" and not cfg.overwrite and not cfg.eval_only:
-            previous = [n for n in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (self.out_dir / n).exists()]
-            if previous == ["log.jsonl"] and _nothing_logged_to_keep(self.out_dir):
-                previous = []  # a start that failed before it trained or evaluated: its command may run again
-            kept = rollback_hint(self.out_dir)  # --keep_checkpoints' copies: a run's, even without ckpt.pt
-            if kept and previous in ([], ["log.jsonl"]):
-                raise ConfigError(
-                    f"out_dir={str(self.out_dir)!r} holds a previous run's {kept}, and --init_from=resume continues "
-                    "from it; or pick another --out_dir, or pass --overwrite=True to replace them"
-                )
-            if previous == ["log.jsonl"]:  # stopped (a NaN, Ctrl-C, out of memory) before its first checkpoint
-                raise ConfigError(
-                    f"out_dir={str(self.out_dir)!r} holds the log of a run that saved no checkpoint: pick another "
-                    "--out_dir, or pass --overwrite=True to replace it"
-                )
-            if previous:
-                raise ConfigError(
-                    f"out_dir={str(self.out_dir)!r} holds a previous run ({', '.join(previous)}): continue it with "
-                    "--init_from=resume, pick another --out_dir, or pass --overwrite=True to replace it"
-                )
-        if cfg.eval_only and cfg.init_from == "scratch":  # freshly initialised weights: surely not what was meant
-            saved = [n for n in ("ckpt.pt", "ckpt.dcp") if (self.out_dir / n).exists()]
-            if saved:
-                held: str | None = f"{saved[0]}: pass --init_from=resume to evaluate it"
-            else:
-                kept = rollback_hint(self.out_dir)
-                held = f"{kept}, and --init_from=resume evaluates it" if kept else None
-            if held:
-                raise ConfigError(
-                    f"eval_only=True with init_from='scratch' would evaluate new random weights, but "
-                    f"out_dir={str(self.out_dir)!r} holds {held}"
-                )
+        check_out_dir_unclaimed(cfg, self.out_dir)
 
         # ---- data
         self.dataset_dir = ensure_prepared(cfg.dataset, cfg.data_dir)
         self.meta = read_meta(self.dataset_dir)
-        self.data_record = self._data_fingerprint()  # the data this session trains on, as each checkpoint records
+        # the data this session trains on, as each checkpoint records
+        self.data_record = data_record(self.meta, self.dataset_dir)
         if cfg.sample_at_end:  # refused now, not after the training (whose summary it kept from being written)
             from gptlab.train.sample import encode_sample_prompt
 
@@ -373,11 +182,9 @@ class Trainer:
                 )
             encode_sample_prompt(self.meta.get("tokenizer"), cfg.sample_prompt)
         self.iter_num, self.best_val_loss = 0, float("inf")
-        self._overruled: list[str] = []  # config-file architecture keys the loaded weights overrule
-        self._weights_tokenizer: dict[str, Any] | None = None  # a fine-tune's weights' tokenizer, where known
-        self._unknown_weights_tokenizer: str | None = None  # ... or what its weights are, where none is known
-        self._weights_source = cfg.init_from  # a resume: the checkpoint's path
-        self.arch, ckpt, pretrained = self._resolve_init(run)
+        # (kept local: a resume's checkpoint is memory-mapped, and a reference kept would keep its file mapped)
+        found = resolve_init(run, cfg, int(self.meta["vocab_size"]), self.out_dir, self.mode == "fsdp")
+        self.arch, ckpt, pretrained = found.arch, found.ckpt, found.pretrained
         self._unimportable: list[str] = []  # registered components no later process can import (__main__'s)
         inferred = not cfg.plugins.strip()
         if inferred:  # started from Python, none given: the modules its components come from
@@ -391,7 +198,7 @@ class Trainer:
         self._resumed_iter = int(ckpt["iter_num"]) if ckpt is not None else -1
         # where the run's weights began ('scratch', or the weights a fine-tune loaded), kept over its resumes,
         # whose own init_from is 'resume'; None for a checkpoint written before it was recorded
-        origin = (ckpt or {}).get("weights_origin") if cfg.init_from == "resume" else _origin(cfg.init_from)
+        origin = (ckpt or {}).get("weights_origin") if cfg.init_from == "resume" else weights_origin(cfg.init_from)
         self.weights_origin: str | None = origin if isinstance(origin, str) else None
         self._saved_iter = -1  # the iteration of this session's latest checkpoint
         self._last_losses: dict[str, float] | None = None  # this session's latest evaluation
@@ -492,7 +299,7 @@ class Trainer:
         # tokens trained so far, over every session (a resume that changed the batch keeps the count exact)
         self.tokens_seen = 0
         if ckpt is not None:
-            per_iter = _saved_tokens_per_iter(ckpt, self.telemetry.tokens_per_iter)  # for a checkpoint without it
+            per_iter = saved_tokens_per_iter(ckpt, self.telemetry.tokens_per_iter)  # for a checkpoint without it
             self.tokens_seen = int(ckpt["tokens_seen"] if "tokens_seen" in ckpt else self.iter_num * per_iter)
         self._done = self._run_is_done()
         self._mfu_warned = False  # an MFU above 100% said once a session (_check_mfu)
@@ -530,82 +337,33 @@ class Trainer:
             interrupted = interrupted_save(self.out_dir)  # a newer DCP save, killed mid-swap, beside this one
             if interrupted is not None:
                 self.logger.log_event("interrupted_save", f"resuming from {ckpt['path']}, but {interrupted}")
-            changed = dict(run.resume_changes)
-            if ckpt.get("converted_from") == "nanoGPT":  # its model, AdamW state, iteration and settings carried over
-                if not cfg.eval_only:  # (an evaluation neither trains nor saves)
-                    changed["checkpoint"] = ("nanoGPT's", "gptlab's from its next save on")
-                    changed["batches"] = ("nanoGPT's random draws", f"gptlab's stream (seed {cfg.seed}) from here on")
-                if not ckpt.get("nanogpt_settings"):
-                    changed["settings"] = ("none recorded", "this command's, over gptlab's defaults")
-                if math.isfinite(self.best_val_loss):  # an estimate on other batches: not comparable, as below
-                    changed["best val loss"] = (
-                        f"{self.best_val_loss:.4f} on nanoGPT's batches",
-                        "the next evaluation's",
-                    )
-                    self.best_val_loss = float("inf")
-            if ckpt.get("parallel") not in (None, self.mode):  # a launch flag, not in the checkpoint's settings
-                changed["parallel"] = (ckpt["parallel"], self.mode)
-            if ckpt.get("world_size") not in (None, self.world_size):
-                changed["world_size"] = (ckpt["world_size"], self.world_size)
-            old_tok, new_tok = ckpt.get("tokenizer"), self.meta.get("tokenizer")
-            if old_tok and new_tok and old_tok != new_tok:  # the same ids now mean other text: said, not refused
-                old_name, new_name = old_tok.get("name"), new_tok.get("name")
-                changed["tokenizer"] = (old_name, f"{new_name}, other ids" if old_name == new_name else new_name)
-            old_data, new_data = ckpt.get("data"), dict(self.data_record)
-            if isinstance(old_data, dict) and "bins" not in old_data:  # a checkpoint from before the sample
-                new_data.pop("bins")
-            if old_data and old_data != new_data:  # re-prepared (other text, another Python's stdlib): said, as
-                # the tokenizer is, not refused; the batches from here on are not the interrupted run's
-                changed["data"] = (_describe_data(old_data), _describe_data(new_data))
-            if "versions" not in ckpt:  # written before evaluation batches had their own stream (and versions
-                # were recorded): the val losses from here on are on other batches than the logged ones
-                changed["evaluation batches"] = ("seed+1's training stream", "their own stream (from here on)")
-                self.best_val_loss = float("inf")  # not comparable: the next evaluation sets it, on the new batches
-            if (stranger := _not_this_folders_run(self.out_dir, ckpt)) is not None:  # copied in from elsewhere
-                changed["checkpoint's run"] = ("this folder's (config.json)", f"another's, trained on: {stranger}")
-            saved_code = ckpt.get("plugin_digests") or {}
-            edited = sorted(k for k, v in self._plugin_digests.items() if saved_code.get(k) not in (None, v))
-            if edited:  # a registered component's code may have changed under its weights: said, not refused
-                changed["plugin files"] = ("as the checkpoint was trained", f"changed since: {', '.join(edited)}")
-            old_versions = ckpt.get("versions") or {}
-            for name, now in software_versions().items():
-                if old_versions.get(name) not in (None, now):
-                    changed[name] = (old_versions[name], now)
-            changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            kept_by = [_override(k, changed[k][0]) for k in SAID_LAUNCH_KEYS if k in changed and k not in run.explicit]
-            if kept_by:  # a launch setting is the command's, not the checkpoint's: how to keep the run's own
-                changes += f" (launch settings are this command's: {' '.join(kept_by)} keeps the run's own)"
+            changed, keep_best = resume_changes(
+                run,
+                cfg,
+                ckpt,
+                mode=self.mode,
+                world_size=self.world_size,
+                out_dir=self.out_dir,
+                tokenizer=self.meta.get("tokenizer"),
+                data=self.data_record,
+                plugin_digests=self._plugin_digests,
+                best_val_loss=self.best_val_loss,
+            )
+            if not keep_best:  # measured on other batches than the next evaluations': the next one sets it
+                self.best_val_loss = float("inf")
             self.logger.log_event(
                 "resume",
-                f"resuming from {ckpt['path']} at iter {self.iter_num}"
-                + (f" (changed from the checkpoint's settings{changes})" if changes else ""),
+                resume_line(ckpt, self.iter_num, changed, run.explicit),
                 iter=self.iter_num,
                 changed={k: list(v) for k, v in changed.items()},
             )
-        if self._overruled:
-            self.logger.log_event(
-                "weights_fix_architecture",
-                f"the architecture is that of the weights loaded from {self._weights_source!r}, not the config file's: "
-                + "; ".join(self._overruled),
-                overruled=self._overruled,
-            )
-        if _other_tokenizer(self._weights_tokenizer, self.meta.get("tokenizer")):  # said, not refused (a study
-            # may mean it), as a resume on another tokenizer is
-            old, new = self._weights_tokenizer or {}, self.meta.get("tokenizer") or {}
-            what = "another char vocabulary" if old.get("name") == new.get("name") else f"{new.get('name')!r} tokens"
-            self.logger.log_event(
-                "tokenizer_mismatch",
-                f"the weights from {cfg.init_from!r} were trained on {old.get('name')!r} tokens, but dataset "
-                f"{cfg.dataset!r} is {what}: its ids are other text to them (is --dataset the one you meant?)",
-                weights_tokenizer=old.get("name"),
-                dataset_tokenizer=new.get("name"),
-            )
+        for event, line, fields in found.notes(cfg, self.meta.get("tokenizer")):
+            self.logger.log_event(event, line, **fields)
         if (cut := schedule_cut(cfg, run.typed)) is not None and not self._done:
             self.logger.log_event("schedule_cut", cut)
-        if cfg.init_from == "scratch" and (default := _preset_by_default(run)) is not None:
-            self.logger.log_event("preset_default", default)
-        elif (scope := _bias_scope(run, self.arch)) is not None and cfg.init_from == "scratch":
-            self.logger.log_event("bias_scope", scope)
+        if cfg.init_from == "scratch":
+            for event, line, fields in scratch_notes(run, self.arch):
+                self.logger.log_event(event, line, **fields)
         if self._unimportable:  # said: the run's resume, sample or export in another process would not find them
             self.logger.log_event(
                 "plugins_unrecorded",
@@ -613,16 +371,6 @@ class Trainer:
                 "process (a resume, gptlab sample or export) can import: register it in a module of its own and "
                 "pass it as plugins",
                 components=self._unimportable,
-            )
-        if self._unknown_weights_tokenizer is not None:  # said, as a known mismatch is: nothing tells whether
-            # the dataset was tokenized as the weights were trained (a LLaMA's own tokenizer, say)
-            data = (self.meta.get("tokenizer") or {}).get("name")
-            self.logger.log_event(
-                "tokenizer_unknown",
-                f"the weights from {cfg.init_from!r} record no tokenizer gptlab reads "
-                f"({self._unknown_weights_tokenizer}): dataset {cfg.dataset!r}'s {data!r} ids are other text to them "
-                "unless it was tokenized as they were trained (gptlab prepares with GPT-2's BPE or characters)",
-                dataset_tokenizer=data,
             )
         if cfg.overwrite and cfg.init_from != "resume" and not cfg.eval_only:
             # the replaced run's checkpoints go now (weights to fine-tune from are loaded by every rank), so that
@@ -662,73 +410,6 @@ class Trainer:
         for p in self.raw_model.parameters():
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)
-
-    # ------------------------------------------------------------------ init_from
-    def _resolve_init(self, run: RunConfig) -> tuple[ModelArchitectureConfig, dict[str, Any] | None, Any]:
-        """The architecture to train, the checkpoint to resume (if any) and a pretrained model
-        (if any). Nothing large is allocated here, so data checks can still fail fast."""
-        cfg, arch = self.cfg, run.arch
-        vocab = int(self.meta["vocab_size"])
-        if cfg.init_from == "scratch":
-            if "vocab_size" not in run.explicit:
-                arch = replace(arch, vocab_size=padded_vocab_size(vocab))  # pad for efficient matmuls
-            elif arch.vocab_size < vocab:
-                raise ConfigError(
-                    f"vocab_size={arch.vocab_size} is smaller than the vocabulary of dataset {cfg.dataset!r} ({vocab})"
-                )
-            return arch, None, None
-        if cfg.init_from == "resume":
-            path = latest_checkpoint(self.out_dir)
-            if path is None:
-                raise no_checkpoint_error(self.out_dir)
-            if is_dcp_dir(path) and self.mode == "fsdp":  # sharded into sharded: DCP reshards on load
-                ckpt = load_checkpoint_meta(path)
-            else:  # into a full state dict (a DCP directory is read whole by each rank)
-                ckpt = load_checkpoint(path)
-            ckpt["path"] = str(path)
-            # (an evaluation reads no optimizer state: a nanoGPT checkpoint without one evaluates)
-            needed = ("best_val_loss",) if "dcp_path" in ckpt or cfg.eval_only else ("optimizer", "best_val_loss")
-            if "optimizer_problem" in ckpt and not cfg.eval_only:  # a nanoGPT checkpoint whose AdamW state could
-                raise CheckpointError(ckpt["optimizer_problem"])  # not be carried over
-            if missing := [key for key in needed if key not in ckpt]:
-                raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: it has no {', '.join(missing)}")
-            self._weights_source = str(path)
-            # the architecture is the checkpoint's; only settings that keep the weights may change, if set now
-            self._overruled = run.overruled + _check_arch_overrides(run, ckpt["arch"], str(path))
-            arch_dict = {**ckpt["arch"], **{k: getattr(arch, k) for k in FREE_ARCH_KEYS if k in run.explicit}}
-            if int(arch_dict["vocab_size"]) < vocab:  # else the embedding fails on the first batch's ids
-                raise CheckpointError(
-                    f"{str(path)!r} has vocab_size={arch_dict['vocab_size']} < dataset {cfg.dataset!r}'s {vocab}: "
-                    "resume on the dataset it was trained on"
-                )
-            return ModelArchitectureConfig.from_dict(arch_dict, saved_plugins(ckpt)), ckpt, None
-        # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint, or a Hub model, to fine-tune
-        check_init_source(cfg.init_from, ("scratch", "resume"))
-        path = resolve_pretrained(cfg.init_from)
-        model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
-        loaded = model.config.to_dict()
-        self._weights_tokenizer = _weights_tokenizer(Path(path), model.config.vocab_size)
-        if self._weights_tokenizer is None:
-            self._unknown_weights_tokenizer = _unknown_tokenizer(Path(path), model.config.vocab_size, cfg.dataset)
-        wanted = run.file_arch.get("arch_preset")
-        family = preset_family(loaded, prefer=(wanted, _recorded_preset(path)))
-        self._overruled = [
-            f"{k}: {v!r} -> {(family if k == 'arch_preset' else loaded[k])!r}"
-            for k, v in run.file_arch.items()
-            if (k == "arch_preset" and v != family) or (k != "arch_preset" and loaded.get(k) != v)
-        ]
-        for key, wanted in run.typed_arch.items():
-            if not _same_in_effect(key, wanted, loaded):
-                raise _conflict(key, wanted, loaded.get(key), cfg.init_from, may_shrink_block=True)
-        self._overruled += _check_arch_overrides(run, loaded, cfg.init_from, may_shrink_block=True)
-        _check_preset(run, loaded, cfg.init_from)
-        if "arch_preset" not in run.typed:  # the run's record names the weights' family, not a default's
-            cfg.arch_preset = family
-        if model.config.vocab_size < vocab:
-            raise CheckpointError(f"{cfg.init_from!r} has vocab_size={model.config.vocab_size} < dataset's {vocab}")
-        if "block_size" in run.explicit and arch.block_size < model.config.block_size:
-            model.crop_block_size(arch.block_size)  # as nanoGPT does when fine-tuning on shorter blocks
-        return model.config, None, model.train()
 
     def _build_model(
         self, arch: ModelArchitectureConfig, ckpt: dict[str, Any] | None, pretrained: Any, on_meta: bool
@@ -960,14 +641,6 @@ class Trainer:
             "plugin_digests": self._plugin_digests,
         }
 
-    def _data_fingerprint(self) -> dict[str, Any]:
-        """What a resume checks its data against (said if different: the batches are no longer the run's): the
-        source's hash and token counts meta.json records, and a sample of each split file's bytes, which see a
-        .bin rewritten in place at the same size (shuffled, or another text's tokens) that meta.json does not."""
-        source = self.meta.get("source") or {}
-        bins = _bins_sample(self.dataset_dir)
-        return {"sha256": source.get("sha256"), "tokens": self.meta.get("tokens"), "bins": bins}
-
     def checkpoint_state(self) -> dict[str, Any]:
         """The single-file checkpoint (not under fsdp; under zero1, on rank 0 after consolidation)."""
         return {
@@ -983,7 +656,7 @@ class Trainer:
         known = self._out_dir_identity
         if not self.master or known in (None, "unknown"):  # rank 0 writes and holds the log and the lock there;
             return  # other nodes' views of a shared folder may differ (a remount) while it is fine
-        now = _folder_identity(self.out_dir)
+        now = folder_identity(self.out_dir)
         if now != "unknown" and now != known:
             raise GptlabError(
                 f"out_dir={str(self.out_dir)!r} was moved or deleted while the run wrote to it (its log and earlier "
@@ -1105,7 +778,7 @@ class Trainer:
         self._check_out_dir()  # (moved while the run was built: a checkpoint's load, a compile)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self._out_dir_identity is None:  # made here (a Trainer run from Python, without launch's lock)
-            self._out_dir_identity = _folder_identity(self.out_dir)
+            self._out_dir_identity = folder_identity(self.out_dir)
         if not cfg.eval_only and self._done:  # a resumed run that is already done
             return self._already_done()
         if self.master:
@@ -1537,117 +1210,6 @@ class Trainer:
             # the run's best over every session (the checkpoint carries it), not only this session's evaluations
             extra["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return extra
-
-
-def _saved_tokens_per_iter(ckpt: dict[str, Any], today: int) -> int:
-    """Tokens per iteration of the run that wrote a checkpoint older than its ``tokens_seen`` record: from its
-    own batch settings (a resume that changed the batch counted the earlier iterations at today's), else today's."""
-    train, arch = (ckpt.get("config") or {}).get("train") or {}, ckpt.get("arch") or {}
-    sizes = (train.get("batch_size"), train.get("gradient_accumulation_steps"), arch.get("block_size"))
-    if all(isinstance(v, int) and v > 0 for v in sizes):
-        return sizes[0] * sizes[1] * sizes[2]  # accumulation global across ranks, as since before that record
-    return today
-
-
-def _not_this_folders_run(out_dir: Path, ckpt: dict[str, Any]) -> str | None:
-    """The keys where a checkpoint's architecture is not the one out_dir's run recorded (its config.json, written
-    when its last session started): a ckpt.pt copied in from another run trains that run's model, said (None where
-    they agree, or either record is missing)."""
-    try:
-        recorded = json.loads((out_dir / "config.json").read_text(encoding="utf-8")).get("arch")
-    except (OSError, ValueError, AttributeError):
-        return None
-    saved = ckpt.get("arch")
-    if not isinstance(recorded, dict) or not isinstance(saved, dict):
-        return None
-    differ = sorted(k for k in set(recorded) & set(saved) if k not in FREE_ARCH_KEYS and recorded[k] != saved[k])
-    return ", ".join(f"{k} {recorded[k]!r} -> {saved[k]!r}" for k in differ[:3]) or None
-
-
-def _folder_identity(folder: Path) -> tuple[int, int] | str | None:
-    """A folder's (device, inode): the same path names another folder once the first was moved or deleted;
-    None where there is none, 'unknown' where it cannot be read now (a storage error: the write says so)."""
-    try:
-        found = os.stat(folder)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return "unknown"
-    return found.st_dev, found.st_ino
-
-
-def _preset_by_default(run: RunConfig) -> str | None:
-    """What a config file that sizes a model (nanoGPT's n_layer, n_head, n_embd) without naming a preset gets
-    from the gpt2 preset, OpenAI's GPT-2, that nanoGPT's train.py would not build (exact GELU, and bias=False,
-    its default, in Linear layers and LayerNorms alike): said, as a nanoGPT config copied as it is trained
-    another model than there. Only what the file left to the preset, and only where it differs."""
-    from_file, arch = run.explicit - run.typed, run.arch
-    if "arch_preset" in run.explicit or not {"n_layer", "n_head", "n_embd"} & from_file:
-        return None
-    bias = arch.bias if "bias" in run.explicit else False  # nanoGPT train.py's default
-    given: list[str] = []
-    if arch.gelu_approximate != "none" and "gelu_approximate" not in run.explicit and arch.activation == "gelu":
-        given.append(f"{arch.gelu_approximate}-approximated GELU")
-    norm_bias = {"layernorm": True, "layernorm_nobias": False}.get(arch.normalization)
-    if norm_bias is not None and norm_bias != bias and "normalization" not in run.explicit:
-        given.append("biased LayerNorms" if norm_bias else "LayerNorms without bias")
-    if "bias" not in run.explicit and arch.bias:
-        given.append("biased Linear layers")
-    if not given:
-        return None
-    fix = ["arch_preset = 'custom'"]
-    if norm_bias is not None and "normalization" not in run.explicit and not bias:
-        fix.append("normalization = 'layernorm_nobias'")
-    return (
-        f"the config file sizes a model but names no arch_preset: the gpt2 preset (OpenAI's GPT-2) gives it "
-        f"{', '.join(given)}, where nanoGPT's train.py builds exact GELU with bias={bias} in Linear layers and "
-        f"LayerNorms alike: {', '.join(fix)} in the file makes that model (arch_preset = 'gpt2' keeps this one)"
-    )
-
-
-def _bias_scope(run: RunConfig, arch: ModelArchitectureConfig) -> str | None:
-    """What a set ``bias`` leaves out, where nanoGPT's would not: its ``bias`` covers the LayerNorms too, gptlab's
-    the Linear layers only (the norm's bias is ``normalization``). Said when a LayerNorm the user did not name on
-    the command line keeps the other setting (a config file or preset's ``layernorm_nobias`` with --bias=True)."""
-    norm = arch.normalization
-    if "bias" not in run.explicit or "normalization" in run.typed or norm not in ("layernorm", "layernorm_nobias"):
-        return None
-    if arch.bias == (norm == "layernorm"):
-        return None
-    other = "layernorm" if arch.bias else "layernorm_nobias"
-    return (
-        f"bias={arch.bias} covers the Linear layers; the LayerNorms are normalization={norm!r}"
-        f"{' (no bias)' if arch.bias else ' (with bias)'}, where nanoGPT's bias={arch.bias} covers them too: add "
-        f"--normalization={other} for nanoGPT's model"
-    )
-
-
-def _describe_data(fingerprint: dict[str, Any]) -> str:
-    sha, tokens = fingerprint.get("sha256"), fingerprint.get("tokens") or {}
-    counts = ", ".join(f"{split} {n:,}" for split, n in tokens.items())
-    bins = fingerprint.get("bins") or {}
-    sampled = f"; .bin samples {', '.join(f'{k} {v[:8]}' for k, v in bins.items())}" if bins else ""
-    return (f"sha256 {sha[:12]}, {counts} tokens" if sha else f"{counts} tokens") + sampled
-
-
-def _bins_sample(dataset_dir: Path, blocks: int = 16, block_bytes: int = 4096) -> dict[str, str]:
-    """Each split file's size and ``blocks`` evenly spaced blocks of its bytes, hashed (64 KiB of each file read a
-    save, however large the dataset): a file shuffled or re-tokenized in place changes it with near certainty (a
-    small edit between the blocks would not), an identical re-prepare never."""
-    digests = {}
-    for split in SPLITS:
-        path = split_path(dataset_dir, split)
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                digest = hashlib.sha256(str(size).encode())
-                for i in range(blocks):
-                    f.seek(size * i // blocks)
-                    digest.update(f.read(block_bytes))
-        except OSError:
-            continue
-        digests[split] = digest.hexdigest()[:16]
-    return digests
 
 
 def _cloned(state: Any) -> Any:

@@ -197,7 +197,7 @@ def test_resume_needs_only_init_from(data_dir: Path, tmp_path: Path) -> None:
     assert records[start]["changed"] == {"max_iters": [10, 20], "peak_tflops": [50.0, None]}
     assert "max_iters: 10 -> 20; peak_tflops: 50.0 -> None" in records[start]["message"]
     assert "--peak_tflops=50.0 keeps the run's own" in records[start]["message"]
-    from gptlab.train.loop import _override
+    from gptlab.train.resume import _override
 
     assert _override("sample_prompt", "it's") == "'--sample_prompt=it'\"'\"'s'"  # as a shell takes it
     b = {r["iter"]: (r["loss"], r["lr"]) for r in records[start:] if r["type"] == "iter"}
@@ -1179,7 +1179,8 @@ def test_resume_on_another_dataset_checks_its_vocabulary(
     meta["source"]["sha256"] = "f" * 64  # prepared from other text
     (wide / "shuffled" / "meta.json").write_text(json.dumps(meta))
     versions = {**software_versions(), "torch": "9.9.9"}
-    monkeypatch.setattr("gptlab.train.loop.software_versions", lambda: versions)
+    monkeypatch.setattr("gptlab.train.loop.software_versions", lambda: versions)  # what the checkpoint records
+    monkeypatch.setattr("gptlab.train.resume.software_versions", lambda: versions)  # what the resume compares
     train(parse_run_args([*launch, f"--data_dir={str(wide)!r}", "--dataset='shuffled'"]), stream=io.StringIO())
     event = [r for r in read_log(out) if r.get("event") == "resume"][-1]
     assert event["changed"]["tokenizer"] == ["char", "char, other ids"]
@@ -1536,7 +1537,7 @@ def test_a_set_bias_that_leaves_the_layernorms_out_is_said(data_dir: Path, tmp_p
     """nanoGPT's bias covers its LayerNorms too, gptlab's the Linear layers (the norm's is `normalization`):
     --bias=True on config/train_shakespeare_char.py (layernorm_nobias) trained a model nanoGPT's user did not mean,
     silently. Said when the norm was not named on the command line; a preset's own pairing is not."""
-    from gptlab.train.loop import _bias_scope
+    from gptlab.train.init_from import bias_scope
 
     (tmp_path / "char.py").write_text("arch_preset = 'custom'\nnormalization = 'layernorm_nobias'\n")
     tiny = [a for a in tiny_args(data_dir, tmp_path / "run") if not a.startswith("--arch_preset")]
@@ -1559,42 +1560,7 @@ def test_a_set_bias_that_leaves_the_layernorms_out_is_said(data_dir: Path, tmp_p
          "--normalization=layernorm_nobias for nanoGPT's model"),  # a nanoGPT config file's bias on the gpt2 preset
     ):  # fmt: skip
         run = parse_run_args(args)
-        assert _bias_scope(run, run.arch) == note, args
-
-
-def test_a_config_file_that_sizes_a_model_without_a_preset_is_said(tmp_path: Path) -> None:
-    """A nanoGPT config copied as it is (n_layer, n_head, n_embd, no arch_preset) trained OpenAI's GPT-2 (the
-    default preset) where nanoGPT's train.py builds bias=False with exact GELU: said, with the lines that make
-    either model; a file that names its preset, or sizes given on the command line, are the user's choice."""
-    from gptlab.train.loop import _preset_by_default
-
-    nano = tmp_path / "nano.py"
-    nano.write_text("n_layer = 2\nn_head = 2\nn_embd = 32\n")
-    said = _preset_by_default(parse_run_args([str(nano)]))
-    assert said == (
-        "the config file sizes a model but names no arch_preset: the gpt2 preset (OpenAI's GPT-2) gives it "
-        "tanh-approximated GELU, biased LayerNorms, biased Linear layers, where nanoGPT's train.py builds exact GELU "
-        "with bias=False in Linear layers and LayerNorms alike: arch_preset = 'custom', normalization = "
-        "'layernorm_nobias' in the file makes that model (arch_preset = 'gpt2' keeps this one)"
-    )
-    nano.write_text("n_layer = 2\nn_head = 2\nn_embd = 32\nbias = True\n")  # nanoGPT's bias=True: LayerNorms too
-    assert _preset_by_default(parse_run_args([str(nano)])) == (
-        "the config file sizes a model but names no arch_preset: the gpt2 preset (OpenAI's GPT-2) gives it "
-        "tanh-approximated GELU, where nanoGPT's train.py builds exact GELU with bias=True in Linear layers and "
-        "LayerNorms alike: arch_preset = 'custom' in the file makes that model (arch_preset = 'gpt2' keeps this one)"
-    )
-    (tmp_path / "named.py").write_text("arch_preset = 'gpt2'\nn_layer = 2\n")
-    # nanoGPT's own model spelled out without a preset: nothing the preset gave differs from it
-    (tmp_path / "spelled.py").write_text(
-        "n_layer = 2\nbias = False\nnormalization = 'layernorm_nobias'\ngelu_approximate = 'none'\n"
-    )
-    for args in (
-        [str(tmp_path / "named.py")],
-        ["--n_layer=2"],
-        [str(nano), "--arch_preset='custom'"],
-        [str(tmp_path / "spelled.py")],
-    ):
-        assert _preset_by_default(parse_run_args(args)) is None, args
+        assert bias_scope(run, run.arch) == note, args
 
 
 def test_an_out_dir_moved_during_the_run_stops_it_in_one_line(

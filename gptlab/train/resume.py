@@ -1,0 +1,220 @@
+"""A run's folder and what a resume continues: whether out_dir may take a new run, the record of the data a
+checkpoint was trained on, and the one line a resume logs with what changed since its checkpoint (settings,
+launch, data, tokenizer, software, plugin code), said rather than refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from gptlab.checkpoint import rollback_hint, software_versions, stopped_before_training
+from gptlab.config.model import FREE_ARCH_KEYS
+from gptlab.config.train import SAID_LAUNCH_KEYS, RunConfig, TrainConfig
+from gptlab.data.storage import SPLITS, split_path
+from gptlab.errors import ConfigError, GptlabError
+from gptlab.logging import log_records
+
+Changes = dict[str, tuple[Any, Any]]  # {what: (the checkpoint's, now)}
+
+
+def check_out_dir_unclaimed(cfg: TrainConfig, out_dir: Path) -> None:
+    """A new run (not a resume, nor --overwrite) refuses an out_dir that holds a previous run's checkpoints or
+    log, and an evaluation of new random weights refuses one that holds a checkpoint to evaluate."""
+    if cfg.init_from != "resume" and not cfg.overwrite and not cfg.eval_only:
+        previous = [n for n in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (out_dir / n).exists()]
+        if previous == ["log.jsonl"] and nothing_logged_to_keep(out_dir):
+            previous = []  # a start that failed before it trained or evaluated: its command may run again
+        kept = rollback_hint(out_dir)  # --keep_checkpoints' copies: a run's, even without ckpt.pt
+        if kept and previous in ([], ["log.jsonl"]):
+            raise ConfigError(
+                f"out_dir={str(out_dir)!r} holds a previous run's {kept}, and --init_from=resume continues "
+                "from it; or pick another --out_dir, or pass --overwrite=True to replace them"
+            )
+        if previous == ["log.jsonl"]:  # stopped (a NaN, Ctrl-C, out of memory) before its first checkpoint
+            raise ConfigError(
+                f"out_dir={str(out_dir)!r} holds the log of a run that saved no checkpoint: pick another "
+                "--out_dir, or pass --overwrite=True to replace it"
+            )
+        if previous:
+            raise ConfigError(
+                f"out_dir={str(out_dir)!r} holds a previous run ({', '.join(previous)}): continue it with "
+                "--init_from=resume, pick another --out_dir, or pass --overwrite=True to replace it"
+            )
+    if cfg.eval_only and cfg.init_from == "scratch":  # freshly initialised weights: surely not what was meant
+        saved = [n for n in ("ckpt.pt", "ckpt.dcp") if (out_dir / n).exists()]
+        if saved:
+            held: str | None = f"{saved[0]}: pass --init_from=resume to evaluate it"
+        else:
+            kept = rollback_hint(out_dir)
+            held = f"{kept}, and --init_from=resume evaluates it" if kept else None
+        if held:
+            raise ConfigError(
+                f"eval_only=True with init_from='scratch' would evaluate new random weights, but "
+                f"out_dir={str(out_dir)!r} holds {held}"
+            )
+
+
+def data_record(meta: dict[str, Any], dataset_dir: Path) -> dict[str, Any]:
+    """What a resume checks its data against (said if different: the batches are no longer the run's): the
+    source's hash and token counts meta.json records, and a sample of each split file's bytes, which see a
+    .bin rewritten in place at the same size (shuffled, or another text's tokens) that meta.json does not."""
+    source = meta.get("source") or {}
+    return {"sha256": source.get("sha256"), "tokens": meta.get("tokens"), "bins": _bins_sample(dataset_dir)}
+
+
+def resume_changes(
+    run: RunConfig,
+    cfg: TrainConfig,
+    ckpt: dict[str, Any],
+    *,
+    mode: str,
+    world_size: int,
+    out_dir: Path,
+    tokenizer: dict[str, Any] | None,
+    data: dict[str, Any],
+    plugin_digests: dict[str, str],
+    best_val_loss: float,
+) -> tuple[Changes, bool]:
+    """What a resume changes from its checkpoint's run (``run.resume_changes``, the settings, plus the launch,
+    data, tokenizer, software and plugin code), and whether its best val loss is kept (not when the next
+    evaluations are on other batches than the ones it was measured on)."""
+    changed = dict(run.resume_changes)
+    keep_best = True
+    if ckpt.get("converted_from") == "nanoGPT":  # its model, AdamW state, iteration and settings carried over
+        if not cfg.eval_only:  # (an evaluation neither trains nor saves)
+            changed["checkpoint"] = ("nanoGPT's", "gptlab's from its next save on")
+            changed["batches"] = ("nanoGPT's random draws", f"gptlab's stream (seed {cfg.seed}) from here on")
+        if not ckpt.get("nanogpt_settings"):
+            changed["settings"] = ("none recorded", "this command's, over gptlab's defaults")
+        if math.isfinite(best_val_loss):  # an estimate on other batches: not comparable, as below
+            changed["best val loss"] = (f"{best_val_loss:.4f} on nanoGPT's batches", "the next evaluation's")
+            keep_best = False
+    if ckpt.get("parallel") not in (None, mode):  # a launch flag, not in the checkpoint's settings
+        changed["parallel"] = (ckpt["parallel"], mode)
+    if ckpt.get("world_size") not in (None, world_size):
+        changed["world_size"] = (ckpt["world_size"], world_size)
+    old_tok, new_tok = ckpt.get("tokenizer"), tokenizer
+    if old_tok and new_tok and old_tok != new_tok:  # the same ids now mean other text: said, not refused
+        old_name, new_name = old_tok.get("name"), new_tok.get("name")
+        changed["tokenizer"] = (old_name, f"{new_name}, other ids" if old_name == new_name else new_name)
+    old_data, new_data = ckpt.get("data"), dict(data)
+    if isinstance(old_data, dict) and "bins" not in old_data:  # a checkpoint from before the sample
+        new_data.pop("bins")
+    if old_data and old_data != new_data:  # re-prepared (other text, another Python's stdlib): said, as
+        # the tokenizer is, not refused; the batches from here on are not the interrupted run's
+        changed["data"] = (_describe_data(old_data), _describe_data(new_data))
+    if "versions" not in ckpt:  # written before evaluation batches had their own stream (and versions
+        # were recorded): the val losses from here on are on other batches than the logged ones
+        changed["evaluation batches"] = ("seed+1's training stream", "their own stream (from here on)")
+        keep_best = False  # not comparable: the next evaluation sets it, on the new batches
+    if (stranger := _not_this_folders_run(out_dir, ckpt)) is not None:  # copied in from elsewhere
+        changed["checkpoint's run"] = ("this folder's (config.json)", f"another's, trained on: {stranger}")
+    saved_code = ckpt.get("plugin_digests") or {}
+    edited = sorted(k for k, v in plugin_digests.items() if saved_code.get(k) not in (None, v))
+    if edited:  # a registered component's code may have changed under its weights: said, not refused
+        changed["plugin files"] = ("as the checkpoint was trained", f"changed since: {', '.join(edited)}")
+    old_versions = ckpt.get("versions") or {}
+    for name, now in software_versions().items():
+        if old_versions.get(name) not in (None, now):
+            changed[name] = (old_versions[name], now)
+    return changed, keep_best
+
+
+def resume_line(ckpt: dict[str, Any], iter_num: int, changed: Changes, explicit: frozenset[str]) -> str:
+    """The resume event's line: the checkpoint, its iteration, what changed, and how to keep a launch setting."""
+    changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+    kept_by = [_override(k, changed[k][0]) for k in SAID_LAUNCH_KEYS if k in changed and k not in explicit]
+    if kept_by:  # a launch setting is the command's, not the checkpoint's: how to keep the run's own
+        changes += f" (launch settings are this command's: {' '.join(kept_by)} keeps the run's own)"
+    return f"resuming from {ckpt['path']} at iter {iter_num}" + (
+        f" (changed from the checkpoint's settings{changes})" if changes else ""
+    )
+
+
+def nothing_logged_to_keep(out_dir: Path) -> bool:
+    """Whether out_dir's log (of a run with no checkpoint) holds nothing a new run would lose: it is empty (a
+    full disk at start), logged no iteration or evaluation (a data error or an out-of-memory at the first
+    batch), or its run was stopped by a signal before it trained a step (a preemption during the compile or
+    the first evaluation: a requeued job's command runs again)."""
+    if stopped_before_training(out_dir):
+        return True
+    try:
+        return not any(r.get("type") in ("iter", "eval") for _, r in log_records(out_dir / "log.jsonl"))
+    except (OSError, GptlabError):  # unreadable or not a log of ours: kept, as before
+        return False
+
+
+def _override(key: str, value: Any) -> str:
+    """``--key=value`` as a shell takes it: text bare and quoted for the shell (text keys take it so), the rest
+    as a Python literal."""
+    return shlex.quote(f"--{key}={value}") if isinstance(value, str) else f"--{key}={value!r}"
+
+
+def saved_tokens_per_iter(ckpt: dict[str, Any], today: int) -> int:
+    """Tokens per iteration of the run that wrote a checkpoint older than its ``tokens_seen`` record: from its
+    own batch settings (a resume that changed the batch counted the earlier iterations at today's), else today's."""
+    train, arch = (ckpt.get("config") or {}).get("train") or {}, ckpt.get("arch") or {}
+    sizes = (train.get("batch_size"), train.get("gradient_accumulation_steps"), arch.get("block_size"))
+    if all(isinstance(v, int) and v > 0 for v in sizes):
+        return sizes[0] * sizes[1] * sizes[2]  # accumulation global across ranks, as since before that record
+    return today
+
+
+def _not_this_folders_run(out_dir: Path, ckpt: dict[str, Any]) -> str | None:
+    """The keys where a checkpoint's architecture is not the one out_dir's run recorded (its config.json, written
+    when its last session started): a ckpt.pt copied in from another run trains that run's model, said (None where
+    they agree, or either record is missing)."""
+    try:
+        recorded = json.loads((out_dir / "config.json").read_text(encoding="utf-8")).get("arch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    saved = ckpt.get("arch")
+    if not isinstance(recorded, dict) or not isinstance(saved, dict):
+        return None
+    differ = sorted(k for k in set(recorded) & set(saved) if k not in FREE_ARCH_KEYS and recorded[k] != saved[k])
+    return ", ".join(f"{k} {recorded[k]!r} -> {saved[k]!r}" for k in differ[:3]) or None
+
+
+def folder_identity(folder: Path) -> tuple[int, int] | str | None:
+    """A folder's (device, inode): the same path names another folder once the first was moved or deleted;
+    None where there is none, 'unknown' where it cannot be read now (a storage error: the write says so)."""
+    try:
+        found = os.stat(folder)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "unknown"
+    return found.st_dev, found.st_ino
+
+
+def _describe_data(fingerprint: dict[str, Any]) -> str:
+    sha, tokens = fingerprint.get("sha256"), fingerprint.get("tokens") or {}
+    counts = ", ".join(f"{split} {n:,}" for split, n in tokens.items())
+    bins = fingerprint.get("bins") or {}
+    sampled = f"; .bin samples {', '.join(f'{k} {v[:8]}' for k, v in bins.items())}" if bins else ""
+    return (f"sha256 {sha[:12]}, {counts} tokens" if sha else f"{counts} tokens") + sampled
+
+
+def _bins_sample(dataset_dir: Path, blocks: int = 16, block_bytes: int = 4096) -> dict[str, str]:
+    """Each split file's size and ``blocks`` evenly spaced blocks of its bytes, hashed (64 KiB of each file read a
+    save, however large the dataset): a file shuffled or re-tokenized in place changes it with near certainty (a
+    small edit between the blocks would not), an identical re-prepare never."""
+    digests = {}
+    for split in SPLITS:
+        path = split_path(dataset_dir, split)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                digest = hashlib.sha256(str(size).encode())
+                for i in range(blocks):
+                    f.seek(size * i // blocks)
+                    digest.update(f.read(block_bytes))
+        except OSError:
+            continue
+        digests[split] = digest.hexdigest()[:16]
+    return digests
