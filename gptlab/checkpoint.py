@@ -823,7 +823,7 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
             f"{str(path)!r} is corrupt or truncated ({reason}); the file was left untouched"
         ) from None
     if isinstance(ckpt, dict) and "model_args" in ckpt and ckpt.get("format") != FORMAT:
-        from gptlab.model.convert import nanogpt_training_checkpoint  # (convert imports this module)
+        from gptlab.model.nanogpt import nanogpt_training_checkpoint  # (it imports this module)
 
         return nanogpt_training_checkpoint(ckpt, str(path))  # resumed, sampled and exported as gptlab's own
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

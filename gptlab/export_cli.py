@@ -45,7 +45,7 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False, dtype:
         _remove_hf_export(out)  # an earlier --hf export there would load as a different model than this ckpt.pt
     if hf:  # refused before anything is written
         from gptlab.config.model import ModelArchitectureConfig
-        from gptlab.model.convert import hf_model_type, safetensors_writer
+        from gptlab.model.hf import hf_model_type, safetensors_writer
         from gptlab.plugins import saved_plugins
 
         hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"], saved_plugins(ckpt)))
@@ -56,7 +56,8 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False, dtype:
         import torch
 
         from gptlab.data.tokenizers import save_hf_tokenizer
-        from gptlab.model.convert import model_from_checkpoint, special_tokens_for
+        from gptlab.model.convert import model_from_checkpoint
+        from gptlab.model.hf import special_tokens_for
 
         model = model_from_checkpoint(ckpt).to(getattr(torch, dtype))
         # the end-of-text id of the tokenizer the run trained with (a nanoGPT ckpt.pt names none)

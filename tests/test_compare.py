@@ -559,11 +559,12 @@ def test_a_checkpoint_or_hugging_face_folder_is_its_weights_architecture(
     assert "no architecture can be read from it" in capsys.readouterr().err
     # nanoGPT's out_dir (a ckpt.pt, no config.json) as train, sample and export take it: it was 'a directory
     # without a config.json, not a gptlab run directory'
-    from gptlab.model.convert import _NANOGPT_NAMES, _inverse, _rename
+    from gptlab.model.loading import rename_keys, reversed_names
+    from gptlab.model.nanogpt import NANOGPT_NAMES
 
     gpt2 = ConfigurableGPT(get_preset_config("gpt2", n_layer=2, n_embd=32, n_head=2, block_size=16, vocab_size=64))
     (tmp_path / "out-nano").mkdir()
     args = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=True, vocab_size=64, dropout=0.0)
-    state = _rename(gpt2.state_dict(), _inverse(_NANOGPT_NAMES))
+    state = rename_keys(gpt2.state_dict(), reversed_names(NANOGPT_NAMES))
     torch.save({"model": state, "model_args": args, "iter_num": 5}, tmp_path / "out-nano" / "ckpt.pt")
     assert resolve_architecture("out-nano").config.n_embd == 32 and main(["compare", "out-nano", "gpt2"]) == 0

@@ -296,7 +296,7 @@ class ConfigurableGPT(nn.Module):
     def save_pretrained(self, directory: str | Path, special_tokens: dict[str, int | None] | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` that ``transformers`` loads; bos/eos/pad ids
         from ``special_tokens``, else those of the Hugging Face model this one was imported from."""
-        from gptlab.model.convert import save_pretrained
+        from gptlab.model.hf import save_pretrained
 
         return save_pretrained(self, directory, special_tokens)
 

@@ -88,13 +88,9 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
 def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[Any, dict[str, Any] | None]:
     """The model and the tokenizer meta recorded with it (None where nothing says how to decode)."""
     from gptlab.checkpoint import load_checkpoint
-    from gptlab.model.convert import (
-        check_init_source,
-        gptlab_checkpoint_path,
-        model_from_checkpoint,
-        model_from_nanogpt,
-    )
+    from gptlab.model.convert import check_init_source, gptlab_checkpoint_path, model_from_checkpoint
     from gptlab.model.gpt import ConfigurableGPT
+    from gptlab.model.nanogpt import model_from_nanogpt
 
     resume = cfg.init_from == "resume"
     check_init_source(cfg.init_from, ("resume",))
@@ -143,7 +139,7 @@ def _peek_checkpoint(path: Path | None) -> dict[str, Any] | None:
     """The ckpt.pt file at ``path`` loaded memory-mapped (weights_only; its tensors, optimizer state
     included, are not read for a look at its keys); None if there is none, or torch cannot map it (a
     legacy format: whoever loads it next says why)."""
-    from gptlab.model.convert import read_torch_checkpoint
+    from gptlab.model.loading import read_torch_checkpoint
 
     if path is None or not path.is_file():
         return None

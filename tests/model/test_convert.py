@@ -1,4 +1,5 @@
-"""Weights in and out: parity with transformers' GPT-2 and LLaMA and with nanoGPT checkpoints.
+"""Weights in and out (gptlab.model.convert and the formats it reads: hf, nanogpt, loading): parity with
+transformers' GPT-2 and LLaMA and with nanoGPT checkpoints.
 
 The references are randomly initialised ``transformers`` models built from configs, so
 nothing is downloaded. Logits must match to 1e-4 in fp32.
@@ -190,7 +191,7 @@ def test_export_names_gpt2_endoftext_where_the_vocabulary_has_it(tmp_path: Path)
 
 
 def test_special_ids_follow_the_training_tokenizer() -> None:
-    from gptlab.model.convert import special_tokens_for
+    from gptlab.model.hf import special_tokens_for
 
     def bos_eos(tokenizer: dict | None, vocab: int) -> tuple:
         ids = special_tokens_for(tokenizer, vocab)
@@ -569,7 +570,7 @@ def test_local_paths_and_nanogpt_runs_get_local_answers(tmp_path: Path, monkeypa
 
 def test_a_nanogpt_checkpoint_missing_model_args_is_one_line() -> None:
     from gptlab.errors import CheckpointError
-    from gptlab.model.convert import model_from_nanogpt
+    from gptlab.model.nanogpt import model_from_nanogpt
 
     ckpt = _nanogpt_checkpoint(_gpt2())
     del ckpt["model_args"]["n_head"]

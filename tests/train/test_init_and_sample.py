@@ -669,13 +669,14 @@ def _nanogpt_char_run(directory: Path, vocab: str) -> ConfigurableGPT:
     its config with the dataset's name) and data/DATASET/meta.pkl; returns the same model in gptlab."""
     import pickle
 
-    from gptlab.model.convert import _NANOGPT_NAMES, _inverse, _rename
+    from gptlab.model.loading import rename_keys, reversed_names
+    from gptlab.model.nanogpt import NANOGPT_NAMES
 
     model = ConfigurableGPT(
         get_debug_config("gpt2", vocab_size=len(vocab), gelu_approximate="none", block_size=32, dropout=0.0)
     ).eval()
     c = model.config
-    state = _rename(model.state_dict(), _inverse(_NANOGPT_NAMES))  # nanoGPT's names; nn.Linear, no transpose
+    state = rename_keys(model.state_dict(), reversed_names(NANOGPT_NAMES))  # nanoGPT's names; nn.Linear, no transpose
     args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=32, bias=True, vocab_size=len(vocab))
     (directory / "out-shakespeare-char").mkdir(parents=True)
     torch.save(
@@ -1049,10 +1050,11 @@ def test_a_nanogpt_run_resumes_with_its_optimizer_iteration_and_settings(data_di
 def test_a_nanogpt_fork_with_an_untied_head_resumes_untied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fork that unties nanoGPT's head (its own lm_head.weight, in AdamW's decayed group after ln_f): the
     conversion kept the preset's tying, and loading the head into the tied model overwrote the embedding."""
-    from gptlab.model.convert import _NANOGPT_NAMES, _inverse, _rename, nanogpt_training_checkpoint
+    from gptlab.model.loading import rename_keys, reversed_names
+    from gptlab.model.nanogpt import NANOGPT_NAMES, nanogpt_training_checkpoint
 
     arch = get_debug_config("gpt2", vocab_size=64, block_size=16, gelu_approximate="none", weight_tying=False)
-    state = _rename(ConfigurableGPT(arch).state_dict(), _inverse(_NANOGPT_NAMES))
+    state = rename_keys(ConfigurableGPT(arch).state_dict(), reversed_names(NANOGPT_NAMES))
     names = [*_nanogpt_parameter_names(arch.n_layer, bias=True), "lm_head.weight"]  # registered last
     order = [n for n in names if state[n].dim() >= 2] + [n for n in names if state[n].dim() < 2]
     decayed = sum(state[n].dim() >= 2 for n in names)
@@ -1080,7 +1082,7 @@ def test_a_nanogpt_fork_with_an_untied_head_resumes_untied(tmp_path: Path, monke
     monkeypatch.setattr(ConfigurableGPT, "named_parameters", lambda self, *a, **k: reversed([*forward(self, *a, **k)]))
     moved = nanogpt_training_checkpoint(ckpt, "fork/ckpt.pt")["optimizer"]
     ours = [n for n, p in reversed(list(forward(model))) if p.dim() >= 2]
-    to_nanogpt = dict(zip(_rename(dict.fromkeys(names), _NANOGPT_NAMES), names))
+    to_nanogpt = dict(zip(rename_keys(dict.fromkeys(names), NANOGPT_NAMES), names))
     assert [int(moved["state"][i]["exp_avg"].flatten()[0]) for i in range(decayed)] == [
         order.index(to_nanogpt[n]) for n in ours
     ]
