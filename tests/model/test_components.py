@@ -3,6 +3,8 @@ from outside the package is usable from a config with no other change."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,8 +70,24 @@ def test_rope_preserves_norms_and_encodes_relative_position() -> None:
     torch.testing.assert_close(scores[3, 1], scores[10, 8])
 
 
+def test_rope_rotates_as_hand_computed() -> None:
+    """The half-split layout by hand, without transformers: head_dim 4 at theta 100 pairs (x0, x2) at frequency 1
+    and (x1, x3) at 100 ** -0.5 = 0.1; position m turns each pair by m times its frequency, counter-clockwise
+    (x0' = x0 cos - x2 sin). A reversed rotation or a theta left at 10000 keeps norms and relative positions,
+    which the test above checks, but not these numbers."""
+    rope = build_position_encoding("rope", 4, head_dim=4, rope_theta=100.0)
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).expand(1, 1, 4, 4)
+    out = rope.context(4, torch.device("cpu")).rotate(x)[0, 0]
+    for m in range(4):
+        c1, s1, c2, s2 = math.cos(m), math.sin(m), math.cos(0.1 * m), math.sin(0.1 * m)
+        want = torch.tensor([1 * c1 - 3 * s1, 2 * c2 - 4 * s2, 3 * c1 + 1 * s1, 4 * c2 + 2 * s2])
+        torch.testing.assert_close(out[m], want, rtol=1e-6, atol=1e-6)
+
+
 def test_alibi_slopes_match_the_paper() -> None:
     torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    # 6 heads, by hand: 4's slopes (2^-2, 2^-4, 2^-6, 2^-8), then 8's (2^-1 .. 2^-8) at odd exponents, first two
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]))
     # head counts that are not a power of two interleave the next power's odd slopes: BLOOM's reference
     bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
     for n_head in (3, 5, 6, 12, 20):

@@ -65,6 +65,28 @@ def test_dense_not_sparse_figures() -> None:
         assert all(v is None or v >= spec.peaks["fp32"] for v in spec.peaks.values()), spec.key
 
 
+def test_tensor_core_rates_keep_their_ratios() -> None:
+    """A sparse (2:4) figure taken for a dense one doubles one card's column: each card's rates keep the ratios
+    its tensor cores have (fp16 = bf16, tf32 = bf16 / 2, fp8 = 2 x bf16; datasheets round, hence the tolerance),
+    so a doubled bf16 or fp8 alone stands out; and every card's dense 16-bit figure is pinned (a whole column
+    doubled keeps the ratios)."""
+    for spec in GPU_SPECS:
+        tf = {k: None if v is None else v / 1e12 for k, v in spec.peaks.items()}
+        if tf["bf16"] is not None:
+            assert tf["fp16"] == tf["bf16"], spec.key
+            assert tf["tf32"] == pytest.approx(tf["bf16"] / 2, rel=0.03), spec.key
+        if tf["fp8"] is not None:
+            assert tf["fp8"] == pytest.approx(2 * tf["bf16"], rel=0.02), spec.key
+    dense_16bit = {  # TFLOPS, dense, from each datasheet (bf16; fp16 on Volta, which has no bf16)
+        "B200": 2250, "H200-NVL": 835.5, "H200-SXM": 989.5, "H100-NVL": 835.5, "H100-PCIe": 756.5,
+        "H100-SXM": 989.5, "A100-PCIe": 312, "A100-SXM": 312, "L40S": 362.05, "L4": 121, "A10": 125,
+        "RTX-4090": 165.2, "V100S-PCIe": 130, "V100-PCIe": 112, "V100-SXM2": 125, "MI300X": 1307.4,
+    }  # fmt: skip
+    assert {spec.key: (spec.peaks["bf16"] or spec.peaks["fp16"]) / 1e12 for spec in GPU_SPECS} == pytest.approx(
+        dense_16bit
+    )
+
+
 def test_table_keys_and_errors() -> None:
     assert get_gpu_spec("H100-SXM").key == "H100-SXM"
     assert get_gpu_spec("h100_pcie").key == "H100-PCIe"

@@ -77,6 +77,20 @@ def test_ddp_and_gradient_accumulation_convention() -> None:
     # counting only one micro-step would understate MFU by the accumulation factor
     partial = estimate_mfu_detailed(GPT2, 12, 4.0, gpu_name="A100-SXM")
     assert partial["mfu"] == pytest.approx(one["mfu"] / 40)
+    # the per-GPU figures are the job's over its GPUs: what the console's "Achieved ... per GPU" shows
+    assert four["achieved_tflops"] == pytest.approx(one["achieved_tflops"] * 4)
+    assert four["achieved_tflops_per_gpu"] * 4 == pytest.approx(four["achieved_tflops"])
+    assert four["achieved_tflops_per_gpu"] * 1e12 == pytest.approx(four["mfu"] * four["hardware_peak_flops_per_gpu"])
+
+
+def test_causal_mfu_counts_the_causal_flops() -> None:
+    """mfu_causal is MFU with the attention scores counted over the causal triangle only: its ratio to mfu is
+    exactly that of the two per-token counts (test_flops' hand-computed GPT-2 figures), not merely smaller."""
+    out = estimate_mfu_detailed(GPT2, 12 * 40, 3.78, gpu_name="A100-SXM")
+    causal = 854_654_976 - 3 * 12 * 2 * (1_572_864 - 768 * 1025)
+    assert out["flops_per_token"] == 854_654_976 and out["flops_per_token_causal"] == causal
+    assert out["mfu_causal"] / out["mfu"] == pytest.approx(causal / 854_654_976, rel=1e-12)
+    assert out["mfu"] == pytest.approx(854_654_976 * 12 * 40 * 1024 / 3.78 / 312e12, rel=1e-12)
 
 
 def test_unknown_peak_gives_no_mfu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1376,6 +1376,51 @@ def test_gradients_are_clipped_before_the_optimizer_step(accum: int, data_dir: P
     assert norms[0] <= clip * (1 + 1e-5) < unclipped[0]
 
 
+def test_float16_gradients_are_unscaled_before_clipping_on_every_step(data_dir: Path, tmp_path: Path) -> None:
+    """Under float16 the gradients carry GradScaler's factor (65536 at first): clipping and the logged norm need them
+    unscaled on every step, not only on the gradient statistics' (gradient_log_interval=1000 here). The norm logged
+    is a float32 twin's, to float16's rounding, and AdamW steps with gradients clipped to grad_clip: on scaled
+    gradients the clip would shrink the true step by the scale and log a norm that much larger."""
+    clip = 1e-3
+    logged: dict[str, list[float]] = {}
+    for dtype in ("float32", "float16"):
+        out = tmp_path / dtype
+        args = tiny_args(
+            data_dir, out, **STEP_ARGS, max_iters=2, eval_interval=100, grad_clip=clip, dtype=dtype,
+        )  # fmt: skip
+        trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+        params = list(trainer.raw_model.parameters())
+        norms: list[float] = []
+        _record_at_optimizer_step(trainer, lambda opt, seen=norms, ps=params: seen.append(_total_grad_norm(ps)))
+        trainer.run()
+        logged[dtype] = [r["grad_norm"] for r in read_log(out) if r["type"] == "iter"]
+        assert len(norms) == 3 and len(logged[dtype]) == 3, dtype  # no step skipped by the scaler
+        for clipped, before in zip(norms, logged[dtype]):
+            assert before > 10 * clip and clipped == pytest.approx(clip * before / (before + 1e-6), rel=1e-3), dtype
+    assert logged["float16"] == pytest.approx(logged["float32"], rel=2e-2)
+
+
+def test_dropout_draws_new_masks_every_micro_step(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Dropout's generator is seeded per (seed, iteration, global micro-batch), so that masks are exact on resume and
+    equal under any world size (tests/parallel/test_torchrun.py); each of those must draw its own masks: a seed that
+    left the iteration out gave every step the same masks, which the equality tests cannot see."""
+    args = tiny_args(
+        data_dir, tmp_path, **STEP_ARGS, dropout=0.1, gradient_accumulation_steps=2, max_iters=3, eval_interval=100,
+    )  # fmt: skip
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    seeds: list[int] = []
+    seed = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda value: (seeds.append(value), seed(value))[1])
+    masks = []
+    for _ in range(2):
+        trainer.train_step()
+        masks.append(torch.nn.functional.dropout(torch.ones(64), 0.5))  # drawn right after the step's last seed
+        trainer.iter_num += 1
+    trainer.logger.close()
+    assert len(seeds) == 4 and len(set(seeds)) == 4, seeds  # 2 iterations x 2 micro-steps
+    assert not torch.equal(masks[0], masks[1])
+
+
 def _micro_batches(trainer: Trainer, it: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Iteration ``it``'s micro-batches, from a fresh loader built as the Trainer's is (BatchLoader(dataset,
     'train', seed=cfg.seed), micro-step m reading key (it, m) on a single process)."""
