@@ -96,8 +96,11 @@ def model_from_hf(
     model_type = hf.get("model_type")
     if model_type not in HF_IMPORTERS:
         raise CheckpointError(f"config.json model_type={model_type!r} is not supported: expected one of {SUPPORTED_HF}")
+    prefix = BASE_MODEL_PREFIX[model_type]
     try:
-        base, state = HF_IMPORTERS[model_type](hf, dict(read_state()))
+        files = dict(read_state())
+        bare = not any(k.startswith(prefix) for k in clean_state_dict(files))  # the base model's (_with_base_prefix)
+        base, state = HF_IMPORTERS[model_type](hf, files)
     except (KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError, RuntimeError) as e:
         if isinstance(e, (CheckpointError, ConfigError)):
             raise
@@ -105,7 +108,8 @@ def model_from_hf(
         raise CheckpointError(
             f"a Hugging Face {model_type} config.json and weights that cannot be read ({what})"
         ) from None
-    file_name = nanogpt_file_name if model_type == "gpt2" else _llama_file_name  # (GPT-2's are nanoGPT's names)
+    named = nanogpt_file_name if model_type == "gpt2" else _llama_file_name  # (GPT-2's are nanoGPT's names)
+    file_name = (lambda key: named(key).removeprefix(prefix)) if bare else named  # as the files name them
     model = build_model(arch_with_overrides(base, overrides), state, f"Hugging Face {model_type} model", file_name)
     # the source's special ids travel to save_pretrained: a LLaMA-3's are 128000/128001, a LLaMA-2's 1/2
     model.hf_special_tokens = {k: hf.get(k) for k in HF_SPECIAL_TOKEN_KEYS}
@@ -114,6 +118,10 @@ def model_from_hf(
 
 def _unsupported(key: str, value: Any, why: str) -> CheckpointError:
     return CheckpointError(f"config.json {key}={value!r} is not supported: {why}")
+
+
+# the causal-LM class's prefix of the base model's weights, which the base model's own files leave out
+BASE_MODEL_PREFIX = {"gpt2": "transformer.", "llama": "model."}
 
 
 def _with_base_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -151,7 +159,7 @@ def _gpt2_from_hf(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[st
         weight_tying=bool(hf.get("tie_word_embeddings", True)),
         dropout=float(hf.get("resid_pdrop", 0.0)),
     )
-    state = _with_base_prefix(clean_state_dict(state), "transformer.")
+    state = _with_base_prefix(clean_state_dict(state), BASE_MODEL_PREFIX["gpt2"])
     state = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     renamed = rename_keys(state, NANOGPT_NAMES)
     # transposed views: load_state_dict copies them into the parameters (a contiguous copy of each first
@@ -217,7 +225,7 @@ def _llama_from_hf(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[s
         weight_tying=bool(hf.get("tie_word_embeddings", False)),
         dropout=float(hf.get("attention_dropout", 0.0)),
     )
-    state = _with_base_prefix(clean_state_dict(state), "model.")
+    state = _with_base_prefix(clean_state_dict(state), BASE_MODEL_PREFIX["llama"])
     out: dict[str, Tensor] = {}
     present = {int(k.split(".")[2]) for k in state if k.startswith("model.layers.") and k.split(".")[2].isdigit()}
     for i in sorted(present):  # the file's layers (a config's n_layer is checked against them in build_model)

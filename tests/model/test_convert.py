@@ -544,6 +544,19 @@ def test_weights_that_do_not_fit_are_named_as_their_files_name_them(tmp_path: Pa
         save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
         with pytest.raises(CheckpointError, match=named):
             ConfigurableGPT.from_pretrained(folder)
+    # the base model's files (the Hub's own gpt2) have no transformer. / model. prefix: named as they have it
+    for model, drop, named in (
+        (_gpt2(), "h.1.mlp.c_fc.weight", r"missing \['h.1.mlp.c_fc.weight'\]"),
+        (_llama(), "layers.1.mlp.up_proj.weight", r"missing \['layers.1.mlp.up_proj.weight'\]"),
+    ):
+        folder = tmp_path / f"base_{model.config.model_type}"
+        model.save_pretrained(folder)
+        prefix = model.base_model_prefix + "."
+        weights = {k.removeprefix(prefix): v for k, v in load_file(folder / "model.safetensors").items()}
+        del weights[drop]
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(CheckpointError, match=named):
+            ConfigurableGPT.from_pretrained(folder)
     ckpt = _nanogpt_checkpoint(_gpt2())
     del ckpt["model"]["transformer.h.0.attn.c_proj.weight"]
     torch.save(ckpt, tmp_path / "ckpt.pt")
