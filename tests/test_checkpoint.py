@@ -434,7 +434,8 @@ def test_unreadable_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.Mo
 def test_unreadable_is_not_called_corrupt_by_the_crc_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CRC check opens the file first: a file the user may not read (mode 600, another owner) is said to
     be unreadable there too, not corrupt (which would send them re-training)."""
-    from gptlab import checkpoint
+    import zipfile
+
     from gptlab.errors import CheckpointError
 
     torch.save(_state(1), tmp_path / "ckpt.pt")
@@ -442,7 +443,7 @@ def test_unreadable_is_not_called_corrupt_by_the_crc_check(tmp_path: Path, monke
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(checkpoint.zipfile, "ZipFile", refuse)
+    monkeypatch.setattr(zipfile, "ZipFile", refuse)
     with pytest.raises(CheckpointError, match=r"ckpt.pt' could not be read \(\[Errno 13\] Permission denied\)$"):
         load_checkpoint(tmp_path)
 
@@ -450,13 +451,15 @@ def test_unreadable_is_not_called_corrupt_by_the_crc_check(tmp_path: Path, monke
 def test_a_link_that_cannot_be_made_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Windows without Developer Mode refuses symbolic links (WinError 1314): the sharded checkpoint's
     ckpt.dcp link is a one-line error saying so, not a traceback after the save."""
-    from gptlab import checkpoint
+    import os
+
+    from gptlab.checkpoint import save as checkpoint
     from gptlab.errors import CheckpointError
 
     def refuse(*args: object) -> None:
         raise OSError(1314, "A required privilege is not held by the client")
 
-    monkeypatch.setattr(checkpoint.os, "symlink", refuse)
+    monkeypatch.setattr(os, "symlink", refuse)
     monkeypatch.setattr(sys, "platform", "win32")
     with pytest.raises(CheckpointError, match=r"ckpt.dcp' -> ckpt-0000003.dcp .*enable Developer Mode"):
         checkpoint._point_link(tmp_path, "ckpt-0000003.dcp")
@@ -473,12 +476,14 @@ def test_history_checkpoints_are_copies_where_hard_links_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """keep_checkpoints > 1 on gcsfuse, s3fs or FAT (no hard links): every save failed with EPERM."""
+    import os
+
     from gptlab import checkpoint
 
     def refuse(*args: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(checkpoint.os, "link", refuse)
+    monkeypatch.setattr(os, "link", refuse)
     for it in (1, 2, 3):
         checkpoint.save_single_file({"format": FORMAT, "iter_num": it, "w": torch.full((2,), it)}, tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000002.pt", "ckpt-0000003.pt", "ckpt.pt"]

@@ -272,7 +272,7 @@ def test_readers_of_a_live_fsdp_run_read_the_save_that_replaced_theirs(
 
     run = tmp_path / "run"
     train(parse_run_args(tiny_args(data_dir, run, parallel="fsdp", max_iters=2)), stream=io.StringIO())
-    read = gptlab.checkpoint.load_dcp
+    read = gptlab.checkpoint.load.load_dcp
     replaced: list[Path] = []
 
     def live_save_then_read(state: dict, path: Path, **kwargs: object) -> None:
@@ -287,7 +287,7 @@ def test_readers_of_a_live_fsdp_run_read_the_save_that_replaced_theirs(
             replaced.append(path)
         read(state, path, **kwargs)
 
-    monkeypatch.setattr(gptlab.checkpoint, "load_dcp", live_save_then_read)
+    monkeypatch.setattr(gptlab.checkpoint.load, "load_dcp", live_save_then_read)
     settings = [f"--init_from={str(run)!r}", "--num_samples=1", "--max_new_tokens=2", "--device='cpu'"]
     readers = {
         "load_checkpoint": lambda: load_checkpoint(run),

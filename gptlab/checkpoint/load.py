@@ -1,30 +1,12 @@
-"""Checkpoints: atomic writes, ``weights_only`` loads, and state dicts free of wrapper prefixes.
-
-Two formats, one meaning (model, optimizer, arch, config, iteration, best val loss, RNG, tokenizer):
-
-- single file ``ckpt.pt`` (single process, DDP, ZeRO-1 after ``consolidate_state_dict``): a full
-  state dict written by rank 0. A crash during a save leaves the previous checkpoint intact: we
-  write to a temporary file in the same directory, fsync it, and ``os.replace`` it over the old one.
-- ``torch.distributed.checkpoint`` directory (FSDP): ``ckpt-ITER.dcp/`` where every rank writes
-  its own shards (no gather to rank 0), plus ``meta.pt`` with everything but the tensors. It is
-  written under a temporary name and renamed when complete; ``ckpt.dcp`` is a symlink to the
-  latest, replaced atomically. DCP reshards on load, so any world size can resume it.
-
-``latest_checkpoint(out_dir)`` picks the one at the later iteration; ``load_checkpoint`` turns either into
-the single-file dict (a DCP directory is read without a process group), which is how a checkpoint
-resumes under another mode and how ``gptlab export`` works. With ``keep_checkpoints=K`` the last K
-are kept (``ckpt-ITER.pt`` hard links, or ``ckpt-ITER.dcp`` directories).
-"""
+"""Reading checkpoints: which one is the latest, ``weights_only`` loads with their CRCs and records checked (a
+damaged, truncated or code-running file is one line, never a traceback nor code run), DCP directories read
+whole or resharded into a running job."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-import re
-import shlex
-import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -34,457 +16,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptlab.errors import CheckpointError, first_line, storage_note
-from gptlab.fileio import atomic_open, fsync_dir
-
-CHECKPOINT_NAME = "ckpt.pt"
-DCP_LINK = "ckpt.dcp"
-DCP_META = "meta.pt"
-FORMAT = "gptlab"
-_HISTORY = re.compile(r"^ckpt-(\d+)\.(pt|dcp)$")
-_LEFTOVER = re.compile(
-    r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.(tmp|old)|ckpt\.dcp\.(tmp|copy)|(config|summary)\.json\.tmp-\d+)$"
-)  # the training's own atomic writes killed half-way (config.json and summary.json: no other writer has them)
-# torch.compile wraps the model as `_orig_mod`, DDP as `module`: neither belongs in a checkpoint.
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")
-
-
-def software_versions() -> dict[str, str]:
-    """What wrote a checkpoint (a resume says what changed since)."""
-    import platform
-
-    from gptlab import __version__
-
-    return {"gptlab": __version__, "torch": str(torch.__version__), "python": platform.python_version()}  # plain str
-
-
-def clean_state_dict(state: dict[str, Any]) -> dict[str, Any]:
-    """Strip wrapper prefixes (compile, DDP) from every key, however they are nested."""
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
-        out[key] = value
-    return out
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file, fsync, then rename over ``path``; a full disk is one line."""
-    try:
-        with atomic_open(path) as f:
-            torch.save(obj, f)
-    except (OSError, RuntimeError) as e:
-        if isinstance(e.__context__, KeyboardInterrupt):  # a second Ctrl-C mid-save: the abort it asks for
-            raise e.__context__ from None
-        refused = _write_refused(e, Path(path))
-        if refused is None:
-            raise
-        raise refused from e
-    return Path(path)
-
-
-def _write_refused(error: BaseException, path: Path) -> CheckpointError | None:
-    """A checkpoint write the storage refused (a full disk, a quota, a file-size limit) as one line: the reason
-    and the free space; None for any other error. torch's zip writer reports the OSError's aftermath as a
-    RuntimeError whose context is the OSError."""
-    cause = next((c for c in (error, error.__cause__, error.__context__) if isinstance(c, OSError)), None)
-    if cause is None:
-        return None
-    reason = (cause.strerror or first_line(cause)) + storage_note(cause, path.parent)
-    return CheckpointError(f"cannot write the checkpoint {path}: {reason}")
-
-
-def is_dcp_dir(path: Path) -> bool:
-    return path.is_dir() and (path / DCP_META).is_file() and (path / ".metadata").is_file()
-
-
-def damaged_dcp(path: Path) -> CheckpointError | None:
-    """A sharded checkpoint's directory that lacks one of its records (a partial copy or sync of a run): an
-    error naming what it lacks, where it was taken for no checkpoint at all (an older ckpt.pt was resumed or
-    exported instead, silently); None for a whole one or a directory that is none."""
-    if not path.is_dir() or is_dcp_dir(path):
-        return None
-    records = [name for name in (".metadata", DCP_META) if (path / name).is_file()]
-    if not records and not any(path.glob("*.distcp")):
-        return None
-    missing = " and ".join(name for name in (".metadata", DCP_META) if name not in records)
-    named = path.resolve() if path.is_symlink() else path  # the directory ckpt.dcp points to
-    return CheckpointError(f"{str(named)!r} is a damaged sharded checkpoint: it has no {missing} (a partial copy?)")
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The latest checkpoint in a run directory: of ``ckpt.pt`` and the DCP directory ``ckpt.dcp``
-    points to (a run may have switched modes), the one at the later iteration (file times break a
-    tie: a copied directory's times need not keep their order), or None."""
-    out_dir = Path(out_dir)
-    single, dcp = out_dir / CHECKPOINT_NAME, out_dir / DCP_LINK
-    candidates = []  # (the file that records the iteration, the checkpoint)
-    if single.is_file():
-        candidates.append((single, single))
-    if is_dcp_dir(dcp):
-        candidates.append((dcp / DCP_META, dcp.resolve()))
-    elif (damage := damaged_dcp(dcp)) is not None:  # the latest sharded save, unreadable: said, not passed over
-        instead = f"; to resume from {str(single)!r} instead, move {str(dcp)!r} away" if candidates else ""
-        raise CheckpointError(f"{damage}{instead}")
-    if len(candidates) < 2:  # nothing to choose between: its loader reads it (and says why if it cannot)
-        return candidates[0][1] if candidates else None
-    found = [(_saved_iter(record, other=candidates[1 - i][1]), record.stat().st_mtime_ns, path)
-             for i, (record, path) in enumerate(candidates)]  # fmt: skip
-    return max(found)[2]
-
-
-def _saved_iter(path: Path, other: Path) -> int:
-    """The iteration a checkpoint file records (-1: none recorded). An unreadable one is an error, not the
-    older ``other`` silently resumed instead (which replays iterations and overwrites the newer one)."""
-    try:
-        ckpt = _torch_load_checked(path)
-    except CheckpointError as e:
-        raise CheckpointError(f"{e}; to resume from {str(other)!r} instead, move {str(path)!r} away") from None
-    try:
-        return int(ckpt["iter_num"])
-    except (KeyError, TypeError, ValueError):
-        return -1
-
-
-def remove_save_leftovers(out_dir: str | Path) -> list[str]:
-    """What saves killed half-way leave (``.ckpt.pt.tmp-PID``, ``.ckpt-ITER.dcp.tmp``; ``.ckpt-ITER.dcp.old``
-    from earlier versions): removed when a run starts in ``out_dir``, since no writer of them is alive
-    then. Returns the names removed."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    link = out_dir / DCP_LINK
-    dangling = os.readlink(link) if link.is_symlink() and not link.exists() else None
-    removed = []
-    for p in sorted(out_dir.iterdir()):
-        if dangling is not None and p.name in (f".{dangling}.tmp", f".{dangling}.old"):
-            continue  # the interrupted save's checkpoint: kept for interrupted_save()'s advice
-        if _LEFTOVER.match(p.name):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            removed.append(p.name)
-    return removed
-
-
-def remove_checkpoints(out_dir: str | Path, keep: str | Path | None = None) -> list[str]:
-    """Delete a run directory's checkpoints (``ckpt.pt``, ``ckpt-ITER.pt``, ``ckpt-ITER.dcp``, the
-    ``ckpt.dcp`` link): a run that replaces another (``overwrite``) must never resume or export the old
-    one's weights. ``keep``: a path never touched (the weights a fine-tune starts from may live there,
-    until the run's first checkpoint). Returns the names removed."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    kept = weights_path(keep) if keep is not None else None
-    removed = []
-    for p in sorted(out_dir.iterdir()):
-        target = p.resolve()
-        if p.name == DCP_LINK and p.is_symlink():  # a pointer, never the weights: the replaced run's latest
-            p.unlink()
-            removed.append(p.name)
-            continue
-        if kept is not None and (kept == target or kept in target.parents or target in kept.parents):
-            continue
-        if p.name in (CHECKPOINT_NAME, DCP_LINK) or _HISTORY.match(p.name):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-            removed.append(p.name)
-    return removed
-
-
-def is_run_checkpoint(out_dir: str | Path, path: str | Path) -> bool:
-    """Whether ``path`` is one of ``out_dir``'s own checkpoints (what remove_checkpoints removes), not a file
-    of the user's that merely lies inside it (an export's folder, a base model's weights)."""
-    path = Path(path).resolve()
-    return path.parent == Path(out_dir).resolve() and (path.name == CHECKPOINT_NAME or bool(_HISTORY.match(path.name)))
-
-
-def kept_checkpoints(out_dir: str | Path) -> list[str]:
-    """The names of a run directory's kept checkpoints (``ckpt-ITER.pt``, ``ckpt-ITER.dcp``), oldest first."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p.name) for p in out_dir.iterdir() if (m := _HISTORY.match(p.name))]
-    return [name for _, name in sorted(found)]
-
-
-def rollback_hint(out_dir: str | Path) -> str | None:
-    """For a run directory without a latest checkpoint: its kept ones and the command that makes the newest
-    the latest (docs/parallel.md's rollback), or None when it keeps none."""
-    kept = kept_checkpoints(out_dir)
-    if not kept:
-        return None
-    names = ", ".join(kept) if len(kept) <= 2 else f"{kept[0]}, ..., {kept[-1]} ({len(kept)})"
-    out_dir, newest = Path(out_dir), kept[-1]
-    if newest.endswith(".dcp"):
-        command = f"ln -sfn {newest} {out_dir / DCP_LINK}"
-    else:
-        command = f"ln -f {out_dir / newest} {out_dir / CHECKPOINT_NAME}"
-    return f"kept checkpoints {names} but no latest: `{command}` makes the newest the latest"
-
-
-def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
-    """A resume of ``out_dir``, which has no latest checkpoint: with an interrupted save's remedy, else the
-    rollback to its newest kept checkpoint, else the run directories inside it, when there are any."""
-    why = interrupted_save(out_dir) or rollback_hint(out_dir)  # a save cut short names its own remedy
-    if not why and stopped_before_training(out_dir):  # a preemption during the compile or the first evaluation
-        why = "its run was stopped before it trained a step: start it again without --init_from=resume"
-    runs = runs_inside(out_dir)
-    if not why and runs:
-        why = f"the run directories inside it do: {_listed(runs, '--out_dir=')}"
-    if not why and not Path(out_dir).exists():
-        start = "" if Path(out_dir).is_absolute() else f" (relative paths start at {Path.cwd()})"
-        return CheckpointError(
-            f"init_from='resume' but out_dir={str(out_dir)!r} does not exist{start}: name the run's --out_dir"
-        )
-    if not why and (Path(out_dir) / "log.jsonl").is_file():  # a run stopped before its first checkpoint (killed
-        why = "its run saved none: start it again without --init_from=resume, with --overwrite=True"  # mid-save)
-        why += " or another --out_dir"
-    why = why or "a run starts there without --init_from=resume"
-    return CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint ({why})")
-
-
-def saved_summary(out_dir: str | Path) -> dict[str, Any] | None:
-    """out_dir's summary.json as a mapping, None if none or unreadable."""
-    with contextlib.suppress(OSError, ValueError):
-        summary = json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
-        return summary if isinstance(summary, dict) else None
-    return None
-
-
-def stopped_before_training(out_dir: str | Path) -> bool:
-    """Whether out_dir's run was stopped by a signal before it trained a step (its summary says so)."""
-    summary = saved_summary(out_dir)
-    return (
-        summary is not None
-        and str(summary.get("status", "")).startswith("interrupted")
-        and summary.get("tokens_seen") == 0
-        and summary.get("checkpoint_iter") is None
-    )
-
-
-def runs_inside(directory: str | Path) -> list[str]:
-    """For a directory with no checkpoint of its own: the run directories directly inside it that hold one
-    (``out`` is the default out_dir, the quick start's run is ``out/quickstart``). Only looked at, not read: a
-    damaged checkpoint there must not replace the error this hint goes with."""
-    try:
-        found = [d for d in Path(directory).iterdir() if d.is_dir()]
-        return sorted(str(d) for d in found if (d / CHECKPOINT_NAME).is_file() or is_dcp_dir(d / DCP_LINK))
-    except OSError:  # not a directory, or unreadable: nothing to suggest
-        return []
-
-
-def _listed(runs: list[str], prefix: str = "") -> str:
-    shown = ", ".join(prefix + shlex.quote(d) for d in runs[:3])
-    return shown + (f" ({len(runs)} runs)" if len(runs) > 3 else "")
-
-
-def weights_path(path: str | Path) -> Path:
-    """The checkpoint file or DCP directory ``path`` loads: a run directory's latest, else itself."""
-    path = Path(path)
-    if path.is_dir() and not is_dcp_dir(path):
-        path = latest_checkpoint(path) or path
-    return path.resolve()
-
-
-def _history(out_dir: Path, suffix: str) -> list[tuple[int, Path]]:
-    out = []
-    for p in out_dir.iterdir():
-        m = _HISTORY.match(p.name)
-        if m and m.group(2) == suffix:
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def _prune(history: list[tuple[int, Path]], iter_num: int, keep: int, current: Path) -> None:
-    """Keep the last ``keep`` saves of this run's timeline: entries after ``iter_num`` belong to a future a
-    rollback abandoned, the entry just written (or, for ckpt.pt, its hard link) always stays."""
-    timeline = [(it, p) for it, p in history if it <= iter_num]
-    doomed = [p for it, p in history if it > iter_num] + [p for _, p in timeline[: max(0, len(timeline) - keep)]]
-    for old in doomed:
-        if old.resolve() == current.resolve() or (old.exists() and current.exists() and old.samefile(current)):
-            continue
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-
-
-def save_single_file(state: dict[str, Any], out_dir: str | Path, keep: int = 1) -> Path:
-    """Rank 0: ``ckpt.pt`` atomically; with ``keep > 1`` also ``ckpt-ITER.pt`` (a hard link), the
-    last ``keep`` of them kept."""
-    out_dir = Path(out_dir)
-    path = atomic_save(state, out_dir / CHECKPOINT_NAME)
-    if keep > 1:
-        link = out_dir / f"ckpt-{int(state['iter_num']):07d}.pt"
-        tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        try:
-            try:
-                os.link(path, tmp)
-            except OSError:  # no hard links there (gcsfuse, s3fs, FAT): a copy, at a copy's disk space
-                shutil.copyfile(path, tmp)
-            os.replace(tmp, link)
-        except BaseException as e:  # a full disk mid-copy: no partial copy left to fill it further
-            tmp.unlink(missing_ok=True)
-            refused = _write_refused(e, link) if isinstance(e, OSError) else None
-            if refused is None:
-                raise
-            raise CheckpointError(f"{refused}; {path.name} itself was written, and resumes") from e
-    _prune(_history(out_dir, "pt"), int(state["iter_num"]), keep if keep > 1 else 0, path)
-    return path
-
-
-def dcp_on_disk(out_dir: str | Path, iter_num: int, resumed: Path | None) -> bool:
-    """Whether the sharded checkpoint resumed from (``resumed``, resolved) is ``out_dir``'s own one of
-    ``iter_num``, whose shards a save at that iteration need not write again (``save_dcp``'s
-    ``weights_on_disk``): not when that name is a link into another run's folder, whose meta.pt would change."""
-    own = Path(out_dir) / f"ckpt-{int(iter_num):07d}.dcp"
-    return resumed is not None and not own.is_symlink() and resumed == own.resolve()
-
-
-def save_dcp(
-    state_dict: dict[str, Any],
-    meta: dict[str, Any],
-    out_dir: str | Path,
-    keep: int,
-    rank: int,
-    barrier: Any,
-    weights_on_disk: bool = False,
-) -> Path:
-    """Every rank: write its shards of ``state_dict`` with torch.distributed.checkpoint into a
-    temporary directory; rank 0 adds ``meta.pt``, renames it to ``ckpt-ITER.dcp`` and points
-    ``ckpt.dcp`` at it. ``barrier()`` synchronises the ranks. ``weights_on_disk``: this run resumed
-    from exactly ``ckpt-ITER.dcp`` and has not stepped since (its first eval after a resume): the
-    shards there are this state, so only ``meta.pt`` is rewritten (atomically; the settings may have
-    changed). The caller decides it from the run's own state, the same on every rank."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    out_dir = Path(out_dir)
-    name = f"ckpt-{int(meta['iter_num']):07d}.dcp"
-    tmp, final = out_dir / f".{name}.tmp", out_dir / name
-    if weights_on_disk:
-        if rank == 0:
-            atomic_save(meta, final / DCP_META)
-            _point_link(out_dir, name)
-        barrier()
-        return final
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)  # the leftovers of a save that crashed
-        tmp.mkdir(parents=True)
-    barrier()
-    try:
-        dcp.save(state_dict, checkpoint_id=str(tmp))  # collective: each rank its shards, rank 0 the index
-    except (Exception, CheckpointException) as e:  # every rank raises (DCP gathers the failures): one line, and no
-        # half-written folder
-        if rank == 0:  # left behind, it filled the disk the resume then needed
-            shutil.rmtree(tmp, ignore_errors=True)
-        # DCP's CheckpointException: a traceback per failed rank, the disk never named
-        refused = _write_refused(_first_failure(e), final)
-        if refused is None:  # not the storage's (a lost peer, a bug): as it is
-            raise
-        raise refused from e
-    if rank == 0:
-        atomic_save(meta, tmp / DCP_META)
-        fsync_dir(tmp)
-        if final.exists() or final.is_symlink():  # another state at this iteration (a fine-tune, a rollback)
-            trash = out_dir / f".{name}.old"
-            _remove_entry(trash)
-            os.replace(final, trash)  # a crash from here to the next line leaves both, named in interrupted_save()
-            os.replace(tmp, final)
-            _remove_entry(trash)  # a link (into another run's folder) goes, never what it points to
-        else:
-            os.replace(tmp, final)
-        _point_link(out_dir, name)
-        _prune(_history(out_dir, "dcp"), int(meta["iter_num"]), keep, final)
-    barrier()
-    return final
-
-
-def _first_failure(error: BaseException) -> BaseException:
-    """The first failing rank's exception in DCP's ``CheckpointException`` (a ``BaseException`` holding every
-    rank's exception and traceback); ``error`` itself for any other."""
-    failures = getattr(error, "failures", None)
-    if isinstance(failures, dict) and failures:
-        first = next(iter(failures.values()))
-        return first[0] if isinstance(first, tuple) else first
-    return error
-
-
-def _remove_entry(path: Path) -> None:
-    if path.is_symlink():
-        path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def interrupted_save(out_dir: str | Path) -> str | None:
-    """When ``ckpt.dcp`` names a directory that is missing (a save killed between its two renames),
-    what to do about it, for the "no checkpoint" error; else None."""
-    link = Path(out_dir) / DCP_LINK
-    if not link.is_symlink() or link.exists():
-        return None
-    name = os.readlink(link)
-    what = {"tmp": "the new save, complete", "old": "the one it replaced"}
-    kept = [f".{name}.{k} ({v})" for k, v in what.items() if is_dcp_dir(Path(out_dir) / f".{name}.{k}")]
-    where = " and ".join(kept) if kept else "nothing"
-    return f"ckpt.dcp points to the missing {name}: a save was interrupted; left: {where}; rename one to {name}"
-
-
-def _point_link(out_dir: Path, name: str) -> None:
-    """``ckpt.dcp`` -> ``name``, replaced atomically: the link names the old or the new, never neither."""
-    link_tmp, link = out_dir / f".{DCP_LINK}.tmp", out_dir / DCP_LINK
-    link_tmp.unlink(missing_ok=True)
-    try:
-        os.symlink(name, link_tmp)
-    except OSError as e:
-        raise _links_refused(out_dir, name, e) from None
-    copied = link.is_dir() and not link.is_symlink()  # a copy of the run that followed the link (scp -r,
-    # rsync -L, shutil.copytree): an older checkpoint's copy, which a directory cannot be replaced over
-    if copied:
-        os.replace(link, out_dir / f".{DCP_LINK}.copy")
-    os.replace(link_tmp, link)
-    fsync_dir(out_dir)
-    if copied:
-        shutil.rmtree(out_dir / f".{DCP_LINK}.copy")
-
-
-def check_links_allowed(out_dir: str | Path, rank: int) -> None:
-    """A sharded checkpoint is named by the link ``ckpt.dcp``: where out_dir's filesystem has no symbolic links,
-    say so before training rather than at the first save, an eval_interval later (every rank tries its own)."""
-    probe = Path(out_dir) / f".gptlab-link-probe-{rank}"
-    probe.unlink(missing_ok=True)
-    try:
-        os.symlink(DCP_LINK, probe)
-    except OSError as e:
-        raise _links_refused(Path(out_dir), "ckpt-ITER.dcp", e) from None
-    probe.unlink()
-
-
-def _links_refused(out_dir: Path, name: str, error: OSError) -> CheckpointError:
-    import sys
-
-    way_out = (
-        "on Windows enable Developer Mode (or run as administrator)"
-        if sys.platform == "win32"  # symbolic links need one of them there
-        else "its filesystem has no symbolic links (FAT, exFAT, some FUSE mounts): pick an --out_dir on another"
-    )
-    return CheckpointError(
-        f"cannot create the link {str(out_dir / DCP_LINK)!r} -> {name} that names the latest sharded checkpoint "
-        f"({first_line(error)}): {way_out}, or train without --use_fsdp"
-    )
+from gptlab.checkpoint.layout import (
+    CHECKPOINT_NAME,
+    DCP_META,
+    damaged_dcp,
+    is_dcp_dir,
+    listed_runs,
+    runs_inside,
+    weights_path,
+)
+from gptlab.checkpoint.save import FORMAT, clean_state_dict, first_dcp_failure
+from gptlab.errors import CheckpointError, first_line
 
 
 def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """A DCP checkpoint's ``meta.pt`` (everything but the tensors), with ``dcp_path`` added. Every DCP load
     comes through here, so its ``.metadata`` is checked here too (``check_dcp_metadata``)."""
     path = Path(path)
-    meta = _torch_load_checked(path / DCP_META)
+    meta = torch_load_checked(path / DCP_META)
     check_dcp_metadata(path)
     check_sizes_fit_weights(meta.get("arch"), _dcp_model_shapes(path), path)
     meta["dcp_path"] = str(path)
@@ -504,6 +53,8 @@ def _dcp_model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 # What a DCP ``.metadata`` pickle may name: DCP's own metadata types, torch.Size, dtypes, layouts, paths.
 _DCP_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
+
+
 _DCP_METADATA_NAMES = {
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),  # a table lookup by name
@@ -569,7 +120,7 @@ def read_saved_settings(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
 def read_checkpoint_record(path: str | Path) -> dict[str, Any]:
     """A checkpoint's record without its weights being read: a DCP directory's meta, a ckpt.pt memory-mapped."""
     path = Path(path)
-    return load_checkpoint_meta(path) if is_dcp_dir(path) else _torch_load_checked(path)
+    return load_checkpoint_meta(path) if is_dcp_dir(path) else torch_load_checked(path)
 
 
 def _saved_train(meta: dict[str, Any]) -> dict[str, Any]:
@@ -686,7 +237,7 @@ def dcp_errors(path: str | Path) -> Iterator[None]:
     try:
         yield
     except (Exception, CheckpointException) as e:
-        e = _first_failure(e)
+        e = first_dcp_failure(e)
         reason = first_line(e)
         raise CheckpointError(
             f"{str(path)!r} is not a readable gptlab DCP checkpoint ({type(e).__name__}: {reason[:300]})"
@@ -801,7 +352,7 @@ def unsafe_checkpoint_error(path: Path) -> CheckpointError:
     )
 
 
-def _torch_load_checked(path: Path) -> dict[str, Any]:
+def torch_load_checked(path: Path) -> dict[str, Any]:
     """``torch.load`` memory-mapped (copy-on-write): the tensors are read as they are used, and the ranks
     of a node resuming from one ``ckpt.pt`` share the page cache instead of holding a copy each."""
     try:
@@ -835,6 +386,8 @@ def _torch_load_checked(path: Path) -> dict[str, Any]:
 
 
 _MINIMUM = {"version": 0, "world_size": 1, "iter_num": 0, "tokens_seen": 0}  # the counts' smallest value
+
+
 # What each field of a checkpoint's record is (``checkpoint_meta`` in the training loop writes them); a field
 # may be absent (older checkpoints), but one that is there has its type: a damaged or hand-edited record
 # (weights_only loads any plain data) was a traceback wherever the field was first used.
@@ -859,6 +412,8 @@ _RECORD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "model": ((dict,), "a mapping"),
     "optimizer": ((dict,), "a mapping"),
 }
+
+
 _NESTED_TYPES: dict[tuple[str, str], tuple[tuple[type, ...], str]] = {
     ("config", "train"): ((dict,), "a mapping"),
     ("config", "arch"): ((dict,), "a mapping"),
@@ -933,11 +488,11 @@ def _load_found(path: Path, optimizer: bool) -> dict[str, Any]:
         runs = runs_inside(path)
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        inside = f"the run directories inside it hold one: {_listed(runs)}" if runs else ""
+        inside = f"the run directories inside it hold one: {listed_runs(runs)}" if runs else ""
         expected = f"expected the {CHECKPOINT_NAME} a training run writes in its out_dir"
         raise CheckpointError(f"no checkpoint at {str(path)!r}: {inside or expected}")
     check_zip_crc(path)  # the weights are about to be used: a look at the settings (read_saved_settings) skips it
-    ckpt = _torch_load_checked(path)
+    ckpt = torch_load_checked(path)
     missing = [key for key in ("model", "arch", "iter_num") if key not in ckpt]
     if missing:
         raise CheckpointError(f"{str(path)!r} is a damaged gptlab checkpoint: it has no {', '.join(missing)}")
