@@ -88,6 +88,18 @@ def test_figures_equal_the_telemetry_functions(preset: str) -> None:
     assert fig["tokens_per_sec_total"] == expected_tokens_per_sec(config, peak, 0.4, num_gpus=8)
 
 
+def test_memory_rows_plan_with_activation_checkpointing_when_asked() -> None:
+    """--activation_checkpointing labels the memory rows "act. ckpt": their peaks are the planner's with it, and
+    lower than without (the stored activations are one block's and the block inputs)."""
+    kwargs = dict(gpu="H100-SXM", mfu=0.4, world_size=8, batch_size=12, dtype="bfloat16")
+    plain = compare(["gpt2"], {"n_layer": 4}, **kwargs).figures[0]
+    ckpt = compare(["gpt2"], {"n_layer": 4}, **kwargs, activation_checkpointing=True).figures[0]
+    config = get_preset_config("gpt2", n_layer=4)
+    plans = plan_all_modes(config, world_size=8, batch_size=12, dtype="bfloat16", activation_checkpointing=True)
+    for mode, plan in plans.items():
+        assert ckpt[f"memory.{mode}"] == plan.mode.peak < plain[f"memory.{mode}"], mode
+
+
 def test_cli_formats_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "gpt2", "config/full_llama_124m.py", "--n_layer=2", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -57,6 +57,14 @@ def test_char_encoding_works_in_chunks_with_compact_ids(monkeypatch: pytest.Monk
     assert wide.encode_array(chr(0x100 + 69_999)).tolist() == [69_999]
 
 
+def test_an_unsorted_char_vocabulary_keeps_its_own_ids() -> None:
+    """A vocabulary in its own order (a nanoGPT meta.pkl's itos need not be sorted): each character is its index in
+    that list, both ways, not its rank among the code points the encoder searches."""
+    tok = CharTokenizer(["b", "a", "c"])
+    assert tok.encode("abc") == [1, 0, 2] and tok.encode_array("cab").tolist() == [2, 1, 0]
+    assert tok.decode([1, 0, 2]) == "abc"
+
+
 def test_char_meta_is_json_and_rebuilds_the_same_tokenizer() -> None:
     tok = CharTokenizer.from_text("abcabc xyz\n")
     meta = json.loads(json.dumps(tok.to_meta()))

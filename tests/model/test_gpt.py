@@ -190,6 +190,13 @@ def test_generate() -> None:
     greedy = model.generate(start, max_new_tokens=4, temperature=0)
     top1 = model.generate(start, max_new_tokens=4, temperature=1.0, top_k=1)
     assert torch.equal(greedy, top1)
+    # past block_size each token is conditioned on the last block_size tokens (nanoGPT's crop), by hand:
+    by_hand = start
+    for _ in range(12):
+        with torch.no_grad():
+            logits = model(by_hand[:, -8:])[0]
+        by_hand = torch.cat((by_hand, logits[:, -1].argmax(dim=-1, keepdim=True)), dim=1)
+    assert torch.equal(model.generate(start, max_new_tokens=12, temperature=0), by_hand)
     # the Python API checks what the command line checks (top_k=0 was an IndexError, temperature=-1 drew the
     # least likely tokens)
     for bad, said in [

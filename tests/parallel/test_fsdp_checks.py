@@ -34,3 +34,18 @@ def test_a_reduce_scatter_that_sums_for_avg_is_refused(
     monkeypatch.setattr(dist, name, lambda out, inp, op=None: out.fill_(1.0))
     check_reduce_scatter_averages(info)  # an average: nothing to say
     check_reduce_scatter_averages(DistInfo(world_size=world_size, backend="nccl", mode="fsdp"))  # not asked
+
+
+def test_only_rank_0_builds_the_weights_of_a_sharded_model() -> None:
+    """FSDP over several ranks: rank 0 builds the weights and the others build on the meta device and receive their
+    shards (every rank building them cost world_size full copies of host memory, with the same numbers, which
+    tests/parallel/test_torchrun.py's equality cannot see). Not alone, not under DDP, not with CPU offload
+    (fully_shard materialises offloaded shards itself)."""
+    from gptlab.config.train import TrainConfig
+    from gptlab.parallel import init_on_rank0
+
+    plain, offload = TrainConfig(), TrainConfig(use_fsdp=True, fsdp_cpu_offload=True)
+    assert init_on_rank0(plain, DistInfo(world_size=2, mode="fsdp"))
+    assert not init_on_rank0(plain, DistInfo(world_size=1, mode="fsdp"))
+    assert not init_on_rank0(plain, DistInfo(world_size=2, mode="ddp"))
+    assert not init_on_rank0(offload, DistInfo(world_size=2, mode="fsdp"))

@@ -281,7 +281,7 @@ def test_planned_peak_with_gradient_accumulation(preset: str, moment: str) -> No
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize(("vocab", "chunk"), [(2048, 24), (2048, 40), (8192, 16)])
+@pytest.mark.parametrize(("vocab", "chunk"), [(2048, 24), (2048, 40), (8192, 16), (2048, 200)])  # 200: > N, one chunk
 def test_chunked_loss_saved_tensors_and_peak(dtype: str, vocab: int, chunk: int) -> None:
     """The chunked LM head + loss (TrainConfig.loss_chunk_size): the hooks see the head's two gradients
     instead of its input and the log-softmax, and the profiler's peak is the estimate's (the loss

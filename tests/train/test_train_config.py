@@ -487,5 +487,8 @@ def test_a_typed_max_iters_that_cuts_a_files_schedule_is_said(tmp_path: Path) ->
         [],  # the file's own schedule
         ["--max_iters=1000", "--decay_lr=False"],  # no schedule
         ["--max_iters=20000", "--lr_schedule='constant'"],  # nothing decays
+        ["--max_iters=1000", "--eval_only=True"],  # an evaluation takes no step
     ):
         assert said(*args) is None, args
+    # a run as long as its warmup reaches learning_rate at its last step: only the decay's cut is said
+    assert said("--max_iters=2000").startswith("max_iters=2000 stops the cosine decay 0% of the way")
