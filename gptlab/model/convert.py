@@ -1,7 +1,8 @@
 """Weights in and out, by where they come from: a gptlab run or checkpoint (ckpt.pt or an FSDP run's DCP folder),
 a Hugging Face GPT-2 or LLaMA folder or Hub name, a nanoGPT ckpt.pt, or a model in memory; what each source's
 architecture and record say before its weights are read. The formats themselves are gptlab.model.hf and
-gptlab.model.nanogpt, over what they share in gptlab.model.loading.
+gptlab.model.nanogpt, over what they share in gptlab.model.loading; their entry points import from here too,
+as they did before the formats had modules of their own.
 """
 
 from __future__ import annotations
@@ -25,17 +26,34 @@ from gptlab.checkpoint import (
 from gptlab.config.model import ModelArchitectureConfig
 from gptlab.errors import CheckpointError, ConfigError, did_you_mean
 from gptlab.model.gpt import ConfigurableGPT
-from gptlab.model.hf import HF_IMPORTERS, model_from_hf, read_hf_weights, special_tokens_for
+from gptlab.model.hf import (
+    GPT2_EOT_ID,
+    HF_IMPORTERS,
+    HF_SPECIAL_TOKEN_KEYS,
+    SUPPORTED_HF,
+    hf_model_type,
+    model_from_hf,
+    read_hf_weights,
+    safetensors_writer,
+    save_pretrained,
+    special_tokens_for,
+)
 from gptlab.model.loading import (
     EXPECTED,
     EXPECTED_OBJECT,
+    OVERRIDABLE_ON_LOAD,
     arch_with_overrides,
     build_model,
     check_overridable,
     read_json,
     read_torch_checkpoint,
 )
-from gptlab.model.nanogpt import NANOGPT_MODEL_ARGS, model_from_nanogpt, nanogpt_architecture
+from gptlab.model.nanogpt import (
+    NANOGPT_MODEL_ARGS,
+    model_from_nanogpt,
+    nanogpt_architecture,
+    nanogpt_training_checkpoint,
+)
 
 # nanoGPT's init_from names for OpenAI's GPT-2 checkpoints, and where they live on the Hub
 NANOGPT_HUB_NAMES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -285,3 +303,35 @@ def _from_torch_checkpoint(ckpt: Any, overrides: dict[str, Any]) -> Configurable
     if isinstance(ckpt, dict) and ckpt.get("format") == "gptlab" and "arch" in ckpt:
         return model_from_checkpoint(ckpt, **overrides)
     return model_from_nanogpt(ckpt, **overrides)
+
+
+__all__ = [  # the sources and dispatch defined here, and the formats' entry points (importable from here as before)
+    "EXPECTED",
+    "EXPECTED_OBJECT",
+    "GPT2_EOT_ID",
+    "GPT2_HUB_SIZES",
+    "HF_SPECIAL_TOKEN_KEYS",
+    "HUB_REPO_ID",
+    "HUB_WEIGHTS",
+    "NANOGPT_HUB_NAMES",
+    "NANOGPT_MODEL_ARGS",
+    "OVERRIDABLE_ON_LOAD",
+    "SUPPORTED_HF",
+    "check_init_source",
+    "download_hub_model",
+    "gptlab_checkpoint_path",
+    "hf_model_type",
+    "hub_repo_id",
+    "load_pretrained",
+    "model_from_checkpoint",
+    "model_from_nanogpt",
+    "nanogpt_training_checkpoint",
+    "pretrained_architecture",
+    "read_torch_checkpoint",
+    "recorded_dataset",
+    "resolve_pretrained",
+    "safetensors_writer",
+    "save_pretrained",
+    "special_tokens_for",
+    "weights_record",
+]

@@ -664,3 +664,17 @@ def test_load_errors_list_what_a_command_may_name(tmp_path: Path) -> None:
     assert "in-memory" not in str(error.value)
     with pytest.raises(CheckpointError, match=r"cannot load weights from a object: .*; or an in-memory transformers"):
         ConfigurableGPT.from_pretrained(object())
+
+
+def test_the_formats_entry_points_still_import_from_convert() -> None:
+    """Code written before Hugging Face and nanoGPT had modules of their own imports their entry points from
+    gptlab.model.convert: the same functions, from either place."""
+    from gptlab.model import convert, hf, loading, nanogpt
+
+    for module, names in (
+        (hf, ["save_pretrained", "hf_model_type", "special_tokens_for", "safetensors_writer"]),
+        (nanogpt, ["model_from_nanogpt", "nanogpt_training_checkpoint"]),
+        (loading, ["read_torch_checkpoint", "OVERRIDABLE_ON_LOAD"]),
+    ):
+        for name in names:
+            assert getattr(convert, name) is getattr(module, name) and name in convert.__all__, name
