@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes, ``weights_only`` loads, and state dicts free of wrapper prefixes; a run folder's
-checkpoint files in ``layout``, writing in ``save``, reading in ``load`` (everything imports from here).
+checkpoint files in ``layout``, writing in ``save``, reading in ``load``. Everything imports from here; a test that
+patches a function patches it where it is defined (``gptlab.checkpoint.load.load_dcp``) to reach its callers.
 
 Two formats, one meaning (model, optimizer, arch, config, iteration, best val loss, RNG, tokenizer):
 

@@ -1,6 +1,6 @@
-"""Reading checkpoints: which one is the latest, ``weights_only`` loads with their CRCs and records checked (a
-damaged, truncated or code-running file is one line, never a traceback nor code run), DCP directories read
-whole or resharded into a running job."""
+"""Reading checkpoints: ``weights_only`` loads with their CRCs and records checked (a damaged, truncated or
+code-running file is one line, never a traceback nor code run), DCP directories read whole or resharded into a
+running job. Which checkpoint is a run's latest is ``layout.latest_checkpoint``."""
 
 from __future__ import annotations
 

@@ -70,6 +70,7 @@ from gptlab.model.gpt import ConfigurableGPT
 from gptlab.plugins import component_plugins, plugin_digests
 from gptlab.telemetry.gradients import PendingGradientStats
 from gptlab.train import telemetry_hooks as telemetry
+from gptlab.train.init_from import preset_family as preset_family  # (imported from here before init_from.py)
 from gptlab.train.init_from import resolve_init, scratch_notes, weights_origin
 from gptlab.train.resume import (
     check_out_dir_unclaimed,
