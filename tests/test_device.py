@@ -19,6 +19,11 @@ def test_device_and_dtype_resolve_or_say_what_is_missing() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_dtype("auto", torch.device("cpu")) == "float32"  # no autocast on a CPU by default
     assert resolve_dtype("bfloat16", torch.device("cpu")) == "bfloat16"  # as asked
+    # 'auto' on a GPU: bfloat16 where it has bf16 units (Ampere and later), else float16 with its grad scaler
+    for supported, want in ((True, "bfloat16"), (False, "float16")):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.cuda, "is_bf16_supported", lambda *a, supported=supported, **kw: supported)
+            assert resolve_dtype("auto", torch.device("cuda")) == want
     if not torch.cuda.is_available():
         assert resolve_device("auto").type in ("cpu", "mps")
         with pytest.raises(ConfigError, match=r"device='cuda' but CUDA is not available here: use --device=cpu"):
@@ -65,8 +70,10 @@ data = {str(tmp_path / "data")!r}
 prepare_dataset("stdlib_char", data_dir=data)
 legacy = tf32_state()
 assert legacy == (False, (False, True)) and not tf32_matmuls()
+torch.backends.cudnn.allow_tf32 = False  # (PyTorch's default is on: off, to see enable_tf32 turn it on)
 enable_tf32()
 assert tf32_matmuls() and torch.get_float32_matmul_precision() == "high"
+assert tf32_state() == (False, (True, True))  # cuDNN's convolutions too, as nanoGPT sets both
 set_tf32_state(legacy)
 assert torch.get_float32_matmul_precision() == "highest"
 if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # the new switch, set by the caller

@@ -222,6 +222,19 @@ def test_mean_throughput_is_tokens_over_time(tmp_path: Path) -> None:
     assert summary["dt_ms"]["mean"] == pytest.approx(70.0 / 5)  # per step, as the rate: 512 / 14 ms is it
 
 
+def test_evaluations_in_the_summary_and_on_the_console(tmp_path: Path) -> None:
+    """Evaluations of val loss 3.0, 2.0, nan, 2.5: the summary's best is the least finite one and its final the
+    last one's (a NaN is no best); the console line names train and val loss in that order."""
+    console = io.StringIO()
+    logger = TrainingLogger(tmp_path, stream=console)
+    for i, (train_loss, val_loss) in enumerate([(3.1, 3.0), (2.2, 2.0), (2.4, math.nan), (1.5, 2.5)]):
+        logger.log_eval(10 * i, train_loss, val_loss)
+    assert "step 30: train loss 1.5000, val loss 2.5000" in console.getvalue()
+    summary = logger.finalize()
+    assert summary["best_val_loss"] == 2.0 and summary["final_val_loss"] == 2.5
+    assert json.loads((tmp_path / "summary.json").read_text())["best_val_loss"] == 2.0
+
+
 def test_the_logger_keeps_only_what_the_summary_needs(tmp_path: Path) -> None:
     """A long run at log_interval=1 would hold every record (gradient statistics and all, ~1.5 KB each) in
     memory to the end; the summary's figures come out the same from what is kept."""

@@ -580,3 +580,30 @@ def test_the_page_says_what_a_resumed_runs_summary_and_a_partial_mfu_plot_leave_
     assert "last session only" not in build_report([gpu], tmp_path / "one").read_text()
     assert main(["report", str(gpu), str(tmp_path / "report")]) == 2
     assert "is a report's folder (report.html), not a run directory: leave it out" in capsys.readouterr().err
+
+
+def test_the_loss_plot_labels_each_series_with_its_own_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each line of the loss plot carries the numbers its legend names: the per-iteration loss, the evaluated
+    train loss and the evaluated val loss (swapped labels would read as a model that overfits)."""
+    import json
+
+    from gptlab import report
+
+    run_dir = _write_log(tmp_path / "run")
+    evals = [{"type": "eval", "iter": i, "train_loss": 3.0 - i, "val_loss": 4.0 - i, "time": 101.0 + i} for i in (0, 2)]
+    with open(run_dir / "log.jsonl", "a") as f:
+        f.write("".join(json.dumps(e) + "\n" for e in evals))
+    drawn: dict[str, list[float]] = {}
+    real_save = report._save
+
+    def save(fig: Any, path: Path) -> Path:
+        drawn.update({line.get_label(): [float(y) for y in line.get_ydata()] for line in fig.axes[0].get_lines()})
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    report.plot_loss(report.load_runs([run_dir]), tmp_path / "loss.png")
+    assert drawn == {
+        "run train (per iter)": [5.0, 4.0, 3.0],
+        "run train (eval)": [3.0, 1.0],
+        "run val (eval)": [4.0, 2.0],
+    }

@@ -126,6 +126,20 @@ def test_a_misspelt_keyword_to_the_class_itself_is_one_config_error() -> None:
     assert "max_iters" in inspect.signature(TrainConfig).parameters
 
 
+def test_hybrid_is_llamas_attention_with_gpt2s_mlp_and_tied_embeddings() -> None:
+    """The hybrid preset as docs/architecture.md describes it: RoPE, RMSNorm and no biases from LLaMA; GPT-2's GELU
+    MLP of width 4H and its tied embeddings (untied, it would be another model with 38.6M more parameters)."""
+    c = get_preset_config("hybrid")
+    assert (c.position_encoding, c.normalization, c.bias, c.norm_position) == ("rope", "rmsnorm", False, "pre")
+    assert (c.ffn_type, c.activation, c.gelu_approximate, c.ffn_hidden_dim) == (
+        "standard",
+        "gelu",
+        "tanh",
+        4 * c.n_embd,
+    )
+    assert c.weight_tying
+
+
 def test_round_trip_through_dict() -> None:
     c = get_preset_config("hybrid", n_layer=3)
     assert ModelArchitectureConfig.from_dict(c.to_dict()) == c

@@ -90,3 +90,38 @@ def test_a_module_in_place_of_qkv_is_called_under_rope() -> None:
     layer.qkv = swapped
     torch.testing.assert_close(layer(x, pos), want)
     assert calls == [(2, 8, 32)]
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "manual"])
+def test_attention_dropout_drops_attention_weights(backend: str) -> None:
+    """The config's dropout applies to the attention weights under every built-in backend, as nanoGPT's does
+    (residual dropout alone kept the model's outputs varying when it did not). By hand: dropout of the causal
+    softmax, under the same seed, then times V."""
+    import math
+
+    from gptlab.model.attention import manual_attention, sdpa_attention
+
+    attend = {"sdpa": sdpa_attention, "manual": manual_attention}[backend]
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 8, 4, generator=gen) for _ in range(3))
+    plain = attend(q, k, v, bias=None, dropout_p=0.0)
+    dropped = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        dropped.append(attend(q, k, v, bias=None, dropout_p=0.5))
+    assert not torch.allclose(dropped[0], plain) and not torch.allclose(dropped[0], dropped[1])
+    if backend == "manual":  # the same random draws as a hand-written reference
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(4)
+        weights = scores.masked_fill(torch.ones(8, 8).triu(1).bool(), float("-inf")).softmax(dim=-1)
+        torch.manual_seed(1)
+        torch.testing.assert_close(dropped[0], torch.nn.functional.dropout(weights, p=0.5) @ v)
+    # the module passes its dropout in training and none in evaluation
+    model = ConfigurableGPT(get_debug_config("gpt2", dropout=0.3, attention_backend=backend))
+    seen: list[float] = []
+    attention = model.blocks[0].attn
+    inner = attention.backend
+    attention.backend = lambda *a, dropout_p, **kw: (seen.append(dropout_p), inner(*a, dropout_p=dropout_p, **kw))[1]
+    x = torch.randint(0, 256, (1, 8))
+    model.train()(x)
+    model.eval()(x)
+    assert seen == [0.3, 0.0]

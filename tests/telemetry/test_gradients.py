@@ -144,3 +144,36 @@ def test_spike_detector() -> None:
     assert not det.update(60.0)
     with pytest.raises(ValueError):
         GradientSpikeDetector(threshold=1.0)
+
+
+def test_spike_detector_against_a_reference() -> None:
+    """Each update against a plain reference: the ratio to the median of the last ``window`` finite norms before it
+    (statistics.median), a spike from the ``min_history``-th earlier norm on; a loaded detector judges as the one
+    it was saved from (a resume's), whatever it held before."""
+    import random
+    import statistics
+
+    window, threshold, min_history = 7, 3.0, 4
+    det = GradientSpikeDetector(window=window, threshold=threshold, min_history=min_history)
+    rng = random.Random(0)
+    norms = [1.0, 1.0, 1.0, 1.0, 10.0]  # a spike as soon as min_history norms are there
+    norms += [rng.choice([1.0, 1.5, 2.0, 9.0, 20.0]) * rng.uniform(0.9, 1.1) for _ in range(60)]
+    seen: list[float] = []
+    for i, norm in enumerate(norms):
+        recent = seen[-window:]
+        ratio = norm / statistics.median(recent) if recent else None
+        want = len(recent) >= min_history and ratio > threshold
+        assert det.update(norm) == want, i
+        assert det.last_ratio == (pytest.approx(ratio, rel=1e-12) if ratio is not None else None), i
+        seen.append(norm)
+    assert list(det.history) == seen[-window:]
+    resumed = GradientSpikeDetector(window=window, threshold=threshold, min_history=min_history)
+    for n in (100.0, 200.0, 300.0):  # what it held before the load: not kept
+        resumed.update(n)
+    resumed.load_state_dict(det.state_dict())
+    assert list(resumed.history) == list(det.history)
+    assert resumed.update(50.0) == det.update(50.0) and resumed.last_ratio == det.last_ratio
+    early = GradientSpikeDetector(window=window, threshold=threshold, min_history=min_history)
+    early.update(2.0)
+    resumed.load_state_dict(early.state_dict())  # a history shorter than the window: only its norms
+    assert list(resumed.history) == [2.0]

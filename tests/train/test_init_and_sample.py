@@ -982,6 +982,7 @@ def test_a_nanogpt_run_resumes_with_its_optimizer_iteration_and_settings(data_di
         cfg = trainer.cfg
         assert (cfg.learning_rate, cfg.min_lr, cfg.lr_decay_iters, cfg.warmup_iters) == (1e-3, 1e-4, 40, 5)
         assert (cfg.batch_size, cfg.gradient_accumulation_steps, cfg.beta2) == (4, 2, 0.99)
+        assert trainer.tokens_seen == 30 * 2 * 4 * block  # nanoGPT's iterations 0..29, each tokens_per_iter
         gptlab_name = {  # nanoGPT's module names -> gptlab's (gptlab.model.gpt)
             "transformer.wte": "wte", "transformer.wpe": "pos_encoding.wpe", "transformer.ln_f": "norm_f",
             "ln_1": "norm_1", "ln_2": "norm_2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.out_proj",

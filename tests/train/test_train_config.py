@@ -134,6 +134,11 @@ def test_config_file_then_overrides() -> None:
         (["--warmup_iters=3", "--lr_decay_iters=1"], r"lr_decay_iters=1 is smaller than warmup_iters=3"),
         (["--warmup_iters=5", "--lr_decay_iters=5"], r"lr_decay_iters=5 is equal to warmup_iters=5: .* < lr_decay"),
         (["--wsd_decay_frac=1.5"], r"wsd_decay_frac=1.5 is invalid: expected a float in \[0, 1\]"),
+        # a negative rate trains by gradient ascent; negative decay grows the weights; a negative clip is no clip
+        *[
+            ([f"--{k}=-1e-3"], rf"^{k}=-0.001 is invalid: expected a finite float >= 0$")
+            for k in ("learning_rate", "min_lr", "weight_decay", "grad_clip")
+        ],
         # names and values
         (["--out_dir="], r"out_dir='' is invalid: expected a non-empty name or path"),
         (["--init_from="], r"init_from='' is invalid"),
