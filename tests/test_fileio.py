@@ -60,3 +60,25 @@ def test_check_directory_names_the_key_and_takes_the_path_as_written(tmp_path: P
         check_directory("data_dir", tmp_path / "file" / "a" / "b")
     check_directory("out_dir", tmp_path / "new" / "run")  # to be created: fine
     check_directory("out_dir", "~nosuchuser/out")  # a folder named '~nosuchuser' here, as the run will make it
+
+
+def test_an_atomic_write_is_durable_before_and_after_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss after the rename must find the new bytes under the name: the file is fsynced before it
+    replaces the old one, and its folder after (the rename itself); without them a checkpoint or meta.json could
+    be empty under its real name."""
+    import os
+    import stat
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        synced.append("folder" if stat.S_ISDIR(mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write(tmp_path / "meta.json", "{}")
+    assert synced == ["file", "folder"] and (tmp_path / "meta.json").read_text() == "{}"

@@ -184,8 +184,9 @@ def test_fit_advice_warns_before_an_oom_with_replanned_options() -> None:
     assert advice is not None and "13.3 GB" in advice and "--loss_chunk_size=1024 -> 6.4 GB (fits)" in advice
     assert "--activation_checkpointing=True ->" in advice and "--batch_size=6" in advice
     assert "--use_fsdp" not in advice  # one GPU: sharding is no option
-    ddp = fit_advice(cfg, 12 * 10**9, parallel="ddp", world_size=8, **kwargs)
-    assert ddp is not None and "--use_fsdp=True ->" in ddp
+    for mode in ("ddp", "zero1"):  # replicated weights (ZeRO-1 shards the optimizer states only): FSDP shards them
+        several = fit_advice(cfg, 12 * 10**9, parallel=mode, world_size=8, **kwargs)
+        assert several is not None and "--use_fsdp=True ->" in several, mode
     chunked = fit_advice(cfg, 6 * 10**9, loss_chunk_size=1024, **kwargs)
     assert chunked is not None and "--loss_chunk_size" not in chunked  # already on: not suggested again
 

@@ -1454,6 +1454,21 @@ def test_gradients_are_reduced_on_the_last_micro_step_only(mode: str, data_dir: 
         parallel.shutdown(trainer.dist)
 
 
+def test_the_startup_record_counts_the_model_and_the_run(data_dir: Path, tmp_path: Path) -> None:
+    """The startup report's size and length against the built model and nanoGPT's count: every parameter once (a
+    tied head not twice), and iterations start_iter..max_iters inclusive, each tokens_per_iter."""
+    from gptlab.train.startup_report import build_startup_report
+
+    args = tiny_args(data_dir, tmp_path, **STEP_ARGS, max_iters=6)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    trainer.logger.close()
+    report = build_startup_report(trainer)
+    model = trainer.raw_model
+    assert report["architecture"]["params"] == sum(p.numel() for p in model.parameters())
+    assert report["architecture"]["params_non_embedding"] == model.get_num_params()
+    assert report["training"]["total_tokens"] == 7 * trainer.telemetry.tokens_per_iter  # iterations 0..6
+
+
 def test_evaluation_batches_are_never_training_batches(data_dir: Path, tmp_path: Path) -> None:
     """The evaluation's fixed batches come from a stream of their own: with --seed=0 (the evaluation's own seed) a
     shared stream would make the "train loss" of evaluation the loss on batches the run trained on first."""

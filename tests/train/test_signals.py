@@ -227,3 +227,18 @@ def test_a_stop_after_the_consoles_reader_left_still_checkpoints(data_dir: Path,
     stopped = next(r["iter"] for r in _records(out) if r.get("event") == "interrupted")
     assert load_checkpoint(out)["iter_num"] == stopped
     assert any(r.get("event") == "console_closed" for r in _records(out))
+
+
+def test_the_logged_exit_status_is_the_commands() -> None:
+    """What the log's end records (logger.close's exit_code) is what the shell sees: 130 for Ctrl-C, 128 + N for a
+    signal's stop, 2 for a one-line error (a user mistake, a path that cannot be written), 1 for anything else."""
+    import signal as signals
+
+    from gptlab.errors import ConfigError
+    from gptlab.train.launch import _exit_status
+    from gptlab.train.signals import TrainingInterrupted
+
+    assert _exit_status(KeyboardInterrupt()) == 130
+    assert _exit_status(TrainingInterrupted(signals.SIGTERM, "stopped")) == 128 + signals.SIGTERM
+    assert _exit_status(ConfigError("bad")) == 2 and _exit_status(PermissionError(13, "denied")) == 2
+    assert _exit_status(RuntimeError("a bug")) == 1
