@@ -854,3 +854,15 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
     resumes = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r.get("event") == "resume"]
     assert "plugin files" not in resumes[0]["changed"]
     assert resumes[1]["changed"]["plugin files"] == ["as the checkpoint was trained", f"changed since: {plugin}"]
+
+
+def test_a_plugin_digest_sees_code_and_ignores_settings() -> None:
+    """The digest a resume compares: a config file's settings (max_iters raised for the resume) change nothing, a
+    top-level assignment to anything else (a class attribute a component reads, a helper's constant) does."""
+    from gptlab.plugins import _code_of
+
+    base = b"import torch\nmax_iters = 5\nclass Norm:\n    eps = 1e-5\nNorm.scale = 2.0\n_helper = 3\n"
+    assert _code_of(base) == _code_of(base.replace(b"max_iters = 5", b"max_iters = 6  # resumed for longer"))
+    for edit in (b"Norm.scale = 2.5", b"_helper = 4"):
+        changed = base.replace(edit.split(b" = ")[0] + b" = " + (b"2.0" if b"scale" in edit else b"3"), edit)
+        assert changed != base and _code_of(changed) != _code_of(base), edit

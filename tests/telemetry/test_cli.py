@@ -26,6 +26,13 @@ def test_flops_prints_table_conventions_and_throughput(capsys: pytest.CaptureFix
     assert "854.655 MFLOP" in out and "798.087 MFLOP" in out  # both conventions, labelled
     assert "attention/FFN FLOPs per layer: 0.833" in out
     assert "127,771 tokens/s" in out  # 0.35 * 312e12 / 854,654,976
+    # a shorter sequence: fewer attention FLOPs per token, so more tokens/s (the figure at that length)
+    from gptlab import get_preset_config
+    from gptlab.telemetry.mfu import expected_tokens_per_sec
+
+    assert run(["flops", "gpt2", "--gpu", "A100-SXM", "--mfu", "0.35", "--seq_len", "256"]) == 0
+    short = expected_tokens_per_sec(get_preset_config("gpt2"), 312e12, 0.35, seq_len=256)
+    assert f"{short:,.0f} tokens/s" in capsys.readouterr().out and short > 127_771
 
 
 def test_flops_takes_overrides(capsys: pytest.CaptureFixture[str]) -> None:
