@@ -3,6 +3,7 @@ one rank must make every rank skip the step and lower the scale (2 gloo processe
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -45,6 +46,8 @@ def _worker(rank: int, port: int, out_dir: str, fused: bool) -> None:
         changed = any(not torch.equal(b, p.full_tensor()) for b, p in zip(before, model.parameters()))
         record[step] = {"changed": changed, "scale_before": scale, "scale_after": scaler.get_scale()}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
+    del model, opt, scaler  # freed before the process group they hold (tests/telemetry/test_distributed.py)
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 

@@ -9,6 +9,7 @@ of the tensors FSDP2 and ZeroRedundancyOptimizer really hold. Odd first dimensio
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 from pathlib import Path
@@ -112,6 +113,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         "fsdp_unsharded_grads": unsharded_grads,
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    # the models' hooks hold the process group: freed before it, as gptlab's own runs free theirs (left to the exit,
+    # gloo's threads now and then aborted a finished rank: "terminate called without an active exception")
+    del single, fsdp, fsdp_opt, accumulating, ddp, ddp_model, zero, reference
+    gc.collect()
     dist.barrier()  # no rank may tear down gloo while a peer's last collective is in flight
     dist.destroy_process_group()
 
