@@ -48,6 +48,18 @@ stage_peak() {
 stage_gpt2() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16; step "${GPT2[@]}" "${GPU[@]}" --batch_size 32; }
 stage_llama() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 16; }
 stage_350m() { step "${M350[@]}" "${GPU[@]}" --batch_size 16; }
+# the micro-batch a run asks for, or the largest multiple of 16 below it whose peak fits this GPU (92% of its
+# memory): $2 is the run's peak in GB at the batch asked for, as measured on the H200 (141 GB), scaled by the
+# batch; an H100 (80 GB) runs the 350M model at 48, not 64 (83.4 GB there). The record names the batch that ran.
+fit_batch() {
+  local want=$1 peak_gb=$2 total_mib
+  total_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1) || total_mib=""
+  if [[ -n "${SMOKE:-}" || ! "$total_mib" =~ ^[0-9]+$ ]]; then echo "$want"; return; fi
+  awk -v want="$want" -v peak="$peak_gb" -v mib="$total_mib" 'BEGIN {
+    b = want; while (b > 16 && peak * 1e9 * b / want > 0.92 * mib * 1048576) b -= 16
+    if (b != want) printf "(micro-batch %d for %d: %.1f GB at %d does not fit %d MiB)\n", b, want, peak, want, mib > "/dev/stderr"
+    print b }'
+}
 # compile options go with --compile, which SMOKE runs leave out (a compile option without it is refused)
 compiled() { if [[ -z "${SMOKE:-}" ]]; then echo "$@"; fi; }
 # the bf16 residual stream (TrainConfig.residual_dtype) goes with the bf16 runs; SMOKE's float32 keeps float32
@@ -170,7 +182,7 @@ stage_gpt2_64or() {
 # shellcheck disable=SC2046
 stage_llama_64r() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream); }
 # shellcheck disable=SC2046
-stage_350m_64r() { step "${M350[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream); }
+stage_350m_64r() { step "${M350[@]}" "${GPU[@]}" --batch_size "$(fit_batch 64 84)" $(bf16_stream); }
 # the chunked loss by its Triton kernel (gptlab.model.loss_kernel): the head + loss alone, kernel against torch
 # ops and the plain head, at batch 64's 65536 tokens; then the step with it (chunks of 16384) and the bf16 stream
 stage_head_k() {
@@ -191,14 +203,14 @@ stage_gpt2_64f() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 --set sdpa_back
 # their epilogues (GELU's 8.5 ms); its first step compiles for minutes
 # shellcheck disable=SC2046
 stage_gpt2_64ra() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 64 $(bf16_stream) $(compiled --compile_mode max-autotune-no-cudagraphs); }
-stage_gpt2_128() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 128; }  # ~87 GB: the fixed per-step costs halved again
+stage_gpt2_128() { step "${GPT2[@]}" "${GPU[@]}" --batch_size "$(fit_batch 128 87)"; }  # ~87 GB: the fixed per-step costs halved again
 stage_gpt2_16x4() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --grad_accum 4; }
 stage_cdt_16() { TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 step "${GPT2[@]}" "${GPU[@]}" --batch_size 16; }
 stage_chunked_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096; }
 # shellcheck disable=SC2046
 stage_autotune_16() { step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 $(compiled --compile_mode max-autotune-no-cudagraphs); }
 stage_llama_64() { step "${LLAMA[@]}" "${GPU[@]}" --batch_size 64; }
-stage_350m_64() { step "${M350[@]}" "${GPU[@]}" --batch_size 64; }
+stage_350m_64() { step "${M350[@]}" "${GPU[@]}" --batch_size "$(fit_batch 64 84)"; }
 stage_rope() {  # RoPE's layouts in one attention sublayer (bench/rope_layout.py)
   local run=(--device cuda --dtype bfloat16 --compile --batch_size 16 --block_size 1024 --iters 20 --profile)
   if [[ -n "${SMOKE:-}" ]]; then run=(--device cpu --dtype float32 --batch_size 1 --block_size 32 --n_embd 32 --n_head 2 --iters 1); fi

@@ -1,7 +1,8 @@
 """The chunked loss's Triton kernel (gptlab.model.loss_kernel): its torch reference against
 ``F.cross_entropy``, the kernel against the reference under Triton's CPU interpreter (where Triton is
-installed), and the chunked loss's kernel path (the custom op, its CPU reference inside) against the
-plain head, eager and compiled. On a GPU tests/train/test_cuda.py runs the kernel itself."""
+installed and its interpreter runs: Triton <= 3.6's does not under numpy >= 2.4, triton-lang/triton#9171),
+and the chunked loss's kernel path (the custom op, its CPU reference inside) against the plain head, eager
+and compiled. On a GPU tests/train/test_cuda.py runs the kernel itself."""
 
 from __future__ import annotations
 
@@ -53,8 +54,25 @@ def test_kernel_matches_the_reference_in_the_interpreter(tmp_path: Path) -> None
     process of its own): several blocks per row and a partial last one, ignored rows, three dtypes."""
     script = textwrap.dedent(
         """
+        import sys
         import torch
+        import triton
+        import triton.language as tl
+        from triton.runtime.errors import InterpreterError
         from gptlab.model import loss_kernel as lk
+
+        @triton.jit
+        def _loop_probe(out_ptr, n, BLOCK: tl.constexpr):
+            total = 0
+            for start in range(0, n, BLOCK):
+                total += 1
+            tl.store(out_ptr, total)
+
+        try:  # the interpreter itself: a loop whose bound is a runtime argument, as the kernel's
+            _loop_probe[(1,)](torch.zeros(1, dtype=torch.int32), 5, BLOCK=2)
+        except InterpreterError as exc:
+            print("interpreter broken:", exc)
+            sys.exit(3)
         gen = torch.Generator().manual_seed(0)
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for v, block in ((37, 64), (300, 64), (1000, 256)):
@@ -89,6 +107,10 @@ def test_kernel_matches_the_reference_in_the_interpreter(tmp_path: Path) -> None
     path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))  # a Triton found by it stays
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    if res.returncode == 3 and res.stdout.startswith("interpreter broken"):
+        # Triton <= 3.6's interpreter turns a loop bound into a 1-element array, which numpy >= 2.4 refuses to
+        # take as a scalar (triton-lang/triton#9171): nothing of the kernel ran, so nothing of it is checked
+        pytest.skip(f"Triton's CPU interpreter cannot run a loop under this numpy: {res.stdout.strip()}")
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
 
 
