@@ -157,6 +157,11 @@ def test_path_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["train", "--arch_preset=GPT-2"], "(did you mean 'gpt2'?)"),  # the case and a hyphen
         (["train", "--training.steps=10"], "did you mean --max_iters=10?"),
         (["train", "--tie_word_embeddings=False"], "(did you mean 'weight_tying'?)"),  # HF's name
+        (["train", "--n_positions=64"], "(did you mean 'block_size'?)"),  # HF GPT-2's (difflib: 'norm_position')
+        (["train", "--max_position_embeddings=64"], "(did you mean 'block_size'?)"),  # not 'position_encoding'
+        (["train", "--layer_norm_epsilon=1e-6"], "(did you mean 'norm_eps'?)"),
+        (["train", "--n_inner=3072"], "(did you mean 'd_ff'?)"),
+        (["train", "--min_learning_rate=0.0"], "(did you mean 'min_lr'?)"),  # difflib: 'learning_rate'
         (["train", "--max-iters"], "(write --max_iters=VALUE)"),
         (["train", "--prompt"], "(write --sample_prompt=VALUE)"),  # the train key nearest sample's alias
         (["sample", "--prompt=hi"], "unknown sample key 'prompt' (did you mean 'start'?)"),

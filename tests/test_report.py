@@ -311,6 +311,21 @@ def test_a_downloaded_runs_links_do_not_take_the_report_elsewhere(
     assert [p.name for p in elsewhere.iterdir()] == ["mfu.png"]
 
 
+def test_labels_are_one_name_per_run(tiny_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--labels: as many names as runs, none twice (a legend's two entries of one name) or empty; refused in one
+    line before anything is drawn."""
+    out = tmp_path / "r"
+    for labels, said in (
+        ("a", "--labels has 1 names for 2 run directories"),
+        ("a,a", "--labels='a,a' names 'a' twice: give each run a name of its own"),
+        ("a,", "--labels='a,' names '' empty: give each run a name of its own"),
+    ):
+        assert main(["report", *map(str, tiny_runs[:2]), "--labels", labels, "--out", str(out)]) == 2
+        assert said in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["report", *map(str, tiny_runs[:2]), "--labels", "a,b", "--out", str(out)]) == 0
+
+
 def test_a_dollar_in_a_runs_name_is_drawn_as_it_is(tiny_runs: list[Path], tmp_path: Path) -> None:
     """matplotlib reads text between two '$' as math: a folder named 'd$\\frac{$a' ended the report in a
     112-line ParseSyntaxException."""

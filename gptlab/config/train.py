@@ -810,6 +810,20 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
     return _run_config(values, explicit, set(from_overrides))
 
 
+def _whose(message: str, explicit: set[str], typed: set[str]) -> str:
+    """Where the settings a resume's refusal names came from (the command line, a config file named now, or the
+    checkpoint), so a user looks for the value where it was set (``--key=value``, a suggested fix, is not one)."""
+    named = dict.fromkeys(k for k in re.findall(r"(?<![\w-])([a-z][a-z0-9_]*)=", message) if k in ALL_KEYS)
+    source = {k: "the command line's" if k in typed else "the config file's" if k in explicit else "the checkpoint's"
+              for k in named}  # fmt: skip
+    said = ", ".join(f"{k} is {where}" for k, where in source.items())
+    return (
+        f"{said}; the settings not given now are the checkpoint's"
+        if said
+        else ("the settings not given now are the checkpoint's")
+    )
+
+
 def _run_config(values: dict[str, Any], explicit: set[str], typed: set[str]) -> RunConfig:
     """The run ``values`` describe once a resume has taken its checkpoint's settings and a fine-tune has
     set aside the architecture keys its weights decide (``typed``: the keys set on the command line)."""
@@ -848,7 +862,6 @@ def _run_config(values: dict[str, Any], explicit: set[str], typed: set[str]) -> 
 
             message = without_suggestion(e)
             hint = plugins_hint(read_saved_settings(path)[0].get("plugins"))
-        where = f"resuming {path}: the settings not given now are the checkpoint's"
-        raise ConfigError(f"{message} ({where}){hint}") from None
+        raise ConfigError(f"{message} (resuming {path}: {_whose(message, explicit, typed)}){hint}") from None
     run.resume_changes, run.overruled = changed, overruled
     return run

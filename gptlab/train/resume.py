@@ -82,7 +82,7 @@ def resume_changes(
 ) -> tuple[Changes, bool]:
     """What a resume changes from its checkpoint's run (``run.resume_changes``, the settings, plus the launch,
     data, tokenizer, software and plugin code), and whether its best val loss is kept (not when the next
-    evaluations are on other batches than the ones it was measured on)."""
+    evaluations are on other batches than the ones it was measured on, or on other data)."""
     changed = dict(run.resume_changes)
     keep_best = True
     if ckpt.get("converted_from") == "nanoGPT":  # its model, AdamW state, iteration and settings carried over
@@ -108,6 +108,11 @@ def resume_changes(
     if old_data and old_data != new_data:  # re-prepared (other text, another Python's stdlib): said, as
         # the tokenizer is, not refused; the batches from here on are not the interrupted run's
         changed["data"] = (_describe_data(old_data), _describe_data(new_data))
+    new_text = "tokenizer" in changed or (_val_split_changed(old_data, new_data) if old_data else "dataset" in changed)
+    if new_text and keep_best and math.isfinite(best_val_loss):  # a loss on another validation split is no bar
+        # to the next one's (a lower best would keep every later save from happening, always_save_checkpoint off)
+        changed["best val loss"] = (f"{best_val_loss:.4f} on the checkpoint's data", "the next evaluation's")
+        keep_best = False
     if "versions" not in ckpt:  # written before evaluation batches had their own stream (and versions
         # were recorded): the val losses from here on are on other batches than the logged ones
         changed["evaluation batches"] = ("seed+1's training stream", "their own stream (from here on)")
@@ -190,6 +195,16 @@ def folder_identity(folder: Path) -> tuple[int, int] | str | None:
     except OSError:
         return "unknown"
     return found.st_dev, found.st_ino
+
+
+def _val_split_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two data records differ in what an evaluation reads: the source, or the val split's size or sampled
+    bytes (a train.bin shuffled in place leaves the val losses comparable)."""
+
+    def val(record: dict[str, Any]) -> tuple[Any, ...]:
+        return record.get("sha256"), (record.get("tokens") or {}).get("val"), (record.get("bins") or {}).get("val")
+
+    return val(old) != val(new)
 
 
 def _describe_data(fingerprint: dict[str, Any]) -> str:

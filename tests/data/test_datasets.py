@@ -253,7 +253,7 @@ def test_stream_caps_documents_and_tokens_exactly(tmp_path: Path) -> None:
 
 
 def test_stream_bad_records_and_missing_datasets_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(DataError, match=r"record 1 of .* has no string field 'text' \(has: body\)"):
+    with pytest.raises(DataError, match=r"record 2 of .* has no string field 'text' \(has: body\)"):
         prepare_dataset("openwebtext", tmp_path, load_fn=lambda: [{"text": "ok"}, {"body": "x"}])
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(DataError, match=r"pip install 'gptlab\[data\]'"):
@@ -675,7 +675,7 @@ def test_a_save_to_disk_folder_is_read_as_its_records(tmp_path: Path, layout: st
             assert (out / file).read_bytes() == (reference / file).read_bytes()
         assert read_meta(out)["source"]["format"] == "save_to_disk"
     datasets.Dataset.from_list([{"text": None}]).save_to_disk(str(tmp_path / "null"))
-    with pytest.raises(DataError, match=r"record 0 of .*: field 'text' is null, not a string"):
+    with pytest.raises(DataError, match=r"record 1 of .*: field 'text' is null, not a string"):
         prepare_dataset("mine", tmp_path / "n", input_path=tmp_path / "null", num_proc=1)
 
 

@@ -260,10 +260,13 @@ def test_resume_validates_the_settings_it_will_run_with(data_dir: Path, tmp_path
     launch = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'"]
     resumed = parse_run_args([*launch, "--learning_rate=3e-5"])  # the default min_lr (6e-5) would exceed it
     assert (resumed.train.learning_rate, resumed.train.min_lr) == (3e-5, 5e-6)
-    with pytest.raises(
-        ConfigError, match=r"min_lr=0.0001 is larger than learning_rate=5e-05: .* \(resuming .*checkpoint's"
-    ):
+    with pytest.raises(ConfigError, match=r"min_lr=0.0001 is larger than learning_rate=5e-05: .* \(resuming ") as e:
         parse_run_args([*launch, "--min_lr=1e-4"])
+    assert "min_lr is the command line's, learning_rate is the checkpoint's; the settings not" in str(e.value)
+    config = tmp_path / "lr.py"
+    config.write_text("learning_rate = 2e-5\n")  # a config file's value, not the checkpoint's: named as such
+    with pytest.raises(ConfigError, match="min_lr is the command line's, learning_rate is the config file's; "):
+        parse_run_args([str(config), *launch, "--min_lr=1e-4"])
     with pytest.raises(ConfigError, match=r"arch_preset='gpt2' conflicts with the checkpoint"):
         parse_run_args([*launch, "--arch_preset='gpt2'"])
 
@@ -1711,7 +1714,7 @@ def test_a_split_file_rewritten_in_place_is_said_on_resume(data_dir: Path, tmp_p
     np.random.default_rng(0).permutation(tokens).tofile(bins)  # the same size and tokens, another order
     train(parse_run_args([*launch, "--max_iters=4"]), stream=io.StringIO())
     first, second = [r["changed"] for r in read_log(out) if r.get("event") == "resume"]
-    assert "data" not in first and "data" in second
+    assert "data" not in first and "data" in second and "best val loss" not in second  # the val split as it was
     was, now = second["data"]
     assert was.split("; ")[0] == now.split("; ")[0] and was != now  # meta.json's record alike, the bytes not
     # a checkpoint from before the sample (every one written until then): its data record alone is compared

@@ -43,6 +43,42 @@ def test_a_resume_in_another_mode_or_world_size_says_so(tmp_path: Path) -> None:
     assert resume_line(ckpt, 7, {}, frozenset()) == f"resuming from {tmp_path / 'ckpt.pt'} at iter 7"
 
 
+def test_a_resume_on_other_data_sets_the_best_val_loss_anew(tmp_path: Path) -> None:
+    """A resume on another dataset, re-prepared data or another tokenizer evaluates on another validation split:
+    the checkpoint's best val loss is no bar to the next save (with always_save_checkpoint off, a best from an
+    easier split kept every later save from happening), and the resume says so; the same data under a new
+    dataset name keeps it."""
+    run = parse_run_args([f"--out_dir={str(tmp_path)!r}", "--dataset='other'"])
+    run = dataclasses.replace(run, resume_changes={"dataset": ("openwebtext", "other")})  # as against its checkpoint
+    base = {"path": str(tmp_path / "ckpt.pt"), "tokenizer": TOKENIZER, "data": DATA, "versions": software_versions()}
+    kw = {"mode": "none", "world_size": 1, "out_dir": tmp_path, "plugin_digests": {}, "best_val_loss": 1.5}
+    reset = ("1.5000 on the checkpoint's data", "the next evaluation's")
+    other = {**DATA, "sha256": "cd" * 32}
+    changed, keep = resume_changes(run, run.train, base, tokenizer=TOKENIZER, data=other, **kw)
+    assert changed["best val loss"] == reset and "data" in changed and not keep
+    for val_moved in (
+        {**DATA, "tokens": {"train": 90, "val": 11}},
+        {**DATA, "bins": {**DATA["bins"], "val": "2" * 16}},
+    ):
+        changed, keep = resume_changes(run, run.train, base, tokenizer=TOKENIZER, data=val_moved, **kw)
+        assert changed["best val loss"] == reset and not keep
+    shuffled = {**DATA, "bins": {**DATA["bins"], "train": "3" * 16}}  # train.bin alone rewritten: val as it was
+    changed, keep = resume_changes(run, run.train, base, tokenizer=TOKENIZER, data=shuffled, **kw)
+    assert "data" in changed and "best val loss" not in changed and keep
+    renamed = {**TOKENIZER, "itos": {"0": "x", "1": "b", "2": "c"}}
+    changed, keep = resume_changes(run, run.train, base, tokenizer=renamed, data=DATA, **kw)
+    assert changed["best val loss"] == reset and "tokenizer" in changed and not keep
+    changed, keep = resume_changes(run, run.train, base, tokenizer=TOKENIZER, data=DATA, **kw)
+    assert changed == {"dataset": ("openwebtext", "other")} and keep  # a new name, the same files
+    unrecorded = {k: v for k, v in base.items() if k != "data"}  # a checkpoint from before the data record
+    changed, keep = resume_changes(run, run.train, unrecorded, tokenizer=TOKENIZER, data=DATA, **kw)
+    assert changed["dataset"] == ("openwebtext", "other") and changed["best val loss"] == reset and not keep
+    changed, keep = resume_changes(
+        run, run.train, base, tokenizer=TOKENIZER, data=other, **{**kw, "best_val_loss": float("inf")}
+    )
+    assert "best val loss" not in changed  # none yet: nothing to set anew
+
+
 @pytest.mark.parametrize("held", ["ckpt.pt", "ckpt.dcp", "log.jsonl"])
 def test_a_new_run_refuses_a_folder_that_holds_a_run(held: str, tmp_path: Path) -> None:
     """Each of a run's files claims its folder for a new run: a single-file or a sharded (FSDP) checkpoint, or the
