@@ -337,7 +337,7 @@ class Comparison:
             return "n/a"
         if key.startswith("memory."):
             gb = value / GB  # 14.5 or 15.0 for GPT-2 124M, 0.00683 for a test model, 293 for a 7B
-            return f"{gb:,.0f}" if gb >= 100 else f"{gb:#.3g}"
+            return f"{gb:,.0f}" if gb >= 99.95 else f"{gb:#.3g}"  # (99.96 would round to '100.' in 3 digits)
         if key == "attention_to_ffn_ratio":
             return f"{value:.3f}"
         if key.startswith("params"):

@@ -580,3 +580,151 @@ def test_a_checkpoint_or_hugging_face_folder_is_its_weights_architecture(
     state = rename_keys(gpt2.state_dict(), reversed_names(NANOGPT_NAMES))
     torch.save({"model": state, "model_args": args, "iter_num": 5}, tmp_path / "out-nano" / "ckpt.pt")
     assert resolve_architecture("out-nano").config.n_embd == 32 and main(["compare", "out-nano", "gpt2"]) == 0
+
+
+def test_training_cells_are_formatted_as_the_readme_shows_them() -> None:
+    """The Training table's cells, by hand: MFU a percentage, token counts grouped, wall time to a tenth of a
+    second, losses to four decimals, an unmeasured figure n/a."""
+    from gptlab.compare_train import format_result
+
+    assert format_result("mfu", 0.1431) == "14.31%"
+    assert format_result("tokens_trained", 154112) == "154,112"
+    assert format_result("tokens_per_sec", 116325.4) == "116,325"
+    assert format_result("total_time_s", 1.64) == "1.6"
+    assert format_result("final_val_loss", 2.51944) == "2.5194"
+    assert format_result("mfu", None) == "n/a"
+
+
+def test_the_training_tables_rows_are_the_readmes(tmp_path: Path) -> None:
+    """README.md's `compare --train` table lists every result row, in order: none may be lost from the table."""
+    from gptlab.compare import Comparison, resolve_architecture
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("| result | gpt2 | llama | hybrid |")
+    shown = [line.split(" | ")[0].lstrip("| ") for line in readme[start : readme.index("\n\n", start)].splitlines()]
+    arch = resolve_architecture("gpt2")
+    comparison = Comparison([arch], {}, [{}], training=[{"status": "completed"}])
+    header, rows = comparison.training_table()
+    assert [header[0], *(r[0] for r in rows)] == [shown[0], *shown[2:]]
+
+
+def test_a_trained_runs_result_takes_each_figure_from_its_own_summary_key(tmp_path: Path) -> None:
+    """Every result cell from its own summary key (a best val loss below the final one, as after overfitting);
+    a summary without tokens_seen (an older gptlab's) gives the planned tokens."""
+    from gptlab.compare_train import _result
+
+    summary = {
+        "status": "completed",
+        "final_val_loss": 2.6,
+        "best_val_loss": 2.4,
+        "unigram_baseline_loss": 3.1,
+        "tokens_seen": 4096,
+        "tokens_per_sec": {"mean": 900.0, "median": 1000.0},
+        "mfu": None,
+        "peak_memory_gb": 1.5,
+        "planned_peak_gb": 0.25,
+        "total_time_s": 12.5,
+    }
+    startup = {"hardware": {"device": "cpu"}, "training": {"total_tokens": 8192}}
+    result = _result(tmp_path, summary, startup)
+    assert (result["final_val_loss"], result["best_val_loss"], result["unigram_baseline_loss"]) == (2.6, 2.4, 3.1)
+    assert (result["tokens_trained"], result["tokens_per_sec"], result["mfu"]) == (4096, 1000.0, None)
+    assert (result["peak_memory_gb"], result["total_time_s"], result["device"]) == (0.25, 12.5, "cpu")
+    cuda = _result(
+        tmp_path,
+        {k: v for k, v in summary.items() if k != "tokens_seen"},
+        {**startup, "hardware": {"device": "cuda:0"}},
+    )
+    assert (cuda["peak_memory_gb"], cuda["tokens_trained"]) == (1.5, 8192)
+
+
+def test_a_shorter_max_iters_shortens_the_warmup_to_a_tenth(tmp_path: Path) -> None:
+    """--max_iters=50: the schedule decays over 50 iterations after a warmup of 5 (a tenth); a long run keeps
+    the default warmup of 20."""
+    from gptlab.compare import resolve_architecture
+    from gptlab.compare_train import _run_values
+
+    arch = resolve_architecture("gpt2")
+    short = _run_values(arch, {"max_iters": 50}, tmp_path)
+    assert (short["lr_decay_iters"], short["warmup_iters"]) == (50, 5)
+    long = _run_values(arch, {"max_iters": 1000}, tmp_path)
+    assert (long["lr_decay_iters"], long["warmup_iters"]) == (1000, 20)
+    assert _run_values(arch, {"max_iters": 50, "warmup_iters": 7}, tmp_path)["warmup_iters"] == 7  # typed: as given
+
+
+def test_a_preset_named_twice_trains_that_preset_in_two_folders(tmp_path: Path) -> None:
+    """`compare gpt2 gpt2 --train` (two seeds, say): the second column is labelled gpt2_2, and still trains the
+    gpt2 preset (there is no preset gpt2_2), into its own folder."""
+    from gptlab.compare import _unique_labels, resolve_architecture
+    from gptlab.compare_train import _run_values
+    from gptlab.config.train import resolve_run_config
+
+    archs = [resolve_architecture("gpt2"), resolve_architecture("gpt2")]
+    _unique_labels(archs)
+    values = [_run_values(a, {}, tmp_path) for a in archs]
+    assert [v["arch_preset"] for v in values] == ["gpt2", "gpt2"]
+    assert [v["out_dir"] for v in values] == [str(tmp_path / "gpt2"), str(tmp_path / "gpt2_2")]
+    runs = [resolve_run_config(v, typed=set()) for v in values]  # as train_and_compare resolves them
+    assert runs[0].arch == runs[1].arch
+
+
+def test_compare_train_refuses_architectures_of_different_tokens_per_iteration(tmp_path: Path) -> None:
+    """A config file's block_size of 32 beside a preset's 64 (the shrunk default): two architectures that would
+    train on different tokens are refused before training, with each one's tokens per iteration (batch 4 x
+    accumulation 2 x block)."""
+    from gptlab.compare_train import train_and_compare
+    from gptlab.errors import ConfigError
+
+    config = tmp_path / "short.py"
+    config.write_text("arch_preset = 'gpt2'\nblock_size = 32\n")
+    prepare_dataset("stdlib_char", data_dir=tmp_path / "data")
+    overrides = dict(n_layer=1, n_embd=16, batch_size=4, gradient_accumulation_steps=2, max_iters=1,
+                     data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "cmp"))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"different tokens per iteration \{'gpt2': 512, 'short': 256\}"):
+        train_and_compare(["gpt2", str(config)], overrides, report=False, log=lambda text: None)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_memory_cells_of_a_hundred_gb_and_more_are_whole_numbers() -> None:
+    from gptlab.compare import GB, Comparison
+
+    assert [Comparison.format_value("memory.fsdp", gb * GB) for gb in (99.4, 100.0, 100.4)] == ["99.4", "100", "100"]
+    assert [Comparison.format_value("memory.fsdp", gb * GB) for gb in (99.94, 99.96)] == ["99.9", "100"]  # not '100.'
+    assert Comparison.format_value("memory.fsdp", 0.00683 * GB) == "0.00683"
+
+
+def test_the_throughput_row_takes_the_peak_of_the_dtype_the_table_plans() -> None:
+    """--dtype float32 trains on an H100's TF32 tensor cores: 494.5 dense TFLOPS, half its bf16 989.5 (the
+    datasheet's); the row says tf32. --mfu 1 is a valid fraction."""
+    from gptlab.telemetry import compute_flops
+
+    config = get_preset_config("gpt2")
+    per_token = compute_flops(config).flops_per_token
+    fp32 = compare(["gpt2"], gpu="H100-SXM", mfu=0.4, dtype="float32")
+    assert fp32.figures[0]["tokens_per_sec_per_gpu"] == pytest.approx(0.4 * 494.5e12 / per_token, rel=1e-12)
+    assert "tokens/s per GPU (H100-SXM tf32 @ 40% MFU)" in dict(fp32.rows()).values()
+    full = compare(["gpt2"], gpu="H100-SXM", mfu=1.0, world_size=4)
+    assert full.figures[0]["tokens_per_sec_per_gpu"] == pytest.approx(989.5e12 / per_token, rel=1e-12)
+    assert full.figures[0]["tokens_per_sec_total"] == pytest.approx(4 * 989.5e12 / per_token, rel=1e-12)
+
+
+def test_memory_rows_plan_the_world_size_and_micro_batch_asked_for() -> None:
+    """--world_size 2 --batch_size 3: every mode's peak is the planner's for 2 GPUs and micro-batch 3, not the
+    defaults' 8 and 12 (ZeRO-1 and FSDP shard over the world size)."""
+    config = get_preset_config("gpt2", n_layer=4)
+    figures = compare(["gpt2"], {"n_layer": 4}, world_size=2, batch_size=3).figures[0]
+    plans = plan_all_modes(config, world_size=2, batch_size=3, dtype="bfloat16", activation_checkpointing=False)
+    assert {m: figures[f"memory.{m}"] for m in plans} == {m: p.mode.peak for m, p in plans.items()}
+    default = compare(["gpt2"], {"n_layer": 4}).figures[0]
+    assert figures["memory.fsdp"] != default["memory.fsdp"] and figures["memory.none"] != default["memory.none"]
+
+
+def test_csv_gives_an_unmeasured_training_figure_as_an_empty_cell() -> None:
+    """docs/compare_and_report.md: in --format csv, n/a is an empty cell (a spreadsheet's missing value)."""
+    import csv
+
+    result = compare(["gpt2"])
+    result.training = [{"status": "completed", "mfu": None, "tokens_trained": 2048}]
+    rows = {r[1]: r for r in csv.reader(result.to_csv().splitlines()) if r[0] == "training"}
+    assert rows["mfu"] == ["training", "mfu", "MFU (median past warm-up)", ""]
+    assert rows["tokens_trained"][3] == "2048"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,90 @@ def test_the_compiler_checked_is_the_one_inductor_uses(monkeypatch: pytest.Monke
     monkeypatch.setenv("CXX", "ccache g++")
     check = next(c for c in doctor._compile_checks(deep=False) if c.name.startswith("C++ compiler"))
     assert check.ok is False and "$CXX='ccache g++' is not a program on PATH" in check.detail
+
+
+def test_each_optional_package_names_the_extra_that_installs_it() -> None:
+    """The install line of a missing optional package names the pyproject.toml extra that lists it."""
+    from gptlab.doctor import OPTIONAL
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    listed = {re.split(r"[<>=!~ ;\[]", req)[0].lower(): extra for extra, reqs in extras.items() for req in reqs}
+    assert {package: listed.get(package.lower()) for package in OPTIONAL} == OPTIONAL
+
+
+def test_a_package_is_found_only_with_its_version_and_its_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken install (metadata left without the module, or a module without its distribution's metadata) is
+    a no, with the command that installs it."""
+    from gptlab import doctor
+
+    real_find_spec, real_version = doctor.importlib.util.find_spec, doctor._version
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda m: None if m == "tiktoken" else real_find_spec(m))
+    monkeypatch.setattr(doctor, "_version", lambda p: None if p == "matplotlib" else real_version(p))
+    checks = {c.name: c for c in doctor._extras_checks()}
+    assert checks["tiktoken"].ok is False and checks["tiktoken"].detail.startswith(
+        "not installed: pip install tiktoken"
+    )
+    assert (
+        checks["matplotlib"].ok is False
+        and checks["matplotlib"].detail == "not installed: pip install 'gptlab[report]'"
+    )
+
+
+def test_the_cuda_build_line_says_whether_this_torch_was_built_with_cuda() -> None:
+    from gptlab.doctor import _torch_checks
+
+    check = next(c for c in _torch_checks() if c.name == "CUDA build")
+    assert check.ok is (torch.version.cuda is not None)
+    assert check.detail == (torch.version.cuda or "CPU-only build of PyTorch")
+
+
+def test_a_gpus_line_gives_its_memory_in_gb_and_its_table_peak_in_tflops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An A100 80GB as CUDA reports it (85,899,345,920 bytes: 85.9 GB), with the datasheet's dense bf16 peak of
+    312 TFLOPS; FlashAttention runs on sm_80 and up, an A100 included."""
+    from types import SimpleNamespace
+
+    from gptlab import doctor
+    from gptlab.telemetry import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    props = SimpleNamespace(name="NVIDIA A100-SXM4-80GB", total_memory=85_899_345_920, major=8, minor=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    monkeypatch.setattr(hardware, "device_name", lambda device: props.name)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    monkeypatch.setattr(torch.backends.cuda, "flash_sdp_enabled", lambda: True)
+    checks = {c.name: c for c in doctor._torch_checks()}
+    peak = "dense bf16 peak 312 TFLOPS (hardware table)"
+    assert checks["GPU 0"].detail == f"NVIDIA A100-SXM4-80GB, 85.9 GB, sm_80; {peak}"
+    assert checks["GPU 0 detected peak"].ok is True and "GPU" not in checks
+    monkeypatch.setattr(doctor, "_sdpa_order_check", lambda section: doctor.Check(section, "SDPA kernel order", True))
+    flash = next(c for c in doctor._attention_checks() if c.name == "flash attention (SDPA)")
+    assert flash.ok is True and flash.detail == "enabled=True, sm_80 supports it"
+
+
+def test_deep_compiles_a_test_function(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from gptlab import doctor
+
+    tried: list[str] = []
+    monkeypatch.setattr(doctor, "_try_compile", lambda device: tried.append(device) or doctor.Check("t", "c", True))
+    assert doctor.main(["--deep", "--json"]) == 0
+    assert tried == ["cuda" if torch.cuda.is_available() else "cpu"]
+    assert not any(c["name"] == "compiled a test function" for c in json.loads(capsys.readouterr().out))
+
+
+def test_counts_are_singular_for_one() -> None:
+    from gptlab.doctor import _count
+
+    assert [_count(n, "thread") for n in (0, 1, 2)] == ["0 threads", "1 thread", "2 threads"]
+
+
+def test_each_lines_mark_says_yes_no_or_n_a() -> None:
+    from gptlab.doctor import Check
+
+    lines = [Check("s", "a", True, "1.0").line(), Check("s", "b", False).line(), Check("s", "c", None, "no GPU").line()]
+    assert lines == ["  [yes] a: 1.0", "  [ no] b", "  [n/a] c: no GPU"]

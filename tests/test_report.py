@@ -622,3 +622,171 @@ def test_the_loss_plot_labels_each_series_with_its_own_losses(tmp_path: Path, mo
         "run train (eval)": [3.0, 1.0],
         "run val (eval)": [4.0, 2.0],
     }
+
+
+def _log(run_dir: Path, records: list[dict]) -> Path:
+    import json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+def test_an_evaluation_sits_at_the_tokens_trained_before_its_step(tmp_path: Path) -> None:
+    """An eval at iteration 4 precedes step 4: 4 steps of 100 tokens done; the iter record at 4 follows it: 500."""
+    from gptlab.report import _x, load_run
+
+    run = load_run(_log(tmp_path / "run", [
+        {"type": "startup", "time": 0.0, "training": {"start_iter": 0, "tokens_per_iter": 100}},
+        {"type": "eval", "iter": 4, "train_loss": 2.0, "val_loss": 2.1, "time": 1.0},
+        {"type": "iter", "iter": 4, "loss": 2.0, "time": 2.0},
+    ]))  # fmt: skip
+    assert (_x(run, run.evals[0], "tokens"), _x(run, run.iters[0], "tokens")) == (400, 500)
+
+
+def test_a_killed_runs_summary_gives_its_lowest_and_its_last_val_loss(tmp_path: Path) -> None:
+    """Summarized from the log: best val loss the lowest evaluated (not the highest), final val loss the last
+    evaluation's (not the first)."""
+    from gptlab.report import load_run
+
+    summary = load_run(_log(tmp_path / "run", [
+        {"type": "startup", "time": 0.0, "training": {"start_iter": 0, "tokens_per_iter": 100}},
+        *({"type": "eval", "iter": i, "train_loss": v, "val_loss": v, "time": 1.0 + i}
+          for i, v in ((0, 4.9), (2, 4.1), (4, 4.4))),
+        {"type": "iter", "iter": 4, "loss": 4.3, "time": 6.0},
+    ])).summary  # fmt: skip
+    assert (summary["best_val_loss"], summary["final_val_loss"]) == (4.1, 4.4)
+
+
+def test_a_run_with_one_session_in_a_shared_process_stays_shared(tmp_path: Path) -> None:
+    """Trained by compare --train (one CPU process for all its runs), then resumed alone: its memory series holds
+    the shared session's RSS, so the run's memory is still no one run's."""
+    from gptlab.report import load_run
+
+    run = load_run(_log(tmp_path / "run", [
+        {"type": "startup", "time": 0.0, "hardware": {"device": "cpu", "shared_process": True},
+         "training": {"start_iter": 0, "tokens_per_iter": 100}},
+        {"type": "iter", "iter": 0, "loss": 2.0, "time": 1.0, "memory": {"rss_gb": 3.0}},
+        {"type": "event", "event": "resume", "message": "resuming", "iter": 1, "time": 10.0},
+        {"type": "startup", "time": 10.0, "hardware": {"device": "cpu"},
+         "training": {"start_iter": 1, "tokens_per_iter": 100}},
+        {"type": "iter", "iter": 1, "loss": 1.9, "time": 11.0, "memory": {"rss_gb": 0.5}},
+    ]))  # fmt: skip
+    assert run.shared_process is True
+
+
+def test_the_memory_plot_draws_cudas_peak_allocated_and_on_a_cpu_the_rss(tmp_path: Path) -> None:
+    """As its title says (CUDA: peak allocated; CPU: process RSS): a CUDA step's host RSS is not its GPU memory."""
+    from gptlab.report import load_run, series
+
+    run = load_run(_log(tmp_path / "run", [
+        {"type": "startup", "time": 0.0, "training": {"start_iter": 0, "tokens_per_iter": 100}},
+        {"type": "iter", "iter": 0, "loss": 2.0, "time": 1.0,
+         "memory": {"rss_gb": 2.0, "max_rss_gb": 2.5, "allocated_gb": 3.0, "max_allocated_gb": 12.5}},
+        {"type": "iter", "iter": 1, "loss": 2.0, "time": 2.0,
+         "memory": {"rss_gb": 2.0, "max_rss_gb": 2.5, "allocated_gb": None, "max_allocated_gb": None}},
+    ]))  # fmt: skip
+    assert series(run, "memory") == ([0, 1], [12.5, 2.0])
+
+
+def test_the_gradient_norm_plot_takes_the_clipping_norm_where_no_statistics_were_logged(tmp_path: Path) -> None:
+    """grad_clip logs each step's norm before clipping (grad_norm) with no gradient statistics: it is drawn."""
+    from gptlab.report import load_run, series
+
+    run = load_run(_log(tmp_path / "run", [
+        {"type": "startup", "time": 0.0, "training": {"start_iter": 0, "tokens_per_iter": 100}},
+        *({"type": "iter", "iter": i, "loss": 2.0, "grad_norm": 1.5 + i, "time": 1.0 + i} for i in range(2)),
+    ]))  # fmt: skip
+    assert series(run, "grad_norm") == ([0, 1], [1.5, 2.5])
+
+
+def test_the_loss_plots_against_tokens_and_time_draw_those_axes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """loss_vs_tokens.png: 100 tokens per step, so iterations 0..2 at 100, 200, 300 tokens; loss_vs_time.png:
+    seconds since the startup record; each axis labelled as such."""
+    from gptlab import report
+
+    drawn: dict[str, tuple[str, list[float]]] = {}
+    real_save = report._save
+
+    def save(fig: Any, path: Path) -> Path:
+        ax = fig.axes[0]
+        drawn[path.stem] = (ax.get_xlabel(), [float(x) for x in ax.get_lines()[0].get_xdata()])
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    run = _log(tmp_path / "run", [
+        {"type": "startup", "time": 50.0, "training": {"start_iter": 0, "tokens_per_iter": 100}},
+        *({"type": "iter", "iter": i, "loss": 3.0 - i, "time": 52.0 + 2 * i} for i in range(3)),
+    ])  # fmt: skip
+    report.write_plots(report.load_runs([run]), tmp_path / "report")
+    assert drawn["loss"] == ("iteration", [0.0, 1.0, 2.0])
+    assert drawn["loss_vs_tokens"] == ("tokens trained", [100.0, 200.0, 300.0])
+    assert drawn["loss_vs_time"] == ("wall-clock time (s, evaluation included)", [2.0, 4.0, 6.0])
+
+
+def test_an_mfu_plot_notes_no_run_that_measured_it_after_its_first_steps(tmp_path: Path) -> None:
+    """A GPU run's first logged step has no MFU yet (warm-up): it has an MFU curve, and the caption does not say
+    it was not drawn for it."""
+    from gptlab.report import build_report
+
+    run = _log(tmp_path / "gpu", [
+        {"type": "startup", "time": 0.0, "training": {"start_iter": 0, "tokens_per_iter": 100}},
+        *({"type": "iter", "iter": i, "loss": 2.0, "time": 1.0 + i, "mfu_percent": None if i == 0 else 41.0}
+          for i in range(3)),
+    ])  # fmt: skip
+    page = build_report([run], tmp_path / "report").read_text()
+    assert (tmp_path / "report" / "mfu.png").is_file() and "not drawn for" not in page
+
+
+def test_cells_group_integers_and_give_a_statistics_median_first() -> None:
+    """fmt by hand: integers grouped, a stats dict as its median (then mean and p90), booleans as words,
+    999.97 rounds to a grouped 1,000."""
+    from gptlab.report_html import fmt
+
+    assert fmt(154112) == "154,112"
+    assert fmt({"mean": 900.0, "median": 1000.5, "p90": 1100.0}) == "median 1,000 (mean 900, p90 1,100)"
+    assert (fmt(True), fmt(False)) == ("True", "False")
+    assert fmt(999.97) == "1,000"
+
+
+def test_flatten_joins_keys_with_dots_and_keeps_statistics_whole() -> None:
+    from gptlab.report_html import flatten
+
+    stats = {"mean": 1.0, "median": 2.0, "p90": 3.0}
+    assert flatten({"training": {"tokens_per_iter": 64, "tokens_per_sec": stats}}) == {
+        "training.tokens_per_iter": 64,
+        "training.tokens_per_sec": stats,
+    }
+
+
+def test_the_summary_table_has_every_runs_keys_in_its_own_column(tmp_path: Path) -> None:
+    """A key only the second run's summary has is a row (n/a for the first); each column is under its run's
+    label; the events table gives each event's iteration before its message."""
+    from gptlab.report import Run
+    from gptlab.report_html import render_html
+
+    a = Run(path=tmp_path / "a", label="a", summary={"status": "completed", "mfu": 0.25})
+    b = Run(path=tmp_path / "b", label="b", summary={"status": "stopped", "best_val_loss": 2.5})
+    b.events = [{"event": "resume", "iter": 7, "message": "resuming"}]
+    page = render_html([a, b], {})
+    summary = page[page.index("<h2>Summary</h2>") :]
+    assert summary.startswith("<h2>Summary</h2>\n<table><tr><th></th><th>a</th><th>b</th></tr>")
+    assert "<tr><th>status</th><td>completed</td><td>stopped</td></tr>" in summary
+    assert "<tr><th>mfu (fraction of peak)</th><td class=num>0.25</td><td>n/a</td></tr>" in summary
+    assert "<tr><th>best_val_loss</th><td>n/a</td><td class=num>2.5</td></tr>" in summary
+    assert "<h2>Events</h2>" in page
+    assert "<tr><th>b</th><td>resume</td><td class=num>7</td><td>resuming</td></tr>" in page
+
+
+def test_an_older_logs_sessions_start_at_their_first_record(tmp_path: Path) -> None:
+    """A startup record without start_iter (an older gptlab's): the session starts at its first iteration, so the
+    tokens axis still has its points (100 tokens per step: 100, 200, 300)."""
+    from gptlab.report import _x, load_run
+
+    run = load_run(_log(tmp_path / "run", [
+        {"type": "startup", "time": 0.0, "training": {"tokens_per_iter": 100}},
+        *({"type": "iter", "iter": i, "loss": 2.0, "time": 1.0 + i} for i in range(3)),
+    ]))  # fmt: skip
+    assert [_x(run, r, "tokens") for r in run.iters] == [100, 200, 300]
