@@ -221,7 +221,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", help="accelerator for the throughput estimate, e.g. H100-SXM, A100-PCIe, B200")
     p.add_argument("--mfu", type=float, help=f"model FLOPs utilisation assumed for --gpu (default {DEFAULT_MFU})")
     p.add_argument(
-        "--dtype", help="autocast dtype: bfloat16, float16 or float32 (default: a config file's, else bfloat16)"
+        "--dtype",
+        help="autocast dtype: bfloat16, float16 or float32 (default: a config file's, else training's on the device "
+        "type: bfloat16 on cuda, float32 on cpu)",
     )
 
 
@@ -423,7 +425,9 @@ def register(subparsers: Any) -> None:
     add_plugins_option(plan)
     plan.add_argument("--batch_size", type=int, help="micro-batch per GPU (default: a config file's, else 12)")
     plan.add_argument("--block_size", type=int, help="sequence length (an architecture override)")
-    plan.add_argument("--world_size", type=int, help="GPUs for ddp/zero1/fsdp (default: a run directory's own, else 8)")
+    plan.add_argument(
+        "--world_size", type=int, help="GPUs for ddp/zero1/fsdp (default: a multi-rank run directory's own, else 8)"
+    )
     plan.add_argument(
         "--grad_accum_steps",
         type=int,
