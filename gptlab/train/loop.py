@@ -1046,6 +1046,14 @@ class Trainer:
                 f"no checkpoint was written: no evaluation after iter 0 beat its val loss {self.best_val_loss:.4f} "
                 "(always_save_checkpoint=False saves only improvements; iteration 0 is never saved)",
             )
+        elif (saved := self._checkpoint_iter()) < self.iter_num and not self.cfg.always_save_checkpoint:
+            self.logger.log_event(  # nanoGPT's keep-the-best, said: a resume goes on from there, not from here
+                "checkpoint_behind",
+                f"the checkpoint holds iter {saved}, the best val loss {self.best_val_loss:.4f}; the weights of the "
+                f"{self.iter_num - saved} iterations after it (val loss {last_losses['val']:.4f} at iter "
+                f"{self.iter_num}) were not saved: always_save_checkpoint=False saves only improvements",
+                checkpoint_iter=saved,
+            )
         return self._finish(last_losses)
 
     def _count_scale_drop(self, fell: torch.Tensor) -> None:

@@ -883,7 +883,25 @@ def test_a_run_that_never_saved_says_so(data_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer(parse_run_args(tiny_args(data_dir, tmp_path / "saved", max_iters=16)), stream=io.StringIO())
     summary = trainer.run()
     assert summary["checkpoint_iter"] == 17
-    assert not any(r.get("event") == "no_checkpoint" for r in read_log(trainer.out_dir))
+    assert not any(r.get("event") in ("no_checkpoint", "checkpoint_behind") for r in read_log(trainer.out_dir))
+
+
+def test_a_run_whose_last_weights_were_not_saved_says_which_were(data_dir: Path, tmp_path: Path) -> None:
+    """always_save_checkpoint=False, val loss best at iteration 8 and worse at 16 (nanoGPT keeps the best): the
+    run completes saying its checkpoint holds iteration 8 and the later iterations' weights were not saved (a
+    resume goes on from 8), where the summary alone gave checkpoint_iter 8 beside iterations 17."""
+    args = tiny_args(data_dir, tmp_path, max_iters=16, eval_interval=8, always_save_checkpoint=False)
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    evaluate = trainer.evaluate
+    worse_late = {0: 5.0, 8: 3.0}  # iteration 16 (and the final evaluation at 17): 4.0, worse than 8's
+    trainer.evaluate = lambda: {k: worse_late.get(trainer.iter_num, 4.0) for k in evaluate()}  # type: ignore[method-assign]
+    summary = trainer.run()
+    assert summary["status"] == "completed" and summary["checkpoint_iter"] == 8 and summary["iterations"] == 17
+    (event,) = [r for r in read_log(tmp_path) if r.get("event") == "checkpoint_behind"]
+    assert event["checkpoint_iter"] == 8 and event["message"] == (
+        "the checkpoint holds iter 8, the best val loss 3.0000; the weights of the 9 iterations after it (val loss "
+        "4.0000 at iter 17) were not saved: always_save_checkpoint=False saves only improvements"
+    )
 
 
 def test_nan_policy_skip_skips_steps(data_dir: Path, tmp_path: Path) -> None:
