@@ -315,6 +315,26 @@ def test_a_directory_of_runs_names_the_runs_inside(tmp_path: Path) -> None:
     assert f"does not exist (relative paths start at {Path.cwd()})" in str(no_checkpoint_error("out/nothere"))
 
 
+def test_a_hugging_face_folder_named_as_a_run_directory_says_how_it_loads(tmp_path: Path) -> None:
+    """`sample.py --out_dir=hf_gpt2` or a resume of it (transformers' save_pretrained folder, no ckpt.pt): the error
+    says what the folder is and the --init_from that reads it, not only that ckpt.pt is missing."""
+    import json
+
+    from gptlab.checkpoint import no_checkpoint_error
+    from gptlab.errors import CheckpointError
+
+    hf = tmp_path / "hf_gpt2"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
+    said = f"{str(hf)!r} is a Hugging Face model folder (model_type='gpt2'), not a run directory: its weights load "
+    said += f"with --init_from={str(hf)!r}"
+    with pytest.raises(CheckpointError, match=rf"^no checkpoint at .*ckpt\.pt': {re.escape(said)}$"):
+        load_checkpoint(hf)
+    assert str(no_checkpoint_error(hf)).endswith(f"holds no checkpoint ({said})")
+    (hf / "config.json").write_text(json.dumps({"n_layer": 1}))  # no model_type: any folder's config.json
+    assert str(no_checkpoint_error(hf)).endswith("(a run starts there without --init_from=resume)")
+
+
 def test_a_second_ctrl_c_during_a_save_aborts_as_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """torch's zip writer turns a KeyboardInterrupt inside torch.save into a RuntimeError ("unexpected pos")
     on its way out: the abort the user asked for (exit 130, no traceback) and no half-written file."""

@@ -154,10 +154,27 @@ def rollback_hint(out_dir: str | Path) -> str | None:
     return f"kept checkpoints {names} but no latest: `{command}` makes the newest the latest"
 
 
+def hf_folder_hint(folder: str | Path) -> str | None:
+    """What to do with a Hugging Face model folder (a config.json with a model_type, no ckpt.pt) named where a run
+    directory was expected (--out_dir of a resume or a sample): None for any other folder."""
+    folder = Path(folder)
+    if (folder / CHECKPOINT_NAME).exists():
+        return None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        if model_type and isinstance(model_type, str):
+            return (
+                f"{str(folder)!r} is a Hugging Face model folder (model_type={model_type!r}), not a run directory: "
+                f"its weights load with --init_from={str(folder)!r}"
+            )
+    return None
+
+
 def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:
     """A resume of ``out_dir``, which has no latest checkpoint: with an interrupted save's remedy, else the
     rollback to its newest kept checkpoint, else the run directories inside it, when there are any."""
     why = interrupted_save(out_dir) or rollback_hint(out_dir)  # a save cut short names its own remedy
+    why = why or hf_folder_hint(out_dir)  # transformers' save_pretrained folder, a fine-tune's source
     if not why and stopped_before_training(out_dir):  # a preemption during the compile or the first evaluation
         why = "its run was stopped before it trained a step: start it again without --init_from=resume"
     runs = runs_inside(out_dir)

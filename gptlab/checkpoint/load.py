@@ -20,6 +20,7 @@ from gptlab.checkpoint.layout import (
     CHECKPOINT_NAME,
     DCP_META,
     damaged_dcp,
+    hf_folder_hint,
     is_dcp_dir,
     listed_runs,
     runs_inside,
@@ -484,11 +485,12 @@ def _load_found(path: Path, optimizer: bool) -> dict[str, Any]:
     if (damage := damaged_dcp(path)) is not None:
         raise damage
     runs: list[str] = []
+    hf_hint = None
     if path.is_dir():  # a run directory without a checkpoint: the error names the file it expected
-        runs = runs_inside(path)
+        runs, hf_hint = runs_inside(path), hf_folder_hint(path)
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        inside = f"the run directories inside it hold one: {listed_runs(runs)}" if runs else ""
+        inside = f"the run directories inside it hold one: {listed_runs(runs)}" if runs else hf_hint
         expected = f"expected the {CHECKPOINT_NAME} a training run writes in its out_dir"
         raise CheckpointError(f"no checkpoint at {str(path)!r}: {inside or expected}")
     check_zip_crc(path)  # the weights are about to be used: a look at the settings (read_saved_settings) skips it

@@ -72,6 +72,12 @@ class TransformerBlock(nn.Module):
         return self.norm_2(x + self.ffn(x)).to(dtype)
 
 
+# a sampling temperature's range besides 0 (greedy), as the command line takes it: below it float32 logits divided
+# by it overflow to inf (torch.multinomial then fails on NaN probabilities); generate() itself takes any finite one
+# above the lower bound (a larger one overflows only float16's logits, which it handles)
+TEMPERATURE_RANGE = (1e-30, 1e30)
+
+
 def _sampling_args(max_new_tokens: Any, temperature: Any, top_k: Any) -> tuple[Any, Any, Any]:
     """generate()'s arguments checked, one line each (the command line's checks, for the Python API): top_k=0
     was an IndexError mid-generation, a negative temperature silently drew the least likely tokens. A 0-d
@@ -86,8 +92,13 @@ def _sampling_args(max_new_tokens: Any, temperature: Any, top_k: Any) -> tuple[A
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} is invalid: expected an integer >= 0")
-    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 <= temperature < math.inf:
-        raise ConfigError(f"temperature={temperature!r} is invalid: expected 0 (greedy) or a positive float")
+    low = TEMPERATURE_RANGE[0]
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, Real)
+        or not (temperature == 0 or low <= temperature < math.inf)
+    ):
+        raise ConfigError(f"temperature={temperature!r} is invalid: expected 0 (greedy) or a finite float >= {low}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
         raise ConfigError(f"top_k={top_k!r} is invalid: expected None or an integer >= 1")
     return max_new_tokens, temperature, top_k

@@ -14,6 +14,7 @@ import torch
 from gptlab.config.model import check_field_types
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import CheckpointError, ConfigError, DataError, GptlabError, did_you_mean, first_line
+from gptlab.model.gpt import TEMPERATURE_RANGE
 from gptlab.plugins import import_plugins
 
 
@@ -50,9 +51,10 @@ class SampleConfig:
             raise ConfigError(f"num_samples={self.num_samples} is invalid: expected an integer > 0")
         if self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens={self.max_new_tokens} is invalid: expected an integer >= 0")
-        if not (self.temperature == 0 or 1e-30 <= self.temperature <= 1e30):  # past these float32 logits overflow
+        low, high = TEMPERATURE_RANGE  # past these float32 logits overflow
+        if not (self.temperature == 0 or low <= self.temperature <= high):
             raise ConfigError(
-                f"temperature={self.temperature} is invalid: expected 0 (greedy) or a float in [1e-30, 1e30]"
+                f"temperature={self.temperature} is invalid: expected 0 (greedy) or a float in [{low}, {high}]"
             )
         if not 0 <= self.seed < 2**64:  # one generator, seeded once, draws every sample (nanoGPT's sample.py)
             raise ConfigError(f"seed={self.seed} is invalid: expected an integer in [0, 2**64)")
@@ -259,7 +261,8 @@ def sample(cfg: SampleConfig, on_sample: Callable[[str], None] | None = None) ->
             prompt = Path(prompt[5:]).expanduser().read_text(encoding="utf-8-sig")  # -sig: as prepare reads text
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"start={cfg.start!r}: cannot read the prompt file ({type(e).__name__}: {e})") from None
-    model, tokenizer = load_model_for_sampling(cfg, device)
+    with _forked_rng(device):  # building the model draws initial weights: the caller's RNG is left as it was
+        model, tokenizer = load_model_for_sampling(cfg, device)
     _check_finite_weights(model, cfg.out_dir if cfg.init_from == "resume" else cfg.init_from)
     if cfg.compile:  # in place, so that generate()'s own calls of the model run compiled (not only model(...))
         model.compile(dynamic=True)

@@ -202,7 +202,8 @@ def test_generate() -> None:
     for bad, said in [
         ({"top_k": 0}, r"^top_k=0 is invalid: expected None or an integer >= 1$"),
         ({"top_k": 2.5}, "top_k=2.5 is invalid"),
-        ({"temperature": -1.0}, r"^temperature=-1.0 is invalid: expected 0 \(greedy\) or a positive float$"),
+        ({"temperature": -1.0}, r"^temperature=-1.0 is invalid: expected 0 \(greedy\) or a finite float >= 1e-30$"),
+        ({"temperature": 1e-40}, "temperature=1e-40 is invalid"),  # torch.multinomial's inf/NaN error mid-generation
         ({"temperature": float("nan")}, "temperature=nan is invalid"),
         ({"max_new_tokens": -1}, r"^max_new_tokens=-1 is invalid: expected an integer >= 0$"),
     ]:

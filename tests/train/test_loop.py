@@ -74,8 +74,12 @@ def test_tiny_run_per_preset(preset: str, data_dir: Path, tmp_path: Path) -> Non
     ckpt = load_checkpoint(out)
     assert ckpt["iter_num"] == 25 and ckpt["arch"]["n_layer"] == 2
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
+    torch.manual_seed(0)  # sampling leaves the caller's RNG as it was, loading the model included (its build draws)
     text = sample(SampleConfig(out_dir=str(out), num_samples=1, max_new_tokens=20, start="def "))[0]
+    after = torch.rand(3)
     assert text.startswith("def ") and len(text) == 24
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
 
 
 def test_peak_override_gives_mfu(data_dir: Path, tmp_path: Path) -> None:
