@@ -138,11 +138,9 @@ def _gpt2_from_hf(hf: dict[str, Any], state: dict[str, Tensor]) -> tuple[dict[st
     gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
     if act not in gelu:
         raise _unsupported("activation_function", act, f"expected one of {sorted(gelu)}")
-    for key, ok in (
-        ("scale_attn_by_inverse_layer_idx", False),
-        ("reorder_and_upcast_attn", False),
-        ("scale_attn_weights", True),
-    ):
+    # (reorder_and_upcast_attn=True is taken: it computes the same attention, its scores in float32 as SDPA's
+    # fused kernels accumulate them; the two that change the model are refused)
+    for key, ok in (("scale_attn_by_inverse_layer_idx", False), ("scale_attn_weights", True)):
         if hf.get(key, ok) != ok:
             raise _unsupported(key, hf[key], f"gptlab's GPT-2 uses {key}={ok}")
     n_embd = hf["n_embd"]

@@ -75,7 +75,14 @@ def tokens() -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"activation_function": "gelu"}, {"tie_word_embeddings": False}, {"n_inner": 96}, {"layer_norm_epsilon": 0.1}],
+    [
+        {},
+        {"activation_function": "gelu"},
+        {"tie_word_embeddings": False},
+        {"n_inner": 96},
+        {"layer_norm_epsilon": 0.1},
+        {"reorder_and_upcast_attn": True},  # the same attention, its scores in float32
+    ],
 )
 def test_gpt2_import_matches_transformers(kw: dict, tokens: torch.Tensor) -> None:
     hf = _gpt2(**kw)
