@@ -149,7 +149,10 @@ def resolve_init(run: RunConfig, cfg: TrainConfig, vocab: int, out_dir: Path, sh
     if "arch_preset" not in run.typed:  # the run's record names the weights' family, not a default's
         cfg.arch_preset = family
     if model.config.vocab_size < vocab:
-        raise CheckpointError(f"{cfg.init_from!r} has vocab_size={model.config.vocab_size} < dataset's {vocab}")
+        raise CheckpointError(
+            f"{cfg.init_from!r} has vocab_size={model.config.vocab_size} < dataset {cfg.dataset!r}'s {vocab}: its "
+            "embedding has no row for the dataset's larger ids; fine-tune on a dataset tokenized as it was trained"
+        )
     if "block_size" in run.explicit and arch.block_size < model.config.block_size:
         model.crop_block_size(arch.block_size)  # as nanoGPT does when fine-tuning on shorter blocks
     found.arch, found.pretrained = model.config, model.train()

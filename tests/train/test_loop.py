@@ -1197,6 +1197,9 @@ def test_resume_on_another_dataset_checks_its_vocabulary(
     launch = [f"--out_dir={str(out)!r}", "--device='cpu'", "--compile=False", "--init_from='resume'", "--max_iters=6"]
     with pytest.raises(CheckpointError, match=r"has vocab_size=128 < dataset 'wide''s 5000: resume on the dataset"):
         train(parse_run_args([*launch, f"--data_dir={str(wide)!r}", "--dataset='wide'"]), stream=io.StringIO())
+    finetune = [f"--init_from={str(out)!r}", f"--out_dir={str(tmp_path / 'ft')!r}", "--device='cpu'", "--compile=False"]
+    with pytest.raises(CheckpointError, match=r"has vocab_size=128 < dataset 'wide''s 5000: its embedding has no row"):
+        train(parse_run_args([*finetune, f"--data_dir={str(wide)!r}", "--dataset='wide'"]), stream=io.StringIO())
     with DatasetWriter(wide / "short", 128) as writer:  # splits shorter than the checkpoint's block_size
         for split in ("train", "val"):
             writer.write(split, torch.randint(0, 128, (20,)).numpy())
