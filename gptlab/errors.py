@@ -226,7 +226,8 @@ def refuse_extra(command: str, extra: list[str], options: Iterable[str]) -> None
 
 def storage_note(error: OSError, folder: str | os.PathLike[str]) -> str:
     """What a refused write's one line adds: the file-size limit for EFBIG (free space is beside the point
-    there), else the free space on ``folder``'s disk; '' where that cannot be read."""
+    there, as for a permission or a read-only mount: ''), else the free space on ``folder``'s disk; '' where that
+    cannot be read."""
     import errno
     import shutil
 
@@ -234,6 +235,8 @@ def storage_note(error: OSError, folder: str | os.PathLike[str]) -> str:
 
     if error.errno == errno.EFBIG:
         return " (a file-size limit: the process's, `ulimit -f`, or the filesystem's, FAT32's 4 GiB)"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a permission or a read-only mount: not space
+        return ""
     try:
         return f" ({format_si(shutil.disk_usage(folder).free, 'B')} free on its disk)"
     except (OSError, ValueError):

@@ -590,6 +590,65 @@ def test_a_sharded_save_on_a_full_disk_is_one_line_and_leaves_no_folder(tmp_path
     assert list(tmp_path.iterdir()) == []  # no .ckpt-0000003.dcp.tmp left to fill the disk
 
 
+def test_a_first_sharded_save_stopped_before_its_link_resumes(tmp_path: Path) -> None:
+    """A kill between a run's first sharded save's rename and its ckpt.dcp link left a complete checkpoint that a
+    resume, sample and export refused ('no latest'): the only kept one, it is the latest. Two kept and no link is
+    a rollback by hand, still named with its command."""
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import DCP_LINK, latest_checkpoint, no_checkpoint_error, save_dcp
+
+    model = ConfigurableGPT(get_debug_config("gpt2", n_layer=1))
+    meta = {"format": FORMAT, "arch": model.config.to_dict(), "iter_num": 2}
+    save_dcp({"model": model.state_dict()}, meta, tmp_path, keep=2, rank=0, barrier=lambda: None)
+    (tmp_path / DCP_LINK).unlink()  # as the kill left it
+    assert latest_checkpoint(tmp_path) == (tmp_path / "ckpt-0000002.dcp").resolve()
+    assert load_checkpoint(tmp_path, optimizer=False)["iter_num"] == 2
+    save_dcp({"model": model.state_dict()}, {**meta, "iter_num": 4}, tmp_path, keep=2, rank=0, barrier=lambda: None)
+    assert (tmp_path / DCP_LINK).readlink() == Path("ckpt-0000004.dcp")
+    (tmp_path / DCP_LINK).unlink()  # two kept, no link: not a save's crash
+    assert latest_checkpoint(tmp_path) is None
+    assert "kept checkpoints ckpt-0000002.dcp, ckpt-0000004.dcp but no latest: `ln -sfn" in str(
+        no_checkpoint_error(tmp_path)
+    )
+
+
+def test_a_sharded_save_into_a_folder_turned_read_only_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder refused the save's rename (remounted read-only after a disk error, chmod by hand): a traceback
+    and a checkpoint-sized .ckpt-ITER.dcp.tmp left; now one line, the temporary folder removed, and no free space
+    named (beside the point). A refused link says the folder refused it, not that it has no symbolic links."""
+    import errno
+
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import save as save_module
+    from gptlab.checkpoint import save_dcp
+    from gptlab.errors import CheckpointError
+
+    model = ConfigurableGPT(get_debug_config("gpt2", n_layer=1))
+    meta = {"format": FORMAT, "arch": model.config.to_dict(), "iter_num": 3}
+    real_replace = save_module.os.replace
+
+    def read_only(src: object, dst: object) -> None:
+        if str(src).endswith(".dcp.tmp"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(save_module.os, "replace", read_only)
+    with pytest.raises(CheckpointError, match=r"^cannot write the checkpoint .*ckpt-0000003\.dcp: Permission denied$"):
+        save_dcp({"model": model.state_dict()}, meta, tmp_path, keep=1, rank=0, barrier=lambda: None)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(save_module.os, "replace", real_replace)
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(dst))
+
+    monkeypatch.setattr(save_module.os, "symlink", no_link)
+    with pytest.raises(CheckpointError, match=r"names the latest sharded checkpoint: Read-only file system$"):
+        save_dcp({"model": model.state_dict()}, meta, tmp_path, keep=1, rank=0, barrier=lambda: None)
+    assert (tmp_path / "ckpt-0000003.dcp").is_dir()  # complete, and the first save: the latest
+
+
 def test_an_arch_record_that_the_weights_do_not_bear_out_is_refused_before_anything_is_built(tmp_path: Path) -> None:
     """A hand-edited (or crafted) record of 10**7 layers over a 2-layer model: the resume's memory plan listed
     every layer's tensors (GBs, minutes) and a sharded checkpoint's loader built the model before the weights

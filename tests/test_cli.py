@@ -332,13 +332,13 @@ def test_a_write_the_storage_refuses_is_one_line(
     (tmp_path / "log.jsonl").write_text("")
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"gptlab: error: cannot write {tmp_path / 'r' / 'loss.png'}: Read-only file system (")
-    assert err.count("\n") == 1 and "free on its disk)" in err
+    # no free space named: beside the point for a read-only mount or a permission
+    assert err == f"gptlab: error: cannot write {tmp_path / 'r' / 'loss.png'}: Read-only file system\n"
 
     def full(args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "summary.json"))
 
-    assert entry(full, []) == 2 and "No space left on device" in capsys.readouterr().err
+    assert entry(full, []) == 2 and "No space left on device (" in capsys.readouterr().err  # its free space, named
     assert storage_refused(OSError(errno.EINVAL, "Invalid argument")) is None  # others keep their traceback
 
 

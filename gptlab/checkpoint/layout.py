@@ -55,11 +55,23 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     elif (damage := damaged_dcp(dcp)) is not None:  # the latest sharded save, unreadable: said, not passed over
         instead = f"; to resume from {str(single)!r} instead, move {str(dcp)!r} away" if candidates else ""
         raise CheckpointError(f"{damage}{instead}")
+    if not candidates and not dcp.is_symlink() and (first := _unlinked_first_save(out_dir)) is not None:
+        return first
     if len(candidates) < 2:  # nothing to choose between: its loader reads it (and says why if it cannot)
         return candidates[0][1] if candidates else None
     found = [(_saved_iter(record, other=candidates[1 - i][1]), record.stat().st_mtime_ns, path)
              for i, (record, path) in enumerate(candidates)]  # fmt: skip
     return max(found)[2]
+
+
+def _unlinked_first_save(out_dir: Path) -> Path | None:
+    """A run's first sharded save, complete but without its ``ckpt.dcp`` link: the save was stopped (a kill, a
+    preemption) between renaming its folder into place and making the link. The only checkpoint kept, so no
+    rollback by hand made it so (every later save keeps a link, replaced atomically); None otherwise."""
+    kept = kept_checkpoints(out_dir)
+    if len(kept) == 1 and kept[0].endswith(".dcp") and is_dcp_dir(out_dir / kept[0]):
+        return (out_dir / kept[0]).resolve()
+    return None
 
 
 def _saved_iter(path: Path, other: Path) -> int:

@@ -3,6 +3,7 @@ sharded DCP directory ``ckpt-ITER.dcp`` with its ``ckpt.dcp`` link, each state d
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -146,20 +147,33 @@ def save_dcp(
             raise
         raise refused from e
     if rank == 0:
-        atomic_save(meta, tmp / DCP_META)
-        fsync_dir(tmp)
-        if final.exists() or final.is_symlink():  # another state at this iteration (a fine-tune, a rollback)
-            trash = out_dir / f".{name}.old"
-            remove_entry(trash)
-            os.replace(final, trash)  # a crash from here to the next line leaves both, named in interrupted_save()
-            os.replace(tmp, final)
-            remove_entry(trash)  # a link (into another run's folder) goes, never what it points to
-        else:
-            os.replace(tmp, final)
-        _point_link(out_dir, name)
+        try:
+            _finish_dcp(meta, tmp, final, out_dir)
+        except OSError as e:  # the folder turned read-only (a remount after a disk error), full at meta.pt: one line
+            shutil.rmtree(tmp, ignore_errors=True)  # (gone once renamed: the complete save stays, with its link
+            refused = _write_refused(e, final)  # or, at a run's first save, found by latest_checkpoint)
+            if refused is None:
+                raise
+            raise refused from e
         prune_history(checkpoint_history(out_dir, "dcp"), int(meta["iter_num"]), keep, final)
     barrier()
     return final
+
+
+def _finish_dcp(meta: dict[str, Any], tmp: Path, final: Path, out_dir: Path) -> None:
+    """Rank 0's end of a sharded save: ``meta.pt`` into the written folder, the folder renamed into place, the
+    link pointed at it."""
+    atomic_save(meta, tmp / DCP_META)
+    fsync_dir(tmp)
+    if final.exists() or final.is_symlink():  # another state at this iteration (a fine-tune, a rollback)
+        trash = out_dir / f".{final.name}.old"
+        remove_entry(trash)
+        os.replace(final, trash)  # a crash from here to the next line leaves both, named in interrupted_save()
+        os.replace(tmp, final)
+        remove_entry(trash)  # a link (into another run's folder) goes, never what it points to
+    else:
+        os.replace(tmp, final)
+    _point_link(out_dir, final.name)
 
 
 def first_dcp_failure(error: BaseException) -> BaseException:
@@ -203,6 +217,11 @@ def check_links_allowed(out_dir: str | Path, rank: int) -> None:
 
 
 def _links_refused(out_dir: Path, name: str, error: OSError) -> CheckpointError:
+    if error.errno in (errno.EACCES, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return CheckpointError(  # the folder refuses every write, links or not: said as such
+            f"cannot create the link {str(out_dir / DCP_LINK)!r} -> {name} that names the latest sharded checkpoint: "
+            f"{error.strerror or first_line(error)}{storage_note(error, out_dir)}"
+        )
     way_out = (
         "on Windows enable Developer Mode (or run as administrator)"
         if sys.platform == "win32"  # symbolic links need one of them there
