@@ -167,6 +167,9 @@ def stop_with_the_launcher() -> None:
     except OSError:
         return
     if not any(part.endswith((b"torchrun", b"torch.distributed.run")) for part in parent):
+        if launcher == 1 and os.getsid(0) == os.getpid():  # torchrun's worker (a session of its own, torchrun's
+            # start_new_session) that init adopted: torchrun died while this rank started, before it could ask
+            os.kill(os.getpid(), signal.SIGTERM)  # (its store gone, the group would wait out dist_timeout)
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)

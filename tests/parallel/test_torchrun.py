@@ -457,6 +457,38 @@ def test_ranks_stop_with_a_checkpoint_when_torchrun_is_killed(data_dir: Path, tm
     assert load_checkpoint(out)["iter_num"] == event["iter"] > 3
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+@pytest.mark.parametrize("own_session", [True, False])
+def test_a_rank_whose_torchrun_died_before_it_started_stops(own_session: bool, tmp_path: Path) -> None:
+    """torchrun killed in the second after it spawned its workers: they were adopted by init before they could ask
+    for the parent-death signal, and waited out dist_timeout (11 minutes by default) for a store that was gone.
+    Such a rank (torchrun's variables, a session of its own, init its parent) stops at once; a process with the
+    variables under another parent, or not a session leader, is left alone."""
+    marks = tmp_path / "marks"
+    worker = (
+        "import os, time\n"
+        "while os.getppid() != 1 and time.time() < start + 10: time.sleep(0.02)\n"  # adopted (or left alone)
+        f"open({str(marks)!r} + '.ppid', 'w').write(str(os.getppid()))\n"
+        "from gptlab.parallel import stop_with_the_launcher\n"
+        "stop_with_the_launcher()\n"
+        f"open({str(marks)!r} + '.alive', 'w').write('yes')\n"
+    )
+    spawn = (  # the launcher: starts the worker as torchrun does (or not), then dies at once
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; start = time.time()\\n' + {worker!r}], "
+        f"start_new_session={own_session})\n"
+    )
+    env = {**_env(), "TORCHELASTIC_RUN_ID": "test"}
+    subprocess.run([sys.executable, "-c", spawn], env=env, cwd=ROOT, timeout=60, check=True)
+    deadline = time.time() + 60
+    while not Path(f"{marks}.ppid").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(3)  # the import and the check (or the signal's delivery)
+    if Path(f"{marks}.ppid").read_text() != "1":
+        pytest.skip("orphans go to a subreaper here, not init")
+    assert Path(f"{marks}.alive").exists() == (not own_session)
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_sigterm_to_torchrun_stops_every_rank_at_one_checkpoint(mode: str, data_dir: Path, tmp_path: Path) -> None:
     """A preempted job: torchrun passes SIGTERM to its workers, which agree on the iteration at a logged
