@@ -50,6 +50,7 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False, dtype:
 
         hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"], saved_plugins(ckpt)))
         safetensors_writer()  # the hf extra, before ckpt.pt is written
+    _remove_killed_writes(out)
     # ckpt.pt alone: a run's checkpoint history in the destination is not this export's to prune
     atomic_save({**ckpt, "model": clean_state_dict(ckpt["model"])}, out / CHECKPOINT_NAME)
     if hf:
@@ -245,6 +246,19 @@ def _refuse_foreign_model_files(out: Path) -> None:
 def _saved_by_transformers(path: Path) -> bool:
     """A config file that transformers' save_pretrained wrote (it records its version; gptlab's export does not)."""
     return path.is_file() and _read_json_field(path, "transformers_version") is not None
+
+
+def _remove_killed_writes(out: Path) -> None:
+    """What an earlier export killed mid-write left (``.ckpt.pt.tmp-PID``, ``.model.safetensors.tmp-PID``, ...: the
+    atomic writes' temporary files, checkpoint-sized): removed, as a training removes its own."""
+    from gptlab.checkpoint import CHECKPOINT_NAME
+
+    if not out.is_dir():
+        return
+    for name in (CHECKPOINT_NAME, *HF_EXPORT_FILES):
+        for leftover in out.glob(f".{name}.tmp-*"):
+            if leftover.name[len(name) + 6 :].isdigit() and leftover.is_file():
+                leftover.unlink(missing_ok=True)
 
 
 def _remove_hf_export(out: Path) -> None:

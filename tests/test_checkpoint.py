@@ -169,8 +169,13 @@ def test_export_writes_ckpt_pt_and_leaves_the_destinations_history(tmp_path: Pat
     save_single_file(_state(7), run)
     for it in (3, 4):
         save_single_file(_state(it), dest, keep=2)
+    killed = [".ckpt.pt.tmp-4242", ".model.safetensors.tmp-77"]  # an earlier export killed mid-write: removed
+    for name in (*killed, ".notes.tmp-1", ".ckpt.pt.tmp-x"):  # (not another program's, not one of its forms)
+        (dest / name).write_bytes(b"partial")
     export_checkpoint(run, dest)
-    assert sorted(p.name for p in dest.iterdir()) == ["ckpt-0000003.pt", "ckpt-0000004.pt", "ckpt.pt"]
+    assert sorted(p.name for p in dest.iterdir()) == [
+        ".ckpt.pt.tmp-x", ".notes.tmp-1", "ckpt-0000003.pt", "ckpt-0000004.pt", "ckpt.pt"
+    ]  # fmt: skip
     assert load_checkpoint(dest)["iter_num"] == 7
 
 
