@@ -645,11 +645,13 @@ SAID_LAUNCH_KEYS: tuple[str, ...] = (
 
 def _said_on_resume(key: str, values: dict[str, Any]) -> bool:
     """Whether a launch key's change matters to this launch: a wandb project only where wandb logs, FSDP's
-    offload only under FSDP."""
+    offload only under FSDP, the sample's length and prompt only where it is drawn."""
     if key == "wandb_project":
         return bool(values.get("wandb_log"))
     if key == "fsdp_cpu_offload":
         return bool(values.get("use_fsdp")) or values.get("parallel") == "fsdp"
+    if key in ("sample_tokens", "sample_prompt"):  # the end's sample: only where one is drawn
+        return bool(values.get("sample_at_end", TrainConfig.sample_at_end))
     return True
 
 

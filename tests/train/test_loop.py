@@ -182,6 +182,22 @@ def test_every_run_is_evaluated_on_the_same_batches_whatever_its_seed(data_dir: 
             parallel.shutdown(trainer.dist)
 
 
+def test_a_resume_says_the_samples_settings_only_where_a_sample_is_drawn(data_dir: Path, tmp_path: Path) -> None:
+    """The end's sample length and prompt are launch settings, this command's: said as changed only where this
+    launch draws a sample (a resume with --sample_at_end=False listed the quick start's 300 -> 200 and 'def ' ->
+    '\\n' among its changes)."""
+    out = tmp_path / "run"
+    first = tiny_args(data_dir, out, max_iters=2, sample_at_end=True, sample_tokens=8, sample_prompt="ab")
+    train(parse_run_args(first), stream=io.StringIO())
+    launch = [f"--out_dir={str(out)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'", "--max_iters=4"]
+    off = parse_run_args([*launch, "--sample_at_end=False"]).resume_changes
+    assert off == {"max_iters": (2, 4)}
+    on = parse_run_args([*launch, "--sample_at_end=True"]).resume_changes
+    assert on == {"max_iters": (2, 4), "sample_tokens": (8, 200), "sample_prompt": ("ab", "\n")}
+    unsaid = parse_run_args(launch).resume_changes  # sample_at_end's default (nanoGPT draws none): its own change
+    assert unsaid == {"max_iters": (2, 4), "sample_at_end": (True, False)}
+
+
 def test_resume_needs_only_init_from(data_dir: Path, tmp_path: Path) -> None:
     """Resumed with nothing but --init_from=resume (and a larger max_iters), the run keeps its own
     schedule, batch, dropout and seed from the checkpoint, not the defaults: the same losses and LRs
