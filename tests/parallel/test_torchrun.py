@@ -468,7 +468,7 @@ def test_a_rank_whose_torchrun_died_before_it_started_stops(own_session: bool, t
     worker = (
         "import os, time\n"
         "while os.getppid() != 1 and time.time() < start + 10: time.sleep(0.02)\n"  # adopted (or left alone)
-        f"open({str(marks)!r} + '.ppid', 'w').write(str(os.getppid()))\n"
+        f"open({str(marks)!r} + '.ppid', 'w').write(f'{{os.getppid()}} {{os.getpid()}}')\n"
         "from gptlab.parallel import stop_with_the_launcher\n"
         "stop_with_the_launcher()\n"
         f"open({str(marks)!r} + '.alive', 'w').write('yes')\n"
@@ -483,8 +483,10 @@ def test_a_rank_whose_torchrun_died_before_it_started_stops(own_session: bool, t
     deadline = time.time() + 60
     while not Path(f"{marks}.ppid").exists() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(3)  # the import and the check (or the signal's delivery)
-    if Path(f"{marks}.ppid").read_text() != "1":
+    ppid, pid = Path(f"{marks}.ppid").read_text().split()
+    while Path(f"/proc/{pid}").exists() and time.time() < deadline:  # the import and the check, then its exit
+        time.sleep(0.05)
+    if ppid != "1":
         pytest.skip("orphans go to a subreaper here, not init")
     assert Path(f"{marks}.alive").exists() == (not own_session)
 
