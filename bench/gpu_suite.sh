@@ -53,7 +53,10 @@ stage_350m() { step "${M350[@]}" "${GPU[@]}" --batch_size 16; }
 # batch; an H100 (80 GB) runs the 350M model at 48, not 64 (83.4 GB there). The record names the batch that ran.
 fit_batch() {
   local want=$1 peak_gb=$2 total_mib
-  total_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1) || total_mib=""
+  local gpu=()  # the first visible GPU's memory (CUDA_VISIBLE_DEVICES by index), not GPU 0's
+  if [[ "${CUDA_VISIBLE_DEVICES:-}" =~ ^[0-9]+ ]]; then gpu=(-i "${BASH_REMATCH[0]}"); fi
+  total_mib=$(nvidia-smi ${gpu[@]+"${gpu[@]}"} --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1) ||
+    total_mib=""
   if [[ -n "${SMOKE:-}" || ! "$total_mib" =~ ^[0-9]+$ ]]; then echo "$want"; return; fi
   awk -v want="$want" -v peak="$peak_gb" -v mib="$total_mib" 'BEGIN {
     b = want; while (b > 16 && peak * 1e9 * b / want > 0.92 * mib * 1048576) b -= 16

@@ -6,6 +6,7 @@ that ``transformers`` loads. Runs in one process, no GPU and no process group ne
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -250,15 +251,28 @@ def _saved_by_transformers(path: Path) -> bool:
 
 def _remove_killed_writes(out: Path) -> None:
     """What an earlier export killed mid-write left (``.ckpt.pt.tmp-PID``, ``.model.safetensors.tmp-PID``, ...: the
-    atomic writes' temporary files, checkpoint-sized): removed, as a training removes its own."""
+    atomic writes' temporary files, checkpoint-sized): removed, as a training removes its own, unless their
+    process is alive (an export running into the same folder)."""
     from gptlab.checkpoint import CHECKPOINT_NAME
 
     if not out.is_dir():
         return
     for name in (CHECKPOINT_NAME, *HF_EXPORT_FILES):
         for leftover in out.glob(f".{name}.tmp-*"):
-            if leftover.name[len(name) + 6 :].isdigit() and leftover.is_file():
+            pid = leftover.name[len(name) + 6 :]
+            if pid.isdigit() and leftover.is_file() and not _alive(int(pid)):  # another export's, still writing
                 leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine: a folder shared by nodes may hold another's)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's
+        return True
+    except (OSError, OverflowError):  # none (ProcessLookupError), or no PID at all
+        return False
+    return True
 
 
 def _remove_hf_export(out: Path) -> None:

@@ -167,9 +167,11 @@ def stop_with_the_launcher() -> None:
     except OSError:
         return
     if not any(part.endswith((b"torchrun", b"torch.distributed.run")) for part in parent):
-        if launcher == 1 and os.getsid(0) == os.getpid():  # torchrun's worker (a session of its own, torchrun's
-            # start_new_session) that init adopted: torchrun died while this rank started, before it could ask
-            os.kill(os.getpid(), signal.SIGTERM)  # (its store gone, the group would wait out dist_timeout)
+        if launcher == 1 and os.getsid(0) == os.getpid() and not _launcher_like(parent):  # torchrun's worker (a
+            # session of its own, torchrun's start_new_session) that init adopted: torchrun died while this rank
+            # started, before it could ask (its store gone, the group would wait out dist_timeout). A launcher
+            # that is PID 1 itself (a container's entrypoint: torch.distributed.launch, accelerate) is alive.
+            os.kill(os.getpid(), signal.SIGTERM)
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -179,6 +181,13 @@ def stop_with_the_launcher() -> None:
         return
     if os.getppid() != launcher:  # it died before the request
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _launcher_like(cmdline: list[bytes]) -> bool:
+    """Whether a process's command line may be a launcher of ranks (a Python program, torchrun, accelerate,
+    deepspeed), not an init (tini, dumb-init, systemd, a shell entrypoint) that adopts orphans."""
+    names = [Path(part.decode(errors="replace")).name for part in cmdline if part]
+    return any(n.startswith("python") or n in ("torchrun", "accelerate", "deepspeed") for n in names[:2])
 
 
 def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:

@@ -82,10 +82,11 @@ def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     labels = args.labels.split(",") if args.labels else None
     if labels and len(labels) != len(args.run_dirs):
         raise ConfigError(f"--labels has {len(labels)} names for {len(args.run_dirs)} run directories")
-    if labels and (twice := sorted({name for name in labels if labels.count(name) > 1 or not name.strip()})):
+    if labels and any(not name.strip() for name in labels):
+        raise ConfigError(f"--labels={args.labels!r} has an empty name: give each run a name of its own")
+    if labels and (twice := sorted({name for name in labels if labels.count(name) > 1})):
         raise ConfigError(  # a legend's entries, a table's rows: two runs under one name cannot be told apart
-            f"--labels={args.labels!r} names {', '.join(map(repr, twice))} "
-            f"{'twice' if twice[0].strip() else 'empty'}: give each run a name of its own"
+            f"--labels={args.labels!r} names {', '.join(map(repr, twice))} twice: give each run a name of its own"
         )
     path = build_report(args.run_dirs, out, labels=labels, title=args.title)
     print(f"report: {path} (plots beside it)")

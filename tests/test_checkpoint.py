@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -169,13 +170,14 @@ def test_export_writes_ckpt_pt_and_leaves_the_destinations_history(tmp_path: Pat
     save_single_file(_state(7), run)
     for it in (3, 4):
         save_single_file(_state(it), dest, keep=2)
-    killed = [".ckpt.pt.tmp-4242", ".model.safetensors.tmp-77"]  # an earlier export killed mid-write: removed
-    for name in (*killed, ".notes.tmp-1", ".ckpt.pt.tmp-x"):  # (not another program's, not one of its forms)
+    killed = [".ckpt.pt.tmp-999999999", ".model.safetensors.tmp-999999998"]  # an export killed mid-write: removed
+    writing = f".ckpt.pt.tmp-{os.getppid()}"  # another export still writing (its process alive): kept
+    for name in (*killed, writing, ".notes.tmp-1", ".ckpt.pt.tmp-x"):  # (not another program's, not its forms)
         (dest / name).write_bytes(b"partial")
     export_checkpoint(run, dest)
-    assert sorted(p.name for p in dest.iterdir()) == [
-        ".ckpt.pt.tmp-x", ".notes.tmp-1", "ckpt-0000003.pt", "ckpt-0000004.pt", "ckpt.pt"
-    ]  # fmt: skip
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        [writing, ".ckpt.pt.tmp-x", ".notes.tmp-1", "ckpt-0000003.pt", "ckpt-0000004.pt", "ckpt.pt"]
+    )
     assert load_checkpoint(dest)["iter_num"] == 7
 
 
@@ -644,6 +646,18 @@ def test_a_sharded_save_into_a_folder_turned_read_only_is_one_line(
         save_dcp({"model": model.state_dict()}, meta, tmp_path, keep=1, rank=0, barrier=lambda: None)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(save_module.os, "replace", real_replace)
+    real_atomic_save = save_module.atomic_save
+
+    def full_at_meta(state: object, path: Path) -> None:  # atomic_save's own one line, ENOSPC at meta.pt
+        if path.name == "meta.pt":
+            raise CheckpointError(f"cannot write the checkpoint {path}: No space left on device")
+        real_atomic_save(state, path)
+
+    monkeypatch.setattr(save_module, "atomic_save", full_at_meta)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        save_dcp({"model": model.state_dict()}, meta, tmp_path, keep=1, rank=0, barrier=lambda: None)
+    assert list(tmp_path.iterdir()) == []  # the written shards' folder: removed
+    monkeypatch.setattr(save_module, "atomic_save", real_atomic_save)
 
     def no_link(src: object, dst: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(dst))

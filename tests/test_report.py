@@ -318,7 +318,7 @@ def test_labels_are_one_name_per_run(tiny_runs: list[Path], tmp_path: Path, caps
     for labels, said in (
         ("a", "--labels has 1 names for 2 run directories"),
         ("a,a", "--labels='a,a' names 'a' twice: give each run a name of its own"),
-        ("a,", "--labels='a,' names '' empty: give each run a name of its own"),
+        ("a,", "--labels='a,' has an empty name: give each run a name of its own"),
     ):
         assert main(["report", *map(str, tiny_runs[:2]), "--labels", labels, "--out", str(out)]) == 2
         assert said in capsys.readouterr().err

@@ -149,10 +149,11 @@ def save_dcp(
     if rank == 0:
         try:
             _finish_dcp(meta, tmp, final, out_dir)
-        except OSError as e:  # the folder turned read-only (a remount after a disk error), full at meta.pt: one line
+        except (OSError, CheckpointError) as e:  # the folder turned read-only (a remount after a disk error), or
+            # full at meta.pt (atomic_save's own line): one line, and the checkpoint-sized temporary folder removed
             shutil.rmtree(tmp, ignore_errors=True)  # (gone once renamed: the complete save stays, with its link
-            refused = _write_refused(e, final)  # or, at a run's first save, found by latest_checkpoint)
-            if refused is None:
+            refused = _write_refused(e, final) if isinstance(e, OSError) else None  # or, at a first save, found
+            if refused is None:  # by latest_checkpoint)
                 raise
             raise refused from e
         prune_history(checkpoint_history(out_dir, "dcp"), int(meta["iter_num"]), keep, final)

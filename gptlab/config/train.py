@@ -813,17 +813,14 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
 
 
 def _whose(message: str, explicit: set[str], typed: set[str]) -> str:
-    """Where the settings a resume's refusal names came from (the command line, a config file named now, or the
-    checkpoint), so a user looks for the value where it was set (``--key=value``, a suggested fix, is not one)."""
+    """Where the settings a resume's refusal names came from (the command line, a config file named now, the
+    checkpoint, or, for a launch setting not given, this launch's default), so a user looks for the value where it
+    was set (``--key=value``, a suggested fix, is not one)."""
     named = dict.fromkeys(k for k in re.findall(r"(?<![\w-])([a-z][a-z0-9_]*)=", message) if k in ALL_KEYS)
-    source = {k: "the command line's" if k in typed else "the config file's" if k in explicit else "the checkpoint's"
-              for k in named}  # fmt: skip
-    said = ", ".join(f"{k} is {where}" for k, where in source.items())
-    return (
-        f"{said}; the settings not given now are the checkpoint's"
-        if said
-        else ("the settings not given now are the checkpoint's")
-    )
+    source = {k: "the command line's" if k in typed else "the config file's" if k in explicit else
+                 "this launch's default" if k in LAUNCH_KEYS else "the checkpoint's" for k in named}  # fmt: skip
+    rest = "the training settings not given now are the checkpoint's"
+    return "; ".join([", ".join(f"{k} is {where}" for k, where in source.items()), rest] if source else [rest])
 
 
 def _run_config(values: dict[str, Any], explicit: set[str], typed: set[str]) -> RunConfig:
@@ -864,6 +861,8 @@ def _run_config(values: dict[str, Any], explicit: set[str], typed: set[str]) -> 
 
             message = without_suggestion(e)
             hint = plugins_hint(read_saved_settings(path)[0].get("plugins"))
-        raise ConfigError(f"{message} (resuming {path}: {_whose(message, explicit, typed)}){hint}") from None
+        overruled_keys = {entry.split(":")[0] for entry in overruled}  # a config file's, the checkpoint's instead
+        whose = _whose(message, explicit - overruled_keys, set(typed))
+        raise ConfigError(f"{message} (resuming {path}: {whose}){hint}") from None
     run.resume_changes, run.overruled = changed, overruled
     return run

@@ -347,7 +347,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins valid pairs:
 def _texts(records: Records, text_field: str, where: str) -> Iterator[str]:
     """The text field of each record; a failure while streaming becomes one DataError line."""
     try:
-        for i, record in enumerate(records, 1):  # counted from 1, as a JSON Lines file's lines are
+        for i, record in enumerate(records, 1):  # counted from 1 (a one-file JSON Lines input's line, blanks aside)
             text = record.get(text_field) if isinstance(record, Mapping) else None
             if not isinstance(text, str):
                 if isinstance(record, Mapping) and text_field in record:

@@ -183,18 +183,18 @@ def train(run: RunConfig, stream: IO[str] | None = None, *, shared_process: bool
 
 
 def close_group_after_the_run(info: parallel.DistInfo) -> None:
-    """The closing barrier and teardown of a run that completed: a peer lost there (killed as the run ended, a
-    node gone) is one line and this rank's exit 0, its work done and saved, not a traceback and exit 1 that a
-    requeue script reads as a failed job."""
+    """The closing barrier and teardown of a run this rank finished: a peer gone there (killed as the run ended, a
+    node lost) is one line and this rank's exit 0, its own work done, not a traceback and exit 1 (the lost rank's
+    own exit status, in torchrun's 'Failures' list, says whether the job failed)."""
     try:
         parallel.shutdown(info)
     except RuntimeError as e:
-        if info.world_size == 1 or _peer_lost(e) is None:
+        if info.world_size == 1 or _peer_lost(e) != "gone":  # (a timeout: stuck, perhaps, not gone)
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print_error_line(
-            f"[rank {info.rank}] the run completed, but another rank was gone at its closing barrier ({first[:200]}): "
-            "see its [rank N] line or torchrun's 'Failures' list"
+            f"[rank {info.rank}] this rank finished the run, but another rank was gone at the closing barrier "
+            f"({first[:200]}): see its [rank N] line or torchrun's 'Failures' list"
         )
         sys.stdout.flush()
         os._exit(0)  # the group cannot be torn down with a peer gone (gloo aborts): no exit handlers either

@@ -282,7 +282,9 @@ def test_resume_validates_the_settings_it_will_run_with(data_dir: Path, tmp_path
     assert (resumed.train.learning_rate, resumed.train.min_lr) == (3e-5, 5e-6)
     with pytest.raises(ConfigError, match=r"min_lr=0.0001 is larger than learning_rate=5e-05: .* \(resuming ") as e:
         parse_run_args([*launch, "--min_lr=1e-4"])
-    assert "min_lr is the command line's, learning_rate is the checkpoint's; the settings not" in str(e.value)
+    assert "min_lr is the command line's, learning_rate is the checkpoint's; the training settings not" in str(e.value)
+    with pytest.raises(ConfigError, match=r"\(resuming .*: fsdp_cpu_offload is the command line's, parallel is this "):
+        parse_run_args([*launch, "--fsdp_cpu_offload=True"])  # a launch setting: never the checkpoint's
     config = tmp_path / "lr.py"
     config.write_text("learning_rate = 2e-5\n")  # a config file's value, not the checkpoint's: named as such
     with pytest.raises(ConfigError, match="min_lr is the command line's, learning_rate is the config file's; "):
