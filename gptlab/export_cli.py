@@ -71,19 +71,10 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False, dtype:
 def _refuse_hf_source(src: Path) -> None:
     """A Hugging Face model folder with no gptlab ckpt.pt beside it (transformers saved it): 'no checkpoint at
     DIR/ckpt.pt' said nothing of what it is or what reads it."""
-    from gptlab.checkpoint import CHECKPOINT_NAME
+    from gptlab.checkpoint import hf_folder_model_type
     from gptlab.errors import CheckpointError
 
-    config = src / "config.json"
-    if not src.is_dir() or (src / CHECKPOINT_NAME).exists() or not config.is_file():
-        return
-    import json
-
-    try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return
-    if model_type:
+    if model_type := hf_folder_model_type(src):
         raise CheckpointError(
             f"{str(src)!r} is a Hugging Face model folder (model_type={model_type!r}), already in that layout, not a "
             f"gptlab checkpoint: fine-tune from it (--init_from={str(src)!r}), sample it (gptlab sample "
@@ -259,7 +250,7 @@ def _remove_killed_writes(out: Path) -> None:
         return
     for name in (CHECKPOINT_NAME, *HF_EXPORT_FILES):
         for leftover in out.glob(f".{name}.tmp-*"):
-            pid = leftover.name[len(name) + 6 :]
+            pid = leftover.name.removeprefix(f".{name}.tmp-")  # fileio.atomic_open's name for it
             if pid.isdigit() and leftover.is_file() and not _alive(int(pid)):  # another export's, still writing
                 leftover.unlink(missing_ok=True)
 

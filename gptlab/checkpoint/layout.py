@@ -166,20 +166,27 @@ def rollback_hint(out_dir: str | Path) -> str | None:
     return f"kept checkpoints {names} but no latest: `{command}` makes the newest the latest"
 
 
-def hf_folder_hint(folder: str | Path) -> str | None:
-    """What to do with a Hugging Face model folder (a config.json with a model_type, no ckpt.pt) named where a run
-    directory was expected (--out_dir of a resume or a sample): None for any other folder."""
+def hf_folder_model_type(folder: str | Path) -> str | None:
+    """The ``model_type`` of a Hugging Face model folder (a config.json naming one, no gptlab ckpt.pt beside it:
+    transformers saved it); None for any other folder."""
     folder = Path(folder)
-    if (folder / CHECKPOINT_NAME).exists():
+    if not folder.is_dir() or (folder / CHECKPOINT_NAME).exists():
         return None
     with contextlib.suppress(OSError, ValueError, AttributeError):
         model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-        if model_type and isinstance(model_type, str):
-            return (
-                f"{str(folder)!r} is a Hugging Face model folder (model_type={model_type!r}), not a run directory: "
-                f"its weights load with --init_from={str(folder)!r}"
-            )
+        return model_type if model_type and isinstance(model_type, str) else None
     return None
+
+
+def hf_folder_hint(folder: str | Path) -> str | None:
+    """What to do with a Hugging Face model folder named where a run directory was expected (--out_dir of a resume
+    or a sample): None for any other folder."""
+    if (model_type := hf_folder_model_type(folder)) is None:
+        return None
+    return (
+        f"{str(folder)!r} is a Hugging Face model folder (model_type={model_type!r}), not a run directory: its "
+        f"weights load with --init_from={str(folder)!r}"
+    )
 
 
 def no_checkpoint_error(out_dir: str | Path) -> CheckpointError:

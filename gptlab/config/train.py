@@ -819,8 +819,9 @@ def _whose(message: str, explicit: set[str], typed: set[str]) -> str:
     named = dict.fromkeys(k for k in re.findall(r"(?<![\w-])([a-z][a-z0-9_]*)=", message) if k in ALL_KEYS)
     source = {k: "the command line's" if k in typed else "the config file's" if k in explicit else
                  "this launch's default" if k in LAUNCH_KEYS else "the checkpoint's" for k in named}  # fmt: skip
+    said = ", ".join(f"{k} is {where}" for k, where in source.items())
     rest = "the training settings not given now are the checkpoint's"
-    return "; ".join([", ".join(f"{k} is {where}" for k, where in source.items()), rest] if source else [rest])
+    return f"{said}; {rest}" if said else rest
 
 
 def _run_config(values: dict[str, Any], explicit: set[str], typed: set[str]) -> RunConfig:
