@@ -235,7 +235,6 @@ def test_a_checkpoint_with_a_registered_component_loads_its_buffers(registered: 
     assert torch.equal(loaded(x, x)[1], model(x, x)[1])
 
 
-
 def test_sdpa_repeats_gqa_kv_only_where_no_fused_kernel_takes_enable_gqa() -> None:
     from gptlab.model.attention import expands_kv_for_sdpa
 

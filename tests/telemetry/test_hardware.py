@@ -44,9 +44,19 @@ def test_realistic_device_names_match(name: str) -> None:
 @pytest.mark.parametrize(
     "name",
     # a model number inside another (an RTX A1000 is no A100) gets no peak rather than a wrong one
-    ["NVIDIA L40", "NVIDIA A10G", "NVIDIA GeForce RTX 3090", "Intel Xeon", "cpu", "NVIDIA RTX A1000", "h1000",
-     # MIG slices: a fraction of the GPU's SMs, so the whole GPU's peak would be several times too high
-     "NVIDIA H100 80GB HBM3 MIG 1g.10gb", "NVIDIA A100-SXM4-40GB MIG 3g.20gb", "NVIDIA H200 MIG 7g.141gb"],
+    [
+        "NVIDIA L40",
+        "NVIDIA A10G",
+        "NVIDIA GeForce RTX 3090",
+        "Intel Xeon",
+        "cpu",
+        "NVIDIA RTX A1000",
+        "h1000",
+        # MIG slices: a fraction of the GPU's SMs, so the whole GPU's peak would be several times too high
+        "NVIDIA H100 80GB HBM3 MIG 1g.10gb",
+        "NVIDIA A100-SXM4-40GB MIG 3g.20gb",
+        "NVIDIA H200 MIG 7g.141gb",
+    ],
 )
 def test_other_devices_are_unknown(name: str) -> None:
     assert match_gpu(name) is None

@@ -164,7 +164,13 @@ def test_sdpa_attention_runs_a_fused_kernel(position: str, n_kv_head: int, dtype
     from gptlab.telemetry.flops import compute_flops
 
     config = get_preset_config(
-        "llama", n_layer=1, n_embd=256, n_head=4, n_kv_head=n_kv_head, block_size=128, vocab_size=512,
+        "llama",
+        n_layer=1,
+        n_embd=256,
+        n_head=4,
+        n_kv_head=n_kv_head,
+        block_size=128,
+        vocab_size=512,
         position_encoding=position,
     )
     assert compute_flops(config, device_type="cuda").fused_attention

@@ -903,6 +903,7 @@ def _nanogpt_parameter_names(n_layer: int, bias: bool) -> list[str]:
     """nanoGPT's ``named_parameters()`` order, transcribed from its model.py (GPT: transformer.wte, .wpe, .h[i]
     (ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj), .ln_f; lm_head tied to wte, so not listed):
     its configure_optimizers groups these, matrices first. An order of its own, not gptlab's mapping's."""
+
     def of(module: str) -> list[str]:
         return [f"{module}.weight", *([f"{module}.bias"] if bias else [])]
 
