@@ -70,8 +70,8 @@ from gptlab.model.gpt import ConfigurableGPT
 from gptlab.plugins import component_plugins, plugin_digests
 from gptlab.telemetry.gradients import PendingGradientStats
 from gptlab.train import telemetry_hooks as telemetry
+from gptlab.train.init_from import InitFrom, resolve_init, scratch_notes, weights_origin
 from gptlab.train.init_from import preset_family as preset_family  # (imported from here before init_from.py)
-from gptlab.train.init_from import resolve_init, scratch_notes, weights_origin
 from gptlab.train.resume import (
     check_out_dir_unclaimed,
     data_record,
@@ -332,32 +332,48 @@ class Trainer:
         )
         self._restore_tensorboard_eval()
         if ckpt is not None:
-            self._restore_rng(ckpt)
-            if "gradient_history" in ckpt:
-                self.telemetry.spikes.load_state_dict(ckpt["gradient_history"])
-            interrupted = interrupted_save(self.out_dir)  # a newer DCP save, killed mid-swap, beside this one
-            if interrupted is not None:
-                self.logger.log_event("interrupted_save", f"resuming from {ckpt['path']}, but {interrupted}")
-            changed, keep_best = resume_changes(
-                run,
-                cfg,
-                ckpt,
-                mode=self.mode,
-                world_size=self.world_size,
-                out_dir=self.out_dir,
-                tokenizer=self.meta.get("tokenizer"),
-                data=self.data_record,
-                plugin_digests=self._plugin_digests,
-                best_val_loss=self.best_val_loss,
-            )
-            if not keep_best:  # measured on other batches than the next evaluations': the next one sets it
-                self.best_val_loss = float("inf")
-            self.logger.log_event(
-                "resume",
-                resume_line(ckpt, self.iter_num, changed, run.explicit),
-                iter=self.iter_num,
-                changed={k: list(v) for k, v in changed.items()},
-            )
+            self._continue_from(run, ckpt)
+        self._log_start_notes(run, found)
+        if cfg.overwrite and cfg.init_from != "resume" and not cfg.eval_only:
+            self._replace_previous_run()
+        if leftovers:
+            self.logger.log_event("cleanup", f"removed what killed saves left: {', '.join(leftovers)}")
+
+    def _continue_from(self, run: RunConfig, ckpt: dict[str, Any]) -> None:
+        """A resume's state beyond the weights and optimizer: RNG, gradient history, best val loss, and the
+        resume event naming what changed."""
+        cfg = self.cfg
+        self._restore_rng(ckpt)
+        if "gradient_history" in ckpt:
+            self.telemetry.spikes.load_state_dict(ckpt["gradient_history"])
+        interrupted = interrupted_save(self.out_dir)  # a newer DCP save, killed mid-swap, beside this one
+        if interrupted is not None:
+            self.logger.log_event("interrupted_save", f"resuming from {ckpt['path']}, but {interrupted}")
+        changed, keep_best = resume_changes(
+            run,
+            cfg,
+            ckpt,
+            mode=self.mode,
+            world_size=self.world_size,
+            out_dir=self.out_dir,
+            tokenizer=self.meta.get("tokenizer"),
+            data=self.data_record,
+            plugin_digests=self._plugin_digests,
+            best_val_loss=self.best_val_loss,
+        )
+        if not keep_best:  # measured on other batches than the next evaluations': the next one sets it
+            self.best_val_loss = float("inf")
+        self.logger.log_event(
+            "resume",
+            resume_line(ckpt, self.iter_num, changed, run.explicit),
+            iter=self.iter_num,
+            changed={k: list(v) for k, v in changed.items()},
+        )
+
+    def _log_start_notes(self, run: RunConfig, found: InitFrom) -> None:
+        """The start's events: notes on the weights loaded, a schedule cut short, a scratch model's notes,
+        components no later process can import."""
+        cfg = self.cfg
         for event, line, fields in found.notes(cfg, self.meta.get("tokenizer")):
             self.logger.log_event(event, line, **fields)
         if (cut := schedule_cut(cfg, run.typed)) is not None and not self._done:
@@ -373,22 +389,22 @@ class Trainer:
                 "pass it as plugins",
                 components=self._unimportable,
             )
-        if cfg.overwrite and cfg.init_from != "resume" and not cfg.eval_only:
-            # the replaced run's checkpoints go now (weights to fine-tune from are loaded by every rank), so that
-            # no later resume or export finds them
-            parallel.barrier(self.dist)
-            # a fine-tune's weights stay until this run's first checkpoint replaces them (a crash loses nothing)
-            source = cfg.init_from if cfg.init_from != "scratch" and Path(cfg.init_from).exists() else None
-            kept = weights_path(source) if source is not None else None
-            removed = remove_checkpoints(self.out_dir, keep=kept) if self.master else []
-            if kept is not None and is_run_checkpoint(self.out_dir, kept):  # the replaced run's: goes at the first
-                self._replaced_source = kept  # save; weights of the user's that lie in out_dir stay
-            if removed:
-                self.logger.log_event(
-                    "overwrite", f"replacing the previous run in {self.out_dir}: removed {', '.join(removed)}"
-                )
-        if leftovers:
-            self.logger.log_event("cleanup", f"removed what killed saves left: {', '.join(leftovers)}")
+
+    def _replace_previous_run(self) -> None:
+        """overwrite=True: the replaced run's checkpoints go now (weights to fine-tune from are loaded by every
+        rank), so that no later resume or export finds them."""
+        cfg = self.cfg
+        parallel.barrier(self.dist)
+        # a fine-tune's weights stay until this run's first checkpoint replaces them (a crash loses nothing)
+        source = cfg.init_from if cfg.init_from != "scratch" and Path(cfg.init_from).exists() else None
+        kept = weights_path(source) if source is not None else None
+        removed = remove_checkpoints(self.out_dir, keep=kept) if self.master else []
+        if kept is not None and is_run_checkpoint(self.out_dir, kept):  # the replaced run's: goes at the first
+            self._replaced_source = kept  # save; weights of the user's that lie in out_dir stay
+        if removed:
+            self.logger.log_event(
+                "overwrite", f"replacing the previous run in {self.out_dir}: removed {', '.join(removed)}"
+            )
 
     def _wandb_name(self, run: RunConfig, ckpt: dict[str, Any] | None) -> str:
         """The wandb run's name: the one given; on a resume not given one, the name its sessions had (saved with
