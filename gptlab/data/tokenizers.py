@@ -331,6 +331,45 @@ def save_hf_tokenizer(meta: dict[str, Any] | None, directory: Path, model_max_le
     return True
 
 
+# the files with which a Hugging Face model folder carries a tokenizer of its own, in the order AutoTokenizer
+# prefers them (a fast tokenizer's tokenizer.json, a sentencepiece model, a BPE's vocab.json and merges.txt)
+HF_TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def hf_folder_tokenizer(directory: Path) -> tuple[str, bool] | None:
+    """The tokenizer file of its own that a Hugging Face model folder holds, and whether it is GPT-2's BPE (OpenAI's
+    vocabulary with its ids, and its merges); None where the folder holds none. Many GPT-2s retrained for another
+    language keep GPT-2's 50257 tokens with a BPE of their own: the vocabulary's size does not say which it is."""
+    import json
+
+    for name in HF_TOKENIZER_VOCAB_FILES:
+        path = Path(directory) / name
+        if path.is_file():
+            break
+    else:
+        return None
+    if name == "tokenizer.model":  # sentencepiece (a LLaMA's): never GPT-2's BPE
+        return name, False
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        if name == "tokenizer.json":
+            model = found.get("model") or {}
+            vocab, merges = model.get("vocab"), model.get("merges")
+            if model.get("type") != "BPE" or not isinstance(merges, list):
+                return name, False
+        else:
+            vocab = found
+            merges = (Path(directory) / "merges.txt").read_text(encoding="utf-8").splitlines()
+        merges = [" ".join(m) if isinstance(m, list) else m for m in merges]  # (newer tokenizers write pairs)
+        merges = [m for m in merges if m and not m.startswith("#version")]
+        data = _gpt2_data_dir()
+        gpt2_merges = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]
+        same = vocab == json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+        return name, same and merges == [m for m in gpt2_merges if m]
+    except (OSError, ValueError, AttributeError, TypeError):  # unreadable, or not a tokenizer file: not GPT-2's
+        return name, False
+
+
 TOKENIZERS: dict[str, Callable[[dict[str, Any]], Tokenizer]] = {
     "char": CharTokenizer.from_meta,
     "gpt2": GPT2Tokenizer.from_meta,

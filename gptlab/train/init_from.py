@@ -258,7 +258,7 @@ def _weights_tokenizer(path: Path, vocab_size: int) -> dict[str, Any] | None:
     record = weights_record(path) or {}
     if record.get("format") == "gptlab":
         return record.get("tokenizer")
-    return gpt2_if_its_vocabulary(vocab_size)
+    return gpt2_if_its_vocabulary(vocab_size, path)
 
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -273,6 +273,10 @@ def _unknown_tokenizer(path: Path, vocab_size: int, dataset: str) -> str | None:
         return None
     beside = [name for name in HF_TOKENIZER_FILES if path.is_dir() and (path / name).is_file()]
     own = f"; its folder has a tokenizer of its own ({', '.join(beside)})" if beside else ""
+    from gptlab.train.sample import GPT2_VOCAB_SIZES
+
+    if vocab_size in GPT2_VOCAB_SIZES and beside:  # GPT-2's size, another BPE (a GPT-2 retrained for a language)
+        return f"a {vocab_size}-token vocabulary whose tokenizer is not GPT-2's BPE nor a gptlab run's{own}"
     return f"a {vocab_size}-token vocabulary, not GPT-2's (50257) nor a gptlab run's recorded one{own}"
 
 

@@ -113,10 +113,18 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
         tokenizer = ckpt.get("tokenizer")
     else:
         model = ConfigurableGPT.from_pretrained(cfg.init_from, dropout=0.0)
-        tokenizer = _tokenizer_beside(source) or gpt2_if_its_vocabulary(model.config.vocab_size)
+        tokenizer = _tokenizer_beside(source) or gpt2_if_its_vocabulary(model.config.vocab_size, source)
         if tokenizer is None:  # a Hugging Face model of its own vocabulary (a LLaMA's 32000): not "the checkpoint's"
+            from gptlab.data.tokenizers import hf_folder_tokenizer
+
+            own = hf_folder_tokenizer(source) if source.is_dir() else None
+            what = (
+                f"a tokenizer of its own ({own[0]}), not GPT-2's BPE,"
+                if own is not None and model.config.vocab_size in GPT2_VOCAB_SIZES
+                else f"a {model.config.vocab_size}-token vocabulary, not GPT-2's (50257),"
+            )
             raise CheckpointError(
-                f"{cfg.init_from!r} has a {model.config.vocab_size}-token vocabulary, not GPT-2's (50257), and no "
+                f"{cfg.init_from!r} has {what} and no "
                 "gptlab tokenizer is recorded with it: gptlab samples with GPT-2's BPE or a gptlab run's own "
                 "tokenizer (a model of another vocabulary: its own tokenizer, with transformers' generate)"
             )
@@ -132,9 +140,22 @@ def _tokenizer_beside(directory: Path) -> dict[str, Any] | None:
     return ckpt.get("tokenizer") if ckpt is not None and ckpt.get("format") == "gptlab" else None
 
 
-def gpt2_if_its_vocabulary(vocab_size: int) -> dict[str, Any] | None:
-    """Foreign weights record no tokenizer: GPT-2's (nanoGPT's padded 50304 too) is the one we know."""
-    return {"name": "gpt2"} if vocab_size in (50257, 50304) else None
+GPT2_VOCAB_SIZES = (50257, 50304)  # GPT-2's, and nanoGPT's padding of it
+
+
+def gpt2_if_its_vocabulary(vocab_size: int, folder: Path | None = None) -> dict[str, Any] | None:
+    """Foreign weights record no tokenizer: GPT-2's (nanoGPT's padded 50304 too) is the one we know, unless the
+    weights' ``folder`` (a Hugging Face model's) holds a tokenizer of its own that is not GPT-2's: a GPT-2
+    retrained for another language keeps the 50257 tokens with its own BPE, which GPT-2's ids are other text to."""
+    if vocab_size not in GPT2_VOCAB_SIZES:
+        return None
+    if folder is not None and Path(folder).is_dir():
+        from gptlab.data.tokenizers import hf_folder_tokenizer
+
+        own = hf_folder_tokenizer(Path(folder))
+        if own is not None and not own[1]:
+            return None
+    return {"name": "gpt2"}
 
 
 def _peek_checkpoint(path: Path | None) -> dict[str, Any] | None:

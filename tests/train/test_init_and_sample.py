@@ -867,6 +867,47 @@ def test_sampling_a_hugging_face_model_of_another_vocabulary_says_what_it_is(tmp
         sample(settings)
 
 
+def test_a_gpt2_sized_model_with_a_tokenizer_of_its_own_is_not_sampled_with_gpt2_bpe(tmp_path: Path) -> None:
+    """A Hugging Face GPT-2 retrained for another language keeps GPT-2's 50257 tokens with a BPE of its own
+    (its folder's tokenizer.json): it was sampled with OpenAI's BPE, other text to it, without a word. Its own
+    tokenizer is refused by name; GPT-2's own files beside a model (as a pair list or as strings) are GPT-2's."""
+    pytest.importorskip("safetensors")
+    import random
+
+    from gptlab.data.tokenizers import _gpt2_data_dir, hf_folder_tokenizer, save_hf_tokenizer
+    from gptlab.errors import CheckpointError
+    from gptlab.train.init_from import _unknown_tokenizer, _weights_tokenizer
+    from gptlab.train.sample import gpt2_if_its_vocabulary, parse_sample_args, sample
+
+    data = _gpt2_data_dir()
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    merges = [m.split(" ") for m in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if m]
+    folder = tmp_path / "gpt2_other_language"
+    ConfigurableGPT(get_debug_config("gpt2", vocab_size=50257, n_layer=1)).save_pretrained(folder)
+    assert gpt2_if_its_vocabulary(50257, folder) == {"name": "gpt2"}  # no tokenizer of its own: GPT-2's, as before
+    tokens = sorted(vocab, key=vocab.get)
+    shuffled = tokens[:-1]
+    random.Random(0).shuffle(shuffled)
+    other = {t: i for i, t in enumerate([*shuffled, tokens[-1]])}  # the same 50257 strings, other ids
+    tokenizer = {"model": {"type": "BPE", "vocab": other, "merges": merges}}
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    assert hf_folder_tokenizer(folder) == ("tokenizer.json", False)
+    assert gpt2_if_its_vocabulary(50257, folder) is None
+    # a fine-tune from it: no tokenizer known, and the note says it is not GPT-2's BPE (not "not GPT-2's (50257)")
+    assert _weights_tokenizer(folder, 50257) is None
+    assert "whose tokenizer is not GPT-2's BPE" in (_unknown_tokenizer(folder, 50257, "shakespeare") or "")
+    settings = parse_sample_args([f"--init_from={str(folder)!r}", "--device='cpu'", "--num_samples=1"])
+    with pytest.raises(CheckpointError, match=r"has a tokenizer of its own \(tokenizer.json\), not GPT-2's BPE"):
+        sample(settings)
+    # GPT-2's own tokenizer.json (merges as pairs, as tokenizers >= 0.20 writes them) and vocab.json + merges.txt
+    (folder / "tokenizer.json").write_text(json.dumps({"model": {**tokenizer["model"], "vocab": vocab}}))
+    assert hf_folder_tokenizer(folder) == ("tokenizer.json", True)
+    assert gpt2_if_its_vocabulary(50257, folder) == {"name": "gpt2"}
+    (folder / "tokenizer.json").unlink()
+    assert save_hf_tokenizer({"name": "gpt2"}, folder, 64)
+    assert hf_folder_tokenizer(folder) == ("vocab.json", True)
+
+
 def test_fp16_skipped_steps_are_reported_at_their_own_iterations(data_dir: Path, tmp_path: Path) -> None:
     """With log_interval > 1 a skipped step was blamed on the next logged iteration, and one after the last
     logged iteration was never reported."""
