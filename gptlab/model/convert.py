@@ -78,9 +78,14 @@ def hub_repo_id(name: str) -> str | None:
     return name if HUB_REPO_ID.fullmatch(name) and not is_file_name else None
 
 
+# a Hub model's own tokenizer, fetched with its weights: a GPT-2-sized model may carry a BPE of its own
+# (data.tokenizers.hf_folder_tokenizer), which GPT-2's ids are other text to
+HUB_TOKENIZER = ["tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt"]
+
+
 def download_hub_model(repo_id: str) -> Path:
-    """A Hub model's config.json and weights (safetensors, else pytorch_model*.bin) as a local
-    directory: Hugging Face's cache, filled on first use; with HF_HUB_OFFLINE=1 only the cache is read."""
+    """A Hub model's config.json, weights (safetensors, else pytorch_model*.bin) and tokenizer files as a
+    local directory: Hugging Face's cache, filled on first use; with HF_HUB_OFFLINE=1 only the cache is read."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -88,7 +93,7 @@ def download_hub_model(repo_id: str) -> Path:
     path = None
     for weights in HUB_WEIGHTS:
         try:
-            path = Path(snapshot_download(repo_id, allow_patterns=["config.json", *weights]))
+            path = Path(snapshot_download(repo_id, allow_patterns=["config.json", *weights, *HUB_TOKENIZER]))
         except Exception as e:  # offline, not found, gated: one line and the ways out
             from huggingface_hub import constants
 
@@ -312,6 +317,7 @@ __all__ = [  # the sources and dispatch defined here, and the formats' entry poi
     "GPT2_HUB_SIZES",
     "HF_SPECIAL_TOKEN_KEYS",
     "HUB_REPO_ID",
+    "HUB_TOKENIZER",
     "HUB_WEIGHTS",
     "NANOGPT_HUB_NAMES",
     "NANOGPT_MODEL_ARGS",

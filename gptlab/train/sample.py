@@ -90,7 +90,12 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
 def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[Any, dict[str, Any] | None]:
     """The model and the tokenizer meta recorded with it (None where nothing says how to decode)."""
     from gptlab.checkpoint import load_checkpoint
-    from gptlab.model.convert import check_init_source, gptlab_checkpoint_path, model_from_checkpoint
+    from gptlab.model.convert import (
+        check_init_source,
+        gptlab_checkpoint_path,
+        model_from_checkpoint,
+        resolve_pretrained,
+    )
     from gptlab.model.gpt import ConfigurableGPT
     from gptlab.model.nanogpt import model_from_nanogpt
 
@@ -112,7 +117,8 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
         model = model_from_checkpoint(ckpt, dropout=0.0)
         tokenizer = ckpt.get("tokenizer")
     else:
-        model = ConfigurableGPT.from_pretrained(cfg.init_from, dropout=0.0)
+        source = resolve_pretrained(cfg.init_from)  # a Hub model's: its folder in Hugging Face's cache
+        model = ConfigurableGPT.from_pretrained(source, dropout=0.0)
         tokenizer = _tokenizer_beside(source) or gpt2_if_its_vocabulary(model.config.vocab_size, source)
         if tokenizer is None:  # a Hugging Face model of its own vocabulary (a LLaMA's 32000): not "the checkpoint's"
             from gptlab.data.tokenizers import hf_folder_tokenizer

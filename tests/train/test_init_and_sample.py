@@ -867,30 +867,38 @@ def test_sampling_a_hugging_face_model_of_another_vocabulary_says_what_it_is(tmp
         sample(settings)
 
 
+def _gpt2_tokenizer_json(shuffled: bool) -> dict:
+    """GPT-2's BPE as a tokenizer.json (merges as pairs, as tokenizers >= 0.20 writes them); ``shuffled``: the
+    same 50257 strings and merges under other ids, as a GPT-2 retrained for another language carries."""
+    import random
+
+    from gptlab.data.tokenizers import _gpt2_data_dir
+
+    data = _gpt2_data_dir()
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    merges = [m.split(" ") for m in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if m]
+    if shuffled:
+        tokens = sorted(vocab, key=vocab.get)
+        others = tokens[:-1]
+        random.Random(0).shuffle(others)
+        vocab = {t: i for i, t in enumerate([*others, tokens[-1]])}
+    return {"model": {"type": "BPE", "vocab": vocab, "merges": merges}}
+
+
 def test_a_gpt2_sized_model_with_a_tokenizer_of_its_own_is_not_sampled_with_gpt2_bpe(tmp_path: Path) -> None:
     """A Hugging Face GPT-2 retrained for another language keeps GPT-2's 50257 tokens with a BPE of its own
     (its folder's tokenizer.json): it was sampled with OpenAI's BPE, other text to it, without a word. Its own
     tokenizer is refused by name; GPT-2's own files beside a model (as a pair list or as strings) are GPT-2's."""
     pytest.importorskip("safetensors")
-    import random
-
-    from gptlab.data.tokenizers import _gpt2_data_dir, hf_folder_tokenizer, save_hf_tokenizer
+    from gptlab.data.tokenizers import hf_folder_tokenizer, save_hf_tokenizer
     from gptlab.errors import CheckpointError
     from gptlab.train.init_from import _unknown_tokenizer, _weights_tokenizer
     from gptlab.train.sample import gpt2_if_its_vocabulary, parse_sample_args, sample
 
-    data = _gpt2_data_dir()
-    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-    merges = [m.split(" ") for m in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if m]
     folder = tmp_path / "gpt2_other_language"
     ConfigurableGPT(get_debug_config("gpt2", vocab_size=50257, n_layer=1)).save_pretrained(folder)
     assert gpt2_if_its_vocabulary(50257, folder) == {"name": "gpt2"}  # no tokenizer of its own: GPT-2's, as before
-    tokens = sorted(vocab, key=vocab.get)
-    shuffled = tokens[:-1]
-    random.Random(0).shuffle(shuffled)
-    other = {t: i for i, t in enumerate([*shuffled, tokens[-1]])}  # the same 50257 strings, other ids
-    tokenizer = {"model": {"type": "BPE", "vocab": other, "merges": merges}}
-    (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    (folder / "tokenizer.json").write_text(json.dumps(_gpt2_tokenizer_json(shuffled=True)), encoding="utf-8")
     assert hf_folder_tokenizer(folder) == ("tokenizer.json", False)
     assert gpt2_if_its_vocabulary(50257, folder) is None
     # a fine-tune from it: no tokenizer known, and the note says it is not GPT-2's BPE (not "not GPT-2's (50257)")
@@ -899,13 +907,33 @@ def test_a_gpt2_sized_model_with_a_tokenizer_of_its_own_is_not_sampled_with_gpt2
     settings = parse_sample_args([f"--init_from={str(folder)!r}", "--device='cpu'", "--num_samples=1"])
     with pytest.raises(CheckpointError, match=r"has a tokenizer of its own \(tokenizer.json\), not GPT-2's BPE"):
         sample(settings)
-    # GPT-2's own tokenizer.json (merges as pairs, as tokenizers >= 0.20 writes them) and vocab.json + merges.txt
-    (folder / "tokenizer.json").write_text(json.dumps({"model": {**tokenizer["model"], "vocab": vocab}}))
+    (folder / "tokenizer.json").write_text(json.dumps(_gpt2_tokenizer_json(shuffled=False)))
     assert hf_folder_tokenizer(folder) == ("tokenizer.json", True)
     assert gpt2_if_its_vocabulary(50257, folder) == {"name": "gpt2"}
     (folder / "tokenizer.json").unlink()
     assert save_hf_tokenizer({"name": "gpt2"}, folder, 64)
     assert hf_folder_tokenizer(folder) == ("vocab.json", True)
+
+
+def test_a_hub_model_is_sampled_with_the_tokenizer_its_repository_carries(offline_hub) -> None:
+    """A Hub model by name: its tokenizer files are fetched with its weights, and sample reads them in the cache
+    (it looked for them at the name as a local path, which never exists, and took GPT-2's BPE for any 50257)."""
+    pytest.importorskip("safetensors")
+    from huggingface_hub import constants
+    from huggingface_hub.utils import filter_repo_objects
+
+    from gptlab.errors import CheckpointError
+    from gptlab.model.convert import HUB_TOKENIZER, HUB_WEIGHTS
+    from gptlab.train.sample import parse_sample_args, sample
+
+    repo = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "README.md"]
+    assert list(filter_repo_objects(repo, allow_patterns=["config.json", *HUB_WEIGHTS[0], *HUB_TOKENIZER])) == repo[:5]
+    offline_hub("someone/gpt2-other-language", ConfigurableGPT(get_debug_config("gpt2", vocab_size=50257, n_layer=1)))
+    snapshot = next(Path(constants.HF_HUB_CACHE).glob("models--someone--gpt2-other-language/snapshots/*"))
+    (snapshot / "tokenizer.json").write_text(json.dumps(_gpt2_tokenizer_json(shuffled=True)), encoding="utf-8")
+    settings = parse_sample_args(["--init_from='someone/gpt2-other-language'", "--device='cpu'", "--num_samples=1"])
+    with pytest.raises(CheckpointError, match=r"has a tokenizer of its own \(tokenizer.json\), not GPT-2's BPE"):
+        sample(settings)
 
 
 def test_fp16_skipped_steps_are_reported_at_their_own_iterations(data_dir: Path, tmp_path: Path) -> None:
