@@ -260,9 +260,9 @@ def test_planned_peak_follows_the_backward(case: str) -> None:
     avx512 = "AVX512" in torch.backends.cpu.get_cpu_capability()
     if dtype == "bfloat16" and backend == "sdpa" and (moment.startswith("block") or not avx512):
         # the plan holds the most a CPU's bf16 SDPA backward was seen to allocate (an AVX-512 machine's); others
-        # allocate less: AVX2-only 1.17 of the measured peak, an AVX-512 + avx512_bf16 EPYC 1.135 in a block's
-        # backward (2026-12-04)
-        high = 1.2
+        # allocate less: an AVX-512 + avx512_bf16 EPYC 1.135 in a block's backward (2026-12-04); AVX2-only
+        # EPYCs 1.17 (gpt2-ac-char-bf16), and 1.208 with the bf16 residual stream (2026-12-05)
+        high = 1.2 if avx512 else 1.25
     assert low * measured <= planned <= high * measured, planned / measured
 
 
