@@ -286,6 +286,9 @@ def test_a_checkpoint_missing_its_architecture_is_one_line(tmp_path: Path) -> No
     torch.save({"format": FORMAT, "iter_num": 3, "model": {}}, tmp_path / "ckpt.pt")
     with pytest.raises(CheckpointError, match="is a damaged gptlab checkpoint: it has no arch"):
         load_checkpoint(tmp_path)
+    torch.save({"format": FORMAT, "arch": {}, "model": {}}, tmp_path / "ckpt.pt")  # no iteration to resume at
+    with pytest.raises(CheckpointError, match="is a damaged gptlab checkpoint: it has no iter_num"):
+        load_checkpoint(tmp_path)
 
 
 def test_a_directory_of_runs_names_the_runs_inside(tmp_path: Path) -> None:
@@ -814,3 +817,58 @@ def test_an_hf_export_loads_with_its_tokenizers_limit_and_samples_at_any_tempera
         hf.lm_head.weight[102:] *= 100.0  # the padding ids would win every draw
     drawn = hf.generate(start, max_new_tokens=20, do_sample=True, pad_token_id=0)
     assert int(drawn.max()) < 102
+
+
+def test_latest_checkpoint_breaks_a_tie_by_time_and_ranks_an_unrecorded_iteration_last(tmp_path: Path) -> None:
+    """ckpt.pt and the sharded checkpoint ckpt.dcp points to, both at iteration 5 (a run that switched modes and
+    saved again): the one written later is resumed. A record without an iteration is never taken over one with."""
+    from gptlab.checkpoint import latest_checkpoint
+
+    single = tmp_path / "ckpt.pt"
+    torch.save({"format": FORMAT, "iter_num": 5}, single)
+    sharded = tmp_path / "ckpt-0000005.dcp"
+    sharded.mkdir()
+    torch.save({"format": FORMAT, "iter_num": 5}, sharded / "meta.pt")
+    (sharded / ".metadata").write_bytes(b"")  # (never read to pick the latest)
+    (tmp_path / "ckpt.dcp").symlink_to(sharded.name)
+    for older, newer in ((single, sharded / "meta.pt"), (sharded / "meta.pt", single)):
+        os.utime(older, ns=(1_000_000_000, 1_000_000_000))
+        os.utime(newer, ns=(2_000_000_000, 2_000_000_000))
+        assert latest_checkpoint(tmp_path) == (single if newer == single else sharded.resolve())
+    torch.save({"format": FORMAT}, single)  # newer, but no iteration: the sharded one at 5 is the latest
+    assert latest_checkpoint(tmp_path) == sharded.resolve()
+
+
+def test_optimizer_state_by_name_follows_the_optimizers_order_not_the_models() -> None:
+    """configure_optimizers' two groups (matrices decayed, vectors not) list the parameters in another order than
+    the model: each AdamW state is re-keyed to its own parameter's name (by shape and by value)."""
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import optimizer_state_by_name
+
+    model = ConfigurableGPT(get_debug_config("gpt2"))
+    opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type="cpu")
+    x = torch.randint(0, model.config.vocab_size, (2, 8))
+    model(x, x)[1].backward()
+    opt.step()
+    named = optimizer_state_by_name(model, opt, opt.state_dict())
+    params = dict(model.named_parameters())
+    assert set(named["state"]) == set(params)
+    for name, state in named["state"].items():
+        assert torch.equal(state["exp_avg"], opt.state[params[name]]["exp_avg"]), name
+    decayed, kept = ([g["params"] for g in named["param_groups"] if (g["weight_decay"] > 0) == d] for d in (1, 0))
+    assert sorted(n for group in decayed + kept for n in group) == sorted(params)  # each name once
+    assert all(params[n].dim() >= 2 for group in decayed for n in group)
+    assert all(params[n].dim() < 2 for group in kept for n in group)
+
+
+def test_a_record_below_a_counts_minimum_or_with_a_gap_in_its_layers_is_damaged() -> None:
+    from gptlab.checkpoint import record_problem, weights_disagree
+
+    assert record_problem({"iter_num": 0, "world_size": 1}) is None
+    assert record_problem({"iter_num": -1}) == "its iter_num is -1, not a non-negative integer"
+    assert record_problem({"world_size": 0}) == "its world_size is 0, not a positive integer"
+    assert record_problem({"iter_num": True}) == "its iter_num is True, not an integer"
+    assert record_problem({"rng": {"torch": [1, 2]}}) == "its rng['torch'] is list, not a tensor"
+    gap = {"blocks.0.attn.weight": (4, 4), "blocks.2.attn.weight": (4, 4)}  # two layers, but not blocks 0 and 1
+    assert weights_disagree(2, None, gap) == "layers"
+    assert weights_disagree(2, None, {"blocks.0.w": (4,), "blocks.1.w": (4,)}) is None

@@ -238,6 +238,26 @@ def test_a_registered_attention_backend_is_counted_as_flop_counter_mode_counts_i
         del ATTENTION_BACKEND_REGISTRY["two_scores_t"], ATTENTION_BACKEND_REGISTRY["kernel_only_t"]
 
 
+def test_a_registered_attention_backends_causal_count_is_scaled_as_its_full_square_one() -> None:
+    """Two score matrices and one AV: 1.5x standard attention's matmuls, counted full-square or over the causal
+    triangle alike (the causal rows kept standard attention's count, and mfu_causal was too low by that much)."""
+    from gptlab.model.registry import ATTENTION_BACKEND_REGISTRY
+
+    ATTENTION_BACKEND_REGISTRY["two_scores_causal_t"] = _two_score_attention
+    try:
+        cfg = get_debug_config("custom", attention_backend="two_scores_causal_t", block_size=16)
+        mine = compute_flops(cfg, device_type="cpu")
+    finally:
+        del ATTENTION_BACKEND_REGISTRY["two_scores_causal_t"]
+    S, H = 16, cfg.n_embd
+    for kind in ("scores", "values"):  # standard: 2 FLOPs x mean (S+1)/2 visible keys x H per token
+        assert mine.row(f"attn_{kind} (causal)").forward == 1.5 * 2 * (S + 1) / 2 * H
+        assert mine.row(f"attn_{kind} (full-square)").forward == 1.5 * 2 * S * H
+    standard = compute_flops(dataclasses.replace(cfg, attention_backend="manual"), device_type="cpu")
+    saved = mine.flops_per_token - mine.flops_per_token_causal  # what the causal count leaves out
+    assert saved == pytest.approx(1.5 * (standard.flops_per_token - standard.flops_per_token_causal), rel=1e-12)
+
+
 class ProjectedNorm(nn.Module):
     """An RMS norm followed by a learned (H x H) projection: a norm that multiplies a matrix."""
 

@@ -175,3 +175,29 @@ def test_an_id_past_the_vocabulary_stops_at_the_batch_that_reads_it(tmp_path: Pa
     with pytest.raises(DataError, match=r"train\.bin holds token id 150, past the dataset's vocabulary of 100"):
         for step in range(50):
             loader.get_batch(step)
+
+
+def test_an_id_equal_to_the_vocabulary_size_is_past_it(tmp_path: Path) -> None:
+    """Ids run 0 .. vocab_size - 1: an id of exactly vocab_size would index past the embedding too."""
+    train = np.full(200, 99, dtype=np.int64)
+    train[-20:] = 100
+    data = make_dataset(tmp_path / "edge", train, np.zeros(100, dtype=np.int64), vocab_size=100)
+    loader = BatchLoader(data, "train", batch_size=64, block_size=50, device="cpu", seed=0)
+    with pytest.raises(DataError, match=r"holds token id 100, past the dataset's vocabulary of 100"):
+        for step in range(20):
+            loader.get_batch(step)
+    ok = make_dataset(tmp_path / "ok", np.full(200, 99, dtype=np.int64), np.zeros(100, dtype=np.int64), 100)
+    assert int(BatchLoader(ok, "train", 64, 50).get_batch(0)[0].max()) == 99  # vocab_size - 1 is a token
+
+
+def test_the_evaluation_stream_draws_other_batches_than_training(positions: Path) -> None:
+    """With the same seed (EVAL_SEED=0 is also a training seed) and key, the evaluation stream's windows are not the
+    training stream's: a val loss is never measured on the batches a run trained on. A negative key is one line."""
+    from gptlab.data.loader import EVAL_SEED, EVAL_STREAM
+
+    train = BatchLoader(positions, "train", 8, 32, seed=EVAL_SEED)
+    evaluation = BatchLoader(positions, "train", 8, 32, seed=EVAL_SEED, stream=EVAL_STREAM)
+    for step in range(3):
+        assert not torch.equal(train.get_batch(step)[0], evaluation.get_batch(step)[0]), step
+    with pytest.raises(ConfigError, match="micro_step=-1"):
+        train.get_batch(0, -1)

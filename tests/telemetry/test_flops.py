@@ -246,3 +246,57 @@ def test_the_models_own_mfu_method_counts_its_recomputation_as_flop_counter_mode
     out = model.estimate_mfu_detailed(2, 1.0, peak_flops=1e12)
     assert out["activation_checkpointing"] and _close(measured, out["hfu_flops_per_token"])
     assert out["hfu_flops_per_token"] > out["flops_per_token"]
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "per_layer", "once"),
+    [
+        # GPT-2 124M: LayerNorm 7/element (2 per block + final), GELU 8/element of D=3072, learned positions
+        # (one add per token), biases on QKV (3H), the output projection (H), the FFN's input (D) and output (H)
+        (
+            "gpt2",
+            {},
+            {"softmax": 6 * 1024 * 12, "attn_mask/alibi_bias": 1024 * 12, "residual_adds": 2 * 768,
+             "ffn_activation": 8 * 3072, "bias_adds": 3 * 768 + 768 + 3072 + 768},
+            {"norms": 7 * 768 * (2 * 12 + 1), "loss": 4 * 50304, "position_add": 768},
+        ),
+        # LLaMA with 4 of 12 KV heads: RMSNorm 4/element, SiLU gate (4) times the value (1) over D=2048, RoPE
+        # 4/element of q (768) and k (4 heads x 64), no biases; softmax over the 12 query heads' scores
+        (
+            "llama",
+            {"n_kv_head": 4},
+            {"softmax": 6 * 1024 * 12, "attn_mask/alibi_bias": 1024 * 12, "residual_adds": 2 * 768,
+             "ffn_activation": (4 + 1) * 2048, "rope": 4 * (768 + 4 * 64)},
+            {"norms": 4 * 768 * (2 * 12 + 1), "loss": 4 * 50304},
+        ),
+        # GEGLU with biases: two input matrices, so 2D bias adds; GELU gate (8) times the value (1)
+        (
+            "custom",
+            {"ffn_type": "geglu", "bias": True, "d_ff": 3072, "normalization": "layernorm"},
+            {"softmax": 6 * 1024 * 12, "attn_mask/alibi_bias": 1024 * 12, "residual_adds": 2 * 768,
+             "ffn_activation": (8 + 1) * 3072, "bias_adds": 3 * 768 + 768 + 2 * 3072 + 768},
+            {"norms": 7 * 768 * (2 * 12 + 1), "loss": 4 * 50304, "position_add": 768},
+        ),
+    ],
+)  # fmt: skip
+def test_non_matmul_estimate_hand_computed(preset: str, overrides: dict, per_layer: dict, once: dict) -> None:
+    """The elementwise estimate, row by row, at the per-element costs the module states (S=1024, 12 layers):
+    only its relations (LayerNorm > RMSNorm > 0) were checked, so a dropped final norm, RoPE on q only, or the
+    softmax over KV heads went unnoticed. Training is 3x forward, as for matmuls."""
+    cfg = get_preset_config(preset, **overrides)
+    fl = compute_flops(cfg)
+    got = {r.name: r.forward_total for r in fl.rows if not r.matmul}
+    want = {**{name: 12 * flops for name, flops in per_layer.items()}, **once}
+    assert got == want
+    assert fl.non_matmul_forward_flops_per_token == sum(want.values())
+    assert fl.non_matmul_flops_per_token == 3 * sum(want.values())
+
+
+def test_matmul_shares_sum_to_one_without_the_causal_rows() -> None:
+    """The table's share_of_matmul divides by the full-square total: the causal rows (the same work counted the
+    other way) have none, or the shares sum past 1."""
+    table = compute_flops(get_preset_config("llama", n_kv_head=4)).table()
+    shares = {r["component"]: r["share_of_matmul"] for r in table}
+    assert shares["attn_scores (causal)"] is None and shares["attn_values (causal)"] is None
+    assert sum(s for s in shares.values() if s is not None) == pytest.approx(1.0, rel=1e-12)
+    assert all(r["training_flops_per_token"] == 3 * r["forward_flops_per_token"] for r in table)

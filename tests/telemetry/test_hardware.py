@@ -171,3 +171,20 @@ def test_a_typed_gpu_name_with_an_unknown_word_is_refused() -> None:
              "Tesla V100-SXM2-16GB": "V100-SXM2", "NVIDIA A100-SXM4-80GB": "A100-SXM",
              "NVIDIA GH200 144G HBM3e": "H200-SXM", "AMD Instinct MI300X VF": "MI300X"}  # fmt: skip
     assert {name: get_gpu_spec(name).key for name in known} == known
+
+
+def test_every_name_of_a_dtype_has_its_precision() -> None:
+    """'half' is float16 (torch.half), not bfloat16; both float8 formats are fp8."""
+    for name in ("half", "float16", "fp16", torch.float16, torch.half):
+        assert precision_key(name) == "fp16", name
+    assert precision_key("bfloat16") == precision_key(torch.bfloat16) == "bf16"
+    assert precision_key(torch.float8_e4m3fn) == precision_key(torch.float8_e5m2) == "fp8"
+
+
+def test_a_known_gpu_takes_the_tables_peak_even_when_measuring_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """measure=True is the fallback for a device the table lacks: an H100's datasheet figure is never replaced by a
+    timed matmul (70-90% of it, which would overstate MFU)."""
+    monkeypatch.setattr(hardware, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(hardware, "measure_peak_flops", lambda *a, **k: pytest.fail("measured a known GPU"))
+    info = detect_peak("cuda", torch.bfloat16, measure=True)
+    assert (info.source, info.peak_flops, info.precision) == ("table", 989.5e12, "bf16")

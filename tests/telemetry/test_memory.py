@@ -387,3 +387,67 @@ def test_mps_memory_is_apples_allocator(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 4_000_000_000)
     stats = get_memory_stats(torch.device("mps"))
     assert stats["allocated_gb"] == 3.0 and stats["reserved_gb"] == 4.0 and stats["max_allocated_gb"] is None
+
+
+def test_total_adds_ddps_bucket_copy_of_the_gradients() -> None:
+    """``total`` is every part at once: DDP's buckets (a second float32 copy of the gradients, 4 bytes per
+    parameter) are the only part it adds to a single process's."""
+    from gptlab.telemetry.params import count_parameters
+
+    cfg = get_debug_config("gpt2")
+    none = plan_memory(cfg, batch_size=2).mode
+    ddp = plan_memory(cfg, batch_size=2, parallel="ddp", world_size=2).mode
+    assert ddp.comm_buffers == 4 * count_parameters(cfg) > 0
+    assert ddp.total - none.total == ddp.comm_buffers
+    assert none.total == (none.parameters + none.gradients + none.optimizer + none.activations + none.loss_backward
+                          + none.buffers)  # fmt: skip
+
+
+def test_ddp_peak_holds_its_buckets_and_fsdp_its_unsharded_copies() -> None:
+    """What persists through the step is in the peak: DDP's buckets (4 bytes per parameter), and FSDP's transient
+    unsharded copies, by hand from the model's own tensors: the root's (embedding, LM head, final norm) and two
+    blocks' in the bf16 compute dtype (2 bytes each), and one block's float32 gradients (4 bytes each)."""
+    from gptlab.telemetry.params import count_parameters
+
+    cfg = get_debug_config("gpt2")
+    none = plan_memory(cfg, batch_size=2).mode
+    ddp = plan_memory(cfg, batch_size=2, parallel="ddp", world_size=2).mode
+    assert ddp.peak - none.peak == ddp.comm_buffers == 4 * count_parameters(cfg)
+    with torch.device("meta"):
+        named = list(ConfigurableGPT(cfg).named_parameters())
+    root = sum(p.numel() for n, p in named if not n.startswith("blocks."))
+    block = sum(p.numel() for n, p in named if n.startswith("blocks.0."))
+    assert 0 < block and block * cfg.n_layer + root == count_parameters(cfg)
+    fsdp = plan_memory(cfg, batch_size=2, parallel="fsdp", world_size=2, dtype="bfloat16").mode
+    assert fsdp.comm_buffers == 2 * (root + 2 * block) + 4 * block
+    assert fsdp_shard_numel((), 4) == 1  # a 0-dim parameter (FSDP2 refuses one) is planned whole
+
+
+def test_only_a_context_longer_than_2048_is_offered_a_shorter_one() -> None:
+    """2048 positions is no long context: a plan that does not fit is not told to shorten it; 4096 is (here to 1024,
+    the shortest offered, as 2048 does not fit either)."""
+    sizes = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=128)
+    at_2048 = fit_advice(get_preset_config("llama", block_size=2048, **sizes), 10**6, batch_size=8)
+    assert at_2048 is not None and "--block_size" not in at_2048
+    at_4096 = fit_advice(get_preset_config("llama", block_size=4096, **sizes), 10**6, batch_size=8)
+    assert at_4096 is not None and "--block_size=1024 (a shorter context; a fine-tune crops the model)" in at_4096
+
+
+def test_block_backward_moments_hold_the_gradients_already_made() -> None:
+    """Autograd runs the blocks top down: when block i's backward runs, the LM head's and final norm's gradients
+    and those of the blocks above i exist (float32, 4 bytes per element of the model's own tensors), beside what
+    block i itself needs. Without accumulation nothing else is held."""
+    from gptlab.telemetry.planner import backward_moments
+
+    cfg = get_debug_config("gpt2", n_layer=4, weight_tying=False)
+    with torch.device("meta"):
+        named = {n: p.numel() for n, p in ConfigurableGPT(cfg).named_parameters()}
+    head = 4 * sum(v for n, v in named.items() if n.startswith(("lm_head.", "norm_f.")))
+    block = 4 * sum(v for n, v in named.items() if n.startswith("blocks.0."))
+    ffn = 4 * sum(v for n, v in named.items() if n.startswith(("blocks.0.ffn.", "blocks.0.norm_2.")))
+    assert head > 0 and block > ffn > 0
+    acts = plan_memory(cfg, batch_size=2).activation_estimate
+    moments = backward_moments(acts, parameter_shapes(cfg), 1.0, 0)
+    for index, above in ((3, 0), (0, 3)):
+        own = acts.block_backward_bytes(index, block_grads=block, ffn_grads=ffn)
+        assert moments[f"block {index} backward"] == head + above * block + own, index

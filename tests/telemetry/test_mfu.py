@@ -146,3 +146,28 @@ def test_expected_tokens_per_sec() -> None:
     tps = expected_tokens_per_sec(GPT2, 312e12, 0.35)
     assert tps == pytest.approx(0.35 * 312e12 / 854_654_976)  # ~128k tokens/s, not 4k (ERRATA 12)
     assert expected_tokens_per_sec(GPT2, 312e12, 0.35, num_gpus=8) == pytest.approx(8 * tps)
+
+
+def test_a_peak_must_be_positive_and_full_utilisation_is_allowed() -> None:
+    """peak_flops=0 is one ConfigError, not a ZeroDivisionError in the ratio; mfu=1.0 (the datasheet peak
+    itself) is the top of expected_tokens_per_sec's range: 312e12 / 854,654,976 FLOPs per token."""
+    with pytest.raises(ConfigError, match="peak_flops=0 is invalid"):
+        estimate_mfu_detailed(GPT2, 8, 1.0, peak_flops=0)
+    assert expected_tokens_per_sec(GPT2, 312e12, 1.0) == pytest.approx(312e12 / 854_654_976, rel=1e-12)
+    for mfu in (0.0, 1.01):
+        with pytest.raises(ValueError, match=f"mfu={mfu}"):
+            expected_tokens_per_sec(GPT2, 312e12, mfu)
+    fp16 = estimate_mfu_detailed(GPT2, 8, 1.0, peak_flops=1e12, precision="fp16")
+    assert (fp16["precision"], fp16["peak_source"]) == ("fp16", "override")  # the override's precision as asked
+    with pytest.raises(ValueError, match="num_gpus=0"):
+        estimate_mfu_detailed(GPT2, 8, 1.0, num_gpus=0, peak_flops=1e12)
+
+
+def test_a_shorter_sequence_counts_its_own_tokens() -> None:
+    """seq_len=256 of GPT-2's 1024: 8 sequences are 2048 tokens, at the 256-token FLOPs per token (the
+    block_size's tokens made MFU 4x too high)."""
+    out = estimate_mfu_detailed(GPT2, 8, 2.0, seq_len=256, peak_flops=1e12)
+    fl = compute_flops(GPT2, seq_len=256)
+    assert out["seq_len"] == 256 and out["tokens_per_iter"] == 8 * 256 and out["tokens_per_sec"] == 8 * 256 / 2.0
+    assert out["flops_per_token"] == fl.flops_per_token < compute_flops(GPT2).flops_per_token
+    assert out["mfu"] == pytest.approx(fl.flops_per_token * 8 * 256 / 2.0 / 1e12, rel=1e-12)

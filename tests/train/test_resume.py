@@ -98,3 +98,88 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run(held: str, tmp_path: Path) 
         check_out_dir_unclaimed(new, tmp_path)
     for free in ({"overwrite": True}, {"init_from": "resume"}):
         check_out_dir_unclaimed(dataclasses.replace(new, **free), tmp_path)
+
+
+def test_an_older_checkpoints_tokens_per_iter_are_its_own_batch_settings() -> None:
+    """A checkpoint without tokens_seen counts its iterations at the batch it was trained with: batch_size x
+    gradient_accumulation_steps x block_size (4 x 2 x 32 = 256 tokens), not today's; without a record, today's."""
+    from gptlab.train.resume import saved_tokens_per_iter
+
+    ckpt = {"config": {"train": {"batch_size": 4, "gradient_accumulation_steps": 2}}, "arch": {"block_size": 32}}
+    assert saved_tokens_per_iter(ckpt, today=999) == 4 * 2 * 32
+    assert saved_tokens_per_iter({"arch": {"block_size": 32}}, today=999) == 999
+
+
+def test_a_best_val_loss_measured_on_other_batches_is_set_anew(tmp_path: Path) -> None:
+    """A nanoGPT checkpoint's best (on nanoGPT's random batches), and one from before the evaluation batches had
+    their own stream (no versions recorded), are no bar to the next save: both are dropped, and said."""
+    run = parse_run_args([f"--out_dir={str(tmp_path)!r}"])
+    kw = {"mode": "none", "world_size": 1, "out_dir": tmp_path, "tokenizer": TOKENIZER, "data": DATA,
+          "plugin_digests": {}, "best_val_loss": 1.5}  # fmt: skip
+    base = {"path": str(tmp_path / "ckpt.pt"), "tokenizer": TOKENIZER, "data": DATA, "versions": software_versions()}
+    nanogpt = {**base, "converted_from": "nanoGPT", "nanogpt_settings": {"batch_size": 12}}
+    changed, keep = resume_changes(run, run.train, nanogpt, **kw)
+    assert changed["best val loss"] == ("1.5000 on nanoGPT's batches", "the next evaluation's") and not keep
+    unversioned = {k: v for k, v in base.items() if k != "versions"}
+    changed, keep = resume_changes(run, run.train, unversioned, **kw)
+    assert "evaluation batches" in changed and not keep
+
+
+def test_what_a_resume_does_not_call_a_change(tmp_path: Path) -> None:
+    """A checkpoint's data record from before the .bin samples matches the same data (the samples are not compared);
+    a plugin the checkpoint did not record is no edit (one whose digest differs is); a new dropout or attention
+    backend is no sign of another run's checkpoint (they may change on a resume), another width is."""
+    import json
+
+    run = parse_run_args([f"--out_dir={str(tmp_path)!r}"])
+    kw = {"mode": "none", "world_size": 1, "out_dir": tmp_path, "tokenizer": TOKENIZER, "data": DATA,
+          "best_val_loss": 1.5}  # fmt: skip
+    base = {"path": str(tmp_path / "ckpt.pt"), "tokenizer": TOKENIZER, "versions": software_versions()}
+    unsampled = {k: v for k, v in DATA.items() if k != "bins"}
+    assert resume_changes(run, run.train, {**base, "data": unsampled}, plugin_digests={}, **kw) == ({}, True)
+    ckpt = {**base, "data": DATA, "plugin_digests": {"mine.py": "aa"}}
+    assert resume_changes(run, run.train, ckpt, plugin_digests={"mine.py": "aa", "new.py": "bb"}, **kw) == ({}, True)
+    changed, _ = resume_changes(run, run.train, ckpt, plugin_digests={"mine.py": "cc"}, **kw)
+    assert changed == {"plugin files": ("as the checkpoint was trained", "changed since: mine.py")}
+    arch = {"n_embd": 64, "dropout": 0.0, "attention_backend": "sdpa"}
+    (tmp_path / "config.json").write_text(json.dumps({"arch": arch}))
+    moved = {**ckpt, "arch": {**arch, "dropout": 0.1, "attention_backend": "manual"}}
+    assert resume_changes(run, run.train, moved, plugin_digests={"mine.py": "aa"}, **kw) == ({}, True)
+    other = {**ckpt, "arch": {**arch, "n_embd": 128}}
+    changed, _ = resume_changes(run, run.train, other, plugin_digests={"mine.py": "aa"}, **kw)
+    assert changed["checkpoint's run"] == ("this folder's (config.json)", "another's, trained on: n_embd 64 -> 128")
+
+
+def test_a_log_that_evaluated_claims_its_folder(tmp_path: Path) -> None:
+    """An eval_only run (or a run stopped after its first evaluation) logged val losses: a new run may not replace
+    that log silently; a log of only start-up events may be."""
+    from gptlab.train.resume import nothing_logged_to_keep
+
+    (tmp_path / "log.jsonl").write_text('{"type": "start"}\n{"type": "eval", "iter": 0, "val_loss": 4.1}\n')
+    assert not nothing_logged_to_keep(tmp_path)
+    (tmp_path / "log.jsonl").write_text('{"type": "start"}\n')
+    assert nothing_logged_to_keep(tmp_path)
+
+
+def test_the_data_record_samples_the_whole_file(tmp_path: Path) -> None:
+    """A train.bin rewritten in place past its first 64 KiB (shuffled, re-tokenized at the same size) changes its
+    sampled digest: the 16 blocks are spread over the file, not read from its start."""
+    from gptlab.train.resume import data_record
+
+    data = bytearray(1 << 20)
+    (tmp_path / "train.bin").write_bytes(data)
+    (tmp_path / "val.bin").write_bytes(bytes(4096))
+    before = data_record({}, tmp_path)["bins"]
+    data[15 * len(data) // 16] = 1  # in the last sampled block
+    (tmp_path / "train.bin").write_bytes(data)
+    after = data_record({}, tmp_path)["bins"]
+    assert after["train"] != before["train"] and after["val"] == before["val"]
+
+
+def test_an_evaluation_of_new_random_weights_is_refused_beside_a_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "ckpt.pt").write_bytes(b"")  # (never read: its name is enough)
+    scratch = parse_run_args([f"--out_dir={str(tmp_path)!r}", "--eval_only=True"]).train
+    assert scratch.init_from == "scratch"
+    with pytest.raises(ConfigError, match=r"eval_only=True with init_from='scratch' would evaluate new random"):
+        check_out_dir_unclaimed(scratch, tmp_path)
+    check_out_dir_unclaimed(dataclasses.replace(scratch, init_from="resume"), tmp_path)

@@ -497,3 +497,23 @@ def test_a_typed_max_iters_that_cuts_a_files_schedule_is_said(tmp_path: Path) ->
         assert said(*args) is None, args
     # a run as long as its warmup reaches learning_rate at its last step: only the decay's cut is said
     assert said("--max_iters=2000").startswith("max_iters=2000 stops the cosine decay 0% of the way")
+
+
+def test_a_constant_rate_holds_past_lr_decay_iters() -> None:
+    """``constant`` is learning_rate after the warmup for the whole run, however long: lr_decay_iters (110 here, a
+    default the schedule does not use) must not drop it to min_lr."""
+    constant = _cfg(lr_schedule="constant")
+    assert [get_lr(i, constant) for i in (10, 109, 110, 111, 10**6)] == [1.0] * 5
+
+
+def test_a_config_files_own_short_run_is_not_said_to_cut_its_schedule(tmp_path: Path) -> None:
+    """A file that sets max_iters=1000 below its lr_decay_iters=600000 chose that itself: only a typed
+    --max_iters (the README's CPU line on a long file) is said to cut the decay."""
+    from gptlab.train.schedule import schedule_cut
+
+    cfg = tmp_path / "own.py"
+    cfg.write_text("max_iters = 1000\nlr_decay_iters = 600000\nwarmup_iters = 100\n")
+    run = parse_run_args([str(cfg)])
+    assert schedule_cut(run.train, run.typed) is None
+    typed = parse_run_args([str(cfg), "--max_iters=1000"])
+    assert (schedule_cut(typed.train, typed.typed) or "").startswith("max_iters=1000 stops the cosine decay")
