@@ -21,13 +21,23 @@ def _earlier_meta(data_dir: str, dataset: str) -> dict[str, Any] | None:
     return None
 
 
-def _replaced_note(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """What a prepare that replaced an earlier dataset of the name changed (it was silent)."""
+def _replaced_note(
+    old: dict[str, Any],
+    new: dict[str, Any],
+    old_bins: dict[str, str] | None = None,
+    new_bins: dict[str, str] | None = None,
+) -> str:
+    """What a prepare that replaced an earlier dataset of the name changed (it was silent). ``old_bins`` and
+    ``new_bins``: the split files' sampled bytes before and after, compared where the earlier dataset records no
+    text hash (nanoGPT's prepare.py output), as a resume compares them."""
 
     def what(meta: dict[str, Any]) -> tuple[Any, ...]:  # what a resume compares (the text, not where it was)
         source = meta.get("source") or {}
         return (source.get("sha256"), (meta.get("tokenizer") or {}).get("name"), meta.get("tokens"))
 
+    unhashed = (old.get("source") or {}).get("sha256") is None and old_bins is not None
+    if unhashed and what(old)[1:] == what(new)[1:] and old_bins == new_bins:
+        return "note: the same tokens and tokenizer as the dataset it replaced (nanoGPT's prepare.py output)"
     if what(old) == what(new):
         return "note: the same text and tokenizer as the dataset it replaced: its tokens are unchanged"
     source = (old.get("source") or {}).get("path") or (old.get("source") or {}).get("kind", "?")
@@ -43,7 +53,13 @@ def _replaced_note(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
     refuse_extra("prepare", extra, vars(args))
+    from pathlib import Path
+
+    from gptlab.data.storage import bins_sample  # the bytes a resume compares
+
     earlier = _earlier_meta(args.data_dir, args.dataset)
+    unhashed = earlier is not None and (earlier.get("source") or {}).get("sha256") is None
+    earlier_bins = bins_sample(Path(args.data_dir).expanduser() / args.dataset) if unhashed else None
     dataset_dir = prepare_dataset(
         args.dataset,
         args.data_dir,
@@ -78,7 +94,7 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")
     print(f"  {dataset_dir / META_FILE}")
     if earlier is not None:
-        print(_replaced_note(earlier, meta))
+        print(_replaced_note(earlier, meta, earlier_bins, bins_sample(dataset_dir) if unhashed else None))
     return 0
 
 

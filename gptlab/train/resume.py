@@ -4,7 +4,6 @@ launch, data, tokenizer, software, plugin code), said rather than refused."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -15,7 +14,7 @@ from typing import Any
 from gptlab.checkpoint import rollback_hint, software_versions, stopped_before_training
 from gptlab.config.model import FREE_ARCH_KEYS
 from gptlab.config.train import SAID_LAUNCH_KEYS, RunConfig, TrainConfig
-from gptlab.data.storage import SPLITS, split_path
+from gptlab.data.storage import bins_sample
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.logging import log_records
 
@@ -64,7 +63,7 @@ def data_record(meta: dict[str, Any], dataset_dir: Path) -> dict[str, Any]:
     source's hash and token counts meta.json records, and a sample of each split file's bytes, which see a
     .bin rewritten in place at the same size (shuffled, or another text's tokens) that meta.json does not."""
     source = meta.get("source") or {}
-    return {"sha256": source.get("sha256"), "tokens": meta.get("tokens"), "bins": _bins_sample(dataset_dir)}
+    return {"sha256": source.get("sha256"), "tokens": meta.get("tokens"), "bins": bins_sample(dataset_dir)}
 
 
 def resume_changes(
@@ -105,6 +104,8 @@ def resume_changes(
     old_data, new_data = ckpt.get("data"), dict(data)
     if isinstance(old_data, dict) and "bins" not in old_data:  # a checkpoint from before the sample
         new_data.pop("bins")
+    if isinstance(old_data, dict) and old_data.get("sha256") is None:  # trained on files nanoGPT's prepare.py
+        new_data["sha256"] = None  # wrote (no text hash): a re-prepare's hash is no change; counts and bytes decide
     if old_data and old_data != new_data:  # re-prepared (other text, another Python's stdlib): said, as
         # the tokenizer is, not refused; the batches from here on are not the interrupted run's
         changed["data"] = (_describe_data(old_data), _describe_data(new_data))
@@ -213,23 +214,3 @@ def _describe_data(fingerprint: dict[str, Any]) -> str:
     bins = fingerprint.get("bins") or {}
     sampled = f"; .bin samples {', '.join(f'{k} {v[:8]}' for k, v in bins.items())}" if bins else ""
     return (f"sha256 {sha[:12]}, {counts} tokens" if sha else f"{counts} tokens") + sampled
-
-
-def _bins_sample(dataset_dir: Path, blocks: int = 16, block_bytes: int = 4096) -> dict[str, str]:
-    """Each split file's size and ``blocks`` evenly spaced blocks of its bytes, hashed (64 KiB of each file read a
-    save, however large the dataset): a file shuffled or re-tokenized in place changes it with near certainty (a
-    small edit between the blocks would not), an identical re-prepare never."""
-    digests = {}
-    for split in SPLITS:
-        path = split_path(dataset_dir, split)
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                digest = hashlib.sha256(str(size).encode())
-                for i in range(blocks):
-                    f.seek(size * i // blocks)
-                    digest.update(f.read(block_bytes))
-        except OSError:
-            continue
-        digests[split] = digest.hexdigest()[:16]
-    return digests

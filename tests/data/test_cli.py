@@ -46,6 +46,39 @@ def test_prepare_local_text_prints_what_it_wrote(
     assert said in capsys.readouterr().out
 
 
+def test_prepare_over_nanogpts_files_of_the_same_text_says_the_tokens_are_unchanged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nanoGPT's shakespeare_char/prepare.py output (no meta.json, so no text hash) prepared again by gptlab from
+    the same input.txt: the same tokens, said so (not 'replaced ... says its data changed'); other text is replaced."""
+    import pickle
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    folder = data / "shakespeare_char"
+    folder.mkdir(parents=True)
+    text = "first citizen: before we proceed any further, hear me speak.\n" * 40
+    (folder / "input.txt").write_text(text)
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = int(len(ids) * 0.9)
+    ids[:n].tofile(folder / "train.bin")
+    ids[n:].tofile(folder / "val.bin")
+    (folder / "meta.pkl").write_bytes(
+        pickle.dumps({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi})
+    )
+    assert run(["prepare", "shakespeare_char", "--data_dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "note: the same tokens and tokenizer as the dataset it replaced" in out and "replaced the" not in out
+    assert read_meta(folder)["source"]["sha256"]  # gptlab's now: a later prepare compares hashes
+    other = tmp_path / "other.txt"
+    other.write_text("other words " * 200)
+    assert run(["prepare", "shakespeare_char", "--input", str(other), "--data_dir", str(data)]) == 0
+    assert "note: replaced the dataset prepared here before" in capsys.readouterr().out
+
+
 def test_prepare_says_which_records_files_it_read_as_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A .json array of records (or .jsonl beside text files) is read as text, its brackets and keys training
     text: said, since a file of only records is parsed."""

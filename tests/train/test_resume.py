@@ -79,6 +79,20 @@ def test_a_resume_on_other_data_sets_the_best_val_loss_anew(tmp_path: Path) -> N
     assert "best val loss" not in changed  # none yet: nothing to set anew
 
 
+def test_a_resume_on_a_nanogpt_dataset_prepared_again_identically_keeps_its_best(tmp_path: Path) -> None:
+    """A run trained on the files nanoGPT's prepare.py wrote (no text hash) whose dataset `gptlab prepare` wrote again
+    from the same text (the same tokens, now with a hash) has the same data: not said, best val loss kept; other
+    tokens still are."""
+    run = parse_run_args([f"--out_dir={str(tmp_path)!r}"])
+    nanogpt = {**DATA, "sha256": None}
+    base = {"path": str(tmp_path / "ckpt.pt"), "tokenizer": TOKENIZER, "data": nanogpt, "versions": software_versions()}
+    kw = {"mode": "none", "world_size": 1, "out_dir": tmp_path, "plugin_digests": {}, "best_val_loss": 1.5}
+    assert resume_changes(run, run.train, base, tokenizer=TOKENIZER, data=DATA, **kw) == ({}, True)
+    moved = {**DATA, "bins": {**DATA["bins"], "val": "2" * 16}}
+    changed, keep = resume_changes(run, run.train, base, tokenizer=TOKENIZER, data=moved, **kw)
+    assert "data" in changed and not keep
+
+
 @pytest.mark.parametrize("held", ["ckpt.pt", "ckpt.dcp", "log.jsonl"])
 def test_a_new_run_refuses_a_folder_that_holds_a_run(held: str, tmp_path: Path) -> None:
     """Each of a run's files claims its folder for a new run: a single-file or a sharded (FSDP) checkpoint, or the
