@@ -59,10 +59,16 @@ the Triton kernel (gptlab.model.loss_kernel) keeps no float32 softmax at all: th
 bound there. Backward's copies are 4*V*H + r*H*N, plus c*V*H under FSDP2 (the
 weight gradient cast to the gathered weight's dtype). float16 autocast follows the bf16 formulas.
 
-Assumptions: dropout 0 (the presets' value; a mask per dropout site is not counted), batch >= 2
-(with one sequence, reshapes may alias instead of copy), a fused SDPA kernel (no math fallback),
-FSDP2 with ``MixedPrecisionPolicy`` (parameters gathered in the compute dtype, so no autocast
-weight copies). Activation checkpointing means every ``TransformerBlock`` wrapped by
+Dropout: a mask per site (the embeddings', each block's two residual branches'; a bool per element
+on CUDA, a noise tensor in the input's dtype on a CPU) and, for the attention's, the math SDPA path a
+CPU takes under dropout (or ``sdpa_backend='math'``): float32 copies of q, k, v (K and V at the full
+head count), the float32 probabilities, their mask and the dropped copy; after a CPU's dropout the
+attention backward holds one (T, T) gradient beyond them, two otherwise.
+
+Assumptions: batch >= 2 (with one sequence, reshapes may alias instead of copy), SDPA's fused kernel
+where PyTorch picks one (CUDA's flash / memory-efficient take dropout without a stored mask), FSDP2
+with ``MixedPrecisionPolicy`` (parameters gathered in the compute dtype, so no autocast weight copies).
+Activation checkpointing means every ``TransformerBlock`` wrapped by
 ``torch.utils.checkpoint`` (non-reentrant): each block keeps only its input, and backward
 recomputes one block at a time, so one block's full set is added as the transient peak.
 
@@ -231,6 +237,7 @@ def estimate_activations(
     weight_copies: bool = True,
     loss_chunk_size: int = 0,
     residual_cast: bool = False,
+    sdpa_backend: str = "auto",
 ) -> ActivationEstimate:
     """Bytes autograd saves in one forward of ``batch_size`` sequences (see the module docstring).
 
@@ -239,7 +246,9 @@ def estimate_activations(
     ``weight_copies=False`` for FSDP2 with a mixed-precision policy;
     ``loss_chunk_size`` > 0 for the chunked LM head + loss (TrainConfig.loss_chunk_size);
     ``residual_cast`` for a residual stream in the autocast dtype (TrainConfig.residual_dtype; no effect
-    without autocast or under FSDP2's policy, whose stream is in that dtype already).
+    without autocast or under FSDP2's policy, whose stream is in that dtype already);
+    ``sdpa_backend`` the SDPA kernel asked for (TrainConfig.sdpa_backend): 'math', and any SDPA on a CPU with
+    dropout (its fused kernel takes none), runs PyTorch's unfused math path, which saves the (T, T) probabilities.
     """
     B = int(batch_size)
     T = config.block_size if seq_len is None else int(seq_len)
@@ -263,6 +272,13 @@ def estimate_activations(
     low_block_input = low_norm_output or (residual_cast and post_norm)
     backend = attention_backend or config.attention_backend
     notes: list[str] = []
+    dropout = config.dropout > 0
+    # a dropout's saved mask per element: the CPU's dropout keeps a noise tensor in its input's dtype (multiplied
+    # in), CUDA's fused dropout a bool mask
+    cpu = device_type == "cpu"
+    # PyTorch's math SDPA: q, k, v upcast to float32 copies (K and V at the full head count), the float32
+    # probabilities, under dropout its mask and the dropped probabilities
+    math_sdpa = backend == "sdpa" and unfused_sdpa(config, device_type, sdpa_backend)
 
     def matmul_input(consumers: int, low: bool = low_block_input) -> int:
         # float32, or a tensor already in the compute dtype: the consumers share it; autocast of a float32 tensor:
@@ -287,7 +303,14 @@ def estimate_activations(
     if config.position_encoding not in ("none", "learned_absolute", "rope", "alibi"):
         like = "what 'rope' saves" if rope else "what 'alibi' saves" if config.position_attention_bias else "nothing"
         notes.append(f"position_encoding={config.position_encoding!r} assumed to save {like}")
-    if backend == "sdpa":
+    if math_sdpa:
+        layer["qkv_float32_copies"] = 3 * FP32 * q_dim * N
+        layer["attn_probs"] = FP32 * B * h * T * T
+        if dropout:
+            layer["attn_dropout_mask"] = (FP32 if cpu else 1) * B * h * T * T
+            layer["attn_dropped"] = FP32 * B * h * T * T
+        layer["attn_output"] = c * q_dim * N
+    elif backend == "sdpa":
         if rope:  # q, k and v by three products (gptlab.model.attention): v is a tensor of its own
             layer["v"] = c * kv_dim * N
             layer["rope_qk"] = c * (q_dim + kv_dim) * N
@@ -316,6 +339,11 @@ def estimate_activations(
         else:
             layer["qkv_copies"] = 3 * c * q_dim * N
         layer["attn_probs"] = prob_bytes * B * h * T * T
+        if dropout:  # F.dropout of the probabilities (float32 from CUDA autocast's softmax): its mask, and
+            # on a CPU the dropped probabilities the matmul saves in place of the softmax's output
+            layer["attn_dropout_mask"] = (c if cpu else 1) * B * h * T * T
+            if cpu:
+                layer["attn_dropped"] = c * B * h * T * T
         if not config.position_attention_bias:
             layer["causal_mask"] = T * T  # bool
         layer["attn_output"] = c * q_dim * N
@@ -327,6 +355,8 @@ def estimate_activations(
     low_head_input = low_norm_output if config.final_norm else residual_cast
     head_input = (c if low_head_input else r) * H * N  # the final norm's output, or the stream
     other: dict[str, int] = {"token_ids": INDEX_BYTES * N}
+    if dropout:  # the embeddings' dropout, on their float32 sum (the compute dtype under FSDP2's policy)
+        other["embedding_dropout_mask"] = (r if cpu else 1) * H * N
     if not chunked:  # the ids, plus nll_loss's float32 total-weight scalar
         other["targets"] = INDEX_BYTES * N + FP32
     if config.position_encoding == "learned_absolute":
@@ -364,17 +394,22 @@ def estimate_activations(
             loss_chunk += c * k * V + c * k * H + cast_weight + max(FP32 * k * V, c * V * H + FP32 * V * H)
         else:
             loss_chunk += FP32 * k * V + FP32 * k * H
-    if config.dropout > 0:
-        notes.append("dropout > 0: its masks are not counted")
+    if dropout:  # the residual branches' dropouts (after the attention's and the FFN's output projections)
+        layer["dropout_masks"] = 2 * (c if cpu else 1) * H * N
     # the backward timeline (module docstring, "Moments")
     # gated: the gradients of gate and value; standard: of the activation's input (and, measured under bf16
     # autocast, one more D-wide tensor)
     ffn_backward = (2 if _gated(config) else 1 + autocast) * c * config.ffn_hidden_dim * N
-    if backend == "sdpa":
+    # beyond the saved tensors: the gradients of the probabilities and of the scores; under a CPU's dropout the
+    # dropped probabilities and the mask are freed by then, so one (T, T) gradient more at most
+    after_dropout = 1 if dropout and cpu else 2
+    if math_sdpa:
+        attention_backward = after_dropout * FP32 * B * h * T * T
+    elif backend == "sdpa":
         qkv = (q_dim + 2 * kv_dim) * N
         attention_backward = c * qkv + (FP32 * qkv if autocast else 0)
     else:
-        attention_backward = 2 * layer["attn_probs"]  # the scores' gradients, softmax's in and out
+        attention_backward = after_dropout * layer["attn_probs"]  # the scores' gradients, softmax's in and out
     kept = ("token_ids", "position_ids", "alibi_bias")
     return ActivationEstimate(
         per_layer=layer,
@@ -396,6 +431,12 @@ def estimate_activations(
         embedding_backward_bytes=r * H * N
         + (FP32 * V * H * (1 if autocast or chunked else 2) if config.weight_tying else 0),
     )
+
+
+def unfused_sdpa(config: ModelArchitectureConfig, device_type: str, sdpa_backend: str = "auto") -> bool:
+    """Whether SDPA runs PyTorch's math path, which stores the (T, T) probabilities: asked for
+    (``sdpa_backend='math'``), or on a CPU under dropout (its fused kernel takes none)."""
+    return sdpa_backend == "math" or (device_type == "cpu" and config.dropout > 0)
 
 
 def _chunked_loss_backward(V: int, H: int, head_input: int, c: int, weight_copies: bool) -> int:

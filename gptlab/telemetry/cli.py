@@ -33,6 +33,7 @@ OPTION_DEFAULTS: dict[str, Any] = dict(
     grad_accum_steps=1,
     loss_chunk_size=0,
     residual_dtype="auto",
+    sdpa_backend="auto",
 )
 
 
@@ -70,6 +71,7 @@ def _fill_options(args: argparse.Namespace, file_values: dict[str, Any]) -> None
         "batch_size": file_values.get("batch_size"),
         "loss_chunk_size": file_values.get("loss_chunk_size"),
         "residual_dtype": file_values.get("residual_dtype"),
+        "sdpa_backend": file_values.get("sdpa_backend"),
         "grad_accum_steps": None if not isinstance(accum, int) else max(1, accum // world),
     }
     # train.py on one GPU runs all of a config file's micro-steps: the plan's 'none x1' column does too
@@ -98,6 +100,11 @@ def _check_options(args: argparse.Namespace) -> None:
         )
     if hasattr(args, "residual_dtype"):
         residual_cast(args)
+    if hasattr(args, "sdpa_backend"):
+        from gptlab.config.train import SDPA_BACKENDS
+
+        if args.sdpa_backend not in SDPA_BACKENDS:
+            raise unknown_choice("sdpa_backend", args.sdpa_backend, SDPA_BACKENDS)
 
 
 def residual_cast(args: argparse.Namespace) -> bool:
@@ -298,6 +305,14 @@ def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _math_path(config: Any, args: argparse.Namespace) -> str:
+    """' (math path)' where the plan's SDPA is PyTorch's unfused one, which stores the (T, T) probabilities."""
+    from gptlab.telemetry.activations import unfused_sdpa
+
+    math = config.attention_backend == "sdpa" and unfused_sdpa(config, args.device_type, args.sdpa_backend)
+    return " (math path: the T x T probabilities stored)" if math else ""
+
+
 def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.telemetry.planner import plan_all_modes, plan_memory
 
@@ -311,6 +326,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
         device_type=args.device_type,
         loss_chunk_size=args.loss_chunk_size,
         residual_cast=residual_cast(args),
+        sdpa_backend=args.sdpa_backend,
     )
     plans = plan_all_modes(config, world_size=args.world_size, **common)
     single_accum = getattr(args, "single_gpu_accum_steps", None)
@@ -326,7 +342,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
           f"{config.block_size} tokens, "
           f"autocast {args.dtype}{' (residual stream too)' if common['residual_cast'] else ''}, AdamW, "
           f"activation checkpointing {args.activation_checkpointing}, "
-          f"{config.attention_backend} attention, "
+          f"{config.attention_backend} attention{_math_path(config, args)}, "
           + (f"chunked loss ({args.loss_chunk_size} tokens)" if args.loss_chunk_size else "plain logits"))  # fmt: skip
     header = "".join(f"{f'{m} x{p.world_size}':>12s}" for m, p in plans.items())
     print(f"{'':22s}{header}")
@@ -444,6 +460,11 @@ def register(subparsers: Any) -> None:
         "--residual_dtype",
         help="the residual stream's dtype: auto (float32 under autocast), or --dtype's to keep it in bf16/fp16 "
         "(default: a config file's, else auto)",
+    )
+    plan.add_argument(
+        "--sdpa_backend",
+        help="the SDPA kernel training asks for: math plans PyTorch's unfused path, which stores the (T, T) "
+        "probabilities (a CPU takes it under dropout anyway; default: a config file's, else auto)",
     )
     plan.set_defaults(func=_cmd_plan)
 

@@ -146,6 +146,7 @@ def plan_memory(
     device_type: str = "cuda",
     loss_chunk_size: int = 0,
     residual_cast: bool = False,
+    sdpa_backend: str = "auto",
 ) -> MemoryPlan:
     """Bytes per GPU of parameters, gradients, optimizer states and activations for one parallel mode.
 
@@ -179,6 +180,7 @@ def plan_memory(
         weight_copies=parallel != "fsdp",  # FSDP2's mixed-precision policy gathers in the compute dtype
         loss_chunk_size=loss_chunk_size,
         residual_cast=residual_cast,
+        sdpa_backend=sdpa_backend,
     )
     numel = [s.numel for s in shapes]
     param_bytes = FP32_BYTES * sum(numel)

@@ -138,6 +138,7 @@ def run_plan_kwargs(
         device_type=device.type,
         loss_chunk_size=cfg.loss_chunk_size,
         residual_cast=residual_stream_cast(cfg.residual_dtype, dtype, parallel),
+        sdpa_backend=cfg.sdpa_backend,
     )
 
 

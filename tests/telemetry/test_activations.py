@@ -9,6 +9,7 @@ buffers. The estimate (derived op by op in ``gptlab.telemetry.activations``) mus
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -264,6 +265,48 @@ def test_planned_peak_follows_the_backward(case: str) -> None:
         # EPYCs 1.17 (gpt2-ac-char-bf16), and 1.208 with the bf16 residual stream (2026-12-05)
         high = 1.2 if avx512 else 1.25
     assert low * measured <= planned <= high * measured, planned / measured
+
+
+# (preset, overrides, autocast dtype, dropout, sdpa_backend ('manual': that attention backend), checkpointing)
+DROPOUT_CASES = {
+    "gpt2-dropout": ("gpt2", {}, "float32", 0.2, "auto", False),
+    "gpt2-math": ("gpt2", {}, "float32", 0.0, "math", False),
+    "gpt2-math-bf16": ("gpt2", {}, "bfloat16", 0.0, "math", False),
+    "llama-gqa-dropout-bf16": ("llama", {"n_kv_head": 2}, "bfloat16", 0.2, "auto", False),
+    "llama-ac-dropout-bf16": ("llama", {}, "bfloat16", 0.2, "auto", True),
+    "gpt2-manual-dropout": ("gpt2", {}, "float32", 0.2, "manual", False),
+    "alibi-dropout": ("custom", {"position_encoding": "alibi"}, "float32", 0.2, "auto", False),
+    "post-norm-dropout": ("gpt2", {"norm_position": "post"}, "float32", 0.1, "auto", False),
+}
+
+
+@pytest.mark.parametrize("case", list(DROPOUT_CASES))
+def test_planned_peak_with_dropout_and_the_math_sdpa(case: str) -> None:
+    """Dropout's masks and the math SDPA path a CPU takes under dropout (or sdpa_backend='math'): the (B, h, T, T)
+    float32 probabilities, their mask and dropped copy, float32 q, k, v. Planned as if dropout were 0 and the
+    kernel fused, these were 0.11-0.61 of the profiler's peak (nanoGPT's shakespeare_char config, dropout 0.2, on
+    a CPU: 2.3x low, 2026-12-05)."""
+    preset, overrides, dtype, dropout, sdpa, ac = DROPOUT_CASES[case]
+    backend = "manual" if sdpa == "manual" else "sdpa"
+    sizes = dict(n_layer=2, n_embd=32, n_head=4, block_size=256, vocab_size=65, dropout=dropout, **overrides)
+    model = ConfigurableGPT(get_debug_config(preset, attention_backend=backend, **sizes)).train()
+    if ac:
+        model.gradient_checkpointing_enable()
+    math = torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]) if sdpa == "math" else nullcontext()
+    with math:
+        _, measured = _profile_training_step(model, torch.bfloat16 if dtype == "bfloat16" else None, 8, 256)
+    plan = plan_memory(
+        model.config,
+        batch_size=8,
+        seq_len=256,
+        dtype=dtype,
+        activation_checkpointing=ac,
+        device_type="cpu",
+        sdpa_backend="auto" if sdpa == "manual" else sdpa,
+    ).mode
+    planned = plan.peak - plan.parameters - plan.optimizer
+    assert plan.peak_at == "block 1 backward"
+    assert 0.985 * measured <= planned <= 1.04 * measured, planned / measured
 
 
 @pytest.mark.parametrize(("preset", "moment"), [("gpt2", "embedding backward"), ("llama", "head backward")])

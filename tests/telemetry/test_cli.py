@@ -224,6 +224,34 @@ def test_plan_of_a_cpu_config_file_plans_its_float32(tmp_path, capsys: pytest.Ca
     assert "autocast bfloat16" in capsys.readouterr().out  # a GPU's, as before
 
 
+def test_plan_of_a_cpu_run_with_dropout_plans_the_math_sdpa(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """nanoGPT's shakespeare_char config on a CPU (dropout 0.2): SDPA takes the math path, which stores the (T, T)
+    probabilities; the plan said a fused kernel's activations, 2.3x under the run's memory. A GPU's fused kernels
+    take dropout without them; --sdpa_backend=math (an option or the file's) plans the math path anywhere."""
+
+    def activations(argv: list[str]) -> tuple[float, str]:
+        assert run(["plan", *argv, "--world_size", "1"]) == 0
+        out = capsys.readouterr().out
+        row = next(line for line in out.splitlines() if line.startswith("activations "))
+        return float(row.split()[1]), out
+
+    config = tmp_path / "shakespeare.py"
+    config.write_text(
+        "n_layer = 2\nn_head = 6\nn_embd = 384\nblock_size = 256\nbatch_size = 64\ndropout = 0.2\n"
+        "vocab_size = 65\ndevice = 'cpu'\n"
+    )
+    cpu, out = activations([str(config)])
+    assert "sdpa attention (math path: the T x T probabilities stored)" in out
+    gpu, out = activations([str(config), "--device_type", "cuda", "--dtype", "float32"])
+    assert "math path" not in out and cpu > 1.5 * gpu
+    math, out = activations([str(config), "--device_type", "cuda", "--dtype", "float32", "--sdpa_backend", "math"])
+    assert "math path" in out and math > 1.5 * gpu
+    (tmp_path / "math.py").write_text(config.read_text() + "sdpa_backend = 'math'\ndropout = 0.0\n")
+    assert "math path" in activations([str(tmp_path / "math.py")])[1]
+    with pytest.raises(ConfigError, match="sdpa_backend='fast' is not one of"):
+        run(["plan", "gpt2", "--sdpa_backend", "fast"])
+
+
 def test_plan_of_a_config_file_runs_all_micro_steps_on_one_gpu(tmp_path, capsys) -> None:
     """The 'none x1' column is train.py on one GPU: all of the file's gradient_accumulation_steps (the
     gradients are held across them), as the startup plan of that run says; the others share them out."""
