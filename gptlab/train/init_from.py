@@ -305,13 +305,15 @@ def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> None:
 
 
 def preset_by_default(run: RunConfig) -> str | None:
-    """What a config file that sizes a model (nanoGPT's n_layer, n_head, n_embd) without naming a preset gets
-    from the gpt2 preset, OpenAI's GPT-2, that nanoGPT's train.py would not build (exact GELU, and bias=False,
-    its default, in Linear layers and LayerNorms alike): said, as a nanoGPT config copied as it is trained
-    another model than there. Only what the file left to the preset, and only where it differs."""
+    """What a config file that names no preset (nanoGPT's, sizing a model with n_layer, n_head, n_embd or leaving
+    it at GPT-2 124M's, as its train_gpt2.py does) gets from the gpt2 preset, OpenAI's GPT-2, that nanoGPT's
+    train.py would not build (exact GELU, and bias=False, its default, in Linear layers and LayerNorms alike):
+    said, as a nanoGPT config copied as it is trained another model than there. Only what the file left to the
+    preset, and only where it differs."""
     from_file, arch = run.explicit - run.typed, run.arch
-    if "arch_preset" in run.explicit or not {"n_layer", "n_head", "n_embd"} & from_file:
+    if "arch_preset" in run.explicit or not from_file:
         return None
+    sizes = "sizes a model but " if {"n_layer", "n_head", "n_embd"} & from_file else ""
     bias = arch.bias if "bias" in run.explicit else False  # nanoGPT train.py's default
     given: list[str] = []
     if arch.gelu_approximate != "none" and "gelu_approximate" not in run.explicit and arch.activation == "gelu":
@@ -327,7 +329,7 @@ def preset_by_default(run: RunConfig) -> str | None:
     if norm_bias is not None and "normalization" not in run.explicit and not bias:
         fix.append("normalization = 'layernorm_nobias'")
     return (
-        f"the config file sizes a model but names no arch_preset: the gpt2 preset (OpenAI's GPT-2) gives it "
+        f"the config file {sizes}names no arch_preset: the gpt2 preset (OpenAI's GPT-2) gives it "
         f"{', '.join(given)}, where nanoGPT's train.py builds exact GELU with bias={bias} in Linear layers and "
         f"LayerNorms alike: {', '.join(fix)} in the file makes that model (arch_preset = 'gpt2' keeps this one)"
     )

@@ -9,7 +9,7 @@ from gptlab.config.train import parse_run_args
 from gptlab.train.init_from import preset_by_default
 
 
-def test_a_config_file_that_sizes_a_model_without_a_preset_is_said(tmp_path: Path) -> None:
+def test_a_config_file_without_a_preset_is_said(tmp_path: Path) -> None:
     """A nanoGPT config copied as it is (n_layer, n_head, n_embd, no arch_preset) trained OpenAI's GPT-2 (the
     default preset) where nanoGPT's train.py builds bias=False with exact GELU: said, with the lines that make
     either model; a file that names its preset, or sizes given on the command line, are the user's choice."""
@@ -32,6 +32,14 @@ def test_a_config_file_that_sizes_a_model_without_a_preset_is_said(tmp_path: Pat
     # nanoGPT's own model spelled out without a preset: nothing the preset gave differs from it
     (tmp_path / "spelled.py").write_text(
         "n_layer = 2\nbias = False\nnormalization = 'layernorm_nobias'\ngelu_approximate = 'none'\n"
+    )
+    # nanoGPT's config/train_gpt2.py, which leaves the model at train.py's GPT-2 124M: as much another model here
+    (tmp_path / "train_gpt2.py").write_text("batch_size = 12\nblock_size = 1024\ngradient_accumulation_steps = 40\n")
+    assert preset_by_default(parse_run_args([str(tmp_path / "train_gpt2.py")])) == (
+        "the config file names no arch_preset: the gpt2 preset (OpenAI's GPT-2) gives it tanh-approximated GELU, "
+        "biased LayerNorms, biased Linear layers, where nanoGPT's train.py builds exact GELU with bias=False in Linear "
+        "layers and LayerNorms alike: arch_preset = 'custom', normalization = 'layernorm_nobias' in the file makes "
+        "that model (arch_preset = 'gpt2' keeps this one)"
     )
     for args in (
         [str(tmp_path / "named.py")],
