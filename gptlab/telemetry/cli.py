@@ -306,7 +306,7 @@ def _cmd_flops(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _math_path(config: Any, args: argparse.Namespace) -> str:
-    """' (math path)' where the plan's SDPA is PyTorch's unfused one, which stores the (T, T) probabilities."""
+    """The plan header's note where its SDPA is PyTorch's unfused math path, which stores the (T, T) probabilities."""
     from gptlab.telemetry.activations import unfused_sdpa
 
     math = config.attention_backend == "sdpa" and unfused_sdpa(config, args.device_type, args.sdpa_backend)
