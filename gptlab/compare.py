@@ -357,10 +357,10 @@ class Comparison:
     def training_table(self) -> tuple[list[str], list[list[str]]] | None:
         if not self.training:
             return None
-        from gptlab.compare_train import TRAIN_ROWS, format_result
+        from gptlab.compare_train import TRAIN_ROWS, result_cell
 
         header = ["result", *self.labels]
-        return header, [[label, *(format_result(k, r.get(k)) for r in self.training)] for k, label in TRAIN_ROWS]
+        return header, [[label, *(result_cell(r, k) for r in self.training)] for k, label in TRAIN_ROWS]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -69,6 +69,16 @@ TRAIN_ROWS: tuple[tuple[str, str], ...] = (
 )
 
 
+def result_cell(result: dict[str, Any], key: str) -> str:
+    """One cell of the training table: a run that did not complete says where its final val loss was measured
+    (one stopped by a non-finite loss has its last finite evaluation's, iteration 0's for an early divergence)."""
+    cell = format_result(key, result.get(key))
+    where = result.get("final_val_iter")
+    if key == "final_val_loss" and result.get("status") != "completed" and result.get(key) is not None:
+        cell += f" (iter {where})" if where is not None else ""
+    return cell
+
+
 def format_result(key: str, value: Any) -> str:
     if value is None:
         return "n/a"
@@ -120,6 +130,7 @@ def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> 
     return {
         "status": summary.get("status"),
         "final_val_loss": summary.get("final_val_loss"),
+        "final_val_iter": summary.get("final_val_iter"),
         "best_val_loss": summary.get("best_val_loss"),
         "unigram_baseline_loss": summary.get("unigram_baseline_loss"),
         # where the run ended (a diverged one stops early); a summary without it (an older gptlab's): the plan
@@ -269,7 +280,7 @@ def _train_all(
         arch.config = ModelArchitectureConfig.from_dict(saved["arch"])
         results.append(_result(run_dir, summary, startup))
         figures.append(compute_figures(arch.config, **settings))  # the trained architecture: nothing assumed
-        log(f"compare: {arch.label}: final val loss {format_result('final_val_loss', summary.get('final_val_loss'))}")
+        log(f"compare: {arch.label}: final val loss {result_cell(results[-1], 'final_val_loss')}")
     spec = get_gpu_spec(settings["gpu"])
     settings.update(gpu=spec.key, precision=spec.training_precision(settings["dtype"]))
     settings.setdefault("activation_checkpointing", False)

@@ -588,6 +588,8 @@ class TrainingLogger:
             "final_loss": self.iters[-1]["loss"] if self.iters else None,
             "best_val_loss": min(val_losses) if val_losses else None,
             "final_val_loss": self.evals[-1]["val_loss"] if self.evals else None,
+            # where it was measured: a run stopped by a non-finite loss has its last finite evaluation's, maybe iter 0
+            "final_val_iter": self.evals[-1].get("iter") if self.evals else None,
             "total_time_s": time.perf_counter() - self.start_clock,
             "peak_memory_gb": max((p for p in peaks if p is not None), default=None),
             **extra,

@@ -191,6 +191,7 @@ def _summary_from_log(run: Run) -> dict[str, Any]:
         "final_loss": run.iters[-1].get("loss") if run.iters else None,
         "best_val_loss": min(val_losses) if val_losses else None,
         "final_val_loss": run.evals[-1].get("val_loss") if run.evals else None,
+        "final_val_iter": run.evals[-1].get("iter") if run.evals else None,
         "peak_memory_gb": max(peaks, default=None),
     }
 

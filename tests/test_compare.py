@@ -268,6 +268,10 @@ def test_compare_train_goes_on_when_one_architecture_diverges(tmp_path: Path, mo
     assert (gpt2["tokens_trained"], llama["tokens_trained"]) == (4 * 2 * 32, 9 * 2 * 32)
     header, rows = result.training_table()
     assert header == ["result", "gpt2", "llama"] and rows[0] == ["status", "stopped: non-finite loss", "completed"]
+    # the diverged run's final val loss is iteration 0's: said in its cell (it read as a finished run's loss)
+    assert gpt2["final_val_iter"] == 0 and llama["final_val_iter"] == 9  # (after its 9 steps)
+    assert rows[1] == ["final val loss", f"{gpt2['final_val_loss']:.4f} (iter 0)", f"{llama['final_val_loss']:.4f}"]
+    assert any(line.startswith("compare: gpt2: final val loss ") and line.endswith(" (iter 0)") for line in logged)
 
 
 def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly() -> None:
