@@ -959,7 +959,8 @@ class Trainer:
             if self.world_size == 1:
                 when, extra = "this step", "; Ctrl-C again aborts without saving" if name == "SIGINT" else ""
             else:  # torchrun passes one signal on, then kills its workers 30 s later
-                when, extra = "the next logged iteration (all ranks together)", "; torchrun kills the ranks 30 s on"
+                when = "the next logged iteration or evaluation (all ranks together)"
+                extra = "; torchrun kills the ranks 30 s on"
             below_bar = "\n" if self.logger.status_shown else ""  # not written on the progress bar's line
             with contextlib.suppress(OSError):  # stderr gone with the pipe the signal also ended: stop all the same
                 print(
@@ -977,7 +978,9 @@ class Trainer:
         first_bad = torch.full((), NO_ITER, dtype=torch.int64, device=self.device)
         skips_in_a_row = 0  # nan_policy=skip: consecutive skipped steps
         window_start, window_steps = time.perf_counter(), 0  # the steps since the last logged one
-        stop_agreed = 0  # under torchrun: the signal every rank has agreed to stop on (at a logged iteration)
+        # under torchrun: the signal every rank has agreed to stop on (at a logged iteration, after an evaluation,
+        # and here: one that came during the startup stops before the first step, as in one process)
+        stop_agreed = self._agree_on_stop(stop)
         while self.iter_num <= cfg.max_iters:
             signum = stop.signum if self.world_size == 1 else stop_agreed
             if signum:
@@ -989,8 +992,10 @@ class Trainer:
                     self._stop_nonfinite(first_iter=bad_iter)
                 if cfg.nan_policy == "stop" and not _finite(last_losses):
                     self._stop_nonfinite(evaluated=True)
-                if self.world_size == 1 and stop.signum:  # asked during this evaluation: it was the last one
-                    self._stop_on_signal(stop.signum, evaluated=last_losses)
+                # asked during this evaluation: it was the last one (under torchrun once every rank agrees, here
+                # rather than at the next logged iteration, which would train and evaluate again in torchrun's 30 s)
+                if signum := (stop.signum if self.world_size == 1 else self._agree_on_stop(stop)):
+                    self._stop_on_signal(signum, evaluated=last_losses)
                 # steps are timed without evaluation and saving
                 window_start, window_steps = time.perf_counter(), 0
             if self._fault == (self.rank, self.iter_num):  # test-only: a real kill -9 of this rank
@@ -1046,8 +1051,7 @@ class Trainer:
                 )
                 if cfg.nan_policy == "stop" and (bad_iter := int(first_bad)) != NO_ITER:  # synced above: no wait
                     self._stop_nonfinite(first_iter=bad_iter, stepped=True)
-                if self.world_size > 1:  # the ranks agree where to stop, here where the host has synced anyway
-                    stop_agreed = int(parallel.all_reduce_max([float(stop.signum)], self.dist)[0])
+                stop_agreed = self._agree_on_stop(stop)  # here, where the host has synced anyway
             self.iter_num += 1
         self._read_gradients()
         if (bad_iter := int(first_bad)) != NO_ITER:
@@ -1071,6 +1075,13 @@ class Trainer:
                 checkpoint_iter=saved,
             )
         return self._finish(last_losses)
+
+    def _agree_on_stop(self, stop: StopSignals) -> int:
+        """Under torchrun, the signal some rank received (0: none), which every rank then stops on together: a
+        collective, called by every rank at the same point of the loop; in one process, 0 (it reads ``stop``)."""
+        if self.world_size == 1:
+            return 0
+        return int(parallel.all_reduce_max([float(stop.signum)], self.dist)[0])
 
     def _count_scale_drop(self, fell: torch.Tensor) -> None:
         """fp16: each step whose inf/NaN gradients GradScaler skipped (its scale fell), counted on the device with

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -242,3 +243,79 @@ def test_the_logged_exit_status_is_the_commands() -> None:
     assert _exit_status(TrainingInterrupted(signals.SIGTERM, "stopped")) == 128 + signals.SIGTERM
     assert _exit_status(ConfigError("bad")) == 2 and _exit_status(PermissionError(13, "denied")) == 2
     assert _exit_status(RuntimeError("a bug")) == 1
+
+
+def _stop_on_one_rank_worker(rank: int, port: int, data_dir: str, root: str, when: str) -> None:
+    """Rank 1 alone gets SIGTERM (``when``: during the startup, or during the evaluation at iteration 4) in a
+    2-rank gloo run; each rank writes the iteration it stopped at and the message."""
+    import gc
+
+    from gptlab import parallel
+
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    info, result = _stop_on_one_rank(rank, data_dir, root, when)
+    Path(root, f"rank{rank}.json").write_text(json.dumps(result))
+    # as launch does: the Trainer (its model's hooks hold the process group) is gone before the group (left to
+    # the exit, gloo's threads now and then aborted a finished rank: "terminate called without an active
+    # exception"), and no rank tears gloo down while a peer's last collective is in flight
+    gc.collect()
+    parallel.shutdown(info)
+
+
+def _stop_on_one_rank(rank: int, data_dir: str, root: str, when: str) -> tuple[Any, dict]:
+    from gptlab.config.train import parse_run_args
+    from gptlab.train.loop import Trainer
+    from gptlab.train.signals import TrainingInterrupted
+
+    out = Path(root, "run")
+    args = tiny_args(Path(data_dir), out, max_iters=20, eval_interval=4, parallel="ddp")
+    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    loop, evaluate, holder = trainer._train_loop, trainer.evaluate, {}
+
+    def keep(stop: StopSignals) -> dict:
+        holder["stop"] = stop
+        if rank == 1 and when == "startup":
+            stop.signum = signal.SIGTERM
+        return loop(stop)
+
+    def evaluate_then_signal() -> dict:
+        losses = evaluate()
+        if rank == 1 and when == "eval" and trainer.iter_num == 4:
+            holder["stop"].signum = signal.SIGTERM
+        return losses
+
+    trainer._train_loop = keep  # type: ignore[method-assign]
+    trainer.evaluate = evaluate_then_signal  # type: ignore[method-assign]
+    try:
+        trainer.run()
+        return trainer.dist, {"stopped": None}
+    except TrainingInterrupted as e:
+        return trainer.dist, {"stopped": trainer.iter_num, "message": str(e)}
+
+
+@pytest.mark.parametrize("when", ["startup", "eval"])
+def test_under_torchrun_a_stop_before_the_first_step_or_during_an_eval_stops_there(
+    when: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """As in one process: a signal during startup stops every rank before the first step (no evaluation, no
+    step, no checkpoint: a run whose memory warning said it will not fit must not allocate), and one during an
+    evaluation stops right after it, with its checkpoint. The ranks used to agree only at the next logged
+    iteration: they trained a step and evaluated again, inside torchrun's 30 s before its SIGKILL."""
+    from tests.spawn import spawn
+
+    spawn(_stop_on_one_rank_worker, str(data_dir), str(tmp_path), when)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    out = tmp_path / "run"
+    records = _records(out)
+    evals = [r["iter"] for r in records if r["type"] == "eval"]
+    steps = [r["iter"] for r in records if r["type"] == "iter"]
+    if when == "startup":
+        assert [r["stopped"] for r in results] == [0, 0], results
+        assert "before this session's first step" in results[0]["message"]
+        assert evals == [] and steps == [] and not (out / "ckpt.pt").exists()
+    else:
+        assert [r["stopped"] for r in results] == [4, 4], results
+        assert "a checkpoint at iter 4" in results[0]["message"]
+        assert evals == [0, 4] and max(steps) == 3 and load_checkpoint(out)["iter_num"] == 4
