@@ -68,6 +68,7 @@ def test_train_step_under_torchrun_fsdp(data_dir: Path, tmp_path: Path) -> None:
     assert r["world_size"] == 2 and r["ms_per_step"] > 0 and r["args"]["parallel"] == "fsdp"
 
 
+@pytest.mark.slow  # (21-38 s: run with --runslow, and before a GPU lease)
 def test_sweep_runs_every_combination(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     out = bench("sweep.py", "--grid", "preset=gpt2,llama", "--grid", "batch_size=0,2", *TINY[:6],
                 "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "run"), "--iters", "1", "--rounds", "1",
@@ -142,6 +143,7 @@ def test_a_dataset_prepared_for_a_benchmark_is_said(tmp_path: Path) -> None:
     assert again.returncode == 0 and "prepared" not in again.stderr  # there now: nothing to say
 
 
+@pytest.mark.slow  # (21-38 s: run with --runslow, and before a GPU lease)
 def test_gpu_suite_plumbing_in_smoke_mode(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     """bench/gpu_suite.sh's stages run with SMOKE=1 on a CPU (tiny sizes), so a lent GPU's minutes are
     not lost to a typo; a wrong stage name is refused with the list."""
