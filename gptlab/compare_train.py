@@ -72,10 +72,9 @@ TRAIN_ROWS: tuple[tuple[str, str], ...] = (
 def result_cell(result: dict[str, Any], key: str) -> str:
     """One cell of the training table: a run that did not complete says where its final val loss was measured
     (one stopped by a non-finite loss has its last finite evaluation's, iteration 0's for an early divergence)."""
-    cell = format_result(key, result.get(key))
-    where = result.get("final_val_iter")
-    if key == "final_val_loss" and result.get("status") != "completed" and result.get(key) is not None:
-        cell += f" (iter {where})" if where is not None else ""
+    cell, where = format_result(key, result.get(key)), result.get("final_val_iter")
+    if key == "final_val_loss" and result.get("status") != "completed" and None not in (result.get(key), where):
+        cell += f" (iter {where})"
     return cell
 
 

@@ -35,8 +35,7 @@ def _replaced_note(
         source = meta.get("source") or {}
         return (source.get("sha256"), (meta.get("tokenizer") or {}).get("name"), meta.get("tokens"))
 
-    unhashed = (old.get("source") or {}).get("sha256") is None and old_bins is not None
-    if unhashed and what(old)[1:] == what(new)[1:] and old_bins == new_bins:
+    if old_bins is not None and what(old)[1:] == what(new)[1:] and old_bins == new_bins:
         return "note: the same tokens and tokenizer as the dataset it replaced (nanoGPT's prepare.py output)"
     if what(old) == what(new):
         return "note: the same text and tokenizer as the dataset it replaced: its tokens are unchanged"

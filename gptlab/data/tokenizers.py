@@ -334,6 +334,7 @@ def save_hf_tokenizer(meta: dict[str, Any] | None, directory: Path, model_max_le
 # the files with which a Hugging Face model folder carries a tokenizer of its own, in the order AutoTokenizer
 # prefers them (a fast tokenizer's tokenizer.json, a sentencepiece model, a BPE's vocab.json and merges.txt)
 HF_TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+HF_TOKENIZER_FILES = (*HF_TOKENIZER_VOCAB_FILES, "merges.txt")  # all that hf_folder_tokenizer reads
 
 
 def hf_folder_tokenizer(directory: Path) -> tuple[str, bool] | None:

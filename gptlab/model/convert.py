@@ -24,6 +24,7 @@ from gptlab.checkpoint import (
     read_checkpoint_record,
 )
 from gptlab.config.model import ModelArchitectureConfig
+from gptlab.data.tokenizers import HF_TOKENIZER_FILES
 from gptlab.errors import CheckpointError, ConfigError, did_you_mean
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.model.hf import (
@@ -80,7 +81,7 @@ def hub_repo_id(name: str) -> str | None:
 
 # a Hub model's own tokenizer, fetched with its weights: a GPT-2-sized model may carry a BPE of its own
 # (data.tokenizers.hf_folder_tokenizer), which GPT-2's ids are other text to
-HUB_TOKENIZER = ["tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt"]
+HUB_TOKENIZER = list(HF_TOKENIZER_FILES)
 
 
 def download_hub_model(repo_id: str) -> Path:

@@ -23,6 +23,7 @@ from gptlab.checkpoint import (
 )
 from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
 from gptlab.config.train import RunConfig, TrainConfig
+from gptlab.data.tokenizers import HF_TOKENIZER_VOCAB_FILES
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.convert import (
     check_init_source,
@@ -261,7 +262,8 @@ def _weights_tokenizer(path: Path, vocab_size: int) -> dict[str, Any] | None:
     return gpt2_if_its_vocabulary(vocab_size, path)
 
 
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+# a tokenizer of the weights' own beside them: what hf_folder_tokenizer reads, and transformers' settings file
+TOKENIZER_FILES_BESIDE = (*HF_TOKENIZER_VOCAB_FILES, "tokenizer_config.json")
 
 
 def _unknown_tokenizer(path: Path, vocab_size: int, dataset: str) -> str | None:
@@ -271,7 +273,7 @@ def _unknown_tokenizer(path: Path, vocab_size: int, dataset: str) -> str | None:
     record = weights_record(path) or {}
     if "model_args" in record and recorded_dataset(record) == dataset:
         return None
-    beside = [name for name in HF_TOKENIZER_FILES if path.is_dir() and (path / name).is_file()]
+    beside = [name for name in TOKENIZER_FILES_BESIDE if path.is_dir() and (path / name).is_file()]
     own = f"; its folder has a tokenizer of its own ({', '.join(beside)})" if beside else ""
     from gptlab.train.sample import GPT2_VOCAB_SIZES
 

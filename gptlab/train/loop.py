@@ -994,7 +994,7 @@ class Trainer:
                     self._stop_nonfinite(evaluated=True)
                 # asked during this evaluation: it was the last one (under torchrun once every rank agrees, here
                 # rather than at the next logged iteration, which would train and evaluate again in torchrun's 30 s)
-                if signum := (stop.signum if self.world_size == 1 else self._agree_on_stop(stop)):
+                if signum := self._agree_on_stop(stop):
                     self._stop_on_signal(signum, evaluated=last_losses)
                 # steps are timed without evaluation and saving
                 window_start, window_steps = time.perf_counter(), 0
@@ -1077,10 +1077,10 @@ class Trainer:
         return self._finish(last_losses)
 
     def _agree_on_stop(self, stop: StopSignals) -> int:
-        """Under torchrun, the signal some rank received (0: none), which every rank then stops on together: a
-        collective, called by every rank at the same point of the loop; in one process, 0 (it reads ``stop``)."""
+        """The signal to stop on (0: none): in one process its own; under torchrun the one some rank received,
+        which every rank then stops on together (a collective, called by every rank at the same point of the loop)."""
         if self.world_size == 1:
-            return 0
+            return stop.signum
         return int(parallel.all_reduce_max([float(stop.signum)], self.dist)[0])
 
     def _count_scale_drop(self, fell: torch.Tensor) -> None:

@@ -121,14 +121,11 @@ def load_model_for_sampling(cfg: SampleConfig, device: torch.device) -> tuple[An
         model = ConfigurableGPT.from_pretrained(source, dropout=0.0)
         tokenizer = _tokenizer_beside(source) or gpt2_if_its_vocabulary(model.config.vocab_size, source)
         if tokenizer is None:  # a Hugging Face model of its own vocabulary (a LLaMA's 32000): not "the checkpoint's"
-            from gptlab.data.tokenizers import hf_folder_tokenizer
+            what = f"a {model.config.vocab_size}-token vocabulary, not GPT-2's (50257),"
+            if model.config.vocab_size in GPT2_VOCAB_SIZES:  # refused for the other tokenizer its folder holds
+                from gptlab.data.tokenizers import hf_folder_tokenizer
 
-            own = hf_folder_tokenizer(source) if source.is_dir() else None
-            what = (
-                f"a tokenizer of its own ({own[0]}), not GPT-2's BPE,"
-                if own is not None and model.config.vocab_size in GPT2_VOCAB_SIZES
-                else f"a {model.config.vocab_size}-token vocabulary, not GPT-2's (50257),"
-            )
+                what = f"a tokenizer of its own ({hf_folder_tokenizer(source)[0]}), not GPT-2's BPE,"  # type: ignore[index]
             raise CheckpointError(
                 f"{cfg.init_from!r} has {what} and no "
                 "gptlab tokenizer is recorded with it: gptlab samples with GPT-2's BPE or a gptlab run's own "
