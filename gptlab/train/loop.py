@@ -39,8 +39,6 @@ from gptlab.checkpoint import (
     interrupted_save,
     is_dcp_dir,
     is_run_checkpoint,
-    load_dcp,
-    optimizer_state_by_name,
     remove_checkpoints,
     remove_save_leftovers,
     save_dcp,
@@ -63,12 +61,11 @@ from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
 from gptlab.device import enable_tf32, prefer_sdpa_kernel, resolve_device, resolve_dtype
-from gptlab.errors import CheckpointError, ConfigError, GptlabError, first_line
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.fileio import atomic_write, check_directory
-from gptlab.logging import TrainingLogger, log_records
+from gptlab.logging import TrainingLogger
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.plugins import component_plugins, plugin_digests
-from gptlab.telemetry.gradients import PendingGradientStats
 from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.init_from import InitFrom, resolve_init, scratch_notes, weights_origin
 from gptlab.train.init_from import preset_family as preset_family  # (imported from here before init_from.py)
@@ -80,10 +77,18 @@ from gptlab.train.resume import (
     resume_line,
     saved_tokens_per_iter,
 )
+from gptlab.train.run_record import (
+    completed_beyond,
+    disk_space_warning,
+    done_line,
+    logged_eval,
+    session_records_to,
+)
 from gptlab.train.schedule import get_lr, schedule_cut
 from gptlab.train.signals import StopSignals, TrainingInterrupted
 from gptlab.train.startup_report import build_startup_report, render_startup_report
-from gptlab.units import format_si
+from gptlab.train.step_records import GradientStatsQueue, LossScaleDrops
+from gptlab.train.train_state import load_optimizer_state, restore_rng, rng_state
 
 
 class NonFiniteLossError(GptlabError):
@@ -203,8 +208,6 @@ class Trainer:
         self.weights_origin: str | None = origin if isinstance(origin, str) else None
         self._saved_iter = -1  # the iteration of this session's latest checkpoint
         self._last_losses: dict[str, float] | None = None  # this session's latest evaluation
-        # (iteration, statistics) of steps whose gradient statistics are not read back yet (_read_gradients)
-        self._unread_gradients: list[tuple[int, PendingGradientStats]] = []
         self._replaced_source: Path | None = None  # overwrite: a fine-tune's source in out_dir, until the first save
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from and the data itself (nodes read
@@ -269,10 +272,17 @@ class Trainer:
         # under float16 on several ranks (gradients summed over ranks) the job's, as in one process
         summed = parallel.sums_gradients(self.dist, self.dtype)
         self.loss_divisor = self.accum_steps * (self.world_size if summed else 1)
-        self._scale_drops: torch.Tensor | None = None  # fp16's skipped steps since the last report
-        self._loss_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
         if ckpt is not None and ("optimizer" in ckpt or "dcp_path" in ckpt):  # (none: an eval_only's nanoGPT file)
-            self._load_optimizer(ckpt)
+            load_optimizer_state(
+                ckpt,
+                self.model,
+                self.raw_model,
+                self.optimizer,
+                mode=self.mode,
+                device=self.device,
+                betas=(cfg.beta1, cfg.beta2),
+                weight_decay=cfg.weight_decay,
+            )
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
         self.autocast = (
@@ -330,6 +340,9 @@ class Trainer:
             eval_only=cfg.eval_only,
             tensorboard_purge_step=self._tensorboard_purge_step(),
         )
+        # read where the host syncs anyway: gradient statistics a step late, fp16's skipped steps when logged
+        self.gradient_stats = GradientStatsQueue(self.telemetry, self.logger, fp16=self.scaler.is_enabled())
+        self.scale_drops = LossScaleDrops(self.scaler, self.logger)
         self._restore_tensorboard_eval()
         if ckpt is not None:
             self._continue_from(run, ckpt)
@@ -343,7 +356,7 @@ class Trainer:
         """A resume's state beyond the weights and optimizer: RNG, gradient history, best val loss, and the
         resume event naming what changed."""
         cfg = self.cfg
-        self._restore_rng(ckpt)
+        restore_rng(ckpt, self.device)
         if "gradient_history" in ckpt:
             self.telemetry.spikes.load_state_dict(ckpt["gradient_history"])
         interrupted = interrupted_save(self.out_dir)  # a newer DCP save, killed mid-swap, beside this one
@@ -445,75 +458,6 @@ class Trainer:
             self.iter_num, self.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
         return dict(self.model.state_dict())
 
-    def _load_optimizer(self, ckpt: dict[str, Any]) -> None:
-        """The optimizer state (and, for a DCP checkpoint, the model's shards) into the wrapped run."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_state_dict,
-            set_optimizer_state_dict,
-            set_state_dict,
-        )
-
-        if "dcp_path" in ckpt:
-            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-            state = {"model": model_sd, "optimizer": optim_sd}
-            load_dcp(state, ckpt["dcp_path"])  # collective: each rank reads its shards
-            set_state_dict(
-                self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
-            )
-        elif self.mode == "fsdp":  # a full (single-file) optimizer state, sharded as it loads
-            with state_errors(ckpt.get("path", "the checkpoint"), "optimizer states"):
-                by_name = optimizer_state_by_name(self.raw_model, self.optimizer, self._this_runs_kernels(ckpt))
-                set_optimizer_state_dict(
-                    self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True)
-                )
-        else:  # plain AdamW, or ZeroRedundancyOptimizer (it keeps its share of the full state)
-            optim_sd = self._this_runs_kernels(ckpt)
-            if self.device.type == "cpu":  # load_state_dict keeps CPU tensors as they are: the memory-mapped
-                # ckpt.pt's pages, so the file, replaced at the next save, stayed mapped (its disk space taken all run)
-                optim_sd = {**optim_sd, "state": {i: _cloned(st) for i, st in optim_sd.get("state", {}).items()}}
-            with state_errors(ckpt.get("path", "the checkpoint"), "optimizer states"):
-                self.optimizer.load_state_dict(optim_sd)
-        # a loaded state brings the saved param groups' hyperparameters: this run's apply (a resume that
-        # changes --weight_decay or --beta2 means it; lr is set every step). configure_optimizers' order:
-        # the decayed matrices, then the rest at weight decay 0.
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["betas"] = (self.cfg.beta1, self.cfg.beta2)
-            group["weight_decay"] = self.cfg.weight_decay if i == 0 else 0.0
-
-    def _this_runs_kernels(self, ckpt: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint's optimizer state with this run's AdamW implementation (fused, foreach, capturable) in
-        its groups, set before loading, which places the step counts by them: a loaded group brings the saved
-        run's, and a nanoGPT run saved on a CPU ('fused': None) resumed with fused off under fp16's grad scaler
-        (an AssertionError at the first step) and lost the fused kernel for good."""
-        saved = ckpt["optimizer"]
-        kernels = ("fused", "foreach", "capturable", "differentiable")
-        groups = saved.get("param_groups")
-        if not isinstance(groups, list) or len(groups) != len(self.optimizer.param_groups):
-            return saved  # (load_state_dict names the mismatch)
-        ours = [{k: g[k] for k in kernels if k in g} for g in self.optimizer.param_groups]
-        return {**saved, "param_groups": [{**g, **k} if isinstance(g, dict) else g for g, k in zip(groups, ours)]}
-
-    # ------------------------------------------------------------------ RNG state (exact resume)
-    def _rng_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def _restore_rng(self, ckpt: dict[str, Any]) -> None:
-        rng = ckpt.get("rng") or {}
-        try:
-            if "torch" in rng:
-                torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
-        except (RuntimeError, TypeError) as e:  # not a generator's state: a damaged or hand-edited record
-            raise CheckpointError(
-                f"{ckpt.get('path', 'the checkpoint')!r} is a damaged gptlab checkpoint: its rng state is no "
-                f"generator's ({first_line(e)[:120]}); the file was left untouched"
-            ) from None
-
     # ------------------------------------------------------------------ steps
     def batch_key(self, iter_num: int, micro_step: int) -> tuple[int, int]:
         """The loader key of this rank's micro-step: global micro-batch ``micro * world_size + rank``."""
@@ -587,11 +531,7 @@ class Trainer:
             skipped = not bool(torch.isfinite(loss) & torch.isfinite(norm))  # a host sync, by request
         if not skipped:
             self.scaler.step(self.optimizer)
-        # fp16: GradScaler's device tensor (set by scale() above), compared after update() with no host sync
-        before = self.scaler._scale.clone() if self.scaler.is_enabled() else None
-        self.scaler.update()
-        if before is not None:
-            self._count_scale_drop(self.scaler._scale < before)
+        self.scale_drops.update(self.iter_num)  # scaler.update(), fp16's skipped step counted on the device
         if self.measured_bytes is None:
             self.measured_bytes = self._measure_local_bytes()
         self.optimizer.zero_grad(set_to_none=not self._stable_grads)
@@ -650,7 +590,7 @@ class Trainer:
             "iter_num": self.iter_num,
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
-            "rng": self._rng_state(),
+            "rng": rng_state(self.device),
             "gradient_history": self.telemetry.spikes.state_dict(),  # the spike test's running median
             "data": self.data_record,
             "versions": software_versions(),
@@ -730,50 +670,14 @@ class Trainer:
             return  # nothing purged
         if self.iter_num % cfg.eval_interval == 0:  # evaluated again at N
             return
-        record = self._logged_eval(self.iter_num)
+        record = logged_eval(self.out_dir, self.iter_num)
         if record is not None:
             numbers = {k: v for k, v in record.items() if k not in ("type", "time", "iter")}
             self.logger.tensorboard_scalars(self.iter_num, {"eval": numbers})
 
     # ------------------------------------------------------------------ the loop
-    def _read_gradients(
-        self, through: float = math.inf, keep: int | None = None, ready_only: bool = False
-    ) -> dict[str, Any] | None:
-        """Read the unread gradient statistics of iterations up to ``through``, in order: the spike test (and its
-        event) for each and its ``gradients`` record, except iteration ``keep``'s, returned for the iteration's
-        own record. Read a step after they were made, or where the host has synced anyway, they cost no stall;
-        every exit from the loop (evaluation, checkpoint, a stop) reads them all first, so the checkpoint's
-        spike history and the log hold every step's. ``ready_only``: those whose copy has ended, in order (after
-        an error, whose device may never finish the rest)."""
-        kept = None
-        while self._unread_gradients and self._unread_gradients[0][0] <= through:
-            if ready_only and not self._unread_gradients[0][1].ready():
-                break
-            iter_num, pending = self._unread_gradients.pop(0)
-            stats = self.telemetry.read_gradient_stats(pending)
-            if stats["spike"]:
-                ratio, norm = stats["norm_to_median"], stats["global_norm"]
-                why = (
-                    f"{ratio:.1f}x its running median"
-                    if math.isfinite(norm)
-                    else "non-finite"
-                    + (": an fp16 overflow, the loss scaler skips this step" if self.scaler.is_enabled() else "")
-                )
-                self.logger.log_event(
-                    "grad_spike",
-                    f"iter {iter_num}: gradient norm {norm:.4g} is {why}",
-                    iter=iter_num,
-                    grad_norm=norm,
-                    ratio=ratio,
-                )
-            if iter_num == keep:
-                kept = stats
-            else:  # computed at their own interval: kept, never dropped
-                self.logger.log_gradients(iter_num, stats)
-        return kept
-
     def _eval_and_checkpoint(self, healthy: bool) -> dict[str, float]:
-        self._read_gradients()  # the checkpoint's spike history holds every step's norm
+        self.gradient_stats.read()  # the checkpoint's spike history holds every step's norm
         losses = self._last_losses = self.evaluate()  # the summary's final losses, however the run ends
         self.logger.log_eval(
             self.iter_num, losses["train"], losses["val"], lr=get_lr(self.iter_num, self.cfg), tokens=self.tokens_seen
@@ -815,8 +719,6 @@ class Trainer:
                 self.logger.log_event("memory_warning", self._memory_warning)
             if not cfg.eval_only:
                 self._check_disk_space()
-        if self.scaler.is_enabled():
-            self._loss_scale = self.scaler.get_scale()  # the scale a drop is reported from
         if cfg.eval_only:  # evaluate the weights as they are, whatever the iteration; write nothing
             losses = self.evaluate()
             self.logger.log_eval(
@@ -828,7 +730,7 @@ class Trainer:
                 return self._train_loop(stop)
             except BaseException:  # a crash, an OOM, a second Ctrl-C: the statistics already on the host are logged
                 with contextlib.suppress(Exception):  # (those still on a failed device are not waited for)
-                    self._read_gradients(ready_only=True)
+                    self.gradient_stats.read(ready_only=True)
                 raise
 
     def _saved_summary(self) -> dict[str, Any] | None:
@@ -836,12 +738,7 @@ class Trainer:
         return saved_summary(self.out_dir) if self.master else None
 
     def _completed_beyond(self, summary: dict[str, Any] | None) -> bool:
-        """The summary is of a run that completed iterations 0..max_iters and kept this checkpoint, an earlier
-        one (always_save_checkpoint=False keeps the best evaluation's)."""
-        if summary is None or summary.get("status") != "completed" or summary.get("checkpoint_iter") != self.iter_num:
-            return False
-        iterations = summary.get("iterations")
-        return isinstance(iterations, int) and iterations > self.cfg.max_iters
+        return completed_beyond(summary, self.iter_num, self.cfg.max_iters)
 
     def _check_mfu(self, mfu: float | None) -> None:
         """Once a session: an MFU above 100% says its peak is below what the device reached (a --peak_tflops measured
@@ -880,14 +777,7 @@ class Trainer:
     def _already_done(self) -> dict[str, Any]:
         """A resume of a finished run (a requeued job): says so and changes nothing, config.json and summary.json
         included; the summary is the finished run's (written now only if the run ended before writing it)."""
-        cfg = self.cfg
-        if self.iter_num <= cfg.max_iters:
-            done = f"iterations 0..{cfg.max_iters} are done; its checkpoint is iteration {self.iter_num}'s, the best "
-            done += "evaluation (always_save_checkpoint=False)"
-        elif self.iter_num > cfg.max_iters + 1:  # a max_iters lowered below the checkpoint (a run stopped past it)
-            done = f"the checkpoint's iterations 0..{self.iter_num - 1} are done, past max_iters={cfg.max_iters}"
-        else:
-            done = f"iterations 0..{cfg.max_iters} are done"
+        done = done_line(self.iter_num, self.cfg.max_iters)
         self.logger.log_event("done", f"nothing to do: {done} (raise --max_iters to train on from it)")
         summary = self._saved_summary()
         # the finished run's own summary only (a job killed between its last checkpoint and its summary leaves
@@ -908,50 +798,20 @@ class Trainer:
         if not self.master:
             return
         with contextlib.suppress(OSError, GptlabError):
-            records = (  # streamed: a long run's log is hundreds of MB
-                r
-                for _, r in log_records(self.out_dir / "log.jsonl")
-                if r.get("type") not in ("iter", "eval")
-                or (isinstance(r.get("iter"), int) and r["iter"] < self.iter_num + (r["type"] == "eval"))
-            )
-            start = self.logger.adopt_session(records)
+            start = self.logger.adopt_session(session_records_to(self.out_dir, self.iter_num))
             if start is not None:
                 self.start_iter = start
 
     def _logged_losses(self) -> dict[str, float] | None:
         """The losses of the weights this session loaded, as an earlier session logged their evaluation (rank 0's
         log; None on the other ranks, and where there is none)."""
-        logged = self._logged_eval(self.iter_num) if self.master else None
+        logged = logged_eval(self.out_dir, self.iter_num) if self.master else None
         return {"train": logged["train_loss"], "val": logged["val_loss"]} if logged else None
 
-    def _logged_eval(self, iter_num: int) -> dict[str, Any] | None:
-        """The last evaluation record log.jsonl holds at ``iter_num``, if any."""
-        from gptlab.logging import read_log
-
-        with contextlib.suppress(OSError, GptlabError):
-            evals = [r for r in read_log(self.out_dir, "eval") if r.get("iter") == iter_num]
-            return evals[-1] if evals else None
-        return None
-
     def _check_disk_space(self) -> None:
-        """Warn before training, not at a save after hours of it, when out_dir's disk cannot hold the checkpoints
-        to come: float32 weights and AdamW's two moments, 12 bytes per parameter each (a new one is written beside
-        the kept ones, which are replaced or pruned only once it is complete)."""
-        one = 12 * sum(p.numel() for p in self.raw_model.parameters())
-        # at a save: the kept checkpoints (keep_checkpoints) and the new one beside them; those already here
-        # (a resume's) take none of the free space
-        kept = {p.stat().st_ino for p in self.out_dir.glob("ckpt*.pt") if p.is_file()}  # links: one file
-        kept |= {d for d in self.out_dir.glob("ckpt-*.dcp") if d.is_dir() and not d.is_symlink()}
-        copies = max(1, self.cfg.keep_checkpoints + 1 - len(kept))
-        needed, free = copies * one, shutil.disk_usage(self.out_dir).free
-        if free < needed:
-            self.logger.log_event(
-                "disk_warning",
-                f"the checkpoints to come need about {format_si(needed, 'B')} ({copies} of {format_si(one, 'B')}: "
-                f"keep_checkpoints={self.cfg.keep_checkpoints}, and each save is written beside the kept ones) and "
-                f"{self.out_dir}'s disk has {format_si(free, 'B')} free: a save will fail (free space, or pick "
-                "another --out_dir)",
-            )
+        n_parameters = sum(p.numel() for p in self.raw_model.parameters())
+        if (warning := disk_space_warning(self.out_dir, n_parameters, self.cfg.keep_checkpoints)) is not None:
+            self.logger.log_event("disk_warning", warning)
 
     def _announce_stop(self, name: str) -> None:
         """Said where the signal arrives (a handler: no collective, no logging of records)."""
@@ -1002,9 +862,9 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
             step = self.train_step()
             if step["grad_stats"] is not None:  # queued first: every exit below reads it before it stops
-                self._unread_gradients.append((self.iter_num, step["grad_stats"]))
+                self.gradient_stats.add(self.iter_num, step["grad_stats"])
             # the earlier steps' statistics: their copies were queued before this step's work, so no stall
-            self._read_gradients(through=self.iter_num - 1)
+            self.gradient_stats.read(through=self.iter_num - 1)
             self.tokens_seen += self.telemetry.tokens_per_iter
             checked = step["loss"]  # with the gradient norm (a NaN norm makes clipping turn every weight NaN), but
             norm = step["grad_norm"]  # clipping's, else the gradient statistics' where they were computed
@@ -1032,8 +892,8 @@ class Trainer:
                 now = time.perf_counter()
                 timed_steps = window_steps  # (fewer than log_interval after an evaluation, which restarts it)
                 dt, window_start, window_steps = (now - window_start) / window_steps, now, 0
-                grad_stats = self._read_gradients(through=self.iter_num, keep=self.iter_num)  # synced: no wait
-                self._note_loss_scale()
+                grad_stats = self.gradient_stats.read(through=self.iter_num, keep=self.iter_num)  # synced: no wait
+                self.scale_drops.report()
                 mfu = self.telemetry.mfu(dt)
                 self._check_mfu(mfu.get("mfu"))
                 self.logger.log_iter_detailed(
@@ -1053,7 +913,7 @@ class Trainer:
                     self._stop_nonfinite(first_iter=bad_iter, stepped=True)
                 stop_agreed = self._agree_on_stop(stop)  # here, where the host has synced anyway
             self.iter_num += 1
-        self._read_gradients()
+        self.gradient_stats.read()
         if (bad_iter := int(first_bad)) != NO_ITER:
             self._stop_nonfinite(first_iter=bad_iter)
         # evaluate (and checkpoint) the final weights: iter_num steps are done
@@ -1083,47 +943,13 @@ class Trainer:
             return stop.signum
         return int(parallel.all_reduce_max([float(stop.signum)], self.dist)[0])
 
-    def _count_scale_drop(self, fell: torch.Tensor) -> None:
-        """fp16: each step whose inf/NaN gradients GradScaler skipped (its scale fell), counted on the device with
-        the first and last such iteration, for the next logged iteration (or the run's end) to report."""
-        it = self.iter_num
-        if self._scale_drops is None:
-            self._scale_drops = torch.zeros((), dtype=torch.int64, device=fell.device)
-            self._first_drop = torch.full((), 2**62, dtype=torch.int64, device=fell.device)
-            self._last_drop = torch.full((), -1, dtype=torch.int64, device=fell.device)
-        drop = fell.to(torch.int64)
-        self._scale_drops += drop
-        self._first_drop = torch.minimum(self._first_drop, drop * it + (1 - drop) * 2**62)
-        self._last_drop = torch.maximum(self._last_drop, drop * it - (1 - drop))
-
-    def _note_loss_scale(self) -> None:
-        """fp16: GradScaler skips steps with inf/NaN gradients and lowers its scale; say so, naming the steps
-        (counted on the device at every step, read here: a logged iteration, or where the run ends)."""
-        if not self.scaler.is_enabled():
-            return
-        scale = self.scaler.get_scale()
-        if self._scale_drops is not None and (drops := int(self._scale_drops.item())):
-            first, last = int(self._first_drop.item()), int(self._last_drop.item())
-            when = f"iter {first}" if first == last else f"iters {first}-{last}"
-            self.logger.log_event(
-                "loss_scale",
-                f"{when}: fp16 loss scale fell {self._loss_scale:g} -> {scale:g} "
-                f"({drops} step{'s' if drops > 1 else ''} with inf/NaN gradients skipped)",
-                iter=last,
-                first_iter=first,
-                skipped_steps=drops,
-                scale=scale,
-            )
-            self._scale_drops = None
-        self._loss_scale = scale
-
     def _stop_on_signal(self, signum: int, bad_iter: int = NO_ITER, evaluated: dict[str, float] | None = None) -> None:
         """Evaluate and checkpoint at this step boundary (as at an eval_interval: always_save_checkpoint and
         the best val loss decide; ``evaluated``: that just happened), log it, write the summary, and raise
         TrainingInterrupted. Before this session's first step there is nothing new: no evaluation either
         (a run stopped because its memory warning said it will not fit must not allocate)."""
         name = signal.Signals(signum).name
-        self._read_gradients()
+        self.gradient_stats.read()
         if bad_iter != NO_ITER:  # the training loss went non-finite at bad_iter: that stop, not this one
             self._stop_nonfinite(first_iter=bad_iter)
         losses = evaluated
@@ -1161,7 +987,7 @@ class Trainer:
         """Stop on a non-finite loss: ``skipped`` steps in a row under nan_policy=skip, the training loss or
         gradient norm first not finite at ``first_iter``, or an evaluation's loss (``evaluated``). ``stepped``:
         iteration ``iter_num`` has run (its tokens counted), so the summary's iterations are one more."""
-        self._read_gradients()  # their records (a non-finite norm's grad_spike among them) before the stop's
+        self.gradient_stats.read()  # their records (a non-finite norm's grad_spike among them) before the stop's
         if skipped:
             what = f"{skipped} steps in a row had a non-finite loss or gradient (nan_policy=skip gives up)"
         elif evaluated:
@@ -1170,7 +996,7 @@ class Trainer:
             what = f"the training loss or gradient norm became NaN or infinite at iter {first_iter}"
         ckpt = self._checkpoint_iter()
         kept = "no checkpoint was written" if ckpt is None else f"the checkpoint kept is iter {ckpt}'s"
-        self._note_loss_scale()  # fp16 steps skipped before this: their record first
+        self.scale_drops.report()  # fp16 steps skipped before this: their record first
         self.logger.log_event(
             "nan_stop",
             f"stopping at iter {self.iter_num}: {what} ({kept}; "
@@ -1215,7 +1041,7 @@ class Trainer:
         """summary.json's fields beyond the logger's statistics, for a run that completed or stopped (every
         rank calls: the fullest rank's peak is a collective; the others get {}). ``iterations``: those run,
         the last one trained + 1 (``iter_num`` unless a stop comes inside an iteration)."""
-        self._note_loss_scale()  # skipped fp16 steps since the last logged iteration
+        self.scale_drops.report()  # skipped fp16 steps since the last logged iteration
         # every rank's session peak (a collective: all ranks, before rank 0 goes on alone); -1: none logged
         (max_rank_peak,) = parallel.all_reduce_max([self.telemetry.session_peak_gb or -1.0], self.dist)
         if not self.master:
