@@ -276,6 +276,12 @@ def compute_figures(
         "params_total": count_parameters(config),
         "params_non_embedding": count_parameters(config, non_embedding=True),
         **{f"flops.{c}": table[c]["training_flops_per_token"] for c in MATMUL_COMPONENTS},
+        # a registered norm's or position encoding's own matrices: rows of theirs, so the rows add up to the total
+        **{
+            f"flops.{c}": row["training_flops_per_token"]
+            for c, row in table.items()
+            if row["kind"] == "matmul" and c not in MATMUL_COMPONENTS and row["training_flops_per_token"]
+        },
         "flops_per_token": fl.flops_per_token,
         "flops_per_token_causal": fl.flops_per_token_causal,
         "non_matmul_flops_per_token": fl.non_matmul_flops_per_token,
@@ -298,6 +304,17 @@ class Comparison:
     training: list[dict[str, Any]] | None = None  # filled by compare --train
     report: str | None = None
 
+    def __post_init__(self) -> None:
+        for key in self._extra_flops_keys():  # a component row only some columns have: 0 in the others
+            for figures in self.figures:
+                figures.setdefault(key, 0.0)
+
+    def _extra_flops_keys(self) -> list[str]:
+        """The FLOPs rows beyond MATMUL_COMPONENTS (a registered component's matrices), in first-seen order."""
+        standard = {f"flops.{c}" for c in MATMUL_COMPONENTS}
+        keys = (k for f in self.figures for k in f if k.startswith("flops.") and k not in standard)
+        return list(dict.fromkeys(keys))
+
     @property
     def labels(self) -> list[str]:
         return [a.label for a in self.architectures]
@@ -312,6 +329,7 @@ class Comparison:
             ("params_non_embedding", "parameters (excl. embeddings)"),
         ]
         rows += [(f"flops.{c}", f"train FLOP/token: {c}") for c in MATMUL_COMPONENTS]
+        rows += [(k, f"train FLOP/token: {k.removeprefix('flops.')}") for k in self._extra_flops_keys()]
         rows += [
             ("flops_per_token", "train FLOP/token, total (full-square, MFU)"),
             ("flops_per_token_causal", "train FLOP/token, total (causal-aware)"),

@@ -106,6 +106,8 @@ def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) ->
         values["arch_preset"] = arch.source
     plugins = merge_plugins(values.get("plugins"), overrides.get("plugins"))  # the file's and the command's
     values.update(overrides, **({"plugins": plugins} if plugins else {}))
+    if (kv_heads := _shrunk_kv_heads(arch, values, overrides)) is not None:
+        values["n_kv_head"] = kv_heads[0]
     max_iters = overrides.get("max_iters")
     if isinstance(max_iters, int) and not isinstance(max_iters, bool):  # (a bad value: TrainConfig says so)
         # the schedule spans the run, as by default, with a warmup of at most a tenth of it
@@ -121,6 +123,29 @@ def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) ->
     elif isinstance(named, str) and named:  # (another value: TrainConfig says what is wrong with it)
         values["wandb_run_name"] = f"{named}-{arch.label}"
     return values
+
+
+def _shrunk_kv_heads(arch: Architecture, values: dict[str, Any], overrides: dict[str, Any]) -> tuple[int, str] | None:
+    """A config file's grouped-query attention shrunk with its heads: the file's n_kv_head of its n_head became
+    plain multi-head attention at the shrink's 4 heads (n_kv_head=4), or was refused (n_kv_head=3 does not
+    divide 4). The group (query heads per key/value head) kept, or the nearest one the shrunk heads allow that is
+    still grouped; None where the heads are the file's or the command's own."""
+    source_heads, source_kv = arch.config.n_head, arch.config.n_kv_head
+    if source_kv is None or "n_kv_head" in overrides or "n_head" in overrides or "n_head" in arch.file_values:
+        return None
+    heads = values["n_head"]
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        return None  # (TrainConfig names the bad value)
+    divisors = [d for d in range(1, heads + 1) if heads % d == 0]
+    if source_kv < source_heads:  # grouped: stays grouped (fewer key/value heads than query heads) if it can
+        divisors = [d for d in divisors if d < heads] or divisors
+    target = heads * source_kv / source_heads
+    kv = min(divisors, key=lambda d: (abs(d - target), -d))
+    exact = "" if kv == target else f" (the nearest group {heads} heads allow)"
+    note = (
+        f"n_kv_head={source_kv} of n_head={source_heads} shrunk with the heads: n_kv_head={kv} of n_head={heads}{exact}"
+    )
+    return kv, note
 
 
 def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +250,10 @@ def train_and_compare(
     _unique_labels(archs)
     # the user's --key=value must take effect; a config file may spell out keys its architecture ignores
     runs = [resolve_run_config(_run_values(a, overrides, out), typed=set(overrides)) for a in archs]
+    shrink_notes = {}  # said in the log and under the table: the trained model's heads are not the file's
+    for a in archs:
+        if (kv_heads := _shrunk_kv_heads(a, _run_values(a, overrides, out), overrides)) is not None:
+            shrink_notes[a.label] = kv_heads[1]
     tokens = {
         a.label: r.train.batch_size * r.train.gradient_accumulation_steps * r.arch.block_size
         for a, r in zip(archs, runs)
@@ -239,8 +268,12 @@ def train_and_compare(
 
     for data in dict.fromkeys((r.train.dataset, os.path.expanduser(r.train.data_dir)) for r in runs):
         ensure_prepared(*data)  # a missing dataset said before the first run, not after it made its folder
+    from gptlab.telemetry.flops import compute_flops
+
+    for run in runs:  # a registered component that breaks the model (a wrong output shape), said before any trains
+        compute_flops(run.arch)
     with run_lock(out):  # a second comparison into OUT_DIR would replace runs this one's report then describes
-        return _train_all(archs, runs, out, settings, report, log)
+        return _train_all(archs, runs, out, settings, report, log, shrink_notes)
 
 
 def _train_all(
@@ -250,6 +283,7 @@ def _train_all(
     settings: dict[str, Any],
     report: bool,
     log: Callable[[str], None],
+    shrink_notes: dict[str, str] | None = None,
 ) -> Comparison:
     from gptlab.config.model import ModelArchitectureConfig
     from gptlab.device import resolve_device
@@ -262,6 +296,9 @@ def _train_all(
     for arch, run in zip(archs, runs):
         t = run.train
         log(f"compare: training {arch.label} for {t.max_iters} iters on {t.dataset} ({t.device}) -> {t.out_dir}")
+        shrunk = (shrink_notes or {}).get(arch.label)
+        if shrunk is not None:
+            log(f"compare: {arch.label}: {shrunk}")
         stream = io.StringIO()
         try:
             # the host RSS of this process, which trains each architecture in turn, is no one run's
@@ -279,6 +316,8 @@ def _train_all(
         arch.config = ModelArchitectureConfig.from_dict(saved["arch"])
         results.append(_result(run_dir, summary, startup))
         figures.append(compute_figures(arch.config, **settings))  # the trained architecture: nothing assumed
+        if shrunk is not None:
+            figures[-1]["notes"].insert(0, shrunk)
         log(f"compare: {arch.label}: final val loss {result_cell(results[-1], 'final_val_loss')}")
     spec = get_gpu_spec(settings["gpu"])
     settings.update(gpu=spec.key, precision=spec.training_precision(settings["dtype"]))

@@ -167,6 +167,40 @@ def test_the_readmes_trained_memory_row_is_the_planners(tmp_path: Path) -> None:
     assert shown == f"{row} | " + " | ".join(planned) + " |"
 
 
+@pytest.mark.parametrize(
+    ("file_heads", "overrides", "trained"),
+    [
+        ({"n_kv_head": 4}, {}, 1),  # GQA 12/4 (groups of 3): at 4 heads the nearest grouped choice, 1
+        ({"n_kv_head": 6}, {}, 2),  # groups of 2 kept exactly: 2 of 4
+        ({"n_kv_head": 3}, {}, 1),  # was refused: n_kv_head=3 must divide n_head=4 (a 4 the user never wrote)
+        ({"n_kv_head": 12}, {}, 4),  # plain multi-head, spelled out: stays so
+        ({"n_kv_head": 4, "n_head": 8}, {}, 4),  # the file's own heads: as written
+        ({"n_kv_head": 4}, {"n_kv_head": 2}, 2),  # the command's
+    ],
+)
+def test_compare_train_shrinks_a_files_grouped_query_attention_with_its_heads(
+    tmp_path: Path, file_heads: dict[str, int], overrides: dict[str, int], trained: int
+) -> None:
+    """The shrink's n_head=4 with a file's n_kv_head=4 of 12 trained plain multi-head attention under the file's
+    name (an identical column to llama's, no word said); n_kv_head=3 was refused as not dividing n_head=4."""
+    from gptlab.compare import resolve_architecture
+    from gptlab.compare_train import _run_values, _shrunk_kv_heads
+    from gptlab.config.train import resolve_run_config
+
+    path = tmp_path / "kv.py"
+    path.write_text('arch_preset = "llama"\n' + "".join(f"{k} = {v}\n" for k, v in file_heads.items()))
+    arch = resolve_architecture(str(path))
+    values = _run_values(arch, overrides, tmp_path)
+    run = resolve_run_config(values, typed=set(overrides))
+    assert run.arch.kv_heads == trained
+    note = _shrunk_kv_heads(arch, values, overrides)
+    if "n_head" in file_heads or overrides:
+        assert note is None
+    else:
+        assert note is not None and note[0] == trained
+        assert f"n_kv_head={file_heads['n_kv_head']} of n_head=12 shrunk with the heads: n_kv_head={trained}" in note[1]
+
+
 def test_compare_train_names_each_wandb_run_by_its_label(tmp_path: Path) -> None:
     """Every architecture's wandb run was named 'run' (or all the one --wandb_run_name): by label now."""
     from gptlab.compare import resolve_architecture

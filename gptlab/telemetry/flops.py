@@ -284,7 +284,7 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, boo
         act = build_activation(config.activation, approximate=config.gelu_approximate)
         ffn = build_ffn(config.ffn_type, H, D, config.bias, config.dropout, act)
         x = torch.empty(1, tokens, H)
-    flops, why = _count_on_meta(lambda: ffn(x))
+    flops, why = _count_on_meta(lambda: _same_shape(f"ffn_type={config.ffn_type!r}", ffn(x), x))
     if why is not None:  # no meta kernel for data-dependent code (a router's nonzero)
         matrix_params = sum(p.numel() for p in ffn.parameters() if p.dim() >= 2)
         return (
@@ -296,6 +296,18 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, boo
     with_activation = f" with activation {config.activation!r}" if runs_own_activation(config) else ""
     measured = f"{config.ffn_type}{with_activation}: measured (FlopCounterMode, meta device), D={D}"
     return flops / tokens, measured, True
+
+
+def _same_shape(component: str, out: object, x: torch.Tensor) -> None:
+    """A registered FFN or norm returns its input's shape: one that does not is refused here, by every command
+    that counts FLOPs (a run's startup among them), not by a traceback inside the model's first forward."""
+    shape = getattr(out, "shape", None)
+    if shape != x.shape:
+        got = f"shape {tuple(shape)}" if shape is not None else f"a {type(out).__name__}"
+        raise ConfigError(
+            f"{component} returned {got} for an input of shape {tuple(x.shape)}: a registered component must return "
+            "a tensor of its input's shape (B, T, n_embd)"
+        )
 
 
 def _count_on_meta(run: Callable[[], object]) -> tuple[int, str | None]:
@@ -327,7 +339,7 @@ def _registered_norm_flops(config: ModelArchitectureConfig) -> tuple[list[FlopRo
     with torch.device("meta"):
         norm = build_norm(name, config.n_embd, config.norm_eps)
         x = torch.empty(1, tokens, config.n_embd)
-    flops, why = _count_on_meta(lambda: norm(x))
+    flops, why = _count_on_meta(lambda: _same_shape(f"normalization={name!r}", norm(x), x))
     if why is not None:
         return [], f"normalization {name!r}: its matmuls are not counted (it cannot run on the meta device: {why})"
     per_token = flops / tokens
