@@ -26,6 +26,7 @@ from gptlab.errors import ConfigError
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _imported_files: dict[Path, str] = {}  # a file imported twice in one process runs once
+_imported_entries: dict[str, None] = {}  # every entry imported, in order (ordered, each once)
 
 
 def split_plugins(spec: str) -> list[str]:
@@ -60,6 +61,7 @@ def import_plugins(spec: str) -> list[str]:
     for entry in split_plugins(spec):
         try:
             names.append(_import_file(Path(entry)) if entry.endswith(".py") else _import_module(entry))
+            _imported_entries[entry] = None
         except ConfigError:
             raise
         except SystemExit as e:  # a script's argparse or exit(): a plugin is imported, never run as a script
@@ -153,6 +155,20 @@ def plugin_digests(spec: str) -> dict[str, str]:
     return digests
 
 
+def edited_plugins(saved: object, digests: dict[str, str]) -> list[str]:
+    """The plugin files of ``digests`` (``plugin_digests``) whose code differs from the digests a checkpoint
+    recorded (``saved``): a registered component's code changed under its weights."""
+    if not isinstance(saved, dict):
+        return []
+    return sorted(k for k, v in digests.items() if saved.get(k) not in (None, v))
+
+
+def edited_plugins_note(saved: object, digests: dict[str, str]) -> str:
+    """The end of a weights-do-not-fit error where a plugin file changed since the checkpoint ('' if none)."""
+    edited = edited_plugins(saved, digests)
+    return f"; plugin code changed since this checkpoint was saved: {', '.join(edited)}" if edited else ""
+
+
 def _code_of(source: bytes) -> bytes:
     """A plugin file's code without its settings: a config file that registers is a plugin, and a resume that
     raised its max_iters there changed no component (its syntax tree, less top-level assignments of gptlab's
@@ -238,9 +254,26 @@ def saved_plugins(saved: dict) -> object:
     return train.get("plugins") if isinstance(train, dict) else None
 
 
+def imported_plugins() -> list[str]:
+    """The plugins entries this process has imported, in order (named in an unknown component's error)."""
+    return list(_imported_entries)
+
+
+def _was_imported(entry: str) -> bool:
+    if entry.endswith(".py"):
+        return Path(entry).expanduser().resolve() in _imported_files
+    return entry in sys.modules
+
+
 def plugins_hint(recorded: object) -> str:
-    """The end of an error about an unknown component of a saved run: what to pass to get it back."""
+    """The end of an error about an unknown component of a saved run: what to pass to get it back (or, where
+    that is imported already, that it no longer registers the name)."""
     if isinstance(recorded, str) and recorded.strip():
+        if all(_was_imported(entry) for entry in split_plugins(recorded)):
+            return (
+                f"; this run was trained with plugins={recorded!r}, imported here, which no longer registers that "
+                "name (renamed or removed since the run was trained?)"
+            )
         return f"; this run was trained with plugins={recorded!r}: pass --plugins={shlex.quote(recorded)}"
     return (
         "; a component registered outside gptlab must be imported again to load it: pass the module or file "
@@ -252,8 +285,11 @@ __all__ = [
     "add_plugins_option",
     "anchor_plugins",
     "component_plugins",
+    "edited_plugins",
+    "edited_plugins_note",
     "import_plugins",
     "importable_from",
+    "imported_plugins",
     "plugins_hint",
     "saved_plugins",
     "split_plugins",

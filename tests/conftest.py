@@ -33,6 +33,16 @@ def _deterministic() -> Iterator[None]:
     torch.compiler.reset()
 
 
+@pytest.fixture(autouse=True)
+def _plugins_imported_by_this_test_only() -> Iterator[None]:
+    """An unknown component's error names the plugins this process imported: each test's own, as in a command."""
+    import gptlab.plugins
+
+    gptlab.plugins._imported_entries.clear()
+    yield
+    gptlab.plugins._imported_entries.clear()
+
+
 HUB_SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 
 

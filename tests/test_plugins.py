@@ -190,6 +190,70 @@ def test_a_partial_or_a_callable_instance_registered_again_by_its_file_is_the_sa
         ACTIVATION_REGISTRY.pop("again_t", None)
 
 
+def test_compare_has_a_row_for_a_registered_norms_matrices_and_its_rows_add_up(tmp_path: Path) -> None:
+    """compare listed only the built-in components' rows: a norm's own matrices were in the total and in no row
+    (the rows summed to 933.9K of a 1.057M total, for a 2-layer model). A column without them shows 0."""
+    from gptlab.compare import compare
+
+    own_file = tmp_path / "own.py"
+    own_file.write_text('arch_preset = "llama"\nnormalization = "projected_t"\n')
+    NORM_REGISTRY["projected_t"] = ProjectedNorm
+    try:
+        result = compare(["llama", str(own_file)], {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 128})
+    finally:
+        del NORM_REGISTRY["projected_t"]
+    plain, own = result.figures
+    assert own["flops.norm_matmuls"] == 3 * 2 * 64 * 64 * 2 * 2  # training = 3x forward; 2 per block, 2 blocks
+    assert own["flops.final_norm_matmuls"] == 3 * 2 * 64 * 64
+    assert plain["flops.norm_matmuls"] == plain["flops.final_norm_matmuls"] == 0
+    full_square = [k for k, _ in result.rows() if k.startswith("flops.") and "(causal)" not in k]
+    for fig in (plain, own):
+        assert sum(fig[k] for k in full_square) == pytest.approx(fig["flops_per_token"])
+    assert "train FLOP/token: norm_matmuls" in result.render()
+    assert ",flops.final_norm_matmuls," in result.to_csv()
+
+
+class WideOutputFFN(nn.Module):
+    """A bug of one's own: returns (B, T, d_ff), not the input's (B, T, d_model)."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool, dropout: float, activation: nn.Module) -> None:
+        super().__init__()
+        self.w_in = nn.Linear(d_model, d_ff, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_in(x)
+
+
+class TupleNorm(nn.Module):
+    def __init__(self, ndim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x
+
+
+def test_a_registered_component_of_the_wrong_output_shape_is_refused_before_any_training(tmp_path: Path) -> None:
+    """flops, compare and a run's startup counted it ("measured") and the first forward crashed with a
+    traceback inside the model; under compare --train after the earlier architectures had trained."""
+    from gptlab.compare_train import train_and_compare
+
+    FFN_REGISTRY["wide_t"], NORM_REGISTRY["tuple_t"] = WideOutputFFN, TupleNorm
+    try:
+        wide = get_debug_config("gpt2", ffn_type="wide_t")
+        with pytest.raises(ConfigError, match=r"ffn_type='wide_t' returned shape \(1, 8, 256\) for an input of shape "
+                                              r"\(1, 8, 64\): a registered component must return"):  # fmt: skip
+            compute_flops(wide)
+        with pytest.raises(ConfigError, match=r"normalization='tuple_t' returned a tuple for an input of shape"):
+            compute_flops(get_debug_config("llama", normalization="tuple_t"))
+        own = tmp_path / "wide.py"
+        own.write_text('arch_preset = "llama"\nffn_type = "wide_t"\n')
+        with pytest.raises(ConfigError, match="ffn_type='wide_t' returned shape"):
+            train_and_compare(["llama", str(own)], {"max_iters": 2}, out_dir=tmp_path / "out", report=False)
+        assert not (tmp_path / "out").exists()  # llama did not train first
+    finally:
+        del FFN_REGISTRY["wide_t"], NORM_REGISTRY["tuple_t"]
+
+
 def test_a_registered_ffn_is_counted_as_flop_counter_mode_counts_it(own_components: None) -> None:
     cfg = get_debug_config("custom", ffn_type="deep_t", activation="relu", block_size=16)
     flops = compute_flops(cfg)
@@ -521,6 +585,38 @@ def test_plugin_names_and_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "did you mean" not in str(saved.value) and "pass --plugins=x.py" in str(saved.value)
 
 
+def test_an_unknown_components_error_names_the_plugins_imported_when_there_are_some(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told to pass --plugins=X while X was passed (a plugin renamed its component since the run was trained,
+    or a module that registers nothing): said as such."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "renamed_t.py").write_text(
+        "import torch.nn as nn\nfrom gptlab.model.registry import NORM_REGISTRY\n\n"
+        "@NORM_REGISTRY.register('renamed_norm_v2_t')\nclass Renamed(nn.LayerNorm):\n    pass\n"
+    )
+    (tmp_path / "registers_nothing_t.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match=r"a component of your own is imported with --plugins=MODULE_OR_FILE$"):
+        ModelArchitectureConfig(normalization="own_norm_t")  # none imported: how to import one
+    try:
+        import_plugins("registers_nothing_t")
+        with pytest.raises(ConfigError, match=r"; the plugins imported \(registers_nothing_t\) register no "
+                                              r"normalization 'own_norm_t'$"):  # fmt: skip
+            ModelArchitectureConfig(normalization="own_norm_t")
+        recorded = str(tmp_path / "renamed_t.py")
+        assert "pass --plugins=" in plugins_hint(recorded)  # not imported yet
+        import_plugins(recorded)
+        with pytest.raises(ConfigError) as saved:
+            ModelArchitectureConfig.from_dict({"normalization": "renamed_norm_t"}, recorded)
+        assert str(saved.value).endswith(
+            f"this run was trained with plugins={recorded!r}, imported here, which no longer registers that name "
+            "(renamed or removed since the run was trained?)"
+        )
+    finally:
+        NORM_REGISTRY.pop("renamed_norm_v2_t", None)
+        sys.modules.pop("registers_nothing_t", None)
+
+
 def test_a_config_files_plugins_are_found_from_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """plugins = "norms_t.py" (or a module name) beside the config file, run from elsewhere: imported for
     train.py and for gptlab arch/flops/plan/compare alike, and recorded as a path found from anywhere."""
@@ -850,6 +946,8 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
 
     import gptlab.plugins
     from gptlab.config.train import parse_run_args
+    from gptlab.errors import CheckpointError
+    from gptlab.model.convert import model_from_checkpoint
     from gptlab.train.launch import train
     from tests.train.conftest import tiny_args
 
@@ -868,6 +966,26 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
         train(parse_run_args([*resume, "--max_iters=3"]), stream=io.StringIO())  # the same code: nothing said
         plugin.write_text(plugin.read_text().replace("    pass", "    eps_scale = 2.0"))  # the component changed
         train(parse_run_args([*resume, "--max_iters=4"]), stream=io.StringIO())
+        # an edit that adds a parameter, in a new process (the file runs again): the weights no longer fit, and
+        # the error says why beside the checkpoint's name (it blamed the checkpoint alone)
+        plugin.write_text(
+            plugin.read_text().replace(
+                "    eps_scale = 2.0",
+                "    def __init__(self, *a, **k):\n        super().__init__(*a, **k)\n"
+                "        import torch\n        self.beta = torch.nn.Parameter(torch.zeros(()))\n",
+            )
+        )
+        NORM_REGISTRY.pop("edited_norm_t", None)
+        gptlab.plugins._imported_files.pop(plugin.resolve(), None)
+        edited = f"; plugin code changed since this checkpoint was saved: {plugin}"
+        with pytest.raises(CheckpointError, match="its weights do not fit the architecture it records") as resumed:
+            train(parse_run_args([*resume, "--max_iters=5"]), stream=io.StringIO())
+        assert str(resumed.value).endswith(edited)
+        with pytest.raises(
+            CheckpointError, match=r"unexpected \[\] \(\+1 more\)|missing \[.*\] \(\+1 more\)"
+        ) as sampled:
+            model_from_checkpoint(torch.load(run / "ckpt.pt", weights_only=True))  # gptlab sample's and export's
+        assert str(sampled.value).endswith(edited)
     finally:
         NORM_REGISTRY.pop("edited_norm_t", None)
         gptlab.plugins._imported_files.pop(plugin.resolve(), None)

@@ -246,9 +246,10 @@ def dcp_errors(path: str | Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def state_errors(path: str | Path, what: str) -> Iterator[None]:
+def state_errors(path: str | Path, what: str, note: str = "") -> Iterator[None]:
     """Loading a checkpoint's ``what`` (weights, optimizer state) that do not fit the architecture it
-    records (edited, or written by another program) as one CheckpointError line, not a traceback."""
+    records (edited, or written by another program) as one CheckpointError line, not a traceback; ``note``
+    ends it (a plugin whose code changed since)."""
     try:
         yield
     except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
@@ -256,7 +257,7 @@ def state_errors(path: str | Path, what: str) -> Iterator[None]:
         reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # past torch's heading
         raise CheckpointError(
             f"{str(path)!r}: its {what} do not fit the architecture it records ({reason[:300]}); "
-            "the file was left untouched"
+            f"the file was left untouched{note}"
         ) from None
 
 

@@ -285,10 +285,15 @@ def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> Configurabl
     """The model of a loaded gptlab checkpoint dict (it records its architecture), strictly
     loaded; ``overrides`` may change only what leaves the weights alone (e.g. ``dropout``)."""
     check_overridable(overrides)
-    from gptlab.plugins import saved_plugins
+    from gptlab.plugins import edited_plugins_note, plugin_digests, saved_plugins
 
     config = ModelArchitectureConfig.from_dict({**ckpt["arch"], **overrides}, saved_plugins(ckpt))
-    model = build_model(config, clean_state_dict(dict(ckpt["model"])), "gptlab checkpoint")
+    try:
+        model = build_model(config, clean_state_dict(dict(ckpt["model"])), "gptlab checkpoint")
+    except CheckpointError as e:  # a registered component's code changed under the weights: said beside it
+        plugins = saved_plugins(ckpt)
+        digests = plugin_digests(plugins) if isinstance(plugins, str) else {}
+        raise CheckpointError(f"{e}{edited_plugins_note(ckpt.get('plugin_digests'), digests)}") from None
     _limit_to_tokenizer(model, ckpt.get("tokenizer"))
     if isinstance(ckpt.get("tokenizer"), dict):  # save_pretrained's bos/eos: the run's end-of-text, or none for a
         # character vocabulary (GPT-2's 50256 would be a character of a vocabulary that large), as export --hf says

@@ -110,9 +110,9 @@ def build_model(
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        missing, unexpected = [file_name(k) for k in missing[:4]], [file_name(k) for k in unexpected[:4]]
+        missing_some, unexpected_some = _some(missing, file_name), _some(unexpected, file_name)
         raise CheckpointError(
-            f"{source}: weights do not fit the architecture (missing {missing}, unexpected {unexpected})"
+            f"{source}: weights do not fit the architecture (missing {missing_some}, unexpected {unexpected_some})"
         )
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[key].shape):
@@ -132,6 +132,12 @@ def build_model(
 # is run, regularisation, how fresh weights would be drawn). Everything else is fixed by the weights:
 # an activation, a norm eps or a RoPE theta would change the outputs as surely as a width.
 OVERRIDABLE_ON_LOAD = frozenset({*FREE_ARCH_KEYS, "init_std", "scaled_residual_init"})
+
+
+def _some(keys: list[str], file_name: Callable[[str], str], shown: int = 4) -> str:
+    """The first ``shown`` of ``keys`` by their file names, and how many more."""
+    names = [file_name(k) for k in keys[:shown]]
+    return f"{names}" + (f" (+{len(keys) - shown} more)" if len(keys) > shown else "")
 
 
 def check_overridable(overrides: dict[str, Any]) -> None:

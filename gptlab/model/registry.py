@@ -92,7 +92,13 @@ class Registry(dict[str, Any]):
         except (KeyError, TypeError):  # TypeError: unhashable value from a bad config
             error = unknown_choice(self.kind, name, self.keys())
             if isinstance(name, str):  # one's own component not imported looked like a typo of a built-in
-                error.args = (f"{error}; a component of your own is imported with --plugins=MODULE_OR_FILE",)
+                from gptlab.plugins import imported_plugins
+
+                if imported := imported_plugins():  # said as such: they were passed, and register other names
+                    tail = f"; the plugins imported ({', '.join(imported)}) register no {self.kind} {name!r}"
+                else:
+                    tail = "; a component of your own is imported with --plugins=MODULE_OR_FILE"
+                error.args = (f"{error}{tail}",)
             raise error from None
 
 

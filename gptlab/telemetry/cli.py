@@ -411,11 +411,12 @@ def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
     # a CPU's figure scales with its threads: training under other OMP_NUM_THREADS (torchrun: 1 a rank) differs
     n = torch.get_num_threads()
     threads = f", {n} thread{'s' if n > 1 else ''}" if torch.device(device).type == "cpu" else ""
-    print(f"{device_name(device)} ({table.precision}{threads}): measured {measured / 1e12:.3f} TFLOPS (timed matmul)")
+    print(f"{device_name(device)} ({table.precision}{threads}): measured {measured / 1e12:.4g} TFLOPS (timed matmul)")
     if table.peak_flops is not None:
         print(f"datasheet dense peak {table.peak_flops / 1e12:g} TFLOPS: measured is {measured / table.peak_flops:.0%}")
     same = " (train with as many threads: torchrun gives each rank 1)" if threads else ""
-    print(f"use --peak_tflops={measured / 1e12:.3f} to compute MFU against the measured ceiling{same}")
+    # significant digits: a CPU's 0.00087 was printed 0.001, and below 0.0005 as 0.000, which training refuses
+    print(f"use --peak_tflops={measured / 1e12:.4g} to compute MFU against the measured ceiling{same}")
     return 0
 
 

@@ -65,7 +65,7 @@ from gptlab.errors import ConfigError, GptlabError
 from gptlab.fileio import atomic_write, check_directory
 from gptlab.logging import TrainingLogger
 from gptlab.model.gpt import ConfigurableGPT
-from gptlab.plugins import component_plugins, plugin_digests
+from gptlab.plugins import component_plugins, edited_plugins_note, plugin_digests
 from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.init_from import InitFrom, resolve_init, scratch_notes, weights_origin
 from gptlab.train.init_from import preset_family as preset_family  # (imported from here before init_from.py)
@@ -453,7 +453,8 @@ class Trainer:
                 self.model = ConfigurableGPT(arch, init_weights=ckpt is None)  # a resume loads every weight
         if ckpt is not None:
             if "model" in ckpt and not on_meta:  # a full state dict; a DCP checkpoint loads after sharding
-                with state_errors(ckpt.get("path", "the checkpoint"), "weights"):
+                edited = edited_plugins_note(ckpt.get("plugin_digests"), self._plugin_digests)
+                with state_errors(ckpt.get("path", "the checkpoint"), "weights", edited):
                     self.model.load_state_dict(clean_state_dict(ckpt["model"]))
             self.iter_num, self.best_val_loss = int(ckpt["iter_num"]), float(ckpt["best_val_loss"])
         return dict(self.model.state_dict())

@@ -17,6 +17,7 @@ from gptlab.config.train import SAID_LAUNCH_KEYS, RunConfig, TrainConfig
 from gptlab.data.storage import bins_sample
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.logging import log_records
+from gptlab.plugins import edited_plugins
 
 Changes = dict[str, tuple[Any, Any]]  # {what: (the checkpoint's, now)}
 
@@ -120,8 +121,7 @@ def resume_changes(
         keep_best = False  # not comparable: the next evaluation sets it, on the new batches
     if (stranger := _not_this_folders_run(out_dir, ckpt)) is not None:  # copied in from elsewhere
         changed["checkpoint's run"] = ("this folder's (config.json)", f"another's, trained on: {stranger}")
-    saved_code = ckpt.get("plugin_digests") or {}
-    edited = sorted(k for k, v in plugin_digests.items() if saved_code.get(k) not in (None, v))
+    edited = edited_plugins(ckpt.get("plugin_digests"), plugin_digests)
     if edited:  # a registered component's code may have changed under its weights: said, not refused
         changed["plugin files"] = ("as the checkpoint was trained", f"changed since: {', '.join(edited)}")
     old_versions = ckpt.get("versions") or {}

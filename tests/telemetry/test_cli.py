@@ -162,6 +162,22 @@ def test_user_mistakes_are_config_errors(argv: list[str], message: str, capsys: 
     assert capsys.readouterr().out == ""  # refused before any table is printed
 
 
+@pytest.mark.parametrize(("flops", "shown"), [(8.7e8, "0.00087"), (3.4e8, "0.00034"), (412.345e12, "412.3")])
+def test_peak_suggests_a_peak_tflops_training_takes(
+    flops: float, shown: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three decimals printed a CPU's 0.00087 TFLOPS as 0.001 (15% off) and below 0.0005 as 0.000, which
+    training refuses (peak_tflops must be > 0)."""
+    from gptlab.config.train import TrainConfig
+    from gptlab.telemetry import hardware
+
+    monkeypatch.setattr(hardware, "measure_peak_flops", lambda *a, **k: flops)
+    assert run(["peak", "--device", "cpu", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert f"measured {shown} TFLOPS" in out and f"use --peak_tflops={shown} " in out
+    TrainConfig(peak_tflops=float(shown))  # taken
+
+
 def test_peak_times_a_matmul(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["peak", "--device", "cpu", "--dtype", "float32", "--size", "128", "--iters", "2"]) == 0
     out = capsys.readouterr().out
