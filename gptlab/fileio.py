@@ -168,4 +168,9 @@ def check_directory(key: str, path: str | Path) -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise ConfigError(f"{key}={str(path)!r} cannot be created: {str(parent)!r} is a file")
+            if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):  # mkdir's errno line named no key
+                raise ConfigError(
+                    f"{key}={str(path)!r} cannot be created: permission denied in {str(parent)!r} (pick a folder you "
+                    "can write to)"
+                )
             return

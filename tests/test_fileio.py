@@ -62,6 +62,27 @@ def test_check_directory_names_the_key_and_takes_the_path_as_written(tmp_path: P
     check_directory("out_dir", "~nosuchuser/out")  # a folder named '~nosuchuser' here, as the run will make it
 
 
+def test_check_directory_names_the_key_where_it_cannot_create_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder under one the user cannot write to: "[Errno 13] Permission denied: PATH" named no key (tests run
+    as root, who may write anywhere: the permission is what os.access answers)."""
+    import os
+
+    from gptlab.errors import ConfigError
+    from gptlab.fileio import check_directory
+
+    (tmp_path / "shared").mkdir()
+    denied = {str(tmp_path / "shared")}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) not in denied and real_access(p, mode))
+    with pytest.raises(ConfigError, match=r"^out_dir='.*shared/a/run' cannot be created: permission denied in '.*"
+                                          r"shared' \(pick a folder you can write to\)$"):  # fmt: skip
+        check_directory("out_dir", tmp_path / "shared" / "a" / "run")
+    check_directory("out_dir", tmp_path / "shared")  # there already: reading a run there is not refused here
+    check_directory("out_dir", tmp_path / "mine" / "run")
+
+
 def test_an_atomic_write_is_durable_before_and_after_its_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

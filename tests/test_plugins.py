@@ -583,6 +583,9 @@ def test_plugin_names_and_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError) as saved:  # saved, it is a plugin not imported: no pointer to a built-in
         ModelArchitectureConfig.from_dict({"normalization": "rmsnorm2"}, "x.py")
     assert "did you mean" not in str(saved.value) and "pass --plugins=x.py" in str(saved.value)
+    with pytest.raises(ConfigError) as edited:  # not a component: its own error, no plugin hint
+        ModelArchitectureConfig.from_dict({"n_embd": 32, "n_head": 5}, "x.py")
+    assert "is not divisible by n_head=5" in str(edited.value) and "plugins" not in str(edited.value)
 
 
 def test_an_unknown_components_error_names_the_plugins_imported_when_there_are_some(

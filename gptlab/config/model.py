@@ -253,9 +253,12 @@ class ModelArchitectureConfig:
         _reject_unknown_keys(values)
         try:
             return cls(**values)
-        except ConfigError as e:  # a saved architecture was valid when saved: most likely a component of one's own
+        except ConfigError as e:  # a saved architecture was valid when saved: an unknown component is one's own
+            from gptlab.model.registry import ALL_REGISTRIES
             from gptlab.plugins import plugins_hint
 
+            if getattr(e, "key", None) not in {registry.kind for registry in ALL_REGISTRIES}:
+                raise  # another value (an edited record, an override): its own error, no plugin hint
             raise ConfigError(f"{without_suggestion(e)}{plugins_hint(plugins)}") from None
 
 

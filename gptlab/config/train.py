@@ -199,9 +199,14 @@ class TrainConfig:
         for key in (*positive, "gradient_accumulation_steps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected a positive integer")
-        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "loss_chunk_size"):
+        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "loss_chunk_size"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected an integer >= 0")
+        if self.sample_tokens <= 0:  # 0 printed an empty "sample from the final model"
+            raise ConfigError(
+                f"sample_tokens={self.sample_tokens!r} is invalid: expected a positive integer (--sample_at_end=False "
+                "draws no sample)"
+            )
         for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):

@@ -111,6 +111,11 @@ class ConfigurableGPT(nn.Module):
         """``init_weights=False`` leaves the parameters as the layers' constructors drew them, for a caller that
         loads every one next (drawing GPT-2's init for 350M parameters takes seconds)."""
         super().__init__()
+        if not isinstance(config, ModelArchitectureConfig):  # a preset's name, a dict: said, not validate's error
+            raise TypeError(
+                f"ConfigurableGPT takes a ModelArchitectureConfig, not {type(config).__name__} {config!r:.60}: "
+                "build one with get_preset_config('llama', n_layer=...) or ModelArchitectureConfig(**values)"
+            )
         config.validate()
         self.config = copy.copy(config)  # its own: a caller's config edited for the next model leaves this one be
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
@@ -156,6 +161,10 @@ class ConfigurableGPT(nn.Module):
         ``return_logits=False`` (with targets): ``(None, loss)``. The training step asks for it: under
         torch.compile every output of the graph gets a gradient in backward, so returned logits cost a
         (B, T, vocab) tensor of zeros and its addition into the loss's gradient, every micro-step."""
+        if idx.dim() != 2 or idx.shape[1] == 0:  # a 1-D sequence was an IndexError inside the model
+            raise ValueError(
+                f"idx of shape {tuple(idx.shape)}: expected token ids (B, T) with T >= 1 (one sequence: idx[None])"
+            )
         T = idx.shape[1]
         if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")

@@ -351,7 +351,7 @@ def _cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     for field in (*rows, "peak", "total"):
         print(
             f"{labels.get(field, field):22s}"
-            + "".join(f"{getattr(p.mode, field) / scale:12.3f}" for p in plans.values())
+            + "".join(f" {getattr(p.mode, field) / scale:11.3f}" for p in plans.values())  # wider: still apart
         )
         if field == "peak":  # where in the step: a block's backward, the loss's, the embedding's, the end
             print(f"{'  at the':22s}" + "".join(f" {_short_moment(p.mode.peak_at):>11s}" for p in plans.values()))

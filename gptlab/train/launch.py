@@ -118,6 +118,11 @@ def train(run: RunConfig, stream: IO[str] | None = None, *, shared_process: bool
     torchrun then stops the other ranks, and ranks on other nodes fail their next collective.
     ``shared_process``: this process trains other models too (a loop over runs), so its host memory is not
     this run's alone; the startup record says so and reports leave that memory out."""
+    if not isinstance(run, RunConfig):  # a dict of settings: its own TypeError, not an AttributeError inside
+        raise TypeError(
+            f"train() takes a RunConfig, not {type(run).__name__}: resolve_run_config({{'max_iters': ...}}) or "
+            "parse_run_args(['config/x.py', '--key=value']) builds one"
+        )
     check_logging_backends(run.train.wandb_log, run.train.tensorboard_log)  # before data, model and process group
     device = resolve_device(run.train.device)
     if run.train.compile:  # each run's model compiled anew: earlier runs' entries for the same forward (a

@@ -61,7 +61,7 @@ from gptlab.data.datasets import ensure_prepared, read_meta
 from gptlab.data.loader import EVAL_SEED, EVAL_STREAM, BatchLoader
 from gptlab.data.stats import unigram_baseline
 from gptlab.device import enable_tf32, prefer_sdpa_kernel, resolve_device, resolve_dtype
-from gptlab.errors import ConfigError, GptlabError
+from gptlab.errors import ConfigError, DataError, GptlabError
 from gptlab.fileio import atomic_write, check_directory
 from gptlab.logging import TrainingLogger
 from gptlab.model.gpt import ConfigurableGPT
@@ -75,6 +75,7 @@ from gptlab.train.resume import (
     folder_identity,
     resume_changes,
     resume_line,
+    resumed_data_dir_hint,
     saved_tokens_per_iter,
 )
 from gptlab.train.run_record import (
@@ -174,7 +175,10 @@ class Trainer:
         check_out_dir_unclaimed(cfg, self.out_dir)
 
         # ---- data
-        self.dataset_dir = ensure_prepared(cfg.dataset, cfg.data_dir)
+        try:
+            self.dataset_dir = ensure_prepared(cfg.dataset, cfg.data_dir)
+        except DataError as e:  # a resume of a run that read its data from another data_dir: said which
+            raise DataError(f"{e}{resumed_data_dir_hint(run)}") from None
         self.meta = read_meta(self.dataset_dir)
         # the data this session trains on, as each checkpoint records
         self.data_record = data_record(self.meta, self.dataset_dir)

@@ -131,6 +131,20 @@ def resume_changes(
     return changed, keep_best
 
 
+def resumed_data_dir_hint(run: RunConfig) -> str:
+    """The end of a resume's missing-dataset error when the run read its data from another data_dir, which a
+    resume does not take from its checkpoint (a launch key: nodes may hold the data elsewhere); '' otherwise."""
+    from gptlab.data.storage import is_ready
+
+    saved = run.resume_changes.get("data_dir", (None, None))[0]
+    if not isinstance(saved, str) or not is_ready(Path(os.path.expanduser(saved)) / run.train.dataset):
+        return ""
+    return (
+        f" (this run read it from data_dir={saved!r}, which a resume takes from the command line, not from its "
+        f"checkpoint: pass --data_dir={shlex.quote(saved)})"
+    )
+
+
 def resume_line(ckpt: dict[str, Any], iter_num: int, changed: Changes, explicit: frozenset[str]) -> str:
     """The resume event's line: the checkpoint, its iteration, what changed, and how to keep a launch setting."""
     changes = "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())

@@ -49,8 +49,8 @@ class SampleConfig:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected a non-empty name or path")
         if self.num_samples <= 0:
             raise ConfigError(f"num_samples={self.num_samples} is invalid: expected an integer > 0")
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens={self.max_new_tokens} is invalid: expected an integer >= 0")
+        if self.max_new_tokens <= 0:  # 0 printed the prompt back as a "sample"
+            raise ConfigError(f"max_new_tokens={self.max_new_tokens} is invalid: expected a positive integer")
         low, high = TEMPERATURE_RANGE  # past these float32 logits overflow
         if not (self.temperature == 0 or low <= self.temperature <= high):
             raise ConfigError(

@@ -453,3 +453,20 @@ def test_a_vocab_limit_keeps_the_random_stream_of_an_unlimited_sample() -> None:
         if limit is not None:
             assert int(out.max()) < limit
     assert torch.equal(after[0], after[1])
+
+
+def test_the_python_apis_likely_mistakes_are_named() -> None:
+    """A preset's name for the config was "'str' object has no attribute 'validate'", one sequence without its
+    batch axis an IndexError inside the model, and train() of a dict "'dict' object has no attribute 'train'"."""
+    from gptlab.train.launch import train
+
+    with pytest.raises(TypeError, match=r"^ConfigurableGPT takes a ModelArchitectureConfig, not str 'llama': build"):
+        ConfigurableGPT("llama")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^ConfigurableGPT takes a ModelArchitectureConfig, not dict"):
+        ConfigurableGPT({"n_layer": 2})  # type: ignore[arg-type]
+    model = ConfigurableGPT(get_debug_config("llama"))
+    for idx in (torch.zeros(5, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"^idx of shape \(.*\): expected token ids \(B, T\) with T >= 1"):
+            model(idx)
+    with pytest.raises(TypeError, match=r"^train\(\) takes a RunConfig, not dict: resolve_run_config"):
+        train({"max_iters": 3})  # type: ignore[arg-type]

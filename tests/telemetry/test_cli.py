@@ -300,3 +300,10 @@ def test_plan_checks_a_config_files_training_settings_as_train_py(tmp_path, caps
         config.write_text(f"arch_preset = 'gpt2'\nn_layer = 1\n{line}\n")
         with pytest.raises(ConfigError, match=message):
             run(["plan", str(config)])
+
+
+def test_plan_columns_stay_apart_for_huge_values(capsys: pytest.CaptureFixture[str]) -> None:
+    """A billion-sequence micro-batch printed 'activations 551313408.247551313408.247...': one number to a reader."""
+    assert run(["plan", "gpt2", "--batch_size=1000000000"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("activations "))
+    assert len(row.split()) == 1 + 4  # the label and the four modes' figures

@@ -197,3 +197,36 @@ def test_an_evaluation_of_new_random_weights_is_refused_beside_a_checkpoint(tmp_
     with pytest.raises(ConfigError, match=r"eval_only=True with init_from='scratch' would evaluate new random"):
         check_out_dir_unclaimed(scratch, tmp_path)
     check_out_dir_unclaimed(dataclasses.replace(scratch, init_from="resume"), tmp_path)
+
+
+def test_a_resume_missing_its_data_names_the_data_dir_the_run_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data_dir is a launch key (nodes may hold the data elsewhere): a resume without it looked in data/ and was
+    told to prepare the dataset again, when --data_dir=the run's was what it needed."""
+    import io
+
+    from gptlab.data.datasets import prepare_dataset
+    from gptlab.errors import DataError
+    from gptlab.train.launch import train
+    from tests.train.conftest import tiny_args
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 400)
+    prepare_dataset("own_char_t", data_dir=tmp_path / "udata", input_path=tmp_path / "text.txt", tokenizer="char")
+    run = tmp_path / "run"
+    args = [a for a in tiny_args(tmp_path / "udata", run, max_iters=2) if not a.startswith("--dataset=")]
+    train(parse_run_args([*args, "--dataset=own_char_t"]), stream=io.StringIO())
+    with pytest.raises(DataError) as missing:
+        train(
+            parse_run_args([f"--out_dir={str(run)!r}", "--init_from='resume'", "--max_iters=3"]), stream=io.StringIO()
+        )
+    udata = str(tmp_path / "udata")
+    assert "dataset 'own_char_t'" in str(missing.value)
+    assert str(missing.value).endswith(
+        f" (this run read it from data_dir={udata!r}, which a resume takes from the command line, not from its "
+        f"checkpoint: pass --data_dir={udata})"
+    )
+    resumed = train(parse_run_args([f"--out_dir={str(run)!r}", "--init_from='resume'", "--max_iters=3",
+                                    f"--data_dir={udata!r}"]), stream=io.StringIO())  # fmt: skip
+    assert resumed["status"] == "completed"
