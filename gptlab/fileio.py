@@ -151,9 +151,16 @@ def _dangling_link(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def check_directory(key: str, path: str | Path) -> None:
+def _may_write(folder: Path) -> bool:
+    """Whether this process may create entries in ``folder`` (its effective ids, where the OS says them)."""
+    effective = os.access in os.supports_effective_ids
+    return os.access(folder, os.W_OK | os.X_OK, effective_ids=effective)
+
+
+def check_directory(key: str, path: str | Path, creates: bool = False) -> None:
     """A folder the user named, that gptlab will create or write into: one ConfigError naming the key when
-    it is a file, or when a folder it would be created in is (where mkdir's errno line names neither)."""
+    it is a file, or when a folder it would be created in is (where mkdir's errno line names neither);
+    ``creates``: the caller makes it, so a parent this process may not write to is refused too."""
     from gptlab.errors import ConfigError
 
     path = Path(path)  # as the callers use it ('~' expanded where the setting was read)
@@ -168,7 +175,7 @@ def check_directory(key: str, path: str | Path) -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise ConfigError(f"{key}={str(path)!r} cannot be created: {str(parent)!r} is a file")
-            if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):  # mkdir's errno line named no key
+            if creates and not path.exists() and not _may_write(parent):  # mkdir's errno line named no key
                 raise ConfigError(
                     f"{key}={str(path)!r} cannot be created: permission denied in {str(parent)!r} (pick a folder you "
                     "can write to)"

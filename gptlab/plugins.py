@@ -269,12 +269,10 @@ def plugins_hint(recorded: object) -> str:
     """The end of an error about an unknown component of a saved run: what to pass to get it back (or, where
     that is imported already, that it no longer registers the name)."""
     if isinstance(recorded, str) and recorded.strip():
-        if all(_was_imported(entry) for entry in split_plugins(recorded)):
-            return (
-                f"; this run was trained with plugins={recorded!r}, imported here, which no longer registers that "
-                "name (renamed or removed since the run was trained?)"
-            )
-        return f"; this run was trained with plugins={recorded!r}: pass --plugins={shlex.quote(recorded)}"
+        hint = f"; this run was trained with plugins={recorded!r}: pass --plugins={shlex.quote(recorded)}"
+        if all(_was_imported(entry) for entry in split_plugins(recorded)):  # passed already, most likely
+            hint += " (imported in this process, it registers no such name now: renamed or removed since?)"
+        return hint
     return (
         "; a component registered outside gptlab must be imported again to load it: pass the module or file "
         "that registers it (--plugins=my_components or --plugins=path/to/file.py, e.g. the config file)"

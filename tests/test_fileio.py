@@ -75,12 +75,13 @@ def test_check_directory_names_the_key_where_it_cannot_create_the_folder(
     (tmp_path / "shared").mkdir()
     denied = {str(tmp_path / "shared")}
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: str(p) not in denied and real_access(p, mode))
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: str(p) not in denied and real_access(p, mode, **kw))
     with pytest.raises(ConfigError, match=r"^out_dir='.*shared/a/run' cannot be created: permission denied in '.*"
                                           r"shared' \(pick a folder you can write to\)$"):  # fmt: skip
-        check_directory("out_dir", tmp_path / "shared" / "a" / "run")
-    check_directory("out_dir", tmp_path / "shared")  # there already: reading a run there is not refused here
-    check_directory("out_dir", tmp_path / "mine" / "run")
+        check_directory("out_dir", tmp_path / "shared" / "a" / "run", creates=True)
+    check_directory("data_dir", tmp_path / "shared" / "a" / "run")  # read only (a dataset looked for): not refused
+    check_directory("out_dir", tmp_path / "shared", creates=True)  # there already: reading a run there is fine
+    check_directory("out_dir", tmp_path / "mine" / "run", creates=True)
 
 
 def test_an_atomic_write_is_durable_before_and_after_its_rename(

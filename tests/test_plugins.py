@@ -603,8 +603,8 @@ def test_an_unknown_components_error_names_the_plugins_imported_when_there_are_s
         ModelArchitectureConfig(normalization="own_norm_t")  # none imported: how to import one
     try:
         import_plugins("registers_nothing_t")
-        with pytest.raises(ConfigError, match=r"; the plugins imported \(registers_nothing_t\) register no "
-                                              r"normalization 'own_norm_t'$"):  # fmt: skip
+        said = r"--plugins=MODULE_OR_FILE \(imported in this process: registers_nothing_t; none registers normalization"
+        with pytest.raises(ConfigError, match=said + r" 'own_norm_t'\)$"):
             ModelArchitectureConfig(normalization="own_norm_t")
         recorded = str(tmp_path / "renamed_t.py")
         assert "pass --plugins=" in plugins_hint(recorded)  # not imported yet
@@ -612,8 +612,8 @@ def test_an_unknown_components_error_names_the_plugins_imported_when_there_are_s
         with pytest.raises(ConfigError) as saved:
             ModelArchitectureConfig.from_dict({"normalization": "renamed_norm_t"}, recorded)
         assert str(saved.value).endswith(
-            f"this run was trained with plugins={recorded!r}, imported here, which no longer registers that name "
-            "(renamed or removed since the run was trained?)"
+            f"this run was trained with plugins={recorded!r}: pass --plugins={recorded} (imported in this process, it "
+            "registers no such name now: renamed or removed since?)"
         )
     finally:
         NORM_REGISTRY.pop("renamed_norm_v2_t", None)
@@ -984,9 +984,7 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
         with pytest.raises(CheckpointError, match="its weights do not fit the architecture it records") as resumed:
             train(parse_run_args([*resume, "--max_iters=5"]), stream=io.StringIO())
         assert str(resumed.value).endswith(edited)
-        with pytest.raises(
-            CheckpointError, match=r"unexpected \[\] \(\+1 more\)|missing \[.*\] \(\+1 more\)"
-        ) as sampled:
+        with pytest.raises(CheckpointError, match=r"missing \[.*\] \(\+1 more\)") as sampled:
             model_from_checkpoint(torch.load(run / "ckpt.pt", weights_only=True))  # gptlab sample's and export's
         assert str(sampled.value).endswith(edited)
     finally:

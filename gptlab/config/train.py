@@ -202,7 +202,7 @@ class TrainConfig:
         for key in ("max_iters", "warmup_iters", "lr_decay_iters", "loss_chunk_size"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected an integer >= 0")
-        if self.sample_tokens <= 0:  # 0 printed an empty "sample from the final model"
+        if self.sample_tokens < 0 or (self.sample_tokens == 0 and self.sample_at_end):  # 0: an empty sample
             raise ConfigError(
                 f"sample_tokens={self.sample_tokens!r} is invalid: expected a positive integer (--sample_at_end=False "
                 "draws no sample)"

@@ -270,7 +270,7 @@ def prepare_dataset(
     are complete, so an interrupted prepare never leaves a dataset that looks ready.
     """
     _check_name(name)
-    check_directory("data_dir", data_dir)
+    check_directory("data_dir", data_dir, creates=True)
     path = Path(input_path) if input_path is not None else None
     opts = PrepareOptions(
         path, tokenizer, num_proc, max_documents, max_tokens, max_chars, val_fraction, load_fn, text_field

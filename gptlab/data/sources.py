@@ -371,6 +371,17 @@ def _texts(records: Records, text_field: str, where: str) -> Iterator[str]:
         raise DataError(f"reading {where} failed: {type(e).__name__}: {first}") from e
 
 
+def _ask_the_hub(hub_path: str) -> None:
+    """One request for the dataset's record before ``datasets`` opens it: offline, datasets retried five times,
+    printing ten lines of 'Retrying in 8s' over about 40 s before its error. Raises what the request met; skipped
+    under HF_HUB_OFFLINE or HF_DATASETS_OFFLINE (the cache is read)."""
+    import datasets
+    from huggingface_hub import HfApi, constants
+
+    if not (constants.HF_HUB_OFFLINE or getattr(getattr(datasets, "config", None), "HF_HUB_OFFLINE", False)):
+        HfApi().dataset_info(hub_path, timeout=100)  # datasets' own (a slow mirror or proxy answers in time)
+
+
 def hub_corpus(
     hub_path: str,
     hub_config: str | None,
@@ -391,6 +402,7 @@ def hub_corpus(
     else:
         datasets = _import_datasets()
         try:
+            _ask_the_hub(hub_path)
             records = datasets.load_dataset(hub_path, name=hub_config, split="train", streaming=True)
         except Exception as e:  # offline, hub errors: one line with the way out
             first = str(e).splitlines()[0] if str(e) else type(e).__name__

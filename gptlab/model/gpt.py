@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ class ConfigurableGPT(nn.Module):
         """``init_weights=False`` leaves the parameters as the layers' constructors drew them, for a caller that
         loads every one next (drawing GPT-2's init for 350M parameters takes seconds)."""
         super().__init__()
-        if not isinstance(config, ModelArchitectureConfig):  # a preset's name, a dict: said, not validate's error
+        if isinstance(config, (str, Mapping)):  # a preset's name, a dict: said, not validate's AttributeError
             raise TypeError(
                 f"ConfigurableGPT takes a ModelArchitectureConfig, not {type(config).__name__} {config!r:.60}: "
                 "build one with get_preset_config('llama', n_layer=...) or ModelArchitectureConfig(**values)"

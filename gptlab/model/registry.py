@@ -94,10 +94,9 @@ class Registry(dict[str, Any]):
             if isinstance(name, str):  # one's own component not imported looked like a typo of a built-in
                 from gptlab.plugins import imported_plugins
 
-                if imported := imported_plugins():  # said as such: they were passed, and register other names
-                    tail = f"; the plugins imported ({', '.join(imported)}) register no {self.kind} {name!r}"
-                else:
-                    tail = "; a component of your own is imported with --plugins=MODULE_OR_FILE"
+                tail = "; a component of your own is imported with --plugins=MODULE_OR_FILE"
+                if imported := imported_plugins():  # passed already? none of those registers it (renamed, or another)
+                    tail += f" (imported in this process: {', '.join(imported)}; none registers {self.kind} {name!r})"
                 error.args = (f"{error}{tail}",)
             raise error from None
 

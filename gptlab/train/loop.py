@@ -140,7 +140,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         # the folder the lock was taken in (launch makes it before this): checked before each save and the summary
         self._out_dir_identity = folder_identity(self.out_dir)
-        check_directory("out_dir", cfg.out_dir)
+        check_directory("out_dir", cfg.out_dir, creates=True)
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.dist = dist if dist is not None else parallel.init_distributed(cfg, self.device)
@@ -178,7 +178,9 @@ class Trainer:
         try:
             self.dataset_dir = ensure_prepared(cfg.dataset, cfg.data_dir)
         except DataError as e:  # a resume of a run that read its data from another data_dir: said which
-            raise DataError(f"{e}{resumed_data_dir_hint(run)}") from None
+            if not (hint := resumed_data_dir_hint(run)):
+                raise
+            raise DataError(f"{e}{hint}") from None
         self.meta = read_meta(self.dataset_dir)
         # the data this session trains on, as each checkpoint records
         self.data_record = data_record(self.meta, self.dataset_dir)
@@ -1077,13 +1079,6 @@ class Trainer:
             # the run's best over every session (the checkpoint carries it), not only this session's evaluations
             extra["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         return extra
-
-
-def _cloned(state: Any) -> Any:
-    """One parameter's optimizer state with its tensors copied."""
-    if not isinstance(state, dict):
-        return state
-    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def _finite(losses: dict[str, float]) -> bool:

@@ -264,11 +264,47 @@ def test_hub_offline_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Monke
     def load_dataset(path: str, **kwargs: object) -> None:
         raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)\nmore detail")
 
+    from gptlab.data import sources
+
     monkeypatch.setitem(sys.modules, "datasets", SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr(sources, "_ask_the_hub", lambda hub_path: None)  # the Hub answers; datasets then fails
     with pytest.raises(DataError) as err:
         prepare_dataset("fineweb_edu", tmp_path)
     message = one_line(err)
     assert "'HuggingFaceFW/fineweb-edu'" in message and "--input PATH" in message
+
+
+def test_an_unreachable_hub_is_said_before_datasets_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, datasets retried its connection five times (ten 'Retrying in 8s' lines, ~40 s) before the error:
+    one request to the Hub first, and its failure is the one line."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from gptlab.data import sources
+
+    def dataset_info(self: object, repo_id: str, **kwargs: object) -> None:
+        asked.append((repo_id, kwargs.get("timeout")))
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    def load_dataset(path: str, **kwargs: object) -> None:
+        raise AssertionError("datasets was asked after the Hub could not be reached")
+
+    asked: list[tuple[str, object]] = []
+    fake_datasets = SimpleNamespace(load_dataset=load_dataset, config=SimpleNamespace(HF_HUB_OFFLINE=False))
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(DataError) as err:
+        prepare_dataset("openwebtext", tmp_path)
+    assert one_line(err) == (
+        "cannot open Hugging Face dataset 'Skylion007/openwebtext' ([Errno -2] Name or service not known): pass "
+        "--input PATH to local .jsonl/.parquet files"
+    )
+    assert asked == [("Skylion007/openwebtext", 100)]
+    fake_datasets.config.HF_HUB_OFFLINE = True  # HF_DATASETS_OFFLINE=1: the cache is read, no request
+    sources._ask_the_hub("Skylion007/openwebtext")
+    fake_datasets.config.HF_HUB_OFFLINE = False
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1 likewise
+    sources._ask_the_hub("Skylion007/openwebtext")
+    assert len(asked) == 1
 
 
 @pytest.mark.parametrize("name", ["openwebtext", "fineweb_edu"])
