@@ -182,6 +182,9 @@ def make_steps(trainer: Trainer, grad_accum: int) -> tuple[Callable[[], None], C
         else torch.autocast(device.type, dtype=PT_DTYPES[trainer.dtype])
     )
     it = [0]
+    clip = trainer.cfg.grad_clip
+    # nanoGPT's GradScaler (a no-op unless float16), its own: the two loops' scales are theirs
+    scaler = parallel.build_grad_scaler(dist, enabled=trainer.dtype == "float16")
 
     def plain_step() -> None:
         loader = trainer.train_loader
@@ -194,10 +197,15 @@ def make_steps(trainer: Trainer, grad_accum: int) -> tuple[Callable[[], None], C
                 _, loss = model(x, y, return_logits=False)
             # nanoGPT: "immediately async prefetch next batch while model is doing the forward pass"
             loader.prefetch(*trainer.next_batch_key(it[0], micro))
-            (loss / grad_accum).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            scaler.scale(loss / grad_accum).backward()
+        if clip > 0.0:  # the run's grad_clip, as nanoGPT's: 0 skips it in both loops
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(opt)
+        scaler.update()
+        # CUDA-graph compile modes with accumulation keep .grad as zeroed buffers (Trainer.use_stable_grads): freed
+        # here, the next captured backward's output became .grad, overwritten by the next replay, in both loops
+        opt.zero_grad(set_to_none=not trainer._stable_grads)
         it[0] += 1
 
     read_late = statistics_read_a_step_late(trainer)

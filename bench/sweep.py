@@ -56,7 +56,17 @@ def flags(key: str, value: str, options: set[str]) -> list[str]:
         if value not in ("on", "off"):
             raise ValueError(f"--grid {key}={value!r}: expected on or off")
         return [f"--{key}"] if value == "on" else []
-    return [f"--{key}", value] if key in options else ["--set", f"{key}={value}"]
+    if key in options:
+        return [f"--{key}", value]
+    from gptlab.config.train import ALL_KEYS
+    from gptlab.errors import did_you_mean
+
+    if key not in ALL_KEYS:  # refused before the first run, not as a failed row per combination
+        known = sorted({*options, *ALL_KEYS})
+        raise ValueError(
+            f"--grid {key}=...: {key!r} is neither a train_step option nor a config key{did_you_mean(key, known)}"
+        )
+    return ["--set", f"{key}={value}"]
 
 
 def main() -> int:

@@ -161,6 +161,7 @@ def main() -> None:
             f"dtype={trainer.dtype}, compile={a.compile} ({a.compile_mode}, {a.compile_scope}; first step "
             f"{first_step_s:.1f} s"
             + "".join(f", inductor {key}={value!r}" for key, value in a.inductor_config)
+            + (" (no effect without --compile)" if a.inductor_config and not a.compile else "")
             + (f", residual stream in {trainer.dtype}" if trainer.raw_model.residual_cast else "")
             + f"), attention={a.attention_backend}"
             + (f" ({', '.join(kernels)})" if kernels else "")
