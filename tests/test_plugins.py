@@ -995,6 +995,49 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
     assert resumes[1]["changed"]["plugin files"] == ["as the checkpoint was trained", f"changed since: {plugin}"]
 
 
+def test_a_sharded_resume_says_a_plugin_file_edited_since_its_weights_no_longer_fit(
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """As a single-file resume says it: an FSDP run's DCP checkpoint, resumed after its plugin gained a parameter,
+    failed as "not a readable gptlab DCP checkpoint (... Missing key ...)" with no word of the plugin's change."""
+    import io
+
+    import gptlab.plugins
+    from gptlab.config.train import parse_run_args
+    from gptlab.errors import CheckpointError
+    from gptlab.train.launch import train
+    from tests.train.conftest import tiny_args
+
+    plugin = tmp_path / "sharded_norm_t.py"
+    plugin.write_text(
+        "from gptlab.model import NORM_REGISTRY\nfrom gptlab.model.components import RMSNorm\n\n"
+        "class ShardedNorm(RMSNorm):\n    pass\n\nNORM_REGISTRY['sharded_norm_t'] = ShardedNorm\n"
+    )
+    run = tmp_path / "run"
+    own = [f"--plugins={str(plugin)!r}", "--parallel='fsdp'"]
+    try:
+        train(parse_run_args([*tiny_args(data_dir, run, max_iters=2, normalization="sharded_norm_t"), *own]),
+              stream=io.StringIO())  # fmt: skip
+        assert list(run.glob("ckpt-*.dcp"))
+        plugin.write_text(
+            plugin.read_text().replace(
+                "    pass",
+                "    def __init__(self, *a, **k):\n        super().__init__(*a, **k)\n"
+                "        import torch\n        self.beta = torch.nn.Parameter(torch.zeros(1))\n",
+            )
+        )
+        NORM_REGISTRY.pop("sharded_norm_t", None)
+        gptlab.plugins._imported_files.pop(plugin.resolve(), None)  # a new process runs the file again
+        resume = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'", "--max_iters=3"]
+        with pytest.raises(CheckpointError) as resumed:
+            train(parse_run_args([*resume, *own]), stream=io.StringIO())
+        assert str(resumed.value).endswith(f"; plugin code changed since this checkpoint was saved: {plugin}")
+    finally:
+        NORM_REGISTRY.pop("sharded_norm_t", None)
+        gptlab.plugins._imported_files.pop(plugin.resolve(), None)
+
+
 def test_a_plugin_digest_sees_code_and_ignores_settings() -> None:
     """The digest a resume compares: a config file's settings (max_iters raised for the resume) change nothing, a
     top-level assignment to anything else (a class attribute a component reads, a helper's constant) does."""

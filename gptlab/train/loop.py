@@ -288,6 +288,7 @@ class Trainer:
                 device=self.device,
                 betas=(cfg.beta1, cfg.beta2),
                 weight_decay=cfg.weight_decay,
+                note=edited_plugins_note(ckpt.get("plugin_digests"), self._plugin_digests),
             )
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])

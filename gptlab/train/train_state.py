@@ -47,9 +47,11 @@ def load_optimizer_state(
     device: torch.device,
     betas: tuple[float, float],
     weight_decay: float,
+    note: str = "",
 ) -> None:
     """The optimizer state (and, for a DCP checkpoint, the model's shards) into the wrapped run: ``model`` as
-    wrapped (``mode``: none, ddp, zero1, fsdp), ``raw_model`` the plain one. This run's ``betas`` and
+    wrapped (``mode``: none, ddp, zero1, fsdp), ``raw_model`` the plain one; ``note`` ends a DCP checkpoint's
+    load error (a plugin whose code changed since). This run's ``betas`` and
     ``weight_decay`` replace the saved groups' (a resume that changes --weight_decay or --beta2 means it; lr is
     set every step)."""
     from torch.distributed.checkpoint.state_dict import (
@@ -63,7 +65,12 @@ def load_optimizer_state(
     if "dcp_path" in ckpt:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
-        load_dcp(state, ckpt["dcp_path"])  # collective: each rank reads its shards
+        try:
+            load_dcp(state, ckpt["dcp_path"])  # collective: each rank reads its shards
+        except CheckpointError as e:
+            if not note:
+                raise
+            raise CheckpointError(f"{e}{note}") from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     elif mode == "fsdp":  # a full (single-file) optimizer state, sharded as it loads
         with state_errors(where, "optimizer states"):
