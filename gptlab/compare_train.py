@@ -249,10 +249,11 @@ def train_and_compare(
 
     _unique_labels(archs)
     # the user's --key=value must take effect; a config file may spell out keys its architecture ignores
-    runs = [resolve_run_config(_run_values(a, overrides, out), typed=set(overrides)) for a in archs]
+    values = [_run_values(a, overrides, out) for a in archs]
+    runs = [resolve_run_config(v, typed=set(overrides)) for v in values]
     shrink_notes = {}  # said in the log and under the table: the trained model's heads are not the file's
-    for a in archs:
-        if (kv_heads := _shrunk_kv_heads(a, _run_values(a, overrides, out), overrides)) is not None:
+    for a, v in zip(archs, values):
+        if (kv_heads := _shrunk_kv_heads(a, v, overrides)) is not None:
             shrink_notes[a.label] = kv_heads[1]
     tokens = {
         a.label: r.train.batch_size * r.train.gradient_accumulation_steps * r.arch.block_size

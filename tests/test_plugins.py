@@ -941,6 +941,30 @@ def test_a_backend_counted_as_none_or_given_alibis_bias_is_measured_as_training_
         del ATTENTION_BACKEND_REGISTRY["opaque_t"], ATTENTION_BACKEND_REGISTRY["with_bias_t"]
 
 
+def _write_norm_plugin(path: Path, name: str) -> None:
+    """A plugin file registering an RMSNorm subclass as ``name`` (its body ``pass``, for an edit to replace)."""
+    path.write_text(
+        "from gptlab.model import NORM_REGISTRY\nfrom gptlab.model.components import RMSNorm\n\n"
+        f"class OwnNorm(RMSNorm):\n    pass\n\nNORM_REGISTRY[{name!r}] = OwnNorm\n"
+    )
+
+
+def _give_the_norm_a_parameter(plugin: Path, name: str, body: str, shape: str) -> None:
+    """Edit the plugin's norm (its line ``body``) to hold a parameter of ``shape`` more, and forget the file's import
+    and registration, as a new process would not have them."""
+    import gptlab.plugins
+
+    plugin.write_text(
+        plugin.read_text().replace(
+            body,
+            "    def __init__(self, *a, **k):\n        super().__init__(*a, **k)\n"
+            f"        import torch\n        self.beta = torch.nn.Parameter(torch.zeros({shape}))\n",
+        )
+    )
+    NORM_REGISTRY.pop(name, None)
+    gptlab.plugins._imported_files.pop(plugin.resolve(), None)
+
+
 def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     """The weights of a registered component meet its code again on a resume: an edit in between (a fix, an
     experiment) changed the model under them unannounced. The checkpoint records each plugin file's digest."""
@@ -955,10 +979,7 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
     from tests.train.conftest import tiny_args
 
     plugin = tmp_path / "edited_norm_t.py"
-    plugin.write_text(
-        "from gptlab.model import NORM_REGISTRY\nfrom gptlab.model.components import RMSNorm\n\n"
-        "class EditedNorm(RMSNorm):\n    pass\n\nNORM_REGISTRY['edited_norm_t'] = EditedNorm\n"
-    )
+    _write_norm_plugin(plugin, "edited_norm_t")
     run = tmp_path / "run"
     args = [*tiny_args(data_dir, run, max_iters=2, normalization="edited_norm_t"), f"--plugins={str(plugin)!r}"]
     try:
@@ -971,15 +992,7 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
         train(parse_run_args([*resume, "--max_iters=4"]), stream=io.StringIO())
         # an edit that adds a parameter, in a new process (the file runs again): the weights no longer fit, and
         # the error says why beside the checkpoint's name (it blamed the checkpoint alone)
-        plugin.write_text(
-            plugin.read_text().replace(
-                "    eps_scale = 2.0",
-                "    def __init__(self, *a, **k):\n        super().__init__(*a, **k)\n"
-                "        import torch\n        self.beta = torch.nn.Parameter(torch.zeros(()))\n",
-            )
-        )
-        NORM_REGISTRY.pop("edited_norm_t", None)
-        gptlab.plugins._imported_files.pop(plugin.resolve(), None)
+        _give_the_norm_a_parameter(plugin, "edited_norm_t", "    eps_scale = 2.0", "()")
         edited = f"; plugin code changed since this checkpoint was saved: {plugin}"
         with pytest.raises(CheckpointError, match="its weights do not fit the architecture it records") as resumed:
             train(parse_run_args([*resume, "--max_iters=5"]), stream=io.StringIO())
@@ -1010,25 +1023,14 @@ def test_a_sharded_resume_says_a_plugin_file_edited_since_its_weights_no_longer_
     from tests.train.conftest import tiny_args
 
     plugin = tmp_path / "sharded_norm_t.py"
-    plugin.write_text(
-        "from gptlab.model import NORM_REGISTRY\nfrom gptlab.model.components import RMSNorm\n\n"
-        "class ShardedNorm(RMSNorm):\n    pass\n\nNORM_REGISTRY['sharded_norm_t'] = ShardedNorm\n"
-    )
+    _write_norm_plugin(plugin, "sharded_norm_t")
     run = tmp_path / "run"
     own = [f"--plugins={str(plugin)!r}", "--parallel='fsdp'"]
     try:
         train(parse_run_args([*tiny_args(data_dir, run, max_iters=2, normalization="sharded_norm_t"), *own]),
               stream=io.StringIO())  # fmt: skip
         assert list(run.glob("ckpt-*.dcp"))
-        plugin.write_text(
-            plugin.read_text().replace(
-                "    pass",
-                "    def __init__(self, *a, **k):\n        super().__init__(*a, **k)\n"
-                "        import torch\n        self.beta = torch.nn.Parameter(torch.zeros(1))\n",
-            )
-        )
-        NORM_REGISTRY.pop("sharded_norm_t", None)
-        gptlab.plugins._imported_files.pop(plugin.resolve(), None)  # a new process runs the file again
+        _give_the_norm_a_parameter(plugin, "sharded_norm_t", "    pass", "1")  # FSDP2 shards dim 0: not 0-dim
         resume = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'", "--max_iters=3"]
         with pytest.raises(CheckpointError) as resumed:
             train(parse_run_args([*resume, *own]), stream=io.StringIO())
