@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from gptlab import parallel
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.data.datasets import ensure_prepared
 from gptlab.data.storage import is_ready
 from gptlab.model import loss_kernel

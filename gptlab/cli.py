@@ -28,8 +28,9 @@ from gptlab.train.signals import TrainingInterrupted, report_interrupted
 
 
 def _cmd_arch(args: argparse.Namespace, extra: list[str]) -> int:
+    from gptlab.config.files import names_a_file
     from gptlab.config.model import ARCH_FIELDS
-    from gptlab.config.train import BOOL_KEYS, TEXT_KEYS, TRAIN_FIELDS, names_a_file
+    from gptlab.config.train import BOOL_KEYS, TEXT_KEYS, TRAIN_FIELDS
     from gptlab.model.gpt import ConfigurableGPT
     from gptlab.telemetry.cli import vocab_hint
 

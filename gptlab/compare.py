@@ -54,7 +54,9 @@ def resolve_architecture(
     """``name`` is a preset ('gpt2', 'llama', ...) or a training config file (``*.py``; ``file_values``:
     its settings, if the caller has loaded them already). Only ``overrides``' architecture keys apply
     (and, on a config file, ``arch_preset``); they must take effect."""
-    from gptlab.config.train import ARCH_FIELDS, TrainConfig, load_config_file, names_a_file, resolve_run_config
+    from gptlab.config.files import load_config_file, names_a_file
+    from gptlab.config.resolve import resolve_run_config
+    from gptlab.config.train import ARCH_FIELDS, TrainConfig
 
     overrides = dict(overrides or {})
     arch_overrides = {k: v for k, v in overrides.items() if k in ARCH_FIELDS}
@@ -110,7 +112,7 @@ def _fine_tuned(
     dropout, attention backend and a shorter block_size apply to them; its other architecture keys yield), with
     the typed keys as a what-if; the file's own where the weights' cannot be read without them, said."""
     from gptlab.config.model import FREE_ARCH_KEYS
-    from gptlab.config.train import resolve_run_config
+    from gptlab.config.resolve import resolve_run_config
     from gptlab.model.convert import pretrained_architecture
 
     weights = pretrained_architecture(init_from)

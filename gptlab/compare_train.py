@@ -93,7 +93,8 @@ def format_result(key: str, value: Any) -> str:
 
 
 def _run_values(arch: Architecture, overrides: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    from gptlab.config.train import ARCH_FIELDS, names_a_file
+    from gptlab.config.files import names_a_file
+    from gptlab.config.train import ARCH_FIELDS
     from gptlab.plugins import merge_plugins
 
     values = dict(TRAIN_DEFAULTS)
@@ -214,7 +215,7 @@ def train_and_compare(
 ) -> Comparison:
     """Train every architecture in ``names`` with ``TRAIN_DEFAULTS`` + ``overrides``, then tabulate
     the trained architectures (``table``: TABLE_DEFAULTS keys) and their results, and write the report."""
-    from gptlab.config.train import resolve_run_config
+    from gptlab.config.resolve import resolve_run_config
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # every rank would train every run into one folder
         raise ConfigError(

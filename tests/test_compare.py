@@ -144,7 +144,7 @@ def test_the_readmes_trained_memory_row_is_the_planners(tmp_path: Path) -> None:
     from gptlab.compare import resolve_architecture
     from gptlab.compare_train import _run_values, format_result
     from gptlab.config.model import padded_vocab_size
-    from gptlab.config.train import resolve_run_config
+    from gptlab.config.resolve import resolve_run_config
     from gptlab.device import resolve_device, resolve_dtype
     from gptlab.telemetry.planner import plan_memory
     from gptlab.train.telemetry_hooks import run_plan_kwargs
@@ -185,7 +185,7 @@ def test_compare_train_shrinks_a_files_grouped_query_attention_with_its_heads(
     name (an identical column to llama's, no word said); n_kv_head=3 was refused as not dividing n_head=4."""
     from gptlab.compare import resolve_architecture
     from gptlab.compare_train import _run_values, _shrunk_kv_heads
-    from gptlab.config.train import resolve_run_config
+    from gptlab.config.resolve import resolve_run_config
 
     path = tmp_path / "kv.py"
     path.write_text('arch_preset = "llama"\n' + "".join(f"{k} = {v}\n" for k, v in file_heads.items()))
@@ -695,7 +695,7 @@ def test_a_preset_named_twice_trains_that_preset_in_two_folders(tmp_path: Path) 
     gpt2 preset (there is no preset gpt2_2), into its own folder."""
     from gptlab.compare import _unique_labels, resolve_architecture
     from gptlab.compare_train import _run_values
-    from gptlab.config.train import resolve_run_config
+    from gptlab.config.resolve import resolve_run_config
 
     archs = [resolve_architecture("gpt2"), resolve_architecture("gpt2")]
     _unique_labels(archs)

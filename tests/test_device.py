@@ -60,7 +60,7 @@ def test_tf32_switches_are_used_as_the_caller_set_them(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     code = f"""
 import io, torch
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.data.datasets import prepare_dataset
 from gptlab.device import enable_tf32, set_tf32_state, tf32_matmuls, tf32_state
 from gptlab.train.launch import train

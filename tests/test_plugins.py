@@ -624,7 +624,7 @@ def test_a_config_files_plugins_are_found_from_its_folder(tmp_path: Path, monkey
     """plugins = "norms_t.py" (or a module name) beside the config file, run from elsewhere: imported for
     train.py and for gptlab arch/flops/plan/compare alike, and recorded as a path found from anywhere."""
     from gptlab.compare import resolve_architecture
-    from gptlab.config.train import load_config_file
+    from gptlab.config.files import load_config_file
 
     folder = tmp_path / "project"
     folder.mkdir()
@@ -648,7 +648,7 @@ def test_a_config_files_plugins_are_found_from_its_folder(tmp_path: Path, monkey
 
 def test_a_typed_plugins_replaces_the_config_files(tmp_path: Path) -> None:
     """A file naming a plugin this machine lacks still runs with --plugins given in its place."""
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
 
     (tmp_path / "here_t.py").write_text("X = 1\n")
     (tmp_path / "cfg.py").write_text("plugins = 'gone_t.py'\n")
@@ -662,7 +662,7 @@ def test_a_config_file_that_registers_stays_among_the_plugins(tmp_path: Path, mo
     """--plugins (or a second config file) replaces a file's ``plugins`` key, never the file itself when it
     registers: the run records every source, so the hint it gives sample and resume works."""
     from gptlab.compare_train import _run_values
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
 
     (tmp_path / "extra_t.py").write_text("X = 1\n")
     (tmp_path / "reg_t.py").write_text(
@@ -746,7 +746,7 @@ def test_builtin_functions_registered_as_components_are_refused_in_one_line() ->
 def test_a_run_records_command_line_plugins_found_from_anywhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
 
     (tmp_path / "here_mod_t.py").write_text("X = 1\n")
     monkeypatch.chdir(tmp_path)
@@ -846,7 +846,7 @@ def test_a_run_started_from_python_records_the_modules_of_its_components(
     import io
     import json
 
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
     from gptlab.logging import read_log
     from gptlab.plugins import component_plugins
     from gptlab.train.loop import Trainer
@@ -972,7 +972,7 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
     import json
 
     import gptlab.plugins
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
     from gptlab.errors import CheckpointError
     from gptlab.model.convert import model_from_checkpoint
     from gptlab.train.launch import train
@@ -1017,7 +1017,7 @@ def test_a_sharded_resume_says_a_plugin_file_edited_since_its_weights_no_longer_
     import io
 
     import gptlab.plugins
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
     from gptlab.errors import CheckpointError
     from gptlab.train.launch import train
     from tests.train.conftest import tiny_args

@@ -16,7 +16,7 @@ import pytest
 
 from gptlab.checkpoint import load_checkpoint
 from gptlab.cli import main
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.data.datasets import prepare_dataset
 from gptlab.train.launch import train
 from tests.train.conftest import tiny_args

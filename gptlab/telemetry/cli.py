@@ -11,9 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gptlab.config.files import load_config_file, names_a_file
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
 from gptlab.config.overrides import SAME_SETTING, parse_overrides
-from gptlab.config.train import ALL_KEYS, BOOL_KEYS, TEXT_KEYS, load_config_file, names_a_file
+from gptlab.config.train import ALL_KEYS, BOOL_KEYS, TEXT_KEYS
 from gptlab.errors import ConfigError, GptlabError, bool_argument, did_you_mean, unknown_choice
 from gptlab.plugins import add_plugins_option
 from gptlab.units import format_si

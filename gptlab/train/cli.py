@@ -59,7 +59,7 @@ def quickstart_defaults(args: Sequence[str]) -> dict[str, Any] | None:
 
 def run_train(args: Sequence[str]) -> int:
     """Parse ``[CONFIG] [--key=value ...]`` and train; with nothing given, the quick start."""
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
     from gptlab.train.launch import train
 
     args = list(args)

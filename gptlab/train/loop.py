@@ -49,12 +49,12 @@ from gptlab.checkpoint import (
     weights_path,
 )
 from gptlab.config.model import ModelArchitectureConfig
+from gptlab.config.resolve import elastic_run_id
 from gptlab.config.train import (
     CUDA_GRAPH_MODES,
     RunConfig,
     TrainConfig,
     check_sdpa_backend,
-    elastic_run_id,
     residual_stream_cast,
 )
 from gptlab.data.datasets import ensure_prepared, read_meta

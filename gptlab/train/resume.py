@@ -13,7 +13,8 @@ from typing import Any
 
 from gptlab.checkpoint import rollback_hint, software_versions, stopped_before_training
 from gptlab.config.model import FREE_ARCH_KEYS
-from gptlab.config.train import SAID_LAUNCH_KEYS, RunConfig, TrainConfig
+from gptlab.config.resolve import SAID_LAUNCH_KEYS
+from gptlab.config.train import RunConfig, TrainConfig
 from gptlab.data.storage import bins_sample
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.logging import log_records

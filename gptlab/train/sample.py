@@ -66,7 +66,9 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     """``[CONFIG_FILE ...] [--key=value ...]`` as nanoGPT's sample.py. A config file runs (so the
     components it registers exist) and gives its sample keys; a training file's other keys, and its
     ``init_from`` unless a checkpoint or Hub name, are the training's and left out."""
-    from gptlab.config.train import bool_fields, load_config_file, split_args, text_fields, training_defaults
+    from gptlab.config.files import load_config_file, training_defaults
+    from gptlab.config.resolve import split_args
+    from gptlab.config.train import bool_fields, text_fields
 
     fields = [f.name for f in dataclasses.fields(SampleConfig)]
     files, overrides = split_args(args, bool_fields(SampleConfig), fields)

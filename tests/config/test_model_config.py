@@ -297,7 +297,7 @@ def test_a_setting_the_architecture_would_ignore_is_refused(preset: str, overrid
     """Keys the user sets must take effect: on the command line (train, arch, flops, compare) they fail."""
     from gptlab.cli import main
     from gptlab.config.model import check_keys_take_effect
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
 
     config = get_preset_config(preset, **overrides)  # the API builds it (the grid tests every pairing)...
     with pytest.raises(ConfigError, match=match):

@@ -28,7 +28,7 @@ import torch
 
 from gptlab import parallel
 from gptlab.checkpoint import load_checkpoint
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.train.launch import train
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import pytest
 
 from gptlab import ConfigurableGPT
 from gptlab.checkpoint import load_checkpoint
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.logging import read_log
 from gptlab.train.launch import train

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from gptlab import ConfigurableGPT, get_preset_config
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.train.launch import train
 from gptlab.train.loop import Trainer
 from tests.train.conftest import tiny_args

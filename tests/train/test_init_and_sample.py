@@ -16,7 +16,7 @@ import torch
 
 from gptlab import ConfigurableGPT, get_debug_config
 from gptlab.checkpoint import load_checkpoint
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.train.launch import train
 from gptlab.train.loop import Trainer
 from tests.train.conftest import tiny_args
@@ -86,7 +86,7 @@ def test_a_fine_tune_or_evaluation_of_a_checkpoint_takes_its_dataset_unless_told
     assert summary["final_val_loss"] == pytest.approx(json.loads((src / "summary.json").read_text())["final_val_loss"])
     told = parse_run_args([*launch, f"--init_from={str(src)!r}", "--dataset='shakespeare_char'"])
     assert told.train.dataset == "shakespeare_char"
-    from gptlab.config.train import resolve_run_config  # "From Python" (docs/training.md): the same rule
+    from gptlab.config.resolve import resolve_run_config  # "From Python" (docs/training.md): the same rule
 
     assert resolve_run_config({"init_from": str(src), "eval_only": True}).train.dataset == "stdlib_char"
     nanogpt = tmp_path / "nanogpt" / "ckpt.pt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.train.init_from import preset_by_default
 
 

@@ -18,7 +18,7 @@ import torch
 
 from gptlab import parallel
 from gptlab.checkpoint import load_checkpoint, software_versions
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.data.storage import read_meta
 from gptlab.errors import ConfigError, DataError
 from gptlab.train.launch import train
@@ -1139,7 +1139,7 @@ def test_the_disk_warning_counts_the_checkpoint_written_beside_the_kept_one(
 def test_train_from_python_leaves_the_callers_settings(data_dir: Path, tmp_path: Path) -> None:
     """docs/training.md's "From Python": a flat dict of keys, errors raised (not sys.exit), and the
     process-wide state a run sets (the seeded CPU RNG; TF32 on CUDA) handed back as it was."""
-    from gptlab.config.train import resolve_run_config
+    from gptlab.config.resolve import resolve_run_config
 
     values = dict(arch_preset="llama", n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=512,
                   dataset="stdlib_char", data_dir=str(data_dir), out_dir=str(tmp_path), device="cpu",

@@ -15,7 +15,8 @@ import torch
 
 from gptlab.checkpoint import latest_checkpoint, load_checkpoint
 from gptlab.cli import main
-from gptlab.config.train import TrainConfig, parse_run_args
+from gptlab.config.resolve import parse_run_args
+from gptlab.config.train import TrainConfig
 from gptlab.errors import ConfigError
 from gptlab.parallel import resolve_mode
 from gptlab.train.launch import train

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptlab.checkpoint import software_versions
-from gptlab.config.train import parse_run_args
+from gptlab.config.resolve import parse_run_args
 from gptlab.errors import ConfigError
 from gptlab.train.resume import check_out_dir_unclaimed, resume_changes, resume_line
 

@@ -107,7 +107,7 @@ def test_a_stop_before_the_first_step_evaluates_nothing_and_one_during_an_eval_s
     """A signal during startup (say, after a memory warning that the run will not fit) stops it before it
     allocates anything: no evaluation, no checkpoint; one during an evaluation stops right after it, with
     its checkpoint, and no step or second evaluation in between."""
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
     from gptlab.errors import CheckpointError
     from gptlab.train.launch import train
     from gptlab.train.loop import Trainer
@@ -265,7 +265,7 @@ def _stop_on_one_rank_worker(rank: int, port: int, data_dir: str, root: str, whe
 
 
 def _stop_on_one_rank(rank: int, data_dir: str, root: str, when: str) -> tuple[Any, dict]:
-    from gptlab.config.train import parse_run_args
+    from gptlab.config.resolve import parse_run_args
     from gptlab.train.loop import Trainer
     from gptlab.train.signals import TrainingInterrupted
 

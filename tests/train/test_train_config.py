@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from gptlab import ConfigError
-from gptlab.config.train import TrainConfig, load_config_file, parse_run_args
+from gptlab.config.files import load_config_file
+from gptlab.config.resolve import parse_run_args
+from gptlab.config.train import TrainConfig
 from gptlab.train.schedule import get_lr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,7 +215,7 @@ def test_string_keys_keep_numeric_text_and_voided_keys_only_when_typed(tmp_path:
 def test_short_decay_is_refused_only_where_typed() -> None:
     """A run saved with lr_decay_iters < warmup_iters (nanoGPT allows it: the warmup runs to the end)
     still resumes and evaluates; typing such a pair now is refused with what to set."""
-    from gptlab.config.train import resolve_run_config
+    from gptlab.config.resolve import resolve_run_config
 
     saved = dict(lr_decay_iters=3, warmup_iters=50, max_iters=5)
     assert resolve_run_config(saved, typed=()).train.lr_decay_iters == 3
@@ -226,7 +228,8 @@ def test_a_config_file_reads_the_defaults_and_earlier_files_as_nanogpt_configs_d
     """nanoGPT runs its config files in train.py's globals: `lr_decay_iters = max_iters` after a file that set
     max_iters, `min_lr = learning_rate / 10` of the default, were a NameError here. Only what a file sets is
     its own: a read default is not collected (nor made explicit), and the file's functions see its names."""
-    from gptlab.config.train import TrainConfig, parse_run_args
+    from gptlab.config.resolve import parse_run_args
+    from gptlab.config.train import TrainConfig
 
     (tmp_path / "first.py").write_text("max_iters = 6\nplugins = ''\n")
     (tmp_path / "then.py").write_text(
@@ -408,7 +411,7 @@ def test_compile_mode_reaches_torch_compile(
 def test_config_files_are_read_as_python_reads_them(raw: bytes, tmp_path: Path) -> None:
     """A coding line (latin-1) or a byte-order mark (Notepad's UTF-8): `python cfg.py` runs either; a comment
     that Python would take for a coding line naming no codec reads as UTF-8, as nanoGPT's exec(open().read())."""
-    from gptlab.config.train import load_config_file
+    from gptlab.config.files import load_config_file
 
     path = tmp_path / "cfg.py"
     path.write_bytes(raw + b'prompt = "caf\xc3\xa9"\n' if b"latin-1" not in raw else raw + b'prompt = "caf\xe9"\n')
@@ -517,3 +520,15 @@ def test_a_config_files_own_short_run_is_not_said_to_cut_its_schedule(tmp_path: 
     assert schedule_cut(run.train, run.typed) is None
     typed = parse_run_args([str(cfg), "--max_iters=1000"])
     assert (schedule_cut(typed.train, typed.typed) or "").startswith("max_iters=1000 stops the cosine decay")
+
+
+def test_the_moved_functions_stay_importable_from_gptlab_config_train() -> None:
+    """Scripts written before config files and run resolution had modules of their own import them from
+    gptlab.config.train; the same objects, and a mistyped name is still an AttributeError."""
+    import gptlab.config.train as old
+    from gptlab.config import files, resolve
+
+    assert old.parse_run_args is resolve.parse_run_args and old.resolve_run_config is resolve.resolve_run_config
+    assert old.load_config_file is files.load_config_file and old.LAUNCH_KEYS is resolve.LAUNCH_KEYS
+    with pytest.raises(AttributeError, match="parse_run_arg"):
+        old.parse_run_arg  # noqa: B018

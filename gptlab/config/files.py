@@ -1,0 +1,183 @@
+"""Config files: nanoGPT-style Python files the user names, run with the training defaults (and earlier
+files' keys) readable, their assignments collected as a run's keys."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import copy
+import importlib.util
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from gptlab.config.model import ARCH_FIELDS
+from gptlab.config.train import ALL_KEYS, TRAIN_FIELDS, TrainConfig
+from gptlab.errors import ConfigError, did_you_mean
+from gptlab.model.registry import Registry
+from gptlab.plugins import anchor_plugins, importable_from, merge_plugins, split_plugins
+
+
+def names_a_file(name: str) -> bool:
+    """Whether a command's PRESET argument names a config file rather than a preset (presets have no
+    dot or slash): ``x.yaml`` then gets the config-file error, not "arch_preset='x.yaml' is not one of"."""
+    return name.endswith(".py") or "/" in name or "." in Path(name).name
+
+
+def _check_config_statements(tree: ast.Module, source: str, path: Path) -> None:
+    """A statement that sets nothing where a setting was surely meant is an error, not a no-op: YAML's
+    ``n_layer: 12`` is a Python annotation, a JSON object a bare expression."""
+    for node in tree.body:
+        line = (ast.get_source_segment(source, node) or "").splitlines()[0]
+        if isinstance(node, ast.AnnAssign) and node.value is None:
+            target = ast.unparse(node.target)
+            raise ConfigError(
+                f"config file {str(path)!r}, line {node.lineno}: `{line}` sets nothing (an annotation): "
+                f"write {target} = {ast.unparse(node.annotation)}"
+            )
+        text = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        if isinstance(node, ast.Expr) and not text and not isinstance(node.value, ast.Call):  # a docstring, a print
+            raise ConfigError(
+                f"config file {str(path)!r}, line {node.lineno}: `{line}` is an expression that sets nothing: "
+                "write key = value"
+            )
+
+
+def _config_source(raw: bytes) -> str:
+    """A config file's text: UTF-8 (a byte-order mark dropped), as nanoGPT's exec(open(f).read()) reads it,
+    whatever a first-line comment such as `# position encoding: latin` looks like to Python; bytes that are
+    not UTF-8 as Python decodes a source file (its coding line, e.g. latin-1)."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return importlib.util.decode_source(raw)
+
+
+class _FileNamespace(dict):
+    """A config file's names, as its module-level code reads and writes them (exec's locals): a name the file
+    did not set reads the run's value so far (``visible``: the training defaults and earlier files' keys), as
+    nanoGPT's configurator runs its files in train.py's globals (``lr_decay_iters = max_iters``). What the file
+    sets is written through to ``globals`` (which start as ``visible``) too, so that its own functions see it;
+    only what it sets is collected."""
+
+    def __init__(self, globals_: dict[str, Any], visible: dict[str, Any]) -> None:
+        super().__init__()
+        # a key named as a builtin (compile) keeps the builtin, as a file that calls compile() expects
+        self._visible = {k: v for k, v in visible.items() if not hasattr(builtins, k)}
+        self._globals, self.read = globals_, set[str]()
+        globals_.update(copy.deepcopy(self._visible))  # what the file's functions read of them
+
+    def __missing__(self, key: str) -> Any:
+        if key in self._visible:
+            self.read.add(key)
+            return copy.deepcopy(self._visible[key])  # an earlier file's list stays as that file left it
+        raise KeyError(key)  # then exec's globals, then builtins (a NameError names it)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._globals[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._globals.pop(key, None)
+
+
+def training_defaults() -> dict[str, Any]:
+    """Every training key's default, as a config file may read it (nanoGPT's train.py globals)."""
+    defaults = TrainConfig()
+    return {name: getattr(defaults, name) for name in TRAIN_FIELDS}
+
+
+def load_config_file(
+    path: str | Path, keys: Iterable[str] = (), visible: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run a nanoGPT-style Python config file the user named and collect its assignments: training
+    and architecture keys, and ``keys`` (another command's own). The file may read what it does not set:
+    ``visible`` (the values so far: earlier files' over the defaults), by default the training defaults."""
+    known = sorted({*ALL_KEYS, *keys})
+    path = Path(path)
+    if not path.is_file():
+        if "=" in str(path):
+            hint = f" (did you mean --{str(path).lstrip('-')}?)"
+        elif path.name and path.suffix != ".py" and path.with_name(path.name + ".py").is_file():
+            hint = f" (did you mean {str(path) + '.py'!r}?)"
+        elif str(path).lstrip("-").replace(".", "", 1).isdigit():
+            hint = " (overrides take the form --key=value, with '=')"
+        elif not path.exists() and not path.is_absolute() and (Path("config") / path).is_file():
+            hint = f" (did you mean {str(Path('config') / path)!r}?)"  # nanoGPT's: config/train_shakespeare_char.py
+        elif not path.exists() and path.parent.is_dir():  # a misspelt file name: the nearest in its folder
+            hint = did_you_mean(path.name, sorted(p.name for p in path.parent.glob("*.py")))
+        elif not path.exists() and path.parent.name == "config":
+            hint = (
+                f" in {Path.cwd()} (the example config files are the gptlab repository's config/ folder, "
+                "not installed with the package: run from a clone's root or give their path)"
+            )
+        else:
+            hint = ""
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {str(path)!r} {what}{hint}")
+    if path.suffix != ".py":
+        raise ConfigError(
+            f"config file {str(path)!r} is not a .py file: config files are Python, as nanoGPT's "
+            "(n_layer = 12); YAML or JSON is not read"
+        )
+    file_globals: dict[str, Any] = {}
+    namespace = _FileNamespace(file_globals, training_defaults() if visible is None else visible)
+    before = _registered()
+    try:
+        source = _config_source(path.read_bytes())
+        tree = ast.parse(source, str(path))
+        _check_config_statements(tree, source, path)
+        with importable_from(path.parent, Path.cwd()):  # `import my_components` beside it, under any launcher
+            exec(compile(tree, str(path), "exec"), file_globals, namespace)  # the user's own file, as in nanoGPT
+    except ConfigError:
+        raise
+    except Exception as e:
+        # where in the user's file (a SyntaxError names its line itself): the deepest frame in that file
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
+        where = f", line {lines[-1]}" if lines and not isinstance(e, SyntaxError) else ""
+        hint = ""
+        if isinstance(e, NameError) and getattr(e, "name", None) in ARCH_FIELDS:
+            hint = (
+                f" (a config file reads the training defaults and what earlier files set; {e.name} has no value "
+                "before the preset is built: set it first)"
+            )
+        raise ConfigError(f"config file {str(path)!r}{where} failed: {type(e).__name__}: {e}{hint}") from None
+    values = {k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)}
+    values = {k: v for k, v in values.items() if not hasattr(v, "__spec__")}  # imported modules
+    values = {k: v for k, v in values.items() if not isinstance(v, Registry)}  # imported to register a component
+    for key in values:
+        if key not in known:
+            raise ConfigError(
+                f"config file {str(path)!r}: unknown key {key!r}{did_you_mean(key, known)}; a variable of the "
+                "file's own (a helper) is named with a leading underscore"
+            )
+    if isinstance(values.get("plugins"), str):  # found from the file's folder (imported where the run is resolved)
+        values["plugins"] = anchor_plugins(values["plugins"], path.parent)
+    if _registered() != before and namespace.read:  # imported again as a plugin (resume, sample): alone, there
+        raise ConfigError(
+            f"config file {str(path)!r} registers components, so it is imported again as a plugin where the run "
+            f"is read back (resume, sample), with no other file's keys: it may not read {sorted(namespace.read)} "
+            "that it does not set (set them in it, or register in a module of its own named by --plugins)"
+        )
+    if _registered() != before and isinstance(values.get("plugins", ""), str):
+        # the file registers components: it is its own plugin, so the run records it and the hint names it
+        values["plugins"] = merge_plugins(values.get("plugins"), str(path.resolve()))
+    return values
+
+
+def _registered() -> dict[str, dict[str, int]]:
+    """Every registry's names and the ids of what they name: a config file that changes them registers."""
+    from gptlab.model import attention, components  # noqa: F401  (the built-ins first)
+    from gptlab.model.registry import ALL_REGISTRIES
+
+    return {reg.kind: {name: id(c) for name, c in reg.items()} for reg in ALL_REGISTRIES}
+
+
+def registering_file(path: str | Path, from_file: dict[str, Any]) -> str | None:
+    """The entry load_config_file adds to a config file's ``plugins`` when the file registers components
+    (it is its own plugin), else None."""
+    itself = str(Path(path).resolve())
+    plugins = from_file.get("plugins")
+    return itself if isinstance(plugins, str) and itself in split_plugins(plugins) else None
