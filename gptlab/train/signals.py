@@ -9,13 +9,13 @@ import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
-from gptlab.errors import GptlabError
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class TrainingInterrupted(GptlabError):
-    """The run stopped on a signal after its last checkpoint; the exit status is 128 + the signal's number."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """The run stopped on a signal after its last checkpoint; the exit status is 128 + the signal's number.
+    A KeyboardInterrupt, not an Exception: a sweep's ``try: train(run) except Exception: continue`` stops on the
+    user's Ctrl-C (or a scheduler's SIGTERM) instead of starting its next run, as nanoGPT's loop would stop."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)

@@ -173,6 +173,43 @@ def test_a_stop_before_the_first_step_evaluates_nothing_and_one_during_an_eval_s
     assert (summary["final_train_loss"], summary["final_val_loss"]) == (at_4["train_loss"], at_4["val_loss"])
 
 
+def test_a_loop_over_runs_that_skips_exceptions_stops_on_ctrl_c(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook's sweep, ``try: train(run) except Exception: continue``, stops at the user's Ctrl-C (after
+    the run's checkpoint) instead of starting the next run: the stop is a KeyboardInterrupt, not an Exception."""
+    from gptlab.config.resolve import parse_run_args
+    from gptlab.train.launch import train
+    from gptlab.train.loop import Trainer
+    from gptlab.train.signals import TrainingInterrupted
+
+    loop = Trainer._train_loop
+
+    def ctrl_c_after_two_steps(self: Trainer, stop: StopSignals) -> dict:
+        original = self._eval_and_checkpoint
+
+        def then_ctrl_c(*args: Any, **kwargs: Any) -> Any:
+            losses = original(*args, **kwargs)
+            if self.iter_num >= 2:
+                stop.signum = signal.SIGINT  # pressed during the evaluation at iter 2
+            return losses
+
+        self._eval_and_checkpoint = then_ctrl_c  # type: ignore[method-assign]
+        return loop(self, stop)
+
+    monkeypatch.setattr(Trainer, "_train_loop", ctrl_c_after_two_steps)
+    started = []
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        for name in ("first", "second"):
+            started.append(name)
+            try:
+                train(parse_run_args(tiny_args(data_dir, tmp_path / name, max_iters=6, eval_interval=2)))
+            except Exception:
+                continue
+    assert isinstance(stopped.value, TrainingInterrupted) and stopped.value.exit_code == 130
+    assert started == ["first"] and (tmp_path / "first" / "ckpt.pt").exists()
+
+
 def test_the_stop_message_is_said_once(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Rank 0's log has printed it on stdout: stderr repeats it only where stdout goes elsewhere (a file), and
     only rank 0 does; the exit status is the signal's either way."""
