@@ -183,11 +183,20 @@ def resumed_values(
         overruled.append(f"arch_preset: {values['arch_preset']!r} -> {saved['arch_preset']!r}")
         del changed["arch_preset"]
         values = {**values, "arch_preset": saved["arch_preset"]}
-    if "arch_preset" in changed:  # the architecture is the checkpoint's own
-        raise ConfigError(
-            f"arch_preset={values['arch_preset']!r} conflicts with the checkpoint resumed from {str(path)!r} "
-            f"(arch_preset={saved['arch_preset']!r}): a resumed run keeps its architecture"
-        )
+    if "arch_preset" in changed:  # the architecture is the checkpoint's own: a typed preset is checked by family,
+        # as a fine-tune's is (a run resolved from a whole architecture records the default 'gpt2' beside llama's
+        # components, and --arch_preset=llama names its model): the checkpoint's record stays
+        from gptlab.train.init_from import family_clash
+
+        clash = family_clash(values["arch_preset"], saved_arch)
+        if clash:
+            have = ", ".join(f"{k}={saved_arch.get(k)!r}" for k in clash)
+            raise ConfigError(
+                f"arch_preset={values['arch_preset']!r} conflicts with the checkpoint resumed from {str(path)!r} "
+                f"(arch_preset={saved['arch_preset']!r}; {have}): a resumed run keeps its architecture"
+            )
+        del changed["arch_preset"]
+        values = {**values, "arch_preset": saved["arch_preset"]}
     merged = {**values, **{k: v for k, v in saved.items() if k not in explicit}}
     return merged, changed, str(path), overruled
 

@@ -225,7 +225,7 @@ def _conflict(key: str, wanted: Any, have: Any, source: str, may_shrink_block: b
 PRESET_FAMILY_KEYS = ("normalization", "position_encoding", "ffn_type", "norm_position")
 
 
-def _family_clash(name: str, arch: dict[str, Any], skip: frozenset[str] = frozenset()) -> list[str]:
+def family_clash(name: str, arch: dict[str, Any], skip: frozenset[str] = frozenset()) -> list[str]:
     """The family keys (norm, positions, FFN, norm placement) of preset ``name`` that ``arch`` contradicts;
     ``skip``: keys the user set, which override the preset's."""
     preset = PRESETS[name]
@@ -236,9 +236,9 @@ def preset_family(arch: dict[str, Any], prefer: Iterable[str | None] = ()) -> st
     """The preset whose family ``arch`` has: the first of ``prefer`` that fits ('custom' fits anything;
     'team' and 'llama' share one family), else the first preset that does, else 'custom'."""
     for name in prefer:
-        if name in PRESETS and not _family_clash(name, arch):
+        if name in PRESETS and not family_clash(name, arch):
             return name
-    return next((name for name in PRESETS if name != "custom" and not _family_clash(name, arch)), "custom")
+    return next((name for name in PRESETS if name != "custom" and not family_clash(name, arch)), "custom")
 
 
 def _recorded_preset(path: Path) -> str | None:
@@ -297,7 +297,7 @@ def _check_preset(run: RunConfig, loaded: dict[str, Any], source: str) -> None:
     file's is set aside by ``parse_run_args`` and weighed against the weights' family instead."""
     if "arch_preset" not in run.typed:
         return
-    clash = _family_clash(run.train.arch_preset, loaded, skip=run.typed)
+    clash = family_clash(run.train.arch_preset, loaded, skip=run.typed)
     if clash:
         have = ", ".join(f"{k}={loaded[k]!r}" for k in clash)
         raise ConfigError(

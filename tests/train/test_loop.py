@@ -289,8 +289,30 @@ def test_resume_validates_the_settings_it_will_run_with(data_dir: Path, tmp_path
     config.write_text("learning_rate = 2e-5\n")  # a config file's value, not the checkpoint's: named as such
     with pytest.raises(ConfigError, match="min_lr is the command line's, learning_rate is the config file's; "):
         parse_run_args([str(config), *launch, "--min_lr=1e-4"])
-    with pytest.raises(ConfigError, match=r"arch_preset='gpt2' conflicts with the checkpoint"):
+    with pytest.raises(ConfigError, match=r"arch_preset='gpt2' conflicts with the .*normalization='rmsnorm'"):
         parse_run_args([*launch, "--arch_preset='gpt2'"])
+
+
+def test_a_typed_preset_on_resume_is_checked_by_family_as_a_fine_tunes_is(data_dir: Path, tmp_path: Path) -> None:
+    """A run resolved from a whole architecture (a notebook's ``get_preset_config('llama', ...).to_dict()``)
+    records the default arch_preset 'gpt2' beside llama's components; ``--arch_preset=llama`` names its model and
+    resumes (the record stays), while gpt2's family is refused by the keys that differ."""
+    from gptlab.config.model import get_preset_config
+    from gptlab.config.resolve import resolve_run_config
+
+    run = tmp_path / "run"
+    arch = get_preset_config("llama", n_layer=2, n_head=2, n_embd=32, block_size=32).to_dict()
+    settings = {k: v for k, v in parse_run_args(tiny_args(data_dir, run, max_iters=2)).train.to_dict().items()}
+    settings.pop("arch_preset")
+    first = resolve_run_config({**arch, **settings}, typed=())
+    assert first.train.arch_preset == "gpt2" and first.arch.position_encoding == "rope"
+    train(first, stream=io.StringIO())
+    launch = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'", "--max_iters=3"]
+    resumed = parse_run_args([*launch, "--arch_preset='llama'"])
+    assert resumed.train.arch_preset == "gpt2" and "arch_preset" not in resumed.resume_changes
+    assert resumed.arch.to_dict() == first.arch.to_dict()
+    with pytest.raises(ConfigError, match=r"'hybrid' conflicts .*\(arch_preset='gpt2'; ffn_type='swiglu'\)"):
+        parse_run_args([*launch, "--arch_preset='hybrid'"])
 
 
 def test_an_accumulation_the_ranks_cannot_share_names_a_value_that_works(data_dir: Path, tmp_path: Path) -> None:
