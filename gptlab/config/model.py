@@ -266,12 +266,23 @@ class ModelArchitectureConfig:
 FREE_ARCH_KEYS = ("dropout", "attention_backend")
 
 
-def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str]) -> ModelArchitectureConfig:
+# Settings of a component rather than the choice of one: given at the value the preset has anyway, harmless
+PARAMETER_KEYS = ("rope_theta", "multiple_of", "ffn_dim_multiplier")
+
+
+def check_keys_take_effect(
+    config: ModelArchitectureConfig, keys: Iterable[str], preset: str | None = None
+) -> ModelArchitectureConfig:
     """A key the user set (``keys``) that this architecture does not use is an error, not ignored: the
     activation of a built-in gated FFN (SwiGLU's gate is SiLU, GeGLU's exact GELU), a GELU
     approximation where no GELU runs, RoPE's theta without RoPE, or an FFN width rule beside an
-    explicit ``d_ff``. Returns ``config``."""
+    explicit ``d_ff``. With ``preset`` (the one ``config`` was built from), a component's setting given at
+    the preset's own value passes: a whole architecture's dict (``get_preset_config('gpt2').to_dict()``)
+    spells out RoPE's theta beside GPT-2's learned positions. Returns ``config``."""
     keys = set(keys) & config.unused_keys()
+    if preset is not None and keys & set(PARAMETER_KEYS):
+        untyped = get_preset_config(preset)
+        keys -= {k for k in PARAMETER_KEYS if getattr(config, k) == getattr(untyped, k)}
     gate = config.gate_activation
     if "activation" in keys and config.activation != gate:  # the gate's own name is harmless
         raise ConfigError(
@@ -494,7 +505,7 @@ def padded_vocab_size(vocab: int) -> int:
 def get_typed_config(name: str, overrides: dict[str, Any]) -> ModelArchitectureConfig:
     """``get_preset_config`` for keys typed on a command line, each of which must take effect
     (``check_keys_take_effect``)."""
-    return check_keys_take_effect(get_preset_config(name, **overrides), overrides)
+    return check_keys_take_effect(get_preset_config(name, **overrides), overrides, name)
 
 
 def get_debug_config(name: str, **overrides: Any) -> ModelArchitectureConfig:

@@ -78,7 +78,7 @@ def _validated_run_config(values: dict[str, Any], explicit: Iterable[str], typed
     if train.init_from != "resume" and "arch_preset" in typed:  # a resume's preset is checked against its checkpoint
         _check_typed_preset_takes_effect(train.arch_preset, values, explicit - typed)
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
-    arch = check_keys_take_effect(arch, typed)
+    arch = check_keys_take_effect(arch, typed, train.arch_preset)
     check_train_keys_take_effect(train, typed)
     return RunConfig(train=train, arch=arch, explicit=explicit, typed=typed)
 

@@ -315,3 +315,23 @@ def test_a_setting_the_architecture_would_ignore_is_refused(preset: str, overrid
     assert main(["flops", "gpt2", "--activation=relu"]) == 0 and main(["compare", "gpt2", "--activation=relu"]) == 0
     check_keys_take_effect(get_preset_config("llama", activation="silu"), {"activation"})
     check_keys_take_effect(get_preset_config("gpt2", gelu_approximate="none"), {"gelu_approximate"})
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama", "hybrid", "team", "custom"])
+def test_a_presets_whole_dict_resolves_to_the_same_architecture(preset: str) -> None:
+    """``get_preset_config(p).to_dict()`` spells out every key, among them settings of components the preset
+    does not use (GPT-2's RoPE theta, llama's multiple_of beside a d_ff): at the preset's own values they are
+    harmless, so the dict trains the model it describes; another value is still refused."""
+    from gptlab.config.model import check_keys_take_effect
+    from gptlab.config.resolve import resolve_run_config
+
+    arch = get_preset_config(preset, n_layer=2, d_ff=None if preset == "gpt2" else 256).to_dict()
+    run = resolve_run_config({**arch, "arch_preset": preset, "dataset": "stdlib_char"})
+    assert run.arch.to_dict() == arch
+    unused = sorted(get_preset_config(preset, **arch).unused_keys() & {"rope_theta", "multiple_of"})
+    assert unused, "the dict names a setting its architecture does not read"
+    for key in unused:
+        with pytest.raises(ConfigError, match=f"{key}=.* has no effect"):
+            resolve_run_config({**arch, "arch_preset": preset, key: getattr(get_preset_config(preset), key) * 2})
+        with pytest.raises(ConfigError, match=f"{key}=.* has no effect"):  # without the preset: strict, as before
+            check_keys_take_effect(get_preset_config(preset, **arch), {key})
