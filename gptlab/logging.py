@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from gptlab.errors import ConfigError, GptlabError, first_line, storage_note
+from gptlab.errors import ConfigError, GptlabError, did_you_mean, first_line, storage_note
 from gptlab.fileio import atomic_write
 
 
@@ -79,11 +79,18 @@ def _finite_again(value: Any) -> Any:
     return value
 
 
+# the records' "type" fields, in the order a run writes them
+RECORD_TYPES = ("startup", "event", "iter", "gradients", "eval", "summary")
+
+
 def read_log(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The records of a run's ``log.jsonl`` (``path``: the file or its run directory), of type ``kind`` if
     given, with non-finite numbers as floats again (the file spells them "nan", "inf", "-inf": strict JSON,
     which jq reads); a last line cut off by a killed write is skipped. For pandas:
     ``pd.json_normalize(read_log("out/run", "iter"))``."""
+    if kind is not None and kind not in RECORD_TYPES:  # a misspelt type read as no records at all
+        raise ConfigError(f"kind={kind!r} is not a record type of log.jsonl{did_you_mean(str(kind), RECORD_TYPES)}; "
+                          f"expected one of {', '.join(RECORD_TYPES)}")  # fmt: skip
     path = Path(path)
     if path.is_dir():
         path = path / "log.jsonl"

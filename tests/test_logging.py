@@ -76,6 +76,12 @@ def test_a_console_that_cannot_encode_the_rules_gets_them_replaced(tmp_path: Pat
     assert raw.getvalue().decode("ascii").startswith("?? gptlab ??")
 
 
+def test_read_log_refuses_a_record_type_it_does_not_know(tmp_path: Path) -> None:
+    """read_log(run, 'iters') returned [] as if the run had logged no steps."""
+    with pytest.raises(ConfigError, match=r"^kind='iters' is not a record type of log.jsonl \(did you mean 'iter'\?\)"):
+        read_log(tmp_path, "iters")
+
+
 def test_read_log_gives_floats_back_and_skips_a_torn_line(tmp_path: Path) -> None:
     """The file spells non-finite numbers as strings (strict JSON, for jq); read_log (and pandas through it)
     gets numbers."""

@@ -79,6 +79,14 @@ class TransformerBlock(nn.Module):
 TEMPERATURE_RANGE = (1e-30, 1e30)
 
 
+def _check_token_ids(idx: Tensor) -> None:
+    """Token ids as the model takes them, (B, T) with T >= 1: a 1-D sequence was an IndexError inside it."""
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(
+            f"idx of shape {tuple(idx.shape)}: expected token ids (B, T) with T >= 1 (one sequence: idx[None])"
+        )
+
+
 def _sampling_args(max_new_tokens: Any, temperature: Any, top_k: Any) -> tuple[Any, Any, Any]:
     """generate()'s arguments checked, one line each (the command line's checks, for the Python API): top_k=0
     was an IndexError mid-generation, a negative temperature silently drew the least likely tokens. A 0-d
@@ -162,10 +170,7 @@ class ConfigurableGPT(nn.Module):
         ``return_logits=False`` (with targets): ``(None, loss)``. The training step asks for it: under
         torch.compile every output of the graph gets a gradient in backward, so returned logits cost a
         (B, T, vocab) tensor of zeros and its addition into the loss's gradient, every micro-step."""
-        if idx.dim() != 2 or idx.shape[1] == 0:  # a 1-D sequence was an IndexError inside the model
-            raise ValueError(
-                f"idx of shape {tuple(idx.shape)}: expected token ids (B, T) with T >= 1 (one sequence: idx[None])"
-            )
+        _check_token_ids(idx)
         T = idx.shape[1]
         if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
@@ -271,6 +276,7 @@ class ConfigurableGPT(nn.Module):
         """Sample ``max_new_tokens`` tokens after ``idx`` (B, T); temperature 0 is greedy.
         ``vocab_limit`` keeps ids below the tokenizer's size when the vocabulary is padded (default: the
         model's ``vocab_limit``, which a gptlab checkpoint's tokenizer sets)."""
+        _check_token_ids(idx)  # a 1-D prompt was an IndexError at its first crop
         max_new_tokens, temperature, top_k = _sampling_args(max_new_tokens, temperature, top_k)
         if vocab_limit is None:
             vocab_limit = self.vocab_limit
@@ -340,8 +346,11 @@ class ConfigurableGPT(nn.Module):
         from gptlab.telemetry.mfu import estimate_mfu_detailed
 
         device = next(self.parameters()).device
-        if not {"gpu_name", "peak_flops", "peak"} & set(kwargs):
-            kwargs["gpu_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        if not {"gpu_name", "peak_flops", "peak"} & set(kwargs):  # the driver's name, looked up as detect_peak does
+            from gptlab.telemetry.hardware import precision_key, table_peak
+
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+            kwargs["peak"] = table_peak(name, precision_key(kwargs.get("precision", "bf16")))
         kwargs.setdefault("activation_checkpointing", self.is_gradient_checkpointing)
         if "flops" not in kwargs:
             kwargs["flops"] = compute_flops(

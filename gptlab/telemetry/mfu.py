@@ -21,7 +21,7 @@ import torch
 
 from gptlab.config.model import ModelArchitectureConfig
 from gptlab.errors import ConfigError
-from gptlab.telemetry.hardware import PeakInfo, precision_key, table_peak
+from gptlab.telemetry.hardware import PeakInfo, get_gpu_spec, match_gpu, precision_key, table_peak
 
 
 def _compute_flops(config: ModelArchitectureConfig, seq_len: int | None, checkpointing: bool = False) -> Any:
@@ -34,14 +34,35 @@ def _compute_flops(config: ModelArchitectureConfig, seq_len: int | None, checkpo
 def _resolve_peak(peak_flops: float | None, gpu_name: str | None, precision: str) -> PeakInfo:
     """The per-GPU peak for explicit arguments, without ever guessing (``detect_peak``'s rules)."""
     if peak_flops is not None:
-        if not peak_flops > 0:
+        if not _is_number(peak_flops) or not peak_flops > 0:
             raise ConfigError(f"peak_flops={peak_flops!r} is invalid: expected a number > 0 (FLOP/s per GPU)")
+        if peak_flops < 1e6:  # no device is that slow: TFLOPS given where FLOP/s is asked (989.5 for 989.5e12)
+            raise ConfigError(
+                f"peak_flops={peak_flops!r} is FLOP/s per GPU, not TFLOPS: {peak_flops!r} TFLOPS is "
+                f"peak_flops={peak_flops * 1e12:.4g} (detect_peak's override_tflops and --peak_tflops take TFLOPS)"
+            )
         return PeakInfo(gpu_name or "override", float(peak_flops), precision, "override")
     if gpu_name is None:
         if not torch.cuda.is_available():
             return PeakInfo("cpu", None, precision, "unknown")
         gpu_name = torch.cuda.get_device_name()
+    elif match_gpu(str(gpu_name)) is not None:  # a typed name: 'H100X' is no H100 (get_gpu_spec's rule)
+        try:
+            get_gpu_spec(str(gpu_name))
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("gpu=", "gpu_name=", 1)) from None
     return table_peak(gpu_name, precision)
+
+
+def _is_number(value: Any) -> bool:
+    """A real number (a 0-d tensor too), not a bool or a string that only looks like one."""
+    if isinstance(value, (bool, str, bytes)):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return True
 
 
 def estimate_mfu_detailed(
@@ -65,13 +86,9 @@ def estimate_mfu_detailed(
     table entry (default: the current CUDA device). Without a known peak, ``mfu``, ``hfu`` and the
     peak keys are None.
     """
-    for name, value, ok in (
-        ("dt", dt, dt > 0),
-        ("fwdbwd_per_iter", fwdbwd_per_iter, fwdbwd_per_iter > 0),
-        ("num_gpus", num_gpus, num_gpus >= 1),
-    ):
-        if not ok:
-            raise ValueError(f"{name}={value!r} must be {'>= 1' if name == 'num_gpus' else '> 0'}")
+    for name, value, least in (("dt", dt, 0), ("fwdbwd_per_iter", fwdbwd_per_iter, 0), ("num_gpus", num_gpus, 1)):
+        if not _is_number(value) or not (value >= least if least else value > 0):
+            raise ValueError(f"{name}={value!r} must be a number {'>= 1' if least else '> 0'}")
     # ``flops``: a compute_flops() result for these arguments, so a training loop computes it once per run
     fl = flops if flops is not None else _compute_flops(config, seq_len, activation_checkpointing)
     if peak is None:

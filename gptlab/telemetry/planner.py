@@ -131,6 +131,10 @@ def _optimizer_bytes(shapes: list[TensorShape], numels: list[int], optimizer: st
     return OPTIMIZER_STATES[optimizer] * FP32_BYTES * sum(numels) + STEP_BYTES[optimizer] * len(shapes)
 
 
+# torch.device types whose autocast rules the plan knows ('cuda' stands for ROCm too)
+DEVICE_TYPES = ("cuda", "cpu", "mps")
+
+
 def plan_memory(
     config: ModelArchitectureConfig,
     *,
@@ -160,8 +164,10 @@ def plan_memory(
     if optimizer not in OPTIMIZER_STATES:
         raise unknown_choice("optimizer", optimizer, OPTIMIZER_STATES)
     for key, value in (("world_size", world_size), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
-        if value < 1:
-            raise ConfigError(f"{key}={value} is invalid: expected an integer >= 1")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:  # 4.5 sequences, '4'
+            raise ConfigError(f"{key}={value!r} is invalid: expected an integer >= 1")
+    if device_type not in DEVICE_TYPES:  # 'gpu' planned as if it were a CPU's autocast rules
+        raise unknown_choice("device_type", device_type, DEVICE_TYPES)
     if parallel == "none" and world_size != 1:
         raise ConfigError(f"parallel='none' runs on one GPU, got world_size={world_size}")
     T = config.block_size if seq_len is None else int(seq_len)

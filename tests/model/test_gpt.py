@@ -468,5 +468,7 @@ def test_the_python_apis_likely_mistakes_are_named() -> None:
     for idx in (torch.zeros(5, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long)):
         with pytest.raises(ValueError, match=r"^idx of shape \(.*\): expected token ids \(B, T\) with T >= 1"):
             model(idx)
+        with pytest.raises(ValueError, match=r"^idx of shape \(.*\): expected token ids \(B, T\) with T >= 1"):
+            model.generate(idx, 2)  # a 1-D prompt: an IndexError at its first crop
     with pytest.raises(TypeError, match=r"^train\(\) takes a RunConfig, not dict: resolve_run_config"):
         train({"max_iters": 3})  # type: ignore[arg-type]

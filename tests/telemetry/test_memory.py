@@ -162,6 +162,11 @@ def test_plan_errors() -> None:
         plan_memory(cfg, batch_size=1, world_size=2)
     with pytest.raises(ConfigError, match="seq_len"):
         plan_memory(cfg, batch_size=1, seq_len=cfg.block_size + 1)
+    for value in (4.5, "4", True):  # a fraction of a sequence, a string, a bool: not a micro-batch
+        with pytest.raises(ConfigError, match=rf"^batch_size={value!r} is invalid: expected an integer >= 1"):
+            plan_memory(cfg, batch_size=value)
+    with pytest.raises(ConfigError, match=r"device_type='gpu' is not one of .*'cuda'"):  # not planned as a CPU's
+        plan_memory(cfg, batch_size=1, device_type="gpu")
 
 
 def test_memory_stats_on_cpu() -> None:
