@@ -25,8 +25,8 @@ from gptlab.checkpoint import (
     unsafe_checkpoint_error,
     weights_disagree,
 )
-from gptlab.config.model import FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
-from gptlab.errors import CheckpointError, ConfigError, first_line
+from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, ModelArchitectureConfig, get_preset_config
+from gptlab.errors import CheckpointError, ConfigError, did_you_mean, first_line
 from gptlab.model.gpt import ConfigurableGPT
 
 # what a path or name may be (a command's init_from), and what from_pretrained also takes from Python
@@ -142,6 +142,11 @@ def _some(keys: list[str], file_name: Callable[[str], str], shown: int = 4) -> s
 
 def check_overridable(overrides: dict[str, Any]) -> None:
     clash = sorted(set(overrides) - OVERRIDABLE_ON_LOAD)
+    if clash and clash[0] not in ARCH_FIELDS:  # a misspelt key is no key the weights fix
+        raise ConfigError(
+            f"unknown architecture key {clash[0]!r}{did_you_mean(clash[0], sorted(OVERRIDABLE_ON_LOAD))}; only "
+            f"{', '.join(sorted(OVERRIDABLE_ON_LOAD))} may be overridden when loading pretrained weights"
+        )
     if clash:
         raise ConfigError(
             f"{clash[0]} cannot be overridden when loading pretrained weights (the weights fix it; only "

@@ -370,6 +370,8 @@ def test_from_pretrained_overrides(tmp_path: Path) -> None:
             ConfigurableGPT.from_pretrained(hf, **{key: value})
     with pytest.raises(ConfigError, match="rope_theta cannot be overridden"):
         ConfigurableGPT.from_pretrained(_llama(), rope_theta=1e6)
+    with pytest.raises(ConfigError, match=r"^unknown architecture key 'dropuot' \(did you mean 'dropout'\?\)"):
+        ConfigurableGPT.from_pretrained(hf, dropuot=0.1)  # was: 'dropuot cannot be overridden (the weights fix it)'
 
 
 def test_tied_config_with_a_different_head_loads_untied_as_transformers(tokens: torch.Tensor, tmp_path: Path) -> None:
