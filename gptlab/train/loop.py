@@ -109,11 +109,13 @@ def _accumulation_error(cfg: TrainConfig, world_size: int, explicit: frozenset[s
     if cfg.init_from == "resume" and "gradient_accumulation_steps" not in explicit:
         whence = " (the resumed checkpoint's)"
     sequences = steps * cfg.batch_size  # the global batch: kept by a smaller micro-batch where one divides it
-    same = ""
+    resumed = cfg.init_from == "resume" and not {"gradient_accumulation_steps", "batch_size"} & explicit
     if sequences % fits == 0:  # as many sequences, other ones: a resume's batches no longer continue the run's
-        resumed = cfg.init_from == "resume" and not {"gradient_accumulation_steps", "batch_size"} & explicit
         kept = f"{sequences} sequences a step, as before, not the run's batches from here on" if resumed else ""
         same = f" --batch_size={sequences // fits} ({kept or f'the same {sequences} sequences a step'})"
+    else:  # no micro-batch keeps it: the step grows, said (a resume's batches then are not the run's either)
+        same = f" ({fits * cfg.batch_size} sequences a step instead of {sequences}"
+        same += ", not the run's batches from here on)" if resumed else ")"
     return (
         f"gradient_accumulation_steps={steps}{whence} must be divisible by the world size {world_size} "
         f"(it counts the micro-batches of the whole step, as in nanoGPT): pass --gradient_accumulation_steps={fits}"

@@ -331,6 +331,12 @@ def test_an_accumulation_the_ranks_cannot_share_names_a_value_that_works(data_di
         Trainer(parse_run_args(launch), stream=io.StringIO(), dist=two_ranks)
     with pytest.raises(ConfigError, match=r"^gradient_accumulation_steps=3 .*steps=4 --batch_size=3 \(the same 12 seq"):
         Trainer(parse_run_args([*launch, "--gradient_accumulation_steps=3"]), stream=io.StringIO(), dist=two_ranks)
+    three_ranks = parallel.DistInfo(rank=0, world_size=3, mode="ddp")  # no micro-batch keeps 4 sequences: said
+    with pytest.raises(ConfigError, match=r"steps=3 \(12 sequences a step instead of 4, not the run's batches from h"):
+        Trainer(parse_run_args(launch), stream=io.StringIO(), dist=three_ranks)
+    typed = [*launch, "--gradient_accumulation_steps=3", "--batch_size=5"]
+    with pytest.raises(ConfigError, match=r"steps=4 \(20 sequences a step instead of 15\), or launch"):
+        Trainer(parse_run_args(typed), stream=io.StringIO(), dist=two_ranks)
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
