@@ -25,6 +25,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         return 128 + self.signum
 
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:  # pickled whole: a worker process's stop reaches its pool
+        return type(self), (self.signum, str(self))
+
 
 class StopSignals:
     """While active (the main thread only), the first SIGTERM or SIGINT sets ``signum`` instead of killing

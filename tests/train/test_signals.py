@@ -210,6 +210,18 @@ def test_a_loop_over_runs_that_skips_exceptions_stops_on_ctrl_c(
     assert started == ["first"] and (tmp_path / "first" / "ckpt.pt").exists()
 
 
+def test_the_stop_pickles_whole() -> None:
+    """A run in a worker process (a ProcessPoolExecutor's sweep) sends its stop back pickled: the exception's
+    arguments are its signal and message, which the default pickling of one argument lost (a TypeError)."""
+    import pickle
+
+    from gptlab.train.signals import TrainingInterrupted
+
+    message = "stopped by SIGTERM at iter 7"
+    again = pickle.loads(pickle.dumps(TrainingInterrupted(signal.SIGTERM, message)))
+    assert isinstance(again, KeyboardInterrupt) and (again.exit_code, str(again)) == (143, message)
+
+
 def test_the_stop_message_is_said_once(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Rank 0's log has printed it on stdout: stderr repeats it only where stdout goes elsewhere (a file), and
     only rank 0 does; the exit status is the signal's either way."""
