@@ -9,6 +9,7 @@ import itertools
 import multiprocessing
 import os
 import re
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -169,7 +170,10 @@ _worker_tokenizer: Tokenizer | None = None
 
 
 def _init_worker(tokenizer_meta: dict[str, Any]) -> None:
+    """A tokenizing worker: the terminal's Ctrl-C reaches the whole process group, and a worker it killed
+    mid-reply left the pool's terminate() waiting forever; the parent alone handles it (and ends the pool)."""
     global _worker_tokenizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_tokenizer = load_tokenizer(tokenizer_meta)
 
 

@@ -242,6 +242,24 @@ def test_stream_in_a_process_pool_matches_one_process(tmp_path: Path, monkeypatc
         assert (one / file).read_bytes() == (two / file).read_bytes(), file
 
 
+def _sigint_handler(_: Any) -> Any:
+    import signal
+
+    return signal.getsignal(signal.SIGINT)
+
+
+def test_tokenizing_workers_leave_ctrl_c_to_the_parent() -> None:
+    """The terminal's Ctrl-C reaches the whole process group: a worker it killed mid-reply left the pool's
+    terminate() waiting for ever (a hung `gptlab prepare --num_proc 2` until a second Ctrl-C). Workers ignore it."""
+    import multiprocessing
+    import signal
+
+    from gptlab.data.datasets import _init_worker
+
+    with multiprocessing.get_context().Pool(1, _init_worker, (GPT2Tokenizer().to_meta(),)) as pool:
+        assert pool.apply(_sigint_handler, (None,)) == signal.SIG_IGN
+
+
 def test_stream_caps_documents_and_tokens_exactly(tmp_path: Path) -> None:
     out = prepare_dataset("fineweb_edu", tmp_path, load_fn=records, max_documents=5, val_fraction=0.2)
     tok = GPT2Tokenizer()
