@@ -266,23 +266,12 @@ class ModelArchitectureConfig:
 FREE_ARCH_KEYS = ("dropout", "attention_backend")
 
 
-# Settings of a component rather than the choice of one: given at the value the preset has anyway, harmless
-PARAMETER_KEYS = ("rope_theta", "multiple_of", "ffn_dim_multiplier")
-
-
-def check_keys_take_effect(
-    config: ModelArchitectureConfig, keys: Iterable[str], preset: str | None = None
-) -> ModelArchitectureConfig:
+def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str]) -> ModelArchitectureConfig:
     """A key the user set (``keys``) that this architecture does not use is an error, not ignored: the
     activation of a built-in gated FFN (SwiGLU's gate is SiLU, GeGLU's exact GELU), a GELU
     approximation where no GELU runs, RoPE's theta without RoPE, or an FFN width rule beside an
-    explicit ``d_ff``. With ``preset`` (the one ``config`` was built from), a component's setting given at
-    the preset's own value passes: a whole architecture's dict (``get_preset_config('gpt2').to_dict()``)
-    spells out RoPE's theta beside GPT-2's learned positions. Returns ``config``."""
+    explicit ``d_ff``. Returns ``config``."""
     keys = set(keys) & config.unused_keys()
-    if preset is not None and keys & set(PARAMETER_KEYS):
-        untyped = get_preset_config(preset)
-        keys -= {k for k in PARAMETER_KEYS if getattr(config, k) == getattr(untyped, k)}
     gate = config.gate_activation
     if "activation" in keys and config.activation != gate:  # the gate's own name is harmless
         raise ConfigError(
@@ -486,6 +475,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEBUG_OVERRIDES: dict[str, Any] = dict(n_layer=2, n_embd=64, n_head=4, block_size=64, vocab_size=256)
 
 
+PRESET_FAMILY_KEYS = ("normalization", "position_encoding", "ffn_type", "norm_position")
+
+
+def family_clash(name: str, arch: dict[str, Any], skip: frozenset[str] = frozenset()) -> list[str]:
+    """The family keys (norm, positions, FFN, norm placement) of preset ``name`` that ``arch`` contradicts;
+    ``skip``: keys the user set, which override the preset's."""
+    preset = PRESETS[name]
+    return [k for k in PRESET_FAMILY_KEYS if k in preset and k not in skip and preset[k] != arch.get(k)]
+
+
+def preset_family(arch: dict[str, Any], prefer: Iterable[str | None] = ()) -> str:
+    """The preset whose family ``arch`` has: the first of ``prefer`` that fits ('custom' fits anything;
+    'team' and 'llama' share one family), else the first preset that does, else 'custom'."""
+    for name in prefer:
+        if name in PRESETS and not family_clash(name, arch):
+            return name
+    return next((name for name in PRESETS if name != "custom" and not family_clash(name, arch)), "custom")
+
+
 def get_preset_config(name: str, **overrides: Any) -> ModelArchitectureConfig:
     """The preset ``name`` ('gpt2', 'llama', 'hybrid', 'team', 'custom') with field overrides."""
     if not isinstance(name, str) or name not in PRESETS:
@@ -505,7 +513,7 @@ def padded_vocab_size(vocab: int) -> int:
 def get_typed_config(name: str, overrides: dict[str, Any]) -> ModelArchitectureConfig:
     """``get_preset_config`` for keys typed on a command line, each of which must take effect
     (``check_keys_take_effect``)."""
-    return check_keys_take_effect(get_preset_config(name, **overrides), overrides, name)
+    return check_keys_take_effect(get_preset_config(name, **overrides), overrides)
 
 
 def get_debug_config(name: str, **overrides: Any) -> ModelArchitectureConfig:

@@ -18,7 +18,9 @@ from gptlab.config.model import (
     PRESETS,
     check_arch_types,
     check_keys_take_effect,
+    family_clash,
     get_preset_config,
+    preset_family,
 )
 from gptlab.config.overrides import pair_hint, parse_overrides, refuse_legacy_launcher
 from gptlab.config.train import (
@@ -47,6 +49,22 @@ def resolve_run_config(
         if key not in ALL_KEYS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, ALL_KEYS)}")
     explicit = frozenset(values if explicit is None else explicit)
+    if typed is None and set(ARCH_FIELDS) <= set(values):
+        # a whole architecture (``get_preset_config('gpt2').to_dict()``) spells out the settings of components it
+        # does not use (GPT-2's RoPE theta), as a config file may: checked as a file's keys; and it names its
+        # preset, where not given, as the one it is, else its family (not the default 'gpt2' beside llama's parts)
+        typed = explicit - set(ARCH_FIELDS) - {"arch_preset"}
+        named = values.get("arch_preset")
+        if isinstance(named, str) and named in PRESETS and (clash := family_clash(named, values)):
+            listed = ", ".join(f"{k}={values[k]!r}" for k in clash)
+            raise ConfigError(
+                f"arch_preset={named!r} is not this architecture's ({listed}): every architecture key is given, so "
+                "the preset sets nothing and would only be recorded; drop arch_preset (the run names its family)"
+            )
+        if "arch_preset" not in values:
+            exact = [n for n, p in PRESETS.items() if p and all(values[k] == v for k, v in p.items())]
+            values = {**values, "arch_preset": preset_family(values, prefer=exact)}
+            explicit |= {"arch_preset"}
     return _run_config(dict(values), set(explicit), set(explicit if typed is None else typed))
 
 
@@ -78,7 +96,7 @@ def _validated_run_config(values: dict[str, Any], explicit: Iterable[str], typed
     if train.init_from != "resume" and "arch_preset" in typed:  # a resume's preset is checked against its checkpoint
         _check_typed_preset_takes_effect(train.arch_preset, values, explicit - typed)
     arch = get_preset_config(train.arch_preset, **{k: v for k, v in values.items() if k in ARCH_FIELDS})
-    arch = check_keys_take_effect(arch, typed, train.arch_preset)
+    arch = check_keys_take_effect(arch, typed)
     check_train_keys_take_effect(train, typed)
     return RunConfig(train=train, arch=arch, explicit=explicit, typed=typed)
 
@@ -183,20 +201,16 @@ def resumed_values(
         overruled.append(f"arch_preset: {values['arch_preset']!r} -> {saved['arch_preset']!r}")
         del changed["arch_preset"]
         values = {**values, "arch_preset": saved["arch_preset"]}
-    if "arch_preset" in changed:  # the architecture is the checkpoint's own: a typed preset is checked by family,
-        # as a fine-tune's is (a run resolved from a whole architecture records the default 'gpt2' beside llama's
-        # components, and --arch_preset=llama names its model): the checkpoint's record stays
-        from gptlab.train.init_from import family_clash
-
-        clash = family_clash(values["arch_preset"], saved_arch)
-        if clash:
-            have = ", ".join(f"{k}={saved_arch.get(k)!r}" for k in clash)
+    if "arch_preset" in changed:  # the architecture is the checkpoint's own
+        recorded, clash = saved["arch_preset"], family_clash(values["arch_preset"], saved_arch)
+        if clash or not family_clash(recorded, saved_arch):  # another model's preset, or the record names this one
+            have = "".join(f"; {k}={saved_arch.get(k)!r}" for k in clash)
             raise ConfigError(
                 f"arch_preset={values['arch_preset']!r} conflicts with the checkpoint resumed from {str(path)!r} "
-                f"(arch_preset={saved['arch_preset']!r}; {have}): a resumed run keeps its architecture"
+                f"(arch_preset={recorded!r}{have}): a resumed run keeps its architecture; drop --arch_preset"
             )
-        del changed["arch_preset"]
-        values = {**values, "arch_preset": saved["arch_preset"]}
+        # a record of another family than its weights' (a whole llama architecture resolved without a preset
+        # recorded 'gpt2' before it recorded its family): the typed preset, which fits them, is the run's now, said
     merged = {**values, **{k: v for k, v in saved.items() if k not in explicit}}
     return merged, changed, str(path), overruled
 

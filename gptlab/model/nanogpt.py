@@ -70,8 +70,8 @@ def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
     except ConfigError as e:
         raise CheckpointError(f"{damaged}: {e}") from None
     settings = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    from gptlab.config.model import preset_family
     from gptlab.config.train import TrainConfig
-    from gptlab.train.init_from import preset_family
 
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"init_from", "out_dir"}  # this command's
     train = {k: v for k, v in settings.items() if k in train_keys}

@@ -8,7 +8,6 @@ Nothing large is allocated before the checks here pass, so a wrong command fails
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,14 @@ from gptlab.checkpoint import (
     no_checkpoint_error,
     read_saved_settings,
 )
-from gptlab.config.model import ARCH_FIELDS, FREE_ARCH_KEYS, PRESETS, ModelArchitectureConfig, padded_vocab_size
+from gptlab.config.model import (
+    ARCH_FIELDS,
+    FREE_ARCH_KEYS,
+    ModelArchitectureConfig,
+    family_clash,
+    padded_vocab_size,
+    preset_family,
+)
 from gptlab.config.train import RunConfig, TrainConfig
 from gptlab.data.tokenizers import HF_TOKENIZER_VOCAB_FILES
 from gptlab.errors import CheckpointError, ConfigError
@@ -220,25 +226,6 @@ def _conflict(key: str, wanted: Any, have: Any, source: str, may_shrink_block: b
         f"{key}={wanted!r} conflicts with the weights loaded from {source!r} ({key}={have!r}); "
         f"drop --{key} (only {', '.join(FREE_ARCH_KEYS)} may change on loaded weights)"
     )
-
-
-PRESET_FAMILY_KEYS = ("normalization", "position_encoding", "ffn_type", "norm_position")
-
-
-def family_clash(name: str, arch: dict[str, Any], skip: frozenset[str] = frozenset()) -> list[str]:
-    """The family keys (norm, positions, FFN, norm placement) of preset ``name`` that ``arch`` contradicts;
-    ``skip``: keys the user set, which override the preset's."""
-    preset = PRESETS[name]
-    return [k for k in PRESET_FAMILY_KEYS if k in preset and k not in skip and preset[k] != arch.get(k)]
-
-
-def preset_family(arch: dict[str, Any], prefer: Iterable[str | None] = ()) -> str:
-    """The preset whose family ``arch`` has: the first of ``prefer`` that fits ('custom' fits anything;
-    'team' and 'llama' share one family), else the first preset that does, else 'custom'."""
-    for name in prefer:
-        if name in PRESETS and not family_clash(name, arch):
-            return name
-    return next((name for name in PRESETS if name != "custom" and not family_clash(name, arch)), "custom")
 
 
 def _recorded_preset(path: Path) -> str | None:

@@ -290,6 +290,7 @@ def test_valid_sizes_build_a_model(n_layer: int, n_head: int, head_dim: int, kv_
         ("custom", {"activation": "relu", "gelu_approximate": "tanh"}, "activation='relu' is not GELU"),
         ("gpt2", {"rope_theta": 500000.0}, "position_encoding='learned_absolute' is not rotary"),
         ("llama", {"d_ff": 1024, "multiple_of": 128}, "multiple_of=128 has no effect: d_ff=1024 sets the FFN width"),
+        ("llama", {"d_ff": 1024, "multiple_of": 256}, "multiple_of=256 has no effect"),  # llama's own value: typed
         ("gpt2", {"d_ff": 1024, "ffn_dim_multiplier": 1.5}, "ffn_dim_multiplier=1.5 has no effect: d_ff=1024"),
     ],
 )
@@ -317,21 +318,19 @@ def test_a_setting_the_architecture_would_ignore_is_refused(preset: str, overrid
     check_keys_take_effect(get_preset_config("gpt2", gelu_approximate="none"), {"gelu_approximate"})
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "llama", "hybrid", "team", "custom"])
-def test_a_presets_whole_dict_resolves_to_the_same_architecture(preset: str) -> None:
+@pytest.mark.parametrize(("preset", "recorded"), [("gpt2", "gpt2"), ("llama", "llama"), ("hybrid", "hybrid"),
+                                                  ("team", "llama"), ("custom", "gpt2")])  # fmt: skip
+def test_a_whole_architecture_resolves_as_a_config_files_keys(preset: str, recorded: str) -> None:
     """``get_preset_config(p).to_dict()`` spells out every key, among them settings of components the preset
-    does not use (GPT-2's RoPE theta, llama's multiple_of beside a d_ff): at the preset's own values they are
-    harmless, so the dict trains the model it describes; another value is still refused."""
-    from gptlab.config.model import check_keys_take_effect
+    does not use (GPT-2's RoPE theta, llama's multiple_of beside a d_ff): checked as a config file's, so the dict
+    trains the model it describes, and records the preset it is (else its family), not the default 'gpt2'. A
+    preset given beside it that is not its own would be recorded alone: refused."""
     from gptlab.config.resolve import resolve_run_config
 
     arch = get_preset_config(preset, n_layer=2, d_ff=None if preset == "gpt2" else 256).to_dict()
-    run = resolve_run_config({**arch, "arch_preset": preset, "dataset": "stdlib_char"})
-    assert run.arch.to_dict() == arch
-    unused = sorted(get_preset_config(preset, **arch).unused_keys() & {"rope_theta", "multiple_of"})
-    assert unused, "the dict names a setting its architecture does not read"
-    for key in unused:
-        with pytest.raises(ConfigError, match=f"{key}=.* has no effect"):
-            resolve_run_config({**arch, "arch_preset": preset, key: getattr(get_preset_config(preset), key) * 2})
-        with pytest.raises(ConfigError, match=f"{key}=.* has no effect"):  # without the preset: strict, as before
-            check_keys_take_effect(get_preset_config(preset, **arch), {key})
+    run = resolve_run_config({**arch, "dataset": "stdlib_char"})
+    assert run.arch.to_dict() == arch and run.train.arch_preset == recorded
+    assert resolve_run_config({**arch, "arch_preset": preset}).train.arch_preset == preset
+    other = "gpt2" if recorded != "gpt2" else "llama"
+    with pytest.raises(ConfigError, match=rf"^arch_preset='{other}' is not this architecture's \(normalization="):
+        resolve_run_config({**arch, "arch_preset": other})

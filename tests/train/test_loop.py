@@ -293,26 +293,33 @@ def test_resume_validates_the_settings_it_will_run_with(data_dir: Path, tmp_path
         parse_run_args([*launch, "--arch_preset='gpt2'"])
 
 
-def test_a_typed_preset_on_resume_is_checked_by_family_as_a_fine_tunes_is(data_dir: Path, tmp_path: Path) -> None:
+def test_a_whole_architecture_records_its_preset_and_an_old_wrong_record_takes_the_typed_one(
+    data_dir: Path, tmp_path: Path
+) -> None:
     """A run resolved from a whole architecture (a notebook's ``get_preset_config('llama', ...).to_dict()``)
-    records the default arch_preset 'gpt2' beside llama's components; ``--arch_preset=llama`` names its model and
-    resumes (the record stays), while gpt2's family is refused by the keys that differ."""
+    records the preset it is, not the default 'gpt2'. One that recorded 'gpt2' beside llama's components (as
+    before, or with ``typed=()``) resumes under a typed ``--arch_preset=llama``, which fits its weights (said as
+    a change); a preset of another family, or one beside a record that fits (team for llama), is refused."""
     from gptlab.config.model import get_preset_config
     from gptlab.config.resolve import resolve_run_config
 
-    run = tmp_path / "run"
     arch = get_preset_config("llama", n_layer=2, n_head=2, n_embd=32, block_size=32).to_dict()
-    settings = {k: v for k, v in parse_run_args(tiny_args(data_dir, run, max_iters=2)).train.to_dict().items()}
-    settings.pop("arch_preset")
-    first = resolve_run_config({**arch, **settings}, typed=())
+    run = parse_run_args(tiny_args(data_dir, tmp_path / "run", max_iters=2))
+    given = {"dataset", "data_dir", "out_dir", "batch_size", "max_iters", "lr_decay_iters", "warmup_iters", "device"}
+    settings = {k: v for k, v in run.train.to_dict().items() if k in given | {"compile", "eval_iters", "log_style"}}
+    assert resolve_run_config({**arch, **settings}).train.arch_preset == "llama"
+    first = resolve_run_config({**arch, **settings}, typed=())  # the keys as a config file's: the default preset
     assert first.train.arch_preset == "gpt2" and first.arch.position_encoding == "rope"
     train(first, stream=io.StringIO())
-    launch = [f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'", "--max_iters=3"]
-    resumed = parse_run_args([*launch, "--arch_preset='llama'"])
-    assert resumed.train.arch_preset == "gpt2" and "arch_preset" not in resumed.resume_changes
+    launch = [f"--out_dir={str(tmp_path / 'run')!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'"]
+    resumed = parse_run_args([*launch, "--max_iters=3", "--arch_preset='llama'"])
+    assert resumed.train.arch_preset == "llama" and resumed.resume_changes["arch_preset"] == ("gpt2", "llama")
     assert resumed.arch.to_dict() == first.arch.to_dict()
     with pytest.raises(ConfigError, match=r"'hybrid' conflicts .*\(arch_preset='gpt2'; ffn_type='swiglu'\)"):
-        parse_run_args([*launch, "--arch_preset='hybrid'"])
+        parse_run_args([*launch, "--max_iters=3", "--arch_preset='hybrid'"])
+    train(resumed, stream=io.StringIO())
+    with pytest.raises(ConfigError, match=r"'team' conflicts .*\(arch_preset='llama'\): a resumed run keeps its"):
+        parse_run_args([*launch, "--max_iters=4", "--arch_preset='team'"])  # the record fits: the label is kept
 
 
 def test_an_accumulation_the_ranks_cannot_share_names_a_value_that_works(data_dir: Path, tmp_path: Path) -> None:
