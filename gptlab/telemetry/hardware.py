@@ -137,16 +137,27 @@ def _typed_name_is_known(name: str) -> bool:
     return all(w in _NAME_WORDS or re.fullmatch(r"\d+gb?", w) for w in words)
 
 
-def get_gpu_spec(name: str) -> GpuSpec:
-    """Like ``match_gpu`` but a miss is a user error naming the known keys (for ``--gpu``), and a name with a word
-    no GPU's name has (a typo, a made-up model) is a miss."""
+def get_gpu_spec(name: str, key: str = "gpu") -> GpuSpec:
+    """Like ``match_gpu`` but a miss is a user error naming the known keys (for ``--gpu``; ``key``: the setting
+    that gave the name), and a name with a word no GPU's name has (a typo, a made-up model) is a miss."""
     spec = match_gpu(name) if _typed_name_is_known(name) else None
     if spec is None:
         keys = [s.key for s in GPU_SPECS]
         raise ConfigError(
-            f"gpu={name!r} is not a known accelerator{did_you_mean(name, keys)}; known: {', '.join(keys)}"
+            f"{key}={name!r} is not a known accelerator{did_you_mean(name, keys)}; known: {', '.join(keys)}"
         )
     return spec
+
+
+# The first word of a driver's device name (torch.cuda.get_device_name): such a name is matched as the driver
+# spells it ('Tesla V100-DGXS-32GB', a vGPU's 'GRID A100D-80C'), not checked word by word as a typed one
+DRIVER_PREFIXES = ("nvidia", "tesla", "grid", "quadro", "geforce", "amd")
+
+
+def typed_gpu_name(name: str) -> bool:
+    """Whether ``name`` was typed by a user ('H100', 'h100-sxm') rather than read from the driver."""
+    words = name.strip().lower().split()
+    return not words or words[0] not in DRIVER_PREFIXES
 
 
 def precision_key(dtype: Any) -> str:

@@ -21,7 +21,7 @@ import torch
 
 from gptlab.config.model import ModelArchitectureConfig
 from gptlab.errors import ConfigError
-from gptlab.telemetry.hardware import PeakInfo, get_gpu_spec, match_gpu, precision_key, table_peak
+from gptlab.telemetry.hardware import PeakInfo, get_gpu_spec, match_gpu, precision_key, table_peak, typed_gpu_name
 
 
 def _compute_flops(config: ModelArchitectureConfig, seq_len: int | None, checkpointing: bool = False) -> Any:
@@ -38,19 +38,17 @@ def _resolve_peak(peak_flops: float | None, gpu_name: str | None, precision: str
             raise ConfigError(f"peak_flops={peak_flops!r} is invalid: expected a number > 0 (FLOP/s per GPU)")
         if peak_flops < 1e6:  # no device is that slow: TFLOPS given where FLOP/s is asked (989.5 for 989.5e12)
             raise ConfigError(
-                f"peak_flops={peak_flops!r} is FLOP/s per GPU, not TFLOPS: {peak_flops!r} TFLOPS is "
-                f"peak_flops={peak_flops * 1e12:.4g} (detect_peak's override_tflops and --peak_tflops take TFLOPS)"
+                f"peak_flops={peak_flops!r} is below 1e6 FLOP/s: it is FLOP/s per GPU, not TFLOPS "
+                f"({peak_flops!r} TFLOPS is {peak_flops * 1e12:.4g}; detect_peak's override_tflops and --peak_tflops "
+                "take TFLOPS)"
             )
         return PeakInfo(gpu_name or "override", float(peak_flops), precision, "override")
     if gpu_name is None:
         if not torch.cuda.is_available():
             return PeakInfo("cpu", None, precision, "unknown")
         gpu_name = torch.cuda.get_device_name()
-    elif match_gpu(str(gpu_name)) is not None:  # a typed name: 'H100X' is no H100 (get_gpu_spec's rule)
-        try:
-            get_gpu_spec(str(gpu_name))
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("gpu=", "gpu_name=", 1)) from None
+    elif typed_gpu_name(str(gpu_name)) and match_gpu(str(gpu_name)) is not None:  # 'H100X' is no H100
+        get_gpu_spec(str(gpu_name), "gpu_name")  # (a driver's name is matched as the driver spells it)
     return table_peak(gpu_name, precision)
 
 

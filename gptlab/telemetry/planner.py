@@ -43,6 +43,7 @@ optimizer's temporaries (the CUDA AdamW from ``configure_optimizers`` is fused a
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -163,9 +164,15 @@ def plan_memory(
         raise unknown_choice("parallel", parallel, MODES)
     if optimizer not in OPTIMIZER_STATES:
         raise unknown_choice("optimizer", optimizer, OPTIMIZER_STATES)
-    for key, value in (("world_size", world_size), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:  # 4.5 sequences, '4'
+    counts = {"world_size": world_size, "batch_size": batch_size, "grad_accum_steps": grad_accum_steps}
+    for key, value in counts.items():  # 4.5 sequences, '4' refused; a numpy or 0-d tensor integer taken
+        try:
+            whole = operator.index(value) if not isinstance(value, bool) else 0
+        except TypeError:
+            whole = 0
+        if whole < 1:
             raise ConfigError(f"{key}={value!r} is invalid: expected an integer >= 1")
+    world_size, batch_size, grad_accum_steps = (operator.index(v) for v in counts.values())
     if device_type not in DEVICE_TYPES:  # 'gpu' planned as if it were a CPU's autocast rules
         raise unknown_choice("device_type", device_type, DEVICE_TYPES)
     if parallel == "none" and world_size != 1:

@@ -167,6 +167,10 @@ def test_plan_errors() -> None:
             plan_memory(cfg, batch_size=value)
     with pytest.raises(ConfigError, match=r"device_type='gpu' is not one of .*'cuda'"):  # not planned as a CPU's
         plan_memory(cfg, batch_size=1, device_type="gpu")
+    import numpy as np
+
+    by_column = plan_memory(cfg, batch_size=np.int64(4), world_size=torch.tensor(1))  # a DataFrame's, a tensor's
+    assert by_column.mode.total == plan_memory(cfg, batch_size=4).mode.total
 
 
 def test_memory_stats_on_cpu() -> None:
