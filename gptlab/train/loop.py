@@ -110,16 +110,19 @@ def _accumulation_error(cfg: TrainConfig, world_size: int, explicit: frozenset[s
         whence = " (the resumed checkpoint's)"
     sequences = steps * cfg.batch_size  # the global batch: kept by a smaller micro-batch where one divides it
     resumed = cfg.init_from == "resume" and not {"gradient_accumulation_steps", "batch_size"} & explicit
-    if sequences % fits == 0:  # as many sequences, other ones: a resume's batches no longer continue the run's
+    # the fewest micro-steps from the next multiple up whose micro-batch keeps the step's sequences (5 x 4 on two
+    # ranks: 10 x 2), else the next multiple, whose step grows
+    keeps = next((m for m in range(fits, sequences + 1, world_size) if sequences % m == 0), None)
+    if keeps is not None:  # as many sequences, other ones: a resume's batches no longer continue the run's
         kept = f"{sequences} sequences a step, as before, not the run's batches from here on" if resumed else ""
-        same = f" --batch_size={sequences // fits} ({kept or f'the same {sequences} sequences a step'})"
-    else:  # no micro-batch keeps it: the step grows, said (a resume's batches then are not the run's either)
-        same = f" ({fits * cfg.batch_size} sequences a step instead of {sequences}"
-        same += ", not the run's batches from here on)" if resumed else ")"
+        advice = f"{keeps} --batch_size={sequences // keeps} ({kept or f'the same {sequences} sequences a step'})"
+    else:  # the world size does not divide the step's sequences: it grows, said
+        advice = f"{fits} ({fits * cfg.batch_size} sequences a step instead of {sequences}"
+        advice += ", not the run's batches from here on)" if resumed else ")"
     return (
         f"gradient_accumulation_steps={steps}{whence} must be divisible by the world size {world_size} "
-        f"(it counts the micro-batches of the whole step, as in nanoGPT): pass --gradient_accumulation_steps={fits}"
-        f"{same}, or launch a number of processes that divides it"
+        f"(it counts the micro-batches of the whole step, as in nanoGPT): pass --gradient_accumulation_steps="
+        f"{advice}, or launch a number of processes that divides it"
     )
 
 

@@ -344,6 +344,9 @@ def test_an_accumulation_the_ranks_cannot_share_names_a_value_that_works(data_di
     typed = [*launch, "--gradient_accumulation_steps=3", "--batch_size=5"]
     with pytest.raises(ConfigError, match=r"steps=4 \(20 sequences a step instead of 15\), or launch"):
         Trainer(parse_run_args(typed), stream=io.StringIO(), dist=two_ranks)
+    typed = [*launch, "--gradient_accumulation_steps=5", "--batch_size=4"]  # 6 x 4 grows, 10 x 2 keeps 20
+    with pytest.raises(ConfigError, match=r"steps=10 --batch_size=2 \(the same 20 sequences a step\), or launch"):
+        Trainer(parse_run_args(typed), stream=io.StringIO(), dist=two_ranks)
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
