@@ -1,4 +1,5 @@
-"""Configuration: the architecture dataclass and its presets, and ``--key=value`` overrides."""
+"""Configuration: the architecture dataclass and its presets (model.py), the training settings (train.py),
+config files (files.py), ``--key=value`` overrides (overrides.py) and a run resolved from them (resolve.py)."""
 
 from gptlab.config.model import (
     DEBUG_OVERRIDES,

@@ -391,6 +391,10 @@ _MOVED = {
 }  # fmt: skip
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MOVED})
+
+
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
         import importlib

@@ -25,7 +25,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         return 128 + self.signum
 
-    def __reduce__(self) -> tuple[type, tuple[int, str]]:  # pickled whole: a worker process's stop reaches its pool
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:  # pickled whole (a ProcessPoolExecutor's worker's stop)
         return type(self), (self.signum, str(self))
 
 

@@ -532,3 +532,4 @@ def test_the_moved_functions_stay_importable_from_gptlab_config_train() -> None:
     assert old.load_config_file is files.load_config_file and old.LAUNCH_KEYS is resolve.LAUNCH_KEYS
     with pytest.raises(AttributeError, match="parse_run_arg"):
         old.parse_run_arg  # noqa: B018
+    assert {"parse_run_args", "load_config_file", "TrainConfig"} <= set(dir(old))  # an IDE's or help()'s list
