@@ -132,6 +132,8 @@ def test_a_peak_in_the_wrong_unit_or_a_misspelt_gpu_is_refused() -> None:
         estimate_mfu_detailed(GPT2, 8, 1.0, peak_flops="1e15")
     with pytest.raises(ValueError, match=r"^dt='0.1' must be a number > 0"):
         estimate_mfu_detailed(GPT2, 8, "0.1")
+    with pytest.raises(ValueError, match=r"^num_gpus=2.5 must be a whole number of ranks >= 1"):
+        estimate_mfu_detailed(GPT2, 8, 1.0, num_gpus=2.5)
     by_driver = estimate_mfu_detailed(GPT2, 8, torch.tensor(1.0), gpu_name="NVIDIA H100 80GB HBM3")
     assert by_driver["mfu"] == pytest.approx(estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name="H100-SXM")["mfu"])
     for driver in ("GRID A100D-80C", "NVIDIA A10-24Q", "Tesla V100-DGXS-32GB"):  # words no typed name has: matched
