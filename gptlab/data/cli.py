@@ -21,24 +21,23 @@ def _earlier_meta(data_dir: str, dataset: str) -> dict[str, Any] | None:
     return None
 
 
-def _replaced_note(
-    old: dict[str, Any],
-    new: dict[str, Any],
-    old_bins: dict[str, str] | None = None,
-    new_bins: dict[str, str] | None = None,
-) -> str:
+def _replaced_note(old: dict[str, Any], new: dict[str, Any], old_bins: dict[str, str], new_bins: dict[str, str]) -> str:
     """What a prepare that replaced an earlier dataset of the name changed (it was silent). ``old_bins`` and
-    ``new_bins``: the split files' sampled bytes before and after, compared where the earlier dataset records no
-    text hash (nanoGPT's prepare.py output), as a resume compares them."""
+    ``new_bins``: the split files' sampled bytes before and after, which must agree for the tokens to be called
+    unchanged, as a resume compares them: a records dataset records no text hash, and the same text split into
+    other documents hashes the same while its end-of-text tokens move."""
 
     def what(meta: dict[str, Any]) -> tuple[Any, ...]:  # what a resume compares (the text, not where it was)
         source = meta.get("source") or {}
         return (source.get("sha256"), (meta.get("tokenizer") or {}).get("name"), meta.get("tokens"))
 
-    if old_bins is not None and what(old)[1:] == what(new)[1:] and old_bins == new_bins:
-        return "note: the same tokens and tokenizer as the dataset it replaced (nanoGPT's prepare.py output)"
-    if what(old) == what(new):
-        return "note: the same text and tokenizer as the dataset it replaced: its tokens are unchanged"
+    if what(old)[1:] == what(new)[1:] and old_bins and old_bins == new_bins:
+        if what(old)[0] is not None and what(old) == what(new):
+            return "note: the same text and tokenizer as the dataset it replaced: its tokens are unchanged"
+        nanogpt = (old.get("source") or {}).get("kind") == "nanogpt"
+        return "note: the same tokens and tokenizer as the dataset it replaced" + (
+            " (nanoGPT's prepare.py output)" if nanogpt else ""
+        )
     source = (old.get("source") or {}).get("path") or (old.get("source") or {}).get("kind", "?")
     tokens = (old.get("tokens") or {}).get("train", "?")
     tokenizer = (old.get("tokenizer") or {}).get("name", "?")
@@ -57,8 +56,7 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
     from gptlab.data.storage import bins_sample  # the bytes a resume compares
 
     earlier = _earlier_meta(args.data_dir, args.dataset)
-    unhashed = earlier is not None and (earlier.get("source") or {}).get("sha256") is None
-    earlier_bins = bins_sample(Path(args.data_dir).expanduser() / args.dataset) if unhashed else None
+    earlier_bins = bins_sample(Path(args.data_dir).expanduser() / args.dataset) if earlier is not None else {}
     dataset_dir = prepare_dataset(
         args.dataset,
         args.data_dir,
@@ -93,7 +91,7 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")
     print(f"  {dataset_dir / META_FILE}")
     if earlier is not None:
-        print(_replaced_note(earlier, meta, earlier_bins, bins_sample(dataset_dir) if unhashed else None))
+        print(_replaced_note(earlier, meta, earlier_bins, bins_sample(dataset_dir)))
     return 0
 
 

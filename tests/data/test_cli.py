@@ -46,6 +46,35 @@ def test_prepare_local_text_prints_what_it_wrote(
     assert said in capsys.readouterr().out
 
 
+def test_a_re_prepare_calls_the_tokens_unchanged_only_where_they_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records carry no text hash (None == None passed), and the same text split into other documents hashes the
+    same while GPT-2's end-of-text tokens move: both were said to be unchanged. The token files decide now."""
+    data = tmp_path / "data"
+
+    def prepare(name: str, source: Path) -> str:
+        assert run(["prepare", name, "--input", str(source), "--data_dir", str(data), "--num_proc", "1"]) == 0
+        return capsys.readouterr().out
+
+    cat, dog = tmp_path / "cat.jsonl", tmp_path / "dog.jsonl"
+    cat.write_text('{"text": "the cat sat"}\n' * 20)
+    dog.write_text('{"text": "the dog ran"}\n' * 20)  # as many tokens, other ones
+    prepare("records", cat)
+    assert "note: replaced the dataset prepared here before" in prepare("records", dog)
+    said = prepare("records", dog)
+    assert "note: the same tokens and tokenizer as the dataset it replaced\n" in said and "nanoGPT" not in said
+    one, two = tmp_path / "one", tmp_path / "two"
+    split_after = ("hello world" * 30, " again" * 30), ("hello world" * 29 + "hello", " world" + " again" * 30)
+    for folder, parts in zip((one, two), split_after):  # one text, two ways into files (its hash is the text's)
+        folder.mkdir()
+        for name, part in zip(("a.txt", "b.txt"), parts):
+            (folder / name).write_text(part)
+    prepare("texts", one)
+    assert "note: replaced the dataset prepared here before" in prepare("texts", two)
+    assert "note: the same text and tokenizer as the dataset it replaced: its tokens" in prepare("texts", two)
+
+
 def test_prepare_over_nanogpts_files_of_the_same_text_says_the_tokens_are_unchanged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
