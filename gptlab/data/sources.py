@@ -168,12 +168,13 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
             )
         raise DataError(f"--input {input_path} does not exist (expected a text file or a folder of them)")
     skip = exclude.resolve() if exclude is not None else None
-    files, skipped_datasets = [], set()
+    files, skipped_datasets, in_output = [], set(), []
     for path in _walk_files(input_path):
         rel = path.relative_to(input_path)
         if any(part.startswith(".") for part in rel.parts):
             continue
         if skip is not None and skip in path.resolve().parents:
+            in_output.append(path)
             continue
         dataset = path.parent != input_path and all(split_path(path.parent, s).is_file() for s in SPLITS)
         if dataset:  # a prepared dataset (gptlab's or nanoGPT's) in a subfolder: data, not text
@@ -181,6 +182,12 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
             continue
         files.append(path)
     files.sort(key=lambda p: p.relative_to(input_path).as_posix())
+    if not files and in_output:  # nanoGPT's layout, data/NAME/input.txt, named by its folder: the output's
+        texts = [p for p in in_output if p.suffix not in (".bin", ".json", ".pkl", ".lock")]  # not its outputs
+        raise DataError(
+            f"--input {input_path} is the dataset's own folder, where its .bin files are written (files there are "
+            "not read as input)" + (f": pass the text itself, --input {texts[0]}" if texts else "")
+        )
     if not files:
         raise DataError(f"--input {input_path} holds no files")
     if skipped_datasets and record_skipped is not None:

@@ -75,6 +75,19 @@ def test_a_re_prepare_calls_the_tokens_unchanged_only_where_they_are(
     assert "note: the same text and tokenizer as the dataset it replaced: its tokens" in prepare("texts", two)
 
 
+def test_the_datasets_own_folder_as_input_names_the_text_in_it(tmp_path: Path) -> None:
+    """nanoGPT's layout keeps input.txt in the dataset's folder (data/NAME/input.txt); named as --input, its files
+    are the output's and are not read, which said "holds no files" of a folder that holds input.txt."""
+    folder = tmp_path / "data" / "own_char"
+    folder.mkdir(parents=True)
+    (folder / "input.txt").write_text("some text to learn from\n" * 50)
+    argv = ["prepare", "own_char", "--input", str(folder), "--data_dir", str(tmp_path / "data"), "--tokenizer", "char"]
+    with pytest.raises(USER_ERRORS, match=rf"is the dataset's own folder, .*: pass the text itself, --input {folder}/"):
+        run(argv)
+    argv[3] = str(folder / "input.txt")
+    assert run(argv) == 0
+
+
 def test_prepare_over_nanogpts_files_of_the_same_text_says_the_tokens_are_unchanged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
