@@ -366,6 +366,9 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
                     f"dataset {name!r} came out with {writer.counts['train']} train and {writer.counts['val']} val "
                     f"tokens: the corpus{cut} is too small to split (val_fraction={fraction})"
                 )
+            if tok.eot_token is not None and sum(writer.counts.values()) == docs:  # an end-of-text token each, alone
+                where = opts.input_path if opts.input_path is not None else name
+                raise DataError(f"{where} holds no text: its {docs} documents are empty")
             meta = _meta(name, tok, writer, docs, corpus, fraction, opts)
             writer.commit(meta, before_renames=lambda: _write_nanogpt_meta(dataset_dir, tok))
     finally:

@@ -608,6 +608,10 @@ def test_a_folder_skips_binaries_and_datasets_inside_it(tmp_path: Path, text_fil
     (flat / "empty" / "blank.txt").write_text("")
     with pytest.raises(DataError, match=r"empty holds no text to build a char vocabulary from"):
         prepare_dataset("blank_char", tmp_path / "d5", flat / "empty")
+    for i in range(10):  # under GPT-2 each empty file was one end-of-text token: a dataset of nothing else
+        (flat / "empty" / f"blank{i}.txt").write_text("")
+    with pytest.raises(DataError, match=r"empty holds no text: its 11 documents are empty"):
+        prepare_dataset("blank", tmp_path / "d6", flat / "empty", tokenizer="gpt2")
     with pytest.raises(ConfigError, match=r"text_field=.body. is for \.jsonl/\.parquet records"):
         prepare_dataset("field_char", tmp_path / "d4", flat, text_field="body")
 
