@@ -204,6 +204,20 @@ def test_root_sample_script(data_dir: Path, tmp_path: Path) -> None:
         list(sample(unknown))
 
 
+def test_a_default_prompt_the_vocabulary_cannot_encode_says_it_is_the_default() -> None:
+    """A char vocabulary of one-line text has no '\\n', nanoGPT's default prompt: the user typed no prompt, so
+    the refusal says which one it was."""
+    from gptlab.data.tokenizers import CharTokenizer
+    from gptlab.errors import ConfigError
+    from gptlab.train.sample import encode_sample_prompt
+
+    meta = CharTokenizer.from_documents(["one line of text"]).to_meta()
+    with pytest.raises(ConfigError, match=r"cannot be encoded \(the default prompt, nanoGPT's '\\n': give one"):
+        encode_sample_prompt(meta, "\n")
+    with pytest.raises(ConfigError, match=r"cannot be encoded: character 'x'"):  # a typed one: as it was
+        encode_sample_prompt(meta, "x")
+
+
 def test_a_sample_prompt_the_vocabulary_cannot_encode_is_refused_before_training(
     data_dir: Path, tmp_path: Path
 ) -> None:
