@@ -227,6 +227,11 @@ def _progress(desc: str, total: int | None) -> Any:
     return tqdm(desc=desc, total=total, unit=" docs", disable=None)  # disable=None: quiet when not a terminal
 
 
+def _every_nth(val_fraction: float) -> int:
+    """A records corpus's validation documents are every n-th: the n nearest 1 / val_fraction, at least 2."""
+    return max(2, round(1 / val_fraction))
+
+
 def _write_tokens(
     writer: DatasetWriter,
     arrays: Iterator[np.ndarray],
@@ -236,7 +241,7 @@ def _write_tokens(
     progress: Any,
 ) -> int:
     """Write documents to their split, stopping at exactly ``max_tokens``; returns the documents read."""
-    every = max(2, round(1 / val_fraction))
+    every = _every_nth(val_fraction)
     docs = total = 0
     for i, ids in enumerate(arrays):
         if max_tokens is not None:
@@ -393,7 +398,8 @@ def _meta(
         "dtype": writer.dtype.name,
         "tokens": dict(writer.counts),
         "documents": docs,
-        "val_fraction": val_fraction,
+        # the share held out: a records corpus's every n-th document is 1/n of them (0.4 asked holds out every 2nd)
+        "val_fraction": val_fraction if corpus.split == "tail" else 1 / _every_nth(val_fraction),
         "split": split,
         "caps": {"max_documents": opts.max_documents, "max_tokens": opts.max_tokens},
         "source": corpus.source,

@@ -270,6 +270,14 @@ def test_stream_caps_documents_and_tokens_exactly(tmp_path: Path) -> None:
     assert read_meta(out)["caps"] == {"max_documents": None, "max_tokens": 100}
 
 
+def test_a_records_corpus_records_the_share_it_held_out(tmp_path: Path) -> None:
+    """Every n-th document is validation: val_fraction=0.4 holds out every 2nd, half of them, and meta.json
+    recorded 0.4."""
+    out = prepare_dataset("fineweb_edu", tmp_path, load_fn=records, max_documents=6, val_fraction=0.4)
+    assert read_meta(out)["val_fraction"] == 0.5
+    assert decoded(out).count("<|endoftext|>") == 6 and decoded(out).endswith(DOCS[4] + "<|endoftext|>")
+
+
 def test_stream_bad_records_and_missing_datasets_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataError, match=r"record 2 of .* has no string field 'text' \(has: body\)"):
         prepare_dataset("openwebtext", tmp_path, load_fn=lambda: [{"text": "ok"}, {"body": "x"}])
