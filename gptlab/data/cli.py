@@ -76,7 +76,8 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
     source = meta.get("source") or {}
     if source.get("skipped_files"):
         print(
-            f"skipped {source['skipped_files']} files that are not text (not UTF-8, or with NUL bytes; "
+            f"skipped {source['skipped_files']} file{'s' if source['skipped_files'] != 1 else ''} that "
+            f"{'are' if source['skipped_files'] != 1 else 'is'} not text (not UTF-8, or with NUL bytes; "
             f"e.g. {', '.join(source['skipped_examples'])})"
         )
     if source.get("records_read_as_text"):

@@ -138,7 +138,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ConfigError(f"dataset={name!r} must be a plain directory name (letters, digits, '_', '-', '.')")
+        raise ConfigError(f"dataset={name!r} must be a plain directory name (ASCII letters, digits, '_', '-', '.')")
 
 
 def _unknown_dataset(name: str, dataset_dir: Path, prepared_check: bool) -> DataError:

@@ -88,6 +88,15 @@ def test_the_datasets_own_folder_as_input_names_the_text_in_it(tmp_path: Path) -
     assert run(argv) == 0
 
 
+def test_the_skipped_files_line_counts_in_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "a.txt").write_text("words to learn from\n" * 50)
+    (folder / "b.bin").write_bytes(b"\x00\xff" * 10)
+    assert run(["prepare", "mixed", "--input", str(folder), "--data_dir", str(tmp_path / "data")]) == 0
+    assert "skipped 1 file that is not text (not UTF-8" in capsys.readouterr().out  # not "1 files that are"
+
+
 def test_prepare_over_nanogpts_files_of_the_same_text_says_the_tokens_are_unchanged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
