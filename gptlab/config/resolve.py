@@ -43,7 +43,8 @@ def resolve_run_config(
     command line (the Python way in: a notebook's dict). ``explicit``: the keys the user set (a config
     file, an override); by default all of ``values``. ``typed``: those set on the command line, which
     must take effect (a config file may spell out every key, used or not); by default all of
-    ``explicit``. A resume takes every setting not given from its checkpoint, and a fine-tune its
+    ``explicit``, but for a dict that names every architecture key (``cfg.to_dict()``), whose architecture
+    keys are a file's. A resume takes every setting not given from its checkpoint, and a fine-tune its
     architecture from the weights, exactly as on the command line."""
     for key in values:  # before a resume reads its checkpoint
         if key not in ALL_KEYS:
