@@ -32,7 +32,7 @@ from gptlab.config.train import (
     TrainConfig,
     check_train_keys_take_effect,
 )
-from gptlab.errors import ConfigError, did_you_mean, without_suggestion
+from gptlab.errors import ConfigError, did_you_mean, unknown_choice, without_suggestion
 from gptlab.plugins import anchor_plugins, import_plugins, merge_plugins, plugins_hint
 
 
@@ -54,18 +54,11 @@ def resolve_run_config(
         # a whole architecture (``get_preset_config('gpt2').to_dict()``) spells out the settings of components it
         # does not use (GPT-2's RoPE theta), as a config file may: checked as a file's keys; and it names its
         # preset, where not given, as the one it is, else its family (not the default 'gpt2' beside llama's parts)
+        # (a given arch_preset is the run's label, as --arch_preset=llama --normalization=layernorm's is)
         typed = explicit - set(ARCH_FIELDS) - {"arch_preset"}
-        named = values.get("arch_preset")
-        if isinstance(named, str) and named in PRESETS and (clash := family_clash(named, values)):
-            listed = ", ".join(f"{k}={values[k]!r}" for k in clash)
-            raise ConfigError(
-                f"arch_preset={named!r} is not this architecture's ({listed}): every architecture key is given, so "
-                "the preset sets nothing and would only be recorded; drop arch_preset (the run names its family)"
-            )
         if "arch_preset" not in values:
             exact = [n for n, p in PRESETS.items() if p and all(values[k] == v for k, v in p.items())]
             values = {**values, "arch_preset": preset_family(values, prefer=exact)}
-            explicit |= {"arch_preset"}
     return _run_config(dict(values), set(explicit), set(explicit if typed is None else typed))
 
 
@@ -172,8 +165,9 @@ def resumed_values(
     now (``explicit``) is the checkpoint's (learning rate, schedule, batch, data, seed, compile, ...),
     not a default, so the LR schedule and the batches go on as before; launch settings (``LAUNCH_KEYS``)
     stay this launch's. The architecture is the checkpoint's: an ``arch_preset`` typed now (``typed``)
-    that differs is refused, a config file's is overruled. Returns the values, the settings the user
-    changed ``{key: (checkpoint's, now)}``, the checkpoint's path (None when there is none) and the
+    that differs is refused (but where the record names another family than the weights and the typed one
+    fits them: then it is the run's label, said), a config file's is overruled. Returns the values, the
+    settings the user changed ``{key: (checkpoint's, now)}``, the checkpoint's path (None when there is none) and the
     config file's architecture settings the checkpoint overruled ('key: file's -> checkpoint's')."""
     from gptlab.checkpoint import latest_checkpoint, read_saved_settings
 
@@ -202,9 +196,12 @@ def resumed_values(
         overruled.append(f"arch_preset: {values['arch_preset']!r} -> {saved['arch_preset']!r}")
         del changed["arch_preset"]
         values = {**values, "arch_preset": saved["arch_preset"]}
+    if "arch_preset" in changed and values["arch_preset"] not in PRESETS:  # a misspelt one: said before its family
+        raise unknown_choice("arch_preset", values["arch_preset"], PRESETS)
     if "arch_preset" in changed:  # the architecture is the checkpoint's own
         recorded, clash = saved["arch_preset"], family_clash(values["arch_preset"], saved_arch)
-        if clash or not family_clash(recorded, saved_arch):  # another model's preset, or the record names this one
+        fits = recorded in PRESETS and not family_clash(recorded, saved_arch)
+        if clash or fits:  # another model's preset, or the record names this one
             have = "".join(f"; {k}={saved_arch.get(k)!r}" for k in clash)
             raise ConfigError(
                 f"arch_preset={values['arch_preset']!r} conflicts with the checkpoint resumed from {str(path)!r} "

@@ -291,6 +291,8 @@ def test_resume_validates_the_settings_it_will_run_with(data_dir: Path, tmp_path
         parse_run_args([str(config), *launch, "--min_lr=1e-4"])
     with pytest.raises(ConfigError, match=r"arch_preset='gpt2' conflicts with the .*normalization='rmsnorm'"):
         parse_run_args([*launch, "--arch_preset='gpt2'"])
+    with pytest.raises(ConfigError, match=r"^arch_preset='lama' is not one of .*did you mean 'llama'"):
+        parse_run_args([*launch, "--arch_preset='lama'"])  # a KeyError from the family check
 
 
 def test_a_whole_architecture_records_its_preset_and_an_old_wrong_record_takes_the_typed_one(
