@@ -183,10 +183,13 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
         files.append(path)
     files.sort(key=lambda p: p.relative_to(input_path).as_posix())
     if not files and in_output:  # nanoGPT's layout, data/NAME/input.txt, named by its folder: the output's
-        texts = [p for p in in_output if p.suffix not in (".bin", ".json", ".pkl", ".lock")]  # not its outputs
+        texts = sorted(p for p in in_output if p.suffix == ".txt")
+        text = next((p for p in texts if p.name == "input.txt"), texts[0] if len(texts) == 1 else None)
+        own = input_path.resolve() == skip
+        where = "is the dataset's own folder" if own else f"holds only the dataset's folder {skip}"
         raise DataError(
-            f"--input {input_path} is the dataset's own folder, where its .bin files are written (files there are "
-            "not read as input)" + (f": pass the text itself, --input {texts[0]}" if texts else "")
+            f"--input {input_path} {where}, where its .bin files are written (files there are not read as input)"
+            + (f": pass the text itself, --input {text}" if text is not None else "")
         )
     if not files:
         raise DataError(f"--input {input_path} holds no files")
