@@ -239,11 +239,14 @@ def _write_tokens(
     val_fraction: float,
     max_tokens: int | None,
     progress: Any,
-) -> int:
-    """Write documents to their split, stopping at exactly ``max_tokens``; returns the documents read."""
+    eot_token: int | None = None,
+) -> tuple[int, int]:
+    """Write documents to their split, stopping at exactly ``max_tokens``; returns the documents read and how
+    many of them hold text (more than ``eot_token``, the end-of-text token each one ends with, before a cut)."""
     every = _every_nth(val_fraction)
-    docs = total = 0
+    docs = total = with_text = 0
     for i, ids in enumerate(arrays):
+        with_text += len(ids) > (eot_token is not None)
         if max_tokens is not None:
             ids = ids[: max_tokens - total]
         split = "val" if corpus.split == "documents" and i % every == 0 else "train"
@@ -256,7 +259,7 @@ def _write_tokens(
             break
     if corpus.split == "tail":
         writer.move_tail_to_val(int(total * (1 - val_fraction)))
-    return docs
+    return docs, with_text
 
 
 def prepare_dataset(
@@ -357,23 +360,23 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
         with DatasetWriter(dataset_dir, tok.vocab_size) as writer:
             arrays = encode_documents(documents, tok, num_proc)
             try:
-                docs = _write_tokens(writer, arrays, corpus, fraction, opts.max_tokens, progress)
+                docs, with_text = _write_tokens(
+                    writer, arrays, corpus, fraction, opts.max_tokens, progress, tok.eot_token
+                )
             finally:
                 arrays.close()  # stops the worker pool when max_tokens or an error ended the stream early
+            caps = [
+                f"--{k}={v}" for k, v in (("max_tokens", opts.max_tokens), ("max_documents", opts.max_documents)) if v
+            ]
+            cut = f" as cut by {' and '.join(caps)}" if caps else ""
             if min(writer.counts.values()) == 0:
-                caps = [
-                    f"--{k}={v}"
-                    for k, v in (("max_tokens", opts.max_tokens), ("max_documents", opts.max_documents))
-                    if v
-                ]
-                cut = f" as cut by {' and '.join(caps)}" if caps else ""
                 raise DataError(
                     f"dataset {name!r} came out with {writer.counts['train']} train and {writer.counts['val']} val "
                     f"tokens: the corpus{cut} is too small to split (val_fraction={fraction})"
                 )
-            if tok.eot_token is not None and sum(writer.counts.values()) == docs:  # an end-of-text token each, alone
+            if with_text == 0:  # an end-of-text token each, alone (a char vocabulary of nothing is refused above)
                 where = opts.input_path if opts.input_path is not None else name
-                raise DataError(f"{where} holds no text: its {docs} documents are empty")
+                raise DataError(f"{where} holds no text{cut}: its {docs} documents are empty")
             meta = _meta(name, tok, writer, docs, corpus, fraction, opts)
             writer.commit(meta, before_renames=lambda: _write_nanogpt_meta(dataset_dir, tok))
     finally:

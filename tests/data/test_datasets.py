@@ -270,6 +270,17 @@ def test_stream_caps_documents_and_tokens_exactly(tmp_path: Path) -> None:
     assert read_meta(out)["caps"] == {"max_documents": None, "max_tokens": 100}
 
 
+def test_empty_documents_are_told_from_ones_a_cap_cut(tmp_path: Path) -> None:
+    """Documents that are all empty are refused (only end-of-text tokens), saying the cap that left only those;
+    one whose text max_tokens cut to a single token still holds text."""
+    empty_first = [{"text": ""}] * 5 + [{"text": t} for t in DOCS[:5]]
+    with pytest.raises(DataError, match=r"holds no text as cut by --max_documents=5: its 5 documents are empty"):
+        prepare_dataset("fineweb_edu", tmp_path / "a", load_fn=lambda: empty_first, max_documents=5, val_fraction=0.5)
+    cut = [{"text": ""}, {"text": ""}, {"text": "hello world and more"}]
+    out = prepare_dataset("fineweb_edu", tmp_path / "b", load_fn=lambda: cut, max_tokens=3, val_fraction=0.5)
+    assert read_meta(out)["tokens"] == {"train": 1, "val": 2}
+
+
 def test_a_records_corpus_records_the_share_it_held_out(tmp_path: Path) -> None:
     """Every n-th document is validation: val_fraction=0.4 holds out every 2nd, half of them, and meta.json
     recorded 0.4."""
