@@ -15,6 +15,7 @@ its peak is ``num_gpus`` x the per-GPU peak: MFU is the same whichever way one c
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -87,7 +88,7 @@ def estimate_mfu_detailed(
     for name, value, least in (("dt", dt, 0), ("fwdbwd_per_iter", fwdbwd_per_iter, 0), ("num_gpus", num_gpus, 1)):
         if not _is_number(value) or not (value >= least if least else value > 0):
             raise ValueError(f"{name}={value!r} must be a number {'>= 1' if least else '> 0'}")
-    if float(num_gpus) != int(num_gpus):  # ranks come whole: 2.5 GPUs scaled the peak by 2.5
+    if not math.isfinite(float(num_gpus)) or float(num_gpus) != int(num_gpus):  # ranks come whole: 2.5 scaled it
         raise ValueError(f"num_gpus={num_gpus!r} must be a whole number of ranks >= 1")
     # ``flops``: a compute_flops() result for these arguments, so a training loop computes it once per run
     fl = flops if flops is not None else _compute_flops(config, seq_len, activation_checkpointing)

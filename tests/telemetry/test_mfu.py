@@ -137,7 +137,10 @@ def test_a_peak_in_the_wrong_unit_or_a_misspelt_gpu_is_refused() -> None:
     by_driver = estimate_mfu_detailed(GPT2, 8, torch.tensor(1.0), gpu_name="NVIDIA H100 80GB HBM3")
     assert by_driver["mfu"] == pytest.approx(estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name="H100-SXM")["mfu"])
     for driver in ("GRID A100D-80C", "NVIDIA A10-24Q", "Tesla V100-DGXS-32GB"):  # words no typed name has: matched
-        estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name=driver, precision="fp16")  # as the driver spells them
+        out = estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name=driver, precision="fp16")  # as the driver spells them
+        assert out["peak_source"] == "table" and out["hardware_peak_flops"] > 0, driver
+    with pytest.raises(ValueError, match=r"^num_gpus=inf must be a whole number"):
+        estimate_mfu_detailed(GPT2, 8, 1.0, num_gpus=float("inf"))
 
 
 def test_override_peak_and_checkpointing() -> None:
