@@ -232,7 +232,7 @@ def encode_sample_prompt(tokenizer_meta: dict[str, Any] | None, prompt: str) -> 
     try:
         return tok, tok.encode_prompt(prompt)
     except DataError as e:  # a char vocabulary without one of the prompt's characters
-        default = " (the default prompt, nanoGPT's '\\n': give one the text has)" if prompt == "\n" else ""
+        default = " (a newline, nanoGPT's default prompt: give one the text has)" if prompt == "\n" else ""
         raise ConfigError(f"the prompt (--start / sample_prompt) cannot be encoded{default}: {e}") from None
 
 

@@ -212,7 +212,7 @@ def test_a_default_prompt_the_vocabulary_cannot_encode_says_it_is_the_default() 
     from gptlab.train.sample import encode_sample_prompt
 
     meta = CharTokenizer.from_documents(["one line of text"]).to_meta()
-    with pytest.raises(ConfigError, match=r"cannot be encoded \(the default prompt, nanoGPT's '\\n': give one"):
+    with pytest.raises(ConfigError, match=r"cannot be encoded \(a newline, nanoGPT's default prompt: give one the"):
         encode_sample_prompt(meta, "\n")
     with pytest.raises(ConfigError, match=r"cannot be encoded: character 'z'"):  # a typed one: as it was
         encode_sample_prompt(meta, "z")
