@@ -196,9 +196,9 @@ def resumed_values(
         overruled.append(f"arch_preset: {values['arch_preset']!r} -> {saved['arch_preset']!r}")
         del changed["arch_preset"]
         values = {**values, "arch_preset": saved["arch_preset"]}
-    if "arch_preset" in changed and values["arch_preset"] not in PRESETS:  # a misspelt one: said before its family
-        raise unknown_choice("arch_preset", values["arch_preset"], PRESETS)
     if "arch_preset" in changed:  # the architecture is the checkpoint's own
+        if values["arch_preset"] not in PRESETS:  # a misspelt one: said before its family is looked up
+            raise unknown_choice("arch_preset", values["arch_preset"], PRESETS)
         recorded, clash = saved["arch_preset"], family_clash(values["arch_preset"], saved_arch)
         fits = recorded in PRESETS and not family_clash(recorded, saved_arch)
         if clash or fits:  # another model's preset, or the record names this one

@@ -136,6 +136,18 @@ def _optimizer_bytes(shapes: list[TensorShape], numels: list[int], optimizer: st
 DEVICE_TYPES = ("cuda", "cpu", "mps")
 
 
+def _count(key: str, value: Any) -> int:
+    """A count of ranks, sequences or micro-steps as an int: a numpy or 0-d tensor integer taken, 4.5 sequences,
+    '4' or a bool refused."""
+    try:
+        whole = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        whole = None
+    if whole is None or whole < 1:
+        raise ConfigError(f"{key}={value!r} is invalid: expected an integer >= 1")
+    return whole
+
+
 def plan_memory(
     config: ModelArchitectureConfig,
     *,
@@ -164,15 +176,10 @@ def plan_memory(
         raise unknown_choice("parallel", parallel, MODES)
     if optimizer not in OPTIMIZER_STATES:
         raise unknown_choice("optimizer", optimizer, OPTIMIZER_STATES)
-    counts = {"world_size": world_size, "batch_size": batch_size, "grad_accum_steps": grad_accum_steps}
-    for key, value in counts.items():  # 4.5 sequences, '4' refused; a numpy or 0-d tensor integer taken
-        try:
-            whole = operator.index(value) if not isinstance(value, bool) else 0
-        except TypeError:
-            whole = 0
-        if whole < 1:
-            raise ConfigError(f"{key}={value!r} is invalid: expected an integer >= 1")
-    world_size, batch_size, grad_accum_steps = (operator.index(v) for v in counts.values())
+    world_size, batch_size, grad_accum_steps = (
+        _count(k, v)
+        for k, v in (("world_size", world_size), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps))
+    )
     if device_type not in DEVICE_TYPES:  # 'gpu' planned as if it were a CPU's autocast rules
         raise unknown_choice("device_type", device_type, DEVICE_TYPES)
     if parallel == "none" and world_size != 1:
