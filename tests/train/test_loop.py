@@ -438,16 +438,11 @@ def test_a_torchrun_restart_continues_the_run_its_job_started(
 def test_kill_minus_nine_then_resume_matches(data_dir: Path, tmp_path: Path) -> None:
     """A real SIGKILL after a checkpoint; the resumed run's losses equal an uninterrupted run's bit for bit."""
     common = dict(dropout=0.1, lr_decay_iters=40, eval_interval=10, eval_iters=2)
-    ref = tmp_path / "ref"
-    assert _cli(*tiny_args(data_dir, ref, max_iters=40, **common)).returncode == 0
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *tiny_args(data_dir, out, max_iters=100000, **common)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    train_py = [sys.executable, str(ROOT / "train.py")]
+    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*train_py, *tiny_args(data_dir, out, max_iters=100000, **common)], **quiet)
     deadline = time.time() + 120
     log = out / "log.jsonl"
     while time.time() < deadline:  # until the checkpoint at iter 20 is written (lines may be partial)
@@ -458,8 +453,11 @@ def test_kill_minus_nine_then_resume_matches(data_dir: Path, tmp_path: Path) -> 
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert load_checkpoint(out)["iter_num"] >= 20
+    ref = tmp_path / "ref"  # the uninterrupted run, beside the resumed one
+    straight = subprocess.Popen([*train_py, *tiny_args(data_dir, ref, max_iters=40, **common)], **quiet)
     done = _cli(*tiny_args(data_dir, out, max_iters=40, init_from="resume", **common))
     assert done.returncode == 0, done.stderr
+    assert straight.wait(timeout=300) == 0
     a = {r["iter"]: r["loss"] for r in read_log(ref) if r["type"] == "iter"}
     records = read_log(out)
     start = max(i for i, r in enumerate(records) if r.get("event") == "resume")

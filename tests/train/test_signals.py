@@ -60,10 +60,10 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes_exactly(data_dir: Pa
 
     end = stopped + 4
     resumed = _train(*tiny_args(data_dir, out, max_iters=end, init_from="resume", **common))
+    ref = tmp_path / "straight"  # the uninterrupted run, beside the resumed one
+    straight = _train(*tiny_args(data_dir, ref, max_iters=end, **common))
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    ref = tmp_path / "straight"
-    straight = _train(*tiny_args(data_dir, ref, max_iters=end, **common))
     assert straight.communicate(timeout=300) and straight.returncode == 0
     want = {r["iter"]: r["loss"] for r in _records(ref) if r["type"] == "iter"}
     records = _records(out)
