@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from gptlab.checkpoint import load_checkpoint
 from gptlab.config.resolve import parse_run_args
 from gptlab.train.launch import train
 from gptlab.train.loop import Trainer
+from tests.together import run_together
 from tests.train.conftest import tiny_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,37 +164,19 @@ def test_init_from_hub_name_as_nanogpt(data_dir: Path, tmp_path: Path, offline_h
 def test_root_sample_script(data_dir: Path, tmp_path: Path) -> None:
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=4)), stream=io.StringIO())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "sample.py"),
-            f"--out_dir={tmp_path}",
-            "--start=class ",
-            "--num_samples=2",
-            "--max_new_tokens=12",
-            "--device=cpu",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    sample_py = [sys.executable, str(ROOT / "sample.py")]
+    res, cp1252, bad = run_together(
+        dict(args=[*sample_py, f"--out_dir={tmp_path}", "--start=class ", "--num_samples=2", "--max_new_tokens=12",
+                   "--device=cpu"], env=env, text=True),
+        # Windows writes a redirected stdout in its ANSI code page (cp1252), which has no 'Ł' (in this vocabulary)
+        dict(args=[*sample_py, f"--out_dir={tmp_path}", "--start=Ł", "--num_samples=1", "--max_new_tokens=4",
+                   "--device=cpu"], env={**env, "PYTHONIOENCODING": "cp1252"}),
+        dict(args=[*sample_py, "--temprature=0.5"], env=env, text=True),
         timeout=120,
-    )
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("class ") >= 2 and res.stdout.count("---------------") == 2
-    # Windows writes a redirected stdout in its ANSI code page (cp1252), which has no 'Ł' (in this vocabulary)
-    cp1252 = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), f"--out_dir={tmp_path}", "--start=Ł", "--num_samples=1",
-         "--max_new_tokens=4", "--device=cpu"],
-        capture_output=True, env={**env, "PYTHONIOENCODING": "cp1252"}, timeout=120,
-    )  # fmt: skip
     assert cp1252.returncode == 0 and cp1252.stdout.startswith(b"?"), cp1252.stderr[-500:]
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), "--temprature=0.5"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
     assert bad.returncode == 2 and "did you mean 'temperature'" in bad.stderr
     from gptlab.errors import ConfigError
     from gptlab.train.sample import parse_sample_args, sample
@@ -790,9 +774,13 @@ class GainNorm(nn.Module):
 """
 
 
-def _gptlab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _gptlab_command(*args: str, cwd: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "gptlab", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return dict(args=[sys.executable, "-m", "gptlab", *args], cwd=cwd, env=env, text=True)
+
+
+def _gptlab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(**_gptlab_command(*args, cwd=cwd), capture_output=True)
 
 
 def test_a_run_with_its_own_norm_is_read_again_with_plugins(tmp_path: Path, data_dir: Path) -> None:
@@ -818,13 +806,15 @@ def test_a_run_with_its_own_norm_is_read_again_with_plugins(tmp_path: Path, data
     with pytest.raises(ConfigError) as typo:  # a value typed now that is no choice is the user's, not the plugin's
         parse_run_args(["--init_from='resume'", f"--out_dir={str(out)!r}", "--device='cpux'"])
     assert "did you mean 'cpu'" in str(typo.value) and "plugins" not in str(typo.value)
-    refused = _gptlab("arch", str(out), cwd=tmp_path)
+    refused, described, sampled = run_together(
+        _gptlab_command("arch", str(out), cwd=tmp_path),
+        _gptlab_command("arch", str(out), f"--plugins={recorded}", cwd=tmp_path),  # the hint, from elsewhere
+        _gptlab_command("sample", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=4",
+                        f"--plugins={work / 'cfg.py'}", cwd=tmp_path),
+    )  # fmt: skip
     assert refused.returncode == 2
     assert refused.stderr.strip().endswith(hint)
-    described = _gptlab("arch", str(out), f"--plugins={recorded}", cwd=tmp_path)  # the hint, from elsewhere
     assert described.returncode == 0 and "gain_norm_e2e" in described.stdout, described.stderr
-    sampled = _gptlab("sample", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=4",
-                      f"--plugins={work / 'cfg.py'}", cwd=tmp_path)  # fmt: skip
     assert sampled.returncode == 0, sampled.stderr
 
 
