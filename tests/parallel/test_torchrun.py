@@ -88,12 +88,22 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
 
 
+def _torchrun_command(args: list[str], config: str | None) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+            str(ROOT / "train.py"), *([config] if config else []), *args]  # fmt: skip
+
+
 def torchrun(
     args: list[str], *, env: dict[str, str] | None = None, timeout: int = 120, config: str | None = CONFIG
 ) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-           str(ROOT / "train.py"), *([config] if config else []), *args]  # fmt: skip
+    cmd = _torchrun_command(args, config)
     return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(), timeout=timeout, cwd=ROOT)
+
+
+def torchrun_started(args: list[str], config: str | None = CONFIG) -> subprocess.Popen:
+    """``torchrun`` without waiting: a job that runs beside the test's other work."""
+    cmd = _torchrun_command(args, config)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
 
 
 def records(out: Path, kind: str, log: str = "log.jsonl") -> list[dict]:
@@ -329,16 +339,15 @@ def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(
     assert load_checkpoint(src)["iter_num"] == 10
     uninterrupted = losses(runs["fsdp"])
     for name in ("ddp", "single"):
+        shutil.copytree(src, tmp_path / name, symlinks=True, ignore=shutil.ignore_patterns("log.jsonl", "summary.json"))
+    under_ddp = torchrun_started(["--parallel=ddp", *small(data_dir, tmp_path / "ddp", init_from="resume")])
+    single = small(data_dir, tmp_path / "single", init_from="resume", gradient_accumulation_steps=2, parallel="none")
+    run = parse_run_args([CONFIG, *single])  # beside the DDP job
+    train(run, stream=io.StringIO())
+    _, err = under_ddp.communicate(timeout=120)
+    assert under_ddp.returncode == 0, err[-3000:]
+    for name in ("ddp", "single"):
         dst = tmp_path / name
-        shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("log.jsonl", "summary.json"))
-        if name == "ddp":
-            res = torchrun(["--parallel=ddp", *small(data_dir, dst, init_from="resume")])
-            assert res.returncode == 0, res.stderr[-3000:]
-        else:
-            run = parse_run_args(
-                [CONFIG, *small(data_dir, dst, init_from="resume", gradient_accumulation_steps=2, parallel="none")]
-            )
-            train(run, stream=io.StringIO())
         resumed = losses(dst)
         assert min(resumed) == 10
         for it in range(10, ITERS + 1):  # weights and AdamW moments carried over: the same curve
