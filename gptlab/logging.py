@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -209,6 +210,23 @@ def _summarized(record: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+EVAL_LOG = "eval.jsonl"  # eval_only's records: the evaluated weights', beside the training's log.jsonl
+EVAL_TENSORBOARD = Path("tensorboard") / "eval_only"
+
+
+def remove_evaluations(out_dir: Path) -> list[str]:
+    """Delete eval_only's records of ``out_dir`` (eval.jsonl, TensorBoard's eval_only run): a run that replaces
+    another (``overwrite``) leaves no evaluation of weights it removed beside its own. Returns the names removed."""
+    removed = []
+    if (out_dir / EVAL_LOG).is_file():
+        (out_dir / EVAL_LOG).unlink()
+        removed.append(EVAL_LOG)
+    if (out_dir / EVAL_TENSORBOARD).is_dir():
+        shutil.rmtree(out_dir / EVAL_TENSORBOARD)
+        removed.append(EVAL_TENSORBOARD.as_posix())
+    return removed
+
+
 def check_logging_backends(wandb_log: bool, tensorboard_log: bool) -> None:
     """The experiment trackers asked for are installed: checked when a run starts, before its data is prepared
     or its model built or downloaded, and before either is opened (a missing TensorBoard after wandb.init left
@@ -312,11 +330,11 @@ class TrainingLogger:
             # "last record of each step" rule)
             # an evaluation's points are a run of their own (tensorboard/eval_only): in the training's curves they
             # were a second point at the checkpoint's step, the run changed that eval_only leaves as it is
-            tb_dir = self.out_dir / "tensorboard" / ("eval_only" if eval_only else "")
+            tb_dir = self.out_dir / (EVAL_TENSORBOARD if eval_only else "tensorboard")
             self._tb = SummaryWriter(log_dir=str(tb_dir), purge_step=None if eval_only else tensorboard_purge_step)
         # opened last: a missing backend fails before an existing log is truncated
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        name, mode = ("eval.jsonl", "a") if eval_only else ("log.jsonl", "a" if resume else "w")
+        name, mode = (EVAL_LOG, "a") if eval_only else ("log.jsonl", "a" if resume else "w")
         self._path = self.out_dir / name
         if self._path.is_symlink():  # a run directory from elsewhere: writing would follow it out of out_dir
             raise GptlabError(

@@ -63,7 +63,7 @@ from gptlab.data.stats import unigram_baseline
 from gptlab.device import enable_tf32, prefer_sdpa_kernel, resolve_device, resolve_dtype
 from gptlab.errors import ConfigError, DataError, GptlabError
 from gptlab.fileio import atomic_write, check_directory
-from gptlab.logging import TrainingLogger
+from gptlab.logging import TrainingLogger, remove_evaluations
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.plugins import component_plugins, edited_plugins_note, plugin_digests
 from gptlab.train import telemetry_hooks as telemetry
@@ -423,7 +423,8 @@ class Trainer:
         # a fine-tune's weights stay until this run's first checkpoint replaces them (a crash loses nothing)
         source = cfg.init_from if cfg.init_from != "scratch" and Path(cfg.init_from).exists() else None
         kept = weights_path(source) if source is not None else None
-        removed = remove_checkpoints(self.out_dir, keep=kept) if self.master else []
+        # and the evaluations (eval_only's) of the weights it removes
+        removed = remove_checkpoints(self.out_dir, keep=kept) + remove_evaluations(self.out_dir) if self.master else []
         if kept is not None and is_run_checkpoint(self.out_dir, kept):  # the replaced run's: goes at the first
             self._replaced_source = kept  # save; weights of the user's that lie in out_dir stay
         if removed:

@@ -188,6 +188,13 @@ def test_real_tensorboard_events_hold_the_logged_losses(data_dir: Path, tmp_path
     done = tiny_args(data_dir, tmp_path, tensorboard_log=True, max_iters=4, init_from="resume")
     train(parse_run_args(done), stream=io.StringIO())
     assert sorted((tmp_path / "tensorboard").glob("events.*")) == files
+    # a run that replaces it (--overwrite=True) takes the evaluation of the weights it removes with them
+    assert (tmp_path / "eval.jsonl").is_file()
+    replacing = tiny_args(data_dir, tmp_path, tensorboard_log=True, max_iters=2, overwrite=True)
+    train(parse_run_args(replacing), stream=io.StringIO())
+    assert not (tmp_path / "eval.jsonl").exists() and not (tmp_path / "tensorboard" / "eval_only").exists()
+    said = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "overwrite" and "eval.jsonl, tensorboard/eval_only" in r["message"] for r in said)
 
 
 def test_tensorboard_after_a_rollback_and_resume_has_each_step_once(data_dir: Path, tmp_path: Path) -> None:
