@@ -39,6 +39,20 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
+MAX_PEAK_TFLOPS = 1e5  # 100 PFLOPS per device, 5x a B200's sparse FP4: above it, FLOP/s were given for TFLOPS
+
+
+def check_peak_tflops(value: float, key: str = "peak_tflops") -> None:
+    """A per-device dense peak in TFLOPS: finite, > 0, and not FLOP/s (989e12 for 989 read MFU ~1e-17, n/a)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}={value!r} is invalid: expected a float > 0 (TFLOPS per device) or None")
+    if value > MAX_PEAK_TFLOPS:
+        raise ConfigError(
+            f"{key}={value!r} is above {MAX_PEAK_TFLOPS:,.0f} TFLOPS per device: it is TFLOPS, not FLOP/s "
+            f"({value!r} FLOP/s is {value / 1e12:.4g} TFLOPS; an H100's dense bf16 is 989)"
+        )
+
+
 @dataclass
 class TrainConfig:
     """Training settings; names and meanings are nanoGPT's wherever nanoGPT has them."""
@@ -197,8 +211,8 @@ class TrainConfig:
                 raise ConfigError(f"{key}={value!r} is invalid: expected a float in [0, 1)")
         if not 0.0 <= self.wsd_decay_frac <= 1.0:
             raise ConfigError(f"wsd_decay_frac={self.wsd_decay_frac!r} is invalid: expected a float in [0, 1]")
-        if self.peak_tflops is not None and not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
-            raise ConfigError(f"peak_tflops={self.peak_tflops!r} is invalid: expected a float > 0 or None")
+        if self.peak_tflops is not None:
+            check_peak_tflops(self.peak_tflops)
         if self.use_zero1 and self.use_fsdp:
             raise ConfigError(
                 "use_zero1=True and use_fsdp=True exclude each other: FSDP already shards optimizer states"

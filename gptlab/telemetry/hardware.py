@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from gptlab.config.train import check_peak_tflops
 from gptlab.device import tf32_matmuls
 from gptlab.errors import ConfigError, did_you_mean
 
@@ -208,8 +209,7 @@ def detect_peak(
     precision = precision_key(dtype)
     name = device_name(device)
     if override_tflops is not None:
-        if not override_tflops > 0:
-            raise ConfigError(f"peak_tflops={override_tflops!r} is invalid: expected a number > 0")
+        check_peak_tflops(override_tflops)
         return PeakInfo(name, override_tflops * T, precision, "override")
     on_gpu = torch.device(device).type == "cuda"
     info = table_peak(name, precision) if on_gpu else PeakInfo(name, None, precision, "unknown")

@@ -141,6 +141,8 @@ def test_cpu_peak_is_unknown_unless_overridden_or_measured() -> None:
     assert unknown.peak_flops is None and unknown.source == "unknown" and unknown.name == "cpu"
     override = detect_peak("cpu", "bf16", override_tflops=1.5)
     assert override.peak_flops == 1.5e12 and override.source == "override"
+    with pytest.raises(ConfigError, match=r"above 100,000 TFLOPS per device: it is TFLOPS, not FLOP/s \(.* 989 TFLOPS"):
+        detect_peak("cpu", "bf16", override_tflops=989e12)  # FLOP/s where TFLOPS is asked: an MFU of 1e-17
     measured = detect_peak("cpu", torch.float32, measure=True)
     assert measured.source == "measured" and measured.peak_flops > 0
 

@@ -88,6 +88,7 @@ def test_config_file_then_overrides() -> None:
         (["--compile=yes"], "compile='yes' has type str, expected bool"),
         (["--learning_rate=nan"], "learning_rate=nan is invalid: expected a finite float$"),  # float() reads it
         (["--peak_tflops=inf"], "peak_tflops=inf is invalid: expected a finite float or None$"),
+        (["--peak_tflops=989e12"], r"peak_tflops=989000000000000.0 is above 100,000 TFLOPS per device: it is TFLOPS"),
         (["--max_iters=1.5"], "max_iters=1.5 has type float, expected int$"),
         (["--max_iters=1e3"], r"max_iters=1000.0 has type float, expected int \(write 1000\)$"),
         (["--device=tpu"], "device='tpu' is not one of"),
