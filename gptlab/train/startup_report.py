@@ -118,7 +118,8 @@ def build_startup_report(trainer: Trainer) -> dict[str, Any]:
             "residual_dtype": trainer.dtype if trainer.raw_model.residual_cast else None,
             "parallelism": trainer.mode,
             "backend": trainer.dist.backend,
-            "num_gpus": trainer.world_size if trainer.device.type == "cuda" else 0,
+            # the devices an MFU's peak counts (hardware_peak_tflops = num_gpus x peak_tflops): the ranks, CPU too
+            "num_gpus": trainer.world_size,
             "peak_tflops": None if peak.get("peak_flops") is None else peak["peak_flops"] / 1e12,
             "peak_source": peak.get("source"),
             "peak_precision": peak.get("precision"),

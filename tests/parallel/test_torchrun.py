@@ -142,6 +142,7 @@ def test_matches_single_process(mode: str, runs: dict[str, Path], reference: Pat
     out = runs[mode]
     startup = records(out, "startup")[0]
     assert startup["hardware"]["parallelism"] == mode and startup["training"]["world_size"] == WORLD
+    assert startup["hardware"]["num_gpus"] == WORLD  # the devices (here CPU ranks) an MFU's peak counts
     assert startup["training"]["tokens_per_iter"] == 4 * 1 * WORLD * 32  # every rank's tokens count
     mine, ref = losses(out), losses(reference)
     assert sorted(mine) == list(range(ITERS + 1))
