@@ -563,20 +563,22 @@ class TrainingLogger:
         return self._status_shown
 
     # ------------------------------------------------------------------ summary
-    def adopt_session(self, records: Iterable[dict[str, Any]]) -> int | None:
+    def adopt_session(self, records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
         """Summarize the last session that logged steps in ``records`` (log.jsonl's, sessions opened by their
         startup records) rather than this one: a resume with nothing to train, of a job killed before its
         summary, writes the summary that job would have, not one of no steps (a later session that died before
-        its first step has none of its own). Returns that session's first iteration (None if unknown)."""
-        sessions: list[dict[str, Any]] = []  # each: start, iters (summarized), evals, times
+        its first step has none of its own). Returns that session's startup ``training`` record (its
+        ``start_iter``, ``init_from``; {} if it has none), None if no session logged a step."""
+        sessions: list[dict[str, Any]] = []  # each: its startup's training record, iters (summarized), evals, times
         for record in map(_finite_again, records):  # (as log_records reads them: "nan" as a float again)
             kind, t = record.get("type"), record.get("time")
             if kind == "startup" or not sessions:
-                start = (record.get("training") or {}).get("start_iter") if kind == "startup" else None
+                training = record.get("training") if kind == "startup" else None
                 if sessions and not sessions[-1]["iters"]:
                     sessions.pop()  # a session that logged no step: not the one summarized
                 sessions[:-1] = []  # the last session with steps, and the one now read: no more in memory
-                sessions.append({"start": start, "iters": [], "evals": [], "times": []})
+                started = training if isinstance(training, dict) else {}
+                sessions.append({"training": started, "iters": [], "evals": [], "times": []})
             session = sessions[-1]
             if kind == "iter":
                 session["iters"].append(_summarized(record))
@@ -591,7 +593,7 @@ class TrainingLogger:
         self.iters, self.evals = session["iters"], session["evals"]
         if session["times"]:  # its training time, not this session's few milliseconds
             self.start_clock = time.perf_counter() - (max(session["times"]) - min(session["times"]))
-        return session["start"] if isinstance(session["start"], int) else None
+        return session["training"]
 
     def finalize(self, *, exit_code: int = 0, **extra: Any) -> dict[str, Any]:
         """Write ``summary.json``: throughput and MFU statistics past the warm-up iterations,

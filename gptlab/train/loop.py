@@ -266,6 +266,7 @@ class Trainer:
         self.model.loss_chunk_size = cfg.loss_chunk_size
         self.model.residual_cast = residual_cast
         self.start_iter = self.iter_num
+        self.resumed = cfg.init_from == "resume"  # the summarized session's (an adopted one's: its own)
 
         # ---- model, optimizer, precision: build, then wrap (activation checkpointing, compile, FSDP or DDP)
         if self.mode != "fsdp":
@@ -812,9 +813,13 @@ class Trainer:
         if not self.master:
             return
         with contextlib.suppress(OSError, GptlabError):
-            start = self.logger.adopt_session(session_records_to(self.out_dir, self.iter_num))
-            if start is not None:
-                self.start_iter = start
+            session = self.logger.adopt_session(session_records_to(self.out_dir, self.iter_num))
+            if session is not None:
+                start = session.get("start_iter")
+                if isinstance(start, int) and not isinstance(start, bool):
+                    self.start_iter = start
+                if "init_from" in session:  # whether that session was a resume (a first one is not)
+                    self.resumed = session["init_from"] == "resume"
 
     def _logged_losses(self) -> dict[str, float] | None:
         """The losses of the weights this session loaded, as an earlier session logged their evaluation (rank 0's
@@ -1068,7 +1073,7 @@ class Trainer:
             "checkpoint_iter": None if self.cfg.eval_only else self._checkpoint_iter(),
             # this session's share: the statistics above cover iterations start_iter..iterations-1
             "start_iter": self.start_iter,
-            "resumed": self.cfg.init_from == "resume",
+            "resumed": self.resumed,
             "weights_origin": self.weights_origin,
             "unigram_baseline_loss": unigram_baseline(self.dataset_dir, self.meta),
             "parallel": self.mode,

@@ -287,6 +287,7 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     steps = ("tokens_per_sec", "dt_ms", "final_loss", "iterations_logged", "start_iter", "peak_memory_gb")
     for key in ("final_val_loss", "final_train_loss", "best_val_loss", *steps):
         assert summary[key] == done[key] is not None, key
+    assert summary["resumed"] is done["resumed"] is False  # that session's: it started the run
     (tmp_path / "summary.json").write_bytes(kept["summary.json"])
     # a max_iters lowered below the checkpoint says what is done: the checkpoint's iterations, not max_iters's
     train(parse_run_args(tiny_args(data_dir, tmp_path, max_iters=2, init_from="resume")), stream=io.StringIO())
