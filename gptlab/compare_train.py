@@ -204,6 +204,23 @@ def _warm_up_steps(runs: list[Any]) -> None:
             model.eval()(x, x)
 
 
+def refuse_not_training(overrides: dict[str, Any]) -> None:
+    """--train trains every architecture from scratch, the same way: another start (one model's weights under every
+    label, or a resume of the last comparison's runs, whose figures were shown as if trained now) or an evaluation
+    is no comparison of architectures."""
+    init_from = overrides.get("init_from", "scratch")
+    if init_from != "scratch":
+        raise ConfigError(
+            f"init_from={init_from!r}: compare --train trains each architecture from scratch, side by side; train "
+            "or fine-tune runs with train.py, then compare their run directories (gptlab compare DIR ...)"
+        )
+    if overrides.get("eval_only"):
+        raise ConfigError(
+            "eval_only=True: compare --train trains each architecture; evaluate a run with train.py "
+            "--init_from=resume --eval_only=True, and compare run directories without --train"
+        )
+
+
 def train_and_compare(
     names: list[str],
     overrides: dict[str, Any] | None = None,
@@ -224,6 +241,7 @@ def train_and_compare(
             "plot them (gptlab report DIR ...)"
         )
     refuse_arch_preset(overrides or {})
+    refuse_not_training(overrides or {})
     log = log or (lambda text: print(text, file=sys.stderr))
     overrides = dict(overrides or {})
     out = Path(os.path.expanduser(out_dir or overrides.pop("out_dir", None) or TRAIN_DEFAULTS["out_dir"]))

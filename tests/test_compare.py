@@ -428,6 +428,13 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
 
     with pytest.raises(ConfigError, match=r"is a run directory: --train trains presets and config files"):
         train_and_compare([str(run), "llama"], {"max_iters": 1}, report=False, log=lambda text: None)
+    # nor does another start than scratch (one run's weights under every label; a resume showed the last
+    # comparison's figures as if trained now) or an evaluation: refused before anything is trained
+    for other, said in (({"init_from": str(run)}, "init_from="), ({"init_from": "resume"}, "init_from='resume'"),
+                        ({"eval_only": True}, "eval_only=True")):  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"^{said}.*: compare --train trains each architecture"):
+            train_and_compare(["gpt2", "llama"], {"max_iters": 1, **other}, out_dir=tmp_path / "no", report=False)
+    assert not (tmp_path / "no").exists()
     (tmp_path / "gpt2").mkdir()  # a run folder named like a preset does not hide the preset
     (tmp_path / "gpt2" / "config.json").write_text((run / "config.json").read_text())
     monkeypatch.chdir(tmp_path)
