@@ -46,6 +46,8 @@ class Architecture:
     train_values: dict[str, Any] = field(default_factory=dict)  # a config file's training keys
     file_values: dict[str, Any] = field(default_factory=dict)  # all a config file's settings, as loaded once
     notes: list[str] = field(default_factory=list)  # what its figures assume beyond the config (said under them)
+    folder: Path | None = None  # a run directory's (labels of folders of one name tell them apart by their paths)
+    what_if: str = ""  # a run directory's architecture changed by the command: ' (n_layer=4)', in its label
 
 
 def resolve_architecture(
@@ -69,12 +71,14 @@ def resolve_architecture(
         run_json = json.loads(run_dir.read_text(encoding="utf-8"))
         config = ModelArchitectureConfig.from_dict({**run_json["arch"], **arch_overrides}, saved_plugins(run_json))
         config = check_keys_take_effect(config, arch_overrides)
-        label = run_dir.parent.name if run_dir.name == "config.json" else run_dir.stem
+        from gptlab.report import folder_label
+
+        folder = run_dir.parent
+        label = folder_label(folder) if run_dir.name == "config.json" else run_dir.stem
         # a what-if on the trained architecture says so in its label (--n_layer=4 to resize presets reaches it too)
         changed = [f"{k}={v}" for k, v in arch_overrides.items() if run_json["arch"].get(k) != getattr(config, k)]
-        if changed:
-            label = f"{label} ({', '.join(changed)})"
-        return Architecture(label, config, name)
+        what_if = f" ({', '.join(changed)})" if changed else ""
+        return Architecture(label + what_if, config, name, folder=folder, what_if=what_if)
     if names_a_file(name):
         values = load_config_file(name) if file_values is None else file_values
         arch_overrides |= {k: v for k, v in overrides.items() if k == "arch_preset"}
@@ -481,6 +485,18 @@ def compare(
 
 
 def _unique_labels(archs: list[Architecture]) -> None:
+    """Labels told apart: run directories of one name by their paths' trailing parts, as gptlab report labels
+    them (x/run, y/run); the rest by a number (gpt2, gpt2_2: a folder name under compare --train)."""
+    from gptlab.report import labels_by_parents
+
+    groups: dict[str, list[Architecture]] = {}
+    for a in archs:
+        if a.folder is not None:
+            groups.setdefault(a.label, []).append(a)
+    for group in groups.values():
+        labels = labels_by_parents([a.folder for a in group if a.folder is not None])
+        for a, label in zip(group, labels or ()):
+            a.label = label + a.what_if
     seen: dict[str, int] = {}
     for a in archs:
         seen[a.label] = seen.get(a.label, 0) + 1

@@ -108,7 +108,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     """Read ``path/log.jsonl`` (and ``summary.json`` if the log has no summary record)."""
     path = run_directory(path)
     log = path / "log.jsonl"
-    run = Run(path=path, label=label or path.name or str(path))
+    run = Run(path=path, label=label or folder_label(path))
     # the time axis is training time: each session (a start, then each resume) counts from its own
     # startup record, after the time the sessions before it ran (not the hours between them)
     offset, session_t0, last_t, after_resume = 0.0, None, None, False
@@ -228,23 +228,35 @@ def load_runs(paths: list[str | Path], labels: list[str] | None = None) -> list[
     return runs
 
 
+def folder_label(path: Path) -> str:
+    """A run folder's label: its name ('.' and '..' named too: the folder they are)."""
+    return path.name if path.name not in ("", ".", "..") else path.resolve().name or str(path)
+
+
+def labels_by_parents(folders: list[Path]) -> list[str] | None:
+    """Labels for folders that share a name: as many trailing parts of their paths as tell them apart
+    (``x/run``, ``y/run``); None where they are one folder (named two ways: 'x/../z')."""
+    parts = [folder.resolve().parts for folder in folders]
+    distinct = list(dict.fromkeys(parts))
+    if len(distinct) < 2:
+        return None
+    for depth in range(2, max(map(len, distinct)) + 1):
+        names = {p: "/".join(p[-depth:]) for p in distinct}
+        if len(set(names.values())) == len(distinct):
+            return [names[p] for p in parts]
+    return None
+
+
 def _label_by_parents(runs: list[Run]) -> None:
-    """Runs whose folders share a name are labelled by as many trailing parts of their paths as tell the
-    folders apart (the same folder named twice gets one label, numbered by ``load_runs``)."""
+    """Runs whose folders share a name are labelled by their paths' trailing parts (the same folder named
+    twice gets one label, numbered by ``load_runs``)."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
     for group in groups.values():
-        parts = [run.path.resolve().parts for run in group]  # one folder named two ways ('x/../z') is one
-        folders = list(dict.fromkeys(parts))
-        if len(folders) < 2:
-            continue
-        for depth in range(2, max(map(len, folders)) + 1):
-            names = {p: "/".join(p[-depth:]) for p in folders}
-            if len(set(names.values())) == len(folders):
-                for run, p in zip(group, parts):
-                    run.label = names[p]
-                break
+        labels = labels_by_parents([run.path for run in group])
+        for run, label in zip(group, labels or ()):
+            run.label = label
 
 
 # ---------------------------------------------------------------------------------------- series

@@ -423,6 +423,19 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     # an architecture key changes a run's architecture only as a labelled what-if (it may be meant for presets)
     what_if = resolve_architecture(str(run), {"n_layer": 4, "n_embd": trained.n_embd})
     assert what_if.config.n_layer == 4 and what_if.label == "run (n_layer=4)"
+    # run directories of one name are told apart by their paths, as gptlab report labels them (not run_2, a
+    # folder that does not exist); '.' is the folder it names (it was an empty label: a blank column header)
+    twin = tmp_path / "other" / "run"
+    twin.mkdir(parents=True)
+    (twin / "config.json").write_text((run / "config.json").read_text())
+    from gptlab.compare import compare
+
+    plain = [tmp_path.name + "/run", "other/run"]
+    assert compare([str(run), str(twin)]).labels == plain
+    assert compare([str(run), str(twin)], {"n_layer": 4}).labels == [f"{label} (n_layer=4)" for label in plain]
+    assert compare([str(run), str(run)]).labels == ["run", "run_2"]  # one folder twice
+    monkeypatch.chdir(run)
+    assert compare(["."]).labels == ["run"] and compare([str(twin), "."]).labels == ["other/run", plain[0]]
     from gptlab.compare_train import train_and_compare
     from gptlab.errors import ConfigError
 

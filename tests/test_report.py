@@ -517,6 +517,14 @@ def test_labels_tell_runs_of_one_name_apart(tmp_path: Path) -> None:
     assert [r.label for r in load_runs([x, y, z], ["A", "A (2)", "A"])] == ["A", "A (2)", "A (3)"]
 
 
+def test_the_run_directory_one_is_in_is_labelled_by_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gptlab report .` inside a run directory: the run's folder name, not '.'."""
+    from gptlab.report import load_runs
+
+    monkeypatch.chdir(_write_log(tmp_path / "run"))
+    assert [r.label for r in load_runs(["."])] == ["run"]
+
+
 def test_a_path_that_is_no_run_directory_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _write_log(tmp_path / "a")
     (run / "config.json").write_text("{}")
