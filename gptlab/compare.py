@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.config.model import ModelArchitectureConfig, check_keys_take_effect, get_typed_config, padded_vocab_size
-from gptlab.errors import ConfigError, first_line
+from gptlab.errors import ConfigError, did_you_mean, first_line
 from gptlab.units import format_si
 
 GB = 1e9
@@ -79,6 +79,7 @@ def resolve_architecture(
         changed = [f"{k}={v}" for k, v in arch_overrides.items() if run_json["arch"].get(k) != getattr(config, k)]
         what_if = f" ({', '.join(changed)})" if changed else ""
         return Architecture(label + what_if, config, name, folder=folder, what_if=what_if)
+    check_names_an_architecture(name)  # (what weights and runs are has been read)
     if names_a_file(name):
         values = load_config_file(name) if file_values is None else file_values
         arch_overrides |= {k: v for k, v in overrides.items() if k == "arch_preset"}
@@ -102,6 +103,25 @@ def resolve_architecture(
                 )
         return Architecture(Path(name).stem, config, name, train_values, values, notes)
     return Architecture(name, get_typed_config(name, arch_overrides), name)
+
+
+def check_names_an_architecture(name: str) -> None:
+    """A name that is no preset, and no file or folder: said as that (a mistyped run directory read "config file
+    ... does not exist", a misspelt preset "arch_preset='gpt3' is not one of", a key the user never typed)."""
+    from gptlab.config.files import names_a_file
+    from gptlab.config.model import PRESETS
+
+    path = Path(os.path.expanduser(name))
+    if name in PRESETS or path.suffix or path.is_dir():
+        return  # (a config file's own errors say the rest: 'x.yaml' is not a .py file)
+    kinds = f"a preset ({', '.join(sorted(PRESETS))}), a config file (.py), a run directory or a checkpoint"
+    if path.is_file():
+        raise ConfigError(f"{name!r} is a file, but not {kinds}")
+    if not path.exists():
+        if names_a_file(name):  # a path
+            raise ConfigError(f"{name!r} does not exist: name {kinds}")
+        meant = did_you_mean(name, sorted(PRESETS))
+        raise ConfigError(f"{name!r} is no preset{meant}, and no file or folder here: name {kinds}")
 
 
 def _fine_tuned(

@@ -52,11 +52,14 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
         bad = [k for k in overrides if k not in ARCH_FIELDS]
         if bad:
+            from gptlab.config.overrides import GPU_COUNT_FLAGS
             from gptlab.config.train import TRAIN_FIELDS
             from gptlab.errors import did_you_mean
 
             other_commands = {"gpu_memory_gb": "plan", "grad_accum_steps": "plan", "device_type": "plan",
-                              "seq_len": "flops", "num_gpus": "flops"}  # fmt: skip
+                              "seq_len": "flops"}  # fmt: skip
+            if bad[0] in GPU_COUNT_FLAGS:  # (--gpus is not --gpu, the accelerator)
+                raise ConfigError(f"--{bad[0]} is no option of compare: the number of GPUs is --world_size=N")
             if bad[0] in other_commands:
                 raise ConfigError(f"--{bad[0]} is an option of `gptlab {other_commands[bad[0]]}`, not of compare")
             refuse_arch_preset(overrides)

@@ -22,6 +22,20 @@ from gptlab.cli import main
         (["arch", "config/full_llama_124m.py", "--learning_rate=2"], "--learning_rate is a training setting"),
         (["flops", "run.yaml"], "config file 'run.yaml' does not exist"),  # a file, not "arch_preset='run.yaml'"
         (["compare", "gpt2", "configs/run.json"], "config file 'configs/run.json' does not exist"),
+        # a name that is no preset, file or folder: said so, not as a config file or a key never typed
+        (["compare", "gpt2", "out/compar/gpt2"], r"^gptlab: error: 'out/compar/gpt2' does not exist: name a preset \("),
+        (["flops", "gpt3"], r"'gpt3' is no preset \(did you mean 'gpt2'\?\), and no file or folder here: name a"),
+        (["arch", "README"], r"'README' is no preset, and no file or folder here: name a preset"),
+        (["compare", "gpt2", "LICENSE"], r"'LICENSE' is a file, but not a preset \(custom, gpt2, .*\), a config file"),
+        # another tool's GPU count is the command's own, not the nearest spelling (--gpu, an accelerator's name)
+        (
+            ["compare", "gpt2", "--gpus", "4"],
+            r"--gpus is no option of this command: the number of GPUs is "
+            r"--world_size: write --world_size=4$",
+        ),
+        (["compare", "gpt2", "--num_gpus=4"], r"--num_gpus is no option of compare: the number of GPUs is --world_siz"),
+        (["plan", "gpt2", "--nproc_per_node", "8"], r"the number of GPUs is --world_size: write --world_size=8$"),
+        (["flops", "gpt2", "--gpus"], r"the number of GPUs is --num_gpus=N"),
         (["arch", "gpt2", "--arch_preset=llama"], r"give the preset as the argument \(gptlab arch llama\)"),
         (["arch", "--n_layr=2"], r"unknown option --n_layr \(did you mean 'n_layer'\?\)"),  # was ignored
         (["arch", "gpt2", "--plugin=x"], r"\(did you mean 'plugins'\?\): 'gptlab arch' takes --no_params, --plugins"),

@@ -32,6 +32,18 @@ FLAG_SPELLINGS: dict[str, tuple[str, str]] = {
 
 BOOL_WORDS = ("true", "false")
 
+# other tools' words for the number of GPUs (torchrun's, accelerate's), and the key of a command that takes it
+GPU_COUNT_FLAGS = frozenset({"gpus", "ngpus", "n_gpus", "num_gpus", "nproc_per_node", "num_processes", "world_size"})
+GPU_COUNT_KEYS = ("world_size", "num_gpus")
+
+
+def _gpu_count_key(key: str, keys: Iterable[str] | None) -> str | None:
+    """The command's own key for another tool's GPU-count flag (``compare --gpus 4``: --world_size, not the
+    nearest spelling, --gpu, an accelerator's name)."""
+    if keys is None or key in keys or key not in GPU_COUNT_FLAGS:
+        return None
+    return next((k for k in GPU_COUNT_KEYS if k in keys), None)
+
 
 def _takes(key: str, keys: Iterable[str] | None) -> bool:
     return keys is None or key in keys
@@ -78,6 +90,8 @@ def flag_hint(
         return f"write --{key[3:]}=False"
     if key in FLAG_SPELLINGS and _takes(FLAG_SPELLINGS[key][0], keys):
         return "write --{}={}".format(*FLAG_SPELLINGS[key])
+    if (count := _gpu_count_key(key, keys)) is not None:
+        return f"--{key} is no option of this command: the number of GPUs is --{count}=N"
     if keys is not None and key not in keys:
         # another tool's flag for a setting this command lacks is no misspelling (--cpu is not --gpu)
         near, meant = (None, "") if key in FLAG_SPELLINGS else _nearest_taken(key, keys, settings)
@@ -117,7 +131,9 @@ def pair_hint(
     if (refused := setting_not_taken(key, keys, settings)) is not None:
         return refused
     unknown = ""
-    if keys is not None and key not in keys:
+    if (count := _gpu_count_key(key, keys)) is not None:
+        key, unknown = count, f"--{key} is no option of this command: the number of GPUs is --{count}: "
+    elif keys is not None and key not in keys:
         near, meant = _nearest_taken(key, keys, settings)
         unknown = f"--{key} is no option of this command"
         if near is None:
