@@ -371,7 +371,7 @@ class Comparison:
         tag = f"{s['gpu']} {s['precision']} @ {100 * s['mfu']:.4g}% MFU"  # as given: 0.355 is 35.5%
         rows += [
             ("tokens_per_sec_per_gpu", f"tokens/s per GPU ({tag})"),
-            ("tokens_per_sec_total", f"tokens/s on {s['world_size']} GPUs"),
+            ("tokens_per_sec_total", f"tokens/s on {s['world_size']} GPU{'s' if s['world_size'] != 1 else ''}"),
         ]
         return rows
 
@@ -385,7 +385,7 @@ class Comparison:
         if key == "attention_to_ffn_ratio":
             return f"{value:.3f}"
         if key.startswith("params"):
-            return f"{value / 1e6:.2f}M" if value >= 1e7 else f"{value:,}"
+            return f"{value / 1e6:,.2f}M" if value >= 1e7 else f"{value:,}"  # 124.44M; 515,407,959.16M
         if key.startswith("tokens_per_sec"):
             return f"{value:,.0f}"
         if key.startswith("flops") or "flops" in key:

@@ -75,6 +75,8 @@ def result_cell(result: dict[str, Any], key: str) -> str:
     cell, where = format_result(key, result.get(key)), result.get("final_val_iter")
     if key == "final_val_loss" and result.get("status") != "completed" and None not in (result.get(key), where):
         cell += f" (iter {where})"
+    if key in ("tokens_per_sec", "mfu") and result.get(key) is not None and result.get("warmup_included"):
+        cell += " (warm-up included: 2 or fewer steps logged)"  # the compile's step, maybe: no rate past it
     return cell
 
 
@@ -162,6 +164,8 @@ def _result(run_dir: Path, summary: dict[str, Any], startup: dict[str, Any]) -> 
         "tokens_trained": summary.get("tokens_seen", startup["training"]["total_tokens"]),
         "tokens_per_sec": stat("tokens_per_sec")("median"),
         "mfu": stat("mfu")("median"),  # the MFU of the tokens/s beside it
+        # a run that logged 2 steps or fewer has no step past the warm-up: its median is of those
+        "warmup_included": summary.get("iterations_excluded_as_warmup") == 0,
         # a CPU has no per-run measure: the runs share one process, whose RSS only grows
         "peak_memory_gb": summary.get("peak_memory_gb" if cuda else "planned_peak_gb"),
         "total_time_s": summary.get("total_time_s"),

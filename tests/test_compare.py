@@ -47,6 +47,12 @@ def test_memory_cells_keep_three_digits_without_trailing_dots() -> None:
 
     cells = [Comparison.format_value("memory.none", gb * GB) for gb in (0.006834, 15.0, 14.538, 293.4, 2437.2)]
     assert cells == ["0.00683", "15.0", "14.5", "293", "2,437"]
+    params = [Comparison.format_value("params_total", n) for n in (8_246_544, 124_439_808, 515_407_959_162_880)]
+    assert params == ["8,246,544", "124.44M", "515,407,959.16M"]  # grouped as the memory rows are
+
+
+def test_one_gpu_is_said_in_the_singular() -> None:
+    assert compare(["gpt2"], world_size=1).table()[1][-1][0] == "tokens/s on 1 GPU"
 
 
 def test_preset_table_has_documented_rows_and_columns() -> None:
@@ -786,3 +792,17 @@ def test_csv_gives_an_unmeasured_training_figure_as_an_empty_cell() -> None:
     rows = {r[1]: r for r in csv.reader(result.to_csv().splitlines()) if r[0] == "training"}
     assert rows["mfu"] == ["training", "mfu", "MFU (median past warm-up)", ""]
     assert rows["tokens_trained"][3] == "2048"
+
+
+def test_a_rate_of_warm_up_steps_only_says_so() -> None:
+    """tokens/s and MFU are medians past the first 2 logged steps; a run that logged no more (a compiled one's
+    compile step among them: 31 tokens/s beside 40,000 uncompiled) has only those, said in its cells."""
+    from gptlab.compare_train import _result, result_cell
+
+    startup = {"hardware": {"device": "cpu"}, "training": {"total_tokens": 1024}}
+    summary = {"tokens_per_sec": {"median": 31.0}, "mfu": {"median": 0.01}, "iterations_excluded_as_warmup": 0}
+    short = _result(Path("run"), summary, startup)
+    said = " (warm-up included: 2 or fewer steps logged)"
+    assert (result_cell(short, "tokens_per_sec"), result_cell(short, "mfu")) == ("31" + said, "1.00%" + said)
+    longer = _result(Path("run"), {**summary, "iterations_excluded_as_warmup": 2}, startup)
+    assert (result_cell(longer, "tokens_per_sec"), result_cell(longer, "mfu")) == ("31", "1.00%")
