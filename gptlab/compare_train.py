@@ -62,7 +62,7 @@ TRAIN_ROWS: tuple[tuple[str, str], ...] = (
     ("tokens_trained", "tokens trained"),
     ("tokens_per_sec", "tokens/s (median past warm-up)"),
     ("mfu", "MFU (median past warm-up)"),
-    ("peak_memory_gb", "peak memory (GB: CUDA measured, CPU planned)"),
+    ("peak_memory_gb", "peak memory of this training (GB: CUDA measured, CPU planned at its batch)"),
     ("total_time_s", "wall time (s)"),
     ("device", "device"),
     ("run_dir", "run directory"),

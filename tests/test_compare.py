@@ -158,7 +158,7 @@ def test_the_readmes_trained_memory_row_is_the_planners(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     command = "gptlab compare gpt2 llama hybrid --train --out_dir=out/compare --max_iters=300 --lr_decay_iters=300"
     assert f"`{command}`" in readme
-    row = "| peak memory (GB: CUDA measured, CPU planned)"
+    row = "| peak memory of this training (GB: CUDA measured, CPU planned at its batch)"
     shown = next(line for line in readme.splitlines() if line.startswith(row))
     overrides = {"max_iters": 300, "lr_decay_iters": 300}
     vocab = json.loads((prepare_dataset("stdlib_char", data_dir=tmp_path) / "meta.json").read_text())["vocab_size"]
