@@ -135,7 +135,10 @@ def resolve_init(run: RunConfig, cfg: TrainConfig, vocab: int, out_dir: Path, sh
     # a local Hugging Face directory, nanoGPT ckpt.pt or gptlab checkpoint, or a Hub model, to fine-tune
     check_init_source(cfg.init_from, ("scratch", "resume"))
     path = resolve_pretrained(cfg.init_from)
-    model = ConfigurableGPT.from_pretrained(path, **{k: getattr(arch, k) for k in FREE_ARCH_KEYS})
+    # dropout is the run's, as nanoGPT's init_from passes it; the attention backend the weights' unless set now
+    # (a registered one computes other attention: 'sdpa' by default silently ran another model)
+    free = {k: getattr(arch, k) for k in FREE_ARCH_KEYS if k == "dropout" or k in run.explicit}
+    model = ConfigurableGPT.from_pretrained(path, **free)
     loaded = model.config.to_dict()
     found = InitFrom(model.config, source=cfg.init_from)
     found.weights_tokenizer = _weights_tokenizer(Path(path), model.config.vocab_size)

@@ -592,6 +592,12 @@ def test_components_registered_in_a_config_file_train_and_sample(data_dir: Path,
         settings = parse_sample_args([str(config), f"--out_dir={str(out)!r}", "--num_samples=1", "--device='cpu'"])
         assert settings.init_from == "resume"  # a training file's 'scratch' is not the sample's
         assert len(list(sample(settings))) == 1
+        # an evaluation (or a fine-tune) of the run keeps its registered backend unless one is set now (the
+        # default 'sdpa' silently ran another model)
+        evaluation = tiny_args(data_dir, tmp_path / "eval", init_from=str(out), eval_only=True, plugins=str(config))
+        train(parse_run_args([a for a in evaluation if "arch_preset" not in a]), stream=io.StringIO())
+        evaluated = json.loads((tmp_path / "eval" / "eval.jsonl").read_text().splitlines()[0])
+        assert evaluated["architecture"]["config"]["attention_backend"] == "mine_t"
     finally:
         del NORM_REGISTRY["scalenorm_t"], ATTENTION_BACKEND_REGISTRY["mine_t"]
     own = str(config.resolve())  # a config file that registers is its own plugin: the run records it
