@@ -123,20 +123,35 @@ def parameter_shapes(config: ModelArchitectureConfig) -> list[TensorShape]:
     return shapes + after
 
 
-def buffer_bytes(config: ModelArchitectureConfig) -> int:
-    """Bytes of the non-trainable buffers (RoPE's cos/sin tables, ALiBi's slopes, all float32; a
-    registered position encoding's, measured on the meta device)."""
-    if config.position_encoding == "rope":
-        return 2 * config.block_size * config.head_dim * FP32_BYTES
-    if config.position_encoding == "alibi":
-        return config.n_head * FP32_BYTES
-    if config.position_encoding in ("learned_absolute", "none"):
-        return 0
-    from gptlab.model.components import position_encoding_for
-
+def _meta_buffer_bytes(module_factory: object) -> int:
     with torch.device("meta"):
-        module = position_encoding_for(config)
+        module = module_factory()  # type: ignore[operator]
     return sum(b.numel() * b.element_size() for b in module.buffers())
+
+
+def buffer_bytes(config: ModelArchitectureConfig) -> int:
+    """Bytes of the non-trainable buffers: RoPE's cos/sin tables, ALiBi's slopes (float32), and a registered
+    component's own (a position encoding's tables, a random-feature FFN's projection, a norm's statistics),
+    measured on the meta device, each norm and FFN once per layer."""
+    from gptlab.model import components as c
+
+    H = config.n_embd
+    if config.position_encoding == "rope":
+        total = 2 * config.block_size * config.head_dim * FP32_BYTES
+    elif config.position_encoding == "alibi":
+        total = config.n_head * FP32_BYTES
+    elif config.position_encoding in ("learned_absolute", "none"):
+        total = 0
+    else:
+        total = _meta_buffer_bytes(lambda: c.position_encoding_for(config))
+    if config.normalization not in ("layernorm", "layernorm_nobias", "rmsnorm"):  # built-in norms hold none
+        norms = 2 * config.n_layer + bool(config.final_norm)
+        total += norms * _meta_buffer_bytes(lambda: c.build_norm(config.normalization, H, config.norm_eps))
+    if c.runs_own_activation(config) or c.builtin_ffn_matrices(config.ffn_type) is None:  # else built-in: none
+        act = lambda: c.build_activation(config.activation, approximate=config.gelu_approximate)  # noqa: E731
+        ffn = lambda: c.build_ffn(config.ffn_type, H, config.ffn_hidden_dim, config.bias, config.dropout, act())  # noqa: E731
+        total += config.n_layer * _meta_buffer_bytes(ffn)
+    return total
 
 
 def count_parameters(config: ModelArchitectureConfig, *, non_embedding: bool = False) -> int:

@@ -460,3 +460,42 @@ def test_block_backward_moments_hold_the_gradients_already_made() -> None:
     for index, above in ((3, 0), (0, 3)):
         own = acts.block_backward_bytes(index, block_grads=block, ffn_grads=ffn)
         assert moments[f"block {index} backward"] == head + above * block + own, index
+
+
+def test_registered_components_buffers_are_planned() -> None:
+    """A registered FFN's projection, a norm's and an activation's own buffers are the model's too (the plan
+    counted a registered position encoding's alone: 1 MB of a random-feature FFN left out, no note)."""
+    from gptlab.model.components import StandardFFN
+    from gptlab.model.registry import ACTIVATION_REGISTRY, FFN_REGISTRY
+
+    class RandomFeatureFFN(nn.Module):
+        def __init__(self, d_model, d_ff, bias, dropout, activation):
+            super().__init__()
+            self.register_buffer("proj", torch.randn(d_model, 2 * d_ff))
+            self.act, self.w_out = activation, nn.Linear(2 * d_ff, d_model, bias=bias)
+
+        def forward(self, x):
+            return self.w_out(self.act(x @ self.proj.to(x.dtype)))
+
+    class CountingNorm(nn.LayerNorm):
+        def __init__(self, ndim, eps=1e-5):
+            super().__init__(ndim, eps=eps)
+            self.register_buffer("seen", torch.zeros(ndim, dtype=torch.float64))
+
+    class ShiftedReLU(nn.ReLU):
+        def __init__(self, approximate="none"):
+            super().__init__()
+            self.register_buffer("shift", torch.zeros(3))
+
+    FFN_REGISTRY.register("randfeat_t")(RandomFeatureFFN)
+    NORM_REGISTRY.register("countnorm_t")(CountingNorm)
+    ACTIVATION_REGISTRY.register("shiftrelu_t")(ShiftedReLU)
+    try:
+        for overrides in (dict(ffn_type="randfeat_t", normalization="countnorm_t"), dict(activation="shiftrelu_t")):
+            cfg = get_debug_config("custom", n_layer=2, **overrides)
+            model = ConfigurableGPT(cfg)
+            assert isinstance(model.blocks[0].ffn, RandomFeatureFFN if "ffn_type" in overrides else StandardFFN)
+            buffers = tensor_bytes(list(model.buffers()))
+            assert buffers > 0 and plan_memory(cfg, batch_size=2, dtype="float32").mode.buffers == buffers
+    finally:
+        del FFN_REGISTRY["randfeat_t"], NORM_REGISTRY["countnorm_t"], ACTIVATION_REGISTRY["shiftrelu_t"]
