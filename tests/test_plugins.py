@@ -646,6 +646,31 @@ def test_a_config_files_plugins_are_found_from_its_folder(tmp_path: Path, monkey
         sys.modules.pop("norms_t", None)
 
 
+def test_config_files_importing_modules_of_one_name_from_their_folders_are_refused(tmp_path: Path) -> None:
+    """`gptlab compare a/cfg.py b/cfg.py`, each file with `import mycomp` beside it: Python handed the second
+    file the first folder's module (cached), so both columns were the first's component, silently."""
+    from gptlab.config.files import load_config_file
+
+    for folder, width in (("a", 1), ("b", 1000)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "mycomp_t.py").write_text(
+            "import torch\nfrom torch import nn\nfrom gptlab.model import NORM_REGISTRY\n"
+            "@NORM_REGISTRY.register('dyt_t')\nclass DyT(nn.LayerNorm):\n"
+            f"    def __init__(self, ndim, eps=1e-5):\n        super().__init__(ndim)\n"
+            f"        self.extra = nn.Parameter(torch.zeros({width}))\n"
+        )
+        (tmp_path / folder / "cfg.py").write_text("import mycomp_t\nnormalization = 'dyt_t'\n")
+    try:
+        load_config_file(tmp_path / "a" / "cfg.py")
+        load_config_file(tmp_path / "a" / "cfg.py")  # the same folder's module again: fine
+        said = r"cfg.py' imports 'mycomp_t', which this process loaded before from '.*a/mycomp_t.py', not from "
+        with pytest.raises(ConfigError, match=said + r"'.*b/mycomp_t.py' beside the file"):
+            load_config_file(tmp_path / "b" / "cfg.py")
+    finally:
+        NORM_REGISTRY.pop("dyt_t", None)
+        sys.modules.pop("mycomp_t", None)
+
+
 def test_a_typed_plugins_replaces_the_config_files(tmp_path: Path) -> None:
     """A file naming a plugin this machine lacks still runs with --plugins given in its place."""
     from gptlab.config.resolve import parse_run_args

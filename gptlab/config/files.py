@@ -7,6 +7,7 @@ import ast
 import builtins
 import copy
 import importlib.util
+import sys
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
@@ -131,6 +132,7 @@ def load_config_file(
         _check_config_statements(tree, source, path)
         with importable_from(path.parent, Path.cwd()):  # `import my_components` beside it, under any launcher
             exec(compile(tree, str(path), "exec"), file_globals, namespace)  # the user's own file, as in nanoGPT
+        _check_own_modules_imported(tree, path)
     except ConfigError:
         raise
     except Exception as e:
@@ -165,6 +167,25 @@ def load_config_file(
         # the file registers components: it is its own plugin, so the run records it and the hint names it
         values["plugins"] = merge_plugins(values.get("plugins"), str(path.resolve()))
     return values
+
+
+def _check_own_modules_imported(tree: ast.Module, path: Path) -> None:
+    """A module beside the config file that its ``import`` found already loaded from elsewhere (another config
+    file's folder, in one ``compare`` or ``load_config_file`` after another): Python hands back the first, so its
+    components, not this folder's, were registered, silently."""
+    import sys
+
+    names = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    for name in sorted(names):
+        own = next((p for p in (path.parent / f"{name}.py", path.parent / name / "__init__.py") if p.is_file()), None)
+        loaded = getattr(sys.modules.get(name), "__file__", None)
+        if own is not None and loaded is not None and Path(loaded).resolve() != own.resolve():
+            raise ConfigError(
+                f"config file {str(path)!r} imports {name!r}, which this process loaded before from {loaded!r}, "
+                f"not from {str(own)!r} beside the file (Python keeps one module of a name): give the modules "
+                "names of their own, or read these files in separate commands"
+            )
 
 
 def _registered() -> dict[str, dict[str, int]]:
