@@ -136,10 +136,12 @@ def _import_file(path: Path) -> str:
     return name
 
 
-def plugin_digests(spec: str) -> dict[str, str]:
+def plugin_digests(spec: str, config: Any = None) -> dict[str, str]:
     """Each entry of ``spec`` that is a file (a ``.py`` path, or a module's source) -> the sha256 of its bytes (16
-    hex digits): a checkpoint records them, so that its resume can say a component's code changed since."""
-    digests = {}
+    hex digits): a checkpoint records them, so that its resume can say a component's code changed since. With
+    ``config`` (an architecture), also each file that defines one of its registered components and no entry
+    names, by its path: a module a config file imports (``import my_components``) is no entry of its own."""
+    digests, covered = {}, set()
     for entry in split_plugins(spec):
         try:
             if entry.endswith(".py"):
@@ -147,12 +149,43 @@ def plugin_digests(spec: str) -> dict[str, str]:
             else:
                 module = sys.modules.get(entry)
                 origin = getattr(module, "__file__", None)
-                path = Path(origin) if origin else None
+                path = Path(origin).resolve() if origin else None
             if path is not None and path.is_file():
-                digests[entry] = hashlib.sha256(_code_of(path.read_bytes())).hexdigest()[:16]
+                digests[entry] = _digest(path)
+                covered.add(path)
         except OSError:  # unreadable now: nothing to compare
             continue
+    for path in component_files(config) if config is not None else []:
+        if path not in covered:
+            with contextlib.suppress(OSError):
+                digests[str(path)] = _digest(path)
     return digests
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(_code_of(path.read_bytes())).hexdigest()[:16]
+
+
+def component_files(config: Any) -> list[Path]:
+    """The source files of ``config``'s registered components (not gptlab's own), where Python knows them."""
+    import inspect
+
+    from gptlab.model.registry import ALL_REGISTRIES
+
+    files = []
+    for registry in ALL_REGISTRIES:
+        component = registry.get(getattr(config, registry.kind, None))
+        component = getattr(component, "func", component)  # a functools.partial's function
+        if component is None or str(getattr(component, "__module__", "")).split(".")[0] == "gptlab":
+            continue
+        try:
+            source = inspect.getsourcefile(component if inspect.isclass(component) or inspect.isfunction(component)
+                                           else type(component))  # fmt: skip
+        except TypeError:  # a builtin: no file
+            continue
+        if source is not None and Path(source).is_file():
+            files.append(Path(source).resolve())
+    return list(dict.fromkeys(files))
 
 
 def edited_plugins(saved: object, digests: dict[str, str]) -> list[str]:

@@ -1033,6 +1033,36 @@ def test_a_resume_says_a_plugin_file_edited_since_its_checkpoint(data_dir: Path,
     assert resumes[1]["changed"]["plugin files"] == ["as the checkpoint was trained", f"changed since: {plugin}"]
 
 
+def test_a_resume_says_a_module_its_config_file_imports_was_edited(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """docs/architecture.md's `import my_components` beside a config file: the run records the config file as its
+    plugin, and the module's code lies under the weights too (its edit went unsaid; said for plugins='...')."""
+    import io
+    import json
+
+    import gptlab.plugins
+    from gptlab.config.resolve import parse_run_args
+    from gptlab.train.launch import train
+    from tests.train.conftest import tiny_args
+
+    module = tmp_path / "imported_norm_t.py"
+    _write_norm_plugin(module, "imported_norm_t")
+    config = tmp_path / "cfg.py"
+    config.write_text("import imported_norm_t\nnormalization = 'imported_norm_t'\n")
+    run = tmp_path / "run"
+    try:
+        train(parse_run_args([str(config), *tiny_args(data_dir, run, max_iters=2)]), stream=io.StringIO())
+        module.write_text(module.read_text().replace("    pass", "    eps_scale = 2.0"))  # the component changed
+        resume = [str(config), f"--out_dir={str(run)!r}", f"--data_dir={str(data_dir)!r}", "--init_from='resume'"]
+        train(parse_run_args([*resume, "--max_iters=3"]), stream=io.StringIO())
+    finally:
+        NORM_REGISTRY.pop("imported_norm_t", None)
+        sys.modules.pop("imported_norm_t", None)
+        gptlab.plugins._imported_files.pop(config.resolve(), None)
+    records = map(json.loads, (run / "log.jsonl").read_text().splitlines())
+    (resumed,) = [r for r in records if r.get("event") == "resume"]
+    assert resumed["changed"]["plugin files"] == ["as the checkpoint was trained", f"changed since: {module}"]
+
+
 def test_a_sharded_resume_says_a_plugin_file_edited_since_its_weights_no_longer_fit(
     data_dir: Path,  # noqa: F811
     tmp_path: Path,

@@ -173,8 +173,6 @@ def _check_own_modules_imported(tree: ast.Module, path: Path) -> None:
     """A module beside the config file that its ``import`` found already loaded from elsewhere (another config
     file's folder, in one ``compare`` or ``load_config_file`` after another): Python hands back the first, so its
     components, not this folder's, were registered, silently."""
-    import sys
-
     names = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
     for name in sorted(names):

@@ -292,7 +292,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> Configurabl
         model = build_model(config, clean_state_dict(dict(ckpt["model"])), "gptlab checkpoint")
     except CheckpointError as e:  # a registered component's code changed under the weights: said beside it
         plugins = saved_plugins(ckpt)
-        digests = plugin_digests(plugins) if isinstance(plugins, str) else {}
+        digests = plugin_digests(plugins if isinstance(plugins, str) else "", config)
         raise CheckpointError(f"{e}{edited_plugins_note(ckpt.get('plugin_digests'), digests)}") from None
     _limit_to_tokenizer(model, ckpt.get("tokenizer"))
     if isinstance(ckpt.get("tokenizer"), dict):  # save_pretrained's bos/eos: the run's end-of-text, or none for a

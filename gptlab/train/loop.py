@@ -206,7 +206,8 @@ class Trainer:
         inferred = not cfg.plugins.strip()
         if inferred:  # started from Python, none given: the modules its components come from
             cfg.plugins, self._unimportable = component_plugins(self.arch)
-        self._plugin_digests = plugin_digests(cfg.plugins)  # the code of its components, as this session runs it
+        # the code of its components, as this session runs it (a module a config file imports too)
+        self._plugin_digests = plugin_digests(cfg.plugins, self.arch)
         check_sdpa_backend(cfg.sdpa_backend, self.arch.attention_backend, self.device.type)
         prefer_sdpa_kernel(cfg.sdpa_backend, self.device.type)  # before any compile traces the attention
         # the DCP checkpoint resumed from, and its iteration: saving that iteration again rewrites only its meta
