@@ -254,6 +254,43 @@ def test_a_registered_component_of_the_wrong_output_shape_is_refused_before_any_
         del FFN_REGISTRY["wide_t"], NORM_REGISTRY["tuple_t"]
 
 
+class HalfEmbedding(PositionEncoding):
+    def __init__(self, **_: object) -> None:
+        super().__init__()
+
+    def embed(self, tok_emb: torch.Tensor) -> torch.Tensor:
+        return tok_emb[..., : tok_emb.shape[-1] // 2]
+
+
+class FlatRotation(PositionEncoding):
+    rotary = True
+
+    def __init__(self, **_: object) -> None:
+        super().__init__()
+
+    def context(self, seq_len: int, device: torch.device) -> PositionContext:
+        return PositionContext(rotate=lambda t: t.flatten(1, 2))
+
+
+@pytest.mark.parametrize(
+    ("encoding", "said"),
+    [(HalfEmbedding, r"'s embed returned shape \(1, 64, 32\) for an input of shape \(1, 64, 64\): .* \(B, T, n_embd\)"),
+     (FlatRotation, r"'s rotate returned shape \(1, 256, 16\) for an input of shape \(1, 4, 64, 16\): .*"
+                    r"\(B, heads, T, head_dim\)")],
+)  # fmt: skip
+def test_a_position_encoding_of_the_wrong_output_shape_is_refused_before_any_training(
+    encoding: type, said: str
+) -> None:
+    """Its embed (or rotate) of the wrong shape was a traceback in the first evaluation, where an FFN's or norm's
+    is one line at the start."""
+    POSITION_ENCODING_REGISTRY["bad_pos_t"] = encoding
+    try:
+        with pytest.raises(ConfigError, match=r"^position_encoding='bad_pos_t'" + said):
+            compute_flops(get_debug_config("custom", position_encoding="bad_pos_t"))
+    finally:
+        del POSITION_ENCODING_REGISTRY["bad_pos_t"]
+
+
 def test_a_registered_ffn_is_counted_as_flop_counter_mode_counts_it(own_components: None) -> None:
     cfg = get_debug_config("custom", ffn_type="deep_t", activation="relu", block_size=16)
     flops = compute_flops(cfg)

@@ -298,15 +298,16 @@ def _ffn_forward_flops(config: ModelArchitectureConfig) -> tuple[float, str, boo
     return flops / tokens, measured, True
 
 
-def _same_shape(component: str, out: object, x: torch.Tensor) -> None:
-    """A registered FFN or norm returns its input's shape: one that does not is refused here, by every command
-    that counts FLOPs (a run's startup among them), not by a traceback inside the model's first forward."""
+def _same_shape(component: str, out: object, x: torch.Tensor, layout: str = "(B, T, n_embd)") -> None:
+    """A registered FFN, norm or position encoding returns its input's shape: one that does not is refused here,
+    by every command that counts FLOPs (a run's startup among them), not by a traceback inside the model's first
+    forward (or its first evaluation's)."""
     shape = getattr(out, "shape", None)
     if shape != x.shape:
         got = f"shape {tuple(shape)}" if shape is not None else f"a {type(out).__name__}"
         raise ConfigError(
             f"{component} returned {got} for an input of shape {tuple(x.shape)}: a registered component must return "
-            "a tensor of its input's shape (B, T, n_embd)"
+            f"a tensor of its input's shape {layout}"
         )
 
 
@@ -425,13 +426,14 @@ def _registered_position_flops(config: ModelArchitectureConfig, S: int) -> tuple
                 q = torch.empty(batch, config.n_head, S, config.head_dim)
                 k = torch.empty(batch, config.kv_heads, S, config.head_dim)
             with FlopCounterMode(display=False) as embed:
-                encoding.embed(tok_emb)
+                _same_shape(f"position_encoding={name!r}'s embed", encoding.embed(tok_emb), tok_emb)
             with FlopCounterMode(display=False) as per_pass:
                 context = encoding.context(S, meta)
             with FlopCounterMode(display=False) as per_layer:
                 if context.rotate is not None:
-                    context.rotate(q)
-                    context.rotate(k)
+                    for heads in (q, k):
+                        rotated = context.rotate(heads)
+                        _same_shape(f"position_encoding={name!r}'s rotate", rotated, heads, "(B, heads, T, head_dim)")
             counts["embed"].append(embed.get_total_flops())
             counts["rotate"].append(per_layer.get_total_flops())
     except (NotImplementedError, RuntimeError) as e:
