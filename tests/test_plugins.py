@@ -408,6 +408,28 @@ def test_a_registered_norm_or_activation_that_multiplies_is_counted(checkpointin
     assert ("mixing_t" in flops.row("ffn").note) == (ffn_type == "standard")  # SwiGLU's gate is its own
 
 
+def test_a_post_norm_blocks_registered_norm_is_recomputed_at_most_as_hfu_says() -> None:
+    """A checkpointed post-norm block ends in its second norm: the recompute stops before a last matmul whose
+    output nothing saves, which only the norm's code knows. HFU counts it recomputed, an upper bound, said."""
+    NORM_REGISTRY["projected_t"] = ProjectedNorm
+    try:
+        cfg = get_debug_config("custom", normalization="projected_t", norm_position="post")
+        flops = compute_flops(cfg, activation_checkpointing=True, device_type="cpu")
+        assert compute_flops(cfg, device_type="cpu").caveats == []  # without checkpointing: exact, nothing said
+        model = ConfigurableGPT(cfg)
+        model.gradient_checkpointing_enable()
+        idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+        with FlopCounterMode(display=False) as counter:
+            model(idx, idx)[1].backward()
+    finally:
+        del NORM_REGISTRY["projected_t"]
+    assert flops.flops_per_token < counter.get_total_flops() / idx.numel() <= flops.hfu_flops_per_token
+    assert flops.caveats == [
+        "normalization 'projected_t': the post-norm block's last norm is taken as recomputed in full under activation "
+        "checkpointing in HFU (an upper bound: its last matmul, if nothing saves its output, is not run again)"
+    ]
+
+
 class RoutedFFN(nn.Module):
     """Top-1 of two experts, chosen per token by value: data-dependent, so no meta-device run."""
 

@@ -246,9 +246,28 @@ def compute_flops(
     norm_rows, norm_caveat = _registered_norm_flops(config)
     rows += position_rows + norm_rows
     rows += _non_matmul_rows(config, S, q_dim, kv_dim, D)
-    notes = (None if ffn_measured else ffn_note, attention_caveat, position_caveat, norm_caveat)
+    recompute_caveat = _recompute_caveat(config, bool(norm_rows)) if activation_checkpointing else None
+    notes = (None if ffn_measured else ffn_note, attention_caveat, position_caveat, norm_caveat, recompute_caveat)
     caveats = [note for note in notes if note]
     return FlopsBreakdown(config, S, activation_checkpointing, rows, device_type, caveats)
+
+
+def _recompute_caveat(config: ModelArchitectureConfig, norm_multiplies: bool) -> str | None:
+    """Where HFU's recompute count is an upper bound: a checkpointed block stops recomputing before the ops whose
+    output nothing saves, and a registered component's last ops only its code knows (the block's last one: the
+    FFN of a pre-norm block without dropout, the second norm of a post-norm block)."""
+    from gptlab.model.components import builtin_ffn_matrices
+
+    if config.norm_position == "post" and norm_multiplies:
+        last = f"normalization {config.normalization!r}: the post-norm block's last norm"
+    elif config.norm_position == "pre" and not config.dropout and builtin_ffn_matrices(config.ffn_type) is None:
+        last = f"ffn_type {config.ffn_type!r}: the pre-norm block's FFN"
+    else:
+        return None
+    return (
+        f"{last} is taken as recomputed in full under activation checkpointing in HFU (an upper bound: its last "
+        "matmul, if nothing saves its output, is not run again)"
+    )
 
 
 def _meta_failure(e: Exception) -> str | None:
