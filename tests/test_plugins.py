@@ -575,6 +575,9 @@ def test_a_scalar_parameter_is_planned_and_fsdp_refuses_it_in_one_line(own_compo
     cfg = get_debug_config("llama", normalization="scalar_gain_t")
     plans = plan_all_modes(cfg, world_size=2, batch_size=2, dtype="float32", device_type="cpu")
     assert plans["fsdp"].mode.peak > 0  # a 0-dim parameter crashed the FSDP column
+    # and the column says that training refuses it (gptlab plan/compare showed a peak for a run that cannot start)
+    refused = "fsdp cannot shard the 0-dim parameter 'blocks.0.norm_1.g': use_fsdp=True refuses this model"
+    assert refused in plans["fsdp"].mode.notes and not any("0-dim" in n for n in plans["ddp"].mode.notes)
     info = DistInfo(world_size=2, mode="fsdp")
     with pytest.raises(ConfigError, match=r"cannot shard the 0-dim parameter 'blocks\.0\.norm_1\.g'"):
         parallelize(ConfigurableGPT(cfg), _train_config(), info, "float32")

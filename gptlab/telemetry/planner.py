@@ -219,6 +219,9 @@ def plan_memory(
         optim = _optimizer_bytes(shapes, shard, optimizer)
         comm = _fsdp_transient(shapes, c)
         notes.append("fsdp comm_buffers (unsharded copies) is an estimate; sharded sizes are exact")
+        scalar = next((s.name for s in shapes if not s.shape), None)
+        if scalar is not None:  # as training says when it wraps the model: a column of a run that cannot start
+            notes.append(f"fsdp cannot shard the 0-dim parameter {scalar!r}: use_fsdp=True refuses this model")
     persistent = params + optim + buffer_bytes(config) + comm
     # With accumulation, earlier micro-steps' gradients are alive in backward. FSDP2 skips the
     # reduce-scatter until the last micro-step, so until then they are whole (unsharded, fp32).
