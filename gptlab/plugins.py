@@ -167,24 +167,23 @@ def _digest(path: Path) -> str:
 
 
 def component_files(config: Any) -> list[Path]:
-    """The source files of ``config``'s registered components (not gptlab's own), where Python knows them."""
-    import inspect
-
+    """The module files of ``config``'s registered components: not gptlab's or torch's own, nor the running
+    script's (``__main__``: a resume from a script edits the script's call, not the component; said as
+    ``plugins_unrecorded`` instead)."""
     from gptlab.model.registry import ALL_REGISTRIES
 
     files = []
     for registry in ALL_REGISTRIES:
         component = registry.get(getattr(config, registry.kind, None))
-        component = getattr(component, "func", component)  # a functools.partial's function
-        if component is None or str(getattr(component, "__module__", "")).split(".")[0] == "gptlab":
+        if component is None:
             continue
-        try:
-            source = inspect.getsourcefile(component if inspect.isclass(component) or inspect.isfunction(component)
-                                           else type(component))  # fmt: skip
-        except TypeError:  # a builtin: no file
+        target = getattr(component, "func", component)  # a functools.partial's function
+        module_name = getattr(target, "__module__", None) or type(target).__module__
+        if module_name == "__main__" or str(module_name).split(".")[0] in ("gptlab", "torch"):
             continue
-        if source is not None and Path(source).is_file():
-            files.append(Path(source).resolve())
+        file = getattr(sys.modules.get(module_name), "__file__", None)
+        if isinstance(file, str) and file.endswith(".py") and Path(file).is_file():
+            files.append(Path(file).resolve())
     return list(dict.fromkeys(files))
 
 

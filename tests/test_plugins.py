@@ -1125,6 +1125,25 @@ def test_a_resume_says_a_module_its_config_file_imports_was_edited(data_dir: Pat
     assert resumed["changed"]["plugin files"] == ["as the checkpoint was trained", f"changed since: {module}"]
 
 
+def test_component_digests_leave_out_the_running_script_and_torch() -> None:
+    """A component defined in the running script (its resume edits the script's call: every resume said "changed
+    since"; a notebook's __main__ has no file: the run crashed) or torch's own class registered directly (a torch
+    upgrade is no plugin edit) has no digest of its file."""
+    from gptlab.model.registry import ACTIVATION_REGISTRY
+    from gptlab.plugins import plugin_digests
+
+    class ScriptNorm(nn.LayerNorm):
+        pass
+
+    ScriptNorm.__module__ = "__main__"
+    NORM_REGISTRY["script_norm_t"], ACTIVATION_REGISTRY["mish_t"] = ScriptNorm, nn.Mish
+    try:
+        cfg = get_debug_config("custom", normalization="script_norm_t", activation="mish_t", ffn_type="standard")
+        assert plugin_digests("", cfg) == {}
+    finally:
+        del NORM_REGISTRY["script_norm_t"], ACTIVATION_REGISTRY["mish_t"]
+
+
 def test_a_sharded_resume_says_a_plugin_file_edited_since_its_weights_no_longer_fit(
     data_dir: Path,  # noqa: F811
     tmp_path: Path,
