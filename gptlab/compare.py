@@ -152,7 +152,11 @@ def _fine_tuned(
             f"--arch_preset: config file {name!r} fine-tunes init_from={init_from!r}, whose weights fix the "
             "architecture (type the keys to change instead)"
         )
-    applied = {k: arch_keys.get(k, getattr(ModelArchitectureConfig, k)) for k in FREE_ARCH_KEYS}  # (or defaults)
+    # the file's dropout (or the default, as nanoGPT's init_from passes its own); its attention backend, else the
+    # weights' (a registered one computes its own attention), as training resolves them
+    applied = {k: arch_keys[k] if k in arch_keys else getattr(ModelArchitectureConfig, k) for k in FREE_ARCH_KEYS}
+    if "attention_backend" not in arch_keys:
+        applied["attention_backend"] = weights.attention_backend
     if isinstance(arch_keys.get("block_size"), int) and arch_keys["block_size"] < weights.block_size:
         applied["block_size"] = arch_keys["block_size"]  # a shorter context: the weights' positions cut
     config = ModelArchitectureConfig.from_dict({**weights.to_dict(), **applied, **arch_overrides})

@@ -473,6 +473,17 @@ def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_a
     ]
     assert main(["flops", str(tuned)]) == 0
     assert "1556.38M parameters, seq_len=256" in capsys.readouterr().out  # (768 positions fewer)
+    # the weights' attention backend unless the file sets one, as training takes it (it planned 'sdpa' for a
+    # run trained with another)
+    import gptlab.model.convert
+
+    manual = dataclasses.replace(trained, attention_backend="manual")
+    with monkeypatch.context() as m:
+        m.setattr(gptlab.model.convert, "pretrained_architecture", lambda init_from: manual)  # a run's weights
+        tuned.write_text("init_from = 'out/manual'\n")
+        assert resolve_architecture(str(tuned)).config.attention_backend == "manual"
+        tuned.write_text("init_from = 'out/manual'\nattention_backend = 'sdpa'\n")
+        assert resolve_architecture(str(tuned)).config.attention_backend == "sdpa"
     tuned.write_text("init_from = 'someone/not-here'\nn_layer = 2\n")  # unknown without its download: said
     unknown = resolve_architecture(str(tuned))
     assert unknown.config.n_layer == 2 and "cannot be read here" in unknown.notes[0]
