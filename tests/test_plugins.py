@@ -728,6 +728,18 @@ def test_config_files_importing_modules_of_one_name_from_their_folders_are_refus
         said = r"cfg.py' imports 'mycomp_t', which this process loaded before from '.*a/mycomp_t.py', not from "
         with pytest.raises(ConfigError, match=said + r"'.*b/mycomp_t.py' beside the file"):
             load_config_file(tmp_path / "b" / "cfg.py")
+        # a copy of the same code (an experiment folder copied) is that module; so is one Python takes from its
+        # own path, the standard library's random beside a random.py, imported inside a block too
+        (tmp_path / "c").mkdir()
+        for name in ("mycomp_t.py", "cfg.py"):
+            (tmp_path / "c" / name).write_text((tmp_path / "a" / name).read_text())
+        (tmp_path / "c" / "random.py").write_text("raise ImportError('never imported: the stdlib is')\n")
+        (tmp_path / "c" / "seeded.py").write_text("if True:\n    import random\nseed = random.randint(1, 9)\n")
+        assert load_config_file(tmp_path / "c" / "cfg.py")["normalization"] == "dyt_t"
+        assert load_config_file(tmp_path / "c" / "seeded.py")["seed"] > 0
+        (tmp_path / "b" / "nested.py").write_text("try:\n    import mycomp_t\nexcept ImportError:\n    pass\n")
+        with pytest.raises(ConfigError, match="nested" + said[3:]):  # an import inside a block is checked too
+            load_config_file(tmp_path / "b" / "nested.py")
     finally:
         NORM_REGISTRY.pop("dyt_t", None)
         sys.modules.pop("mycomp_t", None)

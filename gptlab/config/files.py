@@ -170,20 +170,35 @@ def load_config_file(
 
 
 def _check_own_modules_imported(tree: ast.Module, path: Path) -> None:
-    """A module beside the config file that its ``import`` found already loaded from elsewhere (another config
-    file's folder, in one ``compare`` or ``load_config_file`` after another): Python hands back the first, so its
-    components, not this folder's, were registered, silently."""
-    names = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    """A module beside the config file that its ``import`` found already loaded from another config file's folder
+    (in one ``compare`` or ``load_config_file`` after another): Python hands back the first, so its components,
+    not this folder's, were registered, silently. A copy of the same code is fine, and so is a module Python takes
+    from its own path (the standard library's ``random`` beside a ``random.py``, an installed package)."""
+    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name.split(".")[0] for n in imports if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in imports if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    on_path = {Path(p or ".").resolve() for p in sys.path}
     for name in sorted(names):
         own = next((p for p in (path.parent / f"{name}.py", path.parent / name / "__init__.py") if p.is_file()), None)
         loaded = getattr(sys.modules.get(name), "__file__", None)
-        if own is not None and loaded is not None and Path(loaded).resolve() != own.resolve():
-            raise ConfigError(
-                f"config file {str(path)!r} imports {name!r}, which this process loaded before from {loaded!r}, "
-                f"not from {str(own)!r} beside the file (Python keeps one module of a name): give the modules "
-                "names of their own, or read these files in separate commands"
-            )
+        if own is None or not isinstance(loaded, str) or Path(loaded).resolve() == own.resolve():
+            continue
+        found = Path(loaded).resolve()
+        root = found.parent.parent if found.name == "__init__.py" else found.parent
+        if root in on_path or _same_bytes(found, own):
+            continue
+        raise ConfigError(
+            f"config file {str(path)!r} imports {name!r}, which this process loaded before from {loaded!r}, not "
+            f"from {str(own)!r} beside the file (Python keeps one module of a name): give the modules names of "
+            "their own"
+        )
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 def _registered() -> dict[str, dict[str, int]]:
