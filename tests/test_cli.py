@@ -36,6 +36,11 @@ from gptlab.cli import main
         (["compare", "gpt2", "--num_gpus=4"], r"--num_gpus is no option of compare: the number of GPUs is --world_siz"),
         (["plan", "gpt2", "--nproc_per_node", "8"], r"the number of GPUs is --world_size: write --world_size=8$"),
         (["flops", "gpt2", "--gpus"], r"the number of GPUs is --num_gpus=N"),
+        (["plan", "gpt2", "--gpus=4"], r"--gpus is no option of this command: the number of GPUs is --world_size=4$"),
+        (["flops", "gpt2", "--world_size=8"], r"the number of GPUs is --num_gpus=8$"),
+        # an accelerator's name: the --gpu it means
+        (["compare", "gpt2", "--gpus", "H100"], r"'--gpus H100': --gpus is no option of this command: write --gpu=H1"),
+        (["compare", "gpt2", "--gpus=H100"], r"gpus: not an architecture key \(did you mean 'gpu'\?\)"),
         (["arch", "gpt2", "--arch_preset=llama"], r"give the preset as the argument \(gptlab arch llama\)"),
         (["arch", "--n_layr=2"], r"unknown option --n_layr \(did you mean 'n_layer'\?\)"),  # was ignored
         (["arch", "gpt2", "--plugin=x"], r"\(did you mean 'plugins'\?\): 'gptlab arch' takes --no_params, --plugins"),

@@ -37,7 +37,7 @@ GPU_COUNT_FLAGS = frozenset({"gpus", "ngpus", "n_gpus", "num_gpus", "nproc_per_n
 GPU_COUNT_KEYS = ("world_size", "num_gpus")
 
 
-def _gpu_count_key(key: str, keys: Iterable[str] | None) -> str | None:
+def gpu_count_key(key: str, keys: Iterable[str] | None) -> str | None:
     """The command's own key for another tool's GPU-count flag (``compare --gpus 4``: --world_size, not the
     nearest spelling, --gpu, an accelerator's name)."""
     if keys is None or key in keys or key not in GPU_COUNT_FLAGS:
@@ -90,7 +90,7 @@ def flag_hint(
         return f"write --{key[3:]}=False"
     if key in FLAG_SPELLINGS and _takes(FLAG_SPELLINGS[key][0], keys):
         return "write --{}={}".format(*FLAG_SPELLINGS[key])
-    if (count := _gpu_count_key(key, keys)) is not None:
+    if (count := gpu_count_key(key, keys)) is not None:
         return f"--{key} is no option of this command: the number of GPUs is --{count}=N"
     if keys is not None and key not in keys:
         # another tool's flag for a setting this command lacks is no misspelling (--cpu is not --gpu)
@@ -131,7 +131,7 @@ def pair_hint(
     if (refused := setting_not_taken(key, keys, settings)) is not None:
         return refused
     unknown = ""
-    if (count := _gpu_count_key(key, keys)) is not None:
+    if value.isdigit() and (count := gpu_count_key(key, keys)) is not None:  # ('--gpus H100' means --gpu)
         key, unknown = count, f"--{key} is no option of this command: the number of GPUs is --{count}: "
     elif keys is not None and key not in keys:
         near, meant = _nearest_taken(key, keys, settings)

@@ -13,7 +13,7 @@ from typing import Any
 
 from gptlab.config.files import load_config_file, names_a_file
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
-from gptlab.config.overrides import SAME_SETTING, parse_overrides
+from gptlab.config.overrides import SAME_SETTING, gpu_count_key, parse_overrides
 from gptlab.config.train import ALL_KEYS, BOOL_KEYS, TEXT_KEYS
 from gptlab.errors import ConfigError, GptlabError, bool_argument, did_you_mean, unknown_choice
 from gptlab.plugins import add_plugins_option
@@ -141,6 +141,9 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
                 f"--{key} is a training setting, which this command does not take{hint or vocab_hint(key)}: it "
                 f"takes --{', --'.join(options)} and the architecture keys"
             )
+        count = gpu_count_key(key, options)
+        if count is not None and isinstance(overrides[key], int) and not isinstance(overrides[key], bool):
+            raise ConfigError(f"--{key} is no option of this command: the number of GPUs is --{count}={overrides[key]}")
         if key not in known:
             raise ConfigError(
                 f"unknown option --{key}{did_you_mean(key, [*options, *known])}: this command takes "
