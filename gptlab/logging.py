@@ -218,12 +218,15 @@ def remove_evaluations(out_dir: Path) -> list[str]:
     """Delete eval_only's records of ``out_dir`` (eval.jsonl, TensorBoard's eval_only run): a run that replaces
     another (``overwrite``) leaves no evaluation of weights it removed beside its own. Returns the names removed."""
     removed = []
-    if (out_dir / EVAL_LOG).is_file():
-        (out_dir / EVAL_LOG).unlink()
-        removed.append(EVAL_LOG)
-    if (out_dir / EVAL_TENSORBOARD).is_dir():
-        shutil.rmtree(out_dir / EVAL_TENSORBOARD)
-        removed.append(EVAL_TENSORBOARD.as_posix())
+    for name in (EVAL_LOG, EVAL_TENSORBOARD):
+        path = out_dir / name
+        if path.is_symlink() or path.is_file():  # a link (to a shared folder) goes, not what it points at
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(Path(name).as_posix())
     return removed
 
 

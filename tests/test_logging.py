@@ -474,3 +474,20 @@ def test_backends_close_when_the_log_file_close_fails(tmp_path: Path) -> None:
         logger.close()
     # wandb told the run failed (the close's error ends it), TensorBoard closed all the same
     assert closed == ["wandb 1", "tensorboard"] and logger._tb is None and logger._wandb is None
+
+
+def test_removed_evaluations_leave_a_linked_folders_contents(tmp_path: Path) -> None:
+    """tensorboard/eval_only linked to a shared folder: the link goes (rmtree refused it: the overwriting run
+    died), the shared events stay."""
+    from gptlab.logging import remove_evaluations
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "events").write_text("kept")
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "tensorboard" / "eval_only").symlink_to(shared, target_is_directory=True)
+    (run / "eval.jsonl").write_text("{}\n")
+    assert remove_evaluations(run) == ["eval.jsonl", "tensorboard/eval_only"]
+    assert not (run / "tensorboard" / "eval_only").exists() and (shared / "events").read_text() == "kept"
+    assert remove_evaluations(run) == []

@@ -425,8 +425,9 @@ class Trainer:
         # a fine-tune's weights stay until this run's first checkpoint replaces them (a crash loses nothing)
         source = cfg.init_from if cfg.init_from != "scratch" and Path(cfg.init_from).exists() else None
         kept = weights_path(source) if source is not None else None
-        # and the evaluations (eval_only's) of the weights it removes
-        removed = remove_checkpoints(self.out_dir, keep=kept) + remove_evaluations(self.out_dir) if self.master else []
+        removed = remove_checkpoints(self.out_dir, keep=kept) if self.master else []
+        if removed:  # and eval_only's evaluations of the weights removed (one of other weights, alone, stays)
+            removed += remove_evaluations(self.out_dir)
         if kept is not None and is_run_checkpoint(self.out_dir, kept):  # the replaced run's: goes at the first
             self._replaced_source = kept  # save; weights of the user's that lie in out_dir stay
         if removed:

@@ -195,6 +195,11 @@ def test_real_tensorboard_events_hold_the_logged_losses(data_dir: Path, tmp_path
     assert not (tmp_path / "eval.jsonl").exists() and not (tmp_path / "tensorboard" / "eval_only").exists()
     said = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "overwrite" and "eval.jsonl, tensorboard/eval_only" in r["message"] for r in said)
+    # an evaluation of other weights alone in its folder is no replaced run's: an overwriting run keeps it
+    baseline = tmp_path / "baseline"
+    train(parse_run_args(tiny_args(data_dir, baseline, init_from=str(tmp_path), eval_only=True)), stream=io.StringIO())
+    train(parse_run_args(tiny_args(data_dir, baseline, max_iters=2, overwrite=True)), stream=io.StringIO())
+    assert (baseline / "eval.jsonl").is_file()
 
 
 def test_tensorboard_after_a_rollback_and_resume_has_each_step_once(data_dir: Path, tmp_path: Path) -> None:
