@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -44,7 +45,7 @@ MAX_PEAK_TFLOPS = 1e5  # 100 PFLOPS per device, 5x a B200's sparse FP4: above it
 
 def check_peak_tflops(value: float, key: str = "peak_tflops") -> None:
     """A per-device dense peak in TFLOPS: finite, > 0, and not FLOP/s (989e12 for 989 read MFU ~1e-17, n/a)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{key}={value!r} is invalid: expected a float > 0 (TFLOPS per device) or None")
     if value > MAX_PEAK_TFLOPS:
         raise ConfigError(

@@ -210,7 +210,7 @@ def detect_peak(
     name = device_name(device)
     if override_tflops is not None:
         check_peak_tflops(override_tflops)
-        return PeakInfo(name, override_tflops * T, precision, "override")
+        return PeakInfo(name, float(override_tflops) * T, precision, "override")
     on_gpu = torch.device(device).type == "cuda"
     info = table_peak(name, precision) if on_gpu else PeakInfo(name, None, precision, "unknown")
     if info.peak_flops is None and measure:

@@ -143,6 +143,12 @@ def test_cpu_peak_is_unknown_unless_overridden_or_measured() -> None:
     assert override.peak_flops == 1.5e12 and override.source == "override"
     with pytest.raises(ConfigError, match=r"above 100,000 TFLOPS per device: it is TFLOPS, not FLOP/s \(.* 989 TFLOPS"):
         detect_peak("cpu", "bf16", override_tflops=989e12)  # FLOP/s where TFLOPS is asked: an MFU of 1e-17
+    np = pytest.importorskip("numpy")
+    for value in (np.float32(989.0), np.int64(989)):  # a number from a sweep's array
+        assert detect_peak("cpu", "bf16", override_tflops=value).peak_flops == 989e12
+    for bad in (True, "989"):
+        with pytest.raises(ConfigError, match=r"is invalid: expected a float > 0 \(TFLOPS per device\)"):
+            detect_peak("cpu", "bf16", override_tflops=bad)
     measured = detect_peak("cpu", torch.float32, measure=True)
     assert measured.source == "measured" and measured.peak_flops > 0
 
