@@ -18,6 +18,7 @@ def run_together(*commands: dict[str, Any], timeout: float = 300) -> list[subpro
         except subprocess.TimeoutExpired:
             for p in started:
                 p.kill()
+                p.wait()
             raise
         done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     return done

@@ -148,8 +148,9 @@ def buffer_bytes(config: ModelArchitectureConfig) -> int:
         norms = 2 * config.n_layer + bool(config.final_norm)
         total += norms * _meta_buffer_bytes(lambda: c.build_norm(config.normalization, H, config.norm_eps))
     if c.runs_own_activation(config) or c.builtin_ffn_matrices(config.ffn_type) is None:  # else built-in: none
-        act = lambda: c.build_activation(config.activation, approximate=config.gelu_approximate)  # noqa: E731
-        ffn = lambda: c.build_ffn(config.ffn_type, H, config.ffn_hidden_dim, config.bias, config.dropout, act())  # noqa: E731
+        # the activation built as _ffn builds it, off the meta device (its own __init__ may read a value)
+        act = c.build_activation(config.activation, approximate=config.gelu_approximate)
+        ffn = lambda: c.build_ffn(config.ffn_type, H, config.ffn_hidden_dim, config.bias, config.dropout, act)  # noqa: E731
         total += config.n_layer * _meta_buffer_bytes(ffn)
     return total
 

@@ -344,8 +344,13 @@ def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(
     under_ddp = torchrun_started(["--parallel=ddp", *small(data_dir, tmp_path / "ddp", init_from="resume")])
     single = small(data_dir, tmp_path / "single", init_from="resume", gradient_accumulation_steps=2, parallel="none")
     run = parse_run_args([CONFIG, *single])  # beside the DDP job
-    train(run, stream=io.StringIO())
-    _, err = under_ddp.communicate(timeout=120)
+    try:
+        train(run, stream=io.StringIO())
+        _, err = under_ddp.communicate(timeout=120)
+    finally:
+        if under_ddp.poll() is None:  # the one-process resume failed first: not left running
+            under_ddp.kill()
+            under_ddp.communicate()
     assert under_ddp.returncode == 0, err[-3000:]
     for name in ("ddp", "single"):
         dst = tmp_path / name

@@ -455,9 +455,13 @@ def test_kill_minus_nine_then_resume_matches(data_dir: Path, tmp_path: Path) -> 
     assert load_checkpoint(out)["iter_num"] >= 20
     ref = tmp_path / "ref"  # the uninterrupted run, beside the resumed one
     straight = subprocess.Popen([*train_py, *tiny_args(data_dir, ref, max_iters=40, **common)], **quiet)
-    done = _cli(*tiny_args(data_dir, out, max_iters=40, init_from="resume", **common))
-    assert done.returncode == 0, done.stderr
-    assert straight.wait(timeout=300) == 0
+    try:
+        done = _cli(*tiny_args(data_dir, out, max_iters=40, init_from="resume", **common))
+        assert done.returncode == 0, done.stderr
+        assert straight.wait(timeout=300) == 0
+    finally:
+        straight.kill()  # (done by now, unless an assertion left it running)
+        straight.wait()
     a = {r["iter"]: r["loss"] for r in read_log(ref) if r["type"] == "iter"}
     records = read_log(out)
     start = max(i for i, r in enumerate(records) if r.get("event") == "resume")

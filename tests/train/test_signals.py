@@ -62,9 +62,14 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resumes_exactly(data_dir: Pa
     resumed = _train(*tiny_args(data_dir, out, max_iters=end, init_from="resume", **common))
     ref = tmp_path / "straight"  # the uninterrupted run, beside the resumed one
     straight = _train(*tiny_args(data_dir, ref, max_iters=end, **common))
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    assert straight.communicate(timeout=300) and straight.returncode == 0
+    try:
+        _, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err
+        assert straight.communicate(timeout=300) and straight.returncode == 0
+    finally:
+        for proc in (resumed, straight):  # (done by now, unless an assertion left one running)
+            proc.kill()
+            proc.wait()
     want = {r["iter"]: r["loss"] for r in _records(ref) if r["type"] == "iter"}
     records = _records(out)
     start = max(i for i, r in enumerate(records) if r.get("event") == "resume")
