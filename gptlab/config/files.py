@@ -83,6 +83,19 @@ class _FileNamespace(dict):
         super().__delitem__(key)
         self._globals.pop(key, None)
 
+    def take_global_writes(self) -> None:
+        """Collect what the file set through ``globals()`` (``globals().update(batch_size=9)``, which sets
+        train.py's globals in nanoGPT) as its assignments: it went to ``globals`` alone, silently dropped."""
+        for key, value in self._globals.items():
+            if key.startswith("_") or dict.__contains__(self, key):
+                continue
+            try:
+                unchanged = key in self._visible and bool(value == self._visible[key])
+            except Exception:  # (a value that does not compare to a bool: changed)
+                unchanged = False
+            if not unchanged:
+                super().__setitem__(key, value)
+
 
 def training_defaults() -> dict[str, Any]:
     """Every training key's default, as a config file may read it (nanoGPT's train.py globals)."""
@@ -133,6 +146,7 @@ def load_config_file(
         with importable_from(path.parent, Path.cwd()):  # `import my_components` beside it, under any launcher
             exec(compile(tree, str(path), "exec"), file_globals, namespace)  # the user's own file, as in nanoGPT
         _check_own_modules_imported(tree, path)
+        namespace.take_global_writes()
     except ConfigError:
         raise
     except Exception as e:

@@ -263,6 +263,15 @@ def test_a_config_file_reads_the_defaults_and_earlier_files_as_nanogpt_configs_d
     (tmp_path / "arch.py").write_text("n_head = n_embd // 64\n")
     with pytest.raises(ConfigError, match=r"NameError: name 'n_embd' is not defined \(.*set it first\)$"):
         load_config_file(tmp_path / "arch.py")
+    # what a file sets through globals(), as nanoGPT's train.py globals take it, is its setting too (it was
+    # dropped silently), and checked as one
+    (tmp_path / "via_globals.py").write_text(
+        "globals().update(batch_size=9, n_layer=3)\ndef _more():\n    global max_iters\n    max_iters = 7\n_more()\n"
+    )
+    assert load_config_file(tmp_path / "via_globals.py") == {"batch_size": 9, "n_layer": 3, "max_iters": 7}
+    (tmp_path / "typo_globals.py").write_text("globals()['n_layr'] = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'n_layr' \(did you mean 'n_layer'\?\)"):
+        load_config_file(tmp_path / "typo_globals.py")
 
 
 def test_config_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
