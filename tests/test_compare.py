@@ -655,6 +655,14 @@ def test_a_checkpoint_or_hugging_face_folder_is_its_weights_architecture(
     state = rename_keys(gpt2.state_dict(), reversed_names(NANOGPT_NAMES))
     torch.save({"model": state, "model_args": args, "iter_num": 5}, tmp_path / "out-nano" / "ckpt.pt")
     assert resolve_architecture("out-nano").config.n_embd == 32 and main(["compare", "out-nano", "gpt2"]) == 0
+    # plan takes its batch and precision from its config, as a gptlab run's (it planned 12 x bfloat16)
+    capsys.readouterr()
+    nano = dict(batch_size=8, gradient_accumulation_steps=1, device="cpu", dtype="bfloat16", wandb_log=False)
+    for device, dtype in (("cpu", "float32"), ("cuda", "bfloat16")):  # nanoGPT ignores dtype on a CPU
+        record = {"model": state, "model_args": args, "iter_num": 5, "config": {**nano, "device": device}}
+        torch.save(record, tmp_path / "out-nano" / "ckpt.pt")
+        assert main(["plan", "out-nano"]) == 0
+        assert f"micro-batch 8 x 16 tokens, autocast {dtype}" in capsys.readouterr().out
 
 
 def test_training_cells_are_formatted_as_the_readme_shows_them() -> None:

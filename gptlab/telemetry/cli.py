@@ -154,8 +154,13 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
         from gptlab.model.convert import weights_record
 
         record = weights_record(Path(args.preset)) or {}
-        config = record.get("config") if record.get("format") == "gptlab" else None
-        file_values = dict(config.get("train") or {}) if isinstance(config, dict) else {}
+        config = record.get("config")
+        if record.get("format") == "gptlab":
+            file_values = dict(config.get("train") or {}) if isinstance(config, dict) else {}
+        elif isinstance(config, dict) and "model_args" in record:  # nanoGPT's: its train.py globals, as resumed
+            file_values = {k: config[k] for k in NANOGPT_PLANNED if k in config}
+            if str(file_values.get("device", "cuda")).startswith("cpu"):  # nanoGPT ignores dtype on a CPU
+                file_values["dtype"] = "float32"
     if run_dir is not None:
         file_values = json.loads(run_dir.read_text(encoding="utf-8")).get("train", {})
         startup = _startup(run_dir.parent)
@@ -174,6 +179,10 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
     for note in arch.notes:  # what the figures assume beyond the config (an unprepared dataset's vocabulary)
         print(f"note: {note}")
     return arch.config
+
+
+# what plan takes of a nanoGPT checkpoint's config (its globals hold every other setting, under its own rules)
+NANOGPT_PLANNED = ("batch_size", "gradient_accumulation_steps", "dtype", "device")
 
 
 def _startup(run_dir: Path) -> dict[str, Any]:
