@@ -15,8 +15,9 @@ dataset = "shakespeare"
 init_from = "gpt2-xl"
 always_save_checkpoint = False  # only when the validation loss improves
 
-# 1 batch_size * 32 grad_accum * 1024 tokens = 32,768 tokens/iter; shakespeare has 301,966 tokens,
-# so 1 epoch ~= 9.2 iters
+# 1 batch_size * 32 grad_accum * 1024 tokens = 32,768 tokens/iter; shakespeare's train split has about
+# 300k tokens (nanoGPT's prepare.py: 301,966; gptlab prepare holds out the last 10% of the tokens instead
+# of the characters, a few hundred more or fewer), so 1 epoch ~= 9.2 iters
 batch_size = 1
 gradient_accumulation_steps = 32
 max_iters = 20
