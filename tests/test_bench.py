@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.together import run_together
 from tests.train.conftest import data_dir  # noqa: F401 (a fixture, used by name)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,11 +185,15 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
     the whole bench takes minutes under it, so CI checks the parts)."""
     import shutil
 
-    for loop in ("plain", "gptlab"):
-        bench("step_instructions.py", "--worker", f"--loop={loop}", "--run=2", *TINY, "--data_dir", str(data_dir),
-              "--out_dir", str(tmp_path / loop), cwd=tmp_path)  # fmt: skip
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "step_instructions.py"), "--device", "cuda"],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    script = [sys.executable, str(ROOT / "bench" / "step_instructions.py")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    plain, gptlab, res = run_together(  # each its own process: side by side
+        *(dict(args=[*script, "--worker", f"--loop={loop}", "--run=2", *TINY, "--data_dir", str(data_dir),
+                     "--out_dir", str(tmp_path / loop)], env=env, cwd=tmp_path, text=True)
+          for loop in ("plain", "gptlab")),
+        dict(args=[*script, "--device", "cuda"], env=env, text=True),
+    )  # fmt: skip
+    assert plain.returncode == 0 and gptlab.returncode == 0, (plain.stderr[-2000:], gptlab.stderr[-2000:])
     assert res.returncode == 2 and "eager CPU runs" in res.stderr
     sys.path.insert(0, str(ROOT / "bench"))
     try:
