@@ -123,16 +123,23 @@ def test_rope_layout_compares_the_layouts(tmp_path: Path) -> None:
         sys.path.remove(str(ROOT / "bench"))
 
 
+OVERHEAD, LOADER = "telemetry_overhead.py", "dataloader.py"
+
+
 def test_telemetry_overhead_and_dataloader_tables(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
-    out = bench("telemetry_overhead.py", *TINY, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "run"),
-                "--iters", "1", "--rounds", "1", cwd=tmp_path)  # fmt: skip
-    assert "never" in out and "every step" in out
-    out = bench("dataloader.py", "--data_dir", str(data_dir), "--block_size", "16,32", "--seconds", "0.05",
-                cwd=tmp_path)  # fmt: skip
-    assert len([line for line in out.splitlines() if line.startswith("stdlib_char")]) == 2
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # a user's mistake: one line and exit 2, as the commands
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "dataloader.py"), "--dataset", "nosuch",
-                          "--data_dir", str(tmp_path)], capture_output=True, text=True, env=env)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    scripts = {name: [sys.executable, str(ROOT / "bench" / name)] for name in (OVERHEAD, LOADER)}
+    overhead, loader, res = run_together(  # each its own process: side by side
+        dict(args=[*scripts[OVERHEAD], *TINY, "--data_dir", str(data_dir), "--out_dir",
+                   str(tmp_path / "run"), "--iters", "1", "--rounds", "1"], env=env, cwd=tmp_path, text=True),
+        dict(args=[*scripts[LOADER], "--data_dir", str(data_dir), "--block_size", "16,32", "--seconds",
+                   "0.05"], env=env, cwd=tmp_path, text=True),
+        # a user's mistake: one line and exit 2, as the commands
+        dict(args=[*scripts[LOADER], "--dataset", "nosuch", "--data_dir", str(tmp_path)], env=env, text=True),
+    )  # fmt: skip
+    assert overhead.returncode == 0 and "never" in overhead.stdout and "every step" in overhead.stdout, overhead.stderr
+    assert loader.returncode == 0, loader.stderr
+    assert len([line for line in loader.stdout.splitlines() if line.startswith("stdlib_char")]) == 2
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "'nosuch' is not prepared" in res.stderr
 
 
