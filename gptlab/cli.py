@@ -215,6 +215,13 @@ def _refuse_spaced_overrides(argv: Sequence[str], extra: Sequence[str], args: ar
 SWITCHES: frozenset[str] = frozenset({"--train", "--hf", "--deep", "--json", "--no-params", "--no_params"})
 
 
+def _refuse_one_dash(argv: list[str]) -> None:
+    """``-hf``, ``-dtype=bfloat16``: an option one dash short (argparse read ``-hf`` as -h with an argument 'f')."""
+    for arg in argv:
+        if re.match(r"-[A-Za-z_][\w-]+(=|$)", arg) and arg.split("=")[0] not in ("-h", "-V"):
+            raise ConfigError(f"cannot parse argument {arg!r}: write -{arg} (two dashes)")
+
+
 def _switch_values(argv: list[str]) -> list[str]:
     """``--train=True`` -> ``--train``, ``--train=False`` -> nothing, for the SWITCHES (argparse refused them,
     "ignored explicit argument"); another value is one line."""
@@ -250,6 +257,7 @@ def _run_command(argv: Sequence[str] | None) -> int:
         command = lambda: run(argv[1:])  # noqa: E731
     else:
         try:
+            _refuse_one_dash(argv)
             argv = _switch_values(argv)
         except ConfigError as e:
             print(f"gptlab: error: {e}", file=sys.stderr)

@@ -65,6 +65,8 @@ from gptlab.cli import main
         (["train", "--bf16"], r"\(write --dtype=bfloat16\)$"),
         (["train", "--no-compile"], r"\(write --compile=False\)$"),
         (["train", "--n_layer=2", "-n_layer=3"], r"'-n_layer=3': write --n_layer=3 \(two dashes\)$"),
+        (["export", "a", "b", "-hf"], r"'-hf': write --hf \(two dashes\)$"),  # was argparse's '-h ... argument f'
+        (["compare", "gpt2", "-dtype=bfloat16"], r"'-dtype=bfloat16': write --dtype=bfloat16 \(two dashes\)$"),
         (["plan", "--n_kv_head", "4"], r"cannot parse '--n_kv_head 4': write --n_kv_head=4$"),  # not preset '4'
         # a misspelt key, spaced: the key it means, not the typo (the next try refused it as unknown)
         (["plan", "--gpu_mem_gb", "24"], r"'--gpu_mem_gb 24': --gpu_mem_gb is no option of this command: write "),

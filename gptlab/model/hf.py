@@ -413,6 +413,24 @@ def safetensors_writer() -> Callable[..., None]:
     return save_file
 
 
+def _check_special_tokens(special_tokens: Any, vocab_size: int) -> None:
+    """Given ids, checked as transformers checks them on load: a misspelt key ({'eos': 5}) wrote every id null,
+    an id past the vocabulary a config transformers flags."""
+    from gptlab.errors import ConfigError, did_you_mean
+
+    if not isinstance(special_tokens, dict):
+        raise ConfigError(f"special_tokens={special_tokens!r} is invalid: expected a dict of {HF_SPECIAL_TOKEN_KEYS}")
+    for key, value in special_tokens.items():
+        if key not in HF_SPECIAL_TOKEN_KEYS:
+            keys = ", ".join(HF_SPECIAL_TOKEN_KEYS)
+            meant = did_you_mean(str(key), list(HF_SPECIAL_TOKEN_KEYS)) or f" (keys: {keys})"
+            raise ConfigError(f"special_tokens: unknown key {key!r}{meant}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size):
+            raise ConfigError(
+                f"special_tokens[{key!r}]={value!r} is invalid: expected None or a token id in [0, {vocab_size})"
+            )
+
+
 def save_pretrained(
     model: ConfigurableGPT, directory: str | Path, special_tokens: dict[str, int | None] | None = None
 ) -> Path:
@@ -427,6 +445,8 @@ def save_pretrained(
     hf_config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     if special_tokens is None:
         special_tokens = getattr(model, "hf_special_tokens", None) or special_tokens_for(None, model.config.vocab_size)
+    else:
+        _check_special_tokens(special_tokens, model.config.vocab_size)
     hf_config.update({k: special_tokens.get(k) for k in HF_SPECIAL_TOKEN_KEYS})
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

@@ -209,6 +209,24 @@ def test_special_ids_follow_the_training_tokenizer() -> None:
     assert bos_eos(None, 50304) == (50256, 50256) and bos_eos(None, 97) == (None, None)  # no tokenizer known
 
 
+def test_given_special_ids_are_checked_as_transformers_reads_them(tmp_path: Path) -> None:
+    """save_pretrained(special_tokens={'eos': 5}) wrote every id null (the misspelt key ignored, the default lost),
+    and an id past the vocabulary a config transformers flags on load."""
+    model = ConfigurableGPT(get_debug_config("gpt2", vocab_size=128))
+    for given, said in (
+        ({"eos": 5}, r"^special_tokens: unknown key 'eos' \(keys: bos_token_id, eos_token_id, pad_token_id\)$"),
+        ({"eos_token": 5}, r"unknown key 'eos_token' \(did you mean 'eos_token_id'\?\)$"),
+        ({"eos_token_id": 999}, r"special_tokens\['eos_token_id'\]=999 is invalid: .* in \[0, 128\)$"),
+        ({"eos_token_id": True}, r"=True is invalid"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            model.save_pretrained(tmp_path / "refused", special_tokens=given)
+    assert not (tmp_path / "refused").exists()
+    model.save_pretrained(tmp_path / "ok", special_tokens={"eos_token_id": 5, "pad_token_id": None})
+    written = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert (written["eos_token_id"], written["pad_token_id"], written["bos_token_id"]) == (5, None, None)
+
+
 def test_special_ids_survive_a_copy_and_come_from_a_checkpoints_tokenizer(tmp_path: Path) -> None:
     """A copy of an imported model exported 50256 (by vocabulary size) for the source's own ids, and a model
     loaded from a run's checkpoint ignored the tokenizer it records (a 52k-character vocabulary: 50256 is a
