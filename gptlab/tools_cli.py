@@ -52,16 +52,14 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
         bad = [k for k in overrides if k not in ARCH_FIELDS]
         if bad:
-            from gptlab.config.overrides import GPU_COUNT_FLAGS
+            from gptlab.config.overrides import gpu_count_error
             from gptlab.config.train import TRAIN_FIELDS
             from gptlab.errors import did_you_mean
 
             other_commands = {"gpu_memory_gb": "plan", "grad_accum_steps": "plan", "device_type": "plan",
                               "seq_len": "flops"}  # fmt: skip
-            number = isinstance(overrides[bad[0]], int) and not isinstance(overrides[bad[0]], bool)
-            if bad[0] in GPU_COUNT_FLAGS and number:  # (--gpus=4 is not --gpu, the accelerator; --gpus=H100 is)
-                count = overrides[bad[0]]
-                raise ConfigError(f"--{bad[0]} is no option of compare: the number of GPUs is --world_size={count}")
+            if (count := gpu_count_error(bad[0], overrides[bad[0]], vars(args))) is not None:  # (not --gpu)
+                raise ConfigError(count)
             if bad[0] in other_commands:
                 raise ConfigError(f"--{bad[0]} is an option of `gptlab {other_commands[bad[0]]}`, not of compare")
             refuse_arch_preset(overrides)

@@ -33,7 +33,7 @@ from gptlab.cli import main
             r"--gpus is no option of this command: the number of GPUs is "
             r"--world_size: write --world_size=4$",
         ),
-        (["compare", "gpt2", "--num_gpus=4"], r"--num_gpus is no option of compare: the number of GPUs is --world_siz"),
+        (["compare", "gpt2", "--num_gpus=4"], r"--num_gpus is no option of this command: .* GPUs is --world_size=4$"),
         (["plan", "gpt2", "--nproc_per_node", "8"], r"the number of GPUs is --world_size: write --world_size=8$"),
         (["flops", "gpt2", "--gpus"], r"the number of GPUs is --num_gpus=N"),
         (["plan", "gpt2", "--gpus=4"], r"--gpus is no option of this command: the number of GPUs is --world_size=4$"),

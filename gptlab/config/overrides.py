@@ -45,6 +45,15 @@ def gpu_count_key(key: str, keys: Iterable[str] | None) -> str | None:
     return next((k for k in GPU_COUNT_KEYS if k in keys), None)
 
 
+def gpu_count_error(key: str, value: object, keys: Iterable[str]) -> str | None:
+    """The line for ``--gpus=4`` given to a command whose GPU count is another key: a number only (``--gpus=H100``
+    is the accelerator's --gpu misspelt)."""
+    count = gpu_count_key(key, keys)
+    if count is None or isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return f"--{key} is no option of this command: the number of GPUs is --{count}={value}"
+
+
 def _takes(key: str, keys: Iterable[str] | None) -> bool:
     return keys is None or key in keys
 

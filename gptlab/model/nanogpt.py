@@ -71,13 +71,9 @@ def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
         raise CheckpointError(f"{damaged}: {e}") from None
     settings = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     from gptlab.config.model import preset_family
-    from gptlab.config.train import TrainConfig
 
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"init_from", "out_dir"}  # this command's
-    train = {k: v for k, v in settings.items() if k in train_keys}
+    train = nanogpt_train_settings(settings)
     recorded = bool(train)
-    if not str(settings.get("device", "cuda")).startswith("cuda"):  # its CPU (and MPS) path ignores dtype: the
-        train["dtype"] = "float32"  # run trained in float32, whatever the 'float16' its config recorded says
     train["arch_preset"] = preset_family(arch.to_dict())
     best = ckpt.get("best_val_loss", float("inf"))  # a 0-d tensor in nanoGPT's
     best = float(best) if isinstance(best, (int, float, Tensor)) and not isinstance(best, bool) else float("inf")
@@ -108,6 +104,18 @@ def nanogpt_training_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, 
         "model": renamed,
         **optimizer,
     }
+
+
+def nanogpt_train_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """gptlab's training keys in nanoGPT's recorded ``config`` (its train.py globals), as its run trained: off CUDA
+    in float32, whatever 'float16' it recorded (its CPU and MPS path ignores dtype)."""
+    from gptlab.config.train import TrainConfig
+
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"init_from", "out_dir"}  # the command's
+    train = {k: v for k, v in settings.items() if k in train_keys}
+    if not str(settings.get("device", "cuda")).startswith("cuda"):
+        train["dtype"] = "float32"
+    return train
 
 
 def _nanogpt_optimizer(

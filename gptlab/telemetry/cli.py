@@ -13,7 +13,7 @@ from typing import Any
 
 from gptlab.config.files import load_config_file, names_a_file
 from gptlab.config.model import ARCH_FIELDS, PRESETS, ModelArchitectureConfig
-from gptlab.config.overrides import SAME_SETTING, gpu_count_key, parse_overrides
+from gptlab.config.overrides import SAME_SETTING, gpu_count_error, parse_overrides
 from gptlab.config.train import ALL_KEYS, BOOL_KEYS, TEXT_KEYS
 from gptlab.errors import ConfigError, GptlabError, bool_argument, did_you_mean, unknown_choice
 from gptlab.plugins import add_plugins_option
@@ -141,9 +141,8 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
                 f"--{key} is a training setting, which this command does not take{hint or vocab_hint(key)}: it "
                 f"takes --{', --'.join(options)} and the architecture keys"
             )
-        count = gpu_count_key(key, options)
-        if count is not None and isinstance(overrides[key], int) and not isinstance(overrides[key], bool):
-            raise ConfigError(f"--{key} is no option of this command: the number of GPUs is --{count}={overrides[key]}")
+        if (count := gpu_count_error(key, overrides[key], options)) is not None:
+            raise ConfigError(count)
         if key not in known:
             raise ConfigError(
                 f"unknown option --{key}{did_you_mean(key, [*options, *known])}: this command takes "
@@ -158,9 +157,9 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
         if record.get("format") == "gptlab":
             file_values = dict(config.get("train") or {}) if isinstance(config, dict) else {}
         elif isinstance(config, dict) and "model_args" in record:  # nanoGPT's: its train.py globals, as resumed
-            file_values = {k: config[k] for k in NANOGPT_PLANNED if k in config}
-            if str(file_values.get("device", "cuda")).startswith("cpu"):  # nanoGPT ignores dtype on a CPU
-                file_values["dtype"] = "float32"
+            from gptlab.model.nanogpt import nanogpt_train_settings
+
+            file_values = {k: v for k, v in nanogpt_train_settings(config).items() if k in NANOGPT_PLANNED}
     if run_dir is not None:
         file_values = json.loads(run_dir.read_text(encoding="utf-8")).get("train", {})
         startup = _startup(run_dir.parent)

@@ -8,6 +8,7 @@ the meta device, so the plan stays exact for any registered norm, FFN or positio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -48,11 +49,14 @@ def _meta_params(module_factory: object, prefix: str, linear_only: bool = False)
     ]
 
 
+BUILTIN_NORMS = ("layernorm", "layernorm_nobias", "rmsnorm")  # written out here; any other is built on meta
+
+
 def _norm(config: ModelArchitectureConfig, prefix: str) -> list[TensorShape]:
     H = config.n_embd
     if config.normalization == "layernorm":
         return [TensorShape(f"{prefix}.weight", (H,)), TensorShape(f"{prefix}.bias", (H,))]
-    if config.normalization in ("layernorm_nobias", "rmsnorm"):
+    if config.normalization in BUILTIN_NORMS:
         return [TensorShape(f"{prefix}.weight", (H,))]
     from gptlab.model.components import build_norm
 
@@ -64,12 +68,25 @@ def _linear(prefix: str, d_in: int, d_out: int, bias: bool) -> list[TensorShape]
     return [*out, TensorShape(f"{prefix}.bias", (d_out,))] if bias else out
 
 
-def _ffn(config: ModelArchitectureConfig, prefix: str) -> list[TensorShape]:
-    from gptlab.model.components import build_activation, build_ffn, builtin_ffn_matrices, runs_own_activation
+def _builtin_ffn_matrices(config: ModelArchitectureConfig) -> int | None:
+    """A built-in FFN's matrices (2 or 3), written out here; None where the FFN is built on the meta device: one of
+    one's own, or a built-in one around an activation of one's own (which may hold parameters and buffers)."""
+    from gptlab.model.components import builtin_ffn_matrices, runs_own_activation
 
+    return None if runs_own_activation(config) else builtin_ffn_matrices(config.ffn_type)
+
+
+def _built_ffn(config: ModelArchitectureConfig) -> Callable[[], object]:
+    """The FFN's factory, its activation built off the meta device (its own __init__ may read a value)."""
+    from gptlab.model.components import build_activation, build_ffn
+
+    act = build_activation(config.activation, approximate=config.gelu_approximate)
+    return lambda: build_ffn(config.ffn_type, config.n_embd, config.ffn_hidden_dim, config.bias, config.dropout, act)
+
+
+def _ffn(config: ModelArchitectureConfig, prefix: str) -> list[TensorShape]:
     H, D, b = config.n_embd, config.ffn_hidden_dim, config.bias
-    # (an activation of one's own may hold parameters: then the FFN built around it says which)
-    matrices = None if runs_own_activation(config) else builtin_ffn_matrices(config.ffn_type)
+    matrices = _builtin_ffn_matrices(config)
     if matrices == 2:
         return _linear(f"{prefix}.w_in", H, D, b) + _linear(f"{prefix}.w_out", D, H, b)
     if matrices == 3:
@@ -78,8 +95,7 @@ def _ffn(config: ModelArchitectureConfig, prefix: str) -> list[TensorShape]:
             + _linear(f"{prefix}.w_value", H, D, b)
             + _linear(f"{prefix}.w_out", D, H, b)
         )
-    act = build_activation(config.activation, approximate=config.gelu_approximate)
-    return _meta_params(lambda: build_ffn(config.ffn_type, H, D, b, config.dropout, act), prefix)
+    return _meta_params(_built_ffn(config), prefix)
 
 
 def _positions(config: ModelArchitectureConfig) -> list[TensorShape]:
@@ -144,14 +160,11 @@ def buffer_bytes(config: ModelArchitectureConfig) -> int:
         total = 0
     else:
         total = _meta_buffer_bytes(lambda: c.position_encoding_for(config))
-    if config.normalization not in ("layernorm", "layernorm_nobias", "rmsnorm"):  # built-in norms hold none
+    if config.normalization not in BUILTIN_NORMS:  # built-in norms hold none
         norms = 2 * config.n_layer + bool(config.final_norm)
         total += norms * _meta_buffer_bytes(lambda: c.build_norm(config.normalization, H, config.norm_eps))
-    if c.runs_own_activation(config) or c.builtin_ffn_matrices(config.ffn_type) is None:  # else built-in: none
-        # the activation built as _ffn builds it, off the meta device (its own __init__ may read a value)
-        act = c.build_activation(config.activation, approximate=config.gelu_approximate)
-        ffn = lambda: c.build_ffn(config.ffn_type, H, config.ffn_hidden_dim, config.bias, config.dropout, act)  # noqa: E731
-        total += config.n_layer * _meta_buffer_bytes(ffn)
+    if _builtin_ffn_matrices(config) is None:  # built-in FFNs hold none
+        total += config.n_layer * _meta_buffer_bytes(_built_ffn(config))
     return total
 
 
