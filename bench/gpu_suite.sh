@@ -65,8 +65,9 @@ fit_batch() {
 }
 # compile options go with --compile, which SMOKE runs leave out (a compile option without it is refused)
 compiled() { if [[ -z "${SMOKE:-}" ]]; then echo "$@"; fi; }
-# the bf16 residual stream (TrainConfig.residual_dtype) goes with the bf16 runs; SMOKE's float32 keeps float32
-bf16_stream() { echo "--set residual_dtype=$([[ -n "${SMOKE:-}" ]] && echo float32 || echo bfloat16)"; }
+# the bf16 residual stream (TrainConfig.residual_dtype) goes with the bf16 runs; SMOKE runs these stages in bf16
+# autocast on the CPU (the later --dtype wins), so that the stream's cast runs there as on the GPU
+bf16_stream() { echo "$([[ -n "${SMOKE:-}" ]] && echo "--dtype bfloat16 ")--set residual_dtype=bfloat16"; }
 stage_chunked() {
   step "${GPT2[@]}" "${GPU[@]}" --batch_size 16 --loss_chunk_size 4096
   # shellcheck disable=SC2046  # word splitting of the option pair is the point

@@ -24,7 +24,6 @@ import torch
 from common import add_run_args, at_least, build_trainer, make_steps  # bench/common.py: run from bench/ or by path
 
 from gptlab import parallel
-from gptlab.parallel import PT_DTYPES
 
 
 def _sync(device: torch.device) -> None:
@@ -83,12 +82,12 @@ def profile_steps(step: Any, device: torch.device, steps: int, out_dir: Path, ro
     print(f"trace: {trace}")
 
 
-def loss_kernel_runs(trainer: Any, a: argparse.Namespace) -> bool:
-    """Whether the chunked loss ran its Triton kernel (gptlab.model.loss_kernel) in this run."""
-    from gptlab.model.loss_kernel import triton_kernel_applies
+def loss_kernel_launches() -> int:
+    """The chunked loss's Triton kernel launches so far in this process (gptlab.model.loss_kernel): the run
+    says the kernel ran from their count, not from whether it applies."""
+    from gptlab.model.loss_kernel import KERNEL_LAUNCHES
 
-    dtype = PT_DTYPES.get(trainer.dtype, torch.float32)
-    return a.loss_chunk_size > 0 and triton_kernel_applies(trainer.device, dtype)
+    return sum(KERNEL_LAUNCHES.values())
 
 
 def sdpa_kernels(step: Any) -> list[str]:
@@ -127,6 +126,7 @@ def main() -> None:
     plain_step, gptlab_step = make_steps(trainer, a.grad_accum)
 
     tokens = a.batch_size * a.block_size * a.grad_accum  # per rank
+    launches_before = loss_kernel_launches()
     start = time.perf_counter()  # the first step compiles (with --compile): regional compile's gain is here
     plain_step()
     _sync(device)
@@ -148,6 +148,7 @@ def main() -> None:
         "gptlab train_step": time_back_to_back(gptlab_step, device, a.iters, after_stats),
     }
     kernels = sdpa_kernels(gptlab_step) if a.attention_backend == "sdpa" else []  # once, outside the timing
+    loss_kernel_ran = loss_kernel_launches() > launches_before  # counted launches: had, not only asked for
     flops = trainer.telemetry.flops_summary()["flops_per_token"]
     peak = trainer.telemetry.peak  # the MFU denominator, said with every result
     memory = trainer.telemetry.memory_stats()
@@ -167,7 +168,7 @@ def main() -> None:
             + (f" ({', '.join(kernels)})" if kernels else "")
             + ", "
             f"loss_chunk_size={a.loss_chunk_size}"
-            + (f" ({'Triton kernel' if loss_kernel_runs(trainer, a) else 'torch ops'})" if a.loss_chunk_size else "")
+            + (f" ({'Triton kernel' if loss_kernel_ran else 'torch ops'})" if a.loss_chunk_size else "")
             + f", peak memory {peak_gb:.2f} GB "
             + ("(CUDA max allocated)" if cuda_peak is not None else "(process max RSS)")
             + f", planned {planned_gb:.2f} GB"
@@ -217,7 +218,7 @@ def main() -> None:
             "peak": peak,  # name, peak_flops (per device), precision, source: the MFU denominator
             "flops_per_token": flops,
             "sdpa_kernels": kernels,  # the attention kernel(s) a step ran
-            "loss_kernel_ran": loss_kernel_runs(trainer, a),  # args.loss_kernel='triton' is asked, this is had
+            "loss_kernel_ran": loss_kernel_ran,  # args.loss_kernel='triton' is asked, this is had (launches counted)
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
             "torch": torch.__version__,
             "python": sys.version.split()[0],

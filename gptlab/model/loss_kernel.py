@@ -16,6 +16,7 @@ op that mutates the logits, so torch.compile keeps it as one opaque call inside 
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import torch
@@ -31,6 +32,9 @@ IGNORE_INDEX = -1
 # Off in training until a GPU run has checked it (tests/train/test_cuda.py) and measured it (docs/benchmarks.md):
 # the kernel has run only under Triton's CPU interpreter so far. The benchmarks turn it on (--loss_kernel).
 USE_TRITON = False
+# Launches of the kernel by device: what a benchmark reads to say the kernel ran, not only that it was asked for
+# (a compiled graph calls the op's body at run time, so a compiled step counts too)
+KERNEL_LAUNCHES: collections.Counter[str] = collections.Counter()
 
 if triton is not None:
 
@@ -132,6 +136,7 @@ def softmax_grad_(logits: Tensor, targets: Tensor) -> Tensor:
         _softmax_grad_kernel[(n_rows,)](
             logits, logits.stride(0), targets, losses, n_cols, BLOCK=block, num_warps=16 if block >= 4096 else 4
         )
+        KERNEL_LAUNCHES[str(logits.device)] += 1
     return losses
 
 
@@ -140,4 +145,4 @@ def _(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.new_empty(logits.shape[0], dtype=torch.float32)
 
 
-__all__ = ["softmax_grad_", "triton_kernel_applies"]
+__all__ = ["KERNEL_LAUNCHES", "softmax_grad_", "triton_kernel_applies"]

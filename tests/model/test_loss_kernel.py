@@ -184,3 +184,50 @@ def test_kernel_path_compiles_as_one_graph(kernel_path: list[int]) -> None:
     torch.testing.assert_close(compiled, eager)
     for got, want in zip(torch.autograd.grad(compiled, (x, w)), grads, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_the_op_launches_its_kernel_with_the_rows_strides_and_counts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The op's launch path on the CPU, with a stand-in for the Triton kernel that computes the reference: a
+    program per row, the row stride of logits sliced from a wider tensor, the losses it fills returned, the
+    logits overwritten; and each launch counted (``KERNEL_LAUNCHES``, what the benchmarks report as ran),
+    none for an empty chunk or where the torch ops run."""
+    import types
+
+    from gptlab.model import loss_kernel
+
+    launches: list[tuple[tuple[int, ...], int, int, int]] = []
+
+    class StandIn:
+        def __getitem__(self, grid: tuple[int, ...]):
+            def run(logits, row_stride, targets, losses, n_cols, BLOCK, num_warps):
+                launches.append((grid, row_stride, n_cols, BLOCK))
+                view = logits.as_strided((grid[0], n_cols), (row_stride, 1))
+                work, valid = view.float(), targets != -1
+                losses.copy_(loss_kernel.softmax_grad_torch_(work, targets.masked_fill(~valid, 0), valid))
+                view.copy_(work)
+
+            return run
+
+    monkeypatch.setattr(
+        loss_kernel, "triton", types.SimpleNamespace(next_power_of_2=lambda n: 1 << (n - 1).bit_length())
+    )
+    monkeypatch.setattr(loss_kernel, "_softmax_grad_kernel", StandIn(), raising=False)
+    monkeypatch.setattr(loss_kernel, "_triton_compiles_for", lambda index: True)
+    monkeypatch.setattr(loss_kernel, "USE_TRITON", True)
+    monkeypatch.setattr(loss_kernel, "triton_kernel_applies", lambda device, dtype: True)
+    monkeypatch.setattr(loss_kernel, "KERNEL_LAUNCHES", type(loss_kernel.KERNEL_LAUNCHES)())
+    wide, targets = _logits_and_targets(6, 40, torch.bfloat16)
+    logits = wide[:, :37]  # rows 40 apart
+    targets = targets.clamp(max=36)
+    want_logits = logits.clone()
+    want = loss_kernel._softmax_grad_fallback(want_logits, targets)
+    got = softmax_grad_(logits, targets)
+    assert launches == [((6,), 40, 37, 64)] and loss_kernel.KERNEL_LAUNCHES == {"cpu": 1}
+    torch.testing.assert_close(got, want)
+    assert torch.equal(logits, want_logits) and torch.equal(
+        wide[:, 37:], _logits_and_targets(6, 40, torch.bfloat16)[0][:, 37:]
+    )
+    softmax_grad_(torch.empty(0, 37, dtype=torch.bfloat16), torch.empty(0, dtype=torch.long))
+    monkeypatch.setattr(loss_kernel, "triton_kernel_applies", lambda device, dtype: False)
+    softmax_grad_(logits.clone(), targets)
+    assert len(launches) == 1 and loss_kernel.KERNEL_LAUNCHES == {"cpu": 1}

@@ -90,6 +90,47 @@ def test_gradient_statistics_step_makes_no_host_sync(data_dir: Path, tmp_path: P
         trainer.logger.close()
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_chunked_loss_kernel_matches_torch_ops(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunked loss's Triton kernel (gptlab.model.loss_kernel) on the GPU against the same loss in eager
+    torch ops (its switch off), eager and compiled (and the compiled torch ops against eager too: a compiler
+    bug breaking both compiled paths alike would pass a compiled-only comparison), in bf16 autocast: the loss
+    and both gradients; the kernel's launches counted; no host sync in the kernel path. (A bad target's
+    device-side assert is checked on the CPU: on a GPU it ends the process's CUDA context, as
+    F.cross_entropy's does.) First of the file's tests: a lease's time-limited run of them reaches it."""
+    from gptlab.model import loss_kernel
+    from gptlab.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(3000, 256, device="cuda", requires_grad=True)
+    w = (0.05 * torch.randn(5003, 256, device="cuda")).requires_grad_()
+    t = torch.randint(0, 5003, (3000,), device="cuda")
+    t[:7] = -1
+    paths = [(False, False)] + [(compiled, False)] * compiled + [(compiled, True)]  # (compiled, kernel)
+    results = []
+    for compile_it, use_triton in paths:
+        fn = torch.compile(linear_cross_entropy, fullgraph=True) if compile_it else linear_cross_entropy
+        monkeypatch.setattr(loss_kernel, "USE_TRITON", use_triton)
+        torch._dynamo.reset()
+        launches = sum(loss_kernel.KERNEL_LAUNCHES.values())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            torch.autograd.grad(fn(x, w, t, 1024), (x, w))  # compiles (inductor's autotuning syncs) and JITs
+            torch.cuda.synchronize()
+            if use_triton:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                loss = fn(x, w, t, 1024)
+                grads = torch.autograd.grad(3 * loss, (x, w))
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        # three chunks of 1024 rows, in each of the two calls
+        assert sum(loss_kernel.KERNEL_LAUNCHES.values()) - launches == (6 if use_triton else 0)
+        results.append((loss.detach(), *grads))
+    for result in results[1:]:
+        for got, want in zip(result, results[0], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-4)
+
+
 @pytest.mark.parametrize(("preset", "n_kv_head"), [("gpt2", None), ("llama", None), ("llama", 2)])
 def test_presets_attention_runs_on_flash(preset: str, n_kv_head: int | None) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -224,37 +265,3 @@ def test_compiled_step_matches_eager_in_bf16(preset: str) -> None:
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         cosine = torch.nn.functional.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0)
         assert cosine > 0.999, (name, float(cosine))
-
-
-@pytest.mark.parametrize("compiled", [False, True])
-def test_chunked_loss_kernel_matches_torch_ops(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The chunked loss's Triton kernel (gptlab.model.loss_kernel) on the GPU against the same loss in torch
-    ops (its switch off), eager and compiled, in bf16 autocast: the loss and both gradients; no host sync in
-    the kernel path. (A bad target's device-side assert is checked on the CPU: on a GPU it ends the process's
-    CUDA context, as F.cross_entropy's does.)"""
-    from gptlab.model import loss_kernel
-    from gptlab.model.loss import linear_cross_entropy
-
-    torch.manual_seed(0)
-    x = torch.randn(3000, 256, device="cuda", requires_grad=True)
-    w = (0.05 * torch.randn(5003, 256, device="cuda")).requires_grad_()
-    t = torch.randint(0, 5003, (3000,), device="cuda")
-    t[:7] = -1
-    fn = torch.compile(linear_cross_entropy, fullgraph=True) if compiled else linear_cross_entropy
-    results = []
-    for use_triton in (False, True):
-        monkeypatch.setattr(loss_kernel, "USE_TRITON", use_triton)
-        torch._dynamo.reset()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            torch.autograd.grad(fn(x, w, t, 1024), (x, w))  # compiles (inductor's autotuning syncs) and JITs
-            torch.cuda.synchronize()
-            if use_triton:
-                torch.cuda.set_sync_debug_mode("error")
-            try:
-                loss = fn(x, w, t, 1024)
-                grads = torch.autograd.grad(3 * loss, (x, w))
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
-        results.append((loss.detach(), *grads))
-    for got, want in zip(results[1], results[0], strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-4)
