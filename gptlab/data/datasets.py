@@ -369,14 +369,15 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
                 f"--{k}={v}" for k, v in (("max_tokens", opts.max_tokens), ("max_documents", opts.max_documents)) if v
             ]
             cut = f" as cut by {' and '.join(caps)}" if caps else ""
+            if with_text == 0:  # an end-of-text token each, alone (a char vocabulary of nothing is refused above)
+                where = opts.input_path if opts.input_path is not None else name
+                empty = "its one document is empty" if docs == 1 else f"its {docs} documents are empty"
+                raise DataError(f"{where} holds no text{cut}: {empty}")
             if min(writer.counts.values()) == 0:
                 raise DataError(
                     f"dataset {name!r} came out with {writer.counts['train']} train and {writer.counts['val']} val "
                     f"tokens: the corpus{cut} is too small to split (val_fraction={fraction})"
                 )
-            if with_text == 0:  # an end-of-text token each, alone (a char vocabulary of nothing is refused above)
-                where = opts.input_path if opts.input_path is not None else name
-                raise DataError(f"{where} holds no text{cut}: its {docs} documents are empty")
             meta = _meta(name, tok, writer, docs, corpus, fraction, opts)
             writer.commit(meta, before_renames=lambda: _write_nanogpt_meta(dataset_dir, tok))
     finally:

@@ -156,6 +156,12 @@ def _walk_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
+def kind_of(path: Path) -> str:
+    """A file's suffix in lower case: DATA.JSONL and Data.Parquet are records as their lower-case names are
+    (a Windows export's capitals)."""
+    return path.suffix.lower()
+
+
 def local_files(input_path: Path, exclude: Path | None = None, record_skipped: list[Path] | None = None) -> list[Path]:
     """A file, or every non-hidden file under a folder in sorted order (``exclude``: the output dir;
     prepared datasets in subfolders are left out, and listed in ``record_skipped``)."""
@@ -168,6 +174,17 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
             )
         raise DataError(f"--input {input_path} does not exist (expected a text file or a folder of them)")
     skip = exclude.resolve() if exclude is not None else None
+    if all(split_path(input_path, s).is_file() for s in SPLITS) and input_path.resolve() != skip:
+        # a prepared dataset given whole (nanoGPT's data/shakespeare_char): its prepare.py, readme and meta.json
+        # would be read as training text beside its input; subfolders like it are skipped below
+        texts = sorted(p for p in input_path.iterdir() if kind_of(p) == ".txt" and p.is_file())
+        text = next((p for p in texts if p.name == "input.txt"), texts[0] if len(texts) == 1 else None)
+        raise DataError(
+            f"--input {input_path} is a prepared dataset ({', '.join(f'{s}.bin' for s in SPLITS)}), not a folder of "
+            + "text: "
+            + (f"pass its text, --input {text}, or " if text is not None else "")
+            + f"train on it as it is (--dataset={input_path.name} --data_dir={input_path.parent})"
+        )
     files, skipped_datasets, in_output = [], set(), []
     for path in _walk_files(input_path):
         rel = path.relative_to(input_path)
@@ -183,7 +200,7 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
         files.append(path)
     files.sort(key=lambda p: p.relative_to(input_path).as_posix())
     if not files and in_output:  # nanoGPT's layout, data/NAME/input.txt, named by its folder: the output's
-        texts = sorted(p for p in in_output if p.suffix == ".txt")
+        texts = sorted(p for p in in_output if kind_of(p) == ".txt")
         text = next((p for p in texts if p.name == "input.txt"), texts[0] if len(texts) == 1 else None)
         own = input_path.resolve() == skip
         where = "is the dataset's own folder" if own else f"holds only the dataset's folder {skip}"
@@ -232,7 +249,7 @@ def local_corpus(input_path: Path, exclude: Path | None = None) -> Corpus:
         source["skipped_datasets"] = [str(p.relative_to(input_path)) for p in datasets]
     # records files taken as text (a .json, or .jsonl beside text files): their brackets and keys are training
     # text, with no separator per record; said, since `openwebtext --input x.json` parses the same file
-    as_text = [p for p in files if p.suffix in (".json", *RECORD_SUFFIXES) and p not in skipped]
+    as_text = [p for p in files if kind_of(p) in (".json", *RECORD_SUFFIXES) and p not in skipped]
     if as_text:
         named = [str(p.relative_to(input_path)) if input_path.is_dir() else p.name for p in as_text[:3]]
         source["records_read_as_text"] = named + ([f"... {len(as_text)} in all"] if len(as_text) > 3 else [])
@@ -304,17 +321,17 @@ def is_records_input(input_path: Path) -> bool:
     if is_saved_dataset(input_path):
         return True
     if input_path.is_file():
-        return input_path.suffix in RECORD_SUFFIXES
+        return kind_of(input_path) in RECORD_SUFFIXES
     if not input_path.is_dir():
         return False
     files = local_files(input_path)
-    return bool(files) and all(p.suffix in RECORD_SUFFIXES for p in files)
+    return bool(files) and all(kind_of(p) in RECORD_SUFFIXES for p in files)
 
 
 def _local_data_files(input_path: Path) -> tuple[str, list[str]]:
     """The `datasets` builder and files for local .jsonl/.json/.parquet input."""
-    files = [p for p in local_files(input_path) if p.suffix in LOCAL_BUILDERS]
-    builders = {LOCAL_BUILDERS[p.suffix] for p in files}
+    files = [p for p in local_files(input_path) if kind_of(p) in LOCAL_BUILDERS]
+    builders = {LOCAL_BUILDERS[kind_of(p)] for p in files}
     if len(builders) != 1:
         found = "none" if not files else " and ".join(sorted(builders))
         kinds = ", ".join(LOCAL_BUILDERS)

@@ -353,7 +353,7 @@ def test_hub_datasets_read_local_jsonl_without_the_datasets_package(
     src = tmp_path / "jsonl"
     src.mkdir()
     for part in range(2):  # two shards, read in sorted order
-        with open(src / f"part-{part}.jsonl", "w") as f:
+        with open(src / f"part-{part}.{'jsonl' if part == 0 else 'JSONL'}", "w") as f:  # a capital suffix too
             for rec in records()[part * 20 : (part + 1) * 20]:
                 f.write(json.dumps(rec) + "\n")
     out = prepare_dataset(name, tmp_path / "data", input_path=src, val_fraction=0.1, num_proc=1)
@@ -363,11 +363,15 @@ def test_hub_datasets_read_local_jsonl_without_the_datasets_package(
     assert read_meta(out)["source"]["files"] == 2
 
 
-def test_your_own_jsonl_is_read_as_records_with_a_chosen_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("file_name", ["docs.jsonl", "DOCS.JSONL"])
+def test_your_own_jsonl_is_read_as_records_with_a_chosen_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_name: str
+) -> None:
     """`gptlab prepare mine --input docs.jsonl`: one document per record (not the JSON text itself), the
-    field named by --text_field; a missing field says how to name another."""
+    field named by --text_field; a missing field says how to name another. A capital suffix (a Windows
+    export's) is records too, not text."""
     docs = [f"document {i}: the quick brown fox jumps over the lazy dog." for i in range(30)]
-    src = tmp_path / "docs.jsonl"
+    src = tmp_path / file_name
     src.write_text("".join(json.dumps({"content": d, "id": i}) + "\n" for i, d in enumerate(docs)))
     with pytest.raises(DataError, match=r"no string field 'text' \(has: content, id\); --text_field NAME"):
         prepare_dataset("mine", tmp_path / "data", input_path=src, num_proc=1)
@@ -613,13 +617,25 @@ def test_a_folder_skips_binaries_and_datasets_inside_it(tmp_path: Path, text_fil
         read_meta(second)["source"]["files"] == 1 and read_meta(second)["vocab_size"] == read_meta(first)["vocab_size"]
     )
     assert read_meta(second)["source"]["skipped_datasets"] == ["data/one_char"]
-    # only subfolders count as datasets: text beside the input root's own train.bin / val.bin is still text
+    # a prepared dataset given whole (nanoGPT's data/shakespeare_char: input.txt, prepare.py, readme.md, the
+    # .bin files and meta.pkl) is refused, not read with its scripts and meta files as text; its text is named
     flat = tmp_path / "flat"
     flat.mkdir()
     for name in ("train.bin", "val.bin"):
-        (flat / name).write_text("bins that happen to be text\n")
-    (flat / "readme.txt").write_text(text_file.read_text())
-    assert read_meta(prepare_dataset("flat_char", tmp_path / "d2", flat))["source"]["files"] == 3
+        (flat / name).write_bytes(b"\x01\x00\x02\x00")
+    (flat / "prepare.py").write_text("import pickle\n")
+    (flat / "input.txt").write_text(text_file.read_text())
+    (flat / "readme.md").write_text("tiny shakespeare\n")
+    with pytest.raises(DataError) as err:
+        prepare_dataset("flat_char", tmp_path / "d2", flat)
+    assert one_line(err) == (
+        f"--input {flat} is a prepared dataset (train.bin, val.bin), not a folder of text: pass its text, "
+        f"--input {flat / 'input.txt'}, or train on it as it is (--dataset=flat --data_dir={tmp_path})"
+    )
+    assert read_meta(prepare_dataset("flat_char", tmp_path / "d2", flat / "input.txt"))["source"]["files"] == 1
+    (flat / "input.txt").unlink()
+    with pytest.raises(DataError, match=r"not a folder of text: train on it as it is \(--dataset=flat "):
+        prepare_dataset("flat_char", tmp_path / "d2", flat)
     # a single file is what the user named: one that is not text is an error, not a skip
     with pytest.raises(DataError, match=r"notes\.txt holds NUL bytes: it is not text"):
         prepare_dataset("nul_char", tmp_path / "d3", project / "notes.txt")
@@ -627,12 +643,14 @@ def test_a_folder_skips_binaries_and_datasets_inside_it(tmp_path: Path, text_fil
     (flat / "empty" / "blank.txt").write_text("")
     with pytest.raises(DataError, match=r"empty holds no text to build a char vocabulary from"):
         prepare_dataset("blank_char", tmp_path / "d5", flat / "empty")
+    with pytest.raises(DataError, match=r"blank\.txt holds no text: its one document is empty"):
+        prepare_dataset("blank1", tmp_path / "d7", flat / "empty" / "blank.txt", tokenizer="gpt2")  # not "0 train"
     for i in range(10):  # under GPT-2 each empty file was one end-of-text token: a dataset of nothing else
         (flat / "empty" / f"blank{i}.txt").write_text("")
     with pytest.raises(DataError, match=r"empty holds no text: its 11 documents are empty"):
         prepare_dataset("blank", tmp_path / "d6", flat / "empty", tokenizer="gpt2")
     with pytest.raises(ConfigError, match=r"text_field=.body. is for \.jsonl/\.parquet records"):
-        prepare_dataset("field_char", tmp_path / "d4", flat, text_field="body")
+        prepare_dataset("field_char", tmp_path / "d4", project / "pkg", text_field="body")
 
 
 def test_windows_line_endings_are_read_as_nanogpt_reads_text(tmp_path: Path) -> None:
