@@ -322,8 +322,8 @@ def is_records_input(input_path: Path) -> bool:
         return True
     if input_path.is_file():
         return kind_of(input_path) in RECORD_SUFFIXES
-    if not input_path.is_dir():
-        return False
+    if not input_path.is_dir() or all(split_path(input_path, s).is_file() for s in SPLITS):
+        return False  # a prepared dataset's folder: local_files says what to pass instead (its own, or another)
     files = local_files(input_path)
     return bool(files) and all(kind_of(p) in RECORD_SUFFIXES for p in files)
 

@@ -86,6 +86,9 @@ def test_the_datasets_own_folder_as_input_names_the_text_in_it(tmp_path: Path) -
         run(argv)
     argv[3] = str(folder / "input.txt")
     assert run(argv) == 0
+    argv[3] = str(folder)  # prepared now: still its own folder, not another prepared dataset to train on as it is
+    with pytest.raises(USER_ERRORS, match=rf"is the dataset's own folder, .*: pass the text itself, --input {folder}/"):
+        run(argv)
 
 
 def test_the_skipped_files_line_counts_in_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
