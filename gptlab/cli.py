@@ -156,12 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
         "preset",
         nargs="?",
         default="gpt2",
-        help=f"one of {', '.join(PRESETS)} (default gpt2), a config file, or a run directory",
+        help=f"one of {', '.join(PRESETS)} (default gpt2), a config file, a run directory, a checkpoint (ckpt.pt, "
+        "ckpt-ITER.dcp, nanoGPT's ckpt.pt) or a Hugging Face model folder",
     )
     arch.add_argument("--no-params", "--no_params", action="store_true", help="skip counting parameters")
     add_plugins_option(arch)
     arch.set_defaults(func=_cmd_arch)
-    presets = sub.add_parser("presets", help="list the preset architectures")
+    presets = sub.add_parser(
+        "presets",
+        help="list the preset architectures",
+        description="List the preset architectures (gpt2, llama, hybrid, team, custom) and what each sets.",
+    )
     presets.set_defaults(func=_cmd_presets)
     # Each concern registers its own subcommands: register(subparsers) adds parsers whose
     # defaults carry func(args, extra_args) -> exit code.

@@ -138,7 +138,12 @@ def register(sub: Any) -> None:
         const=True,
         help="plan with per-block checkpointing; with --train also the training's",
     )
-    c.add_argument("--format", choices=("text", "markdown", "json", "csv"), default="text")
+    c.add_argument(
+        "--format",
+        choices=("text", "markdown", "json", "csv"),
+        default="text",
+        help="the table's format (default text)",
+    )
     c.add_argument("--train", action="store_true", help="also train each for the same tokens (CPU default: ~2 s each)")
     c.add_argument(
         "--out_dir", type=path_argument, help="with --train: runs go to OUT_DIR/LABEL/, the report to OUT_DIR/report/"
@@ -157,10 +162,15 @@ def register(sub: Any) -> None:
         "--out", type=path_argument, help="output directory (default RUN_DIR/report for one run, ./report for several)"
     )
     r.add_argument("--labels", help="comma-separated run names (default the directory names)")
-    r.add_argument("--title", default="gptlab report")
+    r.add_argument("--title", default="gptlab report", help="the HTML page's title (default 'gptlab report')")
     r.set_defaults(func=_cmd_report)
 
-    d = sub.add_parser("doctor", help="what is installed and usable: PyTorch, CUDA, devices, compile, extras")
+    d = sub.add_parser(
+        "doctor",
+        help="what is installed and usable: PyTorch, CUDA, devices, compile, extras",
+        description="Say what is installed and usable here: Python, PyTorch and its build, CUDA and the devices "
+        "with their MFU peaks, torch.compile, the attention kernels, distributed backends and gptlab's packages.",
+    )
     from gptlab.doctor import add_arguments
 
     add_arguments(d)

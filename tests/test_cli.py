@@ -393,3 +393,22 @@ def test_help_shows_text_not_rest_markup(command: str, capsys: pytest.CaptureFix
         main([command, "--help"])
     out = capsys.readouterr().out
     assert done.value.code == 0 and f"gptlab {command} " in out and "``" not in out
+
+
+def test_every_subcommand_describes_itself_and_every_option() -> None:
+    """`gptlab CMD -h` says what CMD does (a description, not only the one-line list entry) and what each option
+    is for: peak --iters, compare --format and report --title had no help, presets/peak/doctor no description."""
+    import argparse
+
+    from gptlab.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in subparsers.choices.items():
+        if not sub.description:
+            missing.append(f"{name}: description")
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}: help")
+    assert missing == []

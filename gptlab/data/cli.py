@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from gptlab.data.datasets import DATASETS, prepare_dataset
-from gptlab.data.storage import META_FILE, SPLITS, read_meta, split_path
+from gptlab.data.storage import META_FILE, NANOGPT_META_FILE, SPLITS, read_meta, split_path
 from gptlab.data.tokenizers import TOKENIZERS
 from gptlab.errors import path_argument, refuse_extra
 
@@ -91,6 +91,8 @@ def _cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
         path = split_path(dataset_dir, split)
         print(f"  {path}  {path.stat().st_size / 1e6:.2f} MB")
     print(f"  {dataset_dir / META_FILE}")
+    if (dataset_dir / NANOGPT_META_FILE).is_file():  # a char vocabulary's, as nanoGPT's prepare.py writes it
+        print(f"  {dataset_dir / NANOGPT_META_FILE}  (nanoGPT's)")
     if earlier is not None:
         print(_replaced_note(earlier, meta, earlier_bins, bins_sample(dataset_dir)))
     return 0
@@ -107,7 +109,7 @@ def register(subparsers: Any) -> None:
     """Add the ``prepare`` subcommand to the ``gptlab`` command's subparsers."""
     parser = subparsers.add_parser(
         "prepare",
-        help="tokenize a dataset into DATA_DIR/DATASET/{train,val}.bin and meta.json",
+        help="tokenize a dataset into DATA_DIR/DATASET/{train,val}.bin and meta.json (char: also meta.pkl)",
         description=(__doc__ or "").replace("``", ""),  # the help shows text, not reST markup
         epilog=_datasets_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -117,7 +119,8 @@ def register(subparsers: Any) -> None:
         "--input",
         type=path_argument,
         metavar="PATH",
-        help="a local text file or folder (or .jsonl/.parquet for hub sets)",
+        help="a local text file or folder; for openwebtext and fineweb_edu records: .jsonl/.json/.parquet files or a "
+        "folder datasets' save_to_disk wrote",
     )
     parser.add_argument(
         "--data_dir", "--data-dir", type=path_argument, default="data", metavar="DIR", help="where datasets live (data)"

@@ -23,6 +23,7 @@ from gptlab.data.sources import Corpus, Records
 from gptlab.data.storage import (
     FORMAT,
     META_FILE,
+    NANOGPT_META_FILE,
     SPLITS,
     DatasetWriter,
     is_ready,
@@ -307,7 +308,7 @@ def _write_nanogpt_meta(dataset_dir: Path, tok: Tokenizer) -> None:
     meta.json. A GPT-2 BPE dataset has none (nanoGPT then takes GPT-2's), and a stale one goes."""
     import pickle
 
-    path = dataset_dir / "meta.pkl"
+    path = dataset_dir / NANOGPT_META_FILE
     meta = tok.to_meta()
     if "itos" not in meta or token_dtype(meta["vocab_size"]) != np.uint16:
         # over 65,536 ids the .bin files are uint32, which nanoGPT's np.memmap(dtype=np.uint16) reads as

@@ -335,7 +335,16 @@ def _local_data_files(input_path: Path) -> tuple[str, list[str]]:
     if len(builders) != 1:
         found = "none" if not files else " and ".join(sorted(builders))
         kinds = ", ".join(LOCAL_BUILDERS)
-        raise DataError(f"--input {input_path} must hold files of one kind of {kinds} (found {found})")
+        text = (
+            ": for your own text, prepare it under a name of your own (gptlab prepare NAME --input PATH) and train "
+            "with --dataset=NAME"
+            if not files
+            else ""
+        )
+        raise DataError(
+            f"--input {input_path} must hold records, files of one kind of {kinds} or a folder datasets' "
+            f"save_to_disk wrote (found {found}){text}"
+        )
     return builders.pop(), [str(p) for p in files]
 
 

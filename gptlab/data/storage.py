@@ -21,6 +21,7 @@ from gptlab.errors import DataError
 from gptlab.fileio import atomic_write
 
 META_FILE = "meta.json"
+NANOGPT_META_FILE = "meta.pkl"  # a char vocabulary, as nanoGPT's shakespeare_char/prepare.py writes it
 SPLITS: tuple[str, ...] = ("train", "val")
 TMP_MARK = ".tmp-"  # temporary files are NAME.tmp-PID; never mistaken for a finished file
 LOCK_FILE = ".prepare.lock"  # left in every directory gptlab's prepare wrote
@@ -134,7 +135,7 @@ def nanogpt_meta(dataset_dir: str | Path) -> dict[str, Any] | None:
         if size == 0 or size % 2:
             raise DataError(f"{path} holds {size} bytes: not nanoGPT's uint16 tokens (and there is no {META_FILE})")
         tokens[split] = size // 2
-    pickle_file = directory / "meta.pkl"
+    pickle_file = directory / NANOGPT_META_FILE
     tok = read_nanogpt_meta(pickle_file) if pickle_file.is_file() else GPT2Tokenizer()
     if tok.vocab_size > 1 << 16:  # nanoGPT writes uint16: these bins are someone else's (gptlab's uint32?)
         raise DataError(

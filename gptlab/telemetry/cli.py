@@ -221,7 +221,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         nargs="?",
         default="gpt2",
         help=f"one of {', '.join(PRESETS)} (default gpt2), a config file such as config/full_llama_124m.py, "
-        "or a run directory (its config.json)",
+        "a run directory (its config.json), a checkpoint (ckpt.pt, ckpt-ITER.dcp, nanoGPT's ckpt.pt) or a Hugging "
+        "Face model folder",
     )
     p.add_argument(
         "--activation_checkpointing",
@@ -481,13 +482,20 @@ def register(subparsers: Any) -> None:
     )
     plan.set_defaults(func=_cmd_plan)
 
-    peak = subparsers.add_parser("peak", help="time a large matmul: the achievable FLOP/s of this device")
+    peak = subparsers.add_parser(
+        "peak",
+        help="time a large matmul: the achievable FLOP/s of this device",
+        description="Time a large square matmul on this device and print the FLOP/s it reached beside the "
+        "device's dense datasheet peak (the MFU denominator): how much of the datasheet a matmul can reach here.",
+    )
     peak.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     peak.add_argument(
         "--dtype", help="bfloat16, float16 or float32 (default: what training uses there: bf16 on CUDA, fp32 on CPU)"
     )
     peak.add_argument("--size", type=int, help="matrix size (default 8192 on GPU, 1024 on CPU)")
-    peak.add_argument("--iters", type=int, default=10)
+    peak.add_argument(
+        "--iters", type=int, default=10, help="timed matmuls after a warm-up; the best one counts (default 10)"
+    )
     peak.set_defaults(func=_cmd_peak)
 
 

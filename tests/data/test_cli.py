@@ -29,7 +29,7 @@ def test_prepare_local_text_prints_what_it_wrote(
     out = capsys.readouterr().out
     assert f"{meta['tokens']['train']:,} train + {meta['tokens']['val']:,} val tokens" in out
     assert "char tokenizer" in out and "uint16" in out
-    for name in ("train.bin", "val.bin", "meta.json"):
+    for name in ("train.bin", "val.bin", "meta.json", "meta.pkl"):  # a char vocabulary's nanoGPT meta.pkl too
         assert str(data / "plays" / name) in out
     assert "replaced" not in out
     # prepared again: the same text says its tokens are unchanged; other text, what it replaced (it was silent)
@@ -166,3 +166,15 @@ def test_help_lists_the_datasets(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for name in ("stdlib_char", "shakespeare", "openwebtext", "fineweb_edu", "--input"):
         assert name in out
+
+
+def test_a_records_dataset_given_plain_text_says_how_to_prepare_it(tmp_path: Path, text_file: Path) -> None:
+    """`gptlab prepare openwebtext --input input.txt`: openwebtext reads records; plain text is prepared under a
+    name of one's own (the README had said openwebtext took local text)."""
+    argv = ["prepare", "openwebtext", "--input", str(text_file), "--data_dir", str(tmp_path / "data")]
+    with pytest.raises(
+        USER_ERRORS,
+        match=r"must hold records, .* \(found none\): for your own text, prepare it "
+        r"under a name of your own \(gptlab prepare NAME --input PATH\) and train with --dataset=NAME",
+    ):
+        run(argv)
