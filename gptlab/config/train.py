@@ -332,6 +332,13 @@ def check_train_keys_take_effect(train: TrainConfig, typed: Iterable[str]) -> No
         raise ConfigError(
             f"backend='nccl' needs CUDA tensors, but device={train.device!r}{here}: use backend='gloo' (or auto)"
         )
+    for flag, mode in (("use_zero1", "zero1"), ("use_fsdp", "fsdp")):
+        if flag in typed and not getattr(train, flag) and train.parallel == mode:
+            # parallel= decides (use_* only names a mode where parallel is auto): a typed False did nothing
+            raise ConfigError(
+                f"{flag}=False has no effect with parallel={mode!r}, which runs {mode}: set --parallel (auto, "
+                "ddp, ...) to run without it"
+            )
     if train.eval_only:
         return
     decays = train.decay_lr and train.lr_schedule != "constant"

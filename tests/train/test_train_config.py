@@ -191,6 +191,23 @@ def test_overwrite_on_a_resume_is_refused_when_typed() -> None:
     check_train_keys_take_effect(TrainConfig(overwrite=True), {"overwrite"})
 
 
+def test_a_typed_use_flag_set_false_against_its_parallel_mode_is_refused(tmp_path: Path) -> None:
+    """`--use_fsdp=False` over a config file's parallel='fsdp' (or typed beside it) ran FSDP anyway, silently:
+    parallel decides; a False use_* typed where it does nothing is one line. From a file, or True, it passes."""
+    from gptlab.config.train import check_train_keys_take_effect
+
+    for flag, mode in (("use_fsdp", "fsdp"), ("use_zero1", "zero1")):
+        train = TrainConfig(parallel=mode)
+        with pytest.raises(ConfigError, match=rf"^{flag}=False has no effect with parallel='{mode}', which runs"):
+            check_train_keys_take_effect(train, {flag})
+        check_train_keys_take_effect(train, set())  # a config file's False: nanoGPT-style files spell it out
+        check_train_keys_take_effect(TrainConfig(parallel="ddp"), {flag})  # False and not that mode: as asked
+    config = tmp_path / "fsdp.py"
+    config.write_text("parallel = 'fsdp'\n")
+    with pytest.raises(ConfigError, match=r"use_fsdp=False has no effect with parallel='fsdp'"):
+        parse_run_args([str(config), "--use_fsdp=False"])
+
+
 def test_string_keys_keep_numeric_text_and_voided_keys_only_when_typed(tmp_path: Path) -> None:
     """--wandb_run_name=2024 is the name '2024', not a type error; a config file may spell out a key its
     other settings void (nanoGPT's files do), only a typed one is refused."""
