@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,11 @@ class ConfigurableGPT(nn.Module):
         max_new_tokens, temperature, top_k = _sampling_args(max_new_tokens, temperature, top_k)
         if vocab_limit is None:
             vocab_limit = self.vocab_limit
+        elif isinstance(vocab_limit, bool) or not isinstance(vocab_limit, numbers.Integral) or vocab_limit < 1:
+            # a slice bound as given: -5 masked the last five ids, 0 every one (torch.multinomial's inf/nan error)
+            from gptlab.errors import ConfigError
+
+            raise ConfigError(f"vocab_limit={vocab_limit!r} is invalid: expected None or an integer >= 1")
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(idx_cond)
@@ -357,7 +363,8 @@ class ConfigurableGPT(nn.Module):
                 self.config,
                 kwargs.get("seq_len"),
                 activation_checkpointing=kwargs["activation_checkpointing"],
-                device_type=device.type,
+                # an accelerator of another kind (xpu) or the meta device counts as a GPU's kernels do
+                device_type=device.type if device.type in ("cpu", "mps") else "cuda",
             )
         return estimate_mfu_detailed(self.config, fwdbwd_per_iter, dt, **kwargs)
 

@@ -31,8 +31,10 @@ import torch
 from torch.utils.flop_counter import register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 from gptlab.config.model import ModelArchitectureConfig
-from gptlab.errors import ConfigError, first_line
+from gptlab.errors import ConfigError, first_line, unknown_choice
 from gptlab.telemetry.mfu import estimate_mfu_detailed, expected_tokens_per_sec  # MFU = these FLOPs / time / peak
+
+DEVICE_TYPES = ("cuda", "cpu", "mps")  # what the FLOPs (HFU) and the memory plan tell apart
 
 # rows that occur once per token, not once per layer
 _ONCE = ("lm_head", "loss", "position_add", "position_encoding", "final_norm_matmuls")
@@ -211,6 +213,8 @@ def compute_flops(
 ) -> FlopsBreakdown:
     """Per-component FLOPs per token of ``config`` at ``seq_len`` (default ``block_size``); ``device_type``
     only matters to HFU (whether SDPA's backward recomputes QK^T there)."""
+    if device_type not in DEVICE_TYPES:  # 'CPU' or 'tpu' was counted as a GPU's HFU, silently
+        raise unknown_choice("device_type", device_type, DEVICE_TYPES)
     S = config.block_size if seq_len is None else seq_len
     if isinstance(S, bool) or not isinstance(S, numbers.Integral) or not 1 <= S <= config.block_size:
         raise ConfigError(f"seq_len={seq_len!r} is invalid: expected an integer in [1, block_size={config.block_size}]")

@@ -43,13 +43,16 @@ optimizer's temporaries (the CUDA AdamW from ``configure_optimizers`` is fused a
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gptlab.config.model import ModelArchitectureConfig
+from gptlab.config.train import SDPA_BACKENDS
 from gptlab.errors import ConfigError, unknown_choice
 from gptlab.telemetry.activations import ActivationEstimate, compute_bytes, estimate_activations
+from gptlab.telemetry.flops import DEVICE_TYPES
 from gptlab.telemetry.params import FP32_BYTES, TensorShape, buffer_bytes, parameter_shapes
 
 MODES = ("none", "ddp", "zero1", "fsdp")
@@ -133,7 +136,6 @@ def _optimizer_bytes(shapes: list[TensorShape], numels: list[int], optimizer: st
 
 
 # torch.device types whose autocast rules the plan knows ('cuda' stands for ROCm too)
-DEVICE_TYPES = ("cuda", "cpu", "mps")
 
 
 def _count(key: str, value: Any) -> int:
@@ -184,9 +186,15 @@ def plan_memory(
         raise unknown_choice("device_type", device_type, DEVICE_TYPES)
     if parallel == "none" and world_size != 1:
         raise ConfigError(f"parallel='none' runs on one GPU, got world_size={world_size}")
-    T = config.block_size if seq_len is None else int(seq_len)
-    if not 0 < T <= config.block_size:
-        raise ConfigError(f"seq_len={seq_len} must be in [1, block_size={config.block_size}]")
+    T = config.block_size if seq_len is None else seq_len
+    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or not 0 < T <= config.block_size:
+        # (1.99 was planned as 1 and '8' as 8: compute_flops refuses them, as the command line does)
+        raise ConfigError(f"seq_len={seq_len!r} is invalid: expected an integer in [1, block_size={config.block_size}]")
+    T = int(T)
+    if isinstance(loss_chunk_size, bool) or not isinstance(loss_chunk_size, numbers.Integral) or loss_chunk_size < 0:
+        raise ConfigError(f"loss_chunk_size={loss_chunk_size!r} is invalid: expected an integer >= 0")
+    if sdpa_backend not in SDPA_BACKENDS:  # 'Math' was planned as auto: 8 GB under a math-path GPT-2 124M
+        raise unknown_choice("sdpa_backend", sdpa_backend, SDPA_BACKENDS)
     c = compute_bytes(dtype)
     shapes = parameter_shapes(config)
     acts = estimate_activations(

@@ -206,6 +206,9 @@ def test_generate() -> None:
         ({"temperature": 1e-40}, "temperature=1e-40 is invalid"),  # torch.multinomial's inf/NaN error mid-generation
         ({"temperature": float("nan")}, "temperature=nan is invalid"),
         ({"max_new_tokens": -1}, r"^max_new_tokens=-1 is invalid: expected an integer >= 0$"),
+        ({"vocab_limit": -5}, r"^vocab_limit=-5 is invalid: expected None or an integer >= 1$"),  # masked 5 ids
+        ({"vocab_limit": 0}, "vocab_limit=0 is invalid"),  # torch.multinomial's inf/nan error
+        ({"vocab_limit": 2.5}, "vocab_limit=2.5 is invalid"),  # a TypeError from the slice
     ]:
         with pytest.raises(ValueError, match=said):
             model.generate(start, **{"max_new_tokens": 2, **bad})

@@ -232,6 +232,28 @@ def test_seq_len_is_a_length_the_model_runs(seq_len: object) -> None:
     with pytest.raises(ConfigError, match=r"seq_len=.* is invalid: expected an integer in \[1, block_size=4\]"):
         compute_flops(cfg, seq_len=seq_len)  # type: ignore[arg-type]
     assert compute_flops(cfg, seq_len=np.int64(2)).seq_len == 2
+    for bad in ("CPU", "tpu"):  # counted as a GPU's HFU, silently
+        with pytest.raises(ConfigError, match=rf"device_type={bad!r}"):
+            compute_flops(cfg, device_type=bad)
+
+
+def test_the_memory_plan_refuses_what_training_refuses() -> None:
+    """plan_memory from Python: a mistyped sdpa_backend was planned as auto (8 GB under a math-path GPT-2 124M),
+    a negative chunk as none, and seq_len 1.99 / '8' as 1 / 8; compute_flops and TrainConfig refuse them."""
+    from gptlab.telemetry.planner import plan_memory
+
+    cfg = get_preset_config("custom", n_layer=1, n_embd=8, n_head=2, block_size=4, vocab_size=16)
+    for bad, said in [
+        ({"sdpa_backend": "Math"}, r"sdpa_backend='Math'"),
+        ({"loss_chunk_size": -1024}, r"^loss_chunk_size=-1024 is invalid: expected an integer >= 0$"),
+        ({"loss_chunk_size": 2.5}, r"loss_chunk_size=2.5 is invalid"),
+        ({"seq_len": 1.99}, r"^seq_len=1.99 is invalid: expected an integer in \[1, block_size=4\]$"),
+        ({"seq_len": "2"}, r"seq_len='2' is invalid"),
+        ({"seq_len": 5}, r"seq_len=5 is invalid"),
+    ]:
+        with pytest.raises(ConfigError, match=said):
+            plan_memory(cfg, batch_size=1, **bad)
+    assert plan_memory(cfg, batch_size=1, seq_len=np.int64(2), sdpa_backend="math").seq_len == 2
 
 
 def test_the_models_own_mfu_method_counts_its_recomputation_as_flop_counter_mode_does() -> None:
