@@ -85,8 +85,10 @@ HUNG_JOIN_GRACE_S = 60
 def _exit_hung_join(rank: int, world_size: int, waited: float) -> None:
     print(
         f"gptlab: error: rank {rank} could not form the process group of {world_size} ranks: still joining after "
-        f"{waited:.0f}s (dist_timeout + {HUNG_JOIN_GRACE_S}s; PyTorch's gloo can hang connecting after a restart, "
-        "pytorch#167288): exiting, so that torchrun --max-restarts tries again or ends the job",
+        f"{waited:.0f}s (dist_timeout + {HUNG_JOIN_GRACE_S}s): rank 0 may have refused to start (a MASTER_PORT "
+        f"another program holds, {os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}: rank 0's "
+        "own line says so), or PyTorch's gloo hung connecting after a restart (pytorch#167288): exiting, so that "
+        "torchrun --max-restarts tries again or ends the job",
         file=sys.stderr,
         flush=True,
     )

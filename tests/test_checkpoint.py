@@ -576,6 +576,31 @@ def test_a_sharded_checkpoints_weights_alone_load_without_a_model_or_optimizer(t
     assert loaded["model"]["lm_head.weight"] is loaded["model"]["wte.weight"]
 
 
+def test_a_sharded_checkpoints_files_keep_their_crcs_through_a_meta_rewrite(tmp_path: Path) -> None:
+    """meta.pt records each DCP file's CRC-32 (the shards have none of their own); a resume's first save at the
+    same iteration rewrites meta.pt alone (weights_on_disk) and keeps them; a flipped bit is then still caught."""
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import save_dcp
+    from gptlab.checkpoint.integrity import file_crc32
+    from gptlab.errors import CheckpointError
+
+    model = ConfigurableGPT(get_debug_config("llama", n_layer=1))
+    meta = {"format": FORMAT, "arch": model.config.to_dict(), "iter_num": 3}
+    final = save_dcp({"model": model.state_dict()}, meta, tmp_path, keep=1, rank=0, barrier=lambda: None)
+    recorded = torch.load(final / "meta.pt", weights_only=True)["shard_crc32"]
+    assert recorded == {p.name: file_crc32(p) for p in sorted(final.iterdir()) if p.name != "meta.pt"}
+    assert ".metadata" in recorded and any(name.endswith(".distcp") for name in recorded)
+    save_dcp({}, {**meta, "note": "rewritten"}, tmp_path, keep=1, rank=0, barrier=lambda: None, weights_on_disk=True)
+    rewritten = torch.load(final / "meta.pt", weights_only=True)
+    assert rewritten["note"] == "rewritten" and rewritten["shard_crc32"] == recorded
+    shard = next(final.glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[-9] ^= 0x80
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"is corrupt: its file '{shard.name}' fails its CRC-32 check"):
+        load_checkpoint(tmp_path, optimizer=False)
+
+
 def test_a_sharded_save_on_a_full_disk_is_one_line_and_leaves_no_folder(tmp_path: Path) -> None:
     """DCP's CheckpointException printed a traceback per rank and never named the disk, and its half-written
     folder stayed, filling the disk the resume then needed (a 64 KB file-size limit stands in for the full disk)."""

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gptlab.checkpoint.integrity import check_shards, recorded_checksums
 from gptlab.checkpoint.layout import (
     CHECKPOINT_NAME,
     DCP_META,
@@ -206,6 +207,8 @@ def load_dcp(state: dict[str, Any], path: str | Path, *, no_dist: bool = False) 
             value.seek(0)  # what passed that check, read as DCP reads it
             super().load_bytes(read_item, value)
 
+    # the shards' bytes as written (a flipped byte loaded as a weight; ckpt.pt's zip CRCs are checked likewise)
+    check_shards(Path(path), recorded_checksums(Path(path)), collective=not no_dist)
     with dcp_errors(path), warnings.catch_warnings(), _without_dcp_fallback_tracebacks():
         if no_dist:  # read by this process alone, as asked: DCP warns it is "assuming" so
             warnings.filterwarnings("ignore", message=".*single process.*", category=UserWarning)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from gptlab.checkpoint.integrity import CRC_KEY, recorded_checksums, shard_checksums
 from gptlab.checkpoint.layout import (
     CHECKPOINT_NAME,
     DCP_LINK,
@@ -126,8 +127,9 @@ def save_dcp(
     name = f"ckpt-{int(meta['iter_num']):07d}.dcp"
     tmp, final = out_dir / f".{name}.tmp", out_dir / name
     if weights_on_disk:
-        if rank == 0:
-            atomic_save(meta, final / DCP_META)
+        if rank == 0:  # the shards' CRC-32s stay with them
+            recorded = recorded_checksums(final)
+            atomic_save({**meta, CRC_KEY: recorded} if recorded else meta, final / DCP_META)
             _point_link(out_dir, name)
         barrier()
         return final
@@ -137,6 +139,7 @@ def save_dcp(
     barrier()
     try:
         dcp.save(state_dict, checkpoint_id=str(tmp))  # collective: each rank its shards, rank 0 the index
+        checksums = shard_checksums(tmp)  # collective: DCP's shards carry no CRC of their own (ckpt.pt's records do)
     except (Exception, CheckpointException) as e:  # every rank raises (DCP gathers the failures): one line, and no
         # half-written folder
         if rank == 0:  # left behind, it filled the disk the resume then needed
@@ -148,7 +151,7 @@ def save_dcp(
         raise refused from e
     if rank == 0:
         try:
-            _finish_dcp(meta, tmp, final, out_dir)
+            _finish_dcp({**meta, CRC_KEY: checksums}, tmp, final, out_dir)
         except (OSError, CheckpointError) as e:  # the folder turned read-only (a remount after a disk error), or
             # full at meta.pt (atomic_save's own line): one line, and the checkpoint-sized temporary folder removed
             shutil.rmtree(tmp, ignore_errors=True)  # (gone once renamed: the complete save stays, with its link

@@ -112,3 +112,26 @@ def test_stray_launch_variables_leave_a_one_process_run_alone(monkeypatch: pytes
     assert init_distributed(TrainConfig(device="cpu"), torch.device("cpu")).mode == "none"
     monkeypatch.delenv("MASTER_PORT")
     assert init_distributed(TrainConfig(device="cpu"), torch.device("cpu")).mode == "none"
+
+
+def test_a_rank_still_joining_names_the_port_rank_0_may_have_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rank 1 of a hand launch whose MASTER_PORT another program holds waits out dist_timeout + 60 s (rank 0 said
+    why at once): its line blamed only gloo's restart hang; it names the address and rank 0's line now."""
+    import os
+
+    from gptlab import parallel
+
+    _launch_env(monkeypatch, MASTER_ADDR="127.0.0.1", MASTER_PORT="29645")
+
+    def exits(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", exits)
+    with pytest.raises(SystemExit):
+        parallel._exit_hung_join(1, 2, 70.0)
+    err = capsys.readouterr().err
+    assert err.startswith("gptlab: error: rank 1 could not form the process group of 2 ranks: still joining after 70s")
+    assert "a MASTER_PORT another program holds, 127.0.0.1:29645: rank 0's own line says so" in err
+    assert err.count("\n") == 1

@@ -17,7 +17,7 @@ from gptlab.checkpoint import latest_checkpoint, load_checkpoint
 from gptlab.cli import main
 from gptlab.config.resolve import parse_run_args
 from gptlab.config.train import TrainConfig
-from gptlab.errors import ConfigError
+from gptlab.errors import CheckpointError, ConfigError
 from gptlab.parallel import resolve_mode
 from gptlab.train.launch import train
 from tests.train.conftest import tiny_args
@@ -121,6 +121,20 @@ def test_interrupted_dcp_save_leaves_the_previous_checkpoint(data_dir: Path, tmp
     train(parse_run_args(args), stream=io.StringIO())
     assert latest_checkpoint(tmp_path).name == "ckpt-0000009.dcp" and not partial.exists()
     assert not (tmp_path / "ckpt-0000004.dcp").exists()  # keep_checkpoints=1
+    # the shards' CRC-32s, recorded at save, are checked before their weights load: a flipped byte loaded as a
+    # weight (or stopped the run later as a NaN, "lower learning_rate"), where ckpt.pt's zip CRCs caught it
+    latest = latest_checkpoint(tmp_path)
+    recorded = torch.load(latest / "meta.pt", weights_only=True)["shard_crc32"]
+    assert sorted(recorded) == sorted(p.name for p in latest.iterdir() if p.name != "meta.pt")
+    shard = latest / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    corrupt = rf"^'{latest}' is corrupt: its file '__0_0.distcp' fails its CRC-32 check"
+    with pytest.raises(CheckpointError, match=corrupt):
+        train(parse_run_args(tiny_args(data_dir, tmp_path, parallel="fsdp", max_iters=12, init_from="resume")))
+    with pytest.raises(CheckpointError, match=corrupt):  # sample, export, eval: the weights alone
+        load_checkpoint(tmp_path, optimizer=False)
 
 
 def test_export_fsdp_checkpoint_to_single_file_and_hf(data_dir: Path, tmp_path: Path, capsys) -> None:
