@@ -22,7 +22,7 @@ import torch
 
 from gptlab.config.model import ModelArchitectureConfig
 from gptlab.errors import ConfigError
-from gptlab.telemetry.hardware import PeakInfo, get_gpu_spec, precision_key, table_peak, typed_gpu_name
+from gptlab.telemetry.hardware import PeakInfo, get_gpu_spec, match_gpu, precision_key, table_peak, typed_gpu_name
 
 
 def _compute_flops(config: ModelArchitectureConfig, seq_len: int | None, checkpointing: bool = False) -> Any:
@@ -48,7 +48,8 @@ def _resolve_peak(peak_flops: float | None, gpu_name: str | None, precision: str
         if not torch.cuda.is_available():
             return PeakInfo("cpu", None, precision, "unknown")
         gpu_name = torch.cuda.get_device_name()
-    elif typed_gpu_name(str(gpu_name)):  # "H100X" is no H100, "H1OO" no GPU: typed names are checked
+    elif typed_gpu_name(str(gpu_name)) and match_gpu(str(gpu_name)) is not None:  # 'H100X' is no H100
+        # (a name matching nothing, 'TITAN V' from an older driver, 'cpu' from a run's record, has no peak: None)
         get_gpu_spec(str(gpu_name), "gpu_name")  # (a driver's name is matched as the driver spells it)
     return table_peak(gpu_name, precision)
 

@@ -128,8 +128,8 @@ def test_a_peak_in_the_wrong_unit_or_a_misspelt_gpu_is_refused() -> None:
         estimate_mfu_detailed(GPT2, 8, 1.0, peak_flops=989.5)
     with pytest.raises(ConfigError, match=r"^gpu_name='H100X' is not a known accelerator \(did you mean 'H100-SXM'"):
         estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name="H100X")
-    with pytest.raises(ConfigError, match=r"^gpu_name='H1OO' is not a known accelerator"):  # was mfu None, silently
-        estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name="H1OO")
+    for unknown in ("TITAN V", "cpu"):  # an older driver's bare name, a run record's: no peak known, not an error
+        assert estimate_mfu_detailed(GPT2, 8, 1.0, gpu_name=unknown)["mfu"] is None
     with pytest.raises(ConfigError, match=r"peak_flops='1e15' is invalid"):
         estimate_mfu_detailed(GPT2, 8, 1.0, peak_flops="1e15")
     with pytest.raises(ValueError, match=r"^dt='0.1' must be a number > 0"):
