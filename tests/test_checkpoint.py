@@ -897,3 +897,31 @@ def test_a_record_below_a_counts_minimum_or_with_a_gap_in_its_layers_is_damaged(
     gap = {"blocks.0.attn.weight": (4, 4), "blocks.2.attn.weight": (4, 4)}  # two layers, but not blocks 0 and 1
     assert weights_disagree(2, None, gap) == "layers"
     assert weights_disagree(2, None, {"blocks.0.w": (4,), "blocks.1.w": (4,)}) is None
+
+
+def test_a_shard_that_cannot_be_read_is_said_and_gathered_like_a_mismatch(tmp_path: Path, monkeypatch) -> None:
+    """A rank whose share of the CRC reading fails (an I/O error) raised before the gather, leaving the other
+    ranks waiting in it; it is gathered now, at save (every rank raises) and at load (one line). An export's
+    single file does not carry the shards' record."""
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import integrity, save_dcp
+    from gptlab.errors import CheckpointError
+
+    model = ConfigurableGPT(get_debug_config("llama", n_layer=1))
+    meta = {"format": FORMAT, "arch": model.config.to_dict(), "iter_num": 3}
+    final = save_dcp({"model": model.state_dict()}, meta, tmp_path, keep=1, rank=0, barrier=lambda: None)
+    assert "shard_crc32" not in load_checkpoint(tmp_path, optimizer=False)
+    real = integrity.file_crc32
+
+    def unreadable(path: Path) -> int:
+        if path.suffix == ".distcp":
+            raise OSError(5, "Input/output error", str(path))
+        return real(path)
+
+    monkeypatch.setattr(integrity, "file_crc32", unreadable)
+    with pytest.raises(
+        CheckpointError, match=r"could not be checked: its file '__0_0.distcp' could not be read \(Input"
+    ):
+        load_checkpoint(tmp_path, optimizer=False)
+    with pytest.raises(OSError, match=r"Input/output error reading .*\.distcp"):
+        integrity.shard_checksums(final)

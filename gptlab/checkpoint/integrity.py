@@ -17,6 +17,7 @@ from gptlab.checkpoint.layout import DCP_META
 from gptlab.errors import CheckpointError
 
 CRC_KEY = "shard_crc32"  # meta.pt's record: {file name: CRC-32}
+_ERROR = "\0error"  # a rank's failure to read its share, in the gathered dict (no file is named so)
 _CHUNK = 16 << 20
 
 
@@ -54,9 +55,14 @@ def shard_checksums(folder: Path) -> dict[str, int]:
     own CRCs cover), the ranks sharing the reading. A collective under a process group."""
     rank, world = _world()
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != DCP_META)
-    share = {name: file_crc32(folder / name) for name in names[rank::world]}
+    try:
+        share: dict[str, Any] = {name: file_crc32(folder / name) for name in names[rank::world]}
+    except OSError as e:  # still gathered: the other ranks wait in the collective otherwise
+        share = {_ERROR: f"{e.strerror or e} reading {e.filename or folder}"}
     merged: dict[str, int] = {}
     for part in _gathered(share, world):
+        if _ERROR in part:  # every rank raises it (save_dcp says it in one line and removes the folder)
+            raise OSError(part[_ERROR])
         merged.update(part)
     return dict(sorted(merged.items()))
 
@@ -85,15 +91,18 @@ def check_shards(folder: Path, recorded: dict[str, int] | None, *, collective: b
     bad = None
     for name in sorted(recorded)[rank::world]:
         path = folder / name
-        if path.is_file() and file_crc32(path) != recorded[name]:
-            bad = name
+        try:
+            if path.is_file() and file_crc32(path) != recorded[name]:
+                bad = (
+                    f"is corrupt: its file {name!r} fails its CRC-32 check (the bytes changed after they were written)"
+                )
+                break
+        except OSError as e:  # gathered like a mismatch: the other ranks wait in the collective otherwise
+            bad = f"could not be checked: its file {name!r} could not be read ({e.strerror or e})"
             break
     failures = [b for b in _gathered(bad, world) if b is not None]
     if failures:
-        raise CheckpointError(
-            f"{str(folder)!r} is corrupt: its file {failures[0]!r} fails its CRC-32 check (the bytes changed after "
-            "they were written); the checkpoint was left untouched"
-        )
+        raise CheckpointError(f"{str(folder)!r} {failures[0]}; the checkpoint was left untouched")
 
 
 __all__ = ["CRC_KEY", "check_shards", "file_crc32", "recorded_checksums", "shard_checksums"]

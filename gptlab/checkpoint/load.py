@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptlab.checkpoint.integrity import check_shards, recorded_checksums
+from gptlab.checkpoint.integrity import CRC_KEY, check_shards, recorded_checksums
 from gptlab.checkpoint.layout import (
     CHECKPOINT_NAME,
     DCP_META,
@@ -158,6 +158,7 @@ def load_dcp_full(path: str | Path) -> dict[str, Any]:
     load_dcp(state, path, no_dist=True)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     meta.pop("dcp_path")
+    meta.pop(CRC_KEY, None)  # the shards' own record, not the single file's an export writes
     return {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
 
 
@@ -183,6 +184,7 @@ def load_dcp_model(path: str | Path) -> dict[str, Any]:
     if tied:
         model["lm_head.weight"] = model["wte.weight"]
     meta.pop("dcp_path")
+    meta.pop(CRC_KEY, None)  # the shards' own record, not the single file's an export writes
     return {**meta, "model": model}
 
 
