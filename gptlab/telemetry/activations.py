@@ -304,7 +304,10 @@ def estimate_activations(
         like = "what 'rope' saves" if rope else "what 'alibi' saves" if config.position_attention_bias else "nothing"
         notes.append(f"position_encoding={config.position_encoding!r} assumed to save {like}")
     if math_sdpa:
-        layer["qkv_float32_copies"] = 3 * FP32 * q_dim * N
+        # one head in a float32 model (no autocast copies): k and v stay views of the fused QKV output, which the
+        # math path's saved tensors then keep whole beside its copies (measured: two q-sized more; RoPE copies them)
+        whole_qkv = h == 1 and not autocast and not rope
+        layer["qkv_float32_copies"] = (5 if whole_qkv else 3) * FP32 * q_dim * N
         layer["attn_probs"] = FP32 * B * h * T * T
         if dropout:
             layer["attn_dropout_mask"] = (FP32 if cpu else 1) * B * h * T * T

@@ -73,6 +73,20 @@ def test_estimate_matches_saved_tensors(case: str, dtype: str) -> None:
     assert abs(est.saved_bytes - measured) <= TOLERANCE * measured, (est.per_layer, est.other, measured)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{"n_head": 1}, {"n_head": 1, "norm_position": "post"}, {"n_head": 1, "position_encoding": "rope"}, {"n_head": 2}],
+)
+def test_one_head_under_dropout_keeps_the_whole_qkv_output(overrides: dict, dtype: str) -> None:
+    """Dropout on a CPU runs SDPA's math path; with one head in a float32 model k and v are views of the fused
+    QKV output, kept whole beside the path's copies: the plan was 8% low (RoPE, bf16 and two heads were exact)."""
+    model = _model("gpt2", {"dropout": 0.1, **overrides})
+    measured = _measure(model, torch.bfloat16 if dtype == "bfloat16" else None)
+    est = estimate_activations(model.config, B, T, dtype=dtype, device_type="cpu")
+    assert abs(est.saved_bytes - measured) <= TOLERANCE * measured, (est.per_layer, est.other, measured)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_estimate_with_the_residual_stream_in_bf16(case: str) -> None:
     """``residual_cast`` (TrainConfig.residual_dtype=bfloat16): on the CPU, LayerNorm saves its bf16 input and
