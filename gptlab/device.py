@@ -32,13 +32,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device | int | None = None) -> bool:
+    """Whether a CUDA device computes in bf16 natively (NVIDIA from Ampere, compute capability 8.0; ROCm), as
+    ``torch.cuda.is_bf16_supported(including_emulation=False)`` decides, for any device: without that argument
+    it says True on a V100 or T4 too, where bf16 is emulated (slow matmuls, no flash attention, no bf16 peak
+    to measure MFU against)."""
+    if torch.version.hip:
+        return True
+    index = device.index if isinstance(device, torch.device) else device
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
 def resolve_dtype(name: str, device: torch.device) -> str:
     if name != "auto":
-        if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("dtype='bfloat16' is not supported on this GPU: use --dtype=float16")
+        if name == "bfloat16" and device.type == "cuda" and not native_bf16(device):
+            raise ConfigError(
+                "dtype='bfloat16' is not supported natively on this GPU (before compute capability 8.0 PyTorch "
+                "emulates it, slowly): use --dtype=float16"
+            )
         return name
     if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "bfloat16" if native_bf16(device) else "float16"
     return "float32"
 
 

@@ -54,6 +54,7 @@ def _version(package: str) -> str | None:
 def _torch_checks() -> list[Check]:
     import torch
 
+    from gptlab.device import native_bf16
     from gptlab.telemetry.hardware import detect_peak
 
     s = "PyTorch"
@@ -73,7 +74,7 @@ def _torch_checks() -> list[Check]:
         checks.append(Check(s, "GPU", False, "no GPU: CUDA is not available, training runs on the CPU"))
     for i in range(torch.cuda.device_count() if cuda else 0):
         props = torch.cuda.get_device_properties(i)
-        peak = detect_peak(f"cuda:{i}", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        peak = detect_peak(f"cuda:{i}", torch.bfloat16 if native_bf16(i) else torch.float16)  # training's dtype
         peak_text = (
             f"dense {peak.precision} peak {peak.peak_flops / 1e12:g} TFLOPS (hardware table)"
             if peak.peak_flops

@@ -208,7 +208,14 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     mode = resolve_mode(cfg, world_size)
     if device.type == "cuda":
         # under torchrun each rank takes its LOCAL_RANK's GPU; a single process keeps the one named (cuda:1)
-        device = torch.device("cuda", local_rank if world_size > 1 or device.index is None else device.index)
+        index = local_rank if world_size > 1 or device.index is None else device.index
+        if index >= (count := torch.cuda.device_count()):  # CUDA's "invalid device ordinal" otherwise
+            raise ConfigError(
+                f"rank {rank} takes cuda:{index} (LOCAL_RANK={local_rank}), but this process sees {count} GPU(s) "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start at most {count} "
+                "processes a node (torchrun --nproc_per_node), or show each process every GPU of its node"
+            )
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     if mode == "none":
         return DistInfo(device=device)
@@ -219,6 +226,9 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
     backend = "nccl" if device.type == "cuda" else "gloo"  # device='cpu' forces gloo
     if cfg.backend not in ("auto", backend) and device.type == "cuda":
         backend = cfg.backend
+    # FSDP2's CPU offload keeps gradient shards on the CPU, whose statistics and clipping norms all-reduce there:
+    # NCCL alone has no CPU backend ("No backend type associated with device type cpu" at the first step)
+    group_backend = "cuda:nccl,cpu:gloo" if backend == "nccl" and mode == "fsdp" and cfg.fsdp_cpu_offload else backend
     owns = False
     if dist.is_initialized():  # e.g. a test that made its own group
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -227,7 +237,7 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
         _check_launch_env(world_size)
         if "MASTER_ADDR" in os.environ:
             try:
-                _join(backend, rank, world_size, cfg.dist_timeout)
+                _join(group_backend, rank, world_size, cfg.dist_timeout)
             except RuntimeError as e:  # DistError: a store timeout, or the store's host gone; gloo's own connects
                 # fail as plain RuntimeErrors (a peer restarted while the mesh formed: torchrun --max-restarts)
                 gloo = any(s in str(e) for s in ("connectFullMesh", "Connect timeout", "Connection refused"))
@@ -248,7 +258,7 @@ def init_distributed(cfg: TrainConfig, device: torch.device) -> DistInfo:
                 ) from None
         else:  # one rank (_check_launch_env refused more without MASTER_ADDR)
             store = dist.HashStore()
-            dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+            dist.init_process_group(group_backend, store=store, rank=0, world_size=1, timeout=timeout)
         owns = True
     return DistInfo(rank, local_rank, world_size, device, backend, mode, owns)
 

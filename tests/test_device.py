@@ -20,10 +20,16 @@ def test_device_and_dtype_resolve_or_say_what_is_missing() -> None:
     assert resolve_dtype("auto", torch.device("cpu")) == "float32"  # no autocast on a CPU by default
     assert resolve_dtype("bfloat16", torch.device("cpu")) == "bfloat16"  # as asked
     # 'auto' on a GPU: bfloat16 where it has bf16 units (Ampere and later), else float16 with its grad scaler
-    for supported, want in ((True, "bfloat16"), (False, "float16")):
+    # (a V100 or T4 is float16: torch.cuda.is_bf16_supported() says True there by default, bf16 being emulated,
+    # and auto picked it: slow matmuls, no flash attention, MFU unknown; an asked-for bfloat16 is refused)
+    for capability, want in (((8, 0), "bfloat16"), ((9, 0), "bfloat16"), ((7, 0), "float16"), ((7, 5), "float16")):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(torch.cuda, "is_bf16_supported", lambda *a, supported=supported, **kw: supported)
+            mp.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+            mp.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
             assert resolve_dtype("auto", torch.device("cuda")) == want
+            if want == "float16":
+                with pytest.raises(ConfigError, match=r"^dtype='bfloat16' is not supported natively on this GPU"):
+                    resolve_dtype("bfloat16", torch.device("cuda"))
     if not torch.cuda.is_available():
         assert resolve_device("auto").type in ("cpu", "mps")
         with pytest.raises(ConfigError, match=r"device='cuda' but CUDA is not available here: use --device=cpu"):

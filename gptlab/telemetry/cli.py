@@ -400,7 +400,7 @@ def _short_moment(moment: str) -> str:
 def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
     import torch
 
-    from gptlab.telemetry.hardware import detect_peak, device_name, measure_peak_flops
+    from gptlab.telemetry.hardware import detect_peak, device_name, measure_peak_flops, precision_key
 
     if extra:
         raise ConfigError(
@@ -420,7 +420,8 @@ def _cmd_peak(args: argparse.Namespace, extra: list[str]) -> int:
 
         args.dtype = resolve_dtype("auto", torch.device(device))
     measured = measure_peak_flops(device, args.dtype, size=args.size, iters=args.iters)
-    table = detect_peak(device, args.dtype)
+    cuda_float32 = torch.device(device).type == "cuda" and precision_key(args.dtype) in ("fp32", "tf32")
+    table = detect_peak(device, "tf32" if cuda_float32 else args.dtype)  # measured on TF32, as training runs float32
     # a CPU's figure scales with its threads: training under other OMP_NUM_THREADS (torchrun: 1 a rank) differs
     n = torch.get_num_threads()
     threads = f", {n} thread{'s' if n > 1 else ''}" if torch.device(device).type == "cpu" else ""

@@ -239,10 +239,24 @@ def _sync(device: torch.device) -> None:
 
 def measure_peak_flops(device: torch.device | str, dtype: Any, size: int | None = None, iters: int = 10) -> float:
     """Achievable matmul FLOP/s on ``device``: the best of ``iters`` timed ``size`` x ``size`` matmuls.
-    A practical ceiling (typically 70-90% of the datasheet on GPUs), not the datasheet peak."""
+    A practical ceiling (typically 70-90% of the datasheet on GPUs), not the datasheet peak. float32 on CUDA is
+    timed on TF32, as training runs its float32 matmuls (PyTorch's default, full FP32, is ~8x slower on an H100)."""
     device = torch.device(device)
     torch_dtype = _torch_dtype(dtype)
     size = size or (8192 if device.type == "cuda" else 1024)
+    if device.type != "cuda" or torch_dtype != torch.float32:
+        return _timed_matmuls(device, torch_dtype, size, iters)
+    from gptlab.device import enable_tf32, set_tf32_state, tf32_state
+
+    kept = tf32_state()
+    enable_tf32()
+    try:
+        return _timed_matmuls(device, torch_dtype, size, iters)
+    finally:
+        set_tf32_state(kept)
+
+
+def _timed_matmuls(device: torch.device, torch_dtype: torch.dtype, size: int, iters: int) -> float:
     a = torch.randn(size, size, device=device, dtype=torch_dtype)
     b = torch.randn(size, size, device=device, dtype=torch_dtype)
     for _ in range(2):  # warm-up: kernel selection, caches, clocks

@@ -339,4 +339,7 @@ def _check_finite_weights(model: torch.nn.Module, source: str) -> None:
 
 def _forked_rng(device: torch.device) -> Any:
     """The RNG state (CPU, and the CUDA devices' when sampling there) restored on exit."""
-    return torch.random.fork_rng(devices=[]) if device.type != "cuda" else torch.random.fork_rng()
+    if device.type != "cuda":
+        return torch.random.fork_rng(devices=[])
+    # the sampling device alone: with no list, fork_rng warns on a machine of several GPUs (once per rank)
+    return torch.random.fork_rng(devices=[device.index if device.index is not None else torch.cuda.current_device()])

@@ -135,3 +135,39 @@ def test_a_rank_still_joining_names_the_port_rank_0_may_have_refused(
     assert err.startswith("gptlab: error: rank 1 could not form the process group of 2 ranks: still joining after 70s")
     assert "a MASTER_PORT another program holds, 127.0.0.1:29645: rank 0's own line says so" in err
     assert err.count("\n") == 1
+
+
+class _Joined(Exception):
+    """Stops init_distributed once it asks for the process group: what it asked for is the test."""
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_fsdp_cpu_offload_joins_a_group_with_a_cpu_backend(monkeypatch: pytest.MonkeyPatch, offload: bool) -> None:
+    """FSDP2's CPU offload keeps gradient shards on the CPU; their statistics and clipping norms all-reduce there,
+    which a NCCL-only group refused at the first step ("No backend type associated with device type cpu"):
+    the group gets gloo for CPU tensors beside NCCL (torchtitan's form). Without offload: NCCL alone."""
+    asked: list[str] = []
+
+    def init(backend: str, **kwargs: object) -> None:
+        asked.append(backend)
+        raise _Joined
+
+    _launch_env(monkeypatch, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29511")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "init_process_group", init)
+    cfg = TrainConfig(device="cuda", parallel="fsdp", fsdp_cpu_offload=offload, dist_timeout=5)
+    with pytest.raises(_Joined):
+        init_distributed(cfg, torch.device("cuda"))
+    assert asked == ["cuda:nccl,cpu:gloo" if offload else "nccl"]
+
+
+def test_a_local_rank_past_the_visible_gpus_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun --nproc_per_node=9 on 8 GPUs, or a task that sees one GPU with LOCAL_RANK=3: CUDA's raw
+    "invalid device ordinal" from set_device; now one line naming the count and CUDA_VISIBLE_DEVICES."""
+    _launch_env(monkeypatch, RANK="3", WORLD_SIZE="4", LOCAL_RANK="3", MASTER_ADDR="127.0.0.1", MASTER_PORT="29512")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"^rank 3 takes cuda:3 \(LOCAL_RANK=3\), but this process sees 1 GPU\(s\) "
+                       r"\(CUDA_VISIBLE_DEVICES=5\): start at most 1 processes a node"):  # fmt: skip
+        init_distributed(TrainConfig(device="cuda", parallel="ddp", dist_timeout=5), torch.device("cuda"))

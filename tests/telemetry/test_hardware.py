@@ -196,3 +196,24 @@ def test_a_known_gpu_takes_the_tables_peak_even_when_measuring_is_allowed(monkey
     monkeypatch.setattr(hardware, "measure_peak_flops", lambda *a, **k: pytest.fail("measured a known GPU"))
     info = detect_peak("cuda", torch.bfloat16, measure=True)
     assert (info.source, info.peak_flops, info.precision) == ("table", 989.5e12, "bf16")
+
+
+def test_a_float32_peak_on_cuda_is_timed_on_tf32_as_training_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gptlab peak --dtype=float32` timed full FP32 (PyTorch's default) while training turns TF32 on: the
+    suggested --peak_tflops was ~8x low on an H100, MFU ~8x high. Timed under TF32 now, the caller's setting
+    restored; bf16 and the CPU as they were."""
+    from gptlab.device import tf32_matmuls, tf32_state
+    from gptlab.telemetry import hardware
+
+    seen: list[tuple[str, torch.dtype, bool]] = []
+
+    def timed(device: torch.device, dtype: torch.dtype, size: int, iters: int) -> float:
+        seen.append((device.type, dtype, tf32_matmuls()))
+        return 1.0
+
+    monkeypatch.setattr(hardware, "_timed_matmuls", timed)
+    before, was = tf32_state(), tf32_matmuls()
+    for device, dtype in (("cuda", "float32"), ("cuda", "bfloat16"), ("cpu", "float32")):
+        measure_peak_flops(device, dtype, size=8, iters=1)
+    assert seen == [("cuda", torch.float32, True), ("cuda", torch.bfloat16, was), ("cpu", torch.float32, was)]
+    assert tf32_state() == before

@@ -1168,3 +1168,17 @@ def test_a_nanogpt_fork_with_an_untied_head_resumes_untied(tmp_path: Path, monke
     assert [int(moved["state"][i]["exp_avg"].flatten()[0]) for i in range(decayed)] == [
         order.index(to_nanogpt[n]) for n in ours
     ]
+
+
+def test_sampling_on_a_gpu_forks_only_its_own_rng(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork_rng() with no device list warns on a machine of several GPUs, once per rank at the end of an FSDP
+    run: the sampling device's state alone is kept and restored."""
+    from gptlab.train import sample
+
+    asked: list[object] = []
+    monkeypatch.setattr(torch.random, "fork_rng", lambda devices=None, **kw: asked.append(devices))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    sample._forked_rng(torch.device("cuda", 1))
+    sample._forked_rng(torch.device("cuda"))
+    sample._forked_rng(torch.device("cpu"))
+    assert asked == [[1], [2], []]
