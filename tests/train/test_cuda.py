@@ -224,6 +224,19 @@ def test_sdpa_attention_runs_a_fused_kernel(position: str, n_kv_head: int, dtype
     assert bool(torch.isfinite(loss))
 
 
+def test_fsdp_cpu_offload_trains_with_gradient_statistics(data_dir: Path, tmp_path: Path) -> None:
+    """FSDP2's CPU offload keeps gradient shards on the CPU: their statistics (iteration 0) and clipping norm
+    all-reduce there, which a NCCL-only group refused at the first step; the group has gloo for CPU tensors
+    (gptlab.parallel.init_distributed). One process, as the failure showed even on one GPU."""
+    args = tiny_args(data_dir, tmp_path, device="cuda", parallel="fsdp", fsdp_cpu_offload=True, max_iters=3,
+                     eval_interval=100, gradient_log_interval=1)  # fmt: skip
+    summary = train(parse_run_args(args), stream=io.StringIO())
+    assert summary["status"] == "completed"
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    with_stats = [r["iter"] for r in records if r["type"] in ("iter", "gradients") and r.get("gradients")]
+    assert with_stats[:3] == [0, 1, 2]  # (so on a CPU, parallel='fsdp' without the offload)
+
+
 def test_cuda_graph_compile_mode_trains_like_eager(data_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch._inductor")
     losses, caught = {}, []
