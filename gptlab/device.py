@@ -45,11 +45,9 @@ def native_bf16(device: torch.device | int | None = None) -> bool:
 
 def resolve_dtype(name: str, device: torch.device) -> str:
     if name != "auto":
-        if name == "bfloat16" and device.type == "cuda" and not native_bf16(device):
-            raise ConfigError(
-                "dtype='bfloat16' is not supported natively on this GPU (before compute capability 8.0 PyTorch "
-                "emulates it, slowly): use --dtype=float16"
-            )
+        # as asked, emulated bf16 on a V100 or T4 too (a run saved in bf16 resumes there; auto picks float16)
+        if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("dtype='bfloat16' is not supported on this GPU: use --dtype=float16")
         return name
     if device.type == "cuda":
         return "bfloat16" if native_bf16(device) else "float16"
@@ -70,11 +68,13 @@ def _uses_new_tf32_api() -> bool:
 
 
 def tf32_state() -> tuple[bool, tuple[object, object]]:
-    """The TF32 switches as the caller set them: (new API?, (matmul, cuDNN conv))."""
+    """The TF32 switches as the caller set them: (new API?, (matmul, cuDNN conv)). The legacy matmul switch is
+    kept as its precision ('highest', 'high', 'medium'): allow_tf32 reads 'medium' as True, and writing True
+    back turned a caller's 'medium' into 'high'."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     if _uses_new_tf32_api():
         return True, (matmul.fp32_precision, cudnn.conv.fp32_precision)
-    return False, (matmul.allow_tf32, cudnn.allow_tf32)
+    return False, (torch.get_float32_matmul_precision(), cudnn.allow_tf32)
 
 
 def set_tf32_state(state: tuple[bool, tuple[object, object]]) -> None:
@@ -82,12 +82,17 @@ def set_tf32_state(state: tuple[bool, tuple[object, object]]) -> None:
     if new:
         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul_value, conv_value
     else:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_value, conv_value
+        torch.set_float32_matmul_precision(str(matmul_value))
+        torch.backends.cudnn.allow_tf32 = bool(conv_value)
 
 
 def enable_tf32() -> None:
     new = _uses_new_tf32_api()
-    set_tf32_state((new, ("tf32", "tf32") if new else (True, True)))
+    if new:
+        set_tf32_state((True, ("tf32", "tf32")))
+    else:  # 'high' (allow_tf32=True, nanoGPT's), or the caller's 'medium', which allows TF32 already
+        precision = torch.get_float32_matmul_precision()
+        set_tf32_state((False, ("high" if precision == "highest" else precision, True)))
 
 
 def tf32_matmuls() -> bool:

@@ -21,15 +21,14 @@ def test_device_and_dtype_resolve_or_say_what_is_missing() -> None:
     assert resolve_dtype("bfloat16", torch.device("cpu")) == "bfloat16"  # as asked
     # 'auto' on a GPU: bfloat16 where it has bf16 units (Ampere and later), else float16 with its grad scaler
     # (a V100 or T4 is float16: torch.cuda.is_bf16_supported() says True there by default, bf16 being emulated,
-    # and auto picked it: slow matmuls, no flash attention, MFU unknown; an asked-for bfloat16 is refused)
+    # and auto picked it: slow matmuls, no flash attention, MFU unknown; an asked-for bfloat16 runs as asked,
+    # emulated, so that a run saved in bf16 resumes there)
     for capability, want in (((8, 0), "bfloat16"), ((9, 0), "bfloat16"), ((7, 0), "float16"), ((7, 5), "float16")):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
             mp.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
             assert resolve_dtype("auto", torch.device("cuda")) == want
-            if want == "float16":
-                with pytest.raises(ConfigError, match=r"^dtype='bfloat16' is not supported natively on this GPU"):
-                    resolve_dtype("bfloat16", torch.device("cuda"))
+            assert resolve_dtype("bfloat16", torch.device("cuda")) == "bfloat16"
     if not torch.cuda.is_available():
         assert resolve_device("auto").type in ("cpu", "mps")
         with pytest.raises(ConfigError, match=r"device='cuda' but CUDA is not available here: use --device=cpu"):
@@ -75,13 +74,21 @@ from tests.train.conftest import tiny_args
 data = {str(tmp_path / "data")!r}
 prepare_dataset("stdlib_char", data_dir=data)
 legacy = tf32_state()
-assert legacy == (False, (False, True)) and not tf32_matmuls()
+assert legacy == (False, ("highest", True)) and not tf32_matmuls()
 torch.backends.cudnn.allow_tf32 = False  # (PyTorch's default is on: off, to see enable_tf32 turn it on)
 enable_tf32()
 assert tf32_matmuls() and torch.get_float32_matmul_precision() == "high"
-assert tf32_state() == (False, (True, True))  # cuDNN's convolutions too, as nanoGPT sets both
+assert tf32_state() == (False, ("high", True))  # cuDNN's convolutions too, as nanoGPT sets both
 set_tf32_state(legacy)
 assert torch.get_float32_matmul_precision() == "highest"
+torch.set_float32_matmul_precision("medium")  # a caller's: kept through enable_tf32 and restored exactly
+medium = tf32_state()
+enable_tf32()
+assert torch.get_float32_matmul_precision() == "medium" and tf32_matmuls()
+set_tf32_state(legacy)
+set_tf32_state(medium)
+assert torch.get_float32_matmul_precision() == "medium"  # (allow_tf32=True written back made it 'high')
+set_tf32_state(legacy)
 if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # the new switch, set by the caller
     torch.backends.cuda.matmul.fp32_precision = "ieee"
     torch.backends.cuda.matmul.fp32_precision = "tf32"

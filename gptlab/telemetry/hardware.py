@@ -249,8 +249,8 @@ def measure_peak_flops(device: torch.device | str, dtype: Any, size: int | None 
     from gptlab.device import enable_tf32, set_tf32_state, tf32_state
 
     kept = tf32_state()
-    enable_tf32()
     try:
+        enable_tf32()
         return _timed_matmuls(device, torch_dtype, size, iters)
     finally:
         set_tf32_state(kept)
