@@ -24,6 +24,7 @@ import torch
 from common import add_run_args, at_least, build_trainer, make_steps  # bench/common.py: run from bench/ or by path
 
 from gptlab import parallel
+from gptlab.model.loss_kernel import kernel_launches
 
 
 def _sync(device: torch.device) -> None:
@@ -82,14 +83,6 @@ def profile_steps(step: Any, device: torch.device, steps: int, out_dir: Path, ro
     print(f"trace: {trace}")
 
 
-def loss_kernel_launches() -> int:
-    """The chunked loss's Triton kernel launches so far in this process (gptlab.model.loss_kernel): the run
-    says the kernel ran from their count, not from whether it applies."""
-    from gptlab.model.loss_kernel import KERNEL_LAUNCHES
-
-    return sum(KERNEL_LAUNCHES.values())
-
-
 def sdpa_kernels(step: Any) -> list[str]:
     """The SDPA kernels one more step runs, by aten's names (``cudnn_attention``, ``flash_attention``, ...): the
     one PyTorch's order and ``sdpa_backend`` picked. Empty where none shows (manual attention, CUDA-graph replay)."""
@@ -126,7 +119,7 @@ def main() -> None:
     plain_step, gptlab_step = make_steps(trainer, a.grad_accum)
 
     tokens = a.batch_size * a.block_size * a.grad_accum  # per rank
-    launches_before = loss_kernel_launches()
+    launches_before = kernel_launches()
     start = time.perf_counter()  # the first step compiles (with --compile): regional compile's gain is here
     plain_step()
     _sync(device)
@@ -148,7 +141,7 @@ def main() -> None:
         "gptlab train_step": time_back_to_back(gptlab_step, device, a.iters, after_stats),
     }
     kernels = sdpa_kernels(gptlab_step) if a.attention_backend == "sdpa" else []  # once, outside the timing
-    loss_kernel_ran = loss_kernel_launches() > launches_before  # counted launches: had, not only asked for
+    loss_kernel_ran = kernel_launches() > launches_before  # counted launches: had, not only asked for
     flops = trainer.telemetry.flops_summary()["flops_per_token"]
     peak = trainer.telemetry.peak  # the MFU denominator, said with every result
     memory = trainer.telemetry.memory_stats()

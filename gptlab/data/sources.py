@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gptlab.data.storage import SPLITS, split_path
+from gptlab.data.storage import SPLITS, holds_splits
 from gptlab.errors import DataError
 from gptlab.fileio import atomic_write
 
@@ -162,6 +162,12 @@ def kind_of(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _its_text(files: Iterable[Path]) -> Path | None:
+    """A dataset folder's text to name instead of the folder: its input.txt (nanoGPT's layout), else its only .txt."""
+    texts = sorted(p for p in files if kind_of(p) == ".txt")
+    return next((p for p in texts if p.name == "input.txt"), texts[0] if len(texts) == 1 else None)
+
+
 def local_files(input_path: Path, exclude: Path | None = None, record_skipped: list[Path] | None = None) -> list[Path]:
     """A file, or every non-hidden file under a folder in sorted order (``exclude``: the output dir;
     prepared datasets in subfolders are left out, and listed in ``record_skipped``)."""
@@ -174,11 +180,10 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
             )
         raise DataError(f"--input {input_path} does not exist (expected a text file or a folder of them)")
     skip = exclude.resolve() if exclude is not None else None
-    if all(split_path(input_path, s).is_file() for s in SPLITS) and input_path.resolve() != skip:
+    if holds_splits(input_path) and input_path.resolve() != skip:
         # a prepared dataset given whole (nanoGPT's data/shakespeare_char): its prepare.py, readme and meta.json
         # would be read as training text beside its input; subfolders like it are skipped below
-        texts = sorted(p for p in input_path.iterdir() if kind_of(p) == ".txt" and p.is_file())
-        text = next((p for p in texts if p.name == "input.txt"), texts[0] if len(texts) == 1 else None)
+        text = _its_text(p for p in input_path.iterdir() if p.is_file())
         raise DataError(
             f"--input {input_path} is a prepared dataset ({', '.join(f'{s}.bin' for s in SPLITS)}), not a folder of "
             + "text: "
@@ -193,15 +198,14 @@ def local_files(input_path: Path, exclude: Path | None = None, record_skipped: l
         if skip is not None and skip in path.resolve().parents:
             in_output.append(path)
             continue
-        dataset = path.parent != input_path and all(split_path(path.parent, s).is_file() for s in SPLITS)
+        dataset = path.parent != input_path and holds_splits(path.parent)
         if dataset:  # a prepared dataset (gptlab's or nanoGPT's) in a subfolder: data, not text
             skipped_datasets.add(path.parent)
             continue
         files.append(path)
     files.sort(key=lambda p: p.relative_to(input_path).as_posix())
     if not files and in_output:  # nanoGPT's layout, data/NAME/input.txt, named by its folder: the output's
-        texts = sorted(p for p in in_output if kind_of(p) == ".txt")
-        text = next((p for p in texts if p.name == "input.txt"), texts[0] if len(texts) == 1 else None)
+        text = _its_text(in_output)
         own = input_path.resolve() == skip
         where = "is the dataset's own folder" if own else f"holds only the dataset's folder {skip}"
         raise DataError(
@@ -322,7 +326,7 @@ def is_records_input(input_path: Path) -> bool:
         return True
     if input_path.is_file():
         return kind_of(input_path) in RECORD_SUFFIXES
-    if not input_path.is_dir() or all(split_path(input_path, s).is_file() for s in SPLITS):
+    if not input_path.is_dir() or holds_splits(input_path):
         return False  # a prepared dataset's folder: local_files says what to pass instead (its own, or another)
     files = local_files(input_path)
     return bool(files) and all(kind_of(p) in RECORD_SUFFIXES for p in files)

@@ -43,6 +43,11 @@ def split_path(dataset_dir: str | Path, split: str) -> Path:
     return Path(dataset_dir) / f"{split}.bin"
 
 
+def holds_splits(folder: str | Path) -> bool:
+    """Whether ``folder`` holds every split's token file: a prepared dataset (gptlab's or nanoGPT's), not text."""
+    return all(split_path(folder, s).is_file() for s in SPLITS)
+
+
 def read_meta(dataset_dir: str | Path) -> dict[str, Any]:
     """The dataset's meta.json (for nanoGPT's prepare.py output, which has none, ``nanogpt_meta``);
     DataError if it is missing or unreadable."""

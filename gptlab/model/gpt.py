@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import numbers
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,9 @@ def _check_token_ids(idx: Tensor) -> None:
         )
 
 
-def _sampling_args(max_new_tokens: Any, temperature: Any, top_k: Any) -> tuple[Any, Any, Any]:
+def _sampling_args(
+    max_new_tokens: Any, temperature: Any, top_k: Any, vocab_limit: Any = None
+) -> tuple[Any, Any, Any, Any]:
     """generate()'s arguments checked, one line each (the command line's checks, for the Python API): top_k=0
     was an IndexError mid-generation, a negative temperature silently drew the least likely tokens. A 0-d
     tensor (``torch.tensor(0.8)``) stands for its number, as it did before the checks."""
@@ -96,8 +97,9 @@ def _sampling_args(max_new_tokens: Any, temperature: Any, top_k: Any) -> tuple[A
 
     from gptlab.errors import ConfigError
 
-    max_new_tokens, temperature, top_k = (
-        v.item() if isinstance(v, Tensor) and v.ndim == 0 else v for v in (max_new_tokens, temperature, top_k)
+    max_new_tokens, temperature, top_k, vocab_limit = (
+        v.item() if isinstance(v, Tensor) and v.ndim == 0 else v
+        for v in (max_new_tokens, temperature, top_k, vocab_limit)
     )
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
@@ -109,9 +111,11 @@ def _sampling_args(max_new_tokens: Any, temperature: Any, top_k: Any) -> tuple[A
         or not (temperature == 0 or low <= temperature < math.inf)
     ):
         raise ConfigError(f"temperature={temperature!r} is invalid: expected 0 (greedy) or a finite float >= {low}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
-        raise ConfigError(f"top_k={top_k!r} is invalid: expected None or an integer >= 1")
-    return max_new_tokens, temperature, top_k
+    for key, value in (("top_k", top_k), ("vocab_limit", vocab_limit)):
+        # vocab_limit as a slice bound: -5 masked the last five ids, 0 every one (torch.multinomial's inf/nan error)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+            raise ConfigError(f"{key}={value!r} is invalid: expected None or an integer >= 1")
+    return max_new_tokens, temperature, top_k, vocab_limit
 
 
 class ConfigurableGPT(nn.Module):
@@ -278,14 +282,11 @@ class ConfigurableGPT(nn.Module):
         ``vocab_limit`` keeps ids below the tokenizer's size when the vocabulary is padded (default: the
         model's ``vocab_limit``, which a gptlab checkpoint's tokenizer sets)."""
         _check_token_ids(idx)  # a 1-D prompt was an IndexError at its first crop
-        max_new_tokens, temperature, top_k = _sampling_args(max_new_tokens, temperature, top_k)
+        max_new_tokens, temperature, top_k, vocab_limit = _sampling_args(
+            max_new_tokens, temperature, top_k, vocab_limit
+        )
         if vocab_limit is None:
             vocab_limit = self.vocab_limit
-        elif isinstance(vocab_limit, bool) or not isinstance(vocab_limit, numbers.Integral) or vocab_limit < 1:
-            # a slice bound as given: -5 masked the last five ids, 0 every one (torch.multinomial's inf/nan error)
-            from gptlab.errors import ConfigError
-
-            raise ConfigError(f"vocab_limit={vocab_limit!r} is invalid: expected None or an integer >= 1")
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(idx_cond)
@@ -348,7 +349,7 @@ class ConfigurableGPT(nn.Module):
         ``gptlab.telemetry.estimate_mfu_detailed`` for the keywords (num_gpus, peak_flops, ...). The peak is
         that of the device the model is on: none on a CPU, though a GPU is present. HFU counts this model's
         own recomputation (``gradient_checkpointing_enable()``) and its device's attention backward."""
-        from gptlab.telemetry.flops import compute_flops
+        from gptlab.telemetry.flops import DEVICE_TYPES, compute_flops
         from gptlab.telemetry.mfu import estimate_mfu_detailed
 
         device = next(self.parameters()).device
@@ -364,7 +365,7 @@ class ConfigurableGPT(nn.Module):
                 kwargs.get("seq_len"),
                 activation_checkpointing=kwargs["activation_checkpointing"],
                 # an accelerator of another kind (xpu) or the meta device counts as a GPU's kernels do
-                device_type=device.type if device.type in ("cpu", "mps") else "cuda",
+                device_type=device.type if device.type in DEVICE_TYPES else "cuda",
             )
         return estimate_mfu_detailed(self.config, fwdbwd_per_iter, dt, **kwargs)
 

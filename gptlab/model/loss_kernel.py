@@ -73,6 +73,11 @@ def _triton_compiles_for(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= 7
 
 
+def kernel_launches() -> int:
+    """The kernel's launches so far in this process, on every device (``KERNEL_LAUNCHES``)."""
+    return sum(KERNEL_LAUNCHES.values())
+
+
 def triton_kernel_applies(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether ``softmax_grad_`` runs the Triton kernel for logits of this device and dtype (CUDA; bf16, fp16
     or fp32)."""
@@ -145,4 +150,4 @@ def _(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.new_empty(logits.shape[0], dtype=torch.float32)
 
 
-__all__ = ["KERNEL_LAUNCHES", "softmax_grad_", "triton_kernel_applies"]
+__all__ = ["KERNEL_LAUNCHES", "kernel_launches", "softmax_grad_", "triton_kernel_applies"]

@@ -34,7 +34,19 @@ from gptlab.config.model import ModelArchitectureConfig
 from gptlab.errors import ConfigError, first_line, unknown_choice
 from gptlab.telemetry.mfu import estimate_mfu_detailed, expected_tokens_per_sec  # MFU = these FLOPs / time / peak
 
-DEVICE_TYPES = ("cuda", "cpu", "mps")  # what the FLOPs (HFU) and the memory plan tell apart
+# torch.device types the FLOPs (HFU) and the memory plan tell apart ('cuda' stands for ROCm too)
+DEVICE_TYPES = ("cuda", "cpu", "mps")
+
+
+def checked_seq_len(seq_len: Any, block_size: int) -> int:
+    """A sequence length the model runs: ``block_size`` for None, else an integer in [1, block_size] (a fraction
+    was truncated, '8' taken, a length past block_size counted)."""
+    if seq_len is None:
+        return block_size
+    if isinstance(seq_len, bool) or not isinstance(seq_len, numbers.Integral) or not 1 <= seq_len <= block_size:
+        raise ConfigError(f"seq_len={seq_len!r} is invalid: expected an integer in [1, block_size={block_size}]")
+    return int(seq_len)
+
 
 # rows that occur once per token, not once per layer
 _ONCE = ("lm_head", "loss", "position_add", "position_encoding", "final_norm_matmuls")
@@ -215,10 +227,7 @@ def compute_flops(
     only matters to HFU (whether SDPA's backward recomputes QK^T there)."""
     if device_type not in DEVICE_TYPES:  # 'CPU' or 'tpu' was counted as a GPU's HFU, silently
         raise unknown_choice("device_type", device_type, DEVICE_TYPES)
-    S = config.block_size if seq_len is None else seq_len
-    if isinstance(S, bool) or not isinstance(S, numbers.Integral) or not 1 <= S <= config.block_size:
-        raise ConfigError(f"seq_len={seq_len!r} is invalid: expected an integer in [1, block_size={config.block_size}]")
-    S = int(S)
+    S = checked_seq_len(seq_len, config.block_size)
     H, L, V = config.n_embd, config.n_layer, config.vocab_size
     h, hd = config.n_head, config.head_dim
     q_dim = h * hd  # = H: query heads x head size

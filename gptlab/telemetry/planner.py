@@ -52,7 +52,7 @@ from gptlab.config.model import ModelArchitectureConfig
 from gptlab.config.train import SDPA_BACKENDS
 from gptlab.errors import ConfigError, unknown_choice
 from gptlab.telemetry.activations import ActivationEstimate, compute_bytes, estimate_activations
-from gptlab.telemetry.flops import DEVICE_TYPES
+from gptlab.telemetry.flops import DEVICE_TYPES, checked_seq_len
 from gptlab.telemetry.params import FP32_BYTES, TensorShape, buffer_bytes, parameter_shapes
 
 MODES = ("none", "ddp", "zero1", "fsdp")
@@ -135,9 +135,6 @@ def _optimizer_bytes(shapes: list[TensorShape], numels: list[int], optimizer: st
     return OPTIMIZER_STATES[optimizer] * FP32_BYTES * sum(numels) + STEP_BYTES[optimizer] * len(shapes)
 
 
-# torch.device types whose autocast rules the plan knows ('cuda' stands for ROCm too)
-
-
 def _count(key: str, value: Any) -> int:
     """A count of ranks, sequences or micro-steps as an int: a numpy or 0-d tensor integer taken, 4.5 sequences,
     '4' or a bool refused."""
@@ -186,11 +183,7 @@ def plan_memory(
         raise unknown_choice("device_type", device_type, DEVICE_TYPES)
     if parallel == "none" and world_size != 1:
         raise ConfigError(f"parallel='none' runs on one GPU, got world_size={world_size}")
-    T = config.block_size if seq_len is None else seq_len
-    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or not 0 < T <= config.block_size:
-        # (1.99 was planned as 1 and '8' as 8: compute_flops refuses them, as the command line does)
-        raise ConfigError(f"seq_len={seq_len!r} is invalid: expected an integer in [1, block_size={config.block_size}]")
-    T = int(T)
+    T = checked_seq_len(seq_len, config.block_size)  # (1.99 was planned as 1 and '8' as 8)
     if isinstance(loss_chunk_size, bool) or not isinstance(loss_chunk_size, numbers.Integral) or loss_chunk_size < 0:
         raise ConfigError(f"loss_chunk_size={loss_chunk_size!r} is invalid: expected an integer >= 0")
     if sdpa_backend not in SDPA_BACKENDS:  # 'Math' was planned as auto: 8 GB under a math-path GPT-2 124M

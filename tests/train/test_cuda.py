@@ -112,7 +112,7 @@ def test_chunked_loss_kernel_matches_torch_ops(compiled: bool, monkeypatch: pyte
         fn = torch.compile(linear_cross_entropy, fullgraph=True) if compile_it else linear_cross_entropy
         monkeypatch.setattr(loss_kernel, "USE_TRITON", use_triton)
         torch._dynamo.reset()
-        launches = sum(loss_kernel.KERNEL_LAUNCHES.values())
+        launches = loss_kernel.kernel_launches()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             torch.autograd.grad(fn(x, w, t, 1024), (x, w))  # compiles (inductor's autotuning syncs) and JITs
             torch.cuda.synchronize()
@@ -124,7 +124,7 @@ def test_chunked_loss_kernel_matches_torch_ops(compiled: bool, monkeypatch: pyte
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         # three chunks of 1024 rows, in each of the two calls
-        assert sum(loss_kernel.KERNEL_LAUNCHES.values()) - launches == (6 if use_triton else 0)
+        assert loss_kernel.kernel_launches() - launches == (6 if use_triton else 0)
         results.append((loss.detach(), *grads))
     for result in results[1:]:
         for got, want in zip(result, results[0], strict=True):
