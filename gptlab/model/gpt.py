@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gptlab.config.model import ModelArchitectureConfig
+from gptlab.errors import ConfigError
 from gptlab.model.attention import CausalSelfAttention, autocast_input
 from gptlab.model.components import (
     PositionContext,
@@ -116,6 +117,23 @@ def _sampling_args(
         if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
             raise ConfigError(f"{key}={value!r} is invalid: expected None or an integer >= 1")
     return max_new_tokens, temperature, top_k, vocab_limit
+
+
+def _check_cropped(encoding: nn.Module, config: ModelArchitectureConfig) -> None:
+    """Refuse a crop that left a length-sized tensor at its old length (a registered encoding whose ``crop()``
+    is the base's no-op): its checkpoint would record the new block_size with weights no model of that size
+    loads, so the fine-tune would train and save, and its resume and samples fail."""
+    with torch.device("meta"):
+        fresh = position_encoding_for(config)
+    want = {name: tuple(t.shape) for name, t in fresh.state_dict().items()}
+    have = {name: tuple(t.shape) for name, t in encoding.state_dict().items()}
+    if have != want:
+        name = next(k for k in sorted(want.keys() | have.keys()) if have.get(k) != want.get(k))
+        raise ConfigError(
+            f"position_encoding={config.position_encoding!r} cannot shrink to block_size={config.block_size}: after "
+            f"its crop() {name!r} has shape {have.get(name)}, a model of that block_size {want.get(name)}; override "
+            "crop(max_seq_len) in the encoding to shrink its length-sized tensors, or keep the block_size"
+        )
 
 
 class ConfigurableGPT(nn.Module):
@@ -254,6 +272,7 @@ class ConfigurableGPT(nn.Module):
             raise ValueError(f"block_size={block_size} must be in [1, {self.config.block_size}]")
         self.config = ModelArchitectureConfig(**{**self.config.to_dict(), "block_size": block_size})
         self.pos_encoding.crop(block_size)
+        _check_cropped(self.pos_encoding, self.config)
 
     def configure_optimizers(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str

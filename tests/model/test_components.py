@@ -180,6 +180,45 @@ def test_component_registered_outside_trains_a_step(registered: None) -> None:
     assert isinstance(act_model.blocks[0].ffn.act, nn.Tanh)
 
 
+class LearnedRelativeBias(PositionEncoding):
+    """A learned (n_head, max_seq_len) table: a length-sized parameter, which the base crop() leaves be."""
+
+    attention_bias = True
+
+    def __init__(self, max_seq_len: int, n_head: int, **_: object) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(n_head, max_seq_len))
+
+    def context(self, seq_len: int, device: torch.device) -> PositionContext:
+        p = torch.arange(seq_len, device=device)
+        d = p[:, None] - p[None, :]
+        bias = self.table[:, d.clamp(min=0)].masked_fill(d < 0, float("-inf"))
+        return PositionContext(bias=bias.unsqueeze(0))
+
+
+class CroppedRelativeBias(LearnedRelativeBias):
+    def crop(self, max_seq_len: int) -> None:
+        self.table = nn.Parameter(self.table[:, :max_seq_len].detach().clone())
+
+
+@pytest.mark.parametrize("encoding", [LearnedRelativeBias, CroppedRelativeBias])
+def test_a_crop_that_leaves_a_length_sized_tensor_is_refused(encoding: type) -> None:
+    """Without its own crop() a registered encoding kept its (n_head, 32) table after a fine-tune's
+    crop_block_size(16): the run trained and saved, and its resume and samples failed on the shape."""
+    POSITION_ENCODING_REGISTRY.register("relbias")(encoding)
+    try:
+        model = ConfigurableGPT(get_debug_config("custom", position_encoding="relbias", block_size=32))
+        if encoding is LearnedRelativeBias:
+            with pytest.raises(ConfigError, match=r"'relbias' cannot shrink to block_size=16: .*'table'.*crop"):
+                model.crop_block_size(16)
+            return
+        model.crop_block_size(16)
+        fresh = ConfigurableGPT(get_debug_config("custom", position_encoding="relbias", block_size=16))
+        fresh.load_state_dict(model.state_dict())  # what a resume of the fine-tune does
+    finally:
+        del POSITION_ENCODING_REGISTRY["relbias"]
+
+
 def test_unregistered_names_are_rejected_again_after_removal() -> None:
     with pytest.raises(ConfigError, match="normalization='scalenorm'"):
         get_debug_config("custom", normalization="scalenorm")
