@@ -8,6 +8,7 @@ recomputes them instead of carrying stale values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import types
@@ -94,6 +95,14 @@ class ModelArchitectureConfig:
         or the FFN says nothing (its class's ``gate_activation``)."""
         return getattr(_ffn_class(self.ffn_type), "gate_activation", None)
 
+    @property
+    def gelu_approximate_applies(self) -> bool:
+        """Whether the activation reads ``gelu_approximate``: the built-in GELU, or a registered one taking
+        ``approximate`` that a ``functools.partial`` has not bound."""
+        from gptlab.model.components import takes_gelu_approximate
+
+        return takes_gelu_approximate(self.activation)
+
     def unused_keys(self) -> frozenset[str]:
         """Fields this architecture does not read: a fixed gate's ``activation`` (and its GELU approximation),
         a GELU approximation where no GELU runs, RoPE's theta without a rotary encoding, the FFN width rule
@@ -101,7 +110,7 @@ class ModelArchitectureConfig:
         unused = set()
         if self.gate_activation is not None:
             unused |= {"activation", "gelu_approximate"}
-        elif self.activation != "gelu":
+        elif not self.gelu_approximate_applies:
             unused.add("gelu_approximate")
         if not self.rotary:
             unused.add("rope_theta")
@@ -194,7 +203,7 @@ class ModelArchitectureConfig:
         """A short descriptive name such as ``pre-rmsnorm_rope_swiglu_untied``: every choice that changes
         what the model computes, so two ablations never share a name (sizes are left to the size line;
         a norm eps or RoPE theta other than the usual 1e-5 / 10000 is named)."""
-        tanh = self.activation == "gelu" and self.gelu_approximate == "tanh"
+        tanh = self.gelu_approximate_applies and self.gelu_approximate == "tanh"
         # a gated FFN whose gate is fixed (SwiGLU's SiLU) is named alone; one that takes the activation is not
         fixed = self.ffn_gated and self.gate_activation is not None
         ffn = self.ffn_type if fixed else f"{self.activation}{'_tanh' if tanh else ''}-{self.ffn_type}"
@@ -223,7 +232,7 @@ class ModelArchitectureConfig:
             ffn = f"{self.ffn_type} ({gate} gate), d_ff={self.ffn_hidden_dim}"
         else:
             act = self.activation + (
-                " (tanh approx.)" if self.activation == "gelu" and self.gelu_approximate == "tanh" else ""
+                " (tanh approx.)" if self.gelu_approximate_applies and self.gelu_approximate == "tanh" else ""
             )
             ffn = f"{self.ffn_type} ({act}), d_ff={self.ffn_hidden_dim}"
         attn = f"{self.n_head} heads x {self.head_dim}"
@@ -296,8 +305,12 @@ def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str])
                 f"gelu_approximate={config.gelu_approximate!r} has no effect: the gate of "
                 f"ffn_type={config.ffn_type!r} is {exact}{gate}"
             )
+        from gptlab.model.registry import ACTIVATION_REGISTRY
+
+        bound = isinstance(ACTIVATION_REGISTRY.get(config.activation), functools.partial)
+        why = "binds approximate= itself (a functools.partial)" if bound else "takes no approximate= (no GELU)"
         raise ConfigError(
-            f"gelu_approximate={config.gelu_approximate!r} has no effect: activation={config.activation!r} is not GELU"
+            f"gelu_approximate={config.gelu_approximate!r} has no effect: activation={config.activation!r} {why}"
         )
     return config
 

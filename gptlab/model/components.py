@@ -6,6 +6,7 @@ component registered from outside the package is usable from a config with no ot
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -163,8 +164,28 @@ class LeakyReLU(nn.LeakyReLU):
 
 
 def build_activation(name: str, **options: Any) -> nn.Module:
-    """Build the activation registered as ``name``; options a class does not use are ignored."""
+    """Build the activation registered as ``name``; options a class does not use are ignored, and those a
+    ``functools.partial`` binds are its own (``partial(GELU, approximate='tanh')`` stays tanh)."""
+    component = ACTIVATION_REGISTRY.get(name) if isinstance(name, str) else None
+    if isinstance(component, functools.partial):
+        options = {key: value for key, value in options.items() if key not in component.keywords}
     return _construct(ACTIVATION_REGISTRY, name, "keyword options such as approximate= (**_ to ignore them)", **options)
+
+
+def takes_gelu_approximate(name: str) -> bool:
+    """Whether the activation registered as ``name`` reads ``gelu_approximate``: one with an ``approximate``
+    parameter (the built-in GELU, or one's own) that no ``functools.partial`` binds. An unregistered name
+    is 'gelu''s alone (validation says what is wrong with it)."""
+    component = ACTIVATION_REGISTRY.get(name) if isinstance(name, str) else None
+    if component is None:
+        return name == "gelu"
+    if isinstance(component, functools.partial) and "approximate" in component.keywords:
+        return False
+    try:
+        parameter = inspect.signature(component).parameters.get("approximate")
+    except (TypeError, ValueError):  # a builtin: no signature, no approximate
+        return False
+    return parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
 
 
 # --------------------------------------------------------------------------- feed-forward

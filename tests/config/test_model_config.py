@@ -287,7 +287,7 @@ def test_valid_sizes_build_a_model(n_layer: int, n_head: int, head_dim: int, kv_
         ("custom", {"ffn_type": "geglu", "activation": "silu"}, "whose gate is gelu"),
         ("llama", {"gelu_approximate": "tanh"}, "the gate of ffn_type='swiglu' is silu"),
         ("gpt2", {"ffn_type": "geglu", "gelu_approximate": "tanh"}, "the gate of ffn_type='geglu' is exact gelu"),
-        ("custom", {"activation": "relu", "gelu_approximate": "tanh"}, "activation='relu' is not GELU"),
+        ("custom", {"activation": "relu", "gelu_approximate": "tanh"}, "activation='relu' takes no approximate="),
         ("gpt2", {"rope_theta": 500000.0}, "position_encoding='learned_absolute' is not rotary"),
         ("llama", {"d_ff": 1024, "multiple_of": 128}, "multiple_of=128 has no effect: d_ff=1024 sets the FFN width"),
         ("llama", {"d_ff": 1024, "multiple_of": 256}, "multiple_of=256 has no effect"),  # llama's own value: typed

@@ -3,6 +3,7 @@ from outside the package is usable from a config with no other change."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -217,6 +218,42 @@ def test_a_crop_that_leaves_a_length_sized_tensor_is_refused(encoding: type) -> 
         fresh.load_state_dict(model.state_dict())  # what a resume of the fine-tune does
     finally:
         del POSITION_ENCODING_REGISTRY["relbias"]
+
+
+class OwnGELU(nn.GELU):
+    """One's own GELU taking approximate= as the built-in does."""
+
+    def __init__(self, approximate: str = "none", **_: object) -> None:
+        super().__init__(approximate=approximate)
+
+
+def test_gelu_approximate_reaches_the_activations_that_take_it_and_no_partial_that_binds_it() -> None:
+    """A partial binding approximate='tanh' was built exact (the config's default overrode it); a registered
+    GELU taking approximate= was refused gelu_approximate='tanh' as 'not GELU', and its tanh and exact
+    variants shared a name."""
+    from gptlab.config.model import check_keys_take_effect
+
+    ACTIVATION_REGISTRY["gelu_new"] = functools.partial(OwnGELU, approximate="tanh")
+    ACTIVATION_REGISTRY["owngelu"] = OwnGELU
+    try:
+        for preset in ("custom", "gpt2"):  # gpt2's own gelu_approximate='tanh' leaves the partial's too
+            model = ConfigurableGPT(get_debug_config(preset, activation="gelu_new"))
+            assert model.blocks[0].ffn.act.approximate == "tanh"
+        bound = get_debug_config("custom", activation="gelu_new", gelu_approximate="tanh")
+        with pytest.raises(ConfigError, match=r"activation='gelu_new' binds approximate= itself"):
+            check_keys_take_effect(bound, {"gelu_approximate"})
+        own = get_debug_config("custom", activation="owngelu", gelu_approximate="tanh")
+        assert check_keys_take_effect(own, {"gelu_approximate"}) is own
+        assert ConfigurableGPT(own).blocks[0].ffn.act.approximate == "tanh"
+        exact = get_debug_config("custom", activation="owngelu")
+        assert own.get_architecture_name() != exact.get_architecture_name()
+        assert "owngelu_tanh-standard" in own.get_architecture_name() and own.computed() != exact.computed()
+        with pytest.raises(ConfigError, match=r"activation='relu' takes no approximate="):
+            check_keys_take_effect(
+                get_debug_config("custom", activation="relu", gelu_approximate="tanh"), {"gelu_approximate"}
+            )
+    finally:
+        del ACTIVATION_REGISTRY["gelu_new"], ACTIVATION_REGISTRY["owngelu"]
 
 
 def test_unregistered_names_are_rejected_again_after_removal() -> None:
