@@ -168,6 +168,7 @@ class ConfigurableGPT(nn.Module):
         self.residual_cast = False
         if init_weights:
             self.apply(self._init_weights)
+            self._init_components()
 
     # ------------------------------------------------------------------ init
     def _init_weights(self, module: nn.Module) -> None:
@@ -181,6 +182,14 @@ class ConfigurableGPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def _init_components(self) -> None:
+        """Call each submodule's own ``init_weights()`` after GPT-2's init, innermost first: a registered component
+        that initialises its Linear layers itself (a zero-initialised gate) keeps its choice, which the pass above
+        overwrote with N(0, init_std) (torchtitan's hook name)."""
+        for module in reversed(list(self.modules())):  # pre-order reversed: every child before its parent
+            if module is not self and callable(hook := getattr(module, "init_weights", None)):
+                hook()
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -256,6 +256,33 @@ def test_gelu_approximate_reaches_the_activations_that_take_it_and_no_partial_th
         del ACTIVATION_REGISTRY["gelu_new"], ACTIVATION_REGISTRY["owngelu"]
 
 
+class GatedNorm(nn.Module):
+    """RMSNorm plus a zero-initialised correction: a component that sets its own Linear's init."""
+
+    def __init__(self, ndim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps, self.delta = eps, nn.Linear(ndim, ndim, bias=False)
+
+    def init_weights(self) -> None:
+        nn.init.zeros_(self.delta.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y + self.delta(y)
+
+
+def test_a_component_keeps_the_init_its_init_weights_draws() -> None:
+    """GPT-2's init pass drew N(0, 0.02) over a component's zero-initialised Linear; its init_weights() now
+    runs after it. The model's other weights keep GPT-2's init."""
+    NORM_REGISTRY.register("gatednorm")(GatedNorm)
+    try:
+        model = ConfigurableGPT(get_debug_config("llama", normalization="gatednorm"))
+        assert all(torch.count_nonzero(m.delta.weight) == 0 for m in model.modules() if isinstance(m, GatedNorm))
+        assert 0.015 < model.blocks[0].attn.qkv.weight.std() < 0.025
+    finally:
+        del NORM_REGISTRY["gatednorm"]
+
+
 def test_unregistered_names_are_rejected_again_after_removal() -> None:
     with pytest.raises(ConfigError, match="normalization='scalenorm'"):
         get_debug_config("custom", normalization="scalenorm")
