@@ -133,6 +133,8 @@ def _import_file(path: Path) -> str:
         del sys.modules[name]
         raise
     _imported_files[resolved] = name
+    if isinstance(nested := getattr(module, "plugins", None), str):  # a config file's plugins key: its components
+        import_plugins(anchor_plugins(nested, resolved.parent))  # too (after the record above: a cycle ends)
     return name
 
 

@@ -708,6 +708,26 @@ def test_a_config_files_plugins_are_found_from_its_folder(tmp_path: Path, monkey
         sys.modules.pop("norms_t", None)
 
 
+def test_a_config_file_given_as_plugins_imports_the_plugins_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gptlab export/sample --plugins=run2.py`, run2.py naming its components in its plugins key (the docs: "the
+    config file itself will do"): importing it assigned the string and registered nothing."""
+    folder = tmp_path / "project"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "more_t.py").write_text(
+        "from torch import nn\nfrom gptlab.model import NORM_REGISTRY\n"
+        "NORM_REGISTRY['nested_t'] = lambda ndim, eps=1e-5: nn.LayerNorm(ndim, eps=eps)\n"
+    )
+    (folder / "run2.py").write_text("plugins = 'sub/more_t.py, run2.py'\nnormalization = 'nested_t'\n")
+    monkeypatch.chdir(tmp_path)  # not the config file's folder: its entries are found from its own
+    try:
+        import_plugins(str(folder / "run2.py"))  # names itself too: imported once
+        assert "nested_t" in NORM_REGISTRY
+    finally:
+        NORM_REGISTRY.pop("nested_t", None)
+
+
 def test_config_files_importing_modules_of_one_name_from_their_folders_are_refused(tmp_path: Path) -> None:
     """`gptlab compare a/cfg.py b/cfg.py`, each file with `import mycomp` beside it: Python handed the second
     file the first folder's module (cached), so both columns were the first's component, silently."""
