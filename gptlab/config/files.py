@@ -9,7 +9,7 @@ import copy
 import importlib.util
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,8 @@ def load_config_file(
     values = {k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)}
     values = {k: v for k, v in values.items() if not hasattr(v, "__spec__")}  # imported modules
     values = {k: v for k, v in values.items() if not isinstance(v, Registry)}  # imported to register a component
+    imported = _imported_names(tree, namespace)  # `from math import pi`: a global of the file, as in nanoGPT's
+    values = {k: v for k, v in values.items() if k in known or k not in imported}  # (a key imported sets it)
     for key in values:
         if key not in known:
             raise ConfigError(
@@ -181,6 +183,22 @@ def load_config_file(
         # the file registers components: it is its own plugin, so the run records it and the hint names it
         values["plugins"] = merge_plugins(values.get("plugins"), str(path.resolve()))
     return values
+
+
+def _imported_names(tree: ast.Module, namespace: Mapping[str, Any]) -> set[str]:
+    """The names the file's import statements bind (``from math import pi``; a ``*`` import's, read from its
+    module): values, not settings, unless they are keys."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name != "*":
+                    names.add(alias.asname or alias.name)
+                elif node.level == 0 and (module := sys.modules.get(node.module or "")) is not None:
+                    names.update(k for k, v in vars(module).items() if namespace.get(k, object()) is v)
+    return names
 
 
 def _check_own_modules_imported(tree: ast.Module, path: Path) -> None:

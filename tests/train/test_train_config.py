@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -289,6 +290,24 @@ def test_a_config_file_reads_the_defaults_and_earlier_files_as_nanogpt_configs_d
     (tmp_path / "typo_globals.py").write_text("globals()['n_layr'] = 3\n")
     with pytest.raises(ConfigError, match=r"unknown key 'n_layr' \(did you mean 'n_layer'\?\)"):
         load_config_file(tmp_path / "typo_globals.py")
+
+
+def test_a_config_files_imported_values_are_its_globals_and_an_imported_key_a_setting(tmp_path: Path) -> None:
+    """`from math import pi` (or a * import, or torch's float16) was refused as an unknown key 'pi' with a hint
+    about helpers the user never wrote; in nanoGPT it is a harmless global. A key imported from a module of
+    one's own settings sets it, as nanoGPT's exec would."""
+    (tmp_path / "shared_t.py").write_text("learning_rate = 3e-4\nunrelated = 1\n")
+    (tmp_path / "cfg.py").write_text(
+        "from math import pi, tau as _tau\nfrom math import *\nimport os.path\nfrom torch import float16\n"
+        "from shared_t import learning_rate, unrelated\nn_layer = 2\nmin_lr = pi * 1e-5\n"
+    )
+    try:
+        assert load_config_file(tmp_path / "cfg.py") == {"n_layer": 2, "min_lr": math.pi * 1e-5, "learning_rate": 3e-4}
+    finally:
+        sys.modules.pop("shared_t", None)
+    (tmp_path / "typo.py").write_text("from math import pi\nn_layr = pi\n")  # an assigned typo is still one
+    with pytest.raises(ConfigError, match=r"unknown key 'n_layr'"):
+        load_config_file(tmp_path / "typo.py")
 
 
 def test_config_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
