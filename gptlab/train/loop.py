@@ -554,15 +554,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=not self._stable_grads)
         return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "grad_stats": grad_stats, "skipped": skipped}
 
-    def _measure_local_bytes(self) -> dict[str, float]:
+    def _measure_local_bytes(self, gradients_like_parameters: bool = False) -> dict[str, float]:
         """Bytes of the parameters, gradients and optimizer states this rank holds (local shards),
-        the fullest rank's; measured once, after the first step, when all three exist."""
+        the fullest rank's; measured once, after the first step, when all three exist (a finished run's resume,
+        which steps none: its gradients as its trainable parameters, whose shapes and dtypes they take)."""
         params = list(self.raw_model.parameters())
         optim = getattr(self.optimizer, "optim", self.optimizer)  # ZeroRedundancyOptimizer: this rank's AdamW
         states = [v for s in optim.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
         values = [
             parallel.local_bytes(params),
-            parallel.local_bytes([p.grad for p in params if p.grad is not None]),
+            parallel.local_bytes(
+                [p for p in params if p.requires_grad]
+                if gradients_like_parameters
+                else [p.grad for p in params if p.grad is not None]
+            ),
             parallel.local_bytes(states),
         ]
         values = parallel.all_reduce_max([float(v) for v in values], self.dist)
@@ -805,6 +810,8 @@ class Trainer:
         if not have:  # the final losses: the evaluation of these weights that the killed session logged, and
             # its steps' figures (the summary it would have written), to its checkpoint
             self._adopt_logged_session()
+            if self.measured_bytes is None:  # the loaded weights' and optimizer's, as that session measured them
+                self.measured_bytes = self._measure_local_bytes(gradients_like_parameters=True)
             return self._finish(self._logged_losses())
         self.logger.close()
         return summary if self.master else {}

@@ -285,6 +285,7 @@ def test_resume_of_a_finished_run_changes_nothing_and_eval_only_evaluates(data_d
     # steps' figures, from the log (they were those of this session's no steps)
     done = json.loads(kept["summary.json"])
     steps = ("tokens_per_sec", "dt_ms", "final_loss", "iterations_logged", "start_iter", "peak_memory_gb")
+    steps += ("measured_bytes_per_rank", "planned_bytes_per_rank")  # (they were missing)
     for key in ("final_val_loss", "final_train_loss", "best_val_loss", *steps):
         assert summary[key] == done[key] is not None, key
     assert summary["resumed"] is done["resumed"] is False  # that session's: it started the run
