@@ -119,6 +119,17 @@ def _sampling_args(
     return max_new_tokens, temperature, top_k, vocab_limit
 
 
+def _takes_no_argument(function: Any) -> bool:
+    """Whether ``function`` is callable with no arguments (every parameter has a default, or collects)."""
+    if not callable(function):
+        return False
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
+
+
 def _check_cropped(encoding: nn.Module, config: ModelArchitectureConfig) -> None:
     """Refuse a crop that left a length-sized tensor at its old length (a registered encoding whose ``crop()``
     is the base's no-op): its checkpoint would record the new block_size with weights no model of that size
@@ -186,9 +197,10 @@ class ConfigurableGPT(nn.Module):
     def _init_components(self) -> None:
         """Call each submodule's own ``init_weights()`` after GPT-2's init, innermost first: a registered component
         that initialises its Linear layers itself (a zero-initialised gate) keeps its choice, which the pass above
-        overwrote with N(0, init_std) (torchtitan's hook name)."""
+        overwrote with N(0, init_std). Only a hook that takes no argument: one of another convention
+        (torchtitan's ``init_weights(init_std)``, a function for ``self.apply``) is the component's own business."""
         for module in reversed(list(self.modules())):  # pre-order reversed: every child before its parent
-            if module is not self and callable(hook := getattr(module, "init_weights", None)):
+            if module is not self and _takes_no_argument(hook := getattr(module, "init_weights", None)):
                 hook()
 
     # ------------------------------------------------------------------ forward

@@ -282,6 +282,21 @@ def test_a_component_keeps_the_init_its_init_weights_draws() -> None:
     finally:
         del NORM_REGISTRY["gatednorm"]
 
+    class OtherConventions(GatedNorm):  # torchtitan's init_weights(init_std), nn.Module.apply's (m): not called
+        def init_weights(self, init_std: float) -> None:
+            raise AssertionError("called")
+
+    class ForApply(GatedNorm):
+        def init_weights(self, m: nn.Module) -> None:
+            raise AssertionError("called")
+
+    for norm in (OtherConventions, ForApply):
+        NORM_REGISTRY.register("othernorm")(norm)
+        try:
+            ConfigurableGPT(get_debug_config("llama", normalization="othernorm"))
+        finally:
+            del NORM_REGISTRY["othernorm"]
+
 
 def test_unregistered_names_are_rejected_again_after_removal() -> None:
     with pytest.raises(ConfigError, match="normalization='scalenorm'"):
