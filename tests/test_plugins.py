@@ -724,20 +724,37 @@ def test_a_config_file_given_as_plugins_imports_the_plugins_it_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`gptlab export/sample --plugins=run2.py`, run2.py naming its components in its plugins key (the docs: "the
-    config file itself will do"): importing it assigned the string and registered nothing."""
+    config file itself will do"): importing it assigned the string and registered nothing. Only a typed value is
+    expanded: a typed --plugins that replaced a registering config file's key stays so (the file imported as the
+    run's plugin brought the replaced entry back, registering a second class under one name)."""
+    from gptlab.cli import main
+    from gptlab.config.resolve import parse_run_args
+    from gptlab.plugins import expand_config_plugins
+
     folder = tmp_path / "project"
     (folder / "sub").mkdir(parents=True)
-    (folder / "sub" / "more_t.py").write_text(
-        "from torch import nn\nfrom gptlab.model import NORM_REGISTRY\n"
-        "NORM_REGISTRY['nested_t'] = lambda ndim, eps=1e-5: nn.LayerNorm(ndim, eps=eps)\n"
-    )
+    norm = "from torch import nn\nfrom gptlab.model import NORM_REGISTRY\n@NORM_REGISTRY.register('nested_t')\n"
+    for name in ("sub/more_t.py", "new_t.py"):  # two classes registered under one name
+        (folder / name).write_text(norm + "class Norm(nn.LayerNorm):\n    def __init__(self, ndim, eps=1e-5):\n"
+                                   f"        super().__init__(ndim, eps=eps)  # {name}\n")  # fmt: skip
     (folder / "run2.py").write_text("plugins = 'sub/more_t.py, run2.py'\nnormalization = 'nested_t'\n")
+    (folder / "reg.py").write_text(
+        "from torch import nn\nfrom gptlab.model import ACTIVATION_REGISTRY\n"
+        "ACTIVATION_REGISTRY['reg_t'] = nn.Tanh\nplugins = 'sub/more_t.py'\nnormalization = 'nested_t'\n"
+    )
     monkeypatch.chdir(tmp_path)  # not the config file's folder: its entries are found from its own
     try:
-        import_plugins(str(folder / "run2.py"))  # names itself too: imported once
-        assert "nested_t" in NORM_REGISTRY
+        more, run2 = str(folder / "sub" / "more_t.py"), str(folder / "run2.py")
+        assert expand_config_plugins("project/run2.py") == f"{more}, {run2}, project/run2.py"  # itself: once more
+        assert main(["arch", "custom", "--plugins=project/run2.py", "--normalization=nested_t"]) == 0
+        NORM_REGISTRY.pop("nested_t")
+        run = parse_run_args(["project/reg.py", "--plugins=project/new_t.py", "--dataset=stdlib_char"])
+        assert run.arch.normalization == "nested_t" and "more_t" not in run.train.plugins
+        assert "new_t.py" in repr(NORM_REGISTRY["nested_t"].__init__.__code__.co_filename)
+        import_plugins(run.train.plugins)  # the run's record, as sample and export import it
     finally:
         NORM_REGISTRY.pop("nested_t", None)
+        ACTIVATION_REGISTRY.pop("reg_t", None)
 
 
 def test_config_files_importing_modules_of_one_name_from_their_folders_are_refused(tmp_path: Path) -> None:
