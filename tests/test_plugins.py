@@ -131,20 +131,8 @@ def test_a_name_registered_twice_is_refused_unless_it_is_the_same_definition(tmp
         NORM_REGISTRY["mine_t"] = runs[0]["Gain"]
         NORM_REGISTRY["mine_t"] = runs[1]["Gain"]  # the same file's class, defined again
         assert NORM_REGISTRY["mine_t"] is runs[1]["Gain"]
-        with pytest.raises(ValueError, match=r"'mine_t' is already registered as Gain \(.*gain_norm.py:4\)"):
+        with pytest.raises(ValueError, match=r"'mine_t' is already registered as Gain \(.*gain_norm.py\)"):
             NORM_REGISTRY["mine_t"] = ScalarGainNorm
-        # a copy-paste in one file: a second class of the same name, registered under the same name (the last won)
-        pasted: dict = {"__name__": "pasted_t"}
-        exec(
-            compile(
-                source + "\n" + source.replace("nn.Module", "nn.LayerNorm"), str(tmp_path / "gain_norm.py"), "exec"
-            ),
-            pasted,
-        )
-        with pytest.raises(
-            ValueError, match=r"registered as Gain \(.*gain_norm.py:4\): cannot register Gain \(.*py:10\)"
-        ):
-            NORM_REGISTRY["mine_t"] = pasted["Gain"]
         other = tmp_path / "other" / "gain_norm.py"  # same class name, another file
         other.parent.mkdir()
         other.write_text(source)

@@ -116,7 +116,7 @@ def _redefined_interactively(old: Any, new: Any) -> bool:
 def _definition(component: Any) -> tuple[str, str]:
     """What identifies a definition across re-runs of its file (a config file run by train.py, then
     imported as the run's plugin, has no module name in common with itself): its qualified name and the
-    file and line its code is in; a class with no code of its own (``class MyNorm(RMSNorm): pass``) is what it
+    file its code is in; a class with no code of its own (``class MyNorm(RMSNorm): pass``) is what it
     inherits and sets, wherever it is written."""
     # A partial or a callable instance: its function's or class's definition and what it holds, where that
     # holds no address (which differs on every run of its file); otherwise it is only ever itself.
@@ -135,10 +135,9 @@ def _definition(component: Any) -> tuple[str, str]:
         codes = [getattr(getattr(v, "__func__", v), "__code__", None) for v in vars(component).values()]
     else:
         codes = [getattr(component, "__code__", None)]
-    codes = [c for c in codes if c is not None]
-    if codes:  # the file as run (by the path typed) or imported (by its absolute path), and the line where the
-        # definition's code starts: two classes of one name in one file (a copy-paste) are two definitions
-        return qualname, f"{os.path.realpath(codes[0].co_filename)}:{min(c.co_firstlineno for c in codes)}"
+    code = next((c for c in codes if c is not None), None)
+    if code is not None:  # the file as run (by the path typed) or imported (by its absolute path)
+        return qualname, os.path.realpath(code.co_filename)
     if isinstance(component, type):
         bases = ", ".join(f"{b.__module__}.{b.__qualname__}" for b in component.__bases__)
         own = {k: v for k, v in vars(component).items() if not k.startswith("__")}
