@@ -186,19 +186,30 @@ def load_config_file(
 
 
 def _imported_names(tree: ast.Module, namespace: Mapping[str, Any]) -> set[str]:
-    """The names the file's import statements bind (``from math import pi``; a ``*`` import's, read from its
-    module): values, not settings, unless they are keys."""
-    names: set[str] = set()
-    for node in ast.walk(tree):
+    """The names the file's top-level import statements bind (``from math import pi``; a ``*`` import's, read
+    from its module) and no top-level statement assigns: values, not settings, unless they are keys. Inside a
+    function or class an import binds no global (``def _f(): import wandb`` leaves ``wandb = True`` a typo)."""
+    imported: set[str] = set()
+    assigned: set[str] = set()
+    nodes: list[ast.AST] = list(tree.body)
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            if not isinstance(node, ast.Lambda):
+                assigned.add(node.name)
+            continue  # (its body's names are its own; decorators and defaults run at the top level, rarely import)
         if isinstance(node, ast.Import):
-            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            imported.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             for alias in node.names:
                 if alias.name != "*":
-                    names.add(alias.asname or alias.name)
+                    imported.add(alias.asname or alias.name)
                 elif node.level == 0 and (module := sys.modules.get(node.module or "")) is not None:
-                    names.update(k for k, v in vars(module).items() if namespace.get(k, object()) is v)
-    return names
+                    imported.update(k for k, v in vars(module).items() if namespace.get(k, object()) is v)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            assigned.add(node.id)
+        nodes.extend(ast.iter_child_nodes(node))
+    return imported - assigned
 
 
 def _check_own_modules_imported(tree: ast.Module, path: Path) -> None:

@@ -308,6 +308,21 @@ def test_a_config_files_imported_values_are_its_globals_and_an_imported_key_a_se
     (tmp_path / "typo.py").write_text("from math import pi\nn_layr = pi\n")  # an assigned typo is still one
     with pytest.raises(ConfigError, match=r"unknown key 'n_layr'"):
         load_config_file(tmp_path / "typo.py")
+    # an import inside a function or class binds no global; a name imported and then assigned is a setting
+    for typo, source in (
+        ("wandb", "def _f():\n    import wandb\nwandb = True\n"),
+        ("max_iter", "def _s():\n    from math import cos as max_iter\nmax_iter = 100\n"),
+        ("batchsize", "class _H:\n    import json as batchsize\nbatchsize = 8\n"),
+        ("e", "from math import e\ne = 12\n"),
+        ("warmup", "from shared_t import *\nwarmup = 100\n"),
+    ):
+        (tmp_path / "shared_t.py").write_text("warmup = 100\n")
+        (tmp_path / "typo.py").write_text(source)
+        try:
+            with pytest.raises(ConfigError, match=f"unknown key {typo!r}"):
+                load_config_file(tmp_path / "typo.py")
+        finally:
+            sys.modules.pop("shared_t", None)
 
 
 def test_config_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
