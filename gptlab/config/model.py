@@ -307,7 +307,8 @@ def check_keys_take_effect(config: ModelArchitectureConfig, keys: Iterable[str])
             )
         from gptlab.model.registry import ACTIVATION_REGISTRY
 
-        bound = isinstance(ACTIVATION_REGISTRY.get(config.activation), functools.partial)
+        component = ACTIVATION_REGISTRY.get(config.activation)
+        bound = isinstance(component, functools.partial) and "approximate" in component.keywords
         why = "binds approximate= itself (a functools.partial)" if bound else "takes no approximate= (no GELU)"
         raise ConfigError(
             f"gelu_approximate={config.gelu_approximate!r} has no effect: activation={config.activation!r} {why}"

@@ -136,8 +136,8 @@ def _check_cropped(encoding: nn.Module, config: ModelArchitectureConfig) -> None
     loads, so the fine-tune would train and save, and its resume and samples fail."""
     with torch.device("meta"):
         fresh = position_encoding_for(config)
-    want = {name: tuple(t.shape) for name, t in fresh.state_dict().items()}
-    have = {name: tuple(t.shape) for name, t in encoding.state_dict().items()}
+    want = {name: tuple(t.shape) for name, t in fresh.state_dict().items() if isinstance(t, Tensor)}
+    have = {name: tuple(t.shape) for name, t in encoding.state_dict().items() if isinstance(t, Tensor)}
     if have != want:
         name = next(k for k in sorted(want.keys() | have.keys()) if have.get(k) != want.get(k))
         raise ConfigError(
@@ -291,9 +291,10 @@ class ConfigurableGPT(nn.Module):
         """Shrink the context length, e.g. to fine-tune a pretrained model on shorter blocks."""
         if not 0 < block_size <= self.config.block_size:
             raise ValueError(f"block_size={block_size} must be in [1, {self.config.block_size}]")
-        self.config = ModelArchitectureConfig(**{**self.config.to_dict(), "block_size": block_size})
+        config = ModelArchitectureConfig(**{**self.config.to_dict(), "block_size": block_size})
         self.pos_encoding.crop(block_size)
-        _check_cropped(self.pos_encoding, self.config)
+        _check_cropped(self.pos_encoding, config)  # before the config says the new size
+        self.config = config
 
     def configure_optimizers(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str

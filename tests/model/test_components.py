@@ -201,6 +201,12 @@ class CroppedRelativeBias(LearnedRelativeBias):
     def crop(self, max_seq_len: int) -> None:
         self.table = nn.Parameter(self.table[:, :max_seq_len].detach().clone())
 
+    def get_extra_state(self) -> dict:  # a state entry that is no tensor: no shape to compare
+        return {"version": 1}
+
+    def set_extra_state(self, state: dict) -> None:
+        pass
+
 
 @pytest.mark.parametrize("encoding", [LearnedRelativeBias, CroppedRelativeBias])
 def test_a_crop_that_leaves_a_length_sized_tensor_is_refused(encoding: type) -> None:
@@ -212,6 +218,7 @@ def test_a_crop_that_leaves_a_length_sized_tensor_is_refused(encoding: type) -> 
         if encoding is LearnedRelativeBias:
             with pytest.raises(ConfigError, match=r"'relbias' cannot shrink to block_size=16: .*'table'.*crop"):
                 model.crop_block_size(16)
+            assert model.config.block_size == 32  # as its weights still are: a model caught and saved loads again
             return
         model.crop_block_size(16)
         fresh = ConfigurableGPT(get_debug_config("custom", position_encoding="relbias", block_size=16))
@@ -248,12 +255,18 @@ def test_gelu_approximate_reaches_the_activations_that_take_it_and_no_partial_th
         exact = get_debug_config("custom", activation="owngelu")
         assert own.get_architecture_name() != exact.get_architecture_name()
         assert "owngelu_tanh-standard" in own.get_architecture_name() and own.computed() != exact.computed()
+        ACTIVATION_REGISTRY["leaky_t"] = functools.partial(nn.LeakyReLU, negative_slope=0.2)
+        with pytest.raises(ConfigError, match=r"activation='leaky_t' takes no approximate="):  # binds another
+            check_keys_take_effect(
+                get_debug_config("custom", activation="leaky_t", gelu_approximate="tanh"), {"gelu_approximate"}
+            )
         with pytest.raises(ConfigError, match=r"activation='relu' takes no approximate="):
             check_keys_take_effect(
                 get_debug_config("custom", activation="relu", gelu_approximate="tanh"), {"gelu_approximate"}
             )
     finally:
         del ACTIVATION_REGISTRY["gelu_new"], ACTIVATION_REGISTRY["owngelu"]
+        ACTIVATION_REGISTRY.pop("leaky_t", None)
 
 
 class GatedNorm(nn.Module):
