@@ -269,6 +269,16 @@ def train_and_compare(
                 "compare trained runs without --train, or name the run's preset or config file"
             )
     archs = [resolve_architecture(n) for n in names]
+    from gptlab.config.files import names_a_file
+
+    for arch in archs:  # a fine-tune's file: its table column is its weights' architecture, which --train cannot
+        start = arch.file_values.get("init_from", "scratch") if names_a_file(arch.source) else "scratch"
+        if start != "scratch":  # train from scratch at compare's size (it trained the defaults' under its label)
+            raise ConfigError(
+                f"config file {arch.source!r} sets init_from={start!r}: compare --train trains each architecture "
+                "from scratch, side by side; compare the file without --train (its weights' architecture), or "
+                "fine-tune with train.py and compare the run directories"
+            )
 
     _unique_labels(archs)
     # the user's --key=value must take effect; a config file may spell out keys its architecture ignores
@@ -297,7 +307,26 @@ def train_and_compare(
     for run in runs:  # a registered component that breaks the model (a wrong output shape), said before any trains
         compute_flops(run.arch)
     with run_lock(out):  # a second comparison into OUT_DIR would replace runs this one's report then describes
+        if "overwrite" not in overrides:  # replaced by its default overwrite=True: compare's own earlier runs only
+            for run in runs:
+                _refuse_a_run_compare_did_not_make(Path(run.train.out_dir))
         return _train_all(archs, runs, out, settings, report, log, shrink_notes)
+
+
+def _refuse_a_run_compare_did_not_make(run_dir: Path) -> None:
+    """A folder OUT_DIR/LABEL holding a run that has no console.log (which compare writes into each of its runs)
+    is one of train.py's (--out_dir=out beside out/llama): compare replaced it, checkpoint and log, saying so only
+    inside the new log."""
+    from gptlab.checkpoint.layout import kept_checkpoints
+
+    held = [name for name in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (run_dir / name).exists()]
+    held += kept_checkpoints(run_dir)
+    if held and not (run_dir / "console.log").exists():
+        raise ConfigError(
+            f"{str(run_dir)!r} holds a run compare --train did not make ({', '.join(held)}), "
+            "which its run of that label would replace: pick another --out_dir, or pass --overwrite=True to "
+            "replace it"
+        )
 
 
 def _train_all(

@@ -383,6 +383,21 @@ def test_a_second_comparison_into_the_same_out_dir_is_refused(tmp_path: Path) ->
         assert not (out / "gpt2").exists()
     result = train_and_compare(["gpt2"], {"out_dir": str(out), **small}, report=False, log=lambda text: None)
     assert result.training[0]["final_val_loss"] is not None
+    again = train_and_compare(["gpt2"], {"out_dir": str(out), **small}, report=False, log=lambda text: None)
+    assert again.training[0]["final_val_loss"] is not None  # its own earlier run: replaced, as documented
+    # a run train.py made at OUT_DIR/LABEL (--out_dir=out beside out/llama) was replaced too, said only in the log
+    (out / "gpt2" / "console.log").unlink()
+    kept = (out / "gpt2" / "ckpt.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"gpt2' holds a run compare --train did not make \(ckpt.pt, log.jsonl\)"):
+        train_and_compare(["llama", "gpt2"], {"out_dir": str(out), **small}, report=False, log=lambda text: None)
+    assert (out / "gpt2" / "ckpt.pt").read_bytes() == kept and not (out / "llama").exists()  # before any trained
+    forced = {"out_dir": str(out), "overwrite": True, **small}
+    assert train_and_compare(["gpt2"], forced, report=False, log=lambda text: None).training[0]["status"] == "completed"
+    # a config file that fine-tunes: its column is its weights' architecture, which --train trained as GPT-2's
+    tune = tmp_path / "tune.py"
+    tune.write_text(f"init_from = {str(out / 'gpt2')!r}\n")
+    with pytest.raises(ConfigError, match=r"tune.py' sets init_from='.*gpt2': compare --train trains each"):
+        train_and_compare([str(tune)], {"out_dir": str(tmp_path / "t"), **small}, report=False, log=lambda t: None)
 
 
 def test_config_files_take_their_datasets_vocabulary_and_run_directories_their_architecture(
