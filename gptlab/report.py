@@ -82,6 +82,23 @@ def _drop_from(run: Run, start: int) -> None:
     run.evals = [r for r in run.evals if r["iter"] <= start]  # the checkpoint's own evaluation stays
 
 
+def evaluation_folder(path: str | Path) -> bool:
+    """Whether ``path`` is an eval_only run's folder: an eval.jsonl and no training log to plot."""
+    path = Path(path)
+    return path.is_dir() and (path / "eval.jsonl").is_file() and not (path / "log.jsonl").is_file()
+
+
+def without_evaluations(paths: list[str | Path], labels: list[str] | None) -> tuple[list, list[str] | None, list]:
+    """``paths`` (and their ``labels``) less eval_only folders, and those folders, where other runs remain to
+    report (`gptlab report out/*` over a folder that also holds an evaluation); all of them evaluations: kept,
+    for run_directory's refusal."""
+    evaluations = [p for p in paths if evaluation_folder(p)]
+    if not evaluations or len(evaluations) == len(paths):
+        return list(paths), labels, []
+    keep = [i for i, p in enumerate(paths) if not evaluation_folder(p)]
+    return [paths[i] for i in keep], [labels[i] for i in keep] if labels else None, evaluations
+
+
 def run_directory(path: str | Path) -> Path:
     """The run directory ``path`` names (itself, or its ``log.jsonl``'s folder); one ConfigError line for a
     path that is none: missing, another file, an evaluation's folder, a folder without a training log."""
@@ -374,8 +391,9 @@ def plot_loss(runs: list[Run], path: Path, x: str = "iter") -> Path | None:
     for i, pts, style, label in lines:
         if not pts:
             continue
-        if style == "-":
-            ax.plot(*zip(*pts), color=f"C{i % 10}", alpha=0.35, linewidth=1, label=label)
+        if style == "-":  # (a marker where one point is all there is: a run stopped at its second logged step)
+            marker = "." if len(pts) == 1 else None
+            ax.plot(*zip(*pts), color=f"C{i % 10}", alpha=0.35, linewidth=1, marker=marker, label=label)
         else:
             ax.plot(*zip(*pts), style, color=f"C{i % 10}", markersize=4, label=label)
     ax.set_xlabel(AXIS_LABELS[x])
@@ -436,7 +454,8 @@ def build_report(
     ``hardware.shared_process``) has an RSS that is no one run's: no memory plot or summary row is drawn from it."""
     from gptlab.report_html import render_html
 
-    runs = load_runs(list(paths), labels)
+    paths, labels, evaluations = without_evaluations(list(paths), labels)
+    runs = load_runs(paths, labels)
     shared = [run for run in runs if run.shared_process]
     for run in shared:
         run.iters = [{k: v for k, v in r.items() if k != "memory"} for r in run.iters]
@@ -449,6 +468,8 @@ def build_report(
         planned = " (the Training table gives each architecture's planned peak)" if tables else ""
         notes["memory"] = f"{who} not drawn: {SHARED_PROCESS_REASON}{planned}"
     page = []
+    if evaluations:
+        page.append(f"left out: {', '.join(map(str, evaluations))}, {EVALUATION_LEFT_OUT}")
     mixed = incomparable_losses(runs)
     if mixed:
         notes.update({k: mixed for k in ("loss", "loss_vs_tokens", "loss_vs_time") if plots.get(k) is not None})
@@ -468,6 +489,10 @@ def build_report(
     atomic_write(html_path, render_html(runs, plots, title=title, tables=tables or [], notes=notes or None))
     return html_path
 
+
+EVALUATION_LEFT_OUT = (
+    "an evaluation (eval.jsonl, from eval_only=True) with no training log to plot: its losses are in that file"
+)
 
 SHARED_PROCESS_REASON = (
     "trained one after another with other models in one CPU process (gptlab compare --train), whose RSS is "

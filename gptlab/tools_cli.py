@@ -72,10 +72,13 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
-    from gptlab.report import build_report, run_directory
+    from gptlab.report import EVALUATION_LEFT_OUT, build_report, run_directory, without_evaluations
 
     refuse_extra("report", extra, vars(args))
-    run_dirs = [run_directory(path) for path in args.run_dirs]  # a path that is no run: said before --out is
+    reported, _, evaluations = without_evaluations(args.run_dirs, None)
+    for folder in evaluations:  # the others are reported, and the page says so too
+        print(f"report: leaving out {folder}: {EVALUATION_LEFT_OUT}", file=sys.stderr)
+    run_dirs = [run_directory(path) for path in reported]  # a path that is no run: said before --out is
     out = args.out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
     if not args.out and out.is_symlink():  # a downloaded run's: the plots (and removed stale ones) would be elsewhere
         raise ConfigError(

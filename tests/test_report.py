@@ -482,6 +482,26 @@ def test_a_label_starting_with_an_underscore_stays_in_the_legend(
     assert legends == [["_base", "b"]]
 
 
+def test_a_training_loss_of_one_finite_point_is_drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped by a NaN at its second logged step has one finite training loss: a line of one point,
+    named in the legend, drew nothing."""
+    from gptlab import report
+
+    markers: list[str] = []
+    real_save = report._save
+
+    def save(fig: Any, path: Path) -> Path:
+        markers.extend(str(line.get_marker()) for line in fig.axes[0].get_lines())
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    run = report.load_runs([_write_log(tmp_path / "a")])[0]
+    run.iters = [run.iters[0], {**run.iters[1], "loss": float("nan")}]
+    run.evals = []
+    report.plot_loss([run], tmp_path / "loss.png")
+    assert markers == ["."]
+
+
 def test_a_long_legend_sits_beside_the_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A loss plot names up to three lines per run: more than three entries go beside the plot, where they cover
     no curve; a short legend stays inside."""
@@ -541,6 +561,13 @@ def test_a_path_that_is_no_run_directory_is_named_as_such(tmp_path: Path, capsys
     # the log itself names its run: the report goes to the run's folder, as for the folder
     assert main(["report", str(run / "log.jsonl")]) == 0
     assert (run / "report" / "report.html").is_file()
+    # an evaluation among runs (`gptlab report out/*`) is left out, said, and the others reported (it refused all)
+    other = _write_log(tmp_path / "b")
+    out = tmp_path / "both"
+    assert main(["report", str(run), str(tmp_path / "e"), str(other), f"--out={out}", "--labels=A,E,B"]) == 0
+    assert f"leaving out {tmp_path / 'e'}: an evaluation (eval.jsonl" in capsys.readouterr().err
+    page = (out / "report.html").read_text()
+    assert f"left out: {tmp_path / 'e'}, an evaluation" in page and ">A<" in page and ">B<" in page
 
 
 def test_a_run_trained_beside_others_in_one_process_shows_no_memory(tmp_path: Path) -> None:
