@@ -104,7 +104,7 @@ def merge_plugins(*specs: object) -> str:
 def _import_module(name: str) -> str:
     try:
         with importable_from(Path.cwd()):
-            importlib.import_module(name)
+            module = importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name != name and not name.startswith(f"{e.name}."):
             raise  # the plugin imports something missing: its own error
@@ -112,6 +112,9 @@ def _import_module(name: str) -> str:
             f"plugins: no module named {name!r} in {Path.cwd()} or on the Python path "
             "(give a .py file's path, or set PYTHONPATH)"
         ) from None
+    if getattr(module, "__file__", None) is None and hasattr(module, "__path__"):  # a folder without __init__.py
+        folders = ", ".join(map(str, module.__path__))  # (a run's out_dir of that name) imports, registering nothing
+        raise ConfigError(f"plugins: {name!r} is a folder ({folders}), no module: give the .py file that registers")
     return name
 
 

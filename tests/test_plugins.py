@@ -625,6 +625,12 @@ def test_plugin_names_and_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         sys.modules.pop("plugmod_t", None)
     with pytest.raises(ConfigError, match="no module named 'nosuch_t'"):
         import_plugins("nosuch_t")
+    (tmp_path / "runfolder_t").mkdir()  # a folder of that name (a run's out_dir): a namespace package, nothing in it
+    try:
+        with pytest.raises(ConfigError, match=r"'runfolder_t' is a folder \(.*runfolder_t\), no module: give the"):
+            import_plugins("runfolder_t")
+    finally:
+        sys.modules.pop("runfolder_t", None)
     with pytest.raises(ConfigError, match=r"importing 'broken_t.py' failed: RuntimeError: boom"):
         import_plugins("broken_t.py")
     with pytest.raises(ConfigError, match="is not a file"):

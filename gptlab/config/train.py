@@ -19,6 +19,7 @@ from typing import Any
 
 from gptlab.config.model import (
     ARCH_FIELDS,
+    MAX_SIZE,
     ModelArchitectureConfig,
     check_field_types,
     keep_init_signature,
@@ -192,12 +193,14 @@ class TrainConfig:
             "keep_checkpoints",
         )
         for key in (*positive, "gradient_accumulation_steps"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected a positive integer")
-        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "loss_chunk_size"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected an integer >= 0")
-        if self.sample_tokens < 0 or (self.sample_tokens == 0 and self.sample_at_end):  # 0: an empty sample
+            if not 0 < getattr(self, key) <= MAX_SIZE:  # (10**30 sequences hung the planner, overflowed torch)
+                raise ConfigError(
+                    f"{key}={getattr(self, key)!r} is invalid: expected a positive integer up to 2**31 - 1"
+                )
+        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "loss_chunk_size", "sample_tokens"):
+            if not 0 <= getattr(self, key) <= MAX_SIZE:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected an integer in [0, 2**31 - 1]")
+        if self.sample_tokens == 0 and self.sample_at_end:  # 0: an empty sample
             raise ConfigError(
                 f"sample_tokens={self.sample_tokens!r} is invalid: expected a positive integer (--sample_at_end=False "
                 "draws no sample)"

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from gptlab.config.model import check_field_types
+from gptlab.config.model import MAX_SIZE, check_field_types
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import CheckpointError, ConfigError, DataError, GptlabError, did_you_mean, first_line
 from gptlab.model.gpt import TEMPERATURE_RANGE
@@ -47,10 +47,10 @@ class SampleConfig:
         for key in ("out_dir", "init_from"):
             if not getattr(self, key).strip():
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: expected a non-empty name or path")
-        if self.num_samples <= 0:
-            raise ConfigError(f"num_samples={self.num_samples} is invalid: expected an integer > 0")
-        if self.max_new_tokens <= 0:  # 0 printed the prompt back as a "sample"
-            raise ConfigError(f"max_new_tokens={self.max_new_tokens} is invalid: expected a positive integer")
+        if not 0 < self.num_samples <= MAX_SIZE:
+            raise ConfigError(f"num_samples={self.num_samples} is invalid: expected an integer in [1, 2**31 - 1]")
+        if not 0 < self.max_new_tokens <= MAX_SIZE:  # 0 printed the prompt back as a "sample"
+            raise ConfigError(f"max_new_tokens={self.max_new_tokens} is invalid: expected an integer in [1, 2**31 - 1]")
         low, high = TEMPERATURE_RANGE  # past these float32 logits overflow
         if not (self.temperature == 0 or low <= self.temperature <= high):
             raise ConfigError(

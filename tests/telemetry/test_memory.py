@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import re
+import time
 import types
 from pathlib import Path
 
@@ -162,9 +163,13 @@ def test_plan_errors() -> None:
         plan_memory(cfg, batch_size=1, world_size=2)
     with pytest.raises(ConfigError, match="seq_len"):
         plan_memory(cfg, batch_size=1, seq_len=cfg.block_size + 1)
-    for value in (4.5, "4", True):  # a fraction of a sequence, a string, a bool: not a micro-batch
-        with pytest.raises(ConfigError, match=rf"^batch_size={value!r} is invalid: expected an integer >= 1"):
+    for value in (4.5, "4", True, 2**31):  # a fraction of a sequence, a string, a bool, past int32: no micro-batch
+        with pytest.raises(ConfigError, match=rf"^batch_size={value!r} is invalid: expected an integer in \[1, "):
             plan_memory(cfg, batch_size=value)
+    with pytest.raises(
+        ConfigError, match=r"^world_size=10000000000 is invalid: expected an integer in \[1, 1,048,576\]"
+    ):
+        plan_memory(cfg, batch_size=1, parallel="zero1", world_size=10**10)  # (each rank's share was listed)
     with pytest.raises(ConfigError, match=r"device_type='gpu' is not one of .*'cuda'"):  # not planned as a CPU's
         plan_memory(cfg, batch_size=1, device_type="gpu")
     import numpy as np
@@ -220,6 +225,10 @@ def test_fit_advice_combines_the_settings_when_none_alone_fits() -> None:
     assert odd is not None and re.search(r"--batch_size=(\d+) with (\d+)x", odd) is not None
     micro, times = map(int, re.search(r"--batch_size=(\d+) with (\d+)x", odd).groups())
     assert micro * times == 12, odd
+    # a micro-batch of 2**30 sequences (its divisors were counted down one by one: seconds at 10**8, hours past)
+    started = time.perf_counter()
+    assert fit_advice(cfg, 24 * 10**9, **{**kwargs, "batch_size": 2**30}) is not None
+    assert time.perf_counter() - started < 10
     huge = get_preset_config("llama", n_layer=2, n_embd=100_000, n_head=4, block_size=64, vocab_size=128)
     advice = fit_advice(huge, 24 * 10**9, batch_size=12, dtype="float32", device_type="cpu")
     assert advice is not None and advice.endswith(

@@ -325,6 +325,19 @@ def test_a_config_files_imported_values_are_its_globals_and_an_imported_key_a_se
             sys.modules.pop("shared_t", None)
 
 
+@pytest.mark.parametrize(
+    "key", ["batch_size", "gradient_accumulation_steps", "eval_iters", "dist_timeout", "max_iters", "sample_tokens"]
+)
+def test_counts_past_int32_are_refused_in_one_line(key: str) -> None:
+    """10**30 sequences hung the memory planner; 10**30 eval_iters or micro-steps overflowed inside torch after the
+    run's log was written; a dist_timeout of 10**30 s overflowed timedelta under torchrun."""
+    with pytest.raises(
+        ConfigError, match=rf"^{key}=1000000000000000000000000000000 is invalid: expected .*2\*\*31 - 1"
+    ):
+        TrainConfig(**{key: 10**30})
+    TrainConfig(**{key: 2**31 - 1, **({"lr_decay_iters": 2**31 - 1} if key == "max_iters" else {})})
+
+
 def test_config_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad_key = tmp_path / "bad.py"
     bad_key.write_text("n_layers = 3\n")
