@@ -23,7 +23,7 @@ from gptlab.errors import (
     is_out_of_memory,
     storage_refused,
 )
-from gptlab.plugins import add_plugins_option, expand_config_plugins, import_plugins
+from gptlab.plugins import add_plugins_option, import_plugins
 from gptlab.train.signals import TrainingInterrupted, report_interrupted
 
 
@@ -272,8 +272,6 @@ def _run_command(argv: Sequence[str] | None) -> int:
         def command() -> int:
             if args.command in OVERRIDE_COMMANDS:  # the others refuse an unknown option by its name
                 _refuse_spaced_overrides(argv, extra, args)
-            if getattr(args, "plugins", ""):  # a config file given: the plugins it names too (recorded so by compare)
-                args.plugins = expand_config_plugins(args.plugins)
             import_plugins(getattr(args, "plugins", ""))  # before the command reads an architecture
             return args.func(args, extra)
 

@@ -11,7 +11,6 @@ checkpoint names by itself: a run records its ``plugins`` only to say what to pa
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
 import importlib
@@ -136,45 +135,15 @@ def _import_file(path: Path) -> str:
     except BaseException:
         del sys.modules[name]
         raise
-    _imported_files[resolved] = name
+    _imported_files[resolved] = name  # (before its plugins key's imports: a file naming itself, a cycle, ends)
+    if isinstance(nested := getattr(module, "plugins", None), str) and nested.strip():
+        # a config file's plugins key: its components come with it ("the config file itself will do")
+        try:
+            import_plugins(anchor_plugins(nested, resolved.parent))
+        except ConfigError as e:
+            del _imported_files[resolved]  # imported again next time, its plugins key followed again
+            raise ConfigError(f"{e} (named by plugins={nested!r} in {str(resolved)!r})") from None
     return name
-
-
-def expand_config_plugins(spec: str) -> str:
-    """A typed ``--plugins`` value with each config file's own ``plugins`` key put before the file, found from
-    its folder (``--plugins=config/run.py`` for a file that names its components there: "the config file
-    itself will do"). The key is read, not run: a string the file assigns at its top level. Only what the
-    user types is expanded; a run's recorded value lists the entries already (a typed --plugins that replaced
-    a config file's key stays so when that file is imported as the run's plugin)."""
-    entries: dict[str, None] = {}  # (ordered, each once)
-
-    def add(entry: str, seen: frozenset[Path]) -> None:
-        path = Path(entry).expanduser().resolve()
-        if entry.endswith(".py") and path not in seen and (nested := _assigned_plugins(path)) is not None:
-            for inner in split_plugins(anchor_plugins(nested, path.parent)):
-                add(inner, seen | {path})
-        entries.setdefault(entry)
-
-    for entry in split_plugins(spec):
-        add(entry, frozenset())
-    return ", ".join(entries)
-
-
-def _assigned_plugins(path: Path) -> str | None:
-    """The string a file's top-level ``plugins = "..."`` assigns last, if any (None: unreadable, or none)."""
-    try:
-        tree = ast.parse(path.read_bytes(), str(path))
-    except (OSError, SyntaxError, ValueError):
-        return None  # its import says what is wrong with it
-    value = None
-    for node in tree.body:
-        target = (
-            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        )
-        if any(isinstance(t, ast.Name) and t.id == "plugins" for t in target):
-            given = getattr(node, "value", None)
-            value = given.value if isinstance(given, ast.Constant) and isinstance(given.value, str) else None
-    return value
 
 
 def plugin_digests(spec: str, config: Any = None) -> dict[str, str]:
@@ -358,7 +327,6 @@ __all__ = [
     "component_plugins",
     "edited_plugins",
     "edited_plugins_note",
-    "expand_config_plugins",
     "import_plugins",
     "importable_from",
     "imported_plugins",

@@ -718,37 +718,43 @@ def test_a_config_file_given_as_plugins_imports_the_plugins_it_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`gptlab export/sample --plugins=run2.py`, run2.py naming its components in its plugins key (the docs: "the
-    config file itself will do"): importing it assigned the string and registered nothing. Only a typed value is
-    expanded: a typed --plugins that replaced a registering config file's key stays so (the file imported as the
-    run's plugin brought the replaced entry back, registering a second class under one name)."""
+    config file itself will do"): importing it assigned the string and registered nothing. Followed wherever the
+    file is imported (a key computed in the file, a file naming another file); a failure names the key, and the
+    file is imported again next time."""
     from gptlab.cli import main
-    from gptlab.config.resolve import parse_run_args
-    from gptlab.plugins import expand_config_plugins
 
     folder = tmp_path / "project"
     (folder / "sub").mkdir(parents=True)
     norm = "from torch import nn\nfrom gptlab.model import NORM_REGISTRY\n@NORM_REGISTRY.register('nested_t')\n"
-    for name in ("sub/more_t.py", "new_t.py"):  # two classes registered under one name
-        (folder / name).write_text(norm + "class Norm(nn.LayerNorm):\n    def __init__(self, ndim, eps=1e-5):\n"
-                                   f"        super().__init__(ndim, eps=eps)  # {name}\n")  # fmt: skip
-    (folder / "run2.py").write_text("plugins = 'sub/more_t.py, run2.py'\nnormalization = 'nested_t'\n")
-    (folder / "reg.py").write_text(
-        "from torch import nn\nfrom gptlab.model import ACTIVATION_REGISTRY\n"
-        "ACTIVATION_REGISTRY['reg_t'] = nn.Tanh\nplugins = 'sub/more_t.py'\nnormalization = 'nested_t'\n"
+    (folder / "sub" / "more_t.py").write_text(
+        norm + "class Norm(nn.LayerNorm):\n    def __init__(self, ndim, eps=1e-5):\n        super().__init__(ndim)\n"
     )
+    (folder / "run2.py").write_text(
+        "_dir = 'sub/'\nplugins = _dir + 'more_t.py, run2.py'\nnormalization = 'nested_t'\n"
+    )
+    (folder / "top.py").write_text("plugins = 'run2.py'\nnormalization = 'nested_t'\n")  # a file naming a file
+    (folder / "later.py").write_text("plugins = 'sub/later_t.py'\n")
     monkeypatch.chdir(tmp_path)  # not the config file's folder: its entries are found from its own
     try:
-        more, run2 = str(folder / "sub" / "more_t.py"), str(folder / "run2.py")
-        assert expand_config_plugins("project/run2.py") == f"{more}, {run2}, project/run2.py"  # itself: once more
         assert main(["arch", "custom", "--plugins=project/run2.py", "--normalization=nested_t"]) == 0
-        NORM_REGISTRY.pop("nested_t")
-        run = parse_run_args(["project/reg.py", "--plugins=project/new_t.py", "--dataset=stdlib_char"])
-        assert run.arch.normalization == "nested_t" and "more_t" not in run.train.plugins
-        assert "new_t.py" in repr(NORM_REGISTRY["nested_t"].__init__.__code__.co_filename)
-        import_plugins(run.train.plugins)  # the run's record, as sample and export import it
+        del NORM_REGISTRY["nested_t"]
+        sys.modules.pop(next(n for n, m in sys.modules.items() if getattr(m, "__file__", "").endswith("more_t.py")))
+        from gptlab import plugins
+
+        plugins._imported_files.clear()  # a new process, as far as imports go
+        assert main(["arch", "project/top.py"]) == 0
+        with pytest.raises(
+            ConfigError, match=r"'.*sub/later_t.py' is not a file \(named by plugins='sub/later_t.py' in "
+        ):
+            import_plugins("project/later.py")
+        (folder / "sub" / "later_t.py").write_text(
+            "from gptlab.model import NORM_REGISTRY\nNORM_REGISTRY['later_t'] = NORM_REGISTRY['nested_t']\n"
+        )
+        import_plugins("project/later.py")  # imported again, its key followed again
+        assert "later_t" in NORM_REGISTRY
     finally:
         NORM_REGISTRY.pop("nested_t", None)
-        ACTIVATION_REGISTRY.pop("reg_t", None)
+        NORM_REGISTRY.pop("later_t", None)
 
 
 def test_config_files_importing_modules_of_one_name_from_their_folders_are_refused(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from gptlab.config.train import (
     check_train_keys_take_effect,
 )
 from gptlab.errors import ConfigError, did_you_mean, unknown_choice, without_suggestion
-from gptlab.plugins import anchor_plugins, expand_config_plugins, import_plugins, merge_plugins, plugins_hint
+from gptlab.plugins import anchor_plugins, import_plugins, merge_plugins, plugins_hint
 
 
 def resolve_run_config(
@@ -299,8 +299,6 @@ def parse_run_args(args: list[str], defaults: dict[str, Any] | None = None) -> R
         explicit.update(from_file)
         registering.append(registering_file(path, from_file))
     from_overrides = parse_overrides(overrides, TEXT_KEYS, BOOL_KEYS, ALL_KEYS)
-    if isinstance(from_overrides.get("plugins"), str):  # a config file typed: the plugins its key names too
-        from_overrides["plugins"] = expand_config_plugins(from_overrides["plugins"])
     values.update(from_overrides)
     explicit.update(from_overrides)
     if isinstance(values.get("plugins"), str) and any(registering):  # a later file's or --plugins: added to

@@ -15,7 +15,7 @@ from gptlab.config.model import MAX_SIZE, check_field_types
 from gptlab.config.overrides import parse_overrides
 from gptlab.errors import CheckpointError, ConfigError, DataError, GptlabError, did_you_mean, first_line
 from gptlab.model.gpt import TEMPERATURE_RANGE
-from gptlab.plugins import expand_config_plugins, import_plugins
+from gptlab.plugins import import_plugins
 
 
 @dataclass
@@ -84,8 +84,6 @@ def parse_sample_args(args: list[str]) -> SampleConfig:
     for key in values:
         if key not in fields:
             raise ConfigError(f"unknown sample key {key!r}{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}")
-    if isinstance(values.get("plugins"), str):  # a config file named: the plugins its key names too
-        values["plugins"] = expand_config_plugins(values["plugins"])
     cfg = SampleConfig(**values)
     import_plugins(cfg.plugins)
     return cfg
