@@ -353,6 +353,8 @@ def _train_all(
         if shrunk is not None:
             log(f"compare: {arch.label}: {shrunk}")
         stream = io.StringIO()
+        Path(t.out_dir).mkdir(parents=True, exist_ok=True)  # compare's mark on its run from the start (a run killed
+        (Path(t.out_dir) / "console.log").write_text("", encoding="utf-8")  # -9 is still its own to replace)
         try:
             # the host RSS of this process, which trains each architecture in turn, is no one run's
             summary = train(run, stream=stream, shared_process=resolve_device(t.device).type != "cuda")

@@ -79,7 +79,7 @@ def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     for folder in evaluations:  # the others are reported, and the page says so too
         print(f"report: leaving out {folder}: {EVALUATION_LEFT_OUT}", file=sys.stderr)
     run_dirs = [run_directory(path) for path in reported]  # a path that is no run: said before --out is
-    out = args.out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
+    out = args.out or (run_dirs[0] / "report" if len(args.run_dirs) == 1 else Path("report"))  # (as --help says)
     if not args.out and out.is_symlink():  # a downloaded run's: the plots (and removed stale ones) would be elsewhere
         raise ConfigError(
             f"{str(out)!r} is a link to {os.readlink(out)!r}, not the run's own folder: remove it, or give --out"

@@ -366,7 +366,7 @@ def test_compare_train_overrides_apply_to_the_trained_sizes_and_matplotlib_is_ch
     assert not (tmp_path / "none").exists()
 
 
-def test_a_second_comparison_into_the_same_out_dir_is_refused(tmp_path: Path) -> None:
+def test_a_second_comparison_into_the_same_out_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two `compare --train` into one OUT_DIR: the second (overwrite=True, its default) replaced the first's
     finished run, whose report then mixed both (its table one run's, its curves the other's). The whole
     comparison holds OUT_DIR: the second is refused in one line before it trains."""
@@ -385,6 +385,19 @@ def test_a_second_comparison_into_the_same_out_dir_is_refused(tmp_path: Path) ->
     assert result.training[0]["final_val_loss"] is not None
     again = train_and_compare(["gpt2"], {"out_dir": str(out), **small}, report=False, log=lambda text: None)
     assert again.training[0]["final_val_loss"] is not None  # its own earlier run: replaced, as documented
+    # marked as compare's from its start (a run killed -9 before its console.log was written was refused as not)
+    import gptlab.train.launch as launch
+
+    marked: list[bool] = []
+    launch_train = launch.train
+
+    def peek(run, **kwargs):  # type: ignore[no-untyped-def]
+        marked.append((Path(run.train.out_dir) / "console.log").is_file())
+        return launch_train(run, **kwargs)
+
+    monkeypatch.setattr(launch, "train", peek)
+    train_and_compare(["gpt2"], {"out_dir": str(tmp_path / "fresh"), **small}, report=False, log=lambda text: None)
+    assert marked == [True]
     # a run train.py made at OUT_DIR/LABEL (--out_dir=out beside out/llama) was replaced too, said only in the log
     (out / "gpt2" / "console.log").unlink()
     kept = (out / "gpt2" / "ckpt.pt").read_bytes()

@@ -545,7 +545,9 @@ def test_the_run_directory_one_is_in_is_labelled_by_its_name(tmp_path: Path, mon
     assert [r.label for r in load_runs(["."])] == ["run"]
 
 
-def test_a_path_that_is_no_run_directory_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_path_that_is_no_run_directory_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = _write_log(tmp_path / "a")
     (run / "config.json").write_text("{}")
     (tmp_path / "e").mkdir()
@@ -568,6 +570,9 @@ def test_a_path_that_is_no_run_directory_is_named_as_such(tmp_path: Path, capsys
     assert f"leaving out {tmp_path / 'e'}: an evaluation (eval.jsonl" in capsys.readouterr().err
     page = (out / "report.html").read_text()
     assert f"left out: {tmp_path / 'e'}, an evaluation" in page and ">A<" in page and ">B<" in page
+    monkeypatch.chdir(tmp_path)  # two folders named, one left out: ./report, as for several runs (not the run's own)
+    assert main(["report", str(other), str(tmp_path / "e")]) == 0
+    assert (tmp_path / "report" / "report.html").is_file() and not (other / "report").exists()
 
 
 def test_a_run_trained_beside_others_in_one_process_shows_no_memory(tmp_path: Path) -> None:

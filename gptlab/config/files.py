@@ -188,16 +188,17 @@ def load_config_file(
 def _imported_names(tree: ast.Module, namespace: Mapping[str, Any]) -> set[str]:
     """The names the file's top-level import statements bind (``from math import pi``; a ``*`` import's, read
     from its module) and no top-level statement assigns: values, not settings, unless they are keys. Inside a
-    function or class an import binds no global (``def _f(): import wandb`` leaves ``wandb = True`` a typo)."""
+    function or class an import binds no global (``def _f(): import wandb`` leaves ``wandb = True`` a typo); an
+    ``except`` clause's assignment is an optional import's fallback (``except ImportError: yaml = None``)."""
     imported: set[str] = set()
     assigned: set[str] = set()
-    nodes: list[ast.AST] = list(tree.body)
+    nodes: list[tuple[ast.AST, bool]] = [(node, False) for node in tree.body]  # (node, inside an except clause)
     while nodes:
-        node = nodes.pop()
+        node, fallback = nodes.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            if not isinstance(node, ast.Lambda):
+            if not isinstance(node, ast.Lambda) and not fallback:
                 assigned.add(node.name)
-            continue  # (its body's names are its own; decorators and defaults run at the top level, rarely import)
+            continue  # (its body's names are its own)
         if isinstance(node, ast.Import):
             imported.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -206,9 +207,10 @@ def _imported_names(tree: ast.Module, namespace: Mapping[str, Any]) -> set[str]:
                     imported.add(alias.asname or alias.name)
                 elif node.level == 0 and (module := sys.modules.get(node.module or "")) is not None:
                     imported.update(k for k, v in vars(module).items() if namespace.get(k, object()) is v)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and not fallback:
             assigned.add(node.id)
-        nodes.extend(ast.iter_child_nodes(node))
+        fallback = fallback or isinstance(node, ast.ExceptHandler)
+        nodes.extend((child, fallback) for child in ast.iter_child_nodes(node))
     return imported - assigned
 
 

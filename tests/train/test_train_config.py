@@ -305,6 +305,11 @@ def test_a_config_files_imported_values_are_its_globals_and_an_imported_key_a_se
         assert load_config_file(tmp_path / "cfg.py") == {"n_layer": 2, "min_lr": math.pi * 1e-5, "learning_rate": 3e-4}
     finally:
         sys.modules.pop("shared_t", None)
+    optional = "try:\n    import nosuch_t\nexcept ImportError:\n    nosuch_t = None\n"  # an optional import's fallback
+    (tmp_path / "optional.py").write_text(
+        optional + "try:\n    from math import tau\nexcept ImportError:\n    tau = 6.28\n"
+    )
+    assert load_config_file(tmp_path / "optional.py") == {}
     (tmp_path / "typo.py").write_text("from math import pi\nn_layr = pi\n")  # an assigned typo is still one
     with pytest.raises(ConfigError, match=r"unknown key 'n_layr'"):
         load_config_file(tmp_path / "typo.py")
@@ -315,6 +320,7 @@ def test_a_config_files_imported_values_are_its_globals_and_an_imported_key_a_se
         ("batchsize", "class _H:\n    import json as batchsize\nbatchsize = 8\n"),
         ("e", "from math import e\ne = 12\n"),
         ("warmup", "from shared_t import *\nwarmup = 100\n"),
+        ("yaml_t", "try:\n    import nosuch_t\nexcept ImportError:\n    yaml_t = None\n"),  # a fallback of no import
     ):
         (tmp_path / "shared_t.py").write_text("warmup = 100\n")
         (tmp_path / "typo.py").write_text(source)
