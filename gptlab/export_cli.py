@@ -42,8 +42,6 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False, dtype:
         )
     _refuse_checkpoint_folder(out)
     _refuse_foreign_model_files(out)
-    if not hf:
-        _remove_hf_export(out)  # an earlier --hf export there would load as a different model than this ckpt.pt
     if hf:  # refused before anything is written
         from gptlab.config.model import ModelArchitectureConfig
         from gptlab.model.hf import hf_model_type, safetensors_writer
@@ -52,6 +50,9 @@ def export_checkpoint(src: str | Path, out: str | Path, hf: bool = False, dtype:
         hf_model_type(ModelArchitectureConfig.from_dict(ckpt["arch"], saved_plugins(ckpt)))
         safetensors_writer()  # the hf extra, before ckpt.pt is written
     _remove_killed_writes(out)
+    # an earlier --hf export there would load as another model than this ckpt.pt: gone before it is written (an
+    # export killed between the two left the new ckpt.pt beside the old model's files, which loaded first)
+    _remove_hf_export(out)
     # ckpt.pt alone: a run's checkpoint history in the destination is not this export's to prune
     atomic_save({**ckpt, "model": clean_state_dict(ckpt["model"])}, out / CHECKPOINT_NAME)
     if hf:
@@ -177,7 +178,8 @@ HF_EXPORT_FILES = (
 # torch.distributed.checkpoint read from a folder besides an export's own files
 FOREIGN_MODEL_FILES = (
     "*.safetensors", "*.index.json", "pytorch_model*.bin", "tf_model.h5", "flax_model.msgpack",
-    "generation_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json", ".metadata",
+    "generation_config.json", "tokenizer.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
+    ".metadata",
     "*.distcp",
 )  # fmt: skip
 

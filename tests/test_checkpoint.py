@@ -203,12 +203,43 @@ def test_export_refuses_a_run_directory_and_clears_an_earlier_hf_export(tmp_path
     assert sorted(p.name for p in dest.iterdir()) == ["ckpt.pt"]
 
 
+def test_an_hf_export_killed_after_its_ckpt_pt_leaves_no_earlier_model_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into an earlier --hf export's folder, an export killed between its ckpt.pt and the Hugging Face files left
+    the new ckpt.pt beside the old model's files, which from_pretrained and sample loaded, saying nothing."""
+    pytest.importorskip("safetensors")
+    from gptlab import ConfigurableGPT, get_debug_config
+    from gptlab.checkpoint import save_single_file
+    from gptlab.export_cli import export_checkpoint
+    from gptlab.model import hf
+
+    runs = {}
+    for name, kv in (("a", None), ("b", 2)):
+        config = get_debug_config("llama", n_kv_head=kv)
+        runs[name] = tmp_path / name
+        save_single_file(
+            {**_state(7), "arch": config.to_dict(), "model": ConfigurableGPT(config).state_dict()}, runs[name]
+        )
+    dest = tmp_path / "dest"
+    export_checkpoint(runs["a"], dest, hf=True)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as a kill between the two writes
+
+    monkeypatch.setattr(hf, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_checkpoint(runs["b"], dest, hf=True)
+    assert ConfigurableGPT.from_pretrained(dest).config.n_kv_head == 2  # the new checkpoint, no older model
+
+
 @pytest.mark.parametrize(
     "files",
     [
         ["config.json", "model.safetensors", "generation_config.json"],  # a transformers save: it was deleted
         ["ckpt.pt", "model-00001-of-00002.safetensors", "model.safetensors.index.json"],  # shards read beside it
         [".metadata", "__0_0.distcp"],  # a sharded checkpoint's folder: the run's next save pruned the export
+        ["tokenizer.model"],  # a sentencepiece/tiktoken model: AutoTokenizer took it over the export's GPT-2 BPE
     ],
 )
 def test_export_refuses_a_folder_of_model_files_it_did_not_write(tmp_path: Path, files: list[str]) -> None:
@@ -258,6 +289,17 @@ def test_hf_weights_are_read_as_transformers_reads_them(tmp_path: Path) -> None:
     stale = {"lm_head.weight": torch.ones_like(model.lm_head.weight)}
     save_file(stale, str(tmp_path / "hf" / "model-00002-of-00002.safetensors"))
     loaded = ConfigurableGPT.from_pretrained(tmp_path / "hf")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    # a pytorch_model.bin is the model beside any other .safetensors (a backup's), which were read in its place
+    binned = tmp_path / "bin"
+    binned.mkdir()
+    (binned / "config.json").write_bytes((tmp_path / "hf" / "config.json").read_bytes())
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    torch.save(weights, binned / "pytorch_model.bin")
+    save_file({k: torch.zeros_like(v) for k, v in weights.items()}, str(binned / "model_backup.safetensors"))
+    loaded = ConfigurableGPT.from_pretrained(binned)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 

@@ -51,7 +51,8 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
     """Read a Hugging Face model directory's weights as transformers does: model.safetensors, else the shards its
     index names, else the same for pytorch_model.bin (a stale shard beside them is not read: it is not the model)."""
     safetensor_files = _hf_weight_files(directory, "model.safetensors", "model.safetensors.index.json")
-    if not safetensor_files and not (directory / "pytorch_model.bin.index.json").is_file():
+    known_bin = any((directory / name).is_file() for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+    if not safetensor_files and not known_bin:
         # no name transformers knows: every file there (another writer's names), as before
         safetensor_files = sorted(directory.glob("*.safetensors"))
     if safetensor_files:
@@ -425,10 +426,15 @@ def _check_special_tokens(special_tokens: Any, vocab_size: int) -> None:
             keys = ", ".join(HF_SPECIAL_TOKEN_KEYS)
             meant = did_you_mean(str(key), list(HF_SPECIAL_TOKEN_KEYS)) or f" (keys: {keys})"
             raise ConfigError(f"special_tokens: unknown key {key!r}{meant}")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size):
-            raise ConfigError(
-                f"special_tokens[{key!r}]={value!r} is invalid: expected None or a token id in [0, {vocab_size})"
-            )
+        ids = value if isinstance(value, list) and value and key == "eos_token_id" else [value]  # (LLaMA-3's list)
+        if value is not None and not all(_token_id(i, vocab_size) for i in ids):
+            listed = ", or a list of them for eos_token_id" if key == "eos_token_id" else ""
+            allowed = f"None or a token id in [0, {vocab_size}){listed}"
+            raise ConfigError(f"special_tokens[{key!r}]={value!r} is invalid: expected {allowed}")
+
+
+def _token_id(value: Any, vocab_size: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size
 
 
 def save_pretrained(
@@ -451,7 +457,7 @@ def save_pretrained(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    tmp = out / "model.safetensors.tmp"
+    tmp = out / f".model.safetensors.tmp-{os.getpid()}"  # fileio.atomic_open's name: a killed export's is cleared
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates it 0600: readable by a serving account, as the rest
     tmp.replace(out / "model.safetensors")  # atomic: a crash never leaves a half-written file

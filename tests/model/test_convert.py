@@ -216,8 +216,10 @@ def test_given_special_ids_are_checked_as_transformers_reads_them(tmp_path: Path
     for given, said in (
         ({"eos": 5}, r"^special_tokens: unknown key 'eos' \(keys: bos_token_id, eos_token_id, pad_token_id\)$"),
         ({"eos_token": 5}, r"unknown key 'eos_token' \(did you mean 'eos_token_id'\?\)$"),
-        ({"eos_token_id": 999}, r"special_tokens\['eos_token_id'\]=999 is invalid: .* in \[0, 128\)$"),
+        ({"eos_token_id": 999}, r"special_tokens\['eos_token_id'\]=999 is invalid: .* in \[0, 128\), or a list"),
         ({"eos_token_id": True}, r"=True is invalid"),
+        ({"eos_token_id": [5, 999]}, r"=\[5, 999\] is invalid: .*, or a list of them for eos_token_id$"),
+        ({"bos_token_id": [5, 6]}, r"special_tokens\['bos_token_id'\]=\[5, 6\] is invalid: .* in \[0, 128\)$"),
     ):
         with pytest.raises(ConfigError, match=said):
             model.save_pretrained(tmp_path / "refused", special_tokens=given)
@@ -225,6 +227,8 @@ def test_given_special_ids_are_checked_as_transformers_reads_them(tmp_path: Path
     model.save_pretrained(tmp_path / "ok", special_tokens={"eos_token_id": 5, "pad_token_id": None})
     written = json.loads((tmp_path / "ok" / "config.json").read_text())
     assert (written["eos_token_id"], written["pad_token_id"], written["bos_token_id"]) == (5, None, None)
+    model.save_pretrained(tmp_path / "list", special_tokens={"eos_token_id": [5, 6]})  # LLaMA-3-Instruct's form,
+    assert json.loads((tmp_path / "list" / "config.json").read_text())["eos_token_id"] == [5, 6]  # as imported
 
 
 def test_special_ids_survive_a_copy_and_come_from_a_checkpoints_tokenizer(tmp_path: Path) -> None:
