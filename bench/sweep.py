@@ -25,6 +25,7 @@ from pathlib import Path
 
 STEP = Path(__file__).with_name("train_step.py")
 SWITCHES = {"compile"}  # store_true flags of train_step: on/off in a grid
+STATISTICS_INTERVAL = 10  # common.build_trainer's gradient_log_interval (training's default)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -86,6 +87,15 @@ def main() -> int:
         p.error(str(e))
     if not grid:
         p.error("give at least one --grid KEY=V1,V2,...")
+    for switch in SWITCHES & set(grid):  # both rows would compile, labelled off and on
+        if f"--{switch}" in rest:
+            p.error(f"--{switch} is a grid key here (--grid {switch}=off,on): leave it out of the shared arguments")
+    uncounted = ""  # with --iters below the statistics interval no timed step computes them: said under the table
+    if (iters := step.parse_args(rest).iters) % STATISTICS_INTERVAL:
+        uncounted = (
+            f"note: --iters {iters} is no multiple of the gradient statistics interval ({STATISTICS_INTERVAL}): "
+            "their steps' share is not in the timed rounds (train_step.py says so per run)"
+        )
     header = [*grid, "params (M)", "ms/step", "tokens/s", "MFU", "peak GB", "vs plain"]
     rows: list[list[str]] = []
     failures: list[str] = []
@@ -110,6 +120,8 @@ def main() -> int:
         print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
     print("ms/step, tokens/s, MFU: gptlab's train_step (median); vs plain: its time over the plain PyTorch loop's; "
           "peak GB: CUDA max allocated on a GPU, process RSS on a CPU")  # fmt: skip
+    if uncounted:
+        print(uncounted)
     for failure in failures:
         print(f"failed: {failure}")
     return 1 if failures else 0  # a script running the sweep sees that a combination failed

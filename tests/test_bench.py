@@ -85,6 +85,8 @@ def test_sweep_runs_every_combination(data_dir: Path, tmp_path: Path) -> None:  
                 cwd=tmp_path)  # fmt: skip
     rows = [line.split() for line in out.splitlines()[1:3]]
     assert [row[0] for row in rows] == ["auto", "math"] and all("failed" not in row for row in rows), out
+    # --iters 1: no timed step computes the gradient statistics, which train_step.py says per run, the sweep once
+    assert "note: --iters 1 is no multiple of the gradient statistics interval (10)" in out, out
 
 
 def test_lm_head_compares_plain_and_chunked(tmp_path: Path) -> None:
@@ -131,13 +133,17 @@ def test_telemetry_overhead_and_dataloader_tables(data_dir: Path, tmp_path: Path
     scripts = {name: [sys.executable, str(ROOT / "bench" / name)] for name in (OVERHEAD, LOADER)}
     overhead, loader, res = run_together(  # each its own process: side by side
         dict(args=[*scripts[OVERHEAD], *TINY, "--data_dir", str(data_dir), "--out_dir",
-                   str(tmp_path / "run"), "--iters", "1", "--rounds", "1"], env=env, cwd=tmp_path, text=True),
+                   str(tmp_path / "run"), "--iters", "1", "--rounds", "1", "--logged_steps", "1"], env=env,
+             cwd=tmp_path, text=True),
         dict(args=[*scripts[LOADER], "--data_dir", str(data_dir), "--block_size", "16,32", "--seconds",
                    "0.05"], env=env, cwd=tmp_path, text=True),
         # a user's mistake: one line and exit 2, as the commands
         dict(args=[*scripts[LOADER], "--dataset", "nosuch", "--data_dir", str(tmp_path)], env=env, text=True),
     )  # fmt: skip
     assert overhead.returncode == 0 and "never" in overhead.stdout and "every step" in overhead.stdout, overhead.stderr
+    # a logged step's host work (Trainer.log_iteration), without and with TensorBoard: timed, a share of a step
+    logged = [line.split() for line in overhead.stdout.splitlines() if line.startswith("JSON + console")]
+    assert len(logged) == 2 and all(float(row[-3]) > 0 for row in logged), overhead.stdout
     assert loader.returncode == 0, loader.stderr
     assert len([line for line in loader.stdout.splitlines() if line.startswith("stdlib_char")]) == 2
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "'nosuch' is not prepared" in res.stderr
@@ -240,6 +246,7 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
         ["sweep.py", "--grid", "compile=maybe"],  # exit 1
         ["sweep.py", "--grid", "preset=gpt2,llama", "--itres", "3"],  # a failed row per combination, exit 0
         ["sweep.py", "--grid", "n_layr=1,2"],  # a failed row per combination, exit 1
+        ["sweep.py", "--compile", "--grid", "compile=off,on"],  # both rows compiled, labelled off and on
         ["rope_layout.py", "--n_embd", "32", "--n_head", "3"],  # a reshape's traceback
         ["dataloader.py", "--batch_size", "0"],  # its table's header printed first
         ["dataloader.py", "--device", "cuda:99"],  # pin_memory's RuntimeError (no such GPU here, or anywhere)

@@ -755,6 +755,28 @@ class Trainer:
                     self.gradient_stats.read(ready_only=True)
                 raise
 
+    def log_iteration(self, step: dict[str, Any], lossf: float, dt: float, timed_steps: int) -> None:
+        """A logged iteration's host work after its sync (its loss read): the gradient statistics, MFU, memory,
+        the JSON record, the console line, TensorBoard/wandb. The device waits meanwhile (the next step is not yet
+        queued), so this is telemetry's cost per logged step; bench/telemetry_overhead.py times it."""
+        grad_stats = self.gradient_stats.read(through=self.iter_num, keep=self.iter_num)  # synced: no wait
+        self.scale_drops.report()
+        mfu = self.telemetry.mfu(dt)
+        self._check_mfu(mfu.get("mfu"))
+        self.logger.log_iter_detailed(
+            self.iter_num,
+            lossf,
+            dt * 1000,
+            mfu,
+            self.telemetry.memory_stats(),
+            grad_stats,
+            lr=step["lr"],
+            tokens=self.tokens_seen,
+            tokens_per_sec=self.telemetry.tokens_per_iter / dt,
+            timed_steps=timed_steps,
+            grad_norm=None if step["grad_norm"] is None else step["grad_norm"].item(),
+        )
+
     def _saved_summary(self) -> dict[str, Any] | None:
         """out_dir's summary.json as a mapping (rank 0 reads it), None if none or unreadable."""
         return saved_summary(self.out_dir) if self.master else None
@@ -920,23 +942,7 @@ class Trainer:
                 now = time.perf_counter()
                 timed_steps = window_steps  # (fewer than log_interval after an evaluation, which restarts it)
                 dt, window_start, window_steps = (now - window_start) / window_steps, now, 0
-                grad_stats = self.gradient_stats.read(through=self.iter_num, keep=self.iter_num)  # synced: no wait
-                self.scale_drops.report()
-                mfu = self.telemetry.mfu(dt)
-                self._check_mfu(mfu.get("mfu"))
-                self.logger.log_iter_detailed(
-                    self.iter_num,
-                    lossf,
-                    dt * 1000,
-                    mfu,
-                    self.telemetry.memory_stats(),
-                    grad_stats,
-                    lr=step["lr"],
-                    tokens=self.tokens_seen,
-                    tokens_per_sec=self.telemetry.tokens_per_iter / dt,
-                    timed_steps=timed_steps,
-                    grad_norm=None if step["grad_norm"] is None else step["grad_norm"].item(),
-                )
+                self.log_iteration(step, lossf, dt, timed_steps)
                 if cfg.nan_policy == "stop" and (bad_iter := int(first_bad)) != NO_ITER:  # synced above: no wait
                     self._stop_nonfinite(first_iter=bad_iter, stepped=True)
                 stop_agreed = self._agree_on_stop(stop)  # here, where the host has synced anyway
