@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import itertools
 import re
 import shlex
 import sys
@@ -26,6 +27,7 @@ from gptlab.errors import ConfigError
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _imported_files: dict[Path, str] = {}  # a file imported twice in one process runs once
+_module_numbers = itertools.count()  # each file's module name its own (a failed import's record is removed)
 _imported_entries: dict[str, None] = {}  # every entry imported, in order (ordered, each once)
 
 
@@ -124,7 +126,7 @@ def _import_file(path: Path) -> str:
     if resolved in _imported_files:
         return _imported_files[resolved]
     stem = re.sub(r"\W", "_", resolved.stem)
-    name = f"gptlab_plugin_{stem}_{len(_imported_files)}"
+    name = f"gptlab_plugin_{stem}_{next(_module_numbers)}"
     spec = importlib.util.spec_from_file_location(name, resolved)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -733,7 +733,9 @@ def test_a_config_file_given_as_plugins_imports_the_plugins_it_names(
         "_dir = 'sub/'\nplugins = _dir + 'more_t.py, run2.py'\nnormalization = 'nested_t'\n"
     )
     (folder / "top.py").write_text("plugins = 'run2.py'\nnormalization = 'nested_t'\n")  # a file naming a file
-    (folder / "later.py").write_text("plugins = 'sub/later_t.py'\n")
+    (folder / "later.py").write_text("plugins = 'sub/ok_t.py, sub/later_t.py'\n")
+    (folder / "sub" / "ok_t.py").write_text("X = 1\n")
+    (tmp_path / "ok_t.py").write_text("X = 2\n")  # another file of that name
     monkeypatch.chdir(tmp_path)  # not the config file's folder: its entries are found from its own
     try:
         assert main(["arch", "custom", "--plugins=project/run2.py", "--normalization=nested_t"]) == 0
@@ -744,9 +746,12 @@ def test_a_config_file_given_as_plugins_imports_the_plugins_it_names(
         plugins._imported_files.clear()  # a new process, as far as imports go
         assert main(["arch", "project/top.py"]) == 0
         with pytest.raises(
-            ConfigError, match=r"'.*sub/later_t.py' is not a file \(named by plugins='sub/later_t.py' in "
+            ConfigError, match=r"'.*sub/later_t.py' is not a file \(named by plugins='sub/ok_t.py, sub/later_t.py' in "
         ):
             import_plugins("project/later.py")
+        import_plugins(str(tmp_path / "ok_t.py"))  # a module name of its own, not the first ok_t.py's
+        names = list(plugins._imported_files.values())
+        assert len(set(names)) == len(names) and sys.modules[names[-1]].X == 2, names
         (folder / "sub" / "later_t.py").write_text(
             "from gptlab.model import NORM_REGISTRY\nNORM_REGISTRY['later_t'] = NORM_REGISTRY['nested_t']\n"
         )
