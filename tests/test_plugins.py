@@ -740,7 +740,9 @@ def test_a_config_file_given_as_plugins_imports_the_plugins_it_names(
     try:
         assert main(["arch", "custom", "--plugins=project/run2.py", "--normalization=nested_t"]) == 0
         del NORM_REGISTRY["nested_t"]
-        sys.modules.pop(next(n for n, m in sys.modules.items() if getattr(m, "__file__", "").endswith("more_t.py")))
+        sys.modules.pop(
+            next(n for n, m in sys.modules.items() if (getattr(m, "__file__", None) or "").endswith("more_t.py"))
+        )
         from gptlab import plugins
 
         plugins._imported_files.clear()  # a new process, as far as imports go
