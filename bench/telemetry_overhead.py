@@ -119,16 +119,13 @@ def _logged_step_cost(trainer: Trainer, steps: int, tensorboard: bool) -> float:
     import tempfile
 
     from gptlab.logging import TrainingLogger
-    from gptlab.train.step_records import GradientStatsQueue, LossScaleDrops
 
     kept = trainer.logger, trainer.gradient_stats, trainer.scale_drops, trainer.cfg.gradient_log_interval
     costs = []
     with tempfile.TemporaryDirectory() as folder:
-        trainer.logger = TrainingLogger(
-            folder, style=trainer.cfg.log_style, stream=io.StringIO(), tensorboard=tensorboard, start_iter=0
+        trainer.attach_logger(
+            TrainingLogger(folder, style=trainer.cfg.log_style, stream=io.StringIO(), tensorboard=tensorboard)
         )
-        trainer.gradient_stats = GradientStatsQueue(trainer.telemetry, trainer.logger, fp16=trainer.scaler.is_enabled())
-        trainer.scale_drops = LossScaleDrops(trainer.scaler, trainer.logger)
         trainer.cfg.gradient_log_interval = 1
         try:
             for _ in range(steps + 2):  # the logger's first records (its warm-up) left out

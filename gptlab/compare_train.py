@@ -208,15 +208,16 @@ def _warm_up_steps(runs: list[Any]) -> None:
             model.eval()(x, x)
 
 
-def refuse_not_training(overrides: dict[str, Any]) -> None:
+def refuse_not_training(overrides: dict[str, Any], config_file: str | None = None) -> None:
     """--train trains every architecture from scratch, the same way: another start (one model's weights under every
-    label, or a resume of the last comparison's runs, whose figures were shown as if trained now) or an evaluation
-    is no comparison of architectures."""
+    label, or a resume of the last comparison's runs, whose figures were shown as if trained now; a config file's
+    fine-tune, whose column is its weights' architecture) or an evaluation is no comparison of architectures."""
     init_from = overrides.get("init_from", "scratch")
     if init_from != "scratch":
+        given = f"config file {config_file!r} sets " if config_file else ""
         raise ConfigError(
-            f"init_from={init_from!r}: compare --train trains each architecture from scratch, side by side; train "
-            "or fine-tune runs with train.py, then compare their run directories (gptlab compare DIR ...)"
+            f"{given}init_from={init_from!r}: compare --train trains each architecture from scratch, side by side; "
+            "train or fine-tune runs with train.py, then compare their run directories (gptlab compare DIR ...)"
         )
     if overrides.get("eval_only"):
         raise ConfigError(
@@ -271,14 +272,9 @@ def train_and_compare(
     archs = [resolve_architecture(n) for n in names]
     from gptlab.config.files import names_a_file
 
-    for arch in archs:  # a fine-tune's file: its table column is its weights' architecture, which --train cannot
-        start = arch.file_values.get("init_from", "scratch") if names_a_file(arch.source) else "scratch"
-        if start != "scratch":  # train from scratch at compare's size (it trained the defaults' under its label)
-            raise ConfigError(
-                f"config file {arch.source!r} sets init_from={start!r}: compare --train trains each architecture "
-                "from scratch, side by side; compare the file without --train (its weights' architecture), or "
-                "fine-tune with train.py and compare the run directories"
-            )
+    for arch in archs:  # a fine-tune's file: its column is its weights' architecture (it trained the defaults')
+        if names_a_file(arch.source):
+            refuse_not_training({"init_from": arch.file_values.get("init_from", "scratch")}, arch.source)
 
     _unique_labels(archs)
     # the user's --key=value must take effect; a config file may spell out keys its architecture ignores
@@ -318,9 +314,9 @@ def _refuse_a_run_compare_did_not_make(run_dir: Path) -> None:
     is one of train.py's (--out_dir=out beside out/llama): compare replaced it, checkpoint and log, saying so only
     inside the new log."""
     from gptlab.checkpoint.layout import kept_checkpoints
+    from gptlab.train.resume import held_run_files
 
-    held = [name for name in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (run_dir / name).exists()]
-    held += kept_checkpoints(run_dir)
+    held = [*held_run_files(run_dir), *kept_checkpoints(run_dir)]
     if held and not (run_dir / "console.log").exists():
         raise ConfigError(
             f"{str(run_dir)!r} holds a run compare --train did not make ({', '.join(held)}), "
@@ -352,19 +348,17 @@ def _train_all(
         shrunk = (shrink_notes or {}).get(arch.label)
         if shrunk is not None:
             log(f"compare: {arch.label}: {shrunk}")
-        stream = io.StringIO()
-        Path(t.out_dir).mkdir(parents=True, exist_ok=True)  # compare's mark on its run from the start (a run killed
-        (Path(t.out_dir) / "console.log").write_text("", encoding="utf-8")  # -9 is still its own to replace)
+        stream, run_dir = io.StringIO(), Path(t.out_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)  # compare's mark on its run from the start (a run killed -9 is
+        (run_dir / "console.log").write_text("", encoding="utf-8")  # still its own to replace)
         try:
             # the host RSS of this process, which trains each architecture in turn, is no one run's
             summary = train(run, stream=stream, shared_process=resolve_device(t.device).type != "cuda")
         except NonFiniteLossError as e:  # one architecture diverged: a row that says so, and the others still train
-            summary = json.loads((Path(t.out_dir) / "summary.json").read_text(encoding="utf-8"))
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
             log(f"compare: {arch.label}: {e} (its row shows the run where it stopped; see {t.out_dir}/log.jsonl)")
         finally:
-            Path(t.out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(t.out_dir) / "console.log").write_text(stream.getvalue(), encoding="utf-8")
-        run_dir = Path(t.out_dir)
+            (run_dir / "console.log").write_text(stream.getvalue(), encoding="utf-8")
         records = map(json.loads, (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines())
         startup = next(r for r in records if r.get("type") == "startup")  # after an overwrite event, on a re-run
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))

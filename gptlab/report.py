@@ -92,11 +92,12 @@ def without_evaluations(paths: list[str | Path], labels: list[str] | None) -> tu
     """``paths`` (and their ``labels``) less eval_only folders, and those folders, where other runs remain to
     report (`gptlab report out/*` over a folder that also holds an evaluation); all of them evaluations: kept,
     for run_directory's refusal."""
-    evaluations = [p for p in paths if evaluation_folder(p)]
-    if not evaluations or len(evaluations) == len(paths):
+    evaluation = [evaluation_folder(p) for p in paths]
+    if not any(evaluation) or all(evaluation):
         return list(paths), labels, []
-    keep = [i for i, p in enumerate(paths) if not evaluation_folder(p)]
-    return [paths[i] for i in keep], [labels[i] for i in keep] if labels else None, evaluations
+    keep = [i for i, flagged in enumerate(evaluation) if not flagged]
+    left_out = [p for p, flagged in zip(paths, evaluation) if flagged]
+    return [paths[i] for i in keep], [labels[i] for i in keep] if labels else None, left_out
 
 
 def run_directory(path: str | Path) -> Path:

@@ -135,6 +135,9 @@ def _optimizer_bytes(shapes: list[TensorShape], numels: list[int], optimizer: st
     return OPTIMIZER_STATES[optimizer] * FP32_BYTES * sum(numels) + STEP_BYTES[optimizer] * len(shapes)
 
 
+MAX_RANKS = 2**20  # ranks to plan for: far past any cluster
+
+
 def _count(key: str, value: Any) -> int:
     """A count of ranks, sequences or micro-steps as an int: a numpy or 0-d tensor integer taken, 4.5 sequences,
     '4' or a bool refused."""
@@ -146,9 +149,6 @@ def _count(key: str, value: Any) -> int:
     if whole is None or not 1 <= whole <= limit:
         raise ConfigError(f"{key}={value!r} is invalid: expected an integer in [1, {limit:,}]")
     return whole
-
-
-MAX_RANKS = 2**20  # ranks to plan for: far past any cluster
 
 
 def _divisors_descending(n: int) -> list[int]:

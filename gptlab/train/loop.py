@@ -330,7 +330,7 @@ class Trainer:
         self._mfu_warned = False  # an MFU above 100% said once a session (_check_mfu)
         if cfg.wandb_log:  # saved with the run (config.json, checkpoints): the next session's name too
             cfg.wandb_run_name = self._wandb_name(run, ckpt)
-        self.logger = TrainingLogger(
+        logger = TrainingLogger(
             self.out_dir,
             style=cfg.log_style,
             enabled=self.master,
@@ -354,9 +354,7 @@ class Trainer:
             eval_only=cfg.eval_only,
             tensorboard_purge_step=self._tensorboard_purge_step(),
         )
-        # read where the host syncs anyway: gradient statistics a step late, fp16's skipped steps when logged
-        self.gradient_stats = GradientStatsQueue(self.telemetry, self.logger, fp16=self.scaler.is_enabled())
-        self.scale_drops = LossScaleDrops(self.scaler, self.logger)
+        self.attach_logger(logger)
         self._restore_tensorboard_eval()
         if ckpt is not None:
             self._continue_from(run, ckpt)
@@ -754,6 +752,13 @@ class Trainer:
                 with contextlib.suppress(Exception):  # (those still on a failed device are not waited for)
                     self.gradient_stats.read(ready_only=True)
                 raise
+
+    def attach_logger(self, logger: TrainingLogger) -> None:
+        """Log to ``logger``, with what reads into it where the host syncs anyway: gradient statistics a step late,
+        fp16's skipped steps when logged."""
+        self.logger = logger
+        self.gradient_stats = GradientStatsQueue(self.telemetry, logger, fp16=self.scaler.is_enabled())
+        self.scale_drops = LossScaleDrops(self.scaler, logger)
 
     def log_iteration(self, step: dict[str, Any], lossf: float, dt: float, timed_steps: int) -> None:
         """A logged iteration's host work after its sync (its loss read): the gradient statistics, MFU, memory,

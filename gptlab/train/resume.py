@@ -23,11 +23,16 @@ from gptlab.plugins import edited_plugins
 Changes = dict[str, tuple[Any, Any]]  # {what: (the checkpoint's, now)}
 
 
+def held_run_files(out_dir: Path) -> list[str]:
+    """The files of a run ``out_dir`` holds: its checkpoints (single-file, sharded) and its log."""
+    return [name for name in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (out_dir / name).exists()]
+
+
 def check_out_dir_unclaimed(cfg: TrainConfig, out_dir: Path) -> None:
     """A new run (not a resume, nor --overwrite) refuses an out_dir that holds a previous run's checkpoints or
     log, and an evaluation of new random weights refuses one that holds a checkpoint to evaluate."""
     if cfg.init_from != "resume" and not cfg.overwrite and not cfg.eval_only:
-        previous = [n for n in ("ckpt.pt", "ckpt.dcp", "log.jsonl") if (out_dir / n).exists()]
+        previous = held_run_files(out_dir)
         if previous == ["log.jsonl"] and nothing_logged_to_keep(out_dir):
             previous = []  # a start that failed before it trained or evaluated: its command may run again
         kept = rollback_hint(out_dir)  # --keep_checkpoints' copies: a run's, even without ckpt.pt
