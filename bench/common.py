@@ -138,7 +138,6 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
 
         for key, value in a.inductor_config:  # read when the model compiles (its first step)
             setattr(inductor, key, value)
-    prepared_dataset(a.dataset, a.data_dir)
     args = [
         f"--arch_preset={a.preset!r}",
         f"--n_layer={a.n_layer}",
@@ -166,8 +165,10 @@ def build_trainer(a: argparse.Namespace) -> Trainer:
         "--warmup_iters=0",
         *(f"--{setting}" for setting in a.set),  # last: parse_run_args checks the key and the value
     ]
+    run = parse_run_args(args)  # a mistyped --set is said before a missing dataset is prepared
+    prepared_dataset(a.dataset, a.data_dir)
     loss_kernel.USE_TRITON = a.loss_kernel == "triton"  # read when the loss runs (and compiles)
-    trainer = Trainer(parse_run_args(args), stream=io.StringIO())
+    trainer = Trainer(run, stream=io.StringIO())
     trainer.logger.close()  # the benchmarks time steps and log nothing: log.jsonl is not left open
     return trainer
 

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlab.model import loss_kernel
 from tests.together import run_together
 from tests.train.conftest import data_dir  # noqa: F401 (a fixture, used by name)
 
@@ -26,6 +28,25 @@ def bench(script: str, *args: str, cwd: Path, code: int = 0) -> str:
                          env=env, cwd=cwd, timeout=300)  # fmt: skip
     assert res.returncode == code, res.stderr[-2000:]
     return res.stdout
+
+
+def bench_in_process(
+    argv: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """``python bench/SCRIPT ARGS`` run in this process (its __main__ block, argv, folder on sys.path, working
+    directory): the exit code, stdout and stderr. Spares the seconds a fresh interpreter takes to import torch."""
+    script = ROOT / "bench" / argv[0]
+    monkeypatch.setattr(loss_kernel, "USE_TRITON", loss_kernel.USE_TRITON)  # the scripts set it: put back after
+    monkeypatch.syspath_prepend(str(script.parent))
+    monkeypatch.setattr(sys, "argv", [str(script), *argv[1:]])
+    monkeypatch.chdir(cwd)
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    out, err = capfd.readouterr()
+    return code, out, err
 
 
 def test_train_step_table_json_and_profile(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -253,12 +274,22 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
         ["dataloader.py", "--device", "gpu"],
     ],
 )
-def test_bench_argument_mistakes_exit_2_without_a_traceback(argv: list[str], tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / argv[0]), *argv[1:]], capture_output=True, text=True,
-                         env=env, cwd=tmp_path)  # fmt: skip
-    assert res.returncode == 2 and "Traceback" not in res.stderr and "error: " in res.stderr, res.stderr
-    assert res.stdout == ""
+def test_bench_argument_mistakes_exit_2_without_a_traceback(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """In this process (an uncaught exception fails the test with its traceback); the fresh interpreter's path is
+    test_a_bench_mistake_from_a_fresh_interpreter."""
+    code, out, err = bench_in_process(argv, tmp_path, monkeypatch, capfd)
+    assert code == 2 and "Traceback" not in err and "error: " in err, err
+    assert out == ""
+
+
+def test_a_bench_mistake_from_a_fresh_interpreter(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "train_step.py"), "--set", "bias=maybe"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    assert res.stderr.startswith("error: ") and len(res.stderr.splitlines()) == 1, res.stderr
 
 
 @pytest.mark.parametrize(("dtype", "grad_clip"), [("float32", 0.0), ("float32", 0.05), ("float16", 0.05)])

@@ -21,6 +21,7 @@ from gptlab.checkpoint import load_checkpoint, software_versions
 from gptlab.config.resolve import parse_run_args
 from gptlab.data.storage import read_meta
 from gptlab.errors import ConfigError, DataError
+from gptlab.train.cli import entry, run_train
 from gptlab.train.launch import train
 from gptlab.train.loop import NonFiniteLossError, Trainer
 from gptlab.train.sample import SampleConfig, sample
@@ -356,6 +357,14 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
     )
+
+
+def _train_entry(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``python train.py ARGS`` in this process (train.py's entry(run_train)): its exit code and stderr. Spares
+    the seconds a fresh interpreter takes to import torch; an uncaught exception fails the test with its traceback."""
+    capfd.readouterr()
+    code = entry(run_train, list(args))
+    return code, capfd.readouterr().err
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
@@ -786,16 +795,27 @@ def test_stable_grads_train_exactly_like_freed_grads(data_dir: Path, tmp_path: P
         ({"loss_chunk_size": -1}, "loss_chunk_size=-1"),
     ],
 )
-def test_bad_input_one_line_exit_2(overrides: dict, match: str, data_dir: Path, tmp_path: Path) -> None:
-    res = _cli(*tiny_args(data_dir, tmp_path / "out", **overrides))
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
+def test_bad_input_one_line_exit_2(
+    overrides: dict, match: str, data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _train_entry(capfd, *tiny_args(data_dir, tmp_path / "out", **overrides))
+    assert code == 2, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and __import__("re").search(match, lines[0]), lines
     assert not (tmp_path / "out" / "log.jsonl").exists()
 
 
+def test_bad_input_from_a_fresh_interpreter(data_dir: Path, tmp_path: Path) -> None:
+    """The root script itself, as a user types it: one line, exit 2 (the cases above run its entry in-process)."""
+    res = _cli(*tiny_args(data_dir, tmp_path / "out", n_layr=2))
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    assert res.stderr.splitlines() == [res.stderr.strip()] and "did you mean 'n_layer'" in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("damage", ["corrupt", "truncated", "flipped", "weights", "optimizer"])
-def test_damaged_checkpoint_is_refused_and_left_alone(damage: str, data_dir: Path, tmp_path: Path) -> None:
+def test_damaged_checkpoint_is_refused_and_left_alone(
+    damage: str, data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """A file that is not a checkpoint, half of one, one whose tensor bytes changed on disk (torch.load
     itself does not check the CRCs torch.save wrote: those weights loaded and trained on), or a readable
     one whose weights or optimizer state no longer fit the architecture it records (edited by hand)."""
@@ -826,9 +846,9 @@ def test_damaged_checkpoint_is_refused_and_left_alone(damage: str, data_dir: Pat
             expected = "ckpt.pt' is not a checkpoint (not a torch.save file); the file was left untouched"
     ckpt.write_bytes(bad)
     log_before = (out / "log.jsonl").read_bytes()
-    res = _cli(*tiny_args(data_dir, out, max_iters=16, init_from="resume"))
-    assert res.returncode == 2 and expected in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "mmap" not in res.stderr  # the memory-mapped load's advice to re-save fits no damaged file
+    code, err = _train_entry(capfd, *tiny_args(data_dir, out, max_iters=16, init_from="resume"))
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert "mmap" not in err  # the memory-mapped load's advice to re-save fits no damaged file
     assert ckpt.read_bytes() == bad and (out / "log.jsonl").read_bytes() == log_before
 
 
