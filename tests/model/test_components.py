@@ -159,6 +159,16 @@ def registered():
         del reg[name]
 
 
+def _loss_falls_in_one_step(model: ConfigurableGPT) -> bool:
+    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
+    x = torch.randint(0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
+    _, loss0 = model(x, x)
+    loss0.backward()
+    opt.step()
+    _, loss1 = model(x, x)
+    return bool(loss1 < loss0)
+
+
 def test_component_registered_outside_trains_a_step(registered: None) -> None:
     cfg = get_debug_config(
         "custom",
@@ -169,16 +179,11 @@ def test_component_registered_outside_trains_a_step(registered: None) -> None:
     )
     model = ConfigurableGPT(cfg)
     assert isinstance(model.blocks[0].norm_1, ScaledNorm) and isinstance(model.blocks[0].ffn, SquaredReLUFFN)
-    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
-    x = torch.randint(0, cfg.vocab_size, (4, 32))
-    _, loss0 = model(x, x)
-    loss0.backward()
-    opt.step()
-    _, loss1 = model(x, x)
-    assert loss1 < loss0
-    # and the registered activation is a valid config choice for the standard FFN
+    assert _loss_falls_in_one_step(model)
+    # the registered activation, in the standard FFN (sqrelu has its own): built and trained too
     act_model = ConfigurableGPT(get_debug_config("custom", activation="tanh"))
     assert isinstance(act_model.blocks[0].ffn.act, nn.Tanh)
+    assert _loss_falls_in_one_step(act_model)
 
 
 class LearnedRelativeBias(PositionEncoding):
