@@ -328,7 +328,7 @@ def _prepare(name: str, dataset_dir: Path, spec: DatasetSpec | None, opts: Prepa
     else:
         assert opts.input_path is not None
         if sources.is_records_input(opts.input_path):  # .jsonl / .parquet: one document per record
-            corpus = sources.hub_corpus(name, None, opts.input_path, text_field=opts.text_field)
+            corpus = sources.hub_corpus(name, None, opts.input_path, text_field=opts.text_field, json_is_records=False)
         elif opts.text_field != "text":
             raise ConfigError(
                 f"text_field={opts.text_field!r} is for .jsonl/.parquet records; {opts.input_path} is text"

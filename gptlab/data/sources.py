@@ -332,13 +332,15 @@ def is_records_input(input_path: Path) -> bool:
     return bool(files) and all(kind_of(p) in RECORD_SUFFIXES for p in files)
 
 
-def _local_data_files(input_path: Path) -> tuple[str, list[str]]:
-    """The `datasets` builder and files for local .jsonl/.json/.parquet input."""
-    files = [p for p in local_files(input_path) if kind_of(p) in LOCAL_BUILDERS]
+def _local_data_files(input_path: Path, json_is_records: bool = True) -> tuple[str, list[str]]:
+    """The `datasets` builder and files for local .jsonl/.json/.parquet input (``json_is_records``: a .json file
+    holds records, as for openwebtext and fineweb_edu; for a dataset of one's own it is text)."""
+    suffixes = LOCAL_BUILDERS if json_is_records else RECORD_SUFFIXES
+    files = [p for p in local_files(input_path) if kind_of(p) in suffixes]
     builders = {LOCAL_BUILDERS[kind_of(p)] for p in files}
     if len(builders) != 1:
-        found = "none" if not files else " and ".join(sorted(builders))
-        kinds = ", ".join(LOCAL_BUILDERS)
+        found = "none" if not files else " and ".join(sorted({kind_of(p) for p in files}))
+        kinds = ", ".join(suffixes)
         text = (
             ": for your own text, prepare it under a name of your own (gptlab prepare NAME --input PATH) and train "
             "with --dataset=NAME"
@@ -428,15 +430,17 @@ def hub_corpus(
     input_path: Path | None = None,
     load_fn: Callable[[], Records] | None = None,
     text_field: str = "text",
+    json_is_records: bool = True,
 ) -> Corpus:
-    """A streamed Hugging Face dataset, or the same through local files (``input_path``) or ``load_fn``."""
+    """A streamed Hugging Face dataset, or the same through local files (``input_path``) or ``load_fn``
+    (``json_is_records``: as for _local_data_files)."""
     if load_fn is not None:
         records, source = load_fn(), {"kind": "load_fn", "dataset": hub_path}
     elif input_path is not None and is_saved_dataset(input_path):
         records = _saved_dataset_records(input_path)
         source = {"kind": "local", "dataset": hub_path, "path": str(input_path.resolve()), "format": "save_to_disk"}
     elif input_path is not None:
-        builder, files = _local_data_files(input_path)
+        builder, files = _local_data_files(input_path, json_is_records)
         records = _json_records(files) if builder == "json" else _parquet_records(files)
         source = {"kind": "local", "dataset": hub_path, "path": str(input_path.resolve()), "files": len(files)}
     else:

@@ -923,3 +923,17 @@ def test_a_prepare_waiting_on_one_that_fails_takes_over(tmp_path: Path) -> None:
     for t in threads:
         t.join(timeout=30)
     assert second_done == [True]
+
+
+def test_records_of_two_kinds_in_one_folder_are_named_as_their_files_are(tmp_path: Path) -> None:
+    """A folder of .jsonl and .parquet records for a dataset of one's own: refused naming the suffixes found and
+    those it takes (the error had said 'found json and parquet' and offered .json, which is text for it)."""
+    pq = pytest.importorskip("pyarrow.parquet", exc_type=ImportError)
+    import pyarrow as pa
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"text": "one"}) + "\n")
+    pq.write_table(pa.Table.from_pylist([{"text": "two"}]), folder / "b.parquet")
+    with pytest.raises(DataError, match=r"files of one kind of \.jsonl, \.parquet .*\(found \.jsonl and \.parquet\)"):
+        prepare_dataset("mine", tmp_path / "data", input_path=folder)
