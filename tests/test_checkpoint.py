@@ -130,9 +130,15 @@ def test_remove_checkpoints_spares_the_kept_path_and_leftovers_go(tmp_path: Path
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / ".ckpt.dcp.copy").mkdir()  # a followed link's copy, set aside by a save killed just then
     (tmp_path / ".config.json.tmp-8").write_bytes(b"x")  # the run's own atomic writes, killed half-way
+    dcp = tmp_path / "ckpt-0000016.dcp"  # a resumed sharded checkpoint's meta.pt, rewritten and killed half-way
+    dcp.mkdir()
+    for name in ("meta.pt", ".meta.pt.tmp-7947", "__0_0.distcp"):
+        (dcp / name).write_bytes(b"x")
     removed = [".ckpt.dcp.copy", ".ckpt.pt.tmp-123", ".config.json.tmp-8", ".summary.json.tmp-7"]
+    removed.insert(4, "ckpt-0000016.dcp/.meta.pt.tmp-7947")
     assert remove_save_leftovers(tmp_path) == removed
-    assert remove_checkpoints(tmp_path, keep=tmp_path / "ckpt-0000010.pt") == ["ckpt.pt"]
+    assert sorted(p.name for p in dcp.iterdir()) == ["__0_0.distcp", "meta.pt"]
+    assert remove_checkpoints(tmp_path, keep=tmp_path / "ckpt-0000010.pt") == ["ckpt-0000016.dcp", "ckpt.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-0000010.pt", "log.jsonl"]
 
 

@@ -21,6 +21,7 @@ _HISTORY = re.compile(r"^ckpt-(\d+)\.(pt|dcp)$")
 _LEFTOVER = re.compile(
     r"^\.(ckpt(-\d+)?\.pt\.tmp-\d+|ckpt-\d+\.dcp\.(tmp|old)|ckpt\.dcp\.(tmp|copy)|(config|summary)\.json\.tmp-\d+)$"
 )  # the training's own atomic writes killed half-way (config.json and summary.json: no other writer has them)
+_META_LEFTOVER = re.compile(r"^\.meta\.pt\.tmp-\d+$")  # inside a ckpt-ITER.dcp folder: its meta.pt's atomic write
 
 
 def is_dcp_dir(path: Path) -> bool:
@@ -105,6 +106,11 @@ def remove_save_leftovers(out_dir: str | Path) -> list[str]:
         if _LEFTOVER.match(p.name):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
             removed.append(p.name)
+        elif _HISTORY.match(p.name) and p.is_dir() and not p.is_symlink():  # a resumed DCP checkpoint's meta.pt
+            for inner in sorted(p.glob(f".{DCP_META}.tmp-*")):  # rewritten in place (save.py), killed half-way
+                if _META_LEFTOVER.match(inner.name) and not inner.is_dir():
+                    inner.unlink()
+                    removed.append(f"{p.name}/{inner.name}")
     return removed
 
 

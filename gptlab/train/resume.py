@@ -21,6 +21,7 @@ from gptlab.logging import log_records
 from gptlab.plugins import edited_plugins
 
 Changes = dict[str, tuple[Any, Any]]  # {what: (the checkpoint's, now)}
+EVALUATION_KEYS = ("batch_size", "eval_iters")  # the settings that decide which sequences an evaluation reads
 
 
 def held_run_files(out_dir: Path) -> list[str]:
@@ -120,6 +121,13 @@ def resume_changes(
     if new_text and keep_best and math.isfinite(best_val_loss):  # a loss on another validation split is no bar
         # to the next one's (a lower best would keep every later save from happening, always_save_checkpoint off)
         changed["best val loss"] = (f"{best_val_loss:.4f} on the checkpoint's data", "the next evaluation's")
+        keep_best = False
+    resized = [k for k in EVALUATION_KEYS if k in run.resume_changes]  # evaluate() reads eval_iters batches
+    if resized and keep_best and math.isfinite(best_val_loss):  # of batch_size: another set of sequences, another
+        # mean (the same weights scored otherwise: a worse score blocked a save, a better one saved them again)
+        said = ", ".join(f"{k}={run.resume_changes[k][0]!r}" for k in resized)
+        changed["best val loss"] = (f"{best_val_loss:.4f} on the checkpoint's evaluation batches ({said})",
+                                    "the next evaluation's")  # fmt: skip
         keep_best = False
     if "versions" not in ckpt:  # written before evaluation batches had their own stream (and versions
         # were recorded): the val losses from here on are on other batches than the logged ones

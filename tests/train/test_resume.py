@@ -230,3 +230,23 @@ def test_a_resume_missing_its_data_names_the_data_dir_the_run_read(
     resumed = train(parse_run_args([f"--out_dir={str(run)!r}", "--init_from='resume'", "--max_iters=3",
                                     f"--data_dir={udata!r}"]), stream=io.StringIO())  # fmt: skip
     assert resumed["status"] == "completed"
+
+
+@pytest.mark.parametrize("key, old, new", [("batch_size", 12, 6), ("eval_iters", 200, 100)])
+def test_a_resume_that_changes_the_evaluation_batches_sets_the_best_val_loss_anew(
+    tmp_path: Path, key: str, old: int, new: int
+) -> None:
+    """An evaluation is eval_iters fixed batches of batch_size sequences: with either changed (as the refusal of a
+    world-size change advises for batch_size) the same weights score otherwise, so the checkpoint's best val loss
+    is no bar to the next save, and the resume says so; gradient accumulation leaves the batches as they were."""
+    run = parse_run_args([f"--out_dir={str(tmp_path)!r}", f"--{key}={new}"])
+    run = dataclasses.replace(run, resume_changes={key: (old, new)})
+    base = {"path": str(tmp_path / "ckpt.pt"), "tokenizer": TOKENIZER, "data": DATA, "versions": software_versions()}
+    kw = {"mode": "none", "world_size": 1, "out_dir": tmp_path, "plugin_digests": {}, "tokenizer": TOKENIZER}
+    changed, keep = resume_changes(run, run.train, base, data=DATA, best_val_loss=1.5, **kw)
+    assert changed["best val loss"] == (f"1.5000 on the checkpoint's evaluation batches ({key}={old})",
+                                        "the next evaluation's") and not keep  # fmt: skip
+    assert changed[key] == (old, new)
+    run = dataclasses.replace(run, resume_changes={"gradient_accumulation_steps": (40, 80)})
+    changed, keep = resume_changes(run, run.train, base, data=DATA, best_val_loss=1.5, **kw)
+    assert "best val loss" not in changed and keep
