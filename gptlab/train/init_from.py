@@ -40,6 +40,7 @@ from gptlab.model.convert import (
 )
 from gptlab.model.gpt import ConfigurableGPT
 from gptlab.plugins import saved_plugins
+from gptlab.train.resume import kept_fine_tune_source
 
 Note = tuple[str, str, dict[str, Any]]  # a logged event: its name, its line, its fields
 
@@ -116,6 +117,8 @@ def resolve_init(run: RunConfig, cfg: TrainConfig, vocab: int, out_dir: Path, sh
         else:  # into a full state dict (a DCP directory is read whole by each rank)
             ckpt = load_checkpoint(path)
         ckpt["path"] = str(path)
+        if not cfg.eval_only and (kept := kept_fine_tune_source(Path(out_dir), ckpt)) is not None:
+            raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint of its run ({kept})")
         # (an evaluation reads no optimizer state: a nanoGPT checkpoint without one evaluates)
         needed = ("best_val_loss",) if "dcp_path" in ckpt or cfg.eval_only else ("optimizer", "best_val_loss")
         if "optimizer_problem" in ckpt and not cfg.eval_only:  # a nanoGPT checkpoint whose AdamW state could

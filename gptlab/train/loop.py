@@ -424,10 +424,10 @@ class Trainer:
         source = cfg.init_from if cfg.init_from != "scratch" and Path(cfg.init_from).exists() else None
         kept = weights_path(source) if source is not None else None
         removed = remove_checkpoints(self.out_dir, keep=kept) if self.master else []
-        if removed:  # and eval_only's evaluations of the weights removed (one of other weights, alone, stays)
-            removed += remove_evaluations(self.out_dir)
         if kept is not None and is_run_checkpoint(self.out_dir, kept):  # the replaced run's: goes at the first
             self._replaced_source = kept  # save; weights of the user's that lie in out_dir stay
+        if self.master and (removed or self._replaced_source is not None):  # and eval_only's evaluations of the
+            removed += remove_evaluations(self.out_dir)  # replaced run's weights (one of other weights, alone, stays)
         if removed:
             self.logger.log_event(
                 "overwrite", f"replacing the previous run in {self.out_dir}: removed {', '.join(removed)}"

@@ -199,14 +199,38 @@ def saved_tokens_per_iter(ckpt: dict[str, Any], today: int) -> int:
     return today
 
 
+def _recorded_run(out_dir: Path) -> dict[str, Any]:
+    """out_dir's config.json (written when its run's last session started); {} where missing or unreadable."""
+    try:
+        record = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def kept_fine_tune_source(out_dir: Path, ckpt: dict[str, Any]) -> str | None:
+    """Why out_dir's latest checkpoint is not its run's, where it is the weights the run started from: a fine-tune
+    in place (``--init_from=OUT_DIR --overwrite=True``) keeps them until its first save, and it stopped before
+    that save (resumed, they went on as the replaced run, 'completed'). The run's config.json records its source;
+    a checkpoint the run saved records the same. None otherwise."""
+    recorded, saved = _recorded_run(out_dir).get("weights_origin"), ckpt.get("weights_origin")
+    if not isinstance(recorded, str) or not isinstance(saved, str) or recorded == saved:
+        return None
+    source, folder = Path(recorded), Path(out_dir).resolve()
+    if not source.is_absolute() or not (source == folder or folder in source.parents):
+        return None  # a Hub model's name, or weights elsewhere
+    return (
+        f"its run, a fine-tune of {recorded!r}, stopped before its first save: {Path(ckpt['path']).name} is the "
+        f"weights it started from, kept until that save; run its command again (--init_from={shlex.quote(recorded)} "
+        "--overwrite=True)"
+    )
+
+
 def _not_this_folders_run(out_dir: Path, ckpt: dict[str, Any]) -> str | None:
     """The keys where a checkpoint's architecture is not the one out_dir's run recorded (its config.json, written
     when its last session started): a ckpt.pt copied in from another run trains that run's model, said (None where
     they agree, or either record is missing)."""
-    try:
-        recorded = json.loads((out_dir / "config.json").read_text(encoding="utf-8")).get("arch")
-    except (OSError, ValueError, AttributeError):
-        return None
+    recorded = _recorded_run(out_dir).get("arch")
     saved = ckpt.get("arch")
     if not isinstance(recorded, dict) or not isinstance(saved, dict):
         return None

@@ -211,6 +211,48 @@ def test_a_fine_tune_that_overwrites_its_own_source_run_leaves_only_itself(
     assert latest_checkpoint(tmp_path) == tmp_path / "ckpt.pt" and load_checkpoint(tmp_path)["iter_num"] == 5
 
 
+@pytest.mark.parametrize("parallel", ["none", "fsdp"])
+def test_a_fine_tune_in_place_stopped_before_its_first_save_is_not_resumed_as_the_run_it_replaced(
+    parallel: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--init_from=OUT --overwrite=True into OUT, failed at its iteration 2: OUT's checkpoint is the weights it
+    started from, kept until its first save. A resume had taken them for the run's own: 'nothing to do' (the
+    replaced run's 9 iterations, its summary 'completed'), or trained on as the replaced run under the fine-tune's
+    log. Refused, saying what to run; the replaced run's eval_only evaluations went with it."""
+    from gptlab.train.loop import Trainer
+
+    history = {"keep_checkpoints": 2} if parallel == "fsdp" else {}  # in one process, a ckpt.pt alone: none removed
+    first = tiny_args(data_dir, tmp_path, parallel=parallel, max_iters=8, eval_interval=4, **history)
+    train(parse_run_args(first), stream=io.StringIO())
+    train(
+        parse_run_args([*tiny_args(data_dir, tmp_path, init_from="resume"), "--eval_only=True"]), stream=io.StringIO()
+    )
+    assert (tmp_path / "eval.jsonl").is_file()
+    original = Trainer.forward_backward
+
+    def fails_at_iteration_2(self: Trainer, *args: object) -> torch.Tensor:
+        if self.iter_num == 2:
+            raise RuntimeError("a node failed")
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "forward_backward", fails_at_iteration_2)
+    tune = tiny_args(data_dir, tmp_path, init_from=str(tmp_path), overwrite=True, max_iters=20, eval_interval=4)
+    with pytest.raises(RuntimeError, match="a node failed"):
+        train(parse_run_args(tune), stream=io.StringIO())
+    monkeypatch.setattr(Trainer, "forward_backward", original)
+    assert not (tmp_path / "eval.jsonl").exists()  # the replaced weights' evaluation
+    kept = "ckpt.pt" if parallel == "none" else "ckpt-0000009.dcp"
+    said = rf"holds no checkpoint of its run \(its run, a fine-tune of '{tmp_path}', stopped before its first save: "
+    said += rf"{kept} is the weights it started from, kept until that save; run its command again"
+    with pytest.raises(CheckpointError, match=said):
+        train(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume")), stream=io.StringIO())
+    assert not (tmp_path / "summary.json").exists()  # not 'completed'
+    train(parse_run_args(tune), stream=io.StringIO())  # its command again: the fine-tune, then resumable
+    assert load_checkpoint(tmp_path)["weights_origin"] == str(tmp_path.resolve())
+    train(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume", max_iters=24)), stream=io.StringIO())
+    assert load_checkpoint(tmp_path)["iter_num"] == 25
+
+
 def test_a_fine_tune_that_overwrites_keeps_weights_of_the_users_that_lie_in_out_dir(
     data_dir: Path, tmp_path: Path
 ) -> None:
