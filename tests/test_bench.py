@@ -251,6 +251,7 @@ def test_step_instructions_worker_and_count(data_dir: Path, tmp_path: Path) -> N
         assert 0 < cachegrind_count(["true"], tmp_path / "cg.out") < 10_000_000
 
 
+@pytest.mark.filterwarnings("error")  # in-process, a warning is recorded, not printed: none may be given
 @pytest.mark.parametrize(
     "argv",
     [

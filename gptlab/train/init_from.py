@@ -117,7 +117,7 @@ def resolve_init(run: RunConfig, cfg: TrainConfig, vocab: int, out_dir: Path, sh
         else:  # into a full state dict (a DCP directory is read whole by each rank)
             ckpt = load_checkpoint(path)
         ckpt["path"] = str(path)
-        if not cfg.eval_only and (kept := kept_fine_tune_source(Path(out_dir), ckpt)) is not None:
+        if not cfg.eval_only and (kept := kept_fine_tune_source(Path(out_dir), path)) is not None:
             raise CheckpointError(f"init_from='resume' but {str(out_dir)!r} holds no checkpoint of its run ({kept})")
         # (an evaluation reads no optimizer state: a nanoGPT checkpoint without one evaluates)
         needed = ("best_val_loss",) if "dcp_path" in ckpt or cfg.eval_only else ("optimizer", "best_val_loss")

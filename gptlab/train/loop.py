@@ -70,9 +70,11 @@ from gptlab.train import telemetry_hooks as telemetry
 from gptlab.train.init_from import InitFrom, resolve_init, scratch_notes, weights_origin
 from gptlab.train.init_from import preset_family as preset_family  # (imported from here before init_from.py)
 from gptlab.train.resume import (
+    KEPT_SOURCE,
     check_out_dir_unclaimed,
     data_record,
     folder_identity,
+    kept_source_record,
     resume_changes,
     resume_line,
     resumed_data_dir_hint,
@@ -221,6 +223,7 @@ class Trainer:
         self._saved_iter = -1  # the iteration of this session's latest checkpoint
         self._last_losses: dict[str, float] | None = None  # this session's latest evaluation
         self._replaced_source: Path | None = None  # overwrite: a fine-tune's source in out_dir, until the first save
+        self._config_record: dict[str, Any] = {}  # config.json as this session wrote it (rank 0)
         self.run_config = RunConfig(train=cfg, arch=self.arch)
         # a mismatch fails here, not in a hang; with the iteration resumed from and the data itself (nodes read
         # their own disks: the same data may lie at another data_dir there, or other data at the same one)
@@ -664,6 +667,9 @@ class Trainer:
         self.logger.log_event("checkpoint", f"saving checkpoint to {path}", iter=self.iter_num)
         self._saved_iter = self.iter_num
         replaced, self._replaced_source = self._replaced_source, None
+        if replaced is not None and self.master and KEPT_SOURCE in self._config_record:  # the run's own now
+            self._config_record = {k: v for k, v in self._config_record.items() if k != KEPT_SOURCE}
+            atomic_write(self.out_dir / "config.json", _dumps(self._config_record))
         if replaced is not None and self.master and replaced != Path(path).resolve() and replaced.exists():
             shutil.rmtree(replaced) if replaced.is_dir() else replaced.unlink()  # the replaced run's last weights
             self.logger.log_event("overwrite", f"replaced the previous run's {replaced.name}: this run saved its own")
@@ -730,7 +736,10 @@ class Trainer:
                     "weights_origin": self.weights_origin,
                     "torchelastic_run_id": elastic_run_id(),
                 }
+                if self._replaced_source is not None:  # until the first save: a resume refuses it as this run's
+                    record[KEPT_SOURCE] = kept_source_record(self.out_dir, self._replaced_source)
                 atomic_write(self.out_dir / "config.json", _dumps(record))
+                self._config_record = record
                 # the run trains again: a finished session's (or a replaced run's) summary no longer describes it
                 (self.out_dir / "summary.json").unlink(missing_ok=True)
             report = build_startup_report(self)

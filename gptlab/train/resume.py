@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.checkpoint import rollback_hint, software_versions, stopped_before_training
+from gptlab.checkpoint.layout import DCP_META
 from gptlab.config.model import FREE_ARCH_KEYS
 from gptlab.config.resolve import SAID_LAUNCH_KEYS
 from gptlab.config.train import RunConfig, TrainConfig
@@ -208,21 +209,39 @@ def _recorded_run(out_dir: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def kept_fine_tune_source(out_dir: Path, ckpt: dict[str, Any]) -> str | None:
-    """Why out_dir's latest checkpoint is not its run's, where it is the weights the run started from: a fine-tune
-    in place (``--init_from=OUT_DIR --overwrite=True``) keeps them until its first save, and it stopped before
-    that save (resumed, they went on as the replaced run, 'completed'). The run's config.json records its source;
-    a checkpoint the run saved records the same. None otherwise."""
-    recorded, saved = _recorded_run(out_dir).get("weights_origin"), ckpt.get("weights_origin")
-    if not isinstance(recorded, str) or not isinstance(saved, str) or recorded == saved:
+KEPT_SOURCE = "kept_source"  # config.json's record of a fine-tune in place's source, until the run's first save
+
+
+def kept_source_record(out_dir: Path, source: Path) -> dict[str, Any]:
+    """What config.json records of the replaced run's checkpoint that a fine-tune in place (``--init_from=OUT_DIR
+    --overwrite=True``) starts from and keeps until its first save: its name in out_dir and its file's size and
+    mtime (a DCP folder's meta.pt), so that a checkpoint put there since is not taken for it."""
+    return {"name": source.relative_to(out_dir.resolve()).as_posix(), "stat": _file_stat(source)}
+
+
+def _file_stat(checkpoint: Path) -> list[int] | None:
+    try:
+        found = (checkpoint / DCP_META if checkpoint.is_dir() else checkpoint).stat()
+    except OSError:
         return None
-    source, folder = Path(recorded), Path(out_dir).resolve()
-    if not source.is_absolute() or not (source == folder or folder in source.parents):
-        return None  # a Hub model's name, or weights elsewhere
+    return [found.st_size, found.st_mtime_ns]
+
+
+def kept_fine_tune_source(out_dir: Path, checkpoint: Path) -> str | None:
+    """Why ``checkpoint``, out_dir's latest, is not its run's: the run, a fine-tune in place, stopped before its
+    first save, and this is the replaced run's checkpoint it started from (resumed, it went on as the replaced run
+    under the fine-tune's log, or said 'completed'). config.json records that source until the first save. None
+    otherwise (a checkpoint copied in since, or one the run saved)."""
+    kept = _recorded_run(out_dir).get(KEPT_SOURCE)
+    if not isinstance(kept, dict) or not isinstance(kept.get("name"), str):
+        return None
+    source = out_dir / kept["name"]
+    if checkpoint.resolve() != source.resolve() or _file_stat(source) != kept.get("stat"):
+        return None
     return (
-        f"its run, a fine-tune of {recorded!r}, stopped before its first save: {Path(ckpt['path']).name} is the "
-        f"weights it started from, kept until that save; run its command again (--init_from={shlex.quote(recorded)} "
-        "--overwrite=True)"
+        f"its run, a fine-tune in place, stopped before its first save: {kept['name']} is the replaced run's "
+        f"checkpoint it started from, kept until that save; run its command again "
+        f"(--init_from={shlex.quote(str(source))} --overwrite=True)"
     )
 
 

@@ -235,22 +235,42 @@ def test_a_fine_tune_in_place_stopped_before_its_first_save_is_not_resumed_as_th
             raise RuntimeError("a node failed")
         return original(self, *args)
 
-    monkeypatch.setattr(Trainer, "forward_backward", fails_at_iteration_2)
-    tune = tiny_args(data_dir, tmp_path, init_from=str(tmp_path), overwrite=True, max_iters=20, eval_interval=4)
-    with pytest.raises(RuntimeError, match="a node failed"):
-        train(parse_run_args(tune), stream=io.StringIO())
-    monkeypatch.setattr(Trainer, "forward_backward", original)
+    tune = tiny_args(data_dir, tmp_path, init_from=str(tmp_path), overwrite=True, max_iters=5, eval_interval=4)
+
+    def stopped_fine_tune() -> None:
+        monkeypatch.setattr(Trainer, "forward_backward", fails_at_iteration_2)
+        with pytest.raises(RuntimeError, match="a node failed"):
+            train(parse_run_args(tune), stream=io.StringIO())
+        monkeypatch.setattr(Trainer, "forward_backward", original)
+
+    def resume(max_iters: int = 7) -> None:
+        train(
+            parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume", max_iters=max_iters)), stream=io.StringIO()
+        )
+
+    def refused(kept: str) -> None:
+        said = r"holds no checkpoint of its run \(its run, a fine-tune in place, stopped before its first save: "
+        said += rf"{kept} is the replaced run's checkpoint it started from, kept until that save; run its command again"
+        with pytest.raises(CheckpointError, match=said):
+            resume()
+        assert not (tmp_path / "summary.json").exists()  # not 'completed'
+
+    stopped_fine_tune()
     assert not (tmp_path / "eval.jsonl").exists()  # the replaced weights' evaluation
-    kept = "ckpt.pt" if parallel == "none" else "ckpt-0000009.dcp"
-    said = rf"holds no checkpoint of its run \(its run, a fine-tune of '{tmp_path}', stopped before its first save: "
-    said += rf"{kept} is the weights it started from, kept until that save; run its command again"
-    with pytest.raises(CheckpointError, match=said):
-        train(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume")), stream=io.StringIO())
-    assert not (tmp_path / "summary.json").exists()  # not 'completed'
+    refused("ckpt.pt" if parallel == "none" else "ckpt-0000009.dcp")
     train(parse_run_args(tune), stream=io.StringIO())  # its command again: the fine-tune, then resumable
-    assert load_checkpoint(tmp_path)["weights_origin"] == str(tmp_path.resolve())
-    train(parse_run_args(tiny_args(data_dir, tmp_path, init_from="resume", max_iters=24)), stream=io.StringIO())
-    assert load_checkpoint(tmp_path)["iter_num"] == 25
+    assert "kept_source" not in json.loads((tmp_path / "config.json").read_text())  # its own from its first save
+    resume()
+    assert load_checkpoint(tmp_path)["iter_num"] == 8
+    # a second fine-tune in place (its source records the same origin as it): stopped before its save, refused too
+    stopped_fine_tune()
+    refused("ckpt.pt")
+    # a checkpoint put there since is not the one kept: resumed as any checkpoint in the folder is
+    other = tmp_path.parent / f"{tmp_path.name}-other"
+    train(parse_run_args(tiny_args(data_dir, other, max_iters=2, seed=7)), stream=io.StringIO())
+    shutil.copyfile(other / "ckpt.pt", tmp_path / "ckpt.pt")
+    resume(max_iters=4)
+    assert load_checkpoint(tmp_path)["iter_num"] == 5
 
 
 def test_a_fine_tune_that_overwrites_keeps_weights_of_the_users_that_lie_in_out_dir(
