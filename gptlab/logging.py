@@ -131,6 +131,13 @@ def _timed_ms(record: dict[str, Any]) -> Any:
 def log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) of each line of a JSON-lines log, as written; a last line that a killed
     write cut off is skipped, any other line that is not a JSON object is one GptlabError."""
+    try:
+        yield from _log_records(path)
+    except UnicodeDecodeError as e:  # not a log gptlab wrote (it writes UTF-8), or one whose bytes were damaged
+        raise GptlabError(f"{path} is not a UTF-8 JSON-lines log (byte {e.start}: {e.reason})") from None
+
+
+def _log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8") as file:  # line by line: a long run's log is hundreds of MB
         lines = iter(file)
         line, n = next(lines, None), 0

@@ -122,6 +122,21 @@ def run_directory(path: str | Path) -> Path:
     return path
 
 
+def _check_startup(record: dict[str, Any], where: str) -> None:
+    """A startup record's parts that a report reads, of the types gptlab writes (a damaged or hand-edited log: one
+    line, not a traceback from deep in the plots)."""
+    for part in ("hardware", "training"):
+        if record.get(part) is not None and not isinstance(record[part], dict):
+            raise GptlabError(
+                f"{where}: a startup record whose {part!r} is a {type(record[part]).__name__}, not an object"
+            )
+    training = record.get("training") or {}
+    for key, kinds in (("start_iter", int), ("tokens_per_iter", (int, float))):
+        value = training.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise GptlabError(f"{where}: a startup record whose training {key!r} is {value!r}, not a number")
+
+
 def load_run(path: str | Path, label: str | None = None) -> Run:
     """Read ``path/log.jsonl`` (and ``summary.json`` if the log has no summary record)."""
     path = run_directory(path)
@@ -149,6 +164,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         if kind in ("iter", "eval") and run.sessions and run.sessions[-1][0] is None:
             run.sessions[-1][0] = record.get("iter")  # older logs: the session's first record
         if kind == "startup":
+            _check_startup(record, f"{log}:{n}")
             run.startup = record
             run.summary = {}  # an earlier session's: this one has not finished (yet)
             run.shared_process |= (record.get("hardware") or {}).get("shared_process") is True
@@ -183,6 +199,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             run.summary = json.loads(summary_file.read_text(encoding="utf-8"))
         except ValueError:
             raise GptlabError(f"{summary_file} is not valid JSON") from None
+        if not isinstance(run.summary, dict):
+            raise GptlabError(f"{summary_file} holds a {type(run.summary).__name__}, not a run's summary (an object)")
     if not (run.startup or run.iters or run.evals):
         raise GptlabError(f"{log} holds no training records (a run that never started?)")
     if not run.summary:  # its last session wrote none: killed, or still training
@@ -423,11 +441,21 @@ def plot_metric(runs: list[Run], metric: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _earlier_report(out: Path) -> str:
+    """The page an earlier report wrote into ``out`` (each plot it drew embedded with its name as alt text), ''
+    where there is none."""
+    try:
+        return (out / "report.html").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def write_plots(runs: list[Run], out_dir: str | Path) -> dict[str, Path | None]:
     """Every plot as ``out_dir/NAME.png``; a metric no run measured maps to None (no file)."""
     out = Path(out_dir)
     _pyplot()  # a missing matplotlib is said before an empty folder is made
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_report(out)
     plots: dict[str, Path | None] = {
         "loss": plot_loss(runs, out / "loss.png"),
         "loss_vs_tokens": plot_loss(runs, out / "loss_vs_tokens.png", x="tokens"),
@@ -436,8 +464,8 @@ def write_plots(runs: list[Run], out_dir: str | Path) -> dict[str, Path | None]:
     for metric in ITER_METRICS:
         plots[metric] = plot_metric(runs, metric, out / f"{metric}.png")
     for name, path in plots.items():
-        if path is None:  # an earlier report's plot of it, into the same folder, is not this report's
-            (out / f"{name}.png").unlink(missing_ok=True)
+        if path is None and f'alt="{name}"' in earlier:  # an earlier report's plot of it, into the same folder, is
+            (out / f"{name}.png").unlink(missing_ok=True)  # not this report's; a file of the user's of that name stays
     return plots
 
 

@@ -491,3 +491,13 @@ def test_removed_evaluations_leave_a_linked_folders_contents(tmp_path: Path) -> 
     assert remove_evaluations(run) == ["eval.jsonl", "tensorboard/eval_only"]
     assert not (run / "tensorboard" / "eval_only").exists() and (shared / "events").read_text() == "kept"
     assert remove_evaluations(run) == []
+
+
+def test_a_log_that_is_not_utf8_is_one_error(tmp_path: Path) -> None:
+    """Random bytes where log.jsonl was (a damaged disk, another program's file): report, flops and plan had
+    stopped with a UnicodeDecodeError's traceback."""
+    from gptlab.logging import log_records
+
+    (tmp_path / "log.jsonl").write_bytes(b'{"type": "startup"}\n\xb8\xff\xfe garbage\n')
+    with pytest.raises(GptlabError, match=r"log\.jsonl is not a UTF-8 JSON-lines log \(byte 20: invalid start byte\)"):
+        list(log_records(tmp_path / "log.jsonl"))

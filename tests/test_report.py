@@ -267,7 +267,8 @@ def test_a_requeue_that_finds_the_run_done_drops_the_killed_sessions_steps(tmp_p
 
 
 def test_a_rerun_into_the_same_folder_leaves_no_plot_of_the_earlier_report(tmp_path: Path) -> None:
-    """An MFU plot drawn by an earlier report into the same folder must not outlive a report that has none."""
+    """An MFU plot drawn by an earlier report into the same folder must not outlive a report that has none; a
+    file of that name that no report drew is not the report's to delete."""
     import json
 
     from gptlab.report import build_report
@@ -283,8 +284,15 @@ def test_a_rerun_into_the_same_folder_leaves_no_plot_of_the_earlier_report(tmp_p
     out = tmp_path / "report"
     build_report([log(5.0)], out)
     assert (out / "mfu.png").is_file()
-    build_report([log(None)], out)
+    without_mfu = log(None)
+    build_report([without_mfu], out)
     assert not (out / "mfu.png").exists()
+    # a folder of the user's with a file of that name, no report's: the file stays
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "mfu.png").write_text("my precious")
+    build_report([without_mfu], photos)
+    assert (photos / "mfu.png").read_text() == "my precious" and (photos / "report.html").is_file()
 
 
 def test_a_downloaded_runs_links_do_not_take_the_report_elsewhere(
@@ -830,3 +838,34 @@ def test_an_older_logs_sessions_start_at_their_first_record(tmp_path: Path) -> N
         *({"type": "iter", "iter": i, "loss": 2.0, "time": 1.0 + i} for i in range(3)),
     ]))  # fmt: skip
     assert [_x(run, r, "tokens") for r in run.iters] == [100, 200, 300]
+
+
+@pytest.mark.parametrize(
+    ("startup", "said"),
+    [
+        ({"training": "oops"}, r"a startup record whose 'training' is a str, not an object"),
+        ({"hardware": "h"}, r"a startup record whose 'hardware' is a str, not an object"),
+        ({"training": {"start_iter": "x"}}, r"a startup record whose training 'start_iter' is 'x', not a number"),
+        ({"training": {"tokens_per_iter": "y"}}, r"a startup record whose training 'tokens_per_iter' is 'y', not a"),
+    ],
+)
+def test_a_damaged_startup_record_or_summary_is_one_line(
+    tmp_path: Path, startup: dict, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hand-edited or damaged records of the types report reads: one line naming the record, not a traceback
+    from deep in the plots (an AttributeError, a TypeError)."""
+    import json
+
+    from gptlab.cli import main
+
+    lines = [{"type": "startup", "time": 0.0, **startup}, {"type": "iter", "iter": 0, "loss": 1.0, "time": 1.0}]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(rf"log\.jsonl:1: {said}", err), err
+    lines[0] = {"type": "startup", "time": 0.0}
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    (tmp_path / "summary.json").write_text("[1, 2]")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert "summary.json holds a list, not a run's summary (an object)" in err and len(err.strip().splitlines()) == 1

@@ -241,9 +241,22 @@ def gptlab_checkpoint_path(path: Path) -> Path | None:
         return path
     if not path.is_dir():
         return None
-    if (path / "config.json").is_file() and "model_type" in read_json(path / "config.json"):
+    if (path / "config.json").is_file() and _is_hf_config(path / "config.json", path):
         return None
     return latest_checkpoint(path)
+
+
+def _is_hf_config(config: Path, folder: Path) -> bool:
+    """Whether a folder's config.json is Hugging Face's (a ``model_type`` key); one that cannot be read, or holds
+    no object, is a damaged run record where the folder has a checkpoint of its own (which then loads), else the
+    Hugging Face folder's error."""
+    try:
+        record = read_json(config)
+    except CheckpointError:
+        if latest_checkpoint(folder) is not None:
+            return False
+        raise
+    return isinstance(record, dict) and "model_type" in record
 
 
 def weights_record(path: Path, strict: bool = False) -> dict[str, Any] | None:

@@ -162,6 +162,8 @@ def _config(args: argparse.Namespace, extra: list[str], **fixed: Any) -> ModelAr
             file_values = {k: v for k, v in nanogpt_train_settings(config).items() if k in NANOGPT_PLANNED}
     if run_dir is not None:
         file_values = json.loads(run_dir.read_text(encoding="utf-8")).get("train", {})
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"{str(run_dir)!r}: its 'train' record is a {type(file_values).__name__}, not an object")
         startup = _startup(run_dir.parent)
         hardware = startup.get("hardware") or {}  # what 'auto' resolved to (a CPU's float32)
         for key in ("dtype", "device"):
@@ -190,7 +192,7 @@ def _startup(run_dir: Path) -> dict[str, Any]:
 
     try:
         return load_run(run_dir).startup
-    except (ConfigError, GptlabError):
+    except (ConfigError, GptlabError, OSError):  # a damaged or unreadable log: what config.json says is enough
         return {}
 
 

@@ -1183,3 +1183,43 @@ def test_sampling_on_a_gpu_forks_only_its_own_rng(monkeypatch: pytest.MonkeyPatc
     sample._forked_rng(torch.device("cuda"))
     sample._forked_rng(torch.device("cpu"))
     assert asked == [[1], [2], []]
+
+
+@pytest.mark.parametrize("damaged", ["null", "5", "{bad json"])
+def test_a_damaged_config_json_beside_a_good_checkpoint_samples_and_exports(
+    damaged: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run's config.json that holds no object or no JSON (hand-edited, damaged): the folder's checkpoint is what
+    sample and export read. A JSON scalar there stopped both with a TypeError's traceback; a file that is no JSON
+    was refused as 'expected a Hugging Face config.json'."""
+    from gptlab.cli import main
+    from gptlab.train.sample import parse_sample_args, sample
+
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, max_iters=1)), stream=io.StringIO())
+    (run / "config.json").write_text(damaged)
+    args = [f"--out_dir={str(run)!r}", "--max_new_tokens=3", "--num_samples=1", "--device=cpu"]
+    assert len(sample(parse_sample_args(args))[0]) == 4  # the default prompt '\n' and 3 characters
+    assert main(["export", str(run), str(tmp_path / "export")]) == 0, capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "export")["iter_num"] == load_checkpoint(run)["iter_num"]
+
+
+def test_flops_and_plan_of_a_run_with_a_damaged_log_or_train_record(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """flops and plan read a run's config.json (its log only for what 'auto' resolved to): a log that is not
+    UTF-8 is left out, not a traceback; a config.json whose 'train' is no object is one line."""
+    from gptlab.cli import main
+
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, max_iters=1)), stream=io.StringIO())
+    (run / "log.jsonl").write_bytes(b"\xb8\xff" * 100)
+    for command in ("flops", "plan"):
+        assert main([command, str(run)]) == 0, capsys.readouterr().err
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "train": "x"}))
+    capsys.readouterr()
+    for command in ("flops", "plan"):
+        assert main([command, str(run)]) == 2
+        err = capsys.readouterr().err
+        assert "its 'train' record is a str, not an object" in err and len(err.strip().splitlines()) == 1, err
