@@ -217,8 +217,16 @@ def _gptlab_checkpoint(found: Path | None) -> dict[str, Any] | None:
         return None
     try:
         return load_checkpoint(found, optimizer=False)
-    except CheckpointError:  # unreadable: from_pretrained says why
-        return None
+    except CheckpointError:
+        if _records_gptlab_format(found):  # a damaged gptlab checkpoint: said as one (from_pretrained loaded it
+            raise  # unchecked, and blamed its vocabulary or failed on its arch record)
+        return None  # another format's (nanoGPT's, a bare state dict): from_pretrained reads it, or says why
+
+
+def _records_gptlab_format(found: Path) -> bool:
+    """Whether a file that load_checkpoint refused says it is gptlab's (read as it is, unchecked)."""
+    record = _peek_checkpoint(found)
+    return record is not None and record.get("format") == "gptlab"
 
 
 def encode_sample_prompt(tokenizer_meta: dict[str, Any] | None, prompt: str) -> tuple[Any, list[int]]:

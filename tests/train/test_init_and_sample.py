@@ -1223,3 +1223,25 @@ def test_flops_and_plan_of_a_run_with_a_damaged_log_or_train_record(
         assert main([command, str(run)]) == 2
         err = capsys.readouterr().err
         assert "its 'train' record is a str, not an object" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [("arch", [1], "its arch is list, not a mapping"), ("iter_num", "x", "its iter_num is 'x', not an integer")],
+)
+def test_sampling_a_damaged_gptlab_checkpoint_file_says_it_is_damaged(
+    key: str, value: Any, said: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """--init_from=FILE.pt of a gptlab checkpoint whose record was damaged: said as load_checkpoint says it (as
+    --out_dir of its folder did), not loaded unchecked as another format's (a TypeError's traceback, or 'no
+    gptlab tokenizer is recorded with it')."""
+    from gptlab.errors import CheckpointError
+    from gptlab.train.sample import parse_sample_args, sample
+
+    run = tmp_path / "run"
+    train(parse_run_args(tiny_args(data_dir, run, max_iters=1)), stream=io.StringIO())
+    ckpt = torch.load(run / "ckpt.pt", weights_only=True)
+    torch.save({**ckpt, key: value}, tmp_path / "damaged.pt")
+    args = [f"--init_from={str(tmp_path / 'damaged.pt')!r}", "--max_new_tokens=3", "--num_samples=1", "--device=cpu"]
+    with pytest.raises(CheckpointError, match=rf"is a damaged gptlab checkpoint: {said}"):
+        sample(parse_sample_args(args))
