@@ -134,7 +134,7 @@ def log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         yield from _log_records(path)
     except UnicodeDecodeError as e:  # not a log gptlab wrote (it writes UTF-8), or one whose bytes were damaged
-        raise GptlabError(f"{path} is not a UTF-8 JSON-lines log (byte {e.start}: {e.reason})") from None
+        raise GptlabError(f"{path} is not a UTF-8 JSON-lines log ({e.reason})") from None
 
 
 def _log_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

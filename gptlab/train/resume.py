@@ -236,7 +236,11 @@ def kept_fine_tune_source(out_dir: Path, checkpoint: Path) -> str | None:
     if not isinstance(kept, dict) or not isinstance(kept.get("name"), str):
         return None
     source = out_dir / kept["name"]
-    if checkpoint.resolve() != source.resolve() or _file_stat(source) != kept.get("stat"):
+    try:  # the same file under another name too: the rollback hint's hard link (ln -f ckpt-ITER.pt ckpt.pt)
+        same = os.path.samefile(checkpoint, source)
+    except OSError:
+        return None
+    if not same or _file_stat(source) != kept.get("stat"):
         return None
     return (
         f"its run, a fine-tune in place, stopped before its first save: {kept['name']} is the replaced run's "

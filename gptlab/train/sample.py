@@ -211,14 +211,16 @@ def _nanogpt_tokenizer(ckpt: dict[str, Any], vocab_size: int) -> dict[str, Any] 
 
 def _gptlab_checkpoint(found: Path | None) -> dict[str, Any] | None:
     """The gptlab checkpoint ``found`` is or names (a ckpt.pt, DCP or run directory's latest), else None."""
-    from gptlab.checkpoint import load_checkpoint
+    from gptlab.checkpoint import load_checkpoint, weights_path
 
     if found is None:
         return None
     try:
         return load_checkpoint(found, optimizer=False)
     except CheckpointError:
-        if _records_gptlab_format(found):  # a damaged gptlab checkpoint: said as one (from_pretrained loaded it
+        if _records_gptlab_format(
+            weights_path(found)
+        ):  # a damaged gptlab checkpoint: said as one (from_pretrained loaded it
             raise  # unchecked, and blamed its vocabulary or failed on its arch record)
         return None  # another format's (nanoGPT's, a bare state dict): from_pretrained reads it, or says why
 

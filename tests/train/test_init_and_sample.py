@@ -1245,3 +1245,7 @@ def test_sampling_a_damaged_gptlab_checkpoint_file_says_it_is_damaged(
     args = [f"--init_from={str(tmp_path / 'damaged.pt')!r}", "--max_new_tokens=3", "--num_samples=1", "--device=cpu"]
     with pytest.raises(CheckpointError, match=rf"is a damaged gptlab checkpoint: {said}"):
         sample(parse_sample_args(args))
+    (tmp_path / "damaged.pt").replace(run / "ckpt.pt")  # named by its run directory
+    args[0] = f"--init_from={str(run)!r}"
+    with pytest.raises(CheckpointError, match=rf"is a damaged gptlab checkpoint: {said}"):
+        sample(parse_sample_args(args))

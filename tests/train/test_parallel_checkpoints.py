@@ -265,6 +265,13 @@ def test_a_fine_tune_in_place_stopped_before_its_first_save_is_not_resumed_as_th
     # a second fine-tune in place (its source records the same origin as it): stopped before its save, refused too
     stopped_fine_tune()
     refused("ckpt.pt")
+    # a source kept from the run's history, made the latest by the rollback hint's `ln -f ckpt-ITER.pt ckpt.pt`
+    os.link(tmp_path / "ckpt.pt", tmp_path / "ckpt-0000099.pt")
+    record = json.loads((tmp_path / "config.json").read_text())
+    record["kept_source"]["name"] = "ckpt-0000099.pt"
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    refused("ckpt-0000099.pt")
+    (tmp_path / "ckpt-0000099.pt").unlink()
     # a checkpoint put there since is not the one kept: resumed as any checkpoint in the folder is
     other = tmp_path.parent / f"{tmp_path.name}-other"
     train(parse_run_args(tiny_args(data_dir, other, max_iters=2, seed=7)), stream=io.StringIO())
