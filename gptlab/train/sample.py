@@ -218,11 +218,11 @@ def _gptlab_checkpoint(found: Path | None) -> dict[str, Any] | None:
     try:
         return load_checkpoint(found, optimizer=False)
     except CheckpointError:
-        if _records_gptlab_format(
-            weights_path(found)
-        ):  # a damaged gptlab checkpoint: said as one (from_pretrained loaded it
-            raise  # unchecked, and blamed its vocabulary or failed on its arch record)
-        return None  # another format's (nanoGPT's, a bare state dict): from_pretrained reads it, or says why
+        # a damaged gptlab checkpoint is said as one (from_pretrained loaded it unchecked, and blamed its vocabulary
+        # or failed on its arch record); another format's (nanoGPT's, a bare state dict) goes to from_pretrained
+        if _records_gptlab_format(weights_path(found)):
+            raise
+        return None
 
 
 def _records_gptlab_format(found: Path) -> bool:
